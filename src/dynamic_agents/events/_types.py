@@ -1,0 +1,76 @@
+"""Field types shared by the wire models."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Final
+
+from pydantic import AfterValidator, BeforeValidator, StringConstraints
+
+from dynamic_agents.exceptions import UnsupportedSchemaVersionError
+
+__all__ = [
+    "KNOWN_SOURCES",
+    "SCHEMA_MAJOR",
+    "SCHEMA_VERSION",
+    "ChannelId",
+    "EventId",
+    "SourceName",
+    "UtcDatetime",
+    "check_schema_version",
+    "utc_now",
+]
+
+SCHEMA_MAJOR: Final = 1
+SCHEMA_MINOR: Final = 0
+SCHEMA_VERSION: Final = f"{SCHEMA_MAJOR}.{SCHEMA_MINOR}"
+_VERSION_RE: Final = re.compile(r"^(\d{1,4})\.(\d{1,4})$")
+
+#: Platforms the project knows by name. ``source`` is an open set: any lower-case slug is accepted,
+#: so a new platform (``matrix``, ``teams``…) needs no release of this library.
+KNOWN_SOURCES: Final = frozenset({"discord", "slack", "whatsapp", "telegram", "rest", "webhook", "internal"})
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _as_utc(value: datetime) -> datetime:
+    # The seed's publishers use ``datetime.utcnow()``: a naive timestamp on the wire means UTC.
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def check_schema_version(value: object) -> str:
+    """Accept ``major.minor`` with this release's major; a newer minor is read as is."""
+    if not isinstance(value, str):
+        raise ValueError(f"schema_version must be a string like {SCHEMA_VERSION!r}")  # noqa: TRY004 (pydantic reports ValueError only)
+    match = _VERSION_RE.match(value)
+    if match is None:
+        raise ValueError(f"schema_version must look like 'major.minor' (e.g. {SCHEMA_VERSION!r})")
+    if int(match.group(1)) != SCHEMA_MAJOR:
+        raise UnsupportedSchemaVersionError(value, SCHEMA_MAJOR)
+    return value
+
+
+def _normalise_source(value: object) -> object:
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
+"""A timezone-aware UTC timestamp; a naive one is read as UTC, an aware one converted."""
+
+EventId = Annotated[str, StringConstraints(pattern=r"^[\x21-\x7e]{1,256}$")]
+"""Printable ASCII without spaces, 1-256 characters: ids travel in envelope headers and key names."""
+
+SourceName = Annotated[
+    str,
+    BeforeValidator(_normalise_source),
+    StringConstraints(pattern=r"^[a-z][a-z0-9_.-]{0,63}$"),
+]
+"""A platform slug, lower-cased: ``discord``, ``slack``, ``whatsapp``, or any new one."""
+
+ChannelId = Annotated[str, StringConstraints(pattern=r"^[^\x00-\x1f\x7f]{1,256}$")]
+"""A platform's channel / conversation id: 1-256 characters, no control characters."""

@@ -1,0 +1,241 @@
+"""Turning events into bytes and back: plain JSON, and FastStream's Redis stream entries.
+
+Every failure is a typed :class:`~dynamic_agents.exceptions.EventError` naming the field and value;
+pydantic, ``json`` and ``struct`` errors never escape. Size limits are checked before parsing, so a
+10 MiB body costs a length comparison, not a parse.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, Generic, TypeVar
+
+from pydantic import ValidationError
+from pydantic_core import ErrorDetails
+
+from dynamic_agents.events.envelope import (
+    DATA_FIELD,
+    Envelope,
+    decode_envelope,
+    encode_envelope,
+    read_entry_data,
+)
+from dynamic_agents.events.lifecycle import LIFECYCLE_ADAPTER, LifecycleEvent
+from dynamic_agents.events.models import WireModel
+from dynamic_agents.exceptions import (
+    ConfigurationError,
+    DecodeError,
+    EnvelopeError,
+    EventTooLargeError,
+    EventValidationError,
+    FieldError,
+    UnsupportedSchemaVersionError,
+)
+
+__all__ = ["DEFAULT_MAX_CONTENT_LENGTH", "DEFAULT_MAX_SIZE", "DecodedMessage", "EventCodec"]
+
+E = TypeVar("E", bound=WireModel)
+
+DEFAULT_MAX_SIZE: Final = 1024 * 1024
+DEFAULT_MAX_CONTENT_LENGTH: Final = 256 * 1024
+JSON_CONTENT_TYPE: Final = "application/json"
+_RESERVED_HEADERS: Final = frozenset({"correlation_id", "content-type", "reply_to"})
+_VALUE_PREVIEW: Final = 60
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedMessage(Generic[E]):
+    """An event read off the wire, with the envelope headers that came with it."""
+
+    event: E
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def correlation_id(self) -> str | None:
+        return self.headers.get("correlation_id")
+
+    @property
+    def reply_to(self) -> str | None:
+        """The channel a FastStream RPC caller waits on (answer with Redis ``PUBLISH``)."""
+        return self.headers.get("reply_to") or None
+
+    @property
+    def traceparent(self) -> str | None:
+        return self.headers.get("traceparent")
+
+
+class EventCodec:
+    """Encodes and decodes events within size limits.
+
+    ``max_size`` bounds an encoded event (JSON body or whole envelope) in bytes; ``max_content_length``
+    bounds the ``content`` text of an event in characters. Both apply in each direction, so what
+    this codec writes, it also reads.
+    """
+
+    __slots__ = ("max_content_length", "max_size")
+
+    def __init__(
+        self,
+        *,
+        max_size: int = DEFAULT_MAX_SIZE,
+        max_content_length: int = DEFAULT_MAX_CONTENT_LENGTH,
+    ) -> None:
+        for name, value in (("max_size", max_size), ("max_content_length", max_content_length)):
+            if value < 1:
+                raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")
+        self.max_size = max_size
+        self.max_content_length = max_content_length
+
+    def __repr__(self) -> str:
+        return f"EventCodec(max_size={self.max_size}, max_content_length={self.max_content_length})"
+
+    # -- plain JSON -----------------------------------------------------------------------------
+
+    def encode_json(self, event: WireModel) -> bytes:
+        """The event as UTF-8 JSON (extra fields included)."""
+        self._check_content(event)
+        body = event.model_dump_json().encode()
+        self._check_size("encoded event", len(body))
+        return body
+
+    def decode_json(self, data: bytes | str, model: type[E]) -> E:
+        """Parse and validate JSON into ``model``; raises an :class:`EventError` subclass."""
+        self._check_size("event body", len(data))
+        try:
+            if model is LifecycleEvent:
+                event: WireModel = LIFECYCLE_ADAPTER.validate_json(data)
+            else:
+                event = model.model_validate_json(data)
+        except ValidationError as error:
+            raise _event_error(model, error) from None
+        return self._checked(event, model)
+
+    # -- FastStream Redis stream entries ----------------------------------------------------------
+
+    def encode_envelope(
+        self,
+        event: WireModel,
+        *,
+        reply_to: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> bytes:
+        """The event in FastStream's binary envelope (also what Redis ``PUBLISH`` carries).
+
+        Headers are written in FastStream's order: ``correlation_id`` (the event id),
+        ``content-type``, ``reply_to`` when given, then ``headers`` (e.g. ``traceparent``).
+        """
+        all_headers = {"correlation_id": event.id, "content-type": JSON_CONTENT_TYPE}
+        if reply_to:
+            all_headers["reply_to"] = reply_to
+        if headers:
+            reserved = _RESERVED_HEADERS.intersection(headers)
+            if reserved:
+                raise EnvelopeError(
+                    f"header {sorted(reserved)[0]!r} is set by the codec; pass reply_to= for "
+                    "reply_to, and the event id is the correlation id"
+                )
+            all_headers.update(headers)
+        envelope = encode_envelope(self.encode_json(event), all_headers)
+        self._check_size("encoded envelope", len(envelope))
+        return envelope
+
+    def decode_envelope(self, data: bytes, model: type[E]) -> DecodedMessage[E]:
+        """Read a value written by :meth:`encode_envelope` or by a FastStream publisher."""
+        self._check_size("envelope", len(data))
+        return self._decode_body(decode_envelope(data), model)
+
+    def encode_entry(
+        self,
+        event: WireModel,
+        *,
+        reply_to: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> dict[str, bytes]:
+        """The fields of a stream entry FastStream subscribers read: ``{"__data__": envelope}``."""
+        return {DATA_FIELD: self.encode_envelope(event, reply_to=reply_to, headers=headers)}
+
+    def decode_entry(
+        self, fields: Mapping[bytes, bytes] | Mapping[str, str], model: type[E]
+    ) -> DecodedMessage[E]:
+        """Read a stream entry as FastStream does.
+
+        ``__data__`` may hold the binary envelope, the legacy JSON envelope or a bare JSON body;
+        an entry without ``__data__`` is read as a flat field map (``XADD s source discord …``).
+        """
+        data = _field(fields, DATA_FIELD)
+        if data is not None:
+            self._check_size("stream entry", len(data))
+            return self._decode_body(read_entry_data(data), model)
+        flat = {_text(key): _text(value) for key, value in fields.items()}
+        self._check_size("stream entry", sum(len(k) + len(v) for k, v in flat.items()))
+        try:
+            event = model.model_validate(flat)
+        except ValidationError as error:
+            raise _event_error(model, error) from None
+        return DecodedMessage(self._checked(event, model))
+
+    # -- internals --------------------------------------------------------------------------------
+
+    def _decode_body(self, envelope: Envelope, model: type[E]) -> DecodedMessage[E]:
+        return DecodedMessage(self.decode_json(envelope.body, model), envelope.headers)
+
+    def _checked(self, event: WireModel, model: type[E]) -> E:
+        if not isinstance(event, model):
+            raise EventValidationError(
+                model.__name__,
+                (FieldError("type", f"expected a {model.__name__}", type(event).__name__),),
+            )
+        self._check_content(event)
+        return event
+
+    def _check_content(self, event: WireModel) -> None:
+        content = getattr(event, "content", None)
+        if isinstance(content, str) and len(content) > self.max_content_length:
+            raise EventTooLargeError("content", len(content), self.max_content_length)
+
+    def _check_size(self, what: str, size: int) -> None:
+        if size > self.max_size:
+            raise EventTooLargeError(what, size, self.max_size)
+
+
+def _field(fields: Mapping[bytes, bytes] | Mapping[str, str], name: str) -> bytes | None:
+    for key, value in fields.items():
+        if _text(key) == name:
+            return value if isinstance(value, bytes) else value.encode()
+    return None
+
+
+def _text(value: bytes | str) -> str:
+    if isinstance(value, str):
+        return value
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DecodeError(f"stream entry field {value[:_VALUE_PREVIEW]!r} is not UTF-8") from None
+
+
+def _preview(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= _VALUE_PREVIEW else f"{text[: _VALUE_PREVIEW - 3]}..."
+
+
+def _event_error(model: type[WireModel], error: ValidationError) -> Exception:
+    """Translate pydantic's error into the library's typed errors."""
+    details = error.errors(include_url=False)
+    for detail in details:
+        cause = detail.get("ctx", {}).get("error")
+        if isinstance(cause, UnsupportedSchemaVersionError):
+            return UnsupportedSchemaVersionError(cause.version, cause.supported_major)
+        if detail["type"] == "json_invalid":
+            return DecodeError(f"{model.__name__} body is not valid JSON: {detail['msg']}")
+        if not detail["loc"] and detail["type"] in {"model_type", "model_attributes_type"}:
+            kind = type(detail["input"]).__name__
+            return DecodeError(f"{model.__name__} body must be a JSON object, got {kind}")
+    return EventValidationError(model.__name__, tuple(_field_error(d) for d in details))
+
+
+def _field_error(detail: ErrorDetails) -> FieldError:
+    location = ".".join(str(part) for part in detail["loc"]) or "(body)"
+    value = None if detail["type"] == "missing" else _preview(detail["input"])
+    return FieldError(location, detail["msg"], value)

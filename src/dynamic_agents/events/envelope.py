@@ -1,0 +1,166 @@
+"""FastStream's Redis message formats: the binary envelope ``BinaryMessageFormatV1`` and its fallbacks.
+
+Layout (all integers big-endian)::
+
+    magic (8 bytes) 89 42 49 4E 0D 0A 1A 0A
+    version u16 = 1
+    headers_start u32, data_start u32
+    at headers_start: count u16, then count x (key, value), each a u16 byte length + UTF-8 bytes
+    at data_start: the body, to the end
+
+A reader follows the offsets (FastStream writes ``headers_start = 18`` but a reader must not assume
+it). Header keys and values are written as ASCII only: FastStream's own writer stores the character
+count of a string instead of its byte count, so non-ASCII headers would not read back on its side.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+from dynamic_agents.exceptions import EnvelopeError
+
+__all__ = [
+    "DATA_FIELD",
+    "MAGIC",
+    "Envelope",
+    "decode_envelope",
+    "encode_envelope",
+    "read_entry_data",
+]
+
+MAGIC: Final = b"\x89BIN\r\n\x1a\n"
+VERSION: Final = 1
+DATA_FIELD: Final = "__data__"
+"""The one stream-entry field FastStream reads and writes."""
+
+_PREAMBLE: Final = struct.Struct(">8sHII")  # magic, version, headers_start, data_start
+_U16: Final = struct.Struct(">H")
+_U16_MAX: Final = 0xFFFF
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A message body with its headers, as FastStream carries them."""
+
+    body: bytes
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+def _ascii(kind: str, text: str) -> bytes:
+    try:
+        encoded = text.encode("ascii")
+    except UnicodeEncodeError:
+        raise EnvelopeError(
+            f"header {kind} {text[:60]!r} is not ASCII: FastStream peers cannot read non-ASCII "
+            "headers back; percent-encode it, or carry the value in the event body"
+        ) from None
+    if len(encoded) > _U16_MAX:
+        raise EnvelopeError(f"header {kind} is {len(encoded)} bytes long, over the {_U16_MAX} limit")
+    return encoded
+
+
+def encode_envelope(body: bytes, headers: Mapping[str, str]) -> bytes:
+    """The binary envelope of ``body`` with ``headers`` in their given order.
+
+    For the same body bytes and headers the result equals what FastStream writes.
+    """
+    if len(headers) > _U16_MAX:
+        raise EnvelopeError(f"{len(headers)} headers is over the {_U16_MAX} limit")
+    parts: list[bytes] = []
+    for key, value in headers.items():
+        if not isinstance(value, str):
+            raise EnvelopeError(f"header {key!r} must be a string, got {type(value).__name__}")
+        key_bytes, value_bytes = _ascii("name", key), _ascii(f"{key!r} value", value)
+        parts += (_U16.pack(len(key_bytes)), key_bytes, _U16.pack(len(value_bytes)), value_bytes)
+    header_block = b"".join(parts)
+    headers_start = _PREAMBLE.size
+    data_start = headers_start + _U16.size + len(header_block)
+    return b"".join(
+        (
+            _PREAMBLE.pack(MAGIC, VERSION, headers_start, data_start),
+            _U16.pack(len(headers)),
+            header_block,
+            body,
+        )
+    )
+
+
+def decode_envelope(data: bytes) -> Envelope:
+    """Read a binary envelope strictly: every offset and length must stay inside the data."""
+    if len(data) < _PREAMBLE.size:
+        raise EnvelopeError(
+            f"envelope truncated: {len(data)} bytes, the fixed preamble alone is {_PREAMBLE.size}"
+        )
+    magic, version, headers_start, data_start = _PREAMBLE.unpack_from(data)
+    if magic != MAGIC:
+        raise EnvelopeError(f"not a FastStream binary envelope: magic bytes {magic!r}")
+    if version != VERSION:
+        raise EnvelopeError(f"envelope version {version} is not supported (only {VERSION})")
+    if not _PREAMBLE.size <= headers_start <= data_start <= len(data):
+        raise EnvelopeError(
+            f"envelope offsets out of range: headers_start={headers_start}, "
+            f"data_start={data_start}, length={len(data)}"
+        )
+    view = memoryview(data)[:data_start]
+    offset = headers_start
+
+    def read_string(what: str) -> str:
+        nonlocal offset
+        if offset + _U16.size > data_start:
+            raise EnvelopeError(f"envelope truncated: {what} length at byte {offset} runs past the headers")
+        (length,) = _U16.unpack_from(view, offset)
+        offset += _U16.size
+        end = offset + length
+        if end > data_start:
+            raise EnvelopeError(
+                f"envelope corrupt: {what} of {length} bytes at byte {offset} runs past the "
+                f"headers (which end at byte {data_start})"
+            )
+        try:
+            text = bytes(view[offset:end]).decode("utf-8")
+        except UnicodeDecodeError:
+            raise EnvelopeError(f"envelope corrupt: {what} at byte {offset} is not UTF-8") from None
+        offset = end
+        return text
+
+    if headers_start + _U16.size > data_start:
+        raise EnvelopeError("envelope truncated: no header count before the body")
+    (count,) = _U16.unpack_from(view, headers_start)
+    offset += _U16.size
+    headers: dict[str, str] = {}
+    for index in range(count):
+        key = read_string(f"header {index} name")
+        headers[key] = read_string(f"header {key!r} value")
+    return Envelope(body=data[data_start:], headers=headers)
+
+
+def read_entry_data(data: bytes) -> Envelope:
+    """Read a ``__data__`` value as FastStream does: binary envelope, legacy JSON envelope, raw body.
+
+    The legacy JSON envelope is an object with a string ``data`` and an optional ``headers`` object
+    and no other keys; anything else is the body itself. A value that starts like the binary magic
+    but is malformed or truncated raises :class:`EnvelopeError` instead of passing as a raw body.
+    """
+    if data[:1] == MAGIC[:1]:  # 0x89 never starts JSON or UTF-8 text: a (maybe broken) envelope
+        return decode_envelope(data)
+    if data[:1] == b"{" and b'"data"' in data:
+        try:
+            parsed = json.loads(data)
+        except ValueError:
+            return Envelope(body=data)
+        if (
+            isinstance(parsed, dict)
+            and isinstance(parsed.get("data"), str)
+            and set(parsed) <= {"data", "headers"}
+            and isinstance(parsed.get("headers", {}), dict)
+        ):
+            headers = {
+                str(key): value if isinstance(value, str) else json.dumps(value)
+                for key, value in parsed.get("headers", {}).items()
+            }
+            return Envelope(body=parsed["data"].encode(), headers=headers)
+    return Envelope(body=data)

@@ -1,0 +1,96 @@
+"""Progress and lifecycle events published to ``agent:events`` while a request is handled.
+
+Every event carries the request id, the session id and the target (``None`` only when the request
+failed before a target was chosen). ``type`` tells them apart; decode any of them with
+``codec.decode_json(data, LifecycleEvent)``.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter
+
+from dynamic_agents.events._types import EventId, UtcDatetime, utc_now
+from dynamic_agents.events.models import ResponseStatus, WireModel
+
+__all__ = [
+    "ContentDelta",
+    "LifecycleEvent",
+    "RequestAccepted",
+    "RunCompleted",
+    "RunFailed",
+    "RunStarted",
+    "Target",
+    "TargetType",
+]
+
+
+class TargetType(StrEnum):
+    AGENT = "agent"
+    TEAM = "team"
+    WORKFLOW = "workflow"
+
+
+class Target(BaseModel):
+    """What runs a request: an agent, a team or a workflow, by id."""
+
+    model_config = ConfigDict(frozen=True)
+
+    type: TargetType
+    id: str = Field(min_length=1)
+
+
+class LifecycleEvent(WireModel):
+    """Fields common to every lifecycle event."""
+
+    timestamp: UtcDatetime = Field(default_factory=utc_now)
+    request_id: EventId
+    session_id: str
+    target: Target | None = None
+    metadata: dict[str, JsonValue] = Field(default_factory=dict)
+
+
+class RequestAccepted(LifecycleEvent):
+    """A worker took the request and chose its target."""
+
+    type: Literal["request.accepted"] = "request.accepted"
+
+
+class RunStarted(LifecycleEvent):
+    """The target started running (``delivery_count`` > 1 means a redelivery)."""
+
+    type: Literal["run.started"] = "run.started"
+    delivery_count: int = Field(default=1, ge=1)
+
+
+class ContentDelta(LifecycleEvent):
+    """A slice of streamed output; ``sequence`` numbers the deltas of one run from 0."""
+
+    type: Literal["run.content_delta"] = "run.content_delta"
+    sequence: int = Field(ge=0)
+    content: str
+
+
+class RunCompleted(LifecycleEvent):
+    """The run finished and its response was published."""
+
+    type: Literal["run.completed"] = "run.completed"
+    execution_time_ms: int | None = Field(default=None, ge=0)
+    tokens_used: int | None = Field(default=None, ge=0)
+
+
+class RunFailed(LifecycleEvent):
+    """The run ended without a normal answer (error, timeout, cancellation or refusal)."""
+
+    type: Literal["run.failed"] = "run.failed"
+    status: ResponseStatus = ResponseStatus.ERROR
+    error_message: str | None = None
+
+
+AnyLifecycleEvent = Annotated[
+    RequestAccepted | RunStarted | ContentDelta | RunCompleted | RunFailed,
+    Field(discriminator="type"),
+]
+LIFECYCLE_ADAPTER: TypeAdapter[AnyLifecycleEvent] = TypeAdapter(AnyLifecycleEvent)

@@ -1,0 +1,173 @@
+"""The request and response events exchanged over ``agent:requests`` and ``agent:responses:…``."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Literal
+from uuid import uuid4
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
+
+from dynamic_agents.events._types import (
+    SCHEMA_VERSION,
+    ChannelId,
+    EventId,
+    SourceName,
+    UtcDatetime,
+    check_schema_version,
+    utc_now,
+)
+
+__all__ = ["AgentRequestEvent", "AgentResponseEvent", "Attachment", "ResponseStatus", "WireModel"]
+
+
+def new_event_id() -> str:
+    return str(uuid4())
+
+
+class WireModel(BaseModel):
+    """Base of every event: an ``id``, unknown fields kept, and ``schema_version`` checked.
+
+    A newer *minor* version is read (its extra fields are kept in ``model_extra`` and written back
+    out); an unknown *major* version is refused. Minor versions only add optional fields.
+    """
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    schema_version: str = SCHEMA_VERSION
+    id: EventId = Field(default_factory=new_event_id)
+
+    @field_validator("schema_version", mode="plain")
+    @classmethod
+    def _check_schema_version(cls, value: object) -> str:
+        return check_schema_version(value)
+
+
+class Attachment(BaseModel):
+    """A file that came with a message: by URL (a platform CDN) or inline as base64."""
+
+    model_config = ConfigDict(extra="allow")
+
+    kind: str = "file"
+    """``image``, ``audio``, ``video``, ``file``, or a platform's own kind."""
+    url: str | None = None
+    data_base64: str | None = None
+    filename: str | None = None
+    content_type: str | None = None
+    size_bytes: int | None = Field(default=None, ge=0)
+    metadata: dict[str, JsonValue] = Field(default_factory=dict)
+
+
+class AgentRequestEvent(WireModel):
+    """A normalised platform message asking an agent, team or workflow for an answer.
+
+    ``session_id`` defaults to ``"{source}:{source_id}"``. ``reply_stream`` may be left out by a
+    FastStream RPC peer, which then waits on its ``reply_to`` header instead.
+    """
+
+    timestamp: UtcDatetime = Field(default_factory=utc_now)
+
+    source: SourceName
+    source_id: ChannelId
+
+    user_id: str
+    user_name: str | None = None
+
+    content: str
+    attachments: list[Attachment] = Field(default_factory=list)
+
+    agent_id: str | None = None
+    team_id: str | None = None
+    workflow_id: str | None = None
+
+    session_id: str = Field(min_length=1, max_length=512)
+    session_state: dict[str, JsonValue] = Field(default_factory=dict)
+
+    reply_stream: str | None = Field(default=None, min_length=1)
+
+    metadata: dict[str, JsonValue] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_seed_shape(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return _normalise_request_fields(data)
+        return data
+
+
+class ResponseStatus(StrEnum):
+    """How a request ended. Minor schema versions never add members (older readers would refuse)."""
+
+    COMPLETED = "completed"
+    ERROR = "error"
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+    REJECTED = "rejected"
+
+
+class AgentResponseEvent(WireModel):
+    """The answer to one request, published to the request's ``reply_stream``.
+
+    Fields that only exist for a request that ran (``agent_id``, ``agent_name``,
+    ``execution_time_ms``) are optional: a request refused before running has none.
+    """
+
+    request_id: EventId
+    timestamp: UtcDatetime = Field(default_factory=utc_now)
+
+    content: str = ""
+    content_type: Literal["text", "structured", "error"] = "text"
+    structured_data: dict[str, JsonValue] | None = None
+
+    status: ResponseStatus = ResponseStatus.COMPLETED
+    error_message: str | None = None
+
+    session_id: str | None = None
+    agent_id: str | None = None
+    agent_name: str | None = None
+    execution_time_ms: int | None = Field(default=None, ge=0)
+    tokens_used: int | None = Field(default=None, ge=0)
+
+    images: list[str] = Field(default_factory=list)
+    files: list[dict[str, str]] = Field(default_factory=list)
+
+    metadata: dict[str, JsonValue] = Field(default_factory=dict)
+
+
+_CHANNEL_KEYS = ("channel_id", "conversation_id", "chat_id")
+_LIFTED_FROM_METADATA = ("agent_id", "team_id", "workflow_id", "session_id")
+
+
+def _normalise_request_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """Map the seed's first publish example onto the request model, and fill ``session_id``.
+
+    The seed published ``{"type", "source", "channel_id", "guild_id", "user_id", "content",
+    "metadata": {"agent_id", "session_id", "reply_to"}}``. ``channel_id`` (or ``conversation_id``)
+    becomes ``source_id``; ``type`` and ``guild_id`` move into ``metadata`` (``event_type`` and
+    ``guild_id``, where routing rules look for them); routing and session keys in ``metadata`` are
+    lifted to the top level; ``metadata.reply_to`` becomes ``reply_stream``. Nothing is dropped.
+    """
+    needs_mapping = "source_id" not in data and any(key in data for key in _CHANNEL_KEYS)
+    if needs_mapping:
+        data = dict(data)
+        metadata = data.get("metadata")
+        metadata = dict(metadata) if isinstance(metadata, dict) else {}
+        for key in _CHANNEL_KEYS:
+            if key in data:
+                data["source_id"] = data.pop(key)
+                break
+        if "type" in data:
+            metadata.setdefault("event_type", data.pop("type"))
+        if "guild_id" in data:
+            metadata.setdefault("guild_id", data.pop("guild_id"))
+        for key in _LIFTED_FROM_METADATA:
+            if key in metadata and data.get(key) is None:
+                data[key] = metadata.pop(key)
+        if "reply_to" in metadata and data.get("reply_stream") is None:
+            data["reply_stream"] = metadata.pop("reply_to")
+        data["metadata"] = metadata
+    if data.get("session_id") is None:
+        source, source_id = data.get("source"), data.get("source_id")
+        if isinstance(source, str) and isinstance(source_id, str):
+            data = {**data, "session_id": f"{source.strip().lower()}:{source_id}"}
+    return data

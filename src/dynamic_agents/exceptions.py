@@ -1,0 +1,121 @@
+"""Every error the library raises, in one tree.
+
+Each class also subclasses the matching built-in, so callers can catch either::
+
+    DynamicAgentsError
+    ├── ConfigurationError (ValueError)        bad settings or arguments given by the host
+    ├── MissingDependencyError (ImportError)   an optional extra is not installed; says what to install
+    ├── EventError (ValueError)                wire data that cannot become an event
+    │   ├── DecodeError                        not JSON, not UTF-8, not an object
+    │   │   └── EnvelopeError                  a malformed FastStream binary envelope
+    │   ├── EventValidationError               wrong types or missing fields (``.errors`` lists them)
+    │   ├── UnsupportedSchemaVersionError      a ``schema_version`` whose major this release cannot read
+    │   └── EventTooLargeError                 over the codec's size or content-length limit
+    └── TransportError (ConnectionError)       the message broker failed or refused an operation
+        └── DeliveryError (LookupError)        a delivery, group or stream the broker does not know
+
+Messages name the field, the offending value (shortened, and masked when it may be a secret) and what
+would be valid. ``LookupError`` is used rather than ``KeyError`` because ``str(KeyError(...))`` adds
+quotes around the message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "ConfigurationError",
+    "DecodeError",
+    "DeliveryError",
+    "DynamicAgentsError",
+    "EnvelopeError",
+    "EventError",
+    "EventTooLargeError",
+    "EventValidationError",
+    "FieldError",
+    "MissingDependencyError",
+    "TransportError",
+    "UnsupportedSchemaVersionError",
+]
+
+
+class DynamicAgentsError(Exception):
+    """Base class of every error raised by dynamic-agents."""
+
+
+class ConfigurationError(DynamicAgentsError, ValueError):
+    """A setting or argument given by the host is invalid."""
+
+
+class MissingDependencyError(DynamicAgentsError, ImportError):
+    """An optional dependency is missing; the message gives the ``pip install`` line that adds it."""
+
+    def __init__(self, feature: str, extra: str) -> None:
+        self.feature = feature
+        self.extra = extra
+        super().__init__(f"{feature} needs the '{extra}' extra: pip install 'dynamic-agents[{extra}]'")
+
+
+class EventError(DynamicAgentsError, ValueError):
+    """Data read from (or about to be written to) the wire cannot become a valid event."""
+
+
+class DecodeError(EventError):
+    """The payload is not decodable: not UTF-8, not JSON, or not a JSON object."""
+
+
+class EnvelopeError(DecodeError):
+    """A FastStream binary envelope is malformed (truncated, or a length runs past the end)."""
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    """One problem with one field: where it is, what was found (shortened) and what is wrong."""
+
+    location: str
+    message: str
+    value: str | None = None
+
+    def __str__(self) -> str:
+        found = f" (got {self.value})" if self.value is not None else ""
+        return f"{self.location}: {self.message}{found}"
+
+
+class EventValidationError(EventError):
+    """The payload decoded but does not fit the event model; ``errors`` lists each field."""
+
+    def __init__(self, model: str, errors: tuple[FieldError, ...]) -> None:
+        self.model = model
+        self.errors = errors
+        details = "; ".join(str(error) for error in errors)
+        super().__init__(f"invalid {model}: {details}")
+
+
+class UnsupportedSchemaVersionError(EventError):
+    """The event's ``schema_version`` has a major version this release cannot read."""
+
+    def __init__(self, version: str, supported_major: int) -> None:
+        self.version = version
+        self.supported_major = supported_major
+        super().__init__(
+            f"schema_version {version!r} is not supported: this release reads major version "
+            f"{supported_major} ({supported_major}.x)"
+        )
+
+
+class EventTooLargeError(EventError):
+    """An encoded event or its content is over the configured limit."""
+
+    def __init__(self, what: str, size: int, limit: int) -> None:
+        self.what = what
+        self.size = size
+        self.limit = limit
+        super().__init__(f"{what} is {size} long, over the limit of {limit}")
+
+
+class TransportError(DynamicAgentsError, ConnectionError):
+    """The message broker failed, or refused an operation."""
+
+
+class DeliveryError(TransportError, LookupError):
+    """A delivery, consumer group or stream is unknown to the broker."""

@@ -1,0 +1,222 @@
+"""Bad input: each case gets a typed error from the tree, and nothing from pydantic or struct."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+
+from dynamic_agents.events import (
+    AgentRequestEvent,
+    AgentResponseEvent,
+    ContentDelta,
+    EventCodec,
+    LifecycleEvent,
+    RunFailed,
+    Target,
+    TargetType,
+)
+from dynamic_agents.events.envelope import MAGIC, encode_envelope, read_entry_data
+from dynamic_agents.exceptions import (
+    ConfigurationError,
+    DecodeError,
+    DynamicAgentsError,
+    EnvelopeError,
+    EventTooLargeError,
+    EventValidationError,
+    UnsupportedSchemaVersionError,
+)
+
+CODEC = EventCodec()
+
+
+def valid_body(**overrides: object) -> dict[str, object]:
+    body: dict[str, object] = {
+        "source": "slack",
+        "source_id": "C1",
+        "user_id": "U1",
+        "content": "hi",
+    }
+    body.update(overrides)
+    return body
+
+
+def test_not_json() -> None:
+    with pytest.raises(DecodeError, match="not valid JSON"):
+        CODEC.decode_json(b"{nope", AgentRequestEvent)
+
+
+def test_not_utf8() -> None:
+    with pytest.raises(DecodeError):
+        CODEC.decode_json(b'{"content": "\xff\xfe"}', AgentRequestEvent)
+
+
+def test_json_but_not_an_object() -> None:
+    with pytest.raises(DecodeError, match="must be a JSON object, got list"):
+        CODEC.decode_json(b"[1, 2]", AgentRequestEvent)
+
+
+def test_wrong_types_name_each_field_and_value() -> None:
+    body = json.dumps(valid_body(user_id=42, attachments="x")).encode()
+    with pytest.raises(EventValidationError) as caught:
+        CODEC.decode_json(body, AgentRequestEvent)
+    locations = {error.location for error in caught.value.errors}
+    assert locations == {"user_id", "attachments"}
+    assert "user_id" in str(caught.value)
+    assert "42" in str(caught.value)
+
+
+def test_missing_required_fields_are_listed() -> None:
+    with pytest.raises(EventValidationError) as caught:
+        CODEC.decode_json(b'{"source": "slack"}', AgentRequestEvent)
+    missing = {error.location for error in caught.value.errors}
+    assert {"source_id", "user_id", "content"} <= missing
+    assert all(error.value is None for error in caught.value.errors)
+
+
+def test_unknown_major_schema_version() -> None:
+    body = json.dumps(valid_body(schema_version="2.0")).encode()
+    with pytest.raises(UnsupportedSchemaVersionError) as caught:
+        CODEC.decode_json(body, AgentRequestEvent)
+    assert caught.value.version == "2.0"
+    assert "1.x" in str(caught.value)
+
+
+@pytest.mark.parametrize("version", ["one", "1", "1.0.0", 1.0])
+def test_malformed_schema_version(version: object) -> None:
+    body = json.dumps(valid_body(schema_version=version)).encode()
+    with pytest.raises(EventValidationError, match="schema_version"):
+        CODEC.decode_json(body, AgentRequestEvent)
+
+
+def test_truncated_envelope() -> None:
+    entry = CODEC.encode_entry(AgentRequestEvent.model_validate(valid_body()))
+    data = entry["__data__"]
+    for cut in (4, 12, 20, 30):
+        with pytest.raises(EnvelopeError):
+            CODEC.decode_entry({"__data__": data[:cut]}, AgentRequestEvent)
+
+
+def test_header_length_running_past_the_end() -> None:
+    header_count = struct.pack(">H", 1)
+    key = struct.pack(">H", 500) + b"correlation_id"
+    headers_start = 18
+    data_start = headers_start + len(header_count) + len(key)
+    data = MAGIC + struct.pack(">HII", 1, headers_start, data_start) + header_count + key + b"{}"
+    with pytest.raises(EnvelopeError, match="runs past"):
+        CODEC.decode_entry({b"__data__": data}, AgentRequestEvent)
+
+
+def test_offsets_past_the_end() -> None:
+    data = MAGIC + struct.pack(">HII", 1, 18, 10_000) + b"\x00\x00{}"
+    with pytest.raises(EnvelopeError, match="out of range"):
+        CODEC.decode_envelope(data, AgentRequestEvent)
+
+
+def test_unsupported_envelope_version() -> None:
+    data = MAGIC + struct.pack(">HII", 9, 18, 20) + b"\x00\x00{}"
+    with pytest.raises(EnvelopeError, match="version 9"):
+        CODEC.decode_envelope(data, AgentRequestEvent)
+
+
+def test_ten_mib_body_is_refused_before_parsing() -> None:
+    huge = b'{"content": "' + b"a" * (10 * 1024 * 1024) + b'"}'
+    with pytest.raises(EventTooLargeError) as caught:
+        CODEC.decode_json(huge, AgentRequestEvent)
+    assert caught.value.limit == CODEC.max_size
+    with pytest.raises(EventTooLargeError):
+        CODEC.decode_entry({"__data__": encode_envelope(huge, {})}, AgentRequestEvent)
+
+
+def test_content_over_the_limit_is_refused_both_ways() -> None:
+    codec = EventCodec(max_content_length=10)
+    long = AgentRequestEvent.model_validate(valid_body(content="x" * 11))
+    with pytest.raises(EventTooLargeError, match="content"):
+        codec.encode_json(long)
+    with pytest.raises(EventTooLargeError, match="content"):
+        codec.decode_json(EventCodec().encode_json(long), AgentRequestEvent)
+
+
+def test_encoding_over_the_size_limit_is_refused() -> None:
+    codec = EventCodec(max_size=200)
+    with pytest.raises(EventTooLargeError, match="encoded event"):
+        codec.encode_entry(AgentRequestEvent.model_validate(valid_body(content="y" * 300)))
+
+
+def test_non_ascii_header_is_refused_not_miswritten() -> None:
+    event = AgentRequestEvent.model_validate(valid_body())
+    with pytest.raises(EnvelopeError, match="not ASCII"):
+        CODEC.encode_entry(event, headers={"x-user": "José"})
+
+
+def test_codec_owned_headers_cannot_be_overridden() -> None:
+    event = AgentRequestEvent.model_validate(valid_body())
+    with pytest.raises(EnvelopeError, match="correlation_id"):
+        CODEC.encode_entry(event, headers={"correlation_id": "other"})
+
+
+@pytest.mark.parametrize("limits", [{"max_size": 0}, {"max_content_length": -1}])
+def test_limits_must_be_positive(limits: dict[str, int]) -> None:
+    with pytest.raises(ConfigurationError):
+        EventCodec(**limits)
+
+
+def test_every_error_is_in_the_tree() -> None:
+    cases: list[bytes] = [b"", b"null", b"{", b'{"source": 1}', b'{"schema_version": "9.1"}']
+    for case in cases:
+        with pytest.raises(DynamicAgentsError):
+            CODEC.decode_json(case, AgentRequestEvent)
+
+
+def test_correlation_id_is_the_event_id_and_reply_to_is_a_header() -> None:
+    event = AgentRequestEvent.model_validate(valid_body())
+    entry = CODEC.encode_entry(event, reply_to="rpc-inbox", headers={"traceparent": "00-ab-cd-01"})
+    message = CODEC.decode_entry(entry, AgentRequestEvent)
+    assert message.event == event
+    assert message.correlation_id == event.id
+    assert message.reply_to == "rpc-inbox"
+    assert message.traceparent == "00-ab-cd-01"
+    assert list(message.headers) == ["correlation_id", "content-type", "reply_to", "traceparent"]
+
+
+def test_legacy_json_envelope_and_bare_body_are_read() -> None:
+    event = AgentRequestEvent.model_validate(valid_body())
+    body = CODEC.encode_json(event).decode()
+    legacy = json.dumps({"data": body, "headers": {"correlation_id": event.id}}).encode()
+    assert CODEC.decode_entry({"__data__": legacy}, AgentRequestEvent).event == event
+    assert CODEC.decode_entry({"__data__": legacy}, AgentRequestEvent).correlation_id == event.id
+    assert CODEC.decode_entry({"__data__": body}, AgentRequestEvent).event == event
+
+
+def test_body_with_a_data_field_is_not_mistaken_for_a_legacy_envelope() -> None:
+    body = json.dumps(valid_body(data="not an envelope")).encode()
+    assert read_entry_data(body).body == body
+
+
+def test_flat_field_entry_is_read() -> None:
+    fields = {b"source": b"discord", b"source_id": b"9", b"user_id": b"u", b"content": b"hey"}
+    event = CODEC.decode_entry(fields, AgentRequestEvent).event
+    assert (event.source, event.source_id, event.content) == ("discord", "9", "hey")
+
+
+def test_lifecycle_events_decode_to_their_own_class() -> None:
+    target = Target(type=TargetType.AGENT, id="helper")
+    for event in (
+        ContentDelta(request_id="r", session_id="s", target=target, sequence=3, content="par"),
+        RunFailed(request_id="r", session_id="s", error_message="boom"),
+    ):
+        decoded = CODEC.decode_json(CODEC.encode_json(event), LifecycleEvent)
+        assert type(decoded) is type(event)
+        assert decoded == event
+
+
+def test_unknown_lifecycle_type_is_a_validation_error() -> None:
+    with pytest.raises(EventValidationError, match="type"):
+        CODEC.decode_json(b'{"type": "run.exploded", "request_id": "r"}', LifecycleEvent)
+
+
+def test_a_response_is_not_read_as_a_request() -> None:
+    response = AgentResponseEvent(request_id="r1", content="done")
+    with pytest.raises(EventValidationError):
+        CODEC.decode_json(CODEC.encode_json(response), AgentRequestEvent)

@@ -1,0 +1,121 @@
+"""Round trips of both codecs over generated events: non-ASCII text, empty and maximal fields."""
+
+from __future__ import annotations
+
+import contextlib
+import string
+from datetime import UTC
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, Attachment, EventCodec
+from dynamic_agents.events.envelope import decode_envelope, encode_envelope
+from dynamic_agents.exceptions import DynamicAgentsError, EventTooLargeError
+
+MAX_CONTENT = 2_000
+CODEC = EventCodec(max_content_length=MAX_CONTENT, max_size=64 * 1024)
+
+ids = st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=256)
+any_text = st.text(max_size=80)  # every plane, surrogates excluded by hypothesis
+json_scalars = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | any_text
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(any_text, inner, max_size=3),
+    max_leaves=8,
+)
+metadata = st.dictionaries(any_text, json_values, max_size=4)
+timestamps = st.datetimes(timezones=st.just(UTC))
+sources = st.from_regex(r"[a-z][a-z0-9_.-]{0,63}", fullmatch=True)
+channels = st.text(alphabet=st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=256)
+attachments = st.builds(
+    Attachment,
+    kind=st.sampled_from(["image", "file", "audio"]),
+    url=st.none() | st.just("https://cdn.example/a.png"),
+    filename=st.none() | any_text,
+    size_bytes=st.none() | st.integers(0, 2**40),
+)
+
+requests = st.builds(
+    AgentRequestEvent,
+    id=ids,
+    timestamp=timestamps,
+    source=sources,
+    source_id=channels,
+    user_id=any_text,
+    user_name=st.none() | any_text,
+    content=st.text(max_size=MAX_CONTENT) | st.just("é" * MAX_CONTENT) | st.just(""),
+    attachments=st.lists(attachments, max_size=3),
+    agent_id=st.none() | any_text,
+    session_id=st.text(min_size=1, max_size=512),
+    session_state=metadata,
+    reply_stream=st.none() | st.text(min_size=1, max_size=100),
+    metadata=metadata,
+)
+responses = st.builds(
+    AgentResponseEvent,
+    id=ids,
+    request_id=ids,
+    timestamp=timestamps,
+    content=st.text(max_size=MAX_CONTENT),
+    structured_data=st.none() | metadata,
+    execution_time_ms=st.none() | st.integers(0, 10**9),
+    tokens_used=st.none() | st.integers(0, 10**9),
+    images=st.lists(any_text, max_size=3),
+    files=st.lists(st.dictionaries(any_text, any_text, max_size=2), max_size=2),
+    metadata=metadata,
+)
+ascii_headers = st.dictionaries(
+    st.text(alphabet=string.ascii_letters + "-_", min_size=1, max_size=20).filter(
+        lambda key: key not in {"correlation_id", "content-type", "reply_to"}
+    ),
+    st.text(alphabet=string.printable, max_size=200),
+    max_size=4,
+)
+
+
+@given(requests)
+def test_request_round_trips_through_json(event: AgentRequestEvent) -> None:
+    assert CODEC.decode_json(CODEC.encode_json(event), AgentRequestEvent) == event
+
+
+@given(requests, st.none() | st.text(string.ascii_letters, min_size=1), ascii_headers)
+def test_request_round_trips_through_the_envelope(
+    event: AgentRequestEvent, reply_to: str | None, headers: dict[str, str]
+) -> None:
+    message = CODEC.decode_entry(
+        CODEC.encode_entry(event, reply_to=reply_to, headers=headers), AgentRequestEvent
+    )
+    assert message.event == event
+    assert message.correlation_id == event.id
+    assert message.reply_to == reply_to
+    assert {k: message.headers[k] for k in headers} == headers
+
+
+@given(responses)
+def test_response_round_trips_through_both_codecs(event: AgentResponseEvent) -> None:
+    assert CODEC.decode_json(CODEC.encode_json(event), AgentResponseEvent) == event
+    envelope = CODEC.encode_envelope(event)
+    assert CODEC.decode_envelope(envelope, AgentResponseEvent).event == event
+
+
+@given(st.binary(max_size=4096), ascii_headers)
+def test_envelope_round_trips_any_body(body: bytes, headers: dict[str, str]) -> None:
+    decoded = decode_envelope(encode_envelope(body, headers))
+    assert decoded.body == body
+    assert dict(decoded.headers) == headers
+
+
+@given(st.integers(MAX_CONTENT + 1, MAX_CONTENT + 50))
+def test_content_one_past_the_limit_is_refused(length: int) -> None:
+    event = AgentRequestEvent(source="rest", source_id="c", user_id="u", content="ü" * length)
+    with pytest.raises(EventTooLargeError) as caught:
+        CODEC.encode_json(event)
+    assert caught.value.size == length
+
+
+@given(st.binary(max_size=300))
+def test_garbage_entries_raise_only_library_errors(data: bytes) -> None:
+    with contextlib.suppress(DynamicAgentsError):
+        CODEC.decode_entry({b"__data__": data}, AgentRequestEvent)

@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from dynamic_agents._logging import get_logger, log_context
+
+
+def test_records_carry_request_and_session_ids(caplog: pytest.LogCaptureFixture) -> None:
+    logger = get_logger("events")
+    assert logger.name == "dynamic_agents.events"
+    with caplog.at_level(logging.DEBUG, logger="dynamic_agents"):
+        logger.debug("outside")
+        with log_context(request_id="r1", session_id="s1"):
+            logger.debug("inside")
+    outside, inside = caplog.records
+    assert (outside.request_id, outside.session_id) == (None, None)  # type: ignore[attr-defined]
+    assert (inside.request_id, inside.session_id) == ("r1", "s1")  # type: ignore[attr-defined]
+
+
+async def test_ids_follow_tasks_and_do_not_leak_between_them(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    logger = get_logger("worker")
+
+    async def handle(request_id: str) -> None:
+        with log_context(request_id=request_id, session_id=f"s-{request_id}"):
+            await asyncio.sleep(0)
+            logger.debug("handled %s", request_id)
+
+    with caplog.at_level(logging.DEBUG, logger="dynamic_agents"):
+        await asyncio.gather(*(handle(str(n)) for n in range(5)))
+    assert sorted(
+        (r.getMessage(), r.request_id, r.session_id)  # type: ignore[attr-defined]
+        for r in caplog.records
+    ) == [(f"handled {n}", str(n), f"s-{n}") for n in range(5)]
+
+
+def test_library_adds_no_handler_but_a_null_one() -> None:
+    root = logging.getLogger("dynamic_agents")
+    assert all(isinstance(h, logging.NullHandler) for h in root.handlers)
+
+
+def test_get_logger_attaches_its_filter_once() -> None:
+    logger = get_logger("routing")
+    get_logger("routing")
+    assert len(logger.filters) == 1

@@ -1,0 +1,83 @@
+"""The package's face: exported names, laziness, version and the error tree."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+import dynamic_agents
+from dynamic_agents import exceptions
+
+PUBLIC_PACKAGES = ["dynamic_agents", "dynamic_agents.events", "dynamic_agents.exceptions"]
+
+
+@pytest.mark.parametrize("name", PUBLIC_PACKAGES)
+def test_all_lists_exactly_the_public_names(name: str) -> None:
+    module = importlib.import_module(name)
+    assert module.__all__ == sorted(module.__all__, key=lambda n: (not n.isupper(), n))
+    if module is dynamic_agents:
+        public = set(dynamic_agents._LAZY) | {"__version__"}
+    else:
+        public = {
+            attribute
+            for attribute, value in vars(module).items()
+            if not attribute.startswith("_")
+            and not isinstance(value, ModuleType)
+            and attribute != "annotations"
+            and getattr(value, "__module__", name).startswith("dynamic_agents")
+        }
+    assert set(module.__all__) == public
+
+
+def test_every_lazy_name_resolves() -> None:
+    for name in dynamic_agents._LAZY:
+        assert getattr(dynamic_agents, name) is not None
+
+
+def test_unknown_attribute_is_an_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        _ = dynamic_agents.Nope  # type: ignore[attr-defined]
+
+
+def test_version_is_defined_once_and_matches_the_metadata() -> None:
+    from importlib.metadata import version
+
+    assert dynamic_agents.__version__ == version("dynamic-agents")
+    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    assert 'dynamic = ["version"]' in pyproject
+
+
+@pytest.mark.parametrize("module", ["dynamic_agents", "dynamic_agents.events"])
+def test_light_imports_load_neither_litellm_nor_agno(module: str) -> None:
+    code = (
+        f"import json, sys; import {module}; "
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "{'litellm', 'agno', 'redis', 'faststream', 'fastapi', 'opentelemetry'})))"
+    )
+    loaded = json.loads(subprocess.check_output([sys.executable, "-c", code], text=True))
+    assert loaded == []
+
+
+def test_every_error_subclasses_the_base_and_a_builtin() -> None:
+    for name in exceptions.__all__:
+        error = getattr(exceptions, name)
+        if not (isinstance(error, type) and issubclass(error, BaseException)):
+            continue
+        assert issubclass(error, exceptions.DynamicAgentsError)
+        if error is not exceptions.DynamicAgentsError:
+            builtin_bases = [b for b in error.__mro__ if b.__module__ == "builtins"]
+            assert set(builtin_bases) - {Exception, BaseException, object}, name
+        assert not issubclass(error, KeyError), name
+        assert error.__name__ in (exceptions.__doc__ or ""), f"{name} is not in the documented tree"
+
+
+def test_missing_dependency_error_gives_the_install_line() -> None:
+    error = exceptions.MissingDependencyError("RedisStreamsTransport", "redis")
+    assert isinstance(error, ImportError)
+    assert "pip install 'dynamic-agents[redis]'" in str(error)

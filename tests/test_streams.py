@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import pytest
+
+from dynamic_agents.events import StreamNames
+from dynamic_agents.exceptions import ConfigurationError
+
+
+def test_default_names_match_the_seed() -> None:
+    names = StreamNames()
+    assert names.requests == "agent:requests"
+    assert names.events == "agent:events"
+    assert names.responses("discord", "123456789") == "agent:responses:discord:123456789"
+
+
+def test_hash_tagged_prefix_puts_every_key_in_one_slot() -> None:
+    names = StreamNames("{agents}")
+    keys = [
+        names.requests,
+        names.events,
+        names.dead_letters,
+        names.responses("slack", "C1"),
+        names.completed_record("r1"),
+        names.session_lease("slack:C1"),
+    ]
+    assert all(key.startswith("{agents}:") for key in keys)
+    assert len(set(keys)) == len(keys)
+
+
+@pytest.mark.parametrize("prefix", ["", "has space", "trailing:", "{open", "{a}{b}", "a}b"])
+def test_bad_prefixes_are_refused(prefix: str) -> None:
+    with pytest.raises(ConfigurationError, match="stream prefix"):
+        StreamNames(prefix)
+
+
+@pytest.mark.parametrize("prefix", ["agent", "prod:agent", "{agents}", "{agents}:prod"])
+def test_good_prefixes(prefix: str) -> None:
+    assert StreamNames(prefix).requests == f"{prefix}:requests"
+
+
+@pytest.mark.parametrize(("source", "source_id"), [("", "1"), ("discord", ""), ("a", "x\ny")])
+def test_response_stream_parts_are_checked(source: str, source_id: str) -> None:
+    with pytest.raises(ConfigurationError):
+        StreamNames().responses(source, source_id)
