@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
-from tests.support.redis_server import RedisServer
+from tests.support.redis_server import RedisServer, free_port
 
 
 @pytest.mark.redis
@@ -58,3 +63,32 @@ def test_private_redis_server_survives_a_kill_with_its_data(redis_server: RedisS
         assert client.config_get("appendfsync") == {"appendfsync": "always"}
     finally:
         client.close()
+
+
+def _run_redis_test_without_redis(require: bool) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    env.pop("DYNAMIC_AGENTS_REQUIRE_SERVICES", None)
+    if require:
+        env["DYNAMIC_AGENTS_REQUIRE_SERVICES"] = "1"
+    test = "tests/test_service_fixtures.py::test_redis_prefix_keys_are_removed_after_the_test"
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-rs", "-p", "no:cacheprovider", test],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path(__file__).parents[1],
+        check=False,
+    )
+
+
+def test_missing_service_skips_with_a_reason_that_says_how_to_provide_it() -> None:
+    result = _run_redis_test_without_redis(require=False)
+    assert result.returncode == 0, result.stdout
+    assert "1 skipped" in result.stdout
+    assert "set REDIS_URL" in result.stdout
+
+
+def test_missing_service_fails_when_services_are_required() -> None:
+    result = _run_redis_test_without_redis(require=True)
+    assert result.returncode == 1, result.stdout
+    assert "DYNAMIC_AGENTS_REQUIRE_SERVICES is set" in result.stdout
