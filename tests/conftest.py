@@ -11,8 +11,8 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 import pytest
 from hypothesis import HealthCheck, settings
 
+from dynamic_agents.testing import RedisServer
 from tests.support import services
-from tests.support.redis_server import RedisServer
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("AGNO_TELEMETRY", "false")

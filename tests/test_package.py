@@ -14,30 +14,38 @@ import pytest
 import dynamic_agents
 from dynamic_agents import exceptions
 
-PUBLIC_PACKAGES = ["dynamic_agents", "dynamic_agents.events", "dynamic_agents.exceptions"]
+PUBLIC_PACKAGES = [
+    "dynamic_agents",
+    "dynamic_agents.events",
+    "dynamic_agents.exceptions",
+    "dynamic_agents.testing",
+    "dynamic_agents.transports",
+]
 
 
 @pytest.mark.parametrize("name", PUBLIC_PACKAGES)
 def test_all_lists_exactly_the_public_names(name: str) -> None:
     module = importlib.import_module(name)
     assert module.__all__ == sorted(module.__all__, key=lambda n: (not n.isupper(), n))
+    public = {
+        attribute
+        for attribute, value in vars(module).items()
+        if not attribute.startswith("_")
+        and not isinstance(value, ModuleType)
+        and attribute not in {"annotations", "TYPE_CHECKING"}
+        and getattr(value, "__module__", name).startswith("dynamic_agents")
+    }
+    public |= set(getattr(module, "_LAZY", {}))
     if module is dynamic_agents:
-        public = set(dynamic_agents._LAZY) | {"__version__"}
-    else:
-        public = {
-            attribute
-            for attribute, value in vars(module).items()
-            if not attribute.startswith("_")
-            and not isinstance(value, ModuleType)
-            and attribute != "annotations"
-            and getattr(value, "__module__", name).startswith("dynamic_agents")
-        }
+        public.add("__version__")
     assert set(module.__all__) == public
 
 
-def test_every_lazy_name_resolves() -> None:
-    for name in dynamic_agents._LAZY:
-        assert getattr(dynamic_agents, name) is not None
+@pytest.mark.parametrize("name", PUBLIC_PACKAGES)
+def test_every_lazy_name_resolves(name: str) -> None:
+    module = importlib.import_module(name)
+    for attribute, source in getattr(module, "_LAZY", {}).items():
+        assert getattr(module, attribute) is getattr(importlib.import_module(source), attribute)
 
 
 def test_unknown_attribute_is_an_attribute_error() -> None:
@@ -53,7 +61,7 @@ def test_version_is_defined_once_and_matches_the_metadata() -> None:
     assert 'dynamic = ["version"]' in pyproject
 
 
-@pytest.mark.parametrize("module", ["dynamic_agents", "dynamic_agents.events"])
+@pytest.mark.parametrize("module", ["dynamic_agents", "dynamic_agents.events", "dynamic_agents.transports"])
 def test_light_imports_load_neither_litellm_nor_agno(module: str) -> None:
     code = (
         f"import json, sys; import {module}; "
@@ -81,3 +89,5 @@ def test_missing_dependency_error_gives_the_install_line() -> None:
     error = exceptions.MissingDependencyError("RedisStreamsTransport", "redis")
     assert isinstance(error, ImportError)
     assert "pip install 'dynamic-agents[redis]'" in str(error)
+    binary = exceptions.MissingDependencyError("redis-server", install="apt-get install redis-server")
+    assert str(binary) == "redis-server is not available: apt-get install redis-server"

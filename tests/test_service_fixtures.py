@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.redis_server import RedisServer, free_port
+from dynamic_agents.testing import RedisServer, free_port
 
 
 @pytest.mark.redis

@@ -8,9 +8,9 @@ part are importable from here and loaded on first use::
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from dynamic_agents._lazy import lazy_exports as _lazy_exports
 from dynamic_agents._version import __version__
 
 if TYPE_CHECKING:
@@ -25,6 +25,15 @@ if TYPE_CHECKING:
         StreamNames,
     )
     from dynamic_agents.exceptions import DynamicAgentsError
+    from dynamic_agents.transports import (
+        Coordinator,
+        Delivery,
+        InMemoryTransport,
+        RedisStreamsTransport,
+        Reply,
+        Subscription,
+        Transport,
+    )
 
 # public name -> module that defines it; imported on first attribute access (PEP 562).
 _LAZY: dict[str, str] = {
@@ -37,29 +46,37 @@ _LAZY: dict[str, str] = {
     "LifecycleEvent": "dynamic_agents.events",
     "ResponseStatus": "dynamic_agents.events",
     "StreamNames": "dynamic_agents.events",
+    "Coordinator": "dynamic_agents.transports",
+    "Delivery": "dynamic_agents.transports",
+    "InMemoryTransport": "dynamic_agents.transports",
+    "RedisStreamsTransport": "dynamic_agents.transports",
+    "Reply": "dynamic_agents.transports",
+    "Subscription": "dynamic_agents.transports",
+    "Transport": "dynamic_agents.transports",
 }
 
 __all__ = [
     "AgentRequestEvent",
     "AgentResponseEvent",
     "Attachment",
+    "Coordinator",
     "DecodedMessage",
+    "Delivery",
     "DynamicAgentsError",
     "EventCodec",
+    "InMemoryTransport",
     "LifecycleEvent",
+    "RedisStreamsTransport",
+    "Reply",
     "ResponseStatus",
     "StreamNames",
+    "Subscription",
+    "Transport",
     "__version__",
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'dynamic_agents' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = _lazy_exports(__name__, _LAZY, globals())
 
 
 def __dir__() -> list[str]:

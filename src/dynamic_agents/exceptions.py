@@ -48,12 +48,14 @@ class ConfigurationError(DynamicAgentsError, ValueError):
 
 
 class MissingDependencyError(DynamicAgentsError, ImportError):
-    """An optional dependency is missing; the message gives the ``pip install`` line that adds it."""
+    """An optional dependency is missing; the message says how to install it (``pip install …``)."""
 
-    def __init__(self, feature: str, extra: str) -> None:
+    def __init__(self, feature: str, extra: str | None = None, *, install: str | None = None) -> None:
         self.feature = feature
         self.extra = extra
-        super().__init__(f"{feature} needs the '{extra}' extra: pip install 'dynamic-agents[{extra}]'")
+        if extra is not None:
+            install = f"pip install 'dynamic-agents[{extra}]'"
+        super().__init__(f"{feature} is not available: {install or 'install it'}")
 
 
 class EventError(DynamicAgentsError, ValueError):

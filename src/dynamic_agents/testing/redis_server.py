@@ -1,7 +1,15 @@
 """A private ``redis-server`` on a free loopback port, for tests that kill, restart or flush it.
 
 It persists with ``--appendonly yes --appendfsync always`` in its own temporary directory, so a
-kill and restart keeps every acknowledged write. Only the process started here is ever stopped.
+kill and restart keeps every acknowledged write. Only the process started here is ever stopped::
+
+    with RedisServer() as server:
+        transport = RedisStreamsTransport.from_url(server.url)
+        ...
+        server.kill()     # SIGKILL, like a crash
+        server.start()    # same port, same data directory
+
+Needs the ``redis-server`` binary on ``PATH``.
 """
 
 from __future__ import annotations
@@ -13,6 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+
+from dynamic_agents.exceptions import MissingDependencyError, TransportError
+
+__all__ = ["RedisServer", "free_port"]
 
 _START_DEADLINE = 10.0
 
@@ -30,7 +42,7 @@ class RedisServer:
     def __init__(self) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
-            raise RuntimeError("redis-server is not on PATH (apt-get install redis-server)")
+            raise MissingDependencyError("redis-server", install="apt-get install redis-server")
         self.binary = binary
         self.port = free_port()
         self.directory = Path(tempfile.mkdtemp(prefix="dynamic-agents-redis-"))
@@ -43,7 +55,7 @@ class RedisServer:
     def start(self) -> None:
         if self.process is not None and self.process.poll() is None:
             return
-        self.process = subprocess.Popen(
+        self.process = subprocess.Popen(  # noqa: S603 - a fixed argv, the binary found on PATH
             [
                 self.binary,
                 "--port",
@@ -72,7 +84,7 @@ class RedisServer:
             assert self.process is not None
             if self.process.poll() is not None:
                 log = (self.directory / "redis.log").read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"redis-server exited with {self.process.returncode}: {log}")
+                raise TransportError(f"redis-server exited with {self.process.returncode}: {log}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), 0.2) as sock:
                     sock.sendall(b"PING\r\n")
@@ -81,7 +93,7 @@ class RedisServer:
             except OSError:
                 pass
             time.sleep(0.02)
-        raise RuntimeError(f"redis-server on port {self.port} did not answer within {_START_DEADLINE}s")
+        raise TransportError(f"redis-server on port {self.port} did not answer within {_START_DEADLINE}s")
 
     def kill(self) -> None:
         """SIGKILL: no shutdown save, like a crash."""

@@ -1,0 +1,497 @@
+"""The transport and coordinator interfaces, and the values they exchange.
+
+A :class:`Transport` moves events through streams with consumer groups (at-least-once delivery);
+a :class:`Coordinator` gives workers session leases and completed-request records. Both have an
+in-memory and a Redis implementation with the same semantics, checked by one contract test suite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from types import TracebackType
+from typing import Any, Final, Generic, Protocol, Self, TypeVar
+
+from dynamic_agents._logging import get_logger
+from dynamic_agents.events import AgentResponseEvent, DecodedMessage, EventCodec, StreamNames, WireModel
+from dynamic_agents.exceptions import ConfigurationError, EventError
+
+__all__ = [
+    "Clock",
+    "CompletedRecord",
+    "Completion",
+    "Coordinator",
+    "Delivery",
+    "Entry",
+    "Lease",
+    "PendingEntry",
+    "Reply",
+    "Subscription",
+    "SystemClock",
+    "Transport",
+    "TransportStats",
+]
+
+E = TypeVar("E", bound=WireModel)
+
+logger = get_logger("transports")
+
+DEAD_LETTER_FIELD_PREFIX: Final = "dead_letter."
+"""Fields a dead-letter entry adds to the original entry's fields (``dead_letter.reason``, …)."""
+
+
+class Clock(Protocol):
+    """Wall-clock seconds; the in-memory backend takes a manual one for deterministic tests."""
+
+    def time(self) -> float: ...
+
+
+class SystemClock:
+    def time(self) -> float:
+        return time.time()
+
+
+@dataclass(frozen=True, slots=True)
+class Entry(Generic[E]):
+    """One stream entry: its id, its raw fields, and the decoded message or why it did not decode."""
+
+    stream: str
+    entry_id: str
+    fields: Mapping[bytes, bytes]
+    message: DecodedMessage[E] | None = None
+    error: EventError | None = None
+
+    @property
+    def event(self) -> E:
+        """The decoded event; raises the decode error for an entry that did not decode."""
+        if self.message is None:
+            assert self.error is not None
+            raise self.error
+        return self.message.event
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription(Generic[E]):
+    """How a consumer reads a stream through a group.
+
+    ``block`` is the longest a read waits for new entries (seconds). Entries pending on another
+    consumer for longer than ``claim_min_idle`` are reclaimed by the same reads (``None`` turns that
+    off); the reclaim scan runs at most every ``claim_interval`` (default: half of
+    ``claim_min_idle``). Undecodable entries are dead-lettered by the transport when
+    ``dead_letter_undecodable`` is true, and still returned (``settled``) so the caller can count them.
+    """
+
+    stream: str
+    group: str
+    consumer: str
+    model: type[E]
+    batch_size: int = 16
+    block: float = 5.0
+    claim_min_idle: float | None = 60.0
+    claim_interval: float | None = None
+    dead_letter_undecodable: bool = True
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigurationError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.block < 0:
+            raise ConfigurationError(f"block must be >= 0 seconds, got {self.block}")
+        if self.claim_min_idle is not None and self.claim_min_idle <= 0:
+            raise ConfigurationError(f"claim_min_idle must be > 0 seconds, got {self.claim_min_idle}")
+        for name in ("stream", "group", "consumer"):
+            if not getattr(self, name):
+                raise ConfigurationError(f"subscription {name} must not be empty")
+
+    @property
+    def reclaim_every(self) -> float:
+        if self.claim_interval is not None:
+            return self.claim_interval
+        return (self.claim_min_idle or 0.0) / 2
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery(Entry[E]):
+    """An entry delivered to one consumer of a group; it stays pending until acked or dead-lettered.
+
+    ``settled`` is true for an undecodable entry the transport has already dead-lettered: acking or
+    dead-lettering it again does nothing.
+    """
+
+    subscription: Subscription[E] | None = None
+    delivery_count: int = 1
+    settled: bool = False
+
+    @property
+    def sub(self) -> Subscription[E]:
+        assert self.subscription is not None, "a Delivery always comes from a Subscription"
+        return self.subscription
+
+    @property
+    def group(self) -> str:
+        return self.sub.group
+
+    @property
+    def consumer(self) -> str:
+        return self.sub.consumer
+
+
+@dataclass(frozen=True, slots=True)
+class PendingEntry:
+    """An entry delivered to a consumer and not yet acked (Redis ``XPENDING``)."""
+
+    entry_id: str
+    consumer: str
+    idle: float
+    delivery_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A response to write with :meth:`Transport.complete` or :meth:`Transport.dead_letter`.
+
+    ``stream`` ``None`` writes no reply (the record is still kept). ``maxlen`` trims the reply stream
+    approximately, and ``expire`` (seconds) lets an idle reply stream expire.
+    """
+
+    event: AgentResponseEvent
+    stream: str | None
+    maxlen: int | None = None
+    expire: float | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class CompletedRecord:
+    """Proof that a request was answered: what answered it and where the reply entry is."""
+
+    request_id: str
+    response_id: str
+    status: str
+    reply_stream: str | None
+    reply_entry_id: str | None
+    completed_at: float
+
+    def to_fields(self) -> dict[str, str]:
+        return {
+            "request_id": self.request_id,
+            "response_id": self.response_id,
+            "status": self.status,
+            "reply_stream": self.reply_stream or "",
+            "reply_entry_id": self.reply_entry_id or "",
+            "completed_at": repr(self.completed_at),
+        }
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[bytes, bytes] | Mapping[str, str]) -> CompletedRecord:
+        text = {_text(key): _text(value) for key, value in fields.items()}
+        return cls(
+            request_id=text["request_id"],
+            response_id=text["response_id"],
+            status=text["status"],
+            reply_stream=text.get("reply_stream") or None,
+            reply_entry_id=text.get("reply_entry_id") or None,
+            completed_at=float(text.get("completed_at") or 0),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """What :meth:`Transport.complete` did: ``created`` is false when the request was already
+    answered (nothing was written again; ``record`` is the earlier answer)."""
+
+    record: CompletedRecord
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A session lease held by ``token``'s owner until renewed, released or expired."""
+
+    session_id: str
+    token: str
+    ttl: float
+
+
+@dataclass(slots=True)
+class TransportStats:
+    """Counters a transport keeps (read them for metrics; they only grow)."""
+
+    published: int = 0
+    delivered: int = 0
+    reclaimed: int = 0
+    reclaimed_deleted: int = 0
+    acked: int = 0
+    dead_lettered: int = 0
+    undecodable: int = 0
+    groups_recreated: int = 0
+    reconnects: int = 0
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class _AsyncResource(ABC):
+    """``async with`` support around :meth:`aclose`."""
+
+    @abstractmethod
+    async def aclose(self) -> None: ...
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+class Transport(_AsyncResource):
+    """Streams with consumer groups: publish, read, ack, release, keep fresh, dead-letter, complete.
+
+    Delivery is at least once. ``complete`` and ``dead_letter`` are atomic: every part is written
+    or none is. Use as ``async with transport:`` or call :meth:`aclose`.
+    """
+
+    names: StreamNames
+    codec: EventCodec
+    stats: TransportStats
+
+    # -- writing ----------------------------------------------------------------------------------
+
+    async def publish(
+        self,
+        stream: str,
+        event: WireModel,
+        *,
+        headers: Mapping[str, str] | None = None,
+        reply_to: str | None = None,
+        maxlen: int | None = None,
+        expire: float | None = None,
+    ) -> str:
+        """Append ``event`` to ``stream``; returns the entry id.
+
+        ``maxlen`` trims approximately and ``expire`` (seconds) makes an idle stream expire: use them
+        on reply and event streams only — trimming a request stream by count deletes unread entries.
+        """
+        fields = self.codec.encode_entry(event, reply_to=reply_to, headers=headers)
+        return await self.publish_fields(stream, fields, maxlen=maxlen, expire=expire)
+
+    @abstractmethod
+    async def publish_fields(
+        self,
+        stream: str,
+        fields: Mapping[str, bytes] | Mapping[bytes, bytes],
+        *,
+        maxlen: int | None = None,
+        expire: float | None = None,
+    ) -> str:
+        """Append raw fields (already encoded, or copied from another entry); returns the entry id."""
+
+    # -- consuming --------------------------------------------------------------------------------
+
+    @abstractmethod
+    async def ensure_group(self, stream: str, group: str, *, start_id: str = "0") -> bool:
+        """Create ``group`` on ``stream`` (and the stream) unless it exists; true if created.
+
+        The default start ``0`` means entries written before the group existed are delivered too.
+        """
+
+    @abstractmethod
+    async def read(self, subscription: Subscription[E], count: int) -> list[Delivery[E]]:
+        """Up to ``count`` deliveries: reclaimed ones first, then new ones, waiting at most
+        ``subscription.block`` seconds when there are none. Never returns more than ``count``."""
+
+    async def consume(
+        self, subscription: Subscription[E], capacity: Callable[[], int]
+    ) -> AsyncIterator[Delivery[E]]:
+        """Yield deliveries forever, reading only as many as ``capacity()`` says are free.
+
+        With no free capacity it waits ``subscription.block`` seconds before asking again.
+        """
+        while True:
+            free = min(capacity(), subscription.batch_size)
+            if free <= 0:
+                await asyncio.sleep(subscription.block)
+                continue
+            for delivery in await self.read(subscription, free):
+                yield delivery
+
+    @abstractmethod
+    async def ack(self, *deliveries: Delivery[Any]) -> int:
+        """Acknowledge deliveries (one round trip per call); returns how many were still pending."""
+
+    @abstractmethod
+    async def release(self, delivery: Delivery[Any], *, delay: float = 0.0) -> bool:
+        """Give a delivery back for another attempt after ``delay`` seconds (the next reclaim takes
+        it, counting a new delivery). False if this consumer no longer held it."""
+
+    @abstractmethod
+    async def keep_fresh(self, deliveries: Sequence[Delivery[Any]]) -> list[Delivery[Any]]:
+        """Reset the idle time of deliveries this consumer still holds, so they are not reclaimed,
+        without counting a new delivery. Returns the deliveries it no longer holds (lost)."""
+
+    @abstractmethod
+    async def dead_letter(self, delivery: Delivery[Any], reason: str, reply: Reply | None = None) -> bool:
+        """Atomically: copy the entry to the dead-letter stream with ``reason``, delivery count and
+        consumer, write ``reply`` if given, and ack. Does nothing and returns false if this consumer
+        no longer holds the entry, or the request was already answered (then it only acks)."""
+
+    @abstractmethod
+    async def complete(self, delivery: Delivery[Any], reply: Reply, *, record_ttl: float) -> Completion:
+        """Atomically: write ``reply``, the completed-request record (kept ``record_ttl`` seconds)
+        and the ack. If the request already has a record, only ack and return the earlier record."""
+
+    # -- inspecting -------------------------------------------------------------------------------
+
+    @abstractmethod
+    async def read_stream(
+        self,
+        stream: str,
+        model: type[E],
+        *,
+        after: str = "0-0",
+        count: int = 100,
+        block: float | None = None,
+    ) -> list[Entry[E]]:
+        """Entries after id ``after`` without a group (replies, dead letters); waits up to ``block``
+        seconds for one when there are none (``None``: do not wait)."""
+
+    @abstractmethod
+    async def pending(self, stream: str, group: str, *, count: int = 100) -> list[PendingEntry]:
+        """Entries delivered in ``group`` and not yet acked, oldest first."""
+
+    @abstractmethod
+    async def trim_acknowledged(self, stream: str) -> int:
+        """Delete entries every group has read and acked (``XTRIM MINID``); returns how many.
+
+        Entries pending or not yet delivered in any group are kept. A stream without groups is left
+        alone.
+        """
+
+    @abstractmethod
+    def coordinator(self) -> Coordinator:
+        """A coordinator sharing this transport's storage (records written by ``complete`` show)."""
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Release connections; un-acked deliveries stay pending for other consumers."""
+
+
+class Coordinator(_AsyncResource):
+    """Session leases (one run per session anywhere) and completed-request records."""
+
+    @abstractmethod
+    async def acquire(self, session_id: str, ttl: float) -> Lease | None:
+        """Take the session's lease for ``ttl`` seconds, or ``None`` if someone else holds it."""
+
+    @abstractmethod
+    async def renew(self, lease: Lease, ttl: float | None = None) -> bool:
+        """Extend a lease this owner still holds; false if it expired or passed to someone else."""
+
+    @abstractmethod
+    async def release(self, lease: Lease) -> bool:
+        """Give the lease up; false (and nothing changed) if this owner no longer holds it."""
+
+    @abstractmethod
+    async def get_record(self, request_id: str) -> CompletedRecord | None:
+        """The completed-request record of ``request_id``, if it was answered (and not expired)."""
+
+    @abstractmethod
+    async def set_record(self, record: CompletedRecord, ttl: float) -> bool:
+        """Store a record unless one exists for the request; true if stored."""
+
+    async def aclose(self) -> None:
+        """Release what the coordinator owns (nothing, when it shares a transport's client)."""
+
+
+def delivered(entry: Entry[E], subscription: Subscription[E], count: int) -> Delivery[E]:
+    """The delivery of ``entry`` to ``subscription``'s consumer, delivered ``count`` times."""
+    return Delivery(
+        stream=entry.stream,
+        entry_id=entry.entry_id,
+        fields=entry.fields,
+        message=entry.message,
+        error=entry.error,
+        subscription=subscription,
+        delivery_count=count,
+    )
+
+
+def released_idle(delivery: Delivery[Any], delay: float) -> float:
+    """The idle time to give a released delivery so reclaim takes it after ``delay`` seconds."""
+    min_idle = delivery.sub.claim_min_idle
+    if min_idle is None:
+        raise ConfigurationError(
+            "release() needs a subscription with claim_min_idle: without reclaim nobody would "
+            "take the released entry"
+        )
+    if delay < 0:
+        raise ConfigurationError(f"delay must be >= 0 seconds, got {delay}")
+    return max(0.0, min_idle - delay)
+
+
+def decode_entry(
+    codec: EventCodec, stream: str, entry_id: str, fields: Mapping[bytes, bytes], model: type[E]
+) -> Entry[E]:
+    try:
+        return Entry(stream, entry_id, fields, message=codec.decode_entry(fields, model))
+    except EventError as error:
+        return Entry(stream, entry_id, fields, error=error)
+
+
+def record_key_of(names: StreamNames, delivery: Delivery[Any]) -> str | None:
+    if delivery.message is None:
+        return None
+    return names.completed_record(delivery.message.event.id)
+
+
+def dead_letter_fields(delivery: Delivery[Any], reason: str, now: float) -> Mapping[bytes, bytes]:
+    """The original fields plus ``dead_letter.*`` fields saying where, when, who and why."""
+    extra = {
+        "reason": reason,
+        "stream": delivery.stream,
+        "group": delivery.group,
+        "consumer": delivery.consumer,
+        "entry_id": delivery.entry_id,
+        "delivery_count": str(delivery.delivery_count),
+        "dead_at": repr(now),
+    }
+    fields = dict(delivery.fields)
+    fields.update({f"{DEAD_LETTER_FIELD_PREFIX}{k}".encode(): v.encode() for k, v in extra.items()})
+    return fields
+
+
+async def settle_undecodable(
+    transport: Transport, sub: Subscription[E], deliveries: list[Delivery[E]]
+) -> list[Delivery[E]]:
+    """Dead-letter the deliveries that did not decode (when the subscription says so)."""
+    if not sub.dead_letter_undecodable:
+        return deliveries
+    settled: list[Delivery[E]] = []
+    for delivery in deliveries:
+        if delivery.error is None:
+            settled.append(delivery)
+            continue
+        transport.stats.undecodable += 1
+        logger.warning(
+            "entry %s of %r does not decode, dead-lettering it: %s",
+            delivery.entry_id,
+            delivery.stream,
+            delivery.error,
+        )
+        await transport.dead_letter(delivery, f"undecodable: {delivery.error}")
+        settled.append(_settled(delivery))
+    return settled
+
+
+def _settled(delivery: Delivery[E]) -> Delivery[E]:
+    return replace(delivery, settled=True)

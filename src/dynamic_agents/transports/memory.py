@@ -1,0 +1,537 @@
+"""In-memory transport and coordinator with Redis semantics, for tests and the embedded default.
+
+An :class:`InMemoryServer` plays the Redis server: one key space of streams (with consumer groups,
+pending entries, idle times and delivery counts), hashes and strings with expiry. Time comes from an
+injectable clock, so idle times and lease expiry are deterministic under :class:`ManualClock`;
+only ``block`` waits use real time. Everything a transport writes in one call happens without an
+``await`` in between, which is what makes ``complete`` and ``dead_letter`` atomic here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from dynamic_agents._logging import get_logger
+from dynamic_agents.events import EventCodec, StreamNames, WireModel
+from dynamic_agents.exceptions import ConfigurationError, TransportError
+from dynamic_agents.transports.base import (
+    Clock,
+    CompletedRecord,
+    Completion,
+    Coordinator,
+    Delivery,
+    Entry,
+    Lease,
+    PendingEntry,
+    Reply,
+    Subscription,
+    SystemClock,
+    Transport,
+    TransportStats,
+    dead_letter_fields,
+    decode_entry,
+    delivered,
+    record_key_of,
+    released_idle,
+    settle_undecodable,
+)
+
+__all__ = ["InMemoryCoordinator", "InMemoryServer", "InMemoryTransport", "ManualClock"]
+
+E = TypeVar("E", bound=WireModel)
+StreamId = tuple[int, int]
+Fields = dict[bytes, bytes]
+
+logger = get_logger("transports")
+
+
+class ManualClock:
+    """A clock that moves only when told: ``clock.advance(30)``."""
+
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
+        self.now = start
+
+    def time(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        if seconds < 0:
+            raise ConfigurationError(f"a clock cannot go back ({seconds} seconds)")
+        self.now += seconds
+
+
+def parse_id(entry_id: str) -> StreamId:
+    millis, _, sequence = entry_id.partition("-")
+    try:
+        return int(millis), int(sequence or 0)
+    except ValueError:
+        raise ConfigurationError(f"{entry_id!r} is not a stream entry id (like '1700000000000-0')") from None
+
+
+def format_id(entry_id: StreamId) -> str:
+    return f"{entry_id[0]}-{entry_id[1]}"
+
+
+@dataclass(slots=True)
+class _Pending:
+    consumer: str
+    delivered_at: float
+    count: int
+
+
+@dataclass(slots=True)
+class _Group:
+    last_delivered: StreamId
+    pending: dict[StreamId, _Pending] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Stream:
+    entries: dict[StreamId, Fields] = field(default_factory=dict)
+    last_id: StreamId = (0, 0)
+    groups: dict[str, _Group] = field(default_factory=dict)
+
+
+class InMemoryServer:
+    """The storage an in-memory transport and its coordinator share; a small Redis in process."""
+
+    def __init__(self, clock: Clock | None = None) -> None:
+        self.clock: Clock = clock or SystemClock()
+        self._keys: dict[str, _Stream | dict[str, str] | str] = {}
+        self._expires: dict[str, float] = {}
+        self._waiters: set[asyncio.Future[None]] = set()
+
+    # -- key space ------------------------------------------------------------------------------
+
+    def _get(self, key: str) -> _Stream | dict[str, str] | str | None:
+        deadline = self._expires.get(key)
+        if deadline is not None and deadline <= self.clock.time():
+            self._keys.pop(key, None)
+            self._expires.pop(key, None)
+        return self._keys.get(key)
+
+    def _stream(self, key: str, *, create: bool = False) -> _Stream | None:
+        value = self._get(key)
+        if value is None:
+            if not create:
+                return None
+            value = self._keys[key] = _Stream()
+        if not isinstance(value, _Stream):
+            raise TransportError(f"WRONGTYPE: key {key!r} holds a {_kind(value)}, not a stream")
+        return value
+
+    def _hash(self, key: str) -> dict[str, str] | None:
+        value = self._get(key)
+        if value is not None and not isinstance(value, dict):
+            raise TransportError(f"WRONGTYPE: key {key!r} holds a {_kind(value)}, not a hash")
+        return value
+
+    def _check_stream_type(self, key: str) -> None:
+        self._stream(key)
+
+    def expire(self, key: str, seconds: float) -> None:
+        if self._get(key) is not None:
+            self._expires[key] = self.clock.time() + seconds
+
+    def flush(self) -> None:
+        """Forget everything (like ``FLUSHALL``): groups are recreated by the next read."""
+        self._keys.clear()
+        self._expires.clear()
+
+    # -- streams --------------------------------------------------------------------------------
+
+    def xadd(self, key: str, fields: Mapping[bytes, bytes], *, maxlen: int | None = None) -> str:
+        stream = self._stream(key, create=True)
+        assert stream is not None
+        millis = int(self.clock.time() * 1000)
+        last = stream.last_id
+        new_id = (millis, 0) if millis > last[0] else (last[0], last[1] + 1)
+        stream.entries[new_id] = dict(fields)
+        stream.last_id = new_id
+        if maxlen is not None:
+            for old in list(stream.entries)[: max(0, len(stream.entries) - maxlen)]:
+                del stream.entries[old]
+        self._notify()
+        return format_id(new_id)
+
+    def _notify(self) -> None:
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def wait_for_change(self, seconds: float) -> None:
+        """Wait until a stream gets an entry, or ``seconds`` (real time) pass."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.add(waiter)
+        try:
+            await asyncio.wait_for(waiter, seconds)
+        except TimeoutError:
+            pass
+        finally:
+            self._waiters.discard(waiter)
+
+    def group(self, key: str, name: str) -> _Group:
+        stream = self._stream(key)
+        group = stream.groups.get(name) if stream is not None else None
+        if group is None:
+            raise _NoGroupError(f"NOGROUP: no group {name!r} on stream {key!r}")
+        return group
+
+
+class _NoGroupError(TransportError, LookupError):
+    pass
+
+
+def _kind(value: object) -> str:
+    return {_Stream: "stream", dict: "hash", str: "string"}.get(type(value), type(value).__name__)
+
+
+def _fields(fields: Mapping[str, bytes] | Mapping[bytes, bytes]) -> Fields:
+    return {
+        (key if isinstance(key, bytes) else key.encode()): (
+            value if isinstance(value, bytes) else str(value).encode()
+        )
+        for key, value in fields.items()
+    }
+
+
+class InMemoryTransport(Transport):
+    """The in-process transport: same behaviour as :class:`RedisStreamsTransport`, no server.
+
+    Pass a shared :class:`InMemoryServer` to connect several transports (say, an interface and two
+    workers) as if they used one Redis; ``clock=ManualClock()`` makes idle times deterministic.
+    """
+
+    def __init__(
+        self,
+        server: InMemoryServer | None = None,
+        *,
+        clock: Clock | None = None,
+        names: StreamNames | None = None,
+        codec: EventCodec | None = None,
+    ) -> None:
+        if server is not None and clock is not None:
+            raise ConfigurationError("pass the clock to the InMemoryServer, not to the transport")
+        self.server = server or InMemoryServer(clock)
+        self.names = names or StreamNames()
+        self.codec = codec or EventCodec()
+        self.stats = TransportStats()
+        self._reclaimed_at: dict[tuple[str, str, str], float] = {}
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"InMemoryTransport(prefix={self.names.prefix!r})"
+
+    @property
+    def clock(self) -> Clock:
+        return self.server.clock
+
+    async def publish_fields(
+        self,
+        stream: str,
+        fields: Mapping[str, bytes] | Mapping[bytes, bytes],
+        *,
+        maxlen: int | None = None,
+        expire: float | None = None,
+    ) -> str:
+        self._check_open()
+        entry_id = self.server.xadd(stream, _fields(fields), maxlen=maxlen)
+        if expire is not None:
+            self.server.expire(stream, expire)
+        self.stats.published += 1
+        return entry_id
+
+    async def ensure_group(self, stream: str, group: str, *, start_id: str = "0") -> bool:
+        self._check_open()
+        data = self.server._stream(stream, create=True)
+        assert data is not None
+        if group in data.groups:
+            return False
+        start = data.last_id if start_id == "$" else parse_id(start_id)
+        data.groups[group] = _Group(last_delivered=start)
+        return True
+
+    async def read(self, subscription: Subscription[E], count: int) -> list[Delivery[E]]:
+        self._check_open()
+        if count <= 0:
+            return []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + subscription.block
+        while True:
+            deliveries = self._read_now(subscription, count)
+            remaining = deadline - loop.time()
+            if deliveries or remaining <= 0:
+                return await self._settle_undecodable(subscription, deliveries)
+            await self.server.wait_for_change(remaining)
+
+    def _read_now(self, sub: Subscription[E], count: int) -> list[Delivery[E]]:
+        try:
+            group = self.server.group(sub.stream, sub.group)
+        except _NoGroupError:
+            logger.warning("group %r missing on %r: recreating it at 0", sub.group, sub.stream)
+            stream = self.server._stream(sub.stream, create=True)
+            assert stream is not None
+            group = stream.groups[sub.group] = _Group(last_delivered=(0, 0))
+            self.stats.groups_recreated += 1
+        stream = self.server._stream(sub.stream)
+        assert stream is not None
+        now = self.clock.time()
+        deliveries = self._reclaim(sub, stream, group, count, now)
+        for entry_id, fields in stream.entries.items():
+            if len(deliveries) >= count:
+                break
+            if entry_id <= group.last_delivered:
+                continue
+            group.last_delivered = entry_id
+            group.pending[entry_id] = _Pending(sub.consumer, now, 1)
+            deliveries.append(self._delivery(sub, entry_id, fields, 1))
+        self.stats.delivered += len(deliveries)
+        return deliveries
+
+    def _reclaim(
+        self, sub: Subscription[E], stream: _Stream, group: _Group, count: int, now: float
+    ) -> list[Delivery[E]]:
+        if sub.claim_min_idle is None:
+            return []
+        key = (sub.stream, sub.group, sub.consumer)
+        if now - self._reclaimed_at.get(key, float("-inf")) < sub.reclaim_every:
+            return []
+        self._reclaimed_at[key] = now
+        reclaimed: list[Delivery[E]] = []
+        for entry_id in sorted(group.pending):
+            if len(reclaimed) >= count:
+                break
+            pending = group.pending[entry_id]
+            if now - pending.delivered_at < sub.claim_min_idle:
+                continue
+            fields = stream.entries.get(entry_id)
+            if fields is None:  # trimmed or deleted while pending, as XAUTOCLAIM reports
+                del group.pending[entry_id]
+                self.stats.reclaimed_deleted += 1
+                logger.warning("pending entry %s of %r was deleted", format_id(entry_id), sub.stream)
+                continue
+            pending.consumer, pending.delivered_at = sub.consumer, now
+            pending.count += 1
+            reclaimed.append(self._delivery(sub, entry_id, fields, pending.count))
+        self.stats.reclaimed += len(reclaimed)
+        return reclaimed
+
+    def _delivery(self, sub: Subscription[E], entry_id: StreamId, fields: Fields, count: int) -> Delivery[E]:
+        entry = decode_entry(self.codec, sub.stream, format_id(entry_id), fields, sub.model)
+        return delivered(entry, sub, count)
+
+    async def _settle_undecodable(
+        self, sub: Subscription[E], deliveries: list[Delivery[E]]
+    ) -> list[Delivery[E]]:
+        return await settle_undecodable(self, sub, deliveries)
+
+    async def ack(self, *deliveries: Delivery[Any]) -> int:
+        self._check_open()
+        acked = 0
+        for delivery in deliveries:
+            if delivery.settled:
+                continue
+            acked += self._ack(delivery)
+        self.stats.acked += acked
+        return acked
+
+    def _ack(self, delivery: Delivery[Any]) -> int:
+        try:
+            group = self.server.group(delivery.stream, delivery.group)
+        except _NoGroupError:
+            return 0
+        return 1 if group.pending.pop(parse_id(delivery.entry_id), None) is not None else 0
+
+    def _held(self, delivery: Delivery[Any]) -> _Pending | None:
+        try:
+            group = self.server.group(delivery.stream, delivery.group)
+        except _NoGroupError:
+            return None
+        pending = group.pending.get(parse_id(delivery.entry_id))
+        return pending if pending is not None and pending.consumer == delivery.consumer else None
+
+    async def release(self, delivery: Delivery[Any], *, delay: float = 0.0) -> bool:
+        self._check_open()
+        idle = released_idle(delivery, delay)
+        pending = self._held(delivery)
+        if pending is None:
+            return False
+        # Backdate the delivery so a reclaim scan takes it once ``delay`` has passed.
+        pending.delivered_at = self.clock.time() - idle
+        self._reclaimed_at.pop((delivery.stream, delivery.group, delivery.consumer), None)
+        return True
+
+    async def keep_fresh(self, deliveries: Sequence[Delivery[Any]]) -> list[Delivery[Any]]:
+        self._check_open()
+        lost: list[Delivery[Any]] = []
+        now = self.clock.time()
+        for delivery in deliveries:
+            pending = self._held(delivery)
+            if pending is None:
+                lost.append(delivery)
+            else:
+                pending.delivered_at = now
+        return lost
+
+    async def dead_letter(self, delivery: Delivery[Any], reason: str, reply: Reply | None = None) -> bool:
+        self._check_open()
+        if delivery.settled or self._held(delivery) is None:
+            return False
+        record_key = record_key_of(self.names, delivery)
+        if record_key is not None and self.server._hash(record_key):
+            self._ack(delivery)
+            return False
+        self.server._check_stream_type(self.names.dead_letters)
+        reply_fields = self._check_reply(reply)
+        # Every check passed: the writes below cannot fail.
+        self.server.xadd(self.names.dead_letters, dead_letter_fields(delivery, reason, self.clock.time()))
+        self._write_reply(reply, reply_fields)
+        self._ack(delivery)
+        self.stats.dead_lettered += 1
+        return True
+
+    async def complete(self, delivery: Delivery[Any], reply: Reply, *, record_ttl: float) -> Completion:
+        self._check_open()
+        record_key = self.names.completed_record(reply.event.request_id)
+        existing = self.server._hash(record_key)
+        if existing:
+            self._ack(delivery)
+            return Completion(CompletedRecord.from_fields(existing), created=False)
+        reply_fields = self._check_reply(reply)
+        reply_id = self._write_reply(reply, reply_fields)
+        record = CompletedRecord(
+            request_id=reply.event.request_id,
+            response_id=reply.event.id,
+            status=str(reply.event.status),
+            reply_stream=reply.stream,
+            reply_entry_id=reply_id,
+            completed_at=self.clock.time(),
+        )
+        self.server._keys[record_key] = record.to_fields()
+        self.server.expire(record_key, record_ttl)
+        self.stats.acked += self._ack(delivery)
+        return Completion(record, created=True)
+
+    def _check_reply(self, reply: Reply | None) -> Fields | None:
+        if reply is None or reply.stream is None:
+            return None
+        self.server._check_stream_type(reply.stream)
+        return _fields(self.codec.encode_entry(reply.event, headers=reply.headers))
+
+    def _write_reply(self, reply: Reply | None, fields: Fields | None) -> str | None:
+        if reply is None or reply.stream is None or fields is None:
+            return None
+        entry_id = self.server.xadd(reply.stream, fields, maxlen=reply.maxlen)
+        if reply.expire is not None:
+            self.server.expire(reply.stream, reply.expire)
+        return entry_id
+
+    async def read_stream(
+        self,
+        stream: str,
+        model: type[E],
+        *,
+        after: str = "0-0",
+        count: int = 100,
+        block: float | None = None,
+    ) -> list[Entry[E]]:
+        self._check_open()
+        start = parse_id(after)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (block or 0.0)
+        while True:
+            data = self.server._stream(stream)
+            found = [] if data is None else [(i, f) for i, f in data.entries.items() if i > start]
+            remaining = deadline - loop.time()
+            if found or block is None or remaining <= 0:
+                return [decode_entry(self.codec, stream, format_id(i), f, model) for i, f in found[:count]]
+            await self.server.wait_for_change(remaining)
+
+    async def pending(self, stream: str, group: str, *, count: int = 100) -> list[PendingEntry]:
+        self._check_open()
+        now = self.clock.time()
+        data = self.server.group(stream, group)
+        return [
+            PendingEntry(format_id(i), p.consumer, max(0.0, now - p.delivered_at), p.count)
+            for i, p in sorted(data.pending.items())[:count]
+        ]
+
+    async def trim_acknowledged(self, stream: str) -> int:
+        self._check_open()
+        data = self.server._stream(stream)
+        if data is None or not data.groups:
+            return 0
+        keep_from = min(
+            min([*group.pending, (group.last_delivered[0], group.last_delivered[1] + 1)])
+            for group in data.groups.values()
+        )
+        doomed = [entry_id for entry_id in data.entries if entry_id < keep_from]
+        for entry_id in doomed:
+            del data.entries[entry_id]
+        return len(doomed)
+
+    def coordinator(self) -> InMemoryCoordinator:
+        return InMemoryCoordinator(self.server, names=self.names)
+
+    async def aclose(self) -> None:
+        self._closed = True
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise TransportError("the transport is closed")
+
+
+class InMemoryCoordinator(Coordinator):
+    """Leases and records in an :class:`InMemoryServer`, with the same rules as Redis."""
+
+    def __init__(self, server: InMemoryServer | None = None, *, names: StreamNames | None = None) -> None:
+        self.server = server or InMemoryServer()
+        self.names = names or StreamNames()
+
+    async def acquire(self, session_id: str, ttl: float) -> Lease | None:
+        _check_ttl(ttl)
+        key = self.names.session_lease(session_id)
+        if self.server._get(key) is not None:
+            return None
+        lease = Lease(session_id, secrets.token_hex(16), ttl)
+        self.server._keys[key] = lease.token
+        self.server.expire(key, ttl)
+        return lease
+
+    async def renew(self, lease: Lease, ttl: float | None = None) -> bool:
+        key = self.names.session_lease(lease.session_id)
+        if self.server._get(key) != lease.token:
+            return False
+        self.server.expire(key, _check_ttl(ttl if ttl is not None else lease.ttl))
+        return True
+
+    async def release(self, lease: Lease) -> bool:
+        key = self.names.session_lease(lease.session_id)
+        if self.server._get(key) != lease.token:
+            return False
+        del self.server._keys[key]
+        self.server._expires.pop(key, None)
+        return True
+
+    async def get_record(self, request_id: str) -> CompletedRecord | None:
+        fields = self.server._hash(self.names.completed_record(request_id))
+        return CompletedRecord.from_fields(fields) if fields else None
+
+    async def set_record(self, record: CompletedRecord, ttl: float) -> bool:
+        _check_ttl(ttl)
+        key = self.names.completed_record(record.request_id)
+        if self.server._hash(key):
+            return False
+        self.server._keys[key] = record.to_fields()
+        self.server.expire(key, ttl)
+        return True
+
+
+def _check_ttl(ttl: float) -> float:
+    if ttl <= 0:
+        raise ConfigurationError(f"ttl must be > 0 seconds, got {ttl}")
+    return ttl

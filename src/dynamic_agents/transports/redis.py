@@ -1,0 +1,551 @@
+"""Redis Streams transport and coordinator (redis-py asyncio).
+
+Reads go through a consumer group: entries left idle by dead consumers are reclaimed (XAUTOCLAIM)
+in the same reads as new ones (XREADGROUP), held entries are kept fresh with ``XCLAIM … JUSTID``,
+and ``complete`` / ``dead_letter`` are Lua scripts, so each is written whole or not at all. A lost
+connection is retried with capped exponential backoff and jitter; a group lost to ``FLUSHALL`` or a
+restart without persistence (``NOGROUP``) is recreated at ``0``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from functools import partial
+from typing import Any, TypeVar
+
+from dynamic_agents._logging import get_logger
+from dynamic_agents.events import EventCodec, StreamNames, WireModel
+from dynamic_agents.exceptions import ConfigurationError, MissingDependencyError, TransportError
+from dynamic_agents.transports import _scripts
+from dynamic_agents.transports.base import (
+    Clock,
+    CompletedRecord,
+    Completion,
+    Coordinator,
+    Delivery,
+    Entry,
+    Lease,
+    PendingEntry,
+    Reply,
+    Subscription,
+    SystemClock,
+    Transport,
+    TransportStats,
+    dead_letter_fields,
+    decode_entry,
+    delivered,
+    record_key_of,
+    released_idle,
+    settle_undecodable,
+)
+
+try:
+    from redis import exceptions as redis_errors
+    from redis.asyncio import Redis
+    from redis.asyncio.client import Pipeline
+    from redis.backoff import ExponentialWithJitterBackoff
+except ImportError as error:  # pragma: no cover - exercised without the extra installed
+    raise MissingDependencyError("RedisStreamsTransport", "redis") from error
+
+__all__ = ["RedisCoordinator", "RedisStreamsTransport"]
+
+E = TypeVar("E", bound=WireModel)
+T = TypeVar("T")
+
+logger = get_logger("transports")
+
+_CONNECTION_ERRORS = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _is_nogroup(error: redis_errors.ResponseError) -> bool:
+    return "NOGROUP" in str(error)
+
+
+# redis-py types replies loosely; these check the shapes the transport relies on.
+
+
+def _bytes(value: object) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    raise TransportError(f"unexpected reply from Redis: {type(value).__name__} where bytes were expected")
+
+
+def _int(value: object) -> int:
+    if isinstance(value, int):
+        return value
+    if isinstance(value, bytes | str):
+        return int(value)
+    raise TransportError(f"unexpected reply from Redis: {type(value).__name__} where an integer was expected")
+
+
+def _list(value: object) -> list[object]:
+    if isinstance(value, list | tuple):
+        return list(value)
+    raise TransportError(f"unexpected reply from Redis: {type(value).__name__} where a list was expected")
+
+
+def _pairs(value: object) -> dict[bytes, bytes]:
+    """A field map from a dict reply or a flat [field, value, …] list reply."""
+    if isinstance(value, dict):
+        return {_bytes(k): _bytes(v) for k, v in value.items()}
+    flat = _list(value)
+    return {_bytes(k): _bytes(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
+
+
+def _entries(value: object) -> list[tuple[str, dict[bytes, bytes]]]:
+    """Stream entries ``[(id, fields), …]`` from an XRANGE/XAUTOCLAIM-shaped reply."""
+    return [
+        (_bytes(entry_id).decode(), _pairs(fields))
+        for entry_id, fields in (_list(item) for item in _list(value))
+    ]
+
+
+def _stream_entries(value: object) -> list[tuple[str, dict[bytes, bytes]]]:
+    """Entries of an XREAD/XREADGROUP reply ``[[stream, entries], …]``."""
+    if value is None:
+        return []
+    per_stream = [_list(item)[1] for item in _list(value)]
+    return [entry for entries in per_stream for entry in _entries(entries)]
+
+
+def _connection_setting(client: Redis, name: str) -> object:
+    kwargs: dict[str, object] = client.get_connection_kwargs()  # type: ignore[no-untyped-call]
+    return kwargs.get(name)
+
+
+class RedisStreamsTransport(Transport):
+    """The Redis Streams transport.
+
+    ``RedisStreamsTransport.from_url("redis://127.0.0.1:6379/0")`` owns its client and closes it;
+    a client passed in is left open. The client must not decode responses, and a ``socket_timeout``
+    (if any) must outlast the longest ``block`` of a read.
+
+    ``retry_cap`` bounds the backoff between reconnect attempts (seconds); operations other than
+    ``read`` give up after ``retry_deadline`` seconds and raise :class:`TransportError`, while
+    ``read`` keeps trying until cancelled (a worker has nothing better to do while Redis is away).
+    """
+
+    def __init__(
+        self,
+        client: Redis,
+        *,
+        names: StreamNames | None = None,
+        codec: EventCodec | None = None,
+        clock: Clock | None = None,
+        retry_base: float = 0.05,
+        retry_cap: float = 5.0,
+        retry_deadline: float = 30.0,
+        owns_client: bool = False,
+    ) -> None:
+        if _connection_setting(client, "decode_responses"):
+            raise ConfigurationError("the Redis client must have decode_responses=False")
+        self.client = client
+        self.names = names or StreamNames()
+        self.codec = codec or EventCodec()
+        self.clock: Clock = clock or SystemClock()
+        self.stats = TransportStats()
+        self._backoff = ExponentialWithJitterBackoff(cap=retry_cap, base=retry_base)
+        self._retry_deadline = retry_deadline
+        self._owns_client = owns_client
+        self._hold = client.register_script(_scripts.HOLD)
+        self._reclaim_script = client.register_script(_scripts.RECLAIM)
+        self._complete = client.register_script(_scripts.COMPLETE)
+        self._dead_letter = client.register_script(_scripts.DEAD_LETTER)
+        self._trim = client.register_script(_scripts.TRIM_ACKNOWLEDGED)
+        self._cursors: dict[tuple[str, str, str], str] = {}
+        self._reclaimed_at: dict[tuple[str, str, str], float] = {}
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> RedisStreamsTransport:
+        """A transport with a client of its own (closed by :meth:`aclose`)."""
+        return cls(Redis.from_url(url, decode_responses=False), owns_client=True, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"RedisStreamsTransport(prefix={self.names.prefix!r})"
+
+    # -- retries ----------------------------------------------------------------------------------
+
+    async def _call(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
+        """Run ``operation``, retrying connection errors with backoff for ``retry_deadline``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._retry_deadline
+        failures = 0
+        while True:
+            try:
+                return await operation()
+            except _CONNECTION_ERRORS as error:
+                failures += 1
+                delay = self._backoff.compute(failures)
+                if loop.time() + delay > deadline:
+                    raise TransportError(f"{what} failed: Redis unreachable ({error})") from error
+                self.stats.reconnects += 1
+                logger.warning("%s: Redis unreachable (%s); retrying in %.2fs", what, error, delay)
+                await asyncio.sleep(delay)
+            except redis_errors.ResponseError as error:
+                raise TransportError(f"{what} failed: {error}") from error
+
+    # -- writing ----------------------------------------------------------------------------------
+
+    async def publish_fields(
+        self,
+        stream: str,
+        fields: Mapping[str, bytes] | Mapping[bytes, bytes],
+        *,
+        maxlen: int | None = None,
+        expire: float | None = None,
+    ) -> str:
+        values = {_bytes(key): _bytes(value) for key, value in fields.items()}
+
+        async def publish() -> object:
+            pipe: Pipeline = self.client.pipeline(transaction=expire is not None)
+            pipe.xadd(stream, values, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
+            if expire is not None:
+                pipe.pexpire(stream, _ms(expire))
+            replies: list[object] = await pipe.execute()
+            return replies[0]
+
+        entry_id = await self._call(f"publish to {stream!r}", publish)
+        self.stats.published += 1
+        return _bytes(entry_id).decode()
+
+    # -- consuming --------------------------------------------------------------------------------
+
+    async def ensure_group(self, stream: str, group: str, *, start_id: str = "0") -> bool:
+        async def create() -> bool:
+            try:
+                await self.client.xgroup_create(stream, group, id=start_id, mkstream=True)
+            except redis_errors.ResponseError as error:
+                if "BUSYGROUP" in str(error):
+                    return False
+                raise
+            return True
+
+        created = await self._call(f"create group {group!r} on {stream!r}", create)
+        if created:
+            logger.info("created group %r on %r at %s", group, stream, start_id)
+        return created
+
+    async def read(self, subscription: Subscription[E], count: int) -> list[Delivery[E]]:
+        if count <= 0:
+            return []
+        self._check_block(subscription)
+        failures = 0
+        while True:
+            try:
+                deliveries = await self._read_once(subscription, count)
+            except _CONNECTION_ERRORS as error:
+                failures += 1
+                delay = self._backoff.compute(failures)
+                self.stats.reconnects += 1
+                logger.warning(
+                    "reading %r: Redis unreachable (%s); retrying in %.2fs", subscription.stream, error, delay
+                )
+                await asyncio.sleep(delay)
+                continue
+            except redis_errors.ResponseError as error:
+                if not _is_nogroup(error):
+                    raise TransportError(f"reading {subscription.stream!r} failed: {error}") from error
+                logger.warning(
+                    "group %r missing on %r (flushed or restarted?): recreating at 0",
+                    subscription.group,
+                    subscription.stream,
+                )
+                await self.ensure_group(subscription.stream, subscription.group)
+                self.stats.groups_recreated += 1
+                continue
+            self.stats.delivered += len(deliveries)
+            return await settle_undecodable(self, subscription, deliveries)
+
+    def _check_block(self, subscription: Subscription[Any]) -> None:
+        timeout = _connection_setting(self.client, "socket_timeout")
+        if isinstance(timeout, int | float) and subscription.block >= timeout:
+            raise ConfigurationError(
+                f"block={subscription.block}s must be shorter than the client's "
+                f"socket_timeout={timeout}s, or blocking reads time out"
+            )
+
+    async def _read_once(self, sub: Subscription[E], count: int) -> list[Delivery[E]]:
+        deliveries = await self._reclaim(sub, count)
+        remaining = count - len(deliveries)
+        if remaining <= 0:
+            return deliveries
+        block = None if deliveries or sub.block <= 0 else _ms(sub.block)
+        response: object = await self.client.xreadgroup(
+            sub.group, sub.consumer, {sub.stream: ">"}, count=remaining, block=block
+        )
+        for entry_id, fields in _stream_entries(response):
+            entry = decode_entry(self.codec, sub.stream, entry_id, fields, sub.model)
+            deliveries.append(delivered(entry, sub, 1))
+        return deliveries
+
+    async def _reclaim(self, sub: Subscription[E], count: int) -> list[Delivery[E]]:
+        if sub.claim_min_idle is None:
+            return []
+        key = (sub.stream, sub.group, sub.consumer)
+        now = self.clock.time()
+        if now - self._reclaimed_at.get(key, float("-inf")) < sub.reclaim_every:
+            return []
+        cursor = self._cursors.get(key, "0-0")
+        result: object = await self._reclaim_script(
+            keys=[sub.stream],
+            args=[sub.group, sub.consumer, _ms(sub.claim_min_idle), cursor, count],
+        )
+        next_cursor, entries, deleted, counts = _list(result)
+        self._cursors[key] = _bytes(next_cursor).decode()
+        if self._cursors[key] == "0-0":  # scanned the whole pending list: rest until next interval
+            self._reclaimed_at[key] = now
+        deleted_ids = [_bytes(entry_id).decode() for entry_id in _list(deleted)]
+        if deleted_ids:
+            self.stats.reclaimed_deleted += len(deleted_ids)
+            logger.warning(
+                "%d pending entries of %r were deleted before they could be reclaimed: %s",
+                len(deleted_ids),
+                sub.stream,
+                deleted_ids,
+            )
+        deliveries = []
+        for (entry_id, fields), times in zip(_entries(entries), _list(counts), strict=True):
+            entry = decode_entry(self.codec, sub.stream, entry_id, fields, sub.model)
+            deliveries.append(delivered(entry, sub, _int(times)))
+        self.stats.reclaimed += len(deliveries)
+        return deliveries
+
+    async def ack(self, *deliveries: Delivery[Any]) -> int:
+        groups: dict[tuple[str, str], list[str]] = defaultdict(list)
+        for delivery in deliveries:
+            if not delivery.settled:
+                groups[delivery.stream, delivery.group].append(delivery.entry_id)
+        if not groups:
+            return 0
+
+        async def ack_all() -> list[object]:
+            pipe: Pipeline = self.client.pipeline(transaction=False)
+            for (stream, group), ids in groups.items():
+                pipe.xack(stream, group, *ids)
+            replies: list[object] = await pipe.execute()
+            return replies
+
+        acked = sum(_int(reply) for reply in await self._call("ack", ack_all))
+        self.stats.acked += acked
+        return acked
+
+    async def _set_idle(self, deliveries: Sequence[Delivery[Any]], idle: float) -> set[str]:
+        """Set the idle time of the given deliveries this consumer holds; returns the held ids."""
+        by_group: dict[tuple[str, str, str], list[str]] = defaultdict(list)
+        for delivery in deliveries:
+            by_group[delivery.stream, delivery.group, delivery.consumer].append(delivery.entry_id)
+        held: set[str] = set()
+        for (stream, group, consumer), ids in by_group.items():
+            hold = partial(self._hold, keys=[stream], args=[group, consumer, int(idle * 1000), *ids])
+            try:
+                result = await self._call(f"hold entries of {stream!r}", hold)
+            except TransportError as error:
+                if "NOGROUP" not in str(error):
+                    raise
+                continue  # the group is gone (flushed): none of these are held any more
+            held.update(_bytes(entry_id).decode() for entry_id in _list(result))
+        return held
+
+    async def release(self, delivery: Delivery[Any], *, delay: float = 0.0) -> bool:
+        idle = released_idle(delivery, delay)
+        released = delivery.entry_id in await self._set_idle([delivery], idle)
+        if released:
+            self._reclaimed_at.pop((delivery.stream, delivery.group, delivery.consumer), None)
+        return released
+
+    async def keep_fresh(self, deliveries: Sequence[Delivery[Any]]) -> list[Delivery[Any]]:
+        if not deliveries:
+            return []
+        held = await self._set_idle(deliveries, 0.0)
+        return [delivery for delivery in deliveries if delivery.entry_id not in held]
+
+    async def dead_letter(self, delivery: Delivery[Any], reason: str, reply: Reply | None = None) -> bool:
+        if delivery.settled:
+            return False
+        record_key = record_key_of(self.names, delivery)
+        dead_fields = dead_letter_fields(delivery, reason, self.clock.time())
+        keys = [delivery.stream, self.names.dead_letters, record_key or self.names.dead_letters]
+        reply_args: list[bytes | str | int] = []
+        if reply is not None and reply.stream is not None:
+            keys.append(reply.stream)
+            reply_args = _flatten(self.codec.encode_entry(reply.event, headers=reply.headers))
+        args: list[bytes | str | int] = [
+            delivery.group,
+            delivery.entry_id,
+            delivery.consumer,
+            len(dead_fields),
+            _optional(reply.maxlen if reply else None),
+            _optional(_ms(reply.expire) if reply and reply.expire is not None else None),
+            "1" if record_key else "0",
+            *_flatten(dead_fields),
+            *reply_args,
+        ]
+        written, _ = _list(
+            await self._call(
+                f"dead-letter {delivery.entry_id}",
+                partial(self._dead_letter, keys=keys, args=args),
+            )
+        )
+        if _int(written):
+            self.stats.dead_lettered += 1
+            logger.info("dead-lettered %s of %r: %s", delivery.entry_id, delivery.stream, reason)
+        return bool(_int(written))
+
+    async def complete(self, delivery: Delivery[Any], reply: Reply, *, record_ttl: float) -> Completion:
+        if record_ttl <= 0:
+            raise ConfigurationError(f"record_ttl must be > 0 seconds, got {record_ttl}")
+        event = reply.event
+        keys = [delivery.stream, self.names.completed_record(event.request_id)]
+        reply_args: list[bytes | str | int] = []
+        if reply.stream is not None:
+            keys.append(reply.stream)
+            reply_args = _flatten(self.codec.encode_entry(event, headers=reply.headers))
+        args: list[bytes | str | int] = [
+            delivery.group,
+            delivery.entry_id,
+            _ms(record_ttl),
+            _optional(reply.maxlen),
+            _optional(_ms(reply.expire) if reply.expire is not None else None),
+            repr(self.clock.time()),
+            event.request_id,
+            event.id,
+            str(event.status),
+            *reply_args,
+        ]
+        created, flat = _list(
+            await self._call(f"complete {event.request_id}", partial(self._complete, keys=keys, args=args))
+        )
+        record = CompletedRecord.from_fields(_pairs(flat))
+        if _int(created):
+            self.stats.acked += 1
+        return Completion(record, created=bool(_int(created)))
+
+    # -- inspecting -------------------------------------------------------------------------------
+
+    async def read_stream(
+        self,
+        stream: str,
+        model: type[E],
+        *,
+        after: str = "0-0",
+        count: int = 100,
+        block: float | None = None,
+    ) -> list[Entry[E]]:
+        response = await self._call(
+            f"read {stream!r}",
+            lambda: self.client.xread({stream: after}, count=count, block=None if not block else _ms(block)),
+        )
+        return [
+            decode_entry(self.codec, stream, entry_id, fields, model)
+            for entry_id, fields in _stream_entries(response)
+        ]
+
+    async def pending(self, stream: str, group: str, *, count: int = 100) -> list[PendingEntry]:
+        rows = await self._call(
+            f"pending of {group!r} on {stream!r}",
+            lambda: self.client.xpending_range(stream, group, min="-", max="+", count=count),
+        )
+        pending = []
+        for row in _list(rows):
+            if not isinstance(row, dict):
+                raise TransportError(f"unexpected XPENDING reply row: {type(row).__name__}")
+            pending.append(
+                PendingEntry(
+                    entry_id=_bytes(row["message_id"]).decode(),
+                    consumer=_bytes(row["consumer"]).decode(),
+                    idle=_int(row["time_since_delivered"]) / 1000,
+                    delivery_count=_int(row["times_delivered"]),
+                )
+            )
+        return pending
+
+    async def trim_acknowledged(self, stream: str) -> int:
+        try:
+            trimmed = await self._call(f"trim {stream!r}", lambda: self._trim(keys=[stream], args=[]))
+        except TransportError as error:
+            if "no such key" in str(error):
+                return 0
+            raise
+        return int(trimmed)
+
+    def coordinator(self) -> RedisCoordinator:
+        return RedisCoordinator(self.client, names=self.names)
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self.client.aclose()
+
+
+def _optional(value: int | None) -> str | int:
+    return "" if value is None else value
+
+
+def _flatten(fields: Mapping[str, bytes] | Mapping[bytes, bytes]) -> list[bytes | str | int]:
+    flat: list[bytes | str | int] = []
+    for key, value in fields.items():
+        flat += (key, value)
+    return flat
+
+
+class RedisCoordinator(Coordinator):
+    """Session leases (``SET NX PX`` with an ownership token) and completed-request records."""
+
+    def __init__(self, client: Redis, *, names: StreamNames | None = None, owns_client: bool = False) -> None:
+        self.client = client
+        self.names = names or StreamNames()
+        self._owns_client = owns_client
+        self._renew = client.register_script(_scripts.RENEW_LEASE)
+        self._release = client.register_script(_scripts.RELEASE_LEASE)
+        self._set_record = client.register_script(_scripts.SET_RECORD)
+
+    @classmethod
+    def from_url(cls, url: str, *, names: StreamNames | None = None) -> RedisCoordinator:
+        return cls(Redis.from_url(url, decode_responses=False), names=names, owns_client=True)
+
+    async def acquire(self, session_id: str, ttl: float) -> Lease | None:
+        token = secrets.token_hex(16)
+        key = self.names.session_lease(session_id)
+        taken = await self.client.set(key, token, nx=True, px=_ms(_positive(ttl)))
+        return Lease(session_id, token, ttl) if taken else None
+
+    async def renew(self, lease: Lease, ttl: float | None = None) -> bool:
+        ttl_ms = _ms(_positive(ttl if ttl is not None else lease.ttl))
+        key = self.names.session_lease(lease.session_id)
+        return bool(await self._renew(keys=[key], args=[lease.token, ttl_ms]))
+
+    async def release(self, lease: Lease) -> bool:
+        key = self.names.session_lease(lease.session_id)
+        return bool(await self._release(keys=[key], args=[lease.token]))
+
+    async def get_record(self, request_id: str) -> CompletedRecord | None:
+        reply: object = await self.client.hgetall(self.names.completed_record(request_id))
+        fields = _pairs(reply)
+        return CompletedRecord.from_fields(fields) if fields else None
+
+    async def set_record(self, record: CompletedRecord, ttl: float) -> bool:
+        key = self.names.completed_record(record.request_id)
+        args = [_ms(_positive(ttl)), *_flatten(record.to_fields())]  # type: ignore[arg-type]
+        return bool(await self._set_record(keys=[key], args=args))
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self.client.aclose()
+
+
+def _positive(ttl: float) -> float:
+    if ttl <= 0:
+        raise ConfigurationError(f"ttl must be > 0 seconds, got {ttl}")
+    return ttl

@@ -1,0 +1,519 @@
+"""The behaviour every transport and coordinator must have, written once for every backend.
+
+A backend test module subclasses :class:`TransportContract` / :class:`CoordinatorContract` and
+provides a ``backend`` fixture. Time is measured in units of ``backend.min_idle``: the in-memory
+backend moves a manual clock, the Redis backend waits for real time to pass (that waiting *is* the
+behaviour under test: idle times and expiry).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, ResponseStatus, StreamNames
+from dynamic_agents.exceptions import TransportError
+from dynamic_agents.transports import (
+    CompletedRecord,
+    Coordinator,
+    Delivery,
+    Reply,
+    Subscription,
+    Transport,
+)
+
+
+@dataclass
+class Backend:
+    """One backend under test: transports sharing storage, and a way to let time pass."""
+
+    names: StreamNames
+    min_idle: float
+    make_transport: Callable[[], Awaitable[Transport]]
+    advance: Callable[[float], Awaitable[None]]
+    forget_everything: Callable[[], Awaitable[None]]
+    transports: list[Transport] = field(default_factory=list)
+
+    async def transport(self) -> Transport:
+        transport = await self.make_transport()
+        self.transports.append(transport)
+        return transport
+
+    def stream(self, name: str = "requests") -> str:
+        return f"{self.names.prefix}:{name}"
+
+    def subscription(self, consumer: str = "c1", **overrides: Any) -> Subscription[AgentRequestEvent]:
+        settings: dict[str, Any] = {
+            "stream": self.stream(),
+            "group": "workers",
+            "consumer": consumer,
+            "model": AgentRequestEvent,
+            "block": 0.05,
+            "claim_min_idle": self.min_idle,
+            "claim_interval": 0.0,
+        }
+        settings.update(overrides)
+        return Subscription(**settings)
+
+
+def request(content: str = "hi", **overrides: Any) -> AgentRequestEvent:
+    return AgentRequestEvent(source="discord", source_id="42", user_id="u", content=content, **overrides)
+
+
+def response_to(event: AgentRequestEvent, content: str = "answer") -> AgentResponseEvent:
+    return AgentResponseEvent(request_id=event.id, session_id=event.session_id, content=content)
+
+
+async def published(backend: Backend, transport: Transport, *events: AgentRequestEvent) -> list[str]:
+    await transport.ensure_group(backend.stream(), "workers")
+    return [await transport.publish(backend.stream(), event) for event in events]
+
+
+class TransportContract:
+    # -- order, ack, pending --------------------------------------------------------------------
+
+    async def test_entries_are_delivered_in_order(self, backend: Backend) -> None:
+        transport = await backend.transport()
+        events = [request(f"m{n}") for n in range(5)]
+        ids = await published(backend, transport, *events)
+        deliveries = await transport.read(backend.subscription(), 10)
+        assert [d.entry_id for d in deliveries] == ids
+        assert [d.event for d in deliveries] == events
+        assert all(d.delivery_count == 1 and d.group == "workers" for d in deliveries)
+
+    async def test_read_never_returns_more_than_count(self, backend: Backend) -> None:
+        transport = await backend.transport()
+        await published(backend, transport, *(request(str(n)) for n in range(10)))
+        deliveries = await transport.read(backend.subscription(), 3)
+        assert len(deliveries) == 3
+        assert len(await transport.pending(backend.stream(), "workers")) == 3
+
+    async def test_ack_clears_pending(self, backend: Backend) -> None:
+        transport = await backend.transport()
+        await published(backend, transport, request("a"), request("b"))
+        first, second = await transport.read(backend.subscription(), 2)
+        assert await transport.ack(first) == 1
+        assert [p.entry_id for p in await transport.pending(backend.stream(), "workers")] == [second.entry_id]
+        assert await transport.ack(first, second) == 1
+        assert await transport.pending(backend.stream(), "workers") == []
+
+    async def test_pending_lists_consumer_and_delivery_count(self, backend: Backend) -> None:
+        transport = await backend.transport()
+        await published(backend, transport, request())
+        (delivery,) = await transport.read(backend.subscription("alice"), 1)
+        (pending,) = await transport.pending(backend.stream(), "workers")
+        assert (pending.entry_id, pending.consumer, pending.delivery_count) == (
+            delivery.entry_id,
+            "alice",
+            1,
+        )
+
+    # -- reclaim and freshness ------------------------------------------------------------------
+
+    async def test_unacked_entry_goes_to_another_consumer_after_min_idle(self, backend: Backend) -> None:
+        transport = await backend.transport()
+        await published(backend, transport, request())
+        (first,) = await transport.read(backend.subscription("dead"), 1)
+        assert await transport.read(backend.subscription("alive"), 1) == []
+        await backend.advance(backend.min_idle * 1.5)
+        (again,) = await transport.read(backend.subscription("alive"), 1)
+        assert again.entry_id == first.entry_id
+        assert again.delivery_count == 2
+        assert again.consumer == "alive"
+        (pending,) = await transport.pending(backend.stream(), "workers")
+        assert pending.consumer == "alive"
+
+    async def test_held_entry_kept_fresh_stays_with_its_consumer(self, backend: Backend) -> None:
+        transport = await backend.transport()
+        await published(backend, transport, request())
+        (held,) = await transport.read(backend.subscription("busy"), 1)
+        for _ in range(6):  # a run lasting 3x min idle, kept fresh every half min idle
+            await backend.advance(backend.min_idle / 2)
+            assert await transport.keep_fresh([held]) == []
+            assert await transport.read(backend.subscription("thief"), 1) == []
+        (pending,) = await transport.pending(backend.stream(), "workers")
+        assert (pending.consumer, pending.delivery_count) == ("busy", 1)
+
+    async def test_keep_fresh_reports_deliveries_lost_to_another_consumer(self, backend: Backend) -> None:
+        transport = await backend.transport()
+        await published(backend, transport, request("a"), request("b"))
+        stale, kept = await transport.read(backend.subscription("slow"), 2)
+        await backend.advance(backend.min_idle * 1.5)
+        assert await transport.keep_fresh([kept]) == []
+        (stolen,) = await transport.read(backend.subscription("other"), 5)
+        assert stolen.entry_id == stale.entry_id
+        assert await transport.keep_fresh([stale, kept]) == [stale]
+
+    async def test_release_gives_the_entry_back_after_the_delay(self, backend: Backend) -> None:
+        transport = await backend.transport()
+        await published(backend, transport, request())
+        (delivery,) = await transport.read(backend.subscription("c1"), 1)
+        assert await transport.release(delivery, delay=backend.min_idle / 2)
+        assert await transport.read(backend.subscription("c2"), 1) == []
+        await backend.advance(backend.min_idle * 0.75)
+        (again,) = await transport.read(backend.subscription("c2"), 1)
+        assert (again.entry_id, again.delivery_count) == (delivery.entry_id, 2)
+
+    async def test_release_by_a_consumer_that_lost_the_entry_does_nothing(self, backend: Backend) -> None:
+        transport = await backend.transport()
+        await published(backend, transport, request())
+        (delivery,) = await transport.read(backend.subscription("c1"), 1)
+        await transport.ack(delivery)
+        assert not await transport.release(delivery)
+
+    # -- complete -------------------------------------------------------------------------------
+
+    async def test_complete_writes_reply_record_and_ack(self, backend: Backend) -> None:
+        transport = await backend.transport()
+        event = request()
+        await published(backend, transport, event)
+        (delivery,) = await transport.read(backend.subscription(), 1)
+        reply_stream = backend.names.responses("discord", "42")
+        answer = response_to(event)
+        completion = await transport.complete(delivery, Reply(answer, reply_stream), record_ttl=60)
+
+        assert completion.created
+        (reply_entry,) = await transport.read_stream(reply_stream, AgentResponseEvent)
+        assert reply_entry.event == answer
+        record = await transport.coordinator().get_record(event.id)
+        assert record == completion.record
+        assert (record.response_id, record.status, record.reply_stream, record.reply_entry_id) == (
+            answer.id,
+            "completed",
+            reply_stream,
+            reply_entry.entry_id,
+        )
+        assert await transport.pending(backend.stream(), "workers") == []
+
+    async def test_complete_of_an_answered_request_only_acks(self, backend: Backend) -> None:
+        transport = await backend.transport()
+        event = request()
+        await published(backend, transport, event)
+        await transport.publish(backend.stream(), event)  # a platform retry of the same request
+        first, retry = await transport.read(backend.subscription(), 2)
+        reply_stream = backend.names.responses("discord", "42")
+        done = await transport.complete(first, Reply(response_to(event, "one"), reply_stream), record_ttl=60)
+        again = await transport.complete(retry, Reply(response_to(event, "two"), reply_stream), record_ttl=60)
+
+        assert not again.created
+        assert again.record == done.record
+        assert [e.event.content for e in await transport.read_stream(reply_stream, AgentResponseEvent)] == [
+            "one"
+        ]
+        assert await transport.pending(backend.stream(), "workers") == []
+
+    async def test_complete_without_a_reply_stream_keeps_the_record(self, backend: Backend) -> None:
+        transport = await backend.transport()
+        event = request()
+        await published(backend, transport, event)
+        (delivery,) = await transport.read(backend.subscription(), 1)
+        completion = await transport.complete(delivery, Reply(response_to(event), None), record_ttl=60)
+        assert completion.record.reply_stream is None
+        assert completion.record.reply_entry_id is None
+        assert await transport.coordinator().get_record(event.id) == completion.record
+
+    async def test_complete_is_all_or_nothing_when_the_reply_cannot_be_written(
+        self, backend: Backend
+    ) -> None:
+        transport = await backend.transport()
+        event = request()
+        await published(backend, transport, event)
+        (delivery,) = await transport.read(backend.subscription(), 1)
+        # Crash point between the parts: the reply stream's key holds a record (a hash), so the
+        # reply write fails after the record check.
+        blocker = CompletedRecord("other", "r", "completed", None, None, 0.0)
+        await transport.coordinator().set_record(blocker, 60)
+        bad_stream = backend.names.completed_record("other")
+
+        with pytest.raises(TransportError, match="WRONGTYPE"):
+            await transport.complete(delivery, Reply(response_to(event), bad_stream), record_ttl=60)
+        assert await transport.coordinator().get_record(event.id) is None
+        assert len(await transport.pending(backend.stream(), "workers")) == 1
+
+    async def test_complete_is_all_or_nothing_when_the_record_cannot_be_written(
+        self, backend: Backend
+    ) -> None:
+        transport = await backend.transport()
+        event = request()
+        await published(backend, transport, event)
+        (delivery,) = await transport.read(backend.subscription(), 1)
+        # The record key is taken by a stream: the record part fails, so the reply must not appear.
+        await transport.publish(backend.names.completed_record(event.id), request("squatter"))
+        reply_stream = backend.names.responses("discord", "42")
+
+        with pytest.raises(TransportError, match="WRONGTYPE"):
+            await transport.complete(delivery, Reply(response_to(event), reply_stream), record_ttl=60)
+        assert await transport.read_stream(reply_stream, AgentResponseEvent) == []
+        assert len(await transport.pending(backend.stream(), "workers")) == 1
+
+    async def test_records_expire(self, backend: Backend) -> None:
+        transport = await backend.transport()
+        event = request()
+        await published(backend, transport, event)
+        (delivery,) = await transport.read(backend.subscription(), 1)
+        await transport.complete(delivery, Reply(response_to(event), None), record_ttl=backend.min_idle)
+        await backend.advance(backend.min_idle * 1.5)
+        assert await transport.coordinator().get_record(event.id) is None
+
+    # -- dead letters ---------------------------------------------------------------------------
+
+    async def test_dead_letter_writes_entry_reply_and_ack(self, backend: Backend) -> None:
+        transport = await backend.transport()
+        event = request()
+        await published(backend, transport, event)
+        await backend.advance(0)
+        (delivery,) = await transport.read(backend.subscription("w1"), 1)
+        reply_stream = backend.names.responses("discord", "42")
+        error = AgentResponseEvent(request_id=event.id, status=ResponseStatus.ERROR, error_message="gave up")
+
+        assert await transport.dead_letter(delivery, "too many deliveries", Reply(error, reply_stream))
+
+        (dead,) = await transport.read_stream(backend.names.dead_letters, AgentRequestEvent)
+        assert dead.event == event  # the original fields are kept, so the entry still decodes
+        assert dead.fields[b"dead_letter.reason"] == b"too many deliveries"
+        assert dead.fields[b"dead_letter.delivery_count"] == b"1"
+        assert dead.fields[b"dead_letter.consumer"] == b"w1"
+        assert dead.fields[b"dead_letter.entry_id"] == delivery.entry_id.encode()
+        assert dead.fields[b"dead_letter.stream"] == backend.stream().encode()
+        (reply,) = await transport.read_stream(reply_stream, AgentResponseEvent)
+        assert reply.event == error
+        assert await transport.pending(backend.stream(), "workers") == []
+
+    async def test_dead_letter_twice_writes_once(self, backend: Backend) -> None:
+        transport = await backend.transport()
+        await published(backend, transport, request())
+        (delivery,) = await transport.read(backend.subscription(), 1)
+        assert await transport.dead_letter(delivery, "first")
+        assert not await transport.dead_letter(delivery, "second")
+        dead = await transport.read_stream(backend.names.dead_letters, AgentRequestEvent)
+        assert [d.fields[b"dead_letter.reason"] for d in dead] == [b"first"]
+
+    async def test_dead_letter_by_a_consumer_that_lost_the_entry_does_nothing(self, backend: Backend) -> None:
+        transport = await backend.transport()
+        await published(backend, transport, request())
+        (stale,) = await transport.read(backend.subscription("slow"), 1)
+        await backend.advance(backend.min_idle * 1.5)
+        (owned,) = await transport.read(backend.subscription("fast"), 1)
+        assert not await transport.dead_letter(stale, "stale view")
+        assert await transport.read_stream(backend.names.dead_letters, AgentRequestEvent) == []
+        assert await transport.dead_letter(owned, "owner")
+
+    async def test_dead_letter_of_an_answered_request_only_acks(self, backend: Backend) -> None:
+        transport = await backend.transport()
+        event = request()
+        await published(backend, transport, event)
+        await transport.publish(backend.stream(), event)
+        first, retry = await transport.read(backend.subscription(), 2)
+        await transport.complete(first, Reply(response_to(event), None), record_ttl=60)
+        assert not await transport.dead_letter(retry, "late")
+        assert await transport.read_stream(backend.names.dead_letters, AgentRequestEvent) == []
+        assert await transport.pending(backend.stream(), "workers") == []
+
+    async def test_dead_letter_is_all_or_nothing(self, backend: Backend) -> None:
+        transport = await backend.transport()
+        event = request()
+        await published(backend, transport, event)
+        (delivery,) = await transport.read(backend.subscription(), 1)
+        await transport.coordinator().set_record(CompletedRecord("x", "r", "completed", None, None, 0.0), 60)
+        bad_reply = Reply(response_to(event), backend.names.completed_record("x"))
+
+        with pytest.raises(TransportError, match="WRONGTYPE"):
+            await transport.dead_letter(delivery, "poison", bad_reply)
+        assert await transport.read_stream(backend.names.dead_letters, AgentRequestEvent) == []
+        assert len(await transport.pending(backend.stream(), "workers")) == 1
+
+    async def test_poison_entry_goes_to_the_dead_letter_stream(self, backend: Backend) -> None:
+        transport = await backend.transport()
+        await transport.ensure_group(backend.stream(), "workers")
+        poison_id = await transport.publish_fields(backend.stream(), {"__data__": b"\x89BIN truncated"})
+        good = request("after the poison")
+        await transport.publish(backend.stream(), good)
+
+        poison, delivery = await transport.read(backend.subscription(), 5)
+        assert poison.settled
+        assert poison.error is not None
+        assert delivery.event == good
+        (dead,) = await transport.read_stream(backend.names.dead_letters, AgentRequestEvent)
+        assert dead.fields[b"__data__"] == b"\x89BIN truncated"
+        assert dead.fields[b"dead_letter.entry_id"] == poison_id.encode()
+        assert dead.fields[b"dead_letter.reason"].startswith(b"undecodable: ")
+        assert [p.entry_id for p in await transport.pending(backend.stream(), "workers")] == [
+            delivery.entry_id
+        ]
+        assert await transport.ack(poison) == 0  # settled: nothing left to do
+        assert transport.stats.undecodable == 1
+
+    async def test_undecodable_entries_can_be_left_to_the_caller(self, backend: Backend) -> None:
+        transport = await backend.transport()
+        await transport.ensure_group(backend.stream(), "workers")
+        await transport.publish_fields(backend.stream(), {"__data__": b"not json"})
+        (delivery,) = await transport.read(backend.subscription(dead_letter_undecodable=False), 1)
+        assert not delivery.settled
+        assert delivery.error is not None
+        with pytest.raises(type(delivery.error)):
+            _ = delivery.event
+        assert await transport.read_stream(backend.names.dead_letters, AgentRequestEvent) == []
+        assert await transport.dead_letter(delivery, "caller decided")
+
+    # -- groups ---------------------------------------------------------------------------------
+
+    async def test_group_created_after_entries_sees_them(self, backend: Backend) -> None:
+        transport = await backend.transport()
+        early = request("written before any group")
+        await transport.publish(backend.stream(), early)
+        assert await transport.ensure_group(backend.stream(), "late-group")
+        assert not await transport.ensure_group(backend.stream(), "late-group")
+        (delivery,) = await transport.read(backend.subscription(group="late-group"), 5)
+        assert delivery.event == early
+
+    async def test_group_lost_with_the_data_is_recreated(self, backend: Backend) -> None:
+        transport = await backend.transport()
+        await published(backend, transport, request("before"))
+        await backend.forget_everything()
+        after = request("after")
+        await transport.publish(backend.stream(), after)
+        (delivery,) = await transport.read(backend.subscription(), 5)
+        assert delivery.event == after
+        assert transport.stats.groups_recreated == 1
+
+    async def test_two_transports_share_one_group(self, backend: Backend) -> None:
+        producer, worker_a, worker_b = [await backend.transport() for _ in range(3)]
+        events = [request(str(n)) for n in range(6)]
+        await published(backend, producer, *events)
+        a = await worker_a.read(backend.subscription("a"), 3)
+        b = await worker_b.read(backend.subscription("b"), 10)
+        assert sorted(d.event.content for d in a + b) == sorted(e.content for e in events)
+        assert {d.entry_id for d in a}.isdisjoint(d.entry_id for d in b)
+
+    # -- blocking and consuming -----------------------------------------------------------------
+
+    async def test_read_waits_for_an_entry(self, backend: Backend) -> None:
+        transport, producer = await backend.transport(), await backend.transport()
+        await transport.ensure_group(backend.stream(), "workers")
+        reading = asyncio.create_task(transport.read(backend.subscription(block=10.0), 1))
+        await asyncio.sleep(0)
+        event = request("late")
+        await producer.publish(backend.stream(), event)
+        (delivery,) = await asyncio.wait_for(reading, 10.0)
+        assert delivery.event == event
+
+    async def test_read_returns_nothing_after_the_block_timeout(self, backend: Backend) -> None:
+        transport = await backend.transport()
+        await transport.ensure_group(backend.stream(), "workers")
+        assert await transport.read(backend.subscription(block=0.05), 5) == []
+
+    async def test_consume_reads_only_free_capacity(self, backend: Backend) -> None:
+        transport = await backend.transport()
+        await published(backend, transport, *(request(str(n)) for n in range(5)))
+        in_flight: list[Delivery[AgentRequestEvent]] = []
+        stream = transport.consume(backend.subscription(batch_size=10), lambda: 2 - len(in_flight))
+        in_flight.append(await anext(stream))
+        in_flight.append(await anext(stream))
+        assert len(await transport.pending(backend.stream(), "workers")) == 2
+        await transport.ack(in_flight.pop(0))
+        in_flight.append(await anext(stream))
+        assert len(await transport.pending(backend.stream(), "workers")) == 2
+        await stream.aclose()
+
+    # -- plain reads, trimming, reply streams ---------------------------------------------------
+
+    async def test_read_stream_after_an_id(self, backend: Backend) -> None:
+        transport = await backend.transport()
+        replies = backend.names.responses("slack", "C1")
+        first = await transport.publish(replies, AgentResponseEvent(request_id="r1"))
+        await transport.publish(replies, AgentResponseEvent(request_id="r2"))
+        later = await transport.read_stream(replies, AgentResponseEvent, after=first)
+        assert [e.event.request_id for e in later] == ["r2"]
+        assert await transport.read_stream(replies, AgentResponseEvent, after=later[0].entry_id) == []
+
+    async def test_publish_with_maxlen_and_expire(self, backend: Backend) -> None:
+        transport = await backend.transport()
+        replies = backend.names.responses("slack", "C2")
+        for n in range(5):
+            await transport.publish(
+                replies, AgentResponseEvent(request_id=f"r{n}"), maxlen=2, expire=backend.min_idle
+            )
+        assert len(await transport.read_stream(replies, AgentResponseEvent)) >= 2
+        await backend.advance(backend.min_idle * 1.5)
+        assert await transport.read_stream(replies, AgentResponseEvent) == []
+
+    async def test_trim_keeps_pending_and_undelivered_entries(self, backend: Backend) -> None:
+        transport = await backend.transport()
+        ids = await published(backend, transport, *(request(str(n)) for n in range(6)))
+        await transport.ensure_group(backend.stream(), "slow-group")
+        acked, pending = await transport.read(backend.subscription(), 2)
+        await transport.ack(acked)
+        # "workers" acked entry 0 and holds entry 1; "slow-group" has read nothing.
+        assert await transport.trim_acknowledged(backend.stream()) == 0
+        (slow,) = await transport.read(backend.subscription(group="slow-group"), 1)
+        await transport.ack(slow)
+        assert await transport.trim_acknowledged(backend.stream()) == 1
+        remaining = await transport.read_stream(backend.stream(), AgentRequestEvent)
+        assert [e.entry_id for e in remaining] == ids[1:]
+        assert pending.entry_id == ids[1]
+
+    async def test_trim_without_groups_keeps_everything(self, backend: Backend) -> None:
+        transport = await backend.transport()
+        await transport.publish(backend.stream("lonely"), request())
+        assert await transport.trim_acknowledged(backend.stream("lonely")) == 0
+        assert await transport.trim_acknowledged(backend.stream("absent")) == 0
+
+
+class CoordinatorContract:
+    async def coordinator(self, backend: Backend) -> Coordinator:
+        return (await backend.transport()).coordinator()
+
+    async def test_a_lease_is_exclusive(self, backend: Backend) -> None:
+        first, second = await self.coordinator(backend), await self.coordinator(backend)
+        lease = await first.acquire("discord:42", ttl=60)
+        assert lease is not None
+        assert await second.acquire("discord:42", ttl=60) is None
+        assert await second.acquire("discord:43", ttl=60) is not None
+
+    async def test_a_lease_expires(self, backend: Backend) -> None:
+        coordinator = await self.coordinator(backend)
+        first = await coordinator.acquire("s", ttl=backend.min_idle)
+        await backend.advance(backend.min_idle * 1.5)
+        second = await coordinator.acquire("s", ttl=60)
+        assert first is not None
+        assert second is not None
+        assert first.token != second.token
+        assert not await coordinator.renew(first)
+        assert not await coordinator.release(first)
+        assert await coordinator.acquire("s", ttl=60) is None  # the stale owner changed nothing
+
+    async def test_renew_keeps_the_lease_alive(self, backend: Backend) -> None:
+        coordinator = await self.coordinator(backend)
+        lease = await coordinator.acquire("s", ttl=backend.min_idle)
+        assert lease is not None
+        for _ in range(3):
+            await backend.advance(backend.min_idle / 2)
+            assert await coordinator.renew(lease)
+        assert await coordinator.acquire("s", ttl=60) is None
+
+    async def test_only_the_owner_releases(self, backend: Backend) -> None:
+        coordinator = await self.coordinator(backend)
+        lease = await coordinator.acquire("s", ttl=60)
+        assert lease is not None
+        impostor = type(lease)(lease.session_id, "not-the-token", lease.ttl)
+        assert not await coordinator.release(impostor)
+        assert not await coordinator.renew(impostor)
+        assert await coordinator.acquire("s", ttl=60) is None
+        assert await coordinator.release(lease)
+        assert await coordinator.acquire("s", ttl=60) is not None
+
+    async def test_records_are_set_once_and_expire(self, backend: Backend) -> None:
+        coordinator = await self.coordinator(backend)
+        record = CompletedRecord("req-1", "resp-1", "completed", "replies", "1-0", 1_700_000_000.5)
+        assert await coordinator.get_record("req-1") is None
+        assert await coordinator.set_record(record, ttl=backend.min_idle)
+        assert not await coordinator.set_record(
+            CompletedRecord("req-1", "resp-2", "error", None, None, 0.0), ttl=60
+        )
+        assert await coordinator.get_record("req-1") == record
+        await backend.advance(backend.min_idle * 1.5)
+        assert await coordinator.get_record("req-1") is None
