@@ -114,3 +114,8 @@ def test_response_fields_of_a_run_are_optional() -> None:
 def test_event_ids_are_printable_ascii(bad_id: str) -> None:
     with pytest.raises(ValidationError, match="id"):
         request(id=bad_id)
+
+
+def test_an_explicitly_empty_session_id_is_refused() -> None:
+    with pytest.raises(ValidationError, match="session_id must not be empty"):
+        request(session_id="")

@@ -80,7 +80,9 @@ class AgentRequestEvent(WireModel):
     team_id: str | None = None
     workflow_id: str | None = None
 
-    session_id: str = Field(min_length=1, max_length=512)
+    # Filled from source and source_id when absent (see _read_seed_shape); the default only makes
+    # the argument optional for type checkers, and an empty id is refused after validation.
+    session_id: str = Field(default="", max_length=512)
     session_state: dict[str, JsonValue] = Field(default_factory=dict)
 
     reply_stream: str | None = Field(default=None, min_length=1)
@@ -93,6 +95,12 @@ class AgentRequestEvent(WireModel):
         if isinstance(data, dict):
             return _normalise_request_fields(data)
         return data
+
+    @model_validator(mode="after")
+    def _require_session_id(self) -> AgentRequestEvent:
+        if not self.session_id:
+            raise ValueError("session_id must not be empty (leave it out to use 'source:source_id')")
+        return self
 
 
 class ResponseStatus(StrEnum):

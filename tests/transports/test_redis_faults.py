@@ -1,0 +1,175 @@
+"""Faults on a redis-server the test starts itself (AOF, appendfsync always): kill, restart, flush."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from redis.asyncio import Redis
+
+from dynamic_agents.events import AgentRequestEvent
+from dynamic_agents.exceptions import TransportError
+from dynamic_agents.testing import RedisServer
+from dynamic_agents.transports import Delivery, RedisStreamsTransport, Subscription
+from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.redis_server
+
+STREAM = "agent:requests"
+
+
+def subscription(**overrides: object) -> Subscription[AgentRequestEvent]:
+    settings: dict[str, object] = {
+        "stream": STREAM,
+        "group": "workers",
+        "consumer": "w1",
+        "model": AgentRequestEvent,
+        "batch_size": 10,
+        "block": 0.1,
+        "claim_min_idle": 0.5,
+        "claim_interval": 0.1,
+    }
+    settings.update(overrides)
+    return Subscription(**settings)  # type: ignore[arg-type]
+
+
+def event(n: int) -> AgentRequestEvent:
+    return AgentRequestEvent(source="discord", source_id="1", user_id="u", content=f"message {n}")
+
+
+async def test_kill_and_restart_mid_consumption_loses_nothing_and_repeats_no_ack(
+    redis_server: RedisServer,
+) -> None:
+    total = 200
+    transport = RedisStreamsTransport.from_url(redis_server.url, retry_deadline=60)
+    acked: set[str] = set()
+    delivered_after_ack: list[str] = []
+    contents: set[str] = set()
+    try:
+        await transport.ensure_group(STREAM, "workers")
+        for n in range(total):
+            await transport.publish(STREAM, event(n))
+
+        async def consume() -> None:
+            while len(acked) < total:
+                batch = await transport.read(subscription(), 10)
+                delivered_after_ack.extend(d.entry_id for d in batch if d.entry_id in acked)
+                for delivery in batch:
+                    contents.add(delivery.event.content)
+                await asyncio.sleep(0.005)  # the work a real consumer does per batch
+                await transport.ack(*batch)
+                acked.update(d.entry_id for d in batch)
+
+        consumer = asyncio.create_task(consume())
+        await wait_until(lambda: len(acked) >= total // 2, what="half the entries acked")
+        redis_server.kill()
+        acked_before_the_crash = len(acked)
+        await wait_until(lambda: transport.stats.reconnects > 0, what="the consumer to notice")
+        redis_server.start()
+        await asyncio.wait_for(consumer, 60)
+    finally:
+        await transport.aclose()
+
+    assert acked_before_the_crash < total
+    assert contents == {f"message {n}" for n in range(total)}
+    assert delivered_after_ack == []
+    check = RedisStreamsTransport.from_url(redis_server.url)
+    try:
+        assert await check.pending(STREAM, "workers") == []
+    finally:
+        await check.aclose()
+
+
+async def test_unacked_entries_survive_a_crash_and_are_reclaimed(redis_server: RedisServer) -> None:
+    transport = RedisStreamsTransport.from_url(redis_server.url, retry_deadline=60)
+    try:
+        await transport.ensure_group(STREAM, "workers")
+        for n in range(3):
+            await transport.publish(STREAM, event(n))
+        held = await transport.read(subscription(consumer="crashed"), 3)
+        assert len(held) == 3
+        redis_server.kill()
+        redis_server.start()
+        survivors: list[Delivery[AgentRequestEvent]] = []
+        deadline = time.monotonic() + 10
+        while len(survivors) < 3 and time.monotonic() < deadline:
+            survivors += await transport.read(subscription(consumer="rescuer"), 3)
+        assert sorted(d.entry_id for d in survivors) == sorted(d.entry_id for d in held)
+        assert all(d.delivery_count == 2 for d in survivors)
+    finally:
+        await transport.aclose()
+
+
+async def test_flushall_recreates_the_group_and_carries_on(redis_server: RedisServer) -> None:
+    transport = RedisStreamsTransport.from_url(redis_server.url)
+    admin = Redis.from_url(redis_server.url)
+    try:
+        await transport.ensure_group(STREAM, "workers")
+        await transport.publish(STREAM, event(0))
+        (before,) = await transport.read(subscription(), 5)
+        await admin.flushall()
+        assert await transport.keep_fresh([before]) == [before]  # nothing is held any more
+        after = event(1)
+        await transport.publish(STREAM, after)
+        (delivery,) = await transport.read(subscription(), 5)
+        assert delivery.event == after
+        assert transport.stats.groups_recreated == 1
+    finally:
+        await admin.aclose()
+        await transport.aclose()
+
+
+async def test_read_waits_out_an_outage_without_spinning(redis_server: RedisServer) -> None:
+    transport = RedisStreamsTransport.from_url(redis_server.url)
+    try:
+        await transport.ensure_group(STREAM, "workers")
+        redis_server.kill()
+        reading = asyncio.create_task(transport.read(subscription(), 1))
+        await wait_until(lambda: transport.stats.reconnects >= 3, what="a few reconnect attempts")
+        outage_started = time.monotonic()
+        await wait_until(lambda: time.monotonic() - outage_started > 1.0, what="one second of outage")
+        attempts = transport.stats.reconnects
+        redis_server.start()
+        await transport.publish(STREAM, event(7))
+        (delivery,) = await asyncio.wait_for(reading, 15)
+        assert delivery.event.content == "message 7"
+    finally:
+        await transport.aclose()
+    # Capped exponential backoff: a busy loop would make thousands of attempts in a second.
+    assert attempts < 40
+
+
+async def test_other_operations_give_up_with_a_transport_error(redis_server: RedisServer) -> None:
+    transport = RedisStreamsTransport.from_url(redis_server.url, retry_deadline=0.5)
+    try:
+        redis_server.kill()
+        with pytest.raises(TransportError, match="Redis unreachable"):
+            await transport.publish(STREAM, event(0))
+    finally:
+        await transport.aclose()
+
+
+async def test_idle_loop_makes_one_blocking_read_per_block_timeout(redis_server: RedisServer) -> None:
+    transport = RedisStreamsTransport.from_url(redis_server.url)
+    admin = Redis.from_url(redis_server.url, decode_responses=True)
+    block = 0.1
+    try:
+        await transport.ensure_group(STREAM, "workers")
+        await admin.config_resetstat()
+        started = time.monotonic()
+        consuming = transport.consume(
+            subscription(block=block, claim_min_idle=60, claim_interval=None), lambda: 10
+        )
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(anext(consuming), 1.0)
+        elapsed = time.monotonic() - started
+        await consuming.aclose()
+        stats = await admin.info("commandstats")
+    finally:
+        await admin.aclose()
+        await transport.aclose()
+    reads = stats["cmdstat_xreadgroup"]["calls"]
+    assert 1 <= reads <= elapsed / block + 1
+    reclaim_scans = stats.get("cmdstat_xautoclaim", {}).get("calls", 0)
+    assert reclaim_scans <= 1  # claim_interval defaults to half of claim_min_idle (30 s)
