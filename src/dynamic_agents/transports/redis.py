@@ -210,10 +210,12 @@ class RedisStreamsTransport(Transport):
         values = {_bytes(key): _bytes(value) for key, value in fields.items()}
 
         async def publish() -> object:
-            pipe: Pipeline = self.client.pipeline(transaction=expire is not None)
+            if expire is None:  # one command: no pipeline round trip overhead
+                reply: object = await self.client.xadd(stream, values, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
+                return reply
+            pipe: Pipeline = self.client.pipeline(transaction=True)
             pipe.xadd(stream, values, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
-            if expire is not None:
-                pipe.pexpire(stream, _ms(expire))
+            pipe.pexpire(stream, _ms(expire))
             replies: list[object] = await pipe.execute()
             return replies[0]
 
