@@ -43,7 +43,23 @@ def test_library_adds_no_handler_but_a_null_one() -> None:
     assert all(isinstance(h, logging.NullHandler) for h in root.handlers)
 
 
-def test_get_logger_attaches_its_filter_once() -> None:
+def test_get_logger_attaches_its_filters_once() -> None:
     logger = get_logger("routing")
     get_logger("routing")
-    assert len(logger.filters) == 1
+    assert [type(f).__name__ for f in logger.filters] == ["_ContextFilter", "RedactingFilter"]
+
+
+def test_part_loggers_mask_secret_values(caplog: pytest.LogCaptureFixture) -> None:
+    from dynamic_agents.secrets import SecretValue
+
+    secret = SecretValue("canary-logging-0000")
+    logger = get_logger("secrets")
+    with caplog.at_level(logging.DEBUG, logger="dynamic_agents"):
+        logger.warning("token is %s", secret.reveal())
+        try:
+            raise ValueError(f"bad key {secret.reveal()}")
+        except ValueError:
+            logger.exception("failed")
+    text = caplog.text + "".join(r.getMessage() for r in caplog.records)
+    assert "canary-logging-0000" not in text
+    assert "token is **********" in text

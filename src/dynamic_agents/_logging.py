@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
+from dynamic_agents._redaction import RedactingFilter
+
 __all__ = ["get_logger", "log_context"]
 
 ROOT_LOGGER = "dynamic_agents"
@@ -42,10 +44,12 @@ logging.getLogger(ROOT_LOGGER).addHandler(logging.NullHandler())
 
 
 def get_logger(part: str) -> logging.Logger:
-    """The logger of one part of the library, ``dynamic_agents.<part>``, with ids on its records."""
+    """The logger of one part, ``dynamic_agents.<part>``: ids on its records, secrets masked."""
     logger = logging.getLogger(f"{ROOT_LOGGER}.{part}")
     if _CONTEXT_FILTER not in logger.filters:
         logger.addFilter(_CONTEXT_FILTER)
+    if not any(isinstance(f, RedactingFilter) for f in logger.filters):
+        logger.addFilter(RedactingFilter())
     return logger
 
 

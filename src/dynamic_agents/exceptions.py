@@ -11,8 +11,20 @@ Each class also subclasses the matching built-in, so callers can catch either::
     │   ├── EventValidationError               wrong types or missing fields (``.errors`` lists them)
     │   ├── UnsupportedSchemaVersionError      a ``schema_version`` whose major this release cannot read
     │   └── EventTooLargeError                 over the codec's size or content-length limit
-    └── TransportError (ConnectionError)       the message broker failed or refused an operation
-        └── DeliveryError (LookupError)        a delivery, group or stream the broker does not know
+    ├── TransportError (ConnectionError)       the message broker failed or refused an operation
+    │   └── DeliveryError (LookupError)        a delivery, group or stream the broker does not know
+    └── SecretsError                           secrets could not be had
+        ├── SecretNotFoundError (LookupError)  ``require()`` found no such secret or field
+        ├── SecretReferenceError (ValueError)  a malformed reference (``secret:…``, ``os.environ/…``)
+        ├── SecretsUnavailableError (ConnectionError)  no source could answer and nothing usable is cached
+        └── IdentityError                      the A8N Identity service refused or failed a request
+            ├── IdentityRequestError (ValueError)        400 / 422: the request was invalid
+            ├── IdentityAuthError (PermissionError)      401: the token is bad or expired
+            ├── IdentityForbiddenError (PermissionError) 403: not allowed (another user's secret)
+            ├── IdentityNotFoundError (LookupError)      404: no such secret or provider
+            ├── IdentityConflictError (ValueError)       409: the name is taken for that provider and owner
+            └── IdentityUnavailableError (ConnectionError)  5xx, timeouts and network errors after retries
+                └── IdentityRateLimitedError             429 after the retries ran out
 
 Messages name the field, the offending value (shortened, and masked when it may be a secret) and what
 would be valid. ``LookupError`` is used rather than ``KeyError`` because ``str(KeyError(...))`` adds
@@ -33,7 +45,19 @@ __all__ = [
     "EventTooLargeError",
     "EventValidationError",
     "FieldError",
+    "IdentityAuthError",
+    "IdentityConflictError",
+    "IdentityError",
+    "IdentityForbiddenError",
+    "IdentityNotFoundError",
+    "IdentityRateLimitedError",
+    "IdentityRequestError",
+    "IdentityUnavailableError",
     "MissingDependencyError",
+    "SecretNotFoundError",
+    "SecretReferenceError",
+    "SecretsError",
+    "SecretsUnavailableError",
     "TransportError",
     "UnsupportedSchemaVersionError",
 ]
@@ -121,3 +145,59 @@ class TransportError(DynamicAgentsError, ConnectionError):
 
 class DeliveryError(TransportError, LookupError):
     """A delivery, consumer group or stream is unknown to the broker."""
+
+
+class SecretsError(DynamicAgentsError):
+    """Secrets could not be had. Messages never carry a secret value."""
+
+
+class SecretNotFoundError(SecretsError, LookupError):
+    """``require()`` found no such secret, or the secret has no such field."""
+
+
+class SecretReferenceError(SecretsError, ValueError):
+    """A secret reference is malformed; the message says which forms are valid."""
+
+
+class SecretsUnavailableError(SecretsError, ConnectionError):
+    """No source could answer, and no cached value is usable (or its grace has run out)."""
+
+
+class IdentityError(SecretsError):
+    """The A8N Identity service refused or failed a request.
+
+    ``status`` is the HTTP status (``None`` for network errors); the message names the method and
+    path and never includes a secret value or an unredacted response body.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+class IdentityRequestError(IdentityError, ValueError):
+    """400 / 422: the service rejected the request as invalid."""
+
+
+class IdentityAuthError(IdentityError, PermissionError):
+    """401: the token is bad or expired (after one refresh and retry)."""
+
+
+class IdentityForbiddenError(IdentityError, PermissionError):
+    """403: the token may not do this (for instance, read another user's secret)."""
+
+
+class IdentityNotFoundError(IdentityError, LookupError):
+    """404: no such secret or provider."""
+
+
+class IdentityConflictError(IdentityError, ValueError):
+    """409: a secret with that name already exists for that provider and owner."""
+
+
+class IdentityUnavailableError(IdentityError, ConnectionError):
+    """5xx, timeouts or network errors, after the retries ran out."""
+
+
+class IdentityRateLimitedError(IdentityUnavailableError):
+    """429: still rate limited after the retries ran out."""

@@ -1,0 +1,83 @@
+"""Masking secret values in text and log records.
+
+Every :class:`~dynamic_agents.secrets.SecretValue` registers its value with the process-wide
+:data:`REDACTOR`; :class:`RedactingFilter` replaces registered values in log records (message,
+arguments and formatted tracebacks). The filter is on every ``dynamic_agents.*`` logger; add it to
+your own handlers to cover agno's, litellm's or your application's loggers.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Final
+
+__all__ = ["MASK", "REDACTOR", "RedactingFilter", "Redactor"]
+
+MASK: Final = "**********"
+MIN_REDACTED_LENGTH: Final = 6
+"""Shorter values are not searched for in logs: masking every ``"us"`` would garble the logs."""
+
+
+class Redactor:
+    """The set of secret values to mask in text; thread-safe, grows with every value registered."""
+
+    def __init__(self) -> None:
+        self._values: frozenset[str] = frozenset()
+        self._ordered: tuple[str, ...] = ()
+        self._lock = threading.Lock()
+
+    def register(self, value: str) -> None:
+        if len(value) < MIN_REDACTED_LENGTH or value in self._values:
+            return
+        with self._lock:
+            values = self._values | {value}
+            # Longest first, so a value containing another is masked whole.
+            self._ordered = tuple(sorted(values, key=len, reverse=True))
+            self._values = values
+
+    def redact(self, text: str) -> str:
+        for value in self._ordered:
+            if value in text:
+                text = text.replace(value, MASK)
+        return text
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._values
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"Redactor({len(self._values)} values)"
+
+
+REDACTOR: Final = Redactor()
+"""The process-wide redactor every :class:`SecretValue` registers with."""
+
+
+class RedactingFilter(logging.Filter):
+    """Masks registered secret values in a record's message, arguments and traceback text.
+
+    Attach it to handlers (``handler.addFilter(RedactingFilter())``) to cover every logger that
+    reaches them, or to a logger for the records logged on it directly.
+    """
+
+    def __init__(self, redactor: Redactor = REDACTOR) -> None:
+        super().__init__()
+        self.redactor = redactor
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not len(self.redactor):
+            return True
+        message = record.getMessage()
+        redacted = self.redactor.redact(message)
+        if redacted != message or record.args:
+            record.msg, record.args = redacted, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self.redactor.redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self.redactor.redact(record.stack_info)
+        return True

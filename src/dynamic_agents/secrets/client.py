@@ -1,0 +1,449 @@
+"""HTTP client for the A8N Identity service (every endpoint of its contract).
+
+Retries 429 (honouring ``Retry-After``), 5xx and network errors with capped exponential backoff and
+jitter; refreshes the token once on 401. Errors are typed (see :mod:`dynamic_agents.exceptions`)
+and their messages carry the method, path and status, never a secret value or a raw response body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import ipaddress
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final, Self, TypeAlias, TypeVar
+from urllib.parse import quote, urlsplit
+
+import httpx
+from pydantic import BaseModel, ConfigDict, JsonValue, ValidationError
+
+from dynamic_agents._logging import get_logger
+from dynamic_agents._redaction import REDACTOR
+from dynamic_agents.events._types import UtcDatetime
+from dynamic_agents.exceptions import (
+    ConfigurationError,
+    IdentityAuthError,
+    IdentityConflictError,
+    IdentityError,
+    IdentityForbiddenError,
+    IdentityNotFoundError,
+    IdentityRateLimitedError,
+    IdentityRequestError,
+    IdentityUnavailableError,
+)
+from dynamic_agents.secrets.values import SecretValue
+
+__all__ = [
+    "IdentityClient",
+    "ProviderInfo",
+    "SecretMetadata",
+    "SecretPage",
+    "SecretValues",
+    "TokenProvider",
+]
+
+logger = get_logger("secrets")
+
+M = TypeVar("M", bound=BaseModel)
+
+TokenProvider: TypeAlias = str | SecretValue | Callable[[], str | SecretValue | Awaitable[str | SecretValue]]
+"""A bearer token, or a (sync or async) callable returning the current one."""
+
+DEFAULT_URL: Final = "http://localhost:8000"
+API: Final = "/api/v1"
+_IDEMPOTENT: Final = frozenset({"GET", "PATCH", "DELETE", "PUT", "HEAD"})
+_DETAIL_LIMIT: Final = 200
+_ERRORS: Final[Mapping[int, type[IdentityError]]] = {
+    400: IdentityRequestError,
+    401: IdentityAuthError,
+    403: IdentityForbiddenError,
+    404: IdentityNotFoundError,
+    409: IdentityConflictError,
+    422: IdentityRequestError,
+    429: IdentityRateLimitedError,
+}
+
+
+class SecretMetadata(BaseModel):
+    """What the service says about a secret, never its values. Tolerant of older services: a
+    missing ``status`` means active, missing ``fields`` means unknown, naive timestamps are UTC."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    id: str
+    name: str
+    provider: str
+    user_id: str | None = None
+    status: str = "active"
+    fields: tuple[str, ...] | None = None
+    created_at: UtcDatetime | None = None
+    updated_at: UtcDatetime | None = None
+    description: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.status == "active"
+
+    @property
+    def last_change(self) -> datetime | None:
+        return self.updated_at or self.created_at
+
+
+class ProviderInfo(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: str
+    display_name: str | None = None
+    fields: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SecretPage:
+    items: tuple[SecretMetadata, ...]
+    total: int
+    page: int
+    page_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class SecretValues:
+    """A secret's decrypted values, each a masked :class:`SecretValue`."""
+
+    id: str
+    name: str
+    provider: str
+    values: Mapping[str, SecretValue]
+
+
+class IdentityClient:
+    """Async client of the A8N Identity REST API.
+
+    ``transport`` lets tests serve the API in process (``httpx.MockTransport``,
+    ``httpx.ASGITransport``). Plain ``http://`` is refused except to a loopback host, unless
+    ``allow_insecure_http=True``. ``retries`` counts attempts after the first, for 429, 5xx and
+    network errors (a ``POST`` is retried only when it cannot have reached the service).
+    """
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_URL,
+        *,
+        token: TokenProvider,
+        transport: httpx.AsyncBaseTransport | None = None,
+        timeout: float = 10.0,
+        retries: int = 3,
+        backoff_base: float = 0.2,
+        backoff_cap: float = 5.0,
+        max_retry_after: float = 60.0,
+        allow_insecure_http: bool = False,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        _check_url(base_url, allow_insecure_http)
+        if retries < 0:
+            raise ConfigurationError(f"retries must be >= 0, got {retries}")
+        self.base_url = base_url.rstrip("/")
+        self._token_provider = token
+        self._token: SecretValue | None = None
+        self._retries = retries
+        self._backoff_base = backoff_base
+        self._backoff_cap = backoff_cap
+        self._max_retry_after = max_retry_after
+        self._sleep = sleep
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url, transport=transport, timeout=timeout, follow_redirects=False
+        )
+
+    def __repr__(self) -> str:
+        return f"IdentityClient({self.base_url!r})"
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # -- endpoints --------------------------------------------------------------------------------
+
+    async def create_secret(
+        self,
+        name: str,
+        provider: str,
+        values: Mapping[str, str | SecretValue],
+        *,
+        user_id: str | None = None,
+        description: str | None = None,
+    ) -> SecretMetadata:
+        body: dict[str, Any] = {"name": name, "provider": provider, "values": _plain(values)}
+        if user_id is not None:
+            body["user_id"] = user_id
+        if description is not None:
+            body["description"] = description
+        response = await self._request("POST", f"{API}/secrets", json=body)
+        return _parse(SecretMetadata, response)
+
+    async def list_secrets(
+        self,
+        *,
+        provider: str | None = None,
+        user_id: str | None = None,
+        page: int = 1,
+        page_size: int = 100,
+    ) -> SecretPage:
+        params = {"provider": provider, "user_id": user_id, "page": page, "page_size": page_size}
+        response = await self._request(
+            "GET", f"{API}/secrets", params={k: v for k, v in params.items() if v is not None}
+        )
+        data = _json(response)
+        if isinstance(data, list):  # older services answer a bare array, unpaged
+            items = tuple(_validate(SecretMetadata, item, response) for item in data)
+            return SecretPage(items, total=len(items), page=1, page_size=max(len(items), 1))
+        if not isinstance(data, dict) or not isinstance(data.get("items"), list):
+            raise _bad_response(response, "expected an object with 'items'")
+        items = tuple(_validate(SecretMetadata, item, response) for item in data["items"])
+        return SecretPage(
+            items,
+            total=_int_field(data, "total", len(items)),
+            page=_int_field(data, "page", page),
+            page_size=_int_field(data, "page_size", page_size),
+        )
+
+    async def iter_secrets(
+        self, *, provider: str | None = None, user_id: str | None = None, page_size: int = 100
+    ) -> AsyncIterator[SecretMetadata]:
+        """Every matching secret, following the pages."""
+        page, seen = 1, 0
+        while True:
+            result = await self.list_secrets(
+                provider=provider, user_id=user_id, page=page, page_size=page_size
+            )
+            for item in result.items:
+                yield item
+            seen += len(result.items)
+            if not result.items or seen >= result.total or result.page_size >= result.total:
+                return
+            page += 1
+
+    async def get_secret(self, secret_id: str) -> SecretMetadata:
+        return _parse(SecretMetadata, await self._request("GET", _secret_path(secret_id)))
+
+    async def get_values(self, secret_id: str) -> SecretValues:
+        response = await self._request("GET", f"{_secret_path(secret_id)}/values")
+        data = _json(response)
+        values = data.get("values") if isinstance(data, dict) else None
+        if not isinstance(data, dict) or not isinstance(values, dict):
+            raise _bad_response(response, "expected an object with 'values'")
+        if not all(isinstance(v, str) for v in values.values()):
+            raise _bad_response(response, "secret values must be strings")
+        return SecretValues(
+            id=str(data.get("id", secret_id)),
+            name=str(data.get("name", "")),
+            provider=str(data.get("provider", "")),
+            values={str(field): SecretValue(value) for field, value in values.items()},
+        )
+
+    async def update_secret(
+        self,
+        secret_id: str,
+        *,
+        name: str | None = None,
+        values: Mapping[str, str | SecretValue] | None = None,
+        status: str | None = None,
+        description: str | None = None,
+    ) -> SecretMetadata:
+        body: dict[str, Any] = {}
+        if name is not None:
+            body["name"] = name
+        if values is not None:
+            body["values"] = _plain(values)
+        if status is not None:
+            body["status"] = status
+        if description is not None:
+            body["description"] = description
+        if not body:
+            raise ConfigurationError("update_secret needs at least one of name, values, status, description")
+        return _parse(SecretMetadata, await self._request("PATCH", _secret_path(secret_id), json=body))
+
+    async def delete_secret(self, secret_id: str) -> None:
+        await self._request("DELETE", _secret_path(secret_id))
+
+    async def list_providers(self) -> list[ProviderInfo]:
+        response = await self._request("GET", f"{API}/providers")
+        data = _json(response)
+        items = data.get("items") if isinstance(data, dict) else data
+        if not isinstance(items, list):
+            raise _bad_response(response, "expected an object with 'items'")
+        return [_validate(ProviderInfo, item, response) for item in items]
+
+    async def provider_schema(self, name: str) -> dict[str, JsonValue]:
+        response = await self._request("GET", f"{API}/providers/{quote(name, safe='')}/schema")
+        data = _json(response)
+        if not isinstance(data, dict):
+            raise _bad_response(response, "expected a JSON Schema object")
+        return data
+
+    # -- transport --------------------------------------------------------------------------------
+
+    async def _current_token(self, *, refresh: bool = False) -> SecretValue:
+        if self._token is None or refresh:
+            provider = self._token_provider
+            token: str | SecretValue | Awaitable[str | SecretValue]
+            token = provider() if callable(provider) else provider
+            if inspect.isawaitable(token):
+                token = await token
+            self._token = token if isinstance(token, SecretValue) else SecretValue(token)
+        return self._token
+
+    def _backoff(self, attempt: int) -> float:
+        return random.uniform(0, min(self._backoff_cap, self._backoff_base * 2**attempt))  # noqa: S311
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str | int] | None = None,
+        json: Mapping[str, Any] | None = None,
+    ) -> httpx.Response:
+        attempt, refreshed = 0, False
+        while True:
+            token = await self._current_token()
+            try:
+                response = await self._http.request(
+                    method,
+                    path,
+                    params=params,
+                    json=json,
+                    headers={"Authorization": f"Bearer {token.reveal()}"},
+                )
+            except httpx.TransportError as error:
+                # A POST that may have reached the service is not repeated (no double create).
+                retryable = method in _IDEMPOTENT or isinstance(error, httpx.ConnectError)
+                if retryable and attempt < self._retries:
+                    await self._wait(method, path, attempt, type(error).__name__)
+                    attempt += 1
+                    continue
+                raise IdentityUnavailableError(
+                    f"{method} {path}: Identity unreachable ({type(error).__name__})"
+                ) from error
+            status = response.status_code
+            if status < 400:
+                return response
+            if status == 401 and not refreshed and callable(self._token_provider):
+                refreshed = True
+                await self._current_token(refresh=True)
+                continue
+            retryable = status == 429 or (status >= 500 and method in _IDEMPOTENT)
+            if retryable and attempt < self._retries:
+                await self._wait(method, path, attempt, f"HTTP {status}", _retry_after(response))
+                attempt += 1
+                continue
+            raise _error_for(method, path, response)
+
+    async def _wait(
+        self, method: str, path: str, attempt: int, why: str, retry_after: float | None = None
+    ) -> None:
+        delay = self._backoff(attempt)
+        if retry_after is not None:
+            delay = min(max(delay, retry_after), self._max_retry_after)
+        logger.debug("%s %s: %s, retrying in %.2fs", method, path, why, delay)
+        await self._sleep(delay)
+
+
+def _check_url(base_url: str, allow_insecure_http: bool) -> None:
+    parts = urlsplit(base_url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ConfigurationError(f"Identity URL {base_url!r} must be an http(s) URL with a host")
+    if parts.scheme == "http" and not allow_insecure_http and not _is_loopback(parts.hostname):
+        raise ConfigurationError(
+            f"Identity URL {base_url!r} uses plain http to a non-loopback host: tokens and secrets "
+            "would cross the network unencrypted; use https, or pass allow_insecure_http=True"
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _secret_path(secret_id: str) -> str:
+    return f"{API}/secrets/{quote(secret_id, safe='')}"
+
+
+def _plain(values: Mapping[str, str | SecretValue]) -> dict[str, str]:
+    plain = {}
+    for field, value in values.items():
+        secret = value if isinstance(value, SecretValue) else SecretValue(value)  # registers it
+        plain[field] = secret.reveal()
+    return plain
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    header = response.headers.get("Retry-After")
+    try:
+        return max(0.0, float(header)) if header is not None else None
+    except ValueError:
+        return None  # an HTTP date: fall back to our own backoff
+
+
+def _error_for(method: str, path: str, response: httpx.Response) -> IdentityError:
+    status = response.status_code
+    error_type = _ERRORS.get(status, IdentityUnavailableError if status >= 500 else IdentityRequestError)
+    detail = _detail(response)
+    suffix = f": {detail}" if detail else ""
+    return error_type(f"{method} {path} answered {status}{suffix}", status=status)
+
+
+def _detail(response: httpx.Response) -> str:
+    """The body's ``detail``, shortened and with every known secret value masked."""
+    try:
+        data = response.json()
+    except ValueError:
+        return ""
+    detail = data.get("detail") if isinstance(data, dict) else None
+    if detail is None:
+        return ""
+    text = detail if isinstance(detail, str) else str(detail)
+    text = REDACTOR.redact(text)
+    return text if len(text) <= _DETAIL_LIMIT else f"{text[: _DETAIL_LIMIT - 3]}..."
+
+
+def _json(response: httpx.Response) -> object:
+    try:
+        data: object = response.json()
+    except ValueError:
+        raise _bad_response(response, "the body is not JSON") from None
+    return data
+
+
+def _bad_response(response: httpx.Response, why: str) -> IdentityError:
+    request = response.request
+    return IdentityError(
+        f"{request.method} {request.url.path}: unexpected response ({why})", status=response.status_code
+    )
+
+
+def _validate(model: type[M], data: object, response: httpx.Response) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        fields = ", ".join(".".join(map(str, e["loc"])) for e in error.errors(include_url=False))
+        raise _bad_response(response, f"invalid {model.__name__} fields: {fields}") from None
+
+
+def _parse(model: type[M], response: httpx.Response) -> M:
+    return _validate(model, _json(response), response)
+
+
+def _int_field(data: Mapping[str, object], name: str, default: int) -> int:
+    value = data.get(name, default)
+    return value if isinstance(value, int) else default

@@ -1,0 +1,400 @@
+"""``SecretsManager``: cached, single-flight, stale-if-error access to secrets, and references.
+
+A cache entry holds the values of one secret — per (provider, user, name) — with three deadlines:
+*fresh* (``ttl``; ``negative_ttl`` for "no such secret"), then *stale but servable* while the
+sources fail (``stale_grace`` more), then gone. Concurrent misses of one key share one fetch. Keys
+used since they were fetched are refreshed ahead of expiry by a background task that lives as long
+as the manager (``async with manager:``), and ``on_change`` listeners hear when values change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Self, TypeAlias
+
+from cachetools import TTLCache
+
+from dynamic_agents._logging import get_logger
+from dynamic_agents.exceptions import (
+    ConfigurationError,
+    IdentityError,
+    IdentityForbiddenError,
+    SecretNotFoundError,
+    SecretsError,
+    SecretsUnavailableError,
+)
+from dynamic_agents.secrets.client import IdentityClient, TokenProvider
+from dynamic_agents.secrets.references import ENV_SECRETS, EnvReference, SecretReference, parse_reference
+from dynamic_agents.secrets.sources import (
+    ChainSource,
+    EnvironmentSource,
+    IdentitySource,
+    SecretKey,
+    SecretSource,
+)
+from dynamic_agents.secrets.values import SecretValue
+
+__all__ = ["SecretChange", "SecretsManager", "SecretsStats"]
+
+logger = get_logger("secrets")
+
+_CacheKey: TypeAlias = tuple[str, str | None, str | None]  # provider, user_id, name
+ChangeListener: TypeAlias = Callable[["SecretChange"], Awaitable[None] | None]
+
+
+class _Every(Enum):
+    USER = "every user"
+
+
+@dataclass(frozen=True, slots=True)
+class SecretChange:
+    """A cached secret's values changed (rotation, new or removed fields, deletion).
+
+    ``fields`` names what changed; values are never part of a change notice.
+    """
+
+    key: SecretKey
+    fields: frozenset[str]
+
+
+@dataclass(slots=True)
+class SecretsStats:
+    hits: int = 0
+    misses: int = 0
+    fetches: int = 0
+    stale_served: int = 0
+    refreshes: int = 0
+    errors: int = 0
+
+
+@dataclass(slots=True)
+class _Entry:
+    values: Mapping[str, SecretValue] | None
+    fetched_at: float
+    fresh_until: float
+    stale_until: float
+    last_used: float
+
+
+class SecretsManager:
+    """Secrets by provider and field, cached, for the system or for one user.
+
+    * ``get`` returns a masked :class:`SecretValue`, or ``None`` only when the sources answered that
+      there is no such secret (or field); when they cannot answer and nothing usable is cached it
+      raises :class:`SecretsUnavailableError`. ``require`` raises :class:`SecretNotFoundError` instead
+      of returning ``None``.
+    * A user's lookup never falls back to another user's secret, and to the system's only with
+      ``user_fallback_to_system=True``.
+    * ``ttl``: how long a value is fresh; ``negative_ttl``: how long "no such secret" is believed;
+      ``stale_grace``: how long past freshness a value is still served while the sources fail;
+      ``refresh_ahead``: how long before expiry keys in use are refreshed, checked every
+      ``refresh_interval`` (default: half of ``refresh_ahead``, at least 0.5 s); ``error_retry``:
+      while serving stale, how long to wait before asking the failing source again.
+    """
+
+    def __init__(
+        self,
+        source: SecretSource,
+        *,
+        ttl: float = 300.0,
+        negative_ttl: float = 30.0,
+        stale_grace: float = 600.0,
+        refresh_ahead: float = 30.0,
+        error_retry: float = 5.0,
+        refresh_interval: float | None = None,
+        max_size: int = 1024,
+        user_fallback_to_system: bool = False,
+        env_mapping: Mapping[str, tuple[str, str]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        for name, value in (("ttl", ttl), ("negative_ttl", negative_ttl), ("max_size", max_size)):
+            if value <= 0:
+                raise ConfigurationError(f"{name} must be > 0, got {value}")
+        for name, value in (("stale_grace", stale_grace), ("refresh_ahead", refresh_ahead)):
+            if value < 0:
+                raise ConfigurationError(f"{name} must be >= 0, got {value}")
+        self.source = source
+        self.ttl = ttl
+        self.negative_ttl = negative_ttl
+        self.stale_grace = stale_grace
+        self.refresh_ahead = min(refresh_ahead, ttl / 2)
+        self.error_retry = error_retry
+        self.refresh_interval = (
+            refresh_interval if refresh_interval is not None else max(self.refresh_ahead / 2, 0.5)
+        )
+        self.user_fallback_to_system = user_fallback_to_system
+        self.env_mapping = {**ENV_SECRETS, **(env_mapping or {})}
+        self.stats = SecretsStats()
+        self._clock = clock
+        self._cache: TTLCache[_CacheKey, _Entry] = TTLCache(
+            maxsize=max_size, ttl=max(ttl, negative_ttl) + stale_grace, timer=clock
+        )
+        self._inflight: dict[_CacheKey, asyncio.Task[_Entry]] = {}
+        self._listeners: list[ChangeListener] = []
+        self._refresher: asyncio.Task[None] | None = None
+
+    # -- construction -----------------------------------------------------------------------------
+
+    @classmethod
+    def from_env(cls, *, env_mapping: Mapping[str, tuple[str, str]] | None = None, **settings: Any) -> Self:
+        """Secrets from environment variables only: the embedded default."""
+        return cls(
+            EnvironmentSource({**ENV_SECRETS, **(env_mapping or {})}), env_mapping=env_mapping, **settings
+        )
+
+    @classmethod
+    def from_identity(
+        cls,
+        url: str,
+        token: TokenProvider,
+        *,
+        env_fallback: bool = False,
+        client_options: Mapping[str, Any] | None = None,
+        **settings: Any,
+    ) -> Self:
+        """Secrets from A8N Identity (``client_options`` go to :class:`IdentityClient`).
+
+        With ``env_fallback=True`` the environment answers when Identity cannot.
+        """
+        source: SecretSource = IdentitySource(IdentityClient(url, token=token, **(client_options or {})))
+        if env_fallback:
+            source = ChainSource(
+                source, EnvironmentSource({**ENV_SECRETS, **settings.get("env_mapping", {})})
+            )
+        return cls(source, **settings)
+
+    def __repr__(self) -> str:
+        return f"SecretsManager({self.source!r}, cached={len(self._cache)})"
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def start(self) -> None:
+        """Start refreshing keys in use ahead of their expiry (``async with`` does this)."""
+        if self._refresher is None or self._refresher.done():
+            self._refresher = asyncio.get_running_loop().create_task(
+                self._refresh_loop(self.refresh_interval), name="dynamic-agents-secrets-refresh"
+            )
+
+    async def aclose(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            await asyncio.gather(self._refresher, return_exceptions=True)
+            self._refresher = None
+        for task in list(self._inflight.values()):
+            task.cancel()
+        await asyncio.gather(*self._inflight.values(), return_exceptions=True)
+        await self.source.aclose()
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    async def get(
+        self, provider: str, field: str, user_id: str | None = None, *, name: str | None = None
+    ) -> SecretValue | None:
+        """The field of the provider's secret (the user's, or the system's), or ``None``."""
+        key = (provider, user_id, name)
+        entry = self._cache.get(key)
+        now = self._clock()
+        if entry is not None and now < entry.fresh_until:
+            self.stats.hits += 1
+            entry.last_used = now
+        else:
+            entry = await self._load(key, entry)
+        value = entry.values.get(field) if entry.values is not None else None
+        if value is None and user_id is not None and self.user_fallback_to_system:
+            return await self.get(provider, field, None, name=name)
+        return value
+
+    async def require(
+        self, provider: str, field: str, user_id: str | None = None, *, name: str | None = None
+    ) -> SecretValue:
+        """Like :meth:`get`, but raises :class:`SecretNotFoundError` for a missing secret or field."""
+        value = await self.get(provider, field, user_id, name=name)
+        if value is None:
+            raise SecretNotFoundError(
+                f"no secret field {field!r} for {SecretKey(provider, user_id, name)}: create it in "
+                "Identity, or check the provider and field names"
+            )
+        return value
+
+    async def resolve(self, reference: str, *, user_id: str | None = None) -> SecretValue:
+        """The value a reference stands for (see :mod:`dynamic_agents.secrets.references`).
+
+        A plain value comes back wrapped as it is. A missing secret raises
+        :class:`SecretNotFoundError`; sources that cannot answer, :class:`SecretsUnavailableError`.
+        """
+        parsed = parse_reference(reference)
+        if parsed is None:
+            return SecretValue(reference)
+        if isinstance(parsed, SecretReference):
+            return await self.require(parsed.provider, parsed.field, user_id, name=parsed.name)
+        return await self._resolve_env(parsed, user_id)
+
+    async def _resolve_env(self, reference: EnvReference, user_id: str | None) -> SecretValue:
+        mapped = self.env_mapping.get(reference.variable)
+        if mapped is not None:
+            return await self.require(*mapped, user_id)
+        value = os.environ.get(reference.variable)
+        if not value:
+            raise SecretNotFoundError(
+                f"environment variable {reference.variable!r} is not set, and no secret is mapped to "
+                "it (add it to env_mapping to read it from the secret sources)"
+            )
+        return SecretValue(value)
+
+    async def resolve_all(self, data: Any, *, user_id: str | None = None) -> Any:
+        """A copy of nested dicts / lists / tuples with every reference string resolved.
+
+        Plain strings and other values are left as they are; resolved values are
+        :class:`SecretValue` (``reveal()`` them where they are handed to a client).
+        """
+        if isinstance(data, str):
+            return await self.resolve(data, user_id=user_id) if parse_reference(data) else data
+        if isinstance(data, Mapping):
+            return {key: await self.resolve_all(value, user_id=user_id) for key, value in data.items()}
+        if isinstance(data, list | tuple):
+            items = [await self.resolve_all(item, user_id=user_id) for item in data]
+            return items if isinstance(data, list) else tuple(items)
+        return data
+
+    # -- cache control ----------------------------------------------------------------------------
+
+    def invalidate(self, provider: str | None = None, *, user_id: str | _Every | None = _Every.USER) -> int:
+        """Forget cached secrets: all, or one provider's; of every user, or of one (``None``: the
+        system's). Returns how many entries were dropped."""
+        doomed = [
+            key
+            for key in list(self._cache.keys())
+            if (provider is None or key[0] == provider) and (user_id is _Every.USER or key[1] == user_id)
+        ]
+        for key in doomed:
+            self._cache.pop(key, None)
+        return len(doomed)
+
+    def on_change(self, listener: ChangeListener) -> Callable[[], None]:
+        """Call ``listener`` (sync or async) when a cached secret's values change; returns a
+        function that removes it."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
+    async def warm_up(self, providers: Iterable[str], *, user_id: str | None = None) -> None:
+        """Load the providers' secrets now (at start-up), so the first requests hit the cache.
+
+        Missing secrets are fine; sources that cannot answer raise.
+        """
+        await asyncio.gather(*(self._load((provider, user_id, None), None) for provider in providers))
+
+    async def refresh(self, provider: str | None = None) -> int:
+        """Fetch every cached secret (of one provider) again now; returns how many changed."""
+        keys = [key for key in list(self._cache.keys()) if provider is None or key[0] == provider]
+        changed = 0
+        for key in keys:
+            before = self._cache.get(key)
+            after = await self._load(key, before, force=True)
+            changed += before is None or before.values != after.values
+        return changed
+
+    async def refresh_due(self) -> int:
+        """Refresh the keys used since they were fetched and about to expire; returns how many
+        were refreshed (failures are kept stale and logged)."""
+        now = self._clock()
+        due = [
+            (key, entry)
+            for key, entry in list(self._cache.items())
+            if entry.values is not None
+            and entry.last_used > entry.fetched_at
+            and entry.fresh_until - self.refresh_ahead <= now < entry.stale_until
+        ]
+        for key, entry in due:
+            try:
+                await self._load(key, entry, force=True)
+            except SecretsError as error:
+                logger.warning("refreshing %s failed: %s", SecretKey(*key), type(error).__name__)
+        self.stats.refreshes += len(due)
+        return len(due)
+
+    async def _refresh_loop(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.refresh_due()
+            except Exception:  # the loop must outlive any one failure
+                logger.exception("refreshing secrets failed")
+
+    # -- loading ----------------------------------------------------------------------------------
+
+    async def _load(self, key: _CacheKey, previous: _Entry | None, *, force: bool = False) -> _Entry:
+        """The entry for ``key``: cached if fresh (unless forced), else fetched once for all callers."""
+        if not force and previous is not None and self._clock() < previous.fresh_until:
+            return previous
+        task = self._inflight.get(key)
+        if task is None:
+            self.stats.misses += 1
+            task = asyncio.get_running_loop().create_task(self._fetch(key, previous))
+            self._inflight[key] = task
+            task.add_done_callback(lambda _: self._inflight.pop(key, None))
+        return await asyncio.shield(task)
+
+    async def _fetch(self, key: _CacheKey, previous: _Entry | None) -> _Entry:
+        secret_key = SecretKey(*key)
+        self.stats.fetches += 1
+        try:
+            values = await self.source.fetch(secret_key)
+        except IdentityForbiddenError:
+            self._cache.pop(key, None)  # access was revoked: serve nothing from before
+            raise
+        except (IdentityError, SecretsError) as error:
+            self.stats.errors += 1
+            return self._stale_or_raise(key, self._cache.get(key) or previous, error)
+        now = self._clock()
+        ttl = self.ttl if values is not None else self.negative_ttl
+        entry = _Entry(values, now, now + ttl, now + ttl + self.stale_grace, now)
+        old = self._cache.get(key) or previous
+        self._cache[key] = entry
+        if old is not None and old.values != values:
+            await self._notify(SecretChange(secret_key, _changed_fields(old.values, values)))
+        return entry
+
+    def _stale_or_raise(self, key: _CacheKey, entry: _Entry | None, error: Exception) -> _Entry:
+        now = self._clock()
+        if entry is not None and now < entry.stale_until:
+            self.stats.stale_served += 1
+            entry.fresh_until = min(entry.stale_until, now + self.error_retry)
+            logger.warning(
+                "secret %s could not be fetched (%s); serving the cached value, %.0fs of grace left",
+                SecretKey(*key),
+                type(error).__name__,
+                entry.stale_until - now,
+            )
+            return entry
+        raise SecretsUnavailableError(
+            f"secret {SecretKey(*key)} cannot be fetched and nothing usable is cached: {error}"
+        ) from error
+
+    async def _notify(self, change: SecretChange) -> None:
+        for listener in list(self._listeners):
+            try:
+                result = listener(change)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                logger.exception("a secret change listener failed for %s", change.key)
+
+
+def _changed_fields(
+    before: Mapping[str, SecretValue] | None, after: Mapping[str, SecretValue] | None
+) -> frozenset[str]:
+    old, new = before or {}, after or {}
+    return frozenset(field for field in old.keys() | new.keys() if old.get(field) != new.get(field))

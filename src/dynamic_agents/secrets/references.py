@@ -1,0 +1,99 @@
+"""Secret references: how configuration names a secret without containing it.
+
+=================================  ====================================================
+``os.environ/OPENAI_API_KEY``      a mapped name reads ``openai`` / ``api_key`` from the
+                                   secret sources; an unmapped name reads the environment
+``secret:openai:api_key``          field ``api_key`` of the provider's secret
+``secret:openai/team-a:api_key``   the secret named ``team-a`` (a provider with several)
+anything else                      a plain value, used as written
+=================================  ====================================================
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from dynamic_agents.exceptions import SecretReferenceError
+
+__all__ = ["ENV_SECRETS", "EnvReference", "SecretReference", "parse_reference"]
+
+ENV_SECRETS: Final[Mapping[str, tuple[str, str]]] = {
+    "OPENAI_API_KEY": ("openai", "api_key"),
+    "OPENAI_ORG_ID": ("openai", "org_id"),
+    "ANTHROPIC_API_KEY": ("anthropic", "api_key"),
+    "AZURE_API_KEY": ("azure_openai", "api_key"),
+    "AZURE_API_BASE": ("azure_openai", "endpoint"),
+    "AZURE_API_VERSION": ("azure_openai", "api_version"),
+    "GROQ_API_KEY": ("groq", "api_key"),
+    "GOOGLE_API_KEY": ("google", "api_key"),
+    "GEMINI_API_KEY": ("google", "api_key"),
+    "DISCORD_BOT_TOKEN": ("discord", "bot_token"),
+    "DISCORD_APPLICATION_ID": ("discord", "application_id"),
+    "SLACK_BOT_TOKEN": ("slack", "bot_token"),
+    "SLACK_APP_TOKEN": ("slack", "app_token"),
+}
+"""Environment names that stand for a provider's field (the design document's table). Extend it
+per manager with ``SecretsManager(..., env_mapping={...})``."""
+
+SECRET_PREFIX: Final = "secret:"  # noqa: S105 - a prefix, not a password
+ENV_PREFIX: Final = "os.environ/"
+_SECRET_RE: Final = re.compile(
+    r"^secret:(?P<provider>[a-z0-9][a-z0-9_.-]*)(?:/(?P<name>[^:/]+))?:(?P<field>[A-Za-z0-9_.-]+)$"
+)
+_ENV_RE: Final = re.compile(r"^os\.environ/(?P<variable>[A-Za-z_][A-Za-z0-9_]*)$")
+
+
+@dataclass(frozen=True, slots=True)
+class SecretReference:
+    """``secret:provider[/name]:field``."""
+
+    provider: str
+    field: str
+    name: str | None = None
+
+    def __str__(self) -> str:
+        owner = f"{self.provider}/{self.name}" if self.name else self.provider
+        return f"{SECRET_PREFIX}{owner}:{self.field}"
+
+
+@dataclass(frozen=True, slots=True)
+class EnvReference:
+    """``os.environ/NAME``."""
+
+    variable: str
+
+    def __str__(self) -> str:
+        return f"{ENV_PREFIX}{self.variable}"
+
+
+def parse_reference(text: str) -> SecretReference | EnvReference | None:
+    """The reference ``text`` stands for, or ``None`` for a plain value.
+
+    Text that starts like a reference but is malformed raises :class:`SecretReferenceError` (a
+    typo must not silently become a plain value sent as an API key).
+    """
+    if text.startswith(SECRET_PREFIX):
+        match = _SECRET_RE.match(text)
+        if match is None:
+            raise SecretReferenceError(
+                f"malformed secret reference {_shown(text)}: use 'secret:provider:field' or "
+                "'secret:provider/name:field' (provider in lower case, e.g. 'secret:openai:api_key')"
+            )
+        return SecretReference(match["provider"], match["field"], match["name"])
+    if text.startswith(ENV_PREFIX):
+        match = _ENV_RE.match(text)
+        if match is None:
+            raise SecretReferenceError(
+                f"malformed environment reference {_shown(text)}: use 'os.environ/NAME' with NAME a "
+                "variable name (letters, digits, '_')"
+            )
+        return EnvReference(match["variable"])
+    return None
+
+
+def _shown(text: str) -> str:
+    # A malformed reference is config text, not a secret; still, keep messages short.
+    return repr(text if len(text) <= 80 else f"{text[:77]}...")

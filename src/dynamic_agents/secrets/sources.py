@@ -1,0 +1,233 @@
+"""Where secrets come from: one small interface, several sources, chainable.
+
+A source answers "the values of the secret for this key" (``SecretKey``: provider, user, optional
+name), or ``None`` when it really has no such secret; it raises when it cannot answer (Identity down,
+token refused). :class:`ChainSource` asks each source in turn.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Self
+
+from dynamic_agents._logging import get_logger
+from dynamic_agents.exceptions import (
+    ConfigurationError,
+    IdentityError,
+    IdentityForbiddenError,
+    IdentityNotFoundError,
+    SecretsError,
+    SecretsUnavailableError,
+)
+from dynamic_agents.secrets.client import IdentityClient
+from dynamic_agents.secrets.references import ENV_SECRETS
+from dynamic_agents.secrets.values import SecretValue
+
+__all__ = [
+    "ChainSource",
+    "EnvironmentSource",
+    "IdentitySource",
+    "SecretKey",
+    "SecretSource",
+    "StaticSource",
+]
+
+logger = get_logger("secrets")
+
+_EPOCH = datetime.min.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class SecretKey:
+    """Which secret: a provider's, for a user (``None``: the system's), optionally by name."""
+
+    provider: str
+    user_id: str | None = None
+    name: str | None = None
+
+    def __str__(self) -> str:
+        owner = f"user {self.user_id!r}" if self.user_id is not None else "system"
+        named = f"/{self.name}" if self.name else ""
+        return f"{self.provider}{named} ({owner})"
+
+
+class SecretSource(ABC):
+    """Answers the values of one secret, ``None`` for "no such secret", or raises."""
+
+    @abstractmethod
+    async def fetch(self, key: SecretKey) -> Mapping[str, SecretValue] | None: ...
+
+    async def aclose(self) -> None:  # noqa: B027 - most sources hold nothing
+        """Release what the source holds."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+class IdentitySource(SecretSource):
+    """Secrets from the A8N Identity service.
+
+    Of the active secrets of the provider owned by exactly the key's user (or the system, for no
+    user) — and of that name, when the key names one — the most recently updated wins (ties broken by
+    id, so the choice is deterministic). Another user's secret is never chosen, whatever the service
+    lists.
+    """
+
+    def __init__(self, client: IdentityClient, *, page_size: int = 100, owns_client: bool = True) -> None:
+        self.client = client
+        self.page_size = page_size
+        self._owns_client = owns_client
+
+    def __repr__(self) -> str:
+        return f"IdentitySource({self.client!r})"
+
+    async def fetch(self, key: SecretKey) -> Mapping[str, SecretValue] | None:
+        try:
+            candidates = [
+                item
+                async for item in self.client.iter_secrets(
+                    provider=key.provider, user_id=key.user_id, page_size=self.page_size
+                )
+                if item.active
+                and item.provider == key.provider
+                and item.user_id == key.user_id
+                and (key.name is None or item.name == key.name)
+            ]
+        except IdentityNotFoundError:  # an unknown provider: the service says there is no such secret
+            return None
+        if not candidates:
+            return None
+        chosen = max(candidates, key=lambda item: (item.last_change or _EPOCH, item.id))
+        if len(candidates) > 1:
+            logger.debug(
+                "%d active secrets match %s; using %r (most recently updated)",
+                len(candidates),
+                key,
+                chosen.name,
+            )
+        try:
+            secret = await self.client.get_values(chosen.id)
+        except IdentityNotFoundError:  # deleted between the list and the read
+            return None
+        return secret.values
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self.client.aclose()
+
+
+class EnvironmentSource(SecretSource):
+    """System secrets from environment variables: the embedded default.
+
+    A provider's fields come from the mapped names (``OPENAI_API_KEY`` → ``openai`` / ``api_key``) and
+    from ``{PROVIDER}_{FIELD}`` variables (``MISTRAL_API_KEY`` → ``mistral`` / ``api_key``). Users and
+    named secrets have no environment: for those it answers ``None``.
+    """
+
+    def __init__(
+        self,
+        mapping: Mapping[str, tuple[str, str]] = ENV_SECRETS,
+        *,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self.mapping = dict(mapping)
+        self._environ = environ
+
+    def __repr__(self) -> str:
+        return "EnvironmentSource()"
+
+    async def fetch(self, key: SecretKey) -> Mapping[str, SecretValue] | None:
+        if key.user_id is not None or key.name is not None:
+            return None
+        environ = os.environ if self._environ is None else self._environ
+        prefix = f"{key.provider.upper()}_"
+        values = {
+            variable[len(prefix) :].lower(): value
+            for variable, value in environ.items()
+            if variable.startswith(prefix) and value
+        }
+        for variable, (provider, field) in self.mapping.items():
+            if provider == key.provider and environ.get(variable):
+                values[field] = environ[variable]
+        return {field: SecretValue(value) for field, value in values.items()} or None
+
+
+class StaticSource(SecretSource):
+    """Secrets given in code, for tests: ``StaticSource({"openai": {"api_key": "sk-…"}})``.
+
+    ``users`` holds per-user secrets: ``{"u1": {"openai": {"api_key": "…"}}}``; ``named`` holds
+    named ones: ``{("openai", "team-a"): {"api_key": "…"}}``.
+    """
+
+    def __init__(
+        self,
+        system: Mapping[str, Mapping[str, str]] | None = None,
+        *,
+        users: Mapping[str, Mapping[str, Mapping[str, str]]] | None = None,
+        named: Mapping[tuple[str, str], Mapping[str, str]] | None = None,
+    ) -> None:
+        self._secrets: dict[SecretKey, dict[str, SecretValue]] = {}
+        for provider, values in (system or {}).items():
+            self.set(SecretKey(provider), values)
+        for user_id, providers in (users or {}).items():
+            for provider, values in providers.items():
+                self.set(SecretKey(provider, user_id), values)
+        for (provider, name), values in (named or {}).items():
+            self.set(SecretKey(provider, name=name), values)
+
+    def __repr__(self) -> str:
+        return f"StaticSource({len(self._secrets)} secrets)"
+
+    def set(self, key: SecretKey, values: Mapping[str, str]) -> None:
+        """Add or replace (rotate) a secret."""
+        self._secrets[key] = {field: SecretValue(value) for field, value in values.items()}
+
+    def remove(self, key: SecretKey) -> None:
+        self._secrets.pop(key, None)
+
+    async def fetch(self, key: SecretKey) -> Mapping[str, SecretValue] | None:
+        values = self._secrets.get(key)
+        return dict(values) if values is not None else None
+
+
+class ChainSource(SecretSource):
+    """Asks each source in order and returns the first answer with values.
+
+    ``None`` comes back only when every source answered "no such secret"; if any could not answer
+    and none had the secret, :class:`SecretsUnavailableError` is raised.
+    """
+
+    def __init__(self, *sources: SecretSource) -> None:
+        if not sources:
+            raise ConfigurationError("ChainSource needs at least one source")
+        self.sources = sources
+
+    def __repr__(self) -> str:
+        return f"ChainSource({', '.join(map(repr, self.sources))})"
+
+    async def fetch(self, key: SecretKey) -> Mapping[str, SecretValue] | None:
+        failures: list[str] = []
+        for source in self.sources:
+            try:
+                values = await source.fetch(key)
+            except IdentityForbiddenError:
+                raise  # a refusal is an answer, not an outage: no fallback around it
+            except (IdentityError, SecretsError) as error:
+                failures.append(f"{source!r}: {error}")
+                continue
+            if values is not None:
+                return values
+        if failures:
+            raise SecretsUnavailableError(f"no source could answer for {key}: {'; '.join(failures)}")
+        return None
+
+    async def aclose(self) -> None:
+        for source in self.sources:
+            await source.aclose()

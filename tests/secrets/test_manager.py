@@ -1,0 +1,387 @@
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+
+import pytest
+
+from dynamic_agents.exceptions import (
+    IdentityForbiddenError,
+    IdentityUnavailableError,
+    SecretNotFoundError,
+    SecretReferenceError,
+    SecretsUnavailableError,
+)
+from dynamic_agents.secrets import (
+    ChainSource,
+    EnvironmentSource,
+    SecretChange,
+    SecretKey,
+    SecretsManager,
+    SecretSource,
+    SecretValue,
+    StaticSource,
+)
+from tests.support.waiting import wait_until
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class CountingSource(SecretSource):
+    """Wraps a StaticSource; counts fetches, can fail, can hold answers until released."""
+
+    def __init__(self, static: StaticSource) -> None:
+        self.static = static
+        self.fetches: list[SecretKey] = []
+        self.failure: Exception | None = None
+        self.gate: asyncio.Event | None = None
+
+    async def fetch(self, key: SecretKey) -> Mapping[str, SecretValue] | None:
+        self.fetches.append(key)
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.failure is not None:
+            raise self.failure
+        return await self.static.fetch(key)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def source() -> CountingSource:
+    return CountingSource(
+        StaticSource(
+            {"openai": {"api_key": "sk-system-000001", "org_id": "org-000001"}},
+            users={"alice": {"openai": {"api_key": "sk-alice-0000001"}}},
+            named={("openai", "team-a"): {"api_key": "sk-team-a-000001"}},
+        )
+    )
+
+
+@pytest.fixture
+def manager(source: CountingSource, clock: Clock) -> SecretsManager:
+    return SecretsManager(source, ttl=300, negative_ttl=30, stale_grace=60, error_retry=5, clock=clock)
+
+
+async def test_get_returns_a_masked_value(manager: SecretsManager) -> None:
+    value = await manager.get("openai", "api_key")
+    assert value is not None
+    assert value.reveal() == "sk-system-000001"
+    assert repr(value) == "SecretValue('**********')"
+    assert str(value) == f"{value}" == "**********"
+
+
+async def test_a_secret_value_cannot_be_pickled() -> None:
+    import pickle
+
+    with pytest.raises(TypeError, match="cannot be pickled"):
+        pickle.dumps(SecretValue("sk-never-on-disk"))
+
+
+async def test_hits_do_not_fetch_until_the_ttl_runs_out(
+    manager: SecretsManager, source: CountingSource, clock: Clock
+) -> None:
+    for _ in range(3):
+        await manager.get("openai", "api_key")
+    await manager.get("openai", "org_id")  # same secret, another field: same entry
+    assert len(source.fetches) == 1
+    assert manager.stats.hits == 3
+    clock.now += 301
+    await manager.get("openai", "api_key")
+    assert len(source.fetches) == 2
+
+
+async def test_missing_secrets_are_remembered_briefly(
+    manager: SecretsManager, source: CountingSource, clock: Clock
+) -> None:
+    assert await manager.get("groq", "api_key") is None
+    assert await manager.get("groq", "api_key") is None
+    assert len(source.fetches) == 1
+    clock.now += 31
+    source.static.set(SecretKey("groq"), {"api_key": "gsk-created-later"})
+    value = await manager.get("groq", "api_key")
+    assert value is not None
+    assert value.reveal() == "gsk-created-later"
+
+
+async def test_missing_field_is_none_and_require_raises(manager: SecretsManager) -> None:
+    assert await manager.get("openai", "nope") is None
+    with pytest.raises(SecretNotFoundError, match="'nope'"):
+        await manager.require("openai", "nope")
+
+
+async def test_concurrent_misses_share_one_fetch(manager: SecretsManager, source: CountingSource) -> None:
+    source.gate = asyncio.Event()
+    gets = [asyncio.create_task(manager.get("openai", "api_key")) for _ in range(1000)]
+    await wait_until(lambda: len(source.fetches) == 1, what="the first fetch to start")
+    source.gate.set()
+    values = await asyncio.gather(*gets)
+    assert {v.reveal() for v in values if v is not None} == {"sk-system-000001"}
+    assert len(source.fetches) == 1
+
+
+async def test_a_cancelled_caller_does_not_cancel_the_shared_fetch(
+    manager: SecretsManager, source: CountingSource
+) -> None:
+    source.gate = asyncio.Event()
+    first = asyncio.create_task(manager.get("openai", "api_key"))
+    second = asyncio.create_task(manager.get("openai", "api_key"))
+    await wait_until(lambda: len(source.fetches) == 1)
+    first.cancel()
+    source.gate.set()
+    value = await second
+    assert value is not None
+    assert len(source.fetches) == 1
+
+
+async def test_stale_values_are_served_within_grace_then_refused(
+    manager: SecretsManager, source: CountingSource, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    await manager.get("openai", "api_key")
+    source.failure = IdentityUnavailableError("GET /api/v1/secrets answered 500", status=500)
+    clock.now += 300 + 30  # expired, 30 s into a 60 s grace
+    with caplog.at_level(logging.WARNING, logger="dynamic_agents"):
+        value = await manager.get("openai", "api_key")
+    assert value is not None
+    assert value.reveal() == "sk-system-000001"
+    assert manager.stats.stale_served == 1
+    assert "serving the cached value" in caplog.text
+    assert "sk-system-000001" not in caplog.text
+    fetches = len(source.fetches)
+    await manager.get("openai", "api_key")  # within error_retry: no new attempt
+    assert len(source.fetches) == fetches
+
+    clock.now += 31  # grace over
+    with pytest.raises(SecretsUnavailableError, match="nothing usable is cached"):
+        await manager.get("openai", "api_key")
+
+    source.failure = None  # Identity is back
+    value = await manager.get("openai", "api_key")
+    assert value is not None
+
+
+async def test_nothing_cached_and_source_down_raises(manager: SecretsManager, source: CountingSource) -> None:
+    source.failure = IdentityUnavailableError("down", status=503)
+    with pytest.raises(SecretsUnavailableError):
+        await manager.get("openai", "api_key")
+
+
+async def test_a_refusal_evicts_instead_of_serving_stale(
+    manager: SecretsManager, source: CountingSource, clock: Clock
+) -> None:
+    await manager.get("openai", "api_key", "alice")
+    source.failure = IdentityForbiddenError("GET /api/v1/secrets answered 403", status=403)
+    clock.now += 301
+    with pytest.raises(IdentityForbiddenError):
+        await manager.get("openai", "api_key", "alice")
+    source.failure = IdentityUnavailableError("down", status=503)
+    with pytest.raises(SecretsUnavailableError):  # nothing stale left to serve
+        await manager.get("openai", "api_key", "alice")
+
+
+async def test_users_never_get_each_others_or_the_system_secret(
+    manager: SecretsManager, source: CountingSource
+) -> None:
+    alice = await manager.get("openai", "api_key", "alice")
+    assert alice is not None
+    assert alice.reveal() == "sk-alice-0000001"
+    assert await manager.get("openai", "api_key", "bob") is None
+    assert await manager.get("openai", "org_id", "alice") is None  # not the system's org id
+    system = await manager.get("openai", "api_key")
+    assert system is not None
+    assert system.reveal() == "sk-system-000001"
+    assert {key.user_id for key in source.fetches} == {"alice", "bob", None}
+
+
+async def test_user_fallback_to_the_system_secret_when_configured(source: CountingSource) -> None:
+    manager = SecretsManager(source, user_fallback_to_system=True)
+    bob = await manager.get("openai", "api_key", "bob")
+    assert bob is not None
+    assert bob.reveal() == "sk-system-000001"
+    alice = await manager.get("openai", "api_key", "alice")
+    assert alice is not None
+    assert alice.reveal() == "sk-alice-0000001"
+
+
+async def test_named_secrets(manager: SecretsManager) -> None:
+    value = await manager.get("openai", "api_key", name="team-a")
+    assert value is not None
+    assert value.reveal() == "sk-team-a-000001"
+
+
+async def test_references(manager: SecretsManager, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PLAIN_SETTING", "from-the-environment")
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    cases = {
+        "secret:openai:api_key": "sk-system-000001",
+        "secret:openai/team-a:api_key": "sk-team-a-000001",
+        "os.environ/OPENAI_API_KEY": "sk-system-000001",  # mapped: read from the secret sources
+        "os.environ/PLAIN_SETTING": "from-the-environment",  # unmapped: the environment
+        "https://api.example.com/v1": "https://api.example.com/v1",  # a plain value
+    }
+    for reference, expected in cases.items():
+        assert (await manager.resolve(reference)).reveal() == expected, reference
+    alice = await manager.resolve("secret:openai:api_key", user_id="alice")
+    assert alice.reveal() == "sk-alice-0000001"
+
+
+@pytest.mark.parametrize(
+    "reference", ["secret:openai", "secret:OpenAI:api_key", "secret::x", "os.environ/", "os.environ/1X"]
+)
+async def test_malformed_references_are_refused(manager: SecretsManager, reference: str) -> None:
+    with pytest.raises(SecretReferenceError, match="malformed"):
+        await manager.resolve(reference)
+
+
+async def test_missing_references_raise(manager: SecretsManager, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("UNSET_THING", raising=False)
+    with pytest.raises(SecretNotFoundError, match="UNSET_THING"):
+        await manager.resolve("os.environ/UNSET_THING")
+    with pytest.raises(SecretNotFoundError):
+        await manager.resolve("secret:anthropic:api_key")
+
+
+async def test_environment_fallback_when_identity_is_down(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-env-00001")
+    identity = CountingSource(StaticSource())
+    identity.failure = IdentityUnavailableError("down", status=503)
+    manager = SecretsManager(ChainSource(identity, EnvironmentSource()))
+    assert (await manager.resolve("os.environ/OPENAI_API_KEY")).reveal() == "sk-from-env-00001"
+    without_fallback = SecretsManager(identity)
+    with pytest.raises(SecretsUnavailableError):
+        await without_fallback.resolve("os.environ/OPENAI_API_KEY")
+
+
+async def test_resolve_all_walks_nested_config(manager: SecretsManager) -> None:
+    config = {
+        "model": "gpt-4o",
+        "api_key": "secret:openai:api_key",
+        "headers": {"X-Org": "secret:openai:org_id"},
+        "fallbacks": ["secret:openai/team-a:api_key", 3, None],
+        "pair": ("plain", "secret:openai:api_key"),
+    }
+    resolved = await manager.resolve_all(config)
+    assert resolved["model"] == "gpt-4o"
+    assert resolved["api_key"].reveal() == "sk-system-000001"
+    assert resolved["headers"]["X-Org"].reveal() == "org-000001"
+    assert resolved["fallbacks"][0].reveal() == "sk-team-a-000001"
+    assert resolved["fallbacks"][1:] == [3, None]
+    assert resolved["pair"][0] == "plain"
+    assert config["api_key"] == "secret:openai:api_key"  # the input is not changed
+
+
+async def test_listeners_hear_about_rotation(
+    manager: SecretsManager, source: CountingSource, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    heard: list[SecretChange] = []
+    heard_async: list[SecretChange] = []
+
+    async def async_listener(change: SecretChange) -> None:
+        heard_async.append(change)
+
+    def broken(change: SecretChange) -> None:
+        raise RuntimeError("listener bug")
+
+    manager.on_change(heard.append)
+    manager.on_change(broken)
+    remove = manager.on_change(async_listener)
+    await manager.get("openai", "api_key")
+    source.static.set(SecretKey("openai"), {"api_key": "sk-rotated-000002", "org_id": "org-000001"})
+    assert await manager.refresh("openai") == 1
+    assert heard == heard_async == [SecretChange(SecretKey("openai"), frozenset({"api_key"}))]
+    assert "listener bug" in caplog.text
+    assert await manager.refresh() == 0  # unchanged: nobody is told
+    remove()
+    source.static.set(SecretKey("openai"), {"api_key": "sk-rotated-000003"})
+    await manager.refresh()
+    assert len(heard_async) == 1
+    assert heard[-1].fields == {"api_key", "org_id"}
+    value = await manager.get("openai", "api_key")
+    assert value is not None
+    assert value.reveal() == "sk-rotated-000003"
+
+
+async def test_keys_in_use_are_refreshed_ahead_of_expiry(source: CountingSource, clock: Clock) -> None:
+    manager = SecretsManager(source, ttl=100, refresh_ahead=20, clock=clock)
+    await manager.get("openai", "api_key")
+    await manager.get("openai", "api_key", name="team-a")
+    clock.now += 10
+    await manager.get("openai", "api_key")  # used since fetched; team-a is not
+    clock.now += 75  # 15 s before expiry: inside the refresh window
+    assert await manager.refresh_due() == 1
+    assert [key.name for key in source.fetches] == [None, "team-a", None]
+    fetches = len(source.fetches)
+    await manager.get("openai", "api_key")
+    assert len(source.fetches) == fetches  # refreshed: still fresh, a hit
+
+
+async def test_the_background_refresher_lives_with_the_manager(source: CountingSource, clock: Clock) -> None:
+    manager = SecretsManager(source, ttl=100, refresh_ahead=20, refresh_interval=0.01, clock=clock)
+    async with manager:
+        await manager.get("openai", "api_key")
+        clock.now += 1
+        await manager.get("openai", "api_key")
+        clock.now += 85
+        await wait_until(lambda: len(source.fetches) == 2, what="the background refresh")
+        refresher = manager._refresher
+        assert refresher is not None
+    assert refresher.done()
+
+
+async def test_invalidate(manager: SecretsManager, source: CountingSource) -> None:
+    await manager.get("openai", "api_key")
+    await manager.get("openai", "api_key", "alice")
+    assert manager.invalidate("openai", user_id="alice") == 1
+    await manager.get("openai", "api_key")
+    assert len(source.fetches) == 2
+    assert manager.invalidate() == 1  # the system entry; alice's is gone already
+
+
+async def test_warm_up_loads_at_start(manager: SecretsManager, source: CountingSource) -> None:
+    await manager.warm_up(["openai", "groq"])
+    assert [key.provider for key in source.fetches] == ["openai", "groq"]
+    await manager.get("openai", "api_key")
+    assert manager.stats.hits == 1
+
+
+async def test_max_size_bounds_the_cache(source: CountingSource) -> None:
+    manager = SecretsManager(source, max_size=2)
+    for user in ("a", "b", "c"):
+        await manager.get("openai", "api_key", user)
+    assert len(manager._cache) == 2
+
+
+def test_environment_source_reads_mapped_and_prefixed_names() -> None:
+    source = EnvironmentSource(
+        environ={
+            "OPENAI_API_KEY": "sk-env-0000001",
+            "MISTRAL_API_KEY": "mk-env-0000001",
+            "AZURE_API_BASE": "https://x",
+        }
+    )
+    openai = asyncio.run(source.fetch(SecretKey("openai")))
+    assert openai is not None
+    assert openai["api_key"].reveal() == "sk-env-0000001"
+    mistral = asyncio.run(source.fetch(SecretKey("mistral")))
+    assert mistral is not None
+    assert mistral["api_key"].reveal() == "mk-env-0000001"
+    azure = asyncio.run(source.fetch(SecretKey("azure_openai")))
+    assert azure is not None
+    assert azure["endpoint"].reveal() == "https://x"
+    assert asyncio.run(source.fetch(SecretKey("openai", "alice"))) is None
+
+
+def test_reprs_show_no_values(manager: SecretsManager) -> None:
+    asyncio.run(manager.get("openai", "api_key"))
+    for shown in (repr(manager), repr(manager.source), str(manager.stats)):
+        assert "sk-system" not in shown
