@@ -367,7 +367,7 @@ def _check_url(base_url: str, allow_insecure_http: bool) -> None:
 
 
 def _is_loopback(host: str) -> bool:
-    if host == "localhost":
+    if host == "localhost" or host.endswith(".localhost"):  # RFC 6761: always loopback
         return True
     try:
         return ipaddress.ip_address(host).is_loopback

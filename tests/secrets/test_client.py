@@ -1,0 +1,312 @@
+"""IdentityClient against the in-memory service: every endpoint, every error, retries, tokens."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC
+
+import httpx
+import pytest
+
+from dynamic_agents.exceptions import (
+    ConfigurationError,
+    IdentityAuthError,
+    IdentityConflictError,
+    IdentityError,
+    IdentityForbiddenError,
+    IdentityNotFoundError,
+    IdentityRateLimitedError,
+    IdentityRequestError,
+    IdentityUnavailableError,
+)
+from dynamic_agents.secrets import IdentityClient, SecretValue
+from dynamic_agents.testing import InMemoryIdentityService
+
+URL = "http://identity.test.localhost"
+SECRETS = "/api/v1/secrets"
+
+
+class Sleeps:
+    """Records backoff delays instead of waiting them out."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.delays.append(seconds)
+
+
+@pytest.fixture
+def service() -> InMemoryIdentityService:
+    return InMemoryIdentityService(tokens={"service-token": None, "alice-token": "alice"})
+
+
+@pytest.fixture
+def sleeps() -> Sleeps:
+    return Sleeps()
+
+
+@pytest.fixture
+async def client(service: InMemoryIdentityService, sleeps: Sleeps) -> AsyncIterator[IdentityClient]:
+    async with IdentityClient(
+        "http://127.0.0.1:8000", token="service-token", transport=service.mock_transport(), sleep=sleeps
+    ) as client:
+        yield client
+
+
+async def test_create_get_values_update_delete(client: IdentityClient) -> None:
+    created = await client.create_secret(
+        "main", "openai", {"api_key": "sk-create-000001"}, description="the main key"
+    )
+    assert (created.name, created.provider, created.user_id, created.status) == (
+        "main",
+        "openai",
+        None,
+        "active",
+    )
+    assert created.fields == ("api_key",)
+    assert created.created_at is not None
+    assert created.created_at.tzinfo is UTC
+    assert (await client.get_secret(created.id)).id == created.id
+
+    values = await client.get_values(created.id)
+    assert isinstance(values.values["api_key"], SecretValue)
+    assert values.values["api_key"].reveal() == "sk-create-000001"
+    assert "sk-create" not in repr(values)
+
+    updated = await client.update_secret(
+        created.id, name="renamed", values={"api_key": "sk-rotated-00001"}, status="disabled"
+    )
+    assert (updated.name, updated.status) == ("renamed", "disabled")
+    assert (await client.get_values(created.id)).values["api_key"].reveal() == "sk-rotated-00001"
+
+    await client.delete_secret(created.id)
+    with pytest.raises(IdentityNotFoundError) as caught:
+        await client.get_secret(created.id)
+    assert caught.value.status == 404
+
+
+async def test_list_pages_and_iterates_every_page(
+    client: IdentityClient, service: InMemoryIdentityService
+) -> None:
+    for n in range(7):
+        service.add_secret(f"key-{n}", "groq", {"api_key": f"gsk-000000{n}"})
+    service.add_secret("other", "openai", {"api_key": "sk-other-000001"})
+    page = await client.list_secrets(provider="groq", page=2, page_size=3)
+    assert (page.total, page.page, page.page_size) == (7, 2, 3)
+    assert [item.name for item in page.items] == ["key-3", "key-4", "key-5"]
+    names = [item.name async for item in client.iter_secrets(provider="groq", page_size=3)]
+    assert names == [f"key-{n}" for n in range(7)]
+    assert service.count("GET", SECRETS) == 4  # one page above, then three
+
+
+async def test_providers_and_schema(client: IdentityClient) -> None:
+    providers = {provider.name: provider for provider in await client.list_providers()}
+    assert set(providers["azure_openai"].fields) == {"api_key", "endpoint", "api_version"}
+    schema = await client.provider_schema("openai")
+    assert schema["type"] == "object"
+    assert "api_key" in schema["required"]  # type: ignore[operator]
+    with pytest.raises(IdentityNotFoundError):
+        await client.provider_schema("nonexistent")
+
+
+@pytest.mark.parametrize(
+    ("call", "error"),
+    [
+        ("create_unknown_provider", IdentityRequestError),
+        ("create_missing_required_field", IdentityRequestError),
+        ("create_duplicate", IdentityConflictError),
+        ("get_unknown", IdentityNotFoundError),
+    ],
+)
+async def test_error_statuses_are_typed(
+    client: IdentityClient, call: str, error: type[IdentityError]
+) -> None:
+    await client.create_secret("dup", "anthropic", {"api_key": "sk-ant-0000001"})
+    calls = {
+        "create_unknown_provider": lambda: client.create_secret("x", "nope", {"api_key": "k-000001"}),
+        "create_missing_required_field": lambda: client.create_secret("x", "openai", {"org_id": "o"}),
+        "create_duplicate": lambda: client.create_secret("dup", "anthropic", {"api_key": "sk-ant-0000002"}),
+        "get_unknown": lambda: client.get_secret("no-such-id"),
+    }
+    with pytest.raises(error) as caught:
+        await calls[call]()
+    assert caught.value.status in {404, 409, 422}
+    assert str(caught.value).startswith(("POST /api/v1/secrets answered", "GET /api/v1/secrets/"))
+
+
+async def test_forbidden_for_another_users_secret(service: InMemoryIdentityService) -> None:
+    bobs = service.add_secret("bob-key", "openai", {"api_key": "sk-bob-00000001"}, user_id="bob")
+    async with IdentityClient(URL, token="alice-token", transport=service.mock_transport()) as alice:
+        with pytest.raises(IdentityForbiddenError):
+            await alice.get_values(bobs)
+
+
+async def test_a_bad_static_token_is_an_auth_error(service: InMemoryIdentityService) -> None:
+    async with IdentityClient(URL, token="wrong", transport=service.mock_transport()) as client:
+        with pytest.raises(IdentityAuthError) as caught:
+            await client.list_providers()
+    assert caught.value.status == 401
+    assert service.count() == 1  # a string token cannot be refreshed: no retry
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+async def test_an_expired_token_is_refreshed_once(
+    service: InMemoryIdentityService, asynchronous: bool
+) -> None:
+    issued = iter(["old-token", "new-token"])
+    service.add_token("old-token", None)
+
+    def sync_provider() -> str:
+        return next(issued)
+
+    async def async_provider() -> str:
+        return next(issued)
+
+    provider = async_provider if asynchronous else sync_provider
+    async with IdentityClient(URL, token=provider, transport=service.mock_transport()) as client:
+        await client.list_providers()
+        service.revoke_token("old-token")
+        service.add_token("new-token", None)
+        await client.list_providers()
+        await client.list_providers()
+    assert [request.token for request in service.requests] == [
+        "old-token",
+        "old-token",
+        "new-token",
+        "new-token",
+    ]
+
+
+async def test_refresh_happens_only_once(service: InMemoryIdentityService) -> None:
+    calls = 0
+
+    def provider() -> str:
+        nonlocal calls
+        calls += 1
+        return "never-valid"
+
+    async with IdentityClient(URL, token=provider, transport=service.mock_transport()) as client:
+        with pytest.raises(IdentityAuthError):
+            await client.list_providers()
+    assert calls == 2
+    assert service.count() == 2
+
+
+async def test_5xx_is_retried_with_backoff(
+    client: IdentityClient, service: InMemoryIdentityService, sleeps: Sleeps
+) -> None:
+    service.fail_next(503, times=2)
+    assert await client.list_providers()
+    assert service.count("GET", "/api/v1/providers") == 3
+    assert len(sleeps.delays) == 2
+    assert all(0 <= delay <= 5.0 for delay in sleeps.delays)
+
+
+async def test_retry_after_is_honoured(
+    client: IdentityClient, service: InMemoryIdentityService, sleeps: Sleeps
+) -> None:
+    service.fail_next(429, retry_after=7)
+    assert await client.list_providers()
+    assert sleeps.delays == [7.0]
+
+
+async def test_retries_run_out(client: IdentityClient, service: InMemoryIdentityService) -> None:
+    service.fail_next(429, times=None, retry_after=1)
+    with pytest.raises(IdentityRateLimitedError):
+        await client.list_providers()
+    service.clear_faults()
+    service.down = True
+    with pytest.raises(IdentityUnavailableError) as caught:
+        await client.list_providers()
+    assert caught.value.status == 503
+    assert service.count("GET", "/api/v1/providers") == 8  # 4 attempts each
+
+
+async def test_a_post_is_not_repeated_after_a_server_error(
+    client: IdentityClient, service: InMemoryIdentityService
+) -> None:
+    service.fail_next(500)
+    with pytest.raises(IdentityUnavailableError):
+        await client.create_secret("once", "groq", {"api_key": "gsk-once-00001"})
+    assert service.count("POST", SECRETS) == 1
+
+
+async def test_network_errors_are_retried_then_typed(sleeps: Sleeps) -> None:
+    attempts = 0
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        nonlocal attempts
+        attempts += 1
+        raise httpx.ConnectError("connection refused", request=request)
+
+    async with IdentityClient(
+        URL, token="t-000001", transport=httpx.MockTransport(refuse), retries=2, sleep=sleeps
+    ) as client:
+        with pytest.raises(IdentityUnavailableError, match="ConnectError"):
+            await client.list_providers()
+    assert attempts == 3
+
+
+async def test_error_messages_never_carry_values_or_raw_bodies() -> None:
+    canary = "canary-in-error-body-0001"
+
+    def echo(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(422, json={"detail": f"bad value {canary}", "echo": canary})
+
+    async with IdentityClient(URL, token="t-000001", transport=httpx.MockTransport(echo)) as client:
+        with pytest.raises(IdentityRequestError) as caught:
+            await client.create_secret("x", "openai", {"api_key": canary})
+    assert canary not in str(caught.value)
+    assert "bad value **********" in str(caught.value)
+
+
+async def test_responses_that_break_the_contract_are_typed() -> None:
+    def garbage(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=b"<html>oops</html>")
+
+    async with IdentityClient(URL, token="t-000001", transport=httpx.MockTransport(garbage)) as client:
+        with pytest.raises(IdentityError, match="not JSON"):
+            await client.list_secrets()
+
+
+async def test_tolerated_variations(client: IdentityClient, service: InMemoryIdentityService) -> None:
+    service.add_secret("a", "openai", {"api_key": "sk-tolerate-001"})
+    service.bare_list = True
+    service.omit_optional = True
+    service.naive_timestamps = True
+    page = await client.list_secrets(provider="openai")
+    (item,) = page.items
+    assert (item.status, item.fields, item.active) == ("active", None, True)
+    assert item.created_at is not None
+    assert item.created_at.tzinfo is UTC
+    assert [i.name async for i in client.iter_secrets(provider="openai")] == ["a"]
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed"),
+    [
+        ("https://identity.example.com", True),
+        ("http://localhost:8000", True),
+        ("http://127.0.0.1:8000", True),
+        ("http://[::1]:8000", True),
+        ("http://identity.example.com", False),
+        ("http://10.0.0.5:8000", False),
+        ("ftp://identity.example.com", False),
+    ],
+)
+async def test_plain_http_only_to_loopback(url: str, allowed: bool) -> None:
+    if allowed:
+        await IdentityClient(url, token="t").aclose()
+    else:
+        with pytest.raises(ConfigurationError):
+            IdentityClient(url, token="t")
+
+
+async def test_plain_http_elsewhere_when_explicitly_allowed() -> None:
+    await IdentityClient("http://identity.internal", token="t", allow_insecure_http=True).aclose()
+
+
+async def test_update_needs_something_to_change(client: IdentityClient) -> None:
+    with pytest.raises(ConfigurationError):
+        await client.update_secret("id")
