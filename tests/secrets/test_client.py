@@ -310,3 +310,28 @@ async def test_plain_http_elsewhere_when_explicitly_allowed() -> None:
 async def test_update_needs_something_to_change(client: IdentityClient) -> None:
     with pytest.raises(ConfigurationError):
         await client.update_secret("id")
+
+
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [
+        (400, IdentityRequestError),
+        (401, IdentityAuthError),
+        (403, IdentityForbiddenError),
+        (404, IdentityNotFoundError),
+        (409, IdentityConflictError),
+        (422, IdentityRequestError),
+        (429, IdentityRateLimitedError),
+        (500, IdentityUnavailableError),
+        (502, IdentityUnavailableError),
+        (418, IdentityRequestError),
+    ],
+)
+async def test_every_status_maps_to_its_error(
+    client: IdentityClient, service: InMemoryIdentityService, status: int, error: type[IdentityError]
+) -> None:
+    service.fail_next(status, times=None)
+    with pytest.raises(error) as caught:
+        await client.get_secret("any")
+    assert caught.value.status == status
+    assert str(caught.value).startswith(f"GET /api/v1/secrets/any answered {status}")
