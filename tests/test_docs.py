@@ -39,9 +39,14 @@ def test_the_documents_have_code_to_run() -> None:
 def test_code_block_runs(name: str, source: str) -> None:
     code: CodeType = compile(source, name, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
     namespace: dict[str, object] = {"__name__": "__docs__"}
-    result = eval(code, namespace)
-    if asyncio.iscoroutine(result):
-        asyncio.run(result)
+    environ = dict(os.environ)
+    try:
+        result = eval(code, namespace)
+        if asyncio.iscoroutine(result):
+            asyncio.run(result)
+    finally:  # blocks may set variables for their demo; the rest of the suite must not see them
+        os.environ.clear()
+        os.environ.update(environ)
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[e.name for e in EXAMPLES])

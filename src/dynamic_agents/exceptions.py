@@ -4,6 +4,7 @@ Each class also subclasses the matching built-in, so callers can catch either::
 
     DynamicAgentsError
     ├── ConfigurationError (ValueError)        bad settings or arguments given by the host
+    │   └── RoutingConfigError                 a routing file or rule is invalid (file, line and path)
     ├── MissingDependencyError (ImportError)   an optional extra is not installed; says what to install
     ├── EventError (ValueError)                wire data that cannot become an event
     │   ├── DecodeError                        not JSON, not UTF-8, not an object
@@ -11,6 +12,7 @@ Each class also subclasses the matching built-in, so callers can catch either::
     │   ├── EventValidationError               wrong types or missing fields (``.errors`` lists them)
     │   ├── UnsupportedSchemaVersionError      a ``schema_version`` whose major this release cannot read
     │   └── EventTooLargeError                 over the codec's size or content-length limit
+    ├── NoRouteError (LookupError)             no rule, source default or global default for an event
     ├── TransportError (ConnectionError)       the message broker failed or refused an operation
     │   └── DeliveryError (LookupError)        a delivery, group or stream the broker does not know
     └── SecretsError                           secrets could not be had
@@ -54,6 +56,8 @@ __all__ = [
     "IdentityRequestError",
     "IdentityUnavailableError",
     "MissingDependencyError",
+    "NoRouteError",
+    "RoutingConfigError",
     "SecretNotFoundError",
     "SecretReferenceError",
     "SecretsError",
@@ -69,6 +73,24 @@ class DynamicAgentsError(Exception):
 
 class ConfigurationError(DynamicAgentsError, ValueError):
     """A setting or argument given by the host is invalid."""
+
+
+class RoutingConfigError(ConfigurationError):
+    """A routing configuration is invalid. ``source`` (a file name or ``<dict>``), ``line`` (1-based,
+    when known) and ``path`` (``discord.routing.rules[2].content_pattern``) say where."""
+
+    def __init__(
+        self, message: str, *, source: str = "<dict>", line: int | None = None, path: str = ""
+    ) -> None:
+        self.source = source
+        self.line = line
+        self.path = path
+        where = source + (f":{line}" if line is not None else "") + (f" at {path}" if path else "")
+        super().__init__(f"{where}: {message}")
+
+
+class NoRouteError(DynamicAgentsError, LookupError):
+    """No rule matched an event and no default target is configured for its source."""
 
 
 class MissingDependencyError(DynamicAgentsError, ImportError):

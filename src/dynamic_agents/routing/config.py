@@ -1,0 +1,241 @@
+"""Interface routing configuration, in the design document's YAML shape::
+
+    discord:
+      token: "secret:discord:bot_token"     # any other setting; secret references resolve later
+      routing:
+        default_agent: "discord-assistant"  # or default_team / default_workflow
+        rules:
+          - name: "Admin Channel"
+            channel_ids: ["123456789"]
+            agent_id: "admin-agent"
+          - name: "Support Guild"
+            guild_ids: ["987654321"]
+            team_id: "support-team"
+      session:
+        prefix: "discord"
+        ttl: 3600
+
+A file holds one or more interfaces; a rule under an interface applies to that source. Errors name
+the file, the line and the path (``discord.routing.rules[1].content_pattern``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Self
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from dynamic_agents.events import Target, TargetType
+from dynamic_agents.exceptions import RoutingConfigError
+from dynamic_agents.routing.router import EventRouter
+from dynamic_agents.routing.rules import RoutingRule
+
+if TYPE_CHECKING:
+    from dynamic_agents.secrets import SecretsManager
+
+__all__ = ["InterfaceConfig", "InterfaceRouting", "RoutingConfig", "SessionSettings"]
+
+_Path = tuple[str | int, ...]
+
+
+def _default_target(data: Any) -> Any:
+    """``default_agent`` / ``default_team`` / ``default_workflow`` → ``default``."""
+    if not isinstance(data, Mapping):
+        return data
+    data = dict(data)
+    given = [kind for kind in TargetType if data.get(f"default_{kind.value}") is not None]
+    if len(given) > 1:
+        raise ValueError(f"give one default, not {', '.join('default_' + k.value for k in given)}")
+    if given:
+        data["default"] = {"type": given[0], "id": data.pop(f"default_{given[0].value}")}
+    return data
+
+
+class SessionSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prefix: str | None = None
+    ttl: float | None = Field(default=None, gt=0)
+
+
+class InterfaceRouting(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    default: Target | None = None
+    rules: tuple[RoutingRule, ...] = ()
+
+    _defaults = model_validator(mode="before")(_default_target)
+
+
+class InterfaceConfig(BaseModel):
+    """One interface: its routing, its session settings, and any other settings (kept as given)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    routing: InterfaceRouting = InterfaceRouting()
+    session: SessionSettings = SessionSettings()
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The other settings (``token``, …), secret references unresolved."""
+        return dict(self.model_extra or {})
+
+    async def resolve_settings(
+        self, secrets: SecretsManager, *, user_id: str | None = None
+    ) -> dict[str, Any]:
+        """The other settings with every secret reference resolved (``SecretValue``\\ s)."""
+        resolved: dict[str, Any] = await secrets.resolve_all(self.settings, user_id=user_id)
+        return resolved
+
+
+class RoutingConfig(BaseModel):
+    """Interfaces by source name, and an optional global default target."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    interfaces: dict[str, InterfaceConfig] = Field(default_factory=dict)
+    default: Target | None = None
+
+    @field_validator("interfaces")
+    @classmethod
+    def _scope_rules(cls, interfaces: dict[str, InterfaceConfig]) -> dict[str, InterfaceConfig]:
+        """A rule under an interface applies to that source."""
+        scoped = {}
+        for source, interface in interfaces.items():
+            rules = tuple(
+                rule if rule.source is not None else rule.model_copy(update={"source": source.lower()})
+                for rule in interface.routing.rules
+            )
+            routing = interface.routing.model_copy(update={"rules": rules})
+            scoped[source.lower()] = interface.model_copy(update={"routing": routing})
+        return scoped
+
+    # -- loading ----------------------------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "<dict>") -> Self:
+        """Interfaces as top-level keys; ``default_agent`` / ``default_team`` /
+        ``default_workflow`` at the top level set the global default."""
+        return cls._validate(data, source, {})
+
+    @classmethod
+    def from_yaml(cls, text: str, *, source: str = "<yaml>") -> Self:
+        data, lines = _load_yaml(text, source)
+        return cls._validate(data, source, lines)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Self:
+        path = Path(path)
+        return cls.from_yaml(path.read_text(encoding="utf-8"), source=str(path))
+
+    @classmethod
+    def from_files(cls, paths: Iterable[str | Path]) -> Self:
+        """One config from several files (``config/interfaces/*.yaml``); an interface or a global
+        default given twice is an error."""
+        merged: dict[str, InterfaceConfig] = {}
+        default: Target | None = None
+        for path in paths:
+            config = cls.from_file(path)
+            for name, interface in config.interfaces.items():
+                if name in merged:
+                    raise RoutingConfigError(
+                        f"interface {name!r} is configured twice", source=str(path), path=name
+                    )
+                merged[name] = interface
+            if config.default is not None:
+                if default is not None:
+                    raise RoutingConfigError("a second global default", source=str(path))
+                default = config.default
+        return cls(interfaces=merged, default=default)
+
+    @classmethod
+    def _validate(cls, data: Any, source: str, lines: Mapping[_Path, int]) -> Self:
+        if not isinstance(data, Mapping):
+            raise RoutingConfigError(
+                f"expected a mapping of interface names to settings, got {type(data).__name__}", source=source
+            )
+        top = _default_target({k: v for k, v in data.items() if str(k).startswith("default_")})
+        interfaces = {k: v for k, v in data.items() if not str(k).startswith("default_")}
+        try:
+            return cls.model_validate({"interfaces": interfaces, **top})
+        except ValidationError as error:
+            raise _config_error(error, source, lines) from None
+        except ValueError as error:  # from a before-validator outside pydantic's wrapping
+            raise RoutingConfigError(str(error), source=source) from None
+
+    # -- use --------------------------------------------------------------------------------------
+
+    def router(self, **options: Any) -> EventRouter:
+        """An :class:`EventRouter` with every interface's rules and defaults."""
+        return EventRouter(
+            [rule for interface in self.interfaces.values() for rule in interface.routing.rules],
+            source_defaults={
+                name: interface.routing.default
+                for name, interface in self.interfaces.items()
+                if interface.routing.default is not None
+            },
+            default=self.default,
+            **options,
+        )
+
+
+def _load_yaml(text: str, source: str) -> tuple[Any, dict[_Path, int]]:
+    """The data, and the 1-based line of every mapping value and sequence item by path."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return {}, {}
+        data = loader.construct_document(node)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        raise RoutingConfigError(
+            f"not valid YAML: {getattr(error, 'problem', error)}", source=source, line=line
+        ) from None
+    finally:
+        loader.dispose()
+    lines: dict[_Path, int] = {}
+
+    def walk(current: yaml.Node, path: _Path) -> None:
+        lines[path] = current.start_mark.line + 1
+        if isinstance(current, yaml.MappingNode):
+            for key_node, value_node in current.value:
+                walk(value_node, (*path, str(key_node.value)))
+        elif isinstance(current, yaml.SequenceNode):
+            for index, item in enumerate(current.value):
+                walk(item, (*path, index))
+
+    walk(node, ())
+    return data, lines
+
+
+def _config_error(error: ValidationError, source: str, lines: Mapping[_Path, int]) -> RoutingConfigError:
+    first = error.errors(include_url=False)[0]
+    location: _Path = tuple(first["loc"])
+    if location[:1] == ("interfaces",):
+        location = location[1:]
+    # pydantic adds the model name for union members and "[key]" for nested dicts: keep real keys.
+    path = _known_prefix(location, lines) if lines else location
+    message = first["msg"].removeprefix("Value error, ")
+    others = len(error.errors()) - 1
+    if others:
+        message += f" (and {others} more error{'s' if others > 1 else ''})"
+    return RoutingConfigError(message, source=source, line=lines.get(path), path=_format(location))
+
+
+def _known_prefix(location: _Path, lines: Mapping[_Path, int]) -> _Path:
+    for end in range(len(location), -1, -1):
+        if location[:end] in lines:
+            return location[:end]
+    return ()
+
+
+def _format(location: _Path) -> str:
+    text = ""
+    for part in location:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text

@@ -1,0 +1,116 @@
+"""Regular expressions from configuration, made safe to run on user content.
+
+Patterns are compiled once with the ``regex`` engine, which can be interrupted: every content match
+runs with a timeout and on a bounded prefix of the content. Patterns with a nested unbounded
+quantifier — ``(a+)+``, ``(\\w*)*``, the classic catastrophic-backtracking shape — are refused at
+load, before any content reaches them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import regex
+
+from dynamic_agents._logging import get_logger
+
+__all__ = ["SafePattern", "UnsafePatternError", "check_pattern"]
+
+logger = get_logger("routing")
+
+# The stdlib's own regex parser, used only to inspect a pattern's structure (it has no type stubs;
+# the public aliases sre_parse / sre_constants warn on import since Python 3.11).
+sre_parse: Any = importlib.import_module("re._parser")
+sre_constants: Any = importlib.import_module("re._constants")
+
+_UNBOUNDED: Final = sre_constants.MAXREPEAT
+_REPEATS: Final = {sre_constants.MAX_REPEAT, sre_constants.MIN_REPEAT, sre_constants.POSSESSIVE_REPEAT}
+
+
+class UnsafePatternError(ValueError):
+    """A pattern that can backtrack catastrophically, or that does not compile."""
+
+
+def _has_unbounded_repeat(items: Any) -> bool:
+    for op, argument in items:
+        if op in _REPEATS:
+            _low, high, sub = argument
+            if high == _UNBOUNDED or _has_unbounded_repeat(sub):
+                return True
+        elif _nested(op, argument, _has_unbounded_repeat):
+            return True
+    return False
+
+
+def _nested_unbounded(items: Any) -> bool:
+    for op, argument in items:
+        if op in _REPEATS:
+            _low, high, sub = argument
+            if high == _UNBOUNDED and _has_unbounded_repeat(sub):
+                return True
+            if _nested_unbounded(sub):
+                return True
+        elif _nested(op, argument, _nested_unbounded):
+            return True
+    return False
+
+
+def _nested(op: Any, argument: Any, check: Any) -> bool:
+    """Apply ``check`` to the sub-patterns of a group, branch or assertion."""
+    if op is sre_constants.SUBPATTERN:
+        return bool(check(argument[-1]))
+    if op is sre_constants.BRANCH:
+        return any(check(branch) for branch in argument[1])
+    if op in {sre_constants.ASSERT, sre_constants.ASSERT_NOT, sre_constants.ATOMIC_GROUP}:
+        return bool(check(argument[-1] if isinstance(argument, tuple) else argument))
+    return False
+
+
+def check_pattern(pattern: str) -> None:
+    """Raise :class:`UnsafePatternError` for a pattern that does not compile or nests unbounded
+    quantifiers (``(a+)+``)."""
+    try:
+        regex.compile(pattern)
+    except regex.error as error:
+        raise UnsafePatternError(f"pattern {pattern!r} does not compile: {error}") from None
+    try:
+        parsed = sre_parse.parse(pattern)
+    except re.error:
+        return  # syntax only the regex engine knows: the timeout still bounds it
+    if _nested_unbounded(parsed):
+        raise UnsafePatternError(
+            f"pattern {pattern!r} nests an unbounded quantifier inside another (like '(a+)+'), which "
+            "can take exponential time on crafted input; rewrite it without the nesting (e.g. 'a+')"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SafePattern:
+    """A checked, compiled pattern searched with a timeout; a timeout counts as no match."""
+
+    pattern: str
+    timeout: float = 0.05
+    compiled: Any = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        check_pattern(self.pattern)
+        object.__setattr__(self, "compiled", regex.compile(self.pattern))
+
+    def search(self, text: str) -> bool:
+        try:
+            return self.compiled.search(text, timeout=self.timeout) is not None
+        except TimeoutError:
+            logger.warning(
+                "pattern %r timed out after %ss on %d characters: treated as no match",
+                self.pattern,
+                self.timeout,
+                len(text),
+            )
+            return False
+
+    def search_untimed(self, text: str) -> bool:
+        """For short identifiers (channel and user ids): no timeout bookkeeping needed."""
+        return self.compiled.search(text) is not None

@@ -1,0 +1,277 @@
+"""``EventRouter``: which agent, team or workflow answers an event.
+
+Order: explicit ids in the event (``agent_id``, then ``team_id``, then ``workflow_id``); then rules
+by priority (ties: declaration order); then the event source's default; then the global default;
+otherwise :class:`NoRouteError`.
+
+Rules are indexed by source and by one exact-match field each (channel id, user id or a metadata
+value), so an event only meets the rules that could match it, in priority order, lazily merged: rules
+of other sources cost nothing. Content patterns run last, on the first ``max_content_chars``
+characters, with a timeout.
+"""
+
+from __future__ import annotations
+
+import heapq
+import inspect
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+from dynamic_agents._logging import get_logger
+from dynamic_agents.events import AgentRequestEvent, Target, TargetType
+from dynamic_agents.exceptions import NoRouteError, RoutingConfigError
+from dynamic_agents.routing.patterns import SafePattern
+from dynamic_agents.routing.rules import RoutingRule, metadata_matches
+
+__all__ = ["EventRouter", "Explanation", "RouteDecision", "RuleCheck"]
+
+logger = get_logger("routing")
+
+DEFAULT_MAX_CONTENT_CHARS: Final = 4096
+DEFAULT_PATTERN_TIMEOUT: Final = 0.05
+_EXPLICIT: Final = (
+    ("agent_id", TargetType.AGENT),
+    ("team_id", TargetType.TEAM),
+    ("workflow_id", TargetType.WORKFLOW),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteDecision:
+    """The chosen target, the rule that chose it (if any) and why."""
+
+    target: Target
+    rule: str | None
+    reason: str
+
+    @property
+    def target_type(self) -> TargetType:
+        return self.target.type
+
+    @property
+    def target_id(self) -> str:
+        return self.target.id
+
+
+@dataclass(frozen=True, slots=True)
+class RuleCheck:
+    rule: str
+    matched: bool
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    """Every rule, in the order tried, with why it matched or not; then the decision (or error)."""
+
+    checks: tuple[RuleCheck, ...]
+    decision: RouteDecision | None
+    error: str | None = None
+
+    def __str__(self) -> str:
+        lines = [f"{'✓' if c.matched else '✗'} {c.rule}: {c.reason}" for c in self.checks]
+        lines.append(
+            f"→ {self.decision.target.type}:{self.decision.target.id} ({self.decision.reason})"
+            if self.decision
+            else f"→ no route: {self.error}"
+        )
+        return "\n".join(lines)
+
+
+class _CompiledRule:
+    __slots__ = ("content", "order", "rule", "sort_key", "source_id_pattern")
+
+    def __init__(self, rule: RoutingRule, order: int, timeout: float) -> None:
+        self.rule = rule
+        self.order = order
+        self.sort_key = (-rule.priority, order)
+        self.content = SafePattern(rule.content_pattern, timeout) if rule.content_pattern else None
+        self.source_id_pattern = (
+            SafePattern(rule.source_id_pattern, timeout) if rule.source_id_pattern else None
+        )
+
+    def mismatch(self, event: AgentRequestEvent, content: str) -> str | None:  # noqa: PLR0911
+        """``None`` when every condition holds, else the first that does not (cheapest first)."""
+        rule = self.rule
+        if rule.source is not None and rule.source != event.source:
+            return f"source is {event.source!r}, not {rule.source!r}"
+        if rule.source_ids is not None and event.source_id not in rule.source_ids:
+            return f"channel {event.source_id!r} is not one of the rule's {len(rule.source_ids)}"
+        if rule.user_ids is not None and event.user_id not in rule.user_ids:
+            return f"user {event.user_id!r} is not one of the rule's {len(rule.user_ids)}"
+        if rule.metadata_match and not metadata_matches(rule.metadata_match, event):
+            return f"metadata does not match {dict(rule.metadata_match)!r}"
+        if self.source_id_pattern is not None and not self.source_id_pattern.search_untimed(event.source_id):
+            return f"channel {event.source_id!r} does not match {rule.source_id_pattern!r}"
+        if self.content is not None and not self.content.search(content):
+            return f"content does not match {rule.content_pattern!r}"
+        return None
+
+
+def _by_priority(rule: _CompiledRule) -> tuple[int, int]:
+    return rule.sort_key
+
+
+@dataclass(slots=True)
+class _Bucket:
+    """The rules of one source (or of every source), indexed by one exact-match field each."""
+
+    by_source_id: dict[str, list[_CompiledRule]] = field(default_factory=lambda: defaultdict(list))
+    by_user_id: dict[str, list[_CompiledRule]] = field(default_factory=lambda: defaultdict(list))
+    by_metadata: dict[tuple[str, Hashable], list[_CompiledRule]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+    metadata_keys: set[str] = field(default_factory=set)
+    scan: list[_CompiledRule] = field(default_factory=list)
+
+    def add(self, compiled: _CompiledRule) -> None:
+        rule = compiled.rule
+        if rule.source_ids:
+            for source_id in rule.source_ids:
+                self.by_source_id[source_id].append(compiled)
+        elif rule.user_ids:
+            for user_id in rule.user_ids:
+                self.by_user_id[user_id].append(compiled)
+        elif rule.metadata_match:
+            key, wanted = next(iter(rule.metadata_match.items()))
+            self.metadata_keys.add(key)
+            for value in wanted if isinstance(wanted, tuple) else (wanted,):
+                self.by_metadata[key, value].append(compiled)
+        else:
+            self.scan.append(compiled)
+
+    def sort(self) -> None:
+        """Put every list in priority order (``add`` appends in declaration order)."""
+        for index in (self.by_source_id, self.by_user_id, self.by_metadata):
+            for rules in index.values():
+                rules.sort(key=_by_priority)
+        self.scan.sort(key=_by_priority)
+
+    def candidates(self, event: AgentRequestEvent) -> Iterator[list[_CompiledRule]]:
+        if found := self.by_source_id.get(event.source_id):
+            yield found
+        if found := self.by_user_id.get(event.user_id):
+            yield found
+        for key in self.metadata_keys:
+            value = event.metadata.get(key)
+            if isinstance(value, Hashable) and (found := self.by_metadata.get((key, value))):
+                yield found
+        if self.scan:
+            yield self.scan
+
+
+class EventRouter:
+    """Routes request events to targets; see the module documentation for the order."""
+
+    def __init__(
+        self,
+        rules: Iterable[RoutingRule] = (),
+        *,
+        source_defaults: Mapping[str, Target] | None = None,
+        default: Target | None = None,
+        max_content_chars: int = DEFAULT_MAX_CONTENT_CHARS,
+        pattern_timeout: float = DEFAULT_PATTERN_TIMEOUT,
+    ) -> None:
+        self.rules = tuple(rules)
+        names = [rule.name for rule in self.rules]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise RoutingConfigError(f"rule names must be unique; repeated: {', '.join(duplicates)}")
+        self.source_defaults = dict(source_defaults or {})
+        self.default = default
+        self.max_content_chars = max_content_chars
+        self._compiled = [_CompiledRule(rule, n, pattern_timeout) for n, rule in enumerate(self.rules)]
+        self._by_source: dict[str, _Bucket] = {}
+        self._any_source = _Bucket()
+        for compiled in self._compiled:
+            source = compiled.rule.source
+            bucket = self._any_source if source is None else self._by_source.setdefault(source, _Bucket())
+            bucket.add(compiled)
+        for bucket in (*self._by_source.values(), self._any_source):
+            bucket.sort()
+
+    def __repr__(self) -> str:
+        return f"EventRouter({len(self.rules)} rules, {len(self.source_defaults)} source defaults)"
+
+    def route(self, event: AgentRequestEvent) -> RouteDecision:
+        """The target for ``event``; :class:`NoRouteError` when nothing applies."""
+        explicit = _explicit(event)
+        if explicit is not None:
+            return explicit
+        content = event.content[: self.max_content_chars]
+        for compiled in self._candidates(event):
+            if compiled.mismatch(event, content) is None:
+                return RouteDecision(compiled.rule.target, compiled.rule.name, f"rule {compiled.rule.name!r}")
+        return self._fallback(event)
+
+    def explain(self, event: AgentRequestEvent) -> Explanation:
+        """Every rule in priority order with why it matches or not, and the decision."""
+        content = event.content[: self.max_content_chars]
+        checks: list[RuleCheck] = []
+        decision = _explicit(event)
+        if decision is not None:
+            return Explanation((), decision)
+        for compiled in sorted(self._compiled, key=_by_priority):
+            reason = compiled.mismatch(event, content)
+            checks.append(RuleCheck(compiled.rule.name, reason is None, reason or "every condition holds"))
+            if reason is None and decision is None:
+                decision = RouteDecision(
+                    compiled.rule.target, compiled.rule.name, f"rule {compiled.rule.name!r}"
+                )
+        if decision is not None:
+            return Explanation(tuple(checks), decision)
+        try:
+            return Explanation(tuple(checks), self._fallback(event))
+        except NoRouteError as error:
+            return Explanation(tuple(checks), None, str(error))
+
+    def targets(self) -> set[Target]:
+        """Every target a decision can name (rules and defaults; not explicit ids in events)."""
+        found = {rule.target for rule in self.rules} | set(self.source_defaults.values())
+        if self.default is not None:
+            found.add(self.default)
+        return found
+
+    async def check_targets(self, exists: Callable[[Target], bool | Awaitable[bool]]) -> None:
+        """Raise :class:`RoutingConfigError` naming every target ``exists`` does not know (for
+        instance, an agent id missing from the spec store)."""
+        missing = []
+        for target in sorted(self.targets(), key=lambda t: (t.type, t.id)):
+            known = exists(target)
+            if inspect.isawaitable(known):
+                known = await known
+            if not known:
+                missing.append(f"{target.type.value} {target.id!r}")
+        if missing:
+            raise RoutingConfigError(f"unknown routing targets: {', '.join(missing)}")
+
+    def _candidates(self, event: AgentRequestEvent) -> Iterator[_CompiledRule]:
+        lists: list[list[_CompiledRule]] = []
+        bucket = self._by_source.get(event.source)
+        if bucket is not None:
+            lists.extend(bucket.candidates(event))
+        lists.extend(self._any_source.candidates(event))
+        if len(lists) == 1:
+            return iter(lists[0])
+        return heapq.merge(*lists, key=_by_priority)
+
+    def _fallback(self, event: AgentRequestEvent) -> RouteDecision:
+        default = self.source_defaults.get(event.source)
+        if default is not None:
+            return RouteDecision(default, None, f"default for source {event.source!r}")
+        if self.default is not None:
+            return RouteDecision(self.default, None, "global default")
+        raise NoRouteError(
+            f"no route for {event.source}:{event.source_id} (request {event.id}): no rule matched and "
+            f"no default is configured for source {event.source!r} or globally"
+        )
+
+
+def _explicit(event: AgentRequestEvent) -> RouteDecision | None:
+    for attribute, kind in _EXPLICIT:
+        target_id = getattr(event, attribute)
+        if target_id:
+            return RouteDecision(Target(type=kind, id=target_id), None, f"explicit {attribute} in the event")
+    return None

@@ -1,0 +1,119 @@
+"""Routing rules: conditions on an event, and the target they pick."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from dynamic_agents.events import AgentRequestEvent, Target, TargetType
+from dynamic_agents.routing.patterns import SafePattern, UnsafePatternError
+
+__all__ = ["MetadataValue", "RoutingRule"]
+
+MetadataValue = str | int | float | bool | None
+
+
+class RoutingRule(BaseModel):
+    """A rule: every condition given must hold (conditions left out match anything).
+
+    ======================  =================================================================
+    ``source``              the event's platform (``discord``)
+    ``source_ids``          the channel / conversation id is one of these (YAML: ``channel_ids``)
+    ``source_id_pattern``   a regular expression searched in the channel id
+    ``user_ids``            the user is one of these (``user_id`` for one)
+    ``content_pattern``     a regular expression searched in the content (bounded, with a timeout)
+    ``metadata_match``      each key's value equals the one given, or is one of a list
+                            (YAML: ``guild_ids`` is ``metadata_match: {guild_id: [...]}``)
+    ======================  =================================================================
+
+    Higher ``priority`` is tried first; among equals, the order of declaration.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    name: str = Field(min_length=1)
+    priority: int = 0
+    source: str | None = None
+    source_ids: frozenset[str] | None = Field(default=None, alias="channel_ids")
+    source_id_pattern: str | None = None
+    user_ids: frozenset[str] | None = None
+    content_pattern: str | None = None
+    metadata_match: Mapping[str, MetadataValue | tuple[MetadataValue, ...]] = Field(default_factory=dict)
+    target: Target
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_shorthands(cls, data: Any) -> Any:
+        """Accept the seed's forms: ``agent_id`` / ``team_id`` / ``workflow_id``, ``target_type`` +
+        ``target_id``, ``user_id``, ``guild_ids``."""
+        if not isinstance(data, Mapping):
+            return data
+        data = dict(data)
+        targets = [kind for kind in TargetType if data.get(f"{kind.value}_id") is not None]
+        if "target" not in data:
+            if len(targets) > 1:
+                raise ValueError(
+                    f"give one of agent_id, team_id, workflow_id (got {', '.join(t.value for t in targets)})"
+                )
+            if targets:
+                data["target"] = {"type": targets[0], "id": data.pop(f"{targets[0].value}_id")}
+            elif "target_type" in data or "target_id" in data:
+                data["target"] = {"type": data.pop("target_type", None), "id": data.pop("target_id", None)}
+        if "user_id" in data:
+            user = data.pop("user_id")
+            data["user_ids"] = [user] if user is not None else None
+        if "guild_ids" in data:
+            metadata = dict(data.get("metadata_match") or {})
+            metadata["guild_id"] = data.pop("guild_ids")
+            data["metadata_match"] = metadata
+        return data
+
+    @field_validator("metadata_match", mode="before")
+    @classmethod
+    def _lists_to_tuples(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {k: tuple(v) if isinstance(v, list | set | frozenset) else v for k, v in value.items()}
+        return value
+
+    @field_validator("source_id_pattern", "content_pattern")
+    @classmethod
+    def _check_pattern(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                SafePattern(value)
+            except UnsafePatternError as error:
+                raise ValueError(str(error)) from None
+        return value
+
+    @field_validator("source")
+    @classmethod
+    def _lower_source(cls, value: str | None) -> str | None:
+        return value.strip().lower() if value is not None else None
+
+    @model_validator(mode="after")
+    def _has_a_condition(self) -> Self:
+        if not (
+            self.source
+            or self.source_ids
+            or self.source_id_pattern
+            or self.user_ids
+            or self.content_pattern
+            or self.metadata_match
+        ):
+            raise ValueError(f"rule {self.name!r} has no condition: it would match every event")
+        return self
+
+
+def metadata_matches(
+    expected: Mapping[str, MetadataValue | tuple[MetadataValue, ...]], event: AgentRequestEvent
+) -> bool:
+    for key, wanted in expected.items():
+        actual = event.metadata.get(key)
+        if isinstance(wanted, tuple):
+            if actual not in wanted:
+                return False
+        elif actual != wanted:
+            return False
+    return True

@@ -1,0 +1,156 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dynamic_agents.events import AgentRequestEvent, Target, TargetType
+from dynamic_agents.exceptions import RoutingConfigError
+from dynamic_agents.routing import RoutingConfig
+from dynamic_agents.secrets import SecretsManager, StaticSource
+
+# The design document's config/interfaces/discord.yaml, as written there.
+SEED_DISCORD_YAML = """\
+# config/interfaces/discord.yaml
+discord:
+  token: "secret:discord:bot_token"  # Resolved via SecretsManager
+
+  routing:
+    default_agent: "discord-assistant"
+
+    rules:
+      - name: "Admin Channel"
+        channel_ids: ["123456789"]
+        agent_id: "admin-agent"
+
+      - name: "Support Guild"
+        guild_ids: ["987654321"]
+        team_id: "support-team"
+
+      - name: "Code Help"
+        content_pattern: "^/code"
+        agent_id: "code-assistant"
+
+  session:
+    prefix: "discord"
+    ttl: 3600
+"""
+
+
+def discord(**fields: Any) -> AgentRequestEvent:
+    base: dict[str, Any] = {"source": "discord", "source_id": "555", "user_id": "u", "content": "hi"}
+    base.update(fields)
+    return AgentRequestEvent.model_validate(base)
+
+
+def test_the_seed_discord_yaml_loads_and_routes() -> None:
+    config = RoutingConfig.from_yaml(SEED_DISCORD_YAML, source="discord.yaml")
+    router = config.router()
+    cases = [
+        (discord(source_id="123456789", content="/code but in the admin channel"), "agent", "admin-agent"),
+        (discord(metadata={"guild_id": "987654321"}), "team", "support-team"),
+        (discord(content="/code fix my loop"), "agent", "code-assistant"),
+        (discord(content="anything else"), "agent", "discord-assistant"),
+    ]
+    for event, kind, target in cases:
+        decision = router.route(event)
+        assert (decision.target_type.value, decision.target_id) == (kind, target), event.content
+    interface = config.interfaces["discord"]
+    assert (interface.session.prefix, interface.session.ttl) == ("discord", 3600)
+    assert interface.settings == {"token": "secret:discord:bot_token"}
+    assert all(rule.source == "discord" for rule in interface.routing.rules)
+
+
+def test_rules_of_one_interface_do_not_apply_to_another() -> None:
+    config = RoutingConfig.from_yaml(
+        SEED_DISCORD_YAML + "\nslack:\n  routing:\n    default_agent: slack-assistant\n"
+    )
+    decision = config.router().route(discord(source="slack", content="/code x"))
+    assert decision.target_id == "slack-assistant"
+
+
+async def test_secret_references_in_settings_resolve_through_the_manager() -> None:
+    config = RoutingConfig.from_yaml(SEED_DISCORD_YAML)
+    secrets = SecretsManager(StaticSource({"discord": {"bot_token": "discord-bot-token-0001"}}))
+    settings = await config.interfaces["discord"].resolve_settings(secrets)
+    assert settings["token"].reveal() == "discord-bot-token-0001"
+    assert "discord-bot-token-0001" not in repr(settings)
+
+
+def test_global_default_from_the_top_level() -> None:
+    config = RoutingConfig.from_dict({"default_agent": "everyone", "discord": {}})
+    assert config.default == Target(type=TargetType.AGENT, id="everyone")
+    assert config.router().route(discord(source="telegram")).reason == "global default"
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "line", "path", "message"),
+    [
+        (
+            "discord:\n  routing:\n    rules:\n"
+            "      - name: ok\n        source: discord\n        agent_id: a\n"
+            "      - name: evil\n        content_pattern: '(a+)+$'\n        agent_id: b\n",
+            8,
+            "discord.routing.rules[1].content_pattern",
+            "nests an unbounded quantifier",
+        ),
+        (
+            "discord:\n  routing:\n    default_agent: a\n    default_team: b\n",
+            3,
+            "discord.routing",
+            "give one default",
+        ),
+        (
+            "discord:\n  session:\n    ttl: -5\n",
+            3,
+            "discord.session.ttl",
+            "greater than 0",
+        ),
+        (
+            "discord:\n  routing:\n    rules:\n      - name: x\n        agent_id: a\n        team_id: b\n",
+            4,
+            "discord.routing.rules[0]",
+            "give one of agent_id, team_id, workflow_id",
+        ),
+        (
+            "discord:\n  routing:\n    rules:\n"
+            "      - name: typo\n        chanel_ids: ['1']\n        agent_id: a\n",
+            5,
+            "discord.routing.rules[0].chanel_ids",
+            "Extra inputs are not permitted",
+        ),
+    ],
+)
+def test_errors_give_file_line_and_path(yaml_text: str, line: int, path: str, message: str) -> None:
+    with pytest.raises(RoutingConfigError) as caught:
+        RoutingConfig.from_yaml(yaml_text, source="interfaces.yaml")
+    error = caught.value
+    assert (error.source, error.line, error.path) == ("interfaces.yaml", line, path)
+    assert message in str(error)
+    assert str(error).startswith(f"interfaces.yaml:{line} at {path}: ")
+
+
+def test_invalid_yaml_and_wrong_shapes() -> None:
+    with pytest.raises(RoutingConfigError, match=r"bad.yaml:3: not valid YAML"):
+        RoutingConfig.from_yaml("discord:\n  routing: [unclosed\n", source="bad.yaml")
+    with pytest.raises(RoutingConfigError, match="expected a mapping"):
+        RoutingConfig.from_yaml("- just\n- a list\n")
+    assert RoutingConfig.from_yaml("").interfaces == {}
+
+
+def test_several_files_make_one_config(tmp_path: Path) -> None:
+    (tmp_path / "discord.yaml").write_text(SEED_DISCORD_YAML)
+    (tmp_path / "slack.yaml").write_text("slack:\n  routing:\n    default_agent: slack-assistant\n")
+    config = RoutingConfig.from_files(sorted(tmp_path.glob("*.yaml")))
+    assert set(config.interfaces) == {"discord", "slack"}
+    (tmp_path / "again.yaml").write_text("discord: {}\n")
+    with pytest.raises(RoutingConfigError, match="configured twice"):
+        RoutingConfig.from_files(sorted(tmp_path.glob("*.yaml")))
+
+
+async def test_targets_can_be_checked_against_a_store() -> None:
+    router = RoutingConfig.from_yaml(SEED_DISCORD_YAML).router()
+    known = {"admin-agent", "code-assistant", "discord-assistant"}
+    with pytest.raises(RoutingConfigError, match="team 'support-team'"):
+        await router.check_targets(lambda target: target.id in known)

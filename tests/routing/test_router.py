@@ -1,0 +1,203 @@
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from dynamic_agents.events import AgentRequestEvent, Target, TargetType
+from dynamic_agents.exceptions import NoRouteError, RoutingConfigError
+from dynamic_agents.routing import EventRouter, RoutingRule, UnsafePatternError, check_pattern
+
+AGENT, TEAM, WORKFLOW = TargetType.AGENT, TargetType.TEAM, TargetType.WORKFLOW
+
+
+def event(**fields: Any) -> AgentRequestEvent:
+    base: dict[str, Any] = {"source": "discord", "source_id": "general", "user_id": "u1", "content": "hello"}
+    base.update(fields)
+    return AgentRequestEvent.model_validate(base)
+
+
+def rule(name: str, target: str = "a", **conditions: Any) -> RoutingRule:
+    return RoutingRule.model_validate({"name": name, "agent_id": target, **conditions})
+
+
+def test_explicit_ids_come_first() -> None:
+    router = EventRouter([rule("any discord", "ruled", source="discord")])
+    assert router.route(event(team_id="t", workflow_id="w")).target == Target(type=TEAM, id="t")
+    decision = router.route(event(agent_id="x", team_id="t"))
+    assert (decision.target_type, decision.target_id, decision.rule) == (AGENT, "x", None)
+    assert decision.reason == "explicit agent_id in the event"
+    assert router.route(event(workflow_id="w")).target == Target(type=WORKFLOW, id="w")
+
+
+def test_higher_priority_wins_and_ties_keep_declaration_order() -> None:
+    router = EventRouter(
+        [
+            rule("first declared", "one", source="discord"),
+            rule("second declared", "two", source="discord"),
+            rule("urgent", "three", source="discord", priority=10, content_pattern="urgent"),
+        ]
+    )
+    assert router.route(event()).target_id == "one"
+    assert router.route(event(content="this is urgent")).target_id == "three"
+
+
+def test_priority_order_holds_across_indexes() -> None:
+    router = EventRouter(
+        [
+            rule("by channel", "channel", source_ids=["general"]),
+            rule("by user", "user", user_ids=["u1"], priority=5),
+            rule("by guild", "guild", metadata_match={"guild_id": ["g1", "g2"]}, priority=7),
+            rule("by content", "content", content_pattern="hello", priority=6),
+        ]
+    )
+    assert router.route(event(metadata={"guild_id": "g2"})).target_id == "guild"
+    assert router.route(event(metadata={"guild_id": "other"})).target_id == "content"
+    assert router.route(event(content="bye")).target_id == "user"
+    assert router.route(event(content="bye", user_id="u2")).target_id == "channel"
+
+
+def test_every_condition_must_hold() -> None:
+    router = EventRouter(
+        [
+            rule(
+                "narrow",
+                "narrow",
+                source="slack",
+                source_id_pattern="^C0",
+                user_ids=["U1"],
+                content_pattern="^/deploy",
+            )
+        ],
+        default=Target(type=AGENT, id="fallback"),
+    )
+    match = event(source="slack", source_id="C042", user_id="U1", content="/deploy now")
+    assert router.route(match).target_id == "narrow"
+    for change in ({"source_id": "D042"}, {"user_id": "U2"}, {"content": "deploy"}, {"source": "discord"}):
+        assert (
+            router.route(event(**{**match.model_dump(), **change, "session_id": None})).target_id
+            == "fallback"
+        )
+
+
+def test_source_default_then_global_default_then_no_route() -> None:
+    router = EventRouter(
+        source_defaults={"discord": Target(type=AGENT, id="discord-assistant")},
+        default=Target(type=AGENT, id="default-assistant"),
+    )
+    decision = router.route(event())
+    assert (decision.target_id, decision.reason) == ("discord-assistant", "default for source 'discord'")
+    assert router.route(event(source="whatsapp")).reason == "global default"
+    with pytest.raises(NoRouteError, match="no route for whatsapp:general"):
+        EventRouter().route(event(source="whatsapp"))
+
+
+def test_metadata_values_and_lists() -> None:
+    router = EventRouter([rule("paid tier", "paid", metadata_match={"tier": "paid", "region": ["eu", "us"]})])
+    assert router.route(event(metadata={"tier": "paid", "region": "eu"})).target_id == "paid"
+    with pytest.raises(NoRouteError):
+        router.route(event(metadata={"tier": "paid", "region": "ap"}))
+    with pytest.raises(NoRouteError):
+        router.route(event(metadata={"tier": ["paid"], "region": "eu"}))  # unhashable: no match, no crash
+
+
+def test_explain_lists_every_rule_and_why() -> None:
+    router = EventRouter(
+        [
+            rule("code", "code", content_pattern="^/code"),
+            rule("admins", "admin", source_ids=["admin"], priority=3),
+            rule("slack only", "s", source="slack"),
+        ],
+        default=Target(type=AGENT, id="d"),
+    )
+    explanation = router.explain(event(content="/code fix it"))
+    assert [(c.rule, c.matched) for c in explanation.checks] == [
+        ("admins", False),
+        ("code", True),
+        ("slack only", False),
+    ]
+    assert "channel 'general' is not one of" in explanation.checks[0].reason
+    assert explanation.decision is not None
+    assert explanation.decision.rule == "code"
+    assert "✓ code" in str(explanation)
+    unmatched = EventRouter([rule("code", "code", content_pattern="^/code")]).explain(event())
+    assert unmatched.decision is None
+    assert unmatched.error is not None
+    assert "no route" in str(unmatched)
+
+
+def test_rules_of_other_sources_are_never_candidates() -> None:
+    router = EventRouter([rule(f"slack {n}", source="slack", content_pattern=f"x{n}") for n in range(50)])
+    assert list(router._candidates(event())) == []
+    assert len(list(router._candidates(event(source="slack")))) == 50
+
+
+def test_duplicate_rule_names_are_refused() -> None:
+    with pytest.raises(RoutingConfigError, match="repeated: twice"):
+        EventRouter([rule("twice", source="a"), rule("twice", source="b")])
+
+
+def test_a_rule_needs_a_condition_and_one_target() -> None:
+    with pytest.raises(ValueError, match="no condition"):
+        RoutingRule.model_validate({"name": "all", "agent_id": "a"})
+    with pytest.raises(ValueError, match="give one of agent_id, team_id, workflow_id"):
+        RoutingRule.model_validate({"name": "two", "agent_id": "a", "team_id": "t", "source": "x"})
+    seed_form = RoutingRule.model_validate(
+        {"name": "seed", "source": "discord", "target_type": "team", "target_id": "t", "user_id": "u"}
+    )
+    assert (seed_form.target, seed_form.user_ids) == (Target(type=TEAM, id="t"), frozenset({"u"}))
+
+
+@pytest.mark.parametrize("pattern", [r"(a+)+$", r"(\w*)*x", r"((ab)+c)*", r"(?:x+y)+", r"(a|b+)*"])
+def test_nested_unbounded_quantifiers_are_refused(pattern: str) -> None:
+    with pytest.raises(UnsafePatternError, match="nests an unbounded quantifier"):
+        check_pattern(pattern)
+    with pytest.raises(ValueError, match="nests an unbounded quantifier"):
+        rule("bad", content_pattern=pattern)
+
+
+@pytest.mark.parametrize("pattern", [r"^/code", r"(ab|cd)+", r"a{1,5}", r"\d+-\d+", r"(a*)?b"])
+def test_ordinary_patterns_are_accepted(pattern: str) -> None:
+    check_pattern(pattern)
+
+
+def test_a_pattern_that_does_not_compile_is_refused() -> None:
+    with pytest.raises(ValueError, match="does not compile"):
+        rule("broken", content_pattern="(unclosed")
+
+
+def test_adversarial_content_returns_quickly(caplog: pytest.LogCaptureFixture) -> None:
+    # Not refused at load (no nested quantifier), but exponential on "aaaa…!" for a backtracking
+    # engine: the timeout turns it into "no match" and routing goes on to the next rule.
+    router = EventRouter(
+        [rule("evil", "evil", content_pattern=r"^(a|aa)*$"), rule("after", "after", content_pattern="!$")],
+        pattern_timeout=0.05,
+        max_content_chars=2 * 1024 * 1024,
+    )
+    started = time.monotonic()
+    decision = router.route(event(content="a" * (1024 * 1024) + "!"))
+    assert time.monotonic() - started < 2.0  # the wall-clock guard the issue asks for
+    assert decision.rule == "after"
+    assert "timed out" in caplog.text
+
+
+def test_content_is_matched_on_a_bounded_prefix() -> None:
+    router = EventRouter([rule("tail", "tail", content_pattern="needle")], max_content_chars=100)
+    with pytest.raises(NoRouteError):
+        router.route(event(content="x" * 200 + "needle"))
+    assert router.route(event(content="needle" + "x" * 200)).target_id == "tail"
+
+
+async def test_check_targets_names_the_unknown_ones() -> None:
+    router = EventRouter(
+        [rule("r1", "known", source="a"), rule("r2", "ghost", source="b")],
+        default=Target(type=TEAM, id="phantom-team"),
+    )
+
+    async def exists(target: Target) -> bool:
+        return target.id == "known"
+
+    with pytest.raises(RoutingConfigError, match="agent 'ghost', team 'phantom-team'"):
+        await router.check_targets(exists)
+    await router.check_targets(lambda target: True)
