@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Final
 
 from dynamic_agents.exceptions import SecretReferenceError
@@ -69,11 +70,13 @@ class EnvReference:
         return f"{ENV_PREFIX}{self.variable}"
 
 
+@lru_cache(maxsize=4096)
 def parse_reference(text: str) -> SecretReference | EnvReference | None:
     """The reference ``text`` stands for, or ``None`` for a plain value.
 
     Text that starts like a reference but is malformed raises :class:`SecretReferenceError` (a
-    typo must not silently become a plain value sent as an API key).
+    typo must not silently become a plain value sent as an API key). Results are cached (they are
+    immutable; errors are not cached).
     """
     if text.startswith(SECRET_PREFIX):
         match = _SECRET_RE.match(text)
