@@ -18,6 +18,7 @@ PUBLIC_PACKAGES = [
     "dynamic_agents",
     "dynamic_agents.events",
     "dynamic_agents.exceptions",
+    "dynamic_agents.llm",
     "dynamic_agents.routing",
     "dynamic_agents.secrets",
     "dynamic_agents.testing",
@@ -87,6 +88,7 @@ def test_every_error_subclasses_the_base_and_a_builtin() -> None:
             exceptions.DynamicAgentsError,
             exceptions.SecretsError,
             exceptions.IdentityError,
+            exceptions.LLMError,
         }
         if not is_category:
             builtin_bases = [b for b in error.__mro__ if b.__module__ == "builtins"]

@@ -12,7 +12,7 @@ import logging
 import threading
 from typing import Final
 
-__all__ = ["MASK", "REDACTOR", "RedactingFilter", "Redactor"]
+__all__ = ["MASK", "REDACTOR", "RedactingFilter", "Redactor", "protect_loggers"]
 
 MASK: Final = "**********"
 MIN_REDACTED_LENGTH: Final = 6
@@ -81,3 +81,16 @@ class RedactingFilter(logging.Filter):
         if record.stack_info:
             record.stack_info = self.redactor.redact(record.stack_info)
         return True
+
+
+def protect_loggers(*names: str, redactor: Redactor = REDACTOR) -> None:
+    """Put a :class:`RedactingFilter` on each named logger and on its handlers (idempotent).
+
+    For loggers that do not propagate (agno's) or have handlers of their own (litellm's): records
+    logged on them directly are masked, and so is what their handlers write.
+    """
+    for name in names:
+        logger = logging.getLogger(name)
+        for holder in (logger, *logger.handlers):
+            if not any(isinstance(f, RedactingFilter) for f in holder.filters):
+                holder.addFilter(RedactingFilter(redactor))

@@ -12,6 +12,12 @@ Each class also subclasses the matching built-in, so callers can catch either::
     │   ├── EventValidationError               wrong types or missing fields (``.errors`` lists them)
     │   ├── UnsupportedSchemaVersionError      a ``schema_version`` whose major this release cannot read
     │   └── EventTooLargeError                 over the codec's size or content-length limit
+    ├── LLMError                               a model call failed (message redacted; ``status`` kept)
+    │   ├── LLMRequestError (ValueError)       400-class: the request was refused (context window, …)
+    │   ├── LLMAuthenticationError (PermissionError)  401 / 403, after one secret refresh and retry
+    │   ├── LLMTimeoutError (TimeoutError)     the call took longer than its timeout
+    │   └── LLMUnavailableError (ConnectionError)  5xx, network errors, no deployment available
+    │       └── LLMRateLimitError              429, or every deployment over its limits
     ├── NoRouteError (LookupError)             no rule, source default or global default for an event
     ├── TransportError (ConnectionError)       the message broker failed or refused an operation
     │   └── DeliveryError (LookupError)        a delivery, group or stream the broker does not know
@@ -55,6 +61,12 @@ __all__ = [
     "IdentityRateLimitedError",
     "IdentityRequestError",
     "IdentityUnavailableError",
+    "LLMAuthenticationError",
+    "LLMError",
+    "LLMRateLimitError",
+    "LLMRequestError",
+    "LLMTimeoutError",
+    "LLMUnavailableError",
     "MissingDependencyError",
     "NoRouteError",
     "RoutingConfigError",
@@ -87,6 +99,36 @@ class RoutingConfigError(ConfigurationError):
         self.path = path
         where = source + (f":{line}" if line is not None else "") + (f" at {path}" if path else "")
         super().__init__(f"{where}: {message}")
+
+
+class LLMError(DynamicAgentsError):
+    """A model call failed. The message has every known secret value masked; ``status`` is the
+    provider's HTTP status when there was one, ``model`` the model group asked for."""
+
+    def __init__(self, message: str, *, status: int | None = None, model: str | None = None) -> None:
+        self.status = status
+        self.model = model
+        super().__init__(message)
+
+
+class LLMRequestError(LLMError, ValueError):
+    """The provider refused the request (400-class), e.g. the context window was exceeded."""
+
+
+class LLMAuthenticationError(LLMError, PermissionError):
+    """The key was refused (401 / 403), after one secret refresh and retry."""
+
+
+class LLMTimeoutError(LLMError, TimeoutError):
+    """The call took longer than its timeout."""
+
+
+class LLMUnavailableError(LLMError, ConnectionError):
+    """5xx, network errors, or no deployment of the model group is available."""
+
+
+class LLMRateLimitError(LLMUnavailableError):
+    """429, or every deployment of the group is over its rpm/tpm limits."""
 
 
 class NoRouteError(DynamicAgentsError, LookupError):

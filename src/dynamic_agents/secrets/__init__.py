@@ -11,7 +11,7 @@ from dynamic_agents.secrets.client import (
     SecretValues,
     TokenProvider,
 )
-from dynamic_agents.secrets.manager import SecretChange, SecretsManager, SecretsStats
+from dynamic_agents.secrets.manager import SecretChange, SecretsManager, SecretsStats, reveal_all
 from dynamic_agents.secrets.references import ENV_SECRETS, EnvReference, SecretReference, parse_reference
 from dynamic_agents.secrets.sources import (
     ChainSource,
@@ -21,7 +21,7 @@ from dynamic_agents.secrets.sources import (
     SecretSource,
     StaticSource,
 )
-from dynamic_agents.secrets.values import MASK, RedactingFilter, Redactor, SecretValue
+from dynamic_agents.secrets.values import MASK, RedactingFilter, Redactor, SecretValue, protect_loggers
 
 __all__ = [
     "ENV_SECRETS",
@@ -47,4 +47,6 @@ __all__ = [
     "StaticSource",
     "TokenProvider",
     "parse_reference",
+    "protect_loggers",
+    "reveal_all",
 ]

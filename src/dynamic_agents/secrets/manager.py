@@ -40,7 +40,7 @@ from dynamic_agents.secrets.sources import (
 )
 from dynamic_agents.secrets.values import SecretValue
 
-__all__ = ["SecretChange", "SecretsManager", "SecretsStats"]
+__all__ = ["SecretChange", "SecretsManager", "SecretsStats", "reveal_all"]
 
 logger = get_logger("secrets")
 
@@ -401,3 +401,16 @@ def _changed_fields(
 ) -> frozenset[str]:
     old, new = before or {}, after or {}
     return frozenset(field for field in old.keys() | new.keys() if old.get(field) != new.get(field))
+
+
+def reveal_all(data: Any) -> Any:
+    """A copy of nested dicts / lists / tuples with every :class:`SecretValue` revealed: for the
+    moment resolved settings are handed to a client that needs plain values."""
+    if isinstance(data, SecretValue):
+        return data.reveal()
+    if isinstance(data, Mapping):
+        return {key: reveal_all(value) for key, value in data.items()}
+    if isinstance(data, list | tuple):
+        items = [reveal_all(item) for item in data]
+        return items if isinstance(data, list) else tuple(items)
+    return data

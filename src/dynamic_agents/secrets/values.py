@@ -11,9 +11,9 @@ from __future__ import annotations
 import hmac
 from typing import NoReturn
 
-from dynamic_agents._redaction import MASK, REDACTOR, RedactingFilter, Redactor
+from dynamic_agents._redaction import MASK, REDACTOR, RedactingFilter, Redactor, protect_loggers
 
-__all__ = ["MASK", "REDACTOR", "RedactingFilter", "Redactor", "SecretValue"]
+__all__ = ["MASK", "REDACTOR", "RedactingFilter", "Redactor", "SecretValue", "protect_loggers"]
 
 
 class SecretValue:

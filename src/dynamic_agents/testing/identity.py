@@ -187,6 +187,13 @@ class InMemoryIdentityService:
         with _as_client_errors():
             del self._secrets[self._secret(secret_id).id]
 
+    def find_secret(self, name: str, provider: str, *, user_id: str | None = None) -> str:
+        """The id of the secret with that name, provider and owner."""
+        for secret in self._secrets.values():
+            if (secret.name, secret.provider, secret.user_id) == (name, provider, user_id):
+                return secret.id
+        raise IdentityNotFoundError(f"no secret {name!r} of {provider!r} for {user_id!r}", status=404)
+
     def secret_values(self, secret_id: str) -> dict[str, str]:
         """A copy of a secret's stored values, for assertions."""
         with _as_client_errors():

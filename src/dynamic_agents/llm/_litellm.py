@@ -1,0 +1,92 @@
+"""Every use of litellm — public API and the internals it lacks — in one module.
+
+litellm is pinned to 1.106.x (``pyproject.toml``) because of the internals used here:
+
+* clearing one deployment's cooldown: there is no public call (``router.cooldown_cache``);
+* discarding a Router: ``Router.discard()`` leaves the routing-strategy selectors registered in
+  litellm's global callbacks (``_unregister_router_selectors``), where they keep counting usage.
+
+Importing this module imports litellm (about 1.5 s). ``LITELLM_LOCAL_MODEL_COST_MAP`` is set to
+``True`` first unless the host set it: otherwise litellm fetches its cost map over the network at
+import time.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+from collections.abc import Mapping
+from typing import Any
+
+try:
+    import litellm
+    from litellm import Router
+    from litellm.router_utils.cooldown_cache import CooldownCache
+    from litellm.router_utils.cooldown_handlers import async_get_cooldown_deployments
+    from litellm.types.router import Deployment, LiteLLM_Params, ModelInfo
+except ImportError as error:  # pragma: no cover - exercised without the extra installed
+    from dynamic_agents.exceptions import MissingDependencyError
+
+    raise MissingDependencyError("the LiteLLM router", "agents") from error
+
+from dynamic_agents._redaction import protect_loggers
+
+LITELLM_LOGGERS = ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy")
+protect_loggers(*LITELLM_LOGGERS)  # litellm logs provider errors, which may echo a key
+
+__all__ = [
+    "LITELLM_LOGGERS",
+    "Router",
+    "clear_cooldown",
+    "cooled_down",
+    "discard",
+    "litellm",
+    "new_router",
+    "status_of",
+    "upsert",
+]
+
+
+def new_router(**settings: Any) -> Router:
+    return Router(**settings)
+
+
+def upsert(router: Router, model_name: str, params: Mapping[str, Any], deployment_id: str) -> None:
+    """Replace a deployment's params in place, keeping its id (so cooldowns and usage follow it)."""
+    router.upsert_deployment(
+        Deployment(
+            model_name=model_name,
+            litellm_params=LiteLLM_Params(**params),
+            model_info=ModelInfo(id=deployment_id),
+        )
+    )
+
+
+async def clear_cooldown(router: Router, deployment_id: str) -> None:
+    """Take one deployment out of cooldown (memory and Redis)."""
+    key = CooldownCache.get_cooldown_cache_key(deployment_id)
+    await router.cooldown_cache.cooldown_store.async_delete_cache(key)
+    router.cooldown_cache.in_memory_cache.delete_cache(key)
+
+
+async def cooled_down(router: Router) -> list[str]:
+    """Ids of the deployments in cooldown now."""
+    return list(await async_get_cooldown_deployments(router, None))
+
+
+def discard(router: Router) -> None:
+    """Unhook a Router from litellm's global callbacks, strategy selectors included."""
+    selectors = [getattr(router, attr, None) for attr in router._DEFAULT_SELECTOR_ATTR_BY_STRATEGY.values()]
+    selectors += list(getattr(router, "_override_selectors", {}).values())
+    for group in getattr(router, "_group_selectors", {}).values():
+        selectors += list(group.values())
+    router._unregister_router_selectors([s for s in selectors if s is not None])
+    router.discard()
+
+
+def status_of(error: BaseException) -> int | None:
+    """The HTTP status of a litellm exception (a 401 may come as a BadRequestError: check this)."""
+    status = getattr(error, "status_code", None)
+    return status if isinstance(status, int) else None

@@ -1,0 +1,203 @@
+"""``RouterConfig``: the LiteLLM Router's settings as validated data (from a dict or YAML).
+
+Deployments keep secret *references* (``api_key: secret:openai:api_key``); ``build_router`` resolves
+them. Every deployment gets a stable ``model_info.id`` — the one given, or one derived from the model
+name and the non-secret parameters (never from a key, never from the position in the list) — so a
+key rotation can swap the key of exactly that deployment. Nothing here imports litellm.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final, Self
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from dynamic_agents.exceptions import ConfigurationError
+
+__all__ = ["ROUTING_STRATEGIES", "SECRET_PARAMS", "DeploymentConfig", "RouterConfig"]
+
+ROUTING_STRATEGIES: Final = frozenset(
+    {
+        "simple-shuffle",
+        "least-busy",
+        "usage-based-routing",
+        "usage-based-routing-v2",
+        "latency-based-routing",
+        "cost-based-routing",
+        "lar1",
+    }
+)
+"""litellm 1.106's ``RoutingStrategyName`` (a test checks the two agree)."""
+
+SECRET_PARAMS: Final = frozenset(
+    {
+        "api_key",
+        "api_secret",
+        "aws_access_key_id",
+        "aws_secret_access_key",
+        "aws_session_token",
+        "azure_ad_token",
+        "client_secret",
+        "password",
+        "token",
+        "vertex_credentials",
+    }
+)
+"""``litellm_params`` that hold credentials: never part of a derived deployment id."""
+
+_FallbackList = list[dict[str, list[str]]]
+
+
+def _fallback_list(value: Any) -> Any:
+    """Accept the design document's ``{model: [targets]}`` and litellm's ``[{model: [targets]}]``."""
+    if isinstance(value, Mapping):
+        return [{model: list(targets)} for model, targets in value.items()]
+    if isinstance(value, list):
+        flattened = []
+        for item in value:
+            if isinstance(item, Mapping):
+                flattened += [{model: list(targets)} for model, targets in item.items()]
+            else:
+                flattened.append(item)
+        return flattened
+    return value
+
+
+class DeploymentConfig(BaseModel):
+    """One entry of ``model_list``: a model group name, litellm params and model info."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    model_name: str = Field(min_length=1)
+    litellm_params: dict[str, Any]
+    model_info: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("litellm_params")
+    @classmethod
+    def _needs_a_model(cls, params: dict[str, Any]) -> dict[str, Any]:
+        model = params.get("model")
+        if not isinstance(model, str) or not model:
+            raise ValueError("litellm_params.model is required (e.g. 'openai/gpt-4o-mini')")
+        for name in ("rpm", "tpm"):
+            if name in params and (not isinstance(params[name], int) or params[name] <= 0):
+                raise ValueError(f"litellm_params.{name} must be a positive integer, got {params[name]!r}")
+        return copy.deepcopy(params)
+
+    @property
+    def deployment_id(self) -> str:
+        """``model_info.id`` if given, else a hash of the model name and non-secret params."""
+        given = self.model_info.get("id")
+        if given:
+            return str(given)
+        public = {k: v for k, v in self.litellm_params.items() if k not in SECRET_PARAMS}
+        digest = hashlib.sha256(
+            json.dumps([self.model_name, public], sort_keys=True, default=str).encode()
+        ).hexdigest()
+        return f"{self.model_name}-{digest[:12]}"
+
+    def describe(self) -> str:
+        return f"deployment {self.deployment_id!r} of model {self.model_name!r}"
+
+
+class RouterConfig(BaseModel):
+    """LiteLLM Router settings (see ``docs/llm.md``).
+
+    ``redis_url`` (may be a secret reference) shares usage and cooldown state between workers.
+    ``router_settings`` passes any other ``litellm.Router`` keyword through, as given.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    model_list: tuple[DeploymentConfig, ...] = Field(min_length=1)
+    fallbacks: _FallbackList = Field(default_factory=list)
+    default_fallbacks: list[str] = Field(default_factory=list)
+    context_window_fallbacks: _FallbackList = Field(default_factory=list)
+    routing_strategy: str = "simple-shuffle"
+    num_retries: int = Field(default=2, ge=0)
+    timeout: float | None = Field(default=None, gt=0)
+    cooldown_time: float | None = Field(default=None, ge=0)
+    allowed_fails: int | None = Field(default=None, ge=0)
+    enable_tag_filtering: bool = False
+    enable_pre_call_checks: bool = False
+    redis_url: str | None = None
+    router_settings: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("fallbacks", "context_window_fallbacks", mode="before")
+    @classmethod
+    def _normalise_fallbacks(cls, value: Any) -> Any:
+        return _fallback_list(value)
+
+    @field_validator("routing_strategy")
+    @classmethod
+    def _known_strategy(cls, value: str) -> str:
+        if value not in ROUTING_STRATEGIES:
+            raise ValueError(
+                f"routing_strategy {value!r} is not one of {', '.join(sorted(ROUTING_STRATEGIES))}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _check_references(self) -> Self:
+        ids: dict[str, int] = {}
+        for position, deployment in enumerate(self.model_list):
+            if deployment.deployment_id in ids:
+                raise ValueError(
+                    f"model_list[{position}] and model_list[{ids[deployment.deployment_id]}] have the same "
+                    f"deployment id {deployment.deployment_id!r}: give each a distinct model_info.id"
+                )
+            ids[deployment.deployment_id] = position
+        groups = {deployment.model_name for deployment in self.model_list}
+        for field_name in ("fallbacks", "context_window_fallbacks"):
+            for entry in getattr(self, field_name):
+                for model, targets in entry.items():
+                    unknown = [name for name in (model, *targets) if name not in groups]
+                    if unknown:
+                        raise ValueError(
+                            f"{field_name} names unknown model groups {unknown}; known: {sorted(groups)}"
+                        )
+        unknown_defaults = [name for name in self.default_fallbacks if name not in groups]
+        if unknown_defaults:
+            raise ValueError(f"default_fallbacks names unknown model groups {unknown_defaults}")
+        return self
+
+    @property
+    def model_names(self) -> frozenset[str]:
+        return frozenset(deployment.model_name for deployment in self.model_list)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        try:
+            return cls.model_validate(copy.deepcopy(dict(data)))
+        except ValidationError as error:
+            raise _config_error(error, data) from None
+
+    @classmethod
+    def from_yaml(cls, text: str) -> Self:
+        data = yaml.safe_load(text) or {}
+        if not isinstance(data, Mapping):
+            raise ConfigurationError(f"router config must be a mapping, got {type(data).__name__}")
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Self:
+        return cls.from_yaml(Path(path).read_text(encoding="utf-8"))
+
+
+def _config_error(error: ValidationError, data: Mapping[str, Any]) -> ConfigurationError:
+    details = []
+    for item in error.errors(include_url=False):
+        location = item["loc"]
+        where = ".".join(str(part) for part in location)
+        if location[:1] == ("model_list",) and len(location) > 1 and isinstance(location[1], int):
+            entries = data.get("model_list") or []
+            entry = entries[location[1]] if location[1] < len(entries) else {}
+            name = entry.get("model_name") if isinstance(entry, Mapping) else None
+            where = f"{where} (model {name!r})" if name else where
+        details.append(f"{where}: {item['msg'].removeprefix('Value error, ')}")
+    return ConfigurationError("invalid router config: " + "; ".join(details))

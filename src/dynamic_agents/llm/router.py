@@ -1,0 +1,322 @@
+"""``LLMRouter``: one long-lived LiteLLM Router with secrets resolved, rotated live, per-user keys.
+
+``build_router(config, secrets)`` resolves every secret reference in every deployment (nested ones
+included) and builds the ``litellm.Router`` once. Afterwards:
+
+* a rotated secret (``SecretsManager.on_change``, or ``refresh()``) swaps the key of the deployments
+  that use it with ``upsert_deployment`` — same deployment ids, same Router object — and takes them
+  out of cooldown;
+* a call that fails with 401 forces one secret refresh and one retry;
+* a call for a user who has their own key for the group's provider carries that key per call; it is
+  never written into the shared deployment, and its failures never cool the deployment down;
+* errors are :class:`~dynamic_agents.exceptions.LLMError`\\ s whose messages have every secret value
+  masked, raised with no link to litellm's exception (whose text may echo a key).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from dynamic_agents._logging import get_logger
+from dynamic_agents._redaction import REDACTOR
+from dynamic_agents.exceptions import (
+    LLMAuthenticationError,
+    LLMError,
+    LLMRateLimitError,
+    LLMRequestError,
+    LLMTimeoutError,
+    LLMUnavailableError,
+)
+from dynamic_agents.llm import _litellm
+from dynamic_agents.llm.config import DeploymentConfig, RouterConfig
+from dynamic_agents.secrets import (
+    EnvReference,
+    SecretChange,
+    SecretReference,
+    SecretsManager,
+    parse_reference,
+    reveal_all,
+)
+
+__all__ = ["LLMRouter", "build_router"]
+
+logger = get_logger("llm")
+
+_MESSAGE_LIMIT = 2000
+
+
+@dataclass(slots=True)
+class _Deployment:
+    config: DeploymentConfig
+    params: dict[str, Any] = field(repr=False)
+    providers: frozenset[str]
+
+    @property
+    def id(self) -> str:
+        return self.config.deployment_id
+
+
+async def build_router(
+    config: RouterConfig, secrets: SecretsManager, *, follow_changes: bool = True
+) -> LLMRouter:
+    """Resolve the config's secret references and build the one ``litellm.Router``."""
+    deployments = [
+        _Deployment(item, await _resolve(item.litellm_params, secrets), _providers(item, secrets))
+        for item in config.model_list
+    ]
+    settings: dict[str, Any] = copy.deepcopy(config.router_settings)
+    settings.update(
+        model_list=[
+            {
+                "model_name": d.config.model_name,
+                "litellm_params": copy.deepcopy(d.params),
+                "model_info": {**copy.deepcopy(d.config.model_info), "id": d.id},
+            }
+            for d in deployments
+        ],
+        fallbacks=copy.deepcopy(config.fallbacks),
+        default_fallbacks=list(config.default_fallbacks) or None,
+        context_window_fallbacks=copy.deepcopy(config.context_window_fallbacks),
+        routing_strategy=config.routing_strategy,
+        num_retries=config.num_retries,
+        timeout=config.timeout,
+        cooldown_time=config.cooldown_time,
+        allowed_fails=config.allowed_fails,
+        enable_tag_filtering=config.enable_tag_filtering,
+        enable_pre_call_checks=config.enable_pre_call_checks,
+    )
+    if config.redis_url is not None:
+        settings["redis_url"] = (await secrets.resolve(config.redis_url)).reveal()
+    router = _litellm.new_router(**{k: v for k, v in settings.items() if v is not None})
+    return LLMRouter(config, secrets, router, deployments, follow_changes=follow_changes)
+
+
+async def _resolve(params: Mapping[str, Any], secrets: SecretsManager) -> dict[str, Any]:
+    resolved: dict[str, Any] = reveal_all(await secrets.resolve_all(params))
+    return resolved
+
+
+def _references(data: Any) -> list[SecretReference | EnvReference]:
+    if isinstance(data, str):
+        reference = parse_reference(data)
+        return [reference] if reference is not None else []
+    if isinstance(data, Mapping):
+        return [ref for value in data.values() for ref in _references(value)]
+    if isinstance(data, list | tuple):
+        return [ref for item in data for ref in _references(item)]
+    return []
+
+
+def _providers(deployment: DeploymentConfig, secrets: SecretsManager) -> frozenset[str]:
+    """The secret providers a deployment's params refer to (rotation follows these)."""
+    providers = set()
+    for reference in _references(deployment.litellm_params):
+        if isinstance(reference, SecretReference):
+            providers.add(reference.provider)
+        elif (mapped := secrets.env_mapping.get(reference.variable)) is not None:
+            providers.add(mapped[0])
+    return frozenset(providers)
+
+
+def _api_key_reference(deployment: DeploymentConfig, secrets: SecretsManager) -> tuple[str, str] | None:
+    """(provider, field) the deployment's ``api_key`` refers to, if it is a secret reference."""
+    value = deployment.litellm_params.get("api_key")
+    reference = parse_reference(value) if isinstance(value, str) else None
+    if isinstance(reference, SecretReference) and reference.name is None:
+        return reference.provider, reference.field
+    if isinstance(reference, EnvReference):
+        return secrets.env_mapping.get(reference.variable)
+    return None
+
+
+class LLMRouter:
+    """The process's LiteLLM Router and the secrets behind it. Build it with :func:`build_router`.
+
+    ``acompletion`` is duck-compatible with ``litellm.Router.acompletion`` (agno's ``LiteLLM`` model
+    can use it as its client) and adds ``user_id`` and ``tags``.
+    """
+
+    def __init__(
+        self,
+        config: RouterConfig,
+        secrets: SecretsManager,
+        router: _litellm.Router,
+        deployments: Sequence[_Deployment],
+        *,
+        follow_changes: bool = True,
+    ) -> None:
+        self.config = config
+        self.secrets = secrets
+        self.router = router
+        self._deployments = {d.id: d for d in deployments}
+        self._user_keys = self._user_key_references(config, secrets)
+        self._unsubscribe = secrets.on_change(self._on_secret_change) if follow_changes else None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        groups = ", ".join(sorted(self.config.model_names))
+        return f"LLMRouter({len(self._deployments)} deployments: {groups})"
+
+    @staticmethod
+    def _user_key_references(config: RouterConfig, secrets: SecretsManager) -> dict[str, tuple[str, str]]:
+        """Per model group, the (provider, field) of its api_key when every deployment shares one."""
+        by_group: dict[str, set[tuple[str, str] | None]] = {}
+        for deployment in config.model_list:
+            by_group.setdefault(deployment.model_name, set()).add(_api_key_reference(deployment, secrets))
+        return {
+            group: next(iter(refs))  # type: ignore[misc]
+            for group, refs in by_group.items()
+            if len(refs) == 1 and None not in refs
+        }
+
+    @property
+    def deployment_ids(self) -> list[str]:
+        return list(self._deployments)
+
+    # -- calls ------------------------------------------------------------------------------------
+
+    async def acompletion(
+        self,
+        *,
+        model: str,
+        messages: list[dict[str, Any]],
+        user_id: str | None = None,
+        tags: Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """``litellm.Router.acompletion`` through this router: per-user key, tags, one refresh and
+        retry on 401, redacted errors. With ``stream=True`` returns an async iterator of chunks."""
+        metadata = copy.deepcopy(kwargs.pop("metadata", None) or {})  # litellm mutates it
+        if tags is not None:
+            metadata["tags"] = list(tags)
+        user_params = await self._user_params(model, user_id) if user_id is not None else {}
+        for attempt in range(2):
+            failure: LLMError | None = None
+            try:
+                response = await self.router.acompletion(
+                    model=model, messages=messages, metadata=copy.deepcopy(metadata), **user_params, **kwargs
+                )
+            except Exception as error:  # every litellm error is translated
+                failure = _translate(error, model)
+            if failure is None:
+                return _translated_stream(response, model) if kwargs.get("stream") else response
+            # Outside the except block: the original (whose text may echo a key) is not chained.
+            if attempt == 0 and not user_params and failure.status == 401:
+                logger.warning("model %r: key refused (401); refreshing its secrets", model)
+                if await self.refresh():  # a rotated key: retry once with it
+                    continue
+            raise failure
+        raise AssertionError("unreachable")
+
+    def completion(self, *, model: str, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
+        """The synchronous path (agno's ``run``). No per-user keys, no refresh-and-retry, and
+        litellm ignores tags here: prefer :meth:`acompletion`."""
+        kwargs["metadata"] = copy.deepcopy(kwargs.get("metadata") or {})
+        failure: LLMError
+        try:
+            return self.router.completion(model=model, messages=messages, **kwargs)
+        except Exception as error:
+            failure = _translate(error, model)
+        raise failure
+
+    async def _user_params(self, model: str, user_id: str) -> dict[str, str]:
+        reference = self._user_keys.get(model)
+        if reference is None:
+            return {}
+        key = await self.secrets.get(*reference, user_id)
+        if key is None:
+            return {}
+        shared = {d.params.get("api_key") for d in self._deployments.values() if d.config.model_name == model}
+        if key.reveal() in shared:  # the system key (user fallback configured): nothing to override
+            return {}
+        return {"api_key": key.reveal()}
+
+    # -- rotation ---------------------------------------------------------------------------------
+
+    async def refresh(self) -> int:
+        """Fetch secrets again and swap every changed credential now; returns how many deployments
+        changed."""
+        before = {deployment.id: deployment.params for deployment in self._deployments.values()}
+        await self.secrets.refresh()  # change notices update what changed...
+        for deployment in list(self._deployments.values()):
+            await self._update(deployment)  # ...and this catches sources that send none
+        return sum(d.params != before[d.id] for d in self._deployments.values())
+
+    async def _on_secret_change(self, change: SecretChange) -> None:
+        if change.key.user_id is not None or self._closed:
+            return
+        for deployment in list(self._deployments.values()):
+            if change.key.provider in deployment.providers:
+                await self._update(deployment)
+
+    async def _update(self, deployment: _Deployment) -> bool:
+        params = await _resolve(deployment.config.litellm_params, self.secrets)
+        if params == deployment.params:
+            return False
+        _litellm.upsert(self.router, deployment.config.model_name, params, deployment.id)
+        await _litellm.clear_cooldown(self.router, deployment.id)
+        deployment.params = params
+        logger.info("rotated the credentials of %s", deployment.config.describe())
+        return True
+
+    async def cooled_down(self) -> list[str]:
+        """Ids of the deployments in cooldown now."""
+        return await _litellm.cooled_down(self.router)
+
+    async def aclose(self) -> None:
+        """Stop following secret changes and unhook the Router from litellm's globals."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        _litellm.discard(self.router)
+
+    async def __aenter__(self) -> LLMRouter:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+async def _translated_stream(stream: Any, model: str) -> AsyncIterator[Any]:
+    failure: LLMError | None = None
+    try:
+        async for chunk in stream:
+            yield chunk
+    except Exception as error:
+        failure = _translate(error, model)
+    if failure is not None:
+        raise failure
+
+
+def _translate(error: BaseException, model: str) -> LLMError:
+    """A library error for a litellm one, its text redacted; raised outside the ``except`` block so
+    the original (whose message may echo a key) is not attached as context."""
+    status = _litellm.status_of(error)
+    text = REDACTOR.redact(f"{type(error).__name__}: {error}")
+    if len(text) > _MESSAGE_LIMIT:
+        text = f"{text[: _MESSAGE_LIMIT - 3]}..."
+    message = f"model {model!r} failed: {text}"
+    name = type(error).__name__
+    kind: type[LLMError]
+    if "ContextWindowExceeded" in name or (
+        status is not None and 400 <= status < 500 and status not in {401, 403, 408, 429}
+    ):
+        kind = LLMRequestError
+    elif status in {401, 403} or "Authentication" in name or "PermissionDenied" in name:
+        kind = LLMAuthenticationError
+    elif status == 429 or "RateLimit" in name:
+        kind = LLMRateLimitError
+    elif status == 408 or "Timeout" in name:
+        kind = LLMTimeoutError
+    elif status is None and isinstance(error, ValueError):  # e.g. litellm's tag configuration errors
+        kind = LLMRequestError
+    elif status is None or status >= 500 or "APIConnection" in name or "ServiceUnavailable" in name:
+        kind = LLMUnavailableError
+    else:
+        kind = LLMError
+    return kind(message, status=status, model=model)

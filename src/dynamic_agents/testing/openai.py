@@ -1,0 +1,179 @@
+"""A scripted OpenAI-compatible HTTP API for litellm's real SDK path, offline.
+
+``FakeOpenAI`` answers chat completions from a script (text, tool calls, or an HTTP error) and
+records every request, including the ``Authorization`` header — which is how tests see which key a
+call really carried::
+
+    fake = FakeOpenAI(["Hello!", ToolCall("get_weather", {"city": "Paris"}), "Sunny."])
+    with fake.installed():          # litellm's HTTP clients now go through the fake
+        ...                         # deployments: {"model": "openai/…", "api_base": fake.api_base}
+    fake.requests[0].authorization  # 'Bearer sk-…'
+
+Without a script it answers ``"ok"`` to everything; ``handler`` replaces the script with a function
+of the request. Streaming requests get server-sent events.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from dynamic_agents.testing.script import ToolCall
+
+__all__ = ["FakeOpenAI", "FakeOpenAIRequest", "HTTPErrorStep"]
+
+
+@dataclass(frozen=True, slots=True)
+class HTTPErrorStep:
+    """A script step answering an HTTP error, e.g. ``HTTPErrorStep(401, "Incorrect API key")``."""
+
+    status: int
+    message: str = "error"
+
+
+@dataclass(frozen=True, slots=True)
+class FakeOpenAIRequest:
+    url: str
+    authorization: str | None = field(repr=False)
+    body: Mapping[str, Any]
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        messages = self.body.get("messages", [])
+        return list(messages) if isinstance(messages, list) else []
+
+    @property
+    def tool_names(self) -> list[str]:
+        return [tool["function"]["name"] for tool in self.body.get("tools") or []]
+
+
+ToolCalls = list[ToolCall] | tuple[ToolCall, ...]
+Step = str | ToolCall | ToolCalls | HTTPErrorStep
+Handler = Callable[[FakeOpenAIRequest], Step]
+
+
+class FakeOpenAI:
+    """An OpenAI chat-completions endpoint in memory; see the module documentation."""
+
+    api_base = "http://fake-openai.localhost/v1"
+
+    def __init__(self, script: Iterable[Step] = (), *, handler: Handler | None = None) -> None:
+        self._script: deque[Step] = deque(script)
+        self._scripted = bool(self._script)
+        self._handler = handler
+        self.requests: list[FakeOpenAIRequest] = []
+        self._ids = itertools.count(1)
+
+    def __repr__(self) -> str:
+        return f"FakeOpenAI({len(self.requests)} requests, {len(self._script)} steps left)"
+
+    @property
+    def transport(self) -> httpx.MockTransport:
+        return httpx.MockTransport(self._handle)
+
+    def _handle(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content or b"{}")
+        recorded = FakeOpenAIRequest(str(request.url), request.headers.get("authorization"), body)
+        self.requests.append(recorded)
+        step = self._next(recorded)
+        if isinstance(step, HTTPErrorStep):
+            error = {"error": {"message": step.message, "type": "invalid_request_error", "code": None}}
+            return httpx.Response(step.status, json=error)
+        text, calls = _split(step)
+        if body.get("stream"):
+            return self._stream(text, calls, body)
+        return httpx.Response(200, json=self._completion(text, calls, body))
+
+    def _next(self, request: FakeOpenAIRequest) -> Step:
+        if self._handler is not None:
+            return self._handler(request)
+        if not self._scripted:
+            return "ok"
+        if not self._script:
+            raise AssertionError(f"FakeOpenAI: the script is exhausted (request {len(self.requests)})")
+        return self._script.popleft()
+
+    def _tool_calls(self, calls: Sequence[ToolCall]) -> list[dict[str, Any]]:
+        return [
+            {
+                "id": call.id or f"call_{next(self._ids)}",
+                "type": "function",
+                "function": {"name": call.name, "arguments": json.dumps(dict(call.arguments))},
+            }
+            for call in calls
+        ]
+
+    def _completion(
+        self, text: str | None, calls: Sequence[ToolCall] | None, body: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if calls:
+            message["tool_calls"] = self._tool_calls(calls)
+        return {
+            "id": f"chatcmpl-{next(self._ids)}",
+            "object": "chat.completion",
+            "created": 1,
+            "model": body.get("model", "fake"),
+            "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if calls else "stop"}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
+        }
+
+    def _stream(
+        self, text: str | None, calls: Sequence[ToolCall] | None, body: Mapping[str, Any]
+    ) -> httpx.Response:
+        base = {
+            "id": f"chatcmpl-{next(self._ids)}",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": body.get("model", "fake"),
+        }
+        chunks = []
+        if calls:
+            for index, call in enumerate(self._tool_calls(calls)):
+                delta = {"role": "assistant", "tool_calls": [{"index": index, **call}]}
+                chunks.append({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
+            chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})
+        else:
+            content = text or ""
+            for piece in (content[: len(content) // 2], content[len(content) // 2 :]):
+                delta = {"role": "assistant", "content": piece}
+                chunks.append({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
+            chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        usage = {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
+        chunks.append({**base, "choices": [], "usage": usage})
+        text_body = "".join(f"data: {json.dumps(chunk)}\n\n" for chunk in chunks) + "data: [DONE]\n\n"
+        return httpx.Response(200, content=text_body.encode(), headers={"content-type": "text/event-stream"})
+
+    @contextmanager
+    def installed(self) -> Iterator[FakeOpenAI]:
+        """Route litellm's HTTP clients through this fake (and back afterwards).
+
+        litellm caches SDK clients per key for an hour; the cache is flushed on the way in and out,
+        so no client built around another transport is reused.
+        """
+        import litellm
+
+        saved = (litellm.aclient_session, litellm.client_session)
+        litellm.in_memory_llm_clients_cache.flush_cache()
+        litellm.aclient_session = httpx.AsyncClient(transport=self.transport)
+        litellm.client_session = httpx.Client(transport=self.transport)
+        try:
+            yield self
+        finally:
+            litellm.aclient_session, litellm.client_session = saved
+            litellm.in_memory_llm_clients_cache.flush_cache()
+
+
+def _split(step: str | ToolCall | ToolCalls) -> tuple[str | None, list[ToolCall] | None]:
+    if isinstance(step, str):
+        return step, None
+    if isinstance(step, list | tuple):
+        return None, list(step)
+    return None, [step]

@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import copy
+import typing
+from typing import Any
+
+import pytest
+
+from dynamic_agents.exceptions import ConfigurationError
+from dynamic_agents.llm import ROUTING_STRATEGIES, RouterConfig
+
+
+def deployment(name: str = "gpt", **params: Any) -> dict[str, Any]:
+    return {"model_name": name, "litellm_params": {"model": "openai/gpt-4o-mini", **params}}
+
+
+def test_routing_strategies_match_litellm() -> None:
+    from litellm.types.litellm_params import RoutingStrategyName
+
+    assert set(typing.get_args(RoutingStrategyName)) == ROUTING_STRATEGIES
+
+
+def test_unknown_strategy_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="routing_strategy 'fastest' is not one of"):
+        RouterConfig.from_dict({"model_list": [deployment()], "routing_strategy": "fastest"})
+
+
+def test_both_fallback_forms_are_accepted() -> None:
+    models = [deployment("a"), deployment("b"), deployment("c")]
+    seed_form = RouterConfig.from_dict({"model_list": models, "fallbacks": {"a": ["b", "c"]}})
+    litellm_form = RouterConfig.from_dict({"model_list": models, "fallbacks": [{"a": ["b", "c"]}]})
+    assert seed_form.fallbacks == litellm_form.fallbacks == [{"a": ["b", "c"]}]
+    windows = RouterConfig.from_dict({"model_list": models, "context_window_fallbacks": {"a": ["c"]}})
+    assert windows.context_window_fallbacks == [{"a": ["c"]}]
+
+
+def test_fallbacks_must_name_known_groups() -> None:
+    with pytest.raises(ConfigurationError, match=r"unknown model groups \['ghost'\]"):
+        RouterConfig.from_dict({"model_list": [deployment("a")], "fallbacks": {"a": ["ghost"]}})
+    with pytest.raises(ConfigurationError, match="default_fallbacks"):
+        RouterConfig.from_dict({"model_list": [deployment("a")], "default_fallbacks": ["ghost"]})
+
+
+def test_errors_name_the_deployment_and_field() -> None:
+    models = [
+        deployment("fine"),
+        {"model_name": "broken", "litellm_params": {"api_key": "secret:openai:api_key"}},
+    ]
+    with pytest.raises(ConfigurationError) as caught:
+        RouterConfig.from_dict({"model_list": models})
+    assert "model_list.1.litellm_params (model 'broken')" in str(caught.value)
+    assert "litellm_params.model is required" in str(caught.value)
+    with pytest.raises(ConfigurationError, match=r"rpm must be a positive integer"):
+        RouterConfig.from_dict({"model_list": [deployment(rpm=0)]})
+
+
+def test_derived_ids_ignore_keys_and_list_position() -> None:
+    a = deployment("gpt", api_key="secret:openai:api_key", api_base="https://a.example/v1")
+    b = deployment("gpt", api_key="secret:openai:api_key", api_base="https://b.example/v1")
+    first = RouterConfig.from_dict({"model_list": [a, b]})
+    reordered = RouterConfig.from_dict({"model_list": [b, a]})
+    assert {d.deployment_id for d in first.model_list} == {d.deployment_id for d in reordered.model_list}
+    rotated = copy.deepcopy(a)
+    rotated["litellm_params"]["api_key"] = "sk-a-literal-key-instead"
+    assert (
+        RouterConfig.from_dict({"model_list": [rotated]}).model_list[0].deployment_id
+        == first.model_list[0].deployment_id
+    )
+    given = deployment("gpt")
+    given["model_info"] = {"id": "my-id"}
+    assert RouterConfig.from_dict({"model_list": [given]}).model_list[0].deployment_id == "my-id"
+
+
+def test_identical_deployments_need_explicit_ids() -> None:
+    with pytest.raises(ConfigurationError, match="same deployment id"):
+        RouterConfig.from_dict({"model_list": [deployment(), deployment()]})
+
+
+def test_inputs_are_copied() -> None:
+    data = {"model_list": [deployment(tags=["paid"])], "fallbacks": []}
+    config = RouterConfig.from_dict(data)
+    data["model_list"][0]["litellm_params"]["tags"].append("mutated")  # type: ignore[index]
+    assert config.model_list[0].litellm_params["tags"] == ["paid"]
+
+
+def test_yaml() -> None:
+    config = RouterConfig.from_yaml(
+        """
+model_list:
+  - model_name: gpt-4o
+    litellm_params: {model: openai/gpt-4o, api_key: "os.environ/OPENAI_API_KEY"}
+  - model_name: claude
+    litellm_params: {model: anthropic/claude-3-5-sonnet-latest, api_key: "secret:anthropic:api_key"}
+fallbacks: {gpt-4o: [claude]}
+routing_strategy: usage-based-routing-v2
+"""
+    )
+    assert config.model_names == {"gpt-4o", "claude"}
+    with pytest.raises(ConfigurationError, match="must be a mapping"):
+        RouterConfig.from_yaml("- a\n- b\n")

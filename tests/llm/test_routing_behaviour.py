@@ -1,0 +1,121 @@
+"""Load balancing, fallbacks, tags and rate limits, on deployments answering with mock_response."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from dynamic_agents.exceptions import LLMRateLimitError, LLMRequestError, LLMUnavailableError
+from tests.llm.conftest import MakeRouter
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+def mock(name: str, reply: str, **params: Any) -> dict[str, Any]:
+    return {
+        "model_name": name,
+        "litellm_params": {
+            "model": "openai/gpt-4o-mini",
+            "api_key": "secret:openai:api_key",
+            "mock_response": reply,
+            **params,
+        },
+        "model_info": {"id": reply},
+    }
+
+
+def served_by(response: Any) -> str:
+    return str(response.choices[0].message.content)
+
+
+async def test_two_deployments_share_the_load(make_router: MakeRouter) -> None:
+    router = await make_router({"model_list": [mock("gpt", "A"), mock("gpt", "B")]})
+    counts = Counter(
+        [served_by(await router.acompletion(model="gpt", messages=MESSAGES)) for _ in range(200)]
+    )
+    assert set(counts) == {"A", "B"}
+    assert min(counts.values()) >= 40  # >= 20 % each
+
+
+async def test_fallback_to_another_model_group(make_router: MakeRouter) -> None:
+    router = await make_router(
+        {
+            "model_list": [mock("primary", "litellm.InternalServerError"), mock("backup", "from backup")],
+            "fallbacks": {"primary": ["backup"]},
+            "num_retries": 0,
+        }
+    )
+    assert served_by(await router.acompletion(model="primary", messages=MESSAGES)) == "from backup"
+
+
+async def test_context_window_fallback(make_router: MakeRouter) -> None:
+    router = await make_router(
+        {
+            "model_list": [
+                mock("small", "litellm.ContextWindowExceededError"),
+                mock("large", "long context ok"),
+            ],
+            "context_window_fallbacks": {"small": ["large"]},
+            "num_retries": 0,
+        }
+    )
+    assert served_by(await router.acompletion(model="small", messages=MESSAGES)) == "long context ok"
+    without = await make_router(
+        {"model_list": [mock("small", "litellm.ContextWindowExceededError")], "num_retries": 0}
+    )
+    with pytest.raises(LLMRequestError, match="ContextWindowExceeded"):
+        await without.acompletion(model="small", messages=MESSAGES)
+
+
+async def test_tag_routing(make_router: MakeRouter) -> None:
+    router = await make_router(
+        {
+            "model_list": [
+                mock("gpt", "paid", tags=["paid"]),
+                mock("gpt", "free", tags=["free"]),
+                mock("gpt", "default", tags=["default"]),
+            ],
+            "enable_tag_filtering": True,
+        }
+    )
+    for tags, expected in (
+        (["paid"], "paid"),
+        (["free"], "free"),
+        (None, "default"),
+        (["unknown"], "default"),
+    ):
+        served = {
+            served_by(await router.acompletion(model="gpt", messages=MESSAGES, tags=tags)) for _ in range(15)
+        }
+        assert served == {expected}, tags
+
+
+async def test_a_rate_limited_deployment_is_skipped(make_router: MakeRouter) -> None:
+    router = await make_router(
+        {
+            "model_list": [mock("gpt", "limited", rpm=1, weight=1000), mock("gpt", "spare", weight=1)],
+            "enable_pre_call_checks": True,
+        }
+    )
+    served = [served_by(await router.acompletion(model="gpt", messages=MESSAGES)) for _ in range(5)]
+    assert served[0] == "limited"
+    assert served[1:] == ["spare"] * 4
+
+
+async def test_errors_are_typed(make_router: MakeRouter) -> None:
+    router = await make_router(
+        {
+            "model_list": [
+                mock("busy", "litellm.RateLimitError"),
+                mock("down", "litellm.InternalServerError"),
+            ],
+            "num_retries": 0,
+        }
+    )
+    with pytest.raises(LLMRateLimitError) as caught:
+        await router.acompletion(model="busy", messages=MESSAGES)
+    assert caught.value.model == "busy"
+    with pytest.raises(LLMUnavailableError):
+        await router.acompletion(model="down", messages=MESSAGES)
