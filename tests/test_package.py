@@ -17,6 +17,8 @@ from dynamic_agents import exceptions
 PUBLIC_PACKAGES = [
     "dynamic_agents",
     "dynamic_agents.events",
+    "dynamic_agents.agents",
+    "dynamic_agents.agents.stores",
     "dynamic_agents.exceptions",
     "dynamic_agents.llm",
     "dynamic_agents.routing",
@@ -89,6 +91,7 @@ def test_every_error_subclasses_the_base_and_a_builtin() -> None:
             exceptions.SecretsError,
             exceptions.IdentityError,
             exceptions.LLMError,
+            exceptions.SpecError,
         }
         if not is_category:
             builtin_bases = [b for b in error.__mro__ if b.__module__ == "builtins"]

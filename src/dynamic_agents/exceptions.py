@@ -19,6 +19,10 @@ Each class also subclasses the matching built-in, so callers can catch either::
     │   └── LLMUnavailableError (ConnectionError)  5xx, network errors, no deployment available
     │       └── LLMRateLimitError              429, or every deployment over its limits
     ├── NoRouteError (LookupError)             no rule, source default or global default for an event
+    ├── SpecError                              agent / team / workflow specs
+    │   ├── SpecValidationError (ValueError)   a spec is invalid; ``path`` says where inside it
+    │   ├── SpecNotFoundError (LookupError)    no spec of that kind and id
+    │   └── SpecConflictError (ValueError)     created twice, or updated from a stale version
     ├── TransportError (ConnectionError)       the message broker failed or refused an operation
     │   └── DeliveryError (LookupError)        a delivery, group or stream the broker does not know
     └── SecretsError                           secrets could not be had
@@ -74,6 +78,10 @@ __all__ = [
     "SecretReferenceError",
     "SecretsError",
     "SecretsUnavailableError",
+    "SpecConflictError",
+    "SpecError",
+    "SpecNotFoundError",
+    "SpecValidationError",
     "TransportError",
     "UnsupportedSchemaVersionError",
 ]
@@ -265,3 +273,32 @@ class IdentityUnavailableError(IdentityError, ConnectionError):
 
 class IdentityRateLimitedError(IdentityUnavailableError):
     """429: still rate limited after the retries ran out."""
+
+
+class SpecError(DynamicAgentsError):
+    """A problem with an agent, team or workflow spec."""
+
+
+class SpecValidationError(SpecError, ValueError):
+    """A spec is invalid. ``path`` locates the problem inside it (``tools[1].name``), ``spec`` names
+    the spec (``agent 'support'``)."""
+
+    def __init__(self, message: str, *, spec: str = "", path: str = "") -> None:
+        self.detail = message
+        self.spec = spec
+        self.path = path
+        where = " ".join(part for part in (spec, f"at {path}" if path else "") if part)
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class SpecNotFoundError(SpecError, LookupError):
+    """No spec of that kind and id."""
+
+
+class SpecConflictError(SpecError, ValueError):
+    """A spec was created twice, or updated / deleted from a version that is no longer current.
+    ``current`` is the stored version (``None`` when the spec does not exist)."""
+
+    def __init__(self, message: str, *, current: int | None = None) -> None:
+        self.current = current
+        super().__init__(message)

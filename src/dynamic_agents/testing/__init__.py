@@ -27,7 +27,7 @@ from dynamic_agents.transports.memory import (
 )
 
 if TYPE_CHECKING:
-    from dynamic_agents.testing.agno import RecordedCall, ScriptedModel, ScriptStep
+    from dynamic_agents.testing.agno import RecordedCall, ScriptedModel, ScriptedModels, ScriptStep
     from dynamic_agents.testing.llm import mock_llm_router, mock_router_config
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "RedisServer",
     "ScriptStep",
     "ScriptedModel",
+    "ScriptedModels",
     "ToolCall",
     "free_port",
     "mock_llm_router",
@@ -54,6 +55,7 @@ _LAZY: dict[str, str] = {
     "RecordedCall": "dynamic_agents.testing.agno",
     "ScriptStep": "dynamic_agents.testing.agno",
     "ScriptedModel": "dynamic_agents.testing.agno",
+    "ScriptedModels": "dynamic_agents.testing.agno",
     "mock_llm_router": "dynamic_agents.testing.llm",
     "mock_router_config": "dynamic_agents.testing.llm",
 }

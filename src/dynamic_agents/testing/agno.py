@@ -44,7 +44,7 @@ import copy
 import json
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
@@ -54,7 +54,7 @@ from agno.models.response import ModelResponse
 
 from dynamic_agents.testing.script import ToolCall
 
-__all__ = ["RecordedCall", "ScriptStep", "ScriptedModel", "ToolCall"]
+__all__ = ["RecordedCall", "ScriptStep", "ScriptedModel", "ScriptedModels", "ToolCall"]
 
 # Keyword arguments of a model call that RecordedCall keeps in their own fields, or leaves out
 # because they are agno's working objects (the message being built, the run), not the request.
@@ -238,3 +238,29 @@ class ScriptedModel(Model):  # type: ignore[misc]  # agno is not analysed by myp
 
 def _usage() -> MessageMetrics:
     return MessageMetrics(input_tokens=1, output_tokens=1, total_tokens=2)
+
+
+class ScriptedModels:
+    """A model provider for ``AgentRuntime`` whose models replay scripts, one per model name.
+
+    Every agent built for a model name gets a copy of that name's :class:`ScriptedModel`, and the
+    copies share its script and ``calls`` — so the script runs on across runs, rebuilt agents and
+    team members::
+
+        models = ScriptedModels({"gpt": [ToolCall("get_weather", {"city": "Paris"}), "Sunny."]})
+        runtime = AgentRuntime(store, registry, models)
+    """
+
+    def __init__(self, scripts: Mapping[str, Iterable[ScriptStep]], *, chunk_size: int | None = None) -> None:
+        self.models = {
+            name: ScriptedModel(script, id=name, chunk_size=chunk_size) for name, script in scripts.items()
+        }
+
+    def __repr__(self) -> str:
+        return f"ScriptedModels({sorted(self.models)})"
+
+    def model(self, settings: Any, *, user_id: str | None) -> ScriptedModel:
+        return copy.deepcopy(self.models[settings.name])
+
+    def model_names(self) -> frozenset[str]:
+        return frozenset(self.models)

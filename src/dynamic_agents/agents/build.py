@@ -1,0 +1,227 @@
+"""Specs into agno objects: a fresh Agent / Team / Workflow for every run.
+
+agno objects carry per-run state, so one object is never shared between concurrent runs; building
+from a validated spec is cheap (agno's own server deep-copies an agent per request instead). Every
+object gets ``telemetry=False``, the session db, and a model from the :class:`ModelProvider`.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from agno.agent import Agent
+from agno.media import Audio, File, Image, Video
+from agno.team import Team
+from agno.workflow import Condition, Loop, Parallel, Router, Step, Workflow
+
+from dynamic_agents.agents.registry import ToolRegistry
+from dynamic_agents.agents.specs import (
+    AgentSpec,
+    AgentStep,
+    ConditionStep,
+    FunctionStep,
+    LoopStep,
+    ModelSettings,
+    ParallelStep,
+    RouterStep,
+    SpecKind,
+    StepSpec,
+    TeamSpec,
+    TeamStep,
+    WorkflowSpec,
+)
+from dynamic_agents.events import Attachment
+from dynamic_agents.exceptions import SpecValidationError
+
+__all__ = ["Builder", "Media", "ModelProvider", "RouterModels", "media_from_attachments"]
+
+
+class ModelProvider(Protocol):
+    """Gives the agno model for a spec's model settings (and the user running it)."""
+
+    def model(self, settings: ModelSettings, *, user_id: str | None) -> Any: ...
+
+    def model_names(self) -> frozenset[str] | None:
+        """The model names it knows (checked when specs load), or ``None`` to accept any."""
+        ...
+
+
+class RouterModels:
+    """Models calling through an :class:`~dynamic_agents.llm.LLMRouter` (with the user's key)."""
+
+    def __init__(self, router: Any) -> None:
+        from dynamic_agents.llm import agno_model
+
+        self.router = router
+        self._agno_model = agno_model
+
+    def model(self, settings: ModelSettings, *, user_id: str | None) -> Any:
+        return self._agno_model(
+            self.router,
+            settings.name,
+            temperature=settings.temperature,
+            max_tokens=settings.max_tokens,
+            tags=settings.tags or None,
+            user_id=user_id,
+        )
+
+    def model_names(self) -> frozenset[str] | None:
+        names: frozenset[str] = self.router.config.model_names
+        return names
+
+
+@dataclass(slots=True)
+class Media:
+    """Request attachments as agno media."""
+
+    images: list[Any] = field(default_factory=list)
+    audio: list[Any] = field(default_factory=list)
+    videos: list[Any] = field(default_factory=list)
+    files: list[Any] = field(default_factory=list)
+
+    def run_kwargs(self) -> dict[str, list[Any]]:
+        kwargs = {"images": self.images, "audio": self.audio, "videos": self.videos, "files": self.files}
+        return {name: items for name, items in kwargs.items() if items}
+
+
+def media_from_attachments(attachments: Sequence[Attachment]) -> Media:
+    """Images, audio, video and files by URL or inline bytes (``data_base64``)."""
+    media = Media()
+    for attachment in attachments:
+        kind = attachment.kind
+        mime = attachment.content_type or ""
+        source: dict[str, Any] = {}
+        if attachment.url:
+            source["url"] = attachment.url
+        elif attachment.data_base64:
+            source["content"] = base64.b64decode(attachment.data_base64)
+        else:
+            continue  # nothing to send
+        if kind == "image" or mime.startswith("image/"):
+            media.images.append(Image(mime_type=mime or None, **source))
+        elif kind == "audio" or mime.startswith("audio/"):
+            media.audio.append(Audio(mime_type=mime or None, **source))
+        elif kind == "video" or mime.startswith("video/"):
+            media.videos.append(Video(mime_type=mime or None, **source))
+        else:
+            media.files.append(File(mime_type=mime or None, filename=attachment.filename, **source))
+    return media
+
+
+Resolve = Callable[[SpecKind, str], Awaitable[Any]]
+"""Builds the agno object of another spec (a team's member, a workflow step's agent)."""
+
+
+class Builder:
+    """Builds agno objects from validated specs."""
+
+    def __init__(self, registry: ToolRegistry, models: ModelProvider, db: Any = None) -> None:
+        self.registry = registry
+        self.models = models
+        self.db = db
+
+    def agent(self, spec: AgentSpec, *, user_id: str | None = None) -> Any:
+        options: dict[str, Any] = {
+            "add_history_to_context": spec.add_history_to_context,
+            "enable_session_summaries": spec.enable_session_summaries,
+            "enable_agentic_memory": spec.enable_agentic_memory,
+            "update_memory_on_run": spec.update_memory_on_run,
+        }
+        for name in (
+            "num_history_runs",
+            "num_history_messages",
+            "add_session_summary_to_context",
+            "add_memories_to_context",
+        ):
+            if getattr(spec, name) is not None:
+                options[name] = getattr(spec, name)
+        return Agent(
+            id=spec.id,
+            name=spec.name or spec.id,
+            description=spec.description,
+            model=self.models.model(spec.model, user_id=user_id),
+            instructions=list(spec.instructions)
+            if isinstance(spec.instructions, tuple)
+            else spec.instructions,
+            expected_output=spec.expected_output,
+            markdown=spec.markdown,
+            tools=[self.registry.get_tool(ref.name).build(ref.parameters) for ref in spec.tools] or None,
+            output_schema=self.registry.get_schema(spec.output_schema) if spec.output_schema else None,
+            db=self.db,
+            telemetry=False,
+            **options,
+        )
+
+    async def team(self, spec: TeamSpec, resolve: Resolve, *, user_id: str | None = None) -> Any:
+        members = [await resolve(member.kind, member.id) for member in spec.members]
+        options: dict[str, Any] = {}
+        if spec.num_history_runs is not None:
+            options["num_history_runs"] = spec.num_history_runs
+        return Team(
+            id=spec.id,
+            name=spec.name or spec.id,
+            description=spec.description,
+            members=members,
+            mode=spec.mode,
+            model=self.models.model(spec.model, user_id=user_id),
+            instructions=list(spec.instructions)
+            if isinstance(spec.instructions, tuple)
+            else spec.instructions,
+            expected_output=spec.expected_output,
+            markdown=spec.markdown,
+            add_history_to_context=spec.add_history_to_context,
+            add_team_history_to_members=spec.add_team_history_to_members,
+            num_team_history_runs=spec.num_team_history_runs,
+            share_member_interactions=spec.share_member_interactions,
+            determine_input_for_members=spec.determine_input_for_members,
+            db=self.db,
+            telemetry=False,
+            **options,
+        )
+
+    async def workflow(self, spec: WorkflowSpec, resolve: Resolve) -> Any:
+        return Workflow(
+            id=spec.id,
+            name=spec.name or spec.id,
+            description=spec.description,
+            steps=[await self._step(step, resolve, f"steps[{n}]") for n, step in enumerate(spec.steps)],
+            db=self.db,
+            telemetry=False,
+        )
+
+    async def _step(self, step: StepSpec, resolve: Resolve, path: str) -> Any:  # noqa: PLR0911 - one branch per kind
+        name = step.name
+        if isinstance(step, AgentStep):
+            return Step(name=name or step.agent, agent=await resolve(SpecKind.AGENT, step.agent))
+        if isinstance(step, TeamStep):
+            return Step(name=name or step.team, team=await resolve(SpecKind.TEAM, step.team))
+        if isinstance(step, FunctionStep):
+            return Step(name=name or step.function, executor=self.registry.get_function(step.function))
+        if isinstance(step, ParallelStep):
+            steps = [await self._step(s, resolve, f"{path}.steps[{n}]") for n, s in enumerate(step.steps)]
+            return Parallel(*steps, name=name or "parallel")
+        if isinstance(step, ConditionStep):
+            return Condition(
+                name=name or step.evaluator,
+                evaluator=self.registry.get_function(step.evaluator),
+                steps=[await self._step(s, resolve, f"{path}.steps[{n}]") for n, s in enumerate(step.steps)],
+            )
+        if isinstance(step, LoopStep):
+            return Loop(
+                name=name or "loop",
+                steps=[await self._step(s, resolve, f"{path}.steps[{n}]") for n, s in enumerate(step.steps)],
+                max_iterations=step.max_iterations,
+                end_condition=self.registry.get_function(step.end_condition) if step.end_condition else None,
+            )
+        if isinstance(step, RouterStep):
+            return Router(
+                name=name or step.selector,
+                selector=self.registry.get_function(step.selector),
+                choices=[
+                    await self._step(s, resolve, f"{path}.choices[{n}]") for n, s in enumerate(step.choices)
+                ],
+            )
+        raise SpecValidationError(f"unknown step type {type(step).__name__}", path=path)

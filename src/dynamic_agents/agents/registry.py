@@ -1,0 +1,145 @@
+"""``ToolRegistry``: the only code a spec can reach, by name.
+
+Specs name tools, agno toolkits, output schemas and workflow functions; the host registers them
+here. An unknown name is a validation error listing the known ones. Nothing a spec says can import a
+module or run a file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel
+
+from dynamic_agents.exceptions import ConfigurationError, SpecValidationError
+
+__all__ = ["RegisteredTool", "ToolRegistry"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+V = TypeVar("V")
+Kind = Literal["tool", "schema", "function"]
+
+
+@dataclass(frozen=True, slots=True)
+class RegisteredTool:
+    """A tool by name: a plain function (or agno tool object), or a toolkit factory called with
+    the spec's parameters."""
+
+    name: str
+    target: Any
+    factory: bool = False
+    requires_confirmation: bool = False
+
+    def build(self, parameters: Mapping[str, Any]) -> Any:
+        if self.factory:
+            return self.target(**dict(parameters))
+        if parameters:
+            raise SpecValidationError(
+                f"tool {self.name!r} takes no parameters (register a toolkit factory to configure it)"
+            )
+        return self.target
+
+
+class ToolRegistry:
+    """Registered tools, toolkits, output schemas and workflow functions, by name::
+
+    registry = ToolRegistry()
+
+    @registry.tool
+    def get_weather(city: str) -> str: ...
+
+    registry.toolkit("search", lambda max_results=5: DuckDuckGoTools(max_results=max_results))
+    registry.schema("Ticket", Ticket)        # a pydantic model
+    registry.function("is_urgent", is_urgent)  # workflow steps, evaluators, selectors
+    """
+
+    def __init__(self) -> None:
+        self._tools: dict[str, RegisteredTool] = {}
+        self._schemas: dict[str, type[BaseModel]] = {}
+        self._functions: dict[str, Callable[..., Any]] = {}
+
+    def __repr__(self) -> str:
+        return (
+            f"ToolRegistry({len(self._tools)} tools, {len(self._schemas)} schemas, "
+            f"{len(self._functions)} functions)"
+        )
+
+    # -- registering --------------------------------------------------------------------------------
+
+    def tool(self, function: F) -> F:
+        """Register a function (or an agno tool) under its name; usable as a decorator."""
+        self.add_tool(function)
+        return function
+
+    def add_tool(
+        self, function: Any, *, name: str | None = None, requires_confirmation: bool = False
+    ) -> None:
+        """Register a function or agno tool, optionally under another name.
+
+        ``requires_confirmation`` marks a tool that needs a human's approval (agno's
+        ``@tool(requires_confirmation=True)`` is detected too): specs that use it are refused at
+        load, since no pause/resume flow exists yet.
+        """
+        tool_name = str(name or getattr(function, "name", None) or getattr(function, "__name__", ""))
+        confirm = requires_confirmation or bool(getattr(function, "requires_confirmation", False))
+        self._add_tool(RegisteredTool(tool_name, function, requires_confirmation=confirm))
+
+    def toolkit(self, name: str, factory: Callable[..., Any], *, requires_confirmation: bool = False) -> None:
+        """Register a factory building an agno Toolkit (or tool) from a spec's ``parameters``."""
+        self._add_tool(
+            RegisteredTool(name, factory, factory=True, requires_confirmation=requires_confirmation)
+        )
+
+    def schema(self, name: str, model: type[BaseModel]) -> None:
+        """Register a pydantic model specs may name as ``output_schema``."""
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            raise ConfigurationError(f"schema {name!r} must be a pydantic model class, got {model!r}")
+        self._check_new("schema", name, self._schemas)
+        self._schemas[name] = model
+
+    def function(self, name: str, function: Callable[..., Any]) -> None:
+        """Register a workflow step function, condition evaluator, loop end condition or router
+        selector."""
+        if not callable(function):
+            raise ConfigurationError(f"function {name!r} must be callable, got {function!r}")
+        self._check_new("function", name, self._functions)
+        self._functions[name] = function
+
+    def _add_tool(self, tool: RegisteredTool) -> None:
+        self._check_new("tool", tool.name, self._tools)
+        self._tools[tool.name] = tool
+
+    @staticmethod
+    def _check_new(kind: str, name: str, registered: Mapping[str, object]) -> None:
+        if not name:
+            raise ConfigurationError(f"a {kind} needs a name")
+        if name in registered:
+            raise ConfigurationError(f"{kind} {name!r} is already registered")
+
+    # -- looking up ---------------------------------------------------------------------------------
+
+    def names(self, kind: Kind) -> list[str]:
+        registries: dict[str, Mapping[str, object]] = {
+            "tool": self._tools,
+            "schema": self._schemas,
+            "function": self._functions,
+        }
+        return sorted(registries[kind])
+
+    def get_tool(self, name: str) -> RegisteredTool:
+        return self._lookup("tool", name, self._tools)
+
+    def get_schema(self, name: str) -> type[BaseModel]:
+        return self._lookup("schema", name, self._schemas)
+
+    def get_function(self, name: str) -> Callable[..., Any]:
+        return self._lookup("function", name, self._functions)
+
+    def _lookup(self, kind: Kind, name: str, registered: Mapping[str, V]) -> V:
+        try:
+            return registered[name]
+        except KeyError:
+            known = ", ".join(self.names(kind)) or "none"
+            raise SpecValidationError(f"unknown {kind} {name!r}; registered: {known}") from None

@@ -1,0 +1,317 @@
+"""``AgentRuntime``: specs from a store, built into agno objects, executed with persisted sessions.
+
+The runtime caches each validated spec by (kind, id, version) and checks the store's version at
+most every ``max_staleness`` seconds before executing, so a spec changed by another process is used
+within that bound. Every run gets a freshly built agno object.
+
+Sessions: agno shares history by ``session_id`` across agents, so two bots answering one channel
+would read each other's history. The runtime gives agno ``"{kind}:{id}:{session_id}"``: each
+target keeps its own history per conversation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, JsonValue
+
+from dynamic_agents._logging import get_logger
+from dynamic_agents.agents.build import Builder, ModelProvider, media_from_attachments
+from dynamic_agents.agents.registry import ToolRegistry
+from dynamic_agents.agents.specs import AgentSpec, SpecBase, SpecKind, TeamSpec, WorkflowSpec
+from dynamic_agents.agents.stores import SpecStore
+from dynamic_agents.agents.validate import check_spec
+from dynamic_agents.events import AgentRequestEvent, Attachment, ResponseStatus, Target, TargetType
+from dynamic_agents.exceptions import SpecNotFoundError, SpecValidationError
+from dynamic_agents.execution import DeltaCallback, ExecutionResult, TokenUsage
+
+__all__ = ["AgentRuntime", "AgnoExecutor", "agno_session_id"]
+
+logger = get_logger("agents")
+
+
+def agno_session_id(kind: SpecKind, spec_id: str, session_id: str) -> str:
+    """The session id agno sees for one target's conversation."""
+    return f"{kind.value}:{spec_id}:{session_id}"
+
+
+@dataclass(slots=True)
+class _Cached:
+    spec: SpecBase
+    checked_at: float
+
+
+class AgentRuntime:
+    """Specs, registry, models and the session db, put together to execute agents, teams and
+    workflows. ``agents``, ``teams`` and ``workflows`` are the per-kind managers."""
+
+    def __init__(
+        self,
+        store: SpecStore,
+        registry: ToolRegistry,
+        models: ModelProvider,
+        *,
+        db: Any = None,
+        max_staleness: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        from dynamic_agents.agents.managers import AgentManager, TeamManager, WorkflowManager
+
+        self.store = store
+        self.registry = registry
+        self.models = models
+        self.db = db
+        self.max_staleness = max_staleness
+        self._clock = clock
+        self._builder = Builder(registry, models, db)
+        self._cache: dict[tuple[SpecKind, str], _Cached] = {}
+        self.agents = AgentManager(self)
+        self.teams = TeamManager(self)
+        self.workflows = WorkflowManager(self)
+
+    def __repr__(self) -> str:
+        return f"AgentRuntime(store={type(self.store).__name__}, cached={len(self._cache)})"
+
+    async def aclose(self) -> None:
+        """Close the session db and the spec store."""
+        close = getattr(self.db, "close", None)
+        if close is not None:
+            result = close()
+            if hasattr(result, "__await__"):
+                await result
+        await self.store.aclose()
+
+    async def __aenter__(self) -> AgentRuntime:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # -- specs --------------------------------------------------------------------------------------
+
+    async def validate(self, spec: SpecBase) -> None:
+        """Check ``spec``'s references (tools, schemas, functions, models, members, steps)."""
+        await check_spec(spec, self.registry, self.store.get, model_names=self.models.model_names())
+
+    async def current(self, kind: SpecKind, spec_id: str) -> SpecBase:
+        """The spec as stored now (at most ``max_staleness`` seconds old)."""
+        key = (kind, spec_id)
+        cached = self._cache.get(key)
+        now = self._clock()
+        if cached is not None and now - cached.checked_at < self.max_staleness:
+            return cached.spec
+        if cached is not None and await self.store.version(kind, spec_id) == cached.spec.version:
+            cached.checked_at = now
+            return cached.spec
+        spec = await self.store.get(kind, spec_id)
+        if spec is None:
+            self._cache.pop(key, None)
+            raise SpecNotFoundError(f"no {kind.value} {spec_id!r}")
+        await self.validate(spec)
+        self._cache[key] = _Cached(spec, now)
+        if cached is not None:
+            logger.info("%s changed: version %d -> %d", spec.ref, cached.spec.version, spec.version)
+        return spec
+
+    def forget(self, kind: SpecKind, spec_id: str) -> None:
+        self._cache.pop((kind, spec_id), None)
+
+    # -- building -----------------------------------------------------------------------------------
+
+    async def build(self, kind: SpecKind, spec_id: str, *, user_id: str | None = None) -> Any:
+        """A fresh agno object for the spec (members and steps built fresh too)."""
+        spec = await self.current(kind, spec_id)
+        if not spec.active:
+            raise SpecValidationError(f"{spec.ref} is disabled", spec=spec.ref, path="status")
+
+        async def resolve(member_kind: SpecKind, member_id: str) -> Any:
+            return await self.build(member_kind, member_id, user_id=user_id)
+
+        if isinstance(spec, AgentSpec):
+            return self._builder.agent(spec, user_id=user_id)
+        if isinstance(spec, TeamSpec):
+            return await self._builder.team(spec, resolve, user_id=user_id)
+        if isinstance(spec, WorkflowSpec):
+            return await self._builder.workflow(spec, resolve)
+        raise SpecValidationError(f"no builder for {spec.ref}")
+
+    # -- running ------------------------------------------------------------------------------------
+
+    async def execute(
+        self,
+        kind: SpecKind,
+        spec_id: str,
+        input: str,
+        *,
+        session_id: str,
+        user_id: str | None = None,
+        session_state: dict[str, Any] | None = None,
+        attachments: Sequence[Attachment] = (),
+        timeout: float | None = None,
+        on_delta: DeltaCallback | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> ExecutionResult:
+        """Run the target once. Failures of the run are results (status ``error`` / ``timeout``);
+        an unknown or disabled target raises."""
+        target = await self.build(kind, spec_id, user_id=user_id)
+        run_kwargs: dict[str, Any] = {
+            "session_id": agno_session_id(kind, spec_id, session_id),
+            "user_id": user_id,
+            **media_from_attachments(attachments).run_kwargs(),
+        }
+        if session_state:
+            run_kwargs["session_state"] = dict(session_state)
+        if metadata and kind is not SpecKind.WORKFLOW:
+            run_kwargs["metadata"] = dict(metadata)
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(timeout):
+                if on_delta is not None and kind is not SpecKind.WORKFLOW:
+                    output = await _run_streaming(target, input, run_kwargs, on_delta)
+                else:
+                    output = await target.arun(input, **run_kwargs)
+        except TimeoutError:
+            return ExecutionResult(
+                ResponseStatus.TIMEOUT,
+                error_message=f"{kind.value} {spec_id!r} timed out after {timeout}s",
+                duration_ms=_ms_since(started),
+                target_name=getattr(target, "name", spec_id),
+            )
+        return _result(output, started, getattr(target, "name", spec_id))
+
+
+async def _run_streaming(target: Any, input: str, run_kwargs: dict[str, Any], on_delta: DeltaCallback) -> Any:
+    final = None
+    async for event in target.arun(input, stream=True, stream_events=True, **run_kwargs):
+        name = getattr(event, "event", "")
+        if name in {"RunContent", "TeamRunContent"} and isinstance(getattr(event, "content", None), str):
+            if event.content:
+                await on_delta(event.content)
+        elif name in {
+            "RunCompleted",
+            "TeamRunCompleted",
+            "RunError",
+            "TeamRunError",
+            "RunCancelled",
+            "TeamRunCancelled",
+        }:
+            final = event
+    last_output = getattr(target, "aget_last_run_output", None)
+    last = await last_output(session_id=run_kwargs["session_id"]) if callable(last_output) else None
+    return last if last is not None else final
+
+
+def _failed_steps(results: Any) -> Any:
+    """(name, error) of every failed step, nested ones (parallel, loops) included."""
+    for result in results:
+        if isinstance(result, list):
+            yield from _failed_steps(result)
+            continue
+        if getattr(result, "success", True) is False:
+            yield getattr(result, "step_name", None) or "?", getattr(result, "error", None) or "failed"
+        yield from _failed_steps(getattr(result, "steps", None) or ())
+
+
+def _ms_since(started: float) -> int:
+    return round((time.monotonic() - started) * 1000)
+
+
+_STATUS = {"COMPLETED": ResponseStatus.COMPLETED, "CANCELLED": ResponseStatus.CANCELLED}
+
+
+def _result(output: Any, started: float, name: str) -> ExecutionResult:
+    status_name = str(getattr(getattr(output, "status", None), "value", getattr(output, "status", "")) or "")
+    status = _STATUS.get(
+        status_name.upper(), ResponseStatus.ERROR if status_name else ResponseStatus.COMPLETED
+    )
+    content = getattr(output, "content", None)
+    structured: dict[str, JsonValue] | None = None
+    if isinstance(content, BaseModel):
+        structured = content.model_dump(mode="json")
+        text = json.dumps(structured, ensure_ascii=False)
+    elif isinstance(content, dict):
+        structured = json.loads(json.dumps(content, default=str))
+        text = json.dumps(structured, ensure_ascii=False)
+    else:
+        text = "" if content is None else str(content)
+    error_message = None
+    failed = list(_failed_steps(getattr(output, "step_results", None) or ()))
+    if failed and status is ResponseStatus.COMPLETED:  # agno goes on after a failed step
+        status = ResponseStatus.ERROR
+        text = "; ".join(f"step {name!r} failed: {error}" for name, error in failed)
+    if status is ResponseStatus.ERROR:
+        error_message = text or f"the run ended with status {status_name or 'unknown'}"
+        text = ""
+    elif status_name.upper() == "PAUSED":
+        error_message = "the run paused for human input, which is not supported"
+    metrics = getattr(output, "metrics", None)
+    tokens = None
+    if metrics is not None and getattr(metrics, "total_tokens", None) is not None:
+        tokens = TokenUsage(
+            input_tokens=metrics.input_tokens or 0,
+            output_tokens=metrics.output_tokens or 0,
+            total_tokens=metrics.total_tokens or 0,
+        )
+    images = tuple(
+        str(image.url) for image in getattr(output, "images", None) or () if getattr(image, "url", None)
+    )
+    files = tuple(
+        {"url": str(file.url), "name": str(getattr(file, "filename", "") or "")}
+        for file in getattr(output, "files", None) or ()
+        if getattr(file, "url", None)
+    )
+    return ExecutionResult(
+        status=status,
+        content=text,
+        structured_data=structured,
+        error_message=error_message,
+        tokens=tokens,
+        cost=getattr(metrics, "cost", None) if metrics is not None else None,
+        duration_ms=_ms_since(started),
+        images=images,
+        files=files,
+        run_id=getattr(output, "run_id", None),
+        target_name=name,
+    )
+
+
+class AgnoExecutor:
+    """The :class:`~dynamic_agents.execution.Executor` of routed requests on an :class:`AgentRuntime`:
+    the request's content, user, ``session_state`` and attachments reach the run."""
+
+    def __init__(self, runtime: AgentRuntime) -> None:
+        self.runtime = runtime
+
+    def __repr__(self) -> str:
+        return f"AgnoExecutor({self.runtime!r})"
+
+    async def execute(
+        self,
+        target: Target,
+        request: AgentRequestEvent,
+        *,
+        timeout: float | None = None,
+        on_delta: DeltaCallback | None = None,
+    ) -> ExecutionResult:
+        kind = {
+            TargetType.AGENT: SpecKind.AGENT,
+            TargetType.TEAM: SpecKind.TEAM,
+            TargetType.WORKFLOW: SpecKind.WORKFLOW,
+        }[target.type]
+        return await self.runtime.execute(
+            kind,
+            target.id,
+            request.content,
+            session_id=request.session_id,
+            user_id=request.user_id,
+            session_state=request.session_state or None,
+            attachments=request.attachments,
+            timeout=timeout,
+            on_delta=on_delta,
+            metadata={"request_id": request.id, "user_name": request.user_name, "source": request.source},
+        )

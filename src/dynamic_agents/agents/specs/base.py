@@ -1,0 +1,115 @@
+"""What every spec has: kind, id, version, status, tags; and how spec documents are read."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
+
+from dynamic_agents.exceptions import SpecValidationError
+
+__all__ = ["SpecBase", "SpecKind", "SpecStatus", "spec_error"]
+
+
+class SpecKind(StrEnum):
+    AGENT = "agent"
+    TEAM = "team"
+    WORKFLOW = "workflow"
+
+
+class SpecStatus(StrEnum):
+    ACTIVE = "active"
+    DISABLED = "disabled"
+
+
+class SpecBase(BaseModel):
+    """Fields common to agent, team and workflow specs.
+
+    ``version`` is the stored revision: stores set it (1 on create, +1 on each update) and refuse an
+    update from a stale one. Specs are data: they name tools, schemas and functions registered in
+    a ``ToolRegistry`` and can never import or run code of their own.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    kind: ClassVar[SpecKind]
+
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+    name: str | None = None
+    description: str | None = None
+    version: int = Field(default=1, ge=1)
+    status: SpecStatus = SpecStatus.ACTIVE
+    tags: tuple[str, ...] = ()
+    metadata: dict[str, JsonValue] = Field(default_factory=dict)
+
+    @property
+    def ref(self) -> str:
+        """``agent 'support'``: how messages name this spec."""
+        return f"{self.kind.value} {self.id!r}"
+
+    @property
+    def active(self) -> bool:
+        return self.status == SpecStatus.ACTIVE
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        """Validate a spec; errors are :class:`SpecValidationError` naming the path inside it."""
+        data = dict(data)
+        kind = data.pop("kind", cls.kind.value)
+        if kind != cls.kind.value:
+            raise SpecValidationError(f"kind is {kind!r}, expected {cls.kind.value!r}", path="kind")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as error:
+            raise spec_error(cls, data, error) from None
+
+    @classmethod
+    def from_yaml(cls, text: str) -> Self:
+        data = yaml.safe_load(text)
+        if not isinstance(data, Mapping):
+            raise SpecValidationError(f"a {cls.kind.value} spec must be a mapping, got {type(data).__name__}")
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Self:
+        try:
+            data = json.loads(text)
+        except ValueError as error:
+            raise SpecValidationError(f"not valid JSON: {error}") from None
+        if not isinstance(data, Mapping):
+            raise SpecValidationError(f"a {cls.kind.value} spec must be an object, got {type(data).__name__}")
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Self:
+        path = Path(path)
+        text = path.read_text(encoding="utf-8")
+        return cls.from_json(text) if path.suffix == ".json" else cls.from_yaml(text)
+
+    def to_document(self) -> dict[str, Any]:
+        """The spec as plain JSON-able data (what stores write), with its kind."""
+        return {"kind": self.kind.value, **self.model_dump(mode="json", exclude_defaults=False)}
+
+    @classmethod
+    def json_schema(cls) -> dict[str, Any]:
+        """JSON Schema of the spec, for editors (``yaml-language-server`` and the like)."""
+        return cls.model_json_schema()
+
+
+def spec_error(model: type[SpecBase], data: Mapping[str, Any], error: ValidationError) -> SpecValidationError:
+    first = error.errors(include_url=False)[0]
+    path = ""
+    for part in first["loc"]:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    spec_id = data.get("id")
+    spec = f"{model.kind.value} {spec_id!r}" if isinstance(spec_id, str) else f"{model.kind.value} spec"
+    message = first["msg"].removeprefix("Value error, ")
+    others = len(error.errors()) - 1
+    if others:
+        message += f" (and {others} more)"
+    return SpecValidationError(message, spec=spec, path=path)

@@ -1,0 +1,51 @@
+"""``TeamSpec``: an agno Team as data; members are other specs, by id."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from dynamic_agents.agents.specs.agent import ModelSettings
+from dynamic_agents.agents.specs.base import SpecBase, SpecKind
+
+__all__ = ["MemberRef", "TeamSpec"]
+
+
+class MemberRef(BaseModel):
+    """A member: an agent or a team, by id (``"researcher"`` means the agent ``researcher``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal[SpecKind.AGENT, SpecKind.TEAM] = SpecKind.AGENT
+    id: str = Field(min_length=1)
+
+
+class TeamSpec(SpecBase):
+    kind: ClassVar[SpecKind] = SpecKind.TEAM
+
+    members: tuple[MemberRef, ...] = Field(min_length=1)
+    mode: Literal["coordinate", "route", "broadcast", "tasks"] = "coordinate"
+    model: ModelSettings
+    instructions: str | tuple[str, ...] | None = None
+    expected_output: str | None = None
+    markdown: bool = False
+
+    add_history_to_context: bool = False
+    num_history_runs: int | None = Field(default=None, ge=0)
+    add_team_history_to_members: bool = False
+    num_team_history_runs: int = Field(default=3, ge=0)
+    share_member_interactions: bool = False
+    determine_input_for_members: bool = True
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_by_name(cls, value: object) -> object:
+        return ModelSettings.coerce(value)
+
+    @field_validator("members", mode="before")
+    @classmethod
+    def _members_by_id(cls, value: object) -> object:
+        if isinstance(value, list | tuple):
+            return [{"id": item} if isinstance(item, str) else item for item in value]
+        return value

@@ -1,0 +1,140 @@
+"""Cross-reference checks of specs against the registry, the models and each other.
+
+Each problem is a :class:`SpecValidationError` naming the spec and the path inside it: an unknown
+tool, schema or function (listing the registered ones), an unknown model, a member or step naming a
+spec that does not exist or is disabled, a team that contains itself, a tool that needs human
+confirmation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from dynamic_agents.agents.registry import ToolRegistry
+from dynamic_agents.agents.specs import (
+    AgentSpec,
+    AgentStep,
+    ConditionStep,
+    FunctionStep,
+    LoopStep,
+    RouterStep,
+    SpecBase,
+    SpecKind,
+    StepSpec,
+    TeamSpec,
+    TeamStep,
+    WorkflowSpec,
+)
+from dynamic_agents.exceptions import SpecValidationError
+
+__all__ = ["check_spec"]
+
+Lookup = Callable[[SpecKind, str], Awaitable[SpecBase | None]]
+
+
+async def check_spec(
+    spec: SpecBase, registry: ToolRegistry, lookup: Lookup, *, model_names: frozenset[str] | None
+) -> None:
+    """Raise :class:`SpecValidationError` for the first problem found in ``spec``."""
+    try:
+        if isinstance(spec, AgentSpec):
+            _check_agent(spec, registry, model_names)
+        elif isinstance(spec, TeamSpec):
+            await _check_team(spec, lookup, model_names)
+        elif isinstance(spec, WorkflowSpec):
+            for index, step in enumerate(spec.steps):
+                await _check_step(step, registry, lookup, f"steps[{index}]")
+    except SpecValidationError as error:
+        if error.spec:
+            raise
+        raise SpecValidationError(error.detail, spec=spec.ref, path=error.path) from None
+
+
+def _check_model(name: str, model_names: frozenset[str] | None) -> None:
+    if model_names is not None and name not in model_names:
+        raise SpecValidationError(
+            f"unknown model {name!r}; the router has: {', '.join(sorted(model_names))}", path="model.name"
+        )
+
+
+def _check_agent(spec: AgentSpec, registry: ToolRegistry, model_names: frozenset[str] | None) -> None:
+    _check_model(spec.model.name, model_names)
+    for index, ref in enumerate(spec.tools):
+        try:
+            tool = registry.get_tool(ref.name)
+        except SpecValidationError as error:
+            raise SpecValidationError(error.detail, path=f"tools[{index}].name") from None
+        if tool.requires_confirmation:
+            raise SpecValidationError(
+                f"tool {ref.name!r} requires human confirmation, which this library cannot pause for yet",
+                path=f"tools[{index}].name",
+            )
+        if ref.parameters and not tool.factory:
+            raise SpecValidationError(
+                f"tool {ref.name!r} takes no parameters (it is a function, not a toolkit factory)",
+                path=f"tools[{index}].parameters",
+            )
+    if spec.output_schema is not None:
+        try:
+            registry.get_schema(spec.output_schema)
+        except SpecValidationError as error:
+            raise SpecValidationError(error.detail, path="output_schema") from None
+
+
+async def _check_target(kind: SpecKind, target_id: str, lookup: Lookup, path: str) -> SpecBase:
+    target = await lookup(kind, target_id)
+    if target is None:
+        raise SpecValidationError(f"unknown {kind.value} {target_id!r}", path=path)
+    if not target.active:
+        raise SpecValidationError(f"{kind.value} {target_id!r} is disabled", path=path)
+    return target
+
+
+async def _check_team(spec: TeamSpec, lookup: Lookup, model_names: frozenset[str] | None) -> None:
+    _check_model(spec.model.name, model_names)
+    for index, member in enumerate(spec.members):
+        await _check_target(member.kind, member.id, lookup, f"members[{index}]")
+    await _check_no_cycle(spec, lookup)
+
+
+async def _check_no_cycle(spec: TeamSpec, lookup: Lookup) -> None:
+    """A team may not contain itself, directly or through member teams."""
+
+    async def visit(team: TeamSpec, chain: tuple[str, ...], path: str) -> None:
+        for index, member in enumerate(team.members):
+            if member.kind is not SpecKind.TEAM:
+                continue
+            member_path = f"{path}members[{index}]" if path else f"members[{index}]"
+            if member.id in chain:
+                cycle = " -> ".join((*chain, member.id))
+                raise SpecValidationError(f"member cycle: {cycle}", path=member_path)
+            nested = spec if member.id == spec.id else await lookup(SpecKind.TEAM, member.id)
+            if isinstance(nested, TeamSpec):
+                await visit(nested, (*chain, member.id), f"{member_path}.")
+
+    await visit(spec, (spec.id,), "")
+
+
+async def _check_step(step: StepSpec, registry: ToolRegistry, lookup: Lookup, path: str) -> None:
+    def function(name: str, where: str) -> None:
+        try:
+            registry.get_function(name)
+        except SpecValidationError as error:
+            raise SpecValidationError(error.detail, path=f"{path}.{where}") from None
+
+    if isinstance(step, AgentStep):
+        await _check_target(SpecKind.AGENT, step.agent, lookup, f"{path}.agent")
+    elif isinstance(step, TeamStep):
+        await _check_target(SpecKind.TEAM, step.team, lookup, f"{path}.team")
+    elif isinstance(step, FunctionStep):
+        function(step.function, "function")
+    elif isinstance(step, ConditionStep):
+        function(step.evaluator, "evaluator")
+    elif isinstance(step, LoopStep) and step.end_condition is not None:
+        function(step.end_condition, "end_condition")
+    elif isinstance(step, RouterStep):
+        function(step.selector, "selector")
+    children = {"steps": getattr(step, "steps", ()), "choices": getattr(step, "choices", ())}
+    for field_name, nested in children.items():
+        for index, child in enumerate(nested):
+            await _check_step(child, registry, lookup, f"{path}.{field_name}[{index}]")

@@ -1,0 +1,153 @@
+"""What a worker needs to run a request: the ``Executor`` protocol and its ``ExecutionResult``.
+
+This module is light (no agno, no litellm): a worker depends on the protocol only, and a worker that
+runs a plain async function (:class:`FunctionExecutor`) never imports agno or litellm. The agno
+implementation is ``dynamic_agents.agents.AgnoExecutor``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from pydantic import JsonValue
+
+from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, ResponseStatus, Target
+
+__all__ = ["DeltaCallback", "ExecutionResult", "Executor", "FunctionExecutor", "TokenUsage"]
+
+DeltaCallback = Callable[[str], Awaitable[None]]
+"""Receives streamed content as it is produced (each call gets the next slice)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenUsage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionResult:
+    """How a run ended and what it produced.
+
+    ``status`` is ``completed``, ``error``, ``timeout`` or ``cancelled``; a run that reported an
+    error is never ``completed``. ``structured_data`` holds a structured output (its JSON is also in
+    ``content``).
+    """
+
+    status: ResponseStatus
+    content: str = ""
+    structured_data: dict[str, JsonValue] | None = None
+    error_message: str | None = None
+    tokens: TokenUsage | None = None
+    cost: float | None = None
+    duration_ms: int = 0
+    images: tuple[str, ...] = ()
+    files: tuple[dict[str, str], ...] = ()
+    run_id: str | None = None
+    target_name: str | None = None
+    metadata: dict[str, JsonValue] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == ResponseStatus.COMPLETED
+
+    def to_response(self, request: AgentRequestEvent, target: Target | None = None) -> AgentResponseEvent:
+        """The response event answering ``request``."""
+        content_type = "structured" if self.structured_data is not None else "text"
+        if not self.ok:
+            content_type = "error"
+        metadata = dict(self.metadata)
+        if target is not None:
+            metadata.setdefault("target_type", target.type.value)
+        if self.run_id is not None:
+            metadata.setdefault("run_id", self.run_id)
+        return AgentResponseEvent(
+            request_id=request.id,
+            session_id=request.session_id,
+            content=self.content,
+            content_type=content_type,
+            structured_data=self.structured_data,
+            status=self.status,
+            error_message=self.error_message,
+            agent_id=target.id if target is not None else None,
+            agent_name=self.target_name,
+            execution_time_ms=self.duration_ms,
+            tokens_used=self.tokens.total_tokens if self.tokens is not None else None,
+            images=list(self.images),
+            files=[dict(item) for item in self.files],
+            metadata=metadata,
+        )
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """Runs a routed request. Implementations enforce ``timeout`` (returning status ``timeout``)
+    and report failures as results, raising only for problems outside the run (an unknown or
+    disabled target)."""
+
+    async def execute(
+        self,
+        target: Target,
+        request: AgentRequestEvent,
+        *,
+        timeout: float | None = None,
+        on_delta: DeltaCallback | None = None,
+    ) -> ExecutionResult: ...
+
+
+Handler = Callable[[Target, AgentRequestEvent], Awaitable[str | ExecutionResult] | str | ExecutionResult]
+
+
+class FunctionExecutor:
+    """An :class:`Executor` around a plain (async) function ``(target, request) -> str | ExecutionResult``.
+
+    A string becomes a completed result; an exception becomes an error result whose message is the
+    exception's type and text; the timeout is enforced with ``asyncio.timeout``.
+    """
+
+    def __init__(self, handler: Handler, *, name: str | None = None) -> None:
+        self.handler = handler
+        self.name = name or getattr(handler, "__name__", "function")
+
+    def __repr__(self) -> str:
+        return f"FunctionExecutor({self.name!r})"
+
+    async def execute(
+        self,
+        target: Target,
+        request: AgentRequestEvent,
+        *,
+        timeout: float | None = None,
+        on_delta: DeltaCallback | None = None,
+    ) -> ExecutionResult:
+        started = time.monotonic()
+
+        def elapsed() -> int:
+            return round((time.monotonic() - started) * 1000)
+
+        try:
+            async with asyncio.timeout(timeout):
+                outcome = self.handler(target, request)
+                if inspect.isawaitable(outcome):
+                    outcome = await outcome
+        except TimeoutError:
+            return ExecutionResult(
+                ResponseStatus.TIMEOUT, error_message=f"timed out after {timeout}s", duration_ms=elapsed()
+            )
+        except Exception as error:  # a failed run is a result, not a crash of the worker
+            return ExecutionResult(
+                ResponseStatus.ERROR, error_message=f"{type(error).__name__}: {error}", duration_ms=elapsed()
+            )
+        if isinstance(outcome, ExecutionResult):
+            return outcome
+        if on_delta is not None and outcome:
+            await on_delta(outcome)
+        return ExecutionResult(
+            ResponseStatus.COMPLETED, content=outcome, duration_ms=elapsed(), target_name=self.name
+        )

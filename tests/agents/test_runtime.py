@@ -1,0 +1,456 @@
+"""Build and execute offline: scripted models, real agno objects, real session dbs."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from dynamic_agents.agents import (
+    AgentRuntime,
+    AgentSpec,
+    AgnoExecutor,
+    InMemorySpecStore,
+    SpecKind,
+    SpecStatus,
+    SpecStore,
+    SqlSpecStore,
+    TeamSpec,
+    ToolRegistry,
+    WorkflowSpec,
+    session_db,
+)
+from dynamic_agents.events import AgentRequestEvent, Attachment, ResponseStatus, Target, TargetType
+from dynamic_agents.exceptions import SpecNotFoundError, SpecValidationError
+from dynamic_agents.testing import ScriptedModels, ToolCall
+
+
+class Ticket(BaseModel):
+    title: str
+    priority: int
+
+
+def get_weather(city: str) -> str:
+    """The weather in a city."""
+    return f"Sunny in {city}"
+
+
+async def slow_lookup(query: str) -> str:
+    """A tool that takes far too long."""
+    await asyncio.sleep(30)
+    return "never"
+
+
+def registry() -> ToolRegistry:
+    tools = ToolRegistry()
+    tools.tool(get_weather)
+    tools.tool(slow_lookup)
+    tools.schema("Ticket", Ticket)
+    tools.function(
+        "shout", lambda step_input: str(step_input.previous_step_content or step_input.input).upper()
+    )
+    tools.function("always", lambda step_input: True)
+    tools.function("never", lambda step_input: False)
+    tools.function("said_loop_2", lambda outputs: outputs[-1].content == "loop 2")
+    return tools
+
+
+_RUNTIMES: list[AgentRuntime] = []
+
+
+def runtime(scripts: dict[str, list[Any]], *, store: SpecStore | None = None, db: Any = None) -> AgentRuntime:
+    built = AgentRuntime(store or InMemorySpecStore(), registry(), ScriptedModels(scripts), db=db)
+    _RUNTIMES.append(built)
+    return built
+
+
+@pytest.fixture(autouse=True)
+async def _close_runtimes() -> AsyncIterator[None]:
+    yield
+    while _RUNTIMES:
+        await _RUNTIMES.pop().aclose()
+
+
+async def test_an_agent_with_a_tool(tmp_path: Path) -> None:
+    rt = runtime({"gpt": [ToolCall("get_weather", {"city": "Porto"}), "It is sunny in Porto."]})
+    await rt.agents.create(AgentSpec.from_dict({"id": "weather", "model": "gpt", "tools": ["get_weather"]}))
+    result = await rt.agents.execute("weather", "Weather in Porto?", session_id="s1")
+    assert result.status == ResponseStatus.COMPLETED
+    assert result.content == "It is sunny in Porto."
+    assert result.tokens is not None
+    assert result.tokens.total_tokens > 0
+    assert result.run_id
+    calls = rt.models.models["gpt"].calls  # type: ignore[attr-defined]
+    assert calls[0].tools == ["get_weather"]
+    assert calls[1].messages[-1]["content"] == "Sunny in Porto"
+
+
+@pytest.mark.parametrize("mode", ["route", "coordinate"])
+async def test_a_team(mode: str) -> None:
+    leader = [ToolCall("delegate_task_to_member", {"member_id": "researcher", "task": "facts please"})]
+    if mode == "coordinate":
+        leader.append("Leader: the sky is blue.")  # type: ignore[arg-type]
+    rt = runtime({"leader": leader, "member": ["Researcher: blue."]})
+    await rt.agents.create(AgentSpec.from_dict({"id": "researcher", "model": "member"}))
+    await rt.agents.create(AgentSpec.from_dict({"id": "writer", "model": "member"}))
+    await rt.teams.create(
+        TeamSpec.from_dict(
+            {"id": "crew", "members": ["researcher", "writer"], "mode": mode, "model": "leader"}
+        )
+    )
+    result = await rt.teams.execute("crew", "What colour is the sky?", session_id="s")
+    assert result.status == ResponseStatus.COMPLETED
+    assert result.content == ("Researcher: blue." if mode == "route" else "Leader: the sky is blue.")
+
+
+async def test_a_workflow_with_parallel_condition_and_loop() -> None:
+    rt = runtime({"gpt": ["draft", "left", "right", "loop 1", "loop 2"]})
+    await rt.agents.create(AgentSpec.from_dict({"id": "writer", "model": "gpt"}))
+    await rt.workflows.create(
+        WorkflowSpec.from_dict(
+            {
+                "id": "pipeline",
+                "steps": [
+                    {"type": "agent", "agent": "writer", "name": "draft"},
+                    {
+                        "type": "parallel",
+                        "steps": [
+                            {"type": "agent", "agent": "writer", "name": "a"},
+                            {"type": "agent", "agent": "writer", "name": "b"},
+                        ],
+                    },
+                    {
+                        "type": "condition",
+                        "evaluator": "never",
+                        "steps": [{"type": "function", "function": "shout", "name": "skipped"}],
+                    },
+                    {
+                        "type": "loop",
+                        "end_condition": "said_loop_2",
+                        "max_iterations": 5,
+                        "steps": [{"type": "agent", "agent": "writer", "name": "again"}],
+                    },
+                    {
+                        "type": "condition",
+                        "evaluator": "always",
+                        "steps": [{"type": "function", "function": "shout", "name": "shout"}],
+                    },
+                ],
+            }
+        )
+    )
+    result = await rt.workflows.execute("pipeline", "write", session_id="w1")
+    assert result.status == ResponseStatus.COMPLETED, result.error_message
+    assert result.content == "LOOP 2"
+    assert rt.models.models["gpt"].remaining == 0  # type: ignore[attr-defined]
+
+
+async def test_structured_output() -> None:
+    rt = runtime({"gpt": ['{"title": "Printer on fire", "priority": 1}']})
+    await rt.agents.create(AgentSpec.from_dict({"id": "triage", "model": "gpt", "output_schema": "Ticket"}))
+    result = await rt.agents.execute("triage", "the printer is on fire", session_id="t")
+    assert result.status == ResponseStatus.COMPLETED
+    assert result.structured_data == {"title": "Printer on fire", "priority": 1}
+    assert '"priority": 1' in result.content
+
+
+async def test_an_error_reported_by_agno_is_never_a_success() -> None:
+    rt = runtime({"gpt": [RuntimeError("provider down")]})
+    await rt.agents.create(AgentSpec.from_dict({"id": "a", "model": "gpt"}))
+    result = await rt.agents.execute("a", "hi", session_id="e")
+    assert result.status == ResponseStatus.ERROR
+    assert result.error_message is not None
+    assert "provider down" in result.error_message
+    assert result.content == ""
+
+
+async def test_a_run_past_its_timeout() -> None:
+    # agno's in-memory db: a run cancelled inside an aiosqlite call can leave that connection to be
+    # collected after the test's event loop is gone, which pytest reports as an unraisable error.
+    from agno.db.in_memory import InMemoryDb
+
+    def completed_runs(session_id: str) -> int:
+        session = db.get_session(session_id=session_id, session_type="agent")
+        runs = (session.runs or []) if session is not None else []
+        return sum(str(getattr(run.status, "value", run.status)).upper() == "COMPLETED" for run in runs)
+
+    db = InMemoryDb()
+    rt = runtime({"gpt": ["quick answer", ToolCall("slow_lookup", {"query": "x"}), "never reached"]}, db=db)
+    await rt.agents.create(AgentSpec.from_dict({"id": "slow", "model": "gpt", "tools": ["slow_lookup"]}))
+    control = await rt.agents.execute("slow", "hi", session_id="fast", timeout=5)
+    assert control.status == ResponseStatus.COMPLETED
+    assert completed_runs("agent:slow:fast") == 1  # the check below can see a completed run
+    result = await rt.agents.execute("slow", "go", session_id="late", timeout=0.3)
+    assert result.status == ResponseStatus.TIMEOUT
+    assert "timed out" in (result.error_message or "")
+    assert completed_runs("agent:slow:late") == 0
+
+
+async def test_history_is_shared_by_two_runtimes_on_one_sqlite_file(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'sessions.db'}"
+    spec = AgentSpec.from_dict(
+        {"id": "memo", "model": "gpt", "add_history_to_context": True, "num_history_runs": 5}
+    )
+    first = runtime({"gpt": ["I will remember 42."]}, db=session_db(url))
+    await first.agents.create(spec)
+    await first.agents.execute("memo", "Remember 42.", session_id="conv")
+    second = runtime({"gpt": ["You said 42."]}, db=session_db(url))
+    await second.agents.create(spec)
+    await second.agents.execute("memo", "What did I say?", session_id="conv")
+    messages = second.models.models["gpt"].calls[0].messages  # type: ignore[attr-defined]
+    assert any(m["content"] == "Remember 42." for m in messages)
+    assert any(m["content"] == "I will remember 42." for m in messages)
+
+
+async def test_two_targets_never_read_each_others_history(tmp_path: Path) -> None:
+    db = session_db(f"sqlite:///{tmp_path / 'sessions.db'}")
+    rt = runtime({"one": ["one's secret reply"], "two": ["two's reply"]}, db=db)
+    for bot in ("one", "two"):
+        await rt.agents.create(AgentSpec.from_dict({"id": bot, "model": bot, "add_history_to_context": True}))
+    await rt.agents.execute("one", "hello one", session_id="same-channel")
+    await rt.agents.execute("two", "hello two", session_id="same-channel")
+    seen = rt.models.models["two"].calls[0].messages  # type: ignore[attr-defined]
+    assert not any("one" in str(m["content"]) for m in seen)
+
+
+async def test_concurrent_runs_in_different_sessions_keep_their_state(tmp_path: Path) -> None:
+    db = session_db(f"sqlite:///{tmp_path / 'sessions.db'}")
+    rt = runtime({"gpt": ["ok a", "ok b"]}, db=db)
+    await rt.agents.create(AgentSpec.from_dict({"id": "bot", "model": "gpt"}))
+    results = await asyncio.gather(
+        rt.agents.execute("bot", "a", session_id="A", session_state={"who": "alice"}),
+        rt.agents.execute("bot", "b", session_id="B", session_state={"who": "bob"}),
+    )
+    assert {r.status for r in results} == {ResponseStatus.COMPLETED}
+    for session, who in (("A", "alice"), ("B", "bob")):
+        stored = await db.get_session(session_id=f"agent:bot:{session}", session_type="agent")
+        assert stored.session_data["session_state"]["who"] == who
+
+
+async def test_attachments_and_request_fields_reach_the_run() -> None:
+    rt = runtime({"gpt": ["I see a cat."]})
+    await rt.agents.create(AgentSpec.from_dict({"id": "eyes", "model": "gpt"}))
+    request = AgentRequestEvent(
+        source="discord",
+        source_id="c",
+        user_id="u1",
+        user_name="Ana",
+        content="what is this?",
+        attachments=[{"kind": "image", "url": "https://cdn.example/cat.png", "content_type": "image/png"}],
+        session_state={"tier": "gold"},
+    )
+    result = await AgnoExecutor(rt).execute(Target(type=TargetType.AGENT, id="eyes"), request)
+    assert result.status == ResponseStatus.COMPLETED
+    response = result.to_response(request, Target(type=TargetType.AGENT, id="eyes"))
+    assert (response.request_id, response.agent_id, response.content) == (request.id, "eyes", "I see a cat.")
+
+
+async def test_a_spec_changed_elsewhere_is_used_within_the_bound(tmp_path: Path) -> None:
+    # Two runtimes with stores of their own on one database, as two worker processes would have.
+    url = f"sqlite:///{tmp_path / 'specs.db'}"
+    reader = runtime({"gpt": ["v1 answer", "v2 answer"]}, store=SqlSpecStore.from_url(url))
+    reader.max_staleness = 0.05
+    writer = runtime({"gpt": []}, store=SqlSpecStore.from_url(url))
+    created = await writer.agents.create(
+        AgentSpec.from_dict({"id": "bot", "model": "gpt", "instructions": "version one"})
+    )
+    await reader.agents.execute("bot", "hi", session_id="x")
+    await writer.agents.update(
+        created.model_copy(update={"instructions": "version two"}), expected_version=created.version
+    )
+    await asyncio.sleep(0.06)  # the configured staleness bound
+    await reader.agents.execute("bot", "hi", session_id="x")
+    calls = reader.models.models["gpt"].calls  # type: ignore[attr-defined]
+    systems = [m["content"] for call in calls for m in call.messages if m["role"] == "system"]
+    assert "version one" in systems[0]
+    assert "version two" in systems[-1]
+
+
+async def test_unknown_and_disabled_targets_raise() -> None:
+    rt = runtime({"gpt": []})
+    with pytest.raises(SpecNotFoundError):
+        await rt.agents.execute("ghost", "hi", session_id="s")
+    created = await rt.agents.create(AgentSpec.from_dict({"id": "off", "model": "gpt"}))
+    await rt.agents.update(created.model_copy(update={"status": SpecStatus.DISABLED}), expected_version=1)
+    with pytest.raises(SpecValidationError, match="disabled"):
+        await rt.agents.execute("off", "hi", session_id="s")
+
+
+@pytest.mark.parametrize(
+    ("spec", "path", "message"),
+    [
+        (
+            {"id": "a", "model": "gpt", "tools": ["get_weather", "teleport"]},
+            "tools[1].name",
+            "unknown tool 'teleport'; registered: get_weather, slow_lookup",
+        ),
+        ({"id": "a", "model": "gpt-9"}, "model.name", "unknown model 'gpt-9'"),
+        (
+            {"id": "a", "model": "gpt", "output_schema": "Invoice"},
+            "output_schema",
+            "unknown schema 'Invoice'",
+        ),
+    ],
+)
+async def test_bad_references_name_their_path(spec: dict[str, Any], path: str, message: str) -> None:
+    rt = runtime({"gpt": []})
+    with pytest.raises(SpecValidationError) as caught:
+        await rt.agents.create(AgentSpec.from_dict(spec))
+    assert caught.value.path == path
+    assert message in str(caught.value)
+    assert str(caught.value).startswith("agent 'a' at ")
+
+
+async def test_member_cycles_and_missing_members_are_refused() -> None:
+    rt = runtime({"gpt": []})
+    await rt.agents.create(AgentSpec.from_dict({"id": "solo", "model": "gpt"}))
+    await rt.teams.create(TeamSpec.from_dict({"id": "inner", "model": "gpt", "members": ["solo"]}))
+    outer = await rt.teams.create(
+        TeamSpec.from_dict({"id": "outer", "model": "gpt", "members": [{"kind": "team", "id": "inner"}]})
+    )
+    inner = await rt.teams.get("inner")
+    cyclic = inner.model_copy(
+        update={"members": (*inner.members, outer.members[0].model_copy(update={"id": "outer"}))}
+    )
+    with pytest.raises(SpecValidationError, match="member cycle: inner -> outer -> inner") as caught:
+        await rt.teams.update(cyclic, expected_version=inner.version)
+    assert caught.value.path.startswith("members[1]")
+    with pytest.raises(SpecValidationError, match="unknown agent 'nobody'") as missing:
+        await rt.teams.create(TeamSpec.from_dict({"id": "t", "model": "gpt", "members": ["nobody"]}))
+    assert missing.value.path == "members[0]"
+
+
+@pytest.mark.parametrize(
+    ("model", "spec", "path"),
+    [
+        (AgentSpec, {"id": "a"}, "model"),
+        (AgentSpec, {"id": "a", "model": "gpt", "num_history_runs": -2}, "num_history_runs"),
+        (
+            WorkflowSpec,
+            {"id": "w", "steps": [{"type": "agent", "agent": "a"}, {"type": "teleport"}]},
+            "steps[1]",
+        ),
+    ],
+)
+def test_invalid_specs_name_their_path(
+    model: type[AgentSpec | WorkflowSpec], spec: dict[str, Any], path: str
+) -> None:
+    with pytest.raises(SpecValidationError) as caught:
+        model.from_dict(spec)
+    assert caught.value.path == path
+
+
+async def test_tools_needing_confirmation_are_refused() -> None:
+    rt = runtime({"gpt": []})
+    rt.registry.add_tool(lambda: "boom", name="launch_missiles", requires_confirmation=True)
+    with pytest.raises(SpecValidationError, match="requires human confirmation"):
+        await rt.agents.create(AgentSpec.from_dict({"id": "a", "model": "gpt", "tools": ["launch_missiles"]}))
+
+
+def test_specs_export_a_json_schema() -> None:
+    schema = AgentSpec.json_schema()
+    assert "add_history_to_context" in schema["properties"]
+    assert SpecKind.AGENT.value == "agent"
+
+
+async def test_a_workflow_with_a_failed_step_is_an_error() -> None:
+    rt = runtime({"gpt": [RuntimeError("step exploded"), "later step ran"]})
+    await rt.agents.create(AgentSpec.from_dict({"id": "w", "model": "gpt"}))
+    await rt.workflows.create(
+        WorkflowSpec.from_dict(
+            {
+                "id": "p",
+                "steps": [
+                    {"type": "agent", "agent": "w", "name": "first"},
+                    {"type": "agent", "agent": "w", "name": "second"},
+                ],
+            }
+        )
+    )
+    result = await rt.workflows.execute("p", "go", session_id="f")
+    assert result.status == ResponseStatus.ERROR
+    assert result.error_message == "step 'first' failed: step exploded"
+
+
+@pytest.mark.postgres
+async def test_history_on_postgresql(postgres_url: str) -> None:
+    from urllib.parse import parse_qs, urlsplit
+
+    schema = parse_qs(urlsplit(postgres_url).query)["options"][0].split("=", 1)[1]
+    spec = AgentSpec.from_dict({"id": "memo", "model": "gpt", "add_history_to_context": True})
+    first = runtime({"gpt": ["Noted: blue."]}, db=session_db(postgres_url, schema=schema))
+    await first.agents.create(spec)
+    await first.agents.execute("memo", "My colour is blue.", session_id="pg")
+    second = runtime({"gpt": ["Blue."]}, db=session_db(postgres_url, schema=schema))
+    await second.agents.create(spec)
+    await second.agents.execute("memo", "What is my colour?", session_id="pg")
+    messages = second.models.models["gpt"].calls[0].messages  # type: ignore[attr-defined]
+    assert [m["content"] for m in messages if m["role"] in {"user", "assistant"}][:2] == [
+        "My colour is blue.",
+        "Noted: blue.",
+    ]
+
+
+async def test_attachments_reach_the_provider_request() -> None:
+    from dynamic_agents.agents import RouterModels
+    from dynamic_agents.llm import RouterConfig, build_router
+    from dynamic_agents.secrets import SecretsManager, StaticSource
+    from dynamic_agents.testing import FakeOpenAI
+
+    fake = FakeOpenAI(["A cat."])
+    with fake.installed():
+        config = RouterConfig.from_dict(
+            {
+                "model_list": [
+                    {
+                        "model_name": "gpt",
+                        "litellm_params": {
+                            "model": "openai/gpt-4o",
+                            "api_key": "sk-test-000001",
+                            "api_base": fake.api_base,
+                        },
+                    }
+                ]
+            }
+        )
+        router = await build_router(config, SecretsManager(StaticSource()))
+        rt = AgentRuntime(InMemorySpecStore(), registry(), RouterModels(router))
+        _RUNTIMES.append(rt)
+        await rt.agents.create(AgentSpec.from_dict({"id": "eyes", "model": "gpt"}))
+        result = await rt.agents.execute(
+            "eyes",
+            "what is this?",
+            session_id="img",
+            attachments=[
+                Attachment(kind="image", url="https://cdn.example/cat.png", content_type="image/png")
+            ],
+        )
+        await router.aclose()
+    assert result.status == ResponseStatus.COMPLETED
+    (request,) = fake.requests
+    user = request.messages[-1]
+    assert any(
+        part.get("type") == "image_url" and "cat.png" in part["image_url"]["url"] for part in user["content"]
+    )
+
+
+async def test_content_deltas_are_streamed() -> None:
+    rt = AgentRuntime(
+        InMemorySpecStore(), registry(), ScriptedModels({"gpt": ["Hello there, friend."]}, chunk_size=5)
+    )
+    _RUNTIMES.append(rt)
+    await rt.agents.create(AgentSpec.from_dict({"id": "talker", "model": "gpt"}))
+    deltas: list[str] = []
+
+    async def collect(delta: str) -> None:
+        deltas.append(delta)
+
+    result = await rt.agents.execute("talker", "hi", session_id="stream", on_delta=collect)
+    assert result.status == ResponseStatus.COMPLETED
+    assert result.content == "Hello there, friend."
+    assert len(deltas) > 1
+    assert "".join(deltas) == "Hello there, friend."
