@@ -1,54 +1,82 @@
-"""Quickstart: build a request as an interface would, put it on the wire, read it back, answer it.
+"""Quickstart: the whole flow with no servers — interface → stream → worker → agent → reply.
 
-Runs with no servers: ``pip install -e . && python examples/quickstart.py``.
+In-memory transport and coordinator, a mock LLM deployment (litellm's ``mock_response``), agno with
+SQLite sessions in a temporary directory. Run:
+``pip install -e ".[agents]" && python examples/quickstart.py``.
 """
 
 from __future__ import annotations
 
-from dynamic_agents.events import (
-    AgentRequestEvent,
-    AgentResponseEvent,
-    EventCodec,
-    StreamNames,
+import asyncio
+import os
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("AGNO_TELEMETRY", "false")
+
+from dynamic_agents.agents import (
+    AgentRuntime,
+    AgentSpec,
+    AgnoExecutor,
+    InMemorySpecStore,
+    RouterModels,
+    ToolRegistry,
+    session_db,
 )
+from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent
+from dynamic_agents.routing import RoutingConfig
+from dynamic_agents.testing import mock_llm_router
+from dynamic_agents.transports import InMemoryTransport
+from dynamic_agents.worker import AgentWorker
+
+ROUTING = """
+discord:
+  routing:
+    default_agent: discord-assistant
+"""
 
 
-def main() -> None:
-    streams = StreamNames()  # "agent:requests", "agent:responses:{source}:{source_id}", …
-    codec = EventCodec()
+async def main(workdir: Path) -> None:
+    transport = InMemoryTransport()  # RedisStreamsTransport.from_url(...) in production
+    llm = await mock_llm_router(
+        {"gpt-4o-mini": "Hello from your agent! A consumer group shares a stream's entries."}
+    )
+    runtime = AgentRuntime(
+        InMemorySpecStore(),
+        ToolRegistry(),
+        RouterModels(llm),
+        db=session_db(f"sqlite:///{workdir / 'sessions.db'}"),
+    )
+    await runtime.agents.create(
+        AgentSpec.from_dict(
+            {"id": "discord-assistant", "model": "gpt-4o-mini", "add_history_to_context": True}
+        )
+    )
+    worker = AgentWorker(
+        transport, transport.coordinator(), RoutingConfig.from_yaml(ROUTING).router(), AgnoExecutor(runtime)
+    )
 
-    # An interface normalises a platform message into a request.
+    # The interface side: a normalised Discord message goes to agent:requests.
+    names = transport.names
     request = AgentRequestEvent(
         source="discord",
         source_id="123456789",
         user_id="111222333",
         user_name="ana",
-        content="Olá! What is a consumer group?",
-        agent_id="research-agent",
-        reply_stream=streams.responses("discord", "123456789"),
-        metadata={"guild_id": "987654321"},
+        content="What is a consumer group?",
+        reply_stream=names.responses("discord", "123456789"),
     )
+    await transport.publish(names.requests, request)
 
-    # On Redis a stream entry holds one field, __data__, in FastStream's binary envelope.
-    entry = codec.encode_entry(request, headers={"traceparent": "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"})
-    received = codec.decode_entry(entry, AgentRequestEvent)
-    assert received.event == request
-    print(f"{streams.requests}: {received.event.content!r} from {received.event.user_name}")
-    print(f"  session {received.event.session_id}, correlation id {received.correlation_id}")
+    await worker.run_until_idle()
 
-    # A worker answers on the request's reply stream.
-    response = AgentResponseEvent(
-        request_id=request.id,
-        session_id=request.session_id,
-        content="A consumer group shares a stream's entries among workers.",
-        agent_id="research-agent",
-        agent_name="Research Agent",
-        execution_time_ms=840,
-    )
-    wire = codec.encode_json(response)
-    answer = codec.decode_json(wire, AgentResponseEvent)
-    print(f"{request.reply_stream}: {answer.content!r} ({answer.status}, {len(wire)} bytes)")
+    (reply,) = await transport.read_stream(request.reply_stream or "", AgentResponseEvent)
+    answer = reply.event
+    print(f"{answer.agent_name} ({answer.status}, {answer.execution_time_ms} ms): {answer.content}")
+    await llm.aclose()
+    await runtime.aclose()
 
 
 if __name__ == "__main__":
-    main()
+    with tempfile.TemporaryDirectory() as directory:
+        asyncio.run(main(Path(directory)))

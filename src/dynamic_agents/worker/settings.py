@@ -1,0 +1,75 @@
+"""``WorkerSettings``: how a worker consumes, runs and answers."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from dataclasses import dataclass, field
+
+from dynamic_agents.exceptions import ConfigurationError
+
+__all__ = ["WorkerSettings"]
+
+
+def _consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    """Settings of an :class:`~dynamic_agents.worker.AgentWorker` (seconds unless said).
+
+    * ``concurrency``: runs in flight at once; the worker never reads more entries than it has free.
+    * ``claim_min_idle``: entries idle this long on a consumer are taken over — only dead consumers'
+      entries get there, since a live worker keeps what it holds fresh every ``keep_fresh_every``.
+    * ``max_deliveries``: after this many deliveries an entry is dead-lettered with an error reply.
+      Waiting for a session lease does not count.
+    * ``record_ttl``: how long a completed-request record outlives its answer (deduplication); it
+      must outlive ``max_deliveries x claim_min_idle + request_timeout``, checked here.
+    * ``lease_ttl``: a session lease's lifetime, renewed every third of it while a run goes on.
+    """
+
+    group: str = "dynamic-agents"
+    consumer: str = field(default_factory=_consumer_name)
+    concurrency: int = 8
+    batch_size: int = 16
+    block: float = 1.0
+    claim_min_idle: float = 60.0
+    keep_fresh_every: float | None = None
+    max_deliveries: int = 5
+    request_timeout: float = 120.0
+    record_ttl: float = 7 * 24 * 3600.0
+    lease_ttl: float = 30.0
+    lease_poll: float = 0.2
+    events: bool = False
+    events_maxlen: int = 10_000
+    delta_interval: float = 0.1
+    reply_maxlen: int | None = 1_000
+    reply_expire: float | None = 7 * 24 * 3600.0
+
+    def __post_init__(self) -> None:
+        positive = (
+            "concurrency",
+            "batch_size",
+            "claim_min_idle",
+            "max_deliveries",
+            "request_timeout",
+            "lease_ttl",
+        )
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigurationError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        floor = self.max_deliveries * self.claim_min_idle + self.request_timeout
+        if self.record_ttl < floor:
+            raise ConfigurationError(
+                f"record_ttl={self.record_ttl}s is too short: a redelivered request can arrive up to "
+                f"max_deliveries x claim_min_idle + request_timeout = {floor}s after the first, and must "
+                "still find its record"
+            )
+        if self.keep_fresh_every is not None and self.keep_fresh_every >= self.claim_min_idle:
+            raise ConfigurationError("keep_fresh_every must be shorter than claim_min_idle")
+
+    @property
+    def freshness_interval(self) -> float:
+        return self.keep_fresh_every if self.keep_fresh_every is not None else self.claim_min_idle / 3

@@ -1,0 +1,407 @@
+"""``AgentWorker``: consume requests, route, execute, answer — reliably.
+
+For each entry of the request stream (read through a consumer group, never more than free slots):
+
+1. an entry that did not decode was dead-lettered by the transport: counted, nothing else;
+2. a request with a completed-request record was answered before: acked, not run again;
+3. past ``max_deliveries``: dead-lettered, with an error reply, atomically;
+4. routed (no route → an error reply), then run under the session's lease — within this worker a
+   session's requests run in arrival order, across workers never at the same time;
+5. answered with ``Transport.complete``: reply, record and ack in one atomic step.
+
+Held entries (running or waiting for their session) are kept fresh, so only entries of dead workers
+are reclaimed. An entry this worker loses (reclaimed after a stall) or a lease it loses cancels the
+run, and nothing is published for it: another worker answers. A run cut short by a crash runs again
+elsewhere; tools receive the request id to deduplicate their own side effects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from dynamic_agents._logging import get_logger, log_context
+from dynamic_agents._redaction import REDACTOR
+from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, ResponseStatus, Target
+from dynamic_agents.exceptions import DynamicAgentsError, NoRouteError, TransportError
+from dynamic_agents.execution import ExecutionResult, Executor
+from dynamic_agents.routing import EventRouter
+from dynamic_agents.transports import Completion, Coordinator, Delivery, Lease, Reply, Subscription, Transport
+from dynamic_agents.worker.hooks import RunContext, WorkerHooks
+from dynamic_agents.worker.lifecycle import LifecyclePublisher
+from dynamic_agents.worker.settings import WorkerSettings
+
+__all__ = ["AgentWorker", "WorkerStats"]
+
+logger = get_logger("worker")
+
+
+@dataclass(slots=True)
+class WorkerStats:
+    received: int = 0
+    completed: int = 0
+    failed: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    undecodable: int = 0
+    lost: int = 0
+    lease_waits: int = 0
+
+
+class _LostError(Exception):
+    """The run lost its entry or its lease: publish nothing."""
+
+
+class AgentWorker:
+    """Consumes ``agent:requests`` and answers each request once. See the module documentation.
+
+    ``async with worker:`` starts it in the background and stops it (gracefully) on exit;
+    ``await worker.run()`` runs it in the current task until :meth:`stop`;
+    ``await worker.run_until_idle()`` returns once nothing is left to do (for tests).
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        coordinator: Coordinator,
+        router: EventRouter,
+        executor: Executor,
+        *,
+        settings: WorkerSettings | None = None,
+        hooks: Sequence[WorkerHooks] = (),
+        stream: str | None = None,
+    ) -> None:
+        self.transport = transport
+        self.coordinator = coordinator
+        self.router = router
+        self.executor = executor
+        self.settings = settings or WorkerSettings()
+        self.hooks = list(hooks)
+        self.stream = stream or transport.names.requests
+        self.stats = WorkerStats()
+        self.subscription = Subscription(
+            stream=self.stream,
+            group=self.settings.group,
+            consumer=self.settings.consumer,
+            model=AgentRequestEvent,
+            batch_size=self.settings.batch_size,
+            block=self.settings.block,
+            claim_min_idle=self.settings.claim_min_idle,
+        )
+        self._held: dict[str, Delivery[AgentRequestEvent]] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._lost: set[str] = set()
+        self._session_tails: dict[str, asyncio.Future[None]] = {}
+        self._slot_freed = asyncio.Event()
+        self._stopping = False
+        self._runner: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"AgentWorker({self.stream!r}, consumer={self.settings.consumer!r}, in_flight={len(self._tasks)})"
+        )
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> AgentWorker:
+        self._runner = asyncio.get_running_loop().create_task(
+            self.run(), name=f"worker {self.settings.consumer}"
+        )
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def run(self, *, until_idle: bool = False) -> None:
+        """Consume until :meth:`stop` (or, with ``until_idle``, until nothing is left to do)."""
+        self._stopping = False
+        await self.transport.ensure_group(self.stream, self.settings.group)
+        keeper = asyncio.get_running_loop().create_task(self._keep_fresh_loop())
+        try:
+            while not self._stopping:
+                read = await self._read_more()
+                if until_idle and not read and not self._tasks and await self._nothing_pending():
+                    return
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+
+    async def run_until_idle(self, timeout: float = 30.0) -> None:
+        """Process until the stream has nothing new, nothing is pending and nothing runs."""
+        async with asyncio.timeout(timeout):
+            await self.run(until_idle=True)
+            await self._drain(None)
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop reading; let runs in flight finish for ``grace`` seconds, then cancel the rest.
+        Cancelled runs are not acked: their entries go back to the group for another worker."""
+        self._stopping = True
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
+        await self._drain(grace)
+
+    async def _drain(self, grace: float | None) -> None:
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(list(self._tasks.values()), timeout=grace)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+
+    async def _nothing_pending(self) -> bool:
+        return not await self.transport.pending(self.stream, self.settings.group, count=1)
+
+    # -- consuming ----------------------------------------------------------------------------------
+
+    async def _read_more(self) -> bool:
+        free = self.settings.concurrency - len(self._tasks)
+        if free <= 0:
+            self._slot_freed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.block):
+                    await self._slot_freed.wait()
+            return True
+        try:
+            deliveries = await self.transport.read(self.subscription, free)
+        except TransportError as error:
+            logger.warning("reading %r failed: %s", self.stream, error)
+            await asyncio.sleep(self.settings.block)
+            return False
+        for delivery in deliveries:
+            self.stats.received += 1
+            if delivery.settled:
+                self.stats.undecodable += 1
+                continue
+            self._held[delivery.entry_id] = delivery
+            # Queue behind the session's previous request now, in arrival order (before any await).
+            loop = asyncio.get_running_loop()
+            session = delivery.event.session_id
+            previous = self._session_tails.get(session)
+            turn: asyncio.Future[None] = loop.create_future()
+            self._session_tails[session] = turn
+            task = loop.create_task(self._handle(delivery, previous, turn))
+            self._tasks[delivery.entry_id] = task
+        return bool(deliveries)
+
+    async def _keep_fresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.freshness_interval)
+            held = list(self._held.values())
+            if not held:
+                continue
+            try:
+                lost = await self.transport.keep_fresh(held)
+            except TransportError as error:
+                logger.warning("keeping %d entries fresh failed: %s", len(held), error)
+                continue
+            for delivery in lost:
+                logger.warning(
+                    "entry %s was taken over by another consumer; cancelling its run", delivery.entry_id
+                )
+                self._lost.add(delivery.entry_id)
+                self.stats.lost += 1
+                task = self._tasks.get(delivery.entry_id)
+                if task is not None:
+                    task.cancel()
+
+    # -- handling one request -----------------------------------------------------------------------
+
+    async def _handle(
+        self,
+        delivery: Delivery[AgentRequestEvent],
+        previous: asyncio.Future[None] | None,
+        turn: asyncio.Future[None],
+    ) -> None:
+        event = delivery.event
+        try:
+            with log_context(request_id=event.id, session_id=event.session_id):
+                await self._process(delivery, event, previous)
+        except (asyncio.CancelledError, _LostError):
+            if delivery.entry_id not in self._lost:
+                # stopping: hand the entry back at once instead of waiting for it to go idle
+                with contextlib.suppress(DynamicAgentsError):
+                    await self.transport.release(delivery)
+        except Exception:  # our own failure (e.g. Redis gone while answering): the entry stays pending
+            logger.exception("handling request %s failed; it stays pending for a retry", event.id)
+        finally:
+            turn.set_result(None)  # the session's next request may go
+            if self._session_tails.get(event.session_id) is turn:
+                del self._session_tails[event.session_id]
+            self._held.pop(delivery.entry_id, None)
+            self._tasks.pop(delivery.entry_id, None)
+            self._lost.discard(delivery.entry_id)
+            self._slot_freed.set()
+
+    async def _process(
+        self,
+        delivery: Delivery[AgentRequestEvent],
+        event: AgentRequestEvent,
+        previous: asyncio.Future[None] | None,
+    ) -> None:
+        if await self.coordinator.get_record(event.id) is not None:
+            self.stats.duplicates += 1
+            logger.debug("request %s was answered before: acking the redelivery", event.id)
+            await self.transport.ack(delivery)
+            return
+        if delivery.delivery_count > self.settings.max_deliveries:
+            await self._dead_letter(delivery, event)
+            return
+        try:
+            target = self.router.route(event).target
+        except NoRouteError as error:
+            await self._answer(delivery, event, None, _error(str(error)))
+            return
+        if previous is not None:
+            await asyncio.shield(previous)  # within this worker: one at a time, in arrival order
+        lease = await self._acquire(event.session_id)
+        try:
+            await self._run(delivery, event, target, lease)
+        finally:
+            with contextlib.suppress(DynamicAgentsError):
+                await self.coordinator.release(lease)
+
+    async def _run(
+        self, delivery: Delivery[AgentRequestEvent], event: AgentRequestEvent, target: Target, lease: Lease
+    ) -> None:
+        context = RunContext(event, target, delivery.delivery_count, delivery.entry_id)
+        progress = LifecyclePublisher(
+            self.transport,
+            enabled=self.settings.events,
+            request_id=event.id,
+            session_id=event.session_id,
+            target=target,
+            maxlen=self.settings.events_maxlen,
+            delta_interval=self.settings.delta_interval,
+        )
+        await progress.accepted()
+        await self._call_hooks("before_execute", context)
+        await progress.started(delivery.delivery_count)
+        execution = asyncio.get_running_loop().create_task(self._execute(target, event, progress.delta))
+        renewal = asyncio.get_running_loop().create_task(self._keep_lease(lease, execution))
+        try:
+            result = await execution
+        except asyncio.CancelledError:
+            execution.cancel()  # when this handler is the one cancelled (stop, lost entry)
+            if renewal.done() and not renewal.cancelled() and renewal.result() is False:
+                raise _LostError from None  # the lease was lost: publish nothing
+            raise
+        finally:
+            renewal.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewal
+        if not await self.coordinator.renew(lease):  # stalled past the lease: someone else may run it
+            logger.warning("lease of session %s lost during the run; publishing nothing", event.session_id)
+            self.stats.lost += 1
+            raise _LostError
+        await progress.finished(result)
+        await self._call_hooks("after_execute", context, result)
+        completion = await self._answer(delivery, event, target, result)
+        await self._call_hooks("after_complete", context, completion)
+
+    async def _execute(self, target: Target, event: AgentRequestEvent, on_delta: Any) -> ExecutionResult:
+        try:
+            return await self.executor.execute(
+                target, event, timeout=self.settings.request_timeout, on_delta=on_delta
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # an unknown target, a broken tool registry…: an error reply
+            return _error(f"{type(error).__name__}: {error}")
+
+    async def _keep_lease(self, lease: Lease, execution: asyncio.Task[ExecutionResult]) -> bool:
+        """Renew every third of the lease; cancel the run (and say so) when it is lost."""
+        interval = self.settings.lease_ttl / 3
+        last_renewed = time.monotonic()
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                renewed = await self.coordinator.renew(lease)
+            except DynamicAgentsError as error:
+                logger.warning("renewing the lease of %s failed: %s", lease.session_id, error)
+                renewed = time.monotonic() - last_renewed < self.settings.lease_ttl
+            else:
+                if renewed:
+                    last_renewed = time.monotonic()
+            if not renewed:
+                logger.warning("lease of session %s lost; cancelling its run", lease.session_id)
+                self.stats.lost += 1
+                execution.cancel()
+                return False
+
+    async def _acquire(self, session_id: str) -> Lease:
+        """Wait for the session's lease; the entry stays held (fresh) meanwhile, so waiting never
+        counts as a delivery."""
+        waited = False
+        while True:
+            lease = await self.coordinator.acquire(session_id, self.settings.lease_ttl)
+            if lease is not None:
+                return lease
+            if not waited:
+                waited = True
+                self.stats.lease_waits += 1
+            await asyncio.sleep(self.settings.lease_poll)
+
+    # -- answering ----------------------------------------------------------------------------------
+
+    def _reply(self, event: AgentRequestEvent, response: AgentResponseEvent) -> Reply:
+        return Reply(
+            response,
+            event.reply_stream,
+            maxlen=self.settings.reply_maxlen,
+            expire=self.settings.reply_expire,
+        )
+
+    async def _answer(
+        self,
+        delivery: Delivery[AgentRequestEvent],
+        event: AgentRequestEvent,
+        target: Target | None,
+        result: ExecutionResult,
+    ) -> Completion:
+        response = result.to_response(event, target)
+        completion = await self.transport.complete(
+            delivery, self._reply(event, response), record_ttl=self.settings.record_ttl
+        )
+        if not completion.created:
+            self.stats.duplicates += 1
+        elif result.ok:
+            self.stats.completed += 1
+        else:
+            self.stats.failed += 1
+        logger.debug("answered %s: %s", event.id, result.status)
+        return completion
+
+    async def _dead_letter(self, delivery: Delivery[AgentRequestEvent], event: AgentRequestEvent) -> None:
+        reason = f"delivered {delivery.delivery_count} times (max_deliveries={self.settings.max_deliveries})"
+        response = _error("the request could not be processed; it was set aside for an operator").to_response(
+            event
+        )
+        if await self.transport.dead_letter(delivery, reason, self._reply(event, response)):
+            self.stats.dead_lettered += 1
+            logger.warning("request %s dead-lettered: %s", event.id, reason)
+
+    async def _call_hooks(self, name: str, *args: Any) -> None:
+        for hook in self.hooks:
+            method = getattr(hook, name, None)
+            if method is None:
+                continue
+            try:
+                await method(*args)
+            except Exception:
+                logger.exception("hook %s.%s failed", type(hook).__name__, name)
+
+
+def _error(message: str) -> ExecutionResult:
+    return ExecutionResult(ResponseStatus.ERROR, error_message=REDACTOR.redact(message))

@@ -1,0 +1,280 @@
+"""The worker's behaviour, on the in-memory transport and on real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+
+import pytest
+
+from dynamic_agents.events import AgentRequestEvent, LifecycleEvent, ResponseStatus, Target
+from dynamic_agents.execution import ExecutionResult, FunctionExecutor
+from dynamic_agents.routing import EventRouter
+from dynamic_agents.transports import Completion, Subscription
+from dynamic_agents.worker import BaseHooks, RunContext, WorkerSettings
+from tests.worker.conftest import Backend, replies, request_event, wait_for, worker
+
+
+async def test_a_request_is_answered_once(backend: Backend) -> None:
+    transport = await backend.transport()
+    request = request_event(backend.names, "hello")
+    await transport.publish(backend.names.requests, request)
+    await transport.publish(backend.names.requests, request)  # a platform retry: same id
+    w = worker(transport)
+    await w.run_until_idle()
+    (reply,) = await replies(transport, backend.names)
+    assert (reply.request_id, reply.content, reply.status) == (
+        request.id,
+        "echo: hello",
+        ResponseStatus.COMPLETED,
+    )
+    assert reply.agent_id == "echo"
+    record = await transport.coordinator().get_record(request.id)
+    assert record is not None
+    assert record.response_id == reply.id
+    assert await transport.pending(backend.names.requests, "dynamic-agents") == []
+    assert (w.stats.completed, w.stats.duplicates) == (1, 1)
+
+
+async def test_no_route_and_failing_runs_get_error_replies(backend: Backend) -> None:
+    transport = await backend.transport()
+
+    def explode(target: Target, request: AgentRequestEvent) -> str:
+        raise RuntimeError("tool crashed")
+
+    await transport.publish(backend.names.requests, request_event(backend.names, "first"))
+    await worker(transport, router=EventRouter()).run_until_idle()
+    await transport.publish(backend.names.requests, request_event(backend.names, "second"))
+    await worker(transport, FunctionExecutor(explode)).run_until_idle()
+    no_route, crashed = await replies(transport, backend.names)
+    assert no_route.status == ResponseStatus.ERROR
+    assert "no route for discord:c1" in (no_route.error_message or "")
+    assert crashed.status == ResponseStatus.ERROR
+    assert crashed.error_message == "RuntimeError: tool crashed"
+    assert "Traceback" not in (crashed.error_message or "")
+
+
+async def test_undecodable_entries_are_dead_lettered_and_the_worker_goes_on(backend: Backend) -> None:
+    transport = await backend.transport()
+    await transport.ensure_group(backend.names.requests, "dynamic-agents")
+    for junk in (b"\x89BIN", b"not json", b'{"source": 42}'):
+        await transport.publish_fields(backend.names.requests, {"__data__": junk})
+    good = request_event(backend.names, "still here")
+    await transport.publish(backend.names.requests, good)
+    w = worker(transport)
+    await w.run_until_idle()
+    assert [r.content for r in await replies(transport, backend.names)] == ["echo: still here"]
+    dead = await transport.read_stream(backend.names.dead_letters, AgentRequestEvent)
+    assert len(dead) == 3
+    assert all(entry.fields[b"dead_letter.reason"].startswith(b"undecodable") for entry in dead)
+    assert w.stats.undecodable == 3
+
+
+async def test_past_max_deliveries_the_request_is_dead_lettered_with_an_error_reply(backend: Backend) -> None:
+    transport = await backend.transport()
+    request = request_event(backend.names, "cursed")
+    await transport.ensure_group(backend.names.requests, "dynamic-agents")
+    await transport.publish(backend.names.requests, request)
+    crashed = Subscription(backend.names.requests, "dynamic-agents", "crashed", AgentRequestEvent, block=0)
+    assert len(await transport.read(crashed, 1)) == 1  # a worker that died holding it
+    w = worker(transport, max_deliveries=1, record_ttl=3600)
+    await w.run_until_idle()
+    (reply,) = await replies(transport, backend.names)
+    assert reply.status == ResponseStatus.ERROR
+    assert "set aside for an operator" in (reply.error_message or "")
+    (dead,) = await transport.read_stream(backend.names.dead_letters, AgentRequestEvent)
+    assert dead.event == request
+    assert dead.fields[b"dead_letter.delivery_count"] == b"2"
+    assert w.stats.dead_lettered == 1
+
+
+async def test_a_long_run_is_kept_and_answered_once(backend: Backend) -> None:
+    transport, other = await backend.transport(), await backend.transport()
+    slow = 3 * 0.6  # three times claim_min_idle
+
+    async def long_run(target: Target, request: AgentRequestEvent) -> str:
+        await asyncio.sleep(slow)
+        return "finally"
+
+    await transport.publish(backend.names.requests, request_event(backend.names, "take your time"))
+    busy = worker(transport, FunctionExecutor(long_run), consumer="busy")
+    idle = worker(other, consumer="idle")
+    async with idle:
+        await busy.run_until_idle()
+        await asyncio.sleep(0.2)
+    assert [r.content for r in await replies(transport, backend.names)] == ["finally"]
+    assert idle.stats.received == 0
+
+
+async def test_one_session_runs_in_order_and_never_overlaps(backend: Backend) -> None:
+    transport, other = await backend.transport(), await backend.transport()
+    spans: list[tuple[str, float, float, str]] = []
+
+    def recording(name: str) -> FunctionExecutor:
+        async def run(target: Target, request: AgentRequestEvent) -> str:
+            started = time.monotonic()
+            await asyncio.sleep(0.01)
+            spans.append((request.content, started, time.monotonic(), name))
+            return request.content
+
+        return FunctionExecutor(run)
+
+    for n in range(20):
+        await transport.publish(
+            backend.names.requests, request_event(backend.names, f"{n:02d}", session="one")
+        )
+    first = worker(transport, recording("a"), consumer="a", concurrency=4)
+    second = worker(other, recording("b"), consumer="b", concurrency=4)
+    await asyncio.gather(first.run_until_idle(), second.run_until_idle())
+    assert len(spans) == 20
+    ordered = sorted(spans, key=lambda span: span[1])
+    assert all(a[2] <= b[1] for a, b in itertools.pairwise(ordered))  # no overlap
+    for name in ("a", "b"):
+        mine = [span[0] for span in ordered if span[3] == name]
+        assert mine == sorted(mine)  # within a worker: arrival order
+    assert await transport.read_stream(backend.names.dead_letters, AgentRequestEvent) == []
+
+
+async def test_different_sessions_run_concurrently(backend: Backend) -> None:
+    transport = await backend.transport()
+    running = 0
+    peak = 0
+
+    async def run(target: Target, request: AgentRequestEvent) -> str:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.1)
+        running -= 1
+        return "ok"
+
+    for n in range(4):
+        await transport.publish(backend.names.requests, request_event(backend.names, str(n), session=f"s{n}"))
+    await worker(transport, FunctionExecutor(run), concurrency=4).run_until_idle()
+    assert peak == 4
+
+
+async def test_waiting_for_a_lease_does_not_count_as_a_delivery(backend: Backend) -> None:
+    transport = await backend.transport()
+    coordinator = transport.coordinator()
+    held = await coordinator.acquire("busy-session", ttl=30)  # another worker's run
+    assert held is not None
+    await transport.publish(
+        backend.names.requests, request_event(backend.names, "patient", session="busy-session")
+    )
+    w = worker(transport, max_deliveries=1)
+    async with w:
+        await wait_for(lambda: _async(w.stats.lease_waits == 1))
+        await asyncio.sleep(3 * 0.6)  # several claim_min_idle periods while waiting
+        await coordinator.release(held)
+        await wait_for(lambda: _async(w.stats.completed == 1))
+    assert [r.content for r in await replies(transport, backend.names)] == ["echo: patient"]
+    assert w.stats.dead_lettered == 0
+
+
+async def test_a_run_that_loses_its_lease_publishes_nothing(backend: Backend) -> None:
+    transport, other = await backend.transport(), await backend.transport()
+    started = asyncio.Event()
+
+    async def slow(target: Target, request: AgentRequestEvent) -> str:
+        started.set()
+        await asyncio.sleep(5)
+        return "from the worker that lost its lease"
+
+    await transport.publish(backend.names.requests, request_event(backend.names, "x", session="contested"))
+    loser = worker(transport, FunctionExecutor(slow), consumer="loser")
+    async with loser:
+        await asyncio.wait_for(started.wait(), 5)
+        await backend.delete_key(backend.names.session_lease("contested"))
+        rival = await other.coordinator().acquire("contested", ttl=30)  # someone else takes the session
+        assert rival is not None
+        await wait_for(lambda: _async(loser.stats.lost == 1))
+        await loser.stop(grace=0)  # (it would otherwise take the entry back and wait for the lease)
+        await other.coordinator().release(rival)
+    await worker(other, consumer="winner").run_until_idle()
+    assert [r.content for r in await replies(transport, backend.names)] == ["echo: x"]
+
+
+async def test_graceful_stop_finishes_or_returns_runs(backend: Backend) -> None:
+    transport, other = await backend.transport(), await backend.transport()
+    quick_done = 0
+
+    async def mixed(target: Target, request: AgentRequestEvent) -> str:
+        nonlocal quick_done
+        await asyncio.sleep(0.05 if request.content.startswith("quick") else 30)
+        if request.content.startswith("quick"):
+            quick_done += 1
+        return request.content
+
+    for n in range(10):
+        kind = "quick" if n % 2 else "slow"
+        await transport.publish(
+            backend.names.requests, request_event(backend.names, f"{kind}-{n}", session=f"s{n}")
+        )
+    w = worker(transport, FunctionExecutor(mixed), concurrency=10)
+    async with w:
+        await wait_for(lambda: _async(w.stats.received == 10))
+        await w.stop(grace=1.0)
+    # the quick ones finished within the grace; the slow ones were cancelled and handed back
+    answered = {r.content for r in await replies(transport, backend.names)}
+    assert answered == {f"quick-{n}" for n in range(1, 10, 2)}
+    pending = await transport.pending(backend.names.requests, "dynamic-agents")
+    assert len(pending) == 5  # not acked, not answered: back to the group
+    await worker(other, consumer="rescuer").run_until_idle()
+    answered = {r.content for r in await replies(transport, backend.names)}
+    assert answered >= {f"echo: slow-{n}" for n in range(0, 10, 2)}
+    assert all(r.status == ResponseStatus.COMPLETED for r in await replies(transport, backend.names))
+
+
+async def test_lifecycle_events_and_hooks(backend: Backend) -> None:
+    transport = await backend.transport()
+    calls: list[str] = []
+
+    class Recording(BaseHooks):
+        async def before_execute(self, context: RunContext) -> None:
+            calls.append(f"before {context.request.content}")
+
+        async def after_execute(self, context: RunContext, result: ExecutionResult) -> None:
+            calls.append(f"after {result.status}")
+            raise RuntimeError("a broken hook must not break the run")
+
+        async def after_complete(self, context: RunContext, completion: Completion) -> None:
+            calls.append(f"complete {completion.created}")
+
+    async def streaming(target: Target, request: AgentRequestEvent) -> ExecutionResult:
+        return ExecutionResult(ResponseStatus.COMPLETED, content="done")
+
+    await transport.publish(backend.names.requests, request_event(backend.names, "observe me"))
+    w = worker(transport, FunctionExecutor(streaming), events=True)
+    w.hooks.append(Recording())
+    await w.run_until_idle()
+    assert calls == ["before observe me", "after completed", "complete True"]
+    events = [e.event for e in await transport.read_stream(backend.names.events, LifecycleEvent)]
+    assert [e.type for e in events] == ["request.accepted", "run.started", "run.completed"]  # type: ignore[attr-defined]
+
+
+async def test_content_deltas_are_coalesced(backend: Backend) -> None:
+    from dynamic_agents.worker.lifecycle import LifecyclePublisher
+
+    transport = await backend.transport()
+    publisher = LifecyclePublisher(
+        transport, enabled=True, request_id="r", session_id="s", target=None, maxlen=100, delta_interval=10
+    )
+    for piece in ("a", "b", "c"):
+        await publisher.delta(piece)
+    await publisher.finished(ExecutionResult(ResponseStatus.COMPLETED, content="abc"))
+    events = [e.event for e in await transport.read_stream(backend.names.events, LifecycleEvent)]
+    deltas = [e.content for e in events if e.type == "run.content_delta"]  # type: ignore[attr-defined]
+    assert deltas == ["a", "bc"]  # the first at once, the rest within the interval as one
+
+
+def test_record_ttl_must_outlive_redeliveries() -> None:
+    from dynamic_agents.exceptions import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="record_ttl"):
+        WorkerSettings(max_deliveries=5, claim_min_idle=60, request_timeout=120, record_ttl=100)
+
+
+async def _async(value: bool) -> bool:
+    return value
