@@ -13,6 +13,8 @@ from types import CodeType
 
 import pytest
 
+from tests.support import services
+
 ROOT = Path(__file__).parents[1]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
@@ -51,6 +53,12 @@ def test_code_block_runs(name: str, source: str) -> None:
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[e.name for e in EXAMPLES])
 def test_example_runs(example: Path) -> None:
+    if "REDIS_URL" in example.read_text():  # the example talks to Redis
+        url = services.redis_url()
+        if not services.reachable(url, 6379):
+            services.unavailable(
+                "Redis", url, f"{example.name} needs it; start redis-server or set REDIS_URL"
+            )
     completed = subprocess.run(
         [sys.executable, str(example)], capture_output=True, text=True, timeout=120, check=False
     )

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from agno.run import RunContext
 from pydantic import BaseModel
 
 from dynamic_agents.agents import (
@@ -454,3 +455,20 @@ async def test_content_deltas_are_streamed() -> None:
     assert result.content == "Hello there, friend."
     assert len(deltas) > 1
     assert "".join(deltas) == "Hello there, friend."
+
+
+async def test_tools_receive_the_request_id_to_deduplicate_side_effects() -> None:
+    seen: list[str] = []
+
+    def charge_card(run_context: RunContext, amount: int) -> str:
+        """Charge once per request, whatever the retries."""
+        seen.append(str((run_context.metadata or {}).get("request_id")))
+        return "charged"
+
+    rt = runtime({"gpt": [ToolCall("charge_card", {"amount": 5}), "done"]})
+    rt.registry.tool(charge_card)
+    await rt.agents.create(AgentSpec.from_dict({"id": "cashier", "model": "gpt", "tools": ["charge_card"]}))
+    request = AgentRequestEvent(source="rest", source_id="c", user_id="u", content="pay")
+    result = await AgnoExecutor(rt).execute(Target(type=TargetType.AGENT, id="cashier"), request)
+    assert result.status == ResponseStatus.COMPLETED, result
+    assert seen == [request.id], rt.models.models["gpt"].calls  # type: ignore[attr-defined]

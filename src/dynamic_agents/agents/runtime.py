@@ -201,8 +201,9 @@ async def _run_streaming(target: Any, input: str, run_kwargs: dict[str, Any], on
             "TeamRunCancelled",
         }:
             final = event
-    last_output = getattr(target, "aget_last_run_output", None)
-    last = await last_output(session_id=run_kwargs["session_id"]) if callable(last_output) else None
+    if getattr(target, "db", None) is None:
+        return final  # without a db there is no stored run to read back
+    last = await target.aget_last_run_output(session_id=run_kwargs["session_id"])
     return last if last is not None else final
 
 

@@ -288,7 +288,8 @@ class AgentWorker:
         await progress.accepted()
         await self._call_hooks("before_execute", context)
         await progress.started(delivery.delivery_count)
-        execution = asyncio.get_running_loop().create_task(self._execute(target, event, progress.delta))
+        on_delta = progress.delta if self.settings.events else None  # streaming only when someone listens
+        execution = asyncio.get_running_loop().create_task(self._execute(target, event, on_delta))
         renewal = asyncio.get_running_loop().create_task(self._keep_lease(lease, execution))
         try:
             result = await execution
