@@ -517,3 +517,21 @@ class CoordinatorContract:
         assert await coordinator.get_record("req-1") == record
         await backend.advance(backend.min_idle * 1.5)
         assert await coordinator.get_record("req-1") is None
+
+
+class TransportOperationsContract:
+    async def test_delete_and_last_entry_id(self, backend: Backend) -> None:
+        transport = await backend.transport()
+        stream = backend.stream("ops")
+        assert await transport.last_entry_id(stream) == "0-0"
+        first = await transport.publish(stream, request("a"))
+        second = await transport.publish(stream, request("b"))
+        assert await transport.last_entry_id(stream) == second
+        assert await transport.delete(stream, first, "0-1") == 1
+        assert [e.entry_id for e in await transport.read_stream(stream, AgentRequestEvent)] == [second]
+        assert (
+            await transport.read_stream(
+                stream, AgentRequestEvent, after=await transport.last_entry_id(stream)
+            )
+            == []
+        )

@@ -6,7 +6,12 @@ import pytest
 
 from dynamic_agents.events import StreamNames
 from dynamic_agents.transports import InMemoryServer, InMemoryTransport, ManualClock, Transport
-from tests.transports.contract import Backend, CoordinatorContract, TransportContract
+from tests.transports.contract import (
+    Backend,
+    CoordinatorContract,
+    TransportContract,
+    TransportOperationsContract,
+)
 
 
 @pytest.fixture
@@ -30,7 +35,7 @@ async def backend() -> AsyncIterator[Backend]:
         await transport.aclose()
 
 
-class TestInMemoryTransport(TransportContract):
+class TestInMemoryTransport(TransportContract, TransportOperationsContract):
     pass
 
 

@@ -8,7 +8,12 @@ from redis.asyncio import Redis
 
 from dynamic_agents.events import StreamNames
 from dynamic_agents.transports import RedisStreamsTransport, Transport
-from tests.transports.contract import Backend, CoordinatorContract, TransportContract
+from tests.transports.contract import (
+    Backend,
+    CoordinatorContract,
+    TransportContract,
+    TransportOperationsContract,
+)
 
 pytestmark = pytest.mark.redis
 
@@ -37,7 +42,7 @@ async def backend(redis_url: str, redis_prefix: str) -> AsyncIterator[Backend]:
     await admin.aclose()
 
 
-class TestRedisStreamsTransport(TransportContract):
+class TestRedisStreamsTransport(TransportContract, TransportOperationsContract):
     pass
 
 

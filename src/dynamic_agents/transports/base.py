@@ -364,6 +364,16 @@ class Transport(_AsyncResource):
         seconds for one when there are none (``None``: do not wait)."""
 
     @abstractmethod
+    async def delete(self, stream: str, *entry_ids: str) -> int:
+        """Delete entries (``XDEL``); returns how many existed. For operations on dead letters —
+        never on a request stream's pending entries."""
+
+    @abstractmethod
+    async def last_entry_id(self, stream: str) -> str:
+        """The id of the stream's newest entry (``"0-0"`` for an empty or missing stream): read
+        after it to see only what comes next."""
+
+    @abstractmethod
     async def pending(self, stream: str, group: str, *, count: int = 100) -> list[PendingEntry]:
         """Entries delivered in ``group`` and not yet acked, oldest first."""
 

@@ -451,6 +451,18 @@ class InMemoryTransport(Transport):
                 return [decode_entry(self.codec, stream, format_id(i), f, model) for i, f in found[:count]]
             await self.server.wait_for_change(remaining)
 
+    async def delete(self, stream: str, *entry_ids: str) -> int:
+        self._check_open()
+        data = self.server._stream(stream)
+        if data is None:
+            return 0
+        return sum(data.entries.pop(parse_id(entry_id), None) is not None for entry_id in entry_ids)
+
+    async def last_entry_id(self, stream: str) -> str:
+        self._check_open()
+        data = self.server._stream(stream)
+        return format_id(next(reversed(data.entries))) if data is not None and data.entries else "0-0"
+
     async def pending(self, stream: str, group: str, *, count: int = 100) -> list[PendingEntry]:
         self._check_open()
         now = self.clock.time()

@@ -455,6 +455,17 @@ class RedisStreamsTransport(Transport):
             for entry_id, fields in _stream_entries(response)
         ]
 
+    async def delete(self, stream: str, *entry_ids: str) -> int:
+        if not entry_ids:
+            return 0
+        deleted = await self._call(f"XDEL on {stream!r}", lambda: self.client.xdel(stream, *entry_ids))
+        return _int(deleted)
+
+    async def last_entry_id(self, stream: str) -> str:
+        newest = await self._call(f"last entry of {stream!r}", lambda: self.client.xrevrange(stream, count=1))
+        entries = _entries(newest)
+        return entries[0][0] if entries else "0-0"
+
     async def pending(self, stream: str, group: str, *, count: int = 100) -> list[PendingEntry]:
         rows = await self._call(
             f"pending of {group!r} on {stream!r}",
