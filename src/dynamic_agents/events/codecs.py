@@ -119,13 +119,14 @@ class EventCodec:
         *,
         reply_to: str | None = None,
         headers: Mapping[str, str] | None = None,
+        correlation_id: str | None = None,
     ) -> bytes:
         """The event in FastStream's binary envelope (also what Redis ``PUBLISH`` carries).
 
-        Headers are written in FastStream's order: ``correlation_id`` (the event id),
-        ``content-type``, ``reply_to`` when given, then ``headers`` (e.g. ``traceparent``).
+        Headers are written in FastStream's order: ``correlation_id`` (the event id, unless a reply
+        must carry its request's), ``content-type``, ``reply_to`` when given, then ``headers``.
         """
-        all_headers = {"correlation_id": event.id, "content-type": JSON_CONTENT_TYPE}
+        all_headers = {"correlation_id": correlation_id or event.id, "content-type": JSON_CONTENT_TYPE}
         if reply_to:
             all_headers["reply_to"] = reply_to
         if headers:
@@ -151,9 +152,13 @@ class EventCodec:
         *,
         reply_to: str | None = None,
         headers: Mapping[str, str] | None = None,
+        correlation_id: str | None = None,
     ) -> dict[str, bytes]:
         """The fields of a stream entry FastStream subscribers read: ``{"__data__": envelope}``."""
-        return {DATA_FIELD: self.encode_envelope(event, reply_to=reply_to, headers=headers)}
+        envelope = self.encode_envelope(
+            event, reply_to=reply_to, headers=headers, correlation_id=correlation_id
+        )
+        return {DATA_FIELD: envelope}
 
     def decode_entry(
         self, fields: Mapping[bytes, bytes] | Mapping[str, str], model: type[E]

@@ -52,7 +52,7 @@ return {claimed[1], claimed[2], claimed[3] or {}, counts}
 
 # KEYS: request stream, record key[, reply stream]
 # ARGV: group, entry id, record ttl ms, reply maxlen or '', reply expire ms or '', completed_at,
-#       request id, response id, status, reply field/value pairs…
+#       request id, response id, status, reply channel or '', channel payload, reply field/value pairs…
 # Returns {1, record} when written, {0, existing record} when the request was already answered.
 COMPLETE: Final = (
     "#!lua\n"
@@ -70,9 +70,9 @@ if KEYS[3] then
   err = check_stream(KEYS[3])
   if err then return err end
   if ARGV[4] ~= '' then
-    reply_id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', unpack(ARGV, 10))
+    reply_id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', unpack(ARGV, 12))
   else
-    reply_id = redis.call('XADD', KEYS[3], '*', unpack(ARGV, 10))
+    reply_id = redis.call('XADD', KEYS[3], '*', unpack(ARGV, 12))
   end
   if ARGV[5] ~= '' then redis.call('PEXPIRE', KEYS[3], ARGV[5]) end
 end
@@ -81,13 +81,15 @@ local record = {'request_id', ARGV[7], 'response_id', ARGV[8], 'status', ARGV[9]
 redis.call('HSET', KEYS[2], unpack(record))
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+if ARGV[10] ~= '' then redis.call('PUBLISH', ARGV[10], ARGV[11]) end
 return {1, record}
 """
 )
 
 # KEYS: stream, dead-letter stream, record key (or the dead-letter stream again)[, reply stream]
 # ARGV: group, entry id, consumer, n dead-letter pairs, reply maxlen or '', reply expire ms or '',
-#       check record ('1' or '0'), n dead-letter field/value pairs…, reply field/value pairs…
+#       check record ('1' or '0'), reply channel or '', channel payload,
+#       n dead-letter field/value pairs…, reply field/value pairs…
 # Returns {1, dead-letter id}, {0, 'not-held'} or {0, 'answered'} (then the entry is only acked).
 DEAD_LETTER: Final = (
     "#!lua\n"
@@ -107,8 +109,8 @@ if KEYS[4] then
   err = check_stream(KEYS[4])
   if err then return err end
 end
-local last = 7 + 2 * tonumber(ARGV[4])
-local dead_id = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 8, last))
+local last = 9 + 2 * tonumber(ARGV[4])
+local dead_id = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 10, last))
 if KEYS[4] then
   if ARGV[5] ~= '' then
     redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[5], '*', unpack(ARGV, last + 1))
@@ -118,6 +120,7 @@ if KEYS[4] then
   if ARGV[6] ~= '' then redis.call('PEXPIRE', KEYS[4], ARGV[6]) end
 end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+if ARGV[8] ~= '' then redis.call('PUBLISH', ARGV[8], ARGV[9]) end
 return {1, dead_id}
 """
 )

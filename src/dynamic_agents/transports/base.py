@@ -152,8 +152,10 @@ class PendingEntry:
 class Reply:
     """A response to write with :meth:`Transport.complete` or :meth:`Transport.dead_letter`.
 
-    ``stream`` ``None`` writes no reply (the record is still kept). ``maxlen`` trims the reply stream
-    approximately, and ``expire`` (seconds) lets an idle reply stream expire.
+    ``stream`` ``None`` writes no stream entry (the record is still kept). ``channel`` also (or
+    instead) sends it with Redis ``PUBLISH`` — how a FastStream RPC caller (``broker.request()``)
+    waits for it — carrying ``correlation_id`` (the request's, for such callers). ``maxlen`` trims
+    the reply stream approximately, and ``expire`` (seconds) lets an idle reply stream expire.
     """
 
     event: AgentResponseEvent
@@ -161,6 +163,11 @@ class Reply:
     maxlen: int | None = None
     expire: float | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    channel: str | None = None
+    correlation_id: str | None = None
+
+    def envelope(self, codec: EventCodec) -> bytes:
+        return codec.encode_envelope(self.event, headers=self.headers, correlation_id=self.correlation_id)
 
 
 @dataclass(frozen=True, slots=True)

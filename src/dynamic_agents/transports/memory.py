@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from dynamic_agents._logging import get_logger
 from dynamic_agents.events import EventCodec, StreamNames, WireModel
+from dynamic_agents.events.envelope import DATA_FIELD
 from dynamic_agents.exceptions import ConfigurationError, TransportError
 from dynamic_agents.transports.base import (
     Clock,
@@ -104,6 +105,7 @@ class InMemoryServer:
         self._keys: dict[str, _Stream | dict[str, str] | str] = {}
         self._expires: dict[str, float] = {}
         self._waiters: set[asyncio.Future[None]] = set()
+        self._subscribers: dict[str, list[asyncio.Queue[bytes]]] = {}
 
     # -- key space ------------------------------------------------------------------------------
 
@@ -173,6 +175,25 @@ class InMemoryServer:
             pass
         finally:
             self._waiters.discard(waiter)
+
+    # -- pub/sub --------------------------------------------------------------------------------------
+
+    def subscribe(self, channel: str) -> asyncio.Queue[bytes]:
+        """A queue receiving every message published to ``channel`` from now on."""
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self._subscribers.setdefault(channel, []).append(queue)
+        return queue
+
+    def unsubscribe(self, channel: str, queue: asyncio.Queue[bytes]) -> None:
+        queues = self._subscribers.get(channel, [])
+        if queue in queues:
+            queues.remove(queue)
+
+    def publish(self, channel: str, message: bytes) -> int:
+        queues = self._subscribers.get(channel, [])
+        for queue in queues:
+            queue.put_nowait(message)
+        return len(queues)
 
     def group(self, key: str, name: str) -> _Group:
         stream = self._stream(key)
@@ -416,18 +437,23 @@ class InMemoryTransport(Transport):
         self.stats.acked += self._ack(delivery)
         return Completion(record, created=True)
 
-    def _check_reply(self, reply: Reply | None) -> Fields | None:
-        if reply is None or reply.stream is None:
+    def _check_reply(self, reply: Reply | None) -> bytes | None:
+        if reply is None:
             return None
-        self.server._check_stream_type(reply.stream)
-        return _fields(self.codec.encode_entry(reply.event, headers=reply.headers))
+        if reply.stream is not None:
+            self.server._check_stream_type(reply.stream)
+        return reply.envelope(self.codec)
 
-    def _write_reply(self, reply: Reply | None, fields: Fields | None) -> str | None:
-        if reply is None or reply.stream is None or fields is None:
+    def _write_reply(self, reply: Reply | None, envelope: bytes | None) -> str | None:
+        if reply is None or envelope is None:
             return None
-        entry_id = self.server.xadd(reply.stream, fields, maxlen=reply.maxlen)
-        if reply.expire is not None:
-            self.server.expire(reply.stream, reply.expire)
+        entry_id = None
+        if reply.stream is not None:
+            entry_id = self.server.xadd(reply.stream, {DATA_FIELD.encode(): envelope}, maxlen=reply.maxlen)
+            if reply.expire is not None:
+                self.server.expire(reply.stream, reply.expire)
+        if reply.channel:
+            self.server.publish(reply.channel, envelope)
         return entry_id
 
     async def read_stream(

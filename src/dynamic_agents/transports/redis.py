@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from dynamic_agents._logging import get_logger
 from dynamic_agents.events import EventCodec, StreamNames, WireModel
+from dynamic_agents.events.envelope import DATA_FIELD
 from dynamic_agents.exceptions import ConfigurationError, MissingDependencyError, TransportError
 from dynamic_agents.transports import _scripts
 from dynamic_agents.transports.base import (
@@ -381,9 +382,10 @@ class RedisStreamsTransport(Transport):
         dead_fields = dead_letter_fields(delivery, reason, self.clock.time())
         keys = [delivery.stream, self.names.dead_letters, record_key or self.names.dead_letters]
         reply_args: list[bytes | str | int] = []
+        envelope = reply.envelope(self.codec) if reply is not None else b""
         if reply is not None and reply.stream is not None:
             keys.append(reply.stream)
-            reply_args = _flatten(self.codec.encode_entry(reply.event, headers=reply.headers))
+            reply_args = [DATA_FIELD, envelope]
         args: list[bytes | str | int] = [
             delivery.group,
             delivery.entry_id,
@@ -392,6 +394,8 @@ class RedisStreamsTransport(Transport):
             _optional(reply.maxlen if reply else None),
             _optional(_ms(reply.expire) if reply and reply.expire is not None else None),
             "1" if record_key else "0",
+            (reply.channel or "") if reply is not None else "",
+            envelope if reply is not None and reply.channel else b"",
             *_flatten(dead_fields),
             *reply_args,
         ]
@@ -412,9 +416,10 @@ class RedisStreamsTransport(Transport):
         event = reply.event
         keys = [delivery.stream, self.names.completed_record(event.request_id)]
         reply_args: list[bytes | str | int] = []
+        envelope = reply.envelope(self.codec)
         if reply.stream is not None:
             keys.append(reply.stream)
-            reply_args = _flatten(self.codec.encode_entry(event, headers=reply.headers))
+            reply_args = [DATA_FIELD, envelope]
         args: list[bytes | str | int] = [
             delivery.group,
             delivery.entry_id,
@@ -425,6 +430,8 @@ class RedisStreamsTransport(Transport):
             event.request_id,
             event.id,
             str(event.status),
+            reply.channel or "",
+            envelope if reply.channel else b"",
             *reply_args,
         ]
         created, flat = _list(

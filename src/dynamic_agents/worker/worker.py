@@ -356,12 +356,18 @@ class AgentWorker:
 
     # -- answering ----------------------------------------------------------------------------------
 
-    def _reply(self, event: AgentRequestEvent, response: AgentResponseEvent) -> Reply:
+    def _reply(self, delivery: Delivery[AgentRequestEvent], response: AgentResponseEvent) -> Reply:
+        """To the request's reply stream; a FastStream RPC caller (``reply_to`` header, no reply
+        stream) gets it by Redis ``PUBLISH`` with its own correlation id."""
+        event, message = delivery.event, delivery.message
+        rpc_channel = message.reply_to if message is not None and event.reply_stream is None else None
         return Reply(
             response,
             event.reply_stream,
             maxlen=self.settings.reply_maxlen,
             expire=self.settings.reply_expire,
+            channel=rpc_channel,
+            correlation_id=message.correlation_id if rpc_channel and message is not None else None,
         )
 
     async def _answer(
@@ -373,7 +379,7 @@ class AgentWorker:
     ) -> Completion:
         response = result.to_response(event, target)
         completion = await self.transport.complete(
-            delivery, self._reply(event, response), record_ttl=self.settings.record_ttl
+            delivery, self._reply(delivery, response), record_ttl=self.settings.record_ttl
         )
         if not completion.created:
             self.stats.duplicates += 1
@@ -389,7 +395,7 @@ class AgentWorker:
         response = _error("the request could not be processed; it was set aside for an operator").to_response(
             event
         )
-        if await self.transport.dead_letter(delivery, reason, self._reply(event, response)):
+        if await self.transport.dead_letter(delivery, reason, self._reply(delivery, response)):
             self.stats.dead_lettered += 1
             logger.warning("request %s dead-lettered: %s", event.id, reason)
 

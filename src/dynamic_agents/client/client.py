@@ -1,0 +1,211 @@
+"""``AgentClient``: what an interface needs — publish requests, await or consume their replies.
+
+``request()`` cannot miss a fast reply: the reply stream's position is taken before the request is
+published, and one shared reader per reply stream hands replies out by request id, so a thousand
+concurrent requests over sixteen reply streams cost sixteen readers, not a thousand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from dynamic_agents._logging import get_logger
+from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, StreamNames
+from dynamic_agents.exceptions import ConfigurationError, DynamicAgentsError
+from dynamic_agents.routing import RoutingConfig
+from dynamic_agents.transports import Delivery, Subscription, Transport
+
+__all__ = ["AgentClient"]
+
+logger = get_logger("client")
+
+
+@dataclass(slots=True)
+class _Reader:
+    """One reply stream, read from a known position; replies go to whoever waits for them."""
+
+    stream: str
+    position: str
+    waiting: dict[str, asyncio.Future[AgentResponseEvent]]
+    task: asyncio.Task[None] | None = None
+
+
+class AgentClient:
+    """Publishes requests and delivers replies for an interface.
+
+    ``routing`` (the interface YAML) lets :meth:`build_request` fill targets, session ids and reply
+    streams the way the design document's ``AgentRouting`` does.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        routing: RoutingConfig | None = None,
+        block: float = 1.0,
+    ) -> None:
+        self.transport = transport
+        self.names: StreamNames = transport.names
+        self.routing = routing
+        self._event_router = routing.router() if routing is not None else None
+        self.block = block
+        self._readers: dict[str, _Reader] = {}
+        self._lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return f"AgentClient({self.transport!r}, readers={len(self._readers)})"
+
+    # -- building and publishing --------------------------------------------------------------------
+
+    def build_request(
+        self,
+        source: str,
+        event: Mapping[str, Any],
+        *,
+        session_ttl: float | None = None,
+    ) -> AgentRequestEvent:
+        """An ``AgentRequestEvent`` from a normalised platform event.
+
+        ``event`` holds ``channel_id`` (or ``conversation_id`` / ``chat_id``), ``user_id``,
+        ``content`` and optionally ``id`` (the platform's event id — used as the request id, so a
+        platform retry is deduplicated), ``user_name``, ``attachments``, ``guild_id`` and other
+        metadata. The session id is ``{prefix}:{channel}`` (prefix from the interface's
+        ``session.prefix``, else the source) and the reply stream is the channel's.
+        """
+        channel = event.get("channel_id") or event.get("conversation_id") or event.get("chat_id")
+        if not channel:
+            raise ConfigurationError(f"a {source} event needs channel_id (or conversation_id / chat_id)")
+        interface = self.routing.interfaces.get(source) if self.routing is not None else None
+        prefix = interface.session.prefix if interface is not None and interface.session.prefix else source
+        reserved = {
+            "id",
+            "channel_id",
+            "conversation_id",
+            "chat_id",
+            "user_id",
+            "user_name",
+            "content",
+            "attachments",
+        }
+        metadata = {key: value for key, value in event.items() if key not in reserved}
+        fields: dict[str, Any] = {
+            "source": source,
+            "source_id": str(channel),
+            "user_id": str(event.get("user_id", "")),
+            "user_name": event.get("user_name"),
+            "content": event.get("content", ""),
+            "attachments": event.get("attachments", []),
+            "session_id": f"{prefix}:{channel}",
+            "reply_stream": self.names.responses(source, str(channel)),
+            "metadata": metadata,
+        }
+        if event.get("id"):
+            fields["id"] = str(event["id"])
+        request = AgentRequestEvent.model_validate(fields)
+        if self._event_router is not None:
+            decision = self._event_router.route(request)
+            target = {"agent": "agent_id", "team": "team_id", "workflow": "workflow_id"}[
+                decision.target.type.value
+            ]
+            request = request.model_copy(update={target: decision.target.id})
+        return request
+
+    async def publish(self, request: AgentRequestEvent, *, headers: Mapping[str, str] | None = None) -> str:
+        """Put a request on ``agent:requests``; returns its entry id."""
+        return await self.transport.publish(self.names.requests, request, headers=headers)
+
+    async def request(
+        self, request: AgentRequestEvent, *, timeout: float = 60.0, headers: Mapping[str, str] | None = None
+    ) -> AgentResponseEvent:
+        """Publish and wait for the reply (``TimeoutError`` after ``timeout`` seconds)."""
+        if request.reply_stream is None:
+            raise ConfigurationError("request() needs the request's reply_stream")
+        reader = await self._reader(request.reply_stream)
+        future: asyncio.Future[AgentResponseEvent] = asyncio.get_running_loop().create_future()
+        reader.waiting[request.id] = future
+        try:
+            await self.publish(request, headers=headers)
+            async with asyncio.timeout(timeout):
+                return await asyncio.shield(future)
+        finally:
+            reader.waiting.pop(request.id, None)
+
+    async def _reader(self, stream: str) -> _Reader:
+        reader = self._readers.get(stream)
+        if reader is not None:
+            return reader
+        async with self._lock:
+            reader = self._readers.get(stream)
+            if reader is None:
+                position = await self.transport.last_entry_id(stream)  # before anything is published
+                reader = _Reader(stream, position, {})
+                reader.task = asyncio.get_running_loop().create_task(self._read_replies(reader))
+                self._readers[stream] = reader
+        return reader
+
+    async def _read_replies(self, reader: _Reader) -> None:
+        while True:
+            try:
+                entries = await self.transport.read_stream(
+                    reader.stream, AgentResponseEvent, after=reader.position, count=500, block=self.block
+                )
+            except DynamicAgentsError as error:
+                logger.warning("reading replies from %r failed: %s", reader.stream, error)
+                await asyncio.sleep(self.block)
+                continue
+            for entry in entries:
+                reader.position = entry.entry_id
+                if entry.message is None:
+                    continue
+                future = reader.waiting.get(entry.message.event.request_id)
+                if future is not None and not future.done():
+                    future.set_result(entry.message.event)
+
+    # -- consuming replies (the interface process that delivers them) -------------------------------
+
+    async def responses(
+        self,
+        reply_streams: Sequence[str],
+        *,
+        group: str,
+        consumer: str,
+        block: float | None = None,
+    ) -> AsyncIterator[Delivery[AgentResponseEvent]]:
+        """Replies from many channels' streams through a consumer group: ``ack()`` each once the
+        platform has it (unacked ones come back after ``claim_min_idle``)."""
+        subscriptions = [
+            Subscription(stream, group, consumer, AgentResponseEvent, block=0, claim_min_idle=60.0)
+            for stream in reply_streams
+        ]
+        for subscription in subscriptions:
+            await self.transport.ensure_group(subscription.stream, group)
+        wait = self.block if block is None else block
+        while True:
+            found = False
+            for subscription in subscriptions:
+                for delivery in await self.transport.read(subscription, subscription.batch_size):
+                    found = True
+                    yield delivery
+            if not found:
+                await asyncio.sleep(wait)
+
+    async def ack(self, *deliveries: Delivery[AgentResponseEvent]) -> int:
+        return await self.transport.ack(*deliveries)
+
+    async def aclose(self) -> None:
+        tasks = [reader.task for reader in self._readers.values() if reader.task is not None]
+        self._readers.clear()
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            # A reader inside a blocking read may take a moment to notice; never hang on it.
+            await asyncio.wait(tasks, timeout=2 * self.block + 1)
+
+    async def __aenter__(self) -> AgentClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()

@@ -1,0 +1,359 @@
+"""Operations on the dead-letter stream, as library calls (a REST router can mount them).
+
+A request lands on the dead-letter stream (``transport.names.dead_letters``) when it does not
+decode, or when it was delivered more than ``max_deliveries`` times; each dead letter is the
+original entry's fields plus ``dead_letter.*`` fields saying why, from where, by whom and when.
+:class:`DeadLetters` lists them, sums them up, puts them back on their stream and deletes them::
+
+    dead = DeadLetters(transport)
+    for letter in await dead.list(limit=20):
+        print(letter.id, letter.kind, letter.origin_stream, letter.delivery_count)
+    await dead.requeue(letter.id)            # once the fault is fixed
+    await dead.purge(before=a_week_ago)
+
+**Requeue** publishes the original fields (without the ``dead_letter.*`` ones) to the origin
+stream as a *new* entry, so the request gets a fresh delivery budget (its delivery count starts at
+1 again), and only then deletes the dead letter. A crash between the two steps leaves a request
+that is both requeued and still dead-lettered — never a lost one; requeueing that leftover again is
+harmless for a request that was answered meanwhile, since the worker acks a request that has a
+completed-request record without running it. The same deduplication applies to a request the
+worker dead-lettered for too many deliveries: that dead-lettering sent an error reply but wrote no
+record, so the requeued request runs and gets a second, successful reply.
+
+An undecodable entry requeued unchanged is dead-lettered again by the next worker that reads it;
+requeue those only after fixing what could not read them (a codec or schema upgrade).
+
+Reasons are grouped into *kinds* (:func:`reason_kind`) for :meth:`DeadLetters.summary`,
+:meth:`DeadLetters.requeue_all` and :meth:`DeadLetters.purge_all`:
+
+* ``undecodable: <decode error>`` → ``"undecodable"``;
+* ``delivered N times (max_deliveries=M)`` → ``"max deliveries"``;
+* any other reason → its text before the first ``:`` (``"poison: bad tool"`` → ``"poison"``), or the
+  whole reason when it has no ``:``; an empty reason → ``"unknown"``.
+
+Summaries, ``requeue_all``, ``purge(before=…)`` and ``purge_all`` scan the whole stream (in pages),
+which is fine for the few thousand entries a dead-letter stream should ever hold. The bulk
+operations only touch the entries that existed when they started, so entries dead-lettered
+meanwhile — say, undecodable ones requeued by this very call — are left for the next call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import re
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Final
+
+from dynamic_agents._logging import get_logger
+from dynamic_agents.events import AgentRequestEvent
+from dynamic_agents.exceptions import ConfigurationError, DeliveryError, EventError
+from dynamic_agents.transports import Transport
+from dynamic_agents.transports.base import DEAD_LETTER_FIELD_PREFIX
+
+__all__ = [
+    "MAX_DELIVERIES",
+    "UNDECODABLE",
+    "UNKNOWN_REASON",
+    "DeadLetter",
+    "DeadLetterSummary",
+    "DeadLetters",
+    "reason_kind",
+]
+
+logger = get_logger("operations")
+
+UNDECODABLE: Final = "undecodable"
+"""The kind of a dead letter the transport set aside because it did not decode."""
+MAX_DELIVERIES: Final = "max deliveries"
+"""The kind of a dead letter the worker set aside after too many deliveries."""
+UNKNOWN_REASON: Final = "unknown"
+"""The kind of a dead letter without a reason."""
+
+_PAGE: Final = 500
+_MAX_ID_PART: Final = 2**64 - 1
+_ENTRY_ID_RE: Final = re.compile(r"^(\d+)-(\d+)$")
+_MAX_DELIVERIES_RE: Final = re.compile(r"^delivered \d+ times\b")
+_PREFIX: Final = DEAD_LETTER_FIELD_PREFIX.encode()
+
+
+def reason_kind(reason: str) -> str:
+    """The stable kind of a dead-letter reason, without its variable part (see the module docs)."""
+    reason = reason.strip()
+    if not reason:
+        return UNKNOWN_REASON
+    if _MAX_DELIVERIES_RE.match(reason):
+        return MAX_DELIVERIES
+    head, colon, _ = reason.partition(":")
+    return (head.strip() or UNKNOWN_REASON) if colon else reason
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One entry of the dead-letter stream.
+
+    ``id`` is the dead-letter entry's id (what :meth:`DeadLetters.requeue` and
+    :meth:`DeadLetters.purge` take); ``origin_stream`` and ``origin_entry_id`` say where the request
+    was, ``group`` and ``consumer`` who held it, ``delivery_count`` how often it had been delivered.
+    ``fields`` are the original entry's fields (without ``dead_letter.*``); ``request`` is the request
+    decoded from them, or ``None`` with ``decode_error`` saying why. Fields missing from an entry
+    someone wrote by hand read as empty strings and ``0``; ``dead_at`` then falls back to the time
+    in the entry id.
+    """
+
+    id: str
+    reason: str
+    origin_stream: str
+    origin_entry_id: str
+    group: str
+    consumer: str
+    delivery_count: int
+    dead_at: datetime
+    request: AgentRequestEvent | None
+    decode_error: str | None
+    fields: Mapping[bytes, bytes] = field(repr=False, compare=False)
+
+    @property
+    def kind(self) -> str:
+        """The reason without its variable part: ``"undecodable"``, ``"max deliveries"``, …"""
+        return reason_kind(self.reason)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterSummary:
+    """Counts over the whole dead-letter stream: by reason kind and by origin stream.
+
+    ``oldest`` and ``newest`` are the earliest and latest ``dead_at`` (``None`` when empty).
+    """
+
+    total: int
+    by_reason: Mapping[str, int]
+    by_stream: Mapping[str, int]
+    oldest: datetime | None
+    newest: datetime | None
+
+
+class DeadLetters:
+    """List, summarise, requeue and purge the entries of the dead-letter stream.
+
+    ``stream`` defaults to ``transport.names.dead_letters``. Unknown (or malformed) entry ids raise
+    :class:`~dynamic_agents.exceptions.DeliveryError` (a ``LookupError``). Requeue and purge of one
+    entry are serialised within this object, so two concurrent calls for the same id (a double
+    click) requeue it once; across processes, concurrent requeues of one id can publish the request
+    twice — the completed-request record still lets only one successful reply out (though both
+    copies may run if workers take them at the same time).
+    """
+
+    def __init__(self, transport: Transport, *, stream: str | None = None) -> None:
+        self.transport = transport
+        self.stream = stream or transport.names.dead_letters
+        self._lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return f"DeadLetters({self.stream!r})"
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    async def list(self, *, limit: int = 100, after: str = "0-0") -> builtins.list[DeadLetter]:
+        """Up to ``limit`` dead letters after entry id ``after``, oldest first.
+
+        Page on by passing the last id you got as ``after``.
+        """
+        if limit < 1:
+            raise ConfigurationError(f"limit must be at least 1, got {limit}")
+        if _parse_id(after) is None:
+            raise ConfigurationError(f"after={after!r} is not a stream entry id (like '1700000000000-0')")
+        entries = await self.transport.read_stream(self.stream, AgentRequestEvent, after=after, count=limit)
+        return [self._letter(entry.entry_id, entry.fields) for entry in entries]
+
+    async def get(self, entry_id: str) -> DeadLetter:
+        """The dead letter with id ``entry_id``; :class:`DeliveryError` if there is none."""
+        parsed = _parse_id(entry_id)
+        if parsed is None or parsed == (0, 0):
+            raise DeliveryError(
+                f"no dead letter {entry_id!r}: not a stream entry id (like '1700000000000-0')"
+            )
+        millis, sequence = parsed
+        before = f"{millis}-{sequence - 1}" if sequence else f"{millis - 1}-{_MAX_ID_PART}"
+        entries = await self.transport.read_stream(self.stream, AgentRequestEvent, after=before, count=1)
+        if not entries or _parse_id(entries[0].entry_id) != parsed:
+            raise DeliveryError(f"no dead letter {entry_id!r} on {self.stream!r}")
+        return self._letter(entries[0].entry_id, entries[0].fields)
+
+    async def summary(self) -> DeadLetterSummary:
+        """Counts by reason kind and origin stream, and the oldest and newest ``dead_at``."""
+        by_reason: Counter[str] = Counter()
+        by_stream: Counter[str] = Counter()
+        oldest: datetime | None = None
+        newest: datetime | None = None
+        async for letter in self._scan():
+            by_reason[letter.kind] += 1
+            by_stream[letter.origin_stream] += 1
+            oldest = letter.dead_at if oldest is None else min(oldest, letter.dead_at)
+            newest = letter.dead_at if newest is None else max(newest, letter.dead_at)
+        return DeadLetterSummary(
+            total=by_reason.total(),
+            by_reason=dict(by_reason.most_common()),
+            by_stream=dict(by_stream.most_common()),
+            oldest=oldest,
+            newest=newest,
+        )
+
+    # -- requeueing -------------------------------------------------------------------------------
+
+    async def requeue(self, entry_id: str) -> str:
+        """Publish the dead letter's original fields to its origin stream as a new entry (a fresh
+        delivery budget), then delete the dead letter; returns the new entry's id.
+
+        Publishing comes first: a crash in between leaves the dead letter in place as well (a
+        duplicate), never a lost request. :class:`DeliveryError` if there is no such dead letter
+        or it does not say which stream it came from.
+        """
+        async with self._lock:
+            return await self._requeue(await self.get(entry_id))
+
+    async def requeue_all(self, *, reason: str | None = None) -> int:
+        """Requeue every dead letter there is now (or those of kind ``reason``, as
+        :func:`reason_kind` names them); returns how many were requeued."""
+        requeued = 0
+        async with self._lock:
+            async for letter in self._scan(until=await self.transport.last_entry_id(self.stream)):
+                if reason is not None and letter.kind != reason:
+                    continue
+                if not letter.origin_stream:
+                    logger.warning("dead letter %s has no origin stream: not requeued", letter.id)
+                    continue
+                await self._requeue(letter)
+                requeued += 1
+        return requeued
+
+    async def _requeue(self, letter: DeadLetter) -> str:
+        if not letter.origin_stream:
+            raise DeliveryError(f"dead letter {letter.id!r} does not say which stream it came from")
+        new_id = await self.transport.publish_fields(letter.origin_stream, letter.fields)
+        if not await self.transport.delete(self.stream, letter.id):
+            logger.warning(
+                "dead letter %s was deleted by someone else while being requeued: its request may be "
+                "on %r twice",
+                letter.id,
+                letter.origin_stream,
+            )
+        logger.info("requeued dead letter %s to %r as %s", letter.id, letter.origin_stream, new_id)
+        return new_id
+
+    # -- purging ----------------------------------------------------------------------------------
+
+    async def purge(self, entry_id: str | None = None, *, before: datetime | None = None) -> int:
+        """Delete one dead letter (``entry_id``), or every one dead before ``before`` (a timezone-aware
+        datetime); returns how many were deleted. Give exactly one of them: deleting everything is
+        :meth:`purge_all`. :class:`DeliveryError` for an unknown ``entry_id``.
+        """
+        if (entry_id is None) == (before is None):
+            raise ConfigurationError(
+                "purge takes an entry_id or before=, not both nor neither (see purge_all)"
+            )
+        if entry_id is not None:
+            async with self._lock:
+                letter = await self.get(entry_id)
+                return await self.transport.delete(self.stream, letter.id)
+        assert before is not None
+        if before.tzinfo is None or before.utcoffset() is None:
+            raise ConfigurationError(f"before={before.isoformat()} must be timezone-aware (e.g. UTC)")
+        return await self._delete_where(lambda letter: letter.dead_at < before)
+
+    async def purge_all(self, *, reason: str | None = None) -> int:
+        """Delete every dead letter there is now (or those of kind ``reason``); returns how many."""
+        return await self._delete_where(lambda letter: reason is None or letter.kind == reason)
+
+    async def _delete_where(self, doomed: Callable[[DeadLetter], bool]) -> int:
+        deleted = 0
+        batch: builtins.list[str] = []
+        async with self._lock:
+            async for letter in self._scan(until=await self.transport.last_entry_id(self.stream)):
+                if doomed(letter):
+                    batch.append(letter.id)
+                if len(batch) >= _PAGE:
+                    deleted += await self.transport.delete(self.stream, *batch)
+                    batch.clear()
+            if batch:
+                deleted += await self.transport.delete(self.stream, *batch)
+        if deleted:
+            logger.info("purged %d dead letters from %r", deleted, self.stream)
+        return deleted
+
+    # -- internals --------------------------------------------------------------------------------
+
+    async def _scan(self, *, until: str | None = None) -> AsyncIterator[DeadLetter]:
+        """Every dead letter, oldest first, in pages; only up to id ``until`` when given."""
+        last = _parse_id(until) if until is not None else None
+        cursor = "0-0"
+        while True:
+            entries = await self.transport.read_stream(
+                self.stream, AgentRequestEvent, after=cursor, count=_PAGE
+            )
+            for entry in entries:
+                if last is not None and (_parse_id(entry.entry_id) or (0, 0)) > last:
+                    return
+                yield self._letter(entry.entry_id, entry.fields)
+            if len(entries) < _PAGE:
+                return
+            cursor = entries[-1].entry_id
+
+    def _letter(self, entry_id: str, fields: Mapping[bytes, bytes]) -> DeadLetter:
+        meta = {
+            key[len(_PREFIX) :].decode(errors="replace"): value.decode(errors="replace")
+            for key, value in fields.items()
+            if key.startswith(_PREFIX)
+        }
+        original = MappingProxyType({k: v for k, v in fields.items() if not k.startswith(_PREFIX)})
+        request: AgentRequestEvent | None = None
+        decode_error: str | None = None
+        try:
+            request = self.transport.codec.decode_entry(original, AgentRequestEvent).event
+        except EventError as error:
+            decode_error = str(error)
+        return DeadLetter(
+            id=entry_id,
+            reason=meta.get("reason", ""),
+            origin_stream=meta.get("stream", ""),
+            origin_entry_id=meta.get("entry_id", ""),
+            group=meta.get("group", ""),
+            consumer=meta.get("consumer", ""),
+            delivery_count=_int(meta.get("delivery_count", "")),
+            dead_at=_dead_at(meta.get("dead_at", ""), entry_id),
+            request=request,
+            decode_error=decode_error,
+            fields=original,
+        )
+
+
+def _parse_id(entry_id: str) -> tuple[int, int] | None:
+    """``(milliseconds, sequence)`` of a full stream entry id, or ``None`` if it is not one."""
+    match = _ENTRY_ID_RE.match(entry_id)
+    if match is None:
+        return None
+    millis, sequence = int(match[1]), int(match[2])
+    if millis > _MAX_ID_PART or sequence > _MAX_ID_PART:
+        return None
+    return millis, sequence
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        return 0
+
+
+def _dead_at(text: str, entry_id: str) -> datetime:
+    millis = (_parse_id(entry_id) or (0, 0))[0]
+    for seconds in (text, millis / 1000):
+        try:
+            return datetime.fromtimestamp(float(seconds), tz=UTC)
+        except (ValueError, OverflowError, OSError):
+            continue
+    return datetime.fromtimestamp(0, tz=UTC)

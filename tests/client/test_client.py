@@ -1,0 +1,157 @@
+"""AgentClient against a worker, on real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from dynamic_agents.client import AgentClient
+from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, StreamNames, Target, TargetType
+from dynamic_agents.execution import FunctionExecutor
+from dynamic_agents.routing import EventRouter, RoutingConfig
+from dynamic_agents.transports import RedisStreamsTransport
+from dynamic_agents.worker import AgentWorker, WorkerSettings
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+async def names(redis_prefix: str) -> StreamNames:
+    return StreamNames(redis_prefix)
+
+
+@pytest.fixture
+async def running_worker(redis_url: str, names: StreamNames) -> AsyncIterator[AgentWorker]:
+    transport = RedisStreamsTransport.from_url(redis_url, names=names)
+
+    async def answer(target: Target, request: AgentRequestEvent) -> str:
+        await asyncio.sleep(0.001)
+        return f"re: {request.content}"
+
+    worker = AgentWorker(
+        transport,
+        transport.coordinator(),
+        EventRouter(default=Target(type=TargetType.AGENT, id="echo")),
+        FunctionExecutor(answer),
+        settings=WorkerSettings(concurrency=64, batch_size=64, block=0.05),
+    )
+    async with worker:
+        yield worker
+    await transport.aclose()
+
+
+async def test_a_thousand_concurrent_requests_over_sixteen_reply_streams(
+    redis_url: str, names: StreamNames, running_worker: AgentWorker
+) -> None:
+    transport = RedisStreamsTransport.from_url(redis_url, names=names)
+    async with AgentClient(transport, block=0.05) as client:
+
+        async def ask(n: int) -> AgentResponseEvent:
+            channel = f"c{n % 16}"
+            request = AgentRequestEvent(
+                source="rest",
+                source_id=channel,
+                user_id="u",
+                content=f"question {n}",
+                session_id=f"s{n}",
+                reply_stream=names.responses("rest", channel),
+            )
+            reply = await client.request(request, timeout=60)
+            assert reply.request_id == request.id
+            return reply
+
+        replies = await asyncio.gather(*(ask(n) for n in range(1000)))
+        assert sorted(r.content for r in replies) == sorted(f"re: question {n}" for n in range(1000))
+        assert len(client._readers) == 16
+    await transport.aclose()
+
+
+async def test_a_reply_written_the_moment_the_request_lands_is_not_missed(
+    redis_url: str, names: StreamNames, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    transport = RedisStreamsTransport.from_url(redis_url, names=names)
+    publish = transport.publish
+
+    async def publish_and_answer_at_once(stream: str, event: Any, **options: Any) -> str:
+        entry_id = await publish(stream, event, **options)
+        if isinstance(event, AgentRequestEvent) and event.reply_stream:
+            await publish(event.reply_stream, AgentResponseEvent(request_id=event.id, content="instant"))
+        return entry_id
+
+    monkeypatch.setattr(transport, "publish", publish_and_answer_at_once)
+    async with AgentClient(transport, block=0.05) as client:
+        request = AgentRequestEvent(
+            source="rest",
+            source_id="fast",
+            user_id="u",
+            content="x",
+            reply_stream=names.responses("rest", "fast"),
+        )
+        reply = await client.request(request, timeout=5)
+        assert reply.content == "instant"
+    await transport.aclose()
+
+
+async def test_build_request_from_a_platform_event(redis_url: str, names: StreamNames) -> None:
+    routing = RoutingConfig.from_yaml(
+        """
+discord:
+  routing:
+    default_agent: discord-assistant
+    rules:
+      - name: Support Guild
+        guild_ids: ["987654321"]
+        team_id: support-team
+  session:
+    prefix: dc
+"""
+    )
+    transport = RedisStreamsTransport.from_url(redis_url, names=names)
+    client = AgentClient(transport, routing=routing)
+    platform_event: dict[str, Any] = {
+        "id": "1234567890123",
+        "channel_id": "555",
+        "guild_id": "987654321",
+        "user_id": "42",
+        "user_name": "ana",
+        "content": "help",
+    }
+    request = client.build_request("discord", platform_event)
+    assert (request.id, request.session_id, request.team_id) == ("1234567890123", "dc:555", "support-team")
+    assert request.reply_stream == names.responses("discord", "555")
+    assert request.metadata == {"guild_id": "987654321"}
+    await transport.aclose()
+
+
+async def test_responses_are_consumed_with_ack(redis_url: str, names: StreamNames) -> None:
+    transport = RedisStreamsTransport.from_url(redis_url, names=names)
+    client = AgentClient(transport, block=0.05)
+    streams = [names.responses("discord", f"ch{n}") for n in range(3)]
+    for n, stream in enumerate(streams):
+        await transport.publish(stream, AgentResponseEvent(request_id=f"r{n}", content=f"answer {n}"))
+    seen = []
+    async for delivery in client.responses(streams, group="discord-interface", consumer="i1"):
+        seen.append(delivery.event.content)
+        await client.ack(delivery)
+        if len(seen) == 3:
+            break
+    assert sorted(seen) == ["answer 0", "answer 1", "answer 2"]
+    for stream in streams:
+        assert await transport.pending(stream, "discord-interface") == []
+    await transport.aclose()
+
+
+@pytest.mark.faststream
+async def test_a_faststream_rpc_request_gets_its_reply(
+    redis_url: str, names: StreamNames, running_worker: AgentWorker
+) -> None:
+    from faststream.redis import RedisBroker
+
+    request = AgentRequestEvent(source="rest", source_id="rpc", user_id="u", content="ping over rpc")
+    async with RedisBroker(redis_url) as broker:
+        response = await broker.request(request.model_dump(mode="json"), stream=names.requests, timeout=10)
+    body = AgentResponseEvent.model_validate_json(response.body)
+    assert (body.request_id, body.content) == (request.id, "re: ping over rpc")

@@ -1,0 +1,304 @@
+"""Dead-letter operations, on dead letters made the real way: by a worker, on both backends."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from dynamic_agents.events import AgentRequestEvent, ResponseStatus
+from dynamic_agents.exceptions import ConfigurationError, DeliveryError
+from dynamic_agents.operations import (
+    MAX_DELIVERIES,
+    UNDECODABLE,
+    DeadLetters,
+    DeadLetterSummary,
+    reason_kind,
+)
+from dynamic_agents.transports import Subscription, Transport
+from tests.worker.conftest import Backend, replies, request_event, worker
+
+GROUP = "dynamic-agents"
+JUNK = (b"not json", b'{"source": 42}')
+
+
+async def dead_undecodable(backend: Backend, transport: Transport, *junk: bytes) -> str:
+    """Junk entries on the request stream, dead-lettered by a worker run; returns its consumer."""
+    await transport.ensure_group(backend.names.requests, GROUP)
+    for data in junk:
+        await transport.publish_fields(backend.names.requests, {"__data__": data})
+    w = worker(transport)
+    await w.run_until_idle()
+    assert w.stats.undecodable == len(junk)
+    return w.settings.consumer
+
+
+async def dead_past_max_deliveries(
+    backend: Backend, transport: Transport, content: str = "cursed"
+) -> tuple[AgentRequestEvent, str, str]:
+    """A request whose first consumer died holding it: the next worker (``max_deliveries=1``) sees
+    its second delivery, dead-letters it and sends an error reply. Returns the request, its entry id
+    and the dead-lettering worker's consumer name."""
+    request = request_event(backend.names, content)
+    await transport.ensure_group(backend.names.requests, GROUP)
+    entry_id = await transport.publish(backend.names.requests, request)
+    crashed = Subscription(backend.names.requests, GROUP, "crashed", AgentRequestEvent, block=0)
+    assert len(await transport.read(crashed, 1)) == 1
+    w = worker(transport, max_deliveries=1)
+    await w.run_until_idle()
+    assert w.stats.dead_lettered == 1
+    return request, entry_id, w.settings.consumer
+
+
+async def dead_by_hand(transport: Transport, stream: str, reason: str) -> None:
+    """A request on another stream, dead-lettered by its consumer with its own reason."""
+    await transport.ensure_group(stream, "jobs")
+    await transport.publish(stream, request_event(transport.names, "job"))
+    subscription = Subscription(stream, "jobs", "job-runner", AgentRequestEvent, block=0)
+    (delivery,) = await transport.read(subscription, 1)
+    assert await transport.dead_letter(delivery, reason)
+
+
+@pytest.mark.parametrize(
+    ("reason", "kind"),
+    [
+        ("undecodable: invalid AgentRequestEvent: source: …", UNDECODABLE),
+        ("delivered 6 times (max_deliveries=5)", MAX_DELIVERIES),
+        ("poison: tool exploded", "poison"),
+        ("manual", "manual"),
+        ("  ", "unknown"),
+        (": nothing before", "unknown"),
+    ],
+)
+def test_reasons_are_grouped_by_kind(reason: str, kind: str) -> None:
+    assert reason_kind(reason) == kind
+
+
+async def test_list_shows_reasons_origins_and_counts(backend: Backend) -> None:
+    transport = await backend.transport()
+    before = datetime.now(UTC)
+    junk_consumer = await dead_undecodable(backend, transport, *JUNK)
+    request, origin_id, consumer = await dead_past_max_deliveries(backend, transport)
+    dead = DeadLetters(transport)
+
+    first, second, cursed = await dead.list()
+    for letter, data in zip((first, second), JUNK, strict=True):
+        assert letter.kind == UNDECODABLE
+        assert letter.reason.startswith("undecodable: ")
+        assert (letter.origin_stream, letter.group, letter.consumer) == (
+            backend.names.requests,
+            GROUP,
+            junk_consumer,
+        )
+        assert letter.delivery_count == 1
+        assert letter.request is None
+        assert letter.decode_error
+        assert letter.fields == {b"__data__": data}
+    assert "not valid JSON" in (first.decode_error or "")
+    assert "source" in (second.decode_error or "")
+
+    assert cursed.kind == MAX_DELIVERIES
+    assert cursed.reason == "delivered 2 times (max_deliveries=1)"
+    assert (cursed.origin_stream, cursed.origin_entry_id, cursed.group, cursed.consumer) == (
+        backend.names.requests,
+        origin_id,
+        GROUP,
+        consumer,
+    )
+    assert cursed.delivery_count == 2
+    assert cursed.request == request
+    assert cursed.decode_error is None
+    assert not any(key.startswith(b"dead_letter.") for key in cursed.fields)
+    assert cursed.dead_at.tzinfo is UTC
+    assert before - timedelta(seconds=1) <= first.dead_at <= cursed.dead_at <= datetime.now(UTC)
+
+    # paging, and one by id
+    assert await dead.list(limit=2) == [first, second]
+    assert await dead.list(after=second.id) == [cursed]
+    assert await dead.list(after=cursed.id) == []
+    assert await dead.get(cursed.id) == cursed
+    assert await dead.get(first.id) == first
+
+
+async def test_summary_counts_by_reason_and_origin(backend: Backend) -> None:
+    transport = await backend.transport()
+    dead = DeadLetters(transport)
+    empty = await dead.summary()
+    assert empty == DeadLetterSummary(total=0, by_reason={}, by_stream={}, oldest=None, newest=None)
+
+    await dead_undecodable(backend, transport, *JUNK)
+    await dead_past_max_deliveries(backend, transport)
+    jobs = f"{backend.names.prefix}:jobs"
+    await dead_by_hand(transport, jobs, "poison: tool exploded")
+
+    summary = await dead.summary()
+    letters = await dead.list()
+    assert summary.total == len(letters) == 4
+    assert summary.by_reason == {UNDECODABLE: 2, MAX_DELIVERIES: 1, "poison": 1}
+    assert summary.by_stream == {backend.names.requests: 3, jobs: 1}
+    assert summary.oldest == min(letter.dead_at for letter in letters) == letters[0].dead_at
+    assert summary.newest == max(letter.dead_at for letter in letters) == letters[-1].dead_at
+
+
+async def test_a_requeued_request_is_answered_exactly_once(backend: Backend) -> None:
+    transport = await backend.transport()
+    request, origin_id, _ = await dead_past_max_deliveries(backend, transport)
+    # Dead-lettering answered it with an error reply, and wrote no completed-request record.
+    (error_reply,) = await replies(transport, backend.names)
+    assert (error_reply.request_id, error_reply.status) == (request.id, ResponseStatus.ERROR)
+    assert await transport.coordinator().get_record(request.id) is None
+
+    # The fault (a worker dying on it) is gone: requeue it.
+    dead = DeadLetters(transport)
+    (letter,) = await dead.list()
+    new_id = await dead.requeue(letter.id)
+    assert new_id != origin_id
+    assert await dead.list() == []
+    (requeued,) = await transport.read_stream(backend.names.requests, AgentRequestEvent, after=origin_id)
+    assert (requeued.entry_id, requeued.event, requeued.fields) == (new_id, request, letter.fields)
+
+    # A fresh delivery budget: even a worker with max_deliveries=1 runs it now.
+    w = worker(transport, max_deliveries=1)
+    await w.run_until_idle()
+    assert (w.stats.completed, w.stats.dead_lettered) == (1, 0)
+    first, second = await replies(transport, backend.names)
+    assert first == error_reply
+    assert (second.request_id, second.status, second.content) == (
+        request.id,
+        ResponseStatus.COMPLETED,
+        "echo: cursed",
+    )
+    record = await transport.coordinator().get_record(request.id)
+    assert record is not None
+    assert (record.response_id, record.status) == (second.id, str(ResponseStatus.COMPLETED))
+    assert await transport.pending(backend.names.requests, GROUP) == []
+    assert await dead.list() == []
+
+    # Once: it cannot be requeued twice, and a leftover copy (a requeue that crashed before deleting
+    # its dead letter, then requeued again) is acked as a duplicate without a third reply.
+    with pytest.raises(DeliveryError):
+        await dead.requeue(letter.id)
+    await transport.publish_fields(backend.names.requests, letter.fields)
+    again = worker(transport)
+    await again.run_until_idle()
+    assert (again.stats.duplicates, again.stats.completed) == (1, 0)
+    assert len(await replies(transport, backend.names)) == 2
+
+
+async def test_concurrent_requeues_of_one_dead_letter_publish_it_once(backend: Backend) -> None:
+    transport = await backend.transport()
+    await dead_past_max_deliveries(backend, transport)
+    dead = DeadLetters(transport)
+    (letter,) = await dead.list()
+    last = await transport.last_entry_id(backend.names.requests)
+    outcomes = await asyncio.gather(dead.requeue(letter.id), dead.requeue(letter.id), return_exceptions=True)
+    assert sorted(type(outcome).__name__ for outcome in outcomes) == ["DeliveryError", "str"]
+    assert len(await transport.read_stream(backend.names.requests, AgentRequestEvent, after=last)) == 1
+
+
+async def test_requeue_all_by_kind_and_everything(backend: Backend) -> None:
+    transport = await backend.transport()
+    await dead_undecodable(backend, transport, *JUNK)
+    request, _, _ = await dead_past_max_deliveries(backend, transport)
+    dead = DeadLetters(transport)
+
+    assert await dead.requeue_all(reason="no such kind") == 0
+    assert await dead.requeue_all(reason=UNDECODABLE) == 2
+    (left,) = await dead.list()
+    assert left.kind == MAX_DELIVERIES
+    # Still undecodable: the next worker dead-letters them again, as new dead letters.
+    w = worker(transport)
+    await w.run_until_idle()
+    assert w.stats.undecodable == 2
+    assert [letter.kind for letter in await dead.list()] == [MAX_DELIVERIES, UNDECODABLE, UNDECODABLE]
+
+    assert await dead.requeue_all() == 3
+    assert await dead.list() == []
+    w = worker(transport, max_deliveries=1)
+    await w.run_until_idle()
+    assert (w.stats.completed, w.stats.undecodable) == (1, 2)
+    assert [(r.request_id, r.status) for r in await replies(transport, backend.names)] == [
+        (request.id, ResponseStatus.ERROR),
+        (request.id, ResponseStatus.COMPLETED),
+    ]
+    assert (await dead.summary()).by_reason == {UNDECODABLE: 2}
+
+
+async def test_purge_one_older_ones_and_all(backend: Backend) -> None:
+    transport = await backend.transport()
+    for data in (b"one", b"two", b"three", b"four"):
+        await dead_undecodable(backend, transport, data)
+        await asyncio.sleep(0.01)  # distinct dead_at times
+    await dead_by_hand(transport, f"{backend.names.prefix}:jobs", "poison: tool exploded")
+    dead = DeadLetters(transport)
+    one, _two, three, four, poison = await dead.list()
+
+    assert await dead.purge(one.id) == 1
+    with pytest.raises(DeliveryError):
+        await dead.get(one.id)
+    with pytest.raises(DeliveryError):
+        await dead.purge(one.id)
+
+    assert await dead.purge(before=datetime.now(UTC) - timedelta(days=1)) == 0
+    assert await dead.purge(before=three.dead_at) == 1  # strictly older: two
+    assert await dead.list() == [three, four, poison]
+
+    assert await dead.purge_all(reason="poison") == 1
+    assert await dead.list() == [three, four]
+    assert await dead.purge_all() == 2
+    assert await dead.list() == []
+    assert await dead.purge_all() == 0
+    assert (await dead.summary()).total == 0
+
+
+async def test_purge_needs_exactly_one_selector(backend: Backend) -> None:
+    dead = DeadLetters(await backend.transport())
+    with pytest.raises(ConfigurationError, match="purge_all"):
+        await dead.purge()
+    with pytest.raises(ConfigurationError):
+        await dead.purge("1-0", before=datetime.now(UTC))
+    with pytest.raises(ConfigurationError, match="timezone-aware"):
+        await dead.purge(before=datetime(2030, 1, 1))  # naive on purpose
+
+
+@pytest.mark.parametrize("entry_id", ["1-0", "0-0", "nope", "1-2-3", f"{2**64}-0", ""])
+async def test_unknown_ids_are_lookup_errors(backend: Backend, entry_id: str) -> None:
+    transport = await backend.transport()
+    await dead_undecodable(backend, transport, b"junk")
+    dead = DeadLetters(transport)
+    for operation in (dead.get, dead.requeue, dead.purge):
+        with pytest.raises(DeliveryError) as caught:
+            await operation(entry_id)
+        assert isinstance(caught.value, LookupError)
+    assert len(await dead.list()) == 1
+
+
+async def test_bad_list_arguments(backend: Backend) -> None:
+    dead = DeadLetters(await backend.transport())
+    assert await dead.list() == []  # no stream yet
+    with pytest.raises(ConfigurationError):
+        await dead.list(limit=0)
+    with pytest.raises(ConfigurationError):
+        await dead.list(after="yesterday")
+
+
+async def test_an_entry_without_dead_letter_fields_is_listed_but_not_requeued(backend: Backend) -> None:
+    transport = await backend.transport()
+    request = request_event(backend.names, "by hand")
+    entry_id = await transport.publish(backend.names.dead_letters, request)
+    dead = DeadLetters(transport)
+    (letter,) = await dead.list()
+    assert (letter.id, letter.reason, letter.kind, letter.origin_stream, letter.delivery_count) == (
+        entry_id,
+        "",
+        "unknown",
+        "",
+        0,
+    )
+    assert letter.request == request
+    assert abs(letter.dead_at.timestamp() * 1000 - int(entry_id.split("-")[0])) < 1
+    with pytest.raises(DeliveryError, match="which stream"):
+        await dead.requeue(entry_id)
+    assert await dead.requeue_all() == 0
+    assert await dead.list() == [letter]
