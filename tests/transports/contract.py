@@ -535,3 +535,25 @@ class TransportOperationsContract:
             )
             == []
         )
+
+
+class CoordinatorSignalsContract:
+    async def test_a_lease_says_who_holds_it(self, backend: Backend) -> None:
+        coordinator = (await backend.transport()).coordinator()
+        assert await coordinator.holder("s") is None
+        lease = await coordinator.acquire("s", ttl=60, holder="request-7")
+        assert lease is not None
+        assert lease.holder == "request-7"
+        assert await coordinator.holder("s") == "request-7"
+        assert await coordinator.renew(lease)
+        assert await coordinator.release(lease)
+        assert await coordinator.holder("s") is None
+
+    async def test_cancellation_requests(self, backend: Backend) -> None:
+        coordinator = (await backend.transport()).coordinator()
+        assert await coordinator.cancelled(["a", "b"]) == set()
+        await coordinator.request_cancel("b", ttl=backend.min_idle)
+        assert await coordinator.cancelled(["a", "b", "c"]) == {"b"}
+        assert await coordinator.cancelled([]) == set()
+        await backend.advance(backend.min_idle * 1.5)
+        assert await coordinator.cancelled(["b"]) == set()

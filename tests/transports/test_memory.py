@@ -9,6 +9,7 @@ from dynamic_agents.transports import InMemoryServer, InMemoryTransport, ManualC
 from tests.transports.contract import (
     Backend,
     CoordinatorContract,
+    CoordinatorSignalsContract,
     TransportContract,
     TransportOperationsContract,
 )
@@ -39,5 +40,5 @@ class TestInMemoryTransport(TransportContract, TransportOperationsContract):
     pass
 
 
-class TestInMemoryCoordinator(CoordinatorContract):
+class TestInMemoryCoordinator(CoordinatorContract, CoordinatorSignalsContract):
     pass

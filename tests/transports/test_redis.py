@@ -11,6 +11,7 @@ from dynamic_agents.transports import RedisStreamsTransport, Transport
 from tests.transports.contract import (
     Backend,
     CoordinatorContract,
+    CoordinatorSignalsContract,
     TransportContract,
     TransportOperationsContract,
 )
@@ -46,5 +47,5 @@ class TestRedisStreamsTransport(TransportContract, TransportOperationsContract):
     pass
 
 
-class TestRedisCoordinator(CoordinatorContract):
+class TestRedisCoordinator(CoordinatorContract, CoordinatorSignalsContract):
     pass

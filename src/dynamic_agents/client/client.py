@@ -192,6 +192,11 @@ class AgentClient:
             if not found:
                 await asyncio.sleep(wait)
 
+    async def cancel(self, request_id: str) -> None:
+        """Cancel a request from any process: the worker running it (or about to) stops it and
+        answers ``cancelled``."""
+        await self.transport.coordinator().request_cancel(request_id)
+
     async def ack(self, *deliveries: Delivery[AgentResponseEvent]) -> int:
         return await self.transport.ack(*deliveries)
 

@@ -8,6 +8,7 @@ With the default prefix ``agent``::
     agent:requests:dead                     entries that could not be handled
     agent:completed:{request_id}            completed-request records (idempotency)
     agent:lease:{session_id}                session leases (one run per session)
+    agent:cancel:{request_id}               cancellation requests
 
 On Redis Cluster, the atomic operations (reply + record + ack in one MULTI) need every key in one
 hash slot: use a hash-tagged prefix such as ``{agents}``, giving ``{agents}:requests`` and so on.
@@ -80,3 +81,6 @@ class StreamNames:
 
     def session_lease(self, session_id: str) -> str:
         return f"{self.prefix}:lease:{session_id}"
+
+    def cancel_flag(self, request_id: str) -> str:
+        return f"{self.prefix}:cancel:{_checked_part('request_id', request_id)}"

@@ -8,6 +8,7 @@ in-memory and a Redis implementation with the same semantics, checked by one con
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -215,11 +216,20 @@ class Completion:
 
 @dataclass(frozen=True, slots=True)
 class Lease:
-    """A session lease held by ``token``'s owner until renewed, released or expired."""
+    """A session lease held by ``token``'s owner until renewed, released or expired. The token
+    ends with ``/{holder}`` (the request running under it) so others can ask who holds it."""
 
     session_id: str
     token: str
     ttl: float
+
+    @property
+    def holder(self) -> str:
+        return self.token.partition("/")[2]
+
+
+def lease_token(holder: str) -> str:
+    return f"{secrets.token_hex(16)}/{holder}"
 
 
 @dataclass(slots=True)
@@ -407,8 +417,21 @@ class Coordinator(_AsyncResource):
     """Session leases (one run per session anywhere) and completed-request records."""
 
     @abstractmethod
-    async def acquire(self, session_id: str, ttl: float) -> Lease | None:
-        """Take the session's lease for ``ttl`` seconds, or ``None`` if someone else holds it."""
+    async def acquire(self, session_id: str, ttl: float, *, holder: str = "") -> Lease | None:
+        """Take the session's lease for ``ttl`` seconds, or ``None`` if someone else holds it.
+        ``holder`` (a request id) is recorded with it: see :meth:`holder`."""
+
+    @abstractmethod
+    async def holder(self, session_id: str) -> str | None:
+        """What holds the session's lease now (the ``holder`` given to ``acquire``), if anyone."""
+
+    @abstractmethod
+    async def request_cancel(self, request_id: str, ttl: float = 3600.0) -> None:
+        """Ask whichever worker runs (or will run) ``request_id`` to cancel it."""
+
+    @abstractmethod
+    async def cancelled(self, request_ids: Sequence[str]) -> set[str]:
+        """Which of ``request_ids`` have a cancellation request."""
 
     @abstractmethod
     async def renew(self, lease: Lease, ttl: float | None = None) -> bool:

@@ -10,7 +10,6 @@ only ``block`` waits use real time. Everything a transport writes in one call ha
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -36,6 +35,7 @@ from dynamic_agents.transports.base import (
     dead_letter_fields,
     decode_entry,
     delivered,
+    lease_token,
     record_key_of,
     released_idle,
     settle_undecodable,
@@ -530,15 +530,27 @@ class InMemoryCoordinator(Coordinator):
         self.server = server or InMemoryServer()
         self.names = names or StreamNames()
 
-    async def acquire(self, session_id: str, ttl: float) -> Lease | None:
+    async def acquire(self, session_id: str, ttl: float, *, holder: str = "") -> Lease | None:
         _check_ttl(ttl)
         key = self.names.session_lease(session_id)
         if self.server._get(key) is not None:
             return None
-        lease = Lease(session_id, secrets.token_hex(16), ttl)
+        lease = Lease(session_id, lease_token(holder), ttl)
         self.server._keys[key] = lease.token
         self.server.expire(key, ttl)
         return lease
+
+    async def holder(self, session_id: str) -> str | None:
+        token = self.server._get(self.names.session_lease(session_id))
+        return token.partition("/")[2] if isinstance(token, str) else None
+
+    async def request_cancel(self, request_id: str, ttl: float = 3600.0) -> None:
+        key = self.names.cancel_flag(request_id)
+        self.server._keys[key] = "1"
+        self.server.expire(key, _check_ttl(ttl))
+
+    async def cancelled(self, request_ids: Sequence[str]) -> set[str]:
+        return {rid for rid in request_ids if self.server._get(self.names.cancel_flag(rid)) is not None}
 
     async def renew(self, lease: Lease, ttl: float | None = None) -> bool:
         key = self.names.session_lease(lease.session_id)

@@ -10,9 +10,9 @@ restart without persistence (``NOGROUP``) is recreated at ``0``.
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
@@ -38,6 +38,7 @@ from dynamic_agents.transports.base import (
     dead_letter_fields,
     decode_entry,
     delivered,
+    lease_token,
     record_key_of,
     released_idle,
     settle_undecodable,
@@ -127,6 +128,36 @@ def _connection_setting(client: Redis, name: str) -> object:
     return kwargs.get(name)
 
 
+@dataclass(frozen=True, slots=True)
+class _RetryPolicy:
+    backoff: ExponentialWithJitterBackoff
+    deadline: float
+
+
+async def _retrying(
+    what: str, operation: Callable[[], Awaitable[T]], policy: _RetryPolicy, stats: TransportStats | None
+) -> T:
+    """Run ``operation``, retrying connection errors with backoff until ``policy.deadline`` runs out;
+    then (and for Redis errors) raise :class:`TransportError`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + policy.deadline
+    failures = 0
+    while True:
+        try:
+            return await operation()
+        except _CONNECTION_ERRORS as error:
+            failures += 1
+            delay = policy.backoff.compute(failures)
+            if loop.time() + delay > deadline:
+                raise TransportError(f"{what} failed: Redis unreachable ({error})") from error
+            if stats is not None:
+                stats.reconnects += 1
+            logger.warning("%s: Redis unreachable (%s); retrying in %.2fs", what, error, delay)
+            await asyncio.sleep(delay)
+        except redis_errors.ResponseError as error:
+            raise TransportError(f"{what} failed: {error}") from error
+
+
 class RedisStreamsTransport(Transport):
     """The Redis Streams transport.
 
@@ -159,7 +190,7 @@ class RedisStreamsTransport(Transport):
         self.clock: Clock = clock or SystemClock()
         self.stats = TransportStats()
         self._backoff = ExponentialWithJitterBackoff(cap=retry_cap, base=retry_base)
-        self._retry_deadline = retry_deadline
+        self._retry = _RetryPolicy(self._backoff, retry_deadline)
         self._owns_client = owns_client
         self._hold = client.register_script(_scripts.HOLD)
         self._reclaim_script = client.register_script(_scripts.RECLAIM)
@@ -181,22 +212,7 @@ class RedisStreamsTransport(Transport):
 
     async def _call(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
         """Run ``operation``, retrying connection errors with backoff for ``retry_deadline``."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._retry_deadline
-        failures = 0
-        while True:
-            try:
-                return await operation()
-            except _CONNECTION_ERRORS as error:
-                failures += 1
-                delay = self._backoff.compute(failures)
-                if loop.time() + delay > deadline:
-                    raise TransportError(f"{what} failed: Redis unreachable ({error})") from error
-                self.stats.reconnects += 1
-                logger.warning("%s: Redis unreachable (%s); retrying in %.2fs", what, error, delay)
-                await asyncio.sleep(delay)
-            except redis_errors.ResponseError as error:
-                raise TransportError(f"{what} failed: {error}") from error
+        return await _retrying(what, operation, self._retry, self.stats)
 
     # -- writing ----------------------------------------------------------------------------------
 
@@ -502,7 +518,7 @@ class RedisStreamsTransport(Transport):
         return int(trimmed)
 
     def coordinator(self) -> RedisCoordinator:
-        return RedisCoordinator(self.client, names=self.names)
+        return RedisCoordinator(self.client, names=self.names, retry=self._retry)
 
     async def aclose(self) -> None:
         if self._owns_client:
@@ -521,12 +537,24 @@ def _flatten(fields: Mapping[str, bytes] | Mapping[bytes, bytes]) -> list[bytes 
 
 
 class RedisCoordinator(Coordinator):
-    """Session leases (``SET NX PX`` with an ownership token) and completed-request records."""
+    """Session leases (``SET NX PX`` with an ownership token) and completed-request records.
 
-    def __init__(self, client: Redis, *, names: StreamNames | None = None, owns_client: bool = False) -> None:
+    Connection errors are retried like the transport's (capped backoff with jitter), then raised
+    as :class:`TransportError`.
+    """
+
+    def __init__(
+        self,
+        client: Redis,
+        *,
+        names: StreamNames | None = None,
+        owns_client: bool = False,
+        retry: _RetryPolicy | None = None,
+    ) -> None:
         self.client = client
         self.names = names or StreamNames()
         self._owns_client = owns_client
+        self._retry = retry or _RetryPolicy(ExponentialWithJitterBackoff(cap=5.0, base=0.05), 30.0)
         self._renew = client.register_script(_scripts.RENEW_LEASE)
         self._release = client.register_script(_scripts.RELEASE_LEASE)
         self._set_record = client.register_script(_scripts.SET_RECORD)
@@ -535,30 +563,53 @@ class RedisCoordinator(Coordinator):
     def from_url(cls, url: str, *, names: StreamNames | None = None) -> RedisCoordinator:
         return cls(Redis.from_url(url, decode_responses=False), names=names, owns_client=True)
 
-    async def acquire(self, session_id: str, ttl: float) -> Lease | None:
-        token = secrets.token_hex(16)
+    async def acquire(self, session_id: str, ttl: float, *, holder: str = "") -> Lease | None:
+        token = lease_token(holder)
         key = self.names.session_lease(session_id)
-        taken = await self.client.set(key, token, nx=True, px=_ms(_positive(ttl)))
+        ttl_ms = _ms(_positive(ttl))
+        taken = await self._do("acquire a lease", lambda: self.client.set(key, token, nx=True, px=ttl_ms))
         return Lease(session_id, token, ttl) if taken else None
+
+    async def holder(self, session_id: str) -> str | None:
+        key = self.names.session_lease(session_id)
+        token: object = await self._do("read a lease", lambda: self.client.get(key))
+        return _bytes(token).decode().partition("/")[2] if token is not None else None
+
+    async def request_cancel(self, request_id: str, ttl: float = 3600.0) -> None:
+        key, ttl_ms = self.names.cancel_flag(request_id), _ms(_positive(ttl))
+        await self._do("request a cancellation", lambda: self.client.set(key, b"1", px=ttl_ms))
+
+    async def cancelled(self, request_ids: Sequence[str]) -> set[str]:
+        if not request_ids:
+            return set()
+        keys = [self.names.cancel_flag(rid) for rid in request_ids]
+        values: object = await self._do("read cancellations", lambda: self.client.mget(keys))
+        return {rid for rid, value in zip(request_ids, _list(values), strict=True) if value is not None}
 
     async def renew(self, lease: Lease, ttl: float | None = None) -> bool:
         ttl_ms = _ms(_positive(ttl if ttl is not None else lease.ttl))
         key = self.names.session_lease(lease.session_id)
-        return bool(await self._renew(keys=[key], args=[lease.token, ttl_ms]))
+        return bool(
+            await self._do("renew a lease", partial(self._renew, keys=[key], args=[lease.token, ttl_ms]))
+        )
 
     async def release(self, lease: Lease) -> bool:
         key = self.names.session_lease(lease.session_id)
-        return bool(await self._release(keys=[key], args=[lease.token]))
+        return bool(await self._do("release a lease", partial(self._release, keys=[key], args=[lease.token])))
 
     async def get_record(self, request_id: str) -> CompletedRecord | None:
-        reply: object = await self.client.hgetall(self.names.completed_record(request_id))
+        key = self.names.completed_record(request_id)
+        reply: object = await self._do("read a record", lambda: self.client.hgetall(key))
         fields = _pairs(reply)
         return CompletedRecord.from_fields(fields) if fields else None
 
     async def set_record(self, record: CompletedRecord, ttl: float) -> bool:
         key = self.names.completed_record(record.request_id)
         args = [_ms(_positive(ttl)), *_flatten(record.to_fields())]  # type: ignore[arg-type]
-        return bool(await self._set_record(keys=[key], args=args))
+        return bool(await self._do("store a record", partial(self._set_record, keys=[key], args=args)))
+
+    async def _do(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
+        return await _retrying(what, operation, self._retry, None)
 
     async def aclose(self) -> None:
         if self._owns_client:

@@ -5,11 +5,27 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from dynamic_agents.exceptions import ConfigurationError
 
-__all__ = ["WorkerSettings"]
+__all__ = ["SessionPolicy", "WorkerSettings"]
+
+
+class SessionPolicy(StrEnum):
+    """What happens to a message that arrives while its session is busy.
+
+    ``enqueue``: wait its turn (FIFO per session). ``reject``: answer ``rejected`` ("busy") at once.
+    ``interrupt``: cancel the running run (it answers ``cancelled``), then run the new message.
+    ``merge``: messages queued behind a running run are answered as one turn.
+    """
+
+    ENQUEUE = "enqueue"
+    REJECT = "reject"
+    INTERRUPT = "interrupt"
+    MERGE = "merge"
 
 
 def _consumer_name() -> str:
@@ -28,6 +44,8 @@ class WorkerSettings:
     * ``record_ttl``: how long a completed-request record outlives its answer (deduplication); it
       must outlive ``max_deliveries x claim_min_idle + request_timeout``, checked here.
     * ``lease_ttl``: a session lease's lifetime, renewed every third of it while a run goes on.
+    * ``session_policy`` / ``policies``: see :class:`SessionPolicy`; ``cancel_poll``: how often
+      cancellation requests for running requests are checked.
     """
 
     group: str = "dynamic-agents"
@@ -47,6 +65,11 @@ class WorkerSettings:
     delta_interval: float = 0.1
     reply_maxlen: int | None = 1_000
     reply_expire: float | None = 7 * 24 * 3600.0
+    session_policy: SessionPolicy = SessionPolicy.ENQUEUE
+    policies: Mapping[str, SessionPolicy] = field(default_factory=dict)
+    """Per target, as ``"agent:support"``; a request overrides both with ``metadata.session_policy``."""
+    cancel_poll: float = 0.25
+    busy_message: str = "Still working on your previous message; please wait for its answer."
 
     def __post_init__(self) -> None:
         positive = (

@@ -33,7 +33,7 @@ from dynamic_agents.routing import EventRouter
 from dynamic_agents.transports import Completion, Coordinator, Delivery, Lease, Reply, Subscription, Transport
 from dynamic_agents.worker.hooks import RunContext, WorkerHooks
 from dynamic_agents.worker.lifecycle import LifecyclePublisher
-from dynamic_agents.worker.settings import WorkerSettings
+from dynamic_agents.worker.settings import SessionPolicy, WorkerSettings
 
 __all__ = ["AgentWorker", "WorkerStats"]
 
@@ -96,9 +96,16 @@ class AgentWorker:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._lost: set[str] = set()
         self._session_tails: dict[str, asyncio.Future[None]] = {}
+        self._waiting: dict[str, list[str]] = {}  # session -> entry ids read and not started, in order
+        self._absorbed: set[str] = set()  # entry ids answered by a merged run
+        self._running: dict[str, str] = {}  # session -> request id running in this worker
+        self._executions: dict[str, asyncio.Task[ExecutionResult]] = {}  # request id -> its run
+        self._cancelling: set[str] = set()
         self._slot_freed = asyncio.Event()
         self._stopping = False
         self._runner: asyncio.Task[None] | None = None
+        self._loop_done = asyncio.Event()
+        self._loop_done.set()
 
     def __repr__(self) -> str:
         return (
@@ -123,17 +130,26 @@ class AgentWorker:
     async def run(self, *, until_idle: bool = False) -> None:
         """Consume until :meth:`stop` (or, with ``until_idle``, until nothing is left to do)."""
         self._stopping = False
+        self._loop_done.clear()
+        try:
+            await self._consume(until_idle)
+        finally:
+            self._loop_done.set()
+
+    async def _consume(self, until_idle: bool) -> None:
         await self.transport.ensure_group(self.stream, self.settings.group)
         keeper = asyncio.get_running_loop().create_task(self._keep_fresh_loop())
+        watcher = asyncio.get_running_loop().create_task(self._cancel_watch_loop())
         try:
             while not self._stopping:
                 read = await self._read_more()
                 if until_idle and not read and not self._tasks and await self._nothing_pending():
                     return
         finally:
-            keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
+            for helper in (keeper, watcher):
+                helper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await helper
 
     async def run_until_idle(self, timeout: float = 30.0) -> None:
         """Process until the stream has nothing new, nothing is pending and nothing runs."""
@@ -149,6 +165,10 @@ class AgentWorker:
         if runner is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await runner
+        else:  # run() in the host's own task: let its read loop notice, so nothing starts after this
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.block + 5):
+                    await self._loop_done.wait()
         await self._drain(grace)
 
     async def _drain(self, grace: float | None) -> None:
@@ -191,6 +211,7 @@ class AgentWorker:
             previous = self._session_tails.get(session)
             turn: asyncio.Future[None] = loop.create_future()
             self._session_tails[session] = turn
+            self._waiting.setdefault(session, []).append(delivery.entry_id)
             task = loop.create_task(self._handle(delivery, previous, turn))
             self._tasks[delivery.entry_id] = task
         return bool(deliveries)
@@ -207,6 +228,8 @@ class AgentWorker:
                 logger.warning("keeping %d entries fresh failed: %s", len(held), error)
                 continue
             for delivery in lost:
+                if self._held.get(delivery.entry_id) is not delivery:
+                    continue  # answered (acked) while the check ran: not lost
                 logger.warning(
                     "entry %s was taken over by another consumer; cancelling its run", delivery.entry_id
                 )
@@ -239,6 +262,8 @@ class AgentWorker:
             turn.set_result(None)  # the session's next request may go
             if self._session_tails.get(event.session_id) is turn:
                 del self._session_tails[event.session_id]
+            self._leave_queue(event.session_id, delivery.entry_id)
+            self._absorbed.discard(delivery.entry_id)
             self._held.pop(delivery.entry_id, None)
             self._tasks.pop(delivery.entry_id, None)
             self._lost.discard(delivery.entry_id)
@@ -254,6 +279,7 @@ class AgentWorker:
             self.stats.duplicates += 1
             logger.debug("request %s was answered before: acking the redelivery", event.id)
             await self.transport.ack(delivery)
+            self._held.pop(delivery.entry_id, None)
             return
         if delivery.delivery_count > self.settings.max_deliveries:
             await self._dead_letter(delivery, event)
@@ -263,18 +289,93 @@ class AgentWorker:
         except NoRouteError as error:
             await self._answer(delivery, event, None, _error(str(error)))
             return
+        policy = self._policy(event, target)
+        busy_here = previous is not None and not previous.done()
+        if policy is SessionPolicy.REJECT and (busy_here or await self.coordinator.holder(event.session_id)):
+            await self._answer(
+                delivery,
+                event,
+                target,
+                ExecutionResult(ResponseStatus.REJECTED, error_message=self.settings.busy_message),
+            )
+            return
+        if policy is SessionPolicy.INTERRUPT:
+            await self._interrupt(event.session_id)
         if previous is not None:
             await asyncio.shield(previous)  # within this worker: one at a time, in arrival order
-        lease = await self._acquire(event.session_id)
+        if delivery.entry_id in self._absorbed:
+            return  # a merged run answered it
+        self._leave_queue(event.session_id, delivery.entry_id)
+        batch = [delivery]
+        if policy is SessionPolicy.MERGE:
+            batch += self._absorb(event.session_id)
+        lease = await self._acquire(event.session_id, holder=event.id)
         try:
-            await self._run(delivery, event, target, lease)
+            await self._run(batch, target, lease)
         finally:
             with contextlib.suppress(DynamicAgentsError):
                 await self.coordinator.release(lease)
 
-    async def _run(
-        self, delivery: Delivery[AgentRequestEvent], event: AgentRequestEvent, target: Target, lease: Lease
-    ) -> None:
+    def _policy(self, event: AgentRequestEvent, target: Target) -> SessionPolicy:
+        requested = event.metadata.get("session_policy")
+        if isinstance(requested, str) and requested in SessionPolicy.__members__.values():
+            return SessionPolicy(requested)
+        return self.settings.policies.get(f"{target.type.value}:{target.id}", self.settings.session_policy)
+
+    async def _interrupt(self, session_id: str) -> None:
+        """Cancel the session's running run: here directly, elsewhere through the coordinator."""
+        running = self._running.get(session_id)
+        if running is not None:
+            self._cancel_run(running)
+            return
+        holder = await self.coordinator.holder(session_id)
+        if holder:
+            await self.coordinator.request_cancel(holder)
+
+    def _leave_queue(self, session_id: str, entry_id: str) -> None:
+        queue = self._waiting.get(session_id)
+        if queue is not None and entry_id in queue:
+            queue.remove(entry_id)
+            if not queue:
+                del self._waiting[session_id]
+
+    def _absorb(self, session_id: str) -> list[Delivery[AgentRequestEvent]]:
+        """The session's requests queued here behind this one, taken into one merged turn."""
+        absorbed = [
+            self._held[entry_id] for entry_id in self._waiting.pop(session_id, []) if entry_id in self._held
+        ]
+        self._absorbed.update(d.entry_id for d in absorbed)
+        return absorbed
+
+    def _cancel_run(self, request_id: str) -> None:
+        execution = self._executions.get(request_id)
+        if execution is not None and not execution.done():
+            self._cancelling.add(request_id)
+            execution.cancel()
+
+    async def _cancel_watch_loop(self) -> None:
+        """Cancellation requested from any process reaches the run here."""
+        while True:
+            await asyncio.sleep(self.settings.cancel_poll)
+            if not self._executions:
+                continue
+            try:
+                cancelled = await self.coordinator.cancelled(list(self._executions))
+            except DynamicAgentsError as error:
+                logger.warning("checking cancellations failed: %s", error)
+                continue
+            for request_id in cancelled:
+                logger.info("request %s cancelled", request_id)
+                self._cancel_run(request_id)
+
+    async def _run(self, batch: list[Delivery[AgentRequestEvent]], target: Target, lease: Lease) -> None:
+        """Run one turn: one request, or (merge) several asked as one with the last one's reply."""
+        delivery = batch[-1]
+        event = _merged(batch)
+        if await self.coordinator.cancelled([d.event.id for d in batch]):
+            for item in batch:
+                await self._answer(item, item.event, target, _cancelled())
+            return
         context = RunContext(event, target, delivery.delivery_count, delivery.entry_id)
         progress = LifecyclePublisher(
             self.transport,
@@ -291,24 +392,40 @@ class AgentWorker:
         on_delta = progress.delta if self.settings.events else None  # streaming only when someone listens
         execution = asyncio.get_running_loop().create_task(self._execute(target, event, on_delta))
         renewal = asyncio.get_running_loop().create_task(self._keep_lease(lease, execution))
+        self._executions[event.id] = execution
+        self._running[event.session_id] = event.id
         try:
             result = await execution
         except asyncio.CancelledError:
             execution.cancel()  # when this handler is the one cancelled (stop, lost entry)
             if renewal.done() and not renewal.cancelled() and renewal.result() is False:
                 raise _LostError from None  # the lease was lost: publish nothing
-            raise
+            if event.id not in self._cancelling or not execution.cancelled():
+                raise
+            result = _cancelled()  # cancelled on request: answer so
         finally:
             renewal.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewal
-        if not await self.coordinator.renew(lease):  # stalled past the lease: someone else may run it
+            self._executions.pop(event.id, None)
+            self._cancelling.discard(event.id)
+            if self._running.get(event.session_id) == event.id:
+                del self._running[event.session_id]
+        try:
+            still_ours = await self.coordinator.renew(lease)
+        except DynamicAgentsError as error:  # Redis trouble, not a lost lease: the record guards duplicates
+            logger.warning("renewing the lease after the run failed (%s); answering anyway", error)
+            still_ours = True
+        if not still_ours:  # stalled past the lease: someone else may run it
             logger.warning("lease of session %s lost during the run; publishing nothing", event.session_id)
             self.stats.lost += 1
             raise _LostError
         await progress.finished(result)
         await self._call_hooks("after_execute", context, result)
-        completion = await self._answer(delivery, event, target, result)
+        for earlier in batch[:-1]:  # merged into the last one's turn
+            merged = ExecutionResult(ResponseStatus.COMPLETED, metadata={"merged_into": delivery.event.id})
+            await self._answer(earlier, earlier.event, target, merged)
+        completion = await self._answer(delivery, delivery.event, target, result)
         await self._call_hooks("after_complete", context, completion)
 
     async def _execute(self, target: Target, event: AgentRequestEvent, on_delta: Any) -> ExecutionResult:
@@ -341,12 +458,12 @@ class AgentWorker:
                 execution.cancel()
                 return False
 
-    async def _acquire(self, session_id: str) -> Lease:
+    async def _acquire(self, session_id: str, *, holder: str = "") -> Lease:
         """Wait for the session's lease; the entry stays held (fresh) meanwhile, so waiting never
         counts as a delivery."""
         waited = False
         while True:
-            lease = await self.coordinator.acquire(session_id, self.settings.lease_ttl)
+            lease = await self.coordinator.acquire(session_id, self.settings.lease_ttl, holder=holder)
             if lease is not None:
                 return lease
             if not waited:
@@ -381,6 +498,7 @@ class AgentWorker:
         completion = await self.transport.complete(
             delivery, self._reply(delivery, response), record_ttl=self.settings.record_ttl
         )
+        self._held.pop(delivery.entry_id, None)  # acked: nothing left to keep fresh
         if not completion.created:
             self.stats.duplicates += 1
         elif result.ok:
@@ -395,7 +513,9 @@ class AgentWorker:
         response = _error("the request could not be processed; it was set aside for an operator").to_response(
             event
         )
-        if await self.transport.dead_letter(delivery, reason, self._reply(delivery, response)):
+        written = await self.transport.dead_letter(delivery, reason, self._reply(delivery, response))
+        self._held.pop(delivery.entry_id, None)
+        if written:
             self.stats.dead_lettered += 1
             logger.warning("request %s dead-lettered: %s", event.id, reason)
 
@@ -412,3 +532,20 @@ class AgentWorker:
 
 def _error(message: str) -> ExecutionResult:
     return ExecutionResult(ResponseStatus.ERROR, error_message=REDACTOR.redact(message))
+
+
+def _cancelled() -> ExecutionResult:
+    return ExecutionResult(ResponseStatus.CANCELLED, error_message="cancelled on request")
+
+
+def _merged(batch: list[Delivery[AgentRequestEvent]]) -> AgentRequestEvent:
+    """The request a merged turn runs: the last one, with every message's content and attachments."""
+    last = batch[-1].event
+    if len(batch) == 1:
+        return last
+    return last.model_copy(
+        update={
+            "content": "\n\n".join(d.event.content for d in batch),
+            "attachments": [a for d in batch for a in d.event.attachments],
+        }
+    )

@@ -1,0 +1,302 @@
+"""Splitting replies for chat platforms: limits, exact rejoining, balanced fences, cut preferences."""
+
+from __future__ import annotations
+
+import doctest
+import itertools
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dynamic_agents.client import splitting
+from dynamic_agents.client.splitting import (
+    DEFAULT_LIMIT,
+    MIN_LIMIT,
+    PLATFORM_LIMITS,
+    MessageChunk,
+    join_chunks,
+    split_message,
+    split_message_parts,
+)
+from dynamic_agents.exceptions import ConfigurationError
+
+FENCE = "```"
+
+
+def is_fence_line(line: str) -> bool:
+    return line.strip().startswith(FENCE)
+
+
+def fence_lines(text: str) -> int:
+    return sum(is_fence_line(line) for line in text.split("\n"))
+
+
+def input_open_at(text: str, p: int) -> bool:
+    """Whether ``text[p]`` is inside a fenced block of the input (a fence line toggles after its ```)."""
+    inside = False
+    line_start = 0
+    for line in text.split("\n"):
+        if line_start > p:
+            break
+        if is_fence_line(line):
+            mark = line_start + len(line) - len(line.lstrip())
+            if p >= mark + len(FENCE):
+                inside = not inside
+        line_start += len(line) + 1
+    return inside
+
+
+def check_chunks(text: str, limit: int, chunks: list[MessageChunk]) -> None:
+    """The properties every split has, whatever the input."""
+    assert join_chunks(chunks) == text
+    assert (chunks == []) == (text == "")
+    position = 0
+    for chunk in chunks:
+        assert len(chunk.text) <= limit
+        assert chunk.start == position < chunk.end
+        assert chunk.original == text[chunk.start : chunk.end]
+        assert chunk.text == chunk.added_prefix + chunk.original + chunk.added_suffix
+        assert fence_lines(chunk.text) % 2 == 0, chunk.text
+        assert chunk.added_prefix in {"", FENCE + "\n"} or (
+            chunk.added_prefix.startswith(FENCE) and chunk.added_prefix.endswith("\n")
+        )
+        assert chunk.added_suffix in {"", FENCE, "\n" + FENCE}
+        if chunk.added_suffix == FENCE:
+            assert chunk.original.endswith("\n")
+        # A chunk reopens a block exactly when the input is inside one where the chunk starts.
+        assert bool(chunk.added_prefix) == input_open_at(text, chunk.start)
+        position = chunk.end
+    assert position == len(text)
+    if FENCE not in text:
+        assert all(not chunk.added_prefix and not chunk.added_suffix for chunk in chunks)
+
+
+# Inputs: fence lines of every shape, backtick runs, long unbroken runs, blank-line runs, any unicode.
+languages = st.sampled_from(["", "python", "js", "c++", " py", "python title=x.py", "a`b", "çà", "x" * 40])
+fence = st.builds(
+    lambda indent, ticks, language: indent + "`" * ticks + language,
+    st.sampled_from(["", " ", "   ", "\t"]),
+    st.integers(3, 6),
+    languages,
+)
+pieces = st.one_of(
+    st.text(max_size=30),
+    st.text(alphabet=" \n`ab\u00a0\u0301\u200d\U0001f1eb\U0001f1f7", max_size=30),
+    fence.map(lambda line: f"\n{line}\n"),
+    fence,
+    st.sampled_from(["\n", "\n\n", "\n\n\n\n\n", " ", "   ", "\r\n", "\r\n\r\n", "\t"]),
+    st.integers(1, 150).map(lambda k: "x" * k),
+    st.integers(1, 150).map(lambda k: "`" * k),
+    st.integers(1, 150).map(lambda k: " " * k),
+    st.integers(1, 60).map(lambda k: "\n" * k),
+    st.lists(st.sampled_from(["word", "a", "longerword", "é", "😀", "👍🏽"]), max_size=20).map(" ".join),
+)
+texts = st.lists(pieces, max_size=25).map("".join)
+limits = st.integers(MIN_LIMIT, 120)
+
+
+@given(text=texts, limit=limits)
+def test_chunks_fit_rejoin_and_balance_fences(text: str, limit: int) -> None:
+    chunks = split_message_parts(text, limit=limit)
+    check_chunks(text, limit, chunks)
+    assert split_message(text, limit=limit) == [chunk.text for chunk in chunks if chunk.text.strip()]
+
+
+@given(text=st.text(), limit=limits)
+def test_any_unicode_text(text: str, limit: int) -> None:
+    check_chunks(text, limit, split_message_parts(text, limit=limit))
+
+
+@given(text=st.lists(fence, max_size=30).map("\n".join), limit=limits)
+def test_text_that_is_only_fences(text: str, limit: int) -> None:
+    check_chunks(text, limit, split_message_parts(text, limit=limit))
+
+
+@given(
+    code=st.lists(
+        st.sampled_from(["x = 1", "``", "`` `` ``", "s = '```'", "  ```inner", "````", "", "print(x)"]),
+        max_size=40,
+    ),
+    language=languages,
+    limit=limits,
+)
+def test_fenced_blocks_with_backtick_runs_inside(code: list[str], language: str, limit: int) -> None:
+    text = "Intro.\n\n" + "\n".join([FENCE + language, *code, FENCE]) + "\nOutro."
+    check_chunks(text, limit, split_message_parts(text, limit=limit))
+
+
+spaced = " ".join
+
+# Well-behaved replies: words, blank lines and fence lines at line starts, no stray backticks.
+tame_lines = st.one_of(
+    st.lists(st.sampled_from(["alpha", "beta", "γάμμα", "x", "0", "😀"]), min_size=1, max_size=12).map(
+        spaced
+    ),
+    st.just(""),
+    st.sampled_from(["```", "```python", "  ```js", "````"]),
+)
+
+
+@given(lines=st.lists(tame_lines, max_size=40), limit=st.integers(24, 200))
+def test_code_stays_code_and_prose_stays_prose(lines: list[str], limit: int) -> None:
+    """Every line renders in its chunk as it does in the input: inside a code block or outside one."""
+    text = "\n".join(lines)
+    chunks = split_message_parts(text, limit=limit)
+    check_chunks(text, limit, chunks)
+    for previous, chunk in itertools.pairwise(chunks):
+        assert bool(previous.added_suffix) == bool(chunk.added_prefix)
+    for chunk in chunks:
+        local = bool(chunk.added_prefix)
+        position = chunk.start
+        for line in chunk.original.split("\n"):
+            if line.strip():
+                assert local == input_open_at(text, position), (chunk, line)
+            if is_fence_line(line):
+                local = not local
+            position += len(line) + 1
+        assert local == bool(chunk.added_suffix)
+
+
+def test_the_preference_is_paragraph_then_line_then_space_then_hard_cut() -> None:
+    paragraph = "One two.\n\nThree four\nfive six seven eight"
+    assert split_message(paragraph, limit=32) == ["One two.\n\n", "Three four\nfive six seven eight"]
+    line = "One two.\nThree four five six seven"
+    assert split_message(line, limit=30) == ["One two.\n", "Three four five six seven"]
+    space = "One two three four five six seven eight"
+    assert split_message(space, limit=20) == ["One two three four ", "five six seven eight"]
+    hard = "x" * 45
+    assert split_message(hard, limit=20) == ["x" * 20, "x" * 20, "x" * 5]
+
+
+def test_the_furthest_cut_of_the_best_kind_wins() -> None:
+    text = "a b\n\nc d\n\ne f g h i j k l m n o p"
+    assert split_message(text, limit=16) == ["a b\n\nc d\n\n", "e f g h i j k l ", "m n o p"]
+
+
+def test_boundary_whitespace_stays_with_the_chunk_before_the_cut() -> None:
+    text = "First.   \n\n\n\nSecond paragraph here."
+    assert split_message(text, limit=20) == ["First.   \n\n\n\n", "Second paragraph ", "here."]
+
+
+def test_platform_limits_and_the_discord_default() -> None:
+    assert dict(PLATFORM_LIMITS) == {"discord": 2000, "telegram": 4096, "whatsapp": 4096, "slack": 4000}
+    assert DEFAULT_LIMIT == 2000
+    text = "x" * 4500
+    assert [len(chunk) for chunk in split_message(text)] == [2000, 2000, 500]
+    assert [len(chunk) for chunk in split_message(text, platform="discord")] == [2000, 2000, 500]
+    assert [len(chunk) for chunk in split_message(text, platform="Discord")] == [2000, 2000, 500]
+    assert [len(chunk) for chunk in split_message(text, platform="telegram")] == [4096, 404]
+    assert [len(chunk) for chunk in split_message(text, platform="slack")] == [4000, 500]
+    assert [len(chunk) for chunk in split_message(text, platform="slack", limit=5000)] == [4500]
+    with pytest.raises(TypeError):
+        PLATFORM_LIMITS["discord"] = 4000  # type: ignore[index]
+
+
+def test_a_discord_reply_with_code_keeps_every_message_a_valid_block() -> None:
+    body = "\n".join(f"line_{i} = {i}  # some code" for i in range(150))
+    reply = f"Here you go:\n\n```python\n{body}\n```\n\nDone."
+    chunks = split_message_parts(reply, platform="discord")
+    check_chunks(reply, 2000, chunks)
+    # The paragraph break is the preferred cut, even this early: the code starts a message.
+    assert chunks[0].text == "Here you go:\n\n"
+    assert chunks[1].text.startswith("```python\nline_0 = 0")
+    assert len(chunks) > 3
+    for chunk in chunks[2:]:
+        assert chunk.text.startswith("```python\n")
+    for chunk in chunks[1:-1]:
+        assert chunk.text.endswith("\n```")
+        assert chunk.original.endswith("some code\n")  # cut at line ends
+    assert chunks[-1].text.endswith("```\n\nDone.")
+
+
+@pytest.mark.parametrize(
+    ("limit", "platform", "message"),
+    [
+        (None, "matrix", "platform 'matrix' has no known message limit"),
+        (15, None, "limit 15 is too small: at least 16"),
+        (0, None, "limit 0 is too small"),
+        (True, None, "limit must be an int"),
+        (20.0, None, "limit must be an int"),
+    ],
+)
+def test_bad_settings_are_configuration_errors(limit: object, platform: str | None, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        split_message("text", limit=limit, platform=platform)  # type: ignore[arg-type]
+    assert split_message("text", limit=MIN_LIMIT) == ["text"]
+
+
+def test_an_explicit_limit_wins_over_the_platform() -> None:
+    assert split_message("a b c d e f g h i j", limit=16, platform="telegram") == ["a b c d e f g h ", "i j"]
+
+
+def test_empty_and_blank_text() -> None:
+    assert split_message("") == []
+    assert split_message_parts("") == []
+    assert join_chunks([]) == ""
+    assert split_message(" \n\n \t") == []
+    assert split_message_parts(" \n\n \t") == [MessageChunk(" \n\n \t", 0, 5)]
+    with pytest.raises(TypeError):
+        split_message(None)  # type: ignore[arg-type]
+
+
+def test_a_block_is_closed_and_reopened_with_its_language() -> None:
+    text = "```python\nfirst = 1\nsecond = 2\nthird = 3\n```\nafter"
+    assert split_message_parts(text, limit=30) == [
+        MessageChunk("```python\nfirst = 1\n```", 0, 20, "", "```"),
+        MessageChunk("```python\nsecond = 2\n```", 20, 31, "```python\n", "```"),
+        MessageChunk("```python\nthird = 3\n```\nafter", 31, 50, "```python\n", ""),
+    ]
+    # Cut inside a line, the closing fence goes on a line of its own.
+    assert split_message("```\nsome code that is long\n```\nafter", limit=24) == [
+        "```\nsome code that \n```",
+        "```\nis long\n```\nafter",
+    ]
+
+
+def test_an_unclosed_block_at_the_end_is_closed() -> None:
+    assert split_message("```sh\nrm -rf build", limit=100) == ["```sh\nrm -rf build\n```"]
+    assert split_message("text\n```", limit=100) == ["text\n```\n```"]
+
+
+def test_a_long_language_tag_is_dropped_from_the_reopening_fence() -> None:
+    text = "```" + "l" * 30 + "\n" + "code line\n" * 10 + "```"
+    chunks = split_message_parts(text, limit=40)
+    check_chunks(text, 40, chunks)
+    assert {chunk.added_prefix for chunk in chunks[1:]} == {"```\n"}
+    assert split_message_parts("```a`b\n" + "code\n" * 10, limit=16)[1].added_prefix == "```\n"
+
+
+def test_no_cut_leaves_an_empty_code_block() -> None:
+    # Not after the opening fence: "Some prose before.\n```python\n```" would fit.
+    text = "Some prose before.\n```python\nprint('a long line of code')\n```"
+    assert split_message(text, limit=48) == [
+        "Some prose before.\n",
+        "```python\nprint('a long line of code')\n```",
+    ]
+    # Not before the closing fence: "```\nsome code that is long\n```" fits, then "```\n   ```\nafter".
+    text = "```\nsome code that is long\n   ```\nafter"
+    assert split_message(text, limit=30) == ["```\nsome code that is \n```", "```\nlong\n   ```\nafter"]
+    # Where the closing fence fits without its newline, the cut goes just before the newline.
+    text = "```\nsome code that is long\n```\nafter"
+    assert split_message(text, limit=30) == ["```\nsome code that is long\n```", "\nafter"]
+
+
+def test_hard_cuts_keep_combined_characters_together() -> None:
+    accented = "e\u0301" * 20  # e + combining acute accent
+    assert all(chunk[0] != "\u0301" for chunk in split_message(accented, limit=17))
+    family = "\U0001f468\u200d\U0001f469\u200d\U0001f467" * 6  # ZWJ sequences of 5 code points
+    chunks = split_message(family, limit=16)
+    assert all(len(chunk) % 5 == 0 for chunk in chunks)
+    flags = "\U0001f1eb\U0001f1f7" * 10
+    assert all(len(chunk) % 2 == 0 for chunk in split_message(flags, limit=17))
+    assert split_message("a" * 15 + "\r\nb", limit=16) == ["a" * 15, "\r\nb"]
+
+
+def test_no_break_spaces_are_not_cut_at() -> None:
+    text = "aaaa bbbb\u00a0cccc\u00a0dddd"
+    assert split_message(text, limit=16) == ["aaaa ", "bbbb\u00a0cccc\u00a0dddd"]
+
+
+def test_the_module_examples_run() -> None:
+    assert doctest.testmod(splitting, raise_on_error=True).attempted > 0

@@ -1,0 +1,127 @@
+"""Session policies and cancellation, with recorded timelines, on memory and on Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from dynamic_agents.client import AgentClient
+from dynamic_agents.events import AgentRequestEvent, ResponseStatus, Target
+from dynamic_agents.execution import FunctionExecutor
+from dynamic_agents.worker import SessionPolicy
+from tests.worker.conftest import Backend, replies, request_event, wait_for, worker
+
+
+class Timeline:
+    """What ran when: (event, content, monotonic time)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, float]] = []
+        self.first_started = asyncio.Event()
+
+    def executor(self, slow: set[str]) -> FunctionExecutor:
+        async def run(target: Target, request: AgentRequestEvent) -> str:
+            self.events.append(("start", request.content, time.monotonic()))
+            self.first_started.set()
+            try:
+                await asyncio.sleep(30 if request.content in slow else 0.01)
+            except asyncio.CancelledError:
+                self.events.append(("cancelled", request.content, time.monotonic()))
+                raise
+            self.events.append(("end", request.content, time.monotonic()))
+            return f"answer to {request.content}"
+
+        return FunctionExecutor(run)
+
+    def runs(self) -> list[str]:
+        return [content for kind, content, _ in self.events if kind == "start"]
+
+
+async def _async(value: bool) -> bool:
+    return value
+
+
+async def test_reject_answers_busy_at_once(backend: Backend) -> None:
+    transport = await backend.transport()
+    timeline = Timeline()
+    w = worker(transport, timeline.executor(slow={"first"}), session_policy=SessionPolicy.REJECT)
+    async with w:
+        await transport.publish(backend.names.requests, request_event(backend.names, "first"))
+        await asyncio.wait_for(timeline.first_started.wait(), 5)
+        await transport.publish(backend.names.requests, request_event(backend.names, "second"))
+        await wait_for(lambda: _has_replies(transport, backend, 1))
+        (busy,) = await replies(transport, backend.names)
+        assert busy.status == ResponseStatus.REJECTED
+        assert "previous message" in (busy.error_message or "")
+        assert timeline.runs() == ["first"]  # the first is still running; the second never ran
+        await w.stop(grace=0)
+
+
+async def test_interrupt_cancels_the_running_run_then_runs_the_new_one(backend: Backend) -> None:
+    transport = await backend.transport()
+    timeline = Timeline()
+    w = worker(transport, timeline.executor(slow={"first"}), session_policy=SessionPolicy.INTERRUPT)
+    async with w:
+        await transport.publish(backend.names.requests, request_event(backend.names, "first"))
+        await asyncio.wait_for(timeline.first_started.wait(), 5)
+        sent = time.monotonic()
+        await transport.publish(backend.names.requests, request_event(backend.names, "second"))
+        await wait_for(lambda: _has_replies(transport, backend, 2))
+    cancelled, answered = await replies(transport, backend.names)
+    assert cancelled.status == ResponseStatus.CANCELLED
+    assert (answered.status, answered.content) == (ResponseStatus.COMPLETED, "answer to second")
+    (when_cancelled,) = [t for kind, _, t in timeline.events if kind == "cancelled"]
+    assert when_cancelled - sent < 5  # bounded (a poll or two), not the 30 s the first would take
+    assert timeline.runs() == ["first", "second"]
+
+
+async def test_merge_answers_queued_messages_as_one_turn(backend: Backend) -> None:
+    transport = await backend.transport()
+    timeline = Timeline()
+    w = worker(transport, timeline.executor(slow=set()), session_policy=SessionPolicy.MERGE)
+    gate = asyncio.Event()
+
+    async def slow_first(target: Target, request: AgentRequestEvent) -> str:
+        timeline.events.append(("start", request.content, time.monotonic()))
+        if request.content == "first":
+            timeline.first_started.set()
+            await gate.wait()
+        return f"answer to {request.content!r}"
+
+    w.executor = FunctionExecutor(slow_first)
+    async with w:
+        await transport.publish(backend.names.requests, request_event(backend.names, "first"))
+        await asyncio.wait_for(timeline.first_started.wait(), 5)
+        for text in ("a", "b", "c"):  # three quick messages while the first runs
+            await transport.publish(backend.names.requests, request_event(backend.names, text))
+        await wait_for(lambda: _async(w.stats.received == 4))
+        gate.set()
+        await wait_for(lambda: _has_replies(transport, backend, 4))
+    assert timeline.runs() == ["first", "a\n\nb\n\nc"]  # one run for the three
+    first, merged_a, merged_b, last = await replies(transport, backend.names)
+    assert first.content == "answer to 'first'"
+    assert last.content == "answer to 'a\\n\\nb\\n\\nc'"
+    assert merged_a.metadata["merged_into"] == merged_b.metadata["merged_into"] == last.request_id
+    assert merged_a.content == merged_b.content == ""
+
+
+async def test_cancel_from_another_process(backend: Backend) -> None:
+    transport, elsewhere = await backend.transport(), await backend.transport()
+    timeline = Timeline()
+    request = request_event(backend.names, "long job")
+    async with worker(transport, timeline.executor(slow={"long job"})):
+        await transport.publish(backend.names.requests, request)
+        await asyncio.wait_for(timeline.first_started.wait(), 5)
+        await AgentClient(elsewhere).cancel(request.id)  # another transport, as another process has
+        await wait_for(lambda: _has_replies(transport, backend, 1))
+        await asyncio.sleep(0.3)  # anything else it might (wrongly) publish would land by now
+    (reply,) = await replies(transport, backend.names)
+    assert (reply.request_id, reply.status) == (request.id, ResponseStatus.CANCELLED)
+    assert [kind for kind, _, _ in timeline.events] == ["start", "cancelled"]
+
+
+async def _has_replies(transport: object, backend: Backend, count: int) -> bool:
+    from dynamic_agents.transports import Transport
+
+    assert isinstance(transport, Transport)
+    return len(await replies(transport, backend.names)) >= count
