@@ -472,3 +472,34 @@ async def test_tools_receive_the_request_id_to_deduplicate_side_effects() -> Non
     result = await AgnoExecutor(rt).execute(Target(type=TargetType.AGENT, id="cashier"), request)
     assert result.status == ResponseStatus.COMPLETED, result
     assert seen == [request.id], rt.models.models["gpt"].calls  # type: ignore[attr-defined]
+
+
+async def test_a_cancelled_run_is_stored_with_its_partial_output() -> None:
+    from agno.db.in_memory import InMemoryDb
+
+    async def lookup(query: str) -> str:
+        """A tool that takes a moment."""
+        await asyncio.sleep(0.3)
+        return f"found {query}"
+
+    rt = runtime(
+        {"gpt": [ToolCall("lookup", {"query": "tides"}), "never used", "the second answer"]}, db=InMemoryDb()
+    )
+    rt.registry.add_tool(lookup)
+    await rt.agents.create(
+        AgentSpec.from_dict({"id": "a", "model": "gpt", "tools": ["lookup"], "add_history_to_context": True})
+    )
+    first = asyncio.create_task(rt.agents.execute("a", "first question", session_id="s"))
+    await asyncio.sleep(0.1)  # the tool is running
+    first.cancel()  # an interrupt, or a cancellation request
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    result = await rt.agents.execute("a", "second question", session_id="s")
+    assert result.content == "the second answer"
+    session = rt.db.get_session(session_id="agent:a:s", session_type="agent")
+    cancelled, completed = session.runs
+    assert str(cancelled.status.value) == "CANCELLED"
+    kept = [m.content for m in cancelled.messages or []]
+    assert kept[0] == "first question"
+    assert "found tides" in kept  # the work done before the cancellation is in the session
+    assert str(completed.status.value) == "COMPLETED"

@@ -12,8 +12,10 @@ target keeps its own history per conversation.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -58,6 +60,7 @@ class AgentRuntime:
         *,
         db: Any = None,
         max_staleness: float = 5.0,
+        cancel_grace: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         from dynamic_agents.agents.managers import AgentManager, TeamManager, WorkflowManager
@@ -67,6 +70,7 @@ class AgentRuntime:
         self.models = models
         self.db = db
         self.max_staleness = max_staleness
+        self.cancel_grace = cancel_grace
         self._clock = clock
         self._builder = Builder(registry, models, db)
         self._cache: dict[tuple[SpecKind, str], _Cached] = {}
@@ -168,21 +172,47 @@ class AgentRuntime:
             run_kwargs["session_state"] = dict(session_state)
         if metadata and kind is not SpecKind.WORKFLOW:
             run_kwargs["metadata"] = dict(metadata)
+        run_id = str(uuid.uuid4())
+        if kind is not SpecKind.WORKFLOW:
+            run_kwargs["run_id"] = run_id
         started = time.monotonic()
+
+        async def run() -> Any:
+            if on_delta is not None and kind is not SpecKind.WORKFLOW:
+                return await _run_streaming(target, input, run_kwargs, on_delta)
+            return await target.arun(input, **run_kwargs)
+
+        inner = asyncio.get_running_loop().create_task(run())
         try:
             async with asyncio.timeout(timeout):
-                if on_delta is not None and kind is not SpecKind.WORKFLOW:
-                    output = await _run_streaming(target, input, run_kwargs, on_delta)
-                else:
-                    output = await target.arun(input, **run_kwargs)
+                output = await asyncio.shield(inner)
         except TimeoutError:
+            await self._stop_run(inner, run_id)
             return ExecutionResult(
                 ResponseStatus.TIMEOUT,
                 error_message=f"{kind.value} {spec_id!r} timed out after {timeout}s",
                 duration_ms=_ms_since(started),
                 target_name=getattr(target, "name", spec_id),
             )
+        except asyncio.CancelledError:
+            await self._stop_run(inner, run_id)
+            raise
         return _result(output, started, getattr(target, "name", spec_id))
+
+    async def _stop_run(self, inner: asyncio.Task[Any], run_id: str) -> None:
+        """Stop a run the way agno keeps what it did: ask agno to cancel it (it stops at its next
+        checkpoint and stores the run, partial output included, as cancelled); cancel the task
+        outright only if it does not stop within ``cancel_grace`` (a slow tool, say)."""
+        from agno.run.cancel import acancel_run
+
+        with contextlib.suppress(Exception):
+            await acancel_run(run_id)
+        done, _ = await asyncio.wait([inner], timeout=self.cancel_grace)
+        if not done:
+            inner.cancel()
+            await asyncio.wait([inner])
+        if inner.done() and not inner.cancelled():
+            inner.exception()  # retrieved: a failure while stopping is not worth a warning
 
 
 async def _run_streaming(target: Any, input: str, run_kwargs: dict[str, Any], on_delta: DeltaCallback) -> Any:
