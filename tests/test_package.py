@@ -19,12 +19,14 @@ PUBLIC_PACKAGES = [
     "dynamic_agents.events",
     "dynamic_agents.agents",
     "dynamic_agents.agents.stores",
+    "dynamic_agents.client",
     "dynamic_agents.exceptions",
     "dynamic_agents.llm",
     "dynamic_agents.routing",
     "dynamic_agents.secrets",
     "dynamic_agents.testing",
     "dynamic_agents.transports",
+    "dynamic_agents.worker",
 ]
 
 
