@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from dynamic_agents.client import AgentClient
 from dynamic_agents.events import AgentRequestEvent, ResponseStatus, Target
 from dynamic_agents.execution import FunctionExecutor
@@ -125,3 +127,50 @@ async def _has_replies(transport: object, backend: Backend, count: int) -> bool:
 
     assert isinstance(transport, Transport)
     return len(await replies(transport, backend.names)) >= count
+
+
+@pytest.mark.redis
+async def test_cancel_from_another_os_process(redis_url: str, redis_prefix: str) -> None:
+    import sys
+
+    from dynamic_agents.events import StreamNames
+    from dynamic_agents.transports import RedisStreamsTransport
+    from tests.worker.conftest import replies as read_replies
+
+    names = StreamNames(redis_prefix)
+    transport = RedisStreamsTransport.from_url(redis_url, names=names)
+    timeline = Timeline()
+    request = request_event(names, "long job")
+    try:
+        async with worker(transport, timeline.executor(slow={"long job"})):
+            await transport.publish(names.requests, request)
+            await asyncio.wait_for(timeline.first_started.wait(), 5)
+            code = (
+                "import asyncio, sys\n"
+                "from dynamic_agents.client import AgentClient\n"
+                "from dynamic_agents.events import StreamNames\n"
+                "from dynamic_agents.transports import RedisStreamsTransport\n"
+                "async def main():\n"
+                "    names = StreamNames(sys.argv[2])\n"
+                "    transport = RedisStreamsTransport.from_url(sys.argv[1], names=names)\n"
+                "    await AgentClient(transport).cancel(sys.argv[3])\n"
+                "    await transport.aclose()\n"
+                "asyncio.run(main())\n"
+            )
+            canceller = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", code, redis_url, redis_prefix, request.id
+            )
+            assert await asyncio.wait_for(canceller.wait(), 60) == 0
+            await wait_for(lambda: _has_any(read_replies(transport, names)))
+            await asyncio.sleep(0.3)  # anything else it might (wrongly) publish would land by now
+        (reply,) = await read_replies(transport, names)
+        assert (reply.request_id, reply.status) == (request.id, ResponseStatus.CANCELLED)
+    finally:
+        await transport.aclose()
+
+
+async def _has_any(pending: object) -> bool:
+    import inspect
+
+    assert inspect.isawaitable(pending)
+    return bool(await pending)
