@@ -174,3 +174,52 @@ async def _has_any(pending: object) -> bool:
 
     assert inspect.isawaitable(pending)
     return bool(await pending)
+
+
+async def test_an_interrupted_agno_run_is_seen_by_the_next_one() -> None:
+    from agno.db.in_memory import InMemoryDb
+
+    from dynamic_agents.agents import AgentRuntime, AgentSpec, AgnoExecutor, InMemorySpecStore, ToolRegistry
+    from dynamic_agents.events import StreamNames
+    from dynamic_agents.testing import ScriptedModels, ToolCall
+    from dynamic_agents.transports import InMemoryTransport
+    from tests.worker.conftest import replies as read_replies
+
+    started = asyncio.Event()
+
+    async def research(topic: str) -> str:
+        """Slow research."""
+        started.set()
+        await asyncio.sleep(0.5)
+        return f"notes on {topic}"
+
+    tools = ToolRegistry()
+    tools.add_tool(research)
+    models = ScriptedModels(
+        {"gpt": [ToolCall("research", {"topic": "tides"}), "Tides are caused by", "Short answer."]}
+    )
+    runtime = AgentRuntime(InMemorySpecStore(), tools, models, db=InMemoryDb())
+    await runtime.agents.create(
+        AgentSpec.from_dict(
+            {"id": "echo", "model": "gpt", "tools": ["research"], "add_history_to_context": True}
+        )
+    )
+    transport = InMemoryTransport(names=StreamNames("test"))
+    names = transport.names
+    w = worker(transport, AgnoExecutor(runtime), session_policy=SessionPolicy.INTERRUPT)
+    async with w:
+        await transport.publish(names.requests, request_event(names, "explain tides in depth"))
+        await asyncio.wait_for(started.wait(), 5)
+        sent = time.monotonic()
+        await transport.publish(names.requests, request_event(names, "actually, keep it short"))
+        await wait_for(lambda: _has_any(read_replies(transport, names)), within=10)
+        await wait_for(lambda: _async(w.stats.completed == 1), within=10)
+    interrupted, answered = await read_replies(transport, names)
+    assert interrupted.status == ResponseStatus.CANCELLED
+    assert time.monotonic() - sent < 10
+    assert answered.content == "Short answer."
+    context = " ".join(
+        str(m["content"]) for m in models.models["gpt"].calls[-1].messages if m["role"] == "user"
+    )
+    assert "explain tides in depth" in context
+    assert "Tides are caused by" in context  # the partial reply of the interrupted run

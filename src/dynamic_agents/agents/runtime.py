@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import time
 import uuid
@@ -175,6 +176,10 @@ class AgentRuntime:
         run_id = str(uuid.uuid4())
         if kind is not SpecKind.WORKFLOW:
             run_kwargs["run_id"] = run_id
+            interrupted = await self._interrupted_turn(kind, run_kwargs["session_id"])
+            if interrupted is not None:  # agno leaves cancelled runs out of the history: hand it over
+                run_kwargs["dependencies"] = {"interrupted_turn": interrupted}
+                run_kwargs["add_dependencies_to_context"] = True
         started = time.monotonic()
 
         async def run() -> Any:
@@ -198,6 +203,25 @@ class AgentRuntime:
             await self._stop_run(inner, run_id)
             raise
         return _result(output, started, getattr(target, "name", spec_id))
+
+    async def _interrupted_turn(self, kind: SpecKind, session_id: str) -> dict[str, str] | None:
+        """The session's last run, when it was cancelled (an interrupt): its message and partial
+        reply, for the next run to see. Read from the session db, so it works across workers."""
+        if self.db is None:
+            return None
+        try:
+            session = self.db.get_session(session_id=session_id, session_type=kind.value)
+            if inspect.isawaitable(session):
+                session = await session
+        except Exception:  # a missing table on first use, a db hiccup: no context, not a failed run
+            return None
+        runs = getattr(session, "runs", None) or []
+        if not runs or str(getattr(runs[-1].status, "value", runs[-1].status)).upper() != "CANCELLED":
+            return None
+        messages = [m for m in runs[-1].messages or [] if getattr(m, "content", None)]
+        asked = next((str(m.content) for m in messages if m.role == "user"), "")
+        partial = "\n".join(str(m.content) for m in messages if m.role == "assistant")
+        return {"message": asked, "partial_reply": partial} if asked or partial else None
 
     async def _stop_run(self, inner: asyncio.Task[Any], run_id: str) -> None:
         """Stop a run the way agno keeps what it did: ask agno to cancel it (it stops at its next
