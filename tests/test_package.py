@@ -19,6 +19,7 @@ PUBLIC_PACKAGES = [
     "dynamic_agents.events",
     "dynamic_agents.agents",
     "dynamic_agents.agents.stores",
+    "dynamic_agents.api",
     "dynamic_agents.client",
     "dynamic_agents.exceptions",
     "dynamic_agents.llm",

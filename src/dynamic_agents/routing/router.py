@@ -182,6 +182,7 @@ class EventRouter:
         self.source_defaults = dict(source_defaults or {})
         self.default = default
         self.max_content_chars = max_content_chars
+        self._pattern_timeout = pattern_timeout
         self._compiled = [_CompiledRule(rule, n, pattern_timeout) for n, rule in enumerate(self.rules)]
         self._by_source: dict[str, _Bucket] = {}
         self._any_source = _Bucket()
@@ -194,6 +195,19 @@ class EventRouter:
 
     def __repr__(self) -> str:
         return f"EventRouter({len(self.rules)} rules, {len(self.source_defaults)} source defaults)"
+
+    def replace_rules(self, rules: Iterable[RoutingRule]) -> None:
+        """Swap in new rules (validated and indexed first; this router keeps its defaults), so
+        whoever holds this router — a worker, say — routes by them from the next event on."""
+        fresh = EventRouter(
+            rules,
+            source_defaults=self.source_defaults,
+            default=self.default,
+            max_content_chars=self.max_content_chars,
+            pattern_timeout=self._pattern_timeout,
+        )
+        self.rules, self._compiled = fresh.rules, fresh._compiled
+        self._by_source, self._any_source = fresh._by_source, fresh._any_source
 
     def route(self, event: AgentRequestEvent) -> RouteDecision:
         """The target for ``event``; :class:`NoRouteError` when nothing applies."""

@@ -1,0 +1,407 @@
+"""``create_api_router``: the REST admin and execute API, as a FastAPI router hosts mount.
+
+Routes under ``/api/v1`` (see ``docs/api.md``): agents / teams / workflows CRUD and execute (JSON, or
+server-sent events of content deltas), request cancellation, dead-letter operations, routing rules
+and ``explain``, LLM deployments (references only, never keys) and refresh, and ``/health``.
+
+Authentication is required: pass a bearer-token verifier, or ``NO_AUTH`` explicitly for local use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import inspect
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from enum import Enum
+from typing import Annotated, Any, Final
+
+from cachetools import TTLCache
+from pydantic import BaseModel, Field, JsonValue
+
+from dynamic_agents.agents.managers import SpecManager
+from dynamic_agents.agents.runtime import AgentRuntime
+from dynamic_agents.agents.specs import SPEC_MODELS, SpecBase, SpecKind, SpecStatus
+from dynamic_agents.events import AgentRequestEvent
+from dynamic_agents.exceptions import (
+    ConfigurationError,
+    DeliveryError,
+    SpecConflictError,
+    SpecNotFoundError,
+    SpecValidationError,
+)
+from dynamic_agents.execution import ExecutionResult
+from dynamic_agents.operations import DeadLetters
+from dynamic_agents.routing import EventRouter, RoutingRule
+from dynamic_agents.transports import Transport
+
+try:
+    from fastapi import APIRouter, Depends, Header, HTTPException, Query, Response
+    from fastapi.responses import JSONResponse, StreamingResponse
+except ImportError as error:  # pragma: no cover - exercised without the extra installed
+    from dynamic_agents.exceptions import MissingDependencyError
+
+    raise MissingDependencyError("the REST API", "api") from error
+
+__all__ = ["NO_AUTH", "TokenVerifier", "create_api_router"]
+
+TokenVerifier = Callable[[str], bool | Awaitable[bool]]
+"""Returns whether a bearer token may use the API."""
+
+
+class _NoAuth(Enum):
+    NO_AUTH = "no-auth"
+
+
+NO_AUTH: Final = _NoAuth.NO_AUTH
+"""Pass as ``auth`` to serve the API without authentication (local use only)."""
+
+_KINDS: Final = {"agents": SpecKind.AGENT, "teams": SpecKind.TEAM, "workflows": SpecKind.WORKFLOW}
+
+
+class ExecuteBody(BaseModel):
+    input: str
+    session_id: str = Field(min_length=1, max_length=512)
+    user_id: str | None = None
+    session_state: dict[str, JsonValue] = Field(default_factory=dict)
+    stream: bool = False
+    timeout: float | None = Field(default=None, gt=0, le=3600)
+
+
+class RulesBody(BaseModel):
+    rules: list[dict[str, JsonValue]]
+
+
+def _result_json(result: ExecutionResult) -> dict[str, Any]:
+    data = dataclasses.asdict(result)
+    data["status"] = result.status.value
+    return data
+
+
+def _spec_error(error: Exception) -> HTTPException:
+    if isinstance(error, SpecNotFoundError):
+        return HTTPException(404, str(error))
+    if isinstance(error, SpecConflictError):
+        return HTTPException(409, {"detail": str(error), "current_version": error.current})
+    if isinstance(error, SpecValidationError):
+        return HTTPException(422, {"detail": str(error), "path": error.path})
+    raise error
+
+
+def create_api_router(  # noqa: PLR0915 - one route per statement group; kept together for reading
+    *,
+    runtime: AgentRuntime,
+    auth: TokenVerifier | _NoAuth,
+    transport: Transport | None = None,
+    event_router: EventRouter | None = None,
+    llm_router: Any = None,
+    health_checks: Mapping[str, Callable[[], Awaitable[bool]]] | None = None,
+    idempotency_ttl: float = 3600.0,
+) -> APIRouter:
+    """The API as an ``APIRouter`` (prefix ``/api/v1``): ``app.include_router(...)``.
+
+    ``transport`` enables cancellation and dead-letter routes, ``event_router`` the routing routes,
+    ``llm_router`` the LLM routes; ``health_checks`` adds named checks to ``/health``.
+    """
+    if auth is not NO_AUTH and not callable(auth):
+        raise ConfigurationError("auth must be a bearer-token verifier, or NO_AUTH for local use")
+
+    async def authorised(authorization: Annotated[str | None, Header()] = None) -> None:
+        if auth is NO_AUTH:
+            return
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise HTTPException(401, "a bearer token is required", headers={"WWW-Authenticate": "Bearer"})
+        verdict = auth(token)
+        if inspect.isawaitable(verdict):
+            verdict = await verdict
+        if not verdict:
+            raise HTTPException(401, "the token was refused", headers={"WWW-Authenticate": "Bearer"})
+
+    api = APIRouter(prefix="/api/v1", dependencies=[Depends(authorised)])
+    executed: TTLCache[str, dict[str, Any]] = TTLCache(maxsize=10_000, ttl=idempotency_ttl)
+
+    def manager(kind_name: str) -> SpecManager[Any]:
+        kind = _KINDS.get(kind_name)
+        if kind is None:
+            raise HTTPException(404, f"unknown kind {kind_name!r}; use agents, teams or workflows")
+        managers: dict[SpecKind, SpecManager[Any]] = {
+            SpecKind.AGENT: runtime.agents,
+            SpecKind.TEAM: runtime.teams,
+            SpecKind.WORKFLOW: runtime.workflows,
+        }
+        return managers[kind]
+
+    def parse_spec(kind_name: str, body: dict[str, Any]) -> SpecBase:
+        try:
+            return SPEC_MODELS[_KINDS[kind_name]].from_dict(body)
+        except SpecValidationError as error:
+            raise _spec_error(error) from None
+
+    # -- specs --------------------------------------------------------------------------------------
+
+    @api.get("/{kind_name}", tags=["specs"])
+    async def list_specs(
+        kind_name: str, tag: str | None = None, status: SpecStatus | None = None
+    ) -> list[dict[str, Any]]:
+        specs = await manager(kind_name).list(tag=tag, status=status)
+        return [spec.to_document() for spec in specs]
+
+    @api.post("/{kind_name}", status_code=201, tags=["specs"])
+    async def create_spec(kind_name: str, body: dict[str, Any]) -> dict[str, Any]:
+        managed = manager(kind_name)
+        try:
+            created: SpecBase = await managed.create(parse_spec(kind_name, body))
+            return created.to_document()
+        except (SpecValidationError, SpecConflictError) as error:
+            raise _spec_error(error) from None
+
+    @api.get("/{kind_name}/{spec_id}", tags=["specs"])
+    async def get_spec(kind_name: str, spec_id: str) -> dict[str, Any]:
+        try:
+            found: SpecBase = await manager(kind_name).get(spec_id)
+            return found.to_document()
+        except SpecNotFoundError as error:
+            raise _spec_error(error) from None
+
+    @api.put("/{kind_name}/{spec_id}", tags=["specs"])
+    async def update_spec(
+        kind_name: str, spec_id: str, body: dict[str, Any], expected_version: Annotated[int, Query(ge=1)]
+    ) -> dict[str, Any]:
+        spec = parse_spec(kind_name, {**body, "id": spec_id})
+        try:
+            updated: SpecBase = await manager(kind_name).update(spec, expected_version=expected_version)
+            return updated.to_document()
+        except (SpecValidationError, SpecConflictError, SpecNotFoundError) as error:
+            raise _spec_error(error) from None
+
+    @api.delete("/{kind_name}/{spec_id}", status_code=204, tags=["specs"])
+    async def delete_spec(
+        kind_name: str, spec_id: str, expected_version: Annotated[int | None, Query(ge=1)] = None
+    ) -> Response:
+        try:
+            deleted = await manager(kind_name).delete(spec_id, expected_version=expected_version)
+        except SpecConflictError as error:
+            raise _spec_error(error) from None
+        if not deleted:
+            raise HTTPException(404, f"no {kind_name[:-1]} {spec_id!r}")
+        return Response(status_code=204)
+
+    # -- execute ------------------------------------------------------------------------------------
+
+    @api.post("/{kind_name}/{spec_id}/execute", tags=["execute"], response_model=None)
+    async def execute(
+        kind_name: str,
+        spec_id: str,
+        body: ExecuteBody,
+        idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
+    ) -> dict[str, Any] | StreamingResponse:
+        managed = manager(kind_name)
+        cache_key = f"{kind_name}:{spec_id}:{idempotency_key}" if idempotency_key else None
+        if cache_key is not None and cache_key in executed:
+            return executed[cache_key]
+        try:
+            await managed.get(spec_id)
+        except SpecNotFoundError as error:
+            raise _spec_error(error) from None
+        options: dict[str, Any] = {
+            "session_id": body.session_id,
+            "user_id": body.user_id,
+            "session_state": dict(body.session_state) or None,
+            "timeout": body.timeout,
+        }
+        if body.stream:
+            return StreamingResponse(
+                _sse(
+                    managed,
+                    spec_id=spec_id,
+                    text=body.input,
+                    options=options,
+                    executed=executed,
+                    cache_key=cache_key,
+                ),
+                media_type="text/event-stream",
+            )
+        try:
+            result = await managed.execute(spec_id, body.input, **options)
+        except SpecValidationError as error:
+            raise _spec_error(error) from None
+        payload = _result_json(result)
+        if cache_key is not None:
+            executed[cache_key] = payload
+        return payload
+
+    # -- requests and dead letters ------------------------------------------------------------------
+
+    def needs_transport() -> Transport:
+        if transport is None:
+            raise HTTPException(404, "this API was created without a transport")
+        return transport
+
+    @api.post("/requests/{request_id}/cancel", status_code=202, tags=["requests"])
+    async def cancel(request_id: str) -> dict[str, str]:
+        await needs_transport().coordinator().request_cancel(request_id)
+        return {"request_id": request_id, "status": "cancellation requested"}
+
+    @api.get("/dead-letters", tags=["dead letters"])
+    async def dead_letters(limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict[str, Any]]:
+        letters = await DeadLetters(needs_transport()).list(limit=limit)
+        return [
+            {
+                "id": letter.id,
+                "reason": letter.reason,
+                "kind": letter.kind,
+                "origin_stream": letter.origin_stream,
+                "origin_entry_id": letter.origin_entry_id,
+                "delivery_count": letter.delivery_count,
+                "dead_at": letter.dead_at.isoformat(),
+                "request": letter.request.model_dump(mode="json") if letter.request is not None else None,
+                "decode_error": letter.decode_error,
+            }
+            for letter in letters
+        ]
+
+    @api.post("/dead-letters/{entry_id}/requeue", tags=["dead letters"])
+    async def requeue(entry_id: str) -> dict[str, str]:
+        try:
+            new_id = await DeadLetters(needs_transport()).requeue(entry_id)
+        except DeliveryError as error:
+            raise HTTPException(404, str(error)) from None
+        return {"requeued_as": new_id}
+
+    @api.delete("/dead-letters/{entry_id}", status_code=204, tags=["dead letters"])
+    async def purge(entry_id: str) -> Response:
+        try:
+            await DeadLetters(needs_transport()).purge(entry_id)
+        except (DeliveryError, ConfigurationError) as error:
+            raise HTTPException(404, str(error)) from None
+        return Response(status_code=204)
+
+    # -- routing ------------------------------------------------------------------------------------
+
+    def needs_routing() -> EventRouter:
+        if event_router is None:
+            raise HTTPException(404, "this API was created without an event router")
+        return event_router
+
+    @api.get("/routing/rules", tags=["routing"])
+    async def rules() -> list[dict[str, Any]]:
+        return [rule.model_dump(mode="json") for rule in needs_routing().rules]
+
+    @api.put("/routing/rules", tags=["routing"])
+    async def replace_rules(body: RulesBody) -> list[dict[str, Any]]:
+        routing = needs_routing()
+        try:
+            parsed = [RoutingRule.model_validate(rule) for rule in body.rules]
+            routing.replace_rules(parsed)
+        except (ValueError, ConfigurationError) as error:
+            raise HTTPException(422, str(error)) from None
+        return [rule.model_dump(mode="json") for rule in routing.rules]
+
+    @api.post("/routing/explain", tags=["routing"])
+    async def explain(event: dict[str, Any]) -> dict[str, Any]:
+        try:
+            request = AgentRequestEvent.model_validate(event)
+        except ValueError as error:
+            raise HTTPException(422, str(error)) from None
+        explanation = needs_routing().explain(request)
+        decision = explanation.decision
+        return {
+            "checks": [dataclasses.asdict(check) for check in explanation.checks],
+            "decision": None
+            if decision is None
+            else {
+                "target": decision.target.model_dump(mode="json"),
+                "rule": decision.rule,
+                "reason": decision.reason,
+            },
+            "error": explanation.error,
+        }
+
+    # -- LLM router ---------------------------------------------------------------------------------
+
+    @api.get("/llm/deployments", tags=["llm"])
+    async def deployments() -> list[dict[str, Any]]:
+        if llm_router is None:
+            raise HTTPException(404, "this API was created without an LLM router")
+        return [
+            {
+                "id": deployment.deployment_id,
+                "model_name": deployment.model_name,
+                "litellm_params": deployment.litellm_params,  # as configured: references, never keys
+            }
+            for deployment in llm_router.config.model_list
+        ]
+
+    @api.post("/llm/refresh", tags=["llm"])
+    async def refresh() -> dict[str, int]:
+        if llm_router is None:
+            raise HTTPException(404, "this API was created without an LLM router")
+        return {"rotated": await llm_router.refresh()}
+
+    # -- health -------------------------------------------------------------------------------------
+
+    @api.get("/health", tags=["health"])
+    async def health() -> JSONResponse:
+        checks: dict[str, bool] = {}
+
+        async def store_ok() -> bool:
+            await runtime.store.list(SpecKind.AGENT, status=SpecStatus.DISABLED)
+            return True
+
+        async def transport_ok() -> bool:
+            assert transport is not None
+            await transport.last_entry_id(transport.names.requests)
+            return True
+
+        named: dict[str, Callable[[], Awaitable[bool]]] = {"store": store_ok}
+        if transport is not None:
+            named["transport"] = transport_ok
+        named.update(health_checks or {})
+        for name, check in named.items():
+            try:
+                checks[name] = bool(await asyncio.wait_for(check(), 5))
+            except Exception:  # a failing dependency is a health result, not an API error
+                checks[name] = False
+        healthy = all(checks.values())
+        return JSONResponse(
+            {"status": "ok" if healthy else "degraded", "checks": checks}, status_code=200 if healthy else 503
+        )
+
+    return api
+
+
+async def _sse(
+    managed: SpecManager[Any],
+    *,
+    spec_id: str,
+    text: str,
+    options: dict[str, Any],
+    executed: TTLCache[str, dict[str, Any]],
+    cache_key: str | None,
+) -> AsyncIterator[bytes]:
+    """``delta`` events while the run streams, then one ``result`` event."""
+    queue: asyncio.Queue[str | None] = asyncio.Queue()
+
+    async def on_delta(content: str) -> None:
+        await queue.put(content)
+
+    async def run() -> ExecutionResult:
+        try:
+            return await managed.execute(spec_id, text, on_delta=on_delta, **options)
+        finally:
+            await queue.put(None)
+
+    task = asyncio.get_running_loop().create_task(run())
+    try:
+        while (delta := await queue.get()) is not None:
+            yield f"event: delta\ndata: {json.dumps({'content': delta})}\n\n".encode()
+        result = await task
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    payload = _result_json(result)
+    if cache_key is not None:
+        executed[cache_key] = payload
+    yield f"event: result\ndata: {json.dumps(payload)}\n\n".encode()
