@@ -20,6 +20,7 @@ from typing import Annotated, Any, Final
 from cachetools import TTLCache
 from pydantic import BaseModel, Field, JsonValue
 
+from dynamic_agents._redaction import MASK, REDACTOR
 from dynamic_agents.agents.managers import SpecManager
 from dynamic_agents.agents.runtime import AgentRuntime
 from dynamic_agents.agents.specs import SPEC_MODELS, SpecBase, SpecKind, SpecStatus
@@ -32,8 +33,10 @@ from dynamic_agents.exceptions import (
     SpecValidationError,
 )
 from dynamic_agents.execution import ExecutionResult
+from dynamic_agents.llm.config import SECRET_PARAMS
 from dynamic_agents.operations import DeadLetters
 from dynamic_agents.routing import EventRouter, RoutingRule
+from dynamic_agents.secrets import parse_reference
 from dynamic_agents.transports import Transport
 
 try:
@@ -77,6 +80,18 @@ def _result_json(result: ExecutionResult) -> dict[str, Any]:
     data = dataclasses.asdict(result)
     data["status"] = result.status.value
     return data
+
+
+def _public_params(value: Any, key: str = "") -> Any:
+    """litellm params as configured, for listing: secret references as they are; a credential
+    written into the config itself (``api_key: sk-…``) masked, and any known secret value redacted."""
+    if isinstance(value, Mapping):
+        return {name: _public_params(item, str(name)) for name, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_public_params(item, key) for item in value]
+    if isinstance(value, str) and parse_reference(value) is None:
+        return MASK if key in SECRET_PARAMS else REDACTOR.redact(value)
+    return value
 
 
 def _spec_error(error: Exception) -> HTTPException:
@@ -169,9 +184,10 @@ def create_api_router(  # noqa: PLR0915 - one route per statement group; kept to
     async def update_spec(
         kind_name: str, spec_id: str, body: dict[str, Any], expected_version: Annotated[int, Query(ge=1)]
     ) -> dict[str, Any]:
+        managed = manager(kind_name)  # an unknown kind is a 404, before the body is parsed
         spec = parse_spec(kind_name, {**body, "id": spec_id})
         try:
-            updated: SpecBase = await manager(kind_name).update(spec, expected_version=expected_version)
+            updated: SpecBase = await managed.update(spec, expected_version=expected_version)
             return updated.to_document()
         except (SpecValidationError, SpecConflictError, SpecNotFoundError) as error:
             raise _spec_error(error) from None
@@ -201,10 +217,14 @@ def create_api_router(  # noqa: PLR0915 - one route per statement group; kept to
         cache_key = f"{kind_name}:{spec_id}:{idempotency_key}" if idempotency_key else None
         if cache_key is not None and cache_key in executed:
             return executed[cache_key]
+        # Validated (and cached for the run) before answering: once a stream has started, a
+        # disabled or broken spec could no longer be reported as a 422.
         try:
-            await managed.get(spec_id)
-        except SpecNotFoundError as error:
+            spec = await runtime.current(managed.kind, spec_id)
+        except (SpecNotFoundError, SpecValidationError) as error:
             raise _spec_error(error) from None
+        if not spec.active:
+            raise _spec_error(SpecValidationError(f"{spec.ref} is disabled", spec=spec.ref, path="status"))
         options: dict[str, Any] = {
             "session_id": body.session_id,
             "user_id": body.user_id,
@@ -241,7 +261,11 @@ def create_api_router(  # noqa: PLR0915 - one route per statement group; kept to
 
     @api.post("/requests/{request_id}/cancel", status_code=202, tags=["requests"])
     async def cancel(request_id: str) -> dict[str, str]:
-        await needs_transport().coordinator().request_cancel(request_id)
+        coordinator = needs_transport().coordinator()
+        try:
+            await coordinator.request_cancel(request_id)
+        except ConfigurationError as error:  # an id that cannot be part of a key name
+            raise HTTPException(422, str(error)) from None
         return {"request_id": request_id, "status": "cancellation requested"}
 
     @api.get("/dead-letters", tags=["dead letters"])
@@ -329,7 +353,7 @@ def create_api_router(  # noqa: PLR0915 - one route per statement group; kept to
             {
                 "id": deployment.deployment_id,
                 "model_name": deployment.model_name,
-                "litellm_params": deployment.litellm_params,  # as configured: references, never keys
+                "litellm_params": _public_params(deployment.litellm_params),  # references, never keys
             }
             for deployment in llm_router.config.model_list
         ]
@@ -369,6 +393,9 @@ def create_api_router(  # noqa: PLR0915 - one route per statement group; kept to
             {"status": "ok" if healthy else "degraded", "checks": checks}, status_code=200 if healthy else 503
         )
 
+    # The fixed paths (/health, /dead-letters, /routing/rules, /llm/deployments) must be matched
+    # before the /{kind_name}/... templates declared above, which would take them for unknown kinds.
+    api.routes.sort(key=lambda route: "{kind_name}" in getattr(route, "path", ""))
     return api
 
 
@@ -401,6 +428,9 @@ async def _sse(
     except asyncio.CancelledError:
         task.cancel()
         raise
+    except SpecValidationError as error:  # the spec changed after the check in execute()
+        yield f"event: error\ndata: {json.dumps({'detail': str(error), 'path': error.path})}\n\n".encode()
+        return
     payload = _result_json(result)
     if cache_key is not None:
         executed[cache_key] = payload
