@@ -58,7 +58,6 @@ import asyncio
 import gc
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -69,6 +68,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+import _common
 import pydantic
 
 from dynamic_agents import __version__ as library_version
@@ -704,24 +704,12 @@ def measure_in_flight(sizes: Sequence[int], repetitions: int) -> InFlightFigures
 
 
 def machine() -> dict[str, Any]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "cpu": cpu,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "pydantic": pydantic.VERSION,
-        "agno": _version("agno"),
-        "litellm": _version("litellm"),
-        "dynamic_agents": library_version,
-    }
+    return _common.machine(
+        pydantic=pydantic.VERSION,
+        agno=_version("agno"),
+        litellm=_version("litellm"),
+        dynamic_agents=library_version,
+    )
 
 
 def import_table(figures: Sequence[ImportFigures], base: ImportSample, repetitions: int) -> str:

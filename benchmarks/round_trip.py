@@ -70,11 +70,8 @@ import gc
 import json
 import math
 import os
-import platform
 import random
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -85,9 +82,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from types import TracebackType
 from typing import Any, ClassVar, Final, Protocol
 
+import _common
 import pydantic
 import redis
 from redis.asyncio import Redis
@@ -107,7 +104,7 @@ from dynamic_agents.events import (
     encode_envelope,
 )
 from dynamic_agents.exceptions import EventError
-from dynamic_agents.testing import free_port
+from dynamic_agents.testing import RedisServer
 
 NAMES: Final = StreamNames()
 REQUESTS: Final = NAMES.requests
@@ -376,69 +373,6 @@ async def serve(variant: str, url: str) -> None:
 # =================================================================================================
 # The load generator (this process)
 # =================================================================================================
-
-
-class PrivateRedis:
-    """``redis-server`` on a free loopback port, no AOF and no RDB; stops only its own process."""
-
-    def __init__(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise SystemExit("redis-server is not on PATH (apt-get install redis-server)")
-        self.binary = binary
-        self.port = free_port()
-        self.directory = Path(tempfile.mkdtemp(prefix="dynamic-agents-bench-"))
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def __enter__(self) -> PrivateRedis:
-        argv = [
-            self.binary,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(self.directory),
-            "--appendonly",
-            "no",
-            "--save",
-            "",
-            "--logfile",
-            str(self.directory / "redis.log"),
-        ]
-        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                log = (self.directory / "redis.log").read_text(errors="replace")[-2000:]
-                raise SystemExit(f"redis-server exited with {self.process.returncode}: {log}")
-            try:
-                redis.Redis(port=self.port, socket_timeout=0.5).ping()
-            except redis.ConnectionError:
-                time.sleep(0.02)
-            else:
-                return self
-        self.__exit__(None, None, None)
-        raise SystemExit(f"redis-server on port {self.port} did not answer within 10s")
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 class CountingConnection(Connection):
@@ -828,25 +762,13 @@ async def run_worker(
 
 
 def machine(redis_version: str) -> dict[str, Any]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "cpu": cpu,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "redis_server": redis_version,
-        "redis_py": redis.__version__,
-        "faststream": metadata.version("faststream"),
-        "pydantic": pydantic.VERSION,
-        "dynamic_agents": library_version,
-    }
+    return _common.machine(
+        redis_server=redis_version,
+        redis_py=redis.__version__,
+        faststream=metadata.version("faststream"),
+        pydantic=pydantic.VERSION,
+        dynamic_agents=library_version,
+    )
 
 
 FIGURES: Final = (
@@ -996,7 +918,7 @@ async def benchmark(n: int, rounds: int, seed: int, profile_dir: Path | None = N
     rng = random.Random(seed)
     by_round: dict[int, dict[str, WorkerRun]] = {}
     started = time.monotonic()
-    with PrivateRedis() as server:
+    with RedisServer(durable=False) as server:
         admin = Redis.from_url(server.url, decode_responses=False)
         try:
             info = machine(str((await admin.info("server"))["redis_version"]))

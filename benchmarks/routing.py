@@ -50,8 +50,6 @@ import argparse
 import gc
 import json
 import math
-import os
-import platform
 import random
 import statistics
 import sys
@@ -61,6 +59,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+import _common
 import pydantic
 import regex
 
@@ -737,23 +736,7 @@ def measure_isolation(world: World, decisions: int, repetitions: int, seed: int)
 
 
 def machine() -> dict[str, Any]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "cpu": cpu,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "pydantic": pydantic.VERSION,
-        "regex": regex.__version__,
-        "dynamic_agents": library_version,
-    }
+    return _common.machine(pydantic=pydantic.VERSION, regex=regex.__version__, dynamic_agents=library_version)
 
 
 def latency_table(overall: Latency, kinds: Sequence[KindFigures]) -> str:

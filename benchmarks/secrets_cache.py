@@ -37,8 +37,6 @@ import argparse
 import asyncio
 import gc
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -47,6 +45,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+import _common
 import cachetools
 import httpx
 from cachetools import TTLCache
@@ -291,23 +290,9 @@ async def measure_cold(keys: int, concurrency: int, delay: float) -> ColdSummary
 
 
 def machine() -> dict[str, Any]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "cpu": cpu,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cachetools": cachetools.__version__,
-        "httpx": httpx.__version__,
-        "dynamic_agents": library_version,
-    }
+    return _common.machine(
+        cachetools=cachetools.__version__, httpx=httpx.__version__, dynamic_agents=library_version
+    )
 
 
 def hit_table(summaries: Sequence[HitSummary]) -> str:

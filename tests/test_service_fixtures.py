@@ -65,6 +65,29 @@ def test_private_redis_server_survives_a_kill_with_its_data(redis_server: RedisS
         client.close()
 
 
+@pytest.mark.redis_server
+def test_a_redis_server_that_is_not_durable_keeps_nothing_on_disk() -> None:
+    import redis
+
+    with RedisServer(durable=False) as server:
+        client = redis.Redis.from_url(server.url)
+        try:
+            client.set("k", "v")
+            assert client.config_get("appendonly") == {"appendonly": "no"}
+            assert client.config_get("save") == {"save": ""}
+        finally:
+            client.close()
+        server.kill()
+        server.start()
+        client = redis.Redis.from_url(server.url)
+        try:
+            assert client.get("k") is None
+        finally:
+            client.close()
+        directory = server.directory
+    assert not directory.exists()
+
+
 def _run_redis_test_without_redis(require: bool) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
     env.pop("DYNAMIC_AGENTS_REQUIRE_SERVICES", None)

@@ -1,7 +1,8 @@
 """A private ``redis-server`` on a free loopback port, for tests that kill, restart or flush it.
 
-It persists with ``--appendonly yes --appendfsync always`` in its own temporary directory, so a
-kill and restart keeps every acknowledged write. Only the process started here is ever stopped::
+By default it persists with ``--appendonly yes --appendfsync always`` in its own temporary
+directory, so a kill and restart keeps every acknowledged write; ``RedisServer(durable=False)``
+keeps nothing on disk (for benchmarks). Only the process started here is ever stopped::
 
     with RedisServer() as server:
         transport = RedisStreamsTransport.from_url(server.url)
@@ -39,13 +40,14 @@ def free_port() -> int:
 class RedisServer:
     """``with RedisServer() as server: server.url``; ``kill()``, ``start()`` and ``restart()``."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, durable: bool = True) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise MissingDependencyError("redis-server", install="apt-get install redis-server")
         self.binary = binary
         self.port = free_port()
         self.directory = Path(tempfile.mkdtemp(prefix="dynamic-agents-redis-"))
+        self.durable = durable
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -64,10 +66,11 @@ class RedisServer:
                 "127.0.0.1",
                 "--dir",
                 str(self.directory),
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
+                *(
+                    ("--appendonly", "yes", "--appendfsync", "always")
+                    if self.durable
+                    else ("--appendonly", "no")
+                ),
                 "--save",
                 "",
                 "--logfile",
