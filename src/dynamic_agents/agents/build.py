@@ -139,19 +139,9 @@ class Builder:
             if getattr(spec, name) is not None:
                 options[name] = getattr(spec, name)
         return Agent(
-            id=spec.id,
-            name=spec.name or spec.id,
-            description=spec.description,
-            model=self.models.model(spec.model, user_id=user_id),
-            instructions=list(spec.instructions)
-            if isinstance(spec.instructions, tuple)
-            else spec.instructions,
-            expected_output=spec.expected_output,
-            markdown=spec.markdown,
+            **self._common(spec, user_id),
             tools=[self.registry.get_tool(ref.name).build(ref.parameters) for ref in spec.tools] or None,
             output_schema=self.registry.get_schema(spec.output_schema) if spec.output_schema else None,
-            db=self.db,
-            telemetry=False,
             **options,
         )
 
@@ -161,36 +151,45 @@ class Builder:
         if spec.num_history_runs is not None:
             options["num_history_runs"] = spec.num_history_runs
         return Team(
-            id=spec.id,
-            name=spec.name or spec.id,
-            description=spec.description,
+            **self._common(spec, user_id),
             members=members,
             mode=spec.mode,
-            model=self.models.model(spec.model, user_id=user_id),
-            instructions=list(spec.instructions)
-            if isinstance(spec.instructions, tuple)
-            else spec.instructions,
-            expected_output=spec.expected_output,
-            markdown=spec.markdown,
             add_history_to_context=spec.add_history_to_context,
             add_team_history_to_members=spec.add_team_history_to_members,
             num_team_history_runs=spec.num_team_history_runs,
             share_member_interactions=spec.share_member_interactions,
             determine_input_for_members=spec.determine_input_for_members,
-            db=self.db,
-            telemetry=False,
             **options,
         )
+
+    def _common(self, spec: AgentSpec | TeamSpec, user_id: str | None) -> dict[str, Any]:
+        """The arguments an agno ``Agent`` and ``Team`` take alike."""
+        return {
+            "id": spec.id,
+            "name": spec.name or spec.id,
+            "description": spec.description,
+            "model": self.models.model(spec.model, user_id=user_id),
+            "instructions": list(spec.instructions)
+            if isinstance(spec.instructions, tuple)
+            else spec.instructions,
+            "expected_output": spec.expected_output,
+            "markdown": spec.markdown,
+            "db": self.db,
+            "telemetry": False,
+        }
 
     async def workflow(self, spec: WorkflowSpec, resolve: Resolve) -> Any:
         return Workflow(
             id=spec.id,
             name=spec.name or spec.id,
             description=spec.description,
-            steps=[await self._step(step, resolve, f"steps[{n}]") for n, step in enumerate(spec.steps)],
+            steps=await self._steps(spec.steps, resolve, "steps"),
             db=self.db,
             telemetry=False,
         )
+
+    async def _steps(self, steps: Sequence[StepSpec], resolve: Resolve, path: str) -> list[Any]:
+        return [await self._step(step, resolve, f"{path}[{n}]") for n, step in enumerate(steps)]
 
     async def _step(self, step: StepSpec, resolve: Resolve, path: str) -> Any:  # noqa: PLR0911 - one branch per kind
         name = step.name
@@ -201,18 +200,18 @@ class Builder:
         if isinstance(step, FunctionStep):
             return Step(name=name or step.function, executor=self.registry.get_function(step.function))
         if isinstance(step, ParallelStep):
-            steps = [await self._step(s, resolve, f"{path}.steps[{n}]") for n, s in enumerate(step.steps)]
+            steps = await self._steps(step.steps, resolve, f"{path}.steps")
             return Parallel(*steps, name=name or "parallel")
         if isinstance(step, ConditionStep):
             return Condition(
                 name=name or step.evaluator,
                 evaluator=self.registry.get_function(step.evaluator),
-                steps=[await self._step(s, resolve, f"{path}.steps[{n}]") for n, s in enumerate(step.steps)],
+                steps=await self._steps(step.steps, resolve, f"{path}.steps"),
             )
         if isinstance(step, LoopStep):
             return Loop(
                 name=name or "loop",
-                steps=[await self._step(s, resolve, f"{path}.steps[{n}]") for n, s in enumerate(step.steps)],
+                steps=await self._steps(step.steps, resolve, f"{path}.steps"),
                 max_iterations=step.max_iterations,
                 end_condition=self.registry.get_function(step.end_condition) if step.end_condition else None,
             )
@@ -220,8 +219,6 @@ class Builder:
             return Router(
                 name=name or step.selector,
                 selector=self.registry.get_function(step.selector),
-                choices=[
-                    await self._step(s, resolve, f"{path}.choices[{n}]") for n, s in enumerate(step.choices)
-                ],
+                choices=await self._steps(step.choices, resolve, f"{path}.choices"),
             )
         raise SpecValidationError(f"unknown step type {type(step).__name__}", path=path)
