@@ -1,12 +1,13 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
 
 from dynamic_agents.llm import LLMRouter, RouterConfig, build_router
 from dynamic_agents.secrets import SecretsManager, StaticSource
+from dynamic_agents.testing import FakeOpenAI
 
 MakeRouter = Callable[..., Awaitable[LLMRouter]]
 
@@ -19,6 +20,14 @@ def secrets() -> SecretsManager:
             users={"alice": {"openai": {"api_key": "sk-alice-openai-01"}}},
         )
     )
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeOpenAI]:
+    """The OpenAI API answered in process; litellm's HTTP clients go through it for the test."""
+    fake = FakeOpenAI()
+    with fake.installed():
+        yield fake
 
 
 @pytest.fixture

@@ -27,13 +27,6 @@ def get_weather(city: str) -> str:
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeOpenAI]:
-    fake = FakeOpenAI()
-    with fake.installed():
-        yield fake
-
-
-@pytest.fixture
 async def router(fake: FakeOpenAI) -> AsyncIterator[LLMRouter]:
     secrets = SecretsManager(
         StaticSource({"openai": {"api_key": SYSTEM_KEY}}, users={"alice": {"openai": {"api_key": ALICE_KEY}}})

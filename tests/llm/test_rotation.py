@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -43,13 +43,6 @@ def secrets(identity: InMemoryIdentityService) -> SecretsManager:
         "http://127.0.0.1:8000", token="service-token", transport=identity.mock_transport(), sleep=no_sleep
     )
     return SecretsManager(IdentitySource(client))
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeOpenAI]:
-    fake = FakeOpenAI()
-    with fake.installed():
-        yield fake
 
 
 @pytest.fixture
