@@ -8,8 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-import pytest
-from fastapi import APIRouter, FastAPI
+from fastapi import FastAPI
 
 from dynamic_agents.agents import AgentRuntime, InMemorySpecStore, ToolRegistry
 from dynamic_agents.api import create_api_router
@@ -17,13 +16,6 @@ from dynamic_agents.events import AgentRequestEvent, Target, TargetType
 from dynamic_agents.routing import EventRouter, RoutingRule
 from dynamic_agents.testing import InMemoryTransport, ScriptedModels
 from dynamic_agents.transports import Subscription, Transport
-
-# The router bugs these tests found (the KNOWN_BUG xfails in test_api.py and test_api_secrets.py):
-# while they stand, the tests work around them (in_route_order here, _hits_a_known_bug in the
-# schemathesis test) and pin each with a strict xfail. Set this to True once the router is patched:
-# the workarounds stop, and the xfail tests must then pass.
-ROUTER_PATCHED = True
-KNOWN_BUG = pytest.mark.xfail(not ROUTER_PATCHED, strict=True)
 
 TOKEN = "test-token"
 BASE = "http://api.test"
@@ -34,19 +26,10 @@ def verify(token: str) -> bool:
     return token == TOKEN
 
 
-def in_route_order(api: APIRouter) -> APIRouter:
-    """WORKAROUND for the route-order bug (``test_fixed_paths_are_served_by_their_own_routes``):
-    the ``/{kind_name}`` routes are declared first, so they shadow ``/health``, ``/dead-letters``,
-    ``/routing/rules`` and ``/llm/deployments``. Moving them last lets the tests reach every handler."""
-    if not ROUTER_PATCHED:
-        api.routes.sort(key=lambda route: "{kind_name}" in getattr(route, "path", ""))
-    return api
-
-
 def make_app(runtime: AgentRuntime, **options: Any) -> FastAPI:
     options.setdefault("auth", verify)
     app = FastAPI()
-    app.include_router(in_route_order(create_api_router(runtime=runtime, **options)))
+    app.include_router(create_api_router(runtime=runtime, **options))
     return app
 
 

@@ -21,7 +21,6 @@ from dynamic_agents.testing import InMemoryServer, InMemoryTransport, mock_llm_r
 from tests.api.support import (
     AUTH,
     BASE,
-    KNOWN_BUG,
     TOKEN,
     Stack,
     StackFactory,
@@ -323,12 +322,7 @@ async def test_unknown_specs_are_404(stack: Stack) -> None:
         ("GET", f"{V1}/gadgets", None),
         ("POST", f"{V1}/gadgets", AGENT),
         ("GET", f"{V1}/gadgets/bot", None),
-        pytest.param(
-            "PUT",
-            f"{V1}/gadgets/bot?expected_version=1",
-            AGENT,
-            marks=KNOWN_BUG(reason="BUG: update parses the body before checking the kind: KeyError, 500"),
-        ),
+        ("PUT", f"{V1}/gadgets/bot?expected_version=1", AGENT),
         ("DELETE", f"{V1}/gadgets/bot", None),
         ("POST", f"{V1}/gadgets/bot/execute", EXECUTE),
         ("GET", f"{V1}/agent", None),  # singular
@@ -522,12 +516,7 @@ async def test_execute_through_the_llm_router() -> None:
 # -- requests and dead letters ----------------------------------------------------------------------
 
 
-REFUSED_ID = KNOWN_BUG(reason="BUG: a request id the transport refuses (ConfigurationError) is a 500")
-
-
-@pytest.mark.parametrize(
-    "request_id", [pytest.param("bad%1Fid", marks=REFUSED_ID), pytest.param("%0A", marks=REFUSED_ID)]
-)
+@pytest.mark.parametrize("request_id", ["bad%1Fid", "%0A"])
 async def test_cancelling_an_impossible_request_id_is_422(stack: Stack, request_id: str) -> None:
     response = await stack.client.post(f"{V1}/requests/{request_id}/cancel")
     assert response.status_code == 422
@@ -779,13 +768,9 @@ async def test_routes_without_their_dependency_are_404(
     assert response.json() == {"detail": f"this API was created without {missing}"}
 
 
-# -- known bugs -------------------------------------------------------------------------------------
+# -- route order and streaming ----------------------------------------------------------------------
 
 
-@KNOWN_BUG(
-    reason="BUG: the /{kind_name} routes are declared first and shadow /health, /dead-letters, "
-    "/routing/rules and /llm/deployments (404 'unknown kind')"
-)
 async def test_fixed_paths_are_served_by_their_own_routes() -> None:
     router = await mock_llm_router({"gpt": "x"})
     transport = InMemoryTransport(InMemoryServer())
@@ -815,10 +800,6 @@ async def test_fixed_paths_are_served_by_their_own_routes() -> None:
     assert statuses == [200, 200, 200, 200, 200, 204]
 
 
-@KNOWN_BUG(
-    reason="BUG: a streamed execute of a disabled spec raises inside the event stream (after the 200 "
-    "headers were sent) instead of answering 422 like the JSON execute"
-)
 async def test_streaming_a_disabled_spec_is_422(stack: Stack) -> None:
     await stack.client.post(f"{V1}/agents", json={**AGENT, "status": "disabled"})
     response = await stack.client.post(f"{V1}/agents/bot/execute", json={**EXECUTE, "stream": True})

@@ -19,7 +19,7 @@ from dynamic_agents.events import StreamNames
 from dynamic_agents.llm import RouterConfig, build_router
 from dynamic_agents.secrets import SecretKey, SecretsManager, SecretValue, StaticSource
 from dynamic_agents.testing import InMemoryServer, InMemoryTransport, mock_llm_router
-from tests.api.support import AUTH, KNOWN_BUG, client_for, dead_letter, event_router, make_app
+from tests.api.support import AUTH, client_for, dead_letter, event_router, make_app
 
 V1 = "/api/v1"
 EXECUTE = {"input": "hi", "session_id": "s1"}
@@ -179,10 +179,6 @@ def route_of(templates: list[str], method: str, path: str) -> str:
     raise AssertionError(f"no route for {method} {path}")
 
 
-@KNOWN_BUG(
-    reason="BUG: /llm/deployments returns litellm_params verbatim, so a key written in the config "
-    "itself (not a secret reference) is sent to the client"
-)
 async def test_a_key_written_into_the_config_is_not_listed() -> None:
     canary = f"canary-literal-{uuid.uuid4().hex}"
     SecretValue(canary)
