@@ -210,13 +210,11 @@ async def test_an_interrupted_agno_run_is_seen_by_the_next_one() -> None:
     async with w:
         await transport.publish(names.requests, request_event(names, "explain tides in depth"))
         await asyncio.wait_for(started.wait(), 5)
-        sent = time.monotonic()
         await transport.publish(names.requests, request_event(names, "actually, keep it short"))
         await wait_for(lambda: _has_any(read_replies(transport, names)), within=10)
         await wait_for(lambda: _async(w.stats.completed == 1), within=10)
     interrupted, answered = await read_replies(transport, names)
     assert interrupted.status == ResponseStatus.CANCELLED
-    assert time.monotonic() - sent < 10
     assert answered.content == "Short answer."
     context = " ".join(
         str(m["content"]) for m in models.models["gpt"].calls[-1].messages if m["role"] == "user"
