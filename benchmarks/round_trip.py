@@ -128,10 +128,10 @@ LABELS: Final = {
 }
 # Round trips from the worker's read to the reply entry existing, by reading the code (see README).
 CRITICAL_PATH: Final = {
-    "minimal": (6, "XREADGROUP, HGETALL record, SET NX lease, MGET cancel, EVALSHA renew, EVALSHA complete"),
+    "minimal": (3, "XREADGROUP, EVALSHA claim (record, cancel, lease), EVALSHA complete (+ lease release)"),
     "events": (
-        10,
-        "minimal's 6 + XADD accepted, XADD started, XADD delta, XADD completed (all before complete)",
+        7,
+        "minimal's 3 + XADD accepted, XADD started, XADD delta, XADD completed (all before complete)",
     ),
     "raw": (2, "XREADGROUP, pipeline [XADD reply, XACK]"),
     "faststream": (2, "XREADGROUP, XADD reply (its XACK follows, off the path)"),

@@ -24,7 +24,8 @@ Each class also subclasses the matching built-in, so callers can catch either::
     │   ├── SpecNotFoundError (LookupError)    no spec of that kind and id
     │   └── SpecConflictError (ValueError)     created twice, or updated from a stale version
     ├── TransportError (ConnectionError)       the message broker failed or refused an operation
-    │   └── DeliveryError (LookupError)        a delivery, group or stream the broker does not know
+    │   ├── DeliveryError (LookupError)        a delivery, group or stream the broker does not know
+    │   └── LeaseLostError                     a lease-guarded write found the lease gone
     └── SecretsError                           secrets could not be had
         ├── SecretNotFoundError (LookupError)  ``require()`` found no such secret or field
         ├── SecretReferenceError (ValueError)  a malformed reference (``secret:…``, ``os.environ/…``)
@@ -71,6 +72,7 @@ __all__ = [
     "LLMRequestError",
     "LLMTimeoutError",
     "LLMUnavailableError",
+    "LeaseLostError",
     "MissingDependencyError",
     "NoRouteError",
     "RoutingConfigError",
@@ -217,6 +219,15 @@ class TransportError(DynamicAgentsError, ConnectionError):
 
 class DeliveryError(TransportError, LookupError):
     """A delivery, consumer group or stream is unknown to the broker."""
+
+
+class LeaseLostError(TransportError):
+    """A write that needed a session lease found it expired or held by someone else: nothing was
+    written."""
+
+    def __init__(self, session_id: str) -> None:
+        self.session_id = session_id
+        super().__init__(f"the lease of session {session_id!r} is no longer held; nothing was written")
 
 
 class SecretsError(DynamicAgentsError):

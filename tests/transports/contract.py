@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, ResponseStatus, StreamNames
-from dynamic_agents.exceptions import TransportError
+from dynamic_agents.exceptions import ConfigurationError, LeaseLostError, TransportError
 from dynamic_agents.transports import (
+    ClaimStatus,
     CompletedRecord,
     Coordinator,
     Delivery,
@@ -248,6 +249,87 @@ class TransportContract:
         with pytest.raises(TransportError, match="WRONGTYPE"):
             await transport.complete(delivery, Reply(response_to(event), reply_stream), record_ttl=60)
         assert await transport.read_stream(reply_stream, AgentResponseEvent) == []
+        assert len(await transport.pending(backend.stream(), "workers")) == 1
+
+    # -- complete under a session lease -----------------------------------------------------------
+
+    async def test_complete_with_the_lease_releases_it(self, backend: Backend) -> None:
+        transport = await backend.transport()
+        coordinator = transport.coordinator()
+        event = request()
+        await published(backend, transport, event)
+        (delivery,) = await transport.read(backend.subscription(), 1)
+        lease = await coordinator.acquire(event.session_id, ttl=60, holder=event.id)
+        assert lease is not None
+        reply_stream = backend.names.responses("discord", "42")
+
+        completion = await transport.complete(
+            delivery, Reply(response_to(event), reply_stream), record_ttl=60, lease=lease
+        )
+
+        assert completion.created
+        assert await coordinator.holder(event.session_id) is None
+        assert len(await transport.read_stream(reply_stream, AgentResponseEvent)) == 1
+        assert await transport.pending(backend.stream(), "workers") == []
+
+    async def test_complete_with_a_lost_lease_writes_nothing(self, backend: Backend) -> None:
+        transport = await backend.transport()
+        coordinator = transport.coordinator()
+        event = request()
+        await published(backend, transport, event)
+        (delivery,) = await transport.read(backend.subscription(), 1)
+        stale = await coordinator.acquire(event.session_id, ttl=backend.min_idle, holder=event.id)
+        await backend.advance(backend.min_idle * 1.5)
+        current = await coordinator.acquire(event.session_id, ttl=60, holder="someone-else")
+        assert stale is not None
+        assert current is not None
+        reply_stream = backend.names.responses("discord", "42")
+
+        with pytest.raises(LeaseLostError, match=event.session_id):
+            await transport.complete(
+                delivery, Reply(response_to(event), reply_stream), record_ttl=60, lease=stale
+            )
+
+        assert await transport.read_stream(reply_stream, AgentResponseEvent) == []
+        assert await coordinator.get_record(event.id) is None
+        assert len(await transport.pending(backend.stream(), "workers")) == 1
+        assert await coordinator.holder(event.session_id) == "someone-else"  # the new owner's lease stays
+
+    async def test_complete_of_an_answered_request_acks_and_releases_the_lease(
+        self, backend: Backend
+    ) -> None:
+        transport = await backend.transport()
+        coordinator = transport.coordinator()
+        event = request()
+        await published(backend, transport, event)
+        await transport.publish(backend.stream(), event)
+        first, retry = await transport.read(backend.subscription(), 2)
+        done = await transport.complete(first, Reply(response_to(event), None), record_ttl=60)
+        lease = await coordinator.acquire(event.session_id, ttl=60, holder=event.id)
+        assert lease is not None
+
+        again = await transport.complete(
+            retry, Reply(response_to(event, "two"), None), record_ttl=60, lease=lease
+        )
+
+        assert not again.created
+        assert again.record == done.record
+        assert await coordinator.holder(event.session_id) is None
+        assert await transport.pending(backend.stream(), "workers") == []
+
+    async def test_a_complete_that_fails_keeps_the_lease(self, backend: Backend) -> None:
+        transport = await backend.transport()
+        coordinator = transport.coordinator()
+        event = request()
+        await published(backend, transport, event)
+        (delivery,) = await transport.read(backend.subscription(), 1)
+        lease = await coordinator.acquire(event.session_id, ttl=60, holder=event.id)
+        await transport.publish(backend.names.completed_record(event.id), request("squatter"))
+        assert lease is not None
+
+        with pytest.raises(TransportError, match="WRONGTYPE"):
+            await transport.complete(delivery, Reply(response_to(event), None), record_ttl=60, lease=lease)
+        assert await coordinator.holder(event.session_id) == event.id
         assert len(await transport.pending(backend.stream(), "workers")) == 1
 
     async def test_records_expire(self, backend: Backend) -> None:
@@ -557,3 +639,57 @@ class CoordinatorSignalsContract:
         assert await coordinator.cancelled([]) == set()
         await backend.advance(backend.min_idle * 1.5)
         assert await coordinator.cancelled(["b"]) == set()
+
+    # -- claim: record, cancellation and lease in one step ----------------------------------------
+
+    async def test_claim_takes_the_lease_for_the_last_request(self, backend: Backend) -> None:
+        coordinator = (await backend.transport()).coordinator()
+        claim = await coordinator.claim("s", ["a", "b"], ttl=60)
+        assert claim.status is ClaimStatus.LEASED
+        assert claim.lease is not None
+        assert claim.lease.holder == "b"
+        assert await coordinator.holder("s") == "b"
+
+        busy = await coordinator.claim("s", ["c"], ttl=60)
+        assert (busy.status, busy.lease, busy.request_ids) == (ClaimStatus.BUSY, None, frozenset())
+        assert await coordinator.release(claim.lease)
+        assert (await coordinator.claim("s", ["c"], ttl=60)).status is ClaimStatus.LEASED
+
+    async def test_a_claimed_lease_expires_like_any_other(self, backend: Backend) -> None:
+        coordinator = (await backend.transport()).coordinator()
+        claim = await coordinator.claim("s", ["a"], ttl=backend.min_idle)
+        await backend.advance(backend.min_idle * 1.5)
+        assert claim.lease is not None
+        assert not await coordinator.renew(claim.lease)
+        assert (await coordinator.claim("s", ["b"], ttl=60)).status is ClaimStatus.LEASED
+
+    async def test_claim_reports_answered_requests_and_takes_nothing(self, backend: Backend) -> None:
+        coordinator = (await backend.transport()).coordinator()
+        await coordinator.set_record(CompletedRecord("b", "r", "completed", None, None, 0.0), ttl=60)
+        await coordinator.request_cancel("c")  # answered wins: the request needs no answer at all
+
+        claim = await coordinator.claim("s", ["a", "b", "c"], ttl=60)
+
+        assert (claim.status, claim.lease, claim.request_ids) == (
+            ClaimStatus.ANSWERED,
+            None,
+            frozenset({"b"}),
+        )
+        assert await coordinator.holder("s") is None
+
+    async def test_claim_reports_cancelled_requests_and_takes_nothing(self, backend: Backend) -> None:
+        coordinator = (await backend.transport()).coordinator()
+        await coordinator.request_cancel("a")
+        await coordinator.request_cancel("c")
+
+        claim = await coordinator.claim("s", ["a", "b", "c"], ttl=60)
+
+        assert (claim.status, claim.request_ids) == (ClaimStatus.CANCELLED, frozenset({"a", "c"}))
+        assert await coordinator.holder("s") is None
+
+    async def test_claim_needs_a_request(self, backend: Backend) -> None:
+        coordinator = (await backend.transport()).coordinator()
+        with pytest.raises(ConfigurationError, match="at least one request id"):
+            await coordinator.claim("s", [], ttl=60)
+        with pytest.raises(ConfigurationError, match="ttl"):
+            await coordinator.claim("s", ["a"], ttl=0)

@@ -196,6 +196,31 @@ async def test_a_run_that_loses_its_lease_publishes_nothing(backend: Backend) ->
     assert [r.content for r in await replies(transport, backend.names)] == ["echo: x"]
 
 
+async def test_a_run_whose_lease_changed_hands_between_renewals_publishes_nothing(backend: Backend) -> None:
+    """The reply is written only while the lease is held (checked inside ``complete``), so a lease
+    lost after the last renewal still stops the reply."""
+    transport, other = await backend.transport(), await backend.transport()
+    rivals = []
+
+    async def stalls_past_its_lease(target: Target, request: AgentRequestEvent) -> str:
+        await backend.delete_key(backend.names.session_lease("contested"))  # as if it had expired
+        rival = await other.coordinator().acquire("contested", ttl=30)
+        assert rival is not None
+        rivals.append(rival)
+        return "from the worker that lost its lease"  # before the next renewal could notice
+
+    await transport.publish(backend.names.requests, request_event(backend.names, "x", session="contested"))
+    loser = worker(transport, FunctionExecutor(stalls_past_its_lease), consumer="loser", lease_ttl=30)
+    async with loser:
+        await wait_for(lambda: _async(loser.stats.lost == 1))
+        await loser.stop(grace=0)
+    assert await replies(transport, backend.names) == []
+    assert await other.coordinator().holder("contested") == rivals[0].holder  # the rival's lease stands
+    await other.coordinator().release(rivals[0])
+    await worker(other, consumer="winner").run_until_idle()
+    assert [r.content for r in await replies(transport, backend.names)] == ["echo: x"]
+
+
 async def test_graceful_stop_finishes_or_returns_runs(backend: Backend) -> None:
     transport, other = await backend.transport(), await backend.transport()
     quick_done = 0

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 
 from dynamic_agents._lazy import lazy_exports as _lazy_exports
 from dynamic_agents.transports.base import (
+    Claim,
+    ClaimStatus,
     Clock,
     CompletedRecord,
     Completion,
@@ -35,6 +37,8 @@ if TYPE_CHECKING:
     from dynamic_agents.transports.redis import RedisCoordinator, RedisStreamsTransport
 
 __all__ = [
+    "Claim",
+    "ClaimStatus",
     "Clock",
     "CompletedRecord",
     "Completion",

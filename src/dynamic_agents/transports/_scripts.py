@@ -50,37 +50,45 @@ end
 return {claimed[1], claimed[2], claimed[3] or {}, counts}
 """
 
-# KEYS: request stream, record key[, reply stream]
+# KEYS: request stream, record key, lease key (or the record key again)[, reply stream]
 # ARGV: group, entry id, record ttl ms, reply maxlen or '', reply expire ms or '', completed_at,
-#       request id, response id, status, reply channel or '', channel payload, reply field/value pairs…
-# Returns {1, record} when written, {0, existing record} when the request was already answered.
+#       request id, response id, status, reply channel or '', channel payload, lease token or '',
+#       reply field/value pairs…
+# With a lease token, writes only while KEYS[3] holds it, and deletes it after the ack.
+# Returns {1, record} when written, {0, existing record} when the request was already answered,
+# {-1, {}} when the lease is not held (nothing written, not acked).
 COMPLETE: Final = (
     "#!lua\n"
     + _CHECK_STREAM
     + """
 local err = check_stream(KEYS[1])
 if err then return err end
+local leased = ARGV[12] ~= ''
+local owned = not leased or redis.call('GET', KEYS[3]) == ARGV[12]
 local existing = redis.call('HGETALL', KEYS[2])
 if #existing > 0 then
   redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+  if leased and owned then redis.call('DEL', KEYS[3]) end
   return {0, existing}
 end
-local reply_stream, reply_id = KEYS[3] or '', ''
-if KEYS[3] then
-  err = check_stream(KEYS[3])
+if not owned then return {-1, {}} end
+local reply_stream, reply_id = KEYS[4] or '', ''
+if KEYS[4] then
+  err = check_stream(KEYS[4])
   if err then return err end
   if ARGV[4] ~= '' then
-    reply_id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', unpack(ARGV, 12))
+    reply_id = redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', unpack(ARGV, 13))
   else
-    reply_id = redis.call('XADD', KEYS[3], '*', unpack(ARGV, 12))
+    reply_id = redis.call('XADD', KEYS[4], '*', unpack(ARGV, 13))
   end
-  if ARGV[5] ~= '' then redis.call('PEXPIRE', KEYS[3], ARGV[5]) end
+  if ARGV[5] ~= '' then redis.call('PEXPIRE', KEYS[4], ARGV[5]) end
 end
 local record = {'request_id', ARGV[7], 'response_id', ARGV[8], 'status', ARGV[9],
                 'reply_stream', reply_stream, 'reply_entry_id', reply_id, 'completed_at', ARGV[6]}
 redis.call('HSET', KEYS[2], unpack(record))
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+if leased then redis.call('DEL', KEYS[3]) end
 if ARGV[10] ~= '' then redis.call('PUBLISH', ARGV[10], ARGV[11]) end
 return {1, record}
 """
@@ -150,6 +158,24 @@ for _, group in ipairs(groups) do
   if min_ms == nil or less(ms, seq, min_ms, min_seq) then min_ms, min_seq = ms, seq end
 end
 return redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d-%d', min_ms, min_seq))
+"""
+
+# KEYS: lease key, n record keys, n cancel flag keys; ARGV: token, ttl ms, n
+# Before a run, in one step: {'answered', indexes} if any request has a record, else
+# {'cancelled', indexes} if any has a cancellation request, else SET NX the lease: {'leased'|'busy'}.
+CLAIM: Final = """#!lua
+local n = tonumber(ARGV[3])
+local found = {}
+for i = 1, n do
+  if redis.call('EXISTS', KEYS[1 + i]) == 1 then found[#found + 1] = i end
+end
+if #found > 0 then return {'answered', found} end
+for i = 1, n do
+  if redis.call('EXISTS', KEYS[1 + n + i]) == 1 then found[#found + 1] = i end
+end
+if #found > 0 then return {'cancelled', found} end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return {'leased', {}} end
+return {'busy', {}}
 """
 
 # KEYS[1] lease key; ARGV: token, ttl ms. Renew only for the owner.

@@ -13,6 +13,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from types import TracebackType
 from typing import Any, Final, Generic, Protocol, Self, TypeVar
 
@@ -21,6 +22,8 @@ from dynamic_agents.events import AgentResponseEvent, DecodedMessage, EventCodec
 from dynamic_agents.exceptions import ConfigurationError, EventError
 
 __all__ = [
+    "Claim",
+    "ClaimStatus",
     "Clock",
     "CompletedRecord",
     "Completion",
@@ -228,6 +231,29 @@ class Lease:
         return self.token.partition("/")[2]
 
 
+class ClaimStatus(StrEnum):
+    """What :meth:`Coordinator.claim` found."""
+
+    LEASED = "leased"
+    """The lease is taken: run."""
+    BUSY = "busy"
+    """Someone else holds the session's lease: try again later."""
+    ANSWERED = "answered"
+    """Some of the requests were answered before: nothing was taken."""
+    CANCELLED = "cancelled"
+    """Some of the requests have a cancellation request: nothing was taken."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """The outcome of :meth:`Coordinator.claim`: ``lease`` when ``LEASED``; ``request_ids`` the
+    requests found answered (``ANSWERED``) or cancelled (``CANCELLED``)."""
+
+    status: ClaimStatus
+    lease: Lease | None = None
+    request_ids: frozenset[str] = frozenset()
+
+
 def lease_token(holder: str) -> str:
     return f"{secrets.token_hex(16)}/{holder}"
 
@@ -361,9 +387,17 @@ class Transport(_AsyncResource):
         no longer holds the entry, or the request was already answered (then it only acks)."""
 
     @abstractmethod
-    async def complete(self, delivery: Delivery[Any], reply: Reply, *, record_ttl: float) -> Completion:
+    async def complete(
+        self, delivery: Delivery[Any], reply: Reply, *, record_ttl: float, lease: Lease | None = None
+    ) -> Completion:
         """Atomically: write ``reply``, the completed-request record (kept ``record_ttl`` seconds)
-        and the ack. If the request already has a record, only ack and return the earlier record."""
+        and the ack. If the request already has a record, only ack and return the earlier record.
+
+        With ``lease`` (from this transport's :meth:`coordinator`), the reply is written only while
+        that lease is still held, and the lease is released in the same step: a run that outlived
+        its lease raises :class:`~dynamic_agents.exceptions.LeaseLostError` and writes nothing
+        (another worker may be running the request). An answered request is acked either way.
+        """
 
     # -- inspecting -------------------------------------------------------------------------------
 
@@ -432,6 +466,24 @@ class Coordinator(_AsyncResource):
     @abstractmethod
     async def cancelled(self, request_ids: Sequence[str]) -> set[str]:
         """Which of ``request_ids`` have a cancellation request."""
+
+    async def claim(self, session_id: str, request_ids: Sequence[str], ttl: float) -> Claim:
+        """Everything a worker checks before a run, in one step: were any of ``request_ids``
+        answered before (``ANSWERED``), is any cancelled (``CANCELLED``), else take the session's
+        lease for ``ttl`` seconds with the last request as holder (``LEASED``, or ``BUSY``).
+
+        The default makes three calls; backends override it with one round trip.
+        """
+        if not request_ids:
+            raise ConfigurationError("claim() needs at least one request id")
+        answered = {rid for rid in request_ids if await self.get_record(rid) is not None}
+        if answered:
+            return Claim(ClaimStatus.ANSWERED, request_ids=frozenset(answered))
+        cancelled = await self.cancelled(request_ids)
+        if cancelled:
+            return Claim(ClaimStatus.CANCELLED, request_ids=frozenset(cancelled))
+        lease = await self.acquire(session_id, ttl, holder=request_ids[-1])
+        return Claim(ClaimStatus.LEASED, lease) if lease is not None else Claim(ClaimStatus.BUSY)
 
     @abstractmethod
     async def renew(self, lease: Lease, ttl: float | None = None) -> bool:

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from dynamic_agents._logging import get_logger
 from dynamic_agents.events import EventCodec, StreamNames, WireModel
 from dynamic_agents.events.envelope import DATA_FIELD
-from dynamic_agents.exceptions import ConfigurationError, TransportError
+from dynamic_agents.exceptions import ConfigurationError, LeaseLostError, TransportError
 from dynamic_agents.transports.base import (
     Clock,
     CompletedRecord,
@@ -112,8 +112,7 @@ class InMemoryServer:
     def _get(self, key: str) -> _Stream | dict[str, str] | str | None:
         deadline = self._expires.get(key)
         if deadline is not None and deadline <= self.clock.time():
-            self._keys.pop(key, None)
-            self._expires.pop(key, None)
+            self.delete(key)
         return self._keys.get(key)
 
     def _stream(self, key: str, *, create: bool = False) -> _Stream | None:
@@ -134,6 +133,10 @@ class InMemoryServer:
 
     def _check_stream_type(self, key: str) -> None:
         self._stream(key)
+
+    def delete(self, key: str) -> None:
+        self._keys.pop(key, None)
+        self._expires.pop(key, None)
 
     def expire(self, key: str, seconds: float) -> None:
         if self._get(key) is not None:
@@ -415,13 +418,21 @@ class InMemoryTransport(Transport):
         self.stats.dead_lettered += 1
         return True
 
-    async def complete(self, delivery: Delivery[Any], reply: Reply, *, record_ttl: float) -> Completion:
+    async def complete(
+        self, delivery: Delivery[Any], reply: Reply, *, record_ttl: float, lease: Lease | None = None
+    ) -> Completion:
         self._check_open()
         record_key = self.names.completed_record(reply.event.request_id)
+        lease_key = self.names.session_lease(lease.session_id) if lease is not None else None
+        owned = lease is None or self.server._get(lease_key or "") == lease.token
         existing = self.server._hash(record_key)
         if existing:
             self._ack(delivery)
+            self._drop_lease(lease_key, owned)
             return Completion(CompletedRecord.from_fields(existing), created=False)
+        if not owned:
+            assert lease is not None
+            raise LeaseLostError(lease.session_id)
         reply_fields = self._check_reply(reply)
         reply_id = self._write_reply(reply, reply_fields)
         record = CompletedRecord(
@@ -435,7 +446,12 @@ class InMemoryTransport(Transport):
         self.server._keys[record_key] = record.to_fields()
         self.server.expire(record_key, record_ttl)
         self.stats.acked += self._ack(delivery)
+        self._drop_lease(lease_key, owned)
         return Completion(record, created=True)
+
+    def _drop_lease(self, key: str | None, owned: bool) -> None:
+        if key is not None and owned:
+            self.server.delete(key)
 
     def _check_reply(self, reply: Reply | None) -> bytes | None:
         if reply is None:
@@ -563,8 +579,7 @@ class InMemoryCoordinator(Coordinator):
         key = self.names.session_lease(lease.session_id)
         if self.server._get(key) != lease.token:
             return False
-        del self.server._keys[key]
-        self.server._expires.pop(key, None)
+        self.server.delete(key)
         return True
 
     async def get_record(self, request_id: str) -> CompletedRecord | None:

@@ -19,9 +19,16 @@ from typing import Any, TypeVar
 from dynamic_agents._logging import get_logger
 from dynamic_agents.events import EventCodec, StreamNames, WireModel
 from dynamic_agents.events.envelope import DATA_FIELD
-from dynamic_agents.exceptions import ConfigurationError, MissingDependencyError, TransportError
+from dynamic_agents.exceptions import (
+    ConfigurationError,
+    LeaseLostError,
+    MissingDependencyError,
+    TransportError,
+)
 from dynamic_agents.transports import _scripts
 from dynamic_agents.transports.base import (
+    Claim,
+    ClaimStatus,
     Clock,
     CompletedRecord,
     Completion,
@@ -426,11 +433,15 @@ class RedisStreamsTransport(Transport):
             logger.info("dead-lettered %s of %r: %s", delivery.entry_id, delivery.stream, reason)
         return bool(_int(written))
 
-    async def complete(self, delivery: Delivery[Any], reply: Reply, *, record_ttl: float) -> Completion:
+    async def complete(
+        self, delivery: Delivery[Any], reply: Reply, *, record_ttl: float, lease: Lease | None = None
+    ) -> Completion:
         if record_ttl <= 0:
             raise ConfigurationError(f"record_ttl must be > 0 seconds, got {record_ttl}")
         event = reply.event
-        keys = [delivery.stream, self.names.completed_record(event.request_id)]
+        record_key = self.names.completed_record(event.request_id)
+        lease_key = self.names.session_lease(lease.session_id) if lease is not None else record_key
+        keys = [delivery.stream, record_key, lease_key]
         reply_args: list[bytes | str | int] = []
         envelope = reply.envelope(self.codec)
         if reply.stream is not None:
@@ -448,11 +459,15 @@ class RedisStreamsTransport(Transport):
             str(event.status),
             reply.channel or "",
             envelope if reply.channel else b"",
+            lease.token if lease is not None else "",
             *reply_args,
         ]
         created, flat = _list(
             await self._call(f"complete {event.request_id}", partial(self._complete, keys=keys, args=args))
         )
+        if _int(created) < 0:
+            assert lease is not None
+            raise LeaseLostError(lease.session_id)
         record = CompletedRecord.from_fields(_pairs(flat))
         if _int(created):
             self.stats.acked += 1
@@ -558,6 +573,7 @@ class RedisCoordinator(Coordinator):
         self._renew = client.register_script(_scripts.RENEW_LEASE)
         self._release = client.register_script(_scripts.RELEASE_LEASE)
         self._set_record = client.register_script(_scripts.SET_RECORD)
+        self._claim = client.register_script(_scripts.CLAIM)
 
     @classmethod
     def from_url(cls, url: str, *, names: StreamNames | None = None) -> RedisCoordinator:
@@ -585,6 +601,22 @@ class RedisCoordinator(Coordinator):
         keys = [self.names.cancel_flag(rid) for rid in request_ids]
         values: object = await self._do("read cancellations", lambda: self.client.mget(keys))
         return {rid for rid, value in zip(request_ids, _list(values), strict=True) if value is not None}
+
+    async def claim(self, session_id: str, request_ids: Sequence[str], ttl: float) -> Claim:
+        if not request_ids:
+            raise ConfigurationError("claim() needs at least one request id")
+        token = lease_token(request_ids[-1])
+        keys = [
+            self.names.session_lease(session_id),
+            *(self.names.completed_record(rid) for rid in request_ids),
+            *(self.names.cancel_flag(rid) for rid in request_ids),
+        ]
+        args: list[str | int] = [token, _ms(_positive(ttl)), len(request_ids)]
+        status, found = _list(await self._do("claim a session", partial(self._claim, keys=keys, args=args)))
+        outcome = ClaimStatus(_bytes(status).decode())
+        if outcome is ClaimStatus.LEASED:
+            return Claim(outcome, Lease(session_id, token, ttl))
+        return Claim(outcome, request_ids=frozenset(request_ids[_int(i) - 1] for i in _list(found)))
 
     async def renew(self, lease: Lease, ttl: float | None = None) -> bool:
         ttl_ms = _ms(_positive(ttl if ttl is not None else lease.ttl))

@@ -3,15 +3,19 @@
 For each entry of the request stream (read through a consumer group, never more than free slots):
 
 1. an entry that did not decode was dead-lettered by the transport: counted, nothing else;
-2. a request with a completed-request record was answered before: acked, not run again;
+2. a redelivered request with a completed-request record was answered before: acked, not run again;
 3. past ``max_deliveries``: dead-lettered, with an error reply, atomically;
-4. routed (no route → an error reply), then run under the session's lease — within this worker a
-   session's requests run in arrival order, across workers never at the same time;
-5. answered with ``Transport.complete``: reply, record and ack in one atomic step.
+4. routed (no route → an error reply), then claimed — answered before? cancelled? else the
+   session's lease, in one round trip (:meth:`Coordinator.claim`) — and run under that lease:
+   within this worker a session's requests run in arrival order, across workers never at the
+   same time;
+5. answered with ``Transport.complete``: reply, record, ack and the lease's release in one atomic
+   step, written only while the lease is still held.
 
-Held entries (running or waiting for their session) are kept fresh, so only entries of dead workers
-are reclaimed. An entry this worker loses (reclaimed after a stall) or a lease it loses cancels the
-run, and nothing is published for it: another worker answers. A run cut short by a crash runs again
+Held entries (running or waiting for their session) are kept fresh, and the leases of runs in
+flight renewed, by one background loop each, so only entries of dead workers are reclaimed. An
+entry this worker loses (reclaimed after a stall) or a lease it loses cancels the run, and nothing
+is published for it: another worker answers. A run cut short by a crash runs again
 elsewhere; tools receive the request id to deduplicate their own side effects.
 """
 
@@ -27,10 +31,19 @@ from typing import Any
 from dynamic_agents._logging import get_logger, log_context
 from dynamic_agents._redaction import REDACTOR
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, ResponseStatus, Target
-from dynamic_agents.exceptions import DynamicAgentsError, NoRouteError, TransportError
+from dynamic_agents.exceptions import DynamicAgentsError, LeaseLostError, NoRouteError, TransportError
 from dynamic_agents.execution import ExecutionResult, Executor
 from dynamic_agents.routing import EventRouter
-from dynamic_agents.transports import Completion, Coordinator, Delivery, Lease, Reply, Subscription, Transport
+from dynamic_agents.transports import (
+    ClaimStatus,
+    Completion,
+    Coordinator,
+    Delivery,
+    Lease,
+    Reply,
+    Subscription,
+    Transport,
+)
 from dynamic_agents.worker.hooks import RunContext, WorkerHooks
 from dynamic_agents.worker.lifecycle import LifecyclePublisher
 from dynamic_agents.worker.settings import SessionPolicy, WorkerSettings
@@ -54,6 +67,15 @@ class WorkerStats:
 
 class _LostError(Exception):
     """The run lost its entry or its lease: publish nothing."""
+
+
+@dataclass(slots=True)
+class _HeldLease:
+    """The lease a run in flight holds, renewed by the worker's lease loop."""
+
+    lease: Lease
+    execution: asyncio.Task[ExecutionResult]
+    renewed_at: float
 
 
 class AgentWorker:
@@ -101,6 +123,8 @@ class AgentWorker:
         self._running: dict[str, str] = {}  # session -> request id running in this worker
         self._executions: dict[str, asyncio.Task[ExecutionResult]] = {}  # request id -> its run
         self._cancelling: set[str] = set()
+        self._leases: dict[str, _HeldLease] = {}  # request id -> the lease its run holds
+        self._leases_lost: set[str] = set()
         self._slot_freed = asyncio.Event()
         self._stopping = False
         self._runner: asyncio.Task[None] | None = None
@@ -138,15 +162,19 @@ class AgentWorker:
 
     async def _consume(self, until_idle: bool) -> None:
         await self.transport.ensure_group(self.stream, self.settings.group)
-        keeper = asyncio.get_running_loop().create_task(self._keep_fresh_loop())
-        watcher = asyncio.get_running_loop().create_task(self._cancel_watch_loop())
+        loop = asyncio.get_running_loop()
+        helpers = [
+            loop.create_task(self._keep_fresh_loop()),
+            loop.create_task(self._keep_leases_loop()),
+            loop.create_task(self._cancel_watch_loop()),
+        ]
         try:
             while not self._stopping:
                 read = await self._read_more()
                 if until_idle and not read and not self._tasks and await self._nothing_pending():
                     return
         finally:
-            for helper in (keeper, watcher):
+            for helper in helpers:
                 helper.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await helper
@@ -275,11 +303,10 @@ class AgentWorker:
         event: AgentRequestEvent,
         previous: asyncio.Future[None] | None,
     ) -> None:
-        if await self.coordinator.get_record(event.id) is not None:
-            self.stats.duplicates += 1
-            logger.debug("request %s was answered before: acking the redelivery", event.id)
-            await self.transport.ack(delivery)
-            self._held.pop(delivery.entry_id, None)
+        # A redelivery may have been answered by a run that crashed before its ack. (A first delivery
+        # is checked by the claim below, without a round trip of its own.)
+        if delivery.delivery_count > 1 and await self.coordinator.get_record(event.id) is not None:
+            await self._ack_duplicate(delivery)
             return
         if delivery.delivery_count > self.settings.max_deliveries:
             await self._dead_letter(delivery, event)
@@ -309,12 +336,54 @@ class AgentWorker:
         batch = [delivery]
         if policy is SessionPolicy.MERGE:
             batch += self._absorb(event.session_id)
-        lease = await self._acquire(event.session_id, holder=event.id)
+        claimed = await self._claim(event.session_id, batch, target)
+        if claimed is None:
+            return
+        batch, lease = claimed
+        released = False
         try:
-            await self._run(batch, target, lease)
+            released = await self._run(batch, target, lease)
         finally:
-            with contextlib.suppress(DynamicAgentsError):
-                await self.coordinator.release(lease)
+            if not released:
+                with contextlib.suppress(DynamicAgentsError):
+                    await self.coordinator.release(lease)
+
+    async def _claim(
+        self, session_id: str, batch: list[Delivery[AgentRequestEvent]], target: Target
+    ) -> tuple[list[Delivery[AgentRequestEvent]], Lease] | None:
+        """Take the session's lease for ``batch``, waiting while another run holds it (the entries
+        stay held and fresh meanwhile, so waiting never counts as a delivery). Requests answered
+        before are acked and left out; if one is cancelled, all are answered so. ``None`` when
+        nothing is left to run."""
+        waited = False
+        while batch:
+            claim = await self.coordinator.claim(
+                session_id, [item.event.id for item in batch], self.settings.lease_ttl
+            )
+            if claim.status is ClaimStatus.LEASED:
+                assert claim.lease is not None
+                return batch, claim.lease
+            if claim.status is ClaimStatus.ANSWERED:
+                for item in batch:
+                    if item.event.id in claim.request_ids:
+                        await self._ack_duplicate(item)
+                batch = [item for item in batch if item.event.id not in claim.request_ids]
+            elif claim.status is ClaimStatus.CANCELLED:
+                for item in batch:
+                    await self._answer(item, item.event, target, _cancelled())
+                return None
+            else:
+                if not waited:
+                    waited = True
+                    self.stats.lease_waits += 1
+                await asyncio.sleep(self.settings.lease_poll)
+        return None
+
+    async def _ack_duplicate(self, delivery: Delivery[AgentRequestEvent]) -> None:
+        self.stats.duplicates += 1
+        logger.debug("request %s was answered before: acking the redelivery", delivery.event.id)
+        await self.transport.ack(delivery)
+        self._held.pop(delivery.entry_id, None)
 
     def _policy(self, event: AgentRequestEvent, target: Target) -> SessionPolicy:
         requested = event.metadata.get("session_policy")
@@ -368,14 +437,11 @@ class AgentWorker:
                 logger.info("request %s cancelled", request_id)
                 self._cancel_run(request_id)
 
-    async def _run(self, batch: list[Delivery[AgentRequestEvent]], target: Target, lease: Lease) -> None:
-        """Run one turn: one request, or (merge) several asked as one with the last one's reply."""
+    async def _run(self, batch: list[Delivery[AgentRequestEvent]], target: Target, lease: Lease) -> bool:
+        """Run one turn: one request, or (merge) several asked as one with the last one's reply.
+        True once the reply is written and, with it, the lease released."""
         delivery = batch[-1]
         event = _merged(batch)
-        if await self.coordinator.cancelled([d.event.id for d in batch]):
-            for item in batch:
-                await self._answer(item, item.event, target, _cancelled())
-            return
         context = RunContext(event, target, delivery.delivery_count, delivery.entry_id)
         progress = LifecyclePublisher(
             self.transport,
@@ -391,42 +457,57 @@ class AgentWorker:
         await progress.started(delivery.delivery_count)
         on_delta = progress.delta if self.settings.events else None  # streaming only when someone listens
         execution = asyncio.get_running_loop().create_task(self._execute(target, event, on_delta))
-        renewal = asyncio.get_running_loop().create_task(self._keep_lease(lease, execution))
         self._executions[event.id] = execution
         self._running[event.session_id] = event.id
+        self._leases[event.id] = _HeldLease(lease, execution, time.monotonic())
         try:
             result = await execution
         except asyncio.CancelledError:
             execution.cancel()  # when this handler is the one cancelled (stop, lost entry)
-            if renewal.done() and not renewal.cancelled() and renewal.result() is False:
+            if event.id in self._leases_lost:
                 raise _LostError from None  # the lease was lost: publish nothing
             if event.id not in self._cancelling or not execution.cancelled():
                 raise
             result = _cancelled()  # cancelled on request: answer so
         finally:
-            renewal.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewal
+            self._leases.pop(event.id, None)
+            self._leases_lost.discard(event.id)
             self._executions.pop(event.id, None)
             self._cancelling.discard(event.id)
             if self._running.get(event.session_id) == event.id:
                 del self._running[event.session_id]
+        await progress.finished(result)
+        await self._call_hooks("after_execute", context, result)
+        if len(batch) > 1:  # the merged requests are answered first: only while the lease is ours
+            if not await self._still_ours(lease):
+                raise _LostError
+            for earlier in batch[:-1]:
+                merged = ExecutionResult(
+                    ResponseStatus.COMPLETED, metadata={"merged_into": delivery.event.id}
+                )
+                await self._answer(earlier, earlier.event, target, merged)
+        try:  # written only while the lease is held, and released with the reply
+            completion = await self._answer(delivery, delivery.event, target, result, lease=lease)
+        except LeaseLostError:
+            self._lease_lost_during_run(lease)
+            raise _LostError from None
+        await self._call_hooks("after_complete", context, completion)
+        return True
+
+    async def _still_ours(self, lease: Lease) -> bool:
         try:
             still_ours = await self.coordinator.renew(lease)
         except DynamicAgentsError as error:  # Redis trouble, not a lost lease: the record guards duplicates
             logger.warning("renewing the lease after the run failed (%s); answering anyway", error)
-            still_ours = True
-        if not still_ours:  # stalled past the lease: someone else may run it
-            logger.warning("lease of session %s lost during the run; publishing nothing", event.session_id)
-            self.stats.lost += 1
-            raise _LostError
-        await progress.finished(result)
-        await self._call_hooks("after_execute", context, result)
-        for earlier in batch[:-1]:  # merged into the last one's turn
-            merged = ExecutionResult(ResponseStatus.COMPLETED, metadata={"merged_into": delivery.event.id})
-            await self._answer(earlier, earlier.event, target, merged)
-        completion = await self._answer(delivery, delivery.event, target, result)
-        await self._call_hooks("after_complete", context, completion)
+            return True
+        if not still_ours:
+            self._lease_lost_during_run(lease)
+        return still_ours
+
+    def _lease_lost_during_run(self, lease: Lease) -> None:
+        """Stalled past the lease: someone else may run the request, so nothing is published."""
+        logger.warning("lease of session %s lost during the run; publishing nothing", lease.session_id)
+        self.stats.lost += 1
 
     async def _execute(self, target: Target, event: AgentRequestEvent, on_delta: Any) -> ExecutionResult:
         try:
@@ -438,38 +519,29 @@ class AgentWorker:
         except Exception as error:  # an unknown target, a broken tool registry…: an error reply
             return _error(f"{type(error).__name__}: {error}")
 
-    async def _keep_lease(self, lease: Lease, execution: asyncio.Task[ExecutionResult]) -> bool:
-        """Renew every third of the lease; cancel the run (and say so) when it is lost."""
-        interval = self.settings.lease_ttl / 3
-        last_renewed = time.monotonic()
+    async def _keep_leases_loop(self) -> None:
+        """Renew the lease of every run in flight each third of the lease TTL; a run whose lease
+        is lost is cancelled (and publishes nothing)."""
         while True:
-            await asyncio.sleep(interval)
-            try:
-                renewed = await self.coordinator.renew(lease)
-            except DynamicAgentsError as error:
-                logger.warning("renewing the lease of %s failed: %s", lease.session_id, error)
-                renewed = time.monotonic() - last_renewed < self.settings.lease_ttl
-            else:
-                if renewed:
-                    last_renewed = time.monotonic()
-            if not renewed:
-                logger.warning("lease of session %s lost; cancelling its run", lease.session_id)
-                self.stats.lost += 1
-                execution.cancel()
-                return False
+            await asyncio.sleep(self.settings.lease_ttl / 3)
+            if self._leases:
+                await asyncio.gather(*(self._renew(rid, held) for rid, held in list(self._leases.items())))
 
-    async def _acquire(self, session_id: str, *, holder: str = "") -> Lease:
-        """Wait for the session's lease; the entry stays held (fresh) meanwhile, so waiting never
-        counts as a delivery."""
-        waited = False
-        while True:
-            lease = await self.coordinator.acquire(session_id, self.settings.lease_ttl, holder=holder)
-            if lease is not None:
-                return lease
-            if not waited:
-                waited = True
-                self.stats.lease_waits += 1
-            await asyncio.sleep(self.settings.lease_poll)
+    async def _renew(self, request_id: str, held: _HeldLease) -> None:
+        lease = held.lease
+        try:
+            renewed = await self.coordinator.renew(lease)
+        except DynamicAgentsError as error:  # Redis trouble: the lease stands until its TTL runs out
+            logger.warning("renewing the lease of %s failed: %s", lease.session_id, error)
+            renewed = time.monotonic() - held.renewed_at < self.settings.lease_ttl
+        else:
+            if renewed:
+                held.renewed_at = time.monotonic()
+        if not renewed and self._leases.get(request_id) is held:
+            logger.warning("lease of session %s lost; cancelling its run", lease.session_id)
+            self.stats.lost += 1
+            self._leases_lost.add(request_id)
+            held.execution.cancel()
 
     # -- answering ----------------------------------------------------------------------------------
 
@@ -493,10 +565,12 @@ class AgentWorker:
         event: AgentRequestEvent,
         target: Target | None,
         result: ExecutionResult,
+        *,
+        lease: Lease | None = None,
     ) -> Completion:
         response = result.to_response(event, target)
         completion = await self.transport.complete(
-            delivery, self._reply(delivery, response), record_ttl=self.settings.record_ttl
+            delivery, self._reply(delivery, response), record_ttl=self.settings.record_ttl, lease=lease
         )
         self._held.pop(delivery.entry_id, None)  # acked: nothing left to keep fresh
         if not completion.created:
