@@ -488,7 +488,7 @@ async def test_fuzzed_entries_are_dead_lettered_once_and_valid_requests_answered
 
         assert_exactly_once(await replies(transport, names), [r.id for r in [*valid, late]], context)
         await assert_nothing_pending(transport, names)
-        assert (w.stats.undecodable, w.stats.completed) == (GARBAGE, VALID + 1), context
+        assert (w.stats.undecodable, w.stats.completed) == (GARBAGE, VALID + 1), f"{context} {w.stats}"
         dead = await transport.read_stream(names.dead_letters, AgentRequestEvent, count=2 * GARBAGE)
         dead_ids = Counter(entry.fields[b"dead_letter.entry_id"].decode() for entry in dead)
         assert dead_ids == Counter(garbage_ids), f"dead letters do not match the garbage {context}"

@@ -2,7 +2,9 @@
 
 Reads go through a consumer group: entries left idle by dead consumers are reclaimed (XAUTOCLAIM)
 in the same reads as new ones (XREADGROUP), held entries are kept fresh with ``XCLAIM … JUSTID``,
-and ``complete`` / ``dead_letter`` are Lua scripts, so each is written whole or not at all. A lost
+and ``complete`` / ``dead_letter`` are Lua scripts, so each is written whole or not at all. The
+calls on a worker's hot path (``complete``, ``RedisCoordinator.claim``) made in one event-loop
+iteration go out as one pipeline (``_pipelining``). A lost
 connection is retried with capped exponential backoff and jitter; a group lost to ``FLUSHALL`` or a
 restart without persistence (``NOGROUP``) is recreated at ``0``.
 """
@@ -26,6 +28,7 @@ from dynamic_agents.exceptions import (
     TransportError,
 )
 from dynamic_agents.transports import _scripts
+from dynamic_agents.transports._pipelining import ScriptPipeline
 from dynamic_agents.transports.base import (
     Claim,
     ClaimStatus,
@@ -204,6 +207,7 @@ class RedisStreamsTransport(Transport):
         self._complete = client.register_script(_scripts.COMPLETE)
         self._dead_letter = client.register_script(_scripts.DEAD_LETTER)
         self._trim = client.register_script(_scripts.TRIM_ACKNOWLEDGED)
+        self._pipeline = ScriptPipeline(client)
         self._cursors: dict[tuple[str, str, str], str] = {}
         self._reclaimed_at: dict[tuple[str, str, str], float] = {}
 
@@ -463,7 +467,9 @@ class RedisStreamsTransport(Transport):
             *reply_args,
         ]
         created, flat = _list(
-            await self._call(f"complete {event.request_id}", partial(self._complete, keys=keys, args=args))
+            await self._call(
+                f"complete {event.request_id}", partial(self._pipeline.call, self._complete, keys, args)
+            )
         )
         if _int(created) < 0:
             assert lease is not None
@@ -533,7 +539,7 @@ class RedisStreamsTransport(Transport):
         return int(trimmed)
 
     def coordinator(self) -> RedisCoordinator:
-        return RedisCoordinator(self.client, names=self.names, retry=self._retry)
+        return RedisCoordinator(self.client, names=self.names, retry=self._retry, pipeline=self._pipeline)
 
     async def aclose(self) -> None:
         if self._owns_client:
@@ -565,6 +571,7 @@ class RedisCoordinator(Coordinator):
         names: StreamNames | None = None,
         owns_client: bool = False,
         retry: _RetryPolicy | None = None,
+        pipeline: ScriptPipeline | None = None,
     ) -> None:
         self.client = client
         self.names = names or StreamNames()
@@ -574,6 +581,7 @@ class RedisCoordinator(Coordinator):
         self._release = client.register_script(_scripts.RELEASE_LEASE)
         self._set_record = client.register_script(_scripts.SET_RECORD)
         self._claim = client.register_script(_scripts.CLAIM)
+        self._pipeline = pipeline or ScriptPipeline(client)
 
     @classmethod
     def from_url(cls, url: str, *, names: StreamNames | None = None) -> RedisCoordinator:
@@ -612,7 +620,8 @@ class RedisCoordinator(Coordinator):
             *(self.names.cancel_flag(rid) for rid in request_ids),
         ]
         args: list[str | int] = [token, _ms(_positive(ttl)), len(request_ids)]
-        status, found = _list(await self._do("claim a session", partial(self._claim, keys=keys, args=args)))
+        claim = partial(self._pipeline.call, self._claim, keys, args)
+        status, found = _list(await self._do("claim a session", claim))
         outcome = ClaimStatus(_bytes(status).decode())
         if outcome is ClaimStatus.LEASED:
             return Claim(outcome, Lease(session_id, token, ttl))

@@ -382,8 +382,8 @@ class AgentWorker:
     async def _ack_duplicate(self, delivery: Delivery[AgentRequestEvent]) -> None:
         self.stats.duplicates += 1
         logger.debug("request %s was answered before: acking the redelivery", delivery.event.id)
+        self._let_go(delivery)
         await self.transport.ack(delivery)
-        self._held.pop(delivery.entry_id, None)
 
     def _policy(self, event: AgentRequestEvent, target: Target) -> SessionPolicy:
         requested = event.metadata.get("session_policy")
@@ -569,10 +569,10 @@ class AgentWorker:
         lease: Lease | None = None,
     ) -> Completion:
         response = result.to_response(event, target)
+        self._let_go(delivery)
         completion = await self.transport.complete(
             delivery, self._reply(delivery, response), record_ttl=self.settings.record_ttl, lease=lease
         )
-        self._held.pop(delivery.entry_id, None)  # acked: nothing left to keep fresh
         if not completion.created:
             self.stats.duplicates += 1
         elif result.ok:
@@ -582,13 +582,19 @@ class AgentWorker:
         logger.debug("answered %s: %s", event.id, result.status)
         return completion
 
+    def _let_go(self, delivery: Delivery[AgentRequestEvent]) -> None:
+        """Stop keeping an entry fresh just before the call that acks it: while that call runs, the
+        keep-fresh check would see the entry acked and take it for lost. If the call fails, the
+        entry stays pending and is reclaimed after ``claim_min_idle``, as after any failure."""
+        self._held.pop(delivery.entry_id, None)
+
     async def _dead_letter(self, delivery: Delivery[AgentRequestEvent], event: AgentRequestEvent) -> None:
         reason = f"delivered {delivery.delivery_count} times (max_deliveries={self.settings.max_deliveries})"
         response = _error("the request could not be processed; it was set aside for an operator").to_response(
             event
         )
+        self._let_go(delivery)
         written = await self.transport.dead_letter(delivery, reason, self._reply(delivery, response))
-        self._held.pop(delivery.entry_id, None)
         if written:
             self.stats.dead_lettered += 1
             logger.warning("request %s dead-lettered: %s", event.id, reason)
