@@ -158,3 +158,22 @@ async def test_scripts_flushed_from_the_server_are_loaded_again(transport: Redis
     assert [await coordinator.holder(d.event.session_id) for d in deliveries] == [
         d.event.id for d in deliveries
     ]
+
+
+async def test_concurrent_publishes_share_a_round_trip_and_keep_their_order(
+    transport: RedisStreamsTransport,
+) -> None:
+    stream = transport.names.events
+    await transport.publish(stream, request(-1))  # the connection exists; its handshake is not counted
+    events = [request(n) for n in range(50)]
+    ids: list[str] = []
+
+    async def publish_all() -> None:
+        ids.extend(await asyncio.gather(*(transport.publish(stream, e, maxlen=1000) for e in events)))
+
+    writes = await writes_during(publish_all())
+
+    entries = await transport.read_stream(stream, AgentRequestEvent, count=100)
+    assert [e.event.content for e in entries[1:]] == [e.content for e in events]  # in the order asked
+    assert [e.entry_id for e in entries[1:]] == ids  # each caller got its own entry id
+    assert writes == 1

@@ -280,15 +280,17 @@ async def test_lifecycle_events_and_hooks(backend: Backend) -> None:
 
 
 async def test_content_deltas_are_coalesced(backend: Backend) -> None:
-    from dynamic_agents.worker.lifecycle import LifecyclePublisher
+    from dynamic_agents.worker.lifecycle import EventSink, LifecyclePublisher
 
     transport = await backend.transport()
+    sink = EventSink(transport, maxlen=100)
     publisher = LifecyclePublisher(
-        transport, enabled=True, request_id="r", session_id="s", target=None, maxlen=100, delta_interval=10
+        sink, enabled=True, request_id="r", session_id="s", target=None, delta_interval=10
     )
     for piece in ("a", "b", "c"):
         await publisher.delta(piece)
     await publisher.finished(ExecutionResult(ResponseStatus.COMPLETED, content="abc"))
+    await sink.flush()
     events = [e.event for e in await transport.read_stream(backend.names.events, LifecycleEvent)]
     deltas = [e.content for e in events if e.type == "run.content_delta"]  # type: ignore[attr-defined]
     assert deltas == ["a", "bc"]  # the first at once, the rest within the interval as one

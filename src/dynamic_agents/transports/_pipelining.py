@@ -1,11 +1,15 @@
-"""Automatic pipelining of Lua script calls for the Redis backend.
+"""Automatic pipelining of the Redis backend's hot-path commands.
 
-With many requests in flight, a worker's claims and completions come in bursts: each one awaited
-on its own costs a socket write, a read and an event-loop wake-up. :class:`ScriptPipeline` sends
-the calls made during one event-loop iteration as one pipeline (``transaction=False``): one write,
-one connection, replies read back in order. Each caller still awaits its own reply, and an error
-reaches only the call it belongs to. A lone call goes out one loop iteration later than it would
-on its own, which costs microseconds.
+With many requests in flight, a worker's claims, completions and event writes come in bursts: each
+one awaited on its own costs a socket write, a read and an event-loop wake-up. :class:`AutoPipeline`
+sends the commands queued during one event-loop iteration as one pipeline (``transaction=False``):
+one write, one connection, replies read back in order. Each caller still awaits its own reply, and
+an error reaches only the command it belongs to. A lone command goes out one loop iteration later
+than it would on its own, which costs microseconds.
+
+Commands queued in one iteration run in the order they were queued; separate pipelines may run in
+any order (they can use different connections), so a caller that needs order awaits one batch
+before queuing the next.
 
 Scripts are sent with ``EVALSHA``; after a reply of ``NOSCRIPT`` (a restarted or flushed server)
 each script is loaded once and the calls that got it are sent again.
@@ -14,28 +18,29 @@ each script is loaded once and the calls that got it are sent again.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
-__all__ = ["ScriptPipeline"]
+__all__ = ["AutoPipeline"]
 
 Arg = bytes | str | int
 
 
 @dataclass(slots=True)
 class _Call:
-    script: AsyncScript
-    keys: Sequence[str]
-    args: Sequence[Arg]
+    stage: Callable[[Pipeline], object]
+    """Adds exactly one command to the pipeline."""
     future: asyncio.Future[object]
+    script: AsyncScript | None = None
 
 
-class ScriptPipeline:
-    """Batches script calls per event-loop iteration into one pipeline (see the module docs)."""
+class AutoPipeline:
+    """Batches commands per event-loop iteration into one pipeline (see the module docs)."""
 
     def __init__(self, client: Redis) -> None:
         self._client = client
@@ -43,17 +48,25 @@ class ScriptPipeline:
         self._sending: set[asyncio.Task[None]] = set()
         self.pipelines = 0
         """Pipelines sent (for tests and benchmarks)."""
-        self.calls = 0
-        """Script calls sent through them."""
+        self.commands = 0
+        """Commands sent through them."""
 
-    def call(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Arg]) -> asyncio.Future[object]:
-        """Queue a call; the future resolves with its reply (or its error)."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[object] = loop.create_future()
+    def script(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Arg]) -> asyncio.Future[object]:
+        """Queue a script call; the future resolves with its reply (or its error)."""
+        return self._queue(_Call(_evalsha(script, keys, args), self._future(), script))
+
+    def command(self, stage: Callable[[Pipeline], object]) -> asyncio.Future[object]:
+        """Queue the one command ``stage`` adds to a pipeline (e.g. ``lambda pipe: pipe.xadd(…)``)."""
+        return self._queue(_Call(stage, self._future()))
+
+    def _future(self) -> asyncio.Future[object]:
+        return asyncio.get_running_loop().create_future()
+
+    def _queue(self, call: _Call) -> asyncio.Future[object]:
         if not self._queued:
-            loop.call_soon(self._flush)
-        self._queued.append(_Call(script, keys, args, future))
-        return future
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._queued.append(call)
+        return call.future
 
     def _flush(self) -> None:
         batch, self._queued = self._queued, []
@@ -66,13 +79,13 @@ class ScriptPipeline:
 
     async def _send(self, batch: list[_Call], *, reload: bool = True) -> None:
         self.pipelines += 1
-        self.calls += len(batch)
+        self.commands += len(batch)
         pipe = self._client.pipeline(transaction=False)
         for call in batch:
-            pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+            call.stage(pipe)
         try:
             replies: list[object] = await pipe.execute(raise_on_error=False)
-        except BaseException as error:  # the connection failed: every call in the batch failed
+        except BaseException as error:  # the connection failed: every command in the batch failed
             for call in batch:
                 _settle(call.future, error=error)
             if isinstance(error, asyncio.CancelledError):
@@ -80,7 +93,7 @@ class ScriptPipeline:
             return
         unknown = []
         for call, reply in zip(batch, replies, strict=True):
-            if isinstance(reply, NoScriptError) and reload:
+            if isinstance(reply, NoScriptError) and reload and call.script is not None:
                 unknown.append(call)
             elif isinstance(reply, BaseException):
                 _settle(call.future, error=reply)
@@ -92,13 +105,18 @@ class ScriptPipeline:
     async def _load_and_send(self, batch: list[_Call]) -> None:
         """After ``NOSCRIPT`` (a restarted or flushed server): load each script once, send again."""
         try:
-            for script in {id(call.script): call.script for call in batch}.values():
+            for script in {id(call.script): call.script for call in batch if call.script}.values():
                 script.sha = await self._client.script_load(script.script)
         except Exception as error:
             for call in batch:
                 _settle(call.future, error=error)
             return
         await self._send(batch, reload=False)
+
+
+def _evalsha(script: AsyncScript, keys: Sequence[str], args: Sequence[Arg]) -> Callable[[Pipeline], object]:
+    # The sha is read when the command is staged, so a resend after a reload uses the new one.
+    return lambda pipe: pipe.evalsha(script.sha, len(keys), *keys, *args)
 
 
 def _settle(

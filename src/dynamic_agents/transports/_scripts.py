@@ -55,7 +55,8 @@ return {claimed[1], claimed[2], claimed[3] or {}, counts}
 #       request id, response id, status, reply channel or '', channel payload, lease token or '',
 #       reply field/value pairs…
 # With a lease token, writes only while KEYS[3] holds it, and deletes it after the ack.
-# Returns {1, record} when written, {0, existing record} when the request was already answered,
+# Returns {1, reply entry id or ''} when written (the caller knows the rest of the record),
+# {0, existing record} when the request was already answered,
 # {-1, {}} when the lease is not held (nothing written, not acked).
 COMPLETE: Final = (
     "#!lua\n"
@@ -90,7 +91,7 @@ redis.call('PEXPIRE', KEYS[2], ARGV[3])
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 if leased then redis.call('DEL', KEYS[3]) end
 if ARGV[10] ~= '' then redis.call('PUBLISH', ARGV[10], ARGV[11]) end
-return {1, record}
+return {1, reply_id}
 """
 )
 

@@ -3,8 +3,8 @@
 Reads go through a consumer group: entries left idle by dead consumers are reclaimed (XAUTOCLAIM)
 in the same reads as new ones (XREADGROUP), held entries are kept fresh with ``XCLAIM … JUSTID``,
 and ``complete`` / ``dead_letter`` are Lua scripts, so each is written whole or not at all. The
-calls on a worker's hot path (``complete``, ``RedisCoordinator.claim``) made in one event-loop
-iteration go out as one pipeline (``_pipelining``). A lost
+calls on a worker's hot path (``complete``, ``RedisCoordinator.claim``, ``publish`` without
+``expire``) made in one event-loop iteration go out as one pipeline (``_pipelining``). A lost
 connection is retried with capped exponential backoff and jitter; a group lost to ``FLUSHALL`` or a
 restart without persistence (``NOGROUP``) is recreated at ``0``.
 """
@@ -28,7 +28,7 @@ from dynamic_agents.exceptions import (
     TransportError,
 )
 from dynamic_agents.transports import _scripts
-from dynamic_agents.transports._pipelining import ScriptPipeline
+from dynamic_agents.transports._pipelining import AutoPipeline
 from dynamic_agents.transports.base import (
     Claim,
     ClaimStatus,
@@ -207,7 +207,7 @@ class RedisStreamsTransport(Transport):
         self._complete = client.register_script(_scripts.COMPLETE)
         self._dead_letter = client.register_script(_scripts.DEAD_LETTER)
         self._trim = client.register_script(_scripts.TRIM_ACKNOWLEDGED)
-        self._pipeline = ScriptPipeline(client)
+        self._pipeline = AutoPipeline(client)
         self._cursors: dict[tuple[str, str, str], str] = {}
         self._reclaimed_at: dict[tuple[str, str, str], float] = {}
 
@@ -238,9 +238,10 @@ class RedisStreamsTransport(Transport):
         values = {_bytes(key): _bytes(value) for key, value in fields.items()}
 
         async def publish() -> object:
-            if expire is None:  # one command: no pipeline round trip overhead
-                reply: object = await self.client.xadd(stream, values, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
-                return reply
+            if expire is None:  # one command: pipelined with the others of this loop iteration
+                return await self._pipeline.command(
+                    lambda pipe: pipe.xadd(stream, values, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
+                )
             pipe: Pipeline = self.client.pipeline(transaction=True)
             pipe.xadd(stream, values, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
             pipe.pexpire(stream, _ms(expire))
@@ -442,7 +443,7 @@ class RedisStreamsTransport(Transport):
     ) -> Completion:
         if record_ttl <= 0:
             raise ConfigurationError(f"record_ttl must be > 0 seconds, got {record_ttl}")
-        event = reply.event
+        event, completed_at = reply.event, self.clock.time()
         record_key = self.names.completed_record(event.request_id)
         lease_key = self.names.session_lease(lease.session_id) if lease is not None else record_key
         keys = [delivery.stream, record_key, lease_key]
@@ -457,7 +458,7 @@ class RedisStreamsTransport(Transport):
             _ms(record_ttl),
             _optional(reply.maxlen),
             _optional(_ms(reply.expire) if reply.expire is not None else None),
-            repr(self.clock.time()),
+            repr(completed_at),
             event.request_id,
             event.id,
             str(event.status),
@@ -466,18 +467,22 @@ class RedisStreamsTransport(Transport):
             lease.token if lease is not None else "",
             *reply_args,
         ]
-        created, flat = _list(
+        created, detail = _list(
             await self._call(
-                f"complete {event.request_id}", partial(self._pipeline.call, self._complete, keys, args)
+                f"complete {event.request_id}", partial(self._pipeline.script, self._complete, keys, args)
             )
         )
         if _int(created) < 0:
             assert lease is not None
             raise LeaseLostError(lease.session_id)
-        record = CompletedRecord.from_fields(_pairs(flat))
-        if _int(created):
-            self.stats.acked += 1
-        return Completion(record, created=bool(_int(created)))
+        if not _int(created):
+            return Completion(CompletedRecord.from_fields(_pairs(detail)), created=False)
+        self.stats.acked += 1
+        reply_id = _bytes(detail).decode() or None
+        record = CompletedRecord(
+            event.request_id, event.id, str(event.status), reply.stream, reply_id, completed_at
+        )
+        return Completion(record, created=True)
 
     # -- inspecting -------------------------------------------------------------------------------
 
@@ -571,7 +576,7 @@ class RedisCoordinator(Coordinator):
         names: StreamNames | None = None,
         owns_client: bool = False,
         retry: _RetryPolicy | None = None,
-        pipeline: ScriptPipeline | None = None,
+        pipeline: AutoPipeline | None = None,
     ) -> None:
         self.client = client
         self.names = names or StreamNames()
@@ -581,7 +586,7 @@ class RedisCoordinator(Coordinator):
         self._release = client.register_script(_scripts.RELEASE_LEASE)
         self._set_record = client.register_script(_scripts.SET_RECORD)
         self._claim = client.register_script(_scripts.CLAIM)
-        self._pipeline = pipeline or ScriptPipeline(client)
+        self._pipeline = pipeline or AutoPipeline(client)
 
     @classmethod
     def from_url(cls, url: str, *, names: StreamNames | None = None) -> RedisCoordinator:
@@ -620,7 +625,7 @@ class RedisCoordinator(Coordinator):
             *(self.names.cancel_flag(rid) for rid in request_ids),
         ]
         args: list[str | int] = [token, _ms(_positive(ttl)), len(request_ids)]
-        claim = partial(self._pipeline.call, self._claim, keys, args)
+        claim = partial(self._pipeline.script, self._claim, keys, args)
         status, found = _list(await self._do("claim a session", claim))
         outcome = ClaimStatus(_bytes(status).decode())
         if outcome is ClaimStatus.LEASED:

@@ -1,7 +1,12 @@
-"""Lifecycle and progress events on ``agent:events``, with content deltas coalesced."""
+"""Lifecycle and progress events on ``agent:events``, with content deltas coalesced.
+
+Events are published in the background by an :class:`EventSink`, in the order they were emitted,
+so they never hold up a request's reply; they are best effort (a failure is logged, never raised).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from dynamic_agents._logging import get_logger
@@ -19,44 +24,86 @@ from dynamic_agents.exceptions import DynamicAgentsError
 from dynamic_agents.execution import ExecutionResult
 from dynamic_agents.transports import Transport
 
-__all__ = ["LifecyclePublisher"]
+__all__ = ["EventSink", "LifecyclePublisher"]
 
 logger = get_logger("worker")
 
 
+class EventSink:
+    """Publishes events to the events stream in the background, in the order emitted.
+
+    Whatever was emitted while the previous batch was being written goes out as the next batch,
+    concurrently (on Redis: one pipeline); a batch is written before the next starts, so order
+    holds. At most ``max_pending`` events wait (Redis away for long): beyond that new events are
+    dropped and counted in :attr:`dropped`. :meth:`flush` waits until everything emitted is written.
+    """
+
+    def __init__(self, transport: Transport, *, maxlen: int, max_pending: int = 10_000) -> None:
+        self.transport = transport
+        self.maxlen = maxlen
+        self.max_pending = max_pending
+        self.dropped = 0
+        self._queue: list[LifecycleEvent] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def emit(self, event: LifecycleEvent) -> None:
+        if len(self._queue) >= self.max_pending:
+            if not self.dropped:
+                logger.warning(
+                    "%d lifecycle events wait to be published; dropping new ones", len(self._queue)
+                )
+            self.dropped += 1
+            return
+        self._queue.append(event)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._publish_all(), name="lifecycle events")
+
+    async def _publish_all(self) -> None:
+        stream = self.transport.names.events
+        while self._queue:
+            batch, self._queue = self._queue, []
+            results = await asyncio.gather(
+                *(self.transport.publish(stream, event, maxlen=self.maxlen) for event in batch),
+                return_exceptions=True,
+            )
+            for event, result in zip(batch, results, strict=True):
+                if isinstance(result, DynamicAgentsError):
+                    logger.warning("could not publish %s: %s", type(event).__name__, result)
+                elif isinstance(result, BaseException):
+                    logger.error("publishing %s failed", type(event).__name__, exc_info=result)
+
+    async def flush(self) -> None:
+        """Wait until every event emitted so far is published (or failed)."""
+        while self._task is not None and not self._task.done():
+            await asyncio.shield(self._task)
+
+
 class LifecyclePublisher:
-    """Publishes one request's lifecycle events (when enabled); failures are logged, never raised:
-    progress events must not fail a run."""
+    """Emits one request's lifecycle events (when enabled) to the worker's :class:`EventSink`."""
 
     def __init__(
         self,
-        transport: Transport,
+        sink: EventSink,
         *,
         enabled: bool,
         request_id: str,
         session_id: str,
         target: Target | None,
-        maxlen: int,
         delta_interval: float,
     ) -> None:
-        self.transport = transport
+        self.sink = sink
         self.enabled = enabled
         self.request_id = request_id
         self.session_id = session_id
         self.target = target
-        self.maxlen = maxlen
         self.delta_interval = delta_interval
         self._buffer: list[str] = []
         self._sequence = 0
         self._last_flush = 0.0
 
     async def _publish(self, event: LifecycleEvent) -> None:
-        if not self.enabled:
-            return
-        try:
-            await self.transport.publish(self.transport.names.events, event, maxlen=self.maxlen)
-        except DynamicAgentsError as error:
-            logger.warning("could not publish %s: %s", type(event).__name__, error)
+        if self.enabled:
+            self.sink.emit(event)
 
     def _common(self) -> dict[str, object]:
         return {"request_id": self.request_id, "session_id": self.session_id, "target": self.target}

@@ -45,7 +45,7 @@ from dynamic_agents.transports import (
     Transport,
 )
 from dynamic_agents.worker.hooks import RunContext, WorkerHooks
-from dynamic_agents.worker.lifecycle import LifecyclePublisher
+from dynamic_agents.worker.lifecycle import EventSink, LifecyclePublisher
 from dynamic_agents.worker.settings import SessionPolicy, WorkerSettings
 
 __all__ = ["AgentWorker", "WorkerStats"]
@@ -105,6 +105,8 @@ class AgentWorker:
         self.hooks = list(hooks)
         self.stream = stream or transport.names.requests
         self.stats = WorkerStats()
+        self.events = EventSink(transport, maxlen=self.settings.events_maxlen)
+        """Publishes lifecycle events in the background (``settings.events``)."""
         self.subscription = Subscription(
             stream=self.stream,
             group=self.settings.group,
@@ -184,6 +186,7 @@ class AgentWorker:
         async with asyncio.timeout(timeout):
             await self.run(until_idle=True)
             await self._drain(None)
+            await self.events.flush()
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop reading; let runs in flight finish for ``grace`` seconds, then cancel the rest.
@@ -198,6 +201,7 @@ class AgentWorker:
                 async with asyncio.timeout(self.settings.block + 5):
                     await self._loop_done.wait()
         await self._drain(grace)
+        await self.events.flush()
 
     async def _drain(self, grace: float | None) -> None:
         if not self._tasks:
@@ -444,12 +448,11 @@ class AgentWorker:
         event = _merged(batch)
         context = RunContext(event, target, delivery.delivery_count, delivery.entry_id)
         progress = LifecyclePublisher(
-            self.transport,
+            self.events,
             enabled=self.settings.events,
             request_id=event.id,
             session_id=event.session_id,
             target=target,
-            maxlen=self.settings.events_maxlen,
             delta_interval=self.settings.delta_interval,
         )
         await progress.accepted()

@@ -1,0 +1,101 @@
+"""Lifecycle events go out in the background, in order, and never hold up or fail a reply."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from dynamic_agents.events import LifecycleEvent, RunStarted, StreamNames
+from dynamic_agents.transports import InMemoryServer, InMemoryTransport
+from dynamic_agents.worker.lifecycle import EventSink
+from tests.worker.conftest import Backend, replies, request_event, wait_for, worker
+
+
+def started(n: int) -> RunStarted:
+    return RunStarted(request_id=f"r{n}", session_id="s", delivery_count=1)
+
+
+async def test_events_are_published_in_the_order_emitted(backend: Backend) -> None:
+    transport = await backend.transport()
+    sink = EventSink(transport, maxlen=10_000)
+    for n in range(300):
+        sink.emit(started(n))
+        if n % 7 == 0:
+            await asyncio.sleep(0)  # batches of different sizes, written while more are emitted
+    await sink.flush()
+    events = await transport.read_stream(backend.names.events, LifecycleEvent, count=1000)
+    assert [e.event.request_id for e in events] == [f"r{n}" for n in range(300)]
+
+
+class GatedEvents(InMemoryTransport):
+    """Writes to the events stream wait for ``gate`` (or fail while ``failing``)."""
+
+    def __init__(self, server: InMemoryServer, names: StreamNames) -> None:
+        super().__init__(server, names=names)
+        self.gate = asyncio.Event()
+        self.failing = False
+
+    async def publish_fields(
+        self, stream: str, fields: Mapping[str, bytes] | Mapping[bytes, bytes], **options: Any
+    ) -> str:
+        if stream == self.names.events:
+            await self.gate.wait()
+            if self.failing:
+                from dynamic_agents.exceptions import TransportError
+
+                raise TransportError("events stream unavailable")
+        return await super().publish_fields(stream, fields, **options)
+
+
+async def test_a_stuck_events_stream_does_not_hold_up_the_reply() -> None:
+    names = StreamNames("test")
+    transport = GatedEvents(InMemoryServer(), names)
+    await transport.publish(names.requests, request_event(names, "hello"))
+    w = worker(transport, events=True)
+    async with w:
+        await wait_for(lambda: _answered(w))
+        assert [r.content for r in await replies(transport, names)] == ["echo: hello"]
+        assert await transport.read_stream(names.events, LifecycleEvent) == []  # still waiting
+        transport.gate.set()
+    events = await transport.read_stream(names.events, LifecycleEvent)  # stop() flushed them
+    assert [e.event.type for e in events] == [  # type: ignore[attr-defined]
+        "request.accepted",
+        "run.started",
+        "run.content_delta",
+        "run.completed",
+    ]
+
+
+async def test_failures_are_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
+    names = StreamNames("test")
+    transport = GatedEvents(InMemoryServer(), names)
+    transport.gate.set()
+    transport.failing = True
+    sink = EventSink(transport, maxlen=100)
+    sink.emit(started(1))
+    with caplog.at_level(logging.WARNING, logger="dynamic_agents.worker"):
+        await sink.flush()
+    assert "could not publish RunStarted: events stream unavailable" in caplog.text
+    transport.failing = False
+    sink.emit(started(2))
+    await sink.flush()
+    assert [e.event.request_id for e in await transport.read_stream(names.events, LifecycleEvent)] == ["r2"]
+
+
+async def test_past_max_pending_new_events_are_dropped_and_counted() -> None:
+    transport = InMemoryTransport()
+    sink = EventSink(transport, maxlen=100, max_pending=3)
+    for n in range(5):  # no await in between: nothing is written yet
+        sink.emit(started(n))
+    await sink.flush()
+    assert sink.dropped == 2
+    events = await transport.read_stream(transport.names.events, LifecycleEvent)
+    assert [e.event.request_id for e in events] == ["r0", "r1", "r2"]
+
+
+async def _answered(w: Any) -> bool:
+    return bool(w.stats.completed == 1)
