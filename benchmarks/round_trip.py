@@ -1,11 +1,12 @@
-"""The round trip through Redis: request published → worker → reply observed, for four workers.
+"""The round trip through Redis: request published → worker → reply observed, for five workers.
 
-Run from the repository root (needs the ``redis-server`` binary on ``PATH``, the ``redis`` extra and
-``faststream[redis]`` 0.7, both in the ``dev`` extra)::
+Run from the repository root (needs the ``redis-server`` binary on ``PATH``, the ``redis`` and
+``agents`` extras and ``faststream[redis]`` 0.7, all in the ``dev`` extra)::
 
-    python benchmarks/round_trip.py                    # 2,000 requests per measurement, 3 rounds
+    python benchmarks/round_trip.py                    # 2,000 requests per measurement (agno: 200), 3 rounds
     python benchmarks/round_trip.py --requests 5000 --rounds 5 --json out.json
-    python benchmarks/round_trip.py --quick            # a smoke run: 500 requests, 1 round
+    python benchmarks/round_trip.py --agno-requests 500 --agno-db sqlite
+    python benchmarks/round_trip.py --quick            # a smoke run: 500 requests (agno: 100), 1 round
     python benchmarks/round_trip.py --profile /tmp/p   # cProfile the workers: /tmp/p/<worker>-r<round>.prof
 
 One private ``redis-server`` is started on a free 127.0.0.1 port without persistence
@@ -41,10 +42,18 @@ with ``EventCodec().decode_entry(fields, AgentResponseEvent)``: right ``request_
   on ``async def handle(request: AgentRequestEvent)``, which builds an ``AgentResponseEvent`` and
   ``await broker.publish(reply, stream=request.reply_stream)``. ``logger=None`` turns off its
   per-message access log (two INFO lines per message on stdout by default): the other workers log
-  nothing per message either.
+  nothing per message either;
+* ``agno``: the ``minimal`` worker with the library's agent stack instead of the no-op: executor
+  ``AgnoExecutor(AgentRuntime(InMemorySpecStore(), ToolRegistry(), RouterModels(llm), db=...))``
+  running ``AgentSpec(id="assistant", model="bench-mock", instructions="Answer in one word.")``: a
+  fresh agno ``Agent`` per request, its model agno's ``LiteLLM`` through the library's ``LLMRouter``
+  (``mock_llm_router({"bench-mock": "ok"})``: one litellm deployment with ``mock_response="ok"``,
+  no network), so the reply's content is the model's ``ok``. Sessions in agno's ``InMemoryDb``
+  (``--agno-db sqlite``: ``session_db`` SQLite in a temporary directory; ``none``: no db).
 
 Each worker gets a warm-up (256 requests at 64 in flight), then N requests at 1 in flight, then N at
-64. Rounds interleave the workers (the order rotates each round); ratios are taken within a round
+64; the agno worker gets ``--agno-requests`` (200; capped at N) instead, its runs costing ~20x the
+CPU. Rounds interleave the workers (the order rotates each round); ratios are taken within a round
 and the median of the per-round ratios is reported, with the median of each figure.
 
 **Redis work.** Before each measurement ``CONFIG RESETSTAT``, after it ``INFO commandstats``:
@@ -84,6 +93,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, ClassVar, Final, Protocol
 
+# Before litellm or agno are imported (the agno worker's process imports both): litellm must not try
+# to download its model cost map, agno must not send telemetry.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("AGNO_TELEMETRY", "false")
+
 import _common
 import pydantic
 import redis
@@ -119,13 +133,21 @@ GRACE_SECONDS: Final = 0.3
 STALL_SECONDS: Final = 30.0
 MARK: Final = "@@round-trip "
 SCRIPT: Final = str(Path(__file__).resolve())
-VARIANTS: Final = ("minimal", "events", "raw", "faststream")
+VARIANTS: Final = ("minimal", "events", "raw", "faststream", "agno")
 LABELS: Final = {
     "minimal": "AgentWorker minimal",
     "events": "AgentWorker with events",
     "raw": "raw redis-py",
     "faststream": "FastStream 0.7",
+    "agno": "AgentWorker + agno Agent",
 }
+AGNO_MODEL: Final = "bench-mock"  # the LLMRouter's model group: one litellm mock_response deployment
+AGNO_INSTRUCTIONS: Final = "Answer in one word."
+# A real agent run costs the worker ~10-20 ms of CPU (agno + litellm's Router), 20x the bare worker:
+# the agno worker gets fewer requests per measurement, so that the default run stays near 2 minutes.
+AGNO_REQUESTS: Final = 200
+AGNO_QUICK_REQUESTS: Final = 100
+AGNO_DBS: Final = {"memory": "agno's InMemoryDb", "sqlite": "SQLite (session_db)", "none": "no db"}
 # Round trips from the worker's read to the reply entry existing, by reading the code (see README).
 CRITICAL_PATH: Final = {
     "minimal": (3, "XREADGROUP, EVALSHA claim (record, cancel, lease), EVALSHA complete (+ lease release)"),
@@ -135,6 +157,7 @@ CRITICAL_PATH: Final = {
     ),
     "raw": (2, "XREADGROUP, pipeline [XADD reply, XACK]"),
     "faststream": (2, "XREADGROUP, XADD reply (its XACK follows, off the path)"),
+    "agno": (6, "minimal's 6 (the agent run itself sends nothing to Redis)"),
 }
 ADMIN_COMMANDS: Final = frozenset({"info", "config|resetstat"})
 CORPUS: Final = (
@@ -325,7 +348,80 @@ class FastStreamServed:
         await self.broker.stop()
 
 
-def served(variant: str, url: str) -> Served:
+class AgnoServed:
+    """The minimal ``AgentWorker`` with the library's agent stack as its executor: ``AgnoExecutor``
+    over an ``AgentRuntime`` (in-memory spec store, no tools) running the spec ``assistant``, whose
+    model is an agno ``LiteLLM`` through the library's ``LLMRouter`` to a litellm ``mock_response``
+    deployment answering ``ok``. Sessions (``db``): ``memory`` = agno's ``InMemoryDb``, ``sqlite`` =
+    ``session_db("sqlite:///…")`` (agno's ``AsyncSqliteDb``) in a temporary directory, ``none`` = no
+    db (``AgentRuntime``'s default: agno stores nothing)."""
+
+    def __init__(self, url: str, db: str) -> None:
+        from dynamic_agents.transports import RedisStreamsTransport
+        from dynamic_agents.worker import WorkerSettings
+
+        self.db = db
+        self.transport = RedisStreamsTransport.from_url(url)
+        self.settings = WorkerSettings(
+            events=False, consumer="bench-agno", concurrency=BUDGET, batch_size=BUDGET
+        )
+        self.directory = tempfile.TemporaryDirectory(prefix="round-trip-agno-")
+        self.worker: Any = None
+        self.runtime: Any = None
+        self.llm: Any = None
+
+    @property
+    def answered(self) -> int:
+        return int(self.worker.stats.completed)
+
+    async def start(self) -> None:
+        from dynamic_agents.agents import (
+            AgentRuntime,
+            AgentSpec,
+            AgnoExecutor,
+            InMemorySpecStore,
+            RouterModels,
+            ToolRegistry,
+            session_db,
+        )
+        from dynamic_agents.routing import EventRouter
+        from dynamic_agents.testing import mock_llm_router
+        from dynamic_agents.worker import AgentWorker
+
+        db: Any = None
+        if self.db == "memory":
+            from agno.db.in_memory import InMemoryDb
+
+            db = InMemoryDb()
+        elif self.db == "sqlite":
+            db = session_db(f"sqlite:///{Path(self.directory.name) / 'sessions.db'}")
+        self.llm = await mock_llm_router({AGNO_MODEL: "ok"})
+        self.runtime = AgentRuntime(InMemorySpecStore(), ToolRegistry(), RouterModels(self.llm), db=db)
+        await self.runtime.agents.create(
+            AgentSpec.from_dict({"id": "assistant", "model": AGNO_MODEL, "instructions": AGNO_INSTRUCTIONS})
+        )
+        self.worker = AgentWorker(
+            self.transport,
+            self.transport.coordinator(),
+            EventRouter(default=Target(type=TargetType.AGENT, id="assistant")),
+            AgnoExecutor(self.runtime),
+            settings=self.settings,
+        )
+        await self.transport.ensure_group(REQUESTS, self.settings.group)
+        await self.worker.__aenter__()
+
+    async def aclose(self) -> None:
+        if self.worker is not None:
+            await self.worker.stop()
+        if self.runtime is not None:
+            await self.runtime.aclose()
+        if self.llm is not None:
+            await self.llm.aclose()
+        await self.transport.aclose()
+        self.directory.cleanup()
+
+
+def served(variant: str, url: str, agno_db: str = "memory") -> Served:
     if variant == "minimal":
         return AgentWorkerServed(url, events=False)
     if variant == "events":
@@ -334,6 +430,8 @@ def served(variant: str, url: str) -> Served:
         return RawServed(url)
     if variant == "faststream":
         return FastStreamServed(url)
+    if variant == "agno":
+        return AgnoServed(url, agno_db)
     raise ValueError(f"unknown variant {variant!r}")
 
 
@@ -345,10 +443,10 @@ async def stdin_lines() -> AsyncIterator[str]:
         yield line.decode().strip()
 
 
-async def serve(variant: str, url: str) -> None:
+async def serve(variant: str, url: str, agno_db: str = "memory") -> None:
     """Run one worker; answer ``snapshot`` with CPU time and Redis counts, ``stop`` (or EOF) ends."""
     counters = install_counters()
-    worker = served(variant, url)
+    worker = served(variant, url, agno_db)
     await worker.start()
     started = time.process_time()
     emit("ready", {"pid": os.getpid()})
@@ -395,9 +493,13 @@ class WorkerProcess:
         self.log = log
 
     @classmethod
-    async def start(cls, variant: str, url: str, profile: Path | None = None) -> WorkerProcess:
+    async def start(
+        cls, variant: str, url: str, profile: Path | None = None, agno_db: str = "memory"
+    ) -> WorkerProcess:
         descriptor, name = tempfile.mkstemp(prefix=f"round-trip-{variant}-", suffix=".log")
         extra = ["--profile", str(profile)] if profile is not None else []
+        if variant == "agno":
+            extra += ["--agno-db", agno_db]
         try:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -728,6 +830,7 @@ async def run_worker(
     n: int,
     rng: random.Random,
     profile_dir: Path | None = None,
+    agno_db: str = "memory",
 ) -> WorkerRun:
     await admin.flushall()
     tag = f"r{round_no}"
@@ -737,7 +840,7 @@ async def run_worker(
     sub = Redis.from_url(url, decode_responses=False, connection_class=CountingConnection)
     profile = profile_dir / f"{variant}-r{round_no}.prof" if profile_dir is not None else None
     try:
-        worker = await WorkerProcess.start(variant, url, profile)
+        worker = await WorkerProcess.start(variant, url, profile, agno_db)
         try:
             await measure(admin, pub, sub, worker, warmup, warmup_streams, BUDGET)
             measurements = {
@@ -767,6 +870,8 @@ def machine(redis_version: str) -> dict[str, Any]:
         redis_py=redis.__version__,
         faststream=metadata.version("faststream"),
         pydantic=pydantic.VERSION,
+        agno=metadata.version("agno"),
+        litellm=metadata.version("litellm"),
         dynamic_agents=library_version,
     )
 
@@ -867,12 +972,25 @@ def report(
         "minimal / raw, p50 at 1": ratio(by_round, "minimal", "raw", 1, "p50_ms"),
         "with events / raw, p50 at 1": ratio(by_round, "events", "raw", 1, "p50_ms"),
         "FastStream / raw, p50 at 1": ratio(by_round, "faststream", "raw", 1, "p50_ms"),
+        "agno / minimal, req/s at 64": ratio(by_round, "agno", "minimal", BUDGET, "per_s"),
+        "agno / minimal, p50 at 1": ratio(by_round, "agno", "minimal", 1, "p50_ms"),
+        "agno / minimal, worker CPU at 64": ratio(by_round, "agno", "minimal", BUDGET, "cpu_us_per_req"),
     }
+    minimal, many = summary["minimal"], str(BUDGET)
     print("\nratios (median of the per-round ratios; each round's in brackets):")
     for name, (value, values) in ratios.items():
         print(f"  {name:<38} {value:6.2f}x  [{', '.join(f'{v:.2f}' for v in values)}]")
 
-    minimal, many = summary["minimal"], str(BUDGET)
+    agno = summary["agno"]
+    stack = {str(k): agno[str(k)]["cpu_us_per_req"] - minimal[str(k)]["cpu_us_per_req"] for k in (1, BUDGET)}
+    agno_cpu, minimal_cpu = agno[many]["cpu_us_per_req"], minimal[many]["cpu_us_per_req"]
+    print(
+        f"\nthe agent stack over the bare worker (agno - minimal, medians): worker CPU "
+        f"+{stack[many]:,.0f} µs per request at {BUDGET} in flight ({agno_cpu:,.0f} against "
+        f"{minimal_cpu:,.0f}), +{stack['1']:,.0f} µs at 1; p50 at 1 "
+        f"+{agno['1']['p50_ms'] - minimal['1']['p50_ms']:.3f} ms"
+    )
+
     extra_trips = CRITICAL_PATH["minimal"][0] - CRITICAL_PATH["raw"][0]
     fast = ratios["minimal / FastStream, req/s at 64"][0]
     fast_events = ratios["with events / FastStream, req/s at 64"][0]
@@ -911,10 +1029,18 @@ def report(
         "ratios": {name: {"median": value, "per_round": values} for name, (value, values) in ratios.items()},
         "targets": [{"target": name, "met": met, "figure": figure} for name, met, figure in targets],
         "critical_path_round_trips": {v: {"count": c, "what": w} for v, (c, w) in CRITICAL_PATH.items()},
+        "agent_stack_cpu_us_per_req": stack,
     }
 
 
-async def benchmark(n: int, rounds: int, seed: int, profile_dir: Path | None = None) -> dict[str, Any]:
+async def benchmark(
+    n: int,
+    rounds: int,
+    seed: int,
+    profile_dir: Path | None = None,
+    agno_n: int = AGNO_REQUESTS,
+    agno_db: str = "memory",
+) -> dict[str, Any]:
     rng = random.Random(seed)
     by_round: dict[int, dict[str, WorkerRun]] = {}
     started = time.monotonic()
@@ -925,12 +1051,13 @@ async def benchmark(n: int, rounds: int, seed: int, profile_dir: Path | None = N
             print(
                 f"{info['nproc']} CPU ({info['cpu']}), Python {info['python']}, redis-server "
                 f"{info['redis_server']}, redis-py {info['redis_py']}, FastStream {info['faststream']}, "
-                f"pydantic {info['pydantic']}",
+                f"pydantic {info['pydantic']}, agno {info['agno']}, litellm {info['litellm']}",
                 flush=True,
             )
             print(
-                f"{n:,} requests per measurement at 1 and at {BUDGET} in flight (after {WARMUP} warm-up), "
-                f"{rounds} rounds, {SESSIONS:,} sessions, {REPLY_STREAMS} reply streams",
+                f"{n:,} requests per measurement at 1 and at {BUDGET} in flight (the agno worker "
+                f"{agno_n:,}, sessions in {AGNO_DBS[agno_db]}), after {WARMUP} warm-up, {rounds} rounds, "
+                f"{SESSIONS:,} sessions, {REPLY_STREAMS} reply streams",
                 flush=True,
             )
             for round_no in range(1, rounds + 1):
@@ -938,7 +1065,10 @@ async def benchmark(n: int, rounds: int, seed: int, profile_dir: Path | None = N
                 order = VARIANTS[shift:] + VARIANTS[:shift]
                 by_round[round_no] = {}
                 for variant in order:
-                    run = await run_worker(variant, round_no, server.url, admin, n, rng, profile_dir)
+                    size = agno_n if variant == "agno" else n
+                    run = await run_worker(
+                        variant, round_no, server.url, admin, size, rng, profile_dir, agno_db
+                    )
                     by_round[round_no][variant] = run
                     one, many = run.measurements[1], run.measurements[BUDGET]
                     print(
@@ -956,6 +1086,8 @@ async def benchmark(n: int, rounds: int, seed: int, profile_dir: Path | None = N
     return {
         "benchmark": "round_trip",
         "requests_per_measurement": n,
+        "agno_requests_per_measurement": agno_n,
+        "agno_session_db": agno_db,
         "warmup": WARMUP,
         "rounds": rounds,
         "sessions": SESSIONS,
@@ -980,8 +1112,24 @@ async def benchmark(n: int, rounds: int, seed: int, profile_dir: Path | None = N
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--requests", type=int, default=2000, help="requests per measurement (2000)")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds over the four workers (3)")
-    parser.add_argument("--quick", action="store_true", help="a smoke run: 500 requests, 1 round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds over the five workers (3)")
+    parser.add_argument(
+        "--agno-requests",
+        type=int,
+        default=AGNO_REQUESTS,
+        metavar="N",
+        help=f"requests per measurement for the agno worker ({AGNO_REQUESTS}; at most --requests)",
+    )
+    parser.add_argument(
+        "--agno-db",
+        choices=tuple(AGNO_DBS),
+        default="memory",
+        help="the agno worker's session db: agno's InMemoryDb (default), SQLite in a temporary "
+        "directory (session_db), or none",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke run: 500 requests (agno worker 100), 1 round"
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the figures here")
     parser.add_argument("--serve", choices=VARIANTS, help=argparse.SUPPRESS)
@@ -996,22 +1144,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.serve:
         if args.profile is None:
-            asyncio.run(serve(args.serve, args.url))
+            asyncio.run(serve(args.serve, args.url, args.agno_db))
             return
         import cProfile
 
         with cProfile.Profile() as profile:
-            asyncio.run(serve(args.serve, args.url))
+            asyncio.run(serve(args.serve, args.url, args.agno_db))
         profile.dump_stats(args.profile)
         return
     if args.quick:
-        args.requests, args.rounds = 500, 1
-    if args.requests < 1 or args.rounds < 1:
-        parser.error("--requests and --rounds must be at least 1")
+        args.requests, args.rounds, args.agno_requests = 500, 1, AGNO_QUICK_REQUESTS
+    if args.requests < 1 or args.rounds < 1 or args.agno_requests < 1:
+        parser.error("--requests, --agno-requests and --rounds must be at least 1")
+    agno_n = min(args.agno_requests, args.requests)
     try:
         if args.profile is not None:
             args.profile.mkdir(parents=True, exist_ok=True)
-        result = asyncio.run(benchmark(args.requests, args.rounds, args.seed, args.profile))
+        result = asyncio.run(
+            benchmark(args.requests, args.rounds, args.seed, args.profile, agno_n, args.agno_db)
+        )
     except BenchmarkError as error:
         print(f"FAILED: {error}", file=sys.stderr)
         raise SystemExit(1) from None
