@@ -152,12 +152,12 @@ AGNO_DBS: Final = {"memory": "agno's InMemoryDb", "sqlite": "SQLite (session_db)
 CRITICAL_PATH: Final = {
     "minimal": (3, "XREADGROUP, EVALSHA claim (record, cancel, lease), EVALSHA complete (+ lease release)"),
     "events": (
-        7,
-        "minimal's 3 + XADD accepted, XADD started, XADD delta, XADD completed (all before complete)",
+        3,
+        "minimal's 3; the 4 event XADDs (accepted, started, delta, completed) go out in the background",
     ),
     "raw": (2, "XREADGROUP, pipeline [XADD reply, XACK]"),
     "faststream": (2, "XREADGROUP, XADD reply (its XACK follows, off the path)"),
-    "agno": (6, "minimal's 6 (the agent run itself sends nothing to Redis)"),
+    "agno": (3, "minimal's 3 (the agent run itself sends nothing to Redis)"),
 }
 ADMIN_COMMANDS: Final = frozenset({"info", "config|resetstat"})
 CORPUS: Final = (
