@@ -19,13 +19,26 @@ ROOT = Path(__file__).parents[1]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
 _BLOCK = re.compile(r"^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
+# pymdownx.snippets: a line `--8<-- "path"` is replaced by that file (relative to the repository root)
+_SNIPPET = re.compile(r'^--8<-- "([^"]+)"$', re.MULTILINE)
+
+
+def _expand_snippets(source: str) -> str:
+    """The block as the site shows it: included files (examples/…) take the place of their line."""
+
+    def include(match: re.Match[str]) -> str:
+        path = ROOT / match.group(1)
+        assert path.is_file(), f"snippet {match.group(1)!r} not found"
+        return path.read_text()
+
+    return _SNIPPET.sub(include, source)
 
 
 def python_blocks() -> list[tuple[str, str]]:
     blocks = []
     for document in DOCUMENTS:
         for number, match in enumerate(_BLOCK.finditer(document.read_text()), start=1):
-            blocks.append((f"{document.relative_to(ROOT)}#{number}", match.group(1)))
+            blocks.append((f"{document.relative_to(ROOT)}#{number}", _expand_snippets(match.group(1))))
     return blocks
 
 
@@ -39,7 +52,8 @@ def test_the_documents_have_code_to_run() -> None:
 
 @pytest.mark.parametrize(("name", "source"), BLOCKS, ids=[name for name, _ in BLOCKS])
 def test_code_block_runs(name: str, source: str) -> None:
-    code: CodeType = compile(source, name, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+    # dont_inherit: a block runs as a module of its own, without this file's `from __future__` imports
+    code: CodeType = compile(source, name, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True)
     namespace: dict[str, object] = {"__name__": "__docs__"}
     environ = dict(os.environ)
     try:
