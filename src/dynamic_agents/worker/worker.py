@@ -455,7 +455,7 @@ class AgentWorker:
                 logger.warning("checking cancellations failed: %s", error)
                 continue
             for request_id in cancelled:
-                logger.info("request %s cancelled", request_id)
+                logger.debug("request %s cancelled", request_id)
                 self._cancel_run(request_id)
 
     async def _run(self, batch: list[Delivery[AgentRequestEvent]], target: Target, lease: Lease) -> bool:
