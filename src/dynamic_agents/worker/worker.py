@@ -326,15 +326,9 @@ class AgentWorker:
         if delivery.delivery_count > self.settings.max_deliveries:
             await self._dead_letter(delivery, event)
             return
-        try:
-            target = self.router.route(event).target
-        except NoRouteError as error:
-            if self.hooks:
-                await self._call_hooks("on_routed", delivery, None)
-            await self._answer(delivery, event, None, _error(str(error)))
+        target = await self._route(delivery, event)
+        if target is None:
             return
-        if self.hooks:
-            await self._call_hooks("on_routed", delivery, target)
         policy = self._policy(event, target)
         busy_here = previous is not None and not previous.done()
         if policy is SessionPolicy.REJECT and (busy_here or await self.coordinator.holder(event.session_id)):
@@ -366,6 +360,18 @@ class AgentWorker:
             if not released:
                 with contextlib.suppress(DynamicAgentsError):
                     await self.coordinator.release(lease)
+
+    async def _route(self, delivery: Delivery[AgentRequestEvent], event: AgentRequestEvent) -> Target | None:
+        """The request's target; ``None`` when no rule matched, once answered with an error."""
+        try:
+            target: Target | None = self.router.route(event).target
+        except NoRouteError as error:
+            target, message = None, str(error)
+        if self.hooks:
+            await self._call_hooks("on_routed", delivery, target)
+        if target is None:
+            await self._answer(delivery, event, None, _error(message))
+        return target
 
     async def _claim(
         self, session_id: str, batch: list[Delivery[AgentRequestEvent]], target: Target
