@@ -479,7 +479,8 @@ class AgentWorker:
             delta_interval=self.settings.delta_interval,
         )
         await progress.accepted()
-        await self._call_hooks("before_execute", context)
+        if self.hooks:
+            await self._call_hooks("before_execute", context)
         await progress.started(delivery.delivery_count)
         on_delta = progress.delta if self.settings.events else None  # streaming only when someone listens
         execution = asyncio.get_running_loop().create_task(self._execute(target, event, on_delta))
@@ -503,7 +504,8 @@ class AgentWorker:
             if self._running.get(event.session_id) == event.id:
                 del self._running[event.session_id]
         await progress.finished(result)
-        await self._call_hooks("after_execute", context, result)
+        if self.hooks:
+            await self._call_hooks("after_execute", context, result)
         if len(batch) > 1:  # the merged requests are answered first: only while the lease is ours
             if not await self._still_ours(lease):
                 raise _LostError
@@ -517,7 +519,8 @@ class AgentWorker:
         except LeaseLostError:
             self._lease_lost_during_run(lease)
             raise _LostError from None
-        await self._call_hooks("after_complete", context, completion)
+        if self.hooks:
+            await self._call_hooks("after_complete", context, completion)
         return True
 
     async def _still_ours(self, lease: Lease) -> bool:
