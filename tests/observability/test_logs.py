@@ -6,21 +6,27 @@ import logging
 
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, LifecycleEvent, StreamNames, Target
 from dynamic_agents.execution import FunctionExecutor
 from dynamic_agents.observability import MetricsHooks, OpenTelemetryMetrics, Tracing
 from dynamic_agents.secrets import SecretValue
 from dynamic_agents.transports import InMemoryTransport
-from tests.observability.conftest import hooked_worker
+from tests.observability.conftest import attribute_text, hooked_worker
 from tests.worker.conftest import request_event
 
 CANARY = "sk-canary-logs-9c41e7"
 
 
 async def test_records_carry_the_ids_never_a_secret_and_nothing_per_message_reaches_info(
-    caplog: pytest.LogCaptureFixture, tracer_provider: TracerProvider, meter_provider: MeterProvider
+    caplog: pytest.LogCaptureFixture,
+    tracer_provider: TracerProvider,
+    exporter: InMemorySpanExporter,
+    meter_provider: MeterProvider,
+    metric_reader: InMemoryMetricReader,
 ) -> None:
     key = SecretValue(CANARY)  # registered with the redactor, as every resolved secret is
     transport = InMemoryTransport(names=StreamNames("test"))
@@ -52,6 +58,13 @@ async def test_records_carry_the_ids_never_a_secret_and_nothing_per_message_reac
     assert not [r for r in ours if r.levelno >= logging.INFO and r.request_id is None]  # type: ignore[attr-defined]
     text = caplog.text + "\n".join(r.getMessage() for r in caplog.records)
     assert CANARY not in text
+    # the same request through the spans and metrics: every span ended, no canary in any of them
+    spans = exporter.get_finished_spans()
+    assert sum(span.name.endswith("requests process") for span in spans) == len(requests)
+    assert CANARY not in attribute_text(spans)
+    data = metric_reader.get_metrics_data()
+    assert data is not None
+    assert CANARY not in data.to_json()
     replies = await transport.read_stream(transport.names.responses("discord", "c1"), AgentResponseEvent)
     statuses = sorted(str(entry.event.status) for entry in replies)
     assert statuses == ["cancelled", "completed", "error"]

@@ -16,6 +16,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from dynamic_agents.client import AgentClient
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, StreamNames, Target
+from dynamic_agents.exceptions import LLMError
 from dynamic_agents.execution import ExecutionResult, FunctionExecutor
 from dynamic_agents.llm import RouterConfig, build_router
 from dynamic_agents.observability import Tracing
@@ -261,3 +262,42 @@ def test_without_opentelemetry_tracing_does_nothing_and_metrics_say_what_to_inst
     assert "traceparent" not in report["request_headers"]
     assert report["loaded"] == []
     assert "pip install 'dynamic-agents[otel]'" in report["metrics_error"]
+
+
+async def test_a_streamed_llm_call_is_one_span_that_ends_with_the_stream(
+    tracer_provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    secrets = SecretsManager(StaticSource({"openai": {"api_key": API_KEY}}))
+    deployment = {"model": "openai/gpt-4o-mini", "api_key": "secret:openai:api_key", "mock_response": "a b c"}
+    config = RouterConfig.from_dict({"model_list": [{"model_name": "g", "litellm_params": deployment}]})
+    async with await build_router(config, secrets, tracing=Tracing(tracer_provider)) as llm:
+        stream = await llm.acompletion(model="g", messages=[{"role": "user", "content": "hi"}], stream=True)
+        assert not finished(exporter, "chat g")  # the call returned; the answer is still coming
+        chunks = [chunk async for chunk in stream]
+    assert chunks
+    (chat,) = exporter.get_finished_spans()
+    assert chat.name == "chat g"
+    assert chat.status.status_code != StatusCode.ERROR
+    assert API_KEY not in attribute_text([chat])
+
+
+async def test_a_failed_llm_call_is_an_error_span_without_the_key(
+    tracer_provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    secrets = SecretsManager(StaticSource({"openai": {"api_key": API_KEY}}))
+    deployment = {
+        "model": "openai/gpt-4o-mini",
+        "api_key": "secret:openai:api_key",
+        "mock_response": "litellm.InternalServerError",
+    }
+    config = RouterConfig.from_dict(
+        {"model_list": [{"model_name": "g", "litellm_params": deployment}], "num_retries": 0}
+    )
+    async with await build_router(config, secrets, tracing=Tracing(tracer_provider)) as llm:
+        with pytest.raises(LLMError):
+            await llm.acompletion(model="g", messages=[{"role": "user", "content": "hi"}])
+    (chat,) = exporter.get_finished_spans()
+    assert chat.status.status_code == StatusCode.ERROR
+    assert (chat.attributes or {})["error.type"] == "LLMUnavailableError"
+    assert not chat.events  # exceptions are not recorded: their text may quote a key
+    assert API_KEY not in attribute_text([chat])
