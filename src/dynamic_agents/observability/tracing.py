@@ -20,7 +20,7 @@ They never hold content, metadata or secrets. Without ``opentelemetry-api`` inst
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Mapping, MutableMapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -151,7 +151,7 @@ class Tracing:
         assert span is not None
         headers: dict[str, str] = {}
         self.inject(headers, span)
-        with trace.use_span(span, end_on_exit=True):
+        with _active(span, ends=lambda: True):
             yield headers
 
     @contextmanager
@@ -166,17 +166,8 @@ class Tracing:
         if span is None:
             yield call
             return
-        from opentelemetry import trace
-
-        with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
-            try:
-                yield call
-            except BaseException as error:
-                _fail(span, error)
-                span.end()
-                raise
-        if not call.streaming:
-            span.end()
+        with _active(span, ends=lambda: not call.streaming):  # a stream's span ends with the stream
+            yield call
 
 
 class LLMCall:
@@ -386,6 +377,23 @@ def _event_attributes(event: AgentRequestEvent | AgentResponseEvent) -> dict[str
         REQUEST_ID: request_id,
         SESSION_ID: event.session_id or "",
     }
+
+
+@contextmanager
+def _active(span: Span, *, ends: Callable[[], bool]) -> Iterator[None]:
+    """``span`` is current in the block; a failure marks it (redacted, no exception event) and
+    ends it; otherwise it ends after the block when ``ends()`` says so."""
+    from opentelemetry import trace
+
+    with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
+        try:
+            yield
+        except BaseException as error:
+            _fail(span, error)
+            span.end()
+            raise
+    if ends():
+        span.end()
 
 
 def _close_execute(found: _Trace) -> None:
