@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
 import textwrap
+from typing import Any
 
 import pytest
-from faststream.redis import RedisBroker
+from faststream.redis import RedisBroker, StreamSub
 from faststream.redis.opentelemetry import RedisTelemetryMiddleware
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -127,19 +129,29 @@ async def test_one_trace_from_client_through_worker_and_llm_to_the_reply(
 
 @pytest.mark.redis
 @pytest.mark.faststream
-async def test_a_faststream_publisher_with_its_telemetry_middleware_starts_the_trace(
+async def test_a_trace_from_a_faststream_publisher_through_the_worker_to_a_faststream_consumer(
     redis_url: str, redis_prefix: str, tracer_provider: TracerProvider, exporter: InMemorySpanExporter
 ) -> None:
     names = StreamNames(redis_prefix)
+    reply_stream = names.responses("discord", "c1")
     tracing = Tracing(tracer_provider)
     request = request_event(names, "from faststream")
     broker = RedisBroker(redis_url, middlewares=[RedisTelemetryMiddleware(tracer_provider=tracer_provider)])
+    delivered: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+
+    @broker.subscriber(stream=StreamSub(reply_stream, group="interface", consumer="c1", last_id="0"))
+    async def deliver(body: dict[str, Any]) -> None:
+        if not delivered.done():
+            delivered.set_result(body)
+
     async with RedisStreamsTransport.from_url(redis_url, names=names) as transport:
         worker = hooked_worker(transport, [tracing.hooks()])
         async with broker:
             await broker.publish(request.model_dump(mode="json"), stream=names.requests)
-        await worker.run_until_idle()
-        headers = await reply_headers(transport, names.responses("discord", "c1"))
+            await worker.run_until_idle()
+            await broker.start()
+            body = await asyncio.wait_for(delivered, 10)
+        assert body["request_id"] == request.id
 
     spans = exporter.get_finished_spans()
     (process,) = [s for s in spans if s.name == f"{names.requests} process"]
@@ -147,9 +159,16 @@ async def test_a_faststream_publisher_with_its_telemetry_middleware_starts_the_t
     assert producer.kind == SpanKind.PRODUCER
     assert producer.instrumentation_scope is not None
     assert "faststream" in producer.instrumentation_scope.name
-    assert process.context.trace_id == producer.context.trace_id
-    assert parent_of(process) == producer.context.span_id
-    assert headers["traceparent"].split("-")[1] == f"{producer.context.trace_id:032x}"
+    (respond,) = [s for s in spans if s.name == f"{reply_stream} publish"]
+    assert parent_of(respond) == process.context.span_id
+    (consumer,) = [
+        s
+        for s in spans
+        if s.kind == SpanKind.CONSUMER and s is not process and parent_of(s) == respond.context.span_id
+    ]
+    assert consumer.instrumentation_scope is not None
+    assert "faststream" in consumer.instrumentation_scope.name
+    assert {s.context.trace_id for s in spans} == {producer.context.trace_id}
 
 
 async def test_the_request_metadata_carries_the_context_when_the_headers_do_not(
