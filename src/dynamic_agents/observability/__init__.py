@@ -14,14 +14,15 @@ if TYPE_CHECKING:
     from dynamic_agents.observability.metrics import (
         METRICS,
         InstrumentKind,
-        MetricsHooks,
         MetricSpec,
         MetricsRecorder,
         OpenTelemetryMetrics,
         observe_secrets,
     )
+    from dynamic_agents.observability.metrics_hooks import MetricsHooks
     from dynamic_agents.observability.outcomes import Outcome, target_name
-    from dynamic_agents.observability.tracing import LLMCall, Tracing, TracingHooks
+    from dynamic_agents.observability.tracing import LLMCall, Tracing
+    from dynamic_agents.observability.tracing_hooks import TracingHooks
 
 __all__ = [
     "METRICS",
@@ -43,12 +44,12 @@ _LAZY: dict[str, str] = {
     "InstrumentKind": "dynamic_agents.observability.metrics",
     "LLMCall": "dynamic_agents.observability.tracing",
     "MetricSpec": "dynamic_agents.observability.metrics",
-    "MetricsHooks": "dynamic_agents.observability.metrics",
+    "MetricsHooks": "dynamic_agents.observability.metrics_hooks",
     "MetricsRecorder": "dynamic_agents.observability.metrics",
     "OpenTelemetryMetrics": "dynamic_agents.observability.metrics",
     "Outcome": "dynamic_agents.observability.outcomes",
     "Tracing": "dynamic_agents.observability.tracing",
-    "TracingHooks": "dynamic_agents.observability.tracing",
+    "TracingHooks": "dynamic_agents.observability.tracing_hooks",
     "observe_secrets": "dynamic_agents.observability.metrics",
     "target_name": "dynamic_agents.observability.outcomes",
 }
