@@ -23,6 +23,7 @@ PUBLIC_PACKAGES = [
     "dynamic_agents.client",
     "dynamic_agents.exceptions",
     "dynamic_agents.llm",
+    "dynamic_agents.observability",
     "dynamic_agents.routing",
     "dynamic_agents.secrets",
     "dynamic_agents.testing",
@@ -72,7 +73,10 @@ def test_version_is_defined_once_and_matches_the_metadata() -> None:
     assert 'dynamic = ["version"]' in pyproject
 
 
-@pytest.mark.parametrize("module", ["dynamic_agents", "dynamic_agents.events", "dynamic_agents.transports"])
+@pytest.mark.parametrize(
+    "module",
+    ["dynamic_agents", "dynamic_agents.events", "dynamic_agents.transports", "dynamic_agents.observability"],
+)
 def test_light_imports_load_neither_litellm_nor_agno(module: str) -> None:
     code = (
         f"import json, sys; import {module}; "

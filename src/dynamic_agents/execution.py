@@ -16,6 +16,7 @@ from typing import Protocol, runtime_checkable
 
 from pydantic import JsonValue
 
+from dynamic_agents._redaction import REDACTOR
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, ResponseStatus, Target
 
 __all__ = ["DeltaCallback", "ExecutionResult", "Executor", "FunctionExecutor", "TokenUsage"]
@@ -58,7 +59,7 @@ class ExecutionResult:
         return self.status == ResponseStatus.COMPLETED
 
     def to_response(self, request: AgentRequestEvent, target: Target | None = None) -> AgentResponseEvent:
-        """The response event answering ``request``."""
+        """The response event answering ``request`` (secret values masked in its error message)."""
         content_type = "structured" if self.structured_data is not None else "text"
         if not self.ok:
             content_type = "error"
@@ -74,7 +75,8 @@ class ExecutionResult:
             content_type=content_type,
             structured_data=self.structured_data,
             status=self.status,
-            error_message=self.error_message,
+            # An executor's error text may quote a provider error that echoes a key.
+            error_message=REDACTOR.redact(self.error_message) if self.error_message else None,
             agent_id=target.id if target is not None else None,
             agent_name=self.target_name,
             execution_time_ms=self.duration_ms,

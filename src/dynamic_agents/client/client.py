@@ -10,13 +10,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dynamic_agents._logging import get_logger
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, StreamNames
 from dynamic_agents.exceptions import ConfigurationError, DynamicAgentsError
 from dynamic_agents.routing import RoutingConfig
 from dynamic_agents.transports import Delivery, Subscription, Transport
+
+if TYPE_CHECKING:
+    from dynamic_agents.observability import Tracing
 
 __all__ = ["AgentClient"]
 
@@ -37,7 +40,8 @@ class AgentClient:
     """Publishes requests and delivers replies for an interface.
 
     ``routing`` (the interface YAML) lets :meth:`build_request` fill targets, session ids and reply
-    streams the way the design document's ``AgentRouting`` does.
+    streams the way the design document's ``AgentRouting`` does. With ``tracing``, each publish is
+    a producer span whose context travels in the envelope's ``traceparent`` header.
     """
 
     def __init__(
@@ -46,12 +50,14 @@ class AgentClient:
         *,
         routing: RoutingConfig | None = None,
         block: float = 1.0,
+        tracing: Tracing | None = None,
     ) -> None:
         self.transport = transport
         self.names: StreamNames = transport.names
         self.routing = routing
         self._event_router = routing.router() if routing is not None else None
         self.block = block
+        self.tracing = tracing
         self._readers: dict[str, _Reader] = {}
         self._lock = asyncio.Lock()
 
@@ -114,8 +120,14 @@ class AgentClient:
         return request
 
     async def publish(self, request: AgentRequestEvent, *, headers: Mapping[str, str] | None = None) -> str:
-        """Put a request on ``agent:requests``; returns its entry id."""
-        return await self.transport.publish(self.names.requests, request, headers=headers)
+        """Put a request on ``agent:requests``; returns its entry id. ``headers`` given here win over
+        the trace context ``tracing`` adds."""
+        if self.tracing is None:
+            return await self.transport.publish(self.names.requests, request, headers=headers)
+        with self.tracing.publish(self.names.requests, request) as trace_headers:
+            return await self.transport.publish(
+                self.names.requests, request, headers={**trace_headers, **(headers or {})}
+            )
 
     async def request(
         self, request: AgentRequestEvent, *, timeout: float = 60.0, headers: Mapping[str, str] | None = None

@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dynamic_agents._logging import get_logger
 from dynamic_agents._redaction import REDACTOR
@@ -41,6 +41,9 @@ from dynamic_agents.secrets import (
     reveal_all,
 )
 
+if TYPE_CHECKING:
+    from dynamic_agents.observability import Tracing
+
 __all__ = ["LLMRouter", "build_router"]
 
 logger = get_logger("llm")
@@ -60,9 +63,14 @@ class _Deployment:
 
 
 async def build_router(
-    config: RouterConfig, secrets: SecretsManager, *, follow_changes: bool = True
+    config: RouterConfig,
+    secrets: SecretsManager,
+    *,
+    follow_changes: bool = True,
+    tracing: Tracing | None = None,
 ) -> LLMRouter:
-    """Resolve the config's secret references and build the one ``litellm.Router``."""
+    """Resolve the config's secret references and build the one ``litellm.Router``. With
+    ``tracing``, every call is a ``chat {model}`` span (usage and cost as attributes)."""
     deployments = [
         _Deployment(item, await _resolve(item.litellm_params, secrets), _providers(item, secrets))
         for item in config.model_list
@@ -91,7 +99,7 @@ async def build_router(
     if config.redis_url is not None:
         settings["redis_url"] = (await secrets.resolve(config.redis_url)).reveal()
     router = _litellm.new_router(**{k: v for k, v in settings.items() if v is not None})
-    return LLMRouter(config, secrets, router, deployments, follow_changes=follow_changes)
+    return LLMRouter(config, secrets, router, deployments, follow_changes=follow_changes, tracing=tracing)
 
 
 async def _resolve(params: Mapping[str, Any], secrets: SecretsManager) -> dict[str, Any]:
@@ -147,8 +155,10 @@ class LLMRouter:
         deployments: Sequence[_Deployment],
         *,
         follow_changes: bool = True,
+        tracing: Tracing | None = None,
     ) -> None:
         self.config = config
+        self.tracing = tracing
         self.secrets = secrets
         self.router = router
         self._deployments = {d.id: d for d in deployments}
@@ -189,6 +199,20 @@ class LLMRouter:
     ) -> Any:
         """``litellm.Router.acompletion`` through this router: per-user key, tags, one refresh and
         retry on 401, redacted errors. With ``stream=True`` returns an async iterator of chunks."""
+        if self.tracing is None:
+            return await self._acompletion(model, messages, user_id, tags, kwargs)
+        with self.tracing.llm_call(model) as call:
+            response = await self._acompletion(model, messages, user_id, tags, kwargs)
+            return call.done(response, stream=bool(kwargs.get("stream")))
+
+    async def _acompletion(
+        self,
+        model: str,
+        messages: list[dict[str, Any]],
+        user_id: str | None,
+        tags: Sequence[str] | None,
+        kwargs: dict[str, Any],
+    ) -> Any:
         metadata = copy.deepcopy(kwargs.pop("metadata", None) or {})  # litellm mutates it
         if tags is not None:
             metadata["tags"] = list(tags)

@@ -435,7 +435,7 @@ class RedisStreamsTransport(Transport):
         )
         if _int(written):
             self.stats.dead_lettered += 1
-            logger.info("dead-lettered %s of %r: %s", delivery.entry_id, delivery.stream, reason)
+            logger.debug("dead-lettered %s of %r: %s", delivery.entry_id, delivery.stream, reason)
         return bool(_int(written))
 
     async def complete(

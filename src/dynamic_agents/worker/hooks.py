@@ -1,13 +1,35 @@
-"""Hooks around each run: the one interface metrics, tracing and tests plug into."""
+"""Hooks around each request: the one interface metrics, tracing and tests plug into.
+
+A worker calls its hooks at these points (every method is optional; a worker without hooks builds
+nothing and awaits nothing for them):
+
+* ``on_start(worker)`` / ``on_stop(worker)``: the consume loop starts / ends;
+* ``on_received(delivery)``: a request entry was read (undecodable ones never get here);
+* ``on_duplicate(delivery)``: it was answered before (a redelivery): acked, not run again;
+* ``on_routed(delivery, target)``: routed, ``target`` ``None`` when no rule matched;
+* ``before_execute(context)`` / ``after_execute(context, result)``: around the run;
+* ``before_respond(delivery, response, headers)``: the answer is about to be written; a hook may add
+  envelope headers to the reply (``headers`` is the reply's, mutable);
+* ``after_respond(delivery, result, completion)``: answered (``completion.created`` false: it had
+  been answered already);
+* ``after_complete(context, completion)``: the run's own answer was written;
+* ``on_dead_letter(delivery, written)``: past ``max_deliveries``, set aside (``written`` false when
+  another consumer had taken the entry);
+* ``after_handle(delivery, error)``: always last, with the exception that ended the handling (a
+  cancellation, a lost entry or lease, a failure) or ``None``.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from dynamic_agents.events import AgentRequestEvent, Target
+from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, Target
 from dynamic_agents.execution import ExecutionResult
-from dynamic_agents.transports import Completion
+from dynamic_agents.transports import Completion, Delivery
+
+if TYPE_CHECKING:
+    from dynamic_agents.worker.worker import AgentWorker
 
 __all__ = ["BaseHooks", "RunContext", "WorkerHooks"]
 
@@ -24,18 +46,57 @@ class RunContext:
 
 
 class WorkerHooks(Protocol):
-    """Called around each run. Every method is optional (subclass :class:`BaseHooks`); a failing
-    hook is logged and does not fail the run."""
+    """Called around each request (see the module documentation). Every method is optional
+    (subclass :class:`BaseHooks`); a failing hook is logged and does not fail the run."""
+
+    async def on_start(self, worker: AgentWorker) -> None: ...
+
+    async def on_stop(self, worker: AgentWorker) -> None: ...
+
+    async def on_received(self, delivery: Delivery[AgentRequestEvent]) -> None: ...
+
+    async def on_duplicate(self, delivery: Delivery[AgentRequestEvent]) -> None: ...
+
+    async def on_routed(self, delivery: Delivery[AgentRequestEvent], target: Target | None) -> None: ...
 
     async def before_execute(self, context: RunContext) -> None: ...
 
     async def after_execute(self, context: RunContext, result: ExecutionResult) -> None: ...
 
+    async def before_respond(
+        self, delivery: Delivery[AgentRequestEvent], response: AgentResponseEvent, headers: dict[str, str]
+    ) -> None: ...
+
+    async def after_respond(
+        self, delivery: Delivery[AgentRequestEvent], result: ExecutionResult, completion: Completion
+    ) -> None: ...
+
     async def after_complete(self, context: RunContext, completion: Completion) -> None: ...
+
+    async def on_dead_letter(self, delivery: Delivery[AgentRequestEvent], written: bool) -> None: ...
+
+    async def after_handle(
+        self, delivery: Delivery[AgentRequestEvent], error: BaseException | None
+    ) -> None: ...
 
 
 class BaseHooks:
     """No-op hooks to subclass."""
+
+    async def on_start(self, worker: AgentWorker) -> None:
+        return None
+
+    async def on_stop(self, worker: AgentWorker) -> None:
+        return None
+
+    async def on_received(self, delivery: Delivery[AgentRequestEvent]) -> None:
+        return None
+
+    async def on_duplicate(self, delivery: Delivery[AgentRequestEvent]) -> None:
+        return None
+
+    async def on_routed(self, delivery: Delivery[AgentRequestEvent], target: Target | None) -> None:
+        return None
 
     async def before_execute(self, context: RunContext) -> None:
         return None
@@ -43,5 +104,21 @@ class BaseHooks:
     async def after_execute(self, context: RunContext, result: ExecutionResult) -> None:
         return None
 
+    async def before_respond(
+        self, delivery: Delivery[AgentRequestEvent], response: AgentResponseEvent, headers: dict[str, str]
+    ) -> None:
+        return None
+
+    async def after_respond(
+        self, delivery: Delivery[AgentRequestEvent], result: ExecutionResult, completion: Completion
+    ) -> None:
+        return None
+
     async def after_complete(self, context: RunContext, completion: Completion) -> None:
+        return None
+
+    async def on_dead_letter(self, delivery: Delivery[AgentRequestEvent], written: bool) -> None:
+        return None
+
+    async def after_handle(self, delivery: Delivery[AgentRequestEvent], error: BaseException | None) -> None:
         return None

@@ -10,6 +10,7 @@ import asyncio
 import time
 
 from dynamic_agents._logging import get_logger
+from dynamic_agents._redaction import REDACTOR
 from dynamic_agents.events import (
     ContentDelta,
     LifecycleEvent,
@@ -149,6 +150,10 @@ class LifecyclePublisher:
             )
         else:
             event = RunFailed.model_validate(
-                {**self._common(), "status": result.status, "error_message": result.error_message}
+                {
+                    **self._common(),
+                    "status": result.status,
+                    "error_message": REDACTOR.redact(result.error_message) if result.error_message else None,
+                }
             )
         await self._publish(event)

@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from dynamic_agents._logging import get_logger, log_context
@@ -164,6 +164,8 @@ class AgentWorker:
 
     async def _consume(self, until_idle: bool) -> None:
         await self.transport.ensure_group(self.stream, self.settings.group)
+        if self.hooks:
+            await self._call_hooks("on_start", self)
         loop = asyncio.get_running_loop()
         helpers = [
             loop.create_task(self._keep_fresh_loop()),
@@ -180,6 +182,8 @@ class AgentWorker:
                 helper.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await helper
+            if self.hooks:
+                await self._call_hooks("on_stop", self)
 
     async def run_until_idle(self, timeout: float = 30.0) -> None:
         """Process until the stream has nothing new, nothing is pending and nothing runs."""
@@ -280,15 +284,20 @@ class AgentWorker:
         turn: asyncio.Future[None],
     ) -> None:
         event = delivery.event
+        failure: BaseException | None = None
         try:
             with log_context(request_id=event.id, session_id=event.session_id):
+                if self.hooks:
+                    await self._call_hooks("on_received", delivery)
                 await self._process(delivery, event, previous)
-        except (asyncio.CancelledError, _LostError):
+        except (asyncio.CancelledError, _LostError) as error:
+            failure = error
             if delivery.entry_id not in self._lost:
                 # stopping: hand the entry back at once instead of waiting for it to go idle
                 with contextlib.suppress(DynamicAgentsError):
                     await self.transport.release(delivery)
-        except Exception:  # our own failure (e.g. Redis gone while answering): the entry stays pending
+        except Exception as error:  # our own failure (e.g. Redis gone while answering): stays pending
+            failure = error
             logger.exception("handling request %s failed; it stays pending for a retry", event.id)
         finally:
             turn.set_result(None)  # the session's next request may go
@@ -300,6 +309,8 @@ class AgentWorker:
             self._tasks.pop(delivery.entry_id, None)
             self._lost.discard(delivery.entry_id)
             self._slot_freed.set()
+            if self.hooks:
+                await self._call_hooks("after_handle", delivery, failure)
 
     async def _process(
         self,
@@ -315,10 +326,8 @@ class AgentWorker:
         if delivery.delivery_count > self.settings.max_deliveries:
             await self._dead_letter(delivery, event)
             return
-        try:
-            target = self.router.route(event).target
-        except NoRouteError as error:
-            await self._answer(delivery, event, None, _error(str(error)))
+        target = await self._route(delivery, event)
+        if target is None:
             return
         policy = self._policy(event, target)
         busy_here = previous is not None and not previous.done()
@@ -351,6 +360,18 @@ class AgentWorker:
             if not released:
                 with contextlib.suppress(DynamicAgentsError):
                     await self.coordinator.release(lease)
+
+    async def _route(self, delivery: Delivery[AgentRequestEvent], event: AgentRequestEvent) -> Target | None:
+        """The request's target; ``None`` when no rule matched, once answered with an error."""
+        try:
+            target: Target | None = self.router.route(event).target
+        except NoRouteError as error:
+            target, message = None, str(error)
+        if self.hooks:
+            await self._call_hooks("on_routed", delivery, target)
+        if target is None:
+            await self._answer(delivery, event, None, _error(message))
+        return target
 
     async def _claim(
         self, session_id: str, batch: list[Delivery[AgentRequestEvent]], target: Target
@@ -388,6 +409,8 @@ class AgentWorker:
         logger.debug("request %s was answered before: acking the redelivery", delivery.event.id)
         self._let_go(delivery)
         await self.transport.ack(delivery)
+        if self.hooks:
+            await self._call_hooks("on_duplicate", delivery)
 
     def _policy(self, event: AgentRequestEvent, target: Target) -> SessionPolicy:
         requested = event.metadata.get("session_policy")
@@ -438,7 +461,7 @@ class AgentWorker:
                 logger.warning("checking cancellations failed: %s", error)
                 continue
             for request_id in cancelled:
-                logger.info("request %s cancelled", request_id)
+                logger.debug("request %s cancelled", request_id)
                 self._cancel_run(request_id)
 
     async def _run(self, batch: list[Delivery[AgentRequestEvent]], target: Target, lease: Lease) -> bool:
@@ -456,7 +479,8 @@ class AgentWorker:
             delta_interval=self.settings.delta_interval,
         )
         await progress.accepted()
-        await self._call_hooks("before_execute", context)
+        if self.hooks:
+            await self._call_hooks("before_execute", context)
         await progress.started(delivery.delivery_count)
         on_delta = progress.delta if self.settings.events else None  # streaming only when someone listens
         execution = asyncio.get_running_loop().create_task(self._execute(target, event, on_delta))
@@ -480,7 +504,8 @@ class AgentWorker:
             if self._running.get(event.session_id) == event.id:
                 del self._running[event.session_id]
         await progress.finished(result)
-        await self._call_hooks("after_execute", context, result)
+        if self.hooks:
+            await self._call_hooks("after_execute", context, result)
         if len(batch) > 1:  # the merged requests are answered first: only while the lease is ours
             if not await self._still_ours(lease):
                 raise _LostError
@@ -494,7 +519,8 @@ class AgentWorker:
         except LeaseLostError:
             self._lease_lost_during_run(lease)
             raise _LostError from None
-        await self._call_hooks("after_complete", context, completion)
+        if self.hooks:
+            await self._call_hooks("after_complete", context, completion)
         return True
 
     async def _still_ours(self, lease: Lease) -> bool:
@@ -571,10 +597,12 @@ class AgentWorker:
         *,
         lease: Lease | None = None,
     ) -> Completion:
-        response = result.to_response(event, target)
+        reply = self._reply(delivery, result.to_response(event, target))
+        if self.hooks:
+            reply = await self._reply_with_hook_headers(delivery, reply)
         self._let_go(delivery)
         completion = await self.transport.complete(
-            delivery, self._reply(delivery, response), record_ttl=self.settings.record_ttl, lease=lease
+            delivery, reply, record_ttl=self.settings.record_ttl, lease=lease
         )
         if not completion.created:
             self.stats.duplicates += 1
@@ -583,6 +611,8 @@ class AgentWorker:
         else:
             self.stats.failed += 1
         logger.debug("answered %s: %s", event.id, result.status)
+        if self.hooks:
+            await self._call_hooks("after_respond", delivery, result, completion)
         return completion
 
     def _let_go(self, delivery: Delivery[AgentRequestEvent]) -> None:
@@ -591,16 +621,27 @@ class AgentWorker:
         entry stays pending and is reclaimed after ``claim_min_idle``, as after any failure."""
         self._held.pop(delivery.entry_id, None)
 
+    async def _reply_with_hook_headers(self, delivery: Delivery[AgentRequestEvent], reply: Reply) -> Reply:
+        """The reply with the envelope headers hooks add (trace context, for one)."""
+        headers = dict(reply.headers)
+        await self._call_hooks("before_respond", delivery, reply.event, headers)
+        return replace(reply, headers=headers)
+
     async def _dead_letter(self, delivery: Delivery[AgentRequestEvent], event: AgentRequestEvent) -> None:
         reason = f"delivered {delivery.delivery_count} times (max_deliveries={self.settings.max_deliveries})"
         response = _error("the request could not be processed; it was set aside for an operator").to_response(
             event
         )
+        reply = self._reply(delivery, response)
+        if self.hooks:
+            reply = await self._reply_with_hook_headers(delivery, reply)
         self._let_go(delivery)
-        written = await self.transport.dead_letter(delivery, reason, self._reply(delivery, response))
+        written = await self.transport.dead_letter(delivery, reason, reply)
         if written:
             self.stats.dead_lettered += 1
             logger.warning("request %s dead-lettered: %s", event.id, reason)
+        if self.hooks:
+            await self._call_hooks("on_dead_letter", delivery, written)
 
     async def _call_hooks(self, name: str, *args: Any) -> None:
         for hook in self.hooks:

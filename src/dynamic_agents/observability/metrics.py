@@ -1,0 +1,277 @@
+"""Metrics: what a worker, its secrets and its LLM calls count, through any metrics library.
+
+:class:`~dynamic_agents.observability.MetricsHooks` turns the worker's hooks into measurements
+and hands them to a :class:`MetricsRecorder` by name; :data:`METRICS` documents every name,
+instrument, unit and attribute. :class:`OpenTelemetryMetrics` is the recorder for an
+OpenTelemetry ``MeterProvider`` (extra ``otel``); another library needs only the three methods of
+the protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Final, Protocol
+
+from dynamic_agents._version import __version__
+from dynamic_agents.exceptions import ConfigurationError, MissingDependencyError
+from dynamic_agents.secrets import SecretsManager
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import Counter, Histogram, MeterProvider, UpDownCounter
+
+__all__ = [
+    "METRICS",
+    "InstrumentKind",
+    "MetricSpec",
+    "MetricsRecorder",
+    "OpenTelemetryMetrics",
+    "observe_secrets",
+]
+
+Attributes = Mapping[str, str]
+Observation = tuple[float, Attributes]
+"""A value read by an observable instrument, with its attributes."""
+
+
+class InstrumentKind(StrEnum):
+    COUNTER = "counter"
+    UP_DOWN_COUNTER = "up_down_counter"
+    HISTOGRAM = "histogram"
+    OBSERVABLE_COUNTER = "observable_counter"
+    OBSERVABLE_GAUGE = "observable_gauge"
+
+
+SECONDS_BUCKETS: Final = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSpec:
+    """One metric: its instrument, unit (UCUM), meaning and the attributes it carries."""
+
+    name: str
+    kind: InstrumentKind
+    unit: str
+    description: str
+    attributes: tuple[str, ...] = ()
+    buckets: tuple[float, ...] | None = field(default=None)
+
+
+_STREAM = "messaging.destination.name"
+_SPECS = (
+    MetricSpec(
+        "dynamic_agents.worker.requests",
+        InstrumentKind.COUNTER,
+        "{request}",
+        "Request entries received (redeliveries included).",
+        (_STREAM,),
+    ),
+    MetricSpec(
+        "dynamic_agents.worker.outcomes",
+        InstrumentKind.COUNTER,
+        "{request}",
+        "Entries handled, by how the handling ended (see Outcome).",
+        ("outcome", "target"),
+    ),
+    MetricSpec(
+        "dynamic_agents.worker.duration",
+        InstrumentKind.HISTOGRAM,
+        "s",
+        "From an entry's receipt to its answer (or its end), by outcome.",
+        ("outcome", "target"),
+        SECONDS_BUCKETS,
+    ),
+    MetricSpec(
+        "dynamic_agents.worker.execution.duration",
+        InstrumentKind.HISTOGRAM,
+        "s",
+        "Time spent running the agent, team or workflow, by result status.",
+        ("status", "target"),
+        SECONDS_BUCKETS,
+    ),
+    MetricSpec(
+        "dynamic_agents.worker.in_flight",
+        InstrumentKind.UP_DOWN_COUNTER,
+        "{request}",
+        "Entries being handled now (waiting for their session included).",
+        (_STREAM,),
+    ),
+    MetricSpec(
+        "dynamic_agents.worker.queue.lag",
+        InstrumentKind.HISTOGRAM,
+        "s",
+        "Time an entry waited in the stream before its first delivery (from its entry id).",
+        (_STREAM,),
+        SECONDS_BUCKETS,
+    ),
+    MetricSpec(
+        "dynamic_agents.worker.queue.pending",
+        InstrumentKind.OBSERVABLE_GAUGE,
+        "{entry}",
+        "Entries delivered in the worker's group and not yet acked (sampled; capped).",
+        (_STREAM, "messaging.consumer.group.name"),
+    ),
+    MetricSpec(
+        "dynamic_agents.worker.redeliveries",
+        InstrumentKind.COUNTER,
+        "{delivery}",
+        "Entries received again (delivery count above one).",
+        (_STREAM,),
+    ),
+    MetricSpec(
+        "dynamic_agents.worker.dead_letters",
+        InstrumentKind.COUNTER,
+        "{entry}",
+        "Entries set aside on the dead-letter stream after max_deliveries.",
+        (_STREAM,),
+    ),
+    MetricSpec(
+        "dynamic_agents.llm.tokens",
+        InstrumentKind.COUNTER,
+        "{token}",
+        "Tokens the runs used, by type (input / output).",
+        ("gen_ai.token.type", "target"),
+    ),
+    MetricSpec(
+        "dynamic_agents.llm.cost",
+        InstrumentKind.COUNTER,
+        "USD",
+        "What the runs' LLM calls cost, as litellm prices them.",
+        ("target",),
+    ),
+    MetricSpec(
+        "dynamic_agents.secrets.cache.hits",
+        InstrumentKind.OBSERVABLE_COUNTER,
+        "{lookup}",
+        "Secret lookups answered from the cache.",
+    ),
+    MetricSpec(
+        "dynamic_agents.secrets.cache.misses",
+        InstrumentKind.OBSERVABLE_COUNTER,
+        "{lookup}",
+        "Secret lookups that had to fetch.",
+    ),
+    MetricSpec(
+        "dynamic_agents.secrets.cache.stale_served",
+        InstrumentKind.OBSERVABLE_COUNTER,
+        "{lookup}",
+        "Lookups answered with a stale value because the sources failed.",
+    ),
+)
+
+METRICS: Final[Mapping[str, MetricSpec]] = {spec.name: spec for spec in _SPECS}
+"""Every metric the library records, by name."""
+
+
+class MetricsRecorder(Protocol):
+    """Where measurements go. ``name`` is a key of :data:`METRICS`, whose spec says the instrument."""
+
+    def add(self, name: str, value: float, attributes: Attributes) -> None:
+        """Add to a counter or up-down counter."""
+
+    def record(self, name: str, value: float, attributes: Attributes) -> None:
+        """Record a histogram value."""
+
+    def observe(self, name: str, read: Callable[[], Iterable[Observation]]) -> None:
+        """Register ``read`` as the callback of an observable instrument (called at collection)."""
+
+
+def observe_secrets(recorder: MetricsRecorder, manager: SecretsManager) -> None:
+    """Report ``manager``'s cache statistics as the ``dynamic_agents.secrets.cache.*`` counters."""
+    stats = manager.stats
+    for name, read in (
+        ("dynamic_agents.secrets.cache.hits", lambda: stats.hits),
+        ("dynamic_agents.secrets.cache.misses", lambda: stats.misses),
+        ("dynamic_agents.secrets.cache.stale_served", lambda: stats.stale_served),
+    ):
+        recorder.observe(name, _reader(read))
+
+
+def _reader(read: Callable[[], int]) -> Callable[[], list[Observation]]:
+    return lambda: [(float(read()), {})]
+
+
+class OpenTelemetryMetrics:
+    """A :class:`MetricsRecorder` on an OpenTelemetry meter (``meter_provider``, else the global
+    one). Instruments are created from :data:`METRICS` on first use."""
+
+    def __init__(self, meter_provider: MeterProvider | None = None) -> None:
+        try:
+            from opentelemetry import metrics
+        except ImportError as error:
+            raise MissingDependencyError("OpenTelemetryMetrics", "otel") from error
+        self._meter = metrics.get_meter("dynamic_agents", __version__, meter_provider=meter_provider)
+        self._counters: dict[str, Counter | UpDownCounter] = {}
+        self._histograms: dict[str, Histogram] = {}
+        self._observed: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"OpenTelemetryMetrics({len(self._counters) + len(self._histograms)} instruments)"
+
+    def add(self, name: str, value: float, attributes: Attributes) -> None:
+        counter = self._counters.get(name)
+        if counter is None:
+            spec = _spec(name, InstrumentKind.COUNTER, InstrumentKind.UP_DOWN_COUNTER)
+            create = (
+                self._meter.create_counter
+                if spec.kind is InstrumentKind.COUNTER
+                else self._meter.create_up_down_counter
+            )
+            counter = self._counters[name] = create(name, unit=spec.unit, description=spec.description)
+        counter.add(value, attributes)
+
+    def record(self, name: str, value: float, attributes: Attributes) -> None:
+        histogram = self._histograms.get(name)
+        if histogram is None:
+            spec = _spec(name, InstrumentKind.HISTOGRAM)
+            histogram = self._histograms[name] = self._meter.create_histogram(
+                name,
+                unit=spec.unit,
+                description=spec.description,
+                explicit_bucket_boundaries_advisory=list(spec.buckets) if spec.buckets else None,
+            )
+        histogram.record(value, attributes)
+
+    def observe(self, name: str, read: Callable[[], Iterable[Observation]]) -> None:
+        spec = _spec(name, InstrumentKind.OBSERVABLE_COUNTER, InstrumentKind.OBSERVABLE_GAUGE)
+        if name in self._observed:
+            raise ConfigurationError(f"metric {name!r} is observed already (one callback per recorder)")
+        from opentelemetry.metrics import CallbackOptions
+        from opentelemetry.metrics import Observation as OTelObservation
+
+        def callback(options: CallbackOptions) -> list[OTelObservation]:
+            return [OTelObservation(value, attributes) for value, attributes in read()]
+
+        create = (
+            self._meter.create_observable_counter
+            if spec.kind is InstrumentKind.OBSERVABLE_COUNTER
+            else self._meter.create_observable_gauge
+        )
+        create(name, [callback], unit=spec.unit, description=spec.description)
+        self._observed.add(name)
+
+
+def _spec(name: str, *kinds: InstrumentKind) -> MetricSpec:
+    spec = METRICS.get(name)
+    if spec is None:
+        raise ConfigurationError(f"unknown metric {name!r}; known: {sorted(METRICS)}")
+    if spec.kind not in kinds:
+        raise ConfigurationError(f"metric {name!r} is a {spec.kind.value}, not a {' or '.join(kinds)}")
+    return spec

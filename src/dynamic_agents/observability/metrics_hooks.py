@@ -1,0 +1,189 @@
+"""``MetricsHooks``: the ``dynamic_agents.worker.*`` and ``dynamic_agents.llm.*`` metrics recorded
+through the worker's hooks (names in :data:`~dynamic_agents.observability.metrics.METRICS`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from dynamic_agents._logging import get_logger
+from dynamic_agents.events import AgentRequestEvent, Target
+from dynamic_agents.exceptions import ConfigurationError, DynamicAgentsError
+from dynamic_agents.execution import ExecutionResult
+from dynamic_agents.observability.metrics import MetricsRecorder, Observation
+from dynamic_agents.observability.outcomes import Outcome, target_name
+from dynamic_agents.transports import Completion, Delivery
+from dynamic_agents.worker.hooks import BaseHooks, RunContext
+
+if TYPE_CHECKING:
+    from dynamic_agents.worker import AgentWorker
+
+__all__ = ["MetricsHooks"]
+
+logger = get_logger("observability")
+
+_STREAM = "messaging.destination.name"
+
+
+@dataclass(slots=True)
+class _Handling:
+    """One entry being handled: when it arrived, where it went, whether its outcome is counted."""
+
+    stream: str
+    received: float
+    target: str = ""
+    routed: bool = True
+    counted: bool = False
+    execution_started: float | None = None
+
+
+class MetricsHooks(BaseHooks):
+    """Worker hooks recording the ``dynamic_agents.worker.*`` and ``dynamic_agents.llm.*`` metrics.
+
+    The pending count is sampled every ``sample_every`` seconds while the worker runs (and by
+    :meth:`sample`), reading at most ``pending_limit`` entries.
+    """
+
+    def __init__(
+        self, recorder: MetricsRecorder, *, sample_every: float = 15.0, pending_limit: int = 10_000
+    ) -> None:
+        if sample_every <= 0 or pending_limit <= 0:
+            raise ConfigurationError(
+                f"sample_every and pending_limit must be > 0, got {sample_every!r} and {pending_limit!r}"
+            )
+        self.recorder = recorder
+        self.sample_every = sample_every
+        self.pending_limit = pending_limit
+        self._handling: dict[str, _Handling] = {}
+        self._pending: dict[tuple[str, str], int] = {}
+        self._samplers: dict[int, asyncio.Task[None]] = {}
+        self._observing = False
+
+    def __repr__(self) -> str:
+        return f"MetricsHooks({self.recorder!r}, in_flight={len(self._handling)})"
+
+    # -- pending entries, sampled -----------------------------------------------------------------
+
+    async def on_start(self, worker: AgentWorker) -> None:
+        if not self._observing:
+            self._observing = True
+            self.recorder.observe("dynamic_agents.worker.queue.pending", self._read_pending)
+        self._samplers[id(worker)] = asyncio.get_running_loop().create_task(self._sample_loop(worker))
+
+    async def on_stop(self, worker: AgentWorker) -> None:
+        sampler = self._samplers.pop(id(worker), None)
+        if sampler is not None:
+            sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampler
+
+    async def sample(self, worker: AgentWorker) -> int:
+        """Read the worker's pending count now (what the gauge reports until the next sample)."""
+        pending = await worker.transport.pending(
+            worker.stream, worker.settings.group, count=self.pending_limit
+        )
+        self._pending[(worker.stream, worker.settings.group)] = len(pending)
+        return len(pending)
+
+    async def _sample_loop(self, worker: AgentWorker) -> None:
+        while True:
+            try:
+                await self.sample(worker)
+            except DynamicAgentsError as error:
+                logger.warning("sampling the pending entries of %r failed: %s", worker.stream, error)
+            await asyncio.sleep(self.sample_every)
+
+    def _read_pending(self) -> list[Observation]:
+        return [
+            (float(count), {_STREAM: stream, "messaging.consumer.group.name": group})
+            for (stream, group), count in self._pending.items()
+        ]
+
+    # -- each entry -------------------------------------------------------------------------------
+
+    async def on_received(self, delivery: Delivery[AgentRequestEvent]) -> None:
+        stream = {_STREAM: delivery.stream}
+        self._handling[delivery.entry_id] = _Handling(delivery.stream, time.monotonic())
+        self.recorder.add("dynamic_agents.worker.requests", 1, stream)
+        self.recorder.add("dynamic_agents.worker.in_flight", 1, stream)
+        if delivery.delivery_count > 1:
+            self.recorder.add("dynamic_agents.worker.redeliveries", 1, stream)
+        elif (lag := _queue_lag(delivery.entry_id)) is not None:
+            self.recorder.record("dynamic_agents.worker.queue.lag", lag, stream)
+
+    async def on_duplicate(self, delivery: Delivery[AgentRequestEvent]) -> None:
+        self._count(delivery.entry_id, Outcome.DUPLICATE)
+
+    async def on_routed(self, delivery: Delivery[AgentRequestEvent], target: Target | None) -> None:
+        handling = self._handling.get(delivery.entry_id)
+        if handling is not None:
+            handling.target = target_name(target)
+            handling.routed = target is not None
+
+    async def before_execute(self, context: RunContext) -> None:
+        handling = self._handling.get(context.entry_id)
+        if handling is not None:
+            handling.execution_started = time.monotonic()
+
+    async def after_execute(self, context: RunContext, result: ExecutionResult) -> None:
+        target = target_name(context.target)
+        handling = self._handling.get(context.entry_id)
+        if handling is not None and handling.execution_started is not None:
+            self.recorder.record(
+                "dynamic_agents.worker.execution.duration",
+                time.monotonic() - handling.execution_started,
+                {"status": str(result.status), "target": target},
+            )
+        if result.tokens is not None:
+            for kind, count in (
+                ("input", result.tokens.input_tokens),
+                ("output", result.tokens.output_tokens),
+            ):
+                if count:
+                    self.recorder.add(
+                        "dynamic_agents.llm.tokens", count, {"gen_ai.token.type": kind, "target": target}
+                    )
+        if result.cost:
+            self.recorder.add("dynamic_agents.llm.cost", result.cost, {"target": target})
+
+    async def after_respond(
+        self, delivery: Delivery[AgentRequestEvent], result: ExecutionResult, completion: Completion
+    ) -> None:
+        handling = self._handling.get(delivery.entry_id)
+        routed = handling.routed if handling is not None else True
+        self._count(delivery.entry_id, Outcome.of_answer(result, completion, routed=routed))
+
+    async def on_dead_letter(self, delivery: Delivery[AgentRequestEvent], written: bool) -> None:
+        if written:
+            self.recorder.add("dynamic_agents.worker.dead_letters", 1, {_STREAM: delivery.stream})
+            self._count(delivery.entry_id, Outcome.DEAD_LETTERED)
+
+    async def after_handle(self, delivery: Delivery[AgentRequestEvent], error: BaseException | None) -> None:
+        if error is not None:
+            self._count(delivery.entry_id, Outcome.of_error(error))
+        handling = self._handling.pop(delivery.entry_id, None)
+        if handling is not None:
+            self.recorder.add("dynamic_agents.worker.in_flight", -1, {_STREAM: handling.stream})
+
+    def _count(self, entry_id: str, outcome: Outcome) -> None:
+        """Count an entry's outcome once (its duration with it)."""
+        handling = self._handling.get(entry_id)
+        if handling is None or handling.counted:
+            return
+        handling.counted = True
+        attributes = {"outcome": outcome.value, "target": handling.target}
+        self.recorder.add("dynamic_agents.worker.outcomes", 1, attributes)
+        self.recorder.record(
+            "dynamic_agents.worker.duration", time.monotonic() - handling.received, attributes
+        )
+
+
+def _queue_lag(entry_id: str) -> float | None:
+    """Seconds since the entry was added, from its id (``<milliseconds>-<sequence>``)."""
+    millis, _, _ = entry_id.partition("-")
+    if not millis.isdigit():
+        return None
+    return max(0.0, time.time() - int(millis) / 1000)

@@ -1,0 +1,268 @@
+"""OpenTelemetry tracing: one trace from the interface, through the worker, to the reply.
+
+The trace context travels in the envelope's ``traceparent`` / ``tracestate`` headers (W3C trace
+context), where FastStream's ``RedisTelemetryMiddleware`` writes and reads it, so traces join
+FastStream services in both directions; a request without those headers may carry ``traceparent``
+in its ``metadata`` instead.
+
+Spans (name — kind):
+
+* ``{stream} publish`` — producer: :meth:`Tracing.publish` (``AgentClient(tracing=…)`` uses it);
+* ``{stream} process`` — consumer: the worker handling one entry, child of the publisher's span;
+  its children ``route``, ``execute {type}:{id}`` (the run; LLM calls nest under it) and
+  ``{reply stream} publish`` (the answer, whose envelope carries this span's context);
+* ``chat {model}`` — client: an LLM call through an ``LLMRouter`` built with ``tracing=``.
+
+Attributes follow the OpenTelemetry messaging and GenAI conventions plus ``dynamic_agents.*`` ids.
+They never hold content, metadata or secrets. Without ``opentelemetry-api`` installed a
+:class:`Tracing` does nothing (``enabled`` is false) and costs next to nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Final
+
+from dynamic_agents._redaction import REDACTOR
+from dynamic_agents._version import __version__
+from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent
+
+if TYPE_CHECKING:
+    from opentelemetry.context import Context
+    from opentelemetry.propagators.textmap import TextMapPropagator
+    from opentelemetry.trace import Span, SpanKind, Tracer, TracerProvider
+
+    from dynamic_agents.observability.tracing_hooks import TracingHooks
+
+__all__ = ["LLMCall", "Tracing"]
+
+TRACE_HEADERS: Final = ("traceparent", "tracestate")
+INSTRUMENTATION_NAME: Final = "dynamic_agents"
+
+MESSAGING_SYSTEM: Final = "messaging.system"
+DESTINATION: Final = "messaging.destination.name"
+MESSAGE_ID: Final = "messaging.message.id"
+CONVERSATION_ID: Final = "messaging.message.conversation_id"
+OPERATION: Final = "messaging.operation.type"
+CONSUMER_GROUP: Final = "messaging.consumer.group.name"
+REQUEST_ID: Final = "dynamic_agents.request_id"
+SESSION_ID: Final = "dynamic_agents.session_id"
+TARGET: Final = "dynamic_agents.target"
+STATUS: Final = "dynamic_agents.status"
+OUTCOME: Final = "dynamic_agents.outcome"
+DELIVERY_COUNT: Final = "dynamic_agents.delivery_count"
+
+
+class Tracing:
+    """Where spans go (``tracer_provider``, else the global one) and how context travels.
+
+    ``propagator`` defaults to the W3C trace-context propagator (what FastStream uses). With
+    ``opentelemetry-api`` absent, every method is a no-op and :meth:`publish` adds no headers.
+    """
+
+    def __init__(
+        self, tracer_provider: TracerProvider | None = None, *, propagator: TextMapPropagator | None = None
+    ) -> None:
+        self._tracer: Tracer | None = None
+        self._propagator: TextMapPropagator | None = None
+        try:
+            from opentelemetry import trace
+            from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+        except ImportError:
+            return
+        self._tracer = trace.get_tracer(INSTRUMENTATION_NAME, __version__, tracer_provider=tracer_provider)
+        self._propagator = propagator or TraceContextTextMapPropagator()
+
+    def __repr__(self) -> str:
+        return f"Tracing(enabled={self.enabled})"
+
+    @property
+    def enabled(self) -> bool:
+        """False when ``opentelemetry-api`` is not installed."""
+        return self._tracer is not None
+
+    def hooks(self) -> TracingHooks:
+        """Worker hooks recording the worker's spans: ``AgentWorker(..., hooks=[tracing.hooks()])``."""
+        from dynamic_agents.observability.tracing_hooks import TracingHooks
+
+        return TracingHooks(self)
+
+    # -- context propagation ----------------------------------------------------------------------
+
+    def extract(
+        self, headers: Mapping[str, str], metadata: Mapping[str, Any] | None = None
+    ) -> Context | None:
+        """The context a message carries: its ``traceparent`` header, else its ``metadata``'s."""
+        if self._propagator is None:
+            return None
+        carrier = {key: headers[key] for key in TRACE_HEADERS if key in headers}
+        if "traceparent" not in carrier and metadata is not None:
+            carrier = {key: metadata[key] for key in TRACE_HEADERS if isinstance(metadata.get(key), str)}
+        return self._propagator.extract(carrier) if carrier else None
+
+    def inject(self, headers: MutableMapping[str, str], span: Span | None = None) -> None:
+        """Write ``span``'s context (else the current one) into ``headers``."""
+        if self._propagator is None:
+            return
+        from opentelemetry import trace
+
+        self._propagator.inject(headers, context=trace.set_span_in_context(span) if span else None)
+
+    # -- spans ------------------------------------------------------------------------------------
+
+    def start_span(
+        self,
+        name: str,
+        kind: SpanKind | None = None,
+        *,
+        parent: Span | Context | None = None,
+        attributes: Mapping[str, str | int] | None = None,
+    ) -> Span | None:
+        """A started span (``None`` when disabled); ``parent`` a span, an extracted context, or the
+        current context when ``None``."""
+        if self._tracer is None:
+            return None
+        from opentelemetry import trace
+
+        context = trace.set_span_in_context(parent) if isinstance(parent, trace.Span) else parent
+        return self._tracer.start_span(
+            name, context=context, kind=kind or trace.SpanKind.INTERNAL, attributes=attributes
+        )
+
+    @contextmanager
+    def publish(
+        self, stream: str, event: AgentRequestEvent | AgentResponseEvent, **attributes: str | int
+    ) -> Iterator[dict[str, str]]:
+        """A producer span around publishing ``event``; yields the headers to send with it."""
+        if self._tracer is None:
+            yield {}
+            return
+        from opentelemetry import trace
+
+        span = self.start_span(
+            f"{stream} publish",
+            trace.SpanKind.PRODUCER,
+            attributes={**event_attributes(event), DESTINATION: stream, OPERATION: "send", **attributes},
+        )
+        assert span is not None
+        headers: dict[str, str] = {}
+        self.inject(headers, span)
+        with _active(span, ends=lambda: True):
+            yield headers
+
+    @contextmanager
+    def llm_call(self, model: str) -> Iterator[LLMCall]:
+        """A client span around one LLM call (current while it runs); see :class:`LLMCall`."""
+        span = self.start_span(
+            f"chat {model}",
+            None if self._tracer is None else _client_kind(),
+            attributes={"gen_ai.operation.name": "chat", "gen_ai.request.model": model},
+        )
+        call = LLMCall(span)
+        if span is None:
+            yield call
+            return
+        with _active(span, ends=lambda: not call.streaming):  # a stream's span ends with the stream
+            yield call
+
+
+class LLMCall:
+    """One traced LLM call: :meth:`done` records the response's usage, cost and model."""
+
+    def __init__(self, span: Span | None) -> None:
+        self.span = span
+        self.streaming = False
+
+    def done(self, response: Any, *, stream: bool = False) -> Any:
+        """Record ``response`` (a litellm ``ModelResponse``) and return it; a stream comes back
+        wrapped so the span ends with it."""
+        if self.span is None:
+            return response
+        if stream:
+            self.streaming = True
+            return self._streamed(self.span, response)
+        _record_response(self.span, response)
+        return response
+
+    @staticmethod
+    async def _streamed(span: Span, stream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        try:
+            async for chunk in stream:
+                if getattr(chunk, "usage", None) is not None:
+                    _record_response(span, chunk)
+                yield chunk
+        except BaseException as error:
+            fail_span(span, error)
+            raise
+        finally:
+            span.end()
+
+
+def event_attributes(event: AgentRequestEvent | AgentResponseEvent) -> dict[str, str | int]:
+    request_id = event.id if isinstance(event, AgentRequestEvent) else event.request_id
+    return {
+        MESSAGING_SYSTEM: "redis",
+        CONVERSATION_ID: event.id,
+        REQUEST_ID: request_id,
+        SESSION_ID: event.session_id or "",
+    }
+
+
+@contextmanager
+def _active(span: Span, *, ends: Callable[[], bool]) -> Iterator[None]:
+    """``span`` is current in the block; a failure marks it (redacted, no exception event) and
+    ends it; otherwise it ends after the block when ``ends()`` says so."""
+    from opentelemetry import trace
+
+    with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
+        try:
+            yield
+        except BaseException as error:
+            fail_span(span, error)
+            span.end()
+            raise
+    if ends():
+        span.end()
+
+
+def _client_kind() -> SpanKind:
+    from opentelemetry.trace import SpanKind
+
+    return SpanKind.CLIENT
+
+
+def error_status(span: Span, description: str) -> None:
+    from opentelemetry.trace import Status, StatusCode
+
+    span.set_status(Status(StatusCode.ERROR, REDACTOR.redact(description)))
+
+
+def fail_span(span: Span, error: BaseException) -> None:
+    """Mark a span failed with the error's type and its redacted text (never the traceback's
+    locals: exception events are not recorded)."""
+    span.set_attribute("error.type", type(error).__name__)
+    error_status(span, f"{type(error).__name__}: {error}")
+
+
+def _record_response(span: Span, response: Any) -> None:
+    usage = getattr(response, "usage", None)
+    if usage is not None:
+        for attribute, field in (
+            ("gen_ai.usage.input_tokens", "prompt_tokens"),
+            ("gen_ai.usage.output_tokens", "completion_tokens"),
+        ):
+            value = getattr(usage, field, None)
+            if isinstance(value, int):
+                span.set_attribute(attribute, value)
+    model = getattr(response, "model", None)
+    if isinstance(model, str):
+        span.set_attribute("gen_ai.response.model", model)
+    hidden = getattr(response, "_hidden_params", None)
+    if isinstance(hidden, Mapping):
+        cost = hidden.get("response_cost")
+        if isinstance(cost, int | float):
+            span.set_attribute("dynamic_agents.cost_usd", float(cost))
+        provider = hidden.get("custom_llm_provider")
+        if isinstance(provider, str):
+            span.set_attribute("gen_ai.provider.name", provider)

@@ -1,0 +1,215 @@
+"""``TracingHooks``: the worker's spans — ``process``, ``route``, ``execute`` and the reply's
+``publish`` — recorded through its hooks (see :mod:`dynamic_agents.observability.tracing`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, Target
+from dynamic_agents.execution import ExecutionResult
+from dynamic_agents.observability.outcomes import Outcome, target_name
+from dynamic_agents.observability.tracing import (
+    CONSUMER_GROUP,
+    DELIVERY_COUNT,
+    DESTINATION,
+    MESSAGE_ID,
+    OPERATION,
+    OUTCOME,
+    REQUEST_ID,
+    SESSION_ID,
+    STATUS,
+    TARGET,
+    Tracing,
+    error_status,
+    event_attributes,
+    fail_span,
+)
+from dynamic_agents.transports import Completion, Delivery
+from dynamic_agents.worker.hooks import BaseHooks, RunContext
+
+if TYPE_CHECKING:
+    from contextvars import Token
+
+    from opentelemetry.context import Context
+    from opentelemetry.trace import Span
+
+__all__ = ["TracingHooks"]
+
+
+@dataclass(slots=True)
+class _Trace:
+    """The spans of one entry being handled, and the context tokens to detach."""
+
+    span: Span
+    token: Token[Context]
+    execute: Span | None = None
+    execute_token: Token[Context] | None = None
+    respond: Span | None = None
+    routed: bool = True
+
+
+class TracingHooks(BaseHooks):
+    """Worker hooks recording ``process`` / ``route`` / ``execute`` / ``publish`` spans (see the
+    module documentation). The ``process`` span is current while the entry is handled and the
+    ``execute`` span while it runs, so spans the executor makes (LLM calls) nest under them."""
+
+    def __init__(self, tracing: Tracing) -> None:
+        self.tracing = tracing
+        self._traces: dict[str, _Trace] = {}
+
+    def __repr__(self) -> str:
+        return f"TracingHooks({self.tracing!r}, in_flight={len(self._traces)})"
+
+    async def on_received(self, delivery: Delivery[AgentRequestEvent]) -> None:
+        if not self.tracing.enabled:
+            return
+        from opentelemetry import context, trace
+
+        event = delivery.event
+        headers = delivery.message.headers if delivery.message is not None else {}
+        span = self.tracing.start_span(
+            f"{delivery.stream} process",
+            trace.SpanKind.CONSUMER,
+            parent=self.tracing.extract(headers, event.metadata),
+            attributes={
+                **event_attributes(event),
+                DESTINATION: delivery.stream,
+                MESSAGE_ID: delivery.entry_id,
+                OPERATION: "process",
+                CONSUMER_GROUP: delivery.group,
+                DELIVERY_COUNT: delivery.delivery_count,
+            },
+        )
+        assert span is not None
+        self._traces[delivery.entry_id] = _Trace(span, context.attach(trace.set_span_in_context(span)))
+
+    async def on_duplicate(self, delivery: Delivery[AgentRequestEvent]) -> None:
+        if (found := self._traces.get(delivery.entry_id)) is not None:
+            found.span.set_attribute(OUTCOME, Outcome.DUPLICATE.value)
+
+    async def on_routed(self, delivery: Delivery[AgentRequestEvent], target: Target | None) -> None:
+        found = self._traces.get(delivery.entry_id)
+        if found is None:
+            return
+        span = self.tracing.start_span("route", parent=found.span)
+        assert span is not None
+        if target is None:
+            error_status(span, "no route")
+            found.routed = False
+        else:
+            span.set_attribute(TARGET, target_name(target))
+            found.span.set_attribute(TARGET, target_name(target))
+        span.end()
+
+    async def before_execute(self, context: RunContext) -> None:
+        found = self._traces.get(context.entry_id)
+        if found is None:
+            return
+        from opentelemetry import context as otel_context
+        from opentelemetry import trace
+
+        span = self.tracing.start_span(
+            f"execute {target_name(context.target)}",
+            parent=found.span,
+            attributes={
+                TARGET: target_name(context.target),
+                REQUEST_ID: context.request.id,
+                SESSION_ID: context.request.session_id,
+            },
+        )
+        assert span is not None
+        found.execute = span
+        found.execute_token = otel_context.attach(trace.set_span_in_context(span))
+
+    async def after_execute(self, context: RunContext, result: ExecutionResult) -> None:
+        found = self._traces.get(context.entry_id)
+        if found is None or found.execute is None:
+            return
+        span = found.execute
+        span.set_attribute(STATUS, str(result.status))
+        if result.tokens is not None:
+            span.set_attribute("gen_ai.usage.input_tokens", result.tokens.input_tokens)
+            span.set_attribute("gen_ai.usage.output_tokens", result.tokens.output_tokens)
+        if result.cost is not None:
+            span.set_attribute("dynamic_agents.cost_usd", result.cost)
+        if not result.ok:
+            error_status(span, result.error_message or str(result.status))
+        _close_execute(found)
+
+    async def before_respond(
+        self, delivery: Delivery[AgentRequestEvent], response: AgentResponseEvent, headers: dict[str, str]
+    ) -> None:
+        found = self._traces.get(delivery.entry_id)
+        if found is None:
+            return
+        from opentelemetry import trace
+
+        stream = delivery.event.reply_stream or (
+            delivery.message.reply_to if delivery.message is not None else None
+        )
+        span = self.tracing.start_span(
+            f"{stream or '(no reply stream)'} publish",
+            trace.SpanKind.PRODUCER,
+            parent=found.span,
+            attributes={
+                **event_attributes(response),
+                DESTINATION: stream or "",
+                OPERATION: "send",
+                STATUS: str(response.status),
+            },
+        )
+        assert span is not None
+        found.respond = span
+        self.tracing.inject(headers, span)
+
+    async def after_respond(
+        self, delivery: Delivery[AgentRequestEvent], result: ExecutionResult, completion: Completion
+    ) -> None:
+        found = self._traces.get(delivery.entry_id)
+        if found is None:
+            return
+        found.span.set_attribute(STATUS, str(result.status))
+        found.span.set_attribute(OUTCOME, Outcome.of_answer(result, completion, routed=found.routed).value)
+        if found.respond is not None:
+            found.respond.end()
+            found.respond = None
+
+    async def on_dead_letter(self, delivery: Delivery[AgentRequestEvent], written: bool) -> None:
+        found = self._traces.get(delivery.entry_id)
+        if found is None:
+            return
+        if found.respond is not None:
+            found.respond.end()
+            found.respond = None
+        if written:
+            found.span.set_attribute(OUTCOME, Outcome.DEAD_LETTERED.value)
+            error_status(found.span, "dead-lettered")
+
+    async def after_handle(self, delivery: Delivery[AgentRequestEvent], error: BaseException | None) -> None:
+        found = self._traces.pop(delivery.entry_id, None)
+        if found is None:
+            return
+        from opentelemetry import context
+
+        for span in (found.execute, found.respond):
+            if span is not None:
+                error_status(span, "interrupted")
+                span.end()
+        _close_execute(found)
+        context.detach(found.token)
+        if error is not None:
+            found.span.set_attribute(OUTCOME, Outcome.of_error(error).value)
+            fail_span(found.span, error)
+        found.span.end()
+
+
+def _close_execute(found: _Trace) -> None:
+    from opentelemetry import context
+
+    if found.execute_token is not None:
+        context.detach(found.execute_token)
+        found.execute_token = None
+    if found.execute is not None:
+        found.execute.end()
+        found.execute = None

@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from dynamic_agents.events import AgentRequestEvent, Target, TargetType
+from dynamic_agents.execution import Executor, FunctionExecutor
+from dynamic_agents.routing import EventRouter
+from dynamic_agents.transports import Transport
+from dynamic_agents.worker import AgentWorker, WorkerHooks, WorkerSettings
+from tests.worker.conftest import FAST
+
+
+@pytest.fixture
+def exporter() -> InMemorySpanExporter:
+    return InMemorySpanExporter()
+
+
+@pytest.fixture
+def tracer_provider(exporter: InMemorySpanExporter) -> Iterator[TracerProvider]:
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield provider
+    provider.shutdown()
+
+
+@pytest.fixture
+def metric_reader() -> InMemoryMetricReader:
+    return InMemoryMetricReader()
+
+
+@pytest.fixture
+def meter_provider(metric_reader: InMemoryMetricReader) -> Iterator[MeterProvider]:
+    provider = MeterProvider(metric_readers=[metric_reader])
+    yield provider
+    provider.shutdown()
+
+
+def echo(target: Target, request: AgentRequestEvent) -> str:
+    return f"echo: {request.content}"
+
+
+def hooked_worker(
+    transport: Transport,
+    hooks: Sequence[WorkerHooks],
+    executor: Executor | None = None,
+    *,
+    router: EventRouter | None = None,
+    **settings: Any,
+) -> AgentWorker:
+    return AgentWorker(
+        transport,
+        transport.coordinator(),
+        router or EventRouter(default=Target(type=TargetType.AGENT, id="echo")),
+        executor or FunctionExecutor(echo),
+        settings=WorkerSettings(**{**FAST, **settings}),
+        hooks=hooks,
+    )
+
+
+def by_name(spans: Sequence[ReadableSpan]) -> dict[str, ReadableSpan]:
+    """Spans by name (names are unique within the tests that use this)."""
+    named = {span.name: span for span in spans}
+    assert len(named) == len(spans), [span.name for span in spans]
+    return named
+
+
+def attribute_text(spans: Sequence[ReadableSpan]) -> str:
+    """Every attribute, event and status text of the spans, for looking for leaks."""
+    parts: list[str] = []
+    for span in spans:
+        parts += [f"{k}={v}" for k, v in (span.attributes or {}).items()]
+        parts += [str(event.attributes) for event in span.events]
+        parts.append(span.status.description or "")
+    return "\n".join(parts)

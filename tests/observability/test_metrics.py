@@ -1,0 +1,253 @@
+"""One metrics test per outcome, read back through the OpenTelemetry SDK's in-memory reader."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, Metric
+
+from dynamic_agents.events import AgentRequestEvent, ResponseStatus, StreamNames, Target
+from dynamic_agents.exceptions import ConfigurationError
+from dynamic_agents.execution import ExecutionResult, FunctionExecutor, TokenUsage
+from dynamic_agents.observability import METRICS, MetricsHooks, OpenTelemetryMetrics, observe_secrets
+from dynamic_agents.routing import EventRouter
+from dynamic_agents.secrets import SecretsManager, StaticSource
+from dynamic_agents.transports import InMemoryTransport, Subscription
+from dynamic_agents.worker import AgentWorker
+from tests.observability.conftest import hooked_worker
+from tests.support.waiting import wait_until
+from tests.worker.conftest import request_event
+
+
+def metrics(reader: InMemoryMetricReader) -> dict[str, Metric]:
+    data = reader.get_metrics_data()
+    if data is None:  # nothing recorded yet
+        return {}
+    return {
+        metric.name: metric
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+    }
+
+
+def points(reader: InMemoryMetricReader, name: str) -> dict[tuple[tuple[str, Any], ...], Any]:
+    """A metric's data points by their (sorted) attributes."""
+    metric = metrics(reader)[name]
+    return {tuple(sorted((point.attributes or {}).items())): point for point in metric.data.data_points}
+
+
+def outcomes(reader: InMemoryMetricReader) -> dict[str, int]:
+    return {
+        dict(attributes)["outcome"]: point.value
+        for attributes, point in points(reader, "dynamic_agents.worker.outcomes").items()
+    }
+
+
+@pytest.fixture
+def transport() -> InMemoryTransport:
+    return InMemoryTransport(names=StreamNames("test"))
+
+
+@pytest.fixture
+def hooks(meter_provider: MeterProvider) -> MetricsHooks:
+    return MetricsHooks(OpenTelemetryMetrics(meter_provider))
+
+
+def run_with(
+    transport: InMemoryTransport, hooks: MetricsHooks, handler: Any = None, **kw: Any
+) -> AgentWorker:
+    executor = FunctionExecutor(handler) if handler is not None else None
+    return hooked_worker(transport, [hooks], executor, **kw)
+
+
+def assert_in_flight_is_zero(reader: InMemoryMetricReader) -> None:
+    assert [p.value for p in points(reader, "dynamic_agents.worker.in_flight").values()] == [0]
+
+
+async def test_completed_counts_the_request_its_duration_lag_tokens_and_cost(
+    transport: InMemoryTransport, hooks: MetricsHooks, metric_reader: InMemoryMetricReader
+) -> None:
+    def answer(target: Target, request: AgentRequestEvent) -> ExecutionResult:
+        return ExecutionResult(
+            ResponseStatus.COMPLETED, content="ok", tokens=TokenUsage(12, 5, 17), cost=0.25
+        )
+
+    await transport.publish(transport.names.requests, request_event(transport.names))
+    await run_with(transport, hooks, answer).run_until_idle()
+
+    assert outcomes(metric_reader) == {"completed": 1}
+    stream = (("messaging.destination.name", transport.names.requests),)
+    assert points(metric_reader, "dynamic_agents.worker.requests")[stream].value == 1
+    assert points(metric_reader, "dynamic_agents.worker.queue.lag")[stream].count == 1
+    (duration,) = points(metric_reader, "dynamic_agents.worker.duration").items()
+    assert dict(duration[0]) == {"outcome": "completed", "target": "agent:echo"}
+    assert duration[1].count == 1
+    (execution,) = points(metric_reader, "dynamic_agents.worker.execution.duration").items()
+    assert dict(execution[0]) == {"status": "completed", "target": "agent:echo"}
+    tokens = {
+        dict(a)["gen_ai.token.type"]: p.value
+        for a, p in points(metric_reader, "dynamic_agents.llm.tokens").items()
+    }
+    assert tokens == {"input": 12, "output": 5}
+    (cost,) = points(metric_reader, "dynamic_agents.llm.cost").values()
+    assert cost.value == 0.25
+    assert_in_flight_is_zero(metric_reader)
+    for name, metric in metrics(metric_reader).items():
+        assert metric.unit == METRICS[name].unit
+
+
+async def test_error(
+    transport: InMemoryTransport, hooks: MetricsHooks, metric_reader: InMemoryMetricReader
+) -> None:
+    def fail(target: Target, request: AgentRequestEvent) -> str:
+        raise RuntimeError("broken")
+
+    await transport.publish(transport.names.requests, request_event(transport.names))
+    await run_with(transport, hooks, fail).run_until_idle()
+    assert outcomes(metric_reader) == {"error": 1}
+    assert_in_flight_is_zero(metric_reader)
+
+
+async def test_no_route(
+    transport: InMemoryTransport, hooks: MetricsHooks, metric_reader: InMemoryMetricReader
+) -> None:
+    await transport.publish(transport.names.requests, request_event(transport.names))
+    await run_with(transport, hooks, router=EventRouter()).run_until_idle()
+    assert outcomes(metric_reader) == {"no_route": 1}
+    (duration,) = points(metric_reader, "dynamic_agents.worker.duration")
+    assert dict(duration) == {"outcome": "no_route", "target": ""}
+
+
+async def test_cancelled(
+    transport: InMemoryTransport, hooks: MetricsHooks, metric_reader: InMemoryMetricReader
+) -> None:
+    request = request_event(transport.names)
+    await transport.coordinator().request_cancel(request.id)
+    await transport.publish(transport.names.requests, request)
+    await run_with(transport, hooks).run_until_idle()
+    assert outcomes(metric_reader) == {"cancelled": 1}
+
+
+async def test_duplicate(
+    transport: InMemoryTransport, hooks: MetricsHooks, metric_reader: InMemoryMetricReader
+) -> None:
+    request = request_event(transport.names)
+    await transport.publish(transport.names.requests, request)
+    await transport.publish(transport.names.requests, request)  # a platform retry, same request id
+    await run_with(transport, hooks).run_until_idle()
+    assert outcomes(metric_reader) == {"completed": 1, "duplicate": 1}
+    assert_in_flight_is_zero(metric_reader)
+
+
+async def test_rejected(
+    transport: InMemoryTransport, hooks: MetricsHooks, metric_reader: InMemoryMetricReader
+) -> None:
+    release = asyncio.Event()
+
+    async def slow(target: Target, request: AgentRequestEvent) -> str:
+        await release.wait()
+        return "done"
+
+    await transport.publish(transport.names.requests, request_event(transport.names, "first"))
+    await transport.publish(
+        transport.names.requests,
+        request_event(transport.names, "second", metadata={"session_policy": "reject"}),
+    )
+    async with run_with(transport, hooks, slow):
+        try:
+            await wait_until(
+                lambda: outcomes_or_empty(metric_reader) == {"rejected": 1}, what="the rejection"
+            )
+        finally:
+            release.set()
+        await wait_until(lambda: outcomes_or_empty(metric_reader).get("completed") == 1, what="the first")
+    assert outcomes(metric_reader) == {"rejected": 1, "completed": 1}
+
+
+def outcomes_or_empty(reader: InMemoryMetricReader) -> dict[str, int]:
+    return outcomes(reader) if "dynamic_agents.worker.outcomes" in metrics(reader) else {}
+
+
+async def test_dead_lettered_and_redelivered(
+    transport: InMemoryTransport, hooks: MetricsHooks, metric_reader: InMemoryMetricReader
+) -> None:
+    await transport.ensure_group(transport.names.requests, "dynamic-agents")
+    await transport.publish(transport.names.requests, request_event(transport.names))
+    crashed = Subscription(transport.names.requests, "dynamic-agents", "crashed", AgentRequestEvent, block=0)
+    assert len(await transport.read(crashed, 1)) == 1  # a worker that died holding it
+    await run_with(transport, hooks, max_deliveries=1).run_until_idle()
+    assert outcomes(metric_reader) == {"dead_lettered": 1}
+    stream = (("messaging.destination.name", transport.names.requests),)
+    assert points(metric_reader, "dynamic_agents.worker.dead_letters")[stream].value == 1
+    assert points(metric_reader, "dynamic_agents.worker.redeliveries")[stream].value == 1
+
+
+async def test_pending_is_sampled_into_a_gauge(
+    transport: InMemoryTransport, hooks: MetricsHooks, metric_reader: InMemoryMetricReader
+) -> None:
+    worker = run_with(transport, hooks)
+    await transport.ensure_group(transport.names.requests, worker.settings.group)
+    for _ in range(3):
+        await transport.publish(transport.names.requests, request_event(transport.names))
+    crashed = Subscription(
+        transport.names.requests, worker.settings.group, "crashed", AgentRequestEvent, block=0
+    )
+    assert len(await transport.read(crashed, 2)) == 2
+    await hooks.on_start(worker)  # what the worker does when it starts: register and sample
+    try:
+        assert await hooks.sample(worker) == 2
+    finally:
+        await hooks.on_stop(worker)
+    (gauge,) = points(metric_reader, "dynamic_agents.worker.queue.pending").items()
+    assert dict(gauge[0]) == {
+        "messaging.destination.name": transport.names.requests,
+        "messaging.consumer.group.name": worker.settings.group,
+    }
+    assert gauge[1].value == 2
+
+
+async def test_secrets_cache_statistics_are_observable_counters(
+    meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
+) -> None:
+    manager = SecretsManager(StaticSource({"openai": {"api_key": "sk-canary-metrics-0001"}}))
+    observe_secrets(OpenTelemetryMetrics(meter_provider), manager)
+    await manager.get("openai", "api_key")  # a miss, then a fetch
+    await manager.get("openai", "api_key")  # a hit
+    values = {
+        name: next(iter(points(metric_reader, name).values())).value
+        for name in (
+            "dynamic_agents.secrets.cache.hits",
+            "dynamic_agents.secrets.cache.misses",
+            "dynamic_agents.secrets.cache.stale_served",
+        )
+    }
+    assert values == {
+        "dynamic_agents.secrets.cache.hits": manager.stats.hits,
+        "dynamic_agents.secrets.cache.misses": manager.stats.misses,
+        "dynamic_agents.secrets.cache.stale_served": 0,
+    }
+    assert (manager.stats.hits, manager.stats.misses) == (1, 1)
+    data = metric_reader.get_metrics_data()
+    assert "sk-canary-metrics-0001" not in (data.to_json() if data is not None else "")
+
+
+def test_unknown_or_mistyped_metric_names_are_configuration_errors(meter_provider: MeterProvider) -> None:
+    recorder = OpenTelemetryMetrics(meter_provider)
+    with pytest.raises(ConfigurationError, match="unknown metric 'nope'"):
+        recorder.add("nope", 1, {})
+    with pytest.raises(ConfigurationError, match="is a histogram"):
+        recorder.add("dynamic_agents.worker.duration", 1, {})
+
+
+def test_every_metric_is_documented() -> None:
+    from pathlib import Path
+
+    guide = (Path(__file__).parents[2] / "docs" / "guides" / "observability.md").read_text()
+    for name, spec in METRICS.items():
+        assert f"`{name}`" in guide, name
+        for attribute in spec.attributes:
+            assert f"`{attribute}`" in guide, (name, attribute)

@@ -1,0 +1,322 @@
+"""One trace from the interface through the worker to the reply, across real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import textwrap
+from typing import Any
+
+import pytest
+from faststream.redis import RedisBroker, StreamSub
+from faststream.redis.opentelemetry import RedisTelemetryMiddleware
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+from dynamic_agents.client import AgentClient
+from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, StreamNames, Target
+from dynamic_agents.exceptions import LLMError
+from dynamic_agents.execution import ExecutionResult, FunctionExecutor
+from dynamic_agents.llm import RouterConfig, build_router
+from dynamic_agents.observability import Tracing
+from dynamic_agents.routing import EventRouter
+from dynamic_agents.secrets import SecretsManager, StaticSource
+from dynamic_agents.transports import InMemoryTransport, RedisStreamsTransport, Transport
+from tests.observability.conftest import attribute_text, by_name, hooked_worker
+from tests.support.waiting import wait_until
+from tests.worker.conftest import request_event
+
+API_KEY = "sk-canary-llm-key-7f3a9c"
+METADATA_SECRET = "canary-metadata-secret-51d2"
+
+
+def finished(exporter: InMemorySpanExporter, name: str) -> bool:
+    return any(span.name == name for span in exporter.get_finished_spans())
+
+
+def parent_of(span: ReadableSpan) -> int | None:
+    return span.parent.span_id if span.parent is not None else None
+
+
+async def reply_headers(transport: Transport, stream: str) -> dict[str, str]:
+    (entry,) = await transport.read_stream(stream, AgentResponseEvent)
+    assert entry.message is not None
+    return dict(entry.message.headers)
+
+
+@pytest.mark.redis
+async def test_one_trace_from_client_through_worker_and_llm_to_the_reply(
+    redis_url: str, redis_prefix: str, tracer_provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    names = StreamNames(redis_prefix)
+    tracing = Tracing(tracer_provider)
+    secrets = SecretsManager(StaticSource({"openai": {"api_key": API_KEY}}))
+    config = RouterConfig.from_dict(
+        {
+            "model_list": [
+                {
+                    "model_name": "g",
+                    "litellm_params": {
+                        "model": "openai/gpt-4o-mini",
+                        "api_key": "secret:openai:api_key",
+                        "mock_response": "hello",
+                    },
+                }
+            ]
+        }
+    )
+    llm = await build_router(config, secrets, tracing=tracing)
+
+    async def ask_the_llm(target: Target, request: AgentRequestEvent) -> str:
+        response = await llm.acompletion(model="g", messages=[{"role": "user", "content": request.content}])
+        return str(response.choices[0].message.content)
+
+    request = request_event(names, "hi", metadata={"api_key": METADATA_SECRET})
+    async with (
+        RedisStreamsTransport.from_url(redis_url, names=names) as transport,
+        AgentClient(transport, tracing=tracing) as client,
+        hooked_worker(transport, [tracing.hooks()], FunctionExecutor(ask_the_llm)),
+    ):
+        response = await client.request(request, timeout=10)
+        await wait_until(lambda: finished(exporter, f"{names.requests} process"), what="the process span")
+        headers = await reply_headers(transport, names.responses("discord", "c1"))
+    await llm.aclose()
+
+    assert response.content == "hello"
+    spans = by_name(exporter.get_finished_spans())
+    publish = spans[f"{names.requests} publish"]
+    process = spans[f"{names.requests} process"]
+    route, execute, chat = spans["route"], spans["execute agent:echo"], spans["chat g"]
+    respond = spans[f"{names.responses('discord', 'c1')} publish"]
+    assert {span.context.trace_id for span in spans.values()} == {publish.context.trace_id}
+    assert publish.parent is None
+    assert parent_of(process) == publish.context.span_id
+    assert parent_of(route) == parent_of(execute) == parent_of(respond) == process.context.span_id
+    assert parent_of(chat) == execute.context.span_id
+    assert (publish.kind, process.kind, respond.kind, chat.kind) == (
+        SpanKind.PRODUCER,
+        SpanKind.CONSUMER,
+        SpanKind.PRODUCER,
+        SpanKind.CLIENT,
+    )
+    # the reply carries the worker's context: the interface continues the same trace
+    version, trace_id, span_id, _flags = headers["traceparent"].split("-")
+    assert (version, trace_id, span_id) == (
+        "00",
+        f"{publish.context.trace_id:032x}",
+        f"{respond.context.span_id:016x}",
+    )
+    assert Tracing(tracer_provider).extract(headers) is not None
+    attributes = process.attributes or {}
+    assert attributes["messaging.system"] == "redis"
+    assert attributes["messaging.destination.name"] == names.requests
+    assert attributes["dynamic_agents.request_id"] == request.id
+    assert attributes["dynamic_agents.session_id"] == request.session_id
+    assert attributes["dynamic_agents.target"] == "agent:echo"
+    assert attributes["dynamic_agents.outcome"] == "completed"
+    assert isinstance(attributes["messaging.message.id"], str)
+    chat_attributes = chat.attributes or {}
+    assert chat_attributes["gen_ai.request.model"] == "g"
+    assert chat_attributes["gen_ai.usage.input_tokens"] > 0
+    assert chat_attributes["dynamic_agents.cost_usd"] > 0
+    text = attribute_text(list(spans.values()))
+    assert API_KEY not in text
+    assert METADATA_SECRET not in text
+
+
+@pytest.mark.redis
+@pytest.mark.faststream
+async def test_a_trace_from_a_faststream_publisher_through_the_worker_to_a_faststream_consumer(
+    redis_url: str, redis_prefix: str, tracer_provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    names = StreamNames(redis_prefix)
+    reply_stream = names.responses("discord", "c1")
+    tracing = Tracing(tracer_provider)
+    request = request_event(names, "from faststream")
+    broker = RedisBroker(redis_url, middlewares=[RedisTelemetryMiddleware(tracer_provider=tracer_provider)])
+    delivered: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+
+    @broker.subscriber(stream=StreamSub(reply_stream, group="interface", consumer="c1", last_id="0"))
+    async def deliver(body: dict[str, Any]) -> None:
+        if not delivered.done():
+            delivered.set_result(body)
+
+    async with RedisStreamsTransport.from_url(redis_url, names=names) as transport:
+        worker = hooked_worker(transport, [tracing.hooks()])
+        async with broker:
+            await broker.publish(request.model_dump(mode="json"), stream=names.requests)
+            await worker.run_until_idle()
+            await broker.start()
+            body = await asyncio.wait_for(delivered, 10)
+        assert body["request_id"] == request.id
+
+    spans = exporter.get_finished_spans()
+    (process,) = [s for s in spans if s.name == f"{names.requests} process"]
+    (producer,) = [s for s in spans if s.context.span_id == parent_of(process)]
+    assert producer.kind == SpanKind.PRODUCER
+    assert producer.instrumentation_scope is not None
+    assert "faststream" in producer.instrumentation_scope.name
+    (respond,) = [s for s in spans if s.name == f"{reply_stream} publish"]
+    assert parent_of(respond) == process.context.span_id
+    (consumer,) = [
+        s
+        for s in spans
+        if s.kind == SpanKind.CONSUMER and s is not process and parent_of(s) == respond.context.span_id
+    ]
+    assert consumer.instrumentation_scope is not None
+    assert "faststream" in consumer.instrumentation_scope.name
+    assert {s.context.trace_id for s in spans} == {producer.context.trace_id}
+
+
+async def test_the_request_metadata_carries_the_context_when_the_headers_do_not(
+    tracer_provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    transport = InMemoryTransport(names=StreamNames("test"))
+    trace_id, span_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    request = request_event(transport.names, metadata={"traceparent": f"00-{trace_id}-{span_id}-01"})
+    await transport.publish(transport.names.requests, request)  # no headers at all
+    await hooked_worker(transport, [Tracing(tracer_provider).hooks()]).run_until_idle()
+
+    process = by_name(exporter.get_finished_spans())[f"{transport.names.requests} process"]
+    assert f"{process.context.trace_id:032x}" == trace_id
+    assert parent_of(process) == int(span_id, 16)
+
+
+async def test_no_route_and_failed_runs_are_error_spans(
+    tracer_provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    transport = InMemoryTransport(names=StreamNames("test"))
+    tracing = Tracing(tracer_provider)
+
+    def fail(target: Target, request: AgentRequestEvent) -> ExecutionResult:
+        raise RuntimeError("the tool broke")
+
+    await transport.publish(transport.names.requests, request_event(transport.names))
+    await hooked_worker(transport, [tracing.hooks()], FunctionExecutor(fail)).run_until_idle()
+    execute = by_name(exporter.get_finished_spans())["execute agent:echo"]
+    assert execute.status.status_code == StatusCode.ERROR
+    assert "the tool broke" in (execute.status.description or "")
+
+    exporter.clear()
+    await transport.publish(transport.names.requests, request_event(transport.names))
+    await hooked_worker(transport, [tracing.hooks()], router=EventRouter()).run_until_idle()
+    spans = by_name(exporter.get_finished_spans())
+    assert spans["route"].status.status_code == StatusCode.ERROR
+    assert (spans[f"{transport.names.requests} process"].attributes or {})[
+        "dynamic_agents.outcome"
+    ] == "no_route"
+
+
+BLOCK_OPENTELEMETRY = """
+import sys
+from importlib.abc import MetaPathFinder
+
+class Blocker(MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "opentelemetry" or name.startswith("opentelemetry."):
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked)")
+        return None
+
+sys.meta_path.insert(0, Blocker())
+"""
+
+WITHOUT_OPENTELEMETRY = """
+import asyncio, json
+from dynamic_agents.client import AgentClient
+from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, StreamNames
+from dynamic_agents.execution import FunctionExecutor
+from dynamic_agents.observability import OpenTelemetryMetrics, Tracing
+from dynamic_agents.transports import InMemoryTransport
+from dynamic_agents.worker import AgentWorker, WorkerSettings
+from tests.worker.conftest import FAST, echo_router, request_event
+
+async def main():
+    tracing = Tracing()
+    transport = InMemoryTransport(names=StreamNames("test"))
+    client = AgentClient(transport, tracing=tracing)
+    await client.publish(request_event(transport.names))
+    worker = AgentWorker(
+        transport,
+        transport.coordinator(),
+        echo_router(),
+        FunctionExecutor(lambda target, request: "ok"),
+        settings=WorkerSettings(**FAST),
+        hooks=[tracing.hooks()],
+    )
+    await worker.run_until_idle()
+    (entry,) = await transport.read_stream(transport.names.responses("discord", "c1"), AgentResponseEvent)
+    try:
+        OpenTelemetryMetrics()
+        metrics_error = None
+    except ImportError as error:
+        metrics_error = str(error)
+    (request,) = await transport.read_stream(transport.names.requests, AgentRequestEvent)
+    print(json.dumps({
+        "enabled": tracing.enabled,
+        "status": entry.event.status,
+        "reply_headers": sorted(entry.message.headers),
+        "request_headers": sorted(request.message.headers) if request.message else [],
+        "metrics_error": metrics_error,
+        "loaded": sorted(m for m in sys.modules if m.startswith("opentelemetry")),
+    }))
+
+import sys
+asyncio.run(main())
+"""
+
+
+def test_without_opentelemetry_tracing_does_nothing_and_metrics_say_what_to_install() -> None:
+    code = BLOCK_OPENTELEMETRY + textwrap.dedent(WITHOUT_OPENTELEMETRY)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["enabled"] is False
+    assert report["status"] == "completed"
+    assert "traceparent" not in report["reply_headers"]
+    assert "traceparent" not in report["request_headers"]
+    assert report["loaded"] == []
+    assert "pip install 'dynamic-agents[otel]'" in report["metrics_error"]
+
+
+async def test_a_streamed_llm_call_is_one_span_that_ends_with_the_stream(
+    tracer_provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    secrets = SecretsManager(StaticSource({"openai": {"api_key": API_KEY}}))
+    deployment = {"model": "openai/gpt-4o-mini", "api_key": "secret:openai:api_key", "mock_response": "a b c"}
+    config = RouterConfig.from_dict({"model_list": [{"model_name": "g", "litellm_params": deployment}]})
+    async with await build_router(config, secrets, tracing=Tracing(tracer_provider)) as llm:
+        stream = await llm.acompletion(model="g", messages=[{"role": "user", "content": "hi"}], stream=True)
+        assert not finished(exporter, "chat g")  # the call returned; the answer is still coming
+        chunks = [chunk async for chunk in stream]
+    assert chunks
+    (chat,) = exporter.get_finished_spans()
+    assert chat.name == "chat g"
+    assert chat.status.status_code != StatusCode.ERROR
+    assert API_KEY not in attribute_text([chat])
+
+
+async def test_a_failed_llm_call_is_an_error_span_without_the_key(
+    tracer_provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    secrets = SecretsManager(StaticSource({"openai": {"api_key": API_KEY}}))
+    deployment = {
+        "model": "openai/gpt-4o-mini",
+        "api_key": "secret:openai:api_key",
+        "mock_response": "litellm.InternalServerError",
+    }
+    config = RouterConfig.from_dict(
+        {"model_list": [{"model_name": "g", "litellm_params": deployment}], "num_retries": 0}
+    )
+    async with await build_router(config, secrets, tracing=Tracing(tracer_provider)) as llm:
+        with pytest.raises(LLMError):
+            await llm.acompletion(model="g", messages=[{"role": "user", "content": "hi"}])
+    (chat,) = exporter.get_finished_spans()
+    assert chat.status.status_code == StatusCode.ERROR
+    assert (chat.attributes or {})["error.type"] == "LLMUnavailableError"
+    assert not chat.events  # exceptions are not recorded: their text may quote a key
+    assert API_KEY not in attribute_text([chat])
