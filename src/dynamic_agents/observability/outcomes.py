@@ -8,7 +8,7 @@ from enum import StrEnum
 from dynamic_agents.events import ResponseStatus, Target
 from dynamic_agents.execution import ExecutionResult
 from dynamic_agents.transports import Completion
-from dynamic_agents.worker.worker import _LostError  # the worker's "nothing published" signal
+from dynamic_agents.worker import RunLostError
 
 __all__ = ["Outcome", "target_name"]
 
@@ -44,7 +44,7 @@ class Outcome(StrEnum):
 
     @classmethod
     def of_error(cls, error: BaseException) -> Outcome:
-        if isinstance(error, asyncio.CancelledError | _LostError):
+        if isinstance(error, asyncio.CancelledError | RunLostError):
             return cls.INTERRUPTED
         return cls.FAILED
 

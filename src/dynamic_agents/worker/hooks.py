@@ -16,7 +16,8 @@ nothing and awaits nothing for them):
 * ``on_dead_letter(delivery, written)``: past ``max_deliveries``, set aside (``written`` false when
   another consumer had taken the entry);
 * ``after_handle(delivery, error)``: always last, with the exception that ended the handling (a
-  cancellation, a lost entry or lease, a failure) or ``None``.
+  cancellation, :class:`~dynamic_agents.worker.RunLostError` for a lost entry or lease, a failure)
+  or ``None``.
 """
 
 from __future__ import annotations

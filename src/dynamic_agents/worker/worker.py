@@ -48,7 +48,7 @@ from dynamic_agents.worker.hooks import RunContext, WorkerHooks
 from dynamic_agents.worker.lifecycle import EventSink, LifecyclePublisher
 from dynamic_agents.worker.settings import SessionPolicy, WorkerSettings
 
-__all__ = ["AgentWorker", "WorkerStats"]
+__all__ = ["AgentWorker", "RunLostError", "WorkerStats"]
 
 logger = get_logger("worker")
 
@@ -65,8 +65,9 @@ class WorkerStats:
     lease_waits: int = 0
 
 
-class _LostError(Exception):
-    """The run lost its entry or its lease: publish nothing."""
+class RunLostError(Exception):
+    """A run lost its entry or its session lease, so it published nothing (another worker answers).
+    Hooks see it in ``after_handle``."""
 
 
 @dataclass(slots=True)
@@ -290,7 +291,7 @@ class AgentWorker:
                 if self.hooks:
                     await self._call_hooks("on_received", delivery)
                 await self._process(delivery, event, previous)
-        except (asyncio.CancelledError, _LostError) as error:
+        except (asyncio.CancelledError, RunLostError) as error:
             failure = error
             if delivery.entry_id not in self._lost:
                 # stopping: hand the entry back at once instead of waiting for it to go idle
@@ -492,7 +493,7 @@ class AgentWorker:
         except asyncio.CancelledError:
             execution.cancel()  # when this handler is the one cancelled (stop, lost entry)
             if event.id in self._leases_lost:
-                raise _LostError from None  # the lease was lost: publish nothing
+                raise RunLostError from None  # the lease was lost: publish nothing
             if event.id not in self._cancelling or not execution.cancelled():
                 raise
             result = _cancelled()  # cancelled on request: answer so
@@ -508,7 +509,7 @@ class AgentWorker:
             await self._call_hooks("after_execute", context, result)
         if len(batch) > 1:  # the merged requests are answered first: only while the lease is ours
             if not await self._still_ours(lease):
-                raise _LostError
+                raise RunLostError
             for earlier in batch[:-1]:
                 merged = ExecutionResult(
                     ResponseStatus.COMPLETED, metadata={"merged_into": delivery.event.id}
@@ -518,7 +519,7 @@ class AgentWorker:
             completion = await self._answer(delivery, delivery.event, target, result, lease=lease)
         except LeaseLostError:
             self._lease_lost_during_run(lease)
-            raise _LostError from None
+            raise RunLostError from None
         if self.hooks:
             await self._call_hooks("after_complete", context, completion)
         return True
