@@ -1,9 +1,10 @@
-"""Latency of ``EventRouter.route`` with 10,000 rules, its worst case, and isolation between sources.
+"""Latency of ``EventRouter.route`` with 10,000 rules, at 10 / 1,000 / 10,000, its worst case, and isolation.
 
 Run from the repository root::
 
     python benchmarks/routing.py                     # 10,000 rules, 20,000 decisions, 3 repetitions
     python benchmarks/routing.py --decisions 50000 --repetitions 5 --json out.json
+    python benchmarks/routing.py --scaling-sizes 10,100,1000,10000   # '' skips the scaling part
 
 Everything runs in this one process; the rule set and the events are generated from ``--seed``.
 
@@ -29,12 +30,28 @@ Everything runs in this one process; the rule set and the events are generated f
    alone with ``time.perf_counter_ns``; the table gives the median of the repetitions of p50 / p90
    / p99, overall and per kind, and how many content patterns ``route`` tried (from ``explain``).
 
-2. **Worst case.** A discord event matching nothing, in the channel and guild with the most content
+2. **Scaling.** The same generator (``build_world``) at each of ``--scaling-sizes`` rule counts
+   (10, 1,000, 10,000), with ``--content-rules`` / ``--rules`` of them content rules (10 %: 1, 100,
+   1,000; at least 1). Rules are split between sources, then kinds, then content scopes, by the
+   shares above (``split``: rounded, the last part takes the rest; when a part would get 0 and the
+   total has one for each, each gets 1 and the rest is split by the shares). So 10 rules are 4
+   channel, 3 user, 2 group (discord, slack) and 1 content rule (telegram, channel-scoped): no
+   source-only content rule, hence no ``scan`` list; 1,000 rules are 486 / 306 / 108 and 100 content
+   (64 / 20 / 16 source-only); 10,000 are the set above (reused, not rebuilt). Each size routes
+   ``--scaling-decisions`` (10,000) events from ``make_cases`` with the same seed, so the same kind
+   mix (a kind a source has no rule for, in a small set, is drawn from a source that has one).
+   ``--scaling-repetitions`` (5) rounds, each routing every size in turn (smallest first), so noise
+   hits them alike; every decision is checked (and 2 per kind against ``explain``), timed alone. The
+   table gives the median over rounds of p50 / p90 / p99, the content patterns ``route`` searched
+   (counted on every event in an untimed pass, ``SafePattern.search`` wrapped in a counter) and
+   the p50 over the smallest size's p50.
+
+3. **Worst case.** A discord event matching nothing, in the channel and guild with the most content
    rules: it tries every content pattern in reach. Then the extreme the acceptance allows: the same
    exact rules (9,000) plus all 1,000 content rules unscoped on one source, and a message matching
    none of them (~200 characters, then 4,096: ``max_content_chars``).
 
-3. **Isolation.** A source ``teams`` with 10 rules, routed by a router holding only those 10 rules
+4. **Isolation.** A source ``teams`` with 10 rules, routed by a router holding only those 10 rules
    and by one holding them plus the 10,000 others; batches of ``--isolation-decisions`` decisions
    alternate between the two (A B, B A, ...) for ``--isolation-repetitions`` rounds. The check: the
    medians of the per-decision time differ by less than 10 % (otherwise exit status 1). The two
@@ -79,6 +96,7 @@ TARGET_MEDIAN_US: Final = 50.0
 ISOLATION_LIMIT: Final = 0.10
 ISOLATION_SOURCE: Final = "teams"
 EXPLAIN_PER_KIND: Final = 40
+SCALING_EXPLAIN_PER_KIND: Final = 2  # explain tries every rule: ~70 ms a call at 10,000 rules
 LONG_CONTENT_CHARS: Final = 4096
 _TEXT: Final = (
     "the could you please have look at this build when minute thanks team again today tomorrow "
@@ -187,9 +205,14 @@ class Ids:
 
 
 def split(total: int, shares: Sequence[float]) -> list[int]:
-    """``total`` split by ``shares``; the last part takes the rounding."""
+    """``total`` split by ``shares``; the last part takes the rounding. When that leaves a part at 0
+    but ``total`` has one for each (a small rule set), each part gets 1 and the rest is split by
+    ``shares`` (``split(3, [0.5, 0.3, 0.2])`` is ``[1, 1, 1]``, not ``[2, 1, 0]``)."""
     parts = [round(total * share) for share in shares[:-1]]
-    return [*parts, total - sum(parts)]
+    parts.append(total - sum(parts))
+    if min(parts) < 1 <= total // len(shares):
+        return [1 + part for part in split(total - len(shares), shares)]
+    return parts
 
 
 def content_pattern(ids: Ids, source: str, kind: str) -> tuple[str, str, bool]:
@@ -283,7 +306,9 @@ def build_world(total: int, content_total: int, seed: int) -> World:
             rule: dict[str, Any] = {"name": name, "source": source, "content_pattern": pattern}
             if n < by_channel:  # a channel with an exact rule (70 %) or one without
                 pool = (
-                    ruled_channels if rng.random() < 0.7 or not world.free_channels else world.free_channels
+                    ruled_channels
+                    if ruled_channels and (rng.random() < 0.7 or not world.free_channels)
+                    else world.free_channels
                 )
                 scope, scope_ids = "channel", [rng.choice(pool)]
                 rule |= {"channel_ids": scope_ids, "priority": SCOPED_CONTENT_PRIORITY}
@@ -390,11 +415,37 @@ def make_case(world: SourceWorld, kind: str, rng: random.Random, chars: int) -> 
     return Case("no match", make_event(world.source, channel, user, text, group(groups_without_rule)), None)
 
 
+def has_rules(world: SourceWorld, kind: str) -> bool:
+    """Whether ``world`` can give an event of ``kind`` (``make_case`` turns ``group`` into
+    ``channel`` on a source without groups)."""
+    pools = {
+        "channel": world.channel_rule,
+        "user": world.user_rule,
+        "group": world.group_rule if world.group_key else world.channel_rule,
+        "content": world.content,
+    }
+    return kind not in pools or bool(pools[kind])
+
+
+def event_source(world: World, source: str, kind: str, rng: random.Random) -> SourceWorld:
+    """``source``, or, when it has no rule of ``kind`` (a small rule set: at 10 rules only telegram
+    has a content rule), another source that has one, drawn by ``EVENT_SOURCE_SHARE``; so the mix of
+    kinds stays that of ``KIND_SHARE`` at every size. Draws from ``rng`` only in that case."""
+    if has_rules(world.sources[source], kind):
+        return world.sources[source]
+    others = [name for name in EVENT_SOURCE_SHARE if has_rules(world.sources[name], kind)]
+    if not others:
+        raise BenchmarkError(f"no source has a rule for a {kind!r} event ({len(world.rules)} rules)")
+    return world.sources[rng.choices(others, weights=[EVENT_SOURCE_SHARE[n] for n in others])[0]]
+
+
 def make_cases(world: World, n: int, seed: int, chars: int) -> list[Case]:
     rng = random.Random(seed + 1)
     sources = rng.choices(list(EVENT_SOURCE_SHARE), weights=list(EVENT_SOURCE_SHARE.values()), k=n)
     kinds = rng.choices(KINDS, weights=[KIND_SHARE[k] for k in KINDS], k=n)
-    return [make_case(world.sources[s], k, rng, chars) for s, k in zip(sources, kinds, strict=True)]
+    return [
+        make_case(event_source(world, s, k, rng), k, rng, chars) for s, k in zip(sources, kinds, strict=True)
+    ]
 
 
 def check(router: EventRouter, cases: Iterable[Case], decisions: Iterable[RouteDecision], what: str) -> None:
@@ -540,6 +591,124 @@ def measure_realistic(
             )
         )
     return Latency.median_of(overall), figures
+
+
+@dataclass
+class ScalingRow:
+    rules: int
+    content_rules: int
+    composition: dict[str, int]  # rule kind → count
+    decisions: int
+    latency: Latency  # µs, median over the repetitions of each percentile
+    p50_runs: list[float]  # p50 of each repetition, µs
+    kind_p50: dict[str, float]  # µs, median over the repetitions of each kind's p50
+    patterns_median: float  # content patterns route searched, over every event
+    patterns_mean: float
+    patterns_max: int
+    explained: int  # events also checked against explain
+    p50_ratio: float  # latency.p50 / that of the smallest size, same run
+
+
+def composition(world: World) -> dict[str, int]:
+    """How many rules of each kind (content rules by scope) ``world`` holds."""
+    counts = {"channel": 0, "user": 0, "group": 0, "content: channel": 0, "content: group": 0}
+    counts["content: source"] = 0
+    for source in world.sources.values():
+        counts["channel"] += len(set(source.channel_rule.values()))
+        counts["user"] += len(set(source.user_rule.values()))
+        counts["group"] += len(source.group_rule)
+        for rule in source.content:
+            counts[f"content: {rule.scope}"] += 1
+    if sum(counts.values()) != len(world.rules):
+        raise BenchmarkError(f"composition {counts} does not add up to {len(world.rules)} rules")
+    return counts
+
+
+def count_patterns(router: EventRouter, events: Sequence[AgentRequestEvent]) -> list[int]:
+    """How many content patterns ``route`` searches for each event: an untimed pass with
+    ``SafePattern.search`` (content patterns only) wrapped in a counter, then put back."""
+    searched = 0
+    search = SafePattern.search
+
+    def counted(pattern: SafePattern, text: str) -> bool:
+        nonlocal searched
+        searched += 1
+        return search(pattern, text)
+
+    counts = []
+    SafePattern.search = counted  # type: ignore[method-assign, assignment]
+    try:
+        for event in events:
+            searched = 0
+            router.route(event)
+            counts.append(searched)
+    finally:
+        SafePattern.search = search  # type: ignore[method-assign]
+    return counts
+
+
+def measure_scaling(
+    worlds: Sequence[tuple[World, EventRouter, list[Case]]], repetitions: int, warmup: int
+) -> list[ScalingRow]:
+    """Every world routes its events (each decision timed alone and checked), the sizes interleaved
+    in each repetition (smallest first) so the machine's noise falls on all of them alike."""
+    for world, router, cases in worlds:
+        _, decisions = time_decisions(router, [case.event for case in cases[:warmup]])
+        check(router, cases[:warmup], decisions, f"{len(world.rules):,} rules, warm-up")
+    runs: list[list[Latency]] = [[] for _ in worlds]
+    kind_runs: list[dict[str, list[float]]] = [{kind: [] for kind in KINDS} for _ in worlds]
+    for repetition in range(1, repetitions + 1):
+        for (world, router, cases), mine, by_kind in zip(worlds, runs, kind_runs, strict=True):
+            samples, decisions = time_decisions(router, [case.event for case in cases])
+            check(router, cases, decisions, f"{len(world.rules):,} rules, repetition {repetition}")
+            mine.append(Latency.of(samples))
+            for kind, p50s in by_kind.items():
+                of_kind = [s for s, c in zip(samples, cases, strict=True) if c.kind == kind]
+                if of_kind:
+                    p50s.append(Latency.of(of_kind).p50)
+        print(
+            f"  rep {repetition}: p50 "
+            + ", ".join(f"{run[-1].p50:.1f}" for run in runs)
+            + " µs ("
+            + " / ".join(f"{len(w.rules):,}" for w, _, _ in worlds)
+            + " rules)",
+            flush=True,
+        )
+    rows = []
+    for (world, router, cases), mine, by_kind in zip(worlds, runs, kind_runs, strict=True):
+        counts = count_patterns(router, [case.event for case in cases])
+        sample = [
+            (case, count)
+            for kind in KINDS
+            for case, count in [(c, n) for c, n in zip(cases, counts, strict=True) if c.kind == kind][
+                :SCALING_EXPLAIN_PER_KIND
+            ]
+        ]
+        for case, count in sample:  # the counter and the decision against explain
+            tried, decided = patterns_tried(router, case.event)
+            if decided != case.expected or tried != count:
+                raise BenchmarkError(
+                    f"{len(world.rules):,} rules: explain picks {decided!r} after {tried} patterns for a "
+                    f"{case.kind!r} event; route and the generator {case.expected!r} after {count}"
+                )
+        latency = Latency.median_of(mine)
+        rows.append(
+            ScalingRow(
+                len(world.rules),
+                len(world.content_rules),
+                composition(world),
+                len(cases),
+                latency,
+                [run.p50 for run in mine],
+                {kind: statistics.median(p50s) for kind, p50s in by_kind.items() if p50s},
+                statistics.median(counts),
+                statistics.fmean(counts),
+                max(counts),
+                len(sample),
+                latency.p50 / statistics.median(run.p50 for run in runs[0]),
+            )
+        )
+    return rows
 
 
 @dataclass
@@ -756,6 +925,22 @@ def latency_table(overall: Latency, kinds: Sequence[KindFigures]) -> str:
     return "\n".join(lines)
 
 
+def scaling_table(rows: Sequence[ScalingRow]) -> str:
+    header = (
+        f"{'scaling: rules':<14} {'content':>8} {'p50 µs':>7} {'p90 µs':>7} {'p99 µs':>7}  "
+        f"{'patterns tried (median / mean / max)':>36} {'p50 ratio':>10}"
+    )
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        lat = row.latency
+        tried = f"{row.patterns_median:g} / {row.patterns_mean:.1f} / {row.patterns_max}"
+        lines.append(
+            f"{row.rules:<14,} {row.content_rules:>8,} {lat.p50:>7.1f} {lat.p90:>7.1f} {lat.p99:>7.1f}  "
+            f"{tried:>36} {row.p50_ratio:>10.2f}"
+        )
+    return "\n".join(lines)
+
+
 def worst_table(worst: Sequence[WorstCase]) -> str:
     header = f"{'worst case':<46} {'chars':>6} {'tried':>6} {'p50 µs':>9} {'p99 µs':>9} {'µs/pattern':>11}"
     rows = [
@@ -805,6 +990,27 @@ def benchmark(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
     overhead = timer_overhead()
     print(f"realistic set: {args.decisions:,} decisions x {args.repetitions} repetitions", flush=True)
     overall, kinds = measure_realistic(router, cases, args.repetitions, min(2_000, len(cases)))
+    scaling = []
+    if args.scaling_sizes:
+        started = time.perf_counter()
+        worlds = []
+        for size in args.scaling_sizes:
+            content = scaled_content_rules(size, args.rules, args.content_rules)
+            if (size, content) == (args.rules, args.content_rules):  # the same generator, seed and sizes
+                scaled_world, scaled_router = world, router
+            else:
+                scaled_world = build_world(size, content, args.seed)
+                scaled_router = EventRouter(scaled_world.rules, source_defaults=scaled_world.defaults())
+            scaled_cases = make_cases(scaled_world, args.scaling_decisions, args.seed, args.chars)
+            worlds.append((scaled_world, scaled_router, scaled_cases))
+        print(
+            f"scaling: {' / '.join(f'{n:,}' for n in args.scaling_sizes)} rules, "
+            f"{args.scaling_decisions:,} decisions each x {args.scaling_repetitions} repetitions "
+            f"(built in {time.perf_counter() - started:.1f} s)",
+            flush=True,
+        )
+        scaling = measure_scaling(worlds, args.scaling_repetitions, min(2_000, args.scaling_decisions))
+        print(f"  scaling part: {time.perf_counter() - started:.1f} s", flush=True)
     print("worst cases", flush=True)
     worst = measure_worst(world, router, args.seed, args.chars)
     cost = measure_pattern_cost(world, args.chars, args.seed)
@@ -817,6 +1023,27 @@ def benchmark(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
         f"(timer overhead {overhead:.0f} ns per sample, included; every decision checked, "
         f"{sum(k.explained for k in kinds)} also against explain)"
     )
+    if scaling:
+        print()
+        print(scaling_table(scaling))
+        print(
+            "p50 by kind (µs, "
+            + " / ".join(f"{row.rules:,}" for row in scaling)
+            + " rules): "
+            + ", ".join(
+                f"{kind} " + " / ".join(f"{row.kind_p50.get(kind, math.nan):.1f}" for row in scaling)
+                for kind in KINDS
+            )
+        )
+        print(
+            f"(median of {args.scaling_repetitions} repetitions, sizes interleaved; every decision "
+            f"checked, {sum(row.explained for row in scaling)} also against explain; rule kinds: "
+            + "; ".join(
+                f"{row.rules:,}: " + ", ".join(f"{n} {kind}" for kind, n in row.composition.items())
+                for row in scaling
+            )
+            + ")"
+        )
     print()
     print(worst_table(worst))
     print(
@@ -850,12 +1077,34 @@ def benchmark(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
         "worst": [asdict(w) for w in worst],
         "pattern_cost": asdict(cost),
         "isolation": asdict(iso),
+        "scaling": {
+            "sizes": args.scaling_sizes,
+            "decisions": args.scaling_decisions,
+            "repetitions": args.scaling_repetitions,
+            "rows": [asdict(row) for row in scaling],
+        },
         "target_median_us": TARGET_MEDIAN_US,
         "target_median_met": met_median,
         "isolation_limit": ISOLATION_LIMIT,
         "isolation_met": met_isolation,
     }
     return report, failed
+
+
+def scaled_content_rules(size: int, rules: int, content_rules: int) -> int:
+    """Content rules in a scaled rule set: the share of ``--content-rules`` in ``--rules``, at least 1."""
+    return max(1, round(size * content_rules / rules))
+
+
+def rule_counts(text: str) -> list[int]:
+    """``--scaling-sizes``: comma-separated rule counts, each >= 10 (empty: skip the part)."""
+    try:
+        sizes = sorted({int(part.replace("_", "")) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of integers: {text!r}") from None
+    if sizes and sizes[0] < 10:
+        raise argparse.ArgumentTypeError("each scaling size must be >= 10")
+    return sizes
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -880,6 +1129,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--isolation-repetitions", type=int, default=15, help="isolation rounds, each A and B (default 15)"
     )
+    parser.add_argument(
+        "--scaling-sizes",
+        type=rule_counts,
+        default=[10, 1_000, 10_000],
+        metavar="N,N,...",
+        help="rule counts of the scaling part (default 10,1000,10000; '' skips it)",
+    )
+    parser.add_argument(
+        "--scaling-decisions", type=int, default=10_000, help="timed decisions per size (default 10000)"
+    )
+    parser.add_argument(
+        "--scaling-repetitions",
+        type=int,
+        default=5,
+        help="scaling repetitions, sizes interleaved (default 5)",
+    )
     parser.add_argument("--seed", type=int, default=1, help="seed of the rule set and events (default 1)")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the figures here")
     args = parser.parse_args(argv)
@@ -889,6 +1154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.chars,
         args.isolation_decisions,
         args.isolation_repetitions,
+        args.scaling_decisions,
+        args.scaling_repetitions,
     )
     if min(sizes) < 1 or args.content_rules < 10 or args.rules - args.content_rules < 100:
         parser.error("sizes must be >= 1, --content-rules >= 10, --rules >= --content-rules + 100")
