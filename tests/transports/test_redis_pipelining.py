@@ -155,6 +155,9 @@ async def test_scripts_flushed_from_the_server_are_loaded_again(transport: Redis
 
     assert [c.status for c in claims] == [ClaimStatus.LEASED] * 8
     assert writes == 3  # the pipeline, one SCRIPT LOAD, the pipeline again
+    await transport.client.script_flush()
+    alone = await coordinator.claim("alone", ["a"], ttl=60)  # sent without a pipeline: same recovery
+    assert alone.status is ClaimStatus.LEASED
     assert [await coordinator.holder(d.event.session_id) for d in deliveries] == [
         d.event.id for d in deliveries
     ]

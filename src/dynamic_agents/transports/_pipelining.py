@@ -4,8 +4,8 @@ With many requests in flight, a worker's claims, completions and event writes co
 one awaited on its own costs a socket write, a read and an event-loop wake-up. :class:`AutoPipeline`
 sends the commands queued during one event-loop iteration as one pipeline (``transaction=False``):
 one write, one connection, replies read back in order. Each caller still awaits its own reply, and
-an error reaches only the command it belongs to. A lone command goes out one loop iteration later
-than it would on its own, which costs microseconds.
+an error reaches only the command it belongs to. A command alone in its iteration is sent as it is,
+without a pipeline (whose setup in redis-py costs more than the command).
 
 Commands queued in one iteration run in the order they were queued; separate pipelines may run in
 any order (they can use different connections), so a caller that needs order awaits one batch
@@ -18,8 +18,9 @@ each script is loaded once and the calls that got it are sent again.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
@@ -35,6 +36,8 @@ Arg = bytes | str | int
 class _Call:
     stage: Callable[[Pipeline], object]
     """Adds exactly one command to the pipeline."""
+    alone: Callable[[], Awaitable[object]]
+    """Sends the same command without a pipeline."""
     future: asyncio.Future[object]
     script: AsyncScript | None = None
 
@@ -53,11 +56,15 @@ class AutoPipeline:
 
     def script(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Arg]) -> asyncio.Future[object]:
         """Queue a script call; the future resolves with its reply (or its error)."""
-        return self._queue(_Call(_evalsha(script, keys, args), self._future(), script))
+        alone = partial(script, keys=keys, args=args)  # redis-py's call loads the script on NOSCRIPT
+        return self._queue(_Call(_evalsha(script, keys, args), alone, self._future(), script))
 
-    def command(self, stage: Callable[[Pipeline], object]) -> asyncio.Future[object]:
-        """Queue the one command ``stage`` adds to a pipeline (e.g. ``lambda pipe: pipe.xadd(…)``)."""
-        return self._queue(_Call(stage, self._future()))
+    def command(
+        self, stage: Callable[[Pipeline], object], alone: Callable[[], Awaitable[object]]
+    ) -> asyncio.Future[object]:
+        """Queue one command: ``stage`` adds it to a pipeline (``lambda pipe: pipe.xadd(…)``),
+        ``alone`` sends it by itself (``lambda: client.xadd(…)``)."""
+        return self._queue(_Call(stage, alone, self._future()))
 
     def _future(self) -> asyncio.Future[object]:
         return asyncio.get_running_loop().create_future()
@@ -73,9 +80,21 @@ class AutoPipeline:
         batch = [call for call in batch if not call.future.done()]  # callers cancelled meanwhile
         if not batch:
             return
-        task = asyncio.get_running_loop().create_task(self._send(batch))
+        send = self._send_alone(batch[0]) if len(batch) == 1 else self._send(batch)
+        task = asyncio.get_running_loop().create_task(send)
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
+
+    async def _send_alone(self, call: _Call) -> None:
+        self.commands += 1
+        try:
+            reply = await call.alone()
+        except BaseException as error:
+            _settle(call.future, error=error)
+            if isinstance(error, asyncio.CancelledError):
+                raise
+        else:
+            _settle(call.future, result=reply)
 
     async def _send(self, batch: list[_Call], *, reload: bool = True) -> None:
         self.pipelines += 1

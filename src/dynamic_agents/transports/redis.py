@@ -240,7 +240,8 @@ class RedisStreamsTransport(Transport):
         async def publish() -> object:
             if expire is None:  # one command: pipelined with the others of this loop iteration
                 return await self._pipeline.command(
-                    lambda pipe: pipe.xadd(stream, values, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
+                    lambda pipe: pipe.xadd(stream, values, maxlen=maxlen, approximate=True),  # type: ignore[arg-type]
+                    lambda: self.client.xadd(stream, values, maxlen=maxlen, approximate=True),  # type: ignore[arg-type]
                 )
             pipe: Pipeline = self.client.pipeline(transaction=True)
             pipe.xadd(stream, values, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
