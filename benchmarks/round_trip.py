@@ -868,12 +868,20 @@ def machine(redis_version: str) -> dict[str, Any]:
     return _common.machine(
         redis_server=redis_version,
         redis_py=redis.__version__,
+        hiredis=_installed("hiredis"),
         faststream=metadata.version("faststream"),
         pydantic=pydantic.VERSION,
         agno=metadata.version("agno"),
         litellm=metadata.version("litellm"),
         dynamic_agents=library_version,
     )
+
+
+def _installed(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
 
 
 FIGURES: Final = (
@@ -1050,7 +1058,8 @@ async def benchmark(
             info = machine(str((await admin.info("server"))["redis_version"]))
             print(
                 f"{info['nproc']} CPU ({info['cpu']}), Python {info['python']}, redis-server "
-                f"{info['redis_server']}, redis-py {info['redis_py']}, FastStream {info['faststream']}, "
+                f"{info['redis_server']}, redis-py {info['redis_py']} (hiredis {info['hiredis']}), "
+                f"FastStream {info['faststream']}, "
                 f"pydantic {info['pydantic']}, agno {info['agno']}, litellm {info['litellm']}",
                 flush=True,
             )

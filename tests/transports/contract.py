@@ -618,6 +618,16 @@ class TransportOperationsContract:
             == []
         )
 
+    async def test_publish_many_appends_in_order(self, backend: Backend) -> None:
+        transport = await backend.transport()
+        stream = backend.stream("many")
+        events = [request(f"m{n}") for n in range(20)]
+        assert await transport.publish_many(stream, []) == []
+        ids = await transport.publish_many(stream, events, maxlen=1000)
+        entries = await transport.read_stream(stream, AgentRequestEvent, count=100)
+        assert [e.entry_id for e in entries] == ids
+        assert [e.event for e in entries] == events
+
 
 class CoordinatorSignalsContract:
     async def test_a_lease_says_who_holds_it(self, backend: Backend) -> None:

@@ -79,7 +79,7 @@ async def test_failures_are_logged_not_raised(caplog: pytest.LogCaptureFixture) 
     sink.emit(started(1))
     with caplog.at_level(logging.WARNING, logger="dynamic_agents.worker"):
         await sink.flush()
-    assert "could not publish RunStarted: events stream unavailable" in caplog.text
+    assert "could not publish 1 lifecycle events: events stream unavailable" in caplog.text
     transport.failing = False
     sink.emit(started(2))
     await sink.flush()

@@ -326,6 +326,13 @@ class Transport(_AsyncResource):
         fields = self.codec.encode_entry(event, reply_to=reply_to, headers=headers)
         return await self.publish_fields(stream, fields, maxlen=maxlen, expire=expire)
 
+    async def publish_many(
+        self, stream: str, events: Sequence[WireModel], *, maxlen: int | None = None
+    ) -> list[str]:
+        """Append ``events`` to ``stream`` in order; returns their entry ids. On Redis they go out
+        in one round trip. Not atomic: after an error, some may have been written."""
+        return [await self.publish(stream, event, maxlen=maxlen) for event in events]
+
     @abstractmethod
     async def publish_fields(
         self,

@@ -253,6 +253,26 @@ class RedisStreamsTransport(Transport):
         self.stats.published += 1
         return _bytes(entry_id).decode()
 
+    async def publish_many(
+        self, stream: str, events: Sequence[WireModel], *, maxlen: int | None = None
+    ) -> list[str]:
+        if not events:
+            return []
+        entries = [
+            {key.encode(): value for key, value in self.codec.encode_entry(event).items()} for event in events
+        ]
+
+        async def publish() -> list[object]:
+            pipe: Pipeline = self.client.pipeline(transaction=False)
+            for fields in entries:
+                pipe.xadd(stream, fields, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
+            replies: list[object] = await pipe.execute()
+            return replies
+
+        entry_ids = await self._call(f"publish {len(events)} events to {stream!r}", publish)
+        self.stats.published += len(entry_ids)
+        return [_bytes(entry_id).decode() for entry_id in entry_ids]
+
     # -- consuming --------------------------------------------------------------------------------
 
     async def ensure_group(self, stream: str, group: str, *, start_id: str = "0") -> bool:

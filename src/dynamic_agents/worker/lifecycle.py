@@ -34,9 +34,10 @@ class EventSink:
     """Publishes events to the events stream in the background, in the order emitted.
 
     Whatever was emitted while the previous batch was being written goes out as the next batch,
-    concurrently (on Redis: one pipeline); a batch is written before the next starts, so order
-    holds. At most ``max_pending`` events wait (Redis away for long): beyond that new events are
-    dropped and counted in :attr:`dropped`. :meth:`flush` waits until everything emitted is written.
+    with :meth:`Transport.publish_many` (on Redis: one pipeline); a batch is written before the
+    next starts, so order holds. At most ``max_pending`` events wait (Redis away for long): beyond
+    that new events are dropped and counted in :attr:`dropped`. :meth:`flush` waits until
+    everything emitted is written.
     """
 
     def __init__(self, transport: Transport, *, maxlen: int, max_pending: int = 10_000) -> None:
@@ -60,18 +61,14 @@ class EventSink:
             self._task = asyncio.get_running_loop().create_task(self._publish_all(), name="lifecycle events")
 
     async def _publish_all(self) -> None:
-        stream = self.transport.names.events
         while self._queue:
             batch, self._queue = self._queue, []
-            results = await asyncio.gather(
-                *(self.transport.publish(stream, event, maxlen=self.maxlen) for event in batch),
-                return_exceptions=True,
-            )
-            for event, result in zip(batch, results, strict=True):
-                if isinstance(result, DynamicAgentsError):
-                    logger.warning("could not publish %s: %s", type(event).__name__, result)
-                elif isinstance(result, BaseException):
-                    logger.error("publishing %s failed", type(event).__name__, exc_info=result)
+            try:
+                await self.transport.publish_many(self.transport.names.events, batch, maxlen=self.maxlen)
+            except DynamicAgentsError as error:
+                logger.warning("could not publish %d lifecycle events: %s", len(batch), error)
+            except Exception:
+                logger.exception("publishing %d lifecycle events failed", len(batch))
 
     async def flush(self) -> None:
         """Wait until every event emitted so far is published (or failed)."""
