@@ -74,6 +74,17 @@ async def published(backend: Backend, transport: Transport, *events: AgentReques
     return [await transport.publish(backend.stream(), event) for event in events]
 
 
+async def one_delivery(
+    backend: Backend,
+) -> tuple[Transport, Coordinator, AgentRequestEvent, Delivery[AgentRequestEvent]]:
+    """A transport, its coordinator, and one request published and delivered to consumer ``c1``."""
+    transport = await backend.transport()
+    event = request()
+    await published(backend, transport, event)
+    (delivery,) = await transport.read(backend.subscription(), 1)
+    return transport, transport.coordinator(), event, delivery
+
+
 class TransportContract:
     # -- order, ack, pending --------------------------------------------------------------------
 
@@ -254,11 +265,7 @@ class TransportContract:
     # -- complete under a session lease -----------------------------------------------------------
 
     async def test_complete_with_the_lease_releases_it(self, backend: Backend) -> None:
-        transport = await backend.transport()
-        coordinator = transport.coordinator()
-        event = request()
-        await published(backend, transport, event)
-        (delivery,) = await transport.read(backend.subscription(), 1)
+        transport, coordinator, event, delivery = await one_delivery(backend)
         lease = await coordinator.acquire(event.session_id, ttl=60, holder=event.id)
         assert lease is not None
         reply_stream = backend.names.responses("discord", "42")
@@ -273,11 +280,7 @@ class TransportContract:
         assert await transport.pending(backend.stream(), "workers") == []
 
     async def test_complete_with_a_lost_lease_writes_nothing(self, backend: Backend) -> None:
-        transport = await backend.transport()
-        coordinator = transport.coordinator()
-        event = request()
-        await published(backend, transport, event)
-        (delivery,) = await transport.read(backend.subscription(), 1)
+        transport, coordinator, event, delivery = await one_delivery(backend)
         stale = await coordinator.acquire(event.session_id, ttl=backend.min_idle, holder=event.id)
         await backend.advance(backend.min_idle * 1.5)
         current = await coordinator.acquire(event.session_id, ttl=60, holder="someone-else")
@@ -318,11 +321,7 @@ class TransportContract:
         assert await transport.pending(backend.stream(), "workers") == []
 
     async def test_a_complete_that_fails_keeps_the_lease(self, backend: Backend) -> None:
-        transport = await backend.transport()
-        coordinator = transport.coordinator()
-        event = request()
-        await published(backend, transport, event)
-        (delivery,) = await transport.read(backend.subscription(), 1)
+        transport, coordinator, event, delivery = await one_delivery(backend)
         lease = await coordinator.acquire(event.session_id, ttl=60, holder=event.id)
         await transport.publish(backend.names.completed_record(event.id), request("squatter"))
         assert lease is not None

@@ -1,4 +1,5 @@
-"""Lifecycle events go out in the background, in order, and never hold up or fail a reply."""
+"""Background work around runs: lifecycle events go out in order and never hold up or fail a
+reply; lease renewals survive a failing call."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from dynamic_agents.events import LifecycleEvent, RunStarted, StreamNames
-from dynamic_agents.transports import InMemoryServer, InMemoryTransport
+from dynamic_agents.events import AgentRequestEvent, LifecycleEvent, RunStarted, StreamNames, Target
+from dynamic_agents.execution import FunctionExecutor
+from dynamic_agents.transports import InMemoryCoordinator, InMemoryServer, InMemoryTransport, Lease
 from dynamic_agents.worker.lifecycle import EventSink
 from tests.worker.conftest import Backend, replies, request_event, wait_for, worker
 
@@ -99,3 +101,36 @@ async def test_past_max_pending_new_events_are_dropped_and_counted() -> None:
 
 async def _answered(w: Any) -> bool:
     return bool(w.stats.completed == 1)
+
+
+class FlakyRenewals(InMemoryCoordinator):
+    """Raises a bug-like error on the first renewal, then renews normally."""
+
+    failures = 0
+
+    async def renew(self, lease: Lease, ttl: float | None = None) -> bool:
+        if not self.failures:
+            self.failures += 1
+            raise RuntimeError("a bug in a coordinator")
+        return await super().renew(lease, ttl)
+
+
+async def test_a_failing_renewal_does_not_stop_the_lease_loop(caplog: pytest.LogCaptureFixture) -> None:
+    """One renewal raising an unexpected error is logged; the loop goes on renewing, so a run
+    longer than the lease's TTL keeps its lease and is answered."""
+    server, names = InMemoryServer(), StreamNames("test")
+    transport = InMemoryTransport(server, names=names)
+    coordinator = FlakyRenewals(server, names=names)
+
+    async def outlives_the_lease(target: Target, request: AgentRequestEvent) -> str:
+        await asyncio.sleep(1.5)  # lease_ttl 0.6 s, renewed every 0.2 s
+        return "still mine"
+
+    await transport.publish(names.requests, request_event(names, "long"))
+    w = worker(transport, FunctionExecutor(outlives_the_lease), coordinator=coordinator)
+    with caplog.at_level(logging.ERROR, logger="dynamic_agents.worker"):
+        await w.run_until_idle()
+    assert coordinator.failures == 1
+    assert "renewing the lease of request" in caplog.text
+    assert [r.content for r in await replies(transport, names)] == ["still mine"]
+    assert w.stats.lost == 0

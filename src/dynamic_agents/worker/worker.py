@@ -554,8 +554,15 @@ class AgentWorker:
         is lost is cancelled (and publishes nothing)."""
         while True:
             await asyncio.sleep(self.settings.lease_ttl / 3)
-            if self._leases:
-                await asyncio.gather(*(self._renew(rid, held) for rid, held in list(self._leases.items())))
+            if not self._leases:
+                continue
+            held = list(self._leases.items())
+            results = await asyncio.gather(
+                *(self._renew(rid, lease) for rid, lease in held), return_exceptions=True
+            )
+            for (request_id, _), result in zip(held, results, strict=True):
+                if isinstance(result, Exception):  # a bug, not Redis trouble: keep renewing the others
+                    logger.error("renewing the lease of request %s failed", request_id, exc_info=result)
 
     async def _renew(self, request_id: str, held: _HeldLease) -> None:
         lease = held.lease
