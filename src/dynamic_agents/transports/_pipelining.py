@@ -21,6 +21,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
@@ -49,21 +50,21 @@ class AutoPipeline:
         self._client = client
         self._queued: list[_Call] = []
         self._sending: set[asyncio.Task[None]] = set()
-        self.pipelines = 0
-        """Pipelines sent (for tests and benchmarks)."""
-        self.commands = 0
-        """Commands sent through them."""
 
     def script(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Arg]) -> asyncio.Future[object]:
         """Queue a script call; the future resolves with its reply (or its error)."""
         alone = partial(script, keys=keys, args=args)  # redis-py's call loads the script on NOSCRIPT
         return self._queue(_Call(_evalsha(script, keys, args), alone, self._future(), script))
 
-    def command(
-        self, stage: Callable[[Pipeline], object], alone: Callable[[], Awaitable[object]]
-    ) -> asyncio.Future[object]:
-        """Queue one command: ``stage`` adds it to a pipeline (``lambda pipe: pipe.xadd(…)``),
-        ``alone`` sends it by itself (``lambda: client.xadd(…)``)."""
+    def command(self, name: str, *args: Any, **options: Any) -> asyncio.Future[object]:
+        """Queue one redis-py command by its method name: ``command("xadd", stream, fields)``."""
+
+        def stage(pipe: Pipeline) -> object:
+            return getattr(pipe, name)(*args, **options)
+
+        def alone() -> Awaitable[object]:
+            return getattr(self._client, name)(*args, **options)  # type: ignore[no-any-return]
+
         return self._queue(_Call(stage, alone, self._future()))
 
     def _future(self) -> asyncio.Future[object]:
@@ -86,7 +87,6 @@ class AutoPipeline:
         task.add_done_callback(self._sending.discard)
 
     async def _send_alone(self, call: _Call) -> None:
-        self.commands += 1
         try:
             reply = await call.alone()
         except BaseException as error:
@@ -97,8 +97,6 @@ class AutoPipeline:
             _settle(call.future, result=reply)
 
     async def _send(self, batch: list[_Call], *, reload: bool = True) -> None:
-        self.pipelines += 1
-        self.commands += len(batch)
         pipe = self._client.pipeline(transaction=False)
         for call in batch:
             call.stage(pipe)

@@ -110,8 +110,9 @@ def _list(value: object) -> list[object]:
 
 
 def _pairs(value: object) -> dict[bytes, bytes]:
-    """A field map from a dict reply or a flat [field, value, …] list reply."""
-    if isinstance(value, dict):
+    """A field map from a mapping (a dict reply, fields to write) or a flat [field, value, …] list
+    reply."""
+    if isinstance(value, Mapping):
         return {_bytes(k): _bytes(v) for k, v in value.items()}
     flat = _list(value)
     return {_bytes(k): _bytes(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
@@ -235,14 +236,11 @@ class RedisStreamsTransport(Transport):
         maxlen: int | None = None,
         expire: float | None = None,
     ) -> str:
-        values = {_bytes(key): _bytes(value) for key, value in fields.items()}
+        values = _pairs(fields)
 
         async def publish() -> object:
             if expire is None:  # one command: pipelined with the others of this loop iteration
-                return await self._pipeline.command(
-                    lambda pipe: pipe.xadd(stream, values, maxlen=maxlen, approximate=True),  # type: ignore[arg-type]
-                    lambda: self.client.xadd(stream, values, maxlen=maxlen, approximate=True),  # type: ignore[arg-type]
-                )
+                return await self._pipeline.command("xadd", stream, values, maxlen=maxlen, approximate=True)
             pipe: Pipeline = self.client.pipeline(transaction=True)
             pipe.xadd(stream, values, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
             pipe.pexpire(stream, _ms(expire))
@@ -258,9 +256,7 @@ class RedisStreamsTransport(Transport):
     ) -> list[str]:
         if not events:
             return []
-        entries = [
-            {key.encode(): value for key, value in self.codec.encode_entry(event).items()} for event in events
-        ]
+        entries = [_pairs(self.codec.encode_entry(event)) for event in events]
 
         async def publish() -> list[object]:
             pipe: Pipeline = self.client.pipeline(transaction=False)

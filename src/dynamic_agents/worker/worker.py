@@ -75,7 +75,6 @@ class _HeldLease:
     """The lease a run in flight holds, renewed by the worker's lease loop."""
 
     lease: Lease
-    execution: asyncio.Task[ExecutionResult]
     renewed_at: float
 
 
@@ -487,7 +486,7 @@ class AgentWorker:
         execution = asyncio.get_running_loop().create_task(self._execute(target, event, on_delta))
         self._executions[event.id] = execution
         self._running[event.session_id] = event.id
-        self._leases[event.id] = _HeldLease(lease, execution, time.monotonic())
+        self._leases[event.id] = _HeldLease(lease, time.monotonic())
         try:
             result = await execution
         except asyncio.CancelledError:
@@ -578,7 +577,9 @@ class AgentWorker:
             logger.warning("lease of session %s lost; cancelling its run", lease.session_id)
             self.stats.lost += 1
             self._leases_lost.add(request_id)
-            held.execution.cancel()
+            execution = self._executions.get(request_id)
+            if execution is not None:
+                execution.cancel()
 
     # -- answering ----------------------------------------------------------------------------------
 
