@@ -187,7 +187,8 @@ class Counters:
 def install_counters() -> Counters:
     """Count in redis-py's asyncio connection class (every client of the process uses it,
     FastStream's included): ``pack_command`` once per command (a pipeline packs each of its
-    commands), ``send_packed_command`` once per write, i.e. per round trip (a pipeline is one)."""
+    commands), ``send_packed_command`` once per write, i.e. per round trip (a pipeline is one);
+    and in the library's own packer, which its auto-pipeline uses instead of ``pack_command``."""
     counters = Counters()
     pack = AbstractConnection.pack_command
     send = AbstractConnection.send_packed_command
@@ -204,6 +205,19 @@ def install_counters() -> Counters:
 
     AbstractConnection.pack_command = counting_pack  # type: ignore[method-assign]
     AbstractConnection.send_packed_command = counting_send  # type: ignore[method-assign]
+
+    # The library's auto-pipeline packs its commands itself (``_pipelining._pack``), then writes
+    # them with ``send_packed_command``: count its commands there.
+    from dynamic_agents.transports import _pipelining
+
+    lean_pack = _pipelining._pack
+
+    def counting_lean_pack(command: Sequence[Any]) -> bytes:
+        name = command[0]
+        counters.commands[(name.decode() if isinstance(name, bytes) else str(name)).lower()] += 1
+        return lean_pack(command)
+
+    _pipelining._pack = counting_lean_pack
     return counters
 
 

@@ -150,6 +150,33 @@ async def test_other_operations_give_up_with_a_transport_error(redis_server: Red
         await transport.aclose()
 
 
+async def test_a_hung_server_is_unreachable_after_the_operation_timeout(redis_server: RedisServer) -> None:
+    # SIGSTOP: the connection stays open and nothing answers, so only a timeout ends the wait.
+    # from_url turns redis-py's own socket timeout off; the transport's bound must take its place.
+    transport = RedisStreamsTransport.from_url(redis_server.url, operation_timeout=0.3, retry_deadline=0.8)
+    try:
+        await transport.ensure_group(STREAM, "workers")
+        redis_server.pause()
+        try:
+            with pytest.raises(TransportError, match=r"did not answer within 0\.3s"):
+                await transport.publish(STREAM, event(1))  # a pipelined command
+            with pytest.raises(TransportError, match=r"did not answer within 0\.3s"):
+                await transport.coordinator().claim("s", ["r"], ttl=10)  # a batched script
+            reading = asyncio.create_task(transport.read(subscription(), 10))  # read never gives up
+            await wait_until(lambda: transport.stats.reconnects >= 4, what="reads timing out")
+            assert not reading.done()
+        finally:
+            redis_server.resume()
+        await transport.publish(STREAM, event(2))
+        delivered = await asyncio.wait_for(reading, 15)
+        # A command that timed out may still run once the server wakes: publishing is at least once.
+        assert "message 2" in {d.event.content for d in delivered} | {
+            d.event.content for d in await transport.read(subscription(), 10)
+        }
+    finally:
+        await transport.aclose()
+
+
 async def test_idle_loop_makes_one_blocking_read_per_block_timeout(redis_server: RedisServer) -> None:
     transport = RedisStreamsTransport.from_url(redis_server.url)
     admin = Redis.from_url(redis_server.url, decode_responses=True)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Coroutine
+import uuid
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from typing import Any
 
 import pytest
@@ -11,15 +12,19 @@ from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.connection import Connection
 
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, StreamNames
-from dynamic_agents.exceptions import TransportError
+from dynamic_agents.exceptions import LeaseLostError, TransportError
+from dynamic_agents.testing import RedisServer
 from dynamic_agents.transports import (
     Claim,
     ClaimStatus,
+    Completion,
     Delivery,
+    Lease,
     RedisStreamsTransport,
     Reply,
     Subscription,
 )
+from dynamic_agents.transports._pipelining import Arg, AutoPipeline, BatchScript
 
 pytestmark = pytest.mark.redis
 
@@ -180,3 +185,185 @@ async def test_concurrent_publishes_share_a_round_trip_and_keep_their_order(
     assert [e.event.content for e in entries[1:]] == [e.content for e in events]  # in the order asked
     assert [e.entry_id for e in entries[1:]] == ids  # each caller got its own entry id
     assert writes == 1
+
+
+async def test_the_same_request_completed_twice_in_one_batch_is_answered_once(
+    transport: RedisStreamsTransport,
+) -> None:
+    stream = transport.names.requests
+    await transport.ensure_group(stream, "g")
+    event = request(1)
+    await transport.publish(stream, event)
+    await transport.publish(stream, event)  # a platform retry, delivered together with the original
+    first, retry = await transport.read(Subscription(stream, "g", "c1", AgentRequestEvent, block=0), 2)
+    reply_stream = transport.names.responses("discord", "twice")
+
+    one, two = await asyncio.gather(  # one iteration: one call of the batch script
+        transport.complete(
+            first, Reply(AgentResponseEvent(request_id=event.id, content="1"), reply_stream), record_ttl=60
+        ),
+        transport.complete(
+            retry, Reply(AgentResponseEvent(request_id=event.id, content="2"), reply_stream), record_ttl=60
+        ),
+    )
+
+    assert (one.created, two.created) == (True, False)
+    assert two.record == one.record
+    assert [r.event.content for r in await transport.read_stream(reply_stream, AgentResponseEvent)] == ["1"]
+    assert await transport.pending(stream, "g") == []
+
+
+async def test_claims_of_one_session_in_one_batch_lease_it_once(transport: RedisStreamsTransport) -> None:
+    coordinator = transport.coordinator()
+    claims = await asyncio.gather(
+        coordinator.claim("same-session", ["a"], ttl=60), coordinator.claim("same-session", ["b"], ttl=60)
+    )
+    assert [c.status for c in claims] == [ClaimStatus.LEASED, ClaimStatus.BUSY]
+    assert await coordinator.holder("same-session") == "a"
+
+
+async def test_a_lost_lease_fails_only_its_own_completion_in_a_batch(
+    transport: RedisStreamsTransport,
+) -> None:
+    kept, lost = await delivered(transport, 2)
+    coordinator = transport.coordinator()
+    kept_lease = (await coordinator.claim(kept.event.session_id, [kept.event.id], ttl=60)).lease
+    lost_lease = (await coordinator.claim(lost.event.session_id, [lost.event.id], ttl=60)).lease
+    assert kept_lease is not None
+    assert lost_lease is not None
+    await transport.client.set(transport.names.session_lease(lost.event.session_id), b"someone-else")
+    reply_stream = transport.names.responses("discord", "leases")
+
+    def complete(delivery: Delivery[AgentRequestEvent], lease: Lease) -> Coroutine[Any, Any, Completion]:
+        answer = AgentResponseEvent(request_id=delivery.event.id, content=delivery.event.content)
+        return transport.complete(delivery, Reply(answer, reply_stream), record_ttl=60, lease=lease)
+
+    results = await asyncio.gather(
+        complete(kept, kept_lease), complete(lost, lost_lease), return_exceptions=True
+    )
+
+    assert isinstance(results[0], Completion)
+    assert results[0].created
+    assert isinstance(results[1], LeaseLostError)
+    assert [r.event.content for r in await transport.read_stream(reply_stream, AgentResponseEvent)] == [
+        kept.event.content
+    ]
+    assert await coordinator.holder(kept.event.session_id) is None  # released with its reply
+    assert await transport.client.get(transport.names.session_lease(lost.event.session_id)) == b"someone-else"
+    (still_pending,) = await transport.pending(transport.names.requests, "g")
+    assert still_pending.entry_id == lost.entry_id
+
+
+async def test_an_unreadable_record_is_a_transport_error(transport: RedisStreamsTransport) -> None:
+    await transport.client.set(transport.names.completed_record("garbled"), b"not json")
+    with pytest.raises(TransportError, match="completed-request record is not readable"):
+        await transport.coordinator().get_record("garbled")
+
+
+# -- AutoPipeline itself --------------------------------------------------------------------------
+
+ECHO_ALL = "local out = {} for i = 1, #ARGV do out[i] = ARGV[i] end return out"
+
+
+async def test_batched_calls_become_one_script_call_and_each_gets_its_own_reply(redis_url: str) -> None:
+    client = Redis.from_url(redis_url)
+    packed: list[list[str]] = []
+
+    def pack(items: Sequence[str]) -> tuple[list[str], list[Arg]]:
+        packed.append(list(items))
+        return [], list(items)
+
+    kind = BatchScript(client.register_script(ECHO_ALL), pack)
+    auto = AutoPipeline(client)
+    try:
+        dropped = auto.batched(kind, "dropped")
+        futures = [auto.batched(kind, f"item-{n}") for n in range(5)]
+        dropped.cancel()  # its caller gave up before the batch was sent: it is left out
+        replies = await asyncio.gather(*futures)
+    finally:
+        await client.aclose()
+
+    assert replies == [f"item-{n}".encode() for n in range(5)]
+    assert packed == [[f"item-{n}" for n in range(5)]]
+
+
+async def test_a_batch_reply_of_the_wrong_length_fails_every_call(redis_url: str) -> None:
+    client = Redis.from_url(redis_url)
+    kind = BatchScript(client.register_script("return {1}"), lambda items: ([], list(items)))
+    auto = AutoPipeline(client)
+    try:
+        results = await asyncio.gather(
+            auto.batched(kind, "a"), auto.batched(kind, "b"), return_exceptions=True
+        )
+    finally:
+        await client.aclose()
+    assert all(isinstance(r, RuntimeError) and "answered" in str(r) for r in results)
+
+
+async def test_a_script_error_reaches_every_call_of_its_batch_and_nothing_else(redis_url: str) -> None:
+    client = Redis.from_url(redis_url)
+    kind = BatchScript(
+        client.register_script("return redis.error_reply('BROKEN on purpose')"),
+        lambda items: ([], list(items)),
+    )
+    auto = AutoPipeline(client)
+    try:
+        results = await asyncio.gather(
+            auto.batched(kind, "a"), auto.batched(kind, "b"), auto.command("PING"), return_exceptions=True
+        )
+    finally:
+        await client.aclose()
+    assert [str(r) for r in results[:2]] == ["BROKEN on purpose"] * 2
+    assert results[2] in (b"PONG", "PONG")
+
+
+async def test_commands_are_packed_as_the_protocol_spells_them(redis_url: str) -> None:
+    client = Redis.from_url(redis_url)
+    auto = AutoPipeline(client)
+    key = f"autopipeline:{uuid.uuid4()}"
+    try:
+        await auto.command("SET", key, "ünïcode")
+        await auto.command("APPEND", key, b"\x00\xff")
+        await auto.command("APPEND", key, 42)
+        assert await client.get(key) == "ünïcode".encode() + b"\x00\xff42"
+    finally:
+        await client.delete(key)
+        await client.aclose()
+
+
+@pytest.mark.redis_server
+async def test_a_burst_costs_the_server_at_most_five_calls_per_request(redis_server: RedisServer) -> None:
+    """Claim and complete under a lease, 64 at once: what ``INFO commandstats`` counts per request,
+    the calls scripts make inside Redis included (the benchmarks' "server calls")."""
+    transport = RedisStreamsTransport.from_url(redis_server.url)
+    admin = Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        warm_up, *deliveries = await delivered(transport, 65)
+        coordinator = transport.coordinator()
+        lease = (await coordinator.claim(warm_up.event.session_id, [warm_up.event.id], ttl=60)).lease
+        answer = AgentResponseEvent(request_id=warm_up.event.id)
+        await transport.complete(warm_up, Reply(answer, None), record_ttl=60, lease=lease)  # scripts loaded
+        await admin.config_resetstat()
+        claims = await asyncio.gather(
+            *(coordinator.claim(d.event.session_id, [d.event.id], ttl=60) for d in deliveries)
+        )
+        reply_streams = [transport.names.responses("discord", f"s{n % 16}") for n in range(64)]
+        await asyncio.gather(
+            *(
+                transport.complete(
+                    d, Reply(AgentResponseEvent(request_id=d.event.id), stream), record_ttl=60, lease=c.lease
+                )
+                for d, c, stream in zip(deliveries, claims, reply_streams, strict=True)
+            )
+        )
+        stats = await admin.info("commandstats")
+    finally:
+        await admin.aclose()
+        await transport.aclose()
+    calls = {
+        name.removeprefix("cmdstat_"): v["calls"]
+        for name, v in stats.items()
+        if name != "cmdstat_config|resetstat"
+    }
+    assert calls["evalsha"] == 2  # one claim script call, one complete script call
+    assert sum(calls.values()) / 64 <= 5, calls

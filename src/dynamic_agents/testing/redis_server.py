@@ -9,6 +9,8 @@ keeps nothing on disk (for benchmarks). Only the process started here is ever st
         ...
         server.kill()     # SIGKILL, like a crash
         server.start()    # same port, same data directory
+        server.pause()    # SIGSTOP: connections stay open, nothing answers (a hung server)
+        server.resume()   # SIGCONT
 
 Needs the ``redis-server`` binary on ``PATH``.
 """
@@ -16,6 +18,7 @@ Needs the ``redis-server`` binary on ``PATH``.
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -38,7 +41,8 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """``with RedisServer() as server: server.url``; ``kill()``, ``start()`` and ``restart()``."""
+    """``with RedisServer() as server: server.url``; ``kill()``, ``start()``, ``restart()``,
+    ``pause()`` and ``resume()``."""
 
     def __init__(self, *, durable: bool = True) -> None:
         binary = shutil.which("redis-server")
@@ -108,8 +112,19 @@ class RedisServer:
         self.kill()
         self.start()
 
+    def pause(self) -> None:
+        """SIGSTOP: the server keeps its connections but answers nothing, like a hung host."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after :meth:`pause`: the server answers again, queued commands first."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
+            self.resume()  # a paused server would not act on SIGTERM
             self.process.terminate()
             try:
                 self.process.wait(timeout=10)

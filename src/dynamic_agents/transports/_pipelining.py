@@ -2,106 +2,145 @@
 
 With many requests in flight, a worker's claims, completions and event writes come in bursts: each
 one awaited on its own costs a socket write, a read and an event-loop wake-up. :class:`AutoPipeline`
-sends the commands queued during one event-loop iteration as one pipeline (``transaction=False``):
-one write, one connection, replies read back in order. Each caller still awaits its own reply, and
-an error reaches only the command it belongs to. A command alone in its iteration is sent as it is,
-without a pipeline (whose setup in redis-py costs more than the command).
+sends the commands queued during one event-loop iteration together: one write on one connection,
+replies read back in order. Each caller still awaits its own reply, and an error reaches only the
+command it belongs to.
 
-Commands queued in one iteration run in the order they were queued; separate pipelines may run in
+Calls of a :class:`BatchScript` queued in one iteration go further: they become *one* call of
+the script, which handles the whole batch inside Redis (one ``MGET`` for every key it checks, one
+``XACK`` for every entry it acks…) and returns one reply per call. The batch runs at the position
+of its first call.
+
+Commands queued in one iteration run in the order they were queued; separate batches may run in
 any order (they can use different connections), so a caller that needs order awaits one batch
 before queuing the next.
 
 Scripts are sent with ``EVALSHA``; after a reply of ``NOSCRIPT`` (a restarted or flushed server)
 each script is loaded once and the calls that got it are sent again.
+
+The commands are packed here and written on a connection of the client's pool, and the replies are
+read with the connection's own parser (hiredis when installed): redis-py's ``Pipeline`` and its
+``pack_command`` cost more per command than the commands themselves on this path. What that skips
+is redis-py's command layer — its response callbacks (replies come back raw, as the server sent
+them) and any instrumentation that wraps ``execute_command``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+import contextlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
-__all__ = ["AutoPipeline"]
+__all__ = ["Arg", "AutoPipeline", "BatchScript"]
 
 Arg = bytes | str | int
+ItemT = TypeVar("ItemT")
+
+
+@dataclass(frozen=True, slots=True)
+class BatchScript(Generic[ItemT]):
+    """A script that takes many calls at once: ``pack`` turns the calls (items) into the script's
+    keys and arguments; the script returns a list with one reply per item, in order."""
+
+    script: AsyncScript
+    pack: Callable[[Sequence[ItemT]], tuple[list[str], list[Arg]]]
 
 
 @dataclass(slots=True)
 class _Call:
-    stage: Callable[[Pipeline], object]
-    """Adds exactly one command to the pipeline."""
-    alone: Callable[[], Awaitable[object]]
-    """Sends the same command without a pipeline."""
+    command: Callable[[], Sequence[Arg]]
+    """The command's arguments, made when it is sent (a script's sha can change on reload)."""
     future: asyncio.Future[object]
     script: AsyncScript | None = None
 
 
-class AutoPipeline:
-    """Batches commands per event-loop iteration into one pipeline (see the module docs)."""
+@dataclass(slots=True)
+class _Batch(Generic[ItemT]):
+    """The calls of one :class:`BatchScript` queued in one iteration."""
 
-    def __init__(self, client: Redis) -> None:
+    kind: BatchScript[ItemT]
+    items: list[ItemT]
+    futures: list[asyncio.Future[object]]
+
+    def call(self) -> _Call | None:
+        """One call of the script for the items still awaited; its reply is shared out."""
+        pairs = zip(self.items, self.futures, strict=True)
+        live = [(item, future) for item, future in pairs if not future.done()]
+        if not live:
+            return None
+        items, futures = [item for item, _ in live], [future for _, future in live]
+        keys, args = self.kind.pack(items)
+        combined: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        combined.add_done_callback(partial(_share_out, futures))
+        return _Call(partial(_evalsha, self.kind.script, keys, args), combined, self.kind.script)
+
+
+class AutoPipeline:
+    """Batches commands per event-loop iteration into one write (see the module docs)."""
+
+    def __init__(self, client: Redis, *, timeout: float = 5.0) -> None:
         self._client = client
-        self._queued: list[_Call] = []
+        self._timeout = timeout
+        self._queued: list[_Call | _Batch[Any]] = []
+        self._batches: dict[int, _Batch[Any]] = {}  # id(BatchScript) -> its calls this iteration
         self._sending: set[asyncio.Task[None]] = set()
 
     def script(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Arg]) -> asyncio.Future[object]:
         """Queue a script call; the future resolves with its reply (or its error)."""
-        alone = partial(script, keys=keys, args=args)  # redis-py's call loads the script on NOSCRIPT
-        return self._queue(_Call(_evalsha(script, keys, args), alone, self._future(), script))
+        return self._queue(_Call(partial(_evalsha, script, keys, args), self._future(), script))
 
-    def command(self, name: str, *args: Any, **options: Any) -> asyncio.Future[object]:
-        """Queue one redis-py command by its method name: ``command("xadd", stream, fields)``."""
+    def batched(self, kind: BatchScript[ItemT], item: ItemT) -> asyncio.Future[object]:
+        """Queue one call of a batch script; the future resolves with this item's reply."""
+        future = self._future()
+        batch = self._batches.get(id(kind))
+        if batch is None:
+            batch = self._batches[id(kind)] = _Batch(kind, [], [])
+            self._enqueue(batch)
+        batch.items.append(item)
+        batch.futures.append(future)
+        return future
 
-        def stage(pipe: Pipeline) -> object:
-            return getattr(pipe, name)(*args, **options)
-
-        def alone() -> Awaitable[object]:
-            return getattr(self._client, name)(*args, **options)  # type: ignore[no-any-return]
-
-        return self._queue(_Call(stage, alone, self._future()))
+    def command(self, *args: Arg) -> asyncio.Future[object]:
+        """Queue one command as Redis spells it: ``command("XADD", stream, "*", field, value)``.
+        The reply is raw (bytes, integers, lists), as the server sent it."""
+        return self._queue(_Call(lambda: args, self._future()))
 
     def _future(self) -> asyncio.Future[object]:
         return asyncio.get_running_loop().create_future()
 
     def _queue(self, call: _Call) -> asyncio.Future[object]:
+        self._enqueue(call)
+        return call.future
+
+    def _enqueue(self, call: _Call | _Batch[Any]) -> None:
         if not self._queued:
             asyncio.get_running_loop().call_soon(self._flush)
         self._queued.append(call)
-        return call.future
 
     def _flush(self) -> None:
-        batch, self._queued = self._queued, []
-        batch = [call for call in batch if not call.future.done()]  # callers cancelled meanwhile
+        queued, self._queued = self._queued, []
+        self._batches.clear()
+        batch = []
+        for queued_call in queued:
+            call = queued_call.call() if isinstance(queued_call, _Batch) else queued_call
+            if call is not None and not call.future.done():  # callers cancelled meanwhile
+                batch.append(call)
         if not batch:
             return
-        send = self._send_alone(batch[0]) if len(batch) == 1 else self._send(batch)
-        task = asyncio.get_running_loop().create_task(send)
+        task = asyncio.get_running_loop().create_task(self._send(batch))
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 
-    async def _send_alone(self, call: _Call) -> None:
-        try:
-            reply = await call.alone()
-        except BaseException as error:
-            _settle(call.future, error=error)
-            if isinstance(error, asyncio.CancelledError):
-                raise
-        else:
-            _settle(call.future, result=reply)
-
     async def _send(self, batch: list[_Call], *, reload: bool = True) -> None:
-        pipe = self._client.pipeline(transaction=False)
-        for call in batch:
-            call.stage(pipe)
         try:
-            replies: list[object] = await pipe.execute(raise_on_error=False)
+            replies = await self._execute(b"".join(_pack(call.command()) for call in batch), len(batch))
         except BaseException as error:  # the connection failed: every command in the batch failed
             for call in batch:
                 _settle(call.future, error=error)
@@ -119,6 +158,29 @@ class AutoPipeline:
         if unknown:
             await self._load_and_send(unknown)
 
+    async def _execute(self, commands: bytes, count: int) -> list[object]:
+        """Write the packed commands on one connection and read their ``count`` replies within
+        ``timeout`` seconds; an error reply is returned in its place, a connection failure or the
+        timeout (``TimeoutError``) raised."""
+        pool = self._client.connection_pool
+        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        replies: list[object] = []
+        try:
+            async with asyncio.timeout(self._timeout):  # one bound on the whole exchange
+                await connection.send_packed_command(commands)
+                for _ in range(count):
+                    try:
+                        replies.append(await connection.read_response())
+                    except ResponseError as error:  # the reply was an error: the connection is fine
+                        replies.append(error)
+        except BaseException:
+            with contextlib.suppress(Exception):  # replies may be left unread: never reuse it
+                await connection.disconnect()
+            raise
+        finally:
+            await pool.release(connection)
+        return replies
+
     async def _load_and_send(self, batch: list[_Call]) -> None:
         """After ``NOSCRIPT`` (a restarted or flushed server): load each script once, send again."""
         try:
@@ -131,9 +193,38 @@ class AutoPipeline:
         await self._send(batch, reload=False)
 
 
-def _evalsha(script: AsyncScript, keys: Sequence[str], args: Sequence[Arg]) -> Callable[[Pipeline], object]:
-    # The sha is read when the command is staged, so a resend after a reload uses the new one.
-    return lambda pipe: pipe.evalsha(script.sha, len(keys), *keys, *args)
+def _evalsha(script: AsyncScript, keys: Sequence[str], args: Sequence[Arg]) -> Sequence[Arg]:
+    return ("EVALSHA", script.sha, len(keys), *keys, *args)
+
+
+def _pack(command: Sequence[Arg]) -> bytes:
+    """One command in the Redis protocol (RESP): an array of bulk strings."""
+    parts = [b"*%d\r\n" % len(command)]
+    for arg in command:
+        value = arg.encode() if isinstance(arg, str) else b"%d" % arg if isinstance(arg, int) else arg
+        parts.append(b"$%d\r\n%b\r\n" % (len(value), value))
+    return b"".join(parts)
+
+
+def _share_out(futures: list[asyncio.Future[object]], combined: asyncio.Future[object]) -> None:
+    """A batch call's outcome to each of its items: its own reply, or the call's error."""
+    if combined.cancelled():
+        for future in futures:
+            future.cancel()
+        return
+    error = combined.exception()
+    if error is not None:
+        for future in futures:
+            _settle(future, error=error)
+        return
+    replies = combined.result()
+    if not isinstance(replies, list) or len(replies) != len(futures):
+        mismatch = RuntimeError(f"a batch script answered {replies!r} to {len(futures)} calls")
+        for future in futures:
+            _settle(future, error=mismatch)
+        return
+    for future, reply in zip(futures, replies, strict=True):
+        _settle(future, result=reply)
 
 
 def _settle(

@@ -18,6 +18,20 @@ local function check_stream(key)
 end
 """
 
+# KEYS[1] stream; ARGV: maxlen or '', field name, values… One entry {field: value} per value, in
+# order; returns their ids. A key of another type fails the first XADD, so nothing is written.
+PUBLISH_MANY: Final = """#!lua
+local ids = {}
+for i = 3, #ARGV do
+  if ARGV[1] ~= '' then
+    ids[#ids + 1] = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', ARGV[2], ARGV[i])
+  else
+    ids[#ids + 1] = redis.call('XADD', KEYS[1], '*', ARGV[2], ARGV[i])
+  end
+end
+return ids
+"""
+
 # KEYS[1] stream; ARGV: group, consumer, idle ms to set, entry ids…
 # Resets (or sets) the idle time of the entries this consumer still holds, without counting a new
 # delivery; returns the ids it still holds.
@@ -50,48 +64,132 @@ end
 return {claimed[1], claimed[2], claimed[3] or {}, counts}
 """
 
-# KEYS: request stream, record key, lease key (or the record key again)[, reply stream]
-# ARGV: group, entry id, record ttl ms, reply maxlen or '', reply expire ms or '', completed_at,
-#       request id, response id, status, reply channel or '', channel payload, lease token or '',
-#       reply field/value pairs…
-# With a lease token, writes only while KEYS[3] holds it, and deletes it after the ack.
-# Returns {1, reply entry id or ''} when written (the caller knows the rest of the record),
-# {0, existing record} when the request was already answered,
-# {-1, {}} when the lease is not held (nothing written, not acked).
+_CHUNKED: Final = """
+local function chunked(command, head, items)
+  -- one call of command (head…, items…) per 1,000 items: unpack() has a stack limit
+  for first = 1, #items, 1000 do
+    local args = {unpack(head)}
+    for i = first, math.min(first + 999, #items) do args[#args + 1] = items[i] end
+    redis.call(command, unpack(args))
+  end
+end
+local function exists(keys)
+  local count = 0
+  for first = 1, #keys, 1000 do
+    count = count + redis.call('EXISTS', unpack(keys, first, math.min(first + 999, #keys)))
+  end
+  return count
+end
+local function mget(keys)
+  local values = {}
+  for first = 1, #keys, 1000 do
+    local part = redis.call('MGET', unpack(keys, first, math.min(first + 999, #keys)))
+    for i = 1, #part do values[#values + 1] = part[i] end
+  end
+  return values
+end
+"""
+
+# Completes many requests at once (a BatchScript): reply, record, ack and lease release for each.
+# KEYS, 4 per item: request stream, record key, lease key, reply stream (the record key again when
+#   the item has no lease or no reply stream).
+# ARGV[1]: JSON, per item [group, entry id, record ttl ms, reply maxlen or '', reply expire ms or '',
+#   completed_at, request id, response id, status, reply channel or '', lease token or '',
+#   has reply stream (1 or 0)]; ARGV[2]: the reply's field name; ARGV[2 + i]: item i's envelope.
+# Per item, in order: {1, reply entry id or ''} when written (the caller knows the rest of the
+# record), {0, existing record (JSON)} when the request was already answered (then only acked, and
+# its lease released), {-1, ''} when its lease is not held (nothing written, not acked), or
+# {-2, message} when a key has the wrong type (nothing written for it, not acked).
+# Reads come first — one TYPE per request stream, one MGET of the leases, one MGET and one EXISTS
+# of the records — then, per item, XADD (the item's first write: on error nothing is written)
+# and SET of the record; last one PEXPIRE per reply stream, one XACK per stream and one DEL.
+# Records are JSON strings, so one MGET reads them all; EXISTS tells a record key that holds
+# another type (MGET reads it as nil) from a missing one.
 COMPLETE: Final = (
     "#!lua\n"
-    + _CHECK_STREAM
+    + _CHUNKED
     + """
-local err = check_stream(KEYS[1])
-if err then return err end
-local leased = ARGV[12] ~= ''
-local owned = not leased or redis.call('GET', KEYS[3]) == ARGV[12]
-local existing = redis.call('HGETALL', KEYS[2])
-if #existing > 0 then
-  redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-  if leased and owned then redis.call('DEL', KEYS[3]) end
-  return {0, existing}
-end
-if not owned then return {-1, {}} end
-local reply_stream, reply_id = KEYS[4] or '', ''
-if KEYS[4] then
-  err = check_stream(KEYS[4])
-  if err then return err end
-  if ARGV[4] ~= '' then
-    reply_id = redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', unpack(ARGV, 13))
-  else
-    reply_id = redis.call('XADD', KEYS[4], '*', unpack(ARGV, 13))
+local items = cjson.decode(ARGV[1])
+local field = ARGV[2]
+local n = #items
+local stream_kind, lease_keys, lease_at, record_keys = {}, {}, {}, {}
+for i, item in ipairs(items) do
+  local stream = KEYS[4 * i - 3]
+  if stream_kind[stream] == nil then stream_kind[stream] = redis.call('TYPE', stream)['ok'] end
+  if item[11] ~= '' then
+    lease_keys[#lease_keys + 1] = KEYS[4 * i - 1]
+    lease_at[i] = #lease_keys
   end
-  if ARGV[5] ~= '' then redis.call('PEXPIRE', KEYS[4], ARGV[5]) end
+  record_keys[i] = KEYS[4 * i - 2]
 end
-local record = {'request_id', ARGV[7], 'response_id', ARGV[8], 'status', ARGV[9],
-                'reply_stream', reply_stream, 'reply_entry_id', reply_id, 'completed_at', ARGV[6]}
-redis.call('HSET', KEYS[2], unpack(record))
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-if leased then redis.call('DEL', KEYS[3]) end
-if ARGV[10] ~= '' then redis.call('PUBLISH', ARGV[10], ARGV[11]) end
-return {1, reply_id}
+local leases = #lease_keys > 0 and mget(lease_keys) or {}
+local records = mget(record_keys)
+local strings = 0
+for i = 1, n do if records[i] then strings = strings + 1 end end
+local squatted = {}
+if exists(record_keys) > strings then
+  for i = 1, n do
+    if not records[i] then
+      local kind = redis.call('TYPE', record_keys[i])['ok']
+      if kind ~= 'none' then squatted[i] = kind end
+    end
+  end
+end
+local results, answered, acks, ack_order, releases, expires = {}, {}, {}, {}, {}, {}
+local function ack(i, item)
+  local at = KEYS[4 * i - 3] .. '\\0' .. item[1]
+  if not acks[at] then
+    acks[at] = {stream = KEYS[4 * i - 3], group = item[1], ids = {}}
+    ack_order[#ack_order + 1] = at
+  end
+  acks[at].ids[#acks[at].ids + 1] = item[2]
+end
+for i, item in ipairs(items) do
+  local stream, leased = KEYS[4 * i - 3], item[11] ~= ''
+  local owned = not leased or leases[lease_at[i]] == item[11]
+  local existing = records[i] or answered[item[7]]
+  local kind = stream_kind[stream]
+  if kind ~= 'none' and kind ~= 'stream' then
+    results[i] = {-2, 'WRONGTYPE key ' .. stream .. ' holds a ' .. kind .. ', not a stream'}
+  elseif squatted[i] then
+    results[i] = {-2, 'WRONGTYPE key ' .. record_keys[i] .. ' holds a ' .. squatted[i] .. ', not a record'}
+  elseif existing then
+    ack(i, item)
+    if leased and owned then releases[#releases + 1] = KEYS[4 * i - 1] end
+    results[i] = {0, existing}
+  elseif not owned then
+    results[i] = {-1, ''}
+  else
+    local reply_stream, reply_id = '', ''
+    if item[12] == 1 then
+      reply_stream = KEYS[4 * i]
+      if item[4] ~= '' then
+        reply_id = redis.pcall('XADD', reply_stream, 'MAXLEN', '~', item[4], '*', field, ARGV[2 + i])
+      else
+        reply_id = redis.pcall('XADD', reply_stream, '*', field, ARGV[2 + i])
+      end
+    end
+    if type(reply_id) == 'table' then
+      results[i] = {-2, reply_id['err'] .. ' (reply stream ' .. reply_stream .. ')'}
+    else
+      if item[5] ~= '' and reply_stream ~= '' then expires[reply_stream] = item[5] end
+      local record = cjson.encode({request_id = item[7], response_id = item[8], status = item[9],
+        reply_stream = reply_stream, reply_entry_id = reply_id, completed_at = item[6]})
+      redis.call('SET', record_keys[i], record, 'PX', item[3])
+      answered[item[7]] = record
+      ack(i, item)
+      if leased then releases[#releases + 1] = KEYS[4 * i - 1] end
+      if item[10] ~= '' then redis.call('PUBLISH', item[10], ARGV[2 + i]) end
+      results[i] = {1, reply_id}
+    end
+  end
+end
+for reply_stream, ms in pairs(expires) do redis.call('PEXPIRE', reply_stream, ms) end
+for _, at in ipairs(ack_order) do
+  chunked('XACK', {acks[at].stream, acks[at].group}, acks[at].ids)
+end
+if #releases > 0 then chunked('DEL', {}, releases) end
+return results
 """
 )
 
@@ -161,23 +259,45 @@ end
 return redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d-%d', min_ms, min_seq))
 """
 
-# KEYS: lease key, n record keys, n cancel flag keys; ARGV: token, ttl ms, n
-# Before a run, in one step: {'answered', indexes} if any request has a record, else
-# {'cancelled', indexes} if any has a cancellation request, else SET NX the lease: {'leased'|'busy'}.
-CLAIM: Final = """#!lua
-local n = tonumber(ARGV[3])
-local found = {}
-for i = 1, n do
-  if redis.call('EXISTS', KEYS[1 + i]) == 1 then found[#found + 1] = i end
+# Claims many sessions at once (a BatchScript). KEYS, per claim: lease key, n record keys, n cancel
+# flag keys; ARGV[1]: JSON, per claim [token, ttl ms, n].
+# Per claim, before a run, in one step: {'answered', indexes} if any of its requests has a record,
+# else {'cancelled', indexes} if any has a cancellation request, else SET NX of the lease:
+# {'leased', {}} or {'busy', {}}. One MGET reads every record and flag; then one SET per claim.
+CLAIM: Final = (
+    "#!lua\n"
+    + _CHUNKED
+    + """
+local claims = cjson.decode(ARGV[1])
+local checks, at = {}, 0
+for _, claim in ipairs(claims) do
+  for i = 1, 2 * claim[3] do checks[#checks + 1] = KEYS[at + 1 + i] end
+  at = at + 1 + 2 * claim[3]
 end
-if #found > 0 then return {'answered', found} end
-for i = 1, n do
-  if redis.call('EXISTS', KEYS[1 + n + i]) == 1 then found[#found + 1] = i end
+local values = mget(checks)
+local results, seen = {}, 0
+at = 0
+for c, claim in ipairs(claims) do
+  local n, found = claim[3], {}
+  for i = 1, n do if values[seen + i] then found[#found + 1] = i end end
+  if #found > 0 then
+    results[c] = {'answered', found}
+  else
+    for i = 1, n do if values[seen + n + i] then found[#found + 1] = i end end
+    if #found > 0 then
+      results[c] = {'cancelled', found}
+    elseif redis.call('SET', KEYS[at + 1], claim[1], 'NX', 'PX', claim[2]) then
+      results[c] = {'leased', {}}
+    else
+      results[c] = {'busy', {}}
+    end
+  end
+  seen = seen + 2 * n
+  at = at + 1 + 2 * n
 end
-if #found > 0 then return {'cancelled', found} end
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return {'leased', {}} end
-return {'busy', {}}
+return results
 """
+)
 
 # KEYS[1] lease key; ARGV: token, ttl ms. Renew only for the owner.
 RENEW_LEASE: Final = """#!lua
@@ -193,12 +313,4 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0
-"""
-
-# KEYS[1] record key; ARGV: ttl ms, field/value pairs… Store unless a record exists.
-SET_RECORD: Final = """#!lua
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-redis.call('PEXPIRE', KEYS[1], ARGV[1])
-return 1
 """

@@ -329,8 +329,8 @@ class Transport(_AsyncResource):
     async def publish_many(
         self, stream: str, events: Sequence[WireModel], *, maxlen: int | None = None
     ) -> list[str]:
-        """Append ``events`` to ``stream`` in order; returns their entry ids. On Redis they go out
-        in one round trip. Not atomic: after an error, some may have been written."""
+        """Append ``events`` to ``stream`` in order; returns their entry ids. On Redis one script
+        call writes them all or none; elsewhere (this default) some may be written before an error."""
         return [await self.publish(stream, event, maxlen=maxlen) for event in events]
 
     @abstractmethod

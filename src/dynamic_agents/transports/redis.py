@@ -12,6 +12,7 @@ restart without persistence (``NOGROUP``) is recreated at ``0``.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from dynamic_agents.exceptions import (
     TransportError,
 )
 from dynamic_agents.transports import _scripts
-from dynamic_agents.transports._pipelining import AutoPipeline
+from dynamic_agents.transports._pipelining import Arg, AutoPipeline, BatchScript
 from dynamic_agents.transports.base import (
     Claim,
     ClaimStatus,
@@ -134,6 +135,18 @@ def _stream_entries(value: object) -> list[tuple[str, dict[bytes, bytes]]]:
     return [entry for entries in per_stream for entry in _entries(entries)]
 
 
+def _own_client(url: str) -> Redis:
+    """A client for ``from_url``: raw bytes, and no per-socket-call timeout unless the URL sets one
+    (every operation is bounded by ``operation_timeout`` instead)."""
+    return Redis.from_url(url, decode_responses=False, socket_timeout=None)
+
+
+def _unreachable(error: BaseException, timeout: float) -> str:
+    if isinstance(error, TimeoutError) and not str(error):  # our own bound on the attempt
+        return f"Redis did not answer within {timeout:g}s"
+    return f"Redis unreachable ({error})"
+
+
 def _connection_setting(client: Redis, name: str) -> object:
     kwargs: dict[str, object] = client.get_connection_kwargs()  # type: ignore[no-untyped-call]
     return kwargs.get(name)
@@ -143,27 +156,37 @@ def _connection_setting(client: Redis, name: str) -> object:
 class _RetryPolicy:
     backoff: ExponentialWithJitterBackoff
     deadline: float
+    timeout: float = 5.0
+    """Bound on one attempt (a blocking command gets its block time on top)."""
 
 
 async def _retrying(
-    what: str, operation: Callable[[], Awaitable[T]], policy: _RetryPolicy, stats: TransportStats | None
+    what: str,
+    operation: Callable[[], Awaitable[T]],
+    policy: _RetryPolicy,
+    stats: TransportStats | None,
+    *,
+    blocks: float = 0.0,
 ) -> T:
-    """Run ``operation``, retrying connection errors with backoff until ``policy.deadline`` runs out;
-    then (and for Redis errors) raise :class:`TransportError`."""
+    """Run ``operation``, each attempt bounded by ``policy.timeout`` (plus ``blocks`` seconds for a
+    blocking command), retrying connection errors and timeouts with backoff until
+    ``policy.deadline`` runs out; then (and for Redis errors) raise :class:`TransportError`."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + policy.deadline
     failures = 0
     while True:
         try:
-            return await operation()
-        except _CONNECTION_ERRORS as error:
+            async with asyncio.timeout(policy.timeout + blocks):
+                return await operation()
+        except _CONNECTION_ERRORS as error:  # (asyncio's TimeoutError is an OSError)
             failures += 1
             delay = policy.backoff.compute(failures)
+            reason = _unreachable(error, policy.timeout + blocks)
             if loop.time() + delay > deadline:
-                raise TransportError(f"{what} failed: Redis unreachable ({error})") from error
+                raise TransportError(f"{what} failed: {reason}") from error
             if stats is not None:
                 stats.reconnects += 1
-            logger.warning("%s: Redis unreachable (%s); retrying in %.2fs", what, error, delay)
+            logger.warning("%s: %s; retrying in %.2fs", what, reason, delay)
             await asyncio.sleep(delay)
         except redis_errors.ResponseError as error:
             raise TransportError(f"{what} failed: {error}") from error
@@ -176,9 +199,14 @@ class RedisStreamsTransport(Transport):
     a client passed in is left open. The client must not decode responses, and a ``socket_timeout``
     (if any) must outlast the longest ``block`` of a read.
 
-    ``retry_cap`` bounds the backoff between reconnect attempts (seconds); operations other than
-    ``read`` give up after ``retry_deadline`` seconds and raise :class:`TransportError`, while
-    ``read`` keeps trying until cancelled (a worker has nothing better to do while Redis is away).
+    Each attempt of an operation gets ``operation_timeout`` seconds (a blocking read its ``block``
+    on top): a server that stops answering without closing the connection (a hung host, a network
+    partition) counts as unreachable. ``from_url`` therefore leaves redis-py's own per-socket-call
+    timeout off (``socket_timeout=None`` unless the URL sets one), which would otherwise cost an
+    extra task and timer per command. ``retry_cap`` bounds the backoff between reconnect attempts
+    (seconds); operations other than ``read`` give up after ``retry_deadline`` seconds and raise
+    :class:`TransportError`, while ``read`` keeps trying until cancelled (a worker has nothing
+    better to do while Redis is away).
     """
 
     def __init__(
@@ -191,31 +219,35 @@ class RedisStreamsTransport(Transport):
         retry_base: float = 0.05,
         retry_cap: float = 5.0,
         retry_deadline: float = 30.0,
+        operation_timeout: float = 5.0,
         owns_client: bool = False,
     ) -> None:
         if _connection_setting(client, "decode_responses"):
             raise ConfigurationError("the Redis client must have decode_responses=False")
+        if operation_timeout <= 0:
+            raise ConfigurationError(f"operation_timeout must be > 0 seconds, got {operation_timeout}")
         self.client = client
         self.names = names or StreamNames()
         self.codec = codec or EventCodec()
         self.clock: Clock = clock or SystemClock()
         self.stats = TransportStats()
         self._backoff = ExponentialWithJitterBackoff(cap=retry_cap, base=retry_base)
-        self._retry = _RetryPolicy(self._backoff, retry_deadline)
+        self._retry = _RetryPolicy(self._backoff, retry_deadline, operation_timeout)
         self._owns_client = owns_client
         self._hold = client.register_script(_scripts.HOLD)
+        self._publish_many = client.register_script(_scripts.PUBLISH_MANY)
         self._reclaim_script = client.register_script(_scripts.RECLAIM)
-        self._complete = client.register_script(_scripts.COMPLETE)
+        self._completes = BatchScript(client.register_script(_scripts.COMPLETE), _pack_completions)
         self._dead_letter = client.register_script(_scripts.DEAD_LETTER)
         self._trim = client.register_script(_scripts.TRIM_ACKNOWLEDGED)
-        self._pipeline = AutoPipeline(client)
+        self._pipeline = AutoPipeline(client, timeout=operation_timeout)
         self._cursors: dict[tuple[str, str, str], str] = {}
         self._reclaimed_at: dict[tuple[str, str, str], float] = {}
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> RedisStreamsTransport:
         """A transport with a client of its own (closed by :meth:`aclose`)."""
-        return cls(Redis.from_url(url, decode_responses=False), owns_client=True, **kwargs)
+        return cls(_own_client(url), owns_client=True, **kwargs)
 
     def __repr__(self) -> str:
         return f"RedisStreamsTransport(prefix={self.names.prefix!r})"
@@ -223,7 +255,8 @@ class RedisStreamsTransport(Transport):
     # -- retries ----------------------------------------------------------------------------------
 
     async def _call(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
-        """Run ``operation``, retrying connection errors with backoff for ``retry_deadline``."""
+        """Run ``operation`` (each attempt within ``operation_timeout``), retrying connection errors
+        and timeouts with backoff for ``retry_deadline``."""
         return await _retrying(what, operation, self._retry, self.stats)
 
     # -- writing ----------------------------------------------------------------------------------
@@ -240,7 +273,8 @@ class RedisStreamsTransport(Transport):
 
         async def publish() -> object:
             if expire is None:  # one command: pipelined with the others of this loop iteration
-                return await self._pipeline.command("xadd", stream, values, maxlen=maxlen, approximate=True)
+                trim: list[Arg] = ["MAXLEN", "~", maxlen] if maxlen is not None else []
+                return await self._pipeline.command("XADD", stream, *trim, "*", *_flatten(values))
             pipe: Pipeline = self.client.pipeline(transaction=True)
             pipe.xadd(stream, values, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
             pipe.pexpire(stream, _ms(expire))
@@ -256,16 +290,10 @@ class RedisStreamsTransport(Transport):
     ) -> list[str]:
         if not events:
             return []
-        entries = [_pairs(self.codec.encode_entry(event)) for event in events]
-
-        async def publish() -> list[object]:
-            pipe: Pipeline = self.client.pipeline(transaction=False)
-            for fields in entries:
-                pipe.xadd(stream, fields, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
-            replies: list[object] = await pipe.execute()
-            return replies
-
-        entry_ids = await self._call(f"publish {len(events)} events to {stream!r}", publish)
+        envelopes = [self.codec.encode_envelope(event) for event in events]
+        args: list[Arg] = [_optional(maxlen), DATA_FIELD, *envelopes]
+        publish = partial(self._pipeline.script, self._publish_many, [stream], args)  # one call, all entries
+        entry_ids = _list(await self._call(f"publish {len(events)} events to {stream!r}", publish))
         self.stats.published += len(entry_ids)
         return [_bytes(entry_id).decode() for entry_id in entry_ids]
 
@@ -292,15 +320,16 @@ class RedisStreamsTransport(Transport):
         self._check_block(subscription)
         failures = 0
         while True:
+            bound = self._retry.timeout + max(subscription.block, 0.0)
             try:
-                deliveries = await self._read_once(subscription, count)
-            except _CONNECTION_ERRORS as error:
+                async with asyncio.timeout(bound):
+                    deliveries = await self._read_once(subscription, count)
+            except _CONNECTION_ERRORS as error:  # (asyncio's TimeoutError is an OSError)
                 failures += 1
                 delay = self._backoff.compute(failures)
                 self.stats.reconnects += 1
-                logger.warning(
-                    "reading %r: Redis unreachable (%s); retrying in %.2fs", subscription.stream, error, delay
-                )
+                reason = _unreachable(error, bound)
+                logger.warning("reading %r: %s; retrying in %.2fs", subscription.stream, reason, delay)
                 await asyncio.sleep(delay)
                 continue
             except redis_errors.ResponseError as error:
@@ -463,16 +492,10 @@ class RedisStreamsTransport(Transport):
         event, completed_at = reply.event, self.clock.time()
         record_key = self.names.completed_record(event.request_id)
         lease_key = self.names.session_lease(lease.session_id) if lease is not None else record_key
-        keys = [delivery.stream, record_key, lease_key]
-        reply_args: list[bytes | str | int] = []
-        envelope = reply.envelope(self.codec)
-        if reply.stream is not None:
-            keys.append(reply.stream)
-            reply_args = [DATA_FIELD, envelope]
-        args: list[bytes | str | int] = [
+        spec: list[str | int] = [
             delivery.group,
             delivery.entry_id,
-            _ms(record_ttl),
+            str(_ms(record_ttl)),
             _optional(reply.maxlen),
             _optional(_ms(reply.expire) if reply.expire is not None else None),
             repr(completed_at),
@@ -480,20 +503,25 @@ class RedisStreamsTransport(Transport):
             event.id,
             str(event.status),
             reply.channel or "",
-            envelope if reply.channel else b"",
             lease.token if lease is not None else "",
-            *reply_args,
+            0 if reply.stream is None else 1,
         ]
+        envelope = reply.envelope(self.codec) if reply.stream is not None or reply.channel else b""
+        call = _Completion(
+            (delivery.stream, record_key, lease_key, reply.stream or record_key), spec, envelope
+        )
         created, detail = _list(
             await self._call(
-                f"complete {event.request_id}", partial(self._pipeline.script, self._complete, keys, args)
+                f"complete {event.request_id}", partial(self._pipeline.batched, self._completes, call)
             )
         )
+        if _int(created) == -2:
+            raise TransportError(f"complete {event.request_id} failed: {_bytes(detail).decode()}")
         if _int(created) < 0:
             assert lease is not None
             raise LeaseLostError(lease.session_id)
         if not _int(created):
-            return Completion(CompletedRecord.from_fields(_pairs(detail)), created=False)
+            return Completion(_record(detail), created=False)
         self.stats.acked += 1
         reply_id = _bytes(detail).decode() or None
         record = CompletedRecord(
@@ -512,9 +540,12 @@ class RedisStreamsTransport(Transport):
         count: int = 100,
         block: float | None = None,
     ) -> list[Entry[E]]:
-        response = await self._call(
+        response = await _retrying(
             f"read {stream!r}",
             lambda: self.client.xread({stream: after}, count=count, block=None if not block else _ms(block)),
+            self._retry,
+            self.stats,
+            blocks=block or 0.0,
         )
         return [
             decode_entry(self.codec, stream, entry_id, fields, model)
@@ -568,8 +599,45 @@ class RedisStreamsTransport(Transport):
             await self.client.aclose()
 
 
-def _optional(value: int | None) -> str | int:
-    return "" if value is None else value
+def _optional(value: int | None) -> str:
+    return "" if value is None else str(value)
+
+
+def _record(stored: object) -> CompletedRecord:
+    """A completed-request record as stored: a JSON object of :meth:`CompletedRecord.to_fields`."""
+    try:
+        fields = json.loads(_bytes(stored))
+        return CompletedRecord.from_fields(fields)
+    except (ValueError, TypeError, KeyError) as error:
+        raise TransportError(f"a completed-request record is not readable: {error}") from error
+
+
+@dataclass(frozen=True, slots=True)
+class _Completion:
+    """One call of the ``COMPLETE`` batch script (see ``_scripts.COMPLETE``)."""
+
+    keys: tuple[str, str, str, str]
+    spec: list[str | int]
+    envelope: bytes
+
+
+def _pack_completions(calls: Sequence[_Completion]) -> tuple[list[str], list[Arg]]:
+    keys = [key for call in calls for key in call.keys]
+    specs = json.dumps([call.spec for call in calls], separators=(",", ":"))
+    return keys, [specs, DATA_FIELD, *(call.envelope for call in calls)]
+
+
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    """One call of the ``CLAIM`` batch script: the lease key, then the record and cancel flag keys."""
+
+    keys: list[str]
+    spec: list[str | int]
+
+
+def _pack_claims(calls: Sequence[_Claim]) -> tuple[list[str], list[Arg]]:
+    keys = [key for call in calls for key in call.keys]
+    return keys, [json.dumps([call.spec for call in calls], separators=(",", ":"))]
 
 
 def _flatten(fields: Mapping[str, bytes] | Mapping[bytes, bytes]) -> list[bytes | str | int]:
@@ -601,13 +669,12 @@ class RedisCoordinator(Coordinator):
         self._retry = retry or _RetryPolicy(ExponentialWithJitterBackoff(cap=5.0, base=0.05), 30.0)
         self._renew = client.register_script(_scripts.RENEW_LEASE)
         self._release = client.register_script(_scripts.RELEASE_LEASE)
-        self._set_record = client.register_script(_scripts.SET_RECORD)
-        self._claim = client.register_script(_scripts.CLAIM)
-        self._pipeline = pipeline or AutoPipeline(client)
+        self._claims = BatchScript(client.register_script(_scripts.CLAIM), _pack_claims)
+        self._pipeline = pipeline or AutoPipeline(client, timeout=self._retry.timeout)
 
     @classmethod
     def from_url(cls, url: str, *, names: StreamNames | None = None) -> RedisCoordinator:
-        return cls(Redis.from_url(url, decode_responses=False), names=names, owns_client=True)
+        return cls(_own_client(url), names=names, owns_client=True)
 
     async def acquire(self, session_id: str, ttl: float, *, holder: str = "") -> Lease | None:
         token = lease_token(holder)
@@ -641,8 +708,8 @@ class RedisCoordinator(Coordinator):
             *(self.names.completed_record(rid) for rid in request_ids),
             *(self.names.cancel_flag(rid) for rid in request_ids),
         ]
-        args: list[str | int] = [token, _ms(_positive(ttl)), len(request_ids)]
-        claim = partial(self._pipeline.script, self._claim, keys, args)
+        call = _Claim(keys, [token, str(_ms(_positive(ttl))), len(request_ids)])
+        claim = partial(self._pipeline.batched, self._claims, call)
         status, found = _list(await self._do("claim a session", claim))
         outcome = ClaimStatus(_bytes(status).decode())
         if outcome is ClaimStatus.LEASED:
@@ -662,14 +729,14 @@ class RedisCoordinator(Coordinator):
 
     async def get_record(self, request_id: str) -> CompletedRecord | None:
         key = self.names.completed_record(request_id)
-        reply: object = await self._do("read a record", lambda: self.client.hgetall(key))
-        fields = _pairs(reply)
-        return CompletedRecord.from_fields(fields) if fields else None
+        stored: object = await self._do("read a record", lambda: self.client.get(key))
+        return _record(stored) if stored is not None else None
 
     async def set_record(self, record: CompletedRecord, ttl: float) -> bool:
         key = self.names.completed_record(record.request_id)
-        args = [_ms(_positive(ttl)), *_flatten(record.to_fields())]  # type: ignore[arg-type]
-        return bool(await self._do("store a record", partial(self._set_record, keys=[key], args=args)))
+        value, ttl_ms = json.dumps(record.to_fields()), _ms(_positive(ttl))
+        stored = await self._do("store a record", lambda: self.client.set(key, value, nx=True, px=ttl_ms))
+        return bool(stored)
 
     async def _do(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
         return await _retrying(what, operation, self._retry, None)
