@@ -110,7 +110,8 @@ class FunctionExecutor:
     """An :class:`Executor` around a plain (async) function ``(target, request) -> str | ExecutionResult``.
 
     A string becomes a completed result; an exception becomes an error result whose message is the
-    exception's type and text; the timeout is enforced with ``asyncio.timeout``.
+    exception's type and text. The timeout bounds an async function (``asyncio.timeout``); a plain
+    function cannot be interrupted and runs to its end.
     """
 
     def __init__(self, handler: Handler, *, name: str | None = None) -> None:
@@ -134,9 +135,9 @@ class FunctionExecutor:
             return round((time.monotonic() - started) * 1000)
 
         try:
-            async with asyncio.timeout(timeout):
-                outcome = self.handler(target, request)
-                if inspect.isawaitable(outcome):
+            outcome = self.handler(target, request)
+            if inspect.isawaitable(outcome):  # a plain function cannot be interrupted: no timeout
+                async with asyncio.timeout(timeout):
                     outcome = await outcome
         except TimeoutError:
             return ExecutionResult(

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from dynamic_agents._logging import get_logger, log_context
+from dynamic_agents._logging import bind_ids, get_logger
 from dynamic_agents._redaction import REDACTOR
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, ResponseStatus, Target
 from dynamic_agents.exceptions import DynamicAgentsError, LeaseLostError, NoRouteError, TransportError
@@ -123,7 +123,7 @@ class AgentWorker:
         self._waiting: dict[str, list[str]] = {}  # session -> entry ids read and not started, in order
         self._absorbed: set[str] = set()  # entry ids answered by a merged run
         self._running: dict[str, str] = {}  # session -> request id running in this worker
-        self._executions: dict[str, asyncio.Task[ExecutionResult]] = {}  # request id -> its run
+        self._executions: dict[str, asyncio.Task[None]] = {}  # request id -> the handler running it
         self._cancelling: set[str] = set()
         self._leases: dict[str, _HeldLease] = {}  # request id -> the lease its run holds
         self._leases_lost: set[str] = set()
@@ -286,10 +286,10 @@ class AgentWorker:
         event = delivery.event
         failure: BaseException | None = None
         try:
-            with log_context(request_id=event.id, session_id=event.session_id):
-                if self.hooks:
-                    await self._call_hooks("on_received", delivery)
-                await self._process(delivery, event, previous)
+            bind_ids(request_id=event.id, session_id=event.session_id)  # this task is this request's
+            if self.hooks:
+                await self._call_hooks("on_received", delivery)
+            await self._process(delivery, event, previous)
         except (asyncio.CancelledError, RunLostError) as error:
             failure = error
             if delivery.entry_id not in self._lost:
@@ -444,10 +444,10 @@ class AgentWorker:
         return absorbed
 
     def _cancel_run(self, request_id: str) -> None:
-        execution = self._executions.get(request_id)
-        if execution is not None and not execution.done():
+        handler = self._executions.get(request_id)
+        if handler is not None and request_id not in self._cancelling:
             self._cancelling.add(request_id)
-            execution.cancel()
+            handler.cancel()
 
     async def _cancel_watch_loop(self) -> None:
         """Cancellation requested from any process reaches the run here."""
@@ -483,26 +483,7 @@ class AgentWorker:
             await self._call_hooks("before_execute", context)
         await progress.started(delivery.delivery_count)
         on_delta = progress.delta if self.settings.events else None  # streaming only when someone listens
-        execution = asyncio.get_running_loop().create_task(self._execute(target, event, on_delta))
-        self._executions[event.id] = execution
-        self._running[event.session_id] = event.id
-        self._leases[event.id] = _HeldLease(lease, time.monotonic())
-        try:
-            result = await execution
-        except asyncio.CancelledError:
-            execution.cancel()  # when this handler is the one cancelled (stop, lost entry)
-            if event.id in self._leases_lost:
-                raise RunLostError from None  # the lease was lost: publish nothing
-            if event.id not in self._cancelling or not execution.cancelled():
-                raise
-            result = _cancelled()  # cancelled on request: answer so
-        finally:
-            self._leases.pop(event.id, None)
-            self._leases_lost.discard(event.id)
-            self._executions.pop(event.id, None)
-            self._cancelling.discard(event.id)
-            if self._running.get(event.session_id) == event.id:
-                del self._running[event.session_id]
+        result = await self._execute_under(lease, target, event, on_delta)
         await progress.finished(result)
         if self.hooks:
             await self._call_hooks("after_execute", context, result)
@@ -522,6 +503,37 @@ class AgentWorker:
         if self.hooks:
             await self._call_hooks("after_complete", context, completion)
         return True
+
+    async def _execute_under(
+        self, lease: Lease, target: Target, event: AgentRequestEvent, on_delta: Any
+    ) -> ExecutionResult:
+        """Execute in this handler's own task (no task of its own): cancelling the handler while it
+        awaits the executor is how a cancellation request or a lost lease reaches the run."""
+        handler = asyncio.current_task()
+        assert handler is not None
+        self._executions[event.id] = handler
+        self._running[event.session_id] = event.id
+        self._leases[event.id] = _HeldLease(lease, time.monotonic())
+        try:
+            result = await self._execute(target, event, on_delta)
+        except asyncio.CancelledError:
+            if event.id in self._leases_lost:
+                handler.uncancel()
+                raise RunLostError from None  # the lease was lost: publish nothing
+            if event.id not in self._cancelling or handler.uncancel() > 0:
+                raise  # stopping, or the entry was lost (not only a cancellation request)
+            return _cancelled()  # cancelled on request: answer so
+        else:
+            if event.id in self._cancelling:  # the executor swallowed the cancellation: count it done
+                handler.uncancel()
+            return result
+        finally:
+            self._leases.pop(event.id, None)
+            self._leases_lost.discard(event.id)
+            self._executions.pop(event.id, None)
+            self._cancelling.discard(event.id)
+            if self._running.get(event.session_id) == event.id:
+                del self._running[event.session_id]
 
     async def _still_ours(self, lease: Lease) -> bool:
         try:
@@ -573,13 +585,13 @@ class AgentWorker:
         else:
             if renewed:
                 held.renewed_at = time.monotonic()
-        if not renewed and self._leases.get(request_id) is held:
+        if not renewed and self._leases.get(request_id) is held and request_id not in self._leases_lost:
             logger.warning("lease of session %s lost; cancelling its run", lease.session_id)
             self.stats.lost += 1
             self._leases_lost.add(request_id)
-            execution = self._executions.get(request_id)
-            if execution is not None:
-                execution.cancel()
+            handler = self._executions.get(request_id)
+            if handler is not None:
+                handler.cancel()
 
     # -- answering ----------------------------------------------------------------------------------
 
