@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import struct
+from typing import Any
 
 import pytest
 
@@ -148,6 +150,20 @@ def test_non_ascii_header_is_refused_not_miswritten() -> None:
     event = AgentRequestEvent.model_validate(valid_body())
     with pytest.raises(EnvelopeError, match="not ASCII"):
         CODEC.encode_entry(event, headers={"x-user": "José"})
+
+
+@pytest.mark.parametrize(
+    ("headers", "message"),
+    [
+        ({"x-count": 3}, "header 'x-count' must be a string, got int"),
+        ({7: "seven"}, "header names must be strings, got int"),
+        ({"x-long": "v" * 70_000}, "header 'x-long' value is 70000 bytes long, over the 65535 limit"),
+        ({"é": "v"}, "header name 'é' is not ASCII"),
+    ],
+)
+def test_bad_headers_are_refused_with_what_is_wrong(headers: dict[Any, Any], message: str) -> None:
+    with pytest.raises(EnvelopeError, match=re.escape(message)):
+        encode_envelope(b"{}", headers)
 
 
 def test_codec_owned_headers_cannot_be_overridden() -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -12,6 +13,7 @@ from dynamic_agents.events import (
     EventCodec,
     ResponseStatus,
 )
+from dynamic_agents.events.models import new_event_id
 from dynamic_agents.exceptions import UnsupportedSchemaVersionError
 
 
@@ -119,3 +121,12 @@ def test_event_ids_are_printable_ascii(bad_id: str) -> None:
 def test_an_explicitly_empty_session_id_is_refused() -> None:
     with pytest.raises(ValidationError, match="session_id must not be empty"):
         request(session_id="")
+
+
+def test_event_ids_are_random_version_4_uuids() -> None:
+    ids = [new_event_id() for _ in range(2_000)]
+    assert len(set(ids)) == len(ids)
+    for event_id in ids:
+        parsed = uuid.UUID(event_id)
+        assert (str(parsed), parsed.version, parsed.variant) == (event_id, 4, uuid.RFC_4122)
+    assert AgentResponseEvent(request_id="r").id != AgentResponseEvent(request_id="r").id

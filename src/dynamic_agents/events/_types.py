@@ -45,6 +45,8 @@ def _as_utc(value: datetime) -> datetime:
 
 def check_schema_version(value: object) -> str:
     """Accept ``major.minor`` with this release's major; a newer minor is read as is."""
+    if value == SCHEMA_VERSION:  # nearly every event: no parsing
+        return SCHEMA_VERSION
     if not isinstance(value, str):
         raise ValueError(f"schema_version must be a string like {SCHEMA_VERSION!r}")  # noqa: TRY004 (pydantic reports ValueError only)
     match = _VERSION_RE.match(value)

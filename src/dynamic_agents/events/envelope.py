@@ -70,23 +70,28 @@ def encode_envelope(body: bytes, headers: Mapping[str, str]) -> bytes:
     """
     if len(headers) > _U16_MAX:
         raise EnvelopeError(f"{len(headers)} headers is over the {_U16_MAX} limit")
-    parts: list[bytes] = []
+    parts: list[bytes] = [b"", _U16.pack(len(headers))]  # parts[0]: the preamble, once the size is known
     for key, value in headers.items():
-        if not isinstance(value, str):
-            raise EnvelopeError(f"header {key!r} must be a string, got {type(value).__name__}")
-        key_bytes, value_bytes = _ascii("name", key), _ascii(f"{key!r} value", value)
+        try:  # the common case in one step; the checks below name what is wrong
+            key_bytes, value_bytes = key.encode("ascii"), value.encode("ascii")
+        except (AttributeError, UnicodeEncodeError):
+            key_bytes, value_bytes = _header(key, value)
+        if len(key_bytes) > _U16_MAX or len(value_bytes) > _U16_MAX:
+            key_bytes, value_bytes = _header(key, value)
         parts += (_U16.pack(len(key_bytes)), key_bytes, _U16.pack(len(value_bytes)), value_bytes)
-    header_block = b"".join(parts)
-    headers_start = _PREAMBLE.size
-    data_start = headers_start + _U16.size + len(header_block)
-    return b"".join(
-        (
-            _PREAMBLE.pack(MAGIC, VERSION, headers_start, data_start),
-            _U16.pack(len(headers)),
-            header_block,
-            body,
-        )
-    )
+    data_start = sum(map(len, parts))
+    parts[0] = _PREAMBLE.pack(MAGIC, VERSION, _PREAMBLE.size, _PREAMBLE.size + data_start)
+    parts.append(body)
+    return b"".join(parts)
+
+
+def _header(key: object, value: object) -> tuple[bytes, bytes]:
+    """A header's name and value as checked bytes; raises :class:`EnvelopeError` naming the problem."""
+    if not isinstance(key, str):
+        raise EnvelopeError(f"header names must be strings, got {type(key).__name__}")
+    if not isinstance(value, str):
+        raise EnvelopeError(f"header {key!r} must be a string, got {type(value).__name__}")
+    return _ascii("name", key), _ascii(f"{key!r} value", value)
 
 
 def decode_envelope(data: bytes) -> Envelope:
