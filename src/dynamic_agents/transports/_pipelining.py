@@ -159,26 +159,26 @@ class AutoPipeline:
             await self._load_and_send(unknown)
 
     async def _execute(self, commands: bytes, count: int) -> list[object]:
-        """Write the packed commands on one connection and read their ``count`` replies within
-        ``timeout`` seconds; an error reply is returned in its place, a connection failure or the
-        timeout (``TimeoutError``) raised."""
-        pool = self._client.connection_pool
-        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
-        replies: list[object] = []
-        try:
-            async with asyncio.timeout(self._timeout):  # one bound on the whole exchange
+        """Take a connection, write the packed commands and read their ``count`` replies, all
+        within ``timeout`` seconds; an error reply is returned in its place, a connection failure
+        or the timeout (``TimeoutError``) raised. Every queued call is thus settled in time."""
+        async with asyncio.timeout(self._timeout):  # one bound on the whole exchange
+            pool = self._client.connection_pool
+            connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+            replies: list[object] = []
+            try:
                 await connection.send_packed_command(commands)
                 for _ in range(count):
                     try:
                         replies.append(await connection.read_response())
                     except ResponseError as error:  # the reply was an error: the connection is fine
                         replies.append(error)
-        except BaseException:
-            with contextlib.suppress(Exception):  # replies may be left unread: never reuse it
-                await connection.disconnect()
-            raise
-        finally:
-            await pool.release(connection)
+            except BaseException:
+                with contextlib.suppress(Exception):  # replies may be left unread: never reuse it
+                    await connection.disconnect()
+                raise
+            finally:
+                await pool.release(connection)
         return replies
 
     async def _load_and_send(self, batch: list[_Call]) -> None:

@@ -167,15 +167,19 @@ async def _retrying(
     stats: TransportStats | None,
     *,
     blocks: float = 0.0,
+    pipelined: bool = False,
 ) -> T:
     """Run ``operation``, each attempt bounded by ``policy.timeout`` (plus ``blocks`` seconds for a
     blocking command), retrying connection errors and timeouts with backoff until
-    ``policy.deadline`` runs out; then (and for Redis errors) raise :class:`TransportError`."""
+    ``policy.deadline`` runs out; then (and for Redis errors) raise :class:`TransportError`.
+    A ``pipelined`` operation (through the ``AutoPipeline``) is bounded there already."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + policy.deadline
     failures = 0
     while True:
         try:
+            if pipelined:
+                return await operation()
             async with asyncio.timeout(policy.timeout + blocks):
                 return await operation()
         except _CONNECTION_ERRORS as error:  # (asyncio's TimeoutError is an OSError)
@@ -254,10 +258,10 @@ class RedisStreamsTransport(Transport):
 
     # -- retries ----------------------------------------------------------------------------------
 
-    async def _call(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
+    async def _call(self, what: str, operation: Callable[[], Awaitable[T]], *, pipelined: bool = False) -> T:
         """Run ``operation`` (each attempt within ``operation_timeout``), retrying connection errors
         and timeouts with backoff for ``retry_deadline``."""
-        return await _retrying(what, operation, self._retry, self.stats)
+        return await _retrying(what, operation, self._retry, self.stats, pipelined=pipelined)
 
     # -- writing ----------------------------------------------------------------------------------
 
@@ -270,18 +274,21 @@ class RedisStreamsTransport(Transport):
         expire: float | None = None,
     ) -> str:
         values = _pairs(fields)
+        what = f"publish to {stream!r}"
+        if expire is None:  # one command: pipelined with the others of this loop iteration
+            trim: list[Arg] = ["MAXLEN", "~", maxlen] if maxlen is not None else []
+            xadd = partial(self._pipeline.command, "XADD", stream, *trim, "*", *_flatten(values))
+            entry_id = await self._call(what, xadd, pipelined=True)
+        else:
 
-        async def publish() -> object:
-            if expire is None:  # one command: pipelined with the others of this loop iteration
-                trim: list[Arg] = ["MAXLEN", "~", maxlen] if maxlen is not None else []
-                return await self._pipeline.command("XADD", stream, *trim, "*", *_flatten(values))
-            pipe: Pipeline = self.client.pipeline(transaction=True)
-            pipe.xadd(stream, values, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
-            pipe.pexpire(stream, _ms(expire))
-            replies: list[object] = await pipe.execute()
-            return replies[0]
+            async def publish_expiring() -> object:
+                pipe: Pipeline = self.client.pipeline(transaction=True)
+                pipe.xadd(stream, values, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
+                pipe.pexpire(stream, _ms(expire))
+                replies: list[object] = await pipe.execute()
+                return replies[0]
 
-        entry_id = await self._call(f"publish to {stream!r}", publish)
+            entry_id = await self._call(what, publish_expiring)
         self.stats.published += 1
         return _bytes(entry_id).decode()
 
@@ -293,7 +300,8 @@ class RedisStreamsTransport(Transport):
         envelopes = [self.codec.encode_envelope(event) for event in events]
         args: list[Arg] = [_optional(maxlen), DATA_FIELD, *envelopes]
         publish = partial(self._pipeline.script, self._publish_many, [stream], args)  # one call, all entries
-        entry_ids = _list(await self._call(f"publish {len(events)} events to {stream!r}", publish))
+        what = f"publish {len(events)} events to {stream!r}"
+        entry_ids = _list(await self._call(what, publish, pipelined=True))
         self.stats.published += len(entry_ids)
         return [_bytes(entry_id).decode() for entry_id in entry_ids]
 
@@ -512,7 +520,9 @@ class RedisStreamsTransport(Transport):
         )
         created, detail = _list(
             await self._call(
-                f"complete {event.request_id}", partial(self._pipeline.batched, self._completes, call)
+                f"complete {event.request_id}",
+                partial(self._pipeline.batched, self._completes, call),
+                pipelined=True,
             )
         )
         if _int(created) == -2:
@@ -710,7 +720,7 @@ class RedisCoordinator(Coordinator):
         ]
         call = _Claim(keys, [token, str(_ms(_positive(ttl))), len(request_ids)])
         claim = partial(self._pipeline.batched, self._claims, call)
-        status, found = _list(await self._do("claim a session", claim))
+        status, found = _list(await self._do("claim a session", claim, pipelined=True))
         outcome = ClaimStatus(_bytes(status).decode())
         if outcome is ClaimStatus.LEASED:
             return Claim(outcome, Lease(session_id, token, ttl))
@@ -738,8 +748,8 @@ class RedisCoordinator(Coordinator):
         stored = await self._do("store a record", lambda: self.client.set(key, value, nx=True, px=ttl_ms))
         return bool(stored)
 
-    async def _do(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
-        return await _retrying(what, operation, self._retry, None)
+    async def _do(self, what: str, operation: Callable[[], Awaitable[T]], *, pipelined: bool = False) -> T:
+        return await _retrying(what, operation, self._retry, None, pipelined=pipelined)
 
     async def aclose(self) -> None:
         if self._owns_client:
