@@ -2,9 +2,10 @@
 
 With many requests in flight, a worker's claims, completions and event writes come in bursts: each
 one awaited on its own costs a socket write, a read and an event-loop wake-up. :class:`AutoPipeline`
-sends the commands queued during one event-loop iteration together: one write on one connection,
-replies read back in order. Each caller still awaits its own reply, and an error reaches only the
-command it belongs to.
+sends the commands queued during one event-loop iteration together: the first one queued starts a
+task that, when it runs (in the next iteration), takes everything queued until then and sends it
+with one write on one connection, reading the replies back in order. Each caller still awaits its
+own reply, and an error reaches only the command it belongs to.
 
 Calls of a :class:`BatchScript` queued in one iteration go further: they become *one* call of
 the script, which handles the whole batch inside Redis (one ``MGET`` for every key it checks, one
@@ -41,6 +42,8 @@ from redis.exceptions import NoScriptError, ResponseError
 __all__ = ["Arg", "AutoPipeline", "BatchScript"]
 
 Arg = bytes | str | int
+ReplyFuture = asyncio.Future[object]
+"""What a caller awaits: the reply, or the error raised in its place."""
 ItemT = TypeVar("ItemT")
 
 
@@ -57,8 +60,23 @@ class BatchScript(Generic[ItemT]):
 class _Call:
     command: Callable[[], Sequence[Arg]]
     """The command's arguments, made when it is sent (a script's sha can change on reload)."""
-    future: asyncio.Future[object]
+    futures: list[ReplyFuture]
+    """Who awaits the reply: one caller, or (``batched``) one per item, each getting its part."""
     script: AsyncScript | None = None
+    batched: bool = False
+
+    def settle(self, reply: object) -> None:
+        """Hand the reply (an error reply included) to whoever awaits it."""
+        if isinstance(reply, BaseException) or not self.batched:
+            for future in self.futures:
+                _settle(future, reply)
+        elif not isinstance(reply, list) or len(reply) != len(self.futures):
+            mismatch = RuntimeError(f"a batch script answered {reply!r} to {len(self.futures)} calls")
+            for future in self.futures:
+                _settle(future, mismatch)
+        else:
+            for future, part in zip(self.futures, reply, strict=True):
+                _settle(future, part)
 
 
 @dataclass(slots=True)
@@ -67,19 +85,17 @@ class _Batch(Generic[ItemT]):
 
     kind: BatchScript[ItemT]
     items: list[ItemT]
-    futures: list[asyncio.Future[object]]
+    futures: list[ReplyFuture]
 
     def call(self) -> _Call | None:
-        """One call of the script for the items still awaited; its reply is shared out."""
+        """One call of the script for the items still awaited; each gets its part of the reply."""
         pairs = zip(self.items, self.futures, strict=True)
         live = [(item, future) for item, future in pairs if not future.done()]
         if not live:
             return None
-        items, futures = [item for item, _ in live], [future for _, future in live]
-        keys, args = self.kind.pack(items)
-        combined: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-        combined.add_done_callback(partial(_share_out, futures))
-        return _Call(partial(_evalsha, self.kind.script, keys, args), combined, self.kind.script)
+        keys, args = self.kind.pack([item for item, _ in live])
+        command = partial(_evalsha, self.kind.script, keys, args)
+        return _Call(command, [future for _, future in live], self.kind.script, batched=True)
 
 
 class AutoPipeline:
@@ -92,11 +108,11 @@ class AutoPipeline:
         self._batches: dict[int, _Batch[Any]] = {}  # id(BatchScript) -> its calls this iteration
         self._sending: set[asyncio.Task[None]] = set()
 
-    def script(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Arg]) -> asyncio.Future[object]:
+    def script(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Arg]) -> ReplyFuture:
         """Queue a script call; the future resolves with its reply (or its error)."""
-        return self._queue(_Call(partial(_evalsha, script, keys, args), self._future(), script))
+        return self._queue(partial(_evalsha, script, keys, args), script)
 
-    def batched(self, kind: BatchScript[ItemT], item: ItemT) -> asyncio.Future[object]:
+    def batched(self, kind: BatchScript[ItemT], item: ItemT) -> ReplyFuture:
         """Queue one call of a batch script; the future resolves with this item's reply."""
         future = self._future()
         batch = self._batches.get(id(kind))
@@ -107,43 +123,43 @@ class AutoPipeline:
         batch.futures.append(future)
         return future
 
-    def command(self, *args: Arg) -> asyncio.Future[object]:
+    def command(self, *args: Arg) -> ReplyFuture:
         """Queue one command as Redis spells it: ``command("XADD", stream, "*", field, value)``.
         The reply is raw (bytes, integers, lists), as the server sent it."""
-        return self._queue(_Call(lambda: args, self._future()))
+        return self._queue(lambda: args)
 
-    def _future(self) -> asyncio.Future[object]:
+    def _future(self) -> ReplyFuture:
         return asyncio.get_running_loop().create_future()
 
-    def _queue(self, call: _Call) -> asyncio.Future[object]:
-        self._enqueue(call)
-        return call.future
+    def _queue(self, command: Callable[[], Sequence[Arg]], script: AsyncScript | None = None) -> ReplyFuture:
+        future = self._future()
+        self._enqueue(_Call(command, [future], script))
+        return future
 
     def _enqueue(self, call: _Call | _Batch[Any]) -> None:
-        if not self._queued:
-            asyncio.get_running_loop().call_soon(self._flush)
+        if not self._queued:  # the first of this iteration: a task sends them all when it starts
+            task = asyncio.get_running_loop().create_task(self._send_queued())
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
         self._queued.append(call)
 
-    def _flush(self) -> None:
+    async def _send_queued(self) -> None:
         queued, self._queued = self._queued, []
         self._batches.clear()
         batch = []
         for queued_call in queued:
             call = queued_call.call() if isinstance(queued_call, _Batch) else queued_call
-            if call is not None and not call.future.done():  # callers cancelled meanwhile
+            if call is not None and not all(future.done() for future in call.futures):  # not all gone
                 batch.append(call)
-        if not batch:
-            return
-        task = asyncio.get_running_loop().create_task(self._send(batch))
-        self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
+        if batch:
+            await self._send(batch)
 
     async def _send(self, batch: list[_Call], *, reload: bool = True) -> None:
         try:
             replies = await self._execute(b"".join(_pack(call.command()) for call in batch), len(batch))
         except BaseException as error:  # the connection failed: every command in the batch failed
             for call in batch:
-                _settle(call.future, error=error)
+                call.settle(error)
             if isinstance(error, asyncio.CancelledError):
                 raise
             return
@@ -151,10 +167,8 @@ class AutoPipeline:
         for call, reply in zip(batch, replies, strict=True):
             if isinstance(reply, NoScriptError) and reload and call.script is not None:
                 unknown.append(call)
-            elif isinstance(reply, BaseException):
-                _settle(call.future, error=reply)
             else:
-                _settle(call.future, result=reply)
+                call.settle(reply)
         if unknown:
             await self._load_and_send(unknown)
 
@@ -188,7 +202,7 @@ class AutoPipeline:
                 script.sha = await self._client.script_load(script.script)
         except Exception as error:
             for call in batch:
-                _settle(call.future, error=error)
+                call.settle(error)
             return
         await self._send(batch, reload=False)
 
@@ -206,35 +220,13 @@ def _pack(command: Sequence[Arg]) -> bytes:
     return b"".join(parts)
 
 
-def _share_out(futures: list[asyncio.Future[object]], combined: asyncio.Future[object]) -> None:
-    """A batch call's outcome to each of its items: its own reply, or the call's error."""
-    if combined.cancelled():
-        for future in futures:
-            future.cancel()
-        return
-    error = combined.exception()
-    if error is not None:
-        for future in futures:
-            _settle(future, error=error)
-        return
-    replies = combined.result()
-    if not isinstance(replies, list) or len(replies) != len(futures):
-        mismatch = RuntimeError(f"a batch script answered {replies!r} to {len(futures)} calls")
-        for future in futures:
-            _settle(future, error=mismatch)
-        return
-    for future, reply in zip(futures, replies, strict=True):
-        _settle(future, result=reply)
-
-
-def _settle(
-    future: asyncio.Future[object], *, result: object = None, error: BaseException | None = None
-) -> None:
+def _settle(future: ReplyFuture, reply: object) -> None:
+    """A reply or an error (an exception) to one caller, unless it stopped waiting."""
     if future.done():  # the caller was cancelled: nobody waits for this reply
         return
-    if isinstance(error, asyncio.CancelledError):
+    if isinstance(reply, asyncio.CancelledError):
         future.cancel()
-    elif error is not None:
-        future.set_exception(error)
+    elif isinstance(reply, BaseException):
+        future.set_exception(reply)
     else:
-        future.set_result(result)
+        future.set_result(reply)
