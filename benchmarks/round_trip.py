@@ -206,18 +206,10 @@ def install_counters() -> Counters:
     AbstractConnection.pack_command = counting_pack  # type: ignore[method-assign]
     AbstractConnection.send_packed_command = counting_send  # type: ignore[method-assign]
 
-    # The library's auto-pipeline packs its commands itself (``_pipelining._pack``), then writes
-    # them with ``send_packed_command``: count its commands there.
-    from dynamic_agents.transports import _pipelining
+    def count(name: str) -> None:
+        counters.commands[name] += 1
 
-    lean_pack = _pipelining._pack
-
-    def counting_lean_pack(command: Sequence[Any]) -> bytes:
-        name = command[0]
-        counters.commands[(name.decode() if isinstance(name, bytes) else str(name)).lower()] += 1
-        return lean_pack(command)
-
-    _pipelining._pack = counting_lean_pack
+    _common.count_library_commands(count)
     return counters
 
 

@@ -78,13 +78,18 @@ CORPUS: Final = (
 
 
 class CountingConnection(Connection):
-    """Counts the commands the client sends (top-level calls; a pipeline packs each command)."""
+    """Counts the commands the client sends (top-level calls; a pipeline packs each command; the
+    library's auto-pipeline packs its own, counted through ``_count_library_command``)."""
 
     sent: ClassVar[int] = 0
 
     def pack_command(self, *args: Any) -> list[bytes]:
         CountingConnection.sent += 1
         return super().pack_command(*args)
+
+
+def _count_library_command(name: str) -> None:
+    CountingConnection.sent += 1
 
 
 def counting_client(url: str) -> Redis:
@@ -491,6 +496,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.messages < 1 or args.repetitions < 1:
         parser.error("--messages and --repetitions must be at least 1")
+    _common.count_library_commands(_count_library_command)  # the transport's auto-pipelined commands
     report = asyncio.run(benchmark(args.messages, args.repetitions))
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
