@@ -110,6 +110,12 @@ def test_header_length_running_past_the_end() -> None:
         CODEC.decode_entry({b"__data__": data}, AgentRequestEvent)
 
 
+def test_an_envelope_without_a_header_count_is_refused() -> None:
+    data = MAGIC + struct.pack(">HII", 1, 18, 18) + b"\x00\x00{}"  # the body starts where the count should
+    with pytest.raises(EnvelopeError, match="no header count"):
+        CODEC.decode_envelope(data, AgentRequestEvent)
+
+
 def test_offsets_past_the_end() -> None:
     data = MAGIC + struct.pack(">HII", 1, 18, 10_000) + b"\x00\x00{}"
     with pytest.raises(EnvelopeError, match="out of range"):

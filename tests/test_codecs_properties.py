@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import string
+from collections.abc import Callable
 from datetime import UTC
 
 import pytest
@@ -11,8 +12,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, Attachment, EventCodec
-from dynamic_agents.events.envelope import decode_envelope, encode_envelope
-from dynamic_agents.exceptions import DynamicAgentsError, EventTooLargeError
+from dynamic_agents.events.envelope import (
+    Envelope,
+    _decode_envelope_checked,
+    decode_envelope,
+    encode_envelope,
+)
+from dynamic_agents.exceptions import DynamicAgentsError, EnvelopeError, EventTooLargeError
 
 MAX_CONTENT = 2_000
 CODEC = EventCodec(max_content_length=MAX_CONTENT, max_size=64 * 1024)
@@ -105,6 +111,28 @@ def test_envelope_round_trips_any_body(body: bytes, headers: dict[str, str]) -> 
     decoded = decode_envelope(encode_envelope(body, headers))
     assert decoded.body == body
     assert dict(decoded.headers) == headers
+
+
+@given(st.binary(max_size=64), ascii_headers, st.data())
+def test_the_fast_envelope_reader_agrees_with_the_checked_one(
+    body: bytes, headers: dict[str, str], data: st.DataObject
+) -> None:
+    """decode_envelope reads a well-formed envelope in one pass and hands anything odd to the
+    step-by-step reader: on damaged input both must give the same envelope or both refuse it."""
+    envelope = bytearray(encode_envelope(body, headers))
+    for index, value in data.draw(
+        st.lists(st.tuples(st.integers(0, len(envelope) - 1), st.integers(0, 255)))
+    ):
+        envelope[index] = value
+    damaged = bytes(envelope[: data.draw(st.integers(0, len(envelope)))])
+
+    def outcome(read: Callable[[bytes], Envelope]) -> Envelope | str:
+        try:
+            return read(damaged)
+        except EnvelopeError:
+            return "refused"
+
+    assert outcome(decode_envelope) == outcome(_decode_envelope_checked)
 
 
 @given(st.integers(MAX_CONTENT + 1, MAX_CONTENT + 50))

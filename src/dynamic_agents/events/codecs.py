@@ -106,7 +106,7 @@ class EventCodec:
             if model is LifecycleEvent:
                 event: WireModel = LIFECYCLE_ADAPTER.validate_json(data)
             else:
-                event = model.model_validate_json(data)
+                event = model.__pydantic_validator__.validate_json(data)  # = model_validate_json()
         except ValidationError as error:
             raise _event_error(model, error) from None
         return self._checked(event, model)
@@ -205,6 +205,9 @@ class EventCodec:
 
 
 def _field(fields: Mapping[bytes, bytes] | Mapping[str, str], name: str) -> bytes | None:
+    found = fields.get(name.encode(), fields.get(name))  # type: ignore[call-overload]
+    if found is not None:  # a Redis entry's bytes keys, or str keys
+        return found if isinstance(found, bytes) else found.encode()
     for key, value in fields.items():
         if _text(key) == name:
             return value if isinstance(value, bytes) else value.encode()

@@ -96,6 +96,39 @@ def _header(key: object, value: object) -> tuple[bytes, bytes]:
 
 def decode_envelope(data: bytes) -> Envelope:
     """Read a binary envelope strictly: every offset and length must stay inside the data."""
+    if len(data) >= _PREAMBLE.size:  # the common case in one pass; anything odd, the checked path
+        magic, version, offset, data_start = _PREAMBLE.unpack_from(data)
+        if magic == MAGIC and version == VERSION and _PREAMBLE.size <= offset <= data_start <= len(data):
+            try:
+                headers = _read_headers(data, offset, data_start)
+            except (struct.error, UnicodeDecodeError, ValueError):
+                pass
+            else:
+                return Envelope(body=data[data_start:], headers=headers)
+    return _decode_envelope_checked(data)
+
+
+def _read_headers(data: bytes, offset: int, data_start: int) -> dict[str, str]:
+    """The headers between ``offset`` and ``data_start``; ``ValueError`` when anything runs past."""
+    if offset + 2 > data_start:
+        raise ValueError("no header count before the body")
+    (count,) = _U16.unpack_from(data, offset)
+    offset += 2
+    headers: dict[str, str] = {}
+    for _ in range(count):
+        (length,) = _U16.unpack_from(data, offset)
+        key_end = offset + 2 + length
+        (length,) = _U16.unpack_from(data, key_end)
+        end = key_end + 2 + length
+        if end > data_start:
+            raise ValueError("past the headers")
+        headers[data[offset + 2 : key_end].decode("utf-8")] = data[key_end + 2 : end].decode("utf-8")
+        offset = end
+    return headers
+
+
+def _decode_envelope_checked(data: bytes) -> Envelope:
+    """:func:`decode_envelope` step by step, raising :class:`EnvelopeError` with what is wrong."""
     if len(data) < _PREAMBLE.size:
         raise EnvelopeError(
             f"envelope truncated: {len(data)} bytes, the fixed preamble alone is {_PREAMBLE.size}"
