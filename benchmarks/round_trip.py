@@ -153,7 +153,8 @@ CRITICAL_PATH: Final = {
     "minimal": (3, "XREADGROUP, EVALSHA claim (record, cancel, lease), EVALSHA complete (+ lease release)"),
     "events": (
         3,
-        "minimal's 3; the 4 event XADDs (accepted, started, delta, completed) go out in the background",
+        "minimal's 3; the 4 events (accepted, started, delta, completed) follow in the background "
+        "(one EVALSHA per batch)",
     ),
     "raw": (2, "XREADGROUP, pipeline [XADD reply, XACK]"),
     "faststream": (2, "XREADGROUP, XADD reply (its XACK follows, off the path)"),
