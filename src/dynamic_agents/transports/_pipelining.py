@@ -58,6 +58,8 @@ class BatchScript(Generic[ItemT]):
 
 @dataclass(slots=True)
 class _Call:
+    """One command on the wire, and who awaits its reply."""
+
     command: Callable[[], Sequence[Arg]]
     """The command's arguments, made when it is sent (a script's sha can change on reload)."""
     futures: list[ReplyFuture]
