@@ -21,13 +21,21 @@ pytestmark = pytest.mark.redis
 MIN_IDLE = 0.3  # real seconds: idle times and expiry are what these tests exercise
 
 
-@pytest.fixture
-async def backend(redis_url: str, redis_prefix: str) -> AsyncIterator[Backend]:
+@pytest.fixture(params=[None, 2, 3], ids=["default-protocol", "resp2", "resp3"])
+async def backend(
+    redis_url: str, redis_prefix: str, request: pytest.FixtureRequest
+) -> AsyncIterator[Backend]:
+    """A client as ``from_url`` makes it, and clients with ``protocol=2`` and ``protocol=3``, whose
+    replies redis-py shapes differently (RESP3: maps as dicts)."""
     names = StreamNames(redis_prefix)
     admin = Redis.from_url(redis_url)
+    protocol: int | None = request.param
 
     async def make() -> Transport:
-        return RedisStreamsTransport.from_url(redis_url, names=names)
+        if protocol is None:
+            return RedisStreamsTransport.from_url(redis_url, names=names)
+        client = Redis.from_url(redis_url, protocol=protocol)
+        return RedisStreamsTransport(client, names=names, owns_client=True)
 
     async def forget() -> None:
         keys = [key async for key in admin.scan_iter(match=f"{redis_prefix}*")]

@@ -8,7 +8,7 @@ import pytest
 from redis.asyncio import Redis
 
 from dynamic_agents.events import AgentRequestEvent, StreamNames
-from dynamic_agents.exceptions import ConfigurationError
+from dynamic_agents.exceptions import ConfigurationError, TransportError
 from dynamic_agents.transports import RedisStreamsTransport, Subscription
 
 pytestmark = pytest.mark.redis
@@ -89,3 +89,32 @@ async def test_repr_names_the_prefix_only(redis_url: str) -> None:
         assert "canary" not in repr(transport)
     finally:
         await transport.aclose()
+
+
+class OddReplies(Redis):
+    """A client whose XREADGROUP and XREVRANGE replies have a shape the transport does not know."""
+
+    async def xreadgroup(self, *args: object, **kwargs: object) -> object:  # type: ignore[override]
+        return 42
+
+    async def xrevrange(self, *args: object, **kwargs: object) -> object:  # type: ignore[override]
+        return [("only-an-id",)]
+
+
+async def test_a_reply_of_an_unknown_shape_is_an_error_not_an_outage(
+    redis_url: str, redis_prefix: str
+) -> None:
+    # A TransportError is a ConnectionError; the retry loops must still not take it for Redis away.
+    transport = RedisStreamsTransport(
+        OddReplies.from_url(redis_url), names=StreamNames(redis_prefix), owns_client=True
+    )
+    stream = f"{redis_prefix}:odd"
+    try:
+        await transport.ensure_group(stream, "g")
+        with pytest.raises(TransportError, match="unexpected reply from Redis"):
+            await asyncio.wait_for(transport.read(subscription(stream, claim_min_idle=None), 1), 10)
+        with pytest.raises(TransportError, match="unexpected reply from Redis"):
+            await asyncio.wait_for(transport.last_entry_id(stream), 10)
+    finally:
+        await transport.aclose()
+    assert transport.stats.reconnects == 0

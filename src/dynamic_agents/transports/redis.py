@@ -121,17 +121,24 @@ def _pairs(value: object) -> dict[bytes, bytes]:
 
 def _entries(value: object) -> list[tuple[str, dict[bytes, bytes]]]:
     """Stream entries ``[(id, fields), …]`` from an XRANGE/XAUTOCLAIM-shaped reply."""
-    return [
-        (_bytes(entry_id).decode(), _pairs(fields))
-        for entry_id, fields in (_list(item) for item in _list(value))
-    ]
+    return [_entry(_list(item)) for item in _list(value)]
+
+
+def _entry(item: list[object]) -> tuple[str, dict[bytes, bytes]]:
+    if len(item) != 2:
+        raise TransportError(f"unexpected reply from Redis: a stream entry of {len(item)} parts, not 2")
+    return _bytes(item[0]).decode(), _pairs(item[1])
 
 
 def _stream_entries(value: object) -> list[tuple[str, dict[bytes, bytes]]]:
-    """Entries of an XREAD/XREADGROUP reply ``[[stream, entries], …]``."""
+    """Entries of an XREAD/XREADGROUP reply: ``[[stream, entries], …]``, or, from a client with
+    ``protocol=3``, ``{stream: [entries]}`` (redis-py wraps each stream's entries in a list)."""
     if value is None:
         return []
-    per_stream = [_list(item)[1] for item in _list(value)]
+    if isinstance(value, Mapping):
+        per_stream = [entries for wrapped in value.values() for entries in _list(wrapped)]
+    else:
+        per_stream = [_list(item)[1] for item in _list(value)]
     return [entry for entries in per_stream for entry in _entries(entries)]
 
 
@@ -182,6 +189,8 @@ async def _retrying(
                 return await operation()
             async with asyncio.timeout(policy.timeout + blocks):
                 return await operation()
+        except TransportError:  # our own (a reply of an unexpected shape…): not worth a retry
+            raise
         except _CONNECTION_ERRORS as error:  # (asyncio's TimeoutError is an OSError)
             failures += 1
             delay = policy.backoff.compute(failures)
@@ -335,6 +344,8 @@ class RedisStreamsTransport(Transport):
             try:
                 async with asyncio.timeout(bound):
                     deliveries = await self._read_once(subscription, count)
+            except TransportError:  # our own (a reply of an unexpected shape…): not worth a retry
+                raise
             except _CONNECTION_ERRORS as error:  # (asyncio's TimeoutError is an OSError)
                 failures += 1
                 delay = self._backoff.compute(failures)
