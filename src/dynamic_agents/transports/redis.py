@@ -4,8 +4,10 @@ Reads go through a consumer group: entries left idle by dead consumers are recla
 in the same reads as new ones (XREADGROUP), held entries are kept fresh with ``XCLAIM … JUSTID``,
 and ``complete`` / ``dead_letter`` are Lua scripts, so each is written whole or not at all. The
 calls on a worker's hot path (``complete``, ``RedisCoordinator.claim``, ``publish`` without
-``expire``) made in one event-loop iteration go out as one pipeline (``_pipelining``). A lost
-connection is retried with capped exponential backoff and jitter; a group lost to ``FLUSHALL`` or a
+``expire``, ``publish_many``) made in one event-loop iteration go out in one write
+(``_pipelining``), and the completions (claims) among them as one call of the ``COMPLETE``
+(``CLAIM``) batch script. Every attempt is bounded by ``operation_timeout``; a lost connection or a
+timeout is retried with capped exponential backoff and jitter; a group lost to ``FLUSHALL`` or a
 restart without persistence (``NOGROUP``) is recreated at ``0``.
 """
 
