@@ -34,7 +34,7 @@ class EventSink:
     """Publishes events to the events stream in the background, in the order emitted.
 
     Whatever was emitted while the previous batch was being written goes out as the next batch,
-    with :meth:`Transport.publish_many` (on Redis: one pipeline); a batch is written before the
+    with :meth:`Transport.publish_many` (on Redis: one script call); a batch is written before the
     next starts, so order holds. At most ``max_pending`` events wait (Redis away for long): beyond
     that new events are dropped and counted in :attr:`dropped`. :meth:`flush` waits until
     everything emitted is written.

@@ -353,13 +353,12 @@ class AgentWorker:
         if claimed is None:
             return
         batch, lease = claimed
-        released = False
         try:
-            released = await self._run(batch, target, lease)
-        finally:
-            if not released:
-                with contextlib.suppress(DynamicAgentsError):
-                    await self.coordinator.release(lease)
+            await self._run(batch, target, lease)
+        except BaseException:  # the reply, which releases the lease, may not be written: release it
+            with contextlib.suppress(DynamicAgentsError):
+                await self.coordinator.release(lease)
+            raise
 
     async def _route(self, delivery: Delivery[AgentRequestEvent], event: AgentRequestEvent) -> Target | None:
         """The request's target; ``None`` when no rule matched, once answered with an error."""
@@ -464,9 +463,9 @@ class AgentWorker:
                 logger.debug("request %s cancelled", request_id)
                 self._cancel_run(request_id)
 
-    async def _run(self, batch: list[Delivery[AgentRequestEvent]], target: Target, lease: Lease) -> bool:
-        """Run one turn: one request, or (merge) several asked as one with the last one's reply.
-        True once the reply is written and, with it, the lease released."""
+    async def _run(self, batch: list[Delivery[AgentRequestEvent]], target: Target, lease: Lease) -> None:
+        """Run one turn: one request, or (merge) several asked as one with the last one's reply,
+        which releases the lease when it is written."""
         delivery = batch[-1]
         event = _merged(batch)
         context = RunContext(event, target, delivery.delivery_count, delivery.entry_id)
@@ -502,7 +501,6 @@ class AgentWorker:
             raise RunLostError from None
         if self.hooks:
             await self._call_hooks("after_complete", context, completion)
-        return True
 
     async def _execute_under(
         self, lease: Lease, target: Target, event: AgentRequestEvent, on_delta: Any
@@ -595,12 +593,13 @@ class AgentWorker:
 
     # -- answering ----------------------------------------------------------------------------------
 
-    def _reply(self, delivery: Delivery[AgentRequestEvent], response: AgentResponseEvent) -> Reply:
+    async def _reply(self, delivery: Delivery[AgentRequestEvent], response: AgentResponseEvent) -> Reply:
         """To the request's reply stream; a FastStream RPC caller (``reply_to`` header, no reply
-        stream) gets it by Redis ``PUBLISH`` with its own correlation id."""
+        stream) gets it by Redis ``PUBLISH`` with its own correlation id. Hooks may add envelope
+        headers (trace context, for one)."""
         event, message = delivery.event, delivery.message
         rpc_channel = message.reply_to if message is not None and event.reply_stream is None else None
-        return Reply(
+        reply = Reply(
             response,
             event.reply_stream,
             maxlen=self.settings.reply_maxlen,
@@ -608,6 +607,11 @@ class AgentWorker:
             channel=rpc_channel,
             correlation_id=message.correlation_id if rpc_channel and message is not None else None,
         )
+        if not self.hooks:
+            return reply
+        headers = dict(reply.headers)
+        await self._call_hooks("before_respond", delivery, response, headers)
+        return replace(reply, headers=headers)
 
     async def _answer(
         self,
@@ -618,9 +622,7 @@ class AgentWorker:
         *,
         lease: Lease | None = None,
     ) -> Completion:
-        reply = self._reply(delivery, result.to_response(event, target))
-        if self.hooks:
-            reply = await self._reply_with_hook_headers(delivery, reply)
+        reply = await self._reply(delivery, result.to_response(event, target))
         self._let_go(delivery)
         completion = await self.transport.complete(
             delivery, reply, record_ttl=self.settings.record_ttl, lease=lease
@@ -642,20 +644,12 @@ class AgentWorker:
         entry stays pending and is reclaimed after ``claim_min_idle``, as after any failure."""
         self._held.pop(delivery.entry_id, None)
 
-    async def _reply_with_hook_headers(self, delivery: Delivery[AgentRequestEvent], reply: Reply) -> Reply:
-        """The reply with the envelope headers hooks add (trace context, for one)."""
-        headers = dict(reply.headers)
-        await self._call_hooks("before_respond", delivery, reply.event, headers)
-        return replace(reply, headers=headers)
-
     async def _dead_letter(self, delivery: Delivery[AgentRequestEvent], event: AgentRequestEvent) -> None:
         reason = f"delivered {delivery.delivery_count} times (max_deliveries={self.settings.max_deliveries})"
         response = _error("the request could not be processed; it was set aside for an operator").to_response(
             event
         )
-        reply = self._reply(delivery, response)
-        if self.hooks:
-            reply = await self._reply_with_hook_headers(delivery, reply)
+        reply = await self._reply(delivery, response)
         self._let_go(delivery)
         written = await self.transport.dead_letter(delivery, reason, reply)
         if written:
