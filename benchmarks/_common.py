@@ -35,11 +35,15 @@ def machine(**extra: Any) -> dict[str, Any]:
     }
 
 
-def count_library_commands(count: Callable[[str], None]) -> None:
-    """Call ``count(command name)`` for every command the library's auto-pipeline sends.
+def count_library_commands(
+    count: Callable[[str], None], count_write: Callable[[], None] | None = None
+) -> None:
+    """Call ``count(command name)`` for every command the library's auto-pipeline sends, and
+    ``count_write()`` for every write of a batch of them (one round trip).
 
-    It packs them itself (``dynamic_agents.transports._pipelining._pack``) and writes the bytes with
-    redis-py's ``send_packed_command``, so a count in redis-py's ``pack_command`` misses them.
+    It packs them itself (``dynamic_agents.transports._pipelining._pack``) and writes the bytes on a
+    connection of its own, so counts in redis-py's ``pack_command`` / ``send_packed_command`` miss
+    them.
     """
     from dynamic_agents.transports import _pipelining
 
@@ -51,3 +55,12 @@ def count_library_commands(count: Callable[[str], None]) -> None:
         return pack(command)
 
     _pipelining._pack = counting_pack
+    if count_write is None:
+        return
+    write = _pipelining.AutoPipeline._write
+
+    def counting_write(self: _pipelining.AutoPipeline, *args: Any) -> None:
+        count_write()
+        write(self, *args)
+
+    _pipelining.AutoPipeline._write = counting_write  # type: ignore[method-assign]

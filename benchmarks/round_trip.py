@@ -189,7 +189,7 @@ def install_counters() -> Counters:
     """Count in redis-py's asyncio connection class (every client of the process uses it,
     FastStream's included): ``pack_command`` once per command (a pipeline packs each of its
     commands), ``send_packed_command`` once per write, i.e. per round trip (a pipeline is one);
-    and in the library's own packer, which its auto-pipeline uses instead of ``pack_command``."""
+    and in the library's auto-pipeline, which packs and writes on a connection of its own."""
     counters = Counters()
     pack = AbstractConnection.pack_command
     send = AbstractConnection.send_packed_command
@@ -210,7 +210,10 @@ def install_counters() -> Counters:
     def count(name: str) -> None:
         counters.commands[name] += 1
 
-    _common.count_library_commands(count)
+    def count_write() -> None:
+        counters.writes += 1
+
+    _common.count_library_commands(count, count_write)
     return counters
 
 

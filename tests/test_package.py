@@ -113,3 +113,16 @@ def test_missing_dependency_error_gives_the_install_line() -> None:
     assert "pip install 'dynamic-agents[redis]'" in str(error)
     binary = exceptions.MissingDependencyError("redis-server", install="apt-get install redis-server")
     assert str(binary) == "redis-server is not available: apt-get install redis-server"
+
+
+def test_the_redis_transport_without_hiredis_names_the_extra_to_install() -> None:
+    code = (
+        "import sys; sys.modules['hiredis'] = None\n"  # as if it were not installed
+        "from dynamic_agents.exceptions import MissingDependencyError\n"
+        "try:\n"
+        "    from dynamic_agents.transports import RedisStreamsTransport\n"
+        "except MissingDependencyError as error:\n"
+        "    print(error)\n"
+    )
+    printed = subprocess.check_output([sys.executable, "-c", code], text=True)
+    assert printed.strip() == "RedisStreamsTransport is not available: pip install 'dynamic-agents[redis]'"

@@ -6,10 +6,12 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.connection import Connection
+from redis.exceptions import ConnectionError
 
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, StreamNames
 from dynamic_agents.exceptions import LeaseLostError, TransportError
@@ -43,7 +45,9 @@ class CountingConnection(Connection):
 async def transport(redis_url: str, redis_prefix: str) -> AsyncIterator[RedisStreamsTransport]:
     pool = ConnectionPool.from_url(redis_url, connection_class=CountingConnection)
     client = Redis(connection_pool=pool)
-    yield RedisStreamsTransport(client, names=StreamNames(redis_prefix))
+    transport = RedisStreamsTransport(client, names=StreamNames(redis_prefix))
+    yield transport
+    await transport.aclose()
     await client.aclose()
     await pool.aclose()
 
@@ -60,10 +64,12 @@ async def delivered(transport: RedisStreamsTransport, count: int) -> list[Delive
     return await transport.read(Subscription(stream, "g", "c1", AgentRequestEvent, block=0), count)
 
 
-async def writes_during(coroutine: Coroutine[Any, Any, None]) -> int:
-    before = CountingConnection.writes
+async def writes_during(transport: RedisStreamsTransport, coroutine: Coroutine[Any, Any, None]) -> int:
+    """Socket writes: the client's connections' and the auto-pipeline's own connection's."""
+    pipeline = transport._pipeline
+    before = CountingConnection.writes + pipeline.writes
     await coroutine
-    return CountingConnection.writes - before
+    return CountingConnection.writes + pipeline.writes - before
 
 
 async def test_concurrent_claims_and_completions_share_round_trips(transport: RedisStreamsTransport) -> None:
@@ -83,7 +89,7 @@ async def test_concurrent_claims_and_completions_share_round_trips(transport: Re
             )
         )
 
-    claim_writes = await writes_during(claim_all())
+    claim_writes = await writes_during(transport, claim_all())
     assert [c.status for c in claims] == [ClaimStatus.LEASED] * 64
     assert [c.lease.holder for c in claims if c.lease] == [d.event.id for d in deliveries]  # each its own
     reply_stream = transport.names.responses("discord", "all")
@@ -106,7 +112,7 @@ async def test_concurrent_claims_and_completions_share_round_trips(transport: Re
             )
         )
 
-    complete_writes = await writes_during(complete_all())
+    complete_writes = await writes_during(transport, complete_all())
 
     assert all(completion.created for completion in completions)
     assert [c.record.request_id for c in completions] == [d.event.id for d in deliveries]
@@ -156,7 +162,7 @@ async def test_scripts_flushed_from_the_server_are_loaded_again(transport: Redis
         )
 
     claims: list[Claim] = []
-    writes = await writes_during(claim_all())
+    writes = await writes_during(transport, claim_all())
 
     assert [c.status for c in claims] == [ClaimStatus.LEASED] * 8
     assert writes == 3  # the pipeline, one SCRIPT LOAD, the pipeline again
@@ -179,7 +185,7 @@ async def test_concurrent_publishes_share_a_round_trip_and_keep_their_order(
     async def publish_all() -> None:
         ids.extend(await asyncio.gather(*(transport.publish(stream, e, maxlen=1000) for e in events)))
 
-    writes = await writes_during(publish_all())
+    writes = await writes_during(transport, publish_all())
 
     entries = await transport.read_stream(stream, AgentRequestEvent, count=100)
     assert [e.event.content for e in entries[1:]] == [e.content for e in events]  # in the order asked
@@ -281,6 +287,7 @@ async def test_batched_calls_become_one_script_call_and_each_gets_its_own_reply(
         dropped.cancel()  # its caller gave up before the batch was sent: it is left out
         replies = await asyncio.gather(*futures)
     finally:
+        await auto.aclose()
         await client.aclose()
 
     assert replies == [f"item-{n}".encode() for n in range(5)]
@@ -296,6 +303,7 @@ async def test_a_batch_reply_of_the_wrong_length_fails_every_call(redis_url: str
             auto.batched(kind, "a"), auto.batched(kind, "b"), return_exceptions=True
         )
     finally:
+        await auto.aclose()
         await client.aclose()
     assert all(isinstance(r, RuntimeError) and "answered" in str(r) for r in results)
 
@@ -312,6 +320,7 @@ async def test_a_script_error_reaches_every_call_of_its_batch_and_nothing_else(r
             auto.batched(kind, "a"), auto.batched(kind, "b"), auto.command("PING"), return_exceptions=True
         )
     finally:
+        await auto.aclose()
         await client.aclose()
     assert [str(r) for r in results[:2]] == ["BROKEN on purpose"] * 2
     assert results[2] in (b"PONG", "PONG")
@@ -327,6 +336,7 @@ async def test_commands_are_packed_as_the_protocol_spells_them(redis_url: str) -
         await auto.command("APPEND", key, 42)
         assert await client.get(key) == "ünïcode".encode() + b"\x00\xff42"
     finally:
+        await auto.aclose()
         await client.delete(key)
         await client.aclose()
 
@@ -367,3 +377,113 @@ async def test_a_burst_costs_the_server_at_most_five_calls_per_request(redis_ser
     }
     assert calls["evalsha"] == 2  # one claim script call, one complete script call
     assert sum(calls.values()) / 64 <= 5, calls
+
+
+# -- AutoPipeline's own connection ------------------------------------------------------------------
+
+
+async def connection_id(auto: AutoPipeline) -> int:
+    reply = await auto.command("CLIENT", "ID")
+    assert isinstance(reply, int)
+    return reply
+
+
+async def test_replies_split_across_reads_reach_their_callers_in_order(redis_url: str) -> None:
+    client = Redis.from_url(redis_url)
+    auto = AutoPipeline(client)
+    values = [bytes([65 + n % 26]) * (100_000 + n) for n in range(20)]  # ~2 MB: many socket reads
+    try:
+        replies = await asyncio.gather(*(auto.command("ECHO", value) for value in values))
+    finally:
+        await auto.aclose()
+        await client.aclose()
+    assert replies == values
+
+
+async def test_the_connection_keeps_the_clients_settings(redis_url: str) -> None:
+    """The handshake is redis-py's own: database, protocol and client name as the client has them."""
+    url = urlsplit(redis_url)._replace(path="/3").geturl()  # a database other than the default
+    client = Redis.from_url(url, protocol=3, client_name="pipeline-handshake")
+    auto = AutoPipeline(client)
+    try:
+        info = await auto.command("CLIENT", "INFO")
+    finally:
+        await auto.aclose()
+        await client.aclose()
+    assert isinstance(info, bytes)
+    fields = dict(part.split(b"=", 1) for part in info.split() if b"=" in part)
+    assert (fields[b"name"], fields[b"db"], fields[b"resp"]) == (b"pipeline-handshake", b"3", b"3")
+
+
+async def test_a_connection_killed_fails_the_calls_on_it_and_the_next_call_reconnects(redis_url: str) -> None:
+    client = Redis.from_url(redis_url)
+    auto = AutoPipeline(client)
+    key = f"autopipeline:{uuid.uuid4()}"
+    try:
+        first = await connection_id(auto)
+        waiting = auto.command("BLPOP", key, 10)  # answered only when the list gets an item
+        await asyncio.sleep(0.05)
+        assert await client.client_kill_filter(_id=str(first)) == 1
+
+        with pytest.raises(ConnectionError, match="Redis closed the connection"):
+            await asyncio.wait_for(waiting, 2)
+        second = await connection_id(auto)
+    finally:
+        await auto.aclose()
+        await client.aclose()
+    assert second != first
+
+
+async def test_calls_unanswered_within_the_timeout_fail_and_the_connection_is_replaced(
+    redis_url: str,
+) -> None:
+    client = Redis.from_url(redis_url)
+    auto = AutoPipeline(client, timeout=0.2)
+    key = f"autopipeline:{uuid.uuid4()}"
+    try:
+        first = await connection_id(auto)
+        blocked = auto.command("BLPOP", key, 5)  # the server holds the reply (and the one behind it)
+        behind = auto.command("PING")
+        results = await asyncio.wait_for(asyncio.gather(blocked, behind, return_exceptions=True), 2)
+        second = await connection_id(auto)
+        clients = await client.client_list()
+    finally:
+        await auto.aclose()
+        await client.aclose()
+    assert [type(r) for r in results] == [TimeoutError, TimeoutError]
+    assert all(str(r) == "" for r in results)  # no message: "did not answer in time"
+    assert second != first
+    assert str(first) not in {c["id"] for c in clients}  # the stalled connection was closed
+
+
+async def test_an_unreadable_reply_fails_the_connection_and_the_next_call_reconnects(redis_url: str) -> None:
+    client = Redis.from_url(redis_url)
+    auto = AutoPipeline(client)
+    key = f"autopipeline:{uuid.uuid4()}"
+    try:
+        first = await connection_id(auto)
+        waiting = auto.command("BLPOP", key, 5)
+        await asyncio.sleep(0.05)
+        assert auto._wire is not None
+        auto._wire.data_received(b"?not the redis protocol\r\n")  # as if the server had sent it
+
+        with pytest.raises(ConnectionError, match="unreadable reply from Redis"):
+            await asyncio.wait_for(waiting, 2)
+        second = await connection_id(auto)
+    finally:
+        await auto.aclose()
+        await client.aclose()
+    assert second != first
+
+
+async def test_closing_the_transport_closes_the_pipelines_connection(redis_url: str) -> None:
+    """Even with a client of the caller's, which stays open."""
+    client = Redis.from_url(redis_url, client_name="transport-owned")
+    transport = RedisStreamsTransport(client)
+    await transport.publish(f"autopipeline:{uuid.uuid4()}", request(0), maxlen=10)
+    names_before = [c["name"] for c in await client.client_list()]
+    await transport.aclose()
+    names_after = [c["name"] for c in await client.client_list()]
+    await client.aclose()
+    assert names_before.count("transport-owned") == 2  # the client's and the pipeline's
+    assert names_after.count("transport-owned") == 1  # the client's own, still open

@@ -2,42 +2,50 @@
 
 With many requests in flight, a worker's claims, completions and event writes come in bursts: each
 one awaited on its own costs a socket write, a read and an event-loop wake-up. :class:`AutoPipeline`
-sends the commands queued during one event-loop iteration together: the first one queued starts a
-task that, when it runs (in the next iteration), takes everything queued until then and sends it
-with one write on one connection, reading the replies back in order. Each caller still awaits its
-own reply, and an error reaches only the command it belongs to.
+sends the commands queued during one event-loop iteration together: the first one queued schedules
+a flush for the end of the iteration, which writes everything queued until then with one write.
+Each caller still awaits its own reply, and an error reaches only the command it belongs to.
 
 Calls of a :class:`BatchScript` queued in one iteration go further: they become *one* call of
 the script, which handles the whole batch inside Redis (one ``MGET`` for every key it checks, one
 ``XACK`` for every entry it acks…) and returns one reply per call. The batch runs at the position
 of its first call.
 
-Commands queued in one iteration run in the order they were queued; separate batches may run in
-any order (they can use different connections), so a caller that needs order awaits one batch
-before queuing the next.
+Commands queued in one iteration run in the order they were queued. Separate batches go out in
+order on one connection, but one queued while the connection is being (re)made may be overtaken,
+so a caller that needs order awaits one batch before queuing the next.
 
 Scripts are sent with ``EVALSHA``; after a reply of ``NOSCRIPT`` (a restarted or flushed server)
 each script is loaded once and the calls that got it are sent again.
 
-The commands are packed here and written on a connection of the client's pool, and the replies are
-read with the connection's own parser (hiredis when installed): redis-py's ``Pipeline`` and its
-``pack_command`` cost more per command than the commands themselves on this path. What that skips
-is redis-py's command layer — its response callbacks (replies come back raw, as the server sent
-them) and any instrumentation that wraps ``execute_command``.
+**The connection.** The pipeline keeps one connection of its own, made and set up (credentials,
+database, protocol, client name, TLS) by the client's connection pool, then taken over: its
+commands are packed here and written as they are flushed, and its replies parsed as they arrive
+(hiredis) and handed, in order, to the futures awaiting them, with no task, pool checkout or
+timeout context per batch; redis-py's command layer cost more than the commands themselves on
+this path. What that skips is redis-py's response callbacks (replies come back raw, as the server
+sent them) and any instrumentation that wraps ``execute_command``. A call unanswered within the
+timeout fails its connection, and every call on it, with ``TimeoutError``; a lost connection
+fails them with ``ConnectionError``; either way the next call makes a new connection. Blocking
+commands must not go through it: everything queued behind one would wait for it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
+import hiredis
+from redis._parsers import BaseParser
 from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import ConnectionError, NoScriptError
 
 __all__ = ["Arg", "AutoPipeline", "BatchScript"]
 
@@ -45,6 +53,8 @@ Arg = bytes | str | int
 ReplyFuture = asyncio.Future[object]
 """What a caller awaits: the reply, or the error raised in its place."""
 ItemT = TypeVar("ItemT")
+_INCOMPLETE: Final = object()
+"""What the parser returns while no whole reply has arrived (a RESP3 reply can be ``False``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +75,9 @@ class _Call:
     futures: list[ReplyFuture]
     """Who awaits the reply: one caller, or (``batched``) one per item, each getting its part."""
     script: AsyncScript | None = None
+    """The script it calls, while a ``NOSCRIPT`` reply should load it and send the call again."""
     batched: bool = False
+    sent_at: float = 0.0
 
     def settle(self, reply: object) -> None:
         """Hand the reply (an error reply included) to whoever awaits it."""
@@ -101,14 +113,21 @@ class _Batch(Generic[ItemT]):
 
 
 class AutoPipeline:
-    """Batches commands per event-loop iteration into one write (see the module docs)."""
+    """Batches commands per event-loop iteration into one write (see the module docs).
+
+    It keeps one connection of its own, made with the client's settings (address, credentials,
+    database, protocol, TLS): :meth:`aclose` closes it."""
 
     def __init__(self, client: Redis, *, timeout: float = 5.0) -> None:
         self._client = client
         self._timeout = timeout
         self._queued: list[_Call | _Batch[Any]] = []
         self._batches: dict[int, _Batch[Any]] = {}  # id(BatchScript) -> its calls this iteration
-        self._sending: set[asyncio.Task[None]] = set()
+        self._wire: _Wire | None = None
+        self._connecting: asyncio.Task[_Wire] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.writes = 0
+        """Socket writes so far: one per batch of commands sent (one round trip)."""
 
     def script(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Arg]) -> ReplyFuture:
         """Queue a script call; the future resolves with its reply (or its error)."""
@@ -130,6 +149,21 @@ class AutoPipeline:
         The reply is raw (bytes, integers, lists), as the server sent it."""
         return self._queue(lambda: args)
 
+    async def aclose(self) -> None:
+        """Close the connection (commands still awaiting a reply fail)."""
+        connecting, self._connecting = self._connecting, None
+        if connecting is not None and not connecting.done():
+            connecting.cancel()
+            with contextlib.suppress(BaseException):
+                await connecting
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks))
+        wire, self._wire = self._wire, None
+        if wire is not None:
+            wire.close()
+
     def _future(self) -> ReplyFuture:
         return asyncio.get_running_loop().create_future()
 
@@ -139,74 +173,185 @@ class AutoPipeline:
         return future
 
     def _enqueue(self, call: _Call | _Batch[Any]) -> None:
-        if not self._queued:  # the first of this iteration: a task sends them all when it starts
-            task = asyncio.get_running_loop().create_task(self._send_queued())
-            self._sending.add(task)
-            task.add_done_callback(self._sending.discard)
+        if not self._queued:  # the first of this iteration: all are sent once this iteration is over
+            asyncio.get_running_loop().call_soon(self._flush)
         self._queued.append(call)
 
-    async def _send_queued(self) -> None:
+    def _flush(self) -> None:
         queued, self._queued = self._queued, []
         self._batches.clear()
-        batch = []
+        calls = []
         for queued_call in queued:
             call = queued_call.call() if isinstance(queued_call, _Batch) else queued_call
             if call is not None and not all(future.done() for future in call.futures):  # not all gone
-                batch.append(call)
-        if batch:
-            await self._send(batch)
+                calls.append(call)
+        if not calls:
+            return
+        wire = self._wire
+        if wire is not None and wire.usable():
+            self._write(wire, calls)
+        else:
+            self._spawn(self._connect_and_send(calls))
 
-    async def _send(self, batch: list[_Call], *, reload: bool = True) -> None:
+    def _write(self, wire: _Wire, calls: list[_Call]) -> None:
+        self.writes += 1
+        wire.send(calls, b"".join(_pack(call.command()) for call in calls))
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _connect_and_send(self, calls: list[_Call]) -> None:
         try:
-            replies = await self._execute(b"".join(_pack(call.command()) for call in batch), len(batch))
-        except BaseException as error:  # the connection failed: every command in the batch failed
-            for call in batch:
+            wire = await self._connected()
+        except BaseException as error:  # every call waiting for the connection fails with it
+            for call in calls:
                 call.settle(error)
             if isinstance(error, asyncio.CancelledError):
                 raise
             return
-        unknown = []
-        for call, reply in zip(batch, replies, strict=True):
-            if isinstance(reply, NoScriptError) and reload and call.script is not None:
-                unknown.append(call)
-            else:
-                call.settle(reply)
-        if unknown:
-            await self._load_and_send(unknown)
+        self._write(wire, calls)
 
-    async def _execute(self, commands: bytes, count: int) -> list[object]:
-        """Take a connection, write the packed commands and read their ``count`` replies, all
-        within ``timeout`` seconds; an error reply is returned in its place, a connection failure
-        or the timeout (``TimeoutError``) raised. Every queued call is thus settled in time."""
-        async with asyncio.timeout(self._timeout):  # one bound on the whole exchange
-            pool = self._client.connection_pool
-            connection = await pool.get_connection()  # type: ignore[no-untyped-call]
-            replies: list[object] = []
-            try:
-                await connection.send_packed_command(commands)
-                for _ in range(count):
-                    try:
-                        replies.append(await connection.read_response())
-                    except ResponseError as error:  # the reply was an error: the connection is fine
-                        replies.append(error)
-            except BaseException:
-                with contextlib.suppress(Exception):  # replies may be left unread: never reuse it
-                    await connection.disconnect()
-                raise
-            finally:
-                await pool.release(connection)
-        return replies
+    async def _connected(self) -> _Wire:
+        """The connection, made once however many calls wait for it."""
+        wire = self._wire
+        if wire is not None and wire.usable():
+            return wire
+        if self._connecting is None or self._connecting.done():
+            self._connecting = asyncio.get_running_loop().create_task(self._connect())
+        return await asyncio.shield(self._connecting)
 
-    async def _load_and_send(self, batch: list[_Call]) -> None:
+    async def _connect(self) -> _Wire:
+        old, self._wire = self._wire, None
+        if old is not None:
+            old.close()
+        connection = self._client.connection_pool.make_connection()  # type: ignore[no-untyped-call]
+        try:
+            async with asyncio.timeout(self._timeout):
+                await connection.connect()  # the client's handshake: AUTH, HELLO, SELECT, CLIENT SETNAME
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await connection.disconnect(nowait=True)
+            raise
+        self._wire = _Wire(_take_over(connection), self._timeout, self._noscript)
+        return self._wire
+
+    def _noscript(self, calls: list[_Call]) -> None:
+        self._spawn(self._load_and_send(calls))
+
+    async def _load_and_send(self, calls: list[_Call]) -> None:
         """After ``NOSCRIPT`` (a restarted or flushed server): load each script once, send again."""
         try:
-            for script in {id(call.script): call.script for call in batch if call.script}.values():
+            for script in {id(call.script): call.script for call in calls if call.script}.values():
                 script.sha = await self._client.script_load(script.script)
         except Exception as error:
-            for call in batch:
+            for call in calls:
                 call.settle(error)
             return
-        await self._send(batch, reload=False)
+        for call in calls:
+            call.script = None  # a second NOSCRIPT is an error, not another reload
+        await self._connect_and_send(calls)
+
+
+class _Wire(asyncio.Protocol):
+    """The pipeline's connection: calls are written as they are flushed, and replies parsed as they
+    arrive (hiredis) and handed in order to the calls awaiting them, with no task in between.
+
+    A call unanswered ``timeout`` seconds after it was written fails the connection, and every
+    call on it, with ``TimeoutError``; a connection lost fails them with ``ConnectionError``."""
+
+    def __init__(
+        self, writer: asyncio.StreamWriter, timeout: float, noscript: Callable[[list[_Call]], None]
+    ) -> None:
+        self._writer = writer  # kept: collecting it would close the socket
+        self._transport = transport = writer.transport
+        self._timeout = timeout
+        self._noscript = noscript
+        self._loop = asyncio.get_running_loop()
+        self._parser = hiredis.Reader(replyError=BaseParser.parse_error, notEnoughData=_INCOMPLETE)
+        self._waiting: deque[_Call] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+        self._lost = False
+        transport.set_protocol(self)
+
+    def usable(self) -> bool:
+        return not self._lost and self._loop is asyncio.get_running_loop()
+
+    def send(self, calls: list[_Call], data: bytes) -> None:
+        if self._lost:  # lost while these waited for it
+            for call in calls:
+                call.settle(ConnectionError("Redis closed the connection"))
+            return
+        sent_at = self._loop.time()
+        for call in calls:
+            call.sent_at = sent_at
+        self._waiting.extend(calls)
+        self._transport.write(data)
+        if self._timer is None:
+            self._timer = self._loop.call_at(sent_at + self._timeout, self._check_timeout)
+
+    def close(self) -> None:
+        if self._loop.is_closed():  # left behind by a loop that ended: nothing can run on it now
+            self._lost = True
+            return
+        self._transport.close()
+        self._fail(ConnectionError("the pipeline was closed"))
+
+    def data_received(self, data: bytes) -> None:
+        parser, waiting = self._parser, self._waiting
+        parser.feed(data)
+        unknown = []
+        try:
+            while (reply := parser.gets()) is not _INCOMPLETE:
+                if isinstance(reply, hiredis.PushNotification):
+                    continue  # out of band (RESP3): not a reply to a call
+                call = waiting.popleft()
+                if call.script is not None and isinstance(reply, NoScriptError):
+                    unknown.append(call)
+                else:
+                    call.settle(reply)
+        except Exception as error:  # unreadable, or a reply nobody asked for: the stream is lost
+            self._transport.abort()
+            self._fail(ConnectionError(f"unreadable reply from Redis: {error!r}"))
+        if unknown:
+            self._noscript(unknown)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        reason = f": {exc}" if exc is not None else ""
+        self._fail(ConnectionError(f"Redis closed the connection{reason}"))
+
+    def _check_timeout(self) -> None:
+        self._timer = None
+        if not self._waiting:
+            return
+        deadline = self._waiting[0].sent_at + self._timeout
+        if self._loop.time() < deadline:
+            self._timer = self._loop.call_at(deadline, self._check_timeout)
+            return
+        self._transport.abort()
+        self._fail(TimeoutError())  # no message: "did not answer in time", not a refused connection
+
+    def _fail(self, error: BaseException) -> None:
+        self._lost = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        waiting, self._waiting = self._waiting, deque()
+        for call in waiting:
+            call.settle(error)
+
+
+def _take_over(connection: AbstractConnection) -> asyncio.StreamWriter:
+    """The socket of a connected redis-py connection, handed over to the pipeline: redis-py sees
+    the connection as closed from then on (and will not close the socket behind our back). The
+    writer is returned to be kept: when it is collected, asyncio closes its socket."""
+    writer = connection._writer  # no public accessor; present in every redis-py 4.2+
+    if writer is None:
+        raise ConnectionError("the connection was closed during its handshake")
+    connection._writer = connection._reader = None
+    connection._parser.on_disconnect()  # type: ignore[no-untyped-call]
+    return writer
 
 
 def _evalsha(script: AsyncScript, keys: Sequence[str], args: Sequence[Arg]) -> Sequence[Arg]:

@@ -31,7 +31,6 @@ from dynamic_agents.exceptions import (
     TransportError,
 )
 from dynamic_agents.transports import _scripts
-from dynamic_agents.transports._pipelining import Arg, AutoPipeline, BatchScript
 from dynamic_agents.transports.base import (
     Claim,
     ClaimStatus,
@@ -62,6 +61,8 @@ try:
     from redis.asyncio import Redis
     from redis.asyncio.client import Pipeline
     from redis.backoff import ExponentialWithJitterBackoff
+
+    from dynamic_agents.transports._pipelining import Arg, AutoPipeline, BatchScript  # needs hiredis
 except ImportError as error:  # pragma: no cover - exercised without the extra installed
     raise MissingDependencyError("RedisStreamsTransport", "redis") from error
 
@@ -621,6 +622,7 @@ class RedisStreamsTransport(Transport):
         return RedisCoordinator(self.client, names=self.names, retry=self._retry, pipeline=self._pipeline)
 
     async def aclose(self) -> None:
+        await self._pipeline.aclose()
         if self._owns_client:
             await self.client.aclose()
 
@@ -696,6 +698,7 @@ class RedisCoordinator(Coordinator):
         self._renew = client.register_script(_scripts.RENEW_LEASE)
         self._release = client.register_script(_scripts.RELEASE_LEASE)
         self._claims = BatchScript(client.register_script(_scripts.CLAIM), _pack_claims)
+        self._owns_pipeline = pipeline is None  # else the transport's, closed with it
         self._pipeline = pipeline or AutoPipeline(client, timeout=self._retry.timeout)
 
     @classmethod
@@ -770,6 +773,8 @@ class RedisCoordinator(Coordinator):
         return _retrying(what, operation, self._retry, None, pipelined=pipelined)
 
     async def aclose(self) -> None:
+        if self._owns_pipeline:
+            await self._pipeline.aclose()
         if self._owns_client:
             await self.client.aclose()
 
