@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from typing import Any
 
 import pytest
 
@@ -305,3 +306,36 @@ def test_record_ttl_must_outlive_redeliveries() -> None:
 
 async def _async(value: bool) -> bool:
     return value
+
+
+@pytest.mark.redis
+async def test_the_claims_of_a_read_are_sent_before_the_next_read(redis_url: str, redis_prefix: str) -> None:
+    """The next read's command would otherwise sit on the path of every request just read."""
+    from dynamic_agents.events import StreamNames
+    from dynamic_agents.transports import RedisStreamsTransport
+
+    names = StreamNames(redis_prefix)
+    transport = RedisStreamsTransport.from_url(redis_url, names=names)
+    claim_sha = transport.coordinator()._claims.script.sha
+    sent: list[str] = []
+    read, write = transport.client.xreadgroup, transport._pipeline._write
+
+    async def logged_read(*args: object, **kwargs: object) -> object:
+        sent.append("read")
+        return await read(*args, **kwargs)  # type: ignore[arg-type]
+
+    def logged_write(wire: object, calls: list[Any]) -> None:
+        sent.extend("claim" for call in calls if claim_sha in call.command())
+        write(wire, calls)  # type: ignore[arg-type]
+
+    transport.client.xreadgroup = logged_read  # type: ignore[method-assign]
+    transport._pipeline._write = logged_write  # type: ignore[method-assign]
+    try:
+        for n in range(5):
+            await transport.publish(names.requests, request_event(names, f"m{n}"))
+        w = worker(transport)
+        await w.run_until_idle()
+    finally:
+        await transport.aclose()
+    assert w.stats.completed == 5
+    assert sent[:3] == ["read", "claim", "read"]  # the five claims in one script call, then a read

@@ -175,7 +175,9 @@ class AgentWorker:
         try:
             while not self._stopping:
                 read = await self._read_more()
-                if until_idle and not read and not self._tasks and await self._nothing_pending():
+                if read:
+                    await _after_handlers_send()
+                elif until_idle and not self._tasks and await self._nothing_pending():
                     return
         finally:
             for helper in helpers:
@@ -667,6 +669,14 @@ class AgentWorker:
                 await method(*args)
             except Exception:
                 logger.exception("hook %s.%s failed", type(hook).__name__, name)
+
+
+async def _after_handlers_send() -> None:
+    """Two event-loop iterations: the handlers of a read start in the first and queue their
+    claims, which the auto-pipeline writes in the second. Only then is the next read sent, whose
+    command would otherwise put its CPU time on every one of those claims' paths."""
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
 
 
 def _error(message: str) -> ExecutionResult:
