@@ -476,14 +476,57 @@ async def test_an_unreadable_reply_fails_the_connection_and_the_next_call_reconn
     assert second != first
 
 
-async def test_closing_the_transport_closes_the_pipelines_connection(redis_url: str) -> None:
+async def test_closing_the_transport_closes_the_pipelines_connections(
+    redis_url: str, redis_prefix: str
+) -> None:
     """Even with a client of the caller's, which stays open."""
     client = Redis.from_url(redis_url, client_name="transport-owned")
-    transport = RedisStreamsTransport(client)
-    await transport.publish(f"autopipeline:{uuid.uuid4()}", request(0), maxlen=10)
+    transport = RedisStreamsTransport(client, names=StreamNames(redis_prefix))
+    stream = transport.names.requests
+    await transport.ensure_group(stream, "g")
+    await transport.publish(stream, request(0), maxlen=10)  # the pipeline's connection
+    await transport.read(Subscription(stream, "g", "c1", AgentRequestEvent, block=0), 1)  # a reader's
     names_before = [c["name"] for c in await client.client_list()]
     await transport.aclose()
     names_after = [c["name"] for c in await client.client_list()]
     await client.aclose()
-    assert names_before.count("transport-owned") == 2  # the client's and the pipeline's
+    assert names_before.count("transport-owned") == 3
     assert names_after.count("transport-owned") == 1  # the client's own, still open
+
+
+async def test_blocking_reads_in_flight_together_do_not_wait_for_each_other(
+    transport: RedisStreamsTransport,
+) -> None:
+    quiet, busy = transport.names.requests, transport.names.events
+    for stream in (quiet, busy):
+        await transport.ensure_group(stream, "g")
+    waiting = asyncio.create_task(transport.read(Subscription(quiet, "g", "c1", AgentRequestEvent), 1))
+    answered = asyncio.create_task(transport.read(Subscription(busy, "g", "c1", AgentRequestEvent), 1))
+    await asyncio.sleep(0.05)  # both are blocked in Redis now
+    await transport.publish(busy, request(7))
+
+    (delivery,) = await asyncio.wait_for(answered, 0.9)  # Subscription's block is 1 s
+
+    assert delivery.event.content == "message 7"
+    assert not waiting.done()  # still blocked on a connection of its own
+    waiting.cancel()
+
+
+async def test_a_cancelled_read_leaves_nothing_behind_to_take_entries(
+    transport: RedisStreamsTransport,
+) -> None:
+    stream = transport.names.requests
+    await transport.ensure_group(stream, "g")
+    subscription = Subscription(stream, "g", "c1", AgentRequestEvent, block=2.0, claim_min_idle=None)
+    cancelled = asyncio.create_task(transport.read(subscription, 1))
+    await asyncio.sleep(0.05)
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    await transport.publish(
+        stream, request(1)
+    )  # were the cancelled XREADGROUP still blocked, it would get it
+
+    (delivery,) = await transport.read(subscription, 1)
+
+    assert delivery.event.content == "message 1"

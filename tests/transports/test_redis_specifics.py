@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from redis.asyncio import Redis
@@ -41,14 +42,22 @@ async def test_a_decoding_client_is_refused(redis_url: str) -> None:
         await client.aclose()
 
 
-async def test_block_must_be_shorter_than_the_socket_timeout(redis_url: str, redis_prefix: str) -> None:
-    client = Redis.from_url(redis_url, socket_timeout=0.5)
+async def test_a_blocking_read_outlasts_the_clients_socket_timeout(redis_url: str, redis_prefix: str) -> None:
+    """Reads have connections of their own, bounded by ``operation_timeout`` plus the block time,
+    not by the client's per-socket-call timeout."""
+    client = Redis.from_url(redis_url, socket_timeout=0.2)
     transport = RedisStreamsTransport(client, names=StreamNames(redis_prefix))
+    stream = f"{redis_prefix}:s"
     try:
-        with pytest.raises(ConfigurationError, match="socket_timeout"):
-            await transport.read(subscription(f"{redis_prefix}:s", block=1.0), 1)
+        await transport.ensure_group(stream, "g")
+        started = time.monotonic()
+        assert await transport.read(subscription(stream, block=0.6, claim_min_idle=None), 1) == []
+        waited = time.monotonic() - started
     finally:
+        await transport.aclose()
         await client.aclose()
+    assert waited >= 0.55  # the server's block ran out: no timeout cut it short
+    assert transport.stats.reconnects == 0
 
 
 async def test_pending_entries_deleted_before_reclaim_are_counted(redis_url: str, redis_prefix: str) -> None:
@@ -92,10 +101,7 @@ async def test_repr_names_the_prefix_only(redis_url: str) -> None:
 
 
 class OddReplies(Redis):
-    """A client whose XREADGROUP and XREVRANGE replies have a shape the transport does not know."""
-
-    async def xreadgroup(self, *args: object, **kwargs: object) -> object:  # type: ignore[override]
-        return 42
+    """A client whose XREVRANGE replies have a shape the transport does not know."""
 
     async def xrevrange(self, *args: object, **kwargs: object) -> object:  # type: ignore[override]
         return [("only-an-id",)]
@@ -109,6 +115,11 @@ async def test_a_reply_of_an_unknown_shape_is_an_error_not_an_outage(
         OddReplies.from_url(redis_url), names=StreamNames(redis_prefix), owns_client=True
     )
     stream = f"{redis_prefix}:odd"
+
+    async def odd_read(*args: object) -> object:
+        return 42
+
+    transport._xread = odd_read  # type: ignore[method-assign]
     try:
         await transport.ensure_group(stream, "g")
         with pytest.raises(TransportError, match="unexpected reply from Redis"):

@@ -12,6 +12,7 @@ characters, with a timeout.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import inspect
 from collections import defaultdict
@@ -287,5 +288,11 @@ def _explicit(event: AgentRequestEvent) -> RouteDecision | None:
     for attribute, kind in _EXPLICIT:
         target_id = getattr(event, attribute)
         if target_id:
-            return RouteDecision(Target(type=kind, id=target_id), None, f"explicit {attribute} in the event")
+            return _explicit_decision(attribute, kind, target_id)
     return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _explicit_decision(attribute: str, kind: TargetType, target_id: str) -> RouteDecision:
+    """One decision per explicit target (both are immutable): most requests name one of a few."""
+    return RouteDecision(Target(type=kind, id=target_id), None, f"explicit {attribute} in the event")

@@ -77,7 +77,10 @@ class _Call:
     script: AsyncScript | None = None
     """The script it calls, while a ``NOSCRIPT`` reply should load it and send the call again."""
     batched: bool = False
-    sent_at: float = 0.0
+    blocks: float = 0.0
+    """Seconds the server may hold the reply (a blocking command's own timeout), on top of the
+    pipeline's timeout."""
+    deadline: float = 0.0
 
     def settle(self, reply: object) -> None:
         """Hand the reply (an error reply included) to whoever awaits it."""
@@ -126,6 +129,7 @@ class AutoPipeline:
         self._wire: _Wire | None = None
         self._connecting: asyncio.Task[_Wire] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
         self.writes = 0
         """Socket writes so far: one per batch of commands sent (one round trip)."""
 
@@ -144,25 +148,34 @@ class AutoPipeline:
         batch.futures.append(future)
         return future
 
-    def command(self, *args: Arg) -> ReplyFuture:
+    def command(self, *args: Arg, blocks: float = 0.0) -> ReplyFuture:
         """Queue one command as Redis spells it: ``command("XADD", stream, "*", field, value)``.
-        The reply is raw (bytes, integers, lists), as the server sent it."""
-        return self._queue(lambda: args)
+        The reply is raw (bytes, integers, lists), as the server sent it. A blocking command says
+        how long the server may hold its reply (``blocks`` seconds), and should have a pipeline of
+        its own: the commands queued behind it wait as long."""
+        future = self._future()
+        self._enqueue(_Call(lambda: args, [future], blocks=blocks))
+        return future
 
-    async def aclose(self) -> None:
-        """Close the connection (commands still awaiting a reply fail)."""
-        connecting, self._connecting = self._connecting, None
-        if connecting is not None and not connecting.done():
-            connecting.cancel()
-            with contextlib.suppress(BaseException):
-                await connecting
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(list(self._tasks))
+    def close(self) -> None:
+        """Close for good, now: commands awaiting a reply fail with ``ConnectionError``, and so
+        does any command queued from now on."""
+        self._closed = True
         wire, self._wire = self._wire, None
         if wire is not None:
             wire.close()
+
+    async def aclose(self) -> None:
+        """:meth:`close`, and let the pipeline's own tasks (a connection being made, scripts being
+        loaded) end: within the timeout, else they are cancelled."""
+        self.close()
+        if not self._tasks:
+            return
+        _, late = await asyncio.wait(list(self._tasks), timeout=self._timeout)
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.wait(late)
 
     def _future(self) -> ReplyFuture:
         return asyncio.get_running_loop().create_future()
@@ -197,6 +210,12 @@ class AutoPipeline:
         self.writes += 1
         wire.send(calls, b"".join(_pack(call.command()) for call in calls))
 
+    def _write_live(self, wire: _Wire, calls: list[_Call]) -> None:
+        """Those of ``calls`` someone still awaits (the others' callers gave up while waiting)."""
+        live = [call for call in calls if not all(future.done() for future in call.futures)]
+        if live:
+            self._write(wire, live)
+
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
@@ -211,13 +230,15 @@ class AutoPipeline:
             if isinstance(error, asyncio.CancelledError):
                 raise
             return
-        self._write(wire, calls)
+        self._write_live(wire, calls)
 
     async def _connected(self) -> _Wire:
         """The connection, made once however many calls wait for it."""
         wire = self._wire
         if wire is not None and wire.usable():
             return wire
+        if self._closed:
+            raise ConnectionError("the pipeline was closed")
         if self._connecting is None or self._connecting.done():
             self._connecting = asyncio.get_running_loop().create_task(self._connect())
         return await asyncio.shield(self._connecting)
@@ -234,8 +255,12 @@ class AutoPipeline:
             with contextlib.suppress(Exception):
                 await connection.disconnect(nowait=True)
             raise
-        self._wire = _Wire(_take_over(connection), self._timeout, self._noscript)
-        return self._wire
+        wire = _Wire(_take_over(connection), self._timeout, self._noscript)
+        if self._closed:  # while the connection was being made
+            wire.close()
+            raise ConnectionError("the pipeline was closed")
+        self._wire = wire
+        return wire
 
     def _noscript(self, calls: list[_Call]) -> None:
         self._spawn(self._load_and_send(calls))
@@ -283,13 +308,13 @@ class _Wire(asyncio.Protocol):
             for call in calls:
                 call.settle(ConnectionError("Redis closed the connection"))
             return
-        sent_at = self._loop.time()
+        deadline = self._loop.time() + self._timeout
         for call in calls:
-            call.sent_at = sent_at
+            call.deadline = deadline + call.blocks
         self._waiting.extend(calls)
         self._transport.write(data)
         if self._timer is None:
-            self._timer = self._loop.call_at(sent_at + self._timeout, self._check_timeout)
+            self._timer = self._loop.call_at(self._waiting[0].deadline, self._check_timeout)
 
     def close(self) -> None:
         if self._loop.is_closed():  # left behind by a loop that ended: nothing can run on it now
@@ -325,7 +350,7 @@ class _Wire(asyncio.Protocol):
         self._timer = None
         if not self._waiting:
             return
-        deadline = self._waiting[0].sent_at + self._timeout
+        deadline = self._waiting[0].deadline  # the first is answered first: only it can be late
         if self._loop.time() < deadline:
             self._timer = self._loop.call_at(deadline, self._check_timeout)
             return

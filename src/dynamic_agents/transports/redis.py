@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import weakref
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
@@ -134,15 +135,21 @@ def _entry(item: list[object]) -> tuple[str, dict[bytes, bytes]]:
 
 
 def _stream_entries(value: object) -> list[tuple[str, dict[bytes, bytes]]]:
-    """Entries of an XREAD/XREADGROUP reply: ``[[stream, entries], …]``, or, from a client with
-    ``protocol=3``, ``{stream: [entries]}`` (redis-py wraps each stream's entries in a list)."""
+    """Entries of an XREAD/XREADGROUP reply as the server sends it: ``[[stream, entries], …]``,
+    or, on a ``protocol=3`` connection, ``{stream: entries}``; ``None`` when there are none."""
     if value is None:
         return []
     if isinstance(value, Mapping):
-        per_stream = [entries for wrapped in value.values() for entries in _list(wrapped)]
+        per_stream = list(value.values())
     else:
-        per_stream = [_list(item)[1] for item in _list(value)]
+        per_stream = [_entry_of_stream(_list(item)) for item in _list(value)]
     return [entry for entries in per_stream for entry in _entries(entries)]
+
+
+def _entry_of_stream(item: list[object]) -> object:
+    if len(item) != 2:
+        raise TransportError(f"unexpected reply from Redis: a stream's part of {len(item)} items, not 2")
+    return item[1]
 
 
 def _own_client(url: str) -> Redis:
@@ -178,16 +185,25 @@ async def _retrying(
     *,
     blocks: float = 0.0,
     pipelined: bool = False,
+    failed: Exception | None = None,
 ) -> T:
     """Run ``operation``, each attempt bounded by ``policy.timeout`` (plus ``blocks`` seconds for a
     blocking command), retrying connection errors and timeouts with backoff until
     ``policy.deadline`` runs out; then (and for Redis errors) raise :class:`TransportError`.
-    A ``pipelined`` operation (through the ``AutoPipeline``) is bounded there already."""
+    A ``pipelined`` operation (through the ``AutoPipeline``) is bounded there already. ``failed``:
+    the error of a first attempt the caller made itself.
+
+    A call through the ``AutoPipeline`` (every claim and completion) is awaited by its caller
+    first, and handed here only if that failed: most never fail, and go without a retry loop's
+    frame in their path."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + policy.deadline
     failures = 0
     while True:
         try:
+            if failed is not None:  # handled as any attempt's error
+                error, failed = failed, None
+                raise error
             if pipelined:
                 return await operation()
             async with asyncio.timeout(policy.timeout + blocks):
@@ -257,6 +273,9 @@ class RedisStreamsTransport(Transport):
         self._dead_letter = client.register_script(_scripts.DEAD_LETTER)
         self._trim = client.register_script(_scripts.TRIM_ACKNOWLEDGED)
         self._pipeline = AutoPipeline(client, timeout=operation_timeout)
+        self._readers: list[AutoPipeline] = []  # idle: one connection per blocking read in flight
+        self._all_readers: weakref.WeakSet[AutoPipeline] = weakref.WeakSet()
+        self._closed = False
         self._cursors: dict[tuple[str, str, str], str] = {}
         self._reclaimed_at: dict[tuple[str, str, str], float] = {}
 
@@ -271,12 +290,17 @@ class RedisStreamsTransport(Transport):
     # -- retries ----------------------------------------------------------------------------------
 
     def _call(
-        self, what: str, operation: Callable[[], Awaitable[T]], *, pipelined: bool = False
+        self,
+        what: str,
+        operation: Callable[[], Awaitable[T]],
+        *,
+        pipelined: bool = False,
+        failed: Exception | None = None,
     ) -> Coroutine[Any, Any, T]:
         """Run ``operation`` (each attempt within ``operation_timeout``), retrying connection errors
         and timeouts with backoff for ``retry_deadline``. (A plain function returning the coroutine:
         no frame of its own in the await chain of every call.)"""
-        return _retrying(what, operation, self._retry, self.stats, pipelined=pipelined)
+        return _retrying(what, operation, self._retry, self.stats, pipelined=pipelined, failed=failed)
 
     # -- writing ----------------------------------------------------------------------------------
 
@@ -293,7 +317,10 @@ class RedisStreamsTransport(Transport):
         if expire is None:  # one command: pipelined with the others of this loop iteration
             trim: list[Arg] = ["MAXLEN", "~", maxlen] if maxlen is not None else []
             xadd = partial(self._pipeline.command, "XADD", stream, *trim, "*", *_flatten(values))
-            entry_id = await self._call(what, xadd, pipelined=True)
+            try:
+                entry_id = await xadd()
+            except Exception as error:
+                entry_id = await self._call(what, xadd, pipelined=True, failed=error)
         else:
 
             async def publish_expiring() -> object:
@@ -316,7 +343,11 @@ class RedisStreamsTransport(Transport):
         args: list[Arg] = [_optional(maxlen), DATA_FIELD, *envelopes]
         publish = partial(self._pipeline.script, self._publish_many, [stream], args)  # one call, all entries
         what = f"publish {len(events)} events to {stream!r}"
-        entry_ids = _list(await self._call(what, publish, pipelined=True))
+        try:
+            published = await publish()
+        except Exception as error:
+            published = await self._call(what, publish, pipelined=True, failed=error)
+        entry_ids = _list(published)
         self.stats.published += len(entry_ids)
         return [_bytes(entry_id).decode() for entry_id in entry_ids]
 
@@ -340,7 +371,6 @@ class RedisStreamsTransport(Transport):
     async def read(self, subscription: Subscription[E], count: int) -> list[Delivery[E]]:
         if count <= 0:
             return []
-        self._check_block(subscription)
         failures = 0
         while True:
             bound = self._retry.timeout + max(subscription.block, 0.0)
@@ -371,23 +401,14 @@ class RedisStreamsTransport(Transport):
             self.stats.delivered += len(deliveries)
             return await settle_undecodable(self, subscription, deliveries)
 
-    def _check_block(self, subscription: Subscription[Any]) -> None:
-        timeout = _connection_setting(self.client, "socket_timeout")
-        if isinstance(timeout, int | float) and subscription.block >= timeout:
-            raise ConfigurationError(
-                f"block={subscription.block}s must be shorter than the client's "
-                f"socket_timeout={timeout}s, or blocking reads time out"
-            )
-
     async def _read_once(self, sub: Subscription[E], count: int) -> list[Delivery[E]]:
         deliveries = await self._reclaim(sub, count)
         remaining = count - len(deliveries)
         if remaining <= 0:
             return deliveries
-        block = None if deliveries or sub.block <= 0 else _ms(sub.block)
-        response: object = await self.client.xreadgroup(
-            sub.group, sub.consumer, {sub.stream: ">"}, count=remaining, block=block
-        )
+        block = 0.0 if deliveries or sub.block <= 0 else sub.block
+        args = ("XREADGROUP", "GROUP", sub.group, sub.consumer, "COUNT", remaining)
+        response = await self._xread(args, block, sub.stream, ">")
         for entry_id, fields in _stream_entries(response):
             entry = decode_entry(self.codec, sub.stream, entry_id, fields, sub.model)
             deliveries.append(delivered(entry, sub, 1))
@@ -535,13 +556,12 @@ class RedisStreamsTransport(Transport):
         call = _Completion(
             (delivery.stream, record_key, lease_key, reply.stream or record_key), spec, envelope
         )
-        created, detail = _list(
-            await self._call(
-                f"complete {event.request_id}",
-                partial(self._pipeline.batched, self._completes, call),
-                pipelined=True,
-            )
-        )
+        submit = partial(self._pipeline.batched, self._completes, call)
+        try:
+            outcome = await submit()
+        except Exception as error:
+            outcome = await self._call(f"complete {event.request_id}", submit, pipelined=True, failed=error)
+        created, detail = _list(outcome)
         if _int(created) == -2:
             raise TransportError(f"complete {event.request_id} failed: {_bytes(detail).decode()}")
         if _int(created) < 0:
@@ -569,7 +589,7 @@ class RedisStreamsTransport(Transport):
     ) -> list[Entry[E]]:
         response = await _retrying(
             f"read {stream!r}",
-            lambda: self.client.xread({stream: after}, count=count, block=None if not block else _ms(block)),
+            lambda: self._xread(("XREAD", "COUNT", count), block or 0.0, stream, after),
             self._retry,
             self.stats,
             blocks=block or 0.0,
@@ -621,7 +641,41 @@ class RedisStreamsTransport(Transport):
     def coordinator(self) -> RedisCoordinator:
         return RedisCoordinator(self.client, names=self.names, retry=self._retry, pipeline=self._pipeline)
 
+    async def _xread(self, head: tuple[Arg, ...], block: float, stream: str, after: str) -> object:
+        """``XREAD`` / ``XREADGROUP`` (``head``) of ``stream`` after ``after``, blocking up to
+        ``block`` seconds (``0``: not at all), its reply raw. Each read in flight has a connection
+        of its own (a blocking read holds its connection), taken from the idle ones or made."""
+        if self._closed:
+            raise TransportError("the transport is closed")
+        reader = self._readers.pop() if self._readers else self._new_reader()
+        command = (*head, "BLOCK", _ms(block)) if block > 0 else head
+        try:
+            reply = await reader.command(*command, "STREAMS", stream, after, blocks=max(block, 0.0))
+        except redis_errors.ResponseError:  # (NOGROUP…) an answer: the connection is fine
+            self._idle(reader)
+            raise
+        except BaseException:  # cancelled or failed: the read may still be outstanding on it
+            reader.close()
+            raise
+        self._idle(reader)
+        return reply
+
+    def _idle(self, reader: AutoPipeline) -> None:
+        if self._closed:  # closed while it read
+            reader.close()
+        else:
+            self._readers.append(reader)
+
+    def _new_reader(self) -> AutoPipeline:
+        reader = AutoPipeline(self.client, timeout=self._retry.timeout)
+        self._all_readers.add(reader)
+        return reader
+
     async def aclose(self) -> None:
+        self._closed = True
+        for reader in list(self._all_readers):
+            reader.close()
+        self._readers.clear()
         await self._pipeline.aclose()
         if self._owns_client:
             await self.client.aclose()
@@ -739,7 +793,11 @@ class RedisCoordinator(Coordinator):
         ]
         call = _Claim(keys, [token, str(_ms(_positive(ttl))), len(request_ids)])
         claim = partial(self._pipeline.batched, self._claims, call)
-        status, found = _list(await self._do("claim a session", claim, pipelined=True))
+        try:
+            reply = await claim()
+        except Exception as error:
+            reply = await self._do("claim a session", claim, pipelined=True, failed=error)
+        status, found = _list(reply)
         outcome = ClaimStatus(_bytes(status).decode())
         if outcome is ClaimStatus.LEASED:
             return Claim(outcome, Lease(session_id, token, ttl))
@@ -768,9 +826,14 @@ class RedisCoordinator(Coordinator):
         return bool(stored)
 
     def _do(
-        self, what: str, operation: Callable[[], Awaitable[T]], *, pipelined: bool = False
+        self,
+        what: str,
+        operation: Callable[[], Awaitable[T]],
+        *,
+        pipelined: bool = False,
+        failed: Exception | None = None,
     ) -> Coroutine[Any, Any, T]:
-        return _retrying(what, operation, self._retry, None, pipelined=pipelined)
+        return _retrying(what, operation, self._retry, None, pipelined=pipelined, failed=failed)
 
     async def aclose(self) -> None:
         if self._owns_pipeline:
