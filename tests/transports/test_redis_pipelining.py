@@ -530,3 +530,35 @@ async def test_a_cancelled_read_leaves_nothing_behind_to_take_entries(
     (delivery,) = await transport.read(subscription, 1)
 
     assert delivery.event.content == "message 1"
+
+
+async def test_a_closed_transport_refuses_calls_at_once(redis_url: str, redis_prefix: str) -> None:
+    transport = RedisStreamsTransport.from_url(redis_url, names=StreamNames(redis_prefix))
+    stream = transport.names.requests
+    await transport.ensure_group(stream, "g")
+    await transport.publish(stream, request(0))
+    await transport.aclose()
+
+    with pytest.raises(TransportError, match="the transport is closed"):  # not retried for 30 s
+        await asyncio.wait_for(transport.publish(stream, request(1)), 2)
+    with pytest.raises(TransportError, match="the transport is closed"):
+        await asyncio.wait_for(transport.coordinator().claim("s", ["r"], ttl=10), 2)
+    with pytest.raises(TransportError, match="the transport is closed"):
+        await asyncio.wait_for(transport.read(Subscription(stream, "g", "c1", AgentRequestEvent), 1), 2)
+
+
+async def test_closing_the_transport_ends_a_read_in_flight(
+    redis_url: str, redis_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    transport = RedisStreamsTransport.from_url(redis_url, names=StreamNames(redis_prefix))
+    stream = transport.names.requests
+    await transport.ensure_group(stream, "g")
+    reading = asyncio.create_task(
+        transport.read(Subscription(stream, "g", "c1", AgentRequestEvent, block=5.0), 1)
+    )
+    await asyncio.sleep(0.05)  # blocked in Redis
+    await transport.aclose()
+
+    with pytest.raises(TransportError, match="the transport is closed"):
+        await asyncio.wait_for(reading, 2)  # at once, not after the block or a retry deadline
+    assert not [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]  # not an outage

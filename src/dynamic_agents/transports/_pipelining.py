@@ -47,7 +47,7 @@ from redis.asyncio.connection import AbstractConnection
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError, NoScriptError
 
-__all__ = ["Arg", "AutoPipeline", "BatchScript"]
+__all__ = ["Arg", "AutoPipeline", "BatchScript", "PipelineClosedError"]
 
 Arg = bytes | str | int
 ReplyFuture = asyncio.Future[object]
@@ -55,6 +55,10 @@ ReplyFuture = asyncio.Future[object]
 ItemT = TypeVar("ItemT")
 _INCOMPLETE: Final = object()
 """What the parser returns while no whole reply has arrived (a RESP3 reply can be ``False``)."""
+
+
+class PipelineClosedError(Exception):
+    """A command queued after :meth:`AutoPipeline.close` (not a connection problem: no retry)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,13 +157,11 @@ class AutoPipeline:
         The reply is raw (bytes, integers, lists), as the server sent it. A blocking command says
         how long the server may hold its reply (``blocks`` seconds), and should have a pipeline of
         its own: the commands queued behind it wait as long."""
-        future = self._future()
-        self._enqueue(_Call(lambda: args, [future], blocks=blocks))
-        return future
+        return self._queue(lambda: args, blocks=blocks)
 
     def close(self) -> None:
-        """Close for good, now: commands awaiting a reply fail with ``ConnectionError``, and so
-        does any command queued from now on."""
+        """Close for good, now: commands awaiting a reply fail with ``ConnectionError``, and any
+        queued from now on with :class:`PipelineClosedError`."""
         self._closed = True
         wire, self._wire = self._wire, None
         if wire is not None:
@@ -180,9 +182,11 @@ class AutoPipeline:
     def _future(self) -> ReplyFuture:
         return asyncio.get_running_loop().create_future()
 
-    def _queue(self, command: Callable[[], Sequence[Arg]], script: AsyncScript | None = None) -> ReplyFuture:
+    def _queue(
+        self, command: Callable[[], Sequence[Arg]], script: AsyncScript | None = None, blocks: float = 0.0
+    ) -> ReplyFuture:
         future = self._future()
-        self._enqueue(_Call(command, [future], script))
+        self._enqueue(_Call(command, [future], script, blocks=blocks))
         return future
 
     def _enqueue(self, call: _Call | _Batch[Any]) -> None:
@@ -238,7 +242,7 @@ class AutoPipeline:
         if wire is not None and wire.usable():
             return wire
         if self._closed:
-            raise ConnectionError("the pipeline was closed")
+            raise PipelineClosedError("the pipeline was closed")
         if self._connecting is None or self._connecting.done():
             self._connecting = asyncio.get_running_loop().create_task(self._connect())
         return await asyncio.shield(self._connecting)
@@ -258,7 +262,7 @@ class AutoPipeline:
         wire = _Wire(_take_over(connection), self._timeout, self._noscript)
         if self._closed:  # while the connection was being made
             wire.close()
-            raise ConnectionError("the pipeline was closed")
+            raise PipelineClosedError("the pipeline was closed")
         self._wire = wire
         return wire
 

@@ -6,9 +6,11 @@ and ``complete`` / ``dead_letter`` are Lua scripts, so each is written whole or 
 calls on a worker's hot path (``complete``, ``RedisCoordinator.claim``, ``publish`` without
 ``expire``, ``publish_many``) made in one event-loop iteration go out in one write
 (``_pipelining``), and the completions (claims) among them as one call of the ``COMPLETE``
-(``CLAIM``) batch script. Every attempt is bounded by ``operation_timeout``; a lost connection or a
-timeout is retried with capped exponential backoff and jitter; a group lost to ``FLUSHALL`` or a
-restart without persistence (``NOGROUP``) is recreated at ``0``.
+(``CLAIM``) batch script. Those calls share one connection of the transport's own, and each
+blocking read in flight has one (``XREADGROUP`` / ``XREAD``), idle ones reused. Every attempt is
+bounded by ``operation_timeout``; a lost connection or a timeout is retried with capped exponential
+backoff and jitter; a group lost to ``FLUSHALL`` or a restart without persistence (``NOGROUP``) is
+recreated at ``0``.
 """
 
 from __future__ import annotations
@@ -63,7 +65,12 @@ try:
     from redis.asyncio.client import Pipeline
     from redis.backoff import ExponentialWithJitterBackoff
 
-    from dynamic_agents.transports._pipelining import Arg, AutoPipeline, BatchScript  # needs hiredis
+    from dynamic_agents.transports._pipelining import (  # needs hiredis
+        Arg,
+        AutoPipeline,
+        BatchScript,
+        PipelineClosedError,
+    )
 except ImportError as error:  # pragma: no cover - exercised without the extra installed
     raise MissingDependencyError("RedisStreamsTransport", "redis") from error
 
@@ -210,6 +217,8 @@ async def _retrying(
                 return await operation()
         except TransportError:  # our own (a reply of an unexpected shape…): not worth a retry
             raise
+        except PipelineClosedError as error:
+            raise TransportError(f"{what} failed: the transport is closed") from error
         except _CONNECTION_ERRORS as error:  # (asyncio's TimeoutError is an OSError)
             failures += 1
             delay = policy.backoff.compute(failures)
@@ -228,14 +237,15 @@ class RedisStreamsTransport(Transport):
     """The Redis Streams transport.
 
     ``RedisStreamsTransport.from_url("redis://127.0.0.1:6379/0")`` owns its client and closes it;
-    a client passed in is left open. The client must not decode responses, and a ``socket_timeout``
-    (if any) must outlast the longest ``block`` of a read.
+    a client passed in is left open. The client must not decode responses.
 
     Each attempt of an operation gets ``operation_timeout`` seconds (a blocking read its ``block``
     on top): a server that stops answering without closing the connection (a hung host, a network
     partition) counts as unreachable. ``from_url`` therefore leaves redis-py's own per-socket-call
     timeout off (``socket_timeout=None`` unless the URL sets one), which would otherwise cost an
-    extra task and timer per command. ``retry_cap`` bounds the backoff between reconnect attempts
+    extra task and timer per command. Reads and the hot-path calls use connections of the
+    transport's own (see the module documentation), which :meth:`aclose` closes, also when the
+    client is the caller's. ``retry_cap`` bounds the backoff between reconnect attempts
     (seconds); operations other than ``read`` give up after ``retry_deadline`` seconds and raise
     :class:`TransportError`, while ``read`` keeps trying until cancelled (a worker has nothing
     better to do while Redis is away).
@@ -300,7 +310,12 @@ class RedisStreamsTransport(Transport):
         """Run ``operation`` (each attempt within ``operation_timeout``), retrying connection errors
         and timeouts with backoff for ``retry_deadline``. (A plain function returning the coroutine:
         no frame of its own in the await chain of every call.)"""
+        self._check_open(what)
         return _retrying(what, operation, self._retry, self.stats, pipelined=pipelined, failed=failed)
+
+    def _check_open(self, what: str) -> None:
+        if self._closed:
+            raise TransportError(f"{what} failed: the transport is closed")
 
     # -- writing ----------------------------------------------------------------------------------
 
@@ -373,12 +388,17 @@ class RedisStreamsTransport(Transport):
             return []
         failures = 0
         while True:
+            self._check_open(f"reading {subscription.stream!r}")  # (closed while it waited to retry)
             bound = self._retry.timeout + max(subscription.block, 0.0)
             try:
                 async with asyncio.timeout(bound):
                     deliveries = await self._read_once(subscription, count)
             except TransportError:  # our own (a reply of an unexpected shape…): not worth a retry
                 raise
+            except PipelineClosedError as error:  # closed while the read waited for its connection
+                raise TransportError(
+                    f"reading {subscription.stream!r} failed: the transport is closed"
+                ) from error
             except _CONNECTION_ERRORS as error:  # (asyncio's TimeoutError is an OSError)
                 failures += 1
                 delay = self._backoff.compute(failures)
@@ -645,8 +665,7 @@ class RedisStreamsTransport(Transport):
         """``XREAD`` / ``XREADGROUP`` (``head``) of ``stream`` after ``after``, blocking up to
         ``block`` seconds (``0``: not at all), its reply raw. Each read in flight has a connection
         of its own (a blocking read holds its connection), taken from the idle ones or made."""
-        if self._closed:
-            raise TransportError("the transport is closed")
+        self._check_open(f"reading {stream!r}")
         reader = self._readers.pop() if self._readers else self._new_reader()
         command = (*head, "BLOCK", _ms(block)) if block > 0 else head
         try:
@@ -654,8 +673,10 @@ class RedisStreamsTransport(Transport):
         except redis_errors.ResponseError:  # (NOGROUP…) an answer: the connection is fine
             self._idle(reader)
             raise
-        except BaseException:  # cancelled or failed: the read may still be outstanding on it
+        except BaseException as error:  # cancelled or failed: the read may still be outstanding on it
             reader.close()
+            if self._closed and not isinstance(error, asyncio.CancelledError):  # by aclose()
+                raise TransportError(f"reading {stream!r} failed: the transport is closed") from error
             raise
         self._idle(reader)
         return reply
