@@ -38,7 +38,16 @@ def test_good_prefixes(prefix: str) -> None:
     assert StreamNames(prefix).requests == f"{prefix}:requests"
 
 
-@pytest.mark.parametrize(("source", "source_id"), [("", "1"), ("discord", ""), ("a", "x\ny")])
+@pytest.mark.parametrize(
+    ("source", "source_id"), [("", "1"), ("discord", ""), ("a", "x\ny"), ("a", "x\n"), ("a", "\x7f")]
+)
 def test_response_stream_parts_are_checked(source: str, source_id: str) -> None:
     with pytest.raises(ConfigurationError):
         StreamNames().responses(source, source_id)
+
+
+@pytest.mark.parametrize("part", ["123456789012345678", "ünïcode id", "a b", "a\u0085b", "a\u2028b"])
+def test_parts_without_control_characters_are_accepted(part: str) -> None:
+    """Printable or not (U+0085 and U+2028 are not), only control characters are refused."""
+    assert StreamNames().responses("discord", part) == f"agent:responses:discord:{part}"
+    assert StreamNames().completed_record(part) == f"agent:completed:{part}"

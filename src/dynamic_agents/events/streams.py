@@ -30,7 +30,9 @@ _PART_RE: Final = re.compile(r"^[^\x00-\x1f\x7f]+$")
 
 
 def _checked_part(name: str, value: str) -> str:
-    if not _PART_RE.match(value):
+    if value and value.isprintable():  # the common case, cheaper than the regex (same verdict)
+        return value
+    if not _PART_RE.fullmatch(value):
         raise ConfigurationError(
             f"{name} {value!r} cannot be part of a stream name: it must be non-empty "
             "and without control characters"

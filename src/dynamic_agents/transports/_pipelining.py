@@ -74,7 +74,7 @@ class BatchScript(Generic[ItemT]):
 class _Call:
     """One command on the wire, and who awaits its reply."""
 
-    command: Callable[[], Sequence[Arg]]
+    command: Callable[[], tuple[Arg, ...]]
     """The command's arguments, made when it is sent (a script's sha can change on reload)."""
     futures: list[ReplyFuture]
     """Who awaits the reply: one caller, or (``batched``) one per item, each getting its part."""
@@ -183,7 +183,7 @@ class AutoPipeline:
         return asyncio.get_running_loop().create_future()
 
     def _queue(
-        self, command: Callable[[], Sequence[Arg]], script: AsyncScript | None = None, blocks: float = 0.0
+        self, command: Callable[[], tuple[Arg, ...]], script: AsyncScript | None = None, blocks: float = 0.0
     ) -> ReplyFuture:
         future = self._future()
         self._enqueue(_Call(command, [future], script, blocks=blocks))
@@ -383,17 +383,14 @@ def _take_over(connection: AbstractConnection) -> asyncio.StreamWriter:
     return writer
 
 
-def _evalsha(script: AsyncScript, keys: Sequence[str], args: Sequence[Arg]) -> Sequence[Arg]:
+def _evalsha(script: AsyncScript, keys: Sequence[str], args: Sequence[Arg]) -> tuple[Arg, ...]:
     return ("EVALSHA", script.sha, len(keys), *keys, *args)
 
 
-def _pack(command: Sequence[Arg]) -> bytes:
-    """One command in the Redis protocol (RESP): an array of bulk strings."""
-    parts = [b"*%d\r\n" % len(command)]
-    for arg in command:
-        value = arg.encode() if isinstance(arg, str) else b"%d" % arg if isinstance(arg, int) else arg
-        parts.append(b"$%d\r\n%b\r\n" % (len(value), value))
-    return b"".join(parts)
+def _pack(command: tuple[Arg, ...]) -> bytes:
+    """One command in the Redis protocol (RESP): an array of bulk strings (packed by hiredis)."""
+    packed: bytes = hiredis.pack_command(command)  # type: ignore[arg-type]
+    return packed
 
 
 def _settle(future: ReplyFuture, reply: object) -> None:
