@@ -285,9 +285,7 @@ async def test_content_deltas_are_coalesced(backend: Backend) -> None:
 
     transport = await backend.transport()
     sink = EventSink(transport, maxlen=100)
-    publisher = LifecyclePublisher(
-        sink, enabled=True, request_id="r", session_id="s", target=None, delta_interval=10
-    )
+    publisher = LifecyclePublisher(sink, request_id="r", session_id="s", target=None, delta_interval=10)
     for piece in ("a", "b", "c"):
         await publisher.delta(piece)
     await publisher.finished(ExecutionResult(ResponseStatus.COMPLETED, content="abc"))

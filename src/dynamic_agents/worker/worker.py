@@ -470,22 +470,26 @@ class AgentWorker:
         which releases the lease when it is written."""
         delivery = batch[-1]
         event = _merged(batch)
-        context = RunContext(event, target, delivery.delivery_count, delivery.entry_id)
-        progress = LifecyclePublisher(
-            self.events,
-            enabled=self.settings.events,
-            request_id=event.id,
-            session_id=event.session_id,
-            target=target,
-            delta_interval=self.settings.delta_interval,
+        context = (
+            RunContext(event, target, delivery.delivery_count, delivery.entry_id) if self.hooks else None
         )
-        await progress.accepted()
+        progress = None  # lifecycle events, and streaming, only when someone listens
+        if self.settings.events:
+            progress = LifecyclePublisher(
+                self.events,
+                request_id=event.id,
+                session_id=event.session_id,
+                target=target,
+                delta_interval=self.settings.delta_interval,
+            )
+            await progress.accepted()
         if self.hooks:
             await self._call_hooks("before_execute", context)
-        await progress.started(delivery.delivery_count)
-        on_delta = progress.delta if self.settings.events else None  # streaming only when someone listens
-        result = await self._execute_under(lease, target, event, on_delta)
-        await progress.finished(result)
+        if progress is not None:
+            await progress.started(delivery.delivery_count)
+        result = await self._execute_under(lease, target, event, progress.delta if progress else None)
+        if progress is not None:
+            await progress.finished(result)
         if self.hooks:
             await self._call_hooks("after_execute", context, result)
         if len(batch) > 1:  # the merged requests are answered first: only while the lease is ours
