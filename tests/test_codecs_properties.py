@@ -17,6 +17,7 @@ from dynamic_agents.events.envelope import (
     _decode_envelope_checked,
     decode_envelope,
     encode_envelope,
+    encode_with_correlation_id,
 )
 from dynamic_agents.exceptions import DynamicAgentsError, EnvelopeError, EventTooLargeError
 
@@ -111,6 +112,25 @@ def test_envelope_round_trips_any_body(body: bytes, headers: dict[str, str]) -> 
     decoded = decode_envelope(encode_envelope(body, headers))
     assert decoded.body == body
     assert dict(decoded.headers) == headers
+
+
+@given(st.binary(max_size=256), st.text(max_size=80), st.text(max_size=40))
+def test_the_one_step_encoder_writes_what_the_general_one_does(
+    body: bytes, correlation_id: str, content_type: str
+) -> None:
+    """encode_with_correlation_id packs the two headers every event carries in one step; for any
+    id and content type (non-ASCII, empty) it writes the same bytes, or refuses the same way."""
+
+    def outcome(encode: Callable[[], bytes]) -> bytes | str:
+        try:
+            return encode()
+        except EnvelopeError as error:
+            return str(error)
+
+    headers = {"correlation_id": correlation_id, "content-type": content_type}
+    assert outcome(lambda: encode_with_correlation_id(body, correlation_id, content_type)) == outcome(
+        lambda: encode_envelope(body, headers)
+    )
 
 
 @given(st.binary(max_size=64), ascii_headers, st.data())

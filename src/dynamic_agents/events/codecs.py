@@ -19,6 +19,7 @@ from dynamic_agents.events.envelope import (
     Envelope,
     decode_envelope,
     encode_envelope,
+    encode_with_correlation_id,
     read_entry_data,
 )
 from dynamic_agents.events.lifecycle import LIFECYCLE_ADAPTER, LifecycleEvent
@@ -126,18 +127,22 @@ class EventCodec:
         Headers are written in FastStream's order: ``correlation_id`` (the event id, unless a reply
         must carry its request's), ``content-type``, ``reply_to`` when given, then ``headers``.
         """
-        all_headers = {"correlation_id": correlation_id or event.id, "content-type": JSON_CONTENT_TYPE}
-        if reply_to:
-            all_headers["reply_to"] = reply_to
-        if headers:
-            reserved = _RESERVED_HEADERS.intersection(headers)
-            if reserved:
-                raise EnvelopeError(
-                    f"header {sorted(reserved)[0]!r} is set by the codec; pass reply_to= for "
-                    "reply_to, and the event id is the correlation id"
-                )
-            all_headers.update(headers)
-        envelope = encode_envelope(self.encode_json(event), all_headers)
+        correlation = correlation_id or event.id
+        if not reply_to and not headers:  # the common case: only the headers every event carries
+            envelope = encode_with_correlation_id(self.encode_json(event), correlation, JSON_CONTENT_TYPE)
+        else:
+            all_headers = {"correlation_id": correlation, "content-type": JSON_CONTENT_TYPE}
+            if reply_to:
+                all_headers["reply_to"] = reply_to
+            if headers:
+                reserved = _RESERVED_HEADERS.intersection(headers)
+                if reserved:
+                    raise EnvelopeError(
+                        f"header {sorted(reserved)[0]!r} is set by the codec; pass reply_to= for "
+                        "reply_to, and the event id is the correlation id"
+                    )
+                all_headers.update(headers)
+            envelope = encode_envelope(self.encode_json(event), all_headers)
         self._check_size("encoded envelope", len(envelope))
         return envelope
 
