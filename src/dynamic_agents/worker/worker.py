@@ -52,6 +52,8 @@ __all__ = ["AgentWorker", "RunLostError", "WorkerStats"]
 
 logger = get_logger("worker")
 
+_POLICIES: dict[str, SessionPolicy] = {policy.value: policy for policy in SessionPolicy}
+
 
 @dataclass(slots=True)
 class WorkerStats:
@@ -237,6 +239,7 @@ class AgentWorker:
             logger.warning("reading %r failed: %s", self.stream, error)
             await asyncio.sleep(self.settings.block)
             return False
+        loop = asyncio.get_running_loop()
         for delivery in deliveries:
             self.stats.received += 1
             if delivery.settled:
@@ -244,7 +247,6 @@ class AgentWorker:
                 continue
             self._held[delivery.entry_id] = delivery
             # Queue behind the session's previous request now, in arrival order (before any await).
-            loop = asyncio.get_running_loop()
             session = delivery.event.session_id
             previous = self._session_tails.get(session)
             turn: asyncio.Future[None] = loop.create_future()
@@ -415,8 +417,10 @@ class AgentWorker:
 
     def _policy(self, event: AgentRequestEvent, target: Target) -> SessionPolicy:
         requested = event.metadata.get("session_policy")
-        if isinstance(requested, str) and requested in SessionPolicy.__members__.values():
-            return SessionPolicy(requested)
+        if isinstance(requested, str) and requested in _POLICIES:
+            return _POLICIES[requested]
+        if not self.settings.policies:
+            return self.settings.session_policy
         return self.settings.policies.get(f"{target.type.value}:{target.id}", self.settings.session_policy)
 
     async def _interrupt(self, session_id: str) -> None:
