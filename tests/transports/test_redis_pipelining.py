@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -415,7 +415,23 @@ async def test_the_connection_keeps_the_clients_settings(redis_url: str) -> None
     assert (fields[b"name"], fields[b"db"], fields[b"resp"]) == (b"pipeline-handshake", b"3", b"3")
 
 
-async def test_a_connection_killed_fails_the_calls_on_it_and_the_next_call_reconnects(redis_url: str) -> None:
+async def kill_it(client: Redis, auto: AutoPipeline, connection: int) -> None:
+    assert await client.client_kill_filter(_id=str(connection)) == 1
+
+
+async def garble_it(client: Redis, auto: AutoPipeline, connection: int) -> None:
+    assert auto._wire is not None
+    auto._wire.data_received(b"?not the redis protocol\r\n")  # as if the server had sent it
+
+
+@pytest.mark.parametrize(
+    ("break_it", "error"),
+    [(kill_it, "Redis closed the connection"), (garble_it, "unreadable reply from Redis")],
+    ids=["killed", "unreadable reply"],
+)
+async def test_a_broken_connection_fails_the_calls_on_it_and_the_next_call_reconnects(
+    redis_url: str, break_it: Callable[[Redis, AutoPipeline, int], Awaitable[None]], error: str
+) -> None:
     client = Redis.from_url(redis_url)
     auto = AutoPipeline(client)
     key = f"autopipeline:{uuid.uuid4()}"
@@ -423,9 +439,9 @@ async def test_a_connection_killed_fails_the_calls_on_it_and_the_next_call_recon
         first = await connection_id(auto)
         waiting = auto.command("BLPOP", key, 10)  # answered only when the list gets an item
         await asyncio.sleep(0.05)
-        assert await client.client_kill_filter(_id=str(first)) == 1
+        await break_it(client, auto, first)
 
-        with pytest.raises(ConnectionError, match="Redis closed the connection"):
+        with pytest.raises(ConnectionError, match=error):
             await asyncio.wait_for(waiting, 2)
         second = await connection_id(auto)
     finally:
@@ -454,26 +470,6 @@ async def test_calls_unanswered_within_the_timeout_fail_and_the_connection_is_re
     assert all(str(r) == "" for r in results)  # no message: "did not answer in time"
     assert second != first
     assert str(first) not in {c["id"] for c in clients}  # the stalled connection was closed
-
-
-async def test_an_unreadable_reply_fails_the_connection_and_the_next_call_reconnects(redis_url: str) -> None:
-    client = Redis.from_url(redis_url)
-    auto = AutoPipeline(client)
-    key = f"autopipeline:{uuid.uuid4()}"
-    try:
-        first = await connection_id(auto)
-        waiting = auto.command("BLPOP", key, 5)
-        await asyncio.sleep(0.05)
-        assert auto._wire is not None
-        auto._wire.data_received(b"?not the redis protocol\r\n")  # as if the server had sent it
-
-        with pytest.raises(ConnectionError, match="unreadable reply from Redis"):
-            await asyncio.wait_for(waiting, 2)
-        second = await connection_id(auto)
-    finally:
-        await auto.aclose()
-        await client.aclose()
-    assert second != first
 
 
 async def test_closing_the_transport_closes_the_pipelines_connections(
