@@ -61,8 +61,9 @@ and the median of the per-round ratios is reported, with the median of each figu
 Redis) minus the generator's own ``XADD``\\ s and ``XREAD``\\ s (counted on its client), per answered
 request. The worker process counts, in redis-py's connection class and in the library's own
 packer and writer, the commands it sends (``sent/req``: an ``EVALSHA`` is one) and the writes to
-its sockets (``round trips/req``: a pipeline, or a batch of the library's, is one). The critical-path round trips come from reading what each worker issues per
-request; ``round trips/req`` at 1 in flight checks them.
+its sockets (``round trips/req``: a pipeline, or a batch of the library's, is one). The
+critical-path round trips come from reading what each worker issues per request; ``round
+trips/req`` at 1 in flight checks them.
 
 **CPU.** The worker reports its own CPU time (``time.process_time()``) at each measurement's start
 and end, and at exit; ``redis`` is the server's ``used_cpu_user + used_cpu_sys`` (``INFO cpu``) over
