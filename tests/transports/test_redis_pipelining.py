@@ -558,3 +558,31 @@ async def test_closing_the_transport_ends_a_read_in_flight(
     with pytest.raises(TransportError, match="the transport is closed"):
         await asyncio.wait_for(reading, 2)  # at once, not after the block or a retry deadline
     assert not [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]  # not an outage
+
+
+async def test_out_of_band_pushes_are_not_taken_for_replies(redis_url: str) -> None:
+    """RESP3 lets the server push messages between replies (here: client-side caching
+    invalidations); the calls after them still get their own replies."""
+    client = Redis.from_url(redis_url, protocol=3)
+    admin = Redis.from_url(redis_url)
+    auto = AutoPipeline(client)
+    key = f"autopipeline:{uuid.uuid4()}"
+    try:
+        assert await auto.command("CLIENT", "TRACKING", "ON") == b"OK"
+        connection = await connection_id(auto)
+        await admin.set(key, "first")
+        assert await auto.command("GET", key) == b"first"  # now tracked: a change is pushed to us
+        await admin.set(key, "changed")
+        await asyncio.sleep(0.05)  # the invalidation push has arrived
+        replies = await asyncio.gather(*(auto.command("ECHO", f"reply {n}") for n in range(3)))
+        await admin.set(key, "again")  # a push between two replies of one batch's worth
+        after = await asyncio.gather(auto.command("ECHO", "last"), auto.command("GET", key))
+        still = await connection_id(auto)
+    finally:
+        await auto.aclose()
+        await client.aclose()
+        await admin.delete(key)
+        await admin.aclose()
+    assert replies == [f"reply {n}".encode() for n in range(3)]
+    assert after == [b"last", b"again"]
+    assert still == connection  # the pushes did not break the connection either
