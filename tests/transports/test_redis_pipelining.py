@@ -496,12 +496,16 @@ async def test_blocking_reads_in_flight_together_do_not_wait_for_each_other(
     quiet, busy = transport.names.requests, transport.names.events
     for stream in (quiet, busy):
         await transport.ensure_group(stream, "g")
-    waiting = asyncio.create_task(transport.read(Subscription(quiet, "g", "c1", AgentRequestEvent), 1))
-    answered = asyncio.create_task(transport.read(Subscription(busy, "g", "c1", AgentRequestEvent), 1))
+
+    def blocking(stream: str) -> Subscription[AgentRequestEvent]:
+        return Subscription(stream, "g", "c1", AgentRequestEvent, block=30.0, claim_min_idle=None)
+
+    waiting = asyncio.create_task(transport.read(blocking(quiet), 1))
+    answered = asyncio.create_task(transport.read(blocking(busy), 1))
     await asyncio.sleep(0.05)  # both are blocked in Redis now
     await transport.publish(busy, request(7))
 
-    (delivery,) = await asyncio.wait_for(answered, 0.9)  # Subscription's block is 1 s
+    (delivery,) = await asyncio.wait_for(answered, 10)  # behind the other read, it would wait 30 s
 
     assert delivery.event.content == "message 7"
     assert not waiting.done()  # still blocked on a connection of its own

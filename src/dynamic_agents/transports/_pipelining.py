@@ -197,17 +197,11 @@ class AutoPipeline:
     def _flush(self) -> None:
         queued, self._queued = self._queued, []
         self._batches.clear()
-        calls = []
-        for queued_call in queued:
-            call = queued_call.call() if isinstance(queued_call, _Batch) else queued_call
-            if call is not None and not all(future.done() for future in call.futures):  # not all gone
-                calls.append(call)
-        if not calls:
-            return
+        calls = [c for c in (q.call() if isinstance(q, _Batch) else q for q in queued) if c is not None]
         wire = self._wire
         if wire is not None and wire.usable():
-            self._write(wire, calls)
-        else:
+            self._write_live(wire, calls)
+        elif calls:
             self._spawn(self._connect_and_send(calls))
 
     def _write(self, wire: _Wire, calls: list[_Call]) -> None:

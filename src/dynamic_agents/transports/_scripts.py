@@ -80,6 +80,9 @@ local function exists(keys)
   end
   return count
 end
+"""
+
+_MGET: Final = """
 local function mget(keys)
   local values = {}
   for first = 1, #keys, 1000 do
@@ -108,6 +111,7 @@ end
 COMPLETE: Final = (
     "#!lua\n"
     + _CHUNKED
+    + _MGET
     + """
 local items = cjson.decode(ARGV[1])
 local field = ARGV[2]
@@ -266,7 +270,7 @@ return redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d-%d', min_ms, min_
 # {'leased', {}} or {'busy', {}}. One MGET reads every record and flag; then one SET per claim.
 CLAIM: Final = (
     "#!lua\n"
-    + _CHUNKED
+    + _MGET
     + """
 local claims = cjson.decode(ARGV[1])
 local checks, at = {}, 0

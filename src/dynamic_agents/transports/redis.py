@@ -191,18 +191,17 @@ async def _retrying(
     stats: TransportStats | None,
     *,
     blocks: float = 0.0,
-    pipelined: bool = False,
     failed: Exception | None = None,
 ) -> T:
     """Run ``operation``, each attempt bounded by ``policy.timeout`` (plus ``blocks`` seconds for a
     blocking command), retrying connection errors and timeouts with backoff until
     ``policy.deadline`` runs out; then (and for Redis errors) raise :class:`TransportError`.
-    A ``pipelined`` operation (through the ``AutoPipeline``) is bounded there already. ``failed``:
-    the error of a first attempt the caller made itself.
 
-    A call through the ``AutoPipeline`` (every claim and completion) is awaited by its caller
-    first, and handed here only if that failed: most never fail, and go without a retry loop's
-    frame in their path."""
+    ``failed``: the error of a first attempt the caller made itself through the ``AutoPipeline``
+    (every claim and completion is awaited by its caller first, and handed here only if that
+    failed: most never fail, and go without a retry loop's frame in their path). Such an operation
+    is bounded by the pipeline already, so its attempts get no timeout of their own here."""
+    pipelined = failed is not None
     loop = asyncio.get_running_loop()
     deadline = loop.time() + policy.deadline
     failures = 0
@@ -304,14 +303,14 @@ class RedisStreamsTransport(Transport):
         what: str,
         operation: Callable[[], Awaitable[T]],
         *,
-        pipelined: bool = False,
         failed: Exception | None = None,
     ) -> Coroutine[Any, Any, T]:
         """Run ``operation`` (each attempt within ``operation_timeout``), retrying connection errors
-        and timeouts with backoff for ``retry_deadline``. (A plain function returning the coroutine:
-        no frame of its own in the await chain of every call.)"""
+        and timeouts with backoff for ``retry_deadline``; ``failed``: see :func:`_retrying`. (A
+        plain function returning the coroutine: no frame of its own in the await chain of every
+        call.)"""
         self._check_open(what)
-        return _retrying(what, operation, self._retry, self.stats, pipelined=pipelined, failed=failed)
+        return _retrying(what, operation, self._retry, self.stats, failed=failed)
 
     def _check_open(self, what: str) -> None:
         if self._closed:
@@ -335,7 +334,7 @@ class RedisStreamsTransport(Transport):
             try:
                 entry_id = await xadd()
             except Exception as error:
-                entry_id = await self._call(what, xadd, pipelined=True, failed=error)
+                entry_id = await self._call(what, xadd, failed=error)
         else:
 
             async def publish_expiring() -> object:
@@ -361,7 +360,7 @@ class RedisStreamsTransport(Transport):
         try:
             published = await publish()
         except Exception as error:
-            published = await self._call(what, publish, pipelined=True, failed=error)
+            published = await self._call(what, publish, failed=error)
         entry_ids = _list(published)
         self.stats.published += len(entry_ids)
         return [_bytes(entry_id).decode() for entry_id in entry_ids]
@@ -395,10 +394,6 @@ class RedisStreamsTransport(Transport):
                     deliveries = await self._read_once(subscription, count)
             except TransportError:  # our own (a reply of an unexpected shape…): not worth a retry
                 raise
-            except PipelineClosedError as error:  # closed while the read waited for its connection
-                raise TransportError(
-                    f"reading {subscription.stream!r} failed: the transport is closed"
-                ) from error
             except _CONNECTION_ERRORS as error:  # (asyncio's TimeoutError is an OSError)
                 failures += 1
                 delay = self._backoff.compute(failures)
@@ -580,7 +575,7 @@ class RedisStreamsTransport(Transport):
         try:
             outcome = await submit()
         except Exception as error:
-            outcome = await self._call(f"complete {event.request_id}", submit, pipelined=True, failed=error)
+            outcome = await self._call(f"complete {event.request_id}", submit, failed=error)
         created, detail = _list(outcome)
         if _int(created) == -2:
             raise TransportError(f"complete {event.request_id} failed: {_bytes(detail).decode()}")
@@ -817,7 +812,7 @@ class RedisCoordinator(Coordinator):
         try:
             reply = await claim()
         except Exception as error:
-            reply = await self._do("claim a session", claim, pipelined=True, failed=error)
+            reply = await self._do("claim a session", claim, failed=error)
         status, found = _list(reply)
         outcome = ClaimStatus(_bytes(status).decode())
         if outcome is ClaimStatus.LEASED:
@@ -851,10 +846,9 @@ class RedisCoordinator(Coordinator):
         what: str,
         operation: Callable[[], Awaitable[T]],
         *,
-        pipelined: bool = False,
         failed: Exception | None = None,
     ) -> Coroutine[Any, Any, T]:
-        return _retrying(what, operation, self._retry, None, pipelined=pipelined, failed=failed)
+        return _retrying(what, operation, self._retry, None, failed=failed)
 
     async def aclose(self) -> None:
         if self._owns_pipeline:
