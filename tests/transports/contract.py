@@ -218,6 +218,22 @@ class TransportContract:
         ]
         assert await transport.pending(backend.stream(), "workers") == []
 
+    async def test_a_record_keeps_a_reply_stream_name_that_json_must_escape(self, backend: Backend) -> None:
+        transport = await backend.transport()
+        event = request()
+        await published(backend, transport, event)
+        (delivery,) = await transport.read(backend.subscription(), 1)
+        reply_stream = backend.names.responses("discord", 'say "hi" \\ to café ☕')
+
+        completion = await transport.complete(
+            delivery, Reply(response_to(event), reply_stream), record_ttl=60
+        )
+
+        record = await transport.coordinator().get_record(event.id)
+        assert record == completion.record
+        assert record is not None
+        assert record.reply_stream == reply_stream
+
     async def test_complete_without_a_reply_stream_keeps_the_record(self, backend: Backend) -> None:
         transport = await backend.transport()
         event = request()
@@ -685,6 +701,20 @@ class CoordinatorSignalsContract:
             frozenset({"b"}),
         )
         assert await coordinator.holder("s") is None
+
+    async def test_claim_of_an_answered_request_leaves_another_runs_lease_alone(
+        self, backend: Backend
+    ) -> None:
+        coordinator = (await backend.transport()).coordinator()
+        running = await coordinator.claim("s", ["a"], ttl=60)
+        await coordinator.set_record(CompletedRecord("b", "r", "completed", None, None, 0.0), ttl=60)
+
+        claim = await coordinator.claim("s", ["b"], ttl=60)
+
+        assert (claim.status, claim.request_ids) == (ClaimStatus.ANSWERED, frozenset({"b"}))
+        assert running.lease is not None
+        assert await coordinator.holder("s") == "a"
+        assert await coordinator.renew(running.lease)
 
     async def test_claim_reports_cancelled_requests_and_takes_nothing(self, backend: Backend) -> None:
         coordinator = (await backend.transport()).coordinator()

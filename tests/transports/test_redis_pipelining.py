@@ -11,13 +11,12 @@ from urllib.parse import urlsplit
 import pytest
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.connection import Connection
-from redis.exceptions import ConnectionError
+from redis.exceptions import ConnectionError, ResponseError
 
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, StreamNames
 from dynamic_agents.exceptions import LeaseLostError, TransportError
 from dynamic_agents.testing import RedisServer
 from dynamic_agents.transports import (
-    Claim,
     ClaimStatus,
     Completion,
     Delivery,
@@ -26,7 +25,7 @@ from dynamic_agents.transports import (
     Reply,
     Subscription,
 )
-from dynamic_agents.transports._pipelining import Arg, AutoPipeline, BatchScript
+from dynamic_agents.transports._pipelining import Arg, AutoPipeline, BatchCommands, BatchScript
 
 pytestmark = pytest.mark.redis
 
@@ -76,7 +75,7 @@ async def test_concurrent_claims_and_completions_share_round_trips(transport: Re
     warm_up, *deliveries = await delivered(transport, 65)
     coordinator = transport.coordinator()
     # One claim and one complete first: the connection exists (its handshake is not counted) and
-    # both scripts are loaded.
+    # the script is loaded.
     claim = await coordinator.claim(warm_up.event.session_id, [warm_up.event.id], ttl=60)
     answer = AgentResponseEvent(request_id=warm_up.event.id)
     await transport.complete(warm_up, Reply(answer, None), record_ttl=60, lease=claim.lease)
@@ -149,29 +148,29 @@ async def test_an_error_reaches_only_its_own_call(transport: RedisStreamsTranspo
 
 
 async def test_scripts_flushed_from_the_server_are_loaded_again(transport: RedisStreamsTransport) -> None:
-    deliveries = await delivered(transport, 8)
-    coordinator = transport.coordinator()
-    await coordinator.claim("warm-up", ["w"], ttl=60)
+    warm_up, *deliveries, alone = await delivered(transport, 10)
+    reply_stream = transport.names.responses("discord", "reloaded")
+
+    def complete(delivery: Delivery[AgentRequestEvent]) -> Coroutine[Any, Any, Completion]:
+        answer = AgentResponseEvent(request_id=delivery.event.id, content=delivery.event.content)
+        return transport.complete(delivery, Reply(answer, reply_stream), record_ttl=60)
+
+    await complete(warm_up)
     await transport.client.script_flush()
 
-    async def claim_all() -> None:
-        claims.extend(
-            await asyncio.gather(
-                *(coordinator.claim(d.event.session_id, [d.event.id], ttl=60) for d in deliveries)
-            )
-        )
+    async def complete_all() -> None:
+        completions.extend(await asyncio.gather(*(complete(d) for d in deliveries)))
 
-    claims: list[Claim] = []
-    writes = await writes_during(transport, claim_all())
+    completions: list[Completion] = []
+    writes = await writes_during(transport, complete_all())
 
-    assert [c.status for c in claims] == [ClaimStatus.LEASED] * 8
+    assert [c.created for c in completions] == [True] * 8
     assert writes == 3  # the pipeline, one SCRIPT LOAD, the pipeline again
     await transport.client.script_flush()
-    alone = await coordinator.claim("alone", ["a"], ttl=60)  # sent without a pipeline: same recovery
-    assert alone.status is ClaimStatus.LEASED
-    assert [await coordinator.holder(d.event.session_id) for d in deliveries] == [
-        d.event.id for d in deliveries
-    ]
+    assert (await complete(alone)).created  # sent without a pipeline: same recovery
+    replies = await transport.read_stream(reply_stream, AgentResponseEvent, count=100)
+    assert [r.event.content for r in replies] == [d.event.content for d in (warm_up, *deliveries, alone)]
+    assert await transport.pending(transport.names.requests, "g") == []
 
 
 async def test_concurrent_publishes_share_a_round_trip_and_keep_their_order(
@@ -341,6 +340,56 @@ async def test_commands_are_packed_as_the_protocol_spells_them(redis_url: str) -
         await client.aclose()
 
 
+def _pack_incr_and_get(keys: Sequence[str]) -> list[tuple[Arg, ...]]:
+    return [*(("INCR", key) for key in keys), ("MGET", *keys)]
+
+
+def _unpack_incr_and_get(keys: Sequence[str], replies: list[object]) -> list[object]:
+    *increments, values = replies
+    assert isinstance(values, list)
+    return [i if isinstance(i, BaseException) else (i, v) for i, v in zip(increments, values, strict=True)]
+
+
+INCR_AND_GET = BatchCommands(_pack_incr_and_get, _unpack_incr_and_get)
+
+
+async def test_batched_commands_go_out_together_and_each_call_gets_its_part(redis_url: str) -> None:
+    client = Redis.from_url(redis_url)
+    auto = AutoPipeline(client)
+    keys = [f"autopipeline:{uuid.uuid4()}" for _ in range(3)]
+    await client.set(keys[1], "not a number")
+    try:
+        results = await asyncio.gather(
+            *(auto.batched(INCR_AND_GET, key) for key in keys), auto.command("PING"), return_exceptions=True
+        )
+        assert auto.writes == 1
+    finally:
+        await auto.aclose()
+        await client.delete(*keys)
+        await client.aclose()
+    assert results[0] == (1, b"1")
+    assert isinstance(results[1], ResponseError)  # its own command's error, and only its
+    assert "not an integer" in str(results[1])
+    assert results[2] == (1, b"1")
+    assert results[3] == b"PONG"
+
+
+async def test_a_call_given_up_on_before_the_flush_is_left_out_of_its_batch(redis_url: str) -> None:
+    client = Redis.from_url(redis_url)
+    auto = AutoPipeline(client)
+    kept, dropped = f"autopipeline:{uuid.uuid4()}", f"autopipeline:{uuid.uuid4()}"
+    try:
+        waiting = auto.batched(INCR_AND_GET, dropped)
+        result = auto.batched(INCR_AND_GET, kept)
+        waiting.cancel()
+        assert await result == (1, b"1")
+        assert await client.exists(dropped) == 0
+    finally:
+        await auto.aclose()
+        await client.delete(kept, dropped)
+        await client.aclose()
+
+
 @pytest.mark.redis_server
 async def test_a_burst_costs_the_server_at_most_five_calls_per_request(redis_server: RedisServer) -> None:
     """Claim and complete under a lease, 64 at once: what ``INFO commandstats`` counts per request,
@@ -375,7 +424,9 @@ async def test_a_burst_costs_the_server_at_most_five_calls_per_request(redis_ser
         for name, v in stats.items()
         if name != "cmdstat_config|resetstat"
     }
-    assert calls["evalsha"] == 2  # one claim script call, one complete script call
+    assert calls["evalsha"] == 1  # one complete script call for the 64
+    assert calls["mget"] == 2  # the 64 claims read back with one, the script reads with one
+    assert calls["set"] == 64 + 64  # each claim's lease (SET NX), each completion's record
     assert sum(calls.values()) / 64 <= 5, calls
 
 

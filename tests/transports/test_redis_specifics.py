@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from redis.asyncio import Redis
 
-from dynamic_agents.events import AgentRequestEvent, StreamNames
+from dynamic_agents.events import AgentRequestEvent, ResponseStatus, StreamNames
 from dynamic_agents.exceptions import ConfigurationError, TransportError
-from dynamic_agents.transports import RedisStreamsTransport, Subscription
+from dynamic_agents.transports import ClaimStatus, CompletedRecord, RedisStreamsTransport, Subscription
+from dynamic_agents.transports.redis import _record_head
 
 pytestmark = pytest.mark.redis
 
@@ -129,3 +134,57 @@ async def test_a_reply_of_an_unknown_shape_is_an_error_not_an_outage(
     finally:
         await transport.aclose()
     assert transport.stats.reconnects == 0
+
+
+async def test_a_claim_whose_reply_was_lost_holds_the_lease_it_took(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """Redis took the lease, the reply never came: the retry must see the lease as its own, not busy."""
+    transport = RedisStreamsTransport.from_url(redis_url, names=StreamNames(redis_prefix))
+    coordinator = transport.coordinator()
+    batched = transport._pipeline.batched
+    attempts = 0
+
+    async def reply_lost(*args: Any) -> object:
+        nonlocal attempts
+        attempts += 1
+        reply = await batched(*args)
+        if attempts == 1:
+            raise ConnectionError("connection lost before the reply was read")
+        return reply
+
+    transport._pipeline.batched = reply_lost  # type: ignore[assignment,method-assign]
+    try:
+        claim = await coordinator.claim("s", ["a"], ttl=60)
+        assert attempts == 2
+        assert claim.status is ClaimStatus.LEASED
+        assert claim.lease is not None
+        assert await coordinator.holder("s") == "a"
+        assert await coordinator.renew(claim.lease)  # the token Redis holds is the one returned
+    finally:
+        await transport.aclose()
+
+
+@given(
+    request_id=st.text(),
+    response_id=st.text(),
+    status=st.sampled_from([str(s) for s in ResponseStatus]),
+    reply_stream=st.none() | st.text(min_size=1),
+    reply_entry_id=st.none() | st.from_regex(r"\A[0-9]{1,13}-[0-9]{1,5}\Z"),
+    completed_at=st.floats(min_value=0, max_value=4e9, allow_nan=False),
+)
+def test_a_record_written_by_the_complete_script_is_the_record_as_stored(
+    request_id: str,
+    response_id: str,
+    status: str,
+    reply_stream: str | None,
+    reply_entry_id: str | None,
+    completed_at: float,
+) -> None:
+    """The script ends the caller's head with the reply entry id: that must parse to the fields a
+    record is stored as (:meth:`CompletedRecord.to_fields`), whatever the strings hold."""
+    record = CompletedRecord(request_id, response_id, status, reply_stream, reply_entry_id, completed_at)
+    head = _record_head(request_id, response_id, status, reply_stream, completed_at)
+    stored = head + (reply_entry_id or "") + '"}'
+    assert json.loads(stored) == record.to_fields()
+    assert CompletedRecord.from_fields(json.loads(stored)) == record

@@ -8,8 +8,9 @@ Each caller still awaits its own reply, and an error reaches only the command it
 
 Calls of a :class:`BatchScript` queued in one iteration go further: they become *one* call of
 the script, which handles the whole batch inside Redis (one ``MGET`` for every key it checks, one
-``XACK`` for every entry it acks…) and returns one reply per call. The batch runs at the position
-of its first call.
+``XACK`` for every entry it acks…) and returns one reply per call. Calls of a
+:class:`BatchCommands` become the plain commands it makes for all of them (one ``MGET`` for all
+their reads, say), whose replies it shares out. A batch runs at the position of its first call.
 
 Commands queued in one iteration run in the order they were queued. Separate batches go out in
 order on one connection, but one queued while the connection is being (re)made may be overtaken,
@@ -47,7 +48,7 @@ from redis.asyncio.connection import AbstractConnection
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError, NoScriptError
 
-__all__ = ["Arg", "AutoPipeline", "BatchScript", "PipelineClosedError"]
+__all__ = ["Arg", "AutoPipeline", "BatchCommands", "BatchScript", "PipelineClosedError"]
 
 Arg = bytes | str | int
 ReplyFuture = asyncio.Future[object]
@@ -69,18 +70,43 @@ class BatchScript(Generic[ItemT]):
     script: AsyncScript
     pack: Callable[[Sequence[ItemT]], tuple[list[str], list[Arg]]]
 
+    def call(self, items: Sequence[ItemT], futures: list[ReplyFuture]) -> _Call:
+        keys, args = self.pack(items)
+        return _Call(partial(_evalsha, self.script, keys, args), futures, self.script, split=_parts)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchCommands(Generic[ItemT]):
+    """Plain commands that serve many calls at once: ``pack`` turns the calls (items) into
+    commands, sent together; ``unpack`` turns their replies (in order, an error reply as its
+    exception) into one reply per item, in order: what its caller gets, or an exception it raises."""
+
+    pack: Callable[[Sequence[ItemT]], list[tuple[Arg, ...]]]
+    unpack: Callable[[Sequence[ItemT], list[object]], list[object]]
+
+    def call(self, items: Sequence[ItemT], futures: list[ReplyFuture]) -> _Call:
+        commands = self.pack(items)
+        return _Call(
+            lambda: commands, futures, split=partial(self.unpack, items), expected=len(commands), parts=[]
+        )
+
 
 @dataclass(slots=True)
 class _Call:
-    """One command on the wire, and who awaits its reply."""
+    """Commands on the wire (one, or a batch's several), and who awaits their reply."""
 
-    command: Callable[[], tuple[Arg, ...]]
-    """The command's arguments, made when it is sent (a script's sha can change on reload)."""
+    commands: Callable[[], Sequence[tuple[Arg, ...]]]
+    """The commands' arguments, made when they are sent (a script's sha can change on reload)."""
     futures: list[ReplyFuture]
-    """Who awaits the reply: one caller, or (``batched``) one per item, each getting its part."""
+    """Who awaits the reply: one caller, or (a batch) one per item, each getting its part."""
     script: AsyncScript | None = None
     """The script it calls, while a ``NOSCRIPT`` reply should load it and send the call again."""
-    batched: bool = False
+    split: Callable[[Any], list[object]] | None = None
+    """A batch's: its reply into one part per item."""
+    expected: int = 1
+    """Replies it awaits, one per command; with several, the reply is the list of them all."""
+    parts: list[object] | None = None
+    """The replies received so far, while it awaits several."""
     blocks: float = 0.0
     """Seconds the server may hold the reply (a blocking command's own timeout), on top of the
     pipeline's timeout."""
@@ -88,35 +114,35 @@ class _Call:
 
     def settle(self, reply: object) -> None:
         """Hand the reply (an error reply included) to whoever awaits it."""
-        if isinstance(reply, BaseException) or not self.batched:
+        if isinstance(reply, BaseException) or self.split is None:
             for future in self.futures:
                 _settle(future, reply)
-        elif not isinstance(reply, list) or len(reply) != len(self.futures):
-            mismatch = RuntimeError(f"a batch script answered {reply!r} to {len(self.futures)} calls")
+            return
+        parts = self.split(reply)
+        if len(parts) != len(self.futures):
+            mismatch = RuntimeError(f"a batch was answered {reply!r} for {len(self.futures)} calls")
             for future in self.futures:
                 _settle(future, mismatch)
-        else:
-            for future, part in zip(self.futures, reply, strict=True):
-                _settle(future, part)
+            return
+        for future, part in zip(self.futures, parts, strict=True):
+            _settle(future, part)
 
 
 @dataclass(slots=True)
 class _Batch(Generic[ItemT]):
-    """The calls of one :class:`BatchScript` queued in one iteration."""
+    """The calls of one batch kind queued in one iteration."""
 
-    kind: BatchScript[ItemT]
+    kind: BatchScript[ItemT] | BatchCommands[ItemT]
     items: list[ItemT]
     futures: list[ReplyFuture]
 
     def call(self) -> _Call | None:
-        """One call of the script for the items still awaited; each gets its part of the reply."""
+        """One call for the items still awaited; each gets its part of the reply."""
         pairs = zip(self.items, self.futures, strict=True)
         live = [(item, future) for item, future in pairs if not future.done()]
         if not live:
             return None
-        keys, args = self.kind.pack([item for item, _ in live])
-        command = partial(_evalsha, self.kind.script, keys, args)
-        return _Call(command, [future for _, future in live], self.kind.script, batched=True)
+        return self.kind.call([item for item, _ in live], [future for _, future in live])
 
 
 class AutoPipeline:
@@ -141,8 +167,8 @@ class AutoPipeline:
         """Queue a script call; the future resolves with its reply (or its error)."""
         return self._queue(partial(_evalsha, script, keys, args), script)
 
-    def batched(self, kind: BatchScript[ItemT], item: ItemT) -> ReplyFuture:
-        """Queue one call of a batch script; the future resolves with this item's reply."""
+    def batched(self, kind: BatchScript[ItemT] | BatchCommands[ItemT], item: ItemT) -> ReplyFuture:
+        """Queue one call of a batch; the future resolves with this item's reply."""
         future = self._future()
         batch = self._batches.get(id(kind))
         if batch is None:
@@ -157,7 +183,7 @@ class AutoPipeline:
         The reply is raw (bytes, integers, lists), as the server sent it. A blocking command says
         how long the server may hold its reply (``blocks`` seconds), and should have a pipeline of
         its own: the commands queued behind it wait as long."""
-        return self._queue(lambda: args, blocks=blocks)
+        return self._queue(lambda: (args,), blocks=blocks)
 
     def close(self) -> None:
         """Close for good, now: commands awaiting a reply fail with ``ConnectionError``, and any
@@ -183,7 +209,10 @@ class AutoPipeline:
         return asyncio.get_running_loop().create_future()
 
     def _queue(
-        self, command: Callable[[], tuple[Arg, ...]], script: AsyncScript | None = None, blocks: float = 0.0
+        self,
+        command: Callable[[], Sequence[tuple[Arg, ...]]],
+        script: AsyncScript | None = None,
+        blocks: float = 0.0,
     ) -> ReplyFuture:
         future = self._future()
         self._enqueue(_Call(command, [future], script, blocks=blocks))
@@ -206,7 +235,7 @@ class AutoPipeline:
 
     def _write(self, wire: _Wire, calls: list[_Call]) -> None:
         self.writes += 1
-        wire.send(calls, b"".join(_pack(call.command()) for call in calls))
+        wire.send(calls, b"".join(_pack(command) for call in calls for command in call.commands()))
 
     def _write_live(self, wire: _Wire, calls: list[_Call]) -> None:
         """Those of ``calls`` someone still awaits (the others' callers gave up while waiting)."""
@@ -329,7 +358,13 @@ class _Wire(asyncio.Protocol):
             while (reply := parser.gets()) is not _INCOMPLETE:
                 if isinstance(reply, hiredis.PushNotification):
                     continue  # out of band (RESP3): not a reply to a call
-                call = waiting.popleft()
+                call = waiting[0]
+                if call.parts is not None:  # several commands: settled once all have replied
+                    call.parts.append(reply)
+                    if len(call.parts) < call.expected:
+                        continue
+                    reply = call.parts
+                waiting.popleft()
                 if call.script is not None and isinstance(reply, NoScriptError):
                     unknown.append(call)
                 else:
@@ -377,8 +412,13 @@ def _take_over(connection: AbstractConnection) -> asyncio.StreamWriter:
     return writer
 
 
-def _evalsha(script: AsyncScript, keys: Sequence[str], args: Sequence[Arg]) -> tuple[Arg, ...]:
-    return ("EVALSHA", script.sha, len(keys), *keys, *args)
+def _evalsha(script: AsyncScript, keys: Sequence[str], args: Sequence[Arg]) -> tuple[tuple[Arg, ...]]:
+    return (("EVALSHA", script.sha, len(keys), *keys, *args),)
+
+
+def _parts(reply: object) -> list[object]:
+    """A batch script's reply: one part per item (none if it is not a list: a mismatch)."""
+    return reply if isinstance(reply, list) else []
 
 
 def _pack(command: tuple[Arg, ...]) -> bytes:

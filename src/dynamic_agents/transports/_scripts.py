@@ -96,96 +96,100 @@ end
 # Completes many requests at once (a BatchScript): reply, record, ack and lease release for each.
 # KEYS, 4 per item: request stream, record key, lease key, reply stream (the record key again when
 #   the item has no lease or no reply stream).
-# ARGV[1]: JSON, per item [group, entry id, record ttl ms, reply maxlen or '', reply expire ms or '',
-#   completed_at, request id, response id, status, reply channel or '', lease token or '',
-#   has reply stream (1 or 0)]; ARGV[2]: the reply's field name; ARGV[2 + i]: item i's envelope.
+# ARGV[1]: the reply's field name; then 10 per item: group, entry id, record ttl ms, reply maxlen
+#   or '', reply expire ms or '', lease token or '', reply channel or '', the record's JSON up to
+#   its reply entry id (which ends it: the script adds it and '"}'), envelope, '1' when the item
+#   has a reply stream else ''.
 # Per item, in order: {1, reply entry id or ''} when written (the caller knows the rest of the
 # record), {0, existing record (JSON)} when the request was already answered (then only acked, and
 # its lease released), {-1, ''} when its lease is not held (nothing written, not acked), or
 # {-2, message} when a key has the wrong type (nothing written for it, not acked).
-# Reads come first — one TYPE per request stream, one MGET of the leases, one MGET and one EXISTS
+# Reads come first — one TYPE per request stream, one MGET of the records and leases, one EXISTS
 # of the records — then, per item, XADD (the item's first write: on error nothing is written)
 # and SET of the record; last one PEXPIRE per reply stream, one XACK per stream and one DEL.
 # Records are JSON strings, so one MGET reads them all; EXISTS tells a record key that holds
-# another type (MGET reads it as nil) from a missing one.
+# another type (MGET reads it as nil) from a missing one. Arguments are flat and records built
+# by the caller: each redis.call and each JSON step costs Redis microseconds on every request.
 COMPLETE: Final = (
     "#!lua\n"
     + _CHUNKED
     + _MGET
     + """
-local items = cjson.decode(ARGV[1])
-local field = ARGV[2]
-local n = #items
-local stream_kind, lease_keys, lease_at, record_keys = {}, {}, {}, {}
-for i, item in ipairs(items) do
-  local stream = KEYS[4 * i - 3]
-  if stream_kind[stream] == nil then stream_kind[stream] = redis.call('TYPE', stream)['ok'] end
-  if item[11] ~= '' then
-    lease_keys[#lease_keys + 1] = KEYS[4 * i - 1]
-    lease_at[i] = #lease_keys
-  end
+local field, n, width = ARGV[1], #KEYS / 4, 10
+local record_keys, checks, kinds = {}, {}, {}
+for i = 1, n do
   record_keys[i] = KEYS[4 * i - 2]
+  checks[i] = record_keys[i]
+  local stream = KEYS[4 * i - 3]
+  if kinds[stream] == nil then kinds[stream] = redis.call('TYPE', stream)['ok'] end
 end
-local leases = #lease_keys > 0 and mget(lease_keys) or {}
-local records = mget(record_keys)
+for i = 1, n do
+  if ARGV[width * i - 3] ~= '' then checks[#checks + 1] = KEYS[4 * i - 1] end
+end
+local values = mget(checks)
 local strings = 0
-for i = 1, n do if records[i] then strings = strings + 1 end end
+for i = 1, n do if values[i] then strings = strings + 1 end end
 local squatted = {}
 if exists(record_keys) > strings then
   for i = 1, n do
-    if not records[i] then
+    if not values[i] then
       local kind = redis.call('TYPE', record_keys[i])['ok']
       if kind ~= 'none' then squatted[i] = kind end
     end
   end
 end
 local results, answered, acks, ack_order, releases, expires = {}, {}, {}, {}, {}, {}
-local function ack(i, item)
-  local at = KEYS[4 * i - 3] .. '\\0' .. item[1]
-  if not acks[at] then
-    acks[at] = {stream = KEYS[4 * i - 3], group = item[1], ids = {}}
-    ack_order[#ack_order + 1] = at
+local lease_at = n
+for i = 1, n do
+  local a = width * (i - 1) + 1
+  local stream, record_key, lease_key = KEYS[4 * i - 3], KEYS[4 * i - 2], KEYS[4 * i - 1]
+  local group, token, owned = ARGV[a + 1], ARGV[a + 6], true
+  if token ~= '' then
+    lease_at = lease_at + 1
+    owned = values[lease_at] == token
   end
-  acks[at].ids[#acks[at].ids + 1] = item[2]
-end
-for i, item in ipairs(items) do
-  local stream, leased = KEYS[4 * i - 3], item[11] ~= ''
-  local owned = not leased or leases[lease_at[i]] == item[11]
-  local existing = records[i] or answered[item[7]]
-  local kind = stream_kind[stream]
+  local existing = values[i] or answered[record_key]
+  local kind, acked = kinds[stream], false
   if kind ~= 'none' and kind ~= 'stream' then
     results[i] = {-2, 'WRONGTYPE key ' .. stream .. ' holds a ' .. kind .. ', not a stream'}
   elseif squatted[i] then
-    results[i] = {-2, 'WRONGTYPE key ' .. record_keys[i] .. ' holds a ' .. squatted[i] .. ', not a record'}
+    results[i] = {-2, 'WRONGTYPE key ' .. record_key .. ' holds a ' .. squatted[i] .. ', not a record'}
   elseif existing then
-    ack(i, item)
-    if leased and owned then releases[#releases + 1] = KEYS[4 * i - 1] end
+    acked = true
+    if token ~= '' and owned then releases[#releases + 1] = lease_key end
     results[i] = {0, existing}
   elseif not owned then
     results[i] = {-1, ''}
   else
     local reply_stream, reply_id = '', ''
-    if item[12] == 1 then
+    if ARGV[a + 10] ~= '' then
       reply_stream = KEYS[4 * i]
-      if item[4] ~= '' then
-        reply_id = redis.pcall('XADD', reply_stream, 'MAXLEN', '~', item[4], '*', field, ARGV[2 + i])
+      if ARGV[a + 4] ~= '' then
+        reply_id = redis.pcall('XADD', reply_stream, 'MAXLEN', '~', ARGV[a + 4], '*', field, ARGV[a + 9])
       else
-        reply_id = redis.pcall('XADD', reply_stream, '*', field, ARGV[2 + i])
+        reply_id = redis.pcall('XADD', reply_stream, '*', field, ARGV[a + 9])
       end
     end
     if type(reply_id) == 'table' then
       results[i] = {-2, reply_id['err'] .. ' (reply stream ' .. reply_stream .. ')'}
     else
-      if item[5] ~= '' and reply_stream ~= '' then expires[reply_stream] = item[5] end
-      local record = cjson.encode({request_id = item[7], response_id = item[8], status = item[9],
-        reply_stream = reply_stream, reply_entry_id = reply_id, completed_at = item[6]})
-      redis.call('SET', record_keys[i], record, 'PX', item[3])
-      answered[item[7]] = record
-      ack(i, item)
-      if leased then releases[#releases + 1] = KEYS[4 * i - 1] end
-      if item[10] ~= '' then redis.call('PUBLISH', item[10], ARGV[2 + i]) end
+      if ARGV[a + 5] ~= '' and reply_stream ~= '' then expires[reply_stream] = ARGV[a + 5] end
+      local record = ARGV[a + 8] .. reply_id .. '"}'
+      redis.call('SET', record_key, record, 'PX', ARGV[a + 3])
+      answered[record_key] = record
+      acked = true
+      if token ~= '' then releases[#releases + 1] = lease_key end
+      if ARGV[a + 7] ~= '' then redis.call('PUBLISH', ARGV[a + 7], ARGV[a + 9]) end
       results[i] = {1, reply_id}
     end
+  end
+  if acked then
+    local at = stream .. '\\0' .. group
+    if not acks[at] then
+      acks[at] = {stream = stream, group = group, ids = {}}
+      ack_order[#ack_order + 1] = at
+    end
+    acks[at].ids[#acks[at].ids + 1] = ARGV[a + 2]
   end
 end
 for reply_stream, ms in pairs(expires) do redis.call('PEXPIRE', reply_stream, ms) end
@@ -262,46 +266,6 @@ for _, group in ipairs(groups) do
 end
 return redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d-%d', min_ms, min_seq))
 """
-
-# Claims many sessions at once (a BatchScript). KEYS, per claim: lease key, n record keys, n cancel
-# flag keys; ARGV[1]: JSON, per claim [token, ttl ms, n].
-# Per claim, before a run, in one step: {'answered', indexes} if any of its requests has a record,
-# else {'cancelled', indexes} if any has a cancellation request, else SET NX of the lease:
-# {'leased', {}} or {'busy', {}}. One MGET reads every record and flag; then one SET per claim.
-CLAIM: Final = (
-    "#!lua\n"
-    + _MGET
-    + """
-local claims = cjson.decode(ARGV[1])
-local checks, at = {}, 0
-for _, claim in ipairs(claims) do
-  for i = 1, 2 * claim[3] do checks[#checks + 1] = KEYS[at + 1 + i] end
-  at = at + 1 + 2 * claim[3]
-end
-local values = mget(checks)
-local results, seen = {}, 0
-at = 0
-for c, claim in ipairs(claims) do
-  local n, found = claim[3], {}
-  for i = 1, n do if values[seen + i] then found[#found + 1] = i end end
-  if #found > 0 then
-    results[c] = {'answered', found}
-  else
-    for i = 1, n do if values[seen + n + i] then found[#found + 1] = i end end
-    if #found > 0 then
-      results[c] = {'cancelled', found}
-    elseif redis.call('SET', KEYS[at + 1], claim[1], 'NX', 'PX', claim[2]) then
-      results[c] = {'leased', {}}
-    else
-      results[c] = {'busy', {}}
-    end
-  end
-  seen = seen + 2 * n
-  at = at + 1 + 2 * n
-end
-return results
-"""
-)
 
 # KEYS[1] lease key; ARGV: token, ttl ms. Renew only for the owner.
 RENEW_LEASE: Final = """#!lua

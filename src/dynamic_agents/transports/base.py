@@ -475,9 +475,10 @@ class Coordinator(_AsyncResource):
         """Which of ``request_ids`` have a cancellation request."""
 
     async def claim(self, session_id: str, request_ids: Sequence[str], ttl: float) -> Claim:
-        """Everything a worker checks before a run, in one step: were any of ``request_ids``
-        answered before (``ANSWERED``), is any cancelled (``CANCELLED``), else take the session's
-        lease for ``ttl`` seconds with the last request as holder (``LEASED``, or ``BUSY``).
+        """Everything a worker checks before a run: were any of ``request_ids`` answered before
+        (``ANSWERED``), is any cancelled (``CANCELLED``), else take the session's lease for
+        ``ttl`` seconds with the last request as holder (``LEASED``, or ``BUSY``). Only
+        ``LEASED`` leaves the lease taken.
 
         The default makes three calls; backends override it with one round trip.
         """

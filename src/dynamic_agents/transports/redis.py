@@ -5,12 +5,13 @@ in the same reads as new ones (XREADGROUP), held entries are kept fresh with ``X
 and ``complete`` / ``dead_letter`` are Lua scripts, so each is written whole or not at all. The
 calls on a worker's hot path (``complete``, ``RedisCoordinator.claim``, ``publish`` without
 ``expire``, ``publish_many``) made in one event-loop iteration go out in one write
-(``_pipelining``), and the completions (claims) among them as one call of the ``COMPLETE``
-(``CLAIM``) batch script. Those calls share one connection of the transport's own, and each
-blocking read in flight has one (``XREADGROUP`` / ``XREAD``), idle ones reused. Every attempt is
-bounded by ``operation_timeout``; a lost connection or a timeout is retried with capped exponential
-backoff and jitter; a group lost to ``FLUSHALL`` or a restart without persistence (``NOGROUP``) is
-recreated at ``0``.
+(``_pipelining``): the completions among them as one call of the ``COMPLETE`` batch script,
+the claims as one ``SET NX`` each and one ``MGET`` for all (no script: a Lua call costs Redis
+several times the commands it runs). Those calls share one connection of the transport's own,
+and each blocking read in flight has one (``XREADGROUP`` / ``XREAD``), idle ones reused. Every
+attempt is bounded by ``operation_timeout``; a lost connection or a timeout is retried with capped
+exponential backoff and jitter; a group lost to ``FLUSHALL`` or a restart without persistence
+(``NOGROUP``) is recreated at ``0``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
+from json.encoder import encode_basestring_ascii as _json_string
 from typing import Any, TypeVar
 
 from dynamic_agents._logging import get_logger
@@ -68,6 +70,7 @@ try:
     from dynamic_agents.transports._pipelining import (  # needs hiredis
         Arg,
         AutoPipeline,
+        BatchCommands,
         BatchScript,
         PipelineClosedError,
     )
@@ -553,23 +556,22 @@ class RedisStreamsTransport(Transport):
         event, completed_at = reply.event, self.clock.time()
         record_key = self.names.completed_record(event.request_id)
         lease_key = self.names.session_lease(lease.session_id) if lease is not None else record_key
-        spec: list[str | int] = [
-            delivery.group,
-            delivery.entry_id,
-            str(_ms(record_ttl)),
-            _optional(reply.maxlen),
-            _optional(_ms(reply.expire) if reply.expire is not None else None),
-            repr(completed_at),
-            event.request_id,
-            event.id,
-            str(event.status),
-            reply.channel or "",
-            lease.token if lease is not None else "",
-            0 if reply.stream is None else 1,
-        ]
+        status = str(event.status)
         envelope = reply.envelope(self.codec) if reply.stream is not None or reply.channel else b""
         call = _Completion(
-            (delivery.stream, record_key, lease_key, reply.stream or record_key), spec, envelope
+            (delivery.stream, record_key, lease_key, reply.stream or record_key),
+            (
+                delivery.group,
+                delivery.entry_id,
+                _ms(record_ttl),
+                _optional(reply.maxlen),
+                _optional(_ms(reply.expire) if reply.expire is not None else None),
+                lease.token if lease is not None else "",
+                reply.channel or "",
+                _record_head(event.request_id, event.id, status, reply.stream, completed_at),
+                envelope,
+                "" if reply.stream is None else "1",
+            ),
         )
         submit = partial(self._pipeline.batched, self._completes, call)
         try:
@@ -586,9 +588,7 @@ class RedisStreamsTransport(Transport):
             return Completion(_record(detail), created=False)
         self.stats.acked += 1
         reply_id = _bytes(detail).decode() or None
-        record = CompletedRecord(
-            event.request_id, event.id, str(event.status), reply.stream, reply_id, completed_at
-        )
+        record = CompletedRecord(event.request_id, event.id, status, reply.stream, reply_id, completed_at)
         return Completion(record, created=True)
 
     # -- inspecting -------------------------------------------------------------------------------
@@ -712,30 +712,65 @@ def _record(stored: object) -> CompletedRecord:
 
 @dataclass(frozen=True, slots=True)
 class _Completion:
-    """One call of the ``COMPLETE`` batch script (see ``_scripts.COMPLETE``)."""
+    """One call of the ``COMPLETE`` batch script (see ``_scripts.COMPLETE``): its 4 keys and 10
+    arguments."""
 
     keys: tuple[str, str, str, str]
-    spec: list[str | int]
-    envelope: bytes
+    args: tuple[Arg, ...]
 
 
 def _pack_completions(calls: Sequence[_Completion]) -> tuple[list[str], list[Arg]]:
     keys = [key for call in calls for key in call.keys]
-    specs = json.dumps([call.spec for call in calls], separators=(",", ":"))
-    return keys, [specs, DATA_FIELD, *(call.envelope for call in calls)]
+    args: list[Arg] = [DATA_FIELD]
+    for call in calls:
+        args += call.args
+    return keys, args
+
+
+def _record_head(
+    request_id: str, response_id: str, status: str, reply_stream: str | None, completed_at: float
+) -> str:
+    """The record as stored (the JSON of :meth:`CompletedRecord.to_fields`) up to its reply entry
+    id, which the ``COMPLETE`` script adds once it has written the reply."""
+    return (
+        f'{{"request_id":{_json_string(request_id)},"response_id":{_json_string(response_id)},'
+        f'"status":{_json_string(status)},"reply_stream":{_json_string(reply_stream or "")},'
+        f'"completed_at":"{completed_at!r}","reply_entry_id":"'
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class _Claim:
-    """One call of the ``CLAIM`` batch script: the lease key, then the record and cancel flag keys."""
+    """One claim: ``SET NX`` of the lease, then the lease's value and the requests' record and
+    cancel flag keys, read back (``checks``)."""
 
-    keys: list[str]
-    spec: list[str | int]
+    lease_key: str
+    token: str
+    ttl_ms: int
+    checks: tuple[str, ...]
 
 
-def _pack_claims(calls: Sequence[_Claim]) -> tuple[list[str], list[Arg]]:
-    keys = [key for call in calls for key in call.keys]
-    return keys, [json.dumps([call.spec for call in calls], separators=(",", ":"))]
+def _pack_claims(claims: Sequence[_Claim]) -> list[tuple[Arg, ...]]:
+    """The claims of one iteration: one ``SET NX`` each, then one ``MGET`` of all their checks.
+    Taking the lease before reading the records is what makes this safe without a script: a run
+    releases its session's lease only in the step that writes its record, so a claim that gets
+    the lease after a run of the same request reads that run's record."""
+    commands: list[tuple[Arg, ...]] = [("SET", c.lease_key, c.token, "NX", "PX", c.ttl_ms) for c in claims]
+    commands.append(("MGET", *(key for claim in claims for key in claim.checks)))
+    return commands
+
+
+def _unpack_claims(claims: Sequence[_Claim], replies: list[object]) -> list[object]:
+    """Per claim: its slice of the ``MGET``, or the error of its ``SET`` (or of the ``MGET``)."""
+    *taken, values = replies
+    if not isinstance(values, list):
+        return [values] * len(claims) if isinstance(values, BaseException) else []
+    parts: list[object] = []
+    at = 0
+    for claim, reply in zip(claims, taken, strict=True):
+        parts.append(reply if isinstance(reply, BaseException) else values[at : at + len(claim.checks)])
+        at += len(claim.checks)
+    return parts
 
 
 def _flatten(fields: Mapping[str, bytes] | Mapping[bytes, bytes]) -> list[bytes | str | int]:
@@ -767,7 +802,7 @@ class RedisCoordinator(Coordinator):
         self._retry = retry or _RetryPolicy(ExponentialWithJitterBackoff(cap=5.0, base=0.05), 30.0)
         self._renew = client.register_script(_scripts.RENEW_LEASE)
         self._release = client.register_script(_scripts.RELEASE_LEASE)
-        self._claims = BatchScript(client.register_script(_scripts.CLAIM), _pack_claims)
+        self._claims = BatchCommands(_pack_claims, _unpack_claims)
         self._owns_pipeline = pipeline is None  # else the transport's, closed with it
         self._pipeline = pipeline or AutoPipeline(client, timeout=self._retry.timeout)
 
@@ -802,22 +837,35 @@ class RedisCoordinator(Coordinator):
         if not request_ids:
             raise ConfigurationError("claim() needs at least one request id")
         token = lease_token(request_ids[-1])
-        keys = [
-            self.names.session_lease(session_id),
+        lease_key = self.names.session_lease(session_id)
+        checks = (
+            lease_key,
             *(self.names.completed_record(rid) for rid in request_ids),
             *(self.names.cancel_flag(rid) for rid in request_ids),
-        ]
-        call = _Claim(keys, [token, str(_ms(_positive(ttl))), len(request_ids)])
+        )
+        call = _Claim(lease_key, token, _ms(_positive(ttl)), checks)
         claim = partial(self._pipeline.batched, self._claims, call)
         try:
             reply = await claim()
         except Exception as error:
             reply = await self._do("claim a session", claim, failed=error)
-        status, found = _list(reply)
-        outcome = ClaimStatus(_bytes(status).decode())
-        if outcome is ClaimStatus.LEASED:
-            return Claim(outcome, Lease(session_id, token, ttl))
-        return Claim(outcome, request_ids=frozenset(request_ids[_int(i) - 1] for i in _list(found)))
+        lease_value, *flags = _list(reply)
+        lease = Lease(session_id, token, ttl)
+        leased = lease_value == token.encode()  # so a retry after a lost reply finds its own lease
+        if flags.count(None) < len(flags):  # a request answered (its record) or cancelled (its flag)
+            n = len(request_ids)
+            answered = frozenset(
+                rid for rid, flag in zip(request_ids, flags[:n], strict=True) if flag is not None
+            )
+            cancelled = frozenset(
+                rid for rid, flag in zip(request_ids, flags[n:], strict=True) if flag is not None
+            )
+            if leased:
+                await self.release(lease)
+            if answered:
+                return Claim(ClaimStatus.ANSWERED, request_ids=answered)
+            return Claim(ClaimStatus.CANCELLED, request_ids=cancelled)
+        return Claim(ClaimStatus.LEASED, lease) if leased else Claim(ClaimStatus.BUSY)
 
     async def renew(self, lease: Lease, ttl: float | None = None) -> bool:
         ttl_ms = _ms(_positive(ttl if ttl is not None else lease.ttl))
