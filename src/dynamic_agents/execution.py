@@ -87,6 +87,11 @@ class ExecutionResult:
         )
 
 
+def _since(started: float) -> int:
+    """Milliseconds since ``started`` (``time.monotonic()``)."""
+    return round((time.monotonic() - started) * 1000)
+
+
 @runtime_checkable
 class Executor(Protocol):
     """Runs a routed request. Implementations enforce ``timeout`` (returning status ``timeout``)
@@ -130,10 +135,6 @@ class FunctionExecutor:
         on_delta: DeltaCallback | None = None,
     ) -> ExecutionResult:
         started = time.monotonic()
-
-        def elapsed() -> int:
-            return round((time.monotonic() - started) * 1000)
-
         try:
             outcome = self.handler(target, request)
             if inspect.isawaitable(outcome):  # a plain function cannot be interrupted: no timeout
@@ -141,16 +142,20 @@ class FunctionExecutor:
                     outcome = await outcome
         except TimeoutError:
             return ExecutionResult(
-                ResponseStatus.TIMEOUT, error_message=f"timed out after {timeout}s", duration_ms=elapsed()
+                ResponseStatus.TIMEOUT,
+                error_message=f"timed out after {timeout}s",
+                duration_ms=_since(started),
             )
         except Exception as error:  # a failed run is a result, not a crash of the worker
             return ExecutionResult(
-                ResponseStatus.ERROR, error_message=f"{type(error).__name__}: {error}", duration_ms=elapsed()
+                ResponseStatus.ERROR,
+                error_message=f"{type(error).__name__}: {error}",
+                duration_ms=_since(started),
             )
         if isinstance(outcome, ExecutionResult):
             return outcome
         if on_delta is not None and outcome:
             await on_delta(outcome)
         return ExecutionResult(
-            ResponseStatus.COMPLETED, content=outcome, duration_ms=elapsed(), target_name=self.name
+            ResponseStatus.COMPLETED, content=outcome, duration_ms=_since(started), target_name=self.name
         )

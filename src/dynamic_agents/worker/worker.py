@@ -35,6 +35,7 @@ from dynamic_agents.exceptions import DynamicAgentsError, LeaseLostError, NoRout
 from dynamic_agents.execution import ExecutionResult, Executor
 from dynamic_agents.routing import EventRouter
 from dynamic_agents.transports import (
+    Claim,
     ClaimStatus,
     Completion,
     Coordinator,
@@ -322,16 +323,13 @@ class AgentWorker:
         event: AgentRequestEvent,
         previous: asyncio.Future[None] | None,
     ) -> None:
-        # A redelivery may have been answered by a run that crashed before its ack. (A first delivery
-        # is checked by the claim below, without a round trip of its own.)
-        if delivery.delivery_count > 1 and await self.coordinator.get_record(event.id) is not None:
-            await self._ack_duplicate(delivery)
+        if delivery.delivery_count > 1 and await self._settled_redelivery(delivery, event):
             return
-        if delivery.delivery_count > self.settings.max_deliveries:
-            await self._dead_letter(delivery, event)
-            return
-        target = await self._route(delivery, event)
+        target, unrouted = self._route(event)
+        if self.hooks:
+            await self._call_hooks("on_routed", delivery, target)
         if target is None:
+            await self._answer(delivery, event, None, _error(unrouted))
             return
         policy = self._policy(event, target)
         busy_here = previous is not None and not previous.done()
@@ -353,10 +351,16 @@ class AgentWorker:
         batch = [delivery]
         if policy is SessionPolicy.MERGE:
             batch += self._absorb(event.session_id)
-        claimed = await self._claim(event.session_id, batch, target)
-        if claimed is None:
-            return
-        batch, lease = claimed
+        claim = await self.coordinator.claim(
+            event.session_id, [item.event.id for item in batch], self.settings.lease_ttl
+        )
+        if claim.lease is not None:  # leased: the usual case, without _claim's coroutine
+            lease = claim.lease
+        else:
+            claimed = await self._claim(event.session_id, batch, target, claim)
+            if claimed is None:
+                return
+            batch, lease = claimed
         try:
             await self._run(batch, target, lease)
         except BaseException:  # the reply, which releases the lease, may not be written: release it
@@ -364,30 +368,36 @@ class AgentWorker:
                 await self.coordinator.release(lease)
             raise
 
-    async def _route(self, delivery: Delivery[AgentRequestEvent], event: AgentRequestEvent) -> Target | None:
-        """The request's target; ``None`` when no rule matched, once answered with an error."""
+    async def _settled_redelivery(
+        self, delivery: Delivery[AgentRequestEvent], event: AgentRequestEvent
+    ) -> bool:
+        """Whether a redelivery is done with before a run: answered by a run that crashed before
+        its ack (then acked), or delivered too often (then dead-lettered). A first delivery is
+        checked by the claim, without a round trip of its own (``max_deliveries`` is at least 1)."""
+        if await self.coordinator.get_record(event.id) is not None:
+            await self._ack_duplicate(delivery)
+            return True
+        if delivery.delivery_count > self.settings.max_deliveries:
+            await self._dead_letter(delivery, event)
+            return True
+        return False
+
+    def _route(self, event: AgentRequestEvent) -> tuple[Target | None, str]:
+        """The request's target, or ``None`` and why no rule matched."""
         try:
-            target: Target | None = self.router.route(event).target
+            return self.router.route(event).target, ""
         except NoRouteError as error:
-            target, message = None, str(error)
-        if self.hooks:
-            await self._call_hooks("on_routed", delivery, target)
-        if target is None:
-            await self._answer(delivery, event, None, _error(message))
-        return target
+            return None, str(error)
 
     async def _claim(
-        self, session_id: str, batch: list[Delivery[AgentRequestEvent]], target: Target
+        self, session_id: str, batch: list[Delivery[AgentRequestEvent]], target: Target, claim: Claim
     ) -> tuple[list[Delivery[AgentRequestEvent]], Lease] | None:
-        """Take the session's lease for ``batch``, waiting while another run holds it (the entries
-        stay held and fresh meanwhile, so waiting never counts as a delivery). Requests answered
-        before are acked and left out; if one is cancelled, all are answered so. ``None`` when
-        nothing is left to run."""
+        """After a ``claim`` that did not lease: take the session's lease for ``batch``, waiting
+        while another run holds it (the entries stay held and fresh meanwhile, so waiting never
+        counts as a delivery). Requests answered before are acked and left out; if one is
+        cancelled, all are answered so. ``None`` when nothing is left to run."""
         waited = False
-        while batch:
-            claim = await self.coordinator.claim(
-                session_id, [item.event.id for item in batch], self.settings.lease_ttl
-            )
+        while True:
             if claim.status is ClaimStatus.LEASED:
                 assert claim.lease is not None
                 return batch, claim.lease
@@ -396,6 +406,8 @@ class AgentWorker:
                     if item.event.id in claim.request_ids:
                         await self._ack_duplicate(item)
                 batch = [item for item in batch if item.event.id not in claim.request_ids]
+                if not batch:
+                    return None
             elif claim.status is ClaimStatus.CANCELLED:
                 for item in batch:
                     await self._answer(item, item.event, target, _cancelled())
@@ -405,7 +417,9 @@ class AgentWorker:
                     waited = True
                     self.stats.lease_waits += 1
                 await asyncio.sleep(self.settings.lease_poll)
-        return None
+            claim = await self.coordinator.claim(
+                session_id, [item.event.id for item in batch], self.settings.lease_ttl
+            )
 
     async def _ack_duplicate(self, delivery: Delivery[AgentRequestEvent]) -> None:
         self.stats.duplicates += 1
@@ -523,7 +537,12 @@ class AgentWorker:
         self._running[event.session_id] = event.id
         self._leases[event.id] = _HeldLease(lease, time.monotonic())
         try:
-            result = await self._execute(target, event, on_delta)
+            try:
+                result = await self.executor.execute(
+                    target, event, timeout=self.settings.request_timeout, on_delta=on_delta
+                )
+            except Exception as error:  # an unknown target, a broken tool registry…: an error reply
+                result = _error(f"{type(error).__name__}: {error}")
         except asyncio.CancelledError:
             if event.id in self._leases_lost:
                 handler.uncancel()
@@ -557,16 +576,6 @@ class AgentWorker:
         """Stalled past the lease: someone else may run the request, so nothing is published."""
         logger.warning("lease of session %s lost during the run; publishing nothing", lease.session_id)
         self.stats.lost += 1
-
-    async def _execute(self, target: Target, event: AgentRequestEvent, on_delta: Any) -> ExecutionResult:
-        try:
-            return await self.executor.execute(
-                target, event, timeout=self.settings.request_timeout, on_delta=on_delta
-            )
-        except asyncio.CancelledError:
-            raise
-        except Exception as error:  # an unknown target, a broken tool registry…: an error reply
-            return _error(f"{type(error).__name__}: {error}")
 
     async def _keep_leases_loop(self) -> None:
         """Renew the lease of every run in flight each third of the lease TTL; a run whose lease
@@ -603,10 +612,9 @@ class AgentWorker:
 
     # -- answering ----------------------------------------------------------------------------------
 
-    async def _reply(self, delivery: Delivery[AgentRequestEvent], response: AgentResponseEvent) -> Reply:
+    def _reply(self, delivery: Delivery[AgentRequestEvent], response: AgentResponseEvent) -> Reply:
         """To the request's reply stream; a FastStream RPC caller (``reply_to`` header, no reply
-        stream) gets it by Redis ``PUBLISH`` with its own correlation id. Hooks may add envelope
-        headers (trace context, for one)."""
+        stream) gets it by Redis ``PUBLISH`` with its own correlation id."""
         event, message = delivery.event, delivery.message
         rpc_channel = message.reply_to if message is not None and event.reply_stream is None else None
         reply = Reply(
@@ -617,10 +625,12 @@ class AgentWorker:
             channel=rpc_channel,
             correlation_id=message.correlation_id if rpc_channel and message is not None else None,
         )
-        if not self.hooks:
-            return reply
+        return reply
+
+    async def _hooked(self, delivery: Delivery[AgentRequestEvent], reply: Reply) -> Reply:
+        """``reply`` with the envelope headers hooks add (trace context, for one)."""
         headers = dict(reply.headers)
-        await self._call_hooks("before_respond", delivery, response, headers)
+        await self._call_hooks("before_respond", delivery, reply.event, headers)
         return replace(reply, headers=headers)
 
     async def _answer(
@@ -632,7 +642,9 @@ class AgentWorker:
         *,
         lease: Lease | None = None,
     ) -> Completion:
-        reply = await self._reply(delivery, result.to_response(event, target))
+        reply = self._reply(delivery, result.to_response(event, target))
+        if self.hooks:
+            reply = await self._hooked(delivery, reply)
         self._let_go(delivery)
         completion = await self.transport.complete(
             delivery, reply, record_ttl=self.settings.record_ttl, lease=lease
@@ -659,7 +671,9 @@ class AgentWorker:
         response = _error("the request could not be processed; it was set aside for an operator").to_response(
             event
         )
-        reply = await self._reply(delivery, response)
+        reply = self._reply(delivery, response)
+        if self.hooks:
+            reply = await self._hooked(delivery, reply)
         self._let_go(delivery)
         written = await self.transport.dead_letter(delivery, reason, reply)
         if written:
