@@ -151,7 +151,10 @@ AGNO_QUICK_REQUESTS: Final = 100
 AGNO_DBS: Final = {"memory": "agno's InMemoryDb", "sqlite": "SQLite (session_db)", "none": "no db"}
 # Round trips from the worker's read to the reply entry existing, by reading the code (see README).
 CRITICAL_PATH: Final = {
-    "minimal": (3, "XREADGROUP, EVALSHA claim (record, cancel, lease), EVALSHA complete (+ lease release)"),
+    "minimal": (
+        3,
+        "XREADGROUP, claim [SET NX lease, MGET lease/record/cancel], EVALSHA complete (+ lease release)",
+    ),
     "events": (
         3,
         "minimal's 3; the 4 events (accepted, started, delta, completed) follow in the background "
