@@ -374,6 +374,25 @@ async def test_batched_commands_go_out_together_and_each_call_gets_its_part(redi
     assert results[3] == b"PONG"
 
 
+ECHO_EACH = BatchCommands(
+    lambda values: [*(("ECHO", value) for value in values), ("PING",)],
+    lambda values, replies: replies[:-1],  # one ECHO reply per call; the PING closes the batch
+)
+
+
+async def test_a_batch_whose_replies_span_socket_reads_reaches_every_call(redis_url: str) -> None:
+    client = Redis.from_url(redis_url)
+    auto = AutoPipeline(client)
+    values = [bytes([65 + n % 26]) * (100_000 + n) for n in range(20)]  # ~2 MB: many socket reads
+    try:
+        replies = await asyncio.gather(*(auto.batched(ECHO_EACH, value) for value in values))
+        assert await auto.command("PING") == b"PONG"  # nothing left over on the connection
+    finally:
+        await auto.aclose()
+        await client.aclose()
+    assert replies == values
+
+
 async def test_a_call_given_up_on_before_the_flush_is_left_out_of_its_batch(redis_url: str) -> None:
     client = Redis.from_url(redis_url)
     auto = AutoPipeline(client)

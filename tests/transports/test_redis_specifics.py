@@ -188,3 +188,24 @@ def test_a_record_written_by_the_complete_script_is_the_record_as_stored(
     stored = head + (reply_entry_id or "") + '"}'
     assert json.loads(stored) == record.to_fields()
     assert CompletedRecord.from_fields(json.loads(stored)) == record
+
+
+async def test_a_lease_taken_for_an_answered_request_that_cannot_be_given_back_still_answers(
+    redis_url: str, redis_prefix: str
+) -> None:
+    transport = RedisStreamsTransport.from_url(redis_url, names=StreamNames(redis_prefix))
+    coordinator = transport.coordinator()
+    await coordinator.set_record(CompletedRecord("a", "r", "completed", None, None, 0.0), ttl=60)
+
+    async def unreachable(lease: object) -> bool:
+        raise TransportError("release a lease failed: Redis is unreachable")
+
+    coordinator.release = unreachable  # type: ignore[method-assign,assignment]
+    try:
+        claim = await coordinator.claim("s", ["a"], ttl=0.5)
+        assert (claim.status, claim.request_ids) == (ClaimStatus.ANSWERED, frozenset({"a"}))
+        assert await coordinator.holder("s") == "a"  # left to its ttl
+        await asyncio.sleep(0.7)
+        assert await coordinator.holder("s") is None
+    finally:
+        await transport.aclose()

@@ -93,8 +93,10 @@ async def test_past_max_deliveries_the_request_is_dead_lettered_with_an_error_re
 async def test_a_long_run_is_kept_and_answered_once(backend: Backend) -> None:
     transport, other = await backend.transport(), await backend.transport()
     slow = 3 * 0.6  # three times claim_min_idle
+    started = asyncio.Event()
 
     async def long_run(target: Target, request: AgentRequestEvent) -> str:
+        started.set()
         await asyncio.sleep(slow)
         return "finally"
 
@@ -102,9 +104,8 @@ async def test_a_long_run_is_kept_and_answered_once(backend: Backend) -> None:
     busy = worker(transport, FunctionExecutor(long_run), consumer="busy")
     idle = worker(other, consumer="idle")
     running = asyncio.ensure_future(busy.run_until_idle())
-    async with asyncio.timeout(10):  # the busy worker has it before the idle one starts reading
-        while not busy.stats.received:
-            await asyncio.sleep(0.01)
+    async with asyncio.timeout(10):  # the busy worker runs it before the idle one starts reading
+        await started.wait()
     async with idle:
         await running
         await asyncio.sleep(0.2)

@@ -860,8 +860,11 @@ class RedisCoordinator(Coordinator):
             cancelled = frozenset(
                 rid for rid, flag in zip(request_ids, flags[n:], strict=True) if flag is not None
             )
-            if leased:
-                await self.release(lease)
+            if leased:  # taken before the records were read: give it back
+                try:
+                    await self.release(lease)
+                except TransportError as error:  # it expires within ttl anyway
+                    logger.warning("releasing the lease of %s failed: %s", session_id, error)
             if answered:
                 return Claim(ClaimStatus.ANSWERED, request_ids=answered)
             return Claim(ClaimStatus.CANCELLED, request_ids=cancelled)
