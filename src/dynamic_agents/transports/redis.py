@@ -853,20 +853,20 @@ class RedisCoordinator(Coordinator):
         lease = Lease(session_id, token, ttl)
         leased = lease_value == token.encode()  # so a retry after a lost reply finds its own lease
         if flags.count(None) < len(flags):  # a request answered (its record) or cancelled (its flag)
-            n = len(request_ids)
-            answered = frozenset(
-                rid for rid, flag in zip(request_ids, flags[:n], strict=True) if flag is not None
-            )
-            cancelled = frozenset(
-                rid for rid, flag in zip(request_ids, flags[n:], strict=True) if flag is not None
-            )
             if leased:  # taken before the records were read: give it back
                 try:
                     await self.release(lease)
                 except TransportError as error:  # it expires within ttl anyway
                     logger.warning("releasing the lease of %s failed: %s", session_id, error)
+            n = len(request_ids)
+            answered = frozenset(
+                rid for rid, flag in zip(request_ids, flags[:n], strict=True) if flag is not None
+            )
             if answered:
                 return Claim(ClaimStatus.ANSWERED, request_ids=answered)
+            cancelled = frozenset(
+                rid for rid, flag in zip(request_ids, flags[n:], strict=True) if flag is not None
+            )
             return Claim(ClaimStatus.CANCELLED, request_ids=cancelled)
         return Claim(ClaimStatus.LEASED, lease) if leased else Claim(ClaimStatus.BUSY)
 

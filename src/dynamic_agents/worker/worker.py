@@ -617,7 +617,7 @@ class AgentWorker:
         stream) gets it by Redis ``PUBLISH`` with its own correlation id."""
         event, message = delivery.event, delivery.message
         rpc_channel = message.reply_to if message is not None and event.reply_stream is None else None
-        reply = Reply(
+        return Reply(
             response,
             event.reply_stream,
             maxlen=self.settings.reply_maxlen,
@@ -625,13 +625,6 @@ class AgentWorker:
             channel=rpc_channel,
             correlation_id=message.correlation_id if rpc_channel and message is not None else None,
         )
-        return reply
-
-    async def _hooked(self, delivery: Delivery[AgentRequestEvent], reply: Reply) -> Reply:
-        """``reply`` with the envelope headers hooks add (trace context, for one)."""
-        headers = dict(reply.headers)
-        await self._call_hooks("before_respond", delivery, reply.event, headers)
-        return replace(reply, headers=headers)
 
     async def _answer(
         self,
@@ -644,7 +637,7 @@ class AgentWorker:
     ) -> Completion:
         reply = self._reply(delivery, result.to_response(event, target))
         if self.hooks:
-            reply = await self._hooked(delivery, reply)
+            reply = await self._reply_with_hook_headers(delivery, reply)
         self._let_go(delivery)
         completion = await self.transport.complete(
             delivery, reply, record_ttl=self.settings.record_ttl, lease=lease
@@ -666,6 +659,12 @@ class AgentWorker:
         entry stays pending and is reclaimed after ``claim_min_idle``, as after any failure."""
         self._held.pop(delivery.entry_id, None)
 
+    async def _reply_with_hook_headers(self, delivery: Delivery[AgentRequestEvent], reply: Reply) -> Reply:
+        """The reply with the envelope headers hooks add (trace context, for one)."""
+        headers = dict(reply.headers)
+        await self._call_hooks("before_respond", delivery, reply.event, headers)
+        return replace(reply, headers=headers)
+
     async def _dead_letter(self, delivery: Delivery[AgentRequestEvent], event: AgentRequestEvent) -> None:
         reason = f"delivered {delivery.delivery_count} times (max_deliveries={self.settings.max_deliveries})"
         response = _error("the request could not be processed; it was set aside for an operator").to_response(
@@ -673,7 +672,7 @@ class AgentWorker:
         )
         reply = self._reply(delivery, response)
         if self.hooks:
-            reply = await self._hooked(delivery, reply)
+            reply = await self._reply_with_hook_headers(delivery, reply)
         self._let_go(delivery)
         written = await self.transport.dead_letter(delivery, reason, reply)
         if written:
