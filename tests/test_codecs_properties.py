@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import string
 from collections.abc import Callable
 from datetime import UTC
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, Attachment, EventCodec
 from dynamic_agents.events.envelope import (
@@ -19,6 +21,7 @@ from dynamic_agents.events.envelope import (
     encode_envelope,
     encode_with_correlation_id,
 )
+from dynamic_agents.events.models import _REQUEST_FAST_PATH
 from dynamic_agents.exceptions import DynamicAgentsError, EnvelopeError, EventTooLargeError
 
 MAX_CONTENT = 2_000
@@ -167,3 +170,130 @@ def test_content_one_past_the_limit_is_refused(length: int) -> None:
 def test_garbage_entries_raise_only_library_errors(data: bytes) -> None:
     with contextlib.suppress(DynamicAgentsError):
         CODEC.decode_entry({b"__data__": data}, AgentRequestEvent)
+
+
+# -- decoding a request without the seed-shape step ---------------------------------------------------
+
+request_keys = st.sampled_from(
+    [*AgentRequestEvent.model_fields, "channel_id", "conversation_id", "chat_id", "type", "guild_id"]
+)
+seed_metadata = st.dictionaries(
+    st.sampled_from(["agent_id", "team_id", "session_id", "reply_to", "guild_id"]) | any_text,
+    st.none() | any_text | st.integers(),
+    max_size=4,
+)
+request_values = (
+    json_values
+    | st.floats(allow_nan=False)
+    | st.sampled_from(
+        ["discord", " Slack ", "1.0", "2.0", "", "2026-11-27T04:00:00", "2026-11-27T04:00:00+02:00"]
+    )
+    | seed_metadata
+)
+# Requests in the model's shape (half of them) and in the seed's, with or without session ids, and
+# any other keys (field names among them) holding any values.
+_sources = st.sampled_from(["discord", " Rest", "slack", "9bad"])
+_others = st.dictionaries(request_keys | any_text, request_values, max_size=4)
+request_objects = st.builds(
+    lambda others, base: {**others, **base},
+    _others,
+    st.fixed_dictionaries(
+        {
+            "source": _sources,
+            "source_id": channels,
+            "user_id": any_text,
+            "content": any_text,
+            "session_id": st.text(min_size=1, max_size=8),
+        }
+    )
+    | st.fixed_dictionaries(
+        {"source": _sources, "user_id": any_text},
+        optional={
+            "content": any_text,
+            "source_id": channels,
+            "channel_id": channels,
+            "session_id": st.none() | st.text(max_size=8),
+            "metadata": seed_metadata,
+        },
+    ),
+)
+
+
+def _full_outcome(body: str) -> AgentRequestEvent | None:
+    """The model's own validator (``model_validate_json``); ``None`` where it refuses."""
+    try:
+        return AgentRequestEvent.model_validate_json(body)
+    except ValidationError:
+        return None
+
+
+def _same_event(one: AgentRequestEvent, other: AgentRequestEvent) -> bool:
+    """Equal, fields set included; an id or timestamp left to its default differs between two
+    validations and is left out."""
+    made = {"id", "timestamp"} - one.model_fields_set
+    return (
+        one.model_fields_set == other.model_fields_set
+        and one.model_dump(exclude=made) == other.model_dump(exclude=made)
+        and one.model_extra == other.model_extra
+        and one.model_dump_json(exclude=made) == other.model_dump_json(exclude=made)
+    )
+
+
+@settings(max_examples=400)
+@given(request_objects)
+def test_the_fast_request_validator_agrees_with_the_model(data: dict[str, object]) -> None:
+    """Where the validator without ``_read_seed_shape`` accepts an object, the model's own gives
+    the same event: that step changes nothing on what it accepts (seed shape and missing session
+    ids among the generated objects)."""
+    assert _REQUEST_FAST_PATH is not None
+    body = json.dumps(data)
+    full = _full_outcome(body)
+    with contextlib.suppress(ValidationError):
+        fast = _REQUEST_FAST_PATH.validate_json(body)
+        assert full is not None
+        assert _same_event(fast, full)
+    if full is None:
+        with pytest.raises(DynamicAgentsError):
+            CODEC.decode_json(body, AgentRequestEvent)
+    else:
+        assert _same_event(CODEC.decode_json(body, AgentRequestEvent), full)
+
+
+def test_the_codec_reads_the_seed_shape_and_fills_the_session_through_the_model() -> None:
+    """Objects the fast validator refuses (the seed's publish shape, no session id) still decode."""
+    seed = {
+        "type": "message",
+        "source": "discord",
+        "channel_id": "42",
+        "user_id": "u",
+        "content": "hi",
+        "metadata": {"agent_id": "a", "reply_to": "agent:responses:discord"},
+    }
+    event = CODEC.decode_json(json.dumps(seed), AgentRequestEvent)
+    assert (event.source_id, event.session_id, event.agent_id, event.reply_stream) == (
+        "42",
+        "discord:42",
+        "a",
+        "agent:responses:discord",
+    )
+    assert event.metadata == {"event_type": "message"}
+    assert (
+        CODEC.decode_json(
+            b'{"source":"rest","source_id":"c","user_id":"u","content":""}', AgentRequestEvent
+        ).session_id
+        == "rest:c"
+    )
+
+
+def test_a_repeated_key_means_the_same_on_both_paths() -> None:
+    body = '{"source":"rest","source_id":"a","source_id":"b","user_id":"u","content":"","session_id":"s"}'
+    decoded, full = CODEC.decode_json(body, AgentRequestEvent), _full_outcome(body)
+    assert full is not None
+    assert _same_event(decoded, full)
+    assert decoded.source_id == "b"
+
+
+def test_the_fast_request_validator_is_in_use() -> None:
+    """None would mean pydantic laid the model's schema out differently (a pydantic upgrade):
+    requests would still decode, only slower. This test says so instead of the benchmark."""
+    assert _REQUEST_FAST_PATH is not None

@@ -23,7 +23,7 @@ from dynamic_agents.events.envelope import (
     read_entry_data,
 )
 from dynamic_agents.events.lifecycle import LIFECYCLE_ADAPTER, LifecycleEvent
-from dynamic_agents.events.models import WireModel
+from dynamic_agents.events.models import AgentRequestEvent, WireModel, validate_request_json
 from dynamic_agents.exceptions import (
     ConfigurationError,
     DecodeError,
@@ -104,8 +104,10 @@ class EventCodec:
         """Parse and validate JSON into ``model``; raises an :class:`EventError` subclass."""
         self._check_size("event body", len(data))
         try:
-            if model is LifecycleEvent:
-                event: WireModel = LIFECYCLE_ADAPTER.validate_json(data)
+            if model is AgentRequestEvent:
+                event: WireModel = validate_request_json(data)
+            elif model is LifecycleEvent:
+                event = LIFECYCLE_ADAPTER.validate_json(data)
             else:
                 event = model.__pydantic_validator__.validate_json(data)  # = model_validate_json()
         except ValidationError as error:

@@ -6,7 +6,16 @@ import os
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import CoreSchema, SchemaValidator
 
 from dynamic_agents.events._types import (
     SCHEMA_VERSION,
@@ -146,6 +155,51 @@ class AgentResponseEvent(WireModel):
     files: list[dict[str, str]] = Field(default_factory=list)
 
     metadata: dict[str, JsonValue] = Field(default_factory=dict)
+
+
+def _without_seed_mapping() -> SchemaValidator | None:
+    """A validator of :class:`AgentRequestEvent` without its ``_read_seed_shape`` step.
+
+    That step is the identity on an object holding ``source_id`` and a string ``session_id``, and
+    every object lacking either fails this validator (``source_id`` is required, an empty
+    ``session_id`` is refused). So wherever this validator succeeds, the model's own gives the
+    same event; it only skips building the whole object in Python first, which the ``before``
+    step forces on JSON input (~7 µs against ~4.5 µs for a typical request). ``None`` if pydantic
+    lays the schema out differently than expected: the model's own validator is then used alone.
+    """
+
+    def strip(schema: CoreSchema) -> CoreSchema | None:
+        if schema["type"] in {"definitions", "function-after"}:
+            inner = strip(schema["schema"])
+            return None if inner is None else {**schema, "schema": inner}
+        if schema["type"] != "model" or schema["cls"] is not AgentRequestEvent:
+            return None
+        before = schema["schema"]
+        if before["type"] != "function-before":
+            return None
+        function = getattr(before["function"]["function"], "__func__", None)
+        if function is not AgentRequestEvent._read_seed_shape.__func__:
+            return None
+        return {**schema, "schema": before["schema"]}
+
+    stripped = strip(AgentRequestEvent.__pydantic_core_schema__)
+    return None if stripped is None else SchemaValidator(stripped)
+
+
+_REQUEST_FAST_PATH: SchemaValidator | None = _without_seed_mapping()
+
+
+def validate_request_json(data: bytes | str) -> AgentRequestEvent:
+    """``AgentRequestEvent.model_validate_json(data)``, faster for a request already in the
+    model's own shape (see :func:`_without_seed_mapping`); errors are always the model's own."""
+    if _REQUEST_FAST_PATH is not None:
+        try:
+            event: AgentRequestEvent = _REQUEST_FAST_PATH.validate_json(data)
+        except ValidationError:
+            pass  # the seed's shape, no session_id, or invalid: the full validator says which
+        else:
+            return event
+    return AgentRequestEvent.__pydantic_validator__.validate_json(data)  # type: ignore[no-any-return]
 
 
 _CHANNEL_KEYS = ("channel_id", "conversation_id", "chat_id")
