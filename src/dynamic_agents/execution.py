@@ -12,7 +12,7 @@ import inspect
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from pydantic import JsonValue
 
@@ -60,31 +60,37 @@ class ExecutionResult:
 
     def to_response(self, request: AgentRequestEvent, target: Target | None = None) -> AgentResponseEvent:
         """The response event answering ``request`` (secret values masked in its error message)."""
-        content_type = "structured" if self.structured_data is not None else "text"
+        # Only what differs from the response's defaults: each field passed is validated again.
+        fields: dict[str, Any] = {"request_id": request.id, "session_id": request.session_id}
+        if self.content:
+            fields["content"] = self.content
+        if self.structured_data is not None:
+            fields["content_type"] = "structured"
+            fields["structured_data"] = self.structured_data
         if not self.ok:
-            content_type = "error"
+            fields["content_type"] = "error"
+            fields["status"] = self.status
+        if self.error_message:  # an executor's error text may quote a provider error echoing a key
+            fields["error_message"] = REDACTOR.redact(self.error_message)
+        if target is not None:
+            fields["agent_id"] = target.id
+        if self.target_name is not None:
+            fields["agent_name"] = self.target_name
+        fields["execution_time_ms"] = self.duration_ms
+        if self.tokens is not None:
+            fields["tokens_used"] = self.tokens.total_tokens
+        if self.images:
+            fields["images"] = list(self.images)
+        if self.files:
+            fields["files"] = [dict(item) for item in self.files]
         metadata = dict(self.metadata)
         if target is not None:
             metadata.setdefault("target_type", target.type.value)
         if self.run_id is not None:
             metadata.setdefault("run_id", self.run_id)
-        return AgentResponseEvent(
-            request_id=request.id,
-            session_id=request.session_id,
-            content=self.content,
-            content_type=content_type,
-            structured_data=self.structured_data,
-            status=self.status,
-            # An executor's error text may quote a provider error that echoes a key.
-            error_message=REDACTOR.redact(self.error_message) if self.error_message else None,
-            agent_id=target.id if target is not None else None,
-            agent_name=self.target_name,
-            execution_time_ms=self.duration_ms,
-            tokens_used=self.tokens.total_tokens if self.tokens is not None else None,
-            images=list(self.images),
-            files=[dict(item) for item in self.files],
-            metadata=metadata,
-        )
+        if metadata:
+            fields["metadata"] = metadata
+        return AgentResponseEvent(**fields)
 
 
 def _since(started: float) -> int:

@@ -1,0 +1,65 @@
+"""``ExecutionResult.to_response``: every field of a result reaches the response event."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dynamic_agents._redaction import MASK
+from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, ResponseStatus, Target, TargetType
+from dynamic_agents.execution import ExecutionResult, TokenUsage
+from dynamic_agents.secrets import SecretValue
+
+CANARY = "sk-canary-to-response-5f1c9a"
+SecretValue(CANARY)  # registered with the process-wide redactor, as every resolved secret is
+
+REQUEST = AgentRequestEvent(source="slack", source_id="C1", user_id="u", content="hi")
+texts = st.text(max_size=20)
+metadata = st.dictionaries(st.sampled_from(["target_type", "run_id", "x"]), texts, max_size=3)
+results = st.builds(
+    ExecutionResult,
+    status=st.sampled_from(ResponseStatus),
+    content=texts,
+    structured_data=st.none() | st.dictionaries(texts, texts, max_size=2),
+    error_message=st.none() | texts | st.just(f"401: bad key {CANARY}"),
+    tokens=st.none() | st.builds(TokenUsage, total_tokens=st.integers(0, 10**6)),
+    duration_ms=st.integers(0, 10**7),
+    images=st.lists(texts, max_size=2).map(tuple),
+    files=st.lists(st.dictionaries(texts, texts, max_size=2), max_size=2).map(tuple),
+    run_id=st.none() | texts,
+    target_name=st.none() | texts,
+    metadata=metadata,
+)
+targets = st.none() | st.builds(Target, type=st.sampled_from(TargetType), id=st.just("helper"))
+
+
+@given(results, targets)
+def test_every_field_of_a_result_reaches_the_response(result: ExecutionResult, target: Target | None) -> None:
+    response = result.to_response(REQUEST, target)
+    expected_type = "structured" if result.structured_data is not None else "text"
+    expected_metadata = dict(result.metadata)
+    if target is not None:
+        expected_metadata.setdefault("target_type", target.type.value)
+    if result.run_id is not None:
+        expected_metadata.setdefault("run_id", result.run_id)
+    assert (response.request_id, response.session_id) == (REQUEST.id, REQUEST.session_id)
+    assert response.status == result.status
+    assert response.content == result.content
+    assert response.content_type == (expected_type if result.ok else "error")
+    assert response.structured_data == result.structured_data
+    assert response.agent_id == (target.id if target is not None else None)
+    assert response.agent_name == result.target_name
+    assert response.execution_time_ms == result.duration_ms
+    assert response.tokens_used == (result.tokens.total_tokens if result.tokens is not None else None)
+    assert (response.images, response.files) == (list(result.images), list(result.files))
+    assert response.metadata == expected_metadata
+    assert response.error_message == (
+        result.error_message.replace(CANARY, MASK) if result.error_message else None
+    )
+    # What is left out because it equals the default reads back the same from the wire.
+    assert AgentResponseEvent.model_validate_json(response.model_dump_json()) == response
+
+
+def test_an_error_message_echoing_a_secret_is_masked_on_the_wire() -> None:
+    result = ExecutionResult(ResponseStatus.ERROR, error_message=f"AuthenticationError: key {CANARY}")
+    assert CANARY not in result.to_response(REQUEST).model_dump_json()
