@@ -87,6 +87,16 @@ def test_light_imports_load_neither_litellm_nor_agno(module: str) -> None:
     assert loaded == []
 
 
+def test_the_events_package_builds_the_lifecycle_models_on_first_use() -> None:
+    """A front end that only publishes requests and reads replies never pays for them."""
+    code = (
+        "import sys; import dynamic_agents.events as events; "
+        "print('dynamic_agents.events.lifecycle' in sys.modules); events.RunStarted; "
+        "print('dynamic_agents.events.lifecycle' in sys.modules)"
+    )
+    assert subprocess.check_output([sys.executable, "-c", code], text=True).split() == ["False", "True"]
+
+
 def test_every_error_subclasses_the_base_and_a_builtin() -> None:
     for name in exceptions.__all__:
         error = getattr(exceptions, name)

@@ -1,8 +1,12 @@
 """Wire models, stream names and codecs: what travels between interfaces and workers.
 
-Nothing here imports a broker client, agno or litellm.
+Nothing here imports a broker client, agno or litellm. The lifecycle events are loaded on first use:
+a front end that only publishes requests and reads replies never builds their models.
 """
 
+from typing import TYPE_CHECKING
+
+from dynamic_agents._lazy import lazy_exports as _lazy_exports
 from dynamic_agents.events._types import KNOWN_SOURCES, SCHEMA_VERSION
 from dynamic_agents.events.codecs import (
     DEFAULT_MAX_CONTENT_LENGTH,
@@ -11,16 +15,6 @@ from dynamic_agents.events.codecs import (
     EventCodec,
 )
 from dynamic_agents.events.envelope import Envelope, decode_envelope, encode_envelope
-from dynamic_agents.events.lifecycle import (
-    ContentDelta,
-    LifecycleEvent,
-    RequestAccepted,
-    RunCompleted,
-    RunFailed,
-    RunStarted,
-    Target,
-    TargetType,
-)
 from dynamic_agents.events.models import (
     AgentRequestEvent,
     AgentResponseEvent,
@@ -29,6 +23,22 @@ from dynamic_agents.events.models import (
     WireModel,
 )
 from dynamic_agents.events.streams import DEFAULT_PREFIX, StreamNames
+from dynamic_agents.events.targets import Target, TargetType
+
+if TYPE_CHECKING:
+    from dynamic_agents.events.lifecycle import (
+        ContentDelta,
+        LifecycleEvent,
+        RequestAccepted,
+        RunCompleted,
+        RunFailed,
+        RunStarted,
+    )
+
+_LAZY = dict.fromkeys(
+    ("ContentDelta", "LifecycleEvent", "RequestAccepted", "RunCompleted", "RunFailed", "RunStarted"),
+    "dynamic_agents.events.lifecycle",
+)
 
 __all__ = [
     "DEFAULT_MAX_CONTENT_LENGTH",
@@ -56,3 +66,5 @@ __all__ = [
     "decode_envelope",
     "encode_envelope",
 ]
+
+__getattr__ = _lazy_exports(__name__, _LAZY, globals())

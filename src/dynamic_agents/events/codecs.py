@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Generic, TypeVar
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 
 from dynamic_agents.events.envelope import (
@@ -22,7 +22,6 @@ from dynamic_agents.events.envelope import (
     encode_with_correlation_id,
     read_entry_data,
 )
-from dynamic_agents.events.lifecycle import LIFECYCLE_ADAPTER, LifecycleEvent
 from dynamic_agents.events.models import AgentRequestEvent, WireModel, validate_request_json
 from dynamic_agents.exceptions import (
     ConfigurationError,
@@ -43,6 +42,16 @@ DEFAULT_MAX_CONTENT_LENGTH: Final = 256 * 1024
 JSON_CONTENT_TYPE: Final = "application/json"
 _RESERVED_HEADERS: Final = frozenset({"correlation_id", "content-type", "reply_to"})
 _VALUE_PREVIEW: Final = 60
+
+
+_UNIONS: dict[type[WireModel], TypeAdapter[Any]] = {}
+
+
+def _register_union(base: type[WireModel], adapter: TypeAdapter[Any]) -> None:
+    """Decode ``base`` with ``adapter``, a union of its subclasses: ``decode_json(data, base)``
+    then gives the subclass the data names. The lifecycle events register themselves this way, so
+    the codec does not import them."""
+    _UNIONS[base] = adapter
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,8 +115,8 @@ class EventCodec:
         try:
             if model is AgentRequestEvent:
                 event: WireModel = validate_request_json(data)
-            elif model is LifecycleEvent:
-                event = LIFECYCLE_ADAPTER.validate_json(data)
+            elif model in _UNIONS:
+                event = _UNIONS[model].validate_json(data)
             else:
                 event = model.__pydantic_validator__.validate_json(data)  # = model_validate_json()
         except ValidationError as error:

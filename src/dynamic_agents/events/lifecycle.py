@@ -7,13 +7,14 @@ failed before a target was chosen). ``type`` tells them apart; decode any of the
 
 from __future__ import annotations
 
-from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter
+from pydantic import Field, JsonValue, TypeAdapter
 
 from dynamic_agents.events._types import EventId, UtcDatetime, utc_now
+from dynamic_agents.events.codecs import _register_union
 from dynamic_agents.events.models import ResponseStatus, WireModel
+from dynamic_agents.events.targets import Target, TargetType
 
 __all__ = [
     "ContentDelta",
@@ -25,21 +26,6 @@ __all__ = [
     "Target",
     "TargetType",
 ]
-
-
-class TargetType(StrEnum):
-    AGENT = "agent"
-    TEAM = "team"
-    WORKFLOW = "workflow"
-
-
-class Target(BaseModel):
-    """What runs a request: an agent, a team or a workflow, by id."""
-
-    model_config = ConfigDict(frozen=True)
-
-    type: TargetType
-    id: str = Field(min_length=1)
 
 
 class LifecycleEvent(WireModel):
@@ -94,3 +80,4 @@ AnyLifecycleEvent = Annotated[
     Field(discriminator="type"),
 ]
 LIFECYCLE_ADAPTER: TypeAdapter[AnyLifecycleEvent] = TypeAdapter(AnyLifecycleEvent)
+_register_union(LifecycleEvent, LIFECYCLE_ADAPTER)
