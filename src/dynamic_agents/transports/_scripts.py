@@ -80,9 +80,6 @@ local function exists(keys)
   end
   return count
 end
-"""
-
-_MGET: Final = """
 local function mget(keys)
   local values = {}
   for first = 1, #keys, 1000 do
@@ -113,7 +110,6 @@ end
 COMPLETE: Final = (
     "#!lua\n"
     + _CHUNKED
-    + _MGET
     + """
 local field, n, width = ARGV[1], #KEYS / 4, 10
 local record_keys, checks, kinds = {}, {}, {}
