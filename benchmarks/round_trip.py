@@ -152,17 +152,18 @@ AGNO_DBS: Final = {"memory": "agno's InMemoryDb", "sqlite": "SQLite (session_db)
 # Round trips from the worker's read to the reply entry existing, by reading the code (see README).
 CRITICAL_PATH: Final = {
     "minimal": (
-        3,
-        "XREADGROUP, claim [SET NX lease, MGET lease/record/cancel], EVALSHA complete (+ lease release)",
+        2,
+        "XREADGROUP with the session claims behind it (EVALSHA: SET NX lease, MGET lease/record/cancel), "
+        "EVALSHA complete (+ lease release)",
     ),
     "events": (
-        3,
-        "minimal's 3; the 4 events (accepted, started, delta, completed) follow in the background "
+        2,
+        "minimal's 2; the 4 events (accepted, started, delta, completed) follow in the background "
         "(one EVALSHA per batch)",
     ),
     "raw": (2, "XREADGROUP, pipeline [XADD reply, XACK]"),
     "faststream": (2, "XREADGROUP, XADD reply (its XACK follows, off the path)"),
-    "agno": (3, "minimal's 3 (the agent run itself sends nothing to Redis)"),
+    "agno": (2, "minimal's 2 (the agent run itself sends nothing to Redis)"),
 }
 ADMIN_COMMANDS: Final = frozenset({"info", "config|resetstat"})
 CORPUS: Final = (

@@ -6,13 +6,20 @@ import os
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import pytest
 from hypothesis import HealthCheck, settings
 
+from dynamic_agents.events import StreamNames
 from dynamic_agents.testing import RedisServer
 from tests.support import services
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from dynamic_agents.transports import RedisStreamsTransport
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("AGNO_TELEMETRY", "false")
@@ -62,6 +69,26 @@ async def redis_prefix(_redis_available: str) -> AsyncIterator[str]:
             await client.delete(*keys)
     finally:
         await client.aclose()
+
+
+@pytest.fixture
+async def redis_transport(redis_url: str, redis_prefix: str) -> AsyncIterator[RedisStreamsTransport]:
+    """A Redis transport on this test's prefix."""
+    from dynamic_agents.transports import RedisStreamsTransport
+
+    transport = RedisStreamsTransport.from_url(redis_url, names=StreamNames(redis_prefix))
+    yield transport
+    await transport.aclose()
+
+
+@pytest.fixture
+async def redis_client(redis_url: str) -> AsyncIterator[Redis]:
+    """A plain redis-py client (raw bytes), to look at or arrange what the library wrote."""
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
 
 
 @pytest.fixture(scope="session")

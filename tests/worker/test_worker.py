@@ -320,7 +320,7 @@ async def test_the_claims_of_a_read_are_sent_before_the_next_read(redis_url: str
     names = StreamNames(redis_prefix)
     transport = RedisStreamsTransport.from_url(redis_url, names=names)
     sent: list[str] = []
-    read, write = transport._xread, transport._pipeline._write
+    read, write = transport._read_with, transport._pipeline._write
 
     async def logged_read(*args: Any) -> object:
         sent.append("read")
@@ -331,7 +331,7 @@ async def test_the_claims_of_a_read_are_sent_before_the_next_read(redis_url: str
             sent.append("claims")
         write(wire, calls)  # type: ignore[arg-type]
 
-    transport._xread = logged_read  # type: ignore[method-assign]
+    transport._read_with = logged_read  # type: ignore[method-assign]
     transport._pipeline._write = logged_write  # type: ignore[method-assign]
     try:
         for n in range(5):

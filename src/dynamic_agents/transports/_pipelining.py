@@ -163,9 +163,12 @@ class AutoPipeline:
         self.writes = 0
         """Socket writes so far: one per batch of commands sent (one round trip)."""
 
-    def script(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Arg]) -> ReplyFuture:
-        """Queue a script call; the future resolves with its reply (or its error)."""
-        return self._queue(partial(_evalsha, script, keys, args), script)
+    def script(
+        self, script: AsyncScript, keys: Sequence[Arg], args: Sequence[Arg], *, blocks: float = 0.0
+    ) -> ReplyFuture:
+        """Queue a script call; the future resolves with its reply (or its error). ``blocks``: as
+        for :meth:`command`, when it is queued behind a blocking command."""
+        return self._queue(partial(_evalsha, script, keys, args), script, blocks)
 
     def batched(self, kind: BatchScript[ItemT] | BatchCommands[ItemT], item: ItemT) -> ReplyFuture:
         """Queue one call of a batch; the future resolves with this item's reply."""
@@ -412,7 +415,7 @@ def _take_over(connection: AbstractConnection) -> asyncio.StreamWriter:
     return writer
 
 
-def _evalsha(script: AsyncScript, keys: Sequence[str], args: Sequence[Arg]) -> tuple[tuple[Arg, ...]]:
+def _evalsha(script: AsyncScript, keys: Sequence[Arg], args: Sequence[Arg]) -> tuple[tuple[Arg, ...]]:
     return (("EVALSHA", script.sha, len(keys), *keys, *args),)
 
 

@@ -197,6 +197,75 @@ return results
 """
 )
 
+# Claims, in the round trip of the read that delivered them, the session leases of the entries a
+# blocking XREADGROUP just gave this consumer: sent on the read's connection right behind it, it
+# runs as soon as the read is answered. KEYS[1] stream; ARGV: group, consumer, the id after which
+# entries are new to the caller, the most entries to claim for, token prefix, lease ttl ms, key
+# prefix, data field, then sessions not to claim (the caller's own requests in flight for them
+# come first). With more new entries than that, it claims none.
+# The new entries are those this consumer holds after that id and got once (XPENDING), read with
+# one XRANGE over their span (other consumers' entries in it are skipped). For each one whose data
+# is a binary envelope with "session_id" and "id" string members in its JSON body: SET NX of the
+# session's lease (token: prefix, entry id, '/', request id); then one MGET of every lease, record
+# and cancel flag key. Returns {{{entry id, session id, request id, token}…}, values}. Others are
+# left to the caller, who claims them the usual way.
+# The ids are found by plain finds, not by decoding the JSON (several times cheaper in Redis):
+# only strings without escapes or control characters, and the first member of each name, which
+# the caller checks against the decoded request (a nested "id" first, say, is given back). The
+# script names the lease, record and cancel flag keys itself (they are known only from the
+# entries): with a hash-tagged prefix they share the stream's Cluster slot.
+CLAIM_READ: Final = (
+    "#!lua\n"
+    + _CHUNKED
+    + """
+local function member(data, name, from)
+  local _, colon = string.find(data, '"' .. name .. '":', from, true)
+  return colon and string.match(data, '^%s*"([^"\\\\%c]+)"', colon + 1)
+end
+local function request_of(data)
+  if not data or string.sub(data, 1, 8) ~= '\\137BIN\\r\\n\\026\\n' then return nil end
+  local ok, version, _, data_start = pcall(struct.unpack, '>HII', data, 9)
+  if not ok or version ~= 1 or data_start >= #data then return nil end
+  local session, request = member(data, 'session_id', data_start + 1), member(data, 'id', data_start + 1)
+  if session and request then return session, request end
+end
+local group, consumer, prefix, field = ARGV[1], ARGV[2], ARGV[7], ARGV[8]
+local skip = {}
+for i = 9, #ARGV do skip[ARGV[i]] = true end
+local most = tonumber(ARGV[4])
+local pending = redis.call('XPENDING', KEYS[1], group, '(' .. ARGV[3], '+', most + 1, consumer)
+if #pending > most then return {{}, {}} end
+local new, first, last = {}, nil, nil
+for _, p in ipairs(pending) do
+  if p[4] == 1 then
+    new[p[1]] = true
+    first, last = first or p[1], p[1]
+  end
+end
+if not first then return {{}, {}} end
+local claimed, checks = {}, {}
+for _, entry in ipairs(redis.call('XRANGE', KEYS[1], first, last)) do
+  local id, fields, data = entry[1], entry[2], nil
+  if new[id] then
+    for i = 1, #fields, 2 do
+      if fields[i] == field then data = fields[i + 1] break end
+    end
+  end
+  local session, request = request_of(data)
+  if session and not skip[session] then
+    local lease, token = prefix .. ':lease:' .. session, ARGV[5] .. id .. '/' .. request
+    redis.call('SET', lease, token, 'NX', 'PX', ARGV[6])
+    claimed[#claimed + 1] = {id, session, request, token}
+    checks[#checks + 1] = lease
+    checks[#checks + 1] = prefix .. ':completed:' .. request
+    checks[#checks + 1] = prefix .. ':cancel:' .. request
+  end
+end
+if #claimed == 0 then return {{}, {}} end
+return {claimed, mget(checks)}
+"""
+)
+
 # KEYS: stream, dead-letter stream, record key (or the dead-letter stream again)[, reply stream]
 # ARGV: group, entry id, consumer, n dead-letter pairs, reply maxlen or '', reply expire ms or '',
 #       check record ('1' or '0'), reply channel or '', channel payload,

@@ -11,7 +11,7 @@ import asyncio
 import secrets
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from types import TracebackType
@@ -86,6 +86,13 @@ class Subscription(Generic[E]):
     off); the reclaim scan runs at most every ``claim_interval`` (default: half of
     ``claim_min_idle``). Undecodable entries are dead-lettered by the transport when
     ``dead_letter_undecodable`` is true, and still returned (``settled``) so the caller can count them.
+
+    With ``claim_ttl`` set, a transport that can claims each new request's session lease (for
+    that many seconds) in the read's own round trip, and returns it as :attr:`Delivery.claim`; the
+    Redis transport does so for requests in FastStream's binary envelope whose JSON body has a
+    ``session_id``, in reads of at most 8 new requests (a bigger batch shares the round trip of
+    its claims anyway, and plain commands cost Redis less); the in-memory one never. Entries it
+    does not claim have ``claim`` ``None``.
     """
 
     stream: str
@@ -97,10 +104,13 @@ class Subscription(Generic[E]):
     claim_min_idle: float | None = 60.0
     claim_interval: float | None = None
     dead_letter_undecodable: bool = True
+    claim_ttl: float | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ConfigurationError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.claim_ttl is not None and self.claim_ttl <= 0:
+            raise ConfigurationError(f"claim_ttl must be > 0 seconds, got {self.claim_ttl}")
         if self.block < 0:
             raise ConfigurationError(f"block must be >= 0 seconds, got {self.block}")
         if self.claim_min_idle is not None and self.claim_min_idle <= 0:
@@ -122,11 +132,17 @@ class Delivery(Entry[E]):
 
     ``settled`` is true for an undecodable entry the transport has already dead-lettered: acking or
     dead-lettering it again does nothing.
+
+    ``claim`` is the request's session claim made in the read's own round trip, when the
+    subscription asked for it (``claim_ttl``) and the transport can (Redis): what
+    :meth:`Coordinator.claim` of ``(event.session_id, [event.id], claim_ttl)`` returned at that
+    moment. A lease it holds is the caller's to use or release.
     """
 
     subscription: Subscription[E] | None = None
     delivery_count: int = 1
     settled: bool = False
+    claim: Claim | None = None
 
     @property
     def sub(self) -> Subscription[E]:
@@ -266,6 +282,8 @@ class TransportStats:
     delivered: int = 0
     reclaimed: int = 0
     reclaimed_deleted: int = 0
+    claimed_on_read: int = 0
+    """Requests whose session claim came with their read (:attr:`Subscription.claim_ttl`)."""
     acked: int = 0
     dead_lettered: int = 0
     undecodable: int = 0
@@ -354,9 +372,14 @@ class Transport(_AsyncResource):
         """
 
     @abstractmethod
-    async def read(self, subscription: Subscription[E], count: int) -> list[Delivery[E]]:
+    async def read(
+        self, subscription: Subscription[E], count: int, *, skip_sessions: Collection[str] = ()
+    ) -> list[Delivery[E]]:
         """Up to ``count`` deliveries: reclaimed ones first, then new ones, waiting at most
-        ``subscription.block`` seconds when there are none. Never returns more than ``count``."""
+        ``subscription.block`` seconds when there are none. Never returns more than ``count``.
+
+        With ``subscription.claim_ttl``, the sessions in ``skip_sessions`` are not claimed on
+        read: the caller's own requests in flight for them come first, and claim in turn."""
 
     async def consume(
         self, subscription: Subscription[E], capacity: Callable[[], int]
@@ -513,7 +536,9 @@ class Coordinator(_AsyncResource):
         """Release what the coordinator owns (nothing, when it shares a transport's client)."""
 
 
-def delivered(entry: Entry[E], subscription: Subscription[E], count: int) -> Delivery[E]:
+def delivered(
+    entry: Entry[E], subscription: Subscription[E], count: int, claim: Claim | None = None
+) -> Delivery[E]:
     """The delivery of ``entry`` to ``subscription``'s consumer, delivered ``count`` times."""
     return Delivery(
         stream=entry.stream,
@@ -523,6 +548,7 @@ def delivered(entry: Entry[E], subscription: Subscription[E], count: int) -> Del
         error=entry.error,
         subscription=subscription,
         delivery_count=count,
+        claim=claim,
     )
 
 

@@ -10,7 +10,7 @@ only ``block`` waits use real time. Everything a transport writes in one call ha
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -279,7 +279,9 @@ class InMemoryTransport(Transport):
         data.groups[group] = _Group(last_delivered=start)
         return True
 
-    async def read(self, subscription: Subscription[E], count: int) -> list[Delivery[E]]:
+    async def read(
+        self, subscription: Subscription[E], count: int, *, skip_sessions: Collection[str] = ()
+    ) -> list[Delivery[E]]:
         self._check_open()
         if count <= 0:
             return []

@@ -8,7 +8,9 @@ calls on a worker's hot path (``complete``, ``RedisCoordinator.claim``, ``publis
 (``_pipelining``): the completions among them as one call of the ``COMPLETE`` batch script,
 the claims as one ``SET NX`` each and one ``MGET`` for all (no script: a Lua call costs Redis
 several times the commands it runs). Those calls share one connection of the transport's own,
-and each blocking read in flight has one (``XREADGROUP`` / ``XREAD``), idle ones reused. Every
+and each blocking read in flight has one (``XREADGROUP`` / ``XREAD``), idle ones reused. A read
+with ``Subscription.claim_ttl`` sends the ``CLAIM_READ`` script right behind its ``XREADGROUP``,
+on its connection: a small batch's claims cost no round trip of their own. Every
 attempt is bounded by ``operation_timeout``; a lost connection or a timeout is retried with capped
 exponential backoff and jitter; a group lost to ``FLUSHALL`` or a restart without persistence
 (``NOGROUP``) is recreated at ``0``.
@@ -18,13 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import weakref
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from json.encoder import encode_basestring_ascii as _json_string
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from dynamic_agents._logging import get_logger
 from dynamic_agents.events import EventCodec, StreamNames, WireModel
@@ -66,6 +69,7 @@ try:
     from redis.asyncio import Redis
     from redis.asyncio.client import Pipeline
     from redis.backoff import ExponentialWithJitterBackoff
+    from redis.commands.core import AsyncScript
 
     from dynamic_agents.transports._pipelining import (  # needs hiredis
         Arg,
@@ -284,12 +288,15 @@ class RedisStreamsTransport(Transport):
         self._completes = BatchScript(client.register_script(_scripts.COMPLETE), _pack_completions)
         self._dead_letter = client.register_script(_scripts.DEAD_LETTER)
         self._trim = client.register_script(_scripts.TRIM_ACKNOWLEDGED)
+        self._claim_read = client.register_script(_scripts.CLAIM_READ)
+        self._release_lease = client.register_script(_scripts.RELEASE_LEASE)
         self._pipeline = AutoPipeline(client, timeout=operation_timeout)
         self._readers: list[AutoPipeline] = []  # idle: one connection per blocking read in flight
         self._all_readers: weakref.WeakSet[AutoPipeline] = weakref.WeakSet()
         self._closed = False
         self._cursors: dict[tuple[str, str, str], str] = {}
         self._reclaimed_at: dict[tuple[str, str, str], float] = {}
+        self._read_up_to: dict[tuple[str, str, str], str] = {}  # the last entry a '>' read returned
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> RedisStreamsTransport:
@@ -385,7 +392,9 @@ class RedisStreamsTransport(Transport):
             logger.info("created group %r on %r at %s", group, stream, start_id)
         return created
 
-    async def read(self, subscription: Subscription[E], count: int) -> list[Delivery[E]]:
+    async def read(
+        self, subscription: Subscription[E], count: int, *, skip_sessions: Collection[str] = ()
+    ) -> list[Delivery[E]]:
         if count <= 0:
             return []
         failures = 0
@@ -394,7 +403,7 @@ class RedisStreamsTransport(Transport):
             bound = self._retry.timeout + max(subscription.block, 0.0)
             try:
                 async with asyncio.timeout(bound):
-                    deliveries = await self._read_once(subscription, count)
+                    deliveries = await self._read_once(subscription, count, skip_sessions)
             except TransportError:  # our own (a reply of an unexpected shape…): not worth a retry
                 raise
             except _CONNECTION_ERRORS as error:  # (asyncio's TimeoutError is an OSError)
@@ -419,18 +428,57 @@ class RedisStreamsTransport(Transport):
             self.stats.delivered += len(deliveries)
             return await settle_undecodable(self, subscription, deliveries)
 
-    async def _read_once(self, sub: Subscription[E], count: int) -> list[Delivery[E]]:
+    async def _read_once(
+        self, sub: Subscription[E], count: int, skip_sessions: Collection[str]
+    ) -> list[Delivery[E]]:
         deliveries = await self._reclaim(sub, count)
         remaining = count - len(deliveries)
         if remaining <= 0:
             return deliveries
         block = 0.0 if deliveries or sub.block <= 0 else sub.block
         args = ("XREADGROUP", "GROUP", sub.group, sub.consumer, "COUNT", remaining)
-        response = await self._xread(args, block, sub.stream, ">")
-        for entry_id, fields in _stream_entries(response):
+        key, ttl = (sub.stream, sub.group, sub.consumer), sub.claim_ttl
+        up_to = self._read_up_to.get(key) if ttl is not None else None
+        if ttl is None or up_to is None:  # no claims, or the first read: which entries are new?
+            response, claimed = await self._xread(args, block, sub.stream, ">"), None
+        else:
+            token_prefix = f"{secrets.token_hex(8)}:"
+            claim_args: list[Arg] = [sub.group, sub.consumer, up_to, _CLAIM_ON_READ_MAX, token_prefix]
+            claim_args += (_ms(ttl), self.names.prefix, DATA_FIELD, *skip_sessions)
+            claiming = (self._claim_read, [sub.stream], claim_args)
+            response, claimed = await self._read_with(args, block, sub.stream, ">", claiming)
+        entries = _stream_entries(response)
+        if entries:
+            self._read_up_to[key] = entries[-1][0]
+        claims = _read_claims(claimed, self.names.prefix) if claimed is not None else {}
+        give_back: list[_ReadClaim] = []
+        for entry_id, fields in entries:
             entry = decode_entry(self.codec, sub.stream, entry_id, fields, sub.model)
-            deliveries.append(delivered(entry, sub, 1))
+            read_claim = claims.pop(entry_id, None) if claims else None
+            claim = None
+            if read_claim is not None and ttl is not None:
+                claim = read_claim.outcome(entry, ttl)
+                if claim is None or claim.status in _GIVEN_BACK:
+                    give_back.append(read_claim)
+                else:
+                    self.stats.claimed_on_read += 1
+            deliveries.append(delivered(entry, sub, 1, claim))
+        give_back += claims.values()  # entries of an earlier read whose reply was lost
+        if give_back:
+            await self._give_back(give_back)
         return deliveries
+
+    async def _give_back(self, claims: list[_ReadClaim]) -> None:
+        """Release the leases taken on read that will not be used (a request answered or cancelled
+        before, an entry that did not decode, or one the read did not return)."""
+        taken = [claim for claim in claims if claim.leased]
+        replies = await asyncio.gather(
+            *(self._pipeline.script(self._release_lease, [c.lease_key], [c.token]) for c in taken),
+            return_exceptions=True,
+        )
+        for reply in replies:
+            if isinstance(reply, BaseException):  # it expires with its ttl anyway
+                logger.warning("releasing a lease taken on read failed: %s", reply)
 
     async def _reclaim(self, sub: Subscription[E], count: int) -> list[Delivery[E]]:
         if sub.claim_min_idle is None:
@@ -660,21 +708,55 @@ class RedisStreamsTransport(Transport):
         """``XREAD`` / ``XREADGROUP`` (``head``) of ``stream`` after ``after``, blocking up to
         ``block`` seconds (``0``: not at all), its reply raw. Each read in flight has a connection
         of its own (a blocking read holds its connection), taken from the idle ones or made."""
+        reply, _ = await self._read_with(head, block, stream, after, None)
+        return reply
+
+    async def _read_with(
+        self,
+        head: tuple[Arg, ...],
+        block: float,
+        stream: str,
+        after: str,
+        then: tuple[AsyncScript, list[str], list[Arg]] | None,
+    ) -> tuple[object, object]:
+        """:meth:`_xread`, and the script call ``then`` sent right behind it, on its connection:
+        Redis runs it as soon as the read is answered. Its reply (``None`` if it failed: logged)."""
         self._check_open(f"reading {stream!r}")
         reader = self._readers.pop() if self._readers else self._new_reader()
         command = (*head, "BLOCK", _ms(block)) if block > 0 else head
+        blocks = max(block, 0.0)
+        behind = None
         try:
-            reply = await reader.command(*command, "STREAMS", stream, after, blocks=max(block, 0.0))
+            read = reader.command(*command, "STREAMS", stream, after, blocks=blocks)
+            behind = reader.script(*then, blocks=blocks) if then is not None else None
+            reply = await read
         except redis_errors.ResponseError:  # (NOGROUP…) an answer: the connection is fine
+            if behind is not None:
+                behind.cancel()  # its reply (the same error) is read and dropped
             self._idle(reader)
             raise
         except BaseException as error:  # cancelled or failed: the read may still be outstanding on it
+            if behind is not None:
+                behind.cancel()
             reader.close()
             if self._closed and not isinstance(error, asyncio.CancelledError):  # by aclose()
                 raise TransportError(f"reading {stream!r} failed: the transport is closed") from error
             raise
+        extra: object = None
+        if behind is not None:
+            try:
+                extra = await behind
+            except redis_errors.ResponseError as error:  # the read's entries still count
+                logger.warning("the script sent behind a read of %r failed: %s", stream, error)
+            except asyncio.CancelledError:
+                reader.close()
+                raise
+            except Exception as error:  # the connection, lost after the read's reply: its entries count
+                logger.warning("the script sent behind a read of %r failed: %r", stream, error)
+                reader.close()
+                return reply, None
         self._idle(reader)
-        return reply
+        return reply, extra
 
     def _idle(self, reader: AutoPipeline) -> None:
         if self._closed:  # closed while it read
@@ -773,6 +855,74 @@ def _unpack_claims(claims: Sequence[_Claim], replies: list[object]) -> list[obje
     return parts
 
 
+_CLAIM_ON_READ_MAX: Final = 8
+"""The most new requests a read claims for (``Subscription.claim_ttl``). A read that delivers
+more claims none: their claims go out as plain commands in one write, whose round trip they share,
+and which cost Redis less than the claim script's copy of every entry."""
+
+_GIVEN_BACK: Final = frozenset({ClaimStatus.ANSWERED, ClaimStatus.CANCELLED})
+"""Claims that found a request answered or cancelled: a lease they took is given back."""
+
+
+def _claim_outcome(lease: Lease, request_ids: Sequence[str], leased: bool, flags: list[object]) -> Claim:
+    """A claim from what it read: whether it holds ``lease``, then the requests' record keys and
+    cancel flags (``flags``, in that order)."""
+    if flags.count(None) < len(flags):  # a request answered (its record) or cancelled (its flag)
+        n = len(request_ids)
+        answered = frozenset(
+            rid for rid, flag in zip(request_ids, flags[:n], strict=True) if flag is not None
+        )
+        if answered:
+            return Claim(ClaimStatus.ANSWERED, request_ids=answered)
+        cancelled = frozenset(
+            rid for rid, flag in zip(request_ids, flags[n:], strict=True) if flag is not None
+        )
+        return Claim(ClaimStatus.CANCELLED, request_ids=cancelled)
+    return Claim(ClaimStatus.LEASED, lease) if leased else Claim(ClaimStatus.BUSY)
+
+
+@dataclass(frozen=True, slots=True)
+class _ReadClaim:
+    """One lease claim of the ``CLAIM_READ`` script, as Redis saw the entry: raw bytes."""
+
+    session_id: bytes
+    request_id: bytes
+    token: bytes
+    lease_key: bytes
+    values: list[object]  # the lease's value, the request's record and its cancel flag
+
+    @property
+    def leased(self) -> bool:
+        return self.values[0] == self.token
+
+    def outcome(self, entry: Entry[Any], ttl: float) -> Claim | None:
+        """The claim of the request ``entry`` decoded to, if the script read the same ids."""
+        if entry.message is None:
+            return None
+        event = entry.message.event
+        session_id, request_id = getattr(event, "session_id", None), getattr(event, "id", None)
+        if not isinstance(session_id, str) or not isinstance(request_id, str):
+            return None
+        if session_id.encode() != self.session_id or request_id.encode() != self.request_id:
+            return None
+        lease = Lease(session_id, self.token.decode(), ttl)
+        return _claim_outcome(lease, [request_id], self.leased, self.values[1:])
+
+
+def _read_claims(reply: object, prefix: str) -> dict[str, _ReadClaim]:
+    """The ``CLAIM_READ`` reply by entry id."""
+    claimed, reply_values = _list(reply)
+    values = _list(reply_values)
+    claims: dict[str, _ReadClaim] = {}
+    for at, item in enumerate(_list(claimed)):
+        entry_id, session_id, request_id, token = (_bytes(part) for part in _list(item))
+        lease_key = b"%s:lease:%s" % (prefix.encode(), session_id)
+        claims[entry_id.decode()] = _ReadClaim(
+            session_id, request_id, token, lease_key, values[3 * at : 3 * at + 3]
+        )
+    return claims
+
+
 def _flatten(fields: Mapping[str, bytes] | Mapping[bytes, bytes]) -> list[bytes | str | int]:
     flat: list[bytes | str | int] = []
     for key, value in fields.items():
@@ -852,23 +1002,13 @@ class RedisCoordinator(Coordinator):
         lease_value, *flags = _list(reply)
         lease = Lease(session_id, token, ttl)
         leased = lease_value == token.encode()  # so a retry after a lost reply finds its own lease
-        if flags.count(None) < len(flags):  # a request answered (its record) or cancelled (its flag)
-            if leased:  # taken before the records were read: give it back
-                try:
-                    await self.release(lease)
-                except TransportError as error:  # it expires within ttl anyway
-                    logger.warning("releasing the lease of %s failed: %s", session_id, error)
-            n = len(request_ids)
-            answered = frozenset(
-                rid for rid, flag in zip(request_ids, flags[:n], strict=True) if flag is not None
-            )
-            if answered:
-                return Claim(ClaimStatus.ANSWERED, request_ids=answered)
-            cancelled = frozenset(
-                rid for rid, flag in zip(request_ids, flags[n:], strict=True) if flag is not None
-            )
-            return Claim(ClaimStatus.CANCELLED, request_ids=cancelled)
-        return Claim(ClaimStatus.LEASED, lease) if leased else Claim(ClaimStatus.BUSY)
+        outcome = _claim_outcome(lease, request_ids, leased, flags)
+        if leased and outcome.status in _GIVEN_BACK:  # taken before the records were read: give it back
+            try:
+                await self.release(lease)
+            except TransportError as error:  # it expires within ttl anyway
+                logger.warning("releasing the lease of %s failed: %s", session_id, error)
+        return outcome
 
     async def renew(self, lease: Lease, ttl: float | None = None) -> bool:
         ttl_ms = _ms(_positive(ttl if ttl is not None else lease.ttl))

@@ -44,6 +44,11 @@ class WorkerSettings:
     * ``record_ttl``: how long a completed-request record outlives its answer (deduplication); it
       must outlive ``max_deliveries x claim_min_idle + request_timeout``, checked here.
     * ``lease_ttl``: a session lease's lifetime, renewed every third of it while a run goes on.
+    * ``claim_on_read``: let the transport claim each request's session in the round trip of the
+      read that delivers it (the Redis transport does, for reads of a few requests; see
+      ``Subscription.claim_ttl``): one round trip less on their path. Its leases are the
+      coordinator's only when both share the Redis server and key prefix, as
+      ``transport.coordinator()`` does: turn it off otherwise.
     * ``session_policy`` / ``policies``: see :class:`SessionPolicy`; ``cancel_poll``: how often
       cancellation requests for running requests are checked.
     """
@@ -60,6 +65,7 @@ class WorkerSettings:
     record_ttl: float = 7 * 24 * 3600.0
     lease_ttl: float = 30.0
     lease_poll: float = 0.2
+    claim_on_read: bool = True
     events: bool = False
     events_maxlen: int = 10_000
     delta_interval: float = 0.1

@@ -6,7 +6,8 @@ For each entry of the request stream (read through a consumer group, never more 
 2. a redelivered request with a completed-request record was answered before: acked, not run again;
 3. past ``max_deliveries``: dead-lettered, with an error reply, atomically;
 4. routed (no route → an error reply), then claimed — answered before? cancelled? else the
-   session's lease, in one round trip (:meth:`Coordinator.claim`) — and run under that lease:
+   session's lease, in one round trip (:meth:`Coordinator.claim`), or in the read's own when the
+   transport claimed on read (``claim_on_read``) — and run under that lease:
    within this worker a session's requests run in arrival order, across workers never at the
    same time;
 5. answered with ``Transport.complete``: reply, record, ack and the lease's release in one atomic
@@ -118,6 +119,7 @@ class AgentWorker:
             batch_size=self.settings.batch_size,
             block=self.settings.block,
             claim_min_idle=self.settings.claim_min_idle,
+            claim_ttl=self.settings.lease_ttl if self.settings.claim_on_read else None,
         )
         self._held: dict[str, Delivery[AgentRequestEvent]] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -235,12 +237,14 @@ class AgentWorker:
                     await self._slot_freed.wait()
             return True
         try:
-            deliveries = await self.transport.read(self.subscription, free)
+            # sessions with requests in flight here are not claimed on read: those claim in turn
+            deliveries = await self.transport.read(self.subscription, free, skip_sessions=self._session_tails)
         except TransportError as error:
             logger.warning("reading %r failed: %s", self.stream, error)
             await asyncio.sleep(self.settings.block)
             return False
         loop = asyncio.get_running_loop()
+        read_at = loop.time()
         for delivery in deliveries:
             self.stats.received += 1
             if delivery.settled:
@@ -253,7 +257,7 @@ class AgentWorker:
             turn: asyncio.Future[None] = loop.create_future()
             self._session_tails[session] = turn
             self._waiting.setdefault(session, []).append(delivery.entry_id)
-            task = loop.create_task(self._handle(delivery, previous, turn))
+            task = loop.create_task(self._handle(delivery, previous, turn, read_at))
             self._tasks[delivery.entry_id] = task
         return bool(deliveries)
 
@@ -287,6 +291,7 @@ class AgentWorker:
         delivery: Delivery[AgentRequestEvent],
         previous: asyncio.Future[None] | None,
         turn: asyncio.Future[None],
+        read_at: float,
     ) -> None:
         event = delivery.event
         failure: BaseException | None = None
@@ -294,7 +299,7 @@ class AgentWorker:
             bind_ids(request_id=event.id, session_id=event.session_id)  # this task is this request's
             if self.hooks:
                 await self._call_hooks("on_received", delivery)
-            await self._process(delivery, event, previous)
+            await self._process(delivery, event, previous, read_at)
         except (asyncio.CancelledError, RunLostError) as error:
             failure = error
             if delivery.entry_id not in self._lost:
@@ -322,38 +327,14 @@ class AgentWorker:
         delivery: Delivery[AgentRequestEvent],
         event: AgentRequestEvent,
         previous: asyncio.Future[None] | None,
+        read_at: float,
     ) -> None:
         if delivery.delivery_count > 1 and await self._settled_redelivery(delivery, event):
             return
-        target, unrouted = self._route(event)
-        if self.hooks:
-            await self._call_hooks("on_routed", delivery, target)
-        if target is None:
-            await self._answer(delivery, event, None, _error(unrouted))
+        turn = await self._take_turn(delivery, event, previous, read_at)
+        if turn is None:
             return
-        policy = self._policy(event, target)
-        busy_here = previous is not None and not previous.done()
-        if policy is SessionPolicy.REJECT and (busy_here or await self.coordinator.holder(event.session_id)):
-            await self._answer(
-                delivery,
-                event,
-                target,
-                ExecutionResult(ResponseStatus.REJECTED, error_message=self.settings.busy_message),
-            )
-            return
-        if policy is SessionPolicy.INTERRUPT:
-            await self._interrupt(event.session_id)
-        if previous is not None:
-            await asyncio.shield(previous)  # within this worker: one at a time, in arrival order
-        if delivery.entry_id in self._absorbed:
-            return  # a merged run answered it
-        self._leave_queue(event.session_id, delivery.entry_id)
-        batch = [delivery]
-        if policy is SessionPolicy.MERGE:
-            batch += self._absorb(event.session_id)
-        claim = await self.coordinator.claim(
-            event.session_id, [item.event.id for item in batch], self.settings.lease_ttl
-        )
+        batch, target, claim = turn
         if claim.lease is not None:  # leased: the usual case, without _claim's coroutine
             lease = claim.lease
         else:
@@ -367,6 +348,81 @@ class AgentWorker:
             with contextlib.suppress(DynamicAgentsError):
                 await self.coordinator.release(lease)
             raise
+
+    async def _take_turn(
+        self,
+        delivery: Delivery[AgentRequestEvent],
+        event: AgentRequestEvent,
+        previous: asyncio.Future[None] | None,
+        read_at: float,
+    ) -> tuple[list[Delivery[AgentRequestEvent]], Target, Claim] | None:
+        """Route, apply the session policy, wait for the session's earlier requests here, and claim
+        the session: what to run, for which target, and the claim; ``None`` when answered already."""
+        read_claim = delivery.claim  # made with the read (Redis), if any: used below, or given back
+        try:
+            target, unrouted = self._route(event)
+            if self.hooks:
+                await self._call_hooks("on_routed", delivery, target)
+            if target is None:
+                await self._answer(delivery, event, None, _error(unrouted))
+                return None
+            policy = self._policy(event, target)
+            busy_here = previous is not None and not previous.done()
+            ours = read_claim is not None and read_claim.lease is not None  # no one else runs the session
+            if policy is SessionPolicy.REJECT and (
+                busy_here or (not ours and await self.coordinator.holder(event.session_id))
+            ):
+                await self._answer(
+                    delivery,
+                    event,
+                    target,
+                    ExecutionResult(ResponseStatus.REJECTED, error_message=self.settings.busy_message),
+                )
+                return None
+            if policy is SessionPolicy.INTERRUPT and not ours:
+                await self._interrupt(event.session_id)
+            if busy_here and read_claim is not None:  # the requests queued before it take the lease first
+                await self._give_back(read_claim)
+                read_claim = None
+            if previous is not None:
+                await asyncio.shield(previous)  # within this worker: one at a time, in arrival order
+            if delivery.entry_id in self._absorbed:
+                return None  # a merged run answered it
+            self._leave_queue(event.session_id, delivery.entry_id)
+            batch = [delivery]
+            if policy is SessionPolicy.MERGE:
+                batch += self._absorb(event.session_id)
+            claim = await self._session_claim(event, batch, read_claim, read_at)
+            read_claim = None
+            return batch, target, claim
+        finally:
+            if read_claim is not None:  # not used: answered without a run, or cancelled
+                await self._give_back(read_claim)
+
+    async def _session_claim(
+        self,
+        event: AgentRequestEvent,
+        batch: list[Delivery[AgentRequestEvent]],
+        read_claim: Claim | None,
+        read_at: float,
+    ) -> Claim:
+        """The claim made with the read, while it stands for ``batch``, else (that one given back)
+        :meth:`Coordinator.claim`. A busy session may have come free since the read, and a lease
+        is only used well within its ttl: its renewals start with the run."""
+        if read_claim is not None:
+            lease = read_claim.lease
+            fresh = lease is None or asyncio.get_running_loop().time() - read_at < lease.ttl / 3
+            if len(batch) == 1 and read_claim.status is not ClaimStatus.BUSY and fresh:
+                return read_claim
+            await self._give_back(read_claim)
+        return await self.coordinator.claim(
+            event.session_id, [item.event.id for item in batch], self.settings.lease_ttl
+        )
+
+    async def _give_back(self, claim: Claim) -> None:
+        if claim.lease is not None:
+            with contextlib.suppress(DynamicAgentsError):  # else it expires with its ttl
+                await self.coordinator.release(claim.lease)
 
     async def _settled_redelivery(
         self, delivery: Delivery[AgentRequestEvent], event: AgentRequestEvent
