@@ -153,8 +153,9 @@ AGNO_DBS: Final = {"memory": "agno's InMemoryDb", "sqlite": "SQLite (session_db)
 CRITICAL_PATH: Final = {
     "minimal": (
         2,
-        "XREADGROUP with the session claims behind it (EVALSHA: SET NX lease, MGET lease/record/cancel), "
-        "EVALSHA complete (+ lease release)",
+        "XREADGROUP with the claim script behind it (EVALSHA: XPENDING, XRANGE, SET NX lease, "
+        "MGET lease/record/cancel), EVALSHA complete (+ lease release); 3 for a request read in a "
+        "batch of more than 8, whose claim goes out as plain commands [SET NX, MGET]",
     ),
     "events": (
         2,
