@@ -76,7 +76,7 @@ async def test_requests_claimed_on_read_run_without_a_claim_of_their_own(
 
 
 async def test_turned_off_the_worker_claims_each_request_itself(
-    redis_transport: RedisStreamsTransport, redis_client: Redis
+    redis_transport: RedisStreamsTransport,
 ) -> None:
     names = redis_transport.names
     w = worker(redis_transport, claim_on_read=False, **LONG_LEASE)

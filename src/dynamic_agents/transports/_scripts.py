@@ -230,11 +230,11 @@ local function request_of(data)
   if session and request then return session, request end
 end
 local group, consumer, prefix, field = ARGV[1], ARGV[2], ARGV[7], ARGV[8]
-local skip = {}
-for i = 9, #ARGV do skip[ARGV[i]] = true end
 local most = tonumber(ARGV[4])
 local pending = redis.call('XPENDING', KEYS[1], group, '(' .. ARGV[3], '+', most + 1, consumer)
 if #pending > most then return {{}, {}} end
+local skip = {}
+for i = 9, #ARGV do skip[ARGV[i]] = true end
 local new, first, last = {}, nil, nil
 for _, p in ipairs(pending) do
   if p[4] == 1 then
