@@ -296,6 +296,38 @@ async def test_a_read_of_many_new_requests_leaves_them_to_plain_claims(
     assert len(await leases(redis_client, names)) == (n if claimed else 0)
 
 
+async def test_a_server_that_forgot_the_script_still_claims(
+    redis_transport: RedisStreamsTransport, redis_prefix: str, redis_client: Redis
+) -> None:
+    """After a restart or ``SCRIPT FLUSH`` the script is loaded again and its call sent again,
+    behind the read it followed."""
+    stream = f"{redis_prefix}:requests"
+    sub = await ready(redis_transport, stream)
+    await redis_client.script_flush()
+    await redis_transport.publish(stream, event("s1"))
+
+    [delivery] = await redis_transport.read(sub, 10)
+
+    assert delivery.claim is not None
+    assert delivery.claim.status is ClaimStatus.LEASED
+
+
+async def test_a_group_lost_between_reads_is_recreated_and_read_again(
+    redis_transport: RedisStreamsTransport, redis_prefix: str, redis_client: Redis
+) -> None:
+    """``NOGROUP`` answers the read and the script behind it: the group is recreated and the
+    entries read; the script's error is dropped with the read's."""
+    stream = f"{redis_prefix}:requests"
+    sub = await ready(redis_transport, stream)
+    await redis_transport.publish(stream, event("s1"))
+    await redis_client.xgroup_destroy(stream, "g")
+
+    deliveries = await redis_transport.read(sub, 10)
+
+    assert [d.event.session_id for d in deliveries] == ["warm-up", "s1"]  # recreated at 0
+    assert redis_transport.stats.groups_recreated == 1
+
+
 async def test_without_claim_ttl_a_read_claims_nothing(
     redis_transport: RedisStreamsTransport, redis_prefix: str, redis_client: Redis
 ) -> None:
