@@ -4,6 +4,7 @@ when they stand, given back when they do not, never holding a session against th
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Collection, Sequence
 from typing import Any
 
@@ -306,3 +307,38 @@ async def test_a_run_on_a_read_lease_outlives_its_ttl(redis_transport: RedisStre
         await wait_for(lambda: _answered(redis_transport, 2))
     assert (await replies(redis_transport, names))[1].status is ResponseStatus.COMPLETED
     assert (w.stats.lost, redis_transport.stats.claimed_on_read) == (0, 1)
+
+
+async def test_two_workers_claiming_on_read_never_run_a_session_twice_at_once(
+    redis_transport: RedisStreamsTransport, redis_url: str
+) -> None:
+    """Requests trickle in (reads of a few, claimed on read) for three sessions, to two workers:
+    each session's runs never overlap, and every request is answered once."""
+    names = redis_transport.names
+    other = RedisStreamsTransport.from_url(redis_url, names=names)
+    spans: dict[str, list[tuple[float, float]]] = {}
+
+    async def recording(target: Target, request: AgentRequestEvent) -> str:
+        started = asyncio.get_running_loop().time()
+        await asyncio.sleep(0.02)
+        spans.setdefault(request.session_id, []).append((started, asyncio.get_running_loop().time()))
+        return request.content
+
+    sent = [request_event(names, f"m{n}", session=f"s{n % 3}") for n in range(30)]
+    first = worker(redis_transport, FunctionExecutor(recording), consumer="a", concurrency=4, **LONG_LEASE)
+    second = worker(other, FunctionExecutor(recording), consumer="b", concurrency=4, **LONG_LEASE)
+    try:
+        async with first, second:
+            for request in sent:
+                await redis_transport.publish(names.requests, request)
+                await asyncio.sleep(0.005)
+            await wait_for(lambda: _answered(redis_transport, len(sent)), within=20)
+    finally:
+        await other.aclose()
+    answers = await replies(redis_transport, names)
+    assert sorted(a.request_id for a in answers) == sorted(r.id for r in sent)
+    for runs in spans.values():
+        ordered = sorted(runs)
+        assert all(a[1] <= b[0] for a, b in itertools.pairwise(ordered))  # no overlap
+    assert redis_transport.stats.claimed_on_read > 0
+    assert other.stats.claimed_on_read > 0
