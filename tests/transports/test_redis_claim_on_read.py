@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 from dynamic_agents.events import AgentRequestEvent, StreamNames
 from dynamic_agents.events.envelope import DATA_FIELD, encode_envelope
 from dynamic_agents.exceptions import ConfigurationError
+from dynamic_agents.testing import RedisServer
 from dynamic_agents.transports import (
     ClaimStatus,
     CompletedRecord,
@@ -173,20 +174,34 @@ async def test_entries_the_read_did_not_return_give_their_lease_back(
     assert await redis_client.exists(names.session_lease("s1")) == 1
 
 
-async def test_entries_of_other_consumers_between_its_own_are_not_claimed(
-    redis_transport: RedisStreamsTransport, redis_prefix: str, redis_client: Redis
-) -> None:
-    stream, names = f"{redis_prefix}:requests", StreamNames(redis_prefix)
-    sub = await ready(redis_transport, stream)
-    for session in ("lost", "theirs", "ours"):
-        await redis_transport.publish(stream, event(session))
-    await redis_client.xreadgroup("g", "c1", {stream: ">"}, count=1)  # "lost": this consumer's, unseen
-    await redis_client.xreadgroup("g", "c2", {stream: ">"}, count=1)  # "theirs": another consumer's
+async def test_entries_of_other_consumers_between_its_own_are_not_claimed(redis_server: RedisServer) -> None:
+    """On a private server, whose ``SET`` count is this test's alone."""
+    names = StreamNames("{t}")
+    transport = RedisStreamsTransport.from_url(redis_server.url, names=names)
+    client = Redis.from_url(redis_server.url)
+    try:
+        stream = names.requests
+        sub = await ready(transport, stream)
+        for session in ("lost", "theirs", "ours"):
+            await transport.publish(stream, event(session))
+        await client.xreadgroup("g", "c1", {stream: ">"}, count=1)  # "lost": this consumer's, unseen
+        await client.xreadgroup("g", "c2", {stream: ">"}, count=1)  # "theirs": another consumer's
+        sets_before = await set_calls(client)
 
-    [delivery] = await redis_transport.read(sub, 10)
+        [delivery] = await transport.read(sub, 10)
 
-    assert delivery.event.session_id == "ours"
-    assert await leases(redis_client, names) == [names.session_lease("ours").encode()]
+        assert delivery.event.session_id == "ours"
+        assert await leases(client, names) == [names.session_lease("ours").encode()]
+        # "lost" (given back) and "ours" were claimed; "theirs" never was, not even for a moment
+        assert await set_calls(client) - sets_before == 2
+    finally:
+        await transport.aclose()
+        await client.aclose()
+
+
+async def set_calls(client: Redis) -> int:
+    stats = await client.info("commandstats")
+    return int(stats.get("cmdstat_set", {}).get("calls", 0))
 
 
 async def test_requests_the_script_cannot_read_are_left_unclaimed(

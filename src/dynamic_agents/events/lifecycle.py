@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from pydantic import Field, JsonValue, TypeAdapter
 
 from dynamic_agents.events._types import EventId, UtcDatetime, utc_now
-from dynamic_agents.events.codecs import _register_union
+from dynamic_agents.events.codecs import _register_validator
 from dynamic_agents.events.models import ResponseStatus, WireModel
 from dynamic_agents.events.targets import Target, TargetType
 
@@ -80,4 +80,4 @@ AnyLifecycleEvent = Annotated[
     Field(discriminator="type"),
 ]
 LIFECYCLE_ADAPTER: TypeAdapter[AnyLifecycleEvent] = TypeAdapter(AnyLifecycleEvent)
-_register_union(LifecycleEvent, LIFECYCLE_ADAPTER)
+_register_validator(LifecycleEvent, LIFECYCLE_ADAPTER.validate_json)
