@@ -8,6 +8,8 @@ in-memory and a Redis implementation with the same semantics, checked by one con
 from __future__ import annotations
 
 import asyncio
+import itertools
+import os
 import secrets
 import time
 from abc import ABC, abstractmethod
@@ -270,8 +272,26 @@ class Claim:
     request_ids: frozenset[str] = frozenset()
 
 
+class _TokenSource:
+    """Unique lease tokens without a system call each: a random prefix per process, drawn again
+    in a forked child (which would otherwise repeat its parent's tokens), and a counter."""
+
+    def __init__(self) -> None:
+        self.renew()
+
+    def renew(self) -> None:
+        self.prefix = secrets.token_hex(12)
+        self.counter = itertools.count()
+
+
+_TOKENS: Final = _TokenSource()
+if hasattr(os, "register_at_fork"):  # not on Windows, which does not fork
+    os.register_at_fork(after_in_child=_TOKENS.renew)
+
+
 def lease_token(holder: str) -> str:
-    return f"{secrets.token_hex(16)}/{holder}"
+    """A token no other claim has, in any process, followed by ``/holder``."""
+    return f"{_TOKENS.prefix}{next(_TOKENS.counter):x}/{holder}"
 
 
 @dataclass(slots=True)

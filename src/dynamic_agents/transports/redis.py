@@ -621,10 +621,10 @@ class RedisStreamsTransport(Transport):
                 "" if reply.stream is None else "1",
             ),
         )
-        submit = partial(self._pipeline.batched, self._completes, call)
         try:
-            outcome = await submit()
+            outcome = await self._pipeline.batched(self._completes, call)
         except Exception as error:
+            submit = partial(self._pipeline.batched, self._completes, call)
             outcome = await self._call(f"complete {event.request_id}", submit, failed=error)
         created, detail = _list(outcome)
         if _int(created) == -2:
@@ -994,10 +994,10 @@ class RedisCoordinator(Coordinator):
             *(self.names.cancel_flag(rid) for rid in request_ids),
         )
         call = _Claim(lease_key, token, _ms(_positive(ttl)), checks)
-        claim = partial(self._pipeline.batched, self._claims, call)
         try:
-            reply = await claim()
+            reply = await self._pipeline.batched(self._claims, call)
         except Exception as error:
+            claim = partial(self._pipeline.batched, self._claims, call)
             reply = await self._do("claim a session", claim, failed=error)
         lease_value, *flags = _list(reply)
         lease = Lease(session_id, token, ttl)

@@ -125,7 +125,7 @@ class AgentWorker:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._lost: set[str] = set()
         self._session_tails: dict[str, asyncio.Future[None]] = {}
-        self._waiting: dict[str, list[str]] = {}  # session -> entry ids read and not started, in order
+        self._waiting: dict[str, list[str]] = {}  # session -> entry ids queued behind another, in order
         self._absorbed: set[str] = set()  # entry ids answered by a merged run
         self._running: dict[str, str] = {}  # session -> request id running in this worker
         self._executions: dict[str, asyncio.Task[None]] = {}  # request id -> the handler running it
@@ -256,7 +256,8 @@ class AgentWorker:
             previous = self._session_tails.get(session)
             turn: asyncio.Future[None] = loop.create_future()
             self._session_tails[session] = turn
-            self._waiting.setdefault(session, []).append(delivery.entry_id)
+            if previous is not None:  # behind another of the session's requests here: queued
+                self._waiting.setdefault(session, []).append(delivery.entry_id)
             task = loop.create_task(self._handle(delivery, previous, turn, read_at))
             self._tasks[delivery.entry_id] = task
         return bool(deliveries)
