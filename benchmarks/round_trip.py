@@ -189,6 +189,25 @@ class Counters:
 
     commands: Counter[str] = field(default_factory=Counter)
     writes: int = 0
+    gc_collections: list[int] = field(default_factory=lambda: [0, 0, 0])
+    """The garbage collector's runs by generation (young, middle, full)."""
+    gc_seconds: float = 0.0
+    """Time spent in them (``gc.callbacks``: from start to stop of each collection)."""
+
+
+def count_collections(counters: Counters) -> None:
+    """Count the garbage collector's runs and time them (``gc.callbacks``)."""
+    started = 0.0
+
+    def callback(phase: str, info: Mapping[str, int]) -> None:
+        nonlocal started
+        if phase == "start":
+            started = time.perf_counter()
+        else:
+            counters.gc_seconds += time.perf_counter() - started
+            counters.gc_collections[info["generation"]] += 1
+
+    gc.callbacks.append(callback)
 
 
 def install_counters() -> Counters:
@@ -459,9 +478,13 @@ async def stdin_lines() -> AsyncIterator[str]:
         yield line.decode().strip()
 
 
-async def serve(variant: str, url: str, agno_db: str = "memory") -> None:
-    """Run one worker; answer ``snapshot`` with CPU time and Redis counts, ``stop`` (or EOF) ends."""
+async def serve(variant: str, url: str, agno_db: str = "memory", gc_threshold: int | None = None) -> None:
+    """Run one worker; answer ``snapshot`` with CPU time and Redis counts, ``stop`` (or EOF) ends.
+    ``gc_threshold``: the collector's first threshold for this process (the others kept)."""
     counters = install_counters()
+    count_collections(counters)
+    if gc_threshold is not None:
+        gc.set_threshold(gc_threshold, *gc.get_threshold()[1:])
     worker = served(variant, url, agno_db)
     await worker.start()
     started = time.process_time()
@@ -473,6 +496,8 @@ async def serve(variant: str, url: str, agno_db: str = "memory") -> None:
             "answered": worker.answered,
             "commands": dict(counters.commands),
             "writes": counters.writes,
+            "gc_collections": list(counters.gc_collections),
+            "gc_seconds": counters.gc_seconds,
         }
 
     async for command in stdin_lines():
@@ -510,12 +535,19 @@ class WorkerProcess:
 
     @classmethod
     async def start(
-        cls, variant: str, url: str, profile: Path | None = None, agno_db: str = "memory"
+        cls,
+        variant: str,
+        url: str,
+        profile: Path | None = None,
+        agno_db: str = "memory",
+        gc_threshold: int | None = None,
     ) -> WorkerProcess:
         descriptor, name = tempfile.mkstemp(prefix=f"round-trip-{variant}-", suffix=".log")
         extra = ["--profile", str(profile)] if profile is not None else []
         if variant == "agno":
             extra += ["--agno-db", agno_db]
+        if gc_threshold is not None:
+            extra += ["--gc-threshold", str(gc_threshold)]
         try:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -755,6 +787,12 @@ class Measurement:
     server_calls_per_req: float
     top_level_per_req: float
     round_trips_per_req: float
+    gc_us_per_req: float
+    """The worker's time in the garbage collector, per request."""
+    gc_young_per_1k: float
+    gc_middle_per_1k: float
+    gc_full_per_1k: float
+    """The collector's runs per 1,000 requests, by generation."""
     server_calls_by_command: dict[str, float]
     top_level_by_command: dict[str, float]
 
@@ -824,6 +862,10 @@ async def measure(
         server_calls_per_req=sum(server_calls.values()),
         top_level_per_req=sum(top_level.values()),
         round_trips_per_req=(after["writes"] - before["writes"]) / n,
+        gc_us_per_req=(after["gc_seconds"] - before["gc_seconds"]) / n * 1e6,
+        gc_young_per_1k=(after["gc_collections"][0] - before["gc_collections"][0]) / n * 1000,
+        gc_middle_per_1k=(after["gc_collections"][1] - before["gc_collections"][1]) / n * 1000,
+        gc_full_per_1k=(after["gc_collections"][2] - before["gc_collections"][2]) / n * 1000,
         server_calls_by_command=dict(sorted(server_calls.items(), key=lambda item: -item[1])),
         top_level_by_command=dict(sorted(top_level.items(), key=lambda item: -item[1])),
     )
@@ -847,6 +889,7 @@ async def run_worker(
     rng: random.Random,
     profile_dir: Path | None = None,
     agno_db: str = "memory",
+    gc_threshold: int | None = None,
 ) -> WorkerRun:
     await admin.flushall()
     tag = f"r{round_no}"
@@ -856,7 +899,7 @@ async def run_worker(
     sub = Redis.from_url(url, decode_responses=False, connection_class=CountingConnection)
     profile = profile_dir / f"{variant}-r{round_no}.prof" if profile_dir is not None else None
     try:
-        worker = await WorkerProcess.start(variant, url, profile, agno_db)
+        worker = await WorkerProcess.start(variant, url, profile, agno_db, gc_threshold)
         try:
             await measure(admin, pub, sub, worker, warmup, warmup_streams, BUDGET)
             measurements = {
@@ -912,6 +955,9 @@ FIGURES: Final = (
     "top_level_per_req",
     "round_trips_per_req",
 )
+GC_FIGURES: Final = ("gc_us_per_req", "gc_young_per_1k", "gc_middle_per_1k", "gc_full_per_1k")
+"""Reported as the mean over the rounds: a full collection is a rare lump (tens of ms) that a
+median would leave out."""
 
 
 def medians(runs: Sequence[WorkerRun], in_flight: int) -> dict[str, float]:
@@ -919,6 +965,14 @@ def medians(runs: Sequence[WorkerRun], in_flight: int) -> dict[str, float]:
     return {
         name: statistics.median(float(getattr(run.measurements[in_flight], name)) for run in runs)
         for name in FIGURES
+    }
+
+
+def means(runs: Sequence[WorkerRun], in_flight: int) -> dict[str, float]:
+    """The mean over the rounds of each garbage-collector figure of one worker at one in-flight level."""
+    return {
+        name: statistics.fmean(float(getattr(run.measurements[in_flight], name)) for run in runs)
+        for name in GC_FIGURES
     }
 
 
@@ -939,7 +993,9 @@ def report(
 ) -> dict[str, Any]:
     """Print the tables and return the summary for ``--json``."""
     summary = {
-        variant: {str(in_flight): medians(runs, in_flight) for in_flight in (1, BUDGET)}
+        variant: {
+            str(in_flight): medians(runs, in_flight) | means(runs, in_flight) for in_flight in (1, BUDGET)
+        }
         for variant, runs in by_variant.items()
     }
     header = (
@@ -954,6 +1010,25 @@ def report(
                 f"{LABELS[variant]:<24} {in_flight:>9} {f['per_s']:>8,.0f} {f['p50_ms']:>8.3f} "
                 f"{f['p99_ms']:>8.3f}   {f['cpu_us_per_req']:>18.0f} {f['redis_cpu_us_per_req']:>6.0f} "
                 f"{f['generator_cpu_us_per_req']:>9.0f}"
+            )
+    print("\n".join(lines))
+
+    header = (
+        f"{'worker':<24} {'in flight':>9} {'GC µs/req':>9}   "
+        f"{'collections per 1,000 requests: young':>38} {'middle':>6} {'full':>5}"
+    )
+    lines = [
+        "",
+        "the worker's garbage collector (gc.callbacks in the worker process; mean of the rounds):",
+        header,
+    ]
+    lines.append("-" * len(header))
+    for variant in by_variant:
+        for in_flight in (1, BUDGET):
+            f = summary[variant][str(in_flight)]
+            lines.append(
+                f"{LABELS[variant]:<24} {in_flight:>9} {f['gc_us_per_req']:>9.1f}   "
+                f"{f['gc_young_per_1k']:>38.1f} {f['gc_middle_per_1k']:>6.1f} {f['gc_full_per_1k']:>5.2f}"
             )
     print("\n".join(lines))
 
@@ -1065,6 +1140,7 @@ async def benchmark(
     profile_dir: Path | None = None,
     agno_n: int = AGNO_REQUESTS,
     agno_db: str = "memory",
+    gc_threshold: int | None = None,
 ) -> dict[str, Any]:
     rng = random.Random(seed)
     by_round: dict[int, dict[str, WorkerRun]] = {}
@@ -1086,6 +1162,8 @@ async def benchmark(
                 f"{SESSIONS:,} sessions, {REPLY_STREAMS} reply streams",
                 flush=True,
             )
+            if gc_threshold is not None:
+                print(f"every worker process with gc.set_threshold({gc_threshold}, …)", flush=True)
             for round_no in range(1, rounds + 1):
                 shift = (round_no - 1) % len(VARIANTS)
                 order = VARIANTS[shift:] + VARIANTS[:shift]
@@ -1093,7 +1171,7 @@ async def benchmark(
                 for variant in order:
                     size = agno_n if variant == "agno" else n
                     run = await run_worker(
-                        variant, round_no, server.url, admin, size, rng, profile_dir, agno_db
+                        variant, round_no, server.url, admin, size, rng, profile_dir, agno_db, gc_threshold
                     )
                     by_round[round_no][variant] = run
                     one, many = run.measurements[1], run.measurements[BUDGET]
@@ -1114,6 +1192,7 @@ async def benchmark(
         "requests_per_measurement": n,
         "agno_requests_per_measurement": agno_n,
         "agno_session_db": agno_db,
+        "worker_gc_threshold": gc_threshold if gc_threshold is not None else gc.get_threshold()[0],
         "warmup": WARMUP,
         "rounds": rounds,
         "sessions": SESSIONS,
@@ -1157,6 +1236,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--quick", action="store_true", help="a smoke run: 500 requests (agno worker 100), 1 round"
     )
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--gc-threshold",
+        type=int,
+        default=None,
+        metavar="N",
+        help="set the garbage collector's first threshold to N in every worker process alike "
+        "(default: Python's, 700)",
+    )
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the figures here")
     parser.add_argument("--serve", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -1170,24 +1257,28 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.serve:
         if args.profile is None:
-            asyncio.run(serve(args.serve, args.url, args.agno_db))
+            asyncio.run(serve(args.serve, args.url, args.agno_db, args.gc_threshold))
             return
         import cProfile
 
         with cProfile.Profile() as profile:
-            asyncio.run(serve(args.serve, args.url, args.agno_db))
+            asyncio.run(serve(args.serve, args.url, args.agno_db, args.gc_threshold))
         profile.dump_stats(args.profile)
         return
     if args.quick:
         args.requests, args.rounds, args.agno_requests = 500, 1, AGNO_QUICK_REQUESTS
     if args.requests < 1 or args.rounds < 1 or args.agno_requests < 1:
         parser.error("--requests, --agno-requests and --rounds must be at least 1")
+    if args.gc_threshold is not None and args.gc_threshold < 1:
+        parser.error("--gc-threshold must be at least 1 (0 would turn the collector off)")
     agno_n = min(args.agno_requests, args.requests)
     try:
         if args.profile is not None:
             args.profile.mkdir(parents=True, exist_ok=True)
         result = asyncio.run(
-            benchmark(args.requests, args.rounds, args.seed, args.profile, agno_n, args.agno_db)
+            benchmark(
+                args.requests, args.rounds, args.seed, args.profile, agno_n, args.agno_db, args.gc_threshold
+            )
         )
     except BenchmarkError as error:
         print(f"FAILED: {error}", file=sys.stderr)
