@@ -47,25 +47,14 @@ def event(session: str, content: str = "hi") -> AgentRequestEvent:
 
 
 async def ready(redis_transport: RedisStreamsTransport, stream: str) -> Subscription[AgentRequestEvent]:
-    """A subscription past its first read, which marks where new entries start (the script needs
-    it: this first read claims with plain commands), its lease given back."""
+    """A subscription past its first read, which only marks where new entries start."""
     sub = subscription(stream)
     await redis_transport.ensure_group(stream, "g")
     await redis_transport.publish(stream, event("warm-up"))
     [first] = await redis_transport.read(sub, 10)
-    assert first.claim is not None
-    assert first.claim.lease is not None
-    assert await redis_transport.coordinator().release(first.claim.lease)
+    assert first.claim is None  # the first read does not know which entries are new
     await redis_transport.ack(first)
     return sub
-
-
-def fillers(n: int) -> list[AgentRequestEvent]:
-    """Requests of sessions of their own that make a read big enough for plain claims."""
-    return [event(f"filler-{k}") for k in range(n)]
-
-
-BIG = _CLAIM_ON_READ_MAX  # fillers that, with one request more, make a read the script leaves alone
 
 
 async def leases(redis_client: Redis, names: StreamNames) -> list[bytes]:
@@ -97,7 +86,7 @@ async def test_a_read_claims_the_sessions_of_the_requests_it_delivers(
         assert (claim.lease.session_id, claim.lease.ttl) == (request.session_id, TTL)
         assert await coordinator.holder(request.session_id) == request.id  # as Coordinator.claim names it
         assert await coordinator.renew(claim.lease)  # the token Redis holds is the one returned
-    assert redis_transport.stats.claimed_on_read == 1 + 3  # the warm-up read's one too
+    assert redis_transport.stats.claimed_on_read == 3
     # the lease is a lease like any other: a claim by someone else finds the session busy
     assert (await coordinator.claim("s1", ["x"], TTL)).status is ClaimStatus.BUSY
 
@@ -122,9 +111,8 @@ async def test_the_claim_travels_with_a_blocking_read(
     assert await redis_client.exists(StreamNames(redis_prefix).session_lease("s1")) == 1
 
 
-@pytest.mark.parametrize("filler", [0, BIG], ids=["by the script", "by plain commands"])
 async def test_requests_answered_or_cancelled_before_give_their_lease_back(
-    redis_transport: RedisStreamsTransport, redis_prefix: str, redis_client: Redis, filler: int
+    redis_transport: RedisStreamsTransport, redis_prefix: str, redis_client: Redis
 ) -> None:
     stream, names = f"{redis_prefix}:requests", StreamNames(redis_prefix)
     coordinator = redis_transport.coordinator()
@@ -132,9 +120,10 @@ async def test_requests_answered_or_cancelled_before_give_their_lease_back(
     answered, cancelled = event("s1"), event("s2")
     await coordinator.set_record(CompletedRecord(answered.id, "r", "completed", None, None, 0.0), ttl=60)
     await coordinator.request_cancel(cancelled.id)
-    await redis_transport.publish_many(stream, [answered, cancelled, *fillers(filler)])
+    await redis_transport.publish(stream, answered)
+    await redis_transport.publish(stream, cancelled)
 
-    first, second, *_ = await redis_transport.read(sub, 100)
+    first, second = await redis_transport.read(sub, 10)
 
     assert first.claim is not None
     assert second.claim is not None
@@ -215,11 +204,11 @@ async def set_calls(client: Redis) -> int:
     return int(stats.get("cmdstat_set", {}).get("calls", 0))
 
 
-async def test_requests_the_script_cannot_read_are_claimed_with_plain_commands(
+async def test_requests_the_script_cannot_read_are_left_unclaimed(
     redis_transport: RedisStreamsTransport, redis_prefix: str, redis_client: Redis
 ) -> None:
-    """FastStream's JSON envelope, and the seed's publish shape (its session id is made from source
-    and channel), are claimed after the script, in one more round trip of the same read."""
+    """FastStream's JSON envelope and the seed's publish shape (no session id) are claimed by
+    the caller the usual way."""
     stream, names = f"{redis_prefix}:requests", StreamNames(redis_prefix)
     sub = await ready(redis_transport, stream)
     request = event("s1")
@@ -231,10 +220,8 @@ async def test_requests_the_script_cannot_read_are_claimed_with_plain_commands(
     deliveries = await redis_transport.read(sub, 10)
 
     assert [d.event.id for d in deliveries] == [request.id, "r2"]
-    assert [d.claim.status if d.claim else None for d in deliveries] == [ClaimStatus.LEASED] * 2
-    assert set(await leases(redis_client, names)) == {
-        names.session_lease(session).encode() for session in ("s1", "slack:C1")
-    }
+    assert [d.claim for d in deliveries] == [None, None]
+    assert await leases(redis_client, names) == []
 
 
 async def test_a_session_id_in_any_script_is_claimed_under_the_key_python_names(
@@ -255,10 +242,10 @@ async def test_a_session_id_in_any_script_is_claimed_under_the_key_python_names(
     assert await coordinator.release(delivery.claim.lease)
 
 
-async def test_ids_the_script_would_have_to_unescape_are_claimed_with_plain_commands(
+async def test_ids_the_script_would_have_to_unescape_are_left_unclaimed(
     redis_transport: RedisStreamsTransport, redis_prefix: str, redis_client: Redis
 ) -> None:
-    """The script finds ids by pattern: a JSON escape in one leaves it to the plain claims."""
+    """The script finds ids by pattern: a JSON escape in one is left to the caller."""
     stream, names = f"{redis_prefix}:requests", StreamNames(redis_prefix)
     sub = await ready(redis_transport, stream)
     sessions = ['say "hi"', "back\\slash", "tab\there"]
@@ -268,16 +255,15 @@ async def test_ids_the_script_would_have_to_unescape_are_claimed_with_plain_comm
     deliveries = await redis_transport.read(sub, 10)
 
     assert [d.event.session_id for d in deliveries] == sessions
-    assert [d.claim.status if d.claim else None for d in deliveries] == [ClaimStatus.LEASED] * 3
-    assert set(await leases(redis_client, names)) == {names.session_lease(s).encode() for s in sessions}
+    assert [d.claim for d in deliveries] == [None, None, None]
+    assert await leases(redis_client, names) == []
 
 
 async def test_a_nested_id_found_first_is_given_back(
     redis_transport: RedisStreamsTransport, redis_prefix: str, redis_client: Redis
 ) -> None:
     """Another publisher may put members in any order: the ids the script found are checked
-    against the decoded request, a lease taken for the wrong ones given back, and the right one
-    claimed with plain commands."""
+    against the decoded request, and a lease taken for the wrong ones given back."""
     stream, names = f"{redis_prefix}:requests", StreamNames(redis_prefix)
     sub = await ready(redis_transport, stream)
     request = event("s1")
@@ -289,62 +275,40 @@ async def test_a_nested_id_found_first_is_given_back(
 
     assert (delivery.event.id, delivery.event.session_id) == (request.id, "s1")
     assert delivery.event.metadata == {"id": "nested", "session_id": "nested"}
-    assert delivery.claim is not None
-    assert delivery.claim.lease is not None
-    assert delivery.claim.lease.token.endswith(f"/{request.id}")
-    assert await leases(redis_client, names) == [names.session_lease("s1").encode()]
+    assert delivery.claim is None
+    assert await leases(redis_client, names) == []
 
 
-@pytest.mark.parametrize("filler", [0, BIG], ids=["by the script", "by plain commands"])
 async def test_sessions_the_caller_skips_are_not_claimed(
-    redis_transport: RedisStreamsTransport, redis_prefix: str, redis_client: Redis, filler: int
+    redis_transport: RedisStreamsTransport, redis_prefix: str, redis_client: Redis
 ) -> None:
     stream, names = f"{redis_prefix}:requests", StreamNames(redis_prefix)
     sub = await ready(redis_transport, stream)
-    await redis_transport.publish_many(stream, [event("busy here"), event("s2"), *fillers(filler)])
+    await redis_transport.publish(stream, event("busy here"))
+    await redis_transport.publish(stream, event("s2"))
 
-    skipped, claimed, *rest = await redis_transport.read(sub, 100, skip_sessions={"busy here", "s3"})
+    skipped, claimed = await redis_transport.read(sub, 10, skip_sessions={"busy here", "s3"})
 
     assert skipped.claim is None
     assert claimed.claim is not None
     assert claimed.claim.status is ClaimStatus.LEASED
-    assert all(d.claim is not None and d.claim.status is ClaimStatus.LEASED for d in rest)
-    assert names.session_lease("busy here").encode() not in await leases(redis_client, names)
-    assert len(await leases(redis_client, names)) == 1 + filler
+    assert await leases(redis_client, names) == [names.session_lease("s2").encode()]
 
 
 @pytest.mark.parametrize("n", [_CLAIM_ON_READ_MAX, _CLAIM_ON_READ_MAX + 1])
-async def test_a_read_of_many_new_requests_claims_them_with_plain_commands(
+async def test_a_read_of_many_new_requests_leaves_them_to_plain_claims(
     redis_transport: RedisStreamsTransport, redis_prefix: str, redis_client: Redis, n: int
 ) -> None:
-    """Claims of a big batch cost Redis less as plain commands than in the script: one write of
-    them all, one round trip more for the read."""
+    """Claims of a big batch cost Redis less as plain commands in one write, and share its round trip."""
     stream, names = f"{redis_prefix}:requests", StreamNames(redis_prefix)
     sub = await ready(redis_transport, stream)
     await redis_transport.publish_many(stream, [event(f"s{k}") for k in range(n)])
-    writes = redis_transport._pipeline.writes
 
     deliveries = await redis_transport.read(sub, 100)
 
-    assert [d.claim.status if d.claim else None for d in deliveries] == [ClaimStatus.LEASED] * n
-    assert len(await leases(redis_client, names)) == n
-    assert redis_transport._pipeline.writes - writes == (0 if n <= _CLAIM_ON_READ_MAX else 1)
-    assert redis_transport.stats.claimed_on_read == n + 1  # the warm-up read's one too
-
-
-async def test_a_session_twice_in_a_big_read_is_busy_the_second_time(
-    redis_transport: RedisStreamsTransport, redis_prefix: str
-) -> None:
-    stream = f"{redis_prefix}:requests"
-    sub = await ready(redis_transport, stream)
-    first, second = event("s1"), event("s1")
-    await redis_transport.publish_many(stream, [first, *fillers(BIG), second])
-
-    deliveries = await redis_transport.read(sub, 100)
-
-    by_id = {d.event.id: d.claim for d in deliveries}
-    assert [by_id[first.id].status, by_id[second.id].status] == [ClaimStatus.LEASED, ClaimStatus.BUSY]
-    assert await redis_transport.coordinator().holder("s1") == first.id
+    claimed = n <= _CLAIM_ON_READ_MAX
+    assert [d.claim is not None for d in deliveries] == [claimed] * n
+    assert len(await leases(redis_client, names)) == (n if claimed else 0)
 
 
 async def test_a_server_that_forgot_the_script_still_claims(

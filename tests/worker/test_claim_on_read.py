@@ -38,8 +38,7 @@ def count_claims(w: AgentWorker) -> list[Sequence[str]]:
 
 
 async def warm_up(w: AgentWorker, redis_transport: RedisStreamsTransport) -> None:
-    """One request through the running worker: its first read marks where new entries start, for
-    the claim script (that read claims with plain commands)."""
+    """One request through the running worker: its first read marks where new entries start."""
     names = redis_transport.names
     await redis_transport.publish(names.requests, request_event(names, "warm-up", session="warm-up"))
     await wait_for(lambda: _answered(redis_transport, 1))
@@ -73,7 +72,7 @@ async def test_requests_claimed_on_read_run_without_a_claim_of_their_own(
     assert sorted(a.request_id for a in answers) == sorted(r.id for r in sent)
     assert {a.status for a in answers} == {ResponseStatus.COMPLETED}
     assert claims == []
-    assert redis_transport.stats.claimed_on_read == 1 + 5  # the warm-up's, then these
+    assert redis_transport.stats.claimed_on_read == 5
     assert await leases(redis_client, names) == []  # each released with its reply
 
 
@@ -131,7 +130,7 @@ async def test_the_lease_claimed_on_read_is_not_someone_elses_run(
         "echo: m",
     )
     assert await redis_client.exists(names.cancel_flag(request.id)) == 0
-    assert redis_transport.stats.claimed_on_read == 1 + 1  # the warm-up's, then this one
+    assert redis_transport.stats.claimed_on_read == 1
 
 
 async def test_a_merged_turn_gives_the_read_lease_back_and_claims_for_all(
@@ -307,7 +306,7 @@ async def test_a_run_on_a_read_lease_outlives_its_ttl(redis_transport: RedisStre
         await redis_transport.publish(names.requests, request_event(names, "long"))
         await wait_for(lambda: _answered(redis_transport, 2))
     assert (await replies(redis_transport, names))[1].status is ResponseStatus.COMPLETED
-    assert (w.stats.lost, redis_transport.stats.claimed_on_read) == (0, 1 + 1)  # the warm-up's too
+    assert (w.stats.lost, redis_transport.stats.claimed_on_read) == (0, 1)
 
 
 async def test_two_workers_claiming_on_read_never_run_a_session_twice_at_once(

@@ -291,7 +291,6 @@ class RedisStreamsTransport(Transport):
         self._claim_read = client.register_script(_scripts.CLAIM_READ)
         self._release_lease = client.register_script(_scripts.RELEASE_LEASE)
         self._pipeline = AutoPipeline(client, timeout=operation_timeout)
-        self._claimer = self.coordinator()  # the claims reads make
         self._readers: list[AutoPipeline] = []  # idle: one connection per blocking read in flight
         self._all_readers: weakref.WeakSet[AutoPipeline] = weakref.WeakSet()
         self._closed = False
@@ -453,7 +452,6 @@ class RedisStreamsTransport(Transport):
             self._read_up_to[key] = entries[-1][0]
         claims = _read_claims(claimed, self.names.prefix) if claimed is not None else {}
         give_back: list[_ReadClaim] = []
-        decoded: list[tuple[Entry[E], Claim | None]] = []
         for entry_id, fields in entries:
             entry = decode_entry(self.codec, sub.stream, entry_id, fields, sub.model)
             read_claim = claims.pop(entry_id, None) if claims else None
@@ -464,35 +462,11 @@ class RedisStreamsTransport(Transport):
                     give_back.append(read_claim)
                 else:
                     self.stats.claimed_on_read += 1
-            decoded.append((entry, claim))
+            deliveries.append(delivered(entry, sub, 1, claim))
         give_back += claims.values()  # entries of an earlier read whose reply was lost
         if give_back:
             await self._give_back(give_back)
-        if ttl is not None:
-            await self._claim_the_rest(decoded, ttl, skip_sessions)
-        deliveries += [delivered(entry, sub, 1, claim) for entry, claim in decoded]
         return deliveries
-
-    async def _claim_the_rest(
-        self, decoded: list[tuple[Entry[E], Claim | None]], ttl: float, skip_sessions: Collection[str]
-    ) -> None:
-        """Claim, with plain commands in one round trip, for the requests the claim script did not
-        claim for (all of a read of more than 8, the first read's, those the script could not
-        read), setting their claims in ``decoded``; not in the sessions of ``skip_sessions``. As
-        with the script, a session's later request in the read finds it busy."""
-        wanted: list[tuple[int, tuple[str, str]]] = []
-        for at, (entry, claim) in enumerate(decoded):
-            ids = _request_ids(entry) if claim is None else None
-            if ids is not None and ids[0] not in skip_sessions:
-                wanted.append((at, ids))
-        if not wanted:
-            return
-        claims = await self._claimer._claim_each([ids for _, ids in wanted], ttl)
-        for (at, _), claim in zip(wanted, claims, strict=True):
-            if claim is not None:
-                decoded[at] = (decoded[at][0], claim)
-                if claim.status not in _GIVEN_BACK:
-                    self.stats.claimed_on_read += 1
 
     async def _give_back(self, claims: list[_ReadClaim]) -> None:
         """Release the leases taken on read that will not be used (a request answered or cancelled
@@ -881,13 +855,10 @@ def _unpack_claims(claims: Sequence[_Claim], replies: list[object]) -> list[obje
     return parts
 
 
-_CLAIMS: Final[BatchCommands[_Claim]] = BatchCommands(_pack_claims, _unpack_claims)
-"""Every claim queued in one iteration, a read's and the handlers', as one write of plain commands."""
-
 _CLAIM_ON_READ_MAX: Final = 8
-"""The most new requests the claim script claims for, in the read's own round trip
-(``Subscription.claim_ttl``). A read that delivers more claims them with plain commands, in one
-more round trip: they cost Redis less than the script's copy of every entry."""
+"""The most new requests a read claims for (``Subscription.claim_ttl``). A read that delivers
+more claims none: their claims go out as plain commands in one write, whose round trip they share,
+and which cost Redis less than the claim script's copy of every entry."""
 
 _GIVEN_BACK: Final = frozenset({ClaimStatus.ANSWERED, ClaimStatus.CANCELLED})
 """Claims that found a request answered or cancelled: a lease they took is given back."""
@@ -926,25 +897,16 @@ class _ReadClaim:
 
     def outcome(self, entry: Entry[Any], ttl: float) -> Claim | None:
         """The claim of the request ``entry`` decoded to, if the script read the same ids."""
-        ids = _request_ids(entry)
-        if ids is None:
+        if entry.message is None:
             return None
-        session_id, request_id = ids
+        event = entry.message.event
+        session_id, request_id = getattr(event, "session_id", None), getattr(event, "id", None)
+        if not isinstance(session_id, str) or not isinstance(request_id, str):
+            return None
         if session_id.encode() != self.session_id or request_id.encode() != self.request_id:
             return None
         lease = Lease(session_id, self.token.decode(), ttl)
         return _claim_outcome(lease, [request_id], self.leased, self.values[1:])
-
-
-def _request_ids(entry: Entry[Any]) -> tuple[str, str] | None:
-    """The session and request id of the request ``entry`` decoded to, if it did."""
-    if entry.message is None:
-        return None
-    event = entry.message.event
-    session_id, request_id = getattr(event, "session_id", None), getattr(event, "id", None)
-    if isinstance(session_id, str) and isinstance(request_id, str):
-        return session_id, request_id
-    return None
 
 
 def _read_claims(reply: object, prefix: str) -> dict[str, _ReadClaim]:
@@ -990,6 +952,7 @@ class RedisCoordinator(Coordinator):
         self._retry = retry or _RetryPolicy(ExponentialWithJitterBackoff(cap=5.0, base=0.05), 30.0)
         self._renew = client.register_script(_scripts.RENEW_LEASE)
         self._release = client.register_script(_scripts.RELEASE_LEASE)
+        self._claims = BatchCommands(_pack_claims, _unpack_claims)
         self._owns_pipeline = pipeline is None  # else the transport's, closed with it
         self._pipeline = pipeline or AutoPipeline(client, timeout=self._retry.timeout)
 
@@ -1023,25 +986,6 @@ class RedisCoordinator(Coordinator):
     async def claim(self, session_id: str, request_ids: Sequence[str], ttl: float) -> Claim:
         if not request_ids:
             raise ConfigurationError("claim() needs at least one request id")
-        call, lease = self._claim_call(session_id, request_ids, ttl)
-        return await self._claimed(call, lease, request_ids, self._pipeline.batched(_CLAIMS, call))
-
-    async def _claim_each(self, requests: Sequence[tuple[str, str]], ttl: float) -> list[Claim | None]:
-        """:meth:`claim` of many sessions at once, one request each (``(session id, request id)``
-        pairs), in one round trip; ``None`` for a claim Redis trouble kept from an answer (its
-        lease, if taken, expires within ``ttl``)."""
-        calls = [self._claim_call(session_id, (request_id,), ttl) for session_id, request_id in requests]
-        replies = [self._pipeline.batched(_CLAIMS, call) for call, _ in calls]  # queued together
-        claims: list[Claim | None] = []
-        for (call, lease), reply, (_, request_id) in zip(calls, replies, requests, strict=True):
-            try:
-                claims.append(await self._claimed(call, lease, (request_id,), reply))
-            except TransportError as error:
-                logger.warning("claiming the session of request %s failed: %s", request_id, error)
-                claims.append(None)
-        return claims
-
-    def _claim_call(self, session_id: str, request_ids: Sequence[str], ttl: float) -> tuple[_Claim, Lease]:
         token = lease_token(request_ids[-1])
         lease_key = self.names.session_lease(session_id)
         checks = (
@@ -1049,27 +993,21 @@ class RedisCoordinator(Coordinator):
             *(self.names.completed_record(rid) for rid in request_ids),
             *(self.names.cancel_flag(rid) for rid in request_ids),
         )
-        return _Claim(lease_key, token, _ms(_positive(ttl)), checks), Lease(session_id, token, ttl)
-
-    async def _claimed(
-        self, call: _Claim, lease: Lease, request_ids: Sequence[str], reply: Awaitable[object]
-    ) -> Claim:
-        """The claim ``call`` once its reply comes; sent again (same token: a retry after a lost
-        reply finds its own lease) if it failed. A lease taken for requests answered or cancelled
-        before is given back."""
+        call = _Claim(lease_key, token, _ms(_positive(ttl)), checks)
         try:
-            answer = await reply
+            reply = await self._pipeline.batched(self._claims, call)
         except Exception as error:
-            again = partial(self._pipeline.batched, _CLAIMS, call)
-            answer = await self._do("claim a session", again, failed=error)
-        lease_value, *flags = _list(answer)
-        leased = lease_value == call.token.encode()
+            claim = partial(self._pipeline.batched, self._claims, call)
+            reply = await self._do("claim a session", claim, failed=error)
+        lease_value, *flags = _list(reply)
+        lease = Lease(session_id, token, ttl)
+        leased = lease_value == token.encode()  # so a retry after a lost reply finds its own lease
         outcome = _claim_outcome(lease, request_ids, leased, flags)
         if leased and outcome.status in _GIVEN_BACK:  # taken before the records were read: give it back
             try:
                 await self.release(lease)
             except TransportError as error:  # it expires within ttl anyway
-                logger.warning("releasing the lease of %s failed: %s", lease.session_id, error)
+                logger.warning("releasing the lease of %s failed: %s", session_id, error)
         return outcome
 
     async def renew(self, lease: Lease, ttl: float | None = None) -> bool:
