@@ -143,7 +143,9 @@ class FunctionExecutor:
         started = time.monotonic()
         try:
             outcome = self.handler(target, request)
-            if inspect.isawaitable(outcome):  # a plain function cannot be interrupted: no timeout
+            # an awaitable gets the timeout (a plain function cannot be interrupted); a plain
+            # function's str or result skips the Awaitable check, the slow one
+            if not isinstance(outcome, str | ExecutionResult) and inspect.isawaitable(outcome):
                 async with asyncio.timeout(timeout):
                     outcome = await outcome
         except TimeoutError:
