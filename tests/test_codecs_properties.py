@@ -293,6 +293,33 @@ def test_a_repeated_key_means_the_same_on_both_paths() -> None:
     assert decoded.source_id == "b"
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"source": " Slack"},
+        {"schema_version": "1.1"},
+        {"session_id": None},
+        {"session_id": ""},
+        {"schema_version": "2.0"},
+    ],
+    ids=["source to normalise", "newer minor version", "no session id", "empty session id", "major 2"],
+)
+def test_requests_the_model_would_change_or_refuse_take_its_own_steps(change: dict[str, object]) -> None:
+    """The fast validator accepts only what the model's Python steps leave as it is: the others
+    are refused by it, and decoded (or refused) by the model's own validator."""
+    assert _REQUEST_FAST_PATH is not None
+    base = {"source": "slack", "source_id": "C1", "user_id": "u", "content": "hi", "session_id": "s"}
+    body = json.dumps({key: value for key, value in {**base, **change}.items() if value is not None})
+    with pytest.raises(ValidationError):
+        _REQUEST_FAST_PATH.validate_json(body)
+    full = _full_outcome(body)
+    if full is None:
+        with pytest.raises(DynamicAgentsError):
+            CODEC.decode_json(body, AgentRequestEvent)
+    else:
+        assert _same_event(CODEC.decode_json(body, AgentRequestEvent), full)
+
+
 def test_the_fast_request_validator_is_in_use() -> None:
     """None would mean pydantic laid the model's schema out differently (a pydantic upgrade):
     requests would still decode, only slower. This test says so instead of the benchmark."""

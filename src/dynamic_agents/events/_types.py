@@ -67,11 +67,10 @@ UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
 EventId = Annotated[str, StringConstraints(pattern=r"^[\x21-\x7e]{1,256}$")]
 """Printable ASCII without spaces, 1-256 characters: ids travel in envelope headers and key names."""
 
-SourceName = Annotated[
-    str,
-    BeforeValidator(_normalise_source),
-    StringConstraints(pattern=r"^[a-z][a-z0-9_.-]{0,63}$"),
-]
+SOURCE_PATTERN: Final = r"^[a-z][a-z0-9_.-]{0,63}$"
+"""What a platform slug looks like once normalised (stripped, lower-cased)."""
+
+SourceName = Annotated[str, BeforeValidator(_normalise_source), StringConstraints(pattern=SOURCE_PATTERN)]
 """A platform slug, lower-cased: ``discord``, ``slack``, ``whatsapp``, or any new one."""
 
 ChannelId = Annotated[str, StringConstraints(pattern=r"^[^\x00-\x1f\x7f]{1,256}$")]

@@ -16,9 +16,11 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import CoreSchema, SchemaValidator
+from pydantic_core import core_schema as cs
 
 from dynamic_agents.events._types import (
     SCHEMA_VERSION,
+    SOURCE_PATTERN,
     ChannelId,
     EventId,
     SourceName,
@@ -158,32 +160,70 @@ class AgentResponseEvent(WireModel):
 
 
 def _without_seed_mapping() -> SchemaValidator | None:
-    """A validator of :class:`AgentRequestEvent` without its ``_read_seed_shape`` step.
+    """A validator of :class:`AgentRequestEvent` for requests in the model's own shape and normal
+    form, with as few steps in Python as the model allows.
 
-    That step is the identity on an object holding ``source_id`` and a string ``session_id``, and
-    every object lacking either fails this validator (``source_id`` is required, an empty
-    ``session_id`` is refused). So wherever this validator succeeds, the model's own gives the
-    same event; it only skips building the whole object in Python first, which the ``before``
-    step forces on JSON input (~7 µs against ~4.5 µs for a typical request). ``None`` if pydantic
-    lays the schema out differently than expected: the model's own validator is then used alone.
+    It leaves out the ``_read_seed_shape`` step, the identity on an object holding ``source_id``
+    and a string ``session_id``, and accepts only values the model's Python steps would leave as
+    they are: ``schema_version`` ``"1.0"`` (or none), a ``source`` already stripped and
+    lower-cased, a non-empty ``session_id`` (in place of the check after validation), and, in
+    ``metadata`` and ``session_state``, any JSON value (what ``JsonValue`` gives for JSON input).
+    So wherever it succeeds, the model's own validator gives the same event; where it fails, the
+    model's validator runs and says why. It skips building the whole object in Python first,
+    which the ``before`` step forces on JSON input, and four calls into Python per request.
+    ``None`` if pydantic lays the schema out differently than expected: the model's own validator
+    is then used alone.
     """
+    try:
+        return SchemaValidator(_fast_request_schema(AgentRequestEvent.__pydantic_core_schema__))
+    except (KeyError, _LayoutChangedError):
+        return None
 
-    def strip(schema: CoreSchema) -> CoreSchema | None:
-        if schema["type"] in {"definitions", "function-after"}:
-            inner = strip(schema["schema"])
-            return None if inner is None else {**schema, "schema": inner}
-        if schema["type"] != "model" or schema["cls"] is not AgentRequestEvent:
-            return None
-        before = schema["schema"]
-        if before["type"] != "function-before":
-            return None
-        function = getattr(before["function"]["function"], "__func__", None)
-        if function is not AgentRequestEvent._read_seed_shape.__func__:
-            return None
-        return {**schema, "schema": before["schema"]}
 
-    stripped = strip(AgentRequestEvent.__pydantic_core_schema__)
-    return None if stripped is None else SchemaValidator(stripped)
+class _LayoutChangedError(Exception):
+    """The model's core schema is not laid out as :func:`_fast_request_schema` expects."""
+
+
+def _fast_request_schema(schema: Any) -> CoreSchema:
+    """The model's core schema (``definitions`` → ``_require_session_id`` → model →
+    ``_read_seed_shape`` → fields) without its Python steps, as :func:`_without_seed_mapping` says."""
+
+    def expect(condition: bool) -> None:
+        if not condition:
+            raise _LayoutChangedError
+
+    def function(step: Any) -> Any:
+        return getattr(step["function"]["function"], "__func__", step["function"]["function"])
+
+    expect(schema["type"] == "definitions")
+    after = schema["schema"]
+    expect(after["type"] == "function-after" and function(after) is AgentRequestEvent._require_session_id)
+    model = after["schema"]
+    expect(model["type"] == "model" and model["cls"] is AgentRequestEvent)
+    before = model["schema"]
+    expect(
+        before["type"] == "function-before"
+        and function(before) is AgentRequestEvent._read_seed_shape.__func__
+    )
+    fields = dict(before["schema"]["fields"])
+    version, session, metadata, state = (
+        fields[name]["schema"] for name in ("schema_version", "session_id", "metadata", "session_state")
+    )
+    expect(version["type"] == "default" and version["schema"]["type"] == "function-plain")
+    expect(session["type"] == "default" and session["schema"]["type"] == "str")
+    expect(metadata["type"] == "default" and state["type"] == "default")
+    any_json = cs.dict_schema(cs.str_schema(), cs.any_schema())
+    replaced: dict[str, Any] = {
+        "schema_version": {**version, "schema": cs.literal_schema([SCHEMA_VERSION])},
+        "source": cs.str_schema(pattern=SOURCE_PATTERN),
+        "session_id": {**session["schema"], "min_length": 1},  # required, its own max_length kept
+        "metadata": {**metadata, "schema": any_json},
+        "session_state": {**state, "schema": any_json},
+    }
+    for name, field_schema in replaced.items():
+        fields[name] = {**fields[name], "schema": field_schema}
+    fast: CoreSchema = {**schema, "schema": {**model, "schema": {**before["schema"], "fields": fields}}}
+    return fast
 
 
 _REQUEST_FAST_PATH: SchemaValidator | None = _without_seed_mapping()
