@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import gc
 import os
 import re
 import subprocess
@@ -57,14 +58,15 @@ def test_code_block_runs(name: str, source: str) -> None:
     # dont_inherit: a block runs as a module of its own, without this file's `from __future__` imports
     code: CodeType = compile(source, name, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True)
     namespace: dict[str, object] = {"__name__": "__docs__"}
-    environ = dict(os.environ)
+    environ, thresholds = dict(os.environ), gc.get_threshold()
     try:
         result = eval(code, namespace)
         if asyncio.iscoroutine(result):
             asyncio.run(result)
-    finally:  # blocks may set variables for their demo; the rest of the suite must not see them
+    finally:  # a block may set variables or the collector for its demo; the rest of the suite must not
         os.environ.clear()
         os.environ.update(environ)
+        gc.set_threshold(*thresholds)
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[e.name for e in EXAMPLES])

@@ -643,6 +643,20 @@ class TransportOperationsContract:
         assert [e.entry_id for e in entries] == ids
         assert [e.event for e in entries] == events
 
+    async def test_publish_envelopes_appends_encoded_events_in_order(self, backend: Backend) -> None:
+        transport = await backend.transport()
+        stream = backend.stream("encoded")
+        events = [request(f"e{n}") for n in range(20)]
+        assert await transport.publish_envelopes(stream, []) == []
+        ids = await transport.publish_envelopes(
+            stream, [transport.codec.encode_envelope(e) for e in events], maxlen=1000
+        )
+        entries = await transport.read_stream(stream, AgentRequestEvent, count=100)
+        assert [e.entry_id for e in entries] == ids
+        assert [e.event for e in entries] == events
+        # the same entries publish_many writes: {"__data__": envelope}
+        assert all(set(e.fields) == {b"__data__"} for e in entries)
+
 
 class CoordinatorSignalsContract:
     async def test_a_lease_says_who_holds_it(self, backend: Backend) -> None:

@@ -10,7 +10,15 @@ from typing import Any
 
 import pytest
 
-from dynamic_agents.events import AgentRequestEvent, LifecycleEvent, RunStarted, StreamNames, Target
+from dynamic_agents.events import (
+    AgentRequestEvent,
+    ContentDelta,
+    EventCodec,
+    LifecycleEvent,
+    RunStarted,
+    StreamNames,
+    Target,
+)
 from dynamic_agents.execution import FunctionExecutor
 from dynamic_agents.transports import InMemoryCoordinator, InMemoryServer, InMemoryTransport, Lease
 from dynamic_agents.worker.lifecycle import EventSink
@@ -86,6 +94,30 @@ async def test_failures_are_logged_not_raised(caplog: pytest.LogCaptureFixture) 
     sink.emit(started(2))
     await sink.flush()
     assert [e.event.request_id for e in await transport.read_stream(names.events, LifecycleEvent)] == ["r2"]
+
+
+async def test_an_event_that_cannot_be_encoded_is_dropped_alone(caplog: pytest.LogCaptureFixture) -> None:
+    transport = InMemoryTransport(codec=EventCodec(max_content_length=10))
+    sink = EventSink(transport, maxlen=100)
+    too_long = ContentDelta(request_id="r1", session_id="s", sequence=0, content="x" * 11)
+    with caplog.at_level(logging.WARNING, logger="dynamic_agents.worker"):
+        for event in (started(0), too_long, started(2)):
+            sink.emit(event)
+    await sink.flush()
+    assert "dropping a ContentDelta of request r1: content is 11 long, over the limit of 10" in caplog.text
+    assert sink.dropped == 1
+    events = await transport.read_stream(transport.names.events, LifecycleEvent)
+    assert [e.event.request_id for e in events] == ["r0", "r2"]
+
+
+async def test_emitted_events_wait_encoded() -> None:
+    """What waits for the write is bytes, not the event: nothing for the garbage collector."""
+    transport = InMemoryTransport()
+    sink = EventSink(transport, maxlen=100)
+    event = started(1)
+    sink.emit(event)
+    assert sink._queue == [transport.codec.encode_envelope(event)]
+    await sink.flush()
 
 
 async def test_past_max_pending_new_events_are_dropped_and_counted() -> None:

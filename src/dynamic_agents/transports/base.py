@@ -21,6 +21,7 @@ from typing import Any, Final, Generic, Protocol, Self, TypeVar
 
 from dynamic_agents._logging import get_logger
 from dynamic_agents.events import AgentResponseEvent, DecodedMessage, EventCodec, StreamNames, WireModel
+from dynamic_agents.events.envelope import DATA_FIELD
 from dynamic_agents.exceptions import ConfigurationError, EventError
 
 __all__ = [
@@ -369,7 +370,17 @@ class Transport(_AsyncResource):
     ) -> list[str]:
         """Append ``events`` to ``stream`` in order; returns their entry ids. On Redis one script
         call writes them all or none; elsewhere (this default) some may be written before an error."""
-        return [await self.publish(stream, event, maxlen=maxlen) for event in events]
+        envelopes = [self.codec.encode_envelope(event) for event in events]
+        return await self.publish_envelopes(stream, envelopes, maxlen=maxlen)
+
+    async def publish_envelopes(
+        self, stream: str, envelopes: Sequence[bytes], *, maxlen: int | None = None
+    ) -> list[str]:
+        """:meth:`publish_many` of events already encoded (``codec.encode_envelope``): one entry
+        ``{"__data__": envelope}`` each, in order."""
+        return [
+            await self.publish_fields(stream, {DATA_FIELD: envelope}, maxlen=maxlen) for envelope in envelopes
+        ]
 
     @abstractmethod
     async def publish_fields(

@@ -358,15 +358,14 @@ class RedisStreamsTransport(Transport):
         self.stats.published += 1
         return _bytes(entry_id).decode()
 
-    async def publish_many(
-        self, stream: str, events: Sequence[WireModel], *, maxlen: int | None = None
+    async def publish_envelopes(
+        self, stream: str, envelopes: Sequence[bytes], *, maxlen: int | None = None
     ) -> list[str]:
-        if not events:
+        if not envelopes:
             return []
-        envelopes = [self.codec.encode_envelope(event) for event in events]
         args: list[Arg] = [_optional(maxlen), DATA_FIELD, *envelopes]
         publish = partial(self._pipeline.script, self._publish_many, [stream], args)  # one call, all entries
-        what = f"publish {len(events)} events to {stream!r}"
+        what = f"publish {len(envelopes)} events to {stream!r}"
         try:
             published = await publish()
         except Exception as error:

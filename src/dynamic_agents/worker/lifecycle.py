@@ -33,8 +33,11 @@ logger = get_logger("worker")
 class EventSink:
     """Publishes events to the events stream in the background, in the order emitted.
 
-    Whatever was emitted while the previous batch was being written goes out as the next batch,
-    with :meth:`Transport.publish_many` (on Redis: one script call); a batch is written before the
+    An event is encoded when emitted (one that cannot be, too large say, is logged and dropped
+    alone), and waits as bytes: a worker with many requests in flight keeps no objects alive for
+    the garbage collector to go through until they are written. Whatever was emitted while the
+    previous batch was being written goes out as the next batch, with
+    :meth:`Transport.publish_envelopes` (on Redis: one script call); a batch is written before the
     next starts, so order holds. At most ``max_pending`` events wait (Redis away for long): beyond
     that new events are dropped and counted in :attr:`dropped`. :meth:`flush` waits until
     everything emitted is written.
@@ -45,7 +48,7 @@ class EventSink:
         self.maxlen = maxlen
         self.max_pending = max_pending
         self.dropped = 0
-        self._queue: list[LifecycleEvent] = []
+        self._queue: list[bytes] = []  # envelopes
         self._task: asyncio.Task[None] | None = None
 
     def emit(self, event: LifecycleEvent) -> None:
@@ -56,7 +59,13 @@ class EventSink:
                 )
             self.dropped += 1
             return
-        self._queue.append(event)
+        try:
+            envelope = self.transport.codec.encode_envelope(event)
+        except DynamicAgentsError as error:
+            logger.warning("dropping a %s of request %s: %s", type(event).__name__, event.request_id, error)
+            self.dropped += 1
+            return
+        self._queue.append(envelope)
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._publish_all(), name="lifecycle events")
 
@@ -64,7 +73,7 @@ class EventSink:
         while self._queue:
             batch, self._queue = self._queue, []
             try:
-                await self.transport.publish_many(self.transport.names.events, batch, maxlen=self.maxlen)
+                await self.transport.publish_envelopes(self.transport.names.events, batch, maxlen=self.maxlen)
             except DynamicAgentsError as error:
                 logger.warning("could not publish %d lifecycle events: %s", len(batch), error)
             except Exception:
@@ -98,17 +107,14 @@ class LifecyclePublisher:
         self._sequence = 0
         self._last_flush = 0.0
 
-    async def _publish(self, event: LifecycleEvent) -> None:
-        self.sink.emit(event)
-
     def _common(self) -> dict[str, object]:
         return {"request_id": self.request_id, "session_id": self.session_id, "target": self.target}
 
     async def accepted(self) -> None:
-        await self._publish(RequestAccepted.model_validate(self._common()))
+        self.sink.emit(RequestAccepted.model_validate(self._common()))
 
     async def started(self, delivery_count: int) -> None:
-        await self._publish(RunStarted.model_validate({**self._common(), "delivery_count": delivery_count}))
+        self.sink.emit(RunStarted.model_validate({**self._common(), "delivery_count": delivery_count}))
 
     async def delta(self, content: str) -> None:
         """Buffer a slice of output; publish at most every ``delta_interval`` seconds."""
@@ -128,7 +134,7 @@ class LifecyclePublisher:
             {**self._common(), "sequence": self._sequence, "content": content}
         )
         self._sequence += 1
-        await self._publish(event)
+        self.sink.emit(event)
 
     async def finished(self, result: ExecutionResult) -> None:
         await self.flush()
@@ -145,4 +151,4 @@ class LifecyclePublisher:
                     "error_message": REDACTOR.redact(result.error_message) if result.error_message else None,
                 }
             )
-        await self._publish(event)
+        self.sink.emit(event)
