@@ -87,7 +87,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -998,54 +998,45 @@ def report(
         }
         for variant, runs in by_variant.items()
     }
-    header = (
-        f"{'worker':<24} {'in flight':>9} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}   "
-        f"{'CPU µs/req: worker':>18} {'redis':>6} {'generator':>9}"
-    )
-    lines = [header, "-" * len(header)]
-    for variant in by_variant:
-        for in_flight in (1, BUDGET):
-            f = summary[variant][str(in_flight)]
-            lines.append(
-                f"{LABELS[variant]:<24} {in_flight:>9} {f['per_s']:>8,.0f} {f['p50_ms']:>8.3f} "
-                f"{f['p99_ms']:>8.3f}   {f['cpu_us_per_req']:>18.0f} {f['redis_cpu_us_per_req']:>6.0f} "
-                f"{f['generator_cpu_us_per_req']:>9.0f}"
-            )
-    print("\n".join(lines))
 
-    header = (
-        f"{'worker':<24} {'in flight':>9} {'GC µs/req':>9}   "
-        f"{'collections per 1,000 requests: young':>38} {'middle':>6} {'full':>5}"
+    def table(header: str, row: Callable[[str, int, Mapping[str, float]], str], *above: str) -> None:
+        """One line per worker and in-flight level, under ``above`` and ``header``."""
+        rows = [
+            row(variant, in_flight, summary[variant][str(in_flight)]).rstrip()
+            for variant in by_variant
+            for in_flight in (1, BUDGET)
+        ]
+        print("\n".join([*above, header, "-" * len(header), *rows]))
+
+    table(
+        f"{'worker':<24} {'in flight':>9} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}   "
+        f"{'CPU µs/req: worker':>18} {'redis':>6} {'generator':>9}",
+        lambda variant, in_flight, f: (
+            f"{LABELS[variant]:<24} {in_flight:>9} {f['per_s']:>8,.0f} {f['p50_ms']:>8.3f} "
+            f"{f['p99_ms']:>8.3f}   {f['cpu_us_per_req']:>18.0f} {f['redis_cpu_us_per_req']:>6.0f} "
+            f"{f['generator_cpu_us_per_req']:>9.0f}"
+        ),
     )
-    lines = [
+    table(
+        f"{'worker':<24} {'in flight':>9} {'GC µs/req':>9}   "
+        f"{'collections per 1,000 requests: young':>38} {'middle':>6} {'full':>5}",
+        lambda variant, in_flight, f: (
+            f"{LABELS[variant]:<24} {in_flight:>9} {f['gc_us_per_req']:>9.1f}   "
+            f"{f['gc_young_per_1k']:>38.1f} {f['gc_middle_per_1k']:>6.1f} {f['gc_full_per_1k']:>5.2f}"
+        ),
         "",
         "the worker's garbage collector (gc.callbacks in the worker process; mean of the rounds):",
-        header,
-    ]
-    lines.append("-" * len(header))
-    for variant in by_variant:
-        for in_flight in (1, BUDGET):
-            f = summary[variant][str(in_flight)]
-            lines.append(
-                f"{LABELS[variant]:<24} {in_flight:>9} {f['gc_us_per_req']:>9.1f}   "
-                f"{f['gc_young_per_1k']:>38.1f} {f['gc_middle_per_1k']:>6.1f} {f['gc_full_per_1k']:>5.2f}"
-            )
-    print("\n".join(lines))
-
-    header = (
-        f"{'worker':<24} {'in flight':>9} {'server calls/req':>16} {'sent/req':>9} "
-        f"{'round trips/req':>15} {'critical path':>13}"
     )
-    lines = ["", header, "-" * len(header)]
-    for variant in by_variant:
-        for in_flight in (1, BUDGET):
-            f = summary[variant][str(in_flight)]
-            lines.append(
-                f"{LABELS[variant]:<24} {in_flight:>9} {f['server_calls_per_req']:>16.2f} "
-                f"{f['top_level_per_req']:>9.2f} {f['round_trips_per_req']:>15.2f} "
-                f"{CRITICAL_PATH[variant][0] if in_flight == 1 else '':>13}".rstrip()
-            )
-    print("\n".join(lines))
+    table(
+        f"{'worker':<24} {'in flight':>9} {'server calls/req':>16} {'sent/req':>9} "
+        f"{'round trips/req':>15} {'critical path':>13}",
+        lambda variant, in_flight, f: (
+            f"{LABELS[variant]:<24} {in_flight:>9} {f['server_calls_per_req']:>16.2f} "
+            f"{f['top_level_per_req']:>9.2f} {f['round_trips_per_req']:>15.2f} "
+            f"{CRITICAL_PATH[variant][0] if in_flight == 1 else '':>13}"
+        ),
+        "",
+    )
 
     print("\nby command, per answered request (last round; server: every call, those inside scripts too):")
     for variant, runs in by_variant.items():
