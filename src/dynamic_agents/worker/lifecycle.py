@@ -33,10 +33,10 @@ logger = get_logger("worker")
 class EventSink:
     """Publishes events to the events stream in the background, in the order emitted.
 
-    An event is encoded when emitted (one that cannot be, too large say, is logged and dropped
-    alone), and waits as bytes: a worker with many requests in flight keeps no objects alive for
-    the garbage collector to go through until they are written. Whatever was emitted while the
-    previous batch was being written goes out as the next batch, with
+    An event is encoded when emitted (one that cannot be, too large say, is logged, dropped alone
+    and counted in :attr:`dropped`), and waits as bytes: a worker with many requests in flight
+    keeps no objects alive for the garbage collector to go through until they are written.
+    Whatever was emitted while the previous batch was being written goes out as the next batch, with
     :meth:`Transport.publish_envelopes` (on Redis: one script call); a batch is written before the
     next starts, so order holds. At most ``max_pending`` events wait (Redis away for long): beyond
     that new events are dropped and counted in :attr:`dropped`. :meth:`flush` waits until
