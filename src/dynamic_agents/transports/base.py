@@ -290,9 +290,14 @@ if hasattr(os, "register_at_fork"):  # not on Windows, which does not fork
     os.register_at_fork(after_in_child=_TOKENS.renew)
 
 
+def unique_token() -> str:
+    """Hex no other call returns, in any process (without ``/`` or ``:``)."""
+    return f"{_TOKENS.prefix}{next(_TOKENS.counter):x}"
+
+
 def lease_token(holder: str) -> str:
     """A token no other claim has, in any process, followed by ``/holder``."""
-    return f"{_TOKENS.prefix}{next(_TOKENS.counter):x}/{holder}"
+    return f"{unique_token()}/{holder}"
 
 
 @dataclass(slots=True)

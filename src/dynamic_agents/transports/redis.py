@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 import weakref
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping, Sequence
@@ -62,6 +61,7 @@ from dynamic_agents.transports.base import (
     record_key_of,
     released_idle,
     settle_undecodable,
+    unique_token,
 )
 
 try:
@@ -441,7 +441,7 @@ class RedisStreamsTransport(Transport):
         if ttl is None or up_to is None:  # no claims, or the first read: which entries are new?
             response, claimed = await self._xread(args, block, sub.stream, ">"), None
         else:
-            token_prefix = f"{secrets.token_hex(8)}:"
+            token_prefix = f"{unique_token()}:"
             claim_args: list[Arg] = [sub.group, sub.consumer, up_to, _CLAIM_ON_READ_MAX, token_prefix]
             claim_args += (_ms(ttl), self.names.prefix, DATA_FIELD, *skip_sessions)
             claiming = (self._claim_read, [sub.stream], claim_args)
