@@ -11,7 +11,8 @@ process only starts them, collects what they print and reports.
 
 1. **Import time.** For each import set, ``--import-repetitions`` (7) fresh interpreters each run
    ``t = perf_counter(); import ...; print(perf_counter() - t)``, interleaved with a baseline that
-   imports nothing (one warm-up round first, not counted, so every ``.pyc`` exists). Reported: the
+   imports nothing (one warm-up round first, not counted, so every ``.pyc`` exists: the children
+   run without ``PYTHONDONTWRITEBYTECODE``, see ``child_env``). Reported: the
    median import time measured inside the interpreter (the target is judged on this), the median
    wall time of the whole ``python -c`` minus the baseline's (start-up and teardown of the extra
    modules included), how many modules the import adds and how much it adds to the RSS. The
@@ -141,7 +142,14 @@ _MARK: Final = "--- imports start here ---"
 
 
 def child_env() -> dict[str, str]:
-    return {**os.environ, **CHILD_ENV}
+    """This process's environment for the measured interpreters, with ``CHILD_ENV``, and without
+    ``PYTHONDONTWRITEBYTECODE``: with it set (some machines set it globally), the warm-up round
+    writes no ``.pyc`` and every measured import of the library, an editable install, compiles
+    its modules from source again, while its dependencies' ``.pyc`` files, written when pip
+    installed them, are read. An installed package's users import from ``.pyc`` files."""
+    env = {**os.environ, **CHILD_ENV}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
 
 
 @dataclass
