@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import platform
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ def count_library_commands(
 
     pack = _pipelining._pack
 
-    def counting_pack(command: Sequence[Any]) -> bytes:
+    def counting_pack(command: tuple[Any, ...]) -> bytes:
         name = command[0]
         count((name.decode() if isinstance(name, bytes) else str(name)).lower())
         return pack(command)
@@ -63,4 +63,4 @@ def count_library_commands(
         count_write()
         write(self, *args)
 
-    _pipelining.AutoPipeline._write = counting_write  # type: ignore[method-assign]
+    _pipelining.AutoPipeline._write = counting_write  # type: ignore[method-assign,assignment]

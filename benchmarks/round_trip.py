@@ -960,19 +960,14 @@ GC_FIGURES: Final = ("gc_us_per_req", "gc_young_per_1k", "gc_middle_per_1k", "gc
 median would leave out."""
 
 
-def medians(runs: Sequence[WorkerRun], in_flight: int) -> dict[str, float]:
-    """The median over the rounds of each figure of one worker at one in-flight level."""
+def summarise(runs: Sequence[WorkerRun], in_flight: int) -> dict[str, float]:
+    """Each figure of one worker at one in-flight level over the rounds: the median of
+    ``FIGURES``, the mean of ``GC_FIGURES``."""
+    by_name: dict[str, Callable[[list[float]], float]] = dict.fromkeys(FIGURES, statistics.median)
+    by_name |= dict.fromkeys(GC_FIGURES, statistics.fmean)
     return {
-        name: statistics.median(float(getattr(run.measurements[in_flight], name)) for run in runs)
-        for name in FIGURES
-    }
-
-
-def means(runs: Sequence[WorkerRun], in_flight: int) -> dict[str, float]:
-    """The mean over the rounds of each garbage-collector figure of one worker at one in-flight level."""
-    return {
-        name: statistics.fmean(float(getattr(run.measurements[in_flight], name)) for run in runs)
-        for name in GC_FIGURES
+        name: aggregate([float(getattr(run.measurements[in_flight], name)) for run in runs])
+        for name, aggregate in by_name.items()
     }
 
 
@@ -993,9 +988,7 @@ def report(
 ) -> dict[str, Any]:
     """Print the tables and return the summary for ``--json``."""
     summary = {
-        variant: {
-            str(in_flight): medians(runs, in_flight) | means(runs, in_flight) for in_flight in (1, BUDGET)
-        }
+        variant: {str(in_flight): summarise(runs, in_flight) for in_flight in (1, BUDGET)}
         for variant, runs in by_variant.items()
     }
 
