@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -10,6 +12,7 @@ from typing import Any
 import pytest
 from agno.run import RunContext
 from pydantic import BaseModel
+from sqlalchemy import event
 
 from dynamic_agents.agents import (
     AgentRuntime,
@@ -26,7 +29,7 @@ from dynamic_agents.agents import (
     session_db,
 )
 from dynamic_agents.events import AgentRequestEvent, Attachment, ResponseStatus, Target, TargetType
-from dynamic_agents.exceptions import SpecNotFoundError, SpecValidationError
+from dynamic_agents.exceptions import ConfigurationError, SpecNotFoundError, SpecValidationError
 from dynamic_agents.testing import ScriptedModels, ToolCall
 
 
@@ -205,6 +208,73 @@ async def test_history_is_shared_by_two_runtimes_on_one_sqlite_file(tmp_path: Pa
     messages = second.models.models["gpt"].calls[0].messages  # type: ignore[attr-defined]
     assert any(m["content"] == "Remember 42." for m in messages)
     assert any(m["content"] == "I will remember 42." for m in messages)
+
+
+async def test_sqlite_sessions_keep_their_connection_between_runs_and_close_it(tmp_path: Path) -> None:
+    db = session_db(f"sqlite:///{tmp_path / 'sessions.db'}")
+    opened: list[object] = []
+    event.listen(db.db_engine.sync_engine, "connect", lambda connection, _: opened.append(connection))
+    before = set(threading.enumerate())
+    rt = runtime({"gpt": ["one", "two", "three", "four"]}, db=db)
+    await rt.agents.create(AgentSpec.from_dict({"id": "bot", "model": "gpt", "add_history_to_context": True}))
+    for content in ("a", "b", "c", "d"):
+        assert (await rt.agents.execute("bot", content, session_id="conv")).status == ResponseStatus.COMPLETED
+    history = rt.models.models["gpt"].calls[-1].messages  # type: ignore[attr-defined]
+    assert [m["content"] for m in history if m["role"] == "assistant"] == ["one", "two", "three"]
+    assert len(opened) == 1  # one run at a time: the pooled connection serves them all
+    connection_threads = set(threading.enumerate()) - before  # aiosqlite: one thread per connection
+    assert connection_threads
+    await rt.aclose()
+    for thread in connection_threads:
+        thread.join(timeout=5)
+    assert not [thread for thread in connection_threads if thread.is_alive()]
+
+
+async def test_runs_cancelled_midway_leave_the_sqlite_pool_usable(tmp_path: Path) -> None:
+    # a pooled connection outlives the run that used it: a run cancelled in the middle of a db call
+    # must not hand the next run a connection in a broken state
+    db = session_db(f"sqlite:///{tmp_path / 'sessions.db'}")
+    rt = runtime({"gpt": ["ok"] * 100}, db=db)
+    await rt.agents.create(AgentSpec.from_dict({"id": "bot", "model": "gpt", "add_history_to_context": True}))
+    await rt.agents.execute("bot", "first", session_id="s0")
+    cancelled = 0
+    for step in range(24):  # cancelled after 0 to 11.5 ms: before, inside and after its db calls
+        run = asyncio.ensure_future(rt.agents.execute("bot", f"m{step}", session_id=f"s{step % 3}"))
+        await asyncio.sleep(step / 2000)
+        cancelled += run.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await run
+        after = await rt.agents.execute("bot", "after", session_id=f"s{step % 3}")
+        assert after.status == ResponseStatus.COMPLETED, after.error_message
+    assert cancelled > 0
+    assert db.db_engine.pool.checkedout() == 0
+
+
+@pytest.mark.parametrize(
+    "url", ["sqlite://", "sqlite:///:memory:", "sqlite:///file:sessions?mode=memory&uri=true"]
+)
+def test_an_in_memory_sqlite_session_db_is_refused(url: str) -> None:
+    # one connection holds such a db: concurrent runs sharing it break each other's transactions
+    with pytest.raises(ConfigurationError, match="in-memory SQLite") as caught:
+        session_db(url)
+    assert repr(url) in str(caught.value)
+
+
+def test_an_unsupported_session_db_url_is_refused_without_its_password() -> None:
+    canary = "canary-pw-7f3a9e"
+    with pytest.raises(ConfigurationError) as caught:
+        session_db(f"mysql://user:{canary}@127.0.0.1/db")
+    assert "'mysql://user:***@127.0.0.1/db'" in str(caught.value)
+    assert canary not in str(caught.value)
+    with pytest.raises(ConfigurationError, match="not a URL"):
+        session_db(f"user={canary} dbname=sessions")
+
+
+def test_postgres_session_db_urls_use_the_async_psycopg_driver() -> None:
+    for scheme in ("postgresql", "postgres", "postgresql+asyncpg"):
+        db = session_db(f"{scheme}://user:p%40ss@127.0.0.1:5432/test", schema="agno")
+        assert db.db_url == "postgresql+psycopg_async://user:p%40ss@127.0.0.1:5432/test"
+        assert db.db_schema == "agno"
 
 
 async def test_two_targets_never_read_each_others_history(tmp_path: Path) -> None:

@@ -3,12 +3,18 @@
 ``session_db("sqlite:///sessions.db")`` → ``AsyncSqliteDb``; ``session_db("postgresql://…")`` →
 ``AsyncPostgresDb`` (psycopg 3, async). Use the async dbs in async code: agno's sync ones block the
 event loop inside ``arun``.
+
+Both keep their connections in a pool between runs (an agno run makes about ten db calls, and a new
+SQLite connection is a new thread). The db's ``close()`` closes them, and ``AgentRuntime.aclose()``
+calls it: close the runtime when you are done with it.
 """
 
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit
+
+from sqlalchemy import URL, make_url
+from sqlalchemy.exc import ArgumentError
 
 from dynamic_agents.exceptions import ConfigurationError
 
@@ -16,22 +22,42 @@ __all__ = ["session_db"]
 
 
 def session_db(url: str, *, schema: str | None = None) -> Any:
-    """An agno async db for sessions and memories at ``url``."""
-    scheme = urlsplit(url).scheme
-    if scheme.startswith("sqlite"):
-        from agno.db.sqlite import AsyncSqliteDb
-        from agno.db.utils import json_serializer
-        from sqlalchemy.ext.asyncio import create_async_engine
-        from sqlalchemy.pool import NullPool
+    """An agno async db for sessions and memories at ``url``.
 
-        # NullPool: every connection is closed when its session ends, so none outlives the run
-        # that opened it (aiosqlite warns about connections collected unclosed).
-        engine = create_async_engine(
-            url.replace(scheme, "sqlite+aiosqlite", 1), poolclass=NullPool, json_serializer=json_serializer
-        )
-        return AsyncSqliteDb(db_engine=engine)
-    if scheme.startswith(("postgresql", "postgres")):
+    An in-memory SQLite URL (``sqlite://``, ``sqlite:///:memory:``) is refused: that database lives
+    in one connection, which concurrent runs would share; use a file, or agno's ``InMemoryDb`` in
+    tests.
+    """
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigurationError(
+            "session db URL is not a URL: use sqlite:///path.db or postgresql://…"
+        ) from None
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return _sqlite(url, parsed.set(drivername="sqlite+aiosqlite"))
+    if backend in ("postgresql", "postgres"):
         from agno.db.postgres import AsyncPostgresDb
 
-        return AsyncPostgresDb(db_url=url.replace(scheme, "postgresql+psycopg_async", 1), db_schema=schema)
-    raise ConfigurationError(f"session db URL {url!r}: use sqlite:///path.db or postgresql://…")
+        driver = parsed.set(drivername="postgresql+psycopg_async")
+        return AsyncPostgresDb(db_url=driver.render_as_string(hide_password=False), db_schema=schema)
+    raise ConfigurationError(
+        f"session db URL {parsed.render_as_string(hide_password=True)!r}: "
+        "use sqlite:///path.db or postgresql://…"
+    )
+
+
+def _sqlite(given: str, url: URL) -> Any:
+    from agno.db.sqlite import AsyncSqliteDb
+    from agno.db.utils import json_serializer
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    if url.database in (None, "", ":memory:") or url.query.get("mode") == "memory":
+        raise ConfigurationError(
+            f"session db URL {given!r} is an in-memory SQLite db, one connection "
+            "that concurrent runs would share: use a file (sqlite:///sessions.db), or agno's "
+            "InMemoryDb in tests"
+        )
+    # SQLAlchemy's default pool for a SQLite file: connections kept between runs, closed by close().
+    return AsyncSqliteDb(db_engine=create_async_engine(url, json_serializer=json_serializer))
