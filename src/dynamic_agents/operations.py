@@ -11,14 +11,16 @@ original entry's fields plus ``dead_letter.*`` fields saying why, from where, by
     await dead.requeue(letter.id)            # once the fault is fixed
     await dead.purge(before=a_week_ago)
 
-**Requeue** publishes the original fields (without the ``dead_letter.*`` ones) to the origin
-stream as a *new* entry, so the request gets a fresh delivery budget (its delivery count starts at
-1 again), and only then deletes the dead letter. A crash between the two steps leaves a request
-that is both requeued and still dead-lettered — never a lost one; requeueing that leftover again is
-harmless for a request that was answered meanwhile, since the worker acks a request that has a
-completed-request record without running it. The same deduplication applies to a request the
-worker dead-lettered for too many deliveries: that dead-lettering sent an error reply but wrote no
-record, so the requeued request runs and gets a second, successful reply.
+**Requeue** moves the dead letter back: its original fields (without the ``dead_letter.*`` ones)
+go to the origin stream as a *new* entry, so the request gets a fresh delivery budget (its delivery
+count starts at 1 again), and the dead letter is deleted, in one step (:meth:`Transport.move`: one
+script on Redis). Of two requeues of one dead letter, from any number of processes, one publishes
+it and the other finds it gone. A transport without an atomic ``move`` publishes and then deletes:
+a crash between the two leaves a request both requeued and still dead-lettered — never a lost one —
+and requeueing that leftover is harmless for a request answered meanwhile, since the worker acks a
+request that has a completed-request record without running it. A request the worker dead-lettered
+for too many deliveries got an error reply and no record: requeued, it runs and gets a second,
+successful reply.
 
 An undecodable entry requeued unchanged is dead-lettered again by the next worker that reads it;
 requeue those only after fixing what could not read them (a codec or schema upgrade).
@@ -141,11 +143,9 @@ class DeadLetters:
     """List, summarise, requeue and purge the entries of the dead-letter stream.
 
     ``stream`` defaults to ``transport.names.dead_letters``. Unknown (or malformed) entry ids raise
-    :class:`~dynamic_agents.exceptions.DeliveryError` (a ``LookupError``). Requeue and purge of one
-    entry are serialised within this object, so two concurrent calls for the same id (a double
-    click) requeue it once; across processes, concurrent requeues of one id can publish the request
-    twice — the completed-request record still lets only one successful reply out (though both
-    copies may run if workers take them at the same time).
+    :class:`~dynamic_agents.exceptions.DeliveryError` (a ``LookupError``), as does requeueing a dead
+    letter someone else requeued or purged meanwhile. Concurrent requeues of one id (a double click,
+    two operators) publish the request once, within a process and across processes alike.
     """
 
     def __init__(self, transport: Transport, *, stream: str | None = None) -> None:
@@ -206,15 +206,20 @@ class DeadLetters:
     # -- requeueing -------------------------------------------------------------------------------
 
     async def requeue(self, entry_id: str) -> str:
-        """Publish the dead letter's original fields to its origin stream as a new entry (a fresh
-        delivery budget), then delete the dead letter; returns the new entry's id.
+        """Move the dead letter's original fields to its origin stream as a new entry (a fresh
+        delivery budget), deleting the dead letter; returns the new entry's id.
 
-        Publishing comes first: a crash in between leaves the dead letter in place as well (a
-        duplicate), never a lost request. :class:`DeliveryError` if there is no such dead letter
-        or it does not say which stream it came from.
+        :class:`DeliveryError` if there is no such dead letter (or no longer: requeued or purged
+        meanwhile), or it does not say which stream it came from.
         """
         async with self._lock:
-            return await self._requeue(await self.get(entry_id))
+            letter = await self.get(entry_id)
+            new_id = await self._requeue(letter)
+        if new_id is None:
+            raise DeliveryError(
+                f"no dead letter {entry_id!r} on {self.stream!r}: requeued or purged meanwhile"
+            )
+        return new_id
 
     async def requeue_all(self, *, reason: str | None = None) -> int:
         """Requeue every dead letter there is now (or those of kind ``reason``, as
@@ -227,22 +232,19 @@ class DeadLetters:
                 if not letter.origin_stream:
                     logger.warning("dead letter %s has no origin stream: not requeued", letter.id)
                     continue
-                await self._requeue(letter)
-                requeued += 1
+                if await self._requeue(letter) is not None:
+                    requeued += 1
         return requeued
 
-    async def _requeue(self, letter: DeadLetter) -> str:
+    async def _requeue(self, letter: DeadLetter) -> str | None:
+        """The new entry's id, or ``None`` if someone else requeued or purged the letter first."""
         if not letter.origin_stream:
             raise DeliveryError(f"dead letter {letter.id!r} does not say which stream it came from")
-        new_id = await self.transport.publish_fields(letter.origin_stream, letter.fields)
-        if not await self.transport.delete(self.stream, letter.id):
-            logger.warning(
-                "dead letter %s was deleted by someone else while being requeued: its request may be "
-                "on %r twice",
-                letter.id,
-                letter.origin_stream,
-            )
-        logger.info("requeued dead letter %s to %r as %s", letter.id, letter.origin_stream, new_id)
+        new_id = await self.transport.move(self.stream, letter.id, letter.origin_stream, letter.fields)
+        if new_id is None:
+            logger.info("dead letter %s was requeued or purged by someone else meanwhile", letter.id)
+        else:
+            logger.info("requeued dead letter %s to %r as %s", letter.id, letter.origin_stream, new_id)
         return new_id
 
     # -- purging ----------------------------------------------------------------------------------

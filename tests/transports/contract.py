@@ -633,6 +633,43 @@ class TransportOperationsContract:
             == []
         )
 
+    async def test_move_writes_an_entry_elsewhere_and_deletes_it_once(self, backend: Backend) -> None:
+        transport = await backend.transport()
+        source, destination = backend.stream("held"), backend.stream("back")
+        kept = await transport.publish(source, request("stays"))
+        moving = await transport.publish(source, request("moves"))
+        (entry,) = await transport.read_stream(source, AgentRequestEvent, after=kept)
+        new_id = await transport.move(source, moving, destination, entry.fields)
+        assert new_id is not None
+        (moved,) = await transport.read_stream(destination, AgentRequestEvent)
+        assert (moved.entry_id, moved.fields, moved.event) == (new_id, entry.fields, entry.event)
+        assert [e.entry_id for e in await transport.read_stream(source, AgentRequestEvent)] == [kept]
+        # moved already, or never there: nothing is written
+        assert await transport.move(source, moving, destination, entry.fields) is None
+        assert await transport.move(backend.stream("missing"), moving, destination, entry.fields) is None
+        assert len(await transport.read_stream(destination, AgentRequestEvent)) == 1
+
+    async def test_concurrent_moves_of_one_entry_write_it_once(self, backend: Backend) -> None:
+        transport, other = await backend.transport(), await backend.transport()
+        source, destination = backend.stream("held"), backend.stream("back")
+        entry_id = await transport.publish(source, request())
+        (entry,) = await transport.read_stream(source, AgentRequestEvent)
+        outcomes = await asyncio.gather(
+            *(t.move(source, entry_id, destination, entry.fields) for t in (transport, other, transport))
+        )
+        assert sum(outcome is not None for outcome in outcomes) == 1
+        assert len(await transport.read_stream(destination, AgentRequestEvent)) == 1
+
+    async def test_move_to_a_key_of_another_type_writes_nothing(self, backend: Backend) -> None:
+        transport = await backend.transport()
+        source = backend.stream("held")
+        entry_id = await transport.publish(source, request())
+        (entry,) = await transport.read_stream(source, AgentRequestEvent)
+        await transport.coordinator().set_record(CompletedRecord("x", "r", "completed", None, None, 0.0), 60)
+        with pytest.raises(TransportError, match="WRONGTYPE"):
+            await transport.move(source, entry_id, backend.names.completed_record("x"), entry.fields)
+        assert [e.entry_id for e in await transport.read_stream(source, AgentRequestEvent)] == [entry_id]
+
     async def test_publish_many_appends_in_order(self, backend: Backend) -> None:
         transport = await backend.transport()
         stream = backend.stream("many")

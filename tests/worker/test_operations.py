@@ -192,9 +192,29 @@ async def test_concurrent_requeues_of_one_dead_letter_publish_it_once(backend: B
     dead = DeadLetters(transport)
     (letter,) = await dead.list()
     last = await transport.last_entry_id(backend.names.requests)
-    outcomes = await asyncio.gather(dead.requeue(letter.id), dead.requeue(letter.id), return_exceptions=True)
-    assert sorted(type(outcome).__name__ for outcome in outcomes) == ["DeliveryError", "str"]
+    # a double click on one object, and two operators (other objects, other connections: as two
+    # processes, or two API requests, would)
+    others = [DeadLetters(await backend.transport()) for _ in range(2)]
+    for other in others:  # connected, and all see the letter
+        assert [each.id for each in await other.list()] == [letter.id]
+    calls = [dead.requeue(letter.id), dead.requeue(letter.id), *(o.requeue(letter.id) for o in others)]
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    assert sorted(type(outcome).__name__ for outcome in outcomes) == ["DeliveryError"] * 3 + ["str"]
     assert len(await transport.read_stream(backend.names.requests, AgentRequestEvent, after=last)) == 1
+    assert await dead.list() == []
+
+
+async def test_requeue_all_skips_what_another_requeue_took_first(backend: Backend) -> None:
+    transport = await backend.transport()
+    await dead_undecodable(backend, transport, *JUNK)
+    dead, other = DeadLetters(transport), DeadLetters(await backend.transport())
+    assert len(await other.list()) == len(JUNK)
+    last = await transport.last_entry_id(backend.names.requests)
+    counts = await asyncio.gather(dead.requeue_all(), other.requeue_all())
+    assert sum(counts) == len(JUNK)
+    assert len(await transport.read_stream(backend.names.requests, AgentRequestEvent, after=last)) == len(
+        JUNK
+    )
 
 
 async def test_requeue_all_by_kind_and_everything(backend: Backend) -> None:

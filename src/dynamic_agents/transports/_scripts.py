@@ -305,6 +305,22 @@ return {1, dead_id}
 """
 )
 
+# KEYS[1] source stream, KEYS[2] destination stream; ARGV: entry id, then field, value…
+# Appends the fields to the destination as a new entry and deletes the entry from the source, or,
+# when the source no longer has the entry, does nothing and returns nil.
+MOVE: Final = (
+    "#!lua\n"
+    + _CHECK_STREAM
+    + """
+local err = check_stream(KEYS[1]) or check_stream(KEYS[2])
+if err then return err end
+if #redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1]) == 0 then return false end
+local id = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))
+redis.call('XDEL', KEYS[1], ARGV[1])
+return id
+"""
+)
+
 # KEYS[1] stream. XTRIM MINID below every group's oldest pending or undelivered entry.
 TRIM_ACKNOWLEDGED: Final = """#!lua
 local groups = redis.call('XINFO', 'GROUPS', KEYS[1])

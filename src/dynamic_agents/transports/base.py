@@ -485,6 +485,22 @@ class Transport(_AsyncResource):
         """Delete entries (``XDEL``); returns how many existed. For operations on dead letters —
         never on a request stream's pending entries."""
 
+    async def move(
+        self, source: str, entry_id: str, stream: str, fields: Mapping[str, bytes] | Mapping[bytes, bytes]
+    ) -> str | None:
+        """Append ``fields`` to ``stream`` as a new entry and delete entry ``entry_id`` from
+        ``source``, as one step; returns the new entry's id, or ``None`` when ``source`` no longer
+        has the entry (then nothing is written). Requeueing a dead letter is a move: of two
+        concurrent moves of one entry, one writes it and the other gets ``None``.
+
+        The Redis and in-memory transports do it atomically. This default, for other transports,
+        publishes and then deletes: a crash in between leaves the entry in both streams, and
+        concurrent moves of one entry can each publish it (each then returns an id).
+        """
+        entry = await self.publish_fields(stream, fields)
+        await self.delete(source, entry_id)
+        return entry
+
     @abstractmethod
     async def last_entry_id(self, stream: str) -> str:
         """The id of the stream's newest entry (``"0-0"`` for an empty or missing stream): read

@@ -502,6 +502,19 @@ class InMemoryTransport(Transport):
             return 0
         return sum(data.entries.pop(parse_id(entry_id), None) is not None for entry_id in entry_ids)
 
+    async def move(
+        self, source: str, entry_id: str, stream: str, fields: Mapping[str, bytes] | Mapping[bytes, bytes]
+    ) -> str | None:
+        self._check_open()
+        data, key = self.server._stream(source), parse_id(entry_id)
+        self.server._check_stream_type(stream)
+        if data is None or key not in data.entries:
+            return None
+        entry = self.server.xadd(stream, _fields(fields))
+        del data.entries[key]
+        self.stats.published += 1
+        return entry
+
     async def last_entry_id(self, stream: str) -> str:
         self._check_open()
         data = self.server._stream(stream)

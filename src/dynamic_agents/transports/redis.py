@@ -287,6 +287,7 @@ class RedisStreamsTransport(Transport):
         self._reclaim_script = client.register_script(_scripts.RECLAIM)
         self._completes = BatchScript(client.register_script(_scripts.COMPLETE), _pack_completions)
         self._dead_letter = client.register_script(_scripts.DEAD_LETTER)
+        self._move = client.register_script(_scripts.MOVE)
         self._trim = client.register_script(_scripts.TRIM_ACKNOWLEDGED)
         self._claim_read = client.register_script(_scripts.CLAIM_READ)
         self._release_lease = client.register_script(_scripts.RELEASE_LEASE)
@@ -666,6 +667,21 @@ class RedisStreamsTransport(Transport):
             return 0
         deleted = await self._call(f"XDEL on {stream!r}", lambda: self.client.xdel(stream, *entry_ids))
         return _int(deleted)
+
+    async def move(
+        self, source: str, entry_id: str, stream: str, fields: Mapping[str, bytes] | Mapping[bytes, bytes]
+    ) -> str | None:
+        # A retry after a connection lost mid-call can find the entry moved by the first attempt,
+        # and says None: never a second copy.
+        args: list[Arg] = [entry_id, *_flatten(_pairs(fields))]
+        moved = await self._call(
+            f"move {entry_id} from {source!r} to {stream!r}",
+            partial(self._move, keys=[source, stream], args=args),
+        )
+        if moved is None:
+            return None
+        self.stats.published += 1
+        return _bytes(moved).decode()
 
     async def last_entry_id(self, stream: str) -> str:
         newest = await self._call(f"last entry of {stream!r}", lambda: self.client.xrevrange(stream, count=1))
