@@ -211,6 +211,23 @@ def test_legacy_json_envelope_and_bare_body_are_read() -> None:
     assert CODEC.decode_entry({"__data__": body}, AgentRequestEvent).event == event
 
 
+@pytest.mark.parametrize(
+    ("envelope", "where"),
+    [
+        (b'{"data": "\\ud800"}', "'data'"),
+        (b'{"data": "{}", "headers": {"correlation_id": "x\\udfff"}}', "header 'correlation_id'"),
+        (b'{"data": "{}", "headers": {"\\ud800": "x"}}', "a header name"),
+    ],
+)
+def test_a_legacy_envelope_with_a_lone_surrogate_is_refused(envelope: bytes, where: str) -> None:
+    """JSON may escape a lone surrogate; no UTF-8 body or header holds one: an EnvelopeError, not
+    the UnicodeEncodeError that used to escape the codec."""
+    with pytest.raises(EnvelopeError, match=re.escape(f"legacy JSON envelope: {where} is not valid Unicode")):
+        read_entry_data(envelope)
+    with pytest.raises(EnvelopeError):
+        CODEC.decode_entry({b"__data__": envelope}, AgentRequestEvent)
+
+
 def test_body_with_a_data_field_is_not_mistaken_for_a_legacy_envelope() -> None:
     body = json.dumps(valid_body(data="not an envelope")).encode()
     assert read_entry_data(body).body == body

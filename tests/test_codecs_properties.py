@@ -172,6 +172,22 @@ def test_garbage_entries_raise_only_library_errors(data: bytes) -> None:
         CODEC.decode_entry({b"__data__": data}, AgentRequestEvent)
 
 
+# (st.text() leaves surrogates out, whatever its alphabet)
+_with_surrogates = st.lists(st.characters() | st.characters(categories=["Cs"]), max_size=20).map("".join)
+
+
+@given(_with_surrogates, st.dictionaries(_with_surrogates, _with_surrogates, max_size=3))
+def test_legacy_envelopes_of_any_strings_raise_only_library_errors(
+    data: str, headers: dict[str, str]
+) -> None:
+    """JSON escapes every string, lone surrogates too (``"\\ud800"``): what the legacy envelope
+    reads from them must still be a library error at worst."""
+    with contextlib.suppress(DynamicAgentsError):
+        CODEC.decode_entry(
+            {b"__data__": json.dumps({"data": data, "headers": headers}).encode()}, AgentRequestEvent
+        )
+
+
 # -- decoding a request without the seed-shape step ---------------------------------------------------
 
 request_keys = st.sampled_from(

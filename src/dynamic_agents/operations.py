@@ -2,7 +2,9 @@
 
 A request lands on the dead-letter stream (``transport.names.dead_letters``) when it does not
 decode, or when it was delivered more than ``max_deliveries`` times; each dead letter is the
-original entry's fields plus ``dead_letter.*`` fields saying why, from where, by whom and when.
+original entry's fields plus ``dead_letter.*`` fields saying why, from where, by whom and when (an
+entry with thousands of fields has them packed into one, ``dead_letter.fields``, which
+:attr:`DeadLetter.fields` gives back unpacked).
 :class:`DeadLetters` lists them, sums them up, puts them back on their stream and deletes them::
 
     dead = DeadLetters(transport)
@@ -53,9 +55,9 @@ from typing import Final
 
 from dynamic_agents._logging import get_logger
 from dynamic_agents.events import AgentRequestEvent
-from dynamic_agents.exceptions import ConfigurationError, DeliveryError, EventError
+from dynamic_agents.exceptions import ConfigurationError, DecodeError, DeliveryError, EventError
 from dynamic_agents.transports import Transport
-from dynamic_agents.transports.base import DEAD_LETTER_FIELD_PREFIX
+from dynamic_agents.transports.base import DEAD_LETTER_FIELD_PREFIX, DEAD_LETTER_PACKED_FIELD, unpack_fields
 
 __all__ = [
     "MAX_DELIVERIES",
@@ -229,8 +231,8 @@ class DeadLetters:
             async for letter in self._scan(until=await self.transport.last_entry_id(self.stream)):
                 if reason is not None and letter.kind != reason:
                     continue
-                if not letter.origin_stream:
-                    logger.warning("dead letter %s has no origin stream: not requeued", letter.id)
+                if not letter.origin_stream or not letter.fields:
+                    logger.warning("dead letter %s has no origin stream or fields: not requeued", letter.id)
                     continue
                 if await self._requeue(letter) is not None:
                     requeued += 1
@@ -240,6 +242,8 @@ class DeadLetters:
         """The new entry's id, or ``None`` if someone else requeued or purged the letter first."""
         if not letter.origin_stream:
             raise DeliveryError(f"dead letter {letter.id!r} does not say which stream it came from")
+        if not letter.fields:
+            raise DeliveryError(f"dead letter {letter.id!r} has no original fields to requeue")
         new_id = await self.transport.move(self.stream, letter.id, letter.origin_stream, letter.fields)
         if new_id is None:
             logger.info("dead letter %s was requeued or purged by someone else meanwhile", letter.id)
@@ -309,15 +313,25 @@ class DeadLetters:
         meta = {
             key[len(_PREFIX) :].decode(errors="replace"): value.decode(errors="replace")
             for key, value in fields.items()
-            if key.startswith(_PREFIX)
+            if key.startswith(_PREFIX) and key != DEAD_LETTER_PACKED_FIELD
         }
-        original = MappingProxyType({k: v for k, v in fields.items() if not k.startswith(_PREFIX)})
         request: AgentRequestEvent | None = None
         decode_error: str | None = None
+        own = {k: v for k, v in fields.items() if not k.startswith(_PREFIX)}
+        packed = fields.get(DEAD_LETTER_PACKED_FIELD)
+        if packed is not None:  # an entry with too many fields to copy one by one: packed in one
+            try:
+                own = unpack_fields(packed)
+            except DecodeError as error:
+                decode_error = f"{DEAD_LETTER_PACKED_FIELD.decode()}: {error}"
+        original = MappingProxyType(own)
         try:
-            request = self.transport.codec.decode_entry(original, AgentRequestEvent).event
+            if decode_error is None:
+                request = self.transport.codec.decode_entry(original, AgentRequestEvent).event
         except EventError as error:
             decode_error = str(error)
+        except Exception as error:  # a codec bug: the letter is still listed, with what went wrong
+            decode_error = f"decoding the entry raised {type(error).__name__}: {str(error)[:200]}"
         return DeadLetter(
             id=entry_id,
             reason=meta.get("reason", ""),

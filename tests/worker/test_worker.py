@@ -72,6 +72,27 @@ async def test_undecodable_entries_are_dead_lettered_and_the_worker_goes_on(back
     assert w.stats.undecodable == 3
 
 
+async def test_a_worker_survives_an_entry_whose_decoding_raises_and_answers_the_request_next_to_it(
+    backend: Backend,
+) -> None:
+    """A foreign legacy JSON envelope whose data is an escaped lone surrogate (valid JSON, no
+    UTF-8 text) used to raise UnicodeEncodeError out of the read, and the worker died with it."""
+    transport = await backend.transport()
+    await transport.publish(backend.names.requests, request_event(backend.names, "before"))
+    await transport.publish_fields(backend.names.requests, {b"__data__": b'{"data": "\\ud800"}'})
+    await transport.publish(backend.names.requests, request_event(backend.names, "after"))
+    w = worker(transport)
+    await w.run_until_idle(timeout=5)
+    assert sorted(r.content for r in await replies(transport, backend.names)) == [
+        "echo: after",
+        "echo: before",
+    ]
+    (dead,) = await transport.read_stream(backend.names.dead_letters, AgentRequestEvent)
+    assert dead.fields[b"dead_letter.reason"].startswith(b"undecodable: legacy JSON envelope")
+    assert await transport.pending(backend.names.requests, "dynamic-agents") == []
+    assert w.stats.undecodable == 1
+
+
 async def test_past_max_deliveries_the_request_is_dead_lettered_with_an_error_reply(backend: Backend) -> None:
     transport = await backend.transport()
     request = request_event(backend.names, "cursed")

@@ -205,7 +205,9 @@ def read_entry_data(data: bytes) -> Envelope:
 
     The legacy JSON envelope is an object with a string ``data`` and an optional ``headers`` object
     and no other keys; anything else is the body itself. A value that starts like the binary magic
-    but is malformed or truncated raises :class:`EnvelopeError` instead of passing as a raw body.
+    but is malformed or truncated raises :class:`EnvelopeError` instead of passing as a raw body,
+    as does a legacy envelope whose ``data`` or a header holds a lone surrogate (``"\\ud800"``:
+    valid JSON, but no UTF-8 text).
     """
     if data[:1] == MAGIC[:1]:  # 0x89 never starts JSON or UTF-8 text: a (maybe broken) envelope
         return decode_envelope(data)
@@ -220,9 +222,23 @@ def read_entry_data(data: bytes) -> Envelope:
             and set(parsed) <= {"data", "headers"}
             and isinstance(parsed.get("headers", {}), dict)
         ):
-            headers = {
-                str(key): value if isinstance(value, str) else json.dumps(value)
-                for key, value in parsed.get("headers", {}).items()
-            }
-            return Envelope(body=parsed["data"].encode(), headers=headers)
+            headers: dict[str, str] = {}
+            for key, value in parsed.get("headers", {}).items():
+                text = value if isinstance(value, str) else json.dumps(value)
+                _legacy_utf8("a header name", str(key))
+                _legacy_utf8(f"header {key!r}", text)
+                headers[str(key)] = text
+            return Envelope(body=_legacy_utf8("'data'", parsed["data"]), headers=headers)
     return Envelope(body=data)
+
+
+def _legacy_utf8(what: str, text: str) -> bytes:
+    """``text`` of a legacy JSON envelope as UTF-8. JSON can escape a lone surrogate (``"\\ud800"``),
+    which no UTF-8 body or header holds: :class:`EnvelopeError` says where it is."""
+    try:
+        return text.encode()
+    except UnicodeEncodeError as error:
+        raise EnvelopeError(
+            f"legacy JSON envelope: {what} is not valid Unicode: a lone surrogate "
+            f"U+{ord(text[error.start]):04X} at index {error.start}"
+        ) from None

@@ -32,18 +32,43 @@ end
 return ids
 """
 
+UNPACK_MAX: Final = 7000
+"""The most values a script passes to one command with ``unpack()`` (Redis's Lua stops near 8,000:
+"too many results to unpack"); callers with more split them, or take another path."""
+
+# KEYS[1] stream; ARGV: expire ms, maxlen or '', field, value… (at most UNPACK_MAX values)
+# Appends one entry and sets the stream's expiry, or, when the key holds another type, does
+# neither (a MULTI would still run the PEXPIRE after the XADD failed).
+PUBLISH_EXPIRING: Final = (
+    "#!lua\n"
+    + _CHECK_STREAM
+    + """
+local err = check_stream(KEYS[1])
+if err then return err end
+local id
+if ARGV[2] ~= '' then
+  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3))
+else
+  id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return id
+"""
+)
+
 # KEYS[1] stream; ARGV: group, consumer, idle ms to set, entry ids…
 # Resets (or sets) the idle time of the entries this consumer still holds, without counting a new
 # delivery; returns the ids it still holds.
+# One XCLAIM per 1,000 ids (unpack() has a stack limit).
 HOLD: Final = """#!lua
 local held = {}
 for i = 4, #ARGV do
   local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
   if #p > 0 and p[1][2] == ARGV[2] then held[#held + 1] = ARGV[i] end
 end
-if #held > 0 then
+for first = 1, #held, 1000 do
   local args = {KEYS[1], ARGV[1], ARGV[2], 0}
-  for _, id in ipairs(held) do args[#args + 1] = id end
+  for i = first, math.min(first + 999, #held) do args[#args + 1] = held[i] end
   args[#args + 1] = 'IDLE'
   args[#args + 1] = ARGV[3]
   args[#args + 1] = 'JUSTID'

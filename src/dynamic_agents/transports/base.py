@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import os
 import secrets
+import struct
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
@@ -22,7 +23,7 @@ from typing import Any, Final, Generic, Protocol, Self, TypeVar
 from dynamic_agents._logging import get_logger
 from dynamic_agents.events import AgentResponseEvent, DecodedMessage, EventCodec, StreamNames, WireModel
 from dynamic_agents.events.envelope import DATA_FIELD
-from dynamic_agents.exceptions import ConfigurationError, EventError
+from dynamic_agents.exceptions import ConfigurationError, DecodeError, EventError, TransportError
 
 __all__ = [
     "Claim",
@@ -48,6 +49,17 @@ logger = get_logger("transports")
 
 DEAD_LETTER_FIELD_PREFIX: Final = "dead_letter."
 """Fields a dead-letter entry adds to the original entry's fields (``dead_letter.reason``, …)."""
+
+DEAD_LETTER_PACKED_FIELD: Final = b"dead_letter.fields"
+"""The field that carries the original fields of an entry with too many to copy one by one
+(:data:`DEAD_LETTER_MAX_FIELDS`), packed by :func:`pack_fields`."""
+
+DEAD_LETTER_MAX_FIELDS: Final = 3500
+"""The most fields a dead letter has with the original fields copied one by one (a Redis script
+passes at most ``_scripts.UNPACK_MAX`` = 7,000 values to one command); beyond, they are packed
+into :data:`DEAD_LETTER_PACKED_FIELD`."""
+
+_LENGTH: Final = struct.Struct(">I")
 
 
 class Clock(Protocol):
@@ -88,7 +100,8 @@ class Subscription(Generic[E]):
     consumer for longer than ``claim_min_idle`` are reclaimed by the same reads (``None`` turns that
     off); the reclaim scan runs at most every ``claim_interval`` (default: half of
     ``claim_min_idle``). Undecodable entries are dead-lettered by the transport when
-    ``dead_letter_undecodable`` is true, and still returned (``settled``) so the caller can count them.
+    ``dead_letter_undecodable`` is true, and still returned (``settled``) so the caller can count them;
+    one whose dead-lettering fails is logged and left out, pending until a later reclaim.
 
     With ``claim_ttl`` set, a transport that can claims each new request's session lease (for
     that many seconds) in the read's own round trip, and returns it as :attr:`Delivery.claim`; the
@@ -620,10 +633,23 @@ def released_idle(delivery: Delivery[Any], delay: float) -> float:
 def decode_entry(
     codec: EventCodec, stream: str, entry_id: str, fields: Mapping[bytes, bytes], model: type[E]
 ) -> Entry[E]:
+    """The entry with its decoded message, or with the error that says why it does not decode.
+
+    Never raises: the codec raises :class:`EventError` for anything it refuses, and any other
+    exception (a codec bug, or input it did not foresee) is turned into a :class:`DecodeError`
+    naming its type, so one bad entry is dead-lettered instead of failing the read of its batch.
+    """
     try:
         return Entry(stream, entry_id, fields, message=codec.decode_entry(fields, model))
     except EventError as error:
         return Entry(stream, entry_id, fields, error=error)
+    except Exception as error:
+        logger.exception(
+            "decoding entry %s of %r raised %s (a codec bug?)", entry_id, stream, type(error).__name__
+        )
+        failure = DecodeError(f"decoding the entry raised {type(error).__name__}: {str(error)[:200]}")
+        failure.__cause__ = error
+        return Entry(stream, entry_id, fields, error=failure)
 
 
 def record_key_of(names: StreamNames, delivery: Delivery[Any]) -> str | None:
@@ -632,8 +658,40 @@ def record_key_of(names: StreamNames, delivery: Delivery[Any]) -> str | None:
     return names.completed_record(delivery.message.event.id)
 
 
+def pack_fields(fields: Mapping[bytes, bytes]) -> bytes:
+    """Fields as one value: each name, then its value, as a 4-byte big-endian length and the bytes."""
+    parts: list[bytes] = []
+    for key, value in fields.items():
+        parts += (_LENGTH.pack(len(key)), key, _LENGTH.pack(len(value)), value)
+    return b"".join(parts)
+
+
+def unpack_fields(packed: bytes) -> dict[bytes, bytes]:
+    """The fields :func:`pack_fields` packed; :class:`DecodeError` if ``packed`` is not such a value."""
+    fields: dict[bytes, bytes] = {}
+    offset, end = 0, len(packed)
+    while offset < end:
+        pair: list[bytes] = []
+        for _ in range(2):
+            if offset + _LENGTH.size > end:
+                raise DecodeError(f"packed fields truncated at byte {offset} of {end}")
+            (length,) = _LENGTH.unpack_from(packed, offset)
+            offset += _LENGTH.size
+            if offset + length > end:
+                raise DecodeError(f"packed fields corrupt: {length} bytes at byte {offset} run past {end}")
+            pair.append(packed[offset : offset + length])
+            offset += length
+        fields[pair[0]] = pair[1]
+    return fields
+
+
 def dead_letter_fields(delivery: Delivery[Any], reason: str, now: float) -> Mapping[bytes, bytes]:
-    """The original fields plus ``dead_letter.*`` fields saying where, when, who and why."""
+    """The original fields plus ``dead_letter.*`` fields saying where, when, who and why.
+
+    An entry with too many fields (:data:`DEAD_LETTER_MAX_FIELDS`) has them packed into one,
+    :data:`DEAD_LETTER_PACKED_FIELD` (:func:`unpack_fields` reads it back), so it can still be
+    dead-lettered whole; ``DeadLetters`` unpacks them.
+    """
     extra = {
         "reason": reason,
         "stream": delivery.stream,
@@ -644,6 +702,8 @@ def dead_letter_fields(delivery: Delivery[Any], reason: str, now: float) -> Mapp
         "dead_at": repr(now),
     }
     fields = dict(delivery.fields)
+    if len(fields) + len(extra) > DEAD_LETTER_MAX_FIELDS:
+        fields = {DEAD_LETTER_PACKED_FIELD: pack_fields(fields)}
     fields.update({f"{DEAD_LETTER_FIELD_PREFIX}{k}".encode(): v.encode() for k, v in extra.items()})
     return fields
 
@@ -651,7 +711,12 @@ def dead_letter_fields(delivery: Delivery[Any], reason: str, now: float) -> Mapp
 async def settle_undecodable(
     transport: Transport, sub: Subscription[E], deliveries: list[Delivery[E]]
 ) -> list[Delivery[E]]:
-    """Dead-letter the deliveries that did not decode (when the subscription says so)."""
+    """Dead-letter the deliveries that did not decode (when the subscription says so).
+
+    One that cannot be dead-lettered (the call fails) is logged and left out of the result: it
+    stays pending on this consumer, so a later reclaim delivers it and tries again, and the other
+    deliveries of the read are returned as usual. One bad entry never fails a whole read.
+    """
     if not sub.dead_letter_undecodable:
         return deliveries
     settled: list[Delivery[E]] = []
@@ -666,7 +731,25 @@ async def settle_undecodable(
             delivery.stream,
             delivery.error,
         )
-        await transport.dead_letter(delivery, f"undecodable: {delivery.error}")
+        try:
+            await transport.dead_letter(delivery, f"undecodable: {delivery.error}")
+        except TransportError as error:
+            logger.error(  # noqa: TRY400 - the broker's refusal says it all
+                "dead-lettering undecodable entry %s of %r failed, leaving it pending (a reclaim "
+                "tries again): %s",
+                delivery.entry_id,
+                delivery.stream,
+                error,
+            )
+            continue
+        except Exception:
+            logger.exception(
+                "dead-lettering undecodable entry %s of %r failed, leaving it pending (a reclaim "
+                "tries again)",
+                delivery.entry_id,
+                delivery.stream,
+            )
+            continue
         settled.append(_settled(delivery))
     return settled
 

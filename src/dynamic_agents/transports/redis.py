@@ -284,6 +284,7 @@ class RedisStreamsTransport(Transport):
         self._owns_client = owns_client
         self._hold = client.register_script(_scripts.HOLD)
         self._publish_many = client.register_script(_scripts.PUBLISH_MANY)
+        self._publish_expiring = client.register_script(_scripts.PUBLISH_EXPIRING)
         self._reclaim_script = client.register_script(_scripts.RECLAIM)
         self._completes = BatchScript(client.register_script(_scripts.COMPLETE), _pack_completions)
         self._dead_letter = client.register_script(_scripts.DEAD_LETTER)
@@ -346,18 +347,59 @@ class RedisStreamsTransport(Transport):
                 entry_id = await xadd()
             except Exception as error:
                 entry_id = await self._call(what, xadd, failed=error)
-        else:
-
-            async def publish_expiring() -> object:
-                pipe: Pipeline = self.client.pipeline(transaction=True)
-                pipe.xadd(stream, values, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
-                pipe.pexpire(stream, _ms(expire))
-                replies: list[object] = await pipe.execute()
-                return replies[0]
-
-            entry_id = await self._call(what, publish_expiring)
+        elif 2 * len(values) <= _scripts.UNPACK_MAX:  # XADD and PEXPIRE in one script: both or neither
+            args: list[Arg] = [_ms(expire), _optional(maxlen), *_flatten(values)]
+            entry_id = await self._call(what, partial(self._publish_expiring, keys=[stream], args=args))
+        else:  # too many fields for a script's unpack(): the same, checked under WATCH
+            entry_id = await self._call(what, partial(self._publish_watched, stream, values, maxlen, expire))
         self.stats.published += 1
         return _bytes(entry_id).decode()
+
+    async def _publish_watched(
+        self, stream: str, values: dict[bytes, bytes], maxlen: int | None, expire: float
+    ) -> object:
+        """``PUBLISH_EXPIRING`` for more fields than a script can pass on: XADD and PEXPIRE in a
+        MULTI under WATCH, run only if the key is a stream (or missing) and unchanged since."""
+
+        def write(pipe: Pipeline) -> None:
+            pipe.xadd(stream, values, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
+            pipe.pexpire(stream, _ms(expire))
+
+        replies = await self._watched(f"publish to {stream!r}", [stream], None, write)
+        return replies[0] if replies is not None else None
+
+    async def _watched(
+        self,
+        what: str,
+        streams: list[str],
+        present: tuple[str, str] | None,
+        write: Callable[[Pipeline], None],
+    ) -> list[object] | None:
+        """The commands ``write`` queues, in a MULTI that runs only if every key of ``streams`` is a
+        stream or missing and none changed meanwhile (WATCH; checked again when one did): what a
+        script does for writes whose arguments are too many for its ``unpack()``. With ``present``
+        (stream, entry id) nothing is written, and ``None`` returned, unless the entry exists."""
+        async with self.client.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(*streams)
+                    for key in streams:
+                        kind = _bytes(await pipe.type(key)).decode()
+                        if kind not in ("none", "stream"):
+                            raise TransportError(
+                                f"{what} failed: WRONGTYPE key {key} holds a {kind}, not a stream"
+                            )
+                    if present is not None and not _list(
+                        await pipe.xrange(present[0], present[1], present[1])
+                    ):
+                        await pipe.unwatch()  # type: ignore[no-untyped-call]
+                        return None
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    write(pipe)
+                    replies: list[object] = await pipe.execute()
+                except redis_errors.WatchError:  # a key was written meanwhile: check again
+                    continue
+                return replies
 
     async def publish_envelopes(
         self, stream: str, envelopes: Sequence[bytes], *, maxlen: int | None = None
@@ -673,11 +715,23 @@ class RedisStreamsTransport(Transport):
     ) -> str | None:
         # A retry after a connection lost mid-call can find the entry moved by the first attempt,
         # and says None: never a second copy.
-        args: list[Arg] = [entry_id, *_flatten(_pairs(fields))]
-        moved = await self._call(
-            f"move {entry_id} from {source!r} to {stream!r}",
-            partial(self._move, keys=[source, stream], args=args),
-        )
+        values = _pairs(fields)
+        what = f"move {entry_id} from {source!r} to {stream!r}"
+        moved: object
+        if 2 * len(values) <= _scripts.UNPACK_MAX:
+            args: list[Arg] = [entry_id, *_flatten(values)]
+            moved = await self._call(what, partial(self._move, keys=[source, stream], args=args))
+        else:  # too many fields for the script's unpack(): the same checks and writes under WATCH
+
+            def write(pipe: Pipeline) -> None:
+                pipe.xadd(stream, values)  # type: ignore[arg-type]
+                pipe.xdel(source, entry_id)
+
+            async def move_watched() -> object:
+                replies = await self._watched(what, [source, stream], (source, entry_id), write)
+                return replies[0] if replies is not None else None
+
+            moved = await self._call(what, move_watched)
         if moved is None:
             return None
         self.stats.published += 1
