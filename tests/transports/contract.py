@@ -579,49 +579,6 @@ class TransportContract:
         assert all(r.created for r in results)
         assert await transport.pending(backend.stream(), "workers") == []
 
-    # Review findings not fixed yet: each fails on one backend (xfail there, an xpass on the other).
-
-    @pytest.mark.xfail(reason="review finding 4, not fixed: memory reclaims only count entries per interval")
-    async def test_reclaim_continues_past_count_within_one_interval(self, backend: Backend) -> None:
-        """Three entries idle on a dead consumer; a consumer reading one at a time gets all three."""
-        transport = await backend.transport()
-        await published(backend, transport, request("a"), request("b"), request("c"))
-        assert len(await transport.read(backend.subscription("dead"), 3)) == 3
-        await backend.advance(backend.min_idle * 1.5)
-        sub = backend.subscription("alive", claim_interval=backend.min_idle * 100)
-        got: list[Delivery[AgentRequestEvent]] = []
-        for _ in range(3):
-            got += await transport.read(sub, 1)
-        assert [d.delivery_count for d in got] == [2, 2, 2]
-
-    @pytest.mark.xfail(reason="review finding 5, not fixed: Redis and memory disagree on a deleted entry")
-    async def test_keep_fresh_of_a_deleted_pending_entry(self, backend: Backend) -> None:
-        transport = await backend.transport()
-        await published(backend, transport, request("a"))
-        (delivery,) = await transport.read(backend.subscription(), 1)
-        assert await transport.delete(backend.stream(), delivery.entry_id) == 1
-        lost = await transport.keep_fresh([delivery])
-        pending = await transport.pending(backend.stream(), "workers")
-        assert (lost == []) == (len(pending) == 1), (lost, pending)  # both backends should agree
-        assert lost == [delivery]  # the fix to make: reported lost on both
-
-    @pytest.mark.xfail(reason="review finding 6, not fixed: Redis lets two completions share one lease")
-    async def test_two_completions_under_one_lease(self, backend: Backend) -> None:
-        """The same lease passed to two concurrent completions (merge of two requests)."""
-        transport = await backend.transport()
-        await published(backend, transport, request("a"), request("b"))
-        first, second = await transport.read(backend.subscription(), 2)
-        lease = await transport.coordinator().acquire(first.event.session_id, 60.0)
-        assert lease is not None
-        outcomes = await asyncio.gather(
-            *(
-                transport.complete(d, Reply(response_to(d.event), None), record_ttl=60, lease=lease)
-                for d in (first, second)
-            ),
-            return_exceptions=True,
-        )
-        assert [type(o).__name__ for o in outcomes] == ["Completion", "LeaseLostError"]
-
     # -- groups ---------------------------------------------------------------------------------
 
     async def test_group_created_after_entries_sees_them(self, backend: Backend) -> None:
