@@ -579,6 +579,48 @@ class TransportContract:
         assert all(r.created for r in results)
         assert await transport.pending(backend.stream(), "workers") == []
 
+    async def test_reclaim_goes_on_past_count_within_one_interval(self, backend: Backend) -> None:
+        """As XAUTOCLAIM's cursor: a scan stopped at ``count`` continues at the next read; only a
+        scan that reached the end of the pending list waits for the next interval."""
+        transport = await backend.transport()
+        await published(backend, transport, request("a"), request("b"), request("c"))
+        assert len(await transport.read(backend.subscription("dead"), 3)) == 3
+        await backend.advance(backend.min_idle * 1.5)
+        sub = backend.subscription("alive", claim_interval=backend.min_idle * 100)
+        got: list[Delivery[AgentRequestEvent]] = []
+        for _ in range(4):
+            got += await transport.read(sub, 1)
+        assert [(d.event.content, d.delivery_count) for d in got] == [("a", 2), ("b", 2), ("c", 2)]
+
+    async def test_an_entry_deleted_while_pending_is_lost_to_keep_fresh_and_release(
+        self, backend: Backend
+    ) -> None:
+        transport = await backend.transport()
+        await published(backend, transport, request("a"), request("b"))
+        first, second = await transport.read(backend.subscription(), 2)
+        assert await transport.delete(backend.stream(), first.entry_id, second.entry_id) == 2
+        assert await transport.keep_fresh([first]) == [first]
+        assert not await transport.release(second)
+        assert await transport.pending(backend.stream(), "workers") == []
+
+    async def test_two_completions_under_one_lease_write_one(self, backend: Backend) -> None:
+        """The same lease passed to two completions in one batch: the first releases it, so the
+        second finds it gone, as it does when they are made one after the other."""
+        transport = await backend.transport()
+        await published(backend, transport, request("a"), request("b"))
+        first, second = await transport.read(backend.subscription(), 2)
+        lease = await transport.coordinator().acquire(first.event.session_id, 60.0)
+        assert lease is not None
+        outcomes = await asyncio.gather(
+            *(
+                transport.complete(d, Reply(response_to(d.event), None), record_ttl=60, lease=lease)
+                for d in (first, second)
+            ),
+            return_exceptions=True,
+        )
+        assert [type(outcome).__name__ for outcome in outcomes] == ["Completion", "LeaseLostError"]
+        assert await transport.coordinator().get_record(second.event.id) is None
+
     # -- groups ---------------------------------------------------------------------------------
 
     async def test_group_created_after_entries_sees_them(self, backend: Backend) -> None:

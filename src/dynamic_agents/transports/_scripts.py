@@ -58,10 +58,11 @@ return id
 
 # KEYS[1] stream; ARGV: group, consumer, idle ms to set, entry ids…
 # Resets (or sets) the idle time of the entries this consumer still holds, without counting a new
-# delivery; returns the ids it still holds.
+# delivery; returns the ids it still holds: those XCLAIM gives back (it drops an entry deleted from
+# the stream while pending from the pending list, and leaves it out).
 # One XCLAIM per 1,000 ids (unpack() has a stack limit).
 HOLD: Final = """#!lua
-local held = {}
+local held, kept = {}, {}
 for i = 4, #ARGV do
   local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
   if #p > 0 and p[1][2] == ARGV[2] then held[#held + 1] = ARGV[i] end
@@ -72,9 +73,9 @@ for first = 1, #held, 1000 do
   args[#args + 1] = 'IDLE'
   args[#args + 1] = ARGV[3]
   args[#args + 1] = 'JUSTID'
-  redis.call('XCLAIM', unpack(args))
+  for _, id in ipairs(redis.call('XCLAIM', unpack(args))) do kept[#kept + 1] = id end
 end
-return held
+return kept
 """
 
 # KEYS[1] stream; ARGV: group, consumer, min idle ms, start id, count
@@ -160,6 +161,7 @@ if exists(record_keys) > strings then
   end
 end
 local results, answered, acks, ack_order, releases, expires = {}, {}, {}, {}, {}, {}
+local released = {}  -- lease keys an earlier item released: a later item holding the same is not owned
 local lease_at = n
 for i = 1, n do
   local a = width * (i - 1) + 1
@@ -167,7 +169,7 @@ for i = 1, n do
   local group, token, owned = ARGV[a + 1], ARGV[a + 6], true
   if token ~= '' then
     lease_at = lease_at + 1
-    owned = values[lease_at] == token
+    owned = values[lease_at] == token and not released[lease_key]
   end
   local existing = values[i] or answered[record_key]
   local kind, acked = kinds[stream], false
@@ -177,7 +179,10 @@ for i = 1, n do
     results[i] = {-2, 'WRONGTYPE key ' .. record_key .. ' holds a ' .. squatted[i] .. ', not a record'}
   elseif existing then
     acked = true
-    if token ~= '' and owned then releases[#releases + 1] = lease_key end
+    if token ~= '' and owned then
+      releases[#releases + 1] = lease_key
+      released[lease_key] = true
+    end
     results[i] = {0, existing}
   elseif not owned then
     results[i] = {-1, ''}
@@ -199,7 +204,10 @@ for i = 1, n do
       redis.call('SET', record_key, record, 'PX', ARGV[a + 3])
       answered[record_key] = record
       acked = true
-      if token ~= '' then releases[#releases + 1] = lease_key end
+      if token ~= '' then
+        releases[#releases + 1] = lease_key
+        released[lease_key] = true
+      end
       if ARGV[a + 7] ~= '' then redis.call('PUBLISH', ARGV[a + 7], ARGV[a + 9]) end
       results[i] = {1, reply_id}
     end

@@ -245,6 +245,7 @@ class InMemoryTransport(Transport):
         self.codec = codec or EventCodec()
         self.stats = TransportStats()
         self._reclaimed_at: dict[tuple[str, str, str], float] = {}
+        self._cursors: dict[tuple[str, str, str], StreamId] = {}  # where the next reclaim scan starts
         self._closed = False
 
     def __repr__(self) -> str:
@@ -326,10 +327,15 @@ class InMemoryTransport(Transport):
         key = (sub.stream, sub.group, sub.consumer)
         if now - self._reclaimed_at.get(key, float("-inf")) < sub.reclaim_every:
             return []
-        self._reclaimed_at[key] = now
+        # As XAUTOCLAIM with a cursor: a scan stopped at ``count`` goes on at the next read; only a
+        # scan that reached the end of the pending list rests until the next interval.
+        cursor, next_cursor = self._cursors.get(key, (0, 0)), (0, 0)
         reclaimed: list[Delivery[E]] = []
         for entry_id in sorted(group.pending):
+            if entry_id < cursor:
+                continue
             if len(reclaimed) >= count:
+                next_cursor = entry_id
                 break
             pending = group.pending[entry_id]
             if now - pending.delivered_at < sub.claim_min_idle:
@@ -343,6 +349,9 @@ class InMemoryTransport(Transport):
             pending.consumer, pending.delivered_at = sub.consumer, now
             pending.count += 1
             reclaimed.append(self._delivery(sub, entry_id, fields, pending.count))
+        self._cursors[key] = next_cursor
+        if next_cursor == (0, 0):
+            self._reclaimed_at[key] = now
         self.stats.reclaimed += len(reclaimed)
         return reclaimed
 
@@ -380,10 +389,22 @@ class InMemoryTransport(Transport):
         pending = group.pending.get(parse_id(delivery.entry_id))
         return pending if pending is not None and pending.consumer == delivery.consumer else None
 
+    def _held_on_stream(self, delivery: Delivery[Any]) -> _Pending | None:
+        """:meth:`_held`, as ``XCLAIM`` sees it: an entry deleted from the stream while pending is
+        dropped from the pending list, and is not held."""
+        pending = self._held(delivery)
+        if pending is None:
+            return None
+        stream, entry_id = self.server._stream(delivery.stream), parse_id(delivery.entry_id)
+        if stream is None or entry_id not in stream.entries:
+            del self.server.group(delivery.stream, delivery.group).pending[entry_id]
+            return None
+        return pending
+
     async def release(self, delivery: Delivery[Any], *, delay: float = 0.0) -> bool:
         self._check_open()
         idle = released_idle(delivery, delay)
-        pending = self._held(delivery)
+        pending = self._held_on_stream(delivery)
         if pending is None:
             return False
         # Backdate the delivery so a reclaim scan takes it once ``delay`` has passed.
@@ -396,7 +417,7 @@ class InMemoryTransport(Transport):
         lost: list[Delivery[Any]] = []
         now = self.clock.time()
         for delivery in deliveries:
-            pending = self._held(delivery)
+            pending = self._held_on_stream(delivery)
             if pending is None:
                 lost.append(delivery)
             else:
