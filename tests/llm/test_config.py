@@ -98,3 +98,16 @@ routing_strategy: usage-based-routing-v2
     assert config.model_names == {"gpt-4o", "claude"}
     with pytest.raises(ConfigurationError, match="must be a mapping"):
         RouterConfig.from_yaml("- a\n- b\n")
+
+
+def test_malformed_yaml_is_a_configuration_error_naming_the_line_not_the_key() -> None:
+    text = (
+        "model_list:\n"
+        "  - model_name: gpt\n"
+        '    litellm_params: {model: openai/x, api_key: "sk-yaml-CANARY-1234\n'
+    )
+    with pytest.raises(ConfigurationError, match="not valid YAML at line 4") as caught:
+        RouterConfig.from_yaml(text)
+    assert "sk-yaml-CANARY-1234" not in str(caught.value)
+    assert caught.value.__cause__ is None
+    assert caught.value.__suppress_context__

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 import pytest
 
-from dynamic_agents.exceptions import LLMAuthenticationError, LLMRequestError
+from dynamic_agents._redaction import REDACTOR
+from dynamic_agents.exceptions import IdentityForbiddenError, LLMAuthenticationError, LLMRequestError
 from dynamic_agents.llm import LLMRouter, RouterConfig, build_router
-from dynamic_agents.secrets import IdentityClient, IdentitySource, SecretsManager
+from dynamic_agents.secrets import (
+    IdentityClient,
+    IdentitySource,
+    SecretKey,
+    SecretsManager,
+    SecretSource,
+    SecretValue,
+    StaticSource,
+)
 from dynamic_agents.testing import InMemoryIdentityService
 from dynamic_agents.testing.openai import FakeOpenAI, FakeOpenAIRequest, HTTPErrorStep
 
@@ -156,3 +166,180 @@ async def test_provider_errors_that_echo_the_key_are_redacted(router: LLMRouter,
 def test_repr_shows_no_key(router: LLMRouter) -> None:
     assert V1 not in repr(router)
     assert repr(router) == "LLMRouter(1 deployments: gpt)"
+
+
+async def test_rotation_keeps_the_deployment_model_info(fake: FakeOpenAI) -> None:
+    source = StaticSource({"openai": {"api_key": "sk-rot-model-info-v1"}})
+    config = RouterConfig.from_dict(
+        {
+            "model_list": [
+                {
+                    "model_name": "gpt",
+                    "litellm_params": {
+                        "model": "openai/gpt-4o-mini",
+                        "api_key": "secret:openai:api_key",
+                        "api_base": fake.api_base,
+                    },
+                    "model_info": {"id": "gpt-main", "base_model": "gpt-4o-mini", "team": "core"},
+                }
+            ],
+            "num_retries": 0,
+        }
+    )
+
+    def info(router: LLMRouter) -> dict[str, Any]:
+        (deployment,) = router.router.get_model_list() or []
+        return dict(deployment["model_info"])
+
+    async with await build_router(config, SecretsManager(source)) as router:
+        assert info(router)["base_model"] == "gpt-4o-mini"
+        source.set(SecretKey("openai"), {"api_key": "sk-rot-model-info-v2"})
+        assert await router.refresh() == 1
+        after = info(router)
+        assert after["id"] == "gpt-main"
+        assert after["base_model"] == "gpt-4o-mini"
+        assert after["team"] == "core"
+
+
+async def test_a_401_refresh_fetches_only_the_routers_keys_and_survives_a_revoked_user(
+    fake: FakeOpenAI,
+) -> None:
+    """A 401 refreshes the system's keys of the deployments' providers, not every cached key: a
+    user whose access was revoked meanwhile neither aborts the refresh nor is asked for."""
+    v1, v2 = "sk-shared-rot-v1-0001", "sk-shared-rot-v2-0002"
+    static = StaticSource(
+        {"openai": {"api_key": v1}, "unrelated": {"api_key": "sk-unrelated-0001"}},
+        users={"bob": {"openai": {"api_key": "sk-bob-own-0001"}}},
+    )
+
+    class Revocable(SecretSource):
+        def __init__(self) -> None:
+            self.revoked: set[str | None] = set()
+            self.fetched: list[SecretKey] = []
+
+        async def fetch(self, key: SecretKey) -> Mapping[str, SecretValue] | None:
+            self.fetched.append(key)
+            if key.user_id in self.revoked:
+                raise IdentityForbiddenError("GET /api/v1/secrets answered 403", status=403)
+            return await static.fetch(key)
+
+    source = Revocable()
+    secrets = SecretsManager(source)
+    config = RouterConfig.from_dict(
+        {
+            "model_list": [
+                {
+                    "model_name": "gpt",
+                    "litellm_params": {
+                        "model": "openai/gpt-4o-mini",
+                        "api_key": "secret:openai:api_key",
+                        "api_base": fake.api_base,
+                    },
+                    "model_info": {"id": "gpt-main"},
+                }
+            ],
+            "num_retries": 0,
+        }
+    )
+    async with await build_router(config, secrets) as router:
+        await router.acompletion(model="gpt", messages=MESSAGES, user_id="bob")  # bob's key is cached
+        await secrets.get("unrelated", "api_key")
+        source.revoked.add("bob")  # bob's access to his secret is revoked (403 from now on)
+        static.set(SecretKey("openai"), {"api_key": v2})  # the shared key is rotated in Identity
+        source.fetched.clear()
+        fake._handler = lambda r: "with v2" if r.authorization == f"Bearer {v2}" else HTTPErrorStep(401, "no")
+        response = await router.acompletion(model="gpt", messages=MESSAGES)  # 401 -> refresh -> retry
+        assert response.choices[0].message.content == "with v2"
+        assert source.fetched == [SecretKey("openai")]
+
+
+async def test_a_401_with_the_routers_key_revoked_is_still_an_llm_error(fake: FakeOpenAI) -> None:
+    class Refusing(SecretSource):
+        refuse = False
+
+        async def fetch(self, key: SecretKey) -> Mapping[str, SecretValue] | None:
+            if self.refuse:
+                raise IdentityForbiddenError("GET /api/v1/secrets answered 403", status=403)
+            return {"api_key": SecretValue("sk-revoked-system-0001")}
+
+    source = Refusing()
+    config = RouterConfig.from_dict(
+        {
+            "model_list": [
+                {
+                    "model_name": "gpt",
+                    "litellm_params": {
+                        "model": "openai/gpt-4o-mini",
+                        "api_key": "secret:openai:api_key",
+                        "api_base": fake.api_base,
+                    },
+                }
+            ],
+            "num_retries": 0,
+        }
+    )
+    async with await build_router(config, SecretsManager(source)) as router:
+        source.refuse = True
+        fake._handler = lambda request: HTTPErrorStep(401, "bad key")
+        with pytest.raises(LLMAuthenticationError):
+            await router.acompletion(model="gpt", messages=MESSAGES)
+
+
+async def test_a_users_key_never_reaches_a_fallback_group_of_another_provider(fake: FakeOpenAI) -> None:
+    alice_openai, alice_other = "sk-alice-openai-CANARY-0001", "sk-alice-anthropic-CANARY-0001"
+    secrets = SecretsManager(
+        StaticSource(
+            {
+                "openai": {"api_key": "sk-system-openai-0001"},
+                "groq": {"api_key": "gsk-system-groq-0001"},
+                "anthropic": {"api_key": "sk-system-anthropic-0001"},
+            },
+            users={"alice": {"openai": {"api_key": alice_openai}, "anthropic": {"api_key": alice_other}}},
+        )
+    )
+
+    def handler(request: FakeOpenAIRequest) -> str | HTTPErrorStep:
+        if request.body.get("model") in {"gpt-4o-mini", "llama-3"}:
+            return HTTPErrorStep(500, "down")
+        return "from the second fallback"
+
+    fake._handler = handler
+
+    def deployment(group: str, model: str, provider: str) -> dict[str, Any]:
+        params = {"model": model, "api_key": f"secret:{provider}:api_key", "api_base": fake.api_base}
+        return {"model_name": group, "litellm_params": params}
+
+    config = RouterConfig.from_dict(
+        {
+            "model_list": [
+                deployment("gpt", "openai/gpt-4o-mini", "openai"),
+                deployment("llama", "openai/llama-3", "groq"),  # an OpenAI-compatible provider
+                deployment("claude", "openai/claude-compatible", "anthropic"),
+            ],
+            "fallbacks": {"gpt": ["llama", "claude"]},
+            "num_retries": 0,
+        }
+    )
+    async with await build_router(config, secrets) as router:
+        response = await router.acompletion(model="gpt", messages=MESSAGES, user_id="alice")
+        assert response.choices[0].message.content == "from the second fallback"
+        sent = [(r.body.get("model"), r.authorization) for r in fake.requests]
+        assert sent == [
+            ("gpt-4o-mini", f"Bearer {alice_openai}"),
+            ("llama-3", "Bearer gsk-system-groq-0001"),  # alice has no key of her own for groq
+            ("claude-compatible", f"Bearer {alice_other}"),  # her own key for that provider
+        ]
+
+
+async def test_a_literal_api_key_in_the_config_is_redacted_from_errors(fake: FakeOpenAI) -> None:
+    literal = "sk-literal-config-CANARY-42"
+    fake._handler = lambda request: HTTPErrorStep(401, f"Incorrect API key provided: {literal}")
+    params = {"model": "openai/gpt-4o-mini", "api_key": literal, "api_base": fake.api_base}
+    config = RouterConfig.from_dict(
+        {"model_list": [{"model_name": "gpt", "litellm_params": params}], "num_retries": 0}
+    )
+    async with await build_router(config, SecretsManager(StaticSource({}))) as router:
+        with pytest.raises(LLMAuthenticationError) as caught:
+            await router.acompletion(model="gpt", messages=MESSAGES)
+    assert literal not in str(caught.value)
+    assert literal in REDACTOR

@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 
 from dynamic_agents.exceptions import LLMRateLimitError, LLMRequestError, LLMUnavailableError
+from dynamic_agents.llm import RouterConfig, build_router
+from dynamic_agents.secrets import SecretsManager, StaticSource
 from tests.llm.conftest import MakeRouter
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -119,3 +121,36 @@ async def test_errors_are_typed(make_router: MakeRouter) -> None:
     assert caught.value.model == "busy"
     with pytest.raises(LLMUnavailableError):
         await router.acompletion(model="down", messages=MESSAGES)
+
+
+@pytest.mark.parametrize("strategy", ["least-busy", "latency-based-routing", "usage-based-routing-v2"])
+async def test_aclose_unhooks_the_strategy_selector_after_a_call(strategy: str) -> None:
+    import litellm
+
+    secrets = SecretsManager(StaticSource({"openai": {"api_key": "sk-selector-leak-0001"}}))
+    params = {"model": "openai/gpt-4o-mini", "api_key": "secret:openai:api_key", "mock_response": "ok"}
+    config = RouterConfig.from_dict(
+        {"model_list": [{"model_name": "gpt", "litellm_params": params}], "routing_strategy": strategy}
+    )
+    router = await build_router(config, secrets)
+    selectors = [
+        getattr(router.router, attr, None)
+        for attr in router.router._DEFAULT_SELECTOR_ATTR_BY_STRATEGY.values()
+    ]
+    selector_ids = {id(s) for s in selectors if s is not None}
+    assert selector_ids
+    await router.acompletion(model="gpt", messages=MESSAGES)  # one call: litellm spreads the callbacks
+    await router.aclose()
+    lists = (
+        "callbacks",
+        "success_callback",
+        "failure_callback",
+        "_async_success_callback",
+        "_async_failure_callback",
+        "input_callback",
+        "service_callback",
+    )
+    left = {
+        name: [type(c).__name__ for c in getattr(litellm, name) if id(c) in selector_ids] for name in lists
+    }
+    assert not any(left.values()), left

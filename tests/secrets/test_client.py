@@ -335,3 +335,38 @@ async def test_every_status_maps_to_its_error(
         await client.get_secret("any")
     assert caught.value.status == status
     assert str(caught.value).startswith(f"GET /api/v1/secrets/any answered {status}")
+
+
+async def test_a_structured_error_detail_that_echoes_a_secret_is_redacted() -> None:
+    canary = r"p@ss\w0rd-CANARY-77"  # a backslash: the detail's repr would escape it
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        # FastAPI-style 422: detail is a list of errors that echo the input
+        detail = [{"loc": ["body", "values"], "msg": "bad field", "input": {"password": canary}}]
+        return httpx.Response(422, json={"detail": detail})
+
+    async with IdentityClient(
+        "http://127.0.0.1:8000", token="tok-123456", transport=httpx.MockTransport(handler)
+    ) as client:
+        with pytest.raises(IdentityRequestError) as caught:
+            await client.create_secret("db", "postgres", {"password": canary})
+    assert "w0rd-CANARY-77" not in str(caught.value)
+    assert "bad field" in str(caught.value)
+
+
+def test_a_password_in_the_identity_url_is_masked() -> None:
+    from dynamic_agents.secrets import SecretsManager
+
+    password = "CANARY-url-pass-123"
+    with pytest.raises(ConfigurationError) as caught:
+        IdentityClient(f"http://svc:{password}@identity.example.com", token="tok-123456")
+    assert password not in str(caught.value)
+    assert "svc:**********@identity.example.com" in str(caught.value)
+    url = f"https://svc:{password}@identity.example.com"
+    client = IdentityClient(url, token="tok-123456")
+    assert password not in repr(client)
+    assert password not in client.base_url
+    assert password not in repr(SecretsManager.from_identity(url, "tok-123456"))
+    with pytest.raises(ConfigurationError) as caught:
+        IdentityClient(f"https://svc:{password}@identity.example.com:port", token="tok-123456")
+    assert password not in str(caught.value)

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 import pytest
 
 from dynamic_agents.exceptions import (
+    ConfigurationError,
     IdentityForbiddenError,
     IdentityUnavailableError,
     SecretNotFoundError,
@@ -385,3 +386,98 @@ def test_reprs_show_no_values(manager: SecretsManager) -> None:
     asyncio.run(manager.get("openai", "api_key"))
     for shown in (repr(manager), repr(manager.source), str(manager.stats)):
         assert "sk-system" not in shown
+
+
+async def test_invalidate_during_an_inflight_fetch_is_not_undone() -> None:
+    class ReadsThenWaits(SecretSource):
+        """Reads its answer at once (what the source holds when asked), then waits on the gate."""
+
+        def __init__(self, static: StaticSource) -> None:
+            self.static = static
+            self.gate = asyncio.Event()
+            self.started = asyncio.Event()
+
+        async def fetch(self, key: SecretKey) -> Mapping[str, SecretValue] | None:
+            answer = await self.static.fetch(key)
+            self.started.set()
+            await self.gate.wait()
+            return answer
+
+    static = StaticSource({"openai": {"api_key": "sk-old-value-0001"}})
+    source = ReadsThenWaits(static)
+    manager = SecretsManager(source)
+    first = asyncio.create_task(manager.get("openai", "api_key"))
+    await source.started.wait()  # the fetch has read the old value and waits on the gate
+    static.set(SecretKey("openai"), {"api_key": "sk-new-value-0002"})  # rotated...
+    assert manager.invalidate("openai") == 0  # ...and the host tells the manager to forget
+    second = asyncio.create_task(manager.get("openai", "api_key"))  # must not join the old fetch
+    await asyncio.sleep(0)
+    source.gate.set()
+    await first  # asked before the rotation: may see the old value
+    value = await second
+    assert value is not None
+    assert value.reveal() == "sk-new-value-0002"
+    value = await manager.get("openai", "api_key")  # the old fetch wrote nothing over it
+    assert value is not None
+    assert value.reveal() == "sk-new-value-0002"
+
+
+async def test_a_negative_answer_is_not_served_stale_while_the_source_fails(clock: Clock) -> None:
+    source = CountingSource(StaticSource({}))
+    manager = SecretsManager(source, ttl=300, negative_ttl=30, stale_grace=600, clock=clock)
+    assert await manager.get("openai", "api_key") is None  # "no such secret", believed 30 s
+    clock.now += 120  # long past negative_ttl: the secret may well exist by now
+    source.failure = SecretsUnavailableError("identity down")
+    with pytest.raises(SecretsUnavailableError):
+        await manager.get("openai", "api_key")
+
+
+async def test_refresh_carries_on_past_a_key_that_fails(source: CountingSource) -> None:
+    manager = SecretsManager(source)
+    await manager.get("openai", "api_key", "alice")
+    await manager.get("openai", "api_key")
+
+    class RefusesAlice(SecretSource):
+        async def fetch(self, key: SecretKey) -> Mapping[str, SecretValue] | None:
+            if key.user_id == "alice":
+                raise IdentityForbiddenError("GET /api/v1/secrets answered 403", status=403)
+            return {"api_key": SecretValue("sk-system-rotated-02")}
+
+    manager.source = RefusesAlice()
+    assert await manager.refresh() == 1  # alice's 403 is logged; the system's key still refreshed
+    value = await manager.get("openai", "api_key")
+    assert value is not None
+    assert value.reveal() == "sk-system-rotated-02"
+
+
+async def test_refresh_can_be_narrowed_to_the_systems_keys(source: CountingSource) -> None:
+    manager = SecretsManager(source)
+    await manager.get("openai", "api_key", "alice")
+    await manager.get("openai", "api_key")
+    source.fetches.clear()
+    await manager.refresh("openai", user_id=None)
+    assert source.fetches == [SecretKey("openai")]
+
+
+def test_from_identity_with_env_fallback_accepts_env_mapping_none() -> None:
+    manager = SecretsManager.from_identity(
+        "http://127.0.0.1:8000", "tok-123456", env_fallback=True, env_mapping=None
+    )
+    assert isinstance(manager.source, ChainSource)
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("refresh_interval", 0),
+        ("refresh_interval", -1),
+        ("refresh_interval", float("inf")),
+        ("refresh_interval", float("nan")),
+        ("error_retry", -5),
+        ("error_retry", float("nan")),
+        ("error_retry", float("inf")),
+    ],
+)
+def test_bad_timing_settings_are_refused_naming_the_field(setting: str, value: float) -> None:
+    with pytest.raises(ConfigurationError, match=f"^{setting} must be .*, got {value}$"):
+        SecretsManager(StaticSource({}), **{setting: value})

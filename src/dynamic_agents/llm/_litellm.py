@@ -4,7 +4,9 @@ litellm is pinned to 1.106.x (``pyproject.toml``) because of the internals used 
 
 * clearing one deployment's cooldown: there is no public call (``router.cooldown_cache``);
 * discarding a Router: ``Router.discard()`` leaves the routing-strategy selectors registered in
-  litellm's global callbacks (``_unregister_router_selectors``), where they keep counting usage.
+  litellm's global callbacks (``_unregister_router_selectors`` removes them from two of the lists,
+  not from the success / failure lists litellm copies them into on the first call), where they keep
+  counting usage.
 
 Importing this module imports litellm (about 1.5 s). ``LITELLM_LOCAL_MODEL_COST_MAP`` is set to
 ``True`` first unless the host set it: otherwise litellm fetches its cost map over the network at
@@ -25,6 +27,7 @@ try:
     from litellm import Router
     from litellm.router_utils.cooldown_cache import CooldownCache
     from litellm.router_utils.cooldown_handlers import async_get_cooldown_deployments
+    from litellm.router_utils.fallback_event_handlers import get_fallback_model_group
     from litellm.types.router import Deployment, LiteLLM_Params, ModelInfo
 except ImportError as error:  # pragma: no cover - exercised without the extra installed
     from dynamic_agents.exceptions import MissingDependencyError
@@ -42,6 +45,7 @@ __all__ = [
     "clear_cooldown",
     "cooled_down",
     "discard",
+    "fallback_groups",
     "litellm",
     "new_router",
     "status_of",
@@ -53,13 +57,14 @@ def new_router(**settings: Any) -> Router:
     return Router(**settings)
 
 
-def upsert(router: Router, model_name: str, params: Mapping[str, Any], deployment_id: str) -> None:
-    """Replace a deployment's params in place, keeping its id (so cooldowns and usage follow it)."""
+def upsert(router: Router, model_name: str, params: Mapping[str, Any], model_info: Mapping[str, Any]) -> None:
+    """Replace a deployment's params in place, keeping its id (``model_info["id"]``, so cooldowns
+    and usage follow it) and the rest of its model info."""
     router.upsert_deployment(
         Deployment(
             model_name=model_name,
             litellm_params=LiteLLM_Params(**params),
-            model_info=ModelInfo(id=deployment_id),
+            model_info=ModelInfo(**model_info),
         )
     )
 
@@ -76,14 +81,48 @@ async def cooled_down(router: Router) -> list[str]:
     return list(await async_get_cooldown_deployments(router, None))
 
 
+_CALLBACK_LISTS = (
+    "callbacks",
+    "input_callback",
+    "success_callback",
+    "failure_callback",
+    "_async_success_callback",
+    "_async_failure_callback",
+    "service_callback",
+)
+"""litellm's global callback lists a Router's selectors can end up in."""
+
+
 def discard(router: Router) -> None:
     """Unhook a Router from litellm's global callbacks, strategy selectors included."""
     selectors = [getattr(router, attr, None) for attr in router._DEFAULT_SELECTOR_ATTR_BY_STRATEGY.values()]
     selectors += list(getattr(router, "_override_selectors", {}).values())
     for group in getattr(router, "_group_selectors", {}).values():
         selectors += list(group.values())
-    router._unregister_router_selectors([s for s in selectors if s is not None])
+    selectors = [s for s in selectors if s is not None]
+    router._unregister_router_selectors(selectors)
+    # litellm copies callbacks into its other lists on the first call; the above cleans only two.
+    ids = {id(selector) for selector in selectors}
+    for name in _CALLBACK_LISTS:
+        callbacks = getattr(litellm, name, None)
+        if isinstance(callbacks, list):
+            callbacks[:] = [callback for callback in callbacks if id(callback) not in ids]
     router.discard()
+
+
+def fallback_groups(router: Router, model_group: str, error: BaseException) -> list[str]:
+    """The model groups litellm's Router would fall back to from ``model_group`` after ``error``
+    (its context-window or content-policy fallbacks for those errors when set, else its fallbacks:
+    the group's own, else the default ones), for callers that walk the fallbacks themselves."""
+    chain: Any = router.fallbacks
+    if isinstance(error, litellm.ContextWindowExceededError) and router.context_window_fallbacks:
+        chain = router.context_window_fallbacks
+    elif isinstance(error, litellm.ContentPolicyViolationError) and router.content_policy_fallbacks:
+        chain = router.content_policy_fallbacks
+    if not chain:
+        return []
+    groups, _ = get_fallback_model_group(fallbacks=chain, model_group=model_group)
+    return [group for group in groups or [] if isinstance(group, str)]
 
 
 def status_of(error: BaseException) -> int | None:

@@ -179,7 +179,15 @@ class RouterConfig(BaseModel):
 
     @classmethod
     def from_yaml(cls, text: str) -> Self:
-        data = yaml.safe_load(text) or {}
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as error:
+            # The line and the problem only: PyYAML's own message quotes the offending snippet,
+            # which may be a key written in the file.
+            mark = getattr(error, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            problem = getattr(error, "problem", None) or type(error).__name__
+            raise ConfigurationError(f"router config is not valid YAML{where}: {problem}") from None
         if not isinstance(data, Mapping):
             raise ConfigurationError(f"router config must be a mapping, got {type(data).__name__}")
         return cls.from_dict(data)

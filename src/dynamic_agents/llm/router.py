@@ -8,9 +8,13 @@ included) and builds the ``litellm.Router`` once. Afterwards:
   out of cooldown;
 * a call that fails with 401 forces one secret refresh and one retry;
 * a call for a user who has their own key for the group's provider carries that key per call; it is
-  never written into the shared deployment, and its failures never cool the deployment down;
+  never written into the shared deployment, and its failures never cool the deployment down. Such a
+  call walks the group's fallbacks itself, each group called with litellm's fallbacks disabled and
+  with that user's key for *its* provider (or the deployment's own): litellm would hand the per-call
+  key to every fallback group, whatever provider it is for;
 * errors are :class:`~dynamic_agents.exceptions.LLMError`\\ s whose messages have every secret value
-  masked, raised with no link to litellm's exception (whose text may echo a key).
+  masked — resolved ones, and literal credentials written in the config — raised with no link to
+  litellm's exception (whose text may echo a key).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import copy
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from dynamic_agents._logging import get_logger
 from dynamic_agents._redaction import REDACTOR
@@ -29,9 +34,10 @@ from dynamic_agents.exceptions import (
     LLMRequestError,
     LLMTimeoutError,
     LLMUnavailableError,
+    SecretsError,
 )
 from dynamic_agents.llm import _litellm
-from dynamic_agents.llm.config import DeploymentConfig, RouterConfig
+from dynamic_agents.llm.config import SECRET_PARAMS, DeploymentConfig, RouterConfig
 from dynamic_agents.secrets import (
     EnvReference,
     SecretChange,
@@ -97,14 +103,42 @@ async def build_router(
         enable_pre_call_checks=config.enable_pre_call_checks,
     )
     if config.redis_url is not None:
-        settings["redis_url"] = (await secrets.resolve(config.redis_url)).reveal()
+        redis_url = (await secrets.resolve(config.redis_url)).reveal()
+        _register_url_password(redis_url)
+        settings["redis_url"] = redis_url
     router = _litellm.new_router(**{k: v for k, v in settings.items() if v is not None})
     return LLMRouter(config, secrets, router, deployments, follow_changes=follow_changes, tracing=tracing)
 
 
 async def _resolve(params: Mapping[str, Any], secrets: SecretsManager) -> dict[str, Any]:
+    """The params with every reference resolved; credentials written in them as literals are
+    registered with the redactor (resolved ones already are), so errors and logs mask them too."""
     resolved: dict[str, Any] = reveal_all(await secrets.resolve_all(params))
+    _register_literal_secrets(resolved)
     return resolved
+
+
+def _register_literal_secrets(data: Any, *, secret: bool = False) -> None:
+    """Register every string under a credential-holding key (:data:`SECRET_PARAMS`), at any depth."""
+    if isinstance(data, str):
+        if secret:
+            REDACTOR.register(data)
+    elif isinstance(data, Mapping):
+        for key, value in data.items():
+            _register_literal_secrets(value, secret=secret or key in SECRET_PARAMS)
+    elif isinstance(data, list | tuple):
+        for item in data:
+            _register_literal_secrets(item, secret=secret)
+
+
+def _register_url_password(url: str) -> None:
+    """Register the password of a URL's userinfo (``redis://:pass@host``) with the redactor."""
+    try:
+        password = urlsplit(url).password
+    except ValueError:  # a malformed URL: the client refuses it; nothing to register
+        return
+    if password:
+        REDACTOR.register(password)
 
 
 def _references(data: Any) -> list[SecretReference | EnvReference]:
@@ -216,24 +250,101 @@ class LLMRouter:
         metadata = copy.deepcopy(kwargs.pop("metadata", None) or {})  # litellm mutates it
         if tags is not None:
             metadata["tags"] = list(tags)
-        user_params = await self._user_params(model, user_id) if user_id is not None else {}
+        user_params = await self._user_key(model, user_id) if user_id is not None else {}
         for attempt in range(2):
             failure: LLMError | None = None
             try:
-                response = await self.router.acompletion(
-                    model=model, messages=messages, metadata=copy.deepcopy(metadata), **user_params, **kwargs
-                )
+                if user_params and user_id is not None and not kwargs.get("disable_fallbacks"):
+                    response = await self._user_call(
+                        model,
+                        user_params,
+                        user_id=user_id,
+                        messages=messages,
+                        metadata=metadata,
+                        kwargs=kwargs,
+                        attempted=set(),
+                    )
+                else:
+                    response = await self.router.acompletion(
+                        model=model,
+                        messages=messages,
+                        metadata=copy.deepcopy(metadata),
+                        **user_params,
+                        **kwargs,
+                    )
             except Exception as error:  # every litellm error is translated
                 failure = _translate(error, model)
             if failure is None:
                 return _translated_stream(response, model) if kwargs.get("stream") else response
             # Outside the except block: the original (whose text may echo a key) is not chained.
-            if attempt == 0 and not user_params and failure.status == 401:
-                logger.warning("model %r: key refused (401); refreshing its secrets", model)
-                if await self.refresh():  # a rotated key: retry once with it
-                    continue
+            if (
+                attempt == 0
+                and not user_params
+                and failure.status == 401
+                and await self._refresh_after_401(model)
+            ):
+                continue  # a rotated key: retry once with it
             raise failure
         raise AssertionError("unreachable")
+
+    async def _user_call(
+        self,
+        model: str,
+        user_params: dict[str, str],
+        *,
+        user_id: str,
+        messages: list[dict[str, Any]],
+        metadata: dict[str, Any],
+        kwargs: dict[str, Any],
+        attempted: set[str],
+    ) -> Any:
+        """A call carrying a user's own key, its fallbacks walked here (depth first, each group once,
+        at most the Router's ``max_fallbacks`` groups) with litellm's own fallbacks disabled: litellm
+        sends a per-call ``api_key`` to every fallback group, and a user's key must reach only the
+        deployments it was resolved for. Each fallback group carries the user's key for *its*
+        provider, or none (the deployment's own key)."""
+        attempted.add(model)
+        failure: Exception
+        try:
+            return await self.router.acompletion(
+                model=model,
+                messages=messages,
+                metadata=copy.deepcopy(metadata),
+                **user_params,
+                **{**kwargs, "disable_fallbacks": True},
+            )
+        except Exception as error:
+            failure = error
+        for group in _litellm.fallback_groups(self.router, model, failure):
+            if group in attempted:
+                continue
+            if len(attempted) > self.router.max_fallbacks:
+                break
+            logger.info("model %r failed for a user's own key; falling back to %r", model, group)
+            try:
+                params = await self._user_params(group, user_id)
+                return await self._user_call(
+                    group,
+                    params,
+                    user_id=user_id,
+                    messages=messages,
+                    metadata=metadata,
+                    kwargs=kwargs,
+                    attempted=attempted,
+                )
+            except Exception as error:
+                failure = error
+        raise failure
+
+    async def _refresh_after_401(self, model: str) -> bool:
+        """Refresh the router's secrets after a 401; whether a credential changed. A secret that
+        cannot be fetched now is logged, not raised: the caller raises the 401."""
+        logger.warning("model %r: key refused (401); refreshing its secrets", model)
+        try:
+            return await self.refresh() > 0
+        except SecretsError as error:
+            logger.warning("model %r: refreshing its secrets failed: %s", model, type(error).__name__)
+            return False
 
     def completion(self, *, model: str, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
         """The synchronous path (agno's ``run``). No per-user keys, no refresh-and-retry, and
@@ -244,6 +355,23 @@ class LLMRouter:
             return self.router.completion(model=model, messages=messages, **kwargs)
         except Exception as error:
             failure = _translate(error, model)
+        raise failure
+
+    async def _user_key(self, model: str, user_id: str) -> dict[str, str]:
+        """:meth:`_user_params`, a secrets failure raised as an :class:`LLMError`."""
+        failure: LLMError
+        try:
+            return await self._user_params(model, user_id)
+        except SecretsError as error:
+            kind: type[LLMError] = (
+                LLMAuthenticationError
+                if isinstance(error, PermissionError)
+                else LLMUnavailableError
+                if isinstance(error, ConnectionError)
+                else LLMError
+            )
+            text = REDACTOR.redact(f"{type(error).__name__}: {error}")
+            failure = kind(f"model {model!r} failed: the user's key cannot be read: {text}", model=model)
         raise failure
 
     async def _user_params(self, model: str, user_id: str) -> dict[str, str]:
@@ -261,12 +389,25 @@ class LLMRouter:
     # -- rotation ---------------------------------------------------------------------------------
 
     async def refresh(self) -> int:
-        """Fetch secrets again and swap every changed credential now; returns how many deployments
-        changed."""
+        """Fetch the deployments' secrets again and swap every changed credential now; returns how
+        many deployments changed.
+
+        Only the system's secrets of the providers the deployments use are fetched (never users'
+        keys, never other providers'). A secret that cannot be fetched is logged and its deployment
+        left as it is; the others are still refreshed."""
         before = {deployment.id: deployment.params for deployment in self._deployments.values()}
-        await self.secrets.refresh()  # change notices update what changed...
+        providers = sorted(set().union(*(d.providers for d in self._deployments.values())))
+        for provider in providers:  # change notices update what changed...
+            await self.secrets.refresh(provider, user_id=None)
         for deployment in list(self._deployments.values()):
-            await self._update(deployment)  # ...and this catches sources that send none
+            try:
+                await self._update(deployment)  # ...and this catches sources that send none
+            except SecretsError as error:
+                logger.warning(
+                    "refreshing the credentials of %s failed: %s",
+                    deployment.config.describe(),
+                    type(error).__name__,
+                )
         return sum(d.params != before[d.id] for d in self._deployments.values())
 
     async def _on_secret_change(self, change: SecretChange) -> None:
@@ -280,7 +421,12 @@ class LLMRouter:
         params = await _resolve(deployment.config.litellm_params, self.secrets)
         if params == deployment.params:
             return False
-        _litellm.upsert(self.router, deployment.config.model_name, params, deployment.id)
+        _litellm.upsert(
+            self.router,
+            deployment.config.model_name,
+            params,
+            {**deployment.config.model_info, "id": deployment.id},
+        )
         await _litellm.clear_cooldown(self.router, deployment.id)
         deployment.params = params
         logger.info("rotated the credentials of %s", deployment.config.describe())

@@ -15,13 +15,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, Self, TypeAlias, TypeVar
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
 from pydantic import BaseModel, ConfigDict, JsonValue, ValidationError
 
 from dynamic_agents._logging import get_logger
-from dynamic_agents._redaction import REDACTOR
+from dynamic_agents._redaction import MASK, REDACTOR
 from dynamic_agents.events._types import UtcDatetime
 from dynamic_agents.exceptions import (
     ConfigurationError,
@@ -144,7 +144,8 @@ class IdentityClient:
         _check_url(base_url, allow_insecure_http)
         if retries < 0:
             raise ConfigurationError(f"retries must be >= 0, got {retries}")
-        self.base_url = base_url.rstrip("/")
+        self.base_url = _masked_url(base_url.rstrip("/"))
+        """The service's URL, a password in it masked (the client itself uses the real one)."""
         self._token_provider = token
         self._token: SecretValue | None = None
         self._retries = retries
@@ -153,7 +154,7 @@ class IdentityClient:
         self._max_retry_after = max_retry_after
         self._sleep = sleep
         self._http = httpx.AsyncClient(
-            base_url=self.base_url, transport=transport, timeout=timeout, follow_redirects=False
+            base_url=base_url.rstrip("/"), transport=transport, timeout=timeout, follow_redirects=False
         )
 
     def __repr__(self) -> str:
@@ -356,14 +357,39 @@ class IdentityClient:
 
 
 def _check_url(base_url: str, allow_insecure_http: bool) -> None:
-    parts = urlsplit(base_url)
-    if parts.scheme not in {"http", "https"} or not parts.hostname:
-        raise ConfigurationError(f"Identity URL {base_url!r} must be an http(s) URL with a host")
-    if parts.scheme == "http" and not allow_insecure_http and not _is_loopback(parts.hostname):
+    shown = _masked_url(base_url)
+    try:
+        parts = urlsplit(base_url)
+        hostname = parts.hostname
+        parts.port  # noqa: B018 - raises for a port that is not a number
+    except ValueError:
+        parts, hostname = None, None
+    if parts is None or parts.scheme not in {"http", "https"} or not hostname:
         raise ConfigurationError(
-            f"Identity URL {base_url!r} uses plain http to a non-loopback host: tokens and secrets "
+            f"Identity URL {shown!r} must be an http(s) URL with a host (and a numeric port, if any)"
+        )
+    if parts.scheme == "http" and not allow_insecure_http and not _is_loopback(hostname):
+        raise ConfigurationError(
+            f"Identity URL {shown!r} uses plain http to a non-loopback host: tokens and secrets "
             "would cross the network unencrypted; use https, or pass allow_insecure_http=True"
         )
+
+
+def _masked_url(url: str) -> str:
+    """The URL with the password of its userinfo masked (``https://svc:**********@host``); the
+    password is registered with the redactor, so logs mask it too."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # unparseable (a bad port...): hide whatever userinfo it may hold
+        scheme, separator, rest = url.partition("://")
+        _, at, host = rest.rpartition("@")
+        return f"{scheme}{separator}{MASK}@{host}" if at else url
+    if not password:
+        return url
+    REDACTOR.register(password)
+    user = parts.netloc.rpartition("@")[0].partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:{MASK}@{parts.netloc.rpartition('@')[2]}"))
 
 
 def _is_loopback(host: str) -> bool:
@@ -412,9 +438,21 @@ def _detail(response: httpx.Response) -> str:
     detail = data.get("detail") if isinstance(data, dict) else None
     if detail is None:
         return ""
-    text = detail if isinstance(detail, str) else str(detail)
-    text = REDACTOR.redact(text)
+    # Strings are masked before a structured detail is formatted: its repr escapes them
+    # (a backslash doubled), and an escaped secret would no longer match.
+    text = REDACTOR.redact(detail if isinstance(detail, str) else str(_redacted(detail)))
     return text if len(text) <= _DETAIL_LIMIT else f"{text[: _DETAIL_LIMIT - 3]}..."
+
+
+def _redacted(data: object) -> object:
+    """A copy of decoded JSON with every known secret value masked in every string (keys too)."""
+    if isinstance(data, str):
+        return REDACTOR.redact(data)
+    if isinstance(data, dict):
+        return {_redacted(key): _redacted(value) for key, value in data.items()}
+    if isinstance(data, list):
+        return [_redacted(item) for item in data]
+    return data
 
 
 def _json(response: httpx.Response) -> object:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import math
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -113,12 +114,23 @@ class SecretsManager:
         env_mapping: Mapping[str, tuple[str, str]] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        for name, value in (("ttl", ttl), ("negative_ttl", negative_ttl), ("max_size", max_size)):
-            if value <= 0:
-                raise ConfigurationError(f"{name} must be > 0, got {value}")
-        for name, value in (("stale_grace", stale_grace), ("refresh_ahead", refresh_ahead)):
-            if value < 0:
-                raise ConfigurationError(f"{name} must be >= 0, got {value}")
+        positive = {"ttl": ttl, "negative_ttl": negative_ttl, "max_size": max_size}
+        if refresh_interval is not None:
+            positive["refresh_interval"] = refresh_interval
+        finite = {"refresh_interval", "error_retry"}  # the refresh loop waits this long
+        for name, value in positive.items():
+            if not value > 0 or (name in finite and not math.isfinite(value)):
+                kind = "a finite number > 0" if name in finite else "> 0"
+                raise ConfigurationError(f"{name} must be {kind}, got {value}")
+        non_negative = {
+            "stale_grace": stale_grace,
+            "refresh_ahead": refresh_ahead,
+            "error_retry": error_retry,
+        }
+        for name, value in non_negative.items():
+            if not value >= 0 or (name in finite and not math.isfinite(value)):
+                kind = "a finite number >= 0" if name in finite else ">= 0"
+                raise ConfigurationError(f"{name} must be {kind}, got {value}")
         self.source = source
         self.ttl = ttl
         self.negative_ttl = negative_ttl
@@ -136,6 +148,7 @@ class SecretsManager:
             maxsize=max_size, ttl=max(ttl, negative_ttl) + stale_grace, timer=clock
         )
         self._inflight: dict[_CacheKey, asyncio.Task[_Entry]] = {}
+        self._orphaned: set[asyncio.Task[_Entry]] = set()  # fetches started before an invalidate()
         self._listeners: list[ChangeListener] = []
         self._refresher: asyncio.Task[None] | None = None
 
@@ -165,7 +178,7 @@ class SecretsManager:
         source: SecretSource = IdentitySource(IdentityClient(url, token=token, **(client_options or {})))
         if env_fallback:
             source = ChainSource(
-                source, EnvironmentSource({**ENV_SECRETS, **settings.get("env_mapping", {})})
+                source, EnvironmentSource({**ENV_SECRETS, **(settings.get("env_mapping") or {})})
             )
         return cls(source, **settings)
 
@@ -193,9 +206,10 @@ class SecretsManager:
             self._refresher.cancel()
             await asyncio.gather(self._refresher, return_exceptions=True)
             self._refresher = None
-        for task in list(self._inflight.values()):
+        tasks = [*self._inflight.values(), *self._orphaned]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._inflight.values(), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self.source.aclose()
 
     # -- reading ----------------------------------------------------------------------------------
@@ -276,12 +290,17 @@ class SecretsManager:
 
     def invalidate(self, provider: str | None = None, *, user_id: str | _Every | None = _Every.USER) -> int:
         """Forget cached secrets: all, or one provider's; of every user, or of one (``None``: the
-        system's). Returns how many entries were dropped."""
-        doomed = [
-            key
-            for key in list(self._cache.keys())
-            if (provider is None or key[0] == provider) and (user_id is _Every.USER or key[1] == user_id)
-        ]
+        system's). Returns how many entries were dropped.
+
+        A fetch of a matching key already under way does not write what it gets into the cache, and
+        a ``get`` from now on does not wait for it: it fetches again."""
+
+        def matches(key: _CacheKey) -> bool:
+            return (provider is None or key[0] == provider) and (user_id is _Every.USER or key[1] == user_id)
+
+        for key in [key for key in self._inflight if matches(key)]:
+            self._orphaned.add(self._inflight.pop(key))
+        doomed = [key for key in list(self._cache.keys()) if matches(key)]
         for key in doomed:
             self._cache.pop(key, None)
         return len(doomed)
@@ -299,13 +318,28 @@ class SecretsManager:
         """
         await asyncio.gather(*(self._load((provider, user_id, None), None) for provider in providers))
 
-    async def refresh(self, provider: str | None = None) -> int:
-        """Fetch every cached secret (of one provider) again now; returns how many changed."""
-        keys = [key for key in list(self._cache.keys()) if provider is None or key[0] == provider]
+    async def refresh(
+        self, provider: str | None = None, *, user_id: str | _Every | None = _Every.USER
+    ) -> int:
+        """Fetch the cached secrets again now: all, or one provider's; of every user, or of one
+        (``None``: the system's). Returns how many changed.
+
+        A secret that cannot be fetched is logged (without its value) and kept as cached — served
+        stale within ``stale_grace``; dropped if access to it was revoked — and the others are still
+        refreshed."""
+        keys = [
+            key
+            for key in list(self._cache.keys())
+            if (provider is None or key[0] == provider) and (user_id is _Every.USER or key[1] == user_id)
+        ]
         changed = 0
         for key in keys:
             before = self._cache.get(key)
-            after = await self._load(key, before, force=True)
+            try:
+                after = await self._load(key, before, force=True)
+            except SecretsError as error:
+                logger.warning("refreshing %s failed: %s", SecretKey(*key), type(error).__name__)
+                continue
             changed += before is None or before.values != after.values
         return changed
 
@@ -347,8 +381,19 @@ class SecretsManager:
             self.stats.misses += 1
             task = asyncio.get_running_loop().create_task(self._fetch(key, previous))
             self._inflight[key] = task
-            task.add_done_callback(lambda _: self._inflight.pop(key, None))
+            task.add_done_callback(lambda done: self._forget_fetch(key, done))
         return await asyncio.shield(task)
+
+    def _forget_fetch(self, key: _CacheKey, task: asyncio.Task[_Entry]) -> None:
+        self._orphaned.discard(task)
+        if self._inflight.get(key) is task:  # not a newer fetch started after an invalidate()
+            del self._inflight[key]
+
+    def _orphan(self) -> bool:
+        """Whether the running fetch was started before an ``invalidate()`` of its key (so what it
+        gets must not be cached)."""
+        task = asyncio.current_task()
+        return task is not None and task in self._orphaned
 
     async def _fetch(self, key: _CacheKey, previous: _Entry | None) -> _Entry:
         secret_key = SecretKey(*key)
@@ -356,14 +401,19 @@ class SecretsManager:
         try:
             values = await self.source.fetch(secret_key)
         except IdentityForbiddenError:
-            self._cache.pop(key, None)  # access was revoked: serve nothing from before
+            if not self._orphan():
+                self._cache.pop(key, None)  # access was revoked: serve nothing from before
             raise
         except (IdentityError, SecretsError) as error:
             self.stats.errors += 1
-            return self._stale_or_raise(key, self._cache.get(key) or previous, error)
+            # An invalidated fetch may serve what it was given, never touch a newer entry.
+            cached = None if self._orphan() else self._cache.get(key)
+            return self._stale_or_raise(key, cached or previous, error)
         now = self._clock()
         ttl = self.ttl if values is not None else self.negative_ttl
         entry = _Entry(values, now, now + ttl, now + ttl + self.stale_grace, now)
+        if self._orphan():  # invalidated meanwhile: the caller gets it, the cache does not
+            return entry
         old = self._cache.get(key) or previous
         self._cache[key] = entry
         if old is not None and old.values != values:
@@ -372,7 +422,8 @@ class SecretsManager:
 
     def _stale_or_raise(self, key: _CacheKey, entry: _Entry | None, error: Exception) -> _Entry:
         now = self._clock()
-        if entry is not None and now < entry.stale_until:
+        # Only values are served stale: "no such secret" is believed for negative_ttl, no longer.
+        if entry is not None and entry.values is not None and now < entry.stale_until:
             self.stats.stale_served += 1
             entry.fresh_until = min(entry.stale_until, now + self.error_retry)
             logger.warning(
