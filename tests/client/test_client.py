@@ -1,4 +1,4 @@
-"""AgentClient against a worker, on real Redis."""
+"""AgentClient against a worker, on real Redis (and, where no worker is needed, in memory)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,8 @@ from dynamic_agents.client import AgentClient
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, StreamNames, Target, TargetType
 from dynamic_agents.execution import FunctionExecutor
 from dynamic_agents.routing import EventRouter, RoutingConfig
-from dynamic_agents.transports import RedisStreamsTransport
+from dynamic_agents.transports import InMemoryTransport, RedisStreamsTransport
 from dynamic_agents.worker import AgentWorker, WorkerSettings
-
-pytestmark = pytest.mark.redis
 
 
 @pytest.fixture
@@ -43,6 +41,7 @@ async def running_worker(redis_url: str, names: StreamNames) -> AsyncIterator[Ag
     await transport.aclose()
 
 
+@pytest.mark.redis
 async def test_a_thousand_concurrent_requests_over_sixteen_reply_streams(
     redis_url: str, names: StreamNames, running_worker: AgentWorker
 ) -> None:
@@ -69,6 +68,7 @@ async def test_a_thousand_concurrent_requests_over_sixteen_reply_streams(
     await transport.aclose()
 
 
+@pytest.mark.redis
 async def test_a_reply_written_the_moment_the_request_lands_is_not_missed(
     redis_url: str, names: StreamNames, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -95,6 +95,7 @@ async def test_a_reply_written_the_moment_the_request_lands_is_not_missed(
     await transport.aclose()
 
 
+@pytest.mark.redis
 async def test_build_request_from_a_platform_event(redis_url: str, names: StreamNames) -> None:
     routing = RoutingConfig.from_yaml(
         """
@@ -126,6 +127,7 @@ discord:
     await transport.aclose()
 
 
+@pytest.mark.redis
 async def test_responses_are_consumed_with_ack(redis_url: str, names: StreamNames) -> None:
     transport = RedisStreamsTransport.from_url(redis_url, names=names)
     client = AgentClient(transport, block=0.05)
@@ -144,6 +146,7 @@ async def test_responses_are_consumed_with_ack(redis_url: str, names: StreamName
     await transport.aclose()
 
 
+@pytest.mark.redis
 @pytest.mark.faststream
 async def test_a_faststream_rpc_request_gets_its_reply(
     redis_url: str, names: StreamNames, running_worker: AgentWorker
@@ -155,3 +158,55 @@ async def test_a_faststream_rpc_request_gets_its_reply(
         response = await broker.request(request.model_dump(mode="json"), stream=names.requests, timeout=10)
     body = AgentResponseEvent.model_validate_json(response.body)
     assert (body.request_id, body.content) == (request.id, "re: ping over rpc")
+
+
+def _platform_request(names: StreamNames, request_id: str) -> AgentRequestEvent:
+    return AgentRequestEvent(
+        id=request_id,
+        source="slack",
+        source_id="c1",
+        user_id="u1",
+        content="hi",
+        reply_stream=names.responses("slack", "c1"),
+    )
+
+
+async def test_a_waiter_that_times_out_leaves_another_waiter_of_the_same_request() -> None:
+    """Two request() calls for one request id (a platform's retry of one event): the first timing
+    out does not take the second's place."""
+    transport = InMemoryTransport(names=StreamNames("client"))
+    names = transport.names
+    async with AgentClient(transport, block=0.05) as client:
+        impatient = asyncio.create_task(client.request(_platform_request(names, "evt-1"), timeout=0.05))
+        await asyncio.sleep(0)  # registered first
+        patient = asyncio.create_task(client.request(_platform_request(names, "evt-1"), timeout=5))
+        with pytest.raises(TimeoutError):
+            await impatient
+        reply = AgentResponseEvent(request_id="evt-1", content="ok")
+        await transport.publish(names.responses("slack", "c1"), reply)
+        assert (await patient).content == "ok"
+    await transport.aclose()
+
+
+async def test_every_waiter_of_one_request_gets_the_reply() -> None:
+    transport = InMemoryTransport(names=StreamNames("client"))
+    names = transport.names
+    async with AgentClient(transport, block=0.05) as client:
+        waiters = [
+            asyncio.create_task(client.request(_platform_request(names, "evt-2"), timeout=30))
+            for _ in range(3)
+        ]
+        await wait_published(transport, names.requests, 3)
+        reply = AgentResponseEvent(request_id="evt-2", content="ok")
+        await transport.publish(names.responses("slack", "c1"), reply)
+        assert [(await waiter).content for waiter in waiters] == ["ok", "ok", "ok"]
+        reader = client._readers[names.responses("slack", "c1")]
+        assert reader.waiting == {}  # each took only its own future away
+    await transport.aclose()
+
+
+async def wait_published(transport: InMemoryTransport, stream: str, count: int) -> None:
+    """Until ``count`` requests are on ``stream``: their waiters are registered by then."""
+    async with asyncio.timeout(10):
+        while len(await transport.read_stream(stream, AgentRequestEvent, count=count)) < count:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)

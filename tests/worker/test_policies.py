@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
 
@@ -105,6 +106,93 @@ async def test_merge_answers_queued_messages_as_one_turn(backend: Backend) -> No
     assert last.content == "answer to 'a\\n\\nb\\n\\nc'"
     assert merged_a.metadata["merged_into"] == merged_b.metadata["merged_into"] == last.request_id
     assert merged_a.content == merged_b.content == ""
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"session_policy": "reject"}, {"policies": {"agent:echo": "reject"}}],
+    ids=["session_policy", "policies"],
+)
+async def test_a_policy_given_as_text_in_settings_is_applied(
+    backend: Backend, settings: dict[str, Any]
+) -> None:
+    """Settings read from YAML or the environment hold text, not SessionPolicy members."""
+    transport = await backend.transport()
+    timeline = Timeline()
+    w = worker(transport, timeline.executor(slow={"first"}), **settings)
+    async with w:
+        await transport.publish(backend.names.requests, request_event(backend.names, "first"))
+        await asyncio.wait_for(timeline.first_started.wait(), 5)
+        await transport.publish(backend.names.requests, request_event(backend.names, "second"))
+        await wait_for(lambda: _has_replies(transport, backend, 1))
+        (busy,) = await replies(transport, backend.names)
+        assert busy.status == ResponseStatus.REJECTED
+        await w.stop(grace=0)
+
+
+async def test_a_failed_merged_turn_fails_every_request_merged_into_it(backend: Backend) -> None:
+    transport = await backend.transport()
+    gate, first_started = asyncio.Event(), asyncio.Event()
+
+    async def run(target: Target, request: AgentRequestEvent) -> str:
+        if request.content == "first":
+            first_started.set()
+            await gate.wait()
+            return "answer to first"
+        raise RuntimeError("the model provider is down")
+
+    w = worker(transport, FunctionExecutor(run), session_policy=SessionPolicy.MERGE)
+    async with w:
+        await transport.publish(backend.names.requests, request_event(backend.names, "first"))
+        await asyncio.wait_for(first_started.wait(), 5)
+        for text in ("a", "b", "c"):
+            await transport.publish(backend.names.requests, request_event(backend.names, text))
+        await wait_for(lambda: _async(w.stats.received == 4))
+        gate.set()
+        await wait_for(lambda: _has_replies(transport, backend, 4))
+    first, a, b, c = await replies(transport, backend.names)
+    assert first.status == ResponseStatus.COMPLETED
+    for reply in (a, b, c):
+        assert reply.status == ResponseStatus.ERROR
+        assert "the model provider is down" in (reply.error_message or "")
+    assert a.metadata["merged_into"] == b.metadata["merged_into"] == c.request_id
+
+
+async def test_cancelling_a_request_merged_into_a_running_turn_cancels_the_turn(backend: Backend) -> None:
+    """'a' and 'b' run as one turn, under 'b''s id: cancelling 'a' reaches it."""
+    transport = await backend.transport()
+    gate, first_started, merged_started = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    cancelled: list[str] = []
+
+    async def run(target: Target, request: AgentRequestEvent) -> str:
+        if request.content == "first":
+            first_started.set()
+            await gate.wait()
+            return "answer to first"
+        merged_started.set()
+        try:
+            await asyncio.Event().wait()  # until cancelled
+        except asyncio.CancelledError:
+            cancelled.append(request.content)
+            raise
+        return "never"
+
+    w = worker(transport, FunctionExecutor(run), session_policy=SessionPolicy.MERGE)
+    a = request_event(backend.names, "a")
+    async with w:
+        await transport.publish(backend.names.requests, request_event(backend.names, "first"))
+        await asyncio.wait_for(first_started.wait(), 5)
+        await transport.publish(backend.names.requests, a)
+        await transport.publish(backend.names.requests, request_event(backend.names, "b"))
+        await wait_for(lambda: _async(w.stats.received == 3))
+        gate.set()
+        await asyncio.wait_for(merged_started.wait(), 5)
+        await AgentClient(transport).cancel(a.id)
+        await wait_for(lambda: _has_replies(transport, backend, 3))
+    _, answer_a, answer_b = await replies(transport, backend.names)
+    assert cancelled == ["a\n\nb"]
+    assert answer_a.request_id == a.id
+    assert (answer_a.status, answer_b.status) == (ResponseStatus.CANCELLED, ResponseStatus.CANCELLED)
 
 
 async def test_cancel_from_another_process(backend: Backend) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 from typing import Any
@@ -12,9 +13,9 @@ import pytest
 from dynamic_agents.events import AgentRequestEvent, LifecycleEvent, ResponseStatus, Target
 from dynamic_agents.execution import ExecutionResult, FunctionExecutor
 from dynamic_agents.routing import EventRouter
-from dynamic_agents.transports import Completion, Subscription
+from dynamic_agents.transports import Completion, Subscription, Transport
 from dynamic_agents.worker import BaseHooks, RunContext, WorkerSettings
-from tests.worker.conftest import Backend, replies, request_event, wait_for, worker
+from tests.worker.conftest import FAST, Backend, replies, request_event, wait_for, worker
 
 
 async def test_a_request_is_answered_once(backend: Backend) -> None:
@@ -279,6 +280,152 @@ async def test_graceful_stop_finishes_or_returns_runs(backend: Backend) -> None:
     assert all(r.status == ResponseStatus.COMPLETED for r in await replies(transport, backend.names))
 
 
+async def test_a_graceful_stop_keeps_the_leases_of_the_runs_it_drains(backend: Backend) -> None:
+    """A run drained past lease_ttl keeps its entry and its session (no other worker runs either
+    meanwhile) and publishes its answer."""
+    transport, other = await backend.transport(), await backend.transport()
+    gate, started = asyncio.Event(), asyncio.Event()
+    runs: list[str] = []
+    running = 0
+    most_at_once = 0
+
+    async def run(target: Target, request: AgentRequestEvent) -> str:
+        nonlocal running, most_at_once
+        runs.append(request.content)
+        running += 1
+        most_at_once = max(most_at_once, running)
+        started.set()
+        try:
+            if request.content == "first":
+                await gate.wait()
+        finally:
+            running -= 1
+        return f"answer to {request.content}"
+
+    stopping_worker = worker(transport, FunctionExecutor(run))
+    await stopping_worker.__aenter__()
+    await transport.publish(backend.names.requests, request_event(backend.names, "first"))
+    await asyncio.wait_for(started.wait(), 5)
+    stopping = asyncio.create_task(stopping_worker.stop(grace=30))  # a rolling deploy, say
+    async with worker(other, FunctionExecutor(run), consumer="successor"):
+        await transport.publish(backend.names.requests, request_event(backend.names, "second"))
+        await asyncio.sleep(3 * FAST["lease_ttl"])  # past the lease's ttl: only renewals keep it
+        gate.set()
+        await stopping
+        await wait_for(lambda: _has_replies(transport, backend, 2))
+    assert [r.content for r in await replies(transport, backend.names)] == [
+        "answer to first",
+        "answer to second",
+    ]
+    assert runs == ["first", "second"]
+    assert most_at_once == 1
+
+
+async def test_stop_hands_back_requests_queued_behind_their_session(backend: Backend) -> None:
+    """A request queued behind its session's run has not started: stop() hands it back instead of
+    starting it once the run ends."""
+    transport, other = await backend.transport(), await backend.transport()
+    gate, first_started = asyncio.Event(), asyncio.Event()
+    started: list[str] = []
+
+    async def run(target: Target, request: AgentRequestEvent) -> str:
+        started.append(request.content)
+        first_started.set()
+        await gate.wait()
+        return f"answer to {request.content}"
+
+    w = worker(transport, FunctionExecutor(run))
+    await w.__aenter__()
+    await transport.publish(backend.names.requests, request_event(backend.names, "first"))
+    await asyncio.wait_for(first_started.wait(), 5)
+    await transport.publish(backend.names.requests, request_event(backend.names, "second"))
+    await wait_for(lambda: _async(w.stats.received == 2))
+    stopping = asyncio.create_task(w.stop(grace=30))
+    await asyncio.sleep(0)  # stop() has begun: the first run ends only now
+    gate.set()
+    await stopping
+    assert started == ["first"]
+    assert [r.content for r in await replies(transport, backend.names)] == ["answer to first"]
+    await worker(other, consumer="rescuer").run_until_idle()  # handed back, not lost
+    assert [r.content for r in await replies(transport, backend.names)] == [
+        "answer to first",
+        "echo: second",
+    ]
+
+
+async def test_async_with_left_at_once_stops_the_worker(backend: Backend) -> None:
+    """stop() before the background run got to start: the run sees it and ends."""
+    transport = await backend.transport()
+    w = worker(transport)
+
+    async def enter_and_leave() -> None:
+        async with w:
+            pass  # the host's startup failed right after starting the worker, say
+
+    leaving = asyncio.create_task(enter_and_leave())
+    done, _ = await asyncio.wait({leaving}, timeout=10)  # a hang shows as not done, not as slow
+    if not done:  # let the loop end, then fail
+        w._stopping = True
+        await leaving
+    assert done
+    await transport.publish(backend.names.requests, request_event(backend.names, "again"))
+    await w.run_until_idle()  # the stop was used up: the worker runs again
+    assert [r.content for r in await replies(transport, backend.names)] == ["echo: again"]
+
+
+async def test_stop_does_not_swallow_the_cancellation_of_its_caller(backend: Backend) -> None:
+    """A caller cancelled while stop() waits (a timeout around shutdown) is cancelled; a later
+    stop() finishes the job."""
+    transport = await backend.transport()
+    started = asyncio.Event()
+
+    class Started(BaseHooks):
+        async def on_start(self, worker: Any) -> None:
+            started.set()
+
+    w = worker(transport, block=1.0)
+    w.hooks.append(Started())
+    await w.__aenter__()
+    await asyncio.wait_for(started.wait(), 5)
+    stopping = asyncio.create_task(w.stop())
+    await asyncio.sleep(0)  # stop() now waits for the read loop to end (up to `block`)
+    stopping.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await stopping
+    assert stopping.cancelled()
+    await w.stop()  # finishes what the cancelled one began
+    await transport.publish(backend.names.requests, request_event(backend.names, "after"))
+    await w.run_until_idle()
+    assert [r.content for r in await replies(transport, backend.names)] == ["echo: after"]
+
+
+async def test_a_reply_too_large_to_send_is_answered_with_an_error_once(backend: Backend) -> None:
+    """A result the codec refuses (content over its limit) fails the same way on every delivery:
+    an error reply at once, not a run per delivery and a dead letter."""
+    transport = await backend.transport()
+    calls: list[str] = []
+
+    def big(target: Target, request: AgentRequestEvent) -> str:
+        calls.append(request.id)
+        return "x" * (transport.codec.max_content_length + 1)
+
+    await transport.publish(backend.names.requests, request_event(backend.names, "summarise the repo"))
+    w = worker(transport, FunctionExecutor(big), max_deliveries=3)
+    async with w:
+        await wait_for(lambda: _has_replies(transport, backend, 1))
+    (reply,) = await replies(transport, backend.names)
+    assert reply.status == ResponseStatus.ERROR
+    assert "could not be sent" in (reply.error_message or "")
+    assert "content" in (reply.error_message or "")
+    assert len(calls) == 1
+    assert (w.stats.failed, w.stats.dead_lettered) == (1, 0)
+    assert not await transport.pending(backend.names.requests, "dynamic-agents")
+
+
+async def _has_replies(transport: Transport, backend: Backend, count: int) -> bool:
+    return len(await replies(transport, backend.names)) >= count
+
+
 async def test_lifecycle_events_and_hooks(backend: Backend) -> None:
     transport = await backend.transport()
     calls: list[str] = []
@@ -326,6 +473,40 @@ def test_record_ttl_must_outlive_redeliveries() -> None:
 
     with pytest.raises(ConfigurationError, match="record_ttl"):
         WorkerSettings(max_deliveries=5, claim_min_idle=60, request_timeout=120, record_ttl=100)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("keep_fresh_every", 0),
+        ("cancel_poll", 0),
+        ("lease_poll", -1),
+        ("delta_interval", -0.1),
+        ("events_maxlen", 0),
+        ("session_policy", "rejct"),
+    ],
+)
+def test_bad_worker_settings_are_refused_naming_the_field_and_value(name: str, value: object) -> None:
+    from dynamic_agents.exceptions import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match=rf"{name} must .*{value!r}"):
+        WorkerSettings(**{name: value})  # type: ignore[arg-type]
+
+
+def test_an_unknown_policy_for_a_target_is_refused_with_what_is_valid() -> None:
+    from dynamic_agents.exceptions import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match=r"policies\['agent:echo'\] .*'interrupt'.*got 'interupt'"):
+        WorkerSettings(policies={"agent:echo": "interupt"})  # type: ignore[dict-item]
+
+
+def test_policies_given_as_text_are_stored_as_session_policies() -> None:
+    from dynamic_agents.worker import SessionPolicy
+
+    settings = WorkerSettings(session_policy="merge", policies={"agent:x": "reject"})  # type: ignore[arg-type, dict-item]
+    assert settings.session_policy is SessionPolicy.MERGE
+    assert settings.policies == {"agent:x": SessionPolicy.REJECT}
+    assert settings.policies["agent:x"] is SessionPolicy.REJECT
 
 
 async def _async(value: bool) -> bool:

@@ -32,7 +32,7 @@ class _Reader:
 
     stream: str
     position: str
-    waiting: dict[str, asyncio.Future[AgentResponseEvent]]
+    waiting: dict[str, list[asyncio.Future[AgentResponseEvent]]]  # request id -> its waiters
     task: asyncio.Task[None] | None = None
 
 
@@ -137,13 +137,18 @@ class AgentClient:
             raise ConfigurationError("request() needs the request's reply_stream")
         reader = await self._reader(request.reply_stream)
         future: asyncio.Future[AgentResponseEvent] = asyncio.get_running_loop().create_future()
-        reader.waiting[request.id] = future
+        # several calls may wait for one request id (a platform retry of one event): each gets the
+        # reply, and each removes only its own future
+        waiters = reader.waiting.setdefault(request.id, [])
+        waiters.append(future)
         try:
             await self.publish(request, headers=headers)
             async with asyncio.timeout(timeout):
                 return await asyncio.shield(future)
         finally:
-            reader.waiting.pop(request.id, None)
+            waiters.remove(future)
+            if not waiters and reader.waiting.get(request.id) is waiters:
+                del reader.waiting[request.id]
 
     async def _reader(self, stream: str) -> _Reader:
         reader = self._readers.get(stream)
@@ -172,9 +177,9 @@ class AgentClient:
                 reader.position = entry.entry_id
                 if entry.message is None:
                     continue
-                future = reader.waiting.get(entry.message.event.request_id)
-                if future is not None and not future.done():
-                    future.set_result(entry.message.event)
+                for future in reader.waiting.get(entry.message.event.request_id, ()):
+                    if not future.done():
+                        future.set_result(entry.message.event)
 
     # -- consuming replies (the interface process that delivers them) -------------------------------
 

@@ -3,7 +3,8 @@
 A worker calls its hooks at these points (every method is optional; a worker without hooks builds
 nothing and awaits nothing for them):
 
-* ``on_start(worker)`` / ``on_stop(worker)``: the consume loop starts / ends;
+* ``on_start(worker)`` / ``on_stop(worker)``: the consume loop starts / ends (after the runs a
+  :meth:`~dynamic_agents.worker.AgentWorker.stop` drains);
 * ``on_received(delivery)``: a request entry was read (undecodable ones never get here);
 * ``on_duplicate(delivery)``: it was answered before (a redelivery): acked, not run again;
 * ``on_routed(delivery, target)``: routed, ``target`` ``None`` when no rule matched;

@@ -28,6 +28,19 @@ class SessionPolicy(StrEnum):
     MERGE = "merge"
 
 
+def _policy(name: str, value: object) -> SessionPolicy:
+    """``value`` as a :class:`SessionPolicy` (its text accepted), else a ``ConfigurationError``."""
+    if isinstance(value, SessionPolicy):
+        return value
+    if isinstance(value, str):
+        try:
+            return SessionPolicy(value)
+        except ValueError:
+            pass
+    valid = ", ".join(repr(policy.value) for policy in SessionPolicy)
+    raise ConfigurationError(f"{name} must be a SessionPolicy or one of {valid}, got {value!r}")
+
+
 def _consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
@@ -49,8 +62,9 @@ class WorkerSettings:
       ``Subscription.claim_ttl``): one round trip less on their path. Its leases are the
       coordinator's only when both share the Redis server and key prefix, as
       ``transport.coordinator()`` does: turn it off otherwise.
-    * ``session_policy`` / ``policies``: see :class:`SessionPolicy`; ``cancel_poll``: how often
-      cancellation requests for running requests are checked.
+    * ``session_policy`` / ``policies``: see :class:`SessionPolicy`, or its value as text
+      (``"reject"``, as read from YAML or the environment: converted here, an unknown one refused);
+      ``cancel_poll``: how often cancellation requests for running requests are checked.
     """
 
     group: str = "dynamic-agents"
@@ -85,10 +99,26 @@ class WorkerSettings:
             "max_deliveries",
             "request_timeout",
             "lease_ttl",
+            "cancel_poll",
+            "events_maxlen",
         )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("lease_poll", "delta_interval"):
+            if getattr(self, name) < 0:
+                raise ConfigurationError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.keep_fresh_every is not None and self.keep_fresh_every <= 0:
+            raise ConfigurationError(f"keep_fresh_every must be > 0 (or None), got {self.keep_fresh_every!r}")
+        if not isinstance(self.policies, Mapping):
+            raise ConfigurationError(f"policies must be a mapping of target to policy, got {self.policies!r}")
+        # frozen: the policies given as text (YAML, environment) are stored as SessionPolicy
+        object.__setattr__(self, "session_policy", _policy("session_policy", self.session_policy))
+        object.__setattr__(
+            self,
+            "policies",
+            {target: _policy(f"policies[{target!r}]", value) for target, value in self.policies.items()},
+        )
         floor = self.max_deliveries * self.claim_min_idle + self.request_timeout
         if self.record_ttl < floor:
             raise ConfigurationError(

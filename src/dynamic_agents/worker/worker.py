@@ -32,7 +32,13 @@ from typing import Any
 from dynamic_agents._logging import bind_ids, get_logger
 from dynamic_agents._redaction import REDACTOR
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, ResponseStatus, Target
-from dynamic_agents.exceptions import DynamicAgentsError, LeaseLostError, NoRouteError, TransportError
+from dynamic_agents.exceptions import (
+    DynamicAgentsError,
+    EventTooLargeError,
+    LeaseLostError,
+    NoRouteError,
+    TransportError,
+)
 from dynamic_agents.execution import ExecutionResult, Executor
 from dynamic_agents.routing import EventRouter
 from dynamic_agents.transports import (
@@ -129,14 +135,15 @@ class AgentWorker:
         self._absorbed: set[str] = set()  # entry ids answered by a merged run
         self._running: dict[str, str] = {}  # session -> request id running in this worker
         self._executions: dict[str, asyncio.Task[None]] = {}  # request id -> the handler running it
+        self._merged_into: dict[str, str] = {}  # request id merged into a running turn -> the turn's
         self._cancelling: set[str] = set()
         self._leases: dict[str, _HeldLease] = {}  # request id -> the lease its run holds
         self._leases_lost: set[str] = set()
         self._slot_freed = asyncio.Event()
         self._stopping = False
         self._runner: asyncio.Task[None] | None = None
-        self._loop_done = asyncio.Event()
-        self._loop_done.set()
+        self._reading_done = asyncio.Event()  # no read loop running: nothing new starts
+        self._reading_done.set()
 
     def __repr__(self) -> str:
         return (
@@ -159,13 +166,14 @@ class AgentWorker:
         await self.stop()
 
     async def run(self, *, until_idle: bool = False) -> None:
-        """Consume until :meth:`stop` (or, with ``until_idle``, until nothing is left to do)."""
-        self._stopping = False
-        self._loop_done.clear()
+        """Consume until :meth:`stop` (or, with ``until_idle``, until nothing is left to do). A stop
+        requested before the loop got to start (``async with`` left at once) is honoured."""
+        self._reading_done.clear()
         try:
             await self._consume(until_idle)
         finally:
-            self._loop_done.set()
+            self._reading_done.set()
+            self._stopping = False  # this run honoured the stop: the next one starts afresh
 
     async def _consume(self, until_idle: bool) -> None:
         await self.transport.ensure_group(self.stream, self.settings.group)
@@ -183,8 +191,14 @@ class AgentWorker:
                 if read:
                     await _after_handlers_send()
                 elif until_idle and not self._tasks and await self._nothing_pending():
-                    return
+                    break
+            self._reading_done.set()
+            # Runs in flight (stop() drains them) keep their entries fresh, their leases renewed
+            # and their cancellation requests watched until they end: nothing starts after this.
+            while self._tasks:
+                await asyncio.wait(list(self._tasks.values()))
         finally:
+            self._reading_done.set()
             for helper in helpers:
                 helper.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -201,17 +215,32 @@ class AgentWorker:
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop reading; let runs in flight finish for ``grace`` seconds, then cancel the rest.
-        Cancelled runs are not acked: their entries go back to the group for another worker."""
+        Cancelled runs, and requests that had not started (queued behind their session's run or
+        waiting for its lease), are not acked: their entries go back to the group for another
+        worker. Until the runs end their leases are renewed and their entries kept fresh.
+
+        Cancelling the task that awaits ``stop()`` cancels it (the worker goes on stopping in the
+        background, without the grace: its runs end on their own)."""
         self._stopping = True
         runner, self._runner = self._runner, None
-        if runner is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await runner
-        else:  # run() in the host's own task: let its read loop notice, so nothing starts after this
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.settings.block + 5):
-                    await self._loop_done.wait()
-        await self._drain(grace)
+        try:
+            if runner is not None:  # started by __aenter__: its read loop ends at its next turn
+                await self._reading_done.wait()
+            else:  # run() in the host's own task: let its read loop notice, so nothing starts after this
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.settings.block + 5):
+                        await self._reading_done.wait()
+            await self._drain(grace)
+            if runner is not None:
+                await asyncio.wait({runner})  # its last steps, without swallowing our own cancellation
+        except asyncio.CancelledError:
+            if runner is not None and not runner.done():
+                self._runner = runner  # for a later stop() to finish
+            raise
+        if runner is not None and not runner.cancelled():
+            runner.result()  # its failure (ensure_group, say) is the caller's to see
+        if runner is None and self._reading_done.is_set():
+            self._stopping = False  # no run() of its own to reset it, and none is reading
         await self.events.flush()
 
     async def _drain(self, grace: float | None) -> None:
@@ -389,6 +418,8 @@ class AgentWorker:
                 await asyncio.shield(previous)  # within this worker: one at a time, in arrival order
             if delivery.entry_id in self._absorbed:
                 return None  # a merged run answered it
+            if self._stopping:
+                raise _not_started()
             self._leave_queue(event.session_id, delivery.entry_id)
             batch = [delivery]
             if policy is SessionPolicy.MERGE:
@@ -470,6 +501,11 @@ class AgentWorker:
                     await self._answer(item, item.event, target, _cancelled())
                 return None
             else:
+                if self._stopping:  # the handler hands back its own entry, this the merged ones
+                    for item in [item for item in batch if item.entry_id in self._absorbed]:
+                        with contextlib.suppress(DynamicAgentsError):
+                            await self.transport.release(item)
+                    raise _not_started()
                 if not waited:
                     waited = True
                     self.stats.lease_waits += 1
@@ -520,6 +556,7 @@ class AgentWorker:
         return absorbed
 
     def _cancel_run(self, request_id: str) -> None:
+        request_id = self._merged_into.get(request_id, request_id)  # merged: the turn it runs in
         handler = self._executions.get(request_id)
         if handler is not None and request_id not in self._cancelling:
             self._cancelling.add(request_id)
@@ -532,7 +569,7 @@ class AgentWorker:
             if not self._executions:
                 continue
             try:
-                cancelled = await self.coordinator.cancelled(list(self._executions))
+                cancelled = await self.coordinator.cancelled([*self._executions, *self._merged_into])
             except DynamicAgentsError as error:
                 logger.warning("checking cancellations failed: %s", error)
                 continue
@@ -562,7 +599,9 @@ class AgentWorker:
             await self._call_hooks("before_execute", context)
         if progress is not None:
             await progress.started(delivery.delivery_count)
-        result = await self._execute_under(lease, target, event, progress.delta if progress else None)
+        result = await self._execute_under(
+            lease, target, event, progress.delta if progress else None, merged=batch[:-1]
+        )
         if progress is not None:
             await progress.finished(result)
         if self.hooks:
@@ -570,9 +609,11 @@ class AgentWorker:
         if len(batch) > 1:  # the merged requests are answered first: only while the lease is ours
             if not await self._still_ours(lease):
                 raise RunLostError
-            for earlier in batch[:-1]:
+            for earlier in batch[:-1]:  # the turn's status and error, its content with the last
                 merged = ExecutionResult(
-                    ResponseStatus.COMPLETED, metadata={"merged_into": delivery.event.id}
+                    result.status,
+                    error_message=result.error_message,
+                    metadata={"merged_into": delivery.event.id},
                 )
                 await self._answer(earlier, earlier.event, target, merged)
         try:  # written only while the lease is held, and released with the reply
@@ -584,13 +625,22 @@ class AgentWorker:
             await self._call_hooks("after_complete", context, completion)
 
     async def _execute_under(
-        self, lease: Lease, target: Target, event: AgentRequestEvent, on_delta: Any
+        self,
+        lease: Lease,
+        target: Target,
+        event: AgentRequestEvent,
+        on_delta: Any,
+        *,
+        merged: Sequence[Delivery[AgentRequestEvent]] = (),
     ) -> ExecutionResult:
         """Execute in this handler's own task (no task of its own): cancelling the handler while it
-        awaits the executor is how a cancellation request or a lost lease reaches the run."""
+        awaits the executor is how a cancellation request or a lost lease reaches the run. The
+        requests ``merged`` into the turn cancel it too."""
         handler = asyncio.current_task()
         assert handler is not None
         self._executions[event.id] = handler
+        for item in merged:
+            self._merged_into[item.event.id] = event.id
         self._running[event.session_id] = event.id
         self._leases[event.id] = _HeldLease(lease, time.monotonic())
         try:
@@ -612,6 +662,8 @@ class AgentWorker:
                 handler.uncancel()
             return result
         finally:
+            for item in merged:
+                self._merged_into.pop(item.event.id, None)
             self._leases.pop(event.id, None)
             self._leases_lost.discard(event.id)
             self._executions.pop(event.id, None)
@@ -696,9 +748,22 @@ class AgentWorker:
         if self.hooks:
             reply = await self._reply_with_hook_headers(delivery, reply)
         self._let_go(delivery)
-        completion = await self.transport.complete(
-            delivery, reply, record_ttl=self.settings.record_ttl, lease=lease
-        )
+        try:
+            completion = await self.transport.complete(
+                delivery, reply, record_ttl=self.settings.record_ttl, lease=lease
+            )
+        except EventTooLargeError as error:  # encoded before anything is written: nothing was
+            # The same on every delivery: an error reply now (under the same lease), not a retry.
+            logger.warning(
+                "the reply to %s is too large to send (%s); answering with an error", event.id, error
+            )
+            result = _error(f"the reply could not be sent: {error}")
+            reply = self._reply(delivery, result.to_response(event, target))
+            if self.hooks:
+                reply = await self._reply_with_hook_headers(delivery, reply)
+            completion = await self.transport.complete(
+                delivery, reply, record_ttl=self.settings.record_ttl, lease=lease
+            )
         if not completion.created:
             self.stats.duplicates += 1
         elif result.ok:
@@ -759,6 +824,12 @@ async def _after_handlers_send() -> None:
 
 def _error(message: str) -> ExecutionResult:
     return ExecutionResult(ResponseStatus.ERROR, error_message=REDACTOR.redact(message))
+
+
+def _not_started() -> asyncio.CancelledError:
+    """Stopping: a request that has not started (queued behind its session's run, or waiting for
+    its lease) is handed back like a cancelled one, for another worker."""
+    return asyncio.CancelledError("the worker is stopping: handed back before it started")
 
 
 def _cancelled() -> ExecutionResult:
