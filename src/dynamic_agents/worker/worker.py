@@ -306,7 +306,9 @@ class AgentWorker:
                 if self._held.get(delivery.entry_id) is not delivery:
                     continue  # answered (acked) while the check ran: not lost
                 logger.warning(
-                    "entry %s was taken over by another consumer; cancelling its run", delivery.entry_id
+                    "entry %s is no longer held (taken over by another consumer, or deleted from the "
+                    "stream); cancelling its run",
+                    delivery.entry_id,
                 )
                 self._lost.add(delivery.entry_id)
                 self.stats.lost += 1
