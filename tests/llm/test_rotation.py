@@ -55,24 +55,22 @@ def secrets(identity: InMemoryIdentityService) -> SecretsManager:
     return SecretsManager(IdentitySource(client))
 
 
+def gpt_config(
+    fake: FakeOpenAI, api_key: str = "secret:openai:api_key", *, model_info: dict[str, Any] | None = None
+) -> RouterConfig:
+    """One deployment, group ``gpt``, on the fake OpenAI server."""
+    deployment: dict[str, Any] = {
+        "model_name": "gpt",
+        "litellm_params": {"model": "openai/gpt-4o-mini", "api_key": api_key, "api_base": fake.api_base},
+    }
+    if model_info is not None:
+        deployment["model_info"] = model_info
+    return RouterConfig.from_dict({"model_list": [deployment], "num_retries": 0})
+
+
 @pytest.fixture
 async def router(secrets: SecretsManager, fake: FakeOpenAI) -> AsyncIterator[LLMRouter]:
-    config = RouterConfig.from_dict(
-        {
-            "model_list": [
-                {
-                    "model_name": "gpt",
-                    "litellm_params": {
-                        "model": "openai/gpt-4o-mini",
-                        "api_key": "os.environ/OPENAI_API_KEY",
-                        "api_base": fake.api_base,
-                    },
-                    "model_info": {"id": "gpt-main"},
-                }
-            ],
-            "num_retries": 0,
-        }
-    )
+    config = gpt_config(fake, "os.environ/OPENAI_API_KEY", model_info={"id": "gpt-main"})
     router = await build_router(config, secrets)
     yield router
     await router.aclose()
@@ -170,22 +168,7 @@ def test_repr_shows_no_key(router: LLMRouter) -> None:
 
 async def test_rotation_keeps_the_deployment_model_info(fake: FakeOpenAI) -> None:
     source = StaticSource({"openai": {"api_key": "sk-rot-model-info-v1"}})
-    config = RouterConfig.from_dict(
-        {
-            "model_list": [
-                {
-                    "model_name": "gpt",
-                    "litellm_params": {
-                        "model": "openai/gpt-4o-mini",
-                        "api_key": "secret:openai:api_key",
-                        "api_base": fake.api_base,
-                    },
-                    "model_info": {"id": "gpt-main", "base_model": "gpt-4o-mini", "team": "core"},
-                }
-            ],
-            "num_retries": 0,
-        }
-    )
+    config = gpt_config(fake, model_info={"id": "gpt-main", "base_model": "gpt-4o-mini", "team": "core"})
 
     def info(router: LLMRouter) -> dict[str, Any]:
         (deployment,) = router.router.get_model_list() or []
@@ -225,22 +208,7 @@ async def test_a_401_refresh_fetches_only_the_routers_keys_and_survives_a_revoke
 
     source = Revocable()
     secrets = SecretsManager(source)
-    config = RouterConfig.from_dict(
-        {
-            "model_list": [
-                {
-                    "model_name": "gpt",
-                    "litellm_params": {
-                        "model": "openai/gpt-4o-mini",
-                        "api_key": "secret:openai:api_key",
-                        "api_base": fake.api_base,
-                    },
-                    "model_info": {"id": "gpt-main"},
-                }
-            ],
-            "num_retries": 0,
-        }
-    )
+    config = gpt_config(fake, model_info={"id": "gpt-main"})
     async with await build_router(config, secrets) as router:
         await router.acompletion(model="gpt", messages=MESSAGES, user_id="bob")  # bob's key is cached
         await secrets.get("unrelated", "api_key")
@@ -263,21 +231,7 @@ async def test_a_401_with_the_routers_key_revoked_is_still_an_llm_error(fake: Fa
             return {"api_key": SecretValue("sk-revoked-system-0001")}
 
     source = Refusing()
-    config = RouterConfig.from_dict(
-        {
-            "model_list": [
-                {
-                    "model_name": "gpt",
-                    "litellm_params": {
-                        "model": "openai/gpt-4o-mini",
-                        "api_key": "secret:openai:api_key",
-                        "api_base": fake.api_base,
-                    },
-                }
-            ],
-            "num_retries": 0,
-        }
-    )
+    config = gpt_config(fake)
     async with await build_router(config, SecretsManager(source)) as router:
         source.refuse = True
         fake._handler = lambda request: HTTPErrorStep(401, "bad key")

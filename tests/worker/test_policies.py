@@ -44,10 +44,20 @@ async def _async(value: bool) -> bool:
     return value
 
 
-async def test_reject_answers_busy_at_once(backend: Backend) -> None:
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"session_policy": SessionPolicy.REJECT},
+        # as read from YAML or the environment: text, not SessionPolicy members
+        {"session_policy": "reject"},
+        {"policies": {"agent:echo": "reject"}},
+    ],
+    ids=["member", "text", "text-per-target"],
+)
+async def test_reject_answers_busy_at_once(backend: Backend, settings: dict[str, Any]) -> None:
     transport = await backend.transport()
     timeline = Timeline()
-    w = worker(transport, timeline.executor(slow={"first"}), session_policy=SessionPolicy.REJECT)
+    w = worker(transport, timeline.executor(slow={"first"}), **settings)
     async with w:
         await transport.publish(backend.names.requests, request_event(backend.names, "first"))
         await asyncio.wait_for(timeline.first_started.wait(), 5)
@@ -106,28 +116,6 @@ async def test_merge_answers_queued_messages_as_one_turn(backend: Backend) -> No
     assert last.content == "answer to 'a\\n\\nb\\n\\nc'"
     assert merged_a.metadata["merged_into"] == merged_b.metadata["merged_into"] == last.request_id
     assert merged_a.content == merged_b.content == ""
-
-
-@pytest.mark.parametrize(
-    "settings",
-    [{"session_policy": "reject"}, {"policies": {"agent:echo": "reject"}}],
-    ids=["session_policy", "policies"],
-)
-async def test_a_policy_given_as_text_in_settings_is_applied(
-    backend: Backend, settings: dict[str, Any]
-) -> None:
-    """Settings read from YAML or the environment hold text, not SessionPolicy members."""
-    transport = await backend.transport()
-    timeline = Timeline()
-    w = worker(transport, timeline.executor(slow={"first"}), **settings)
-    async with w:
-        await transport.publish(backend.names.requests, request_event(backend.names, "first"))
-        await asyncio.wait_for(timeline.first_started.wait(), 5)
-        await transport.publish(backend.names.requests, request_event(backend.names, "second"))
-        await wait_for(lambda: _has_replies(transport, backend, 1))
-        (busy,) = await replies(transport, backend.names)
-        assert busy.status == ResponseStatus.REJECTED
-        await w.stop(grace=0)
 
 
 async def test_a_failed_merged_turn_fails_every_request_merged_into_it(backend: Backend) -> None:
