@@ -57,7 +57,12 @@ from dynamic_agents._logging import get_logger
 from dynamic_agents.events import AgentRequestEvent
 from dynamic_agents.exceptions import ConfigurationError, DecodeError, DeliveryError, EventError
 from dynamic_agents.transports import Transport
-from dynamic_agents.transports.base import DEAD_LETTER_FIELD_PREFIX, DEAD_LETTER_PACKED_FIELD, unpack_fields
+from dynamic_agents.transports.base import (
+    DEAD_LETTER_FIELD_PREFIX,
+    DEAD_LETTER_PACKED_FIELD,
+    parse_entry_id,
+    unpack_fields,
+)
 
 __all__ = [
     "MAX_DELIVERIES",
@@ -79,8 +84,6 @@ UNKNOWN_REASON: Final = "unknown"
 """The kind of a dead letter without a reason."""
 
 _PAGE: Final = 500
-_MAX_ID_PART: Final = 2**64 - 1
-_ENTRY_ID_RE: Final = re.compile(r"^(\d+)-(\d+)$")
 _MAX_DELIVERIES_RE: Final = re.compile(r"^delivered \d+ times\b")
 _PREFIX: Final = DEAD_LETTER_FIELD_PREFIX.encode()
 
@@ -167,24 +170,22 @@ class DeadLetters:
         """
         if limit < 1:
             raise ConfigurationError(f"limit must be at least 1, got {limit}")
-        if _parse_id(after) is None:
+        if parse_entry_id(after) is None:
             raise ConfigurationError(f"after={after!r} is not a stream entry id (like '1700000000000-0')")
         entries = await self.transport.read_stream(self.stream, AgentRequestEvent, after=after, count=limit)
         return [self._letter(entry.entry_id, entry.fields) for entry in entries]
 
     async def get(self, entry_id: str) -> DeadLetter:
         """The dead letter with id ``entry_id``; :class:`DeliveryError` if there is none."""
-        parsed = _parse_id(entry_id)
-        if parsed is None or parsed == (0, 0):
+        try:
+            entry = await self.transport.read_entry(self.stream, entry_id, AgentRequestEvent)
+        except ConfigurationError:
             raise DeliveryError(
                 f"no dead letter {entry_id!r}: not a stream entry id (like '1700000000000-0')"
-            )
-        millis, sequence = parsed
-        before = f"{millis}-{sequence - 1}" if sequence else f"{millis - 1}-{_MAX_ID_PART}"
-        entries = await self.transport.read_stream(self.stream, AgentRequestEvent, after=before, count=1)
-        if not entries or _parse_id(entries[0].entry_id) != parsed:
+            ) from None
+        if entry is None:
             raise DeliveryError(f"no dead letter {entry_id!r} on {self.stream!r}")
-        return self._letter(entries[0].entry_id, entries[0].fields)
+        return self._letter(entry.entry_id, entry.fields)
 
     async def summary(self) -> DeadLetterSummary:
         """Counts by reason kind and origin stream, and the oldest and newest ``dead_at``."""
@@ -295,14 +296,14 @@ class DeadLetters:
 
     async def _scan(self, *, until: str | None = None) -> AsyncIterator[DeadLetter]:
         """Every dead letter, oldest first, in pages; only up to id ``until`` when given."""
-        last = _parse_id(until) if until is not None else None
+        last = parse_entry_id(until) if until is not None else None
         cursor = "0-0"
         while True:
             entries = await self.transport.read_stream(
                 self.stream, AgentRequestEvent, after=cursor, count=_PAGE
             )
             for entry in entries:
-                if last is not None and (_parse_id(entry.entry_id) or (0, 0)) > last:
+                if last is not None and (parse_entry_id(entry.entry_id) or (0, 0)) > last:
                     return
                 yield self._letter(entry.entry_id, entry.fields)
             if len(entries) < _PAGE:
@@ -347,17 +348,6 @@ class DeadLetters:
         )
 
 
-def _parse_id(entry_id: str) -> tuple[int, int] | None:
-    """``(milliseconds, sequence)`` of a full stream entry id, or ``None`` if it is not one."""
-    match = _ENTRY_ID_RE.match(entry_id)
-    if match is None:
-        return None
-    millis, sequence = int(match[1]), int(match[2])
-    if millis > _MAX_ID_PART or sequence > _MAX_ID_PART:
-        return None
-    return millis, sequence
-
-
 def _int(text: str) -> int:
     try:
         return int(text)
@@ -366,7 +356,7 @@ def _int(text: str) -> int:
 
 
 def _dead_at(text: str, entry_id: str) -> datetime:
-    millis = (_parse_id(entry_id) or (0, 0))[0]
+    millis = (parse_entry_id(entry_id) or (0, 0))[0]
     for seconds in (text, millis / 1000):
         try:
             return datetime.fromtimestamp(float(seconds), tz=UTC)

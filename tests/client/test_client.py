@@ -10,9 +10,10 @@ import pytest
 
 from dynamic_agents.client import AgentClient
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, StreamNames, Target, TargetType
+from dynamic_agents.exceptions import DeliveryError, TransportError
 from dynamic_agents.execution import FunctionExecutor
 from dynamic_agents.routing import EventRouter, RoutingConfig
-from dynamic_agents.transports import InMemoryTransport, RedisStreamsTransport
+from dynamic_agents.transports import CompletedRecord, InMemoryTransport, RedisStreamsTransport
 from dynamic_agents.worker import AgentWorker, WorkerSettings
 
 
@@ -210,3 +211,46 @@ async def wait_published(transport: InMemoryTransport, stream: str, count: int) 
     async with asyncio.timeout(10):
         while len(await transport.read_stream(stream, AgentRequestEvent, count=count)) < count:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
+
+
+@pytest.mark.redis
+async def test_a_retry_of_an_answered_request_gets_the_same_reply_without_a_second_run(
+    redis_url: str, names: StreamNames, running_worker: AgentWorker
+) -> None:
+    """A platform retries an event (same id) after its reply was written: request() reads the reply
+    back from where the completed-request record points, and publishes nothing."""
+    transport = RedisStreamsTransport.from_url(redis_url, names=names)
+    async with AgentClient(transport, block=0.05) as client:
+        first = await client.request(_platform_request(names, "evt-retried"), timeout=30)
+        assert first.content == "re: hi"
+        async with AgentClient(transport, block=0.05) as retrying:  # another process, say
+            again = await retrying.request(_platform_request(names, "evt-retried"), timeout=30)
+        assert again == first
+        assert len(await transport.read_stream(names.requests, AgentRequestEvent)) == 1
+        assert running_worker.stats.completed == 1
+    await transport.aclose()
+
+
+async def test_a_retry_whose_earlier_reply_is_gone_is_a_delivery_error() -> None:
+    transport = InMemoryTransport(names=StreamNames("client"))
+    names = transport.names
+    stream = names.responses("slack", "c1")
+    record = CompletedRecord("evt-old", "resp-1", "completed", stream, "1700000000000-0", 1_700_000_000.0)
+    assert await transport.coordinator().set_record(record, ttl=60)
+    async with AgentClient(transport, block=0.05) as client:
+        with pytest.raises(DeliveryError, match="no longer on"):
+            await client.request(_platform_request(names, "evt-old"), timeout=5)
+    assert await transport.read_stream(names.requests, AgentRequestEvent) == []
+    await transport.aclose()
+
+
+async def test_closing_the_client_ends_the_waits_of_request() -> None:
+    transport = InMemoryTransport(names=StreamNames("client"))
+    names = transport.names
+    client = AgentClient(transport, block=0.05)
+    waiting = asyncio.create_task(client.request(_platform_request(names, "evt-3"), timeout=30))
+    await wait_published(transport, names.requests, 1)
+    await client.aclose()
+    with pytest.raises(TransportError, match="closed"):
+        await asyncio.wait_for(waiting, 5)
+    await transport.aclose()

@@ -798,6 +798,22 @@ class TransportOperationsContract:
             == []
         )
 
+    async def test_read_entry_by_id(self, backend: Backend) -> None:
+        transport = await backend.transport()
+        stream = backend.stream("by-id")
+        first = await transport.publish(stream, request("first"))
+        second = await transport.publish(stream, request("second"))
+        for entry_id, content in ((first, "first"), (second, "second")):
+            entry = await transport.read_entry(stream, entry_id, AgentRequestEvent)
+            assert entry is not None
+            assert (entry.entry_id, entry.event.content) == (entry_id, content)
+        assert await transport.delete(stream, first) == 1
+        assert await transport.read_entry(stream, first, AgentRequestEvent) is None
+        assert await transport.read_entry(backend.stream("missing"), second, AgentRequestEvent) is None
+        for bad in ("0-0", "second", "1-2-3"):
+            with pytest.raises(ConfigurationError, match="not a stream entry id"):
+                await transport.read_entry(stream, bad, AgentRequestEvent)
+
     async def test_move_writes_an_entry_elsewhere_and_deletes_it_once(self, backend: Backend) -> None:
         transport = await backend.transport()
         source, destination = backend.stream("held"), backend.stream("back")

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 from dynamic_agents._logging import get_logger
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, StreamNames
-from dynamic_agents.exceptions import ConfigurationError, DynamicAgentsError
+from dynamic_agents.exceptions import ConfigurationError, DeliveryError, DynamicAgentsError, TransportError
 from dynamic_agents.routing import RoutingConfig
-from dynamic_agents.transports import Delivery, Subscription, Transport
+from dynamic_agents.transports import CompletedRecord, Delivery, Subscription, Transport
 
 if TYPE_CHECKING:
     from dynamic_agents.observability import Tracing
@@ -132,7 +132,13 @@ class AgentClient:
     async def request(
         self, request: AgentRequestEvent, *, timeout: float = 60.0, headers: Mapping[str, str] | None = None
     ) -> AgentResponseEvent:
-        """Publish and wait for the reply (``TimeoutError`` after ``timeout`` seconds)."""
+        """Publish and wait for the reply (``TimeoutError`` after ``timeout`` seconds).
+
+        A request already answered (a platform's retry of an event, whose id is the request id) is
+        not published again: its reply is read back from where the completed-request record says it
+        is (:class:`DeliveryError` if it is no longer there). :meth:`aclose` ends the wait with a
+        :class:`TransportError`.
+        """
         if request.reply_stream is None:
             raise ConfigurationError("request() needs the request's reply_stream")
         reader = await self._reader(request.reply_stream)
@@ -142,6 +148,11 @@ class AgentClient:
         waiters = reader.waiting.setdefault(request.id, [])
         waiters.append(future)
         try:
+            # Waiting already: a reply written from now on reaches the future; one written before
+            # left its record, so nothing falls between the two.
+            record = await self.transport.coordinator().get_record(request.id)
+            if record is not None:
+                return await self._earlier_reply(record)
             await self.publish(request, headers=headers)
             async with asyncio.timeout(timeout):
                 return await asyncio.shield(future)
@@ -149,6 +160,20 @@ class AgentClient:
             waiters.remove(future)
             if not waiters and reader.waiting.get(request.id) is waiters:
                 del reader.waiting[request.id]
+
+    async def _earlier_reply(self, record: CompletedRecord) -> AgentResponseEvent:
+        """The reply a completed-request record points at."""
+        where = f"request {record.request_id!r} was answered before ({record.status})"
+        if record.reply_stream is None or record.reply_entry_id is None:
+            raise DeliveryError(f"{where} without a reply entry")
+        entry = await self.transport.read_entry(
+            record.reply_stream, record.reply_entry_id, AgentResponseEvent
+        )
+        if entry is None or entry.message is None:
+            raise DeliveryError(
+                f"{where}; its reply {record.reply_entry_id} is no longer on {record.reply_stream!r}"
+            )
+        return entry.message.event
 
     async def _reader(self, stream: str) -> _Reader:
         reader = self._readers.get(stream)
@@ -218,8 +243,16 @@ class AgentClient:
         return await self.transport.ack(*deliveries)
 
     async def aclose(self) -> None:
-        tasks = [reader.task for reader in self._readers.values() if reader.task is not None]
+        """Stop the reply readers; calls still waiting in :meth:`request` end with a
+        :class:`TransportError`."""
+        readers = list(self._readers.values())
+        tasks = [reader.task for reader in readers if reader.task is not None]
         self._readers.clear()
+        for reader in readers:
+            for waiters in reader.waiting.values():
+                for future in waiters:
+                    if not future.done():
+                        future.set_exception(TransportError("the client was closed before the reply came"))
         for task in tasks:
             task.cancel()
         if tasks:

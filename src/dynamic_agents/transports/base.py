@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import re
 import secrets
 import struct
 import time
@@ -46,6 +47,22 @@ __all__ = [
 E = TypeVar("E", bound=WireModel)
 
 logger = get_logger("transports")
+
+_MAX_ID_PART: Final = 2**64 - 1
+_ENTRY_ID_RE: Final = re.compile(r"^(\d+)-(\d+)$")
+
+
+def parse_entry_id(entry_id: str) -> tuple[int, int] | None:
+    """``(milliseconds, sequence)`` of a full stream entry id (``"1700000000000-0"``), or ``None``
+    if it is not one."""
+    match = _ENTRY_ID_RE.match(entry_id)
+    if match is None:
+        return None
+    millis, sequence = int(match[1]), int(match[2])
+    if millis > _MAX_ID_PART or sequence > _MAX_ID_PART:
+        return None
+    return millis, sequence
+
 
 DEAD_LETTER_FIELD_PREFIX: Final = "dead_letter."
 """Fields a dead-letter entry adds to the original entry's fields (``dead_letter.reason``, …)."""
@@ -492,6 +509,18 @@ class Transport(_AsyncResource):
     ) -> list[Entry[E]]:
         """Entries after id ``after`` without a group (replies, dead letters); waits up to ``block``
         seconds for one when there are none (``None``: do not wait)."""
+
+    async def read_entry(self, stream: str, entry_id: str, model: type[E]) -> Entry[E] | None:
+        """The entry ``entry_id`` of ``stream`` (read without a group), or ``None`` when the stream
+        has no such entry; ``entry_id`` is a full entry id (``"1700000000000-0"``), else
+        :class:`ConfigurationError`."""
+        parsed = parse_entry_id(entry_id)
+        if parsed is None or parsed == (0, 0):
+            raise ConfigurationError(f"{entry_id!r} is not a stream entry id (like '1700000000000-0')")
+        millis, sequence = parsed
+        before = f"{millis}-{sequence - 1}" if sequence else f"{millis - 1}-{_MAX_ID_PART}"
+        entries = await self.read_stream(stream, model, after=before, count=1)
+        return entries[0] if entries and parse_entry_id(entries[0].entry_id) == parsed else None
 
     @abstractmethod
     async def delete(self, stream: str, *entry_ids: str) -> int:
