@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import threading
 from typing import Final
+from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["MASK", "REDACTOR", "RedactingFilter", "Redactor", "protect_loggers"]
+__all__ = ["MASK", "REDACTOR", "RedactingFilter", "Redactor", "masked_url", "protect_loggers"]
 
 MASK: Final = "**********"
 MIN_REDACTED_LENGTH: Final = 6
@@ -54,6 +55,24 @@ class Redactor:
 
 REDACTOR: Final = Redactor()
 """The process-wide redactor every :class:`SecretValue` registers with."""
+
+
+def masked_url(url: str) -> str:
+    """The URL with the password of its userinfo masked (``https://svc:**********@host``). The
+    password is registered with :data:`REDACTOR` too, so logs and errors that quote the URL whole
+    mask it as well."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # unparseable (a bad port...): hide whatever userinfo it may hold
+        scheme, separator, rest = url.partition("://")
+        _, at, host = rest.rpartition("@")
+        return f"{scheme}{separator}{MASK}@{host}" if at else url
+    if not password:
+        return url
+    REDACTOR.register(password)
+    userinfo, _, host = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=f"{userinfo.partition(':')[0]}:{MASK}@{host}"))
 
 
 class RedactingFilter(logging.Filter):

@@ -54,6 +54,7 @@ class AgentClient:
     ) -> None:
         self.transport = transport
         self.names: StreamNames = transport.names
+        self._coordinator = transport.coordinator()  # records (request) and cancellations
         self.routing = routing
         self._event_router = routing.router() if routing is not None else None
         self.block = block
@@ -150,7 +151,7 @@ class AgentClient:
         try:
             # Waiting already: a reply written from now on reaches the future; one written before
             # left its record, so nothing falls between the two.
-            record = await self.transport.coordinator().get_record(request.id)
+            record = await self._coordinator.get_record(request.id)
             if record is not None:
                 return await self._earlier_reply(record)
             await self.publish(request, headers=headers)
@@ -237,7 +238,7 @@ class AgentClient:
     async def cancel(self, request_id: str) -> None:
         """Cancel a request from any process: the worker running it (or about to) stops it and
         answers ``cancelled``."""
-        await self.transport.coordinator().request_cancel(request_id)
+        await self._coordinator.request_cancel(request_id)
 
     async def ack(self, *deliveries: Delivery[AgentResponseEvent]) -> int:
         return await self.transport.ack(*deliveries)

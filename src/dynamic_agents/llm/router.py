@@ -23,10 +23,9 @@ import copy
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from dynamic_agents._logging import get_logger
-from dynamic_agents._redaction import REDACTOR
+from dynamic_agents._redaction import REDACTOR, masked_url
 from dynamic_agents.exceptions import (
     LLMAuthenticationError,
     LLMError,
@@ -104,7 +103,7 @@ async def build_router(
     )
     if config.redis_url is not None:
         redis_url = (await secrets.resolve(config.redis_url)).reveal()
-        _register_url_password(redis_url)
+        masked_url(redis_url)  # registers its password with the redactor
         settings["redis_url"] = redis_url
     router = _litellm.new_router(**{k: v for k, v in settings.items() if v is not None})
     return LLMRouter(config, secrets, router, deployments, follow_changes=follow_changes, tracing=tracing)
@@ -129,16 +128,6 @@ def _register_literal_secrets(data: Any, *, secret: bool = False) -> None:
     elif isinstance(data, list | tuple):
         for item in data:
             _register_literal_secrets(item, secret=secret)
-
-
-def _register_url_password(url: str) -> None:
-    """Register the password of a URL's userinfo (``redis://:pass@host``) with the redactor."""
-    try:
-        password = urlsplit(url).password
-    except ValueError:  # a malformed URL: the client refuses it; nothing to register
-        return
-    if password:
-        REDACTOR.register(password)
 
 
 def _references(data: Any) -> list[SecretReference | EnvReference]:

@@ -15,13 +15,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, Self, TypeAlias, TypeVar
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit
 
 import httpx
 from pydantic import BaseModel, ConfigDict, JsonValue, ValidationError
 
 from dynamic_agents._logging import get_logger
-from dynamic_agents._redaction import MASK, REDACTOR
+from dynamic_agents._redaction import REDACTOR, masked_url
 from dynamic_agents.events._types import UtcDatetime
 from dynamic_agents.exceptions import (
     ConfigurationError,
@@ -144,7 +144,7 @@ class IdentityClient:
         _check_url(base_url, allow_insecure_http)
         if retries < 0:
             raise ConfigurationError(f"retries must be >= 0, got {retries}")
-        self.base_url = _masked_url(base_url.rstrip("/"))
+        self.base_url = masked_url(base_url.rstrip("/"))
         """The service's URL, a password in it masked (the client itself uses the real one)."""
         self._token_provider = token
         self._token: SecretValue | None = None
@@ -357,7 +357,7 @@ class IdentityClient:
 
 
 def _check_url(base_url: str, allow_insecure_http: bool) -> None:
-    shown = _masked_url(base_url)
+    shown = masked_url(base_url)
     try:
         parts = urlsplit(base_url)
         hostname = parts.hostname
@@ -373,23 +373,6 @@ def _check_url(base_url: str, allow_insecure_http: bool) -> None:
             f"Identity URL {shown!r} uses plain http to a non-loopback host: tokens and secrets "
             "would cross the network unencrypted; use https, or pass allow_insecure_http=True"
         )
-
-
-def _masked_url(url: str) -> str:
-    """The URL with the password of its userinfo masked (``https://svc:**********@host``); the
-    password is registered with the redactor, so logs mask it too."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:  # unparseable (a bad port...): hide whatever userinfo it may hold
-        scheme, separator, rest = url.partition("://")
-        _, at, host = rest.rpartition("@")
-        return f"{scheme}{separator}{MASK}@{host}" if at else url
-    if not password:
-        return url
-    REDACTOR.register(password)
-    user = parts.netloc.rpartition("@")[0].partition(":")[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:{MASK}@{parts.netloc.rpartition('@')[2]}"))
 
 
 def _is_loopback(host: str) -> bool:

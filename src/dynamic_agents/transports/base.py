@@ -25,6 +25,7 @@ from dynamic_agents._logging import get_logger
 from dynamic_agents.events import AgentResponseEvent, DecodedMessage, EventCodec, StreamNames, WireModel
 from dynamic_agents.events.envelope import DATA_FIELD
 from dynamic_agents.exceptions import ConfigurationError, DecodeError, EventError, TransportError
+from dynamic_agents.transports._scripts import UNPACK_MAX
 
 __all__ = [
     "Claim",
@@ -71,10 +72,10 @@ DEAD_LETTER_PACKED_FIELD: Final = b"dead_letter.fields"
 """The field that carries the original fields of an entry with too many to copy one by one
 (:data:`DEAD_LETTER_MAX_FIELDS`), packed by :func:`pack_fields`."""
 
-DEAD_LETTER_MAX_FIELDS: Final = 3500
-"""The most fields a dead letter has with the original fields copied one by one (a Redis script
-passes at most ``_scripts.UNPACK_MAX`` = 7,000 values to one command); beyond, they are packed
-into :data:`DEAD_LETTER_PACKED_FIELD`."""
+DEAD_LETTER_MAX_FIELDS: Final = UNPACK_MAX // 2
+"""The most fields a dead letter has with the original fields copied one by one (3,500: a Redis
+script passes at most ``UNPACK_MAX`` values, names and values, to one command); beyond, they are
+packed into :data:`DEAD_LETTER_PACKED_FIELD`."""
 
 _LENGTH: Final = struct.Struct(">I")
 
@@ -762,21 +763,14 @@ async def settle_undecodable(
         )
         try:
             await transport.dead_letter(delivery, f"undecodable: {delivery.error}")
-        except TransportError as error:
-            logger.error(  # noqa: TRY400 - the broker's refusal says it all
+        except Exception as error:
+            logger.error(  # noqa: TRY400 - a traceback only for what is not the broker's refusal
                 "dead-lettering undecodable entry %s of %r failed, leaving it pending (a reclaim "
                 "tries again): %s",
                 delivery.entry_id,
                 delivery.stream,
                 error,
-            )
-            continue
-        except Exception:
-            logger.exception(
-                "dead-lettering undecodable entry %s of %r failed, leaving it pending (a reclaim "
-                "tries again)",
-                delivery.entry_id,
-                delivery.stream,
+                exc_info=not isinstance(error, TransportError),
             )
             continue
         settled.append(_settled(delivery))

@@ -351,22 +351,14 @@ class RedisStreamsTransport(Transport):
             args: list[Arg] = [_ms(expire), _optional(maxlen), *_flatten(values)]
             entry_id = await self._call(what, partial(self._publish_expiring, keys=[stream], args=args))
         else:  # too many fields for a script's unpack(): the same, checked under WATCH
-            entry_id = await self._call(what, partial(self._publish_watched, stream, values, maxlen, expire))
+
+            def write(pipe: Pipeline) -> None:
+                pipe.xadd(stream, values, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
+                pipe.pexpire(stream, _ms(expire))
+
+            entry_id = await self._call(what, partial(self._watched, what, [stream], None, write))
         self.stats.published += 1
         return _bytes(entry_id).decode()
-
-    async def _publish_watched(
-        self, stream: str, values: dict[bytes, bytes], maxlen: int | None, expire: float
-    ) -> object:
-        """``PUBLISH_EXPIRING`` for more fields than a script can pass on: XADD and PEXPIRE in a
-        MULTI under WATCH, run only if the key is a stream (or missing) and unchanged since."""
-
-        def write(pipe: Pipeline) -> None:
-            pipe.xadd(stream, values, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
-            pipe.pexpire(stream, _ms(expire))
-
-        replies = await self._watched(f"publish to {stream!r}", [stream], None, write)
-        return replies[0] if replies is not None else None
 
     async def _watched(
         self,
@@ -374,11 +366,12 @@ class RedisStreamsTransport(Transport):
         streams: list[str],
         present: tuple[str, str] | None,
         write: Callable[[Pipeline], None],
-    ) -> list[object] | None:
-        """The commands ``write`` queues, in a MULTI that runs only if every key of ``streams`` is a
-        stream or missing and none changed meanwhile (WATCH; checked again when one did): what a
-        script does for writes whose arguments are too many for its ``unpack()``. With ``present``
-        (stream, entry id) nothing is written, and ``None`` returned, unless the entry exists."""
+    ) -> object:
+        """The reply to the first command ``write`` queues, in a MULTI that runs only if every key of
+        ``streams`` is a stream or missing and none changed meanwhile (WATCH; checked again when one
+        did): what a script does for writes whose arguments are too many for its ``unpack()``. With
+        ``present`` (stream, entry id) nothing is written, and ``None`` returned, unless the entry
+        exists."""
         async with self.client.pipeline(transaction=True) as pipe:
             while True:
                 try:
@@ -399,7 +392,7 @@ class RedisStreamsTransport(Transport):
                     replies: list[object] = await pipe.execute()
                 except redis_errors.WatchError:  # a key was written meanwhile: check again
                     continue
-                return replies
+                return replies[0]
 
     async def publish_envelopes(
         self, stream: str, envelopes: Sequence[bytes], *, maxlen: int | None = None
@@ -727,11 +720,9 @@ class RedisStreamsTransport(Transport):
                 pipe.xadd(stream, values)  # type: ignore[arg-type]
                 pipe.xdel(source, entry_id)
 
-            async def move_watched() -> object:
-                replies = await self._watched(what, [source, stream], (source, entry_id), write)
-                return replies[0] if replies is not None else None
-
-            moved = await self._call(what, move_watched)
+            moved = await self._call(
+                what, partial(self._watched, what, [source, stream], (source, entry_id), write)
+            )
         if moved is None:
             return None
         self.stats.published += 1
