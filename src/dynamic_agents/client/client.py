@@ -67,13 +67,7 @@ class AgentClient:
 
     # -- building and publishing --------------------------------------------------------------------
 
-    def build_request(
-        self,
-        source: str,
-        event: Mapping[str, Any],
-        *,
-        session_ttl: float | None = None,
-    ) -> AgentRequestEvent:
+    def build_request(self, source: str, event: Mapping[str, Any]) -> AgentRequestEvent:
         """An ``AgentRequestEvent`` from a normalised platform event.
 
         ``event`` holds ``channel_id`` (or ``conversation_id`` / ``chat_id``), ``user_id``,
