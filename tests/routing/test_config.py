@@ -154,3 +154,10 @@ async def test_targets_can_be_checked_against_a_store() -> None:
     known = {"admin-agent", "code-assistant", "discord-assistant"}
     with pytest.raises(RoutingConfigError, match="team 'support-team'"):
         await router.check_targets(lambda target: target.id in known)
+
+
+def test_two_global_defaults_are_a_config_error_naming_the_file() -> None:
+    with pytest.raises(
+        RoutingConfigError, match=r"^interfaces.yaml: give one default, not default_agent, default_team"
+    ):
+        RoutingConfig.from_yaml("default_agent: a\ndefault_team: b\n", source="interfaces.yaml")

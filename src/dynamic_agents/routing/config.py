@@ -157,9 +157,9 @@ class RoutingConfig(BaseModel):
             raise RoutingConfigError(
                 f"expected a mapping of interface names to settings, got {type(data).__name__}", source=source
             )
-        top = _default_target({k: v for k, v in data.items() if str(k).startswith("default_")})
         interfaces = {k: v for k, v in data.items() if not str(k).startswith("default_")}
         try:
+            top = _default_target({k: v for k, v in data.items() if str(k).startswith("default_")})
             return cls.model_validate({"interfaces": interfaces, **top})
         except ValidationError as error:
             raise _config_error(error, source, lines) from None
