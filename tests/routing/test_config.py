@@ -120,6 +120,26 @@ def test_global_default_from_the_top_level() -> None:
             "discord.routing.rules[0].chanel_ids",
             "Extra inputs are not permitted",
         ),
+        (  # one would silently replace the other
+            "discord:\n  routing:\n    rules:\n"
+            "      - name: vip\n        user_ids: ['1', '2']\n        user_id: '3'\n        agent_id: a\n",
+            4,
+            "discord.routing.rules[0]",
+            "give user_id (one user) or user_ids (a list), not both",
+        ),
+        (
+            "discord:\n  routing:\n    rules:\n      - name: guild\n        guild_ids: ['1']\n"
+            "        metadata_match: {guild_id: '2'}\n        agent_id: a\n",
+            4,
+            "discord.routing.rules[0]",
+            "give guild_ids or metadata_match.guild_id, not both",
+        ),
+        (
+            "discord:\n  routing:\n    default_agent: a\n    default: {type: team, id: t}\n",
+            3,
+            "discord.routing",
+            "give one default, not default_agent and default",
+        ),
     ],
 )
 def test_errors_give_file_line_and_path(yaml_text: str, line: int, path: str, message: str) -> None:

@@ -49,6 +49,8 @@ def _default_target(data: Any) -> Any:
     given = [kind for kind in TargetType if data.get(f"default_{kind.value}") is not None]
     if len(given) > 1:
         raise ValueError(f"give one default, not {', '.join('default_' + k.value for k in given)}")
+    if given and data.get("default") is not None:
+        raise ValueError(f"give one default, not default_{given[0].value} and default")
     if given:
         data["default"] = {"type": given[0], "id": data.pop(f"default_{given[0].value}")}
     return data
