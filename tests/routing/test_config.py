@@ -181,3 +181,20 @@ def test_two_global_defaults_are_a_config_error_naming_the_file() -> None:
         RoutingConfigError, match=r"^interfaces.yaml: give one default, not default_agent, default_team"
     ):
         RoutingConfig.from_yaml("default_agent: a\ndefault_team: b\n", source="interfaces.yaml")
+
+
+def test_a_rule_name_used_twice_is_refused_at_load_naming_where(tmp_path: Path) -> None:
+    """The router names the rule behind each decision, so names are unique across interfaces: a
+    repeat is refused where it is written, not later by ``router()`` as ``<dict>``."""
+    admin = "  routing:\n    rules:\n      - name: Admin\n        channel_ids: ['1']\n        agent_id: a\n"
+    with pytest.raises(RoutingConfigError) as caught:
+        RoutingConfig.from_yaml(f"discord:\n{admin}slack:\n{admin}", source="interfaces.yaml")
+    error = caught.value
+    assert (error.source, error.line, error.path) == ("interfaces.yaml", 10, "slack.routing.rules[0].name")
+    assert "'Admin' is already used at interfaces.yaml at discord.routing.rules[0].name" in str(error)
+    (tmp_path / "discord.yaml").write_text(f"discord:\n{admin}")
+    (tmp_path / "slack.yaml").write_text(f"slack:\n{admin}")
+    with pytest.raises(
+        RoutingConfigError, match=r"slack.yaml at slack.routing.rules\[0\].name: rule name 'Admin'"
+    ):
+        RoutingConfig.from_files([tmp_path / "discord.yaml", tmp_path / "slack.yaml"])
