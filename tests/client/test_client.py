@@ -136,6 +136,20 @@ discord:
     await transport.aclose()
 
 
+async def test_build_request_reads_the_source_as_the_event_does() -> None:
+    """The event lower-cases its source ("Discord" is "discord"): the interface's session prefix,
+    the session id and the reply stream follow the same name."""
+    routing = RoutingConfig.from_yaml(
+        "discord:\n  routing:\n    default_agent: a\n  session:\n    prefix: dc\n"
+    )
+    transport = InMemoryTransport(names=StreamNames("client"))
+    client = AgentClient(transport, routing=routing)
+    request = client.build_request("Discord", {"channel_id": "555", "user_id": "42", "content": "hi"})
+    assert (request.source, request.session_id) == ("discord", "dc:555")
+    assert request.reply_stream == transport.names.responses("discord", "555")
+    await transport.aclose()
+
+
 @pytest.mark.redis
 async def test_responses_are_consumed_with_ack(redis_url: str, names: StreamNames) -> None:
     transport = RedisStreamsTransport.from_url(redis_url, names=names)

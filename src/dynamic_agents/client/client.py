@@ -83,6 +83,7 @@ class AgentClient:
         metadata. The session id is ``{prefix}:{channel}`` (prefix from the interface's
         ``session.prefix``, else the source) and the reply stream is the channel's.
         """
+        source = source.strip().lower()  # as the event reads it, for the interface and stream names
         channel = event.get("channel_id") or event.get("conversation_id") or event.get("chat_id")
         if not channel:
             raise ConfigurationError(f"a {source} event needs channel_id (or conversation_id / chat_id)")
