@@ -152,6 +152,31 @@ def test_encoding_over_the_size_limit_is_refused() -> None:
         codec.encode_entry(AgentRequestEvent.model_validate(valid_body(content="y" * 300)))
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("raw_message", object(), "Unable to serialize unknown type"),  # an extra field
+        ("raw_bytes", b"\xff\xfe", "invalid utf-8"),
+    ],
+)
+def test_a_value_that_cannot_be_written_as_json_is_an_event_error(
+    field: str, value: object, message: str
+) -> None:
+    event = AgentRequestEvent.model_validate(valid_body(**{field: value}))
+    with pytest.raises(EventValidationError) as caught:
+        CODEC.encode_entry(event)
+    (error,) = caught.value.errors
+    assert error.location == field
+    assert message in error.message
+
+
+def test_a_metadata_value_set_after_validation_is_named_when_it_cannot_be_written() -> None:
+    event = AgentRequestEvent.model_validate(valid_body())
+    event.metadata["message"] = object()  # type: ignore[assignment]  # mutation skips validation
+    with pytest.raises(EventValidationError, match="metadata: cannot be written as JSON"):
+        CODEC.encode_json(event)
+
+
 def test_non_ascii_header_is_refused_not_miswritten() -> None:
     event = AgentRequestEvent.model_validate(valid_body())
     with pytest.raises(EnvelopeError, match="not ASCII"):

@@ -27,7 +27,11 @@ def test_hash_tagged_prefix_puts_every_key_in_one_slot() -> None:
     assert len(set(keys)) == len(keys)
 
 
-@pytest.mark.parametrize("prefix", ["", "has space", "trailing:", "{open", "{a}{b}", "a}b"])
+@pytest.mark.parametrize(
+    "prefix",
+    # "agent\n": a prefix read from a file or an env file with its line end
+    ["", "has space", "trailing:", "{open", "{a}{b}", "a}b", "agent\n", "{agents}\n"],
+)
 def test_bad_prefixes_are_refused(prefix: str) -> None:
     with pytest.raises(ConfigurationError, match="stream prefix"):
         StreamNames(prefix)

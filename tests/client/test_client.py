@@ -44,9 +44,17 @@ async def running_worker(redis_url: str, names: StreamNames) -> AsyncIterator[Ag
 
 @pytest.mark.redis
 async def test_a_thousand_concurrent_requests_over_sixteen_reply_streams(
-    redis_url: str, names: StreamNames, running_worker: AgentWorker
+    redis_url: str, names: StreamNames, running_worker: AgentWorker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     transport = RedisStreamsTransport.from_url(redis_url, names=names)
+    readers_started: list[str] = []  # a reader starts at the stream's last entry id
+    last_entry_id = transport.last_entry_id
+
+    async def starting_a_reader(stream: str) -> str:
+        readers_started.append(stream)
+        return await last_entry_id(stream)
+
+    monkeypatch.setattr(transport, "last_entry_id", starting_a_reader)
     async with AgentClient(transport, block=0.05) as client:
 
         async def ask(n: int) -> AgentResponseEvent:
@@ -65,7 +73,7 @@ async def test_a_thousand_concurrent_requests_over_sixteen_reply_streams(
 
         replies = await asyncio.gather(*(ask(n) for n in range(1000)))
         assert sorted(r.content for r in replies) == sorted(f"re: question {n}" for n in range(1000))
-        assert len(client._readers) == 16
+        assert len(readers_started) == len(set(readers_started)) == 16
     await transport.aclose()
 
 
@@ -125,6 +133,20 @@ discord:
     assert (request.id, request.session_id, request.team_id) == ("1234567890123", "dc:555", "support-team")
     assert request.reply_stream == names.responses("discord", "555")
     assert request.metadata == {"guild_id": "987654321"}
+    await transport.aclose()
+
+
+async def test_build_request_reads_the_source_as_the_event_does() -> None:
+    """The event lower-cases its source ("Discord" is "discord"): the interface's session prefix,
+    the session id and the reply stream follow the same name."""
+    routing = RoutingConfig.from_yaml(
+        "discord:\n  routing:\n    default_agent: a\n  session:\n    prefix: dc\n"
+    )
+    transport = InMemoryTransport(names=StreamNames("client"))
+    client = AgentClient(transport, routing=routing)
+    request = client.build_request("Discord", {"channel_id": "555", "user_id": "42", "content": "hi"})
+    assert (request.source, request.session_id) == ("discord", "dc:555")
+    assert request.reply_stream == transport.names.responses("discord", "555")
     await transport.aclose()
 
 
@@ -203,6 +225,28 @@ async def test_every_waiter_of_one_request_gets_the_reply() -> None:
         assert [(await waiter).content for waiter in waiters] == ["ok", "ok", "ok"]
         reader = client._readers[names.responses("slack", "c1")]
         assert reader.waiting == {}  # each took only its own future away
+    await transport.aclose()
+
+
+async def test_a_reply_stream_nobody_waits_on_any_more_is_not_read_forever() -> None:
+    """A bot answers in many channels over a day: each channel's reader stops once its requests
+    are answered (on Redis each one holds a connection in a blocking XREAD), and a later request
+    there starts a fresh one and still gets its reply."""
+    transport = InMemoryTransport(names=StreamNames("client"))
+    names = transport.names
+    async with AgentClient(transport, block=0.05) as client:
+        for round_ in range(2):
+            for channel in ("c1", "c2", "c3"):
+                request = _platform_request(names, f"evt-{channel}-{round_}").model_copy(
+                    update={"source_id": channel, "reply_stream": names.responses("slack", channel)}
+                )
+                asking = asyncio.create_task(client.request(request, timeout=10))
+                await wait_published(transport, names.requests, 3 * round_ + int(channel[1]))
+                await transport.publish(request.reply_stream or "", AgentResponseEvent(request_id=request.id))
+                assert (await asking).request_id == request.id
+            async with asyncio.timeout(5):
+                while client._readers:  # noqa: ASYNC110 (the readers stop on their own)
+                    await asyncio.sleep(0.01)
     await transport.aclose()
 
 

@@ -120,6 +120,26 @@ def test_global_default_from_the_top_level() -> None:
             "discord.routing.rules[0].chanel_ids",
             "Extra inputs are not permitted",
         ),
+        (  # one would silently replace the other
+            "discord:\n  routing:\n    rules:\n"
+            "      - name: vip\n        user_ids: ['1', '2']\n        user_id: '3'\n        agent_id: a\n",
+            4,
+            "discord.routing.rules[0]",
+            "give user_id (one user) or user_ids (a list), not both",
+        ),
+        (
+            "discord:\n  routing:\n    rules:\n      - name: guild\n        guild_ids: ['1']\n"
+            "        metadata_match: {guild_id: '2'}\n        agent_id: a\n",
+            4,
+            "discord.routing.rules[0]",
+            "give guild_ids or metadata_match.guild_id, not both",
+        ),
+        (
+            "discord:\n  routing:\n    default_agent: a\n    default: {type: team, id: t}\n",
+            3,
+            "discord.routing",
+            "give one default, not default_agent and default",
+        ),
     ],
 )
 def test_errors_give_file_line_and_path(yaml_text: str, line: int, path: str, message: str) -> None:
@@ -154,3 +174,27 @@ async def test_targets_can_be_checked_against_a_store() -> None:
     known = {"admin-agent", "code-assistant", "discord-assistant"}
     with pytest.raises(RoutingConfigError, match="team 'support-team'"):
         await router.check_targets(lambda target: target.id in known)
+
+
+def test_two_global_defaults_are_a_config_error_naming_the_file() -> None:
+    with pytest.raises(
+        RoutingConfigError, match=r"^interfaces.yaml: give one default, not default_agent, default_team"
+    ):
+        RoutingConfig.from_yaml("default_agent: a\ndefault_team: b\n", source="interfaces.yaml")
+
+
+def test_a_rule_name_used_twice_is_refused_at_load_naming_where(tmp_path: Path) -> None:
+    """The router names the rule behind each decision, so names are unique across interfaces: a
+    repeat is refused where it is written, not later by ``router()`` as ``<dict>``."""
+    admin = "  routing:\n    rules:\n      - name: Admin\n        channel_ids: ['1']\n        agent_id: a\n"
+    with pytest.raises(RoutingConfigError) as caught:
+        RoutingConfig.from_yaml(f"discord:\n{admin}slack:\n{admin}", source="interfaces.yaml")
+    error = caught.value
+    assert (error.source, error.line, error.path) == ("interfaces.yaml", 10, "slack.routing.rules[0].name")
+    assert "'Admin' is already used at interfaces.yaml at discord.routing.rules[0].name" in str(error)
+    (tmp_path / "discord.yaml").write_text(f"discord:\n{admin}")
+    (tmp_path / "slack.yaml").write_text(f"slack:\n{admin}")
+    with pytest.raises(
+        RoutingConfigError, match=r"slack.yaml at slack.routing.rules\[0\].name: rule name 'Admin'"
+    ):
+        RoutingConfig.from_files([tmp_path / "discord.yaml", tmp_path / "slack.yaml"])

@@ -181,6 +181,18 @@ def test_adversarial_content_returns_quickly(caplog: pytest.LogCaptureFixture) -
     assert "timed out" in caplog.text
 
 
+def test_adversarial_channel_id_returns_quickly(caplog: pytest.LogCaptureFixture) -> None:
+    # Channel ids come from the platform (any text on a REST or webhook interface): a
+    # source_id_pattern is bounded by the timeout too, like a content pattern.
+    router = EventRouter(
+        [rule("evil", "evil", source_id_pattern=r"^(\d|[0-9])*$"), rule("after", "after", source="discord")],
+        pattern_timeout=0.05,
+    )
+    decision = router.route(event(source_id="1" * 255 + "x"))
+    assert decision.rule == "after"
+    assert "timed out" in caplog.text
+
+
 def test_content_is_matched_on_a_bounded_prefix() -> None:
     router = EventRouter([rule("tail", "tail", content_pattern="needle")], max_content_chars=100)
     with pytest.raises(NoRouteError):

@@ -2,7 +2,8 @@
 
 ``request()`` cannot miss a fast reply: the reply stream's position is taken before the request is
 published, and one shared reader per reply stream hands replies out by request id, so a thousand
-concurrent requests over sixteen reply streams cost sixteen readers, not a thousand.
+concurrent requests over sixteen reply streams cost sixteen readers, not a thousand. A reader stops
+once nobody waits on its stream.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ class AgentClient:
         metadata. The session id is ``{prefix}:{channel}`` (prefix from the interface's
         ``session.prefix``, else the source) and the reply stream is the channel's.
         """
+        source = source.strip().lower()  # as the event reads it, for the interface and stream names
         channel = event.get("channel_id") or event.get("conversation_id") or event.get("chat_id")
         if not channel:
             raise ConfigurationError(f"a {source} event needs channel_id (or conversation_id / chat_id)")
@@ -185,6 +187,14 @@ class AgentClient:
 
     async def _read_replies(self, reader: _Reader) -> None:
         while True:
+            if not reader.waiting:
+                # Nobody waits on this stream any more (a bot answers in many channels): stop, so
+                # idle channels hold no reader (on Redis, a connection in a blocking XREAD). No
+                # request() can be between taking this reader and registering its waiter (no await
+                # there); a later one starts a fresh reader, at the stream's end before it publishes.
+                if self._readers.get(reader.stream) is reader:
+                    del self._readers[reader.stream]
+                return
             try:
                 entries = await self.transport.read_stream(
                     reader.stream, AgentResponseEvent, after=reader.position, count=500, block=self.block

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Generic, TypeVar
 
 from pydantic import ValidationError
-from pydantic_core import ErrorDetails
+from pydantic_core import ErrorDetails, PydanticSerializationError, to_json
 
 from dynamic_agents.events.envelope import (
     DATA_FIELD,
@@ -106,9 +106,13 @@ class EventCodec:
     # -- plain JSON -----------------------------------------------------------------------------
 
     def encode_json(self, event: WireModel) -> bytes:
-        """The event as UTF-8 JSON (extra fields included)."""
+        """The event as UTF-8 JSON (extra fields included); :class:`EventValidationError` names a
+        field that cannot be written as JSON."""
         self._check_content(event)
-        body = event.__pydantic_serializer__.to_json(event)  # model_dump_json(), as bytes (no copy)
+        try:
+            body = event.__pydantic_serializer__.to_json(event)  # model_dump_json(), as bytes (no copy)
+        except PydanticSerializationError as error:
+            raise _unwritable(event, error) from None
         self._check_size("encoded event", len(body))
         return body
 
@@ -259,6 +263,23 @@ def _event_error(model: type[WireModel], error: ValidationError) -> Exception:
             kind = type(detail["input"]).__name__
             return DecodeError(f"{model.__name__} body must be a JSON object, got {kind}")
     return EventValidationError(model.__name__, tuple(_field_error(d) for d in details))
+
+
+def _unwritable(event: WireModel, error: PydanticSerializationError) -> EventValidationError:
+    """The field that cannot be written as JSON (an extra field, or a value set after validation,
+    which pydantic does not check), named with its value."""
+    fields = {**event.__dict__, **(event.model_extra or {})}
+    for name, value in fields.items():
+        try:
+            to_json(value)
+        except PydanticSerializationError as cause:
+            return EventValidationError(
+                type(event).__name__,
+                (FieldError(name, f"cannot be written as JSON: {cause}", _preview(value)),),
+            )
+    return EventValidationError(
+        type(event).__name__, (FieldError("(body)", f"cannot be written as JSON: {error}"),)
+    )
 
 
 def _field_error(detail: ErrorDetails) -> FieldError:

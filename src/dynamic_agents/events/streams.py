@@ -25,7 +25,7 @@ from dynamic_agents.exceptions import ConfigurationError
 __all__ = ["DEFAULT_PREFIX", "StreamNames"]
 
 DEFAULT_PREFIX: Final = "agent"
-_PREFIX_RE: Final = re.compile(r"^(\{[^{}\s]+\}|[^{}\s:]+)([^{}\s]*[^{}\s:])?$")
+_PREFIX_RE: Final = re.compile(r"(\{[^{}\s]+\}|[^{}\s:]+)([^{}\s]*[^{}\s:])?")
 _PART_RE: Final = re.compile(r"^[^\x00-\x1f\x7f]+$")
 
 
@@ -53,7 +53,7 @@ class StreamNames:
     prefix: str = DEFAULT_PREFIX
 
     def __post_init__(self) -> None:
-        if not _PREFIX_RE.match(self.prefix):
+        if not _PREFIX_RE.fullmatch(self.prefix):  # not "^…$": "$" also matches before a final "\n"
             raise ConfigurationError(
                 f"stream prefix {self.prefix!r} is invalid: use a name without spaces, braces "
                 "or a trailing ':' (e.g. 'agent'), or one Redis Cluster hash tag (e.g. '{agents}')"

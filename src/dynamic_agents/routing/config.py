@@ -49,6 +49,8 @@ def _default_target(data: Any) -> Any:
     given = [kind for kind in TargetType if data.get(f"default_{kind.value}") is not None]
     if len(given) > 1:
         raise ValueError(f"give one default, not {', '.join('default_' + k.value for k in given)}")
+    if given and data.get("default") is not None:
+        raise ValueError(f"give one default, not default_{given[0].value} and default")
     if given:
         data["default"] = {"type": given[0], "id": data.pop(f"default_{given[0].value}")}
     return data
@@ -137,6 +139,7 @@ class RoutingConfig(BaseModel):
         default given twice is an error."""
         merged: dict[str, InterfaceConfig] = {}
         default: Target | None = None
+        rule_names: dict[str, str] = {}
         for path in paths:
             config = cls.from_file(path)
             for name, interface in config.interfaces.items():
@@ -145,6 +148,7 @@ class RoutingConfig(BaseModel):
                         f"interface {name!r} is configured twice", source=str(path), path=name
                     )
                 merged[name] = interface
+            _check_rule_names(config.interfaces, rule_names, str(path), {})
             if config.default is not None:
                 if default is not None:
                     raise RoutingConfigError("a second global default", source=str(path))
@@ -157,14 +161,16 @@ class RoutingConfig(BaseModel):
             raise RoutingConfigError(
                 f"expected a mapping of interface names to settings, got {type(data).__name__}", source=source
             )
-        top = _default_target({k: v for k, v in data.items() if str(k).startswith("default_")})
         interfaces = {k: v for k, v in data.items() if not str(k).startswith("default_")}
         try:
-            return cls.model_validate({"interfaces": interfaces, **top})
+            top = _default_target({k: v for k, v in data.items() if str(k).startswith("default_")})
+            config = cls.model_validate({"interfaces": interfaces, **top})
         except ValidationError as error:
             raise _config_error(error, source, lines) from None
         except ValueError as error:  # from a before-validator outside pydantic's wrapping
             raise RoutingConfigError(str(error), source=source) from None
+        _check_rule_names(config.interfaces, {}, source, lines)
+        return config
 
     # -- use --------------------------------------------------------------------------------------
 
@@ -180,6 +186,27 @@ class RoutingConfig(BaseModel):
             default=self.default,
             **options,
         )
+
+
+def _check_rule_names(
+    interfaces: Mapping[str, InterfaceConfig], seen: dict[str, str], source: str, lines: Mapping[_Path, int]
+) -> None:
+    """Refuse a rule name used twice (the router names the rule behind each decision); ``seen``
+    maps the names met so far to where they were."""
+    keys = {str(path[0]).lower(): path[0] for path in lines if path}  # the names as written
+    for interface_name, interface in interfaces.items():
+        for index, rule in enumerate(interface.routing.rules):
+            path = f"{interface_name}.routing.rules[{index}].name"
+            if rule.name in seen:
+                key = keys.get(interface_name, interface_name)
+                raise RoutingConfigError(
+                    f"rule name {rule.name!r} is already used at {seen[rule.name]}: rule names must "
+                    "be unique, across interfaces too",
+                    source=source,
+                    line=lines.get((key, "routing", "rules", index, "name")),
+                    path=path,
+                )
+            seen[rule.name] = f"{source} at {path}"
 
 
 def _load_yaml(text: str, source: str) -> tuple[Any, dict[_Path, int]]:

@@ -1,9 +1,10 @@
 """Regular expressions from configuration, made safe to run on user content.
 
-Patterns are compiled once with the ``regex`` engine, which can be interrupted: every content match
-runs with a timeout and on a bounded prefix of the content. Patterns with a nested unbounded
-quantifier — ``(a+)+``, ``(\\w*)*``, the classic catastrophic-backtracking shape — are refused at
-load, before any content reaches them.
+Patterns are compiled once with the ``regex`` engine, which can be interrupted: every match runs with
+a timeout (channel ids too: on a REST or webhook interface they are any text up to 256 characters),
+and content is matched on a bounded prefix. Patterns with a nested unbounded quantifier — ``(a+)+``,
+``(\\w*)*``, the classic catastrophic-backtracking shape — are refused at load, before any content
+reaches them.
 """
 
 from __future__ import annotations
@@ -110,7 +111,3 @@ class SafePattern:
                 len(text),
             )
             return False
-
-    def search_untimed(self, text: str) -> bool:
-        """For short identifiers (channel and user ids): no timeout bookkeeping needed."""
-        return self.compiled.search(text) is not None

@@ -104,7 +104,7 @@ class _CompiledRule:
             return f"user {event.user_id!r} is not one of the rule's {len(rule.user_ids)}"
         if rule.metadata_match and not metadata_matches(rule.metadata_match, event):
             return f"metadata does not match {dict(rule.metadata_match)!r}"
-        if self.source_id_pattern is not None and not self.source_id_pattern.search_untimed(event.source_id):
+        if self.source_id_pattern is not None and not self.source_id_pattern.search(event.source_id):
             return f"channel {event.source_id!r} does not match {rule.source_id_pattern!r}"
         if self.content is not None and not self.content.search(content):
             return f"content does not match {rule.content_pattern!r}"

@@ -62,10 +62,14 @@ class RoutingRule(BaseModel):
             elif "target_type" in data or "target_id" in data:
                 data["target"] = {"type": data.pop("target_type", None), "id": data.pop("target_id", None)}
         if "user_id" in data:
+            if "user_ids" in data:
+                raise ValueError("give user_id (one user) or user_ids (a list), not both")
             user = data.pop("user_id")
             data["user_ids"] = [user] if user is not None else None
         if "guild_ids" in data:
             metadata = dict(data.get("metadata_match") or {})
+            if "guild_id" in metadata:
+                raise ValueError("give guild_ids or metadata_match.guild_id, not both")
             metadata["guild_id"] = data.pop("guild_ids")
             data["metadata_match"] = metadata
         return data
