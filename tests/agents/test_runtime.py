@@ -578,3 +578,35 @@ async def test_a_cancelled_run_is_stored_with_its_partial_output() -> None:
     context = " ".join(str(m["content"]) for m in second_call if m["role"] == "user")
     assert "first question" in context
     assert "never used" in context  # the partial reply of the interrupted run
+
+
+async def test_a_workflow_past_its_timeout_runs_no_further_steps() -> None:
+    ran: list[str] = []
+
+    async def slow_step(step_input: Any) -> str:
+        await asyncio.sleep(0.3)
+        ran.append("slow")
+        return "slow done"
+
+    def charge_step(step_input: Any) -> str:
+        ran.append("charge")
+        return "charged"
+
+    rt = runtime({"gpt": []})
+    rt.registry.function("slow_step", slow_step)
+    rt.registry.function("charge_step", charge_step)
+    await rt.workflows.create(
+        WorkflowSpec.from_dict(
+            {
+                "id": "pay",
+                "steps": [
+                    {"type": "function", "function": "slow_step"},
+                    {"type": "function", "function": "charge_step"},
+                ],
+            }
+        )
+    )
+    result = await rt.workflows.execute("pay", "go", session_id="late", timeout=0.1)
+    assert result.status == ResponseStatus.TIMEOUT
+    # agno is asked to cancel the workflow's run: it stops before the next step, within cancel_grace
+    assert ran == ["slow"]

@@ -173,9 +173,9 @@ class AgentRuntime:
             run_kwargs["session_state"] = dict(session_state)
         if metadata and kind is not SpecKind.WORKFLOW:
             run_kwargs["metadata"] = dict(metadata)
-        run_id = str(uuid.uuid4())
+        run_id = str(uuid.uuid4())  # the id _stop_run asks agno to cancel: workflows need it too
+        run_kwargs["run_id"] = run_id
         if kind is not SpecKind.WORKFLOW:
-            run_kwargs["run_id"] = run_id
             interrupted = await self._interrupted_turn(kind, run_kwargs["session_id"])
             if interrupted is not None:  # agno leaves cancelled runs out of the history: hand it over
                 run_kwargs["dependencies"] = {"interrupted_turn": interrupted}
