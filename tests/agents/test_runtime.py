@@ -610,3 +610,23 @@ async def test_a_workflow_past_its_timeout_runs_no_further_steps() -> None:
     assert result.status == ResponseStatus.TIMEOUT
     # agno is asked to cancel the workflow's run: it stops before the next step, within cancel_grace
     assert ran == ["slow"]
+
+
+async def test_tools_in_a_workflow_receive_the_request_id() -> None:
+    seen: list[str] = []
+
+    def charge_card(run_context: RunContext, amount: int) -> str:
+        """Charge once per request, whatever the retries."""
+        seen.append(str((run_context.metadata or {}).get("request_id")))
+        return "charged"
+
+    rt = runtime({"gpt": [ToolCall("charge_card", {"amount": 5}), "done"]})
+    rt.registry.tool(charge_card)
+    await rt.agents.create(AgentSpec.from_dict({"id": "cashier", "model": "gpt", "tools": ["charge_card"]}))
+    await rt.workflows.create(
+        WorkflowSpec.from_dict({"id": "checkout", "steps": [{"type": "agent", "agent": "cashier"}]})
+    )
+    request = AgentRequestEvent(source="rest", source_id="c", user_id="u", content="pay")
+    result = await AgnoExecutor(rt).execute(Target(type=TargetType.WORKFLOW, id="checkout"), request)
+    assert result.status == ResponseStatus.COMPLETED, result
+    assert seen == [request.id]

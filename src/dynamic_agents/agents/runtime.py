@@ -171,7 +171,7 @@ class AgentRuntime:
         }
         if session_state:
             run_kwargs["session_state"] = dict(session_state)
-        if metadata and kind is not SpecKind.WORKFLOW:
+        if metadata:
             run_kwargs["metadata"] = dict(metadata)
         run_id = str(uuid.uuid4())  # the id _stop_run asks agno to cancel: workflows need it too
         run_kwargs["run_id"] = run_id
