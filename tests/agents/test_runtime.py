@@ -630,3 +630,14 @@ async def test_tools_in_a_workflow_receive_the_request_id() -> None:
     result = await AgnoExecutor(rt).execute(Target(type=TargetType.WORKFLOW, id="checkout"), request)
     assert result.status == ResponseStatus.COMPLETED, result
     assert seen == [request.id]
+
+
+async def test_toolkit_parameters_the_factory_does_not_take_are_refused_at_load() -> None:
+    rt = runtime({"gpt": ["unused"]})
+    rt.registry.toolkit("search", lambda max_results=5: get_weather)
+    spec = {"id": "a", "model": "gpt", "tools": [{"name": "search", "parameters": {"max_result": 3}}]}
+    with pytest.raises(SpecValidationError) as caught:
+        await rt.agents.create(AgentSpec.from_dict(spec))
+    assert caught.value.path == "tools[0].parameters"
+    assert "'max_result'" in str(caught.value)
+    assert "max_results" in str(caught.value)  # what it takes
