@@ -641,3 +641,27 @@ async def test_toolkit_parameters_the_factory_does_not_take_are_refused_at_load(
     assert caught.value.path == "tools[0].parameters"
     assert "'max_result'" in str(caught.value)
     assert "max_results" in str(caught.value)  # what it takes
+
+
+async def test_a_team_streams_its_own_reply_not_its_members_work() -> None:
+    leader = [
+        ToolCall("delegate_task_to_member", {"member_id": "researcher", "task": "facts please"}),
+        "Leader: the sky is blue.",
+    ]
+    rt = AgentRuntime(
+        InMemorySpecStore(),
+        registry(),
+        ScriptedModels({"leader": leader, "member": ["Researcher: internal notes."]}, chunk_size=5),
+    )
+    _RUNTIMES.append(rt)
+    await rt.agents.create(AgentSpec.from_dict({"id": "researcher", "model": "member"}))
+    await rt.teams.create(TeamSpec.from_dict({"id": "crew", "members": ["researcher"], "model": "leader"}))
+    deltas: list[str] = []
+
+    async def collect(delta: str) -> None:
+        deltas.append(delta)
+
+    result = await rt.teams.execute("crew", "What colour is the sky?", session_id="s", on_delta=collect)
+    assert result.status == ResponseStatus.COMPLETED
+    assert result.content == "Leader: the sky is blue."
+    assert "".join(deltas) == result.content

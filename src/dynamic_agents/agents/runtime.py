@@ -242,6 +242,8 @@ class AgentRuntime:
 async def _run_streaming(target: Any, input: str, run_kwargs: dict[str, Any], on_delta: DeltaCallback) -> Any:
     final = None
     async for event in target.arun(input, stream=True, stream_events=True, **run_kwargs):
+        if getattr(event, "run_id", None) != run_kwargs["run_id"]:
+            continue  # a team member's own run: its work, not the team's reply
         name = getattr(event, "event", "")
         if name in {"RunContent", "TeamRunContent"} and isinstance(getattr(event, "content", None), str):
             if event.content:
