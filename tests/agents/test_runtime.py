@@ -422,6 +422,23 @@ async def test_tools_needing_confirmation_are_refused() -> None:
         await rt.agents.create(AgentSpec.from_dict({"id": "a", "model": "gpt", "tools": ["launch_missiles"]}))
 
 
+@pytest.mark.parametrize("flag", ["requires_confirmation", "requires_user_input", "external_execution"])
+async def test_agno_tools_that_pause_the_run_are_refused(flag: str) -> None:
+    # each of these makes agno pause the run for a human or an outside caller: without a resume
+    # flow every run of the agent would end paused, so the spec is refused when it loads
+    from agno.tools import tool
+
+    def run_shell(command: str) -> str:
+        """Run a shell command."""
+        return "done"
+
+    rt = runtime({"gpt": [ToolCall("run_shell", {"command": "ls"}), "done"]})
+    rt.registry.tool(tool(**{flag: True})(run_shell))
+    with pytest.raises(SpecValidationError, match="requires human confirmation") as caught:
+        await rt.agents.create(AgentSpec.from_dict({"id": "a", "model": "gpt", "tools": ["run_shell"]}))
+    assert caught.value.path == "tools[0].name"
+
+
 def test_specs_export_a_json_schema() -> None:
     schema = AgentSpec.json_schema()
     assert "add_history_to_context" in schema["properties"]

@@ -68,7 +68,8 @@ def _check_agent(spec: AgentSpec, registry: ToolRegistry, model_names: frozenset
             raise SpecValidationError(error.detail, path=f"tools[{index}].name") from None
         if tool.requires_confirmation:
             raise SpecValidationError(
-                f"tool {ref.name!r} requires human confirmation, which this library cannot pause for yet",
+                f"tool {ref.name!r} requires human confirmation or input (agno pauses the run for it), "
+                "which this library cannot pause for yet",
                 path=f"tools[{index}].name",
             )
         if ref.parameters and not tool.factory:
