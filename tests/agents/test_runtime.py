@@ -682,3 +682,28 @@ async def test_a_team_streams_its_own_reply_not_its_members_work() -> None:
     assert result.status == ResponseStatus.COMPLETED
     assert result.content == "Leader: the sky is blue."
     assert "".join(deltas) == result.content
+
+
+async def test_a_spec_deleted_and_created_again_elsewhere_is_used_within_the_bound(tmp_path: Path) -> None:
+    # the new spec starts again at version 1: the version alone cannot tell it from the cached one
+    url = f"sqlite:///{tmp_path / 'specs.db'}"
+    now = [0.0]
+    reader = AgentRuntime(
+        SqlSpecStore.from_url(url),
+        registry(),
+        ScriptedModels({"gpt": ["old answer", "new answer"]}),
+        max_staleness=5,
+        clock=lambda: now[0],
+    )
+    _RUNTIMES.append(reader)
+    writer = runtime({"gpt": []}, store=SqlSpecStore.from_url(url))
+    await writer.agents.create(AgentSpec.from_dict({"id": "bot", "model": "gpt", "instructions": "old bot"}))
+    await reader.agents.execute("bot", "hi", session_id="x")
+    assert await writer.agents.delete("bot")
+    await writer.agents.create(AgentSpec.from_dict({"id": "bot", "model": "gpt", "instructions": "new bot"}))
+    now[0] += 5  # the staleness bound has passed
+    await reader.agents.execute("bot", "hi", session_id="x")
+    calls = reader.models.models["gpt"].calls  # type: ignore[attr-defined]
+    systems = [m["content"] for call in calls for m in call.messages if m["role"] == "system"]
+    assert "old bot" in systems[0]
+    assert "new bot" in systems[-1]

@@ -1,8 +1,8 @@
 """``AgentRuntime``: specs from a store, built into agno objects, executed with persisted sessions.
 
-The runtime caches each validated spec by (kind, id, version) and checks the store's version at
-most every ``max_staleness`` seconds before executing, so a spec changed by another process is used
-within that bound. Every run gets a freshly built agno object.
+The runtime caches each validated spec and reads it from the store again at most every
+``max_staleness`` seconds before executing, so a spec changed by another process is used within
+that bound. Every run gets a freshly built agno object.
 
 Sessions: agno shares history by ``session_id`` across agents, so two bots answering one channel
 would read each other's history. The runtime gives agno ``"{kind}:{id}:{session_id}"``: each
@@ -110,13 +110,15 @@ class AgentRuntime:
         now = self._clock()
         if cached is not None and now - cached.checked_at < self.max_staleness:
             return cached.spec
-        if cached is not None and await self.store.version(kind, spec_id) == cached.spec.version:
-            cached.checked_at = now
-            return cached.spec
+        # The whole spec is compared, not only its version: a spec deleted and created again
+        # starts over at version 1, and a hand-edited file may keep its version.
         spec = await self.store.get(kind, spec_id)
         if spec is None:
             self._cache.pop(key, None)
             raise SpecNotFoundError(f"no {kind.value} {spec_id!r}")
+        if cached is not None and spec == cached.spec:
+            cached.checked_at = now
+            return cached.spec
         await self.validate(spec)
         self._cache[key] = _Cached(spec, now)
         if cached is not None:
