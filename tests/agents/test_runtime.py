@@ -29,7 +29,12 @@ from dynamic_agents.agents import (
     session_db,
 )
 from dynamic_agents.events import AgentRequestEvent, Attachment, ResponseStatus, Target, TargetType
-from dynamic_agents.exceptions import ConfigurationError, SpecNotFoundError, SpecValidationError
+from dynamic_agents.exceptions import (
+    ConfigurationError,
+    EventValidationError,
+    SpecNotFoundError,
+    SpecValidationError,
+)
 from dynamic_agents.testing import ScriptedModels, ToolCall
 
 
@@ -707,3 +712,22 @@ async def test_a_spec_deleted_and_created_again_elsewhere_is_used_within_the_bou
     systems = [m["content"] for call in calls for m in call.messages if m["role"] == "system"]
     assert "old bot" in systems[0]
     assert "new bot" in systems[-1]
+
+
+@pytest.mark.parametrize("data", ["bm90IGJhc2U2NA", "not base64!", "aGk-_w=="])
+async def test_an_attachment_that_is_not_base64_is_an_error_naming_it(data: str) -> None:
+    rt = runtime({"gpt": ["unused"]})
+    await rt.agents.create(AgentSpec.from_dict({"id": "eyes", "model": "gpt"}))
+    request = AgentRequestEvent(
+        source="rest",
+        source_id="c",
+        user_id="u",
+        content="what is this?",
+        attachments=[
+            {"kind": "image", "url": "https://cdn.example/a.png"},
+            {"kind": "image", "data_base64": data},
+        ],
+    )
+    with pytest.raises(EventValidationError, match=r"attachments\[1\]\.data_base64: not valid base64"):
+        await AgnoExecutor(rt).execute(Target(type=TargetType.AGENT, id="eyes"), request)
+    assert rt.models.models["gpt"].calls == []  # type: ignore[attr-defined]
