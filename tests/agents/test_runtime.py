@@ -405,6 +405,11 @@ async def test_member_cycles_and_missing_members_are_refused() -> None:
     [
         (AgentSpec, {"id": "a"}, "model"),
         (AgentSpec, {"id": "a", "model": "gpt", "num_history_runs": -2}, "num_history_runs"),
+        (  # agno would keep num_history_runs and drop num_history_messages with a log line
+            AgentSpec,
+            {"id": "a", "model": "gpt", "num_history_runs": 2, "num_history_messages": 10},
+            "num_history_messages",
+        ),
         (
             WorkflowSpec,
             {"id": "w", "steps": [{"type": "agent", "agent": "a"}, {"type": "teleport"}]},
