@@ -449,6 +449,12 @@ async def test_agno_tools_that_pause_the_run_are_refused(flag: str) -> None:
     assert caught.value.path == "tools[0].name"
 
 
+@pytest.mark.parametrize("load", [AgentSpec.from_yaml, AgentSpec.from_json])
+def test_spec_text_that_does_not_parse_is_a_validation_error(load: Any) -> None:
+    with pytest.raises(SpecValidationError, match="not valid"):
+        load("id: [unclosed\nmodel: gpt\n")
+
+
 def test_specs_export_a_json_schema() -> None:
     schema = AgentSpec.json_schema()
     assert "add_history_to_context" in schema["properties"]
