@@ -278,8 +278,21 @@ def test_an_unsupported_session_db_url_is_refused_without_its_password() -> None
 def test_postgres_session_db_urls_use_the_async_psycopg_driver() -> None:
     for scheme in ("postgresql", "postgres", "postgresql+asyncpg"):
         db = session_db(f"{scheme}://user:p%40ss@127.0.0.1:5432/test", schema="agno")
-        assert db.db_url == "postgresql+psycopg_async://user:p%40ss@127.0.0.1:5432/test"
+        url = db.db_engine.url.render_as_string(hide_password=False)
+        assert url == "postgresql+psycopg_async://user:p%40ss@127.0.0.1:5432/test"
         assert db.db_schema == "agno"
+
+
+async def test_a_built_agent_never_shows_the_session_db_password() -> None:
+    # agno's Agent.to_dict() (what agno's own API and component store serialise) includes its db's
+    # to_dict(), which holds db_url as given
+    canary = "canary-pw-5c1d9e"
+    db = session_db(f"postgresql://user:{canary}@127.0.0.1:5432/test")
+    rt = runtime({"gpt": []}, db=db)
+    await rt.agents.create(AgentSpec.from_dict({"id": "a", "model": "gpt"}))
+    agent = await rt.agents.build("a")
+    assert canary not in repr(agent.to_dict())
+    assert canary not in repr(db.to_dict())
 
 
 async def test_two_targets_never_read_each_others_history(tmp_path: Path) -> None:
