@@ -29,7 +29,12 @@ from dynamic_agents.agents import (
     session_db,
 )
 from dynamic_agents.events import AgentRequestEvent, Attachment, ResponseStatus, Target, TargetType
-from dynamic_agents.exceptions import ConfigurationError, SpecNotFoundError, SpecValidationError
+from dynamic_agents.exceptions import (
+    ConfigurationError,
+    EventValidationError,
+    SpecNotFoundError,
+    SpecValidationError,
+)
 from dynamic_agents.testing import ScriptedModels, ToolCall
 
 
@@ -273,8 +278,21 @@ def test_an_unsupported_session_db_url_is_refused_without_its_password() -> None
 def test_postgres_session_db_urls_use_the_async_psycopg_driver() -> None:
     for scheme in ("postgresql", "postgres", "postgresql+asyncpg"):
         db = session_db(f"{scheme}://user:p%40ss@127.0.0.1:5432/test", schema="agno")
-        assert db.db_url == "postgresql+psycopg_async://user:p%40ss@127.0.0.1:5432/test"
+        url = db.db_engine.url.render_as_string(hide_password=False)
+        assert url == "postgresql+psycopg_async://user:p%40ss@127.0.0.1:5432/test"
         assert db.db_schema == "agno"
+
+
+async def test_a_built_agent_never_shows_the_session_db_password() -> None:
+    # agno's Agent.to_dict() (what agno's own API and component store serialise) includes its db's
+    # to_dict(), which holds db_url as given
+    canary = "canary-pw-5c1d9e"
+    db = session_db(f"postgresql://user:{canary}@127.0.0.1:5432/test")
+    rt = runtime({"gpt": []}, db=db)
+    await rt.agents.create(AgentSpec.from_dict({"id": "a", "model": "gpt"}))
+    agent = await rt.agents.build("a")
+    assert canary not in repr(agent.to_dict())
+    assert canary not in repr(db.to_dict())
 
 
 async def test_two_targets_never_read_each_others_history(tmp_path: Path) -> None:
@@ -400,6 +418,11 @@ async def test_member_cycles_and_missing_members_are_refused() -> None:
     [
         (AgentSpec, {"id": "a"}, "model"),
         (AgentSpec, {"id": "a", "model": "gpt", "num_history_runs": -2}, "num_history_runs"),
+        (  # agno would keep num_history_runs and drop num_history_messages with a log line
+            AgentSpec,
+            {"id": "a", "model": "gpt", "num_history_runs": 2, "num_history_messages": 10},
+            "num_history_messages",
+        ),
         (
             WorkflowSpec,
             {"id": "w", "steps": [{"type": "agent", "agent": "a"}, {"type": "teleport"}]},
@@ -420,6 +443,29 @@ async def test_tools_needing_confirmation_are_refused() -> None:
     rt.registry.add_tool(lambda: "boom", name="launch_missiles", requires_confirmation=True)
     with pytest.raises(SpecValidationError, match="requires human confirmation"):
         await rt.agents.create(AgentSpec.from_dict({"id": "a", "model": "gpt", "tools": ["launch_missiles"]}))
+
+
+@pytest.mark.parametrize("flag", ["requires_confirmation", "requires_user_input", "external_execution"])
+async def test_agno_tools_that_pause_the_run_are_refused(flag: str) -> None:
+    # each of these makes agno pause the run for a human or an outside caller: without a resume
+    # flow every run of the agent would end paused, so the spec is refused when it loads
+    from agno.tools import tool
+
+    def run_shell(command: str) -> str:
+        """Run a shell command."""
+        return "done"
+
+    rt = runtime({"gpt": [ToolCall("run_shell", {"command": "ls"}), "done"]})
+    rt.registry.tool(tool(**{flag: True})(run_shell))
+    with pytest.raises(SpecValidationError, match="requires human confirmation") as caught:
+        await rt.agents.create(AgentSpec.from_dict({"id": "a", "model": "gpt", "tools": ["run_shell"]}))
+    assert caught.value.path == "tools[0].name"
+
+
+@pytest.mark.parametrize("load", [AgentSpec.from_yaml, AgentSpec.from_json])
+def test_spec_text_that_does_not_parse_is_a_validation_error(load: Any) -> None:
+    with pytest.raises(SpecValidationError, match="not valid"):
+        load("id: [unclosed\nmodel: gpt\n")
 
 
 def test_specs_export_a_json_schema() -> None:
@@ -578,3 +624,134 @@ async def test_a_cancelled_run_is_stored_with_its_partial_output() -> None:
     context = " ".join(str(m["content"]) for m in second_call if m["role"] == "user")
     assert "first question" in context
     assert "never used" in context  # the partial reply of the interrupted run
+
+
+async def test_a_workflow_past_its_timeout_runs_no_further_steps() -> None:
+    ran: list[str] = []
+
+    async def slow_step(step_input: Any) -> str:
+        await asyncio.sleep(0.3)
+        ran.append("slow")
+        return "slow done"
+
+    def charge_step(step_input: Any) -> str:
+        ran.append("charge")
+        return "charged"
+
+    rt = runtime({"gpt": []})
+    rt.registry.function("slow_step", slow_step)
+    rt.registry.function("charge_step", charge_step)
+    await rt.workflows.create(
+        WorkflowSpec.from_dict(
+            {
+                "id": "pay",
+                "steps": [
+                    {"type": "function", "function": "slow_step"},
+                    {"type": "function", "function": "charge_step"},
+                ],
+            }
+        )
+    )
+    result = await rt.workflows.execute("pay", "go", session_id="late", timeout=0.1)
+    assert result.status == ResponseStatus.TIMEOUT
+    # agno is asked to cancel the workflow's run: it stops before the next step, within cancel_grace
+    assert ran == ["slow"]
+
+
+async def test_tools_in_a_workflow_receive_the_request_id() -> None:
+    seen: list[str] = []
+
+    def charge_card(run_context: RunContext, amount: int) -> str:
+        """Charge once per request, whatever the retries."""
+        seen.append(str((run_context.metadata or {}).get("request_id")))
+        return "charged"
+
+    rt = runtime({"gpt": [ToolCall("charge_card", {"amount": 5}), "done"]})
+    rt.registry.tool(charge_card)
+    await rt.agents.create(AgentSpec.from_dict({"id": "cashier", "model": "gpt", "tools": ["charge_card"]}))
+    await rt.workflows.create(
+        WorkflowSpec.from_dict({"id": "checkout", "steps": [{"type": "agent", "agent": "cashier"}]})
+    )
+    request = AgentRequestEvent(source="rest", source_id="c", user_id="u", content="pay")
+    result = await AgnoExecutor(rt).execute(Target(type=TargetType.WORKFLOW, id="checkout"), request)
+    assert result.status == ResponseStatus.COMPLETED, result
+    assert seen == [request.id]
+
+
+async def test_toolkit_parameters_the_factory_does_not_take_are_refused_at_load() -> None:
+    rt = runtime({"gpt": ["unused"]})
+    rt.registry.toolkit("search", lambda max_results=5: get_weather)
+    spec = {"id": "a", "model": "gpt", "tools": [{"name": "search", "parameters": {"max_result": 3}}]}
+    with pytest.raises(SpecValidationError) as caught:
+        await rt.agents.create(AgentSpec.from_dict(spec))
+    assert caught.value.path == "tools[0].parameters"
+    assert "'max_result'" in str(caught.value)
+    assert "max_results" in str(caught.value)  # what it takes
+
+
+async def test_a_team_streams_its_own_reply_not_its_members_work() -> None:
+    leader = [
+        ToolCall("delegate_task_to_member", {"member_id": "researcher", "task": "facts please"}),
+        "Leader: the sky is blue.",
+    ]
+    rt = AgentRuntime(
+        InMemorySpecStore(),
+        registry(),
+        ScriptedModels({"leader": leader, "member": ["Researcher: internal notes."]}, chunk_size=5),
+    )
+    _RUNTIMES.append(rt)
+    await rt.agents.create(AgentSpec.from_dict({"id": "researcher", "model": "member"}))
+    await rt.teams.create(TeamSpec.from_dict({"id": "crew", "members": ["researcher"], "model": "leader"}))
+    deltas: list[str] = []
+
+    async def collect(delta: str) -> None:
+        deltas.append(delta)
+
+    result = await rt.teams.execute("crew", "What colour is the sky?", session_id="s", on_delta=collect)
+    assert result.status == ResponseStatus.COMPLETED
+    assert result.content == "Leader: the sky is blue."
+    assert "".join(deltas) == result.content
+
+
+async def test_a_spec_deleted_and_created_again_elsewhere_is_used_within_the_bound(tmp_path: Path) -> None:
+    # the new spec starts again at version 1: the version alone cannot tell it from the cached one
+    url = f"sqlite:///{tmp_path / 'specs.db'}"
+    now = [0.0]
+    reader = AgentRuntime(
+        SqlSpecStore.from_url(url),
+        registry(),
+        ScriptedModels({"gpt": ["old answer", "new answer"]}),
+        max_staleness=5,
+        clock=lambda: now[0],
+    )
+    _RUNTIMES.append(reader)
+    writer = runtime({"gpt": []}, store=SqlSpecStore.from_url(url))
+    await writer.agents.create(AgentSpec.from_dict({"id": "bot", "model": "gpt", "instructions": "old bot"}))
+    await reader.agents.execute("bot", "hi", session_id="x")
+    assert await writer.agents.delete("bot")
+    await writer.agents.create(AgentSpec.from_dict({"id": "bot", "model": "gpt", "instructions": "new bot"}))
+    now[0] += 5  # the staleness bound has passed
+    await reader.agents.execute("bot", "hi", session_id="x")
+    calls = reader.models.models["gpt"].calls  # type: ignore[attr-defined]
+    systems = [m["content"] for call in calls for m in call.messages if m["role"] == "system"]
+    assert "old bot" in systems[0]
+    assert "new bot" in systems[-1]
+
+
+@pytest.mark.parametrize("data", ["bm90IGJhc2U2NA", "not base64!", "aGk-_w=="])
+async def test_an_attachment_that_is_not_base64_is_an_error_naming_it(data: str) -> None:
+    rt = runtime({"gpt": ["unused"]})
+    await rt.agents.create(AgentSpec.from_dict({"id": "eyes", "model": "gpt"}))
+    request = AgentRequestEvent(
+        source="rest",
+        source_id="c",
+        user_id="u",
+        content="what is this?",
+        attachments=[
+            {"kind": "image", "url": "https://cdn.example/a.png"},
+            {"kind": "image", "data_base64": data},
+        ],
+    )
+    with pytest.raises(EventValidationError, match=r"attachments\[1\]\.data_base64: not valid base64"):
+        await AgnoExecutor(rt).execute(Target(type=TargetType.AGENT, id="eyes"), request)
+    assert rt.models.models["gpt"].calls == []  # type: ignore[attr-defined]

@@ -8,6 +8,7 @@ object gets ``telemetry=False``, the session db, and a model from the :class:`Mo
 from __future__ import annotations
 
 import base64
+import binascii
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -34,7 +35,7 @@ from dynamic_agents.agents.specs import (
     WorkflowSpec,
 )
 from dynamic_agents.events import Attachment
-from dynamic_agents.exceptions import SpecValidationError
+from dynamic_agents.exceptions import EventValidationError, FieldError, SpecValidationError
 
 __all__ = ["Builder", "Media", "ModelProvider", "RouterModels", "media_from_attachments"]
 
@@ -90,14 +91,14 @@ class Media:
 def media_from_attachments(attachments: Sequence[Attachment]) -> Media:
     """Images, audio, video and files by URL or inline bytes (``data_base64``)."""
     media = Media()
-    for attachment in attachments:
+    for index, attachment in enumerate(attachments):
         kind = attachment.kind
         mime = attachment.content_type or ""
         source: dict[str, Any] = {}
         if attachment.url:
             source["url"] = attachment.url
         elif attachment.data_base64:
-            source["content"] = base64.b64decode(attachment.data_base64)
+            source["content"] = _decode_base64(attachment.data_base64, f"attachments[{index}].data_base64")
         else:
             continue  # nothing to send
         if kind == "image" or mime.startswith("image/"):
@@ -109,6 +110,16 @@ def media_from_attachments(attachments: Sequence[Attachment]) -> Media:
         else:
             media.files.append(File(mime_type=mime or None, filename=attachment.filename, **source))
     return media
+
+
+def _decode_base64(data: str, location: str) -> bytes:
+    """Strictly (line breaks aside): a lenient decode drops what is not base64 and hands the
+    model corrupted bytes."""
+    try:
+        return base64.b64decode("".join(data.split()), validate=True)
+    except binascii.Error:
+        error = FieldError(location, "not valid base64 (standard alphabet, padded)")
+        raise EventValidationError("AgentRequestEvent", (error,)) from None
 
 
 Resolve = Callable[[SpecKind, str], Awaitable[Any]]

@@ -21,6 +21,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 V = TypeVar("V")
 Kind = Literal["tool", "schema", "function"]
 
+PAUSING_FLAGS = ("requires_confirmation", "requires_user_input", "external_execution")
+"""agno tool flags that pause a run until someone answers it."""
+
 
 @dataclass(frozen=True, slots=True)
 class RegisteredTool:
@@ -79,11 +82,12 @@ class ToolRegistry:
         """Register a function or agno tool, optionally under another name.
 
         ``requires_confirmation`` marks a tool that needs a human's approval (agno's
-        ``@tool(requires_confirmation=True)`` is detected too): specs that use it are refused at
-        load, since no pause/resume flow exists yet.
+        ``@tool(requires_confirmation=True)``, ``requires_user_input`` and ``external_execution``,
+        which pause the run too, are detected): specs that use it are refused at load, since no
+        pause/resume flow exists yet.
         """
         tool_name = str(name or getattr(function, "name", None) or getattr(function, "__name__", ""))
-        confirm = requires_confirmation or bool(getattr(function, "requires_confirmation", False))
+        confirm = requires_confirmation or any(bool(getattr(function, flag, False)) for flag in PAUSING_FLAGS)
         self._add_tool(RegisteredTool(tool_name, function, requires_confirmation=confirm))
 
     def toolkit(self, name: str, factory: Callable[..., Any], *, requires_confirmation: bool = False) -> None:

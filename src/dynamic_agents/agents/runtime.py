@@ -1,8 +1,8 @@
 """``AgentRuntime``: specs from a store, built into agno objects, executed with persisted sessions.
 
-The runtime caches each validated spec by (kind, id, version) and checks the store's version at
-most every ``max_staleness`` seconds before executing, so a spec changed by another process is used
-within that bound. Every run gets a freshly built agno object.
+The runtime caches each validated spec and reads it from the store again at most every
+``max_staleness`` seconds before executing, so a spec changed by another process is used within
+that bound. Every run gets a freshly built agno object.
 
 Sessions: agno shares history by ``session_id`` across agents, so two bots answering one channel
 would read each other's history. The runtime gives agno ``"{kind}:{id}:{session_id}"``: each
@@ -110,13 +110,15 @@ class AgentRuntime:
         now = self._clock()
         if cached is not None and now - cached.checked_at < self.max_staleness:
             return cached.spec
-        if cached is not None and await self.store.version(kind, spec_id) == cached.spec.version:
-            cached.checked_at = now
-            return cached.spec
+        # The whole spec is compared, not only its version: a spec deleted and created again
+        # starts over at version 1, and a hand-edited file may keep its version.
         spec = await self.store.get(kind, spec_id)
         if spec is None:
             self._cache.pop(key, None)
             raise SpecNotFoundError(f"no {kind.value} {spec_id!r}")
+        if cached is not None and spec == cached.spec:
+            cached.checked_at = now
+            return cached.spec
         await self.validate(spec)
         self._cache[key] = _Cached(spec, now)
         if cached is not None:
@@ -171,11 +173,11 @@ class AgentRuntime:
         }
         if session_state:
             run_kwargs["session_state"] = dict(session_state)
-        if metadata and kind is not SpecKind.WORKFLOW:
+        if metadata:
             run_kwargs["metadata"] = dict(metadata)
-        run_id = str(uuid.uuid4())
+        run_id = str(uuid.uuid4())  # the id _stop_run asks agno to cancel: workflows need it too
+        run_kwargs["run_id"] = run_id
         if kind is not SpecKind.WORKFLOW:
-            run_kwargs["run_id"] = run_id
             interrupted = await self._interrupted_turn(kind, run_kwargs["session_id"])
             if interrupted is not None:  # agno leaves cancelled runs out of the history: hand it over
                 run_kwargs["dependencies"] = {"interrupted_turn": interrupted}
@@ -242,6 +244,8 @@ class AgentRuntime:
 async def _run_streaming(target: Any, input: str, run_kwargs: dict[str, Any], on_delta: DeltaCallback) -> Any:
     final = None
     async for event in target.arun(input, stream=True, stream_events=True, **run_kwargs):
+        if getattr(event, "run_id", None) != run_kwargs["run_id"]:
+            continue  # a team member's own run: its work, not the team's reply
         name = getattr(event, "event", "")
         if name in {"RunContent", "TeamRunContent"} and isinstance(getattr(event, "content", None), str):
             if event.content:

@@ -38,14 +38,22 @@ def session_db(url: str, *, schema: str | None = None) -> Any:
     if backend == "sqlite":
         return _sqlite(url, parsed.set(drivername="sqlite+aiosqlite"))
     if backend in ("postgresql", "postgres"):
-        from agno.db.postgres import AsyncPostgresDb
-
-        driver = parsed.set(drivername="postgresql+psycopg_async")
-        return AsyncPostgresDb(db_url=driver.render_as_string(hide_password=False), db_schema=schema)
+        return _postgres(parsed.set(drivername="postgresql+psycopg_async"), schema)
     raise ConfigurationError(
         f"session db URL {parsed.render_as_string(hide_password=True)!r}: "
         "use sqlite:///path.db or postgresql://…"
     )
+
+
+def _postgres(url: URL, schema: str | None) -> Any:
+    from agno.db.postgres import AsyncPostgresDb
+    from agno.db.utils import json_serializer
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    # An engine, not db_url: agno keeps db_url as given and puts it in db.to_dict() and so in every
+    # Agent.to_dict(), password included. The options are the ones agno uses for a db_url.
+    engine = create_async_engine(url, pool_pre_ping=True, pool_recycle=3600, json_serializer=json_serializer)
+    return AsyncPostgresDb(db_engine=engine, db_schema=schema)
 
 
 def _sqlite(given: str, url: URL) -> Any:

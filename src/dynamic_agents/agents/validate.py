@@ -8,9 +8,11 @@ confirmation.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import inspect
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
-from dynamic_agents.agents.registry import ToolRegistry
+from dynamic_agents.agents.registry import RegisteredTool, ToolRegistry
 from dynamic_agents.agents.specs import (
     AgentSpec,
     AgentStep,
@@ -66,7 +68,8 @@ def _check_agent(spec: AgentSpec, registry: ToolRegistry, model_names: frozenset
             raise SpecValidationError(error.detail, path=f"tools[{index}].name") from None
         if tool.requires_confirmation:
             raise SpecValidationError(
-                f"tool {ref.name!r} requires human confirmation, which this library cannot pause for yet",
+                f"tool {ref.name!r} requires human confirmation or input (agno pauses the run for it), "
+                "which this library cannot pause for yet",
                 path=f"tools[{index}].name",
             )
         if ref.parameters and not tool.factory:
@@ -74,11 +77,30 @@ def _check_agent(spec: AgentSpec, registry: ToolRegistry, model_names: frozenset
                 f"tool {ref.name!r} takes no parameters (it is a function, not a toolkit factory)",
                 path=f"tools[{index}].parameters",
             )
+        if tool.factory:
+            _check_factory_parameters(tool, ref.parameters, f"tools[{index}].parameters")
     if spec.output_schema is not None:
         try:
             registry.get_schema(spec.output_schema)
         except SpecValidationError as error:
             raise SpecValidationError(error.detail, path="output_schema") from None
+
+
+def _check_factory_parameters(tool: RegisteredTool, parameters: Mapping[str, Any], path: str) -> None:
+    """The factory must accept the spec's parameters: a wrong name is an error at load, not a
+    ``TypeError`` on every run. Only names are shown (a value may be a secret)."""
+    try:
+        signature = inspect.signature(tool.target)
+    except (TypeError, ValueError):  # no signature to check against (some builtins)
+        return
+    try:
+        signature.bind(**parameters)
+    except TypeError as error:
+        takes = ", ".join(signature.parameters) or "none"
+        raise SpecValidationError(
+            f"tool {tool.name!r} cannot be built with these parameters: {error}; it takes: {takes}",
+            path=path,
+        ) from None
 
 
 async def _check_target(kind: SpecKind, target_id: str, lookup: Lookup, path: str) -> SpecBase:

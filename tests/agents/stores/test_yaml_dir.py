@@ -69,6 +69,18 @@ async def test_hand_edited_files_are_read(store: YamlDirectorySpecStore, directo
     assert (await store.update(agent("manual"), expected_version=3)).version == 4
 
 
+async def test_a_hand_written_file_without_a_version_is_at_version_1(
+    store: YamlDirectorySpecStore, directory: Path
+) -> None:
+    # get() reads it at the model's default version, 1: version() and update() must agree with it
+    (directory / "agent").mkdir(parents=True)
+    (directory / "agent" / "manual.yaml").write_text("id: manual\nllm: hand\n")
+    assert await store.get(SpecKind.AGENT, "manual") == agent("manual", version=1, llm="hand")
+    assert await store.version(SpecKind.AGENT, "manual") == 1
+    assert (await store.update(agent("manual", llm="edited"), expected_version=1)).version == 2
+    assert await store.get(SpecKind.AGENT, "manual") == agent("manual", version=2, llm="edited")
+
+
 async def test_a_file_whose_id_differs_from_its_name_is_invalid(
     store: YamlDirectorySpecStore, directory: Path
 ) -> None:

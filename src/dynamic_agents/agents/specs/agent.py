@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationInfo, field_validator
 
 from dynamic_agents.agents.specs.base import SpecBase, SpecKind
 
@@ -60,6 +60,17 @@ class AgentSpec(SpecBase):
     @classmethod
     def _model_by_name(cls, value: object) -> object:
         return ModelSettings.coerce(value)
+
+    @field_validator("num_history_messages")
+    @classmethod
+    def _one_history_limit(cls, value: int | None, info: ValidationInfo) -> int | None:
+        runs = info.data.get("num_history_runs")
+        if value is not None and runs is not None:  # agno would keep the runs and drop this
+            raise ValueError(
+                f"num_history_messages ({value}) and num_history_runs ({runs}) cannot both be set: "
+                "set one of them"
+            )
+        return value
 
     @field_validator("tools", mode="before")
     @classmethod

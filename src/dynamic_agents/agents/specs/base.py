@@ -70,7 +70,10 @@ class SpecBase(BaseModel):
 
     @classmethod
     def from_yaml(cls, text: str) -> Self:
-        data = yaml.safe_load(text)
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise SpecValidationError(f"not valid YAML: {error}") from None
         if not isinstance(data, Mapping):
             raise SpecValidationError(f"a {cls.kind.value} spec must be a mapping, got {type(data).__name__}")
         return cls.from_dict(data)

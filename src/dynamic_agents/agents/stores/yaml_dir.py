@@ -204,7 +204,8 @@ def _stored_version(path: Path) -> int | None:
     document = _read(path)
     if document is None:
         return None
-    version = document.get("version") if isinstance(document, dict) else None
+    # a hand-written file may leave the version out: get() reads it at the model's default, 1
+    version = document.get("version", 1) if isinstance(document, dict) else None
     if type(version) is not int or version < 1:
         raise invalid(str(path), f"no valid version (got {version!r})", path="version")
     return version
