@@ -235,6 +235,24 @@ async def test_sqlite_sessions_keep_their_connection_between_runs_and_close_it(t
     assert not [thread for thread in connection_threads if thread.is_alive()]
 
 
+async def test_aclose_closes_the_spec_store_when_closing_the_session_db_fails() -> None:
+    class BrokenDb:
+        async def close(self) -> None:
+            raise OSError("the database went away")
+
+    class CountingStore(InMemorySpecStore):
+        closed = 0
+
+        async def aclose(self) -> None:
+            self.closed += 1
+
+    store = CountingStore()
+    rt = AgentRuntime(store, registry(), ScriptedModels({}), db=BrokenDb())
+    with pytest.raises(OSError, match="went away"):
+        await rt.aclose()
+    assert store.closed == 1
+
+
 async def test_runs_cancelled_midway_leave_the_sqlite_pool_usable(tmp_path: Path) -> None:
     # a pooled connection outlives the run that used it: a run cancelled in the middle of a db call
     # must not hand the next run a connection in a broken state

@@ -83,13 +83,15 @@ class AgentRuntime:
         return f"AgentRuntime(store={type(self.store).__name__}, cached={len(self._cache)})"
 
     async def aclose(self) -> None:
-        """Close the session db and the spec store."""
-        close = getattr(self.db, "close", None)
-        if close is not None:
-            result = close()
-            if hasattr(result, "__await__"):
-                await result
-        await self.store.aclose()
+        """Close the session db and the spec store (the store even when closing the db fails)."""
+        try:
+            close = getattr(self.db, "close", None)
+            if close is not None:
+                result = close()
+                if hasattr(result, "__await__"):
+                    await result
+        finally:
+            await self.store.aclose()
 
     async def __aenter__(self) -> AgentRuntime:
         return self
