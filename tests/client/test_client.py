@@ -150,6 +150,16 @@ async def test_build_request_reads_the_source_as_the_event_does() -> None:
     await transport.aclose()
 
 
+@pytest.mark.parametrize("user", [{}, {"user_id": None}])
+async def test_build_request_without_a_user_has_an_empty_user_id(user: dict[str, Any]) -> None:
+    transport = InMemoryTransport(names=StreamNames("client"))
+    client = AgentClient(transport)
+    request = client.build_request("webhook", {"channel_id": "555", "content": "hi", **user})
+    assert request.user_id == ""
+    assert request.metadata == {}
+    await transport.aclose()
+
+
 @pytest.mark.redis
 async def test_responses_are_consumed_with_ack(redis_url: str, names: StreamNames) -> None:
     transport = RedisStreamsTransport.from_url(redis_url, names=names)

@@ -94,10 +94,11 @@ class AgentClient:
             "attachments",
         }
         metadata = {key: value for key, value in event.items() if key not in reserved}
+        user_id = event.get("user_id")
         fields: dict[str, Any] = {
             "source": source,
             "source_id": str(channel),
-            "user_id": str(event.get("user_id", "")),
+            "user_id": "" if user_id is None else str(user_id),  # none given: no user, not "None"
             "user_name": event.get("user_name"),
             "content": event.get("content", ""),
             "attachments": event.get("attachments", []),
