@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import subprocess
 import sys
 import textwrap
@@ -208,6 +209,31 @@ async def test_no_route_and_failed_runs_are_error_spans(
     assert (spans[f"{transport.names.requests} process"].attributes or {})[
         "dynamic_agents.outcome"
     ] == "no_route"
+
+
+async def test_an_interrupted_run_ends_its_execute_span_once(
+    tracer_provider: TracerProvider, exporter: InMemorySpanExporter, caplog: pytest.LogCaptureFixture
+) -> None:
+    transport = InMemoryTransport(names=StreamNames("test"))
+    started = asyncio.Event()
+
+    async def stuck(target: Target, request: AgentRequestEvent) -> str:
+        started.set()
+        await asyncio.Event().wait()
+        return "never"
+
+    await transport.publish(transport.names.requests, request_event(transport.names))
+    w = hooked_worker(transport, [Tracing(tracer_provider).hooks()], FunctionExecutor(stuck))
+    with caplog.at_level(logging.WARNING, logger="opentelemetry"):
+        async with w:
+            await started.wait()
+            await w.stop(grace=0)
+
+    spans = by_name(exporter.get_finished_spans())
+    assert spans["execute agent:echo"].status.description == "interrupted"
+    outcome = (spans[f"{transport.names.requests} process"].attributes or {})["dynamic_agents.outcome"]
+    assert outcome == "interrupted"
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("opentelemetry")] == []
 
 
 BLOCK_OPENTELEMETRY = """

@@ -192,11 +192,12 @@ class TracingHooks(BaseHooks):
             return
         from opentelemetry import context
 
-        for span in (found.execute, found.respond):
-            if span is not None:
-                error_status(span, "interrupted")
-                span.end()
+        if found.execute is not None:
+            error_status(found.execute, "interrupted")
         _close_execute(found)
+        if found.respond is not None:
+            error_status(found.respond, "interrupted")
+            found.respond.end()
         context.detach(found.token)
         if error is not None:
             found.span.set_attribute(OUTCOME, Outcome.of_error(error).value)
