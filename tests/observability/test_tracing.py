@@ -211,6 +211,29 @@ async def test_no_route_and_failed_runs_are_error_spans(
     ] == "no_route"
 
 
+async def test_a_reply_sent_again_as_an_error_ends_the_publish_span_of_the_first(
+    tracer_provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    """A reply too large to send is replaced by an error reply: the worker asks the hooks for the
+    headers of each, and both ``publish`` spans end (none is left open, never exported)."""
+    transport = InMemoryTransport(names=StreamNames("test"))
+    hooks = Tracing(tracer_provider).hooks()
+
+    def big(target: Target, request: AgentRequestEvent) -> str:
+        return "x" * (transport.codec.max_content_length + 1)
+
+    await transport.publish(transport.names.requests, request_event(transport.names))
+    await hooked_worker(transport, [hooks], FunctionExecutor(big)).run_until_idle()
+
+    spans = exporter.get_finished_spans()
+    publish = f"{transport.names.responses('discord', 'c1')} publish"
+    first, second = [span for span in spans if span.name == publish]
+    assert first.status.status_code == StatusCode.ERROR  # replaced before it was sent
+    assert second.status.status_code != StatusCode.ERROR
+    process = by_name([span for span in spans if span.name != publish])[f"{transport.names.requests} process"]
+    assert parent_of(first) == parent_of(second) == process.context.span_id
+
+
 async def test_an_interrupted_run_ends_its_execute_span_once(
     tracer_provider: TracerProvider, exporter: InMemorySpanExporter, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -145,6 +145,9 @@ class TracingHooks(BaseHooks):
             return
         from opentelemetry import trace
 
+        if found.respond is not None:  # a reply that could not be sent (too large), replaced by this one
+            error_status(found.respond, "not sent: replaced by another reply")
+            found.respond.end()
         stream = delivery.event.reply_stream or (
             delivery.message.reply_to if delivery.message is not None else None
         )
