@@ -578,6 +578,27 @@ async def test_a_dead_letter_already_purged_is_404(stack: Stack) -> None:
     assert (await stack.client.post(f"{V1}/dead-letters/{entry_id}/requeue")).status_code == 404
 
 
+async def test_dead_letters_page_on_after_the_last_id(stack: Stack) -> None:
+    ids = [await dead_letter(stack.transport, f"poison: {n}") for n in range(5)]
+    pages: list[list[str]] = []
+    after = "0-0"
+    for _ in range(len(ids)):  # bounded: a cursor that is ignored would page forever
+        page = (await stack.client.get(f"{V1}/dead-letters", params={"limit": 2, "after": after})).json()
+        if not page:
+            break
+        pages.append([letter["id"] for letter in page])
+        after = pages[-1][-1]
+    assert pages == [ids[:2], ids[2:4], ids[4:]]
+
+
+@pytest.mark.parametrize("after", ["nope", "1-2-3", "-1-0"])
+async def test_a_bad_dead_letter_cursor_is_422_naming_it(stack: Stack, after: str) -> None:
+    response = await stack.client.get(f"{V1}/dead-letters", params={"after": after})
+    assert response.status_code == 422
+    assert repr(after) in response.json()["detail"]
+    assert "1700000000000-0" in response.json()["detail"]
+
+
 @pytest.mark.parametrize("limit", ["0", "1001", "-1", "many"])
 async def test_bad_dead_letter_limits_are_422(stack: Stack, limit: str) -> None:
     assert (await stack.client.get(f"{V1}/dead-letters?limit={limit}")).status_code == 422

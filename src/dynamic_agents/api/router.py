@@ -269,8 +269,13 @@ def create_api_router(  # noqa: PLR0915 - one route per statement group; kept to
         return {"request_id": request_id, "status": "cancellation requested"}
 
     @api.get("/dead-letters", tags=["dead letters"])
-    async def dead_letters(limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict[str, Any]]:
-        letters = await DeadLetters(needs_transport()).list(limit=limit)
+    async def dead_letters(
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100, after: Annotated[str, Query(max_length=64)] = "0-0"
+    ) -> list[dict[str, Any]]:
+        try:
+            letters = await DeadLetters(needs_transport()).list(limit=limit, after=after)
+        except ConfigurationError as error:  # an ``after`` that is no entry id
+            raise HTTPException(422, str(error)) from None
         return [
             {
                 "id": letter.id,
