@@ -63,3 +63,20 @@ def test_part_loggers_mask_secret_values(caplog: pytest.LogCaptureFixture) -> No
     text = caplog.text + "".join(r.getMessage() for r in caplog.records)
     assert "canary-logging-0000" not in text
     assert "token is **********" in text
+
+
+def test_a_record_whose_arguments_do_not_fit_is_left_to_the_handler_masked() -> None:
+    """A logging call with the wrong arguments (a caller's bug) must not raise out of the call: the
+    handler reports such a record (``--- Logging error ---``, with its message and arguments),
+    so those are masked."""
+    from dynamic_agents._redaction import RedactingFilter
+    from dynamic_agents.secrets import SecretValue
+
+    secret = SecretValue("canary-logging-1111")
+    record = get_logger("secrets").makeRecord(
+        "dynamic_agents.secrets", logging.WARNING, __file__, 1, "%d tries with %s", (secret.reveal(),), None
+    )
+    assert RedactingFilter().filter(record)
+    assert "canary-logging-1111" not in f"{record.msg!r} {record.args!r}"
+    with pytest.raises(TypeError):
+        record.getMessage()  # still broken, for the handler to report

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Mapping
 from typing import Final
 from urllib.parse import urlsplit, urlunsplit
 
@@ -89,10 +90,16 @@ class RedactingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not len(self.redactor):
             return True
-        message = record.getMessage()
-        redacted = self.redactor.redact(message)
-        if redacted != message or record.args:
-            record.msg, record.args = redacted, None
+        try:
+            message = record.getMessage()
+        except Exception:  # arguments that do not fit the message (the caller's bug): not ours to
+            # raise; the handler reports the record, quoting its message and arguments: masked
+            record.msg = self.redactor.redact(str(record.msg))
+            record.args = _redacted_args(record.args, self.redactor)
+        else:
+            redacted = self.redactor.redact(message)
+            if redacted != message or record.args:
+                record.msg, record.args = redacted, None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
@@ -100,6 +107,14 @@ class RedactingFilter(logging.Filter):
         if record.stack_info:
             record.stack_info = self.redactor.redact(record.stack_info)
         return True
+
+
+def _redacted_args(args: object, redactor: Redactor) -> tuple[str, ...] | dict[str, str]:
+    if isinstance(args, Mapping):
+        return {str(key): redactor.redact(str(value)) for key, value in args.items()}
+    if isinstance(args, tuple):
+        return tuple(redactor.redact(str(value)) for value in args)
+    return (redactor.redact(str(args)),)
 
 
 def protect_loggers(*names: str, redactor: Redactor = REDACTOR) -> None:
