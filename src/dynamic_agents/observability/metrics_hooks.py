@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from dynamic_agents._logging import get_logger
 from dynamic_agents.events import AgentRequestEvent, Target
@@ -26,6 +26,8 @@ __all__ = ["MetricsHooks"]
 logger = get_logger("observability")
 
 _STREAM = "messaging.destination.name"
+OTHER_TARGET: Final = "other"
+"""The ``target`` label of targets past :attr:`MetricsHooks.max_targets`."""
 
 
 @dataclass(slots=True)
@@ -45,18 +47,30 @@ class MetricsHooks(BaseHooks):
 
     The pending count is sampled every ``sample_every`` seconds while the worker runs (and by
     :meth:`sample`), reading at most ``pending_limit`` entries.
+
+    A request may name its target (``agent_id``, …), so the ``target`` label is bounded: the
+    targets of the workers' routers (rules and defaults) always have theirs, and other targets get
+    one until ``max_targets`` labels are in use; later ones are counted as ``"other"``.
     """
 
     def __init__(
-        self, recorder: MetricsRecorder, *, sample_every: float = 15.0, pending_limit: int = 10_000
+        self,
+        recorder: MetricsRecorder,
+        *,
+        sample_every: float = 15.0,
+        pending_limit: int = 10_000,
+        max_targets: int = 100,
     ) -> None:
-        if sample_every <= 0 or pending_limit <= 0:
+        if sample_every <= 0 or pending_limit <= 0 or max_targets <= 0:
             raise ConfigurationError(
-                f"sample_every and pending_limit must be > 0, got {sample_every!r} and {pending_limit!r}"
+                "sample_every, pending_limit and max_targets must be > 0, got "
+                f"{sample_every!r}, {pending_limit!r} and {max_targets!r}"
             )
         self.recorder = recorder
         self.sample_every = sample_every
         self.pending_limit = pending_limit
+        self.max_targets = max_targets
+        self._targets: set[str] = set()
         self._handling: dict[str, _Handling] = {}
         self._pending: dict[tuple[str, str], int] = {}
         self._samplers: dict[int, asyncio.Task[None]] = {}
@@ -68,6 +82,7 @@ class MetricsHooks(BaseHooks):
     # -- pending entries, sampled -----------------------------------------------------------------
 
     async def on_start(self, worker: AgentWorker) -> None:
+        self._targets.update(target_name(target) for target in worker.router.targets())
         if not self._observing:
             self._observing = True
             self.recorder.observe("dynamic_agents.worker.queue.pending", self._read_pending)
@@ -120,7 +135,7 @@ class MetricsHooks(BaseHooks):
     async def on_routed(self, delivery: Delivery[AgentRequestEvent], target: Target | None) -> None:
         handling = self._handling.get(delivery.entry_id)
         if handling is not None:
-            handling.target = target_name(target)
+            handling.target = self._label(target)
             handling.routed = target is not None
 
     async def before_execute(self, context: RunContext) -> None:
@@ -129,8 +144,8 @@ class MetricsHooks(BaseHooks):
             handling.execution_started = time.monotonic()
 
     async def after_execute(self, context: RunContext, result: ExecutionResult) -> None:
-        target = target_name(context.target)
         handling = self._handling.get(context.entry_id)
+        target = handling.target if handling is not None else self._label(context.target)
         if handling is not None and handling.execution_started is not None:
             self.recorder.record(
                 "dynamic_agents.worker.execution.duration",
@@ -167,6 +182,16 @@ class MetricsHooks(BaseHooks):
         handling = self._handling.pop(delivery.entry_id, None)
         if handling is not None:
             self.recorder.add("dynamic_agents.worker.in_flight", -1, {_STREAM: handling.stream})
+
+    def _label(self, target: Target | None) -> str:
+        """The target's ``target`` label: its name, or ``"other"`` once ``max_targets`` are used."""
+        name = target_name(target)
+        if name in self._targets or not name:
+            return name
+        if len(self._targets) >= self.max_targets:
+            return OTHER_TARGET
+        self._targets.add(name)
+        return name
 
     def _count(self, entry_id: str, outcome: Outcome) -> None:
         """Count an entry's outcome once (its duration with it)."""
