@@ -12,7 +12,7 @@ import logging
 import threading
 from collections.abc import Mapping
 from typing import Final
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, quote_plus, unquote, urlsplit, urlunsplit
 
 __all__ = ["MASK", "REDACTOR", "RedactingFilter", "Redactor", "masked_url", "protect_loggers"]
 
@@ -32,10 +32,12 @@ class Redactor:
     def register(self, value: str) -> None:
         if len(value) < MIN_REDACTED_LENGTH or value in self._values:
             return
+        # Where a URL or a form body quotes the value, it is percent-encoded: masked in those forms too.
+        forms = {value, quote(value), quote(value, safe=""), quote_plus(value)}
         with self._lock:
             values = self._values | {value}
             # Longest first, so a value containing another is masked whole.
-            self._ordered = tuple(sorted(values, key=len, reverse=True))
+            self._ordered = tuple(sorted(set(self._ordered) | forms, key=len, reverse=True))
             self._values = values
 
     def redact(self, text: str) -> str:
@@ -72,6 +74,7 @@ def masked_url(url: str) -> str:
     if not password:
         return url
     REDACTOR.register(password)
+    REDACTOR.register(unquote(password))  # the value itself, as clients use it and may quote it
     userinfo, _, host = parts.netloc.rpartition("@")
     return urlunsplit(parts._replace(netloc=f"{userinfo.partition(':')[0]}:{MASK}@{host}"))
 
