@@ -20,7 +20,7 @@ from typing import Annotated, Any, Final
 from cachetools import TTLCache
 from pydantic import BaseModel, Field, JsonValue
 
-from dynamic_agents._redaction import MASK, REDACTOR
+from dynamic_agents._redaction import MASK, REDACTOR, masked_url
 from dynamic_agents.agents.managers import SpecManager
 from dynamic_agents.agents.runtime import AgentRuntime
 from dynamic_agents.agents.specs import SPEC_MODELS, SpecBase, SpecKind, SpecStatus
@@ -82,15 +82,22 @@ def _result_json(result: ExecutionResult) -> dict[str, Any]:
     return data
 
 
-def _public_params(value: Any, key: str = "") -> Any:
+_HEADER_PARAMS: Final = frozenset({"extra_headers", "headers"})
+"""``litellm_params`` holding HTTP headers: their values may be credentials (``Authorization``)."""
+
+
+def _public_params(value: Any, key: str = "", *, secret: bool = False) -> Any:
     """litellm params as configured, for listing: secret references as they are; a credential
-    written into the config itself (``api_key: sk-…``) masked, and any known secret value redacted."""
+    written into the config itself (``api_key: sk-…``, anything under such a key, a header value,
+    a URL's password) masked, and any known secret value redacted."""
+    secret = secret or key in SECRET_PARAMS
     if isinstance(value, Mapping):
-        return {name: _public_params(item, str(name)) for name, item in value.items()}
+        inner = secret or key in _HEADER_PARAMS
+        return {name: _public_params(item, str(name), secret=inner) for name, item in value.items()}
     if isinstance(value, list | tuple):
-        return [_public_params(item, key) for item in value]
+        return [_public_params(item, key, secret=secret) for item in value]
     if isinstance(value, str) and parse_reference(value) is None:
-        return MASK if key in SECRET_PARAMS else REDACTOR.redact(value)
+        return MASK if secret else REDACTOR.redact(masked_url(value))
     return value
 
 
