@@ -473,6 +473,20 @@ async def test_an_idempotency_key_covers_a_streamed_run(stack: Stack) -> None:
     assert stack.models.models["gpt"].remaining == 1
 
 
+async def test_a_streamed_retry_with_the_same_idempotency_key_is_answered_as_a_stream(stack: Stack) -> None:
+    """A client that asked for server-sent events and retries with its key gets server-sent events:
+    the stored result as the ``result`` event (no deltas: nothing runs), not a JSON body."""
+    await stack.client.post(f"{V1}/agents", json=AGENT)
+    key = {"Idempotency-Key": "stream-2"}
+    body = {**EXECUTE, "stream": True}
+    first = await stack.client.post(f"{V1}/agents/bot/execute", json=body, headers=key)
+    again = await stack.client.post(f"{V1}/agents/bot/execute", json=body, headers=key)
+    assert again.status_code == 200
+    assert again.headers["content-type"].startswith("text/event-stream")
+    assert sse_events(again.text) == [sse_events(first.text)[-1]]
+    assert stack.models.models["gpt"].remaining == 1  # ran once
+
+
 async def test_idempotency_keys_are_per_target(stack: Stack) -> None:
     await stack.client.post(f"{V1}/agents", json=AGENT)
     await stack.client.post(f"{V1}/agents", json={**AGENT, "id": "bot2"})

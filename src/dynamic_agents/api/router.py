@@ -223,6 +223,8 @@ def create_api_router(  # noqa: PLR0915 - one route per statement group; kept to
         managed = manager(kind_name)
         cache_key = f"{kind_name}:{spec_id}:{idempotency_key}" if idempotency_key else None
         if cache_key is not None and cache_key in executed:
+            if body.stream:  # answered as asked: the stored result as the stream's result event
+                return StreamingResponse(_replayed(executed[cache_key]), media_type="text/event-stream")
             return executed[cache_key]
         # Validated (and cached for the run) before answering: once a stream has started, a
         # disabled or broken spec could no longer be reported as a 422.
@@ -411,6 +413,14 @@ def create_api_router(  # noqa: PLR0915 - one route per statement group; kept to
     return api
 
 
+async def _replayed(payload: dict[str, Any]) -> AsyncIterator[bytes]:
+    yield _result_event(payload)
+
+
+def _result_event(payload: dict[str, Any]) -> bytes:
+    return f"event: result\ndata: {json.dumps(payload)}\n\n".encode()
+
+
 async def _sse(
     managed: SpecManager[Any],
     *,
@@ -446,4 +456,4 @@ async def _sse(
     payload = _result_json(result)
     if cache_key is not None:
         executed[cache_key] = payload
-    yield f"event: result\ndata: {json.dumps(payload)}\n\n".encode()
+    yield _result_event(payload)
