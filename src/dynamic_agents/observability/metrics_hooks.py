@@ -71,7 +71,7 @@ class MetricsHooks(BaseHooks):
         self.pending_limit = pending_limit
         self.max_targets = max_targets
         self._targets: set[str] = set()
-        self._handling: dict[str, _Handling] = {}
+        self._handling: dict[tuple[str, str], _Handling] = {}  # by stream and entry id
         self._pending: dict[tuple[str, str], int] = {}
         self._samplers: dict[int, asyncio.Task[None]] = {}
         self._observing = False
@@ -121,7 +121,7 @@ class MetricsHooks(BaseHooks):
 
     async def on_received(self, delivery: Delivery[AgentRequestEvent]) -> None:
         stream = {_STREAM: delivery.stream}
-        self._handling[delivery.entry_id] = _Handling(delivery.stream, time.monotonic())
+        self._handling[delivery.stream, delivery.entry_id] = _Handling(delivery.stream, time.monotonic())
         self.recorder.add("dynamic_agents.worker.requests", 1, stream)
         self.recorder.add("dynamic_agents.worker.in_flight", 1, stream)
         if delivery.delivery_count > 1:
@@ -130,21 +130,21 @@ class MetricsHooks(BaseHooks):
             self.recorder.record("dynamic_agents.worker.queue.lag", lag, stream)
 
     async def on_duplicate(self, delivery: Delivery[AgentRequestEvent]) -> None:
-        self._count(delivery.entry_id, Outcome.DUPLICATE)
+        self._count(delivery, Outcome.DUPLICATE)
 
     async def on_routed(self, delivery: Delivery[AgentRequestEvent], target: Target | None) -> None:
-        handling = self._handling.get(delivery.entry_id)
+        handling = self._handling.get((delivery.stream, delivery.entry_id))
         if handling is not None:
             handling.target = self._label(target)
             handling.routed = target is not None
 
     async def before_execute(self, context: RunContext) -> None:
-        handling = self._handling.get(context.entry_id)
+        handling = self._handling.get((context.stream, context.entry_id))
         if handling is not None:
             handling.execution_started = time.monotonic()
 
     async def after_execute(self, context: RunContext, result: ExecutionResult) -> None:
-        handling = self._handling.get(context.entry_id)
+        handling = self._handling.get((context.stream, context.entry_id))
         target = handling.target if handling is not None else self._label(context.target)
         if handling is not None and handling.execution_started is not None:
             self.recorder.record(
@@ -167,19 +167,19 @@ class MetricsHooks(BaseHooks):
     async def after_respond(
         self, delivery: Delivery[AgentRequestEvent], result: ExecutionResult, completion: Completion
     ) -> None:
-        handling = self._handling.get(delivery.entry_id)
+        handling = self._handling.get((delivery.stream, delivery.entry_id))
         routed = handling.routed if handling is not None else True
-        self._count(delivery.entry_id, Outcome.of_answer(result, completion, routed=routed))
+        self._count(delivery, Outcome.of_answer(result, completion, routed=routed))
 
     async def on_dead_letter(self, delivery: Delivery[AgentRequestEvent], written: bool) -> None:
         if written:
             self.recorder.add("dynamic_agents.worker.dead_letters", 1, {_STREAM: delivery.stream})
-            self._count(delivery.entry_id, Outcome.DEAD_LETTERED)
+            self._count(delivery, Outcome.DEAD_LETTERED)
 
     async def after_handle(self, delivery: Delivery[AgentRequestEvent], error: BaseException | None) -> None:
         if error is not None:
-            self._count(delivery.entry_id, Outcome.of_error(error))
-        handling = self._handling.pop(delivery.entry_id, None)
+            self._count(delivery, Outcome.of_error(error))
+        handling = self._handling.pop((delivery.stream, delivery.entry_id), None)
         if handling is not None:
             self.recorder.add("dynamic_agents.worker.in_flight", -1, {_STREAM: handling.stream})
 
@@ -193,9 +193,9 @@ class MetricsHooks(BaseHooks):
         self._targets.add(name)
         return name
 
-    def _count(self, entry_id: str, outcome: Outcome) -> None:
+    def _count(self, delivery: Delivery[AgentRequestEvent], outcome: Outcome) -> None:
         """Count an entry's outcome once (its duration with it)."""
-        handling = self._handling.get(entry_id)
+        handling = self._handling.get((delivery.stream, delivery.entry_id))
         if handling is None or handling.counted:
             return
         handling.counted = True
