@@ -42,10 +42,22 @@ from dynamic_agents.transports import Transport
 try:
     from fastapi import APIRouter, Depends, Header, HTTPException, Query, Response
     from fastapi.responses import JSONResponse, StreamingResponse
+    from starlette.convertors import StringConvertor, register_url_convertor
 except ImportError as error:  # pragma: no cover - exercised without the extra installed
     from dynamic_agents.exceptions import MissingDependencyError
 
     raise MissingDependencyError("the REST API", "api") from error
+
+
+class _RequestIdConvertor(StringConvertor):
+    """A request id is any printable ASCII, ``/`` included (sent escaped as ``%2F``, which the
+    server unescapes before routing); a character no id may hold is the coordinator's 422, not an
+    unmatched route's 404."""
+
+    regex = "[\\s\\S]+"
+
+
+register_url_convertor("request_id", _RequestIdConvertor())
 
 __all__ = ["NO_AUTH", "TokenVerifier", "create_api_router"]
 
@@ -268,7 +280,7 @@ def create_api_router(  # noqa: PLR0915 - one route per statement group; kept to
             raise HTTPException(404, "this API was created without a transport")
         return transport
 
-    @api.post("/requests/{request_id}/cancel", status_code=202, tags=["requests"])
+    @api.post("/requests/{request_id:request_id}/cancel", status_code=202, tags=["requests"])
     async def cancel(request_id: str) -> dict[str, str]:
         coordinator = needs_transport().coordinator()
         try:
