@@ -63,3 +63,42 @@ def test_part_loggers_mask_secret_values(caplog: pytest.LogCaptureFixture) -> No
     text = caplog.text + "".join(r.getMessage() for r in caplog.records)
     assert "canary-logging-0000" not in text
     assert "token is **********" in text
+
+
+def test_a_record_whose_arguments_do_not_fit_is_left_to_the_handler_masked() -> None:
+    """A logging call with the wrong arguments (a caller's bug) must not raise out of the call: the
+    handler reports such a record (``--- Logging error ---``, with its message and arguments),
+    so those are masked."""
+    from dynamic_agents._redaction import RedactingFilter
+    from dynamic_agents.secrets import SecretValue
+
+    secret = SecretValue("canary-logging-1111")
+    record = get_logger("secrets").makeRecord(
+        "dynamic_agents.secrets", logging.WARNING, __file__, 1, "%d tries with %s", (secret.reveal(),), None
+    )
+    assert RedactingFilter().filter(record)
+    assert "canary-logging-1111" not in f"{record.msg!r} {record.args!r}"
+    with pytest.raises(TypeError):
+        record.getMessage()  # still broken, for the handler to report
+
+
+def test_a_secret_is_masked_in_urls_too_where_it_is_percent_encoded(caplog: pytest.LogCaptureFixture) -> None:
+    """A secret with characters a URL must escape (``/``, ``+``, ``@``, a space) appears in a logged
+    URL or query string encoded; and a password read from a URL is encoded there, its value not."""
+    from urllib.parse import quote, quote_plus
+
+    from dynamic_agents._redaction import masked_url
+    from dynamic_agents.secrets import SecretValue
+
+    secret = SecretValue("canary/logging+2222 @x").reveal()
+    logger = get_logger("secrets")
+    with caplog.at_level(logging.DEBUG, logger="dynamic_agents"):
+        logger.warning("GET https://identity.test/v1/check?key=%s", quote(secret, safe=""))
+        logger.warning("POST body token=%s", quote_plus(secret))
+        logger.warning("redis://:%s@cache:6379/0", quote(secret))
+    assert "canary" not in caplog.text
+
+    assert masked_url("redis://:canary%2Furl%40password3333@cache:6379") == "redis://:**********@cache:6379"
+    with caplog.at_level(logging.DEBUG, logger="dynamic_agents"):
+        logger.warning("AUTH with %s refused", "canary/url@password3333")  # the value, decoded
+    assert "password3333" not in caplog.text

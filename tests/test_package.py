@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import importlib
 import json
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -136,3 +138,30 @@ def test_the_redis_transport_without_hiredis_names_the_extra_to_install() -> Non
     )
     printed = subprocess.check_output([sys.executable, "-c", code], text=True)
     assert printed.strip() == "RedisStreamsTransport is not available: pip install 'dynamic-agents[redis]'"
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        exceptions.RoutingConfigError("bad pattern", source="routing.yaml", line=3, path="rules[0]"),
+        exceptions.MissingDependencyError("RedisStreamsTransport", "redis"),
+        exceptions.EventValidationError(
+            "AgentRequestEvent", (exceptions.FieldError("source", "required", "None"),)
+        ),
+        exceptions.UnsupportedSchemaVersionError("2.0", 1),
+        exceptions.EventTooLargeError("content", 300, 200),
+        exceptions.LeaseLostError("s1"),
+        exceptions.LLMRateLimitError("slow down", status=429, model="gpt"),
+        exceptions.SpecValidationError("no such tool", spec="agent 'a'", path="tools[0]"),
+        exceptions.SpecConflictError("stale", current=3),
+        exceptions.IdentityNotFoundError("GET /secrets/x: 404", status=404),
+    ],
+    ids=lambda error: type(error).__name__,
+)
+def test_errors_survive_pickling_and_copying(error: exceptions.DynamicAgentsError) -> None:
+    """Errors cross process boundaries (a process pool, multiprocessing) and get copied: they come
+    back as the same error, not a garbled message or a TypeError from their ``__init__``."""
+    for again in (pickle.loads(pickle.dumps(error)), copy.copy(error), copy.deepcopy(error)):
+        assert type(again) is type(error)
+        assert (str(again), again.args) == (str(error), error.args)
+        assert vars(again) == vars(error)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Mapping
 from typing import Final
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, quote_plus, unquote, urlsplit, urlunsplit
 
 __all__ = ["MASK", "REDACTOR", "RedactingFilter", "Redactor", "masked_url", "protect_loggers"]
 
@@ -31,10 +32,12 @@ class Redactor:
     def register(self, value: str) -> None:
         if len(value) < MIN_REDACTED_LENGTH or value in self._values:
             return
+        # Where a URL or a form body quotes the value, it is percent-encoded: masked in those forms too.
+        forms = {value, quote(value), quote(value, safe=""), quote_plus(value)}
         with self._lock:
             values = self._values | {value}
             # Longest first, so a value containing another is masked whole.
-            self._ordered = tuple(sorted(values, key=len, reverse=True))
+            self._ordered = tuple(sorted(set(self._ordered) | forms, key=len, reverse=True))
             self._values = values
 
     def redact(self, text: str) -> str:
@@ -71,6 +74,7 @@ def masked_url(url: str) -> str:
     if not password:
         return url
     REDACTOR.register(password)
+    REDACTOR.register(unquote(password))  # the value itself, as clients use it and may quote it
     userinfo, _, host = parts.netloc.rpartition("@")
     return urlunsplit(parts._replace(netloc=f"{userinfo.partition(':')[0]}:{MASK}@{host}"))
 
@@ -89,10 +93,16 @@ class RedactingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not len(self.redactor):
             return True
-        message = record.getMessage()
-        redacted = self.redactor.redact(message)
-        if redacted != message or record.args:
-            record.msg, record.args = redacted, None
+        try:
+            message = record.getMessage()
+        except Exception:  # arguments that do not fit the message (the caller's bug): not ours to
+            # raise; the handler reports the record, quoting its message and arguments: masked
+            record.msg = self.redactor.redact(str(record.msg))
+            record.args = _redacted_args(record.args, self.redactor)
+        else:
+            redacted = self.redactor.redact(message)
+            if redacted != message or record.args:
+                record.msg, record.args = redacted, None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
@@ -100,6 +110,14 @@ class RedactingFilter(logging.Filter):
         if record.stack_info:
             record.stack_info = self.redactor.redact(record.stack_info)
         return True
+
+
+def _redacted_args(args: object, redactor: Redactor) -> tuple[str, ...] | dict[str, str]:
+    if isinstance(args, Mapping):
+        return {str(key): redactor.redact(str(value)) for key, value in args.items()}
+    if isinstance(args, tuple):
+        return tuple(redactor.redact(str(value)) for value in args)
+    return (redactor.redact(str(args)),)
 
 
 def protect_loggers(*names: str, redactor: Redactor = REDACTOR) -> None:

@@ -46,6 +46,7 @@ quotes around the message.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = [
@@ -91,6 +92,18 @@ __all__ = [
 
 class DynamicAgentsError(Exception):
     """Base class of every error raised by dynamic-agents."""
+
+    def __reduce__(self) -> tuple[Callable[..., DynamicAgentsError], tuple[object, ...], dict[str, object]]:
+        # Pickle (process pools) and copy rebuild an exception by calling its class with ``args``,
+        # the formatted message: wrong for the errors whose ``__init__`` takes other arguments.
+        # Rebuilt without ``__init__``: the same ``args``, then the attributes.
+        return _rebuild, (type(self), self.args), dict(vars(self))
+
+
+def _rebuild(cls: type[DynamicAgentsError], args: tuple[object, ...]) -> DynamicAgentsError:
+    error = cls.__new__(cls)
+    error.args = args  # (OSError's __new__ leaves them to the __init__ of a subclass that has one)
+    return error
 
 
 class ConfigurationError(DynamicAgentsError, ValueError):

@@ -443,6 +443,16 @@ async def test_the_client_streams_and_executes(stack: Stack) -> None:
         assert refused.value.status == 401
 
 
+@pytest.mark.parametrize("request_id", ["r?1", "r#1", "team/r1", "50%off", "r%3F1", "r+1"])
+async def test_the_client_cancels_exactly_the_request_it_names(stack: Stack, request_id: str) -> None:
+    """Request ids are any printable ASCII: ``?``, ``#``, ``/`` and ``%`` must reach the API as
+    part of the id, not end the path (which would cancel ``r``, or no request at all)."""
+    async with AgentsHTTPClient(BASE, token=TOKEN, transport=httpx.ASGITransport(app=stack.app)) as api:
+        await api.cancel(request_id)
+    flagged = await stack.transport.coordinator().cancelled([request_id, "r", "team", "50", "r%3F1", "r?1"])
+    assert flagged == {request_id}
+
+
 async def test_an_idempotency_key_returns_the_first_result_without_running_again(stack: Stack) -> None:
     await stack.client.post(f"{V1}/agents", json=AGENT)
     model = stack.models.models["gpt"]
@@ -471,6 +481,20 @@ async def test_an_idempotency_key_covers_a_streamed_run(stack: Stack) -> None:
     again = await stack.client.post(f"{V1}/agents/bot/execute", json=EXECUTE, headers=key)
     assert again.json() == result
     assert stack.models.models["gpt"].remaining == 1
+
+
+async def test_a_streamed_retry_with_the_same_idempotency_key_is_answered_as_a_stream(stack: Stack) -> None:
+    """A client that asked for server-sent events and retries with its key gets server-sent events:
+    the stored result as the ``result`` event (no deltas: nothing runs), not a JSON body."""
+    await stack.client.post(f"{V1}/agents", json=AGENT)
+    key = {"Idempotency-Key": "stream-2"}
+    body = {**EXECUTE, "stream": True}
+    first = await stack.client.post(f"{V1}/agents/bot/execute", json=body, headers=key)
+    again = await stack.client.post(f"{V1}/agents/bot/execute", json=body, headers=key)
+    assert again.status_code == 200
+    assert again.headers["content-type"].startswith("text/event-stream")
+    assert sse_events(again.text) == [sse_events(first.text)[-1]]
+    assert stack.models.models["gpt"].remaining == 1  # ran once
 
 
 async def test_idempotency_keys_are_per_target(stack: Stack) -> None:
@@ -576,6 +600,27 @@ async def test_a_dead_letter_already_purged_is_404(stack: Stack) -> None:
     assert (await stack.client.delete(f"{V1}/dead-letters/{entry_id}")).status_code == 204
     assert (await stack.client.delete(f"{V1}/dead-letters/{entry_id}")).status_code == 404
     assert (await stack.client.post(f"{V1}/dead-letters/{entry_id}/requeue")).status_code == 404
+
+
+async def test_dead_letters_page_on_after_the_last_id(stack: Stack) -> None:
+    ids = [await dead_letter(stack.transport, f"poison: {n}") for n in range(5)]
+    pages: list[list[str]] = []
+    after = "0-0"
+    for _ in range(len(ids)):  # bounded: a cursor that is ignored would page forever
+        page = (await stack.client.get(f"{V1}/dead-letters", params={"limit": 2, "after": after})).json()
+        if not page:
+            break
+        pages.append([letter["id"] for letter in page])
+        after = pages[-1][-1]
+    assert pages == [ids[:2], ids[2:4], ids[4:]]
+
+
+@pytest.mark.parametrize("after", ["nope", "1-2-3", "-1-0"])
+async def test_a_bad_dead_letter_cursor_is_422_naming_it(stack: Stack, after: str) -> None:
+    response = await stack.client.get(f"{V1}/dead-letters", params={"after": after})
+    assert response.status_code == 422
+    assert repr(after) in response.json()["detail"]
+    assert "1700000000000-0" in response.json()["detail"]
 
 
 @pytest.mark.parametrize("limit", ["0", "1001", "-1", "many"])

@@ -204,3 +204,37 @@ async def test_a_key_written_into_the_config_is_not_listed() -> None:
         await router.aclose()
     assert response.status_code == 200
     assert canary not in response.text
+
+
+async def test_credentials_in_a_url_or_a_header_of_the_config_are_not_listed() -> None:
+    """Credentials written into ``litellm_params`` other than as ``api_key``: a proxy's password in
+    ``api_base``, an ``Authorization`` header in ``extra_headers``. Nothing registered them."""
+    password = f"canary-url-{uuid.uuid4().hex}"
+    header = f"canary-header-{uuid.uuid4().hex}"
+    params = {
+        "model": "openai/mock",
+        "api_key": "secret:mock:api_key",
+        "mock_response": "hi",
+        "api_base": f"https://proxy-user:{password}@llm-proxy.test/v1",
+        "extra_headers": {"Authorization": f"Bearer {header}", "X-Team": "secret:mock:team"},
+    }
+    config = RouterConfig.from_dict({"model_list": [{"model_name": "gpt", "litellm_params": params}]})
+    secrets = SecretsManager(StaticSource({"mock": {"api_key": "mock-key-value", "team": "t1"}}))
+    router = await build_router(config, secrets)
+    try:
+        app = make_app(
+            AgentRuntime(InMemorySpecStore(), ToolRegistry(), RouterModels(router)), llm_router=router
+        )
+        async with client_for(app, AUTH) as client:
+            response = await client.get(f"{V1}/llm/deployments")
+    finally:
+        await router.aclose()
+    assert response.status_code == 200
+    assert password not in response.text
+    assert header not in response.text
+    (listed,) = response.json()
+    assert listed["litellm_params"]["api_base"] == "https://proxy-user:**********@llm-proxy.test/v1"
+    assert listed["litellm_params"]["extra_headers"] == {
+        "Authorization": "**********",
+        "X-Team": "secret:mock:team",  # a reference: listed as it is
+    }

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, StreamNames, Target
-from dynamic_agents.execution import ExecutionResult
+from dynamic_agents.execution import ExecutionResult, FunctionExecutor
+from dynamic_agents.observability import MetricsHooks, OpenTelemetryMetrics, Tracing
 from dynamic_agents.routing import EventRouter
-from dynamic_agents.transports import Completion, Delivery, InMemoryTransport
+from dynamic_agents.transports import Completion, Delivery, InMemoryServer, InMemoryTransport, ManualClock
 from dynamic_agents.worker import AgentWorker, BaseHooks, RunContext
 from tests.observability.conftest import hooked_worker
+from tests.observability.test_metrics import outcomes, points
 from tests.worker.conftest import request_event
 
 
@@ -111,3 +118,54 @@ async def test_a_worker_without_hooks_never_calls_into_them(monkeypatch: pytest.
     await worker.run_until_idle()
     replies = await transport.read_stream(transport.names.responses("discord", "c1"), AgentResponseEvent)
     assert sorted(str(entry.event.status) for entry in replies) == ["completed", "completed", "error"]
+
+
+async def test_shared_hooks_keep_apart_entries_of_two_streams_with_the_same_id(
+    meter_provider: MeterProvider,
+    metric_reader: InMemoryMetricReader,
+    tracer_provider: TracerProvider,
+    exporter: InMemorySpanExporter,
+) -> None:
+    """Entry ids are per stream: two streams written in the same millisecond both have
+    ``<ms>-0``. Hooks shared by the workers of both (as MetricsHooks allows) must not mix them up."""
+    server = InMemoryServer(ManualClock())  # both entries get the same id
+    transport = InMemoryTransport(server, names=StreamNames("test"))
+    urgent = f"{transport.names.requests}:urgent"
+    hooks = [MetricsHooks(OpenTelemetryMetrics(meter_provider)), Tracing(tracer_provider).hooks()]
+    running: list[str] = []
+    both_running = asyncio.Event()
+
+    async def together(target: Target, request: AgentRequestEvent) -> str:
+        running.append(request.id)
+        if len(running) == 2:
+            both_running.set()
+        await both_running.wait()
+        return "done"
+
+    first = await transport.publish(transport.names.requests, request_event(transport.names, session="a"))
+    second = await transport.publish(urgent, request_event(transport.names, session="b"))
+    assert first == second
+    main = hooked_worker(transport, hooks, FunctionExecutor(together))
+    workers = [
+        main,
+        AgentWorker(
+            transport,
+            transport.coordinator(),
+            main.router,
+            FunctionExecutor(together),
+            settings=main.settings,
+            hooks=hooks,
+            stream=urgent,
+        ),
+    ]
+    async with asyncio.timeout(10):
+        await asyncio.gather(*(w.run_until_idle() for w in workers))
+
+    assert outcomes(metric_reader) == {"completed": 2}
+    assert [p.value for p in points(metric_reader, "dynamic_agents.worker.in_flight").values()] == [0, 0]
+    names = sorted(span.name for span in exporter.get_finished_spans())
+    reply = f"{transport.names.responses('discord', 'c1')} publish"
+    process = [f"{transport.names.requests} process", f"{urgent} process"]
+    assert names == sorted(
+        ["route", "route", "execute agent:echo", "execute agent:echo", reply, reply, *process]
+    )

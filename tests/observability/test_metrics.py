@@ -186,6 +186,39 @@ async def test_dead_lettered_and_redelivered(
     assert points(metric_reader, "dynamic_agents.worker.redeliveries")[stream].value == 1
 
 
+async def test_targets_named_by_requests_are_capped_as_labels(
+    transport: InMemoryTransport, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
+) -> None:
+    """An ``agent_id`` in a request is the requester's to choose: each new one must not be a new
+    series for good. The router's own targets keep their label; past ``max_targets`` others count
+    as ``other``."""
+    hooks = MetricsHooks(OpenTelemetryMetrics(meter_provider), max_targets=3)
+    for n in range(6):
+        await transport.publish(
+            transport.names.requests,
+            request_event(transport.names, session=f"s{n}", agent_id=f"made-up-{n}"),
+        )
+    await transport.publish(transport.names.requests, request_event(transport.names, session="routed"))
+    await run_with(transport, hooks).run_until_idle()
+
+    counts = {
+        dict(a)["target"]: p.value for a, p in points(metric_reader, "dynamic_agents.worker.outcomes").items()
+    }
+    assert counts.pop("agent:echo") == 1  # the router's default: always its own label
+    assert counts.pop("other") == 4
+    assert sorted(counts.values()) == [1, 1]  # two of the made-up ones, whichever came first
+    assert all(label.startswith("agent:made-up-") for label in counts)
+    executions = {
+        dict(a)["target"] for a in points(metric_reader, "dynamic_agents.worker.execution.duration")
+    }
+    assert executions == {"agent:echo", "other", *counts}
+
+
+def test_max_targets_must_be_positive(meter_provider: MeterProvider) -> None:
+    with pytest.raises(ConfigurationError, match="max_targets"):
+        MetricsHooks(OpenTelemetryMetrics(meter_provider), max_targets=0)
+
+
 async def test_pending_is_sampled_into_a_gauge(
     transport: InMemoryTransport, hooks: MetricsHooks, metric_reader: InMemoryMetricReader
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import subprocess
 import sys
 import textwrap
@@ -208,6 +209,54 @@ async def test_no_route_and_failed_runs_are_error_spans(
     assert (spans[f"{transport.names.requests} process"].attributes or {})[
         "dynamic_agents.outcome"
     ] == "no_route"
+
+
+async def test_a_reply_sent_again_as_an_error_ends_the_publish_span_of_the_first(
+    tracer_provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    """A reply too large to send is replaced by an error reply: the worker asks the hooks for the
+    headers of each, and both ``publish`` spans end (none is left open, never exported)."""
+    transport = InMemoryTransport(names=StreamNames("test"))
+    hooks = Tracing(tracer_provider).hooks()
+
+    def big(target: Target, request: AgentRequestEvent) -> str:
+        return "x" * (transport.codec.max_content_length + 1)
+
+    await transport.publish(transport.names.requests, request_event(transport.names))
+    await hooked_worker(transport, [hooks], FunctionExecutor(big)).run_until_idle()
+
+    spans = exporter.get_finished_spans()
+    publish = f"{transport.names.responses('discord', 'c1')} publish"
+    first, second = [span for span in spans if span.name == publish]
+    assert first.status.status_code == StatusCode.ERROR  # replaced before it was sent
+    assert second.status.status_code != StatusCode.ERROR
+    process = by_name([span for span in spans if span.name != publish])[f"{transport.names.requests} process"]
+    assert parent_of(first) == parent_of(second) == process.context.span_id
+
+
+async def test_an_interrupted_run_ends_its_execute_span_once(
+    tracer_provider: TracerProvider, exporter: InMemorySpanExporter, caplog: pytest.LogCaptureFixture
+) -> None:
+    transport = InMemoryTransport(names=StreamNames("test"))
+    started = asyncio.Event()
+
+    async def stuck(target: Target, request: AgentRequestEvent) -> str:
+        started.set()
+        await asyncio.Event().wait()
+        return "never"
+
+    await transport.publish(transport.names.requests, request_event(transport.names))
+    w = hooked_worker(transport, [Tracing(tracer_provider).hooks()], FunctionExecutor(stuck))
+    with caplog.at_level(logging.WARNING, logger="opentelemetry"):
+        async with w:
+            await started.wait()
+            await w.stop(grace=0)
+
+    spans = by_name(exporter.get_finished_spans())
+    assert spans["execute agent:echo"].status.description == "interrupted"
+    outcome = (spans[f"{transport.names.requests} process"].attributes or {})["dynamic_agents.outcome"]
+    assert outcome == "interrupted"
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("opentelemetry")] == []
 
 
 BLOCK_OPENTELEMETRY = """

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from typing import Any, Self
+from urllib.parse import quote
 
 import httpx
 
@@ -64,7 +65,7 @@ class AgentsHTTPClient:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         body = {"input": text, "session_id": session_id, "user_id": user_id}
         result: dict[str, Any] = await self._json(
-            await self._http.post(f"/api/v1/{kind}/{spec_id}/execute", json=body, headers=headers)
+            await self._http.post(_path(kind, spec_id, "execute"), json=body, headers=headers)
         )
         return result
 
@@ -73,7 +74,7 @@ class AgentsHTTPClient:
     ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """``("delta", {"content": …})`` events, then ``("result", {...})``."""
         body = {"input": text, "session_id": session_id, "stream": True}
-        async with self._http.stream("POST", f"/api/v1/{kind}/{spec_id}/execute", json=body) as response:
+        async with self._http.stream("POST", _path(kind, spec_id, "execute"), json=body) as response:
             if response.status_code >= 400:
                 await response.aread()
                 await self._json(response)
@@ -85,15 +86,15 @@ class AgentsHTTPClient:
                     yield event, json.loads(line.removeprefix("data: "))
 
     async def create(self, kind: str, spec: dict[str, Any]) -> dict[str, Any]:
-        created: dict[str, Any] = await self._json(await self._http.post(f"/api/v1/{kind}", json=spec))
+        created: dict[str, Any] = await self._json(await self._http.post(_path(kind), json=spec))
         return created
 
     async def get(self, kind: str, spec_id: str) -> dict[str, Any]:
-        found: dict[str, Any] = await self._json(await self._http.get(f"/api/v1/{kind}/{spec_id}"))
+        found: dict[str, Any] = await self._json(await self._http.get(_path(kind, spec_id)))
         return found
 
     async def cancel(self, request_id: str) -> None:
-        await self._json(await self._http.post(f"/api/v1/requests/{request_id}/cancel"))
+        await self._json(await self._http.post(_path("requests", request_id, "cancel")))
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -103,3 +104,9 @@ class AgentsHTTPClient:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+
+def _path(*segments: str) -> str:
+    """An API path from its segments, each escaped whole: ``?``, ``#``, ``/`` or ``%`` in an id stay
+    part of that id."""
+    return "/api/v1/" + "/".join(quote(segment, safe="") for segment in segments)

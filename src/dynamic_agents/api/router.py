@@ -20,7 +20,7 @@ from typing import Annotated, Any, Final
 from cachetools import TTLCache
 from pydantic import BaseModel, Field, JsonValue
 
-from dynamic_agents._redaction import MASK, REDACTOR
+from dynamic_agents._redaction import MASK, REDACTOR, masked_url
 from dynamic_agents.agents.managers import SpecManager
 from dynamic_agents.agents.runtime import AgentRuntime
 from dynamic_agents.agents.specs import SPEC_MODELS, SpecBase, SpecKind, SpecStatus
@@ -42,10 +42,22 @@ from dynamic_agents.transports import Transport
 try:
     from fastapi import APIRouter, Depends, Header, HTTPException, Query, Response
     from fastapi.responses import JSONResponse, StreamingResponse
+    from starlette.convertors import StringConvertor, register_url_convertor
 except ImportError as error:  # pragma: no cover - exercised without the extra installed
     from dynamic_agents.exceptions import MissingDependencyError
 
     raise MissingDependencyError("the REST API", "api") from error
+
+
+class _RequestIdConvertor(StringConvertor):
+    """A request id is any printable ASCII, ``/`` included (sent escaped as ``%2F``, which the
+    server unescapes before routing); a character no id may hold is the coordinator's 422, not an
+    unmatched route's 404."""
+
+    regex = "[\\s\\S]+"
+
+
+register_url_convertor("request_id", _RequestIdConvertor())
 
 __all__ = ["NO_AUTH", "TokenVerifier", "create_api_router"]
 
@@ -82,15 +94,22 @@ def _result_json(result: ExecutionResult) -> dict[str, Any]:
     return data
 
 
-def _public_params(value: Any, key: str = "") -> Any:
+_HEADER_PARAMS: Final = frozenset({"extra_headers", "headers"})
+"""``litellm_params`` holding HTTP headers: their values may be credentials (``Authorization``)."""
+
+
+def _public_params(value: Any, key: str = "", *, secret: bool = False) -> Any:
     """litellm params as configured, for listing: secret references as they are; a credential
-    written into the config itself (``api_key: sk-…``) masked, and any known secret value redacted."""
+    written into the config itself (``api_key: sk-…``, anything under such a key, a header value,
+    a URL's password) masked, and any known secret value redacted."""
+    secret = secret or key in SECRET_PARAMS
     if isinstance(value, Mapping):
-        return {name: _public_params(item, str(name)) for name, item in value.items()}
+        inner = secret or key in _HEADER_PARAMS
+        return {name: _public_params(item, str(name), secret=inner) for name, item in value.items()}
     if isinstance(value, list | tuple):
-        return [_public_params(item, key) for item in value]
+        return [_public_params(item, key, secret=secret) for item in value]
     if isinstance(value, str) and parse_reference(value) is None:
-        return MASK if key in SECRET_PARAMS else REDACTOR.redact(value)
+        return MASK if secret else REDACTOR.redact(masked_url(value))
     return value
 
 
@@ -216,6 +235,8 @@ def create_api_router(  # noqa: PLR0915 - one route per statement group; kept to
         managed = manager(kind_name)
         cache_key = f"{kind_name}:{spec_id}:{idempotency_key}" if idempotency_key else None
         if cache_key is not None and cache_key in executed:
+            if body.stream:  # answered as asked: the stored result as the stream's result event
+                return StreamingResponse(_replayed(executed[cache_key]), media_type="text/event-stream")
             return executed[cache_key]
         # Validated (and cached for the run) before answering: once a stream has started, a
         # disabled or broken spec could no longer be reported as a 422.
@@ -259,7 +280,7 @@ def create_api_router(  # noqa: PLR0915 - one route per statement group; kept to
             raise HTTPException(404, "this API was created without a transport")
         return transport
 
-    @api.post("/requests/{request_id}/cancel", status_code=202, tags=["requests"])
+    @api.post("/requests/{request_id:request_id}/cancel", status_code=202, tags=["requests"])
     async def cancel(request_id: str) -> dict[str, str]:
         coordinator = needs_transport().coordinator()
         try:
@@ -269,8 +290,13 @@ def create_api_router(  # noqa: PLR0915 - one route per statement group; kept to
         return {"request_id": request_id, "status": "cancellation requested"}
 
     @api.get("/dead-letters", tags=["dead letters"])
-    async def dead_letters(limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict[str, Any]]:
-        letters = await DeadLetters(needs_transport()).list(limit=limit)
+    async def dead_letters(
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100, after: Annotated[str, Query(max_length=64)] = "0-0"
+    ) -> list[dict[str, Any]]:
+        try:
+            letters = await DeadLetters(needs_transport()).list(limit=limit, after=after)
+        except ConfigurationError as error:  # an ``after`` that is no entry id
+            raise HTTPException(422, str(error)) from None
         return [
             {
                 "id": letter.id,
@@ -399,6 +425,14 @@ def create_api_router(  # noqa: PLR0915 - one route per statement group; kept to
     return api
 
 
+async def _replayed(payload: dict[str, Any]) -> AsyncIterator[bytes]:
+    yield _result_event(payload)
+
+
+def _result_event(payload: dict[str, Any]) -> bytes:
+    return f"event: result\ndata: {json.dumps(payload)}\n\n".encode()
+
+
 async def _sse(
     managed: SpecManager[Any],
     *,
@@ -434,4 +468,4 @@ async def _sse(
     payload = _result_json(result)
     if cache_key is not None:
         executed[cache_key] = payload
-    yield f"event: result\ndata: {json.dumps(payload)}\n\n".encode()
+    yield _result_event(payload)

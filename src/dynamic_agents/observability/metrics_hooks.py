@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from dynamic_agents._logging import get_logger
 from dynamic_agents.events import AgentRequestEvent, Target
@@ -26,6 +26,8 @@ __all__ = ["MetricsHooks"]
 logger = get_logger("observability")
 
 _STREAM = "messaging.destination.name"
+OTHER_TARGET: Final = "other"
+"""The ``target`` label of targets past :attr:`MetricsHooks.max_targets`."""
 
 
 @dataclass(slots=True)
@@ -45,19 +47,31 @@ class MetricsHooks(BaseHooks):
 
     The pending count is sampled every ``sample_every`` seconds while the worker runs (and by
     :meth:`sample`), reading at most ``pending_limit`` entries.
+
+    A request may name its target (``agent_id``, …), so the ``target`` label is bounded: the
+    targets of the workers' routers (rules and defaults) always have theirs, and other targets get
+    one until ``max_targets`` labels are in use; later ones are counted as ``"other"``.
     """
 
     def __init__(
-        self, recorder: MetricsRecorder, *, sample_every: float = 15.0, pending_limit: int = 10_000
+        self,
+        recorder: MetricsRecorder,
+        *,
+        sample_every: float = 15.0,
+        pending_limit: int = 10_000,
+        max_targets: int = 100,
     ) -> None:
-        if sample_every <= 0 or pending_limit <= 0:
+        if sample_every <= 0 or pending_limit <= 0 or max_targets <= 0:
             raise ConfigurationError(
-                f"sample_every and pending_limit must be > 0, got {sample_every!r} and {pending_limit!r}"
+                "sample_every, pending_limit and max_targets must be > 0, got "
+                f"{sample_every!r}, {pending_limit!r} and {max_targets!r}"
             )
         self.recorder = recorder
         self.sample_every = sample_every
         self.pending_limit = pending_limit
-        self._handling: dict[str, _Handling] = {}
+        self.max_targets = max_targets
+        self._targets: set[str] = set()
+        self._handling: dict[tuple[str, str], _Handling] = {}  # by stream and entry id
         self._pending: dict[tuple[str, str], int] = {}
         self._samplers: dict[int, asyncio.Task[None]] = {}
         self._observing = False
@@ -68,6 +82,7 @@ class MetricsHooks(BaseHooks):
     # -- pending entries, sampled -----------------------------------------------------------------
 
     async def on_start(self, worker: AgentWorker) -> None:
+        self._targets.update(target_name(target) for target in worker.router.targets())
         if not self._observing:
             self._observing = True
             self.recorder.observe("dynamic_agents.worker.queue.pending", self._read_pending)
@@ -106,7 +121,7 @@ class MetricsHooks(BaseHooks):
 
     async def on_received(self, delivery: Delivery[AgentRequestEvent]) -> None:
         stream = {_STREAM: delivery.stream}
-        self._handling[delivery.entry_id] = _Handling(delivery.stream, time.monotonic())
+        self._handling[delivery.stream, delivery.entry_id] = _Handling(delivery.stream, time.monotonic())
         self.recorder.add("dynamic_agents.worker.requests", 1, stream)
         self.recorder.add("dynamic_agents.worker.in_flight", 1, stream)
         if delivery.delivery_count > 1:
@@ -115,22 +130,22 @@ class MetricsHooks(BaseHooks):
             self.recorder.record("dynamic_agents.worker.queue.lag", lag, stream)
 
     async def on_duplicate(self, delivery: Delivery[AgentRequestEvent]) -> None:
-        self._count(delivery.entry_id, Outcome.DUPLICATE)
+        self._count(delivery, Outcome.DUPLICATE)
 
     async def on_routed(self, delivery: Delivery[AgentRequestEvent], target: Target | None) -> None:
-        handling = self._handling.get(delivery.entry_id)
+        handling = self._handling.get((delivery.stream, delivery.entry_id))
         if handling is not None:
-            handling.target = target_name(target)
+            handling.target = self._label(target)
             handling.routed = target is not None
 
     async def before_execute(self, context: RunContext) -> None:
-        handling = self._handling.get(context.entry_id)
+        handling = self._handling.get((context.stream, context.entry_id))
         if handling is not None:
             handling.execution_started = time.monotonic()
 
     async def after_execute(self, context: RunContext, result: ExecutionResult) -> None:
-        target = target_name(context.target)
-        handling = self._handling.get(context.entry_id)
+        handling = self._handling.get((context.stream, context.entry_id))
+        target = handling.target if handling is not None else self._label(context.target)
         if handling is not None and handling.execution_started is not None:
             self.recorder.record(
                 "dynamic_agents.worker.execution.duration",
@@ -152,25 +167,35 @@ class MetricsHooks(BaseHooks):
     async def after_respond(
         self, delivery: Delivery[AgentRequestEvent], result: ExecutionResult, completion: Completion
     ) -> None:
-        handling = self._handling.get(delivery.entry_id)
+        handling = self._handling.get((delivery.stream, delivery.entry_id))
         routed = handling.routed if handling is not None else True
-        self._count(delivery.entry_id, Outcome.of_answer(result, completion, routed=routed))
+        self._count(delivery, Outcome.of_answer(result, completion, routed=routed))
 
     async def on_dead_letter(self, delivery: Delivery[AgentRequestEvent], written: bool) -> None:
         if written:
             self.recorder.add("dynamic_agents.worker.dead_letters", 1, {_STREAM: delivery.stream})
-            self._count(delivery.entry_id, Outcome.DEAD_LETTERED)
+            self._count(delivery, Outcome.DEAD_LETTERED)
 
     async def after_handle(self, delivery: Delivery[AgentRequestEvent], error: BaseException | None) -> None:
         if error is not None:
-            self._count(delivery.entry_id, Outcome.of_error(error))
-        handling = self._handling.pop(delivery.entry_id, None)
+            self._count(delivery, Outcome.of_error(error))
+        handling = self._handling.pop((delivery.stream, delivery.entry_id), None)
         if handling is not None:
             self.recorder.add("dynamic_agents.worker.in_flight", -1, {_STREAM: handling.stream})
 
-    def _count(self, entry_id: str, outcome: Outcome) -> None:
+    def _label(self, target: Target | None) -> str:
+        """The target's ``target`` label: its name, or ``"other"`` once ``max_targets`` are used."""
+        name = target_name(target)
+        if name in self._targets or not name:
+            return name
+        if len(self._targets) >= self.max_targets:
+            return OTHER_TARGET
+        self._targets.add(name)
+        return name
+
+    def _count(self, delivery: Delivery[AgentRequestEvent], outcome: Outcome) -> None:
         """Count an entry's outcome once (its duration with it)."""
-        handling = self._handling.get(entry_id)
+        handling = self._handling.get((delivery.stream, delivery.entry_id))
         if handling is None or handling.counted:
             return
         handling.counted = True

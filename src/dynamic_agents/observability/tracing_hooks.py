@@ -56,7 +56,7 @@ class TracingHooks(BaseHooks):
 
     def __init__(self, tracing: Tracing) -> None:
         self.tracing = tracing
-        self._traces: dict[str, _Trace] = {}
+        self._traces: dict[tuple[str, str], _Trace] = {}  # by stream and entry id
 
     def __repr__(self) -> str:
         return f"TracingHooks({self.tracing!r}, in_flight={len(self._traces)})"
@@ -82,14 +82,16 @@ class TracingHooks(BaseHooks):
             },
         )
         assert span is not None
-        self._traces[delivery.entry_id] = _Trace(span, context.attach(trace.set_span_in_context(span)))
+        self._traces[delivery.stream, delivery.entry_id] = _Trace(
+            span, context.attach(trace.set_span_in_context(span))
+        )
 
     async def on_duplicate(self, delivery: Delivery[AgentRequestEvent]) -> None:
-        if (found := self._traces.get(delivery.entry_id)) is not None:
+        if (found := self._traces.get((delivery.stream, delivery.entry_id))) is not None:
             found.span.set_attribute(OUTCOME, Outcome.DUPLICATE.value)
 
     async def on_routed(self, delivery: Delivery[AgentRequestEvent], target: Target | None) -> None:
-        found = self._traces.get(delivery.entry_id)
+        found = self._traces.get((delivery.stream, delivery.entry_id))
         if found is None:
             return
         span = self.tracing.start_span("route", parent=found.span)
@@ -103,7 +105,7 @@ class TracingHooks(BaseHooks):
         span.end()
 
     async def before_execute(self, context: RunContext) -> None:
-        found = self._traces.get(context.entry_id)
+        found = self._traces.get((context.stream, context.entry_id))
         if found is None:
             return
         from opentelemetry import context as otel_context
@@ -123,7 +125,7 @@ class TracingHooks(BaseHooks):
         found.execute_token = otel_context.attach(trace.set_span_in_context(span))
 
     async def after_execute(self, context: RunContext, result: ExecutionResult) -> None:
-        found = self._traces.get(context.entry_id)
+        found = self._traces.get((context.stream, context.entry_id))
         if found is None or found.execute is None:
             return
         span = found.execute
@@ -140,11 +142,14 @@ class TracingHooks(BaseHooks):
     async def before_respond(
         self, delivery: Delivery[AgentRequestEvent], response: AgentResponseEvent, headers: dict[str, str]
     ) -> None:
-        found = self._traces.get(delivery.entry_id)
+        found = self._traces.get((delivery.stream, delivery.entry_id))
         if found is None:
             return
         from opentelemetry import trace
 
+        if found.respond is not None:  # a reply that could not be sent (too large), replaced by this one
+            error_status(found.respond, "not sent: replaced by another reply")
+            found.respond.end()
         stream = delivery.event.reply_stream or (
             delivery.message.reply_to if delivery.message is not None else None
         )
@@ -166,7 +171,7 @@ class TracingHooks(BaseHooks):
     async def after_respond(
         self, delivery: Delivery[AgentRequestEvent], result: ExecutionResult, completion: Completion
     ) -> None:
-        found = self._traces.get(delivery.entry_id)
+        found = self._traces.get((delivery.stream, delivery.entry_id))
         if found is None:
             return
         found.span.set_attribute(STATUS, str(result.status))
@@ -176,7 +181,7 @@ class TracingHooks(BaseHooks):
             found.respond = None
 
     async def on_dead_letter(self, delivery: Delivery[AgentRequestEvent], written: bool) -> None:
-        found = self._traces.get(delivery.entry_id)
+        found = self._traces.get((delivery.stream, delivery.entry_id))
         if found is None:
             return
         if found.respond is not None:
@@ -187,16 +192,17 @@ class TracingHooks(BaseHooks):
             error_status(found.span, "dead-lettered")
 
     async def after_handle(self, delivery: Delivery[AgentRequestEvent], error: BaseException | None) -> None:
-        found = self._traces.pop(delivery.entry_id, None)
+        found = self._traces.pop((delivery.stream, delivery.entry_id), None)
         if found is None:
             return
         from opentelemetry import context
 
-        for span in (found.execute, found.respond):
-            if span is not None:
-                error_status(span, "interrupted")
-                span.end()
+        if found.execute is not None:
+            error_status(found.execute, "interrupted")
         _close_execute(found)
+        if found.respond is not None:
+            error_status(found.respond, "interrupted")
+            found.respond.end()
         context.detach(found.token)
         if error is not None:
             found.span.set_attribute(OUTCOME, Outcome.of_error(error).value)

@@ -38,12 +38,17 @@ __all__ = ["BaseHooks", "RunContext", "WorkerHooks"]
 
 @dataclass(slots=True)
 class RunContext:
-    """One request being handled: what it is, where it goes, and room for a hook's own state."""
+    """One request being handled: what it is, where it goes, and room for a hook's own state.
+
+    ``entry_id`` is the id of the entry on ``stream``; entry ids are per stream (two streams may
+    have the same one), so a hook shared by workers of several streams keys its state by both.
+    """
 
     request: AgentRequestEvent
     target: Target
     delivery_count: int
     entry_id: str
+    stream: str = ""
     state: dict[str, Any] = field(default_factory=dict)
 
 

@@ -585,7 +585,9 @@ class AgentWorker:
         delivery = batch[-1]
         event = _merged(batch)
         context = (
-            RunContext(event, target, delivery.delivery_count, delivery.entry_id) if self.hooks else None
+            RunContext(event, target, delivery.delivery_count, delivery.entry_id, delivery.stream)
+            if self.hooks
+            else None
         )
         progress = None  # lifecycle events, and streaming, only when someone listens
         if self.settings.events:
