@@ -57,7 +57,8 @@ class _RequestIdConvertor(StringConvertor):
     regex = "[\\s\\S]+"
 
 
-register_url_convertor("request_id", _RequestIdConvertor())
+# Starlette's convertor registry is process-wide: the name is the library's own.
+register_url_convertor("dynamic_agents_request_id", _RequestIdConvertor())
 
 __all__ = ["NO_AUTH", "TokenVerifier", "create_api_router"]
 
@@ -280,7 +281,7 @@ def create_api_router(  # noqa: PLR0915 - one route per statement group; kept to
             raise HTTPException(404, "this API was created without a transport")
         return transport
 
-    @api.post("/requests/{request_id:request_id}/cancel", status_code=202, tags=["requests"])
+    @api.post("/requests/{request_id:dynamic_agents_request_id}/cancel", status_code=202, tags=["requests"])
     async def cancel(request_id: str) -> dict[str, str]:
         coordinator = needs_transport().coordinator()
         try:
