@@ -9,7 +9,8 @@ Each class also subclasses the matching built-in, so callers can catch either::
     ├── EventError (ValueError)                wire data that cannot become an event
     │   ├── DecodeError                        not JSON, not UTF-8, not an object
     │   │   └── EnvelopeError                  a malformed FastStream binary envelope
-    │   ├── EventValidationError               wrong types or missing fields (``.errors`` lists them)
+    │   ├── EventValidationError               wrong types or missing fields, or a value that cannot be
+    │   │                                      written as JSON (``.errors`` lists them)
     │   ├── UnsupportedSchemaVersionError      a ``schema_version`` whose major this release cannot read
     │   └── EventTooLargeError                 over the codec's size or content-length limit
     ├── LLMError                               a model call failed (message redacted; ``status`` kept)
@@ -19,6 +20,8 @@ Each class also subclasses the matching built-in, so callers can catch either::
     │   └── LLMUnavailableError (ConnectionError)  5xx, network errors, no deployment available
     │       └── LLMRateLimitError              429, or every deployment over its limits
     ├── NoRouteError (LookupError)             no rule, source default or global default for an event
+    ├── ApiError                               the REST API answered an error status (``status``,
+    │                                          ``detail``); defined in ``dynamic_agents.api``
     ├── SpecError                              agent / team / workflow specs
     │   ├── SpecValidationError (ValueError)   a spec is invalid; ``path`` says where inside it
     │   ├── SpecNotFoundError (LookupError)    no spec of that kind and id
