@@ -164,9 +164,25 @@ def test_several_files_make_one_config(tmp_path: Path) -> None:
     (tmp_path / "slack.yaml").write_text("slack:\n  routing:\n    default_agent: slack-assistant\n")
     config = RoutingConfig.from_files(sorted(tmp_path.glob("*.yaml")))
     assert set(config.interfaces) == {"discord", "slack"}
-    (tmp_path / "again.yaml").write_text("discord: {}\n")
-    with pytest.raises(RoutingConfigError, match="configured twice"):
-        RoutingConfig.from_files(sorted(tmp_path.glob("*.yaml")))
+    (tmp_path / "again.yaml").write_text("# the same interface again\ndiscord: {}\n")
+    with pytest.raises(RoutingConfigError) as twice:
+        RoutingConfig.from_files([tmp_path / "discord.yaml", tmp_path / "again.yaml"])
+    assert (twice.value.source, twice.value.line, twice.value.path) == (
+        str(tmp_path / "again.yaml"),
+        2,
+        "discord",
+    )
+    assert f"configured twice (first in {tmp_path / 'discord.yaml'}:" in str(twice.value)
+
+
+def test_a_second_global_default_in_another_file_names_both_places(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("default_agent: a\n")
+    (tmp_path / "b.yaml").write_text("slack: {}\n\ndefault_team: b\n")
+    with pytest.raises(RoutingConfigError) as caught:
+        RoutingConfig.from_files([tmp_path / "a.yaml", tmp_path / "b.yaml"])
+    error = caught.value
+    assert (error.source, error.line, error.path) == (str(tmp_path / "b.yaml"), 3, "default_team")
+    assert f"the first in {tmp_path / 'a.yaml'}:1" in str(error)
 
 
 async def test_targets_can_be_checked_against_a_store() -> None:
@@ -191,10 +207,11 @@ def test_a_rule_name_used_twice_is_refused_at_load_naming_where(tmp_path: Path) 
         RoutingConfig.from_yaml(f"discord:\n{admin}slack:\n{admin}", source="interfaces.yaml")
     error = caught.value
     assert (error.source, error.line, error.path) == ("interfaces.yaml", 10, "slack.routing.rules[0].name")
-    assert "'Admin' is already used at interfaces.yaml at discord.routing.rules[0].name" in str(error)
+    assert "'Admin' is already used at interfaces.yaml:4 at discord.routing.rules[0].name" in str(error)
     (tmp_path / "discord.yaml").write_text(f"discord:\n{admin}")
     (tmp_path / "slack.yaml").write_text(f"slack:\n{admin}")
-    with pytest.raises(
-        RoutingConfigError, match=r"slack.yaml at slack.routing.rules\[0\].name: rule name 'Admin'"
-    ):
+    with pytest.raises(RoutingConfigError) as across:
         RoutingConfig.from_files([tmp_path / "discord.yaml", tmp_path / "slack.yaml"])
+    error = across.value
+    assert (error.source, error.line) == (str(tmp_path / "slack.yaml"), 4)
+    assert f"already used at {tmp_path / 'discord.yaml'}:4 at discord.routing.rules[0].name" in str(error)

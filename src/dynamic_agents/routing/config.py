@@ -137,23 +137,39 @@ class RoutingConfig(BaseModel):
     def from_files(cls, paths: Iterable[str | Path]) -> Self:
         """One config from several files (``config/interfaces/*.yaml``); an interface or a global
         default given twice is an error."""
-        merged: dict[str, InterfaceConfig] = {}
-        default: Target | None = None
+        merged: dict[str, tuple[InterfaceConfig, str]] = {}
+        default: tuple[Target, str] | None = None
         rule_names: dict[str, str] = {}
         for path in paths:
-            config = cls.from_file(path)
+            source = str(path)
+            data, lines = _load_yaml(Path(path).read_text(encoding="utf-8"), source)
+            config = cls._validate(data, source, lines)
+            keys = _written_keys(lines)
             for name, interface in config.interfaces.items():
                 if name in merged:
                     raise RoutingConfigError(
-                        f"interface {name!r} is configured twice", source=str(path), path=name
+                        f"interface {name!r} is configured twice (first in {merged[name][1]})",
+                        source=source,
+                        line=lines.get((keys.get(name, name),)),
+                        path=name,
                     )
-                merged[name] = interface
-            _check_rule_names(config.interfaces, rule_names, str(path), {})
+                merged[name] = (interface, _place(source, lines.get((keys.get(name, name),))))
+            _check_rule_names(config.interfaces, rule_names, source, lines)
             if config.default is not None:
+                key = next((k for k in keys.values() if str(k).startswith("default_")), None)
+                line = lines.get((key,)) if key is not None else None
                 if default is not None:
-                    raise RoutingConfigError("a second global default", source=str(path))
-                default = config.default
-        return cls(interfaces=merged, default=default)
+                    raise RoutingConfigError(
+                        f"a second global default (the first in {default[1]})",
+                        source=source,
+                        line=line,
+                        path="" if key is None else str(key),
+                    )
+                default = (config.default, _place(source, line))
+        return cls(
+            interfaces={name: interface for name, (interface, _) in merged.items()},
+            default=default[0] if default is not None else None,
+        )
 
     @classmethod
     def _validate(cls, data: Any, source: str, lines: Mapping[_Path, int]) -> Self:
@@ -193,20 +209,30 @@ def _check_rule_names(
 ) -> None:
     """Refuse a rule name used twice (the router names the rule behind each decision); ``seen``
     maps the names met so far to where they were."""
-    keys = {str(path[0]).lower(): path[0] for path in lines if path}  # the names as written
+    keys = _written_keys(lines)
     for interface_name, interface in interfaces.items():
+        key = keys.get(interface_name, interface_name)
         for index, rule in enumerate(interface.routing.rules):
             path = f"{interface_name}.routing.rules[{index}].name"
+            line = lines.get((key, "routing", "rules", index, "name"))
             if rule.name in seen:
-                key = keys.get(interface_name, interface_name)
                 raise RoutingConfigError(
                     f"rule name {rule.name!r} is already used at {seen[rule.name]}: rule names must "
                     "be unique, across interfaces too",
                     source=source,
-                    line=lines.get((key, "routing", "rules", index, "name")),
+                    line=line,
                     path=path,
                 )
-            seen[rule.name] = f"{source} at {path}"
+            seen[rule.name] = f"{_place(source, line)} at {path}"
+
+
+def _written_keys(lines: Mapping[_Path, int]) -> dict[str, str | int]:
+    """The top-level keys as written in the file, by the name the config reads them as."""
+    return {str(path[0]).lower(): path[0] for path in lines if path}
+
+
+def _place(source: str, line: int | None) -> str:
+    return f"{source}:{line}" if line is not None else source
 
 
 def _load_yaml(text: str, source: str) -> tuple[Any, dict[_Path, int]]:
