@@ -141,6 +141,63 @@ def test_the_redis_transport_without_hiredis_names_the_extra_to_install() -> Non
 
 
 @pytest.mark.parametrize(
+    ("hidden", "statement", "extra"),
+    [
+        ("agno", "from dynamic_agents.agents import AgentRuntime", "agents"),
+        ("agno", "from dynamic_agents.agents import AgnoExecutor", "agents"),
+        ("agno", "from dynamic_agents.testing import ScriptedModels", "agents"),
+        ("sqlalchemy", "from dynamic_agents.agents import session_db", "agents"),
+        (
+            "psycopg",
+            "from dynamic_agents.agents import session_db; session_db('postgresql://u@127.0.0.1/db')",
+            "postgres",
+        ),
+        ("agno", "from dynamic_agents.api import create_api_router", "agents"),
+        ("fastapi", "from dynamic_agents.api import create_api_router", "api"),
+        (
+            "redis",
+            "import asyncio\n"
+            "from dynamic_agents.llm import RouterConfig, build_router\n"
+            "from dynamic_agents.secrets import SecretsManager\n"
+            "config = RouterConfig.from_dict({'model_list': [{'model_name': 'm', 'litellm_params': "
+            "{'model': 'openai/m', 'api_key': 'literal-key-value'}}], 'redis_url': 'redis://127.0.0.1:1/0'})\n"
+            "asyncio.run(build_router(config, SecretsManager([])))",
+            "redis",
+        ),
+    ],
+    ids=lambda value: value.split("\n")[-1][:60] if isinstance(value, str) else value,
+)
+def test_a_feature_without_its_extra_names_the_extra_to_install(
+    hidden: str, statement: str, extra: str
+) -> None:
+    """Not a raw ImportError from deep inside: which extra to install."""
+    code = (
+        "import sys\n"
+        "class Hide:\n"  # as if the package were not installed
+        "    def find_spec(self, name, path=None, target=None):\n"
+        f"        if name.split('.')[0] == {hidden!r}:\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, Hide())\n"
+        "from dynamic_agents.exceptions import MissingDependencyError\n"
+        "try:\n"
+        + "".join(f"    {line}\n" for line in statement.split("\n"))
+        + "except MissingDependencyError as error:\n"
+        "    print(error)\n"
+    )
+    printed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert printed.stdout.strip().endswith(f"pip install 'dynamic-agents[{extra}]'"), printed.stderr[-2000:]
+
+
+def test_the_http_client_needs_only_the_core_install() -> None:
+    code = (
+        "import json, sys; from dynamic_agents.api import AgentsHTTPClient; "
+        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'agno', 'litellm', 'fastapi', 'starlette', 'sqlalchemy', 'redis'})))"
+    )
+    assert json.loads(subprocess.check_output([sys.executable, "-c", code], text=True)) == []
+
+
+@pytest.mark.parametrize(
     "error",
     [
         exceptions.RoutingConfigError("bad pattern", source="routing.yaml", line=3, path="rules[0]"),

@@ -13,10 +13,15 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from agno.agent import Agent
-from agno.media import Audio, File, Image, Video
-from agno.team import Team
-from agno.workflow import Condition, Loop, Parallel, Router, Step, Workflow
+try:
+    from agno.agent import Agent
+    from agno.media import Audio, File, Image, Video
+    from agno.team import Team
+    from agno.workflow import Condition, Loop, Parallel, Router, Step, Workflow
+except ImportError as error:  # pragma: no cover - exercised without the extra installed
+    from dynamic_agents.exceptions import MissingDependencyError
+
+    raise MissingDependencyError("agno agents (AgentRuntime, its builders and executor)", "agents") from error
 
 from dynamic_agents.agents.registry import ToolRegistry
 from dynamic_agents.agents.specs import (

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from dynamic_agents.exceptions import ConfigurationError, MissingDependencyError
 
-from dynamic_agents.exceptions import ConfigurationError
+try:
+    from sqlalchemy import URL, make_url
+    from sqlalchemy.exc import ArgumentError
+except ImportError as error:  # pragma: no cover - exercised without the extra installed
+    raise MissingDependencyError("session_db", "agents") from error
 
 __all__ = ["session_db"]
 
@@ -52,7 +55,12 @@ def _postgres(url: URL, schema: str | None) -> Any:
 
     # An engine, not db_url: agno keeps db_url as given and puts it in db.to_dict() and so in every
     # Agent.to_dict(), password included. The options are the ones agno uses for a db_url.
-    engine = create_async_engine(url, pool_pre_ping=True, pool_recycle=3600, json_serializer=json_serializer)
+    try:
+        engine = create_async_engine(
+            url, pool_pre_ping=True, pool_recycle=3600, json_serializer=json_serializer
+        )
+    except ImportError as error:  # the driver, psycopg
+        raise MissingDependencyError("session_db with PostgreSQL", "postgres") from error
     return AsyncPostgresDb(db_engine=engine, db_schema=schema)
 
 

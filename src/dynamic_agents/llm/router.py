@@ -33,6 +33,7 @@ from dynamic_agents.exceptions import (
     LLMRequestError,
     LLMTimeoutError,
     LLMUnavailableError,
+    MissingDependencyError,
     SecretsError,
 )
 from dynamic_agents.llm import _litellm
@@ -102,6 +103,10 @@ async def build_router(
         enable_pre_call_checks=config.enable_pre_call_checks,
     )
     if config.redis_url is not None:
+        try:  # else litellm fails deep inside, on its own import
+            import redis  # noqa: F401
+        except ImportError as error:
+            raise MissingDependencyError("the LLM router's redis_url", "redis") from error
         redis_url = (await secrets.resolve(config.redis_url)).reveal()
         masked_url(redis_url)  # registers its password with the redactor
         settings["redis_url"] = redis_url

@@ -48,9 +48,14 @@ from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
-from agno.metrics import MessageMetrics
-from agno.models.base import Model
-from agno.models.response import ModelResponse
+try:
+    from agno.metrics import MessageMetrics
+    from agno.models.base import Model
+    from agno.models.response import ModelResponse
+except ImportError as error:  # pragma: no cover - exercised without the extra installed
+    from dynamic_agents.exceptions import MissingDependencyError
+
+    raise MissingDependencyError("scripted agno models", "agents") from error
 
 from dynamic_agents.testing.script import ToolCall
 
