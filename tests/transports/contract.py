@@ -356,6 +356,19 @@ class TransportContract:
         await backend.advance(backend.min_idle * 1.5)
         assert await transport.coordinator().get_record(event.id) is None
 
+    async def test_complete_refuses_a_record_ttl_that_is_not_positive(self, backend: Backend) -> None:
+        transport = await backend.transport()
+        event = request()
+        await published(backend, transport, event)
+        (delivery,) = await transport.read(backend.subscription(), 1)
+        reply_stream = backend.names.responses("discord", "42")
+        for ttl in (0, -1.5):
+            with pytest.raises(ConfigurationError, match=f"record_ttl must be > 0 seconds, got {ttl}"):
+                await transport.complete(delivery, Reply(response_to(event), reply_stream), record_ttl=ttl)
+        assert await transport.read_stream(reply_stream, AgentResponseEvent) == []
+        assert await transport.coordinator().get_record(event.id) is None
+        assert len(await transport.pending(backend.stream(), "workers")) == 1
+
     # -- dead letters ---------------------------------------------------------------------------
 
     async def test_dead_letter_writes_entry_reply_and_ack(self, backend: Backend) -> None:

@@ -445,6 +445,8 @@ class InMemoryTransport(Transport):
         self, delivery: Delivery[Any], reply: Reply, *, record_ttl: float, lease: Lease | None = None
     ) -> Completion:
         self._check_open()
+        if record_ttl <= 0:
+            raise ConfigurationError(f"record_ttl must be > 0 seconds, got {record_ttl}")
         record_key = self.names.completed_record(reply.event.request_id)
         lease_key = self.names.session_lease(lease.session_id) if lease is not None else None
         owned = lease is None or self.server._get(lease_key or "") == lease.token
