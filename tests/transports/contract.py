@@ -950,6 +950,12 @@ class CoordinatorSignalsContract:
         await backend.advance(backend.min_idle * 1.5)
         assert await coordinator.cancelled(["b"]) == set()
 
+    async def test_a_refused_cancellation_ttl_leaves_no_request(self, backend: Backend) -> None:
+        coordinator = (await backend.transport()).coordinator()
+        with pytest.raises(ConfigurationError, match="ttl must be > 0 seconds, got 0"):
+            await coordinator.request_cancel("r", ttl=0)
+        assert await coordinator.cancelled(["r"]) == set()
+
     # -- claim: record, cancellation and lease in one step ----------------------------------------
 
     async def test_claim_takes_the_lease_for_the_last_request(self, backend: Backend) -> None:

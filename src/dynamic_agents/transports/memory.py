@@ -599,9 +599,10 @@ class InMemoryCoordinator(Coordinator):
         return token.partition("/")[2] if isinstance(token, str) else None
 
     async def request_cancel(self, request_id: str, ttl: float = 3600.0) -> None:
+        _check_ttl(ttl)  # before the write: a refused ttl must leave no flag behind
         key = self.names.cancel_flag(request_id)
         self.server._keys[key] = "1"
-        self.server.expire(key, _check_ttl(ttl))
+        self.server.expire(key, ttl)
 
     async def cancelled(self, request_ids: Sequence[str]) -> set[str]:
         return {rid for rid in request_ids if self.server._get(self.names.cancel_flag(rid)) is not None}
