@@ -363,9 +363,26 @@ class TransportContract:
         (delivery,) = await transport.read(backend.subscription(), 1)
         reply_stream = backend.names.responses("discord", "42")
         for ttl in (0, -1.5):
-            with pytest.raises(ConfigurationError, match=f"record_ttl must be > 0 seconds, got {ttl}"):
+            with pytest.raises(
+                ConfigurationError, match=f"record_ttl must be a finite number of seconds > 0, got {ttl}"
+            ):
                 await transport.complete(delivery, Reply(response_to(event), reply_stream), record_ttl=ttl)
         assert await transport.read_stream(reply_stream, AgentResponseEvent) == []
+        assert await transport.coordinator().get_record(event.id) is None
+        assert len(await transport.pending(backend.stream(), "workers")) == 1
+
+    @pytest.mark.parametrize("ttl", [float("nan"), float("inf")])
+    async def test_complete_refuses_a_record_ttl_that_is_not_finite(
+        self, backend: Backend, ttl: float
+    ) -> None:
+        transport = await backend.transport()
+        event = request()
+        await published(backend, transport, event)
+        (delivery,) = await transport.read(backend.subscription(), 1)
+        with pytest.raises(
+            ConfigurationError, match=f"record_ttl must be a finite number of seconds > 0, got {ttl}"
+        ):
+            await transport.complete(delivery, Reply(response_to(event), None), record_ttl=ttl)
         assert await transport.coordinator().get_record(event.id) is None
         assert len(await transport.pending(backend.stream(), "workers")) == 1
 
@@ -793,6 +810,31 @@ class CoordinatorContract:
         await backend.advance(backend.min_idle * 1.5)
         assert await coordinator.get_record("req-1") is None
 
+    @pytest.mark.parametrize("ttl", [float("nan"), float("inf")])
+    async def test_a_ttl_that_is_not_a_finite_number_is_refused(self, backend: Backend, ttl: float) -> None:
+        """NaN compares false with everything: a lease with it would never expire in memory, and
+        Redis cannot take it as milliseconds."""
+        coordinator = await self.coordinator(backend)
+        record = CompletedRecord("req-1", "resp-1", "completed", None, None, 0.0)
+        lease = await coordinator.acquire("held", ttl=60)
+        assert lease is not None
+        calls = [
+            coordinator.acquire("s", ttl),
+            coordinator.renew(lease, ttl),
+            coordinator.request_cancel("r", ttl),
+            coordinator.set_record(record, ttl),
+            coordinator.claim("c", ["req-2"], ttl),
+        ]
+        for call in calls:
+            with pytest.raises(
+                ConfigurationError, match=f"ttl must be a finite number of seconds > 0, got {ttl}"
+            ):
+                await call
+        assert await coordinator.holder("s") is None
+        assert await coordinator.holder("c") is None
+        assert await coordinator.cancelled(["r"]) == set()
+        assert await coordinator.get_record("req-1") is None
+
 
 class TransportOperationsContract:
     async def test_delete_and_last_entry_id(self, backend: Backend) -> None:
@@ -952,7 +994,7 @@ class CoordinatorSignalsContract:
 
     async def test_a_refused_cancellation_ttl_leaves_no_request(self, backend: Backend) -> None:
         coordinator = (await backend.transport()).coordinator()
-        with pytest.raises(ConfigurationError, match="ttl must be > 0 seconds, got 0"):
+        with pytest.raises(ConfigurationError, match="ttl must be a finite number of seconds > 0, got 0"):
             await coordinator.request_cancel("r", ttl=0)
         assert await coordinator.cancelled(["r"]) == set()
 

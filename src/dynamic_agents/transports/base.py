@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import os
 import re
 import secrets
@@ -645,6 +646,14 @@ def delivered(
         delivery_count=count,
         claim=claim,
     )
+
+
+def positive_seconds(name: str, value: float) -> float:
+    """``value`` when it is a finite number of seconds above 0, else :class:`ConfigurationError`
+    naming ``name`` (NaN compares false with everything, so ``value <= 0`` lets it through)."""
+    if not 0 < value < math.inf:
+        raise ConfigurationError(f"{name} must be a finite number of seconds > 0, got {value}")
+    return value
 
 
 def released_idle(delivery: Delivery[Any], delay: float) -> float:

@@ -36,6 +36,7 @@ from dynamic_agents.transports.base import (
     decode_entry,
     delivered,
     lease_token,
+    positive_seconds,
     record_key_of,
     released_idle,
     settle_undecodable,
@@ -445,8 +446,7 @@ class InMemoryTransport(Transport):
         self, delivery: Delivery[Any], reply: Reply, *, record_ttl: float, lease: Lease | None = None
     ) -> Completion:
         self._check_open()
-        if record_ttl <= 0:
-            raise ConfigurationError(f"record_ttl must be > 0 seconds, got {record_ttl}")
+        positive_seconds("record_ttl", record_ttl)
         record_key = self.names.completed_record(reply.event.request_id)
         lease_key = self.names.session_lease(lease.session_id) if lease is not None else None
         owned = lease is None or self.server._get(lease_key or "") == lease.token
@@ -636,6 +636,4 @@ class InMemoryCoordinator(Coordinator):
 
 
 def _check_ttl(ttl: float) -> float:
-    if ttl <= 0:
-        raise ConfigurationError(f"ttl must be > 0 seconds, got {ttl}")
-    return ttl
+    return positive_seconds("ttl", ttl)
