@@ -429,6 +429,17 @@ class TransportContract:
         assert await transport.read_stream(backend.names.dead_letters, AgentRequestEvent) == []
         assert await transport.dead_letter(owned, "owner")
 
+    async def test_dead_letter_after_the_group_was_lost_does_nothing(self, backend: Backend) -> None:
+        """The server lost the data (flushed, restarted without persistence): the entry is no
+        longer held, as keep_fresh and release report."""
+        transport = await backend.transport()
+        await published(backend, transport, request())
+        (delivery,) = await transport.read(backend.subscription(), 1)
+        await backend.forget_everything()
+        assert not await transport.dead_letter(delivery, "too late")
+        assert await transport.read_stream(backend.names.dead_letters, AgentRequestEvent) == []
+        assert await transport.keep_fresh([delivery]) == [delivery]
+
     async def test_dead_letter_of_an_answered_request_only_acks(self, backend: Backend) -> None:
         transport = await backend.transport()
         event = request()
