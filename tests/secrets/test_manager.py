@@ -244,6 +244,24 @@ async def test_malformed_references_are_refused(manager: SecretsManager, referen
         await manager.resolve(reference)
 
 
+@pytest.mark.parametrize(
+    ("reference", "shown"),
+    [  # a line of a .env file, pasted after the prefix
+        ("os.environ/OPENAI_API_KEY=sk-proj-Xq7Tsecretvalue", "'os.environ/OPENAI_API_KEY…'"),
+        ("secret:openai:api_key=sk-proj-Xq7Tsecretvalue", "'secret:openai:api_key…'"),
+        ("secret:openai:api_key sk-proj-Xq7Tsecretvalue", "'secret:openai:api_key…'"),
+        ("os.environ/OPENAI_API_KEY\tsk-proj-Xq7Tsecretvalue", "'os.environ/OPENAI_API_KEY…'"),
+    ],
+)
+async def test_a_malformed_reference_is_not_echoed_past_its_reference_part(
+    manager: SecretsManager, reference: str, shown: str
+) -> None:
+    with pytest.raises(SecretReferenceError, match="malformed") as caught:
+        await manager.resolve(reference)
+    assert "Xq7Tsecretvalue" not in str(caught.value)
+    assert shown in str(caught.value)
+
+
 async def test_missing_references_raise(manager: SecretsManager, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("UNSET_THING", raising=False)
     with pytest.raises(SecretNotFoundError, match="UNSET_THING"):
