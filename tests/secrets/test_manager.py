@@ -237,7 +237,20 @@ async def test_references(manager: SecretsManager, monkeypatch: pytest.MonkeyPat
 
 
 @pytest.mark.parametrize(
-    "reference", ["secret:openai", "secret:OpenAI:api_key", "secret::x", "os.environ/", "os.environ/1X"]
+    "reference",
+    [
+        "secret:openai",
+        "secret:OpenAI:api_key",
+        "secret::x",
+        "os.environ/",
+        "os.environ/1X",
+        # a reference in another case, or after a space: not a plain value sent as the API key
+        "Secret:openai:api_key",
+        "SECRET:openai:api_key",
+        "OS.ENVIRON/OPENAI_API_KEY",
+        " os.environ/OPENAI_API_KEY",
+        "\tsecret:openai:api_key",
+    ],
 )
 async def test_malformed_references_are_refused(manager: SecretsManager, reference: str) -> None:
     with pytest.raises(SecretReferenceError, match="malformed"):

@@ -75,7 +75,8 @@ def parse_reference(text: str) -> SecretReference | EnvReference | None:
     """The reference ``text`` stands for, or ``None`` for a plain value.
 
     Text that starts like a reference but is malformed raises :class:`SecretReferenceError` (a
-    typo must not silently become a plain value sent as an API key). Results are cached (they are
+    typo must not silently become a plain value sent as an API key): also a prefix in another case
+    (``Secret:``, ``OS.ENVIRON/``) or after leading spaces. Results are cached (they are
     immutable; errors are not cached).
     """
     if text.startswith(SECRET_PREFIX):
@@ -94,6 +95,14 @@ def parse_reference(text: str) -> SecretReference | EnvReference | None:
                 "with NAME a variable name (letters, digits, '_')"
             )
         return EnvReference(match["variable"])
+    stripped = text.lstrip()
+    for prefix in (SECRET_PREFIX, ENV_PREFIX):  # a typo of a reference, not a value to send as a key
+        if stripped[: len(prefix)].lower() == prefix:
+            spaces = " after leading spaces" if len(stripped) < len(text) else ""
+            raise SecretReferenceError(
+                f"malformed reference: it starts with {stripped[: len(prefix)]!r}{spaces}; a reference "
+                f"starts with {prefix!r} exactly, in lower case, at the very start"
+            )
     return None
 
 
