@@ -83,7 +83,11 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        self._wait_ready()
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.kill()  # not ready in time (or interrupted): never leave a server behind
+            raise
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + _START_DEADLINE
@@ -134,7 +138,11 @@ class RedisServer:
         shutil.rmtree(self.directory, ignore_errors=True)
 
     def __enter__(self) -> RedisServer:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.stop()  # ``with`` calls no __exit__ when __enter__ fails: remove the directory here
+            raise
         return self
 
     def __exit__(
