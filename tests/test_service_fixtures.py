@@ -106,6 +106,43 @@ def test_a_redis_server_that_fails_to_start_leaves_no_process_or_directory(
     assert not server.directory.exists()
 
 
+@pytest.mark.redis_server
+def test_a_restart_on_a_port_taken_meanwhile_is_not_mistaken_for_ready() -> None:
+    """Between ``kill()`` and ``start()`` another process can take the port (``free_port()`` only
+    found it free once): the new server cannot bind and exits, and whatever answers there is not
+    it."""
+    import socket
+    import threading
+
+    from dynamic_agents.exceptions import TransportError
+
+    with RedisServer(durable=False) as server:
+        server.kill()
+        squatter = socket.create_server(("127.0.0.1", server.port))
+        stop = threading.Event()
+
+        def answer_pong() -> None:
+            squatter.settimeout(0.05)
+            while not stop.is_set():
+                try:
+                    connection, _ = squatter.accept()
+                except TimeoutError:
+                    continue
+                with connection:
+                    connection.recv(1024)
+                    connection.sendall(b"+PONG\r\n")
+
+        thread = threading.Thread(target=answer_pong)
+        thread.start()
+        try:
+            with pytest.raises(TransportError, match="exited"):
+                server.start()
+        finally:
+            stop.set()
+            thread.join()
+            squatter.close()
+
+
 def _run_redis_test_without_redis(require: bool) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
     env.pop("DYNAMIC_AGENTS_REQUIRE_SERVICES", None)
