@@ -733,6 +733,24 @@ class TransportContract:
         assert [e.event.request_id for e in later] == ["r2"]
         assert await transport.read_stream(replies, AgentResponseEvent, after=later[0].entry_id) == []
 
+    async def test_read_stream_after_dollar_sees_only_what_comes_next(self, backend: Backend) -> None:
+        """``$`` (Redis's "the newest id now") works without a group too: ``after="$"`` with
+        ``block`` waits for the next entry; without ``block`` there is nothing after it."""
+        transport, producer = await backend.transport(), await backend.transport()
+        replies = backend.names.responses("slack", "C3")
+        await producer.publish(replies, AgentResponseEvent(request_id="old"))
+        assert await transport.read_stream(replies, AgentResponseEvent, after="$") == []
+        reading = asyncio.create_task(
+            transport.read_stream(replies, AgentResponseEvent, after="$", block=10.0)
+        )
+        async with asyncio.timeout(10.0):
+            while not reading.done():  # until the read, wherever it got to, sees one
+                await producer.publish(replies, AgentResponseEvent(request_id="new"))
+                await asyncio.sleep(0.01)
+        entries = reading.result()
+        assert entries
+        assert {e.event.request_id for e in entries} == {"new"}
+
     async def test_publish_with_maxlen_and_expire(self, backend: Backend) -> None:
         transport = await backend.transport()
         replies = backend.names.responses("slack", "C2")

@@ -510,7 +510,8 @@ class Transport(_AsyncResource):
         block: float | None = None,
     ) -> list[Entry[E]]:
         """Entries after id ``after`` without a group (replies, dead letters); waits up to ``block``
-        seconds for one when there are none (``None``: do not wait)."""
+        seconds for one when there are none (``None``: do not wait). ``after="$"``: after the
+        stream's newest entry when the call starts, as Redis ``XREAD``."""
 
     async def read_entry(self, stream: str, entry_id: str, model: type[E]) -> Entry[E] | None:
         """The entry ``entry_id`` of ``stream`` (read without a group), or ``None`` when the stream

@@ -507,7 +507,11 @@ class InMemoryTransport(Transport):
         block: float | None = None,
     ) -> list[Entry[E]]:
         self._check_open()
-        start = parse_id(after)
+        if after == "$":  # as XREAD: the newest id when the call starts
+            data = self.server._stream(stream)
+            start = data.last_id if data is not None else (0, 0)
+        else:
+            start = parse_id(after)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (block or 0.0)
         while True:
