@@ -88,6 +88,61 @@ def test_a_redis_server_that_is_not_durable_keeps_nothing_on_disk() -> None:
     assert not directory.exists()
 
 
+@pytest.mark.redis_server
+def test_a_redis_server_that_fails_to_start_leaves_no_process_or_directory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Started, but not ready in time (a slow machine): ``with`` never reaches ``__exit__``, so
+    the failed start must clean up itself — a redis-server left running outlives the test run."""
+    from dynamic_agents.exceptions import TransportError
+    from dynamic_agents.testing import redis_server
+
+    monkeypatch.setattr(redis_server, "_START_DEADLINE", 0.0)
+    server = RedisServer(durable=False)
+    with pytest.raises(TransportError, match="did not answer"), server:
+        pass
+    assert server.process is not None
+    assert server.process.poll() is not None  # not running any more
+    assert not server.directory.exists()
+
+
+@pytest.mark.redis_server
+def test_a_restart_on_a_port_taken_meanwhile_is_not_mistaken_for_ready() -> None:
+    """Between ``kill()`` and ``start()`` another process can take the port (``free_port()`` only
+    found it free once): the new server cannot bind and exits, and whatever answers there is not
+    it."""
+    import socket
+    import threading
+
+    from dynamic_agents.exceptions import TransportError
+
+    with RedisServer(durable=False) as server:
+        server.kill()
+        squatter = socket.create_server(("127.0.0.1", server.port))
+        stop = threading.Event()
+
+        def answer_pong() -> None:
+            squatter.settimeout(0.05)
+            while not stop.is_set():
+                try:
+                    connection, _ = squatter.accept()
+                except TimeoutError:
+                    continue
+                with connection:
+                    connection.recv(1024)
+                    connection.sendall(b"+PONG\r\n")
+
+        thread = threading.Thread(target=answer_pong)
+        thread.start()
+        try:
+            with pytest.raises(TransportError, match="exited"):
+                server.start()
+        finally:
+            stop.set()
+            thread.join()
+            squatter.close()
+
+
 def _run_redis_test_without_redis(require: bool) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
     env.pop("DYNAMIC_AGENTS_REQUIRE_SERVICES", None)

@@ -237,11 +237,42 @@ async def test_references(manager: SecretsManager, monkeypatch: pytest.MonkeyPat
 
 
 @pytest.mark.parametrize(
-    "reference", ["secret:openai", "secret:OpenAI:api_key", "secret::x", "os.environ/", "os.environ/1X"]
+    "reference",
+    [
+        "secret:openai",
+        "secret:OpenAI:api_key",
+        "secret::x",
+        "os.environ/",
+        "os.environ/1X",
+        # a reference in another case, or after a space: not a plain value sent as the API key
+        "Secret:openai:api_key",
+        "SECRET:openai:api_key",
+        "OS.ENVIRON/OPENAI_API_KEY",
+        " os.environ/OPENAI_API_KEY",
+        "\tsecret:openai:api_key",
+    ],
 )
 async def test_malformed_references_are_refused(manager: SecretsManager, reference: str) -> None:
     with pytest.raises(SecretReferenceError, match="malformed"):
         await manager.resolve(reference)
+
+
+@pytest.mark.parametrize(
+    ("reference", "shown"),
+    [  # a line of a .env file, pasted after the prefix
+        ("os.environ/OPENAI_API_KEY=sk-proj-Xq7Tsecretvalue", "'os.environ/OPENAI_API_KEY…'"),
+        ("secret:openai:api_key=sk-proj-Xq7Tsecretvalue", "'secret:openai:api_key…'"),
+        ("secret:openai:api_key sk-proj-Xq7Tsecretvalue", "'secret:openai:api_key…'"),
+        ("os.environ/OPENAI_API_KEY\tsk-proj-Xq7Tsecretvalue", "'os.environ/OPENAI_API_KEY…'"),
+    ],
+)
+async def test_a_malformed_reference_is_not_echoed_past_its_reference_part(
+    manager: SecretsManager, reference: str, shown: str
+) -> None:
+    with pytest.raises(SecretReferenceError, match="malformed") as caught:
+        await manager.resolve(reference)
+    assert "Xq7Tsecretvalue" not in str(caught.value)
+    assert shown in str(caught.value)
 
 
 async def test_missing_references_raise(manager: SecretsManager, monkeypatch: pytest.MonkeyPatch) -> None:

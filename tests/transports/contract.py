@@ -356,6 +356,36 @@ class TransportContract:
         await backend.advance(backend.min_idle * 1.5)
         assert await transport.coordinator().get_record(event.id) is None
 
+    async def test_complete_refuses_a_record_ttl_that_is_not_positive(self, backend: Backend) -> None:
+        transport = await backend.transport()
+        event = request()
+        await published(backend, transport, event)
+        (delivery,) = await transport.read(backend.subscription(), 1)
+        reply_stream = backend.names.responses("discord", "42")
+        for ttl in (0, -1.5):
+            with pytest.raises(
+                ConfigurationError, match=f"record_ttl must be a finite number of seconds > 0, got {ttl}"
+            ):
+                await transport.complete(delivery, Reply(response_to(event), reply_stream), record_ttl=ttl)
+        assert await transport.read_stream(reply_stream, AgentResponseEvent) == []
+        assert await transport.coordinator().get_record(event.id) is None
+        assert len(await transport.pending(backend.stream(), "workers")) == 1
+
+    @pytest.mark.parametrize("ttl", [float("nan"), float("inf")])
+    async def test_complete_refuses_a_record_ttl_that_is_not_finite(
+        self, backend: Backend, ttl: float
+    ) -> None:
+        transport = await backend.transport()
+        event = request()
+        await published(backend, transport, event)
+        (delivery,) = await transport.read(backend.subscription(), 1)
+        with pytest.raises(
+            ConfigurationError, match=f"record_ttl must be a finite number of seconds > 0, got {ttl}"
+        ):
+            await transport.complete(delivery, Reply(response_to(event), None), record_ttl=ttl)
+        assert await transport.coordinator().get_record(event.id) is None
+        assert len(await transport.pending(backend.stream(), "workers")) == 1
+
     # -- dead letters ---------------------------------------------------------------------------
 
     async def test_dead_letter_writes_entry_reply_and_ack(self, backend: Backend) -> None:
@@ -398,6 +428,17 @@ class TransportContract:
         assert not await transport.dead_letter(stale, "stale view")
         assert await transport.read_stream(backend.names.dead_letters, AgentRequestEvent) == []
         assert await transport.dead_letter(owned, "owner")
+
+    async def test_dead_letter_after_the_group_was_lost_does_nothing(self, backend: Backend) -> None:
+        """The server lost the data (flushed, restarted without persistence): the entry is no
+        longer held, as keep_fresh and release report."""
+        transport = await backend.transport()
+        await published(backend, transport, request())
+        (delivery,) = await transport.read(backend.subscription(), 1)
+        await backend.forget_everything()
+        assert not await transport.dead_letter(delivery, "too late")
+        assert await transport.read_stream(backend.names.dead_letters, AgentRequestEvent) == []
+        assert await transport.keep_fresh([delivery]) == [delivery]
 
     async def test_dead_letter_of_an_answered_request_only_acks(self, backend: Backend) -> None:
         transport = await backend.transport()
@@ -692,6 +733,24 @@ class TransportContract:
         assert [e.event.request_id for e in later] == ["r2"]
         assert await transport.read_stream(replies, AgentResponseEvent, after=later[0].entry_id) == []
 
+    async def test_read_stream_after_dollar_sees_only_what_comes_next(self, backend: Backend) -> None:
+        """``$`` (Redis's "the newest id now") works without a group too: ``after="$"`` with
+        ``block`` waits for the next entry; without ``block`` there is nothing after it."""
+        transport, producer = await backend.transport(), await backend.transport()
+        replies = backend.names.responses("slack", "C3")
+        await producer.publish(replies, AgentResponseEvent(request_id="old"))
+        assert await transport.read_stream(replies, AgentResponseEvent, after="$") == []
+        reading = asyncio.create_task(
+            transport.read_stream(replies, AgentResponseEvent, after="$", block=10.0)
+        )
+        async with asyncio.timeout(10.0):
+            while not reading.done():  # until the read, wherever it got to, sees one
+                await producer.publish(replies, AgentResponseEvent(request_id="new"))
+                await asyncio.sleep(0.01)
+        entries = reading.result()
+        assert entries
+        assert {e.event.request_id for e in entries} == {"new"}
+
     async def test_publish_with_maxlen_and_expire(self, backend: Backend) -> None:
         transport = await backend.transport()
         replies = backend.names.responses("slack", "C2")
@@ -778,6 +837,31 @@ class CoordinatorContract:
         )
         assert await coordinator.get_record("req-1") == record
         await backend.advance(backend.min_idle * 1.5)
+        assert await coordinator.get_record("req-1") is None
+
+    @pytest.mark.parametrize("ttl", [float("nan"), float("inf")])
+    async def test_a_ttl_that_is_not_a_finite_number_is_refused(self, backend: Backend, ttl: float) -> None:
+        """NaN compares false with everything: a lease with it would never expire in memory, and
+        Redis cannot take it as milliseconds."""
+        coordinator = await self.coordinator(backend)
+        record = CompletedRecord("req-1", "resp-1", "completed", None, None, 0.0)
+        lease = await coordinator.acquire("held", ttl=60)
+        assert lease is not None
+        calls = [
+            coordinator.acquire("s", ttl),
+            coordinator.renew(lease, ttl),
+            coordinator.request_cancel("r", ttl),
+            coordinator.set_record(record, ttl),
+            coordinator.claim("c", ["req-2"], ttl),
+        ]
+        for call in calls:
+            with pytest.raises(
+                ConfigurationError, match=f"ttl must be a finite number of seconds > 0, got {ttl}"
+            ):
+                await call
+        assert await coordinator.holder("s") is None
+        assert await coordinator.holder("c") is None
+        assert await coordinator.cancelled(["r"]) == set()
         assert await coordinator.get_record("req-1") is None
 
 
@@ -936,6 +1020,12 @@ class CoordinatorSignalsContract:
         assert await coordinator.cancelled([]) == set()
         await backend.advance(backend.min_idle * 1.5)
         assert await coordinator.cancelled(["b"]) == set()
+
+    async def test_a_refused_cancellation_ttl_leaves_no_request(self, backend: Backend) -> None:
+        coordinator = (await backend.transport()).coordinator()
+        with pytest.raises(ConfigurationError, match="ttl must be a finite number of seconds > 0, got 0"):
+            await coordinator.request_cancel("r", ttl=0)
+        assert await coordinator.cancelled(["r"]) == set()
 
     # -- claim: record, cancellation and lease in one step ----------------------------------------
 

@@ -21,7 +21,7 @@ from dynamic_agents.events import (
 )
 from dynamic_agents.execution import FunctionExecutor
 from dynamic_agents.transports import InMemoryCoordinator, InMemoryServer, InMemoryTransport, Lease
-from dynamic_agents.worker.lifecycle import EventSink
+from dynamic_agents.worker.lifecycle import EventSink, LifecyclePublisher
 from tests.worker.conftest import Backend, replies, request_event, wait_for, worker
 
 
@@ -129,6 +129,27 @@ async def test_past_max_pending_new_events_are_dropped_and_counted() -> None:
     assert sink.dropped == 2
     events = await transport.read_stream(transport.names.events, LifecycleEvent)
     assert [e.event.request_id for e in events] == ["r0", "r1", "r2"]
+
+
+async def test_a_buffered_delta_is_published_when_its_interval_ends(backend: Backend) -> None:
+    """Output coalesced within ``delta_interval`` goes out when the interval ends, not when the
+    next slice happens to come: a model that pauses (for a tool call, say) would hide it that long."""
+    transport = await backend.transport()
+    sink = EventSink(transport, maxlen=100)
+    publisher = LifecyclePublisher(sink, request_id="r", session_id="s", target=None, delta_interval=0.05)
+    await publisher.delta("Let me check")  # the first slice goes out at once
+    await publisher.delta(" the weather.")  # within the interval: buffered; nothing comes after it
+
+    async def deltas() -> list[str]:
+        await sink.flush()
+        events = [e.event for e in await transport.read_stream(backend.names.events, LifecycleEvent)]
+        return [e.content for e in events if isinstance(e, ContentDelta)]
+
+    async def both_out() -> bool:
+        return len(await deltas()) == 2
+
+    await wait_for(both_out)
+    assert await deltas() == ["Let me check", " the weather."]
 
 
 async def _answered(w: Any) -> bool:

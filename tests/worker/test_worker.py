@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import re
 import time
 from typing import Any
 
@@ -484,12 +485,35 @@ def test_record_ttl_must_outlive_redeliveries() -> None:
         ("delta_interval", -0.1),
         ("events_maxlen", 0),
         ("session_policy", "rejct"),
+        # NaN passes "<= 0": a lease, a timeout or a record that never ends
+        ("lease_ttl", float("nan")),
+        ("request_timeout", float("nan")),
+        ("record_ttl", float("nan")),
+        ("delta_interval", float("nan")),
+        ("keep_fresh_every", float("nan")),
+        ("record_ttl", float("inf")),
+        # not checked at all: replies trimmed away as written, or expiring before they are read
+        ("reply_maxlen", 0),
+        ("reply_maxlen", -5),
+        ("reply_expire", 0),
+        ("reply_expire", -1.0),
+        ("block", -1),
+        # wrong types: a bare TypeError, or accepted ("false" is a true value)
+        ("concurrency", "8"),
+        ("concurrency", 2.5),
+        ("concurrency", True),
+        ("batch_size", None),
+        ("events", "false"),
+        ("claim_on_read", "no"),
+        ("group", ""),
+        ("consumer", ""),
+        ("busy_message", None),
     ],
 )
 def test_bad_worker_settings_are_refused_naming_the_field_and_value(name: str, value: object) -> None:
     from dynamic_agents.exceptions import ConfigurationError
 
-    with pytest.raises(ConfigurationError, match=rf"{name} must .*{value!r}"):
+    with pytest.raises(ConfigurationError, match=rf"{name} must .*{re.escape(repr(value))}"):
         WorkerSettings(**{name: value})  # type: ignore[arg-type]
 
 

@@ -75,14 +75,15 @@ def parse_reference(text: str) -> SecretReference | EnvReference | None:
     """The reference ``text`` stands for, or ``None`` for a plain value.
 
     Text that starts like a reference but is malformed raises :class:`SecretReferenceError` (a
-    typo must not silently become a plain value sent as an API key). Results are cached (they are
+    typo must not silently become a plain value sent as an API key): also a prefix in another case
+    (``Secret:``, ``OS.ENVIRON/``) or after leading spaces. Results are cached (they are
     immutable; errors are not cached).
     """
     if text.startswith(SECRET_PREFIX):
         match = _SECRET_RE.match(text)
         if match is None:
             raise SecretReferenceError(
-                f"malformed secret reference {_shown(text)}: use 'secret:provider:field' or "
+                f"malformed secret reference {_shown(text, SECRET_PREFIX)}: use 'secret:provider:field' or "
                 "'secret:provider/name:field' (provider in lower case, e.g. 'secret:openai:api_key')"
             )
         return SecretReference(match["provider"], match["field"], match["name"])
@@ -90,13 +91,33 @@ def parse_reference(text: str) -> SecretReference | EnvReference | None:
         match = _ENV_RE.match(text)
         if match is None:
             raise SecretReferenceError(
-                f"malformed environment reference {_shown(text)}: use 'os.environ/NAME' with NAME a "
-                "variable name (letters, digits, '_')"
+                f"malformed environment reference {_shown(text, ENV_PREFIX)}: use 'os.environ/NAME' "
+                "with NAME a variable name (letters, digits, '_')"
             )
         return EnvReference(match["variable"])
+    stripped = text.lstrip()
+    for prefix in (SECRET_PREFIX, ENV_PREFIX):  # a typo of a reference, not a value to send as a key
+        if stripped[: len(prefix)].lower() == prefix:
+            spaces = " after leading spaces" if len(stripped) < len(text) else ""
+            raise SecretReferenceError(
+                f"malformed reference: it starts with {stripped[: len(prefix)]!r}{spaces}; a reference "
+                f"starts with {prefix!r} exactly, in lower case, at the very start"
+            )
     return None
 
 
-def _shown(text: str) -> str:
-    # A malformed reference is config text, not a secret; still, keep messages short.
-    return repr(text if len(text) <= 80 else f"{text[:77]}...")
+_SHOWN: Final = {
+    SECRET_PREFIX: re.compile(r"secret:[A-Za-z0-9_.:/-]{0,73}"),
+    ENV_PREFIX: re.compile(r"os\.environ/[A-Za-z0-9_]{0,69}"),
+}
+
+
+def _shown(text: str, prefix: str) -> str:
+    """The leading part of ``text`` made of characters a reference has, at most 80 of them. What
+    follows a stray ``=`` or space is often a value pasted with its name from a ``.env`` line —
+    a secret — so it is counted, never shown."""
+    match = _SHOWN[prefix].match(text)
+    part = match.group() if match is not None else prefix
+    if len(part) == len(text):
+        return repr(part)
+    return f"{part + '…'!r} ({len(text) - len(part)} more characters, not shown)"

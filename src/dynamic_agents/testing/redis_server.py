@@ -83,7 +83,11 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        self._wait_ready()
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.kill()  # not ready in time (or interrupted): never leave a server behind
+            raise
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + _START_DEADLINE
@@ -93,14 +97,26 @@ class RedisServer:
                 log = (self.directory / "redis.log").read_text(errors="replace")[-2000:]
                 raise TransportError(f"redis-server exited with {self.process.returncode}: {log}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), 0.2) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(64).startswith(b"+PONG"):
-                        return
+                if self._answers_as_ours():
+                    return
             except OSError:
                 pass
             time.sleep(0.02)
         raise TransportError(f"redis-server on port {self.port} did not answer within {_START_DEADLINE}s")
+
+    def _answers_as_ours(self) -> bool:
+        """Whether what answers on the port is the process started here: another one may have
+        taken the port since :func:`free_port` found it free (or since :meth:`kill`)."""
+        assert self.process is not None
+        with socket.create_connection(("127.0.0.1", self.port), 0.2) as sock:
+            sock.sendall(b"INFO server\r\n")
+            reply = b""
+            while b"\r\ntcp_port:" not in reply:  # process_id comes before it
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                reply += chunk
+        return f"\r\nprocess_id:{self.process.pid}\r\n".encode() in reply
 
     def kill(self) -> None:
         """SIGKILL: no shutdown save, like a crash."""
@@ -134,7 +150,11 @@ class RedisServer:
         shutil.rmtree(self.directory, ignore_errors=True)
 
     def __enter__(self) -> RedisServer:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.stop()  # ``with`` calls no __exit__ when __enter__ fails: remove the directory here
+            raise
         return self
 
     def __exit__(

@@ -303,15 +303,17 @@ return {claimed, mget(checks)}
 # ARGV: group, entry id, consumer, n dead-letter pairs, reply maxlen or '', reply expire ms or '',
 #       check record ('1' or '0'), reply channel or '', channel payload,
 #       n dead-letter field/value pairs…, reply field/value pairs…
-# Returns {1, dead-letter id}, {0, 'not-held'} or {0, 'answered'} (then the entry is only acked).
+# Returns {1, dead-letter id}, {0, 'not-held'} (also when the group is gone) or {0, 'answered'} (then
+# the entry is only acked).
 DEAD_LETTER: Final = (
     "#!lua\n"
     + _CHECK_STREAM
     + """
 local err = check_stream(KEYS[1])
 if err then return err end
-local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
-if #p == 0 or p[1][2] ~= ARGV[3] then return {0, 'not-held'} end
+-- no such group (the data was lost: flushed, restarted): nobody holds the entry
+local p = redis.pcall('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+if p['err'] or #p == 0 or p[1][2] ~= ARGV[3] then return {0, 'not-held'} end
 if ARGV[7] == '1' and redis.call('EXISTS', KEYS[3]) == 1 then
   redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
   return {0, 'answered'}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import os
 import re
 import secrets
@@ -509,7 +510,8 @@ class Transport(_AsyncResource):
         block: float | None = None,
     ) -> list[Entry[E]]:
         """Entries after id ``after`` without a group (replies, dead letters); waits up to ``block``
-        seconds for one when there are none (``None``: do not wait)."""
+        seconds for one when there are none (``None``: do not wait). ``after="$"``: after the
+        stream's newest entry when the call starts, as Redis ``XREAD``."""
 
     async def read_entry(self, stream: str, entry_id: str, model: type[E]) -> Entry[E] | None:
         """The entry ``entry_id`` of ``stream`` (read without a group), or ``None`` when the stream
@@ -645,6 +647,14 @@ def delivered(
         delivery_count=count,
         claim=claim,
     )
+
+
+def positive_seconds(name: str, value: float) -> float:
+    """``value`` when it is a finite number of seconds above 0, else :class:`ConfigurationError`
+    naming ``name`` (NaN compares false with everything, so ``value <= 0`` lets it through)."""
+    if not 0 < value < math.inf:
+        raise ConfigurationError(f"{name} must be a finite number of seconds > 0, got {value}")
+    return value
 
 
 def released_idle(delivery: Delivery[Any], delay: float) -> float:

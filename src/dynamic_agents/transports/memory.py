@@ -36,6 +36,7 @@ from dynamic_agents.transports.base import (
     decode_entry,
     delivered,
     lease_token,
+    positive_seconds,
     record_key_of,
     released_idle,
     settle_undecodable,
@@ -445,6 +446,7 @@ class InMemoryTransport(Transport):
         self, delivery: Delivery[Any], reply: Reply, *, record_ttl: float, lease: Lease | None = None
     ) -> Completion:
         self._check_open()
+        positive_seconds("record_ttl", record_ttl)
         record_key = self.names.completed_record(reply.event.request_id)
         lease_key = self.names.session_lease(lease.session_id) if lease is not None else None
         owned = lease is None or self.server._get(lease_key or "") == lease.token
@@ -505,7 +507,11 @@ class InMemoryTransport(Transport):
         block: float | None = None,
     ) -> list[Entry[E]]:
         self._check_open()
-        start = parse_id(after)
+        if after == "$":  # as XREAD: the newest id when the call starts
+            data = self.server._stream(stream)
+            start = data.last_id if data is not None else (0, 0)
+        else:
+            start = parse_id(after)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (block or 0.0)
         while True:
@@ -597,9 +603,10 @@ class InMemoryCoordinator(Coordinator):
         return token.partition("/")[2] if isinstance(token, str) else None
 
     async def request_cancel(self, request_id: str, ttl: float = 3600.0) -> None:
+        _check_ttl(ttl)  # before the write: a refused ttl must leave no flag behind
         key = self.names.cancel_flag(request_id)
         self.server._keys[key] = "1"
-        self.server.expire(key, _check_ttl(ttl))
+        self.server.expire(key, ttl)
 
     async def cancelled(self, request_ids: Sequence[str]) -> set[str]:
         return {rid for rid in request_ids if self.server._get(self.names.cancel_flag(rid)) is not None}
@@ -633,6 +640,4 @@ class InMemoryCoordinator(Coordinator):
 
 
 def _check_ttl(ttl: float) -> float:
-    if ttl <= 0:
-        raise ConfigurationError(f"ttl must be > 0 seconds, got {ttl}")
-    return ttl
+    return positive_seconds("ttl", ttl)

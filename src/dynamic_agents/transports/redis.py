@@ -58,6 +58,7 @@ from dynamic_agents.transports.base import (
     decode_entry,
     delivered,
     lease_token,
+    positive_seconds,
     record_key_of,
     released_idle,
     settle_undecodable,
@@ -634,8 +635,7 @@ class RedisStreamsTransport(Transport):
     async def complete(
         self, delivery: Delivery[Any], reply: Reply, *, record_ttl: float, lease: Lease | None = None
     ) -> Completion:
-        if record_ttl <= 0:
-            raise ConfigurationError(f"record_ttl must be > 0 seconds, got {record_ttl}")
+        positive_seconds("record_ttl", record_ttl)
         event, completed_at = reply.event, self.clock.time()
         record_key = self.names.completed_record(event.request_id)
         lease_key = self.names.session_lease(lease.session_id) if lease is not None else record_key
@@ -1109,6 +1109,4 @@ class RedisCoordinator(Coordinator):
 
 
 def _positive(ttl: float) -> float:
-    if ttl <= 0:
-        raise ConfigurationError(f"ttl must be > 0 seconds, got {ttl}")
-    return ttl
+    return positive_seconds("ttl", ttl)

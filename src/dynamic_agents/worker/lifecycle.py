@@ -106,6 +106,7 @@ class LifecyclePublisher:
         self._buffer: list[str] = []
         self._sequence = 0
         self._last_flush = 0.0
+        self._timer: asyncio.TimerHandle | None = None  # publishes the buffer when its interval ends
 
     def _common(self) -> dict[str, object]:
         return {"request_id": self.request_id, "session_id": self.session_id, "target": self.target}
@@ -117,15 +118,27 @@ class LifecyclePublisher:
         self.sink.emit(RunStarted.model_validate({**self._common(), "delivery_count": delivery_count}))
 
     async def delta(self, content: str) -> None:
-        """Buffer a slice of output; publish at most every ``delta_interval`` seconds."""
+        """Buffer a slice of output; publish at most every ``delta_interval`` seconds, and what was
+        buffered when the interval ends (not only when the next slice comes: a model can pause
+        for a long tool call)."""
         if not content:
             return
         self._buffer.append(content)
-        now = time.monotonic()
-        if now - self._last_flush >= self.delta_interval:
+        since = time.monotonic() - self._last_flush
+        if since >= self.delta_interval:
             await self.flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(
+                self.delta_interval - since, self._publish_buffer
+            )
 
     async def flush(self) -> None:
+        self._publish_buffer()
+
+    def _publish_buffer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if not self._buffer:
             return
         content, self._buffer = "".join(self._buffer), []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import uuid
@@ -39,6 +40,31 @@ def _policy(name: str, value: object) -> SessionPolicy:
             pass
     valid = ", ".join(repr(policy.value) for policy in SessionPolicy)
     raise ConfigurationError(f"{name} must be a SessionPolicy or one of {valid}, got {value!r}")
+
+
+def _whole(name: str, value: object, *, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        alternative = " (or None)" if optional else ""
+        raise ConfigurationError(f"{name} must be a whole number > 0{alternative}, got {value!r}")
+
+
+def _seconds(name: str, value: object, *, zero: bool = False, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+        or (value == 0 and not zero)
+    ):
+        bound = ">= 0" if zero else "> 0"
+        alternative = " (or None)" if optional else ""
+        raise ConfigurationError(
+            f"{name} must be a finite number of seconds {bound}{alternative}, got {value!r}"
+        )
 
 
 def _consumer_name() -> str:
@@ -92,24 +118,25 @@ class WorkerSettings:
     busy_message: str = "Still working on your previous message; please wait for its answer."
 
     def __post_init__(self) -> None:
-        positive = (
-            "concurrency",
-            "batch_size",
-            "claim_min_idle",
-            "max_deliveries",
-            "request_timeout",
-            "lease_ttl",
-            "cancel_poll",
-            "events_maxlen",
-        )
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ConfigurationError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("lease_poll", "delta_interval"):
-            if getattr(self, name) < 0:
-                raise ConfigurationError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        if self.keep_fresh_every is not None and self.keep_fresh_every <= 0:
-            raise ConfigurationError(f"keep_fresh_every must be > 0 (or None), got {self.keep_fresh_every!r}")
+        # Types first: "8" or None would fail the comparisons below with a bare TypeError, and NaN
+        # passes every comparison (it would make a lease or a timeout that never ends).
+        for name in ("concurrency", "batch_size", "max_deliveries", "events_maxlen"):
+            _whole(name, getattr(self, name))
+        _whole("reply_maxlen", self.reply_maxlen, optional=True)
+        for name in ("claim_min_idle", "request_timeout", "record_ttl", "lease_ttl", "cancel_poll"):
+            _seconds(name, getattr(self, name))
+        for name in ("block", "lease_poll", "delta_interval"):
+            _seconds(name, getattr(self, name), zero=True)
+        for name in ("keep_fresh_every", "reply_expire"):
+            _seconds(name, getattr(self, name), optional=True)
+        for name in ("claim_on_read", "events"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigurationError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        for name in ("group", "consumer"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ConfigurationError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")
+        if not isinstance(self.busy_message, str):
+            raise ConfigurationError(f"busy_message must be a string, got {self.busy_message!r}")
         if not isinstance(self.policies, Mapping):
             raise ConfigurationError(f"policies must be a mapping of target to policy, got {self.policies!r}")
         # frozen: the policies given as text (YAML, environment) are stored as SessionPolicy

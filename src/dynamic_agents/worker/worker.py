@@ -603,9 +603,13 @@ class AgentWorker:
             await self._call_hooks("before_execute", context)
         if progress is not None:
             await progress.started(delivery.delivery_count)
-        result = await self._execute_under(
-            lease, target, event, progress.delta if progress else None, merged=batch[:-1]
-        )
+        try:
+            result = await self._execute_under(
+                lease, target, event, progress.delta if progress else None, merged=batch[:-1]
+            )
+        finally:
+            if progress is not None:  # also when cut short: nothing left waiting on a delta timer
+                await progress.flush()
         if progress is not None:
             await progress.finished(result)
         if self.hooks:
