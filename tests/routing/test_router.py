@@ -116,7 +116,7 @@ def test_explain_lists_every_rule_and_why() -> None:
         ("code", True),
         ("slack only", False),
     ]
-    assert "channel 'general' is not one of" in explanation.checks[0].reason
+    assert "channel 'general' is not among the rule's 1 channel" in explanation.checks[0].reason
     assert explanation.decision is not None
     assert explanation.decision.rule == "code"
     assert "✓ code" in str(explanation)

@@ -16,7 +16,7 @@ import functools
 import heapq
 import inspect
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Collection, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -99,9 +99,9 @@ class _CompiledRule:
         if rule.source is not None and rule.source != event.source:
             return f"source is {event.source!r}, not {rule.source!r}"
         if rule.source_ids is not None and event.source_id not in rule.source_ids:
-            return f"channel {event.source_id!r} is not one of the rule's {len(rule.source_ids)}"
+            return f"channel {event.source_id!r} is not among the rule's {_count(rule.source_ids, 'channel')}"
         if rule.user_ids is not None and event.user_id not in rule.user_ids:
-            return f"user {event.user_id!r} is not one of the rule's {len(rule.user_ids)}"
+            return f"user {event.user_id!r} is not among the rule's {_count(rule.user_ids, 'user')}"
         if rule.metadata_match and not metadata_matches(rule.metadata_match, event):
             return f"metadata does not match {dict(rule.metadata_match)!r}"
         if self.source_id_pattern is not None and not self.source_id_pattern.search(event.source_id):
@@ -296,3 +296,7 @@ def _explicit(event: AgentRequestEvent) -> RouteDecision | None:
 def _explicit_decision(attribute: str, kind: TargetType, target_id: str) -> RouteDecision:
     """One decision per explicit target (both are immutable): most requests name one of a few."""
     return RouteDecision(Target(type=kind, id=target_id), None, f"explicit {attribute} in the event")
+
+
+def _count(items: Collection[object], noun: str) -> str:
+    return f"{len(items)} {noun}" + ("" if len(items) == 1 else "s")
