@@ -591,7 +591,8 @@ async def test_content_deltas_are_streamed() -> None:
     assert "".join(deltas) == "Hello there, friend."
 
 
-async def test_tools_receive_the_request_id_to_deduplicate_side_effects() -> None:
+@pytest.mark.parametrize("kind", [TargetType.AGENT, TargetType.WORKFLOW])
+async def test_tools_receive_the_request_id_to_deduplicate_side_effects(kind: TargetType) -> None:
     seen: list[str] = []
 
     def charge_card(run_context: RunContext, amount: int) -> str:
@@ -602,8 +603,12 @@ async def test_tools_receive_the_request_id_to_deduplicate_side_effects() -> Non
     rt = runtime({"gpt": [ToolCall("charge_card", {"amount": 5}), "done"]})
     rt.registry.tool(charge_card)
     await rt.agents.create(AgentSpec.from_dict({"id": "cashier", "model": "gpt", "tools": ["charge_card"]}))
+    await rt.workflows.create(  # a workflow's steps get it too
+        WorkflowSpec.from_dict({"id": "checkout", "steps": [{"type": "agent", "agent": "cashier"}]})
+    )
+    target = Target(type=kind, id="cashier" if kind is TargetType.AGENT else "checkout")
     request = AgentRequestEvent(source="rest", source_id="c", user_id="u", content="pay")
-    result = await AgnoExecutor(rt).execute(Target(type=TargetType.AGENT, id="cashier"), request)
+    result = await AgnoExecutor(rt).execute(target, request)
     assert result.status == ResponseStatus.COMPLETED, result
     assert seen == [request.id], rt.models.models["gpt"].calls  # type: ignore[attr-defined]
 
@@ -674,26 +679,6 @@ async def test_a_workflow_past_its_timeout_runs_no_further_steps() -> None:
     assert result.status == ResponseStatus.TIMEOUT
     # agno is asked to cancel the workflow's run: it stops before the next step, within cancel_grace
     assert ran == ["slow"]
-
-
-async def test_tools_in_a_workflow_receive_the_request_id() -> None:
-    seen: list[str] = []
-
-    def charge_card(run_context: RunContext, amount: int) -> str:
-        """Charge once per request, whatever the retries."""
-        seen.append(str((run_context.metadata or {}).get("request_id")))
-        return "charged"
-
-    rt = runtime({"gpt": [ToolCall("charge_card", {"amount": 5}), "done"]})
-    rt.registry.tool(charge_card)
-    await rt.agents.create(AgentSpec.from_dict({"id": "cashier", "model": "gpt", "tools": ["charge_card"]}))
-    await rt.workflows.create(
-        WorkflowSpec.from_dict({"id": "checkout", "steps": [{"type": "agent", "agent": "cashier"}]})
-    )
-    request = AgentRequestEvent(source="rest", source_id="c", user_id="u", content="pay")
-    result = await AgnoExecutor(rt).execute(Target(type=TargetType.WORKFLOW, id="checkout"), request)
-    assert result.status == ResponseStatus.COMPLETED, result
-    assert seen == [request.id]
 
 
 async def test_toolkit_parameters_the_factory_does_not_take_are_refused_at_load() -> None:

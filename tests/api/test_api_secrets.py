@@ -179,6 +179,19 @@ def route_of(templates: list[str], method: str, path: str) -> str:
     raise AssertionError(f"no route for {method} {path}")
 
 
+async def listed_deployments(config: RouterConfig, secrets: SecretsManager) -> httpx.Response:
+    """``GET /llm/deployments`` of an API serving a router built from ``config``."""
+    router = await build_router(config, secrets)
+    try:
+        app = make_app(
+            AgentRuntime(InMemorySpecStore(), ToolRegistry(), RouterModels(router)), llm_router=router
+        )
+        async with client_for(app, AUTH) as client:
+            return await client.get(f"{V1}/llm/deployments")
+    finally:
+        await router.aclose()
+
+
 async def test_a_key_written_into_the_config_is_not_listed() -> None:
     canary = f"canary-literal-{uuid.uuid4().hex}"
     SecretValue(canary)
@@ -193,15 +206,7 @@ async def test_a_key_written_into_the_config_is_not_listed() -> None:
         }
     )
     secrets = SecretsManager(StaticSource({}))
-    router = await build_router(config, secrets)
-    try:
-        app = make_app(
-            AgentRuntime(InMemorySpecStore(), ToolRegistry(), RouterModels(router)), llm_router=router
-        )
-        async with client_for(app, AUTH) as client:
-            response = await client.get(f"{V1}/llm/deployments")
-    finally:
-        await router.aclose()
+    response = await listed_deployments(config, secrets)
     assert response.status_code == 200
     assert canary not in response.text
 
@@ -220,15 +225,7 @@ async def test_credentials_in_a_url_or_a_header_of_the_config_are_not_listed() -
     }
     config = RouterConfig.from_dict({"model_list": [{"model_name": "gpt", "litellm_params": params}]})
     secrets = SecretsManager(StaticSource({"mock": {"api_key": "mock-key-value", "team": "t1"}}))
-    router = await build_router(config, secrets)
-    try:
-        app = make_app(
-            AgentRuntime(InMemorySpecStore(), ToolRegistry(), RouterModels(router)), llm_router=router
-        )
-        async with client_for(app, AUTH) as client:
-            response = await client.get(f"{V1}/llm/deployments")
-    finally:
-        await router.aclose()
+    response = await listed_deployments(config, secrets)
     assert response.status_code == 200
     assert password not in response.text
     assert header not in response.text
