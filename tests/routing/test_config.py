@@ -134,6 +134,13 @@ def test_global_default_from_the_top_level() -> None:
             "discord.routing.rules[0]",
             "give guild_ids or metadata_match.guild_id, not both",
         ),
+        (  # an unquoted id is a number in YAML: it would never equal the event's guild id (text)
+            "discord:\n  routing:\n    rules:\n      - name: guild\n        guild_ids: [987654321]\n"
+            "        agent_id: a\n",
+            4,
+            "discord.routing.rules[0]",
+            "guild_ids must be ids as text (quote them in YAML), got [987654321]",
+        ),
         (
             "discord:\n  routing:\n    default_agent: a\n    default: {type: team, id: t}\n",
             3,

@@ -70,7 +70,13 @@ class RoutingRule(BaseModel):
             metadata = dict(data.get("metadata_match") or {})
             if "guild_id" in metadata:
                 raise ValueError("give guild_ids or metadata_match.guild_id, not both")
-            metadata["guild_id"] = data.pop("guild_ids")
+            guilds = data.pop("guild_ids")
+            # ids as text, as channel_ids and user_ids: an unquoted YAML id is a number, which the
+            # guild id an event carries (text) would never equal
+            several = isinstance(guilds, list | tuple | set | frozenset)
+            if not (isinstance(guilds, str) or (several and all(isinstance(g, str) for g in guilds))):
+                raise ValueError(f"guild_ids must be ids as text (quote them in YAML), got {guilds!r}")
+            metadata["guild_id"] = guilds
             data["metadata_match"] = metadata
         return data
 
