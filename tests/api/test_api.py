@@ -11,13 +11,21 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from dynamic_agents.agents import AgentRuntime, InMemorySpecStore, RouterModels, ToolRegistry
+from dynamic_agents.agents import (
+    AgentRuntime,
+    AgentSpec,
+    InMemorySpecStore,
+    RouterModels,
+    SpecBase,
+    SpecKind,
+    ToolRegistry,
+)
 from dynamic_agents.api import NO_AUTH, AgentsHTTPClient, create_api_router
 from dynamic_agents.api.client import ApiError
 from dynamic_agents.events import AgentRequestEvent
 from dynamic_agents.exceptions import ConfigurationError
 from dynamic_agents.secrets import SecretKey, SecretsManager, StaticSource
-from dynamic_agents.testing import InMemoryServer, InMemoryTransport, mock_llm_router
+from dynamic_agents.testing import InMemoryServer, InMemoryTransport, ScriptedModels, mock_llm_router
 from tests.api.support import (
     AUTH,
     BASE,
@@ -850,3 +858,28 @@ async def test_streaming_a_disabled_spec_is_422(stack: Stack) -> None:
     response = await stack.client.post(f"{V1}/agents/bot/execute", json={**EXECUTE, "stream": True})
     assert response.status_code == 422
     assert response.json()["detail"]["path"] == "status"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_spec_deleted_between_the_check_and_the_run_is_a_404_not_a_500(stream: bool) -> None:
+    """Another process deletes the spec while this request is being answered: the check in execute
+    finds it, the run does not."""
+
+    class Vanishing(InMemorySpecStore):
+        reads = 0
+
+        async def get(self, kind: SpecKind, spec_id: str) -> SpecBase | None:
+            self.reads += 1
+            return await super().get(kind, spec_id) if self.reads == 1 else None
+
+    store = Vanishing()
+    await store.create(AgentSpec.from_dict(AGENT))
+    runtime = AgentRuntime(store, ToolRegistry(), ScriptedModels({"gpt": ["never"]}), max_staleness=0)
+    async with client_for(make_app(runtime), AUTH) as client:
+        response = await client.post(f"{V1}/agents/bot/execute", json={**EXECUTE, "stream": stream})
+    await runtime.aclose()
+    if stream:
+        assert response.status_code == 200
+        assert 'event: error\ndata: {"detail": "no agent \'bot\'"' in response.text
+    else:
+        assert (response.status_code, response.json()["detail"]) == (404, "no agent 'bot'")

@@ -267,7 +267,7 @@ def create_api_router(  # noqa: PLR0915 - one route per statement group; kept to
             )
         try:
             result = await managed.execute(spec_id, body.input, **options)
-        except SpecValidationError as error:
+        except (SpecValidationError, SpecNotFoundError) as error:  # changed or deleted since the check
             raise _spec_error(error) from None
         payload = _result_json(result)
         if cache_key is not None:
@@ -463,8 +463,9 @@ async def _sse(
     except asyncio.CancelledError:
         task.cancel()
         raise
-    except SpecValidationError as error:  # the spec changed after the check in execute()
-        yield f"event: error\ndata: {json.dumps({'detail': str(error), 'path': error.path})}\n\n".encode()
+    except (SpecValidationError, SpecNotFoundError) as error:  # changed or deleted after the check
+        detail = {"detail": str(error), "path": getattr(error, "path", "")}
+        yield f"event: error\ndata: {json.dumps(detail)}\n\n".encode()
         return
     payload = _result_json(result)
     if cache_key is not None:
