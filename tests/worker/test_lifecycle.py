@@ -80,6 +80,23 @@ async def test_a_stuck_events_stream_does_not_hold_up_the_reply() -> None:
     ]
 
 
+async def test_stop_drops_events_the_events_stream_never_takes(caplog: pytest.LogCaptureFixture) -> None:
+    """Redis away for the events: stop() gives them its grace (at least a second), then drops them
+    instead of waiting out the transport's retries batch after batch."""
+    names = StreamNames("test")
+    transport = GatedEvents(InMemoryServer(), names)  # the gate never opens
+    await transport.publish(names.requests, request_event(names, "hello"))
+    w = worker(transport, events=True)
+    await w.__aenter__()
+    await wait_for(lambda: _answered(w))
+    with caplog.at_level(logging.WARNING, logger="dynamic_agents.worker"):
+        async with asyncio.timeout(30):  # a hang guard: before, stop() never returned
+            await w.stop(grace=0.1)
+    assert w.events.dropped == 4  # accepted, started, a delta, completed
+    assert "lifecycle events not published within 1.0 s: 4 dropped" in caplog.text
+    assert await transport.read_stream(names.events, LifecycleEvent) == []
+
+
 async def test_failures_are_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
     names = StreamNames("test")
     transport = GatedEvents(InMemoryServer(), names)

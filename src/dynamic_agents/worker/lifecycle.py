@@ -7,6 +7,7 @@ so they never hold up a request's reply; they are best effort (a failure is logg
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 from dynamic_agents._logging import get_logger
@@ -49,6 +50,7 @@ class EventSink:
         self.max_pending = max_pending
         self.dropped = 0
         self._queue: list[bytes] = []  # envelopes
+        self._writing = 0  # events in the batch being written
         self._task: asyncio.Task[None] | None = None
 
     def emit(self, event: LifecycleEvent) -> None:
@@ -72,17 +74,34 @@ class EventSink:
     async def _publish_all(self) -> None:
         while self._queue:
             batch, self._queue = self._queue, []
+            self._writing = len(batch)
             try:
                 await self.transport.publish_envelopes(self.transport.names.events, batch, maxlen=self.maxlen)
             except DynamicAgentsError as error:
                 logger.warning("could not publish %d lifecycle events: %s", len(batch), error)
             except Exception:
                 logger.exception("publishing %d lifecycle events failed", len(batch))
+            finally:
+                self._writing = 0
 
-    async def flush(self) -> None:
-        """Wait until every event emitted so far is published (or failed)."""
-        while self._task is not None and not self._task.done():
-            await asyncio.shield(self._task)
+    async def flush(self, timeout: float | None = None) -> None:
+        """Wait until every event emitted so far is published (or failed). With ``timeout``, at most
+        that long (a stopping worker, Redis away: each batch would wait out the transport's retries):
+        what is still unwritten then is dropped, counted in :attr:`dropped` and logged."""
+        try:
+            async with asyncio.timeout(timeout):
+                while self._task is not None and not self._task.done():
+                    await asyncio.shield(self._task)
+        except TimeoutError:
+            task, self._task = self._task, None
+            unwritten = len(self._queue) + self._writing
+            self._queue = []
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            self.dropped += unwritten
+            logger.warning("lifecycle events not published within %.1f s: %d dropped", timeout, unwritten)
 
 
 class LifecyclePublisher:
