@@ -751,6 +751,30 @@ class TransportContract:
         assert entries
         assert {e.event.request_id for e in entries} == {"new"}
 
+    @pytest.mark.parametrize(
+        "after", ["", "abc", " 1-0", "1_0-0", "1-0-0", "-1", "1-", "99999999999999999999999-0"]
+    )
+    async def test_read_stream_refuses_what_is_not_an_entry_id(self, backend: Backend, after: str) -> None:
+        transport = await backend.transport()
+        replies = backend.names.responses("slack", "C4")
+        await transport.publish(replies, AgentResponseEvent(request_id="r"))
+        with pytest.raises(ConfigurationError, match="is not a stream entry id"):
+            await transport.read_stream(replies, AgentResponseEvent, after=after)
+
+    async def test_read_stream_takes_an_id_without_its_sequence_and_refuses_count_0(
+        self, backend: Backend
+    ) -> None:
+        transport = await backend.transport()
+        replies = backend.names.responses("slack", "C5")
+        first = await transport.publish(replies, AgentResponseEvent(request_id="r1"))
+        await transport.publish(replies, AgentResponseEvent(request_id="r2"))
+        millis = first.split("-")[0]
+        # "ms" is "ms-0", as in XREAD: the first entry, unless it got sequence 0, is after it
+        after = await transport.read_stream(replies, AgentResponseEvent, after=millis)
+        assert [e.event.request_id for e in after][-1] == "r2"
+        with pytest.raises(ConfigurationError, match="count must be a whole number > 0"):
+            await transport.read_stream(replies, AgentResponseEvent, count=0)
+
     async def test_publish_with_maxlen_and_expire(self, backend: Backend) -> None:
         transport = await backend.transport()
         replies = backend.names.responses("slack", "C2")
@@ -863,6 +887,16 @@ class CoordinatorContract:
         assert await coordinator.holder("c") is None
         assert await coordinator.cancelled(["r"]) == set()
         assert await coordinator.get_record("req-1") is None
+
+    async def test_renewing_with_a_bad_ttl_is_refused_whoever_holds_the_lease(self, backend: Backend) -> None:
+        """The ttl is checked first: a lease this caller does not hold (any more) gets the same
+        error as one it holds, not ``False`` on one backend and an error on the other."""
+        coordinator = await self.coordinator(backend)
+        lease = await coordinator.acquire("s", ttl=60)
+        assert lease is not None
+        assert await coordinator.release(lease)
+        with pytest.raises(ConfigurationError, match="ttl must be a finite number of seconds > 0"):
+            await coordinator.renew(lease, 0)
 
 
 class TransportOperationsContract:

@@ -51,19 +51,42 @@ E = TypeVar("E", bound=WireModel)
 logger = get_logger("transports")
 
 _MAX_ID_PART: Final = 2**64 - 1
-_ENTRY_ID_RE: Final = re.compile(r"^(\d+)-(\d+)$")
+_ENTRY_ID_RE: Final = re.compile(r"([0-9]+)-([0-9]+)")
+_READ_POSITION_RE: Final = re.compile(r"([0-9]+)(?:-([0-9]+))?")
 
 
 def parse_entry_id(entry_id: str) -> tuple[int, int] | None:
     """``(milliseconds, sequence)`` of a full stream entry id (``"1700000000000-0"``), or ``None``
     if it is not one."""
-    match = _ENTRY_ID_RE.match(entry_id)
+    match = _ENTRY_ID_RE.fullmatch(entry_id)
     if match is None:
         return None
     millis, sequence = int(match[1]), int(match[2])
     if millis > _MAX_ID_PART or sequence > _MAX_ID_PART:
         return None
     return millis, sequence
+
+
+def parse_read_position(after: str) -> tuple[int, int] | None:
+    """Where ``read_stream(after=…)`` starts, as ``XREAD`` reads it: ``(milliseconds, sequence)``
+    of an entry id, ``"ms"`` being ``"ms-0"``; ``None`` for ``"$"`` (the newest entry when the
+    read starts). :class:`ConfigurationError` for anything else, on every transport alike."""
+    if after == "$":
+        return None
+    match = _READ_POSITION_RE.fullmatch(after)
+    millis, sequence = (int(match[1]), int(match[2] or 0)) if match is not None else (-1, -1)
+    if not (0 <= millis <= _MAX_ID_PART and 0 <= sequence <= _MAX_ID_PART):
+        raise ConfigurationError(
+            f"{after!r} is not a stream entry id (like '1700000000000-0', '1700000000000' or '$')"
+        )
+    return millis, sequence
+
+
+def positive_count(name: str, value: int) -> int:
+    """``value`` when it is a whole number above 0, else :class:`ConfigurationError` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"{name} must be a whole number > 0, got {value!r}")
+    return value
 
 
 DEAD_LETTER_FIELD_PREFIX: Final = "dead_letter."

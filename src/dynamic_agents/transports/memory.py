@@ -36,6 +36,8 @@ from dynamic_agents.transports.base import (
     decode_entry,
     delivered,
     lease_token,
+    parse_read_position,
+    positive_count,
     positive_seconds,
     record_key_of,
     released_idle,
@@ -67,11 +69,10 @@ class ManualClock:
 
 
 def parse_id(entry_id: str) -> StreamId:
-    millis, _, sequence = entry_id.partition("-")
-    try:
-        return int(millis), int(sequence or 0)
-    except ValueError:
-        raise ConfigurationError(f"{entry_id!r} is not a stream entry id (like '1700000000000-0')") from None
+    position = parse_read_position(entry_id) if entry_id != "$" else None
+    if position is None:
+        raise ConfigurationError(f"{entry_id!r} is not a stream entry id (like '1700000000000-0')")
+    return position
 
 
 def format_id(entry_id: StreamId) -> str:
@@ -507,11 +508,13 @@ class InMemoryTransport(Transport):
         block: float | None = None,
     ) -> list[Entry[E]]:
         self._check_open()
-        if after == "$":  # as XREAD: the newest id when the call starts
+        position = parse_read_position(after)
+        positive_count("count", count)
+        if position is None:  # "$", as XREAD: the newest id when the call starts
             data = self.server._stream(stream)
             start = data.last_id if data is not None else (0, 0)
         else:
-            start = parse_id(after)
+            start = position
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (block or 0.0)
         while True:
@@ -613,9 +616,10 @@ class InMemoryCoordinator(Coordinator):
 
     async def renew(self, lease: Lease, ttl: float | None = None) -> bool:
         key = self.names.session_lease(lease.session_id)
+        seconds = _check_ttl(ttl if ttl is not None else lease.ttl)  # first, as on Redis
         if self.server._get(key) != lease.token:
             return False
-        self.server.expire(key, _check_ttl(ttl if ttl is not None else lease.ttl))
+        self.server.expire(key, seconds)
         return True
 
     async def release(self, lease: Lease) -> bool:

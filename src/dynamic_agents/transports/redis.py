@@ -58,6 +58,8 @@ from dynamic_agents.transports.base import (
     decode_entry,
     delivered,
     lease_token,
+    parse_read_position,
+    positive_count,
     positive_seconds,
     record_key_of,
     released_idle,
@@ -685,6 +687,8 @@ class RedisStreamsTransport(Transport):
         count: int = 100,
         block: float | None = None,
     ) -> list[Entry[E]]:
+        parse_read_position(after)  # refused here as in memory, not by the server
+        positive_count("count", count)
         response = await _retrying(
             f"read {stream!r}",
             lambda: self._xread(("XREAD", "COUNT", count), block or 0.0, stream, after),
