@@ -794,6 +794,21 @@ async def test_health_is_503_when_the_transport_is_down(stack: Stack) -> None:
     assert response.json()["checks"] == {"store": True, "transport": False}
 
 
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", f"{V1}/dead-letters"),
+        ("POST", f"{V1}/dead-letters/1-0/requeue"),
+        ("DELETE", f"{V1}/dead-letters/1-0"),
+    ],
+)
+async def test_a_transport_that_fails_is_a_503_not_a_500(stack: Stack, method: str, path: str) -> None:
+    await stack.transport.aclose()  # every operation now fails with TransportError
+    response = await stack.client.request(method, path)
+    assert response.status_code == 503
+    assert response.json()["detail"].startswith("the message transport is unavailable: ")
+
+
 # -- routes whose dependency was not given ----------------------------------------------------------
 
 

@@ -13,13 +13,14 @@ import asyncio
 import dataclasses
 import inspect
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from enum import Enum
 from typing import Annotated, Any, Final
 
 from cachetools import TTLCache
 from pydantic import BaseModel, Field, JsonValue
 
+from dynamic_agents._logging import get_logger
 from dynamic_agents._redaction import MASK, REDACTOR, masked_url
 from dynamic_agents.agents.managers import SpecManager
 from dynamic_agents.agents.runtime import AgentRuntime
@@ -31,6 +32,7 @@ from dynamic_agents.exceptions import (
     SpecConflictError,
     SpecNotFoundError,
     SpecValidationError,
+    TransportError,
 )
 from dynamic_agents.execution import ExecutionResult
 from dynamic_agents.llm.config import SECRET_PARAMS
@@ -40,8 +42,9 @@ from dynamic_agents.secrets import parse_reference
 from dynamic_agents.transports import Transport
 
 try:
-    from fastapi import APIRouter, Depends, Header, HTTPException, Query, Response
+    from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
     from fastapi.responses import JSONResponse, StreamingResponse
+    from fastapi.routing import APIRoute
     from starlette.convertors import StringConvertor, register_url_convertor
 except ImportError as error:  # pragma: no cover - exercised without the extra installed
     from dynamic_agents.exceptions import MissingDependencyError
@@ -55,6 +58,26 @@ class _RequestIdConvertor(StringConvertor):
     unmatched route's 404."""
 
     regex = "[\\s\\S]+"
+
+
+logger = get_logger("api")
+
+
+class _Route(APIRoute):
+    """Every route of the API: the transport failing (Redis away) is a 503 saying so, not a 500."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def answer(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except TransportError as error:  # a DeliveryError (an unknown entry) is each route's own
+                logger.warning("%s %s: %s", request.method, request.url.path, error)
+                detail = f"the message transport is unavailable: {REDACTOR.redact(str(error))}"
+                return JSONResponse({"detail": detail}, status_code=503)
+
+        return answer
 
 
 # Starlette's convertor registry is process-wide: the name is the library's own.
@@ -154,7 +177,7 @@ def create_api_router(  # noqa: PLR0915 - one route per statement group; kept to
         if not verdict:
             raise HTTPException(401, "the token was refused", headers={"WWW-Authenticate": "Bearer"})
 
-    api = APIRouter(prefix="/api/v1", dependencies=[Depends(authorised)])
+    api = APIRouter(prefix="/api/v1", dependencies=[Depends(authorised)], route_class=_Route)
     executed: TTLCache[str, dict[str, Any]] = TTLCache(maxsize=10_000, ttl=idempotency_ttl)
 
     def manager(kind_name: str) -> SpecManager[Any]:
