@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 
 from dynamic_agents.events import AgentRequestEvent, Target, TargetType
-from dynamic_agents.exceptions import RoutingConfigError
+from dynamic_agents.exceptions import NoRouteError, RoutingConfigError
 from dynamic_agents.routing import RoutingConfig
 from dynamic_agents.secrets import SecretsManager, StaticSource
 
@@ -134,13 +134,6 @@ def test_global_default_from_the_top_level() -> None:
             "discord.routing.rules[0]",
             "give guild_ids or metadata_match.guild_id, not both",
         ),
-        (  # an unquoted id is a number in YAML: it would never equal the event's guild id (text)
-            "discord:\n  routing:\n    rules:\n      - name: guild\n        guild_ids: [987654321]\n"
-            "        agent_id: a\n",
-            4,
-            "discord.routing.rules[0]",
-            "guild_ids must be ids as text (quote them in YAML), got [987654321]",
-        ),
         (
             "discord:\n  routing:\n    default_agent: a\n    default: {type: team, id: t}\n",
             3,
@@ -222,3 +215,20 @@ def test_a_rule_name_used_twice_is_refused_at_load_naming_where(tmp_path: Path) 
     error = across.value
     assert (error.source, error.line) == (str(tmp_path / "slack.yaml"), 4)
     assert f"already used at {tmp_path / 'discord.yaml'}:4 at discord.routing.rules[0].name" in str(error)
+
+
+@pytest.mark.parametrize("written", ["[987654321]", "['987654321']", "'987654321'"])
+@pytest.mark.parametrize("sent", [987654321, "987654321"])
+def test_guild_ids_match_an_id_sent_as_text_or_as_a_number(written: str, sent: object) -> None:
+    """Platforms send guild ids as text or as numbers, and YAML reads an unquoted id as a number."""
+    yaml_text = (
+        f"discord:\n  routing:\n    rules:\n      - {{name: g, guild_ids: {written}, agent_id: guildbot}}\n"
+    )
+    router = RoutingConfig.from_yaml(yaml_text).router()
+    event = AgentRequestEvent(
+        source="discord", source_id="c", user_id="u", content="x", metadata={"guild_id": sent}
+    )
+    assert router.route(event).target_id == "guildbot"
+    other = event.model_copy(update={"metadata": {"guild_id": 98765432}})
+    with pytest.raises(NoRouteError):
+        router.route(other)

@@ -70,13 +70,7 @@ class RoutingRule(BaseModel):
             metadata = dict(data.get("metadata_match") or {})
             if "guild_id" in metadata:
                 raise ValueError("give guild_ids or metadata_match.guild_id, not both")
-            guilds = data.pop("guild_ids")
-            # ids as text, as channel_ids and user_ids: an unquoted YAML id is a number, which the
-            # guild id an event carries (text) would never equal
-            several = isinstance(guilds, list | tuple | set | frozenset)
-            if not (isinstance(guilds, str) or (several and all(isinstance(g, str) for g in guilds))):
-                raise ValueError(f"guild_ids must be ids as text (quote them in YAML), got {guilds!r}")
-            metadata["guild_id"] = guilds
+            metadata["guild_id"] = _either_type(data.pop("guild_ids"))
             data["metadata_match"] = metadata
         return data
 
@@ -115,6 +109,23 @@ class RoutingRule(BaseModel):
             raise ValueError(f"rule {self.name!r} has no condition: it would match every event")
         return self
 
+
+def _either_type(ids: Any) -> Any:
+    """Guild ids as text and as numbers: platforms send either (``"987654321"`` or ``987654321``),
+    and YAML reads an unquoted id as a number; one written either way matches both."""
+    if isinstance(ids, str | int) and not isinstance(ids, bool):
+        ids = [ids]
+    if not isinstance(ids, list | tuple | set | frozenset):
+        return ids  # not ids: the field's own validation names it
+    both: list[Any] = []
+    for item in ids:
+        forms = [item]
+        if isinstance(item, int) and not isinstance(item, bool):
+            forms.append(str(item))
+        elif isinstance(item, str) and item.isascii() and item.isdigit():
+            forms.append(int(item))
+        both += [form for form in forms if form not in both]
+    return both
 
 def metadata_matches(
     expected: Mapping[str, MetadataValue | tuple[MetadataValue, ...]], event: AgentRequestEvent
