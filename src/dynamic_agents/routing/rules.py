@@ -127,6 +127,7 @@ def _either_type(ids: Any) -> Any:
         both += [form for form in forms if form not in both]
     return both
 
+
 def metadata_matches(
     expected: Mapping[str, MetadataValue | tuple[MetadataValue, ...]], event: AgentRequestEvent
 ) -> bool:

@@ -106,16 +106,18 @@ def parse_reference(text: str) -> SecretReference | EnvReference | None:
     return None
 
 
-_SHOWN: Final = {
-    SECRET_PREFIX: re.compile(r"secret:[A-Za-z0-9_.:/-]{0,73}"),
-    ENV_PREFIX: re.compile(r"os\.environ/[A-Za-z0-9_]{0,69}"),
+_SHOWN: Final = {  # a whole reference at the start, no more: "secret:provider[/name]:field"
+    SECRET_PREFIX: re.compile(
+        r"secret:[a-z0-9][a-z0-9_.-]{0,39}(?:/[A-Za-z0-9_.-]{1,64})?:[A-Za-z0-9_.-]{1,64}"
+    ),
+    ENV_PREFIX: re.compile(r"os\.environ/[A-Za-z_][A-Za-z0-9_]{0,68}"),
 }
 
 
 def _shown(text: str, prefix: str) -> str:
-    """The leading part of ``text`` made of characters a reference has, at most 80 of them. What
-    follows a stray ``=`` or space is often a value pasted with its name from a ``.env`` line —
-    a secret — so it is counted, never shown."""
+    """The reference at the start of ``text``, if a whole one is there, else only the prefix. What
+    follows (after a stray ``=``, space or ``:``), or text in place of a reference's parts, is often
+    a value pasted with or instead of its name — a secret — so it is counted, never shown."""
     match = _SHOWN[prefix].match(text)
     part = match.group() if match is not None else prefix
     if len(part) == len(text):
