@@ -741,7 +741,7 @@ async def test_a_spec_deleted_and_created_again_elsewhere_is_used_within_the_bou
     assert "new bot" in systems[-1]
 
 
-@pytest.mark.parametrize("data", ["bm90IGJhc2U2NA", "not base64!", "aGk-_w=="])
+@pytest.mark.parametrize("data", ["bm90IGJhc2U2NA", "not base64!", "aGk-_w==", "aGVsbG8é"])
 async def test_an_attachment_that_is_not_base64_is_an_error_naming_it(data: str) -> None:
     rt = runtime({"gpt": ["unused"]})
     await rt.agents.create(AgentSpec.from_dict({"id": "eyes", "model": "gpt"}))

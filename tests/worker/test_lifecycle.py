@@ -97,6 +97,19 @@ async def test_stop_drops_events_the_events_stream_never_takes(caplog: pytest.Lo
     assert await transport.read_stream(names.events, LifecycleEvent) == []
 
 
+async def test_stop_without_a_grace_waits_for_the_runs_and_writes_the_events() -> None:
+    names = StreamNames("test")
+    transport = GatedEvents(InMemoryServer(), names)
+    transport.gate.set()
+    await transport.publish(names.requests, request_event(names, "hello"))
+    w = worker(transport, events=True)
+    await w.__aenter__()
+    await wait_for(lambda: _answered(w))
+    await w.stop(grace=None)  # however long the runs take; the events as long as they take too
+    assert w.events.dropped == 0
+    assert len(await transport.read_stream(names.events, LifecycleEvent)) == 4
+
+
 async def test_failures_are_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
     names = StreamNames("test")
     transport = GatedEvents(InMemoryServer(), names)

@@ -8,7 +8,6 @@ object gets ``telemetry=False``, the session db, and a model from the :class:`Mo
 from __future__ import annotations
 
 import base64
-import binascii
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -122,7 +121,7 @@ def _decode_base64(data: str, location: str) -> bytes:
     model corrupted bytes."""
     try:
         return base64.b64decode("".join(data.split()), validate=True)
-    except binascii.Error:
+    except ValueError:  # binascii.Error, or text that is not ASCII
         error = FieldError(location, "not valid base64 (standard alphabet, padded)")
         raise EventValidationError("AgentRequestEvent", (error,)) from None
 

@@ -213,14 +213,17 @@ class AgentWorker:
             await self._drain(None)
             await self.events.flush()
 
-    async def stop(self, grace: float = 10.0) -> None:
+    async def stop(self, grace: float | None = 10.0) -> None:
         """Stop reading; let runs in flight finish for ``grace`` seconds, then cancel the rest.
         Cancelled runs, and requests that had not started (queued behind their session's run or
         waiting for its lease), are not acked: their entries go back to the group for another
         worker. Until the runs end their leases are renewed and their entries kept fresh.
 
-        Lifecycle events not yet written get ``grace`` more seconds (at least one): with Redis away
-        they are then dropped (``events.dropped``) rather than holding up the stop.
+        ``grace=None`` waits for the runs however long they take.
+
+        Lifecycle events not yet written get ``grace`` more seconds (at least one; with ``None``, as
+        long as they take): with Redis away they are then dropped (``events.dropped``) rather than
+        holding up the stop.
 
         Cancelling the task that awaits ``stop()`` cancels it (the worker goes on stopping in the
         background, without the grace: its runs end on their own)."""
@@ -244,7 +247,7 @@ class AgentWorker:
             runner.result()  # its failure (ensure_group, say) is the caller's to see
         if runner is None and self._reading_done.is_set():
             self._stopping = False  # no run() of its own to reset it, and none is reading
-        await self.events.flush(timeout=max(grace, 1.0))
+        await self.events.flush(timeout=None if grace is None else max(grace, 1.0))
 
     async def _drain(self, grace: float | None) -> None:
         if not self._tasks:
