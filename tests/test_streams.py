@@ -13,6 +13,15 @@ def test_default_names_match_the_seed() -> None:
     assert names.responses("discord", "123456789") == "agent:responses:discord:123456789"
 
 
+def test_a_reply_stream_reads_its_source_as_events_do() -> None:
+    """Events lower-case their source, so every builder of a reply stream name must too: a
+    consumer asking for "Discord" reads the stream a request from "Discord" is answered on."""
+    names = StreamNames()
+    assert (
+        names.responses("Discord", "C1") == names.responses("discord", "C1") == "agent:responses:discord:C1"
+    )
+
+
 def test_hash_tagged_prefix_puts_every_key_in_one_slot() -> None:
     names = StreamNames("{agents}")
     keys = [

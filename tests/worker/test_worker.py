@@ -517,6 +517,15 @@ def test_bad_worker_settings_are_refused_naming_the_field_and_value(name: str, v
         WorkerSettings(**{name: value})  # type: ignore[arg-type]
 
 
+def test_whole_number_settings_take_a_float_that_is_one() -> None:
+    """``5.0`` (from a JSON or YAML config, say) is 5, kept as an int."""
+    settings = WorkerSettings(max_deliveries=5.0, concurrency=16.0, reply_maxlen=100.0)  # type: ignore[arg-type]
+    assert (settings.max_deliveries, settings.concurrency, settings.reply_maxlen) == (5, 16, 100)
+    assert all(
+        isinstance(v, int) for v in (settings.max_deliveries, settings.concurrency, settings.reply_maxlen)
+    )
+
+
 def test_an_unknown_policy_for_a_target_is_refused_with_what_is_valid() -> None:
     from dynamic_agents.exceptions import ConfigurationError
 

@@ -72,9 +72,10 @@ class StreamNames:
         return f"{self.prefix}:requests:dead"
 
     def responses(self, source: str, source_id: str) -> str:
-        """The reply stream of one platform channel."""
+        """The reply stream of one platform channel; the source in lower case, as events read it
+        (``"Discord"`` is ``"discord"``), the channel id as given."""
         return (
-            f"{self.prefix}:responses:{_checked_part('source', source)}:"
+            f"{self.prefix}:responses:{_checked_part('source', source.strip().lower())}:"
             f"{_checked_part('source_id', source_id)}"
         )
 

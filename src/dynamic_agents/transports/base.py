@@ -534,9 +534,9 @@ class Transport(_AsyncResource):
     ) -> list[Entry[E]]:
         """At most ``count`` (> 0) entries after id ``after`` without a group (replies, dead
         letters); waits up to ``block`` seconds for one when there are none (``None``: do not
-        wait). As Redis ``XREAD`` reads it, ``after="$"`` is after the stream's newest entry when
+        wait). As Redis ``XREAD`` reads them, ``after="$"`` is after the stream's newest entry when
         the call starts, and ``"1700000000000"`` is ``"1700000000000-0"``; anything else that is
-        not an entry id is a :class:`ConfigurationError`."""
+        not an entry id (Redis 7.4's ``"+"`` included) is a :class:`ConfigurationError`."""
 
     async def read_entry(self, stream: str, entry_id: str, model: type[E]) -> Entry[E] | None:
         """The entry ``entry_id`` of ``stream`` (read without a group), or ``None`` when the stream

@@ -48,8 +48,8 @@ class RunContext:
     target: Target
     delivery_count: int
     entry_id: str
-    stream: str = ""
     state: dict[str, Any] = field(default_factory=dict)
+    stream: str = ""  # last: a RunContext built with positional arguments before it came keeps working
 
 
 class WorkerHooks(Protocol):

@@ -42,12 +42,16 @@ def _policy(name: str, value: object) -> SessionPolicy:
     raise ConfigurationError(f"{name} must be a SessionPolicy or one of {valid}, got {value!r}")
 
 
-def _whole(name: str, value: object, *, optional: bool = False) -> None:
+def _whole(name: str, value: object, *, optional: bool = False) -> int | None:
+    """``value`` as an int (``5.0`` is 5), when it is a whole number > 0 (or ``None`` if optional)."""
     if value is None and optional:
-        return
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         alternative = " (or None)" if optional else ""
         raise ConfigurationError(f"{name} must be a whole number > 0{alternative}, got {value!r}")
+    return value
 
 
 def _seconds(name: str, value: object, *, zero: bool = False, optional: bool = False) -> None:
@@ -121,8 +125,8 @@ class WorkerSettings:
         # Types first: "8" or None would fail the comparisons below with a bare TypeError, and NaN
         # passes every comparison (it would make a lease or a timeout that never ends).
         for name in ("concurrency", "batch_size", "max_deliveries", "events_maxlen"):
-            _whole(name, getattr(self, name))
-        _whole("reply_maxlen", self.reply_maxlen, optional=True)
+            object.__setattr__(self, name, _whole(name, getattr(self, name)))  # frozen: 5.0 kept as 5
+        object.__setattr__(self, "reply_maxlen", _whole("reply_maxlen", self.reply_maxlen, optional=True))
         for name in ("claim_min_idle", "request_timeout", "record_ttl", "lease_ttl", "cancel_poll"):
             _seconds(name, getattr(self, name))
         for name in ("block", "lease_poll", "delta_interval"):

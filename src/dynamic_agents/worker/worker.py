@@ -591,7 +591,7 @@ class AgentWorker:
         delivery = batch[-1]
         event = _merged(batch)
         context = (
-            RunContext(event, target, delivery.delivery_count, delivery.entry_id, delivery.stream)
+            RunContext(event, target, delivery.delivery_count, delivery.entry_id, stream=delivery.stream)
             if self.hooks
             else None
         )
