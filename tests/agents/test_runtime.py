@@ -591,6 +591,23 @@ async def test_content_deltas_are_streamed() -> None:
     assert "".join(deltas) == "Hello there, friend."
 
 
+@pytest.mark.parametrize("db", [False, True])
+async def test_a_streamed_run_whose_model_fails_is_an_error(tmp_path: Path, db: bool) -> None:
+    """As without streaming: not a completed run whose content is the error's text."""
+    sessions = session_db(f"sqlite:///{tmp_path / 'sessions.db'}") if db else None
+    rt = runtime({"gpt": [RuntimeError("provider down")] * 2}, db=sessions)
+    await rt.agents.create(AgentSpec.from_dict({"id": "talker", "model": "gpt"}))
+    deltas: list[str] = []
+
+    async def collect(delta: str) -> None:
+        deltas.append(delta)
+
+    result = await rt.agents.execute("talker", "hi", session_id="s", on_delta=collect)
+    assert (result.status, result.content) == (ResponseStatus.ERROR, "")
+    assert result.error_message is not None
+    assert "provider down" in result.error_message
+
+
 @pytest.mark.parametrize("kind", [TargetType.AGENT, TargetType.WORKFLOW])
 async def test_tools_receive_the_request_id_to_deduplicate_side_effects(kind: TargetType) -> None:
     seen: list[str] = []

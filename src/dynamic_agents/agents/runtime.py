@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from pydantic import BaseModel, JsonValue
 
@@ -283,10 +283,18 @@ def _ms_since(started: float) -> int:
 
 
 _STATUS = {"COMPLETED": ResponseStatus.COMPLETED, "CANCELLED": ResponseStatus.CANCELLED}
+_FINAL_EVENT_STATUS: Final = {  # a streamed run without a db ends with its final event, which has no status
+    "RunError": "ERROR",
+    "TeamRunError": "ERROR",
+    "RunCancelled": "CANCELLED",
+    "TeamRunCancelled": "CANCELLED",
+}
 
 
 def _result(output: Any, started: float, name: str) -> ExecutionResult:
     status_name = str(getattr(getattr(output, "status", None), "value", getattr(output, "status", "")) or "")
+    if not status_name:
+        status_name = _FINAL_EVENT_STATUS.get(str(getattr(output, "event", "")), "")
     status = _STATUS.get(
         status_name.upper(), ResponseStatus.ERROR if status_name else ResponseStatus.COMPLETED
     )
