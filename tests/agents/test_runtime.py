@@ -71,6 +71,13 @@ def registry() -> ToolRegistry:
 _RUNTIMES: list[AgentRuntime] = []
 
 
+class Deltas(list[str]):
+    """An ``on_delta`` callback that keeps what it is given."""
+
+    async def __call__(self, delta: str) -> None:
+        self.append(delta)
+
+
 def runtime(scripts: dict[str, list[Any]], *, store: SpecStore | None = None, db: Any = None) -> AgentRuntime:
     built = AgentRuntime(store or InMemorySpecStore(), registry(), ScriptedModels(scripts), db=db)
     _RUNTIMES.append(built)
@@ -579,12 +586,8 @@ async def test_content_deltas_are_streamed() -> None:
     )
     _RUNTIMES.append(rt)
     await rt.agents.create(AgentSpec.from_dict({"id": "talker", "model": "gpt"}))
-    deltas: list[str] = []
-
-    async def collect(delta: str) -> None:
-        deltas.append(delta)
-
-    result = await rt.agents.execute("talker", "hi", session_id="stream", on_delta=collect)
+    deltas = Deltas()
+    result = await rt.agents.execute("talker", "hi", session_id="stream", on_delta=deltas)
     assert result.status == ResponseStatus.COMPLETED
     assert result.content == "Hello there, friend."
     assert len(deltas) > 1
@@ -597,12 +600,9 @@ async def test_a_streamed_run_whose_model_fails_is_an_error(tmp_path: Path, db: 
     sessions = session_db(f"sqlite:///{tmp_path / 'sessions.db'}") if db else None
     rt = runtime({"gpt": [RuntimeError("provider down")] * 2}, db=sessions)
     await rt.agents.create(AgentSpec.from_dict({"id": "talker", "model": "gpt"}))
-    deltas: list[str] = []
-
-    async def collect(delta: str) -> None:
-        deltas.append(delta)
-
-    result = await rt.agents.execute("talker", "hi", session_id="s", on_delta=collect)
+    deltas = Deltas()
+    result = await rt.agents.execute("talker", "hi", session_id="s", on_delta=deltas)
+    assert deltas == []  # the error is no content
     assert (result.status, result.content) == (ResponseStatus.ERROR, "")
     assert result.error_message is not None
     assert "provider down" in result.error_message
@@ -722,12 +722,8 @@ async def test_a_team_streams_its_own_reply_not_its_members_work() -> None:
     _RUNTIMES.append(rt)
     await rt.agents.create(AgentSpec.from_dict({"id": "researcher", "model": "member"}))
     await rt.teams.create(TeamSpec.from_dict({"id": "crew", "members": ["researcher"], "model": "leader"}))
-    deltas: list[str] = []
-
-    async def collect(delta: str) -> None:
-        deltas.append(delta)
-
-    result = await rt.teams.execute("crew", "What colour is the sky?", session_id="s", on_delta=collect)
+    deltas = Deltas()
+    result = await rt.teams.execute("crew", "What colour is the sky?", session_id="s", on_delta=deltas)
     assert result.status == ResponseStatus.COMPLETED
     assert result.content == "Leader: the sky is blue."
     assert "".join(deltas) == result.content

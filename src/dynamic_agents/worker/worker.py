@@ -758,26 +758,15 @@ class AgentWorker:
         *,
         lease: Lease | None = None,
     ) -> Completion:
-        reply = self._reply(delivery, result.to_response(event, target))
-        if self.hooks:
-            reply = await self._reply_with_hook_headers(delivery, reply)
-        self._let_go(delivery)
         try:
-            completion = await self.transport.complete(
-                delivery, reply, record_ttl=self.settings.record_ttl, lease=lease
-            )
+            completion = await self._complete(delivery, event, target, result, lease)
         except EventTooLargeError as error:  # encoded before anything is written: nothing was
             # The same on every delivery: an error reply now (under the same lease), not a retry.
             logger.warning(
                 "the reply to %s is too large to send (%s); answering with an error", event.id, error
             )
             result = _error(f"the reply could not be sent: {error}")
-            reply = self._reply(delivery, result.to_response(event, target))
-            if self.hooks:
-                reply = await self._reply_with_hook_headers(delivery, reply)
-            completion = await self.transport.complete(
-                delivery, reply, record_ttl=self.settings.record_ttl, lease=lease
-            )
+            completion = await self._complete(delivery, event, target, result, lease)
         if not completion.created:
             self.stats.duplicates += 1
         elif result.ok:
@@ -788,6 +777,23 @@ class AgentWorker:
         if self.hooks:
             await self._call_hooks("after_respond", delivery, result, completion)
         return completion
+
+    async def _complete(
+        self,
+        delivery: Delivery[AgentRequestEvent],
+        event: AgentRequestEvent,
+        target: Target | None,
+        result: ExecutionResult,
+        lease: Lease | None,
+    ) -> Completion:
+        """Write ``result`` as the reply (with the headers hooks add) and ack the entry."""
+        reply = self._reply(delivery, result.to_response(event, target))
+        if self.hooks:
+            reply = await self._reply_with_hook_headers(delivery, reply)
+        self._let_go(delivery)
+        return await self.transport.complete(
+            delivery, reply, record_ttl=self.settings.record_ttl, lease=lease
+        )
 
     def _let_go(self, delivery: Delivery[AgentRequestEvent]) -> None:
         """Stop keeping an entry fresh just before the call that acks it: while that call runs, the
