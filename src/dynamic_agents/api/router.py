@@ -60,6 +60,10 @@ class _RequestIdConvertor(StringConvertor):
     regex = "[\\s\\S]+"
 
 
+# Starlette's convertor registry is process-wide: the name is the library's own.
+register_url_convertor("dynamic_agents_request_id", _RequestIdConvertor())
+
+
 logger = get_logger("api")
 
 
@@ -79,9 +83,6 @@ class _Route(APIRoute):
 
         return answer
 
-
-# Starlette's convertor registry is process-wide: the name is the library's own.
-register_url_convertor("dynamic_agents_request_id", _RequestIdConvertor())
 
 __all__ = ["NO_AUTH", "TokenVerifier", "create_api_router"]
 
