@@ -514,6 +514,100 @@ async def test_idempotency_keys_are_per_target(stack: Stack) -> None:
     assert (one.json()["content"], two.json()["content"]) == ("first reply", "second reply")
 
 
+async def test_an_idempotency_key_reused_for_another_request_is_422(stack: Stack) -> None:
+    """The key names one request: the same key with another input (or session) is a client error,
+    not the first request's result passed off as the answer to the second."""
+    await stack.client.post(f"{V1}/agents", json=AGENT)
+    key = {"Idempotency-Key": "order-7"}
+    first = await stack.client.post(f"{V1}/agents/bot/execute", json=EXECUTE, headers=key)
+    for other in ({**EXECUTE, "input": "something else"}, {**EXECUTE, "session_id": "s2"}):
+        reused = await stack.client.post(f"{V1}/agents/bot/execute", json=other, headers=key)
+        assert reused.status_code == 422
+        assert reused.json()["detail"] == (
+            "Idempotency-Key 'order-7' was used for another request (a different body); "
+            "send a new key for a new request"
+        )
+    assert stack.models.models["gpt"].remaining == 1  # neither ran
+    # the same body again, written in another key order and asking for a stream: still the same request
+    same = {"session_id": "s1", "stream": True, "input": "hi"}
+    again = await stack.client.post(f"{V1}/agents/bot/execute", json=same, headers=key)
+    assert sse_events(again.text) == [("result", first.json())]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_retry_while_the_first_request_runs_is_409_and_runs_nothing(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, stream: bool
+) -> None:
+    """Two requests with one key at once must not both run (a doubled agent run, doubled side
+    effects): the second is told the first is still running; once it is done, a retry gets its result."""
+    await stack.client.post(f"{V1}/agents", json=AGENT)
+    gate, entered = asyncio.Event(), asyncio.Event()
+    execute = stack.runtime.agents.execute
+
+    async def held(*args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        await gate.wait()
+        return await execute(*args, **kwargs)
+
+    monkeypatch.setattr(stack.runtime.agents, "execute", held)
+    key = {"Idempotency-Key": "once"}
+    body = {**EXECUTE, "stream": stream}
+    first = asyncio.create_task(stack.client.post(f"{V1}/agents/bot/execute", json=body, headers=key))
+    await asyncio.wait_for(entered.wait(), 5)
+    second = await stack.client.post(f"{V1}/agents/bot/execute", json=EXECUTE, headers=key)
+    assert second.status_code == 409
+    assert second.json()["detail"] == (
+        "a request with Idempotency-Key 'once' is still running; retry when it has finished"
+    )
+    other = await stack.client.post(f"{V1}/agents/bot/execute", json={**EXECUTE, "input": "x"}, headers=key)
+    assert other.status_code == 422  # another body with the key: refused whether or not it runs
+    gate.set()
+    answered = await asyncio.wait_for(first, 5)
+    result = sse_events(answered.text)[-1][1] if stream else answered.json()
+    assert result["content"] == "first reply"
+    retried = await stack.client.post(f"{V1}/agents/bot/execute", json=EXECUTE, headers=key)
+    assert retried.json() == result
+    assert stack.models.models["gpt"].remaining == 1  # one run in all
+
+
+async def test_a_failed_request_frees_its_idempotency_key(stack: Stack) -> None:
+    """A request refused before it ran (no such agent yet) stores nothing and holds nothing: the
+    same key may be sent again and runs."""
+    key = {"Idempotency-Key": "later"}
+    missing = await stack.client.post(f"{V1}/agents/bot/execute", json=EXECUTE, headers=key)
+    assert missing.status_code == 404
+    await stack.client.post(f"{V1}/agents", json=AGENT)
+    ran = await stack.client.post(f"{V1}/agents/bot/execute", json=EXECUTE, headers=key)
+    assert (ran.status_code, ran.json()["content"]) == (200, "first reply")
+
+
+async def test_a_stream_cut_short_frees_its_idempotency_key(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that goes away mid-stream cancels the run: nothing is stored and the key is free
+    for the retry, which runs."""
+    await stack.client.post(f"{V1}/agents", json=AGENT)
+    gate, entered = asyncio.Event(), asyncio.Event()
+    execute = stack.runtime.agents.execute
+
+    async def held(*args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        await gate.wait()
+        return await execute(*args, **kwargs)
+
+    monkeypatch.setattr(stack.runtime.agents, "execute", held)
+    key = {"Idempotency-Key": "cut"}
+    body = {**EXECUTE, "stream": True}
+    leaving = asyncio.create_task(stack.client.post(f"{V1}/agents/bot/execute", json=body, headers=key))
+    await asyncio.wait_for(entered.wait(), 5)
+    leaving.cancel()  # the client goes away: the app's request is cancelled with it
+    with pytest.raises(asyncio.CancelledError):
+        await leaving
+    monkeypatch.setattr(stack.runtime.agents, "execute", execute)
+    ran = await stack.client.post(f"{V1}/agents/bot/execute", json=EXECUTE, headers=key)
+    assert (ran.status_code, ran.json()["content"]) == (200, "first reply")
+
+
 async def test_idempotent_results_expire(make_stack: StackFactory) -> None:
     stack = await make_stack({"gpt": ["one", "two"]}, idempotency_ttl=0.001)
     await stack.client.post(f"{V1}/agents", json=AGENT)

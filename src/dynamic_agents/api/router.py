@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import inspect
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from enum import Enum
+from functools import partial
 from typing import Annotated, Any, Final
 
 from cachetools import TTLCache
@@ -113,6 +115,58 @@ class RulesBody(BaseModel):
     rules: list[dict[str, JsonValue]]
 
 
+_IdempotencyScope = tuple[str, str, str]
+"""kind, spec id and ``Idempotency-Key``: a key is scoped to its target."""
+
+
+class _Idempotency:
+    """``Idempotency-Key`` of execute calls, per process (the IETF draft's semantics): the first
+    request with a key runs and its result is kept ``ttl`` seconds for retries; the same key with
+    another body is a 422, and a retry while the first request still runs is a 409 (it would run
+    the agent twice). A key is held from the check to the end of its run, with no await between the
+    check and the hold."""
+
+    def __init__(self, ttl: float) -> None:
+        self._results: TTLCache[_IdempotencyScope, tuple[str, dict[str, Any]]] = TTLCache(
+            maxsize=10_000, ttl=ttl
+        )
+        self._running: dict[_IdempotencyScope, str] = {}
+
+    def begin(self, key: _IdempotencyScope, body: ExecuteBody) -> dict[str, Any] | None:
+        """The stored result of this request, or ``None`` after holding ``key`` for its run."""
+        fingerprint = _fingerprint(body)
+        running, stored = self._running.get(key), self._results.get(key)
+        first = running if running is not None else stored[0] if stored is not None else None
+        if first is not None and first != fingerprint:  # the key's first request was another one
+            raise HTTPException(
+                422,
+                f"Idempotency-Key {key[-1]!r} was used for another request (a different "
+                "body); send a new key for a new request",
+            )
+        if running is not None:
+            raise HTTPException(
+                409,
+                f"a request with Idempotency-Key {key[-1]!r} is still running; retry when it has finished",
+            )
+        if stored is not None:
+            return stored[1]
+        self._running[key] = fingerprint
+        return None
+
+    def end(self, key: _IdempotencyScope, payload: dict[str, Any] | None) -> None:
+        """Release ``key``; keep ``payload`` for retries when the run gave one."""
+        fingerprint = self._running.pop(key)
+        if payload is not None:
+            self._results[key] = (fingerprint, payload)
+
+
+def _fingerprint(body: ExecuteBody) -> str:
+    """What makes two execute bodies the same request: all but ``stream`` (how the answer is sent),
+    whatever the order of their keys."""
+    canonical = json.dumps(body.model_dump(mode="json", exclude={"stream"}), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 def _result_json(result: ExecutionResult) -> dict[str, Any]:
     data = dataclasses.asdict(result)
     data["status"] = result.status.value
@@ -179,7 +233,8 @@ def create_api_router(  # noqa: PLR0915 - one route per statement group; kept to
             raise HTTPException(401, "the token was refused", headers={"WWW-Authenticate": "Bearer"})
 
     api = APIRouter(prefix="/api/v1", dependencies=[Depends(authorised)], route_class=_Route)
-    executed: TTLCache[str, dict[str, Any]] = TTLCache(maxsize=10_000, ttl=idempotency_ttl)
+    idempotency = _Idempotency(idempotency_ttl)
+    streamed_runs: set[asyncio.Task[ExecutionResult]] = set()
 
     def manager(kind_name: str) -> SpecManager[Any]:
         kind = _KINDS.get(kind_name)
@@ -258,45 +313,54 @@ def create_api_router(  # noqa: PLR0915 - one route per statement group; kept to
         idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
     ) -> dict[str, Any] | StreamingResponse:
         managed = manager(kind_name)
-        cache_key = f"{kind_name}:{spec_id}:{idempotency_key}" if idempotency_key else None
-        if cache_key is not None and cache_key in executed:
-            if body.stream:  # answered as asked: the stored result as the stream's result event
-                return StreamingResponse(_replayed(executed[cache_key]), media_type="text/event-stream")
-            return executed[cache_key]
-        # Validated (and cached for the run) before answering: once a stream has started, a
-        # disabled or broken spec could no longer be reported as a 422.
-        try:
-            spec = await runtime.current(managed.kind, spec_id)
-        except (SpecNotFoundError, SpecValidationError) as error:
-            raise _spec_error(error) from None
-        if not spec.active:
-            raise _spec_error(SpecValidationError(f"{spec.ref} is disabled", spec=spec.ref, path="status"))
-        options: dict[str, Any] = {
-            "session_id": body.session_id,
-            "user_id": body.user_id,
-            "session_state": dict(body.session_state) or None,
-            "timeout": body.timeout,
-        }
-        if body.stream:
-            return StreamingResponse(
-                _sse(
-                    managed,
-                    spec_id=spec_id,
-                    text=body.input,
-                    options=options,
-                    executed=executed,
-                    cache_key=cache_key,
-                ),
-                media_type="text/event-stream",
-            )
-        try:
-            result = await managed.execute(spec_id, body.input, **options)
-        except (SpecValidationError, SpecNotFoundError) as error:  # changed or deleted since the check
-            raise _spec_error(error) from None
-        payload = _result_json(result)
+        cache_key = (kind_name, spec_id, idempotency_key) if idempotency_key else None
         if cache_key is not None:
-            executed[cache_key] = payload
-        return payload
+            stored = idempotency.begin(cache_key, body)
+            if stored is not None:
+                if body.stream:  # answered as asked: the stored result as the stream's result event
+                    return StreamingResponse(_replayed(stored), media_type="text/event-stream")
+                return stored
+        payload: dict[str, Any] | None = None
+        streaming = False
+        try:
+            # Validated (and cached for the run) before answering: once a stream has started, a
+            # disabled or broken spec could no longer be reported as a 422.
+            try:
+                spec = await runtime.current(managed.kind, spec_id)
+            except (SpecNotFoundError, SpecValidationError) as error:
+                raise _spec_error(error) from None
+            if not spec.active:
+                raise _spec_error(
+                    SpecValidationError(f"{spec.ref} is disabled", spec=spec.ref, path="status")
+                )
+            options: dict[str, Any] = {
+                "session_id": body.session_id,
+                "user_id": body.user_id,
+                "session_state": dict(body.session_state) or None,
+                "timeout": body.timeout,
+            }
+            if body.stream:
+                # The run starts here, not when the response is first read: the key is released
+                # when it ends, even if the client never reads the stream.
+                deltas: asyncio.Queue[str | None] = asyncio.Queue()
+                run = asyncio.get_running_loop().create_task(
+                    _streamed_run(managed, spec_id, body.input, options, deltas)
+                )
+                streamed_runs.add(run)  # held until done: a stream never read still holds its run
+                run.add_done_callback(streamed_runs.discard)
+                if cache_key is not None:
+                    run.add_done_callback(partial(_end_streamed, idempotency, cache_key))
+                streaming = True
+                return StreamingResponse(_sse(run, deltas), media_type="text/event-stream")
+            try:
+                result = await managed.execute(spec_id, body.input, **options)
+            except (SpecValidationError, SpecNotFoundError) as error:  # changed or deleted since the check
+                raise _spec_error(error) from None
+            payload = _result_json(result)
+            return payload
+        finally:
+            if cache_key is not None and not streaming:
+                idempotency.end(cache_key, payload)
 
     # -- requests and dead letters ------------------------------------------------------------------
 
@@ -458,40 +522,39 @@ def _result_event(payload: dict[str, Any]) -> bytes:
     return f"event: result\ndata: {json.dumps(payload)}\n\n".encode()
 
 
-async def _sse(
+async def _streamed_run(
     managed: SpecManager[Any],
-    *,
     spec_id: str,
     text: str,
     options: dict[str, Any],
-    executed: TTLCache[str, dict[str, Any]],
-    cache_key: str | None,
-) -> AsyncIterator[bytes]:
-    """``delta`` events while the run streams, then one ``result`` event."""
-    queue: asyncio.Queue[str | None] = asyncio.Queue()
-
-    async def on_delta(content: str) -> None:
-        await queue.put(content)
-
-    async def run() -> ExecutionResult:
-        try:
-            return await managed.execute(spec_id, text, on_delta=on_delta, **options)
-        finally:
-            await queue.put(None)
-
-    task = asyncio.get_running_loop().create_task(run())
+    deltas: asyncio.Queue[str | None],
+) -> ExecutionResult:
+    """The run behind a stream: its deltas into ``deltas``, then ``None``."""
     try:
-        while (delta := await queue.get()) is not None:
+        return await managed.execute(spec_id, text, on_delta=deltas.put, **options)
+    finally:
+        deltas.put_nowait(None)
+
+
+def _end_streamed(
+    idempotency: _Idempotency, key: _IdempotencyScope, run: asyncio.Task[ExecutionResult]
+) -> None:
+    """Release a streamed run's key, keeping its result when it gave one."""
+    failed = run.cancelled() or run.exception() is not None
+    idempotency.end(key, None if failed else _result_json(run.result()))
+
+
+async def _sse(run: asyncio.Task[ExecutionResult], deltas: asyncio.Queue[str | None]) -> AsyncIterator[bytes]:
+    """``delta`` events while the run streams, then one ``result`` event."""
+    try:
+        while (delta := await deltas.get()) is not None:
             yield f"event: delta\ndata: {json.dumps({'content': delta})}\n\n".encode()
-        result = await task
+        result = await run
     except asyncio.CancelledError:
-        task.cancel()
+        run.cancel()
         raise
     except (SpecValidationError, SpecNotFoundError) as error:  # changed or deleted after the check
         detail = {"detail": str(error), "path": getattr(error, "path", "")}
         yield f"event: error\ndata: {json.dumps(detail)}\n\n".encode()
         return
-    payload = _result_json(result)
-    if cache_key is not None:
-        executed[cache_key] = payload
-    yield _result_event(payload)
+    yield _result_event(_result_json(result))
