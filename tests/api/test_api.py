@@ -608,6 +608,20 @@ async def test_a_stream_cut_short_frees_its_idempotency_key(
     assert (ran.status_code, ran.json()["content"]) == (200, "first reply")
 
 
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_run_that_failed_frees_its_idempotency_key(make_stack: StackFactory, stream: bool) -> None:
+    """A model error is an ``error`` result, not an exception; it is still a failed run, so it is
+    not kept as the key's answer: the retry sent after it (the reason the client has a key) runs."""
+    stack = await make_stack({"gpt": [RuntimeError("the provider fell over"), "second reply"]})
+    await stack.client.post(f"{V1}/agents", json=AGENT)
+    key = {"Idempotency-Key": "flaky"}
+    body = {**EXECUTE, "stream": stream}
+    failed = await stack.client.post(f"{V1}/agents/bot/execute", json=body, headers=key)
+    assert (sse_events(failed.text)[-1][1] if stream else failed.json())["status"] == "error"
+    retried = await stack.client.post(f"{V1}/agents/bot/execute", json=EXECUTE, headers=key)
+    assert (retried.json()["status"], retried.json()["content"]) == ("completed", "second reply")
+
+
 async def test_idempotent_results_expire(make_stack: StackFactory) -> None:
     stack = await make_stack({"gpt": ["one", "two"]}, idempotency_ttl=0.001)
     await stack.client.post(f"{V1}/agents", json=AGENT)

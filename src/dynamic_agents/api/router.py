@@ -153,11 +153,13 @@ class _Idempotency:
         self._running[key] = fingerprint
         return None
 
-    def end(self, key: _IdempotencyScope, payload: dict[str, Any] | None) -> None:
-        """Release ``key``; keep ``payload`` for retries when the run gave one."""
+    def end(self, key: _IdempotencyScope, result: ExecutionResult | None) -> None:
+        """Release ``key``; keep ``result`` for retries when the run completed. A model error or a
+        timeout is a result too, but a failed run: kept, it would answer the very retry the key is
+        for."""
         fingerprint = self._running.pop(key)
-        if payload is not None:
-            self._results[key] = (fingerprint, payload)
+        if result is not None and result.ok:
+            self._results[key] = (fingerprint, _result_json(result))
 
 
 def _fingerprint(body: ExecuteBody) -> str:
@@ -320,7 +322,7 @@ def create_api_router(  # noqa: PLR0915 - one route per statement group; kept to
                 if body.stream:  # answered as asked: the stored result as the stream's result event
                     return StreamingResponse(_replayed(stored), media_type="text/event-stream")
                 return stored
-        payload: dict[str, Any] | None = None
+        result: ExecutionResult | None = None
         streaming = False
         try:
             # Validated (and cached for the run) before answering: once a stream has started, a
@@ -356,11 +358,10 @@ def create_api_router(  # noqa: PLR0915 - one route per statement group; kept to
                 result = await managed.execute(spec_id, body.input, **options)
             except (SpecValidationError, SpecNotFoundError) as error:  # changed or deleted since the check
                 raise _spec_error(error) from None
-            payload = _result_json(result)
-            return payload
+            return _result_json(result)
         finally:
             if cache_key is not None and not streaming:
-                idempotency.end(cache_key, payload)
+                idempotency.end(cache_key, result)
 
     # -- requests and dead letters ------------------------------------------------------------------
 
@@ -541,7 +542,7 @@ def _end_streamed(
 ) -> None:
     """Release a streamed run's key, keeping its result when it gave one."""
     failed = run.cancelled() or run.exception() is not None
-    idempotency.end(key, None if failed else _result_json(run.result()))
+    idempotency.end(key, None if failed else run.result())
 
 
 async def _sse(run: asyncio.Task[ExecutionResult], deltas: asyncio.Queue[str | None]) -> AsyncIterator[bytes]:
