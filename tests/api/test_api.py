@@ -608,6 +608,60 @@ async def test_a_stream_cut_short_frees_its_idempotency_key(
     assert (ran.status_code, ran.json()["content"]) == (200, "first reply")
 
 
+async def test_a_client_gone_before_the_stream_starts_cancels_the_run(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The streamed run starts in the handler now, before the response is sent; a client that goes
+    away before the first byte (Starlette then never reads the stream) must still stop the run, as
+    it did when the run started with the stream, and free the key."""
+    await stack.client.post(f"{V1}/agents", json=AGENT)
+    entered, stopped = asyncio.Event(), asyncio.Event()
+    execute = stack.runtime.agents.execute
+
+    async def held(*args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            stopped.set()
+
+    monkeypatch.setattr(stack.runtime.agents, "execute", held)
+    body = json.dumps({**EXECUTE, "stream": True}).encode()
+    incoming = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        if incoming:
+            return incoming.pop()
+        await entered.wait()
+        return {"type": "http.disconnect"}  # the client goes once the run has started
+
+    async def send(message: dict[str, Any]) -> None:
+        await asyncio.Event().wait()  # nothing reaches the client: not even the response's start
+
+    path = f"{V1}/agents/bot/execute"
+    headers = [(b"content-type", b"application/json"), (b"idempotency-key", b"gone")]
+    headers += [(name.lower().encode(), value.encode()) for name, value in AUTH.items()]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},  # uvicorn's
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": headers,
+        "client": ("127.0.0.1", 1),
+        "server": ("api.test", 80),
+    }
+    await asyncio.wait_for(stack.app(scope, receive, send), 5)
+    await asyncio.wait_for(stopped.wait(), 5)
+    monkeypatch.setattr(stack.runtime.agents, "execute", execute)
+    ran = await stack.client.post(path, json=EXECUTE, headers={"Idempotency-Key": "gone"})
+    assert (ran.status_code, ran.json()["content"]) == (200, "first reply")
+
+
 @pytest.mark.parametrize("stream", [False, True])
 async def test_a_run_that_failed_frees_its_idempotency_key(make_stack: StackFactory, stream: bool) -> None:
     """A model error is an ``error`` result, not an exception; it is still a failed run, so it is

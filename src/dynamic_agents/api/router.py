@@ -48,6 +48,7 @@ try:
     from fastapi.responses import JSONResponse, StreamingResponse
     from fastapi.routing import APIRoute
     from starlette.convertors import StringConvertor, register_url_convertor
+    from starlette.types import Receive, Scope, Send
 except ImportError as error:  # pragma: no cover - exercised without the extra installed
     from dynamic_agents.exceptions import MissingDependencyError
 
@@ -353,7 +354,7 @@ def create_api_router(  # noqa: PLR0915 - one route per statement group; kept to
                 if cache_key is not None:
                     run.add_done_callback(partial(_end_streamed, idempotency, cache_key))
                 streaming = True
-                return StreamingResponse(_sse(run, deltas), media_type="text/event-stream")
+                return _RunStream(run, deltas)
             try:
                 result = await managed.execute(spec_id, body.input, **options)
             except (SpecValidationError, SpecNotFoundError) as error:  # changed or deleted since the check
@@ -545,13 +546,29 @@ def _end_streamed(
     idempotency.end(key, None if failed else run.result())
 
 
+class _RunStream(StreamingResponse):
+    """A streamed run's server-sent events. The run started with the request, so it is stopped when
+    the response ends before it does, however it ends: the client gone before the first byte
+    (Starlette then never reads the stream), mid-stream, or the server's send failing."""
+
+    def __init__(self, run: asyncio.Task[ExecutionResult], deltas: asyncio.Queue[str | None]) -> None:
+        super().__init__(_sse(run, deltas), media_type="text/event-stream")
+        self.run = run
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.run.cancel()  # a no-op once the run is done: after the result event
+
+
 async def _sse(run: asyncio.Task[ExecutionResult], deltas: asyncio.Queue[str | None]) -> AsyncIterator[bytes]:
     """``delta`` events while the run streams, then one ``result`` event."""
     try:
         while (delta := await deltas.get()) is not None:
             yield f"event: delta\ndata: {json.dumps({'content': delta})}\n\n".encode()
         result = await run
-    except asyncio.CancelledError:
+    except asyncio.CancelledError:  # cut mid-stream: stopped at once, before the response unwinds
         run.cancel()
         raise
     except (SpecValidationError, SpecNotFoundError) as error:  # changed or deleted after the check
