@@ -608,6 +608,41 @@ async def test_a_stream_cut_short_frees_its_idempotency_key(
     assert (ran.status_code, ran.json()["content"]) == (200, "first reply")
 
 
+async def gone_before_the_first_byte(stack: Stack, key: str, started: asyncio.Event) -> None:
+    """A streamed execute whose client goes once ``started`` is set, before it got any byte (the
+    response's start never reaches it), as Starlette sees it under uvicorn (ASGI spec 2.3)."""
+    body = json.dumps({**EXECUTE, "stream": True}).encode()
+    incoming = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        if incoming:
+            return incoming.pop()
+        await started.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        await asyncio.Event().wait()
+
+    path = f"{V1}/agents/bot/execute"
+    headers = [(b"content-type", b"application/json"), (b"idempotency-key", key.encode())]
+    headers += [(name.lower().encode(), value.encode()) for name, value in AUTH.items()]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": headers,
+        "client": ("127.0.0.1", 1),
+        "server": ("api.test", 80),
+    }
+    await asyncio.wait_for(stack.app(scope, receive, send), 5)
+
+
 async def test_a_client_gone_before_the_stream_starts_cancels_the_run(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -626,40 +661,35 @@ async def test_a_client_gone_before_the_stream_starts_cancels_the_run(
             stopped.set()
 
     monkeypatch.setattr(stack.runtime.agents, "execute", held)
-    body = json.dumps({**EXECUTE, "stream": True}).encode()
-    incoming = [{"type": "http.request", "body": body, "more_body": False}]
-
-    async def receive() -> dict[str, Any]:
-        if incoming:
-            return incoming.pop()
-        await entered.wait()
-        return {"type": "http.disconnect"}  # the client goes once the run has started
-
-    async def send(message: dict[str, Any]) -> None:
-        await asyncio.Event().wait()  # nothing reaches the client: not even the response's start
-
-    path = f"{V1}/agents/bot/execute"
-    headers = [(b"content-type", b"application/json"), (b"idempotency-key", b"gone")]
-    headers += [(name.lower().encode(), value.encode()) for name, value in AUTH.items()]
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.3"},  # uvicorn's
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "root_path": "",
-        "query_string": b"",
-        "headers": headers,
-        "client": ("127.0.0.1", 1),
-        "server": ("api.test", 80),
-    }
-    await asyncio.wait_for(stack.app(scope, receive, send), 5)
+    await gone_before_the_first_byte(stack, "gone", entered)
     await asyncio.wait_for(stopped.wait(), 5)
     monkeypatch.setattr(stack.runtime.agents, "execute", execute)
-    ran = await stack.client.post(path, json=EXECUTE, headers={"Idempotency-Key": "gone"})
+    ran = await stack.client.post(
+        f"{V1}/agents/bot/execute", json=EXECUTE, headers={"Idempotency-Key": "gone"}
+    )
     assert (ran.status_code, ran.json()["content"]) == (200, "first reply")
+
+
+async def test_a_streamed_run_failing_with_no_one_reading_is_logged(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stream being read reports its run's failure (the server logs the response's error); one
+    whose client has gone must not drop it: releasing the key looks at the run's exception, which
+    hushes asyncio's own "never retrieved" report."""
+    await stack.client.post(f"{V1}/agents", json=AGENT)
+    entered = asyncio.Event()
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        raise RuntimeError("the session db fell over")
+
+    monkeypatch.setattr(stack.runtime.agents, "execute", broken)
+    await gone_before_the_first_byte(stack, "lost", entered)
+    for _ in range(3):  # the run's done-callbacks
+        await asyncio.sleep(0)
+    (logged,) = [r for r in caplog.records if r.name == "dynamic_agents.api" and r.exc_info]
+    assert (logged.levelname, str(logged.exc_info[1])) == ("ERROR", "the session db fell over")
+    assert logged.getMessage() == "the streamed run of agents/bot failed after its client had gone"
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -354,7 +354,7 @@ def create_api_router(  # noqa: PLR0915 - one route per statement group; kept to
                 if cache_key is not None:
                     run.add_done_callback(partial(_end_streamed, idempotency, cache_key))
                 streaming = True
-                return _RunStream(run, deltas)
+                return _RunStream(run, deltas, target=f"{kind_name}/{spec_id}")
             try:
                 result = await managed.execute(spec_id, body.input, **options)
             except (SpecValidationError, SpecNotFoundError) as error:  # changed or deleted since the check
@@ -549,30 +549,45 @@ def _end_streamed(
 class _RunStream(StreamingResponse):
     """A streamed run's server-sent events. The run started with the request, so it is stopped when
     the response ends before it does, however it ends: the client gone before the first byte
-    (Starlette then never reads the stream), mid-stream, or the server's send failing."""
+    (Starlette then never reads the stream), mid-stream, or the server's send failing. A failure
+    the stream did not get to report is logged."""
 
-    def __init__(self, run: asyncio.Task[ExecutionResult], deltas: asyncio.Queue[str | None]) -> None:
-        super().__init__(_sse(run, deltas), media_type="text/event-stream")
-        self.run = run
+    def __init__(
+        self, run: asyncio.Task[ExecutionResult], deltas: asyncio.Queue[str | None], *, target: str
+    ) -> None:
+        self.run, self.target = run, target
+        # Whether the stream got to the run's outcome: then the client (or the server) has it.
+        self.reported = False
+        super().__init__(self._events(deltas), media_type="text/event-stream")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            self.run.cancel()  # a no-op once the run is done: after the result event
+            if not self.reported:
+                self.run.cancel()
+                self.run.add_done_callback(self._log_failure)
 
+    def _log_failure(self, run: asyncio.Task[ExecutionResult]) -> None:
+        # Looked at by the key's release too, which hushes asyncio's "never retrieved": said here.
+        error = None if run.cancelled() else run.exception()
+        if error is not None and not isinstance(error, SpecValidationError | SpecNotFoundError):
+            logger.error(
+                "the streamed run of %s failed after its client had gone", self.target, exc_info=error
+            )
 
-async def _sse(run: asyncio.Task[ExecutionResult], deltas: asyncio.Queue[str | None]) -> AsyncIterator[bytes]:
-    """``delta`` events while the run streams, then one ``result`` event."""
-    try:
-        while (delta := await deltas.get()) is not None:
-            yield f"event: delta\ndata: {json.dumps({'content': delta})}\n\n".encode()
-        result = await run
-    except asyncio.CancelledError:  # cut mid-stream: stopped at once, before the response unwinds
-        run.cancel()
-        raise
-    except (SpecValidationError, SpecNotFoundError) as error:  # changed or deleted after the check
-        detail = {"detail": str(error), "path": getattr(error, "path", "")}
-        yield f"event: error\ndata: {json.dumps(detail)}\n\n".encode()
-        return
-    yield _result_event(_result_json(result))
+    async def _events(self, deltas: asyncio.Queue[str | None]) -> AsyncIterator[bytes]:
+        """``delta`` events while the run streams, then one ``result`` event."""
+        try:
+            while (delta := await deltas.get()) is not None:
+                yield f"event: delta\ndata: {json.dumps({'content': delta})}\n\n".encode()
+            self.reported = True  # the run is done (``None`` is its last act): its outcome is ours
+            result = await self.run
+        except asyncio.CancelledError:  # cut mid-stream: stopped at once, before the response unwinds
+            self.run.cancel()
+            raise
+        except (SpecValidationError, SpecNotFoundError) as error:  # changed or deleted after the check
+            detail = {"detail": str(error), "path": getattr(error, "path", "")}
+            yield f"event: error\ndata: {json.dumps(detail)}\n\n".encode()
+            return
+        yield _result_event(_result_json(result))
