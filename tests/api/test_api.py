@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 import httpx
@@ -604,18 +605,22 @@ async def test_a_stream_cut_short_frees_its_idempotency_key(
     with pytest.raises(asyncio.CancelledError):
         await leaving
     held.gate.set()  # runs from here on go through
+    ran = await retried_once_free(stack, key)
+    assert (ran.status_code, ran.json()["content"]) == (200, "first reply")
+
+
+async def retried_once_free(stack: Stack, key: dict[str, str]) -> httpx.Response:
+    """``EXECUTE`` with ``key``, sent again while it answers 409: a cancelled run lets go of its key
+    as it finishes stopping, which only the API's answer shows (so it is asked, within 5 s)."""
 
     async def retried() -> httpx.Response:
-        # The key is let go as the cancelled run finishes stopping: until then a retry is a 409.
-        # Only the API's answer shows it, so it is asked again (within the deadline below).
-        while (  # noqa: ASYNC110
+        while (  # noqa: ASYNC110 - no event to wait on: the condition is the API's answer
             response := await stack.client.post(f"{V1}/agents/bot/execute", json=EXECUTE, headers=key)
         ).status_code == 409:
             await asyncio.sleep(0.01)
         return response
 
-    ran = await asyncio.wait_for(retried(), 5)
-    assert (ran.status_code, ran.json()["content"]) == (200, "first reply")
+    return await asyncio.wait_for(retried(), 5)
 
 
 async def gone_before_the_first_byte(stack: Stack, key: str, started: asyncio.Event) -> None:
@@ -674,9 +679,7 @@ async def test_a_client_gone_before_the_stream_starts_cancels_the_run(
     await gone_before_the_first_byte(stack, "gone", entered)
     await asyncio.wait_for(stopped.wait(), 5)
     monkeypatch.setattr(stack.runtime.agents, "execute", execute)
-    ran = await stack.client.post(
-        f"{V1}/agents/bot/execute", json=EXECUTE, headers={"Idempotency-Key": "gone"}
-    )
+    ran = await retried_once_free(stack, {"Idempotency-Key": "gone"})
     assert (ran.status_code, ran.json()["content"]) == (200, "first reply")
 
 
@@ -694,9 +697,19 @@ async def test_a_streamed_run_failing_with_no_one_reading_is_logged(
         raise RuntimeError("the session db fell over")
 
     monkeypatch.setattr(stack.runtime.agents, "execute", broken)
-    await gone_before_the_first_byte(stack, "lost", entered)
-    for _ in range(3):  # the run's done-callbacks
-        await asyncio.sleep(0)
+    said = asyncio.Event()  # the run's done-callback logs it, after the response has ended
+
+    class Said(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            said.set()
+
+    signal = Said()
+    logging.getLogger("dynamic_agents.api").addHandler(signal)
+    try:
+        await gone_before_the_first_byte(stack, "lost", entered)
+        await asyncio.wait_for(said.wait(), 5)
+    finally:
+        logging.getLogger("dynamic_agents.api").removeHandler(signal)
     (logged,) = [r for r in caplog.records if r.name == "dynamic_agents.api" and r.exc_info]
     assert (logged.levelname, str(logged.exc_info[1])) == ("ERROR", "the session db fell over")
     assert logged.getMessage() == "the streamed run of agents/bot failed after its client had gone"
