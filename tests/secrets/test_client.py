@@ -370,3 +370,27 @@ def test_a_password_in_the_identity_url_is_masked() -> None:
     with pytest.raises(ConfigurationError) as caught:
         IdentityClient(f"https://svc:{password}@identity.example.com:port", token="tok-123456")
     assert password not in str(caught.value)
+
+
+@pytest.mark.parametrize("error_type", [httpx.ConnectTimeout, httpx.PoolTimeout])
+async def test_a_post_that_never_left_is_retried(
+    sleeps: Sleeps, error_type: type[httpx.TransportError]
+) -> None:
+    # A connect or pool timeout means the request was never sent: repeating it cannot create twice.
+    attempts = 0
+
+    def slow_then_created(request: httpx.Request) -> httpx.Response:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            raise error_type("timed out", request=request)
+        return httpx.Response(201, json={"id": "s1", "name": "n", "provider": "groq"})
+
+    async with IdentityClient(
+        URL, token="t-000001", transport=httpx.MockTransport(slow_then_created), sleep=sleeps
+    ) as client:
+        created = await client.create_secret("n", "groq", {"api_key": "gsk-retried-0001"})
+    assert created.id == "s1"
+    assert attempts == 2
+
+

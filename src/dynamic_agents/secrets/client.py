@@ -55,6 +55,7 @@ TokenProvider: TypeAlias = str | SecretValue | Callable[[], str | SecretValue | 
 DEFAULT_URL: Final = "http://localhost:8000"
 API: Final = "/api/v1"
 _IDEMPOTENT: Final = frozenset({"GET", "PATCH", "DELETE", "PUT", "HEAD"})
+_NOT_SENT: Final = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 _DETAIL_LIMIT: Final = 200
 _ERRORS: Final[Mapping[int, type[IdentityError]]] = {
     400: IdentityRequestError,
@@ -323,8 +324,9 @@ class IdentityClient:
                     headers={"Authorization": f"Bearer {token.reveal()}"},
                 )
             except httpx.TransportError as error:
-                # A POST that may have reached the service is not repeated (no double create).
-                retryable = method in _IDEMPOTENT or isinstance(error, httpx.ConnectError)
+                # A POST that may have reached the service is not repeated (no double create); one
+                # that never got a connection (refused, connect or pool timeout) was never sent.
+                retryable = method in _IDEMPOTENT or isinstance(error, _NOT_SENT)
                 if retryable and attempt < self._retries:
                     await self._wait(method, path, attempt, type(error).__name__)
                     attempt += 1
