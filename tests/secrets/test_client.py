@@ -394,3 +394,15 @@ async def test_a_post_that_never_left_is_retried(
     assert attempts == 2
 
 
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+async def test_a_redirect_is_an_error_not_a_success(status: int) -> None:
+    # Redirects are not followed (the token would go along); a DELETE answered 3xx deleted nothing.
+    def moved(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, headers={"Location": "https://elsewhere.example/api/v1/secrets/s1"})
+
+    async with IdentityClient(URL, token="t-000001", transport=httpx.MockTransport(moved)) as client:
+        with pytest.raises(IdentityError, match=f"answered {status}") as caught:
+            await client.delete_secret("s1")
+    assert caught.value.status == status
+
+

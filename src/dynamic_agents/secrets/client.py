@@ -335,7 +335,7 @@ class IdentityClient:
                     f"{method} {path}: Identity unreachable ({type(error).__name__})"
                 ) from error
             status = response.status_code
-            if status < 400:
+            if status < 300:  # a 3xx is no answer: redirects are not followed (see _error_for)
                 return response
             if status == 401 and not refreshed and callable(self._token_provider):
                 refreshed = True
@@ -408,6 +408,15 @@ def _retry_after(response: httpx.Response) -> float | None:
 
 def _error_for(method: str, path: str, response: httpx.Response) -> IdentityError:
     status = response.status_code
+    if status < 400:
+        # Following a redirect would send the token elsewhere; treating it as success would report a
+        # DELETE or PATCH done that never reached the service.
+        location = masked_url(REDACTOR.redact(response.headers.get("Location", "")))
+        return IdentityError(
+            f"{method} {path} answered {status}, a redirect to {location!r}: redirects are not "
+            "followed (the token would go along); point base_url at the service itself",
+            status=status,
+        )
     error_type = _ERRORS.get(status, IdentityUnavailableError if status >= 500 else IdentityRequestError)
     detail = _detail(response)
     suffix = f": {detail}" if detail else ""
