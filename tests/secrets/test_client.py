@@ -406,3 +406,10 @@ async def test_a_redirect_is_an_error_not_a_success(status: int) -> None:
     assert caught.value.status == status
 
 
+async def test_a_body_that_cannot_be_decoded_is_typed() -> None:
+    def bad_gzip(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"Content-Encoding": "gzip"}, content=b"not gzip at all")
+
+    async with IdentityClient(URL, token="t-000001", transport=httpx.MockTransport(bad_gzip)) as client:
+        with pytest.raises(IdentityError, match="DecodingError"):
+            await client.list_providers()

@@ -323,6 +323,10 @@ class IdentityClient:
                     json=json,
                     headers={"Authorization": f"Bearer {token.reveal()}"},
                 )
+            except httpx.DecodingError as error:  # not a TransportError, but must not escape untyped
+                raise IdentityError(
+                    f"{method} {path}: unexpected response (the body cannot be decoded: DecodingError)"
+                ) from error
             except httpx.TransportError as error:
                 # A POST that may have reached the service is not repeated (no double create); one
                 # that never got a connection (refused, connect or pool timeout) was never sent.
