@@ -145,6 +145,32 @@ async def test_a_cancelled_caller_does_not_cancel_the_shared_fetch(
     assert len(source.fetches) == 1
 
 
+async def test_closing_ends_waiting_gets_with_an_error_not_a_cancellation(
+    manager: SecretsManager, source: CountingSource
+) -> None:
+    # The callers were not cancelled: a CancelledError would make them (and their task groups)
+    # believe they were, and stop instead of handling an unavailable secret.
+    source.gate = asyncio.Event()
+    waiting = asyncio.create_task(manager.get("openai", "api_key"))
+    await wait_until(lambda: len(source.fetches) == 1, what="the fetch to start")
+    await manager.aclose()
+    with pytest.raises(SecretsUnavailableError, match="closed"):
+        await waiting
+    assert not waiting.cancelled()
+
+
+async def test_a_cancelled_caller_is_still_cancelled_when_the_fetch_is_too(
+    manager: SecretsManager, source: CountingSource
+) -> None:
+    source.gate = asyncio.Event()
+    waiting = asyncio.create_task(manager.get("openai", "api_key"))
+    await wait_until(lambda: len(source.fetches) == 1, what="the fetch to start")
+    waiting.cancel()
+    await manager.aclose()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+
+
 async def test_stale_values_are_served_within_grace_then_refused(
     manager: SecretsManager, source: CountingSource, clock: Clock, caplog: pytest.LogCaptureFixture
 ) -> None:

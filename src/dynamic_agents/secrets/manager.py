@@ -382,7 +382,17 @@ class SecretsManager:
             task = asyncio.get_running_loop().create_task(self._fetch(key, previous))
             self._inflight[key] = task
             task.add_done_callback(lambda done: self._forget_fetch(key, done))
-        return await asyncio.shield(task)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task.cancelled() and (current is None or not current.cancelling()):
+                # aclose() cancelled the fetch, not this caller: a CancelledError would tell the
+                # caller (and its task group) that it was cancelled itself.
+                raise SecretsUnavailableError(
+                    f"secret {SecretKey(*key)} cannot be fetched: the secrets manager was closed"
+                ) from None
+            raise
 
     def _forget_fetch(self, key: _CacheKey, task: asyncio.Task[_Entry]) -> None:
         self._orphaned.discard(task)
