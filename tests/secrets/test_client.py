@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC
 
@@ -413,3 +414,31 @@ async def test_a_body_that_cannot_be_decoded_is_typed() -> None:
     async with IdentityClient(URL, token="t-000001", transport=httpx.MockTransport(bad_gzip)) as client:
         with pytest.raises(IdentityError, match="DecodingError"):
             await client.list_providers()
+
+
+async def test_concurrent_401s_ask_the_provider_for_one_fresh_token() -> None:
+    # Five requests sent with the same expired token: one refresh serves them all (asking the
+    # provider five times would be a stampede on the token issuer, each token replacing the last).
+    issued = iter(["old-token", "new-token", "newer-token", "newest-token", "too-many-tokens", "x" * 9])
+    calls = 0
+    arrived = asyncio.Event()
+    old_requests = 0
+
+    def provider() -> str:
+        nonlocal calls
+        calls += 1
+        return next(issued)
+
+    async def expiring(request: httpx.Request) -> httpx.Response:
+        nonlocal old_requests
+        if request.headers["Authorization"] == "Bearer old-token":
+            old_requests += 1
+            if old_requests == 5:
+                arrived.set()
+            await arrived.wait()
+            return httpx.Response(401, json={"detail": "token expired"})
+        return httpx.Response(200, json={"items": []})
+
+    async with IdentityClient(URL, token=provider, transport=httpx.MockTransport(expiring)) as client:
+        await asyncio.gather(*(client.list_providers() for _ in range(5)))
+    assert calls == 2  # the first token, then one fresh one

@@ -149,6 +149,7 @@ class IdentityClient:
         """The service's URL, a password in it masked (the client itself uses the real one)."""
         self._token_provider = token
         self._token: SecretValue | None = None
+        self._token_lock = asyncio.Lock()
         self._retries = retries
         self._backoff_base = backoff_base
         self._backoff_cap = backoff_cap
@@ -291,15 +292,21 @@ class IdentityClient:
 
     # -- transport --------------------------------------------------------------------------------
 
-    async def _current_token(self, *, refresh: bool = False) -> SecretValue:
-        if self._token is None or refresh:
-            provider = self._token_provider
-            token: str | SecretValue | Awaitable[str | SecretValue]
-            token = provider() if callable(provider) else provider
-            if inspect.isawaitable(token):
-                token = await token
-            self._token = token if isinstance(token, SecretValue) else SecretValue(token)
-        return self._token
+    async def _current_token(self, *, refused: SecretValue | None = None) -> SecretValue:
+        """The token to send: asked of the provider when there is none yet, or when ``refused`` (the
+        one a 401 answered) is still the current one. Requests refused together ask once: a
+        stampede on the token issuer could have each new token replace the one before."""
+        if self._token is not None and (refused is None or self._token is not refused):
+            return self._token
+        async with self._token_lock:
+            if self._token is None or (refused is not None and self._token is refused):
+                provider = self._token_provider
+                token: str | SecretValue | Awaitable[str | SecretValue]
+                token = provider() if callable(provider) else provider
+                if inspect.isawaitable(token):
+                    token = await token
+                self._token = token if isinstance(token, SecretValue) else SecretValue(token)
+            return self._token
 
     def _backoff(self, attempt: int) -> float:
         return random.uniform(0, min(self._backoff_cap, self._backoff_base * 2**attempt))  # noqa: S311
@@ -343,7 +350,7 @@ class IdentityClient:
                 return response
             if status == 401 and not refreshed and callable(self._token_provider):
                 refreshed = True
-                await self._current_token(refresh=True)
+                await self._current_token(refused=token)
                 continue
             retryable = status == 429 or (status >= 500 and method in _IDEMPOTENT)
             if retryable and attempt < self._retries:
