@@ -297,3 +297,36 @@ async def test_a_literal_api_key_in_the_config_is_redacted_from_errors(fake: Fak
             await router.acompletion(model="gpt", messages=MESSAGES)
     assert literal not in str(caught.value)
     assert literal in REDACTOR
+
+
+async def test_a_401_for_a_key_rotated_while_the_call_was_in_flight_retries_with_the_new_key(
+    router: LLMRouter, identity: InMemoryIdentityService, secrets: SecretsManager, fake: FakeOpenAI
+) -> None:
+    """The router already follows the rotation when the old key's 401 comes back: the refresh
+    then finds nothing new, yet the call was made with a key the router no longer holds."""
+    import asyncio
+
+    import httpx
+    import litellm
+
+    arrived, rotated = asyncio.Event(), asyncio.Event()
+    sent: list[str | None] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request.headers.get("authorization"))
+        if request.headers.get("authorization") == f"Bearer {V2}":
+            return fake._handle(request)
+        arrived.set()
+        await rotated.wait()  # the key rotates while this request is in flight
+        return httpx.Response(401, json={"error": {"message": "Incorrect API key provided"}})
+
+    litellm.in_memory_llm_clients_cache.flush_cache()
+    litellm.aclient_session = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    call = asyncio.create_task(router.acompletion(model="gpt", messages=MESSAGES))
+    await asyncio.wait_for(arrived.wait(), 5)
+    rotate(identity, V2)
+    await secrets.refresh()  # the router follows the change notice
+    rotated.set()
+    response = await asyncio.wait_for(call, 5)
+    assert response.choices[0].message.content == "ok"
+    assert sent == [f"Bearer {V1}", f"Bearer {V2}"]

@@ -247,6 +247,7 @@ class LLMRouter:
         user_params = await self._user_key(model, user_id) if user_id is not None else {}
         for attempt in range(2):
             failure: LLMError | None = None
+            sent_with = {deployment.id: deployment.params for deployment in self._deployments.values()}
             try:
                 if user_params and user_id is not None and not kwargs.get("disable_fallbacks"):
                     response = await self._user_call(
@@ -275,7 +276,7 @@ class LLMRouter:
                 attempt == 0
                 and not user_params
                 and failure.status == 401
-                and await self._refresh_after_401(model)
+                and await self._refresh_after_401(model, sent_with)
             ):
                 continue  # a rotated key: retry once with it
             raise failure
@@ -330,15 +331,23 @@ class LLMRouter:
                 failure = error
         raise failure
 
-    async def _refresh_after_401(self, model: str) -> bool:
-        """Refresh the router's secrets after a 401; whether a credential changed. A secret that
-        cannot be fetched now is logged, not raised: the caller raises the 401."""
+    async def _refresh_after_401(self, model: str, sent_with: Mapping[str, Any]) -> bool:
+        """Refresh the router's secrets after a 401; whether a credential changed since the call
+        was sent with ``sent_with`` (the params then, by deployment id). A secret that cannot be
+        fetched now is logged, not raised: the caller raises the 401.
+
+        A change notice (or another call's refresh) may have swapped the key while the call was in
+        flight: this refresh then finds nothing new, and the old key's 401 has put the deployment
+        back into cooldown after the swap took it out. Both count as rotated here."""
         logger.warning("model %r: key refused (401); refreshing its secrets", model)
         try:
-            return await self.refresh() > 0
+            await self.refresh()
         except SecretsError as error:
             logger.warning("model %r: refreshing its secrets failed: %s", model, type(error).__name__)
-            return False
+        rotated = [d.id for d in self._deployments.values() if d.params is not sent_with[d.id]]
+        for deployment_id in rotated:
+            await _litellm.clear_cooldown(self.router, deployment_id)
+        return bool(rotated)
 
     def completion(self, *, model: str, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
         """The synchronous path (agno's ``run``). No per-user keys, no refresh-and-retry, and
