@@ -41,6 +41,15 @@ def test_fallbacks_must_name_known_groups() -> None:
         RouterConfig.from_dict({"model_list": [deployment("a")], "default_fallbacks": ["ghost"]})
 
 
+@pytest.mark.parametrize("targets", ["b", 5, None, {"b": 1}])
+@pytest.mark.parametrize("form", ["mapping", "list"])
+def test_fallback_targets_that_are_not_a_list_are_a_configuration_error(targets: Any, form: str) -> None:
+    """Not a TypeError from deep inside, nor a string read as a list of one-letter groups."""
+    fallbacks: Any = {"a": targets} if form == "mapping" else [{"a": targets}]
+    with pytest.raises(ConfigurationError, match=r"fallbacks\.0\.a: Input should be a valid list"):
+        RouterConfig.from_dict({"model_list": [deployment("a"), deployment("b")], "fallbacks": fallbacks})
+
+
 def test_errors_name_the_deployment_and_field() -> None:
     models = [
         deployment("fine"),

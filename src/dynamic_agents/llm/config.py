@@ -57,16 +57,22 @@ _FallbackList = list[dict[str, list[str]]]
 def _fallback_list(value: Any) -> Any:
     """Accept the design document's ``{model: [targets]}`` and litellm's ``[{model: [targets]}]``."""
     if isinstance(value, Mapping):
-        return [{model: list(targets)} for model, targets in value.items()]
+        return [{model: _targets(targets)} for model, targets in value.items()]
     if isinstance(value, list):
         flattened = []
         for item in value:
             if isinstance(item, Mapping):
-                flattened += [{model: list(targets)} for model, targets in item.items()]
+                flattened += [{model: _targets(targets)} for model, targets in item.items()]
             else:
                 flattened.append(item)
         return flattened
     return value
+
+
+def _targets(value: Any) -> Any:
+    """A copy of a list of targets; anything else as given, for the field's validation to refuse
+    (``list()`` would raise a bare TypeError, or read a string as a list of one-letter groups)."""
+    return list(value) if isinstance(value, list | tuple) else value
 
 
 class DeploymentConfig(BaseModel):
