@@ -50,6 +50,16 @@ def test_fallback_targets_that_are_not_a_list_are_a_configuration_error(targets:
         RouterConfig.from_dict({"model_list": [deployment("a"), deployment("b")], "fallbacks": fallbacks})
 
 
+@pytest.mark.parametrize("name", ["num_retries", "timeout", "fallbacks", "model_list", "redis_url"])
+def test_router_settings_may_not_hold_a_field_of_the_config(name: str) -> None:
+    """build_router sets these from the config's own fields: one in router_settings was dropped."""
+    with pytest.raises(
+        ConfigurationError,
+        match=rf"router_settings: '{name}' is a field of the router config: set it at the top level",
+    ):
+        RouterConfig.from_dict({"model_list": [deployment()], "router_settings": {name: 7}})
+
+
 def test_errors_name_the_deployment_and_field() -> None:
     models = [
         deployment("fine"),

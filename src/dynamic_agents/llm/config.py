@@ -139,6 +139,20 @@ class RouterConfig(BaseModel):
     def _normalise_fallbacks(cls, value: Any) -> Any:
         return _fallback_list(value)
 
+    @field_validator("router_settings")
+    @classmethod
+    def _no_config_fields(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # build_router sets these from the config's own fields, which would silently replace them.
+        owned = sorted(name for name in value if name in cls.model_fields)
+        if owned:
+            names = ", ".join(repr(name) for name in owned)
+            what, it = ("is a field", "it") if len(owned) == 1 else ("are fields", "them")
+            raise ValueError(
+                f"{names} {what} of the router config: set {it} at the top level, not in "
+                "router_settings (which passes the other litellm.Router keywords through)"
+            )
+        return value
+
     @field_validator("routing_strategy")
     @classmethod
     def _known_strategy(cls, value: str) -> str:
