@@ -154,3 +154,30 @@ async def test_aclose_unhooks_the_strategy_selector_after_a_call(strategy: str) 
         name: [type(c).__name__ for c in getattr(litellm, name) if id(c) in selector_ids] for name in lists
     }
     assert not any(left.values()), left
+
+
+@pytest.mark.parametrize(
+    ("params", "settings"),
+    [
+        ({"max_retries": "many"}, {}),  # litellm's own params model refuses it
+        ({"model": "no-such-provider/model"}, {}),  # litellm finds no provider
+        ({}, {"no_such_router_keyword": 1}),  # Router() refuses the keyword
+    ],
+)
+async def test_a_config_the_litellm_router_refuses_is_a_configuration_error_without_the_key(
+    params: dict[str, Any], settings: dict[str, Any]
+) -> None:
+    """Not litellm's or pydantic's exception, whose text quoted the deployment's resolved params."""
+    from dynamic_agents.exceptions import ConfigurationError
+
+    key = "sk-CANARY-build-0001"
+    litellm_params = {"model": "openai/gpt-4o-mini", **params, "api_key": "secret:openai:api_key"}
+    config = RouterConfig.from_dict(
+        {"model_list": [{"model_name": "gpt", "litellm_params": litellm_params}], "router_settings": settings}
+    )
+    with pytest.raises(ConfigurationError) as caught:
+        await build_router(config, SecretsManager(StaticSource({"openai": {"api_key": key}})))
+    assert "gpt" in str(caught.value)
+    assert key[:12] not in str(caught.value)
+    assert caught.value.__cause__ is None
+    assert caught.value.__context__ is None

@@ -24,9 +24,12 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
+
 from dynamic_agents._logging import get_logger
 from dynamic_agents._redaction import REDACTOR, masked_url
 from dynamic_agents.exceptions import (
+    ConfigurationError,
     LLMAuthenticationError,
     LLMError,
     LLMRateLimitError,
@@ -76,7 +79,8 @@ async def build_router(
     tracing: Tracing | None = None,
 ) -> LLMRouter:
     """Resolve the config's secret references and build the one ``litellm.Router``. With
-    ``tracing``, every call is a ``chat {model}`` span (usage and cost as attributes)."""
+    ``tracing``, every call is a ``chat {model}`` span (usage and cost as attributes). A config
+    the Router refuses is a :class:`~dynamic_agents.exceptions.ConfigurationError` (no values)."""
     deployments = [
         _Deployment(item, await _resolve(item.litellm_params, secrets), _providers(item, secrets))
         for item in config.model_list
@@ -110,8 +114,29 @@ async def build_router(
         redis_url = (await secrets.resolve(config.redis_url)).reveal()
         masked_url(redis_url)  # registers its password with the redactor
         settings["redis_url"] = redis_url
-    router = _litellm.new_router(**{k: v for k, v in settings.items() if v is not None})
-    return LLMRouter(config, secrets, router, deployments, follow_changes=follow_changes, tracing=tracing)
+    refused: ConfigurationError
+    try:
+        router = _litellm.new_router(**{k: v for k, v in settings.items() if v is not None})
+    except Exception as error:  # pydantic's and litellm's texts quote the resolved params, keys included
+        refused = ConfigurationError(
+            f"the LiteLLM Router refused the config (model groups {sorted(config.model_names)}): "
+            f"{_refusal(error)}"
+        )
+    else:
+        return LLMRouter(config, secrets, router, deployments, follow_changes=follow_changes, tracing=tracing)
+    raise refused  # outside the except block: the original is not chained
+
+
+def _refusal(error: Exception) -> str:
+    """What was wrong, without the values: a validation error's fields and messages only (its
+    inputs are whole params dicts, cut short where a key may be half shown); else the redacted text."""
+    if isinstance(error, ValidationError):
+        return "; ".join(
+            f"{'.'.join(str(part) for part in item['loc']) or error.title}: {item['msg']}"
+            for item in error.errors(include_url=False, include_input=False)
+        )
+    text = REDACTOR.redact(f"{type(error).__name__}: {error}")
+    return text if len(text) <= _MESSAGE_LIMIT else f"{text[: _MESSAGE_LIMIT - 3]}..."
 
 
 async def _resolve(params: Mapping[str, Any], secrets: SecretsManager) -> dict[str, Any]:
