@@ -130,3 +130,17 @@ def test_malformed_yaml_is_a_configuration_error_naming_the_line_not_the_key() -
     assert "sk-yaml-CANARY-1234" not in str(caught.value)
     assert caught.value.__cause__ is None
     assert caught.value.__suppress_context__
+
+
+def test_repr_masks_literal_credentials_but_shows_references() -> None:
+    key, nested, password = "sk-CANARY-literal-0001", "AKIA-CANARY-nested-01", "CANARY-redis-pw-01"
+    params = {"api_key": key, "api_base": "secret:azure:endpoint", "extra": {"aws_secret_access_key": nested}}
+    config = RouterConfig.from_dict(
+        {"model_list": [deployment(**params)], "redis_url": f"redis://user:{password}@127.0.0.1:6379/0"}
+    )
+    for text in (repr(config), str(config), repr(config.model_list[0]), str(config.model_list[0])):
+        assert key not in text
+        assert nested not in text
+        assert password not in text
+        assert "secret:azure:endpoint" in text
+    assert config.model_list[0].litellm_params["api_key"] == key  # the data itself is untouched

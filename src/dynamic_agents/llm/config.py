@@ -11,13 +11,14 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final, Self
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from dynamic_agents._redaction import MASK, masked_url
 from dynamic_agents.exceptions import ConfigurationError
 
 __all__ = ["ROUTING_STRATEGIES", "SECRET_PARAMS", "DeploymentConfig", "RouterConfig"]
@@ -75,6 +76,18 @@ def _targets(value: Any) -> Any:
     return list(value) if isinstance(value, list | tuple) else value
 
 
+def _masked(data: Any, *, secret: bool = False) -> Any:
+    """A copy for ``repr``: strings under a credential key (at any depth) masked, unless they are
+    references (``secret:…``, ``os.environ/…``), which hold no secret and say where it comes from."""
+    if isinstance(data, str):
+        return MASK if secret and not data.startswith(("secret:", "os.environ/")) else data
+    if isinstance(data, Mapping):
+        return {key: _masked(value, secret=secret or key in SECRET_PARAMS) for key, value in data.items()}
+    if isinstance(data, list | tuple):
+        return type(data)(_masked(item, secret=secret) for item in data)
+    return data
+
+
 class DeploymentConfig(BaseModel):
     """One entry of ``model_list``: a model group name, litellm params and model info."""
 
@@ -83,6 +96,11 @@ class DeploymentConfig(BaseModel):
     model_name: str = Field(min_length=1)
     litellm_params: dict[str, Any]
     model_info: dict[str, Any] = Field(default_factory=dict)
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # A credential written in the config as a literal must not reach logs through a repr.
+        for name, value in super().__repr_args__():
+            yield name, _masked(value) if name == "litellm_params" else value
 
     @field_validator("litellm_params")
     @classmethod
@@ -133,6 +151,14 @@ class RouterConfig(BaseModel):
     enable_pre_call_checks: bool = False
     redis_url: str | None = None
     router_settings: dict[str, Any] = Field(default_factory=dict)
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # redis_url may hold a password; router_settings may hold literal credentials.
+        for name, value in super().__repr_args__():
+            if name == "redis_url" and isinstance(value, str):
+                yield name, masked_url(value)
+            else:
+                yield name, _masked(value) if name == "router_settings" else value
 
     @field_validator("fallbacks", "context_window_fallbacks", mode="before")
     @classmethod
