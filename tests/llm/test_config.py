@@ -144,3 +144,15 @@ def test_repr_masks_literal_credentials_but_shows_references() -> None:
         assert password not in text
         assert "secret:azure:endpoint" in text
     assert config.model_list[0].litellm_params["api_key"] == key  # the data itself is untouched
+
+
+def test_an_invalid_deployment_is_reported_once_and_model_level_errors_have_no_empty_location() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        RouterConfig.from_dict({"model_list": [{"model_name": "gpt", "litellm_params": {}}]})
+    assert "at least 1 item" not in str(caught.value)  # the list has one item: it is invalid
+    assert str(caught.value).startswith("invalid router config: model_list.0.litellm_params (model 'gpt')")
+    with pytest.raises(ConfigurationError) as caught:
+        RouterConfig.from_dict({"model_list": [deployment("a")], "fallbacks": {"a": ["ghost"]}})
+    assert str(caught.value).startswith("invalid router config: fallbacks names unknown model groups")
+    with pytest.raises(ConfigurationError, match=r"model_list: Tuple should have at least 1 item"):
+        RouterConfig.from_dict({"model_list": []})

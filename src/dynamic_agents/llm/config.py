@@ -245,13 +245,20 @@ class RouterConfig(BaseModel):
 
 def _config_error(error: ValidationError, data: Mapping[str, Any]) -> ConfigurationError:
     details = []
-    for item in error.errors(include_url=False):
+    items = error.errors(include_url=False)
+    # pydantic checks min_length on the items that validated, so one invalid deployment also gets
+    # "model_list: at least 1 item ..., not 0": not so, and reported already.
+    item_failed = any(item["loc"][:1] == ("model_list",) and len(item["loc"]) > 1 for item in items)
+    for item in items:
         location = item["loc"]
+        if item_failed and location == ("model_list",) and item["type"] == "too_short":
+            continue
         where = ".".join(str(part) for part in location)
         if location[:1] == ("model_list",) and len(location) > 1 and isinstance(location[1], int):
             entries = data.get("model_list") or []
             entry = entries[location[1]] if location[1] < len(entries) else {}
             name = entry.get("model_name") if isinstance(entry, Mapping) else None
             where = f"{where} (model {name!r})" if name else where
-        details.append(f"{where}: {item['msg'].removeprefix('Value error, ')}")
+        message = item["msg"].removeprefix("Value error, ")
+        details.append(f"{where}: {message}" if where else message)  # the config's own checks: no field
     return ConfigurationError("invalid router config: " + "; ".join(details))
