@@ -181,3 +181,34 @@ async def test_a_config_the_litellm_router_refuses_is_a_configuration_error_with
     assert key[:12] not in str(caught.value)
     assert caught.value.__cause__ is None
     assert caught.value.__context__ is None
+
+
+async def test_a_stream_closed_early_closes_litellms_stream(
+    make_router: MakeRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """litellm's stream holds the HTTP response until its aclose(): a consumer that stops early
+    (a cancelled run, a break) must release it through the router's wrapper."""
+
+    class Stream:
+        closed = False
+
+        def __aiter__(self) -> Stream:
+            return self
+
+        async def __anext__(self) -> str:
+            return "chunk"
+
+        async def aclose(self) -> None:
+            self.closed = True
+
+    litellm_stream = Stream()
+    router = await make_router({"model_list": [mock("gpt", "A")]})
+
+    async def acompletion(**kwargs: Any) -> Stream:
+        return litellm_stream
+
+    monkeypatch.setattr(router.router, "acompletion", acompletion)
+    stream = await router.acompletion(model="gpt", messages=MESSAGES, stream=True)
+    assert await anext(stream) == "chunk"
+    await stream.aclose()
+    assert litellm_stream.closed

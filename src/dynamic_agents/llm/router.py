@@ -487,6 +487,12 @@ async def _translated_stream(stream: Any, model: str) -> AsyncIterator[Any]:
             yield chunk
     except Exception as error:
         failure = _translate(error, model)
+    finally:
+        # A consumer that stops early closes only this wrapper: litellm's stream holds the HTTP
+        # response (and its pooled connection) until its own aclose().
+        close = getattr(stream, "aclose", None)
+        if close is not None:
+            await close()
     if failure is not None:
         raise failure
 
