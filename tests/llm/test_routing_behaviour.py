@@ -212,3 +212,27 @@ async def test_a_stream_closed_early_closes_litellms_stream(
     assert await anext(stream) == "chunk"
     await stream.aclose()
     assert litellm_stream.closed
+
+
+async def test_a_sync_stream_failing_midway_raises_a_redacted_llm_error(
+    make_router: MakeRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The synchronous path (agno's run(stream=True)) translates and redacts like the async one."""
+    from dynamic_agents._redaction import REDACTOR
+    from dynamic_agents.exceptions import LLMError
+
+    router = await make_router({"model_list": [mock("gpt", "A")]})
+    (key,) = {d["litellm_params"]["api_key"] for d in router.router.model_list}
+    assert key in REDACTOR
+
+    def chunks() -> Any:
+        yield "chunk"
+        raise RuntimeError(f"connection reset while streaming for key {key}")
+
+    monkeypatch.setattr(router.router, "completion", lambda **kwargs: chunks())
+    stream = router.completion(model="gpt", messages=MESSAGES, stream=True)
+    with pytest.raises(LLMError) as caught:
+        for _ in stream:
+            pass
+    assert key not in str(caught.value)
+    assert caught.value.__context__ is None

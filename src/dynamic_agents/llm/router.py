@@ -20,7 +20,7 @@ included) and builds the ``litellm.Router`` once. Afterwards:
 from __future__ import annotations
 
 import copy
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -380,9 +380,12 @@ class LLMRouter:
         kwargs["metadata"] = copy.deepcopy(kwargs.get("metadata") or {})
         failure: LLMError
         try:
-            return self.router.completion(model=model, messages=messages, **kwargs)
+            response = self.router.completion(model=model, messages=messages, **kwargs)
         except Exception as error:
             failure = _translate(error, model)
+        else:
+            # A stream fails while it is read: its errors are translated (and redacted) there.
+            return _translated_sync_stream(response, model) if kwargs.get("stream") else response
         raise failure
 
     async def _user_key(self, model: str, user_id: str) -> dict[str, str]:
@@ -493,6 +496,20 @@ async def _translated_stream(stream: Any, model: str) -> AsyncIterator[Any]:
         close = getattr(stream, "aclose", None)
         if close is not None:
             await close()
+    if failure is not None:
+        raise failure
+
+
+def _translated_sync_stream(stream: Any, model: str) -> Iterator[Any]:
+    failure: LLMError | None = None
+    try:
+        yield from stream
+    except Exception as error:
+        failure = _translate(error, model)
+    finally:
+        close = getattr(stream, "close", None)  # a consumer that stops early: release the response
+        if close is not None:
+            close()
     if failure is not None:
         raise failure
 
