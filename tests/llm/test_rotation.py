@@ -330,3 +330,18 @@ async def test_a_401_for_a_key_rotated_while_the_call_was_in_flight_retries_with
     response = await asyncio.wait_for(call, 5)
     assert response.choices[0].message.content == "ok"
     assert sent == [f"Bearer {V1}", f"Bearer {V2}"]
+
+
+async def test_a_refused_user_key_forces_one_refresh_of_that_users_keys_and_one_retry(
+    router: LLMRouter, identity: InMemoryIdentityService, fake: FakeOpenAI
+) -> None:
+    """A user who rotated their own key in Identity (nothing pushes that) is not refused until the
+    cached old key expires: the 401 refreshes their keys once, and the call is retried once."""
+    alice_v2 = "sk-alice-own-key-0002"
+    await router.acompletion(model="gpt", messages=MESSAGES, user_id="alice")  # her key is cached
+    identity.set_values(identity.find_secret("alice", "openai", user_id="alice"), {"api_key": alice_v2})
+    fake._handler = lambda r: "hers" if r.authorization == f"Bearer {alice_v2}" else HTTPErrorStep(401, "no")
+    response = await router.acompletion(model="gpt", messages=MESSAGES, user_id="alice")
+    assert response.choices[0].message.content == "hers"
+    assert keys(fake) == [f"Bearer {ALICE}", f"Bearer {ALICE}", f"Bearer {alice_v2}"]
+    assert await router.cooled_down() == []

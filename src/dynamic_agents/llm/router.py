@@ -6,7 +6,8 @@ included) and builds the ``litellm.Router`` once. Afterwards:
 * a rotated secret (``SecretsManager.on_change``, or ``refresh()``) swaps the key of the deployments
   that use it with ``upsert_deployment`` — same deployment ids, same Router object — and takes them
   out of cooldown;
-* a call that fails with 401 forces one secret refresh and one retry;
+* a call that fails with 401 forces one secret refresh and one retry (of the user's keys when it
+  carried the user's own);
 * a call for a user who has their own key for the group's provider carries that key per call; it is
   never written into the shared deployment, and its failures never cool the deployment down. Such a
   call walks the group's fallbacks itself, each group called with litellm's fallbacks disabled and
@@ -297,13 +298,13 @@ class LLMRouter:
             if failure is None:
                 return _translated_stream(response, model) if kwargs.get("stream") else response
             # Outside the except block: the original (whose text may echo a key) is not chained.
-            if (
-                attempt == 0
-                and not user_params
-                and failure.status == 401
-                and await self._refresh_after_401(model, sent_with)
-            ):
-                continue  # a rotated key: retry once with it
+            if attempt == 0 and failure.status == 401:
+                if user_params and user_id is not None:
+                    if await self._refresh_user_after_401(model, user_id):
+                        user_params = await self._user_key(model, user_id)
+                        continue  # the user's rotated key: retry once with it
+                elif await self._refresh_after_401(model, sent_with):
+                    continue  # a rotated key: retry once with it
             raise failure
         raise AssertionError("unreachable")
 
@@ -373,6 +374,16 @@ class LLMRouter:
         for deployment_id in rotated:
             await _litellm.clear_cooldown(self.router, deployment_id)
         return bool(rotated)
+
+    async def _refresh_user_after_401(self, model: str, user_id: str) -> bool:
+        """Fetch a user's own keys again after one was refused; whether one changed. Nothing tells
+        the manager that a user rotated their key: without this the old one is used until it expires
+        from the cache. A key that cannot be fetched now is logged by the manager, not raised."""
+        logger.warning("model %r: a user's own key refused (401); refreshing that user's keys", model)
+        changed = 0
+        for provider in sorted({provider for provider, _ in self._user_keys.values()}):
+            changed += await self.secrets.refresh(provider, user_id=user_id)
+        return changed > 0
 
     def completion(self, *, model: str, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
         """The synchronous path (agno's ``run``). No per-user keys, no refresh-and-retry, and
