@@ -156,3 +156,17 @@ def test_an_invalid_deployment_is_reported_once_and_model_level_errors_have_no_e
     assert str(caught.value).startswith("invalid router config: fallbacks names unknown model groups")
     with pytest.raises(ConfigurationError, match=r"model_list: Tuple should have at least 1 item"):
         RouterConfig.from_dict({"model_list": []})
+
+
+async def test_a_secret_value_in_the_config_is_accepted_and_used() -> None:
+    """A key the host fetched itself may be given as a SecretValue: the config copies its input,
+    and copying one must not go through pickling (which it refuses)."""
+    from dynamic_agents.llm import build_router
+    from dynamic_agents.secrets import SecretsManager, SecretValue, StaticSource
+
+    key = SecretValue("sk-CANARY-secret-value-01")
+    config = RouterConfig.from_dict({"model_list": [deployment(api_key=key, mock_response="ok")]})
+    assert config.model_list[0].litellm_params["api_key"] == key
+    async with await build_router(config, SecretsManager(StaticSource({}))) as router:
+        (params,) = [d["litellm_params"] for d in router.router.model_list]
+        assert params["api_key"] == key.reveal()

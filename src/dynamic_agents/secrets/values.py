@@ -54,5 +54,11 @@ class SecretValue:
     def __len__(self) -> int:
         return len(self._value)
 
+    def __copy__(self) -> SecretValue:
+        return self  # immutable; without these, copy falls back on __reduce__, which refuses
+
+    def __deepcopy__(self, memo: dict[int, object]) -> SecretValue:
+        return self
+
     def __reduce__(self) -> NoReturn:
         raise TypeError("a SecretValue cannot be pickled: it would write the secret out")
