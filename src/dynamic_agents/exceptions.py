@@ -142,7 +142,8 @@ class LLMRequestError(LLMError, ValueError):
 
 
 class LLMAuthenticationError(LLMError, PermissionError):
-    """The key was refused (401 / 403), after one secret refresh and retry."""
+    """The key was refused (401 / 403). A 401 first refreshes the keys once and, if one changed,
+    retries once; a 403 (no permission for that model or resource) is raised as it comes."""
 
 
 class LLMTimeoutError(LLMError, TimeoutError):
