@@ -208,6 +208,7 @@ def test_the_http_client_needs_only_the_core_install() -> None:
         exceptions.UnsupportedSchemaVersionError("2.0", 1),
         exceptions.EventTooLargeError("content", 300, 200),
         exceptions.LeaseLostError("s1"),
+        exceptions.RunLostError("r1", "s1"),
         exceptions.LLMRateLimitError("slow down", status=429, model="gpt"),
         exceptions.SpecValidationError("no such tool", spec="agent 'a'", path="tools[0]"),
         exceptions.SpecConflictError("stale", current=3),

@@ -28,7 +28,9 @@ Each class also subclasses the matching built-in, so callers can catch either::
     │   └── SpecConflictError (ValueError)     created twice, or updated from a stale version
     ├── TransportError (ConnectionError)       the message broker failed or refused an operation
     │   ├── DeliveryError (LookupError)        a delivery, group or stream the broker does not know
-    │   └── LeaseLostError                     a lease-guarded write found the lease gone
+    │   ├── LeaseLostError                     a lease-guarded write found the lease gone
+    │   └── RunLostError                       a worker's run lost its session lease: it published
+    │                                          nothing (hooks see it in ``after_handle``)
     └── SecretsError                           secrets could not be had
         ├── SecretNotFoundError (LookupError)  ``require()`` found no such secret or field
         ├── SecretReferenceError (ValueError)  a malformed reference (``secret:…``, ``os.environ/…``)
@@ -80,6 +82,7 @@ __all__ = [
     "MissingDependencyError",
     "NoRouteError",
     "RoutingConfigError",
+    "RunLostError",
     "SecretNotFoundError",
     "SecretReferenceError",
     "SecretsError",
@@ -245,6 +248,21 @@ class LeaseLostError(TransportError):
     def __init__(self, session_id: str) -> None:
         self.session_id = session_id
         super().__init__(f"the lease of session {session_id!r} is no longer held; nothing was written")
+
+
+class RunLostError(TransportError):
+    """A worker's run lost its session lease (it expired while the worker stalled, or another
+    worker holds it now), so the worker published nothing for it: the request stays pending and
+    another worker answers it. ``request_id`` and ``session_id`` say which. Hooks receive it in
+    ``after_handle``; a run whose stream entry was taken over ends in a cancellation instead."""
+
+    def __init__(self, request_id: str, session_id: str) -> None:
+        self.request_id = request_id
+        self.session_id = session_id
+        super().__init__(
+            f"request {request_id!r} lost the lease of session {session_id!r}: nothing was published "
+            "(another worker answers it)"
+        )
 
 
 class SecretsError(DynamicAgentsError):

@@ -12,10 +12,12 @@ from typing import Any
 import pytest
 
 from dynamic_agents.events import AgentRequestEvent, LifecycleEvent, ResponseStatus, Target
+from dynamic_agents.exceptions import DynamicAgentsError, RunLostError, TransportError
 from dynamic_agents.execution import ExecutionResult, FunctionExecutor
 from dynamic_agents.routing import EventRouter
-from dynamic_agents.transports import Completion, Subscription, Transport
+from dynamic_agents.transports import Completion, Delivery, Subscription, Transport
 from dynamic_agents.worker import BaseHooks, RunContext, WorkerSettings
+from dynamic_agents.worker import RunLostError as WorkerRunLostError
 from tests.worker.conftest import FAST, Backend, replies, request_event, wait_for, worker
 
 
@@ -211,16 +213,22 @@ async def test_a_run_that_loses_its_lease_publishes_nothing(backend: Backend) ->
         await asyncio.sleep(5)
         return "from the worker that lost its lease"
 
-    await transport.publish(backend.names.requests, request_event(backend.names, "x", session="contested"))
+    request = request_event(backend.names, "x", session="contested")
+    await transport.publish(backend.names.requests, request)
     loser = worker(transport, FunctionExecutor(slow), consumer="loser")
+    handled = _Handled()
+    loser.hooks.append(handled)
     async with loser:
         await asyncio.wait_for(started.wait(), 5)
         await backend.delete_key(backend.names.session_lease("contested"))
         rival = await other.coordinator().acquire("contested", ttl=30)  # someone else takes the session
         assert rival is not None
         await wait_for(lambda: _async(loser.stats.lost == 1))
+        await wait_for(lambda: _async(bool(handled.errors)))
+        assert await replies(transport, backend.names) == []
         await loser.stop(grace=0)  # (it would otherwise take the entry back and wait for the lease)
         await other.coordinator().release(rival)
+    _assert_lost_run(handled.errors[0], request)
     await worker(other, consumer="winner").run_until_idle()
     assert [r.content for r in await replies(transport, backend.names)] == ["echo: x"]
 
@@ -238,12 +246,18 @@ async def test_a_run_whose_lease_changed_hands_between_renewals_publishes_nothin
         rivals.append(rival)
         return "from the worker that lost its lease"  # before the next renewal could notice
 
-    await transport.publish(backend.names.requests, request_event(backend.names, "x", session="contested"))
+    request = request_event(backend.names, "x", session="contested")
+    await transport.publish(backend.names.requests, request)
     loser = worker(transport, FunctionExecutor(stalls_past_its_lease), consumer="loser", lease_ttl=30)
+    handled = _Handled()
+    loser.hooks.append(handled)
     async with loser:
         await wait_for(lambda: _async(loser.stats.lost == 1))
         await loser.stop(grace=0)
     assert await replies(transport, backend.names) == []
+    _assert_lost_run(handled.errors[0], request)
+    # then redelivered here, waiting for the rival's lease, and handed back by the stop
+    assert all(isinstance(error, asyncio.CancelledError) for error in handled.errors[1:])
     assert await other.coordinator().holder("contested") == rivals[0].holder  # the rival's lease stands
     await other.coordinator().release(rivals[0])
     await worker(other, consumer="winner").run_until_idle()
@@ -544,6 +558,28 @@ def test_policies_given_as_text_are_stored_as_session_policies() -> None:
 
 async def _async(value: bool) -> bool:
     return value
+
+
+class _Handled(BaseHooks):
+    """Records the error each handling ended with (``after_handle``)."""
+
+    def __init__(self) -> None:
+        self.errors: list[BaseException | None] = []
+
+    async def after_handle(self, delivery: Delivery[AgentRequestEvent], error: BaseException | None) -> None:
+        self.errors.append(error)
+
+
+def _assert_lost_run(error: BaseException | None, request: AgentRequestEvent) -> None:
+    """A run that lost its lease ends with a ``RunLostError`` of the library's tree, naming it."""
+    assert isinstance(error, RunLostError)
+    assert isinstance(error, TransportError)
+    assert isinstance(error, DynamicAgentsError)
+    assert RunLostError is WorkerRunLostError  # the old import path names the same class
+    assert (error.request_id, error.session_id) == (request.id, "contested")
+    assert repr(request.id) in str(error)
+    assert "'contested'" in str(error)
+    assert "nothing was published" in str(error)
 
 
 @pytest.mark.redis

@@ -6,9 +6,9 @@ import asyncio
 from enum import StrEnum
 
 from dynamic_agents.events import ResponseStatus, Target
+from dynamic_agents.exceptions import RunLostError
 from dynamic_agents.execution import ExecutionResult
 from dynamic_agents.transports import Completion
-from dynamic_agents.worker import RunLostError
 
 __all__ = ["Outcome", "target_name"]
 

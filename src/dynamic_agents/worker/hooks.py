@@ -16,9 +16,10 @@ nothing and awaits nothing for them):
 * ``after_complete(context, completion)``: the run's own answer was written;
 * ``on_dead_letter(delivery, written)``: past ``max_deliveries``, set aside (``written`` false when
   another consumer had taken the entry);
-* ``after_handle(delivery, error)``: always last, with the exception that ended the handling (a
-  cancellation, :class:`~dynamic_agents.worker.RunLostError` for a lost entry or lease, a failure)
-  or ``None``.
+* ``after_handle(delivery, error)``: always last, with the exception that ended the handling or
+  ``None``: a cancellation (the worker stopping, or the entry taken over by another consumer),
+  :class:`~dynamic_agents.exceptions.RunLostError` for a lost session lease (nothing was published),
+  or a failure.
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ from dynamic_agents.exceptions import (
     EventTooLargeError,
     LeaseLostError,
     NoRouteError,
+    RunLostError,
     TransportError,
 )
 from dynamic_agents.execution import ExecutionResult, Executor
@@ -73,11 +74,6 @@ class WorkerStats:
     undecodable: int = 0
     lost: int = 0
     lease_waits: int = 0
-
-
-class RunLostError(Exception):
-    """A run lost its entry or its session lease, so it published nothing (another worker answers).
-    Hooks see it in ``after_handle``."""
 
 
 @dataclass(slots=True)
@@ -622,7 +618,7 @@ class AgentWorker:
             await self._call_hooks("after_execute", context, result)
         if len(batch) > 1:  # the merged requests are answered first: only while the lease is ours
             if not await self._still_ours(lease):
-                raise RunLostError
+                raise RunLostError(event.id, event.session_id)
             for earlier in batch[:-1]:  # the turn's status and error, its content with the last
                 merged = ExecutionResult(
                     result.status,
@@ -634,7 +630,7 @@ class AgentWorker:
             completion = await self._answer(delivery, delivery.event, target, result, lease=lease)
         except LeaseLostError:
             self._lease_lost_during_run(lease)
-            raise RunLostError from None
+            raise RunLostError(event.id, event.session_id) from None
         if self.hooks:
             await self._call_hooks("after_complete", context, completion)
 
@@ -667,7 +663,7 @@ class AgentWorker:
         except asyncio.CancelledError:
             if event.id in self._leases_lost:
                 handler.uncancel()
-                raise RunLostError from None  # the lease was lost: publish nothing
+                raise RunLostError(event.id, event.session_id) from None  # publish nothing
             if event.id not in self._cancelling or handler.uncancel() > 0:
                 raise  # stopping, or the entry was lost (not only a cancellation request)
             return _cancelled()  # cancelled on request: answer so
