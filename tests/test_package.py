@@ -209,6 +209,7 @@ def test_the_http_client_needs_only_the_core_install() -> None:
         exceptions.EventTooLargeError("content", 300, 200),
         exceptions.LeaseLostError("s1"),
         exceptions.RunLostError("r1", "s1"),
+        exceptions.RequeueError("1-0", "dead", "it has no original fields to put back"),
         exceptions.LLMRateLimitError("slow down", status=429, model="gpt"),
         exceptions.SpecValidationError("no such tool", spec="agent 'a'", path="tools[0]"),
         exceptions.SpecConflictError("stale", current=3),

@@ -28,6 +28,8 @@ Each class also subclasses the matching built-in, so callers can catch either::
     │   └── SpecConflictError (ValueError)     created twice, or updated from a stale version
     ├── TransportError (ConnectionError)       the message broker failed or refused an operation
     │   ├── DeliveryError (LookupError)        a delivery, group or stream the broker does not know
+    │   ├── RequeueError (ValueError)          a dead letter that exists cannot be requeued: it records
+    │   │                                      no origin stream or no original fields (REST API: 409)
     │   ├── LeaseLostError                     a lease-guarded write found the lease gone
     │   └── RunLostError                       a worker's run lost its session lease: it published
     │                                          nothing (hooks see it in ``after_handle``)
@@ -81,6 +83,7 @@ __all__ = [
     "LeaseLostError",
     "MissingDependencyError",
     "NoRouteError",
+    "RequeueError",
     "RoutingConfigError",
     "RunLostError",
     "SecretNotFoundError",
@@ -239,6 +242,21 @@ class TransportError(DynamicAgentsError, ConnectionError):
 
 class DeliveryError(TransportError, LookupError):
     """A delivery, consumer group or stream is unknown to the broker."""
+
+
+class RequeueError(TransportError, ValueError):
+    """A dead letter that exists cannot be requeued: it does not say which stream it came from, or
+    it has no original fields to put back. ``entry_id`` is the dead letter's id, ``stream`` the
+    dead-letter stream. Unlike a :class:`DeliveryError` (no such dead letter), retrying will not
+    help: purge the dead letter, or publish its request yourself."""
+
+    def __init__(self, entry_id: str, stream: str, why: str) -> None:
+        self.entry_id = entry_id
+        self.stream = stream
+        super().__init__(
+            f"dead letter {entry_id!r} on {stream!r} cannot be requeued: {why}; purge it, or publish "
+            "its request yourself"
+        )
 
 
 class LeaseLostError(TransportError):

@@ -55,7 +55,13 @@ from typing import Final
 
 from dynamic_agents._logging import get_logger
 from dynamic_agents.events import AgentRequestEvent
-from dynamic_agents.exceptions import ConfigurationError, DecodeError, DeliveryError, EventError
+from dynamic_agents.exceptions import (
+    ConfigurationError,
+    DecodeError,
+    DeliveryError,
+    EventError,
+    RequeueError,
+)
 from dynamic_agents.transports import Transport
 from dynamic_agents.transports.base import (
     DEAD_LETTER_FIELD_PREFIX,
@@ -149,7 +155,8 @@ class DeadLetters:
 
     ``stream`` defaults to ``transport.names.dead_letters``. Unknown (or malformed) entry ids raise
     :class:`~dynamic_agents.exceptions.DeliveryError` (a ``LookupError``), as does requeueing a dead
-    letter someone else requeued or purged meanwhile. Concurrent requeues of one id (a double click,
+    letter someone else requeued or purged meanwhile; requeueing one that records no origin stream
+    raises :class:`~dynamic_agents.exceptions.RequeueError`. Concurrent requeues of one id (a double click,
     two operators) publish the request once, within a process and across processes alike.
     """
 
@@ -213,7 +220,8 @@ class DeadLetters:
         delivery budget), deleting the dead letter; returns the new entry's id.
 
         :class:`DeliveryError` if there is no such dead letter (or no longer: requeued or purged
-        meanwhile), or it does not say which stream it came from.
+        meanwhile); :class:`~dynamic_agents.exceptions.RequeueError` if it does not say which stream
+        it came from, or has no original fields (a dead letter written by hand, say).
         """
         async with self._lock:
             letter = await self.get(entry_id)
@@ -242,9 +250,13 @@ class DeadLetters:
     async def _requeue(self, letter: DeadLetter) -> str | None:
         """The new entry's id, or ``None`` if someone else requeued or purged the letter first."""
         if not letter.origin_stream:
-            raise DeliveryError(f"dead letter {letter.id!r} does not say which stream it came from")
+            raise RequeueError(
+                letter.id,
+                self.stream,
+                f"it does not say which stream it came from (no {DEAD_LETTER_FIELD_PREFIX}stream field)",
+            )
         if not letter.fields:
-            raise DeliveryError(f"dead letter {letter.id!r} has no original fields to requeue")
+            raise RequeueError(letter.id, self.stream, "it has no original fields to put back")
         new_id = await self.transport.move(self.stream, letter.id, letter.origin_stream, letter.fields)
         if new_id is None:
             logger.info("dead letter %s was requeued or purged by someone else meanwhile", letter.id)

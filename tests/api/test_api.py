@@ -38,6 +38,7 @@ from tests.api.support import (
     event_router,
     make_app,
     make_runtime,
+    request_event,
 )
 
 V1 = "/api/v1"
@@ -816,6 +817,20 @@ async def test_unknown_dead_letters_are_404(stack: Stack, entry_id: str) -> None
     assert (requeued.status_code, purged.status_code) == (404, 404)
     assert "no dead letter" in requeued.json()["detail"]
     assert len((await stack.client.get(f"{V1}/dead-letters")).json()) == 1
+
+
+async def test_requeueing_a_dead_letter_without_an_origin_stream_is_409(stack: Stack) -> None:
+    transport = stack.transport
+    entry_id = await transport.publish(transport.names.dead_letters, request_event("by hand"))
+    requeued = await stack.client.post(f"{V1}/dead-letters/{entry_id}/requeue")
+    assert requeued.status_code == 409
+    assert requeued.json() == {
+        "detail": f"dead letter {entry_id!r} on {transport.names.dead_letters!r} cannot be requeued: it "
+        "does not say which stream it came from (no dead_letter.stream field); purge it, or publish "
+        "its request yourself"
+    }
+    assert [letter["id"] for letter in (await stack.client.get(f"{V1}/dead-letters")).json()] == [entry_id]
+    assert (await stack.client.delete(f"{V1}/dead-letters/{entry_id}")).status_code == 204
 
 
 async def test_a_dead_letter_already_purged_is_404(stack: Stack) -> None:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from dynamic_agents.events import AgentRequestEvent, ResponseStatus
-from dynamic_agents.exceptions import ConfigurationError, DeliveryError
+from dynamic_agents.exceptions import ConfigurationError, DeliveryError, RequeueError, TransportError
 from dynamic_agents.operations import (
     MAX_DELIVERIES,
     UNDECODABLE,
@@ -318,7 +318,32 @@ async def test_an_entry_without_dead_letter_fields_is_listed_but_not_requeued(ba
     )
     assert letter.request == request
     assert abs(letter.dead_at.timestamp() * 1000 - int(entry_id.split("-")[0])) < 1
-    with pytest.raises(DeliveryError, match="which stream"):
+    with pytest.raises(RequeueError) as caught:
         await dead.requeue(entry_id)
+    refused = caught.value
+    assert isinstance(refused, TransportError)
+    assert isinstance(refused, ValueError)
+    assert not isinstance(refused, LookupError)  # it exists: not an unknown dead letter
+    assert (refused.entry_id, refused.stream) == (entry_id, backend.names.dead_letters)
+    assert str(refused) == (
+        f"dead letter {entry_id!r} on {backend.names.dead_letters!r} cannot be requeued: it does not "
+        "say which stream it came from (no dead_letter.stream field); purge it, or publish its request "
+        "yourself"
+    )
     assert await dead.requeue_all() == 0
     assert await dead.list() == [letter]
+
+
+async def test_a_dead_letter_without_original_fields_is_not_requeued(backend: Backend) -> None:
+    transport = await backend.transport()
+    entry_id = await transport.publish_fields(
+        backend.names.dead_letters,
+        {b"dead_letter.stream": backend.names.requests.encode(), b"dead_letter.reason": b"manual"},
+    )
+    dead = DeadLetters(transport)
+    with pytest.raises(RequeueError, match="no original fields") as caught:
+        await dead.requeue(entry_id)
+    assert caught.value.entry_id == entry_id
+    assert not isinstance(caught.value, LookupError)
+    assert [letter.id for letter in await dead.list()] == [entry_id]
+    assert await transport.read_stream(backend.names.requests, AgentRequestEvent) == []

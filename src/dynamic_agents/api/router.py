@@ -31,6 +31,7 @@ from dynamic_agents.events import AgentRequestEvent
 from dynamic_agents.exceptions import (
     ConfigurationError,
     DeliveryError,
+    RequeueError,
     SpecConflictError,
     SpecNotFoundError,
     SpecValidationError,
@@ -407,6 +408,8 @@ def create_api_router(  # noqa: PLR0915 - one route per statement group; kept to
     async def requeue(entry_id: str) -> dict[str, str]:
         try:
             new_id = await DeadLetters(needs_transport()).requeue(entry_id)
+        except RequeueError as error:  # it exists, but cannot go back: retrying will not help
+            raise HTTPException(409, str(error)) from None
         except DeliveryError as error:
             raise HTTPException(404, str(error)) from None
         return {"requeued_as": new_id}
