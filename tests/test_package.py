@@ -106,6 +106,7 @@ def test_every_error_subclasses_the_base_and_a_builtin() -> None:
             continue
         assert issubclass(error, exceptions.DynamicAgentsError)
         is_category = error in {
+            exceptions.ApiError,  # any HTTP status the REST API answers
             exceptions.DynamicAgentsError,
             exceptions.SecretsError,
             exceptions.IdentityError,
@@ -210,6 +211,7 @@ def test_the_http_client_needs_only_the_core_install() -> None:
         exceptions.LeaseLostError("s1"),
         exceptions.RunLostError("r1", "s1"),
         exceptions.RequeueError("1-0", "dead", "it has no original fields to put back"),
+        exceptions.ApiError(404, {"detail": "no agent 'x'"}),
         exceptions.LLMRateLimitError("slow down", status=429, model="gpt"),
         exceptions.SpecValidationError("no such tool", spec="agent 'a'", path="tools[0]"),
         exceptions.SpecConflictError("stale", current=3),

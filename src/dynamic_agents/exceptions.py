@@ -21,7 +21,7 @@ Each class also subclasses the matching built-in, so callers can catch either::
     │       └── LLMRateLimitError              429, or every deployment over its limits
     ├── NoRouteError (LookupError)             no rule, source default or global default for an event
     ├── ApiError                               the REST API answered an error status (``status``,
-    │                                          ``detail``); defined in ``dynamic_agents.api``
+    │                                          ``detail``): raised by ``AgentsHTTPClient``
     ├── SpecError                              agent / team / workflow specs
     │   ├── SpecValidationError (ValueError)   a spec is invalid; ``path`` says where inside it
     │   ├── SpecNotFoundError (LookupError)    no spec of that kind and id
@@ -55,8 +55,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
+    "ApiError",
     "ConfigurationError",
     "DecodeError",
     "DeliveryError",
@@ -166,6 +168,18 @@ class LLMRateLimitError(LLMUnavailableError):
 
 class NoRouteError(DynamicAgentsError, LookupError):
     """No rule matched an event and no default target is configured for its source."""
+
+
+class ApiError(DynamicAgentsError):
+    """The REST API answered an error status: ``status`` is the HTTP status, ``detail`` the body's
+    ``detail`` (a string, or the JSON the route sent), or the reason phrase when the body is not
+    JSON. Raised by :class:`~dynamic_agents.api.AgentsHTTPClient`, for any status, so it has no
+    matching built-in."""
+
+    def __init__(self, status: int, detail: Any) -> None:
+        self.status = status
+        self.detail = detail
+        super().__init__(f"the agents API answered {status}: {detail}")
 
 
 class MissingDependencyError(DynamicAgentsError, ImportError):

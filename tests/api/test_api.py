@@ -22,9 +22,9 @@ from dynamic_agents.agents import (
     ToolRegistry,
 )
 from dynamic_agents.api import NO_AUTH, AgentsHTTPClient, create_api_router
-from dynamic_agents.api.client import ApiError
+from dynamic_agents.api import client as client_module
 from dynamic_agents.events import AgentRequestEvent
-from dynamic_agents.exceptions import ConfigurationError
+from dynamic_agents.exceptions import ApiError, ConfigurationError, DynamicAgentsError
 from dynamic_agents.secrets import SecretKey, SecretsManager, StaticSource
 from dynamic_agents.testing import InMemoryServer, InMemoryTransport, ScriptedModels, mock_llm_router
 from tests.api.support import (
@@ -443,6 +443,9 @@ async def test_the_client_streams_and_executes(stack: Stack) -> None:
         with pytest.raises(ApiError) as missing:
             await api.execute("agents", "ghost", "hi", session_id="s1")
         assert (missing.value.status, missing.value.detail) == (404, "no agent 'ghost'")
+        assert isinstance(missing.value, client_module.ApiError)  # the old import path still works
+        assert isinstance(missing.value, DynamicAgentsError)
+        assert str(missing.value) == "the agents API answered 404: no agent 'ghost'"
         with pytest.raises(ApiError) as conflict:
             await api.create("agents", AGENT)
         assert conflict.value.status == 409

@@ -9,18 +9,9 @@ from urllib.parse import quote
 
 import httpx
 
-from dynamic_agents.exceptions import DynamicAgentsError
+from dynamic_agents.exceptions import ApiError
 
-__all__ = ["AgentsHTTPClient", "ApiError"]
-
-
-class ApiError(DynamicAgentsError):
-    """The API answered an error status."""
-
-    def __init__(self, status: int, detail: Any) -> None:
-        self.status = status
-        self.detail = detail
-        super().__init__(f"the agents API answered {status}: {detail}")
+__all__ = ["AgentsHTTPClient", "ApiError"]  # ApiError lives in dynamic_agents.exceptions
 
 
 class AgentsHTTPClient:
