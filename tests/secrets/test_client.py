@@ -442,3 +442,13 @@ async def test_concurrent_401s_ask_the_provider_for_one_fresh_token() -> None:
     async with IdentityClient(URL, token=provider, transport=httpx.MockTransport(expiring)) as client:
         await asyncio.gather(*(client.list_providers() for _ in range(5)))
     assert calls == 2  # the first token, then one fresh one
+
+
+async def test_a_closed_client_raises_a_typed_error(service: InMemoryIdentityService) -> None:
+    client = IdentityClient(URL, token="service-token", transport=service.mock_transport())
+    await client.aclose()
+    with pytest.raises(IdentityUnavailableError, match="closed") as caught:
+        await client.list_providers()
+    assert caught.value.status is None
+    assert "GET /api/v1/providers" in str(caught.value)
+    assert service.count() == 0

@@ -17,6 +17,8 @@ from dynamic_agents.exceptions import (
 from dynamic_agents.secrets import (
     ChainSource,
     EnvironmentSource,
+    IdentityClient,
+    IdentitySource,
     SecretChange,
     SecretKey,
     SecretsManager,
@@ -24,7 +26,10 @@ from dynamic_agents.secrets import (
     SecretValue,
     StaticSource,
 )
+from dynamic_agents.testing import InMemoryIdentityService
 from tests.support.waiting import wait_until
+
+URL = "http://identity.test.localhost"
 
 
 class Clock:
@@ -542,3 +547,30 @@ def test_from_identity_with_env_fallback_accepts_env_mapping_none() -> None:
 def test_bad_timing_settings_are_refused_naming_the_field(setting: str, value: float) -> None:
     with pytest.raises(ConfigurationError, match=f"^{setting} must be .*, got {value}$"):
         SecretsManager(StaticSource({}), **{setting: value})
+
+
+async def test_a_closed_manager_raises_a_typed_error(manager: SecretsManager) -> None:
+    assert await manager.get("openai", "api_key") is not None
+    await manager.aclose()
+    attempts = (
+        lambda: manager.get("openai", "api_key"),  # cached
+        lambda: manager.get("anthropic", "api_key"),  # not cached
+        lambda: manager.resolve("secret:openai:api_key"),
+        lambda: manager.warm_up(["groq"]),
+    )
+    for attempt in attempts:
+        with pytest.raises(SecretsUnavailableError, match="the secrets manager was closed"):
+            await attempt()
+    with pytest.raises(SecretsUnavailableError, match="closed"):
+        manager.start()
+
+
+async def test_a_manager_over_a_closed_identity_client_raises_a_typed_error() -> None:
+    service = InMemoryIdentityService(tokens={"service-token": None})
+    service.add_secret("main", "openai", {"api_key": "sk-closed-client-0001"})
+    client = IdentityClient(URL, token="service-token", transport=service.mock_transport())
+    await client.aclose()
+    manager = SecretsManager(IdentitySource(client))
+    with pytest.raises(SecretsUnavailableError, match="closed"):
+        await manager.get("openai", "api_key")
+    assert service.count() == 0

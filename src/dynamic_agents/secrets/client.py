@@ -321,6 +321,8 @@ class IdentityClient:
     ) -> httpx.Response:
         attempt, refreshed = 0, False
         while True:
+            if self._http.is_closed:  # httpx would raise a bare RuntimeError
+                raise IdentityUnavailableError(f"{method} {path}: the Identity client was closed")
             token = await self._current_token()
             try:
                 response = await self._http.request(

@@ -151,6 +151,7 @@ class SecretsManager:
         self._orphaned: set[asyncio.Task[_Entry]] = set()  # fetches started before an invalidate()
         self._listeners: list[ChangeListener] = []
         self._refresher: asyncio.Task[None] | None = None
+        self._closed = False
 
     # -- construction -----------------------------------------------------------------------------
 
@@ -196,12 +197,17 @@ class SecretsManager:
 
     def start(self) -> None:
         """Start refreshing keys in use ahead of their expiry (``async with`` does this)."""
+        if self._closed:
+            raise SecretsUnavailableError("the secrets manager was closed: create a new one")
         if self._refresher is None or self._refresher.done():
             self._refresher = asyncio.get_running_loop().create_task(
                 self._refresh_loop(self.refresh_interval), name="dynamic-agents-secrets-refresh"
             )
 
     async def aclose(self) -> None:
+        """Stop refreshing, end the fetches under way and close the source; from then on every
+        read raises :class:`SecretsUnavailableError`."""
+        self._closed = True
         if self._refresher is not None:
             self._refresher.cancel()
             await asyncio.gather(self._refresher, return_exceptions=True)
@@ -219,6 +225,8 @@ class SecretsManager:
     ) -> SecretValue | None:
         """The field of the provider's secret (the user's, or the system's), or ``None``."""
         key = (provider, user_id, name)
+        if self._closed:
+            raise _closed_error(key)
         try:
             entry: _Entry | None = self._cache[key]  # 3x faster than TTLCache.get on the hit path
         except KeyError:
@@ -376,6 +384,8 @@ class SecretsManager:
         """The entry for ``key``: cached if fresh (unless forced), else fetched once for all callers."""
         if not force and previous is not None and self._clock() < previous.fresh_until:
             return previous
+        if self._closed:
+            raise _closed_error(key)
         task = self._inflight.get(key)
         if task is None:
             self.stats.misses += 1
@@ -389,9 +399,7 @@ class SecretsManager:
             if task.cancelled() and (current is None or not current.cancelling()):
                 # aclose() cancelled the fetch, not this caller: a CancelledError would tell the
                 # caller (and its task group) that it was cancelled itself.
-                raise SecretsUnavailableError(
-                    f"secret {SecretKey(*key)} cannot be fetched: the secrets manager was closed"
-                ) from None
+                raise _closed_error(key) from None
             raise
 
     def _forget_fetch(self, key: _CacheKey, task: asyncio.Task[_Entry]) -> None:
@@ -455,6 +463,12 @@ class SecretsManager:
                     await result
             except Exception:
                 logger.exception("a secret change listener failed for %s", change.key)
+
+
+def _closed_error(key: _CacheKey) -> SecretsUnavailableError:
+    return SecretsUnavailableError(
+        f"secret {SecretKey(*key)} cannot be fetched: the secrets manager was closed"
+    )
 
 
 def _changed_fields(
