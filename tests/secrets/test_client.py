@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from datetime import UTC
 
@@ -20,7 +21,7 @@ from dynamic_agents.exceptions import (
     IdentityRequestError,
     IdentityUnavailableError,
 )
-from dynamic_agents.secrets import IdentityClient, SecretValue
+from dynamic_agents.secrets import IdentityClient, IdentitySource, SecretValue
 from dynamic_agents.testing import InMemoryIdentityService
 
 URL = "http://identity.test.localhost"
@@ -452,3 +453,59 @@ async def test_a_closed_client_raises_a_typed_error(service: InMemoryIdentitySer
     assert caught.value.status is None
     assert "GET /api/v1/providers" in str(caught.value)
     assert service.count() == 0
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("timeout", 0),
+        ("timeout", -1),
+        ("timeout", float("nan")),
+        ("timeout", float("inf")),
+        ("timeout", "10"),
+        ("retries", -1),
+        ("retries", 2.5),
+        ("retries", True),
+        ("retries", float("inf")),
+        ("backoff_base", -0.1),
+        ("backoff_base", float("nan")),
+        ("backoff_base", float("inf")),
+        ("backoff_cap", -1),
+        ("backoff_cap", float("nan")),
+        ("backoff_cap", float("inf")),
+        ("max_retry_after", -1),
+        ("max_retry_after", float("nan")),
+        ("max_retry_after", float("inf")),
+    ],
+)
+def test_bad_numeric_settings_are_refused_naming_the_field(setting: str, value: object) -> None:
+    with pytest.raises(ConfigurationError, match=f"^{setting} must be .*, got {re.escape(repr(value))}$"):
+        IdentityClient(URL, token="t-000001", **{setting: value})  # type: ignore[arg-type]
+
+
+async def test_zero_retries_backoff_and_retry_after_cap_are_accepted(
+    service: InMemoryIdentityService, sleeps: Sleeps
+) -> None:
+    async with IdentityClient(
+        URL,
+        token="service-token",
+        transport=service.mock_transport(),
+        retries=0,
+        backoff_base=0,
+        backoff_cap=0,
+        max_retry_after=0,
+        sleep=sleeps,
+    ) as client:
+        service.fail_next(503)
+        with pytest.raises(IdentityUnavailableError):
+            await client.list_providers()
+        assert service.count() == 1
+        assert await client.list_providers()
+    assert sleeps.delays == []
+
+
+def test_a_bad_page_size_is_refused_naming_the_field() -> None:
+    client = IdentityClient(URL, token="t-000001")
+    for value in (0, -1, 2.5):
+        with pytest.raises(ConfigurationError, match=f"^page_size must be .*, got {value!r}$"):
+            IdentitySource(client, page_size=value)  # type: ignore[arg-type]

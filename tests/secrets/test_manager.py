@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Mapping
 
 import pytest
@@ -542,11 +543,41 @@ def test_from_identity_with_env_fallback_accepts_env_mapping_none() -> None:
         ("error_retry", -5),
         ("error_retry", float("nan")),
         ("error_retry", float("inf")),
+        ("ttl", 0),
+        ("ttl", -1),
+        ("ttl", float("nan")),
+        ("ttl", float("inf")),
+        ("ttl", "300"),
+        ("negative_ttl", -1),
+        ("negative_ttl", float("nan")),
+        ("negative_ttl", float("inf")),
+        ("stale_grace", -1),
+        ("stale_grace", float("nan")),
+        ("stale_grace", float("inf")),
+        ("refresh_ahead", -0.5),
+        ("refresh_ahead", float("nan")),
+        ("refresh_ahead", float("inf")),
+        ("max_size", 0),
+        ("max_size", -3),
+        ("max_size", 2.5),
+        ("max_size", True),
+        ("max_size", float("inf")),
     ],
 )
-def test_bad_timing_settings_are_refused_naming_the_field(setting: str, value: float) -> None:
-    with pytest.raises(ConfigurationError, match=f"^{setting} must be .*, got {value}$"):
+def test_bad_timing_settings_are_refused_naming_the_field(setting: str, value: object) -> None:
+    with pytest.raises(ConfigurationError, match=f"^{setting} must be .*, got {re.escape(repr(value))}$"):
         SecretsManager(StaticSource({}), **{setting: value})
+
+
+async def test_settings_whose_zero_has_a_meaning_accept_it(source: CountingSource, clock: Clock) -> None:
+    manager = SecretsManager(
+        source, negative_ttl=0, stale_grace=0, refresh_ahead=0, error_retry=0, clock=clock
+    )
+    assert await manager.get("mistral", "api_key") is None
+    assert await manager.get("mistral", "api_key") is None  # "no such secret" is not cached
+    assert [key.provider for key in source.fetches] == ["mistral", "mistral"]
+    assert await manager.get("openai", "api_key") is not None
+    assert SecretsManager(source, max_size=1024.0).get  # a whole float is a whole number
 
 
 async def test_a_closed_manager_raises_a_typed_error(manager: SecretsManager) -> None:

@@ -34,6 +34,7 @@ from dynamic_agents.exceptions import (
     IdentityRequestError,
     IdentityUnavailableError,
 )
+from dynamic_agents.secrets._validation import check_count, check_seconds
 from dynamic_agents.secrets.values import SecretValue
 
 __all__ = [
@@ -126,6 +127,10 @@ class IdentityClient:
     ``httpx.ASGITransport``). Plain ``http://`` is refused except to a loopback host, unless
     ``allow_insecure_http=True``. ``retries`` counts attempts after the first, for 429, 5xx and
     network errors (a ``POST`` is retried only when it cannot have reached the service).
+    ``timeout`` (seconds, > 0) bounds each attempt; ``backoff_base`` / ``backoff_cap`` shape the
+    jittered exponential backoff and ``max_retry_after`` caps a server's ``Retry-After`` (seconds,
+    >= 0; 0 turns the backoff, or honouring ``Retry-After``, off). Each must be finite: a bad value
+    is a :class:`ConfigurationError` naming it.
     """
 
     def __init__(
@@ -143,8 +148,11 @@ class IdentityClient:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         _check_url(base_url, allow_insecure_http)
-        if retries < 0:
-            raise ConfigurationError(f"retries must be >= 0, got {retries}")
+        timeout = check_seconds("timeout", timeout)
+        retries = check_count("retries", retries, minimum=0)
+        backoff_base = check_seconds("backoff_base", backoff_base, zero=True)  # 0: no backoff
+        backoff_cap = check_seconds("backoff_cap", backoff_cap, zero=True)
+        max_retry_after = check_seconds("max_retry_after", max_retry_after, zero=True)
         self.base_url = masked_url(base_url.rstrip("/"))
         """The service's URL, a password in it masked (the client itself uses the real one)."""
         self._token_provider = token

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import math
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -23,13 +22,13 @@ from cachetools import TTLCache
 
 from dynamic_agents._logging import get_logger
 from dynamic_agents.exceptions import (
-    ConfigurationError,
     IdentityError,
     IdentityForbiddenError,
     SecretNotFoundError,
     SecretsError,
     SecretsUnavailableError,
 )
+from dynamic_agents.secrets._validation import check_count, check_seconds
 from dynamic_agents.secrets.client import IdentityClient, TokenProvider
 from dynamic_agents.secrets.references import ENV_SECRETS, EnvReference, SecretReference, parse_reference
 from dynamic_agents.secrets.sources import (
@@ -96,7 +95,9 @@ class SecretsManager:
       ``stale_grace``: how long past freshness a value is still served while the sources fail;
       ``refresh_ahead``: how long before expiry keys in use are refreshed, checked every
       ``refresh_interval`` (default: half of ``refresh_ahead``, at least 0.5 s); ``error_retry``:
-      while serving stale, how long to wait before asking the failing source again.
+      while serving stale, how long to wait before asking the failing source again. All are finite
+      seconds, ``ttl`` and ``refresh_interval`` > 0, the others >= 0 (``negative_ttl=0``: "no such
+      secret" is not cached); a bad one is a :class:`ConfigurationError`.
     """
 
     def __init__(
@@ -114,23 +115,17 @@ class SecretsManager:
         env_mapping: Mapping[str, tuple[str, str]] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        positive = {"ttl": ttl, "negative_ttl": negative_ttl, "max_size": max_size}
+        # Every duration is finite: an entry fresh or servable forever would never see a rotation.
+        # 0 has a meaning where accepted: "no such secret" not cached, no stale grace, no refresh
+        # ahead of expiry, no pause before asking a failing source again.
+        ttl = check_seconds("ttl", ttl)
+        negative_ttl = check_seconds("negative_ttl", negative_ttl, zero=True)
+        stale_grace = check_seconds("stale_grace", stale_grace, zero=True)
+        refresh_ahead = check_seconds("refresh_ahead", refresh_ahead, zero=True)
+        error_retry = check_seconds("error_retry", error_retry, zero=True)
         if refresh_interval is not None:
-            positive["refresh_interval"] = refresh_interval
-        finite = {"refresh_interval", "error_retry"}  # the refresh loop waits this long
-        for name, value in positive.items():
-            if not value > 0 or (name in finite and not math.isfinite(value)):
-                kind = "a finite number > 0" if name in finite else "> 0"
-                raise ConfigurationError(f"{name} must be {kind}, got {value}")
-        non_negative = {
-            "stale_grace": stale_grace,
-            "refresh_ahead": refresh_ahead,
-            "error_retry": error_retry,
-        }
-        for name, value in non_negative.items():
-            if not value >= 0 or (name in finite and not math.isfinite(value)):
-                kind = "a finite number >= 0" if name in finite else ">= 0"
-                raise ConfigurationError(f"{name} must be {kind}, got {value}")
+            refresh_interval = check_seconds("refresh_interval", refresh_interval)
+        max_size = check_count("max_size", max_size, minimum=1)
         self.source = source
         self.ttl = ttl
         self.negative_ttl = negative_ttl

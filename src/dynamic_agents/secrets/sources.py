@@ -23,6 +23,7 @@ from dynamic_agents.exceptions import (
     SecretsError,
     SecretsUnavailableError,
 )
+from dynamic_agents.secrets._validation import check_count
 from dynamic_agents.secrets.client import IdentityClient
 from dynamic_agents.secrets.references import ENV_SECRETS
 from dynamic_agents.secrets.values import SecretValue
@@ -82,7 +83,7 @@ class IdentitySource(SecretSource):
 
     def __init__(self, client: IdentityClient, *, page_size: int = 100, owns_client: bool = True) -> None:
         self.client = client
-        self.page_size = page_size
+        self.page_size = check_count("page_size", page_size, minimum=1)
         self._owns_client = owns_client
 
     def __repr__(self) -> str:
