@@ -44,7 +44,8 @@ Each class also subclasses the matching built-in, so callers can catch either::
             ├── IdentityNotFoundError (LookupError)      404: no such secret or provider
             ├── IdentityConflictError (ValueError)       409: the name is taken for that provider and owner
             └── IdentityUnavailableError (ConnectionError)  5xx, timeouts and network errors after retries
-                └── IdentityRateLimitedError             429 after the retries ran out
+                └── IdentityRateLimitedError             429 after the retries ran out, or with a
+                                                         ``Retry-After`` over the cap (``retry_after``)
 
 Messages name the field, the offending value (shortened, and masked when it may be a secret) and what
 would be valid. ``LookupError`` is used rather than ``KeyError`` because ``str(KeyError(...))`` adds
@@ -350,7 +351,13 @@ class IdentityUnavailableError(IdentityError, ConnectionError):
 
 
 class IdentityRateLimitedError(IdentityUnavailableError):
-    """429: still rate limited after the retries ran out."""
+    """429: still rate limited after the retries ran out, or told to wait longer (``Retry-After``)
+    than the client's ``max_retry_after``, which is raised at once. ``retry_after`` is the server's
+    ``Retry-After`` in seconds, when it sent one."""
+
+    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None) -> None:
+        self.retry_after = retry_after
+        super().__init__(message, status=status)
 
 
 class SpecError(DynamicAgentsError):

@@ -509,3 +509,30 @@ def test_a_bad_page_size_is_refused_naming_the_field() -> None:
     for value in (0, -1, 2.5):
         with pytest.raises(ConfigurationError, match=f"^page_size must be .*, got {value!r}$"):
             IdentitySource(client, page_size=value)  # type: ignore[arg-type]
+
+
+async def test_a_retry_after_over_the_cap_is_raised_at_once(
+    client: IdentityClient, service: InMemoryIdentityService, sleeps: Sleeps
+) -> None:
+    service.fail_next(429, retry_after=120)  # the client's max_retry_after is 60
+    with pytest.raises(IdentityRateLimitedError, match="Retry-After 120") as caught:
+        await client.list_providers()
+    assert caught.value.retry_after == 120.0
+    assert caught.value.status == 429
+    assert service.count() == 1
+    assert sleeps.delays == []
+
+
+async def test_a_retry_after_within_the_cap_is_still_waited_out(
+    service: InMemoryIdentityService, sleeps: Sleeps
+) -> None:
+    async with IdentityClient(
+        URL, token="service-token", transport=service.mock_transport(), max_retry_after=10, sleep=sleeps
+    ) as client:
+        service.fail_next(429, retry_after=10)
+        assert await client.list_providers()
+        service.fail_next(429, times=None, retry_after=2)
+        with pytest.raises(IdentityRateLimitedError) as caught:
+            await client.list_providers()
+    assert sleeps.delays == [10.0, 2.0, 2.0, 2.0]
+    assert caught.value.retry_after == 2.0

@@ -605,3 +605,33 @@ async def test_a_manager_over_a_closed_identity_client_raises_a_typed_error() ->
     with pytest.raises(SecretsUnavailableError, match="closed"):
         await manager.get("openai", "api_key")
     assert service.count() == 0
+
+
+async def test_a_long_retry_after_serves_the_cached_value_at_once(clock: Clock) -> None:
+    service = InMemoryIdentityService(tokens={"service-token": None})
+    service.add_secret("main", "openai", {"api_key": "sk-rate-limited-0001"})
+    sleeps: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    client = IdentityClient(URL, token="service-token", transport=service.mock_transport(), sleep=sleep)
+    manager = SecretsManager(IdentitySource(client), ttl=300, stale_grace=600, error_retry=5, clock=clock)
+    assert await manager.get("openai", "api_key") is not None
+    clock.now += 301
+    service.reset_requests()
+    service.fail_next(429, retry_after=120, times=None)  # over the client's cap of 60 s
+    value = await manager.get("openai", "api_key")
+    assert value is not None
+    assert value.reveal() == "sk-rate-limited-0001"
+    assert manager.stats.stale_served == 1
+    assert service.count() == 1
+    assert sleeps == []
+    clock.now += 60  # past error_retry, within the server's Retry-After: not asked again
+    assert await manager.get("openai", "api_key") == value
+    assert service.count() == 1
+    clock.now += 61
+    service.clear_faults()
+    assert await manager.get("openai", "api_key") == value
+    assert service.count() == 3  # list and values: asked again once the Retry-After was over
+    await manager.aclose()

@@ -1,8 +1,10 @@
 """HTTP client for the A8N Identity service (every endpoint of its contract).
 
 Retries 429 (honouring ``Retry-After``), 5xx and network errors with capped exponential backoff and
-jitter; refreshes the token once on 401. Errors are typed (see :mod:`dynamic_agents.exceptions`)
-and their messages carry the method, path and status, never a secret value or a raw response body.
+jitter; a ``Retry-After`` over ``max_retry_after`` is raised at once as
+:class:`IdentityRateLimitedError` (with ``retry_after``); refreshes the token once on 401. Errors
+are typed (see :mod:`dynamic_agents.exceptions`) and their messages carry the method, path and
+status, never a secret value or a raw response body.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import ipaddress
+import math
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -362,12 +365,22 @@ class IdentityClient:
                 refreshed = True
                 await self._current_token(refused=token)
                 continue
+            retry_after = _retry_after(response)
+            if status == 429 and retry_after is not None and retry_after > self._max_retry_after:
+                # Waiting only the cap would be refused again: the caller (the manager serving a
+                # cached value) is better told now.
+                raise IdentityRateLimitedError(
+                    f"{method} {path} answered 429 with Retry-After {retry_after:g}s, over "
+                    f"max_retry_after ({self._max_retry_after:g}s): not retried",
+                    status=status,
+                    retry_after=retry_after,
+                )
             retryable = status == 429 or (status >= 500 and method in _IDEMPOTENT)
             if retryable and attempt < self._retries:
-                await self._wait(method, path, attempt, f"HTTP {status}", _retry_after(response))
+                await self._wait(method, path, attempt, f"HTTP {status}", retry_after)
                 attempt += 1
                 continue
-            raise _error_for(method, path, response)
+            raise _error_for(method, path, response, retry_after)
 
     async def _wait(
         self, method: str, path: str, attempt: int, why: str, retry_after: float | None = None
@@ -420,14 +433,18 @@ def _plain(values: Mapping[str, str | SecretValue]) -> dict[str, str]:
 
 
 def _retry_after(response: httpx.Response) -> float | None:
+    """The ``Retry-After`` in seconds, or ``None`` (absent, an HTTP date, not a finite number)."""
     header = response.headers.get("Retry-After")
     try:
-        return max(0.0, float(header)) if header is not None else None
+        seconds = float(header) if header is not None else None
     except ValueError:
         return None  # an HTTP date: fall back to our own backoff
+    return max(0.0, seconds) if seconds is not None and math.isfinite(seconds) else None
 
 
-def _error_for(method: str, path: str, response: httpx.Response) -> IdentityError:
+def _error_for(
+    method: str, path: str, response: httpx.Response, retry_after: float | None = None
+) -> IdentityError:
     status = response.status_code
     if status < 400:
         # Following a redirect would send the token elsewhere; treating it as success would report a
@@ -438,10 +455,13 @@ def _error_for(method: str, path: str, response: httpx.Response) -> IdentityErro
             "followed (the token would go along); point base_url at the service itself",
             status=status,
         )
-    error_type = _ERRORS.get(status, IdentityUnavailableError if status >= 500 else IdentityRequestError)
     detail = _detail(response)
     suffix = f": {detail}" if detail else ""
-    return error_type(f"{method} {path} answered {status}{suffix}", status=status)
+    message = f"{method} {path} answered {status}{suffix}"
+    if status == 429:
+        return IdentityRateLimitedError(message, status=status, retry_after=retry_after)
+    error_type = _ERRORS.get(status, IdentityUnavailableError if status >= 500 else IdentityRequestError)
+    return error_type(message, status=status)
 
 
 def _detail(response: httpx.Response) -> str:

@@ -24,6 +24,7 @@ from dynamic_agents._logging import get_logger
 from dynamic_agents.exceptions import (
     IdentityError,
     IdentityForbiddenError,
+    IdentityRateLimitedError,
     SecretNotFoundError,
     SecretsError,
     SecretsUnavailableError,
@@ -438,7 +439,10 @@ class SecretsManager:
         # Only values are served stale: "no such secret" is believed for negative_ttl, no longer.
         if entry is not None and entry.values is not None and now < entry.stale_until:
             self.stats.stale_served += 1
-            entry.fresh_until = min(entry.stale_until, now + self.error_retry)
+            # A server that said when to come back (Retry-After) is not asked again before then.
+            retry_after = error.retry_after if isinstance(error, IdentityRateLimitedError) else None
+            wait = max(self.error_retry, retry_after or 0.0)
+            entry.fresh_until = min(entry.stale_until, now + wait)
             logger.warning(
                 "secret %s could not be fetched (%s); serving the cached value, %.0fs of grace left",
                 SecretKey(*key),
