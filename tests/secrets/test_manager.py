@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import re
+import string
 from collections.abc import Mapping
 
 import pytest
@@ -26,6 +28,7 @@ from dynamic_agents.secrets import (
     SecretSource,
     SecretValue,
     StaticSource,
+    parse_reference,
 )
 from dynamic_agents.testing import InMemoryIdentityService
 from tests.support.waiting import wait_until
@@ -635,3 +638,94 @@ async def test_a_long_retry_after_serves_the_cached_value_at_once(clock: Clock) 
     assert await manager.get("openai", "api_key") == value
     assert service.count() == 3  # list and values: asked again once the Retry-After was over
     await manager.aclose()
+
+
+def _random_token(length: int, alphabet: str = string.ascii_letters + string.digits) -> str:
+    return "".join(random.SystemRandom().choice(alphabet) for _ in range(length))
+
+
+def _key_canaries() -> dict[str, str]:
+    """Keys pasted where a reference wants a name (fresh each run: no fixed value to match)."""
+    return {
+        "groq": "gsk_" + _random_token(40),
+        "openai": "sk-proj-" + _random_token(40),
+        "slack": "xoxb-" + _random_token(12, string.digits) + "-" + _random_token(24),
+        "bare": _random_token(40),
+        "hex": _random_token(32, "0123456789abcdef"),
+    }
+
+
+def _assert_nowhere(canary: str, error: BaseException, caplog: pytest.LogCaptureFixture) -> None:
+    assert canary not in str(error)
+    assert canary not in repr(error)
+    assert all(canary not in str(arg) for arg in error.args)
+    assert canary not in caplog.text
+    assert all(canary not in record.getMessage() for record in caplog.records)
+
+
+@pytest.mark.parametrize("kind", ["groq", "openai", "slack", "bare", "hex"])
+async def test_a_key_pasted_as_a_references_name_is_masked_in_errors_and_logs(
+    manager: SecretsManager, source: CountingSource, caplog: pytest.LogCaptureFixture, kind: str
+) -> None:
+    canary = _key_canaries()[kind]
+    references = [f"secret:openai:{canary}", f"secret:openai/{canary}:api_key"]
+    if re.fullmatch("[A-Za-z_][A-Za-z0-9_]*", canary):  # else malformed there (masked already)
+        references.append(f"os.environ/{canary}")
+    if canary.islower() and "_" not in canary:
+        references.append(f"secret:{canary}:api_key")  # a provider is lower case
+    caplog.set_level(logging.DEBUG, logger="dynamic_agents")
+    for reference in references:
+        with pytest.raises(SecretNotFoundError) as caught:
+            await manager.resolve(reference)
+        _assert_nowhere(canary, caught.value, caplog)
+        assert "**********" in str(caught.value), reference
+        parsed = parse_reference(reference)
+        assert canary not in repr(parsed)
+        assert canary not in str(parsed)
+
+    # The stale-or-fail path and the refresh log quote the key too.
+    source.failure = IdentityUnavailableError("GET /api/v1/secrets answered 503", status=503)
+    manager.invalidate()  # "no such secret" was cached above
+    with pytest.raises(SecretsUnavailableError) as unavailable:
+        await manager.resolve(f"secret:openai/{canary}:api_key")
+    _assert_nowhere(canary, unavailable.value, caplog)
+    chained = SecretsManager(ChainSource(source, StaticSource()))
+    with pytest.raises(SecretsUnavailableError) as unavailable:
+        await chained.resolve(f"secret:openai/{canary}:api_key")
+    _assert_nowhere(canary, unavailable.value, caplog)
+    assert canary not in repr(SecretKey("openai", "alice", canary))
+    assert canary not in str(SecretChange(SecretKey("openai", None, canary), frozenset({"api_key"})))
+
+
+@pytest.mark.parametrize(
+    ("reference", "shown"),
+    [
+        ("os.environ/UNSET_OPENAI_API_KEY", "'UNSET_OPENAI_API_KEY'"),
+        ("os.environ/MY_SERVICE_TOKEN_V2", "'MY_SERVICE_TOKEN_V2'"),
+        ("os.environ/AZURE_OPENAI_DEPLOYMENT_API_KEY_PRODUCTION_2024", "AZURE_OPENAI_DEPLOYMENT_API"),
+        ("secret:openai:api_key_v2", "'api_key_v2'"),
+        ("secret:openai/team-b:api_key", "openai/team-b"),
+        ("secret:openai/550e8400-e29b-41d4-a716-446655440000:api_key", "550e8400-e29b-41d4-a716"),
+        ("secret:azure_openai:deployment_endpoint", "'deployment_endpoint'"),
+    ],
+)
+async def test_ordinary_names_in_references_stay_readable(
+    manager: SecretsManager, monkeypatch: pytest.MonkeyPatch, reference: str, shown: str
+) -> None:
+    monkeypatch.delenv(reference.removeprefix("os.environ/"), raising=False)
+    with pytest.raises(SecretNotFoundError) as caught:
+        await manager.resolve(reference)
+    assert shown in str(caught.value)
+    assert "**********" not in str(caught.value)
+
+
+@pytest.mark.parametrize("kind", ["groq", "bare"])
+async def test_a_malformed_reference_with_a_key_for_its_name_hides_the_key(
+    manager: SecretsManager, kind: str
+) -> None:
+    canary = _key_canaries()[kind]
+    for reference in (f"os.environ/{canary}=x", f"secret:openai:{canary} x", f"secret:openai/{canary}"):
+        with pytest.raises(SecretReferenceError, match="malformed") as caught:
+            await manager.resolve(reference)
+        assert canary not in str(caught.value)
+        assert "not shown" in str(caught.value)

@@ -31,7 +31,13 @@ from dynamic_agents.exceptions import (
 )
 from dynamic_agents.secrets._validation import check_count, check_seconds
 from dynamic_agents.secrets.client import IdentityClient, TokenProvider
-from dynamic_agents.secrets.references import ENV_SECRETS, EnvReference, SecretReference, parse_reference
+from dynamic_agents.secrets.references import (
+    ENV_SECRETS,
+    EnvReference,
+    SecretReference,
+    parse_reference,
+    shown_part,
+)
 from dynamic_agents.secrets.sources import (
     ChainSource,
     EnvironmentSource,
@@ -245,8 +251,8 @@ class SecretsManager:
         value = await self.get(provider, field, user_id, name=name)
         if value is None:
             raise SecretNotFoundError(
-                f"no secret field {field!r} for {SecretKey(provider, user_id, name)}: create it in "
-                "Identity, or check the provider and field names"
+                f"no secret field {shown_part(field)!r} for {SecretKey(provider, user_id, name)}: "
+                "create it in Identity, or check the provider and field names"
             )
         return value
 
@@ -270,8 +276,8 @@ class SecretsManager:
         value = os.environ.get(reference.variable)
         if not value:
             raise SecretNotFoundError(
-                f"environment variable {reference.variable!r} is not set, and no secret is mapped to "
-                "it (add it to env_mapping to read it from the secret sources)"
+                f"environment variable {shown_part(reference.variable)!r} is not set, and no secret "
+                "is mapped to it (add it to env_mapping to read it from the secret sources)"
             )
         return SecretValue(value)
 

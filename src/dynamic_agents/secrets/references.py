@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Final
 
+from dynamic_agents._redaction import MASK, REDACTOR
 from dynamic_agents.exceptions import SecretReferenceError
 
 __all__ = ["ENV_SECRETS", "EnvReference", "SecretReference", "parse_reference"]
@@ -47,27 +48,85 @@ _SECRET_RE: Final = re.compile(
 _ENV_RE: Final = re.compile(r"^os\.environ/(?P<variable>[A-Za-z_][A-Za-z0-9_]*)$")
 
 
+_KEY_PREFIXES: Final = (  # how providers' keys and tokens start (shown only with more after them)
+    "sk-",
+    "sk_",
+    "gsk_",
+    "xai-",
+    "xoxb-",
+    "xoxp-",
+    "xoxa-",
+    "xapp-",
+    "AIza",
+    "ghp_",
+    "gho_",
+    "ghs_",
+    "github_pat_",
+    "glpat-",
+    "hf_",
+    "pk_",
+    "rk_",
+    "AKIA",
+)
+_KEY_PREFIX_REST: Final = 16
+_RUN_RE: Final = re.compile(r"[^_.\-]+")  # the runs between separators: "OPENAI", "API", "KEY"
+_MIXED_RUN: Final = 20  # letters and digits run together this long: a key, not a word
+_LONG_RUN: Final = 32  # this long with no separator at all: a key even without digits
+
+
+def looks_like_a_key(part: str) -> bool:
+    """Whether a reference's name part (variable, provider, name or field) is shaped like a key
+    pasted in place of a name: a known key prefix with more after it, or a long run of letters and
+    digits with no ``_``, ``-`` or ``.`` (names are words: ``OPENAI_API_KEY``, ``team-a``)."""
+    if any(
+        part.startswith(prefix) and len(part) >= len(prefix) + _KEY_PREFIX_REST for prefix in _KEY_PREFIXES
+    ):
+        return True
+    for run in _RUN_RE.findall(part):
+        if len(run) >= _LONG_RUN:
+            return True
+        if len(run) >= _MIXED_RUN and any(c.isdigit() for c in run) and any(c.isalpha() for c in run):
+            return True
+    return False
+
+
+def shown_part(part: str) -> str:
+    """``part`` for an error or a log line: as it is, or :data:`MASK` if it looks like a key."""
+    return MASK if looks_like_a_key(part) else part
+
+
 @dataclass(frozen=True, slots=True)
 class SecretReference:
-    """``secret:provider[/name]:field``."""
+    """``secret:provider[/name]:field``. ``str`` and ``repr`` mask a part that looks like a key
+    (pasted in place of a name), so errors and logs that quote the reference do not carry it."""
 
     provider: str
     field: str
     name: str | None = None
 
     def __str__(self) -> str:
-        owner = f"{self.provider}/{self.name}" if self.name else self.provider
-        return f"{SECRET_PREFIX}{owner}:{self.field}"
+        owner = shown_part(self.provider) + (f"/{shown_part(self.name)}" if self.name else "")
+        return f"{SECRET_PREFIX}{owner}:{shown_part(self.field)}"
+
+    def __repr__(self) -> str:
+        name = repr(shown_part(self.name)) if self.name is not None else "None"
+        return (
+            f"SecretReference(provider={shown_part(self.provider)!r}, "
+            f"field={shown_part(self.field)!r}, name={name})"
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class EnvReference:
-    """``os.environ/NAME``."""
+    """``os.environ/NAME``. ``str`` and ``repr`` mask a name that looks like a key."""
 
     variable: str
 
     def __str__(self) -> str:
-        return f"{ENV_PREFIX}{self.variable}"
+        return f"{ENV_PREFIX}{shown_part(self.variable)}"
+
+    def __repr__(self) -> str:
+        return f"EnvReference(variable={shown_part(self.variable)!r})"
 
 
 @lru_cache(maxsize=4096)
@@ -86,7 +145,9 @@ def parse_reference(text: str) -> SecretReference | EnvReference | None:
                 f"malformed secret reference {_shown(text, SECRET_PREFIX)}: use 'secret:provider:field' or "
                 "'secret:provider/name:field' (provider in lower case, e.g. 'secret:openai:api_key')"
             )
-        return SecretReference(match["provider"], match["field"], match["name"])
+        reference = SecretReference(match["provider"], match["field"], match["name"])
+        _register_keys(reference.provider, reference.field, reference.name)
+        return reference
     if text.startswith(ENV_PREFIX):
         match = _ENV_RE.match(text)
         if match is None:
@@ -94,6 +155,7 @@ def parse_reference(text: str) -> SecretReference | EnvReference | None:
                 f"malformed environment reference {_shown(text, ENV_PREFIX)}: use 'os.environ/NAME' "
                 "with NAME a variable name (letters, digits, '_')"
             )
+        _register_keys(match["variable"])
         return EnvReference(match["variable"])
     stripped = text.lstrip()
     for prefix in (SECRET_PREFIX, ENV_PREFIX):  # a typo of a reference, not a value to send as a key
@@ -104,6 +166,14 @@ def parse_reference(text: str) -> SecretReference | EnvReference | None:
                 f"starts with {prefix!r} exactly, in lower case, at the very start"
             )
     return None
+
+
+def _register_keys(*parts: str | None) -> None:
+    """Register the parts that look like keys with the redactor: log records that quote the
+    reference anyway (a host's own logging, a library's) are masked by :class:`RedactingFilter`."""
+    for part in parts:
+        if part is not None and looks_like_a_key(part):
+            REDACTOR.register(part)
 
 
 _SHOWN: Final = {  # a whole reference at the start, no more: "secret:provider[/name]:field"
@@ -120,6 +190,8 @@ def _shown(text: str, prefix: str) -> str:
     a value pasted with or instead of its name — a secret — so it is counted, never shown."""
     match = _SHOWN[prefix].match(text)
     part = match.group() if match is not None else prefix
+    if any(looks_like_a_key(name) for name in re.split("[:/]", part[len(prefix) :])):
+        part = prefix  # a whole reference in shape, with a key where a name goes
     if len(part) == len(text):
         return repr(part)
     return f"{part + '…'!r} ({len(text) - len(part)} more characters, not shown)"

@@ -25,7 +25,7 @@ from dynamic_agents.exceptions import (
 )
 from dynamic_agents.secrets._validation import check_count
 from dynamic_agents.secrets.client import IdentityClient
-from dynamic_agents.secrets.references import ENV_SECRETS
+from dynamic_agents.secrets.references import ENV_SECRETS, shown_part
 from dynamic_agents.secrets.values import SecretValue
 
 __all__ = [
@@ -44,7 +44,10 @@ _EPOCH = datetime.min.replace(tzinfo=UTC)
 
 @dataclass(frozen=True, slots=True)
 class SecretKey:
-    """Which secret: a provider's, for a user (``None``: the system's), optionally by name."""
+    """Which secret: a provider's, for a user (``None``: the system's), optionally by name.
+
+    ``str`` and ``repr`` mask a provider or name that looks like a key (pasted into a reference
+    in place of a name): errors and logs quote keys this way."""
 
     provider: str
     user_id: str | None = None
@@ -52,8 +55,12 @@ class SecretKey:
 
     def __str__(self) -> str:
         owner = f"user {self.user_id!r}" if self.user_id is not None else "system"
-        named = f"/{self.name}" if self.name else ""
-        return f"{self.provider}{named} ({owner})"
+        named = f"/{shown_part(self.name)}" if self.name else ""
+        return f"{shown_part(self.provider)}{named} ({owner})"
+
+    def __repr__(self) -> str:
+        name = repr(shown_part(self.name)) if self.name is not None else "None"
+        return f"SecretKey(provider={shown_part(self.provider)!r}, user_id={self.user_id!r}, name={name})"
 
 
 class SecretSource(ABC):
