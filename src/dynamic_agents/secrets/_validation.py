@@ -7,18 +7,21 @@ import math
 from dynamic_agents.exceptions import ConfigurationError
 
 
-def check_seconds(name: str, value: object, *, zero: bool = False) -> float:
-    """``value`` if it is a finite number of seconds > 0 (>= 0 with ``zero``), else a
+def check_seconds(name: str, value: object, *, zero: bool = False, forever: bool = False) -> float:
+    """``value`` if it is a number of seconds > 0 (>= 0 with ``zero``), finite unless ``forever``
+    (``math.inf`` accepted: a setting where "forever" has a meaning), else a
     :class:`ConfigurationError` naming the setting, the value and what is valid."""
     if (
         isinstance(value, bool)
         or not isinstance(value, int | float)
-        or not math.isfinite(value)
+        or math.isnan(value)
+        or (math.isinf(value) and not (forever and value > 0))
         or value < 0
         or (value == 0 and not zero)
     ):
         bound = ">= 0" if zero else "> 0"
-        raise ConfigurationError(f"{name} must be a finite number of seconds {bound}, got {value!r}")
+        kind = "a number of seconds (math.inf: forever)" if forever else "a finite number of seconds"
+        raise ConfigurationError(f"{name} must be {kind} {bound}, got {value!r}")
     return float(value)
 
 

@@ -102,9 +102,10 @@ class SecretsManager:
       ``stale_grace``: how long past freshness a value is still served while the sources fail;
       ``refresh_ahead``: how long before expiry keys in use are refreshed, checked every
       ``refresh_interval`` (default: half of ``refresh_ahead``, at least 0.5 s); ``error_retry``:
-      while serving stale, how long to wait before asking the failing source again. All are finite
+      while serving stale, how long to wait before asking the failing source again. All are
       seconds, ``ttl`` and ``refresh_interval`` > 0, the others >= 0 (``negative_ttl=0``: "no such
-      secret" is not cached); a bad one is a :class:`ConfigurationError`.
+      secret" is not cached), finite but for ``ttl``, ``negative_ttl`` and ``stale_grace``, which
+      may be ``math.inf`` (forever); a bad one is a :class:`ConfigurationError`.
     """
 
     def __init__(
@@ -122,12 +123,12 @@ class SecretsManager:
         env_mapping: Mapping[str, tuple[str, str]] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        # Every duration is finite: an entry fresh or servable forever would never see a rotation.
         # 0 has a meaning where accepted: "no such secret" not cached, no stale grace, no refresh
-        # ahead of expiry, no pause before asking a failing source again.
-        ttl = check_seconds("ttl", ttl)
-        negative_ttl = check_seconds("negative_ttl", negative_ttl, zero=True)
-        stale_grace = check_seconds("stale_grace", stale_grace, zero=True)
+        # ahead of expiry, no pause before asking a failing source again; so has math.inf where
+        # accepted: fresh forever (never fetched again), served forever while the sources fail.
+        ttl = check_seconds("ttl", ttl, forever=True)
+        negative_ttl = check_seconds("negative_ttl", negative_ttl, zero=True, forever=True)
+        stale_grace = check_seconds("stale_grace", stale_grace, zero=True, forever=True)
         refresh_ahead = check_seconds("refresh_ahead", refresh_ahead, zero=True)
         error_retry = check_seconds("error_retry", error_retry, zero=True)
         if refresh_interval is not None:
