@@ -20,6 +20,7 @@ included) and builds the ``litellm.Router`` once. Afterwards:
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -66,6 +67,12 @@ class _Deployment:
     config: DeploymentConfig
     params: dict[str, Any] = field(repr=False)
     providers: frozenset[str]
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+    """Held while its params are resolved and written: one update at a time."""
+    waiting: int = 0
+    """Updates holding or queued for ``lock``."""
+    stale: bool = False
+    """An update was asked for since the holder of ``lock`` last started resolving."""
 
     @property
     def id(self) -> str:
@@ -457,9 +464,33 @@ class LLMRouter:
             return
         for deployment in list(self._deployments.values()):
             if change.key.provider in deployment.providers:
-                await self._update(deployment)
+                # The notice may come from a fetch that an update of this deployment is waiting
+                # for: waiting for that update here would wait for ever.
+                await self._update(deployment, wait=False)
 
-    async def _update(self, deployment: _Deployment) -> bool:
+    async def _update(self, deployment: _Deployment, *, wait: bool = True) -> bool:
+        """Resolve the deployment's params again and write them into the Router if they changed;
+        whether this call wrote them.
+
+        Updates of one deployment run one at a time, each resolving after the one before has
+        written, so a key resolved earlier is never written over one resolved later. An update asked
+        for while another is under way makes that one resolve again before it ends; with ``wait``
+        it also waits for its turn, else it returns at once and leaves the work to that one."""
+        deployment.stale = True
+        if not wait and deployment.waiting:
+            return False
+        deployment.waiting += 1
+        try:
+            async with deployment.lock:
+                changed = False
+                while deployment.stale:
+                    deployment.stale = False
+                    changed = await self._write(deployment) or changed
+                return changed
+        finally:
+            deployment.waiting -= 1
+
+    async def _write(self, deployment: _Deployment) -> bool:
         params = await _resolve(deployment.config.litellm_params, self.secrets)
         if params == deployment.params:
             return False
