@@ -170,3 +170,35 @@ async def test_a_secret_value_in_the_config_is_accepted_and_used() -> None:
     async with await build_router(config, SecretsManager(StaticSource({}))) as router:
         (params,) = [d["litellm_params"] for d in router.router.model_list]
         assert params["api_key"] == key.reveal()
+
+
+def test_repr_masks_literal_credential_headers_and_url_passwords() -> None:
+    bearer, header, password = "sk-CANARY-bearer-0003", "CANARY-api-key-hdr-04", "CANARY-proxy-pw-05"
+    headers = {
+        "Authorization": f"Bearer {bearer}",
+        "api-key": header,
+        "X-Api-Key": "secret:gateway:key",
+        "anthropic-version": "2023-06-01",
+    }
+    params = {"extra_headers": headers, "api_base": f"https://proxy:{password}@llm-proxy.test/v1"}
+    config = RouterConfig.from_dict({"model_list": [deployment(**params)]})
+    for text in (repr(config), str(config), repr(config.model_list[0]), str(config.model_list[0])):
+        assert bearer not in text
+        assert header not in text
+        assert password not in text
+        assert "secret:gateway:key" in text  # a reference: where the value comes from, no value
+        assert "2023-06-01" in text  # not a credential
+        assert "https://proxy:**********@llm-proxy.test/v1" in text
+    assert config.model_list[0].litellm_params["extra_headers"] == headers  # the data itself is untouched
+
+
+def test_a_derived_deployment_id_does_not_depend_on_a_literal_credential_header() -> None:
+    ids = {
+        RouterConfig.from_dict(
+            {"model_list": [deployment(extra_headers={"Authorization": f"Bearer {key}", "X-Team": "blue"})]}
+        )
+        .model_list[0]
+        .deployment_id
+        for key in ("sk-one-literal-key-01", "sk-two-literal-key-02")
+    }
+    assert len(ids) == 1

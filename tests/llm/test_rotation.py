@@ -345,3 +345,54 @@ async def test_a_refused_user_key_forces_one_refresh_of_that_users_keys_and_one_
     assert response.choices[0].message.content == "hers"
     assert keys(fake) == [f"Bearer {ALICE}", f"Bearer {ALICE}", f"Bearer {alice_v2}"]
     assert await router.cooled_down() == []
+
+
+async def test_literal_credentials_in_extra_headers_are_redacted_from_errors_and_logs(
+    fake: FakeOpenAI, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A provider error echoing the credential headers the config wrote as literals (a gateway's
+    ``api-key``, an ``Authorization: Bearer …``) comes out masked; other headers are left alone."""
+    import httpx
+    import litellm
+
+    api_key_header, bearer = "hdr-CANARY-api-key-0001", "sk-CANARY-bearer-0002"
+    sent: list[httpx.Headers] = []
+
+    async def echo(request: httpx.Request) -> httpx.Response:
+        sent.append(request.headers)
+        echoed = ", ".join(f"{name}={request.headers.get(name)}" for name in ("api-key", "x-team"))
+        return httpx.Response(400, json={"error": {"message": f"bad headers: {echoed} ({bearer})"}})
+
+    litellm.in_memory_llm_clients_cache.flush_cache()
+    litellm.aclient_session = httpx.AsyncClient(transport=httpx.MockTransport(echo))
+    params = {
+        "model": "openai/gpt-4o-mini",
+        "api_key": "secret:openai:api_key",
+        "api_base": fake.api_base,
+        "extra_headers": {
+            "api-key": api_key_header,
+            "Authorization": f"Bearer {bearer}",
+            "X-Team": "team-blue",
+        },
+    }
+    config = RouterConfig.from_dict(
+        {"model_list": [{"model_name": "gpt", "litellm_params": params}], "num_retries": 0}
+    )
+    secrets = SecretsManager(StaticSource({"openai": {"api_key": V1}}))
+    caplog.set_level("DEBUG")
+    async with await build_router(config, secrets) as router:
+        with pytest.raises(LLMRequestError) as caught:
+            await router.acompletion(model="gpt", messages=MESSAGES)
+    assert sent[0].get("api-key") == api_key_header  # the header did go out, and came back
+    assert "x-team=team-blue" in str(caught.value)  # not a credential: shown
+    captured = capfd.readouterr()
+    for text in (
+        str(caught.value),
+        repr(caught.value),
+        caplog.text,
+        captured.out,
+        captured.err,
+        repr(config),
+    ):
+        assert api_key_header not in text
+        assert bearer not in text

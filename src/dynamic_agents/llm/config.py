@@ -21,7 +21,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from dynamic_agents._redaction import MASK, masked_url
 from dynamic_agents.exceptions import ConfigurationError
 
-__all__ = ["ROUTING_STRATEGIES", "SECRET_PARAMS", "DeploymentConfig", "RouterConfig"]
+__all__ = [
+    "HEADER_PARAMS",
+    "ROUTING_STRATEGIES",
+    "SECRET_PARAMS",
+    "DeploymentConfig",
+    "RouterConfig",
+    "is_credential",
+    "literal_credentials",
+]
 
 ROUTING_STRATEGIES: Final = frozenset(
     {
@@ -43,14 +51,64 @@ SECRET_PARAMS: Final = frozenset(
         "aws_access_key_id",
         "aws_secret_access_key",
         "aws_session_token",
+        "anthropic_identity_token",
+        "aws_web_identity_token",
         "azure_ad_token",
+        "azure_password",
         "client_secret",
         "password",
+        "s3_access_key_id",
+        "s3_secret_access_key",
         "token",
+        "valkey_password",
         "vertex_credentials",
     }
 )
 """``litellm_params`` that hold credentials: never part of a derived deployment id."""
+
+HEADER_PARAMS: Final = frozenset({"extra_headers", "headers"})
+"""``litellm_params`` holding HTTP headers, some of which carry credentials (``Authorization``)."""
+
+_CREDENTIAL_HEADER_WORDS: Final = (
+    "auth",
+    "key",
+    "token",
+    "secret",
+    "password",
+    "cookie",
+    "credential",
+    "signature",
+)
+"""A header whose name contains one of these (``Authorization``, ``api-key``, ``X-Auth-Token``,
+``Cookie``) carries a credential; others (``anthropic-version``, ``X-Team``) are shown as they are."""
+
+_REFERENCE_PREFIXES: Final = ("secret:", "os.environ/")
+
+
+def is_credential(key: object, parent: object = None) -> bool:
+    """Whether the value under ``key`` (in the mapping under ``parent``) is a credential: a
+    :data:`SECRET_PARAMS` key at any depth, or a credential-named header in :data:`HEADER_PARAMS`."""
+    if key in SECRET_PARAMS:
+        return True
+    return parent in HEADER_PARAMS and any(word in str(key).lower() for word in _CREDENTIAL_HEADER_WORDS)
+
+
+def literal_credentials(data: Any, *, secret: bool = False, parent: object = None) -> Iterator[str]:
+    """Every credential string in ``data`` (see :func:`is_credential`, at any depth) that is not a
+    reference; for ``Bearer <token>``-like values, the token alone too (errors may quote it alone)."""
+    if isinstance(data, str):
+        if secret and not data.startswith(_REFERENCE_PREFIXES):
+            yield data
+            scheme, space, token = data.strip().partition(" ")
+            if space and scheme.isalpha() and token.strip():
+                yield token.strip()
+    elif isinstance(data, Mapping):
+        for key, value in data.items():
+            yield from literal_credentials(value, secret=secret or is_credential(key, parent), parent=key)
+    elif isinstance(data, list | tuple):
+        for item in data:
+            yield from literal_credentials(item, secret=secret)
+
 
 _FallbackList = list[dict[str, list[str]]]
 
@@ -76,13 +134,21 @@ def _targets(value: Any) -> Any:
     return list(value) if isinstance(value, list | tuple) else value
 
 
-def _masked(data: Any, *, secret: bool = False) -> Any:
-    """A copy for ``repr``: strings under a credential key (at any depth) masked, unless they are
-    references (``secret:…``, ``os.environ/…``), which hold no secret and say where it comes from."""
+def _masked(data: Any, *, secret: bool = False, parent: object = None) -> Any:
+    """A copy for ``repr``: strings under a credential key (:func:`is_credential`, at any depth)
+    masked, unless they are references (``secret:…``, ``os.environ/…``), which hold no secret and
+    say where it comes from; the password of a URL's userinfo masked."""
     if isinstance(data, str):
-        return MASK if secret and not data.startswith(("secret:", "os.environ/")) else data
+        if data.startswith(_REFERENCE_PREFIXES):
+            return data
+        if secret:
+            return MASK
+        return masked_url(data) if "://" in data else data
     if isinstance(data, Mapping):
-        return {key: _masked(value, secret=secret or key in SECRET_PARAMS) for key, value in data.items()}
+        return {
+            key: _masked(value, secret=secret or is_credential(key, parent), parent=key)
+            for key, value in data.items()
+        }
     if isinstance(data, list | tuple):
         return type(data)(_masked(item, secret=secret) for item in data)
     return data
@@ -115,11 +181,12 @@ class DeploymentConfig(BaseModel):
 
     @property
     def deployment_id(self) -> str:
-        """``model_info.id`` if given, else a hash of the model name and non-secret params."""
+        """``model_info.id`` if given, else a hash of the model name and non-secret params (literal
+        credentials elsewhere, in headers or a URL, masked)."""
         given = self.model_info.get("id")
         if given:
             return str(given)
-        public = {k: v for k, v in self.litellm_params.items() if k not in SECRET_PARAMS}
+        public = _masked({k: v for k, v in self.litellm_params.items() if k not in SECRET_PARAMS})
         digest = hashlib.sha256(
             json.dumps([self.model_name, public], sort_keys=True, default=str).encode()
         ).hexdigest()

@@ -42,7 +42,7 @@ from dynamic_agents.exceptions import (
     SecretsError,
 )
 from dynamic_agents.llm import _litellm
-from dynamic_agents.llm.config import SECRET_PARAMS, DeploymentConfig, RouterConfig
+from dynamic_agents.llm.config import DeploymentConfig, RouterConfig, literal_credentials
 from dynamic_agents.secrets import (
     EnvReference,
     SecretChange,
@@ -155,17 +155,26 @@ async def _resolve(params: Mapping[str, Any], secrets: SecretsManager) -> dict[s
     return resolved
 
 
-def _register_literal_secrets(data: Any, *, secret: bool = False) -> None:
-    """Register every string under a credential-holding key (:data:`SECRET_PARAMS`), at any depth."""
+def _register_literal_secrets(data: Any) -> None:
+    """Register every credential in the params with the redactor: strings under a credential key
+    (:data:`SECRET_PARAMS`) or in a credential header (``Authorization``, ``api-key``…), at any
+    depth, and the passwords of URLs (``api_base: https://user:password@…``)."""
+    for value in literal_credentials(data):
+        REDACTOR.register(value)
+    for url in _strings(data):
+        if "://" in url:
+            masked_url(url)  # registers its password
+
+
+def _strings(data: Any) -> Iterator[str]:
     if isinstance(data, str):
-        if secret:
-            REDACTOR.register(data)
+        yield data
     elif isinstance(data, Mapping):
-        for key, value in data.items():
-            _register_literal_secrets(value, secret=secret or key in SECRET_PARAMS)
+        for value in data.values():
+            yield from _strings(value)
     elif isinstance(data, list | tuple):
         for item in data:
-            _register_literal_secrets(item, secret=secret)
+            yield from _strings(item)
 
 
 def _references(data: Any) -> list[SecretReference | EnvReference]:
