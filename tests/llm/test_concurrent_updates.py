@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from dynamic_agents.llm import RouterConfig, build_router
-from dynamic_agents.secrets import SecretKey, SecretsManager, StaticSource
+from dynamic_agents.secrets import SecretKey, SecretsManager, SecretValue, StaticSource
 from dynamic_agents.testing import FakeOpenAI
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -14,17 +13,17 @@ V1, V2 = "sk-concurrent-v1-000001", "sk-concurrent-v2-000002"
 
 
 class HeldSecrets(SecretsManager):
-    """A manager whose next ``resolve_all`` of a deployment's params, once armed, resolves them
-    and then waits for ``release``."""
+    """A manager whose next resolution of ``secret:openai:api_key``, once armed, resolves it and
+    then waits for ``release``."""
 
     def __init__(self, source: StaticSource) -> None:
         super().__init__(source)
         self.armed = False
         self.held, self.release = asyncio.Event(), asyncio.Event()
 
-    async def resolve_all(self, data: Any, *, user_id: str | None = None) -> Any:
-        resolved = await super().resolve_all(data, user_id=user_id)
-        if self.armed and isinstance(data, dict) and "model" in data:  # not its nested calls
+    async def resolve(self, reference: str, *, user_id: str | None = None) -> SecretValue:
+        resolved = await super().resolve(reference, user_id=user_id)
+        if self.armed and reference == "secret:openai:api_key":
             self.armed = False
             self.held.set()
             await self.release.wait()

@@ -67,6 +67,8 @@ class _Deployment:
     config: DeploymentConfig
     params: dict[str, Any] = field(repr=False)
     providers: frozenset[str]
+    position: int
+    """Its index in ``model_list``."""
     lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
     """Held while its params are resolved and written: one update at a time."""
     waiting: int = 0
@@ -90,8 +92,8 @@ async def build_router(
     ``tracing``, every call is a ``chat {model}`` span (usage and cost as attributes). A config
     the Router refuses is a :class:`~dynamic_agents.exceptions.ConfigurationError` (no values)."""
     deployments = [
-        _Deployment(item, await _resolve(item.litellm_params, secrets), _providers(item, secrets))
-        for item in config.model_list
+        _Deployment(item, await _resolve(item, position, secrets), _providers(item, secrets), position)
+        for position, item in enumerate(config.model_list)
     ]
     settings: dict[str, Any] = copy.deepcopy(config.router_settings)
     settings.update(
@@ -119,7 +121,7 @@ async def build_router(
             import redis  # noqa: F401
         except ImportError as error:
             raise MissingDependencyError("the LLM router's redis_url", "redis") from error
-        redis_url = (await secrets.resolve(config.redis_url)).reveal()
+        redis_url = (await _resolve_field(config.redis_url, secrets, "redis_url")).reveal()
         masked_url(redis_url)  # registers its password with the redactor
         settings["redis_url"] = redis_url
     refused: ConfigurationError
@@ -147,12 +149,45 @@ def _refusal(error: Exception) -> str:
     return text if len(text) <= _MESSAGE_LIMIT else f"{text[: _MESSAGE_LIMIT - 3]}..."
 
 
-async def _resolve(params: Mapping[str, Any], secrets: SecretsManager) -> dict[str, Any]:
-    """The params with every reference resolved; credentials written in them as literals are
-    registered with the redactor (resolved ones already are), so errors and logs mask them too."""
-    resolved: dict[str, Any] = reveal_all(await secrets.resolve_all(params))
+async def _resolve(deployment: DeploymentConfig, position: int, secrets: SecretsManager) -> dict[str, Any]:
+    """The deployment's params with every reference resolved; credentials written in them as
+    literals are registered with the redactor (resolved ones already are), so errors and logs mask
+    them too. A reference that cannot be resolved raises its :class:`SecretsError` naming the
+    deployment and the field (see :func:`_resolve_field`)."""
+    where = f"model_list[{position}] ({deployment.describe()}), litellm_params"
+    resolved: dict[str, Any] = reveal_all(await _resolve_all(deployment.litellm_params, secrets, where))
     _register_literal_secrets(resolved)
     return resolved
+
+
+async def _resolve_all(data: Any, secrets: SecretsManager, where: str) -> Any:
+    """``SecretsManager.resolve_all``, field by field, so a failure can say which field failed."""
+    if isinstance(data, str):
+        return await _resolve_field(data, secrets, where)
+    if isinstance(data, Mapping):
+        return {key: await _resolve_all(value, secrets, f"{where}.{key}") for key, value in data.items()}
+    if isinstance(data, list | tuple):
+        items = [await _resolve_all(item, secrets, f"{where}[{index}]") for index, item in enumerate(data)]
+        return items if isinstance(data, list) else tuple(items)
+    return data
+
+
+async def _resolve_field(value: str, secrets: SecretsManager, where: str) -> Any:
+    """The value ``value`` stands for if it is a reference, else ``value``. A failure is raised as
+    the same :class:`SecretsError` (same class, attributes and cause) with ``where`` before its
+    message: which deployment and field. The secrets layer's messages carry no value (a malformed
+    reference shows only its well-formed start); the text is redacted all the same."""
+    failure: SecretsError
+    try:
+        return await secrets.resolve(value) if parse_reference(value) is not None else value
+    except SecretsError as error:
+        failure = copy.copy(error)  # the same class and attributes (an IdentityError's status)
+        failure.args = (REDACTOR.redact(f"{where}: {error}"),)
+        # The cause the secrets layer gave (a source's error for an unavailable secret), as before;
+        # the located error stands in for the original, which is not chained on (same message).
+        failure.__cause__ = error.__cause__
+        failure.__suppress_context__ = error.__suppress_context__
+    raise failure  # outside the except block: the original is not attached as context
 
 
 def _register_literal_secrets(data: Any) -> None:
@@ -500,7 +535,7 @@ class LLMRouter:
             deployment.waiting -= 1
 
     async def _write(self, deployment: _Deployment) -> bool:
-        params = await _resolve(deployment.config.litellm_params, self.secrets)
+        params = await _resolve(deployment.config, deployment.position, self.secrets)
         if params == deployment.params:
             return False
         _litellm.upsert(

@@ -1,0 +1,122 @@
+"""A secret that cannot be resolved while the router is built: the error says which deployment and
+which field, keeps its type and its cause, and shows no value."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from dynamic_agents.exceptions import (
+    IdentityForbiddenError,
+    IdentityUnavailableError,
+    SecretNotFoundError,
+    SecretReferenceError,
+    SecretsError,
+    SecretsUnavailableError,
+)
+from dynamic_agents.llm import RouterConfig, build_router
+from dynamic_agents.secrets import SecretKey, SecretsManager, SecretSource, SecretValue, StaticSource
+
+CANARY = "sk-CANARY-build-error-0001"
+
+
+def config(claude_params: Mapping[str, Any], **settings: Any) -> RouterConfig:
+    gpt = {"model": "openai/gpt-4o-mini", "api_key": CANARY, "mock_response": "hi"}
+    claude = {"model": "anthropic/claude-3-5-sonnet-latest", "mock_response": "hi", **claude_params}
+    return RouterConfig.from_dict(
+        {
+            "model_list": [
+                {"model_name": "gpt", "litellm_params": gpt},
+                {"model_name": "claude", "litellm_params": claude, "model_info": {"id": "claude-main"}},
+            ],
+            **settings,
+        }
+    )
+
+
+def chain(error: BaseException | None) -> list[BaseException]:
+    found = []
+    while error is not None and error not in found:
+        found.append(error)
+        error = error.__cause__ or error.__context__
+    return found
+
+
+def assert_no_value(error: BaseException) -> None:
+    for link in chain(error):
+        assert CANARY not in str(link)
+        assert CANARY not in repr(link)
+
+
+async def test_a_missing_secret_names_the_deployment_and_the_field() -> None:
+    secrets = SecretsManager(StaticSource({}))
+    with pytest.raises(SecretNotFoundError) as caught:
+        await build_router(config({"api_key": "secret:anthropic:api_key"}), secrets)
+    message = str(caught.value)
+    assert message.startswith(
+        "model_list[1] (deployment 'claude-main' of model 'claude'), litellm_params.api_key: "
+    )
+    assert "no secret field 'api_key' for anthropic" in message  # what the secrets layer said
+    assert caught.value.__cause__ is None
+    assert_no_value(caught.value)
+
+
+async def test_a_missing_secret_in_a_header_names_the_header() -> None:
+    secrets = SecretsManager(StaticSource({"anthropic": {"api_key": "sk-ant-fine-000001"}}))
+    params = {"api_key": "secret:anthropic:api_key", "extra_headers": {"X-Gateway-Key": "secret:gateway:key"}}
+    with pytest.raises(SecretNotFoundError) as caught:
+        await build_router(config(params), secrets)
+    assert "model_list[1] (deployment 'claude-main' of model 'claude'), " in str(caught.value)
+    assert "litellm_params.extra_headers.X-Gateway-Key: " in str(caught.value)
+    assert_no_value(caught.value)
+
+
+async def test_a_malformed_reference_names_the_field_without_the_value_pasted_into_it() -> None:
+    secrets = SecretsManager(StaticSource({}))
+    with pytest.raises(SecretReferenceError) as caught:
+        await build_router(config({"api_key": f"secret:anthropic:api_key={CANARY}"}), secrets)
+    assert str(caught.value).startswith("model_list[1] (deployment 'claude-main' of model 'claude'), ")
+    assert "litellm_params.api_key: malformed secret reference" in str(caught.value)
+    assert_no_value(caught.value)
+
+
+class DownSource(SecretSource):
+    async def fetch(self, key: SecretKey) -> Mapping[str, SecretValue] | None:
+        raise IdentityUnavailableError("GET /secrets failed: connection refused", status=None)
+
+
+async def test_an_unavailable_secrets_service_names_the_field_and_keeps_the_cause() -> None:
+    with pytest.raises(SecretsUnavailableError) as caught:
+        await build_router(config({"api_key": "secret:anthropic:api_key"}), SecretsManager(DownSource()))
+    assert str(caught.value).startswith(
+        "model_list[1] (deployment 'claude-main' of model 'claude'), litellm_params.api_key: secret anthropic"
+    )
+    assert isinstance(caught.value.__cause__, IdentityUnavailableError)  # as the secrets layer chains it
+    assert_no_value(caught.value)
+
+
+async def test_an_unresolvable_redis_url_names_the_field() -> None:
+    secrets = SecretsManager(StaticSource({"anthropic": {"api_key": "sk-ant-fine-000001"}}))
+    settings = {"redis_url": "secret:redis:url"}
+    with pytest.raises(SecretsError) as caught:
+        await build_router(config({"api_key": "secret:anthropic:api_key"}, **settings), secrets)
+    assert str(caught.value).startswith("redis_url: ")
+
+
+class ForbiddingSource(SecretSource):
+    async def fetch(self, key: SecretKey) -> Mapping[str, SecretValue] | None:
+        raise IdentityForbiddenError("GET /secrets: forbidden for this token", status=403)
+
+
+async def test_a_refused_secret_keeps_its_class_and_status() -> None:
+    secrets = SecretsManager(ForbiddingSource())
+    with pytest.raises(IdentityForbiddenError) as caught:
+        await build_router(config({"api_key": "secret:anthropic:api_key"}), secrets)
+    assert caught.value.status == 403
+    assert str(caught.value) == (
+        "model_list[1] (deployment 'claude-main' of model 'claude'), litellm_params.api_key: "
+        "GET /secrets: forbidden for this token"
+    )
+    assert_no_value(caught.value)
