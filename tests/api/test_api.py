@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import uuid
 from typing import Any
 
 import httpx
@@ -25,6 +26,7 @@ from dynamic_agents.api import NO_AUTH, AgentsHTTPClient, create_api_router
 from dynamic_agents.api import client as client_module
 from dynamic_agents.events import AgentRequestEvent
 from dynamic_agents.exceptions import ApiError, ConfigurationError, DynamicAgentsError
+from dynamic_agents.llm import RouterConfig, build_router
 from dynamic_agents.secrets import SecretKey, SecretsManager, StaticSource
 from dynamic_agents.testing import InMemoryServer, InMemoryTransport, ScriptedModels, mock_llm_router
 from tests.api.support import (
@@ -980,6 +982,41 @@ async def test_llm_deployments_and_refresh() -> None:
     assert (unchanged.status_code, unchanged.json()) == (200, {"rotated": 0})
     assert (rotated.status_code, rotated.json()) == (200, {"rotated": 3})
     assert listed_after == deployments  # still references
+
+
+async def test_llm_deployments_mask_a_key_pasted_in_place_of_a_references_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A key pasted where the reference wants a variable's name resolves (the variable exists),
+    and must not be listed: it is a key, whatever it is called."""
+    pasted = f"gsk_{uuid.uuid4().hex}{uuid.uuid4().hex}"
+    monkeypatch.setenv(pasted, "the-value-it-names")
+    config = RouterConfig.from_dict(
+        {
+            "model_list": [
+                {
+                    "model_name": "gpt",
+                    "litellm_params": {
+                        "model": "openai/mock",
+                        "api_key": f"os.environ/{pasted}",
+                        "organization": "os.environ/OPENAI_ORG_ID_FOR_TEST",
+                        "mock_response": "ok",
+                    },
+                }
+            ]
+        }
+    )
+    monkeypatch.setenv("OPENAI_ORG_ID_FOR_TEST", "org-1")
+    router = await build_router(config, SecretsManager(StaticSource({})))
+    try:
+        async with client_for(make_app(make_runtime(), llm_router=router), AUTH) as client:
+            response = await client.get(f"{V1}/llm/deployments")
+    finally:
+        await router.aclose()
+    assert pasted not in response.text
+    ((params),) = [deployment["litellm_params"] for deployment in response.json()]
+    assert params["api_key"] == "os.environ/**********"
+    assert params["organization"] == "os.environ/OPENAI_ORG_ID_FOR_TEST"  # a name: shown as written
 
 
 # -- health -----------------------------------------------------------------------------------------

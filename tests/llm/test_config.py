@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import copy
 import typing
+import uuid
 from typing import Any
 
 import pytest
@@ -170,6 +171,22 @@ async def test_a_secret_value_in_the_config_is_accepted_and_used() -> None:
     async with await build_router(config, SecretsManager(StaticSource({}))) as router:
         (params,) = [d["litellm_params"] for d in router.router.model_list]
         assert params["api_key"] == key.reveal()
+
+
+def test_repr_masks_a_key_pasted_in_place_of_a_references_name() -> None:
+    pasted, malformed = f"gsk_{uuid.uuid4().hex}{uuid.uuid4().hex}", f"sk-{uuid.uuid4().hex}"
+    params = {
+        "api_key": f"os.environ/{pasted}",
+        "api_base": f"secret:openai:{malformed}=oops",  # malformed: what follows may be a key
+        "organization": "secret:openai:org_id",
+    }
+    config = RouterConfig.from_dict({"model_list": [deployment(**params)]})
+    for text in (repr(config), str(config), repr(config.model_list[0])):
+        assert pasted not in text
+        assert malformed not in text
+        assert "os.environ/**********" in text
+        assert "secret:**********" in text
+        assert "secret:openai:org_id" in text  # an ordinary reference is shown as written
 
 
 def test_repr_masks_literal_credential_headers_and_url_passwords() -> None:

@@ -38,10 +38,10 @@ from dynamic_agents.exceptions import (
     TransportError,
 )
 from dynamic_agents.execution import ExecutionResult
-from dynamic_agents.llm.config import SECRET_PARAMS
+from dynamic_agents.llm.config import HEADER_PARAMS, SECRET_PARAMS
 from dynamic_agents.operations import DeadLetters
 from dynamic_agents.routing import EventRouter, RoutingRule
-from dynamic_agents.secrets import parse_reference
+from dynamic_agents.secrets.references import shown_reference
 from dynamic_agents.transports import Transport
 
 try:
@@ -177,21 +177,21 @@ def _result_json(result: ExecutionResult) -> dict[str, Any]:
     return data
 
 
-_HEADER_PARAMS: Final = frozenset({"extra_headers", "headers"})
-"""``litellm_params`` holding HTTP headers: their values may be credentials (``Authorization``)."""
-
-
 def _public_params(value: Any, key: str = "", *, secret: bool = False) -> Any:
-    """litellm params as configured, for listing: secret references as they are; a credential
+    """litellm params as configured, for listing: secret references as written (but a part shaped
+    like a key, pasted in place of a name, masked: :func:`shown_reference`); a credential
     written into the config itself (``api_key: sk-…``, anything under such a key, a header value,
     a URL's password) masked, and any known secret value redacted."""
     secret = secret or key in SECRET_PARAMS
     if isinstance(value, Mapping):
-        inner = secret or key in _HEADER_PARAMS
+        inner = secret or key in HEADER_PARAMS
         return {name: _public_params(item, str(name), secret=inner) for name, item in value.items()}
     if isinstance(value, list | tuple):
         return [_public_params(item, key, secret=secret) for item in value]
-    if isinstance(value, str) and parse_reference(value) is None:
+    if isinstance(value, str):
+        shown = shown_reference(value)  # a key pasted in place of a reference's name is masked
+        if shown is not None:
+            return shown
         return MASK if secret else REDACTOR.redact(masked_url(value))
     return value
 

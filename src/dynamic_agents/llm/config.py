@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from dynamic_agents._redaction import MASK, masked_url
 from dynamic_agents.exceptions import ConfigurationError
+from dynamic_agents.secrets.references import shown_reference
 
 __all__ = [
     "HEADER_PARAMS",
@@ -82,8 +83,6 @@ _CREDENTIAL_HEADER_WORDS: Final = (
 """A header whose name contains one of these (``Authorization``, ``api-key``, ``X-Auth-Token``,
 ``Cookie``) carries a credential; others (``anthropic-version``, ``X-Team``) are shown as they are."""
 
-_REFERENCE_PREFIXES: Final = ("secret:", "os.environ/")
-
 
 def is_credential(key: object, parent: object = None) -> bool:
     """Whether the value under ``key`` (in the mapping under ``parent``) is a credential: a
@@ -97,7 +96,7 @@ def literal_credentials(data: Any, *, secret: bool = False, parent: object = Non
     """Every credential string in ``data`` (see :func:`is_credential`, at any depth) that is not a
     reference; for ``Bearer <token>``-like values, the token alone too (errors may quote it alone)."""
     if isinstance(data, str):
-        if secret and not data.startswith(_REFERENCE_PREFIXES):
+        if secret and shown_reference(data) is None:
             yield data
             scheme, space, token = data.strip().partition(" ")
             if space and scheme.isalpha() and token.strip():
@@ -139,8 +138,9 @@ def _masked(data: Any, *, secret: bool = False, parent: object = None) -> Any:
     masked, unless they are references (``secret:…``, ``os.environ/…``), which hold no secret and
     say where it comes from; the password of a URL's userinfo masked."""
     if isinstance(data, str):
-        if data.startswith(_REFERENCE_PREFIXES):
-            return data
+        shown = shown_reference(data)
+        if shown is not None:
+            return shown
         if secret:
             return MASK
         return masked_url(data) if "://" in data else data

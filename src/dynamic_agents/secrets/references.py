@@ -20,7 +20,7 @@ from typing import Final
 from dynamic_agents._redaction import MASK, REDACTOR
 from dynamic_agents.exceptions import SecretReferenceError
 
-__all__ = ["ENV_SECRETS", "EnvReference", "SecretReference", "parse_reference"]
+__all__ = ["ENV_SECRETS", "EnvReference", "SecretReference", "parse_reference", "shown_reference"]
 
 ENV_SECRETS: Final[Mapping[str, tuple[str, str]]] = {
     "OPENAI_API_KEY": ("openai", "api_key"),
@@ -166,6 +166,18 @@ def parse_reference(text: str) -> SecretReference | EnvReference | None:
                 f"starts with {prefix!r} exactly, in lower case, at the very start"
             )
     return None
+
+
+def shown_reference(text: str) -> str | None:
+    """``text`` as it may be shown (a config's ``repr``, an API listing) if it is a reference
+    (``secret:…``, ``os.environ/…``), else ``None``: as written, but with a part shaped like a key
+    masked, and a malformed reference cut down to its prefix (what follows may be a pasted key)."""
+    if not text.startswith((SECRET_PREFIX, ENV_PREFIX)):
+        return None
+    try:
+        return str(parse_reference(text))
+    except SecretReferenceError:
+        return (SECRET_PREFIX if text.startswith(SECRET_PREFIX) else ENV_PREFIX) + MASK
 
 
 def _register_keys(*parts: str | None) -> None:
