@@ -75,6 +75,8 @@ class _Deployment:
     """Updates holding or queued for ``lock``."""
     stale: bool = False
     """An update was asked for since the holder of ``lock`` last started resolving."""
+    failing: str | None = None
+    """The error of its last update, if it failed (logged once)."""
 
     @property
     def id(self) -> str:
@@ -493,14 +495,7 @@ class LLMRouter:
         for provider in providers:  # change notices update what changed...
             await self.secrets.refresh(provider, user_id=None)
         for deployment in list(self._deployments.values()):
-            try:
-                await self._update(deployment)  # ...and this catches sources that send none
-            except SecretsError as error:
-                logger.warning(
-                    "refreshing the credentials of %s failed: %s",
-                    deployment.config.describe(),
-                    type(error).__name__,
-                )
+            await self._update_or_log(deployment)  # ...and this catches sources that send none
         return sum(d.params != before[d.id] for d in self._deployments.values())
 
     async def _on_secret_change(self, change: SecretChange) -> None:
@@ -510,7 +505,23 @@ class LLMRouter:
             if change.key.provider in deployment.providers:
                 # The notice may come from a fetch that an update of this deployment is waiting
                 # for: waiting for that update here would wait for ever.
-                await self._update(deployment, wait=False)
+                await self._update_or_log(deployment, wait=False)
+
+    async def _update_or_log(self, deployment: _Deployment, *, wait: bool = True) -> None:
+        """:meth:`_update`; a secret that cannot be resolved leaves the deployment as it is and is
+        logged (its error names the deployment and the field, never a value) once, not again on
+        every refresh or change notice while it fails the same way; its recovery is logged too."""
+        try:
+            await self._update(deployment, wait=wait)
+        except SecretsError as error:
+            failure = f"{type(error).__name__}: {error}"
+            if failure != deployment.failing:
+                deployment.failing = failure
+                logger.warning("refreshing the credentials failed, left as they were: %s", failure)
+        else:
+            if deployment.failing is not None:
+                deployment.failing = None
+                logger.info("the credentials of %s resolve again", deployment.config.describe())
 
     async def _update(self, deployment: _Deployment, *, wait: bool = True) -> bool:
         """Resolve the deployment's params again and write them into the Router if they changed;
