@@ -11,8 +11,8 @@ import pytest
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, StreamNames, Target, TargetType
 from dynamic_agents.execution import ExecutionResult, Executor, FunctionExecutor
 from dynamic_agents.routing import EventRouter
-from dynamic_agents.transports import Coordinator, InMemoryServer, InMemoryTransport, Transport
-from dynamic_agents.worker import AgentWorker, WorkerSettings
+from dynamic_agents.transports import Coordinator, Delivery, InMemoryServer, InMemoryTransport, Transport
+from dynamic_agents.worker import AgentWorker, BaseHooks, WorkerSettings
 from tests.support import services
 
 FAST = {
@@ -139,3 +139,13 @@ def result(content: str) -> ExecutionResult:
     from dynamic_agents.events import ResponseStatus
 
     return ExecutionResult(ResponseStatus.COMPLETED, content=content)
+
+
+class Handled(BaseHooks):
+    """Records the error each handling ended with (``after_handle``)."""
+
+    def __init__(self) -> None:
+        self.errors: list[BaseException | None] = []
+
+    async def after_handle(self, delivery: Delivery[AgentRequestEvent], error: BaseException | None) -> None:
+        self.errors.append(error)

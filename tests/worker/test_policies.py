@@ -10,9 +10,10 @@ import pytest
 
 from dynamic_agents.client import AgentClient
 from dynamic_agents.events import AgentRequestEvent, ResponseStatus, Target
+from dynamic_agents.exceptions import RunLostError
 from dynamic_agents.execution import FunctionExecutor
 from dynamic_agents.worker import SessionPolicy
-from tests.worker.conftest import Backend, replies, request_event, wait_for, worker
+from tests.worker.conftest import Backend, Handled, replies, request_event, wait_for, worker
 
 
 class Timeline:
@@ -181,6 +182,49 @@ async def test_cancelling_a_request_merged_into_a_running_turn_cancels_the_turn(
     assert cancelled == ["a\n\nb"]
     assert answer_a.request_id == a.id
     assert (answer_a.status, answer_b.status) == (ResponseStatus.CANCELLED, ResponseStatus.CANCELLED)
+
+
+async def test_a_merged_turn_that_loses_its_lease_answers_none_of_its_requests(backend: Backend) -> None:
+    """The merged requests are answered only while the turn's lease is held: one lost during the
+    run publishes nothing for any of them (another worker answers them all), and the handling ends
+    with a ``RunLostError`` naming the turn."""
+    transport, other = await backend.transport(), await backend.transport()
+    gate, first_started = asyncio.Event(), asyncio.Event()
+    rivals = []
+
+    async def run(target: Target, request: AgentRequestEvent) -> str:
+        if request.content == "first":
+            first_started.set()
+            await gate.wait()
+            return "answer to first"
+        await backend.delete_key(backend.names.session_lease("s1"))  # as if it had expired
+        rival = await other.coordinator().acquire("s1", ttl=30)
+        assert rival is not None
+        rivals.append(rival)
+        return "from the worker that lost its lease"  # before a renewal could notice
+
+    handled = Handled()
+    w = worker(transport, FunctionExecutor(run), session_policy=SessionPolicy.MERGE, lease_ttl=30)
+    w.hooks.append(handled)
+    merged = [request_event(backend.names, text) for text in ("a", "b", "c")]
+    async with w:
+        await transport.publish(backend.names.requests, request_event(backend.names, "first"))
+        await asyncio.wait_for(first_started.wait(), 5)
+        for request in merged:
+            await transport.publish(backend.names.requests, request)
+        await wait_for(lambda: _async(w.stats.received == 4))
+        gate.set()
+        await wait_for(lambda: _async(w.stats.lost >= 1))
+        await w.stop(grace=0)
+    (first,) = await replies(transport, backend.names)
+    assert first.content == "answer to first"  # and nothing for a, b or c
+    lost = [error for error in handled.errors if isinstance(error, RunLostError)]
+    assert [(error.request_id, error.session_id) for error in lost] == [(merged[-1].id, "s1")]
+    await other.coordinator().release(rivals[0])
+    await worker(other, consumer="winner").run_until_idle()
+    answered = await replies(transport, backend.names)
+    assert {reply.request_id for reply in answered[1:]} == {request.id for request in merged}
+    assert all(reply.status == ResponseStatus.COMPLETED for reply in answered)
 
 
 async def test_cancel_from_another_process(backend: Backend) -> None:

@@ -15,10 +15,10 @@ from dynamic_agents.events import AgentRequestEvent, LifecycleEvent, ResponseSta
 from dynamic_agents.exceptions import DynamicAgentsError, RunLostError, TransportError
 from dynamic_agents.execution import ExecutionResult, FunctionExecutor
 from dynamic_agents.routing import EventRouter
-from dynamic_agents.transports import Completion, Delivery, Subscription, Transport
+from dynamic_agents.transports import Completion, Subscription, Transport
 from dynamic_agents.worker import BaseHooks, RunContext, WorkerSettings
 from dynamic_agents.worker import RunLostError as WorkerRunLostError
-from tests.worker.conftest import FAST, Backend, replies, request_event, wait_for, worker
+from tests.worker.conftest import FAST, Backend, Handled, replies, request_event, wait_for, worker
 
 
 async def test_a_request_is_answered_once(backend: Backend) -> None:
@@ -216,7 +216,7 @@ async def test_a_run_that_loses_its_lease_publishes_nothing(backend: Backend) ->
     request = request_event(backend.names, "x", session="contested")
     await transport.publish(backend.names.requests, request)
     loser = worker(transport, FunctionExecutor(slow), consumer="loser")
-    handled = _Handled()
+    handled = Handled()
     loser.hooks.append(handled)
     async with loser:
         await asyncio.wait_for(started.wait(), 5)
@@ -249,7 +249,7 @@ async def test_a_run_whose_lease_changed_hands_between_renewals_publishes_nothin
     request = request_event(backend.names, "x", session="contested")
     await transport.publish(backend.names.requests, request)
     loser = worker(transport, FunctionExecutor(stalls_past_its_lease), consumer="loser", lease_ttl=30)
-    handled = _Handled()
+    handled = Handled()
     loser.hooks.append(handled)
     async with loser:
         await wait_for(lambda: _async(loser.stats.lost == 1))
@@ -558,16 +558,6 @@ def test_policies_given_as_text_are_stored_as_session_policies() -> None:
 
 async def _async(value: bool) -> bool:
     return value
-
-
-class _Handled(BaseHooks):
-    """Records the error each handling ended with (``after_handle``)."""
-
-    def __init__(self) -> None:
-        self.errors: list[BaseException | None] = []
-
-    async def after_handle(self, delivery: Delivery[AgentRequestEvent], error: BaseException | None) -> None:
-        self.errors.append(error)
 
 
 def _assert_lost_run(error: BaseException | None, request: AgentRequestEvent) -> None:
