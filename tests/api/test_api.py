@@ -521,6 +521,33 @@ async def test_idempotency_keys_are_per_target(stack: Stack) -> None:
     assert (one.json()["content"], two.json()["content"]) == ("first reply", "second reply")
 
 
+async def test_idempotency_keys_are_per_caller(make_stack: StackFactory) -> None:
+    """Two callers (two tokens) that happen to pick one key make two requests: neither gets the
+    other's result. The token is checked once per request all the same."""
+    checked: list[str] = []
+
+    def verify_either(token: str) -> bool:
+        checked.append(token)
+        return token in {"token-of-a", "token-of-b"}
+
+    stack = await make_stack(
+        {"gpt": ["reply for a", "reply for b"]},
+        auth=verify_either,
+        headers={"Authorization": "Bearer token-of-a"},
+    )
+    await stack.client.post(f"{V1}/agents", json=AGENT)
+    checked.clear()
+    key = {"Idempotency-Key": "order-1"}
+    b = {**key, "Authorization": "Bearer token-of-b"}
+    first_a = await stack.client.post(f"{V1}/agents/bot/execute", json=EXECUTE, headers=key)
+    first_b = await stack.client.post(f"{V1}/agents/bot/execute", json=EXECUTE, headers=b)
+    again_a = await stack.client.post(f"{V1}/agents/bot/execute", json=EXECUTE, headers=key)
+    assert first_a.status_code == 200, first_a.text
+    assert (first_a.json()["content"], first_b.json()["content"]) == ("reply for a", "reply for b")
+    assert again_a.json() == first_a.json()  # each caller's retry still gets its own result
+    assert checked == ["token-of-a", "token-of-b", "token-of-a"]
+
+
 async def test_an_idempotency_key_reused_for_another_request_is_422(stack: Stack) -> None:
     """The key names one request: the same key with another input (or session) is a client error,
     not the first request's result passed off as the answer to the second."""

@@ -117,8 +117,9 @@ class RulesBody(BaseModel):
     rules: list[dict[str, JsonValue]]
 
 
-_IdempotencyScope = tuple[str, str, str]
-"""kind, spec id and ``Idempotency-Key``: a key is scoped to its target."""
+_IdempotencyScope = tuple[str, str, str, str]
+"""caller, kind, spec id and ``Idempotency-Key``: a key is scoped to its caller (the bearer token,
+as a digest) and its target, so two callers that happen to pick one key never share a result."""
 
 
 class _Idempotency:
@@ -224,9 +225,10 @@ def create_api_router(  # noqa: PLR0915 - one route per statement group; kept to
     if auth is not NO_AUTH and not callable(auth):
         raise ConfigurationError("auth must be a bearer-token verifier, or NO_AUTH for local use")
 
-    async def authorised(authorization: Annotated[str | None, Header()] = None) -> None:
+    async def authorised(authorization: Annotated[str | None, Header()] = None) -> str:
+        """The caller: a digest of its bearer token (``""`` without authentication)."""
         if auth is NO_AUTH:
-            return
+            return ""
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise HTTPException(401, "a bearer token is required", headers={"WWW-Authenticate": "Bearer"})
@@ -235,6 +237,7 @@ def create_api_router(  # noqa: PLR0915 - one route per statement group; kept to
             verdict = await verdict
         if not verdict:
             raise HTTPException(401, "the token was refused", headers={"WWW-Authenticate": "Bearer"})
+        return hashlib.sha256(token.encode()).hexdigest()
 
     api = APIRouter(prefix="/api/v1", dependencies=[Depends(authorised)], route_class=_Route)
     idempotency = _Idempotency(idempotency_ttl)
@@ -315,9 +318,11 @@ def create_api_router(  # noqa: PLR0915 - one route per statement group; kept to
         spec_id: str,
         body: ExecuteBody,
         idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
+        # A default, not Annotated: the annotation would name a local. Run once per request.
+        caller: str = Depends(authorised),
     ) -> dict[str, Any] | StreamingResponse:
         managed = manager(kind_name)
-        cache_key = (kind_name, spec_id, idempotency_key) if idempotency_key else None
+        cache_key = (caller, kind_name, spec_id, idempotency_key) if idempotency_key else None
         if cache_key is not None:
             stored = idempotency.begin(cache_key, body)
             if stored is not None:
