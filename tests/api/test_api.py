@@ -521,6 +521,21 @@ async def test_idempotency_keys_are_per_target(stack: Stack) -> None:
     assert (one.json()["content"], two.json()["content"]) == ("first reply", "second reply")
 
 
+async def test_an_idempotency_retry_may_write_its_numbers_another_way(stack: Stack) -> None:
+    """``1`` and ``1.0`` are one JSON number: a client that serialises the body again (JavaScript
+    writes ``1.0`` as ``1``) is retrying, not sending another request."""
+    await stack.client.post(f"{V1}/agents", json=AGENT)
+    key = {"Idempotency-Key": "numbers"}
+    body = {**EXECUTE, "session_state": {"cart": {"items": [2.0, 1.5]}, "step": 1.0}, "timeout": 30.0}
+    first = await stack.client.post(f"{V1}/agents/bot/execute", json=body, headers=key)
+    retried = {**EXECUTE, "session_state": {"step": 1, "cart": {"items": [2, 1.5]}}, "timeout": 30}
+    again = await stack.client.post(f"{V1}/agents/bot/execute", json=retried, headers=key)
+    assert (first.status_code, again.status_code) == (200, 200)
+    assert again.json() == first.json()
+    changed = {**EXECUTE, "session_state": {"step": 1, "cart": {"items": [2, 1.25]}}, "timeout": 30}
+    assert (await stack.client.post(f"{V1}/agents/bot/execute", json=changed, headers=key)).status_code == 422
+
+
 async def test_idempotency_keys_are_per_caller(make_stack: StackFactory) -> None:
     """Two callers (two tokens) that happen to pick one key make two requests: neither gets the
     other's result. The token is checked once per request all the same."""

@@ -167,9 +167,21 @@ class _Idempotency:
 
 def _fingerprint(body: ExecuteBody) -> str:
     """What makes two execute bodies the same request: all but ``stream`` (how the answer is sent),
-    whatever the order of their keys."""
-    canonical = json.dumps(body.model_dump(mode="json", exclude={"stream"}), sort_keys=True)
+    whatever the order of their keys, and numbers compared as JSON does (``1`` and ``1.0`` are one
+    number: a client that serialises the body again may write either)."""
+    canonical = json.dumps(_same_numbers(body.model_dump(mode="json", exclude={"stream"})), sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _same_numbers(value: Any) -> Any:
+    """``value`` with every whole float written as an int (``1.0`` → ``1``), at any depth."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {key: _same_numbers(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_same_numbers(item) for item in value]
+    return value
 
 
 def _result_json(result: ExecutionResult) -> dict[str, Any]:
