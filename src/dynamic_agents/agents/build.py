@@ -16,6 +16,8 @@ try:
     from agno.agent import Agent
     from agno.media import Audio, File, Image, Video
     from agno.team import Team
+    from agno.tools import Toolkit
+    from agno.tools.function import Function
     from agno.workflow import Condition, Loop, Parallel, Router, Step, Workflow
 except ImportError as error:  # pragma: no cover - exercised without the extra installed
     from dynamic_agents.exceptions import MissingDependencyError
@@ -36,6 +38,7 @@ from dynamic_agents.agents.specs import (
     StepSpec,
     TeamSpec,
     TeamStep,
+    ToolRef,
     WorkflowSpec,
 )
 from dynamic_agents.events import Attachment
@@ -155,10 +158,28 @@ class Builder:
                 options[name] = getattr(spec, name)
         return Agent(
             **self._common(spec, user_id),
-            tools=[self.registry.get_tool(ref.name).build(ref.parameters) for ref in spec.tools] or None,
+            tools=[self._tool(ref) for ref in spec.tools] or None,
             output_schema=self.registry.get_schema(spec.output_schema) if spec.output_schema else None,
             **options,
         )
+
+    def _tool(self, ref: ToolRef) -> Any:
+        """The tool a spec names, under the name it is registered by: that is the name the model
+        sees and calls (two closures both named ``search``, registered as ``web_search`` and
+        ``news_search``, would otherwise reach agno as one name, and agno keeps only the first)."""
+        registered = self.registry.get_tool(ref.name)
+        tool = registered.build(ref.parameters)
+        if isinstance(tool, Function):
+            if tool.name == registered.name:
+                return tool
+            renamed = tool.model_copy()  # agno's own override: shallow, the callables shared
+            renamed.name = registered.name
+            return renamed
+        if registered.factory or isinstance(tool, Toolkit) or not callable(tool):
+            return tool
+        if getattr(tool, "__name__", None) == registered.name:
+            return tool
+        return Function.from_callable(tool, name=registered.name)
 
     async def team(self, spec: TeamSpec, resolve: Resolve, *, user_id: str | None = None) -> Any:
         members = [await resolve(member.kind, member.id) for member in spec.members]

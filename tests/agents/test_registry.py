@@ -1,0 +1,75 @@
+"""The tool registry: the names specs use are the names the model sees."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from agno.run import RunContext
+from agno.tools import tool
+
+from dynamic_agents.agents import AgentRuntime, AgentSpec, InMemorySpecStore, ToolRegistry
+from dynamic_agents.events import ResponseStatus
+from dynamic_agents.testing import ScriptedModels, ToolCall
+
+
+def search_in(corpus: str) -> Callable[[str], str]:
+    def search(query: str) -> str:
+        """Search a corpus."""
+        return f"{corpus}: {query}"
+
+    return search
+
+
+async def test_tools_registered_under_other_names_reach_the_model_by_those_names() -> None:
+    # Two closures share the function name "search": registered as web_search and news_search,
+    # they are two tools, not one (agno keeps the first of two tools with the same name).
+    tools = ToolRegistry()
+    tools.add_tool(search_in("web"), name="web_search")
+    tools.add_tool(search_in("news"), name="news_search")
+    models = ScriptedModels({"gpt": [ToolCall("news_search", {"query": "rain"}), "It rains."]})
+    async with AgentRuntime(InMemorySpecStore(), tools, models) as runtime:
+        await runtime.agents.create(AgentSpec(id="a", model="gpt", tools=("web_search", "news_search")))
+        result = await runtime.agents.execute("a", "News?", session_id="s")
+    assert result.status == ResponseStatus.COMPLETED
+    calls = models.models["gpt"].calls
+    assert sorted(calls[0].tools) == ["news_search", "web_search"]
+    assert calls[1].messages[-1]["content"] == "news: rain"
+
+
+async def test_an_aliased_tool_still_gets_the_run_context() -> None:
+    seen: list[object] = []
+
+    async def lookup(run_context: RunContext, key: str) -> str:
+        """Look a key up."""
+        seen.append((run_context.metadata or {}).get("request_id"))
+        return key.upper()
+
+    tools = ToolRegistry()
+    tools.add_tool(lookup, name="find")
+    models = ScriptedModels({"gpt": [ToolCall("find", {"key": "k"}), "Found."]})
+    async with AgentRuntime(InMemorySpecStore(), tools, models) as runtime:
+        await runtime.agents.create(AgentSpec(id="a", model="gpt", tools=("find",)))
+        result = await runtime.execute(
+            AgentSpec.kind, "a", "Find k", session_id="s", metadata={"request_id": "r1"}
+        )
+    assert result.status == ResponseStatus.COMPLETED
+    assert models.models["gpt"].calls[0].tools == ["find"]
+    assert models.models["gpt"].calls[1].messages[-1]["content"] == "K"
+    assert seen == ["r1"]
+
+
+async def test_an_agno_tool_registered_under_another_name_is_called_by_it() -> None:
+    @tool
+    def ping(host: str) -> str:
+        """Ping a host."""
+        return f"pong from {host}"
+
+    tools = ToolRegistry()
+    tools.add_tool(ping, name="check_host")
+    models = ScriptedModels({"gpt": [ToolCall("check_host", {"host": "db"}), "Up."]})
+    async with AgentRuntime(InMemorySpecStore(), tools, models) as runtime:
+        await runtime.agents.create(AgentSpec(id="a", model="gpt", tools=("check_host",)))
+        result = await runtime.agents.execute("a", "Is db up?", session_id="s")
+    assert result.status == ResponseStatus.COMPLETED
+    assert models.models["gpt"].calls[0].tools == ["check_host"]
+    assert models.models["gpt"].calls[1].messages[-1]["content"] == "pong from db"
