@@ -106,9 +106,7 @@ class SpecBase(BaseModel):
 
 def spec_error(model: type[SpecBase], data: Mapping[str, Any], error: ValidationError) -> SpecValidationError:
     first = error.errors(include_url=False)[0]
-    path = ""
-    for part in first["loc"]:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    path = _document_path(first["loc"], data)
     spec_id = data.get("id")
     spec = f"{model.kind.value} {spec_id!r}" if isinstance(spec_id, str) else f"{model.kind.value} spec"
     message = first["msg"].removeprefix("Value error, ")
@@ -116,3 +114,37 @@ def spec_error(model: type[SpecBase], data: Mapping[str, Any], error: Validation
     if others:
         message += f" (and {others} more)"
     return SpecValidationError(message, spec=spec, path=path)
+
+
+_UNION_MEMBER_LABELS = frozenset({"str", "int", "float", "bool", "none", "list", "tuple", "dict"})
+
+
+def _document_path(loc: tuple[int | str, ...], data: Any) -> str:
+    """``loc`` as a path inside the document (``steps[0].agent``). pydantic's ``loc`` also holds
+    the member of a union it tried — a step's tag (``steps.0.agent.agent``), a type
+    (``instructions.str``) — which is no key of the document: those are left out."""
+    path = ""
+    current: Any = data
+    tag_skipped = False
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+            current = (
+                current[part]
+                if isinstance(current, list | tuple) and -len(current) <= part < len(current)
+                else None
+            )
+            tag_skipped = False
+            continue
+        if isinstance(current, Mapping):
+            if not tag_skipped and current.get("type") == part:  # a discriminated union's tag
+                tag_skipped = True
+                continue
+            if part not in current and (part in _UNION_MEMBER_LABELS or not part.isidentifier()):
+                continue  # a plain union's member (`str`, `tuple[str, ...]`)
+        elif current is not None:
+            continue  # a scalar or list has no keys: a union member's label
+        path += f".{part}" if path else part
+        current = current.get(part) if isinstance(current, Mapping) else None
+        tag_skipped = False
+    return path
