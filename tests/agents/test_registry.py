@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
 from agno.run import RunContext
-from agno.tools import tool
+from agno.tools import Toolkit, tool
 
 from dynamic_agents.agents import AgentRuntime, AgentSpec, InMemorySpecStore, ToolRegistry
 from dynamic_agents.events import ResponseStatus
+from dynamic_agents.exceptions import ConfigurationError
 from dynamic_agents.testing import ScriptedModels, ToolCall
 
 
@@ -73,3 +75,25 @@ async def test_an_agno_tool_registered_under_another_name_is_called_by_it() -> N
     assert result.status == ResponseStatus.COMPLETED
     assert models.models["gpt"].calls[0].tools == ["check_host"]
     assert models.models["gpt"].calls[1].messages[-1]["content"] == "pong from db"
+
+
+@pytest.mark.parametrize("name", ["web search", "search.web", "<lambda>", "x" * 65])
+def test_tool_names_the_model_apis_refuse_are_refused_at_registration(name: str) -> None:
+    tools = ToolRegistry()
+    with pytest.raises(ConfigurationError) as caught:
+        tools.add_tool(lambda: "ok", name=name if name != "<lambda>" else None)
+    assert repr(name) in str(caught.value)
+    assert "letters, digits, '_' and '-'" in str(caught.value)
+    assert tools.names("tool") == []
+
+
+def test_toolkit_names_are_only_registry_keys() -> None:
+    tools = ToolRegistry()
+    tools.toolkit("search.web", lambda: [])  # its tools keep their own names
+    assert tools.names("tool") == ["search.web"]
+
+
+def test_an_agno_toolkit_instance_keeps_any_registry_name() -> None:
+    tools = ToolRegistry()
+    tools.add_tool(Toolkit(name="My Tools", tools=[search_in("web")]))
+    assert tools.names("tool") == ["My Tools"]

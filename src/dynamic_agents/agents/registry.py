@@ -7,6 +7,7 @@ module or run a file.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -20,6 +21,9 @@ __all__ = ["RegisteredTool", "ToolRegistry"]
 F = TypeVar("F", bound=Callable[..., Any])
 V = TypeVar("V")
 Kind = Literal["tool", "schema", "function"]
+
+TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+"""The function names model APIs accept (OpenAI's and Anthropic's rule): the model sees this name."""
 
 PAUSING_FLAGS = ("requires_confirmation", "requires_user_input", "external_execution")
 """agno tool flags that pause a run until someone answers it."""
@@ -87,6 +91,12 @@ class ToolRegistry:
         pause/resume flow exists yet.
         """
         tool_name = str(name or getattr(function, "name", None) or getattr(function, "__name__", ""))
+        is_toolkit = isinstance(getattr(function, "functions", None), dict)  # its tools keep their names
+        if tool_name and not is_toolkit and not TOOL_NAME.fullmatch(tool_name):
+            raise ConfigurationError(
+                f"tool name {tool_name!r} is not one a model can call: use 1 to 64 letters, digits, "
+                "'_' and '-' (pass name=… to register it under another)"
+            )
         confirm = requires_confirmation or any(bool(getattr(function, flag, False)) for flag in PAUSING_FLAGS)
         self._add_tool(RegisteredTool(tool_name, function, requires_confirmation=confirm))
 
