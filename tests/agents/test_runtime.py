@@ -771,3 +771,28 @@ async def test_an_attachment_that_is_not_base64_is_an_error_naming_it(data: str)
     with pytest.raises(EventValidationError, match=r"attachments\[1\]\.data_base64: not valid base64"):
         await AgnoExecutor(rt).execute(Target(type=TargetType.AGENT, id="eyes"), request)
     assert rt.models.models["gpt"].calls == []  # type: ignore[attr-defined]
+
+
+async def test_a_spec_this_runtime_creates_is_used_at_once_even_over_a_cached_one(tmp_path: Path) -> None:
+    # Deleted elsewhere while cached here, then created here: this runtime's own write is used at
+    # once, as its own update is, not after the staleness bound.
+    url = f"sqlite:///{tmp_path / 'specs.db'}"
+    now = [0.0]
+    here = AgentRuntime(
+        SqlSpecStore.from_url(url),
+        registry(),
+        ScriptedModels({"gpt": ["old answer", "new answer"]}),
+        max_staleness=5,
+        clock=lambda: now[0],
+    )
+    _RUNTIMES.append(here)
+    elsewhere = runtime({"gpt": []}, store=SqlSpecStore.from_url(url))
+    await here.agents.create(AgentSpec.from_dict({"id": "bot", "model": "gpt", "instructions": "old bot"}))
+    await here.agents.execute("bot", "hi", session_id="x")
+    assert await elsewhere.agents.delete("bot")
+    await here.agents.create(AgentSpec.from_dict({"id": "bot", "model": "gpt", "instructions": "new bot"}))
+    await here.agents.execute("bot", "hi", session_id="x")  # the clock has not moved
+    calls = here.models.models["gpt"].calls  # type: ignore[attr-defined]
+    systems = [m["content"] for call in calls for m in call.messages if m["role"] == "system"]
+    assert "old bot" in systems[0]
+    assert "new bot" in systems[-1]

@@ -41,7 +41,9 @@ class SpecManager(Generic[S]):
 
     async def create(self, spec: S) -> S:
         await self.runtime.validate(self._check_kind(spec))
-        return self._check_kind(await self.runtime.store.create(spec))
+        stored = self._check_kind(await self.runtime.store.create(spec))
+        self.runtime.forget(self.kind, spec.id)  # a copy cached before another process deleted it
+        return stored
 
     async def get(self, spec_id: str) -> S:
         spec = await self.runtime.store.get(self.kind, spec_id)
