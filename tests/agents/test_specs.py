@@ -45,3 +45,9 @@ def test_errors_name_the_path_inside_the_document(
         model.from_dict(document)
     assert caught.value.path == path
     assert f" at {path}: " in str(caught.value)
+
+
+@pytest.mark.parametrize("document", [["id", "a"], "id: a", None, 42])
+def test_a_document_that_is_not_a_mapping_is_a_validation_error(document: Any) -> None:
+    with pytest.raises(SpecValidationError, match=r"^an agent spec must be a mapping, got "):
+        AgentSpec.from_dict(document)

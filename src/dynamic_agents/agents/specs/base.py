@@ -59,6 +59,8 @@ class SpecBase(BaseModel):
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Self:
         """Validate a spec; errors are :class:`SpecValidationError` naming the path inside it."""
+        if not isinstance(data, Mapping):  # a JSON body or a YAML document can be anything
+            raise SpecValidationError(f"{cls._a_spec()} must be a mapping, got {type(data).__name__}")
         data = dict(data)
         kind = data.pop("kind", cls.kind.value)
         if kind != cls.kind.value:
@@ -69,13 +71,18 @@ class SpecBase(BaseModel):
             raise spec_error(cls, data, error) from None
 
     @classmethod
+    def _a_spec(cls) -> str:
+        article = "an" if cls.kind.value[0] in "aeiou" else "a"
+        return f"{article} {cls.kind.value} spec"
+
+    @classmethod
     def from_yaml(cls, text: str) -> Self:
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as error:
             raise SpecValidationError(f"not valid YAML: {error}") from None
         if not isinstance(data, Mapping):
-            raise SpecValidationError(f"a {cls.kind.value} spec must be a mapping, got {type(data).__name__}")
+            raise SpecValidationError(f"{cls._a_spec()} must be a mapping, got {type(data).__name__}")
         return cls.from_dict(data)
 
     @classmethod
@@ -85,7 +92,7 @@ class SpecBase(BaseModel):
         except ValueError as error:
             raise SpecValidationError(f"not valid JSON: {error}") from None
         if not isinstance(data, Mapping):
-            raise SpecValidationError(f"a {cls.kind.value} spec must be an object, got {type(data).__name__}")
+            raise SpecValidationError(f"{cls._a_spec()} must be an object, got {type(data).__name__}")
         return cls.from_dict(data)
 
     @classmethod
