@@ -796,3 +796,38 @@ async def test_a_spec_this_runtime_creates_is_used_at_once_even_over_a_cached_on
     systems = [m["content"] for call in calls for m in call.messages if m["role"] == "system"]
     assert "old bot" in systems[0]
     assert "new bot" in systems[-1]
+
+
+@pytest.mark.parametrize("change", ["disable", "delete"])
+async def test_a_cached_team_or_workflow_with_a_member_gone_names_it_as_a_fresh_load_does(
+    change: str,
+) -> None:
+    # The error must not depend on whether the team was cached: without the cache, validation
+    # names the member's path; with it, the member's own lookup used to surface ("no agent 'b'",
+    # a SpecNotFoundError the REST API answers 404, as if the team were missing).
+    rt = runtime({"gpt": ["fine"] * 4})
+    await rt.agents.create(AgentSpec.from_dict({"id": "a", "model": "gpt"}))
+    await rt.agents.create(AgentSpec.from_dict({"id": "b", "model": "gpt"}))
+    await rt.teams.create(TeamSpec.from_dict({"id": "crew", "model": "gpt", "members": ["a", "b"]}))
+    steps = [{"type": "agent", "agent": "a"}, {"type": "agent", "agent": "b"}]
+    await rt.workflows.create(WorkflowSpec.from_dict({"id": "flow", "steps": steps}))
+    assert (await rt.teams.execute("crew", "hi", session_id="s")).ok
+    assert (await rt.workflows.execute("flow", "hi", session_id="s")).ok
+    if change == "disable":
+        b = await rt.agents.get("b")
+        await rt.agents.update(b.model_copy(update={"status": SpecStatus.DISABLED}), expected_version=1)
+        detail = "agent 'b' is disabled"
+    else:
+        assert await rt.agents.delete("b")
+        detail = "unknown agent 'b'"
+    with pytest.raises(SpecValidationError) as in_team:
+        await rt.teams.execute("crew", "hi", session_id="s")
+    assert (in_team.value.spec, in_team.value.path, in_team.value.detail) == (
+        "team 'crew'",
+        "members[1]",
+        detail,
+    )
+    with pytest.raises(SpecValidationError) as in_workflow:
+        await rt.workflows.execute("flow", "hi", session_id="s")
+    assert (in_workflow.value.spec, in_workflow.value.path) == ("workflow 'flow'", "steps[1].agent")
+    assert in_workflow.value.detail == detail

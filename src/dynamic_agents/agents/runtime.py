@@ -143,10 +143,16 @@ class AgentRuntime:
 
         if isinstance(spec, AgentSpec):
             return self._builder.agent(spec, user_id=user_id)
-        if isinstance(spec, TeamSpec):
-            return await self._builder.team(spec, resolve, user_id=user_id)
-        if isinstance(spec, WorkflowSpec):
-            return await self._builder.workflow(spec, resolve)
+        try:
+            if isinstance(spec, TeamSpec):
+                return await self._builder.team(spec, resolve, user_id=user_id)
+            if isinstance(spec, WorkflowSpec):
+                return await self._builder.workflow(spec, resolve)
+        except (SpecNotFoundError, SpecValidationError):
+            # A member or step deleted or disabled since this spec was cached: the error names it
+            # at its path in this spec, as loading this spec afresh does, not as a missing target.
+            await self.validate(spec)
+            raise
         raise SpecValidationError(f"no builder for {spec.ref}")
 
     # -- running ------------------------------------------------------------------------------------
