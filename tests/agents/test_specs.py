@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import jsonschema
 import pytest
+import yaml
 
-from dynamic_agents.agents import AgentSpec, WorkflowSpec
+from dynamic_agents.agents import AgentSpec, TeamSpec, WorkflowSpec
 from dynamic_agents.agents.specs import SpecBase
 from dynamic_agents.exceptions import SpecValidationError
 
@@ -51,3 +53,38 @@ def test_errors_name_the_path_inside_the_document(
 def test_a_document_that_is_not_a_mapping_is_a_validation_error(document: Any) -> None:
     with pytest.raises(SpecValidationError, match=r"^an agent spec must be a mapping, got "):
         AgentSpec.from_dict(document)
+
+
+@pytest.mark.parametrize(
+    ("model", "text"),
+    [
+        # what the docs show (shorthand for model, tools and members), and what stores write (kind)
+        (
+            AgentSpec,
+            "kind: agent\nid: a\nmodel: gpt\ntools: [get_weather, {name: search, parameters: {n: 3}}]\n",
+        ),
+        (TeamSpec, "kind: team\nid: t\nmodel: {name: gpt}\nmembers: [a, {kind: team, id: inner}]\n"),
+        (WorkflowSpec, "kind: workflow\nid: w\nsteps: [{type: agent, agent: a}]\n"),
+    ],
+)
+def test_the_json_schema_accepts_what_the_spec_accepts(model: type[SpecBase], text: str) -> None:
+    schema = model.json_schema()
+    document = yaml.safe_load(text)
+    jsonschema.validate(document, schema)  # what an editor checks a spec file with
+    jsonschema.validate(model.from_dict(document).to_document(), schema)  # a stored file
+
+
+@pytest.mark.parametrize(
+    ("model", "document"),
+    [
+        (AgentSpec, {"kind": "team", "id": "a", "model": "gpt"}),
+        (AgentSpec, {"id": "a", "model": 5}),
+        (AgentSpec, {"id": "a", "model": "gpt", "tools": [5]}),
+        (TeamSpec, {"id": "t", "model": "gpt", "members": []}),
+    ],
+)
+def test_the_json_schema_still_refuses_what_the_spec_refuses(model: type[SpecBase], document: Any) -> None:
+    with pytest.raises(SpecValidationError):
+        model.from_dict(document)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(document, model.json_schema())

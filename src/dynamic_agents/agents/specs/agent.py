@@ -56,7 +56,7 @@ class AgentSpec(SpecBase):
     update_memory_on_run: bool = False
     add_memories_to_context: bool | None = None
 
-    @field_validator("model", mode="before")
+    @field_validator("model", mode="before", json_schema_input_type=str | ModelSettings)
     @classmethod
     def _model_by_name(cls, value: object) -> object:
         return ModelSettings.coerce(value)
@@ -72,7 +72,7 @@ class AgentSpec(SpecBase):
             )
         return value
 
-    @field_validator("tools", mode="before")
+    @field_validator("tools", mode="before", json_schema_input_type=tuple[str | ToolRef, ...])
     @classmethod
     def _tools_by_name(cls, value: object) -> object:
         if isinstance(value, list | tuple):

@@ -107,8 +107,13 @@ class SpecBase(BaseModel):
 
     @classmethod
     def json_schema(cls) -> dict[str, Any]:
-        """JSON Schema of the spec, for editors (``yaml-language-server`` and the like)."""
-        return cls.model_json_schema()
+        """JSON Schema of the spec, for editors (``yaml-language-server`` and the like): it accepts
+        the ``kind`` the stores write and the shorthand forms (``model: gpt-4o``, tools and members
+        by name)."""
+        schema = cls.model_json_schema()
+        kind = {"const": cls.kind.value, "default": cls.kind.value, "title": "Kind"}
+        schema["properties"] = {"kind": kind, **schema.get("properties", {})}
+        return schema
 
 
 def spec_error(model: type[SpecBase], data: Mapping[str, Any], error: ValidationError) -> SpecValidationError:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -38,12 +38,16 @@ class TeamSpec(SpecBase):
     share_member_interactions: bool = False
     determine_input_for_members: bool = True
 
-    @field_validator("model", mode="before")
+    @field_validator("model", mode="before", json_schema_input_type=str | ModelSettings)
     @classmethod
     def _model_by_name(cls, value: object) -> object:
         return ModelSettings.coerce(value)
 
-    @field_validator("members", mode="before")
+    @field_validator(
+        "members",
+        mode="before",
+        json_schema_input_type=Annotated[tuple[str | MemberRef, ...], Field(min_length=1)],
+    )
     @classmethod
     def _members_by_id(cls, value: object) -> object:
         if isinstance(value, list | tuple):
