@@ -10,7 +10,7 @@ from agno.tools import Toolkit, tool
 
 from dynamic_agents.agents import AgentRuntime, AgentSpec, InMemorySpecStore, ToolRegistry
 from dynamic_agents.events import ResponseStatus
-from dynamic_agents.exceptions import ConfigurationError
+from dynamic_agents.exceptions import ConfigurationError, SpecValidationError
 from dynamic_agents.testing import ScriptedModels, ToolCall
 
 
@@ -97,3 +97,31 @@ def test_an_agno_toolkit_instance_keeps_any_registry_name() -> None:
     tools = ToolRegistry()
     tools.add_tool(Toolkit(name="My Tools", tools=[search_in("web")]))
     assert tools.names("tool") == ["My Tools"]
+
+
+def _delete_everything(confirm: str) -> str:
+    """Delete everything."""
+    return "gone"
+
+
+@pytest.mark.parametrize(
+    "toolkit",
+    [
+        lambda: Toolkit(
+            name="ops", tools=[_delete_everything], requires_confirmation_tools=["_delete_everything"]
+        ),
+        lambda: Toolkit(
+            name="ops", tools=[_delete_everything], external_execution_required_tools=["_delete_everything"]
+        ),
+        lambda: Toolkit(name="ops", tools=[tool(requires_user_input=True)(_delete_everything)]),
+    ],
+)
+async def test_a_toolkit_instance_with_tools_that_pause_the_run_is_refused(
+    toolkit: Callable[[], Toolkit],
+) -> None:
+    tools = ToolRegistry()
+    tools.add_tool(toolkit())
+    async with AgentRuntime(InMemorySpecStore(), tools, ScriptedModels({"gpt": []})) as runtime:
+        with pytest.raises(SpecValidationError, match="requires human confirmation") as caught:
+            await runtime.agents.create(AgentSpec(id="a", model="gpt", tools=("ops",)))
+    assert caught.value.path == "tools[0].name"

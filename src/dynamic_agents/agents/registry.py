@@ -28,6 +28,13 @@ TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 PAUSING_FLAGS = ("requires_confirmation", "requires_user_input", "external_execution")
 """agno tool flags that pause a run until someone answers it."""
 
+PAUSING_TOOLKIT_LISTS = ("requires_confirmation_tools", "external_execution_required_tools")
+"""An agno Toolkit's lists of its tools that pause a run."""
+
+
+def _pauses(function: Any) -> bool:
+    return any(bool(getattr(function, flag, False)) for flag in PAUSING_FLAGS)
+
 
 @dataclass(frozen=True, slots=True)
 class RegisteredTool:
@@ -87,8 +94,8 @@ class ToolRegistry:
 
         ``requires_confirmation`` marks a tool that needs a human's approval (agno's
         ``@tool(requires_confirmation=True)``, ``requires_user_input`` and ``external_execution``,
-        which pause the run too, are detected): specs that use it are refused at load, since no
-        pause/resume flow exists yet.
+        which pause the run too, are detected, in an agno ``Toolkit`` too): specs that use it are
+        refused at load, since no pause/resume flow exists yet.
         """
         tool_name = str(name or getattr(function, "name", None) or getattr(function, "__name__", ""))
         is_toolkit = isinstance(getattr(function, "functions", None), dict)  # its tools keep their names
@@ -97,7 +104,17 @@ class ToolRegistry:
                 f"tool name {tool_name!r} is not one a model can call: use 1 to 64 letters, digits, "
                 "'_' and '-' (pass name=… to register it under another)"
             )
-        confirm = requires_confirmation or any(bool(getattr(function, flag, False)) for flag in PAUSING_FLAGS)
+        confirm = requires_confirmation or _pauses(function)
+        if is_toolkit:  # an agno Toolkit: its lists of such tools, and its tools' own flags
+            functions = [
+                *function.functions.values(),
+                *(getattr(function, "async_functions", None) or {}).values(),
+            ]
+            confirm = (
+                confirm
+                or any(getattr(function, listed, None) for listed in PAUSING_TOOLKIT_LISTS)
+                or any(_pauses(member) for member in functions)
+            )
         self._add_tool(RegisteredTool(tool_name, function, requires_confirmation=confirm))
 
     def toolkit(self, name: str, factory: Callable[..., Any], *, requires_confirmation: bool = False) -> None:
