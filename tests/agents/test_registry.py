@@ -125,3 +125,33 @@ async def test_a_toolkit_instance_with_tools_that_pause_the_run_is_refused(
         with pytest.raises(SpecValidationError, match="requires human confirmation") as caught:
             await runtime.agents.create(AgentSpec(id="a", model="gpt", tools=("ops",)))
     assert caught.value.path == "tools[0].name"
+
+
+def _get_weather(city: str) -> str:
+    """The weather in a city."""
+    return f"Sunny in {city}"
+
+
+async def test_two_tools_of_a_spec_giving_the_model_one_name_are_refused() -> None:
+    # agno would keep the first and drop the second with a warning: the model could never call it
+    tools = ToolRegistry()
+    tools.add_tool(_get_weather, name="get_weather")
+    tools.add_tool(Toolkit(name="weather_kit", tools=[search_in("web")]))  # offers "search"
+    tools.add_tool(search_in("news"), name="search")
+    tools.toolkit("search_kit", lambda: Toolkit(name="kit", tools=[search_in("web")]))
+    models = ScriptedModels({"gpt": ["unused"]})
+    async with AgentRuntime(InMemorySpecStore(), tools, models) as runtime:
+        with pytest.raises(SpecValidationError) as at_load:
+            await runtime.agents.create(
+                AgentSpec(id="a", model="gpt", tools=("get_weather", "weather_kit", "search"))
+            )
+        assert at_load.value.path == "tools[2].name"
+        assert "'search'" in at_load.value.detail
+        assert "tools[1]" in at_load.value.detail
+
+        # a factory's tools are known only when it runs: the clash is named then
+        await runtime.agents.create(AgentSpec(id="b", model="gpt", tools=("search", "search_kit")))
+        with pytest.raises(SpecValidationError) as at_build:
+            await runtime.agents.execute("b", "hi", session_id="s")
+        assert (at_build.value.spec, at_build.value.path) == ("agent 'b'", "tools[1].name")
+    assert models.models["gpt"].calls == []

@@ -41,6 +41,7 @@ from dynamic_agents.agents.specs import (
     ToolRef,
     WorkflowSpec,
 )
+from dynamic_agents.agents.validate import check_offered_once, tool_names_offered
 from dynamic_agents.events import Attachment
 from dynamic_agents.exceptions import EventValidationError, FieldError, SpecValidationError
 
@@ -158,10 +159,25 @@ class Builder:
                 options[name] = getattr(spec, name)
         return Agent(
             **self._common(spec, user_id),
-            tools=[self._tool(ref) for ref in spec.tools] or None,
+            tools=self._tools(spec) or None,
             output_schema=self.registry.get_schema(spec.output_schema) if spec.output_schema else None,
             **options,
         )
+
+    def _tools(self, spec: AgentSpec) -> list[Any]:
+        tools: list[Any] = []
+        offered: dict[str, int] = {}
+        for index, ref in enumerate(spec.tools):
+            tool = self._tool(ref)
+            if isinstance(tool, Function):  # a registered one renamed, or one a factory made
+                names = [tool.name]
+            elif isinstance(tool, Toolkit) or not callable(tool):
+                names = tool_names_offered(ref.name, tool)
+            else:
+                names = [str(getattr(tool, "__name__", ref.name))]
+            check_offered_once(offered, names, spec, index)
+            tools.append(tool)
+        return tools
 
     def _tool(self, ref: ToolRef) -> Any:
         """The tool a spec names, under the name it is registered by: that is the name the model

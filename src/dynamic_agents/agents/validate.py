@@ -29,7 +29,7 @@ from dynamic_agents.agents.specs import (
 )
 from dynamic_agents.exceptions import SpecValidationError
 
-__all__ = ["check_spec"]
+__all__ = ["check_offered_once", "check_spec", "tool_names_offered"]
 
 Lookup = Callable[[SpecKind, str], Awaitable[SpecBase | None]]
 
@@ -61,6 +61,7 @@ def _check_model(name: str, model_names: frozenset[str] | None) -> None:
 
 def _check_agent(spec: AgentSpec, registry: ToolRegistry, model_names: frozenset[str] | None) -> None:
     _check_model(spec.model.name, model_names)
+    offered: dict[str, int] = {}
     for index, ref in enumerate(spec.tools):
         try:
             tool = registry.get_tool(ref.name)
@@ -79,11 +80,37 @@ def _check_agent(spec: AgentSpec, registry: ToolRegistry, model_names: frozenset
             )
         if tool.factory:
             _check_factory_parameters(tool, ref.parameters, f"tools[{index}].parameters")
+        else:  # a factory's tools are known only when it runs: the builder checks those
+            check_offered_once(offered, tool_names_offered(tool.name, tool.target), spec, index)
     if spec.output_schema is not None:
         try:
             registry.get_schema(spec.output_schema)
         except SpecValidationError as error:
             raise SpecValidationError(error.detail, path="output_schema") from None
+
+
+def tool_names_offered(name: str, built: Any) -> list[str]:
+    """The names the model is offered for a tool registered as ``name`` and built as ``built``:
+    an agno Toolkit's own tools, else the registered name (the builder gives it to the tool)."""
+    functions = getattr(built, "functions", None)
+    if isinstance(functions, dict):
+        return list(dict.fromkeys([*functions, *(getattr(built, "async_functions", None) or {})]))
+    return [name]
+
+
+def check_offered_once(offered: dict[str, int], names: list[str], spec: AgentSpec, index: int) -> None:
+    """Record the names ``spec.tools[index]`` offers; two tools offering one name are an error,
+    since agno keeps the first and drops the other."""
+    for offered_name in names:
+        first = offered.setdefault(offered_name, index)
+        if first != index:
+            raise SpecValidationError(
+                f"tools[{first}] ({spec.tools[first].name!r}) and tools[{index}] "
+                f"({spec.tools[index].name!r}) both offer the model a tool named {offered_name!r}: "
+                "agno would keep the first and drop the other",
+                spec=spec.ref,
+                path=f"tools[{index}].name",
+            )
 
 
 def _check_factory_parameters(tool: RegisteredTool, parameters: Mapping[str, Any], path: str) -> None:
