@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import re
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -831,3 +833,29 @@ async def test_a_cached_team_or_workflow_with_a_member_gone_names_it_as_a_fresh_
         await rt.workflows.execute("flow", "hi", session_id="s")
     assert (in_workflow.value.spec, in_workflow.value.path) == ("workflow 'flow'", "steps[1].agent")
     assert in_workflow.value.detail == detail
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("max_staleness", -1.0),
+        ("max_staleness", float("nan")),
+        ("max_staleness", "5"),
+        ("cancel_grace", -1.0),
+        ("cancel_grace", float("nan")),
+        ("cancel_grace", float("inf")),
+    ],
+)
+def test_runtime_settings_out_of_range_are_configuration_errors(setting: str, value: Any) -> None:
+    with pytest.raises(ConfigurationError, match=rf"^{setting} must be .* got {re.escape(repr(value))}$"):
+        AgentRuntime(InMemorySpecStore(), registry(), ScriptedModels({}), **{setting: value})
+
+
+def test_runtime_settings_at_their_bounds_are_accepted() -> None:
+    runtime = AgentRuntime(
+        InMemorySpecStore(), registry(), ScriptedModels({}), max_staleness=math.inf, cancel_grace=0
+    )
+    assert (runtime.max_staleness, runtime.cancel_grace) == (math.inf, 0)
+    assert (
+        AgentRuntime(InMemorySpecStore(), registry(), ScriptedModels({}), max_staleness=0).max_staleness == 0
+    )
