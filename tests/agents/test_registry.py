@@ -155,3 +155,29 @@ async def test_two_tools_of_a_spec_giving_the_model_one_name_are_refused() -> No
             await runtime.agents.execute("b", "hi", session_id="s")
         assert (at_build.value.spec, at_build.value.path) == ("agent 'b'", "tools[1].name")
     assert models.models["gpt"].calls == []
+
+
+async def test_a_toolkit_factory_refusing_a_spec_parameter_value_names_the_tool_not_the_value(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    canary = "sk-canary-factory-value-0001"
+
+    def search_kit(api_key: str) -> Toolkit:
+        raise ValueError(f"bad key {api_key}")  # a host factory's message may repeat the value
+
+    tools = ToolRegistry()
+    tools.toolkit("search_kit", search_kit)
+    models = ScriptedModels({"gpt": ["unused"]})
+    async with AgentRuntime(InMemorySpecStore(), tools, models) as runtime:
+        spec = AgentSpec.from_dict(
+            {"id": "a", "model": "gpt", "tools": [{"name": "search_kit", "parameters": {"api_key": canary}}]}
+        )
+        await runtime.agents.create(spec)  # the names fit the factory: only running it tells
+        with pytest.raises(SpecValidationError) as caught:
+            await runtime.agents.execute("a", "hi", session_id="s")
+    assert (caught.value.spec, caught.value.path) == ("agent 'a'", "tools[0].parameters")
+    assert "'search_kit'" in caught.value.detail
+    assert "ValueError" in caught.value.detail
+    assert canary not in str(caught.value)
+    assert canary not in repr(caught.value)
+    assert canary not in caplog.text

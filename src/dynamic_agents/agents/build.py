@@ -168,7 +168,17 @@ class Builder:
         tools: list[Any] = []
         offered: dict[str, int] = {}
         for index, ref in enumerate(spec.tools):
-            tool = self._tool(ref)
+            try:
+                tool = self._tool(ref)
+            except SpecValidationError:
+                raise
+            except Exception as error:  # the host's toolkit factory refused the spec's values
+                raise SpecValidationError(
+                    f"tool {ref.name!r} could not be built from its parameters: its factory raised "
+                    f"{type(error).__name__} (its message is left out: it may repeat a value)",
+                    spec=spec.ref,
+                    path=f"tools[{index}].parameters",
+                ) from None
             if isinstance(tool, Function):  # a registered one renamed, or one a factory made
                 names = [tool.name]
             elif isinstance(tool, Toolkit) or not callable(tool):
