@@ -102,3 +102,31 @@ def test_a_secret_is_masked_in_urls_too_where_it_is_percent_encoded(caplog: pyte
     with caplog.at_level(logging.DEBUG, logger="dynamic_agents"):
         logger.warning("AUTH with %s refused", "canary/url@password3333")  # the value, decoded
     assert "password3333" not in caplog.text
+
+
+def test_credentials_in_a_query_string_are_masked_by_masked_url_and_in_logs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``masked_url`` masks (and registers) the values of credential-named query parameters, any
+    case, encoded or not; the RedactingFilter then masks them wherever a log line quotes them."""
+    import uuid
+    from urllib.parse import quote
+
+    from dynamic_agents._redaction import masked_url
+
+    key = f"AIza-canary-{uuid.uuid4().hex}"
+    sas = f"canary/sas+{uuid.uuid4().hex}="
+    url = f"https://generativelanguage.googleapis.com/v1?Key={key}&sig={quote(sas, safe='')}&timeout=5"
+    shown = masked_url(url)
+    assert shown == "https://generativelanguage.googleapis.com/v1?Key=**********&sig=**********&timeout=5"
+    assert masked_url("https://h.test/v1?api-version=2024-06-01&timeout=5") == (
+        "https://h.test/v1?api-version=2024-06-01&timeout=5"
+    )
+    assert masked_url("https://u:pw-canary@h.test/v1?access_token=tok-canary-1#top") == (
+        "https://u:**********@h.test/v1?access_token=**********#top"
+    )
+    logger = get_logger("secrets")
+    with caplog.at_level(logging.DEBUG, logger="dynamic_agents"):
+        logger.warning("GET %s failed", url)
+        logger.warning("the SAS was %s", sas)  # the value itself, decoded
+    assert "canary" not in caplog.text

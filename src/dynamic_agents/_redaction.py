@@ -12,7 +12,7 @@ import logging
 import threading
 from collections.abc import Mapping
 from typing import Final
-from urllib.parse import quote, quote_plus, unquote, urlsplit, urlunsplit
+from urllib.parse import quote, quote_plus, unquote, unquote_plus, urlsplit, urlunsplit
 
 __all__ = ["MASK", "REDACTOR", "RedactingFilter", "Redactor", "masked_url", "protect_loggers"]
 
@@ -60,23 +60,70 @@ REDACTOR: Final = Redactor()
 """The process-wide redactor every :class:`SecretValue` registers with."""
 
 
+_CREDENTIAL_QUERY_WORDS: Final = (
+    "key",
+    "token",
+    "secret",
+    "passw",
+    "pwd",
+    "auth",
+    "credential",
+    "signature",
+    "cookie",
+)
+"""A query parameter whose name (any case) contains one of these (``key``, ``api_key``,
+``access_token``, ``password``, ``X-Amz-Signature``), or is ``sig`` (Azure SAS), carries a
+credential; others (``api-version``, ``timeout``) are shown as they are."""
+
+
+def _is_credential_query_name(name: str) -> bool:
+    """Whether a URL query parameter of this name carries a credential (see
+    :data:`_CREDENTIAL_QUERY_WORDS`)."""
+    lowered = unquote_plus(name).strip().lower()
+    return lowered == "sig" or any(word in lowered for word in _CREDENTIAL_QUERY_WORDS)
+
+
+def _masked_query(query: str) -> str:
+    """The query string with the values of credential-named parameters masked and registered."""
+    pieces: list[str] = []
+    for piece in query.split("&"):
+        name, equals, value = piece.partition("=")
+        if equals and value and _is_credential_query_name(name):
+            REDACTOR.register(value)
+            REDACTOR.register(unquote_plus(value))  # the value itself, as clients use it
+            pieces.append(f"{name}={MASK}")
+        else:
+            pieces.append(piece)
+    return "&".join(pieces)
+
+
 def masked_url(url: str) -> str:
-    """The URL with the password of its userinfo masked (``https://svc:**********@host``). The
-    password is registered with :data:`REDACTOR` too, so logs and errors that quote the URL whole
-    mask it as well."""
+    """The URL with the password of its userinfo and the values of credential-named query
+    parameters masked (``https://svc:**********@host/v1?key=**********&api-version=2024-06-01``).
+    They are registered with :data:`REDACTOR` too, so logs and errors that quote the URL whole
+    mask them as well."""
     try:
         parts = urlsplit(url)
         password = parts.password
     except ValueError:  # unparseable (a bad port...): hide whatever userinfo it may hold
+        head, question, tail = url.partition("?")
+        if question:
+            query, hash_, fragment = tail.partition("#")
+            url = f"{head}?{_masked_query(query)}{hash_}{fragment}"
         scheme, separator, rest = url.partition("://")
         _, at, host = rest.rpartition("@")
         return f"{scheme}{separator}{MASK}@{host}" if at else url
-    if not password:
+    query = _masked_query(parts.query)
+    if query != parts.query:
+        parts = parts._replace(query=query)
+    elif not password:
         return url
-    REDACTOR.register(password)
-    REDACTOR.register(unquote(password))  # the value itself, as clients use it and may quote it
-    userinfo, _, host = parts.netloc.rpartition("@")
-    return urlunsplit(parts._replace(netloc=f"{userinfo.partition(':')[0]}:{MASK}@{host}"))
+    if password:
+        REDACTOR.register(password)
+        REDACTOR.register(unquote(password))  # the value itself, as clients use it and may quote it
+        userinfo, _, host = parts.netloc.rpartition("@")
+        parts = parts._replace(netloc=f"{userinfo.partition(':')[0]}:{MASK}@{host}")
+    return urlunsplit(parts)
 
 
 class RedactingFilter(logging.Filter):

@@ -235,3 +235,25 @@ async def test_credentials_in_a_url_or_a_header_of_the_config_are_not_listed() -
         "Authorization": "**********",
         "X-Team": "secret:mock:team",  # a reference: listed as it is
     }
+
+
+async def test_credentials_in_an_api_base_query_string_are_not_listed() -> None:
+    """A key in ``api_base``'s query string (Google's ``?key=``, an Azure SAS ``sig``): masked in the
+    listing; ordinary parameters stay readable."""
+    key, sig = f"canary-query-key-{uuid.uuid4().hex}", f"canary-query-sig-{uuid.uuid4().hex}"
+    params = {
+        "model": "openai/mock",
+        "api_key": "secret:mock:api_key",
+        "mock_response": "hi",
+        "api_base": f"https://llm-proxy.test/v1?key={key}&api-version=2024-06-01&sig={sig}",
+    }
+    config = RouterConfig.from_dict({"model_list": [{"model_name": "gpt", "litellm_params": params}]})
+    secrets = SecretsManager(StaticSource({"mock": {"api_key": "mock-key-value"}}))
+    response = await listed_deployments(config, secrets)
+    assert response.status_code == 200
+    assert key not in response.text
+    assert sig not in response.text
+    (listed,) = response.json()
+    assert listed["litellm_params"]["api_base"] == (
+        "https://llm-proxy.test/v1?key=**********&api-version=2024-06-01&sig=**********"
+    )

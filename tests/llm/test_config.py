@@ -219,3 +219,23 @@ def test_a_derived_deployment_id_does_not_depend_on_a_literal_credential_header(
         for key in ("sk-one-literal-key-01", "sk-two-literal-key-02")
     }
     assert len(ids) == 1
+
+
+def test_repr_masks_credentials_in_an_api_base_query_string() -> None:
+    """Google's ``?key=``, an Azure SAS ``sig``, ``api_key``/``access_token``/``token``/``password``/
+    ``secret`` in ``api_base``'s query: masked in any case of the name; ``api-version`` and
+    ``timeout`` stay readable."""
+    canaries = {name: f"CANARY-query-{name}-{uuid.uuid4().hex}" for name in QUERY_CREDENTIALS}
+    query = "&".join(f"{name}={value}" for name, value in canaries.items())
+    api_base = f"https://generativelanguage.googleapis.com/v1?{query}&api-version=2024-06-01&timeout=5"
+    config = RouterConfig.from_dict({"model_list": [deployment(api_base=api_base)]})
+    for text in (repr(config), str(config), repr(config.model_list[0]), str(config.model_list[0])):
+        for value in canaries.values():
+            assert value not in text
+        assert "api-version=2024-06-01&timeout=5" in text
+        assert "key=**********" in text
+        assert "SIG=**********" in text
+    assert config.model_list[0].litellm_params["api_base"] == api_base  # the data itself is untouched
+
+
+QUERY_CREDENTIALS = ("key", "SIG", "api_key", "Access_Token", "token", "password", "secret")
