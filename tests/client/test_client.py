@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 
 from dynamic_agents.client import AgentClient
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, StreamNames, Target, TargetType
-from dynamic_agents.exceptions import DeliveryError, TransportError
+from dynamic_agents.exceptions import ConfigurationError, DeliveryError, TransportError
 from dynamic_agents.execution import FunctionExecutor
 from dynamic_agents.routing import EventRouter, RoutingConfig
 from dynamic_agents.transports import CompletedRecord, InMemoryTransport, RedisStreamsTransport
@@ -307,4 +308,27 @@ async def test_closing_the_client_ends_the_waits_of_request() -> None:
     await client.aclose()
     with pytest.raises(TransportError, match="closed"):
         await asyncio.wait_for(waiting, 5)
+    await transport.aclose()
+
+
+@pytest.mark.parametrize("block", [0, -1, math.nan, math.inf, "1", None, True])
+async def test_a_bad_block_is_a_configuration_error(block: object) -> None:
+    """A ``block`` of 0 made the in-memory reader spin without ever yielding (the event loop hung);
+    a string crashed the reader, and every later request() on its stream waited to its timeout."""
+    transport = InMemoryTransport(names=StreamNames("client"))
+    with pytest.raises(ConfigurationError, match=r"block must be .*seconds > 0, got"):
+        AgentClient(transport, block=block)  # type: ignore[arg-type]
+    await transport.aclose()
+
+
+@pytest.mark.parametrize("timeout", [0, -1, math.nan, "5", None, False])
+async def test_a_bad_timeout_is_a_configuration_error_before_anything_is_published(timeout: object) -> None:
+    """A NaN timeout waited forever, a negative one timed out at once, a string raised a TypeError:
+    each after the request had been published."""
+    transport = InMemoryTransport(names=StreamNames("client"))
+    names = transport.names
+    async with AgentClient(transport, block=0.05) as client:
+        with pytest.raises(ConfigurationError, match=r"timeout must be .*seconds.* > 0, got"):
+            await asyncio.wait_for(client.request(_platform_request(names, "evt-t"), timeout=timeout), 5)  # type: ignore[arg-type]
+    assert await transport.read_stream(names.requests, AgentRequestEvent) == []
     await transport.aclose()

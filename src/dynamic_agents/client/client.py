@@ -9,6 +9,7 @@ once nobody waits on its stream.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,21 @@ if TYPE_CHECKING:
 __all__ = ["AgentClient"]
 
 logger = get_logger("client")
+
+
+def _seconds(name: str, value: object, *, forever: bool = False) -> float:
+    """``value`` if it is a number of seconds > 0, finite unless ``forever`` (``math.inf``), else a
+    :class:`ConfigurationError` naming it."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or math.isnan(value)
+        or value <= 0
+        or (math.isinf(value) and not forever)
+    ):
+        kind = "a number of seconds (math.inf: no limit)" if forever else "a finite number of seconds"
+        raise ConfigurationError(f"{name} must be {kind} > 0, got {value!r}")
+    return float(value)
 
 
 @dataclass(slots=True)
@@ -58,7 +74,7 @@ class AgentClient:
         self._coordinator = transport.coordinator()  # records (request) and cancellations
         self.routing = routing
         self._event_router = routing.router() if routing is not None else None
-        self.block = block
+        self.block = _seconds("block", block)
         self.tracing = tracing
         self._readers: dict[str, _Reader] = {}
         self._lock = asyncio.Lock()
@@ -130,13 +146,15 @@ class AgentClient:
     async def request(
         self, request: AgentRequestEvent, *, timeout: float = 60.0, headers: Mapping[str, str] | None = None
     ) -> AgentResponseEvent:
-        """Publish and wait for the reply (``TimeoutError`` after ``timeout`` seconds).
+        """Publish and wait for the reply (``TimeoutError`` after ``timeout`` seconds; ``math.inf``:
+        no limit).
 
         A request already answered (a platform's retry of an event, whose id is the request id) is
         not published again: its reply is read back from where the completed-request record says it
         is (:class:`DeliveryError` if it is no longer there). :meth:`aclose` ends the wait with a
         :class:`TransportError`.
         """
+        timeout = _seconds("timeout", timeout, forever=True)
         if request.reply_stream is None:
             raise ConfigurationError("request() needs the request's reply_stream")
         reader = await self._reader(request.reply_stream)
