@@ -11,7 +11,12 @@ import pytest
 
 from dynamic_agents.client import AgentClient
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, StreamNames, Target, TargetType
-from dynamic_agents.exceptions import ConfigurationError, DeliveryError, TransportError
+from dynamic_agents.exceptions import (
+    ConfigurationError,
+    DeliveryError,
+    EventValidationError,
+    TransportError,
+)
 from dynamic_agents.execution import FunctionExecutor
 from dynamic_agents.routing import EventRouter, RoutingConfig
 from dynamic_agents.transports import CompletedRecord, InMemoryTransport, RedisStreamsTransport
@@ -332,3 +337,23 @@ async def test_a_bad_timeout_is_a_configuration_error_before_anything_is_publish
             await asyncio.wait_for(client.request(_platform_request(names, "evt-t"), timeout=timeout), 5)  # type: ignore[arg-type]
     assert await transport.read_stream(names.requests, AgentRequestEvent) == []
     await transport.aclose()
+
+
+@pytest.mark.parametrize(
+    ("source", "event", "error", "message"),
+    [
+        ("slack", {"channel_id": "c1", "content": None}, EventValidationError, "content"),
+        ("slack", {"channel_id": "c1", "attachments": "x"}, EventValidationError, "attachments"),
+        ("slack", {"channel_id": "c1", "user_name": 5}, EventValidationError, "user_name"),
+        ("Slack Bot", {"channel_id": "c1"}, EventValidationError, "source"),
+        (None, {"channel_id": "c1"}, ConfigurationError, "source must be a str"),
+        ("slack", ["channel_id", "c1"], ConfigurationError, "event must be a mapping"),
+    ],
+)
+def test_build_request_from_a_bad_event_is_a_typed_error(
+    source: Any, event: Any, error: type[Exception], message: str
+) -> None:
+    """pydantic's ValidationError and an AttributeError came out as they were."""
+    client = AgentClient(InMemoryTransport(names=StreamNames("client")))
+    with pytest.raises(error, match=message):
+        client.build_request(source, event)

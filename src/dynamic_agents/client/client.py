@@ -14,8 +14,11 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
+
 from dynamic_agents._logging import get_logger
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, StreamNames
+from dynamic_agents.events.codecs import _event_error
 from dynamic_agents.exceptions import ConfigurationError, DeliveryError, DynamicAgentsError, TransportError
 from dynamic_agents.routing import RoutingConfig
 from dynamic_agents.transports import CompletedRecord, Delivery, Subscription, Transport
@@ -91,8 +94,13 @@ class AgentClient:
         ``content`` and optionally ``id`` (the platform's event id — used as the request id, so a
         platform retry is deduplicated), ``user_name``, ``attachments``, ``guild_id`` and other
         metadata. The session id is ``{prefix}:{channel}`` (prefix from the interface's
-        ``session.prefix``, else the source) and the reply stream is the channel's.
+        ``session.prefix``, else the source) and the reply stream is the channel's. A field of the
+        wrong type is an :class:`~dynamic_agents.exceptions.EventValidationError` naming it.
         """
+        if not isinstance(source, str):
+            raise ConfigurationError(f"source must be a str (a platform slug), got {source!r}")
+        if not isinstance(event, Mapping):
+            raise ConfigurationError(f"event must be a mapping of its fields, got {type(event).__name__}")
         source = source.strip().lower()  # as the event reads it, for the interface and stream names
         channel = event.get("channel_id") or event.get("conversation_id") or event.get("chat_id")
         if not channel:
@@ -124,7 +132,10 @@ class AgentClient:
         }
         if event.get("id"):
             fields["id"] = str(event["id"])
-        request = AgentRequestEvent.model_validate(fields)
+        try:
+            request = AgentRequestEvent.model_validate(fields)
+        except ValidationError as error:
+            raise _event_error(AgentRequestEvent, error) from None
         if self._event_router is not None:
             decision = self._event_router.route(request)
             target = {"agent": "agent_id", "team": "team_id", "workflow": "workflow_id"}[
