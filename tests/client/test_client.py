@@ -357,3 +357,28 @@ def test_build_request_from_a_bad_event_is_a_typed_error(
     client = AgentClient(InMemoryTransport(names=StreamNames("client")))
     with pytest.raises(error, match=message):
         client.build_request(source, event)
+
+
+async def test_a_request_whose_wait_aclose_ended_is_not_published(monkeypatch: pytest.MonkeyPatch) -> None:
+    """aclose() while request() is still checking for an earlier answer: the call ends with the
+    TransportError, and the request is not published afterwards (a run whose reply nobody reads)."""
+    transport = InMemoryTransport(names=StreamNames("client"))
+    names = transport.names
+    client = AgentClient(transport, block=0.05)
+    checking, release = asyncio.Event(), asyncio.Event()
+    get_record = client._coordinator.get_record
+
+    async def slow_get_record(request_id: str) -> CompletedRecord | None:
+        checking.set()
+        await release.wait()
+        return await get_record(request_id)
+
+    monkeypatch.setattr(client._coordinator, "get_record", slow_get_record)
+    asking = asyncio.create_task(client.request(_platform_request(names, "evt-closed"), timeout=30))
+    await asyncio.wait_for(checking.wait(), 5)
+    await client.aclose()
+    release.set()
+    with pytest.raises(TransportError, match="closed"):
+        await asyncio.wait_for(asking, 5)
+    assert await transport.read_stream(names.requests, AgentRequestEvent) == []
+    await transport.aclose()

@@ -180,6 +180,8 @@ class AgentClient:
             record = await self._coordinator.get_record(request.id)
             if record is not None:
                 return await self._earlier_reply(record)
+            if future.done():  # aclose() ended the wait meanwhile (or a reply came): publish nothing
+                return future.result()
             await self.publish(request, headers=headers)
             async with asyncio.timeout(timeout):
                 return await asyncio.shield(future)
