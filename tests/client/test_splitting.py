@@ -293,6 +293,17 @@ def test_hard_cuts_keep_combined_characters_together() -> None:
     assert split_message("a" * 15 + "\r\nb", limit=16) == ["a" * 15, "\r\nb"]
 
 
+def test_hard_cuts_keep_hangul_jamo_and_indic_conjuncts_together() -> None:
+    """Decomposed Hangul (NFD text: a syllable as 2-3 jamo) and Indic conjuncts (consonant, virama,
+    consonant: "क्ष") are one grapheme cluster each; a hard cut between their parts garbles them."""
+    syllable = "\u1100\u1161\u11a8"  # 각 as leading, vowel and trailing jamo
+    assert all(len(chunk) % 3 == 0 for chunk in split_message(syllable * 12, limit=17))
+    assert all(len(chunk) % 2 == 0 for chunk in split_message("\u1100\u1161" * 12, limit=17))
+    conjunct = "\u0915\u094d\u0937\u093f"  # क्षि: ka, virama, ssa, vowel sign i
+    assert all(len(chunk) % 4 == 0 for chunk in split_message(conjunct * 10, limit=18))
+    assert all(len(chunk) % 4 == 0 for chunk in split_message("\u0915\u094d\u200d\u0937" * 10, limit=18))
+
+
 def test_no_break_spaces_are_not_cut_at() -> None:
     text = "aaaa bbbb\u00a0cccc\u00a0dddd"
     assert split_message(text, limit=16) == ["aaaa ", "bbbb\u00a0cccc\u00a0dddd"]

@@ -96,6 +96,8 @@ _FENCE: Final = "```"
 _CLOSE_LENGTH: Final = len("\n" + _FENCE)
 _NO_BREAK_SPACES: Final = frozenset("\u00a0\u2007\u202f")
 _ZWJ: Final = "\u200d"
+_INDIC_LINKERS: Final = frozenset("\u094d\u09cd\u0acd\u0b4d\u0c4d\u0d4d")
+"""Viramas that join the consonants around them into one conjunct (Unicode's InCB=Linker)."""
 # How bad a cut is, best first.
 _CLEAN: Final = 0
 _UNTIDY: Final = 1
@@ -248,7 +250,8 @@ class _Splitter:
 
     def splits_character(self, p: int) -> bool:
         """Whether a cut at ``p`` separates a character from what combines with it (roughly, a
-        grapheme cluster: accents, joiners, variation selectors, skin tones, flags, CR LF)."""
+        grapheme cluster: accents, joiners, variation selectors, skin tones, flags, CR LF, Indic
+        conjuncts, decomposed Hangul syllables)."""
         before, after = self.text[p - 1], self.text[p]
         code = ord(after)
         if (before == "\r" and after == "\n") or _ZWJ in (before, after):
@@ -256,6 +259,9 @@ class _Splitter:
         if unicodedata.category(after) in {"Mn", "Mc", "Me"}:
             return True
         if 0xFE00 <= code <= 0xFE0F or 0x1F3FB <= code <= 0x1F3FF or 0xE0020 <= code <= 0xE007F:
+            return True
+        # a conjunct (consonant, virama, consonant: "क्ष"), or one Hangul syllable
+        if (before in _INDIC_LINKERS and unicodedata.category(after) == "Lo") or _hangul_joins(before, after):
             return True
         if _is_regional_indicator(before) and _is_regional_indicator(after):
             run = 0
@@ -414,6 +420,30 @@ class _Window:
         if 0 <= mark < p and q < end:
             return _UNTIDY  # the fence's language or trailing text would be cut off
         return _CLEAN
+
+
+def _hangul_kind(character: str) -> str:
+    """The Hangul syllable type of a character: L, V, T (jamo), LV, LVT (syllables), or ""."""
+    code = ord(character)
+    if 0x1100 <= code <= 0x115F or 0xA960 <= code <= 0xA97C:
+        return "L"
+    if 0x1160 <= code <= 0x11A7 or 0xD7B0 <= code <= 0xD7C6:
+        return "V"
+    if 0x11A8 <= code <= 0x11FF or 0xD7CB <= code <= 0xD7FB:
+        return "T"
+    if 0xAC00 <= code <= 0xD7A3:
+        return "LV" if (code - 0xAC00) % 28 == 0 else "LVT"
+    return ""
+
+
+def _hangul_joins(before: str, after: str) -> bool:
+    """Whether two characters belong to one Hangul syllable (Unicode's rules GB6 to GB8)."""
+    first, second = _hangul_kind(before), _hangul_kind(after)
+    if first == "L":
+        return second in {"L", "V", "LV", "LVT"}
+    if first in {"LV", "V"}:
+        return second in {"V", "T"}
+    return first in {"LVT", "T"} and second == "T"
 
 
 def _is_regional_indicator(character: str) -> bool:
