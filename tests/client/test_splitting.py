@@ -304,6 +304,15 @@ def test_hard_cuts_keep_hangul_jamo_and_indic_conjuncts_together() -> None:
     assert all(len(chunk) % 4 == 0 for chunk in split_message("\u0915\u094d\u200d\u0937" * 10, limit=18))
 
 
+def test_a_markdown_link_that_fits_in_a_chunk_is_not_cut() -> None:
+    """A cut at a space inside a link's text leaves "[the" and "guide](url)" as plain text."""
+    text = "Read the docs at [the guide](https://d.io/g) ok"
+    assert split_message(text, limit=30) == ["Read the docs at ", "[the guide](https://d.io/g) ok"]
+    # One longer than a chunk is still cut at its spaces.
+    long_link = "[a b c d e f g h i j k l m n o p](https://x.io)"
+    assert split_message(long_link, limit=20) == ["[a b c d e f g h i ", "j k l m n o ", "p](https://x.io)"]
+
+
 def test_no_break_spaces_are_not_cut_at() -> None:
     text = "aaaa bbbb\u00a0cccc\u00a0dddd"
     assert split_message(text, limit=16) == ["aaaa ", "bbbb\u00a0cccc\u00a0dddd"]

@@ -22,7 +22,8 @@ Where a chunk ends
     joiners or selectors that belong to it, when possible). Boundary whitespace stays at the **end**
     of the chunk before the cut, so each later chunk starts with the next paragraph, line or word.
     The preference is strict: a paragraph break anywhere in the window wins over a later line break,
-    even if the chunk comes out short.
+    even if the chunk comes out short. A cut inside a markdown link (``[text](url)`` on one line) is
+    avoided whenever another cut fits: its halves would render as plain text.
 
 Code fences
     A *fence line* is a line (text between "\n" characters) whose content, stripped of whitespace,
@@ -54,6 +55,7 @@ in characters; a platform counting UTF-16 code units (where most emoji count twi
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator, Mapping
@@ -96,6 +98,8 @@ _FENCE: Final = "```"
 _CLOSE_LENGTH: Final = len("\n" + _FENCE)
 _NO_BREAK_SPACES: Final = frozenset("\u00a0\u2007\u202f")
 _ZWJ: Final = "\u200d"
+_LINK: Final = re.compile(r"\[[^\[\]\n]+\]\([^()\s]+\)")
+"""A markdown link, ``[text](url)``, on one line."""
 _INDIC_LINKERS: Final = frozenset("\u094d\u09cd\u0acd\u0b4d\u0c4d\u0d4d")
 """Viramas that join the consonants around them into one conjunct (Unicode's InCB=Linker)."""
 # How bad a cut is, best first.
@@ -224,6 +228,9 @@ class _Splitter:
                 language = self._language(mark, end) if language is None else None
         self.open_before.append(language)
         self.fence_marks = [mark for mark in self.marks if mark >= 0]
+        links = [match.span() for match in _LINK.finditer(text)]
+        self.link_starts = [start for start, _ in links]
+        self.link_ends = [end for _, end in links]
 
     def split(self) -> list[MessageChunk]:
         chunks: list[MessageChunk] = []
@@ -242,6 +249,11 @@ class _Splitter:
         if self.marks[k] >= 0 and p >= self.marks[k] + len(_FENCE):
             return self.open_before[k + 1]
         return self.open_before[k]
+
+    def inside_link(self, p: int) -> bool:
+        """Whether a cut at ``p`` falls inside a markdown link (``[text](url)``)."""
+        i = bisect_right(self.link_starts, p) - 1
+        return i >= 0 and self.link_starts[i] < p < self.link_ends[i]
 
     def next_fence(self, p: int) -> int:
         """Where the first fence line at or after ``p`` has its backticks (n when there is none)."""
@@ -393,8 +405,9 @@ class _Window:
         return len(self.prefix) + (p - self.start) + len(self._suffix(p)) <= self.s.limit
 
     def _flaw(self, p: int) -> int:
-        """How bad a cut at ``p`` is: clean; untidy (a blank chunk, an empty code block); or
-        breaking a fence line (creating one the input does not have, or splitting one's backticks)."""
+        """How bad a cut at ``p`` is: clean; untidy (a blank chunk, an empty code block, a cut inside
+        a markdown link); or breaking a fence line (creating one the input does not have, or
+        splitting one's backticks)."""
         j, at_line_start = self._line(p)
         if not at_line_start:
             flaw = self._fence_line_flaw(j, p)
@@ -406,6 +419,7 @@ class _Window:
             nonspace[self.start] >= p  # the chunk is whitespace only
             or (local is not None and nonspace[min(local, self.s.n)] >= p)  # it ends with an empty block
             or (self.s.open_at(p) is not None and nonspace[p] >= self.s.next_fence(p))  # the next starts so
+            or self.s.inside_link(p)  # "[the" and "guide](url)" render as plain text
         )
         return _UNTIDY if untidy else _CLEAN
 
