@@ -382,3 +382,25 @@ async def test_a_request_whose_wait_aclose_ended_is_not_published(monkeypatch: p
         await asyncio.wait_for(asking, 5)
     assert await transport.read_stream(names.requests, AgentRequestEvent) == []
     await transport.aclose()
+
+
+@pytest.mark.parametrize(
+    ("reply_streams", "block", "message"),
+    [
+        ("client:responses:slack:c1", None, "reply_streams must be a list of stream names"),
+        (["client:responses:slack:c1"], 0, "block must be"),
+        (["client:responses:slack:c1"], "1", "block must be"),
+    ],
+)
+async def test_responses_with_bad_arguments_is_a_configuration_error(
+    reply_streams: Any, block: Any, message: str
+) -> None:
+    """One stream name given as a str was read as one stream per character (groups made on "c",
+    "l", ...); block=0 polled without pause, a string raised a TypeError."""
+    transport = InMemoryTransport(names=StreamNames("client"))
+    async with AgentClient(transport, block=0.05) as client:
+        replies = client.responses(reply_streams, group="g", consumer="c", block=block)
+        with pytest.raises(ConfigurationError, match=message):
+            await asyncio.wait_for(anext(replies), 2)
+    assert await transport.read_stream("c", AgentResponseEvent) == []
+    await transport.aclose()

@@ -255,13 +255,17 @@ class AgentClient:
     ) -> AsyncIterator[Delivery[AgentResponseEvent]]:
         """Replies from many channels' streams through a consumer group: ``ack()`` each once the
         platform has it (unacked ones come back after ``claim_min_idle``)."""
+        if isinstance(reply_streams, str):  # a str is a sequence too: one stream per character
+            raise ConfigurationError(
+                f"reply_streams must be a list of stream names, got the str {reply_streams!r}"
+            )
+        wait = self.block if block is None else _seconds("block", block)
         subscriptions = [
             Subscription(stream, group, consumer, AgentResponseEvent, block=0, claim_min_idle=60.0)
             for stream in reply_streams
         ]
         for subscription in subscriptions:
             await self.transport.ensure_group(subscription.stream, group)
-        wait = self.block if block is None else block
         while True:
             found = False
             for subscription in subscriptions:
