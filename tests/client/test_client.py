@@ -404,3 +404,26 @@ async def test_responses_with_bad_arguments_is_a_configuration_error(
             await asyncio.wait_for(anext(replies), 2)
     assert await transport.read_stream("c", AgentResponseEvent) == []
     await transport.aclose()
+
+
+@pytest.mark.parametrize("stuck", ["last_entry_id", "publish"])
+async def test_the_timeout_bounds_the_whole_call_not_only_the_wait(
+    stuck: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broker that does not answer (on Redis, retrying a lost connection for ``retry_deadline``,
+    30 s by default) held request() past its timeout: the timeout counted only the wait for the
+    reply, after publishing."""
+    transport = InMemoryTransport(names=StreamNames("client"))
+    names = transport.names
+
+    async def hung(*args: Any, **kwargs: Any) -> str:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    monkeypatch.setattr(transport, stuck, hung)
+    async with AgentClient(transport, block=0.05) as client:
+        async with asyncio.timeout(30):  # expiring here would end the test with a TimeoutError
+            with pytest.raises(TimeoutError):
+                await client.request(_platform_request(names, "evt-hung"), timeout=0.05)
+        assert all(not reader.waiting for reader in client._readers.values())
+    await transport.aclose()

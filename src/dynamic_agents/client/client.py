@@ -168,7 +168,14 @@ class AgentClient:
         timeout = _seconds("timeout", timeout, forever=True)
         if request.reply_stream is None:
             raise ConfigurationError("request() needs the request's reply_stream")
-        reader = await self._reader(request.reply_stream)
+        # The whole call: a broker slow to answer (retrying a lost connection) counts too.
+        async with asyncio.timeout(timeout):
+            return await self._request(request, request.reply_stream, headers)
+
+    async def _request(
+        self, request: AgentRequestEvent, reply_stream: str, headers: Mapping[str, str] | None
+    ) -> AgentResponseEvent:
+        reader = await self._reader(reply_stream)
         future: asyncio.Future[AgentResponseEvent] = asyncio.get_running_loop().create_future()
         # several calls may wait for one request id (a platform retry of one event): each gets the
         # reply, and each removes only its own future
@@ -183,8 +190,7 @@ class AgentClient:
             if future.done():  # aclose() ended the wait meanwhile (or a reply came): publish nothing
                 return future.result()
             await self.publish(request, headers=headers)
-            async with asyncio.timeout(timeout):
-                return await asyncio.shield(future)
+            return await asyncio.shield(future)
         finally:
             waiters.remove(future)
             if not waiters and reader.waiting.get(request.id) is waiters:
