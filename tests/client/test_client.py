@@ -427,3 +427,29 @@ async def test_the_timeout_bounds_the_whole_call_not_only_the_wait(
                 await client.request(_platform_request(names, "evt-hung"), timeout=0.05)
         assert all(not reader.waiting for reader in client._readers.values())
     await transport.aclose()
+
+
+async def test_a_reply_reader_survives_an_error_that_is_not_the_librarys(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Transport of the host's own that lets an OSError out of read_stream killed the reader for
+    good: it stayed registered, so this and every later request() on its stream waited to its
+    timeout."""
+    transport = InMemoryTransport(names=StreamNames("client"))
+    names = transport.names
+    read_stream = transport.read_stream
+    failures = [ConnectionResetError("connection reset by peer")]
+
+    async def flaky_read_stream(stream: str, *args: Any, **kwargs: Any) -> Any:
+        if failures and stream == names.responses("slack", "c1"):
+            raise failures.pop()
+        return await read_stream(stream, *args, **kwargs)
+
+    monkeypatch.setattr(transport, "read_stream", flaky_read_stream)
+    async with AgentClient(transport, block=0.05) as client:
+        asking = asyncio.create_task(client.request(_platform_request(names, "evt-flaky"), timeout=30))
+        await wait_published(transport, names.requests, 1)
+        await transport.publish(names.responses("slack", "c1"), AgentResponseEvent(request_id="evt-flaky"))
+        assert (await asyncio.wait_for(asking, 10)).request_id == "evt-flaky"
+    assert "connection reset by peer" in caplog.text
+    await transport.aclose()

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from dynamic_agents._logging import get_logger
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, StreamNames
 from dynamic_agents.events.codecs import _event_error
-from dynamic_agents.exceptions import ConfigurationError, DeliveryError, DynamicAgentsError, TransportError
+from dynamic_agents.exceptions import ConfigurationError, DeliveryError, TransportError
 from dynamic_agents.routing import RoutingConfig
 from dynamic_agents.transports import CompletedRecord, Delivery, Subscription, Transport
 
@@ -237,7 +237,8 @@ class AgentClient:
                 entries = await self.transport.read_stream(
                     reader.stream, AgentResponseEvent, after=reader.position, count=500, block=self.block
                 )
-            except DynamicAgentsError as error:
+            except Exception as error:  # a host's own Transport may raise anything: a reader that
+                # died would stay registered, and every wait on its stream would run to its timeout
                 logger.warning("reading replies from %r failed: %s", reader.stream, error)
                 await asyncio.sleep(self.block)
                 continue
