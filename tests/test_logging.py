@@ -119,9 +119,10 @@ def test_credentials_in_a_query_string_are_masked_by_masked_url_and_in_logs(
     url = f"https://generativelanguage.googleapis.com/v1?Key={key}&sig={quote(sas, safe='')}&timeout=5"
     shown = masked_url(url)
     assert shown == "https://generativelanguage.googleapis.com/v1?Key=**********&sig=**********&timeout=5"
-    assert masked_url("https://h.test/v1?api-version=2024-06-01&timeout=5") == (
-        "https://h.test/v1?api-version=2024-06-01&timeout=5"
-    )
+    ordinary = "https://h.test/v1?api-version=2024-06-01&timeout=5&max_tokens=100&token_type=bearer&keyword=x"
+    assert masked_url(ordinary) == ordinary
+    for name in ("apiKey", "X-Amz-Signature", "X-Amz-Security-Token", "client_secret", "subscription-key"):
+        assert masked_url(f"https://h.test/v1?{name}=canary-{name}") == f"https://h.test/v1?{name}=**********"
     assert masked_url("https://u:pw-canary@h.test/v1?access_token=tok-canary-1#top") == (
         "https://u:**********@h.test/v1?access_token=**********#top"
     )
@@ -130,3 +131,13 @@ def test_credentials_in_a_query_string_are_masked_by_masked_url_and_in_logs(
         logger.warning("GET %s failed", url)
         logger.warning("the SAS was %s", sas)  # the value itself, decoded
     assert "canary" not in caplog.text
+
+
+def test_a_token_in_a_url_fragment_is_masked() -> None:
+    """OAuth's implicit flow returns the token in the fragment: ``#access_token=…``."""
+    from dynamic_agents._redaction import REDACTOR, masked_url
+
+    url = "https://app.test/callback#access_token=canary-fragment-4444&token_type=bearer"
+    assert masked_url(url) == "https://app.test/callback#access_token=**********&token_type=bearer"
+    assert "canary-fragment-4444" in REDACTOR
+    assert masked_url("https://app.test/docs#section-2") == "https://app.test/docs#section-2"

@@ -9,6 +9,7 @@ your own handlers to cover agno's, litellm's or your application's loggers.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Mapping
 from typing import Final
@@ -60,27 +61,38 @@ REDACTOR: Final = Redactor()
 """The process-wide redactor every :class:`SecretValue` registers with."""
 
 
-_CREDENTIAL_QUERY_WORDS: Final = (
-    "key",
-    "token",
-    "secret",
-    "passw",
-    "pwd",
-    "auth",
-    "credential",
-    "signature",
-    "cookie",
+_CREDENTIAL_QUERY_WORDS: Final = frozenset(
+    {
+        "apikey",
+        "auth",
+        "authorization",
+        "cookie",
+        "credential",
+        "credentials",
+        "key",
+        "pass",
+        "passwd",
+        "password",
+        "pwd",
+        "secret",
+        "sig",
+        "signature",
+        "token",
+    }
 )
-"""A query parameter whose name (any case) contains one of these (``key``, ``api_key``,
-``access_token``, ``password``, ``X-Amz-Signature``), or is ``sig`` (Azure SAS), carries a
-credential; others (``api-version``, ``timeout``) are shown as they are."""
+"""A query parameter whose name's last word (any case, words split at ``_``, ``-``, ``.`` and
+camelCase) is one of these carries a credential: ``key``, ``api_key``, ``apiKey``,
+``access_token``, ``X-Amz-Signature``, ``sig`` (Azure SAS), ``client_secret``, ``password``.
+Others are shown as they are: ``api-version``, ``timeout``, ``token_type``, ``max_tokens``."""
+
+_NAME_WORDS: Final = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
 
 
 def _is_credential_query_name(name: str) -> bool:
     """Whether a URL query parameter of this name carries a credential (see
     :data:`_CREDENTIAL_QUERY_WORDS`)."""
-    lowered = unquote_plus(name).strip().lower()
-    return lowered == "sig" or any(word in lowered for word in _CREDENTIAL_QUERY_WORDS)
+    words = _NAME_WORDS.findall(unquote_plus(name))
+    return bool(words) and words[-1].lower() in _CREDENTIAL_QUERY_WORDS
 
 
 def _masked_query(query: str) -> str:
@@ -98,8 +110,9 @@ def _masked_query(query: str) -> str:
 
 
 def masked_url(url: str) -> str:
-    """The URL with the password of its userinfo and the values of credential-named query
-    parameters masked (``https://svc:**********@host/v1?key=**********&api-version=2024-06-01``).
+    """The URL with the password of its userinfo and the values of credential-named query (and
+    fragment) parameters masked
+    (``https://svc:**********@host/v1?key=**********&api-version=2024-06-01``).
     They are registered with :data:`REDACTOR` too, so logs and errors that quote the URL whole
     mask them as well."""
     try:
@@ -109,13 +122,14 @@ def masked_url(url: str) -> str:
         head, question, tail = url.partition("?")
         if question:
             query, hash_, fragment = tail.partition("#")
-            url = f"{head}?{_masked_query(query)}{hash_}{fragment}"
+            url = f"{head}?{_masked_query(query)}{hash_}{_masked_query(fragment)}"
         scheme, separator, rest = url.partition("://")
         _, at, host = rest.rpartition("@")
         return f"{scheme}{separator}{MASK}@{host}" if at else url
-    query = _masked_query(parts.query)
-    if query != parts.query:
-        parts = parts._replace(query=query)
+    # The fragment too: OAuth's implicit flow hands the token over as #access_token=...
+    query, fragment = _masked_query(parts.query), _masked_query(parts.fragment)
+    if query != parts.query or fragment != parts.fragment:
+        parts = parts._replace(query=query, fragment=fragment)
     elif not password:
         return url
     if password:
