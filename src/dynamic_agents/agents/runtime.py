@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import inspect
 import json
-import math
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -25,33 +24,19 @@ from typing import Any, Final
 from pydantic import BaseModel, JsonValue
 
 from dynamic_agents._logging import get_logger
+from dynamic_agents._validation import check_seconds
 from dynamic_agents.agents.build import Builder, ModelProvider, media_from_attachments
 from dynamic_agents.agents.registry import ToolRegistry
 from dynamic_agents.agents.specs import AgentSpec, SpecBase, SpecKind, TeamSpec, WorkflowSpec
 from dynamic_agents.agents.stores import SpecStore
 from dynamic_agents.agents.validate import check_spec
 from dynamic_agents.events import AgentRequestEvent, Attachment, ResponseStatus, Target, TargetType
-from dynamic_agents.exceptions import ConfigurationError, SpecNotFoundError, SpecValidationError
+from dynamic_agents.exceptions import SpecNotFoundError, SpecValidationError
 from dynamic_agents.execution import DeltaCallback, ExecutionResult, TokenUsage
 
 __all__ = ["AgentRuntime", "AgnoExecutor", "agno_session_id"]
 
 logger = get_logger("agents")
-
-
-def _seconds(name: str, value: object, *, forever: bool) -> float:
-    """``value`` if it is a number of seconds >= 0 (``math.inf`` too if ``forever``), else a
-    :class:`ConfigurationError` naming the setting, the value and what is valid."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or math.isnan(value)
-        or value < 0
-        or (math.isinf(value) and not forever)
-    ):
-        kind = "a number of seconds (math.inf: never)" if forever else "a finite number of seconds"
-        raise ConfigurationError(f"{name} must be {kind} >= 0, got {value!r}")
-    return float(value)
 
 
 def agno_session_id(kind: SpecKind, spec_id: str, session_id: str) -> str:
@@ -87,8 +72,8 @@ class AgentRuntime:
         self.models = models
         self.db = db
         # NaN would compare false with every age and grace period: refused, as negatives are
-        self.max_staleness = _seconds("max_staleness", max_staleness, forever=True)
-        self.cancel_grace = _seconds("cancel_grace", cancel_grace, forever=False)
+        self.max_staleness = check_seconds("max_staleness", max_staleness, zero=True, forever=True)
+        self.cancel_grace = check_seconds("cancel_grace", cancel_grace, zero=True)
         self._clock = clock
         self._builder = Builder(registry, models, db)
         self._cache: dict[tuple[SpecKind, str], _Cached] = {}

@@ -9,7 +9,6 @@ once nobody waits on its stream.
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from dynamic_agents._logging import get_logger
+from dynamic_agents._validation import check_seconds
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, StreamNames
 from dynamic_agents.events.codecs import _event_error
 from dynamic_agents.exceptions import ConfigurationError, DeliveryError, TransportError
@@ -29,21 +29,6 @@ if TYPE_CHECKING:
 __all__ = ["AgentClient"]
 
 logger = get_logger("client")
-
-
-def _seconds(name: str, value: object, *, forever: bool = False) -> float:
-    """``value`` if it is a number of seconds > 0, finite unless ``forever`` (``math.inf``), else a
-    :class:`ConfigurationError` naming it."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or math.isnan(value)
-        or value <= 0
-        or (math.isinf(value) and not forever)
-    ):
-        kind = "a number of seconds (math.inf: no limit)" if forever else "a finite number of seconds"
-        raise ConfigurationError(f"{name} must be {kind} > 0, got {value!r}")
-    return float(value)
 
 
 @dataclass(slots=True)
@@ -77,7 +62,7 @@ class AgentClient:
         self._coordinator = transport.coordinator()  # records (request) and cancellations
         self.routing = routing
         self._event_router = routing.router() if routing is not None else None
-        self.block = _seconds("block", block)
+        self.block = check_seconds("block", block)
         self.tracing = tracing
         self._readers: dict[str, _Reader] = {}
         self._lock = asyncio.Lock()
@@ -165,7 +150,7 @@ class AgentClient:
         is (:class:`DeliveryError` if it is no longer there). :meth:`aclose` ends the wait with a
         :class:`TransportError`.
         """
-        timeout = _seconds("timeout", timeout, forever=True)
+        timeout = check_seconds("timeout", timeout, forever=True)
         if request.reply_stream is None:
             raise ConfigurationError("request() needs the request's reply_stream")
         # The whole call: a broker slow to answer (retrying a lost connection) counts too.
@@ -266,7 +251,7 @@ class AgentClient:
             raise ConfigurationError(
                 f"reply_streams must be a list of stream names, got the str {reply_streams!r}"
             )
-        wait = self.block if block is None else _seconds("block", block)
+        wait = self.block if block is None else check_seconds("block", block)
         subscriptions = [
             Subscription(stream, group, consumer, AgentResponseEvent, block=0, claim_min_idle=60.0)
             for stream in reply_streams

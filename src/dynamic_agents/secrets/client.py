@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, JsonValue, ValidationError
 
 from dynamic_agents._logging import get_logger
 from dynamic_agents._redaction import REDACTOR, masked_url
+from dynamic_agents._validation import check_count, check_seconds
 from dynamic_agents.events._types import UtcDatetime
 from dynamic_agents.exceptions import (
     ConfigurationError,
@@ -37,7 +38,6 @@ from dynamic_agents.exceptions import (
     IdentityRequestError,
     IdentityUnavailableError,
 )
-from dynamic_agents.secrets._validation import check_count, check_seconds
 from dynamic_agents.secrets.values import SecretValue
 
 __all__ = [

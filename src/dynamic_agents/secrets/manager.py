@@ -21,6 +21,7 @@ from typing import Any, Self, TypeAlias
 from cachetools import TTLCache
 
 from dynamic_agents._logging import get_logger
+from dynamic_agents._validation import check_count, check_seconds
 from dynamic_agents.exceptions import (
     IdentityError,
     IdentityForbiddenError,
@@ -29,7 +30,6 @@ from dynamic_agents.exceptions import (
     SecretsError,
     SecretsUnavailableError,
 )
-from dynamic_agents.secrets._validation import check_count, check_seconds
 from dynamic_agents.secrets.client import IdentityClient, TokenProvider
 from dynamic_agents.secrets.references import (
     ENV_SECRETS,

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Self
 
 from dynamic_agents._logging import get_logger
+from dynamic_agents._validation import check_count
 from dynamic_agents.exceptions import (
     ConfigurationError,
     IdentityError,
@@ -23,7 +24,6 @@ from dynamic_agents.exceptions import (
     SecretsError,
     SecretsUnavailableError,
 )
-from dynamic_agents.secrets._validation import check_count
 from dynamic_agents.secrets.client import IdentityClient
 from dynamic_agents.secrets.references import ENV_SECRETS, shown_part
 from dynamic_agents.secrets.values import SecretValue

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import math
 import os
 import re
 import secrets
@@ -80,13 +79,6 @@ def parse_read_position(after: str) -> tuple[int, int] | None:
             f"{after!r} is not a stream entry id (like '1700000000000-0', '1700000000000' or '$')"
         )
     return millis, sequence
-
-
-def positive_count(name: str, value: int) -> int:
-    """``value`` when it is a whole number above 0, else :class:`ConfigurationError` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigurationError(f"{name} must be a whole number > 0, got {value!r}")
-    return value
 
 
 DEAD_LETTER_FIELD_PREFIX: Final = "dead_letter."
@@ -672,14 +664,6 @@ def delivered(
         delivery_count=count,
         claim=claim,
     )
-
-
-def positive_seconds(name: str, value: float) -> float:
-    """``value`` when it is a finite number of seconds above 0, else :class:`ConfigurationError`
-    naming ``name`` (NaN compares false with everything, so ``value <= 0`` lets it through)."""
-    if not 0 < value < math.inf:
-        raise ConfigurationError(f"{name} must be a finite number of seconds > 0, got {value}")
-    return value
 
 
 def released_idle(delivery: Delivery[Any], delay: float) -> float:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from dynamic_agents._logging import get_logger
+from dynamic_agents._validation import check_count, check_seconds
 from dynamic_agents.events import EventCodec, StreamNames, WireModel
 from dynamic_agents.events.envelope import DATA_FIELD
 from dynamic_agents.exceptions import ConfigurationError, LeaseLostError, TransportError
@@ -37,8 +38,6 @@ from dynamic_agents.transports.base import (
     delivered,
     lease_token,
     parse_read_position,
-    positive_count,
-    positive_seconds,
     record_key_of,
     released_idle,
     settle_undecodable,
@@ -447,7 +446,7 @@ class InMemoryTransport(Transport):
         self, delivery: Delivery[Any], reply: Reply, *, record_ttl: float, lease: Lease | None = None
     ) -> Completion:
         self._check_open()
-        positive_seconds("record_ttl", record_ttl)
+        check_seconds("record_ttl", record_ttl)
         record_key = self.names.completed_record(reply.event.request_id)
         lease_key = self.names.session_lease(lease.session_id) if lease is not None else None
         owned = lease is None or self.server._get(lease_key or "") == lease.token
@@ -509,7 +508,7 @@ class InMemoryTransport(Transport):
     ) -> list[Entry[E]]:
         self._check_open()
         position = parse_read_position(after)
-        positive_count("count", count)
+        check_count("count", count)
         if position is None:  # "$", as XREAD: the newest id when the call starts
             data = self.server._stream(stream)
             start = data.last_id if data is not None else (0, 0)
@@ -644,4 +643,4 @@ class InMemoryCoordinator(Coordinator):
 
 
 def _check_ttl(ttl: float) -> float:
-    return positive_seconds("ttl", ttl)
+    return check_seconds("ttl", ttl)

@@ -29,6 +29,7 @@ from json.encoder import encode_basestring_ascii as _json_string
 from typing import Any, Final, TypeVar
 
 from dynamic_agents._logging import get_logger
+from dynamic_agents._validation import check_count, check_seconds
 from dynamic_agents.events import EventCodec, StreamNames, WireModel
 from dynamic_agents.events.envelope import DATA_FIELD
 from dynamic_agents.exceptions import (
@@ -59,8 +60,6 @@ from dynamic_agents.transports.base import (
     delivered,
     lease_token,
     parse_read_position,
-    positive_count,
-    positive_seconds,
     record_key_of,
     released_idle,
     settle_undecodable,
@@ -637,7 +636,7 @@ class RedisStreamsTransport(Transport):
     async def complete(
         self, delivery: Delivery[Any], reply: Reply, *, record_ttl: float, lease: Lease | None = None
     ) -> Completion:
-        positive_seconds("record_ttl", record_ttl)
+        check_seconds("record_ttl", record_ttl)
         event, completed_at = reply.event, self.clock.time()
         record_key = self.names.completed_record(event.request_id)
         lease_key = self.names.session_lease(lease.session_id) if lease is not None else record_key
@@ -688,7 +687,7 @@ class RedisStreamsTransport(Transport):
         block: float | None = None,
     ) -> list[Entry[E]]:
         parse_read_position(after)  # refused here as in memory, not by the server
-        positive_count("count", count)
+        check_count("count", count)
         response = await _retrying(
             f"read {stream!r}",
             lambda: self._xread(("XREAD", "COUNT", count), block or 0.0, stream, after),
@@ -1113,4 +1112,4 @@ class RedisCoordinator(Coordinator):
 
 
 def _positive(ttl: float) -> float:
-    return positive_seconds("ttl", ttl)
+    return check_seconds("ttl", ttl)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import socket
 import uuid
@@ -10,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from dynamic_agents._validation import check_count, check_seconds
 from dynamic_agents.exceptions import ConfigurationError
 
 __all__ = ["SessionPolicy", "WorkerSettings"]
@@ -40,35 +40,6 @@ def _policy(name: str, value: object) -> SessionPolicy:
             pass
     valid = ", ".join(repr(policy.value) for policy in SessionPolicy)
     raise ConfigurationError(f"{name} must be a SessionPolicy or one of {valid}, got {value!r}")
-
-
-def _whole(name: str, value: object, *, optional: bool = False) -> int | None:
-    """``value`` as an int (``5.0`` is 5), when it is a whole number > 0 (or ``None`` if optional)."""
-    if value is None and optional:
-        return None
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        alternative = " (or None)" if optional else ""
-        raise ConfigurationError(f"{name} must be a whole number > 0{alternative}, got {value!r}")
-    return value
-
-
-def _seconds(name: str, value: object, *, zero: bool = False, optional: bool = False) -> None:
-    if value is None and optional:
-        return
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value < 0
-        or (value == 0 and not zero)
-    ):
-        bound = ">= 0" if zero else "> 0"
-        alternative = " (or None)" if optional else ""
-        raise ConfigurationError(
-            f"{name} must be a finite number of seconds {bound}{alternative}, got {value!r}"
-        )
 
 
 def _consumer_name() -> str:
@@ -125,14 +96,16 @@ class WorkerSettings:
         # Types first: "8" or None would fail the comparisons below with a bare TypeError, and NaN
         # passes every comparison (it would make a lease or a timeout that never ends).
         for name in ("concurrency", "batch_size", "max_deliveries", "events_maxlen"):
-            object.__setattr__(self, name, _whole(name, getattr(self, name)))  # frozen: 5.0 kept as 5
-        object.__setattr__(self, "reply_maxlen", _whole("reply_maxlen", self.reply_maxlen, optional=True))
+            object.__setattr__(self, name, check_count(name, getattr(self, name)))  # frozen: 5.0 kept as 5
+        object.__setattr__(
+            self, "reply_maxlen", check_count("reply_maxlen", self.reply_maxlen, optional=True)
+        )
         for name in ("claim_min_idle", "request_timeout", "record_ttl", "lease_ttl", "cancel_poll"):
-            _seconds(name, getattr(self, name))
+            check_seconds(name, getattr(self, name))
         for name in ("block", "lease_poll", "delta_interval"):
-            _seconds(name, getattr(self, name), zero=True)
+            check_seconds(name, getattr(self, name), zero=True)
         for name in ("keep_fresh_every", "reply_expire"):
-            _seconds(name, getattr(self, name), optional=True)
+            check_seconds(name, getattr(self, name), optional=True)
         for name in ("claim_on_read", "events"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigurationError(f"{name} must be True or False, got {getattr(self, name)!r}")

@@ -1,0 +1,71 @@
+"""Checks of numeric settings, shared by every package: a bad value is a
+:class:`~dynamic_agents.exceptions.ConfigurationError` naming the setting, the value and what is
+valid. Types are checked first (``"8"`` or ``None`` would fail a comparison with a bare
+``TypeError``; a bool is no number here), and NaN is refused (it compares false with everything, so
+it would pass a ``value <= 0`` check and make a wait that never ends)."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, overload
+
+from dynamic_agents.exceptions import ConfigurationError
+
+__all__ = ["check_count", "check_seconds"]
+
+
+@overload
+def check_seconds(
+    name: str, value: object, *, zero: bool = False, forever: bool = False, optional: Literal[False] = False
+) -> float: ...
+
+
+@overload
+def check_seconds(
+    name: str, value: object, *, zero: bool = False, forever: bool = False, optional: Literal[True]
+) -> float | None: ...
+
+
+def check_seconds(
+    name: str, value: object, *, zero: bool = False, forever: bool = False, optional: bool = False
+) -> float | None:
+    """``value`` as a float if it is a number of seconds > 0 (>= 0 with ``zero``), finite unless
+    ``forever`` (then ``math.inf`` is accepted: a setting where "no limit" has a meaning); ``None``
+    passes with ``optional``."""
+    if value is None and optional:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or math.isnan(value)
+        or (math.isinf(value) and not (forever and value > 0))
+        or value < 0
+        or (value == 0 and not zero)
+    ):
+        kind = "a number of seconds (math.inf: no limit)" if forever else "a finite number of seconds"
+        bound = ">= 0" if zero else "> 0"
+        alternative = " (or None)" if optional else ""
+        raise ConfigurationError(f"{name} must be {kind} {bound}{alternative}, got {value!r}")
+    return float(value)
+
+
+@overload
+def check_count(name: str, value: object, *, minimum: int = 1, optional: Literal[False] = False) -> int: ...
+
+
+@overload
+def check_count(name: str, value: object, *, minimum: int = 1, optional: Literal[True]) -> int | None: ...
+
+
+def check_count(name: str, value: object, *, minimum: int = 1, optional: bool = False) -> int | None:
+    """``value`` as an int (``5.0`` is 5) if it is a whole number >= ``minimum``; ``None`` passes
+    with ``optional``."""
+    if value is None and optional:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        bound = "> 0" if minimum == 1 else f">= {minimum}"
+        alternative = " (or None)" if optional else ""
+        raise ConfigurationError(f"{name} must be a whole number {bound}{alternative}, got {value!r}")
+    return value
