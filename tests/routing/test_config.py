@@ -232,3 +232,23 @@ def test_guild_ids_match_an_id_sent_as_text_or_as_a_number(written: str, sent: o
     other = event.model_copy(update={"metadata": {"guild_id": 98765432}})
     with pytest.raises(NoRouteError):
         router.route(other)
+
+
+def test_a_recursive_yaml_alias_is_a_config_error_naming_the_line() -> None:
+    """``&a [*a]`` is valid YAML for a structure that contains itself: a typed error, not a
+    ``RecursionError`` out of the loader."""
+    for text in ("discord:\n  extra: &a [*a]\n", "discord: &a\n  nested: *a\n"):
+        with pytest.raises(RoutingConfigError) as caught:
+            RoutingConfig.from_yaml(text, source="loop.yaml")
+        assert caught.value.source == "loop.yaml"
+        assert "refers to itself" in str(caught.value)
+
+
+def test_an_alias_repeated_many_times_loads_without_walking_every_copy() -> None:
+    """Nine levels of nine aliases each name 9**9 (387 million) paths; the line index visits
+    each node once."""
+    lines = ["l0: &l0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"l{n}: &l{n} [{', '.join([f'*l{n - 1}'] * 9)}]" for n in range(1, 10)]
+    text = "discord:\n" + "".join(f"  {line}\n" for line in lines)
+    config = RoutingConfig.from_yaml(text)
+    assert "l9" in config.interfaces["discord"].settings

@@ -252,15 +252,29 @@ def _load_yaml(text: str, source: str) -> tuple[Any, dict[_Path, int]]:
     finally:
         loader.dispose()
     lines: dict[_Path, int] = {}
+    walked: set[int] = set()  # an alias is the anchored node itself: walk it once, not per alias
+    inside: set[int] = set()  # the nodes being walked: meeting one again is an alias to itself
 
     def walk(current: yaml.Node, path: _Path) -> None:
         lines[path] = current.start_mark.line + 1
+        if id(current) in inside:
+            raise RoutingConfigError(
+                "an alias refers to itself: it stands for a value it is inside of",
+                source=source,
+                line=lines[path],
+                path=_format(path),
+            )
+        if id(current) in walked:
+            return
+        walked.add(id(current))
+        inside.add(id(current))
         if isinstance(current, yaml.MappingNode):
             for key_node, value_node in current.value:
                 walk(value_node, (*path, str(key_node.value)))
         elif isinstance(current, yaml.SequenceNode):
             for index, item in enumerate(current.value):
                 walk(item, (*path, index))
+        inside.discard(id(current))
 
     walk(node, ())
     return data, lines
