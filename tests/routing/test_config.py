@@ -252,3 +252,36 @@ def test_an_alias_repeated_many_times_loads_without_walking_every_copy() -> None
     text = "discord:\n" + "".join(f"  {line}\n" for line in lines)
     config = RoutingConfig.from_yaml(text)
     assert "l9" in config.interfaces["discord"].settings
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "path"),
+    [
+        ("discord:\n  routing: {default_agent: a}\ndiscord:\n  x: 1\n", 3, "discord"),
+        ("discord:\n  routing: {default_agent: a}\nDiscord:\n  x: 1\n", 4, "Discord"),
+        (
+            "discord:\n  routing:\n    rules:\n      - name: r\n        user_id: u\n        agent_id: a\n"
+            "        agent_id: b\n",
+            7,
+            "discord.routing.rules[0].agent_id",
+        ),
+    ],
+)
+def test_a_key_given_twice_is_refused_not_overwritten(text: str, line: int, path: str) -> None:
+    """YAML readers keep the last of two equal keys; an interface written twice (in any case, as
+    sources are read in lower case) lost its rules without a word. A merge key (``<<: *base``)
+    overridden in place is still fine."""
+    with pytest.raises(RoutingConfigError) as caught:
+        RoutingConfig.from_yaml(text, source="interfaces.yaml")
+    assert (caught.value.line, caught.value.path) == (line, path)
+    assert "given twice" in str(caught.value)
+
+
+def test_interfaces_differing_only_in_case_are_refused_from_data_too() -> None:
+    with pytest.raises(RoutingConfigError, match="'Discord' and 'discord' are one interface"):
+        RoutingConfig.from_dict({"Discord": {"routing": {"default_agent": "a"}}, "discord": {}})
+
+
+def test_a_merged_key_may_be_overridden() -> None:
+    text = "discord:\n  base: &base {a: 1, b: 2}\n  mine:\n    <<: *base\n    b: 3\n"
+    assert RoutingConfig.from_yaml(text).interfaces["discord"].settings["mine"] == {"a": 1, "b": 3}

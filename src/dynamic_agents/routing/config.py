@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Final, Self
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -106,7 +106,11 @@ class RoutingConfig(BaseModel):
     def _scope_rules(cls, interfaces: dict[str, InterfaceConfig]) -> dict[str, InterfaceConfig]:
         """A rule under an interface applies to that source."""
         scoped = {}
+        written: dict[str, str] = {}
         for source, interface in interfaces.items():
+            if source.lower() in written:
+                raise ValueError(_given_twice(written[source.lower()], source))
+            written[source.lower()] = source
             rules = tuple(
                 rule if rule.source is not None else rule.model_copy(update={"source": source.lower()})
                 for rule in interface.routing.rules
@@ -178,6 +182,16 @@ class RoutingConfig(BaseModel):
                 f"expected a mapping of interface names to settings, got {type(data).__name__}", source=source
             )
         interfaces = {k: v for k, v in data.items() if not str(k).startswith("default_")}
+        written: dict[str, object] = {}
+        for name in interfaces:
+            if str(name).lower() in written:
+                raise RoutingConfigError(
+                    _given_twice(written[str(name).lower()], name),
+                    source=source,
+                    line=lines.get((str(name),)),
+                    path=str(name),
+                )
+            written[str(name).lower()] = name
         try:
             top = _default_target({k: v for k, v in data.items() if str(k).startswith("default_")})
             config = cls.model_validate({"interfaces": interfaces, **top})
@@ -202,6 +216,13 @@ class RoutingConfig(BaseModel):
             default=self.default,
             **options,
         )
+
+
+def _given_twice(first: object, second: object) -> str:
+    return (
+        f"interface {second!r} is given twice: {first!r} and {second!r} are one interface "
+        "(sources are read in lower case)"
+    )
 
 
 def _check_rule_names(
@@ -242,6 +263,7 @@ def _load_yaml(text: str, source: str) -> tuple[Any, dict[_Path, int]]:
         node = loader.get_single_node()
         if node is None:
             return {}, {}
+        _refuse_repeated_keys(node, source)
         data = loader.construct_document(node)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
@@ -278,6 +300,42 @@ def _load_yaml(text: str, source: str) -> tuple[Any, dict[_Path, int]]:
 
     walk(node, ())
     return data, lines
+
+
+def _refuse_repeated_keys(node: yaml.Node, source: str) -> None:
+    """Refuse a mapping key written twice: a YAML reader keeps only the last, so the first (an
+    interface and all its rules, say) would be lost without a word. Runs before construction,
+    which folds merge keys (``<<: *base``) in, where overriding a merged key is intended."""
+    walked: set[int] = set()
+
+    def walk(current: yaml.Node, path: _Path) -> None:
+        if id(current) in walked:
+            return
+        walked.add(id(current))
+        if isinstance(current, yaml.MappingNode):
+            first: dict[tuple[str, str], int] = {}
+            for key_node, value_node in current.value:
+                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != _MERGE_TAG:
+                    key = (key_node.tag, key_node.value)
+                    line = key_node.start_mark.line + 1
+                    if key in first:
+                        raise RoutingConfigError(
+                            f"key {key_node.value!r} is given twice (first at line {first[key]}); "
+                            "a YAML reader would keep only the last",
+                            source=source,
+                            line=line,
+                            path=_format((*path, key_node.value)),
+                        )
+                    first[key] = line
+                walk(value_node, (*path, str(key_node.value)))
+        elif isinstance(current, yaml.SequenceNode):
+            for index, item in enumerate(current.value):
+                walk(item, (*path, index))
+
+    walk(node, ())
+
+
+_MERGE_TAG: Final = "tag:yaml.org,2002:merge"
 
 
 def _config_error(error: ValidationError, source: str, lines: Mapping[_Path, int]) -> RoutingConfigError:
