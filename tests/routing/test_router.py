@@ -212,3 +212,15 @@ async def test_check_targets_names_the_unknown_ones() -> None:
     with pytest.raises(RoutingConfigError, match="agent 'ghost', team 'phantom-team'"):
         await router.check_targets(exists)
     await router.check_targets(lambda target: True)
+
+
+def test_source_defaults_are_keyed_by_the_source_as_events_read_it() -> None:
+    """Events, rules and interface configs read a source stripped and in lower case; a default
+    given for ``"Slack"`` never applied."""
+    router = EventRouter(source_defaults={" Slack ": Target(type=AGENT, id="slack-assistant")})
+    assert router.route(event(source="slack")).target_id == "slack-assistant"
+    assert router.source_defaults == {"slack": Target(type=AGENT, id="slack-assistant")}
+    with pytest.raises(RoutingConfigError, match="'Slack' and 'slack' are one source"):
+        EventRouter(
+            source_defaults={"Slack": Target(type=AGENT, id="a"), "slack": Target(type=AGENT, id="b")}
+        )

@@ -180,7 +180,7 @@ class EventRouter:
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise RoutingConfigError(f"rule names must be unique; repeated: {', '.join(duplicates)}")
-        self.source_defaults = dict(source_defaults or {})
+        self.source_defaults = _by_source(source_defaults or {})
         self.default = default
         self.max_content_chars = max_content_chars
         self._pattern_timeout = pattern_timeout
@@ -282,6 +282,22 @@ class EventRouter:
             f"no route for {event.source}:{event.source_id} (request {event.id}): no rule matched and "
             f"no default is configured for source {event.source!r} or globally"
         )
+
+
+def _by_source(defaults: Mapping[str, Target]) -> dict[str, Target]:
+    """Defaults keyed by the source as events read it (stripped, in lower case)."""
+    keyed: dict[str, Target] = {}
+    written: dict[str, str] = {}
+    for source, target in defaults.items():
+        key = source.strip().lower()
+        if key in written:
+            raise RoutingConfigError(
+                f"source_defaults gives {written[key]!r} and {source!r}: {written[key]!r} and "
+                f"{source!r} are one source (sources are read stripped and in lower case)"
+            )
+        written[key] = source
+        keyed[key] = target
+    return keyed
 
 
 def _explicit(event: AgentRequestEvent) -> RouteDecision | None:
