@@ -285,3 +285,26 @@ def test_interfaces_differing_only_in_case_are_refused_from_data_too() -> None:
 def test_a_merged_key_may_be_overridden() -> None:
     text = "discord:\n  base: &base {a: 1, b: 2}\n  mine:\n    <<: *base\n    b: 3\n"
     assert RoutingConfig.from_yaml(text).interfaces["discord"].settings["mine"] == {"a": 1, "b": 3}
+
+
+def test_a_literal_token_in_interface_settings_is_masked_in_repr() -> None:
+    """A bot token pasted in place of a reference must not reach a log line through ``repr``;
+    references (which hold no secret) and other settings are shown."""
+    canaries = ("CANARYtok3nMTIzNDU2Nzg5MDEy", "canary-signing-secret", "canary-nested-pass")
+    text = (
+        "slack:\n"
+        f"  bot_token: {canaries[0]}\n"
+        f"  signing_secret: {canaries[1]}\n"
+        "  app_token: secret:slack:app_token\n"
+        f"  proxy: {{url: 'http://proxy:8080', password: {canaries[2]}}}\n"
+        "  team_name: Support Team\n"
+    )
+    config = RoutingConfig.from_yaml(text)
+    interface = config.interfaces["slack"]
+    for shown in (repr(config), str(config), repr(interface), str(interface)):
+        for canary in canaries:
+            assert canary not in shown
+        assert "secret:slack:app_token" in shown
+        assert "Support Team" in shown
+        assert "http://proxy:8080" in shown
+    assert interface.settings["bot_token"] == canaries[0]  # the value itself is kept for use

@@ -21,7 +21,7 @@ the file, the line and the path (``discord.routing.rules[1].content_pattern``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Self
 
@@ -79,6 +79,13 @@ class InterfaceConfig(BaseModel):
 
     routing: InterfaceRouting = InterfaceRouting()
     session: SessionSettings = SessionSettings()
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        """The other settings masked where they may hold a credential: a bot token pasted in
+        place of a reference must not reach a log line through ``repr``."""
+        extra = self.model_extra or {}
+        for name, value in super().__repr_args__():
+            yield name, (_masked(value, secret=_is_credential(name)) if name in extra else value)
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -223,6 +230,35 @@ def _given_twice(first: object, second: object) -> str:
         f"interface {second!r} is given twice: {first!r} and {second!r} are one interface "
         "(sources are read in lower case)"
     )
+
+
+_CREDENTIAL_WORDS: Final = ("auth", "key", "token", "secret", "password", "cookie", "credential", "signature")
+
+
+def _is_credential(name: object) -> bool:
+    return any(word in str(name).lower() for word in _CREDENTIAL_WORDS)
+
+
+def _masked(value: Any, *, secret: bool) -> Any:
+    """A copy of a setting for ``repr``: references as written (they hold no secret; a key pasted
+    into one masked), strings under a credential-named key or shaped like a key masked, and the
+    password of a URL masked."""
+    # imported here: the secrets package brings httpx, which routing does not otherwise need
+    from dynamic_agents._redaction import MASK, masked_url
+    from dynamic_agents.secrets.references import looks_like_a_key, shown_reference
+
+    if isinstance(value, str):
+        shown = shown_reference(value)
+        if shown is not None:
+            return shown
+        if secret or (not any(c.isspace() for c in value) and looks_like_a_key(value)):  # a key has no spaces
+            return MASK
+        return masked_url(value) if "://" in value else value
+    if isinstance(value, Mapping):
+        return {key: _masked(item, secret=secret or _is_credential(key)) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_masked(item, secret=secret) for item in value)
+    return value
 
 
 def _check_rule_names(
