@@ -15,6 +15,7 @@ from dynamic_agents.exceptions import (
     ConfigurationError,
     DeliveryError,
     EventValidationError,
+    NoRouteError,
     TransportError,
 )
 from dynamic_agents.execution import FunctionExecutor
@@ -153,6 +154,21 @@ async def test_build_request_reads_the_source_as_the_event_does() -> None:
     request = client.build_request("Discord", {"channel_id": "555", "user_id": "42", "content": "hi"})
     assert (request.source, request.session_id) == ("discord", "dc:555")
     assert request.reply_stream == transport.names.responses("discord", "555")
+    await transport.aclose()
+
+
+async def test_build_request_with_routing_and_no_route_raises_as_the_router_does() -> None:
+    """With ``routing``, ``build_request`` routes as ``EventRouter.route`` does: no rule, source
+    default or global default is a ``NoRouteError`` (a ``LookupError``) naming the source and
+    channel, not a request the worker would answer with an error. Without ``routing`` the target
+    is left to the worker's router."""
+    routing = RoutingConfig.from_yaml("discord:\n  routing:\n    default_agent: a\n")
+    transport = InMemoryTransport(names=StreamNames("client"))
+    with pytest.raises(NoRouteError, match="no route for slack:C1") as caught:
+        AgentClient(transport, routing=routing).build_request("slack", {"channel_id": "C1", "content": "hi"})
+    assert isinstance(caught.value, LookupError)
+    unrouted = AgentClient(transport).build_request("slack", {"channel_id": "C1", "content": "hi"})
+    assert (unrouted.agent_id, unrouted.team_id, unrouted.workflow_id) == (None, None, None)
     await transport.aclose()
 
 

@@ -81,6 +81,12 @@ class AgentClient:
         metadata. The session id is ``{prefix}:{channel}`` (prefix from the interface's
         ``session.prefix``, else the source) and the reply stream is the channel's. A field of the
         wrong type is an :class:`~dynamic_agents.exceptions.EventValidationError` naming it.
+
+        With ``routing``, the target is chosen as :meth:`EventRouter.route
+        <dynamic_agents.routing.EventRouter.route>` chooses it, and, like it, raises
+        :class:`~dynamic_agents.exceptions.NoRouteError` when no rule, source default or global
+        default applies. Without ``routing`` the request names no target: the worker's router
+        picks it.
         """
         if not isinstance(source, str):
             raise ConfigurationError(f"source must be a str (a platform slug), got {source!r}")
