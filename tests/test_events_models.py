@@ -80,6 +80,14 @@ def test_unknown_major_version_is_refused_on_construction() -> None:
     assert isinstance(caught.value.errors()[0]["ctx"]["error"], UnsupportedSchemaVersionError)
 
 
+@pytest.mark.parametrize("version", ["1.0\n", "\u0661.0", "1.\u0660", "1.0 ", " 1.0"])
+def test_a_schema_version_with_a_trailing_newline_or_non_ascii_digits_is_refused(version: str) -> None:
+    """``re.match`` with ``$`` passes ``"1.0\\n"`` and ``\\d`` passes Arabic-Indic digits: such a
+    version was accepted and written back out as is, to peers that parse ``major.minor``."""
+    with pytest.raises(ValidationError, match=r"schema_version must look like 'major\.minor'"):
+        request(schema_version=version)
+
+
 def test_seed_publish_example_maps_onto_the_request() -> None:
     # The seed's first example (agno-interfaces publishing to agent:requests).
     seed = {

@@ -25,7 +25,7 @@ __all__ = [
 SCHEMA_MAJOR: Final = 1
 SCHEMA_MINOR: Final = 0
 SCHEMA_VERSION: Final = f"{SCHEMA_MAJOR}.{SCHEMA_MINOR}"
-_VERSION_RE: Final = re.compile(r"^(\d{1,4})\.(\d{1,4})$")
+_VERSION_RE: Final = re.compile(r"([0-9]{1,4})\.([0-9]{1,4})")  # fullmatch: "$" passes "1.0\n"
 
 #: Platforms the project knows by name. ``source`` is an open set: any lower-case slug is accepted,
 #: so a new platform (``matrix``, ``teams``…) needs no release of this library.
@@ -49,7 +49,7 @@ def check_schema_version(value: object) -> str:
         return SCHEMA_VERSION
     if not isinstance(value, str):
         raise ValueError(f"schema_version must be a string like {SCHEMA_VERSION!r}")  # noqa: TRY004 (pydantic reports ValueError only)
-    match = _VERSION_RE.match(value)
+    match = _VERSION_RE.fullmatch(value)
     if match is None:
         raise ValueError(f"schema_version must look like 'major.minor' (e.g. {SCHEMA_VERSION!r})")
     if int(match.group(1)) != SCHEMA_MAJOR:
