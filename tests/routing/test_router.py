@@ -5,7 +5,7 @@ from typing import Any
 import pytest
 
 from dynamic_agents.events import AgentRequestEvent, Target, TargetType
-from dynamic_agents.exceptions import NoRouteError, RoutingConfigError
+from dynamic_agents.exceptions import ConfigurationError, NoRouteError, RoutingConfigError
 from dynamic_agents.routing import EventRouter, RoutingRule, UnsafePatternError, check_pattern
 
 AGENT, TEAM, WORKFLOW = TargetType.AGENT, TargetType.TEAM, TargetType.WORKFLOW
@@ -224,3 +224,23 @@ def test_source_defaults_are_keyed_by_the_source_as_events_read_it() -> None:
         EventRouter(
             source_defaults={"Slack": Target(type=AGENT, id="a"), "slack": Target(type=AGENT, id="b")}
         )
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("max_content_chars", 0),
+        ("max_content_chars", -5),
+        ("max_content_chars", 2.5),
+        ("max_content_chars", True),
+        ("pattern_timeout", 0),
+        ("pattern_timeout", -1.0),
+        ("pattern_timeout", float("nan")),
+        ("pattern_timeout", float("inf")),
+    ],
+)
+def test_limits_out_of_range_are_refused_not_silently_misapplied(option: str, value: object) -> None:
+    """``max_content_chars=-5`` matched patterns against the content minus its last five
+    characters, and a zero timeout made every content pattern miss: both silently wrong."""
+    with pytest.raises(ConfigurationError, match=rf"^{option} must be .*got {value!r}"):
+        EventRouter([rule("r", content_pattern="o$")], **{option: value})  # type: ignore[arg-type]
