@@ -209,6 +209,24 @@ def test_limits_must_be_positive(limits: dict[str, int]) -> None:
         EventCodec(**limits)
 
 
+@pytest.mark.parametrize(
+    "limits",
+    [
+        {"max_size": float("nan")},
+        {"max_size": 1.5},
+        {"max_size": True},
+        {"max_size": "1024"},
+        {"max_content_length": float("inf")},
+    ],
+)
+def test_limits_must_be_integers(limits: dict[str, object]) -> None:
+    """``max_size=nan`` passed the positivity check and then turned the size limit off (no size
+    compares greater than NaN); a string raised a bare ``TypeError``."""
+    (name,) = limits
+    with pytest.raises(ConfigurationError, match=f"^{name} must be a positive integer, got"):
+        EventCodec(**limits)  # type: ignore[arg-type]
+
+
 def test_every_error_is_in_the_tree() -> None:
     cases: list[bytes] = [b"", b"null", b"{", b'{"source": 1}', b'{"schema_version": "9.1"}']
     for case in cases:

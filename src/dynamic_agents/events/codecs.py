@@ -95,7 +95,7 @@ class EventCodec:
         max_content_length: int = DEFAULT_MAX_CONTENT_LENGTH,
     ) -> None:
         for name, value in (("max_size", max_size), ("max_content_length", max_content_length)):
-            if value < 1:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:  # NaN: no limit at all
                 raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")
         self.max_size = max_size
         self.max_content_length = max_content_length
