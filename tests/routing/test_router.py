@@ -244,3 +244,20 @@ def test_limits_out_of_range_are_refused_not_silently_misapplied(option: str, va
     characters, and a zero timeout made every content pattern miss: both silently wrong."""
     with pytest.raises(ConfigurationError, match=rf"^{option} must be .*got {value!r}"):
         EventRouter([rule("r", content_pattern="o$")], **{option: value})  # type: ignore[arg-type]
+
+
+def test_a_rule_cannot_be_changed_behind_the_routers_back() -> None:
+    """A rule is frozen, but its ``metadata_match`` was a plain dict: changing it through the rule
+    (``router.rules[0]``, or the caller's own reference) changed what the router matched, and
+    ``route`` (indexed at construction) and ``explain`` (checking the dict) disagreed."""
+    guild = rule("guild", metadata_match={"guild_id": "1"})
+    router = EventRouter([guild])
+    with pytest.raises(TypeError):
+        router.rules[0].metadata_match["guild_id"] = "2"  # type: ignore[index]
+    assert router.route(event(metadata={"guild_id": "1"})).rule == "guild"
+    assert router.explain(event(metadata={"guild_id": "1"})).decision == router.route(
+        event(metadata={"guild_id": "1"})
+    )
+    assert hash(guild) == hash(rule("guild", metadata_match={"guild_id": "1"}))
+    assert guild.model_dump(mode="json")["metadata_match"] == {"guild_id": "1"}
+    assert guild.model_copy(deep=True) == guild

@@ -81,6 +81,14 @@ class RoutingRule(BaseModel):
             return {k: tuple(v) if isinstance(v, list | set | frozenset) else v for k, v in value.items()}
         return value
 
+    @field_validator("metadata_match", mode="after")
+    @classmethod
+    def _freeze_metadata_match(
+        cls, value: Mapping[str, MetadataValue | tuple[MetadataValue, ...]]
+    ) -> Mapping[str, MetadataValue | tuple[MetadataValue, ...]]:
+        """Read-only, as the rest of the rule: a router indexes it when built."""
+        return _FrozenDict(value)
+
     @field_validator("source_id_pattern", "content_pattern")
     @classmethod
     def _check_pattern(cls, value: str | None) -> str | None:
@@ -108,6 +116,23 @@ class RoutingRule(BaseModel):
         ):
             raise ValueError(f"rule {self.name!r} has no condition: it would match every event")
         return self
+
+
+class _FrozenDict(dict[str, Any]):
+    """A dict that refuses changes (still a dict for pydantic's serializer), hashable."""
+
+    __slots__ = ()
+
+    def _refuse(self, *_args: object, **_kwargs: object) -> Any:
+        raise TypeError("a RoutingRule's metadata_match cannot be changed: build a new rule")
+
+    __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = update = _refuse
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(frozenset(self.items()))
+
+    def __reduce__(self) -> tuple[type[_FrozenDict], tuple[dict[str, Any]]]:
+        return type(self), (dict(self),)
 
 
 def _either_type(ids: Any) -> Any:
