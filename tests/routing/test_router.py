@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from dynamic_agents.events import AgentRequestEvent, Target, TargetType
 from dynamic_agents.exceptions import ConfigurationError, NoRouteError, RoutingConfigError
@@ -261,3 +262,24 @@ def test_a_rule_cannot_be_changed_behind_the_routers_back() -> None:
     assert hash(guild) == hash(rule("guild", metadata_match={"guild_id": "1"}))
     assert guild.model_dump(mode="json")["metadata_match"] == {"guild_id": "1"}
     assert guild.model_copy(deep=True) == guild
+
+
+@pytest.mark.parametrize(
+    ("conditions", "field"),
+    [
+        ({"source": "discord", "channel_ids": []}, "channel_ids"),
+        ({"source": "discord", "user_ids": []}, "user_ids"),
+        ({"user_id": "u1", "guild_ids": []}, "metadata_match"),
+        ({"metadata_match": {"team": []}}, "metadata_match"),
+        ({"source": "", "user_id": "u1"}, "source"),
+        ({"source": "my discord", "user_id": "u1"}, "source"),
+    ],
+)
+def test_a_condition_no_event_can_meet_is_refused(conditions: dict[str, Any], field: str) -> None:
+    """An empty list of channels (or users, or accepted values) or a source no event can have
+    made a rule that silently never matched."""
+    with pytest.raises(ValidationError) as caught:
+        rule("never", **conditions)
+    (error,) = caught.value.errors()
+    assert error["loc"][0] == field
+    assert "no event" in error["msg"]

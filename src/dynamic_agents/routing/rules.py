@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dynamic_agents.events import AgentRequestEvent, Target, TargetType
+from dynamic_agents.events._types import SOURCE_PATTERN
 from dynamic_agents.routing.patterns import SafePattern, UnsafePatternError
 
 __all__ = ["MetadataValue", "RoutingRule"]
@@ -87,7 +89,20 @@ class RoutingRule(BaseModel):
         cls, value: Mapping[str, MetadataValue | tuple[MetadataValue, ...]]
     ) -> Mapping[str, MetadataValue | tuple[MetadataValue, ...]]:
         """Read-only, as the rest of the rule: a router indexes it when built."""
+        for key, wanted in value.items():
+            if wanted == ():
+                raise ValueError(
+                    f"the accepted values of {key!r} are an empty list: no event can meet it "
+                    "(leave the key out to accept any value)"
+                )
         return _FrozenDict(value)
+
+    @field_validator("source_ids", "user_ids")
+    @classmethod
+    def _not_empty(cls, value: frozenset[str] | None) -> frozenset[str] | None:
+        if value is not None and not value:
+            raise ValueError("an empty list: no event can meet it (leave the condition out to match any)")
+        return value
 
     @field_validator("source_id_pattern", "content_pattern")
     @classmethod
@@ -102,7 +117,15 @@ class RoutingRule(BaseModel):
     @field_validator("source")
     @classmethod
     def _lower_source(cls, value: str | None) -> str | None:
-        return value.strip().lower() if value is not None else None
+        if value is None:
+            return None
+        source = value.strip().lower()  # as events read it
+        if not re.fullmatch(SOURCE_PATTERN, source):
+            raise ValueError(
+                f"source {value!r} is not a platform name, so no event can have it: a letter, then "
+                "letters, digits, '_', '.' or '-' (at most 64), read in lower case"
+            )
+        return source
 
     @model_validator(mode="after")
     def _has_a_condition(self) -> Self:
