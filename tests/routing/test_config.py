@@ -308,3 +308,23 @@ def test_a_literal_token_in_interface_settings_is_masked_in_repr() -> None:
         assert "Support Team" in shown
         assert "http://proxy:8080" in shown
     assert interface.settings["bot_token"] == canaries[0]  # the value itself is kept for use
+
+
+def test_an_interface_name_no_event_can_have_is_refused() -> None:
+    """Rules under an interface apply to the source it names: under ``my discord`` they applied
+    to no event at all, silently."""
+    with pytest.raises(RoutingConfigError) as caught:
+        RoutingConfig.from_yaml(
+            "my discord:\n  routing:\n    rules: [{name: r, user_id: u, agent_id: a}]\n", source="i.yaml"
+        )
+    assert (caught.value.line, caught.value.path) == (2, "my discord")
+    assert "not a platform name" in str(caught.value)
+    with pytest.raises(RoutingConfigError, match="not a platform name"):
+        RoutingConfig.from_dict({"": {}})
+
+
+def test_an_interface_name_is_read_as_events_read_a_source() -> None:
+    config = RoutingConfig.from_dict({" Discord ": {"routing": {"default_agent": "a"}}})
+    assert set(config.interfaces) == {"discord"}
+    event = AgentRequestEvent(source="discord", source_id="c", user_id="u", content="x")
+    assert config.router().route(event).target_id == "a"

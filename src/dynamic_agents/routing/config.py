@@ -21,6 +21,7 @@ the file, the line and the path (``discord.routing.rules[1].content_pattern``).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Self
@@ -29,6 +30,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dynamic_agents.events import Target, TargetType
+from dynamic_agents.events._types import SOURCE_PATTERN
 from dynamic_agents.exceptions import RoutingConfigError
 from dynamic_agents.routing.router import EventRouter
 from dynamic_agents.routing.rules import RoutingRule
@@ -114,16 +116,17 @@ class RoutingConfig(BaseModel):
         """A rule under an interface applies to that source."""
         scoped = {}
         written: dict[str, str] = {}
-        for source, interface in interfaces.items():
-            if source.lower() in written:
-                raise ValueError(_given_twice(written[source.lower()], source))
-            written[source.lower()] = source
+        for name, interface in interfaces.items():
+            source = _source(name)
+            if source in written:
+                raise ValueError(_given_twice(written[source], name))
+            written[source] = name
             rules = tuple(
-                rule if rule.source is not None else rule.model_copy(update={"source": source.lower()})
+                rule if rule.source is not None else rule.model_copy(update={"source": source})
                 for rule in interface.routing.rules
             )
             routing = interface.routing.model_copy(update={"rules": rules})
-            scoped[source.lower()] = interface.model_copy(update={"routing": routing})
+            scoped[source] = interface.model_copy(update={"routing": routing})
         return scoped
 
     # -- loading ----------------------------------------------------------------------------------
@@ -191,14 +194,15 @@ class RoutingConfig(BaseModel):
         interfaces = {k: v for k, v in data.items() if not str(k).startswith("default_")}
         written: dict[str, object] = {}
         for name in interfaces:
-            if str(name).lower() in written:
-                raise RoutingConfigError(
-                    _given_twice(written[str(name).lower()], name),
-                    source=source,
-                    line=lines.get((str(name),)),
-                    path=str(name),
-                )
-            written[str(name).lower()] = name
+            try:
+                key = _source(str(name))
+            except ValueError as error:
+                problem = str(error)
+            else:
+                problem = _given_twice(written[key], name) if key in written else ""
+                written[key] = name
+            if problem:
+                raise RoutingConfigError(problem, source=source, line=lines.get((str(name),)), path=str(name))
         try:
             top = _default_target({k: v for k, v in data.items() if str(k).startswith("default_")})
             config = cls.model_validate({"interfaces": interfaces, **top})
@@ -223,6 +227,17 @@ class RoutingConfig(BaseModel):
             default=self.default,
             **options,
         )
+
+
+def _source(name: str) -> str:
+    """An interface's name as the source its events have (stripped, in lower case)."""
+    source = name.strip().lower()
+    if not re.fullmatch(SOURCE_PATTERN, source):
+        raise ValueError(
+            f"interface {name!r} is not a platform name, so no event can have it as its source: a "
+            "letter, then letters, digits, '_', '.' or '-' (at most 64), read in lower case"
+        )
+    return source
 
 
 def _given_twice(first: object, second: object) -> str:
@@ -285,7 +300,7 @@ def _check_rule_names(
 
 def _written_keys(lines: Mapping[_Path, int]) -> dict[str, str | int]:
     """The top-level keys as written in the file, by the name the config reads them as."""
-    return {str(path[0]).lower(): path[0] for path in lines if path}
+    return {str(path[0]).strip().lower(): path[0] for path in lines if path}
 
 
 def _place(source: str, line: int | None) -> str:
