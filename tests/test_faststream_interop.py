@@ -177,3 +177,25 @@ async def test_codec_envelope_with_reply_to_equals_faststream() -> None:
         ("reply_to", reply_to),
         ("traceparent", TRACEPARENT),
     ]
+
+
+@pytest.mark.parametrize("value", ["Zoë", "héllo — 🌦", "é", "éa"])
+async def test_an_envelope_with_non_ascii_headers_from_faststream_is_read(value: str) -> None:
+    """FastStream 0.7's writer stores a header string's character count where its byte count
+    belongs (its own reader then fails on it). The body offset is right, so the codec reads such an
+    envelope by characters instead of dead-lettering what a FastStream peer published."""
+    event = make_request()
+    headers = {"x-user": value, "traceparent": TRACEPARENT, value: "key"}
+    envelope = await BinaryMessageFormatV1.encode(
+        message=event.model_dump(mode="json"), reply_to="rpc", headers=headers, correlation_id="c-1"
+    )
+    decoded = EventCodec().decode_envelope(envelope, AgentRequestEvent)
+    assert decoded.event == event
+    assert dict(decoded.headers) == {
+        "correlation_id": "c-1",
+        "content-type": "application/json",
+        "reply_to": "rpc",
+        **headers,
+    }
+    entry = EventCodec().decode_entry({DATA_FIELD.encode(): envelope}, AgentRequestEvent)
+    assert entry.headers == decoded.headers

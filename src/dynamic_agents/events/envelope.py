@@ -11,6 +11,8 @@ Layout (all integers big-endian)::
 A reader follows the offsets (FastStream writes ``headers_start = 18`` but a reader must not assume
 it). Header keys and values are written as ASCII only: FastStream's own writer stores the character
 count of a string instead of its byte count, so non-ASCII headers would not read back on its side.
+Such an envelope from a FastStream peer is still read: when the byte counts do not fit, the lengths
+are read as character counts.
 """
 
 from __future__ import annotations
@@ -148,7 +150,39 @@ def _read_headers(data: bytes, offset: int, data_start: int) -> dict[str, str]:
             raise ValueError("past the headers")
         headers[data[offset + 2 : key_end].decode("utf-8")] = data[key_end + 2 : end].decode("utf-8")
         offset = end
+    if offset != data_start:  # a gap: maybe lengths FastStream counted in characters (checked path)
+        raise ValueError("the headers end before the body")
     return headers
+
+
+def _read_headers_by_characters(data: bytes, offset: int, data_start: int) -> dict[str, str] | None:
+    """The headers read with each length a count of *characters*, as FastStream 0.7's writer stores
+    it (``len(str)``, not the UTF-8 byte count) — or ``None`` unless that reading ends exactly
+    where the body starts (the body offset FastStream writes is right)."""
+    (count,) = _U16.unpack_from(data, offset)
+    offset += 2
+    strings: list[str] = []
+    for _ in range(2 * count):
+        if offset + 2 > data_start:
+            return None
+        (characters,) = _U16.unpack_from(data, offset)
+        offset += 2
+        end = offset
+        for _ in range(characters):  # one UTF-8 sequence per character, its length from its lead byte
+            if end >= data_start:
+                return None
+            lead = data[end]
+            end += 1 if lead < 0x80 else 2 if lead < 0xE0 else 3 if lead < 0xF0 else 4
+        if end > data_start:
+            return None
+        try:
+            strings.append(data[offset:end].decode("utf-8"))
+        except UnicodeDecodeError:
+            return None
+        offset = end
+    if offset != data_start:
+        return None
+    return dict(zip(strings[::2], strings[1::2], strict=True))
 
 
 def _decode_envelope_checked(data: bytes) -> Envelope:
@@ -194,9 +228,18 @@ def _decode_envelope_checked(data: bytes) -> Envelope:
     (count,) = _U16.unpack_from(view, headers_start)
     offset += _U16.size
     headers: dict[str, str] = {}
-    for index in range(count):
-        key = read_string(f"header {index} name")
-        headers[key] = read_string(f"header {key!r} value")
+    try:
+        for index in range(count):
+            key = read_string(f"header {index} name")
+            headers[key] = read_string(f"header {key!r} value")
+    except EnvelopeError:
+        # FastStream 0.7 writes non-ASCII header strings with their character count as length
+        miscounted = _read_headers_by_characters(data, headers_start, data_start)
+        if miscounted is None:
+            raise
+        return Envelope(body=data[data_start:], headers=miscounted)
+    if offset != data_start:  # a gap before the body: the same miscount can end up here
+        headers = _read_headers_by_characters(data, headers_start, data_start) or headers
     return Envelope(body=data[data_start:], headers=headers)
 
 
