@@ -88,6 +88,16 @@ def test_a_schema_version_with_a_trailing_newline_or_non_ascii_digits_is_refused
         request(schema_version=version)
 
 
+@pytest.mark.parametrize("metadata", ["oops", [1, 2], 5])
+def test_the_seed_shape_with_metadata_that_is_not_an_object_is_refused_not_dropped(metadata: object) -> None:
+    """In the model's own shape such ``metadata`` is a validation error; in the seed's shape it was
+    replaced by ``{}`` without a word."""
+    seed = {"source": "discord", "channel_id": "1", "guild_id": "9", "user_id": "u", "content": "x"}
+    with pytest.raises(ValidationError) as caught:
+        AgentRequestEvent.model_validate({**seed, "metadata": metadata})
+    assert [error["loc"] for error in caught.value.errors()] == [("metadata",)]
+
+
 def test_seed_publish_example_maps_onto_the_request() -> None:
     # The seed's first example (agno-interfaces publishing to agent:requests).
     seed = {

@@ -258,12 +258,14 @@ def _normalise_request_fields(data: dict[str, Any]) -> dict[str, Any]:
     needs_mapping = "source_id" not in data and any(key in data for key in _CHANNEL_KEYS)
     if needs_mapping:
         data = dict(data)
-        metadata = data.get("metadata")
-        metadata = dict(metadata) if isinstance(metadata, dict) else {}
         for key in _CHANNEL_KEYS:
             if key in data:
                 data["source_id"] = data.pop(key)
                 break
+        metadata = data.get("metadata")
+        if metadata is not None and not isinstance(metadata, dict):
+            return data  # not an object: left as it is for validation to name (not replaced by {})
+        metadata = dict(metadata or {})
         if "type" in data:
             metadata.setdefault("event_type", data.pop("type"))
         if "guild_id" in data:
