@@ -98,6 +98,25 @@ def test_the_seed_shape_with_metadata_that_is_not_an_object_is_refused_not_dropp
     assert [error["loc"] for error in caught.value.errors()] == [("metadata",)]
 
 
+def test_the_seed_shape_keeps_type_and_guild_id_when_metadata_has_its_own() -> None:
+    """``type`` and ``guild_id`` move into ``metadata`` unless it holds ``event_type`` /
+    ``guild_id`` already; then they were popped and lost. Nothing is dropped: they stay at the top
+    level (kept with the unknown fields)."""
+    event = AgentRequestEvent.model_validate(
+        {
+            "type": "discord.message",
+            "source": "discord",
+            "channel_id": "1",
+            "guild_id": "from-top",
+            "user_id": "u",
+            "content": "x",
+            "metadata": {"event_type": "edited", "guild_id": "from-metadata"},
+        }
+    )
+    assert event.metadata == {"event_type": "edited", "guild_id": "from-metadata"}
+    assert event.model_extra == {"type": "discord.message", "guild_id": "from-top"}
+
+
 def test_seed_publish_example_maps_onto_the_request() -> None:
     # The seed's first example (agno-interfaces publishing to agent:requests).
     seed = {

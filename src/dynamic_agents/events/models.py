@@ -266,10 +266,11 @@ def _normalise_request_fields(data: dict[str, Any]) -> dict[str, Any]:
         if metadata is not None and not isinstance(metadata, dict):
             return data  # not an object: left as it is for validation to name (not replaced by {})
         metadata = dict(metadata or {})
-        if "type" in data:
-            metadata.setdefault("event_type", data.pop("type"))
-        if "guild_id" in data:
-            metadata.setdefault("guild_id", data.pop("guild_id"))
+        # moved only where metadata has no value of its own: else kept at the top level, not lost
+        if "type" in data and "event_type" not in metadata:
+            metadata["event_type"] = data.pop("type")
+        if "guild_id" in data and "guild_id" not in metadata:
+            metadata["guild_id"] = data.pop("guild_id")
         for key in _LIFTED_FROM_METADATA:
             if key in metadata and data.get(key) is None:
                 data[key] = metadata.pop(key)
