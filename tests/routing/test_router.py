@@ -283,3 +283,18 @@ def test_a_condition_no_event_can_meet_is_refused(conditions: dict[str, Any], fi
     (error,) = caught.value.errors()
     assert error["loc"][0] == field
     assert "no event" in error["msg"]
+
+
+@pytest.mark.parametrize(
+    "pattern", [r"(\p{L}+)+$", r"(?:\X+)+$", r"([\p{L}\d]+)*!", r"(\pL+)+$", r"(\P{Lu}*)*x"]
+)
+def test_nesting_is_refused_in_patterns_with_regex_only_escapes(pattern: str) -> None:
+    """``\\p{L}`` and ``\\X`` exist only in the ``regex`` engine: the stdlib parser used for the
+    check failed on them, and the nesting went unchecked."""
+    with pytest.raises(UnsafePatternError, match="nests an unbounded quantifier"):
+        check_pattern(pattern)
+
+
+@pytest.mark.parametrize("pattern", [r"\p{L}+", r"[\p{L}\d]+-\X", r"\\p{L}", r"\\\p{Lu}+"])
+def test_patterns_with_regex_only_escapes_are_still_accepted(pattern: str) -> None:
+    check_pattern(pattern)

@@ -70,6 +70,17 @@ def _nested(op: Any, argument: Any, check: Any) -> bool:
     return False
 
 
+_REGEX_ONLY_ESCAPE: Final = re.compile(r"\\\\|\\[pP](?:\{[^{}]*\}|[A-Za-z])|\\X")
+"""An escaped backslash (kept), or an escape only the ``regex`` engine knows: ``\\p{L}``,
+``\\PL``, ``\\X`` (a grapheme)."""
+
+
+def _for_the_stdlib(match: re.Match[str]) -> str:
+    """A stand-in the stdlib parser reads, matching one character like the escape it replaces: the
+    check looks at the pattern's structure, which the stand-in keeps."""
+    return match[0] if match[0] == "\\\\" else "\\w"
+
+
 def check_pattern(pattern: str) -> None:
     """Raise :class:`UnsafePatternError` for a pattern that does not compile or nests unbounded
     quantifiers (``(a+)+``)."""
@@ -78,7 +89,7 @@ def check_pattern(pattern: str) -> None:
     except regex.error as error:
         raise UnsafePatternError(f"pattern {pattern!r} does not compile: {error}") from None
     try:
-        parsed = sre_parse.parse(pattern)
+        parsed = sre_parse.parse(_REGEX_ONLY_ESCAPE.sub(_for_the_stdlib, pattern))
     except re.error:
         return  # syntax only the regex engine knows: the timeout still bounds it
     if _nested_unbounded(parsed):
