@@ -328,3 +328,18 @@ def test_an_interface_name_is_read_as_events_read_a_source() -> None:
     assert set(config.interfaces) == {"discord"}
     event = AgentRequestEvent(source="discord", source_id="c", user_id="u", content="x")
     assert config.router().route(event).target_id == "a"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("discord:\n  x: " + "[" * 1000 + "]" * 1000 + "\n", "nested too deeply"),
+        ("discord: {}\n\x00\n", "not valid YAML"),
+    ],
+)
+def test_yaml_the_reader_cannot_take_is_a_config_error(text: str, message: str) -> None:
+    """Deep nesting raised ``RecursionError`` out of the YAML composer, and a control character
+    a ``ReaderError`` from creating the loader, outside the error translation."""
+    with pytest.raises(RoutingConfigError, match=message) as caught:
+        RoutingConfig.from_yaml(text, source="odd.yaml")
+    assert caught.value.source == "odd.yaml"

@@ -309,7 +309,10 @@ def _place(source: str, line: int | None) -> str:
 
 def _load_yaml(text: str, source: str) -> tuple[Any, dict[_Path, int]]:
     """The data, and the 1-based line of every mapping value and sequence item by path."""
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)  # the reader refuses control characters here already
+    except yaml.YAMLError as error:
+        raise _yaml_error(error, source) from None
     try:
         node = loader.get_single_node()
         if node is None:
@@ -317,10 +320,10 @@ def _load_yaml(text: str, source: str) -> tuple[Any, dict[_Path, int]]:
         _refuse_repeated_keys(node, source)
         data = loader.construct_document(node)
     except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
+        raise _yaml_error(error, source) from None
+    except RecursionError:  # the composer recurses once per level of nesting
         raise RoutingConfigError(
-            f"not valid YAML: {getattr(error, 'problem', error)}", source=source, line=line
+            "nested too deeply for the YAML reader (lists or mappings inside each other)", source=source
         ) from None
     finally:
         loader.dispose()
@@ -351,6 +354,12 @@ def _load_yaml(text: str, source: str) -> tuple[Any, dict[_Path, int]]:
 
     walk(node, ())
     return data, lines
+
+
+def _yaml_error(error: yaml.YAMLError, source: str) -> RoutingConfigError:
+    mark = getattr(error, "problem_mark", None)
+    line = mark.line + 1 if mark is not None else None
+    return RoutingConfigError(f"not valid YAML: {getattr(error, 'problem', error)}", source=source, line=line)
 
 
 def _refuse_repeated_keys(node: yaml.Node, source: str) -> None:
