@@ -343,3 +343,23 @@ def test_yaml_the_reader_cannot_take_is_a_config_error(text: str, message: str) 
     with pytest.raises(RoutingConfigError, match=message) as caught:
         RoutingConfig.from_yaml(text, source="odd.yaml")
     assert caught.value.source == "odd.yaml"
+
+
+@pytest.mark.parametrize(
+    ("text", "path"),
+    [
+        (
+            "discord:\n  routing:\n    rules:\n      - name: r\n        user_id: u\n"
+            "        target: {type: agent, id: a, priority: 10}\n",
+            "discord.routing.rules[0].target",
+        ),
+        ("discord:\n  routing:\n    default: {type: agent, id: a, ttl: 5}\n", "discord.routing.default"),
+    ],
+)
+def test_an_unknown_key_in_a_target_is_refused_not_ignored(text: str, path: str) -> None:
+    """A target is a type and an id: ``priority`` written inside it was dropped without a word,
+    and the rule kept priority 0."""
+    with pytest.raises(RoutingConfigError) as caught:
+        RoutingConfig.from_yaml(text)
+    assert caught.value.path.startswith(path)
+    assert "priority" in str(caught.value) or "ttl" in str(caught.value)

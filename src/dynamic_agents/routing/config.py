@@ -33,7 +33,7 @@ from dynamic_agents.events import Target, TargetType
 from dynamic_agents.events._types import SOURCE_PATTERN
 from dynamic_agents.exceptions import RoutingConfigError
 from dynamic_agents.routing.router import EventRouter
-from dynamic_agents.routing.rules import RoutingRule
+from dynamic_agents.routing.rules import ConfigTarget, RoutingRule
 
 if TYPE_CHECKING:
     from dynamic_agents.secrets import SecretsManager
@@ -68,7 +68,7 @@ class SessionSettings(BaseModel):
 class InterfaceRouting(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    default: Target | None = None
+    default: ConfigTarget | None = None
     rules: tuple[RoutingRule, ...] = ()
 
     _defaults = model_validator(mode="before")(_default_target)
@@ -108,7 +108,7 @@ class RoutingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     interfaces: dict[str, InterfaceConfig] = Field(default_factory=dict)
-    default: Target | None = None
+    default: ConfigTarget | None = None
 
     @field_validator("interfaces")
     @classmethod

@@ -4,17 +4,31 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any, Self
+from typing import Annotated, Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from dynamic_agents.events import AgentRequestEvent, Target, TargetType
 from dynamic_agents.events._types import SOURCE_PATTERN
 from dynamic_agents.routing.patterns import SafePattern, UnsafePatternError
 
-__all__ = ["MetadataValue", "RoutingRule"]
+__all__ = ["ConfigTarget", "MetadataValue", "RoutingRule"]
 
 MetadataValue = str | int | float | bool | None
+
+
+def _only_type_and_id(value: Any) -> Any:
+    """In configuration a target is a type and an id; another key (``priority`` nested one level
+    too deep, say) would be ignored by the wire model, silently."""
+    if isinstance(value, Mapping):
+        unknown = sorted(str(key) for key in value if key not in {"type", "id"})
+        if unknown:
+            raise ValueError(f"a target has only 'type' and 'id'; unknown: {', '.join(map(repr, unknown))}")
+    return value
+
+
+ConfigTarget = Annotated[Target, BeforeValidator(_only_type_and_id)]
+"""A :class:`Target` read from configuration: unknown keys are refused, not ignored."""
 
 
 class RoutingRule(BaseModel):
@@ -43,7 +57,7 @@ class RoutingRule(BaseModel):
     user_ids: frozenset[str] | None = None
     content_pattern: str | None = None
     metadata_match: Mapping[str, MetadataValue | tuple[MetadataValue, ...]] = Field(default_factory=dict)
-    target: Target
+    target: ConfigTarget
 
     @model_validator(mode="before")
     @classmethod
