@@ -137,6 +137,21 @@ def test_ten_mib_body_is_refused_before_parsing() -> None:
         CODEC.decode_entry({"__data__": encode_envelope(huge, {})}, AgentRequestEvent)
 
 
+def test_the_size_limit_counts_bytes_for_text_input_too() -> None:
+    """``max_size`` is in bytes, as the docs say; a ``str`` body or a flat entry of ``str`` fields
+    was measured in characters, so four-byte characters passed at four times the limit."""
+    codec = EventCodec(max_size=1000)
+    body = json.dumps(valid_body(user_name="🌦" * 400), ensure_ascii=False)
+    assert len(body) < 1000 < len(body.encode())
+    with pytest.raises(EventTooLargeError) as caught:
+        codec.decode_json(body, AgentRequestEvent)
+    assert caught.value.size == len(body.encode())
+    flat = {"source": "discord", "source_id": "1", "user_id": "u", "content": "🌦" * 400}
+    with pytest.raises(EventTooLargeError):
+        codec.decode_entry(flat, AgentRequestEvent)
+    assert codec.decode_json(json.dumps(valid_body(user_name="é" * 10)), AgentRequestEvent).user_name
+
+
 def test_content_over_the_limit_is_refused_both_ways() -> None:
     codec = EventCodec(max_content_length=10)
     long = AgentRequestEvent.model_validate(valid_body(content="x" * 11))

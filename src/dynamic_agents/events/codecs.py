@@ -118,7 +118,7 @@ class EventCodec:
 
     def decode_json(self, data: bytes | str, model: type[E]) -> E:
         """Parse and validate JSON into ``model``; raises an :class:`EventError` subclass."""
-        self._check_size("event body", len(data))
+        self._check_size("event body", _byte_length(data))
         try:
             validate_json = _JSON_VALIDATORS.get(model)
             if validate_json is not None:
@@ -195,7 +195,7 @@ class EventCodec:
             self._check_size("stream entry", len(data))
             return self._decode_body(read_entry_data(data), model)
         flat = {_text(key): _text(value) for key, value in fields.items()}
-        self._check_size("stream entry", sum(len(k) + len(v) for k, v in flat.items()))
+        self._check_size("stream entry", sum(_byte_length(k) + _byte_length(v) for k, v in fields.items()))
         try:
             event = model.model_validate(flat)
         except ValidationError as error:
@@ -234,6 +234,13 @@ def _field(fields: Mapping[bytes, bytes] | Mapping[str, str], name: str) -> byte
         if _text(key) == name:
             return value if isinstance(value, bytes) else value.encode()
     return None
+
+
+def _byte_length(data: bytes | str) -> int:
+    """The size in bytes ``max_size`` bounds: a ``str`` as UTF-8 (up to four bytes a character)."""
+    if isinstance(data, bytes) or data.isascii():
+        return len(data)
+    return len(data.encode("utf-8", "surrogatepass"))
 
 
 def _text(value: bytes | str) -> str:
