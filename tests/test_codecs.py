@@ -269,6 +269,17 @@ def test_legacy_json_envelope_and_bare_body_are_read() -> None:
     assert CODEC.decode_entry({"__data__": body}, AgentRequestEvent).event == event
 
 
+def test_a_null_header_in_a_legacy_envelope_is_absent_not_the_text_null() -> None:
+    """``"reply_to": null`` read as the text ``"null"``: the worker would then PUBLISH its reply
+    to a channel called ``null``. FastStream's reader keeps ``None`` (no reply): so does this one."""
+    event = AgentRequestEvent.model_validate(valid_body())
+    body = CODEC.encode_json(event).decode()
+    legacy = json.dumps({"data": body, "headers": {"correlation_id": "c", "reply_to": None}}).encode()
+    message = CODEC.decode_entry({"__data__": legacy}, AgentRequestEvent)
+    assert message.reply_to is None
+    assert dict(message.headers) == {"correlation_id": "c"}
+
+
 @pytest.mark.parametrize(
     ("envelope", "where"),
     [

@@ -267,6 +267,8 @@ def read_entry_data(data: bytes) -> Envelope:
         ):
             headers: dict[str, str] = {}
             for key, value in parsed.get("headers", {}).items():
+                if value is None:  # absent, as FastStream reads it (not a reply_to channel "null")
+                    continue
                 text = value if isinstance(value, str) else json.dumps(value)
                 _legacy_utf8("a header name", str(key))
                 _legacy_utf8(f"header {key!r}", text)
