@@ -298,3 +298,11 @@ def test_nesting_is_refused_in_patterns_with_regex_only_escapes(pattern: str) ->
 @pytest.mark.parametrize("pattern", [r"\p{L}+", r"[\p{L}\d]+-\X", r"\\p{L}", r"\\\p{Lu}+"])
 def test_patterns_with_regex_only_escapes_are_still_accepted(pattern: str) -> None:
     check_pattern(pattern)
+
+
+@pytest.mark.parametrize("priority", [True, False])
+def test_a_boolean_priority_is_refused(priority: bool) -> None:
+    """YAML reads ``priority: yes`` as ``True``, which pydantic took as 1: a rule silently ranked."""
+    with pytest.raises(ValidationError) as caught:
+        rule("r", source="discord", priority=priority)
+    assert caught.value.errors()[0]["loc"] == ("priority",)

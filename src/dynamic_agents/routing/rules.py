@@ -90,6 +90,13 @@ class RoutingRule(BaseModel):
             data["metadata_match"] = metadata
         return data
 
+    @field_validator("priority", mode="before")
+    @classmethod
+    def _not_a_boolean(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # YAML's "yes" / "on": pydantic would take it as 1
+            raise ValueError(f"priority must be an integer (higher is tried first), got {value!r}")  # noqa: TRY004 (pydantic reports ValueError only)
+        return value
+
     @field_validator("metadata_match", mode="before")
     @classmethod
     def _lists_to_tuples(cls, value: Any) -> Any:
