@@ -238,7 +238,7 @@ def test_limits_must_be_integers(limits: dict[str, object]) -> None:
     """``max_size=nan`` passed the positivity check and then turned the size limit off (no size
     compares greater than NaN); a string raised a bare ``TypeError``."""
     (name,) = limits
-    with pytest.raises(ConfigurationError, match=f"^{name} must be a positive integer, got"):
+    with pytest.raises(ConfigurationError, match=f"^{name} must be a whole number > 0, got"):
         EventCodec(**limits)  # type: ignore[arg-type]
 
 

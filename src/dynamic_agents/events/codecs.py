@@ -14,6 +14,7 @@ from typing import Any, Final, Generic, TypeVar
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails, PydanticSerializationError, to_json
 
+from dynamic_agents._validation import check_count
 from dynamic_agents.events.envelope import (
     DATA_FIELD,
     Envelope,
@@ -24,7 +25,6 @@ from dynamic_agents.events.envelope import (
 )
 from dynamic_agents.events.models import AgentRequestEvent, WireModel, validate_request_json
 from dynamic_agents.exceptions import (
-    ConfigurationError,
     DecodeError,
     EnvelopeError,
     EventTooLargeError,
@@ -94,11 +94,8 @@ class EventCodec:
         max_size: int = DEFAULT_MAX_SIZE,
         max_content_length: int = DEFAULT_MAX_CONTENT_LENGTH,
     ) -> None:
-        for name, value in (("max_size", max_size), ("max_content_length", max_content_length)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:  # NaN: no limit at all
-                raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")
-        self.max_size = max_size
-        self.max_content_length = max_content_length
+        self.max_size = check_count("max_size", max_size)  # NaN would be no limit at all
+        self.max_content_length = check_count("max_content_length", max_content_length)
 
     def __repr__(self) -> str:
         return f"EventCodec(max_size={self.max_size}, max_content_length={self.max_content_length})"

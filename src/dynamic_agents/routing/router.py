@@ -15,15 +15,15 @@ from __future__ import annotations
 import functools
 import heapq
 import inspect
-import math
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Collection, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
 from dynamic_agents._logging import get_logger
+from dynamic_agents._validation import check_count, check_seconds
 from dynamic_agents.events import AgentRequestEvent, Target, TargetType
-from dynamic_agents.exceptions import ConfigurationError, NoRouteError, RoutingConfigError
+from dynamic_agents.exceptions import NoRouteError, RoutingConfigError
 from dynamic_agents.routing.patterns import SafePattern
 from dynamic_agents.routing.rules import RoutingRule, metadata_matches
 
@@ -176,7 +176,9 @@ class EventRouter:
         max_content_chars: int = DEFAULT_MAX_CONTENT_CHARS,
         pattern_timeout: float = DEFAULT_PATTERN_TIMEOUT,
     ) -> None:
-        _check_limits(max_content_chars, pattern_timeout)
+        # how many characters of the content patterns see, and how long one pattern may run
+        max_content_chars = check_count("max_content_chars", max_content_chars)
+        pattern_timeout = check_seconds("pattern_timeout", pattern_timeout)
         self.rules = tuple(rules)
         names = [rule.name for rule in self.rules]
         duplicates = sorted({name for name in names if names.count(name) > 1})
@@ -283,22 +285,6 @@ class EventRouter:
         raise NoRouteError(
             f"no route for {event.source}:{event.source_id} (request {event.id}): no rule matched and "
             f"no default is configured for source {event.source!r} or globally"
-        )
-
-
-def _check_limits(max_content_chars: object, pattern_timeout: object) -> None:
-    if isinstance(max_content_chars, bool) or not isinstance(max_content_chars, int) or max_content_chars < 1:
-        raise ConfigurationError(
-            "max_content_chars must be a positive integer (how many characters of the content "
-            f"patterns see), got {max_content_chars!r}"
-        )
-    if (
-        isinstance(pattern_timeout, bool)
-        or not isinstance(pattern_timeout, int | float)
-        or not 0 < pattern_timeout < math.inf  # NaN fails this too
-    ):
-        raise ConfigurationError(
-            f"pattern_timeout must be a positive, finite number of seconds, got {pattern_timeout!r}"
         )
 
 
