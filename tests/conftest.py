@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("AGNO_TELEMETRY", "false")
 
-# "ci" is fixed (derandomised, no deadline: shared machines are noisy); "dev" explores more.
+# "ci" is fixed (derandomised); "dev" explores more. Neither has a deadline or a "too slow" check:
+# shared machines are noisy, and a loaded one makes any example slow.
 settings.register_profile(
     "ci",
     derandomize=True,
@@ -33,7 +34,9 @@ settings.register_profile(
     print_blob=True,
     suppress_health_check=[HealthCheck.too_slow],
 )
-settings.register_profile("dev", max_examples=200, deadline=None)
+settings.register_profile(
+    "dev", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
 

@@ -62,6 +62,19 @@ async def test_a_thousand_concurrent_requests_over_sixteen_reply_streams(
         return await last_entry_id(stream)
 
     monkeypatch.setattr(transport, "last_entry_id", starting_a_reader)
+    # Every call waits before any is published: no stream's waiters can all be answered (and its
+    # reader stop, rightly) while others are still to come, however the machine schedules them.
+    publish, all_waiting, held = transport.publish, asyncio.Event(), 0
+
+    async def once_all_wait(stream: str, event: Any, **options: Any) -> str:
+        nonlocal held
+        held += 1
+        if held == 1000:
+            all_waiting.set()
+        await all_waiting.wait()
+        return await publish(stream, event, **options)
+
+    monkeypatch.setattr(transport, "publish", once_all_wait)
     async with AgentClient(transport, block=0.05) as client:
 
         async def ask(n: int) -> AgentResponseEvent:

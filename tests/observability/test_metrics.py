@@ -19,7 +19,7 @@ from dynamic_agents.transports import InMemoryTransport, Subscription
 from dynamic_agents.worker import AgentWorker
 from tests.observability.conftest import hooked_worker
 from tests.support.waiting import wait_until
-from tests.worker.conftest import request_event
+from tests.worker.conftest import FAST, request_event
 
 
 def metrics(reader: InMemoryMetricReader) -> dict[str, Metric]:
@@ -179,7 +179,7 @@ async def test_dead_lettered_and_redelivered(
     await transport.publish(transport.names.requests, request_event(transport.names))
     crashed = Subscription(transport.names.requests, "dynamic-agents", "crashed", AgentRequestEvent, block=0)
     assert len(await transport.read(crashed, 1)) == 1  # a worker that died holding it
-    await run_with(transport, hooks, max_deliveries=1).run_until_idle()
+    await run_with(transport, hooks, max_deliveries=1, **FAST).run_until_idle()  # reclaims it
     assert outcomes(metric_reader) == {"dead_lettered": 1}
     stream = (("messaging.destination.name", transport.names.requests),)
     assert points(metric_reader, "dynamic_agents.worker.dead_letters")[stream].value == 1
