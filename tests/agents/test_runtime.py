@@ -167,6 +167,22 @@ async def test_a_workflow_with_parallel_condition_and_loop() -> None:
     assert rt.models.models["gpt"].remaining == 0  # type: ignore[attr-defined]
 
 
+async def test_a_kind_given_as_text_is_read_as_the_kind() -> None:
+    """The stores take ``"agent"`` for ``SpecKind.AGENT``; so does the runtime (a str passed as a
+    cache key, then failed on ``kind.value``, and ``"workflow"`` was not run as a workflow)."""
+    rt = runtime({"gpt": ["hello", "again"]})
+    await rt.agents.create(AgentSpec.from_dict({"id": "writer", "model": "gpt"}))
+    first = await rt.execute("agent", "writer", "hi", session_id="s1")  # type: ignore[arg-type]
+    assert (first.status, first.content) == (ResponseStatus.COMPLETED, "hello")
+    assert (await rt.current("agent", "writer")).id == "writer"  # type: ignore[arg-type]
+    rt.forget("agent", "writer")  # type: ignore[arg-type]
+    assert (await rt.execute(SpecKind.AGENT, "writer", "hi", session_id="s1")).content == "again"
+    with pytest.raises(
+        ConfigurationError, match=r"^kind must be one of 'agent', 'team', 'workflow', got 'robot'$"
+    ):
+        await rt.execute("robot", "writer", "hi", session_id="s1")  # type: ignore[arg-type]
+
+
 async def test_structured_output() -> None:
     rt = runtime({"gpt": ['{"title": "Printer on fire", "priority": 1}']})
     await rt.agents.create(AgentSpec.from_dict({"id": "triage", "model": "gpt", "output_schema": "Ticket"}))

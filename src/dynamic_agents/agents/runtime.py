@@ -109,6 +109,7 @@ class AgentRuntime:
 
     async def current(self, kind: SpecKind, spec_id: str) -> SpecBase:
         """The spec as stored now (at most ``max_staleness`` seconds old)."""
+        kind = SpecKind.of(kind)  # "agent" as well: a str would pass as a key, not as a kind
         key = (kind, spec_id)
         cached = self._cache.get(key)
         now = self._clock()
@@ -130,13 +131,13 @@ class AgentRuntime:
         return spec
 
     def forget(self, kind: SpecKind, spec_id: str) -> None:
-        self._cache.pop((kind, spec_id), None)
+        self._cache.pop((SpecKind.of(kind), spec_id), None)
 
     # -- building -----------------------------------------------------------------------------------
 
     async def build(self, kind: SpecKind, spec_id: str, *, user_id: str | None = None) -> Any:
         """A fresh agno object for the spec (members and steps built fresh too)."""
-        spec = await self.current(kind, spec_id)
+        spec = await self.current(SpecKind.of(kind), spec_id)
         if not spec.active:
             raise SpecValidationError(f"{spec.ref} is disabled", spec=spec.ref, path="status")
 
@@ -175,6 +176,7 @@ class AgentRuntime:
     ) -> ExecutionResult:
         """Run the target once. Failures of the run are results (status ``error`` / ``timeout``);
         an unknown or disabled target raises."""
+        kind = SpecKind.of(kind)  # "workflow" as a str would not be run as a workflow
         target = await self.build(kind, spec_id, user_id=user_id)
         run_kwargs: dict[str, Any] = {
             "session_id": agno_session_id(kind, spec_id, session_id),
