@@ -215,6 +215,31 @@ async def test_responses_are_consumed_with_ack(redis_url: str, names: StreamName
 
 
 @pytest.mark.redis
+async def test_a_response_left_unacked_comes_back_after_claim_min_idle(
+    redis_url: str, names: StreamNames
+) -> None:
+    """An interface that crashed (or whose platform refused a message) before acking: another
+    consumer gets the reply once it has been idle ``claim_min_idle`` seconds."""
+    transport = RedisStreamsTransport.from_url(redis_url, names=names)
+    client = AgentClient(transport, block=0.05)
+    stream = names.responses("discord", "ch0")
+    await transport.publish(stream, AgentResponseEvent(request_id="r0", content="answer"))
+    crashed = client.responses([stream], group="discord-interface", consumer="crashed", claim_min_idle=0.3)
+    first = await anext(crashed)  # never acked
+    await crashed.aclose()
+    rescuer = client.responses([stream], group="discord-interface", consumer="rescuer", claim_min_idle=0.3)
+    again = await asyncio.wait_for(anext(rescuer), 10)
+    assert (again.event.request_id, again.entry_id) == ("r0", first.entry_id)
+    assert again.delivery_count == 2
+    await client.ack(again)
+    await rescuer.aclose()
+    assert await transport.pending(stream, "discord-interface") == []
+    with pytest.raises(ConfigurationError, match=r"^claim_min_idle must be .* > 0, got 0$"):
+        await anext(client.responses([stream], group="g", consumer="c", claim_min_idle=0))
+    await transport.aclose()
+
+
+@pytest.mark.redis
 @pytest.mark.faststream
 async def test_a_faststream_rpc_request_gets_its_reply(
     redis_url: str, names: StreamNames, running_worker: AgentWorker

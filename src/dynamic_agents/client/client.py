@@ -250,16 +250,19 @@ class AgentClient:
         group: str,
         consumer: str,
         block: float | None = None,
+        claim_min_idle: float = 60.0,
     ) -> AsyncIterator[Delivery[AgentResponseEvent]]:
         """Replies from many channels' streams through a consumer group: ``ack()`` each once the
-        platform has it (unacked ones come back after ``claim_min_idle``)."""
+        platform has it. One left unacked that long (``claim_min_idle`` seconds: its consumer
+        crashed, or the platform refused it) is delivered again, to this consumer or another."""
         if isinstance(reply_streams, str):  # a str is a sequence too: one stream per character
             raise ConfigurationError(
                 f"reply_streams must be a list of stream names, got the str {reply_streams!r}"
             )
         wait = self.block if block is None else check_seconds("block", block)
+        claim_min_idle = check_seconds("claim_min_idle", claim_min_idle)
         subscriptions = [
-            Subscription(stream, group, consumer, AgentResponseEvent, block=0, claim_min_idle=60.0)
+            Subscription(stream, group, consumer, AgentResponseEvent, block=0, claim_min_idle=claim_min_idle)
             for stream in reply_streams
         ]
         for subscription in subscriptions:
