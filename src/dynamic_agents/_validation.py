@@ -7,11 +7,14 @@ it would pass a ``value <= 0`` check and make a wait that never ends)."""
 from __future__ import annotations
 
 import math
-from typing import Literal, overload
+from enum import StrEnum
+from typing import Literal, TypeVar, overload
 
 from dynamic_agents.exceptions import ConfigurationError
 
-__all__ = ["check_count", "check_seconds"]
+__all__ = ["check_choice", "check_count", "check_seconds"]
+
+E = TypeVar("E", bound=StrEnum)
 
 
 @overload
@@ -69,3 +72,17 @@ def check_count(name: str, value: object, *, minimum: int = 1, optional: bool = 
         alternative = " (or None)" if optional else ""
         raise ConfigurationError(f"{name} must be a whole number {bound}{alternative}, got {value!r}")
     return value
+
+
+def check_choice(name: str, value: object, choices: type[E]) -> E:
+    """``value`` as a member of ``choices`` (its text accepted, as YAML and the environment give it),
+    else a :class:`ConfigurationError` naming the setting, the value and the valid ones."""
+    if isinstance(value, choices):
+        return value
+    if isinstance(value, str):
+        try:
+            return choices(value)
+        except ValueError:
+            pass
+    valid = ", ".join(repr(choice.value) for choice in choices)
+    raise ConfigurationError(f"{name} must be one of {valid}, got {value!r}")

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from dynamic_agents._validation import check_count, check_seconds
+from dynamic_agents._validation import check_choice, check_count, check_seconds
 from dynamic_agents.exceptions import ConfigurationError
 
 __all__ = ["SessionPolicy", "WorkerSettings"]
@@ -27,19 +27,6 @@ class SessionPolicy(StrEnum):
     REJECT = "reject"
     INTERRUPT = "interrupt"
     MERGE = "merge"
-
-
-def _policy(name: str, value: object) -> SessionPolicy:
-    """``value`` as a :class:`SessionPolicy` (its text accepted), else a ``ConfigurationError``."""
-    if isinstance(value, SessionPolicy):
-        return value
-    if isinstance(value, str):
-        try:
-            return SessionPolicy(value)
-        except ValueError:
-            pass
-    valid = ", ".join(repr(policy.value) for policy in SessionPolicy)
-    raise ConfigurationError(f"{name} must be a SessionPolicy or one of {valid}, got {value!r}")
 
 
 def _consumer_name() -> str:
@@ -117,11 +104,16 @@ class WorkerSettings:
         if not isinstance(self.policies, Mapping):
             raise ConfigurationError(f"policies must be a mapping of target to policy, got {self.policies!r}")
         # frozen: the policies given as text (YAML, environment) are stored as SessionPolicy
-        object.__setattr__(self, "session_policy", _policy("session_policy", self.session_policy))
+        object.__setattr__(
+            self, "session_policy", check_choice("session_policy", self.session_policy, SessionPolicy)
+        )
         object.__setattr__(
             self,
             "policies",
-            {target: _policy(f"policies[{target!r}]", value) for target, value in self.policies.items()},
+            {
+                target: check_choice(f"policies[{target!r}]", value, SessionPolicy)
+                for target, value in self.policies.items()
+            },
         )
         floor = self.max_deliveries * self.claim_min_idle + self.request_timeout
         if self.record_ttl < floor:

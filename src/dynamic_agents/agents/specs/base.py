@@ -11,7 +11,8 @@ from typing import Any, ClassVar, Self
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
-from dynamic_agents.exceptions import ConfigurationError, SpecValidationError
+from dynamic_agents._validation import check_choice
+from dynamic_agents.exceptions import SpecValidationError
 
 __all__ = ["SpecBase", "SpecKind", "SpecStatus", "spec_error"]
 
@@ -25,13 +26,7 @@ class SpecKind(StrEnum):
     def of(cls, value: object) -> SpecKind:
         """``value`` as a kind (``"agent"`` is :attr:`AGENT`), else a :class:`ConfigurationError`
         naming it and the valid kinds."""
-        if isinstance(value, str):  # a SpecKind is one too
-            try:
-                return cls(value)
-            except ValueError:
-                pass
-        valid = ", ".join(repr(kind.value) for kind in cls)
-        raise ConfigurationError(f"kind must be one of {valid}, got {value!r}")
+        return check_choice("kind", value, cls)
 
 
 class SpecStatus(StrEnum):
