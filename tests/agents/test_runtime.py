@@ -86,6 +86,19 @@ def runtime(scripts: dict[str, list[Any]], *, store: SpecStore | None = None, db
     return built
 
 
+def clocked_runtime(url: str, now: list[float]) -> AgentRuntime:
+    """A runtime on the SQL store at ``url`` whose clock is ``now[0]``, specs cached up to 5 s."""
+    built = AgentRuntime(
+        SqlSpecStore.from_url(url),
+        registry(),
+        ScriptedModels({"gpt": ["old answer", "new answer"]}),
+        max_staleness=5,
+        clock=lambda: now[0],
+    )
+    _RUNTIMES.append(built)
+    return built
+
+
 @pytest.fixture(autouse=True)
 async def _close_runtimes() -> AsyncIterator[None]:
     yield
@@ -751,14 +764,7 @@ async def test_a_spec_deleted_and_created_again_elsewhere_is_used_within_the_bou
     # the new spec starts again at version 1: the version alone cannot tell it from the cached one
     url = f"sqlite:///{tmp_path / 'specs.db'}"
     now = [0.0]
-    reader = AgentRuntime(
-        SqlSpecStore.from_url(url),
-        registry(),
-        ScriptedModels({"gpt": ["old answer", "new answer"]}),
-        max_staleness=5,
-        clock=lambda: now[0],
-    )
-    _RUNTIMES.append(reader)
+    reader = clocked_runtime(url, now)
     writer = runtime({"gpt": []}, store=SqlSpecStore.from_url(url))
     await writer.agents.create(AgentSpec.from_dict({"id": "bot", "model": "gpt", "instructions": "old bot"}))
     await reader.agents.execute("bot", "hi", session_id="x")
@@ -796,14 +802,7 @@ async def test_a_spec_this_runtime_creates_is_used_at_once_even_over_a_cached_on
     # once, as its own update is, not after the staleness bound.
     url = f"sqlite:///{tmp_path / 'specs.db'}"
     now = [0.0]
-    here = AgentRuntime(
-        SqlSpecStore.from_url(url),
-        registry(),
-        ScriptedModels({"gpt": ["old answer", "new answer"]}),
-        max_staleness=5,
-        clock=lambda: now[0],
-    )
-    _RUNTIMES.append(here)
+    here = clocked_runtime(url, now)
     elsewhere = runtime({"gpt": []}, store=SqlSpecStore.from_url(url))
     await here.agents.create(AgentSpec.from_dict({"id": "bot", "model": "gpt", "instructions": "old bot"}))
     await here.agents.execute("bot", "hi", session_id="x")
