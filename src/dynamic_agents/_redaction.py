@@ -61,6 +61,27 @@ REDACTOR: Final = Redactor()
 """The process-wide redactor every :class:`SecretValue` registers with."""
 
 
+CREDENTIAL_NAME_WORDS: Final = (
+    "auth",
+    "key",
+    "token",
+    "secret",
+    "password",
+    "cookie",
+    "credential",
+    "signature",
+)
+"""A setting or header whose name contains one of these (``Authorization``, ``api-key``,
+``X-Auth-Token``, ``bot_token``, ``Cookie``) holds a credential; others (``anthropic-version``,
+``X-Team``) are shown as they are."""
+
+
+def names_a_credential(name: object) -> bool:
+    """Whether a setting or header of this name holds a credential (:data:`CREDENTIAL_NAME_WORDS`)."""
+    lowered = str(name).lower()
+    return any(word in lowered for word in CREDENTIAL_NAME_WORDS)
+
+
 _CREDENTIAL_QUERY_WORDS: Final = frozenset(
     {
         "apikey",

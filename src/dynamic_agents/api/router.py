@@ -23,7 +23,7 @@ from cachetools import TTLCache
 from pydantic import BaseModel, Field, JsonValue
 
 from dynamic_agents._logging import get_logger
-from dynamic_agents._redaction import MASK, REDACTOR, masked_url
+from dynamic_agents._redaction import REDACTOR
 from dynamic_agents.agents.managers import SpecManager
 from dynamic_agents.agents.runtime import AgentRuntime
 from dynamic_agents.agents.specs import SPEC_MODELS, SpecBase, SpecKind, SpecStatus
@@ -41,7 +41,7 @@ from dynamic_agents.execution import ExecutionResult
 from dynamic_agents.llm.config import HEADER_PARAMS, SECRET_PARAMS
 from dynamic_agents.operations import DeadLetters
 from dynamic_agents.routing import EventRouter, RoutingRule
-from dynamic_agents.secrets.references import shown_reference
+from dynamic_agents.secrets.references import masked_settings
 from dynamic_agents.transports import Transport
 
 try:
@@ -190,23 +190,16 @@ def _result_json(result: ExecutionResult) -> dict[str, Any]:
     return data
 
 
-def _public_params(value: Any, key: str = "", *, secret: bool = False) -> Any:
-    """litellm params as configured, for listing: secret references as written (but a part shaped
-    like a key, pasted in place of a name, masked: :func:`shown_reference`); a credential
-    written into the config itself (``api_key: sk-…``, anything under such a key, a header value,
-    a URL's password) masked, and any known secret value redacted."""
-    secret = secret or key in SECRET_PARAMS
-    if isinstance(value, Mapping):
-        inner = secret or key in HEADER_PARAMS
-        return {name: _public_params(item, str(name), secret=inner) for name, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_public_params(item, key, secret=secret) for item in value]
-    if isinstance(value, str):
-        shown = shown_reference(value)  # a key pasted in place of a reference's name is masked
-        if shown is not None:
-            return shown
-        return MASK if secret else REDACTOR.redact(masked_url(value))
-    return value
+def _public_params(params: Mapping[str, Any]) -> Any:
+    """litellm params as configured, for listing (see :func:`masked_settings`): references as
+    written; a credential written into the config itself masked (``api_key: sk-…``, anything under
+    such a key, every header value, a URL's password), and any known secret value redacted."""
+    return masked_settings(params, _lists_a_credential, redact=True)
+
+
+def _lists_a_credential(key: object, parent: object) -> bool:
+    """Stricter than a repr: every header value is taken for a credential."""
+    return key in SECRET_PARAMS or parent in HEADER_PARAMS
 
 
 def _spec_error(error: Exception) -> HTTPException:

@@ -18,9 +18,9 @@ from typing import Any, Final, Self
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from dynamic_agents._redaction import MASK, masked_url
+from dynamic_agents._redaction import masked_url, names_a_credential
 from dynamic_agents.exceptions import ConfigurationError
-from dynamic_agents.secrets.references import shown_reference
+from dynamic_agents.secrets.references import masked_settings, shown_reference
 
 __all__ = [
     "HEADER_PARAMS",
@@ -70,26 +70,13 @@ SECRET_PARAMS: Final = frozenset(
 HEADER_PARAMS: Final = frozenset({"extra_headers", "headers"})
 """``litellm_params`` holding HTTP headers, some of which carry credentials (``Authorization``)."""
 
-_CREDENTIAL_HEADER_WORDS: Final = (
-    "auth",
-    "key",
-    "token",
-    "secret",
-    "password",
-    "cookie",
-    "credential",
-    "signature",
-)
-"""A header whose name contains one of these (``Authorization``, ``api-key``, ``X-Auth-Token``,
-``Cookie``) carries a credential; others (``anthropic-version``, ``X-Team``) are shown as they are."""
-
 
 def is_credential(key: object, parent: object = None) -> bool:
     """Whether the value under ``key`` (in the mapping under ``parent``) is a credential: a
     :data:`SECRET_PARAMS` key at any depth, or a credential-named header in :data:`HEADER_PARAMS`."""
     if key in SECRET_PARAMS:
         return True
-    return parent in HEADER_PARAMS and any(word in str(key).lower() for word in _CREDENTIAL_HEADER_WORDS)
+    return parent in HEADER_PARAMS and names_a_credential(key)
 
 
 def literal_credentials(data: Any, *, secret: bool = False, parent: object = None) -> Iterator[str]:
@@ -133,25 +120,10 @@ def _targets(value: Any) -> Any:
     return list(value) if isinstance(value, list | tuple) else value
 
 
-def _masked(data: Any, *, secret: bool = False, parent: object = None) -> Any:
-    """A copy for ``repr``: strings under a credential key (:func:`is_credential`, at any depth)
-    masked, unless they are references (``secret:…``, ``os.environ/…``), which hold no secret and
-    say where it comes from; the password of a URL's userinfo masked."""
-    if isinstance(data, str):
-        shown = shown_reference(data)
-        if shown is not None:
-            return shown
-        if secret:
-            return MASK
-        return masked_url(data) if "://" in data else data
-    if isinstance(data, Mapping):
-        return {
-            key: _masked(value, secret=secret or is_credential(key, parent), parent=key)
-            for key, value in data.items()
-        }
-    if isinstance(data, list | tuple):
-        return type(data)(_masked(item, secret=secret) for item in data)
-    return data
+def _masked(data: Any) -> Any:
+    """A copy for ``repr`` (and the derived deployment id): see :func:`masked_settings`, with
+    :func:`is_credential` saying which keys hold credentials."""
+    return masked_settings(data, is_credential)
 
 
 class DeploymentConfig(BaseModel):

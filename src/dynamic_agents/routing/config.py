@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Final, Self
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from dynamic_agents._redaction import names_a_credential
 from dynamic_agents.events import Target, TargetType
 from dynamic_agents.events._types import SOURCE_PATTERN
 from dynamic_agents.exceptions import RoutingConfigError
@@ -87,7 +88,7 @@ class InterfaceConfig(BaseModel):
         place of a reference must not reach a log line through ``repr``."""
         extra = self.model_extra or {}
         for name, value in super().__repr_args__():
-            yield name, (_masked(value, secret=_is_credential(name)) if name in extra else value)
+            yield name, (_masked(value, secret=names_a_credential(name)) if name in extra else value)
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -247,33 +248,15 @@ def _given_twice(first: object, second: object) -> str:
     )
 
 
-_CREDENTIAL_WORDS: Final = ("auth", "key", "token", "secret", "password", "cookie", "credential", "signature")
-
-
-def _is_credential(name: object) -> bool:
-    return any(word in str(name).lower() for word in _CREDENTIAL_WORDS)
-
-
 def _masked(value: Any, *, secret: bool) -> Any:
-    """A copy of a setting for ``repr``: references as written (they hold no secret; a key pasted
-    into one masked), strings under a credential-named key or shaped like a key masked, and the
-    password of a URL masked."""
+    """A copy of a setting for ``repr`` (see :func:`masked_settings`): masked under a
+    credential-named key, and wherever it is shaped like a key (a bot token pasted as a setting)."""
     # imported here: the secrets package brings httpx, which routing does not otherwise need
-    from dynamic_agents._redaction import MASK, masked_url
-    from dynamic_agents.secrets.references import looks_like_a_key, shown_reference
+    from dynamic_agents.secrets.references import masked_settings
 
-    if isinstance(value, str):
-        shown = shown_reference(value)
-        if shown is not None:
-            return shown
-        if secret or (not any(c.isspace() for c in value) and looks_like_a_key(value)):  # a key has no spaces
-            return MASK
-        return masked_url(value) if "://" in value else value
-    if isinstance(value, Mapping):
-        return {key: _masked(item, secret=secret or _is_credential(key)) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(_masked(item, secret=secret) for item in value)
-    return value
+    return masked_settings(
+        value, lambda key, _parent: names_a_credential(key), key_shaped=True, secret=secret
+    )
 
 
 def _check_rule_names(

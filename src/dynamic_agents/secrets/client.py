@@ -68,7 +68,6 @@ _ERRORS: Final[Mapping[int, type[IdentityError]]] = {
     404: IdentityNotFoundError,
     409: IdentityConflictError,
     422: IdentityRequestError,
-    429: IdentityRateLimitedError,
 }
 
 

@@ -12,15 +12,22 @@ anything else                      a plain value, used as written
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Final
+from typing import Any, Final
 
-from dynamic_agents._redaction import MASK, REDACTOR
+from dynamic_agents._redaction import MASK, REDACTOR, masked_url
 from dynamic_agents.exceptions import SecretReferenceError
 
-__all__ = ["ENV_SECRETS", "EnvReference", "SecretReference", "parse_reference", "shown_reference"]
+__all__ = [
+    "ENV_SECRETS",
+    "EnvReference",
+    "SecretReference",
+    "masked_settings",
+    "parse_reference",
+    "shown_reference",
+]
 
 ENV_SECRETS: Final[Mapping[str, tuple[str, str]]] = {
     "OPENAI_API_KEY": ("openai", "api_key"),
@@ -178,6 +185,43 @@ def shown_reference(text: str) -> str | None:
         return str(parse_reference(text))
     except SecretReferenceError:
         return (SECRET_PREFIX if text.startswith(SECRET_PREFIX) else ENV_PREFIX) + MASK
+
+
+def masked_settings(
+    data: Any,
+    is_credential: Callable[[object, object], bool],
+    *,
+    key_shaped: bool = False,
+    redact: bool = False,
+    secret: bool = False,
+    parent: object = None,
+) -> Any:
+    """A copy of settings as they may be shown (a ``repr``, an API listing): references as written
+    (:func:`shown_reference`: they say where a secret comes from, not what it is); strings under a
+    key that ``is_credential(key, parent)`` names, at any depth, masked; with ``key_shaped``, a
+    string shaped like a key masked wherever it is; the others with a URL's password and credential
+    query values masked, and with ``redact`` every registered secret value too."""
+    if isinstance(data, str):
+        shown = shown_reference(data)
+        if shown is not None:
+            return shown
+        if secret or (key_shaped and not any(c.isspace() for c in data) and looks_like_a_key(data)):
+            return MASK  # (a key has no spaces)
+        text = masked_url(data) if "://" in data else data
+        return REDACTOR.redact(text) if redact else text
+    options: dict[str, Any] = {"key_shaped": key_shaped, "redact": redact}
+    if isinstance(data, Mapping):
+        return {
+            key: masked_settings(
+                value, is_credential, secret=secret or is_credential(key, parent), parent=key, **options
+            )
+            for key, value in data.items()
+        }
+    if isinstance(data, list | tuple):
+        return type(data)(
+            masked_settings(item, is_credential, secret=secret, parent=parent, **options) for item in data
+        )
+    return data
 
 
 def _register_keys(*parts: str | None) -> None:
