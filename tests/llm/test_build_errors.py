@@ -105,6 +105,19 @@ async def test_an_unresolvable_redis_url_names_the_field() -> None:
     assert str(caught.value).startswith("redis_url: ")
 
 
+@pytest.mark.parametrize("redis_url", ["redis://127.0.0.1:6379/2", "secret:redis:url"])
+async def test_a_redis_url_written_out_or_referenced_reaches_litellm(redis_url: str) -> None:
+    secrets = SecretsManager(StaticSource({"redis": {"url": "redis://127.0.0.1:6379/3"}}))
+    router = await build_router(config({"api_key": "plain"}, redis_url=redis_url), secrets)
+    try:
+        redis_cache = router.router.cache.redis_cache
+        expected = "redis://127.0.0.1:6379/3" if redis_url.startswith("secret:") else redis_url
+        assert redis_cache is not None
+        assert redis_cache.redis_kwargs["url"] == expected
+    finally:
+        await router.aclose()
+
+
 class ForbiddingSource(SecretSource):
     async def fetch(self, key: SecretKey) -> Mapping[str, SecretValue] | None:
         raise IdentityForbiddenError("GET /secrets: forbidden for this token", status=403)

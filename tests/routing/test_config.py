@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 
 from dynamic_agents.events import AgentRequestEvent, Target, TargetType
-from dynamic_agents.exceptions import NoRouteError, RoutingConfigError
+from dynamic_agents.exceptions import NoRouteError, RoutingConfigError, SecretNotFoundError
 from dynamic_agents.routing import RoutingConfig
 from dynamic_agents.secrets import SecretsManager, StaticSource
 
@@ -76,6 +76,13 @@ async def test_secret_references_in_settings_resolve_through_the_manager() -> No
     settings = await config.interfaces["discord"].resolve_settings(secrets)
     assert settings["token"].reveal() == "discord-bot-token-0001"
     assert "discord-bot-token-0001" not in repr(settings)
+
+
+async def test_a_setting_that_cannot_be_resolved_is_named() -> None:
+    config = RoutingConfig.from_yaml(SEED_DISCORD_YAML)
+    secrets = SecretsManager(StaticSource({}))
+    with pytest.raises(SecretNotFoundError, match=r"^token: no secret field 'bot_token'"):
+        await config.interfaces["discord"].resolve_settings(secrets)
 
 
 def test_global_default_from_the_top_level() -> None:

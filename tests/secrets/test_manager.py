@@ -352,6 +352,19 @@ async def test_resolve_all_walks_nested_config(manager: SecretsManager) -> None:
     assert config["api_key"] == "secret:openai:api_key"  # the input is not changed
 
 
+async def test_resolve_all_with_where_says_which_field_failed(manager: SecretsManager) -> None:
+    config = {"api_key": "secret:openai:api_key", "extra": [{"token": "secret:slack:bot_token"}]}
+    with pytest.raises(SecretNotFoundError) as caught:
+        await manager.resolve_all(config, where="interfaces.slack.settings")
+    assert str(caught.value).startswith("interfaces.slack.settings.extra[0].token: no secret field")
+    assert caught.value.__context__ is None  # the located error stands in for the original
+    with pytest.raises(SecretReferenceError, match=r"^settings\.url: malformed secret reference"):
+        await manager.resolve_all({"url": "secret:Openai:api_key"}, where="settings")
+    with pytest.raises(SecretNotFoundError) as unlocated:
+        await manager.resolve_all(config)
+    assert str(unlocated.value).startswith("no secret field")  # without where: as the manager says it
+
+
 async def test_listeners_hear_about_rotation(
     manager: SecretsManager, source: CountingSource, clock: Clock, caplog: pytest.LogCaptureFixture
 ) -> None:

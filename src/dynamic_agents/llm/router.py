@@ -123,7 +123,7 @@ async def build_router(
             import redis  # noqa: F401
         except ImportError as error:
             raise MissingDependencyError("the LLM router's redis_url", "redis") from error
-        redis_url = (await _resolve_field(config.redis_url, secrets, "redis_url")).reveal()
+        redis_url: str = reveal_all(await secrets.resolve_all(config.redis_url, where="redis_url"))
         masked_url(redis_url)  # registers its password with the redactor
         settings["redis_url"] = redis_url
     refused: ConfigurationError
@@ -155,41 +155,11 @@ async def _resolve(deployment: DeploymentConfig, position: int, secrets: Secrets
     """The deployment's params with every reference resolved; credentials written in them as
     literals are registered with the redactor (resolved ones already are), so errors and logs mask
     them too. A reference that cannot be resolved raises its :class:`SecretsError` naming the
-    deployment and the field (see :func:`_resolve_field`)."""
+    deployment and the field (``SecretsManager.resolve_all``'s ``where``)."""
     where = f"model_list[{position}] ({deployment.describe()}), litellm_params"
-    resolved: dict[str, Any] = reveal_all(await _resolve_all(deployment.litellm_params, secrets, where))
+    resolved: dict[str, Any] = reveal_all(await secrets.resolve_all(deployment.litellm_params, where=where))
     _register_literal_secrets(resolved)
     return resolved
-
-
-async def _resolve_all(data: Any, secrets: SecretsManager, where: str) -> Any:
-    """``SecretsManager.resolve_all``, field by field, so a failure can say which field failed."""
-    if isinstance(data, str):
-        return await _resolve_field(data, secrets, where)
-    if isinstance(data, Mapping):
-        return {key: await _resolve_all(value, secrets, f"{where}.{key}") for key, value in data.items()}
-    if isinstance(data, list | tuple):
-        items = [await _resolve_all(item, secrets, f"{where}[{index}]") for index, item in enumerate(data)]
-        return items if isinstance(data, list) else tuple(items)
-    return data
-
-
-async def _resolve_field(value: str, secrets: SecretsManager, where: str) -> Any:
-    """The value ``value`` stands for if it is a reference, else ``value``. A failure is raised as
-    the same :class:`SecretsError` (same class, attributes and cause) with ``where`` before its
-    message: which deployment and field. The secrets layer's messages carry no value (a malformed
-    reference shows only its well-formed start); the text is redacted all the same."""
-    failure: SecretsError
-    try:
-        return await secrets.resolve(value) if parse_reference(value) is not None else value
-    except SecretsError as error:
-        failure = copy.copy(error)  # the same class and attributes (an IdentityError's status)
-        failure.args = (REDACTOR.redact(f"{where}: {error}"),)
-        # The cause the secrets layer gave (a source's error for an unavailable secret), as before;
-        # the located error stands in for the original, which is not chained on (same message).
-        failure.__cause__ = error.__cause__
-        failure.__suppress_context__ = error.__suppress_context__
-    raise failure  # outside the except block: the original is not attached as context
 
 
 def _register_literal_secrets(data: Any) -> None:

@@ -98,8 +98,9 @@ class InterfaceConfig(BaseModel):
     async def resolve_settings(
         self, secrets: SecretsManager, *, user_id: str | None = None
     ) -> dict[str, Any]:
-        """The other settings with every secret reference resolved (``SecretValue``\\ s)."""
-        resolved: dict[str, Any] = await secrets.resolve_all(self.settings, user_id=user_id)
+        """The other settings with every secret reference resolved (``SecretValue``\\ s); one that
+        cannot be resolved raises its :class:`SecretsError` naming the setting (``token: …``)."""
+        resolved: dict[str, Any] = await secrets.resolve_all(self.settings, user_id=user_id, where="")
         return resolved
 
 

@@ -10,6 +10,7 @@ as the manager (``async with manager:``), and ``on_change`` listeners hear when 
 from __future__ import annotations
 
 import asyncio
+import copy
 import inspect
 import os
 import time
@@ -21,6 +22,7 @@ from typing import Any, Self, TypeAlias
 from cachetools import TTLCache
 
 from dynamic_agents._logging import get_logger
+from dynamic_agents._redaction import REDACTOR
 from dynamic_agents._validation import check_count, check_seconds
 from dynamic_agents.exceptions import (
     IdentityError,
@@ -282,20 +284,47 @@ class SecretsManager:
             )
         return SecretValue(value)
 
-    async def resolve_all(self, data: Any, *, user_id: str | None = None) -> Any:
+    async def resolve_all(self, data: Any, *, user_id: str | None = None, where: str | None = None) -> Any:
         """A copy of nested dicts / lists / tuples with every reference string resolved.
 
         Plain strings and other values are left as they are; resolved values are
-        :class:`SecretValue` (``reveal()`` them where they are handed to a client).
+        :class:`SecretValue` (``reveal()`` them where they are handed to a client). With ``where``
+        (``"interfaces.discord.settings"``; ``""`` for paths from the top), a reference that cannot
+        be resolved (or is malformed) raises its :class:`SecretsError` — same class, attributes
+        and cause — with the path of the field before its message:
+        ``interfaces.discord.settings.token: no secret field …``.
         """
         if isinstance(data, str):
-            return await self.resolve(data, user_id=user_id) if parse_reference(data) else data
+            return await self._resolve_text(data, user_id, where)
         if isinstance(data, Mapping):
-            return {key: await self.resolve_all(value, user_id=user_id) for key, value in data.items()}
+            return {
+                key: await self.resolve_all(value, user_id=user_id, where=_inside(where, f".{key}"))
+                for key, value in data.items()
+            }
         if isinstance(data, list | tuple):
-            items = [await self.resolve_all(item, user_id=user_id) for item in data]
+            items = [
+                await self.resolve_all(item, user_id=user_id, where=_inside(where, f"[{index}]"))
+                for index, item in enumerate(data)
+            ]
             return items if isinstance(data, list) else tuple(items)
         return data
+
+    async def _resolve_text(self, text: str, user_id: str | None, where: str | None) -> Any:
+        """The value ``text`` stands for if it is a reference, else ``text`` itself; a failure
+        located at ``where`` (see :meth:`resolve_all`)."""
+        failure: SecretsError
+        try:
+            return await self.resolve(text, user_id=user_id) if parse_reference(text) is not None else text
+        except SecretsError as error:
+            if where is None:
+                raise
+            failure = copy.copy(error)  # the same class and attributes (an IdentityError's status)
+            failure.args = (REDACTOR.redact(f"{where}: {error}"),)
+            # The cause the secrets layer gave (a source's error for an unavailable secret), as
+            # before; the located error stands in for the original, which is not chained on.
+            failure.__cause__ = error.__cause__
+            failure.__suppress_context__ = error.__suppress_context__
+        raise failure  # outside the except block: the original is not attached as context
 
     # -- cache control ----------------------------------------------------------------------------
 
@@ -475,6 +504,13 @@ def _closed_error(key: _CacheKey) -> SecretsUnavailableError:
     return SecretsUnavailableError(
         f"secret {SecretKey(*key)} cannot be fetched: the secrets manager was closed"
     )
+
+
+def _inside(where: str | None, step: str) -> str | None:
+    """The path one step further in (``where=""`` starts at the top: ``token``, not ``.token``)."""
+    if where is None:
+        return None
+    return where + step if where else step.removeprefix(".")
 
 
 def _changed_fields(
