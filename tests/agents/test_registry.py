@@ -11,6 +11,7 @@ from agno.tools import Toolkit, tool
 from dynamic_agents.agents import AgentRuntime, AgentSpec, InMemorySpecStore, ToolRegistry
 from dynamic_agents.events import ResponseStatus
 from dynamic_agents.exceptions import ConfigurationError, SpecValidationError
+from dynamic_agents.secrets import SecretsManager, StaticSource
 from dynamic_agents.testing import ScriptedModels, ToolCall
 
 
@@ -168,9 +169,11 @@ async def test_a_toolkit_factory_refusing_a_spec_parameter_value_names_the_tool_
     tools = ToolRegistry()
     tools.toolkit("search_kit", search_kit)
     models = ScriptedModels({"gpt": ["unused"]})
-    async with AgentRuntime(InMemorySpecStore(), tools, models) as runtime:
+    secrets = SecretsManager(StaticSource({"search": {"api_key": canary}}))
+    async with AgentRuntime(InMemorySpecStore(), tools, models, secrets=secrets) as runtime:
+        parameters = {"api_key": "secret:search:api_key"}  # the factory gets the value
         spec = AgentSpec.from_dict(
-            {"id": "a", "model": "gpt", "tools": [{"name": "search_kit", "parameters": {"api_key": canary}}]}
+            {"id": "a", "model": "gpt", "tools": [{"name": "search_kit", "parameters": parameters}]}
         )
         await runtime.agents.create(spec)  # the names fit the factory: only running it tells
         with pytest.raises(SpecValidationError) as caught:

@@ -8,7 +8,7 @@ object gets ``telemetry=False``, the session db, and a model from the :class:`Mo
 from __future__ import annotations
 
 import base64
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -142,7 +142,15 @@ class Builder:
         self.models = models
         self.db = db
 
-    def agent(self, spec: AgentSpec, *, user_id: str | None = None) -> Any:
+    def agent(
+        self,
+        spec: AgentSpec,
+        *,
+        user_id: str | None = None,
+        tool_parameters: Sequence[Mapping[str, Any]] | None = None,
+    ) -> Any:
+        """A fresh agno ``Agent``; ``tool_parameters``, one per tool, stand in for the spec's
+        parameters (:class:`AgentRuntime` gives them with secret references resolved)."""
         options: dict[str, Any] = {
             "add_history_to_context": spec.add_history_to_context,
             "enable_session_summaries": spec.enable_session_summaries,
@@ -159,17 +167,17 @@ class Builder:
                 options[name] = getattr(spec, name)
         return Agent(
             **self._common(spec, user_id),
-            tools=self._tools(spec) or None,
+            tools=self._tools(spec, tool_parameters) or None,
             output_schema=self.registry.get_schema(spec.output_schema) if spec.output_schema else None,
             **options,
         )
 
-    def _tools(self, spec: AgentSpec) -> list[Any]:
+    def _tools(self, spec: AgentSpec, parameters: Sequence[Mapping[str, Any]] | None) -> list[Any]:
         tools: list[Any] = []
         offered: dict[str, int] = {}
         for index, ref in enumerate(spec.tools):
             try:
-                tool = self._tool(ref)
+                tool = self._tool(ref, ref.parameters if parameters is None else parameters[index])
             except SpecValidationError:
                 raise
             except Exception as error:  # the host's toolkit factory refused the spec's values
@@ -189,12 +197,12 @@ class Builder:
             tools.append(tool)
         return tools
 
-    def _tool(self, ref: ToolRef) -> Any:
+    def _tool(self, ref: ToolRef, parameters: Mapping[str, Any]) -> Any:
         """The tool a spec names, under the name it is registered by: that is the name the model
         sees and calls (two closures both named ``search``, registered as ``web_search`` and
         ``news_search``, would otherwise reach agno as one name, and agno keeps only the first)."""
         registered = self.registry.get_tool(ref.name)
-        tool = registered.build(ref.parameters)
+        tool = registered.build(parameters)
         if isinstance(tool, Function):
             if tool.name == registered.name:
                 return tool

@@ -33,6 +33,7 @@ from dynamic_agents.agents.validate import check_spec
 from dynamic_agents.events import AgentRequestEvent, Attachment, ResponseStatus, Target, TargetType
 from dynamic_agents.exceptions import SpecNotFoundError, SpecValidationError
 from dynamic_agents.execution import DeltaCallback, ExecutionResult, TokenUsage
+from dynamic_agents.secrets.manager import SecretsManager, reveal_all
 
 __all__ = ["AgentRuntime", "AgnoExecutor", "agno_session_id"]
 
@@ -61,6 +62,7 @@ class AgentRuntime:
         models: ModelProvider,
         *,
         db: Any = None,
+        secrets: SecretsManager | None = None,
         max_staleness: float = 5.0,
         cancel_grace: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
@@ -71,6 +73,7 @@ class AgentRuntime:
         self.registry = registry
         self.models = models
         self.db = db
+        self.secrets = secrets
         # NaN would compare false with every age and grace period: refused, as negatives are
         self.max_staleness = check_seconds("max_staleness", max_staleness, zero=True, forever=True)
         self.cancel_grace = check_seconds("cancel_grace", cancel_grace, zero=True)
@@ -105,7 +108,13 @@ class AgentRuntime:
 
     async def validate(self, spec: SpecBase) -> None:
         """Check ``spec``'s references (tools, schemas, functions, models, members, steps)."""
-        await check_spec(spec, self.registry, self.store.get, model_names=self.models.model_names())
+        await check_spec(
+            spec,
+            self.registry,
+            self.store.get,
+            model_names=self.models.model_names(),
+            resolves_secrets=self.secrets is not None,
+        )
 
     async def current(self, kind: SpecKind, spec_id: str) -> SpecBase:
         """The spec as stored now (at most ``max_staleness`` seconds old)."""
@@ -145,7 +154,8 @@ class AgentRuntime:
             return await self.build(member_kind, member_id, user_id=user_id)
 
         if isinstance(spec, AgentSpec):
-            return self._builder.agent(spec, user_id=user_id)
+            parameters = await self._tool_parameters(spec)
+            return self._builder.agent(spec, user_id=user_id, tool_parameters=parameters)
         try:
             if isinstance(spec, TeamSpec):
                 return await self._builder.team(spec, resolve, user_id=user_id)
@@ -157,6 +167,17 @@ class AgentRuntime:
             await self.validate(spec)
             raise
         raise SpecValidationError(f"no builder for {spec.ref}")
+
+    async def _tool_parameters(self, spec: AgentSpec) -> list[dict[str, Any]] | None:
+        """The tools' parameters with their secret references resolved (the system's secrets, from
+        the manager's cache: a rotated key reaches the next run), or ``None`` if there are none."""
+        if self.secrets is None or not any(ref.has_references for ref in spec.tools):
+            return None
+        resolved = []
+        for index, ref in enumerate(spec.tools):
+            where = f"{spec.ref}, tools[{index}].parameters"
+            resolved.append(reveal_all(await self.secrets.resolve_all(ref.parameters, where=where)))
+        return resolved
 
     # -- running ------------------------------------------------------------------------------------
 

@@ -35,12 +35,18 @@ Lookup = Callable[[SpecKind, str], Awaitable[SpecBase | None]]
 
 
 async def check_spec(
-    spec: SpecBase, registry: ToolRegistry, lookup: Lookup, *, model_names: frozenset[str] | None
+    spec: SpecBase,
+    registry: ToolRegistry,
+    lookup: Lookup,
+    *,
+    model_names: frozenset[str] | None,
+    resolves_secrets: bool = False,
 ) -> None:
-    """Raise :class:`SpecValidationError` for the first problem found in ``spec``."""
+    """Raise :class:`SpecValidationError` for the first problem found in ``spec``;
+    ``resolves_secrets``: whether secret references in tool parameters can be resolved."""
     try:
         if isinstance(spec, AgentSpec):
-            _check_agent(spec, registry, model_names)
+            _check_agent(spec, registry, model_names, resolves_secrets)
         elif isinstance(spec, TeamSpec):
             await _check_team(spec, lookup, model_names)
         elif isinstance(spec, WorkflowSpec):
@@ -59,7 +65,9 @@ def _check_model(name: str, model_names: frozenset[str] | None) -> None:
         )
 
 
-def _check_agent(spec: AgentSpec, registry: ToolRegistry, model_names: frozenset[str] | None) -> None:
+def _check_agent(
+    spec: AgentSpec, registry: ToolRegistry, model_names: frozenset[str] | None, resolves_secrets: bool
+) -> None:
     _check_model(spec.model.name, model_names)
     offered: dict[str, int] = {}
     for index, ref in enumerate(spec.tools):
@@ -80,6 +88,12 @@ def _check_agent(spec: AgentSpec, registry: ToolRegistry, model_names: frozenset
             )
         if tool.factory:
             _check_factory_parameters(tool, ref.parameters, f"tools[{index}].parameters")
+            if ref.has_references and not resolves_secrets:
+                raise SpecValidationError(
+                    f"tool {ref.name!r} has secret references in its parameters, and this runtime has "
+                    "no secrets manager to resolve them (AgentRuntime(..., secrets=SecretsManager(…)))",
+                    path=f"tools[{index}].parameters",
+                )
         else:  # a factory's tools are known only when it runs: the builder checks those
             check_offered_once(offered, tool_names_offered(tool.name, tool.target), spec, index)
     if spec.output_schema is not None:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationInfo, field_validator
 
+from dynamic_agents._redaction import names_a_credential
 from dynamic_agents.agents.specs.base import SpecBase, SpecKind
+from dynamic_agents.exceptions import SecretReferenceError
+from dynamic_agents.secrets.references import looks_like_a_key, parse_reference
 
 __all__ = ["AgentSpec", "ModelSettings", "ToolRef"]
 
@@ -27,12 +31,54 @@ class ModelSettings(BaseModel):
 
 
 class ToolRef(BaseModel):
-    """A registered tool by name; ``parameters`` go to a registered toolkit factory."""
+    """A registered tool by name; ``parameters`` go to a registered toolkit factory.
+
+    A parameter that is a credential is written as a secret reference (``secret:tavily:api_key``,
+    ``os.environ/TAVILY_API_KEY``), at any depth: the runtime resolves it (its ``secrets``
+    manager) each time it builds the tool, and the spec — in a store, on disk, in an API response —
+    holds only the reference. A malformed reference is refused, and so is a value shaped like a
+    key (a word of it: ``Bearer sk-…``) under a name that says it is a credential
+    (``api_key: tvly-…``).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(min_length=1)
     parameters: dict[str, JsonValue] = Field(default_factory=dict)
+
+    @field_validator("parameters")
+    @classmethod
+    def _references_not_keys(cls, value: dict[str, JsonValue]) -> dict[str, JsonValue]:
+        for path, text in _strings(value, "parameters"):
+            try:
+                reference = parse_reference(text)
+            except SecretReferenceError as error:
+                raise ValueError(f"{path}: {error}") from None
+            name = path.rsplit(".", 1)[-1].split("[", 1)[0]
+            if reference is None and names_a_credential(name) and any(map(looks_like_a_key, text.split())):
+                raise ValueError(
+                    f"{path} holds what looks like a credential written out (not shown): store it as "
+                    "a secret and write its reference instead, 'secret:<provider>:<field>' or "
+                    "'os.environ/<NAME>'"
+                )
+        return value
+
+    @property
+    def has_references(self) -> bool:
+        """Whether a parameter is a secret reference (the builder needs a secrets manager)."""
+        return any(parse_reference(text) is not None for _, text in _strings(self.parameters, "parameters"))
+
+
+def _strings(value: JsonValue, path: str) -> Iterator[tuple[str, str]]:
+    """The strings in a JSON value, each with its path (``parameters.headers.Authorization``)."""
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _strings(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _strings(item, f"{path}[{index}]")
 
 
 class AgentSpec(SpecBase):

@@ -1,0 +1,176 @@
+"""Secret references in toolkit parameters: the spec keeps the reference, the factory gets the
+value, a key written out is refused, and no value reaches a spec, an error or a log."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dynamic_agents.agents import AgentRuntime, AgentSpec, InMemorySpecStore, ToolRegistry
+from dynamic_agents.agents.stores import YamlDirectorySpecStore
+from dynamic_agents.events import ResponseStatus
+from dynamic_agents.exceptions import SecretNotFoundError, SpecValidationError
+from dynamic_agents.secrets import SecretKey, SecretsManager, StaticSource
+from dynamic_agents.testing import ScriptedModels, ToolCall
+
+CANARY = "tvly-CANARY0search0key0000000000000001"
+ROTATED = "tvly-CANARY0search0key0000000000000002"
+
+
+class Built(list[dict[str, Any]]):
+    """A toolkit factory that keeps the parameters it was called with."""
+
+    def __call__(self, api_key: str, max_results: int = 5, headers: dict[str, str] | None = None) -> Any:
+        self.append({"api_key": api_key, "max_results": max_results, "headers": headers})
+
+        def web_search(query: str) -> str:
+            """Search the web."""
+            return f"results for {query}"
+
+        return web_search
+
+
+def yaml_text(directory: Path) -> str:
+    return "".join(path.read_text() for path in directory.rglob("*.yaml"))
+
+
+def spec(parameters: dict[str, Any]) -> AgentSpec:
+    return AgentSpec.from_dict(
+        {"id": "searcher", "model": "gpt", "tools": [{"name": "search", "parameters": parameters}]}
+    )
+
+
+@pytest.fixture
+def source() -> StaticSource:
+    return StaticSource({"tavily": {"api_key": CANARY}})
+
+
+@pytest.fixture
+def built() -> Built:
+    return Built()
+
+
+@pytest.fixture
+async def runtime(source: StaticSource, built: Built) -> AsyncIterator[AgentRuntime]:
+    registry = ToolRegistry()
+    registry.toolkit("search", built)
+    scripted = ScriptedModels({"gpt": [ToolCall("web_search", {"query": "q"}), "done"] * 3})
+    secrets = SecretsManager(source)
+    async with AgentRuntime(InMemorySpecStore(), registry, scripted, secrets=secrets) as rt:
+        yield rt
+    await secrets.aclose()
+
+
+def test_a_reference_is_kept_as_written() -> None:
+    parameters = {"api_key": "secret:tavily:api_key", "headers": {"X-Key": "os.environ/SEARCH_KEY"}}
+    assert spec(parameters).tools[0].parameters == parameters
+    assert spec(parameters).tools[0].has_references
+    assert not spec({"max_results": 3}).tools[0].has_references
+
+
+@pytest.mark.parametrize(
+    ("parameters", "path"),
+    [
+        ({"api_key": CANARY}, "parameters.api_key"),
+        ({"headers": {"Authorization": f"Bearer {CANARY}"}}, "parameters.headers.Authorization"),
+        ({"tokens": ["fine", CANARY]}, "parameters.tokens[1]"),
+    ],
+)
+def test_a_key_written_out_is_refused_without_showing_it(parameters: dict[str, Any], path: str) -> None:
+    with pytest.raises(SpecValidationError) as caught:
+        spec(parameters)
+    assert caught.value.path == "tools[0].parameters"
+    assert f"{path} holds what looks like a credential written out" in str(caught.value)
+    assert "secret:<provider>:<field>" in str(caught.value)  # what to write instead
+    assert CANARY not in str(caught.value)
+    assert CANARY not in repr(caught.value)
+
+
+@pytest.mark.parametrize(
+    "parameters",
+    [
+        {"api_key": ""},  # nothing written yet
+        {"sort_key": "created_at desc"},  # a credential-ish name, but words
+        {"index": "a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6"},  # key-shaped, under a name that is no credential
+        {"api_key_header": "X-Api-Key"},
+    ],
+)
+def test_values_that_are_not_keys_are_accepted(parameters: dict[str, Any]) -> None:
+    assert spec(parameters).tools[0].parameters == parameters
+
+
+def test_a_malformed_reference_is_refused_with_its_path() -> None:
+    with pytest.raises(SpecValidationError) as caught:
+        spec({"auth": {"key": "secret:Tavily:api_key"}})
+    assert caught.value.path == "tools[0].parameters"
+    assert str(caught.value).count("parameters.auth.key: malformed secret reference") == 1
+
+
+async def test_the_factory_gets_the_value_and_a_rotated_key_reaches_the_next_run(
+    runtime: AgentRuntime, source: StaticSource, built: Built
+) -> None:
+    await runtime.agents.create(spec({"api_key": "secret:tavily:api_key", "max_results": 3}))
+    result = await runtime.agents.execute("searcher", "find", session_id="s1")
+    assert result.status is ResponseStatus.COMPLETED
+    assert built == [{"api_key": CANARY, "max_results": 3, "headers": None}]
+
+    source.set(SecretKey("tavily"), {"api_key": ROTATED})
+    assert runtime.secrets is not None
+    runtime.secrets.invalidate("tavily")  # what a change notification or the next refresh does
+    await runtime.agents.execute("searcher", "again", session_id="s1")
+    assert built[-1]["api_key"] == ROTATED
+    stored = await runtime.agents.get("searcher")
+    assert stored.tools[0].parameters["api_key"] == "secret:tavily:api_key"
+
+
+async def test_nested_references_are_resolved(runtime: AgentRuntime, built: Built) -> None:
+    headers = {"X-Key": "secret:tavily:api_key", "X-Team": "search"}
+    await runtime.agents.create(spec({"api_key": "secret:tavily:api_key", "headers": headers}))
+    await runtime.agents.execute("searcher", "find", session_id="s1")
+    assert built[0]["headers"] == {"X-Key": CANARY, "X-Team": "search"}
+
+
+async def test_a_missing_secret_names_the_spec_and_the_parameter(
+    runtime: AgentRuntime, built: Built, caplog: pytest.LogCaptureFixture
+) -> None:
+    await runtime.agents.create(spec({"api_key": "secret:tavily:missing_field"}))
+    with caplog.at_level(logging.DEBUG), pytest.raises(SecretNotFoundError) as caught:
+        await runtime.agents.execute("searcher", "find", session_id="s1")
+    assert str(caught.value).startswith("agent 'searcher', tools[0].parameters.api_key: no secret field")
+    assert built == []  # the factory never ran with a missing key
+
+
+async def test_a_runtime_without_secrets_refuses_references_at_load(built: Built) -> None:
+    registry = ToolRegistry()
+    registry.toolkit("search", built)
+    async with AgentRuntime(InMemorySpecStore(), registry, ScriptedModels({"gpt": ["hi"]})) as rt:
+        with pytest.raises(SpecValidationError) as caught:
+            await rt.agents.create(spec({"api_key": "secret:tavily:api_key"}))
+    assert caught.value.path == "tools[0].parameters"
+    assert "no secrets manager" in str(caught.value)
+
+
+async def test_no_value_reaches_the_stored_file_the_spec_or_the_logs(
+    tmp_path: Path, source: StaticSource, built: Built, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = ToolRegistry()
+    registry.toolkit("search", built)
+    scripted = ScriptedModels({"gpt": [ToolCall("web_search", {"query": "q"}), "done"]})
+    async with (
+        SecretsManager(source) as secrets,
+        AgentRuntime(YamlDirectorySpecStore(tmp_path), registry, scripted, secrets=secrets) as rt,
+    ):
+        with caplog.at_level(logging.DEBUG):
+            await rt.agents.create(spec({"api_key": "secret:tavily:api_key"}))
+            result = await rt.agents.execute("searcher", "find", session_id="s1")
+        stored = await rt.agents.get("searcher")
+    assert result.status is ResponseStatus.COMPLETED
+    assert built[0]["api_key"] == CANARY  # it was resolved
+    on_disk = yaml_text(tmp_path)
+    assert "secret:tavily:api_key" in on_disk
+    for text in (on_disk, repr(stored), str(stored), stored.model_dump_json(), caplog.text):
+        assert CANARY not in text
