@@ -88,3 +88,55 @@ def test_the_json_schema_still_refuses_what_the_spec_refuses(model: type[SpecBas
         model.from_dict(document)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(document, model.json_schema())
+
+
+@pytest.mark.parametrize(
+    ("document", "shown"),
+    [
+        ({"id": "a", "model": {"name": "m", "temperature": 3.5}}, "(got 3.5)"),
+        ({"id": "a", "model": "m", "markdown": "maybe"}, "(got 'maybe')"),
+        ({"id": "a b", "model": "m"}, "(got 'a b')"),
+        ({"id": "a", "model": "m", "status": "on"}, "(got 'on')"),
+        ({"id": "a", "model": "m", "status": "on " * 100}, "(got '" + ("on " * 19)[:55] + "...')"),  # cut
+        ({"id": "a", "model": "m", "colour": "secret:paint:colour"}, "(got 'secret:paint:colour')"),
+    ],
+)
+def test_errors_show_the_value_found(document: dict[str, Any], shown: str) -> None:
+    with pytest.raises(SpecValidationError) as caught:
+        AgentSpec.from_dict(document)
+    assert str(caught.value).endswith(shown)
+
+
+CANARY_KEY = "sk-CANARY0spec0error00000000001"
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"id": "a", "model": "m", "api_key": "not-key-shaped-at-all"},  # the name says credential
+        {"id": "a", "model": "m", "notes": CANARY_KEY},  # the value is shaped like a key
+        {"id": "a", "model": "m", "notes": f"use {CANARY_KEY} please"},
+        {"id": "a", "model": {"name": "m", "temperature": CANARY_KEY}},
+    ],
+)
+def test_a_value_that_may_be_a_credential_is_masked(document: dict[str, Any]) -> None:
+    with pytest.raises(SpecValidationError) as caught:
+        AgentSpec.from_dict(document)
+    assert str(caught.value).endswith("(got **********)")
+    assert CANARY_KEY not in repr(caught.value)
+    assert "not-key-shaped-at-all" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"id": "a"},  # missing: nothing was found
+        {"id": "a", "model": "m", "instructions": {"text": CANARY_KEY}},  # a mapping is not shown
+        {"id": "a", "model": "m", "tags": {"first": CANARY_KEY}},
+    ],
+)
+def test_missing_fields_and_containers_show_no_value(document: dict[str, Any]) -> None:
+    with pytest.raises(SpecValidationError) as caught:
+        AgentSpec.from_dict(document)
+    assert "(got " not in str(caught.value)
+    assert CANARY_KEY not in str(caught.value)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Final
 
-from dynamic_agents._redaction import MASK, REDACTOR, masked_url
+from dynamic_agents._redaction import MASK, REDACTOR, masked_url, names_a_credential
 from dynamic_agents.exceptions import SecretReferenceError
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "masked_settings",
     "parse_reference",
     "shown_reference",
+    "shown_value",
 ]
 
 ENV_SECRETS: Final[Mapping[str, tuple[str, str]]] = {
@@ -95,6 +96,30 @@ def looks_like_a_key(part: str) -> bool:
         if len(run) >= _MIXED_RUN and any(c.isdigit() for c in run) and any(c.isalpha() for c in run):
             return True
     return False
+
+
+_SHOWN_VALUE_LIMIT: Final = 60
+
+
+def shown_value(value: object, *, name: object = None) -> str | None:
+    """A value found in a setting or a spec field, as an error may quote it, or ``None`` when it
+    is not shown (a mapping or a list: too long, and it may hold anything). A reference as
+    written (:func:`shown_reference`); :data:`MASK` for a string under a credential's ``name``
+    (``api_key``, ``token``) or with a word shaped like a key; other strings cut to 60 characters,
+    registered secrets masked; numbers, booleans and ``None`` as they are."""
+    if isinstance(value, str):
+        reference = shown_reference(value)
+        if reference is not None:
+            return repr(reference)
+        if value and (names_a_credential(name) or any(map(looks_like_a_key, value.split()))):
+            return MASK
+        text = repr(value)
+        if len(text) > _SHOWN_VALUE_LIMIT:
+            text = f"{text[: _SHOWN_VALUE_LIMIT - 4]}...{text[-1]}"
+        return REDACTOR.redact(text)
+    if value is None or isinstance(value, bool | int | float):
+        return repr(value)
+    return None
 
 
 def shown_part(part: str) -> str:

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from dynamic_agents._validation import check_choice
 from dynamic_agents.exceptions import SpecValidationError
+from dynamic_agents.secrets.references import shown_value
 
 __all__ = ["SpecBase", "SpecKind", "SpecStatus", "spec_error"]
 
@@ -124,11 +125,16 @@ class SpecBase(BaseModel):
 
 
 def spec_error(model: type[SpecBase], data: Mapping[str, Any], error: ValidationError) -> SpecValidationError:
+    """The first of pydantic's errors, at its path in the document, with the value found there
+    (:func:`~dynamic_agents.secrets.references.shown_value`: a credential masked)."""
     first = error.errors(include_url=False)[0]
     path = _document_path(first["loc"], data)
     spec_id = data.get("id")
     spec = f"{model.kind.value} {spec_id!r}" if isinstance(spec_id, str) else f"{model.kind.value} spec"
     message = first["msg"].removeprefix("Value error, ")
+    value = None if first["type"] == "missing" else shown_value(first["input"], name=path.rsplit(".", 1)[-1])
+    if value is not None:
+        message += f" (got {value})"
     others = len(error.errors()) - 1
     if others:
         message += f" (and {others} more)"
