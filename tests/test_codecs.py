@@ -319,6 +319,18 @@ def test_lifecycle_events_decode_to_their_own_class() -> None:
         assert decoded == event
 
 
+def test_a_newer_producers_target_fields_are_kept() -> None:
+    """Unknown fields are kept at every level of an event, the target's too: a relay that decodes
+    and re-encodes a newer producer's lifecycle event passes them on."""
+    body = {"type": "request.accepted", "request_id": "r", "session_id": "s"}
+    body["target"] = {"type": "agent", "id": "helper", "version": 7}
+    decoded = CODEC.decode_json(json.dumps(body).encode(), LifecycleEvent)
+    assert decoded.target is not None
+    assert decoded.target.model_extra == {"version": 7}
+    assert json.loads(CODEC.encode_json(decoded))["target"] == body["target"]
+    assert hash(decoded.target) == hash(Target(type=TargetType.AGENT, id="helper"))  # still a key
+
+
 def test_unknown_lifecycle_type_is_a_validation_error() -> None:
     with pytest.raises(EventValidationError, match="type"):
         CODEC.decode_json(b'{"type": "run.exploded", "request_id": "r"}', LifecycleEvent)

@@ -16,9 +16,10 @@ class TargetType(StrEnum):
 
 
 class Target(BaseModel):
-    """What runs a request: an agent, a team or a workflow, by id."""
+    """What runs a request: an agent, a team or a workflow, by id. Unknown fields (a newer
+    producer's) are kept, as in every event; ``type`` and ``id`` alone make its hash."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="allow")
 
     type: TargetType
     id: str = Field(min_length=1)
