@@ -192,6 +192,21 @@ def test_a_second_global_default_in_another_file_names_both_places(tmp_path: Pat
     assert f"the first in {tmp_path / 'a.yaml'}:1" in str(error)
 
 
+def test_a_top_level_default_is_the_global_default_not_an_interface(tmp_path: Path) -> None:
+    """``default:`` with a target, as under ``routing``: it made an interface named "default"."""
+    config = RoutingConfig.from_yaml("default: {type: agent, id: everyone}\ndiscord: {}\n")
+    assert config.default == Target(type=TargetType.AGENT, id="everyone")
+    assert set(config.interfaces) == {"discord"}
+    assert config.router().route(discord(source="telegram")).target == config.default
+    with pytest.raises(RoutingConfigError, match="give one default, not default_team and default"):
+        RoutingConfig.from_yaml("default: {type: agent, id: a}\ndefault_team: t\n")
+    (tmp_path / "a.yaml").write_text("default_agent: a\n")
+    (tmp_path / "b.yaml").write_text("slack: {}\ndefault: {type: team, id: b}\n")
+    with pytest.raises(RoutingConfigError) as caught:
+        RoutingConfig.from_files([tmp_path / "a.yaml", tmp_path / "b.yaml"])
+    assert (caught.value.line, caught.value.path) == (2, "default")
+
+
 async def test_targets_can_be_checked_against_a_store() -> None:
     router = RoutingConfig.from_yaml(SEED_DISCORD_YAML).router()
     known = {"admin-agent", "code-assistant", "discord-assistant"}
@@ -370,3 +385,28 @@ def test_an_unknown_key_in_a_target_is_refused_not_ignored(text: str, path: str)
         RoutingConfig.from_yaml(text)
     assert caught.value.path.startswith(path)
     assert "priority" in str(caught.value) or "ttl" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "line", "path", "message"),
+    [
+        ("discord:\n  token: x\n  rules: []\n", 3, "discord.rules", "'rules' belongs under 'routing:'"),
+        ("discord:\n  default_agent: a\n", 2, "discord.default_agent", "'default_agent' belongs under"),
+        ("discord:\n  routng:\n    default_agent: a\n", 3, "discord.routng", "'routng' is not 'routing'"),
+        ("slack:\n  Session: {ttl: 3}\n", 2, "slack.Session", "'Session' is not 'session'"),
+    ],
+)
+def test_routing_keys_at_the_interface_level_and_misspellings_are_refused(
+    yaml_text: str, line: int, path: str, message: str
+) -> None:
+    """Kept as settings, they left the interface routing nothing, without a word."""
+    with pytest.raises(RoutingConfigError) as caught:
+        RoutingConfig.from_yaml(yaml_text, source="i.yaml")
+    assert (caught.value.line, caught.value.path) == (line, path)
+    assert message in str(caught.value)
+
+
+def test_other_settings_are_kept_as_given() -> None:
+    text = "discord:\n  token: t\n  routes: 3\n  sessions_dir: /tmp\n  routing: {default_agent: a}\n"
+    settings = RoutingConfig.from_yaml(text).interfaces["discord"].settings
+    assert settings == {"token": "t", "routes": 3, "sessions_dir": "/tmp"}

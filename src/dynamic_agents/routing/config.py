@@ -21,6 +21,7 @@ the file, the line and the path (``discord.routing.rules[1].content_pattern``).
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -35,6 +36,7 @@ from dynamic_agents.events._types import SOURCE_PATTERN
 from dynamic_agents.exceptions import RoutingConfigError
 from dynamic_agents.routing.router import EventRouter
 from dynamic_agents.routing.rules import ConfigTarget, RoutingRule
+from dynamic_agents.secrets.references import masked_settings
 
 if TYPE_CHECKING:
     from dynamic_agents.secrets import SecretsManager
@@ -42,6 +44,10 @@ if TYPE_CHECKING:
 __all__ = ["InterfaceConfig", "InterfaceRouting", "RoutingConfig", "SessionSettings"]
 
 _Path = tuple[str | int, ...]
+
+_ROUTING_KEYS: Final = frozenset({"rules", "default", *(f"default_{kind.value}" for kind in TargetType)})
+"""The keys of ``routing:``, which are no settings of the interface."""
+_INTERFACE_FIELDS: Final = ["routing", "session"]
 
 
 def _default_target(data: Any) -> Any:
@@ -82,6 +88,15 @@ class InterfaceConfig(BaseModel):
 
     routing: InterfaceRouting = InterfaceRouting()
     session: SessionSettings = SessionSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_misplaced_keys(cls, data: Any) -> Any:
+        """See :func:`_misplaced_key`."""
+        problem = _misplaced_key(data)
+        if problem is not None:
+            raise ValueError(problem[1])
+        return data
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         """The other settings masked where they may hold a credential: a bot token pasted in
@@ -136,7 +151,7 @@ class RoutingConfig(BaseModel):
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "<dict>") -> Self:
         """Interfaces as top-level keys; ``default_agent`` / ``default_team`` /
-        ``default_workflow`` at the top level set the global default."""
+        ``default_workflow`` (or ``default: {agent: …}``) at the top level set the global default."""
         return cls._validate(data, source, {})
 
     @classmethod
@@ -172,7 +187,7 @@ class RoutingConfig(BaseModel):
                 merged[name] = (interface, _place(source, lines.get((keys.get(name, name),))))
             _check_rule_names(config.interfaces, rule_names, source, lines)
             if config.default is not None:
-                key = next((k for k in keys.values() if str(k).startswith("default_")), None)
+                key = next((k for k in keys.values() if _names_the_default(k)), None)
                 line = lines.get((key,)) if key is not None else None
                 if default is not None:
                     raise RoutingConfigError(
@@ -193,9 +208,9 @@ class RoutingConfig(BaseModel):
             raise RoutingConfigError(
                 f"expected a mapping of interface names to settings, got {type(data).__name__}", source=source
             )
-        interfaces = {k: v for k, v in data.items() if not str(k).startswith("default_")}
+        interfaces = {k: v for k, v in data.items() if not _names_the_default(k)}
         written: dict[str, object] = {}
-        for name in interfaces:
+        for name, settings in interfaces.items():
             try:
                 key = _source(str(name))
             except ValueError as error:
@@ -205,8 +220,14 @@ class RoutingConfig(BaseModel):
                 written[key] = name
             if problem:
                 raise RoutingConfigError(problem, source=source, line=lines.get((str(name),)), path=str(name))
+            misplaced = _misplaced_key(settings)
+            if misplaced is not None:
+                where = (str(name), misplaced[0])
+                raise RoutingConfigError(
+                    misplaced[1], source=source, line=lines.get(where), path=".".join(where)
+                )
         try:
-            top = _default_target({k: v for k, v in data.items() if str(k).startswith("default_")})
+            top = _default_target({k: v for k, v in data.items() if _names_the_default(k)})
             config = cls.model_validate({"interfaces": interfaces, **top})
         except ValidationError as error:
             raise _config_error(error, source, lines) from None
@@ -231,6 +252,32 @@ class RoutingConfig(BaseModel):
         )
 
 
+def _misplaced_key(interface: Any) -> tuple[str, str] | None:
+    """A key of an interface's settings that is surely a mistake, and what is wrong with it: a
+    routing key at the interface level (``rules``, ``default_agent``) or a misspelt ``routing`` /
+    ``session`` would be kept as a setting, and the interface would route nothing."""
+    if not isinstance(interface, Mapping):
+        return None
+    for key in interface:
+        name = str(key)
+        if name in _ROUTING_KEYS:
+            return name, f"{name!r} belongs under 'routing:' (here it would be kept as a setting)"
+        if name not in _INTERFACE_FIELDS:
+            close = difflib.get_close_matches(name.lower(), _INTERFACE_FIELDS, n=1, cutoff=0.75)
+            if close:
+                return name, (
+                    f"{name!r} is not {close[0]!r}: a misspelling would be kept as a setting and "
+                    f"{close[0]!r} left at its default (name other settings apart from it)"
+                )
+    return None
+
+
+def _names_the_default(key: object) -> bool:
+    """A top-level key that sets the global default, not an interface: ``default_agent``,
+    ``default_team``, ``default_workflow``, or ``default`` with a target, as under ``routing``."""
+    return str(key) == "default" or str(key).startswith("default_")
+
+
 def _source(name: str) -> str:
     """An interface's name as the source its events have (stripped, in lower case)."""
     source = name.strip().lower()
@@ -252,9 +299,6 @@ def _given_twice(first: object, second: object) -> str:
 def _masked(value: Any, *, secret: bool) -> Any:
     """A copy of a setting for ``repr`` (see :func:`masked_settings`): masked under a
     credential-named key, and wherever it is shaped like a key (a bot token pasted as a setting)."""
-    # imported here: the secrets package brings httpx, which routing does not otherwise need
-    from dynamic_agents.secrets.references import masked_settings
-
     return masked_settings(
         value, lambda key, _parent: names_a_credential(key), key_shaped=True, secret=secret
     )
