@@ -27,13 +27,13 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Self
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dynamic_agents._redaction import names_a_credential
 from dynamic_agents.events import Target, TargetType
 from dynamic_agents.events._types import SOURCE_PATTERN
 from dynamic_agents.exceptions import RoutingConfigError
+from dynamic_agents.routing._yaml import YamlPath, config_error, load_yaml
 from dynamic_agents.routing.router import EventRouter
 from dynamic_agents.routing.rules import ConfigTarget, RoutingRule
 from dynamic_agents.secrets.references import masked_settings
@@ -43,7 +43,6 @@ if TYPE_CHECKING:
 
 __all__ = ["InterfaceConfig", "InterfaceRouting", "RoutingConfig", "SessionSettings"]
 
-_Path = tuple[str | int, ...]
 
 _ROUTING_KEYS: Final = frozenset({"rules", "default", *(f"default_{kind.value}" for kind in TargetType)})
 """The keys of ``routing:``, which are no settings of the interface."""
@@ -156,7 +155,7 @@ class RoutingConfig(BaseModel):
 
     @classmethod
     def from_yaml(cls, text: str, *, source: str = "<yaml>") -> Self:
-        data, lines = _load_yaml(text, source)
+        data, lines = load_yaml(text, source)
         return cls._validate(data, source, lines)
 
     @classmethod
@@ -173,7 +172,7 @@ class RoutingConfig(BaseModel):
         rule_names: dict[str, str] = {}
         for path in paths:
             source = str(path)
-            data, lines = _load_yaml(Path(path).read_text(encoding="utf-8"), source)
+            data, lines = load_yaml(Path(path).read_text(encoding="utf-8"), source)
             config = cls._validate(data, source, lines)
             keys = _written_keys(lines)
             for name, interface in config.interfaces.items():
@@ -203,7 +202,7 @@ class RoutingConfig(BaseModel):
         )
 
     @classmethod
-    def _validate(cls, data: Any, source: str, lines: Mapping[_Path, int]) -> Self:
+    def _validate(cls, data: Any, source: str, lines: Mapping[YamlPath, int]) -> Self:
         if not isinstance(data, Mapping):
             raise RoutingConfigError(
                 f"expected a mapping of interface names to settings, got {type(data).__name__}", source=source
@@ -230,7 +229,7 @@ class RoutingConfig(BaseModel):
             top = _default_target({k: v for k, v in data.items() if _names_the_default(k)})
             config = cls.model_validate({"interfaces": interfaces, **top})
         except ValidationError as error:
-            raise _config_error(error, source, lines) from None
+            raise config_error(error, source, lines) from None
         except ValueError as error:  # from a before-validator outside pydantic's wrapping
             raise RoutingConfigError(str(error), source=source) from None
         _check_rule_names(config.interfaces, {}, source, lines)
@@ -305,7 +304,10 @@ def _masked(value: Any, *, secret: bool) -> Any:
 
 
 def _check_rule_names(
-    interfaces: Mapping[str, InterfaceConfig], seen: dict[str, str], source: str, lines: Mapping[_Path, int]
+    interfaces: Mapping[str, InterfaceConfig],
+    seen: dict[str, str],
+    source: str,
+    lines: Mapping[YamlPath, int],
 ) -> None:
     """Refuse a rule name used twice (the router names the rule behind each decision); ``seen``
     maps the names met so far to where they were."""
@@ -326,129 +328,10 @@ def _check_rule_names(
             seen[rule.name] = f"{_place(source, line)} at {path}"
 
 
-def _written_keys(lines: Mapping[_Path, int]) -> dict[str, str | int]:
+def _written_keys(lines: Mapping[YamlPath, int]) -> dict[str, str | int]:
     """The top-level keys as written in the file, by the name the config reads them as."""
     return {str(path[0]).strip().lower(): path[0] for path in lines if path}
 
 
 def _place(source: str, line: int | None) -> str:
     return f"{source}:{line}" if line is not None else source
-
-
-def _load_yaml(text: str, source: str) -> tuple[Any, dict[_Path, int]]:
-    """The data, and the 1-based line of every mapping value and sequence item by path."""
-    try:
-        loader = yaml.SafeLoader(text)  # the reader refuses control characters here already
-    except yaml.YAMLError as error:
-        raise _yaml_error(error, source) from None
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return {}, {}
-        _refuse_repeated_keys(node, source)
-        data = loader.construct_document(node)
-    except yaml.YAMLError as error:
-        raise _yaml_error(error, source) from None
-    except RecursionError:  # the composer recurses once per level of nesting
-        raise RoutingConfigError(
-            "nested too deeply for the YAML reader (lists or mappings inside each other)", source=source
-        ) from None
-    finally:
-        loader.dispose()
-    lines: dict[_Path, int] = {}
-    walked: set[int] = set()  # an alias is the anchored node itself: walk it once, not per alias
-    inside: set[int] = set()  # the nodes being walked: meeting one again is an alias to itself
-
-    def walk(current: yaml.Node, path: _Path) -> None:
-        lines[path] = current.start_mark.line + 1
-        if id(current) in inside:
-            raise RoutingConfigError(
-                "an alias refers to itself: it stands for a value it is inside of",
-                source=source,
-                line=lines[path],
-                path=_format(path),
-            )
-        if id(current) in walked:
-            return
-        walked.add(id(current))
-        inside.add(id(current))
-        if isinstance(current, yaml.MappingNode):
-            for key_node, value_node in current.value:
-                walk(value_node, (*path, str(key_node.value)))
-        elif isinstance(current, yaml.SequenceNode):
-            for index, item in enumerate(current.value):
-                walk(item, (*path, index))
-        inside.discard(id(current))
-
-    walk(node, ())
-    return data, lines
-
-
-def _yaml_error(error: yaml.YAMLError, source: str) -> RoutingConfigError:
-    mark = getattr(error, "problem_mark", None)
-    line = mark.line + 1 if mark is not None else None
-    return RoutingConfigError(f"not valid YAML: {getattr(error, 'problem', error)}", source=source, line=line)
-
-
-def _refuse_repeated_keys(node: yaml.Node, source: str) -> None:
-    """Refuse a mapping key written twice: a YAML reader keeps only the last, so the first (an
-    interface and all its rules, say) would be lost without a word. Runs before construction,
-    which folds merge keys (``<<: *base``) in, where overriding a merged key is intended."""
-    walked: set[int] = set()
-
-    def walk(current: yaml.Node, path: _Path) -> None:
-        if id(current) in walked:
-            return
-        walked.add(id(current))
-        if isinstance(current, yaml.MappingNode):
-            first: dict[tuple[str, str], int] = {}
-            for key_node, value_node in current.value:
-                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != _MERGE_TAG:
-                    key = (key_node.tag, key_node.value)
-                    line = key_node.start_mark.line + 1
-                    if key in first:
-                        raise RoutingConfigError(
-                            f"key {key_node.value!r} is given twice (first at line {first[key]}); "
-                            "a YAML reader would keep only the last",
-                            source=source,
-                            line=line,
-                            path=_format((*path, key_node.value)),
-                        )
-                    first[key] = line
-                walk(value_node, (*path, str(key_node.value)))
-        elif isinstance(current, yaml.SequenceNode):
-            for index, item in enumerate(current.value):
-                walk(item, (*path, index))
-
-    walk(node, ())
-
-
-_MERGE_TAG: Final = "tag:yaml.org,2002:merge"
-
-
-def _config_error(error: ValidationError, source: str, lines: Mapping[_Path, int]) -> RoutingConfigError:
-    first = error.errors(include_url=False)[0]
-    location: _Path = tuple(first["loc"])
-    if location[:1] == ("interfaces",):
-        location = location[1:]
-    # pydantic adds the model name for union members and "[key]" for nested dicts: keep real keys.
-    path = _known_prefix(location, lines) if lines else location
-    message = first["msg"].removeprefix("Value error, ")
-    others = len(error.errors()) - 1
-    if others:
-        message += f" (and {others} more error{'s' if others > 1 else ''})"
-    return RoutingConfigError(message, source=source, line=lines.get(path), path=_format(location))
-
-
-def _known_prefix(location: _Path, lines: Mapping[_Path, int]) -> _Path:
-    for end in range(len(location), -1, -1):
-        if location[:end] in lines:
-            return location[:end]
-    return ()
-
-
-def _format(location: _Path) -> str:
-    text = ""
-    for part in location:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text
