@@ -313,6 +313,18 @@ def test_a_markdown_link_that_fits_in_a_chunk_is_not_cut() -> None:
     assert split_message(long_link, limit=20) == ["[a b c d e f g h i ", "j k l m n o ", "p](https://x.io)"]
 
 
+def test_an_inline_code_span_that_fits_in_a_chunk_is_not_cut() -> None:
+    """A cut at a space inside `` `pip install x` `` leaves a lone backtick in each chunk: both
+    render wrong (the second chunk's backtick opens a span that runs on)."""
+    text = "Then run `pip install dynamic-agents` now"
+    assert split_message(text, limit=30) == ["Then run ", "`pip install dynamic-agents` ", "now"]
+    double = "Type ``a `tick` inside`` here"
+    assert split_message(double, limit=20) == ["Type ", "``a `tick` inside`` ", "here"]
+    # A span longer than a chunk is still cut at its spaces.
+    long_span = "`a b c d e f g h i j k l m n o p`"
+    assert split_message(long_span, limit=16) == ["`a b c d e f g ", "h i j k l m n o ", "p`"]
+
+
 def test_no_break_spaces_are_not_cut_at() -> None:
     text = "aaaa bbbb\u00a0cccc\u00a0dddd"
     assert split_message(text, limit=16) == ["aaaa ", "bbbb\u00a0cccc\u00a0dddd"]

@@ -22,8 +22,9 @@ Where a chunk ends
     joiners or selectors that belong to it, when possible). Boundary whitespace stays at the **end**
     of the chunk before the cut, so each later chunk starts with the next paragraph, line or word.
     The preference is strict: a paragraph break anywhere in the window wins over a later line break,
-    even if the chunk comes out short. A cut inside a markdown link (``[text](url)`` on one line) is
-    avoided whenever another cut fits: its halves would render as plain text.
+    even if the chunk comes out short. A cut inside a markdown link (``[text](url)`` on one line) or
+    an inline code span (`` `code` `` on one line, outside code blocks) is avoided whenever another
+    cut fits: its halves would render as plain text.
 
 Code fences
     A *fence line* is a line (text between "\n" characters) whose content, stripped of whitespace,
@@ -100,6 +101,8 @@ _NO_BREAK_SPACES: Final = frozenset("\u00a0\u2007\u202f")
 _ZWJ: Final = "\u200d"
 _LINK: Final = re.compile(r"\[[^\[\]\n]+\]\([^()\s]+\)")
 """A markdown link, ``[text](url)``, on one line."""
+_CODE_SPAN: Final = re.compile(r"(?<!`)(`{1,2})(?!`)(?:(?!\1)[^\n])+?(?<!`)\1(?!`)")
+"""An inline code span on one line: `` `code` ``, or ``` ``code with a ` inside`` ```."""
 _INDIC_LINKERS: Final = frozenset("\u094d\u09cd\u0acd\u0b4d\u0c4d\u0d4d")
 """Viramas that join the consonants around them into one conjunct (Unicode's InCB=Linker)."""
 # How bad a cut is, best first.
@@ -228,9 +231,18 @@ class _Splitter:
                 language = self._language(mark, end) if language is None else None
         self.open_before.append(language)
         self.fence_marks = [mark for mark in self.marks if mark >= 0]
-        links = [match.span() for match in _LINK.finditer(text)]
-        self.link_starts = [start for start, _ in links]
-        self.link_ends = [end for _, end in links]
+        # Links and inline code spans (outside fenced blocks, where backticks are code), merged
+        # where they overlap (a link whose text is code): a cut inside one is untidy.
+        spans = [match.span() for match in _LINK.finditer(text)]
+        spans += [m.span() for m in _CODE_SPAN.finditer(text) if self.open_at(m.start()) is None]
+        merged: list[tuple[int, int]] = []
+        for start, end in sorted(spans):
+            if merged and start < merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+            else:
+                merged.append((start, end))
+        self.span_starts = [start for start, _ in merged]
+        self.span_ends = [end for _, end in merged]
 
     def split(self) -> list[MessageChunk]:
         chunks: list[MessageChunk] = []
@@ -250,10 +262,11 @@ class _Splitter:
             return self.open_before[k + 1]
         return self.open_before[k]
 
-    def inside_link(self, p: int) -> bool:
-        """Whether a cut at ``p`` falls inside a markdown link (``[text](url)``)."""
-        i = bisect_right(self.link_starts, p) - 1
-        return i >= 0 and self.link_starts[i] < p < self.link_ends[i]
+    def inside_span(self, p: int) -> bool:
+        """Whether a cut at ``p`` falls inside a markdown link (``[text](url)``) or an inline
+        code span (`` `code` ``)."""
+        i = bisect_right(self.span_starts, p) - 1
+        return i >= 0 and self.span_starts[i] < p < self.span_ends[i]
 
     def next_fence(self, p: int) -> int:
         """Where the first fence line at or after ``p`` has its backticks (n when there is none)."""
@@ -419,7 +432,7 @@ class _Window:
             nonspace[self.start] >= p  # the chunk is whitespace only
             or (local is not None and nonspace[min(local, self.s.n)] >= p)  # it ends with an empty block
             or (self.s.open_at(p) is not None and nonspace[p] >= self.s.next_fence(p))  # the next starts so
-            or self.s.inside_link(p)  # "[the" and "guide](url)" render as plain text
+            or self.s.inside_span(p)  # "[the" and "guide](url)" render as plain text, "`a" and "b`" too
         )
         return _UNTIDY if untidy else _CLEAN
 
