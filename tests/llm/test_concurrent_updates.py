@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from dynamic_agents.llm import RouterConfig, build_router
 from dynamic_agents.secrets import SecretKey, SecretsManager, SecretValue, StaticSource
 from dynamic_agents.testing import FakeOpenAI
+from tests.support.waiting import wait_until
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 V1, V2 = "sk-concurrent-v1-000001", "sk-concurrent-v2-000002"
@@ -78,3 +80,27 @@ async def test_a_change_notice_sent_by_the_fetch_an_update_waits_for_does_not_de
         (deployment,) = router.router.model_list
         assert deployment["litellm_params"]["api_key"] == V2
         assert deployment["litellm_params"]["extra_headers"] == {"X-Team-Token": "team-token-v2"}
+
+
+async def test_a_change_left_to_an_update_that_is_then_cancelled_still_lands(fake: FakeOpenAI) -> None:
+    """A change notice arriving while an update of the deployment is under way leaves the work to
+    that update. If that update is cancelled (its caller's request timed out, say), the change was
+    lost until the next one; it is taken up in the background now."""
+    source = StaticSource({"openai": {"api_key": V1}})
+    secrets = HeldSecrets(source)
+    params = {"model": "openai/gpt-4o-mini", "api_key": "secret:openai:api_key", "api_base": fake.api_base}
+    config = RouterConfig.from_dict({"model_list": [{"model_name": "gpt", "litellm_params": params}]})
+    async with await build_router(config, secrets) as router:
+        secrets.armed = True
+        first = asyncio.create_task(router.refresh())  # resolves V1, then is held
+        await asyncio.wait_for(secrets.held.wait(), 5)
+        source.set(SecretKey("openai"), {"api_key": V2})
+        await asyncio.wait_for(secrets.refresh(), 5)  # the notice leaves the update to `first`
+        first.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await first
+        await wait_until(
+            lambda: router.router.model_list[0]["litellm_params"]["api_key"] == V2, what="V2 written"
+        )
+        await router.acompletion(model="gpt", messages=MESSAGES)
+    assert [request.authorization for request in fake.requests] == [f"Bearer {V2}"]

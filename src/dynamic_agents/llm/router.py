@@ -242,6 +242,7 @@ class LLMRouter:
         self._user_keys = self._user_key_references(config, secrets)
         self._unsubscribe = secrets.on_change(self._on_secret_change) if follow_changes else None
         self._closed = False
+        self._follow_ups: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
         groups = ", ".join(sorted(self.config.model_names))
@@ -500,7 +501,8 @@ class LLMRouter:
         Updates of one deployment run one at a time, each resolving after the one before has
         written, so a key resolved earlier is never written over one resolved later. An update asked
         for while another is under way makes that one resolve again before it ends; with ``wait``
-        it also waits for its turn, else it returns at once and leaves the work to that one."""
+        it also waits for its turn, else it returns at once and leaves the work to that one (or,
+        should that one be cancelled or fail first, to an update in the background)."""
         deployment.stale = True
         if not wait and deployment.waiting:
             return False
@@ -512,6 +514,14 @@ class LLMRouter:
                     deployment.stale = False
                     changed = await self._write(deployment) or changed
                 return changed
+        except BaseException:
+            # Cancelled or failed with an update still asked for (a change notice left it to this
+            # one) and nobody else waiting to do it: done in the background, not lost.
+            if deployment.stale and deployment.waiting == 1 and not self._closed:
+                task = asyncio.create_task(self._update_or_log(deployment))
+                self._follow_ups.add(task)
+                task.add_done_callback(self._follow_ups.discard)
+            raise
         finally:
             deployment.waiting -= 1
 
@@ -541,6 +551,9 @@ class LLMRouter:
         self._closed = True
         if self._unsubscribe is not None:
             self._unsubscribe()
+        for task in list(self._follow_ups):
+            task.cancel()
+        await asyncio.gather(*self._follow_ups, return_exceptions=True)
         _litellm.discard(self.router)
 
     async def __aenter__(self) -> LLMRouter:
