@@ -616,6 +616,7 @@ async def test_a_retry_while_the_first_request_runs_is_409_and_runs_nothing(
     assert second.json()["detail"] == (
         "a request with Idempotency-Key 'once' is still running; retry when it has finished"
     )
+    assert second.headers["Retry-After"] == "1"  # when to ask again
     other = await stack.client.post(f"{V1}/agents/bot/execute", json={**EXECUTE, "input": "x"}, headers=key)
     assert other.status_code == 422  # another body with the key: refused whether or not it runs
     held.gate.set()

@@ -122,6 +122,10 @@ _IdempotencyScope = tuple[str, str, str, str]
 as a digest) and its target, so two callers that happen to pick one key never share a result."""
 
 
+_RETRY_RUNNING: Final = "1"
+"""``Retry-After`` (seconds) of the 409 for a retry that arrives while its first request runs."""
+
+
 class _Idempotency:
     """``Idempotency-Key`` of execute calls, per process (the IETF draft's semantics): the first
     request with a key runs and its result is kept ``ttl`` seconds for retries; the same key with
@@ -150,6 +154,7 @@ class _Idempotency:
             raise HTTPException(
                 409,
                 f"a request with Idempotency-Key {key[-1]!r} is still running; retry when it has finished",
+                headers={"Retry-After": _RETRY_RUNNING},
             )
         if stored is not None:
             return stored[1]
