@@ -368,6 +368,37 @@ async def test_stop_hands_back_requests_queued_behind_their_session(backend: Bac
     ]
 
 
+async def test_cancelling_the_task_that_runs_the_worker_hands_its_runs_back(backend: Backend) -> None:
+    """The host cancels the task running ``run()`` (its own shutdown): the runs in flight are
+    cancelled with it, hand their entries and leases back and end before ``run()`` does; none is
+    left running without the loops that keep its entry and lease."""
+    transport, other = await backend.transport(), await backend.transport()
+    started = asyncio.Event()
+    ended: list[str] = []
+
+    async def slow(target: Target, request: AgentRequestEvent) -> str:
+        started.set()
+        try:
+            await asyncio.sleep(30)
+        finally:
+            ended.append(request.content)
+        return "never"
+
+    w = worker(transport, FunctionExecutor(slow), claim_min_idle=60, keep_fresh_every=20)
+    running = asyncio.create_task(w.run())
+    await transport.publish(backend.names.requests, request_event(backend.names, "x"))
+    await asyncio.wait_for(started.wait(), 5)
+    running.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await running
+    assert running.cancelled()
+    assert (w.in_flight, ended) == (0, ["x"])
+    assert await other.coordinator().holder("s1") is None  # the lease was given back
+    # handed back at once (not after claim_min_idle, a minute here): another worker answers it
+    await worker(other, consumer="rescuer", claim_min_idle=60, keep_fresh_every=20).run_until_idle()
+    assert [r.content for r in await replies(transport, backend.names)] == ["echo: x"]
+
+
 async def test_async_with_left_at_once_stops_the_worker(backend: Backend) -> None:
     """stop() before the background run got to start: the run sees it and ends."""
     transport = await backend.transport()

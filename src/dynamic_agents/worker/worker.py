@@ -163,7 +163,9 @@ class AgentWorker:
 
     async def run(self, *, until_idle: bool = False) -> None:
         """Consume until :meth:`stop` (or, with ``until_idle``, until nothing is left to do). A stop
-        requested before the loop got to start (``async with`` left at once) is honoured."""
+        requested before the loop got to start (``async with`` left at once) is honoured.
+        Cancelling the task that awaits it is a stop without grace: the runs in flight are
+        cancelled and hand their entries and leases back before it ends."""
         self._reading_done.clear()
         try:
             await self._consume(until_idle)
@@ -193,6 +195,12 @@ class AgentWorker:
             # and their cancellation requests watched until they end: nothing starts after this.
             while self._tasks:
                 await asyncio.wait(list(self._tasks.values()))
+        except asyncio.CancelledError:
+            # The task running run() was cancelled (the host's own shutdown): a stop without grace.
+            # The runs end with it, handing their entries and leases back, while the loops that
+            # keep those still go: none is left running unattended.
+            await self._cancel_handlers()
+            raise
         finally:
             self._reading_done.set()
             for helper in helpers:
@@ -253,6 +261,13 @@ class AgentWorker:
             task.cancel()
         if pending:
             await asyncio.wait(pending)
+
+    async def _cancel_handlers(self) -> None:
+        while self._tasks:
+            tasks = list(self._tasks.values())
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks)
 
     async def _nothing_pending(self) -> bool:
         return not await self.transport.pending(self.stream, self.settings.group, count=1)
