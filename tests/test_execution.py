@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from hypothesis import given
 from hypothesis import strategies as st
 
 from dynamic_agents._redaction import MASK
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, ResponseStatus, Target, TargetType
-from dynamic_agents.execution import ExecutionResult, TokenUsage
+from dynamic_agents.execution import ExecutionResult, FunctionExecutor, TokenUsage
 from dynamic_agents.secrets import SecretValue
 
 CANARY = "sk-canary-to-response-5f1c9a"
@@ -63,3 +65,28 @@ def test_every_field_of_a_result_reaches_the_response(result: ExecutionResult, t
 def test_an_error_message_echoing_a_secret_is_masked_on_the_wire() -> None:
     result = ExecutionResult(ResponseStatus.ERROR, error_message=f"AuthenticationError: key {CANARY}")
     assert CANARY not in result.to_response(REQUEST).model_dump_json()
+
+
+async def test_a_timeout_raised_inside_the_function_is_an_error_not_the_requests_timeout() -> None:
+    """A function's own timeout (a tool's HTTP call, say) is its failure, named as such: only the
+    request's ``timeout`` running out answers ``timeout``, with that timeout in the message."""
+    target = Target(type=TargetType.AGENT, id="helper")
+
+    async def slow_tool(target: Target, request: AgentRequestEvent) -> str:
+        await asyncio.wait_for(asyncio.Event().wait(), 0.01)
+        return "never"
+
+    def sync_tool(target: Target, request: AgentRequestEvent) -> str:
+        raise TimeoutError("the database did not answer")
+
+    for handler, timeout in ((slow_tool, 120.0), (sync_tool, None)):
+        result = await FunctionExecutor(handler).execute(target, REQUEST, timeout=timeout)
+        assert result.status == ResponseStatus.ERROR, handler
+        assert (result.error_message or "").startswith("TimeoutError"), result.error_message
+
+    async def forever(target: Target, request: AgentRequestEvent) -> str:
+        await asyncio.Event().wait()
+        return "never"
+
+    timed_out = await FunctionExecutor(forever).execute(target, REQUEST, timeout=0.01)
+    assert (timed_out.status, timed_out.error_message) == (ResponseStatus.TIMEOUT, "timed out after 0.01s")

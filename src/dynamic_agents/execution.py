@@ -141,14 +141,21 @@ class FunctionExecutor:
         on_delta: DeltaCallback | None = None,
     ) -> ExecutionResult:
         started = time.monotonic()
+        deadline: asyncio.Timeout | None = None
         try:
             outcome = self.handler(target, request)
             # an awaitable gets the timeout (a plain function cannot be interrupted); a plain
             # function's str or result skips the Awaitable check, the slow one
             if not isinstance(outcome, str | ExecutionResult) and inspect.isawaitable(outcome):
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout(timeout) as deadline:
                     outcome = await outcome
-        except TimeoutError:
+        except TimeoutError as error:
+            if deadline is None or not deadline.expired():  # the function's own (a tool's call, say)
+                return ExecutionResult(
+                    ResponseStatus.ERROR,
+                    error_message=f"{type(error).__name__}: {error}",
+                    duration_ms=_since(started),
+                )
             return ExecutionResult(
                 ResponseStatus.TIMEOUT,
                 error_message=f"timed out after {timeout}s",
