@@ -227,6 +227,41 @@ async def test_a_merged_turn_that_loses_its_lease_answers_none_of_its_requests(b
     assert all(reply.status == ResponseStatus.COMPLETED for reply in answered)
 
 
+async def test_a_merged_turn_that_loses_its_lease_hands_every_request_back_at_once(backend: Backend) -> None:
+    """Not only the request whose handler ran the turn: the ones merged into it go back to the
+    group at once too, for another worker, instead of waiting ``claim_min_idle`` (a minute here)."""
+    transport, other = await backend.transport(), await backend.transport()
+    gate, first_started = asyncio.Event(), asyncio.Event()
+    rivals = []
+
+    async def run(target: Target, request: AgentRequestEvent) -> str:
+        if request.content == "first":
+            first_started.set()
+            await gate.wait()
+            return "answer to first"
+        await backend.delete_key(backend.names.session_lease("s1"))  # as if it had expired
+        rival = await other.coordinator().acquire("s1", ttl=30)
+        assert rival is not None
+        rivals.append(rival)
+        return "from the worker that lost its lease"
+
+    slow_reclaim = {"claim_min_idle": 60, "keep_fresh_every": 20, "lease_ttl": 30}
+    w = worker(transport, FunctionExecutor(run), session_policy=SessionPolicy.MERGE, **slow_reclaim)
+    merged = [request_event(backend.names, text) for text in ("a", "b", "c")]
+    async with w:
+        await transport.publish(backend.names.requests, request_event(backend.names, "first"))
+        await asyncio.wait_for(first_started.wait(), 5)
+        for request in merged:
+            await transport.publish(backend.names.requests, request)
+        await wait_for(lambda: _async(w.stats.received == 4))
+        gate.set()
+        await wait_for(lambda: _async(w.stats.lost >= 1 and w.in_flight == 0))
+    await other.coordinator().release(rivals[0])
+    await worker(other, consumer="winner", **slow_reclaim).run_until_idle(timeout=10)
+    answered = await replies(transport, backend.names)
+    assert {reply.request_id for reply in answered[1:]} == {request.id for request in merged}
+
+
 async def test_cancel_from_another_process(backend: Backend) -> None:
     transport, elsewhere = await backend.transport(), await backend.transport()
     timeline = Timeline()

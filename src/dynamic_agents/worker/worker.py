@@ -435,8 +435,13 @@ class AgentWorker:
                 read_claim = None
             if previous is not None:
                 await asyncio.shield(previous)  # within this worker: one at a time, in arrival order
-            if delivery.entry_id in self._absorbed:
-                return None  # a merged run answered it
+            if delivery.entry_id in self._absorbed:  # a merged turn took it
+                if self._held.get(delivery.entry_id) is delivery and delivery.entry_id not in self._lost:
+                    # the turn ended without answering it (its lease lost, say): hand it back at
+                    # once, as its own handler would, instead of leaving it to claim_min_idle
+                    with contextlib.suppress(DynamicAgentsError):
+                        await self.transport.release(delivery)
+                return None
             if self._stopping:
                 raise _not_started()
             self._leave_queue(event.session_id, delivery.entry_id)
