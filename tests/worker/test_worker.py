@@ -543,6 +543,10 @@ def test_record_ttl_must_outlive_redeliveries() -> None:
         ("reply_expire", 0),
         ("reply_expire", -1.0),
         ("block", -1),
+        # a read loop, or a wait for a lease, that never waits: on the in-memory transport the
+        # event loop never gets back (the worker hangs), on Redis it polls without pause
+        ("block", 0),
+        ("lease_poll", 0),
         # wrong types: a bare TypeError, or accepted ("false" is a true value)
         ("concurrency", "8"),
         ("concurrency", 2.5),
