@@ -582,6 +582,16 @@ def test_an_unknown_policy_for_a_target_is_refused_with_what_is_valid() -> None:
         WorkerSettings(policies={"agent:echo": "interupt"})  # type: ignore[dict-item]
 
 
+@pytest.mark.parametrize("key", ["support", "agents:support", "agent:", "", 7])
+def test_a_policy_for_a_target_that_can_never_match_is_refused(key: object) -> None:
+    """Targets are looked up as ``"agent:support"``: a key of another shape would be silently
+    ignored forever."""
+    from dynamic_agents.exceptions import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match=rf"policies key {re.escape(repr(key))} .*'agent:<id>'"):
+        WorkerSettings(policies={key: "reject"})  # type: ignore[dict-item]
+
+
 def test_policies_given_as_text_are_stored_as_session_policies() -> None:
     from dynamic_agents.worker import SessionPolicy
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from dynamic_agents._validation import check_choice, check_count, check_seconds
+from dynamic_agents.events import TargetType
 from dynamic_agents.exceptions import ConfigurationError
 
 __all__ = ["SessionPolicy", "WorkerSettings"]
@@ -27,6 +28,24 @@ class SessionPolicy(StrEnum):
     REJECT = "reject"
     INTERRUPT = "interrupt"
     MERGE = "merge"
+
+
+_TARGET_TYPES = tuple(kind.value for kind in TargetType)
+
+
+def _checked_policies(policies: object) -> dict[str, SessionPolicy]:
+    """``policies`` with their values as :class:`SessionPolicy`; a key is looked up as
+    ``"<type>:<id>"``, so one of another shape (it would never match) is refused."""
+    if not isinstance(policies, Mapping):
+        raise ConfigurationError(f"policies must be a mapping of target to policy, got {policies!r}")
+    checked: dict[str, SessionPolicy] = {}
+    for key, value in policies.items():
+        kind, _, target_id = key.partition(":") if isinstance(key, str) else ("", "", "")
+        if kind not in _TARGET_TYPES or not target_id:
+            valid = ", ".join(f"'{kind}:<id>'" for kind in _TARGET_TYPES)
+            raise ConfigurationError(f"policies key {key!r} names no target: keys are {valid}")
+        checked[key] = check_choice(f"policies[{key!r}]", value, SessionPolicy)
+    return checked
 
 
 def _consumer_name() -> str:
@@ -104,20 +123,11 @@ class WorkerSettings:
                 raise ConfigurationError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")
         if not isinstance(self.busy_message, str):
             raise ConfigurationError(f"busy_message must be a string, got {self.busy_message!r}")
-        if not isinstance(self.policies, Mapping):
-            raise ConfigurationError(f"policies must be a mapping of target to policy, got {self.policies!r}")
         # frozen: the policies given as text (YAML, environment) are stored as SessionPolicy
         object.__setattr__(
             self, "session_policy", check_choice("session_policy", self.session_policy, SessionPolicy)
         )
-        object.__setattr__(
-            self,
-            "policies",
-            {
-                target: check_choice(f"policies[{target!r}]", value, SessionPolicy)
-                for target, value in self.policies.items()
-            },
-        )
+        object.__setattr__(self, "policies", _checked_policies(self.policies))
         floor = self.max_deliveries * self.claim_min_idle + self.request_timeout
         if self.record_ttl < floor:
             raise ConfigurationError(
