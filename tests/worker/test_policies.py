@@ -184,6 +184,37 @@ async def test_cancelling_a_request_merged_into_a_running_turn_cancels_the_turn(
     assert (answer_a.status, answer_b.status) == (ResponseStatus.CANCELLED, ResponseStatus.CANCELLED)
 
 
+async def test_cancelling_a_queued_request_does_not_cancel_the_ones_merged_with_it(backend: Backend) -> None:
+    """'a' is cancelled while it waits behind 'first'; 'b', queued with it, was not: when their
+    turn comes 'a' answers ``cancelled`` and 'b' runs."""
+    transport = await backend.transport()
+    gate, first_started = asyncio.Event(), asyncio.Event()
+    ran: list[str] = []
+
+    async def run(target: Target, request: AgentRequestEvent) -> str:
+        ran.append(request.content)
+        if request.content == "first":
+            first_started.set()
+            await gate.wait()
+        return f"answer to {request.content}"
+
+    w = worker(transport, FunctionExecutor(run), session_policy=SessionPolicy.MERGE)
+    a, b = request_event(backend.names, "a"), request_event(backend.names, "b")
+    async with w:
+        await transport.publish(backend.names.requests, request_event(backend.names, "first"))
+        await asyncio.wait_for(first_started.wait(), 5)
+        await transport.publish(backend.names.requests, a)
+        await transport.publish(backend.names.requests, b)
+        await wait_for(lambda: _async(w.stats.received == 3))
+        await AgentClient(transport).cancel(a.id)
+        gate.set()
+        await wait_for(lambda: _has_replies(transport, backend, 3))
+    answers = {reply.request_id: reply for reply in await replies(transport, backend.names)}
+    assert answers[a.id].status == ResponseStatus.CANCELLED
+    assert (answers[b.id].status, answers[b.id].content) == (ResponseStatus.COMPLETED, "answer to b")
+    assert ran == ["first", "b"]
+
+
 async def test_a_merged_turn_that_loses_its_lease_answers_none_of_its_requests(backend: Backend) -> None:
     """The merged requests are answered only while the turn's lease is held: one lost during the
     run publishes nothing for any of them (another worker answers them all), and the handling ends

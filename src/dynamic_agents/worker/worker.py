@@ -506,24 +506,17 @@ class AgentWorker:
     ) -> tuple[list[Delivery[AgentRequestEvent]], Lease] | None:
         """After a ``claim`` that did not lease: take the session's lease for ``batch``, waiting
         while another run holds it (the entries stay held and fresh meanwhile, so waiting never
-        counts as a delivery). Requests answered before are acked and left out; if one is
-        cancelled, all are answered so. ``None`` when nothing is left to run."""
+        counts as a delivery). Requests answered before are acked and left out, cancelled ones
+        answered so and left out. ``None`` when nothing is left to run."""
         waited = False
         while True:
             if claim.status is ClaimStatus.LEASED:
                 assert claim.lease is not None
                 return batch, claim.lease
-            if claim.status is ClaimStatus.ANSWERED:
-                for item in batch:
-                    if item.event.id in claim.request_ids:
-                        await self._ack_duplicate(item)
-                batch = [item for item in batch if item.event.id not in claim.request_ids]
+            if claim.status in (ClaimStatus.ANSWERED, ClaimStatus.CANCELLED):
+                batch = await self._leave_out(batch, target, claim)
                 if not batch:
                     return None
-            elif claim.status is ClaimStatus.CANCELLED:
-                for item in batch:
-                    await self._answer(item, item.event, target, _cancelled())
-                return None
             else:
                 if self._stopping:  # the handler hands back its own entry, this the merged ones
                     for item in [item for item in batch if item.entry_id in self._absorbed]:
@@ -537,6 +530,21 @@ class AgentWorker:
             claim = await self.coordinator.claim(
                 session_id, [item.event.id for item in batch], self.settings.lease_ttl
             )
+
+    async def _leave_out(
+        self, batch: list[Delivery[AgentRequestEvent]], target: Target, claim: Claim
+    ) -> list[Delivery[AgentRequestEvent]]:
+        """``batch`` without the requests ``claim`` found answered (acked) or cancelled (answered
+        so): only those; the others still run."""
+        rest = []
+        for item in batch:
+            if item.event.id not in claim.request_ids:
+                rest.append(item)
+            elif claim.status is ClaimStatus.ANSWERED:
+                await self._ack_duplicate(item)
+            else:
+                await self._answer(item, item.event, target, _cancelled())
+        return rest
 
     async def _ack_duplicate(self, delivery: Delivery[AgentRequestEvent]) -> None:
         self.stats.duplicates += 1
