@@ -184,6 +184,45 @@ async def test_cancelling_a_request_merged_into_a_running_turn_cancels_the_turn(
     assert (answer_a.status, answer_b.status) == (ResponseStatus.CANCELLED, ResponseStatus.CANCELLED)
 
 
+@pytest.mark.parametrize("policy", [SessionPolicy.ENQUEUE, SessionPolicy.MERGE])
+async def test_a_request_cancelled_while_queued_is_answered_at_once(
+    backend: Backend, policy: SessionPolicy
+) -> None:
+    """'second' waits behind a long run of its session: cancelling it answers ``cancelled`` within
+    a poll or two, not once the run ahead of it ends; 'third', behind it, still waits its turn."""
+    transport = await backend.transport()
+    gate, first_started = asyncio.Event(), asyncio.Event()
+    ran: list[str] = []
+
+    async def run(target: Target, request: AgentRequestEvent) -> str:
+        ran.append(request.content)
+        if request.content == "first":
+            first_started.set()
+            await gate.wait()
+        return f"answer to {request.content}"
+
+    w = worker(transport, FunctionExecutor(run), session_policy=policy)
+    second, third = request_event(backend.names, "second"), request_event(backend.names, "third")
+    async with w:
+        await transport.publish(backend.names.requests, request_event(backend.names, "first"))
+        await asyncio.wait_for(first_started.wait(), 5)
+        await transport.publish(backend.names.requests, second)
+        await transport.publish(backend.names.requests, third)
+        await wait_for(lambda: _async(w.stats.received == 3))
+        await AgentClient(transport).cancel(second.id)
+        await wait_for(lambda: _has_replies(transport, backend, 1))  # while 'first' still runs
+        (cancelled,) = await replies(transport, backend.names)
+        assert (cancelled.request_id, cancelled.status) == (second.id, ResponseStatus.CANCELLED)
+        assert ran == ["first"]
+        gate.set()
+        await wait_for(lambda: _has_replies(transport, backend, 3))
+    assert [r.content for r in await replies(transport, backend.names)][1:] == [
+        "answer to first",
+        "answer to third",
+    ]
+    assert ran == ["first", "third"]
+
+
 async def test_cancelling_a_queued_request_does_not_cancel_the_ones_merged_with_it(backend: Backend) -> None:
     """'a' is cancelled while it waits behind 'first'; 'b', queued with it, was not: when their
     turn comes 'a' answers ``cancelled`` and 'b' runs."""

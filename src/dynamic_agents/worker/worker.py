@@ -133,6 +133,8 @@ class AgentWorker:
         self._executions: dict[str, asyncio.Task[None]] = {}  # request id -> the handler running it
         self._merged_into: dict[str, str] = {}  # request id merged into a running turn -> the turn's
         self._cancelling: set[str] = set()
+        self._awaiting_turn: dict[str, str] = {}  # request id -> entry id, queued behind its session
+        self._withdrawn: set[str] = set()  # entry ids cancelled on request while queued
         self._leases: dict[str, _HeldLease] = {}  # request id -> the lease its run holds
         self._leases_lost: set[str] = set()
         self._slot_freed = asyncio.Event()
@@ -364,6 +366,7 @@ class AgentWorker:
                 del self._session_tails[event.session_id]
             self._leave_queue(event.session_id, delivery.entry_id)
             self._absorbed.discard(delivery.entry_id)
+            self._withdrawn.discard(delivery.entry_id)
             self._held.pop(delivery.entry_id, None)
             self._tasks.pop(delivery.entry_id, None)
             self._lost.discard(delivery.entry_id)
@@ -433,14 +436,11 @@ class AgentWorker:
             if busy_here and read_claim is not None:  # the requests queued before it take the lease first
                 await self._give_back(read_claim)
                 read_claim = None
-            if previous is not None:
-                await asyncio.shield(previous)  # within this worker: one at a time, in arrival order
+            # within this worker: one at a time, in arrival order
+            if previous is not None and await self._cancelled_while_queued(delivery, target, previous):
+                return None
             if delivery.entry_id in self._absorbed:  # a merged turn took it
-                if self._held.get(delivery.entry_id) is delivery and delivery.entry_id not in self._lost:
-                    # the turn ended without answering it (its lease lost, say): hand it back at
-                    # once, as its own handler would, instead of leaving it to claim_min_idle
-                    with contextlib.suppress(DynamicAgentsError):
-                        await self.transport.release(delivery)
+                await self._hand_back_unanswered(delivery)
                 return None
             if self._stopping:
                 raise _not_started()
@@ -454,6 +454,36 @@ class AgentWorker:
         finally:
             if read_claim is not None:  # not used: answered without a run, or cancelled
                 await self._give_back(read_claim)
+
+    async def _cancelled_while_queued(
+        self, delivery: Delivery[AgentRequestEvent], target: Target, previous: asyncio.Future[None]
+    ) -> bool:
+        """Wait for the session's request ahead of this one here. True if this one was cancelled on
+        request meanwhile (the cancellation watch cancels this handler for it): then it is answered
+        so at once, and the handler still waits, so the requests behind it keep their order."""
+        self._awaiting_turn[delivery.event.id] = delivery.entry_id
+        try:
+            await asyncio.shield(previous)
+        except asyncio.CancelledError:
+            handler = asyncio.current_task()
+            assert handler is not None
+            if delivery.entry_id not in self._withdrawn or handler.uncancel() > 0:
+                raise  # stopping, or the entry was lost
+        else:
+            return False
+        finally:
+            if self._awaiting_turn.get(delivery.event.id) == delivery.entry_id:
+                del self._awaiting_turn[delivery.event.id]
+        await self._answer(delivery, delivery.event, target, _cancelled())
+        await asyncio.shield(previous)
+        return True
+
+    async def _hand_back_unanswered(self, delivery: Delivery[AgentRequestEvent]) -> None:
+        """A request merged into a turn that ended without answering it (its lease lost, say): hand
+        it back at once, as its own handler would, instead of leaving it to ``claim_min_idle``."""
+        if self._held.get(delivery.entry_id) is delivery and delivery.entry_id not in self._lost:
+            with contextlib.suppress(DynamicAgentsError):
+                await self.transport.release(delivery)
 
     async def _session_claim(
         self,
@@ -581,8 +611,10 @@ class AgentWorker:
 
     def _absorb(self, session_id: str) -> list[Delivery[AgentRequestEvent]]:
         """The session's requests queued here behind this one, taken into one merged turn."""
-        absorbed = [
-            self._held[entry_id] for entry_id in self._waiting.pop(session_id, []) if entry_id in self._held
+        absorbed = [  # not those cancelled while queued: their handlers answer them
+            self._held[entry_id]
+            for entry_id in self._waiting.pop(session_id, [])
+            if entry_id in self._held and entry_id not in self._withdrawn
         ]
         self._absorbed.update(d.entry_id for d in absorbed)
         return absorbed
@@ -598,16 +630,30 @@ class AgentWorker:
         """Cancellation requested from any process reaches the run here."""
         while True:
             await asyncio.sleep(self.settings.cancel_poll)
-            if not self._executions:
+            if not self._executions and not self._awaiting_turn:
                 continue
             try:
-                cancelled = await self.coordinator.cancelled([*self._executions, *self._merged_into])
+                cancelled = await self.coordinator.cancelled(
+                    [*self._executions, *self._merged_into, *self._awaiting_turn]
+                )
             except DynamicAgentsError as error:
                 logger.warning("checking cancellations failed: %s", error)
                 continue
             for request_id in cancelled:
                 logger.debug("request %s cancelled", request_id)
                 self._cancel_run(request_id)
+                self._withdraw(request_id)
+
+    def _withdraw(self, request_id: str) -> None:
+        """A request cancelled while it waits behind its session's run here: answered at once
+        (its handler is woken for it), not when its turn comes."""
+        entry_id = self._awaiting_turn.get(request_id)
+        if entry_id is None or entry_id in self._absorbed or entry_id in self._withdrawn:
+            return  # not waiting, or merged into a turn (cancelling that is _cancel_run's)
+        task = self._tasks.get(entry_id)
+        if task is not None:
+            self._withdrawn.add(entry_id)
+            task.cancel()
 
     async def _run(self, batch: list[Delivery[AgentRequestEvent]], target: Target, lease: Lease) -> None:
         """Run one turn: one request, or (merge) several asked as one with the last one's reply,
