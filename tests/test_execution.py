@@ -90,3 +90,16 @@ async def test_a_timeout_raised_inside_the_function_is_an_error_not_the_requests
 
     timed_out = await FunctionExecutor(forever).execute(target, REQUEST, timeout=0.01)
     assert (timed_out.status, timed_out.error_message) == (ResponseStatus.TIMEOUT, "timed out after 0.01s")
+
+
+async def test_a_function_returning_neither_text_nor_a_result_is_an_error_naming_what_it_returned() -> None:
+    """A forgotten ``return`` (``None``) or a dict is not an answer: an error result, not an empty
+    ``completed`` reply or a response that cannot be built."""
+    target = Target(type=TargetType.AGENT, id="helper")
+
+    async def forgot_to_return(target: Target, request: AgentRequestEvent) -> str:
+        return None  # type: ignore[return-value]
+
+    result = await FunctionExecutor(forgot_to_return).execute(target, REQUEST)
+    assert result.status == ResponseStatus.ERROR
+    assert "forgot_to_return returned NoneType" in (result.error_message or "")

@@ -120,9 +120,9 @@ Handler = Callable[[Target, AgentRequestEvent], Awaitable[str | ExecutionResult]
 class FunctionExecutor:
     """An :class:`Executor` around a plain (async) function ``(target, request) -> str | ExecutionResult``.
 
-    A string becomes a completed result; an exception becomes an error result whose message is the
-    exception's type and text. The timeout bounds an async function (``asyncio.timeout``); a plain
-    function cannot be interrupted and runs to its end.
+    A string becomes a completed result; an exception, or a return value that is neither a string nor
+    an ``ExecutionResult``, an error result naming it. The timeout bounds an async function
+    (``asyncio.timeout``); a plain function cannot be interrupted and runs to its end.
     """
 
     def __init__(self, handler: Handler, *, name: str | None = None) -> None:
@@ -143,7 +143,8 @@ class FunctionExecutor:
         started = time.monotonic()
         deadline: asyncio.Timeout | None = None
         try:
-            outcome = self.handler(target, request)
+            # object: a handler outside the type checker's view may return anything
+            outcome: object = self.handler(target, request)
             # an awaitable gets the timeout (a plain function cannot be interrupted); a plain
             # function's str or result skips the Awaitable check, the slow one
             if not isinstance(outcome, str | ExecutionResult) and inspect.isawaitable(outcome):
@@ -169,6 +170,13 @@ class FunctionExecutor:
             )
         if isinstance(outcome, ExecutionResult):
             return outcome
+        if not isinstance(outcome, str):  # a dict, None (no return)…: the same on every delivery
+            return ExecutionResult(
+                ResponseStatus.ERROR,
+                error_message=f"{self.name} returned {type(outcome).__name__}; a handler returns str or "
+                "ExecutionResult",
+                duration_ms=_since(started),
+            )
         if on_delta is not None and outcome:
             await on_delta(outcome)
         return ExecutionResult(

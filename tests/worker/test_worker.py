@@ -468,6 +468,51 @@ async def test_a_reply_too_large_to_send_is_answered_with_an_error_once(backend:
     assert not await transport.pending(backend.names.requests, "dynamic-agents")
 
 
+class _NotAResult:
+    async def execute(self, target: Target, request: AgentRequestEvent, **options: Any) -> object:
+        return {"content": "a dict, not an ExecutionResult"}
+
+
+class _BadField:
+    async def execute(self, target: Target, request: AgentRequestEvent, **options: Any) -> object:
+        return ExecutionResult(ResponseStatus.COMPLETED, content=42)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("executor", "problem"),
+    [
+        (FunctionExecutor(lambda target, request: {"answer": 42}), "dict"),  # type: ignore[arg-type, return-value]
+        (_NotAResult(), "dict"),
+        (_BadField(), "content"),
+    ],
+    ids=["function-returns-a-dict", "executor-returns-a-dict", "result-with-a-bad-field"],
+)
+async def test_a_result_that_cannot_become_a_reply_is_answered_with_an_error_once(
+    backend: Backend, executor: Any, problem: str
+) -> None:
+    """The same on every delivery: an error reply naming the problem at once, not a run per
+    delivery (its side effects repeated) and a dead letter."""
+    transport = await backend.transport()
+    runs = 0
+
+    class Counted:
+        async def execute(self, target: Target, request: AgentRequestEvent, **options: Any) -> Any:
+            nonlocal runs
+            runs += 1
+            return await executor.execute(target, request, **options)
+
+    await transport.publish(backend.names.requests, request_event(backend.names, "hi"))
+    w = worker(transport, Counted(), max_deliveries=3)
+    async with w:
+        await wait_for(lambda: _has_replies(transport, backend, 1))
+    (reply,) = await replies(transport, backend.names)
+    assert reply.status == ResponseStatus.ERROR
+    assert problem in (reply.error_message or "")
+    assert runs == 1
+    assert (w.stats.failed, w.stats.dead_lettered) == (1, 0)
+    assert not await transport.pending(backend.names.requests, "dynamic-agents")
+
+
 async def _has_replies(transport: Transport, backend: Backend, count: int) -> bool:
     return len(await replies(transport, backend.names)) >= count
 

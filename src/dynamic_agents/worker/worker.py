@@ -29,6 +29,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from pydantic import ValidationError
+
 from dynamic_agents._logging import bind_ids, get_logger
 from dynamic_agents._redaction import REDACTOR
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, ResponseStatus, Target
@@ -729,11 +731,16 @@ class AgentWorker:
         self._leases[event.id] = _HeldLease(lease, time.monotonic())
         try:
             try:
-                result = await self.executor.execute(
+                # object: an executor outside the type checker's view may return anything
+                outcome: object = await self.executor.execute(
                     target, event, timeout=self.settings.request_timeout, on_delta=on_delta
                 )
             except Exception as error:  # an unknown target, a broken tool registry…: an error reply
-                result = _error(f"{type(error).__name__}: {error}")
+                outcome = _error(f"{type(error).__name__}: {error}")
+            if isinstance(outcome, ExecutionResult):
+                result = outcome
+            else:  # a broken executor: the same on every delivery, so an error reply, not a retry
+                result = _error(f"the executor returned {type(outcome).__name__}, not an ExecutionResult")
         except asyncio.CancelledError:
             if event.id in self._leases_lost:
                 handler.uncancel()
@@ -830,12 +837,11 @@ class AgentWorker:
     ) -> Completion:
         try:
             completion = await self._complete(delivery, event, target, result, lease)
-        except EventTooLargeError as error:  # encoded before anything is written: nothing was
+        except (EventTooLargeError, ValidationError) as error:  # before anything is written: nothing was
             # The same on every delivery: an error reply now (under the same lease), not a retry.
-            logger.warning(
-                "the reply to %s is too large to send (%s); answering with an error", event.id, error
-            )
-            result = _error(f"the reply could not be sent: {error}")
+            problem = _invalid_fields(error) if isinstance(error, ValidationError) else str(error)
+            logger.warning("the reply to %s cannot be sent (%s); answering with an error", event.id, problem)
+            result = _error(f"the reply could not be sent: {problem}")
             completion = await self._complete(delivery, event, target, result, lease)
         if not completion.created:
             self.stats.duplicates += 1
@@ -914,6 +920,14 @@ async def _after_handlers_send() -> None:
 
 def _error(message: str) -> ExecutionResult:
     return ExecutionResult(ResponseStatus.ERROR, error_message=REDACTOR.redact(message))
+
+
+def _invalid_fields(error: ValidationError) -> str:
+    """Which fields of a reply are invalid and why, without their values (a reply's content)."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in detail['loc']) or 'reply'}: {detail['msg']}"
+        for detail in error.errors(include_url=False, include_input=False)
+    )
 
 
 def _not_started() -> asyncio.CancelledError:
