@@ -332,6 +332,26 @@ async def test_a_merged_turn_that_loses_its_lease_hands_every_request_back_at_on
     assert {reply.request_id for reply in answered[1:]} == {request.id for request in merged}
 
 
+@pytest.mark.parametrize("claim_on_read", [True, False])
+async def test_a_request_cancelled_before_it_is_read_never_runs(
+    backend: Backend, claim_on_read: bool
+) -> None:
+    transport = await backend.transport()
+    ran: list[str] = []
+
+    async def run(target: Target, request: AgentRequestEvent) -> str:
+        ran.append(request.content)
+        return "ran"
+
+    request = request_event(backend.names, "too late")
+    await AgentClient(transport).cancel(request.id)
+    await transport.publish(backend.names.requests, request)
+    await worker(transport, FunctionExecutor(run), claim_on_read=claim_on_read).run_until_idle()
+    (reply,) = await replies(transport, backend.names)
+    assert (reply.request_id, reply.status) == (request.id, ResponseStatus.CANCELLED)
+    assert ran == []
+
+
 async def test_cancel_from_another_process(backend: Backend) -> None:
     transport, elsewhere = await backend.transport(), await backend.transport()
     timeline = Timeline()
