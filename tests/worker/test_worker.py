@@ -544,6 +544,44 @@ async def test_lifecycle_events_and_hooks(backend: Backend) -> None:
     assert [e.type for e in events] == ["request.accepted", "run.started", "run.completed"]  # type: ignore[attr-defined]
 
 
+async def test_a_run_that_publishes_nothing_reports_no_end_on_the_events_stream(backend: Backend) -> None:
+    """Its lease lost when the reply was to be written: no ``run.completed`` for an answer that was
+    never written (another worker runs the request again, with events of its own)."""
+    transport, other = await backend.transport(), await backend.transport()
+
+    async def stalls_past_its_lease(target: Target, request: AgentRequestEvent) -> str:
+        await backend.delete_key(backend.names.session_lease("contested"))  # as if it had expired
+        assert await other.coordinator().acquire("contested", ttl=30) is not None
+        return "from the worker that lost its lease"
+
+    await transport.publish(backend.names.requests, request_event(backend.names, "x", session="contested"))
+    loser = worker(transport, FunctionExecutor(stalls_past_its_lease), lease_ttl=30, events=True)
+    async with loser:
+        await wait_for(lambda: _async(loser.stats.lost == 1))
+        await loser.stop(grace=0)
+    assert await replies(transport, backend.names) == []
+    events = [e.event for e in await transport.read_stream(backend.names.events, LifecycleEvent)]
+    types = [e.type for e in events if e.type != "run.content_delta"]  # type: ignore[attr-defined]
+    assert types == ["request.accepted", "run.started"]
+
+
+async def test_the_end_on_the_events_stream_is_that_of_the_reply_written(backend: Backend) -> None:
+    """A reply too large to send is answered with an error: the events say ``run.failed``, as
+    the reply does, not ``run.completed``."""
+    transport = await backend.transport()
+
+    def big(target: Target, request: AgentRequestEvent) -> str:
+        return "x" * (transport.codec.max_content_length + 1)
+
+    await transport.publish(backend.names.requests, request_event(backend.names, "summarise the repo"))
+    await worker(transport, FunctionExecutor(big), events=True).run_until_idle()
+    (reply,) = await replies(transport, backend.names)
+    assert reply.status == ResponseStatus.ERROR
+    events = [e.event for e in await transport.read_stream(backend.names.events, LifecycleEvent)]
+    assert [e.type for e in events] == ["request.accepted", "run.started", "run.failed"]  # type: ignore[attr-defined]
+    assert events[-1].error_message == reply.error_message  # type: ignore[attr-defined]
+
+
 async def test_content_deltas_are_coalesced(backend: Backend) -> None:
     from dynamic_agents.worker.lifecycle import EventSink, LifecyclePublisher
 

@@ -688,8 +688,6 @@ class AgentWorker:
         finally:
             if progress is not None:  # also when cut short: nothing left waiting on a delta timer
                 await progress.flush()
-        if progress is not None:
-            await progress.finished(result)
         if self.hooks:
             await self._call_hooks("after_execute", context, result)
         if len(batch) > 1:  # the merged requests are answered first: only while the lease is ours
@@ -703,7 +701,9 @@ class AgentWorker:
                 )
                 await self._answer(earlier, earlier.event, target, merged)
         try:  # written only while the lease is held, and released with the reply
-            completion = await self._answer(delivery, delivery.event, target, result, lease=lease)
+            completion = await self._answer(
+                delivery, delivery.event, target, result, lease=lease, progress=progress
+            )
         except LeaseLostError:
             self._lease_lost_during_run(lease)
             raise RunLostError(event.id, event.session_id) from None
@@ -834,7 +834,10 @@ class AgentWorker:
         result: ExecutionResult,
         *,
         lease: Lease | None = None,
+        progress: LifecyclePublisher | None = None,
     ) -> Completion:
+        """Write ``result`` as the reply; with ``progress``, the run's end goes to the events
+        stream once the reply is written, as written (nothing, if it was not)."""
         try:
             completion = await self._complete(delivery, event, target, result, lease)
         except (EventTooLargeError, ValidationError) as error:  # before anything is written: nothing was
@@ -843,6 +846,8 @@ class AgentWorker:
             logger.warning("the reply to %s cannot be sent (%s); answering with an error", event.id, problem)
             result = _error(f"the reply could not be sent: {problem}")
             completion = await self._complete(delivery, event, target, result, lease)
+        if progress is not None and completion.created:
+            await progress.finished(result)
         if not completion.created:
             self.stats.duplicates += 1
         elif result.ok:
