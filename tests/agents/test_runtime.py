@@ -237,6 +237,24 @@ async def test_a_run_past_its_timeout() -> None:
     assert completed_runs("agent:slow:late") == 0
 
 
+async def test_a_timeout_error_of_the_run_itself_is_not_the_request_timing_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only the request's own deadline answers ``timeout``: a ``TimeoutError`` that the agno run
+    raises (agno turns most into error runs; not every path does) is raised as it is, like any
+    other exception of the run, not reported as "timed out after 30s"."""
+    from agno.agent import Agent
+
+    async def timing_out(self: Agent, *args: Any, **kwargs: Any) -> Any:
+        raise TimeoutError("the vector store timed out")
+
+    rt = runtime({"gpt": ["unused"]})
+    await rt.agents.create(AgentSpec.from_dict({"id": "a", "model": "gpt"}))
+    monkeypatch.setattr(Agent, "arun", timing_out)
+    with pytest.raises(TimeoutError, match="the vector store timed out"):
+        await rt.agents.execute("a", "hi", session_id="s", timeout=30)
+
+
 async def test_history_is_shared_by_two_runtimes_on_one_sqlite_file(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'sessions.db'}"
     spec = AgentSpec.from_dict(

@@ -223,10 +223,13 @@ class AgentRuntime:
             return await target.arun(input, **run_kwargs)
 
         inner = asyncio.get_running_loop().create_task(run())
+        deadline: asyncio.Timeout | None = None
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(timeout) as deadline:
                 output = await asyncio.shield(inner)
         except TimeoutError:
+            if deadline is None or not deadline.expired():
+                raise  # the run's own (agno's, a tool's), not the request's deadline
             await self._stop_run(inner, run_id)
             return ExecutionResult(
                 ResponseStatus.TIMEOUT,
