@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dynamic_agents._redaction import MASK
+from dynamic_agents._redaction import MASK, redact_text
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, ResponseStatus, Target, TargetType
 from dynamic_agents.execution import ExecutionResult, FunctionExecutor, TokenUsage
 from dynamic_agents.secrets import SecretValue
@@ -55,9 +56,9 @@ def test_every_field_of_a_result_reaches_the_response(result: ExecutionResult, t
     assert response.tokens_used == (result.tokens.total_tokens if result.tokens is not None else None)
     assert (response.images, response.files) == (list(result.images), list(result.files))
     assert response.metadata == expected_metadata
-    assert response.error_message == (
-        result.error_message.replace(CANARY, MASK) if result.error_message else None
-    )
+    # (masked as redact_text masks it: tested on its own below)
+    assert response.error_message == (redact_text(result.error_message) if result.error_message else None)
+    assert CANARY not in (response.error_message or "")
     # What is left out because it equals the default reads back the same from the wire.
     assert AgentResponseEvent.model_validate_json(response.model_dump_json()) == response
 
@@ -65,6 +66,36 @@ def test_every_field_of_a_result_reaches_the_response(result: ExecutionResult, t
 def test_an_error_message_echoing_a_secret_is_masked_on_the_wire() -> None:
     result = ExecutionResult(ResponseStatus.ERROR, error_message=f"AuthenticationError: key {CANARY}")
     assert CANARY not in result.to_response(REQUEST).model_dump_json()
+
+
+URL_PASSWORD = "CANARYpw0url0000001"
+UNREGISTERED_KEY = "sk-proj-CANARY0never0registered0000001"
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        f"OperationalError: could not connect to postgresql://app:{URL_PASSWORD}@10.0.0.5:5432/db",
+        f"HTTPError: GET https://api.example.com/v1/search?q=x&api_key={URL_PASSWORD} failed",
+        f"AuthenticationError: Incorrect API key provided: {UNREGISTERED_KEY}.",
+        f"ValueError: bad config key={UNREGISTERED_KEY}",
+    ],
+)
+def test_an_error_message_quoting_an_unregistered_credential_is_masked(message: str) -> None:
+    """A host's exception may quote a connection URL or a key nobody registered with the redactor:
+    the reply goes to a chat user, so a URL's password, credential query values and key-shaped
+    words are masked, and the rest of the message is kept."""
+    response = ExecutionResult(ResponseStatus.ERROR, error_message=message).to_response(REQUEST)
+    shown = response.error_message or ""
+    assert URL_PASSWORD not in shown
+    assert UNREGISTERED_KEY not in shown
+    assert MASK in shown
+    assert shown.split(":")[0] == message.split(":", maxsplit=1)[0]  # the exception's type, still there
+
+
+def test_ordinary_error_text_is_left_as_it_is() -> None:
+    message = "RuntimeError: tool 'get_weather' failed for request 6f1c2a9e-0b7d-4c1e-9a55-3b2f1d0e8c7a"
+    assert redact_text(message) == message
 
 
 async def test_a_timeout_raised_inside_the_function_is_an_error_not_the_requests_timeout() -> None:

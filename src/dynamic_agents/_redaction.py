@@ -15,7 +15,16 @@ from collections.abc import Mapping
 from typing import Final
 from urllib.parse import quote, quote_plus, unquote, unquote_plus, urlsplit, urlunsplit
 
-__all__ = ["MASK", "REDACTOR", "RedactingFilter", "Redactor", "masked_url", "protect_loggers"]
+__all__ = [
+    "MASK",
+    "REDACTOR",
+    "RedactingFilter",
+    "Redactor",
+    "looks_like_a_key",
+    "masked_url",
+    "protect_loggers",
+    "redact_text",
+]
 
 MASK: Final = "**********"
 MIN_REDACTED_LENGTH: Final = 6
@@ -159,6 +168,64 @@ def masked_url(url: str) -> str:
         userinfo, _, host = parts.netloc.rpartition("@")
         parts = parts._replace(netloc=f"{userinfo.partition(':')[0]}:{MASK}@{host}")
     return urlunsplit(parts)
+
+
+_KEY_PREFIXES: Final = (  # how providers' keys and tokens start (shown only with more after them)
+    "sk-",
+    "sk_",
+    "gsk_",
+    "xai-",
+    "xoxb-",
+    "xoxp-",
+    "xoxa-",
+    "xapp-",
+    "AIza",
+    "ghp_",
+    "gho_",
+    "ghs_",
+    "github_pat_",
+    "glpat-",
+    "hf_",
+    "pk_",
+    "rk_",
+    "AKIA",
+)
+_KEY_PREFIX_REST: Final = 16
+_RUN_RE: Final = re.compile(r"[^_.\-]+")  # the runs between separators: "OPENAI", "API", "KEY"
+_MIXED_RUN: Final = 20  # letters and digits run together this long: a key, not a word
+_LONG_RUN: Final = 32  # this long with no separator at all: a key even without digits
+
+
+def looks_like_a_key(part: str) -> bool:
+    """Whether ``part`` (a word of a text, a reference's name part) is shaped like a key: a known
+    key prefix with more after it, or a long run of letters and digits with no ``_``, ``-`` or
+    ``.`` (names are words: ``OPENAI_API_KEY``, ``team-a``)."""
+    if any(
+        part.startswith(prefix) and len(part) >= len(prefix) + _KEY_PREFIX_REST for prefix in _KEY_PREFIXES
+    ):
+        return True
+    for run in _RUN_RE.findall(part):
+        if len(run) >= _LONG_RUN:
+            return True
+        if len(run) >= _MIXED_RUN and any(c.isdigit() for c in run) and any(c.isalpha() for c in run):
+            return True
+    return False
+
+
+_URL_IN_TEXT: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+_WORD: Final = re.compile(r"[^\s'\"`,;:=()<>\[\]{}]+")  # key=sk-…, "token: sk-…"
+
+
+def redact_text(text: str) -> str:
+    """Text bound for someone who may not see secrets (an error reply to a chat user, an event):
+    registered secret values, a URL's password and credential query values (``masked_url``), and
+    words shaped like keys (``looks_like_a_key``: ``sk-…``, long runs of letters and digits)
+    masked. For free text such as an exception's message, which may quote a connection URL or a
+    provider's refusal that echoes the key."""
+    text = REDACTOR.redact(text)
+    if "://" in text:
+        text = _URL_IN_TEXT.sub(lambda match: masked_url(match.group()), text)
+    return _WORD.sub(lambda match: MASK if looks_like_a_key(match.group()) else match.group(), text)
 
 
 class RedactingFilter(logging.Filter):

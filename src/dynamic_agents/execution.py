@@ -16,7 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from pydantic import JsonValue
 
-from dynamic_agents._redaction import REDACTOR
+from dynamic_agents._redaction import redact_text
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, ResponseStatus, Target
 
 __all__ = ["DeltaCallback", "ExecutionResult", "Executor", "FunctionExecutor", "TokenUsage"]
@@ -71,7 +71,7 @@ class ExecutionResult:
             fields["content_type"] = "error"
             fields["status"] = self.status
         if self.error_message:  # an executor's error text may quote a provider error echoing a key
-            fields["error_message"] = REDACTOR.redact(self.error_message)
+            fields["error_message"] = redact_text(self.error_message)
         if target is not None:
             fields["agent_id"] = target.id
         if self.target_name is not None:

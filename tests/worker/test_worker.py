@@ -582,6 +582,25 @@ async def test_the_end_on_the_events_stream_is_that_of_the_reply_written(backend
     assert events[-1].error_message == reply.error_message  # type: ignore[attr-defined]
 
 
+async def test_an_exception_quoting_a_connection_url_reaches_neither_reply_nor_events(
+    backend: Backend,
+) -> None:
+    """The reply goes to a chat user and the events to every listener: an executor's exception
+    quoting a URL with its password (never registered as a secret) is masked in both."""
+    transport = await backend.transport()
+    password = "CANARYworker0pw00001"
+
+    def broken(target: Target, request: AgentRequestEvent) -> str:
+        raise ConnectionError(f"cannot reach redis://:{password}@10.1.2.3:6380/0")
+
+    await transport.publish(backend.names.requests, request_event(backend.names, "hi"))
+    await worker(transport, FunctionExecutor(broken), events=True).run_until_idle()
+    (reply,) = await replies(transport, backend.names)
+    events = [e.event for e in await transport.read_stream(backend.names.events, LifecycleEvent)]
+    assert reply.error_message == "ConnectionError: cannot reach redis://:**********@10.1.2.3:6380/0"
+    assert events[-1].error_message == reply.error_message  # type: ignore[attr-defined]
+
+
 async def test_content_deltas_are_coalesced(backend: Backend) -> None:
     from dynamic_agents.worker.lifecycle import EventSink, LifecyclePublisher
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Final
 
-from dynamic_agents._redaction import MASK, REDACTOR, masked_url, names_a_credential
+from dynamic_agents._redaction import MASK, REDACTOR, looks_like_a_key, masked_url, names_a_credential
 from dynamic_agents.exceptions import SecretReferenceError
 
 __all__ = [
@@ -54,48 +54,6 @@ _SECRET_RE: Final = re.compile(
     r"^secret:(?P<provider>[a-z0-9][a-z0-9_.-]*)(?:/(?P<name>[^:/]+))?:(?P<field>[A-Za-z0-9_.-]+)$"
 )
 _ENV_RE: Final = re.compile(r"^os\.environ/(?P<variable>[A-Za-z_][A-Za-z0-9_]*)$")
-
-
-_KEY_PREFIXES: Final = (  # how providers' keys and tokens start (shown only with more after them)
-    "sk-",
-    "sk_",
-    "gsk_",
-    "xai-",
-    "xoxb-",
-    "xoxp-",
-    "xoxa-",
-    "xapp-",
-    "AIza",
-    "ghp_",
-    "gho_",
-    "ghs_",
-    "github_pat_",
-    "glpat-",
-    "hf_",
-    "pk_",
-    "rk_",
-    "AKIA",
-)
-_KEY_PREFIX_REST: Final = 16
-_RUN_RE: Final = re.compile(r"[^_.\-]+")  # the runs between separators: "OPENAI", "API", "KEY"
-_MIXED_RUN: Final = 20  # letters and digits run together this long: a key, not a word
-_LONG_RUN: Final = 32  # this long with no separator at all: a key even without digits
-
-
-def looks_like_a_key(part: str) -> bool:
-    """Whether a reference's name part (variable, provider, name or field) is shaped like a key
-    pasted in place of a name: a known key prefix with more after it, or a long run of letters and
-    digits with no ``_``, ``-`` or ``.`` (names are words: ``OPENAI_API_KEY``, ``team-a``)."""
-    if any(
-        part.startswith(prefix) and len(part) >= len(prefix) + _KEY_PREFIX_REST for prefix in _KEY_PREFIXES
-    ):
-        return True
-    for run in _RUN_RE.findall(part):
-        if len(run) >= _LONG_RUN:
-            return True
-        if len(run) >= _MIXED_RUN and any(c.isdigit() for c in run) and any(c.isalpha() for c in run):
-            return True
-    return False
 
 
 _SHOWN_VALUE_LIMIT: Final = 60

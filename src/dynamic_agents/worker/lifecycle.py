@@ -11,7 +11,7 @@ import contextlib
 import time
 
 from dynamic_agents._logging import get_logger
-from dynamic_agents._redaction import REDACTOR
+from dynamic_agents._redaction import redact_text
 from dynamic_agents.events import (
     ContentDelta,
     LifecycleEvent,
@@ -180,7 +180,7 @@ class LifecyclePublisher:
                 {
                     **self._common(),
                     "status": result.status,
-                    "error_message": REDACTOR.redact(result.error_message) if result.error_message else None,
+                    "error_message": redact_text(result.error_message) if result.error_message else None,
                 }
             )
         self.sink.emit(event)

@@ -7,10 +7,10 @@ from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationInfo, field_validator
 
-from dynamic_agents._redaction import names_a_credential
+from dynamic_agents._redaction import looks_like_a_key, names_a_credential
 from dynamic_agents.agents.specs.base import SpecBase, SpecKind
 from dynamic_agents.exceptions import SecretReferenceError
-from dynamic_agents.secrets.references import looks_like_a_key, parse_reference
+from dynamic_agents.secrets.references import parse_reference
 
 __all__ = ["AgentSpec", "ModelSettings", "ToolRef"]
 
