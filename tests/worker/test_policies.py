@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -466,3 +467,24 @@ async def test_an_interrupted_agno_run_is_seen_by_the_next_one() -> None:
     )
     assert "explain tides in depth" in context
     assert "Tides are caused by" in context  # the partial reply of the interrupted run
+
+
+async def test_an_unknown_policy_asked_for_by_a_request_is_logged_once_and_the_targets_applies(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``metadata.session_policy: "REJECT"`` (a typo, another case) was ignored without a word."""
+    transport = await backend.transport()
+    for content in ("one", "two"):
+        metadata = {"session_policy": "REJECT"}
+        await transport.publish(
+            backend.names.requests, request_event(backend.names, content, metadata=metadata)
+        )
+    with caplog.at_level(logging.WARNING, logger="dynamic_agents.worker"):
+        await worker(transport).run_until_idle()
+    answered = await replies(transport, backend.names)
+    assert sorted(reply.content for reply in answered) == ["echo: one", "echo: two"]  # enqueue, the default
+    warnings = [r.getMessage() for r in caplog.records if "session_policy" in r.getMessage()]
+    assert warnings == [
+        "a request asks for session_policy 'REJECT', which is none of enqueue, reject, interrupt, "
+        "merge: the target's policy applies (logged once per value)"
+    ]

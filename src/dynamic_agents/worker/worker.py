@@ -64,6 +64,7 @@ __all__ = ["AgentWorker", "RunLostError", "WorkerStats"]
 logger = get_logger("worker")
 
 _POLICIES: dict[str, SessionPolicy] = {policy.value: policy for policy in SessionPolicy}
+_UNKNOWN_POLICIES_LOGGED = 32
 
 
 @dataclass(slots=True)
@@ -139,6 +140,7 @@ class AgentWorker:
         self._withdrawn: set[str] = set()  # entry ids cancelled on request while queued
         self._leases: dict[str, _HeldLease] = {}  # request id -> the lease its run holds
         self._leases_lost: set[str] = set()
+        self._unknown_policies: set[str] = set()  # metadata.session_policy values logged as unknown
         self._slot_freed = asyncio.Event()
         self._stopping = False
         self._runner: asyncio.Task[None] | None = None
@@ -588,11 +590,28 @@ class AgentWorker:
 
     def _policy(self, event: AgentRequestEvent, target: Target) -> SessionPolicy:
         requested = event.metadata.get("session_policy")
-        if isinstance(requested, str) and requested in _POLICIES:
-            return _POLICIES[requested]
+        if requested is not None:
+            policy = _POLICIES.get(requested) if isinstance(requested, str) else None
+            if policy is not None:
+                return policy
+            self._unknown_policy(requested)
         if not self.settings.policies:
             return self.settings.session_policy
         return self.settings.policies.get(f"{target.type.value}:{target.id}", self.settings.session_policy)
+
+    def _unknown_policy(self, requested: object) -> None:
+        """A policy no worker knows (a typo, another case): the target's applies, and it is logged
+        once per value (a few dozen values at most: the requests' text is not to fill the logs)."""
+        shown = repr(requested)[:64]
+        if shown in self._unknown_policies or len(self._unknown_policies) >= _UNKNOWN_POLICIES_LOGGED:
+            return
+        self._unknown_policies.add(shown)
+        logger.warning(
+            "a request asks for session_policy %s, which is none of %s: the target's policy applies "
+            "(logged once per value)",
+            shown,
+            ", ".join(_POLICIES),
+        )
 
     async def _interrupt(self, session_id: str) -> None:
         """Cancel the session's running run: here directly, elsewhere through the coordinator."""
