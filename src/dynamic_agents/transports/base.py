@@ -22,6 +22,7 @@ from types import TracebackType
 from typing import Any, Final, Generic, Protocol, Self, TypeVar
 
 from dynamic_agents._logging import get_logger
+from dynamic_agents._validation import check_count, check_seconds
 from dynamic_agents.events import AgentResponseEvent, DecodedMessage, EventCodec, StreamNames, WireModel
 from dynamic_agents.events.envelope import DATA_FIELD
 from dynamic_agents.exceptions import ConfigurationError, DecodeError, EventError, TransportError
@@ -157,14 +158,13 @@ class Subscription(Generic[E]):
     claim_ttl: float | None = None
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ConfigurationError(f"batch_size must be at least 1, got {self.batch_size}")
-        if self.claim_ttl is not None and self.claim_ttl <= 0:
-            raise ConfigurationError(f"claim_ttl must be > 0 seconds, got {self.claim_ttl}")
-        if self.block < 0:
-            raise ConfigurationError(f"block must be >= 0 seconds, got {self.block}")
-        if self.claim_min_idle is not None and self.claim_min_idle <= 0:
-            raise ConfigurationError(f"claim_min_idle must be > 0 seconds, got {self.claim_min_idle}")
+        # NaN passes a ``< 0`` check and then never ends a wait (in memory) or fails a read with a
+        # bare ValueError (on Redis), so these go through the shared checks.
+        check_count("batch_size", self.batch_size)
+        check_seconds("claim_ttl", self.claim_ttl, optional=True)
+        check_seconds("block", self.block, zero=True)
+        check_seconds("claim_min_idle", self.claim_min_idle, optional=True)
+        check_seconds("claim_interval", self.claim_interval, zero=True, optional=True)
         for name in ("stream", "group", "consumer"):
             if not getattr(self, name):
                 raise ConfigurationError(f"subscription {name} must not be empty")
