@@ -9,6 +9,7 @@ behaviour under test: idle times and expiry).
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -1008,6 +1009,39 @@ class TransportOperationsContract:
         assert dict((await transport.read_stream(stream, AgentRequestEvent))[0].fields) == fields
         await backend.advance(backend.min_idle * 2)
         assert await transport.read_stream(stream, AgentRequestEvent) == []
+
+    @pytest.mark.parametrize(
+        ("setting", "value"),
+        [
+            ("maxlen", -1),
+            ("maxlen", 2.5),
+            ("maxlen", True),
+            ("expire", 0),
+            ("expire", -1.0),
+            ("expire", math.nan),
+        ],
+    )
+    async def test_a_publish_with_a_bad_maxlen_or_expire_is_refused_and_writes_nothing(
+        self, backend: Backend, setting: str, value: object
+    ) -> None:
+        """A negative maxlen used to empty the in-memory stream (the new entry too) and be a
+        Redis error; a NaN expire was a bare ValueError on Redis and no expiry in memory."""
+        transport = await backend.transport()
+        stream = backend.stream("bounded")
+        kept = await transport.publish(stream, request("kept"))
+        message = rf"^{setting} must be .*, got {value!r}$"
+        with pytest.raises(ConfigurationError, match=message):
+            await transport.publish(stream, request("refused"), **{setting: value})
+        if setting == "maxlen":
+            with pytest.raises(ConfigurationError, match=message):
+                await transport.publish_many(stream, [request("refused")], maxlen=value)  # type: ignore[arg-type]
+            with pytest.raises(ConfigurationError, match=message):
+                await transport.publish_envelopes(
+                    stream,
+                    [transport.codec.encode_envelope(request("refused"))],
+                    maxlen=value,  # type: ignore[arg-type]
+                )
+        assert [e.entry_id for e in await transport.read_stream(stream, AgentRequestEvent)] == [kept]
 
     async def test_publish_many_appends_in_order(self, backend: Backend) -> None:
         transport = await backend.transport()

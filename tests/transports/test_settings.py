@@ -7,9 +7,9 @@ import math
 
 import pytest
 
-from dynamic_agents.events import AgentRequestEvent
+from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent
 from dynamic_agents.exceptions import ConfigurationError
-from dynamic_agents.transports import Subscription
+from dynamic_agents.transports import Reply, Subscription
 
 
 @pytest.mark.parametrize(
@@ -36,3 +36,9 @@ def test_a_subscription_refuses_a_setting_that_is_not_a_valid_number(setting: st
 def test_a_subscription_keeps_its_valid_settings() -> None:
     sub = Subscription("s", "g", "c", AgentRequestEvent, block=0, claim_min_idle=None, claim_interval=0)
     assert (sub.block, sub.claim_min_idle, sub.claim_interval, sub.reclaim_every) == (0, None, 0, 0)
+
+
+@pytest.mark.parametrize(("setting", "value"), [("maxlen", -1), ("expire", 0), ("expire", math.nan)])
+def test_a_reply_refuses_a_bad_maxlen_or_expire(setting: str, value: object) -> None:
+    with pytest.raises(ConfigurationError, match=rf"^{setting} must be .*, got {value!r}$"):
+        Reply(AgentResponseEvent(request_id="r"), "replies", **{setting: value})  # type: ignore[arg-type]

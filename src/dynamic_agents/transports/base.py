@@ -97,6 +97,18 @@ packed into :data:`DEAD_LETTER_PACKED_FIELD`."""
 _LENGTH: Final = struct.Struct(">I")
 
 
+def check_maxlen(maxlen: object) -> int | None:
+    """A ``maxlen`` (trim a stream to about that many entries) as an int, or ``None``; else
+    :class:`ConfigurationError` (a negative one would empty an in-memory stream)."""
+    return check_count("maxlen", maxlen, minimum=0, optional=True)
+
+
+def check_expire(expire: object) -> float | None:
+    """An ``expire`` (seconds an idle stream lives) as a float, or ``None``; else
+    :class:`ConfigurationError`."""
+    return check_seconds("expire", expire, optional=True)
+
+
 class Clock(Protocol):
     """Wall-clock seconds; the in-memory backend takes a manual one for deterministic tests."""
 
@@ -235,6 +247,10 @@ class Reply:
     headers: Mapping[str, str] = field(default_factory=dict)
     channel: str | None = None
     correlation_id: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "maxlen", check_maxlen(self.maxlen))
+        check_expire(self.expire)
 
     def envelope(self, codec: EventCodec) -> bytes:
         return codec.encode_envelope(self.event, headers=self.headers, correlation_id=self.correlation_id)
@@ -430,6 +446,7 @@ class Transport(_AsyncResource):
     ) -> list[str]:
         """:meth:`publish_many` of events already encoded (``codec.encode_envelope``): one entry
         ``{"__data__": envelope}`` each, in order."""
+        maxlen = check_maxlen(maxlen)  # refused even with nothing to publish, as on Redis
         return [
             await self.publish_fields(stream, {DATA_FIELD: envelope}, maxlen=maxlen) for envelope in envelopes
         ]

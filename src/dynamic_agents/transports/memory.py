@@ -33,6 +33,8 @@ from dynamic_agents.transports.base import (
     SystemClock,
     Transport,
     TransportStats,
+    check_expire,
+    check_maxlen,
     dead_letter_fields,
     decode_entry,
     delivered,
@@ -265,6 +267,7 @@ class InMemoryTransport(Transport):
         expire: float | None = None,
     ) -> str:
         self._check_open()
+        maxlen, expire = check_maxlen(maxlen), check_expire(expire)
         entry_id = self.server.xadd(stream, _fields(fields), maxlen=maxlen)
         if expire is not None:
             self.server.expire(stream, expire)

@@ -55,6 +55,8 @@ from dynamic_agents.transports.base import (
     SystemClock,
     Transport,
     TransportStats,
+    check_expire,
+    check_maxlen,
     dead_letter_fields,
     decode_entry,
     delivered,
@@ -340,6 +342,7 @@ class RedisStreamsTransport(Transport):
         maxlen: int | None = None,
         expire: float | None = None,
     ) -> str:
+        maxlen, expire = check_maxlen(maxlen), check_expire(expire)
         values = _pairs(fields)
         what = f"publish to {stream!r}"
         if expire is None:  # one command: pipelined with the others of this loop iteration
@@ -399,6 +402,7 @@ class RedisStreamsTransport(Transport):
     async def publish_envelopes(
         self, stream: str, envelopes: Sequence[bytes], *, maxlen: int | None = None
     ) -> list[str]:
+        maxlen = check_maxlen(maxlen)
         if not envelopes:
             return []
         args: list[Arg] = [_optional(maxlen), DATA_FIELD, *envelopes]
