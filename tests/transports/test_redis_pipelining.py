@@ -340,6 +340,36 @@ async def test_commands_are_packed_as_the_protocol_spells_them(redis_url: str) -
         await client.aclose()
 
 
+async def test_a_command_that_cannot_be_packed_fails_alone(redis_url: str) -> None:
+    """Packing used to raise inside the flush: every call queued with it waited forever."""
+    client = Redis.from_url(redis_url)
+    auto = AutoPipeline(client)
+    key = f"autopipeline:{uuid.uuid4()}"
+    try:
+        async with asyncio.timeout(10):  # a guard against the hang, not a measure
+            results = await asyncio.gather(
+                auto.command("SET", key, "kept"),
+                auto.command("SET", key, None),  # type: ignore[arg-type]
+                auto.batched(INCR_AND_GET, key),
+                auto.batched(UNPACKABLE, key),
+                auto.command("GET", key),
+                return_exceptions=True,
+            )
+        assert results[0] == b"OK"
+        assert isinstance(results[1], TypeError)
+        assert isinstance(results[2], ResponseError)  # INCR of "kept": an error reply, its own
+        assert isinstance(results[3], ValueError)
+        assert results[4] == b"kept"
+    finally:
+        await auto.aclose()
+        await client.delete(key)
+        await client.aclose()
+
+
+def _unpackable(keys: Sequence[str]) -> list[tuple[Arg, ...]]:
+    raise ValueError(f"cannot pack {list(keys)}")
+
+
 def _pack_incr_and_get(keys: Sequence[str]) -> list[tuple[Arg, ...]]:
     return [*(("INCR", key) for key in keys), ("MGET", *keys)]
 
@@ -351,6 +381,7 @@ def _unpack_incr_and_get(keys: Sequence[str], replies: list[object]) -> list[obj
 
 
 INCR_AND_GET = BatchCommands(_pack_incr_and_get, _unpack_incr_and_get)
+UNPACKABLE = BatchCommands(_unpackable, _unpack_incr_and_get)
 
 
 async def test_batched_commands_go_out_together_and_each_call_gets_its_part(redis_url: str) -> None:

@@ -229,7 +229,7 @@ class AutoPipeline:
     def _flush(self) -> None:
         queued, self._queued = self._queued, []
         self._batches.clear()
-        calls = [c for c in (q.call() if isinstance(q, _Batch) else q for q in queued) if c is not None]
+        calls = [c for c in map(_call_of, queued) if c is not None]
         wire = self._wire
         if wire is not None and wire.usable():
             self._write_live(wire, calls)
@@ -237,8 +237,20 @@ class AutoPipeline:
             self._spawn(self._connect_and_send(calls))
 
     def _write(self, wire: _Wire, calls: list[_Call]) -> None:
-        self.writes += 1
-        wire.send(calls, b"".join(_pack(command) for call in calls for command in call.commands()))
+        """Send ``calls`` in one write. A call whose commands cannot be packed (an argument of a
+        type the protocol has no form for) fails alone: the others go out."""
+        packed: list[bytes] = []
+        sent: list[_Call] = []
+        for call in calls:
+            try:
+                packed.append(b"".join(_pack(command) for command in call.commands()))
+            except Exception as error:
+                call.settle(error)
+                continue
+            sent.append(call)
+        if sent:
+            self.writes += 1
+            wire.send(sent, b"".join(packed))
 
     def _write_live(self, wire: _Wire, calls: list[_Call]) -> None:
         """Those of ``calls`` someone still awaits (the others' callers gave up while waiting)."""
@@ -413,6 +425,19 @@ def _take_over(connection: AbstractConnection) -> asyncio.StreamWriter:
     connection._writer = connection._reader = None
     connection._parser.on_disconnect()  # type: ignore[no-untyped-call]
     return writer
+
+
+def _call_of(queued: _Call | _Batch[Any]) -> _Call | None:
+    """The call to send for what was queued; a batch that cannot be made into one (its ``pack``
+    raised) fails its callers instead of the flush, which would leave every call waiting."""
+    if not isinstance(queued, _Batch):
+        return queued
+    try:
+        return queued.call()
+    except Exception as error:
+        for future in queued.futures:
+            _settle(future, error)
+        return None
 
 
 def _evalsha(script: AsyncScript, keys: Sequence[Arg], args: Sequence[Arg]) -> tuple[tuple[Arg, ...]]:
