@@ -776,6 +776,28 @@ class TransportContract:
         with pytest.raises(ConfigurationError, match="count must be a whole number > 0"):
             await transport.read_stream(replies, AgentResponseEvent, count=0)
 
+    @pytest.mark.parametrize("block", [math.nan, math.inf, -1.0, "1"])
+    async def test_read_stream_refuses_a_block_that_is_not_a_number_of_seconds(
+        self, backend: Backend, block: object
+    ) -> None:
+        """A NaN block used to make the in-memory read wait forever, an infinite one a bare
+        OverflowError on Redis."""
+        transport = await backend.transport()
+        with pytest.raises(ConfigurationError, match=rf"^block must be .*, got {block!r}$"):
+            await transport.read_stream(backend.stream("quiet"), AgentResponseEvent, block=block)  # type: ignore[arg-type]
+
+    @pytest.mark.parametrize("count", [-1, 0, True])
+    async def test_pending_refuses_a_count_that_is_not_positive(
+        self, backend: Backend, count: object
+    ) -> None:
+        """A negative count listed all but the last entries in memory and was a redis-py DataError."""
+        transport = await backend.transport()
+        await published(backend, transport, request("a"), request("b"))
+        await transport.read(backend.subscription(), 2)
+        with pytest.raises(ConfigurationError, match=rf"^count must be a whole number > 0, got {count!r}$"):
+            await transport.pending(backend.stream(), "workers", count=count)  # type: ignore[arg-type]
+        assert len(await transport.pending(backend.stream(), "workers", count=1)) == 1
+
     async def test_publish_with_maxlen_and_expire(self, backend: Backend) -> None:
         transport = await backend.transport()
         replies = backend.names.responses("slack", "C2")

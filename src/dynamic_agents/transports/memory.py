@@ -512,6 +512,7 @@ class InMemoryTransport(Transport):
         self._check_open()
         position = parse_read_position(after)
         check_count("count", count)
+        block = check_seconds("block", block, zero=True, optional=True)
         if position is None:  # "$", as XREAD: the newest id when the call starts
             data = self.server._stream(stream)
             start = data.last_id if data is not None else (0, 0)
@@ -554,6 +555,7 @@ class InMemoryTransport(Transport):
 
     async def pending(self, stream: str, group: str, *, count: int = 100) -> list[PendingEntry]:
         self._check_open()
+        check_count("count", count)
         now = self.clock.time()
         data = self.server.group(stream, group)
         return [

@@ -692,6 +692,7 @@ class RedisStreamsTransport(Transport):
     ) -> list[Entry[E]]:
         parse_read_position(after)  # refused here as in memory, not by the server
         check_count("count", count)
+        block = check_seconds("block", block, zero=True, optional=True)
         response = await _retrying(
             f"read {stream!r}",
             lambda: self._xread(("XREAD", "COUNT", count), block or 0.0, stream, after),
@@ -741,6 +742,7 @@ class RedisStreamsTransport(Transport):
         return entries[0][0] if entries else "0-0"
 
     async def pending(self, stream: str, group: str, *, count: int = 100) -> list[PendingEntry]:
+        check_count("count", count)
         rows = await self._call(
             f"pending of {group!r} on {stream!r}",
             lambda: self.client.xpending_range(stream, group, min="-", max="+", count=count),
