@@ -209,3 +209,25 @@ async def test_a_lease_taken_for_an_answered_request_that_cannot_be_given_back_s
         assert await coordinator.holder("s") is None
     finally:
         await transport.aclose()
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("operation_timeout", float("nan")),
+        ("operation_timeout", float("inf")),
+        ("retry_base", 0.0),
+        ("retry_base", float("nan")),
+        ("retry_cap", -1.0),
+        ("retry_cap", float("inf")),
+        ("retry_deadline", -1.0),
+        ("retry_deadline", float("nan")),
+    ],
+)
+def test_retry_settings_that_are_not_valid_numbers_are_refused(
+    redis_url: str, setting: str, value: float
+) -> None:
+    """A zero or NaN backoff made a read retry in a busy loop while Redis was away; a NaN
+    operation_timeout bounded nothing."""
+    with pytest.raises(ConfigurationError, match=rf"^{setting} must be .*, got {value!r}$"):
+        RedisStreamsTransport.from_url(redis_url, **{setting: value})

@@ -276,8 +276,11 @@ class RedisStreamsTransport(Transport):
     ) -> None:
         if _connection_setting(client, "decode_responses"):
             raise ConfigurationError("the Redis client must have decode_responses=False")
-        if operation_timeout <= 0:
-            raise ConfigurationError(f"operation_timeout must be > 0 seconds, got {operation_timeout}")
+        # NaN passes a ``<= 0`` check; a zero backoff retries in a busy loop while Redis is away.
+        operation_timeout = check_seconds("operation_timeout", operation_timeout)
+        retry_base = check_seconds("retry_base", retry_base)
+        retry_cap = check_seconds("retry_cap", retry_cap)
+        retry_deadline = check_seconds("retry_deadline", retry_deadline, zero=True)
         self.client = client
         self.names = names or StreamNames()
         self.codec = codec or EventCodec()
