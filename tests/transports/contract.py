@@ -939,6 +939,20 @@ class TransportOperationsContract:
             == []
         )
 
+    async def test_an_id_that_is_not_an_entry_id_is_a_configuration_error(self, backend: Backend) -> None:
+        """The Redis transport left these to the server: a TransportError, as if Redis had failed."""
+        transport = await backend.transport()
+        stream = backend.stream("ids")
+        kept = await transport.publish(stream, request())
+        with pytest.raises(ConfigurationError, match=r"^'abc' is not a stream entry id"):
+            await transport.ensure_group(stream, "g", start_id="abc")
+        with pytest.raises(ConfigurationError, match=r"^'abc' is not a stream entry id"):
+            await transport.delete(stream, kept, "abc")
+        with pytest.raises(ConfigurationError, match=r"^'\$' is not a stream entry id"):
+            await transport.move(stream, "$", backend.stream("elsewhere"), {b"a": b"b"})
+        assert [e.entry_id for e in await transport.read_stream(stream, AgentRequestEvent)] == [kept]
+        assert await transport.ensure_group(stream, "g", start_id="$")
+
     async def test_read_entry_by_id(self, backend: Backend) -> None:
         transport = await backend.transport()
         stream = backend.stream("by-id")

@@ -82,6 +82,16 @@ def parse_read_position(after: str) -> tuple[int, int] | None:
     return millis, sequence
 
 
+def parse_entry_position(entry_id: str) -> tuple[int, int]:
+    """``(milliseconds, sequence)`` of an id as ``XDEL``, ``XRANGE`` and ``XGROUP CREATE`` take
+    it (``"ms"`` being ``"ms-0"``); :class:`ConfigurationError` for anything else (``"$"``
+    included), on every transport alike."""
+    position = parse_read_position(entry_id) if entry_id != "$" else None
+    if position is None:
+        raise ConfigurationError(f"{entry_id!r} is not a stream entry id (like '1700000000000-0')")
+    return position
+
+
 DEAD_LETTER_FIELD_PREFIX: Final = "dead_letter."
 """Fields a dead-letter entry adds to the original entry's fields (``dead_letter.reason``, …)."""
 

@@ -39,6 +39,7 @@ from dynamic_agents.transports.base import (
     decode_entry,
     delivered,
     lease_token,
+    parse_entry_position,
     parse_read_position,
     record_key_of,
     released_idle,
@@ -69,11 +70,7 @@ class ManualClock:
         self.now += seconds
 
 
-def parse_id(entry_id: str) -> StreamId:
-    position = parse_read_position(entry_id) if entry_id != "$" else None
-    if position is None:
-        raise ConfigurationError(f"{entry_id!r} is not a stream entry id (like '1700000000000-0')")
-    return position
+parse_id = parse_entry_position
 
 
 def format_id(entry_id: StreamId) -> str:
@@ -276,11 +273,12 @@ class InMemoryTransport(Transport):
 
     async def ensure_group(self, stream: str, group: str, *, start_id: str = "0") -> bool:
         self._check_open()
+        start = None if start_id == "$" else parse_id(start_id)  # before the stream is made
         data = self.server._stream(stream, create=True)
         assert data is not None
         if group in data.groups:
             return False
-        start = data.last_id if start_id == "$" else parse_id(start_id)
+        start = data.last_id if start is None else start
         data.groups[group] = _Group(last_delivered=start)
         return True
 
@@ -530,10 +528,11 @@ class InMemoryTransport(Transport):
 
     async def delete(self, stream: str, *entry_ids: str) -> int:
         self._check_open()
+        ids = [parse_id(entry_id) for entry_id in entry_ids]  # all checked before any is deleted, as XDEL
         data = self.server._stream(stream)
         if data is None:
             return 0
-        return sum(data.entries.pop(parse_id(entry_id), None) is not None for entry_id in entry_ids)
+        return sum(data.entries.pop(entry_id, None) is not None for entry_id in ids)
 
     async def move(
         self, source: str, entry_id: str, stream: str, fields: Mapping[str, bytes] | Mapping[bytes, bytes]

@@ -61,6 +61,7 @@ from dynamic_agents.transports.base import (
     decode_entry,
     delivered,
     lease_token,
+    parse_entry_position,
     parse_read_position,
     record_key_of,
     released_idle,
@@ -422,6 +423,9 @@ class RedisStreamsTransport(Transport):
     # -- consuming --------------------------------------------------------------------------------
 
     async def ensure_group(self, stream: str, group: str, *, start_id: str = "0") -> bool:
+        if start_id != "$":
+            parse_entry_position(start_id)  # refused here as in memory, not by the server
+
         async def create() -> bool:
             try:
                 await self.client.xgroup_create(stream, group, id=start_id, mkstream=True)
@@ -709,6 +713,8 @@ class RedisStreamsTransport(Transport):
         ]
 
     async def delete(self, stream: str, *entry_ids: str) -> int:
+        for entry_id in entry_ids:
+            parse_entry_position(entry_id)
         if not entry_ids:
             return 0
         deleted = await self._call(f"XDEL on {stream!r}", lambda: self.client.xdel(stream, *entry_ids))
@@ -719,6 +725,7 @@ class RedisStreamsTransport(Transport):
     ) -> str | None:
         # A retry after a connection lost mid-call can find the entry moved by the first attempt,
         # and says None: never a second copy.
+        parse_entry_position(entry_id)
         values = _pairs(fields)
         what = f"move {entry_id} from {source!r} to {stream!r}"
         moved: object
