@@ -1198,3 +1198,14 @@ class CoordinatorSignalsContract:
             await coordinator.claim("s", [], ttl=60)
         with pytest.raises(ConfigurationError, match="ttl"):
             await coordinator.claim("s", ["a"], ttl=0)
+
+    async def test_claim_refuses_a_bad_ttl_whatever_it_finds(self, backend: Backend) -> None:
+        """In memory a claim of an answered or cancelled request returned before the ttl was
+        checked; Redis refused it."""
+        coordinator = (await backend.transport()).coordinator()
+        await coordinator.set_record(CompletedRecord("answered", "r", "completed", None, None, 0.0), 60)
+        await coordinator.request_cancel("cancelled")
+        for request_id in ("answered", "cancelled", "fresh"):
+            with pytest.raises(ConfigurationError, match=r"^ttl must be .*, got -1$"):
+                await coordinator.claim("s-ttl", [request_id], ttl=-1)
+        assert await coordinator.holder("s-ttl") is None

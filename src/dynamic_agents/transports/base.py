@@ -648,6 +648,7 @@ class Coordinator(_AsyncResource):
         """
         if not request_ids:
             raise ConfigurationError("claim() needs at least one request id")
+        check_seconds("ttl", ttl)  # whatever the claim finds, as on Redis
         answered = {rid for rid in request_ids if await self.get_record(rid) is not None}
         if answered:
             return Claim(ClaimStatus.ANSWERED, request_ids=frozenset(answered))
