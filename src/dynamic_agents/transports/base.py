@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import os
 import re
 import secrets
@@ -110,12 +111,16 @@ _LENGTH: Final = struct.Struct(">I")
 def check_maxlen(maxlen: object) -> int | None:
     """A ``maxlen`` (trim a stream to about that many entries) as an int, or ``None``; else
     :class:`ConfigurationError` (a negative one would empty an in-memory stream)."""
+    if maxlen is None or (type(maxlen) is int and maxlen >= 0):  # at once: every publish and reply
+        return maxlen
     return check_count("maxlen", maxlen, minimum=0, optional=True)
 
 
 def check_expire(expire: object) -> float | None:
     """An ``expire`` (seconds an idle stream lives) as a float, or ``None``; else
     :class:`ConfigurationError`."""
+    if expire is None or (type(expire) is float and 0.0 < expire < math.inf):  # at once, as maxlen
+        return expire
     return check_seconds("expire", expire, optional=True)
 
 
