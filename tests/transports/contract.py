@@ -723,6 +723,35 @@ class TransportContract:
         assert len(await transport.pending(backend.stream(), "workers")) == 2
         await stream.aclose()
 
+    async def test_consume_at_full_capacity_waits_even_without_a_block(
+        self, backend: Backend, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """With ``block=0`` (reads that never wait) and no free capacity, consume() slept 0 s
+        between checks: a loop that held the CPU until a run ended. It waits a moment now."""
+        transport = await backend.transport()
+        await published(backend, transport, request("waiting"))
+        naps: list[float] = []
+        real_sleep = asyncio.sleep
+
+        async def recorded(delay: float, *args: Any) -> Any:
+            naps.append(delay)
+            return await real_sleep(0, *args)
+
+        checks = 0
+
+        def capacity() -> int:
+            nonlocal checks
+            checks += 1
+            return 1 if checks > 3 else 0  # full for three checks, then one slot
+
+        monkeypatch.setattr(asyncio, "sleep", recorded)
+        stream = transport.consume(backend.subscription(block=0), capacity)
+        delivery = await asyncio.wait_for(anext(stream), 10.0)
+        await stream.aclose()
+        assert delivery.event.content == "waiting"
+        assert len(naps) >= 3
+        assert min(naps) > 0
+
     # -- plain reads, trimming, reply streams ---------------------------------------------------
 
     async def test_read_stream_after_an_id(self, backend: Backend) -> None:

@@ -108,6 +108,10 @@ packed into :data:`DEAD_LETTER_PACKED_FIELD`."""
 _LENGTH: Final = struct.Struct(">I")
 
 
+FULL_CAPACITY_WAIT: Final = 0.01
+"""The shortest wait of :meth:`Transport.consume` between checks of a full capacity (seconds)."""
+
+
 def check_maxlen(maxlen: object) -> int | None:
     """A ``maxlen`` (trim a stream to about that many entries) as an int, or ``None``; else
     :class:`ConfigurationError` (a negative one would empty an in-memory stream)."""
@@ -501,12 +505,13 @@ class Transport(_AsyncResource):
     ) -> AsyncIterator[Delivery[E]]:
         """Yield deliveries forever, reading only as many as ``capacity()`` says are free.
 
-        With no free capacity it waits ``subscription.block`` seconds before asking again.
+        With no free capacity it waits ``subscription.block`` seconds (at least
+        :data:`FULL_CAPACITY_WAIT`: with ``block=0`` it would hold the CPU) before asking again.
         """
         while True:
             free = min(capacity(), subscription.batch_size)
             if free <= 0:
-                await asyncio.sleep(subscription.block)
+                await asyncio.sleep(max(subscription.block, FULL_CAPACITY_WAIT))
                 continue
             for delivery in await self.read(subscription, free):
                 yield delivery
