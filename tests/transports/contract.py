@@ -171,6 +171,19 @@ class TransportContract:
         (again,) = await transport.read(backend.subscription("c2"), 1)
         assert (again.entry_id, again.delivery_count) == (delivery.entry_id, 2)
 
+    @pytest.mark.parametrize("delay", [-1.0, math.nan, math.inf, 10_000.0])
+    async def test_a_release_delay_reclaim_cannot_keep_is_refused(
+        self, backend: Backend, delay: float
+    ) -> None:
+        """Reclaim takes an entry once it has been idle ``claim_min_idle``: a longer delay was
+        silently cut to that, a NaN one to none. Refused, naming both; the entry stays held."""
+        transport = await backend.transport()
+        await published(backend, transport, request())
+        (delivery,) = await transport.read(backend.subscription("c1"), 1)
+        with pytest.raises(ConfigurationError, match=r"delay must be"):
+            await transport.release(delivery, delay=delay)
+        assert [p.consumer for p in await transport.pending(backend.stream(), "workers")] == ["c1"]
+
     async def test_release_by_a_consumer_that_lost_the_entry_does_nothing(self, backend: Backend) -> None:
         transport = await backend.transport()
         await published(backend, transport, request())

@@ -522,8 +522,9 @@ class Transport(_AsyncResource):
 
     @abstractmethod
     async def release(self, delivery: Delivery[Any], *, delay: float = 0.0) -> bool:
-        """Give a delivery back for another attempt after ``delay`` seconds (the next reclaim takes
-        it, counting a new delivery). False if this consumer no longer held it."""
+        """Give a delivery back for another attempt after ``delay`` seconds, at most the
+        subscription's ``claim_min_idle`` (the next reclaim takes it, counting a new delivery).
+        False if this consumer no longer held it."""
 
     @abstractmethod
     async def keep_fresh(self, deliveries: Sequence[Delivery[Any]]) -> list[Delivery[Any]]:
@@ -712,9 +713,13 @@ def released_idle(delivery: Delivery[Any], delay: float) -> float:
             "release() needs a subscription with claim_min_idle: without reclaim nobody would "
             "take the released entry"
         )
-    if delay < 0:
-        raise ConfigurationError(f"delay must be >= 0 seconds, got {delay}")
-    return max(0.0, min_idle - delay)
+    delay = check_seconds("delay", delay, zero=True)
+    if delay > min_idle:  # reclaim takes it once idle claim_min_idle, whatever was asked for
+        raise ConfigurationError(
+            f"delay must be at most the subscription's claim_min_idle ({min_idle}s), got {delay}: "
+            "reclaim takes a released entry once it has been idle that long"
+        )
+    return min_idle - delay
 
 
 def decode_entry(
