@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -722,6 +723,30 @@ class TransportContract:
         transport = await backend.transport()
         await transport.ensure_group(backend.stream(), "workers")
         assert await transport.read(backend.subscription(block=0.05), 5) == []
+
+    @pytest.mark.parametrize(
+        ("fields", "message"),
+        [
+            ({}, "non-empty mapping"),
+            ({b"a": None}, "field b'a' of an entry must be str or bytes"),
+            ({"n": 1}, "its value is int"),
+            ({1: b"x"}, "field 1 of an entry"),
+        ],
+    )
+    async def test_fields_that_cannot_be_an_entry_are_refused_and_nothing_is_written(
+        self, backend: Backend, fields: Any, message: str
+    ) -> None:
+        """Redis refused these as a server failure (TransportError); memory wrote an empty entry or
+        the text ``None``. Both refuse them now, as the caller's mistake."""
+        transport = await backend.transport()
+        stream = backend.stream()
+        with pytest.raises(ConfigurationError, match=re.escape(message)):
+            await transport.publish_fields(stream, fields)
+        first = await transport.publish_fields(stream, {"ok": "text", b"raw": b"\xff"})
+        with pytest.raises(ConfigurationError, match=re.escape(message)):
+            await transport.move(stream, first, backend.stream("elsewhere"), fields)
+        (entry,) = await transport.read_stream(stream, AgentRequestEvent)
+        assert entry.fields == {b"ok": b"text", b"raw": b"\xff"}
 
     async def test_consume_reads_only_free_capacity(self, backend: Backend) -> None:
         transport = await backend.transport()

@@ -108,6 +108,28 @@ packed into :data:`DEAD_LETTER_PACKED_FIELD`."""
 _LENGTH: Final = struct.Struct(">I")
 
 
+def encoded_fields(fields: object) -> dict[bytes, bytes]:
+    """Fields to write as an entry: a non-empty mapping of ``str`` / ``bytes`` names to ``str`` /
+    ``bytes`` values (text as UTF-8); else :class:`ConfigurationError` naming the first bad field
+    and what it is (its value is not shown: it may be anything)."""
+    if not isinstance(fields, Mapping) or not fields:
+        raise ConfigurationError(
+            f"an entry needs a non-empty mapping of fields, got {type(fields).__name__}"
+            + (" (empty)" if isinstance(fields, Mapping) else "")
+        )
+    encoded: dict[bytes, bytes] = {}
+    for name, value in fields.items():
+        if not isinstance(name, str | bytes) or not isinstance(value, str | bytes):
+            raise ConfigurationError(
+                f"field {name!r} of an entry must be str or bytes, named by str or bytes; its value "
+                f"is {type(value).__name__}"
+            )
+        encoded[name.encode() if isinstance(name, str) else name] = (
+            value.encode() if isinstance(value, str) else value
+        )
+    return encoded
+
+
 FULL_CAPACITY_WAIT: Final = 0.01
 """The shortest wait of :meth:`Transport.consume` between checks of a full capacity (seconds)."""
 
@@ -479,7 +501,9 @@ class Transport(_AsyncResource):
         maxlen: int | None = None,
         expire: float | None = None,
     ) -> str:
-        """Append raw fields (already encoded, or copied from another entry); returns the entry id."""
+        """Append raw fields (already encoded, or copied from another entry); returns the entry id.
+        ``fields`` must be a non-empty mapping of ``str`` / ``bytes`` to ``str`` / ``bytes``
+        (:func:`encoded_fields`), else :class:`ConfigurationError` and nothing is written."""
 
     # -- consuming --------------------------------------------------------------------------------
 

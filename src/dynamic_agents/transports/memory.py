@@ -38,6 +38,7 @@ from dynamic_agents.transports.base import (
     dead_letter_fields,
     decode_entry,
     delivered,
+    encoded_fields,
     lease_token,
     parse_entry_position,
     parse_read_position,
@@ -214,15 +215,6 @@ def _kind(value: object) -> str:
     return {_Stream: "stream", dict: "hash", str: "string"}.get(type(value), type(value).__name__)
 
 
-def _fields(fields: Mapping[str, bytes] | Mapping[bytes, bytes]) -> Fields:
-    return {
-        (key if isinstance(key, bytes) else key.encode()): (
-            value if isinstance(value, bytes) else str(value).encode()
-        )
-        for key, value in fields.items()
-    }
-
-
 class InMemoryTransport(Transport):
     """The in-process transport: same behaviour as :class:`RedisStreamsTransport`, no server.
 
@@ -265,7 +257,7 @@ class InMemoryTransport(Transport):
     ) -> str:
         self._check_open()
         maxlen, expire = check_maxlen(maxlen), check_expire(expire)
-        entry_id = self.server.xadd(stream, _fields(fields), maxlen=maxlen)
+        entry_id = self.server.xadd(stream, encoded_fields(fields), maxlen=maxlen)
         if expire is not None:
             self.server.expire(stream, expire)
         self.stats.published += 1
@@ -538,11 +530,11 @@ class InMemoryTransport(Transport):
         self, source: str, entry_id: str, stream: str, fields: Mapping[str, bytes] | Mapping[bytes, bytes]
     ) -> str | None:
         self._check_open()
-        data, key = self.server._stream(source), parse_id(entry_id)
+        data, key, values = self.server._stream(source), parse_id(entry_id), encoded_fields(fields)
         self.server._check_stream_type(stream)
         if data is None or key not in data.entries:
             return None
-        entry = self.server.xadd(stream, _fields(fields))
+        entry = self.server.xadd(stream, values)
         del data.entries[key]
         self.stats.published += 1
         return entry

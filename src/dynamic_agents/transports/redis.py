@@ -60,6 +60,7 @@ from dynamic_agents.transports.base import (
     dead_letter_fields,
     decode_entry,
     delivered,
+    encoded_fields,
     lease_token,
     parse_entry_position,
     parse_read_position,
@@ -347,7 +348,7 @@ class RedisStreamsTransport(Transport):
         expire: float | None = None,
     ) -> str:
         maxlen, expire = check_maxlen(maxlen), check_expire(expire)
-        values = _pairs(fields)
+        values = encoded_fields(fields)
         what = f"publish to {stream!r}"
         if expire is None:  # one command: pipelined with the others of this loop iteration
             trim: list[Arg] = ["MAXLEN", "~", maxlen] if maxlen is not None else []
@@ -726,7 +727,7 @@ class RedisStreamsTransport(Transport):
         # A retry after a connection lost mid-call can find the entry moved by the first attempt,
         # and says None: never a second copy.
         parse_entry_position(entry_id)
-        values = _pairs(fields)
+        values = encoded_fields(fields)
         what = f"move {entry_id} from {source!r} to {stream!r}"
         moved: object
         if 2 * len(values) <= _scripts.UNPACK_MAX:
