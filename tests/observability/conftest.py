@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from dynamic_agents.events import AgentRequestEvent, Target, TargetType
 from dynamic_agents.execution import Executor, FunctionExecutor
 from dynamic_agents.routing import EventRouter
-from dynamic_agents.transports import Transport
+from dynamic_agents.transports import InMemoryTransport, Transport
 from dynamic_agents.worker import AgentWorker, WorkerHooks, WorkerSettings
 from tests.worker.conftest import FAST
 
@@ -86,3 +86,11 @@ def attribute_text(spans: Sequence[ReadableSpan]) -> str:
         parts += [str(event.attributes) for event in span.events]
         parts.append(span.status.description or "")
     return "\n".join(parts)
+
+
+class TakenBeforeDeadLettering(InMemoryTransport):
+    """Another consumer takes the entry (and settles it) just as this worker would set it aside."""
+
+    async def dead_letter(self, delivery: Any, reason: str, reply: Any = None) -> bool:
+        await self.ack(delivery)  # what the other consumer did with it
+        return False

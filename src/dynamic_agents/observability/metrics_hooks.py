@@ -177,8 +177,9 @@ class MetricsHooks(BaseHooks):
             self._count(delivery, Outcome.DEAD_LETTERED)
 
     async def after_handle(self, delivery: Delivery[AgentRequestEvent], error: BaseException | None) -> None:
-        if error is not None:
-            self._count(delivery, Outcome.of_error(error))
+        # Ended without an answer of this worker's and without an error: handed back, the entry
+        # taken over by another consumer (before its dead letter, say) or its merged turn lost.
+        self._count(delivery, Outcome.INTERRUPTED if error is None else Outcome.of_error(error))
         handling = self._handling.pop((delivery.stream, delivery.entry_id), None)
         if handling is not None:
             self.recorder.add("dynamic_agents.worker.in_flight", -1, {_STREAM: handling.stream})

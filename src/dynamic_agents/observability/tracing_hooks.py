@@ -47,6 +47,7 @@ class _Trace:
     execute_token: Token[Context] | None = None
     respond: Span | None = None
     routed: bool = True
+    ended: bool = False  # its outcome is set
 
 
 class TracingHooks(BaseHooks):
@@ -89,6 +90,7 @@ class TracingHooks(BaseHooks):
     async def on_duplicate(self, delivery: Delivery[AgentRequestEvent]) -> None:
         if (found := self._traces.get((delivery.stream, delivery.entry_id))) is not None:
             found.span.set_attribute(OUTCOME, Outcome.DUPLICATE.value)
+            found.ended = True
 
     async def on_routed(self, delivery: Delivery[AgentRequestEvent], target: Target | None) -> None:
         found = self._traces.get((delivery.stream, delivery.entry_id))
@@ -176,6 +178,7 @@ class TracingHooks(BaseHooks):
             return
         found.span.set_attribute(STATUS, str(result.status))
         found.span.set_attribute(OUTCOME, Outcome.of_answer(result, completion, routed=found.routed).value)
+        found.ended = True
         if found.respond is not None:
             found.respond.end()
             found.respond = None
@@ -190,6 +193,7 @@ class TracingHooks(BaseHooks):
         if written:
             found.span.set_attribute(OUTCOME, Outcome.DEAD_LETTERED.value)
             error_status(found.span, "dead-lettered")
+            found.ended = True
 
     async def after_handle(self, delivery: Delivery[AgentRequestEvent], error: BaseException | None) -> None:
         found = self._traces.pop((delivery.stream, delivery.entry_id), None)
@@ -207,6 +211,8 @@ class TracingHooks(BaseHooks):
         if error is not None:
             found.span.set_attribute(OUTCOME, Outcome.of_error(error).value)
             fail_span(found.span, error)
+        elif not found.ended:  # handed back unanswered: taken over by another consumer, say
+            found.span.set_attribute(OUTCOME, Outcome.INTERRUPTED.value)
         found.span.end()
 
 
