@@ -26,6 +26,7 @@ from dynamic_agents.observability import Tracing
 from dynamic_agents.routing import EventRouter
 from dynamic_agents.secrets import SecretsManager, StaticSource
 from dynamic_agents.transports import InMemoryTransport, RedisStreamsTransport, Subscription, Transport
+from dynamic_agents.worker import SessionPolicy
 from tests.observability.conftest import TakenBeforeDeadLettering, attribute_text, by_name, hooked_worker
 from tests.support.waiting import wait_until
 from tests.worker.conftest import FAST, request_event
@@ -383,3 +384,40 @@ async def test_an_entry_taken_over_before_its_dead_letter_is_an_interrupted_proc
     await worker.run_until_idle()  # reclaims it
     process = by_name(exporter.get_finished_spans())[f"{transport.names.requests} process"]
     assert (process.attributes or {})["dynamic_agents.outcome"] == "interrupted"
+
+
+async def test_a_merged_turn_stopped_while_it_runs_detaches_its_context_where_it_was_attached(
+    tracer_provider: TracerProvider, exporter: InMemorySpanExporter, caplog: pytest.LogCaptureFixture
+) -> None:
+    transport = InMemoryTransport(names=StreamNames("test"))
+    gate, first_started, merged_started = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def run(target: Target, request: AgentRequestEvent) -> str:
+        if request.content == "first":
+            first_started.set()
+            await gate.wait()
+            return "done"
+        merged_started.set()
+        await asyncio.Event().wait()
+        return "never"
+
+    w = hooked_worker(
+        transport,
+        [Tracing(tracer_provider).hooks()],
+        FunctionExecutor(run),
+        session_policy=SessionPolicy.MERGE,
+    )
+    with caplog.at_level(logging.WARNING, logger="opentelemetry"):
+        async with w:
+            await transport.publish(transport.names.requests, request_event(transport.names, "first"))
+            await first_started.wait()
+            for text in ("a", "b"):  # queued behind the first, then run as one turn
+                await transport.publish(transport.names.requests, request_event(transport.names, text))
+            await wait_until(lambda: w.stats.received == 3, what="the queued requests")
+            gate.set()
+            await merged_started.wait()
+            await w.stop(grace=0)
+
+    execute = [s for s in exporter.get_finished_spans() if s.name == "execute agent:echo"]
+    assert sorted(s.status.description or "" for s in execute) == ["", "interrupted"]
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("opentelemetry")] == []

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -45,6 +46,9 @@ class _Trace:
     token: Token[Context]
     execute: Span | None = None
     execute_token: Token[Context] | None = None
+    # The task whose context holds ``execute_token``: a merged turn runs in the handler of its
+    # first entry while its spans are the last entry's, whose own handler may end it.
+    execute_task: asyncio.Task[object] | None = None
     respond: Span | None = None
     routed: bool = True
     ended: bool = False  # its outcome is set
@@ -125,6 +129,7 @@ class TracingHooks(BaseHooks):
         assert span is not None
         found.execute = span
         found.execute_token = otel_context.attach(trace.set_span_in_context(span))
+        found.execute_task = asyncio.current_task()
 
     async def after_execute(self, context: RunContext, result: ExecutionResult) -> None:
         found = self._traces.get((context.stream, context.entry_id))
@@ -220,8 +225,12 @@ def _close_execute(found: _Trace) -> None:
     from opentelemetry import context
 
     if found.execute_token is not None:
-        context.detach(found.execute_token)
+        # Only in the context it was attached to; that task's own process token, detached when
+        # it ends, restores what was current before either.
+        if asyncio.current_task() is found.execute_task:
+            context.detach(found.execute_token)
         found.execute_token = None
+        found.execute_task = None
     if found.execute is not None:
         found.execute.end()
         found.execute = None
