@@ -8,6 +8,7 @@ import logging
 import subprocess
 import sys
 import textwrap
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -421,3 +422,20 @@ async def test_a_merged_turn_stopped_while_it_runs_detaches_its_context_where_it
     execute = [s for s in exporter.get_finished_spans() if s.name == "execute agent:echo"]
     assert sorted(s.status.description or "" for s in execute) == ["", "interrupted"]
     assert [r.getMessage() for r in caplog.records if r.name.startswith("opentelemetry")] == []
+
+
+async def test_a_stream_its_reader_stops_early_ends_its_span_without_an_error(
+    tracer_provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    async def chunks() -> AsyncIterator[str]:
+        for chunk in ("a", "b", "c"):
+            yield chunk
+
+    with Tracing(tracer_provider).llm_call("g") as call:
+        stream = call.done(chunks(), stream=True)
+    async for _ in stream:
+        break  # the reader had enough (a tool call, say)
+    await stream.aclose()
+    (chat,) = exporter.get_finished_spans()
+    assert chat.status.status_code != StatusCode.ERROR
+    assert "error.type" not in (chat.attributes or {})

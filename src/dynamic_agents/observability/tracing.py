@@ -192,6 +192,8 @@ class LLMCall:
                 if getattr(chunk, "usage", None) is not None:
                     _record_response(span, chunk)
                 yield chunk
+        except GeneratorExit:  # the reader stopped early (closed the stream): not a failure
+            raise
         except BaseException as error:
             fail_span(span, error)
             raise
