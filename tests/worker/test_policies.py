@@ -488,3 +488,33 @@ async def test_an_unknown_policy_asked_for_by_a_request_is_logged_once_and_the_t
         "a request asks for session_policy 'REJECT', which is none of enqueue, reject, interrupt, "
         "merge: the target's policy applies (logged once per value)"
     ]
+
+
+async def test_the_answers_of_a_merged_turn_are_logged_with_their_own_request_ids(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The merged requests are answered from the turn's task: their records carried the turn's
+    request id, so an operator searching the logs for one of them found nothing."""
+    transport = await backend.transport()
+    gate, first_started = asyncio.Event(), asyncio.Event()
+
+    async def run(target: Target, request: AgentRequestEvent) -> str:
+        if request.content == "first":
+            first_started.set()
+            await gate.wait()
+        return "done"
+
+    w = worker(transport, FunctionExecutor(run), session_policy=SessionPolicy.MERGE)
+    with caplog.at_level(logging.DEBUG, logger="dynamic_agents.worker"):
+        async with w:
+            await transport.publish(backend.names.requests, request_event(backend.names, "first"))
+            await asyncio.wait_for(first_started.wait(), 5)
+            for text in ("a", "b"):
+                await transport.publish(backend.names.requests, request_event(backend.names, text))
+            await wait_for(lambda: _async(w.stats.received == 3))
+            gate.set()
+            await wait_for(lambda: _has_replies(transport, backend, 3))
+    answered = [r for r in caplog.records if r.getMessage().startswith("answered ")]
+    assert len(answered) == 3
+    for record in answered:
+        assert record.getMessage().split()[1].rstrip(":") == record.request_id  # type: ignore[attr-defined]

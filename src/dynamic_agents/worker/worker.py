@@ -31,7 +31,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from dynamic_agents._logging import bind_ids, get_logger
+from dynamic_agents._logging import bind_ids, get_logger, log_context
 from dynamic_agents._redaction import REDACTOR
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, ResponseStatus, Target
 from dynamic_agents.exceptions import (
@@ -399,7 +399,12 @@ class AgentWorker:
                 return
             batch, lease = claimed
         try:
-            await self._run(batch, target, lease)
+            if len(batch) == 1:
+                await self._run(batch, target, lease)
+            else:  # a merged turn, run in its first request's task: its records carry the turn's ids
+                turn_event = batch[-1].event
+                with log_context(request_id=turn_event.id, session_id=turn_event.session_id):
+                    await self._run(batch, target, lease)
         except BaseException:  # the reply, which releases the lease, may not be written: release it
             with contextlib.suppress(DynamicAgentsError):
                 await self.coordinator.release(lease)
@@ -718,7 +723,8 @@ class AgentWorker:
                     error_message=result.error_message,
                     metadata={"merged_into": delivery.event.id},
                 )
-                await self._answer(earlier, earlier.event, target, merged)
+                with log_context(request_id=earlier.event.id, session_id=earlier.event.session_id):
+                    await self._answer(earlier, earlier.event, target, merged)
         try:  # written only while the lease is held, and released with the reply
             completion = await self._answer(
                 delivery, delivery.event, target, result, lease=lease, progress=progress
