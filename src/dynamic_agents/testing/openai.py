@@ -9,8 +9,10 @@ call really carried::
         ...                         # deployments: {"model": "openai/…", "api_base": fake.api_base}
     fake.requests[0].authorization  # 'Bearer sk-…'
 
-Without a script it answers ``"ok"`` to everything; ``handler`` replaces the script with a function
-of the request. Streaming requests get server-sent events.
+Without a script it answers ``"ok"`` to every chat completion; ``handler`` replaces the script with a
+function of the request. Streaming requests get server-sent events. Like the real API, it answers
+only ``POST /v1/chat/completions`` (on any host): other paths and methods (embeddings, an
+``api_base`` without ``/v1``) get OpenAI's ``404 Invalid URL``, recorded but using no script step.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ import httpx
 from dynamic_agents.testing.script import ToolCall
 
 __all__ = ["FakeOpenAI", "FakeOpenAIRequest", "HTTPErrorStep"]
+
+_CHAT_COMPLETIONS = "/v1/chat/completions"
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,13 +83,16 @@ class FakeOpenAI:
         return httpx.MockTransport(self._handle)
 
     def _handle(self, request: httpx.Request) -> httpx.Response:
-        body = json.loads(request.content or b"{}")
+        body = json.loads(request.content or b"{}") if request.method == "POST" else {}
         recorded = FakeOpenAIRequest(str(request.url), request.headers.get("authorization"), body)
         self.requests.append(recorded)
+        if (request.method, request.url.path) != ("POST", _CHAT_COMPLETIONS):
+            # What the real API answers: a test must not pass on an endpoint production lacks.
+            message = f"Invalid URL ({request.method} {request.url.path})"
+            return httpx.Response(404, json={"error": _error(message)})
         step = self._next(recorded)
         if isinstance(step, HTTPErrorStep):
-            error = {"error": {"message": step.message, "type": "invalid_request_error", "code": None}}
-            return httpx.Response(step.status, json=error)
+            return httpx.Response(step.status, json={"error": _error(step.message)})
         text, calls = _split(step)
         if body.get("stream"):
             return self._stream(text, calls, body)
@@ -169,6 +176,10 @@ class FakeOpenAI:
         finally:
             litellm.aclient_session, litellm.client_session = saved
             litellm.in_memory_llm_clients_cache.flush_cache()
+
+
+def _error(message: str) -> dict[str, Any]:
+    return {"message": message, "type": "invalid_request_error", "param": None, "code": None}
 
 
 def _split(step: str | ToolCall | ToolCalls) -> tuple[str | None, list[ToolCall] | None]:

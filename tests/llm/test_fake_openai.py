@@ -1,0 +1,54 @@
+"""FakeOpenAI itself: it answers what the OpenAI API answers, and nothing it does not implement."""
+
+from __future__ import annotations
+
+import httpx
+import litellm
+import pytest
+
+from dynamic_agents.testing import FakeOpenAI
+
+KEY = "sk-fake-openai-test-0001"
+
+
+async def test_chat_completions_are_answered(fake: FakeOpenAI) -> None:
+    reply = await litellm.acompletion(
+        model="openai/gpt-4o-mini",
+        api_base=fake.api_base,
+        api_key=KEY,
+        messages=[{"role": "user", "content": "hi"}],
+    )
+    assert reply.choices[0].message.content == "ok"
+    assert fake.requests[0].url == f"{fake.api_base}/chat/completions"
+
+
+async def test_an_api_base_without_v1_gets_404_as_from_openai(fake: FakeOpenAI) -> None:
+    # The real API has no /chat/completions at its root: a deployment with this api_base fails in
+    # production, so it must fail in tests too.
+    with pytest.raises(litellm.BadRequestError, match=r"Invalid URL \(POST /chat/completions\)"):
+        await litellm.acompletion(
+            model="openai/gpt-4o-mini",
+            api_base="http://fake-openai.localhost",
+            api_key=KEY,
+            messages=[{"role": "user", "content": "hi"}],
+            num_retries=0,
+        )
+    assert fake.requests[0].url == "http://fake-openai.localhost/chat/completions"
+
+
+async def test_endpoints_it_does_not_implement_get_404_not_a_chat_completion() -> None:
+    fake = FakeOpenAI(["scripted reply"])
+    async with httpx.AsyncClient(transport=fake.transport, base_url=fake.api_base) as client:
+        embeddings = await client.post("/embeddings", json={"model": "e", "input": ["x"]})
+        listing = await client.get("/chat/completions")
+    assert embeddings.status_code == 404
+    assert embeddings.json()["error"]["message"] == "Invalid URL (POST /v1/embeddings)"
+    assert listing.status_code == 404
+    assert listing.json()["error"]["message"] == "Invalid URL (GET /v1/chat/completions)"
+    assert [request.url for request in fake.requests] == [
+        f"{fake.api_base}/embeddings",
+        f"{fake.api_base}/chat/completions",
+    ]
+    async with httpx.AsyncClient(transport=fake.transport, base_url=fake.api_base) as client:
+        chat = await client.post("/chat/completions", json={"model": "m", "messages": []})
+    assert chat.json()["choices"][0]["message"]["content"] == "scripted reply"  # no step was used up
