@@ -536,3 +536,25 @@ async def test_a_retry_after_within_the_cap_is_still_waited_out(
             await client.list_providers()
     assert sleeps.delays == [10.0, 2.0, 2.0, 2.0]
     assert caught.value.retry_after == 2.0
+
+
+@pytest.mark.parametrize("token", [None, 123, b"service-token"])
+def test_a_token_of_the_wrong_type_is_refused_naming_the_setting(token: object) -> None:
+    with pytest.raises(ConfigurationError, match=rf"token must be a str.*not {type(token).__name__}$"):
+        IdentityClient(token=token)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("returned", [None, b"service-token", 42])
+async def test_a_token_provider_returning_no_str_is_a_configuration_error(
+    service: InMemoryIdentityService, returned: object
+) -> None:
+    async def provider() -> object:
+        return returned
+
+    async with IdentityClient(token=provider, transport=service.mock_transport()) as client:  # type: ignore[arg-type]
+        with pytest.raises(
+            ConfigurationError, match=rf"Identity token provider returned {type(returned).__name__}"
+        ) as caught:
+            await client.list_secrets()
+    assert "service-token" not in str(caught.value)
+    assert service.count() == 0

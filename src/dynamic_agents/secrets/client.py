@@ -150,6 +150,10 @@ class IdentityClient:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         _check_url(base_url, allow_insecure_http)
+        if not isinstance(token, str | SecretValue) and not callable(token):
+            raise ConfigurationError(
+                f"token must be a str, a SecretValue or a callable returning one, not {type(token).__name__}"
+            )
         timeout = check_seconds("timeout", timeout)
         retries = check_count("retries", retries, minimum=0)
         backoff_base = check_seconds("backoff_base", backoff_base, zero=True)  # 0: no backoff
@@ -315,6 +319,11 @@ class IdentityClient:
                 token = provider() if callable(provider) else provider
                 if inspect.isawaitable(token):
                     token = await token
+                if not isinstance(token, str | SecretValue):  # never shown: it may be a token anyway
+                    raise ConfigurationError(
+                        f"the Identity token provider returned {type(token).__name__}; it must return "
+                        "the bearer token as a str or a SecretValue"
+                    )
                 self._token = token if isinstance(token, SecretValue) else SecretValue(token)
             return self._token
 
