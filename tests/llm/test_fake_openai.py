@@ -6,7 +6,8 @@ import httpx
 import litellm
 import pytest
 
-from dynamic_agents.testing import FakeOpenAI
+from dynamic_agents.exceptions import ConfigurationError
+from dynamic_agents.testing import FakeOpenAI, HTTPErrorStep, ToolCall
 
 KEY = "sk-fake-openai-test-0001"
 
@@ -52,3 +53,17 @@ async def test_endpoints_it_does_not_implement_get_404_not_a_chat_completion() -
     async with httpx.AsyncClient(transport=fake.transport, base_url=fake.api_base) as client:
         chat = await client.post("/chat/completions", json={"model": "m", "messages": []})
     assert chat.json()["choices"][0]["message"]["content"] == "scripted reply"  # no step was used up
+
+
+@pytest.mark.parametrize("step", [123, None, [], ["text in a list"], {"content": "hi"}])
+def test_a_step_that_is_no_reply_is_refused_when_the_script_is_given(step: object) -> None:
+    # Refused up front, naming the step: at call time it would surface as some litellm error
+    # (or, for an empty list, as an empty reply).
+    with pytest.raises(ConfigurationError, match=r"FakeOpenAI script step 1 is .*: expected a str"):
+        FakeOpenAI(["fine", step])  # type: ignore[list-item]
+
+
+def test_steps_of_every_kind_are_accepted() -> None:
+    call = ToolCall("get_weather", {"city": "Paris"})
+    fake = FakeOpenAI(["text", call, [call, call], (call,), HTTPErrorStep(500)])
+    assert "5 steps left" in repr(fake)

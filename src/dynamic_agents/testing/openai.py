@@ -27,6 +27,7 @@ from typing import Any
 
 import httpx
 
+from dynamic_agents.exceptions import ConfigurationError
 from dynamic_agents.testing.script import ToolCall
 
 __all__ = ["FakeOpenAI", "FakeOpenAIRequest", "HTTPErrorStep"]
@@ -69,7 +70,7 @@ class FakeOpenAI:
     api_base = "http://fake-openai.localhost/v1"
 
     def __init__(self, script: Iterable[Step] = (), *, handler: Handler | None = None) -> None:
-        self._script: deque[Step] = deque(script)
+        self._script: deque[Step] = deque(_checked(index, step) for index, step in enumerate(script))
         self._scripted = bool(self._script)
         self._handler = handler
         self.requests: list[FakeOpenAIRequest] = []
@@ -176,6 +177,17 @@ class FakeOpenAI:
         finally:
             litellm.aclient_session, litellm.client_session = saved
             litellm.in_memory_llm_clients_cache.flush_cache()
+
+
+def _checked(index: int, step: object) -> Step:
+    if isinstance(step, str | ToolCall | HTTPErrorStep):
+        return step
+    if isinstance(step, list | tuple) and step and all(isinstance(call, ToolCall) for call in step):
+        return list(step)
+    raise ConfigurationError(
+        f"FakeOpenAI script step {index} is {type(step).__name__} {step!r:.60}: expected a str, a "
+        "ToolCall, a non-empty list of ToolCall or an HTTPErrorStep"
+    )
 
 
 def _error(message: str) -> dict[str, Any]:
