@@ -283,3 +283,15 @@ def test_repr_shows_progress() -> None:
     model.invoke(messages=[])
 
     assert repr(model) == "ScriptedModel(id='weather-bot', remaining=1, calls=1)"
+
+
+def test_scripted_models_refuse_an_unknown_model_name_like_the_router_models() -> None:
+    from dynamic_agents.agents.specs.agent import ModelSettings
+    from dynamic_agents.exceptions import ConfigurationError
+    from dynamic_agents.testing import ScriptedModels
+
+    models = ScriptedModels({"gpt": ["hi"], "claude": ["hello"]})
+    with pytest.raises(
+        ConfigurationError, match=r"model 'gtp' is not a scripted model; known: \['claude', 'gpt'\]"
+    ):
+        models.model(ModelSettings(name="gtp"), user_id=None)

@@ -265,7 +265,13 @@ class ScriptedModels:
         return f"ScriptedModels({sorted(self.models)})"
 
     def model(self, settings: Any, *, user_id: str | None) -> ScriptedModel:
-        return copy.deepcopy(self.models[settings.name])
+        if (model := self.models.get(settings.name)) is None:  # as RouterModels refuses it
+            from dynamic_agents.exceptions import ConfigurationError
+
+            raise ConfigurationError(
+                f"model {settings.name!r} is not a scripted model; known: {sorted(self.models)}"
+            )
+        return copy.deepcopy(model)
 
     def model_names(self) -> frozenset[str]:
         return frozenset(self.models)
