@@ -66,6 +66,23 @@ def test_private_redis_server_survives_a_kill_with_its_data(redis_server: RedisS
 
 
 @pytest.mark.redis_server
+def test_a_redis_server_can_be_started_again_after_stop() -> None:
+    import redis
+
+    server = RedisServer(durable=False)
+    with server:
+        pass
+    assert not server.directory.exists()
+    with server:  # a second ``with`` (or start() after stop()) starts afresh
+        client = redis.Redis.from_url(server.url)
+        try:
+            assert client.ping()
+        finally:
+            client.close()
+    assert not server.directory.exists()
+
+
+@pytest.mark.redis_server
 def test_a_redis_server_that_is_not_durable_keeps_nothing_on_disk() -> None:
     import redis
 

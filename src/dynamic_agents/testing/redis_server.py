@@ -61,6 +61,7 @@ class RedisServer:
     def start(self) -> None:
         if self.process is not None and self.process.poll() is None:
             return
+        self.directory.mkdir(mode=0o700, exist_ok=True)  # stop() removed it: start afresh
         self.process = subprocess.Popen(  # noqa: S603 - a fixed argv, the binary found on PATH
             [
                 self.binary,
@@ -139,6 +140,7 @@ class RedisServer:
             self.process.send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
+        """Stop the server and remove its data directory (a later :meth:`start` begins empty)."""
         if self.process is not None and self.process.poll() is None:
             self.resume()  # a paused server would not act on SIGTERM
             self.process.terminate()
