@@ -67,3 +67,12 @@ def test_steps_of_every_kind_are_accepted() -> None:
     call = ToolCall("get_weather", {"city": "Paris"})
     fake = FakeOpenAI(["text", call, [call, call], (call,), HTTPErrorStep(500)])
     assert "5 steps left" in repr(fake)
+
+
+@pytest.mark.parametrize("status", [200, 302, 99, 600])
+def test_an_http_error_step_must_be_an_error_status(status: int) -> None:
+    # A 200 carrying an error body would reach litellm as a malformed completion, not as an error.
+    with pytest.raises(
+        ConfigurationError, match=rf"HTTPErrorStep status must be an error status \(400-599\), got {status}"
+    ):
+        HTTPErrorStep(status)

@@ -42,6 +42,12 @@ class HTTPErrorStep:
     status: int
     message: str = "error"
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.status, int) or not 400 <= self.status <= 599:
+            raise ConfigurationError(
+                f"HTTPErrorStep status must be an error status (400-599), got {self.status!r}"
+            )
+
 
 @dataclass(frozen=True, slots=True)
 class FakeOpenAIRequest:
