@@ -76,3 +76,16 @@ def test_an_http_error_step_must_be_an_error_status(status: int) -> None:
         ConfigurationError, match=rf"HTTPErrorStep status must be an error status \(400-599\), got {status}"
     ):
         HTTPErrorStep(status)
+
+
+async def test_an_error_step_can_carry_retry_after() -> None:
+    """A 429 with ``Retry-After``, as OpenAI sends it, for tests of a caller's backoff."""
+    fake = FakeOpenAI([HTTPErrorStep(429, "Rate limit reached", retry_after=2), HTTPErrorStep(500)])
+    async with httpx.AsyncClient(transport=fake.transport, base_url=fake.api_base) as client:
+        limited = await client.post("/chat/completions", json={"model": "m", "messages": []})
+        failed = await client.post("/chat/completions", json={"model": "m", "messages": []})
+    assert (limited.status_code, limited.headers["retry-after"]) == (429, "2")
+    assert limited.json()["error"]["message"] == "Rate limit reached"
+    assert "retry-after" not in failed.headers
+    with pytest.raises(ConfigurationError, match="retry_after must be"):
+        HTTPErrorStep(429, retry_after=-1)

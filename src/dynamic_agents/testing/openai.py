@@ -27,6 +27,7 @@ from typing import Any
 
 import httpx
 
+from dynamic_agents._validation import check_seconds
 from dynamic_agents.exceptions import ConfigurationError
 from dynamic_agents.testing.script import ToolCall
 
@@ -41,12 +42,20 @@ class HTTPErrorStep:
 
     status: int
     message: str = "error"
+    retry_after: float | None = None
+    """Seconds for a ``Retry-After`` header (a 429's, say); ``None`` sends none."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.status, int) or not 400 <= self.status <= 599:
             raise ConfigurationError(
                 f"HTTPErrorStep status must be an error status (400-599), got {self.status!r}"
             )
+        check_seconds("retry_after", self.retry_after, zero=True, optional=True)
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after is None:
+            return {}
+        return {"Retry-After": f"{self.retry_after:g}"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +108,7 @@ class FakeOpenAI:
             return httpx.Response(404, json={"error": _error(message)})
         step = self._next(recorded)
         if isinstance(step, HTTPErrorStep):
-            return httpx.Response(step.status, json={"error": _error(step.message)})
+            return httpx.Response(step.status, json={"error": _error(step.message)}, headers=step.headers())
         text, calls = _split(step)
         if body.get("stream"):
             return self._stream(text, calls, body)
