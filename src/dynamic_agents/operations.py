@@ -269,7 +269,8 @@ class DeadLetters:
     async def purge(self, entry_id: str | None = None, *, before: datetime | None = None) -> int:
         """Delete one dead letter (``entry_id``), or every one dead before ``before`` (a timezone-aware
         datetime); returns how many were deleted. Give exactly one of them: deleting everything is
-        :meth:`purge_all`. :class:`DeliveryError` for an unknown ``entry_id``.
+        :meth:`purge_all`. :class:`DeliveryError` for an unknown ``entry_id``, or one requeued or
+        purged by someone else meanwhile (as :meth:`requeue`).
         """
         if (entry_id is None) == (before is None):
             raise ConfigurationError(
@@ -278,7 +279,11 @@ class DeadLetters:
         if entry_id is not None:
             async with self._lock:
                 letter = await self.get(entry_id)
-                return await self.transport.delete(self.stream, letter.id)
+                if not await self.transport.delete(self.stream, letter.id):
+                    raise DeliveryError(
+                        f"no dead letter {entry_id!r} on {self.stream!r}: requeued or purged meanwhile"
+                    )
+                return 1
         assert before is not None
         if before.tzinfo is None or before.utcoffset() is None:
             raise ConfigurationError(f"before={before.isoformat()} must be timezone-aware (e.g. UTC)")

@@ -27,6 +27,7 @@ from dynamic_agents.api import client as client_module
 from dynamic_agents.events import AgentRequestEvent
 from dynamic_agents.exceptions import ApiError, ConfigurationError, DynamicAgentsError
 from dynamic_agents.llm import RouterConfig, build_router
+from dynamic_agents.operations import DeadLetters
 from dynamic_agents.secrets import SecretKey, SecretsManager, StaticSource
 from dynamic_agents.testing import InMemoryServer, InMemoryTransport, ScriptedModels, mock_llm_router
 from tests.api.support import (
@@ -886,6 +887,24 @@ async def test_a_dead_letter_already_purged_is_404(stack: Stack) -> None:
     assert (await stack.client.delete(f"{V1}/dead-letters/{entry_id}")).status_code == 204
     assert (await stack.client.delete(f"{V1}/dead-letters/{entry_id}")).status_code == 404
     assert (await stack.client.post(f"{V1}/dead-letters/{entry_id}/requeue")).status_code == 404
+
+
+async def test_deleting_a_dead_letter_requeued_meanwhile_is_404(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entry_id = await dead_letter(stack.transport)
+    read_entry = stack.transport.read_entry
+
+    async def read_then_requeued_by_another(*args: Any, **kwargs: Any) -> Any:
+        entry = await read_entry(*args, **kwargs)
+        monkeypatch.undo()  # the other operator's requeue reads it unpatched
+        await DeadLetters(stack.transport).requeue(entry_id)  # between the look-up and the delete
+        return entry
+
+    monkeypatch.setattr(stack.transport, "read_entry", read_then_requeued_by_another)
+    purged = await stack.client.delete(f"{V1}/dead-letters/{entry_id}")
+    assert purged.status_code == 404
+    assert "requeued or purged meanwhile" in purged.json()["detail"]
 
 
 async def test_dead_letters_page_on_after_the_last_id(stack: Stack) -> None:

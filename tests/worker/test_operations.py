@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -347,3 +348,22 @@ async def test_a_dead_letter_without_original_fields_is_not_requeued(backend: Ba
     assert not isinstance(caught.value, LookupError)
     assert [letter.id for letter in await dead.list()] == [entry_id]
     assert await transport.read_stream(backend.names.requests, AgentRequestEvent) == []
+
+
+async def test_purging_a_dead_letter_requeued_meanwhile_is_a_lookup_error(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    transport = await backend.transport()
+    await dead_past_max_deliveries(backend, transport)
+    dead, other = DeadLetters(transport), DeadLetters(await backend.transport())
+    (letter,) = await dead.list()
+    read_entry = transport.read_entry
+
+    async def read_then_requeued_by_another(*args: Any, **kwargs: Any) -> Any:
+        entry = await read_entry(*args, **kwargs)
+        await other.requeue(letter.id)  # another operator, between the purge's look-up and its delete
+        return entry
+
+    monkeypatch.setattr(transport, "read_entry", read_then_requeued_by_another)
+    with pytest.raises(DeliveryError, match="requeued or purged meanwhile"):
+        await dead.purge(letter.id)
