@@ -36,10 +36,13 @@ class AgentsHTTPClient:
 
     async def _json(self, response: httpx.Response) -> Any:
         if response.status_code >= 400:
+            detail: Any
             try:
-                detail = response.json().get("detail")
+                body = response.json()
             except ValueError:
                 detail = response.reason_phrase
+            else:  # the API's {"detail": …}, or whatever JSON a gateway in front of it sent
+                detail = body["detail"] if isinstance(body, dict) and "detail" in body else body
             raise ApiError(response.status_code, detail)
         return response.json() if response.content else None
 
