@@ -148,6 +148,22 @@ async def test_every_route_refuses_a_wrong_token(
     assert response.headers["WWW-Authenticate"] == "Bearer"
 
 
+@pytest.mark.parametrize(("method", "path"), [(m, p) for m, p, body in ROUTES if body is not None])
+@pytest.mark.parametrize("token", [None, "not-the-token"])
+async def test_the_token_is_checked_before_the_body_is_read(
+    make_stack: StackFactory, method: str, path: str, token: str | None
+) -> None:
+    """An unauthenticated caller learns nothing from the body it sent (no 422 about it), and the
+    server parses no body for it."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    stack = await make_stack(headers=headers)
+    response = await stack.client.request(
+        method, path, content=b'{"not": json', headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+
+
 async def test_the_scheme_is_case_insensitive(make_stack: StackFactory) -> None:
     stack = await make_stack(headers={"Authorization": f"bEaReR {TOKEN}"})
     assert (await stack.client.get(f"{V1}/agents")).status_code == 200
@@ -168,7 +184,7 @@ async def test_an_async_verifier_is_awaited() -> None:
     assert allowed.status_code == 200
     assert (refused.status_code, refused.json()) == (401, {"detail": "the token was refused"})
     assert missing.status_code == 401
-    assert seen == ["async-token", "other"]  # not asked without a token
+    assert seen == ["async-token", "other"]  # once per request; not asked without a token
 
 
 async def test_no_auth_serves_without_a_header() -> None:

@@ -71,13 +71,25 @@ register_url_convertor("dynamic_agents_request_id", _RequestIdConvertor())
 logger = get_logger("api")
 
 
+_CALLER: Final = "dynamic_agents_caller"
+"""Where a route keeps its caller (see :func:`create_api_router`) in ``request.state``."""
+
+
 class _Route(APIRoute):
-    """Every route of the API: the transport failing (Redis away) is a 503 saying so, not a 500."""
+    """Every route of the API: the transport failing (Redis away) is a 503 saying so, not a 500.
+
+    ``authorise`` (set on the subclass :func:`create_api_router` makes) checks the bearer token
+    before the handler reads the body: FastAPI parses a JSON body before it runs any dependency,
+    so an unauthenticated caller would get a 422 about its body, and have it parsed, first."""
+
+    authorise: Callable[[str | None], Awaitable[str]] | None = None
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
         async def answer(request: Request) -> Response:
+            if self.authorise is not None:
+                setattr(request.state, _CALLER, await self.authorise(request.headers.get("authorization")))
             try:
                 return await handler(request)
             except TransportError as error:  # a DeliveryError (an unknown entry) is each route's own
@@ -235,7 +247,7 @@ def create_api_router(  # noqa: PLR0915 - one route per statement group; kept to
     if auth is not NO_AUTH and not callable(auth):
         raise ConfigurationError("auth must be a bearer-token verifier, or NO_AUTH for local use")
 
-    async def authorised(authorization: Annotated[str | None, Header()] = None) -> str:
+    async def check(authorization: str | None) -> str:
         """The caller: a digest of its bearer token (``""`` without authentication)."""
         if auth is NO_AUTH:
             return ""
@@ -249,7 +261,16 @@ def create_api_router(  # noqa: PLR0915 - one route per statement group; kept to
             raise HTTPException(401, "the token was refused", headers={"WWW-Authenticate": "Bearer"})
         return hashlib.sha256(token.encode()).hexdigest()
 
-    api = APIRouter(prefix="/api/v1", dependencies=[Depends(authorised)], route_class=_Route)
+    async def authorised(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
+        """The caller, as its route checked it before reading the body (checked here for a route
+        that did not: the header is declared for the OpenAPI schema too)."""
+        caller = getattr(request.state, _CALLER, None)
+        return caller if isinstance(caller, str) else await check(authorization)
+
+    class Route(_Route):
+        authorise = staticmethod(check)
+
+    api = APIRouter(prefix="/api/v1", dependencies=[Depends(authorised)], route_class=Route)
     idempotency = _Idempotency(idempotency_ttl)
     streamed_runs: set[asyncio.Task[ExecutionResult]] = set()
 
