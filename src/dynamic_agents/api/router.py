@@ -134,6 +134,9 @@ _IdempotencyScope = tuple[str, str, str, str]
 as a digest) and its target, so two callers that happen to pick one key never share a result."""
 
 
+_IDEMPOTENCY_KEYS: Final = 10_000
+"""How many stored results are kept (the newest): past it, a key is forgotten before its TTL."""
+
 _RETRY_RUNNING: Final = "1"
 """``Retry-After`` (seconds) of the 409 for a retry that arrives while its first request runs."""
 
@@ -147,7 +150,7 @@ class _Idempotency:
 
     def __init__(self, ttl: float) -> None:
         self._results: TTLCache[_IdempotencyScope, tuple[str, dict[str, Any]]] = TTLCache(
-            maxsize=10_000, ttl=ttl
+            maxsize=_IDEMPOTENCY_KEYS, ttl=ttl
         )
         self._running: dict[_IdempotencyScope, str] = {}
 
@@ -243,6 +246,8 @@ def create_api_router(  # noqa: PLR0915 - one route per statement group; kept to
 
     ``transport`` enables cancellation and dead-letter routes, ``event_router`` the routing routes,
     ``llm_router`` the LLM routes; ``health_checks`` adds named checks to ``/health``.
+    ``idempotency_ttl`` is how long an ``Idempotency-Key``'s result is kept, for the 10 000
+    newest keys (an older key is forgotten sooner: its retry runs again).
     """
     if auth is not NO_AUTH and not callable(auth):
         raise ConfigurationError("auth must be a bearer-token verifier, or NO_AUTH for local use")
