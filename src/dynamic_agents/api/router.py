@@ -251,6 +251,10 @@ def create_api_router(  # noqa: PLR0915 - one route per statement group; kept to
     """
     if auth is not NO_AUTH and not callable(auth):
         raise ConfigurationError("auth must be a bearer-token verifier, or NO_AUTH for local use")
+    if not idempotency_ttl > 0:  # NaN too: a TTL of nothing would keep no result, silently
+        raise ConfigurationError(
+            f"idempotency_ttl must be a positive number of seconds, got {idempotency_ttl!r}"
+        )
 
     async def check(authorization: str | None) -> str:
         """The caller: a digest of its bearer token (``""`` without authentication)."""
