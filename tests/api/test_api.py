@@ -25,7 +25,12 @@ from dynamic_agents.agents import (
 from dynamic_agents.api import NO_AUTH, AgentsHTTPClient, create_api_router
 from dynamic_agents.api import client as client_module
 from dynamic_agents.events import AgentRequestEvent
-from dynamic_agents.exceptions import ApiError, ConfigurationError, DynamicAgentsError
+from dynamic_agents.exceptions import (
+    ApiError,
+    ConfigurationError,
+    DynamicAgentsError,
+    SecretsUnavailableError,
+)
 from dynamic_agents.llm import RouterConfig, build_router
 from dynamic_agents.operations import DeadLetters
 from dynamic_agents.secrets import SecretKey, SecretsManager, StaticSource
@@ -1277,3 +1282,27 @@ async def test_a_spec_deleted_between_the_check_and_the_run_is_a_404_not_a_500(s
         assert 'event: error\ndata: {"detail": "no agent \'bot\'"' in response.text
     else:
         assert (response.status_code, response.json()["detail"]) == (404, "no agent 'bot'")
+
+
+async def test_a_stream_whose_run_fails_ends_with_an_error_event(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A run failing after the stream began (the secrets service down while the agent is built,
+    say) cut the stream off with neither ``result`` nor ``error``: the client saw a broken
+    response. It ends with an ``error`` event naming the failure's type (its text is logged, not
+    sent: it may say more than a caller should read), and the error is logged."""
+    await stack.client.post(f"{V1}/agents", json=AGENT)
+    canary = "CANARY0internal0detail01"
+
+    async def failing(*args: Any, **kwargs: Any) -> Any:
+        await kwargs["on_delta"]("partial ")
+        raise SecretsUnavailableError(f"identity at 10.0.0.9 down ({canary})")
+
+    monkeypatch.setattr(stack.runtime.agents, "execute", failing)
+    response = await stack.client.post(f"{V1}/agents/bot/execute", json={**EXECUTE, "stream": True})
+    assert response.status_code == 200
+    events = sse_events(response.text)
+    assert events[0] == ("delta", {"content": "partial "})
+    assert events[-1] == ("error", {"detail": "the run failed (SecretsUnavailableError)", "status": 500})
+    assert canary not in response.text
+    assert any(record.exc_info and canary in str(record.exc_info[1]) for record in caplog.records)

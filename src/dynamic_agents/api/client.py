@@ -66,7 +66,8 @@ class AgentsHTTPClient:
     async def stream(
         self, kind: str, spec_id: str, text: str, *, session_id: str
     ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-        """``("delta", {"content": …})`` events, then ``("result", {...})``."""
+        """``("delta", {"content": …})`` events, then ``("result", {...})``, or ``("error", {...})``
+        for a run that could not give a result (see the API's docs)."""
         body = {"input": text, "session_id": session_id, "stream": True}
         async with self._http.stream("POST", _path(kind, spec_id, "execute"), json=body) as response:
             if response.status_code >= 400:

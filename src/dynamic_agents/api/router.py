@@ -572,6 +572,10 @@ def _result_event(payload: dict[str, Any]) -> bytes:
     return f"event: result\ndata: {json.dumps(payload)}\n\n".encode()
 
 
+def _error_event(payload: dict[str, Any]) -> bytes:
+    return f"event: error\ndata: {json.dumps(payload)}\n\n".encode()
+
+
 async def _streamed_run(
     managed: SpecManager[Any],
     spec_id: str,
@@ -636,6 +640,10 @@ class _RunStream(StreamingResponse):
             raise
         except (SpecValidationError, SpecNotFoundError) as error:  # changed or deleted after the check
             detail = {"detail": str(error), "path": getattr(error, "path", "")}
-            yield f"event: error\ndata: {json.dumps(detail)}\n\n".encode()
+            yield _error_event(detail)
+            return
+        except Exception as error:  # what a 500 is without a stream: its type said, its text logged
+            logger.exception("the streamed run of %s failed", self.target)
+            yield _error_event({"detail": f"the run failed ({type(error).__name__})", "status": 500})
             return
         yield _result_event(_result_json(result))
