@@ -10,12 +10,12 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from dynamic_agents.events import AgentRequestEvent, Target, TargetType
+from dynamic_agents.events import AgentRequestEvent, StreamNames, Target, TargetType
 from dynamic_agents.execution import Executor, FunctionExecutor
 from dynamic_agents.routing import EventRouter
-from dynamic_agents.transports import InMemoryTransport, Transport
+from dynamic_agents.transports import InMemoryTransport, Subscription, Transport
 from dynamic_agents.worker import AgentWorker, WorkerHooks, WorkerSettings
-from tests.worker.conftest import FAST
+from tests.worker.conftest import FAST, request_event
 
 
 @pytest.fixture
@@ -94,3 +94,14 @@ class TakenBeforeDeadLettering(InMemoryTransport):
     async def dead_letter(self, delivery: Any, reason: str, reply: Any = None) -> bool:
         await self.ack(delivery)  # what the other consumer did with it
         return False
+
+
+async def taken_before_dead_lettering() -> TakenBeforeDeadLettering:
+    """Such a transport with one request held by a consumer that died ("crashed"): a worker with
+    ``max_deliveries=1`` reclaims it and would dead-letter it."""
+    transport = TakenBeforeDeadLettering(names=StreamNames("test"))
+    await transport.ensure_group(transport.names.requests, "dynamic-agents")
+    await transport.publish(transport.names.requests, request_event(transport.names))
+    crashed = Subscription(transport.names.requests, "dynamic-agents", "crashed", AgentRequestEvent, block=0)
+    assert len(await transport.read(crashed, 1)) == 1
+    return transport

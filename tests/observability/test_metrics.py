@@ -17,7 +17,7 @@ from dynamic_agents.routing import EventRouter
 from dynamic_agents.secrets import SecretsManager, StaticSource
 from dynamic_agents.transports import InMemoryTransport, Subscription
 from dynamic_agents.worker import AgentWorker
-from tests.observability.conftest import TakenBeforeDeadLettering, hooked_worker
+from tests.observability.conftest import hooked_worker, taken_before_dead_lettering
 from tests.support.waiting import wait_until
 from tests.worker.conftest import FAST, request_event
 
@@ -289,11 +289,7 @@ def test_every_metric_is_documented() -> None:
 async def test_an_entry_taken_over_before_its_dead_letter_counts_as_interrupted(
     hooks: MetricsHooks, metric_reader: InMemoryMetricReader
 ) -> None:
-    transport = TakenBeforeDeadLettering(names=StreamNames("test"))
-    await transport.ensure_group(transport.names.requests, "dynamic-agents")
-    await transport.publish(transport.names.requests, request_event(transport.names))
-    crashed = Subscription(transport.names.requests, "dynamic-agents", "crashed", AgentRequestEvent, block=0)
-    assert len(await transport.read(crashed, 1)) == 1  # a worker that died holding it
+    transport = await taken_before_dead_lettering()  # a worker that died holding the entry
     await run_with(transport, hooks, max_deliveries=1, **FAST).run_until_idle()  # reclaims it
     assert outcomes_or_empty(metric_reader) == {"interrupted": 1}
     assert "dynamic_agents.worker.dead_letters" not in metrics(metric_reader)

@@ -26,9 +26,9 @@ from dynamic_agents.llm import RouterConfig, build_router
 from dynamic_agents.observability import Tracing
 from dynamic_agents.routing import EventRouter
 from dynamic_agents.secrets import SecretsManager, StaticSource
-from dynamic_agents.transports import InMemoryTransport, RedisStreamsTransport, Subscription, Transport
+from dynamic_agents.transports import InMemoryTransport, RedisStreamsTransport, Transport
 from dynamic_agents.worker import SessionPolicy
-from tests.observability.conftest import TakenBeforeDeadLettering, attribute_text, by_name, hooked_worker
+from tests.observability.conftest import attribute_text, by_name, hooked_worker, taken_before_dead_lettering
 from tests.support.waiting import wait_until
 from tests.worker.conftest import FAST, request_event
 
@@ -376,11 +376,7 @@ async def test_a_failed_llm_call_is_an_error_span_without_the_key(
 async def test_an_entry_taken_over_before_its_dead_letter_is_an_interrupted_process_span(
     tracer_provider: TracerProvider, exporter: InMemorySpanExporter
 ) -> None:
-    transport = TakenBeforeDeadLettering(names=StreamNames("test"))
-    await transport.ensure_group(transport.names.requests, "dynamic-agents")
-    await transport.publish(transport.names.requests, request_event(transport.names))
-    crashed = Subscription(transport.names.requests, "dynamic-agents", "crashed", AgentRequestEvent, block=0)
-    assert len(await transport.read(crashed, 1)) == 1  # a worker that died holding it
+    transport = await taken_before_dead_lettering()  # a worker that died holding the entry
     worker = hooked_worker(transport, [Tracing(tracer_provider).hooks()], max_deliveries=1, **FAST)
     await worker.run_until_idle()  # reclaims it
     process = by_name(exporter.get_finished_spans())[f"{transport.names.requests} process"]

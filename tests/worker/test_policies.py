@@ -13,7 +13,8 @@ from dynamic_agents.client import AgentClient
 from dynamic_agents.events import AgentRequestEvent, ResponseStatus, Target
 from dynamic_agents.exceptions import RunLostError
 from dynamic_agents.execution import FunctionExecutor
-from dynamic_agents.worker import SessionPolicy
+from dynamic_agents.transports import Lease, Transport
+from dynamic_agents.worker import AgentWorker, SessionPolicy
 from tests.worker.conftest import Backend, Handled, replies, request_event, wait_for, worker
 
 
@@ -255,43 +256,57 @@ async def test_cancelling_a_queued_request_does_not_cancel_the_ones_merged_with_
     assert ran == ["first", "b"]
 
 
+class LeaseThief:
+    """Runs "first" until the three requests queued behind it arrive, then their merged turn,
+    during which another consumer (``other``) takes the session's lease, as if it had expired."""
+
+    def __init__(self, backend: Backend, other: Transport) -> None:
+        self.backend, self.other = backend, other
+        self.gate, self.first_started = asyncio.Event(), asyncio.Event()
+        self.rivals: list[Lease] = []
+
+    async def run(self, target: Target, request: AgentRequestEvent) -> str:
+        if request.content == "first":
+            self.first_started.set()
+            await self.gate.wait()
+            return "answer to first"
+        await self.backend.delete_key(self.backend.names.session_lease("s1"))  # as if it had expired
+        rival = await self.other.coordinator().acquire("s1", ttl=30)
+        assert rival is not None
+        self.rivals.append(rival)
+        return "from the worker that lost its lease"  # before a renewal could notice
+
+    async def merge_three_behind_first(self, transport: Transport, w: AgentWorker) -> list[AgentRequestEvent]:
+        """Publish "first", then "a", "b", "c" while it runs, and let it end: the three merge."""
+        names = self.backend.names
+        merged = [request_event(names, text) for text in ("a", "b", "c")]
+        await transport.publish(names.requests, request_event(names, "first"))
+        await asyncio.wait_for(self.first_started.wait(), 5)
+        for request in merged:
+            await transport.publish(names.requests, request)
+        await wait_for(lambda: _async(w.stats.received == 4))
+        self.gate.set()
+        return merged
+
+
 async def test_a_merged_turn_that_loses_its_lease_answers_none_of_its_requests(backend: Backend) -> None:
     """The merged requests are answered only while the turn's lease is held: one lost during the
     run publishes nothing for any of them (another worker answers them all), and the handling ends
     with a ``RunLostError`` naming the turn."""
     transport, other = await backend.transport(), await backend.transport()
-    gate, first_started = asyncio.Event(), asyncio.Event()
-    rivals = []
-
-    async def run(target: Target, request: AgentRequestEvent) -> str:
-        if request.content == "first":
-            first_started.set()
-            await gate.wait()
-            return "answer to first"
-        await backend.delete_key(backend.names.session_lease("s1"))  # as if it had expired
-        rival = await other.coordinator().acquire("s1", ttl=30)
-        assert rival is not None
-        rivals.append(rival)
-        return "from the worker that lost its lease"  # before a renewal could notice
-
+    thief = LeaseThief(backend, other)
     handled = Handled()
-    w = worker(transport, FunctionExecutor(run), session_policy=SessionPolicy.MERGE, lease_ttl=30)
+    w = worker(transport, FunctionExecutor(thief.run), session_policy=SessionPolicy.MERGE, lease_ttl=30)
     w.hooks.append(handled)
-    merged = [request_event(backend.names, text) for text in ("a", "b", "c")]
     async with w:
-        await transport.publish(backend.names.requests, request_event(backend.names, "first"))
-        await asyncio.wait_for(first_started.wait(), 5)
-        for request in merged:
-            await transport.publish(backend.names.requests, request)
-        await wait_for(lambda: _async(w.stats.received == 4))
-        gate.set()
+        merged = await thief.merge_three_behind_first(transport, w)
         await wait_for(lambda: _async(w.stats.lost >= 1))
         await w.stop(grace=0)
     (first,) = await replies(transport, backend.names)
     assert first.content == "answer to first"  # and nothing for a, b or c
     lost = [error for error in handled.errors if isinstance(error, RunLostError)]
     assert [(error.request_id, error.session_id) for error in lost] == [(merged[-1].id, "s1")]
-    await other.coordinator().release(rivals[0])
+    await other.coordinator().release(thief.rivals[0])
     await worker(other, consumer="winner").run_until_idle()
     answered = await replies(transport, backend.names)
     assert {reply.request_id for reply in answered[1:]} == {request.id for request in merged}
@@ -302,32 +317,13 @@ async def test_a_merged_turn_that_loses_its_lease_hands_every_request_back_at_on
     """Not only the request whose handler ran the turn: the ones merged into it go back to the
     group at once too, for another worker, instead of waiting ``claim_min_idle`` (a minute here)."""
     transport, other = await backend.transport(), await backend.transport()
-    gate, first_started = asyncio.Event(), asyncio.Event()
-    rivals = []
-
-    async def run(target: Target, request: AgentRequestEvent) -> str:
-        if request.content == "first":
-            first_started.set()
-            await gate.wait()
-            return "answer to first"
-        await backend.delete_key(backend.names.session_lease("s1"))  # as if it had expired
-        rival = await other.coordinator().acquire("s1", ttl=30)
-        assert rival is not None
-        rivals.append(rival)
-        return "from the worker that lost its lease"
-
+    thief = LeaseThief(backend, other)
     slow_reclaim = {"claim_min_idle": 60, "keep_fresh_every": 20, "lease_ttl": 30}
-    w = worker(transport, FunctionExecutor(run), session_policy=SessionPolicy.MERGE, **slow_reclaim)
-    merged = [request_event(backend.names, text) for text in ("a", "b", "c")]
+    w = worker(transport, FunctionExecutor(thief.run), session_policy=SessionPolicy.MERGE, **slow_reclaim)
     async with w:
-        await transport.publish(backend.names.requests, request_event(backend.names, "first"))
-        await asyncio.wait_for(first_started.wait(), 5)
-        for request in merged:
-            await transport.publish(backend.names.requests, request)
-        await wait_for(lambda: _async(w.stats.received == 4))
-        gate.set()
+        merged = await thief.merge_three_behind_first(transport, w)
         await wait_for(lambda: _async(w.stats.lost >= 1 and w.in_flight == 0))
-    await other.coordinator().release(rivals[0])
+    await other.coordinator().release(thief.rivals[0])
     await worker(other, consumer="winner", **slow_reclaim).run_until_idle(timeout=10)
     answered = await replies(transport, backend.names)
     assert {reply.request_id for reply in answered[1:]} == {request.id for request in merged}
