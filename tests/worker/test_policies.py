@@ -186,6 +186,32 @@ async def test_cancelling_a_request_merged_into_a_running_turn_cancels_the_turn(
     assert (answer_a.status, answer_b.status) == (ResponseStatus.CANCELLED, ResponseStatus.CANCELLED)
 
 
+class HeldFirst:
+    """An executor that records what it runs and holds "first" until ``gate`` is set."""
+
+    def __init__(self) -> None:
+        self.gate, self.first_started = asyncio.Event(), asyncio.Event()
+        self.ran: list[str] = []
+
+    async def run(self, target: Target, request: AgentRequestEvent) -> str:
+        self.ran.append(request.content)
+        if request.content == "first":
+            self.first_started.set()
+            await self.gate.wait()
+        return f"answer to {request.content}"
+
+    async def queue_behind_first(
+        self, transport: Transport, w: AgentWorker, *queued: AgentRequestEvent
+    ) -> None:
+        """Publish "first" (of ``queued``'s session), then ``queued`` while it runs, all received."""
+        names = w.transport.names
+        await transport.publish(names.requests, request_event(names, "first"))
+        await asyncio.wait_for(self.first_started.wait(), 5)
+        for request in queued:
+            await transport.publish(names.requests, request)
+        await wait_for(lambda: _async(w.stats.received == 1 + len(queued)))
+
+
 @pytest.mark.parametrize("policy", [SessionPolicy.ENQUEUE, SessionPolicy.MERGE])
 async def test_a_request_cancelled_while_queued_is_answered_at_once(
     backend: Backend, policy: SessionPolicy
@@ -193,67 +219,41 @@ async def test_a_request_cancelled_while_queued_is_answered_at_once(
     """'second' waits behind a long run of its session: cancelling it answers ``cancelled`` within
     a poll or two, not once the run ahead of it ends; 'third', behind it, still waits its turn."""
     transport = await backend.transport()
-    gate, first_started = asyncio.Event(), asyncio.Event()
-    ran: list[str] = []
-
-    async def run(target: Target, request: AgentRequestEvent) -> str:
-        ran.append(request.content)
-        if request.content == "first":
-            first_started.set()
-            await gate.wait()
-        return f"answer to {request.content}"
-
-    w = worker(transport, FunctionExecutor(run), session_policy=policy)
+    held = HeldFirst()
+    w = worker(transport, FunctionExecutor(held.run), session_policy=policy)
     second, third = request_event(backend.names, "second"), request_event(backend.names, "third")
     async with w:
-        await transport.publish(backend.names.requests, request_event(backend.names, "first"))
-        await asyncio.wait_for(first_started.wait(), 5)
-        await transport.publish(backend.names.requests, second)
-        await transport.publish(backend.names.requests, third)
-        await wait_for(lambda: _async(w.stats.received == 3))
+        await held.queue_behind_first(transport, w, second, third)
         await AgentClient(transport).cancel(second.id)
         await wait_for(lambda: _has_replies(transport, backend, 1))  # while 'first' still runs
         (cancelled,) = await replies(transport, backend.names)
         assert (cancelled.request_id, cancelled.status) == (second.id, ResponseStatus.CANCELLED)
-        assert ran == ["first"]
-        gate.set()
+        assert held.ran == ["first"]
+        held.gate.set()
         await wait_for(lambda: _has_replies(transport, backend, 3))
     assert [r.content for r in await replies(transport, backend.names)][1:] == [
         "answer to first",
         "answer to third",
     ]
-    assert ran == ["first", "third"]
+    assert held.ran == ["first", "third"]
 
 
 async def test_cancelling_a_queued_request_does_not_cancel_the_ones_merged_with_it(backend: Backend) -> None:
     """'a' is cancelled while it waits behind 'first'; 'b', queued with it, was not: when their
     turn comes 'a' answers ``cancelled`` and 'b' runs."""
     transport = await backend.transport()
-    gate, first_started = asyncio.Event(), asyncio.Event()
-    ran: list[str] = []
-
-    async def run(target: Target, request: AgentRequestEvent) -> str:
-        ran.append(request.content)
-        if request.content == "first":
-            first_started.set()
-            await gate.wait()
-        return f"answer to {request.content}"
-
-    w = worker(transport, FunctionExecutor(run), session_policy=SessionPolicy.MERGE)
+    held = HeldFirst()
+    w = worker(transport, FunctionExecutor(held.run), session_policy=SessionPolicy.MERGE)
     a, b = request_event(backend.names, "a"), request_event(backend.names, "b")
     async with w:
-        await transport.publish(backend.names.requests, request_event(backend.names, "first"))
-        await asyncio.wait_for(first_started.wait(), 5)
-        await transport.publish(backend.names.requests, a)
-        await transport.publish(backend.names.requests, b)
-        await wait_for(lambda: _async(w.stats.received == 3))
+        await held.queue_behind_first(transport, w, a, b)
         await AgentClient(transport).cancel(a.id)
-        gate.set()
+        held.gate.set()
         await wait_for(lambda: _has_replies(transport, backend, 3))
     answers = {reply.request_id: reply for reply in await replies(transport, backend.names)}
     assert answers[a.id].status == ResponseStatus.CANCELLED
     assert (answers[b.id].status, answers[b.id].content) == (ResponseStatus.COMPLETED, "answer to b")
-    assert ran == ["first", "b"]
+    assert held.ran == ["first", "b"]
 
 
 class LeaseThief:
@@ -492,23 +492,14 @@ async def test_the_answers_of_a_merged_turn_are_logged_with_their_own_request_id
     """The merged requests are answered from the turn's task: their records carried the turn's
     request id, so an operator searching the logs for one of them found nothing."""
     transport = await backend.transport()
-    gate, first_started = asyncio.Event(), asyncio.Event()
-
-    async def run(target: Target, request: AgentRequestEvent) -> str:
-        if request.content == "first":
-            first_started.set()
-            await gate.wait()
-        return "done"
-
-    w = worker(transport, FunctionExecutor(run), session_policy=SessionPolicy.MERGE)
+    held = HeldFirst()
+    w = worker(transport, FunctionExecutor(held.run), session_policy=SessionPolicy.MERGE)
     with caplog.at_level(logging.DEBUG, logger="dynamic_agents.worker"):
         async with w:
-            await transport.publish(backend.names.requests, request_event(backend.names, "first"))
-            await asyncio.wait_for(first_started.wait(), 5)
-            for text in ("a", "b"):
-                await transport.publish(backend.names.requests, request_event(backend.names, text))
-            await wait_for(lambda: _async(w.stats.received == 3))
-            gate.set()
+            await held.queue_behind_first(
+                transport, w, request_event(backend.names, "a"), request_event(backend.names, "b")
+            )
+            held.gate.set()
             await wait_for(lambda: _has_replies(transport, backend, 3))
     answered = [r for r in caplog.records if r.getMessage().startswith("answered ")]
     assert len(answered) == 3
