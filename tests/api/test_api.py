@@ -1306,3 +1306,50 @@ async def test_a_stream_whose_run_fails_ends_with_an_error_event(
     assert events[-1] == ("error", {"detail": "the run failed (SecretsUnavailableError)", "status": 500})
     assert canary not in response.text
     assert any(record.exc_info and canary in str(record.exc_info[1]) for record in caplog.records)
+
+
+async def test_the_client_sends_every_execute_option_and_waits_for_a_long_run(
+    make_stack: StackFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``execute`` could not send ``session_state`` or the run's ``timeout``, ``stream`` none of
+    ``user_id``, ``session_state``, ``timeout`` or an ``Idempotency-Key``; and a run allowed 600 s
+    was cut by the client's own 120 s read timeout. The run's timeout (and a margin) is now the
+    call's when it is longer."""
+    stack = await make_stack({"gpt": ["one", "two", "three"]})
+    await stack.client.post(f"{V1}/agents", json=AGENT)
+    asked: list[dict[str, Any]] = []
+    execute = stack.runtime.agents.execute
+
+    async def recorded(*args: Any, **kwargs: Any) -> Any:
+        asked.append({k: kwargs.get(k) for k in ("user_id", "session_state", "timeout")})
+        return await execute(*args, **kwargs)
+
+    monkeypatch.setattr(stack.runtime.agents, "execute", recorded)
+    read_timeouts: list[Any] = []
+    app = httpx.ASGITransport(app=stack.app)
+
+    class Recording(httpx.AsyncBaseTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            read_timeouts.append(request.extensions["timeout"]["read"])
+            return await app.handle_async_request(request)
+
+    options: dict[str, Any] = {"user_id": "u7", "session_state": {"plan": "pro"}, "timeout": 600}
+    async with AgentsHTTPClient(BASE, token=TOKEN, transport=Recording(), timeout=120) as api:
+        plain = await api.execute("agents", "bot", "hi", session_id="s0")
+        result = await api.execute("agents", "bot", "hi", session_id="s1", **options)
+        streamed, again = [
+            [
+                event
+                async for event in api.stream(
+                    "agents", "bot", "hi", session_id="s2", idempotency_key="k", **options
+                )
+            ]
+            for _ in range(2)
+        ]
+    assert (plain["content"], result["content"]) == ("one", "two")
+    with_options = {"user_id": "u7", "session_state": {"plan": "pro"}, "timeout": 600.0}
+    assert asked == [{"user_id": None, "session_state": None, "timeout": None}, with_options, with_options]
+    assert streamed[-1] == ("result", again[-1][1])
+    assert again[-1][1]["content"] == "three"
+    assert again == [streamed[-1]]  # the retry got the stored result, and nothing ran again
+    assert read_timeouts == [120.0, 630.0, 630.0, 630.0]

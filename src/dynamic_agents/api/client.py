@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, Self
 from urllib.parse import quote
 
@@ -54,22 +54,44 @@ class AgentsHTTPClient:
         *,
         session_id: str,
         user_id: str | None = None,
+        session_state: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
         idempotency_key: str | None = None,
     ) -> dict[str, Any]:
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        body = {"input": text, "session_id": session_id, "user_id": user_id}
+        """The run's ``ExecutionResult`` as JSON. ``timeout`` is the run's (the API allows up to
+        3600 s); the call waits that long and a margin when it is longer than the client's own."""
         result: dict[str, Any] = await self._json(
-            await self._http.post(_path(kind, spec_id, "execute"), json=body, headers=headers)
+            await self._http.post(
+                _path(kind, spec_id, "execute"),
+                json=_execute_body(text, session_id, user_id, session_state, timeout),
+                headers=_idempotency(idempotency_key),
+                timeout=self._call_timeout(timeout),
+            )
         )
         return result
 
     async def stream(
-        self, kind: str, spec_id: str, text: str, *, session_id: str
+        self,
+        kind: str,
+        spec_id: str,
+        text: str,
+        *,
+        session_id: str,
+        user_id: str | None = None,
+        session_state: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+        idempotency_key: str | None = None,
     ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """``("delta", {"content": …})`` events, then ``("result", {...})``, or ``("error", {...})``
-        for a run that could not give a result (see the API's docs)."""
-        body = {"input": text, "session_id": session_id, "stream": True}
-        async with self._http.stream("POST", _path(kind, spec_id, "execute"), json=body) as response:
+        for a run that could not give a result (see the API's docs); options as :meth:`execute`."""
+        body = {**_execute_body(text, session_id, user_id, session_state, timeout), "stream": True}
+        async with self._http.stream(
+            "POST",
+            _path(kind, spec_id, "execute"),
+            json=body,
+            headers=_idempotency(idempotency_key),
+            timeout=self._call_timeout(timeout),
+        ) as response:
             if response.status_code >= 400:
                 await response.aread()
                 await self._json(response)
@@ -79,6 +101,12 @@ class AgentsHTTPClient:
                     event = line.removeprefix("event: ")
                 elif line.startswith("data: "):
                     yield event, json.loads(line.removeprefix("data: "))
+
+    def _call_timeout(self, run_timeout: float | None) -> httpx.Timeout | float:
+        """The client's timeout, or the run's and a margin when that is longer."""
+        if run_timeout is None or self._http.timeout.read is None:
+            return self._http.timeout
+        return max(self._http.timeout.read, run_timeout + _RUN_MARGIN)
 
     async def create(self, kind: str, spec: dict[str, Any]) -> dict[str, Any]:
         created: dict[str, Any] = await self._json(await self._http.post(_path(kind), json=spec))
@@ -99,6 +127,29 @@ class AgentsHTTPClient:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+
+_RUN_MARGIN = 30.0
+"""Seconds a call waits past its run's timeout: the API's own work before and after the run."""
+
+
+def _execute_body(
+    text: str,
+    session_id: str,
+    user_id: str | None,
+    session_state: Mapping[str, Any] | None,
+    timeout: float | None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"input": text, "session_id": session_id, "user_id": user_id}
+    if session_state:
+        body["session_state"] = dict(session_state)
+    if timeout is not None:
+        body["timeout"] = timeout
+    return body
+
+
+def _idempotency(key: str | None) -> dict[str, str]:
+    return {"Idempotency-Key": key} if key else {}
 
 
 def _path(*segments: str) -> str:
