@@ -99,6 +99,12 @@ def clocked_runtime(url: str, now: list[float]) -> AgentRuntime:
     return built
 
 
+def system_prompts(rt: AgentRuntime) -> list[str]:
+    """The system messages the scripted "gpt" model was sent, call by call."""
+    calls = rt.models.models["gpt"].calls  # type: ignore[attr-defined]
+    return [m["content"] for call in calls for m in call.messages if m["role"] == "system"]
+
+
 @pytest.fixture(autouse=True)
 async def _close_runtimes() -> AsyncIterator[None]:
     yield
@@ -427,8 +433,7 @@ async def test_a_spec_changed_elsewhere_is_used_within_the_bound(tmp_path: Path)
     )
     await asyncio.sleep(0.06)  # the configured staleness bound
     await reader.agents.execute("bot", "hi", session_id="x")
-    calls = reader.models.models["gpt"].calls  # type: ignore[attr-defined]
-    systems = [m["content"] for call in calls for m in call.messages if m["role"] == "system"]
+    systems = system_prompts(reader)
     assert "version one" in systems[0]
     assert "version two" in systems[-1]
 
@@ -790,8 +795,7 @@ async def test_a_spec_deleted_and_created_again_elsewhere_is_used_within_the_bou
     await writer.agents.create(AgentSpec.from_dict({"id": "bot", "model": "gpt", "instructions": "new bot"}))
     now[0] += 5  # the staleness bound has passed
     await reader.agents.execute("bot", "hi", session_id="x")
-    calls = reader.models.models["gpt"].calls  # type: ignore[attr-defined]
-    systems = [m["content"] for call in calls for m in call.messages if m["role"] == "system"]
+    systems = system_prompts(reader)
     assert "old bot" in systems[0]
     assert "new bot" in systems[-1]
 
@@ -827,8 +831,7 @@ async def test_a_spec_this_runtime_creates_is_used_at_once_even_over_a_cached_on
     assert await elsewhere.agents.delete("bot")
     await here.agents.create(AgentSpec.from_dict({"id": "bot", "model": "gpt", "instructions": "new bot"}))
     await here.agents.execute("bot", "hi", session_id="x")  # the clock has not moved
-    calls = here.models.models["gpt"].calls  # type: ignore[attr-defined]
-    systems = [m["content"] for call in calls for m in call.messages if m["role"] == "system"]
+    systems = system_prompts(here)
     assert "old bot" in systems[0]
     assert "new bot" in systems[-1]
 
