@@ -9,6 +9,7 @@ import pytest
 
 from dynamic_agents.exceptions import LLMRateLimitError, LLMRequestError, LLMUnavailableError
 from dynamic_agents.llm import RouterConfig, build_router
+from dynamic_agents.llm.config import DeploymentConfig
 from dynamic_agents.secrets import SecretsManager, StaticSource
 from tests.llm.conftest import MakeRouter
 
@@ -236,3 +237,23 @@ async def test_a_sync_stream_failing_midway_raises_a_redacted_llm_error(
             pass
     assert key not in str(caught.value)
     assert caught.value.__context__ is None
+
+
+async def test_a_call_does_not_work_out_the_deployment_ids_again(
+    make_router: MakeRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deployment's generated id hashes its params (credentials masked first): worked out once
+    when the router is built, not for every deployment on every call."""
+    unnamed = {"model_name": "gpt", "litellm_params": {"model": "openai/gpt-4o-mini", "mock_response": "hi"}}
+    router = await make_router({"model_list": [unnamed, mock("gpt", "B")]})
+    worked_out = []
+    real = DeploymentConfig.deployment_id
+
+    def counted(config: DeploymentConfig) -> str:
+        worked_out.append(config.model_name)
+        return real.fget(config)  # type: ignore[attr-defined,no-any-return]
+
+    monkeypatch.setattr(DeploymentConfig, "deployment_id", property(counted))
+    for _ in range(3):
+        await router.acompletion(model="gpt", messages=MESSAGES)
+    assert worked_out == []

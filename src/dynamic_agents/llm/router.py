@@ -77,10 +77,11 @@ class _Deployment:
     """An update was asked for since the holder of ``lock`` last started resolving."""
     failing: str | None = None
     """The error of its last update, if it failed (logged once)."""
+    id: str = field(init=False)
+    """``config.deployment_id``, worked out once: every call reads it, and it hashes the params."""
 
-    @property
-    def id(self) -> str:
-        return self.config.deployment_id
+    def __post_init__(self) -> None:
+        self.id = self.config.deployment_id
 
 
 async def build_router(
