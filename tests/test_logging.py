@@ -141,3 +141,21 @@ def test_a_token_in_a_url_fragment_is_masked() -> None:
     assert masked_url(url) == "https://app.test/callback#access_token=**********&token_type=bearer"
     assert "canary-fragment-4444" in REDACTOR
     assert masked_url("https://app.test/docs#section-2") == "https://app.test/docs#section-2"
+
+
+def test_text_masked_for_a_message_registers_nothing() -> None:
+    """``redact_text`` runs on every error reply; a provider's error quoting a signed URL has a new
+    signature each time, and registering each would grow the redactor, which every log record is
+    checked against, for the life of the process."""
+    import uuid
+
+    from dynamic_agents._redaction import REDACTOR, redact_text
+
+    before = len(REDACTOR)
+    for _ in range(20):
+        signature, password = uuid.uuid4().hex, uuid.uuid4().hex
+        text = f"GET https://u:{password}@blob.test/f?sv=1&sig={signature} failed"
+        shown = redact_text(text)
+        assert signature not in shown
+        assert password not in shown
+    assert len(REDACTOR) == before

@@ -125,26 +125,28 @@ def _is_credential_query_name(name: str) -> bool:
     return bool(words) and words[-1].lower() in _CREDENTIAL_QUERY_WORDS
 
 
-def _masked_query(query: str) -> str:
-    """The query string with the values of credential-named parameters masked and registered."""
+def _masked_query(query: str, register: bool) -> str:
+    """The query string with the values of credential-named parameters masked (and registered)."""
     pieces: list[str] = []
     for piece in query.split("&"):
         name, equals, value = piece.partition("=")
         if equals and value and _is_credential_query_name(name):
-            REDACTOR.register(value)
-            REDACTOR.register(unquote_plus(value))  # the value itself, as clients use it
+            if register:
+                REDACTOR.register(value)
+                REDACTOR.register(unquote_plus(value))  # the value itself, as clients use it
             pieces.append(f"{name}={MASK}")
         else:
             pieces.append(piece)
     return "&".join(pieces)
 
 
-def masked_url(url: str) -> str:
+def masked_url(url: str, *, register: bool = True) -> str:
     """The URL with the password of its userinfo and the values of credential-named query (and
     fragment) parameters masked
     (``https://svc:**********@host/v1?key=**********&api-version=2024-06-01``).
-    They are registered with :data:`REDACTOR` too, so logs and errors that quote the URL whole
-    mask them as well."""
+    With ``register`` (a URL the process will use: a config's, a client's), they are registered
+    with :data:`REDACTOR` too, so logs and errors that quote the URL whole mask them as well; a URL
+    only passing through a message is masked and forgotten (its signature changes every time)."""
     try:
         parts = urlsplit(url)
         password = parts.password
@@ -152,19 +154,20 @@ def masked_url(url: str) -> str:
         head, question, tail = url.partition("?")
         if question:
             query, hash_, fragment = tail.partition("#")
-            url = f"{head}?{_masked_query(query)}{hash_}{_masked_query(fragment)}"
+            url = f"{head}?{_masked_query(query, register)}{hash_}{_masked_query(fragment, register)}"
         scheme, separator, rest = url.partition("://")
         _, at, host = rest.rpartition("@")
         return f"{scheme}{separator}{MASK}@{host}" if at else url
     # The fragment too: OAuth's implicit flow hands the token over as #access_token=...
-    query, fragment = _masked_query(parts.query), _masked_query(parts.fragment)
+    query, fragment = _masked_query(parts.query, register), _masked_query(parts.fragment, register)
     if query != parts.query or fragment != parts.fragment:
         parts = parts._replace(query=query, fragment=fragment)
     elif not password:
         return url
     if password:
-        REDACTOR.register(password)
-        REDACTOR.register(unquote(password))  # the value itself, as clients use it and may quote it
+        if register:
+            REDACTOR.register(password)
+            REDACTOR.register(unquote(password))  # the value itself, as clients use and quote it
         userinfo, _, host = parts.netloc.rpartition("@")
         parts = parts._replace(netloc=f"{userinfo.partition(':')[0]}:{MASK}@{host}")
     return urlunsplit(parts)
@@ -223,8 +226,8 @@ def redact_text(text: str) -> str:
     masked. For free text such as an exception's message, which may quote a connection URL or a
     provider's refusal that echoes the key."""
     text = REDACTOR.redact(text)
-    if "://" in text:
-        text = _URL_IN_TEXT.sub(lambda match: masked_url(match.group()), text)
+    if "://" in text:  # masked, not registered: the text returned no longer holds them
+        text = _URL_IN_TEXT.sub(lambda match: masked_url(match.group(), register=False), text)
     return _WORD.sub(lambda match: MASK if looks_like_a_key(match.group()) else match.group(), text)
 
 

@@ -194,14 +194,17 @@ async def test_no_route_and_failed_runs_are_error_spans(
     transport = InMemoryTransport(names=StreamNames("test"))
     tracing = Tracing(tracer_provider)
 
+    unregistered = "sk-proj-CANARY0span0status0000000001"  # a key nobody registered
+
     def fail(target: Target, request: AgentRequestEvent) -> ExecutionResult:
-        raise RuntimeError("the tool broke")
+        raise RuntimeError(f"the tool broke: key {unregistered} refused")
 
     await transport.publish(transport.names.requests, request_event(transport.names))
     await hooked_worker(transport, [tracing.hooks()], FunctionExecutor(fail)).run_until_idle()
     execute = by_name(exporter.get_finished_spans())["execute agent:echo"]
     assert execute.status.status_code == StatusCode.ERROR
     assert "the tool broke" in (execute.status.description or "")
+    assert unregistered not in (execute.status.description or "")  # masked as in the reply
 
     exporter.clear()
     await transport.publish(transport.names.requests, request_event(transport.names))

@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, MutableM
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Final
 
-from dynamic_agents._redaction import REDACTOR
+from dynamic_agents._redaction import redact_text
 from dynamic_agents._version import __version__
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent
 
@@ -237,7 +237,7 @@ def _client_kind() -> SpanKind:
 def error_status(span: Span, description: str) -> None:
     from opentelemetry.trace import Status, StatusCode
 
-    span.set_status(Status(StatusCode.ERROR, REDACTOR.redact(description)))
+    span.set_status(Status(StatusCode.ERROR, redact_text(description)))
 
 
 def fail_span(span: Span, error: BaseException) -> None:

@@ -32,7 +32,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from dynamic_agents._logging import bind_ids, get_logger, log_context
-from dynamic_agents._redaction import REDACTOR
+from dynamic_agents._redaction import redact_text
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, ResponseStatus, Target
 from dynamic_agents.exceptions import (
     DynamicAgentsError,
@@ -949,7 +949,7 @@ async def _after_handlers_send() -> None:
 
 
 def _error(message: str) -> ExecutionResult:
-    return ExecutionResult(ResponseStatus.ERROR, error_message=REDACTOR.redact(message))
+    return ExecutionResult(ResponseStatus.ERROR, error_message=redact_text(message))
 
 
 def _invalid_fields(error: ValidationError) -> str:
