@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import math
 from enum import StrEnum
-from typing import Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Literal, TypeVar, overload
 
 from dynamic_agents.exceptions import ConfigurationError
 
-__all__ = ["check_choice", "check_count", "check_seconds"]
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
+__all__ = ["check_choice", "check_count", "check_seconds", "invalid_fields"]
 
 E = TypeVar("E", bound=StrEnum)
 
@@ -86,3 +89,13 @@ def check_choice(name: str, value: object, choices: type[E]) -> E:
             pass
     valid = ", ".join(repr(choice.value) for choice in choices)
     raise ConfigurationError(f"{name} must be one of {valid}, got {value!r}")
+
+
+def invalid_fields(error: ValidationError, whole: str) -> str:
+    """Which fields of ``error``'s input are invalid and why, without their values (a message may
+    go where the input may not: it can hold a reply's content, a key); ``whole`` names an error of
+    the input as a whole."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in detail['loc']) or whole}: {detail['msg']}"
+        for detail in error.errors(include_url=False, include_input=False)
+    )

@@ -30,6 +30,7 @@ from pydantic import ValidationError
 
 from dynamic_agents._logging import get_logger
 from dynamic_agents._redaction import REDACTOR, masked_url
+from dynamic_agents._validation import invalid_fields
 from dynamic_agents.exceptions import (
     ConfigurationError,
     LLMAuthenticationError,
@@ -144,10 +145,7 @@ def _refusal(error: Exception) -> str:
     """What was wrong, without the values: a validation error's fields and messages only (its
     inputs are whole params dicts, cut short where a key may be half shown); else the redacted text."""
     if isinstance(error, ValidationError):
-        return "; ".join(
-            f"{'.'.join(str(part) for part in item['loc']) or error.title}: {item['msg']}"
-            for item in error.errors(include_url=False, include_input=False)
-        )
+        return invalid_fields(error, error.title)
     text = REDACTOR.redact(f"{type(error).__name__}: {error}")
     return text if len(text) <= _MESSAGE_LIMIT else f"{text[: _MESSAGE_LIMIT - 3]}..."
 

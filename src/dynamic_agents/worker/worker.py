@@ -33,6 +33,7 @@ from pydantic import ValidationError
 
 from dynamic_agents._logging import bind_ids, get_logger, log_context
 from dynamic_agents._redaction import redact_text
+from dynamic_agents._validation import invalid_fields
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, ResponseStatus, Target
 from dynamic_agents.exceptions import (
     DynamicAgentsError,
@@ -867,7 +868,7 @@ class AgentWorker:
             completion = await self._complete(delivery, event, target, result, lease)
         except (EventTooLargeError, ValidationError) as error:  # before anything is written: nothing was
             # The same on every delivery: an error reply now (under the same lease), not a retry.
-            problem = _invalid_fields(error) if isinstance(error, ValidationError) else str(error)
+            problem = invalid_fields(error, "reply") if isinstance(error, ValidationError) else str(error)
             logger.warning("the reply to %s cannot be sent (%s); answering with an error", event.id, problem)
             result = _error(f"the reply could not be sent: {problem}")
             completion = await self._complete(delivery, event, target, result, lease)
@@ -950,14 +951,6 @@ async def _after_handlers_send() -> None:
 
 def _error(message: str) -> ExecutionResult:
     return ExecutionResult(ResponseStatus.ERROR, error_message=redact_text(message))
-
-
-def _invalid_fields(error: ValidationError) -> str:
-    """Which fields of a reply are invalid and why, without their values (a reply's content)."""
-    return "; ".join(
-        f"{'.'.join(str(part) for part in detail['loc']) or 'reply'}: {detail['msg']}"
-        for detail in error.errors(include_url=False, include_input=False)
-    )
 
 
 def _not_started() -> asyncio.CancelledError:
