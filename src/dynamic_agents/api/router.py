@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field, JsonValue
 
 from dynamic_agents._logging import get_logger
 from dynamic_agents._redaction import REDACTOR
+from dynamic_agents._validation import check_seconds
 from dynamic_agents.agents.managers import SpecManager
 from dynamic_agents.agents.runtime import AgentRuntime
 from dynamic_agents.agents.specs import SPEC_MODELS, SpecBase, SpecKind, SpecStatus
@@ -251,10 +252,8 @@ def create_api_router(  # noqa: PLR0915 - one route per statement group; kept to
     """
     if auth is not NO_AUTH and not callable(auth):
         raise ConfigurationError("auth must be a bearer-token verifier, or NO_AUTH for local use")
-    if not idempotency_ttl > 0:  # NaN too: a TTL of nothing would keep no result, silently
-        raise ConfigurationError(
-            f"idempotency_ttl must be a positive number of seconds, got {idempotency_ttl!r}"
-        )
+    # NaN, 0 or less would keep no result, silently: every retry would run again
+    idempotency_ttl = check_seconds("idempotency_ttl", idempotency_ttl, forever=True)
 
     async def check(authorization: str | None) -> str:
         """The caller: a digest of its bearer token (``""`` without authentication)."""
@@ -565,15 +564,12 @@ def create_api_router(  # noqa: PLR0915 - one route per statement group; kept to
 
 
 async def _replayed(payload: dict[str, Any]) -> AsyncIterator[bytes]:
-    yield _result_event(payload)
+    yield _sse("result", payload)
 
 
-def _result_event(payload: dict[str, Any]) -> bytes:
-    return f"event: result\ndata: {json.dumps(payload)}\n\n".encode()
-
-
-def _error_event(payload: dict[str, Any]) -> bytes:
-    return f"event: error\ndata: {json.dumps(payload)}\n\n".encode()
+def _sse(event: str, payload: dict[str, Any]) -> bytes:
+    """One server-sent event: ``delta``, ``result`` or ``error``, its data as JSON."""
+    return f"event: {event}\ndata: {json.dumps(payload)}\n\n".encode()
 
 
 async def _streamed_run(
@@ -632,7 +628,7 @@ class _RunStream(StreamingResponse):
         """``delta`` events while the run streams, then one ``result`` event."""
         try:
             while (delta := await deltas.get()) is not None:
-                yield f"event: delta\ndata: {json.dumps({'content': delta})}\n\n".encode()
+                yield _sse("delta", {"content": delta})
             self.reported = True  # the run is done (``None`` is its last act): its outcome is ours
             result = await self.run
         except asyncio.CancelledError:  # cut mid-stream: stopped at once, before the response unwinds
@@ -640,10 +636,10 @@ class _RunStream(StreamingResponse):
             raise
         except (SpecValidationError, SpecNotFoundError) as error:  # changed or deleted after the check
             detail = {"detail": str(error), "path": getattr(error, "path", "")}
-            yield _error_event(detail)
+            yield _sse("error", detail)
             return
         except Exception as error:  # what a 500 is without a stream: its type said, its text logged
             logger.exception("the streamed run of %s failed", self.target)
-            yield _error_event({"detail": f"the run failed ({type(error).__name__})", "status": 500})
+            yield _sse("error", {"detail": f"the run failed ({type(error).__name__})", "status": 500})
             return
-        yield _result_event(_result_json(result))
+        yield _sse("result", _result_json(result))
