@@ -146,7 +146,7 @@ class AgentRuntime:
 
     async def build(self, kind: SpecKind, spec_id: str, *, user_id: str | None = None) -> Any:
         """A fresh agno object for the spec (members and steps built fresh too)."""
-        spec = await self.current(SpecKind.of(kind), spec_id)
+        spec = await self.current(kind, spec_id)  # which reads kind as SpecKind.of does
         if not spec.active:
             raise SpecValidationError(f"{spec.ref} is disabled", spec=spec.ref, path="status")
 

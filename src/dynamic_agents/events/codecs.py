@@ -191,8 +191,8 @@ class EventCodec:
         if data is not None:
             self._check_size("stream entry", len(data))
             return self._decode_body(read_entry_data(data), model)
-        flat = {_text(key): _text(value) for key, value in fields.items()}
         self._check_size("stream entry", sum(_byte_length(k) + _byte_length(v) for k, v in fields.items()))
+        flat = {_text(key): _text(value) for key, value in fields.items()}
         try:
             event = model.model_validate(flat)
         except ValidationError as error:

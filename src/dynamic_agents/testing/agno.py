@@ -57,6 +57,7 @@ except ImportError as error:  # pragma: no cover - exercised without the extra i
 
     raise MissingDependencyError("scripted agno models", "agents") from error
 
+from dynamic_agents.exceptions import ConfigurationError
 from dynamic_agents.testing.script import ToolCall
 
 __all__ = ["RecordedCall", "ScriptStep", "ScriptedModel", "ScriptedModels", "ToolCall"]
@@ -266,8 +267,6 @@ class ScriptedModels:
 
     def model(self, settings: Any, *, user_id: str | None) -> ScriptedModel:
         if (model := self.models.get(settings.name)) is None:  # as RouterModels refuses it
-            from dynamic_agents.exceptions import ConfigurationError
-
             raise ConfigurationError(
                 f"model {settings.name!r} is not a scripted model; known: {sorted(self.models)}"
             )

@@ -108,9 +108,16 @@ class WorkerSettings:
         )
         # block and lease_poll of 0 would be loops that never wait: the in-memory transport's read
         # never yields then (the worker hangs the event loop), Redis is polled without pause
-        for name in ("claim_min_idle", "request_timeout", "record_ttl", "lease_ttl", "cancel_poll"):
-            check_seconds(name, getattr(self, name))
-        for name in ("block", "lease_poll"):
+        seconds = (
+            "claim_min_idle",
+            "request_timeout",
+            "record_ttl",
+            "lease_ttl",
+            "cancel_poll",
+            "block",
+            "lease_poll",
+        )
+        for name in seconds:
             check_seconds(name, getattr(self, name))
         check_seconds("delta_interval", self.delta_interval, zero=True)
         for name in ("keep_fresh_every", "reply_expire"):
