@@ -142,6 +142,12 @@ def check_maxlen(maxlen: object) -> int | None:
     return check_count("maxlen", maxlen, minimum=0, optional=True)
 
 
+def check_ttl(ttl: object) -> float:
+    """A lease's, record's or cancellation flag's ``ttl``: a finite number of seconds > 0, else
+    :class:`ConfigurationError` (checked before anything is written, on every coordinator)."""
+    return check_seconds("ttl", ttl)
+
+
 def check_expire(expire: object) -> float | None:
     """An ``expire`` (seconds an idle stream lives) as a float, or ``None``; else
     :class:`ConfigurationError`."""
@@ -683,7 +689,7 @@ class Coordinator(_AsyncResource):
         """
         if not request_ids:
             raise ConfigurationError("claim() needs at least one request id")
-        check_seconds("ttl", ttl)  # whatever the claim finds, as on Redis
+        check_ttl(ttl)  # whatever the claim finds, as on Redis
         answered = {rid for rid in request_ids if await self.get_record(rid) is not None}
         if answered:
             return Claim(ClaimStatus.ANSWERED, request_ids=frozenset(answered))

@@ -35,6 +35,7 @@ from dynamic_agents.transports.base import (
     TransportStats,
     check_expire,
     check_maxlen,
+    check_ttl,
     dead_letter_fields,
     decode_entry,
     delivered,
@@ -69,9 +70,6 @@ class ManualClock:
         if seconds < 0:
             raise ConfigurationError(f"a clock cannot go back ({seconds} seconds)")
         self.now += seconds
-
-
-parse_id = parse_entry_position
 
 
 def format_id(entry_id: StreamId) -> str:
@@ -265,7 +263,7 @@ class InMemoryTransport(Transport):
 
     async def ensure_group(self, stream: str, group: str, *, start_id: str = "0") -> bool:
         self._check_open()
-        start = None if start_id == "$" else parse_id(start_id)  # before the stream is made
+        start = None if start_id == "$" else parse_entry_position(start_id)  # before the stream is made
         data = self.server._stream(stream, create=True)
         assert data is not None
         if group in data.groups:
@@ -373,14 +371,14 @@ class InMemoryTransport(Transport):
             group = self.server.group(delivery.stream, delivery.group)
         except _NoGroupError:
             return 0
-        return 1 if group.pending.pop(parse_id(delivery.entry_id), None) is not None else 0
+        return 1 if group.pending.pop(parse_entry_position(delivery.entry_id), None) is not None else 0
 
     def _held(self, delivery: Delivery[Any]) -> _Pending | None:
         try:
             group = self.server.group(delivery.stream, delivery.group)
         except _NoGroupError:
             return None
-        pending = group.pending.get(parse_id(delivery.entry_id))
+        pending = group.pending.get(parse_entry_position(delivery.entry_id))
         return pending if pending is not None and pending.consumer == delivery.consumer else None
 
     def _held_on_stream(self, delivery: Delivery[Any]) -> _Pending | None:
@@ -389,7 +387,7 @@ class InMemoryTransport(Transport):
         pending = self._held(delivery)
         if pending is None:
             return None
-        stream, entry_id = self.server._stream(delivery.stream), parse_id(delivery.entry_id)
+        stream, entry_id = self.server._stream(delivery.stream), parse_entry_position(delivery.entry_id)
         if stream is None or entry_id not in stream.entries:
             del self.server.group(delivery.stream, delivery.group).pending[entry_id]
             return None
@@ -520,7 +518,9 @@ class InMemoryTransport(Transport):
 
     async def delete(self, stream: str, *entry_ids: str) -> int:
         self._check_open()
-        ids = [parse_id(entry_id) for entry_id in entry_ids]  # all checked before any is deleted, as XDEL
+        ids = [
+            parse_entry_position(entry_id) for entry_id in entry_ids
+        ]  # all checked before any is deleted, as XDEL
         data = self.server._stream(stream)
         if data is None:
             return 0
@@ -530,7 +530,11 @@ class InMemoryTransport(Transport):
         self, source: str, entry_id: str, stream: str, fields: Mapping[str, bytes] | Mapping[bytes, bytes]
     ) -> str | None:
         self._check_open()
-        data, key, values = self.server._stream(source), parse_id(entry_id), encoded_fields(fields)
+        data, key, values = (
+            self.server._stream(source),
+            parse_entry_position(entry_id),
+            encoded_fields(fields),
+        )
         self.server._check_stream_type(stream)
         if data is None or key not in data.entries:
             return None
@@ -587,7 +591,7 @@ class InMemoryCoordinator(Coordinator):
         self.names = names or StreamNames()
 
     async def acquire(self, session_id: str, ttl: float, *, holder: str = "") -> Lease | None:
-        _check_ttl(ttl)
+        check_ttl(ttl)
         key = self.names.session_lease(session_id)
         if self.server._get(key) is not None:
             return None
@@ -601,7 +605,7 @@ class InMemoryCoordinator(Coordinator):
         return token.partition("/")[2] if isinstance(token, str) else None
 
     async def request_cancel(self, request_id: str, ttl: float = 3600.0) -> None:
-        _check_ttl(ttl)  # before the write: a refused ttl must leave no flag behind
+        check_ttl(ttl)  # before the write: a refused ttl must leave no flag behind
         key = self.names.cancel_flag(request_id)
         self.server._keys[key] = "1"
         self.server.expire(key, ttl)
@@ -611,7 +615,7 @@ class InMemoryCoordinator(Coordinator):
 
     async def renew(self, lease: Lease, ttl: float | None = None) -> bool:
         key = self.names.session_lease(lease.session_id)
-        seconds = _check_ttl(ttl if ttl is not None else lease.ttl)  # first, as on Redis
+        seconds = check_ttl(ttl if ttl is not None else lease.ttl)  # first, as on Redis
         if self.server._get(key) != lease.token:
             return False
         self.server.expire(key, seconds)
@@ -629,14 +633,10 @@ class InMemoryCoordinator(Coordinator):
         return CompletedRecord.from_fields(fields) if fields else None
 
     async def set_record(self, record: CompletedRecord, ttl: float) -> bool:
-        _check_ttl(ttl)
+        check_ttl(ttl)
         key = self.names.completed_record(record.request_id)
         if self.server._hash(key):
             return False
         self.server._keys[key] = record.to_fields()
         self.server.expire(key, ttl)
         return True
-
-
-def _check_ttl(ttl: float) -> float:
-    return check_seconds("ttl", ttl)

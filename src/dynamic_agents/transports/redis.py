@@ -57,6 +57,7 @@ from dynamic_agents.transports.base import (
     TransportStats,
     check_expire,
     check_maxlen,
+    check_ttl,
     dead_letter_fields,
     decode_entry,
     delivered,
@@ -1043,7 +1044,7 @@ class RedisCoordinator(Coordinator):
     async def acquire(self, session_id: str, ttl: float, *, holder: str = "") -> Lease | None:
         token = lease_token(holder)
         key = self.names.session_lease(session_id)
-        ttl_ms = _ms(_positive(ttl))
+        ttl_ms = _ms(check_ttl(ttl))
         taken = await self._do("acquire a lease", lambda: self.client.set(key, token, nx=True, px=ttl_ms))
         return Lease(session_id, token, ttl) if taken else None
 
@@ -1053,7 +1054,7 @@ class RedisCoordinator(Coordinator):
         return _bytes(token).decode().partition("/")[2] if token is not None else None
 
     async def request_cancel(self, request_id: str, ttl: float = 3600.0) -> None:
-        key, ttl_ms = self.names.cancel_flag(request_id), _ms(_positive(ttl))
+        key, ttl_ms = self.names.cancel_flag(request_id), _ms(check_ttl(ttl))
         await self._do("request a cancellation", lambda: self.client.set(key, b"1", px=ttl_ms))
 
     async def cancelled(self, request_ids: Sequence[str]) -> set[str]:
@@ -1073,7 +1074,7 @@ class RedisCoordinator(Coordinator):
             *(self.names.completed_record(rid) for rid in request_ids),
             *(self.names.cancel_flag(rid) for rid in request_ids),
         )
-        call = _Claim(lease_key, token, _ms(_positive(ttl)), checks)
+        call = _Claim(lease_key, token, _ms(check_ttl(ttl)), checks)
         try:
             reply = await self._pipeline.batched(self._claims, call)
         except Exception as error:
@@ -1091,7 +1092,7 @@ class RedisCoordinator(Coordinator):
         return outcome
 
     async def renew(self, lease: Lease, ttl: float | None = None) -> bool:
-        ttl_ms = _ms(_positive(ttl if ttl is not None else lease.ttl))
+        ttl_ms = _ms(check_ttl(ttl if ttl is not None else lease.ttl))
         key = self.names.session_lease(lease.session_id)
         return bool(
             await self._do("renew a lease", partial(self._renew, keys=[key], args=[lease.token, ttl_ms]))
@@ -1108,7 +1109,7 @@ class RedisCoordinator(Coordinator):
 
     async def set_record(self, record: CompletedRecord, ttl: float) -> bool:
         key = self.names.completed_record(record.request_id)
-        value, ttl_ms = json.dumps(record.to_fields()), _ms(_positive(ttl))
+        value, ttl_ms = json.dumps(record.to_fields()), _ms(check_ttl(ttl))
         stored = await self._do("store a record", lambda: self.client.set(key, value, nx=True, px=ttl_ms))
         return bool(stored)
 
@@ -1126,7 +1127,3 @@ class RedisCoordinator(Coordinator):
             await self._pipeline.aclose()
         if self._owns_client:
             await self.client.aclose()
-
-
-def _positive(ttl: float) -> float:
-    return check_seconds("ttl", ttl)
