@@ -215,6 +215,14 @@ async def test_check_targets_names_the_unknown_ones() -> None:
     await router.check_targets(lambda target: True)
 
 
+@pytest.mark.parametrize("source", ["", "my platform", "9gag", "slack!"])
+def test_a_source_default_no_event_can_have_is_refused(source: str) -> None:
+    """Rules and interfaces refused a source no event can have; a default keyed by one was kept,
+    and never applied."""
+    with pytest.raises(RoutingConfigError, match=r"source_defaults key .* is not a platform name"):
+        EventRouter(source_defaults={source: Target(type=AGENT, id="helper")})
+
+
 def test_source_defaults_are_keyed_by_the_source_as_events_read_it() -> None:
     """Events, rules and interface configs read a source stripped and in lower case; a default
     given for ``"Slack"`` never applied."""

@@ -19,6 +19,7 @@ __all__ = [
     "SourceName",
     "UtcDatetime",
     "check_schema_version",
+    "source_name",
     "utc_now",
 ]
 
@@ -69,6 +70,21 @@ EventId = Annotated[str, StringConstraints(pattern=r"^[\x21-\x7e]{1,256}$")]
 
 SOURCE_PATTERN: Final = r"^[a-z][a-z0-9_.-]{0,63}$"
 """What a platform slug looks like once normalised (stripped, lower-cased)."""
+
+_SOURCE_RE: Final = re.compile(SOURCE_PATTERN)
+
+
+def source_name(value: str, *, what: str = "source") -> str:
+    """``value`` as events read a source (stripped, in lower case), or :class:`ValueError` saying
+    why no event could have it (``what`` names the value: ``interface 'x'`` reads better there)."""
+    source = value.strip().lower()
+    if not _SOURCE_RE.match(source):
+        raise ValueError(
+            f"{what} {value!r} is not a platform name, so no event can have it as its source: a "
+            "letter, then letters, digits, '_', '.' or '-' (at most 64), read in lower case"
+        )
+    return source
+
 
 SourceName = Annotated[str, BeforeValidator(_normalise_source), StringConstraints(pattern=SOURCE_PATTERN)]
 """A platform slug, lower-cased: ``discord``, ``slack``, ``whatsapp``, or any new one."""

@@ -22,7 +22,6 @@ the file, the line and the path (``discord.routing.rules[1].content_pattern``).
 from __future__ import annotations
 
 import difflib
-import re
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Self
@@ -31,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from dynamic_agents._redaction import names_a_credential
 from dynamic_agents.events import Target, TargetType
-from dynamic_agents.events._types import SOURCE_PATTERN
+from dynamic_agents.events._types import source_name
 from dynamic_agents.exceptions import RoutingConfigError
 from dynamic_agents.routing._yaml import YamlPath, config_error, load_yaml
 from dynamic_agents.routing.router import EventRouter
@@ -279,13 +278,7 @@ def _names_the_default(key: object) -> bool:
 
 def _source(name: str) -> str:
     """An interface's name as the source its events have (stripped, in lower case)."""
-    source = name.strip().lower()
-    if not re.fullmatch(SOURCE_PATTERN, source):
-        raise ValueError(
-            f"interface {name!r} is not a platform name, so no event can have it as its source: a "
-            "letter, then letters, digits, '_', '.' or '-' (at most 64), read in lower case"
-        )
-    return source
+    return source_name(name, what="interface")
 
 
 def _given_twice(first: object, second: object) -> str:

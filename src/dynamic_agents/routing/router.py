@@ -23,6 +23,7 @@ from typing import Final
 from dynamic_agents._logging import get_logger
 from dynamic_agents._validation import check_count, check_seconds
 from dynamic_agents.events import AgentRequestEvent, Target, TargetType
+from dynamic_agents.events._types import source_name
 from dynamic_agents.exceptions import NoRouteError, RoutingConfigError
 from dynamic_agents.routing.patterns import SafePattern
 from dynamic_agents.routing.rules import RoutingRule, metadata_matches
@@ -293,7 +294,10 @@ def _by_source(defaults: Mapping[str, Target]) -> dict[str, Target]:
     keyed: dict[str, Target] = {}
     written: dict[str, str] = {}
     for source, target in defaults.items():
-        key = source.strip().lower()
+        try:
+            key = source_name(source, what="source_defaults key")
+        except ValueError as error:
+            raise RoutingConfigError(str(error)) from None
         if key in written:
             raise RoutingConfigError(
                 f"source_defaults gives {written[key]!r} and {source!r}: {written[key]!r} and "

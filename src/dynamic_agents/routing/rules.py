@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Self
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from dynamic_agents.events import AgentRequestEvent, Target, TargetType
-from dynamic_agents.events._types import SOURCE_PATTERN
+from dynamic_agents.events._types import source_name
 from dynamic_agents.routing.patterns import SafePattern, UnsafePatternError
 
 __all__ = ["ConfigTarget", "MetadataValue", "RoutingRule"]
@@ -140,13 +139,7 @@ class RoutingRule(BaseModel):
     def _lower_source(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        source = value.strip().lower()  # as events read it
-        if not re.fullmatch(SOURCE_PATTERN, source):
-            raise ValueError(
-                f"source {value!r} is not a platform name, so no event can have it: a letter, then "
-                "letters, digits, '_', '.' or '-' (at most 64), read in lower case"
-            )
-        return source
+        return source_name(value)  # as events read it
 
     @model_validator(mode="after")
     def _has_a_condition(self) -> Self:

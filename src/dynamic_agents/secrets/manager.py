@@ -133,8 +133,7 @@ class SecretsManager:
         stale_grace = check_seconds("stale_grace", stale_grace, zero=True, forever=True)
         refresh_ahead = check_seconds("refresh_ahead", refresh_ahead, zero=True)
         error_retry = check_seconds("error_retry", error_retry, zero=True)
-        if refresh_interval is not None:
-            refresh_interval = check_seconds("refresh_interval", refresh_interval)
+        refresh_interval = check_seconds("refresh_interval", refresh_interval, optional=True)
         max_size = check_count("max_size", max_size, minimum=1)
         self.source = source
         self.ttl = ttl
