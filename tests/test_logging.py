@@ -159,3 +159,15 @@ def test_text_masked_for_a_message_registers_nothing() -> None:
         assert signature not in shown
         assert password not in shown
     assert len(REDACTOR) == before
+
+
+def test_a_url_whose_host_is_a_registered_secret_still_has_its_credentials_masked() -> None:
+    """An endpoint can be a secret (Azure's): masked first, it hid the URL around it, whose key
+    then went out as it was (seen when another test had registered such an endpoint)."""
+    from dynamic_agents._redaction import redact_text
+    from dynamic_agents.secrets import SecretValue
+
+    endpoint = SecretValue("https://canary-endpoint.example.com").reveal()
+    shown = redact_text(f"GET {endpoint}/v1/search?api_key=canary-query-0001 failed")
+    assert "canary-query-0001" not in shown
+    assert "canary-endpoint" not in shown

@@ -225,9 +225,10 @@ def redact_text(text: str) -> str:
     words shaped like keys (``looks_like_a_key``: ``sk-…``, long runs of letters and digits)
     masked. For free text such as an exception's message, which may quote a connection URL or a
     provider's refusal that echoes the key."""
-    text = REDACTOR.redact(text)
+    # URLs first: a registered secret that is part of one (an endpoint) would hide its "://"
     if "://" in text:  # masked, not registered: the text returned no longer holds them
         text = _URL_IN_TEXT.sub(lambda match: masked_url(match.group(), register=False), text)
+    text = REDACTOR.redact(text)
     return _WORD.sub(lambda match: MASK if looks_like_a_key(match.group()) else match.group(), text)
 
 
