@@ -762,3 +762,51 @@ async def test_a_malformed_reference_with_a_key_for_its_name_hides_the_key(
             await manager.resolve(reference)
         assert canary not in str(caught.value)
         assert "not shown" in str(caught.value)
+
+
+async def test_the_refresh_ahead_does_not_ask_a_failing_source_before_it_may(clock: Clock) -> None:
+    service = InMemoryIdentityService(tokens={"service-token": None})
+    service.add_secret("main", "openai", {"api_key": "sk-rate-limited-0002"})
+
+    async def sleep(seconds: float) -> None:
+        pass
+
+    client = IdentityClient(URL, token="service-token", transport=service.mock_transport(), sleep=sleep)
+    manager = SecretsManager(
+        IdentitySource(client), ttl=300, stale_grace=600, error_retry=5, refresh_ahead=30, clock=clock
+    )
+    await manager.get("openai", "api_key")
+    clock.now += 10
+    await manager.get("openai", "api_key")  # in use: refreshed ahead of expiry
+    clock.now += 291
+    service.reset_requests()
+    service.fail_next(429, retry_after=120, times=None)
+    assert await manager.get("openai", "api_key") is not None  # served stale, Retry-After 120 s
+    assert service.count() == 1
+    clock.now += 91  # within the refresh-ahead window of the 120 s, not past them
+    assert await manager.refresh_due() == 0
+    assert service.count() == 1  # the server said when to come back: not asked before then
+    clock.now += 30
+    service.clear_faults()
+    assert await manager.refresh_due() == 1
+    assert service.count() == 3
+    await manager.aclose()
+
+
+async def test_the_refresh_ahead_waits_error_retry_after_a_failure(
+    source: CountingSource, clock: Clock
+) -> None:
+    manager = SecretsManager(source, ttl=100, stale_grace=600, refresh_ahead=20, error_retry=5, clock=clock)
+    await manager.get("openai", "api_key")
+    clock.now += 1
+    await manager.get("openai", "api_key")
+    clock.now += 100
+    source.failure = IdentityUnavailableError("down")
+    assert await manager.get("openai", "api_key") is not None  # served stale
+    assert len(source.fetches) == 2
+    clock.now += 1
+    assert await manager.refresh_due() == 0  # error_retry (5 s) not over yet
+    assert len(source.fetches) == 2
+    clock.now += 4
+    assert await manager.refresh_due() == 1
+    assert len(source.fetches) == 3

@@ -89,6 +89,9 @@ class _Entry:
     fresh_until: float
     stale_until: float
     last_used: float
+    retry_at: float = float("-inf")
+    """After a failed fetch: when the source may be asked again (``error_retry``, or a server's
+    ``Retry-After``); the refresh ahead of expiry waits for it too."""
 
 
 class SecretsManager:
@@ -384,7 +387,8 @@ class SecretsManager:
 
     async def refresh_due(self) -> int:
         """Refresh the keys used since they were fetched and about to expire; returns how many
-        were refreshed (failures are kept stale and logged)."""
+        were refreshed (failures are kept stale and logged). A key whose last fetch failed waits
+        ``error_retry``, or the server's ``Retry-After``, like a ``get``."""
         now = self._clock()
         due = [
             (key, entry)
@@ -392,6 +396,7 @@ class SecretsManager:
             if entry.values is not None
             and entry.last_used > entry.fetched_at
             and entry.fresh_until - self.refresh_ahead <= now < entry.stale_until
+            and now >= entry.retry_at
         ]
         for key, entry in due:
             try:
@@ -478,6 +483,7 @@ class SecretsManager:
             retry_after = error.retry_after if isinstance(error, IdentityRateLimitedError) else None
             wait = max(self.error_retry, retry_after or 0.0)
             entry.fresh_until = min(entry.stale_until, now + wait)
+            entry.retry_at = now + wait
             logger.warning(
                 "secret %s could not be fetched (%s); serving the cached value, %.0fs of grace left",
                 SecretKey(*key),
