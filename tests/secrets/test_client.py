@@ -558,3 +558,23 @@ async def test_a_token_provider_returning_no_str_is_a_configuration_error(
             await client.list_secrets()
     assert "service-token" not in str(caught.value)
     assert service.count() == 0
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+async def test_a_failing_token_provider_is_a_typed_error(
+    service: InMemoryIdentityService, asynchronous: bool
+) -> None:
+    def fail() -> str:
+        raise RuntimeError("token issuer down: client_secret=cs-0123456789abcdef")
+
+    async def fail_async() -> str:
+        fail()
+        return ""
+
+    provider = fail_async if asynchronous else fail
+    async with IdentityClient(URL, token=provider, transport=service.mock_transport()) as client:
+        with pytest.raises(IdentityUnavailableError, match="token provider failed") as caught:
+            await client.list_secrets()
+    assert "RuntimeError" in str(caught.value)
+    assert "cs-0123456789abcdef" not in str(caught.value)
+    assert service.count() == 0

@@ -810,3 +810,27 @@ async def test_the_refresh_ahead_waits_error_retry_after_a_failure(
     clock.now += 4
     assert await manager.refresh_due() == 1
     assert len(source.fetches) == 3
+
+
+async def test_a_failing_token_provider_serves_the_cached_value(clock: Clock) -> None:
+    service = InMemoryIdentityService(tokens={"service-token": None})
+    service.add_secret("main", "openai", {"api_key": "sk-token-issuer-0001"})
+    issued: list[str] = []
+
+    def provider() -> str:
+        if issued:
+            raise RuntimeError("token issuer down")
+        issued.append("service-token")
+        return "service-token"
+
+    client = IdentityClient(URL, token=provider, transport=service.mock_transport())
+    manager = SecretsManager(IdentitySource(client), ttl=300, stale_grace=600, clock=clock)
+    value = await manager.get("openai", "api_key")
+    service.revoke_token("service-token")  # expired: the next request is a 401, then a new token
+    clock.now += 301
+    assert await manager.get("openai", "api_key") == value  # within stale_grace: served
+    assert manager.stats.stale_served == 1
+    clock.now += 700
+    with pytest.raises(SecretsUnavailableError, match="token provider failed"):
+        await manager.get("openai", "api_key")
+    await manager.aclose()

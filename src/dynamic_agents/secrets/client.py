@@ -306,19 +306,29 @@ class IdentityClient:
 
     # -- transport --------------------------------------------------------------------------------
 
-    async def _current_token(self, *, refused: SecretValue | None = None) -> SecretValue:
+    async def _current_token(self, where: str, *, refused: SecretValue | None = None) -> SecretValue:
         """The token to send: asked of the provider when there is none yet, or when ``refused`` (the
         one a 401 answered) is still the current one. Requests refused together ask once: a
-        stampede on the token issuer could have each new token replace the one before."""
+        stampede on the token issuer could have each new token replace the one before. A provider
+        that fails is an :class:`IdentityUnavailableError` for the request ``where`` (its text,
+        which may quote a credential of the token issuer, is not shown)."""
         if self._token is not None and (refused is None or self._token is not refused):
             return self._token
         async with self._token_lock:
             if self._token is None or (refused is not None and self._token is refused):
                 provider = self._token_provider
                 token: str | SecretValue | Awaitable[str | SecretValue]
-                token = provider() if callable(provider) else provider
-                if inspect.isawaitable(token):
-                    token = await token
+                try:
+                    token = provider() if callable(provider) else provider
+                    if inspect.isawaitable(token):
+                        token = await token
+                except IdentityError:
+                    raise
+                except Exception as error:  # a typed error: the manager serves what it has cached
+                    raise IdentityUnavailableError(
+                        f"{where}: the Identity token provider failed ({type(error).__name__}), "
+                        "so no request was sent"
+                    ) from error
                 if not isinstance(token, str | SecretValue):  # never shown: it may be a token anyway
                     raise ConfigurationError(
                         f"the Identity token provider returned {type(token).__name__}; it must return "
@@ -342,7 +352,7 @@ class IdentityClient:
         while True:
             if self._http.is_closed:  # httpx would raise a bare RuntimeError
                 raise IdentityUnavailableError(f"{method} {path}: the Identity client was closed")
-            token = await self._current_token()
+            token = await self._current_token(f"{method} {path}")
             try:
                 response = await self._http.request(
                     method,
@@ -371,7 +381,7 @@ class IdentityClient:
                 return response
             if status == 401 and not refreshed and callable(self._token_provider):
                 refreshed = True
-                await self._current_token(refused=token)
+                await self._current_token(f"{method} {path}", refused=token)
                 continue
             retry_after = _retry_after(response)
             if status == 429 and retry_after is not None and retry_after > self._max_retry_after:
