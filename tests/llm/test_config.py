@@ -239,3 +239,44 @@ def test_repr_masks_credentials_in_an_api_base_query_string() -> None:
 
 
 QUERY_CREDENTIALS = ("key", "SIG", "api_key", "Access_Token", "token", "password", "secret")
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "shown"),
+    [
+        (
+            "num_retries",
+            "two",
+            "num_retries: Input should be a valid integer, unable to parse string as an integer (got 'two')",
+        ),
+        ("timeout", -1, "timeout: Input should be greater than 0 (got -1)"),
+        ("cooldown_time", "soon", "(got 'soon')"),
+        ("enable_tag_filtering", "maybe", "enable_tag_filtering: Input should be a valid boolean"),
+    ],
+)
+def test_a_bad_setting_is_refused_naming_its_value(setting: str, value: object, shown: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        RouterConfig.from_dict({"model_list": [deployment()], setting: value})
+    assert shown in str(caught.value)
+    assert f"(got {value!r})" in str(caught.value)
+
+
+def test_a_bad_value_under_a_credential_name_or_shaped_like_a_key_is_masked() -> None:
+    key = "sk-proj-" + "a1B2c3D4" * 5
+    with pytest.raises(ConfigurationError) as caught:
+        RouterConfig.from_dict({"model_list": [deployment()], "num_retries": key})
+    assert key not in str(caught.value)
+    assert "num_retries: Input should be a valid integer" in str(caught.value)
+    assert "(got **********)" in str(caught.value)
+    password = "redis-pass-0123"
+    with pytest.raises(ConfigurationError) as caught:
+        RouterConfig.from_dict({"model_list": [deployment()], "timeout": f"redis://:{password}@cache:6379"})
+    assert password not in str(caught.value)
+
+
+def test_unknown_default_fallbacks_name_the_known_groups() -> None:
+    with pytest.raises(
+        ConfigurationError,
+        match=r"default_fallbacks names unknown model groups \['ghost'\]; known: \['gpt'\]",
+    ):
+        RouterConfig.from_dict({"model_list": [deployment()], "default_fallbacks": ["ghost"]})

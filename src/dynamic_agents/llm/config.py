@@ -18,9 +18,9 @@ from typing import Any, Final, Self
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from dynamic_agents._redaction import masked_url, names_a_credential
+from dynamic_agents._redaction import masked_url, names_a_credential, redact_text
 from dynamic_agents.exceptions import ConfigurationError
-from dynamic_agents.secrets.references import masked_settings, shown_reference
+from dynamic_agents.secrets.references import masked_settings, shown_reference, shown_value
 
 __all__ = [
     "HEADER_PARAMS",
@@ -248,7 +248,9 @@ class RouterConfig(BaseModel):
                         )
         unknown_defaults = [name for name in self.default_fallbacks if name not in groups]
         if unknown_defaults:
-            raise ValueError(f"default_fallbacks names unknown model groups {unknown_defaults}")
+            raise ValueError(
+                f"default_fallbacks names unknown model groups {unknown_defaults}; known: {sorted(groups)}"
+            )
         return self
 
     @property
@@ -299,5 +301,13 @@ def _config_error(error: ValidationError, data: Mapping[str, Any]) -> Configurat
             name = entry.get("model_name") if isinstance(entry, Mapping) else None
             where = f"{where} (model {name!r})" if name else where
         message = item["msg"].removeprefix("Value error, ")
+        names = [part for part in location if isinstance(part, str)]
+        value = (
+            None
+            if item["type"] == "missing"
+            else shown_value(item["input"], name=names[-1] if names else None)
+        )
+        if value is not None and value not in message:  # a mapping (a deployment) is not shown
+            message += f" (got {redact_text(value)})"
         details.append(f"{where}: {message}" if where else message)  # the config's own checks: no field
     return ConfigurationError("invalid router config: " + "; ".join(details))
