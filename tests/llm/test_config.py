@@ -280,3 +280,10 @@ def test_unknown_default_fallbacks_name_the_known_groups() -> None:
         match=r"default_fallbacks names unknown model groups \['ghost'\]; known: \['gpt'\]",
     ):
         RouterConfig.from_dict({"model_list": [deployment()], "default_fallbacks": ["ghost"]})
+
+
+@pytest.mark.parametrize("name", ["rpm", "tpm"])
+def test_a_boolean_rate_limit_is_refused(name: str) -> None:
+    # YAML reads `rpm: yes` as True, which is an int in Python: litellm would allow one a minute.
+    with pytest.raises(ConfigurationError, match=rf"{name} must be a positive integer, got True"):
+        RouterConfig.from_dict({"model_list": [deployment(**{name: True})]})

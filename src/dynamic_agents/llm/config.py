@@ -147,7 +147,8 @@ class DeploymentConfig(BaseModel):
         if not isinstance(model, str) or not model:
             raise ValueError("litellm_params.model is required (e.g. 'openai/gpt-4o-mini')")
         for name in ("rpm", "tpm"):
-            if name in params and (not isinstance(params[name], int) or params[name] <= 0):
+            value = params.get(name)
+            if name in params and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
                 raise ValueError(f"litellm_params.{name} must be a positive integer, got {params[name]!r}")
         return copy.deepcopy(params)
 
