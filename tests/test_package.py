@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import copy
 import importlib
 import json
@@ -226,3 +227,34 @@ def test_errors_survive_pickling_and_copying(error: exceptions.DynamicAgentsErro
         assert type(again) is type(error)
         assert (str(again), again.args) == (str(error), error.args)
         assert vars(again) == vars(error)
+
+
+SRC = Path(dynamic_agents.__file__).parent
+
+
+def _package_of(module: str) -> str:
+    """``dynamic_agents.events`` for ``dynamic_agents.events.codecs``; a top-level module is its own."""
+    parts = module.split(".")
+    return ".".join(parts[:2])
+
+
+def _is_private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def test_no_package_imports_another_packages_private_names() -> None:
+    """A name with a leading underscore is its package's own: another package that needs it gets
+    it from a shared home (an internal module's public name), not by reaching in."""
+    reached_in = []
+    for path in sorted(SRC.rglob("*.py")):
+        relative = path.relative_to(SRC.parent).with_suffix("")
+        module = ".".join(relative.parts).removesuffix(".__init__")
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.ImportFrom) or not (node.module or "").startswith("dynamic_agents."):
+                continue
+            source = node.module or ""
+            if _package_of(source) == _package_of(module):
+                continue
+            private = [name for alias in node.names if _is_private(name := alias.name)]
+            reached_in += [f"{module}: from {source} import {name}" for name in private]
+    assert reached_in == []

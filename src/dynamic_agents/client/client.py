@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from dynamic_agents._logging import get_logger
 from dynamic_agents._validation import check_seconds
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, StreamNames
-from dynamic_agents.events.codecs import _event_error
+from dynamic_agents.events._errors import event_error
 from dynamic_agents.exceptions import ConfigurationError, DeliveryError, TransportError
 from dynamic_agents.routing import RoutingConfig
 from dynamic_agents.transports import CompletedRecord, Delivery, Subscription, Transport
@@ -126,7 +126,7 @@ class AgentClient:
         try:
             request = AgentRequestEvent.model_validate(fields)
         except ValidationError as error:
-            raise _event_error(AgentRequestEvent, error) from None
+            raise event_error(AgentRequestEvent, error) from None
         if self._event_router is not None:
             decision = self._event_router.route(request)
             target = {"agent": "agent_id", "team": "team_id", "workflow": "workflow_id"}[

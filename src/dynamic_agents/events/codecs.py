@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Generic, TypeVar
 
 from pydantic import ValidationError
-from pydantic_core import ErrorDetails, PydanticSerializationError, to_json
+from pydantic_core import PydanticSerializationError, to_json
 
 from dynamic_agents._validation import check_count
+from dynamic_agents.events._errors import VALUE_PREVIEW, event_error, preview
 from dynamic_agents.events.envelope import (
     DATA_FIELD,
     Envelope,
@@ -30,7 +31,6 @@ from dynamic_agents.exceptions import (
     EventTooLargeError,
     EventValidationError,
     FieldError,
-    UnsupportedSchemaVersionError,
 )
 
 __all__ = ["DEFAULT_MAX_CONTENT_LENGTH", "DEFAULT_MAX_SIZE", "DecodedMessage", "EventCodec"]
@@ -41,7 +41,6 @@ DEFAULT_MAX_SIZE: Final = 1024 * 1024
 DEFAULT_MAX_CONTENT_LENGTH: Final = 256 * 1024
 JSON_CONTENT_TYPE: Final = "application/json"
 _RESERVED_HEADERS: Final = frozenset({"correlation_id", "content-type", "reply_to"})
-_VALUE_PREVIEW: Final = 60
 
 
 _JSON_VALIDATORS: dict[type[WireModel], Callable[[bytes | str], Any]] = {
@@ -123,7 +122,7 @@ class EventCodec:
             else:
                 event = model.__pydantic_validator__.validate_json(data)  # = model_validate_json()
         except ValidationError as error:
-            raise _event_error(model, error) from None
+            raise event_error(model, error) from None
         return self._checked(event, model)
 
     # -- FastStream Redis stream entries ----------------------------------------------------------
@@ -196,7 +195,7 @@ class EventCodec:
         try:
             event = model.model_validate(flat)
         except ValidationError as error:
-            raise _event_error(model, error) from None
+            raise event_error(model, error) from None
         return DecodedMessage(self._checked(event, model))
 
     # -- internals --------------------------------------------------------------------------------
@@ -246,27 +245,7 @@ def _text(value: bytes | str) -> str:
     try:
         return value.decode("utf-8")
     except UnicodeDecodeError:
-        raise DecodeError(f"stream entry field {value[:_VALUE_PREVIEW]!r} is not UTF-8") from None
-
-
-def _preview(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= _VALUE_PREVIEW else f"{text[: _VALUE_PREVIEW - 3]}..."
-
-
-def _event_error(model: type[WireModel], error: ValidationError) -> Exception:
-    """Translate pydantic's error into the library's typed errors."""
-    details = error.errors(include_url=False)
-    for detail in details:
-        cause = detail.get("ctx", {}).get("error")
-        if isinstance(cause, UnsupportedSchemaVersionError):
-            return UnsupportedSchemaVersionError(cause.version, cause.supported_major)
-        if detail["type"] == "json_invalid":
-            return DecodeError(f"{model.__name__} body is not valid JSON: {detail['msg']}")
-        if not detail["loc"] and detail["type"] in {"model_type", "model_attributes_type"}:
-            kind = type(detail["input"]).__name__
-            return DecodeError(f"{model.__name__} body must be a JSON object, got {kind}")
-    return EventValidationError(model.__name__, tuple(_field_error(d) for d in details))
+        raise DecodeError(f"stream entry field {value[:VALUE_PREVIEW]!r} is not UTF-8") from None
 
 
 def _unwritable(event: WireModel, error: PydanticSerializationError) -> EventValidationError:
@@ -279,14 +258,8 @@ def _unwritable(event: WireModel, error: PydanticSerializationError) -> EventVal
         except PydanticSerializationError as cause:
             return EventValidationError(
                 type(event).__name__,
-                (FieldError(name, f"cannot be written as JSON: {cause}", _preview(value)),),
+                (FieldError(name, f"cannot be written as JSON: {cause}", preview(value)),),
             )
     return EventValidationError(
         type(event).__name__, (FieldError("(body)", f"cannot be written as JSON: {error}"),)
     )
-
-
-def _field_error(detail: ErrorDetails) -> FieldError:
-    location = ".".join(str(part) for part in detail["loc"]) or "(body)"
-    value = None if detail["type"] == "missing" else _preview(detail["input"])
-    return FieldError(location, detail["msg"], value)
