@@ -123,6 +123,15 @@ def test_the_idempotency_ttl_must_be_positive(ttl: float) -> None:
     assert repr(ttl) in str(caught.value)
 
 
+@pytest.mark.parametrize("keys", [0, -1, 2.5, True, "10", None])
+def test_the_idempotency_key_count_must_be_a_positive_whole_number(keys: Any) -> None:
+    with pytest.raises(
+        ConfigurationError, match=r"idempotency_max_keys must be a whole number > 0, got"
+    ) as caught:
+        create_api_router(runtime=make_runtime(), auth=NO_AUTH, idempotency_max_keys=keys)
+    assert repr(keys) in str(caught.value)
+
+
 def test_auth_cannot_be_left_out() -> None:
     with pytest.raises(TypeError, match="auth"):
         create_api_router(runtime=make_runtime())  # type: ignore[call-arg]
@@ -828,6 +837,22 @@ async def test_a_run_that_failed_frees_its_idempotency_key(make_stack: StackFact
     assert (sse_events(failed.text)[-1][1] if stream else failed.json())["status"] == "error"
     retried = await stack.client.post(f"{V1}/agents/bot/execute", json=EXECUTE, headers=key)
     assert (retried.json()["status"], retried.json()["content"]) == ("completed", "second reply")
+
+
+async def test_past_idempotency_max_keys_the_oldest_key_is_forgotten(make_stack: StackFactory) -> None:
+    stack = await make_stack({"gpt": ["one", "two", "three", "four"]}, idempotency_max_keys=2)
+    await stack.client.post(f"{V1}/agents", json=AGENT)
+
+    async def run(key: str) -> str:
+        response = await stack.client.post(
+            f"{V1}/agents/bot/execute", json=EXECUTE, headers={"Idempotency-Key": key}
+        )
+        content: str = response.json()["content"]
+        return content
+
+    assert [await run(key) for key in ("a", "b", "c")] == ["one", "two", "three"]
+    assert await run("b") == "two"  # kept: one of the two newest
+    assert await run("a") == "four"  # forgotten for "c": its retry runs again
 
 
 async def test_idempotent_results_expire(make_stack: StackFactory) -> None:

@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field, JsonValue
 
 from dynamic_agents._logging import get_logger
 from dynamic_agents._redaction import REDACTOR
-from dynamic_agents._validation import check_seconds
+from dynamic_agents._validation import check_count, check_seconds
 from dynamic_agents.agents.managers import SpecManager
 from dynamic_agents.agents.runtime import AgentRuntime
 from dynamic_agents.agents.specs import SPEC_MODELS, SpecBase, SpecKind, SpecStatus
@@ -135,8 +135,9 @@ _IdempotencyScope = tuple[str, str, str, str]
 as a digest) and its target, so two callers that happen to pick one key never share a result."""
 
 
-_IDEMPOTENCY_KEYS: Final = 10_000
-"""How many stored results are kept (the newest): past it, a key is forgotten before its TTL."""
+DEFAULT_IDEMPOTENCY_MAX_KEYS: Final = 10_000
+"""How many stored results are kept by default (the newest): past it, a key is forgotten before
+its TTL."""
 
 _RETRY_RUNNING: Final = "1"
 """``Retry-After`` (seconds) of the 409 for a retry that arrives while its first request runs."""
@@ -149,9 +150,9 @@ class _Idempotency:
     the agent twice). A key is held from the check to the end of its run, with no await between the
     check and the hold."""
 
-    def __init__(self, ttl: float) -> None:
+    def __init__(self, ttl: float, max_keys: int) -> None:
         self._results: TTLCache[_IdempotencyScope, tuple[str, dict[str, Any]]] = TTLCache(
-            maxsize=_IDEMPOTENCY_KEYS, ttl=ttl
+            maxsize=max_keys, ttl=ttl
         )
         self._running: dict[_IdempotencyScope, str] = {}
 
@@ -242,18 +243,21 @@ def create_api_router(  # noqa: PLR0915 - one route per statement group; kept to
     llm_router: Any = None,
     health_checks: Mapping[str, Callable[[], Awaitable[bool]]] | None = None,
     idempotency_ttl: float = 3600.0,
+    idempotency_max_keys: int = DEFAULT_IDEMPOTENCY_MAX_KEYS,
 ) -> APIRouter:
     """The API as an ``APIRouter`` (prefix ``/api/v1``): ``app.include_router(...)``.
 
     ``transport`` enables cancellation and dead-letter routes, ``event_router`` the routing routes,
     ``llm_router`` the LLM routes; ``health_checks`` adds named checks to ``/health``.
-    ``idempotency_ttl`` is how long an ``Idempotency-Key``'s result is kept, for the 10 000
-    newest keys (an older key is forgotten sooner: its retry runs again).
+    ``idempotency_ttl`` is how long an ``Idempotency-Key``'s result is kept, for the
+    ``idempotency_max_keys`` newest keys (default 10 000; an older key is forgotten sooner: its
+    retry runs again). Results are kept per process, so the count bounds the memory they take.
     """
     if auth is not NO_AUTH and not callable(auth):
         raise ConfigurationError("auth must be a bearer-token verifier, or NO_AUTH for local use")
     # NaN, 0 or less would keep no result, silently: every retry would run again
     idempotency_ttl = check_seconds("idempotency_ttl", idempotency_ttl, forever=True)
+    idempotency_max_keys = check_count("idempotency_max_keys", idempotency_max_keys)
 
     async def check(authorization: str | None) -> str:
         """The caller: a digest of its bearer token (``""`` without authentication)."""
@@ -279,7 +283,7 @@ def create_api_router(  # noqa: PLR0915 - one route per statement group; kept to
         authorise = staticmethod(check)
 
     api = APIRouter(prefix="/api/v1", dependencies=[Depends(authorised)], route_class=Route)
-    idempotency = _Idempotency(idempotency_ttl)
+    idempotency = _Idempotency(idempotency_ttl, idempotency_max_keys)
     streamed_runs: set[asyncio.Task[ExecutionResult]] = set()
 
     def manager(kind_name: str) -> SpecManager[Any]:
