@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import uuid
 from typing import Any
 
@@ -217,6 +218,99 @@ async def test_no_auth_serves_without_a_header() -> None:
         assert (await client.get(f"{V1}/health")).status_code == 200
         # a header is ignored, whatever it holds
         assert (await client.get(f"{V1}/agents", headers={"Authorization": "Basic x"})).status_code == 200
+
+
+# -- request body size ------------------------------------------------------------------------------
+
+# Every route that takes a body, with one (the execute route asked for a stream too).
+BODIES = [
+    pytest.param("POST", f"{V1}/agents", AGENT, id="create"),
+    pytest.param("PUT", f"{V1}/agents/bot?expected_version=1", AGENT, id="update"),
+    pytest.param("POST", f"{V1}/agents/bot/execute", EXECUTE, id="execute"),
+    pytest.param("POST", f"{V1}/agents/bot/execute", {**EXECUTE, "stream": True}, id="stream"),
+    pytest.param("PUT", f"{V1}/routing/rules", {"rules": []}, id="rules"),
+    pytest.param("POST", f"{V1}/routing/explain", EVENT, id="explain"),
+]
+TOO_LARGE = r"the request body .*is larger than the API's limit of {} bytes \(max_body_size\)"
+
+
+class CountedBody:
+    """A request body sent in ``size``-byte chunks (a JSON body, padded with spaces), counting how
+    many chunks the server asked for."""
+
+    def __init__(self, body: Any, chunks: int, size: int = 256) -> None:
+        self.data = json.dumps(body).encode().ljust(chunks * size)
+        self.size, self.pulled = size, 0
+
+    async def __aiter__(self) -> Any:
+        for start in range(0, len(self.data), self.size):
+            self.pulled += 1
+            yield self.data[start : start + self.size]
+
+
+@pytest.mark.parametrize("limit", [0, -1, 1.5, True, "1024"])
+def test_max_body_size_must_be_a_positive_whole_number_or_none(limit: Any) -> None:
+    refused = r"max_body_size must be a whole number > 0 \(or None\), got"
+    with pytest.raises(ConfigurationError, match=refused) as caught:
+        create_api_router(runtime=make_runtime(), auth=NO_AUTH, max_body_size=limit)
+    assert repr(limit) in str(caught.value)
+
+
+@pytest.mark.parametrize(("method", "path", "body"), BODIES)
+async def test_a_body_declared_larger_than_max_body_size_is_413_before_a_byte_is_read(
+    make_stack: StackFactory, method: str, path: str, body: Any
+) -> None:
+    stack = await make_stack(max_body_size=1024)
+    sent = CountedBody(body, chunks=5)
+    headers = {"Content-Type": "application/json", "Content-Length": str(len(sent.data))}
+    response = await stack.client.request(method, path, content=sent, headers=headers)
+    assert response.status_code == 413
+    assert response.json().keys() == {"detail"}
+    assert re.fullmatch(TOO_LARGE.format(1024), response.json()["detail"])
+    assert "1280 bytes" in response.json()["detail"]  # the size it declared
+    assert sent.pulled == 0
+    assert await stack.runtime.agents.list() == []
+
+
+@pytest.mark.parametrize(("method", "path", "body"), BODIES)
+async def test_a_chunked_body_growing_past_max_body_size_is_413_without_reading_the_rest(
+    make_stack: StackFactory, method: str, path: str, body: Any
+) -> None:
+    stack = await make_stack(max_body_size=1024)
+    sent = CountedBody(body, chunks=1000)
+    headers = {"Content-Type": "application/json"}
+    response = await stack.client.request(method, path, content=sent, headers=headers)
+    assert "content-length" not in response.request.headers  # sent chunked: no size declared
+    assert response.status_code == 413
+    assert re.fullmatch(TOO_LARGE.format(1024), response.json()["detail"])
+    assert sent.pulled == 5  # 1280 bytes: the chunk that went past 1024, and no more
+    assert await stack.runtime.agents.list() == []
+
+
+async def test_a_body_of_exactly_max_body_size_is_served(make_stack: StackFactory) -> None:
+    stack = await make_stack(max_body_size=1024)
+    sent = CountedBody(AGENT, chunks=4)
+    response = await stack.client.post(
+        f"{V1}/agents", content=sent, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 201
+
+
+@pytest.mark.parametrize("declared", [True, False])
+async def test_the_default_limit_is_one_mebibyte_and_none_lifts_it(
+    make_stack: StackFactory, declared: bool
+) -> None:
+    def request(stack: Stack) -> Any:
+        sent = CountedBody(AGENT, chunks=4097)  # 1 MiB and 256 bytes
+        headers = {"Content-Type": "application/json"}
+        if declared:
+            headers["Content-Length"] = str(len(sent.data))
+        return stack.client.post(f"{V1}/agents", content=sent, headers=headers)
+
+    refused = await request(await make_stack())
+    assert refused.status_code == 413
+    assert re.fullmatch(TOO_LARGE.format(1024 * 1024), refused.json()["detail"])
+    assert (await request(await make_stack(max_body_size=None))).status_code == 201
 
 
 # -- specs ------------------------------------------------------------------------------------------

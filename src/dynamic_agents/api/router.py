@@ -50,7 +50,7 @@ try:
     from fastapi.responses import JSONResponse, StreamingResponse
     from fastapi.routing import APIRoute
     from starlette.convertors import StringConvertor, register_url_convertor
-    from starlette.types import Receive, Scope, Send
+    from starlette.types import Message, Receive, Scope, Send
 except ImportError as error:  # pragma: no cover - exercised without the extra installed
     from dynamic_agents.exceptions import MissingDependencyError
 
@@ -81,9 +81,12 @@ class _Route(APIRoute):
 
     ``authorise`` (set on the subclass :func:`create_api_router` makes) checks the bearer token
     before the handler reads the body: FastAPI parses a JSON body before it runs any dependency,
-    so an unauthenticated caller would get a 422 about its body, and have it parsed, first."""
+    so an unauthenticated caller would get a 422 about its body, and have it parsed, first.
+    ``largest_body`` (``max_body_size``) is enforced there too, before a byte of the body is read."""
 
     authorise: Callable[[str | None], Awaitable[str]] | None = None
+    # Not ``max_body_size``: FastAPI's own route attribute (a Starlette limit answering in plain text).
+    largest_body: int | None = None
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -91,6 +94,12 @@ class _Route(APIRoute):
         async def answer(request: Request) -> Response:
             if self.authorise is not None:
                 setattr(request.state, _CALLER, await self.authorise(request.headers.get("authorization")))
+            if (limit := self.largest_body) is not None:
+                declared = request.headers.get("content-length", "")
+                if declared.isascii() and declared.isdigit() and int(declared) > limit:  # not "²"
+                    return JSONResponse({"detail": _too_large(limit, declared)}, status_code=413)
+                # A body sent without a length (chunked) is counted as it arrives.
+                request = Request(request.scope, _limited(request.receive, limit))
             try:
                 return await handler(request)
             except TransportError as error:  # a DeliveryError (an unknown entry) is each route's own
@@ -99,6 +108,28 @@ class _Route(APIRoute):
                 return JSONResponse({"detail": detail}, status_code=503)
 
         return answer
+
+
+def _too_large(limit: int, declared: str | None = None) -> str:
+    size = f" ({declared} bytes)" if declared is not None else ""
+    return f"the request body{size} is larger than the API's limit of {limit} bytes (max_body_size)"
+
+
+def _limited(receive: Receive, limit: int) -> Receive:
+    """``receive``, answering 413 once the body has grown past ``limit`` bytes: the rest of it is
+    never read (FastAPI passes an ``HTTPException`` raised while it reads the body through)."""
+    received = 0
+
+    async def limited() -> Message:
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise HTTPException(413, _too_large(limit))
+        return message
+
+    return limited
 
 
 __all__ = ["NO_AUTH", "TokenVerifier", "create_api_router"]
@@ -138,6 +169,9 @@ as a digest) and its target, so two callers that happen to pick one key never sh
 DEFAULT_IDEMPOTENCY_MAX_KEYS: Final = 10_000
 """How many stored results are kept by default (the newest): past it, a key is forgotten before
 its TTL."""
+
+DEFAULT_MAX_BODY_SIZE: Final = 1024 * 1024
+"""The largest request body the API reads by default, in bytes (1 MiB)."""
 
 _RETRY_RUNNING: Final = "1"
 """``Retry-After`` (seconds) of the 409 for a retry that arrives while its first request runs."""
@@ -244,6 +278,7 @@ def create_api_router(  # noqa: PLR0915 - one route per statement group; kept to
     health_checks: Mapping[str, Callable[[], Awaitable[bool]]] | None = None,
     idempotency_ttl: float = 3600.0,
     idempotency_max_keys: int = DEFAULT_IDEMPOTENCY_MAX_KEYS,
+    max_body_size: int | None = DEFAULT_MAX_BODY_SIZE,
 ) -> APIRouter:
     """The API as an ``APIRouter`` (prefix ``/api/v1``): ``app.include_router(...)``.
 
@@ -252,12 +287,16 @@ def create_api_router(  # noqa: PLR0915 - one route per statement group; kept to
     ``idempotency_ttl`` is how long an ``Idempotency-Key``'s result is kept, for the
     ``idempotency_max_keys`` newest keys (default 10 000; an older key is forgotten sooner: its
     retry runs again). Results are kept per process, so the count bounds the memory they take.
+    ``max_body_size`` is the largest request body read, in bytes (default 1 MiB; ``None``: no
+    limit): a larger one is a 413, before it is parsed — at once when its ``Content-Length`` says
+    so, else as soon as it grows past the limit, without reading the rest.
     """
     if auth is not NO_AUTH and not callable(auth):
         raise ConfigurationError("auth must be a bearer-token verifier, or NO_AUTH for local use")
     # NaN, 0 or less would keep no result, silently: every retry would run again
     idempotency_ttl = check_seconds("idempotency_ttl", idempotency_ttl, forever=True)
     idempotency_max_keys = check_count("idempotency_max_keys", idempotency_max_keys)
+    max_body_size = check_count("max_body_size", max_body_size, optional=True)
 
     async def check(authorization: str | None) -> str:
         """The caller: a digest of its bearer token (``""`` without authentication)."""
@@ -281,6 +320,7 @@ def create_api_router(  # noqa: PLR0915 - one route per statement group; kept to
 
     class Route(_Route):
         authorise = staticmethod(check)
+        largest_body = max_body_size
 
     api = APIRouter(prefix="/api/v1", dependencies=[Depends(authorised)], route_class=Route)
     idempotency = _Idempotency(idempotency_ttl, idempotency_max_keys)
