@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import subprocess
@@ -438,3 +439,45 @@ async def test_a_stream_its_reader_stops_early_ends_its_span_without_an_error(
     (chat,) = exporter.get_finished_spans()
     assert chat.status.status_code != StatusCode.ERROR
     assert "error.type" not in (chat.attributes or {})
+
+
+async def test_a_stream_its_caller_never_reads_ends_its_span_when_dropped(
+    tracer_provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    async def chunks() -> AsyncIterator[str]:
+        yield "a"
+
+    with Tracing(tracer_provider).llm_call("g") as call:
+        stream = call.done(chunks(), stream=True)
+    assert not finished(exporter, "chat g")
+    del stream  # the caller dropped it unread (an exception before it iterated, say)
+    gc.collect()
+    (chat,) = exporter.get_finished_spans()
+    assert chat.status.status_code == StatusCode.UNSET
+    assert (chat.attributes or {})["dynamic_agents.stream.consumed"] is False
+
+
+async def test_a_stream_closed_unread_ends_its_span_as_not_consumed(
+    tracer_provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    closed = asyncio.Event()
+
+    class Chunks:
+        def __aiter__(self) -> Chunks:
+            return self
+
+        async def __anext__(self) -> str:
+            raise StopAsyncIteration
+
+        async def aclose(self) -> None:
+            closed.set()
+
+    with Tracing(tracer_provider).llm_call("g") as call:
+        stream = call.done(Chunks(), stream=True)
+    await stream.aclose()
+    assert closed.is_set()  # the provider's stream (its HTTP response) is closed too
+    (chat,) = exporter.get_finished_spans()
+    assert chat.status.status_code == StatusCode.UNSET
+    assert (chat.attributes or {})["dynamic_agents.stream.consumed"] is False
+    await stream.aclose()  # twice: nothing more
+    assert len(exporter.get_finished_spans()) == 1

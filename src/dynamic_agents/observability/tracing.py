@@ -20,6 +20,7 @@ They never hold content, metadata or secrets. Without ``opentelemetry-api`` inst
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Final
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 
     from dynamic_agents.observability.tracing_hooks import TracingHooks
 
-__all__ = ["LLMCall", "Tracing"]
+__all__ = ["LLMCall", "TracedStream", "Tracing"]
 
 TRACE_HEADERS: Final = ("traceparent", "tracestate")
 INSTRUMENTATION_NAME: Final = "dynamic_agents"
@@ -52,6 +53,7 @@ TARGET: Final = "dynamic_agents.target"
 STATUS: Final = "dynamic_agents.status"
 OUTCOME: Final = "dynamic_agents.outcome"
 DELIVERY_COUNT: Final = "dynamic_agents.delivery_count"
+STREAM_CONSUMED: Final = "dynamic_agents.stream.consumed"
 
 
 class Tracing:
@@ -176,29 +178,72 @@ class LLMCall:
 
     def done(self, response: Any, *, stream: bool = False) -> Any:
         """Record ``response`` (a litellm ``ModelResponse``) and return it; a stream comes back
-        wrapped so the span ends with it."""
+        wrapped so the span ends with it (see :class:`TracedStream`)."""
         if self.span is None:
             return response
         if stream:
             self.streaming = True
-            return self._streamed(self.span, response)
+            return TracedStream(self.span, response)
         _record_response(self.span, response)
         return response
 
-    @staticmethod
-    async def _streamed(span: Span, stream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+
+class TracedStream:
+    """A streamed LLM answer whose ``chat`` span ends with it: read to the end (or failed), closed
+    (:meth:`aclose`, which closes the provider's stream too), or dropped unread — garbage
+    collected. ``dynamic_agents.stream.consumed`` says whether it was read to the end; a stream
+    closed or dropped early is not a failure (its status stays unset)."""
+
+    def __init__(self, span: Span, stream: Any) -> None:
+        self._span = span
+        self._stream = stream
+        self._iterator: AsyncIterator[Any] | None = None
+        # Holds the span, never this object: it ends the span of a stream nobody closed.
+        self._unread = weakref.finalize(self, _end_unconsumed, span)
+        self._unread.atexit = False  # at exit the exporter may be gone; nothing to report then
+
+    def __repr__(self) -> str:
+        return f"TracedStream(ended={not self._unread.alive})"
+
+    def __aiter__(self) -> TracedStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        if not self._unread.alive:
+            raise StopAsyncIteration
+        if self._iterator is None:
+            self._iterator = aiter(self._stream)
         try:
-            async for chunk in stream:
-                if getattr(chunk, "usage", None) is not None:
-                    _record_response(span, chunk)
-                yield chunk
-        except GeneratorExit:  # the reader stopped early (closed the stream): not a failure
+            chunk = await anext(self._iterator)
+        except StopAsyncIteration:
+            self._end(consumed=True)
             raise
         except BaseException as error:
-            fail_span(span, error)
+            fail_span(self._span, error)
+            self._end(consumed=False)
             raise
-        finally:
-            span.end()
+        if getattr(chunk, "usage", None) is not None:
+            _record_response(self._span, chunk)
+        return chunk
+
+    async def aclose(self) -> None:
+        """Stop reading: close the provider's stream and end the span (not as a failure)."""
+        if not self._unread.alive:
+            return
+        self._end(consumed=False)
+        close = getattr(self._stream, "aclose", None)
+        if close is not None:
+            await close()
+
+    def _end(self, *, consumed: bool) -> None:
+        self._unread.detach()
+        self._span.set_attribute(STREAM_CONSUMED, consumed)
+        self._span.end()
+
+
+def _end_unconsumed(span: Span) -> None:
+    span.set_attribute(STREAM_CONSUMED, False)
+    span.end()
 
 
 def event_attributes(event: AgentRequestEvent | AgentResponseEvent) -> dict[str, str | int]:
