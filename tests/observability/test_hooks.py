@@ -19,6 +19,7 @@ from dynamic_agents.transports import Completion, Delivery, InMemoryServer, InMe
 from dynamic_agents.worker import AgentWorker, BaseHooks, RunContext
 from tests.observability.conftest import hooked_worker
 from tests.observability.test_metrics import outcomes, points
+from tests.support.waiting import wait_until
 from tests.worker.conftest import request_event
 
 
@@ -169,3 +170,43 @@ async def test_shared_hooks_keep_apart_entries_of_two_streams_with_the_same_id(
     assert names == sorted(
         ["route", "route", "execute agent:echo", "execute agent:echo", reply, reply, *process]
     )
+
+
+async def test_shared_hooks_keep_apart_two_deliveries_of_one_entry_to_two_groups(
+    meter_provider: MeterProvider,
+    metric_reader: InMemoryMetricReader,
+    tracer_provider: TracerProvider,
+    exporter: InMemorySpanExporter,
+) -> None:
+    """Two groups read the same stream: each gets its own delivery of the same entry id, both
+    handled at once by workers sharing their hooks. Each delivery keeps its own spans and counts."""
+    transport = InMemoryTransport(names=StreamNames("test"))
+    hooks = [MetricsHooks(OpenTelemetryMetrics(meter_provider)), Tracing(tracer_provider).hooks()]
+    gate = asyncio.Event()
+
+    async def held(target: Target, request: AgentRequestEvent) -> str:
+        await gate.wait()
+        return "done"
+
+    archive = hooked_worker(transport, hooks, FunctionExecutor(held), group="archive")
+    answer = hooked_worker(transport, hooks, FunctionExecutor(held), group="answer")
+    await transport.publish(transport.names.requests, request_event(transport.names))
+    async with archive, answer:
+        # both deliveries are being handled (one runs, the other waits for the session)
+        await wait_until(lambda: archive.stats.received == answer.stats.received == 1, what="both reads")
+        gate.set()
+        await wait_until(
+            lambda: sum(s.name.endswith(" process") for s in exporter.get_finished_spans()) == 2,
+            what="both process spans",
+        )
+
+    process = [s for s in exporter.get_finished_spans() if s.name.endswith(" process")]
+    assert sorted((s.attributes or {})["messaging.consumer.group.name"] for s in process) == [
+        "answer",
+        "archive",
+    ]
+    assert (process[0].attributes or {})["messaging.message.id"] == (process[1].attributes or {})[
+        "messaging.message.id"
+    ]
+    assert sum(outcomes(metric_reader).values()) == 2
+    assert [p.value for p in points(metric_reader, "dynamic_agents.worker.in_flight").values()] == [0]

@@ -14,7 +14,7 @@ from dynamic_agents.events import AgentRequestEvent, Target
 from dynamic_agents.exceptions import ConfigurationError, DynamicAgentsError
 from dynamic_agents.execution import ExecutionResult
 from dynamic_agents.observability.metrics import MetricsRecorder, Observation
-from dynamic_agents.observability.outcomes import Outcome, target_name
+from dynamic_agents.observability.outcomes import DeliveryKey, Outcome, delivery_key, target_name
 from dynamic_agents.transports import Completion, Delivery
 from dynamic_agents.worker.hooks import BaseHooks, RunContext
 
@@ -71,7 +71,7 @@ class MetricsHooks(BaseHooks):
         self.pending_limit = pending_limit
         self.max_targets = max_targets
         self._targets: set[str] = set()
-        self._handling: dict[tuple[str, str], _Handling] = {}  # by stream and entry id
+        self._handling: dict[DeliveryKey, _Handling] = {}  # by delivery
         self._pending: dict[tuple[str, str], int] = {}
         self._samplers: dict[int, asyncio.Task[None]] = {}
         self._observing = False
@@ -119,9 +119,12 @@ class MetricsHooks(BaseHooks):
 
     # -- each entry -------------------------------------------------------------------------------
 
+    def _of(self, context: RunContext) -> _Handling | None:
+        return self._handling.get(delivery_key(context.delivery)) if context.delivery is not None else None
+
     async def on_received(self, delivery: Delivery[AgentRequestEvent]) -> None:
         stream = {_STREAM: delivery.stream}
-        self._handling[delivery.stream, delivery.entry_id] = _Handling(delivery.stream, time.monotonic())
+        self._handling[delivery_key(delivery)] = _Handling(delivery.stream, time.monotonic())
         self.recorder.add("dynamic_agents.worker.requests", 1, stream)
         self.recorder.add("dynamic_agents.worker.in_flight", 1, stream)
         if delivery.delivery_count > 1:
@@ -133,18 +136,18 @@ class MetricsHooks(BaseHooks):
         self._count(delivery, Outcome.DUPLICATE)
 
     async def on_routed(self, delivery: Delivery[AgentRequestEvent], target: Target | None) -> None:
-        handling = self._handling.get((delivery.stream, delivery.entry_id))
+        handling = self._handling.get(delivery_key(delivery))
         if handling is not None:
             handling.target = self._label(target)
             handling.routed = target is not None
 
     async def before_execute(self, context: RunContext) -> None:
-        handling = self._handling.get((context.stream, context.entry_id))
+        handling = self._of(context)
         if handling is not None:
             handling.execution_started = time.monotonic()
 
     async def after_execute(self, context: RunContext, result: ExecutionResult) -> None:
-        handling = self._handling.get((context.stream, context.entry_id))
+        handling = self._of(context)
         target = handling.target if handling is not None else self._label(context.target)
         if handling is not None and handling.execution_started is not None:
             self.recorder.record(
@@ -167,7 +170,7 @@ class MetricsHooks(BaseHooks):
     async def after_respond(
         self, delivery: Delivery[AgentRequestEvent], result: ExecutionResult, completion: Completion
     ) -> None:
-        handling = self._handling.get((delivery.stream, delivery.entry_id))
+        handling = self._handling.get(delivery_key(delivery))
         routed = handling.routed if handling is not None else True
         self._count(delivery, Outcome.of_answer(result, completion, routed=routed))
 
@@ -180,7 +183,7 @@ class MetricsHooks(BaseHooks):
         # Ended without an answer of this worker's and without an error: handed back, the entry
         # taken over by another consumer (before its dead letter, say) or its merged turn lost.
         self._count(delivery, Outcome.INTERRUPTED if error is None else Outcome.of_error(error))
-        handling = self._handling.pop((delivery.stream, delivery.entry_id), None)
+        handling = self._handling.pop(delivery_key(delivery), None)
         if handling is not None:
             self.recorder.add("dynamic_agents.worker.in_flight", -1, {_STREAM: handling.stream})
 
@@ -196,7 +199,7 @@ class MetricsHooks(BaseHooks):
 
     def _count(self, delivery: Delivery[AgentRequestEvent], outcome: Outcome) -> None:
         """Count an entry's outcome once (its duration with it)."""
-        handling = self._handling.get((delivery.stream, delivery.entry_id))
+        handling = self._handling.get(delivery_key(delivery))
         if handling is None or handling.counted:
             return
         handling.counted = True

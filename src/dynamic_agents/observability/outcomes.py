@@ -1,14 +1,14 @@
-"""How a worker's handling of one entry ended, as spans and metrics name it."""
+"""Which handling of an entry a hook is told about, and how it ended, as spans and metrics name it."""
 
 from __future__ import annotations
 
 import asyncio
 from enum import StrEnum
 
-from dynamic_agents.events import ResponseStatus, Target
+from dynamic_agents.events import AgentRequestEvent, ResponseStatus, Target
 from dynamic_agents.exceptions import RunLostError
 from dynamic_agents.execution import ExecutionResult
-from dynamic_agents.transports import Completion
+from dynamic_agents.transports import Completion, Delivery
 
 __all__ = ["Outcome", "target_name"]
 
@@ -52,3 +52,13 @@ class Outcome(StrEnum):
 def target_name(target: Target | None) -> str:
     """``agent:support``: how spans and metrics name a target (empty when there is none)."""
     return f"{target.type.value}:{target.id}" if target is not None else ""
+
+
+DeliveryKey = tuple[str, str, str, str, int]
+
+
+def delivery_key(delivery: Delivery[AgentRequestEvent]) -> DeliveryKey:
+    """What tells one delivery apart from every other one a process handles at once: the same
+    entry reaches each group reading its stream, and comes again (to this consumer or another)
+    when redelivered, so hooks shared by workers key their state by all of these."""
+    return (delivery.stream, delivery.group, delivery.consumer, delivery.entry_id, delivery.delivery_count)

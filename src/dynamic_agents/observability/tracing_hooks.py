@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, Target
 from dynamic_agents.execution import ExecutionResult
-from dynamic_agents.observability.outcomes import Outcome, target_name
+from dynamic_agents.observability.outcomes import DeliveryKey, Outcome, delivery_key, target_name
 from dynamic_agents.observability.tracing import (
     CONSUMER_GROUP,
     DELIVERY_COUNT,
@@ -61,10 +61,13 @@ class TracingHooks(BaseHooks):
 
     def __init__(self, tracing: Tracing) -> None:
         self.tracing = tracing
-        self._traces: dict[tuple[str, str], _Trace] = {}  # by stream and entry id
+        self._traces: dict[DeliveryKey, _Trace] = {}  # by delivery
 
     def __repr__(self) -> str:
         return f"TracingHooks({self.tracing!r}, in_flight={len(self._traces)})"
+
+    def _of(self, context: RunContext) -> _Trace | None:
+        return self._traces.get(delivery_key(context.delivery)) if context.delivery is not None else None
 
     async def on_received(self, delivery: Delivery[AgentRequestEvent]) -> None:
         if not self.tracing.enabled:
@@ -87,17 +90,15 @@ class TracingHooks(BaseHooks):
             },
         )
         assert span is not None
-        self._traces[delivery.stream, delivery.entry_id] = _Trace(
-            span, context.attach(trace.set_span_in_context(span))
-        )
+        self._traces[delivery_key(delivery)] = _Trace(span, context.attach(trace.set_span_in_context(span)))
 
     async def on_duplicate(self, delivery: Delivery[AgentRequestEvent]) -> None:
-        if (found := self._traces.get((delivery.stream, delivery.entry_id))) is not None:
+        if (found := self._traces.get(delivery_key(delivery))) is not None:
             found.span.set_attribute(OUTCOME, Outcome.DUPLICATE.value)
             found.ended = True
 
     async def on_routed(self, delivery: Delivery[AgentRequestEvent], target: Target | None) -> None:
-        found = self._traces.get((delivery.stream, delivery.entry_id))
+        found = self._traces.get(delivery_key(delivery))
         if found is None:
             return
         span = self.tracing.start_span("route", parent=found.span)
@@ -111,7 +112,7 @@ class TracingHooks(BaseHooks):
         span.end()
 
     async def before_execute(self, context: RunContext) -> None:
-        found = self._traces.get((context.stream, context.entry_id))
+        found = self._of(context)
         if found is None:
             return
         from opentelemetry import context as otel_context
@@ -132,7 +133,7 @@ class TracingHooks(BaseHooks):
         found.execute_task = asyncio.current_task()
 
     async def after_execute(self, context: RunContext, result: ExecutionResult) -> None:
-        found = self._traces.get((context.stream, context.entry_id))
+        found = self._of(context)
         if found is None or found.execute is None:
             return
         span = found.execute
@@ -149,7 +150,7 @@ class TracingHooks(BaseHooks):
     async def before_respond(
         self, delivery: Delivery[AgentRequestEvent], response: AgentResponseEvent, headers: dict[str, str]
     ) -> None:
-        found = self._traces.get((delivery.stream, delivery.entry_id))
+        found = self._traces.get(delivery_key(delivery))
         if found is None:
             return
         from opentelemetry import trace
@@ -178,7 +179,7 @@ class TracingHooks(BaseHooks):
     async def after_respond(
         self, delivery: Delivery[AgentRequestEvent], result: ExecutionResult, completion: Completion
     ) -> None:
-        found = self._traces.get((delivery.stream, delivery.entry_id))
+        found = self._traces.get(delivery_key(delivery))
         if found is None:
             return
         found.span.set_attribute(STATUS, str(result.status))
@@ -189,7 +190,7 @@ class TracingHooks(BaseHooks):
             found.respond = None
 
     async def on_dead_letter(self, delivery: Delivery[AgentRequestEvent], written: bool) -> None:
-        found = self._traces.get((delivery.stream, delivery.entry_id))
+        found = self._traces.get(delivery_key(delivery))
         if found is None:
             return
         if found.respond is not None:
@@ -201,7 +202,7 @@ class TracingHooks(BaseHooks):
             found.ended = True
 
     async def after_handle(self, delivery: Delivery[AgentRequestEvent], error: BaseException | None) -> None:
-        found = self._traces.pop((delivery.stream, delivery.entry_id), None)
+        found = self._traces.pop(delivery_key(delivery), None)
         if found is None:
             return
         from opentelemetry import context

@@ -42,7 +42,10 @@ class RunContext:
     """One request being handled: what it is, where it goes, and room for a hook's own state.
 
     ``entry_id`` is the id of the entry on ``stream``; entry ids are per stream (two streams may
-    have the same one), so a hook shared by workers of several streams keys its state by both.
+    have the same one), and one entry is delivered to every group reading its stream and again
+    after a redelivery. ``delivery`` is the one being handled (the last of a merged turn): a hook
+    shared by several workers keys its state by it (its stream, group, consumer, entry id and
+    delivery count), not by the entry id.
     """
 
     request: AgentRequestEvent
@@ -50,7 +53,8 @@ class RunContext:
     delivery_count: int
     entry_id: str
     state: dict[str, Any] = field(default_factory=dict)
-    stream: str = ""  # last: a RunContext built with positional arguments before it came keeps working
+    stream: str = ""  # after the fields above: a RunContext built with positional arguments keeps working
+    delivery: Delivery[AgentRequestEvent] | None = None
 
 
 class WorkerHooks(Protocol):

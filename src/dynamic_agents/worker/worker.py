@@ -688,7 +688,14 @@ class AgentWorker:
         delivery = batch[-1]
         event = _merged(batch)
         context = (
-            RunContext(event, target, delivery.delivery_count, delivery.entry_id, stream=delivery.stream)
+            RunContext(
+                event,
+                target,
+                delivery.delivery_count,
+                delivery.entry_id,
+                stream=delivery.stream,
+                delivery=delivery,
+            )
             if self.hooks
             else None
         )
