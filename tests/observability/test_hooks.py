@@ -165,11 +165,9 @@ async def test_shared_hooks_keep_apart_entries_of_two_streams_with_the_same_id(
     assert outcomes(metric_reader) == {"completed": 2}
     assert [p.value for p in points(metric_reader, "dynamic_agents.worker.in_flight").values()] == [0, 0]
     names = sorted(span.name for span in exporter.get_finished_spans())
-    reply = f"{transport.names.responses('discord', 'c1')} publish"
+    reply = "reply publish"
     process = [f"{transport.names.requests} process", f"{urgent} process"]
-    assert names == sorted(
-        ["route", "route", "execute agent:echo", "execute agent:echo", reply, reply, *process]
-    )
+    assert names == sorted(["route", "route", "invoke_agent", "invoke_agent", reply, reply, *process])
 
 
 async def test_shared_hooks_keep_apart_two_deliveries_of_one_entry_to_two_groups(

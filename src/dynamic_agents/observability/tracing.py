@@ -9,9 +9,15 @@ Spans (name — kind):
 
 * ``{stream} publish`` — producer: :meth:`Tracing.publish` (``AgentClient(tracing=…)`` uses it);
 * ``{stream} process`` — consumer: the worker handling one entry, child of the publisher's span;
-  its children ``route``, ``execute {type}:{id}`` (the run; LLM calls nest under it) and
-  ``{reply stream} publish`` (the answer, whose envelope carries this span's context);
+  its children ``route``, ``invoke_agent`` / ``invoke_workflow`` (the run of an agent or team / of
+  a workflow; LLM calls nest under it) and ``reply publish`` (the answer, whose envelope carries
+  this span's context);
 * ``chat {model}`` — client: an LLM call through an ``LLMRouter`` built with ``tracing=``.
+
+Span names never hold what a request may choose — its target or its reply stream — so their
+number stays bounded: those are attributes (``dynamic_agents.target``, ``gen_ai.agent.id``,
+``messaging.destination.name``). ``{stream}`` is the worker's or client's configured request
+stream, ``{model}`` a model group of the router's configuration.
 
 Attributes follow the OpenTelemetry messaging and GenAI conventions plus ``dynamic_agents.*`` ids.
 They never hold content, metadata or secrets. Without ``opentelemetry-api`` installed a
@@ -54,6 +60,9 @@ STATUS: Final = "dynamic_agents.status"
 OUTCOME: Final = "dynamic_agents.outcome"
 DELIVERY_COUNT: Final = "dynamic_agents.delivery_count"
 STREAM_CONSUMED: Final = "dynamic_agents.stream.consumed"
+GEN_AI_OPERATION: Final = "gen_ai.operation.name"
+GEN_AI_AGENT_ID: Final = "gen_ai.agent.id"
+REPLY_SPAN: Final = "reply publish"
 
 
 class Tracing:
@@ -159,7 +168,7 @@ class Tracing:
         span = self.start_span(
             f"chat {model}",
             None if self._tracer is None else _client_kind(),
-            attributes={"gen_ai.operation.name": "chat", "gen_ai.request.model": model},
+            attributes={GEN_AI_OPERATION: "chat", "gen_ai.request.model": model},
         )
         call = LLMCall(span)
         if span is None:

@@ -1,5 +1,6 @@
-"""``TracingHooks``: the worker's spans — ``process``, ``route``, ``execute`` and the reply's
-``publish`` — recorded through its hooks (see :mod:`dynamic_agents.observability.tracing`)."""
+"""``TracingHooks``: the worker's spans — ``process``, ``route``, the run (``invoke_agent`` /
+``invoke_workflow``) and ``reply publish`` — recorded through its hooks (see
+:mod:`dynamic_agents.observability.tracing`)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,19 @@ import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, Target
+from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, Target, TargetType
 from dynamic_agents.execution import ExecutionResult
 from dynamic_agents.observability.outcomes import DeliveryKey, Outcome, delivery_key, target_name
 from dynamic_agents.observability.tracing import (
     CONSUMER_GROUP,
     DELIVERY_COUNT,
     DESTINATION,
+    GEN_AI_AGENT_ID,
+    GEN_AI_OPERATION,
     MESSAGE_ID,
     OPERATION,
     OUTCOME,
+    REPLY_SPAN,
     REQUEST_ID,
     SESSION_ID,
     STATUS,
@@ -55,9 +59,9 @@ class _Trace:
 
 
 class TracingHooks(BaseHooks):
-    """Worker hooks recording ``process`` / ``route`` / ``execute`` / ``publish`` spans (see the
-    module documentation). The ``process`` span is current while the entry is handled and the
-    ``execute`` span while it runs, so spans the executor makes (LLM calls) nest under them."""
+    """Worker hooks recording ``process`` / ``route`` / ``invoke_*`` / ``reply publish`` spans (see
+    the module documentation). The ``process`` span is current while the entry is handled and the
+    run's span while it runs, so spans the executor makes (LLM calls) nest under them."""
 
     def __init__(self, tracing: Tracing) -> None:
         self.tracing = tracing
@@ -118,15 +122,17 @@ class TracingHooks(BaseHooks):
         from opentelemetry import context as otel_context
         from opentelemetry import trace
 
-        span = self.tracing.start_span(
-            f"execute {target_name(context.target)}",
-            parent=found.span,
-            attributes={
-                TARGET: target_name(context.target),
-                REQUEST_ID: context.request.id,
-                SESSION_ID: context.request.session_id,
-            },
-        )
+        operation = _operation(context.target)
+        attributes: dict[str, str | int] = {
+            GEN_AI_OPERATION: operation,
+            TARGET: target_name(context.target),
+            REQUEST_ID: context.request.id,
+            SESSION_ID: context.request.session_id,
+        }
+        if context.target.type is not TargetType.WORKFLOW:
+            attributes[GEN_AI_AGENT_ID] = context.target.id
+        # The name is the operation alone: the target is often the request's to choose.
+        span = self.tracing.start_span(operation, parent=found.span, attributes=attributes)
         assert span is not None
         found.execute = span
         found.execute_token = otel_context.attach(trace.set_span_in_context(span))
@@ -162,7 +168,7 @@ class TracingHooks(BaseHooks):
             delivery.message.reply_to if delivery.message is not None else None
         )
         span = self.tracing.start_span(
-            f"{stream or '(no reply stream)'} publish",
+            REPLY_SPAN,  # not the stream: each conversation (and request) may have its own
             trace.SpanKind.PRODUCER,
             parent=found.span,
             attributes={
@@ -220,6 +226,11 @@ class TracingHooks(BaseHooks):
         elif not found.ended:  # handed back unanswered: taken over by another consumer, say
             found.span.set_attribute(OUTCOME, Outcome.INTERRUPTED.value)
         found.span.end()
+
+
+def _operation(target: Target) -> str:
+    """The run's GenAI operation (``gen_ai.operation.name``), which also names its span."""
+    return "invoke_workflow" if target.type is TargetType.WORKFLOW else "invoke_agent"
 
 
 def _close_execute(found: _Trace) -> None:
