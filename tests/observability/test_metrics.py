@@ -233,14 +233,46 @@ async def test_pending_is_sampled_into_a_gauge(
     await hooks.on_start(worker)  # what the worker does when it starts: register and sample
     try:
         assert await hooks.sample(worker) == 2
+        (gauge,) = points(metric_reader, "dynamic_agents.worker.queue.pending").items()
     finally:
         await hooks.on_stop(worker)
-    (gauge,) = points(metric_reader, "dynamic_agents.worker.queue.pending").items()
     assert dict(gauge[0]) == {
         "messaging.destination.name": transport.names.requests,
         "messaging.consumer.group.name": worker.settings.group,
     }
     assert gauge[1].value == 2
+
+
+def pending_gauge(reader: InMemoryMetricReader) -> dict[str, float]:
+    """The pending gauge's values by group (empty when nothing is reported)."""
+    metric = metrics(reader).get("dynamic_agents.worker.queue.pending")
+    if metric is None:
+        return {}
+    return {
+        str((p.attributes or {})["messaging.consumer.group.name"]): p.value for p in metric.data.data_points
+    }
+
+
+async def test_the_pending_gauge_stops_reporting_a_group_once_its_last_worker_stopped(
+    transport: InMemoryTransport, hooks: MetricsHooks, metric_reader: InMemoryMetricReader
+) -> None:
+    """A stopped worker samples no more: its last count, reported for good, would be stale.
+    Two workers of one group report one count, kept until both have stopped."""
+    first, second = run_with(transport, hooks), run_with(transport, hooks)
+    other = run_with(transport, hooks, group="other")
+    await transport.publish(transport.names.requests, request_event(transport.names))
+    for worker in (first, second, other):
+        await transport.ensure_group(transport.names.requests, worker.settings.group)
+        await hooks.on_start(worker)
+        await hooks.sample(worker)
+    assert pending_gauge(metric_reader) == {first.settings.group: 0, "other": 0}
+
+    await hooks.on_stop(first)  # the group still has a running worker
+    assert pending_gauge(metric_reader) == {first.settings.group: 0, "other": 0}
+    await hooks.on_stop(second)
+    assert pending_gauge(metric_reader) == {"other": 0}
+    await hooks.on_stop(other)
+    assert pending_gauge(metric_reader) == {}
 
 
 async def test_secrets_cache_statistics_are_observable_counters(

@@ -46,7 +46,8 @@ class MetricsHooks(BaseHooks):
     """Worker hooks recording the ``dynamic_agents.worker.*`` and ``dynamic_agents.llm.*`` metrics.
 
     The pending count is sampled every ``sample_every`` seconds while the worker runs (and by
-    :meth:`sample`), reading at most ``pending_limit`` entries.
+    :meth:`sample`), reading at most ``pending_limit`` entries; once the last worker of a stream
+    and group stops, the gauge no longer reports them.
 
     A request may name its target (``agent_id``, …), so the ``target`` label is bounded: the
     targets of the workers' routers (rules and defaults) always have theirs, and other targets get
@@ -72,8 +73,9 @@ class MetricsHooks(BaseHooks):
         self.max_targets = max_targets
         self._targets: set[str] = set()
         self._handling: dict[DeliveryKey, _Handling] = {}  # by delivery
-        self._pending: dict[tuple[str, str], int] = {}
+        self._pending: dict[tuple[str, str], int] = {}  # by stream and group
         self._samplers: dict[int, asyncio.Task[None]] = {}
+        self._running: dict[int, tuple[str, str]] = {}  # each started worker's stream and group
         self._observing = False
 
     def __repr__(self) -> str:
@@ -86,6 +88,7 @@ class MetricsHooks(BaseHooks):
         if not self._observing:
             self._observing = True
             self.recorder.observe("dynamic_agents.worker.queue.pending", self._read_pending)
+        self._running[id(worker)] = (worker.stream, worker.settings.group)
         self._samplers[id(worker)] = asyncio.get_running_loop().create_task(self._sample_loop(worker))
 
     async def on_stop(self, worker: AgentWorker) -> None:
@@ -94,6 +97,11 @@ class MetricsHooks(BaseHooks):
             sampler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sampler
+        # Its last count would be reported for good, however stale: the gauge drops the group
+        # once no worker of this hook samples it (another of the same group may still run).
+        key = self._running.pop(id(worker), None)
+        if key is not None and key not in self._running.values():
+            self._pending.pop(key, None)
 
     async def sample(self, worker: AgentWorker) -> int:
         """Read the worker's pending count now (what the gauge reports until the next sample)."""
