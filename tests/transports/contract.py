@@ -293,6 +293,32 @@ class TransportContract:
         assert await transport.read_stream(reply_stream, AgentResponseEvent) == []
         assert len(await transport.pending(backend.stream(), "workers")) == 1
 
+    async def test_complete_is_all_or_nothing_when_the_request_stream_is_not_a_stream(
+        self, backend: Backend
+    ) -> None:
+        """The ack is the last write: a request stream replaced by a key of another type must
+        make complete refuse before the reply, the record or the lease change."""
+        transport = await backend.transport()
+        coordinator = transport.coordinator()
+        event = request()
+        stream = backend.names.completed_record("other")  # a record will take the stream's key
+        await transport.ensure_group(stream, "workers")
+        await transport.publish(stream, event)
+        (delivery,) = await transport.read(backend.subscription(stream=stream), 1)
+        await backend.forget_everything()
+        await coordinator.set_record(CompletedRecord("other", "r", "completed", None, None, 0.0), 60)
+        lease = await coordinator.acquire(event.session_id, ttl=60, holder=event.id)
+        assert lease is not None
+        reply_stream = backend.names.responses("discord", "42")
+
+        with pytest.raises(TransportError, match="WRONGTYPE"):
+            await transport.complete(
+                delivery, Reply(response_to(event), reply_stream), record_ttl=60, lease=lease
+            )
+        assert await transport.read_stream(reply_stream, AgentResponseEvent) == []
+        assert await coordinator.get_record(event.id) is None
+        assert await coordinator.holder(event.session_id) == event.id
+
     # -- complete under a session lease -----------------------------------------------------------
 
     async def test_complete_with_the_lease_releases_it(self, backend: Backend) -> None:

@@ -440,6 +440,9 @@ class InMemoryTransport(Transport):
         check_seconds("record_ttl", record_ttl)
         record_key = self.names.completed_record(reply.event.request_id)
         lease_key = self.names.session_lease(lease.session_id) if lease is not None else None
+        # Every key type first, as the COMPLETE script: a refused complete changes nothing (the
+        # request stream is checked here because the ack, its only use, is the last write).
+        self.server._check_stream_type(delivery.stream)
         owned = lease is None or self.server._get(lease_key or "") == lease.token
         existing = self.server._hash(record_key)
         if existing:
@@ -450,6 +453,7 @@ class InMemoryTransport(Transport):
             assert lease is not None
             raise LeaseLostError(lease.session_id)
         reply_fields = self._check_reply(reply)
+        # Every check passed: the writes below cannot fail.
         reply_id = self._write_reply(reply, reply_fields)
         record = CompletedRecord(
             request_id=reply.event.request_id,
