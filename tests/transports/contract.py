@@ -631,6 +631,40 @@ class TransportContract:
         assert (requeued.entry_id, dict(requeued.fields)) == (new_id, fields)
         assert await letters.list() == []
 
+    @pytest.mark.parametrize(
+        "own",
+        [{b"dead_letter.reason": b"mine"}, {b"dead_letter.fields": b"not packed"}, {b"dead_letter.x": b"1"}],
+        ids=["a-metadata-name", "the-packed-name", "another-prefixed-name"],
+    )
+    async def test_fields_named_like_dead_letter_metadata_are_requeued_unchanged(
+        self, backend: Backend, own: dict[bytes, bytes]
+    ) -> None:
+        """An original field named ``dead_letter.…`` was overwritten by the metadata (or read as
+        metadata) and dropped on requeue: such fields are packed, and come back exactly."""
+        from dynamic_agents.operations import DeadLetters
+
+        transport = await backend.transport()
+        event = request()
+        await transport.ensure_group(backend.stream(), "workers")
+        fields = {
+            **{k.encode(): v for k, v in transport.codec.encode_entry(event).items()},
+            **own,
+        }
+        await transport.publish_fields(backend.stream(), fields)
+        (delivery,) = await transport.read(backend.subscription(), 1)
+        assert dict(delivery.fields) == fields
+
+        assert await transport.dead_letter(delivery, "too many deliveries")
+
+        letters = DeadLetters(transport)
+        (letter,) = await letters.list()
+        assert (letter.reason, dict(letter.fields), letter.request) == ("too many deliveries", fields, event)
+        new_id = await letters.requeue(letter.id)
+        (requeued,) = await transport.read_stream(
+            backend.stream(), AgentRequestEvent, after=delivery.entry_id
+        )
+        assert (requeued.entry_id, dict(requeued.fields)) == (new_id, fields)
+
     async def test_keep_fresh_of_thousands_of_held_entries(self, backend: Backend) -> None:
         """More ids than a Redis script passes on to one XCLAIM: held in chunks."""
         transport = await backend.transport()

@@ -98,7 +98,10 @@ DEAD_LETTER_FIELD_PREFIX: Final = "dead_letter."
 
 DEAD_LETTER_PACKED_FIELD: Final = b"dead_letter.fields"
 """The field that carries the original fields of an entry with too many to copy one by one
-(:data:`DEAD_LETTER_MAX_FIELDS`), packed by :func:`pack_fields`."""
+(:data:`DEAD_LETTER_MAX_FIELDS`), or with one named like the metadata (``dead_letter.…``), packed
+by :func:`pack_fields`."""
+
+_DEAD_LETTER_PREFIX: Final = DEAD_LETTER_FIELD_PREFIX.encode()
 
 DEAD_LETTER_MAX_FIELDS: Final = UNPACK_MAX // 2
 """The most fields a dead letter has with the original fields copied one by one (3,500: a Redis
@@ -812,7 +815,9 @@ def dead_letter_fields(delivery: Delivery[Any], reason: str, now: float) -> Mapp
 
     An entry with too many fields (:data:`DEAD_LETTER_MAX_FIELDS`) has them packed into one,
     :data:`DEAD_LETTER_PACKED_FIELD` (:func:`unpack_fields` reads it back), so it can still be
-    dead-lettered whole; ``DeadLetters`` unpacks them.
+    dead-lettered whole; ``DeadLetters`` unpacks them. So has an entry with a field whose name
+    starts with :data:`DEAD_LETTER_FIELD_PREFIX`: copied as it is, the metadata would overwrite it,
+    or a reader take it for metadata and drop it on requeue.
     """
     extra = {
         "reason": reason,
@@ -824,7 +829,9 @@ def dead_letter_fields(delivery: Delivery[Any], reason: str, now: float) -> Mapp
         "dead_at": repr(now),
     }
     fields = dict(delivery.fields)
-    if len(fields) + len(extra) > DEAD_LETTER_MAX_FIELDS:
+    if len(fields) + len(extra) > DEAD_LETTER_MAX_FIELDS or any(
+        name.startswith(_DEAD_LETTER_PREFIX) for name in fields
+    ):
         fields = {DEAD_LETTER_PACKED_FIELD: pack_fields(fields)}
     fields.update({f"{DEAD_LETTER_FIELD_PREFIX}{k}".encode(): v.encode() for k, v in extra.items()})
     return fields
