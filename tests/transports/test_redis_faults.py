@@ -200,3 +200,33 @@ async def test_idle_loop_makes_one_blocking_read_per_block_timeout(redis_server:
     assert 1 <= reads <= elapsed / block + 1
     reclaim_scans = stats.get("cmdstat_xautoclaim", {}).get("calls", 0)
     assert reclaim_scans <= 1  # claim_interval defaults to half of claim_min_idle (30 s)
+
+
+async def test_a_claim_cancelled_after_it_was_sent_gives_back_the_lease_it_took(
+    redis_server: RedisServer,
+) -> None:
+    """Cancelled while Redis held the reply (CLIENT PAUSE): the SET NX runs once Redis resumes,
+    and nobody would hold the lease it takes but its ttl. The claim gives it back; ``aclose``
+    waits for that."""
+    transport = RedisStreamsTransport.from_url(redis_server.url)
+    coordinator = transport.coordinator()
+    admin = Redis.from_url(redis_server.url)
+    try:
+        other = await coordinator.claim("other", ["b"], ttl=60)  # (and the pipeline's connection is made)
+        await admin.execute_command("CLIENT", "PAUSE", 30_000, "WRITE")
+        try:
+            writes = transport._pipeline.writes
+            claiming = asyncio.create_task(coordinator.claim("s", ["a"], ttl=60))
+            await wait_until(lambda: transport._pipeline.writes > writes, what="the claim to be sent")
+            claiming.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await claiming
+        finally:
+            await admin.execute_command("CLIENT", "UNPAUSE")
+        await coordinator.aclose()
+        assert await admin.get(transport.names.session_lease("s")) is None
+        assert other.lease is not None
+        assert await admin.get(transport.names.session_lease("other")) == other.lease.token.encode()
+    finally:
+        await admin.aclose()
+        await transport.aclose()

@@ -1036,6 +1036,7 @@ class RedisCoordinator(Coordinator):
         self._claims = BatchCommands(_pack_claims, _unpack_claims)
         self._owns_pipeline = pipeline is None  # else the transport's, closed with it
         self._pipeline = pipeline or AutoPipeline(client, timeout=self._retry.timeout)
+        self._giving_back: set[asyncio.Task[None]] = set()  # leases of cancelled claims
 
     @classmethod
     def from_url(cls, url: str, *, names: StreamNames | None = None) -> RedisCoordinator:
@@ -1075,21 +1076,51 @@ class RedisCoordinator(Coordinator):
             *(self.names.cancel_flag(rid) for rid in request_ids),
         )
         call = _Claim(lease_key, token, _ms(check_ttl(ttl)), checks)
-        try:
-            reply = await self._pipeline.batched(self._claims, call)
-        except Exception as error:
-            claim = partial(self._pipeline.batched, self._claims, call)
-            reply = await self._do("claim a session", claim, failed=error)
-        lease_value, *flags = _list(reply)
         lease = Lease(session_id, token, ttl)
-        leased = lease_value == token.encode()  # so a retry after a lost reply finds its own lease
-        outcome = _claim_outcome(lease, request_ids, leased, flags)
-        if leased and outcome.status in _GIVEN_BACK:  # taken before the records were read: give it back
+        sent: list[asyncio.Future[object]] = []
+
+        def send() -> Awaitable[object]:
+            # Shielded: a caller cancelled after the SET NX went out leaves the reply to come, and
+            # the lease it may grant to be given back (_give_back_later).
+            sent.append(self._pipeline.batched(self._claims, call))
+            return asyncio.shield(sent[-1])
+
+        try:
             try:
-                await self.release(lease)
-            except TransportError as error:  # it expires within ttl anyway
-                logger.warning("releasing the lease of %s failed: %s", session_id, error)
+                reply = await send()
+            except Exception as error:
+                reply = await self._do("claim a session", send, failed=error)
+            lease_value, *flags = _list(reply)
+            leased = lease_value == token.encode()  # so a retry after a lost reply finds its own lease
+            outcome = _claim_outcome(lease, request_ids, leased, flags)
+            if leased and outcome.status in _GIVEN_BACK:  # taken before the records were read
+                try:
+                    await self.release(lease)
+                except TransportError as error:  # it expires within ttl anyway
+                    logger.warning("releasing the lease of %s failed: %s", session_id, error)
+        except asyncio.CancelledError:
+            self._give_back_later(lease, sent)
+            raise
         return outcome
+
+    def _give_back_later(self, lease: Lease, sent: list[asyncio.Future[object]]) -> None:
+        """Release ``lease`` once the claims ``sent`` for it are answered: the claim was cancelled
+        and nobody else will. Token-checked, so it never frees a lease someone else took since."""
+        task = asyncio.get_running_loop().create_task(self._give_back(lease, sent))
+        self._giving_back.add(task)
+        task.add_done_callback(self._giving_back.discard)
+
+    async def _give_back(self, lease: Lease, sent: list[asyncio.Future[object]]) -> None:
+        if sent:
+            await asyncio.wait(sent)  # in order behind them: a release first would free nothing
+            for future in sent:
+                if not future.cancelled():
+                    future.exception()  # retrieved: whatever it was, the release below settles it
+        try:
+            if await self.release(lease):
+                logger.info("gave back the lease of %s a cancelled claim took", lease.session_id)
+        except TransportError as error:  # it expires within its ttl anyway
+            logger.warning("giving back the lease of %s failed: %s", lease.session_id, error)
 
     async def renew(self, lease: Lease, ttl: float | None = None) -> bool:
         ttl_ms = _ms(check_ttl(ttl if ttl is not None else lease.ttl))
@@ -1123,6 +1154,10 @@ class RedisCoordinator(Coordinator):
         return _retrying(what, operation, self._retry, None, failed=failed)
 
     async def aclose(self) -> None:
+        """Wait for the leases of cancelled claims to be given back, then release what the
+        coordinator owns."""
+        if self._giving_back:
+            await asyncio.wait(list(self._giving_back))
         if self._owns_pipeline:
             await self._pipeline.aclose()
         if self._owns_client:
