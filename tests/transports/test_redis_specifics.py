@@ -231,3 +231,58 @@ def test_retry_settings_that_are_not_valid_numbers_are_refused(
     operation_timeout bounded nothing."""
     with pytest.raises(ConfigurationError, match=rf"^{setting} must be .*, got {value!r}$"):
         RedisStreamsTransport.from_url(redis_url, **{setting: value})
+
+
+def reply_lost_once(transport: RedisStreamsTransport, name: str) -> list[int]:
+    """Make ``transport.<name>`` run, then fail its first call as a connection lost before the
+    reply was read (the server did the work); returns the attempt counter."""
+    real = getattr(transport, name)
+    attempts = [0]
+
+    async def lost(*args: Any, **kwargs: Any) -> object:
+        attempts[0] += 1
+        reply = await real(*args, **kwargs)
+        if attempts[0] == 1:
+            raise ConnectionError("connection lost before the reply was read")
+        return reply
+
+    setattr(transport, name, lost)
+    return attempts
+
+
+async def test_a_dead_letter_whose_reply_was_lost_reports_what_its_first_attempt_did(
+    redis_transport: RedisStreamsTransport, redis_prefix: str
+) -> None:
+    """The retry finds the entry no longer held (the first attempt acked it): it must report the
+    dead letter written, not "not held"; and write it once."""
+    stream = f"{redis_prefix}:requests"
+    await redis_transport.ensure_group(stream, "g")
+    await redis_transport.publish(stream, event())
+    (delivery,) = await redis_transport.read(subscription(stream), 1)
+    attempts = reply_lost_once(redis_transport, "_dead_letter")
+
+    assert await redis_transport.dead_letter(delivery, "poison")
+
+    assert attempts == [2]
+    dead = await redis_transport.read_stream(redis_transport.names.dead_letters, AgentRequestEvent)
+    assert [d.fields[b"dead_letter.reason"] for d in dead] == [b"poison"]
+    assert redis_transport.stats.dead_lettered == 1
+    assert not await redis_transport.dead_letter(delivery, "again")  # a new call: not held
+
+
+@pytest.mark.parametrize("size", [1, 4100], ids=["script", "thousands-of-fields"])
+async def test_a_move_whose_reply_was_lost_returns_the_entry_its_first_attempt_wrote(
+    redis_transport: RedisStreamsTransport, redis_prefix: str, size: int
+) -> None:
+    source, destination = f"{redis_prefix}:dead", f"{redis_prefix}:back"
+    fields = {f"f{n}".encode(): b"x" for n in range(size)}
+    entry_id = await redis_transport.publish_fields(source, fields)
+    attempts = reply_lost_once(redis_transport, "_move" if size == 1 else "_watched")
+
+    new_id = await redis_transport.move(source, entry_id, destination, fields)
+
+    assert attempts == [2]
+    (moved,) = await redis_transport.read_stream(destination, AgentRequestEvent)
+    assert (new_id, dict(moved.fields)) == (moved.entry_id, fields)
+    assert await redis_transport.read_stream(source, AgentRequestEvent) == []
+    assert await redis_transport.move(source, entry_id, destination, fields) is None  # a new call

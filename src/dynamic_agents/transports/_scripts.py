@@ -299,12 +299,15 @@ return {claimed, mget(checks)}
 """
 )
 
-# KEYS: stream, dead-letter stream, record key (or the dead-letter stream again)[, reply stream]
+# KEYS: stream, dead-letter stream, record key (or the dead-letter stream again), the call's marker
+#       key[, reply stream]
 # ARGV: group, entry id, consumer, n dead-letter pairs, reply maxlen or '', reply expire ms or '',
-#       check record ('1' or '0'), reply channel or '', channel payload,
+#       check record ('1' or '0'), reply channel or '', channel payload, marker ttl ms,
 #       n dead-letter field/value pairs…, reply field/value pairs…
 # Returns {1, dead-letter id}, {0, 'not-held'} (also when the group is gone) or {0, 'answered'} (then
-# the entry is only acked).
+# the entry is only acked). The marker (a key naming this call, set to the dead-letter id for a
+# while) lets a retry of a call whose reply was lost, which finds the entry no longer held, report
+# what its first attempt wrote.
 DEAD_LETTER: Final = (
     "#!lua\n"
     + _CHECK_STREAM
@@ -313,48 +316,76 @@ local err = check_stream(KEYS[1])
 if err then return err end
 -- no such group (the data was lost: flushed, restarted): nobody holds the entry
 local p = redis.pcall('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
-if p['err'] or #p == 0 or p[1][2] ~= ARGV[3] then return {0, 'not-held'} end
+if p['err'] or #p == 0 or p[1][2] ~= ARGV[3] then
+  local done = redis.call('GET', KEYS[4])
+  if done then return {1, done} end
+  return {0, 'not-held'}
+end
 if ARGV[7] == '1' and redis.call('EXISTS', KEYS[3]) == 1 then
   redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
   return {0, 'answered'}
 end
 err = check_stream(KEYS[2])
 if err then return err end
-if KEYS[4] then
-  err = check_stream(KEYS[4])
+if KEYS[5] then
+  err = check_stream(KEYS[5])
   if err then return err end
 end
-local last = 9 + 2 * tonumber(ARGV[4])
-local dead_id = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 10, last))
-if KEYS[4] then
+local last = 10 + 2 * tonumber(ARGV[4])
+local dead_id = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 11, last))
+if KEYS[5] then
   if ARGV[5] ~= '' then
-    redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[5], '*', unpack(ARGV, last + 1))
+    redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[5], '*', unpack(ARGV, last + 1))
   else
-    redis.call('XADD', KEYS[4], '*', unpack(ARGV, last + 1))
+    redis.call('XADD', KEYS[5], '*', unpack(ARGV, last + 1))
   end
-  if ARGV[6] ~= '' then redis.call('PEXPIRE', KEYS[4], ARGV[6]) end
+  if ARGV[6] ~= '' then redis.call('PEXPIRE', KEYS[5], ARGV[6]) end
 end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('SET', KEYS[4], dead_id, 'PX', ARGV[10])
 if ARGV[8] ~= '' then redis.call('PUBLISH', ARGV[8], ARGV[9]) end
 return {1, dead_id}
 """
 )
 
-# KEYS[1] source stream, KEYS[2] destination stream; ARGV: entry id, then field, value…
-# Appends the fields to the destination as a new entry and deletes the entry from the source, or,
-# when the source no longer has the entry, does nothing and returns nil.
+# KEYS[1] source stream, KEYS[2] destination stream, KEYS[3] the call's marker key; ARGV: entry
+# id, marker ttl ms, then field, value…
+# Appends the fields to the destination as a new entry, deletes the entry from the source and
+# sets the marker to the new id for a while; or, when the source no longer has the entry, does
+# nothing and returns the marker's id (what the first attempt of a call whose reply was lost
+# wrote) or nil.
 MOVE: Final = (
     "#!lua\n"
     + _CHECK_STREAM
     + """
 local err = check_stream(KEYS[1]) or check_stream(KEYS[2])
 if err then return err end
-if #redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1]) == 0 then return false end
-local id = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))
+if #redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1]) == 0 then return redis.call('GET', KEYS[3]) end
+local id = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 3))
 redis.call('XDEL', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[3], id, 'PX', ARGV[2])
 return id
 """
 )
+
+# KEYS[1] stream. The id an XADD '*' would give its next entry now (its last generated id counts,
+# even when that entry was deleted): for writes that must know it before they run (a MULTI).
+NEXT_ID: Final = """#!lua
+local ms, seq = 0, -1
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local info = redis.call('XINFO', 'STREAM', KEYS[1])
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then
+      local m, s = string.match(info[i + 1], '^(%d+)-(%d+)$')
+      ms, seq = tonumber(m), tonumber(s)
+    end
+  end
+end
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+if now_ms > ms then return string.format('%d-0', now_ms) end
+return string.format('%d-%d', ms, seq + 1)
+"""
 
 # KEYS[1] stream. XTRIM MINID below every group's oldest pending or undelivered entry.
 TRIM_ACKNOWLEDGED: Final = """#!lua

@@ -626,7 +626,8 @@ class Transport(_AsyncResource):
         has the entry (then nothing is written). Requeueing a dead letter is a move: of two
         concurrent moves of one entry, one writes it and the other gets ``None``.
 
-        The Redis and in-memory transports do it atomically. This default, for other transports,
+        The Redis and in-memory transports do it atomically, and a Redis call retried after its
+        reply was lost returns the entry its first attempt wrote. This default, for other transports,
         publishes and then deletes: a crash in between leaves the entry in both streams, and
         concurrent moves of one entry can each publish it (each then returns an id).
         """

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import weakref
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping, Sequence
@@ -299,6 +300,9 @@ class RedisStreamsTransport(Transport):
         self._completes = BatchScript(client.register_script(_scripts.COMPLETE), _pack_completions)
         self._dead_letter = client.register_script(_scripts.DEAD_LETTER)
         self._move = client.register_script(_scripts.MOVE)
+        self._next_id = client.register_script(_scripts.NEXT_ID)
+        # How long a call's marker outlives it: past the last retry it may make (see _call_marker).
+        self._marker_ms = _ms(self._retry.deadline + self._retry.timeout)
         self._trim = client.register_script(_scripts.TRIM_ACKNOWLEDGED)
         self._claim_read = client.register_script(_scripts.CLAIM_READ)
         self._release_lease = client.register_script(_scripts.RELEASE_LEASE)
@@ -333,6 +337,12 @@ class RedisStreamsTransport(Transport):
         call.)"""
         self._check_open(what)
         return _retrying(what, operation, self._retry, self.stats, failed=failed)
+
+    def _call_marker(self, stream: str) -> str:
+        """A key naming one call of ``dead_letter`` or ``move``, set (for ``_marker_ms``) to the id
+        it wrote to ``stream``: a retry whose first attempt ran, its reply lost, reports that id.
+        Named after ``stream``, so it shares its Cluster slot with a hash-tagged prefix."""
+        return f"{stream}:call:{secrets.token_hex(12)}"
 
     def _check_open(self, what: str) -> None:
         if self._closed:
@@ -377,12 +387,14 @@ class RedisStreamsTransport(Transport):
         streams: list[str],
         present: tuple[str, str] | None,
         write: Callable[[Pipeline], None],
+        *,
+        prepare: Callable[[Pipeline], Awaitable[None]] | None = None,
     ) -> object:
         """The reply to the first command ``write`` queues, in a MULTI that runs only if every key of
         ``streams`` is a stream or missing and none changed meanwhile (WATCH; checked again when one
         did): what a script does for writes whose arguments are too many for its ``unpack()``. With
         ``present`` (stream, entry id) nothing is written, and ``None`` returned, unless the entry
-        exists."""
+        exists. ``prepare`` reads what ``write`` needs, under the same WATCH, before the MULTI."""
         async with self.client.pipeline(transaction=True) as pipe:
             while True:
                 try:
@@ -398,6 +410,8 @@ class RedisStreamsTransport(Transport):
                     ):
                         await pipe.unwatch()  # type: ignore[no-untyped-call]
                         return None
+                    if prepare is not None:
+                        await prepare(pipe)
                     pipe.multi()  # type: ignore[no-untyped-call]
                     write(pipe)
                     replies: list[object] = await pipe.execute()
@@ -616,7 +630,12 @@ class RedisStreamsTransport(Transport):
             return False
         record_key = record_key_of(self.names, delivery)
         dead_fields = dead_letter_fields(delivery, reason, self.clock.time())
-        keys = [delivery.stream, self.names.dead_letters, record_key or self.names.dead_letters]
+        keys = [
+            delivery.stream,
+            self.names.dead_letters,
+            record_key or self.names.dead_letters,
+            self._call_marker(self.names.dead_letters),
+        ]
         reply_args: list[bytes | str | int] = []
         envelope = reply.envelope(self.codec) if reply is not None else b""
         if reply is not None and reply.stream is not None:
@@ -632,6 +651,7 @@ class RedisStreamsTransport(Transport):
             "1" if record_key else "0",
             (reply.channel or "") if reply is not None else "",
             envelope if reply is not None and reply.channel else b"",
+            self._marker_ms,
             *_flatten(dead_fields),
             *reply_args,
         ]
@@ -725,24 +745,35 @@ class RedisStreamsTransport(Transport):
     async def move(
         self, source: str, entry_id: str, stream: str, fields: Mapping[str, bytes] | Mapping[bytes, bytes]
     ) -> str | None:
-        # A retry after a connection lost mid-call can find the entry moved by the first attempt,
-        # and says None: never a second copy.
+        # A retry after a connection lost mid-call finds the entry moved by the first attempt,
+        # and the call's marker with the id it wrote: never a second copy, nor a None for a move
+        # that happened.
         parse_entry_position(entry_id)
         values = encoded_fields(fields)
         what = f"move {entry_id} from {source!r} to {stream!r}"
+        marker = self._call_marker(stream)
         moved: object
         if 2 * len(values) <= _scripts.UNPACK_MAX:
-            args: list[Arg] = [entry_id, *_flatten(values)]
-            moved = await self._call(what, partial(self._move, keys=[source, stream], args=args))
+            args: list[Arg] = [entry_id, self._marker_ms, *_flatten(values)]
+            moved = await self._call(what, partial(self._move, keys=[source, stream, marker], args=args))
         else:  # too many fields for the script's unpack(): the same checks and writes under WATCH
+            new_id = ""
+
+            async def prepare(pipe: Pipeline) -> None:  # the id, so the MULTI can set the marker
+                nonlocal new_id
+                new_id = _bytes(await self._next_id(keys=[stream], client=pipe)).decode()
 
             def write(pipe: Pipeline) -> None:
-                pipe.xadd(stream, values)  # type: ignore[arg-type]
+                pipe.xadd(stream, values, id=new_id)  # type: ignore[arg-type]
                 pipe.xdel(source, entry_id)
+                pipe.set(marker, new_id, px=self._marker_ms)
 
             moved = await self._call(
-                what, partial(self._watched, what, [source, stream], (source, entry_id), write)
+                what,
+                partial(self._watched, what, [source, stream], (source, entry_id), write, prepare=prepare),
             )
+            if moved is None:  # the entry is gone: moved by a first attempt whose reply was lost?
+                moved = await self._call(what, partial(self.client.get, marker))
         if moved is None:
             return None
         self.stats.published += 1
