@@ -1067,7 +1067,7 @@ class RedisCoordinator(Coordinator):
         self._claims = BatchCommands(_pack_claims, _unpack_claims)
         self._owns_pipeline = pipeline is None  # else the transport's, closed with it
         self._pipeline = pipeline or AutoPipeline(client, timeout=self._retry.timeout)
-        self._giving_back: set[asyncio.Task[None]] = set()  # leases of cancelled claims
+        self._giving_back: set[asyncio.Future[object]] = set()  # leases of cancelled claims
 
     @classmethod
     def from_url(cls, url: str, *, names: StreamNames | None = None) -> RedisCoordinator:
@@ -1108,50 +1108,44 @@ class RedisCoordinator(Coordinator):
         )
         call = _Claim(lease_key, token, _ms(check_ttl(ttl)), checks)
         lease = Lease(session_id, token, ttl)
-        sent: list[asyncio.Future[object]] = []
-
-        def send() -> Awaitable[object]:
-            # Shielded: a caller cancelled after the SET NX went out leaves the reply to come, and
-            # the lease it may grant to be given back (_give_back_later).
-            sent.append(self._pipeline.batched(self._claims, call))
-            return asyncio.shield(sent[-1])
-
         try:
             try:
-                reply = await send()
+                reply = await self._pipeline.batched(self._claims, call)
             except Exception as error:
-                reply = await self._do("claim a session", send, failed=error)
-            lease_value, *flags = _list(reply)
-            leased = lease_value == token.encode()  # so a retry after a lost reply finds its own lease
-            outcome = _claim_outcome(lease, request_ids, leased, flags)
-            if leased and outcome.status in _GIVEN_BACK:  # taken before the records were read
-                try:
-                    await self.release(lease)
-                except TransportError as error:  # it expires within ttl anyway
-                    logger.warning("releasing the lease of %s failed: %s", session_id, error)
+                claim = partial(self._pipeline.batched, self._claims, call)
+                reply = await self._do("claim a session", claim, failed=error)
         except asyncio.CancelledError:
-            self._give_back_later(lease, sent)
+            self._give_back_later(lease)
             raise
+        lease_value, *flags = _list(reply)
+        leased = lease_value == token.encode()  # so a retry after a lost reply finds its own lease
+        outcome = _claim_outcome(lease, request_ids, leased, flags)
+        if leased and outcome.status in _GIVEN_BACK:  # taken before the records were read: give it back
+            try:
+                await self.release(lease)
+            except TransportError as error:  # it expires within ttl anyway
+                logger.warning("releasing the lease of %s failed: %s", session_id, error)
         return outcome
 
-    def _give_back_later(self, lease: Lease, sent: list[asyncio.Future[object]]) -> None:
-        """Release ``lease`` once the claims ``sent`` for it are answered: the claim was cancelled
-        and nobody else will. Token-checked, so it never frees a lease someone else took since."""
-        task = asyncio.get_running_loop().create_task(self._give_back(lease, sent))
-        self._giving_back.add(task)
-        task.add_done_callback(self._giving_back.discard)
+    def _give_back_later(self, lease: Lease) -> None:
+        """Release the lease a cancelled claim may have been granted: its ``SET NX`` may have gone
+        out, and nobody else would give the lease back before its ttl. The release is queued on the
+        claim's own pipelined connection, so Redis runs it after the claim; token-checked, it never
+        frees a lease someone else holds. (Nothing is added to a claim that is not cancelled.)"""
+        released = self._pipeline.script(
+            self._release, [self.names.session_lease(lease.session_id)], [lease.token]
+        )
+        self._giving_back.add(released)
+        released.add_done_callback(partial(self._given_back, lease))
 
-    async def _give_back(self, lease: Lease, sent: list[asyncio.Future[object]]) -> None:
-        if sent:
-            await asyncio.wait(sent)  # in order behind them: a release first would free nothing
-            for future in sent:
-                if not future.cancelled():
-                    future.exception()  # retrieved: whatever it was, the release below settles it
-        try:
-            if await self.release(lease):
-                logger.info("gave back the lease of %s a cancelled claim took", lease.session_id)
-        except TransportError as error:  # it expires within its ttl anyway
+    def _given_back(self, lease: Lease, released: asyncio.Future[object]) -> None:
+        self._giving_back.discard(released)
+        if released.cancelled():
+            return
+        if (error := released.exception()) is not None:  # it expires within its ttl anyway
             logger.warning("giving back the lease of %s failed: %s", lease.session_id, error)
+        elif released.result():
+            logger.info("gave back the lease of %s a cancelled claim took", lease.session_id)
 
     async def renew(self, lease: Lease, ttl: float | None = None) -> bool:
         ttl_ms = _ms(check_ttl(ttl if ttl is not None else lease.ttl))
