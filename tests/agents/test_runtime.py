@@ -895,3 +895,30 @@ def test_runtime_settings_at_their_bounds_are_accepted() -> None:
     assert (
         AgentRuntime(InMemorySpecStore(), registry(), ScriptedModels({}), max_staleness=0).max_staleness == 0
     )
+
+
+@pytest.mark.parametrize("timeout", ["5", float("nan"), -1.0, 0, True])
+async def test_a_bad_run_timeout_is_a_configuration_error_before_anything_runs(timeout: Any) -> None:
+    """A timeout that was not a number of seconds > 0 raised a bare TypeError ("5") after the run
+    had started, which went on in the background; NaN and negatives ran and were reported as
+    "timed out after nans"."""
+    ran: list[str] = []
+
+    def record(query: str) -> str:
+        """Records that the run reached its tool."""
+        ran.append(query)
+        return "recorded"
+
+    tools = registry()
+    tools.tool(record)
+    rt = AgentRuntime(
+        InMemorySpecStore(), tools, ScriptedModels({"gpt": [ToolCall("record", {"query": "q"}), "done"]})
+    )
+    _RUNTIMES.append(rt)
+    await rt.agents.create(AgentSpec.from_dict({"id": "a", "model": "gpt", "tools": ["record"]}))
+    with pytest.raises(ConfigurationError, match=rf"^timeout must be .* got {re.escape(repr(timeout))}$"):
+        await rt.agents.execute("a", "hi", session_id="s", timeout=timeout)
+    tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    await asyncio.gather(*tasks, return_exceptions=True)  # a run started in the background ends
+    assert ran == []
+    assert rt.models.models["gpt"].calls == []  # type: ignore[attr-defined]

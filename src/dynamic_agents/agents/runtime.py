@@ -196,8 +196,12 @@ class AgentRuntime:
         metadata: dict[str, Any] | None = None,
     ) -> ExecutionResult:
         """Run the target once. Failures of the run are results (status ``error`` / ``timeout``);
-        an unknown or disabled target raises."""
+        an unknown or disabled target raises. ``timeout``: seconds > 0 (``math.inf`` or ``None``:
+        no limit), else a :class:`ConfigurationError` before anything runs."""
         kind = SpecKind.of(kind)  # "workflow" as a str would not be run as a workflow
+        # Checked first: asyncio.timeout("5") raised only once the run was started, which then
+        # went on in the background; NaN and negatives "timed out" at once.
+        timeout = check_seconds("timeout", timeout, forever=True, optional=True)
         target = await self.build(kind, spec_id, user_id=user_id)
         run_kwargs: dict[str, Any] = {
             "session_id": agno_session_id(kind, spec_id, session_id),
