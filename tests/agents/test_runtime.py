@@ -922,3 +922,48 @@ async def test_a_bad_run_timeout_is_a_configuration_error_before_anything_runs(t
     await asyncio.gather(*tasks, return_exceptions=True)  # a run started in the background ends
     assert ran == []
     assert rt.models.models["gpt"].calls == []  # type: ignore[attr-defined]
+
+
+async def test_a_run_cancelled_again_while_it_is_being_stopped_is_cancelled_outright(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A second cancellation (a shutdown cancelling its tasks again, a caller's own deadline) that
+    came while the runtime waited ``cancel_grace`` for agno to stop the run ended the wait and left
+    the run going on in the background, its tool still working, with nobody to stop it."""
+    started, tool_cancelled, stopping = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def wait_forever(query: str) -> str:
+        """A tool that never returns and never reaches one of agno's checkpoints."""
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            tool_cancelled.set()
+            raise
+        raise AssertionError("unreachable")
+
+    rt = AgentRuntime(
+        InMemorySpecStore(),
+        registry(),
+        ScriptedModels({"gpt": [ToolCall("wait_forever", {"query": "q"}), "never used"]}),
+        cancel_grace=3600,
+    )
+    _RUNTIMES.append(rt)
+    rt.registry.add_tool(wait_forever)
+    stop_run = rt._stop_run
+
+    async def signalled_stop_run(inner: asyncio.Task[Any], run_id: str) -> None:
+        stopping.set()
+        await stop_run(inner, run_id)
+
+    monkeypatch.setattr(rt, "_stop_run", signalled_stop_run)
+    await rt.agents.create(AgentSpec.from_dict({"id": "a", "model": "gpt", "tools": ["wait_forever"]}))
+    running = asyncio.create_task(rt.agents.execute("a", "hi", session_id="s"))
+    await started.wait()
+    running.cancel()
+    await stopping.wait()
+    running.cancel()  # while the runtime waits for agno to stop the run
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    async with asyncio.timeout(30):  # expiring here: the run was left going on
+        await tool_cancelled.wait()

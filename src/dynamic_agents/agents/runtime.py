@@ -271,9 +271,16 @@ class AgentRuntime:
         outright only if it does not stop within ``cancel_grace`` (a slow tool, say)."""
         from agno.run.cancel import acancel_run
 
-        with contextlib.suppress(Exception):
-            await acancel_run(run_id)
-        done, _ = await asyncio.wait([inner], timeout=self.cancel_grace)
+        try:
+            with contextlib.suppress(Exception):
+                await acancel_run(run_id)
+            done, _ = await asyncio.wait([inner], timeout=self.cancel_grace)
+        except asyncio.CancelledError:
+            # Cancelled again while waiting (a shutdown, the caller's own deadline): nobody is left
+            # to stop the run, which would go on in the background. Stop it now.
+            inner.cancel()
+            inner.add_done_callback(_retrieve)  # what it raises while stopping is not worth a warning
+            raise
         if not done:
             inner.cancel()
             await asyncio.wait([inner])
@@ -303,6 +310,11 @@ async def _run_streaming(target: Any, input: str, run_kwargs: dict[str, Any], on
         return final  # without a db there is no stored run to read back
     last = await target.aget_last_run_output(session_id=run_kwargs["session_id"])
     return last if last is not None else final
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _failed_steps(results: Any) -> Any:
