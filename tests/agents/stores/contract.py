@@ -18,7 +18,12 @@ import pytest
 from dynamic_agents.agents.specs.base import SpecBase, SpecKind, SpecStatus
 from dynamic_agents.agents.stores import SpecStore
 from dynamic_agents.agents.stores.base import SpecModels
-from dynamic_agents.exceptions import SpecConflictError, SpecNotFoundError, SpecValidationError
+from dynamic_agents.exceptions import (
+    ConfigurationError,
+    SpecConflictError,
+    SpecNotFoundError,
+    SpecValidationError,
+)
 
 
 class DummyAgent(SpecBase):
@@ -156,6 +161,22 @@ class SpecStoreContract:
         assert len(losers) == 4, results
         assert all(loser.current == 2 for loser in losers)
         assert await store.get(SpecKind.AGENT, "helper") == winners[0]
+
+    @pytest.mark.parametrize("version", [True, "1", 0, -1, 1.5, None])
+    async def test_an_expected_version_that_is_no_version_is_refused_naming_it(
+        self, store: SpecStore, version: object
+    ) -> None:
+        """The backends disagreed: ``True`` updated as version 1 everywhere, ``"1"`` and ``None``
+        raised a bare TypeError on SQL and YAML and a conflict "at version 1, not 1" in memory, and
+        a delete with ``"1"`` removed the spec on SQL only."""
+        await store.create(agent())
+        pattern = rf"^expected_version must be a whole number > 0.* got {re.escape(repr(version))}$"
+        with pytest.raises(ConfigurationError, match=pattern):
+            await store.update(agent(llm="v2"), expected_version=version)  # type: ignore[arg-type]
+        if version is not None:  # None is a delete without a version check
+            with pytest.raises(ConfigurationError, match=pattern):
+                await store.delete(SpecKind.AGENT, "helper", expected_version=version)  # type: ignore[arg-type]
+        assert await stored_agent(store) == agent(version=1)
 
     # -- delete ---------------------------------------------------------------------------------------
 

@@ -85,12 +85,14 @@ class SpecStore(ABC):
     async def update(self, spec: SpecBase, *, expected_version: int) -> SpecBase:
         """Atomically replace the stored spec if its version is ``expected_version``, storing
         ``expected_version + 1``; returns the stored copy. :class:`SpecConflictError` (with
-        ``current``) if the stored version differs, :class:`SpecNotFoundError` if there is none."""
+        ``current``) if the stored version differs, :class:`SpecNotFoundError` if there is none;
+        an ``expected_version`` that is not a whole number > 0 is a :class:`ConfigurationError`."""
 
     @abstractmethod
     async def delete(self, kind: SpecKind, spec_id: str, *, expected_version: int | None = None) -> bool:
         """Remove a spec; false if there was none. With ``expected_version``, only if that is the
-        stored version (else :class:`SpecConflictError`)."""
+        stored version (else :class:`SpecConflictError`; not a whole number > 0:
+        :class:`ConfigurationError`)."""
 
     # -- lifecycle --------------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import builtins
 import json
 
+from dynamic_agents._validation import check_count
 from dynamic_agents.agents.specs.base import SpecBase, SpecKind, SpecStatus
 from dynamic_agents.agents.stores.base import SpecModels, SpecStore, matches, order_key, stored_copy
 from dynamic_agents.exceptions import SpecConflictError, SpecNotFoundError
@@ -50,6 +51,7 @@ class InMemorySpecStore(SpecStore):
         return stored
 
     async def update(self, spec: SpecBase, *, expected_version: int) -> SpecBase:
+        expected_version = check_count("expected_version", expected_version)
         key = (spec.kind, spec.id)
         current = self._version(key)
         if key not in self._documents:
@@ -63,6 +65,7 @@ class InMemorySpecStore(SpecStore):
         return stored
 
     async def delete(self, kind: SpecKind, spec_id: str, *, expected_version: int | None = None) -> bool:
+        expected_version = check_count("expected_version", expected_version, optional=True)
         key = (SpecKind(kind), spec_id)
         if key not in self._documents:
             return False

@@ -24,6 +24,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+from dynamic_agents._validation import check_count
 from dynamic_agents.agents.specs.base import SpecBase, SpecKind, SpecStatus
 from dynamic_agents.agents.stores.base import SpecModels, SpecStore, invalid, matches, order_key, stored_copy
 from dynamic_agents.exceptions import (
@@ -175,6 +176,7 @@ class SqlSpecStore(SpecStore):
         return stored
 
     async def update(self, spec: SpecBase, *, expected_version: int) -> SpecBase:
+        expected_version = check_count("expected_version", expected_version)
         stored = stored_copy(spec, expected_version + 1)
         key = _key(spec.kind, spec.id)
         # The UPDATE comes first: on SQLite, reading before writing in one transaction can fail
@@ -192,6 +194,7 @@ class SqlSpecStore(SpecStore):
         )
 
     async def delete(self, kind: SpecKind, spec_id: str, *, expected_version: int | None = None) -> bool:
+        expected_version = check_count("expected_version", expected_version, optional=True)
         kind = SpecKind(kind)
         statement = sa.delete(specs_table).where(*_key(kind, spec_id))
         if expected_version is not None:

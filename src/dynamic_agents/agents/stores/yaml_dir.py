@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from dynamic_agents._validation import check_count
 from dynamic_agents.agents.specs.base import SpecBase, SpecKind, SpecStatus
 from dynamic_agents.agents.stores.base import (
     SpecModels,
@@ -113,12 +114,14 @@ class YamlDirectorySpecStore(SpecStore):
         return stored
 
     async def update(self, spec: SpecBase, *, expected_version: int) -> SpecBase:
+        expected_version = check_count("expected_version", expected_version)
         stored = stored_copy(spec, expected_version + 1)
         async with self._lock:
             await asyncio.to_thread(self._locked, partial(self._update, stored, expected_version))
         return stored
 
     async def delete(self, kind: SpecKind, spec_id: str, *, expected_version: int | None = None) -> bool:
+        expected_version = check_count("expected_version", expected_version, optional=True)
         path = self.path(kind, spec_id)
         if path is None:
             return False
