@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from agno.run import RunContext
@@ -92,6 +93,17 @@ def test_toolkit_names_are_only_registry_keys() -> None:
     tools = ToolRegistry()
     tools.toolkit("search.web", lambda: [])  # its tools keep their own names
     assert tools.names("tool") == ["search.web"]
+
+
+@pytest.mark.parametrize("factory", [None, "DuckDuckGoTools", Toolkit(name="built", tools=[])])
+def test_a_toolkit_factory_that_cannot_be_called_is_refused_at_registration(factory: Any) -> None:
+    """It was accepted, and every spec naming it then failed to build with "could not be built
+    from its parameters: its factory raised TypeError", blaming the spec's parameters."""
+    tools = ToolRegistry()
+    with pytest.raises(ConfigurationError, match=r"^toolkit 'search' must be a callable") as caught:
+        tools.toolkit("search", factory)
+    assert type(factory).__name__ in str(caught.value)
+    assert tools.names("tool") == []
 
 
 def test_an_agno_toolkit_instance_keeps_any_registry_name() -> None:

@@ -118,7 +118,14 @@ class ToolRegistry:
         self._add_tool(RegisteredTool(tool_name, function, requires_confirmation=confirm))
 
     def toolkit(self, name: str, factory: Callable[..., Any], *, requires_confirmation: bool = False) -> None:
-        """Register a factory building an agno Toolkit (or tool) from a spec's ``parameters``."""
+        """Register a factory building an agno Toolkit (or tool) from a spec's ``parameters``
+        (a built Toolkit is registered with :meth:`add_tool`)."""
+        if not callable(factory):  # else every spec naming it fails to build, blaming its parameters
+            raise ConfigurationError(
+                f"toolkit {name!r} must be a callable building the toolkit from a spec's parameters "
+                f"(a class or function), got a {type(factory).__name__}: register a built Toolkit "
+                "with add_tool()"
+            )
         self._add_tool(
             RegisteredTool(name, factory, factory=True, requires_confirmation=requires_confirmation)
         )
