@@ -393,6 +393,20 @@ async def test_a_bad_timeout_is_a_configuration_error_before_anything_is_publish
     await transport.aclose()
 
 
+@pytest.mark.parametrize("request_id", [None, 123, b"evt-1"])
+async def test_cancel_with_a_request_id_not_a_str_is_a_configuration_error(request_id: object) -> None:
+    """None raised a bare TypeError, a platform's int message id an AttributeError ('int' object
+    has no attribute 'isprintable'), from deep in the stream names."""
+    transport = InMemoryTransport(names=StreamNames("client"))
+    async with AgentClient(transport) as client:
+        pattern = r"^request_id must be a str \(the request's id"
+        with pytest.raises(ConfigurationError, match=pattern) as caught:
+            await client.cancel(request_id)  # type: ignore[arg-type]
+        assert repr(request_id) in str(caught.value)
+        assert await transport.coordinator().cancelled([str(request_id)]) == set()
+    await transport.aclose()
+
+
 @pytest.mark.parametrize(
     ("source", "event", "error", "message"),
     [

@@ -278,7 +278,13 @@ class AgentClient:
 
     async def cancel(self, request_id: str) -> None:
         """Cancel a request from any process: the worker running it (or about to) stops it and
-        answers ``cancelled``."""
+        answers ``cancelled``. ``request_id`` is the request's ``id`` as a str (what
+        :meth:`build_request` made of the platform's event id), else a :class:`ConfigurationError`."""
+        if not isinstance(request_id, str):  # a platform's int message id: the request's is its str
+            raise ConfigurationError(
+                f"request_id must be a str (the request's id, e.g. request.id), got {request_id!r} "
+                f"({type(request_id).__name__})"
+            )
         await self._coordinator.request_cancel(request_id)
 
     async def ack(self, *deliveries: Delivery[AgentResponseEvent]) -> int:
