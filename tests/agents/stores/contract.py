@@ -117,6 +117,19 @@ class SpecStoreContract:
         assert caught.value.current == 2
         assert (await stored_agent(store)).llm == "other"
 
+    @pytest.mark.parametrize("spec_id", ["a\x00b", "../helper", "x" * 300, "ünïcode", ""])
+    async def test_an_id_no_spec_can_have_is_not_found(self, store: SpecStore, spec_id: str) -> None:
+        """PostgreSQL raised psycopg's DataError ("text fields cannot contain NUL bytes") for an id
+        with a NUL character (a REST path with %00), where every other backend found no spec."""
+        await store.create(agent())
+        assert await store.get(SpecKind.AGENT, spec_id) is None
+        assert await store.version(SpecKind.AGENT, spec_id) is None
+        assert await store.delete(SpecKind.AGENT, spec_id) is False
+        assert await store.delete(SpecKind.AGENT, spec_id, expected_version=1) is False
+        with pytest.raises(SpecNotFoundError):
+            await store.require(SpecKind.AGENT, spec_id)
+        assert await store.version(SpecKind.AGENT, "helper") == 1
+
     async def test_unknown_specs_are_none_and_require_names_them(self, store: SpecStore) -> None:
         assert await store.get(SpecKind.AGENT, "nope") is None
         assert await store.version(SpecKind.AGENT, "nope") is None

@@ -44,13 +44,14 @@ except ImportError as error:  # pragma: no cover - exercised without the extra i
 __all__ = ["SqlSpecStore"]
 
 TABLE_NAME = "dynamic_agents_specs"
+ID_LENGTH = 128
 
 metadata = sa.MetaData()
 specs_table = sa.Table(
     TABLE_NAME,
     metadata,
     sa.Column("kind", sa.String(16), primary_key=True),
-    sa.Column("id", sa.String(128), primary_key=True),
+    sa.Column("id", sa.String(ID_LENGTH), primary_key=True),
     sa.Column("version", sa.Integer, nullable=False),
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("tags", sa.Text, nullable=False),
@@ -137,6 +138,8 @@ class SqlSpecStore(SpecStore):
 
     async def get(self, kind: SpecKind, spec_id: str) -> SpecBase | None:
         kind = SpecKind(kind)
+        if not _storable(spec_id):
+            return None
         async with self._connect() as conn:
             result = await conn.execute(sa.select(specs_table.c.document).where(*_key(kind, spec_id)))
             text = result.scalar_one_or_none()
@@ -158,6 +161,8 @@ class SqlSpecStore(SpecStore):
         return sorted((spec for spec in specs if matches(spec, tag, status)), key=order_key)
 
     async def version(self, kind: SpecKind, spec_id: str) -> int | None:
+        if not _storable(spec_id):
+            return None
         async with self._connect() as conn:
             return await _version(conn, SpecKind(kind), spec_id)
 
@@ -196,6 +201,8 @@ class SqlSpecStore(SpecStore):
     async def delete(self, kind: SpecKind, spec_id: str, *, expected_version: int | None = None) -> bool:
         expected_version = check_count("expected_version", expected_version, optional=True)
         kind = SpecKind(kind)
+        if not _storable(spec_id):
+            return False
         statement = sa.delete(specs_table).where(*_key(kind, spec_id))
         if expected_version is not None:
             statement = statement.where(specs_table.c.version == expected_version)
@@ -241,6 +248,12 @@ class SqlSpecStore(SpecStore):
         except ValueError as error:
             raise invalid(where, f"the document is not valid JSON: {error}") from None
         return self.rebuild(kind, spec_id, document, where=where)
+
+
+def _storable(spec_id: str) -> bool:
+    """Whether a row can have ``spec_id``: PostgreSQL refuses a NUL in text (a ``DataError`` where
+    the other backends find no spec), and the column holds 128 characters."""
+    return len(spec_id) <= ID_LENGTH and "\x00" not in spec_id
 
 
 def _key(kind: SpecKind, spec_id: str) -> tuple[sa.ColumnElement[bool], sa.ColumnElement[bool]]:

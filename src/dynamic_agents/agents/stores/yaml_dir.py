@@ -39,8 +39,9 @@ from dynamic_agents.exceptions import SpecConflictError, SpecNotFoundError
 
 __all__ = ["YamlDirectorySpecStore"]
 
-SPEC_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-"""Ids that are safe as file names: no separators, and never ``.`` or ``..``."""
+SPEC_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+"""Ids that are safe as file names: no separators, never ``.`` or ``..``, and short enough (with
+``.yaml`` and a temporary file's affixes) for the usual 255-byte limit on a name."""
 
 LOCK_FILE = ".lock"
 
