@@ -7,7 +7,12 @@ from typing import Any
 
 import pytest
 
-from dynamic_agents.exceptions import LLMRateLimitError, LLMRequestError, LLMUnavailableError
+from dynamic_agents.exceptions import (
+    ConfigurationError,
+    LLMRateLimitError,
+    LLMRequestError,
+    LLMUnavailableError,
+)
 from dynamic_agents.llm import RouterConfig, build_router
 from dynamic_agents.llm.config import DeploymentConfig
 from dynamic_agents.secrets import SecretsManager, StaticSource
@@ -257,3 +262,28 @@ async def test_a_call_does_not_work_out_the_deployment_ids_again(
     for _ in range(3):
         await router.acompletion(model="gpt", messages=MESSAGES)
     assert worked_out == []
+
+
+@pytest.mark.parametrize("disable_fallbacks", [False, True])
+async def test_api_key_and_a_user_with_their_own_key_is_a_configuration_error(
+    make_router: MakeRouter, disable_fallbacks: bool
+) -> None:
+    router = await make_router({"model_list": [mock("gpt", "A")]})
+    explicit = "sk-explicit-caller-key-0001"
+    with pytest.raises(ConfigurationError) as caught:
+        await router.acompletion(
+            model="gpt",
+            messages=MESSAGES,
+            user_id="alice",  # has her own openai key
+            api_key=explicit,
+            disable_fallbacks=disable_fallbacks,
+        )
+    message = str(caught.value)
+    assert "api_key=" in message
+    assert "user_id='alice'" in message
+    assert "model='gpt'" in message
+    assert explicit not in message
+    assert "sk-alice-openai-01" not in message
+    # A user without a key of their own: the caller's key is sent, as before.
+    response = await router.acompletion(model="gpt", messages=MESSAGES, user_id="bob", api_key=explicit)
+    assert served_by(response) == "A"

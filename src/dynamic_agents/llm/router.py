@@ -294,6 +294,14 @@ class LLMRouter:
         if tags is not None:
             metadata["tags"] = list(tags)
         user_params = await self._user_key(model, user_id) if user_id is not None else {}
+        if user_params and "api_key" in kwargs:
+            # Two keys for one call (Python would refuse the duplicate keyword deep inside): which
+            # one the caller meant cannot be guessed, and neither may go out in its place.
+            raise ConfigurationError(
+                f"acompletion(model={model!r}, user_id={user_id!r}): api_key=… was given, but that "
+                "user has their own key for this model; pass api_key= or user_id=, not both "
+                "(user_id alone sends the user's key)"
+            )
         for attempt in range(2):
             failure: LLMError | None = None
             sent_with = {deployment.id: deployment.params for deployment in self._deployments.values()}
