@@ -287,3 +287,15 @@ async def test_api_key_and_a_user_with_their_own_key_is_a_configuration_error(
     # A user without a key of their own: the caller's key is sent, as before.
     response = await router.acompletion(model="gpt", messages=MESSAGES, user_id="bob", api_key=explicit)
     assert served_by(response) == "A"
+
+
+async def test_a_closed_router_refuses_calls(make_router: MakeRouter) -> None:
+    router = await make_router({"model_list": [mock("gpt", "A")]})
+    await router.aclose()
+    with pytest.raises(LLMUnavailableError, match="the LLM router was closed") as caught:
+        await router.acompletion(model="gpt", messages=MESSAGES)
+    assert caught.value.model == "gpt"
+    with pytest.raises(LLMUnavailableError, match="the LLM router was closed"):
+        await router.acompletion(model="gpt", messages=MESSAGES, user_id="alice")
+    with pytest.raises(LLMUnavailableError, match="the LLM router was closed"):
+        router.completion(model="gpt", messages=MESSAGES)

@@ -275,7 +275,9 @@ class LLMRouter:
         **kwargs: Any,
     ) -> Any:
         """``litellm.Router.acompletion`` through this router: per-user key, tags, one refresh and
-        retry on 401, redacted errors. With ``stream=True`` returns an async iterator of chunks."""
+        retry on 401, redacted errors. With ``stream=True`` returns an async iterator of chunks.
+        After :meth:`aclose` raises :class:`LLMUnavailableError`."""
+        self._check_open(model)
         if self.tracing is None:
             return await self._acompletion(model, messages, user_id, tags, kwargs)
         with self.tracing.llm_call(model) as call:
@@ -418,7 +420,9 @@ class LLMRouter:
 
     def completion(self, *, model: str, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
         """The synchronous path (agno's ``run``). No per-user keys, no refresh-and-retry, and
-        litellm ignores tags here: prefer :meth:`acompletion`."""
+        litellm ignores tags here: prefer :meth:`acompletion`. After :meth:`aclose` raises
+        :class:`LLMUnavailableError`."""
+        self._check_open(model)
         kwargs["metadata"] = copy.deepcopy(kwargs.get("metadata") or {})
         failure: LLMError
         try:
@@ -429,6 +433,14 @@ class LLMRouter:
             # A stream fails while it is read: its errors are translated (and redacted) there.
             return _translated_sync_stream(response, model) if kwargs.get("stream") else response
         raise failure
+
+    def _check_open(self, model: str) -> None:
+        """A closed router's litellm Router is discarded (unhooked from litellm's callbacks): it
+        must take no more calls."""
+        if self._closed:
+            raise LLMUnavailableError(
+                f"model {model!r} cannot be called: the LLM router was closed: build a new one", model=model
+            )
 
     async def _user_key(self, model: str, user_id: str) -> dict[str, str]:
         """:meth:`_user_params`, a secrets failure raised as an :class:`LLMError`."""
@@ -552,7 +564,8 @@ class LLMRouter:
         return await _litellm.cooled_down(self.router)
 
     async def aclose(self) -> None:
-        """Stop following secret changes and unhook the Router from litellm's globals."""
+        """Stop following secret changes and unhook the Router from litellm's globals; from then
+        on every call raises :class:`LLMUnavailableError` ("the LLM router was closed")."""
         if self._closed:
             return
         self._closed = True
