@@ -7,7 +7,9 @@ import random
 import re
 import string
 from collections.abc import Mapping
+from typing import Any
 
+import httpx
 import pytest
 
 from dynamic_agents.exceptions import (
@@ -834,3 +836,23 @@ async def test_a_failing_token_provider_serves_the_cached_value(clock: Clock) ->
     with pytest.raises(SecretsUnavailableError, match="token provider failed"):
         await manager.get("openai", "api_key")
     await manager.aclose()
+
+
+@pytest.mark.parametrize(
+    ("settings", "error"),
+    [({"ttl": -1}, ConfigurationError), ({"no_such_setting": 1}, TypeError)],
+)
+def test_from_identity_with_bad_settings_leaves_no_http_client_open(
+    monkeypatch: pytest.MonkeyPatch, settings: dict[str, object], error: type[Exception]
+) -> None:
+    created: list[httpx.AsyncClient] = []
+
+    class RecordedClient(httpx.AsyncClient):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            created.append(self)
+
+    monkeypatch.setattr(httpx, "AsyncClient", RecordedClient)
+    with pytest.raises(error):
+        SecretsManager.from_identity("http://127.0.0.1:8000", "tok-123456", **settings)
+    assert [client for client in created if not client.is_closed] == []

@@ -46,6 +46,7 @@ from dynamic_agents.secrets.sources import (
     IdentitySource,
     SecretKey,
     SecretSource,
+    StaticSource,
 )
 from dynamic_agents.secrets.values import SecretValue
 
@@ -183,12 +184,16 @@ class SecretsManager:
 
         With ``env_fallback=True`` the environment answers when Identity cannot.
         """
+        # The manager's settings are checked first, by building it: the client opens an HTTP
+        # client, which a bad setting raised afterwards would leave open with nobody to close it.
+        manager = cls(StaticSource({}), **settings)
         source: SecretSource = IdentitySource(IdentityClient(url, token=token, **(client_options or {})))
         if env_fallback:
             source = ChainSource(
                 source, EnvironmentSource({**ENV_SECRETS, **(settings.get("env_mapping") or {})})
             )
-        return cls(source, **settings)
+        manager.source = source
+        return manager
 
     def __repr__(self) -> str:
         return f"SecretsManager({self.source!r}, cached={len(self._cache)})"
