@@ -578,3 +578,33 @@ async def test_a_failing_token_provider_is_a_typed_error(
     assert "RuntimeError" in str(caught.value)
     assert "cs-0123456789abcdef" not in str(caught.value)
     assert service.count() == 0
+
+
+def _metadata(secret_id: str) -> dict[str, object]:
+    return {"id": secret_id, "name": secret_id, "provider": "openai", "user_id": None}
+
+
+@pytest.mark.parametrize(
+    ("ids", "page_size", "requests"),
+    [
+        (["a", "b"], 2, 2),  # a full page, the same every time: stops at the repeat
+        (["a"], 100, 1),  # a short page: the last one, whatever the total says
+    ],
+)
+async def test_iter_secrets_stops_when_the_service_ignores_the_page(
+    ids: list[str], page_size: int, requests: int
+) -> None:
+    asked: list[str | None] = []
+
+    def ignores_page(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.params.get("page"))
+        if len(asked) > 5:  # the bug: the same page for ever (up to total)
+            raise RuntimeError("iter_secrets kept asking")
+        body = {"items": [_metadata(i) for i in ids], "total": 10**9, "page": 1, "page_size": page_size}
+        return httpx.Response(200, json=body)
+
+    transport = httpx.MockTransport(ignores_page)
+    async with IdentityClient(URL, token="t-000001", transport=transport) as client:
+        found = [item.id async for item in client.iter_secrets(provider="openai", page_size=page_size)]
+    assert found == ids
+    assert asked == [str(n) for n in range(1, requests + 1)]

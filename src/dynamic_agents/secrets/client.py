@@ -233,17 +233,36 @@ class IdentityClient:
     async def iter_secrets(
         self, *, provider: str | None = None, user_id: str | None = None, page_size: int = 100
     ) -> AsyncIterator[SecretMetadata]:
-        """Every matching secret, following the pages."""
+        """Every matching secret, following the pages: until a page is empty or shorter than its
+        ``page_size``, ``total`` are seen, or a page repeats the one before (a service that
+        ignores ``page`` would otherwise be asked for the same page until its ``total``)."""
         page, seen = 1, 0
+        previous: tuple[str, ...] = ()
         while True:
             result = await self.list_secrets(
                 provider=provider, user_id=user_id, page=page, page_size=page_size
             )
+            ids = tuple(item.id for item in result.items)
+            if ids and ids == previous:
+                logger.warning(
+                    "GET %s/secrets answered page %d with the secrets of page %d: it ignores 'page'; "
+                    "stopped there",
+                    API,
+                    page,
+                    page - 1,
+                )
+                return
             for item in result.items:
                 yield item
             seen += len(result.items)
-            if not result.items or seen >= result.total or result.page_size >= result.total:
+            if (
+                not result.items
+                or len(result.items) < result.page_size
+                or seen >= result.total
+                or result.page_size >= result.total
+            ):
                 return
+            previous = ids
             page += 1
 
     async def get_secret(self, secret_id: str) -> SecretMetadata:
