@@ -856,3 +856,21 @@ def test_from_identity_with_bad_settings_leaves_no_http_client_open(
     with pytest.raises(error):
         SecretsManager.from_identity("http://127.0.0.1:8000", "tok-123456", **settings)
     assert [client for client in created if not client.is_closed] == []
+
+
+async def test_a_key_read_only_while_served_stale_is_refreshed_ahead_of_expiry(
+    source: CountingSource, clock: Clock
+) -> None:
+    manager = SecretsManager(source, ttl=100, refresh_ahead=20, stale_grace=600, error_retry=5, clock=clock)
+    await manager.get("openai", "api_key")  # fetched; not read again while fresh
+    clock.now += 101
+    source.failure = IdentityUnavailableError("GET /api/v1/secrets answered 503", status=503)
+    assert await manager.get("openai", "api_key") is not None  # served stale: a use all the same
+    assert manager.stats.stale_served == 1
+    source.failure = None  # the source is back
+    clock.now += 5  # error_retry has passed
+    fetches = len(source.fetches)
+    assert await manager.refresh_due() == 1
+    assert len(source.fetches) == fetches + 1
+    await manager.get("openai", "api_key")
+    assert len(source.fetches) == fetches + 1  # refreshed in the background: the read is a hit

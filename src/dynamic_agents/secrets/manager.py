@@ -249,6 +249,8 @@ class SecretsManager:
             entry.last_used = now
         else:
             entry = await self._load(key, entry)
+            if entry.fetched_at < now:  # served from before this read (stale while the sources
+                entry.last_used = now  # fail): a use, so it is refreshed ahead of expiry too
         value = entry.values.get(field) if entry.values is not None else None
         if value is None and user_id is not None and self.user_fallback_to_system:
             return await self.get(provider, field, None, name=name)
