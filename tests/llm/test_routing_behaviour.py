@@ -299,3 +299,5 @@ async def test_a_closed_router_refuses_calls(make_router: MakeRouter) -> None:
         await router.acompletion(model="gpt", messages=MESSAGES, user_id="alice")
     with pytest.raises(LLMUnavailableError, match="the LLM router was closed"):
         router.completion(model="gpt", messages=MESSAGES)
+    with pytest.raises(LLMUnavailableError, match="the LLM router was closed"):
+        await router.refresh()  # it would swap keys into the discarded litellm Router

@@ -479,7 +479,10 @@ class LLMRouter:
 
         Only the system's secrets of the providers the deployments use are fetched (never users'
         keys, never other providers'). A secret that cannot be fetched is logged and its deployment
-        left as it is; the others are still refreshed."""
+        left as it is; the others are still refreshed. After :meth:`aclose` raises
+        :class:`LLMUnavailableError`."""
+        if self._closed:  # its litellm Router is discarded: nothing to swap keys into
+            raise LLMUnavailableError("refresh(): the LLM router was closed: build a new one")
         before = {deployment.id: deployment.params for deployment in self._deployments.values()}
         providers = sorted(set().union(*(d.providers for d in self._deployments.values())))
         for provider in providers:  # change notices update what changed...
