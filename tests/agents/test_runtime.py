@@ -37,6 +37,7 @@ from dynamic_agents.exceptions import (
     SpecNotFoundError,
     SpecValidationError,
 )
+from dynamic_agents.secrets import SecretValue
 from dynamic_agents.testing import ScriptedModels, ToolCall
 
 
@@ -660,6 +661,27 @@ async def test_a_streamed_run_whose_model_fails_is_an_error(tmp_path: Path, db: 
     assert (result.status, result.content) == (ResponseStatus.ERROR, "")
     assert result.error_message is not None
     assert "provider down" in result.error_message
+
+
+async def test_a_failing_on_delta_ends_the_run_as_a_redacted_error_and_closes_agnos_stream() -> None:
+    """Like any failure of the run: an error result, not an exception out of ``execute``; agno's
+    stream is closed at once (its run no longer tracked), not whenever it is garbage-collected."""
+    from agno.run.cancel import get_active_runs
+
+    secret = SecretValue("sk-on-delta-canary-0001")  # registered with the redactor
+    rt = runtime({"gpt": ["Hello there, friend."]})
+    await rt.agents.create(AgentSpec.from_dict({"id": "talker", "model": "gpt"}))
+
+    async def on_delta(delta: str) -> None:
+        raise RuntimeError(f"platform refused the edit with {secret.reveal()}")
+
+    result = await rt.agents.execute("talker", "hi", session_id="s", on_delta=on_delta)
+    assert (result.status, result.content) == (ResponseStatus.ERROR, "")
+    assert result.error_message is not None
+    assert "platform refused the edit" in result.error_message
+    assert secret.reveal() not in result.error_message
+    assert result.run_id is not None
+    assert result.run_id not in get_active_runs()
 
 
 @pytest.mark.parametrize("kind", [TargetType.AGENT, TargetType.WORKFLOW])

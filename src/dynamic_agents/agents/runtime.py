@@ -24,6 +24,7 @@ from typing import Any, Final
 from pydantic import BaseModel, JsonValue
 
 from dynamic_agents._logging import get_logger
+from dynamic_agents._redaction import redact_text
 from dynamic_agents._validation import check_seconds
 from dynamic_agents.agents.build import Builder, ModelProvider, media_from_attachments
 from dynamic_agents.agents.registry import ToolRegistry
@@ -244,6 +245,15 @@ class AgentRuntime:
         except asyncio.CancelledError:
             await self._stop_run(inner, run_id)
             raise
+        except _DeltaCallbackError as failed:  # the caller's callback: a failure of the run, as any other
+            error = failed.__cause__
+            return ExecutionResult(
+                ResponseStatus.ERROR,
+                error_message=redact_text(f"on_delta failed: {type(error).__name__}: {error}"),
+                duration_ms=_ms_since(started),
+                run_id=run_id,
+                target_name=getattr(target, "name", spec_id),
+            )
         return _result(output, started, getattr(target, "name", spec_id))
 
     async def _interrupted_turn(self, kind: SpecKind, session_id: str) -> dict[str, str] | None:
@@ -288,24 +298,37 @@ class AgentRuntime:
             inner.exception()  # retrieved: a failure while stopping is not worth a warning
 
 
+class _DeltaCallbackError(Exception):
+    """``on_delta`` raised (the exception is the ``__cause__``)."""
+
+
 async def _run_streaming(target: Any, input: str, run_kwargs: dict[str, Any], on_delta: DeltaCallback) -> Any:
     final = None
-    async for event in target.arun(input, stream=True, stream_events=True, **run_kwargs):
-        if getattr(event, "run_id", None) != run_kwargs["run_id"]:
-            continue  # a team member's own run: its work, not the team's reply
-        name = getattr(event, "event", "")
-        if name in {"RunContent", "TeamRunContent"} and isinstance(getattr(event, "content", None), str):
-            if event.content:
-                await on_delta(event.content)
-        elif name in {
-            "RunCompleted",
-            "TeamRunCompleted",
-            "RunError",
-            "TeamRunError",
-            "RunCancelled",
-            "TeamRunCancelled",
-        }:
-            final = event
+    stream = target.arun(input, stream=True, stream_events=True, **run_kwargs)
+    try:
+        async for event in stream:
+            if getattr(event, "run_id", None) != run_kwargs["run_id"]:
+                continue  # a team member's own run: its work, not the team's reply
+            name = getattr(event, "event", "")
+            if name in {"RunContent", "TeamRunContent"} and isinstance(getattr(event, "content", None), str):
+                if event.content:
+                    try:
+                        await on_delta(event.content)
+                    except Exception as error:
+                        raise _DeltaCallbackError from error
+            elif name in {
+                "RunCompleted",
+                "TeamRunCompleted",
+                "RunError",
+                "TeamRunError",
+                "RunCancelled",
+                "TeamRunCancelled",
+            }:
+                final = event
+    finally:
+        # Left early (on_delta failed): agno's run ends now (stored as cancelled, no longer
+        # tracked), not whenever the garbage collector finalises its generator.
+        await stream.aclose()
     if getattr(target, "db", None) is None:
         return final  # without a db there is no stored run to read back
     last = await target.aget_last_run_output(session_id=run_kwargs["session_id"])
