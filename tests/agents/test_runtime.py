@@ -742,6 +742,36 @@ async def test_a_cancelled_run_is_stored_with_its_partial_output() -> None:
     assert "never used" in context  # the partial reply of the interrupted run
 
 
+async def test_the_interrupted_turn_is_read_from_a_sync_session_db_off_the_event_loop() -> None:
+    """agno's InMemoryDb and SqliteDb are synchronous: read on the loop, they block every other
+    run. The db's first read (the runtime's, before agno's run) waits for a callback the loop runs:
+    on the loop it could only time out."""
+    from agno.db.in_memory import InMemoryDb
+
+    loop = asyncio.get_running_loop()
+
+    class LoopWatchingDb(InMemoryDb):
+        def __init__(self) -> None:
+            super().__init__()
+            self.loop_ran_during_first_read: bool | None = None
+
+        def get_session(self, *args: Any, **kwargs: Any) -> Any:
+            if self.loop_ran_during_first_read is None:
+                loop_ran = threading.Event()
+                loop.call_soon_threadsafe(loop_ran.set)
+                # A deadline, not a sleep: set at once unless this blocks the loop.
+                self.loop_ran_during_first_read = loop_ran.wait(timeout=10)
+            return super().get_session(*args, **kwargs)
+
+    db = LoopWatchingDb()
+    rt = runtime({"gpt": ["an answer"]}, db=db)
+    await rt.agents.create(AgentSpec.from_dict({"id": "a", "model": "gpt"}))
+    async with asyncio.timeout(60):
+        result = await rt.agents.execute("a", "hi", session_id="s")
+    assert result.status == ResponseStatus.COMPLETED
+    assert db.loop_ran_during_first_read is True
+
+
 async def test_a_workflow_past_its_timeout_runs_no_further_steps() -> None:
     ran: list[str] = []
 

@@ -261,10 +261,14 @@ class AgentRuntime:
         reply, for the next run to see. Read from the session db, so it works across workers."""
         if self.db is None:
             return None
+        get_session = self.db.get_session
         try:
-            session = self.db.get_session(session_id=session_id, session_type=kind.value)
-            if inspect.isawaitable(session):
-                session = await session
+            if inspect.iscoroutinefunction(get_session):  # AsyncSqliteDb, AsyncPostgresDb
+                session = await get_session(session_id=session_id, session_type=kind.value)
+            else:  # InMemoryDb, SqliteDb, PostgresDb: blocking calls, kept off the event loop
+                session = await asyncio.to_thread(get_session, session_id=session_id, session_type=kind.value)
+                if inspect.isawaitable(session):  # a sync method handing back an awaitable
+                    session = await session
         except Exception:  # a missing table on first use, a db hiccup: no context, not a failed run
             return None
         runs = getattr(session, "runs", None) or []
