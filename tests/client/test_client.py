@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
 from collections.abc import AsyncIterator
 from typing import Any
@@ -520,4 +521,44 @@ async def test_a_reply_reader_survives_an_error_that_is_not_the_librarys(
         await transport.publish(names.responses("slack", "c1"), AgentResponseEvent(request_id="evt-flaky"))
         assert (await asyncio.wait_for(asking, 10)).request_id == "evt-flaky"
     assert "connection reset by peer" in caplog.text
+    await transport.aclose()
+
+
+async def test_an_earlier_reply_found_after_aclose_leaves_no_unretrieved_future_exception(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """aclose() while request() checks for an earlier answer, which it then finds: the call returns
+    that reply, and the TransportError aclose() set on its wait is retrieved, not reported by
+    asyncio as "Future exception was never retrieved"."""
+    transport = InMemoryTransport(names=StreamNames("client"))
+    names = transport.names
+    stream = names.responses("slack", "c1")
+    entry_id = await transport.publish(stream, AgentResponseEvent(request_id="evt-done", content="earlier"))
+    record = CompletedRecord("evt-done", "resp-1", "completed", stream, entry_id, 1_700_000_000.0)
+    assert await transport.coordinator().set_record(record, ttl=60)
+    client = AgentClient(transport, block=0.05)
+    checking, release = asyncio.Event(), asyncio.Event()
+    get_record = client._coordinator.get_record
+
+    async def slow_get_record(request_id: str) -> CompletedRecord | None:
+        checking.set()
+        await release.wait()
+        return await get_record(request_id)
+
+    monkeypatch.setattr(client._coordinator, "get_record", slow_get_record)
+    loop = asyncio.get_running_loop()
+    reported: list[str] = []
+    handler = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: reported.append(str(context.get("message"))))
+    try:
+        asking = asyncio.create_task(client.request(_platform_request(names, "evt-done"), timeout=30))
+        await asyncio.wait_for(checking.wait(), 5)
+        await client.aclose()
+        release.set()
+        assert (await asyncio.wait_for(asking, 5)).content == "earlier"
+        del asking
+        gc.collect()  # the future is gone with the call's frame; collected, in case a cycle holds it
+    finally:
+        loop.set_exception_handler(handler)
+    assert reported == []
     await transport.aclose()

@@ -183,6 +183,10 @@ class AgentClient:
             await self.publish(request, headers=headers)
             return await asyncio.shield(future)
         finally:
+            if future.done() and not future.cancelled():
+                # aclose() may have set its error on a wait this call then did not await (an
+                # earlier reply found, a publish that failed): retrieved, or asyncio reports it.
+                future.exception()
             waiters.remove(future)
             if not waiters and reader.waiting.get(request.id) is waiters:
                 del reader.waiting[request.id]
