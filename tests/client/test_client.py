@@ -457,6 +457,8 @@ async def test_a_request_whose_wait_aclose_ended_is_not_published(monkeypatch: p
     ("reply_streams", "block", "message"),
     [
         ("client:responses:slack:c1", None, "reply_streams must be a list of stream names"),
+        ([], None, r"reply_streams is empty: give at least one stream name"),
+        ((), None, r"reply_streams is empty: give at least one stream name"),
         (["client:responses:slack:c1"], 0, "block must be"),
         (["client:responses:slack:c1"], "1", "block must be"),
     ],
@@ -465,7 +467,8 @@ async def test_responses_with_bad_arguments_is_a_configuration_error(
     reply_streams: Any, block: Any, message: str
 ) -> None:
     """One stream name given as a str was read as one stream per character (groups made on "c",
-    "l", ...); block=0 polled without pause, a string raised a TypeError."""
+    "l", ...); block=0 polled without pause, a string raised a TypeError; no stream at all idled
+    forever, yielding nothing."""
     transport = InMemoryTransport(names=StreamNames("client"))
     async with AgentClient(transport, block=0.05) as client:
         replies = client.responses(reply_streams, group="g", consumer="c", block=block)

@@ -258,10 +258,15 @@ class AgentClient:
     ) -> AsyncIterator[Delivery[AgentResponseEvent]]:
         """Replies from many channels' streams through a consumer group: ``ack()`` each once the
         platform has it. One left unacked that long (``claim_min_idle`` seconds: its consumer
-        crashed, or the platform refused it) is delivered again, to this consumer or another."""
+        crashed, or the platform refused it) is delivered again, to this consumer or another.
+        ``reply_streams`` that is a str, or empty, is a :class:`ConfigurationError`."""
         if isinstance(reply_streams, str):  # a str is a sequence too: one stream per character
             raise ConfigurationError(
                 f"reply_streams must be a list of stream names, got the str {reply_streams!r}"
+            )
+        if not reply_streams:  # no stream to read: the loop below would idle forever, yielding nothing
+            raise ConfigurationError(
+                f"reply_streams is empty: give at least one stream name, got {reply_streams!r}"
             )
         wait = self.block if block is None else check_seconds("block", block)
         claim_min_idle = check_seconds("claim_min_idle", claim_min_idle)
