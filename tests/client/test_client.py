@@ -196,6 +196,35 @@ async def test_build_request_without_a_user_has_an_empty_user_id(user: dict[str,
     await transport.aclose()
 
 
+@pytest.mark.parametrize("channel_key", ["channel_id", "conversation_id", "chat_id"])
+def test_build_request_keeps_an_event_id_and_channel_of_0(channel_key: str) -> None:
+    """A falsy id or channel (a platform's numeric 0) was taken for a missing one: the id was
+    replaced by a random one (a platform retry no longer deduplicated), the channel refused with
+    "needs channel_id". Only a missing or None field is missing."""
+    client = AgentClient(InMemoryTransport(names=StreamNames("client")))
+    request = client.build_request("webhook", {"id": 0, channel_key: 0, "content": "hi"})
+    assert (request.id, request.source_id, request.session_id) == ("0", "0", "webhook:0")
+    assert request.reply_stream == client.names.responses("webhook", "0")
+    fallback = client.build_request("webhook", {"id": None, "channel_id": None, "chat_id": 0})
+    assert fallback.source_id == "0"
+    assert fallback.id != "None"  # None: no platform id, a fresh one
+
+
+@pytest.mark.parametrize("event", [{}, {"channel_id": None}, {"channel_id": ""}])
+def test_build_request_without_a_channel_is_a_configuration_error(event: dict[str, Any]) -> None:
+    client = AgentClient(InMemoryTransport(names=StreamNames("client")))
+    with pytest.raises(ConfigurationError, match=r"a webhook event needs channel_id"):
+        client.build_request("webhook", {"content": "hi", **event})
+
+
+def test_build_request_with_an_empty_event_id_is_a_typed_error_naming_it() -> None:
+    """An empty id is not a missing one: refused, not replaced by a random id (which would leave a
+    platform's retry undeduplicated)."""
+    client = AgentClient(InMemoryTransport(names=StreamNames("client")))
+    with pytest.raises(EventValidationError, match=r"\bid\b"):
+        client.build_request("webhook", {"id": "", "channel_id": "c1"})
+
+
 @pytest.mark.redis
 async def test_responses_are_consumed_with_ack(redis_url: str, names: StreamNames) -> None:
     transport = RedisStreamsTransport.from_url(redis_url, names=names)

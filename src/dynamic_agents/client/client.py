@@ -78,8 +78,9 @@ class AgentClient:
         ``event`` holds ``channel_id`` (or ``conversation_id`` / ``chat_id``), ``user_id``,
         ``content`` and optionally ``id`` (the platform's event id — used as the request id, so a
         platform retry is deduplicated), ``user_name``, ``attachments``, ``guild_id`` and other
-        metadata. The session id is ``{prefix}:{channel}`` (prefix from the interface's
-        ``session.prefix``, else the source) and the reply stream is the channel's. A field of the
+        metadata; only a missing or ``None`` id or channel counts as missing (``0`` is one). The
+        session id is ``{prefix}:{channel}`` (prefix from the interface's ``session.prefix``, else
+        the source) and the reply stream is the channel's. A field of the
         wrong type is an :class:`~dynamic_agents.exceptions.EventValidationError` naming it.
 
         With ``routing``, the target is chosen as :meth:`EventRouter.route
@@ -93,8 +94,10 @@ class AgentClient:
         if not isinstance(event, Mapping):
             raise ConfigurationError(f"event must be a mapping of its fields, got {type(event).__name__}")
         source = source.strip().lower()  # as the event reads it, for the interface and stream names
-        channel = event.get("channel_id") or event.get("conversation_id") or event.get("chat_id")
-        if not channel:
+        # Only a missing (or None) field is missing: a platform's numeric 0 is a channel and an id
+        channels = ("channel_id", "conversation_id", "chat_id")
+        channel = next((event[key] for key in channels if event.get(key) is not None), None)
+        if channel is None or channel == "":
             raise ConfigurationError(f"a {source} event needs channel_id (or conversation_id / chat_id)")
         interface = self.routing.interfaces.get(source) if self.routing is not None else None
         prefix = interface.session.prefix if interface is not None and interface.session.prefix else source
@@ -121,7 +124,7 @@ class AgentClient:
             "reply_stream": self.names.responses(source, str(channel)),
             "metadata": metadata,
         }
-        if event.get("id"):
+        if event.get("id") is not None:  # an empty one is refused by the event, naming it
             fields["id"] = str(event["id"])
         try:
             request = AgentRequestEvent.model_validate(fields)
