@@ -50,11 +50,13 @@ class Backend:
     """A backend under test: stores sharing one storage, and a way to break a stored document.
 
     ``corrupt(kind, id)`` replaces the stored document with one that does not validate and returns
-    what the error message must name (a file, a table).
+    what the error message must name (a file, a table). ``rekind(kind, id, new_kind)`` stores the
+    spec under a kind no spec has (a row of a later version, a hand edit), returning the same.
     """
 
     make: Callable[[SpecModels], Awaitable[SpecStore]]
     corrupt: Callable[[SpecKind, str], Awaitable[str]] | None = None
+    rekind: Callable[[SpecKind, str, str], Awaitable[str]] | None = None
     stores: list[SpecStore] = field(default_factory=list)
 
     async def store(self, models: SpecModels = MODELS) -> SpecStore:
@@ -307,3 +309,23 @@ class PersistentSpecStoreContract(SpecStoreContract):
             await later.get(SpecKind.AGENT, "helper")
         assert caught.value.path == "llm"
         assert "helper" in str(caught.value)
+
+
+class SqlSpecStoreContract(PersistentSpecStoreContract):
+    """For a table of rows: a row's kind is a column any writer may set."""
+
+    async def test_a_row_of_an_unknown_kind_is_a_validation_error_naming_the_row(
+        self, store: SpecStore, backend: Backend
+    ) -> None:
+        """It raised a bare ValueError ("'gadget' is not a valid SpecKind") from list()."""
+        assert backend.rekind is not None
+        await store.create(agent())
+        await store.create(agent("fine"))
+        table = await backend.rekind(SpecKind.AGENT, "helper", "gadget")
+        with pytest.raises(SpecValidationError) as caught:
+            await store.list()
+        message = str(caught.value)
+        assert message.startswith(f"{table} row ('gadget', 'helper'): ")
+        assert "kind 'gadget'" in message
+        assert "agent, team, workflow" in message
+        assert await store.list(SpecKind.AGENT) == [agent("fine")]

@@ -11,7 +11,7 @@ from dynamic_agents.agents.specs.base import SpecKind
 from dynamic_agents.agents.stores import SpecStore, SqlSpecStore
 from dynamic_agents.agents.stores.base import SpecModels
 from dynamic_agents.agents.stores.sql import TABLE_NAME
-from tests.agents.stores.contract import MODELS, Backend, PersistentSpecStoreContract, agent
+from tests.agents.stores.contract import MODELS, Backend, SqlSpecStoreContract, agent
 
 pytestmark = pytest.mark.postgres
 
@@ -29,12 +29,20 @@ async def backend(postgres_url: str) -> AsyncIterator[Backend]:
             )
         return TABLE_NAME
 
-    backend = Backend(make, corrupt)
+    async def rekind(kind: SpecKind, spec_id: str, new_kind: str) -> str:
+        async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
+            await conn.execute(
+                f"UPDATE {TABLE_NAME} SET kind = %s WHERE kind = %s AND id = %s",
+                (new_kind, kind.value, spec_id),
+            )
+        return TABLE_NAME
+
+    backend = Backend(make, corrupt, rekind)
     yield backend
     await backend.aclose()
 
 
-class TestPostgresSpecStore(PersistentSpecStoreContract):
+class TestPostgresSpecStore(SqlSpecStoreContract):
     pass
 
 

@@ -12,7 +12,7 @@ from dynamic_agents.agents.stores import SpecStore, SqlSpecStore
 from dynamic_agents.agents.stores.base import SpecModels
 from dynamic_agents.agents.stores.sql import TABLE_NAME, async_url
 from dynamic_agents.exceptions import ConfigurationError, SpecValidationError
-from tests.agents.stores.contract import MODELS, Backend, PersistentSpecStoreContract, agent
+from tests.agents.stores.contract import MODELS, Backend, SqlSpecStoreContract, agent
 
 
 @pytest.fixture
@@ -34,12 +34,20 @@ async def backend(database: Path) -> AsyncIterator[Backend]:
         conn.close()
         return TABLE_NAME
 
-    backend = Backend(make, corrupt)
+    async def rekind(kind: SpecKind, spec_id: str, new_kind: str) -> str:
+        with sqlite3.connect(database) as conn:
+            conn.execute(
+                f"UPDATE {TABLE_NAME} SET kind = ? WHERE kind = ? AND id = ?", (new_kind, kind.value, spec_id)
+            )
+        conn.close()
+        return TABLE_NAME
+
+    backend = Backend(make, corrupt, rekind)
     yield backend
     await backend.aclose()
 
 
-class TestSqliteSpecStore(PersistentSpecStoreContract):
+class TestSqliteSpecStore(SqlSpecStoreContract):
     pass
 
 

@@ -157,7 +157,7 @@ class SqlSpecStore(SpecStore):
             query = query.where(specs_table.c.tags.contains(json.dumps(tag), autoescape=True))
         async with self._connect() as conn:
             rows = (await conn.execute(query)).all()
-        specs = [self._load(SpecKind(row.kind), row.id, row.document) for row in rows]
+        specs = [self._load(row.kind, row.id, row.document) for row in rows]
         return sorted((spec for spec in specs if matches(spec, tag, status)), key=order_key)
 
     async def version(self, kind: SpecKind, spec_id: str) -> int | None:
@@ -241,13 +241,20 @@ class SqlSpecStore(SpecStore):
             async with self.engine.connect() as conn:
                 yield conn
 
-    def _load(self, kind: SpecKind, spec_id: str, text: str) -> SpecBase:
-        where = f"{TABLE_NAME} row ({kind.value!r}, {spec_id!r})"
+    def _load(self, kind: str, spec_id: str, text: str) -> SpecBase:
+        """The spec in a row; ``kind`` as the row has it (any writer may have put any text there)."""
+        kind = str(kind)  # a SpecKind (a StrEnum) as its value
+        where = f"{TABLE_NAME} row ({kind!r}, {spec_id!r})"
+        try:
+            spec_kind = SpecKind(kind)
+        except ValueError:
+            valid = ", ".join(member.value for member in SpecKind)
+            raise invalid(where, f"kind {kind!r} is not a spec kind (valid: {valid})") from None
         try:
             document = json.loads(text)
         except ValueError as error:
             raise invalid(where, f"the document is not valid JSON: {error}") from None
-        return self.rebuild(kind, spec_id, document, where=where)
+        return self.rebuild(spec_kind, spec_id, document, where=where)
 
 
 def _storable(spec_id: str) -> bool:
