@@ -332,7 +332,9 @@ async def _run_streaming(target: Any, input: str, run_kwargs: dict[str, Any], on
     finally:
         # Left early (on_delta failed): agno's run ends now (stored as cancelled, no longer
         # tracked), not whenever the garbage collector finalises its generator.
-        await stream.aclose()
+        close = getattr(stream, "aclose", None)
+        if close is not None:
+            await close()
     if getattr(target, "db", None) is None:
         return final  # without a db there is no stored run to read back
     last = await target.aget_last_run_output(session_id=run_kwargs["session_id"])
