@@ -7,7 +7,7 @@ import pytest
 
 from dynamic_agents.events import AgentRequestEvent, Target, TargetType
 from dynamic_agents.exceptions import NoRouteError, RoutingConfigError, SecretNotFoundError
-from dynamic_agents.routing import RoutingConfig
+from dynamic_agents.routing import InterfaceConfig, InterfaceRouting, RoutingConfig, RoutingRule
 from dynamic_agents.secrets import SecretsManager, StaticSource
 
 # The design document's config/interfaces/discord.yaml, as written there.
@@ -410,3 +410,24 @@ def test_other_settings_are_kept_as_given() -> None:
     text = "discord:\n  token: t\n  routes: 3\n  sessions_dir: /tmp\n  routing: {default_agent: a}\n"
     settings = RoutingConfig.from_yaml(text).interfaces["discord"].settings
     assert settings == {"token": "t", "routes": 3, "sessions_dir": "/tmp"}
+
+
+def test_a_rule_naming_another_source_than_its_interface_is_refused() -> None:
+    """A rule under ``discord:`` that said ``source: slack`` kept it, so it routed slack events
+    and never a discord one, without a word: rules under an interface apply to that source."""
+    text = (
+        "discord:\n  routing:\n    rules:\n      - name: ok\n        source: Discord\n        agent_id: a\n"
+        "      - name: stray\n        source: slack\n        content_pattern: hi\n        agent_id: b\n"
+    )
+    with pytest.raises(RoutingConfigError) as caught:
+        RoutingConfig.from_yaml(text, source="i.yaml")
+    assert (caught.value.source, caught.value.line, caught.value.path) == (
+        "i.yaml",
+        8,
+        "discord.routing.rules[1].source",
+    )
+    assert "'slack'" in str(caught.value)
+    assert "'discord'" in str(caught.value)
+    stray = RoutingRule.model_validate({"name": "stray", "source": "slack", "user_id": "u", "agent_id": "b"})
+    with pytest.raises(ValueError, match=r"discord\.routing\.rules\[0\].*'slack'"):
+        RoutingConfig(interfaces={"discord": InterfaceConfig(routing=InterfaceRouting(rules=(stray,)))})

@@ -32,7 +32,7 @@ from dynamic_agents._redaction import names_a_credential
 from dynamic_agents.events import Target, TargetType
 from dynamic_agents.events._types import source_name
 from dynamic_agents.exceptions import RoutingConfigError
-from dynamic_agents.routing._yaml import YamlPath, config_error, load_yaml
+from dynamic_agents.routing._yaml import YamlPath, config_error, format_path, load_yaml
 from dynamic_agents.routing.router import EventRouter
 from dynamic_agents.routing.rules import ConfigTarget, RoutingRule
 from dynamic_agents.secrets.references import masked_settings
@@ -136,6 +136,11 @@ class RoutingConfig(BaseModel):
             if source in written:
                 raise ValueError(_given_twice(written[source], name))
             written[source] = name
+            for index, rule in enumerate(interface.routing.rules):
+                if rule.source is not None and rule.source != source:
+                    raise ValueError(
+                        f"{name}.routing.rules[{index}].source: " + _foreign_source(rule.source, source)
+                    )
             rules = tuple(
                 rule if rule.source is not None else rule.model_copy(update={"source": source})
                 for rule in interface.routing.rules
@@ -224,6 +229,12 @@ class RoutingConfig(BaseModel):
                 raise RoutingConfigError(
                     misplaced[1], source=source, line=lines.get(where), path=".".join(where)
                 )
+            stray = _stray_rule_source(key, settings)
+            if stray is not None:
+                rule_path: YamlPath = (str(name), "routing", "rules", stray[0], "source")
+                raise RoutingConfigError(
+                    stray[1], source=source, line=lines.get(rule_path), path=format_path(rule_path)
+                )
         try:
             top = _default_target({k: v for k, v in data.items() if _names_the_default(k)})
             config = cls.model_validate({"interfaces": interfaces, **top})
@@ -268,6 +279,32 @@ def _misplaced_key(interface: Any) -> tuple[str, str] | None:
                     f"{close[0]!r} left at its default (name other settings apart from it)"
                 )
     return None
+
+
+def _stray_rule_source(interface: str, settings: Any) -> tuple[int, str] | None:
+    """The index of a rule written under ``interface`` whose ``source`` names another platform,
+    and what is wrong with it (a ``source`` no event can have is left to the rule's validation)."""
+    routing = settings.get("routing") if isinstance(settings, Mapping) else None
+    rules = routing.get("rules") if isinstance(routing, Mapping) else None
+    if not isinstance(rules, list | tuple):
+        return None
+    for index, rule in enumerate(rules):
+        written = rule.get("source") if isinstance(rule, Mapping) else None
+        if isinstance(written, str):
+            try:
+                other = source_name(written)
+            except ValueError:
+                continue
+            if other != interface:
+                return index, _foreign_source(other, interface)
+    return None
+
+
+def _foreign_source(rule_source: str, interface: str) -> str:
+    return (
+        f"source {rule_source!r} is not the interface's {interface!r}: a rule under an interface "
+        f"applies to its source (leave 'source' out, or move the rule under '{rule_source}:')"
+    )
 
 
 def _names_the_default(key: object) -> bool:
