@@ -314,3 +314,27 @@ def test_a_boolean_priority_is_refused(priority: bool) -> None:
     with pytest.raises(ValidationError) as caught:
         rule("r", source="discord", priority=priority)
     assert caught.value.errors()[0]["loc"] == ("priority",)
+
+
+@pytest.mark.parametrize(
+    ("wanted", "sent"),
+    [(True, 1), (1, True), (False, 0), (0, False), ([1, "x"], True), ([True], 1.0), (1.0, True)],
+)
+def test_a_metadata_boolean_is_not_a_number(wanted: Any, sent: Any) -> None:
+    """``True == 1`` in Python, so ``metadata_match: {admin: true}`` matched an event whose
+    ``admin`` was ``1`` (and ``{tier: 1}`` one whose tier was ``true``): JSON tells them apart."""
+    router = EventRouter(
+        [rule("flagged", "flagged", metadata_match={"flag": wanted})],
+        default=Target(type=AGENT, id="fallback"),
+    )
+    routed = event(metadata={"flag": sent})
+    assert router.route(routed).target_id == "fallback"
+    assert router.explain(routed).decision == router.route(routed)
+
+
+def test_metadata_numbers_match_whether_written_as_integers_or_not() -> None:
+    router = EventRouter(
+        [rule("one", "one", metadata_match={"n": 1}), rule("yes", "yes", metadata_match={"b": True})]
+    )
+    assert router.route(event(metadata={"n": 1.0})).target_id == "one"
+    assert router.route(event(metadata={"b": True})).target_id == "yes"

@@ -123,7 +123,8 @@ class _Bucket:
 
     by_source_id: dict[str, list[_CompiledRule]] = field(default_factory=lambda: defaultdict(list))
     by_user_id: dict[str, list[_CompiledRule]] = field(default_factory=lambda: defaultdict(list))
-    by_metadata: dict[tuple[str, Hashable], list[_CompiledRule]] = field(
+    # keyed by (key, is a boolean, value): True == 1 and hash alike, but only match their own kind
+    by_metadata: dict[tuple[str, bool, Hashable], list[_CompiledRule]] = field(
         default_factory=lambda: defaultdict(list)
     )
     metadata_keys: set[str] = field(default_factory=set)
@@ -141,7 +142,9 @@ class _Bucket:
             key, wanted = next(iter(rule.metadata_match.items()))
             self.metadata_keys.add(key)
             for value in wanted if isinstance(wanted, tuple) else (wanted,):
-                self.by_metadata[key, value].append(compiled)
+                rules = self.by_metadata[key, type(value) is bool, value]
+                if compiled not in rules:  # 1 and 1.0 are one entry: the rule once
+                    rules.append(compiled)
         else:
             self.scan.append(compiled)
 
@@ -159,7 +162,9 @@ class _Bucket:
             yield found
         for key in self.metadata_keys:
             value = event.metadata.get(key)
-            if isinstance(value, Hashable) and (found := self.by_metadata.get((key, value))):
+            if isinstance(value, Hashable) and (
+                found := self.by_metadata.get((key, type(value) is bool, value))
+            ):
                 yield found
         if self.scan:
             yield self.scan

@@ -193,11 +193,20 @@ def _either_type(ids: Any) -> Any:
 def metadata_matches(
     expected: Mapping[str, MetadataValue | tuple[MetadataValue, ...]], event: AgentRequestEvent
 ) -> bool:
+    """Each key's value equals the one wanted (or one of a list), a boolean only a boolean:
+    Python's ``True == 1`` would let ``{admin: true}`` match an ``admin`` of ``1``."""
     for key, wanted in expected.items():
         actual = event.metadata.get(key)
         if isinstance(wanted, tuple):
-            if actual not in wanted:
+            if actual not in wanted or (
+                isinstance(actual, int | float) and not any(_same_value(actual, w) for w in wanted)
+            ):
                 return False
-        elif actual != wanted:
+        elif not _same_value(actual, wanted):
             return False
     return True
+
+
+def _same_value(actual: object, wanted: object) -> bool:
+    """``actual == wanted``, except that a boolean equals only a boolean (JSON tells them apart)."""
+    return actual == wanted and (type(actual) is bool) == (type(wanted) is bool)
