@@ -338,3 +338,32 @@ def test_metadata_numbers_match_whether_written_as_integers_or_not() -> None:
     )
     assert router.route(event(metadata={"n": 1.0})).target_id == "one"
     assert router.route(event(metadata={"b": True})).target_id == "yes"
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        r"(a+)+\m",
+        r"(\w+)+\M",
+        r"(a+)+\G",
+        r"^(?|(a+)+)$",
+        r"(a+)+(?i)",
+        r"(?V1)(a+)+$",
+        r"(a+)+(?(DEFINE)b)",
+        r"(?V1)([[a-z]--[q]]+)*!",
+        r"(?:x(?:y+)*){2,}\K",
+    ],
+)
+def test_nesting_is_refused_in_patterns_only_the_regex_engine_parses(pattern: str) -> None:
+    """Syntax the stdlib parser does not know (``\\m``, ``(?V1)``, a flag mid-pattern, a
+    branch reset) made the check give up, so ``(a+)+\\m`` was accepted."""
+    with pytest.raises(UnsafePatternError, match="nests an unbounded quantifier"):
+        check_pattern(pattern)
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [r"\m\w+\M", r"(?V1)[[a-z]--[aeiou]]+", r"(?|(a)|(b))+x", r"foo(?i)bar", r"(?:x+){e<=1}", r"[(a+)+]\G"],
+)
+def test_patterns_only_the_regex_engine_parses_are_still_accepted(pattern: str) -> None:
+    check_pattern(pattern)

@@ -90,13 +90,98 @@ def check_pattern(pattern: str) -> None:
         raise UnsafePatternError(f"pattern {pattern!r} does not compile: {error}") from None
     try:
         parsed = sre_parse.parse(_REGEX_ONLY_ESCAPE.sub(_for_the_stdlib, pattern))
-    except re.error:
-        return  # syntax only the regex engine knows: the timeout still bounds it
-    if _nested_unbounded(parsed):
+    except re.error:  # syntax only the regex engine knows (\m, (?V1), a flag mid-pattern…)
+        nested = _nested_unbounded_in_text(pattern)
+    else:
+        nested = _nested_unbounded(parsed)
+    if nested:
         raise UnsafePatternError(
             f"pattern {pattern!r} nests an unbounded quantifier inside another (like '(a+)+'), which "
             "can take exponential time on crafted input; rewrite it without the nesting (e.g. 'a+')"
         )
+
+
+def _nested_unbounded_in_text(pattern: str) -> bool:
+    """:func:`_nested_unbounded` read from the text itself, for a pattern that compiles with the
+    ``regex`` engine but that the stdlib parser refuses: groups, escapes, character classes (sets
+    nested in them too) and quantifiers are told apart; anything else is one character."""
+    unbounded = [False]  # per open group (the whole pattern first): holds an unbounded quantifier
+    index, end = 0, len(pattern)
+    while index < end:
+        char = pattern[index]
+        if char == "\\":
+            index = _after_escape(pattern, index)
+        elif char == "[":
+            index = _after_class(pattern, index)
+        elif char == "(":
+            if pattern.startswith("(?#", index):  # a comment, to the first ")"
+                close = pattern.find(")", index)
+                index = end if close < 0 else close + 1
+                continue
+            unbounded.append(False)
+            index += 1
+            continue
+        elif char == ")" and len(unbounded) > 1:
+            inner = unbounded.pop()
+            repeat, index = _quantifier(pattern, index + 1)
+            if repeat == "unbounded" and inner:
+                return True
+            unbounded[-1] = unbounded[-1] or inner or repeat == "unbounded"
+            continue
+        else:
+            index += 1
+        repeat, index = _quantifier(pattern, index)
+        unbounded[-1] = unbounded[-1] or repeat == "unbounded"
+    return False
+
+
+_QUANTIFIER: Final = re.compile(r"(?:[*+?]|\{(\d*)(,?)(\d*)\})[?+]?")
+
+
+def _quantifier(pattern: str, index: int) -> tuple[str | None, int]:
+    """The quantifier at ``index`` (``"unbounded"``, ``"bounded"`` or ``None``) and the index after it."""
+    found = _QUANTIFIER.match(pattern, index)
+    if found is None:
+        return None, index
+    kind = found[0][0]
+    unbounded = kind in "*+" or (kind == "{" and found[2] == "," and not found[3])
+    if kind == "{" and not (found[1] or found[3]) and not found[2]:
+        return None, index  # "{}" is text
+    return ("unbounded" if unbounded else "bounded"), found.end()
+
+
+def _after_escape(pattern: str, index: int) -> int:
+    """The index after the escape at ``index`` (``\\p{L}``, ``\\N{…}``, ``\\g<1>`` whole)."""
+    index += 2
+    if index < len(pattern) and pattern[index] in "{<" and pattern[index - 1] in "pPNgLkxuU":
+        close = pattern.find("}" if pattern[index] == "{" else ">", index)
+        if close >= 0:
+            return close + 1
+    return index
+
+
+def _after_class(pattern: str, index: int) -> int:
+    """The index after the character class opening at ``index`` (nested sets, as ``(?V1)`` reads)."""
+    depth, index = 1, index + 1
+    if pattern.startswith("^", index):
+        index += 1
+    if pattern.startswith("]", index):  # a "]" first is a character
+        index += 1
+    while index < len(pattern) and depth:
+        char = pattern[index]
+        if char == "\\":
+            index = _after_escape(pattern, index)
+            continue
+        if char == "[" and not pattern.startswith("[:", index):
+            depth += 1
+        elif char == "[":  # a POSIX class, [:alpha:]
+            close = pattern.find(":]", index + 2)
+            index = index + 1 if close < 0 else close + 2
+            continue
+        elif char == "]":
+            depth -= 1
+        index += 1
+    return index
 
 
 @dataclass(frozen=True, slots=True)
