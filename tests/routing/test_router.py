@@ -7,7 +7,7 @@ from pydantic import ValidationError
 
 from dynamic_agents.events import AgentRequestEvent, Target, TargetType
 from dynamic_agents.exceptions import ConfigurationError, NoRouteError, RoutingConfigError
-from dynamic_agents.routing import EventRouter, RoutingRule, UnsafePatternError, check_pattern
+from dynamic_agents.routing import EventRouter, RoutingRule, SafePattern, UnsafePatternError, check_pattern
 
 AGENT, TEAM, WORKFLOW = TargetType.AGENT, TargetType.TEAM, TargetType.WORKFLOW
 
@@ -367,3 +367,12 @@ def test_nesting_is_refused_in_patterns_only_the_regex_engine_parses(pattern: st
 )
 def test_patterns_only_the_regex_engine_parses_are_still_accepted(pattern: str) -> None:
     check_pattern(pattern)
+
+
+@pytest.mark.parametrize("timeout", [0, -1.0, float("nan"), float("inf"), True])
+def test_a_safe_pattern_refuses_a_timeout_that_is_no_bound(timeout: float) -> None:
+    """``SafePattern(p, timeout=0)`` (or ``inf``) never matched, and a negative or NaN timeout
+    searched without any bound: all silently."""
+    with pytest.raises(ConfigurationError, match=r"timeout must be a finite number of seconds > 0"):
+        SafePattern("b", timeout=timeout)
+    assert SafePattern("b", timeout=0.5).search("abc")

@@ -17,6 +17,7 @@ from typing import Any, Final
 import regex
 
 from dynamic_agents._logging import get_logger
+from dynamic_agents._validation import check_seconds
 
 __all__ = ["SafePattern", "UnsafePatternError", "check_pattern"]
 
@@ -186,13 +187,16 @@ def _after_class(pattern: str, index: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class SafePattern:
-    """A checked, compiled pattern searched with a timeout; a timeout counts as no match."""
+    """A checked, compiled pattern searched with a timeout (seconds, finite, > 0; else a
+    :class:`ConfigurationError`); a timeout counts as no match."""
 
     pattern: str
     timeout: float = 0.05
     compiled: Any = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        # 0 or inf made every search time out (no match); a negative or NaN one left it unbounded
+        object.__setattr__(self, "timeout", check_seconds("timeout", self.timeout))
         check_pattern(self.pattern)
         object.__setattr__(self, "compiled", regex.compile(self.pattern))
 
