@@ -431,3 +431,16 @@ def test_a_rule_naming_another_source_than_its_interface_is_refused() -> None:
     stray = RoutingRule.model_validate({"name": "stray", "source": "slack", "user_id": "u", "agent_id": "b"})
     with pytest.raises(ValueError, match=r"discord\.routing\.rules\[0\].*'slack'"):
         RoutingConfig(interfaces={"discord": InterfaceConfig(routing=InterfaceRouting(rules=(stray,)))})
+
+
+@pytest.mark.parametrize("kind", [str, Path])
+def test_from_files_given_one_path_says_to_pass_a_list(tmp_path: Path, kind: type[str] | type[Path]) -> None:
+    """A single path was iterated: a ``str`` character by character (``No such file or
+    directory: 'c'``), a ``Path`` not at all (``'PosixPath' object is not iterable``)."""
+    path = tmp_path / "discord.yaml"
+    path.write_text("discord:\n  routing: {default_agent: a}\n", encoding="utf-8")
+    with pytest.raises(
+        TypeError, match=r"from_files takes an iterable of paths, got the path '.*discord\.yaml'"
+    ):
+        RoutingConfig.from_files(kind(path))  # type: ignore[arg-type]
+    assert set(RoutingConfig.from_files([kind(path)]).interfaces) == {"discord"}

@@ -171,6 +171,11 @@ class RoutingConfig(BaseModel):
     def from_files(cls, paths: Iterable[str | Path]) -> Self:
         """One config from several files (``config/interfaces/*.yaml``); an interface or a global
         default given twice is an error."""
+        if isinstance(paths, str | Path):  # a str would be read character by character
+            raise TypeError(
+                f"from_files takes an iterable of paths, got the path {str(paths)!r}: pass "
+                "[path], or use from_file"
+            )
         merged: dict[str, tuple[InterfaceConfig, str]] = {}
         default: tuple[Target, str] | None = None
         rule_names: dict[str, str] = {}
