@@ -54,6 +54,13 @@ def test_not_utf8() -> None:
         CODEC.decode_json(b'{"content": "\xff\xfe"}', AgentRequestEvent)
 
 
+def test_text_with_a_lone_surrogate_is_a_decode_error() -> None:
+    """A ``str`` that no UTF-8 can encode (a lone surrogate, as a bad ``bytes.decode(...,
+    'surrogateescape')`` leaves) is not text: a :class:`DecodeError`, as bytes that are not UTF-8."""
+    with pytest.raises(DecodeError, match="not valid UTF-8 text"):
+        CODEC.decode_json('{"content": "\ud800"}', AgentRequestEvent)
+
+
 def test_json_but_not_an_object() -> None:
     with pytest.raises(DecodeError, match="must be a JSON object, got list"):
         CODEC.decode_json(b"[1, 2]", AgentRequestEvent)

@@ -37,6 +37,8 @@ def event_error(model: type[WireModel], error: ValidationError) -> Exception:
             return UnsupportedSchemaVersionError(cause.version, cause.supported_major)
         if detail["type"] == "json_invalid":
             return DecodeError(f"{model.__name__} body is not valid JSON: {detail['msg']}")
+        if not detail["loc"] and detail["type"] == "string_unicode":  # a str with a lone surrogate
+            return DecodeError(f"{model.__name__} body is not valid UTF-8 text: {detail['msg']}")
         if not detail["loc"] and detail["type"] in {"model_type", "model_attributes_type"}:
             kind = type(detail["input"]).__name__
             return DecodeError(f"{model.__name__} body must be a JSON object, got {kind}")
