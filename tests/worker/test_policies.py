@@ -329,6 +329,34 @@ async def test_a_merged_turn_that_loses_its_lease_hands_every_request_back_at_on
     assert {reply.request_id for reply in answered[1:]} == {request.id for request in merged}
 
 
+async def test_stopping_hands_a_merged_turn_back_once_per_entry(backend: Backend) -> None:
+    """A merged turn waits for its session's lease (another worker holds it) when the worker
+    stops: each of its entries goes back to the group once — one ``release`` each, not a second
+    by the merged request's own handler — and another worker answers them all."""
+    transport, other = await backend.transport(), await backend.transport()
+    released: list[str] = []
+    release = transport.release
+
+    async def counting_release(delivery: Any, *, delay: float = 0.0) -> bool:
+        released.append(delivery.event.content)
+        return await release(delivery, delay=delay)
+
+    transport.release = counting_release  # type: ignore[method-assign]
+    rival = await other.coordinator().acquire("s1", ttl=30)
+    assert rival is not None
+    for text in ("a", "b", "c"):  # read together: one turn of the three
+        await transport.publish(backend.names.requests, request_event(backend.names, text))
+    w = worker(transport, session_policy=SessionPolicy.MERGE, claim_min_idle=60, keep_fresh_every=20)
+    async with w:
+        await wait_for(lambda: _async(w.stats.lease_waits == 1))
+        await w.stop(grace=30)
+    assert sorted(released) == ["a", "b", "c"]
+    await other.coordinator().release(rival)
+    await worker(other, consumer="rescuer", claim_min_idle=60, keep_fresh_every=20).run_until_idle()
+    answered = [r.content for r in await replies(transport, backend.names)]
+    assert answered == ["echo: a", "echo: b", "echo: c"]  # handed back, none lost
+
+
 @pytest.mark.parametrize("claim_on_read", [True, False])
 async def test_a_request_cancelled_before_it_is_read_never_runs(
     backend: Backend, claim_on_read: bool

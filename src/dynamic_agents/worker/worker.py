@@ -206,6 +206,7 @@ class AgentWorker:
             # The task running run() was cancelled (the host's own shutdown): a stop without grace.
             # The runs end with it, handing their entries and leases back, while the loops that
             # keep those still go: none is left running unattended.
+            self._reading_done.set()  # nothing reads any more: hand-backs need not wait
             await self._cancel_handlers()
             raise
         finally:
@@ -360,8 +361,7 @@ class AgentWorker:
             failure = error
             if delivery.entry_id not in self._lost:
                 # stopping: hand the entry back at once instead of waiting for it to go idle
-                with contextlib.suppress(DynamicAgentsError):
-                    await self.transport.release(delivery)
+                await self._hand_back(delivery)
         except Exception as error:  # our own failure (e.g. Redis gone while answering): stays pending
             failure = error
             logger.exception("handling request %s failed; it stays pending for a retry", event.id)
@@ -489,11 +489,20 @@ class AgentWorker:
         return True
 
     async def _hand_back_unanswered(self, delivery: Delivery[AgentRequestEvent]) -> None:
-        """A request merged into a turn that ended without answering it (its lease lost, say): hand
-        it back at once, as its own handler would, instead of leaving it to ``claim_min_idle``."""
+        """A request merged into a turn that ended without answering it (its lease lost, or the
+        worker stopping while the turn waited for its lease): hand it back at once, instead of
+        leaving it to ``claim_min_idle``. Only here: the turn does not hand back its merged
+        requests itself (each would go back twice, a round trip each)."""
         if self._held.get(delivery.entry_id) is delivery and delivery.entry_id not in self._lost:
-            with contextlib.suppress(DynamicAgentsError):
-                await self.transport.release(delivery)
+            await self._hand_back(delivery)
+
+    async def _hand_back(self, delivery: Delivery[AgentRequestEvent]) -> None:
+        """Give the entry back to the group. While stopping, only once this worker reads no more:
+        else its own last read could take the entry again (a delivery counted for nothing)."""
+        if self._stopping:
+            await self._reading_done.wait()
+        with contextlib.suppress(DynamicAgentsError):
+            await self.transport.release(delivery)
 
     async def _session_claim(
         self,
@@ -558,10 +567,7 @@ class AgentWorker:
                 if not batch:
                     return None
             else:
-                if self._stopping:  # the handler hands back its own entry, this the merged ones
-                    for item in [item for item in batch if item.entry_id in self._absorbed]:
-                        with contextlib.suppress(DynamicAgentsError):
-                            await self.transport.release(item)
+                if self._stopping:  # each handler hands back its own entry, the merged ones too
                     raise _not_started()
                 if not waited:
                     waited = True
