@@ -20,7 +20,10 @@ class SessionPolicy(StrEnum):
     """What happens to a message that arrives while its session is busy.
 
     ``enqueue``: wait its turn (FIFO per session). ``reject``: answer ``rejected`` ("busy") at once.
-    ``interrupt``: cancel the running run (it answers ``cancelled``), then run the new message.
+    ``interrupt``: cancel the running run (it answers ``cancelled``), then run the new message; the
+    newest wins: the session's messages still queued in this worker behind the interrupted run are
+    answered ``cancelled`` too. Across workers only the run holding the lease is cancelled (a
+    cancellation request); messages waiting for another worker's lease run in turn.
     ``merge``: messages queued behind a running run are answered as one turn.
     """
 

@@ -442,6 +442,7 @@ class AgentWorker:
                 )
                 return None
             if policy is SessionPolicy.INTERRUPT and not ours:
+                self._supersede_queued(event.session_id, delivery.entry_id)
                 await self._interrupt(event.session_id)
             if busy_here and read_claim is not None:  # the requests queued before it take the lease first
                 await self._give_back(read_claim)
@@ -473,14 +474,16 @@ class AgentWorker:
         so at once, and the handler still waits, so the requests behind it keep their order."""
         self._awaiting_turn[delivery.event.id] = delivery.entry_id
         try:
-            await asyncio.shield(previous)
+            if delivery.entry_id not in self._withdrawn:  # else superseded before it got here
+                await asyncio.shield(previous)
         except asyncio.CancelledError:
             handler = asyncio.current_task()
             assert handler is not None
             if delivery.entry_id not in self._withdrawn or handler.uncancel() > 0:
                 raise  # stopping, or the entry was lost
         else:
-            return False
+            if delivery.entry_id not in self._withdrawn:
+                return False
         finally:
             if self._awaiting_turn.get(delivery.event.id) == delivery.entry_id:
                 del self._awaiting_turn[delivery.event.id]
@@ -676,6 +679,26 @@ class AgentWorker:
                 logger.debug("request %s cancelled", request_id)
                 self._cancel_run(request_id)
                 self._withdraw(request_id)
+
+    def _supersede_queued(self, session_id: str, entry_id: str) -> None:
+        """``interrupt``: the newest message wins. The session's requests queued here ahead of
+        ``entry_id`` (behind the run it interrupts, not started) are answered ``cancelled`` at
+        once, as if cancelled on request; those merged into a turn are left to it."""
+        queue = self._waiting.get(session_id, [])
+        if entry_id not in queue:
+            return  # first in line here: none ahead of it (behind it come newer ones)
+        for queued in queue[: queue.index(entry_id)]:
+            if queued in self._withdrawn or queued in self._absorbed:
+                continue
+            self._withdrawn.add(queued)  # noticed on its way to its turn, if not waiting there yet
+            delivery = self._held.get(queued)
+            task = self._tasks.get(queued)
+            if (
+                delivery is not None
+                and task is not None
+                and self._awaiting_turn.get(delivery.event.id) == queued
+            ):
+                task.cancel()  # waiting for its turn: woken to answer
 
     def _withdraw(self, request_id: str) -> None:
         """A request cancelled while it waits behind its session's run here: answered at once
