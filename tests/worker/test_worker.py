@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import re
 import time
 from typing import Any
@@ -368,6 +369,60 @@ async def test_stop_hands_back_requests_queued_behind_their_session(backend: Bac
     ]
 
 
+async def test_stop_abandons_a_run_that_ignores_its_cancellation(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A run that catches its cancellation and goes on does not hold ``stop()`` up past the grace
+    and ``abandon_after``: it is abandoned — named in a warning, its lease given up, its entry left
+    pending (not acked, no longer kept fresh) for another worker — and its late finish writes no
+    reply: the lease token check refuses it. The lifecycle events are still flushed."""
+    transport, other = await backend.transport(), await backend.transport()
+    started, cancelled, finish = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def stubborn(target: Target, request: AgentRequestEvent) -> str:
+        if request.content != "stubborn":
+            return f"echo: {request.content}"
+        started.set()
+        try:
+            await asyncio.Event().wait()  # until cancelled
+        except asyncio.CancelledError:
+            cancelled.set()
+        while not finish.is_set():  # goes on regardless, its timeout too (a thread it waits for, say)
+            with contextlib.suppress(asyncio.CancelledError):
+                await finish.wait()
+        return "a late answer"
+
+    request = request_event(backend.names, "stubborn")
+    await transport.publish(backend.names.requests, request)
+    handled = Handled()
+    w = worker(transport, FunctionExecutor(stubborn), events=True, abandon_after=0.2)
+    w.hooks.append(handled)
+    await w.__aenter__()
+    try:
+        await asyncio.wait_for(started.wait(), 5)
+        with caplog.at_level(logging.WARNING, logger="dynamic_agents.worker"):
+            async with asyncio.timeout(30):  # a hang guard: before, stop() never returned
+                await w.stop(grace=0)
+        assert cancelled.is_set()
+        warning = "abandoned 1 run(s) still going 0.2 s after their cancellation (abandon_after)"
+        assert f"{warning}, request ids: {request.id};" in caplog.text
+        assert w.in_flight == 0
+        assert await other.coordinator().holder("s1") is None  # given up: no longer renewed
+        (pending,) = await transport.pending(backend.names.requests, "dynamic-agents")
+        assert pending.delivery_count == 1  # not acked, not handed back: reclaimed after claim_min_idle
+        events = [e.event for e in await transport.read_stream(backend.names.events, LifecycleEvent)]
+        assert [e.type for e in events] == ["request.accepted", "run.started"]  # type: ignore[attr-defined]
+    finally:  # nothing left running past the test, whatever happened
+        finish.set()  # the abandoned run finishes late: its lease is gone, its reply refused
+    await wait_for(lambda: _async(len(handled.errors) == 1))
+    assert isinstance(handled.errors[0], RunLostError)
+    assert await replies(transport, backend.names) == []
+    assert len(await transport.pending(backend.names.requests, "dynamic-agents")) == 1
+    await worker(other, consumer="rescuer").run_until_idle()  # after claim_min_idle
+    (reply,) = await replies(transport, backend.names)
+    assert (reply.request_id, reply.content) == (request.id, "echo: stubborn")
+
+
 async def test_cancelling_the_task_that_runs_the_worker_hands_its_runs_back(backend: Backend) -> None:
     """The host cancels the task running ``run()`` (its own shutdown): the runs in flight are
     cancelled with it, hand their entries and leases back and end before ``run()`` does; none is
@@ -628,6 +683,8 @@ def test_record_ttl_must_outlive_redeliveries() -> None:
     [
         ("keep_fresh_every", 0),
         ("cancel_poll", 0),
+        ("abandon_after", 0),
+        ("abandon_after", float("nan")),
         ("lease_poll", -1),
         ("delta_interval", -0.1),
         ("events_maxlen", 0),

@@ -72,6 +72,10 @@ class WorkerSettings:
       ``Subscription.claim_ttl``): one round trip less on their path. Its leases are the
       coordinator's only when both share the Redis server and key prefix, as
       ``transport.coordinator()`` does: turn it off otherwise.
+    * ``abandon_after``: how long :meth:`~dynamic_agents.worker.AgentWorker.stop` waits, after its
+      grace, for the runs it cancelled; one still running then (it ignores its cancellation) is
+      abandoned: its entry left pending for another worker, its lease given up, so it writes
+      nothing if it finishes later. ``stop(grace=None)`` cancels nothing and waits however long.
     * ``session_policy`` / ``policies``: see :class:`SessionPolicy`, or its value as text
       (``"reject"``, as read from YAML or the environment: converted here, an unknown one refused);
       ``cancel_poll``: how often cancellation requests for running requests are checked.
@@ -99,6 +103,7 @@ class WorkerSettings:
     policies: Mapping[str, SessionPolicy] = field(default_factory=dict)
     """Per target, as ``"agent:support"``; a request overrides both with ``metadata.session_policy``."""
     cancel_poll: float = 0.25
+    abandon_after: float = 5.0
     busy_message: str = "Still working on your previous message; please wait for its answer."
 
     def __post_init__(self) -> None:
@@ -117,6 +122,7 @@ class WorkerSettings:
             "record_ttl",
             "lease_ttl",
             "cancel_poll",
+            "abandon_after",
             "block",
             "lease_poll",
         )

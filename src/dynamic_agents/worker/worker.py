@@ -172,7 +172,8 @@ class AgentWorker:
         """Consume until :meth:`stop` (or, with ``until_idle``, until nothing is left to do). A stop
         requested before the loop got to start (``async with`` left at once) is honoured.
         Cancelling the task that awaits it is a stop without grace: the runs in flight are
-        cancelled and hand their entries and leases back before it ends."""
+        cancelled and hand their entries and leases back before it ends (one still going
+        ``settings.abandon_after`` later is abandoned, as by :meth:`stop`)."""
         self._reading_done.clear()
         try:
             await self._consume(until_idle)
@@ -199,9 +200,11 @@ class AgentWorker:
                     break
             self._reading_done.set()
             # Runs in flight (stop() drains them) keep their entries fresh, their leases renewed
-            # and their cancellation requests watched until they end: nothing starts after this.
+            # and their cancellation requests watched until they end (or stop() abandons them):
+            # nothing starts after this.
             while self._tasks:
-                await asyncio.wait(list(self._tasks.values()))
+                self._slot_freed.clear()  # set by each handler as it ends, and by _abandon
+                await self._slot_freed.wait()
         except asyncio.CancelledError:
             # The task running run() was cancelled (the host's own shutdown): a stop without grace.
             # The runs end with it, handing their entries and leases back, while the loops that
@@ -231,7 +234,13 @@ class AgentWorker:
         waiting for its lease), are not acked: their entries go back to the group for another
         worker. Until the runs end their leases are renewed and their entries kept fresh.
 
-        ``grace=None`` waits for the runs however long they take.
+        A cancelled run gets ``settings.abandon_after`` seconds more to end; one still running then
+        (an executor that ignores its cancellation, or waits for a thread) is abandoned: logged
+        with its request id, its lease given up and its entry left pending, no longer kept fresh,
+        for another worker to take after ``claim_min_idle``. If it finishes later, its reply is
+        refused (the lease is no longer its own) and nothing is written.
+
+        ``grace=None`` waits for the runs however long they take (none is cancelled).
 
         Lifecycle events not yet written get ``grace`` more seconds (at least one; with ``None``, as
         long as they take): with Redis away they are then dropped (``events.dropped``) rather than
@@ -265,17 +274,54 @@ class AgentWorker:
         if not self._tasks:
             return
         _, pending = await asyncio.wait(list(self._tasks.values()), timeout=grace)
-        for task in pending:
-            task.cancel()
         if pending:
-            await asyncio.wait(pending)
+            await self._cancel_and_wait(pending)
 
     async def _cancel_handlers(self) -> None:
         while self._tasks:
-            tasks = list(self._tasks.values())
-            for task in tasks:
-                task.cancel()
-            await asyncio.wait(tasks)
+            await self._cancel_and_wait(set(self._tasks.values()))
+
+    async def _cancel_and_wait(self, tasks: set[asyncio.Task[None]]) -> None:
+        """Cancel ``tasks`` and wait ``abandon_after`` seconds for them; abandon those still going."""
+        for task in tasks:
+            task.cancel()
+        _, still_running = await asyncio.wait(tasks, timeout=self.settings.abandon_after)
+        if still_running:
+            await self._abandon(still_running)
+
+    async def _abandon(self, tasks: set[asyncio.Task[None]]) -> None:
+        """Let go of handlers that outlived their cancellation: they no longer count as in flight,
+        their entries are no longer kept fresh nor handed back (pending, another worker takes them
+        after ``claim_min_idle``) and their leases are given up, so a late finish writes nothing
+        (``Transport.complete`` refuses a lease no longer held)."""
+        request_ids = {task: rid for rid, task in self._executions.items()}
+        named: list[str] = []
+        leases: list[Lease] = []
+        for entry_id, task in list(self._tasks.items()):
+            if task not in tasks:
+                continue
+            del self._tasks[entry_id]
+            self._lost.add(entry_id)
+            delivery = self._held.pop(entry_id, None)
+            request_id = request_ids.get(task) or (delivery.event.id if delivery else f"entry {entry_id}")
+            named.append(request_id)
+            held = self._leases.pop(request_id, None)  # no longer renewed
+            if held is not None:
+                self._leases_lost.add(request_id)
+                leases.append(held.lease)
+        self.stats.lost += len(named)
+        self._slot_freed.set()  # the read loop's wait for runs in flight sees them gone
+        logger.warning(
+            "abandoned %d run(s) still going %s s after their cancellation (abandon_after), request "
+            "ids: %s; their entries stay pending for another worker (after claim_min_idle), their "
+            "leases are given up",
+            len(named),
+            self.settings.abandon_after,
+            ", ".join(named),
+        )
+        for lease in leases:
+            with contextlib.suppress(DynamicAgentsError):  # else it expires with its ttl, unrenewed
+                await self.coordinator.release(lease)
 
     async def _nothing_pending(self) -> bool:
         return not await self.transport.pending(self.stream, self.settings.group, count=1)
@@ -373,7 +419,8 @@ class AgentWorker:
             self._absorbed.discard(delivery.entry_id)
             self._withdrawn.discard(delivery.entry_id)
             self._held.pop(delivery.entry_id, None)
-            self._tasks.pop(delivery.entry_id, None)
+            if self._tasks.get(delivery.entry_id) is asyncio.current_task():  # not when abandoned
+                del self._tasks[delivery.entry_id]
             self._lost.discard(delivery.entry_id)
             self._slot_freed.set()
             if self.hooks:
