@@ -457,12 +457,11 @@ def test_build_request_from_a_bad_event_is_a_typed_error(
         client.build_request(source, event)
 
 
-async def test_a_request_whose_wait_aclose_ended_is_not_published(monkeypatch: pytest.MonkeyPatch) -> None:
-    """aclose() while request() is still checking for an earlier answer: the call ends with the
-    TransportError, and the request is not published afterwards (a run whose reply nobody reads)."""
-    transport = InMemoryTransport(names=StreamNames("client"))
-    names = transport.names
-    client = AgentClient(transport, block=0.05)
+def held_record_checks(
+    client: AgentClient, monkeypatch: pytest.MonkeyPatch
+) -> tuple[asyncio.Event, asyncio.Event]:
+    """Hold ``client``'s check for an earlier answer: ``checking`` is set once a call is in it,
+    and it goes on when ``release`` is set."""
     checking, release = asyncio.Event(), asyncio.Event()
     get_record = client._coordinator.get_record
 
@@ -472,6 +471,16 @@ async def test_a_request_whose_wait_aclose_ended_is_not_published(monkeypatch: p
         return await get_record(request_id)
 
     monkeypatch.setattr(client._coordinator, "get_record", slow_get_record)
+    return checking, release
+
+
+async def test_a_request_whose_wait_aclose_ended_is_not_published(monkeypatch: pytest.MonkeyPatch) -> None:
+    """aclose() while request() is still checking for an earlier answer: the call ends with the
+    TransportError, and the request is not published afterwards (a run whose reply nobody reads)."""
+    transport = InMemoryTransport(names=StreamNames("client"))
+    names = transport.names
+    client = AgentClient(transport, block=0.05)
+    checking, release = held_record_checks(client, monkeypatch)
     asking = asyncio.create_task(client.request(_platform_request(names, "evt-closed"), timeout=30))
     await asyncio.wait_for(checking.wait(), 5)
     await client.aclose()
@@ -569,15 +578,7 @@ async def test_an_earlier_reply_found_after_aclose_leaves_no_unretrieved_future_
     record = CompletedRecord("evt-done", "resp-1", "completed", stream, entry_id, 1_700_000_000.0)
     assert await transport.coordinator().set_record(record, ttl=60)
     client = AgentClient(transport, block=0.05)
-    checking, release = asyncio.Event(), asyncio.Event()
-    get_record = client._coordinator.get_record
-
-    async def slow_get_record(request_id: str) -> CompletedRecord | None:
-        checking.set()
-        await release.wait()
-        return await get_record(request_id)
-
-    monkeypatch.setattr(client._coordinator, "get_record", slow_get_record)
+    checking, release = held_record_checks(client, monkeypatch)
     loop = asyncio.get_running_loop()
     reported: list[str] = []
     handler = loop.get_exception_handler()

@@ -91,38 +91,46 @@ async def test_interrupt_cancels_the_running_run_then_runs_the_new_one(backend: 
     assert timeline.runs() == ["first", "second"]
 
 
+class SlowToStop:
+    """A run function: 'first' runs until cancelled, then cleans up until ``clean_up_done`` is set;
+    every other message is answered at once. ``ran`` lists the messages run, in order."""
+
+    def __init__(self) -> None:
+        self.started, self.cleaning_up, self.clean_up_done = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        self.ran: list[str] = []
+
+    async def __call__(self, target: Target, request: AgentRequestEvent) -> str:
+        self.ran.append(request.content)
+        if request.content == "first":
+            self.started.set()
+            try:
+                await asyncio.Event().wait()  # until cancelled
+            except asyncio.CancelledError:
+                self.cleaning_up.set()
+                await self.clean_up_done.wait()
+                raise
+        return f"answer to {request.content}"
+
+
 async def test_interrupt_the_newest_message_wins(backend: Backend) -> None:
     """'first' runs, and is slow to end once cancelled (its clean-up); 'second' and 'third' arrive
     meanwhile: 'second' interrupts 'first', 'third' interrupts too — and 'second', still queued
     behind the run it interrupted, is answered ``cancelled`` at once: only the newest runs."""
     transport = await backend.transport()
-    started, cleaning_up, clean_up_done = asyncio.Event(), asyncio.Event(), asyncio.Event()
-    ran: list[str] = []
-
-    async def run(target: Target, request: AgentRequestEvent) -> str:
-        ran.append(request.content)
-        if request.content == "first":
-            started.set()
-            try:
-                await asyncio.Event().wait()  # until cancelled
-            except asyncio.CancelledError:
-                cleaning_up.set()
-                await clean_up_done.wait()
-                raise
-        return f"answer to {request.content}"
+    run = SlowToStop()
 
     w = worker(transport, FunctionExecutor(run), session_policy=SessionPolicy.INTERRUPT)
     second, third = request_event(backend.names, "second"), request_event(backend.names, "third")
     async with w:
         await transport.publish(backend.names.requests, request_event(backend.names, "first"))
-        await asyncio.wait_for(started.wait(), 5)
+        await asyncio.wait_for(run.started.wait(), 5)
         await transport.publish(backend.names.requests, second)
-        await asyncio.wait_for(cleaning_up.wait(), 5)
+        await asyncio.wait_for(run.cleaning_up.wait(), 5)
         await transport.publish(backend.names.requests, third)
         await wait_for(lambda: _has_replies(transport, backend, 1))  # while 'first' still cleans up
         (superseded,) = await replies(transport, backend.names)
         assert (superseded.request_id, superseded.status) == (second.id, ResponseStatus.CANCELLED)
-        clean_up_done.set()
+        run.clean_up_done.set()
         await wait_for(lambda: _has_replies(transport, backend, 3))
     _, first, last = await replies(transport, backend.names)
     assert first.status == ResponseStatus.CANCELLED
@@ -131,7 +139,7 @@ async def test_interrupt_the_newest_message_wins(backend: Backend) -> None:
         ResponseStatus.COMPLETED,
         "answer to third",
     )
-    assert ran == ["first", "third"]
+    assert run.ran == ["first", "third"]
 
 
 async def test_interrupt_across_workers_runs_every_message_queued_behind_the_lease(backend: Backend) -> None:
@@ -140,39 +148,26 @@ async def test_interrupt_across_workers_runs_every_message_queued_behind_the_lea
     workers only the running run is cancelled: a message waiting for another worker's lease has
     not been given a turn here, so nothing is queued ahead of the newest one to supersede."""
     transport, other = await backend.transport(), await backend.transport()
-    started, cleaning_up, clean_up_done = asyncio.Event(), asyncio.Event(), asyncio.Event()
-    ran: list[str] = []
-
-    async def run(target: Target, request: AgentRequestEvent) -> str:
-        ran.append(request.content)
-        if request.content == "first":
-            started.set()
-            try:
-                await asyncio.Event().wait()  # until cancelled
-            except asyncio.CancelledError:
-                cleaning_up.set()
-                await clean_up_done.wait()
-                raise
-        return f"answer to {request.content}"
+    run = SlowToStop()
 
     interrupt = {"session_policy": SessionPolicy.INTERRUPT}
     holder = worker(transport, FunctionExecutor(run), consumer="holder", concurrency=1, **interrupt)
     async with holder:  # busy with 'first', it reads nothing more
         await transport.publish(backend.names.requests, request_event(backend.names, "first"))
-        await asyncio.wait_for(started.wait(), 5)
+        await asyncio.wait_for(run.started.wait(), 5)
         for text in ("second", "third"):
             await transport.publish(backend.names.requests, request_event(backend.names, text))
         async with worker(other, FunctionExecutor(run), consumer="newcomer", **interrupt) as newcomer:
             await wait_for(lambda: _async(newcomer.stats.received == 2))
-            await asyncio.wait_for(cleaning_up.wait(), 5)
-            clean_up_done.set()
+            await asyncio.wait_for(run.cleaning_up.wait(), 5)
+            run.clean_up_done.set()
             await wait_for(lambda: _has_replies(transport, backend, 3))
     assert [(r.status, r.content) for r in await replies(transport, backend.names)] == [
         (ResponseStatus.CANCELLED, ""),
         (ResponseStatus.COMPLETED, "answer to second"),
         (ResponseStatus.COMPLETED, "answer to third"),
     ]
-    assert ran == ["first", "second", "third"]
+    assert run.ran == ["first", "second", "third"]
 
 
 async def test_merge_answers_queued_messages_as_one_turn(backend: Backend) -> None:
