@@ -168,6 +168,25 @@ def test_content_over_the_limit_is_refused_both_ways() -> None:
         codec.decode_json(EventCodec().encode_json(long), AgentRequestEvent)
 
 
+def test_too_large_errors_name_the_unit_and_the_setting() -> None:
+    """The message "content is 11 long, over the limit of 10" left the reader to guess whether the
+    limit counts characters or bytes, and which setting to raise."""
+    event = AgentRequestEvent.model_validate(valid_body(content="x" * 11))
+    with pytest.raises(EventTooLargeError) as caught:
+        EventCodec(max_content_length=10).encode_json(event)
+    assert str(caught.value) == (
+        "content is 11 characters long, over the limit of 10 characters (EventCodec max_content_length)"
+    )
+    assert (caught.value.unit, caught.value.setting) == ("characters", "max_content_length")
+    body = EventCodec().encode_json(event)
+    with pytest.raises(EventTooLargeError) as caught:
+        EventCodec(max_size=100).decode_json(body, AgentRequestEvent)
+    assert str(caught.value) == (
+        f"event body is {len(body)} bytes long, over the limit of 100 bytes (EventCodec max_size)"
+    )
+    assert (caught.value.unit, caught.value.setting) == ("bytes", "max_size")
+
+
 def test_encoding_over_the_size_limit_is_refused() -> None:
     codec = EventCodec(max_size=200)
     with pytest.raises(EventTooLargeError, match="encoded event"):

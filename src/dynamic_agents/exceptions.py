@@ -242,13 +242,24 @@ class UnsupportedSchemaVersionError(EventError):
 
 
 class EventTooLargeError(EventError):
-    """An encoded event or its content is over the configured limit."""
+    """An encoded event or its content is over the configured limit. ``size`` and ``limit`` are in
+    ``unit`` (``"bytes"`` for an encoded event, bounded by the codec's ``max_size``;
+    ``"characters"`` for ``content``, bounded by ``max_content_length``); ``setting`` names the
+    :class:`~dynamic_agents.events.EventCodec` setting to raise."""
 
-    def __init__(self, what: str, size: int, limit: int) -> None:
+    def __init__(
+        self, what: str, size: int, limit: int, *, unit: str | None = None, setting: str | None = None
+    ) -> None:
+        content = what == "content"
         self.what = what
         self.size = size
         self.limit = limit
-        super().__init__(f"{what} is {size} long, over the limit of {limit}")
+        self.unit = unit or ("characters" if content else "bytes")
+        self.setting = setting or ("max_content_length" if content else "max_size")
+        super().__init__(
+            f"{what} is {size} {self.unit} long, over the limit of {limit} {self.unit} "
+            f"(EventCodec {self.setting})"
+        )
 
 
 class TransportError(DynamicAgentsError, ConnectionError):
