@@ -316,6 +316,26 @@ async def test_aclose_closes_the_spec_store_when_closing_the_session_db_fails() 
     assert store.closed == 1
 
 
+async def test_aclose_runs_a_synchronous_db_close_off_the_event_loop() -> None:
+    """A sync ``close()`` (agno's sync dbs: an engine dispose, a socket shutdown) blocked the loop.
+    This one waits for a callback of the loop: on the loop it waits in vain, in a thread it returns."""
+    loop = asyncio.get_running_loop()
+
+    class SyncDb:
+        closed_off_the_loop: bool | None = None
+
+        def close(self) -> None:
+            answered = threading.Event()
+            loop.call_soon_threadsafe(answered.set)
+            self.closed_off_the_loop = answered.wait(timeout=5)
+
+    db = SyncDb()
+    rt = AgentRuntime(InMemorySpecStore(), registry(), ScriptedModels({}), db=db)
+    async with asyncio.timeout(10):
+        await rt.aclose()
+    assert db.closed_off_the_loop is True
+
+
 async def test_runs_cancelled_midway_leave_the_sqlite_pool_usable(tmp_path: Path) -> None:
     # a pooled connection outlives the run that used it: a run cancelled in the middle of a db call
     # must not hand the next run a connection in a broken state

@@ -89,13 +89,19 @@ class AgentRuntime:
         return f"AgentRuntime(store={type(self.store).__name__}, cached={len(self._cache)})"
 
     async def aclose(self) -> None:
-        """Close the session db and the spec store (the store even when closing the db fails)."""
+        """Close the session db and the spec store (the store even when closing the db fails).
+
+        An async db's ``close()`` is awaited; a sync one's runs in a thread, off the event loop
+        (closing a pool or a socket can block)."""
         try:
             close = getattr(self.db, "close", None)
             if close is not None:
-                result = close()
-                if hasattr(result, "__await__"):
-                    await result
+                if inspect.iscoroutinefunction(close):
+                    await close()
+                else:
+                    result = await asyncio.to_thread(close)
+                    if inspect.isawaitable(result):  # a plain function that returned a coroutine
+                        await result
         finally:
             await self.store.aclose()
 
