@@ -441,6 +441,29 @@ async def test_warm_up_loads_at_start(manager: SecretsManager, source: CountingS
     assert manager.stats.hits == 1
 
 
+async def test_warm_up_fetches_only_what_is_not_fresh_in_the_cache(
+    manager: SecretsManager, source: CountingSource, clock: Clock
+) -> None:
+    """warm_up fills the cache: a key already cached and fresh is not fetched again (it was, every
+    time); a missing key, or one past its ttl, is."""
+    await manager.warm_up(["openai"])
+    await manager.get("openai", "api_key", "alice")
+    await manager.warm_up(["openai", "groq"])
+    await manager.warm_up(["openai", "groq"], user_id="alice")
+    assert [(key.provider, key.user_id) for key in source.fetches] == [
+        ("openai", None),
+        ("openai", "alice"),
+        ("groq", None),
+        ("groq", "alice"),
+    ]
+    clock.now += 301  # openai's ttl (300) has run out; groq's "no such secret" (30) long before
+    source.fetches.clear()
+    await manager.warm_up(["openai", "groq"])
+    assert [(key.provider, key.user_id) for key in source.fetches] == [("openai", None), ("groq", None)]
+    await manager.get("openai", "api_key")
+    assert len(source.fetches) == 2  # fetched again by warm_up: fresh
+
+
 async def test_max_size_bounds_the_cache(source: CountingSource) -> None:
     manager = SecretsManager(source, max_size=2)
     for user in ("a", "b", "c"):

@@ -363,9 +363,12 @@ class SecretsManager:
     async def warm_up(self, providers: Iterable[str], *, user_id: str | None = None) -> None:
         """Load the providers' secrets now (at start-up), so the first requests hit the cache.
 
-        Missing secrets are fine; sources that cannot answer raise.
+        Only what the cache lacks is fetched: a key cached and still fresh (within ``ttl``, or
+        ``negative_ttl`` for "no such secret") is left as it is; use :meth:`refresh` to fetch again
+        regardless. Missing secrets are fine; sources that cannot answer raise.
         """
-        await asyncio.gather(*(self._load((provider, user_id, None), None) for provider in providers))
+        keys = [(provider, user_id, None) for provider in providers]
+        await asyncio.gather(*(self._load(key, self._cache.get(key)) for key in keys))
 
     async def refresh(
         self, provider: str | None = None, *, user_id: str | _Every | None = _Every.USER
