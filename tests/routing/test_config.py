@@ -444,3 +444,45 @@ def test_from_files_given_one_path_says_to_pass_a_list(tmp_path: Path, kind: typ
     ):
         RoutingConfig.from_files(kind(path))  # type: ignore[arg-type]
     assert set(RoutingConfig.from_files([kind(path)]).interfaces) == {"discord"}
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "path", "shown"),
+    [
+        (
+            "discord:\n  routing:\n    rules:\n      - {name: a, channel_ids: [123], agent_id: x}\n",
+            "discord.routing.rules[0].channel_ids[0]",
+            "Input should be a valid string (got 123)",
+        ),
+        ("discord:\n  session:\n    ttl: soon\n", "discord.session.ttl", "(got 'soon')"),
+        (  # a key pasted where a value belongs is masked, as in the spec errors
+            "discord:\n  routing:\n    rules:\n"
+            "      - {name: a, channel_ids: ['1'],\n"
+            "         target: {type: 'sk-proj-abcdefghijklmnopqrstuvwxyz0123', id: x}}\n",
+            "discord.routing.rules[0].target.type",
+            "(got **********)",
+        ),
+    ],
+)
+def test_a_pydantic_error_shows_the_value_found(yaml_text: str, path: str, shown: str) -> None:
+    """Path and line say where; the value says what was wrong there (``channel_ids: [123]``
+    unquoted is a number, not the text an id must be)."""
+    with pytest.raises(RoutingConfigError) as caught:
+        RoutingConfig.from_yaml(yaml_text, source="interfaces.yaml")
+    assert caught.value.path == path
+    assert shown in str(caught.value)
+    assert "sk-proj" not in str(caught.value)
+
+
+def test_a_value_already_in_the_message_is_not_shown_twice() -> None:
+    with pytest.raises(RoutingConfigError) as caught:
+        RoutingConfig.from_dict(
+            {
+                "discord": {
+                    "routing": {
+                        "rules": [{"name": "a", "priority": True, "channel_ids": ["1"], "agent_id": "x"}]
+                    }
+                }
+            }
+        )
+    assert str(caught.value).endswith("got True")
