@@ -486,3 +486,11 @@ def test_a_value_already_in_the_message_is_not_shown_twice() -> None:
             }
         )
     assert str(caught.value).endswith("got True")
+
+
+def test_a_blank_rule_name_in_yaml_names_the_field_and_the_value() -> None:
+    text = "discord:\n  routing:\n    rules:\n      - {name: ' ', channel_ids: ['1'], agent_id: a}\n"
+    with pytest.raises(RoutingConfigError) as caught:
+        RoutingConfig.from_yaml(text)
+    assert caught.value.path == "discord.routing.rules[0].name"
+    assert "name ' ' is only whitespace" in str(caught.value)

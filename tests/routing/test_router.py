@@ -376,3 +376,12 @@ def test_a_safe_pattern_refuses_a_timeout_that_is_no_bound(timeout: float) -> No
     with pytest.raises(ConfigurationError, match=r"timeout must be a finite number of seconds > 0"):
         SafePattern("b", timeout=timeout)
     assert SafePattern("b", timeout=0.5).search("abc")
+
+
+@pytest.mark.parametrize("name", [" ", "\t", " \n "])
+def test_a_rule_name_of_only_whitespace_is_refused(name: str) -> None:
+    """A decision and ``explain`` name the rule: a blank name names none."""
+    with pytest.raises(ValidationError) as caught:
+        rule(name, source="discord")
+    assert caught.value.errors()[0]["loc"] == ("name",)
+    assert f"name {name!r} is only whitespace" in str(caught.value)

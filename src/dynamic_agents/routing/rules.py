@@ -89,6 +89,13 @@ class RoutingRule(BaseModel):
             data["metadata_match"] = metadata
         return data
 
+    @field_validator("name")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():  # a decision and explain() name the rule: this names none
+            raise ValueError(f"name {value!r} is only whitespace: give the rule a name it can be told by")
+        return value
+
     @field_validator("priority", mode="before")
     @classmethod
     def _not_a_boolean(cls, value: Any) -> Any:
