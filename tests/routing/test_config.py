@@ -4,10 +4,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from dynamic_agents.events import AgentRequestEvent, Target, TargetType
 from dynamic_agents.exceptions import NoRouteError, RoutingConfigError, SecretNotFoundError
-from dynamic_agents.routing import InterfaceConfig, InterfaceRouting, RoutingConfig, RoutingRule
+from dynamic_agents.routing import (
+    InterfaceConfig,
+    InterfaceRouting,
+    RoutingConfig,
+    RoutingRule,
+    SessionSettings,
+)
 from dynamic_agents.secrets import SecretsManager, StaticSource
 
 # The design document's config/interfaces/discord.yaml, as written there.
@@ -494,3 +501,21 @@ def test_a_blank_rule_name_in_yaml_names_the_field_and_the_value() -> None:
         RoutingConfig.from_yaml(text)
     assert caught.value.path == "discord.routing.rules[0].name"
     assert "name ' ' is only whitespace" in str(caught.value)
+
+
+@pytest.mark.parametrize("prefix", ["a\x00b", "disc\nord", "tab\t", "del\x7f", "c1\x85"])
+def test_a_session_prefix_with_a_control_character_is_refused(prefix: str) -> None:
+    """The prefix becomes part of session ids and Redis key names."""
+    with pytest.raises(ValidationError) as caught:
+        SessionSettings(prefix=prefix)
+    assert caught.value.errors()[0]["loc"] == ("prefix",)
+    assert f"session prefix {prefix!r} has a control character" in str(caught.value)
+
+
+def test_a_session_prefix_with_a_control_character_in_yaml_names_the_path_and_the_value() -> None:
+    text = 'discord:\n  session:\n    prefix: "disc\\x01ord"\n'
+    with pytest.raises(RoutingConfigError) as caught:
+        RoutingConfig.from_yaml(text, source="interfaces.yaml")
+    assert (caught.value.line, caught.value.path) == (3, "discord.session.prefix")
+    assert "session prefix 'disc\\x01ord' has a control character" in str(caught.value)
+    assert SessionSettings(prefix="discord-eu:v2").prefix == "discord-eu:v2"

@@ -22,6 +22,7 @@ the file, the line and the path (``discord.routing.rules[1].content_pattern``).
 from __future__ import annotations
 
 import difflib
+import unicodedata
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Self
@@ -68,6 +69,17 @@ class SessionSettings(BaseModel):
 
     prefix: str | None = None
     ttl: float | None = Field(default=None, gt=0)
+
+    @field_validator("prefix")
+    @classmethod
+    def _no_control_characters(cls, value: str | None) -> str | None:
+        """The prefix becomes part of session ids, and of Redis key names built from them."""
+        if value is not None and any(unicodedata.category(char) == "Cc" for char in value):
+            raise ValueError(
+                f"session prefix {value!r} has a control character: it becomes part of session "
+                "ids and key names (use letters, digits and punctuation)"
+            )
+        return value
 
 
 class InterfaceRouting(BaseModel):
