@@ -385,3 +385,39 @@ def test_a_rule_name_of_only_whitespace_is_refused(name: str) -> None:
         rule(name, source="discord")
     assert caught.value.errors()[0]["loc"] == ("name",)
     assert f"name {name!r} is only whitespace" in str(caught.value)
+
+
+@pytest.mark.parametrize("wanted", [987654321, [987654321], [987654321, "other"]])
+@pytest.mark.parametrize("sent", [987654321, "987654321", 987654321.0])
+def test_a_metadata_integer_matches_the_id_sent_as_text_too(wanted: Any, sent: Any) -> None:
+    """``metadata_match: {guild_id: 987654321}`` (an id written unquoted in YAML) matches the id
+    sent as text or as a number, as the ``guild_ids`` shorthand does; route() and explain() agree."""
+    router = EventRouter(
+        [rule("guild", "guild", metadata_match={"guild_id": wanted})], default=Target(type=AGENT, id="d")
+    )
+    routed = event(metadata={"guild_id": sent})
+    assert router.route(routed).target_id == "guild"
+    assert router.explain(routed).decision == router.route(routed)
+    for other in ("98765432", "987654321 ", True, "0x3ade68b1"):
+        missed = event(metadata={"guild_id": other})
+        assert router.route(missed).target_id == "d"
+        assert router.explain(missed).decision == router.route(missed)
+
+
+@pytest.mark.parametrize(("wanted", "sent"), [(1, True), (1, "True"), ([0], False), ("1", 1), (1.5, "1.5")])
+def test_only_an_integer_gains_its_text_form(wanted: Any, sent: Any) -> None:
+    """A boolean still matches only a boolean; text and non-integral numbers match as written."""
+    router = EventRouter(
+        [rule("flagged", "flagged", metadata_match={"flag": wanted})], default=Target(type=AGENT, id="d")
+    )
+    routed = event(metadata={"flag": sent})
+    assert router.route(routed).target_id == "d"
+    assert router.explain(routed).decision == router.route(routed)
+
+
+@pytest.mark.parametrize("sent", [1, True, "1"])
+def test_a_list_of_a_boolean_and_an_integer_matches_each_as_its_own_kind(sent: Any) -> None:
+    router = EventRouter([rule("either", "either", metadata_match={"flag": [True, 1]})])
+    routed = event(metadata={"flag": sent})
+    assert router.route(routed).target_id == "either"
+    assert router.explain(routed).decision == router.route(routed)

@@ -39,8 +39,9 @@ class RoutingRule(BaseModel):
     ``source_id_pattern``   a regular expression searched in the channel id
     ``user_ids``            the user is one of these (``user_id`` for one)
     ``content_pattern``     a regular expression searched in the content (bounded, with a timeout)
-    ``metadata_match``      each key's value equals the one given, or is one of a list
-                            (YAML: ``guild_ids`` is ``metadata_match: {guild_id: [...]}``)
+    ``metadata_match``      each key's value equals the one given, or is one of a list (an
+                            integer also as text; YAML: ``guild_ids`` is
+                            ``metadata_match: {guild_id: [...]}``, digits also as a number)
     ======================  =================================================================
 
     Higher ``priority`` is tried first; among equals, the order of declaration.
@@ -115,14 +116,15 @@ class RoutingRule(BaseModel):
     def _freeze_metadata_match(
         cls, value: Mapping[str, MetadataValue | tuple[MetadataValue, ...]]
     ) -> Mapping[str, MetadataValue | tuple[MetadataValue, ...]]:
-        """Read-only, as the rest of the rule: a router indexes it when built."""
+        """Read-only, as the rest of the rule: a router indexes it when built. An integer also
+        accepts its text (see :func:`_with_text_forms`), here once rather than per event."""
         for key, wanted in value.items():
             if wanted == ():
                 raise ValueError(
                     f"the accepted values of {key!r} are an empty list: no event can meet it "
                     "(leave the key out to accept any value)"
                 )
-        return _FrozenDict(value)
+        return _FrozenDict({key: _with_text_forms(wanted) for key, wanted in value.items()})
 
     @field_validator("source_ids", "user_ids")
     @classmethod
@@ -197,6 +199,24 @@ def _either_type(ids: Any) -> Any:
     return both
 
 
+def _with_text_forms(
+    wanted: MetadataValue | tuple[MetadataValue, ...],
+) -> MetadataValue | tuple[MetadataValue, ...]:
+    """An integer (not a boolean) accepted as a number and as its decimal text: platforms send ids
+    either way (``987654321`` or ``"987654321"``) and YAML reads one written unquoted as a number,
+    as ``guild_ids`` does. Text stays text: a quoted value was written as one."""
+    values = wanted if isinstance(wanted, tuple) else (wanted,)
+    texts = [
+        str(value)
+        for value in values
+        if isinstance(value, int) and not isinstance(value, bool) and str(value) not in values
+    ]
+    if not texts:
+        return wanted
+    # str == only str: the membership test above cannot mistake a number or a boolean for text
+    return (*values, *dict.fromkeys(texts))
+
+
 def metadata_matches(
     expected: Mapping[str, MetadataValue | tuple[MetadataValue, ...]], event: AgentRequestEvent
 ) -> bool:
@@ -205,8 +225,14 @@ def metadata_matches(
     for key, wanted in expected.items():
         actual = event.metadata.get(key)
         if isinstance(wanted, tuple):
-            if actual not in wanted or (
-                isinstance(actual, int | float) and not any(_same_value(actual, w) for w in wanted)
+            if actual not in wanted:
+                return False
+            # the first equal value (C speed) is of the right kind but where a boolean meets a
+            # number: only then look through them all (an integer's text form made most tuples)
+            if (
+                isinstance(actual, int | float)
+                and (type(wanted[wanted.index(actual)]) is bool) != (type(actual) is bool)
+                and not any(_same_value(actual, w) for w in wanted)
             ):
                 return False
         elif not _same_value(actual, wanted):
