@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
@@ -230,3 +232,109 @@ async def test_a_claim_cancelled_after_it_was_sent_gives_back_the_lease_it_took(
     finally:
         await admin.aclose()
         await transport.aclose()
+
+
+async def test_an_acquire_cancelled_after_it_was_sent_gives_back_the_lease_it_took(
+    redis_server: RedisServer,
+) -> None:
+    """As for a claim: the SET NX of an acquire cancelled while Redis held its reply runs once
+    Redis resumes, and the acquire gives the lease back (token-checked: another holder's lease
+    stays)."""
+    transport = RedisStreamsTransport.from_url(redis_server.url)
+    coordinator = transport.coordinator()
+    admin = Redis.from_url(redis_server.url)
+    try:
+        other = await coordinator.acquire("other", ttl=60)  # (and the pipeline's connection is made)
+        assert other is not None
+        await admin.execute_command("CLIENT", "PAUSE", 30_000, "WRITE")
+        try:
+            acquiring = asyncio.create_task(coordinator.acquire("s", ttl=60, holder="h"))
+            await _held_by_the_pause(admin, "set")
+            acquiring.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await acquiring
+        finally:
+            await admin.execute_command("CLIENT", "UNPAUSE")
+        await coordinator.aclose()
+        assert await admin.get(transport.names.session_lease("s")) is None
+        assert await admin.get(transport.names.session_lease("other")) == other.token.encode()
+    finally:
+        await admin.aclose()
+        await transport.aclose()
+
+
+async def _held_by_the_pause(admin: Redis, command: str, within: float = 10.0) -> None:
+    """Wait until a client's ``command`` has reached the server and waits there for the pause to end
+    (``flags=b``), whichever connection it was sent on."""
+    deadline = time.monotonic() + within
+    while not any(c["cmd"] == command and "b" in c["flags"] for c in await admin.client_list()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within}s waiting for a {command} held by the pause")
+        await asyncio.sleep(0.01)
+
+
+async def test_an_acquire_cancelled_while_its_reply_was_on_the_way_gives_back_the_lease(
+    redis_server: RedisServer,
+) -> None:
+    """Redis ran the SET NX, and its reply is held on the way back (a proxy): the cancelled acquire
+    gives the lease back instead of leaving it held, with nobody to release it, until its ttl."""
+    async with _reply_holding_proxy(redis_server.port) as (url, replies):
+        transport = RedisStreamsTransport.from_url(url)
+        coordinator = transport.coordinator()
+        admin = Redis.from_url(redis_server.url)  # straight to the server
+        lease_key = transport.names.session_lease("s")
+        try:
+            assert await coordinator.acquire("other", ttl=60) is not None  # (connections are made)
+            replies.clear()
+            acquiring = asyncio.create_task(coordinator.acquire("s", ttl=60, holder="h"))
+            deadline = time.monotonic() + 10
+            while not await admin.exists(lease_key):  # Redis ran it; the reply waits in the proxy
+                assert time.monotonic() < deadline, "timed out waiting for the SET NX to run"
+                await asyncio.sleep(0.01)
+            acquiring.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await acquiring
+            replies.set()
+            await coordinator.aclose()
+            assert await admin.get(lease_key) is None
+        finally:
+            replies.set()
+            await admin.aclose()
+            await transport.aclose()
+
+
+@contextlib.asynccontextmanager
+async def _reply_holding_proxy(port: int) -> AsyncIterator[tuple[str, asyncio.Event]]:
+    """A TCP proxy to the Redis on ``port``: commands pass at once; replies pass only while the
+    event is set. Yields the proxy's URL and the event."""
+    replies = asyncio.Event()
+    replies.set()
+    writers: list[asyncio.StreamWriter] = []
+    pipes: set[asyncio.Task[None]] = set()
+
+    async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter, gated: bool) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await source.read(65536):
+                if gated:
+                    await replies.wait()
+                sink.write(data)
+                await sink.drain()
+        sink.close()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", port)
+        writers.extend((writer, upstream_writer))
+        for task in (pipe(reader, upstream_writer, False), pipe(upstream_reader, writer, True)):
+            pipes.add(asyncio.create_task(task))
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield f"redis://127.0.0.1:{server.sockets[0].getsockname()[1]}/0", replies
+    finally:
+        server.close()
+        for writer in writers:
+            writer.close()
+        for task in pipes:
+            task.cancel()
+        await asyncio.gather(*pipes, return_exceptions=True)
+        await server.wait_closed()

@@ -1067,7 +1067,7 @@ class RedisCoordinator(Coordinator):
         self._claims = BatchCommands(_pack_claims, _unpack_claims)
         self._owns_pipeline = pipeline is None  # else the transport's, closed with it
         self._pipeline = pipeline or AutoPipeline(client, timeout=self._retry.timeout)
-        self._giving_back: set[asyncio.Future[object]] = set()  # leases of cancelled claims
+        self._giving_back: set[asyncio.Future[object]] = set()  # leases of cancelled claims and acquires
 
     @classmethod
     def from_url(cls, url: str, *, names: StreamNames | None = None) -> RedisCoordinator:
@@ -1076,9 +1076,17 @@ class RedisCoordinator(Coordinator):
     async def acquire(self, session_id: str, ttl: float, *, holder: str = "") -> Lease | None:
         token = lease_token(holder)
         key = self.names.session_lease(session_id)
-        ttl_ms = _ms(check_ttl(ttl))
-        taken = await self._do("acquire a lease", lambda: self.client.set(key, token, nx=True, px=ttl_ms))
-        return Lease(session_id, token, ttl) if taken else None
+        lease = Lease(session_id, token, ttl)
+        set_nx = partial(self._pipeline.command, "SET", key, token, "NX", "PX", _ms(check_ttl(ttl)))
+        try:
+            try:
+                reply = await set_nx()
+            except Exception as error:
+                reply = await self._do("acquire a lease", set_nx, failed=error)
+        except asyncio.CancelledError:  # its SET NX may have gone out: see _give_back_later
+            self._give_back_later(lease)
+            raise
+        return lease if reply is not None else None  # b"OK", or None when someone holds it
 
     async def holder(self, session_id: str) -> str | None:
         key = self.names.session_lease(session_id)
@@ -1128,10 +1136,11 @@ class RedisCoordinator(Coordinator):
         return outcome
 
     def _give_back_later(self, lease: Lease) -> None:
-        """Release the lease a cancelled claim may have been granted: its ``SET NX`` may have gone
-        out, and nobody else would give the lease back before its ttl. The release is queued on the
-        claim's own pipelined connection, so Redis runs it after the claim; token-checked, it never
-        frees a lease someone else holds. (Nothing is added to a claim that is not cancelled.)"""
+        """Release the lease a cancelled claim or acquire may have been granted: its ``SET NX`` may
+        have gone out, and nobody else would give the lease back before its ttl. The release is
+        queued on the same pipelined connection, so Redis runs it after the ``SET NX``;
+        token-checked, it never frees a lease someone else holds. (Nothing is added to a call that
+        is not cancelled.)"""
         released = self._pipeline.script(
             self._release, [self.names.session_lease(lease.session_id)], [lease.token]
         )
@@ -1145,7 +1154,7 @@ class RedisCoordinator(Coordinator):
         if (error := released.exception()) is not None:  # it expires within its ttl anyway
             logger.warning("giving back the lease of %s failed: %s", lease.session_id, error)
         elif released.result():
-            logger.info("gave back the lease of %s a cancelled claim took", lease.session_id)
+            logger.info("gave back the lease of %s a cancelled call took", lease.session_id)
 
     async def renew(self, lease: Lease, ttl: float | None = None) -> bool:
         ttl_ms = _ms(check_ttl(ttl if ttl is not None else lease.ttl))
@@ -1179,7 +1188,7 @@ class RedisCoordinator(Coordinator):
         return _retrying(what, operation, self._retry, None, failed=failed)
 
     async def aclose(self) -> None:
-        """Wait for the leases of cancelled claims to be given back, then release what the
+        """Wait for the leases of cancelled claims and acquires to be given back, then release what the
         coordinator owns."""
         if self._giving_back:
             await asyncio.wait(list(self._giving_back))
