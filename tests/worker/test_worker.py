@@ -428,6 +428,63 @@ async def test_stop_abandons_a_run_that_ignores_its_cancellation(
     assert (reply.request_id, reply.content) == (request.id, "echo: stubborn")
 
 
+async def test_a_run_abandoned_by_stop_ending_late_leaves_a_new_delivery_of_its_entry_alone(
+    backend: Backend,
+) -> None:
+    """The worker, started again after ``stop()`` abandoned a run, takes the entry back (after
+    ``claim_min_idle``) and runs it while the abandoned run still goes. When that run ends, its
+    cleanup touches only its own delivery: the new one stays held (kept fresh) with its lease
+    renewed and its run registered, and is answered once."""
+    transport = await backend.transport()
+    first_started, second_started = asyncio.Event(), asyncio.Event()
+    finish_first, finish_second = asyncio.Event(), asyncio.Event()
+    runs = 0
+
+    async def stubborn_then_slow(target: Target, request: AgentRequestEvent) -> str:
+        nonlocal runs
+        runs += 1
+        if runs > 1:
+            second_started.set()
+            await finish_second.wait()
+            return "the new delivery's answer"
+        first_started.set()
+        while not finish_first.is_set():  # ignores its cancellation
+            with contextlib.suppress(asyncio.CancelledError):
+                await finish_first.wait()
+        return "the abandoned run's answer"
+
+    request = request_event(backend.names, "stubborn")
+    await transport.publish(backend.names.requests, request)
+    handled = Handled()
+    w = worker(transport, FunctionExecutor(stubborn_then_slow), abandon_after=0.1)
+    w.hooks.append(handled)
+    await w.__aenter__()
+    try:
+        await asyncio.wait_for(first_started.wait(), 5)
+        await w.stop(grace=0)  # abandons the run
+        await w.__aenter__()  # the same worker again: takes the entry back once it is idle
+        await asyncio.wait_for(second_started.wait(), 10)
+        (entry_id,) = w._held
+        delivery, lease, execution = w._held[entry_id], w._leases[request.id], w._executions[request.id]
+        finish_first.set()  # the abandoned run ends now, mid-run of the new delivery
+        await wait_for(lambda: _async(len(handled.errors) == 1))
+        assert isinstance(handled.errors[0], RunLostError)  # its late reply refused
+        assert w._held.get(entry_id) is delivery  # still kept fresh
+        assert w._leases.get(request.id) is lease  # still renewed
+        assert w._executions.get(request.id) is execution  # still cancellable on request
+        assert w.in_flight == 1
+        finish_second.set()
+        await wait_for(lambda: _async(len(handled.errors) == 2))
+        assert handled.errors[1] is None
+    finally:
+        finish_first.set()
+        finish_second.set()
+        await w.stop()
+    (reply,) = await replies(transport, backend.names)
+    assert (reply.request_id, reply.content) == (request.id, "the new delivery's answer")
+    assert await transport.pending(backend.names.requests, "dynamic-agents") == []
+
+
 async def test_cancelling_the_task_that_runs_the_worker_hands_its_runs_back(backend: Backend) -> None:
     """The host cancels the task running ``run()`` (its own shutdown): the runs in flight are
     cancelled with it, hand their entries and leases back and end before ``run()`` does; none is

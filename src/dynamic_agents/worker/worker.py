@@ -129,6 +129,7 @@ class AgentWorker:
         )
         self._held: dict[str, Delivery[AgentRequestEvent]] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._turns: dict[str, asyncio.Future[None]] = {}  # entry id -> its handler's session turn
         self._lost: set[str] = set()
         self._session_tails: dict[str, asyncio.Future[None]] = {}
         self._waiting: dict[str, list[str]] = {}  # session -> entry ids queued behind another, in order
@@ -237,8 +238,9 @@ class AgentWorker:
         A cancelled run gets ``settings.abandon_after`` seconds more to end; one still running then
         (an executor that ignores its cancellation, or waits for a thread) is abandoned: logged
         with its request id, its lease given up and its entry left pending, no longer kept fresh,
-        for another worker to take after ``claim_min_idle``. If it finishes later, its reply is
-        refused (the lease is no longer its own) and nothing is written.
+        for another worker to take after ``claim_min_idle``, its session's next request here free to
+        go. If it finishes later, its reply is refused (the lease is no longer its own) and nothing
+        is written; a new delivery of its entry (this worker started again) is left alone.
 
         ``grace=None`` waits for the runs however long they take (none is cancelled).
 
@@ -292,23 +294,27 @@ class AgentWorker:
     async def _abandon(self, tasks: set[asyncio.Task[None]]) -> None:
         """Let go of handlers that outlived their cancellation: they no longer count as in flight,
         their entries are no longer kept fresh nor handed back (pending, another worker takes them
-        after ``claim_min_idle``) and their leases are given up, so a late finish writes nothing
-        (``Transport.complete`` refuses a lease no longer held)."""
+        after ``claim_min_idle``), their leases are given up, so a late finish writes nothing
+        (``Transport.complete`` refuses a lease no longer held), and their sessions' next requests
+        here may go. What this worker keeps by entry and request id is dropped now, not at their
+        late end: by then it may be a new delivery's of the same entry (this worker started again)."""
         request_ids = {task: rid for rid, task in self._executions.items()}
         named: list[str] = []
         leases: list[Lease] = []
         for entry_id, task in list(self._tasks.items()):
             if task not in tasks:
                 continue
-            del self._tasks[entry_id]
-            self._lost.add(entry_id)
+            del self._tasks[entry_id]  # so its handler knows itself abandoned (_owns)
+            self._forget_entry(entry_id)
             delivery = self._held.pop(entry_id, None)
+            self._end_turn(self._turns.pop(entry_id, None))
             request_id = request_ids.get(task) or (delivery.event.id if delivery else f"entry {entry_id}")
             named.append(request_id)
             held = self._leases.pop(request_id, None)  # no longer renewed
             if held is not None:
-                self._leases_lost.add(request_id)
                 leases.append(held.lease)
+            if task in request_ids:
+                self._forget_execution(request_id)
         self.stats.lost += len(named)
         self._slot_freed.set()  # the read loop's wait for runs in flight sees them gone
         logger.warning(
@@ -322,6 +328,37 @@ class AgentWorker:
         for lease in leases:
             with contextlib.suppress(DynamicAgentsError):  # else it expires with its ttl, unrenewed
                 await self.coordinator.release(lease)
+
+    def _forget_entry(self, entry_id: str) -> None:
+        for queue in list(self._waiting.values()):
+            if entry_id in queue:
+                queue.remove(entry_id)
+        self._waiting = {session: queue for session, queue in self._waiting.items() if queue}
+        self._absorbed.discard(entry_id)
+        self._withdrawn.discard(entry_id)
+        self._lost.discard(entry_id)
+
+    def _end_turn(self, turn: asyncio.Future[None] | None) -> None:
+        """The session's next request here may go."""
+        if turn is None or turn.done():
+            return
+        turn.set_result(None)
+        for session, tail in list(self._session_tails.items()):
+            if tail is turn:
+                del self._session_tails[session]
+
+    def _forget_execution(self, request_id: str) -> None:
+        """An abandoned run's: a cancellation request or an interrupt no longer reaches it."""
+        self._executions.pop(request_id, None)
+        self._leases.pop(request_id, None)
+        self._leases_lost.discard(request_id)
+        self._cancelling.discard(request_id)
+        self._merged_into = {rid: turn for rid, turn in self._merged_into.items() if turn != request_id}
+        self._running = {session: rid for session, rid in self._running.items() if rid != request_id}
+
+    def _owns(self, delivery: Delivery[AgentRequestEvent]) -> bool:
+        """Whether the current handler still stands for ``delivery`` (it was not abandoned)."""
+        return self._tasks.get(delivery.entry_id) is asyncio.current_task()
 
     async def _nothing_pending(self) -> bool:
         return not await self.transport.pending(self.stream, self.settings.group, count=1)
@@ -360,6 +397,7 @@ class AgentWorker:
                 self._waiting.setdefault(session, []).append(delivery.entry_id)
             task = loop.create_task(self._handle(delivery, previous, turn, read_at))
             self._tasks[delivery.entry_id] = task
+            self._turns[delivery.entry_id] = turn
         return bool(deliveries)
 
     async def _keep_fresh_loop(self) -> None:
@@ -405,23 +443,25 @@ class AgentWorker:
             await self._process(delivery, event, previous, read_at)
         except (asyncio.CancelledError, RunLostError) as error:
             failure = error
-            if delivery.entry_id not in self._lost:
+            if self._owns(delivery) and delivery.entry_id not in self._lost:
                 # stopping: hand the entry back at once instead of waiting for it to go idle
                 await self._hand_back(delivery)
         except Exception as error:  # our own failure (e.g. Redis gone while answering): stays pending
             failure = error
             logger.exception("handling request %s failed; it stays pending for a retry", event.id)
         finally:
-            turn.set_result(None)  # the session's next request may go
-            if self._session_tails.get(event.session_id) is turn:
-                del self._session_tails[event.session_id]
-            self._leave_queue(event.session_id, delivery.entry_id)
-            self._absorbed.discard(delivery.entry_id)
-            self._withdrawn.discard(delivery.entry_id)
-            self._held.pop(delivery.entry_id, None)
-            if self._tasks.get(delivery.entry_id) is asyncio.current_task():  # not when abandoned
+            if self._owns(delivery):  # else abandoned: _abandon did this, and the entry's state
+                # here may be a new delivery's by now (this worker started again)
+                turn.set_result(None)  # the session's next request may go
+                if self._session_tails.get(event.session_id) is turn:
+                    del self._session_tails[event.session_id]
+                self._leave_queue(event.session_id, delivery.entry_id)
+                self._absorbed.discard(delivery.entry_id)
+                self._withdrawn.discard(delivery.entry_id)
+                self._held.pop(delivery.entry_id, None)
                 del self._tasks[delivery.entry_id]
-            self._lost.discard(delivery.entry_id)
+                del self._turns[delivery.entry_id]
+                self._lost.discard(delivery.entry_id)
             self._slot_freed.set()
             if self.hooks:
                 await self._call_hooks("after_handle", delivery, failure)
@@ -851,6 +891,8 @@ class AgentWorker:
             else:  # a broken executor: the same on every delivery, so an error reply, not a retry
                 result = _error(f"the executor returned {type(outcome).__name__}, not an ExecutionResult")
         except asyncio.CancelledError:
+            if self._executions.get(event.id) is not handler:
+                raise  # abandoned by stop(): it ends so, publishing nothing
             if event.id in self._leases_lost:
                 handler.uncancel()
                 raise RunLostError(event.id, event.session_id) from None  # publish nothing
@@ -858,18 +900,23 @@ class AgentWorker:
                 raise  # stopping, or the entry was lost (not only a cancellation request)
             return _cancelled()  # cancelled on request: answer so
         else:
-            if event.id in self._cancelling:  # the executor swallowed the cancellation: count it done
+            if self._executions.get(event.id) is handler and event.id in self._cancelling:
+                # the executor swallowed the cancellation: count it done
                 handler.uncancel()
             return result
         finally:
-            for item in merged:
-                self._merged_into.pop(item.event.id, None)
-            self._leases.pop(event.id, None)
-            self._leases_lost.discard(event.id)
-            self._executions.pop(event.id, None)
-            self._cancelling.discard(event.id)
-            if self._running.get(event.session_id) == event.id:
-                del self._running[event.session_id]
+            if self._executions.get(event.id) is handler:  # else abandoned: _abandon did this
+                self._end_execution(event, merged)
+
+    def _end_execution(self, event: AgentRequestEvent, merged: Sequence[Delivery[AgentRequestEvent]]) -> None:
+        for item in merged:
+            self._merged_into.pop(item.event.id, None)
+        self._leases.pop(event.id, None)
+        self._leases_lost.discard(event.id)
+        del self._executions[event.id]
+        self._cancelling.discard(event.id)
+        if self._running.get(event.session_id) == event.id:
+            del self._running[event.session_id]
 
     async def _still_ours(self, lease: Lease) -> bool:
         try:
@@ -988,8 +1035,10 @@ class AgentWorker:
     def _let_go(self, delivery: Delivery[AgentRequestEvent]) -> None:
         """Stop keeping an entry fresh just before the call that acks it: while that call runs, the
         keep-fresh check would see the entry acked and take it for lost. If the call fails, the
-        entry stays pending and is reclaimed after ``claim_min_idle``, as after any failure."""
-        self._held.pop(delivery.entry_id, None)
+        entry stays pending and is reclaimed after ``claim_min_idle``, as after any failure.
+        (Only its own: an abandoned run's late answer finds a new delivery of the entry there.)"""
+        if self._held.get(delivery.entry_id) is delivery:
+            del self._held[delivery.entry_id]
 
     async def _reply_with_hook_headers(self, delivery: Delivery[AgentRequestEvent], reply: Reply) -> Reply:
         """The reply with the envelope headers hooks add (trace context, for one)."""
