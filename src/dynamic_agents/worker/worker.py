@@ -450,17 +450,21 @@ class AgentWorker:
             failure = error
             logger.exception("handling request %s failed; it stays pending for a retry", event.id)
         finally:
+            # This handler's own turn, always: whatever else holds the entry's id by now, the
+            # session's requests queued behind this one must not wait for ever.
+            if not turn.done():  # (an abandoned handler's was ended by _abandon)
+                turn.set_result(None)  # the session's next request may go
+            if self._session_tails.get(event.session_id) is turn:
+                del self._session_tails[event.session_id]
+            if self._turns.get(delivery.entry_id) is turn:
+                del self._turns[delivery.entry_id]
             if self._owns(delivery):  # else abandoned: _abandon did this, and the entry's state
                 # here may be a new delivery's by now (this worker started again)
-                turn.set_result(None)  # the session's next request may go
-                if self._session_tails.get(event.session_id) is turn:
-                    del self._session_tails[event.session_id]
                 self._leave_queue(event.session_id, delivery.entry_id)
                 self._absorbed.discard(delivery.entry_id)
                 self._withdrawn.discard(delivery.entry_id)
                 self._held.pop(delivery.entry_id, None)
                 del self._tasks[delivery.entry_id]
-                del self._turns[delivery.entry_id]
                 self._lost.discard(delivery.entry_id)
             self._slot_freed.set()
             if self.hooks:
