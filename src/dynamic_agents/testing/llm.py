@@ -6,6 +6,9 @@ Each model group gets one deployment per reply given (so ``["A", "B"]`` load-bal
 a reply may also be one of litellm's error strings (``"litellm.RateLimitError"``,
 ``"litellm.InternalServerError"``, ``"litellm.ContextWindowExceededError"``). Other
 ``RouterConfig`` fields go in ``**settings`` (``fallbacks=…``).
+
+An empty reply cannot be mocked this way (litellm sends a request whose ``mock_response`` is empty to
+the provider): script one with ``FakeOpenAI([""])`` instead.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from dynamic_agents.exceptions import ConfigurationError
 from dynamic_agents.llm import LLMRouter, RouterConfig, build_router
 from dynamic_agents.secrets import SecretsManager, StaticSource
 
@@ -22,7 +26,7 @@ __all__ = ["mock_llm_router", "mock_router_config"]
 def mock_router_config(replies: Mapping[str, str | Sequence[str]], **settings: Any) -> RouterConfig:
     model_list = []
     for model_name, answer in replies.items():
-        for index, reply in enumerate([answer] if isinstance(answer, str) else list(answer)):
+        for index, reply in enumerate(_replies(model_name, answer)):
             model_list.append(
                 {
                     "model_name": model_name,
@@ -46,3 +50,27 @@ async def mock_llm_router(
     """Build an ``LLMRouter`` from :func:`mock_router_config` (close it with ``aclose()``)."""
     manager = secrets or SecretsManager(StaticSource({"mock": {"api_key": "mock-key-not-secret"}}))
     return await build_router(mock_router_config(replies, **settings), manager)
+
+
+def _replies(model_name: str, answer: object) -> list[str]:
+    """The group's replies, each one litellm mocks (a falsy ``mock_response`` goes to the provider)."""
+    if isinstance(answer, str):
+        replies: list[object] = [answer]
+    elif isinstance(answer, Sequence) and not isinstance(answer, bytes | bytearray) and answer:
+        replies = list(answer)
+    else:
+        raise ConfigurationError(
+            f"replies[{model_name!r}] must be a str or a non-empty list of str, got {answer!r:.60}"
+        )
+    checked: list[str] = []
+    for index, reply in enumerate(replies):
+        where = f"replies[{model_name!r}]" + ("" if isinstance(answer, str) else f"[{index}]")
+        if not isinstance(reply, str):
+            raise ConfigurationError(f"{where} must be a str, got {reply!r:.60}")
+        if not reply:
+            raise ConfigurationError(
+                f"{where} is empty: litellm would send the request to the provider rather than mock "
+                'an empty reply; script one with FakeOpenAI([""]) instead'
+            )
+        checked.append(reply)
+    return checked
