@@ -293,6 +293,25 @@ def test_hard_cuts_keep_combined_characters_together() -> None:
     assert split_message("a" * 15 + "\r\nb", limit=16) == ["a" * 15, "\r\nb"]
 
 
+def test_a_long_run_of_flags_is_split_in_linear_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whether a cut splits a flag depends on how many regional indicators come before it in the
+    run; counting them back from each cut made a reply of flags quadratic (14 s for 400,000)."""
+    looked_at = 0
+    is_indicator = splitting._is_regional_indicator
+
+    def counting(character: str) -> bool:
+        nonlocal looked_at
+        looked_at += 1
+        return is_indicator(character)
+
+    monkeypatch.setattr(splitting, "_is_regional_indicator", counting)
+    flags = "\U0001f1eb\U0001f1f7" * 20_000
+    chunks = split_message(flags, limit=1999)  # odd: every window ends inside a flag
+    assert all(len(chunk) % 2 == 0 for chunk in chunks)
+    assert sum(map(len, chunks)) == len(flags)
+    assert looked_at <= 3 * 40_000  # characters in the text
+
+
 def test_hard_cuts_keep_hangul_jamo_and_indic_conjuncts_together() -> None:
     """Decomposed Hangul (NFD text: a syllable as 2-3 jamo) and Indic conjuncts (consonant, virama,
     consonant: "क्ष") are one grapheme cluster each; a hard cut between their parts garbles them."""

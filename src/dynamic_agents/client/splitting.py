@@ -243,6 +243,7 @@ class _Splitter:
                 merged.append((start, end))
         self.span_starts = [start for start, _ in merged]
         self.span_ends = [end for _, end in merged]
+        self._indicator_runs: list[int] | None = None
 
     def split(self) -> list[MessageChunk]:
         chunks: list[MessageChunk] = []
@@ -289,11 +290,18 @@ class _Splitter:
         if (before in _INDIC_LINKERS and unicodedata.category(after) == "Lo") or _hangul_joins(before, after):
             return True
         if _is_regional_indicator(before) and _is_regional_indicator(after):
-            run = 0
-            while p - run - 1 >= 0 and _is_regional_indicator(self.text[p - run - 1]):
-                run += 1
-            return run % 2 == 1
+            return self._indicators_before(p) % 2 == 1  # flags pair up from the run's start
         return False
+
+    def _indicators_before(self, p: int) -> int:
+        """How many regional indicators run up to ``text[p - 1]``. Counted once for the whole
+        text, on first use: counting back from each cut made a long run of flags quadratic."""
+        if self._indicator_runs is None:
+            runs = [0] * (self.n + 1)
+            for i, character in enumerate(self.text):
+                runs[i + 1] = runs[i] + 1 if _is_regional_indicator(character) else 0
+            self._indicator_runs = runs
+        return self._indicator_runs[p]
 
     def fence_mark(self, begin: int, end: int) -> int:
         """Where the backticks of the fence line ``text[begin:end]`` are, or -1 if it is not one."""
