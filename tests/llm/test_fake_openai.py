@@ -89,3 +89,25 @@ async def test_an_error_step_can_carry_retry_after() -> None:
     assert "retry-after" not in failed.headers
     with pytest.raises(ConfigurationError, match="retry_after must be"):
         HTTPErrorStep(429, retry_after=-1)
+
+
+@pytest.mark.parametrize("step", [123, None, [], {"content": "hi"}])
+async def test_a_handler_step_that_is_no_reply_is_refused_naming_it(step: object) -> None:
+    # Checked as script steps are: it used to fail deep inside the fake (AttributeError: 'dict'
+    # object has no attribute 'id') or, for an empty list, answer an empty reply.
+    fake = FakeOpenAI(handler=lambda request: step)  # type: ignore[arg-type, return-value]
+    async with httpx.AsyncClient(transport=fake.transport, base_url=fake.api_base) as client:
+        with pytest.raises(ConfigurationError, match=r"FakeOpenAI handler returned .*: expected a str"):
+            await client.post("/chat/completions", json={"model": "m", "messages": []})
+
+
+@pytest.mark.parametrize("content", [b"not json", b"[1, 2]", b"\xff"])
+async def test_a_body_that_is_not_a_json_object_gets_400_as_from_openai(content: bytes) -> None:
+    fake = FakeOpenAI(["scripted reply"])
+    async with httpx.AsyncClient(transport=fake.transport, base_url=fake.api_base) as client:
+        response = await client.post("/chat/completions", content=content)
+        assert response.status_code == 400
+        assert "could not parse the JSON body" in response.json()["error"]["message"]
+        assert fake.requests[0].body == {}
+        chat = await client.post("/chat/completions", json={"model": "m", "messages": []})
+    assert chat.json()["choices"][0]["message"]["content"] == "scripted reply"  # no step was used up

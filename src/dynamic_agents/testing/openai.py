@@ -12,7 +12,8 @@ call really carried::
 Without a script it answers ``"ok"`` to every chat completion; ``handler`` replaces the script with a
 function of the request. Streaming requests get server-sent events. Like the real API, it answers
 only ``POST /v1/chat/completions`` (on any host): other paths and methods (embeddings, an
-``api_base`` without ``/v1``) get OpenAI's ``404 Invalid URL``, recorded but using no script step.
+``api_base`` without ``/v1``) get OpenAI's ``404 Invalid URL``, and a body that is not a JSON object
+its ``400``, recorded but using no script step. What ``handler`` returns is checked as script steps are.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from dynamic_agents.testing.script import ToolCall
 __all__ = ["FakeOpenAI", "FakeOpenAIRequest", "HTTPErrorStep"]
 
 _CHAT_COMPLETIONS = "/v1/chat/completions"
+_EXPECTED = "expected a str, a ToolCall, a non-empty list of ToolCall or an HTTPErrorStep"
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,13 +101,16 @@ class FakeOpenAI:
         return httpx.MockTransport(self._handle)
 
     def _handle(self, request: httpx.Request) -> httpx.Response:
-        body = json.loads(request.content or b"{}") if request.method == "POST" else {}
-        recorded = FakeOpenAIRequest(str(request.url), request.headers.get("authorization"), body)
+        body = _json_object(request.content) if request.method == "POST" else {}
+        recorded = FakeOpenAIRequest(str(request.url), request.headers.get("authorization"), body or {})
         self.requests.append(recorded)
         if (request.method, request.url.path) != ("POST", _CHAT_COMPLETIONS):
             # What the real API answers: a test must not pass on an endpoint production lacks.
             message = f"Invalid URL ({request.method} {request.url.path})"
             return httpx.Response(404, json={"error": _error(message)})
+        if body is None:  # as the real API answers a body it cannot read (no script step used)
+            message = "We could not parse the JSON body of your request."
+            return httpx.Response(400, json={"error": _error(message)})
         step = self._next(recorded)
         if isinstance(step, HTTPErrorStep):
             return httpx.Response(step.status, json={"error": _error(step.message)}, headers=step.headers())
@@ -116,7 +121,13 @@ class FakeOpenAI:
 
     def _next(self, request: FakeOpenAIRequest) -> Step:
         if self._handler is not None:
-            return self._handler(request)
+            step = self._handler(request)
+            try:
+                return _checked(0, step)
+            except ConfigurationError:  # named as the handler's, not as a script step
+                raise ConfigurationError(
+                    f"FakeOpenAI handler returned {type(step).__name__} {step!r:.60}: {_EXPECTED}"
+                ) from None
         if not self._scripted:
             return "ok"
         if not self._script:
@@ -200,9 +211,17 @@ def _checked(index: int, step: object) -> Step:
     if isinstance(step, list | tuple) and step and all(isinstance(call, ToolCall) for call in step):
         return list(step)
     raise ConfigurationError(
-        f"FakeOpenAI script step {index} is {type(step).__name__} {step!r:.60}: expected a str, a "
-        "ToolCall, a non-empty list of ToolCall or an HTTPErrorStep"
+        f"FakeOpenAI script step {index} is {type(step).__name__} {step!r:.60}: {_EXPECTED}"
     )
+
+
+def _json_object(content: bytes) -> dict[str, Any] | None:
+    """The request body as a JSON object, or ``None`` when it is not one."""
+    try:
+        body = json.loads(content or b"{}")
+    except ValueError:  # not JSON, or not UTF-8
+        return None
+    return body if isinstance(body, dict) else None
 
 
 def _error(message: str) -> dict[str, Any]:
