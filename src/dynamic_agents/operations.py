@@ -35,6 +35,9 @@ Reasons are grouped into *kinds* (:func:`reason_kind`) for :meth:`DeadLetters.su
 * any other reason → its text before the first ``:`` (``"poison: bad tool"`` → ``"poison"``), or the
   whole reason when it has no ``:``; an empty reason → ``"unknown"``.
 
+Their ``reason=`` takes a kind: a whole reason (``"undecodable: Expecting value"``) is a
+:class:`~dynamic_agents.exceptions.ConfigurationError` naming its kind, not a filter matching nothing.
+
 Summaries, ``requeue_all``, ``purge(before=…)`` and ``purge_all`` scan the whole stream (in pages),
 which is fine for the few thousand entries a dead-letter stream should ever hold. The bulk
 operations only touch the entries that existed when they started, so entries dead-lettered
@@ -234,7 +237,9 @@ class DeadLetters:
 
     async def requeue_all(self, *, reason: str | None = None) -> int:
         """Requeue every dead letter there is now (or those of kind ``reason``, as
-        :func:`reason_kind` names them); returns how many were requeued."""
+        :func:`reason_kind` names them); returns how many were requeued. A ``reason`` that is not a
+        kind (a whole reason, say) is a :class:`ConfigurationError`."""
+        _check_kind(reason)
         requeued = 0
         async with self._lock:
             async for letter in self._scan(until=await self.transport.last_entry_id(self.stream)):
@@ -291,6 +296,7 @@ class DeadLetters:
 
     async def purge_all(self, *, reason: str | None = None) -> int:
         """Delete every dead letter there is now (or those of kind ``reason``); returns how many."""
+        _check_kind(reason)
         return await self._delete_where(lambda letter: reason is None or letter.kind == reason)
 
     async def _delete_where(self, doomed: Callable[[DeadLetter], bool]) -> int:
@@ -362,6 +368,15 @@ class DeadLetters:
             request=request,
             decode_error=decode_error,
             fields=original,
+        )
+
+
+def _check_kind(reason: str | None) -> None:
+    """A ``reason=`` filter must be a kind: a whole reason would match nothing, and say 0."""
+    if reason is not None and reason_kind(reason) != reason:
+        raise ConfigurationError(
+            f"reason={reason!r} is not a reason kind: give the kind, as reason_kind() names it "
+            f"({reason_kind(reason)!r} for this one), e.g. {UNDECODABLE!r} or {MAX_DELIVERIES!r}"
         )
 
 

@@ -246,6 +246,32 @@ async def test_requeue_all_by_kind_and_everything(backend: Backend) -> None:
     assert (await dead.summary()).by_reason == {UNDECODABLE: 2}
 
 
+@pytest.mark.parametrize(
+    ("reason", "kind"),
+    [
+        ("undecodable: Expecting value", "undecodable"),
+        ("delivered 5 times (max_deliveries=5)", "max deliveries"),
+        (" poison", "poison"),
+        ("", "unknown"),
+    ],
+)
+async def test_a_reason_that_is_not_a_kind_is_refused_not_matched_against_nothing(
+    backend: Backend, reason: str, kind: str
+) -> None:
+    # A whole reason (copied from a listing) matches no kind: the call answered 0, as if there were
+    # no such dead letters, while they stay.
+    transport = await backend.transport()
+    await dead_undecodable(backend, transport, b"junk")
+    await dead_past_max_deliveries(backend, transport)
+    dead = DeadLetters(transport)
+    for operation in (dead.requeue_all, dead.purge_all):
+        with pytest.raises(ConfigurationError) as caught:
+            await operation(reason=reason)
+        assert str(caught.value).startswith(f"reason={reason!r} is not a reason kind")
+        assert f"({kind!r} for this one)" in str(caught.value)
+    assert len(await dead.list()) == 2
+
+
 async def test_purge_one_older_ones_and_all(backend: Backend) -> None:
     transport = await backend.transport()
     for data in (b"one", b"two", b"three", b"four"):
