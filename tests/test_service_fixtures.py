@@ -124,6 +124,26 @@ def test_a_redis_server_that_fails_to_start_leaves_no_process_or_directory(
 
 
 @pytest.mark.redis_server
+def test_a_first_start_on_a_port_taken_since_it_was_chosen_moves_to_a_free_one() -> None:
+    """``free_port()`` only found the port free once: another process (a parallel test run) can
+    bind it before the server starts. Nothing has the URL yet, so the first start takes another
+    port rather than failing the test with "Address already in use"."""
+    import socket
+
+    import redis
+
+    server = RedisServer(durable=False)
+    taken = server.port
+    with socket.create_server(("127.0.0.1", taken)), server:
+        assert server.port != taken
+        client = redis.Redis.from_url(server.url)
+        try:
+            assert client.ping()
+        finally:
+            client.close()
+
+
+@pytest.mark.redis_server
 def test_a_restart_on_a_port_taken_meanwhile_is_not_mistaken_for_ready() -> None:
     """Between ``kill()`` and ``start()`` another process can take the port (``free_port()`` only
     found it free once): the new server cannot bind and exits, and whatever answers there is not

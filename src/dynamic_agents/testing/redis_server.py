@@ -31,6 +31,11 @@ from dynamic_agents.exceptions import MissingDependencyError, TransportError
 __all__ = ["RedisServer", "free_port"]
 
 _START_DEADLINE = 10.0
+_PORT_ATTEMPTS = 5
+
+
+class _PortTakenError(TransportError):
+    """redis-server could not bind its port: another process took it after :func:`free_port`."""
 
 
 def free_port() -> int:
@@ -53,15 +58,33 @@ class RedisServer:
         self.directory = Path(tempfile.mkdtemp(prefix="dynamic-agents-redis-"))
         self.durable = durable
         self.process: subprocess.Popen[bytes] | None = None
+        self._started = False
+        self._log_offset = 0
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
+        """Start the server (nothing if it runs). The first start moves to another free port if
+        the one chosen was taken meanwhile; a later start keeps the port (clients have the URL)."""
         if self.process is not None and self.process.poll() is None:
             return
+        for attempt in range(1, _PORT_ATTEMPTS + 1):
+            try:
+                self._launch()
+            except _PortTakenError:
+                if self._started or attempt == _PORT_ATTEMPTS:
+                    raise
+                self.port = free_port()
+            else:
+                self._started = True
+                return
+
+    def _launch(self) -> None:
         self.directory.mkdir(mode=0o700, exist_ok=True)  # stop() removed it: start afresh
+        log = self.directory / "redis.log"  # appended to by each launch: read only this one's
+        self._log_offset = log.stat().st_size if log.exists() else 0
         self.process = subprocess.Popen(  # noqa: S603 - a fixed argv, the binary found on PATH
             [
                 self.binary,
@@ -79,7 +102,7 @@ class RedisServer:
                 "--save",
                 "",
                 "--logfile",
-                str(self.directory / "redis.log"),
+                str(log),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -95,8 +118,9 @@ class RedisServer:
         while time.monotonic() < deadline:
             assert self.process is not None
             if self.process.poll() is not None:
-                log = (self.directory / "redis.log").read_text(errors="replace")[-2000:]
-                raise TransportError(f"redis-server exited with {self.process.returncode}: {log}")
+                log = self._log_since_launch[-2000:]
+                error = _PortTakenError if "Address already in use" in log else TransportError
+                raise error(f"redis-server exited with {self.process.returncode}: {log}")
             try:
                 if self._answers_as_ours():
                     return
@@ -104,6 +128,15 @@ class RedisServer:
                 pass
             time.sleep(0.02)
         raise TransportError(f"redis-server on port {self.port} did not answer within {_START_DEADLINE}s")
+
+    @property
+    def _log_since_launch(self) -> str:
+        try:
+            with (self.directory / "redis.log").open("rb") as log:
+                log.seek(self._log_offset)
+                return log.read().decode(errors="replace")
+        except FileNotFoundError:  # it exited before opening its log (bad arguments)
+            return "(no log)"
 
     def _answers_as_ours(self) -> bool:
         """Whether what answers on the port is the process started here: another one may have
