@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 
 import pytest
 from hypothesis import given
@@ -10,6 +11,7 @@ from hypothesis import strategies as st
 
 from dynamic_agents._redaction import MASK, redact_text
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, ResponseStatus, Target, TargetType
+from dynamic_agents.exceptions import ConfigurationError
 from dynamic_agents.execution import ExecutionResult, FunctionExecutor, TokenUsage
 from dynamic_agents.secrets import SecretValue
 
@@ -17,6 +19,7 @@ CANARY = "sk-canary-to-response-5f1c9a"
 SecretValue(CANARY)  # registered with the process-wide redactor, as every resolved secret is
 
 REQUEST = AgentRequestEvent(source="slack", source_id="C1", user_id="u", content="hi")
+TARGET = Target(type=TargetType.AGENT, id="helper")
 texts = st.text(max_size=20)
 metadata = st.dictionaries(st.sampled_from(["target_type", "run_id", "x"]), texts, max_size=3)
 results = st.builds(
@@ -134,3 +137,27 @@ async def test_a_function_returning_neither_text_nor_a_result_is_an_error_naming
     result = await FunctionExecutor(forgot_to_return).execute(target, REQUEST)
     assert result.status == ResponseStatus.ERROR
     assert "forgot_to_return returned NoneType" in (result.error_message or "")
+
+
+@pytest.mark.parametrize("timeout", ["5", -1, 0, float("nan"), -math.inf, True])
+async def test_a_bad_timeout_is_refused_before_the_function_runs(timeout: object) -> None:
+    """``"5"`` used to reach ``asyncio.timeout`` (a ``TypeError`` result and an un-awaited
+    coroutine), ``-1`` to "time out after -1s": both are a ConfigurationError, the handler never called."""
+    calls: list[str] = []
+
+    async def answer(target: Target, request: AgentRequestEvent) -> str:
+        calls.append(request.content)
+        return "hi"
+
+    with pytest.raises(ConfigurationError, match=r"^timeout must be .*, got "):
+        await FunctionExecutor(answer).execute(TARGET, REQUEST, timeout=timeout)  # type: ignore[arg-type]
+    assert calls == []
+
+
+async def test_no_limit_and_a_whole_number_are_valid_timeouts() -> None:
+    async def answer(target: Target, request: AgentRequestEvent) -> str:
+        return "hi"
+
+    for timeout in (None, math.inf, 5):
+        result = await FunctionExecutor(answer).execute(TARGET, REQUEST, timeout=timeout)
+        assert (result.status, result.content) == (ResponseStatus.COMPLETED, "hi"), timeout

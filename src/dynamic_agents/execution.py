@@ -17,6 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 from pydantic import JsonValue
 
 from dynamic_agents._redaction import redact_text
+from dynamic_agents._validation import check_seconds
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, ResponseStatus, Target
 
 __all__ = ["DeltaCallback", "ExecutionResult", "Executor", "FunctionExecutor", "TokenUsage"]
@@ -122,7 +123,9 @@ class FunctionExecutor:
 
     A string becomes a completed result; an exception, or a return value that is neither a string nor
     an ``ExecutionResult``, an error result naming it. The timeout bounds an async function
-    (``asyncio.timeout``); a plain function cannot be interrupted and runs to its end.
+    (``asyncio.timeout``); a plain function cannot be interrupted and runs to its end. ``timeout``
+    is a number of seconds > 0 (``None`` or ``math.inf``: no limit), else a
+    :class:`~dynamic_agents.exceptions.ConfigurationError` before the function is called.
     """
 
     def __init__(self, handler: Handler, *, name: str | None = None) -> None:
@@ -140,6 +143,9 @@ class FunctionExecutor:
         timeout: float | None = None,
         on_delta: DeltaCallback | None = None,
     ) -> ExecutionResult:
+        # Checked first: asyncio.timeout("5") raised only once the function was called (its
+        # coroutine never awaited); NaN and negatives "timed out" at once.
+        timeout = check_seconds("timeout", timeout, forever=True, optional=True)
         started = time.monotonic()
         deadline: asyncio.Timeout | None = None
         try:
