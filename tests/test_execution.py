@@ -161,3 +161,22 @@ async def test_no_limit_and_a_whole_number_are_valid_timeouts() -> None:
     for timeout in (None, math.inf, 5):
         result = await FunctionExecutor(answer).execute(TARGET, REQUEST, timeout=timeout)
         assert (result.status, result.content) == (ResponseStatus.COMPLETED, "hi"), timeout
+
+
+async def test_on_delta_gets_a_returned_string_once_and_never_a_returned_result() -> None:
+    """A string is streamed as one delta; a result the function built is returned as it is (the
+    function chose its status and content, which may be an error's), with no delta."""
+    deltas: list[str] = []
+
+    async def record(content: str) -> None:
+        deltas.append(content)
+
+    async def text(target: Target, request: AgentRequestEvent) -> str:
+        return "the answer"
+
+    async def built(target: Target, request: AgentRequestEvent) -> ExecutionResult:
+        return ExecutionResult(ResponseStatus.COMPLETED, content="built")
+
+    await FunctionExecutor(text).execute(TARGET, REQUEST, on_delta=record)
+    result = await FunctionExecutor(built).execute(TARGET, REQUEST, on_delta=record)
+    assert (deltas, result.content) == (["the answer"], "built")

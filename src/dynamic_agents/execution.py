@@ -126,6 +126,8 @@ class FunctionExecutor:
     (``asyncio.timeout``); a plain function cannot be interrupted and runs to its end. ``timeout``
     is a number of seconds > 0 (``None`` or ``math.inf``: no limit), else a
     :class:`~dynamic_agents.exceptions.ConfigurationError` before the function is called.
+    ``on_delta`` receives a returned string once, whole; a returned ``ExecutionResult`` is passed on
+    as it is, without a delta (the function built it, status and content, and has no ``on_delta``).
     """
 
     def __init__(self, handler: Handler, *, name: str | None = None) -> None:
