@@ -180,3 +180,21 @@ async def test_on_delta_gets_a_returned_string_once_and_never_a_returned_result(
     await FunctionExecutor(text).execute(TARGET, REQUEST, on_delta=record)
     result = await FunctionExecutor(built).execute(TARGET, REQUEST, on_delta=record)
     assert (deltas, result.content) == (["the answer"], "built")
+
+
+def test_a_status_that_is_not_a_response_status_is_refused_when_the_result_is_built() -> None:
+    """``"done"`` used to fail only in ``to_response``, which the worker answered as a reply that
+    could not be sent: a ConfigurationError at construction names the field, the value and the valid ones."""
+    for status in ("done", 200, None, "COMPLETED"):
+        with pytest.raises(ConfigurationError) as caught:
+            ExecutionResult(status)  # type: ignore[arg-type]
+        message = str(caught.value)
+        assert message.startswith("status must be one of 'completed', 'error'"), message
+        assert message.endswith(f"got {status!r}"), message
+
+
+def test_a_status_given_as_its_text_becomes_the_member() -> None:
+    result = ExecutionResult("timeout", error_message="slow")  # type: ignore[arg-type]
+    assert type(result.status) is ResponseStatus
+    assert result.status is ResponseStatus.TIMEOUT
+    assert result.to_response(REQUEST).status is ResponseStatus.TIMEOUT

@@ -17,7 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 from pydantic import JsonValue
 
 from dynamic_agents._redaction import redact_text
-from dynamic_agents._validation import check_seconds
+from dynamic_agents._validation import check_choice, check_seconds
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, ResponseStatus, Target
 
 __all__ = ["DeltaCallback", "ExecutionResult", "Executor", "FunctionExecutor", "TokenUsage"]
@@ -37,9 +37,11 @@ class TokenUsage:
 class ExecutionResult:
     """How a run ended and what it produced.
 
-    ``status`` is ``completed``, ``error``, ``timeout`` or ``cancelled``; a run that reported an
-    error is never ``completed``. ``structured_data`` holds a structured output (its JSON is also in
-    ``content``).
+    ``status`` is ``completed``, ``error``, ``timeout`` or ``cancelled`` (``rejected``: a worker too
+    busy to run it); a run that reported an error is never ``completed``. ``structured_data`` holds
+    a structured output (its JSON is also in ``content``). ``status`` may be given as its text
+    (``"timeout"``); any other value is a :class:`~dynamic_agents.exceptions.ConfigurationError`
+    here, not a reply that cannot be built later.
     """
 
     status: ResponseStatus
@@ -54,6 +56,12 @@ class ExecutionResult:
     run_id: str | None = None
     target_name: str | None = None
     metadata: dict[str, JsonValue] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Built once per request on the worker's path: a member (the common case) costs one
+        # identity check; only anything else goes through the full check.
+        if type(self.status) is not ResponseStatus:
+            object.__setattr__(self, "status", check_choice("status", self.status, ResponseStatus))
 
     @property
     def ok(self) -> bool:
