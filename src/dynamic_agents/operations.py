@@ -273,9 +273,10 @@ class DeadLetters:
 
     async def purge(self, entry_id: str | None = None, *, before: datetime | None = None) -> int:
         """Delete one dead letter (``entry_id``), or every one dead before ``before`` (a timezone-aware
-        datetime); returns how many were deleted. Give exactly one of them: deleting everything is
-        :meth:`purge_all`. :class:`DeliveryError` for an unknown ``entry_id``, or one requeued or
-        purged by someone else meanwhile (as :meth:`requeue`).
+        datetime: anything else, a naive one included, is a ConfigurationError); returns how many
+        were deleted. Give exactly one of them: deleting everything is :meth:`purge_all`.
+        :class:`DeliveryError` for an unknown ``entry_id``, or one requeued or purged by someone else
+        meanwhile (as :meth:`requeue`).
         """
         if (entry_id is None) == (before is None):
             raise ConfigurationError(
@@ -290,8 +291,13 @@ class DeadLetters:
                     )
                 return 1
         assert before is not None
-        if before.tzinfo is None or before.utcoffset() is None:
-            raise ConfigurationError(f"before={before.isoformat()} must be timezone-aware (e.g. UTC)")
+        # A str or a date has no usable .tzinfo (an AttributeError); a naive datetime is refused,
+        # not taken as UTC: the local clock it most likely meant would shift the cut by hours.
+        if not isinstance(before, datetime) or before.utcoffset() is None:
+            raise ConfigurationError(
+                "before must be a timezone-aware datetime (datetime.now(UTC) - timedelta(days=7), say; "
+                f"a naive one is refused, not taken as UTC), got {before!r}"
+            )
         return await self._delete_where(lambda letter: letter.dead_at < before)
 
     async def purge_all(self, *, reason: str | None = None) -> int:

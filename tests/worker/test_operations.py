@@ -309,6 +309,21 @@ async def test_purge_needs_exactly_one_selector(backend: Backend) -> None:
         await dead.purge(before=datetime(2030, 1, 1))  # naive on purpose
 
 
+@pytest.mark.parametrize(
+    "before", ["2030-01-01", 1700000000, datetime(2030, 1, 1).date(), datetime(2030, 1, 1)]
+)
+async def test_purge_before_takes_only_a_timezone_aware_datetime(backend: Backend, before: object) -> None:
+    """A str, a timestamp or a date used to raise AttributeError (``.tzinfo``); a naive datetime is
+    not taken as UTC: each is a ConfigurationError naming ``before``, the value and what is valid."""
+    dead = DeadLetters(await backend.transport())
+    with pytest.raises(ConfigurationError) as caught:
+        await dead.purge(before=before)  # type: ignore[arg-type]
+    message = str(caught.value)
+    assert message.startswith("before must be a timezone-aware datetime"), message
+    assert "naive" in message, message
+    assert message.endswith(f"got {before!r}"), message
+
+
 @pytest.mark.parametrize("entry_id", ["1-0", "0-0", "nope", "1-2-3", f"{2**64}-0", ""])
 async def test_unknown_ids_are_lookup_errors(backend: Backend, entry_id: str) -> None:
     transport = await backend.transport()
