@@ -156,7 +156,8 @@ class DeadLetterSummary:
 class DeadLetters:
     """List, summarise, requeue and purge the entries of the dead-letter stream.
 
-    ``stream`` defaults to ``transport.names.dead_letters``. Unknown (or malformed) entry ids raise
+    ``stream`` defaults to ``transport.names.dead_letters`` (an empty name is a
+    :class:`~dynamic_agents.exceptions.ConfigurationError`). Unknown (or malformed) entry ids raise
     :class:`~dynamic_agents.exceptions.DeliveryError` (a ``LookupError``), as does requeueing a dead
     letter someone else requeued or purged meanwhile; requeueing one that records no origin stream
     raises :class:`~dynamic_agents.exceptions.RequeueError`. Concurrent requeues of one id (a double click,
@@ -164,8 +165,14 @@ class DeadLetters:
     """
 
     def __init__(self, transport: Transport, *, stream: str | None = None) -> None:
+        if stream is not None and (not isinstance(stream, str) or not stream):
+            # "" used to mean the default stream: an operator aiming at another one would act on it
+            raise ConfigurationError(
+                "stream must be a non-empty stream name (or None: the transport's dead-letter "
+                f"stream), got {stream!r}"
+            )
         self.transport = transport
-        self.stream = stream or transport.names.dead_letters
+        self.stream = stream if stream is not None else transport.names.dead_letters
         self._lock = asyncio.Lock()
 
     def __repr__(self) -> str:

@@ -408,3 +408,21 @@ async def test_purging_a_dead_letter_requeued_meanwhile_is_a_lookup_error(
     monkeypatch.setattr(transport, "read_entry", read_then_requeued_by_another)
     with pytest.raises(DeliveryError, match="requeued or purged meanwhile"):
         await dead.purge(letter.id)
+
+
+@pytest.mark.parametrize("stream", ["", 42])
+async def test_a_dead_letter_stream_that_is_no_name_is_refused(backend: Backend, stream: object) -> None:
+    """``stream=""`` used to fall back to the default stream silently (an operator aiming elsewhere
+    would have purged the real one): a ConfigurationError naming ``stream`` and the value."""
+    with pytest.raises(ConfigurationError) as caught:
+        DeadLetters(await backend.transport(), stream=stream)  # type: ignore[arg-type]
+    message = str(caught.value)
+    assert message.startswith("stream must be a non-empty stream name"), message
+    assert message.endswith(f"got {stream!r}"), message
+
+
+async def test_no_stream_means_the_transports_dead_letter_stream(backend: Backend) -> None:
+    transport = await backend.transport()
+    assert DeadLetters(transport).stream == DeadLetters(transport, stream=None).stream
+    assert DeadLetters(transport).stream == transport.names.dead_letters
+    assert DeadLetters(transport, stream="other:dead").stream == "other:dead"
