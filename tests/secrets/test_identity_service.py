@@ -12,7 +12,12 @@ from typing import Any
 import httpx
 import pytest
 
-from dynamic_agents.exceptions import IdentityConflictError, IdentityNotFoundError, IdentityRequestError
+from dynamic_agents.exceptions import (
+    ConfigurationError,
+    IdentityConflictError,
+    IdentityNotFoundError,
+    IdentityRequestError,
+)
 from dynamic_agents.testing.identity import InMemoryIdentityService, RecordedRequest
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -390,6 +395,16 @@ async def test_an_injected_401_comes_before_authentication(
 def test_fail_next_refuses_nonsense(service: InMemoryIdentityService, status: int, times: int) -> None:
     with pytest.raises(ValueError, match="fail_next"):
         service.fail_next(status, times=times)
+
+
+@pytest.mark.parametrize("retry_after", [-1, float("nan"), float("inf"), "2", True])
+def test_fail_next_refuses_a_retry_after_that_is_no_number_of_seconds(
+    service: InMemoryIdentityService, retry_after: object
+) -> None:
+    """As HTTPErrorStep does: -1 used to send ``Retry-After: -1``, NaN ``Retry-After: nan``."""
+    with pytest.raises(ConfigurationError, match=r"^fail_next retry_after must be .*>= 0 .*, got "):
+        service.fail_next(429, retry_after=retry_after)  # type: ignore[arg-type]
+    service.fail_next(429, retry_after=0)  # "retry at once" is a valid answer
 
 
 async def test_down_answers_503_to_everything(

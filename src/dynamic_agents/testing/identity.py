@@ -29,6 +29,7 @@ from urllib.parse import parse_qsl
 
 import httpx
 
+from dynamic_agents._validation import check_seconds
 from dynamic_agents.exceptions import (
     ConfigurationError,
     IdentityConflictError,
@@ -219,11 +220,14 @@ class InMemoryIdentityService:
     ) -> None:
         """Answer the next ``times`` matching requests with ``status`` (``times=None``: until
         :meth:`clear_faults`). ``path`` is exact or a template (``/api/v1/secrets/{id}``); faults
-        come before routing and authentication, oldest first."""
+        come before routing and authentication, oldest first. ``retry_after``: seconds >= 0 for a
+        ``Retry-After`` header (``None``: none), else a ConfigurationError."""
         if not 400 <= status <= 599:
             raise ConfigurationError(f"fail_next status must be an error status (400-599), got {status}")
         if times is not None and times < 1:
             raise ConfigurationError(f"fail_next times must be >= 1 or None, got {times}")
+        # checked as HTTPErrorStep checks it: -1 or NaN made a Retry-After no server sends
+        retry_after = check_seconds("fail_next retry_after", retry_after, zero=True, optional=True)
         pattern = None if path is None else _pattern(path)
         headers = {} if retry_after is None else {"Retry-After": f"{retry_after:.6g}"}  # "2", "0.5"
         self._faults.append(_Fault(status, times, headers, method and method.upper(), pattern))
