@@ -189,6 +189,21 @@ async def test_invalid_patches_change_nothing(
     assert malformed.status_code == 400
 
 
+async def test_a_bad_status_is_named_in_the_error(
+    client: httpx.AsyncClient, service: InMemoryIdentityService
+) -> None:
+    secret_id = service.add_secret("mine", "openai", {"api_key": "sk-old"})
+    response = await client.patch(f"/api/v1/secrets/{secret_id}", json={"status": "paused"})
+    assert (response.status_code, response.json()) == (
+        422,
+        {"detail": "status must be one of ['active', 'disabled'], got 'paused'"},
+    )
+    long = await client.patch(f"/api/v1/secrets/{secret_id}", json={"status": "x" * 1000})
+    assert len(long.json()["detail"]) < 120  # a huge value is cut short
+    with pytest.raises(IdentityRequestError, match=r"got 'paused'$"):
+        service.add_secret("x", "groq", {"api_key": "k"}, status="paused")
+
+
 async def test_names_are_unique_per_provider_and_owner(client: httpx.AsyncClient) -> None:
     body = {"name": "main", "provider": "openai", "values": {"api_key": SECRET}}
     assert (await client.post("/api/v1/secrets", json=body)).status_code == 201

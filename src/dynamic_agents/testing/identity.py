@@ -540,8 +540,14 @@ def _values(raw: object) -> dict[str, str]:
 
 def _status(raw: object) -> str:
     if raw not in _STATUSES:
-        raise _HTTPError(422, f"status must be one of {list(_STATUSES)}")
+        raise _HTTPError(422, f"status must be one of {list(_STATUSES)}, got {_shown(raw)}")
     return str(raw)
+
+
+def _shown(raw: object) -> str:
+    """``raw``'s repr for an error detail, cut short: a request body may hold anything."""
+    text = repr(raw)
+    return text if len(text) <= 40 else f"{text[:40]}…"
 
 
 def _int_param(query: Mapping[str, str], name: str, default: int, high: int | None) -> int:
