@@ -347,7 +347,19 @@ async def test_ties_on_created_at_keep_creation_order() -> None:
 
 
 @pytest.mark.parametrize(
-    "params", [{"page": "0"}, {"page": "x"}, {"page_size": "0"}, {"page_size": "101"}, {"page_size": ""}]
+    "params",
+    [
+        {"page": "0"},
+        {"page": "x"},
+        {"page_size": "0"},
+        {"page_size": "101"},
+        {"page_size": ""},
+        # int() takes these, a strict query parser does not: digits only
+        {"page": "1_0"},
+        {"page": " 2"},
+        {"page": "+2"},
+        {"page_size": "\u0661\u0660"},  # Arabic-Indic "10"
+    ],
 )
 async def test_bad_paging_parameters_get_422(client: httpx.AsyncClient, params: dict[str, str]) -> None:
     assert (await client.get("/api/v1/secrets", params=params)).status_code == 422

@@ -553,9 +553,10 @@ def _shown(raw: object) -> str:
 def _int_param(query: Mapping[str, str], name: str, default: int, high: int | None) -> int:
     if (raw := query.get(name)) is None:
         return default
+    # digits only: int() also takes "1_0", " 2", "+2" and non-ASCII digits, which a query is not
     try:
-        value = int(raw)
-    except ValueError:
+        value = int(raw) if raw.isascii() and raw.isdigit() else 0
+    except ValueError:  # more digits than int() converts
         value = 0
     if value < 1 or (high is not None and value > high):
         bounds = "an integer >= 1" if high is None else f"an integer from 1 to {high}"
