@@ -204,6 +204,23 @@ async def test_a_bad_status_is_named_in_the_error(
         service.add_secret("x", "groq", {"api_key": "k"}, status="paused")
 
 
+@pytest.mark.parametrize("headers", [SERVICE, ALICE])
+async def test_an_empty_user_id_is_refused_on_create(
+    client: httpx.AsyncClient, service: InMemoryIdentityService, headers: dict[str, str]
+) -> None:
+    """``user_id: ""`` used to create a secret owned by a user named "" (with the service token),
+    one nobody's token can reach: a 422 naming the field, before any permission check."""
+    body = {"name": "x", "provider": "openai", "values": {"api_key": SECRET}, "user_id": ""}
+    response = await client.post("/api/v1/secrets", json=body, headers=headers)
+    assert (response.status_code, response.json()) == (
+        422,
+        {"detail": "user_id must be a non-empty string or null, got ''"},
+    )
+    with pytest.raises(IdentityRequestError, match="user_id must be a non-empty string or null"):
+        service.add_secret("x", "openai", {"api_key": "k"}, user_id="")
+    assert (await client.get("/api/v1/secrets")).json()["total"] == 0
+
+
 async def test_names_are_unique_per_provider_and_owner(client: httpx.AsyncClient) -> None:
     body = {"name": "main", "provider": "openai", "values": {"api_key": SECRET}}
     assert (await client.post("/api/v1/secrets", json=body)).status_code == 201

@@ -171,7 +171,7 @@ class InMemoryIdentityService:
         """Store a secret as ``POST /api/v1/secrets`` would; return its id."""
         with _as_client_errors():
             checked_status = _status(status)
-            secret = self._insert(name, provider, _values(dict(values)), user_id, description)
+            secret = self._insert(name, provider, _values(dict(values)), _owner(user_id), description)
             secret.status = checked_status
             return secret.id
 
@@ -340,7 +340,7 @@ class InMemoryIdentityService:
 
     def _create(self, call: _Call) -> tuple[int, object]:
         data = _json_object(call.body)
-        user_id = _optional_string(data, "user_id")
+        user_id = _owner(data.get("user_id"))
         if call.caller is not None and user_id not in (None, call.caller):
             raise _HTTPError(403, "a user token may only create its own secrets")
         name, provider = _string(data, "name"), _string(data, "provider")
@@ -527,6 +527,13 @@ def _optional_string(data: Mapping[str, object], key: str) -> str | None:
     if value is None or isinstance(value, str):
         return value
     raise _HTTPError(422, f"{key} must be a string or null")
+
+
+def _owner(raw: object) -> str | None:
+    """A create's ``user_id``: ``""`` would own a secret no token acts for."""
+    if raw is None or (isinstance(raw, str) and raw):
+        return raw
+    raise _HTTPError(422, f"user_id must be a non-empty string or null, got {_shown(raw)}")
 
 
 def _values(raw: object) -> dict[str, str]:
