@@ -511,6 +511,29 @@ def test_seeding_refuses_what_the_service_would(service: InMemoryIdentityService
     assert SECRET not in repr(service)
 
 
+@pytest.mark.parametrize(
+    ("arguments", "detail"),
+    [
+        ({"name": 123}, "name is required and must be a non-empty string, got 123"),
+        ({"name": ""}, "name is required and must be a non-empty string, got ''"),
+        ({"provider": ["openai"]}, "provider is required and must be a non-empty string, got ['openai']"),
+        ({"description": 5}, "description must be a string or null, got 5"),
+    ],
+)
+def test_seeding_checks_the_types_the_service_checks(
+    service: InMemoryIdentityService, arguments: dict[str, object], detail: str
+) -> None:
+    """``add_secret(name=123)`` used to store a secret the HTTP side would have refused (and whose
+    metadata then held a number): the same 422 as a POST, as an IdentityRequestError."""
+    given: dict[str, Any] = {"name": "x", "provider": "openai", **arguments}
+    with pytest.raises(IdentityRequestError) as caught:
+        service.add_secret(given.pop("name"), given.pop("provider"), {"api_key": "k"}, **given)
+    assert (str(caught.value), caught.value.status) == (detail, 422)
+    assert service.count() == 0
+    with pytest.raises(IdentityNotFoundError):
+        service.find_secret("x", "openai")
+
+
 async def test_rotation_and_status_bump_updated_at(
     client: httpx.AsyncClient, service: InMemoryIdentityService
 ) -> None:

@@ -168,8 +168,13 @@ class InMemoryIdentityService:
         status: str = "active",
         description: str | None = None,
     ) -> str:
-        """Store a secret as ``POST /api/v1/secrets`` would; return its id."""
+        """Store a secret as ``POST /api/v1/secrets`` would (refusing, as an IdentityRequestError,
+        what it would refuse: a ``name`` that is not a non-empty string, say); return its id."""
         with _as_client_errors():
+            # the body checks a POST gets: add_secret(name=123) stored what the service refuses
+            fields = {"name": name, "provider": provider, "description": description}
+            name, provider = _string(fields, "name"), _string(fields, "provider")
+            description = _optional_string(fields, "description")
             checked_status = _status(status)
             secret = self._insert(name, provider, _values(dict(values)), _owner(user_id), description)
             secret.status = checked_status
@@ -518,7 +523,7 @@ def _json_object(body: bytes) -> dict[str, object]:
 def _string(data: Mapping[str, object], key: str) -> str:
     value = data.get(key)
     if not isinstance(value, str) or not value:
-        raise _HTTPError(422, f"{key} is required and must be a non-empty string")
+        raise _HTTPError(422, f"{key} is required and must be a non-empty string, got {_shown(value)}")
     return value
 
 
@@ -526,7 +531,7 @@ def _optional_string(data: Mapping[str, object], key: str) -> str | None:
     value = data.get(key)
     if value is None or isinstance(value, str):
         return value
-    raise _HTTPError(422, f"{key} must be a string or null")
+    raise _HTTPError(422, f"{key} must be a string or null, got {_shown(value)}")
 
 
 def _owner(raw: object) -> str | None:
