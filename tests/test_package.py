@@ -7,6 +7,7 @@ import copy
 import importlib
 import json
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -258,3 +259,16 @@ def test_no_package_imports_another_packages_private_names() -> None:
             private = [name for alias in node.names if _is_private(name := alias.name)]
             reached_in += [f"{module}: from {source} import {name}" for name in private]
     assert reached_in == []
+
+
+def test_the_testing_docstrings_promise_only_what_redis_server_does() -> None:
+    """The package docstring said RedisServer could "flush", which no method does."""
+    from dynamic_agents import testing
+    from dynamic_agents.testing import RedisServer, redis_server
+
+    bullet = (testing.__doc__ or "").split("* ``RedisServer``")[1].split("\n* ")[0]
+    title = (redis_server.__doc__ or "").splitlines()[0]
+    for text in (bullet, title):
+        verbs = re.findall(r"\b(kill|restart|pause|resume|flush|start|stop)\b", text)
+        assert verbs, text
+        assert [verb for verb in verbs if not callable(getattr(RedisServer, verb, None))] == [], text

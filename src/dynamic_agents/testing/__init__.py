@@ -4,8 +4,8 @@
   letters), with a :class:`ManualClock` for deterministic idle times.
 * ``InMemoryIdentityService`` speaks the A8N Identity HTTP contract (``httpx.MockTransport`` or
   ASGI), with fault switches.
-* ``RedisServer`` starts a private ``redis-server`` that a fault test may kill, restart, pause (a
-  hung server) or flush.
+* ``RedisServer`` starts a private ``redis-server`` that a fault test may kill, restart or pause
+  (a hung server); to empty it, send ``FLUSHALL`` through a client on its ``url``.
 * ``FakeOpenAI`` is a scripted OpenAI-compatible HTTP API for litellm's real SDK path;
   ``ScriptedModel`` a scripted agno model; ``mock_llm_router`` an ``LLMRouter`` answering with
   ``mock_response``. These three load litellm / agno on first use (extra ``agents``).

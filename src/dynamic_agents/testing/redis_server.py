@@ -1,4 +1,4 @@
-"""A private ``redis-server`` on a free loopback port, for tests that kill, restart or flush it.
+"""A private ``redis-server`` on a free loopback port, for tests that kill, restart or pause it.
 
 By default it persists with ``--appendonly yes --appendfsync always`` in its own temporary
 directory, so a kill and restart keeps every acknowledged write; ``RedisServer(durable=False)``
