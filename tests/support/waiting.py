@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 POLL = 0.01
 
 
-async def wait_until(condition: Callable[[], bool], within: float = 10.0, what: str = "condition") -> None:
+async def wait_until(
+    condition: Callable[[], bool | Awaitable[bool]], within: float = 10.0, what: str = "condition"
+) -> None:
+    """Poll ``condition`` (a plain or an async check) until it holds; fail after ``within`` s."""
     deadline = time.monotonic() + within
-    while not condition():
+    while True:
+        met = condition()
+        if inspect.isawaitable(met):
+            met = await met
+        if met:
+            return
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {within}s waiting for {what}")
         await asyncio.sleep(POLL)

@@ -263,14 +263,14 @@ async def test_an_acquire_cancelled_after_it_was_sent_gives_back_the_lease_it_to
         await transport.aclose()
 
 
-async def _held_by_the_pause(admin: Redis, command: str, within: float = 10.0) -> None:
+async def _held_by_the_pause(admin: Redis, command: str) -> None:
     """Wait until a client's ``command`` has reached the server and waits there for the pause to end
     (``flags=b``), whichever connection it was sent on."""
-    deadline = time.monotonic() + within
-    while not any(c["cmd"] == command and "b" in c["flags"] for c in await admin.client_list()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for a {command} held by the pause")
-        await asyncio.sleep(0.01)
+
+    async def held() -> bool:
+        return any(c["cmd"] == command and "b" in c["flags"] for c in await admin.client_list())
+
+    await wait_until(held, what=f"a {command} held by the pause")
 
 
 async def test_an_acquire_cancelled_while_its_reply_was_on_the_way_gives_back_the_lease(
@@ -287,10 +287,8 @@ async def test_an_acquire_cancelled_while_its_reply_was_on_the_way_gives_back_th
             assert await coordinator.acquire("other", ttl=60) is not None  # (connections are made)
             replies.clear()
             acquiring = asyncio.create_task(coordinator.acquire("s", ttl=60, holder="h"))
-            deadline = time.monotonic() + 10
-            while not await admin.exists(lease_key):  # Redis ran it; the reply waits in the proxy
-                assert time.monotonic() < deadline, "timed out waiting for the SET NX to run"
-                await asyncio.sleep(0.01)
+            # Redis ran it; the reply waits in the proxy
+            await wait_until(lambda: admin.exists(lease_key), what="the SET NX to run")
             acquiring.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await acquiring
