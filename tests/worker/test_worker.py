@@ -8,6 +8,7 @@ import itertools
 import logging
 import re
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -392,9 +393,7 @@ async def test_stop_abandons_a_run_that_ignores_its_cancellation(
             await asyncio.Event().wait()  # until cancelled
         except asyncio.CancelledError:
             cancelled.set()
-        while not finish.is_set():  # goes on regardless, its timeout too (a thread it waits for, say)
-            with contextlib.suppress(asyncio.CancelledError):
-                await finish.wait()
+        await _ignoring_cancellation(finish.wait)  # its timeout too (a thread it waits for, say)
         return "a late answer"
 
     request = request_event(backend.names, "stubborn")
@@ -448,9 +447,7 @@ async def test_a_run_abandoned_by_stop_ending_late_leaves_a_new_delivery_of_its_
             await finish_second.wait()
             return "the new delivery's answer"
         first_started.set()
-        while not finish_first.is_set():  # ignores its cancellation
-            with contextlib.suppress(asyncio.CancelledError):
-                await finish_first.wait()
+        await _ignoring_cancellation(finish_first.wait)
         return "the abandoned run's answer"
 
     request = request_event(backend.names, "stubborn")
@@ -820,6 +817,14 @@ def test_policies_given_as_text_are_stored_as_session_policies() -> None:
     assert settings.session_policy is SessionPolicy.MERGE
     assert settings.policies == {"agent:x": SessionPolicy.REJECT}
     assert settings.policies["agent:x"] is SessionPolicy.REJECT
+
+
+async def _ignoring_cancellation(wait: Callable[[], Awaitable[object]]) -> None:
+    """Await ``wait()`` to its end, whatever cancels this meanwhile: a run that goes on regardless."""
+    while True:
+        with contextlib.suppress(asyncio.CancelledError):
+            await wait()
+            return
 
 
 async def _async(value: bool) -> bool:
