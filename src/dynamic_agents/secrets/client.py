@@ -347,7 +347,7 @@ class IdentityClient:
                     raise IdentityUnavailableError(
                         f"{where}: the Identity token provider failed ({type(error).__name__}), "
                         "so no request was sent"
-                    ) from error
+                    ) from None  # not chained: a traceback would print the cause's text
                 if not isinstance(token, str | SecretValue):  # never shown: it may be a token anyway
                     raise ConfigurationError(
                         f"the Identity token provider returned {type(token).__name__}; it must return "
