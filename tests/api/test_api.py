@@ -1444,11 +1444,14 @@ async def test_the_client_sends_every_execute_option_and_waits_for_a_long_run(
 
     monkeypatch.setattr(stack.runtime.agents, "execute", recorded)
     read_timeouts: list[Any] = []
+    other_timeouts: set[tuple[Any, ...]] = set()
     app = httpx.ASGITransport(app=stack.app)
 
     class Recording(httpx.AsyncBaseTransport):
         async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-            read_timeouts.append(request.extensions["timeout"]["read"])
+            timeouts = request.extensions["timeout"]
+            read_timeouts.append(timeouts["read"])
+            other_timeouts.add((timeouts["connect"], timeouts["write"], timeouts["pool"]))
             return await app.handle_async_request(request)
 
     options: dict[str, Any] = {"user_id": "u7", "session_state": {"plan": "pro"}, "timeout": 600}
@@ -1471,3 +1474,4 @@ async def test_the_client_sends_every_execute_option_and_waits_for_a_long_run(
     assert again[-1][1]["content"] == "three"
     assert again == [streamed[-1]]  # the retry got the stored result, and nothing ran again
     assert read_timeouts == [120.0, 630.0, 630.0, 630.0]
+    assert other_timeouts == {(120.0, 120.0, 120.0)}  # only the wait for the answer is extended

@@ -102,11 +102,15 @@ class AgentsHTTPClient:
                 elif line.startswith("data: "):
                     yield event, json.loads(line.removeprefix("data: "))
 
-    def _call_timeout(self, run_timeout: float | None) -> httpx.Timeout | float:
-        """The client's timeout, or the run's and a margin when that is longer."""
-        if run_timeout is None or self._http.timeout.read is None:
-            return self._http.timeout
-        return max(self._http.timeout.read, run_timeout + _RUN_MARGIN)
+    def _call_timeout(self, run_timeout: float | None) -> httpx.Timeout:
+        """The client's timeout, its read extended to the run's and a margin when that is longer
+        (connecting, writing and the pool keep theirs: an API that is down fails as soon)."""
+        timeout = self._http.timeout
+        if run_timeout is None or timeout.read is None or timeout.read >= run_timeout + _RUN_MARGIN:
+            return timeout
+        return httpx.Timeout(
+            connect=timeout.connect, read=run_timeout + _RUN_MARGIN, write=timeout.write, pool=timeout.pool
+        )
 
     async def create(self, kind: str, spec: dict[str, Any]) -> dict[str, Any]:
         created: dict[str, Any] = await self._json(await self._http.post(_path(kind), json=spec))
