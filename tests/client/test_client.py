@@ -207,6 +207,8 @@ def test_build_request_keeps_an_event_id_and_channel_of_0(channel_key: str) -> N
     assert request.reply_stream == client.names.responses("webhook", "0")
     fallback = client.build_request("webhook", {"id": None, "channel_id": None, "chat_id": 0})
     assert fallback.source_id == "0"
+    empty_first = client.build_request("webhook", {"channel_id": "", "chat_id": 123})
+    assert empty_first.source_id == "123"  # an empty channel is no channel: the next key is read
     assert fallback.id != "None"  # None: no platform id, a fresh one
 
 

@@ -78,7 +78,8 @@ class AgentClient:
         ``event`` holds ``channel_id`` (or ``conversation_id`` / ``chat_id``), ``user_id``,
         ``content`` and optionally ``id`` (the platform's event id — used as the request id, so a
         platform retry is deduplicated), ``user_name``, ``attachments``, ``guild_id`` and other
-        metadata; only a missing or ``None`` id or channel counts as missing (``0`` is one). The
+        metadata. A missing or ``None`` id, or a missing, ``None`` or empty channel, is missing
+        (the next channel key is read); ``0`` is one. The
         session id is ``{prefix}:{channel}`` (prefix from the interface's ``session.prefix``, else
         the source) and the reply stream is the channel's. A field of the
         wrong type is an :class:`~dynamic_agents.exceptions.EventValidationError` naming it.
@@ -94,10 +95,11 @@ class AgentClient:
         if not isinstance(event, Mapping):
             raise ConfigurationError(f"event must be a mapping of its fields, got {type(event).__name__}")
         source = source.strip().lower()  # as the event reads it, for the interface and stream names
-        # Only a missing (or None) field is missing: a platform's numeric 0 is a channel and an id
+        # A missing, None or empty field is no channel (the next key is read); a platform's
+        # numeric 0 is one, and an id
         channels = ("channel_id", "conversation_id", "chat_id")
-        channel = next((event[key] for key in channels if event.get(key) is not None), None)
-        if channel is None or channel == "":
+        channel = next((event[key] for key in channels if event.get(key) not in (None, "")), None)
+        if channel is None:
             raise ConfigurationError(f"a {source} event needs channel_id (or conversation_id / chat_id)")
         interface = self.routing.interfaces.get(source) if self.routing is not None else None
         prefix = interface.session.prefix if interface is not None and interface.session.prefix else source
