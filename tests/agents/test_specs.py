@@ -127,6 +127,20 @@ def test_a_value_that_may_be_a_credential_is_masked(document: dict[str, Any]) ->
     assert "not-key-shaped-at-all" not in str(caught.value)
 
 
+def test_a_url_value_is_shown_with_its_credentials_masked() -> None:
+    """A URL's password and credential query values are masked as in any text for others' eyes
+    (``redact_text``), the rest of it shown."""
+    document = {
+        "id": "a",
+        "model": {"name": "m", "temperature": "https://u:pw0rd@h.example.com/x?token=abc123"},
+    }
+    with pytest.raises(SpecValidationError) as caught:
+        AgentSpec.from_dict(document)
+    assert "h.example.com/x" in str(caught.value)
+    assert "abc123" not in str(caught.value)
+    assert "pw0rd" not in str(caught.value)
+
+
 @pytest.mark.parametrize(
     "document",
     [

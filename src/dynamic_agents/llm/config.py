@@ -18,7 +18,7 @@ from typing import Any, Final, Self
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from dynamic_agents._redaction import masked_url, names_a_credential, redact_text
+from dynamic_agents._redaction import masked_url, names_a_credential
 from dynamic_agents.exceptions import ConfigurationError
 from dynamic_agents.secrets.references import masked_settings, shown_reference, shown_value
 
@@ -309,6 +309,6 @@ def _config_error(error: ValidationError, data: Mapping[str, Any]) -> Configurat
             else shown_value(item["input"], name=names[-1] if names else None)
         )
         if value is not None and value not in message:  # a mapping (a deployment) is not shown
-            message += f" (got {redact_text(value)})"
+            message += f" (got {value})"
         details.append(f"{where}: {message}" if where else message)  # the config's own checks: no field
     return ConfigurationError("invalid router config: " + "; ".join(details))

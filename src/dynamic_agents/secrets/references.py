@@ -17,7 +17,14 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Final
 
-from dynamic_agents._redaction import MASK, REDACTOR, looks_like_a_key, masked_url, names_a_credential
+from dynamic_agents._redaction import (
+    MASK,
+    REDACTOR,
+    looks_like_a_key,
+    masked_url,
+    names_a_credential,
+    redact_text,
+)
 from dynamic_agents.exceptions import SecretReferenceError
 
 __all__ = [
@@ -64,7 +71,8 @@ def shown_value(value: object, *, name: object = None) -> str | None:
     is not shown (a mapping or a list: too long, and it may hold anything). A reference as
     written (:func:`shown_reference`); :data:`MASK` for a string under a credential's ``name``
     (``api_key``, ``token``) or with a word shaped like a key; other strings cut to 60 characters,
-    registered secrets masked; numbers, booleans and ``None`` as they are."""
+    masked as :func:`redact_text` masks text (registered secrets, a URL's credentials); numbers,
+    booleans and ``None`` as they are."""
     if isinstance(value, str):
         reference = shown_reference(value)
         if reference is not None:
@@ -74,7 +82,7 @@ def shown_value(value: object, *, name: object = None) -> str | None:
         text = repr(value)
         if len(text) > _SHOWN_VALUE_LIMIT:
             text = f"{text[: _SHOWN_VALUE_LIMIT - 4]}...{text[-1]}"
-        return REDACTOR.redact(text)
+        return redact_text(text)  # registered secrets, a URL's password and credential query values
     if value is None or isinstance(value, bool | int | float):
         return repr(value)
     return None
