@@ -511,12 +511,17 @@ def test_seeding_refuses_what_the_service_would(service: InMemoryIdentityService
     assert SECRET not in repr(service)
 
 
+CANARY_1, CANARY_2 = "sk-CANARY0fake0identity0000001", "sk-CANARY0fake0identity0000002"
+
+
 @pytest.mark.parametrize(
     ("arguments", "detail"),
     [
         ({"name": 123}, "name is required and must be a non-empty string, got 123"),
         ({"name": ""}, "name is required and must be a non-empty string, got ''"),
-        ({"provider": ["openai"]}, "provider is required and must be a non-empty string, got ['openai']"),
+        ({"provider": ["openai"]}, "provider is required and must be a non-empty string, got a list"),
+        ({"description": [CANARY_1]}, "description must be a string or null, got a list"),
+        ({"status": CANARY_2}, "status must be one of ['active', 'disabled'], got **********"),
         ({"description": 5}, "description must be a string or null, got 5"),
     ],
 )

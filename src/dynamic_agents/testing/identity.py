@@ -36,6 +36,7 @@ from dynamic_agents.exceptions import (
     IdentityNotFoundError,
     IdentityRequestError,
 )
+from dynamic_agents.secrets.references import shown_value
 
 __all__ = ["DEFAULT_IDENTITY_PROVIDERS", "InMemoryIdentityService", "RecordedRequest"]
 
@@ -523,7 +524,7 @@ def _json_object(body: bytes) -> dict[str, object]:
 def _string(data: Mapping[str, object], key: str) -> str:
     value = data.get(key)
     if not isinstance(value, str) or not value:
-        raise _HTTPError(422, f"{key} is required and must be a non-empty string, got {_shown(value)}")
+        raise _HTTPError(422, f"{key} is required and must be a non-empty string, got {_shown(value, key)}")
     return value
 
 
@@ -531,14 +532,14 @@ def _optional_string(data: Mapping[str, object], key: str) -> str | None:
     value = data.get(key)
     if value is None or isinstance(value, str):
         return value
-    raise _HTTPError(422, f"{key} must be a string or null, got {_shown(value)}")
+    raise _HTTPError(422, f"{key} must be a string or null, got {_shown(value, key)}")
 
 
 def _owner(raw: object) -> str | None:
     """A create's ``user_id``: ``""`` would own a secret no token acts for."""
     if raw is None or (isinstance(raw, str) and raw):
         return raw
-    raise _HTTPError(422, f"user_id must be a non-empty string or null, got {_shown(raw)}")
+    raise _HTTPError(422, f"user_id must be a non-empty string or null, got {_shown(raw, 'user_id')}")
 
 
 def _values(raw: object) -> dict[str, str]:
@@ -552,14 +553,14 @@ def _values(raw: object) -> dict[str, str]:
 
 def _status(raw: object) -> str:
     if raw not in _STATUSES:
-        raise _HTTPError(422, f"status must be one of {list(_STATUSES)}, got {_shown(raw)}")
+        raise _HTTPError(422, f"status must be one of {list(_STATUSES)}, got {_shown(raw, 'status')}")
     return str(raw)
 
 
-def _shown(raw: object) -> str:
-    """``raw``'s repr for an error detail, cut short: a request body may hold anything."""
-    text = repr(raw)
-    return text if len(text) <= 40 else f"{text[:40]}…"
+def _shown(raw: object, field: str) -> str:
+    """``raw`` for an error detail, as the library's own errors show a value (``shown_value``: a
+    key-shaped string masked, a long one cut); a list or an object only by its type."""
+    return shown_value(raw, name=field) or f"a {type(raw).__name__}"
 
 
 def _int_param(query: Mapping[str, str], name: str, default: int, high: int | None) -> int:
