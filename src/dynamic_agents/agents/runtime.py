@@ -96,12 +96,7 @@ class AgentRuntime:
         try:
             close = getattr(self.db, "close", None)
             if close is not None:
-                if inspect.iscoroutinefunction(close):
-                    await close()
-                else:
-                    result = await asyncio.to_thread(close)
-                    if inspect.isawaitable(result):  # a plain function that returned a coroutine
-                        await result
+                await _off_the_loop(close)
         finally:
             await self.store.aclose()
 
@@ -267,14 +262,8 @@ class AgentRuntime:
         reply, for the next run to see. Read from the session db, so it works across workers."""
         if self.db is None:
             return None
-        get_session = self.db.get_session
-        try:
-            if inspect.iscoroutinefunction(get_session):  # AsyncSqliteDb, AsyncPostgresDb
-                session = await get_session(session_id=session_id, session_type=kind.value)
-            else:  # InMemoryDb, SqliteDb, PostgresDb: blocking calls, kept off the event loop
-                session = await asyncio.to_thread(get_session, session_id=session_id, session_type=kind.value)
-                if inspect.isawaitable(session):  # a sync method handing back an awaitable
-                    session = await session
+        try:  # AsyncSqliteDb, AsyncPostgresDb awaited; InMemoryDb, SqliteDb, PostgresDb in a thread
+            session = await _off_the_loop(self.db.get_session, session_id=session_id, session_type=kind.value)
         except Exception:  # a missing table on first use, a db hiccup: no context, not a failed run
             return None
         runs = getattr(session, "runs", None) or []
@@ -345,6 +334,15 @@ async def _run_streaming(target: Any, input: str, run_kwargs: dict[str, Any], on
         return final  # without a db there is no stored run to read back
     last = await target.aget_last_run_output(session_id=run_kwargs["session_id"])
     return last if last is not None else final
+
+
+async def _off_the_loop(function: Callable[..., Any], /, **kwargs: Any) -> Any:
+    """Call a session db's method without blocking the event loop: an async one awaited, a plain
+    one (a blocking query, a pool's dispose) in a thread, and an awaitable it hands back awaited."""
+    if inspect.iscoroutinefunction(function):
+        return await function(**kwargs)
+    result = await asyncio.to_thread(function, **kwargs)
+    return await result if inspect.isawaitable(result) else result
 
 
 def _retrieve(task: asyncio.Task[Any]) -> None:

@@ -189,9 +189,7 @@ class SecretsManager:
         manager = cls(StaticSource({}), **settings)
         source: SecretSource = IdentitySource(IdentityClient(url, token=token, **(client_options or {})))
         if env_fallback:
-            source = ChainSource(
-                source, EnvironmentSource({**ENV_SECRETS, **(settings.get("env_mapping") or {})})
-            )
+            source = ChainSource(source, EnvironmentSource(manager.env_mapping))
         manager.source = source
         return manager
 
