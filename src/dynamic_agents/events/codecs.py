@@ -215,17 +215,11 @@ class EventCodec:
     def _check_content(self, event: WireModel) -> None:
         content = event.__dict__.get("content")  # a declared field (getattr of a missing one is slow)
         if isinstance(content, str) and len(content) > self.max_content_length:
-            raise EventTooLargeError(
-                "content",
-                len(content),
-                self.max_content_length,
-                unit="characters",
-                setting="max_content_length",
-            )
+            raise EventTooLargeError("content", len(content), self.max_content_length)
 
     def _check_size(self, what: str, size: int) -> None:
         if size > self.max_size:
-            raise EventTooLargeError(what, size, self.max_size, unit="bytes", setting="max_size")
+            raise EventTooLargeError(what, size, self.max_size)  # bytes, max_size (all but content)
 
 
 def _field(fields: Mapping[bytes, bytes] | Mapping[str, str], name: str) -> bytes | None:
