@@ -165,6 +165,37 @@ async def test_a_claim_whose_reply_was_lost_holds_the_lease_it_took(
         await transport.aclose()
 
 
+async def test_an_acquire_whose_reply_was_lost_holds_the_lease_it_took(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """As for a claim: Redis ran the SET NX, the reply never came, and the retry's SET NX finds the
+    lease taken — by this very call. It must return the lease, not ``None`` (busy) with the lease
+    left held, by nobody who knows it, until its ttl."""
+    transport = RedisStreamsTransport.from_url(redis_url, names=StreamNames(redis_prefix))
+    coordinator = transport.coordinator()
+    command = transport._pipeline.command
+    attempts = 0
+
+    async def reply_lost(*args: Any, **kwargs: Any) -> object:
+        nonlocal attempts
+        reply = await command(*args, **kwargs)
+        if args[0] == "SET":
+            attempts += 1
+            if attempts == 1:
+                raise ConnectionError("connection lost before the reply was read")
+        return reply
+
+    transport._pipeline.command = reply_lost  # type: ignore[assignment,method-assign]
+    try:
+        lease = await coordinator.acquire("s", ttl=60, holder="a")
+        assert attempts == 2
+        assert lease is not None
+        assert await coordinator.holder("s") == "a"
+        assert await coordinator.renew(lease)  # the token Redis holds is the one returned
+    finally:
+        await transport.aclose()
+
+
 @given(
     request_id=st.text(),
     response_id=st.text(),

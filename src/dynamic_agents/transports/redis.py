@@ -1083,6 +1083,10 @@ class RedisCoordinator(Coordinator):
                 reply = await set_nx()
             except Exception as error:
                 reply = await self._do("acquire a lease", set_nx, failed=error)
+                # held — by this call, if its first SET NX ran and only the reply was lost?
+                held_by = partial(self._pipeline.command, "GET", key)
+                if reply is None and await self._do("read a lease", held_by) == token.encode():
+                    reply = b"OK"
         except asyncio.CancelledError:  # its SET NX may have gone out: see _give_back_later
             self._give_back_later(lease)
             raise
