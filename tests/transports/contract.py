@@ -788,6 +788,29 @@ class TransportContract:
         await transport.ensure_group(backend.stream(), "workers")
         assert await transport.read(backend.subscription(block=0.05), 5) == []
 
+    async def test_an_empty_read_without_block_yields_to_the_event_loop(self, backend: Backend) -> None:
+        """``block=0`` is a read that does not wait, not one that holds the event loop: a caller
+        polling with it lets other tasks run between its reads (as a read over the network does)."""
+        transport = await backend.transport()
+        await transport.ensure_group(backend.stream(), "workers")
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        ticker = asyncio.create_task(tick())
+        try:
+            await asyncio.sleep(0)  # the ticker has started
+            before = ticks
+            for _ in range(3):
+                assert await transport.read(backend.subscription(block=0), 1) == []
+            assert ticks > before
+        finally:
+            ticker.cancel()
+
     @pytest.mark.parametrize(
         ("fields", "message"),
         [

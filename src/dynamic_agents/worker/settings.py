@@ -114,8 +114,8 @@ class WorkerSettings:
         object.__setattr__(
             self, "reply_maxlen", check_count("reply_maxlen", self.reply_maxlen, optional=True)
         )
-        # block and lease_poll of 0 would be loops that never wait: the in-memory transport's read
-        # never yields then (the worker hangs the event loop), Redis is polled without pause
+        # block and lease_poll of 0 would be loops that never wait: the transport (Redis, or the
+        # event loop for the in-memory one) polled without pause
         seconds = (
             "claim_min_idle",
             "request_timeout",
