@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from dynamic_agents._redaction import masked_url, names_a_credential
 from dynamic_agents.exceptions import ConfigurationError
-from dynamic_agents.secrets.references import masked_settings, shown_reference, shown_value
+from dynamic_agents.secrets.references import error_with_value, masked_settings, shown_reference
 
 __all__ = [
     "HEADER_PARAMS",
@@ -301,14 +301,7 @@ def _config_error(error: ValidationError, data: Mapping[str, Any]) -> Configurat
             entry = entries[location[1]] if location[1] < len(entries) else {}
             name = entry.get("model_name") if isinstance(entry, Mapping) else None
             where = f"{where} (model {name!r})" if name else where
-        message = item["msg"].removeprefix("Value error, ")
         names = [part for part in location if isinstance(part, str)]
-        value = (
-            None
-            if item["type"] == "missing"
-            else shown_value(item["input"], name=names[-1] if names else None)
-        )
-        if value is not None and value not in message:  # a mapping (a deployment) is not shown
-            message += f" (got {value})"
+        message = error_with_value(item, name=names[-1] if names else None)  # a deployment not shown
         details.append(f"{where}: {message}" if where else message)  # the config's own checks: no field
     return ConfigurationError("invalid router config: " + "; ".join(details))

@@ -10,7 +10,7 @@ import yaml
 from pydantic import ValidationError
 
 from dynamic_agents.exceptions import RoutingConfigError
-from dynamic_agents.secrets.references import shown_value
+from dynamic_agents.secrets.references import error_with_value
 
 __all__ = ["YamlPath", "config_error", "format_path", "load_yaml"]
 
@@ -115,15 +115,9 @@ def config_error(error: ValidationError, source: str, lines: Mapping[YamlPath, i
         location = location[1:]
     # pydantic adds the model name for union members and "[key]" for nested dicts: keep real keys.
     path = _known_prefix(location, lines) if lines else location
-    message = first["msg"].removeprefix("Value error, ")
-    # the value found, masked under a credential's name or when shaped like a key (a mapping or a
-    # list is not shown); a validator that quotes it already ("got True") is not repeated
+    # the value found, masked under a credential's name or when shaped like a key
     names = [part for part in location if isinstance(part, str) and not _union_label(part)]
-    value = (
-        None if first["type"] == "missing" else shown_value(first["input"], name=names[-1] if names else None)
-    )
-    if value is not None and value not in message:
-        message += f" (got {value})"
+    message = error_with_value(first, name=names[-1] if names else None)
     others = len(error.errors()) - 1
     if others:
         message += f" (and {others} more error{'s' if others > 1 else ''})"

@@ -31,6 +31,7 @@ __all__ = [
     "ENV_SECRETS",
     "EnvReference",
     "SecretReference",
+    "error_with_value",
     "masked_settings",
     "parse_reference",
     "shown_reference",
@@ -86,6 +87,15 @@ def shown_value(value: object, *, name: object = None) -> str | None:
     if value is None or isinstance(value, bool | int | float):
         return repr(value)
     return None
+
+
+def error_with_value(detail: Mapping[str, Any], *, name: object = None) -> str:
+    """One of pydantic's errors as a message: its text (without the ``Value error,`` prefix) and
+    the value found (:func:`shown_value`, under the field ``name``), unless the value was missing,
+    is not shown, or the text quotes it already (a validator's own "got …")."""
+    message: str = detail["msg"].removeprefix("Value error, ")
+    value = None if detail["type"] == "missing" else shown_value(detail["input"], name=name)
+    return message if value is None or value in message else f"{message} (got {value})"
 
 
 def shown_part(part: str) -> str:

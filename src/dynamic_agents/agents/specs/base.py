@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from dynamic_agents._validation import check_choice
 from dynamic_agents.exceptions import SpecValidationError
-from dynamic_agents.secrets.references import shown_value
+from dynamic_agents.secrets.references import error_with_value
 
 __all__ = ["SpecBase", "SpecKind", "SpecStatus", "spec_error"]
 
@@ -131,10 +131,7 @@ def spec_error(model: type[SpecBase], data: Mapping[str, Any], error: Validation
     path = _document_path(first["loc"], data)
     spec_id = data.get("id")
     spec = f"{model.kind.value} {spec_id!r}" if isinstance(spec_id, str) else f"{model.kind.value} spec"
-    message = first["msg"].removeprefix("Value error, ")
-    value = None if first["type"] == "missing" else shown_value(first["input"], name=path.rsplit(".", 1)[-1])
-    if value is not None:
-        message += f" (got {value})"
+    message = error_with_value(first, name=path.rsplit(".", 1)[-1])
     others = len(error.errors()) - 1
     if others:
         message += f" (and {others} more)"
