@@ -142,6 +142,7 @@ async def test_a_missing_secret_names_the_spec_and_the_parameter(
         await runtime.agents.execute("searcher", "find", session_id="s1")
     assert str(caught.value).startswith("agent 'searcher', tools[0].parameters.api_key: no secret field")
     assert built == []  # the factory never ran with a missing key
+    assert CANARY not in caplog.text  # nothing logged (DEBUG up) quotes the provider's other values
 
 
 async def test_a_runtime_without_secrets_refuses_references_at_load(built: Built) -> None:
