@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from asyncio.subprocess import PIPE
 from collections.abc import AsyncIterator
@@ -164,3 +165,24 @@ async def test_writers_in_several_processes_lose_no_update(
     assert [writer.returncode for writer in writers] == [0] * processes
     assert [int(out) for out, _ in outputs] == [rounds] * processes
     assert await store.version(SpecKind.AGENT, "helper") == 1 + rounds * processes
+
+
+@pytest.mark.parametrize("name", ["helper copy.yaml", "-draft.yaml", f"{'x' * 129}.yaml"])
+async def test_a_file_whose_name_is_no_spec_id_is_skipped_with_a_warning(
+    store: YamlDirectorySpecStore, directory: Path, caplog: pytest.LogCaptureFixture, name: str
+) -> None:
+    """One stray file (a copy a file manager made, say) made every list() raise. get() never finds
+    it (no spec can have that id), so list() leaves it out too, and says so."""
+    await store.create(agent("fine"))
+    stray = directory / "agent" / name
+    stray.write_text("id: helper\n", encoding="utf-8")
+    with caplog.at_level(logging.WARNING, logger="dynamic_agents.agents"):
+        assert await store.list() == [agent("fine")]
+        assert await store.list(SpecKind.AGENT) == [agent("fine")]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2
+    message = warnings[0].getMessage()
+    assert str(stray) in message
+    assert "not a valid spec id" in message
+    assert "A-Z" in message  # what a valid one looks like
+    assert stray.exists()

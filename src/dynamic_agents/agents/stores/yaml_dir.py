@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from dynamic_agents._logging import get_logger
 from dynamic_agents._validation import check_count
 from dynamic_agents.agents.specs.base import SpecBase, SpecKind, SpecStatus
 from dynamic_agents.agents.stores.base import (
@@ -43,7 +44,11 @@ SPEC_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 """Ids that are safe as file names: no separators, never ``.`` or ``..``, and short enough (with
 ``.yaml`` and a temporary file's affixes) for the usual 255-byte limit on a name."""
 
+SPEC_ID_RULE = "1-128 of A-Z a-z 0-9 _ . -, starting with a letter or digit"
+
 LOCK_FILE = ".lock"
+
+logger = get_logger("agents")
 
 T = TypeVar("T")
 
@@ -183,7 +188,11 @@ class YamlDirectorySpecStore(SpecStore):
                 if path.name.startswith("."):
                     continue
                 if not SPEC_ID.fullmatch(path.stem):
-                    raise invalid(str(path), f"{path.stem!r} is not a valid spec id")
+                    # no spec can have this id, so get() never finds it: a stray file, not a spec
+                    logger.warning(
+                        "skipping %s: %r is not a valid spec id (%s)", path, path.stem, SPEC_ID_RULE
+                    )
+                    continue
                 document = _read(path)
                 if document is not None:  # deleted since the directory was listed
                     found.append((kind, path.stem, path, document))
