@@ -221,6 +221,20 @@ async def test_an_empty_user_id_is_refused_on_create(
     assert (await client.get("/api/v1/secrets")).json()["total"] == 0
 
 
+@pytest.mark.parametrize("headers", [SERVICE, ALICE])
+async def test_an_empty_user_id_is_refused_on_list(
+    client: httpx.AsyncClient, service: InMemoryIdentityService, headers: dict[str, str]
+) -> None:
+    """``?user_id=`` listed the secrets of a user named "" (none: create refuses that owner) with
+    the service token, and was a 403 with a user's: a 422 naming the parameter, as on create."""
+    seed(service)
+    response = await client.get("/api/v1/secrets", params={"user_id": ""}, headers=headers)
+    assert (response.status_code, response.json()) == (
+        422,
+        {"detail": "user_id must be a non-empty string or left out, got ''"},
+    )
+
+
 async def test_names_are_unique_per_provider_and_owner(client: httpx.AsyncClient) -> None:
     body = {"name": "main", "provider": "openai", "values": {"api_key": SECRET}}
     assert (await client.post("/api/v1/secrets", json=body)).status_code == 201

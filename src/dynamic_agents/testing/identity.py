@@ -360,6 +360,8 @@ class InMemoryIdentityService:
         page = _int_param(call.query, "page", 1, None)
         page_size = _int_param(call.query, "page_size", 50, _MAX_PAGE_SIZE)
         user_id, provider = call.query.get("user_id"), call.query.get("provider")
+        if user_id == "":  # no secret is owned by "": it would list nothing, silently
+            raise _HTTPError(422, "user_id must be a non-empty string or left out, got ''")
         if call.caller is not None:
             if user_id not in (None, call.caller):
                 raise _HTTPError(403, "a user token may only list its own secrets")
