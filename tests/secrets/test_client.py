@@ -590,7 +590,7 @@ def _metadata(secret_id: str) -> dict[str, object]:
     ("ids", "page_size", "requests"),
     [
         (["a", "b"], 2, 2),  # a full page, the same every time: stops at the repeat
-        (["a"], 100, 1),  # a short page: the last one, whatever the total says
+        (["a"], 100, 2),  # a short page, total 10**9: not trusted as the last, stops at the repeat
     ],
 )
 async def test_iter_secrets_stops_when_the_service_ignores_the_page(
@@ -610,3 +610,30 @@ async def test_iter_secrets_stops_when_the_service_ignores_the_page(
         found = [item.id async for item in client.iter_secrets(provider="openai", page_size=page_size)]
     assert found == ids
     assert asked == [str(n) for n in range(1, requests + 1)]
+
+
+@pytest.mark.parametrize("reported", [100, 1000, 0, None])
+async def test_iter_secrets_follows_total_not_the_reported_page_size(reported: int | None) -> None:
+    """A service that serves 2 a page but reports a larger (or no, or a nonsense) ``page_size``:
+    the first page looked short and iter_secrets stopped there, losing the rest silently. The
+    contract guarantees ``total``: pages are followed until that many are seen (or one is empty)."""
+    ids = [f"s{n}" for n in range(5)]
+    asked: list[str | None] = []
+
+    def capped(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.params.get("page"))
+        page = int(request.url.params["page"])
+        body: dict[str, object] = {
+            "items": [_metadata(i) for i in ids[(page - 1) * 2 : page * 2]],
+            "total": len(ids),
+            "page": page,
+        }
+        if reported is not None:
+            body["page_size"] = reported
+        return httpx.Response(200, json=body)
+
+    transport = httpx.MockTransport(capped)
+    async with IdentityClient(URL, token="t-000001", transport=transport) as client:
+        found = [item.id async for item in client.iter_secrets(provider="openai", page_size=100)]
+    assert found == ids
+    assert asked == ["1", "2", "3"]

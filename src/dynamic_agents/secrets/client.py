@@ -233,9 +233,11 @@ class IdentityClient:
     async def iter_secrets(
         self, *, provider: str | None = None, user_id: str | None = None, page_size: int = 100
     ) -> AsyncIterator[SecretMetadata]:
-        """Every matching secret, following the pages: until a page is empty or shorter than its
-        ``page_size``, ``total`` are seen, or a page repeats the one before (a service that
-        ignores ``page`` would otherwise be asked for the same page until its ``total``)."""
+        """Every matching secret, following the pages: until ``total`` are seen, a page is empty,
+        or a page repeats the one before (a service that ignores ``page`` would otherwise be asked
+        for the same page until its ``total``). ``total`` is what the contract guarantees; the
+        ``page_size`` a service reports is not trusted (one reporting more than it serves made a
+        full page look like the last)."""
         page, seen = 1, 0
         previous: tuple[str, ...] = ()
         while True:
@@ -255,12 +257,7 @@ class IdentityClient:
             for item in result.items:
                 yield item
             seen += len(result.items)
-            if (
-                not result.items
-                or len(result.items) < result.page_size
-                or seen >= result.total
-                or result.page_size >= result.total
-            ):
+            if not result.items or seen >= result.total:
                 return
             previous = ids
             page += 1
