@@ -1,0 +1,64 @@
+"""What the API reads and answers: the execute and routing-rules bodies, a run's result as JSON,
+and the limit on a request body's size."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Final
+
+from pydantic import BaseModel, Field, JsonValue
+
+from dynamic_agents.execution import ExecutionResult
+
+try:
+    from fastapi import HTTPException
+    from starlette.types import Message, Receive
+except ImportError as error:  # pragma: no cover - exercised without the extra installed
+    from dynamic_agents.exceptions import MissingDependencyError
+
+    raise MissingDependencyError("the REST API", "api") from error
+
+
+DEFAULT_MAX_BODY_SIZE: Final = 1024 * 1024
+"""The largest request body the API reads by default, in bytes (1 MiB)."""
+
+
+class ExecuteBody(BaseModel):
+    input: str
+    session_id: str = Field(min_length=1, max_length=512)
+    user_id: str | None = None
+    session_state: dict[str, JsonValue] = Field(default_factory=dict)
+    stream: bool = False
+    timeout: float | None = Field(default=None, gt=0, le=3600)
+
+
+class RulesBody(BaseModel):
+    rules: list[dict[str, JsonValue]]
+
+
+def result_json(result: ExecutionResult) -> dict[str, Any]:
+    data = dataclasses.asdict(result)
+    data["status"] = result.status.value
+    return data
+
+
+def too_large(limit: int, declared: str | None = None) -> str:
+    size = f" ({declared} bytes)" if declared is not None else ""
+    return f"the request body{size} is larger than the API's limit of {limit} bytes (max_body_size)"
+
+
+def limited_receive(receive: Receive, limit: int) -> Receive:
+    """``receive``, answering 413 once the body has grown past ``limit`` bytes: the rest of it is
+    never read (FastAPI passes an ``HTTPException`` raised while it reads the body through)."""
+    received = 0
+
+    async def limited() -> Message:
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise HTTPException(413, too_large(limit))
+        return message
+
+    return limited

@@ -1,0 +1,214 @@
+"""The operation routes: request cancellation, dead letters, routing rules and ``explain``, LLM
+deployments (references only, never keys) and refresh, and ``/health``."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Annotated, Any
+
+from dynamic_agents.agents.runtime import AgentRuntime
+from dynamic_agents.agents.specs import SpecKind, SpecStatus
+from dynamic_agents.api._bodies import RulesBody
+from dynamic_agents.events import AgentRequestEvent
+from dynamic_agents.exceptions import ConfigurationError, DeliveryError, RequeueError
+from dynamic_agents.llm.config import HEADER_PARAMS, SECRET_PARAMS
+from dynamic_agents.operations import DeadLetters
+from dynamic_agents.routing import EventRouter, RoutingRule
+from dynamic_agents.secrets.references import masked_settings
+from dynamic_agents.transports import Transport
+
+try:
+    from fastapi import APIRouter, HTTPException, Query, Response
+    from fastapi.responses import JSONResponse
+    from starlette.convertors import StringConvertor, register_url_convertor
+except ImportError as error:  # pragma: no cover - exercised without the extra installed
+    from dynamic_agents.exceptions import MissingDependencyError
+
+    raise MissingDependencyError("the REST API", "api") from error
+
+
+class _RequestIdConvertor(StringConvertor):
+    """A request id is any printable ASCII, ``/`` included (sent escaped as ``%2F``, which the
+    server unescapes before routing); a character no id may hold is the coordinator's 422, not an
+    unmatched route's 404."""
+
+    regex = "[\\s\\S]+"
+
+
+# Starlette's convertor registry is process-wide: the name is the library's own.
+register_url_convertor("dynamic_agents_request_id", _RequestIdConvertor())
+
+
+def _public_params(params: Mapping[str, Any]) -> Any:
+    """litellm params as configured, for listing (see :func:`masked_settings`): references as
+    written; a credential written into the config itself masked (``api_key: sk-…``, anything under
+    such a key, every header value, a URL's password), and any known secret value redacted."""
+    return masked_settings(params, _lists_a_credential, redact=True)
+
+
+def _lists_a_credential(key: object, parent: object) -> bool:
+    """Stricter than a repr: every header value is taken for a credential."""
+    return key in SECRET_PARAMS or parent in HEADER_PARAMS
+
+
+def add_operation_routes(  # noqa: PLR0915 - one route per statement group; kept together for reading
+    api: APIRouter,
+    runtime: AgentRuntime,
+    *,
+    transport: Transport | None,
+    event_router: EventRouter | None,
+    llm_router: Any,
+    health_checks: Mapping[str, Callable[[], Awaitable[bool]]] | None,
+) -> None:
+    """The routes beside the specs' on ``api``; those of a part the API was created without
+    answer 404 saying so."""
+
+    # -- requests and dead letters ------------------------------------------------------------------
+
+    def needs_transport() -> Transport:
+        if transport is None:
+            raise HTTPException(404, "this API was created without a transport")
+        return transport
+
+    @api.post("/requests/{request_id:dynamic_agents_request_id}/cancel", status_code=202, tags=["requests"])
+    async def cancel(request_id: str) -> dict[str, str]:
+        coordinator = needs_transport().coordinator()
+        try:
+            await coordinator.request_cancel(request_id)
+        except ConfigurationError as error:  # an id that cannot be part of a key name
+            raise HTTPException(422, str(error)) from None
+        return {"request_id": request_id, "status": "cancellation requested"}
+
+    @api.get("/dead-letters", tags=["dead letters"])
+    async def dead_letters(
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100, after: Annotated[str, Query(max_length=64)] = "0-0"
+    ) -> list[dict[str, Any]]:
+        try:
+            letters = await DeadLetters(needs_transport()).list(limit=limit, after=after)
+        except ConfigurationError as error:  # an ``after`` that is no entry id
+            raise HTTPException(422, str(error)) from None
+        return [
+            {
+                "id": letter.id,
+                "reason": letter.reason,
+                "kind": letter.kind,
+                "origin_stream": letter.origin_stream,
+                "origin_entry_id": letter.origin_entry_id,
+                "delivery_count": letter.delivery_count,
+                "dead_at": letter.dead_at.isoformat(),
+                "request": letter.request.model_dump(mode="json") if letter.request is not None else None,
+                "decode_error": letter.decode_error,
+            }
+            for letter in letters
+        ]
+
+    @api.post("/dead-letters/{entry_id}/requeue", tags=["dead letters"])
+    async def requeue(entry_id: str) -> dict[str, str]:
+        try:
+            new_id = await DeadLetters(needs_transport()).requeue(entry_id)
+        except RequeueError as error:  # it exists, but cannot go back: retrying will not help
+            raise HTTPException(409, str(error)) from None
+        except DeliveryError as error:
+            raise HTTPException(404, str(error)) from None
+        return {"requeued_as": new_id}
+
+    @api.delete("/dead-letters/{entry_id}", status_code=204, tags=["dead letters"])
+    async def purge(entry_id: str) -> Response:
+        try:
+            await DeadLetters(needs_transport()).purge(entry_id)
+        except (DeliveryError, ConfigurationError) as error:
+            raise HTTPException(404, str(error)) from None
+        return Response(status_code=204)
+
+    # -- routing ------------------------------------------------------------------------------------
+
+    def needs_routing() -> EventRouter:
+        if event_router is None:
+            raise HTTPException(404, "this API was created without an event router")
+        return event_router
+
+    @api.get("/routing/rules", tags=["routing"])
+    async def rules() -> list[dict[str, Any]]:
+        return [rule.model_dump(mode="json") for rule in needs_routing().rules]
+
+    @api.put("/routing/rules", tags=["routing"])
+    async def replace_rules(body: RulesBody) -> list[dict[str, Any]]:
+        routing = needs_routing()
+        try:
+            parsed = [RoutingRule.model_validate(rule) for rule in body.rules]
+            routing.replace_rules(parsed)
+        except (ValueError, ConfigurationError) as error:
+            raise HTTPException(422, str(error)) from None
+        return [rule.model_dump(mode="json") for rule in routing.rules]
+
+    @api.post("/routing/explain", tags=["routing"])
+    async def explain(event: dict[str, Any]) -> dict[str, Any]:
+        try:
+            request = AgentRequestEvent.model_validate(event)
+        except ValueError as error:
+            raise HTTPException(422, str(error)) from None
+        explanation = needs_routing().explain(request)
+        decision = explanation.decision
+        return {
+            "checks": [dataclasses.asdict(check) for check in explanation.checks],
+            "decision": None
+            if decision is None
+            else {
+                "target": decision.target.model_dump(mode="json"),
+                "rule": decision.rule,
+                "reason": decision.reason,
+            },
+            "error": explanation.error,
+        }
+
+    # -- LLM router ---------------------------------------------------------------------------------
+
+    @api.get("/llm/deployments", tags=["llm"])
+    async def deployments() -> list[dict[str, Any]]:
+        if llm_router is None:
+            raise HTTPException(404, "this API was created without an LLM router")
+        return [
+            {
+                "id": deployment.deployment_id,
+                "model_name": deployment.model_name,
+                "litellm_params": _public_params(deployment.litellm_params),  # references, never keys
+            }
+            for deployment in llm_router.config.model_list
+        ]
+
+    @api.post("/llm/refresh", tags=["llm"])
+    async def refresh() -> dict[str, int]:
+        if llm_router is None:
+            raise HTTPException(404, "this API was created without an LLM router")
+        return {"rotated": await llm_router.refresh()}
+
+    # -- health -------------------------------------------------------------------------------------
+
+    @api.get("/health", tags=["health"])
+    async def health() -> JSONResponse:
+        checks: dict[str, bool] = {}
+
+        async def store_ok() -> bool:
+            await runtime.store.list(SpecKind.AGENT, status=SpecStatus.DISABLED)
+            return True
+
+        async def transport_ok() -> bool:
+            assert transport is not None
+            await transport.last_entry_id(transport.names.requests)
+            return True
+
+        named: dict[str, Callable[[], Awaitable[bool]]] = {"store": store_ok}
+        if transport is not None:
+            named["transport"] = transport_ok
+        named.update(health_checks or {})
+        for name, check in named.items():
+            try:
+                checks[name] = bool(await asyncio.wait_for(check(), 5))
+            except Exception:  # a failing dependency is a health result, not an API error
+                checks[name] = False
+        healthy = all(checks.values())
+        return JSONResponse(
+            {"status": "ok" if healthy else "degraded", "checks": checks}, status_code=200 if healthy else 503
+        )

@@ -1,0 +1,62 @@
+"""The route class of every API route: the caller checked and the body's size limited before the
+body is read, and the transport failing answered as a 503."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Final
+
+from dynamic_agents._logging import get_logger
+from dynamic_agents._redaction import REDACTOR
+from dynamic_agents.api._bodies import limited_receive, too_large
+from dynamic_agents.exceptions import TransportError
+
+try:
+    from fastapi import Request, Response
+    from fastapi.responses import JSONResponse
+    from fastapi.routing import APIRoute
+except ImportError as error:  # pragma: no cover - exercised without the extra installed
+    from dynamic_agents.exceptions import MissingDependencyError
+
+    raise MissingDependencyError("the REST API", "api") from error
+
+
+logger = get_logger("api")
+
+
+CALLER: Final = "dynamic_agents_caller"
+"""Where a route keeps its caller (see :func:`create_api_router`) in ``request.state``."""
+
+
+class ApiRoute(APIRoute):
+    """Every route of the API: the transport failing (Redis away) is a 503 saying so, not a 500.
+
+    ``authorise`` (set on the subclass :func:`create_api_router` makes) checks the bearer token
+    before the handler reads the body: FastAPI parses a JSON body before it runs any dependency,
+    so an unauthenticated caller would get a 422 about its body, and have it parsed, first.
+    ``largest_body`` (``max_body_size``) is enforced there too, before a byte of the body is read."""
+
+    authorise: Callable[[str | None], Awaitable[str]] | None = None
+    # Not ``max_body_size``: FastAPI's own route attribute (a Starlette limit answering in plain text).
+    largest_body: int | None = None
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def answer(request: Request) -> Response:
+            if self.authorise is not None:
+                setattr(request.state, CALLER, await self.authorise(request.headers.get("authorization")))
+            if (limit := self.largest_body) is not None:
+                declared = request.headers.get("content-length", "")
+                if declared.isascii() and declared.isdigit() and int(declared) > limit:  # not "²"
+                    return JSONResponse({"detail": too_large(limit, declared)}, status_code=413)
+                # A body sent without a length (chunked) is counted as it arrives.
+                request = Request(request.scope, limited_receive(request.receive, limit))
+            try:
+                return await handler(request)
+            except TransportError as error:  # a DeliveryError (an unknown entry) is each route's own
+                logger.warning("%s %s: %s", request.method, request.url.path, error)
+                detail = f"the message transport is unavailable: {REDACTOR.redact(str(error))}"
+                return JSONResponse({"detail": detail}, status_code=503)
+
+        return answer
