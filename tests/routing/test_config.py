@@ -519,3 +519,25 @@ def test_a_session_prefix_with_a_control_character_in_yaml_names_the_path_and_th
     assert (caught.value.line, caught.value.path) == (3, "discord.session.prefix")
     assert "session prefix 'disc\\x01ord' has a control character" in str(caught.value)
     assert SessionSettings(prefix="discord-eu:v2").prefix == "discord-eu:v2"
+
+
+@pytest.mark.parametrize(
+    ("written", "shown"),
+    [("[yes, 1]", "True"), ("[1, true]", "True"), ("['1', no]", "False"), ("on", "True")],
+)
+def test_a_boolean_among_guild_ids_is_refused(written: str, shown: str) -> None:
+    """``True == 1``: ``guild_ids: [yes, 1]`` (YAML reads ``yes`` as a boolean) dropped the ``1``
+    as a duplicate of ``True``, so guild 1 was not routed. A guild id is text or an integer."""
+    yaml_text = (
+        "discord:\n  routing:\n    rules:\n"
+        f"      - name: g\n        guild_ids: {written}\n        agent_id: a\n"
+    )
+    with pytest.raises(RoutingConfigError) as caught:
+        RoutingConfig.from_yaml(yaml_text, source="guilds.yaml")
+    assert (caught.value.line, caught.value.path) == (4, "discord.routing.rules[0]")
+    assert f"guild_ids holds the boolean {shown}: a guild id is text or an integer" in str(caught.value)
+
+
+def test_guild_ids_given_as_text_and_as_the_same_number_keep_both_forms() -> None:
+    rule = RoutingRule(name="g", guild_ids=["1", 1, 2], agent_id="a")
+    assert rule.metadata_match["guild_id"] == ("1", 1, 2, "2")

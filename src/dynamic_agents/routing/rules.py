@@ -183,13 +183,21 @@ class _FrozenDict(dict[str, Any]):
 
 def _either_type(ids: Any) -> Any:
     """Guild ids as text and as numbers: platforms send either (``"987654321"`` or ``987654321``),
-    and YAML reads an unquoted id as a number; one written either way matches both."""
-    if isinstance(ids, str | int) and not isinstance(ids, bool):
+    and YAML reads an unquoted id as a number; one written either way matches both.
+
+    A boolean is refused: no guild id is one (YAML reads an unquoted ``yes`` or ``on`` as
+    ``True``), and as ``True == 1`` it would also hide the id ``1`` from the list."""
+    if isinstance(ids, str | int):
         ids = [ids]
     if not isinstance(ids, list | tuple | set | frozenset):
         return ids  # not ids: the field's own validation names it
     both: list[Any] = []
     for item in ids:
+        if isinstance(item, bool):
+            raise ValueError(  # noqa: TRY004 (pydantic reports ValueError only)
+                f"guild_ids holds the boolean {item!r}: a guild id is text or an integer (quote "
+                "a value YAML reads as a boolean, such as yes or on)"
+            )
         forms = [item]
         if isinstance(item, int) and not isinstance(item, bool):
             forms.append(str(item))
