@@ -521,6 +521,22 @@ def test_a_session_prefix_with_a_control_character_in_yaml_names_the_path_and_th
     assert SessionSettings(prefix="discord-eu:v2").prefix == "discord-eu:v2"
 
 
+@pytest.mark.parametrize(("written", "value"), [('""', ""), ("''", ""), ('"  "', "  ")])
+def test_an_empty_session_prefix_is_refused_naming_the_path_and_the_value(written: str, value: str) -> None:
+    """``prefix: ""`` silently gave session ids prefixed with the source instead (and ``"  "``
+    ids starting with blanks): surely a mistake. Left out (or ``null``), the source is used."""
+    text = f"discord:\n  session:\n    prefix: {written}\n"
+    with pytest.raises(RoutingConfigError) as caught:
+        RoutingConfig.from_yaml(text, source="interfaces.yaml")
+    assert (caught.value.line, caught.value.path) == (3, "discord.session.prefix")
+    assert f"session prefix {value!r} is blank" in str(caught.value)
+    assert "leave prefix out to use the source" in str(caught.value)
+    assert (
+        RoutingConfig.from_yaml("discord:\n  session:\n    prefix: null\n").interfaces["discord"].session
+        == SessionSettings()
+    )
+
+
 @pytest.mark.parametrize(
     ("written", "shown"),
     [("[yes, 1]", "True"), ("[1, true]", "True"), ("['1', no]", "False"), ("on", "True")],

@@ -73,7 +73,13 @@ class SessionSettings(BaseModel):
     @field_validator("prefix")
     @classmethod
     def _no_control_characters(cls, value: str | None) -> str | None:
-        """The prefix becomes part of session ids, and of Redis key names built from them."""
+        """The prefix becomes part of session ids, and of Redis key names built from them; a
+        blank one is surely a mistake (left out, the source is used)."""
+        if value is not None and not value.strip():
+            raise ValueError(
+                f"session prefix {value!r} is blank: session ids are '{{prefix}}:{{channel}}' "
+                "(give a name such as 'discord', or leave prefix out to use the source)"
+            )
         if value is not None and any(unicodedata.category(char) == "Cc" for char in value):
             raise ValueError(
                 f"session prefix {value!r} has a control character: it becomes part of session "
