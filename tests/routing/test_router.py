@@ -129,8 +129,8 @@ def test_explain_lists_every_rule_and_why() -> None:
 
 def test_rules_of_other_sources_are_never_candidates() -> None:
     router = EventRouter([rule(f"slack {n}", source="slack", content_pattern=f"x{n}") for n in range(50)])
-    assert list(router._candidates(event())) == []
-    assert len(list(router._candidates(event(source="slack")))) == 50
+    assert list(router._index.candidates(event())) == []
+    assert len(list(router._index.candidates(event(source="slack")))) == 50
 
 
 def test_duplicate_rule_names_are_refused() -> None:
@@ -421,3 +421,76 @@ def test_a_list_of_a_boolean_and_an_integer_matches_each_as_its_own_kind(sent: A
     routed = event(metadata={"flag": sent})
     assert router.route(routed).target_id == "either"
     assert router.explain(routed).decision == router.route(routed)
+
+
+class _InterleavingRouter(EventRouter):
+    """Runs ``during`` at one chosen point of another call: after the ``pause_at``-th read of the
+    router's own data, or after each of its attribute assignments — where another thread could
+    run between two bytecodes."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.__dict__["_hook"] = None
+        super().__init__(*args, **kwargs)
+
+    def __getattribute__(self, name: str) -> Any:
+        value = super().__getattribute__(name)
+        hook = super().__getattribute__("__dict__").get("_hook")
+        if hook is not None and name in super().__getattribute__("__dict__") and name != "_hook":
+            hook("read")
+        return value
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        hook = self.__dict__.get("_hook")
+        if hook is not None:
+            hook("write")
+
+
+@pytest.mark.parametrize("pause_at", range(1, 8))
+def test_a_route_during_replace_rules_sees_the_old_rules_or_the_new_never_a_mix(pause_at: int) -> None:
+    """``replace_rules`` assigned the index in several attributes and ``route`` read them one by
+    one: a route on another thread could meet one rule set's per-source index with the other's
+    any-source one, and decide by a mix of rules neither set holds."""
+    fallback = Target(type=AGENT, id="fallback")
+    routed = event(user_id="u1")
+
+    # a replace_rules between two reads of a route: the old per-source "x" with the new "z"
+    # would give "x", where the old rules give "y" and the new "z"
+    old_rules = [rule("x", "x", source="discord", priority=1), rule("y", "y", user_ids=["u1"], priority=2)]
+    new_rules = [rule("z", "z", user_ids=["u1"])]
+    router = _InterleavingRouter(old_rules, default=fallback)
+    reads = 0
+
+    def replace_after_a_read(kind: str) -> None:
+        nonlocal reads
+        reads += kind == "read"
+        if reads == pause_at:
+            router.__dict__["_hook"] = None
+            router.replace_rules(new_rules)
+
+    router.__dict__["_hook"] = replace_after_a_read
+    assert router.route(routed).target_id in {"y", "z"}
+    if router.__dict__["_hook"] is not None:  # the route read less than that: nothing to interleave
+        router.__dict__["_hook"] = None
+        router.replace_rules(new_rules)
+    assert router.route(routed).target_id == "z"
+
+    # a route between two writes of a replace_rules: the new per-source index (no rule for
+    # discord) with the old any-source one (none) would fall back, where either set routes
+    old_rules = [rule("old", "old", source="discord")]
+    new_rules = [rule("new", "new", user_ids=["u1"])]
+    router = _InterleavingRouter(old_rules, default=fallback)
+    seen: list[str] = []
+
+    def route_after_a_write(kind: str) -> None:
+        if kind == "write":
+            router.__dict__["_hook"] = None
+            seen.append(router.route(routed).target_id)
+            router.__dict__["_hook"] = route_after_a_write
+
+    router.__dict__["_hook"] = route_after_a_write
+    router.replace_rules(new_rules)
+    router.__dict__["_hook"] = None
+    assert set(seen) <= {"old", "new"}
+    assert router.route(routed).target_id == "new"
+    assert [r.name for r in router.rules] == ["new"]

@@ -170,6 +170,45 @@ class _Bucket:
             yield self.scan
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class _RuleIndex:
+    """A router's rules and their indexes, built whole and never changed: a router swaps in a
+    new one with a single assignment (see :meth:`EventRouter.replace_rules`)."""
+
+    rules: tuple[RoutingRule, ...]
+    compiled: tuple[_CompiledRule, ...]
+    by_source: dict[str, _Bucket]
+    any_source: _Bucket
+
+    @classmethod
+    def build(cls, rules: Iterable[RoutingRule], pattern_timeout: float) -> _RuleIndex:
+        rules = tuple(rules)
+        names = [rule.name for rule in rules]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise RoutingConfigError(f"rule names must be unique; repeated: {', '.join(duplicates)}")
+        compiled = tuple(_CompiledRule(rule, n, pattern_timeout) for n, rule in enumerate(rules))
+        by_source: dict[str, _Bucket] = {}
+        any_source = _Bucket()
+        for one in compiled:
+            source = one.rule.source
+            bucket = any_source if source is None else by_source.setdefault(source, _Bucket())
+            bucket.add(one)
+        for bucket in (*by_source.values(), any_source):
+            bucket.sort()
+        return cls(rules, compiled, by_source, any_source)
+
+    def candidates(self, event: AgentRequestEvent) -> Iterator[_CompiledRule]:
+        lists: list[list[_CompiledRule]] = []
+        bucket = self.by_source.get(event.source)
+        if bucket is not None:
+            lists.extend(bucket.candidates(event))
+        lists.extend(self.any_source.candidates(event))
+        if len(lists) == 1:
+            return iter(lists[0])
+        return heapq.merge(*lists, key=_by_priority)
+
+
 class EventRouter:
     """Routes request events to targets; see the module documentation for the order."""
 
@@ -185,40 +224,30 @@ class EventRouter:
         # how many characters of the content patterns see, and how long one pattern may run
         max_content_chars = check_count("max_content_chars", max_content_chars)
         pattern_timeout = check_seconds("pattern_timeout", pattern_timeout)
-        self.rules = tuple(rules)
-        names = [rule.name for rule in self.rules]
-        duplicates = sorted({name for name in names if names.count(name) > 1})
-        if duplicates:
-            raise RoutingConfigError(f"rule names must be unique; repeated: {', '.join(duplicates)}")
+        self._index = _RuleIndex.build(rules, pattern_timeout)
         self.source_defaults = _by_source(source_defaults or {})
         self.default = default
         self.max_content_chars = max_content_chars
         self._pattern_timeout = pattern_timeout
-        self._compiled = [_CompiledRule(rule, n, pattern_timeout) for n, rule in enumerate(self.rules)]
-        self._by_source: dict[str, _Bucket] = {}
-        self._any_source = _Bucket()
-        for compiled in self._compiled:
-            source = compiled.rule.source
-            bucket = self._any_source if source is None else self._by_source.setdefault(source, _Bucket())
-            bucket.add(compiled)
-        for bucket in (*self._by_source.values(), self._any_source):
-            bucket.sort()
+
+    @property
+    def rules(self) -> tuple[RoutingRule, ...]:
+        """The rules, in declaration order (:meth:`replace_rules` changes them)."""
+        return self._index.rules
 
     def __repr__(self) -> str:
         return f"EventRouter({len(self.rules)} rules, {len(self.source_defaults)} source defaults)"
 
     def replace_rules(self, rules: Iterable[RoutingRule]) -> None:
         """Swap in new rules (validated and indexed first; this router keeps its defaults), so
-        whoever holds this router — a worker, say — routes by them from the next event on."""
-        fresh = EventRouter(
-            rules,
-            source_defaults=self.source_defaults,
-            default=self.default,
-            max_content_chars=self.max_content_chars,
-            pattern_timeout=self._pattern_timeout,
-        )
-        self.rules, self._compiled = fresh.rules, fresh._compiled
-        self._by_source, self._any_source = fresh._by_source, fresh._any_source
+        whoever holds this router — a worker, say — routes by them from the next event on.
+
+        The swap is one assignment, and :meth:`route` and :meth:`explain` read the rules once
+        per call: a call running meanwhile, on this thread's event loop or another thread,
+        decides wholly by the old rules or wholly by the new ones, never by a mix. Invalid
+        rules raise and leave the old ones in place. Two ``replace_rules`` at once: the last
+        one to finish wins."""
+        self._index = _RuleIndex.build(rules, self._pattern_timeout)
 
     def route(self, event: AgentRequestEvent) -> RouteDecision:
         """The target for ``event``; :class:`NoRouteError` when nothing applies."""
@@ -226,7 +255,7 @@ class EventRouter:
         if explicit is not None:
             return explicit
         content = event.content[: self.max_content_chars]
-        for compiled in self._candidates(event):
+        for compiled in self._index.candidates(event):
             if compiled.mismatch(event, content) is None:
                 return RouteDecision(compiled.rule.target, compiled.rule.name, f"rule {compiled.rule.name!r}")
         return self._fallback(event)
@@ -238,7 +267,7 @@ class EventRouter:
         decision = _explicit(event)
         if decision is not None:
             return Explanation((), decision)
-        for compiled in sorted(self._compiled, key=_by_priority):
+        for compiled in sorted(self._index.compiled, key=_by_priority):
             reason = compiled.mismatch(event, content)
             checks.append(RuleCheck(compiled.rule.name, reason is None, reason or "every condition holds"))
             if reason is None and decision is None:
@@ -271,16 +300,6 @@ class EventRouter:
                 missing.append(f"{target.type.value} {target.id!r}")
         if missing:
             raise RoutingConfigError(f"unknown routing targets: {', '.join(missing)}")
-
-    def _candidates(self, event: AgentRequestEvent) -> Iterator[_CompiledRule]:
-        lists: list[list[_CompiledRule]] = []
-        bucket = self._by_source.get(event.source)
-        if bucket is not None:
-            lists.extend(bucket.candidates(event))
-        lists.extend(self._any_source.candidates(event))
-        if len(lists) == 1:
-            return iter(lists[0])
-        return heapq.merge(*lists, key=_by_priority)
 
     def _fallback(self, event: AgentRequestEvent) -> RouteDecision:
         default = self.source_defaults.get(event.source)
