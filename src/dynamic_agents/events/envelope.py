@@ -247,17 +247,18 @@ def read_entry_data(data: bytes) -> Envelope:
     """Read a ``__data__`` value as FastStream does: binary envelope, legacy JSON envelope, raw body.
 
     The legacy JSON envelope is an object with a string ``data`` and an optional ``headers`` object
-    and no other keys; anything else is the body itself. A value that starts like the binary magic
+    and no other keys, read as FastStream reads it (``json.loads``: whitespace around it, UTF-8,
+    UTF-16 or UTF-32); anything else is the body itself. A value that starts like the binary magic
     but is malformed or truncated raises :class:`EnvelopeError` instead of passing as a raw body,
     as does a legacy envelope whose ``data`` or a header holds a lone surrogate (``"\\ud800"``:
     valid JSON, but no UTF-8 text).
     """
     if data[:1] == MAGIC[:1]:  # 0x89 never starts JSON or UTF-8 text: a (maybe broken) envelope
         return decode_envelope(data)
-    if data[:1] == b"{" and b'"data"' in data:
+    if _may_be_a_json_envelope(data):
         try:
-            parsed = json.loads(data)
-        except ValueError:
+            parsed = json.loads(data)  # as FastStream reads it (without orjson): bytes in any UTF
+        except (ValueError, RecursionError):  # FastStream: any failure is a bare body
             return Envelope(body=data)
         if (
             isinstance(parsed, dict)
@@ -275,6 +276,22 @@ def read_entry_data(data: bytes) -> Envelope:
                 headers[str(key)] = text
             return Envelope(body=_legacy_utf8("'data'", parsed["data"]), headers=headers)
     return Envelope(body=data)
+
+
+_JSON_WHITESPACE: Final = b" \t\n\r"
+_BYTE_ORDER_MARKS: Final = (b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")  # UTF-8, UTF-16/32 LE, UTF-16 BE
+
+
+def _may_be_a_json_envelope(data: bytes) -> bool:
+    """``False`` only where ``json.loads`` cannot find an object with a ``data`` key: a cheap
+    test before parsing, not the decision. ``json.loads`` skips JSON whitespace, and reads bytes
+    as UTF-8, UTF-16 or UTF-32, told apart by a byte order mark or by zero bytes among the first
+    four; a key may be written with an escape (``"d\\u0061ta"``)."""
+    if data.startswith(_BYTE_ORDER_MARKS) or b"\x00" in data[:4]:
+        return True  # a byte order mark, or UTF-16 / UTF-32: the parser decides
+    if data[:1] != b"{" and data.lstrip(_JSON_WHITESPACE)[:1] != b"{":
+        return False
+    return b'"data"' in data or b"\\u" in data
 
 
 def _legacy_utf8(what: str, text: str) -> bytes:
