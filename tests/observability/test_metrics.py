@@ -275,6 +275,45 @@ async def test_the_pending_gauge_stops_reporting_a_group_once_its_last_worker_st
     assert pending_gauge(metric_reader) == {}
 
 
+async def test_sampling_a_stopped_worker_leaves_no_count_in_the_gauge(
+    transport: InMemoryTransport, hooks: MetricsHooks, metric_reader: InMemoryMetricReader
+) -> None:
+    """``sample()`` by hand after the worker stopped (or before it started) reads the count but
+    keeps none: nothing would sample it again, so the gauge would report it for good."""
+    worker = run_with(transport, hooks)
+    await transport.ensure_group(transport.names.requests, worker.settings.group)
+    await transport.publish(transport.names.requests, request_event(transport.names))
+    assert await hooks.sample(worker) == 0  # never started
+    assert pending_gauge(metric_reader) == {}
+    await hooks.on_start(worker)
+    await hooks.on_stop(worker)
+    assert await hooks.sample(worker) == 0
+    assert pending_gauge(metric_reader) == {}
+
+
+async def test_a_sample_still_reading_when_the_worker_stops_is_not_kept(
+    transport: InMemoryTransport, hooks: MetricsHooks, metric_reader: InMemoryMetricReader
+) -> None:
+    worker = run_with(transport, hooks)
+    await transport.ensure_group(transport.names.requests, worker.settings.group)
+    reading, release = asyncio.Event(), asyncio.Event()
+    read_pending = transport.pending
+
+    async def slow_pending(*args: Any, **kwargs: Any) -> Any:
+        reading.set()
+        await release.wait()
+        return await read_pending(*args, **kwargs)
+
+    transport.pending = slow_pending  # type: ignore[method-assign]
+    await hooks.on_start(worker)
+    sampling = asyncio.ensure_future(hooks.sample(worker))
+    await reading.wait()
+    await hooks.on_stop(worker)
+    release.set()
+    assert await sampling == 0
+    assert pending_gauge(metric_reader) == {}
+
+
 async def test_secrets_cache_statistics_are_observable_counters(
     meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
 ) -> None:

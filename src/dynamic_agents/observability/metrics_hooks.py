@@ -104,11 +104,15 @@ class MetricsHooks(BaseHooks):
             self._pending.pop(key, None)
 
     async def sample(self, worker: AgentWorker) -> int:
-        """Read the worker's pending count now (what the gauge reports until the next sample)."""
-        pending = await worker.transport.pending(
-            worker.stream, worker.settings.group, count=self.pending_limit
-        )
-        self._pending[(worker.stream, worker.settings.group)] = len(pending)
+        """Read the worker's pending count now (what the gauge reports until the next sample).
+
+        The count is kept for the gauge only while a worker of its stream and group runs with
+        these hooks: once none does, nothing would sample it again and it would stay for good.
+        """
+        key = (worker.stream, worker.settings.group)
+        pending = await worker.transport.pending(*key, count=self.pending_limit)
+        if key in self._running.values():  # checked after the read: it may have stopped meanwhile
+            self._pending[key] = len(pending)
         return len(pending)
 
     async def _sample_loop(self, worker: AgentWorker) -> None:
