@@ -483,6 +483,60 @@ async def test_a_stream_closed_unread_ends_its_span_as_not_consumed(
     assert len(exporter.get_finished_spans()) == 1
 
 
+class RecordingChunks:
+    """A provider's stream as litellm returns it: an object with ``__anext__`` and ``aclose``
+    (not an async generator, which asyncio would close itself once dropped)."""
+
+    def __init__(self) -> None:
+        self.closed = asyncio.Event()
+
+    def __aiter__(self) -> RecordingChunks:
+        return self
+
+    async def __anext__(self) -> str:
+        return "chunk"
+
+    async def aclose(self) -> None:
+        self.closed.set()
+
+
+async def test_a_stream_dropped_part_read_closes_the_providers_stream(
+    tracer_provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    provider = RecordingChunks()
+    with Tracing(tracer_provider).llm_call("g") as call:
+        stream = call.done(provider, stream=True)
+    async for _ in stream:
+        break  # read one chunk, then dropped without aclose()
+    del stream
+    gc.collect()
+    (chat,) = exporter.get_finished_spans()
+    assert (chat.attributes or {})["dynamic_agents.stream.consumed"] is False
+    await asyncio.wait_for(provider.closed.wait(), 10)  # closed on the loop, soon after
+
+
+async def test_an_async_generator_stream_dropped_part_read_is_closed(
+    tracer_provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    closed = asyncio.Event()
+
+    async def chunks() -> AsyncIterator[str]:
+        try:
+            while True:
+                yield "chunk"
+        finally:
+            closed.set()
+
+    with Tracing(tracer_provider).llm_call("g") as call:
+        stream = call.done(chunks(), stream=True)
+    async for _ in stream:
+        break
+    del stream
+    gc.collect()
+    await asyncio.wait_for(closed.wait(), 10)
+    assert len(exporter.get_finished_spans()) == 1
+
+
 async def test_span_names_stay_the_same_whatever_target_and_reply_stream_requests_choose(
     tracer_provider: TracerProvider, exporter: InMemorySpanExporter
 ) -> None:

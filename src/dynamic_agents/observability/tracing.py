@@ -26,11 +26,14 @@ They never hold content, metadata or secrets. Without ``opentelemetry-api`` inst
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Final
 
+from dynamic_agents._logging import get_logger
 from dynamic_agents._redaction import redact_text
 from dynamic_agents._version import __version__
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent
@@ -43,6 +46,8 @@ if TYPE_CHECKING:
     from dynamic_agents.observability.tracing_hooks import TracingHooks
 
 __all__ = ["LLMCall", "TracedStream", "Tracing"]
+
+logger = get_logger("observability")
 
 TRACE_HEADERS: Final = ("traceparent", "tracestate")
 INSTRUMENTATION_NAME: Final = "dynamic_agents"
@@ -199,16 +204,24 @@ class LLMCall:
 
 class TracedStream:
     """A streamed LLM answer whose ``chat`` span ends with it: read to the end (or failed), closed
-    (:meth:`aclose`, which closes the provider's stream too), or dropped unread — garbage
-    collected. ``dynamic_agents.stream.consumed`` says whether it was read to the end; a stream
-    closed or dropped early is not a failure (its status stays unset)."""
+    (:meth:`aclose`, which closes the provider's stream too), or dropped before its end — garbage
+    collected, when the provider's stream is closed too (its ``aclose()`` scheduled on the event
+    loop the stream was made in, if that loop still runs). ``dynamic_agents.stream.consumed`` says
+    whether it was read to the end; a stream closed or dropped early is not a failure (its status
+    stays unset)."""
 
     def __init__(self, span: Span, stream: Any) -> None:
         self._span = span
         self._stream = stream
         self._iterator: AsyncIterator[Any] | None = None
-        # Holds the span, never this object: it ends the span of a stream nobody closed.
-        self._unread = weakref.finalize(self, _end_unconsumed, span)
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:  # made outside a loop: no loop to close a dropped stream on
+            loop = None
+        # Holds the span and the provider's stream, never this object: it ends the span of a
+        # stream nobody closed and closes what it wraps (litellm's stream wrapper is no async
+        # generator, so asyncio would not close it, nor its HTTP response).
+        self._unread = weakref.finalize(self, _end_unconsumed, span, stream, loop)
         self._unread.atexit = False  # at exit the exporter may be gone; nothing to report then
 
     def __repr__(self) -> str:
@@ -250,9 +263,35 @@ class TracedStream:
         self._span.end()
 
 
-def _end_unconsumed(span: Span) -> None:
+_closing: set[asyncio.Future[Any]] = set()  # closes of dropped streams, held until done
+
+
+def _end_unconsumed(span: Span, stream: Any, loop: asyncio.AbstractEventLoop | None) -> None:
+    """A dropped stream's finalizer (any thread, during garbage collection): end its span and
+    have its loop close the provider's stream, as asyncio does for a dropped async generator."""
     span.set_attribute(STREAM_CONSUMED, False)
     span.end()
+    close = getattr(stream, "aclose", None)
+    if close is None or loop is None or loop.is_closed():
+        return
+    with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nothing runs it any more
+        loop.call_soon_threadsafe(_close_dropped, close)
+
+
+def _close_dropped(close: Callable[[], Awaitable[object]]) -> None:
+    try:
+        closing = asyncio.ensure_future(close())
+    except Exception as error:  # an aclose() that fails at once
+        logger.debug("closing a dropped LLM stream failed: %s", redact_text(str(error)))
+        return
+    _closing.add(closing)
+    closing.add_done_callback(_closed)
+
+
+def _closed(closing: asyncio.Future[Any]) -> None:
+    _closing.discard(closing)
+    if not closing.cancelled() and (error := closing.exception()) is not None:
+        logger.debug("closing a dropped LLM stream failed: %s", redact_text(str(error)))
 
 
 def event_attributes(event: AgentRequestEvent | AgentResponseEvent) -> dict[str, str | int]:
