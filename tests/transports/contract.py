@@ -39,6 +39,8 @@ class Backend:
     make_transport: Callable[[], Awaitable[Transport]]
     advance: Callable[[float], Awaitable[None]]
     forget_everything: Callable[[], Awaitable[None]]
+    write_string: Callable[[str, str], Awaitable[None]]
+    """Set a key to a plain string, as another program sharing the server could."""
     transports: list[Transport] = field(default_factory=list)
 
     async def transport(self) -> Transport:
@@ -387,6 +389,43 @@ class TransportContract:
             await transport.complete(delivery, Reply(response_to(event), None), record_ttl=60, lease=lease)
         assert await coordinator.holder(event.session_id) == event.id
         assert len(await transport.pending(backend.stream(), "workers")) == 1
+
+    async def test_a_record_key_holding_a_string_that_is_no_record_reads_as_answered(
+        self, backend: Backend
+    ) -> None:
+        """Records are strings: whatever string holds a request's record key marks it answered
+        (nothing is written, the entry is acked and the lease given back), and is reported as
+        unreadable; dead-lettering it only acks it."""
+        transport, coordinator, event, delivery = await one_delivery(backend)
+        lease = await coordinator.acquire(event.session_id, ttl=60, holder=event.id)
+        assert lease is not None
+        await backend.write_string(backend.names.completed_record(event.id), "not a record")
+        reply_stream = backend.names.responses("discord", "42")
+
+        with pytest.raises(TransportError, match="completed-request record is not readable"):
+            await transport.complete(
+                delivery, Reply(response_to(event), reply_stream), record_ttl=60, lease=lease
+            )
+        assert await transport.read_stream(reply_stream, AgentResponseEvent) == []
+        assert await transport.pending(backend.stream(), "workers") == []
+        assert await coordinator.holder(event.session_id) is None
+
+        other = request()
+        await published(backend, transport, other)
+        (second,) = await transport.read(backend.subscription(), 1)
+        await backend.write_string(backend.names.completed_record(other.id), "not a record")
+        assert not await transport.dead_letter(second, "failed")
+        assert await transport.pending(backend.stream(), "workers") == []
+        assert await transport.read_stream(backend.names.dead_letters, AgentRequestEvent) == []
+
+    async def test_dead_lettering_a_request_whose_record_key_holds_another_type_only_acks_it(
+        self, backend: Backend
+    ) -> None:
+        transport, _, event, delivery = await one_delivery(backend)
+        await transport.publish(backend.names.completed_record(event.id), request("squatter"))
+        assert not await transport.dead_letter(delivery, "failed")
+        assert await transport.pending(backend.stream(), "workers") == []
+        assert await transport.read_stream(backend.names.dead_letters, AgentRequestEvent) == []
 
     async def test_records_expire(self, backend: Backend) -> None:
         transport = await backend.transport()
@@ -1039,6 +1078,33 @@ class CoordinatorContract:
         assert await coordinator.get_record("req-1") == record
         await backend.advance(backend.min_idle * 1.5)
         assert await coordinator.get_record("req-1") is None
+
+    async def test_a_record_key_holding_a_string_that_is_no_record(self, backend: Backend) -> None:
+        """Any string there marks the request answered: not overwritten, claimed as answered,
+        and reported as unreadable."""
+        coordinator = await self.coordinator(backend)
+        await backend.write_string(backend.names.completed_record("req-1"), "not a record")
+        record = CompletedRecord("req-1", "resp-1", "completed", None, None, 0.0)
+        assert not await coordinator.set_record(record, ttl=60)
+        claim = await coordinator.claim("s", ["req-1"], ttl=60)
+        assert claim.status == ClaimStatus.ANSWERED
+        assert claim.request_ids == {"req-1"}
+        assert await coordinator.holder("s") is None
+        with pytest.raises(TransportError, match="completed-request record is not readable"):
+            await coordinator.get_record("req-1")
+
+    async def test_a_record_key_holding_another_type(self, backend: Backend) -> None:
+        """A key of another type (a stream) is no record: not overwritten, not an answer to a
+        claim, and an error to read."""
+        coordinator = await self.coordinator(backend)
+        transport = await backend.transport()
+        await transport.publish(backend.names.completed_record("req-1"), request("squatter"))
+        record = CompletedRecord("req-1", "resp-1", "completed", None, None, 0.0)
+        assert not await coordinator.set_record(record, ttl=60)
+        claim = await coordinator.claim("s", ["req-1"], ttl=60)
+        assert claim.status == ClaimStatus.LEASED
+        with pytest.raises(TransportError, match="WRONGTYPE"):
+            await coordinator.get_record("req-1")
 
     @pytest.mark.parametrize("ttl", [float("nan"), float("inf")])
     async def test_a_ttl_that_is_not_a_finite_number_is_refused(self, backend: Backend, ttl: float) -> None:

@@ -30,7 +30,17 @@ async def backend() -> AsyncIterator[Backend]:
     async def forget() -> None:
         server.flush()
 
-    backend = Backend(names, min_idle=30.0, make_transport=make, advance=advance, forget_everything=forget)
+    async def write_string(key: str, value: str) -> None:
+        server._keys[key] = value
+
+    backend = Backend(
+        names,
+        min_idle=30.0,
+        make_transport=make,
+        advance=advance,
+        forget_everything=forget,
+        write_string=write_string,
+    )
     yield backend
     for transport in backend.transports:
         await transport.aclose()

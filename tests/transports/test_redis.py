@@ -42,8 +42,16 @@ async def backend(
         if keys:
             await admin.delete(*keys)
 
+    async def write_string(key: str, value: str) -> None:
+        await admin.set(key, value)
+
     backend = Backend(
-        names, min_idle=MIN_IDLE, make_transport=make, advance=asyncio.sleep, forget_everything=forget
+        names,
+        min_idle=MIN_IDLE,
+        make_transport=make,
+        advance=asyncio.sleep,
+        forget_everything=forget,
+        write_string=write_string,
     )
     yield backend
     for transport in backend.transports:

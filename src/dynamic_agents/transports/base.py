@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import math
 import os
 import re
@@ -782,6 +783,20 @@ def record_key_of(names: StreamNames, delivery: Delivery[Any]) -> str | None:
     if delivery.message is None:
         return None
     return names.completed_record(delivery.message.event.id)
+
+
+def stored_record(record: CompletedRecord) -> str:
+    """A completed-request record as a record key holds it (a string on every backend): the JSON
+    object of :meth:`CompletedRecord.to_fields`."""
+    return json.dumps(record.to_fields())
+
+
+def read_record(stored: bytes | str) -> CompletedRecord:
+    """The record a record key's string holds (see :func:`stored_record`)."""
+    try:
+        return CompletedRecord.from_fields(json.loads(stored))
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        raise TransportError(f"a completed-request record is not readable: {error}") from error
 
 
 def pack_fields(fields: Mapping[bytes, bytes]) -> bytes:

@@ -1,7 +1,8 @@
 """In-memory transport and coordinator with Redis semantics, for tests and the embedded default.
 
 An :class:`InMemoryServer` plays the Redis server: one key space of streams (with consumer groups,
-pending entries, idle times and delivery counts), hashes and strings with expiry. Time comes from an
+pending entries, idle times and delivery counts) and strings (leases, cancel flags, records: the
+JSON of :meth:`CompletedRecord.to_fields`, as on Redis) with expiry. Time comes from an
 injectable clock, so idle times and lease expiry are deterministic under :class:`ManualClock`;
 only ``block`` waits use real time. Everything a transport writes in one call happens without an
 ``await`` in between, which is what makes ``complete`` and ``dead_letter`` atomic here.
@@ -20,6 +21,8 @@ from dynamic_agents.events import EventCodec, StreamNames, WireModel
 from dynamic_agents.events.envelope import DATA_FIELD
 from dynamic_agents.exceptions import ConfigurationError, LeaseLostError, TransportError
 from dynamic_agents.transports.base import (
+    Claim,
+    ClaimStatus,
     Clock,
     CompletedRecord,
     Completion,
@@ -43,9 +46,11 @@ from dynamic_agents.transports.base import (
     lease_token,
     parse_entry_position,
     parse_read_position,
+    read_record,
     record_key_of,
     released_idle,
     settle_undecodable,
+    stored_record,
 )
 
 __all__ = ["InMemoryCoordinator", "InMemoryServer", "InMemoryTransport", "ManualClock"]
@@ -101,14 +106,14 @@ class InMemoryServer:
 
     def __init__(self, clock: Clock | None = None) -> None:
         self.clock: Clock = clock or SystemClock()
-        self._keys: dict[str, _Stream | dict[str, str] | str] = {}
+        self._keys: dict[str, _Stream | str] = {}
         self._expires: dict[str, float] = {}
         self._waiters: set[asyncio.Future[None]] = set()
         self._subscribers: dict[str, list[asyncio.Queue[bytes]]] = {}
 
     # -- key space ------------------------------------------------------------------------------
 
-    def _get(self, key: str) -> _Stream | dict[str, str] | str | None:
+    def _get(self, key: str) -> _Stream | str | None:
         deadline = self._expires.get(key)
         if deadline is not None and deadline <= self.clock.time():
             self.delete(key)
@@ -124,10 +129,11 @@ class InMemoryServer:
             raise TransportError(f"WRONGTYPE: key {key!r} holds a {_kind(value)}, not a stream")
         return value
 
-    def _hash(self, key: str) -> dict[str, str] | None:
+    def _record(self, key: str) -> str | None:
+        """A record key's string; a key of another type is an error, as the COMPLETE script's."""
         value = self._get(key)
-        if value is not None and not isinstance(value, dict):
-            raise TransportError(f"WRONGTYPE: key {key!r} holds a {_kind(value)}, not a hash")
+        if value is not None and not isinstance(value, str):
+            raise TransportError(f"WRONGTYPE: key {key!r} holds a {_kind(value)}, not a record")
         return value
 
     def _check_stream_type(self, key: str) -> None:
@@ -210,7 +216,7 @@ class _NoGroupError(TransportError, LookupError):
 
 
 def _kind(value: object) -> str:
-    return {_Stream: "stream", dict: "hash", str: "string"}.get(type(value), type(value).__name__)
+    return {_Stream: "stream", str: "string"}.get(type(value), type(value).__name__)
 
 
 class InMemoryTransport(Transport):
@@ -423,7 +429,7 @@ class InMemoryTransport(Transport):
         if delivery.settled or self._held(delivery) is None:
             return False
         record_key = record_key_of(self.names, delivery)
-        if record_key is not None and self.server._hash(record_key):
+        if record_key is not None and self.server._get(record_key) is not None:  # EXISTS: any type
             self._ack(delivery)
             return False
         self.server._check_stream_type(self.names.dead_letters)
@@ -446,11 +452,11 @@ class InMemoryTransport(Transport):
         # request stream is checked here because the ack, its only use, is the last write).
         self.server._check_stream_type(delivery.stream)
         owned = lease is None or self.server._get(lease_key or "") == lease.token
-        existing = self.server._hash(record_key)
-        if existing:
+        existing = self.server._record(record_key)
+        if existing is not None:  # any string: acked and the lease dropped, even if unreadable
             self._ack(delivery)
             self._drop_lease(lease_key, owned)
-            return Completion(CompletedRecord.from_fields(existing), created=False)
+            return Completion(read_record(existing), created=False)
         if not owned:
             assert lease is not None
             raise LeaseLostError(lease.session_id)
@@ -465,7 +471,7 @@ class InMemoryTransport(Transport):
             reply_entry_id=reply_id,
             completed_at=self.clock.time(),
         )
-        self.server._keys[record_key] = record.to_fields()
+        self.server._keys[record_key] = stored_record(record)
         self.server.expire(record_key, record_ttl)
         self.stats.acked += self._ack(delivery)
         self._drop_lease(lease_key, owned)
@@ -634,15 +640,31 @@ class InMemoryCoordinator(Coordinator):
         self.server.delete(key)
         return True
 
+    async def claim(self, session_id: str, request_ids: Sequence[str], ttl: float) -> Claim:
+        # As Redis reads them (MGET): any string at a record key is an answer, another type none.
+        if not request_ids:
+            raise ConfigurationError("claim() needs at least one request id")
+        check_ttl(ttl)
+        answered = {
+            rid for rid in request_ids if isinstance(self.server._get(self.names.completed_record(rid)), str)
+        }
+        if answered:
+            return Claim(ClaimStatus.ANSWERED, request_ids=frozenset(answered))
+        cancelled = await self.cancelled(request_ids)
+        if cancelled:
+            return Claim(ClaimStatus.CANCELLED, request_ids=frozenset(cancelled))
+        lease = await self.acquire(session_id, ttl, holder=request_ids[-1])
+        return Claim(ClaimStatus.LEASED, lease) if lease is not None else Claim(ClaimStatus.BUSY)
+
     async def get_record(self, request_id: str) -> CompletedRecord | None:
-        fields = self.server._hash(self.names.completed_record(request_id))
-        return CompletedRecord.from_fields(fields) if fields else None
+        stored = self.server._record(self.names.completed_record(request_id))
+        return read_record(stored) if stored is not None else None
 
     async def set_record(self, record: CompletedRecord, ttl: float) -> bool:
         check_ttl(ttl)
         key = self.names.completed_record(record.request_id)
-        if self.server._hash(key):
+        if self.server._get(key) is not None:  # SET NX: a key of any type is not overwritten
             return False
-        self.server._keys[key] = record.to_fields()
+        self.server._keys[key] = stored_record(record)
         self.server.expire(key, ttl)
         return True

@@ -19,7 +19,6 @@ exponential backoff and jitter; a group lost to ``FLUSHALL`` or a restart withou
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 import weakref
 from collections import defaultdict
@@ -66,9 +65,11 @@ from dynamic_agents.transports.base import (
     lease_token,
     parse_entry_position,
     parse_read_position,
+    read_record,
     record_key_of,
     released_idle,
     settle_undecodable,
+    stored_record,
     unique_token,
 )
 
@@ -897,11 +898,7 @@ def _optional(value: int | None) -> str:
 
 def _record(stored: object) -> CompletedRecord:
     """A completed-request record as stored: a JSON object of :meth:`CompletedRecord.to_fields`."""
-    try:
-        fields = json.loads(_bytes(stored))
-        return CompletedRecord.from_fields(fields)
-    except (ValueError, TypeError, KeyError) as error:
-        raise TransportError(f"a completed-request record is not readable: {error}") from error
+    return read_record(_bytes(stored))
 
 
 @dataclass(frozen=True, slots=True)
@@ -1178,7 +1175,7 @@ class RedisCoordinator(Coordinator):
 
     async def set_record(self, record: CompletedRecord, ttl: float) -> bool:
         key = self.names.completed_record(record.request_id)
-        value, ttl_ms = json.dumps(record.to_fields()), _ms(check_ttl(ttl))
+        value, ttl_ms = stored_record(record), _ms(check_ttl(ttl))
         stored = await self._do("store a record", lambda: self.client.set(key, value, nx=True, px=ttl_ms))
         return bool(stored)
 
