@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from typing import Any
 
@@ -317,3 +318,42 @@ async def test_a_move_whose_reply_was_lost_returns_the_entry_its_first_attempt_w
     assert (new_id, dict(moved.fields)) == (moved.entry_id, fields)
     assert await redis_transport.read_stream(source, AgentRequestEvent) == []
     assert await redis_transport.move(source, entry_id, destination, fields) is None  # a new call
+
+
+async def test_dead_letters_and_moves_leave_the_documented_call_markers(
+    redis_url: str, redis_prefix: str, redis_client: Redis
+) -> None:
+    """What docs/transports.md tells operators: each dead letter or move that wrote an entry leaves
+    one key ``<stream written to>:call:<24 hex>`` holding that entry's id, expiring after
+    ``retry_deadline + operation_timeout``; a call that wrote nothing leaves none."""
+    names = StreamNames(redis_prefix)
+    transport = RedisStreamsTransport.from_url(
+        redis_url, names=names, retry_deadline=2.0, operation_timeout=1.0
+    )
+
+    async def markers() -> dict[str, tuple[bytes, int]]:
+        found: dict[str, tuple[bytes, int]] = {}
+        async for key in redis_client.scan_iter(match=f"{redis_prefix}*:call:*"):
+            found[key.decode()] = (await redis_client.get(key), await redis_client.pttl(key))
+        return found
+
+    try:
+        await transport.ensure_group(names.requests, "g")
+        await transport.publish(names.requests, event())
+        (delivery,) = await transport.read(subscription(names.requests), 1)
+        assert await transport.dead_letter(delivery, "poison")
+        assert not await transport.dead_letter(delivery, "again")  # no longer held: no marker
+        (dead,) = await transport.read_stream(names.dead_letters, AgentRequestEvent)
+        new_id = await transport.move(names.dead_letters, dead.entry_id, names.requests, dead.fields)
+        assert new_id is not None
+        assert await transport.move(names.dead_letters, dead.entry_id, names.requests, dead.fields) is None
+
+        found = await markers()
+        assert {key.rpartition(":call:")[0] for key in found} == {names.dead_letters, names.requests}
+        assert all(re.fullmatch(r"[0-9a-f]{24}", key.rpartition(":call:")[2]) for key in found)
+        by_stream = {key.rpartition(":call:")[0]: value for key, value in found.items()}
+        assert by_stream[names.dead_letters][0] == dead.entry_id.encode()
+        assert by_stream[names.requests][0] == new_id.encode()
+        assert all(0 < ttl <= 3000 for _, ttl in found.values())
+    finally:
+        await transport.aclose()
