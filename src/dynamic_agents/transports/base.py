@@ -695,7 +695,7 @@ class Coordinator(_AsyncResource):
         if not request_ids:
             raise ConfigurationError("claim() needs at least one request id")
         check_ttl(ttl)  # whatever the claim finds, as on Redis
-        answered = {rid for rid in request_ids if await self.get_record(rid) is not None}
+        answered = await self._answered(request_ids)
         if answered:
             return Claim(ClaimStatus.ANSWERED, request_ids=frozenset(answered))
         cancelled = await self.cancelled(request_ids)
@@ -703,6 +703,10 @@ class Coordinator(_AsyncResource):
             return Claim(ClaimStatus.CANCELLED, request_ids=frozenset(cancelled))
         lease = await self.acquire(session_id, ttl, holder=request_ids[-1])
         return Claim(ClaimStatus.LEASED, lease) if lease is not None else Claim(ClaimStatus.BUSY)
+
+    async def _answered(self, request_ids: Sequence[str]) -> set[str]:
+        """Those of ``request_ids`` with a completed-request record (for :meth:`claim`)."""
+        return {rid for rid in request_ids if await self.get_record(rid) is not None}
 
     @abstractmethod
     async def renew(self, lease: Lease, ttl: float | None = None) -> bool:

@@ -21,8 +21,6 @@ from dynamic_agents.events import EventCodec, StreamNames, WireModel
 from dynamic_agents.events.envelope import DATA_FIELD
 from dynamic_agents.exceptions import ConfigurationError, LeaseLostError, TransportError
 from dynamic_agents.transports.base import (
-    Claim,
-    ClaimStatus,
     Clock,
     CompletedRecord,
     Completion,
@@ -640,21 +638,10 @@ class InMemoryCoordinator(Coordinator):
         self.server.delete(key)
         return True
 
-    async def claim(self, session_id: str, request_ids: Sequence[str], ttl: float) -> Claim:
+    async def _answered(self, request_ids: Sequence[str]) -> set[str]:
         # As Redis reads them (MGET): any string at a record key is an answer, another type none.
-        if not request_ids:
-            raise ConfigurationError("claim() needs at least one request id")
-        check_ttl(ttl)
-        answered = {
-            rid for rid in request_ids if isinstance(self.server._get(self.names.completed_record(rid)), str)
-        }
-        if answered:
-            return Claim(ClaimStatus.ANSWERED, request_ids=frozenset(answered))
-        cancelled = await self.cancelled(request_ids)
-        if cancelled:
-            return Claim(ClaimStatus.CANCELLED, request_ids=frozenset(cancelled))
-        lease = await self.acquire(session_id, ttl, holder=request_ids[-1])
-        return Claim(ClaimStatus.LEASED, lease) if lease is not None else Claim(ClaimStatus.BUSY)
+        records = (self.server._get(self.names.completed_record(rid)) for rid in request_ids)
+        return {rid for rid, record in zip(request_ids, records, strict=True) if isinstance(record, str)}
 
     async def get_record(self, request_id: str) -> CompletedRecord | None:
         stored = self.server._record(self.names.completed_record(request_id))
