@@ -6,7 +6,9 @@ litellm is pinned to 1.106.x (``pyproject.toml``) because of the internals used 
 * discarding a Router: ``Router.discard()`` leaves the routing-strategy selectors registered in
   litellm's global callbacks (``_unregister_router_selectors`` removes them from two of the lists,
   not from the success / failure lists litellm copies them into on the first call), where they keep
-  counting usage.
+  counting usage;
+* dropping the SDK clients cached for a key that rotated away: litellm has no call for it, only its
+  client cache (``litellm.in_memory_llm_clients_cache``) and that cache's naming of the entries.
 
 Importing this module imports litellm (about 1.5 s). ``LITELLM_LOCAL_MODEL_COST_MAP`` is set to
 ``True`` first unless the host set it: otherwise litellm fetches its cost map over the network at
@@ -15,11 +17,12 @@ import time.
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 try:
@@ -45,6 +48,7 @@ __all__ = [
     "clear_cooldown",
     "cooled_down",
     "discard",
+    "drop_clients",
     "fallback_groups",
     "litellm",
     "new_router",
@@ -108,6 +112,32 @@ def discard(router: Router) -> None:
         if isinstance(callbacks, list):
             callbacks[:] = [callback for callback in callbacks if id(callback) not in ids]
     router.discard()
+
+
+def drop_clients(api_keys: Iterable[str]) -> int:
+    """Take the SDK clients litellm cached for these keys out of its client cache; how many.
+
+    litellm (``BaseOpenAILLM.set_cached_openai_client``: OpenAI, Azure and the providers that go
+    through the OpenAI SDK) caches one SDK client per key and client settings in its process-wide
+    ``in_memory_llm_clients_cache`` for ``_DEFAULT_TTL_FOR_HTTPX_CLIENTS`` (3600 s), each with a
+    connection pool of its own and the key in plain text, in the client and in the entry's name. An
+    expired entry leaves only when the cache is next written to, or when the cache is full (200
+    entries: the one that expires first goes). Its entries' names start with
+    ``hashed_api_key=<sha256 of the key>,`` (``get_openai_client_cache_key``).
+
+    ``delete_cache`` hands a client litellm built to the cache's ``EvictedClientCloser``, which
+    closes it once no connection of it is in use and ``EVICTED_LLM_CLIENT_CLOSE_GRACE_SECONDS``
+    (900 s) have passed, on a later lookup in the cache from the same event loop; a client the
+    caller supplied (``litellm.aclient_session``) is left open. Closing here at once would break a
+    call that was handed the client and is not yet on the wire."""
+    prefixes = tuple(f"hashed_api_key={hashlib.sha256(key.encode()).hexdigest()}," for key in api_keys)
+    if not prefixes:
+        return 0
+    cache = litellm.in_memory_llm_clients_cache
+    names = [name for name in list(cache.cache_dict) if isinstance(name, str) and name.startswith(prefixes)]
+    for name in names:
+        cache.delete_cache(name)
+    return len(names)
 
 
 def fallback_groups(router: Router, model_group: str, error: BaseException) -> list[str]:

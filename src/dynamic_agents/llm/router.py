@@ -4,8 +4,9 @@
 included) and builds the ``litellm.Router`` once. Afterwards:
 
 * a rotated secret (``SecretsManager.on_change``, or ``refresh()``) swaps the key of the deployments
-  that use it with ``upsert_deployment`` — same deployment ids, same Router object — and takes them
-  out of cooldown;
+  that use it with ``upsert_deployment`` — same deployment ids, same Router object — takes them
+  out of cooldown, and drops litellm's cached SDK clients of the old key (closing the router drops
+  those of its keys), unless an open router still sends it;
 * a call that fails with 401 forces one secret refresh and one retry (of the user's keys when it
   carried the user's own);
 * a call for a user who has their own key for the group's provider carries that key per call; it is
@@ -22,9 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+import weakref
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import ValidationError
 
@@ -223,6 +225,9 @@ class LLMRouter:
     can use it as its client) and adds ``user_id`` and ``tags``.
     """
 
+    _open: ClassVar[weakref.WeakSet[LLMRouter]] = weakref.WeakSet()
+    """The routers not closed yet: a key one of them sends keeps its cached clients."""
+
     def __init__(
         self,
         config: RouterConfig,
@@ -242,6 +247,7 @@ class LLMRouter:
         self._unsubscribe = secrets.on_change(self._on_secret_change) if follow_changes else None
         self._closed = False
         self._follow_ups: set[asyncio.Task[None]] = set()
+        LLMRouter._open.add(self)
 
     def __repr__(self) -> str:
         groups = ", ".join(sorted(self.config.model_names))
@@ -334,7 +340,10 @@ class LLMRouter:
             if attempt == 0 and failure.status == 401:
                 if user_params and user_id is not None:
                     if await self._refresh_user_after_401(model, user_id):
+                        refused = user_params["api_key"]
                         user_params = await self._user_key(model, user_id)
+                        if user_params.get("api_key") != refused:
+                            self._drop_clients([refused])
                         continue  # the user's rotated key: retry once with it
                 elif await self._refresh_after_401(model, sent_with):
                     continue  # a rotated key: retry once with it
@@ -558,25 +567,40 @@ class LLMRouter:
             {**deployment.config.model_info, "id": deployment.id},
         )
         await _litellm.clear_cooldown(self.router, deployment.id)
+        old_key = deployment.params.get("api_key")
         deployment.params = params
         logger.info("rotated the credentials of %s", deployment.config.describe())
+        self._drop_clients([old_key])
         return True
+
+    def _drop_clients(self, api_keys: Iterable[object]) -> None:
+        """Drop litellm's cached SDK clients of these keys unless an open router still sends one
+        (:func:`_litellm.drop_clients`): else each key rotated away keeps a client — with the key
+        and its pooled connections — for an hour, up to the 200 entries of litellm's cache."""
+        in_use = {d.params.get("api_key") for router in LLMRouter._open for d in router._deployments.values()}
+        stale = {key for key in api_keys if isinstance(key, str) and key not in in_use}
+        if stale:
+            dropped = _litellm.drop_clients(stale)
+            logger.debug("dropped %d cached LLM client(s) of keys no longer in use", dropped)
 
     async def cooled_down(self) -> list[str]:
         """Ids of the deployments in cooldown now."""
         return await _litellm.cooled_down(self.router)
 
     async def aclose(self) -> None:
-        """Stop following secret changes and unhook the Router from litellm's globals; from then
+        """Stop following secret changes, unhook the Router from litellm's globals and drop
+        litellm's cached clients of its keys (unless another open router sends them); from then
         on every call raises :class:`LLMUnavailableError` ("the LLM router was closed")."""
         if self._closed:
             return
         self._closed = True
+        LLMRouter._open.discard(self)
         if self._unsubscribe is not None:
             self._unsubscribe()
         for task in list(self._follow_ups):
             task.cancel()
         await asyncio.gather(*self._follow_ups, return_exceptions=True)
+        self._drop_clients(deployment.params.get("api_key") for deployment in self._deployments.values())
         _litellm.discard(self.router)
 
     async def __aenter__(self) -> LLMRouter:

@@ -1,0 +1,216 @@
+"""litellm's cached SDK clients: one per key, dropped when the key rotates away or the router closes.
+
+litellm keeps an OpenAI/Azure SDK client (with its own connection pool, and the key) per
+``api_key`` in ``litellm.in_memory_llm_clients_cache`` for an hour. These tests build clients the
+way production does — a new, litellm-owned httpx client per SDK client — only with the fake
+OpenAI server as its transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import litellm
+import pytest
+from litellm.caching.evicted_client_closer import EvictedClientCloser
+from litellm.llms.openai.common_utils import BaseOpenAILLM
+
+from dynamic_agents.llm import RouterConfig, build_router
+from dynamic_agents.secrets import SecretKey, SecretsManager, StaticSource
+from dynamic_agents.testing import FakeOpenAI
+from dynamic_agents.testing.openai import HTTPErrorStep
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+ROTATIONS = 12
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeOpenAI]:
+    fake = FakeOpenAI()
+    cache = litellm.in_memory_llm_clients_cache
+    saved_closer = cache.evicted_client_closer
+    saved_factory = BaseOpenAILLM.__dict__["_get_async_http_client"]
+    # As in production (no litellm.aclient_session): each SDK client gets an httpx client of its
+    # own, which litellm owns and closes once evicted — here after no grace window, so a test sees it.
+    BaseOpenAILLM._get_async_http_client = staticmethod(  # type: ignore[method-assign]
+        lambda shared_session=None: httpx.AsyncClient(transport=fake.transport)
+    )
+    cache.flush_cache()
+    cache.evicted_client_closer = EvictedClientCloser(grace_seconds=0)
+    try:
+        yield fake
+    finally:
+        BaseOpenAILLM._get_async_http_client = saved_factory  # type: ignore[method-assign]
+        cache.evicted_client_closer = saved_closer
+        cache.flush_cache()
+
+
+def deployment(fake: FakeOpenAI, provider: str = "openai", id: str = "gpt-main") -> dict[str, Any]:
+    return {
+        "model_name": "gpt",
+        "litellm_params": {
+            "model": "openai/gpt-4o-mini",
+            "api_key": f"secret:{provider}:api_key",
+            "api_base": fake.api_base,
+        },
+        "model_info": {"id": id},
+    }
+
+
+def key_config(fake: FakeOpenAI) -> RouterConfig:
+    return RouterConfig.from_dict({"model_list": [deployment(fake)], "num_retries": 0})
+
+
+def version(number: int) -> str:
+    return f"canary-rotated-key-{number:04d}"  # not sk-shaped: litellm masks those itself
+
+
+def cached_clients(key: str) -> list[Any]:
+    """litellm's cached SDK clients built for ``key``."""
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    cache = litellm.in_memory_llm_clients_cache
+    return [client for name, client in cache.cache_dict.items() if f"hashed_api_key={digest}," in name]
+
+
+async def closed(client: Any) -> bool:
+    """Whether the client is closed once litellm's closer has run its closes (an async close runs
+    as a task of its own)."""
+    await asyncio.gather(*litellm.in_memory_llm_clients_cache.evicted_client_closer._close_tasks)
+    return bool(client.is_closed())
+
+
+def keys_in_cache_names() -> str:
+    return " ".join(litellm.in_memory_llm_clients_cache.cache_dict)
+
+
+async def test_rotating_keys_leaves_one_client_not_one_per_old_key(fake: FakeOpenAI) -> None:
+    source = StaticSource({"openai": {"api_key": version(0)}})
+    router = await build_router(key_config(fake), SecretsManager(source))
+    old_clients: list[Any] = []
+    try:
+        for number in range(1, ROTATIONS + 1):
+            await router.acompletion(model="gpt", messages=MESSAGES)
+            (client,) = cached_clients(version(number - 1))
+            old_clients.append(client)
+            source.set(SecretKey("openai"), {"api_key": version(number)})
+            assert await router.refresh() == 1
+            assert cached_clients(version(number - 1)) == []  # gone at once: no call reaches it again
+        response = await router.acompletion(model="gpt", messages=MESSAGES)  # the next lookup closes them
+        assert response.choices[0].message.content == "ok"
+        assert [request.authorization for request in fake.requests][-2:] == [
+            f"Bearer {version(ROTATIONS - 1)}",
+            f"Bearer {version(ROTATIONS)}",
+        ]
+        assert len(cached_clients(version(ROTATIONS))) == 1
+        assert all([await closed(client) for client in old_clients])
+        assert not any(version(number) in keys_in_cache_names() for number in range(ROTATIONS))
+    finally:
+        await router.aclose()
+
+
+async def test_rotation_by_change_notice_drops_the_old_keys_client(fake: FakeOpenAI) -> None:
+    source = StaticSource({"openai": {"api_key": version(0)}})
+    secrets = SecretsManager(source)
+    router = await build_router(key_config(fake), secrets)
+    try:
+        await router.acompletion(model="gpt", messages=MESSAGES)
+        source.set(SecretKey("openai"), {"api_key": version(1)})
+        await secrets.refresh()  # the router follows the manager's change notice
+        assert cached_clients(version(0)) == []
+        await router.acompletion(model="gpt", messages=MESSAGES)
+        assert fake.requests[-1].authorization == f"Bearer {version(1)}"
+    finally:
+        await router.aclose()
+
+
+async def test_a_key_another_deployment_still_uses_keeps_its_client(fake: FakeOpenAI) -> None:
+    source = StaticSource({"openai": {"api_key": version(0)}, "backup": {"api_key": version(0)}})
+    config = RouterConfig.from_dict(
+        {"model_list": [deployment(fake), deployment(fake, "backup", "gpt-backup")], "num_retries": 0}
+    )
+    router = await build_router(config, SecretsManager(source))
+    try:
+        await router.acompletion(model="gpt", messages=MESSAGES)
+        source.set(SecretKey("openai"), {"api_key": version(1)})
+        assert await router.refresh() == 1
+        (client,) = cached_clients(version(0))  # gpt-backup still sends it
+        await router.acompletion(model="gpt", messages=MESSAGES)
+        assert not client.is_closed()
+    finally:
+        await router.aclose()
+
+
+async def test_closing_the_router_drops_its_keys_clients(fake: FakeOpenAI) -> None:
+    source = StaticSource({"openai": {"api_key": version(0)}})
+    router = await build_router(key_config(fake), SecretsManager(source))
+    await router.acompletion(model="gpt", messages=MESSAGES)
+    (client,) = cached_clients(version(0))
+    await router.aclose()
+    assert cached_clients(version(0)) == []
+    assert await closed(client)
+
+
+async def test_closing_one_router_keeps_the_clients_another_open_router_uses(fake: FakeOpenAI) -> None:
+    source = StaticSource({"openai": {"api_key": version(0)}})
+    replaced = await build_router(key_config(fake), SecretsManager(source))
+    replacement = await build_router(key_config(fake), SecretsManager(source))
+    try:
+        await replacement.acompletion(model="gpt", messages=MESSAGES)
+        (client,) = cached_clients(version(0))
+        await replaced.aclose()
+        assert cached_clients(version(0)) == [client]
+    finally:
+        await replacement.aclose()
+    assert cached_clients(version(0)) == []
+
+
+async def test_a_users_refused_key_that_rotated_drops_its_client(fake: FakeOpenAI) -> None:
+    source = StaticSource(
+        {"openai": {"api_key": version(0)}}, users={"alice": {"openai": {"api_key": "canary-alice-old-01"}}}
+    )
+    router = await build_router(key_config(fake), SecretsManager(source))
+    try:
+        await router.acompletion(model="gpt", messages=MESSAGES, user_id="alice")
+        (client,) = cached_clients("canary-alice-old-01")
+        source.set(SecretKey("openai", user_id="alice"), {"api_key": "canary-alice-new-02"})
+        fake._handler = lambda request: (
+            HTTPErrorStep(401, "Incorrect API key") if "alice-old" in (request.authorization or "") else "ok"
+        )
+        await router.acompletion(model="gpt", messages=MESSAGES, user_id="alice")
+        assert fake.requests[-1].authorization == "Bearer canary-alice-new-02"
+        assert cached_clients("canary-alice-old-01") == []
+        assert await closed(client)
+    finally:
+        await router.aclose()
+
+
+async def test_many_users_keys_stay_within_litellms_client_cache_bound(fake: FakeOpenAI) -> None:
+    users = {f"user-{n}": {"openai": {"api_key": f"canary-user-key-{n:04d}"}} for n in range(230)}
+    source = StaticSource({"openai": {"api_key": version(0)}}, users=users)
+    router = await build_router(key_config(fake), SecretsManager(source))
+    cache = litellm.in_memory_llm_clients_cache
+    try:
+        for user_id in users:
+            await router.acompletion(model="gpt", messages=MESSAGES, user_id=user_id)
+        assert len(cache.cache_dict) <= cache.max_size_in_memory == 200
+        assert fake.requests[-1].authorization == "Bearer canary-user-key-0229"
+    finally:
+        await router.aclose()
+
+
+async def test_dropping_clients_logs_no_key(fake: FakeOpenAI, caplog: pytest.LogCaptureFixture) -> None:
+    source = StaticSource({"openai": {"api_key": version(0)}})
+    caplog.set_level(logging.DEBUG)
+    router = await build_router(key_config(fake), SecretsManager(source))
+    await router.acompletion(model="gpt", messages=MESSAGES)
+    source.set(SecretKey("openai"), {"api_key": version(1)})
+    await router.refresh()
+    await router.acompletion(model="gpt", messages=MESSAGES)
+    await router.aclose()
+    assert "canary-rotated-key" not in caplog.text
+    assert "canary-rotated-key" not in repr(router)
