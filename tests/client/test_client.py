@@ -518,6 +518,34 @@ async def test_responses_with_bad_arguments_is_a_configuration_error(
     await transport.aclose()
 
 
+async def test_responses_from_one_stream_waits_on_the_stream_not_on_a_timer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """responses() read its streams without waiting and then slept ``block`` seconds (1 s by
+    default) when none had anything: a reply written during that sleep reached a chat gateway up
+    to ``block`` late. With one stream it now waits in a blocking read, woken by the reply."""
+    transport = InMemoryTransport(names=StreamNames("client"))
+    stream = transport.names.responses("discord", "555")
+    read = transport.read
+    reads: list[asyncio.Event] = [asyncio.Event() for _ in range(2)]
+
+    async def counting_read(*args: Any, **kwargs: Any) -> Any:
+        next((event for event in reads if not event.is_set()), asyncio.Event()).set()
+        return await read(*args, **kwargs)
+
+    monkeypatch.setattr(transport, "read", counting_read)
+    async with AgentClient(transport, block=3600) as client:
+        replies = client.responses([stream], group="gateway", consumer="g1")
+        await transport.publish(stream, AgentResponseEvent(request_id="r1", content="first"))
+        assert (await asyncio.wait_for(anext(replies), 10)).event.request_id == "r1"
+        waiting = asyncio.create_task(anext(replies))
+        await asyncio.wait_for(reads[1].wait(), 10)  # the read after the first reply has begun
+        await transport.publish(stream, AgentResponseEvent(request_id="r2", content="second"))
+        assert (await asyncio.wait_for(waiting, 10)).event.request_id == "r2"
+        await replies.aclose()
+    await transport.aclose()
+
+
 @pytest.mark.parametrize("stuck", ["last_entry_id", "publish"])
 async def test_the_timeout_bounds_the_whole_call_not_only_the_wait(
     stuck: str, monkeypatch: pytest.MonkeyPatch

@@ -264,6 +264,9 @@ class AgentClient:
         """Replies from many channels' streams through a consumer group: ``ack()`` each once the
         platform has it. One left unacked that long (``claim_min_idle`` seconds: its consumer
         crashed, or the platform refused it) is delivered again, to this consumer or another.
+        One stream is read with a blocking read (a reply comes as soon as it is written); several
+        are polled in turn, pausing ``block`` seconds (the client's, by default) when none had
+        anything, so a reply may wait up to that long.
         ``reply_streams`` that is a str, or empty, is a :class:`ConfigurationError`."""
         if isinstance(reply_streams, str):  # a str is a sequence too: one stream per character
             raise ConfigurationError(
@@ -275,8 +278,18 @@ class AgentClient:
             )
         wait = self.block if block is None else check_seconds("block", block)
         claim_min_idle = check_seconds("claim_min_idle", claim_min_idle)
+        # One stream: wait in a blocking read, woken by the reply. Several: a read waits on one
+        # stream only, so poll them all and pause ``block`` seconds when none had anything.
+        single = len(reply_streams) == 1
         subscriptions = [
-            Subscription(stream, group, consumer, AgentResponseEvent, block=0, claim_min_idle=claim_min_idle)
+            Subscription(
+                stream,
+                group,
+                consumer,
+                AgentResponseEvent,
+                block=wait if single else 0,
+                claim_min_idle=claim_min_idle,
+            )
             for stream in reply_streams
         ]
         for subscription in subscriptions:
@@ -287,7 +300,7 @@ class AgentClient:
                 for delivery in await self.transport.read(subscription, subscription.batch_size):
                     found = True
                     yield delivery
-            if not found:
+            if not found and not single:
                 await asyncio.sleep(wait)
 
     async def cancel(self, request_id: str) -> None:
