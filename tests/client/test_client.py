@@ -546,6 +546,28 @@ async def test_responses_from_one_stream_waits_on_the_stream_not_on_a_timer(
     await transport.aclose()
 
 
+async def test_responses_closed_mid_batch_hands_back_the_replies_it_never_yielded() -> None:
+    """responses() reads a batch (up to 16 replies) and yields them one at a time: closed after the
+    first (a gateway shutting down), the others stayed pending on its consumer, never seen by
+    anyone, until ``claim_min_idle`` (60 s) passed. They are now handed back at once."""
+    transport = InMemoryTransport(names=StreamNames("client"))
+    stream = transport.names.responses("discord", "555")
+    for n in range(3):
+        await transport.publish(stream, AgentResponseEvent(request_id=f"r{n}", content=f"answer {n}"))
+    async with AgentClient(transport, block=0.05) as client:
+        replies = client.responses([stream], group="gateway", consumer="g1")
+        first = await asyncio.wait_for(anext(replies), 10)
+        await client.ack(first)
+        await replies.aclose()  # the gateway stops; a new one takes over
+        replies = client.responses([stream], group="gateway", consumer="g2")
+        later = [await asyncio.wait_for(anext(replies), 10) for _ in range(2)]
+        assert [delivery.event.request_id for delivery in later] == ["r1", "r2"]
+        await client.ack(*later)
+        await replies.aclose()
+    assert await transport.pending(stream, "gateway") == []
+    await transport.aclose()
+
+
 @pytest.mark.parametrize("stuck", ["last_entry_id", "publish"])
 async def test_the_timeout_bounds_the_whole_call_not_only_the_wait(
     stuck: str, monkeypatch: pytest.MonkeyPatch

@@ -266,7 +266,8 @@ class AgentClient:
         crashed, or the platform refused it) is delivered again, to this consumer or another.
         One stream is read with a blocking read (a reply comes as soon as it is written); several
         are polled in turn, pausing ``block`` seconds (the client's, by default) when none had
-        anything, so a reply may wait up to that long.
+        anything, so a reply may wait up to that long. Closed in the middle of a read's batch, it
+        hands the replies it has not yielded back to the group at once.
         ``reply_streams`` that is a str, or empty, is a :class:`ConfigurationError`."""
         if isinstance(reply_streams, str):  # a str is a sequence too: one stream per character
             raise ConfigurationError(
@@ -297,11 +298,29 @@ class AgentClient:
         while True:
             found = False
             for subscription in subscriptions:
-                for delivery in await self.transport.read(subscription, subscription.batch_size):
-                    found = True
-                    yield delivery
+                batch = await self.transport.read(subscription, subscription.batch_size)
+                found = found or bool(batch)
+                for index, delivery in enumerate(batch):
+                    try:
+                        yield delivery
+                    except GeneratorExit:  # closed mid-batch: the rest go back to the group now,
+                        await self._hand_back(batch[index + 1 :])  # not after claim_min_idle
+                        raise
             if not found and not single:
                 await asyncio.sleep(wait)
+
+    async def _hand_back(self, deliveries: Sequence[Delivery[AgentResponseEvent]]) -> None:
+        for delivery in deliveries:
+            try:
+                await self.transport.release(delivery)
+            except Exception as error:  # closing must not fail: the reply comes back when idle anyway
+                logger.warning(
+                    "could not hand back reply entry %s of %s (%s); it is redelivered after claim_min_idle",
+                    delivery.entry_id,
+                    delivery.stream,
+                    type(error).__name__,
+                )
+                return
 
     async def cancel(self, request_id: str) -> None:
         """Cancel a request from any process: the worker running it (or about to) stops it and
