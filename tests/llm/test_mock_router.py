@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from dynamic_agents.exceptions import ConfigurationError
@@ -41,3 +43,28 @@ async def test_each_reply_is_answered_from_the_mock(fake: FakeOpenAI) -> None:
 def test_replies_that_cannot_be_mocked_are_refused(replies: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         mock_router_config(replies)  # type: ignore[arg-type]
+
+
+async def test_a_delay_keeps_each_call_waiting_without_blocking_the_loop(fake: FakeOpenAI) -> None:
+    # For tests of what happens while a model is answering (a double text, a cancellation).
+    messages = [{"role": "user", "content": "hi"}]
+    slow = await mock_llm_router({"gpt": "Slow"}, delay=60, num_retries=0)
+    fast = await mock_llm_router({"gpt": "Fast"}, delay=0.01, num_retries=0)
+    try:
+        waiting = asyncio.ensure_future(slow.acompletion(model="gpt", messages=messages))
+        reply = await fast.acompletion(model="gpt", messages=messages)  # the loop runs meanwhile
+        assert reply.choices[0].message.content == "Fast"
+        assert not waiting.done()  # started first, still waiting out its delay
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+    finally:
+        await slow.aclose()
+        await fast.aclose()
+    assert fake.requests == []
+
+
+@pytest.mark.parametrize("delay", [0, -1, float("nan"), float("inf"), "1", True])
+def test_a_delay_that_is_no_number_of_seconds_is_refused(delay: object) -> None:
+    with pytest.raises(ConfigurationError, match="delay must be a finite number of seconds > 0"):
+        mock_router_config({"gpt": "Hello"}, delay=delay)  # type: ignore[arg-type]

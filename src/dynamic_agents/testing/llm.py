@@ -5,7 +5,9 @@
 Each model group gets one deployment per reply given (so ``["A", "B"]`` load-balances between two);
 a reply may also be one of litellm's error strings (``"litellm.RateLimitError"``,
 ``"litellm.InternalServerError"``, ``"litellm.ContextWindowExceededError"``). Other
-``RouterConfig`` fields go in ``**settings`` (``fallbacks=…``).
+``RouterConfig`` fields go in ``**settings`` (``fallbacks=…``). ``delay=`` (seconds) makes every call
+wait that long before answering (litellm's ``mock_delay``, an ``asyncio.sleep``): for tests of what
+happens while a model is answering, such as a double text or a cancellation.
 
 An empty reply cannot be mocked this way (litellm sends a request whose ``mock_response`` is empty to
 the provider): script one with ``FakeOpenAI([""])`` instead.
@@ -16,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from dynamic_agents._validation import check_seconds
 from dynamic_agents.exceptions import ConfigurationError
 from dynamic_agents.llm import LLMRouter, RouterConfig, build_router
 from dynamic_agents.secrets import SecretsManager, StaticSource
@@ -23,21 +26,24 @@ from dynamic_agents.secrets import SecretsManager, StaticSource
 __all__ = ["mock_llm_router", "mock_router_config"]
 
 
-def mock_router_config(replies: Mapping[str, str | Sequence[str]], **settings: Any) -> RouterConfig:
+def mock_router_config(
+    replies: Mapping[str, str | Sequence[str]], *, delay: float | None = None, **settings: Any
+) -> RouterConfig:
+    """The config of :func:`mock_llm_router`: one deployment per reply, each answering ``delay``
+    seconds late when given."""
+    delay = check_seconds("delay", delay, optional=True)
     model_list = []
     for model_name, answer in replies.items():
         for index, reply in enumerate(_replies(model_name, answer)):
-            model_list.append(
-                {
-                    "model_name": model_name,
-                    "litellm_params": {
-                        "model": "openai/mock",
-                        "api_key": "secret:mock:api_key",
-                        "mock_response": reply,
-                    },
-                    "model_info": {"id": f"{model_name}-{index}"},
-                }
-            )
+            params: dict[str, Any] = {
+                "model": "openai/mock",
+                "api_key": "secret:mock:api_key",
+                "mock_response": reply,
+            }
+            if delay is not None:
+                params["mock_delay"] = delay
+            info = {"id": f"{model_name}-{index}"}
+            model_list.append({"model_name": model_name, "litellm_params": params, "model_info": info})
     return RouterConfig.from_dict({"model_list": model_list, **settings})
 
 
@@ -45,11 +51,12 @@ async def mock_llm_router(
     replies: Mapping[str, str | Sequence[str]],
     *,
     secrets: SecretsManager | None = None,
+    delay: float | None = None,
     **settings: Any,
 ) -> LLMRouter:
     """Build an ``LLMRouter`` from :func:`mock_router_config` (close it with ``aclose()``)."""
     manager = secrets or SecretsManager(StaticSource({"mock": {"api_key": "mock-key-not-secret"}}))
-    return await build_router(mock_router_config(replies, **settings), manager)
+    return await build_router(mock_router_config(replies, delay=delay, **settings), manager)
 
 
 def _replies(model_name: str, answer: object) -> list[str]:
