@@ -34,9 +34,11 @@ from dynamic_agents.events import AgentRequestEvent, Attachment, ResponseStatus,
 from dynamic_agents.exceptions import (
     ConfigurationError,
     EventValidationError,
+    RoutingConfigError,
     SpecNotFoundError,
     SpecValidationError,
 )
+from dynamic_agents.routing import EventRouter, RoutingRule
 from dynamic_agents.secrets import SecretValue
 from dynamic_agents.testing import ScriptedModels, ToolCall
 
@@ -467,6 +469,37 @@ async def test_unknown_and_disabled_targets_raise() -> None:
     await rt.agents.update(created.model_copy(update={"status": SpecStatus.DISABLED}), expected_version=1)
     with pytest.raises(SpecValidationError, match="disabled"):
         await rt.agents.execute("off", "hi", session_id="s")
+
+
+async def test_serves_tells_which_routing_targets_the_runtime_can_run() -> None:
+    store = InMemorySpecStore()
+    rt = runtime({"gpt": []}, store=store)
+    await rt.agents.create(AgentSpec.from_dict({"id": "on", "model": "gpt"}))
+    created = await rt.agents.create(AgentSpec.from_dict({"id": "off", "model": "gpt"}))
+    await rt.agents.update(created.model_copy(update={"status": SpecStatus.DISABLED}), expected_version=1)
+    await rt.teams.create(TeamSpec.from_dict({"id": "crew", "members": ["on"], "model": "gpt"}))
+    agent, team = TargetType.AGENT, TargetType.TEAM
+    assert await rt.serves(Target(type=agent, id="on"))
+    assert await rt.serves(Target(type=team, id="crew"))
+    assert not await rt.serves(Target(type=agent, id="off"))  # disabled: a request to it fails
+    assert not await rt.serves(Target(type=agent, id="ghost"))
+    assert not await rt.serves(Target(type=team, id="on"))  # an agent's id, not a team's
+    assert not await rt.serves(Target(type=TargetType.WORKFLOW, id="crew"))
+
+    router = EventRouter(
+        [
+            RoutingRule.model_validate({"name": "a", "content_pattern": "^/a", "agent_id": "off"}),
+            RoutingRule.model_validate({"name": "b", "content_pattern": "^/b", "team_id": "crew"}),
+        ],
+        default=Target(type=agent, id="ghost"),
+    )
+    with pytest.raises(RoutingConfigError, match=r"unknown routing targets: agent 'ghost', agent 'off'$"):
+        await router.check_targets(rt.serves)
+
+    # A stored spec whose references no longer hold says what is wrong, not merely "unknown".
+    await store.create(AgentSpec.from_dict({"id": "broken", "model": "gpt-9"}))
+    with pytest.raises(SpecValidationError, match="unknown model 'gpt-9'"):
+        await rt.serves(Target(type=agent, id="broken"))
 
 
 @pytest.mark.parametrize(

@@ -28,7 +28,7 @@ from dynamic_agents._redaction import redact_text
 from dynamic_agents._validation import check_seconds
 from dynamic_agents.agents.build import Builder, ModelProvider, media_from_attachments
 from dynamic_agents.agents.registry import ToolRegistry
-from dynamic_agents.agents.specs import AgentSpec, SpecBase, SpecKind, TeamSpec, WorkflowSpec
+from dynamic_agents.agents.specs import AgentSpec, SpecBase, SpecKind, SpecStatus, TeamSpec, WorkflowSpec
 from dynamic_agents.agents.stores import SpecStore
 from dynamic_agents.agents.validate import check_spec
 from dynamic_agents.events import AgentRequestEvent, Attachment, ResponseStatus, Target, TargetType
@@ -140,6 +140,17 @@ class AgentRuntime:
         if cached is not None:
             logger.info("%s changed: version %d -> %d", spec.ref, cached.spec.version, spec.version)
         return spec
+
+    async def serves(self, target: Target) -> bool:
+        """Whether a request routed to ``target`` can run here: a spec of its kind and id is stored
+        and active. A stored spec whose references no longer hold raises its
+        :class:`SpecValidationError` (saying what is wrong). Made for
+        ``await router.check_targets(runtime.serves)`` at start-up."""
+        try:
+            spec = await self.current(_kind_of(target), target.id)
+        except SpecNotFoundError:
+            return False
+        return spec.status is SpecStatus.ACTIVE
 
     def forget(self, kind: SpecKind, spec_id: str) -> None:
         self._cache.pop((SpecKind.of(kind), spec_id), None)
@@ -450,13 +461,8 @@ class AgnoExecutor:
         timeout: float | None = None,
         on_delta: DeltaCallback | None = None,
     ) -> ExecutionResult:
-        kind = {
-            TargetType.AGENT: SpecKind.AGENT,
-            TargetType.TEAM: SpecKind.TEAM,
-            TargetType.WORKFLOW: SpecKind.WORKFLOW,
-        }[target.type]
         return await self.runtime.execute(
-            kind,
+            _kind_of(target),
             target.id,
             request.content,
             session_id=request.session_id,
@@ -467,3 +473,15 @@ class AgnoExecutor:
             on_delta=on_delta,
             metadata={"request_id": request.id, "user_name": request.user_name, "source": request.source},
         )
+
+
+_KINDS: Final = {
+    TargetType.AGENT: SpecKind.AGENT,
+    TargetType.TEAM: SpecKind.TEAM,
+    TargetType.WORKFLOW: SpecKind.WORKFLOW,
+}
+
+
+def _kind_of(target: Target) -> SpecKind:
+    """The kind of spec a routing target names."""
+    return _KINDS[target.type]
