@@ -482,6 +482,79 @@ async def test_a_run_abandoned_by_stop_ending_late_leaves_a_new_delivery_of_its_
     assert await transport.pending(backend.names.requests, "dynamic-agents") == []
 
 
+@pytest.mark.parametrize("merged", [False, True], ids=["single", "merged"])
+async def test_a_run_abandoned_by_stop_that_ends_late_is_counted_lost_once(
+    backend: Backend, merged: bool
+) -> None:
+    """``stop()`` abandons a run that ignores its cancellation and counts it lost; its late end
+    (its lease given up, so its reply refused) does not count it again. A merged turn (answered
+    under the lease it checks first) as well."""
+    transport = await backend.transport()
+    started, finish = asyncio.Event(), asyncio.Event()
+
+    async def stubborn(target: Target, request: AgentRequestEvent) -> str:
+        started.set()
+        await _ignoring_cancellation(finish.wait)
+        return "a late answer"
+
+    policy = {"session_policy": "merge"} if merged else {}
+    w = worker(transport, FunctionExecutor(stubborn), abandon_after=0.1, **policy)
+    handled = Handled()
+    w.hooks.append(handled)
+    for content in ["first", "second"] if merged else ["first"]:
+        await transport.publish(backend.names.requests, request_event(backend.names, content))
+    await w.__aenter__()  # both read at once (one batch): the second is merged into the first's turn
+    try:
+        await asyncio.wait_for(started.wait(), 5)
+        await w.stop(grace=0)
+        assert w.stats.lost == 1
+    finally:
+        finish.set()
+    await wait_for(lambda: _async(any(isinstance(e, RunLostError) for e in handled.errors)))
+    assert await replies(transport, backend.names) == []
+    assert w.stats.lost == 1
+
+
+@pytest.mark.parametrize("abandoned", [False, True], ids=["returns", "abandoned"])
+async def test_a_run_that_loses_its_lease_and_ignores_its_cancellation_is_counted_lost_once(
+    backend: Backend, abandoned: bool
+) -> None:
+    """The lease loop finds the lease lost (counted) and cancels the run, which goes on: whether
+    it returns (its reply refused) or is abandoned by ``stop()`` first, nothing is published and
+    the loss is not counted again."""
+    transport, other = await backend.transport(), await backend.transport()
+    started, finish = asyncio.Event(), asyncio.Event()
+
+    async def stubborn(target: Target, request: AgentRequestEvent) -> str:
+        started.set()
+        await _ignoring_cancellation(finish.wait)
+        return "from the worker that lost its lease"
+
+    request = request_event(backend.names, "x", session="contested")
+    await transport.publish(backend.names.requests, request)
+    loser = worker(transport, FunctionExecutor(stubborn), consumer="loser", abandon_after=0.1)
+    handled = Handled()
+    loser.hooks.append(handled)
+    async with loser:
+        try:
+            await asyncio.wait_for(started.wait(), 5)
+            await backend.delete_key(backend.names.session_lease("contested"))
+            rival = await other.coordinator().acquire("contested", ttl=30)
+            assert rival is not None
+            await wait_for(lambda: _async(loser.stats.lost == 1))
+            if abandoned:
+                await loser.stop(grace=0)
+                assert loser.stats.lost == 1
+        finally:  # nothing left running past the test, whatever happened
+            finish.set()
+        await wait_for(lambda: _async(bool(handled.errors)))
+        assert await replies(transport, backend.names) == []
+        assert loser.stats.lost == 1
+        await loser.stop(grace=0)
+        await other.coordinator().release(rival)
+    _assert_lost_run(handled.errors[0], request)
+
+
 async def test_cancelling_the_task_that_runs_the_worker_hands_its_runs_back(backend: Backend) -> None:
     """The host cancels the task running ``run()`` (its own shutdown): the runs in flight are
     cancelled with it, hand their entries and leases back and end before ``run()`` does; none is

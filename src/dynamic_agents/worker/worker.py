@@ -142,6 +142,7 @@ class AgentWorker:
         self._withdrawn: set[str] = set()  # entry ids cancelled on request while queued
         self._leases: dict[str, _HeldLease] = {}  # request id -> the lease its run holds
         self._leases_lost: set[str] = set()
+        self._counted_lost: set[asyncio.Task[None]] = set()  # handlers counted in stats.lost
         self._unknown_policies: set[str] = set()  # metadata.session_policy values logged as unknown
         self._slot_freed = asyncio.Event()
         self._stopping = False
@@ -315,7 +316,7 @@ class AgentWorker:
                 leases.append(held.lease)
             if task in request_ids:
                 self._forget_execution(request_id)
-        self.stats.lost += len(named)
+            self._count_lost(task)
         self._slot_freed.set()  # the read loop's wait for runs in flight sees them gone
         logger.warning(
             "abandoned %d run(s) still going %s s after their cancellation (abandon_after), request "
@@ -355,6 +356,18 @@ class AgentWorker:
         self._cancelling.discard(request_id)
         self._merged_into = {rid: turn for rid, turn in self._merged_into.items() if turn != request_id}
         self._running = {session: rid for session, rid in self._running.items() if rid != request_id}
+
+    def _count_lost(self, handler: asyncio.Task[None] | None) -> None:
+        """Count a request lost once, however many signs of it come: its entry taken over, its
+        lease lost, its run abandoned by stop(), its late reply refused. Kept by handler (a
+        redelivery here is a new one), only on this path: the handlers counted earlier that have
+        ended are dropped now."""
+        if handler is not None:
+            if handler in self._counted_lost:
+                return
+            self._counted_lost = {task for task in self._counted_lost if not task.done()}
+            self._counted_lost.add(handler)
+        self.stats.lost += 1
 
     def _owns(self, delivery: Delivery[AgentRequestEvent]) -> bool:
         """Whether the current handler still stands for ``delivery`` (it was not abandoned)."""
@@ -420,8 +433,8 @@ class AgentWorker:
                     delivery.entry_id,
                 )
                 self._lost.add(delivery.entry_id)
-                self.stats.lost += 1
                 task = self._tasks.get(delivery.entry_id)
+                self._count_lost(task)
                 if task is not None:
                     task.cancel()
 
@@ -935,7 +948,7 @@ class AgentWorker:
     def _lease_lost_during_run(self, lease: Lease) -> None:
         """Stalled past the lease: someone else may run the request, so nothing is published."""
         logger.warning("lease of session %s lost during the run; publishing nothing", lease.session_id)
-        self.stats.lost += 1
+        self._count_lost(asyncio.current_task())
 
     async def _keep_leases_loop(self) -> None:
         """Renew the lease of every run in flight each third of the lease TTL; a run whose lease
@@ -964,9 +977,9 @@ class AgentWorker:
                 held.renewed_at = time.monotonic()
         if not renewed and self._leases.get(request_id) is held and request_id not in self._leases_lost:
             logger.warning("lease of session %s lost; cancelling its run", lease.session_id)
-            self.stats.lost += 1
             self._leases_lost.add(request_id)
             handler = self._executions.get(request_id)
+            self._count_lost(handler)
             if handler is not None:
                 handler.cancel()
 
