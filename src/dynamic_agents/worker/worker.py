@@ -936,9 +936,15 @@ class AgentWorker:
             del self._running[event.session_id]
 
     async def _still_ours(self, lease: Lease) -> bool:
+        """Whether a merged turn may answer its merged requests (answered without the lease check
+        ``complete`` makes for the last one). A renewal that fails (Redis trouble) counts as ours:
+        answering cannot answer twice (``complete`` writes nothing for a request with a record, and
+        the last one's reply still needs the lease), and with Redis away those writes fail too and
+        the entries stay pending; counting it lost instead would throw a finished run away on a
+        blip, to be run again (its tools' side effects too) on redelivery."""
         try:
             still_ours = await self.coordinator.renew(lease)
-        except DynamicAgentsError as error:  # Redis trouble, not a lost lease: the record guards duplicates
+        except DynamicAgentsError as error:
             logger.warning("renewing the lease after the run failed (%s); answering anyway", error)
             return True
         if not still_ours:
