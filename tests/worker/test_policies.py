@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from dynamic_agents.client import AgentClient
-from dynamic_agents.events import AgentRequestEvent, ResponseStatus, Target
+from dynamic_agents.events import AgentRequestEvent, LifecycleEvent, ResponseStatus, Target
 from dynamic_agents.exceptions import RunLostError
 from dynamic_agents.execution import FunctionExecutor
 from dynamic_agents.transports import Lease, Transport
@@ -198,6 +198,43 @@ async def test_merge_answers_queued_messages_as_one_turn(backend: Backend) -> No
     assert last.content == "answer to 'a\\n\\nb\\n\\nc'"
     assert merged_a.metadata["merged_into"] == merged_b.metadata["merged_into"] == last.request_id
     assert merged_a.content == merged_b.content == ""
+
+
+async def test_a_merged_turn_publishes_lifecycle_events_under_its_last_request_only(
+    backend: Backend,
+) -> None:
+    """Lifecycle events describe runs (docs/worker.md, ``events``): a merged turn is one run, its
+    events carry the last request's id; the requests merged into it have none of their own, their
+    reply (``metadata.merged_into``) is their only record."""
+    transport = await backend.transport()
+    w = worker(transport, session_policy=SessionPolicy.MERGE, events=True)
+    gate, first_started = asyncio.Event(), asyncio.Event()
+
+    async def slow_first(target: Target, request: AgentRequestEvent) -> str:
+        if request.content == "first":
+            first_started.set()
+            await gate.wait()
+        return f"answer to {request.content!r}"
+
+    w.executor = FunctionExecutor(slow_first)
+    async with w:
+        await transport.publish(backend.names.requests, request_event(backend.names, "first"))
+        await asyncio.wait_for(first_started.wait(), 5)
+        for text in ("a", "b"):
+            await transport.publish(backend.names.requests, request_event(backend.names, text))
+        await wait_for(lambda: _async(w.stats.received == 3))
+        gate.set()
+        await wait_for(lambda: _has_replies(transport, backend, 3))
+    await w.events.flush()
+    first, merged, last = await replies(transport, backend.names)
+    assert merged.metadata["merged_into"] == last.request_id
+    events = [e.event for e in await transport.read_stream(backend.names.events, LifecycleEvent)]
+    kinds = [(e.request_id, e.type) for e in events if e.type != "run.content_delta"]  # type: ignore[attr-defined]
+    assert kinds == [
+        (run, kind)
+        for run in (first.request_id, last.request_id)
+        for kind in ("request.accepted", "run.started", "run.completed")
+    ]
 
 
 async def test_a_failed_merged_turn_fails_every_request_merged_into_it(backend: Backend) -> None:
