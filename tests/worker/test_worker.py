@@ -515,6 +515,59 @@ async def test_a_run_abandoned_by_stop_that_ends_late_is_counted_lost_once(
     assert w.stats.lost == 1
 
 
+class _StubbornHook(BaseHooks):
+    """A hook that goes on, through its cancellation, until ``finish`` is set, at ``hook``."""
+
+    def __init__(self, hook: str) -> None:
+        self.hook, self.entered, self.finish = hook, asyncio.Event(), asyncio.Event()
+
+    async def _stall(self, name: str) -> None:
+        if name == self.hook:
+            self.entered.set()
+            await _ignoring_cancellation(self.finish.wait)
+
+    async def on_received(self, delivery: Any) -> None:
+        await self._stall("on_received")
+
+    async def on_routed(self, delivery: Any, target: Any) -> None:
+        await self._stall("on_routed")
+
+    async def before_execute(self, context: RunContext) -> None:
+        await self._stall("before_execute")
+
+
+@pytest.mark.parametrize("hook", ["on_received", "on_routed", "before_execute"])
+async def test_a_request_whose_hook_ignored_its_cancellation_is_not_run(backend: Backend, hook: str) -> None:
+    """A hook before the run that swallows the cancellation of ``stop()`` does not start the run
+    once it returns (after ``stop()`` abandoned its request, or while the worker stops): the
+    cancellation goes on, the entry is left for another worker, which answers it once."""
+    transport, other = await backend.transport(), await backend.transport()
+    ran: list[str] = []
+
+    async def record(target: Target, request: AgentRequestEvent) -> str:
+        ran.append(request.content)
+        return f"echo: {request.content}"
+
+    stubborn, handled = _StubbornHook(hook), Handled()
+    w = worker(transport, FunctionExecutor(record), abandon_after=0.1)
+    w.hooks.extend([stubborn, handled])
+    await transport.publish(backend.names.requests, request_event(backend.names, "first"))
+    await w.__aenter__()
+    try:
+        await asyncio.wait_for(stubborn.entered.wait(), 5)
+        await w.stop(grace=0)  # cancels the handler; the hook goes on: abandoned
+    finally:
+        stubborn.finish.set()
+    await wait_for(lambda: _async(len(handled.errors) == 1))
+    assert isinstance(handled.errors[0], asyncio.CancelledError)
+    assert ran == []
+    assert await replies(transport, backend.names) == []
+    await worker(other, FunctionExecutor(record), consumer="rescuer").run_until_idle()
+    assert ran == ["first"]
+    (reply,) = await replies(transport, backend.names)
+    assert reply.content == "echo: first"
+
+
 @pytest.mark.parametrize("abandoned", [False, True], ids=["returns", "abandoned"])
 async def test_a_run_that_loses_its_lease_and_ignores_its_cancellation_is_counted_lost_once(
     backend: Backend, abandoned: bool

@@ -452,7 +452,7 @@ class AgentWorker:
         try:
             bind_ids(request_id=event.id, session_id=event.session_id)  # this task is this request's
             if self.hooks:
-                await self._call_hooks("on_received", delivery)
+                await self._call_hooks_before_run("on_received", delivery)
             await self._process(delivery, event, previous, read_at)
         except (asyncio.CancelledError, RunLostError) as error:
             failure = error
@@ -528,7 +528,7 @@ class AgentWorker:
         try:
             target, unrouted = self._route(event)
             if self.hooks:
-                await self._call_hooks("on_routed", delivery, target)
+                await self._call_hooks_before_run("on_routed", delivery, target)
             if target is None:
                 await self._answer(delivery, event, None, _error(unrouted))
                 return None
@@ -843,7 +843,7 @@ class AgentWorker:
             )
             await progress.accepted()
         if self.hooks:
-            await self._call_hooks("before_execute", context)
+            await self._call_hooks_before_run("before_execute", context)
         if progress is not None:
             await progress.started(delivery.delivery_count)
         try:
@@ -1084,6 +1084,15 @@ class AgentWorker:
             logger.warning("request %s dead-lettered: %s", event.id, reason)
         if self.hooks:
             await self._call_hooks("on_dead_letter", delivery, written)
+
+    async def _call_hooks_before_run(self, name: str, *args: Any) -> None:
+        """The hooks on the way to a run. One that caught the handler's cancellation (``stop()``,
+        its lease lost) and went on must not let the request go on to its run: the cancellation
+        still pending (``Task.cancelling()``) is raised here, as if the hook had let it through."""
+        await self._call_hooks(name, *args)
+        handler = asyncio.current_task()
+        if handler is not None and handler.cancelling():
+            raise asyncio.CancelledError(f"cancelled during the {name} hooks")
 
     async def _call_hooks(self, name: str, *args: Any) -> None:
         for hook in self.hooks:
