@@ -856,6 +856,22 @@ async def test_content_deltas_are_coalesced(backend: Backend) -> None:
     assert deltas == ["a", "bc"]  # the first at once, the rest within the interval as one
 
 
+@pytest.mark.parametrize(
+    ("claim_min_idle", "lease_ttl", "warned"), [(10, 30, True), (30, 30, False), (60, 30, False)]
+)
+async def test_a_takeover_sooner_than_the_lease_is_warned_of(
+    backend: Backend, caplog: pytest.LogCaptureFixture, claim_min_idle: float, lease_ttl: float, warned: bool
+) -> None:
+    """A dead worker's requests taken over before its leases expire wait for them in the taking
+    worker's slots: a configuration that works, slower than it says, so a warning, not an error."""
+    transport = await backend.transport()
+    with caplog.at_level(logging.WARNING, logger="dynamic_agents.worker"):
+        worker(transport, claim_min_idle=claim_min_idle, keep_fresh_every=1, lease_ttl=lease_ttl)
+    expected = f"claim_min_idle ({claim_min_idle} s) is shorter than lease_ttl ({lease_ttl} s)"
+    assert (expected in caplog.text) is warned
+    assert ("claim_min_idle" in caplog.text) is warned
+
+
 def test_record_ttl_must_outlive_redeliveries() -> None:
     from dynamic_agents.exceptions import ConfigurationError
 

@@ -115,6 +115,14 @@ class AgentWorker:
         self.hooks = list(hooks)
         self.stream = stream or transport.names.requests
         self.stats = WorkerStats()
+        if self.settings.claim_min_idle < self.settings.lease_ttl:
+            logger.warning(
+                "claim_min_idle (%s s) is shorter than lease_ttl (%s s): a dead worker's requests, "
+                "taken over after claim_min_idle, wait for its session leases (up to lease_ttl) in "
+                "the taking worker's concurrency slots; lower lease_ttl too for a quicker takeover",
+                self.settings.claim_min_idle,
+                self.settings.lease_ttl,
+            )
         self.events = EventSink(transport, maxlen=self.settings.events_maxlen)
         """Publishes lifecycle events in the background (``settings.events``)."""
         self.subscription = Subscription(
