@@ -343,9 +343,11 @@ async def test_a_graceful_stop_keeps_the_leases_of_the_runs_it_drains(backend: B
     assert most_at_once == 1
 
 
-async def test_stop_hands_back_requests_queued_behind_their_session(backend: Backend) -> None:
+async def test_stop_hands_back_requests_queued_behind_their_session(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
     """A request queued behind its session's run has not started: stop() hands it back instead of
-    starting it once the run ends."""
+    starting it once the run ends, counts it and says so."""
     transport, other = await backend.transport(), await backend.transport()
     gate, first_started = asyncio.Event(), asyncio.Event()
     started: list[str] = []
@@ -362,11 +364,14 @@ async def test_stop_hands_back_requests_queued_behind_their_session(backend: Bac
     await asyncio.wait_for(first_started.wait(), 5)
     await transport.publish(backend.names.requests, request_event(backend.names, "second"))
     await wait_for(lambda: _async(w.stats.received == 2))
-    stopping = asyncio.create_task(w.stop(grace=30))
-    await asyncio.sleep(0)  # stop() has begun: the first run ends only now
-    gate.set()
-    await stopping
+    with caplog.at_level(logging.INFO, logger="dynamic_agents.worker"):
+        stopping = asyncio.create_task(w.stop(grace=30))
+        await asyncio.sleep(0)  # stop() has begun: the first run ends only now
+        gate.set()
+        await stopping
     assert started == ["first"]
+    assert w.stats.handed_back == 1
+    assert f"worker {w.settings.consumer} stopped: 1 request(s) handed back to the group" in caplog.text
     assert [r.content for r in await replies(transport, backend.names)] == ["answer to first"]
     await worker(other, consumer="rescuer").run_until_idle()  # handed back, not lost
     assert [r.content for r in await replies(transport, backend.names)] == [

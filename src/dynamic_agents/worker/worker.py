@@ -78,6 +78,7 @@ class WorkerStats:
     undecodable: int = 0
     lost: int = 0
     lease_waits: int = 0
+    handed_back: int = 0
 
 
 @dataclass(slots=True)
@@ -261,6 +262,7 @@ class AgentWorker:
         background, without the grace: its runs end on their own)."""
         self._stopping = True
         runner, self._runner = self._runner, None
+        handed_back = self.stats.handed_back
         try:
             if runner is not None:  # started by __aenter__: its read loop ends at its next turn
                 await self._reading_done.wait()
@@ -279,6 +281,11 @@ class AgentWorker:
             runner.result()  # its failure (ensure_group, say) is the caller's to see
         if runner is None and self._reading_done.is_set():
             self._stopping = False  # no run() of its own to reset it, and none is reading
+        logger.info(
+            "worker %s stopped: %d request(s) handed back to the group for another worker",
+            self.settings.consumer,
+            self.stats.handed_back - handed_back,
+        )
         await self.events.flush(timeout=None if grace is None else max(grace, 1.0))
 
     async def _drain(self, grace: float | None) -> None:
@@ -617,7 +624,8 @@ class AgentWorker:
         if self._stopping:
             await self._reading_done.wait()
         with contextlib.suppress(DynamicAgentsError):
-            await self.transport.release(delivery)
+            if await self.transport.release(delivery):
+                self.stats.handed_back += 1
 
     async def _session_claim(
         self,
