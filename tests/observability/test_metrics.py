@@ -186,6 +186,36 @@ async def test_dead_lettered_and_redelivered(
     assert points(metric_reader, "dynamic_agents.worker.redeliveries")[stream].value == 1
 
 
+async def test_entries_that_do_not_decode_are_counted_though_no_hook_sees_them(
+    transport: InMemoryTransport, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
+) -> None:
+    """An entry that does not decode is dead-lettered by the transport, before any hook: the
+    worker's count of them is added to the counter while it runs (each sample) and when it stops."""
+    hooks = MetricsHooks(OpenTelemetryMetrics(meter_provider), sample_every=0.01)
+    await transport.ensure_group(transport.names.requests, "dynamic-agents")
+    await transport.publish_fields(transport.names.requests, {"__data__": b"not json"})
+    await transport.publish(transport.names.requests, request_event(transport.names))
+    worker = run_with(transport, hooks)
+    stream = (("messaging.destination.name", transport.names.requests),)
+
+    def undecodable() -> int | None:
+        found = (
+            points(metric_reader, "dynamic_agents.worker.undecodable")
+            if "dynamic_agents.worker.undecodable" in metrics(metric_reader)
+            else {}
+        )
+        return found[stream].value if stream in found else None
+
+    async with worker:
+        await wait_until(lambda: undecodable() == 1, what="the undecodable entry, while the worker runs")
+        await transport.publish_fields(transport.names.requests, {"__data__": b'{"source": 42}'})
+        await wait_until(lambda: worker.stats.undecodable == 2, what="the second one read")
+    assert undecodable() == 2  # counted by the stop, sampled or not
+    assert outcomes(metric_reader) == {"completed": 1}  # the good one, alone
+    await run_with(transport, hooks).run_until_idle()  # another run: nothing counted twice
+    assert undecodable() == 2
+
+
 async def test_targets_named_by_requests_are_capped_as_labels(
     transport: InMemoryTransport, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
 ) -> None:

@@ -143,6 +143,13 @@ _SPECS = (
         (_STREAM,),
     ),
     MetricSpec(
+        "dynamic_agents.worker.undecodable",
+        InstrumentKind.COUNTER,
+        "{entry}",
+        "Entries that did not decode, dead-lettered unanswered (counted at each sample and stop).",
+        (_STREAM,),
+    ),
+    MetricSpec(
         "dynamic_agents.llm.tokens",
         InstrumentKind.COUNTER,
         "{token}",

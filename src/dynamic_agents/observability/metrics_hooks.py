@@ -47,7 +47,9 @@ class MetricsHooks(BaseHooks):
 
     The pending count is sampled every ``sample_every`` seconds while the worker runs (and by
     :meth:`sample`), reading at most ``pending_limit`` entries; once the last worker of a stream
-    and group stops, the gauge no longer reports them.
+    and group stops, the gauge no longer reports them. Entries that did not decode (dead-lettered
+    by the transport, before any hook) are counted from the worker's stats at each sample and
+    when it stops.
 
     A request may name its target (``agent_id``, …), so the ``target`` label is bounded: the
     targets of the workers' routers (rules and defaults) always have theirs, and other targets get
@@ -76,6 +78,7 @@ class MetricsHooks(BaseHooks):
         self._pending: dict[tuple[str, str], int] = {}  # by stream and group
         self._samplers: dict[int, asyncio.Task[None]] = {}
         self._running: dict[int, tuple[str, str]] = {}  # each started worker's stream and group
+        self._undecodable: dict[int, int] = {}  # each started worker's stats.undecodable, counted
         self._observing = False
 
     def __repr__(self) -> str:
@@ -89,6 +92,7 @@ class MetricsHooks(BaseHooks):
             self._observing = True
             self.recorder.observe("dynamic_agents.worker.queue.pending", self._read_pending)
         self._running[id(worker)] = (worker.stream, worker.settings.group)
+        self._undecodable[id(worker)] = worker.stats.undecodable  # an earlier run's were counted then
         self._samplers[id(worker)] = asyncio.get_running_loop().create_task(self._sample_loop(worker))
 
     async def on_stop(self, worker: AgentWorker) -> None:
@@ -97,6 +101,8 @@ class MetricsHooks(BaseHooks):
             sampler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sampler
+        self._count_undecodable(worker)
+        self._undecodable.pop(id(worker), None)
         # Its last count would be reported for good, however stale: the gauge drops the group
         # once no worker of this hook samples it (another of the same group may still run).
         key = self._running.pop(id(worker), None)
@@ -115,8 +121,21 @@ class MetricsHooks(BaseHooks):
             self._pending[key] = len(pending)
         return len(pending)
 
+    def _count_undecodable(self, worker: AgentWorker) -> None:
+        """Entries that did not decode reach no hook (the transport dead-letters them as it reads):
+        the worker's count of them since the last look goes to the counter."""
+        counted = self._undecodable.get(id(worker))
+        if counted is not None and worker.stats.undecodable > counted:
+            self.recorder.add(
+                "dynamic_agents.worker.undecodable",
+                worker.stats.undecodable - counted,
+                {_STREAM: worker.stream},
+            )
+            self._undecodable[id(worker)] = worker.stats.undecodable
+
     async def _sample_loop(self, worker: AgentWorker) -> None:
         while True:
+            self._count_undecodable(worker)
             try:
                 await self.sample(worker)
             except DynamicAgentsError as error:
