@@ -34,8 +34,9 @@ from dynamic_agents.exceptions import (
 )
 from dynamic_agents.llm import RouterConfig, build_router
 from dynamic_agents.operations import DeadLetters
-from dynamic_agents.secrets import SecretKey, SecretsManager, StaticSource
+from dynamic_agents.secrets import MASK, SecretKey, SecretsManager, StaticSource
 from dynamic_agents.testing import InMemoryServer, InMemoryTransport, ScriptedModels, mock_llm_router
+from dynamic_agents.transports import Subscription
 from tests.api.support import (
     AUTH,
     BASE,
@@ -1026,6 +1027,30 @@ async def test_dead_letters_list_requeue_and_purge(stack: Stack) -> None:
     purged = await client.delete(f"{V1}/dead-letters/{second}")
     assert (purged.status_code, purged.content) == (204, b"")
     assert (await client.get(f"{V1}/dead-letters")).json() == []
+
+
+async def test_a_dead_letter_that_did_not_decode_shows_a_preview_of_its_fields(stack: Stack) -> None:
+    """What an operator needs to see why an entry did not decode: its fields, as text, cut to
+    a preview, with anything shaped like a key masked; a letter whose request decoded has none."""
+    transport = stack.transport
+    stream = transport.names.requests
+    await transport.ensure_group(stream, "workers")
+    canary = "sk-proj-" + "Q7w" * 12
+    junk = {"__data__": b"not json: " + canary.encode(), "blob": b"\xff" + b"word " * 1000}
+    await transport.publish_fields(stream, junk)
+    (delivery,) = await transport.read(Subscription(stream, "workers", "w1", AgentRequestEvent, block=0), 1)
+    assert delivery.settled  # dead-lettered by the transport as it read it
+    await dead_letter(transport)  # one that decoded, for comparison
+
+    response = await stack.client.get(f"{V1}/dead-letters")
+    assert canary not in response.text
+    undecodable, decoded = response.json()
+    assert undecodable["request"] is None
+    assert undecodable["decode_error"]
+    preview = undecodable["fields"]
+    assert preview["__data__"] == f"not json: {MASK}"
+    assert preview["blob"] == ("\ufffd" + "word " * 200)[:1000] + "… (5001 bytes)"
+    assert decoded["fields"] is None
 
 
 @pytest.mark.parametrize("entry_id", ["1-0", "0-0", "nope", "1-2-3", f"{2**64}-0"])

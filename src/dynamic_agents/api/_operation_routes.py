@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
+from dynamic_agents._redaction import redact_text
 from dynamic_agents.agents.runtime import AgentRuntime
 from dynamic_agents.agents.specs import SpecKind, SpecStatus
 from dynamic_agents.api._bodies import RulesBody
@@ -39,6 +40,23 @@ class _RequestIdConvertor(StringConvertor):
 
 # Starlette's convertor registry is process-wide: the name is the library's own.
 register_url_convertor("dynamic_agents_request_id", _RequestIdConvertor())
+
+
+PREVIEW_CHARS: Final = 1000
+"""How much of each field of a dead letter that did not decode the list shows."""
+
+
+def _preview(fields: Mapping[bytes, bytes]) -> dict[str, str]:
+    """The fields of an entry that did not decode, for a person to see why: as text (bytes that are
+    no UTF-8 replaced), each cut to :data:`PREVIEW_CHARS` with its size in bytes, anything shaped
+    like a key masked (the entry may hold anything)."""
+    shown = {}
+    for name, value in fields.items():
+        text = value.decode("utf-8", errors="replace")
+        if len(text) > PREVIEW_CHARS:
+            text = f"{text[:PREVIEW_CHARS]}… ({len(value)} bytes)"
+        shown[name.decode("utf-8", errors="replace")] = redact_text(text)
+    return shown
 
 
 def _public_params(params: Mapping[str, Any]) -> Any:
@@ -100,6 +118,7 @@ def add_operation_routes(  # noqa: PLR0915 - one route per statement group; kept
                 "dead_at": letter.dead_at.isoformat(),
                 "request": letter.request.model_dump(mode="json") if letter.request is not None else None,
                 "decode_error": letter.decode_error,
+                "fields": _preview(letter.fields) if letter.request is None else None,
             }
             for letter in letters
         ]
