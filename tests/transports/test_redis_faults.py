@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import re
 import time
 from collections.abc import AsyncIterator
 
@@ -122,24 +124,34 @@ async def test_flushall_recreates_the_group_and_carries_on(redis_server: RedisSe
         await transport.aclose()
 
 
-async def test_read_waits_out_an_outage_without_spinning(redis_server: RedisServer) -> None:
+async def test_read_waits_out_an_outage_without_spinning(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A read waits the outage out, retrying with capped backoff, and says when Redis answers again."""
     transport = RedisStreamsTransport.from_url(redis_server.url)
     try:
         await transport.ensure_group(STREAM, "workers")
         redis_server.kill()
-        reading = asyncio.create_task(transport.read(subscription(), 1))
-        await wait_until(lambda: transport.stats.reconnects >= 3, what="a few reconnect attempts")
-        outage_started = time.monotonic()
-        await wait_until(lambda: time.monotonic() - outage_started > 1.0, what="one second of outage")
-        attempts = transport.stats.reconnects
-        redis_server.start()
-        await transport.publish(STREAM, event(7))
-        (delivery,) = await asyncio.wait_for(reading, 15)
+        with caplog.at_level(logging.INFO, logger="dynamic_agents.transports"):
+            reading = asyncio.create_task(transport.read(subscription(), 1))
+            await wait_until(lambda: transport.stats.reconnects >= 3, what="a few reconnect attempts")
+            outage_started = time.monotonic()
+            await wait_until(lambda: time.monotonic() - outage_started > 1.0, what="one second of outage")
+            attempts = transport.stats.reconnects
+            redis_server.start()
+            await transport.publish(STREAM, event(7))
+            (delivery,) = await asyncio.wait_for(reading, 15)
         assert delivery.event.content == "message 7"
     finally:
         await transport.aclose()
     # Capped exponential backoff: a busy loop would make thousands of attempts in a second.
     assert attempts < 40
+    (recovered,) = [r for r in caplog.records if "answered again" in r.getMessage()]
+    assert recovered.levelno == logging.INFO
+    assert re.fullmatch(
+        rf"reading {STREAM!r}: Redis answered again after \d+ failed attempts? \(\d+\.\d s\)",
+        recovered.getMessage(),
+    )
 
 
 async def test_other_operations_give_up_with_a_transport_error(redis_server: RedisServer) -> None:
@@ -150,6 +162,28 @@ async def test_other_operations_give_up_with_a_transport_error(redis_server: Red
             await transport.publish(STREAM, event(0))
     finally:
         await transport.aclose()
+
+
+async def test_a_publish_retried_through_an_outage_says_when_redis_answered_again(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    transport = RedisStreamsTransport.from_url(redis_server.url, retry_deadline=30, retry_cap=0.2)
+    try:
+        await transport.ensure_group(STREAM, "workers")
+        redis_server.kill()
+        with caplog.at_level(logging.INFO, logger="dynamic_agents.transports"):
+            publishing = asyncio.create_task(transport.publish(STREAM, event(1)))
+            await wait_until(lambda: transport.stats.reconnects >= 2, what="retries of the publish")
+            redis_server.start()
+            await asyncio.wait_for(publishing, 15)
+    finally:
+        await transport.aclose()
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "retrying" in r.getMessage()]
+    (recovered,) = [r for r in caplog.records if "answered again" in r.getMessage()]
+    assert recovered.levelno == logging.INFO
+    assert recovered.getMessage().startswith(
+        f"publish to {STREAM!r}: Redis answered again after {len(warnings)} failed attempts ("
+    )
 
 
 async def test_a_hung_server_is_unreachable_after_the_operation_timeout(redis_server: RedisServer) -> None:

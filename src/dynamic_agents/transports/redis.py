@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 import weakref
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping, Sequence
@@ -219,7 +220,8 @@ async def _retrying(
     is bounded by the pipeline already, so its attempts get no timeout of their own here."""
     pipelined = failed is not None
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + policy.deadline
+    started = loop.time()
+    deadline = started + policy.deadline
     failures = 0
     while True:
         try:
@@ -227,9 +229,10 @@ async def _retrying(
                 error, failed = failed, None
                 raise error
             if pipelined:
-                return await operation()
-            async with asyncio.timeout(policy.timeout + blocks):
-                return await operation()
+                result = await operation()
+            else:
+                async with asyncio.timeout(policy.timeout + blocks):
+                    result = await operation()
         except TransportError:  # our own (a reply of an unexpected shape…): not worth a retry
             raise
         except PipelineClosedError as error:
@@ -246,6 +249,18 @@ async def _retrying(
             await asyncio.sleep(delay)
         except redis_errors.ResponseError as error:
             raise TransportError(f"{what} failed: {error}") from error
+        else:
+            if failures:
+                _answered_again(what, failures, loop.time() - started)
+            return result
+
+
+def _answered_again(what: str, failures: int, seconds: float) -> None:
+    """Each failed attempt of a call was a warning: say the outage is over for it."""
+    plural = "" if failures == 1 else "s"
+    logger.info(
+        "%s: Redis answered again after %d failed attempt%s (%.1f s)", what, failures, plural, seconds
+    )
 
 
 class RedisStreamsTransport(Transport):
@@ -462,7 +477,7 @@ class RedisStreamsTransport(Transport):
     ) -> list[Delivery[E]]:
         if count <= 0:
             return []
-        failures = 0
+        failures, failing_since = 0, 0.0
         while True:
             self._check_open(f"reading {subscription.stream!r}")  # (closed while it waited to retry)
             bound = self._retry.timeout + max(subscription.block, 0.0)
@@ -472,6 +487,8 @@ class RedisStreamsTransport(Transport):
             except TransportError:  # our own (a reply of an unexpected shape…): not worth a retry
                 raise
             except _CONNECTION_ERRORS as error:  # (asyncio's TimeoutError is an OSError)
+                if not failures:
+                    failing_since = time.monotonic()
                 failures += 1
                 delay = self._backoff.compute(failures)
                 self.stats.reconnects += 1
@@ -490,6 +507,10 @@ class RedisStreamsTransport(Transport):
                 await self.ensure_group(subscription.stream, subscription.group)
                 self.stats.groups_recreated += 1
                 continue
+            if failures:
+                _answered_again(
+                    f"reading {subscription.stream!r}", failures, time.monotonic() - failing_since
+                )
             self.stats.delivered += len(deliveries)
             return await settle_undecodable(self, subscription, deliveries)
 
