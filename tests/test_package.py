@@ -10,10 +10,13 @@ import pickle
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from types import FunctionType, ModuleType
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 import dynamic_agents
 from dynamic_agents import exceptions
@@ -75,6 +78,39 @@ def test_version_is_defined_once_and_matches_the_metadata() -> None:
     assert dynamic_agents.__version__ == version("dynamic-agents")
     pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
     assert 'dynamic = ["version"]' in pyproject
+
+
+def _pins(path: Path) -> dict[str, str]:
+    lines = (line.strip() for line in path.read_text().splitlines())
+    return {
+        canonicalize_name(name): version
+        for name, _, version in (line.partition("==") for line in lines if line and not line.startswith("#"))
+    }
+
+
+def test_the_declared_floors_are_the_versions_bash_ci_lowest_tests() -> None:
+    """Each `>=` floor in pyproject.toml is the exact version `.ci/lowest` installs: the core and
+    redis floors in the first constraints file, the other extras' in the second."""
+    root = Path(__file__).parents[1]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    core = _pins(root / ".ci/lowest-constraints.txt")
+    extras = _pins(root / ".ci/lowest-constraints-agents.txt")
+    declared = [(req, core) for req in project["dependencies"] + project["optional-dependencies"]["redis"]]
+    declared += [
+        (req, extras)
+        for extra in ("agents", "postgres", "api", "otel")
+        for req in project["optional-dependencies"][extra]
+    ]
+    floors = {}
+    for text, pins in declared:
+        requirement = Requirement(text)
+        for specifier in requirement.specifier:
+            if specifier.operator == ">=":
+                floors[requirement.name] = (specifier.version, pins.get(canonicalize_name(requirement.name)))
+    assert len(floors) == 16  # every dependency but the dynamic-agents[agents] of the api extra
+    assert {name: floor for name, (floor, _) in floors.items()} == {
+        name: pinned for name, (_, pinned) in floors.items()
+    }
 
 
 @pytest.mark.parametrize(
