@@ -107,7 +107,7 @@ def test_the_declared_floors_are_the_versions_bash_ci_lowest_tests() -> None:
         for specifier in requirement.specifier:
             if specifier.operator == ">=":
                 floors[requirement.name] = (specifier.version, pins.get(canonicalize_name(requirement.name)))
-    assert len(floors) == 16  # every dependency but the dynamic-agents[agents] of the api extra
+    assert len(floors) == 15  # every dependency but the dynamic-agents[agents] of the api extra
     assert {name: floor for name, (floor, _) in floors.items()} == {
         name: pinned for name, (_, pinned) in floors.items()
     }
