@@ -515,6 +515,43 @@ async def test_a_stream_dropped_part_read_closes_the_providers_stream(
     await asyncio.wait_for(provider.closed.wait(), 10)  # closed on the loop, soon after
 
 
+class StalledChunks(RecordingChunks):
+    """A provider's stream whose next chunk never comes (a slow model)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = asyncio.Event()
+
+    async def __anext__(self) -> str:
+        self.waiting.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+async def test_a_stream_whose_reader_is_cancelled_mid_read_closes_the_providers_stream(
+    tracer_provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    """How a run is usually cut short (its timeout, a cancel request, a stop): the task reading the
+    stream is cancelled while it waits for a chunk. The provider's stream (its HTTP response) is
+    closed then, not left to the garbage collector or to nobody."""
+    provider = StalledChunks()
+    with Tracing(tracer_provider).llm_call("g") as call:
+        stream = call.done(provider, stream=True)
+
+    async def read_all() -> None:
+        async for _ in stream:
+            pass
+
+    reader = asyncio.ensure_future(read_all())
+    await asyncio.wait_for(provider.waiting.wait(), 10)
+    reader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reader
+    await asyncio.wait_for(provider.closed.wait(), 10)
+    (chat,) = exporter.get_finished_spans()
+    assert (chat.attributes or {})["dynamic_agents.stream.consumed"] is False
+
+
 async def test_an_async_generator_stream_dropped_part_read_is_closed(
     tracer_provider: TracerProvider, exporter: InMemorySpanExporter
 ) -> None:

@@ -556,21 +556,26 @@ async def test_a_request_whose_hook_ignored_its_cancellation_is_not_run(backend:
     stubborn, handled = _StubbornHook(hook), Handled()
     w = worker(transport, FunctionExecutor(record), abandon_after=0.1)
     w.hooks.extend([stubborn, handled])
-    await transport.publish(backend.names.requests, request_event(backend.names, "first"))
+    await transport.publish(backend.names.requests, request_event(backend.names, "warm-up", session="s0"))
     await w.__aenter__()
+    stubborn.finish.set()  # the warm-up goes through (its read loads the claim-on-read script on Redis)
+    await wait_for(lambda: _async(len(handled.errors) == 1))
+    stubborn.finish.clear()
+    stubborn.entered.clear()
+    await transport.publish(backend.names.requests, request_event(backend.names, "first"))
     try:
         await asyncio.wait_for(stubborn.entered.wait(), 5)
         await w.stop(grace=0)  # cancels the handler; the hook goes on: abandoned
     finally:
         stubborn.finish.set()
-    await wait_for(lambda: _async(len(handled.errors) == 1))
-    assert isinstance(handled.errors[0], asyncio.CancelledError)
-    assert ran == []
-    assert await replies(transport, backend.names) == []
+    await wait_for(lambda: _async(len(handled.errors) == 2))
+    assert isinstance(handled.errors[1], asyncio.CancelledError)
+    assert ran == ["warm-up"]
+    assert await other.coordinator().holder("s1") is None  # no lease left behind: claimed on read or not
+    assert [r.content for r in await replies(transport, backend.names)] == ["echo: warm-up"]
     await worker(other, FunctionExecutor(record), consumer="rescuer").run_until_idle()
-    assert ran == ["first"]
-    (reply,) = await replies(transport, backend.names)
-    assert reply.content == "echo: first"
+    assert ran == ["warm-up", "first"]
+    assert [r.content for r in await replies(transport, backend.names)] == ["echo: warm-up", "echo: first"]
 
 
 @pytest.mark.parametrize("abandoned", [False, True], ids=["returns", "abandoned"])

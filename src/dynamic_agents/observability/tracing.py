@@ -240,9 +240,12 @@ class TracedStream:
         except StopAsyncIteration:
             self._end(consumed=True)
             raise
-        except BaseException as error:
+        except BaseException as error:  # cancelled (a run's timeout, a stop) or failed mid-read
             fail_span(self._span, error)
             self._end(consumed=False)
+            close = getattr(self._stream, "aclose", None)
+            if close is not None:  # its HTTP response too; not awaited here: the error goes on at once
+                _close_dropped(close)
             raise
         if getattr(chunk, "usage", None) is not None:
             _record_response(self._span, chunk)

@@ -466,8 +466,6 @@ class AgentWorker:
         failure: BaseException | None = None
         try:
             bind_ids(request_id=event.id, session_id=event.session_id)  # this task is this request's
-            if self.hooks:
-                await self._call_hooks_before_run("on_received", delivery)
             await self._process(delivery, event, previous, read_at)
         except (asyncio.CancelledError, RunLostError) as error:
             failure = error
@@ -505,8 +503,17 @@ class AgentWorker:
         previous: asyncio.Future[None] | None,
         read_at: float,
     ) -> None:
-        if delivery.delivery_count > 1 and await self._settled_redelivery(delivery, event):
-            return
+        if self.hooks or delivery.delivery_count > 1:  # steps before the turn takes the read's claim
+            try:
+                if self.hooks:
+                    await self._call_hooks_before_run("on_received", delivery)
+                settled = delivery.delivery_count > 1 and await self._settled_redelivery(delivery, event)
+            except BaseException:  # cancelled (stopping): the lease claimed with the read goes back too
+                await self._give_back_read_claim(delivery)
+                raise
+            if settled:
+                await self._give_back_read_claim(delivery)
+                return
         turn = await self._take_turn(delivery, event, previous, read_at)
         if turn is None:
             return
@@ -646,6 +653,10 @@ class AgentWorker:
         return await self.coordinator.claim(
             event.session_id, [item.event.id for item in batch], self.settings.lease_ttl
         )
+
+    async def _give_back_read_claim(self, delivery: Delivery[AgentRequestEvent]) -> None:
+        if delivery.claim is not None:
+            await self._give_back(delivery.claim)
 
     async def _give_back(self, claim: Claim) -> None:
         if claim.lease is not None:
