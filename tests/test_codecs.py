@@ -29,6 +29,7 @@ from dynamic_agents.exceptions import (
     EventValidationError,
     UnsupportedSchemaVersionError,
 )
+from dynamic_agents.secrets import MASK, SecretValue
 
 CODEC = EventCodec()
 
@@ -74,6 +75,22 @@ def test_wrong_types_name_each_field_and_value() -> None:
     assert locations == {"user_id", "attachments"}
     assert "user_id" in str(caught.value)
     assert "42" in str(caught.value)
+
+
+def test_a_bad_value_quoted_by_an_error_has_its_keys_and_secrets_masked() -> None:
+    """A decode error ends up in logs, in dead-letter reasons and in the REST API: the value it
+    quotes is masked as any error text is (a key-shaped word, a registered secret), before it is
+    cut, so not even a key's first characters show."""
+    key = "sk-proj-" + "Q7w" * 12
+    registered = SecretValue("tail-of-a-registered-secret-" + "x1y2" * 5)
+    body = json.dumps(valid_body(user_id={"k": key}, user_name=["a" * 30 + registered.reveal()])).encode()
+    with pytest.raises(EventValidationError) as caught:
+        CODEC.decode_json(body, AgentRequestEvent)
+    text = str(caught.value)
+    assert {error.location for error in caught.value.errors} == {"user_id", "user_name"}
+    assert "Q7wQ7w" not in text
+    assert "tail-of-a" not in text
+    assert MASK in text
 
 
 def test_missing_required_fields_are_listed() -> None:

@@ -34,7 +34,7 @@ from dynamic_agents.exceptions import (
 )
 from dynamic_agents.llm import RouterConfig, build_router
 from dynamic_agents.operations import DeadLetters
-from dynamic_agents.secrets import MASK, SecretKey, SecretsManager, StaticSource
+from dynamic_agents.secrets import MASK, SecretKey, SecretsManager, SecretValue, StaticSource
 from dynamic_agents.testing import InMemoryServer, InMemoryTransport, ScriptedModels, mock_llm_router
 from dynamic_agents.transports import Subscription
 from tests.api.support import (
@@ -1036,20 +1036,41 @@ async def test_a_dead_letter_that_did_not_decode_shows_a_preview_of_its_fields(s
     stream = transport.names.requests
     await transport.ensure_group(stream, "workers")
     canary = "sk-proj-" + "Q7w" * 12
-    junk = {"__data__": b"not json: " + canary.encode(), "blob": b"\xff" + b"word " * 1000}
+    registered = SecretValue("registered-secret-" + "z9" * 10)  # a known secret, across the cut
+    junk = {
+        "__data__": b"not json: " + canary.encode(),
+        "blob": b"\xff" + b"word " * 1000,
+        "across": b"w " * 495 + registered.reveal().encode(),
+        canary: b"a key as a field name",
+        "name " * 60: b"a long name",
+        **{f"f{n}": b"more" for n in range(60)},
+    }
     await transport.publish_fields(stream, junk)
-    (delivery,) = await transport.read(Subscription(stream, "workers", "w1", AgentRequestEvent, block=0), 1)
-    assert delivery.settled  # dead-lettered by the transport as it read it
+    # and an entry that is JSON, whose invalid field quotes the key
+    bad = {"source": "discord", "source_id": "c", "user_id": {"k": canary}, "content": "hi"}
+    await transport.publish_fields(stream, {"__data__": json.dumps(bad).encode()})
+    deliveries = await transport.read(Subscription(stream, "workers", "w1", AgentRequestEvent, block=0), 2)
+    assert all(delivery.settled for delivery in deliveries)  # dead-lettered by the transport as it read them
     await dead_letter(transport)  # one that decoded, for comparison
 
     response = await stack.client.get(f"{V1}/dead-letters")
-    assert canary not in response.text
-    undecodable, decoded = response.json()
+    assert "Q7wQ7w" not in response.text
+    assert "z9z9" not in response.text
+    undecodable, invalid, decoded = response.json()
     assert undecodable["request"] is None
     assert undecodable["decode_error"]
     preview = undecodable["fields"]
     assert preview["__data__"] == f"not json: {MASK}"
     assert preview["blob"] == ("\ufffd" + "word " * 200)[:1000] + "… (5001 bytes)"
+    assert preview["across"].startswith("w " * 495 + MASK[:10])
+    assert preview[MASK] == "a key as a field name"
+    assert preview[("name " * 60)[:100]] == "a long name"
+    assert len(preview) == 51
+    assert preview["…"] == f"{len(junk) - 50} more fields not shown"
+    assert invalid["request"] is None
+    assert "user_id" in invalid["decode_error"]
+    assert MASK in invalid["decode_error"]
+    assert "user_id" in invalid["reason"]
     assert decoded["fields"] is None
 
 

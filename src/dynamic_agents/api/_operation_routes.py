@@ -44,19 +44,41 @@ register_url_convertor("dynamic_agents_request_id", _RequestIdConvertor())
 
 PREVIEW_CHARS: Final = 1000
 """How much of each field of a dead letter that did not decode the list shows."""
+PREVIEW_NAME_CHARS: Final = 100
+PREVIEW_FIELDS: Final = 50
+"""How many of its fields the list shows (the others are counted)."""
+MORE_FIELDS: Final = "…"
+"""The key under which the list says how many fields it did not show."""
 
 
 def _preview(fields: Mapping[bytes, bytes]) -> dict[str, str]:
-    """The fields of an entry that did not decode, for a person to see why: as text (bytes that are
-    no UTF-8 replaced), each cut to :data:`PREVIEW_CHARS` with its size in bytes, anything shaped
-    like a key masked (the entry may hold anything)."""
+    """The fields of an entry that did not decode, for a person to see why: names and values as
+    text (bytes that are no UTF-8 replaced), anything shaped like a key or a registered secret
+    masked (the entry may hold anything), then cut — a value to :data:`PREVIEW_CHARS` with its
+    size in bytes, a name to :data:`PREVIEW_NAME_CHARS` — and at most :data:`PREVIEW_FIELDS`
+    fields, the rest counted under :data:`MORE_FIELDS`."""
     shown = {}
-    for name, value in fields.items():
-        text = value.decode("utf-8", errors="replace")
-        if len(text) > PREVIEW_CHARS:
+    for name, value in list(fields.items())[:PREVIEW_FIELDS]:
+        text = _masked(value, PREVIEW_CHARS)
+        if len(text) > PREVIEW_CHARS or len(value) > _read_of(PREVIEW_CHARS):
             text = f"{text[:PREVIEW_CHARS]}… ({len(value)} bytes)"
-        shown[name.decode("utf-8", errors="replace")] = redact_text(text)
+        shown[_masked(name, PREVIEW_NAME_CHARS)[:PREVIEW_NAME_CHARS]] = text
+    if len(fields) > PREVIEW_FIELDS:
+        shown[MORE_FIELDS] = f"{len(fields) - PREVIEW_FIELDS} more fields not shown"
     return shown
+
+
+def _read_of(shown: int) -> int:
+    """How many bytes of a value are masked to show ``shown`` characters of it: room for a
+    secret across the cut, and for characters of up to 4 bytes."""
+    return 4 * shown + 256
+
+
+def _masked(data: bytes, shown: int) -> str:
+    """The start of ``data`` as text, masked before it is cut to ``shown`` characters (a secret
+    across the cut would otherwise lose its match and show its start); only what can be shown is
+    masked, so a huge value costs no more than a short one."""
+    return redact_text(data[: _read_of(shown)].decode("utf-8", errors="replace"))
 
 
 def _public_params(params: Mapping[str, Any]) -> Any:
@@ -110,14 +132,14 @@ def add_operation_routes(  # noqa: PLR0915 - one route per statement group; kept
         return [
             {
                 "id": letter.id,
-                "reason": letter.reason,
+                "reason": redact_text(letter.reason),  # both may quote the entry's values
                 "kind": letter.kind,
                 "origin_stream": letter.origin_stream,
                 "origin_entry_id": letter.origin_entry_id,
                 "delivery_count": letter.delivery_count,
                 "dead_at": letter.dead_at.isoformat(),
                 "request": letter.request.model_dump(mode="json") if letter.request is not None else None,
-                "decode_error": letter.decode_error,
+                "decode_error": redact_text(letter.decode_error) if letter.decode_error else None,
                 "fields": _preview(letter.fields) if letter.request is None else None,
             }
             for letter in letters

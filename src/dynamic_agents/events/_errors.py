@@ -23,8 +23,14 @@ VALUE_PREVIEW: Final = 60
 
 
 def preview(value: Any) -> str:
-    """``value``'s repr, cut to :data:`VALUE_PREVIEW` characters."""
-    text = repr(value)
+    """``value``'s repr, masked as error text is (a key-shaped word, a registered secret, a URL's
+    password) and cut to :data:`VALUE_PREVIEW` characters: an event error reaches logs, dead-letter
+    reasons and the REST API, and the value is a sender's (it may hold anything)."""
+    from dynamic_agents._redaction import redact_text  # on the error path only: events import light
+
+    # masked before the cut, so a secret across it is still whole (the first ~240 characters are
+    # enough for the 60 shown, and keep the masking of a huge value cheap)
+    text = redact_text(repr(value)[: 4 * VALUE_PREVIEW])
     return text if len(text) <= VALUE_PREVIEW else f"{text[: VALUE_PREVIEW - 3]}..."
 
 
