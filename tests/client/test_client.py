@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import math
 from collections.abc import AsyncIterator
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 from dynamic_agents.client import AgentClient
+from dynamic_agents.client import client as client_module
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, StreamNames, Target, TargetType
 from dynamic_agents.exceptions import (
     ConfigurationError,
@@ -565,6 +567,37 @@ async def test_responses_closed_mid_batch_hands_back_the_replies_it_never_yielde
         await client.ack(*later)
         await replies.aclose()
     assert await transport.pending(stream, "gateway") == []
+    await transport.aclose()
+
+
+async def test_closing_responses_while_the_broker_does_not_answer_is_bounded(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Handing the unyielded replies back must not hold a closing gateway (nor asyncio.run's
+    shutdown) for the transport's retry deadline (30 s on Redis) when the broker is away: it gives
+    up after HAND_BACK_WITHIN, says so, and the replies come back after claim_min_idle instead."""
+    transport = InMemoryTransport(names=StreamNames("client"))
+    stream = transport.names.responses("discord", "555")
+    for n in range(3):
+        await transport.publish(stream, AgentResponseEvent(request_id=f"r{n}", content=f"answer {n}"))
+    released: list[str] = []
+
+    async def hung(delivery: Any, **kwargs: Any) -> bool:
+        released.append(delivery.entry_id)
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    monkeypatch.setattr(client_module, "HAND_BACK_WITHIN", 0.05)
+    async with AgentClient(transport, block=0.05) as client:
+        replies = client.responses([stream], group="gateway", consumer="g1")
+        await asyncio.wait_for(anext(replies), 10)
+        monkeypatch.setattr(transport, "release", hung)
+        with caplog.at_level(logging.WARNING, logger="dynamic_agents.client"):
+            async with asyncio.timeout(30):  # expiring here would end the test with a TimeoutError
+                await replies.aclose()
+    assert len(released) == 2  # both asked for at once, not one after the other
+    assert "could not hand back 2 reply entries of" in caplog.text
+    assert len(await transport.pending(stream, "gateway")) == 3  # left to claim_min_idle
     await transport.aclose()
 
 

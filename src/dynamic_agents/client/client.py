@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from pydantic import ValidationError
 
@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 __all__ = ["AgentClient"]
 
 logger = get_logger("client")
+
+HAND_BACK_WITHIN: Final = 5.0
+"""Seconds a closing :meth:`AgentClient.responses` tries to hand back the replies it had not yielded."""
 
 
 @dataclass(slots=True)
@@ -310,17 +313,27 @@ class AgentClient:
                 await asyncio.sleep(wait)
 
     async def _hand_back(self, deliveries: Sequence[Delivery[AgentResponseEvent]]) -> None:
-        for delivery in deliveries:
-            try:
-                await self.transport.release(delivery)
-            except Exception as error:  # closing must not fail: the reply comes back when idle anyway
-                logger.warning(
-                    "could not hand back reply entry %s of %s (%s); it is redelivered after claim_min_idle",
-                    delivery.entry_id,
-                    delivery.stream,
-                    type(error).__name__,
+        """Give replies read but not yielded back to the group, all at once (one round trip on
+        Redis) and for :data:`HAND_BACK_WITHIN` seconds at most: closing must neither fail nor wait
+        out a broker that is away (the transport's retry deadline); the replies come back after
+        ``claim_min_idle`` anyway."""
+        if not deliveries:
+            return
+        try:
+            async with asyncio.timeout(HAND_BACK_WITHIN):
+                results = await asyncio.gather(
+                    *(self.transport.release(delivery) for delivery in deliveries), return_exceptions=True
                 )
-                return
+            failure = next((type(r).__name__ for r in results if isinstance(r, BaseException)), None)
+        except TimeoutError:
+            failure = f"no answer within {HAND_BACK_WITHIN} s"
+        if failure is not None:
+            logger.warning(
+                "could not hand back %d reply entries of %s (%s); they are redelivered after claim_min_idle",
+                len(deliveries),
+                deliveries[0].stream,
+                failure,
+            )
 
     async def cancel(self, request_id: str) -> None:
         """Cancel a request from any process: the worker running it (or about to) stops it and

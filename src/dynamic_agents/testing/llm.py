@@ -6,8 +6,9 @@ Each model group gets one deployment per reply given (so ``["A", "B"]`` load-bal
 a reply may also be one of litellm's error strings (``"litellm.RateLimitError"``,
 ``"litellm.InternalServerError"``, ``"litellm.ContextWindowExceededError"``). Other
 ``RouterConfig`` fields go in ``**settings`` (``fallbacks=…``). ``delay=`` (seconds) makes every call
-wait that long before answering (litellm's ``mock_delay``, an ``asyncio.sleep``): for tests of what
-happens while a model is answering, such as a double text or a cancellation.
+wait that long before answering (litellm's ``mock_delay``: awaited by the async calls, a blocking
+``time.sleep`` in the sync ``completion``): for tests of what happens while a model is answering,
+such as a double text or a cancellation.
 
 An empty reply cannot be mocked this way (litellm sends a request whose ``mock_response`` is empty to
 the provider): script one with ``FakeOpenAI([""])`` instead.
