@@ -1,0 +1,101 @@
+"""The shared checks of numeric and choice settings: each bound holds exactly where documented, and
+a refusal names the setting, the value and what is valid."""
+
+from __future__ import annotations
+
+import math
+from enum import StrEnum
+
+import pytest
+from pydantic import BaseModel, ValidationError
+
+from dynamic_agents._validation import check_choice, check_count, check_seconds, invalid_fields
+from dynamic_agents.exceptions import ConfigurationError
+
+
+class Colour(StrEnum):
+    RED = "red"
+    BLUE = "blue"
+
+
+def test_check_seconds_refuses_none_unless_optional() -> None:
+    refusal = r"^timeout must be a finite number of seconds > 0, got None$"
+    with pytest.raises(ConfigurationError, match=refusal):
+        check_seconds("timeout", None)
+    assert check_seconds("timeout", None, optional=True) is None
+
+
+def test_check_seconds_says_none_is_valid_only_when_it_is() -> None:
+    with pytest.raises(ConfigurationError, match=r"^ttl must be .* > 0 \(or None\), got -1$"):
+        check_seconds("ttl", -1, optional=True)
+    with pytest.raises(ConfigurationError) as refused:
+        check_seconds("ttl", -1)
+    assert "(or None)" not in str(refused.value)
+
+
+def test_check_seconds_bounds() -> None:
+    assert check_seconds("block", 0, zero=True) == 0.0
+    assert check_seconds("block", 2) == 2.0
+    assert isinstance(check_seconds("block", 2), float)
+    assert check_seconds("wait", math.inf, forever=True) == math.inf
+    with pytest.raises(ConfigurationError, match=r"^block must be a finite number of seconds > 0, got 0$"):
+        check_seconds("block", 0)
+    refusal = r"^wait must be a number of seconds \(math.inf: no limit\) > 0, got -inf$"
+    with pytest.raises(ConfigurationError, match=refusal):
+        check_seconds("wait", -math.inf, forever=True)
+
+
+def test_check_count_accepts_exactly_its_minimum() -> None:
+    assert check_count("concurrency", 1) == 1
+    assert check_count("retries", 0, minimum=0) == 0
+    with pytest.raises(ConfigurationError, match=r"^concurrency must be a whole number > 0, got 0$"):
+        check_count("concurrency", 0)
+    with pytest.raises(ConfigurationError, match=r"^retries must be a whole number >= 0, got -1$"):
+        check_count("retries", -1, minimum=0)
+
+
+def test_check_count_refuses_none_unless_optional() -> None:
+    with pytest.raises(ConfigurationError, match=r"^maxlen must be a whole number > 0, got None$"):
+        check_count("maxlen", None)
+    assert check_count("maxlen", None, optional=True) is None
+    with pytest.raises(ConfigurationError, match=r"^maxlen must be a whole number > 0 \(or None\), got 0$"):
+        check_count("maxlen", 0, optional=True)
+
+
+def test_check_count_takes_a_whole_float_as_an_int() -> None:
+    value = check_count("batch_size", 5.0)
+    assert value == 5
+    assert type(value) is int
+    with pytest.raises(ConfigurationError, match=r"got 5.5$"):
+        check_count("batch_size", 5.5)
+
+
+def test_check_choice_keeps_a_member_and_converts_its_text() -> None:
+    assert check_choice("colour", Colour.BLUE, Colour) is Colour.BLUE
+    assert check_choice("colour", "red", Colour) is Colour.RED
+    with pytest.raises(ConfigurationError, match=r"^colour must be one of 'red', 'blue', got 'green'$"):
+        check_choice("colour", "green", Colour)
+    with pytest.raises(ConfigurationError, match=r"^colour must be one of 'red', 'blue', got 1$"):
+        check_choice("colour", 1, Colour)
+
+
+class _Shape(BaseModel):
+    size: int
+    name: str
+
+
+def test_invalid_fields_names_each_field_and_why_without_the_values() -> None:
+    with pytest.raises(ValidationError) as error:
+        _Shape.model_validate({"size": "sk-not-a-number", "name": 3})
+    assert invalid_fields(error.value, "the shape") == (
+        "size: Input should be a valid integer, unable to parse string as an integer; "
+        "name: Input should be a valid string"
+    )
+
+
+def test_invalid_fields_names_an_error_of_the_whole_input() -> None:
+    with pytest.raises(ValidationError) as error:
+        _Shape.model_validate("not a mapping")
+    assert invalid_fields(error.value, "the shape") == (
+        "the shape: Input should be a valid dictionary or instance of _Shape"
+    )
