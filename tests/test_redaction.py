@@ -1,0 +1,145 @@
+"""The redactor and masking functions at their edges: the shortest value masked, a value containing
+another, credentials in a URL written with another percent-encoding, an unparseable URL."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from dynamic_agents._redaction import (
+    MASK,
+    MIN_REDACTED_LENGTH,
+    REDACTOR,
+    RedactingFilter,
+    Redactor,
+    masked_url,
+    protect_loggers,
+    redact_text,
+)
+
+
+def test_values_from_the_minimum_length_on_are_masked_shorter_ones_are_not() -> None:
+    redactor = Redactor()
+    shortest, short = "a" * MIN_REDACTED_LENGTH, "b" * (MIN_REDACTED_LENGTH - 1)
+    redactor.register(shortest)
+    redactor.register(short)
+    assert shortest in redactor
+    assert short not in redactor
+    assert len(redactor) == 1
+    assert redactor.redact(f"x {shortest} {short} x") == f"x {MASK} {short} x"
+    assert MIN_REDACTED_LENGTH == 6
+
+
+def test_a_value_registered_twice_counts_once() -> None:
+    redactor = Redactor()
+    redactor.register("canary-twice")
+    redactor.register("canary-twice")
+    assert len(redactor) == 1
+    assert repr(redactor) == "Redactor(1 values)"
+
+
+def test_a_value_containing_another_is_masked_whole() -> None:
+    """Longest first: masking the shorter value first would leave the rest of the longer one."""
+    for order in (("canary-in", "canary-in-a-longer-one"), ("canary-in-a-longer-one", "canary-in")):
+        redactor = Redactor()
+        for value in order:
+            redactor.register(value)
+        assert redactor.redact("key canary-in-a-longer-one") == f"key {MASK}"
+
+
+def test_a_query_credential_is_registered_as_written_in_the_url_too() -> None:
+    """Percent-encoding is not unique (``%2f`` and ``%2F``, ``%20`` and ``+``): the value as the URL
+    writes it is registered besides its decoded form, so a log line quoting the URL's query masks it."""
+    raw = f"canary%2f{uuid.uuid4().hex}%20x"
+    assert masked_url(f"https://h.test/v1?key={raw}") == f"https://h.test/v1?key={MASK}"
+    assert REDACTOR.redact(raw) == MASK
+    assert REDACTOR.redact(f"GET ?key={raw}") == f"GET ?key={MASK}"
+
+
+def test_a_password_is_registered_as_written_in_the_url_too() -> None:
+    raw = f"canary%2f{uuid.uuid4().hex}"
+    assert masked_url(f"redis://:{raw}@cache:6379/0") == f"redis://:{MASK}@cache:6379/0"
+    assert REDACTOR.redact(f"connecting to :{raw}@cache") == f"connecting to :{MASK}@cache"
+
+
+def test_an_unparseable_url_has_its_userinfo_and_query_credentials_masked() -> None:
+    """``urlsplit`` refuses a URL with a broken IPv6 host: whatever userinfo it may hold is hidden,
+    and its query and fragment are masked as in any URL."""
+    assert masked_url("https://user:pw-canary@[::1/x?key=canary-q&a=1#token=canary-f", register=False) == (
+        f"https://{MASK}@[::1/x?key={MASK}&a=1#token={MASK}"
+    )
+    assert masked_url("https://[::1/x?a=1", register=False) == "https://[::1/x?a=1"
+    assert masked_url("https://[::1/x", register=False) == "https://[::1/x"
+
+
+def test_redact_text_masks_an_unparseable_url_in_text() -> None:
+    assert redact_text("GET https://u:canary-pw@[::1/x failed") == f"GET https://{MASK}@[::1/x failed"
+
+
+def test_key_shapes_start_at_their_documented_lengths() -> None:
+    """A known prefix with 16 characters after it; a run of 20 letters and digits mixed; a run of
+    32 with no separator at all. One character fewer is a word."""
+    from dynamic_agents._redaction import looks_like_a_key
+
+    assert looks_like_a_key("sk-" + "a" * 16)
+    assert not looks_like_a_key("sk-" + "a" * 15)
+    assert looks_like_a_key("a1" * 10)
+    assert not looks_like_a_key("a1" * 9 + "a")
+    assert not looks_like_a_key("a" * 20)  # letters only: no key until the long run
+    assert not looks_like_a_key("1" * 20)  # digits only: an id, not a key
+    assert looks_like_a_key("a" * 32)
+    assert not looks_like_a_key("a" * 31)
+    assert not looks_like_a_key("OPENAI_API_KEY_" + "a1" * 9 + "a")
+
+
+def _record(message: str, *args: object) -> logging.LogRecord:
+    return logging.LogRecord("dynamic_agents.test", logging.WARNING, __file__, 1, message, args, None)
+
+
+def test_the_filter_passes_every_record_with_or_without_values_to_mask() -> None:
+    record = _record("plain %s", "text")
+    assert RedactingFilter(Redactor()).filter(record) is True
+    assert (record.msg, record.args) == ("plain %s", ("text",))  # nothing registered: left as it is
+    redactor = Redactor()
+    redactor.register("canary-filter-0")
+    assert RedactingFilter(redactor).filter(_record("plain")) is True
+
+
+def test_the_filter_masks_a_secret_in_a_message_without_arguments() -> None:
+    redactor = Redactor()
+    redactor.register("canary-filter-1")
+    record = _record("token canary-filter-1 refused")
+    assert RedactingFilter(redactor).filter(record)
+    assert record.getMessage() == f"token {MASK} refused"
+
+
+def test_arguments_that_do_not_fit_are_masked_one_by_one_whatever_their_shape() -> None:
+    """The handler reports such a record with its arguments: a tuple stays a tuple of masked
+    texts, a mapping a mapping, anything else one masked text."""
+    redactor = Redactor()
+    redactor.register("canary-args-1")
+    as_tuple = _record("%d tries with %s", "canary-args-1", 3)
+    as_mapping = _record("%(n)d tries", {"n": "canary-args-1"})
+    as_list = _record("%d tries", 1)
+    as_list.args = ["canary-args-1"]  # type: ignore[assignment]  # a caller's own record
+    for record in (as_tuple, as_mapping, as_list):
+        assert RedactingFilter(redactor).filter(record)
+    assert as_tuple.args == (MASK, "3")
+    assert as_mapping.args == {"n": MASK}
+    assert as_list.args == (f"['{MASK}']",)
+
+
+def test_protect_loggers_filters_a_logger_and_its_handlers_once() -> None:
+    name = f"canary.protected.{uuid.uuid4().hex}"
+    logger = logging.getLogger(name)
+    handler = logging.NullHandler()
+    logger.addHandler(handler)
+    redactor = Redactor()
+    redactor.register("canary-protected-1")
+    protect_loggers(name, redactor=redactor)
+    protect_loggers(name, redactor=redactor)
+    for holder in (logger, handler):
+        assert [type(f) for f in holder.filters] == [RedactingFilter]
+    record = logger.makeRecord(name, logging.WARNING, __file__, 1, "key %s", ("canary-protected-1",), None)
+    assert logger.filter(record)
+    assert record.getMessage() == f"key {MASK}"
