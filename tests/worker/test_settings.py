@@ -1,0 +1,79 @@
+"""``WorkerSettings``: the defaults docs/worker.md documents, the consumer name, and the checks at
+their bounds."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import socket
+
+import pytest
+
+from dynamic_agents.exceptions import ConfigurationError
+from dynamic_agents.worker import SessionPolicy, WorkerSettings
+
+
+def test_the_defaults_are_the_documented_ones() -> None:
+    """The table in docs/worker.md ("Settings")."""
+    settings = WorkerSettings()
+    assert settings.group == "dynamic-agents"
+    assert (settings.concurrency, settings.batch_size, settings.block) == (8, 16, 1.0)
+    assert (settings.claim_min_idle, settings.keep_fresh_every, settings.freshness_interval) == (
+        60.0,
+        None,
+        20.0,
+    )
+    assert (settings.max_deliveries, settings.request_timeout) == (5, 120.0)
+    assert (settings.lease_ttl, settings.lease_poll) == (30.0, 0.2)
+    assert settings.claim_on_read is True
+    assert settings.record_ttl == 7 * 24 * 3600
+    assert settings.abandon_after == 5.0
+    assert (settings.events, settings.events_maxlen, settings.delta_interval) == (False, 10_000, 0.1)
+    assert (settings.reply_maxlen, settings.reply_expire) == (1_000, 7 * 24 * 3600)
+    assert (settings.session_policy, settings.policies) == (SessionPolicy.ENQUEUE, {})
+    assert settings.cancel_poll == 0.25
+    assert settings.busy_message.startswith("Still working on your previous message; ")
+
+
+def test_the_consumer_name_is_host_pid_and_a_random_part() -> None:
+    first, second = WorkerSettings().consumer, WorkerSettings().consumer
+    pattern = rf"{re.escape(socket.gethostname())}-{os.getpid()}-[0-9a-f]{{6}}"
+    assert re.fullmatch(pattern, first)
+    assert re.fullmatch(pattern, second)
+    assert first != second
+
+
+def test_settings_are_frozen() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        WorkerSettings().concurrency = 1  # type: ignore[misc]
+
+
+def test_policies_that_are_no_mapping_are_refused() -> None:
+    with pytest.raises(
+        ConfigurationError, match=r"^policies must be a mapping of target to policy, got \['reject'\]$"
+    ):
+        WorkerSettings(policies=["reject"])  # type: ignore[arg-type]
+
+
+def test_record_ttl_may_equal_the_redelivery_window() -> None:
+    """It must *outlive* ``max_deliveries x claim_min_idle + request_timeout``: equal is enough."""
+    settings = WorkerSettings(max_deliveries=2, claim_min_idle=10, request_timeout=5, record_ttl=25)
+    assert settings.record_ttl == 25
+    with pytest.raises(
+        ConfigurationError,
+        match=r"^record_ttl=24.9s is too short: .* claim_min_idle \+ request_timeout = 25s after",
+    ):
+        WorkerSettings(max_deliveries=2, claim_min_idle=10, request_timeout=5, record_ttl=24.9)
+
+
+def test_keep_fresh_every_must_be_shorter_than_claim_min_idle() -> None:
+    assert WorkerSettings(claim_min_idle=10, keep_fresh_every=9.9).freshness_interval == 9.9
+    with pytest.raises(ConfigurationError, match=r"^keep_fresh_every must be shorter than claim_min_idle$"):
+        WorkerSettings(claim_min_idle=10, keep_fresh_every=10)
+
+
+def test_delta_interval_may_be_zero_and_the_optional_ones_none() -> None:
+    settings = WorkerSettings(delta_interval=0, keep_fresh_every=None, reply_expire=None, reply_maxlen=None)
+    assert (settings.delta_interval, settings.reply_expire, settings.reply_maxlen) == (0, None, None)
+    assert settings.freshness_interval == settings.claim_min_idle / 3
