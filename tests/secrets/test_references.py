@@ -1,0 +1,105 @@
+"""Secret references at their edges: how a value is shown in an error, and references as cached,
+immutable values."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+
+import pytest
+
+from dynamic_agents._redaction import MASK, REDACTOR
+from dynamic_agents.exceptions import SecretReferenceError
+from dynamic_agents.secrets.references import (
+    EnvReference,
+    SecretReference,
+    masked_settings,
+    parse_reference,
+    shown_value,
+)
+
+
+def test_a_value_is_shown_whole_up_to_60_characters_then_cut_keeping_its_closing_quote() -> None:
+    fits = "a b " * 14 + "ab"  # repr: 60 characters
+    assert shown_value(fits) == repr(fits)
+    longer = fits + "c"
+    assert shown_value(longer) == repr(longer)[:56] + "...'"
+
+
+def test_parsed_references_are_immutable() -> None:
+    """They are cached and shared by every caller: none may change one for the others."""
+    secret = parse_reference("secret:openai:api_key")
+    environment = parse_reference("os.environ/OPENAI_API_KEY")
+    assert isinstance(secret, SecretReference)
+    assert isinstance(environment, EnvReference)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        secret.field = "other"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        environment.variable = "OTHER"  # type: ignore[misc]
+
+
+def test_a_reference_prefix_after_spaces_or_in_another_case_is_refused_saying_which() -> None:
+    with pytest.raises(
+        SecretReferenceError, match=r"starts with 'secret:' after leading spaces; a reference starts"
+    ):
+        parse_reference("  secret:openai:api_key")
+    with pytest.raises(SecretReferenceError) as refused:
+        parse_reference("Secret:openai:api_key")
+    assert "after leading spaces" not in str(refused.value)
+    assert "it starts with 'Secret:'; a reference starts with 'secret:' exactly" in str(refused.value)
+
+
+def test_a_reference_part_shaped_like_a_key_is_registered_with_the_redactor() -> None:
+    """A key pasted where a name goes: logs that quote the reference anyway mask it."""
+    name_key, variable_key = f"sk-{uuid.uuid4().hex}", f"sk_{uuid.uuid4().hex}"
+    parse_reference(f"secret:openai/{name_key}:api_key")
+    parse_reference(f"os.environ/{variable_key}")
+    assert name_key in REDACTOR
+    assert variable_key in REDACTOR
+
+
+def test_masked_settings_masks_key_shaped_strings_only_when_asked() -> None:
+    shaped = "a1" * 16
+    never = lambda key, parent: False  # noqa: E731
+    assert masked_settings({"note": shaped, "list": [shaped]}, never) == {"note": shaped, "list": [shaped]}
+    assert masked_settings({"note": shaped, "list": [shaped]}, never, key_shaped=True) == {
+        "note": MASK,
+        "list": [MASK],
+    }
+    assert masked_settings({"note": "two words " + shaped}, never, key_shaped=True) == {
+        "note": "two words " + shaped  # a key has no spaces
+    }
+
+
+def test_masked_settings_masks_registered_secrets_only_with_redact_and_keeps_sequence_types() -> None:
+    secret = f"canary-settings-{uuid.uuid4().hex}"
+    REDACTOR.register(secret)
+    never = lambda key, parent: False  # noqa: E731
+    settings = {"note": f"uses {secret}", "models": ("a", f"x {secret}"), "urls": ["redis://:pw@h/0"]}
+    assert masked_settings(settings, never) == {
+        "note": f"uses {secret}",
+        "models": ("a", f"x {secret}"),
+        "urls": [f"redis://:{MASK}@h/0"],
+    }
+    assert masked_settings(settings, never, redact=True) == {
+        "note": f"uses {MASK}",
+        "models": ("a", f"x {MASK}"),
+        "urls": [f"redis://:{MASK}@h/0"],
+    }
+
+
+def test_a_malformed_reference_is_quoted_only_as_far_as_it_is_a_reference() -> None:
+    with pytest.raises(
+        SecretReferenceError, match=r"^malformed secret reference 'secret:': use 'secret:provider:field'"
+    ):
+        parse_reference("secret:")
+    pasted = "secret:openai:api_key=canary-pasted-value"
+    with pytest.raises(SecretReferenceError) as refused:
+        parse_reference(pasted)
+    assert "'secret:openai:api_key…' (20 more characters, not shown)" in str(refused.value)
+    assert "canary" not in str(refused.value)
+
+
+def test_masked_settings_keeps_other_values_as_they_are() -> None:
+    never = lambda key, parent: False  # noqa: E731
+    assert masked_settings({"n": 3, "off": None, "on": True}, never) == {"n": 3, "off": None, "on": True}
