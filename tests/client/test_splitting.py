@@ -351,3 +351,40 @@ def test_no_break_spaces_are_not_cut_at() -> None:
 
 def test_the_module_examples_run() -> None:
     assert doctest.testmod(splitting, raise_on_error=True).attempted > 0
+
+
+@pytest.mark.parametrize(
+    "modifier",
+    [
+        "\U0001f3fb",  # skin tone modifiers, the lightest ...
+        "\U0001f3ff",  # ... and the darkest (category Sk, not a combining mark)
+        "\U000e0020",  # tag characters (subdivision flags), the first ...
+        "\U000e007f",  # ... and the cancel tag (category Cf)
+    ],
+)
+def test_hard_cuts_keep_skin_tones_and_tags_with_their_character(modifier: str) -> None:
+    text = ("\U0001f44d" + modifier) * 20
+    chunks = split_message(text, limit=17)
+    assert "".join(chunks) == text
+    assert all(len(chunk) % 2 == 0 and chunk[0] != modifier for chunk in chunks)
+
+
+@pytest.mark.parametrize(
+    "cluster",
+    [
+        "\u115f\u11a7",  # the last leading jamo, the last vowel jamo
+        "\ua97c\ud7c6",  # the same in the extended blocks
+        "\u1100\ud7b0",  # leading, the first extended vowel
+        "\uac00\u11ff",  # the first LV syllable, the last trailing jamo
+        "\uac00\ud7fb",  # ... the last extended trailing jamo
+        "\uac00\u1161",  # an LV syllable takes a vowel jamo
+        "\uac01\u11a8",  # an LVT syllable takes a trailing jamo
+        "\ud7a3\u11a8",  # the last syllable (LVT) too
+        "\U0001f1e6\U0001f1ff",  # a flag of the first and last regional indicators (AZ)
+    ],
+)
+def test_hard_cuts_keep_hangul_syllables_and_flags_together_at_their_ranges_ends(cluster: str) -> None:
+    text = cluster * 12
+    chunks = split_message(text, limit=17)
+    assert "".join(chunks) == text
+    assert all(len(chunk) % 2 == 0 for chunk in chunks)
