@@ -372,6 +372,9 @@ async def test_stop_hands_back_requests_queued_behind_their_session(
     assert started == ["first"]
     assert w.stats.handed_back == 1
     assert f"worker {w.settings.consumer} stopped: 1 request(s) handed back to the group" in caplog.text
+    with caplog.at_level(logging.INFO, logger="dynamic_agents.worker"):
+        await w.stop()  # stopped already (as leaving `async with` after a stop): nothing more said
+    assert caplog.text.count(" stopped: ") == 1
     assert [r.content for r in await replies(transport, backend.names)] == ["answer to first"]
     await worker(other, consumer="rescuer").run_until_idle()  # handed back, not lost
     assert [r.content for r in await replies(transport, backend.names)] == [

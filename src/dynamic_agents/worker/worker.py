@@ -262,7 +262,7 @@ class AgentWorker:
         background, without the grace: its runs end on their own)."""
         self._stopping = True
         runner, self._runner = self._runner, None
-        handed_back = self.stats.handed_back
+        running, handed_back = runner is not None or not self._reading_done.is_set(), self.stats.handed_back
         try:
             if runner is not None:  # started by __aenter__: its read loop ends at its next turn
                 await self._reading_done.wait()
@@ -281,11 +281,12 @@ class AgentWorker:
             runner.result()  # its failure (ensure_group, say) is the caller's to see
         if runner is None and self._reading_done.is_set():
             self._stopping = False  # no run() of its own to reset it, and none is reading
-        logger.info(
-            "worker %s stopped: %d request(s) handed back to the group for another worker",
-            self.settings.consumer,
-            self.stats.handed_back - handed_back,
-        )
+        if running:  # (a stop of a stopped worker, leaving `async with` after stop(), says nothing)
+            logger.info(
+                "worker %s stopped: %d request(s) handed back to the group for another worker",
+                self.settings.consumer,
+                self.stats.handed_back - handed_back,
+            )
         await self.events.flush(timeout=None if grace is None else max(grace, 1.0))
 
     async def _drain(self, grace: float | None) -> None:
