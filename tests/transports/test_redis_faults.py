@@ -171,18 +171,25 @@ async def test_a_publish_retried_through_an_outage_says_when_redis_answered_agai
     try:
         await transport.ensure_group(STREAM, "workers")
         redis_server.kill()
-        with caplog.at_level(logging.INFO, logger="dynamic_agents.transports"):
+        with caplog.at_level(logging.DEBUG, logger="dynamic_agents.transports"):
             publishing = asyncio.create_task(transport.publish(STREAM, event(1)))
-            await wait_until(lambda: transport.stats.reconnects >= 2, what="retries of the publish")
+            await wait_until(lambda: transport.stats.reconnects >= 6, what="retries of the publish")
             redis_server.start()
             await asyncio.wait_for(publishing, 15)
     finally:
         await transport.aclose()
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "retrying" in r.getMessage()]
+    failures = transport.stats.reconnects  # the publish's failed attempts, the only call made
+    retries = [r for r in caplog.records if "retrying" in r.getMessage()]
+    assert [r.getMessage().rsplit("(attempt ", 1)[1] for r in retries] == [
+        f"{n})" for n in range(1, failures + 1)
+    ]
+    # a warning for the 1st, 2nd, 4th, 8th… attempt, the others at debug level: no line per retry
+    warned = [n for n, r in enumerate(retries, 1) if r.levelno == logging.WARNING]
+    assert warned == [n for n in range(1, failures + 1) if n & (n - 1) == 0]
     (recovered,) = [r for r in caplog.records if "answered again" in r.getMessage()]
     assert recovered.levelno == logging.INFO
     assert recovered.getMessage().startswith(
-        f"publish to {STREAM!r}: Redis answered again after {len(warnings)} failed attempts ("
+        f"publish to {STREAM!r}: Redis answered again after {failures} failed attempts ("
     )
 
 

@@ -19,6 +19,7 @@ exponential backoff and jitter; a group lost to ``FLUSHALL`` or a restart withou
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 import weakref
@@ -245,7 +246,7 @@ async def _retrying(
                 raise TransportError(f"{what} failed: {reason}") from error
             if stats is not None:
                 stats.reconnects += 1
-            logger.warning("%s: %s; retrying in %.2fs", what, reason, delay)
+            _failed_attempt(what, reason, delay, failures)
             await asyncio.sleep(delay)
         except redis_errors.ResponseError as error:
             raise TransportError(f"{what} failed: {error}") from error
@@ -253,6 +254,13 @@ async def _retrying(
             if failures:
                 _answered_again(what, failures, loop.time() - started)
             return result
+
+
+def _failed_attempt(what: str, reason: str, delay: float, failures: int) -> None:
+    """A failed attempt of a call: a warning for its 1st, 2nd, 4th, 8th… attempt, the others at
+    debug level, so an outage says so at once without a line per call per retry for its length."""
+    level = logging.WARNING if failures & (failures - 1) == 0 else logging.DEBUG
+    logger.log(level, "%s: %s; retrying in %.2fs (attempt %d)", what, reason, delay, failures)
 
 
 def _answered_again(what: str, failures: int, seconds: float) -> None:
@@ -493,7 +501,7 @@ class RedisStreamsTransport(Transport):
                 delay = self._backoff.compute(failures)
                 self.stats.reconnects += 1
                 reason = _unreachable(error, bound)
-                logger.warning("reading %r: %s; retrying in %.2fs", subscription.stream, reason, delay)
+                _failed_attempt(f"reading {subscription.stream!r}", reason, delay, failures)
                 await asyncio.sleep(delay)
                 continue
             except redis_errors.ResponseError as error:
