@@ -523,6 +523,41 @@ async def test_a_run_abandoned_by_stop_that_ends_late_is_counted_lost_once(
     assert w.stats.lost == 1
 
 
+@pytest.mark.parametrize(
+    ("error", "traceback"),
+    [(TransportError("complete r failed: Redis unreachable (boom)"), False), (RuntimeError("a bug"), True)],
+)
+async def test_a_request_that_cannot_be_answered_is_logged_once_as_an_error(
+    backend: Backend, caplog: pytest.LogCaptureFixture, error: Exception, traceback: bool
+) -> None:
+    """Redis gone past the retry deadline is an expected failure: one ERROR line saying why, no
+    traceback (three chained exceptions per request, in an outage); anything else is a bug and
+    keeps its traceback. Either way the entry stays pending for a retry."""
+    transport = await backend.transport()
+
+    async def failing(*args: Any, **kwargs: Any) -> Any:
+        raise error
+
+    handled = Handled()
+    w = worker(transport)
+    w.hooks.append(handled)
+    transport.complete = failing  # type: ignore[method-assign]
+    request = request_event(backend.names, "x")
+    await transport.publish(backend.names.requests, request)
+    with caplog.at_level(logging.ERROR, logger="dynamic_agents.worker"):
+        async with w:
+            await wait_for(lambda: _async(len(handled.errors) == 1))
+    (record,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert record.getMessage().startswith(f"handling request {request.id} failed")
+    if traceback:
+        assert record.exc_info is not None
+        assert record.exc_info[1] is error
+    else:
+        assert record.exc_info is None
+        assert f"({error})" in record.getMessage()
+    assert len(await transport.pending(backend.names.requests, "dynamic-agents")) == 1
+
+
 class _StubbornHook(BaseHooks):
     """A hook that goes on, through its cancellation, until ``finish`` is set, at ``hook``."""
 

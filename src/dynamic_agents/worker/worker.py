@@ -473,7 +473,13 @@ class AgentWorker:
             if self._owns(delivery) and delivery.entry_id not in self._lost:
                 # stopping: hand the entry back at once instead of waiting for it to go idle
                 await self._hand_back(delivery)
-        except Exception as error:  # our own failure (e.g. Redis gone while answering): stays pending
+        except TransportError as error:  # Redis gone past the retry deadline: expected, stays pending
+            failure = error
+            # no traceback: three chained exceptions a request, all the outage long, saying no more
+            logger.error(  # noqa: TRY400
+                "handling request %s failed (%s); it stays pending for a retry", event.id, error
+            )
+        except Exception as error:  # our own failure: a bug, with its traceback; stays pending
             failure = error
             logger.exception("handling request %s failed; it stays pending for a retry", event.id)
         finally:
