@@ -277,6 +277,12 @@ def test_no_cut_leaves_an_empty_code_block() -> None:
     # Not before the closing fence: "```\nsome code that is long\n```" fits, then "```\n   ```\nafter".
     text = "```\nsome code that is long\n   ```\nafter"
     assert split_message(text, limit=30) == ["```\nsome code that is \n```", "```\nlong\n   ```\nafter"]
+    # The same with prose before the block: only fence lines count when looking for the next fence.
+    assert split_message("Intro\n" + text, limit=30) == [
+        "Intro\n",
+        "```\nsome code that is \n```",
+        "```\nlong\n   ```\nafter",
+    ]
     # Where the closing fence fits without its newline, the cut goes just before the newline.
     text = "```\nsome code that is long\n```\nafter"
     assert split_message(text, limit=30) == ["```\nsome code that is long\n```", "\nafter"]
@@ -291,6 +297,8 @@ def test_hard_cuts_keep_combined_characters_together() -> None:
     flags = "\U0001f1eb\U0001f1f7" * 10
     assert all(len(chunk) % 2 == 0 for chunk in split_message(flags, limit=17))
     assert split_message("a" * 15 + "\r\nb", limit=16) == ["a" * 15, "\r\nb"]
+    # A lone CR is whitespace like any other: the furthest hard cut after it is taken.
+    assert split_message("a" * 15 + "\r\r" + "b" * 10, limit=16) == ["a" * 15 + "\r", "\r" + "b" * 10]
 
 
 def test_a_long_run_of_flags_is_split_in_linear_time(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -388,3 +396,100 @@ def test_hard_cuts_keep_hangul_syllables_and_flags_together_at_their_ranges_ends
     chunks = split_message(text, limit=17)
     assert "".join(chunks) == text
     assert all(len(chunk) % 2 == 0 for chunk in chunks)
+
+
+def test_flags_pair_up_from_the_start_of_their_run_not_of_the_text() -> None:
+    flags = "\U0001f1eb\U0001f1f7" * 10
+    chunks = split_message("x" + flags, limit=17)
+    assert chunks == ["x" + flags[:16], flags[16:]]
+
+
+def test_a_link_whose_text_is_code_is_kept_whole_like_any_link() -> None:
+    """The link and the code span in its text overlap; merged, a cut anywhere inside the link
+    (after the code span too) is avoided, with or without other spans before it."""
+    assert split_message("See [`pip` docs](d.io) now", limit=20) == ["See ", "[`pip` docs](d.io) ", "now"]
+    text = "Use `x` or [`pip` docs](d.io) now"
+    assert split_message(text, limit=20) == ["Use `x` or ", "[`pip` docs](d.io) ", "now"]
+    text = "Use `x` or `y` or [`pip` docs](d.io) now"
+    assert split_message(text, limit=20) == ["Use `x` or `y` or ", "[`pip` docs](d.io) ", "now"]
+    # Merging them leaves the spans before them alone.
+    text = "Then run `pip install dynamic-agents` now, see [`pip` docs](d.io)"
+    assert split_message(text, limit=30) == [
+        "Then run ",
+        "`pip install dynamic-agents` ",
+        "now, see [`pip` docs](d.io)",
+    ]
+
+
+def test_a_cut_between_or_just_after_adjacent_links_is_clean() -> None:
+    assert split_message("[one](u)[twotwo](v)", limit=16) == ["[one](u)", "[twotwo](v)"]
+    assert split_message("[one](u)[two](v)x", limit=16) == ["[one](u)[two](v)", "x"]
+
+
+def test_a_cut_that_breaks_a_fence_line_is_the_last_resort() -> None:
+    """Cutting before the mid-line "```" would make the next chunk start with a fence line the
+    input does not have (a code block out of nothing): a cut inside the link is the lesser evil."""
+    assert split_message("[see docs](url) ```x", limit=16) == ["[see ", "docs](url) ```x"]
+
+
+def test_an_unclosed_block_is_cut_at_its_last_space() -> None:
+    assert split_message("```\nreturn a + b", limit=19) == ["```\nreturn a + \n```", "```\nb\n```"]
+
+
+def test_the_reopening_fence_takes_the_first_word_of_the_info_string() -> None:
+    text = "```python title=x.py\n" + "code line\n" * 4 + "```"
+    chunks = split_message_parts(text, limit=30)
+    check_chunks(text, 30, chunks)
+    assert {chunk.added_prefix for chunk in chunks[1:]} == {"```python\n"}
+
+
+def test_the_language_is_kept_while_the_two_markers_take_at_most_half_the_limit() -> None:
+    # "```py\n" and "\n```" take 10 characters: half of 20, more than half of 19.
+    text = "```py\n" + "code line\n" * 4 + "```"
+    assert {chunk.added_prefix for chunk in split_message_parts(text, limit=20)[1:]} == {"```py\n"}
+    assert {chunk.added_prefix for chunk in split_message_parts(text, limit=19)[1:]} == {"```\n"}
+
+
+def test_leading_blank_lines_do_not_make_a_chunk_of_their_own() -> None:
+    assert split_message_parts("\n\nHello world, this is long", limit=16)[0].original == "\n\nHello world, "
+
+
+def test_a_fence_line_after_a_long_indent_keeps_its_backticks_together() -> None:
+    """Only a whitespace-only chunk or a cut inside the backticks fits before the fence: the
+    whitespace-only chunk is the lesser evil."""
+    text = " " * 14 + "```python\nprint(1)\n```"
+    chunks = split_message_parts(text, limit=16)
+    check_chunks(text, 16, chunks)
+    assert chunks[0].original == " " * 14
+    assert chunks[1].text.startswith("```python\n")
+
+
+def test_trailing_spaces_after_a_closing_fence_do_not_move_the_cut() -> None:
+    """A cut between the closing fence and the spaces after it cuts nothing off the fence line."""
+    assert split_message_parts("```\nprint(1)\n```   ", limit=16)[0].text == "```\nprint(1)\n```"
+
+
+@pytest.mark.parametrize(
+    "neighbour", ["\ufdff", "\ufe10", "\U0001f3fa", "\U0001f400", "\U000e001f", "\U000e0080"]
+)
+def test_hard_cuts_are_taken_before_the_characters_just_outside_the_combining_ranges(neighbour: str) -> None:
+    """The neighbours of the variation selectors, skin tones and tag characters stand alone."""
+    assert split_message("x" * 16 + neighbour + "x", limit=16) == ["x" * 16, neighbour + "x"]
+
+
+def test_a_lone_regional_indicator_is_a_character_of_its_own() -> None:
+    indicator = "\U0001f1eb"
+    assert split_message("x" * 15 + indicator + "x" * 5, limit=16) == ["x" * 15 + indicator, "x" * 5]
+
+
+def test_a_window_ending_just_after_a_newline_cuts_after_it() -> None:
+    assert split_message("a" * 15 + "\nb", limit=16) == ["a" * 15 + "\n", "b"]
+
+
+def test_a_block_with_a_one_character_line_is_not_empty() -> None:
+    chunks = split_message("```\nx\n" + "y" * 20 + "\n```", limit=16)
+    assert chunks[0] == "```\nx\n```"
+
+
+def test_an_unclosed_block_ending_in_spaces_that_fits_only_without_its_closing_fence() -> None:
+    assert split_message("```\nsome code  ", limit=16) == ["```\nsome \n```", "```\ncode  \n```"]
