@@ -221,9 +221,8 @@ async def _retrying(
     is bounded by the pipeline already, so its attempts get no timeout of their own here."""
     pipelined = failed is not None
     loop = asyncio.get_running_loop()
-    started = loop.time()
-    deadline = started + policy.deadline
-    failures = 0
+    deadline = loop.time() + policy.deadline
+    failures, failing_since = 0, 0.0
     while True:
         try:
             if failed is not None:  # handled as any attempt's error
@@ -239,6 +238,7 @@ async def _retrying(
         except PipelineClosedError as error:
             raise TransportError(f"{what} failed: the transport is closed") from error
         except _CONNECTION_ERRORS as error:  # (asyncio's TimeoutError is an OSError)
+            failing_since = failing_since or time.monotonic()
             failures += 1
             delay = policy.backoff.compute(failures)
             reason = _unreachable(error, policy.timeout + blocks)
@@ -252,7 +252,7 @@ async def _retrying(
             raise TransportError(f"{what} failed: {error}") from error
         else:
             if failures:
-                _answered_again(what, failures, loop.time() - started)
+                _answered_again(what, failures, failing_since)
             return result
 
 
@@ -263,9 +263,11 @@ def _failed_attempt(what: str, reason: str, delay: float, failures: int) -> None
     logger.log(level, "%s: %s; retrying in %.2fs (attempt %d)", what, reason, delay, failures)
 
 
-def _answered_again(what: str, failures: int, seconds: float) -> None:
-    """Each failed attempt of a call was a warning: say the outage is over for it."""
+def _answered_again(what: str, failures: int, failing_since: float) -> None:
+    """A call got through after failed attempts (warned of): say the outage is over for it, and
+    how long it lasted for this call (from its first failure, ``time.monotonic()``)."""
     plural = "" if failures == 1 else "s"
+    seconds = time.monotonic() - failing_since
     logger.info(
         "%s: Redis answered again after %d failed attempt%s (%.1f s)", what, failures, plural, seconds
     )
@@ -495,8 +497,7 @@ class RedisStreamsTransport(Transport):
             except TransportError:  # our own (a reply of an unexpected shape…): not worth a retry
                 raise
             except _CONNECTION_ERRORS as error:  # (asyncio's TimeoutError is an OSError)
-                if not failures:
-                    failing_since = time.monotonic()
+                failing_since = failing_since or time.monotonic()
                 failures += 1
                 delay = self._backoff.compute(failures)
                 self.stats.reconnects += 1
@@ -516,9 +517,7 @@ class RedisStreamsTransport(Transport):
                 self.stats.groups_recreated += 1
                 continue
             if failures:
-                _answered_again(
-                    f"reading {subscription.stream!r}", failures, time.monotonic() - failing_since
-                )
+                _answered_again(f"reading {subscription.stream!r}", failures, failing_since)
             self.stats.delivered += len(deliveries)
             return await settle_undecodable(self, subscription, deliveries)
 
