@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import uuid
 
+import pytest
+
 from dynamic_agents._redaction import (
     MASK,
     MIN_REDACTED_LENGTH,
@@ -90,6 +92,44 @@ def test_key_shapes_start_at_their_documented_lengths() -> None:
     assert looks_like_a_key("a" * 32)
     assert not looks_like_a_key("a" * 31)
     assert not looks_like_a_key("OPENAI_API_KEY_" + "a1" * 9 + "a")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "FileNotFoundError: No such file or directory: '/var/lib/agents/specs/customersupportagent.yaml'",
+        "404 Not Found for url 'http://localhost:8080/api/v1/agents/customersupport/sessions'",
+        "spec store at /srv/dynamicagents/specifications/v2/knowledgebaseassistant",
+    ],
+)
+def test_a_lower_case_path_is_judged_a_segment_at_a_time(text: str) -> None:
+    """A file path or a URL's path of lower-case words runs long with no ``_ - .`` in it: taken
+    whole, it looked like a key, and an error reply lost the very path it was about."""
+    assert redact_text(text) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        # an AWS secret access key holds "/": with upper-case letters, the run is judged whole
+        (
+            "aws_secret_access_key wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+            "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        ),
+        # a bot token in a URL's path (Telegram's shape), its last piece joined to the method
+        (
+            "POST https://api.telegram.org/bot123456:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw/sendMessage",
+            "AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw",
+        ),
+        # a key-shaped segment of a lower-case path is still a key
+        ("GET /v1/keys/0123456789abcdef0123456789abcdef failed", "0123456789abcdef0123456789abcdef"),
+        ("GET /v1/keys/a1b2c3d4e5f6a7b8c9d0e1f2/rotate failed", "a1b2c3d4e5f6a7b8c9d0e1f2"),
+    ],
+)
+def test_keys_in_paths_are_still_masked(text: str, key: str) -> None:
+    shown = redact_text(text)
+    assert key not in shown
+    assert MASK in shown
 
 
 def _record(message: str, *args: object) -> logging.LogRecord:

@@ -197,21 +197,28 @@ _KEY_PREFIX_REST: Final = 16
 _RUN_RE: Final = re.compile(r"[^_.\-]+")  # the runs between separators: "OPENAI", "API", "KEY"
 _MIXED_RUN: Final = 20  # letters and digits run together this long: a key, not a word
 _LONG_RUN: Final = 32  # this long with no separator at all: a key even without digits
+_LOWER_CASE_PATH: Final = re.compile(r"[a-z0-9]*(?:/[a-z0-9]*)+")
+"""Lower-case words and digits joined by ``/``: a file path or a URL's path, judged a segment at a
+time (``/var/lib/agents/specs/customersupportagent``, ``8080/api/v1/sessions``). With an upper-case
+letter the run is judged whole: base64 keys hold ``/`` too (an AWS secret access key)."""
 
 
 def looks_like_a_key(part: str) -> bool:
     """Whether ``part`` (a word of a text, a reference's name part) is shaped like a key: a known
     key prefix with more after it, or a long run of letters and digits with no ``_``, ``-`` or
-    ``.`` (names are words: ``OPENAI_API_KEY``, ``team-a``)."""
+    ``.`` (names are words: ``OPENAI_API_KEY``, ``team-a``); a lower-case path is judged a segment
+    at a time (:data:`_LOWER_CASE_PATH`)."""
     if any(
         part.startswith(prefix) and len(part) >= len(prefix) + _KEY_PREFIX_REST for prefix in _KEY_PREFIXES
     ):
         return True
     for run in _RUN_RE.findall(part):
-        if len(run) >= _LONG_RUN:
-            return True
-        if len(run) >= _MIXED_RUN and any(c.isdigit() for c in run) and any(c.isalpha() for c in run):
-            return True
+        for piece in run.split("/") if _LOWER_CASE_PATH.fullmatch(run) else (run,):
+            if len(piece) >= _LONG_RUN:
+                return True
+            mixed = any(c.isdigit() for c in piece) and any(c.isalpha() for c in piece)
+            if len(piece) >= _MIXED_RUN and mixed:
+                return True
     return False
 
 
