@@ -592,28 +592,6 @@ async def test_the_client_streams_and_executes(stack: Stack) -> None:
         assert refused.value.status == 401
 
 
-@pytest.mark.parametrize(
-    ("body", "detail"),
-    [
-        (b'["upstream", "timed out"]', ["upstream", "timed out"]),
-        (b'"upstream timed out"', "upstream timed out"),
-        (b'{"error": "upstream timed out"}', {"error": "upstream timed out"}),
-        (b"<html>bad gateway</html>", "Bad Gateway"),
-    ],
-)
-async def test_the_client_raises_api_error_for_any_error_body(body: bytes, detail: Any) -> None:
-    """A gateway in front of the API answers in its own shape: still an ``ApiError`` with what it said."""
-    gateway = httpx.MockTransport(lambda request: httpx.Response(502, content=body))
-    async with AgentsHTTPClient(BASE, token=TOKEN, transport=gateway) as api:
-        with pytest.raises(ApiError) as failed:
-            await api.get("agents", "bot")
-        with pytest.raises(ApiError) as streamed:
-            async for _ in api.stream("agents", "bot", "hi", session_id="s1"):
-                pass
-    assert (failed.value.status, failed.value.detail) == (502, detail)
-    assert (streamed.value.status, streamed.value.detail) == (502, detail)
-
-
 @pytest.mark.parametrize("request_id", ["r?1", "r#1", "team/r1", "50%off", "r%3F1", "r+1"])
 async def test_the_client_cancels_exactly_the_request_it_names(stack: Stack, request_id: str) -> None:
     """Request ids are any printable ASCII: ``?``, ``#``, ``/`` and ``%`` must reach the API as

@@ -1,0 +1,251 @@
+"""``AgentsHTTPClient`` on its own, through ``httpx.MockTransport``: it needs only the core install
+(httpx), so ``bash .ci/lowest`` runs these at the httpx floor, where FastAPI is not installed (the
+tests against the real router, in tests/api, run at the newer httpx the agents extra brings)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from itertools import pairwise
+from typing import Any
+
+import httpx
+import pytest
+
+from dynamic_agents.api import AgentsHTTPClient
+from dynamic_agents.api import client as client_module
+from dynamic_agents.exceptions import ApiError, DynamicAgentsError
+
+TOKEN = "canary-token-4f1e"
+SPEC = {"id": "bot", "model": "gpt", "instructions": "be brief"}
+RESULT = {"status": "completed", "content": "hello", "run_id": "r1"}
+
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+class Recorder:
+    """A fake API: records each request (method, raw path, headers, JSON body, read timeout) and
+    answers with what ``answer`` returns for it."""
+
+    def __init__(self, answer: Handler) -> None:
+        self.answer = answer
+        self.requests: list[httpx.Request] = []
+        self.timeouts: list[dict[str, float | None]] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        self.timeouts.append(dict(request.extensions["timeout"]))
+        return self.answer(request)
+
+    def client(self, base_url: str = "http://api.test", **options: Any) -> AgentsHTTPClient:
+        return AgentsHTTPClient(base_url, transport=httpx.MockTransport(self), **options)
+
+
+def body(request: httpx.Request) -> Any:
+    return json.loads(request.content)
+
+
+async def test_each_call_sends_its_method_path_token_and_body() -> None:
+    answers = {
+        ("POST", "/api/v1/agents"): httpx.Response(201, json={**SPEC, "version": 1}),
+        ("GET", "/api/v1/agents/bot"): httpx.Response(200, json={**SPEC, "version": 1}),
+        ("POST", "/api/v1/agents/bot/execute"): httpx.Response(200, json=RESULT),
+        ("POST", "/api/v1/requests/r1/cancel"): httpx.Response(202),
+    }
+    api = Recorder(lambda request: answers[request.method, request.url.raw_path.decode()])
+    async with api.client(token=TOKEN) as client:
+        assert await client.create("agents", SPEC) == {**SPEC, "version": 1}
+        assert await client.get("agents", "bot") == {**SPEC, "version": 1}
+        assert await client.execute("agents", "bot", "hi", session_id="s1") == RESULT
+        assert await client.cancel("r1") is None  # a 202 with no body
+    assert [(r.method, r.url.raw_path.decode()) for r in api.requests] == list(answers)
+    assert {r.headers["authorization"] for r in api.requests} == {f"Bearer {TOKEN}"}
+    assert body(api.requests[0]) == SPEC
+    assert body(api.requests[2]) == {"input": "hi", "session_id": "s1", "user_id": None}
+    assert "idempotency-key" not in api.requests[2].headers
+    assert api.requests[3].content == b""
+
+
+async def test_without_a_token_no_authorization_header_is_sent() -> None:
+    api = Recorder(lambda request: httpx.Response(200, json=SPEC))
+    async with api.client() as client:
+        await client.get("agents", "bot")
+    assert "authorization" not in api.requests[0].headers
+
+
+@pytest.mark.parametrize(
+    ("base_url", "path"),
+    [
+        ("http://api.test", "/api/v1/agents/bot"),
+        ("http://api.test/", "/api/v1/agents/bot"),
+        ("http://api.test/agents-service", "/agents-service/api/v1/agents/bot"),
+        ("http://api.test/agents-service/", "/agents-service/api/v1/agents/bot"),
+    ],
+)
+async def test_the_base_url_path_prefixes_every_call(base_url: str, path: str) -> None:
+    """The API mounted under a prefix (behind a gateway) is reached there, slash or not."""
+    api = Recorder(lambda request: httpx.Response(200, json=SPEC))
+    async with api.client(base_url) as client:
+        await client.get("agents", "bot")
+    assert api.requests[0].url.raw_path.decode() == path
+
+
+@pytest.mark.parametrize(
+    ("request_id", "path"),
+    [
+        ("r?1", "/api/v1/requests/r%3F1/cancel"),
+        ("r#1", "/api/v1/requests/r%231/cancel"),
+        ("team/r1", "/api/v1/requests/team%2Fr1/cancel"),
+        ("50%off", "/api/v1/requests/50%25off/cancel"),
+        ("r%3F1", "/api/v1/requests/r%253F1/cancel"),
+        ("r+1", "/api/v1/requests/r%2B1/cancel"),
+        ("r 1", "/api/v1/requests/r%201/cancel"),
+    ],
+)
+async def test_an_id_is_escaped_whole_into_one_path_segment(request_id: str, path: str) -> None:
+    """``?``, ``#``, ``/`` and ``%`` in an id reach the API as part of it: the raw path on the wire
+    holds the id in one segment, and no query or fragment."""
+    api = Recorder(lambda request: httpx.Response(202))
+    async with api.client() as client:
+        await client.cancel(request_id)
+    sent = api.requests[0].url
+    assert (sent.raw_path.decode(), sent.query, sent.fragment) == (path, b"", "")
+
+
+async def test_execute_sends_every_option_and_extends_only_the_read_timeout() -> None:
+    api = Recorder(lambda request: httpx.Response(200, json=RESULT))
+    async with api.client(timeout=120) as client:
+        await client.execute("agents", "bot", "hi", session_id="s0")
+        await client.execute(
+            "teams",
+            "crew",
+            "hi",
+            session_id="s1",
+            user_id="u7",
+            session_state={"plan": "pro"},
+            timeout=600,
+            idempotency_key="order-42",
+        )
+        await client.execute("agents", "bot", "hi", session_id="s2", timeout=60)  # within 120 s
+    plain, full, short = api.requests
+    assert body(full) == {
+        "input": "hi",
+        "session_id": "s1",
+        "user_id": "u7",
+        "session_state": {"plan": "pro"},
+        "timeout": 600,
+    }
+    assert full.url.raw_path == b"/api/v1/teams/crew/execute"
+    assert full.headers["idempotency-key"] == "order-42"
+    assert body(short)["timeout"] == 60
+    assert [t["read"] for t in api.timeouts] == [120.0, 630.0, 120.0]  # the run's and 30 s more
+    assert {(t["connect"], t["write"], t["pool"]) for t in api.timeouts} == {(120.0, 120.0, 120.0)}
+    assert "session_state" not in body(plain)
+
+
+async def _chunks(*parts: bytes) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part
+
+
+async def test_stream_yields_the_server_sent_events_across_chunk_boundaries() -> None:
+    """An event's lines may arrive split anywhere, even mid-line and between ``\\r`` and ``\\n``."""
+    wire = (
+        b'event: delta\r\ndata: {"content": "hel"}\r\n\r\n'
+        b'event: delta\ndata: {"content": "lo"}\n\n'
+        b": a comment line, ignored\n\n"
+        b'event: result\ndata: {"status": "completed", "content": "hello"}\n\n'
+    )
+    cuts = [0, 5, 14, 15, 40, 41, 80, len(wire)]
+    parts = [wire[start:end] for start, end in pairwise(cuts)]
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=_chunks(*parts))
+
+    api = Recorder(answer)
+    async with api.client(token=TOKEN) as client:
+        events = [
+            event
+            async for event in client.stream(
+                "agents", "bot", "hi", session_id="s1", user_id="u7", timeout=600, idempotency_key="k"
+            )
+        ]
+    assert events == [
+        ("delta", {"content": "hel"}),
+        ("delta", {"content": "lo"}),
+        ("result", {"status": "completed", "content": "hello"}),
+    ]
+    sent = api.requests[0]
+    assert body(sent) == {"input": "hi", "session_id": "s1", "user_id": "u7", "timeout": 600, "stream": True}
+    assert sent.headers["idempotency-key"] == "k"
+    assert api.timeouts[0]["read"] == 630.0
+
+
+async def test_stream_raises_api_error_before_any_event() -> None:
+    api = Recorder(lambda request: httpx.Response(404, json={"detail": "no agent 'ghost'"}))
+    async with api.client() as client:
+        with pytest.raises(ApiError) as missing:
+            _ = [event async for event in client.stream("agents", "ghost", "hi", session_id="s1")]
+    assert (missing.value.status, missing.value.detail) == (404, "no agent 'ghost'")
+
+
+async def test_an_error_status_is_an_api_error_with_the_detail() -> None:
+    detail = [{"loc": ["body", "session_id"], "msg": "Field required", "type": "missing"}]
+    answers = iter(
+        [
+            httpx.Response(404, json={"detail": "no agent 'ghost'"}),
+            httpx.Response(422, json={"detail": detail}),
+            httpx.Response(409, json={"detail": "agent 'bot' exists"}),
+        ]
+    )
+    api = Recorder(lambda request: next(answers))
+    async with api.client() as client:
+        with pytest.raises(ApiError) as missing:
+            await client.execute("agents", "ghost", "hi", session_id="s1")
+        with pytest.raises(ApiError) as invalid:
+            await client.execute("agents", "bot", "hi", session_id="")
+        with pytest.raises(ApiError) as conflict:
+            await client.create("agents", SPEC)
+    assert (missing.value.status, missing.value.detail) == (404, "no agent 'ghost'")
+    assert str(missing.value) == "the agents API answered 404: no agent 'ghost'"
+    assert isinstance(missing.value, DynamicAgentsError)
+    assert isinstance(missing.value, client_module.ApiError)  # the old import path still works
+    assert (invalid.value.status, invalid.value.detail) == (422, detail)
+    assert (conflict.value.status, conflict.value.detail) == (409, "agent 'bot' exists")
+
+
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        (b'["upstream", "timed out"]', ["upstream", "timed out"]),
+        (b'"upstream timed out"', "upstream timed out"),
+        (b'{"error": "upstream timed out"}', {"error": "upstream timed out"}),
+        (b"<html>bad gateway</html>", "Bad Gateway"),
+        (b"", "Bad Gateway"),
+    ],
+)
+async def test_the_client_raises_api_error_for_any_error_body(body: bytes, detail: Any) -> None:
+    """A gateway in front of the API answers in its own shape: still an ``ApiError`` with what it said."""
+    gateway = httpx.MockTransport(lambda request: httpx.Response(502, content=body))
+    async with AgentsHTTPClient("http://api.test", token=TOKEN, transport=gateway) as api:
+        with pytest.raises(ApiError) as failed:
+            await api.get("agents", "bot")
+        with pytest.raises(ApiError) as streamed:
+            async for _ in api.stream("agents", "bot", "hi", session_id="s1"):
+                pass
+    assert (failed.value.status, failed.value.detail) == (502, detail)
+    assert (streamed.value.status, streamed.value.detail) == (502, detail)
+
+
+async def test_the_token_stays_out_of_the_repr() -> None:
+    async with AgentsHTTPClient("http://api.test/base/", token=TOKEN) as client:
+        assert repr(client) == "AgentsHTTPClient('http://api.test/base/')"
+        assert TOKEN not in repr(client)
+
+
+async def test_leaving_the_block_closes_the_http_client() -> None:
+    api = Recorder(lambda request: httpx.Response(200, json=SPEC))
+    async with api.client() as client:
+        await client.get("agents", "bot")
+    with pytest.raises(RuntimeError, match="closed"):
+        await client.get("agents", "bot")
