@@ -20,6 +20,7 @@ import pytest
 from litellm.caching.evicted_client_closer import EvictedClientCloser
 from litellm.llms.openai.common_utils import BaseOpenAILLM
 
+from dynamic_agents.exceptions import LLMError, SecretsUnavailableError
 from dynamic_agents.llm import RouterConfig, build_router
 from dynamic_agents.secrets import SecretKey, SecretsManager, StaticSource
 from dynamic_agents.testing import FakeOpenAI
@@ -214,3 +215,181 @@ async def test_dropping_clients_logs_no_key(fake: FakeOpenAI, caplog: pytest.Log
     await router.aclose()
     assert "canary-rotated-key" not in caplog.text
     assert "canary-rotated-key" not in repr(router)
+
+
+def two_group_config(fake: FakeOpenAI) -> RouterConfig:
+    """Group ``gpt`` (provider ``openai``) falling back to group ``backup`` (provider ``backup``)."""
+    backup = {**deployment(fake, "backup", "backup-main"), "model_name": "backup"}
+    return RouterConfig.from_dict(
+        {"model_list": [deployment(fake), backup], "fallbacks": {"gpt": ["backup"]}, "num_retries": 0}
+    )
+
+
+def alice_source(openai_key: str = "canary-alice-old-01", **backup: str) -> StaticSource:
+    return StaticSource(
+        {"openai": {"api_key": version(0)}, "backup": {"api_key": "canary-system-backup-01"}},
+        users={"alice": {"openai": {"api_key": openai_key}, **({"backup": backup} if backup else {})}},
+    )
+
+
+async def test_a_users_key_rotated_without_a_401_drops_its_client_on_the_next_lookup(
+    fake: FakeOpenAI,
+) -> None:
+    source = alice_source()
+    secrets = SecretsManager(source)
+    router = await build_router(key_config(fake), secrets, follow_changes=False)
+    try:
+        await router.acompletion(model="gpt", messages=MESSAGES, user_id="alice")
+        (client,) = cached_clients("canary-alice-old-01")
+        # Rotated in Identity; the manager's entry expired meanwhile (no change notice).
+        source.set(SecretKey("openai", user_id="alice"), {"api_key": "canary-alice-new-02"})
+        secrets.invalidate("openai", user_id="alice")
+        await router.acompletion(model="gpt", messages=MESSAGES, user_id="alice")
+        assert fake.requests[-1].authorization == "Bearer canary-alice-new-02"
+        assert cached_clients("canary-alice-old-01") == []
+        assert len(cached_clients("canary-alice-new-02")) == 1
+        assert await closed(client)
+    finally:
+        await router.aclose()
+
+
+async def test_a_users_key_rotation_notice_drops_its_client_before_any_call(fake: FakeOpenAI) -> None:
+    source = alice_source()
+    secrets = SecretsManager(source)
+    router = await build_router(key_config(fake), secrets)
+    try:
+        await router.acompletion(model="gpt", messages=MESSAGES, user_id="alice")
+        (client,) = cached_clients("canary-alice-old-01")
+        source.set(SecretKey("openai", user_id="alice"), {"api_key": "canary-alice-new-02"})
+        assert await secrets.refresh(user_id="alice") == 1  # the manager's refresh: a change notice
+        assert cached_clients("canary-alice-old-01") == []
+        await router.acompletion(model="gpt", messages=MESSAGES, user_id="alice")
+        assert fake.requests[-1].authorization == "Bearer canary-alice-new-02"
+        assert await closed(client)
+    finally:
+        await router.aclose()
+
+
+async def test_a_users_key_removed_drops_its_client(fake: FakeOpenAI) -> None:
+    source = alice_source()
+    secrets = SecretsManager(source)
+    router = await build_router(key_config(fake), secrets, follow_changes=False)
+    try:
+        await router.acompletion(model="gpt", messages=MESSAGES, user_id="alice")
+        source.remove(SecretKey("openai", user_id="alice"))
+        secrets.invalidate("openai", user_id="alice")
+        await router.acompletion(model="gpt", messages=MESSAGES, user_id="alice")
+        assert fake.requests[-1].authorization == f"Bearer {version(0)}"  # the deployment's own key
+        assert cached_clients("canary-alice-old-01") == []
+    finally:
+        await router.aclose()
+
+
+async def test_a_users_key_on_a_fallback_group_rotated_drops_its_client(fake: FakeOpenAI) -> None:
+    source = alice_source(api_key="canary-alice-backup-01")
+    secrets = SecretsManager(source)
+    router = await build_router(two_group_config(fake), secrets)
+    fake._handler = lambda request: (
+        HTTPErrorStep(500, "down") if "alice-old" in (request.authorization or "") else "ok"
+    )
+    try:
+        await router.acompletion(model="gpt", messages=MESSAGES, user_id="alice")
+        assert [request.authorization for request in fake.requests] == [
+            "Bearer canary-alice-old-01",
+            "Bearer canary-alice-backup-01",  # the fallback group, with alice's key for its provider
+        ]
+        (client,) = cached_clients("canary-alice-backup-01")
+        source.set(SecretKey("backup", user_id="alice"), {"api_key": "canary-alice-backup-02"})
+        assert await secrets.refresh("backup", user_id="alice") == 1
+        assert cached_clients("canary-alice-backup-01") == []
+        assert cached_clients("canary-alice-old-01") != []  # her key for the first group did not change
+        await router.acompletion(model="gpt", messages=MESSAGES, user_id="alice")
+        assert fake.requests[-1].authorization == "Bearer canary-alice-backup-02"
+        assert await closed(client)
+    finally:
+        await router.aclose()
+
+
+async def test_a_refused_users_key_refreshes_and_drops_her_fallback_groups_rotated_key_too(
+    fake: FakeOpenAI,
+) -> None:
+    source = alice_source(api_key="canary-alice-backup-01")
+    router = await build_router(two_group_config(fake), SecretsManager(source), follow_changes=False)
+    fake._handler = lambda request: (
+        HTTPErrorStep(500, "down") if "alice-old" in (request.authorization or "") else "ok"
+    )
+    try:
+        await router.acompletion(model="gpt", messages=MESSAGES, user_id="alice")
+        source.set(SecretKey("openai", user_id="alice"), {"api_key": "canary-alice-new-02"})
+        source.set(SecretKey("backup", user_id="alice"), {"api_key": "canary-alice-backup-02"})
+        fake._handler = lambda request: (
+            HTTPErrorStep(401, "Incorrect API key") if "01" in (request.authorization or "") else "ok"
+        )
+        await router.acompletion(model="gpt", messages=MESSAGES, user_id="alice")
+        assert fake.requests[-1].authorization == "Bearer canary-alice-new-02"
+        assert cached_clients("canary-alice-old-01") == []
+        await router.acompletion(model="backup", messages=MESSAGES, user_id="alice")
+        assert fake.requests[-1].authorization == "Bearer canary-alice-backup-02"
+        assert cached_clients("canary-alice-backup-01") == []
+    finally:
+        await router.aclose()
+
+
+async def test_a_users_old_key_another_open_router_still_sends_keeps_its_client(fake: FakeOpenAI) -> None:
+    source = alice_source()
+    secrets = SecretsManager(source)
+    first = await build_router(key_config(fake), secrets, follow_changes=False)
+    second = await build_router(key_config(fake), secrets, follow_changes=False)
+    try:
+        await first.acompletion(model="gpt", messages=MESSAGES, user_id="alice")
+        await second.acompletion(model="gpt", messages=MESSAGES, user_id="alice")
+        (client,) = cached_clients("canary-alice-old-01")
+        source.set(SecretKey("openai", user_id="alice"), {"api_key": "canary-alice-new-02"})
+        secrets.invalidate("openai", user_id="alice")
+        await first.acompletion(model="gpt", messages=MESSAGES, user_id="alice")
+        assert cached_clients("canary-alice-old-01") == [client]  # second's calls still carry it
+        await second.acompletion(model="gpt", messages=MESSAGES, user_id="alice")
+        assert cached_clients("canary-alice-old-01") == []
+    finally:
+        await first.aclose()
+        await second.aclose()
+
+
+async def test_a_users_key_that_cannot_be_read_keeps_her_client(fake: FakeOpenAI) -> None:
+    source = alice_source()
+    secrets = SecretsManager(source, stale_grace=0)
+    router = await build_router(key_config(fake), secrets, follow_changes=False)
+    try:
+        await router.acompletion(model="gpt", messages=MESSAGES, user_id="alice")
+        secrets.invalidate("openai", user_id="alice")
+
+        async def unavailable(key: SecretKey) -> None:
+            raise SecretsUnavailableError("the source is away")
+
+        source.fetch = unavailable  # type: ignore[method-assign]
+        with pytest.raises(LLMError):
+            await router.acompletion(model="gpt", messages=MESSAGES, user_id="alice")
+        assert len(cached_clients("canary-alice-old-01")) == 1  # not known to have changed
+    finally:
+        await router.aclose()
+
+
+async def test_dropping_a_users_clients_shows_no_key(
+    fake: FakeOpenAI, caplog: pytest.LogCaptureFixture
+) -> None:
+    source = alice_source(api_key="canary-alice-backup-01")
+    secrets = SecretsManager(source)
+    caplog.set_level(logging.DEBUG)
+    router = await build_router(two_group_config(fake), secrets)
+    await router.acompletion(model="gpt", messages=MESSAGES, user_id="alice")
+    await router.acompletion(model="backup", messages=MESSAGES, user_id="alice")
+    source.set(SecretKey("openai", user_id="alice"), {"api_key": "canary-alice-new-02"})
+    await secrets.refresh(user_id="alice")
+    source.set(SecretKey("backup", user_id="alice"), {"api_key": "canary-alice-backup-02"})
+    secrets.invalidate(user_id="alice")
+    await router.acompletion(model="backup", messages=MESSAGES, user_id="alice")
+    assert "dropped 1 cached LLM client" in caplog.text
+    assert "canary-" not in caplog.text
+    assert "canary-" not in repr(router)
+    await router.aclose()
+    assert "canary-" not in caplog.text

@@ -50,6 +50,7 @@ __all__ = [
     "discard",
     "drop_clients",
     "fallback_groups",
+    "key_digest",
     "litellm",
     "new_router",
     "status_of",
@@ -114,8 +115,14 @@ def discard(router: Router) -> None:
     router.discard()
 
 
-def drop_clients(api_keys: Iterable[str]) -> int:
-    """Take the SDK clients litellm cached for these keys out of its client cache; how many.
+def key_digest(api_key: str) -> str:
+    """How litellm's client cache names a key: its SHA-256, hex (``get_openai_client_cache_key``)."""
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+def drop_clients(digests: Iterable[str]) -> int:
+    """Take the SDK clients litellm cached for these keys (by :func:`key_digest`) out of its client
+    cache; how many.
 
     litellm (``BaseOpenAILLM.set_cached_openai_client``: OpenAI, Azure and the providers that go
     through the OpenAI SDK) caches one SDK client per key and client settings in its process-wide
@@ -130,7 +137,7 @@ def drop_clients(api_keys: Iterable[str]) -> int:
     (900 s) have passed, on a later lookup in the cache from the same event loop; a client the
     caller supplied (``litellm.aclient_session``) is left open. Closing here at once would break a
     call that was handed the client and is not yet on the wire."""
-    prefixes = tuple(f"hashed_api_key={hashlib.sha256(key.encode()).hexdigest()}," for key in api_keys)
+    prefixes = tuple(f"hashed_api_key={digest}," for digest in digests)
     if not prefixes:
         return 0
     cache = litellm.in_memory_llm_clients_cache

@@ -28,6 +28,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from cachetools import LRUCache
 from pydantic import ValidationError
 
 from dynamic_agents._logging import get_logger
@@ -63,6 +64,11 @@ __all__ = ["LLMRouter", "build_router"]
 logger = get_logger("llm")
 
 _MESSAGE_LIMIT = 2000
+
+_USERS_KEYS_KEPT = 1024
+"""How many users' keys (one per user and provider) a router remembers its calls carrying, to drop
+litellm's cached clients of one that changed: five times litellm's client cache (200 entries), so a
+key forgotten here has almost surely left that cache already (it drops the oldest client first)."""
 
 
 @dataclass(slots=True)
@@ -244,6 +250,9 @@ class LLMRouter:
         self.router = router
         self._deployments = {d.id: d for d in deployments}
         self._user_keys = self._user_key_references(config, secrets)
+        # (provider, field, user id) → the digest (_litellm.key_digest) of the user's key its calls
+        # carry: digests, so the router keeps no user's key past its calls.
+        self._users_keys_sent: LRUCache[tuple[str, str, str], str] = LRUCache(_USERS_KEYS_KEPT)
         self._unsubscribe = secrets.on_change(self._on_secret_change) if follow_changes else None
         self._closed = False
         self._follow_ups: set[asyncio.Task[None]] = set()
@@ -340,10 +349,8 @@ class LLMRouter:
             if attempt == 0 and failure.status == 401:
                 if user_params and user_id is not None:
                     if await self._refresh_user_after_401(model, user_id):
-                        refused = user_params["api_key"]
+                        # The lookup drops the refused key's clients if it changed.
                         user_params = await self._user_key(model, user_id)
-                        if user_params.get("api_key") != refused:
-                            self._drop_clients([refused])
                         continue  # the user's rotated key: retry once with it
                 elif await self._refresh_after_401(model, sent_with):
                     continue  # a rotated key: retry once with it
@@ -469,16 +476,31 @@ class LLMRouter:
         raise failure
 
     async def _user_params(self, model: str, user_id: str) -> dict[str, str]:
+        """The user's own key for the group's provider as a call parameter, or none; a key that
+        differs from the one the user's calls carried before has the old one's clients dropped."""
         reference = self._user_keys.get(model)
         if reference is None:
             return {}
         key = await self.secrets.get(*reference, user_id)
-        if key is None:
-            return {}
+        value = None if key is None else key.reveal()
         shared = {d.params.get("api_key") for d in self._deployments.values() if d.config.model_name == model}
-        if key.reveal() in shared:  # the system key (user fallback configured): nothing to override
-            return {}
-        return {"api_key": key.reveal()}
+        if value in shared:  # the system key (user fallback configured): nothing to override
+            value = None
+        self._note_user_key((*reference, user_id), value)
+        return {} if value is None else {"api_key": value}
+
+    def _note_user_key(self, slot: tuple[str, str, str], key: str | None) -> None:
+        """Remember the key a user's calls carry for a provider now (``None``: the deployment's);
+        one that changed — rotated, say by Identity, with no 401 — has the old one's cached clients
+        dropped: else they stay in litellm's cache, key included, for an hour."""
+        before = self._users_keys_sent.get(slot)
+        digest = None if key is None else _litellm.key_digest(key)
+        if digest is None:
+            self._users_keys_sent.pop(slot, None)
+        else:
+            self._users_keys_sent[slot] = digest
+        if before is not None and before != digest:
+            self._drop_clients([before])
 
     # -- rotation ---------------------------------------------------------------------------------
 
@@ -501,13 +523,29 @@ class LLMRouter:
         return sum(d.params != before[d.id] for d in self._deployments.values())
 
     async def _on_secret_change(self, change: SecretChange) -> None:
-        if change.key.user_id is not None or self._closed:
+        if self._closed:
+            return
+        if change.key.user_id is not None:
+            self._user_key_changed(change)
             return
         for deployment in list(self._deployments.values()):
             if change.key.provider in deployment.providers:
                 # The notice may come from a fetch that an update of this deployment is waiting
                 # for: waiting for that update here would wait for ever.
                 await self._update_or_log(deployment, wait=False)
+
+    def _user_key_changed(self, change: SecretChange) -> None:
+        """A user's key the calls carried changed in the manager (its refresh, ahead of expiry or
+        after a 401): drop the old key's cached clients now; the user's next call looks the new
+        one up. Read no value here: the notice comes from within the manager's fetch, which a
+        lookup could wait for. A call that looked the new key up between that fetch and this
+        notice loses its client at worst (built again on its next call)."""
+        if change.key.name is not None or change.key.user_id is None:
+            return  # per-user keys are looked up unnamed
+        slots = [(change.key.provider, field, change.key.user_id) for field in change.fields]
+        self._drop_clients(
+            [self._users_keys_sent.pop(slot) for slot in slots if slot in self._users_keys_sent]
+        )
 
     async def _update_or_log(self, deployment: _Deployment, *, wait: bool = True) -> None:
         """:meth:`_update`; a secret that cannot be resolved leaves the deployment as it is and is
@@ -570,15 +608,20 @@ class LLMRouter:
         old_key = deployment.params.get("api_key")
         deployment.params = params
         logger.info("rotated the credentials of %s", deployment.config.describe())
-        self._drop_clients([old_key])
+        self._drop_clients(_digests([old_key]))
         return True
 
-    def _drop_clients(self, api_keys: Iterable[object]) -> None:
-        """Drop litellm's cached SDK clients of these keys unless an open router still sends one
+    def _drop_clients(self, digests: Iterable[str]) -> None:
+        """Drop litellm's cached SDK clients of these keys (by :func:`_litellm.key_digest`) unless
+        an open router still sends one, as a deployment's key or a user's
         (:func:`_litellm.drop_clients`): else each key rotated away keeps a client — with the key
         and its pooled connections — for an hour, up to the 200 entries of litellm's cache."""
-        in_use = {d.params.get("api_key") for router in LLMRouter._open for d in router._deployments.values()}
-        stale = {key for key in api_keys if isinstance(key, str) and key not in in_use}
+        stale = set(digests)
+        if not stale:
+            return
+        for router in LLMRouter._open:
+            stale -= _digests(d.params.get("api_key") for d in router._deployments.values())
+            stale -= set(router._users_keys_sent.values())
         if stale:
             dropped = _litellm.drop_clients(stale)
             logger.debug("dropped %d cached LLM client(s) of keys no longer in use", dropped)
@@ -600,7 +643,9 @@ class LLMRouter:
         for task in list(self._follow_ups):
             task.cancel()
         await asyncio.gather(*self._follow_ups, return_exceptions=True)
-        self._drop_clients(deployment.params.get("api_key") for deployment in self._deployments.values())
+        self._drop_clients(
+            _digests(deployment.params.get("api_key") for deployment in self._deployments.values())
+        )
         _litellm.discard(self.router)
 
     async def __aenter__(self) -> LLMRouter:
@@ -608,6 +653,11 @@ class LLMRouter:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+
+def _digests(api_keys: Iterable[object]) -> set[str]:
+    """The :func:`_litellm.key_digest` of each key that is one (a string)."""
+    return {_litellm.key_digest(key) for key in api_keys if isinstance(key, str)}
 
 
 async def _translated_stream(stream: Any, model: str) -> AsyncIterator[Any]:
