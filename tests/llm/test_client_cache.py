@@ -393,3 +393,35 @@ async def test_dropping_a_users_clients_shows_no_key(
     assert "canary-" not in repr(router)
     await router.aclose()
     assert "canary-" not in caplog.text
+
+
+async def test_closing_the_router_drops_its_users_keys_clients_fallback_groups_included(
+    fake: FakeOpenAI,
+) -> None:
+    source = alice_source(api_key="canary-alice-backup-01")
+    router = await build_router(two_group_config(fake), SecretsManager(source))
+    fake._handler = lambda request: (
+        HTTPErrorStep(500, "down") if "alice-old" in (request.authorization or "") else "ok"
+    )
+    await router.acompletion(model="gpt", messages=MESSAGES, user_id="alice")
+    clients = cached_clients("canary-alice-old-01") + cached_clients("canary-alice-backup-01")
+    assert len(clients) == 2  # her key for the group, and for the fallback group's provider
+    await router.aclose()
+    assert cached_clients("canary-alice-old-01") == cached_clients("canary-alice-backup-01") == []
+    assert not any("canary-" in name for name in keys_in_cache_names().split())
+    assert all([await closed(client) for client in clients])
+
+
+async def test_closing_one_router_keeps_a_users_key_another_open_router_sends(fake: FakeOpenAI) -> None:
+    secrets = SecretsManager(alice_source())
+    replaced = await build_router(key_config(fake), secrets)
+    replacement = await build_router(key_config(fake), secrets)
+    try:
+        await replaced.acompletion(model="gpt", messages=MESSAGES, user_id="alice")
+        await replacement.acompletion(model="gpt", messages=MESSAGES, user_id="alice")
+        (client,) = cached_clients("canary-alice-old-01")
+        await replaced.aclose()
+        assert cached_clients("canary-alice-old-01") == [client]
+    finally:
+        await replacement.aclose()
+    assert cached_clients("canary-alice-old-01") == []

@@ -5,8 +5,9 @@ included) and builds the ``litellm.Router`` once. Afterwards:
 
 * a rotated secret (``SecretsManager.on_change``, or ``refresh()``) swaps the key of the deployments
   that use it with ``upsert_deployment`` — same deployment ids, same Router object — takes them
-  out of cooldown, and drops litellm's cached SDK clients of the old key (closing the router drops
-  those of its keys), unless an open router still sends it;
+  out of cooldown, and drops litellm's cached SDK clients of the old key (a user's own key that
+  changed has its old one's dropped too; closing the router drops those of its keys and of the
+  users' keys its calls carried), unless an open router still sends it;
 * a call that fails with 401 forces one secret refresh and one retry (of the user's keys when it
   carried the user's own);
 * a call for a user who has their own key for the group's provider carries that key per call; it is
@@ -632,8 +633,9 @@ class LLMRouter:
 
     async def aclose(self) -> None:
         """Stop following secret changes, unhook the Router from litellm's globals and drop
-        litellm's cached clients of its keys (unless another open router sends them); from then
-        on every call raises :class:`LLMUnavailableError` ("the LLM router was closed")."""
+        litellm's cached clients of its keys and of the users' own keys its calls carried (unless
+        another open router sends them); from then on every call raises
+        :class:`LLMUnavailableError` ("the LLM router was closed")."""
         if self._closed:
             return
         self._closed = True
@@ -643,9 +645,9 @@ class LLMRouter:
         for task in list(self._follow_ups):
             task.cancel()
         await asyncio.gather(*self._follow_ups, return_exceptions=True)
-        self._drop_clients(
-            _digests(deployment.params.get("api_key") for deployment in self._deployments.values())
-        )
+        keys = _digests(deployment.params.get("api_key") for deployment in self._deployments.values())
+        self._drop_clients(keys | set(self._users_keys_sent.values()))  # fallback groups' included
+        self._users_keys_sent.clear()
         _litellm.discard(self.router)
 
     async def __aenter__(self) -> LLMRouter:
