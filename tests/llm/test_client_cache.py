@@ -9,19 +9,28 @@ OpenAI server as its transport.
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import litellm
 import pytest
 from litellm.caching.evicted_client_closer import EvictedClientCloser
+from litellm.constants import (
+    _DEFAULT_TTL_FOR_HTTPX_CLIENTS,
+    EVICTED_LLM_CLIENT_CLOSE_GRACE_SECONDS,
+    EVICTED_LLM_CLIENT_CLOSE_MAX_PENDING,
+)
 from litellm.llms.openai.common_utils import BaseOpenAILLM
 
 from dynamic_agents.exceptions import LLMError, SecretsUnavailableError
 from dynamic_agents.llm import RouterConfig, build_router
+from dynamic_agents.llm._litellm import discard, key_digest
+from dynamic_agents.llm.router import _USERS_KEYS_KEPT
 from dynamic_agents.secrets import SecretKey, SecretsManager, StaticSource
 from dynamic_agents.testing import FakeOpenAI
 from dynamic_agents.testing.openai import HTTPErrorStep
@@ -425,3 +434,46 @@ async def test_closing_one_router_keeps_a_users_key_another_open_router_sends(fa
     finally:
         await replacement.aclose()
     assert cached_clients("canary-alice-old-01") == []
+
+
+def test_the_client_cache_numbers_in_the_docs_are_litellms() -> None:
+    """docs/llm.md quotes them: a litellm release that changes one fails here, not in production."""
+    docs = (Path(__file__).parents[2] / "docs" / "llm.md").read_text()
+    section = " ".join(docs.split("### Cached clients and keys")[1].split())  # lines joined
+    assert _DEFAULT_TTL_FOR_HTTPX_CLIENTS == 3600
+    assert "3600 s" in section
+    assert litellm.in_memory_llm_clients_cache.max_size_in_memory == 200
+    assert "200 entries" in section
+    assert EVICTED_LLM_CLIENT_CLOSE_GRACE_SECONDS == 900
+    assert "900 s" in section
+    assert EVICTED_LLM_CLIENT_CLOSE_MAX_PENDING == 10_000
+    assert "10,000 wait" in section
+    assert _USERS_KEYS_KEPT == 1024
+    assert "1,024 users" in section
+
+
+async def test_calls_do_not_extend_a_cached_clients_hour(fake: FakeOpenAI) -> None:
+    router = await build_router(key_config(fake), SecretsManager(alice_source()))
+    cache = litellm.in_memory_llm_clients_cache
+    try:
+        await router.acompletion(model="gpt", messages=MESSAGES)
+        (name,) = [name for name in cache.ttl_dict if f"hashed_api_key={key_digest(version(0))}," in name]
+        expires = cache.ttl_dict[name]
+        await router.acompletion(model="gpt", messages=MESSAGES)
+        assert len(fake.requests) == 2
+        assert cache.ttl_dict[name] == expires
+    finally:
+        await router.aclose()
+
+
+async def test_a_router_never_closed_leaves_its_keys_clients(fake: FakeOpenAI) -> None:
+    router = await build_router(key_config(fake), SecretsManager(alice_source()), follow_changes=False)
+    await router.acompletion(model="gpt", messages=MESSAGES)
+    await router.acompletion(model="gpt", messages=MESSAGES, user_id="alice")
+    litellm_router = router.router
+    del router
+    gc.collect()
+    try:
+        assert len(cached_clients(version(0))) == len(cached_clients("canary-alice-old-01")) == 1
+    finally:
+        discard(litellm_router)  # what aclose() would have done, so no later test counts its callbacks
