@@ -477,3 +477,46 @@ async def test_a_router_never_closed_leaves_its_keys_clients(fake: FakeOpenAI) -
         assert len(cached_clients(version(0))) == len(cached_clients("canary-alice-old-01")) == 1
     finally:
         discard(litellm_router)  # what aclose() would have done, so no later test counts its callbacks
+
+
+async def test_a_rotated_azure_ad_token_drops_its_client_and_so_does_closing(fake: FakeOpenAI) -> None:
+    """An Azure AD token (short-lived: it rotates hourly) is no ``api_key``: litellm names its
+    client by the token's digest in another field, ``azure_ad_token=<sha256>``."""
+    source = StaticSource({"azure": {"token": "canary-ad-token-01"}})
+    config = RouterConfig.from_dict(
+        {
+            "model_list": [
+                {
+                    "model_name": "gpt",
+                    "litellm_params": {
+                        "model": "azure/gpt-4o",
+                        "azure_ad_token": "secret:azure:token",
+                        "api_base": "http://fake-azure.localhost",
+                        "api_version": "2024-10-21",
+                    },
+                }
+            ],
+            "num_retries": 0,
+        }
+    )
+    router = await build_router(config, SecretsManager(source))
+
+    def token_clients(token: str) -> list[str]:
+        return [name for name in keys_in_cache_names().split() if f"={key_digest(token)}," in name]
+
+    try:
+        # The fake answers OpenAI's paths only (Azure's gets a 404): the client is cached before.
+        with pytest.raises(LLMError):
+            await router.acompletion(model="gpt", messages=MESSAGES)
+        assert fake.requests[-1].authorization == "Bearer canary-ad-token-01"
+        assert len(token_clients("canary-ad-token-01")) == 1
+        source.set(SecretKey("azure"), {"token": "canary-ad-token-02"})
+        assert await router.refresh() == 1
+        assert token_clients("canary-ad-token-01") == []
+        with pytest.raises(LLMError):
+            await router.acompletion(model="gpt", messages=MESSAGES)
+        assert fake.requests[-1].authorization == "Bearer canary-ad-token-02"
+        assert len(token_clients("canary-ad-token-02")) == 1
+    finally:
+        await router.aclose()
+    assert token_clients("canary-ad-token-02") == []

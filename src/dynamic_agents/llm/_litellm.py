@@ -7,8 +7,9 @@ litellm is pinned to 1.106.x (``pyproject.toml``) because of the internals used 
   litellm's global callbacks (``_unregister_router_selectors`` removes them from two of the lists,
   not from the success / failure lists litellm copies them into on the first call), where they keep
   counting usage;
-* dropping the SDK clients cached for a key that rotated away: litellm has no call for it, only its
-  client cache (``litellm.in_memory_llm_clients_cache``) and that cache's naming of the entries.
+* dropping the SDK clients cached for a credential that rotated away: litellm has no call for it,
+  only its client cache (``litellm.in_memory_llm_clients_cache``) and that cache's naming of the
+  entries.
 
 Importing this module imports litellm (about 1.5 s). ``LITELLM_LOCAL_MODEL_COST_MAP`` is set to
 ``True`` first unless the host set it: otherwise litellm fetches its cost map over the network at
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
@@ -115,33 +117,43 @@ def discard(router: Router) -> None:
     router.discard()
 
 
-def key_digest(api_key: str) -> str:
-    """How litellm's client cache names a key: its SHA-256, hex (``get_openai_client_cache_key``)."""
-    return hashlib.sha256(api_key.encode()).hexdigest()
+def key_digest(credential: str) -> str:
+    """How litellm's client cache names a credential: its SHA-256, hex."""
+    return hashlib.sha256(credential.encode()).hexdigest()
+
+
+_DIGEST_IN_NAME = re.compile(r"=([0-9a-f]{64})(?![0-9a-f])")
+"""A credential's digest in a client cache entry's name (see :func:`drop_clients`)."""
 
 
 def drop_clients(digests: Iterable[str]) -> int:
-    """Take the SDK clients litellm cached for these keys (by :func:`key_digest`) out of its client
-    cache; how many.
+    """Take the SDK clients litellm cached for these credentials (by :func:`key_digest`) out of its
+    client cache; how many.
 
     litellm (``BaseOpenAILLM.set_cached_openai_client``: OpenAI, Azure and the providers that go
     through the OpenAI SDK) caches one SDK client per key and client settings in its process-wide
     ``in_memory_llm_clients_cache`` for ``_DEFAULT_TTL_FOR_HTTPX_CLIENTS`` (3600 s), each with a
     connection pool of its own and the key in plain text, in the client and in the entry's name. An
-    expired entry leaves only when the cache is next written to, or when the cache is full (200
-    entries: the one that expires first goes). Its entries' names start with
-    ``hashed_api_key=<sha256 of the key>,`` (``get_openai_client_cache_key``).
+    expired entry leaves at its next lookup or when the cache is next written to, and a full cache
+    (200 entries) drops the one that expires first. Its entries' names hold the credentials' digests
+    (``get_openai_client_cache_key``): ``hashed_api_key=<sha256 of the key>,`` first, and for Azure
+    ``azure_ad_token=<sha256>,`` and ``client_secret=<sha256>|`` / ``azure_password=<sha256>|``
+    (``BaseAzureLLM.get_azure_openai_client``): an entry is matched by ``=<digest>`` anywhere.
 
     ``delete_cache`` hands a client litellm built to the cache's ``EvictedClientCloser``, which
     closes it once no connection of it is in use and ``EVICTED_LLM_CLIENT_CLOSE_GRACE_SECONDS``
     (900 s) have passed, on a later lookup in the cache from the same event loop; a client the
     caller supplied (``litellm.aclient_session``) is left open. Closing here at once would break a
     call that was handed the client and is not yet on the wire."""
-    prefixes = tuple(f"hashed_api_key={digest}," for digest in digests)
-    if not prefixes:
+    wanted = set(digests)
+    if not wanted:
         return 0
     cache = litellm.in_memory_llm_clients_cache
-    names = [name for name in list(cache.cache_dict) if isinstance(name, str) and name.startswith(prefixes)]
+    names = [
+        name
+        for name in list(cache.cache_dict)
+        if isinstance(name, str) and not wanted.isdisjoint(_DIGEST_IN_NAME.findall(name))
+    ]
     for name in names:
         cache.delete_cache(name)
     return len(names)

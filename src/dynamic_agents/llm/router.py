@@ -5,9 +5,9 @@ included) and builds the ``litellm.Router`` once. Afterwards:
 
 * a rotated secret (``SecretsManager.on_change``, or ``refresh()``) swaps the key of the deployments
   that use it with ``upsert_deployment`` — same deployment ids, same Router object — takes them
-  out of cooldown, and drops litellm's cached SDK clients of the old key (a user's own key that
-  changed has its old one's dropped too; closing the router drops those of its keys and of the
-  users' keys its calls carried), unless an open router still sends it;
+  out of cooldown, and drops litellm's cached SDK clients of the old key or token (a user's own
+  key that changed has its old one's dropped too; closing the router drops those of its
+  credentials and of the users' keys its calls carried), unless an open router still sends it;
 * a call that fails with 401 forces one secret refresh and one retry (of the user's keys when it
   carried the user's own);
 * a call for a user who has their own key for the group's provider carries that key per call; it is
@@ -606,22 +606,24 @@ class LLMRouter:
             {**deployment.config.model_info, "id": deployment.id},
         )
         await _litellm.clear_cooldown(self.router, deployment.id)
-        old_key = deployment.params.get("api_key")
+        rotated_away = _credentials(deployment.params) - _credentials(params)
         deployment.params = params
         logger.info("rotated the credentials of %s", deployment.config.describe())
-        self._drop_clients(_digests([old_key]))
+        self._drop_clients(rotated_away)
         return True
 
     def _drop_clients(self, digests: Iterable[str]) -> None:
-        """Drop litellm's cached SDK clients of these keys (by :func:`_litellm.key_digest`) unless
-        an open router still sends one, as a deployment's key or a user's
-        (:func:`_litellm.drop_clients`): else each key rotated away keeps a client — with the key
-        and its pooled connections — for an hour, up to the 200 entries of litellm's cache."""
+        """Drop litellm's cached SDK clients of these credentials (by :func:`_litellm.key_digest`:
+        a key, an Azure AD token…) unless an open router still sends one, in a deployment's params
+        or as a user's key (:func:`_litellm.drop_clients`): else each key rotated away keeps a
+        client — with the key and its pooled connections — for an hour, up to the 200 entries of
+        litellm's cache."""
         stale = set(digests)
         if not stale:
             return
         for router in LLMRouter._open:
-            stale -= _digests(d.params.get("api_key") for d in router._deployments.values())
+            for deployment in router._deployments.values():
+                stale -= _credentials(deployment.params)
             stale -= set(router._users_keys_sent.values())
         if stale:
             dropped = _litellm.drop_clients(stale)
@@ -645,8 +647,10 @@ class LLMRouter:
         for task in list(self._follow_ups):
             task.cancel()
         await asyncio.gather(*self._follow_ups, return_exceptions=True)
-        keys = _digests(deployment.params.get("api_key") for deployment in self._deployments.values())
-        self._drop_clients(keys | set(self._users_keys_sent.values()))  # fallback groups' included
+        credentials = set().union(
+            *(_credentials(deployment.params) for deployment in self._deployments.values())
+        )
+        self._drop_clients(credentials | set(self._users_keys_sent.values()))  # fallback groups' too
         self._users_keys_sent.clear()
         _litellm.discard(self.router)
 
@@ -657,9 +661,11 @@ class LLMRouter:
         await self.aclose()
 
 
-def _digests(api_keys: Iterable[object]) -> set[str]:
-    """The :func:`_litellm.key_digest` of each key that is one (a string)."""
-    return {_litellm.key_digest(key) for key in api_keys if isinstance(key, str)}
+def _credentials(params: Mapping[str, Any]) -> set[str]:
+    """The :func:`_litellm.key_digest` of every credential in resolved params (``api_key``,
+    ``azure_ad_token``, ``client_secret``…: :func:`literal_credentials`), as litellm's client
+    cache names them."""
+    return {_litellm.key_digest(credential) for credential in literal_credentials(params)}
 
 
 async def _translated_stream(stream: Any, model: str) -> AsyncIterator[Any]:
