@@ -364,6 +364,26 @@ async def test_a_users_old_key_another_open_router_still_sends_keeps_its_client(
         await second.aclose()
 
 
+async def test_a_users_key_rotation_notice_heard_by_two_routers_drops_her_old_client(
+    fake: FakeOpenAI,
+) -> None:
+    source = alice_source()
+    secrets = SecretsManager(source)
+    first = await build_router(key_config(fake), secrets)
+    second = await build_router(key_config(fake), secrets)
+    try:
+        await first.acompletion(model="gpt", messages=MESSAGES, user_id="alice")
+        await second.acompletion(model="gpt", messages=MESSAGES, user_id="alice")
+        (client,) = cached_clients("canary-alice-old-01")
+        source.set(SecretKey("openai", user_id="alice"), {"api_key": "canary-alice-new-02"})
+        assert await secrets.refresh(user_id="alice") == 1  # each router hears it in turn
+        assert cached_clients("canary-alice-old-01") == []
+        assert await closed(client)
+    finally:
+        await first.aclose()
+        await second.aclose()
+
+
 async def test_a_users_key_that_cannot_be_read_keeps_her_client(fake: FakeOpenAI) -> None:
     source = alice_source()
     secrets = SecretsManager(source, stale_grace=0)
