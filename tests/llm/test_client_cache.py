@@ -33,7 +33,7 @@ from dynamic_agents.llm._litellm import discard, key_digest
 from dynamic_agents.llm.router import _USERS_KEYS_KEPT
 from dynamic_agents.secrets import SecretKey, SecretsManager, StaticSource
 from dynamic_agents.testing import FakeOpenAI
-from dynamic_agents.testing.openai import HTTPErrorStep
+from dynamic_agents.testing.openai import FakeOpenAIRequest, HTTPErrorStep
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 ROTATIONS = 12
@@ -540,3 +540,32 @@ async def test_a_rotated_azure_ad_token_drops_its_client_and_so_does_closing(fak
     finally:
         await router.aclose()
     assert token_clients("canary-ad-token-02") == []
+
+
+async def test_a_users_key_rotated_while_litellm_retries_her_call_leaves_no_client(fake: FakeOpenAI) -> None:
+    """litellm retries a call with the key it was given: one rotated during the retry's back-off
+    (the notice drops its client) gets a client built again, dropped once the call is over."""
+    source = alice_source()
+    secrets = SecretsManager(source)
+    config = RouterConfig.from_dict({"model_list": [deployment(fake)], "num_retries": 1})
+    router = await build_router(config, secrets)
+    rotations: list[asyncio.Task[int]] = []
+
+    def rotate_on_the_first_request(request: FakeOpenAIRequest) -> HTTPErrorStep | str:
+        if not rotations:
+            source.set(SecretKey("openai", user_id="alice"), {"api_key": "canary-alice-new-02"})
+            rotations.append(asyncio.get_running_loop().create_task(secrets.refresh(user_id="alice")))
+            return HTTPErrorStep(500, "down", retry_after=0)
+        return "ok"
+
+    fake._handler = rotate_on_the_first_request
+    try:
+        await router.acompletion(model="gpt", messages=MESSAGES, user_id="alice")
+        assert await rotations[0] == 1
+        assert [request.authorization for request in fake.requests] == ["Bearer canary-alice-old-01"] * 2
+        assert cached_clients("canary-alice-old-01") == []
+        await router.acompletion(model="gpt", messages=MESSAGES, user_id="alice")
+        assert fake.requests[-1].authorization == "Bearer canary-alice-new-02"
+    finally:
+        await router.aclose()
+    assert cached_clients("canary-alice-old-01") == []

@@ -71,6 +71,9 @@ _USERS_KEYS_KEPT = 1024
 litellm's cached clients of one that changed: five times litellm's client cache (200 entries), so a
 key forgotten here has almost surely left that cache already (it drops the oldest client first)."""
 
+_CHANGED = ""
+"""Recorded for a user's key the calls carried that changed, until the next lookup of the new one."""
+
 
 @dataclass(slots=True)
 class _Deployment:
@@ -252,7 +255,7 @@ class LLMRouter:
         self._deployments = {d.id: d for d in deployments}
         self._user_keys = self._user_key_references(config, secrets)
         # (provider, field, user id) → the digest (_litellm.key_digest) of the user's key its calls
-        # carry: digests, so the router keeps no user's key past its calls.
+        # carry, or _CHANGED: digests, so the router keeps no user's key past its calls.
         self._users_keys_sent: LRUCache[tuple[str, str, str], str] = LRUCache(_USERS_KEYS_KEPT)
         self._unsubscribe = secrets.on_change(self._on_secret_change) if follow_changes else None
         self._closed = False
@@ -335,13 +338,16 @@ class LLMRouter:
                         attempted=set(),
                     )
                 else:
-                    response = await self.router.acompletion(
-                        model=model,
-                        messages=messages,
-                        metadata=copy.deepcopy(metadata),
-                        **user_params,
-                        **kwargs,
-                    )
+                    try:
+                        response = await self.router.acompletion(
+                            model=model,
+                            messages=messages,
+                            metadata=copy.deepcopy(metadata),
+                            **user_params,
+                            **kwargs,
+                        )
+                    finally:
+                        self._check_user_key_sent(model, user_id, user_params)
             except Exception as error:  # every litellm error is translated
                 failure = _translate(error, model)
             if failure is None:
@@ -386,6 +392,8 @@ class LLMRouter:
             )
         except Exception as error:
             failure = error
+        finally:
+            self._check_user_key_sent(model, user_id, user_params)
         for group in _litellm.fallback_groups(self.router, model, failure):
             if group in attempted:
                 continue
@@ -500,8 +508,23 @@ class LLMRouter:
             self._users_keys_sent.pop(slot, None)
         else:
             self._users_keys_sent[slot] = digest
-        if before is not None and before != digest:
+        if before not in (None, _CHANGED, digest):
             self._drop_clients([before])
+
+    def _check_user_key_sent(self, model: str, user_id: str | None, user_params: Mapping[str, str]) -> None:
+        """After a call that carried a user's key: if the user's calls no longer carry it (it
+        changed, or the router closed, while the call was in flight), drop its clients. litellm
+        retries a call with the key it was given, so a retry after the change notice dropped the
+        key's clients builds one again, which nothing else would drop. A key no longer recorded
+        (pushed out by other users', or removed) is left: its client may well be in use."""
+        key = user_params.get("api_key")
+        reference = self._user_keys.get(model)
+        if key is None or reference is None or user_id is None:
+            return
+        digest = _litellm.key_digest(key)
+        recorded = self._users_keys_sent.get((*reference, user_id))
+        if self._closed or (recorded is not None and recorded != digest):
+            self._drop_clients([digest])
 
     # -- rotation ---------------------------------------------------------------------------------
 
@@ -543,10 +566,13 @@ class LLMRouter:
         notice loses its client at worst (built again on its next call)."""
         if change.key.name is not None or change.key.user_id is None:
             return  # per-user keys are looked up unnamed
-        slots = [(change.key.provider, field, change.key.user_id) for field in change.fields]
-        self._drop_clients(
-            [self._users_keys_sent.pop(slot) for slot in slots if slot in self._users_keys_sent]
-        )
+        old = []
+        for name in change.fields:
+            slot = (change.key.provider, name, change.key.user_id)
+            if slot in self._users_keys_sent:
+                old.append(self._users_keys_sent[slot])
+                self._users_keys_sent[slot] = _CHANGED  # a call in flight with the old key sees it
+        self._drop_clients(digest for digest in old if digest != _CHANGED)
 
     async def _update_or_log(self, deployment: _Deployment, *, wait: bool = True) -> None:
         """:meth:`_update`; a secret that cannot be resolved leaves the deployment as it is and is
@@ -650,7 +676,8 @@ class LLMRouter:
         credentials = set().union(
             *(_credentials(deployment.params) for deployment in self._deployments.values())
         )
-        self._drop_clients(credentials | set(self._users_keys_sent.values()))  # fallback groups' too
+        users = set(self._users_keys_sent.values()) - {_CHANGED}
+        self._drop_clients(credentials | users)  # fallback groups' too
         self._users_keys_sent.clear()
         _litellm.discard(self.router)
 
