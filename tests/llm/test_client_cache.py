@@ -569,3 +569,23 @@ async def test_a_users_key_rotated_while_litellm_retries_her_call_leaves_no_clie
     finally:
         await router.aclose()
     assert cached_clients("canary-alice-old-01") == []
+
+
+async def test_a_call_whose_router_closed_while_litellm_retried_it_leaves_no_client(fake: FakeOpenAI) -> None:
+    """litellm's retry goes out even through a Router discarded meanwhile: it builds the key's
+    client again after aclose() dropped it, dropped once the call is over."""
+    config = RouterConfig.from_dict({"model_list": [deployment(fake)], "num_retries": 1})
+    router = await build_router(config, SecretsManager(alice_source()))
+    closing: list[asyncio.Task[None]] = []
+
+    def close_on_the_first_request(request: FakeOpenAIRequest) -> HTTPErrorStep | str:
+        if not closing:
+            closing.append(asyncio.get_running_loop().create_task(router.aclose()))
+            return HTTPErrorStep(500, "down", retry_after=0)
+        return "ok"
+
+    fake._handler = close_on_the_first_request
+    await router.acompletion(model="gpt", messages=MESSAGES)
+    await closing[0]
+    assert [request.authorization for request in fake.requests] == [f"Bearer {version(0)}"] * 2
+    assert cached_clients(version(0)) == []

@@ -338,18 +338,17 @@ class LLMRouter:
                         attempted=set(),
                     )
                 else:
-                    try:
-                        response = await self.router.acompletion(
-                            model=model,
-                            messages=messages,
-                            metadata=copy.deepcopy(metadata),
-                            **user_params,
-                            **kwargs,
-                        )
-                    finally:
-                        self._check_user_key_sent(model, user_id, user_params)
+                    response = await self.router.acompletion(
+                        model=model,
+                        messages=messages,
+                        metadata=copy.deepcopy(metadata),
+                        **user_params,
+                        **kwargs,
+                    )
             except Exception as error:  # every litellm error is translated
                 failure = _translate(error, model)
+            finally:
+                self._after_call(model, user_id, user_params)
             if failure is None:
                 return _translated_stream(response, model) if kwargs.get("stream") else response
             # Outside the except block: the original (whose text may echo a key) is not chained.
@@ -511,6 +510,14 @@ class LLMRouter:
         if before not in (None, _CHANGED, digest):
             self._drop_clients([before])
 
+    def _after_call(self, model: str, user_id: str | None, user_params: Mapping[str, str]) -> None:
+        """Drop the clients a call may have built again for keys no longer in use: litellm's
+        retries resend the key a call was given, and go on through a Router discarded meanwhile
+        (:meth:`aclose`), after the key's clients were dropped."""
+        self._check_user_key_sent(model, user_id, user_params)
+        if self._closed:
+            self._drop_clients(self._credentials())
+
     def _check_user_key_sent(self, model: str, user_id: str | None, user_params: Mapping[str, str]) -> None:
         """After a call that carried a user's key: if the user's calls no longer carry it (it
         changed, or the router closed, while the call was in flight), drop its clients. litellm
@@ -655,6 +662,10 @@ class LLMRouter:
             dropped = _litellm.drop_clients(stale)
             logger.debug("dropped %d cached LLM client(s) of keys no longer in use", dropped)
 
+    def _credentials(self) -> set[str]:
+        """The digests of its deployments' credentials (:func:`_credentials`)."""
+        return set().union(*(_credentials(deployment.params) for deployment in self._deployments.values()))
+
     async def cooled_down(self) -> list[str]:
         """Ids of the deployments in cooldown now."""
         return await _litellm.cooled_down(self.router)
@@ -673,11 +684,8 @@ class LLMRouter:
         for task in list(self._follow_ups):
             task.cancel()
         await asyncio.gather(*self._follow_ups, return_exceptions=True)
-        credentials = set().union(
-            *(_credentials(deployment.params) for deployment in self._deployments.values())
-        )
         users = set(self._users_keys_sent.values()) - {_CHANGED}
-        self._drop_clients(credentials | users)  # fallback groups' too
+        self._drop_clients(self._credentials() | users)  # fallback groups' too
         self._users_keys_sent.clear()
         _litellm.discard(self.router)
 
