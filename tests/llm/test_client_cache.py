@@ -27,7 +27,12 @@ from litellm.constants import (
 )
 from litellm.llms.openai.common_utils import BaseOpenAILLM
 
-from dynamic_agents.exceptions import LLMError, SecretsUnavailableError
+from dynamic_agents.exceptions import (
+    IdentityForbiddenError,
+    LLMAuthenticationError,
+    LLMError,
+    SecretsUnavailableError,
+)
 from dynamic_agents.llm import RouterConfig, build_router
 from dynamic_agents.llm._litellm import discard, key_digest
 from dynamic_agents.llm.router import _USERS_KEYS_KEPT
@@ -399,6 +404,27 @@ async def test_a_users_key_that_cannot_be_read_keeps_her_client(fake: FakeOpenAI
         with pytest.raises(LLMError):
             await router.acompletion(model="gpt", messages=MESSAGES, user_id="alice")
         assert len(cached_clients("canary-alice-old-01")) == 1  # not known to have changed
+    finally:
+        await router.aclose()
+
+
+async def test_a_users_key_whose_access_was_revoked_drops_her_client(fake: FakeOpenAI) -> None:
+    source = alice_source()
+    secrets = SecretsManager(source)
+    router = await build_router(key_config(fake), secrets, follow_changes=False)
+    try:
+        await router.acompletion(model="gpt", messages=MESSAGES, user_id="alice")
+        (client,) = cached_clients("canary-alice-old-01")
+        secrets.invalidate("openai", user_id="alice")
+
+        async def revoked(key: SecretKey) -> None:
+            raise IdentityForbiddenError("GET /api/v1/secrets answered 403", status=403)
+
+        source.fetch = revoked  # type: ignore[method-assign]
+        with pytest.raises(LLMAuthenticationError):
+            await router.acompletion(model="gpt", messages=MESSAGES, user_id="alice")
+        assert cached_clients("canary-alice-old-01") == []  # the manager serves it no more either
+        assert await closed(client)
     finally:
         await router.aclose()
 

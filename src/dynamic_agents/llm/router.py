@@ -485,11 +485,16 @@ class LLMRouter:
 
     async def _user_params(self, model: str, user_id: str) -> dict[str, str]:
         """The user's own key for the group's provider as a call parameter, or none; a key that
-        differs from the one the user's calls carried before has the old one's clients dropped."""
+        differs from the one the user's calls carried before — or whose access was revoked — has
+        the old one's clients dropped."""
         reference = self._user_keys.get(model)
         if reference is None:
             return {}
-        key = await self.secrets.get(*reference, user_id)
+        try:
+            key = await self.secrets.get(*reference, user_id)
+        except PermissionError:  # revoked: the manager serves the key no more, nor will calls carry it
+            self._note_user_key((*reference, user_id), None)
+            raise
         value = None if key is None else key.reveal()
         shared = {d.params.get("api_key") for d in self._deployments.values() if d.config.model_name == model}
         if value in shared:  # the system key (user fallback configured): nothing to override
