@@ -6,6 +6,7 @@ import doctest
 import itertools
 
 import pytest
+import regex
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -493,3 +494,47 @@ def test_a_block_with_a_one_character_line_is_not_empty() -> None:
 
 def test_an_unclosed_block_ending_in_spaces_that_fits_only_without_its_closing_fence() -> None:
     assert split_message("```\nsome code  ", limit=16) == ["```\nsome \n```", "```\ncode  \n```"]
+
+
+# Each end of the Hangul jamo and syllable ranges and of the regional indicators, with the code
+# point just outside it (a letter of another script, a punctuation mark, or an unassigned one).
+RANGE_ENDS = (
+    "\u10ff\u1100\u115f\u1160\u11a7\u11a8\u11ff\u1200"  # leading, vowel, trailing jamo
+    "\ua95f\ua960\ua97c\ua97d"  # extended leading jamo
+    "\uabff\uac00\uac01\ud7a3\ud7a4"  # syllables: the first LV and LVT, the last
+    "\ud7af\ud7b0\ud7c6\ud7c7\ud7ca\ud7cb\ud7fb\ud7fc"  # extended vowel and trailing jamo
+    "\U0001f1e5\U0001f1e6\U0001f1ff\U0001f200"  # regional indicators A and Z
+)
+
+
+def one_cluster(characters: str) -> bool:
+    return len(regex.findall(r"\X", characters)) == 1
+
+
+def test_hard_cuts_keep_together_exactly_what_unicode_segments_as_one_character() -> None:
+    """For every pair of characters at the ends of the Hangul and regional-indicator ranges, the
+    window's last cut falls between them exactly when Unicode's grapheme rules (``regex``'s ``\\X``)
+    put a boundary there; otherwise the chunk ends before the pair."""
+    wrong = []
+    for first, second in itertools.product(RANGE_ENDS, repeat=2):
+        text = "x" * 15 + first + second + "x"
+        if one_cluster(first + second):
+            expected = ["x" * 15, first + second + "x"]
+        else:
+            expected = ["x" * 15 + first, second + "x"]
+        if split_message(text, limit=16) != expected:
+            wrong.append(f"U+{ord(first):04X} U+{ord(second):04X}")
+    assert wrong == []
+
+
+@given(text=st.text(alphabet=RANGE_ENDS + "x", max_size=80), limit=limits)
+def test_hard_cuts_fall_at_the_last_grapheme_boundary_that_fits(text: str, limit: int) -> None:
+    """Text without spaces, lines or markup is cut only by hard cuts: each at the furthest
+    boundary between grapheme clusters within the limit, or at the limit when a cluster is longer."""
+    chunks = split_message_parts(text, limit=limit)
+    check_chunks(text, limit, chunks)
+    assert "".join(split_message(text, limit=limit)) == text
+    boundaries = set(itertools.accumulate(len(cluster) for cluster in regex.findall(r"\X", text)))
+    for chunk in chunks[:-1]:
+        fitting = [b for b in boundaries if chunk.start < b <= chunk.start + limit]
+        assert chunk.end == max(fitting, default=chunk.start + limit)
