@@ -538,3 +538,65 @@ def test_hard_cuts_fall_at_the_last_grapheme_boundary_that_fits(text: str, limit
     for chunk in chunks[:-1]:
         fitting = [b for b in boundaries if chunk.start < b <= chunk.start + limit]
         assert chunk.end == max(fitting, default=chunk.start + limit)
+
+
+def test_a_reply_that_starts_with_a_fence_and_an_info_string_keeps_it_in_its_first_chunk() -> None:
+    text = '```python title="main.py"\n' + "".join(f"line_{i} = {i}\n" for i in range(6)) + "```"
+    chunks = split_message_parts(text, limit=40)
+    check_chunks(text, 40, chunks)
+    assert [chunk.text for chunk in chunks] == [
+        '```python title="main.py"\nline_0 = 0\n```',
+        "```python\nline_1 = 1\nline_2 = 2\n```",
+        "```python\nline_3 = 3\nline_4 = 4\n```",
+        "```python\nline_5 = 5\n```",
+    ]
+    assert chunks[0].added_prefix == ""
+
+
+def test_a_fence_at_the_start_can_be_the_whole_first_chunk() -> None:
+    """The block does not fit after its fence line, and no cut inside its one code line fits
+    with the closing marker: the empty block is the least bad chunk (the line stays whole)."""
+    assert split_message("```language\ncode\n```", limit=16) == ["```language\n```", "```\ncode\n```"]
+    # A reply that is only an opening fence is closed like any unclosed block.
+    assert split_message("```python", limit=16) == ["```python\n```"]
+    assert split_message("```python\n", limit=16) == ["```python\n```"]
+
+
+def test_a_fence_line_at_the_start_longer_than_the_limit_is_cut_after_its_backticks() -> None:
+    """Only a cut in its info string fits: the rest of the info string becomes a code line."""
+    text = "```" + "x" * 30 + "\ncode\n```"
+    chunks = split_message_parts(text, limit=16)
+    check_chunks(text, 16, chunks)
+    assert [chunk.text for chunk in chunks] == [
+        "```xxxxxxxxx\n```",
+        "```\nxxxxxxxx\n```",
+        "```\nxxxxxxxx\n```",
+        "```\nxxxxx\n```",
+        "```\ncode\n```",
+    ]
+    # Followed by a run of backticks (every later cut would start a chunk with a fence line),
+    # the cut still keeps the opening fence's backticks together.
+    text = "``` " + "`" * 30
+    chunks = split_message_parts(text, limit=16)
+    check_chunks(text, 16, chunks)
+    assert chunks[0].text == "``` \n```"
+
+
+def test_tilde_fences_are_not_code_blocks_here() -> None:
+    """``~~~`` fences are CommonMark's, not the chat platforms': a reply in one is split as text."""
+    assert split_message("~~~python\nprint(1)\nprint(2)\n~~~", limit=16) == [
+        "~~~python\n",
+        "print(1)\n",
+        "print(2)\n~~~",
+    ]
+
+
+def test_with_no_clean_cut_a_leading_blank_line_is_cut_off_before_anything_else() -> None:
+    """The window has only untidy cuts (code indented past the limit); the first in order of
+    preference wins: the paragraph end after the blank first line, a blank chunk that
+    ``split_message`` leaves out, before the line end that would send it with an empty block."""
+    text = "\n```\n" + " " * 12 + "return x\n```"
+    chunks = split_message_parts(text, limit=16)
+    check_chunks(text, 16, chunks)
+    assert chunks[0].original == "\n"
+    assert split_message(text, limit=16)[0] == "```\n```"

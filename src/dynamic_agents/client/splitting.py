@@ -40,8 +40,9 @@ Code fences
     whenever another cut fits.
 
     Not modelled: triple backticks in the middle of a line (inline "```code```" after other text),
-    which some platforms render as a block too; and a fence with a language always toggles (it closes
-    an open block, as on chat platforms, unlike CommonMark).
+    which some platforms render as a block too; tilde fences ("~~~"), which are CommonMark's, not
+    the chat platforms' (a reply in one is split as text); and a fence with a language always
+    toggles (it closes an open block, as on chat platforms, unlike CommonMark).
 
 Only a pathological input (a run of whitespace, or of backticks, about as long as a chunk) can force
 a chunk that is whitespace only or a cut that creates or hides a fence line. Such chunks still
