@@ -600,3 +600,39 @@ def test_with_no_clean_cut_a_leading_blank_line_is_cut_off_before_anything_else(
     check_chunks(text, 16, chunks)
     assert chunks[0].original == "\n"
     assert split_message(text, limit=16)[0] == "```\n```"
+
+
+@pytest.mark.parametrize("indent", [" ", "  ", "   "])
+def test_a_cut_in_the_indent_of_a_fence_line_of_up_to_three_spaces_leaves_it_a_fence(indent: str) -> None:
+    """CommonMark reads a line indented by 1 to 3 spaces as a fence line, and the rest after a
+    cut in that indent (with fewer) still is one: a blank chunk before the fence line is better
+    than one that cuts its language off (its end then became a code line of the next chunk)."""
+    text = indent + "```languages\ncode\n```"
+    chunks = split_message_parts(text, limit=16)
+    check_chunks(text, 16, chunks)
+    assert chunks[0].original == indent
+    assert split_message(text, limit=16) == ["```languages\n```", "```\ncode\n```"]
+
+
+@pytest.mark.parametrize(
+    ("indent", "texts"),
+    [
+        ("    ", ["    ```langu\n```", "```\nages\n```", "```\ncode\n```"]),
+        ("\t", ["\t```language\n```", "```\ns\ncode\n```"]),
+        ("\u3000", ["\u3000```language\n```", "```\ns\ncode\n```"]),
+    ],
+)
+def test_a_cut_in_an_indent_that_commonmark_does_not_read_as_a_fence_is_a_last_resort(
+    indent: str, texts: list[str]
+) -> None:
+    """Four spaces (or a tab) make the line indented code for CommonMark, another space makes it
+    text: a cut leaving at most 3 spaces would turn it into a fence line the input lacks."""
+    text = indent + "```languages\ncode\n```"
+    check_chunks(text, 16, split_message_parts(text, limit=16))
+    assert split_message(text, limit=16) == texts
+
+
+def test_a_cut_after_a_fence_lines_backticks_is_not_taken_for_one_in_its_indent() -> None:
+    """Cut before the second "```", the next chunk would start with a fence line the input lacks
+    (and "y" would render as code): a cut inside the code line is taken instead."""
+    assert split_message("```\nx = 1\n``` ``` y", limit=16) == ["```\nx = \n```", "```\n1\n``` ``` y"]

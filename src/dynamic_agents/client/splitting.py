@@ -37,7 +37,10 @@ Code fences
     chunk has an even number of fence lines and renders on its own. The limit includes the added
     markers. Cuts that would leave an empty code block (just after an opening fence or just before a
     closing one), cut a fence line's language off, or leave a chunk of whitespace only are avoided
-    whenever another cut fits.
+    whenever another cut fits; a cut that splits a fence line's backticks or starts a chunk with a
+    fence line the input lacks, more so. A cut in the indent of a fence line indented by 1 to 3
+    spaces is not one of the latter: the next chunk starts with the same fence, less indented
+    (CommonMark reads both as fences; 4 spaces, or a tab, make the line indented code).
 
     Not modelled: triple backticks in the middle of a line (inline "```code```" after other text),
     which some platforms render as a block too; tilde fences ("~~~"), which are CommonMark's, not
@@ -304,6 +307,13 @@ class _Splitter:
             self._indicator_runs = runs
         return self._indicator_runs[p]
 
+    def commonmark_fence(self, mark: int) -> bool:
+        """Whether CommonMark, too, reads the fence line with its backticks at ``mark`` as one: it
+        is indented by at most 3 spaces (4, or a tab, make it indented code; other whitespace,
+        text)."""
+        indent = self.text[self.starts[bisect_right(self.starts, mark) - 1] : mark]
+        return len(indent) <= 3 and not indent.strip(" ")
+
     def fence_mark(self, begin: int, end: int) -> int:
         """Where the backticks of the fence line ``text[begin:end]`` are, or -1 if it is not one."""
         q = self.nonspace[begin]
@@ -451,6 +461,8 @@ class _Window:
         if 0 <= mark < p < mark + len(_FENCE):
             return _BREAKS_FENCE  # neither half of the fence line is one any more
         q = self.s.nonspace[p]
+        if p <= mark and self.s.commonmark_fence(mark):
+            return _CLEAN  # in its indent: the next chunk starts with the same fence, less indented
         if q < end and self.text.startswith(_FENCE, q):
             return _BREAKS_FENCE  # the next chunk would start with a fence line the input lacks
         if 0 <= mark < p and q < end:
