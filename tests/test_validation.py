@@ -4,6 +4,7 @@ a refusal names the setting, the value and what is valid."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from enum import StrEnum
 
 import pytest
@@ -99,3 +100,64 @@ def test_invalid_fields_names_an_error_of_the_whole_input() -> None:
     assert invalid_fields(error.value, "the shape") == (
         "the shape: Input should be a valid dictionary or instance of _Shape"
     )
+
+
+CANARY = "sk-CANARY123456789abcdef"
+
+
+@pytest.mark.parametrize(
+    "check",
+    [
+        lambda value: check_seconds("timeout", value),
+        lambda value: check_count("concurrency", value),
+        lambda value: check_choice("colour", value, Colour),
+    ],
+    ids=["seconds", "count", "choice"],
+)
+def test_a_key_given_for_a_setting_is_masked_in_the_refusal(check: Callable[[object], object]) -> None:
+    # a key pasted into the wrong setting (or a variable read into the wrong one) must not reach
+    # the logs through the error that refuses it
+    with pytest.raises(ConfigurationError) as refused:
+        check(CANARY)
+    assert "CANARY" not in str(refused.value)
+    assert str(refused.value).endswith("got **********")
+
+
+def test_a_long_value_is_cut_and_a_container_named_by_its_type() -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        check_count("concurrency", "x" * 1000)
+    assert len(str(refused.value)) < 150
+    with pytest.raises(ConfigurationError, match=r"^concurrency must be a whole number > 0, got a list$"):
+        check_count("concurrency", [CANARY])
+
+
+def _refusals() -> list[Callable[[], object]]:
+    from dynamic_agents.agents import AgentSpec, ToolRegistry
+    from dynamic_agents.client import split_message
+    from dynamic_agents.secrets import SecretsManager, StaticSource
+    from dynamic_agents.transports.base import parse_entry_position, parse_read_position
+    from dynamic_agents.worker import WorkerSettings
+
+    return [
+        lambda: WorkerSettings(policies={CANARY: "reject"}),
+        lambda: WorkerSettings(policies={"agent:support": CANARY}),
+        lambda: WorkerSettings(session_policy=CANARY),
+        lambda: WorkerSettings(lease_ttl=CANARY),
+        lambda: WorkerSettings(claim_on_read=CANARY),  # type: ignore[arg-type]
+        lambda: SecretsManager(StaticSource({}), ttl=CANARY),
+        lambda: parse_entry_position(CANARY),
+        lambda: parse_read_position(CANARY),
+        lambda: ToolRegistry().get_tool(CANARY),
+        lambda: ToolRegistry().function("f", CANARY),
+        lambda: AgentSpec.from_dict({"kind": CANARY, "id": "a", "model": "gpt"}),
+        lambda: split_message("hello", platform=CANARY),
+        lambda: split_message("hello", limit=CANARY),  # type: ignore[arg-type]
+    ]
+
+
+@pytest.mark.parametrize("index", range(13))
+def test_the_library_s_refusals_of_a_setting_mask_a_key_given_for_it(index: int) -> None:
+    refuse = _refusals()[index]
+    with pytest.raises(ValueError, match=r"\*\*\*\*\*\*\*\*\*\*") as refused:
+        refuse()
+    assert "CANARY" not in str(refused.value)

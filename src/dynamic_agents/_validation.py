@@ -2,7 +2,8 @@
 :class:`~dynamic_agents.exceptions.ConfigurationError` naming the setting, the value and what is
 valid. Types are checked first (``"8"`` or ``None`` would fail a comparison with a bare
 ``TypeError``; a bool is no number here), and NaN is refused (it compares false with everything, so
-it would pass a ``value <= 0`` check and make a wait that never ends)."""
+it would pass a ``value <= 0`` check and make a wait that never ends). The value is quoted as
+:func:`shown` quotes it: a key pasted into the wrong setting is masked, a long text cut."""
 
 from __future__ import annotations
 
@@ -15,9 +16,19 @@ from dynamic_agents.exceptions import ConfigurationError
 if TYPE_CHECKING:
     from pydantic import ValidationError
 
-__all__ = ["check_choice", "check_count", "check_seconds", "invalid_fields"]
+__all__ = ["check_choice", "check_count", "check_seconds", "invalid_fields", "shown"]
 
 E = TypeVar("E", bound=StrEnum)
+
+
+def shown(value: object) -> str:
+    """``value`` as an error about a setting quotes it: a number, a boolean or ``None`` as it is; a
+    string cut to 60 characters and masked when it may be a secret (shaped like a key, a
+    registered secret, a URL's password); a container or another object by its type only."""
+    # on the error path only: the secrets package imports this module
+    from dynamic_agents.secrets.references import shown_value
+
+    return shown_value(value) or f"a {type(value).__name__}"
 
 
 @overload
@@ -51,7 +62,7 @@ def check_seconds(
         kind = "a number of seconds (math.inf: no limit)" if forever else "a finite number of seconds"
         bound = ">= 0" if zero else "> 0"
         alternative = " (or None)" if optional else ""
-        raise ConfigurationError(f"{name} must be {kind} {bound}{alternative}, got {value!r}")
+        raise ConfigurationError(f"{name} must be {kind} {bound}{alternative}, got {shown(value)}")
     return float(value)
 
 
@@ -73,7 +84,7 @@ def check_count(name: str, value: object, *, minimum: int = 1, optional: bool = 
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         bound = "> 0" if minimum == 1 else f">= {minimum}"
         alternative = " (or None)" if optional else ""
-        raise ConfigurationError(f"{name} must be a whole number {bound}{alternative}, got {value!r}")
+        raise ConfigurationError(f"{name} must be a whole number {bound}{alternative}, got {shown(value)}")
     return value
 
 
@@ -88,7 +99,7 @@ def check_choice(name: str, value: object, choices: type[E]) -> E:
         except ValueError:
             pass
     valid = ", ".join(repr(choice.value) for choice in choices)
-    raise ConfigurationError(f"{name} must be one of {valid}, got {value!r}")
+    raise ConfigurationError(f"{name} must be one of {valid}, got {shown(value)}")
 
 
 def invalid_fields(error: ValidationError, whole: str) -> str:

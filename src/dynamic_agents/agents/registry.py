@@ -14,6 +14,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel
 
+from dynamic_agents._validation import shown
 from dynamic_agents.exceptions import ConfigurationError, SpecValidationError
 
 __all__ = ["RegisteredTool", "ToolRegistry"]
@@ -141,7 +142,7 @@ class ToolRegistry:
         """Register a workflow step function, condition evaluator, loop end condition or router
         selector."""
         if not callable(function):
-            raise ConfigurationError(f"function {name!r} must be callable, got {function!r}")
+            raise ConfigurationError(f"function {name!r} must be callable, got {shown(function)}")
         self._check_new("function", name, self._functions)
         self._functions[name] = function
 
@@ -180,4 +181,4 @@ class ToolRegistry:
             return registered[name]
         except KeyError:
             known = ", ".join(self.names(kind)) or "none"
-            raise SpecValidationError(f"unknown {kind} {name!r}; registered: {known}") from None
+            raise SpecValidationError(f"unknown {kind} {shown(name)}; registered: {known}") from None

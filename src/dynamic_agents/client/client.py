@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Final
 from pydantic import ValidationError
 
 from dynamic_agents._logging import get_logger
-from dynamic_agents._validation import check_seconds
+from dynamic_agents._validation import check_seconds, shown
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, StreamNames
 from dynamic_agents.events._errors import event_error
 from dynamic_agents.exceptions import ConfigurationError, DeliveryError, TransportError
@@ -94,7 +94,7 @@ class AgentClient:
         picks it.
         """
         if not isinstance(source, str):
-            raise ConfigurationError(f"source must be a str (a platform slug), got {source!r}")
+            raise ConfigurationError(f"source must be a str (a platform slug), got {shown(source)}")
         if not isinstance(event, Mapping):
             raise ConfigurationError(f"event must be a mapping of its fields, got {type(event).__name__}")
         source = source.strip().lower()  # as the event reads it, for the interface and stream names

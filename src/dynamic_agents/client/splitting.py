@@ -68,6 +68,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final
 
+from dynamic_agents._validation import shown
 from dynamic_agents.exceptions import ConfigurationError
 
 __all__ = [
@@ -186,10 +187,10 @@ def _resolve_limit(limit: int | None, platform: str | None) -> int:
         except (KeyError, AttributeError):
             known = ", ".join(sorted(PLATFORM_LIMITS))
             raise ConfigurationError(
-                f"platform {platform!r} has no known message limit: use one of {known}, or pass limit="
+                f"platform {shown(platform)} has no known message limit: use one of {known}, or pass limit="
             ) from None
     if isinstance(limit, bool) or not isinstance(limit, int):
-        raise ConfigurationError(f"limit must be an int, got {limit!r}")
+        raise ConfigurationError(f"limit must be an int, got {shown(limit)}")
     if limit < MIN_LIMIT:
         raise ConfigurationError(
             f"limit {limit} is too small: at least {MIN_LIMIT} characters, room for the code-fence markers"

@@ -24,7 +24,7 @@ from types import TracebackType
 from typing import Any, Final, Generic, Protocol, Self, TypeVar
 
 from dynamic_agents._logging import get_logger
-from dynamic_agents._validation import check_count, check_seconds
+from dynamic_agents._validation import check_count, check_seconds, shown
 from dynamic_agents.events import AgentResponseEvent, DecodedMessage, EventCodec, StreamNames, WireModel
 from dynamic_agents.events.envelope import DATA_FIELD
 from dynamic_agents.exceptions import ConfigurationError, DecodeError, EventError, TransportError
@@ -79,7 +79,7 @@ def parse_read_position(after: str) -> tuple[int, int] | None:
     millis, sequence = (int(match[1]), int(match[2] or 0)) if match is not None else (-1, -1)
     if not (0 <= millis <= _MAX_ID_PART and 0 <= sequence <= _MAX_ID_PART):
         raise ConfigurationError(
-            f"{after!r} is not a stream entry id (like '1700000000000-0', '1700000000000' or '$')"
+            f"{shown(after)} is not a stream entry id (like '1700000000000-0', '1700000000000' or '$')"
         )
     return millis, sequence
 
@@ -90,7 +90,7 @@ def parse_entry_position(entry_id: str) -> tuple[int, int]:
     included), on every transport alike."""
     position = parse_read_position(entry_id) if entry_id != "$" else None
     if position is None:
-        raise ConfigurationError(f"{entry_id!r} is not a stream entry id (like '1700000000000-0')")
+        raise ConfigurationError(f"{shown(entry_id)} is not a stream entry id (like '1700000000000-0')")
     return position
 
 
@@ -608,7 +608,7 @@ class Transport(_AsyncResource):
         :class:`ConfigurationError`."""
         parsed = parse_entry_id(entry_id)
         if parsed is None or parsed == (0, 0):
-            raise ConfigurationError(f"{entry_id!r} is not a stream entry id (like '1700000000000-0')")
+            raise ConfigurationError(f"{shown(entry_id)} is not a stream entry id (like '1700000000000-0')")
         millis, sequence = parsed
         before = f"{millis}-{sequence - 1}" if sequence else f"{millis - 1}-{_MAX_ID_PART}"
         entries = await self.read_stream(stream, model, after=before, count=1)

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from dynamic_agents._validation import check_choice, check_count, check_seconds
+from dynamic_agents._validation import check_choice, check_count, check_seconds, shown
 from dynamic_agents.events import TargetType
 from dynamic_agents.exceptions import ConfigurationError
 
@@ -46,7 +46,7 @@ def _checked_policies(policies: object) -> dict[str, SessionPolicy]:
         kind, _, target_id = key.partition(":") if isinstance(key, str) else ("", "", "")
         if kind not in _TARGET_TYPES or not target_id:
             valid = ", ".join(f"'{kind}:<id>'" for kind in _TARGET_TYPES)
-            raise ConfigurationError(f"policies key {key!r} names no target: keys are {valid}")
+            raise ConfigurationError(f"policies key {shown(key)} names no target: keys are {valid}")
         checked[key] = check_choice(f"policies[{key!r}]", value, SessionPolicy)
     return checked
 
@@ -133,12 +133,13 @@ class WorkerSettings:
             check_seconds(name, getattr(self, name), optional=True)
         for name in ("claim_on_read", "events"):
             if not isinstance(getattr(self, name), bool):
-                raise ConfigurationError(f"{name} must be True or False, got {getattr(self, name)!r}")
+                raise ConfigurationError(f"{name} must be True or False, got {shown(getattr(self, name))}")
         for name in ("group", "consumer"):
-            if not isinstance(getattr(self, name), str) or not getattr(self, name):
-                raise ConfigurationError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise ConfigurationError(f"{name} must be a non-empty string, got {shown(value)}")
         if not isinstance(self.busy_message, str):
-            raise ConfigurationError(f"busy_message must be a string, got {self.busy_message!r}")
+            raise ConfigurationError(f"busy_message must be a string, got {shown(self.busy_message)}")
         # frozen: the policies given as text (YAML, environment) are stored as SessionPolicy
         object.__setattr__(
             self, "session_policy", check_choice("session_policy", self.session_policy, SessionPolicy)

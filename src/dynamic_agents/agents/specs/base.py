@@ -11,7 +11,7 @@ from typing import Any, ClassVar, Self
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
-from dynamic_agents._validation import check_choice
+from dynamic_agents._validation import check_choice, shown
 from dynamic_agents.exceptions import SpecValidationError
 from dynamic_agents.secrets.references import error_with_value
 
@@ -72,7 +72,7 @@ class SpecBase(BaseModel):
         data = dict(data)
         kind = data.pop("kind", cls.kind.value)
         if kind != cls.kind.value:
-            raise SpecValidationError(f"kind is {kind!r}, expected {cls.kind.value!r}", path="kind")
+            raise SpecValidationError(f"kind is {shown(kind)}, expected {cls.kind.value!r}", path="kind")
         try:
             return cls.model_validate(data)
         except ValidationError as error:
