@@ -154,3 +154,18 @@ def test_missing_fields_and_containers_show_no_value(document: dict[str, Any]) -
         AgentSpec.from_dict(document)
     assert "(got " not in str(caught.value)
     assert CANARY_KEY not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "id: a\nmodel: {name: gpt, api_key: sk-CANARY123456789abcdef\n",  # unclosed flow mapping
+        "id: a\nmodel: gpt\n\tapi_key: sk-CANARY123456789abcdef\n",  # a tab
+        'id: a\nmodel: "sk-CANARY123456789abcdef\n',  # unclosed quote
+    ],
+)
+def test_yaml_that_does_not_parse_is_refused_by_line_without_quoting_it(text: str) -> None:
+    # PyYAML's message quotes the line it stopped at: a key written there reached the logs
+    with pytest.raises(SpecValidationError, match=r"^not valid YAML at line \d+: ") as refused:
+        AgentSpec.from_yaml(text)
+    assert "CANARY" not in str(refused.value)

@@ -186,3 +186,13 @@ async def test_a_file_whose_name_is_no_spec_id_is_skipped_with_a_warning(
     assert "not a valid spec id" in message
     assert "A-Z" in message  # what a valid one looks like
     assert stray.exists()
+
+
+async def test_a_file_that_does_not_parse_is_refused_by_line_without_quoting_it(
+    store: YamlDirectorySpecStore, directory: Path
+) -> None:
+    (directory / "agent").mkdir(parents=True)
+    (directory / "agent" / "x.yaml").write_text("id: x\nllm: {api_key: sk-CANARY123456789abcdef\n")
+    with pytest.raises(SpecValidationError, match=r"x\.yaml: not valid YAML at line \d+: ") as refused:
+        await store.get(SpecKind.AGENT, "x")
+    assert "CANARY" not in str(refused.value)

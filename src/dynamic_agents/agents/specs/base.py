@@ -15,7 +15,7 @@ from dynamic_agents._validation import check_choice, shown
 from dynamic_agents.exceptions import SpecValidationError
 from dynamic_agents.secrets.references import error_with_value
 
-__all__ = ["SpecBase", "SpecKind", "SpecStatus", "spec_error"]
+__all__ = ["SpecBase", "SpecKind", "SpecStatus", "spec_error", "yaml_problem"]
 
 
 class SpecKind(StrEnum):
@@ -88,7 +88,7 @@ class SpecBase(BaseModel):
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as error:
-            raise SpecValidationError(f"not valid YAML: {error}") from None
+            raise SpecValidationError(yaml_problem(error)) from None
         if not isinstance(data, Mapping):
             raise SpecValidationError(f"{cls._a_spec()} must be a mapping, got {type(data).__name__}")
         return cls.from_dict(data)
@@ -122,6 +122,15 @@ class SpecBase(BaseModel):
         kind = {"const": cls.kind.value, "default": cls.kind.value, "title": "Kind"}
         schema["properties"] = {"kind": kind, **schema.get("properties", {})}
         return schema
+
+
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """``not valid YAML at line 3: <problem>``: the line and the problem only, as the router
+    config says it. PyYAML's own message quotes the line it stopped at, which may hold a key."""
+    mark = getattr(error, "problem_mark", None)
+    where = f" at line {mark.line + 1}" if mark is not None else ""
+    problem = getattr(error, "problem", None) or type(error).__name__
+    return f"not valid YAML{where}: {problem}"
 
 
 def spec_error(model: type[SpecBase], data: Mapping[str, Any], error: ValidationError) -> SpecValidationError:

@@ -27,7 +27,7 @@ import yaml
 
 from dynamic_agents._logging import get_logger
 from dynamic_agents._validation import check_count
-from dynamic_agents.agents.specs.base import SpecBase, SpecKind, SpecStatus
+from dynamic_agents.agents.specs.base import SpecBase, SpecKind, SpecStatus, yaml_problem
 from dynamic_agents.agents.stores.base import (
     SpecModels,
     SpecStore,
@@ -210,7 +210,7 @@ def _read(path: Path) -> Any:
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise invalid(str(path), f"not valid YAML: {error}") from None
+        raise invalid(str(path), yaml_problem(error)) from None
 
 
 def _stored_version(path: Path) -> int | None:
