@@ -287,3 +287,11 @@ def test_a_boolean_rate_limit_is_refused(name: str) -> None:
     # YAML reads `rpm: yes` as True, which is an int in Python: litellm would allow one a minute.
     with pytest.raises(ConfigurationError, match=rf"{name} must be a positive integer, got True"):
         RouterConfig.from_dict({"model_list": [deployment(**{name: True})]})
+
+
+@pytest.mark.parametrize("data", [None, [{"model_list": []}], "model_list: []", 7])
+def test_a_config_that_is_no_mapping_is_a_configuration_error(data: Any) -> None:
+    # from_yaml said so; from_dict let a bare TypeError out ("'NoneType' object is not iterable")
+    kind = type(data).__name__
+    with pytest.raises(ConfigurationError, match=rf"^router config must be a mapping, got {kind}$"):
+        RouterConfig.from_dict(data)

@@ -260,6 +260,8 @@ class RouterConfig(BaseModel):
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        if not isinstance(data, Mapping):  # read from JSON or the environment, it can be anything
+            raise ConfigurationError(f"router config must be a mapping, got {type(data).__name__}")
         try:
             return cls.model_validate(copy.deepcopy(dict(data)))
         except ValidationError as error:
@@ -276,8 +278,6 @@ class RouterConfig(BaseModel):
             where = f" at line {mark.line + 1}" if mark is not None else ""
             problem = getattr(error, "problem", None) or type(error).__name__
             raise ConfigurationError(f"router config is not valid YAML{where}: {problem}") from None
-        if not isinstance(data, Mapping):
-            raise ConfigurationError(f"router config must be a mapping, got {type(data).__name__}")
         return cls.from_dict(data)
 
     @classmethod
