@@ -295,3 +295,33 @@ def test_a_config_that_is_no_mapping_is_a_configuration_error(data: Any) -> None
     kind = type(data).__name__
     with pytest.raises(ConfigurationError, match=rf"^router config must be a mapping, got {kind}$"):
         RouterConfig.from_dict(data)
+
+
+CANARY = "sk-CANARY123456789abcdef"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"model_list": [deployment()], "routing_strategy": CANARY},
+        {"model_list": [deployment(rpm=CANARY)]},
+        {"model_list": [deployment(tpm=CANARY)]},
+        {"model_list": [deployment()], "fallbacks": {"gpt": [CANARY]}},
+        {"model_list": [deployment()], "context_window_fallbacks": {CANARY: ["gpt"]}},
+        {"model_list": [deployment()], "default_fallbacks": [CANARY]},
+    ],
+    ids=["strategy", "rpm", "tpm", "fallbacks", "context_window_fallbacks", "default_fallbacks"],
+)
+def test_the_config_s_own_checks_mask_a_key_given_in_the_wrong_place(data: dict[str, Any]) -> None:
+    # pydantic's errors had their value masked; the config's own checks quoted it whole
+    with pytest.raises(ConfigurationError) as caught:
+        RouterConfig.from_dict(data)
+    assert "CANARY" not in str(caught.value)
+    assert "**********" in str(caught.value)
+
+
+def test_an_unknown_strategy_suggests_the_close_one_and_quotes_it_once() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        RouterConfig.from_dict({"model_list": [deployment()], "routing_strategy": "least_busy"})
+    assert str(caught.value).count("'least_busy'") == 1
+    assert "did you mean 'least-busy'?" in str(caught.value)

@@ -9,6 +9,7 @@ key rotation can swap the key of exactly that deployment. Nothing here imports l
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
 import json
 from collections.abc import Iterator, Mapping
@@ -19,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dynamic_agents._redaction import masked_url, names_a_credential
+from dynamic_agents._validation import shown
 from dynamic_agents.exceptions import ConfigurationError
 from dynamic_agents.secrets.references import error_with_value, masked_settings, shown_reference
 
@@ -120,6 +122,12 @@ def _targets(value: Any) -> Any:
     return list(value) if isinstance(value, list | tuple) else value
 
 
+def _names(names: list[str]) -> str:
+    """Names a config gives that are not the groups it has, as an error lists them: a key pasted
+    in place of one masked."""
+    return f"[{', '.join(shown(name) for name in names)}]"
+
+
 def _masked(data: Any) -> Any:
     """A copy for ``repr`` (and the derived deployment id): see :func:`masked_settings`, with
     :func:`is_credential` saying which keys hold credentials."""
@@ -149,7 +157,7 @@ class DeploymentConfig(BaseModel):
         for name in ("rpm", "tpm"):
             value = params.get(name)
             if name in params and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-                raise ValueError(f"litellm_params.{name} must be a positive integer, got {params[name]!r}")
+                raise ValueError(f"litellm_params.{name} must be a positive integer, got {shown(value)}")
         return copy.deepcopy(params)
 
     @property
@@ -223,8 +231,10 @@ class RouterConfig(BaseModel):
     @classmethod
     def _known_strategy(cls, value: str) -> str:
         if value not in ROUTING_STRATEGIES:
+            close = difflib.get_close_matches(value.lower().replace("_", "-"), ROUTING_STRATEGIES, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ValueError(
-                f"routing_strategy {value!r} is not one of {', '.join(sorted(ROUTING_STRATEGIES))}"
+                f"routing_strategy {shown(value)} is not one of {', '.join(sorted(ROUTING_STRATEGIES))}{hint}"
             )
         return value
 
@@ -245,12 +255,14 @@ class RouterConfig(BaseModel):
                     unknown = [name for name in (model, *targets) if name not in groups]
                     if unknown:
                         raise ValueError(
-                            f"{field_name} names unknown model groups {unknown}; known: {sorted(groups)}"
+                            f"{field_name} names unknown model groups {_names(unknown)}; known: "
+                            f"{sorted(groups)}"
                         )
         unknown_defaults = [name for name in self.default_fallbacks if name not in groups]
         if unknown_defaults:
             raise ValueError(
-                f"default_fallbacks names unknown model groups {unknown_defaults}; known: {sorted(groups)}"
+                f"default_fallbacks names unknown model groups {_names(unknown_defaults)}; known: "
+                f"{sorted(groups)}"
             )
         return self
 
