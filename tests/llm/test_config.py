@@ -325,3 +325,17 @@ def test_an_unknown_strategy_suggests_the_close_one_and_quotes_it_once() -> None
         RouterConfig.from_dict({"model_list": [deployment()], "routing_strategy": "least_busy"})
     assert str(caught.value).count("'least_busy'") == 1
     assert "did you mean 'least-busy'?" in str(caught.value)
+
+
+@pytest.mark.parametrize("setting", ["num_retries", "timeout", "cooldown_time", "allowed_fails"])
+def test_a_boolean_for_a_numeric_setting_is_refused(setting: str) -> None:
+    # YAML reads `timeout: yes` as True: it was taken as 1 (a one-second timeout, one retry)
+    with pytest.raises(ConfigurationError, match=rf"{setting}: .*boolean.* \(got True\)"):
+        RouterConfig.from_dict({"model_list": [deployment()], setting: True})
+
+
+@pytest.mark.parametrize("setting", ["timeout", "cooldown_time"])
+def test_an_infinite_timeout_or_cooldown_is_refused(setting: str) -> None:
+    # `.inf` in YAML: a cooldown that never ends takes a deployment out for good after one failure
+    with pytest.raises(ConfigurationError, match=rf"{setting}: Input should be a finite number"):
+        RouterConfig.from_dict({"model_list": [deployment()], setting: float("inf")})

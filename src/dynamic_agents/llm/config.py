@@ -192,8 +192,8 @@ class RouterConfig(BaseModel):
     context_window_fallbacks: _FallbackList = Field(default_factory=list)
     routing_strategy: str = "simple-shuffle"
     num_retries: int = Field(default=2, ge=0)
-    timeout: float | None = Field(default=None, gt=0)
-    cooldown_time: float | None = Field(default=None, ge=0)
+    timeout: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    cooldown_time: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     allowed_fails: int | None = Field(default=None, ge=0)
     enable_tag_filtering: bool = False
     enable_pre_call_checks: bool = False
@@ -224,6 +224,16 @@ class RouterConfig(BaseModel):
             raise ValueError(
                 f"{names} {what} of the router config: set {it} at the top level, not in "
                 "router_settings (which passes the other litellm.Router keywords through)"
+            )
+        return value
+
+    @field_validator("num_retries", "timeout", "cooldown_time", "allowed_fails", mode="before")
+    @classmethod
+    def _no_boolean(cls, value: Any) -> Any:
+        # a bool is an int to pydantic: YAML's `timeout: yes` would be a one-second timeout
+        if isinstance(value, bool):
+            raise ValueError(  # noqa: TRY004 (pydantic reports ValueError only)
+                "must be a number, not a boolean (YAML reads yes, no, on and off as booleans)"
             )
         return value
 
