@@ -108,6 +108,20 @@ class TransportContract:
         assert len(deliveries) == 3
         assert len(await transport.pending(backend.stream(), "workers")) == 3
 
+    @pytest.mark.parametrize("count", [True, 2.5, float("nan"), "2", None])
+    async def test_read_refuses_a_count_that_is_no_whole_number(
+        self, backend: Backend, count: object
+    ) -> None:
+        """True was a redis-py DataError, 2.5 and NaN a TransportError ("COUNT must be > 0", as if
+        Redis had failed), "2" a bare TypeError; in memory some of them read entries."""
+        transport = await backend.transport()
+        await published(backend, transport, request("a"), request("b"))
+        with pytest.raises(ConfigurationError, match=r"^count must be a whole number >= 0, got "):
+            await transport.read(backend.subscription(), count)  # type: ignore[arg-type]
+        assert await transport.pending(backend.stream(), "workers") == []
+        assert await transport.read(backend.subscription(), 0) == []  # a caller with no free slot
+        assert len(await transport.read(backend.subscription(), 2.0)) == 2  # type: ignore[arg-type]
+
     async def test_ack_clears_pending(self, backend: Backend) -> None:
         transport = await backend.transport()
         await published(backend, transport, request("a"), request("b"))

@@ -146,6 +146,15 @@ def check_maxlen(maxlen: object) -> int | None:
     return check_count("maxlen", maxlen, minimum=0, optional=True)
 
 
+def check_read_count(count: object) -> int:
+    """``read()``'s ``count`` as an int (``2.0`` is 2); one <= 0 reads nothing (a caller's free
+    capacity may be none). Anything but a whole number is a :class:`ConfigurationError`: Redis
+    would refuse it as a failure of its own, and the in-memory transport read entries for it."""
+    if type(count) is int:
+        return count
+    return check_count("count", count, minimum=0)
+
+
 def check_ttl(ttl: object) -> float:
     """A lease's, record's or cancellation flag's ``ttl``: a finite number of seconds > 0, else
     :class:`ConfigurationError` (checked before anything is written, on every coordinator)."""
@@ -529,7 +538,8 @@ class Transport(_AsyncResource):
         self, subscription: Subscription[E], count: int, *, skip_sessions: Collection[str] = ()
     ) -> list[Delivery[E]]:
         """Up to ``count`` deliveries: reclaimed ones first, then new ones, waiting at most
-        ``subscription.block`` seconds when there are none. Never returns more than ``count``.
+        ``subscription.block`` seconds when there are none. Never returns more than ``count``
+        (none for a ``count`` <= 0; one that is no whole number is a :class:`ConfigurationError`).
 
         With ``subscription.claim_ttl``, the sessions in ``skip_sessions`` are not claimed on
         read: the caller's own requests in flight for them come first, and claim in turn."""

@@ -36,6 +36,7 @@ from dynamic_agents.transports.base import (
     TransportStats,
     check_expire,
     check_maxlen,
+    check_read_count,
     check_ttl,
     dead_letter_fields,
     decode_entry,
@@ -280,6 +281,7 @@ class InMemoryTransport(Transport):
         self, subscription: Subscription[E], count: int, *, skip_sessions: Collection[str] = ()
     ) -> list[Delivery[E]]:
         self._check_open()
+        count = check_read_count(count)
         if count <= 0:
             return []
         loop = asyncio.get_running_loop()

@@ -59,6 +59,7 @@ from dynamic_agents.transports.base import (
     TransportStats,
     check_expire,
     check_maxlen,
+    check_read_count,
     check_ttl,
     dead_letter_fields,
     decode_entry,
@@ -485,6 +486,7 @@ class RedisStreamsTransport(Transport):
     async def read(
         self, subscription: Subscription[E], count: int, *, skip_sessions: Collection[str] = ()
     ) -> list[Delivery[E]]:
+        count = check_read_count(count)
         if count <= 0:
             return []
         failures, failing_since = 0, 0.0
