@@ -53,6 +53,8 @@ from tests.api.support import (
 
 V1 = "/api/v1"
 AGENT = {"id": "bot", "model": "gpt", "tags": ["support"]}
+CANARY = "sk-CANARY123456789abcdef"
+CANARY_LIST = [CANARY]
 EXECUTE = {"input": "hi", "session_id": "s1"}
 EVENT = {"source": "discord", "source_id": "c1", "user_id": "u1", "content": "hello"}
 
@@ -542,6 +544,42 @@ async def test_bad_execute_bodies_are_422(stack: Stack, body: Any) -> None:
     response = await stack.client.post(f"{V1}/agents/bot/execute", json=body)
     assert response.status_code == 422
     assert stack.models.models["gpt"].calls == []
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity"])
+async def test_a_body_with_a_number_json_has_not_is_422_naming_the_field(stack: Stack, number: str) -> None:
+    # Python's JSON reader takes NaN: FastAPI's 422 quoted it back and failed to write it (a 500)
+    await stack.client.post(f"{V1}/agents", json=AGENT)
+    body = f'{{"input": "hi", "session_id": "s1", "timeout": {number}}}'
+    response = await stack.client.post(
+        f"{V1}/agents/bot/execute", content=body, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["body", "timeout"]
+    assert stack.models.models["gpt"].calls == []
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "options"),
+    [
+        ("PUT", "/agents/bot?expected_version=sk-CANARY123456789abcdef", {"json": {"model": "gpt"}}),
+        ("POST", "/agents/bot/execute", {"json": {"input": "hi", "session_id": "s1", "timeout": CANARY}}),
+        ("POST", "/agents/bot/execute", {"json": {"input": CANARY_LIST, "session_id": "s1"}}),
+        ("PUT", "/routing/rules", {"json": {"rules": CANARY}}),
+    ],
+)
+async def test_a_422_does_not_quote_a_key_given_in_the_wrong_place(
+    stack: Stack, method: str, path: str, options: dict[str, Any]
+) -> None:
+    # FastAPI's 422 quotes each bad value back: into logs and proxies, a key pasted there included
+    await stack.client.post(f"{V1}/agents", json=AGENT)
+    response = await stack.client.request(method, f"{V1}{path}", **options)
+    assert response.status_code == 422
+    assert "CANARY" not in response.text
+    (error,) = response.json()["detail"]
+    assert error["loc"][0] in {"query", "body"}
+    assert error["msg"]
 
 
 async def test_an_overlong_idempotency_key_is_422(stack: Stack) -> None:

@@ -1,18 +1,22 @@
 """The route class of every API route: the caller checked and the body's size limited before the
-body is read, and the transport failing answered as a 503."""
+body is read, the transport failing answered as a 503, and a request that does not validate as
+a 422 that shows its values as errors do."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Coroutine
+import math
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, Final
 
 from dynamic_agents._logging import get_logger
 from dynamic_agents._redaction import REDACTOR
 from dynamic_agents.api._bodies import limited_receive, too_large
 from dynamic_agents.exceptions import TransportError
+from dynamic_agents.secrets.references import shown_value
 
 try:
     from fastapi import Request, Response
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from fastapi.routing import APIRoute
 except ImportError as error:  # pragma: no cover - exercised without the extra installed
@@ -54,9 +58,44 @@ class ApiRoute(APIRoute):
                 request = Request(request.scope, limited_receive(request.receive, limit))
             try:
                 return await handler(request)
+            except RequestValidationError as error:
+                # FastAPI's own 422 quotes each bad value back, a key pasted in the wrong place
+                # with it, and fails to write a NaN or an infinity there (a 500): the same
+                # answer, with the values as errors show them
+                errors = [_public_error(each) for each in error.errors()]
+                return JSONResponse({"detail": errors}, status_code=422)
             except TransportError as error:  # a DeliveryError (an unknown entry) is each route's own
                 logger.warning("%s %s: %s", request.method, request.url.path, error)
                 detail = f"the message transport is unavailable: {REDACTOR.redact(str(error))}"
                 return JSONResponse({"detail": detail}, status_code=503)
 
         return answer
+
+
+def _public_error(error: Mapping[str, Any]) -> dict[str, Any]:
+    """One of FastAPI's validation errors as a 422 may show it: ``type``, ``loc``, ``msg``, the
+    ``ctx`` values that are plain (the bounds: ``{"le": 3600.0}``), and the ``input`` as
+    :func:`~dynamic_agents.secrets.references.shown_value` shows it (as given when it is plain;
+    masked under a credential's name or when shaped like a key, cut when long, ``'nan'`` for a
+    number JSON has not; left out when it is a list or an object)."""
+    location = list(error.get("loc", ()))
+    public: dict[str, Any] = {"type": error["type"], "loc": location, "msg": error["msg"]}
+    if error["type"] != "missing":
+        value = error.get("input")
+        shown = shown_value(value, name=location[-1] if location else None)
+        if shown is not None:
+            plain = (
+                value is None
+                or isinstance(value, bool | int)
+                or (isinstance(value, float) and math.isfinite(value))
+                or (isinstance(value, str) and shown == repr(value))
+            )
+            public["input"] = value if plain else shown
+    context = {
+        name: value
+        for name, value in (error.get("ctx") or {}).items()
+        if isinstance(value, str | int) or (isinstance(value, float) and math.isfinite(value))
+    }
+    if context:
+        public["ctx"] = context
+    return public
