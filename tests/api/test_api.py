@@ -1251,6 +1251,39 @@ async def test_bad_events_to_explain_are_422(stack: Stack, event: Any) -> None:
     assert response.status_code == 422
 
 
+@pytest.mark.parametrize(
+    ("rules", "detail"),
+    [
+        (
+            [{"name": "ok", "source": "a", "agent_id": "a"}, {"name": "typo", "sorce": "b", "agent_id": "b"}],
+            "rules[1].sorce: Extra inputs are not permitted (got 'b')",
+        ),
+        (
+            [{"name": "bad", "content_pattern": "(" + CANARY, "agent_id": "a"}],
+            "rules[0].content_pattern: pattern **********",
+        ),
+    ],
+)
+async def test_a_bad_routing_rule_is_422_naming_its_place_and_masking_its_value(
+    stack: Stack, rules: list[dict[str, Any]], detail: str
+) -> None:
+    # the detail was pydantic's whole dump: "1 validation error for RoutingRule\n…", its
+    # input_value quoted unmasked, a link to pydantic's docs, and no rule index
+    response = await stack.client.put(f"{V1}/routing/rules", json={"rules": rules})
+    assert response.status_code == 422
+    assert response.json()["detail"].startswith(detail)
+    assert "CANARY" not in response.text
+    assert "pydantic" not in response.text
+
+
+async def test_a_bad_event_to_explain_is_422_naming_each_field_and_masking_its_value(stack: Stack) -> None:
+    response = await stack.client.post(f"{V1}/routing/explain", json={**EVENT, "content": [CANARY]})
+    assert response.status_code == 422
+    assert response.json()["detail"].startswith("invalid AgentRequestEvent: content: Input should be")
+    assert "CANARY" not in response.text
+    assert "pydantic" not in response.text
+
+
 # -- LLM router -------------------------------------------------------------------------------------
 
 

@@ -8,16 +8,19 @@ import dataclasses
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Annotated, Any, Final
 
+from pydantic import ValidationError
+
 from dynamic_agents._redaction import redact_text
 from dynamic_agents.agents.runtime import AgentRuntime
 from dynamic_agents.agents.specs import SpecKind, SpecStatus
 from dynamic_agents.api._bodies import RulesBody
 from dynamic_agents.events import AgentRequestEvent
+from dynamic_agents.events._errors import event_error
 from dynamic_agents.exceptions import ConfigurationError, DeliveryError, RequeueError
 from dynamic_agents.llm.config import HEADER_PARAMS, SECRET_PARAMS
 from dynamic_agents.operations import DeadLetters
 from dynamic_agents.routing import EventRouter, RoutingRule
-from dynamic_agents.secrets.references import masked_settings
+from dynamic_agents.secrets.references import error_with_value, masked_settings
 from dynamic_agents.transports import Transport
 
 try:
@@ -177,8 +180,13 @@ def add_operation_routes(  # noqa: PLR0915 - one route per statement group; kept
     @api.put("/routing/rules", tags=["routing"])
     async def replace_rules(body: RulesBody) -> list[dict[str, Any]]:
         routing = needs_routing()
+        parsed = []
+        for index, rule in enumerate(body.rules):
+            try:
+                parsed.append(RoutingRule.model_validate(rule))
+            except ValidationError as error:
+                raise HTTPException(422, _rule_error(index, error)) from None
         try:
-            parsed = [RoutingRule.model_validate(rule) for rule in body.rules]
             routing.replace_rules(parsed)
         except (ValueError, ConfigurationError) as error:
             raise HTTPException(422, str(error)) from None
@@ -188,8 +196,8 @@ def add_operation_routes(  # noqa: PLR0915 - one route per statement group; kept
     async def explain(event: dict[str, Any]) -> dict[str, Any]:
         try:
             request = AgentRequestEvent.model_validate(event)
-        except ValueError as error:
-            raise HTTPException(422, str(error)) from None
+        except ValidationError as error:  # each field, its value masked: not pydantic's own dump
+            raise HTTPException(422, str(event_error(AgentRequestEvent, error))) from None
         explanation = needs_routing().explain(request)
         decision = explanation.decision
         return {
@@ -253,3 +261,18 @@ def add_operation_routes(  # noqa: PLR0915 - one route per statement group; kept
         return JSONResponse(
             {"status": "ok" if healthy else "degraded", "checks": checks}, status_code=200 if healthy else 503
         )
+
+
+def _rule_error(index: int, error: ValidationError) -> str:
+    """A rule of ``PUT /routing/rules`` that does not validate: where (``rules[1].source``), what
+    is wrong and the value found, masked as errors mask it (not pydantic's own dump, which quotes
+    it whole)."""
+    details = error.errors(include_url=False)
+    first = details[0]
+    path = f"rules[{index}]" + "".join(
+        f"[{part}]" if isinstance(part, int) else f".{part}" for part in first["loc"]
+    )
+    names = [part for part in first["loc"] if isinstance(part, str)]
+    message = error_with_value(first, name=names[-1] if names else None)
+    others = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
+    return f"{path}: {message}{others}"

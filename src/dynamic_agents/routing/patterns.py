@@ -17,7 +17,7 @@ from typing import Any, Final
 import regex
 
 from dynamic_agents._logging import get_logger
-from dynamic_agents._validation import check_seconds
+from dynamic_agents._validation import check_seconds, shown
 
 __all__ = ["SafePattern", "UnsafePatternError", "check_pattern"]
 
@@ -88,7 +88,7 @@ def check_pattern(pattern: str) -> None:
     try:
         regex.compile(pattern)
     except regex.error as error:
-        raise UnsafePatternError(f"pattern {pattern!r} does not compile: {error}") from None
+        raise UnsafePatternError(f"pattern {shown(pattern)} does not compile: {error}") from None
     try:
         parsed = sre_parse.parse(_REGEX_ONLY_ESCAPE.sub(_for_the_stdlib, pattern))
     except re.error:  # syntax only the regex engine knows (\m, (?V1), a flag mid-pattern…)
@@ -97,7 +97,7 @@ def check_pattern(pattern: str) -> None:
         nested = _nested_unbounded(parsed)
     if nested:
         raise UnsafePatternError(
-            f"pattern {pattern!r} nests an unbounded quantifier inside another (like '(a+)+'), which "
+            f"pattern {shown(pattern)} nests an unbounded quantifier inside another (like '(a+)+'), which "
             "can take exponential time on crafted input; rewrite it without the nesting (e.g. 'a+')"
         )
 
