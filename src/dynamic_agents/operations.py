@@ -57,6 +57,7 @@ from types import MappingProxyType
 from typing import Final
 
 from dynamic_agents._logging import get_logger
+from dynamic_agents._validation import check_count, shown
 from dynamic_agents.events import AgentRequestEvent
 from dynamic_agents.exceptions import (
     ConfigurationError,
@@ -185,10 +186,11 @@ class DeadLetters:
 
         Page on by passing the last id you got as ``after``.
         """
-        if limit < 1:
-            raise ConfigurationError(f"limit must be at least 1, got {limit}")
+        limit = check_count("limit", limit)
         if parse_entry_id(after) is None:
-            raise ConfigurationError(f"after={after!r} is not a stream entry id (like '1700000000000-0')")
+            raise ConfigurationError(
+                f"after={shown(after)} is not a stream entry id (like '1700000000000-0')"
+            )
         entries = await self.transport.read_stream(self.stream, AgentRequestEvent, after=after, count=limit)
         return [self._letter(entry.entry_id, entry.fields) for entry in entries]
 
@@ -198,7 +200,7 @@ class DeadLetters:
             entry = await self.transport.read_entry(self.stream, entry_id, AgentRequestEvent)
         except ConfigurationError:
             raise DeliveryError(
-                f"no dead letter {entry_id!r}: not a stream entry id (like '1700000000000-0')"
+                f"no dead letter {shown(entry_id)}: not a stream entry id (like '1700000000000-0')"
             ) from None
         if entry is None:
             raise DeliveryError(f"no dead letter {entry_id!r} on {self.stream!r}")

@@ -345,6 +345,29 @@ async def test_bad_list_arguments(backend: Backend) -> None:
         await dead.list(after="yesterday")
 
 
+CANARY = "sk-CANARY123456789abcdef"
+
+
+@pytest.mark.parametrize("limit", [True, "5", 2.5, None])
+async def test_a_list_limit_that_is_no_whole_number_is_refused(backend: Backend, limit: Any) -> None:
+    # "5" and None were a bare TypeError ("'<' not supported"), True listed one letter
+    dead = DeadLetters(await backend.transport())
+    with pytest.raises(ConfigurationError, match=r"^limit must be a whole number > 0, got "):
+        await dead.list(limit=limit)
+
+
+async def test_a_value_that_is_no_entry_id_is_refused_with_it_masked(backend: Backend) -> None:
+    # an operator pasting the wrong thing (a REST path, a query) saw it quoted back whole
+    dead = DeadLetters(await backend.transport())
+    with pytest.raises(ConfigurationError) as refused:
+        await dead.list(after=CANARY)
+    assert "CANARY" not in str(refused.value)
+    for operation in (dead.get, dead.requeue, dead.purge):
+        with pytest.raises(DeliveryError) as caught:
+            await operation(CANARY)
+        assert "CANARY" not in str(caught.value)
+
+
 async def test_an_entry_without_dead_letter_fields_is_listed_but_not_requeued(backend: Backend) -> None:
     transport = await backend.transport()
     request = request_event(backend.names, "by hand")
