@@ -897,3 +897,32 @@ async def test_a_key_read_only_while_served_stale_is_refreshed_ahead_of_expiry(
     assert len(source.fetches) == fetches + 1
     await manager.get("openai", "api_key")
     assert len(source.fetches) == fetches + 1  # refreshed in the background: the read is a hit
+
+
+@pytest.mark.parametrize(
+    ("env_mapping", "problem"),
+    [
+        ({"MY_KEY": "openai"}, r"env_mapping\['MY_KEY'\] must be a \(provider, field\) pair, got 'openai'"),
+        ({"MY_KEY": ("openai",)}, r"env_mapping\['MY_KEY'\] must be a \(provider, field\) pair"),
+        ({"MY_KEY": ("openai", "api_key", "x")}, r"env_mapping\['MY_KEY'\] must be a \(provider, field\)"),
+        ({"MY_KEY": ("openai", "")}, r"env_mapping\['MY_KEY'\] must be a \(provider, field\) pair"),
+        ({"MY_KEY": (1, 2)}, r"env_mapping\['MY_KEY'\] must be a \(provider, field\) pair"),
+        ({"MY KEY": ("openai", "api_key")}, r"env_mapping key 'MY KEY' is not a variable name"),
+        ({5: ("openai", "api_key")}, r"env_mapping key 5 is not a variable name"),
+        ([("MY_KEY", ("openai", "api_key"))], r"env_mapping must be a mapping of variable names"),
+        ({"MY_KEY": "sk-CANARY123456789abcdef"}, r"pair, got \*\*\*\*\*\*\*\*\*\*$"),
+    ],
+)
+def test_a_malformed_env_mapping_is_refused_when_the_manager_is_made(env_mapping: Any, problem: str) -> None:
+    # it was taken as given, and each reference to the variable then failed with a bare
+    # TypeError or AttributeError ("require() takes from 3 to 4 positional arguments but 8 were given")
+    with pytest.raises(ConfigurationError, match=problem):
+        SecretsManager(StaticSource({}), env_mapping=env_mapping)
+    with pytest.raises(ConfigurationError, match=problem):
+        SecretsManager.from_env(env_mapping=env_mapping)
+
+
+def test_an_env_mapping_pair_given_as_a_list_is_taken() -> None:
+    # as YAML and JSON give it
+    manager = SecretsManager(StaticSource({}), env_mapping={"MY_KEY": ["openai", "api_key"]})
+    assert manager.env_mapping["MY_KEY"] == ("openai", "api_key")

@@ -37,6 +37,7 @@ from dynamic_agents.secrets.references import (
     ENV_SECRETS,
     EnvReference,
     SecretReference,
+    check_env_mapping,
     parse_reference,
     shown_part,
 )
@@ -149,7 +150,7 @@ class SecretsManager:
             refresh_interval if refresh_interval is not None else max(self.refresh_ahead / 2, 0.5)
         )
         self.user_fallback_to_system = user_fallback_to_system
-        self.env_mapping = {**ENV_SECRETS, **(env_mapping or {})}
+        self.env_mapping = {**ENV_SECRETS, **check_env_mapping(env_mapping or {})}
         self.stats = SecretsStats()
         self._clock = clock
         self._cache: TTLCache[_CacheKey, _Entry] = TTLCache(
@@ -166,9 +167,8 @@ class SecretsManager:
     @classmethod
     def from_env(cls, *, env_mapping: Mapping[str, tuple[str, str]] | None = None, **settings: Any) -> Self:
         """Secrets from environment variables only: the embedded default."""
-        return cls(
-            EnvironmentSource({**ENV_SECRETS, **(env_mapping or {})}), env_mapping=env_mapping, **settings
-        )
+        mapping = check_env_mapping(env_mapping or {})
+        return cls(EnvironmentSource({**ENV_SECRETS, **mapping}), env_mapping=mapping, **settings)
 
     @classmethod
     def from_identity(

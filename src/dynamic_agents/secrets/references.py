@@ -25,12 +25,14 @@ from dynamic_agents._redaction import (
     names_a_credential,
     redact_text,
 )
-from dynamic_agents.exceptions import SecretReferenceError
+from dynamic_agents._validation import shown
+from dynamic_agents.exceptions import ConfigurationError, SecretReferenceError
 
 __all__ = [
     "ENV_SECRETS",
     "EnvReference",
     "SecretReference",
+    "check_env_mapping",
     "error_with_value",
     "masked_settings",
     "parse_reference",
@@ -56,12 +58,42 @@ ENV_SECRETS: Final[Mapping[str, tuple[str, str]]] = {
 """Environment names that stand for a provider's field (the design document's table). Extend it
 per manager with ``SecretsManager(..., env_mapping={...})``."""
 
+
+def check_env_mapping(mapping: object) -> dict[str, tuple[str, str]]:
+    """``mapping`` (an ``env_mapping``: variable name to ``(provider, field)``) as a dict of
+    pairs (a list from YAML or JSON taken as one), else a :class:`ConfigurationError` naming the
+    entry: taken as given, a bad one failed each reference to its variable with a bare error."""
+    if not isinstance(mapping, Mapping):
+        raise ConfigurationError(
+            "env_mapping must be a mapping of variable names to (provider, field) pairs, "
+            f"got {shown(mapping)}"
+        )
+    checked: dict[str, tuple[str, str]] = {}
+    for variable, pair in mapping.items():
+        if not isinstance(variable, str) or not _VARIABLE_RE.fullmatch(variable):
+            raise ConfigurationError(
+                f"env_mapping key {shown(variable)} is not a variable name (letters, digits, '_')"
+            )
+        if (
+            isinstance(pair, str)
+            or not isinstance(pair, tuple | list)
+            or len(pair) != 2
+            or not all(isinstance(part, str) and part for part in pair)
+        ):
+            raise ConfigurationError(
+                f"env_mapping[{variable!r}] must be a (provider, field) pair, got {shown(pair)}"
+            )
+        checked[variable] = (pair[0], pair[1])
+    return checked
+
+
 SECRET_PREFIX: Final = "secret:"  # noqa: S105 - a prefix, not a password
 ENV_PREFIX: Final = "os.environ/"
 _SECRET_RE: Final = re.compile(
     r"^secret:(?P<provider>[a-z0-9][a-z0-9_.-]*)(?:/(?P<name>[^:/]+))?:(?P<field>[A-Za-z0-9_.-]+)$"
 )
 _ENV_RE: Final = re.compile(r"^os\.environ/(?P<variable>[A-Za-z_][A-Za-z0-9_]*)$")
+_VARIABLE_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 _SHOWN_VALUE_LIMIT: Final = 60

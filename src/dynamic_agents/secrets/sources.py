@@ -25,7 +25,7 @@ from dynamic_agents.exceptions import (
     SecretsUnavailableError,
 )
 from dynamic_agents.secrets.client import IdentityClient
-from dynamic_agents.secrets.references import ENV_SECRETS, shown_part
+from dynamic_agents.secrets.references import ENV_SECRETS, check_env_mapping, shown_part
 from dynamic_agents.secrets.values import SecretValue
 
 __all__ = [
@@ -145,7 +145,7 @@ class EnvironmentSource(SecretSource):
         *,
         environ: Mapping[str, str] | None = None,
     ) -> None:
-        self.mapping = dict(mapping)
+        self.mapping = check_env_mapping(mapping)
         self._environ = environ
 
     def __repr__(self) -> str:
