@@ -306,6 +306,24 @@ async def test_plain_http_only_to_loopback(url: str, allowed: bool) -> None:
             IdentityClient(url, token="t")
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        None,
+        5,
+        b"https://identity.example.com",
+        "https://identity.example.com/\n",
+        "https://ident ity.example.com",
+        " https://identity.example.com",
+    ],
+)
+def test_an_identity_url_that_is_no_url_text_is_a_configuration_error(url: object) -> None:
+    # None and bytes were a bare TypeError or AttributeError from urllib, a newline httpx's
+    # InvalidURL, and a space inside the host was taken (every request then failed)
+    with pytest.raises(ConfigurationError, match=r"^Identity URL .* must be an http\(s\) URL"):
+        IdentityClient(url, token="t")  # type: ignore[arg-type]
+
+
 async def test_plain_http_elsewhere_when_explicitly_allowed() -> None:
     await IdentityClient("http://identity.internal", token="t", allow_insecure_http=True).aclose()
 

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, JsonValue, ValidationError
 
 from dynamic_agents._logging import get_logger
 from dynamic_agents._redaction import REDACTOR, masked_url
-from dynamic_agents._validation import check_count, check_seconds
+from dynamic_agents._validation import check_count, check_seconds, shown
 from dynamic_agents.events._types import UtcDatetime
 from dynamic_agents.exceptions import (
     ConfigurationError,
@@ -426,21 +426,24 @@ class IdentityClient:
         await self._sleep(delay)
 
 
-def _check_url(base_url: str, allow_insecure_http: bool) -> None:
-    shown = masked_url(base_url)
+def _check_url(base_url: object, allow_insecure_http: bool) -> None:
+    valid = "an http(s) URL with a host (and a numeric port, if any), without spaces or control characters"
+    if not isinstance(base_url, str):  # urllib would fail with a bare TypeError or AttributeError
+        raise ConfigurationError(f"Identity URL {shown(base_url)} must be {valid}")
+    shown_url = masked_url(base_url)
     try:
         parts = urlsplit(base_url)
         hostname = parts.hostname
         parts.port  # noqa: B018 - raises for a port that is not a number
     except ValueError:
         parts, hostname = None, None
-    if parts is None or parts.scheme not in {"http", "https"} or not hostname:
-        raise ConfigurationError(
-            f"Identity URL {shown!r} must be an http(s) URL with a host (and a numeric port, if any)"
-        )
+    # a space or a control character (a newline pasted with it) makes every request fail later
+    blank = any(character.isspace() or not character.isprintable() for character in base_url)
+    if parts is None or parts.scheme not in {"http", "https"} or not hostname or blank:
+        raise ConfigurationError(f"Identity URL {shown_url!r} must be {valid}")
     if parts.scheme == "http" and not allow_insecure_http and not _is_loopback(hostname):
         raise ConfigurationError(
-            f"Identity URL {shown!r} uses plain http to a non-loopback host: tokens and secrets "
+            f"Identity URL {shown_url!r} uses plain http to a non-loopback host: tokens and secrets "
             "would cross the network unencrypted; use https, or pass allow_insecure_http=True"
         )
 
