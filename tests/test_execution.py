@@ -190,7 +190,8 @@ def test_a_status_that_is_not_a_response_status_is_refused_when_the_result_is_bu
             ExecutionResult(status)  # type: ignore[arg-type]
         message = str(caught.value)
         assert message.startswith("status must be one of 'completed', 'error'"), message
-        assert message.endswith(f"got {status!r}"), message
+        hint = "; did you mean 'completed'?" if status == "COMPLETED" else ""
+        assert message.endswith(f"got {status!r}{hint}"), message
 
 
 def test_a_status_given_as_its_text_becomes_the_member() -> None:

@@ -161,3 +161,16 @@ def test_the_library_s_refusals_of_a_setting_mask_a_key_given_for_it(index: int)
     with pytest.raises(ValueError, match=r"\*\*\*\*\*\*\*\*\*\*") as refused:
         refuse()
     assert "CANARY" not in str(refused.value)
+
+
+@pytest.mark.parametrize(("typo", "meant"), [("Red", "red"), (" blue", "blue"), ("bleu", "blue")])
+def test_check_choice_suggests_the_close_member(typo: str, meant: str) -> None:
+    refusal = rf"^colour must be one of 'red', 'blue', got '{typo}'; did you mean '{meant}'\?$"
+    with pytest.raises(ConfigurationError, match=refusal):
+        check_choice("colour", typo, Colour)
+
+
+def test_check_choice_suggests_nothing_far_off() -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        check_choice("colour", "green", Colour)
+    assert "did you mean" not in str(refused.value)

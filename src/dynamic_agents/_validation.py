@@ -7,6 +7,7 @@ it would pass a ``value <= 0`` check and make a wait that never ends). The value
 
 from __future__ import annotations
 
+import difflib
 import math
 from enum import StrEnum
 from typing import TYPE_CHECKING, Literal, TypeVar, overload
@@ -90,7 +91,8 @@ def check_count(name: str, value: object, *, minimum: int = 1, optional: bool = 
 
 def check_choice(name: str, value: object, choices: type[E]) -> E:
     """``value`` as a member of ``choices`` (its text accepted, as YAML and the environment give it),
-    else a :class:`ConfigurationError` naming the setting, the value and the valid ones."""
+    else a :class:`ConfigurationError` naming the setting, the value and the valid ones, and the
+    one it is close to, if any."""
     if isinstance(value, choices):
         return value
     if isinstance(value, str):
@@ -99,7 +101,14 @@ def check_choice(name: str, value: object, choices: type[E]) -> E:
         except ValueError:
             pass
     valid = ", ".join(repr(choice.value) for choice in choices)
-    raise ConfigurationError(f"{name} must be one of {valid}, got {shown(value)}")
+    # a typo or another case ("Reject", " merge", "enqeue"): say which one it surely meant
+    close = (
+        difflib.get_close_matches(value.strip().lower(), [choice.value for choice in choices], n=1)
+        if isinstance(value, str)
+        else []
+    )
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ConfigurationError(f"{name} must be one of {valid}, got {shown(value)}{hint}")
 
 
 def invalid_fields(error: ValidationError, whole: str) -> str:
