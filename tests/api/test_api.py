@@ -582,6 +582,28 @@ async def test_a_422_does_not_quote_a_key_given_in_the_wrong_place(
     assert error["msg"]
 
 
+@pytest.mark.parametrize(
+    ("body", "location"),
+    [
+        ({"input": "hi", "session_id": "s1", "strem": True}, ["body", "strem"]),
+        ({"input": "hi", "session_id": "s1", "timeout": True}, ["body", "timeout"]),
+        ({"rules": [], "rule": []}, ["body", "rule"]),
+    ],
+)
+async def test_a_misspelt_key_or_a_boolean_timeout_is_422_not_ignored(
+    stack: Stack, body: dict[str, Any], location: list[str]
+) -> None:
+    # "strem": the reply came back whole, not streamed, without a word; "timeout": true ran with
+    # a one-second timeout
+    await stack.client.post(f"{V1}/agents", json=AGENT)
+    path = "/routing/rules" if "rules" in body else "/agents/bot/execute"
+    response = await stack.client.request("PUT" if "rules" in body else "POST", f"{V1}{path}", json=body)
+    assert response.status_code == 422
+    (error,) = response.json()["detail"]
+    assert error["loc"] == location
+    assert stack.models.models["gpt"].calls == []
+
+
 async def test_an_overlong_idempotency_key_is_422(stack: Stack) -> None:
     await stack.client.post(f"{V1}/agents", json=AGENT)
     response = await stack.client.post(

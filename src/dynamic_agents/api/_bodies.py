@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Final
 
-from pydantic import BaseModel, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from dynamic_agents.execution import ExecutionResult
 
@@ -24,15 +24,21 @@ DEFAULT_MAX_BODY_SIZE: Final = 1024 * 1024
 
 
 class ExecuteBody(BaseModel):
+    # A misspelt key is refused, not ignored: "strem" would answer whole, without a word.
+    model_config = ConfigDict(extra="forbid")
+
     input: str
     session_id: str = Field(min_length=1, max_length=512)
     user_id: str | None = None
     session_state: dict[str, JsonValue] = Field(default_factory=dict)
     stream: bool = False
-    timeout: float | None = Field(default=None, gt=0, le=3600)
+    # strict: true is no number of seconds (lax, it was one); an int is still one
+    timeout: float | None = Field(default=None, gt=0, le=3600, strict=True)
 
 
 class RulesBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     rules: list[dict[str, JsonValue]]
 
 
