@@ -10,14 +10,24 @@ from __future__ import annotations
 import difflib
 import math
 from enum import StrEnum
-from typing import TYPE_CHECKING, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Final, Literal, TypeVar, overload
+
+from pydantic import BeforeValidator
 
 from dynamic_agents.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
 
-__all__ = ["check_choice", "check_count", "check_seconds", "invalid_fields", "shown"]
+__all__ = [
+    "NotBoolean",
+    "check_choice",
+    "check_count",
+    "check_seconds",
+    "invalid_fields",
+    "not_boolean",
+    "shown",
+]
 
 E = TypeVar("E", bound=StrEnum)
 
@@ -109,6 +119,22 @@ def check_choice(name: str, value: object, choices: type[E]) -> E:
     )
     hint = f"; did you mean {close[0]!r}?" if close else ""
     raise ConfigurationError(f"{name} must be one of {valid}, got {shown(value)}{hint}")
+
+
+def not_boolean(value: object) -> object:
+    """``value`` unless it is a boolean: a pydantic before-validator for a number field, where
+    pydantic would take ``True`` as 1 (YAML reads ``yes``, ``no``, ``on`` and ``off`` as booleans:
+    ``max_tokens: yes`` would be a one-token answer). A :class:`ConfigurationError` is a
+    ``ValueError``, which pydantic reports at the field's path."""
+    if isinstance(value, bool):
+        raise ConfigurationError(
+            "must be a number, not a boolean (YAML reads yes, no, on and off as booleans)"
+        )
+    return value
+
+
+NotBoolean: Final = BeforeValidator(not_boolean)
+""":func:`not_boolean` as an annotation: ``Annotated[int, NotBoolean]``."""
 
 
 def invalid_fields(error: ValidationError, whole: str) -> str:

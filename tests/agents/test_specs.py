@@ -169,3 +169,42 @@ def test_yaml_that_does_not_parse_is_refused_by_line_without_quoting_it(text: st
     with pytest.raises(SpecValidationError, match=r"^not valid YAML at line \d+: ") as refused:
         AgentSpec.from_yaml(text)
     assert "CANARY" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("model", "data", "path"),
+    [
+        (AgentSpec, {"id": "a", "model": {"name": "gpt", "temperature": True}}, "model.temperature"),
+        (AgentSpec, {"id": "a", "model": {"name": "gpt", "max_tokens": True}}, "model.max_tokens"),
+        (AgentSpec, {"id": "a", "model": "gpt", "version": True}, "version"),
+        (AgentSpec, {"id": "a", "model": "gpt", "num_history_runs": False}, "num_history_runs"),
+        (AgentSpec, {"id": "a", "model": "gpt", "num_history_messages": True}, "num_history_messages"),
+        (
+            TeamSpec,
+            {"id": "t", "model": "gpt", "members": ["a"], "num_team_history_runs": True},
+            "num_team_history_runs",
+        ),
+        (
+            TeamSpec,
+            {"id": "t", "model": "gpt", "members": ["a"], "num_history_runs": True},
+            "num_history_runs",
+        ),
+        (
+            WorkflowSpec,
+            {
+                "id": "w",
+                "steps": [
+                    {"type": "loop", "steps": [{"type": "agent", "agent": "a"}], "max_iterations": True}
+                ],
+            },
+            "steps[0].max_iterations",
+        ),
+    ],
+)
+def test_a_boolean_for_a_number_is_refused_naming_its_path(
+    model: type[SpecBase], data: dict[str, Any], path: str
+) -> None:
+    # YAML reads `max_tokens: yes` as True, which pydantic took as 1 (a one-token answer)
+    with pytest.raises(SpecValidationError, match=r"must be a number, not a boolean") as refused:
+        model.from_dict(data)
+    assert refused.value.path == path

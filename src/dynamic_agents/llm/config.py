@@ -14,13 +14,13 @@ import hashlib
 import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Final, Self
+from typing import Annotated, Any, Final, Self
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dynamic_agents._redaction import masked_url, names_a_credential
-from dynamic_agents._validation import shown
+from dynamic_agents._validation import NotBoolean, shown
 from dynamic_agents.exceptions import ConfigurationError
 from dynamic_agents.secrets.references import error_with_value, masked_settings, shown_reference
 
@@ -191,10 +191,10 @@ class RouterConfig(BaseModel):
     default_fallbacks: list[str] = Field(default_factory=list)
     context_window_fallbacks: _FallbackList = Field(default_factory=list)
     routing_strategy: str = "simple-shuffle"
-    num_retries: int = Field(default=2, ge=0)
-    timeout: float | None = Field(default=None, gt=0, allow_inf_nan=False)
-    cooldown_time: float | None = Field(default=None, ge=0, allow_inf_nan=False)
-    allowed_fails: int | None = Field(default=None, ge=0)
+    num_retries: Annotated[int, NotBoolean] = Field(default=2, ge=0)
+    timeout: Annotated[float | None, NotBoolean] = Field(default=None, gt=0, allow_inf_nan=False)
+    cooldown_time: Annotated[float | None, NotBoolean] = Field(default=None, ge=0, allow_inf_nan=False)
+    allowed_fails: Annotated[int | None, NotBoolean] = Field(default=None, ge=0)
     enable_tag_filtering: bool = False
     enable_pre_call_checks: bool = False
     redis_url: str | None = None
@@ -224,16 +224,6 @@ class RouterConfig(BaseModel):
             raise ValueError(
                 f"{names} {what} of the router config: set {it} at the top level, not in "
                 "router_settings (which passes the other litellm.Router keywords through)"
-            )
-        return value
-
-    @field_validator("num_retries", "timeout", "cooldown_time", "allowed_fails", mode="before")
-    @classmethod
-    def _no_boolean(cls, value: Any) -> Any:
-        # a bool is an int to pydantic: YAML's `timeout: yes` would be a one-second timeout
-        if isinstance(value, bool):
-            raise ValueError(  # noqa: TRY004 (pydantic reports ValueError only)
-                "must be a number, not a boolean (YAML reads yes, no, on and off as booleans)"
             )
         return value
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationInfo, field_validator
 
 from dynamic_agents._redaction import looks_like_a_key, names_a_credential
+from dynamic_agents._validation import NotBoolean
 from dynamic_agents.agents.specs.base import SpecBase, SpecKind
 from dynamic_agents.exceptions import SecretReferenceError
 from dynamic_agents.secrets.references import parse_reference
@@ -21,8 +22,8 @@ class ModelSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(min_length=1, description="A model group of the LLM router (model_list.model_name)")
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    max_tokens: int | None = Field(default=None, gt=0)
+    temperature: Annotated[float | None, NotBoolean] = Field(default=None, ge=0, le=2)
+    max_tokens: Annotated[int | None, NotBoolean] = Field(default=None, gt=0)
     tags: tuple[str, ...] = Field(default=(), description="Sent as request metadata for tag routing")
 
     @classmethod
@@ -94,8 +95,8 @@ class AgentSpec(SpecBase):
     output_schema: str | None = Field(default=None, description="A schema registered in the ToolRegistry")
 
     add_history_to_context: bool = False
-    num_history_runs: int | None = Field(default=None, ge=0)
-    num_history_messages: int | None = Field(default=None, ge=0)
+    num_history_runs: Annotated[int | None, NotBoolean] = Field(default=None, ge=0)
+    num_history_messages: Annotated[int | None, NotBoolean] = Field(default=None, ge=0)
     enable_session_summaries: bool = False
     add_session_summary_to_context: bool | None = None
     enable_agentic_memory: bool = False

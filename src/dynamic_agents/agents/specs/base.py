@@ -6,12 +6,12 @@ import json
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import Annotated, Any, ClassVar, Self
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
-from dynamic_agents._validation import check_choice, shown
+from dynamic_agents._validation import NotBoolean, check_choice, shown
 from dynamic_agents.exceptions import SpecValidationError
 from dynamic_agents.secrets.references import error_with_value
 
@@ -50,7 +50,7 @@ class SpecBase(BaseModel):
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
     name: str | None = None
     description: str | None = None
-    version: int = Field(default=1, ge=1)
+    version: Annotated[int, NotBoolean] = Field(default=1, ge=1)
     status: SpecStatus = SpecStatus.ACTIVE
     tags: tuple[str, ...] = ()
     metadata: dict[str, JsonValue] = Field(default_factory=dict)

@@ -6,6 +6,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from dynamic_agents._validation import NotBoolean
 from dynamic_agents.agents.specs.agent import ModelSettings
 from dynamic_agents.agents.specs.base import SpecBase, SpecKind
 
@@ -32,9 +33,9 @@ class TeamSpec(SpecBase):
     markdown: bool = False
 
     add_history_to_context: bool = False
-    num_history_runs: int | None = Field(default=None, ge=0)
+    num_history_runs: Annotated[int | None, NotBoolean] = Field(default=None, ge=0)
     add_team_history_to_members: bool = False
-    num_team_history_runs: int = Field(default=3, ge=0)
+    num_team_history_runs: Annotated[int, NotBoolean] = Field(default=3, ge=0)
     share_member_interactions: bool = False
     determine_input_for_members: bool = True
 

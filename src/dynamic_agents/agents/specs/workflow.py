@@ -6,6 +6,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from dynamic_agents._validation import NotBoolean
 from dynamic_agents.agents.specs.base import SpecBase, SpecKind
 
 __all__ = [
@@ -56,7 +57,7 @@ class ConditionStep(_Step):
 class LoopStep(_Step):
     type: Literal["loop"] = "loop"
     steps: tuple[StepSpec, ...] = Field(min_length=1)
-    max_iterations: int = Field(default=3, ge=1, le=100)
+    max_iterations: Annotated[int, NotBoolean] = Field(default=3, ge=1, le=100)
     end_condition: str | None = Field(default=None, description="A registered function (outputs) -> bool")
 
 
