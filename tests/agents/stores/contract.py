@@ -132,6 +132,25 @@ class SpecStoreContract:
             await store.require(SpecKind.AGENT, spec_id)
         assert await store.version(SpecKind.AGENT, "helper") == 1
 
+    async def test_a_kind_given_as_its_text_is_read_and_an_unknown_one_is_refused(
+        self, store: SpecStore
+    ) -> None:
+        """A kind as text ("agent") works as the member; a misspelt one ("agnet") was a bare
+        ValueError ("'agnet' is not a valid SpecKind") or, in some calls, an empty answer."""
+        await store.create(agent())
+        assert await store.version("agent", "helper") == 1  # type: ignore[arg-type]
+        refusal = r"^kind must be one of 'agent', 'team', 'workflow', got 'agnet'; did you mean 'agent'\?$"
+        for call in (
+            lambda: store.get("agnet", "helper"),  # type: ignore[arg-type]
+            lambda: store.require("agnet", "helper"),  # type: ignore[arg-type]
+            lambda: store.version("agnet", "helper"),  # type: ignore[arg-type]
+            lambda: store.list("agnet"),  # type: ignore[arg-type]
+            lambda: store.delete("agnet", "helper"),  # type: ignore[arg-type]
+        ):
+            with pytest.raises(ConfigurationError, match=refusal):
+                await call()
+        assert await store.version(SpecKind.AGENT, "helper") == 1
+
     async def test_unknown_specs_are_none_and_require_names_them(self, store: SpecStore) -> None:
         assert await store.get(SpecKind.AGENT, "nope") is None
         assert await store.version(SpecKind.AGENT, "nope") is None

@@ -59,7 +59,7 @@ class SpecStore(ABC):
         """The stored spec; :class:`SpecNotFoundError` if there is none."""
         spec = await self.get(kind, spec_id)
         if spec is None:
-            raise SpecNotFoundError(f"no {SpecKind(kind).value} spec {spec_id!r}")
+            raise SpecNotFoundError(f"no {SpecKind.of(kind).value} spec {spec_id!r}")
         return spec
 
     @abstractmethod
@@ -119,9 +119,9 @@ class SpecStore(ABC):
         model = self.models.get(kind)
         if model is None:
             raise ConfigurationError(
-                f"no spec model for kind {SpecKind(kind).value!r}: models has {sorted(self.models)}"
+                f"no spec model for kind {SpecKind.of(kind).value!r}: models has {sorted(self.models)}"
             )
-        ref = f"{SpecKind(kind).value} {spec_id!r}"
+        ref = f"{SpecKind.of(kind).value} {spec_id!r}"
         if not isinstance(document, Mapping):
             raise invalid(where, f"a stored spec must be a mapping, got {type(document).__name__}", ref)
         try:

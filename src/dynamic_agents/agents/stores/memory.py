@@ -26,12 +26,14 @@ class InMemorySpecStore(SpecStore):
         self._documents: dict[tuple[SpecKind, str], str] = {}
 
     async def get(self, kind: SpecKind, spec_id: str) -> SpecBase | None:
-        text = self._documents.get((SpecKind(kind), spec_id))
-        return None if text is None else self._load(SpecKind(kind), spec_id, text)
+        kind = SpecKind.of(kind)
+        text = self._documents.get((kind, spec_id))
+        return None if text is None else self._load(kind, spec_id, text)
 
     async def list(
         self, kind: SpecKind | None = None, *, tag: str | None = None, status: SpecStatus | None = None
     ) -> builtins.list[SpecBase]:
+        kind = None if kind is None else SpecKind.of(kind)
         specs = [
             self._load(key_kind, spec_id, text)
             for (key_kind, spec_id), text in self._documents.items()
@@ -40,7 +42,7 @@ class InMemorySpecStore(SpecStore):
         return sorted((spec for spec in specs if matches(spec, tag, status)), key=order_key)
 
     async def version(self, kind: SpecKind, spec_id: str) -> int | None:
-        return self._version((SpecKind(kind), spec_id))
+        return self._version((SpecKind.of(kind), spec_id))
 
     async def create(self, spec: SpecBase) -> SpecBase:
         key = (spec.kind, spec.id)
@@ -66,7 +68,7 @@ class InMemorySpecStore(SpecStore):
 
     async def delete(self, kind: SpecKind, spec_id: str, *, expected_version: int | None = None) -> bool:
         expected_version = check_count("expected_version", expected_version, optional=True)
-        key = (SpecKind(kind), spec_id)
+        key = (SpecKind.of(kind), spec_id)
         if key not in self._documents:
             return False
         current = self._version(key)

@@ -137,7 +137,7 @@ class SqlSpecStore(SpecStore):
     # -- reading ----------------------------------------------------------------------------------
 
     async def get(self, kind: SpecKind, spec_id: str) -> SpecBase | None:
-        kind = SpecKind(kind)
+        kind = SpecKind.of(kind)
         if not _storable(spec_id):
             return None
         async with self._connect() as conn:
@@ -150,7 +150,7 @@ class SqlSpecStore(SpecStore):
     ) -> builtins.list[SpecBase]:
         query = sa.select(specs_table.c.kind, specs_table.c.id, specs_table.c.document)
         if kind is not None:
-            query = query.where(specs_table.c.kind == SpecKind(kind).value)
+            query = query.where(specs_table.c.kind == SpecKind.of(kind).value)
         if status is not None:
             query = query.where(specs_table.c.status == SpecStatus(status).value)
         if tag is not None:  # narrows only: the exact test is `matches` below
@@ -164,7 +164,7 @@ class SqlSpecStore(SpecStore):
         if not _storable(spec_id):
             return None
         async with self._connect() as conn:
-            return await _version(conn, SpecKind(kind), spec_id)
+            return await _version(conn, SpecKind.of(kind), spec_id)
 
     # -- writing ----------------------------------------------------------------------------------
 
@@ -200,7 +200,7 @@ class SqlSpecStore(SpecStore):
 
     async def delete(self, kind: SpecKind, spec_id: str, *, expected_version: int | None = None) -> bool:
         expected_version = check_count("expected_version", expected_version, optional=True)
-        kind = SpecKind(kind)
+        kind = SpecKind.of(kind)
         if not _storable(spec_id):
             return False
         statement = sa.delete(specs_table).where(*_key(kind, spec_id))
@@ -246,7 +246,7 @@ class SqlSpecStore(SpecStore):
         kind = str(kind)  # a SpecKind (a StrEnum) as its value
         where = f"{TABLE_NAME} row ({kind!r}, {spec_id!r})"
         try:
-            spec_kind = SpecKind(kind)
+            spec_kind = SpecKind.of(kind)
         except ValueError:
             valid = ", ".join(member.value for member in SpecKind)
             raise invalid(where, f"kind {kind!r} is not a spec kind (valid: {valid})") from None
@@ -264,7 +264,7 @@ def _storable(spec_id: str) -> bool:
 
 
 def _key(kind: SpecKind, spec_id: str) -> tuple[sa.ColumnElement[bool], sa.ColumnElement[bool]]:
-    return (specs_table.c.kind == SpecKind(kind).value, specs_table.c.id == spec_id)
+    return (specs_table.c.kind == SpecKind.of(kind).value, specs_table.c.id == spec_id)
 
 
 def _row(spec: SpecBase) -> dict[str, Any]:

@@ -88,7 +88,7 @@ class YamlDirectorySpecStore(SpecStore):
         """The file of a spec, or ``None`` if ``spec_id`` could never be stored (not a valid id)."""
         if not SPEC_ID.fullmatch(spec_id):
             return None
-        return self.directory / SpecKind(kind).value / f"{spec_id}.yaml"
+        return self.directory / SpecKind.of(kind).value / f"{spec_id}.yaml"
 
     # -- reading ----------------------------------------------------------------------------------
 
@@ -97,12 +97,12 @@ class YamlDirectorySpecStore(SpecStore):
         document = None if path is None else await asyncio.to_thread(_read, path)
         if path is None or document is None:
             return None
-        return self.rebuild(SpecKind(kind), spec_id, document, where=str(path))
+        return self.rebuild(SpecKind.of(kind), spec_id, document, where=str(path))
 
     async def list(
         self, kind: SpecKind | None = None, *, tag: str | None = None, status: SpecStatus | None = None
     ) -> builtins.list[SpecBase]:
-        kinds = list(SpecKind) if kind is None else [SpecKind(kind)]
+        kinds = list(SpecKind) if kind is None else [SpecKind.of(kind)]
         found = await asyncio.to_thread(self._scan, kinds)
         specs = [self.rebuild(k, spec_id, document, where=str(path)) for k, spec_id, path, document in found]
         return sorted((spec for spec in specs if matches(spec, tag, status)), key=order_key)
