@@ -197,10 +197,10 @@ def test_the_redis_transport_without_hiredis_names_the_extra_to_install() -> Non
             "redis",
             "import asyncio\n"
             "from dynamic_agents.llm import RouterConfig, build_router\n"
-            "from dynamic_agents.secrets import SecretsManager\n"
+            "from dynamic_agents.secrets import SecretsManager, StaticSource\n"
             "config = RouterConfig.from_dict({'model_list': [{'model_name': 'm', 'litellm_params': "
             "{'model': 'openai/m', 'api_key': 'literal-key-value'}}], 'redis_url': 'redis://127.0.0.1:1/0'})\n"
-            "asyncio.run(build_router(config, SecretsManager([])))",
+            "asyncio.run(build_router(config, SecretsManager(StaticSource({}))))",
             "redis",
         ),
     ],

@@ -926,3 +926,11 @@ def test_an_env_mapping_pair_given_as_a_list_is_taken() -> None:
     # as YAML and JSON give it
     manager = SecretsManager(StaticSource({}), env_mapping={"MY_KEY": ["openai", "api_key"]})
     assert manager.env_mapping["MY_KEY"] == ("openai", "api_key")
+
+
+@pytest.mark.parametrize("source", [None, "sk-CANARY123456789abcdef", {"openai": {"api_key": "k"}}, []])
+def test_a_source_that_is_no_secret_source_is_refused_when_the_manager_is_made(source: Any) -> None:
+    # it was taken, and the first lookup failed with a bare AttributeError ("no attribute 'fetch'")
+    with pytest.raises(ConfigurationError, match=r"^source must be a SecretSource \(") as refused:
+        SecretsManager(source)
+    assert "CANARY" not in str(refused.value)

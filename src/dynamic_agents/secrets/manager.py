@@ -25,6 +25,7 @@ from dynamic_agents._logging import get_logger
 from dynamic_agents._redaction import REDACTOR
 from dynamic_agents._validation import check_count, check_seconds
 from dynamic_agents.exceptions import (
+    ConfigurationError,
     IdentityError,
     IdentityForbiddenError,
     IdentityRateLimitedError,
@@ -133,6 +134,11 @@ class SecretsManager:
         # 0 has a meaning where accepted: "no such secret" not cached, no stale grace, no refresh
         # ahead of expiry, no pause before asking a failing source again; so has math.inf where
         # accepted: fresh forever (never fetched again), served forever while the sources fail.
+        if not isinstance(source, SecretSource):  # else the first lookup fails: no fetch()
+            raise ConfigurationError(
+                "source must be a SecretSource (EnvironmentSource, IdentitySource, StaticSource, "
+                f"ChainSource or a subclass of your own), got a {type(source).__name__}"
+            )
         ttl = check_seconds("ttl", ttl, forever=True)
         negative_ttl = check_seconds("negative_ttl", negative_ttl, zero=True, forever=True)
         stale_grace = check_seconds("stale_grace", stale_grace, zero=True, forever=True)
