@@ -461,6 +461,30 @@ def test_build_request_from_a_bad_event_is_a_typed_error(
         client.build_request(source, event)
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("channel_id", {"id": 1}),
+        ("channel_id", True),
+        ("conversation_id", ["c1"]),
+        ("id", True),
+        ("id", {"ts": "1"}),
+        ("user_id", {"id": "u1"}),
+        ("user_id", False),
+        ("user_id", ["sk-CANARY123456789abcdef"]),
+    ],
+)
+def test_build_request_refuses_an_id_that_is_no_str_or_int(field: str, value: Any) -> None:
+    """A platform's id is text or a number: a dict, a list or a boolean was written into the
+    request as its repr ("{'id': 1}", "True"), a session and a reply stream of its own."""
+    client = AgentClient(InMemoryTransport(names=StreamNames("client")))
+    channel = {} if field == "conversation_id" else {"channel_id": "c1"}  # the channel key read
+    event = {**channel, "user_id": "u1", "content": "hi", field: value}
+    with pytest.raises(EventValidationError, match=rf"^invalid AgentRequestEvent: {field}: ") as caught:
+        client.build_request("slack", event)
+    assert "CANARY" not in str(caught.value)
+
+
 def held_record_checks(
     client: AgentClient, monkeypatch: pytest.MonkeyPatch
 ) -> tuple[asyncio.Event, asyncio.Event]:

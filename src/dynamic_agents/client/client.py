@@ -18,8 +18,14 @@ from pydantic import ValidationError
 from dynamic_agents._logging import get_logger
 from dynamic_agents._validation import check_seconds, shown
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, StreamNames
-from dynamic_agents.events._errors import event_error
-from dynamic_agents.exceptions import ConfigurationError, DeliveryError, TransportError
+from dynamic_agents.events._errors import event_error, preview
+from dynamic_agents.exceptions import (
+    ConfigurationError,
+    DeliveryError,
+    EventValidationError,
+    FieldError,
+    TransportError,
+)
 from dynamic_agents.routing import RoutingConfig
 from dynamic_agents.transports import CompletedRecord, Delivery, Subscription, Transport
 
@@ -101,9 +107,15 @@ class AgentClient:
         # A missing, None or empty field is no channel (the next key is read); a platform's
         # numeric 0 is one, and an id
         channels = ("channel_id", "conversation_id", "chat_id")
-        channel = next((event[key] for key in channels if event.get(key) not in (None, "")), None)
-        if channel is None:
+        key = next((key for key in channels if event.get(key) not in (None, "")), None)
+        if key is None:
             raise ConfigurationError(f"a {source} event needs channel_id (or conversation_id / chat_id)")
+        channel = event[key]
+        for name, value in ((key, channel), ("id", event.get("id")), ("user_id", event.get("user_id"))):
+            # str() below would make a session and a stream of "{'id': 1}" or "True"
+            if value is not None and (isinstance(value, bool) or not isinstance(value, str | int)):
+                problem = FieldError(name, "a platform's id must be a str or an int", preview(value))
+                raise EventValidationError(AgentRequestEvent.__name__, (problem,))
         interface = self.routing.interfaces.get(source) if self.routing is not None else None
         prefix = interface.session.prefix if interface is not None and interface.session.prefix else source
         reserved = {
