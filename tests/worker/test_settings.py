@@ -77,3 +77,37 @@ def test_delta_interval_may_be_zero_and_the_optional_ones_none() -> None:
     settings = WorkerSettings(delta_interval=0, keep_fresh_every=None, reply_expire=None, reply_maxlen=None)
     assert (settings.delta_interval, settings.reply_expire, settings.reply_maxlen) == (0, None, None)
     assert settings.freshness_interval == settings.claim_min_idle / 3
+
+
+@pytest.mark.parametrize(
+    ("options", "refusal"),
+    [
+        (
+            {"settings": {"concurrency": 4}},
+            r"^settings must be a WorkerSettings \(WorkerSettings\(\*\*mapping\)",
+        ),
+        (
+            {"stream": ""},
+            r"^stream must be a non-empty stream name \(or None: the transport's request stream\)",
+        ),
+        ({"stream": 5}, r"^stream must be a non-empty stream name .*, got 5$"),
+    ],
+)
+def test_a_worker_refuses_settings_that_are_no_settings_and_an_empty_stream(
+    options: dict[str, object], refusal: str
+) -> None:
+    # a dict of settings failed with a bare AttributeError; stream="" read the default stream
+    from dynamic_agents.execution import FunctionExecutor
+    from dynamic_agents.transports import InMemoryTransport
+    from dynamic_agents.worker import AgentWorker
+    from tests.worker.conftest import echo_router
+
+    transport = InMemoryTransport()
+    with pytest.raises(ConfigurationError, match=refusal):
+        AgentWorker(
+            transport,
+            transport.coordinator(),
+            echo_router(),
+            FunctionExecutor(lambda request: "hi"),
+            **options,  # type: ignore[arg-type]
+        )

@@ -33,9 +33,10 @@ from pydantic import ValidationError
 
 from dynamic_agents._logging import bind_ids, get_logger, log_context
 from dynamic_agents._redaction import redact_text
-from dynamic_agents._validation import invalid_fields
+from dynamic_agents._validation import invalid_fields, shown
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, ResponseStatus, Target
 from dynamic_agents.exceptions import (
+    ConfigurationError,
     DynamicAgentsError,
     EventTooLargeError,
     LeaseLostError,
@@ -108,6 +109,17 @@ class AgentWorker:
         hooks: Sequence[WorkerHooks] = (),
         stream: str | None = None,
     ) -> None:
+        if settings is not None and not isinstance(settings, WorkerSettings):
+            raise ConfigurationError(
+                "settings must be a WorkerSettings (WorkerSettings(**mapping) from a mapping), "
+                f"got a {type(settings).__name__}"
+            )
+        if stream is not None and (not isinstance(stream, str) or not stream):
+            # "" would read the transport's request stream: a worker aimed at another reads that one
+            raise ConfigurationError(
+                "stream must be a non-empty stream name (or None: the transport's request stream), "
+                f"got {shown(stream)}"
+            )
         self.transport = transport
         self.coordinator = coordinator
         self.router = router
