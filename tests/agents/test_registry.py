@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -196,3 +197,11 @@ async def test_a_toolkit_factory_refusing_a_spec_parameter_value_names_the_tool_
     assert canary not in str(caught.value)
     assert canary not in repr(caught.value)
     assert canary not in caplog.text
+
+
+@pytest.mark.parametrize(("kind", "hint"), [("tools", "; did you mean 'tool'?"), ("widget", ""), (None, "")])
+def test_names_of_an_unknown_kind_is_refused_naming_the_kinds(kind: Any, hint: str) -> None:
+    # a bare KeyError: 'tools'
+    refusal = rf"^kind must be one of 'tool', 'schema', 'function', got {kind!r}{re.escape(hint)}$"
+    with pytest.raises(ConfigurationError, match=refusal):
+        ToolRegistry().names(kind)

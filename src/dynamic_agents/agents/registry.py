@@ -10,11 +10,12 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel
 
-from dynamic_agents._validation import shown
+from dynamic_agents._validation import check_choice, shown
 from dynamic_agents.exceptions import ConfigurationError, SpecValidationError
 
 __all__ = ["RegisteredTool", "ToolRegistry"]
@@ -22,6 +23,13 @@ __all__ = ["RegisteredTool", "ToolRegistry"]
 F = TypeVar("F", bound=Callable[..., Any])
 V = TypeVar("V")
 Kind = Literal["tool", "schema", "function"]
+
+
+class _Kind(StrEnum):  # Kind's values, for the check of a kind given at run time
+    TOOL = "tool"
+    SCHEMA = "schema"
+    FUNCTION = "function"
+
 
 TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 """The function names model APIs accept (OpenAI's and Anthropic's rule): the model sees this name."""
@@ -165,7 +173,7 @@ class ToolRegistry:
             "schema": self._schemas,
             "function": self._functions,
         }
-        return sorted(registries[kind])
+        return sorted(registries[check_choice("kind", kind, _Kind).value])
 
     def get_tool(self, name: str) -> RegisteredTool:
         return self._lookup("tool", name, self._tools)
