@@ -122,6 +122,22 @@ class TransportContract:
         assert await transport.read(backend.subscription(), 0) == []  # a caller with no free slot
         assert len(await transport.read(backend.subscription(), 2.0)) == 2  # type: ignore[arg-type]
 
+    @pytest.mark.parametrize("name", ["", "  ", "workers\n", 5, None])
+    async def test_a_group_or_stream_name_that_is_no_name_is_refused(
+        self, backend: Backend, name: Any
+    ) -> None:
+        """ "" and "  " made a group (and a stream) of that name, 5 one named "5", None was a
+        redis-py DataError, and a subscription said only that a name "must not be empty"."""
+        transport = await backend.transport()
+        refusal = r"^(group|stream) must be a non-empty name without control characters, got "
+        with pytest.raises(ConfigurationError, match=refusal):
+            await transport.ensure_group(backend.stream(), name)
+        with pytest.raises(ConfigurationError, match=refusal):
+            await transport.ensure_group(name, "workers")
+        for part in ("stream", "group", "consumer"):
+            with pytest.raises(ConfigurationError, match=rf"^{part} must be a non-empty name"):
+                backend.subscription(**{part: name})
+
     async def test_ack_clears_pending(self, backend: Backend) -> None:
         transport = await backend.transport()
         await published(backend, transport, request("a"), request("b"))

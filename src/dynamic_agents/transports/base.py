@@ -146,6 +146,15 @@ def check_maxlen(maxlen: object) -> int | None:
     return check_count("maxlen", maxlen, minimum=0, optional=True)
 
 
+def check_name(what: str, name: object) -> str:
+    """A stream's, group's or consumer's ``name``: a non-empty str, not only spaces, without
+    control characters; else a :class:`ConfigurationError` (Redis would make a group named ``""``
+    or ``"5"``, or refuse ``None`` with an error of its client's)."""
+    if isinstance(name, str) and name.strip() and name.isprintable():
+        return name
+    raise ConfigurationError(f"{what} must be a non-empty name without control characters, got {shown(name)}")
+
+
 def check_read_count(count: object) -> int:
     """``read()``'s ``count`` as an int (``2.0`` is 2); one <= 0 reads nothing (a caller's free
     capacity may be none). Anything but a whole number is a :class:`ConfigurationError`: Redis
@@ -238,8 +247,7 @@ class Subscription(Generic[E]):
         check_seconds("claim_min_idle", self.claim_min_idle, optional=True)
         check_seconds("claim_interval", self.claim_interval, zero=True, optional=True)
         for name in ("stream", "group", "consumer"):
-            if not getattr(self, name):
-                raise ConfigurationError(f"subscription {name} must not be empty")
+            check_name(name, getattr(self, name))
 
     @property
     def reclaim_every(self) -> float:

@@ -36,6 +36,7 @@ from dynamic_agents.transports.base import (
     TransportStats,
     check_expire,
     check_maxlen,
+    check_name,
     check_read_count,
     check_ttl,
     dead_letter_fields,
@@ -267,6 +268,8 @@ class InMemoryTransport(Transport):
         return entry_id
 
     async def ensure_group(self, stream: str, group: str, *, start_id: str = "0") -> bool:
+        check_name("stream", stream)
+        check_name("group", group)
         self._check_open()
         start = None if start_id == "$" else parse_entry_position(start_id)  # before the stream is made
         data = self.server._stream(stream, create=True)

@@ -59,6 +59,7 @@ from dynamic_agents.transports.base import (
     TransportStats,
     check_expire,
     check_maxlen,
+    check_name,
     check_read_count,
     check_ttl,
     dead_letter_fields,
@@ -466,6 +467,8 @@ class RedisStreamsTransport(Transport):
     # -- consuming --------------------------------------------------------------------------------
 
     async def ensure_group(self, stream: str, group: str, *, start_id: str = "0") -> bool:
+        check_name("stream", stream)
+        check_name("group", group)
         if start_id != "$":
             parse_entry_position(start_id)  # refused here as in memory, not by the server
 
