@@ -208,3 +208,11 @@ def test_a_boolean_for_a_number_is_refused_naming_its_path(
     with pytest.raises(SpecValidationError, match=r"must be a number, not a boolean") as refused:
         model.from_dict(data)
     assert refused.value.path == path
+
+
+def test_an_invalid_id_shaped_like_a_key_is_masked_in_the_spec_s_name_too() -> None:
+    # the value was masked, but the error named the spec by it: "agent 'sk-…!' at id: …"
+    with pytest.raises(SpecValidationError) as refused:
+        AgentSpec.from_dict({"id": "sk-CANARY123456789abcdef!", "model": "gpt"})
+    assert "CANARY" not in str(refused.value)
+    assert str(refused.value).startswith("agent ********** at id: String should match pattern")

@@ -139,7 +139,7 @@ def spec_error(model: type[SpecBase], data: Mapping[str, Any], error: Validation
     first = error.errors(include_url=False)[0]
     path = _document_path(first["loc"], data)
     spec_id = data.get("id")
-    spec = f"{model.kind.value} {spec_id!r}" if isinstance(spec_id, str) else f"{model.kind.value} spec"
+    spec = f"{model.kind.value} {shown(spec_id)}" if isinstance(spec_id, str) else f"{model.kind.value} spec"
     message = error_with_value(first, name=path.rsplit(".", 1)[-1])
     others = len(error.errors()) - 1
     if others:
