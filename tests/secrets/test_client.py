@@ -324,6 +324,13 @@ def test_an_identity_url_that_is_no_url_text_is_a_configuration_error(url: objec
         IdentityClient(url, token="t")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("token", ["", "   ", "\n", SecretValue("")])
+def test_an_empty_identity_token_is_refused_when_the_client_is_made(token: object) -> None:
+    # sent as "Bearer ", every request came back 401 (an IdentityAuthError, after a retry)
+    with pytest.raises(ConfigurationError, match=r"^token is empty: "):
+        IdentityClient("https://identity.example.com", token=token)  # type: ignore[arg-type]
+
+
 async def test_plain_http_elsewhere_when_explicitly_allowed() -> None:
     await IdentityClient("http://identity.internal", token="t", allow_insecure_http=True).aclose()
 

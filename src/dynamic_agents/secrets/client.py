@@ -154,6 +154,9 @@ class IdentityClient:
             raise ConfigurationError(
                 f"token must be a str, a SecretValue or a callable returning one, not {type(token).__name__}"
             )
+        if not callable(token) and not (token.reveal() if isinstance(token, SecretValue) else token).strip():
+            # sent as "Bearer ", every request would come back 401
+            raise ConfigurationError("token is empty: give the Identity service's bearer token")
         timeout = check_seconds("timeout", timeout)
         retries = check_count("retries", retries, minimum=0)
         backoff_base = check_seconds("backoff_base", backoff_base, zero=True)  # 0: no backoff
