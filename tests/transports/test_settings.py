@@ -42,3 +42,32 @@ def test_a_subscription_keeps_its_valid_settings() -> None:
 def test_a_reply_refuses_a_bad_maxlen_or_expire(setting: str, value: object) -> None:
     with pytest.raises(ConfigurationError, match=rf"^{setting} must be .*, got {value!r}$"):
         Reply(AgentResponseEvent(request_id="r"), "replies", **{setting: value})  # type: ignore[arg-type]
+
+
+def _made_with(kind: str, names: object) -> object:
+    from redis.asyncio import Redis
+
+    from dynamic_agents.transports import (
+        InMemoryCoordinator,
+        InMemoryTransport,
+        RedisCoordinator,
+        RedisStreamsTransport,
+    )
+
+    client = Redis.from_url("redis://127.0.0.1:6379/0")  # (no connection is made)
+    made: dict[str, object] = {
+        "memory": lambda: InMemoryTransport(names=names),
+        "memory coordinator": lambda: InMemoryCoordinator(names=names),
+        "redis": lambda: RedisStreamsTransport(client, names=names),
+        "redis coordinator": lambda: RedisCoordinator(client, names=names),
+    }
+    return made[kind]()  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("kind", ["memory", "memory coordinator", "redis", "redis coordinator"])
+@pytest.mark.parametrize("names", ["myapp", "", {"prefix": "myapp"}])
+def test_names_that_are_no_stream_names_are_refused(kind: str, names: object) -> None:
+    # "myapp" (a prefix given for the names) was taken, and failed at the first use with a bare
+    # AttributeError; "" used the default names without a word
+    with pytest.raises(ConfigurationError, match=r"^names must be a StreamNames \(StreamNames\('myapp'\)"):
+        _made_with(kind, names)

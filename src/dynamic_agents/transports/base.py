@@ -155,6 +155,19 @@ def check_name(what: str, name: object) -> str:
     raise ConfigurationError(f"{what} must be a non-empty name without control characters, got {shown(name)}")
 
 
+def stream_names(names: object) -> StreamNames:
+    """A transport's or coordinator's ``names``: ``None`` is the default :class:`StreamNames`;
+    anything but a ``StreamNames`` (a prefix given in its place, ``"myapp"``) is a
+    :class:`ConfigurationError`: taken, it failed at the first use with a bare AttributeError."""
+    if names is None:
+        return StreamNames()
+    if isinstance(names, StreamNames):
+        return names
+    raise ConfigurationError(
+        f"names must be a StreamNames (StreamNames('myapp') for the prefix 'myapp'), got {shown(names)}"
+    )
+
+
 def check_read_count(count: object) -> int:
     """``read()``'s ``count`` as an int (``2.0`` is 2); one <= 0 reads nothing (a caller's free
     capacity may be none). Anything but a whole number is a :class:`ConfigurationError`: Redis

@@ -51,6 +51,7 @@ from dynamic_agents.transports.base import (
     released_idle,
     settle_undecodable,
     stored_record,
+    stream_names,
 )
 
 __all__ = ["InMemoryCoordinator", "InMemoryServer", "InMemoryTransport", "ManualClock"]
@@ -237,7 +238,7 @@ class InMemoryTransport(Transport):
         if server is not None and clock is not None:
             raise ConfigurationError("pass the clock to the InMemoryServer, not to the transport")
         self.server = server or InMemoryServer(clock)
-        self.names = names or StreamNames()
+        self.names = stream_names(names)
         self.codec = codec or EventCodec()
         self.stats = TransportStats()
         self._reclaimed_at: dict[tuple[str, str, str], float] = {}
@@ -603,7 +604,7 @@ class InMemoryCoordinator(Coordinator):
 
     def __init__(self, server: InMemoryServer | None = None, *, names: StreamNames | None = None) -> None:
         self.server = server or InMemoryServer()
-        self.names = names or StreamNames()
+        self.names = stream_names(names)
 
     async def acquire(self, session_id: str, ttl: float, *, holder: str = "") -> Lease | None:
         check_ttl(ttl)

@@ -74,6 +74,7 @@ from dynamic_agents.transports.base import (
     released_idle,
     settle_undecodable,
     stored_record,
+    stream_names,
     unique_token,
 )
 
@@ -314,7 +315,7 @@ class RedisStreamsTransport(Transport):
         retry_cap = check_seconds("retry_cap", retry_cap)
         retry_deadline = check_seconds("retry_deadline", retry_deadline, zero=True)
         self.client = client
-        self.names = names or StreamNames()
+        self.names = stream_names(names)
         self.codec = codec or EventCodec()
         self.clock: Clock = clock or SystemClock()
         self.stats = TransportStats()
@@ -1089,7 +1090,7 @@ class RedisCoordinator(Coordinator):
         pipeline: AutoPipeline | None = None,
     ) -> None:
         self.client = client
-        self.names = names or StreamNames()
+        self.names = stream_names(names)
         self._owns_client = owns_client
         self._retry = retry or _RetryPolicy(ExponentialWithJitterBackoff(cap=5.0, base=0.05), 30.0)
         self._renew = client.register_script(_scripts.RENEW_LEASE)
