@@ -9,7 +9,10 @@ litellm is pinned to 1.106.x (``pyproject.toml``) because of the internals used 
   counting usage;
 * dropping the SDK clients cached for a credential that rotated away: litellm has no call for it,
   only its client cache (``litellm.in_memory_llm_clients_cache``) and that cache's naming of the
-  entries.
+  entries;
+* taking a deployment's entries out of litellm's process-wide cost map (``litellm.model_cost``),
+  its own and those of the per-call credentials sent through it: litellm has no call for it, and
+  the ids of the latter are litellm's hash of the call's params (``cost_entry_ids``).
 
 Importing this module imports litellm (about 1.5 s). ``LITELLM_LOCAL_MODEL_COST_MAP`` is set to
 ``True`` first unless the host set it: otherwise litellm fetches its cost map over the network at
@@ -24,16 +27,21 @@ import re
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 try:
     import litellm
     from litellm import Router
+    from litellm.router_utils.clientside_credential_handler import (
+        clientside_credential_keys,
+        get_dynamic_litellm_params,
+    )
     from litellm.router_utils.cooldown_cache import CooldownCache
     from litellm.router_utils.cooldown_handlers import async_get_cooldown_deployments
     from litellm.router_utils.fallback_event_handlers import get_fallback_model_group
     from litellm.types.router import Deployment, LiteLLM_Params, ModelInfo
+    from litellm.utils import _invalidate_model_cost_lowercase_map, _registered_pricing_fields
 except ImportError as error:  # pragma: no cover - exercised without the extra installed
     from dynamic_agents.exceptions import MissingDependencyError
 
@@ -49,9 +57,11 @@ __all__ = [
     "Router",
     "clear_cooldown",
     "cooled_down",
+    "cost_entry_ids",
     "discard",
     "drop_clients",
     "fallback_groups",
+    "forget_cost_entries",
     "key_digest",
     "litellm",
     "new_router",
@@ -157,6 +167,101 @@ def drop_clients(digests: Iterable[str]) -> int:
     for name in names:
         cache.delete_cache(name)
     return len(names)
+
+
+def cost_entry_ids(
+    router: Router, model_group: str, deployment_ids: Iterable[str], call: Mapping[str, Any]
+) -> frozenset[str]:
+    """The ids of the ``litellm.model_cost`` entries litellm's Router registers for a call to
+    ``model_group`` with these keyword arguments through any of these deployments: none unless
+    the call carries a credential of its own (``api_key``, ``api_base``, ``base_url``).
+
+    For such a call (``is_clientside_credential``), ``Router._update_kwargs_with_deployment``
+    (litellm/router.py ~4246) hands the chosen deployment to ``_handle_clientside_credential``
+    (~4135), which builds a per-request Deployment with ``model_info["id"] =
+    generate_model_id(model_group, get_dynamic_litellm_params(deployment's litellm_params, call))``
+    (~9203: the SHA-256 of the group and the params, key included, in their order) and
+    ``original_model_id`` = the deployment's id, and registers its pricing under that id
+    (``_register_deployment_pricing`` ~10519 → ``litellm.register_model``). Every distinct key
+    adds an entry, which litellm never removes. The ids are worked out here, while the key is at
+    hand, from the params the Router holds now (a rotation that rewrites them changes the ids)."""
+    credentials = {name: value for name, value in call.items() if name in clientside_credential_keys}
+    if not credentials:
+        return frozenset()
+    ids = set()
+    for deployment_id in deployment_ids:
+        position = router.model_id_to_deployment_index_map.get(deployment_id)
+        if position is None:
+            continue
+        params = get_dynamic_litellm_params(
+            litellm_params=dict(router.model_list[position]["litellm_params"]), request_kwargs=dict(call)
+        )
+        ids.add(Router.generate_model_id(model_group=model_group, litellm_params=params))
+    return frozenset(ids)
+
+
+_PROVIDER_MODEL_SETS = (
+    "open_ai_chat_completion_models",
+    "open_ai_text_completion_models",
+    "cohere_models",
+    "anthropic_models",
+    "openrouter_models",
+    "vercel_ai_gateway_models",
+    "edenai_models",
+    "vertex_text_models",
+    "vertex_code_text_models",
+    "vertex_chat_models",
+    "vertex_code_chat_models",
+    "ai21_models",
+    "nlp_cloud_models",
+    "aleph_alpha_models",
+    "bedrock_models",
+    "novita_models",
+)
+"""The sets of model names ``litellm.register_model`` adds a registered key to, by its provider."""
+
+
+def forget_cost_entries(
+    ids: Iterable[str], *, derived_from: Collection[str] = (), keep: Collection[str] = ()
+) -> int:
+    """Take these deployment ids' entries out of ``litellm.model_cost``, with those of the per-call
+    credentials sent through the deployments in ``derived_from`` (their ``original_model_id``, see
+    :func:`cost_entry_ids`), but none in ``keep``; how many were there. An id litellm no longer
+    has (a cost map reloaded since) is skipped.
+
+    ``Router._register_deployment_in_model_cost`` (litellm/router.py ~10534) registers an entry
+    per deployment id with ``persist_across_reloads=False`` (not replayed from
+    ``_runtime_registered_model_cost``; a discarded Router leaves ``_live_routers``, whose
+    deployments a cost-map reload re-registers). ``litellm.register_model`` (litellm/utils.py
+    ~3482) writes it into ``litellm.model_cost`` under the id, records its rates in
+    ``_registered_pricing_fields()`` under the id, adds the id to its provider's set of model
+    names (``open_ai_chat_completion_models``…) and calls ``_invalidate_model_cost_lowercase_map``
+    (~5791: the lower-case index and the ``get_model_info`` caches): undone here, the index and
+    caches invalidated again. The shared entry of the backend model (``openai/gpt-4o-mini``),
+    which every deployment of that model writes into, is litellm's catalog: left alone."""
+    cost = litellm.model_cost
+    wanted = set(ids)
+    if derived_from:
+        origins = set(derived_from)
+        wanted.update(
+            name
+            for name, entry in list(cost.items())
+            if isinstance(entry, dict) and entry.get("original_model_id") in origins
+        )
+    wanted.difference_update(keep)
+    fields = _registered_pricing_fields()
+    removed = 0
+    for name in wanted:
+        if cost.pop(name, None) is not None:
+            removed += 1
+        fields.pop(name, None)
+        for attribute in _PROVIDER_MODEL_SETS:
+            names = getattr(litellm, attribute, None)
+            if isinstance(names, set):
+                names.discard(name)
+    if removed:
+        _invalidate_model_cost_lowercase_map()
+    return removed
 
 
 def fallback_groups(router: Router, model_group: str, error: BaseException) -> list[str]:

@@ -8,6 +8,9 @@ included) and builds the ``litellm.Router`` once. Afterwards:
   out of cooldown, and drops litellm's cached SDK clients of the old key or token (a user's own
   key that changed has its old one's dropped too; closing the router drops those of its
   credentials and of the users' keys its calls carried), unless an open router still sends it;
+* the entries litellm adds to its process-wide cost map (``litellm.model_cost``) — one per
+  deployment, and one per deployment and user's key a call carried — leave it with the key that
+  changed and with the router's ``aclose()``, unless an open router still uses them;
 * a call that fails with 401 forces one secret refresh and one retry (of the user's keys when it
   carried the user's own);
 * a call for a user who has their own key for the group's provider carries that key per call; it is
@@ -25,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import weakref
+from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -140,6 +144,9 @@ async def build_router(
         redis_url: str = reveal_all(await secrets.resolve_all(config.redis_url, where="redis_url"))
         masked_url(redis_url)  # registers its password with the redactor
         settings["redis_url"] = redis_url
+    # An id litellm's cost map has before this Router registers it (a catalog model's name given
+    # as model_info.id, another router's deployment) is not this router's to remove.
+    cost_entries_before = frozenset(d.id for d in deployments if d.id in _litellm.litellm.model_cost)
     refused: ConfigurationError
     try:
         router = _litellm.new_router(**{k: v for k, v in settings.items() if v is not None})
@@ -149,7 +156,15 @@ async def build_router(
             f"{_refusal(error)}"
         )
     else:
-        return LLMRouter(config, secrets, router, deployments, follow_changes=follow_changes, tracing=tracing)
+        return LLMRouter(
+            config,
+            secrets,
+            router,
+            deployments,
+            follow_changes=follow_changes,
+            tracing=tracing,
+            cost_entries_before=cost_entries_before,
+        )
     raise refused  # outside the except block: the original is not chained
 
 
@@ -247,6 +262,7 @@ class LLMRouter:
         *,
         follow_changes: bool = True,
         tracing: Tracing | None = None,
+        cost_entries_before: frozenset[str] = frozenset(),
     ) -> None:
         self.config = config
         self.tracing = tracing
@@ -257,6 +273,28 @@ class LLMRouter:
         # (provider, field, user id) → the digest (_litellm.key_digest) of the user's key its calls
         # carry, or _CHANGED: digests, so the router keeps no user's key past its calls.
         self._users_keys_sent: LRUCache[tuple[str, str, str], str] = LRUCache(_USERS_KEYS_KEPT)
+        # The same slots → (that digest, the ids of the entries litellm's cost map got for the calls
+        # that carried the key: _litellm.cost_entry_ids, worked out while the key was at hand).
+        self._users_cost_entries: LRUCache[tuple[str, str, str], tuple[str, frozenset[str]]] = LRUCache(
+            _USERS_KEYS_KEPT
+        )
+        self._calls_in_flight: Counter[str] = Counter()
+        """Cost-map entry ids of the calls in flight carrying a credential: their cost is read at
+        their end."""
+        self._groups: dict[str, tuple[str, ...]] = {}
+        for deployment in deployments:
+            self._groups[deployment.config.model_name] = (
+                *self._groups.get(deployment.config.model_name, ()),
+                deployment.id,
+            )
+        self._foreign_cost_entries: frozenset[str] = frozenset(
+            entry
+            for entry in cost_entries_before
+            if not any(
+                entry in r._deployments and entry not in r._foreign_cost_entries for r in LLMRouter._open
+            )
+        )
+        """Its deployment ids whose cost-map entries it did not add (nor an open router): left there."""
         self._unsubscribe = secrets.on_change(self._on_secret_change) if follow_changes else None
         self._closed = False
         self._follow_ups: set[asyncio.Task[None]] = set()
@@ -326,6 +364,7 @@ class LLMRouter:
         for attempt in range(2):
             failure: LLMError | None = None
             sent_with = {deployment.id: deployment.params for deployment in self._deployments.values()}
+            entries: frozenset[str] = frozenset()
             try:
                 if user_params and user_id is not None and not kwargs.get("disable_fallbacks"):
                     response = await self._user_call(
@@ -338,6 +377,7 @@ class LLMRouter:
                         attempted=set(),
                     )
                 else:
+                    entries = self._call_started(model, {**user_params, **kwargs})
                     response = await self.router.acompletion(
                         model=model,
                         messages=messages,
@@ -348,7 +388,8 @@ class LLMRouter:
             except Exception as error:  # every litellm error is translated
                 failure = _translate(error, model)
             finally:
-                self._after_call(model, user_id, user_params)
+                entries = self._call_ended(model, {**user_params, **kwargs}, entries)
+                self._after_call(model, user_id, user_params, entries)
             if failure is None:
                 return _translated_stream(response, model) if kwargs.get("stream") else response
             # Outside the except block: the original (whose text may echo a key) is not chained.
@@ -381,18 +422,20 @@ class LLMRouter:
         provider, or none (the deployment's own key)."""
         attempted.add(model)
         failure: Exception
+        call = {**user_params, **kwargs, "disable_fallbacks": True}
+        entries = self._call_started(model, call)
         try:
             return await self.router.acompletion(
                 model=model,
                 messages=messages,
                 metadata=copy.deepcopy(metadata),
-                **user_params,
-                **{**kwargs, "disable_fallbacks": True},
+                **call,
             )
         except Exception as error:
             failure = error
         finally:
-            self._check_user_key_sent(model, user_id, user_params)
+            entries = self._call_ended(model, call, entries)
+            self._check_user_key_sent(model, user_id, user_params, entries)
         for group in _litellm.fallback_groups(self.router, model, failure):
             if group in attempted:
                 continue
@@ -514,29 +557,65 @@ class LLMRouter:
             self._users_keys_sent[slot] = digest
         if before not in (None, _CHANGED, digest):
             self._drop_clients([before])
+        held = self._users_cost_entries.get(slot)
+        if held is not None and held[0] != digest:
+            del self._users_cost_entries[slot]
+            self._forget_cost_entries(held[1])
 
-    def _after_call(self, model: str, user_id: str | None, user_params: Mapping[str, str]) -> None:
-        """Drop the clients a call may have built again for keys no longer in use: litellm's
-        retries resend the key a call was given, and go on through a Router discarded meanwhile
-        (:meth:`aclose`), after the key's clients were dropped."""
-        self._check_user_key_sent(model, user_id, user_params)
+    def _after_call(
+        self, model: str, user_id: str | None, user_params: Mapping[str, str], entries: frozenset[str]
+    ) -> None:
+        """Drop the clients a call may have built again for keys no longer in use, and the
+        cost-map entries it may have added again: litellm's retries resend the key a call was
+        given, and go on through a Router discarded meanwhile (:meth:`aclose`), after the key's
+        clients and entries were dropped."""
+        self._check_user_key_sent(model, user_id, user_params, entries)
         if self._closed:
             self._drop_clients(self._credentials())
+            self._forget_own_cost_entries()
 
-    def _check_user_key_sent(self, model: str, user_id: str | None, user_params: Mapping[str, str]) -> None:
+    def _check_user_key_sent(
+        self, model: str, user_id: str | None, user_params: Mapping[str, str], entries: frozenset[str]
+    ) -> None:
         """After a call that carried a user's key: if the user's calls no longer carry it (it
-        changed, or the router closed, while the call was in flight), drop its clients. litellm
-        retries a call with the key it was given, so a retry after the change notice dropped the
-        key's clients builds one again, which nothing else would drop. A key no longer recorded
-        (pushed out by other users', or removed) is left: its client may well be in use."""
+        changed, or the router closed, while the call was in flight), drop its clients and its
+        cost-map ``entries``; else remember those entries with the key. litellm retries a call
+        with the key it was given, so a retry after the change notice dropped the key's clients
+        builds one again, which nothing else would drop. A key no longer recorded (pushed out by
+        other users', or removed) is left: its client may well be in use."""
         key = user_params.get("api_key")
         reference = self._user_keys.get(model)
         if key is None or reference is None or user_id is None:
             return
         digest = _litellm.key_digest(key)
-        recorded = self._users_keys_sent.get((*reference, user_id))
+        slot = (*reference, user_id)
+        recorded = self._users_keys_sent.get(slot)
         if self._closed or (recorded is not None and recorded != digest):
             self._drop_clients([digest])
+            self._forget_cost_entries(entries)
+        elif recorded == digest and entries:
+            held = self._users_cost_entries.get(slot)
+            known = held[1] if held is not None and held[0] == digest else frozenset()
+            self._users_cost_entries[slot] = (digest, known | entries)
+
+    def _call_started(self, model: str, call: Mapping[str, Any]) -> frozenset[str]:
+        """The cost-map entries litellm adds for a call carrying a credential of its own (none
+        for the others), counted in flight until :meth:`_call_ended`: they are not removed while
+        the call may still read its price."""
+        entries = _litellm.cost_entry_ids(self.router, model, self._groups.get(model, ()), call)
+        self._calls_in_flight.update(entries)
+        return entries
+
+    def _call_ended(self, model: str, call: Mapping[str, Any], entries: frozenset[str]) -> frozenset[str]:
+        """The call's entries (:meth:`_call_started`, and those of a retry after a rotation
+        rewrote the deployment's params), no longer in flight."""
+        self._calls_in_flight.subtract(entries)
+        for entry in entries:
+            if self._calls_in_flight[entry] <= 0:
+                del self._calls_in_flight[entry]
+        if not entries:
+            return entries
+        return entries | _litellm.cost_entry_ids(self.router, model, self._groups.get(model, ()), call)
 
     # -- rotation ---------------------------------------------------------------------------------
 
@@ -584,6 +663,9 @@ class LLMRouter:
             if slot in self._users_keys_sent:
                 old.append(self._users_keys_sent[slot])
                 self._users_keys_sent[slot] = _CHANGED  # a call in flight with the old key sees it
+            held = self._users_cost_entries.pop(slot, None)
+            if held is not None:
+                self._forget_cost_entries(held[1])
         self._drop_clients(digest for digest in old if digest != _CHANGED)
 
     async def _update_or_log(self, deployment: _Deployment, *, wait: bool = True) -> None:
@@ -667,6 +749,30 @@ class LLMRouter:
             dropped = _litellm.drop_clients(stale)
             logger.debug("dropped %d cached LLM client(s) of keys no longer in use", dropped)
 
+    def _forget_cost_entries(self, ids: Iterable[str], *, derived_from: Iterable[str] = ()) -> None:
+        """Take these entries out of litellm's cost map (and those of the per-call credentials sent
+        through the deployments ``derived_from``: :func:`_litellm.forget_cost_entries`), but none
+        an open router still uses: a deployment of its, a user's key it remembers, a call in flight
+        (this router's too). Else each distinct key a call carried, and each router built, leaves
+        an entry there for the life of the process."""
+        ids, origins = set(ids), set(derived_from)
+        if not ids and not origins:
+            return
+        keep = set(self._calls_in_flight) | self._foreign_cost_entries
+        for router in LLMRouter._open:
+            keep.update(router._deployments, router._calls_in_flight, router._foreign_cost_entries)
+            for _, entries in router._users_cost_entries.values():
+                keep.update(entries)
+        removed = _litellm.forget_cost_entries(ids, derived_from=origins, keep=keep)
+        if removed:
+            logger.debug("removed %d litellm cost-map entr(ies) no longer in use", removed)
+
+    def _forget_own_cost_entries(self) -> None:
+        """Its deployments' entries and those of every per-call credential sent through them."""
+        self._forget_cost_entries(
+            self._deployments.keys() - self._foreign_cost_entries, derived_from=self._deployments
+        )
+
     def _credentials(self) -> set[str]:
         """The digests of its deployments' credentials (:func:`_credentials`)."""
         return set().union(*(_credentials(deployment.params) for deployment in self._deployments.values()))
@@ -676,9 +782,11 @@ class LLMRouter:
         return await _litellm.cooled_down(self.router)
 
     async def aclose(self) -> None:
-        """Stop following secret changes, unhook the Router from litellm's globals and drop
-        litellm's cached clients of its keys and of the users' own keys its calls carried (unless
-        another open router sends them); from then on every call raises
+        """Stop following secret changes, unhook the Router from litellm's globals, drop litellm's
+        cached clients of its keys and of the users' own keys its calls carried (unless another
+        open router sends them) and remove its deployments' entries from litellm's cost map, with
+        those of the per-call keys sent through them (unless another open router uses them); from
+        then on every call raises
         :class:`LLMUnavailableError` ("the LLM router was closed")."""
         if self._closed:
             return
@@ -692,7 +800,9 @@ class LLMRouter:
         users = set(self._users_keys_sent.values()) - {_CHANGED}
         self._drop_clients(self._credentials() | users)  # fallback groups' too
         self._users_keys_sent.clear()
-        _litellm.discard(self.router)
+        self._users_cost_entries.clear()
+        _litellm.discard(self.router)  # out of litellm's replay of live Routers' entries too
+        self._forget_own_cost_entries()
 
     async def __aenter__(self) -> LLMRouter:
         return self

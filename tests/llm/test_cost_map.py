@@ -1,0 +1,248 @@
+"""litellm's process-wide cost map: the entries a router's deployments and its calls' keys add to
+``litellm.model_cost`` leave with the key that changed and with ``aclose()``.
+
+litellm registers each deployment's pricing under its id, and for a call carrying a key of its own
+(a user's key) a per-request deployment's under a hash of the params and that key
+(``original_model_id``: the deployment's id), and removes none of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import logging
+import uuid
+from typing import Any
+
+import litellm
+import pytest
+from litellm.utils import _invalidate_model_cost_lowercase_map, _registered_pricing_fields
+
+from dynamic_agents.llm import LLMRouter, RouterConfig, build_router
+from dynamic_agents.secrets import SecretKey, SecretsManager, StaticSource
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+INPUT_PRICE, OUTPUT_PRICE = 0.5, 1.0  # custom pricing: only the deployment's entries know it
+OLD_KEY, NEW_KEY = "canary-cost-alice-old-01", "canary-cost-alice-new-02"
+
+
+def config(deployment_id: str) -> RouterConfig:
+    params: dict[str, Any] = {
+        "model": "openai/gpt-4o-mini",
+        "api_key": "secret:openai:api_key",
+        "mock_response": "hi!",
+        "input_cost_per_token": INPUT_PRICE,
+        "output_cost_per_token": OUTPUT_PRICE,
+    }
+    deployment = {"model_name": "gpt", "litellm_params": params, "model_info": {"id": deployment_id}}
+    return RouterConfig.from_dict({"model_list": [deployment], "num_retries": 0})
+
+
+def unique_id() -> str:
+    return f"cost-test-{uuid.uuid4().hex[:12]}"
+
+
+def alice_source() -> StaticSource:
+    return StaticSource(
+        {"openai": {"api_key": "canary-cost-system-01"}}, users={"alice": {"openai": {"api_key": OLD_KEY}}}
+    )
+
+
+def derived_from(deployment_id: str) -> set[str]:
+    """The cost-map entries litellm added for per-call keys sent through this deployment."""
+    return {
+        name
+        for name, entry in litellm.model_cost.items()
+        if isinstance(entry, dict) and entry.get("original_model_id") == deployment_id
+    }
+
+
+def priced(response: Any) -> bool:
+    """Whether litellm priced the response with the deployment's custom prices."""
+    usage = response.usage
+    expected = usage.prompt_tokens * INPUT_PRICE + usage.completion_tokens * OUTPUT_PRICE
+    return bool(expected > 0 and response._hidden_params["response_cost"] == pytest.approx(expected))
+
+
+async def alice_call(router: LLMRouter) -> tuple[Any, str]:
+    """A call with alice's own key: its response and the id of the entry litellm priced it by."""
+    response = await router.acompletion(model="gpt", messages=MESSAGES, user_id="alice")
+    entry = response._hidden_params["model_id"]
+    assert litellm.model_cost[entry]["original_model_id"] == router.deployment_ids[0]
+    return response, entry
+
+
+async def test_closing_the_router_removes_its_entries_and_its_calls_keys_entries() -> None:
+    deployment_id = unique_id()
+    before = len(litellm.model_cost)
+    router = await build_router(config(deployment_id), SecretsManager(alice_source()))
+    await alice_call(router)
+    await router.acompletion(model="gpt", messages=MESSAGES, api_key="canary-cost-per-call-03")
+    assert deployment_id in litellm.model_cost
+    assert len(derived_from(deployment_id)) == 2
+    await router.aclose()
+    assert deployment_id not in litellm.model_cost
+    assert derived_from(deployment_id) == set()
+    assert len(litellm.model_cost) == before
+    assert not {deployment_id, *derived_from(deployment_id)} & set(_registered_pricing_fields())
+
+
+async def test_routers_built_from_one_config_share_entries_until_the_last_one_closes() -> None:
+    deployment_id = unique_id()
+    secrets = SecretsManager(alice_source())
+    first = await build_router(config(deployment_id), secrets)
+    second = await build_router(config(deployment_id), secrets)
+    assert first.deployment_ids == second.deployment_ids == [deployment_id]  # stable ids: one entry
+    try:
+        _, entry = await alice_call(first)
+        response, same = await alice_call(second)
+        assert same == entry  # the same key through the same deployment: one entry too
+        await first.aclose()
+        assert deployment_id in litellm.model_cost
+        assert entry in litellm.model_cost
+        response, _ = await alice_call(second)
+        assert priced(response)
+    finally:
+        await first.aclose()
+        await second.aclose()
+    assert deployment_id not in litellm.model_cost
+    assert entry not in litellm.model_cost
+
+
+async def test_a_users_rotated_key_leaves_the_cost_map_and_her_next_call_is_priced() -> None:
+    source = alice_source()
+    secrets = SecretsManager(source)
+    router = await build_router(config(unique_id()), secrets, follow_changes=False)
+    try:
+        response, old_entry = await alice_call(router)
+        assert priced(response)
+        # Rotated in Identity; the manager's entry expired meanwhile (no change notice).
+        source.set(SecretKey("openai", user_id="alice"), {"api_key": NEW_KEY})
+        secrets.invalidate("openai", user_id="alice")
+        response, new_entry = await alice_call(router)
+        assert old_entry not in litellm.model_cost
+        assert old_entry not in _registered_pricing_fields()
+        assert old_entry not in litellm.open_ai_chat_completion_models
+        assert new_entry != old_entry
+        assert new_entry in litellm.model_cost
+        assert priced(response)
+    finally:
+        await router.aclose()
+
+
+async def test_a_users_key_rotation_notice_removes_her_old_entry_before_any_call() -> None:
+    source = alice_source()
+    secrets = SecretsManager(source)
+    router = await build_router(config(unique_id()), secrets)
+    try:
+        _, old_entry = await alice_call(router)
+        source.set(SecretKey("openai", user_id="alice"), {"api_key": NEW_KEY})
+        assert await secrets.refresh(user_id="alice") == 1  # the manager's refresh: a change notice
+        assert old_entry not in litellm.model_cost
+        response, _ = await alice_call(router)
+        assert priced(response)
+    finally:
+        await router.aclose()
+
+
+async def test_a_users_key_removed_removes_her_entry() -> None:
+    source = alice_source()
+    secrets = SecretsManager(source)
+    router = await build_router(config(unique_id()), secrets, follow_changes=False)
+    try:
+        _, old_entry = await alice_call(router)
+        source.remove(SecretKey("openai", user_id="alice"))
+        secrets.invalidate("openai", user_id="alice")
+        response = await router.acompletion(model="gpt", messages=MESSAGES, user_id="alice")
+        assert old_entry not in litellm.model_cost
+        assert priced(response)  # the deployment's own key, priced by the deployment's entry
+    finally:
+        await router.aclose()
+
+
+async def test_a_call_in_flight_keeps_its_entry_until_it_ends_and_is_priced() -> None:
+    source = alice_source()
+    secrets = SecretsManager(source)
+    router = await build_router(config(unique_id()), secrets)
+    try:
+        _, old_entry = await alice_call(router)
+        sent, answer = asyncio.Event(), asyncio.Event()
+        litellm_call = router.router.acompletion
+
+        async def held_on_the_wire(**kwargs: Any) -> Any:
+            sent.set()
+            await answer.wait()
+            return await litellm_call(**kwargs)
+
+        router.router.acompletion = held_on_the_wire  # type: ignore[method-assign]
+        call = asyncio.create_task(router.acompletion(model="gpt", messages=MESSAGES, user_id="alice"))
+        await sent.wait()  # the call carries the old key now
+        source.set(SecretKey("openai", user_id="alice"), {"api_key": NEW_KEY})
+        await secrets.refresh(user_id="alice")
+        assert old_entry in litellm.model_cost  # the call in flight reads its price at its end
+        answer.set()
+        response = await call
+        assert response._hidden_params["model_id"] == old_entry
+        assert priced(response)
+        assert old_entry not in litellm.model_cost  # ...and then it goes
+    finally:
+        await router.aclose()
+
+
+async def test_entries_litellm_already_removed_break_nothing() -> None:
+    source = alice_source()
+    secrets = SecretsManager(source)
+    deployment_id = unique_id()
+    router = await build_router(config(deployment_id), secrets, follow_changes=False)
+    try:
+        _, entry = await alice_call(router)
+        del litellm.model_cost[entry], litellm.model_cost[deployment_id]  # as a cost-map reload would
+        response, _ = await alice_call(router)  # registered again by the call
+        assert priced(response)
+        del litellm.model_cost[entry]
+        source.set(SecretKey("openai", user_id="alice"), {"api_key": NEW_KEY})
+        secrets.invalidate("openai", user_id="alice")
+        response, _ = await alice_call(router)
+        assert priced(response)
+    finally:
+        await router.aclose()
+    assert derived_from(deployment_id) == set()
+
+
+async def test_an_id_litellms_cost_map_had_before_the_router_stays() -> None:
+    catalog = "gpt-4o-mini"  # a catalog model's name, given as the deployment's id
+    fields = _registered_pricing_fields()
+    saved = copy.deepcopy(litellm.model_cost[catalog]), copy.deepcopy(fields.get(catalog))
+    try:
+        router = await build_router(config(catalog), SecretsManager(alice_source()))
+        await router.aclose()
+        assert catalog in litellm.model_cost
+    finally:  # litellm wrote the deployment's prices into the catalog's entry: undone for the others
+        litellm.model_cost[catalog] = saved[0]
+        if saved[1] is None:
+            fields.pop(catalog, None)
+        else:
+            fields[catalog] = saved[1]
+        _invalidate_model_cost_lowercase_map()
+
+
+async def test_no_key_reaches_the_cost_map_or_the_logs(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    source = alice_source()
+    secrets = SecretsManager(source)
+    router = await build_router(config(unique_id()), secrets)
+    try:
+        await alice_call(router)
+        await router.acompletion(model="gpt", messages=MESSAGES, api_key="canary-cost-per-call-03")
+        source.set(SecretKey("openai", user_id="alice"), {"api_key": NEW_KEY})
+        await secrets.refresh(user_id="alice")
+        await alice_call(router)
+        models = sorted(litellm.open_ai_chat_completion_models)
+        registered = json.dumps([litellm.model_cost, _registered_pricing_fields(), models], default=str)
+    finally:
+        await router.aclose()
+    logged = caplog.text + " ".join(str(record.__dict__) for record in caplog.records)
+    assert "removed" in caplog.text  # the clean-up ran and was logged
+    for text in (registered, logged):
+        assert "canary-cost" not in text
