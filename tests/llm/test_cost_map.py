@@ -246,3 +246,25 @@ async def test_no_key_reaches_the_cost_map_or_the_logs(caplog: pytest.LogCapture
     assert "removed" in caplog.text  # the clean-up ran and was logged
     for text in (registered, logged):
         assert "canary-cost" not in text
+
+
+async def test_users_keys_the_router_no_longer_remembers_leave_the_cost_map(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("dynamic_agents.llm.router._USERS_KEYS_KEPT", 2)
+    users = {f"user-{n}": {"openai": {"api_key": f"canary-cost-user-{n:02d}"}} for n in range(3)}
+    source = StaticSource({"openai": {"api_key": "canary-cost-system-01"}}, users=users)
+    router = await build_router(config(unique_id()), SecretsManager(source))
+    try:
+        entries = {}
+        for user_id in users:
+            response = await router.acompletion(model="gpt", messages=MESSAGES, user_id=user_id)
+            entries[user_id] = response._hidden_params["model_id"]
+            assert priced(response)
+        assert entries["user-0"] not in litellm.model_cost  # pushed out by the two after her
+        assert {entries["user-1"], entries["user-2"]} <= set(litellm.model_cost)
+        response = await router.acompletion(model="gpt", messages=MESSAGES, user_id="user-0")
+        assert response._hidden_params["model_id"] == entries["user-0"]
+        assert priced(response)
+    finally:
+        await router.aclose()

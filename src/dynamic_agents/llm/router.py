@@ -29,11 +29,11 @@ import asyncio
 import copy
 import weakref
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from cachetools import LRUCache
+from cachetools import Cache, LRUCache
 from pydantic import ValidationError
 
 from dynamic_agents._logging import get_logger
@@ -77,6 +77,36 @@ key forgotten here has almost surely left that cache already (it drops the oldes
 
 _CHANGED = ""
 """Recorded for a user's key the calls carried that changed, until the next lookup of the new one."""
+
+
+_Slot = tuple[str, str, str]
+"""(provider, field, user id): a user's key for a provider."""
+
+
+class _UsersCostEntries(LRUCache[_Slot, tuple[str, frozenset[str]]]):
+    """Per user's key (its slot): its digest and the ids of the cost-map entries litellm added for
+    the calls that carried it. An entry pushed out (past ``_USERS_KEYS_KEPT`` users' keys) has
+    its ids handed to ``forget``: else every user past those would leave hers in litellm's map
+    until the router closes. Her next call registers them again."""
+
+    def __init__(self, maxsize: int, forget: Callable[[frozenset[str]], None]) -> None:
+        super().__init__(maxsize)
+        self._forget = forget
+
+    def popitem(self) -> tuple[_Slot, tuple[str, frozenset[str]]]:
+        slot, held = super().popitem()
+        self._forget(held[1])
+        return slot, held
+
+
+_V = TypeVar("_V")
+
+
+def _unordered_values(cache: Cache[_Slot, _V]) -> Iterator[_V]:
+    """An LRU cache's values, their order of use untouched: read through the cache (``values()``)
+    each would become the most recently used, in the order they were first stored."""
+    for slot in list(cache):
+        yield Cache.__getitem__(cache, slot)
 
 
 @dataclass(slots=True)
@@ -275,9 +305,7 @@ class LLMRouter:
         self._users_keys_sent: LRUCache[tuple[str, str, str], str] = LRUCache(_USERS_KEYS_KEPT)
         # The same slots → (that digest, the ids of the entries litellm's cost map got for the calls
         # that carried the key: _litellm.cost_entry_ids, worked out while the key was at hand).
-        self._users_cost_entries: LRUCache[tuple[str, str, str], tuple[str, frozenset[str]]] = LRUCache(
-            _USERS_KEYS_KEPT
-        )
+        self._users_cost_entries = _UsersCostEntries(_USERS_KEYS_KEPT, self._forget_cost_entries)
         self._calls_in_flight: Counter[str] = Counter()
         """Cost-map entry ids of the calls in flight carrying a credential: their cost is read at
         their end."""
@@ -761,7 +789,7 @@ class LLMRouter:
         keep = set(self._calls_in_flight) | self._foreign_cost_entries
         for router in LLMRouter._open:
             keep.update(router._deployments, router._calls_in_flight, router._foreign_cost_entries)
-            for _, entries in router._users_cost_entries.values():
+            for _, entries in _unordered_values(router._users_cost_entries):
                 keep.update(entries)
         removed = _litellm.forget_cost_entries(ids, derived_from=origins, keep=keep)
         if removed:
