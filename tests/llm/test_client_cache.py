@@ -615,3 +615,25 @@ async def test_a_call_whose_router_closed_while_litellm_retried_it_leaves_no_cli
     await closing[0]
     assert [request.authorization for request in fake.requests] == [f"Bearer {version(0)}"] * 2
     assert cached_clients(version(0)) == []
+
+
+async def test_dropping_clients_keeps_the_order_in_which_users_keys_were_last_used(
+    fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("dynamic_agents.llm.router._USERS_KEYS_KEPT", 2)
+    users = {name: {"openai": {"api_key": f"canary-{name}-old-01"}} for name in ("alice", "bob", "carol")}
+    source = StaticSource({"openai": {"api_key": version(0)}}, users=users)
+    secrets = SecretsManager(source)
+    router = await build_router(key_config(fake), secrets, follow_changes=False)
+    try:
+        for user_id in ("alice", "bob", "alice"):  # bob's key is now the one used least recently
+            await router.acompletion(model="gpt", messages=MESSAGES, user_id=user_id)
+        source.set(SecretKey("openai"), {"api_key": version(1)})
+        assert await router.refresh() == 1  # drops the old system key's clients
+        await router.acompletion(model="gpt", messages=MESSAGES, user_id="carol")  # pushes bob's out
+        source.set(SecretKey("openai", user_id="alice"), {"api_key": "canary-alice-new-02"})
+        secrets.invalidate("openai", user_id="alice")
+        await router.acompletion(model="gpt", messages=MESSAGES, user_id="alice")
+        assert cached_clients("canary-alice-old-01") == []  # still remembered: dropped
+    finally:
+        await router.aclose()

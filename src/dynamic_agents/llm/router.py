@@ -772,7 +772,8 @@ class LLMRouter:
         for router in LLMRouter._open:
             for deployment in router._deployments.values():
                 stale -= _credentials(deployment.params)
-            stale -= set(router._users_keys_sent.values())
+            for sent in _unordered_values(router._users_keys_sent):
+                stale.discard(sent)
         if stale:
             dropped = _litellm.drop_clients(stale)
             logger.debug("dropped %d cached LLM client(s) of keys no longer in use", dropped)
