@@ -140,6 +140,46 @@ async def test_a_long_run_is_kept_and_answered_once(backend: Backend) -> None:
     assert idle.stats.received == 0
 
 
+async def test_an_entry_this_worker_still_handles_is_not_handled_twice_when_it_reclaims_it(
+    backend: Backend,
+) -> None:
+    """Its entries went idle past claim_min_idle while it could not keep them fresh (Redis away,
+    its loop blocked), so the worker's own reclaim scan took back an entry it was still running:
+    a second handler for it ran beside the first, and past max_deliveries dead-lettered it with
+    an error reply while the first went on to answer it too (found by a soak under faults)."""
+    transport = await backend.transport()
+    gate, started = asyncio.Event(), asyncio.Event()
+    received: list[int] = []
+
+    async def held_up(target: Target, request: AgentRequestEvent) -> str:
+        started.set()
+        await gate.wait()
+        return "answered"
+
+    class Received(BaseHooks):
+        async def on_received(self, delivery: Any) -> None:
+            received.append(delivery.delivery_count)
+
+    async def cannot_keep_fresh(deliveries: Any) -> list[Any]:
+        raise TransportError("keeping entries fresh failed: Redis unreachable")
+
+    w = worker(transport, FunctionExecutor(held_up), max_deliveries=1)
+    w.hooks.append(Received())
+    transport.keep_fresh = cannot_keep_fresh  # type: ignore[method-assign]
+    await transport.publish(backend.names.requests, request_event(backend.names, "x"))
+    async with w:
+        await asyncio.wait_for(started.wait(), 5)
+        await wait_for(lambda: _async(w.stats.received >= 2))  # its own reclaim scan took it back
+        gate.set()
+        await wait_for(lambda: _async(w.in_flight == 0))
+    (reply,) = await replies(transport, backend.names)
+    assert (reply.status, reply.content) == (ResponseStatus.COMPLETED, "answered")
+    assert received == [1]  # one handler, the first delivery's
+    assert await transport.read_stream(backend.names.dead_letters, AgentRequestEvent) == []
+    assert await transport.pending(backend.names.requests, "dynamic-agents") == []
+    assert (w.stats.completed, w.stats.dead_lettered) == (1, 0)
+
+
 async def test_one_session_runs_in_order_and_never_overlaps(backend: Backend) -> None:
     transport, other = await backend.transport(), await backend.transport()
     spans: list[tuple[str, float, float, str]] = []

@@ -428,6 +428,16 @@ class AgentWorker:
             if delivery.settled:
                 self.stats.undecodable += 1
                 continue
+            if delivery.entry_id in self._tasks:
+                # Idle past claim_min_idle while it could not be kept fresh (the broker away, the
+                # loop blocked), it came back to this worker's own reclaim scan: its handler here
+                # goes on with it (a second one would run it, or dead-letter it, beside the first).
+                logger.warning(
+                    "entry %s, still being handled here, was reclaimed by this worker (it could not be "
+                    "kept fresh for claim_min_idle); its handler goes on with it",
+                    delivery.entry_id,
+                )
+                continue
             self._held[delivery.entry_id] = delivery
             # Queue behind the session's previous request now, in arrival order (before any await).
             session = delivery.event.session_id
