@@ -14,7 +14,7 @@ from dynamic_agents.events import AgentRequestEvent, LifecycleEvent, ResponseSta
 from dynamic_agents.exceptions import RunLostError
 from dynamic_agents.execution import FunctionExecutor
 from dynamic_agents.transports import Lease, Transport
-from dynamic_agents.worker import AgentWorker, SessionPolicy
+from dynamic_agents.worker import AgentWorker, BaseHooks, SessionPolicy
 from tests.worker.conftest import Backend, Handled, replies, request_event, wait_for, worker
 
 
@@ -198,6 +198,57 @@ async def test_merge_answers_queued_messages_as_one_turn(backend: Backend) -> No
     assert last.content == "answer to 'a\\n\\nb\\n\\nc'"
     assert merged_a.metadata["merged_into"] == merged_b.metadata["merged_into"] == last.request_id
     assert merged_a.content == merged_b.content == ""
+
+
+async def test_a_queued_request_lost_from_the_stream_keeps_its_place_in_the_session_queue(
+    backend: Backend,
+) -> None:
+    """A queued request whose entry was lost (taken over, deleted) ended its handler before its
+    turn came and let the requests behind it go at once: the next one took its turn while the
+    session still ran here and merged a request queued ahead of it, which, its own turn come,
+    found itself merged into a turn not yet answered and was handed back to the group while that
+    turn went on to answer it (found by a soak under faults, as a dead letter and an answer)."""
+    transport = await backend.transport()
+    gate, started = asyncio.Event(), asyncio.Event()
+    runs: list[str] = []
+    routed: list[str] = []
+
+    async def slow_first(target: Target, request: AgentRequestEvent) -> str:
+        runs.append(request.content)
+        if request.content == "first":
+            started.set()
+            await gate.wait()
+        return f"answer to {request.content!r}"
+
+    class Routed(BaseHooks):
+        async def on_routed(self, delivery: Any, target: Any) -> None:
+            routed.append(delivery.event.content)
+
+    w = worker(transport, FunctionExecutor(slow_first), session_policy=SessionPolicy.MERGE)
+    w.hooks.append(Routed())
+    handled = Handled()
+    w.hooks.append(handled)
+    requests = backend.names.requests
+    async with w:
+        await transport.publish(requests, request_event(backend.names, "first"))
+        await asyncio.wait_for(started.wait(), 5)
+        await transport.publish(requests, request_event(backend.names, "queued"))
+        lost_entry = await transport.publish(requests, request_event(backend.names, "lost"))
+        await wait_for(lambda: _async(w.stats.received == 3))
+        await transport.delete(requests, lost_entry)  # its keep-fresh finds it gone: cancelled
+        await wait_for(lambda: _async(len(handled.errors) == 1))
+        await transport.publish(requests, request_event(backend.names, "last"))
+        await wait_for(lambda: _async("last" in routed))
+        gate.set()
+        await wait_for(lambda: _has_replies(transport, backend, 3))
+    assert runs == ["first", "queued\n\nlast"]  # in arrival order: "queued" went before "last"
+    assert [r.content for r in await replies(transport, backend.names)] == [
+        "answer to 'first'",
+        "",
+        "answer to 'queued\\n\\nlast'",
+    ]
+    assert (w.stats.lost, w.stats.handed_back, w.stats.duplicates) == (1, 0, 0)
+    assert await transport.pending(requests, "dynamic-agents") == []
 
 
 async def test_a_merged_turn_publishes_lifecycle_events_under_its_last_request_only(

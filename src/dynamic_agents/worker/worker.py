@@ -507,10 +507,7 @@ class AgentWorker:
         finally:
             # This handler's own turn, always: whatever else holds the entry's id by now, the
             # session's requests queued behind this one must not wait for ever.
-            if not turn.done():  # (an abandoned handler's was ended by _abandon)
-                turn.set_result(None)  # the session's next request may go
-            if self._session_tails.get(event.session_id) is turn:
-                del self._session_tails[event.session_id]
+            self._pass_turn(event.session_id, turn, previous)
             if self._turns.get(delivery.entry_id) is turn:
                 del self._turns[delivery.entry_id]
             if self._owns(delivery):  # else abandoned: _abandon did this, and the entry's state
@@ -524,6 +521,22 @@ class AgentWorker:
             self._slot_freed.set()
             if self.hooks:
                 await self._call_hooks("after_handle", delivery, failure)
+
+    def _pass_turn(
+        self, session_id: str, turn: asyncio.Future[None], previous: asyncio.Future[None] | None
+    ) -> None:
+        """The session's next request here may go: at once, or, for a handler that ended before
+        its turn came (its entry lost while it was queued, say), once the request ahead of it is
+        done. The queue keeps its arrival order: else the next one would go while the session
+        still runs here and, merging, take requests still queued ahead of it, which would then
+        find themselves merged into a turn not yet answered and be handed back."""
+        if previous is not None and not previous.done() and not turn.done():
+            previous.add_done_callback(lambda _: self._pass_turn(session_id, turn, None))
+            return
+        if not turn.done():  # (an abandoned handler's was ended by _abandon)
+            turn.set_result(None)  # the session's next request may go
+        if self._session_tails.get(session_id) is turn:
+            del self._session_tails[session_id]
 
     async def _process(
         self,
