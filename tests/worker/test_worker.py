@@ -180,6 +180,36 @@ async def test_an_entry_this_worker_still_handles_is_not_handled_twice_when_it_r
     assert (w.stats.completed, w.stats.dead_lettered) == (1, 0)
 
 
+async def test_a_run_whose_entry_was_lost_publishes_nothing_though_it_ignored_its_cancellation(
+    backend: Backend,
+) -> None:
+    """Its entry deleted from the stream (or taken over) while it ran: the run is cancelled and
+    publishes nothing. An executor that swallowed that cancellation and returned a result had it
+    written as the reply, its lease still held (a takeover's dead letter got a second answer)."""
+    transport = await backend.transport()
+    gate, started, swallowed = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def stubborn(target: Target, request: AgentRequestEvent) -> str:
+        started.set()
+        while not gate.is_set():
+            try:
+                await gate.wait()
+            except asyncio.CancelledError:
+                swallowed.set()
+        return "stale"
+
+    w = worker(transport, FunctionExecutor(stubborn))
+    entry_id = await transport.publish(backend.names.requests, request_event(backend.names, "x"))
+    async with w:
+        await asyncio.wait_for(started.wait(), 5)
+        await transport.delete(backend.names.requests, entry_id)
+        await asyncio.wait_for(swallowed.wait(), 5)  # its keep-fresh found it gone and cancelled it
+        gate.set()
+        await wait_for(lambda: _async(w.in_flight == 0))
+    assert await replies(transport, backend.names) == []
+    assert (w.stats.lost, w.stats.completed) == (1, 0)
+
+
 async def test_one_session_runs_in_order_and_never_overlaps(backend: Backend) -> None:
     transport, other = await backend.transport(), await backend.transport()
     spans: list[tuple[str, float, float, str]] = []

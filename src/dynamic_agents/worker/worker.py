@@ -922,12 +922,15 @@ class AgentWorker:
         finally:
             if progress is not None:  # also when cut short: nothing left waiting on a delta timer
                 await progress.flush()
+        self._check_not_lost(batch)
         if self.hooks:
             await self._call_hooks("after_execute", context, result)
         if len(batch) > 1:  # the merged requests are answered first: only while the lease is ours
             if not await self._still_ours(lease):
                 raise RunLostError(event.id, event.session_id)
             for earlier in batch[:-1]:  # the turn's status and error, its content with the last
+                if earlier.entry_id in self._lost:  # taken over or deleted while it ran: not ours
+                    continue
                 merged = ExecutionResult(
                     result.status,
                     error_message=result.error_message,
@@ -944,6 +947,14 @@ class AgentWorker:
             raise RunLostError(event.id, event.session_id) from None
         if self.hooks:
             await self._call_hooks("after_complete", context, completion)
+
+    def _check_not_lost(self, batch: list[Delivery[AgentRequestEvent]]) -> None:
+        """After the run: its entry taken over or deleted while it ran, and the executor swallowed
+        the cancellation that said so? Then nothing is published, as for a run that let it through
+        (the lease is still ours: the reply would be written beside another worker's answer or
+        dead letter)."""
+        if batch[0].entry_id in self._lost or batch[-1].entry_id in self._lost:
+            raise asyncio.CancelledError("its entry was lost during the run: publishing nothing")
 
     async def _execute_under(
         self,
