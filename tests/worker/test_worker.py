@@ -210,6 +210,41 @@ async def test_a_run_whose_entry_was_lost_publishes_nothing_though_it_ignored_it
     assert (w.stats.lost, w.stats.completed) == (1, 0)
 
 
+async def test_a_request_past_max_deliveries_is_not_dead_lettered_while_its_session_runs(
+    backend: Backend,
+) -> None:
+    """A worker that could not keep its entry fresh (starved, Redis away) but still held its
+    session's lease had the entry taken over past max_deliveries: the taker dead-lettered it with
+    an error reply, and the run, its lease still held, answered it too (found by a soak)."""
+    transport, other = await backend.transport(), await backend.transport()
+    gate, started = asyncio.Event(), asyncio.Event()
+
+    async def held_up(target: Target, request: AgentRequestEvent) -> str:
+        started.set()
+        await gate.wait()
+        return "answered"
+
+    async def cannot_keep_fresh(deliveries: Any) -> list[Any]:
+        raise TransportError("keeping entries fresh failed: Redis unreachable")
+
+    running = worker(transport, FunctionExecutor(held_up), consumer="running", lease_ttl=5)
+    transport.keep_fresh = cannot_keep_fresh  # type: ignore[method-assign]
+    taker = worker(other, consumer="taker", max_deliveries=1, lease_ttl=5)
+    await transport.publish(backend.names.requests, request_event(backend.names, "x"))
+    async with running:
+        await asyncio.wait_for(started.wait(), 5)
+        async with taker:
+            await wait_for(lambda: _async(taker.stats.received >= 1))  # taken over: delivered twice
+            await wait_for(lambda: _async(taker.in_flight == 0))
+            gate.set()
+            await wait_for(lambda: _async(running.in_flight == 0))
+    await taker.run_until_idle()
+    (reply,) = await replies(transport, backend.names)
+    assert (reply.status, reply.content) == (ResponseStatus.COMPLETED, "answered")
+    assert await transport.read_stream(backend.names.dead_letters, AgentRequestEvent) == []
+    assert await transport.pending(backend.names.requests, "dynamic-agents") == []
+
+
 async def test_one_session_runs_in_order_and_never_overlaps(backend: Backend) -> None:
     transport, other = await backend.transport(), await backend.transport()
     spans: list[tuple[str, float, float, str]] = []

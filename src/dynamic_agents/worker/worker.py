@@ -715,6 +715,14 @@ class AgentWorker:
             await self._ack_duplicate(delivery)
             return True
         if delivery.delivery_count > self.settings.max_deliveries:
+            if await self.coordinator.holder(event.session_id):
+                # Its session runs (this very request, maybe, on a worker that could not keep its
+                # entry fresh, under a lease that outlived claim_min_idle): a dead letter now would
+                # be a second answer beside that run's. Handed back for a later look instead.
+                with contextlib.suppress(DynamicAgentsError):
+                    if await self.transport.release(delivery, delay=self.settings.claim_min_idle):
+                        self.stats.handed_back += 1
+                return True
             await self._dead_letter(delivery, event)
             return True
         return False
