@@ -19,7 +19,7 @@ import litellm
 import pytest
 from litellm.utils import _invalidate_model_cost_lowercase_map, _registered_pricing_fields
 
-from dynamic_agents.llm import LLMRouter, RouterConfig, build_router
+from dynamic_agents.llm import LLMRouter, RouterConfig, _litellm, build_router
 from dynamic_agents.secrets import SecretKey, SecretsManager, StaticSource
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -266,5 +266,96 @@ async def test_users_keys_the_router_no_longer_remembers_leave_the_cost_map(
         response = await router.acompletion(model="gpt", messages=MESSAGES, user_id="user-0")
         assert response._hidden_params["model_id"] == entries["user-0"]
         assert priced(response)
+    finally:
+        await router.aclose()
+
+
+async def test_a_streamed_calls_entry_stays_until_the_stream_is_read_and_it_is_priced() -> None:
+    """litellm prices a stream once it is read to its end, by the entry its call registered: a
+    rotation of the user's key while the stream waits to be read must not take the entry away
+    (a stream's call ended, for the bookkeeping, when it was handed over)."""
+    source = alice_source()
+    secrets = SecretsManager(source)
+    router = await build_router(config(unique_id()), secrets)
+    costs: list[float] = []
+
+    class CostSeen(litellm.integrations.custom_logger.CustomLogger):  # type: ignore[misc]
+        async def async_log_success_event(self, kwargs: Any, *_: Any, **__: Any) -> None:
+            costs.append(kwargs.get("response_cost"))
+
+    seen = CostSeen()
+    litellm.callbacks.append(seen)
+    try:
+        _, old_entry = await alice_call(router)
+        stream = await router.acompletion(model="gpt", messages=MESSAGES, user_id="alice", stream=True)
+        source.set(SecretKey("openai", user_id="alice"), {"api_key": NEW_KEY})
+        await secrets.refresh(user_id="alice")  # the notice: her old key's entries go...
+        assert old_entry in litellm.model_cost  # ...but not the one the unread stream will be priced by
+        chunks = [chunk async for chunk in stream]
+        assert chunks
+        assert old_entry not in litellm.model_cost  # read: it goes
+        for _ in range(100):  # litellm logs a stream's success in a task of its own
+            if costs:
+                break
+            await asyncio.sleep(0.01)
+        assert costs
+        assert costs[-1] is not None
+        assert costs[-1] > 0.01  # the deployment's custom price (0.5 per token), not the catalog's
+    finally:
+        litellm.callbacks.remove(seen)
+        await router.aclose()
+
+
+@pytest.mark.parametrize("failing_call", [1, 2])
+async def test_bookkeeping_that_fails_never_fails_the_call(
+    failing_call: int, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Working out a call's cost-map entries runs at its start and at its end: litellm's internals
+    failing there (moved in a release, say) is logged, and the call, which the provider has
+    answered and billed, returns its response all the same."""
+    router = await build_router(config(unique_id()), SecretsManager(alice_source()))
+    real = _litellm.cost_entry_ids
+    calls = 0
+
+    def fails_once(*args: Any) -> frozenset[str]:
+        nonlocal calls
+        calls += 1
+        if calls == failing_call:
+            raise KeyError("litellm moved things")
+        return real(*args)
+
+    monkeypatch.setattr(_litellm, "cost_entry_ids", fails_once)
+    try:
+        for user in ({"user_id": "alice"}, {"api_key": "canary-cost-per-call-04"}):
+            calls = 0
+            response = await router.acompletion(model="gpt", messages=MESSAGES, **user)
+            assert response.choices[0].message.content == "hi!"
+    finally:
+        await router.aclose()
+    assert "failed: KeyError: 'litellm moved things'" in caplog.text
+    assert "canary-cost" not in caplog.text
+
+
+async def test_a_cancelled_call_leaves_nothing_counted_in_flight() -> None:
+    """A call cancelled on the wire ends for the bookkeeping too: else its entries, counted in
+    flight for ever, would never leave the cost map."""
+    router = await build_router(config(unique_id()), SecretsManager(alice_source()))
+    sent = asyncio.Event()
+
+    async def never_answered(**kwargs: Any) -> Any:
+        sent.set()
+        await asyncio.Event().wait()
+
+    router.router.acompletion = never_answered  # type: ignore[method-assign]
+    try:
+        for user in ({"user_id": "alice"}, {"api_key": "canary-cost-per-call-05"}):
+            sent.clear()
+            call = asyncio.create_task(router.acompletion(model="gpt", messages=MESSAGES, **user))
+            await sent.wait()
+            assert router._calls_in_flight  # counted while on the wire
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            assert not router._calls_in_flight
     finally:
         await router.aclose()

@@ -31,13 +31,14 @@ import weakref
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from cachetools import Cache, LRUCache
 from pydantic import ValidationError
 
 from dynamic_agents._logging import get_logger
-from dynamic_agents._redaction import REDACTOR, masked_url
+from dynamic_agents._redaction import REDACTOR, masked_url, redact_text
 from dynamic_agents._validation import invalid_fields
 from dynamic_agents.exceptions import (
     ConfigurationError,
@@ -389,37 +390,28 @@ class LLMRouter:
                 "user has their own key for this model; pass api_key= or user_id=, not both "
                 "(user_id alone sends the user's key)"
             )
+        streamed = bool(kwargs.get("stream"))
         for attempt in range(2):
-            failure: LLMError | None = None
             sent_with = {deployment.id: deployment.params for deployment in self._deployments.values()}
-            entries: frozenset[str] = frozenset()
-            try:
-                if user_params and user_id is not None and not kwargs.get("disable_fallbacks"):
-                    response = await self._user_call(
-                        model,
-                        user_params,
-                        user_id=user_id,
-                        messages=messages,
-                        metadata=metadata,
-                        kwargs=kwargs,
-                        attempted=set(),
-                    )
-                else:
-                    entries = self._call_started(model, {**user_params, **kwargs})
-                    response = await self.router.acompletion(
-                        model=model,
-                        messages=messages,
-                        metadata=copy.deepcopy(metadata),
-                        **user_params,
-                        **kwargs,
-                    )
-            except Exception as error:  # every litellm error is translated
-                failure = _translate(error, model)
-            finally:
-                entries = self._call_ended(model, {**user_params, **kwargs}, entries)
-                self._after_call(model, user_id, user_params, entries)
+            # What the call's end does (its cost-map entries out of flight, clients of keys no
+            # longer in use dropped): at once, or, for a stream, once it is read (litellm prices
+            # a stream at its end, by the entries).
+            ending: list[Callable[[], object]] = []
+            response, failure = await self._attempt(
+                model,
+                messages=messages,
+                metadata=metadata,
+                user_id=user_id,
+                user_params=user_params,
+                kwargs=kwargs,
+                ending=ending,
+            )
+            ending.append(partial(self._after_call, model, user_id, user_params))
+            if failure is None and streamed:
+                return _translated_stream(response, model, on_end=partial(self._end_call, ending))
+            self._end_call(ending)
             if failure is None:
-                return _translated_stream(response, model) if kwargs.get("stream") else response
+                return response
             # Outside the except block: the original (whose text may echo a key) is not chained.
             if attempt == 0 and failure.status == 401:
                 if user_params and user_id is not None:
@@ -432,6 +424,46 @@ class LLMRouter:
             raise failure
         raise AssertionError("unreachable")
 
+    async def _attempt(
+        self,
+        model: str,
+        *,
+        messages: list[dict[str, Any]],
+        metadata: dict[str, Any],
+        user_id: str | None,
+        user_params: dict[str, str],
+        kwargs: dict[str, Any],
+        ending: list[Callable[[], object]],
+    ) -> tuple[Any, LLMError | None]:
+        """One attempt of a call: its response, or its failure translated (not raised: the
+        caller raises it outside any except block, unchained from litellm's, whose text may echo
+        a key); what the end of each call to litellm does is added to ``ending``."""
+        try:
+            if user_params and user_id is not None and not kwargs.get("disable_fallbacks"):
+                response = await self._user_call(
+                    model,
+                    user_params,
+                    user_id=user_id,
+                    messages=messages,
+                    metadata=metadata,
+                    kwargs=kwargs,
+                    attempted=set(),
+                    ending=ending,
+                )
+                return response, None
+            call = {**user_params, **kwargs}
+            entries = self._call_started(model, call)
+            ending.append(partial(self._call_end, model, user_id, user_params, call, entries))
+            response = await self.router.acompletion(
+                model=model, messages=messages, metadata=copy.deepcopy(metadata), **call
+            )
+        except Exception as error:  # every litellm error is translated
+            return None, _translate(error, model)
+        except BaseException:  # cancelled: the call ends here
+            self._end_call([*ending, partial(self._after_call, model, user_id, user_params)])
+            raise
+        return response, None
+
     async def _user_call(
         self,
         model: str,
@@ -442,28 +474,33 @@ class LLMRouter:
         metadata: dict[str, Any],
         kwargs: dict[str, Any],
         attempted: set[str],
+        ending: list[Callable[[], object]],
     ) -> Any:
         """A call carrying a user's own key, its fallbacks walked here (depth first, each group once,
         at most the Router's ``max_fallbacks`` groups) with litellm's own fallbacks disabled: litellm
         sends a per-call ``api_key`` to every fallback group, and a user's key must reach only the
         deployments it was resolved for. Each fallback group carries the user's key for *its*
-        provider, or none (the deployment's own key)."""
+        provider, or none (the deployment's own key). What the call's end does is added to
+        ``ending``: a failed attempt's done at once, the answering one's left to the caller."""
         attempted.add(model)
         failure: Exception
         call = {**user_params, **kwargs, "disable_fallbacks": True}
-        entries = self._call_started(model, call)
+        end = [partial(self._call_end, model, user_id, user_params, call, self._call_started(model, call))]
         try:
-            return await self.router.acompletion(
+            response = await self.router.acompletion(
                 model=model,
                 messages=messages,
                 metadata=copy.deepcopy(metadata),
                 **call,
             )
-        except Exception as error:
+        except BaseException as error:
+            self._end_call(end)
+            if not isinstance(error, Exception):  # cancelled
+                raise
             failure = error
-        finally:
-            entries = self._call_ended(model, call, entries)
-            self._check_user_key_sent(model, user_id, user_params, entries)
+        else:
+            ending.extend(end)
+            return response
         for group in _litellm.fallback_groups(self.router, model, failure):
             if group in attempted:
                 continue
@@ -480,6 +517,7 @@ class LLMRouter:
                     metadata=metadata,
                     kwargs=kwargs,
                     attempted=attempted,
+                    ending=ending,
                 )
             except Exception as error:
                 failure = error
@@ -590,14 +628,24 @@ class LLMRouter:
             del self._users_cost_entries[slot]
             self._forget_cost_entries(held[1])
 
-    def _after_call(
-        self, model: str, user_id: str | None, user_params: Mapping[str, str], entries: frozenset[str]
+    def _call_end(
+        self,
+        model: str,
+        user_id: str | None,
+        user_params: Mapping[str, str],
+        call: Mapping[str, Any],
+        entries: frozenset[str],
     ) -> None:
+        """The end of one call to litellm (:meth:`_call_started`): its entries no longer in
+        flight, and the user's key it carried checked (:meth:`_check_user_key_sent`)."""
+        self._check_user_key_sent(model, user_id, user_params, self._call_ended(model, call, entries))
+
+    def _after_call(self, model: str, user_id: str | None, user_params: Mapping[str, str]) -> None:
         """Drop the clients a call may have built again for keys no longer in use, and the
         cost-map entries it may have added again: litellm's retries resend the key a call was
         given, and go on through a Router discarded meanwhile (:meth:`aclose`), after the key's
         clients and entries were dropped."""
-        self._check_user_key_sent(model, user_id, user_params, entries)
+        self._check_user_key_sent(model, user_id, user_params, frozenset())
         if self._closed:
             self._drop_clients(self._credentials())
             self._forget_own_cost_entries()
@@ -629,10 +677,25 @@ class LLMRouter:
     def _call_started(self, model: str, call: Mapping[str, Any]) -> frozenset[str]:
         """The cost-map entries litellm adds for a call carrying a credential of its own (none
         for the others), counted in flight until :meth:`_call_ended`: they are not removed while
-        the call may still read its price."""
-        entries = _litellm.cost_entry_ids(self.router, model, self._groups.get(model, ()), call)
+        the call may still read its price. Bookkeeping: a failure is logged, not the call's."""
+        try:
+            entries = _litellm.cost_entry_ids(self.router, model, self._groups.get(model, ()), call)
+        except Exception as error:
+            _bookkeeping_failed("working out a call's cost-map entries", error)
+            return frozenset()
         self._calls_in_flight.update(entries)
         return entries
+
+    @staticmethod
+    def _end_call(ending: Iterable[Callable[[], object]]) -> None:
+        """Run what a call's end does (:meth:`_call_ended`, :meth:`_after_call`…), each step on its
+        own: bookkeeping that fails (litellm's internals moved, say) is logged and the rest goes
+        on; it never fails the call, which the provider has answered (and billed) by then."""
+        for step in ending:
+            try:
+                step()
+            except Exception as error:
+                _bookkeeping_failed("the end of a call (litellm's client cache and cost map)", error)
 
     def _call_ended(self, model: str, call: Mapping[str, Any], entries: frozenset[str]) -> frozenset[str]:
         """The call's entries (:meth:`_call_started`, and those of a retry after a rotation
@@ -847,7 +910,16 @@ def _credentials(params: Mapping[str, Any]) -> set[str]:
     return {_litellm.key_digest(credential) for credential in literal_credentials(params)}
 
 
-async def _translated_stream(stream: Any, model: str) -> AsyncIterator[Any]:
+def _bookkeeping_failed(what: str, error: Exception) -> None:
+    """One WARNING line for bookkeeping around a call that failed: the message masked, no
+    traceback (it could quote a call's arguments, a key among them)."""
+    logger.warning("%s failed: %s: %s", what, type(error).__name__, redact_text(str(error)))
+
+
+async def _translated_stream(stream: Any, model: str, *, on_end: Callable[[], None]) -> AsyncIterator[Any]:
+    """The stream, its errors translated; ``on_end`` once it is read, closed or dropped part read
+    (a stream never iterated at all runs no ``finally``: its call's cost-map entries then stay
+    counted in flight, and in litellm's map, until the process ends)."""
     failure: LLMError | None = None
     try:
         async for chunk in stream:
@@ -855,11 +927,14 @@ async def _translated_stream(stream: Any, model: str) -> AsyncIterator[Any]:
     except Exception as error:
         failure = _translate(error, model)
     finally:
-        # A consumer that stops early closes only this wrapper: litellm's stream holds the HTTP
-        # response (and its pooled connection) until its own aclose().
-        close = getattr(stream, "aclose", None)
-        if close is not None:
-            await close()
+        try:
+            # A consumer that stops early closes only this wrapper: litellm's stream holds the
+            # HTTP response (and its pooled connection) until its own aclose().
+            close = getattr(stream, "aclose", None)
+            if close is not None:
+                await close()
+        finally:
+            on_end()
     if failure is not None:
         raise failure
 
