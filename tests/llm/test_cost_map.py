@@ -359,3 +359,33 @@ async def test_a_cancelled_call_leaves_nothing_counted_in_flight() -> None:
             assert not router._calls_in_flight
     finally:
         await router.aclose()
+
+
+async def test_a_call_in_flight_when_the_users_key_is_removed_takes_its_entry_at_its_end() -> None:
+    source = alice_source()
+    secrets = SecretsManager(source)
+    router = await build_router(config(unique_id()), secrets, follow_changes=False)
+    try:
+        _, old_entry = await alice_call(router)
+        sent, answer = asyncio.Event(), asyncio.Event()
+        litellm_call = router.router.acompletion
+
+        async def first_held_on_the_wire(**kwargs: Any) -> Any:
+            if not sent.is_set():
+                sent.set()
+                await answer.wait()
+            return await litellm_call(**kwargs)
+
+        router.router.acompletion = first_held_on_the_wire  # type: ignore[method-assign]
+        call = asyncio.create_task(router.acompletion(model="gpt", messages=MESSAGES, user_id="alice"))
+        await sent.wait()  # the call carries her key now
+        source.remove(SecretKey("openai", user_id="alice"))
+        secrets.invalidate("openai", user_id="alice")
+        await router.acompletion(model="gpt", messages=MESSAGES, user_id="alice")  # the system key
+        assert old_entry in litellm.model_cost  # the call in flight reads its price at its end
+        answer.set()
+        response = await call
+        assert priced(response)
+        assert old_entry not in litellm.model_cost  # ...and then it goes, with nothing to keep it
+    finally:
+        await router.aclose()

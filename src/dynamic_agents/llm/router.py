@@ -658,7 +658,8 @@ class LLMRouter:
         cost-map ``entries``; else remember those entries with the key. litellm retries a call
         with the key it was given, so a retry after the change notice dropped the key's clients
         builds one again, which nothing else would drop. A key no longer recorded (pushed out by
-        other users', or removed) is left: its client may well be in use."""
+        other users', or removed) keeps its client, which may well be in use, but its entries
+        go: its slot's went already, and nothing would take the call's out later."""
         key = user_params.get("api_key")
         reference = self._user_keys.get(model)
         if key is None or reference is None or user_id is None:
@@ -669,6 +670,8 @@ class LLMRouter:
         if self._closed or (recorded is not None and recorded != digest):
             self._drop_clients([digest])
             self._forget_cost_entries(entries)
+        elif recorded is None:  # removed, revoked or pushed out while the call went on
+            self._forget_cost_entries(entries)  # (none another call or router still uses)
         elif recorded == digest and entries:
             held = self._users_cost_entries.get(slot)
             known = held[1] if held is not None and held[0] == digest else frozenset()

@@ -62,8 +62,9 @@ class WorkerSettings:
     * ``concurrency``: runs in flight at once; the worker never reads more entries than it has free.
     * ``claim_min_idle``: entries idle this long on a consumer are taken over — only dead consumers'
       entries get there, since a live worker keeps what it holds fresh every ``keep_fresh_every``.
-    * ``max_deliveries``: after this many deliveries an entry is dead-lettered with an error reply.
-      Waiting for a session lease does not count.
+    * ``max_deliveries``: after this many deliveries an entry is dead-lettered with an error reply
+      (while its session's lease is held — a run of it may still go on — it is handed back and
+      looked at again after ``claim_min_idle``). Waiting for a session lease does not count.
     * ``record_ttl``: how long a completed-request record outlives its answer (deduplication); it
       must outlive ``max_deliveries x claim_min_idle + request_timeout``, checked here.
     * ``lease_ttl``: a session lease's lifetime, renewed every third of it while a run goes on.
