@@ -245,6 +245,38 @@ async def test_a_request_past_max_deliveries_is_not_dead_lettered_while_its_sess
     assert await transport.pending(backend.names.requests, "dynamic-agents") == []
 
 
+async def test_a_request_past_max_deliveries_is_handed_back_only_so_often_while_its_session_is_held(
+    backend: Backend,
+) -> None:
+    """A session held for ever (a hung run that keeps renewing its lease) kept a request past
+    max_deliveries coming back every claim_min_idle for ever: once a run of it would have timed
+    out (request_timeout more, in claim_min_idle steps, and one more) it is dead-lettered, with
+    its error reply, all the same."""
+    transport = await backend.transport()
+    await transport.ensure_group(backend.names.requests, "dynamic-agents")
+    await transport.publish(backend.names.requests, request_event(backend.names, "cursed"))
+    crashed = Subscription(backend.names.requests, "dynamic-agents", "crashed", AgentRequestEvent, block=0)
+    assert len(await transport.read(crashed, 1)) == 1  # its first delivery, to a consumer that died
+    coordinator = transport.coordinator()
+    assert await coordinator.acquire("s1", 3600, holder="hung-run") is not None
+    w = worker(
+        transport,
+        coordinator=coordinator,
+        max_deliveries=1,
+        claim_min_idle=0.1,
+        keep_fresh_every=0.03,
+        request_timeout=0.3,
+    )
+    async with w:
+        await wait_for(lambda: _async(w.stats.dead_lettered == 1))
+    # deliveries 2 to 5 handed back (max_deliveries 1, + ceil(0.3 / 0.1) + 1), the 6th dead-lettered
+    assert w.stats.handed_back == 4
+    (reply,) = await replies(transport, backend.names)
+    assert reply.status is ResponseStatus.ERROR
+    (letter,) = await transport.read_stream(backend.names.dead_letters, AgentRequestEvent)
+    assert letter.event.content == "cursed"
+
+
 async def test_one_session_runs_in_order_and_never_overlaps(backend: Backend) -> None:
     transport, other = await backend.transport(), await backend.transport()
     spans: list[tuple[str, float, float, str]] = []

@@ -64,7 +64,9 @@ class WorkerSettings:
       entries get there, since a live worker keeps what it holds fresh every ``keep_fresh_every``.
     * ``max_deliveries``: after this many deliveries an entry is dead-lettered with an error reply
       (while its session's lease is held — a run of it may still go on — it is handed back and
-      looked at again after ``claim_min_idle``). Waiting for a session lease does not count.
+      looked at again after ``claim_min_idle``, for as long as a run of it could still go on:
+      ``request_timeout`` more, in steps of ``claim_min_idle``). Waiting for a session lease does
+      not count.
     * ``record_ttl``: how long a completed-request record outlives its answer (deduplication); it
       must outlive ``max_deliveries x claim_min_idle + request_timeout``, checked here.
     * ``lease_ttl``: a session lease's lifetime, renewed every third of it while a run goes on.

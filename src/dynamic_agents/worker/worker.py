@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -715,7 +716,7 @@ class AgentWorker:
             await self._ack_duplicate(delivery)
             return True
         if delivery.delivery_count > self.settings.max_deliveries:
-            if await self.coordinator.holder(event.session_id):
+            if self._may_hand_back(delivery) and await self.coordinator.holder(event.session_id):
                 # Its session runs (this very request, maybe, on a worker that could not keep its
                 # entry fresh, under a lease that outlived claim_min_idle): a dead letter now would
                 # be a second answer beside that run's. Handed back for a later look instead.
@@ -726,6 +727,15 @@ class AgentWorker:
             await self._dead_letter(delivery, event)
             return True
         return False
+
+    def _may_hand_back(self, delivery: Delivery[AgentRequestEvent]) -> bool:
+        """Whether a request past ``max_deliveries`` whose session is held may be handed back once
+        more: for as long as a run of it could still go on (``request_timeout``, in steps of
+        ``claim_min_idle``, and one more), not for ever — a session held for ever (a hung run that
+        keeps renewing its lease) would keep it coming back."""
+        settings = self.settings
+        extra = math.ceil(settings.request_timeout / settings.claim_min_idle) + 1
+        return delivery.delivery_count <= settings.max_deliveries + extra
 
     def _route(self, event: AgentRequestEvent) -> tuple[Target | None, str]:
         """The request's target, or ``None`` and why no rule matched."""
