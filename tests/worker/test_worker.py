@@ -227,7 +227,9 @@ async def test_a_request_past_max_deliveries_is_not_dead_lettered_while_its_sess
     async def cannot_keep_fresh(deliveries: Any) -> list[Any]:
         raise TransportError("keeping entries fresh failed: Redis unreachable")
 
-    running = worker(transport, FunctionExecutor(held_up), consumer="running", lease_ttl=5)
+    # concurrency 1: busy with the run, it reads nothing, so its own reclaim scan cannot take the
+    # entry back first (which keeps it fresh in its place) and the taker is sure to get it
+    running = worker(transport, FunctionExecutor(held_up), consumer="running", lease_ttl=5, concurrency=1)
     transport.keep_fresh = cannot_keep_fresh  # type: ignore[method-assign]
     taker = worker(other, consumer="taker", max_deliveries=1, lease_ttl=5)
     await transport.publish(backend.names.requests, request_event(backend.names, "x"))
