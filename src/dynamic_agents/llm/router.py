@@ -32,7 +32,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from cachetools import Cache, LRUCache
 from pydantic import ValidationError
@@ -84,26 +84,33 @@ _Slot = tuple[str, str, str]
 """(provider, field, user id): a user's key for a provider."""
 
 
-class _UsersCostEntries(LRUCache[_Slot, tuple[str, frozenset[str]]]):
-    """Per user's key (its slot): its digest and the ids of the cost-map entries litellm added for
-    the calls that carried it. An entry pushed out (past ``_USERS_KEYS_KEPT`` users' keys) has
-    its ids handed to ``forget``: else every user past those would leave hers in litellm's map
-    until the router closes. Her next call registers them again."""
+@dataclass(slots=True)
+class _UserKey:
+    """What a router remembers of a user's key its calls carried: its digest
+    (:func:`_litellm.key_digest`, or :data:`_CHANGED`), never the key, and the ids of the cost-map
+    entries litellm added for those calls (:func:`_litellm.cost_entry_ids`, worked out while the
+    key was at hand)."""
+
+    digest: str
+    entries: frozenset[str] = frozenset()
+
+
+class _UsersKeys(LRUCache[_Slot, _UserKey]):
+    """The users' keys a router's calls carried, by slot, the ``_USERS_KEYS_KEPT`` used last. One
+    pushed out has its entries handed to ``forget``: else every user past those would leave hers in
+    litellm's map until the router closes. Her next call registers them again."""
 
     def __init__(self, maxsize: int, forget: Callable[[frozenset[str]], None]) -> None:
         super().__init__(maxsize)
         self._forget = forget
 
-    def popitem(self) -> tuple[_Slot, tuple[str, frozenset[str]]]:
-        slot, held = super().popitem()
-        self._forget(held[1])
-        return slot, held
+    def popitem(self) -> tuple[_Slot, _UserKey]:
+        slot, user_key = super().popitem()
+        self._forget(user_key.entries)
+        return slot, user_key
 
 
-_V = TypeVar("_V")
-
-
-def _unordered_values(cache: Cache[_Slot, _V]) -> Iterator[_V]:
+def _unordered_values(cache: _UsersKeys) -> Iterator[_UserKey]:
     """An LRU cache's values, their order of use untouched: read through the cache (``values()``)
     each would become the most recently used, in the order they were first stored."""
     for slot in list(cache):
@@ -301,12 +308,7 @@ class LLMRouter:
         self.router = router
         self._deployments = {d.id: d for d in deployments}
         self._user_keys = self._user_key_references(config, secrets)
-        # (provider, field, user id) → the digest (_litellm.key_digest) of the user's key its calls
-        # carry, or _CHANGED: digests, so the router keeps no user's key past its calls.
-        self._users_keys_sent: LRUCache[tuple[str, str, str], str] = LRUCache(_USERS_KEYS_KEPT)
-        # The same slots → (that digest, the ids of the entries litellm's cost map got for the calls
-        # that carried the key: _litellm.cost_entry_ids, worked out while the key was at hand).
-        self._users_cost_entries = _UsersCostEntries(_USERS_KEYS_KEPT, self._forget_cost_entries)
+        self._users_keys = _UsersKeys(_USERS_KEYS_KEPT, self._forget_cost_entries)
         self._calls_in_flight: Counter[str] = Counter()
         """Cost-map entry ids of the calls in flight carrying a credential: their cost is read at
         their end."""
@@ -615,18 +617,18 @@ class LLMRouter:
         """Remember the key a user's calls carry for a provider now (``None``: the deployment's);
         one that changed — rotated, say by Identity, with no 401 — has the old one's cached clients
         dropped: else they stay in litellm's cache, key included, for an hour."""
-        before = self._users_keys_sent.get(slot)
+        before = self._users_keys.get(slot)
         digest = None if key is None else _litellm.key_digest(key)
+        if before is not None and before.digest == digest:
+            return
         if digest is None:
-            self._users_keys_sent.pop(slot, None)
+            self._users_keys.pop(slot, None)
         else:
-            self._users_keys_sent[slot] = digest
-        if before not in (None, _CHANGED, digest):
-            self._drop_clients([before])
-        held = self._users_cost_entries.get(slot)
-        if held is not None and held[0] != digest:
-            del self._users_cost_entries[slot]
-            self._forget_cost_entries(held[1])
+            self._users_keys[slot] = _UserKey(digest)
+        if before is not None:
+            if before.digest != _CHANGED:
+                self._drop_clients([before.digest])
+            self._forget_cost_entries(before.entries)
 
     def _call_end(
         self,
@@ -666,16 +668,14 @@ class LLMRouter:
             return
         digest = _litellm.key_digest(key)
         slot = (*reference, user_id)
-        recorded = self._users_keys_sent.get(slot)
-        if self._closed or (recorded is not None and recorded != digest):
+        recorded = self._users_keys.get(slot)
+        if self._closed or (recorded is not None and recorded.digest != digest):
             self._drop_clients([digest])
             self._forget_cost_entries(entries)
         elif recorded is None:  # removed, revoked or pushed out while the call went on
             self._forget_cost_entries(entries)  # (none another call or router still uses)
-        elif recorded == digest and entries:
-            held = self._users_cost_entries.get(slot)
-            known = held[1] if held is not None and held[0] == digest else frozenset()
-            self._users_cost_entries[slot] = (digest, known | entries)
+        else:
+            recorded.entries |= entries
 
     def _call_started(self, model: str, call: Mapping[str, Any]) -> frozenset[str]:
         """The cost-map entries litellm adds for a call carrying a credential of its own (none
@@ -754,12 +754,11 @@ class LLMRouter:
         old = []
         for name in change.fields:
             slot = (change.key.provider, name, change.key.user_id)
-            if slot in self._users_keys_sent:
-                old.append(self._users_keys_sent[slot])
-                self._users_keys_sent[slot] = _CHANGED  # a call in flight with the old key sees it
-            held = self._users_cost_entries.pop(slot, None)
-            if held is not None:
-                self._forget_cost_entries(held[1])
+            before = self._users_keys.get(slot)
+            if before is not None:
+                old.append(before.digest)
+                self._users_keys[slot] = _UserKey(_CHANGED)  # a call in flight with the old key sees it
+                self._forget_cost_entries(before.entries)
         self._drop_clients(digest for digest in old if digest != _CHANGED)
 
     async def _update_or_log(self, deployment: _Deployment, *, wait: bool = True) -> None:
@@ -838,8 +837,8 @@ class LLMRouter:
         for router in LLMRouter._open:
             for deployment in router._deployments.values():
                 stale -= _credentials(deployment.params)
-            for sent in _unordered_values(router._users_keys_sent):
-                stale.discard(sent)
+            for user_key in _unordered_values(router._users_keys):
+                stale.discard(user_key.digest)
         if stale:
             dropped = _litellm.drop_clients(stale)
             logger.debug("dropped %d cached LLM client(s) of keys no longer in use", dropped)
@@ -856,8 +855,8 @@ class LLMRouter:
         keep = set(self._calls_in_flight) | self._foreign_cost_entries
         for router in LLMRouter._open:
             keep.update(router._deployments, router._calls_in_flight, router._foreign_cost_entries)
-            for _, entries in _unordered_values(router._users_cost_entries):
-                keep.update(entries)
+            for user_key in _unordered_values(router._users_keys):
+                keep.update(user_key.entries)
         removed = _litellm.forget_cost_entries(ids, derived_from=origins, keep=keep)
         if removed:
             logger.debug("removed %d litellm cost-map entr(ies) no longer in use", removed)
@@ -892,10 +891,9 @@ class LLMRouter:
         for task in list(self._follow_ups):
             task.cancel()
         await asyncio.gather(*self._follow_ups, return_exceptions=True)
-        users = set(self._users_keys_sent.values()) - {_CHANGED}
+        users = {user_key.digest for user_key in _unordered_values(self._users_keys)} - {_CHANGED}
         self._drop_clients(self._credentials() | users)  # fallback groups' too
-        self._users_keys_sent.clear()
-        self._users_cost_entries.clear()
+        self._users_keys.clear()
         _litellm.discard(self.router)  # out of litellm's replay of live Routers' entries too
         self._forget_own_cost_entries()
 
