@@ -70,6 +70,7 @@ from dynamic_agents.transports import Transport
 from dynamic_agents.transports.base import (
     DEAD_LETTER_FIELD_PREFIX,
     DEAD_LETTER_PACKED_FIELD,
+    check_stream_option,
     parse_entry_id,
     unpack_fields,
 )
@@ -166,12 +167,7 @@ class DeadLetters:
     """
 
     def __init__(self, transport: Transport, *, stream: str | None = None) -> None:
-        if stream is not None and (not isinstance(stream, str) or not stream):
-            # "" used to mean the default stream: an operator aiming at another one would act on it
-            raise ConfigurationError(
-                "stream must be a non-empty stream name (or None: the transport's dead-letter "
-                f"stream), got {stream!r}"
-            )
+        stream = check_stream_option(stream, "dead-letter")
         self.transport = transport
         self.stream = stream if stream is not None else transport.names.dead_letters
         self._lock = asyncio.Lock()

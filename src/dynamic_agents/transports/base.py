@@ -155,6 +155,18 @@ def check_name(what: str, name: object) -> str:
     raise ConfigurationError(f"{what} must be a non-empty name without control characters, got {shown(name)}")
 
 
+def check_stream_option(stream: object, default: str) -> str | None:
+    """A ``stream=`` option naming another stream than the transport's ``default`` one (``None``):
+    an empty name, or anything but a str, is a :class:`ConfigurationError` (``""`` once meant the
+    default stream, so whoever aimed at another one would have acted on that one)."""
+    if stream is None or (isinstance(stream, str) and stream):
+        return stream
+    raise ConfigurationError(
+        f"stream must be a non-empty stream name (or None: the transport's {default} stream), "
+        f"got {shown(stream)}"
+    )
+
+
 def stream_names(names: object) -> StreamNames:
     """A transport's or coordinator's ``names``: ``None`` is the default :class:`StreamNames`;
     anything but a ``StreamNames`` (a prefix given in its place, ``"myapp"``) is a

@@ -34,7 +34,7 @@ from pydantic import ValidationError
 
 from dynamic_agents._logging import bind_ids, get_logger, log_context
 from dynamic_agents._redaction import redact_text
-from dynamic_agents._validation import invalid_fields, shown
+from dynamic_agents._validation import invalid_fields
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, ResponseStatus, Target
 from dynamic_agents.exceptions import (
     ConfigurationError,
@@ -58,6 +58,7 @@ from dynamic_agents.transports import (
     Subscription,
     Transport,
 )
+from dynamic_agents.transports.base import check_stream_option
 from dynamic_agents.worker.hooks import RunContext, WorkerHooks
 from dynamic_agents.worker.lifecycle import EventSink, LifecyclePublisher
 from dynamic_agents.worker.settings import SessionPolicy, WorkerSettings
@@ -115,12 +116,7 @@ class AgentWorker:
                 "settings must be a WorkerSettings (WorkerSettings(**mapping) from a mapping), "
                 f"got a {type(settings).__name__}"
             )
-        if stream is not None and (not isinstance(stream, str) or not stream):
-            # "" would read the transport's request stream: a worker aimed at another reads that one
-            raise ConfigurationError(
-                "stream must be a non-empty stream name (or None: the transport's request stream), "
-                f"got {shown(stream)}"
-            )
+        stream = check_stream_option(stream, "request")
         self.transport = transport
         self.coordinator = coordinator
         self.router = router
