@@ -73,6 +73,23 @@ async def test_reject_answers_busy_at_once(backend: Backend, settings: dict[str,
         await w.stop(grace=0)
 
 
+@pytest.mark.parametrize("holder", ["elsewhere", ""], ids=["named", "anonymous"])
+async def test_reject_answers_busy_when_the_session_is_held_elsewhere(backend: Backend, holder: str) -> None:
+    """Held by another worker's run, or by a lease taken without a holder (``acquire()``'s default,
+    which was read as free: the request waited for the lease instead)."""
+    transport = await backend.transport()
+    coordinator = transport.coordinator()
+    assert await coordinator.acquire("s1", 3600, holder=holder) is not None
+    timeline = Timeline()
+    w = worker(transport, timeline.executor(slow=set()), session_policy=SessionPolicy.REJECT)
+    async with w:
+        await transport.publish(backend.names.requests, request_event(backend.names, "second"))
+        await wait_for(lambda: _has_replies(transport, backend, 1))
+        (busy,) = await replies(transport, backend.names)
+        assert busy.status == ResponseStatus.REJECTED
+        assert timeline.runs() == []
+
+
 async def test_interrupt_cancels_the_running_run_then_runs_the_new_one(backend: Backend) -> None:
     transport = await backend.transport()
     timeline = Timeline()

@@ -247,20 +247,22 @@ async def test_a_request_past_max_deliveries_is_not_dead_lettered_while_its_sess
     assert await transport.pending(backend.names.requests, "dynamic-agents") == []
 
 
+@pytest.mark.parametrize("holder", ["hung-run", ""], ids=["named", "anonymous"])
 async def test_a_request_past_max_deliveries_is_handed_back_only_so_often_while_its_session_is_held(
-    backend: Backend,
+    backend: Backend, holder: str
 ) -> None:
     """A session held for ever (a hung run that keeps renewing its lease) kept a request past
     max_deliveries coming back every claim_min_idle for ever: once a run of it would have timed
     out (request_timeout more, in claim_min_idle steps, and one more) it is dead-lettered, with
-    its error reply, all the same."""
+    its error reply, all the same. A lease taken without a holder (``acquire()``'s default) holds
+    the session as well: it was read as free, and the request dead-lettered at once."""
     transport = await backend.transport()
     await transport.ensure_group(backend.names.requests, "dynamic-agents")
     await transport.publish(backend.names.requests, request_event(backend.names, "cursed"))
     crashed = Subscription(backend.names.requests, "dynamic-agents", "crashed", AgentRequestEvent, block=0)
     assert len(await transport.read(crashed, 1)) == 1  # its first delivery, to a consumer that died
     coordinator = transport.coordinator()
-    assert await coordinator.acquire("s1", 3600, holder="hung-run") is not None
+    assert await coordinator.acquire("s1", 3600, holder=holder) is not None
     w = worker(
         transport,
         coordinator=coordinator,

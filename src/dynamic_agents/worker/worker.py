@@ -597,7 +597,7 @@ class AgentWorker:
             busy_here = previous is not None and not previous.done()
             ours = read_claim is not None and read_claim.lease is not None  # no one else runs the session
             if policy is SessionPolicy.REJECT and (
-                busy_here or (not ours and await self.coordinator.holder(event.session_id))
+                busy_here or (not ours and await self.coordinator.holder(event.session_id) is not None)
             ):
                 await self._answer(
                     delivery,
@@ -712,7 +712,7 @@ class AgentWorker:
             await self._ack_duplicate(delivery)
             return True
         if delivery.delivery_count > self.settings.max_deliveries:
-            if self._may_hand_back(delivery) and await self.coordinator.holder(event.session_id):
+            if self._may_hand_back(delivery) and await self.coordinator.holder(event.session_id) is not None:
                 # Its session runs (this very request, maybe, on a worker that could not keep its
                 # entry fresh, under a lease that outlived claim_min_idle): a dead letter now would
                 # be a second answer beside that run's. Handed back for a later look instead.
