@@ -21,8 +21,12 @@ it and the other finds it gone. A transport without an atomic ``move`` publishes
 a crash between the two leaves a request both requeued and still dead-lettered — never a lost one —
 and requeueing that leftover is harmless for a request answered meanwhile, since the worker acks a
 request that has a completed-request record without running it. A request the worker dead-lettered
-for too many deliveries got an error reply and no record: requeued, it runs and gets a second,
-successful reply.
+for too many deliveries got an error reply and a completed-request record naming it (so a platform's
+retry of the request is acked, not run and dead-lettered again); requeueing it deletes that record
+first — only that one: a record a later answer wrote stays, and the requeued request is acked — so
+it runs and gets a second, successful reply. (A crash between the two, or a requeue that finds the
+letter gone, leaves the record deleted: a retry of the request then runs again, as it would have
+without the record.)
 
 An undecodable entry requeued unchanged is dead-lettered again by the next worker that reads it;
 requeue those only after fixing what could not read them (a codec or schema upgrade).
@@ -118,7 +122,9 @@ class DeadLetter:
     :meth:`DeadLetters.purge` take); ``origin_stream`` and ``origin_entry_id`` say where the request
     was, ``group`` and ``consumer`` who held it, ``delivery_count`` how often it had been delivered.
     ``fields`` are the original entry's fields (without ``dead_letter.*``); ``request`` is the request
-    decoded from them, or ``None`` with ``decode_error`` saying why. Fields missing from an entry
+    decoded from them, or ``None`` with ``decode_error`` saying why. ``response_id`` names the error
+    reply whose completed-request record the dead-lettering wrote (``None`` if it wrote none): what
+    :meth:`DeadLetters.requeue` deletes. Fields missing from an entry
     someone wrote by hand read as empty strings and ``0``; ``dead_at`` then falls back to the time
     in the entry id.
     """
@@ -134,6 +140,7 @@ class DeadLetter:
     request: AgentRequestEvent | None
     decode_error: str | None
     fields: Mapping[bytes, bytes] = field(repr=False, compare=False)
+    response_id: str | None = None
 
     @property
     def kind(self) -> str:
@@ -170,6 +177,7 @@ class DeadLetters:
         stream = check_stream_option(stream, "dead-letter")
         self.transport = transport
         self.stream = stream if stream is not None else transport.names.dead_letters
+        self._coordinator = transport.coordinator()  # shares the transport's client: nothing to close
         self._lock = asyncio.Lock()
 
     def __repr__(self) -> str:
@@ -267,6 +275,9 @@ class DeadLetters:
             )
         if not letter.fields:
             raise RequeueError(letter.id, self.stream, "it has no original fields to put back")
+        if letter.request is not None and letter.response_id is not None:
+            # Before the move, or a worker could read the requeued request and find it answered.
+            await self._coordinator.delete_record(letter.request.id, response_id=letter.response_id)
         new_id = await self.transport.move(self.stream, letter.id, letter.origin_stream, letter.fields)
         if new_id is None:
             logger.info("dead letter %s was requeued or purged by someone else meanwhile", letter.id)
@@ -379,6 +390,7 @@ class DeadLetters:
             request=request,
             decode_error=decode_error,
             fields=original,
+            response_id=meta.get("response_id") or None,
         )
 
 

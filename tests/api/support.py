@@ -12,10 +12,10 @@ from fastapi import FastAPI
 
 from dynamic_agents.agents import AgentRuntime, InMemorySpecStore, ToolRegistry
 from dynamic_agents.api import create_api_router
-from dynamic_agents.events import AgentRequestEvent, Target, TargetType
+from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, ResponseStatus, Target, TargetType
 from dynamic_agents.routing import EventRouter, RoutingRule
 from dynamic_agents.testing import InMemoryTransport, ScriptedModels
-from dynamic_agents.transports import Subscription, Transport
+from dynamic_agents.transports import Reply, Subscription, Transport
 
 TOKEN = "test-token"
 BASE = "http://api.test"
@@ -48,13 +48,21 @@ def request_event(content: str = "hi") -> AgentRequestEvent:
     return AgentRequestEvent(source="discord", source_id="c1", user_id="u1", content=content)
 
 
-async def dead_letter(transport: Transport, reason: str = "poison: tool exploded") -> str:
-    """A request on the request stream, read by a consumer and dead-lettered the way workers do."""
+async def dead_letter(
+    transport: Transport, reason: str = "poison: tool exploded", *, answered_with: str | None = None
+) -> str:
+    """A request on the request stream, read by a consumer and dead-lettered; ``answered_with``: an
+    error reply with that content and its completed-request record too, the way workers do."""
     stream = transport.names.requests
     await transport.ensure_group(stream, "workers")
-    await transport.publish(stream, request_event("cursed"))
+    event = request_event("cursed")
+    await transport.publish(stream, event)
     (delivery,) = await transport.read(Subscription(stream, "workers", "w1", AgentRequestEvent, block=0), 1)
-    assert await transport.dead_letter(delivery, reason)
+    if answered_with is None:
+        assert await transport.dead_letter(delivery, reason)
+    else:
+        error = AgentResponseEvent(id=answered_with, request_id=event.id, status=ResponseStatus.ERROR)
+        assert await transport.dead_letter(delivery, reason, Reply(error, None), record_ttl=60)
     return await transport.last_entry_id(transport.names.dead_letters)
 
 

@@ -1038,7 +1038,7 @@ async def test_cancel_flags_the_request(stack: Stack) -> None:
 async def test_dead_letters_list_requeue_and_purge(stack: Stack) -> None:
     client, transport = stack.client, stack.transport
     assert (await client.get(f"{V1}/dead-letters")).json() == []
-    first = await dead_letter(transport, "poison: tool exploded")
+    first = await dead_letter(transport, "poison: tool exploded", answered_with="error-reply-1")
     second = await dead_letter(transport, "manual")
 
     letters = (await client.get(f"{V1}/dead-letters")).json()
@@ -1053,7 +1053,10 @@ async def test_dead_letters_list_requeue_and_purge(stack: Stack) -> None:
     assert letter["request"]["content"] == "cursed"
     assert letter["decode_error"] is None
     assert letter["dead_at"]
+    assert [item["response_id"] for item in letters] == ["error-reply-1", None]
     assert [item["id"] for item in (await client.get(f"{V1}/dead-letters?limit=1")).json()] == [first]
+    request_id = letter["request"]["id"]
+    assert await transport.coordinator().get_record(request_id) is not None
 
     last = await transport.last_entry_id(transport.names.requests)
     requeued = await client.post(f"{V1}/dead-letters/{first}/requeue")
@@ -1061,6 +1064,7 @@ async def test_dead_letters_list_requeue_and_purge(stack: Stack) -> None:
     new_id = requeued.json()["requeued_as"]
     (entry,) = await transport.read_stream(transport.names.requests, AgentRequestEvent, after=last)
     assert (entry.entry_id, entry.event.content) == (new_id, "cursed")
+    assert await transport.coordinator().get_record(request_id) is None  # so the requeued one runs
 
     purged = await client.delete(f"{V1}/dead-letters/{second}")
     assert (purged.status_code, purged.content) == (204, b"")

@@ -91,7 +91,7 @@ def attribute_text(spans: Sequence[ReadableSpan]) -> str:
 class TakenBeforeDeadLettering(InMemoryTransport):
     """Another consumer takes the entry (and settles it) just as this worker would set it aside."""
 
-    async def dead_letter(self, delivery: Any, reason: str, reply: Any = None) -> bool:
+    async def dead_letter(self, delivery: Any, reason: str, reply: Any = None, **options: Any) -> bool:
         await self.ack(delivery)  # what the other consumer did with it
         return False
 

@@ -520,6 +520,89 @@ class TransportContract:
         assert reply.event == error
         assert await transport.pending(backend.stream(), "workers") == []
 
+    async def test_dead_letter_with_a_record_ttl_writes_the_record_naming_its_reply(
+        self, backend: Backend
+    ) -> None:
+        """The record is written in the same step, as ``complete`` writes one: a later delivery of
+        the request (a platform's retry) is then answered, not run and dead-lettered again."""
+        transport, coordinator, event, delivery = await one_delivery(backend)
+        reply_stream = backend.names.responses("discord", "42")
+        error = AgentResponseEvent(request_id=event.id, status=ResponseStatus.ERROR, error_message="gave up")
+
+        assert await transport.dead_letter(delivery, "poison", Reply(error, reply_stream), record_ttl=60)
+
+        (reply,) = await transport.read_stream(reply_stream, AgentResponseEvent)
+        record = await coordinator.get_record(event.id)
+        assert record is not None
+        assert (record.request_id, record.response_id, record.status) == (event.id, error.id, "error")
+        assert (record.reply_stream, record.reply_entry_id) == (reply_stream, reply.entry_id)
+        (dead,) = await transport.read_stream(backend.names.dead_letters, AgentRequestEvent)
+        assert dead.fields[b"dead_letter.response_id"] == error.id.encode()
+        await transport.publish(backend.stream(), event)  # the platform retries it, twice
+        await transport.publish(backend.stream(), event)
+        retry, late_run = await transport.read(backend.subscription(), 2)
+        assert (await coordinator.claim(event.session_id, [event.id], ttl=60)).status == ClaimStatus.ANSWERED
+        assert not await transport.dead_letter(retry, "poison", Reply(error, reply_stream), record_ttl=60)
+        assert len(await transport.read_stream(backend.names.dead_letters, AgentRequestEvent)) == 1
+        # a run of it that went on elsewhere answers nothing: the dead letter's answer stands
+        completion = await transport.complete(
+            late_run, Reply(response_to(event), reply_stream), record_ttl=60
+        )
+        assert (completion.created, completion.record) == (False, record)
+        assert len(await transport.read_stream(reply_stream, AgentResponseEvent)) == 1
+        assert await transport.pending(backend.stream(), "workers") == []
+
+    async def test_dead_letter_keeps_its_record_record_ttl_seconds(self, backend: Backend) -> None:
+        transport, coordinator, event, delivery = await one_delivery(backend)
+        error = AgentResponseEvent(request_id=event.id, status=ResponseStatus.ERROR, error_message="gave up")
+        assert await transport.dead_letter(
+            delivery, "poison", Reply(error, None), record_ttl=backend.min_idle
+        )
+        record = await coordinator.get_record(event.id)
+        assert record is not None
+        assert (record.response_id, record.reply_stream, record.reply_entry_id) == (error.id, None, None)
+        await backend.advance(backend.min_idle * 1.5)
+        assert await coordinator.get_record(event.id) is None
+
+    async def test_dead_letter_without_a_record_ttl_writes_no_record(self, backend: Backend) -> None:
+        transport, coordinator, event, delivery = await one_delivery(backend)
+        error = AgentResponseEvent(request_id=event.id, status=ResponseStatus.ERROR, error_message="gave up")
+        assert await transport.dead_letter(delivery, "poison", Reply(error, None))
+        assert await coordinator.get_record(event.id) is None
+        (dead,) = await transport.read_stream(backend.names.dead_letters, AgentRequestEvent)
+        assert b"dead_letter.response_id" not in dead.fields
+
+    async def test_an_undecodable_entry_dead_lettered_with_a_record_ttl_has_no_record(
+        self, backend: Backend
+    ) -> None:
+        """No request id, no record: its reply (if any) is still written."""
+        transport = await backend.transport()
+        await transport.ensure_group(backend.stream(), "workers")
+        await transport.publish_fields(backend.stream(), {"__data__": b"junk"})
+        (delivery,) = await transport.read(backend.subscription(dead_letter_undecodable=False), 1)
+        assert delivery.message is None
+        reply = Reply(AgentResponseEvent(request_id="unknown", content="?"), None)
+        assert await transport.dead_letter(delivery, "undecodable", reply, record_ttl=60)
+        assert await transport.coordinator().get_record("unknown") is None
+        (dead,) = await transport.read_stream(backend.names.dead_letters, AgentRequestEvent)
+        assert b"dead_letter.response_id" not in dead.fields
+
+    @pytest.mark.parametrize("ttl", [0, -1.0, float("nan"), float("inf")])
+    async def test_dead_letter_refuses_a_bad_record_ttl_and_changes_nothing(
+        self, backend: Backend, ttl: float
+    ) -> None:
+        transport, coordinator, event, delivery = await one_delivery(backend)
+        reply = Reply(response_to(event), None)
+        with pytest.raises(
+            ConfigurationError, match=f"record_ttl must be a finite number of seconds > 0, got {ttl}"
+        ):
+            await transport.dead_letter(delivery, "poison", reply, record_ttl=ttl)
+        with pytest.raises(ConfigurationError, match=r"record_ttl=\.\.\.\) needs a reply"):
+            await transport.dead_letter(delivery, "poison", record_ttl=60)
+        assert await transport.read_stream(backend.names.dead_letters, AgentRequestEvent) == []
+        assert await coordinator.get_record(event.id) is None
+        assert len(await transport.pending(backend.stream(), "workers")) == 1
+
     async def test_dead_letter_twice_writes_once(self, backend: Backend) -> None:
         transport = await backend.transport()
         await published(backend, transport, request())
@@ -1135,6 +1218,48 @@ class CoordinatorContract:
         assert claim.status == ClaimStatus.LEASED
         with pytest.raises(TransportError, match="WRONGTYPE"):
             await coordinator.get_record("req-1")
+
+    async def test_delete_record_deletes_only_the_record_naming_the_response(self, backend: Backend) -> None:
+        coordinator = await self.coordinator(backend)
+        record = CompletedRecord("req-1", "resp-1", "error", "replies", "1-0", 1_700_000_000.5)
+        assert not await coordinator.delete_record("req-1", response_id="resp-1")  # none there
+        assert await coordinator.set_record(record, ttl=60)
+        assert not await coordinator.delete_record("req-1", response_id="resp-2")  # a later answer's
+        assert await coordinator.get_record("req-1") == record
+        assert await coordinator.delete_record("req-1", response_id="resp-1")
+        assert await coordinator.get_record("req-1") is None
+        assert await coordinator.set_record(record, ttl=60)  # deleted: it can be written again
+
+    async def test_delete_record_without_a_response_id_deletes_whatever_is_there(
+        self, backend: Backend
+    ) -> None:
+        coordinator = await self.coordinator(backend)
+        assert not await coordinator.delete_record("req-1")
+        await coordinator.set_record(CompletedRecord("req-1", "resp-1", "completed", None, None, 0.0), 60)
+        assert await coordinator.delete_record("req-1")
+        assert await coordinator.get_record("req-1") is None
+        await backend.write_string(backend.names.completed_record("req-2"), "not a record")
+        assert await coordinator.delete_record("req-2")
+        assert (await coordinator.claim("s", ["req-2"], ttl=60)).status == ClaimStatus.LEASED
+
+    @pytest.mark.parametrize("stored", ["not a record", "[1, 2]", '{"response_id": 5}', '"resp-1"'])
+    async def test_delete_record_keeps_a_string_that_names_no_response(
+        self, backend: Backend, stored: str
+    ) -> None:
+        coordinator = await self.coordinator(backend)
+        await backend.write_string(backend.names.completed_record("req-1"), stored)
+        assert not await coordinator.delete_record("req-1", response_id="resp-1")
+        assert (await coordinator.claim("s", ["req-1"], ttl=60)).status == ClaimStatus.ANSWERED
+
+    async def test_delete_record_of_a_key_holding_another_type_is_an_error(self, backend: Backend) -> None:
+        coordinator = await self.coordinator(backend)
+        transport = await backend.transport()
+        await transport.publish(backend.names.completed_record("req-1"), request("squatter"))
+        with pytest.raises(TransportError, match="WRONGTYPE"):
+            await coordinator.delete_record("req-1", response_id="resp-1")
+        assert (
+            len(await transport.read_stream(backend.names.completed_record("req-1"), AgentRequestEvent)) == 1
+        )
 
     @pytest.mark.parametrize("ttl", [float("nan"), float("inf")])
     async def test_a_ttl_that_is_not_a_finite_number_is_refused(self, backend: Backend, ttl: float) -> None:

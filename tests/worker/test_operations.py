@@ -145,10 +145,12 @@ async def test_summary_counts_by_reason_and_origin(backend: Backend) -> None:
 async def test_a_requeued_request_is_answered_exactly_once(backend: Backend) -> None:
     transport = await backend.transport()
     request, origin_id, _ = await dead_past_max_deliveries(backend, transport)
-    # Dead-lettering answered it with an error reply, and wrote no completed-request record.
+    # Dead-lettering answered it with an error reply, and a completed-request record naming it.
     (error_reply,) = await replies(transport, backend.names)
     assert (error_reply.request_id, error_reply.status) == (request.id, ResponseStatus.ERROR)
-    assert await transport.coordinator().get_record(request.id) is None
+    record = await transport.coordinator().get_record(request.id)
+    assert record is not None
+    assert record.response_id == error_reply.id
 
     # The fault (a worker dying on it) is gone: requeue it.
     dead = DeadLetters(transport)
@@ -185,6 +187,81 @@ async def test_a_requeued_request_is_answered_exactly_once(backend: Backend) -> 
     await again.run_until_idle()
     assert (again.stats.duplicates, again.stats.completed) == (1, 0)
     assert len(await replies(transport, backend.names)) == 2
+
+
+async def test_a_platform_retry_of_a_dead_lettered_request_is_not_run_until_requeued(
+    backend: Backend,
+) -> None:
+    """The retry (the same request, a new entry) finds the dead letter's record: acked as answered,
+    neither run (it could crash workers again) nor answered a second time. Requeueing runs it."""
+    transport = await backend.transport()
+    request, _, _ = await dead_past_max_deliveries(backend, transport)
+    await transport.publish(backend.names.requests, request)
+    w = worker(transport)
+    await w.run_until_idle()
+    assert (w.stats.duplicates, w.stats.completed, w.stats.dead_lettered) == (1, 0, 0)
+    assert [reply.status for reply in await replies(transport, backend.names)] == [ResponseStatus.ERROR]
+    assert await transport.pending(backend.names.requests, GROUP) == []
+
+    dead = DeadLetters(transport)
+    (letter,) = await dead.list()
+    await dead.requeue(letter.id)
+    await w.run_until_idle()
+    assert (w.stats.duplicates, w.stats.completed) == (1, 1)
+    assert [reply.status for reply in await replies(transport, backend.names)] == [
+        ResponseStatus.ERROR,
+        ResponseStatus.COMPLETED,
+    ]
+
+
+async def test_requeue_keeps_a_record_a_later_answer_wrote(backend: Backend) -> None:
+    """The dead letter's record expired and a retry was answered meanwhile: requeueing must not
+    delete that answer's record, so the requeued request is acked, not answered a third time."""
+    transport = await backend.transport()
+    request, _, _ = await dead_past_max_deliveries(backend, transport)
+    coordinator = transport.coordinator()
+    dead_record = await coordinator.get_record(request.id)
+    assert dead_record is not None
+    assert await coordinator.delete_record(request.id)  # as if expired
+    await transport.publish(backend.names.requests, request)
+    w = worker(transport)
+    await w.run_until_idle()
+    answered = await coordinator.get_record(request.id)
+    assert answered is not None
+    assert answered.response_id != dead_record.response_id
+
+    dead = DeadLetters(transport)
+    (letter,) = await dead.list()
+    assert letter.response_id == dead_record.response_id
+    await dead.requeue(letter.id)
+    await w.run_until_idle()
+    assert (w.stats.completed, w.stats.duplicates) == (1, 1)
+    assert await coordinator.get_record(request.id) == answered
+    assert len(await replies(transport, backend.names)) == 2
+
+
+async def test_requeueing_a_dead_letter_of_an_older_version_deletes_no_record(backend: Backend) -> None:
+    """A dead letter without ``dead_letter.response_id`` (an undecodable one, one written by hand or
+    before records were written) deletes nothing: a record there is an answer."""
+    transport = await backend.transport()
+    request, _, _ = await dead_past_max_deliveries(backend, transport)
+    dead = DeadLetters(transport)
+    (letter,) = await dead.list()
+    record = await transport.coordinator().get_record(request.id)
+    old_style = {
+        key: value
+        for key, value in (await transport.read_stream(dead.stream, AgentRequestEvent))[0].fields.items()
+        if key != b"dead_letter.response_id"
+    }
+    await dead.purge(letter.id)
+    await transport.publish_fields(dead.stream, old_style)
+    (old,) = await dead.list()
+    assert old.response_id is None
+    await dead.requeue(old.id)
+    assert await transport.coordinator().get_record(request.id) == record
+    w = worker(transport)
+    await w.run_until_idle()
+    assert (w.stats.duplicates, w.stats.completed) == (1, 0)
 
 
 async def test_concurrent_requeues_of_one_dead_letter_publish_it_once(backend: Backend) -> None:

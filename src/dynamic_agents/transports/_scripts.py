@@ -303,11 +303,13 @@ return {claimed, mget(checks)}
 #       key[, reply stream]
 # ARGV: group, entry id, consumer, n dead-letter pairs, reply maxlen or '', reply expire ms or '',
 #       check record ('1' or '0'), reply channel or '', channel payload, marker ttl ms,
+#       record ttl ms or '' (write no record), the record up to its reply entry id,
 #       n dead-letter field/value pairs…, reply field/value pairs…
 # Returns {1, dead-letter id}, {0, 'not-held'} (also when the group is gone) or {0, 'answered'} (then
 # the entry is only acked). The marker (a key naming this call, set to the dead-letter id for a
 # while) lets a retry of a call whose reply was lost, which finds the entry no longer held, report
-# what its first attempt wrote.
+# what its first attempt wrote. With a record ttl, the request's completed-request record is written
+# as COMPLETE writes it (naming the reply entry, if any).
 DEAD_LETTER: Final = (
     "#!lua\n"
     + _CHECK_STREAM
@@ -331,22 +333,34 @@ if KEYS[5] then
   err = check_stream(KEYS[5])
   if err then return err end
 end
-local last = 10 + 2 * tonumber(ARGV[4])
-local dead_id = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 11, last))
+local last = 12 + 2 * tonumber(ARGV[4])
+local dead_id = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 13, last))
+local reply_id = ''
 if KEYS[5] then
   if ARGV[5] ~= '' then
-    redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[5], '*', unpack(ARGV, last + 1))
+    reply_id = redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[5], '*', unpack(ARGV, last + 1))
   else
-    redis.call('XADD', KEYS[5], '*', unpack(ARGV, last + 1))
+    reply_id = redis.call('XADD', KEYS[5], '*', unpack(ARGV, last + 1))
   end
   if ARGV[6] ~= '' then redis.call('PEXPIRE', KEYS[5], ARGV[6]) end
 end
+if ARGV[11] ~= '' then redis.call('SET', KEYS[3], ARGV[12] .. reply_id .. '"}', 'PX', ARGV[11]) end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('SET', KEYS[4], dead_id, 'PX', ARGV[10])
 if ARGV[8] ~= '' then redis.call('PUBLISH', ARGV[8], ARGV[9]) end
 return {1, dead_id}
 """
 )
+
+# KEYS[1] a completed-request record key; ARGV[1] a response id. Deletes the record if it names that
+# response (a record that is not a JSON object names none); returns 1 if deleted, else 0.
+DELETE_RECORD: Final = """#!lua
+local stored = redis.call('GET', KEYS[1])
+if not stored then return 0 end
+local ok, record = pcall(cjson.decode, stored)
+if not ok or type(record) ~= 'table' or record['response_id'] ~= ARGV[1] then return 0 end
+return redis.call('DEL', KEYS[1])
+"""
 
 # KEYS[1] source stream, KEYS[2] destination stream, KEYS[3] the call's marker key; ARGV: entry
 # id, marker ttl ms, then field, value…

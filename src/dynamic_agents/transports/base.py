@@ -609,10 +609,25 @@ class Transport(_AsyncResource):
         without counting a new delivery. Returns the deliveries it no longer holds (lost)."""
 
     @abstractmethod
-    async def dead_letter(self, delivery: Delivery[Any], reason: str, reply: Reply | None = None) -> bool:
+    async def dead_letter(
+        self,
+        delivery: Delivery[Any],
+        reason: str,
+        reply: Reply | None = None,
+        *,
+        record_ttl: float | None = None,
+    ) -> bool:
         """Atomically: copy the entry to the dead-letter stream with ``reason``, delivery count and
         consumer, write ``reply`` if given, and ack. Does nothing and returns false if this consumer
-        no longer holds the entry, or the request was already answered (then it only acks)."""
+        no longer holds the entry, or the request was already answered (then it only acks).
+
+        With ``record_ttl`` (it needs a ``reply``), a decoded request's completed-request record is
+        written in the same step, naming the reply and kept ``record_ttl`` seconds: a later delivery
+        of the request (a platform's retry of it, a run that lost its entry) is then acked as
+        answered instead of running and being answered again. The dead letter names the reply in
+        ``dead_letter.response_id``, and requeueing it deletes that record
+        (:meth:`Coordinator.delete_record`), so the requeued request runs.
+        """
 
     @abstractmethod
     async def complete(
@@ -767,6 +782,11 @@ class Coordinator(_AsyncResource):
     async def set_record(self, record: CompletedRecord, ttl: float) -> bool:
         """Store a record unless one exists for the request; true if stored."""
 
+    @abstractmethod
+    async def delete_record(self, request_id: str, *, response_id: str | None = None) -> bool:
+        """Delete the completed-request record of ``request_id`` — only if it names
+        ``response_id`` as the request's answer, when given (as one step); true if deleted."""
+
     async def aclose(self) -> None:
         """Release what the coordinator owns (nothing, when it shares a transport's client)."""
 
@@ -832,6 +852,17 @@ def record_key_of(names: StreamNames, delivery: Delivery[Any]) -> str | None:
     return names.completed_record(delivery.message.event.id)
 
 
+def dead_letter_record_ttl(record_ttl: float | None, reply: Reply | None) -> float | None:
+    """``dead_letter``'s ``record_ttl``, checked: seconds, and only with a reply (the record names it)."""
+    if record_ttl is None:
+        return None
+    if reply is None:
+        raise ConfigurationError(
+            "dead_letter(record_ttl=...) needs a reply: the completed-request record names it"
+        )
+    return check_seconds("record_ttl", record_ttl)
+
+
 def stored_record(record: CompletedRecord) -> str:
     """A completed-request record as a record key holds it (a string on every backend): the JSON
     object of :meth:`CompletedRecord.to_fields`."""
@@ -873,8 +904,11 @@ def unpack_fields(packed: bytes) -> dict[bytes, bytes]:
     return fields
 
 
-def dead_letter_fields(delivery: Delivery[Any], reason: str, now: float) -> Mapping[bytes, bytes]:
-    """The original fields plus ``dead_letter.*`` fields saying where, when, who and why.
+def dead_letter_fields(
+    delivery: Delivery[Any], reason: str, now: float, *, response_id: str | None = None
+) -> Mapping[bytes, bytes]:
+    """The original fields plus ``dead_letter.*`` fields saying where, when, who and why (and
+    ``response_id``, the reply whose completed-request record the dead-lettering wrote).
 
     An entry with too many fields (:data:`DEAD_LETTER_MAX_FIELDS`) has them packed into one,
     :data:`DEAD_LETTER_PACKED_FIELD` (:func:`unpack_fields` reads it back), so it can still be
@@ -891,6 +925,8 @@ def dead_letter_fields(delivery: Delivery[Any], reason: str, now: float) -> Mapp
         "delivery_count": str(delivery.delivery_count),
         "dead_at": repr(now),
     }
+    if response_id is not None:
+        extra["response_id"] = response_id
     fields = dict(delivery.fields)
     if len(fields) + len(extra) > DEAD_LETTER_MAX_FIELDS or any(
         name.startswith(_DEAD_LETTER_PREFIX) for name in fields

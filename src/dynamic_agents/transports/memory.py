@@ -11,6 +11,7 @@ only ``block`` waits use real time. Everything a transport writes in one call ha
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -40,6 +41,7 @@ from dynamic_agents.transports.base import (
     check_read_count,
     check_ttl,
     dead_letter_fields,
+    dead_letter_record_ttl,
     decode_entry,
     delivered,
     encoded_fields,
@@ -428,8 +430,16 @@ class InMemoryTransport(Transport):
                 pending.delivered_at = now
         return lost
 
-    async def dead_letter(self, delivery: Delivery[Any], reason: str, reply: Reply | None = None) -> bool:
+    async def dead_letter(
+        self,
+        delivery: Delivery[Any],
+        reason: str,
+        reply: Reply | None = None,
+        *,
+        record_ttl: float | None = None,
+    ) -> bool:
         self._check_open()
+        record_ttl = dead_letter_record_ttl(record_ttl, reply)
         if delivery.settled or self._held(delivery) is None:
             return False
         record_key = record_key_of(self.names, delivery)
@@ -438,9 +448,16 @@ class InMemoryTransport(Transport):
             return False
         self.server._check_stream_type(self.names.dead_letters)
         reply_fields = self._check_reply(reply)
+        now = self.clock.time()
+        recorded = record_key is not None and record_ttl is not None
+        response_id = reply.event.id if reply is not None and recorded else None
         # Every check passed: the writes below cannot fail.
-        self.server.xadd(self.names.dead_letters, dead_letter_fields(delivery, reason, self.clock.time()))
-        self._write_reply(reply, reply_fields)
+        self.server.xadd(
+            self.names.dead_letters, dead_letter_fields(delivery, reason, now, response_id=response_id)
+        )
+        reply_id = self._write_reply(reply, reply_fields)
+        if reply is not None and record_key is not None and record_ttl is not None:
+            self._store_record(record_key, reply, reply_id, now, record_ttl)
         self._ack(delivery)
         self.stats.dead_lettered += 1
         return True
@@ -467,19 +484,25 @@ class InMemoryTransport(Transport):
         reply_fields = self._check_reply(reply)
         # Every check passed: the writes below cannot fail.
         reply_id = self._write_reply(reply, reply_fields)
+        record = self._store_record(record_key, reply, reply_id, self.clock.time(), record_ttl)
+        self.stats.acked += self._ack(delivery)
+        self._drop_lease(lease_key, owned)
+        return Completion(record, created=True)
+
+    def _store_record(
+        self, key: str, reply: Reply, reply_id: str | None, completed_at: float, ttl: float
+    ) -> CompletedRecord:
         record = CompletedRecord(
             request_id=reply.event.request_id,
             response_id=reply.event.id,
             status=str(reply.event.status),
             reply_stream=reply.stream,
             reply_entry_id=reply_id,
-            completed_at=self.clock.time(),
+            completed_at=completed_at,
         )
-        self.server._keys[record_key] = stored_record(record)
-        self.server.expire(record_key, record_ttl)
-        self.stats.acked += self._ack(delivery)
-        self._drop_lease(lease_key, owned)
-        return Completion(record, created=True)
+        self.server._keys[key] = stored_record(record)
+        self.server.expire(key, ttl)
+        return record
 
     def _drop_lease(self, key: str | None, owned: bool) -> None:
         if key is not None and owned:
@@ -661,3 +684,25 @@ class InMemoryCoordinator(Coordinator):
         self.server._keys[key] = stored_record(record)
         self.server.expire(key, ttl)
         return True
+
+    async def delete_record(self, request_id: str, *, response_id: str | None = None) -> bool:
+        key = self.names.completed_record(request_id)
+        if response_id is None:  # DEL: a key of any type
+            if self.server._get(key) is None:
+                return False
+        else:
+            stored = self.server._record(key)
+            if stored is None or _response_id(stored) != response_id:
+                return False
+        self.server.delete(key)
+        return True
+
+
+def _response_id(stored: str) -> object:
+    """The response a stored record names; ``None`` for one that is not a JSON object (as
+    ``DELETE_RECORD`` reads it)."""
+    try:
+        value = json.loads(stored)
+    except ValueError:
+        return None
+    return value.get("response_id") if isinstance(value, dict) else None

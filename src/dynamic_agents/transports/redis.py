@@ -63,6 +63,7 @@ from dynamic_agents.transports.base import (
     check_read_count,
     check_ttl,
     dead_letter_fields,
+    dead_letter_record_ttl,
     decode_entry,
     delivered,
     encoded_fields,
@@ -660,11 +661,24 @@ class RedisStreamsTransport(Transport):
         held = await self._set_idle(deliveries, 0.0)
         return [delivery for delivery in deliveries if delivery.entry_id not in held]
 
-    async def dead_letter(self, delivery: Delivery[Any], reason: str, reply: Reply | None = None) -> bool:
+    async def dead_letter(
+        self,
+        delivery: Delivery[Any],
+        reason: str,
+        reply: Reply | None = None,
+        *,
+        record_ttl: float | None = None,
+    ) -> bool:
+        record_ttl = dead_letter_record_ttl(record_ttl, reply)
         if delivery.settled:
             return False
         record_key = record_key_of(self.names, delivery)
-        dead_fields = dead_letter_fields(delivery, reason, self.clock.time())
+        now = self.clock.time()
+        record_head, response_id = "", None
+        if reply is not None and record_key is not None and record_ttl is not None:
+            event, response_id = reply.event, reply.event.id
+            record_head = _record_head(event.request_id, event.id, str(event.status), reply.stream, now)
+        dead_fields = dead_letter_fields(delivery, reason, now, response_id=response_id)
         keys = [
             delivery.stream,
             self.names.dead_letters,
@@ -687,6 +701,8 @@ class RedisStreamsTransport(Transport):
             (reply.channel or "") if reply is not None else "",
             envelope if reply is not None and reply.channel else b"",
             self._marker_ms,
+            _ms(record_ttl) if response_id is not None and record_ttl is not None else "",
+            record_head,
             *_flatten(dead_fields),
             *reply_args,
         ]
@@ -1095,6 +1111,7 @@ class RedisCoordinator(Coordinator):
         self._retry = retry or _RetryPolicy(ExponentialWithJitterBackoff(cap=5.0, base=0.05), 30.0)
         self._renew = client.register_script(_scripts.RENEW_LEASE)
         self._release = client.register_script(_scripts.RELEASE_LEASE)
+        self._delete_record = client.register_script(_scripts.DELETE_RECORD)
         self._claims = BatchCommands(_pack_claims, _unpack_claims)
         self._owns_pipeline = pipeline is None  # else the transport's, closed with it
         self._pipeline = pipeline or AutoPipeline(client, timeout=self._retry.timeout)
@@ -1212,6 +1229,15 @@ class RedisCoordinator(Coordinator):
         value, ttl_ms = stored_record(record), _ms(check_ttl(ttl))
         stored = await self._do("store a record", lambda: self.client.set(key, value, nx=True, px=ttl_ms))
         return bool(stored)
+
+    async def delete_record(self, request_id: str, *, response_id: str | None = None) -> bool:
+        key = self.names.completed_record(request_id)
+        if response_id is None:
+            deleted: object = await self._do("delete a record", lambda: self.client.delete(key))
+        else:
+            args = [response_id]
+            deleted = await self._do("delete a record", lambda: self._delete_record(keys=[key], args=args))
+        return bool(_int(deleted))
 
     def _do(
         self,

@@ -4,7 +4,8 @@ For each entry of the request stream (read through a consumer group, never more 
 
 1. an entry that did not decode was dead-lettered by the transport: counted, nothing else;
 2. a redelivered request with a completed-request record was answered before: acked, not run again;
-3. past ``max_deliveries``: dead-lettered, with an error reply, atomically;
+3. past ``max_deliveries``: dead-lettered, with an error reply and a completed-request record
+   naming it (a platform's retry of the request is then acked, not run), atomically;
 4. routed (no route → an error reply), then claimed — answered before? cancelled? else the
    session's lease, in one round trip (:meth:`Coordinator.claim`), or in the read's own when the
    transport claimed on read (``claim_on_read``) — and run under that lease:
@@ -1172,7 +1173,9 @@ class AgentWorker:
         if self.hooks:
             reply = await self._reply_with_hook_headers(delivery, reply)
         self._let_go(delivery)
-        written = await self.transport.dead_letter(delivery, reason, reply)
+        written = await self.transport.dead_letter(
+            delivery, reason, reply, record_ttl=self.settings.record_ttl
+        )
         if written:
             self.stats.dead_lettered += 1
             logger.warning("request %s dead-lettered: %s", event.id, reason)
