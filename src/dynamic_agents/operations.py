@@ -26,7 +26,8 @@ retry of the request is acked, not run and dead-lettered again); requeueing it d
 first — only that one: a record a later answer wrote stays, and the requeued request is acked — so
 it runs and gets a second, successful reply. (A crash between the two, or a requeue that finds the
 letter gone, leaves the record deleted: a retry of the request then runs again, as it would have
-without the record.)
+without the record.) Purging a dead letter leaves its record: the request stays answered, its
+retries acked, until the record expires (``WorkerSettings.record_ttl``, a week by default).
 
 An undecodable entry requeued unchanged is dead-lettered again by the next worker that reads it;
 requeue those only after fixing what could not read them (a codec or schema upgrade).

@@ -214,6 +214,21 @@ async def test_a_platform_retry_of_a_dead_lettered_request_is_not_run_until_requ
     ]
 
 
+async def test_purging_a_dead_letter_leaves_the_request_answered(backend: Backend) -> None:
+    transport = await backend.transport()
+    request, _, _ = await dead_past_max_deliveries(backend, transport)
+    dead = DeadLetters(transport)
+    (letter,) = await dead.list()
+    assert await dead.purge(letter.id) == 1
+    record = await transport.coordinator().get_record(request.id)
+    assert record is not None
+    assert record.response_id == letter.response_id
+    await transport.publish(backend.names.requests, request)
+    w = worker(transport)
+    await w.run_until_idle()
+    assert (w.stats.duplicates, w.stats.completed) == (1, 0)
+
+
 async def test_requeue_keeps_a_record_a_later_answer_wrote(backend: Backend) -> None:
     """The dead letter's record expired and a retry was answered meanwhile: requeueing must not
     delete that answer's record, so the requeued request is acked, not answered a third time."""
