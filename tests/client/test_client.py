@@ -13,7 +13,14 @@ import pytest
 
 from dynamic_agents.client import AgentClient
 from dynamic_agents.client import client as client_module
-from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, StreamNames, Target, TargetType
+from dynamic_agents.events import (
+    AgentRequestEvent,
+    AgentResponseEvent,
+    ResponseStatus,
+    StreamNames,
+    Target,
+    TargetType,
+)
 from dynamic_agents.exceptions import (
     ConfigurationError,
     DeliveryError,
@@ -23,7 +30,7 @@ from dynamic_agents.exceptions import (
 )
 from dynamic_agents.execution import FunctionExecutor
 from dynamic_agents.routing import EventRouter, RoutingConfig
-from dynamic_agents.transports import CompletedRecord, InMemoryTransport, RedisStreamsTransport
+from dynamic_agents.transports import CompletedRecord, InMemoryTransport, RedisStreamsTransport, Subscription
 from dynamic_agents.worker import AgentWorker, WorkerSettings
 
 
@@ -376,6 +383,40 @@ async def test_a_retry_of_an_answered_request_gets_the_same_reply_without_a_seco
         assert again == first
         assert len(await transport.read_stream(names.requests, AgentRequestEvent)) == 1
         assert running_worker.stats.completed == 1
+    await transport.aclose()
+
+
+async def test_a_retry_of_a_dead_lettered_request_gets_its_error_reply_without_a_run() -> None:
+    """The worker set the request aside (delivered too often: it crashed workers) with an error
+    reply and a record naming it: the platform's retry reads that reply back, publishes nothing."""
+    transport = InMemoryTransport(names=StreamNames("client"))
+    names = transport.names
+    ran: list[str] = []
+
+    async def answer(target: Target, request: AgentRequestEvent) -> str:
+        ran.append(request.id)
+        return "re: hi"
+
+    poison = _platform_request(names, "evt-poison")
+    await transport.ensure_group(names.requests, "dynamic-agents")
+    await transport.publish(names.requests, poison)
+    crashed = Subscription(names.requests, "dynamic-agents", "crashed", AgentRequestEvent, block=0)
+    assert len(await transport.read(crashed, 1)) == 1  # a worker that died running it
+    worker = AgentWorker(
+        transport,
+        transport.coordinator(),
+        EventRouter(default=Target(type=TargetType.AGENT, id="echo")),
+        FunctionExecutor(answer),
+        settings=WorkerSettings(max_deliveries=1, claim_min_idle=0.01, block=0.01),
+    )
+    await asyncio.sleep(0.02)
+    await worker.run_until_idle()
+    assert worker.stats.dead_lettered == 1
+    async with AgentClient(transport, block=0.05) as client:
+        reply = await client.request(poison, timeout=5)
+    assert (reply.request_id, reply.status) == ("evt-poison", ResponseStatus.ERROR)
+    assert len(await transport.read_stream(names.requests, AgentRequestEvent)) == 1
+    assert ran == []
     await transport.aclose()
 
 
