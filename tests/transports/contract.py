@@ -184,6 +184,35 @@ class TransportContract:
         (pending,) = await transport.pending(backend.stream(), "workers")
         assert (pending.consumer, pending.delivery_count) == ("busy", 1)
 
+    async def test_keep_fresh_takes_back_the_count_of_this_consumers_own_reclaim(
+        self, backend: Backend
+    ) -> None:
+        """Its entries went idle while it could not keep them fresh, so its own reclaim scan took
+        one back that its handler still ran: a delivery that handled nothing, counted all the same
+        (a taker could then find it past max_deliveries). Kept fresh, the handler's delivery gives
+        its count back; a later delivery's own count is not lowered by that."""
+        transport = await backend.transport()
+        await published(backend, transport, request("a"), request("b"))
+        running, other = await transport.read(backend.subscription("busy"), 2)
+        await backend.advance(backend.min_idle * 1.5)
+        reclaimed = await transport.read(backend.subscription("busy"), 2)
+        assert [d.delivery_count for d in reclaimed] == [2, 2]
+        assert await transport.keep_fresh([running]) == []
+        counts = [
+            (p.consumer, p.delivery_count) for p in await transport.pending(backend.stream(), "workers")
+        ]
+        assert counts == [("busy", 1), ("busy", 2)]
+        assert await transport.keep_fresh(reclaimed) == []  # never raised: at most the handler's count
+        counts = [
+            (p.consumer, p.delivery_count) for p in await transport.pending(backend.stream(), "workers")
+        ]
+        assert counts == [("busy", 1), ("busy", 2)]
+        assert await transport.release(other)  # release gives it back with the handler's count too
+        counts = [
+            (p.consumer, p.delivery_count) for p in await transport.pending(backend.stream(), "workers")
+        ]
+        assert counts == [("busy", 1), ("busy", 1)]
+
     async def test_keep_fresh_reports_deliveries_lost_to_another_consumer(self, backend: Backend) -> None:
         transport = await backend.transport()
         await published(backend, transport, request("a"), request("b"))

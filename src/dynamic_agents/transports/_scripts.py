@@ -56,16 +56,26 @@ return id
 """
 )
 
-# KEYS[1] stream; ARGV: group, consumer, idle ms to set, entry ids…
+# KEYS[1] stream; ARGV: group, consumer, idle ms to set, then entry id and its delivery's count…
 # Resets (or sets) the idle time of the entries this consumer still holds, without counting a new
 # delivery; returns the ids it still holds: those XCLAIM gives back (it drops an entry deleted from
-# the stream while pending from the pending list, and leaves it out).
-# One XCLAIM per 1,000 ids (unpack() has a stack limit).
+# the stream while pending from the pending list, and leaves it out). An entry counted more often
+# than its delivery says (this consumer's own reclaim scan took it back while it was being handled:
+# a delivery that handled nothing) gets its delivery's count back (RETRYCOUNT), one XCLAIM each.
+# One XCLAIM per 1,000 other ids (unpack() has a stack limit).
 HOLD: Final = """#!lua
 local held, kept = {}, {}
-for i = 4, #ARGV do
+for i = 4, #ARGV, 2 do
   local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
-  if #p > 0 and p[1][2] == ARGV[2] then held[#held + 1] = ARGV[i] end
+  if #p > 0 and p[1][2] == ARGV[2] then
+    if p[1][4] > tonumber(ARGV[i + 1]) then
+      local got = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'IDLE', ARGV[3],
+        'RETRYCOUNT', ARGV[i + 1], 'JUSTID')
+      for _, id in ipairs(got) do kept[#kept + 1] = id end
+    else
+      held[#held + 1] = ARGV[i]
+    end
+  end
 end
 for first = 1, #held, 1000 do
   local args = {KEYS[1], ARGV[1], ARGV[2], 0}

@@ -606,7 +606,11 @@ class Transport(_AsyncResource):
     @abstractmethod
     async def keep_fresh(self, deliveries: Sequence[Delivery[Any]]) -> list[Delivery[Any]]:
         """Reset the idle time of deliveries this consumer still holds, so they are not reclaimed,
-        without counting a new delivery. Returns the deliveries it no longer holds (lost)."""
+        without counting a new delivery. Returns the deliveries it no longer holds (lost).
+
+        An entry counted more often than its delivery says gets the delivery's count back: this
+        consumer's own reclaim scan took it back while it was still being handled (kept fresh too
+        late), a delivery that handled nothing. :meth:`release` does the same."""
 
     @abstractmethod
     async def dead_letter(

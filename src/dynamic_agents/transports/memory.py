@@ -415,6 +415,7 @@ class InMemoryTransport(Transport):
             return False
         # Backdate the delivery so a reclaim scan takes it once ``delay`` has passed.
         pending.delivered_at = self.clock.time() - idle
+        pending.count = min(pending.count, delivery.delivery_count)
         self._reclaimed_at.pop((delivery.stream, delivery.group, delivery.consumer), None)
         return True
 
@@ -426,8 +427,9 @@ class InMemoryTransport(Transport):
             pending = self._held_on_stream(delivery)
             if pending is None:
                 lost.append(delivery)
-            else:
+            else:  # as HOLD: a count this consumer's own reclaim scan raised goes back
                 pending.delivered_at = now
+                pending.count = min(pending.count, delivery.delivery_count)
         return lost
 
     async def dead_letter(

@@ -632,13 +632,17 @@ class RedisStreamsTransport(Transport):
         return acked
 
     async def _set_idle(self, deliveries: Sequence[Delivery[Any]], idle: float) -> set[str]:
-        """Set the idle time of the given deliveries this consumer holds; returns the held ids."""
-        by_group: dict[tuple[str, str, str], list[str]] = defaultdict(list)
+        """Set the idle time of the given deliveries this consumer holds (and a delivery count
+        higher than theirs back to theirs: see ``HOLD``); returns the held ids."""
+        by_group: dict[tuple[str, str, str], list[Arg]] = defaultdict(list)
         for delivery in deliveries:
-            by_group[delivery.stream, delivery.group, delivery.consumer].append(delivery.entry_id)
+            by_group[delivery.stream, delivery.group, delivery.consumer] += (
+                delivery.entry_id,
+                delivery.delivery_count,
+            )
         held: set[str] = set()
-        for (stream, group, consumer), ids in by_group.items():
-            hold = partial(self._hold, keys=[stream], args=[group, consumer, int(idle * 1000), *ids])
+        for (stream, group, consumer), pairs in by_group.items():
+            hold = partial(self._hold, keys=[stream], args=[group, consumer, int(idle * 1000), *pairs])
             try:
                 result = await self._call(f"hold entries of {stream!r}", hold)
             except TransportError as error:
