@@ -422,6 +422,14 @@ def test_a_link_whose_text_is_code_is_kept_whole_like_any_link() -> None:
     ]
 
 
+def test_a_link_inside_a_code_block_is_code_and_cut_like_code() -> None:
+    """Brackets and parentheses in a code block render as code, not as a link: a cut at the space
+    in "[the guide]" is as good as any other there. Taken for a link, every cut in the line was
+    avoided and the first chunk was an empty block."""
+    text = "```md\n[the guide](https://d.io/g)\n```"
+    assert split_message(text, limit=32) == ["```md\n[the \n```", "```md\nguide](https://d.io/g)\n```"]
+
+
 def test_a_cut_between_or_just_after_adjacent_links_is_clean() -> None:
     assert split_message("[one](u)[twotwo](v)", limit=16) == ["[one](u)", "[twotwo](v)"]
     assert split_message("[one](u)[two](v)x", limit=16) == ["[one](u)[two](v)", "x"]

@@ -23,7 +23,7 @@ Where a chunk ends
     of the chunk before the cut, so each later chunk starts with the next paragraph, line or word.
     The preference is strict: a paragraph break anywhere in the window wins over a later line break,
     even if the chunk comes out short. A cut inside a markdown link (``[text](url)`` on one line) or
-    an inline code span (`` `code` `` on one line, outside code blocks) is avoided whenever another
+    an inline code span (`` `code` `` on one line), outside code blocks, is avoided whenever another
     cut fits: its halves would render as plain text.
 
 Code fences
@@ -236,9 +236,10 @@ class _Splitter:
                 language = self._language(mark, end) if language is None else None
         self.open_before.append(language)
         self.fence_marks = [mark for mark in self.marks if mark >= 0]
-        # Links and inline code spans (outside fenced blocks, where backticks are code), merged
-        # where they overlap (a link whose text is code): a cut inside one is untidy.
-        spans = [match.span() for match in _LINK.finditer(text)]
+        # Links and inline code spans outside fenced blocks (inside one, brackets and backticks
+        # are code), merged where they overlap (a link whose text is code): a cut inside one is
+        # untidy.
+        spans = [m.span() for m in _LINK.finditer(text) if self.open_at(m.start()) is None]
         spans += [m.span() for m in _CODE_SPAN.finditer(text) if self.open_at(m.start()) is None]
         merged: list[tuple[int, int]] = []
         for start, end in sorted(spans):
@@ -270,7 +271,7 @@ class _Splitter:
 
     def inside_span(self, p: int) -> bool:
         """Whether a cut at ``p`` falls inside a markdown link (``[text](url)``) or an inline
-        code span (`` `code` ``)."""
+        code span (`` `code` ``) outside code blocks."""
         i = bisect_right(self.span_starts, p) - 1
         return i >= 0 and self.span_starts[i] < p < self.span_ends[i]
 
