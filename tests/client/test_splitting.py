@@ -478,6 +478,28 @@ def test_trailing_spaces_after_a_closing_fence_do_not_move_the_cut() -> None:
     assert split_message_parts("```\nprint(1)\n```   ", limit=16)[0].text == "```\nprint(1)\n```"
 
 
+def test_text_after_a_closing_fence_is_cut_like_prose() -> None:
+    """The closing fence stays whole in the first chunk and the block is not split: the text
+    after it on its line is outside the block. Rated like an opening fence's language (cut off,
+    it became a code line), every cut there was avoided: the only tidy one left was inside the
+    code line, and "print(1" and ")" were sent as two blocks."""
+    text = "```\nprint(1)\n``` prints one"
+    assert split_message(text, limit=24) == ["```\nprint(1)\n``` prints ", "one"]
+    assert split_message(text, limit=17) == ["```\nprint(1)\n``` ", "prints one"]
+    assert split_message(text, limit=16) == ["```\nprint(1)\n```", " prints one"]
+
+
+def test_where_a_chunk_reads_the_inputs_opening_fence_as_a_closing_one_its_language_is_kept() -> None:
+    """A run of backticks longer than a chunk is cut into chunks that start with a fence line the
+    input lacks; in the fourth, "```python" closes such a block, though in the input it opens one.
+    Cut after "```pytho" (as text after a closing fence may be), the next chunk would reopen the
+    input's block with "n" as a line of code."""
+    text = "See " + "`" * 19 + "\n```python\ncode\n```"
+    chunks = split_message_parts(text, limit=16)
+    check_chunks(text, 16, chunks)
+    assert [chunk.text for chunk in chunks[3:]] == ["```````\n```", "```python\nco\n```", "```\nde\n```"]
+
+
 @pytest.mark.parametrize(
     "neighbour", ["\ufdff", "\ufe10", "\U0001f3fa", "\U0001f400", "\U000e001f", "\U000e0080"]
 )

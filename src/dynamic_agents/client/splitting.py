@@ -36,11 +36,12 @@ Code fences
     unclosed block has it closed as well (a reply cut off by a token limit often does), so every
     chunk has an even number of fence lines and renders on its own. The limit includes the added
     markers. Cuts that would leave an empty code block (just after an opening fence or just before a
-    closing one), cut a fence line's language off, or leave a chunk of whitespace only are avoided
-    whenever another cut fits; a cut that splits a fence line's backticks or starts a chunk with a
-    fence line the input lacks, more so. A cut in the indent of a fence line indented by 1 to 3
-    spaces is not one of the latter: the next chunk starts with the same fence, less indented
-    (CommonMark reads both as fences; 4 spaces, or a tab, make the line indented code).
+    closing one), cut an opening fence line's language off, or leave a chunk of whitespace only are
+    avoided whenever another cut fits; a cut that splits a fence line's backticks or starts a chunk
+    with a fence line the input lacks, more so. Text after a closing fence on its line is prose,
+    cut like any. A cut in the indent of a fence line indented by 1 to 3 spaces is not one of the
+    latter: the next chunk starts with the same fence, less indented (CommonMark reads both as
+    fences; 4 spaces, or a tab, make the line indented code).
 
     Not modelled: triple backticks in the middle of a line (inline "```code```" after other text),
     which some platforms render as a block too; tilde fences ("~~~"), which are CommonMark's, not
@@ -439,9 +440,9 @@ class _Window:
         return len(self.prefix) + (p - self.start) + len(self._suffix(p)) <= self.s.limit
 
     def _flaw(self, p: int) -> int:
-        """How bad a cut at ``p`` is: clean; untidy (a blank chunk, an empty code block, a cut inside
-        a markdown link); or breaking a fence line (creating one the input does not have, or
-        splitting one's backticks)."""
+        """How bad a cut at ``p`` is: clean; untidy (a blank chunk, an empty code block, an opening
+        fence's language cut off, a cut inside a markdown link); or breaking a fence line (creating
+        one the input does not have, or splitting one's backticks)."""
         j, at_line_start = self._line(p)
         if not at_line_start:
             flaw = self._fence_line_flaw(j, p)
@@ -467,8 +468,11 @@ class _Window:
             return _CLEAN  # in its indent: the next chunk starts with the same fence, less indented
         if q < end and self.text.startswith(_FENCE, q):
             return _BREAKS_FENCE  # the next chunk would start with a fence line the input lacks
-        if 0 <= mark < p and q < end:
-            return _UNTIDY  # the fence's language or trailing text would be cut off
+        if 0 <= mark < p and q < end and self.s.open_at(mark) is None:
+            # The language of a fence opening a block in the input would be cut off (the next chunk
+            # reopens the block, the rest of the language its first line); after a closing fence,
+            # the rest of the line is prose and cut like prose.
+            return _UNTIDY
         return _CLEAN
 
 
