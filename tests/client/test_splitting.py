@@ -489,6 +489,19 @@ def test_text_after_a_closing_fence_is_cut_like_prose() -> None:
     assert split_message(text, limit=16) == ["```\nprint(1)\n```", " prints one"]
 
 
+def test_the_end_of_a_closing_fences_backticks_is_a_boundary_between_words() -> None:
+    """The text after a closing fence is prose: where a word follows the backticks, or spaces
+    longer than the window, a cut right after them keeps the block whole, rather than one inside
+    the code line before it."""
+    assert split_message("```\nfoo bar\n```js", limit=16) == ["```\nfoo bar\n```", "js"]
+    assert split_message("```\nfoo bar\n````js", limit=17) == ["```\nfoo bar\n````", "js"]
+    text = "```\nfoo bar\n```" + " " * 10 + "x"
+    assert split_message(text, limit=20) == ["```\nfoo bar\n```", " " * 10 + "x"]
+    # Not between a backtick and the accent on it.
+    text = "```\nfoo bar\n```\u0301js"
+    assert split_message(text, limit=16) == ["```\nfoo \n```", "```\nbar\n```\u0301js"]
+
+
 def test_where_a_chunk_reads_the_inputs_opening_fence_as_a_closing_one_its_language_is_kept() -> None:
     """A run of backticks longer than a chunk is cut into chunks that start with a fence line the
     input lacks; in the fourth, "```python" closes such a block, though in the input it opens one.

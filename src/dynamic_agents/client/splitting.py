@@ -18,9 +18,10 @@ the split. Everything here is a pure function of its arguments.
 Where a chunk ends
     At the furthest cut that keeps the chunk within the limit, preferring, in this order: the end of
     a paragraph (after one or more blank lines), the end of a line (after its newline, else just
-    before it), a space between words, then any character (not between a character and the accents,
-    joiners or selectors that belong to it, when possible). Boundary whitespace stays at the **end**
-    of the chunk before the cut, so each later chunk starts with the next paragraph, line or word.
+    before it), a space between words (or the end of a closing fence's backticks, as the rest of its
+    line is prose), then any character (not between a character and the accents, joiners or
+    selectors that belong to it, when possible). Boundary whitespace stays at the **end** of the
+    chunk before the cut, so each later chunk starts with the next paragraph, line or word.
     The preference is strict: a paragraph break anywhere in the window wins over a later line break,
     even if the chunk comes out short. A cut inside a markdown link (``[text](url)`` on one line) or
     an inline code span (`` `code` `` on one line), outside code blocks, is avoided whenever another
@@ -251,6 +252,16 @@ class _Splitter:
         self.span_starts = [start for start, _ in merged]
         self.span_ends = [end for _, end in merged]
         self._indicator_runs: list[int] | None = None
+        # Where the backticks of a fence that closes a block end, with more text on the line: the
+        # rest is prose, so a cut there is a boundary between words, as a space would be.
+        self.closing_fence_ends: set[int] = set()
+        for mark, state in zip(self.marks, self.open_before[:-1], strict=True):
+            if mark >= 0 and state is not None:
+                after = mark + len(_FENCE)
+                while after < n and text[after] == "`":
+                    after += 1
+                if after < n and not self.splits_character(after):
+                    self.closing_fence_ends.add(after)
 
     def split(self) -> list[MessageChunk]:
         chunks: list[MessageChunk] = []
@@ -410,7 +421,7 @@ class _Window:
                 and before.isspace()
                 and before not in _NO_BREAK_SPACES
                 and not text[p].isspace()
-            ):
+            ) or p in self.s.closing_fence_ends:
                 yield p
         for p in positions:
             if p == self.s.n or not self.s.splits_character(p):
