@@ -745,3 +745,10 @@ async def test_an_earlier_reply_found_after_aclose_leaves_no_unretrieved_future_
         loop.set_exception_handler(handler)
     assert reported == []
     await transport.aclose()
+
+
+@pytest.mark.parametrize("transport", [None, "redis://127.0.0.1:6379/0", StreamNames("client")])
+def test_a_client_of_something_that_is_no_transport_is_a_configuration_error(transport: Any) -> None:
+    # it failed with a bare AttributeError ('NoneType' object has no attribute 'names')
+    with pytest.raises(ConfigurationError, match=r"^transport must be a Transport .*, got "):
+        AgentClient(transport)

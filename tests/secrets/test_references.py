@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from dynamic_agents._redaction import MASK, REDACTOR
-from dynamic_agents.exceptions import SecretReferenceError
+from dynamic_agents.exceptions import ConfigurationError, SecretReferenceError
 from dynamic_agents.secrets.references import (
     EnvReference,
     SecretReference,
@@ -103,3 +103,19 @@ def test_a_malformed_reference_is_quoted_only_as_far_as_it_is_a_reference() -> N
 def test_masked_settings_keeps_other_values_as_they_are() -> None:
     never = lambda key, parent: False  # noqa: E731
     assert masked_settings({"n": 3, "off": None, "on": True}, never) == {"n": 3, "off": None, "on": True}
+
+
+@pytest.mark.parametrize("value", [5, None, b"secret:openai:api_key", ["secret:openai:api_key"]])
+def test_a_reference_that_is_no_string_is_a_configuration_error(value: object) -> None:
+    # 5 failed with a bare AttributeError ('int' object has no attribute 'startswith'), a list
+    # with the cache's "unhashable type"
+    with pytest.raises(ConfigurationError, match=r"^a secret reference must be a str .*, got "):
+        parse_reference(value)  # type: ignore[arg-type]
+
+
+def test_a_key_given_as_bytes_in_place_of_a_reference_is_not_quoted() -> None:
+    key = b"sk-proj-" + uuid.uuid4().hex.encode()
+    with pytest.raises(ConfigurationError) as refused:
+        parse_reference(key)  # type: ignore[arg-type]
+    assert key.decode() not in str(refused.value)
+    assert str(refused.value).endswith("got a bytes")

@@ -71,3 +71,16 @@ def test_names_that_are_no_stream_names_are_refused(kind: str, names: object) ->
     # AttributeError; "" used the default names without a word
     with pytest.raises(ConfigurationError, match=r"^names must be a StreamNames \(StreamNames\('myapp'\)"):
         _made_with(kind, names)
+
+
+@pytest.mark.parametrize("kind", ["transport", "coordinator"])
+@pytest.mark.parametrize("client", [None, "redis://127.0.0.1:6379/0", object()])
+def test_a_redis_backend_of_something_that_is_no_redis_client_is_a_configuration_error(
+    kind: str, client: object
+) -> None:
+    # it failed with a bare AttributeError ('NoneType' object has no attribute 'get_connection_kwargs')
+    from dynamic_agents.transports import RedisCoordinator, RedisStreamsTransport
+
+    made = {"transport": RedisStreamsTransport, "coordinator": RedisCoordinator}[kind]
+    with pytest.raises(ConfigurationError, match=r"^client must be a redis\.asyncio\.Redis client .*, got "):
+        made(client)  # type: ignore[arg-type]

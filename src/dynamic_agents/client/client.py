@@ -66,6 +66,11 @@ class AgentClient:
         block: float = 1.0,
         tracing: Tracing | None = None,
     ) -> None:
+        if not isinstance(transport, Transport):  # else a bare AttributeError on .names
+            raise ConfigurationError(
+                "transport must be a Transport (RedisStreamsTransport.from_url(…), InMemoryTransport()), "
+                f"got {shown(transport)}"
+            )
         self.transport = transport
         self.names: StreamNames = transport.names
         self._coordinator = transport.coordinator()  # records (request) and cancellations

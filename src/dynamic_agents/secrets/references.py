@@ -169,15 +169,24 @@ class EnvReference:
         return f"EnvReference(variable={shown_part(self.variable)!r})"
 
 
-@lru_cache(maxsize=4096)
 def parse_reference(text: str) -> SecretReference | EnvReference | None:
     """The reference ``text`` stands for, or ``None`` for a plain value.
 
     Text that starts like a reference but is malformed raises :class:`SecretReferenceError` (a
     typo must not silently become a plain value sent as an API key): also a prefix in another case
-    (``Secret:``, ``OS.ENVIRON/``) or after leading spaces. Results are cached (they are
-    immutable; errors are not cached).
+    (``Secret:``, ``OS.ENVIRON/``) or after leading spaces. Anything but a ``str`` is a
+    :class:`ConfigurationError`. Results are cached (they are immutable; errors are not cached).
     """
+    if not isinstance(text, str):  # else a bare AttributeError, or the cache's "unhashable type"
+        raise ConfigurationError(
+            f"a secret reference must be a str ('secret:provider:field', 'os.environ/NAME' or a plain "
+            f"value), got {shown(text)}"
+        )
+    return _parse_reference(text)
+
+
+@lru_cache(maxsize=4096)
+def _parse_reference(text: str) -> SecretReference | EnvReference | None:
     if text.startswith(SECRET_PREFIX):
         match = _SECRET_RE.match(text)
         if match is None:

@@ -31,7 +31,7 @@ from json.encoder import encode_basestring_ascii as _json_string
 from typing import Any, Final, TypeVar
 
 from dynamic_agents._logging import get_logger
-from dynamic_agents._validation import check_count, check_seconds
+from dynamic_agents._validation import check_count, check_seconds, shown
 from dynamic_agents.events import EventCodec, StreamNames, WireModel
 from dynamic_agents.events.envelope import DATA_FIELD
 from dynamic_agents.exceptions import (
@@ -193,6 +193,17 @@ def _unreachable(error: BaseException, timeout: float) -> str:
     return f"Redis unreachable ({error})"
 
 
+def _check_client(client: object) -> None:
+    """A transport's or coordinator's ``client``: a ``redis.asyncio.Redis`` (its internals are
+    used: connection settings, scripts, a pipeline of its pool), else a
+    :class:`ConfigurationError` (``None`` or a URL failed with a bare AttributeError)."""
+    if not isinstance(client, Redis):
+        raise ConfigurationError(
+            "client must be a redis.asyncio.Redis client (or use from_url(url) for one of its own), "
+            f"got {shown(client)}"
+        )
+
+
 def _connection_setting(client: Redis, name: str) -> object:
     kwargs: dict[str, object] = client.get_connection_kwargs()  # type: ignore[no-untyped-call]
     return kwargs.get(name)
@@ -308,6 +319,7 @@ class RedisStreamsTransport(Transport):
         operation_timeout: float = 5.0,
         owns_client: bool = False,
     ) -> None:
+        _check_client(client)
         if _connection_setting(client, "decode_responses"):
             raise ConfigurationError("the Redis client must have decode_responses=False")
         # NaN passes a ``<= 0`` check; a zero backoff retries in a busy loop while Redis is away.
@@ -1109,6 +1121,7 @@ class RedisCoordinator(Coordinator):
         retry: _RetryPolicy | None = None,
         pipeline: AutoPipeline | None = None,
     ) -> None:
+        _check_client(client)
         self.client = client
         self.names = stream_names(names)
         self._owns_client = owns_client
