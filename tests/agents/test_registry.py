@@ -205,3 +205,36 @@ def test_names_of_an_unknown_kind_is_refused_naming_the_kinds(kind: Any, hint: s
     refusal = rf"^kind must be one of 'tool', 'schema', 'function', got {kind!r}{re.escape(hint)}$"
     with pytest.raises(ConfigurationError, match=refusal):
         ToolRegistry().names(kind)
+
+
+@pytest.mark.parametrize(
+    ("target", "name", "shown"),
+    [
+        (5, None, "5"),
+        (None, "lookup", "None"),
+        ("get_weather", None, "'get_weather'"),  # its name given for the function
+        ("sk-proj-" + "a1B2c3D4" * 5, "search", "**********"),  # a key pasted in its place
+        ([_get_weather], "weather", "a list"),
+    ],
+)
+def test_a_tool_that_is_no_callable_nor_agno_tool_is_refused_at_registration(
+    target: Any, name: str | None, shown: str
+) -> None:
+    """5 was registered, and every spec naming it failed to build (or handed agno a number)."""
+    tools = ToolRegistry()
+    with pytest.raises(ConfigurationError, match=r"must be a function, an agno tool") as caught:
+        tools.add_tool(target, name=name)
+    assert str(caught.value).endswith(f"got {shown}")
+    assert "sk-proj-" not in str(caught.value)
+    if name is not None:
+        assert f"tool {name!r}" in str(caught.value)
+    assert tools.names("tool") == []
+
+
+def test_every_kind_of_tool_agno_takes_is_registered() -> None:
+    tools = ToolRegistry()
+    tools.add_tool(_get_weather)
+    tools.add_tool(tool(name="forecast")(_get_weather))  # an agno Function: not callable itself
+    tools.add_tool(Toolkit(name="kit", tools=[search_in("web")]))
+    tools.add_tool({"type": "web_search_preview"}, name="web_search")  # a provider's built-in tool
+    assert tools.names("tool") == ["_get_weather", "forecast", "kit", "web_search"]

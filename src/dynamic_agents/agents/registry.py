@@ -41,6 +41,15 @@ PAUSING_TOOLKIT_LISTS = ("requires_confirmation_tools", "external_execution_requ
 """An agno Toolkit's lists of its tools that pause a run."""
 
 
+def _is_agno_function(target: object) -> bool:
+    """Whether ``target`` is an agno ``Function`` (what ``@tool`` makes: not callable itself)."""
+    try:
+        from agno.tools.function import Function
+    except ImportError:  # agno is an extra: without it, nothing is one
+        return False
+    return isinstance(target, Function)
+
+
 def _pauses(function: Any) -> bool:
     return any(bool(getattr(function, flag, False)) for flag in PAUSING_FLAGS)
 
@@ -106,8 +115,17 @@ class ToolRegistry:
         which pause the run too, are detected, in an agno ``Toolkit`` too): specs that use it are
         refused at load, since no pause/resume flow exists yet.
         """
-        tool_name = str(name or getattr(function, "name", None) or getattr(function, "__name__", ""))
         is_toolkit = isinstance(getattr(function, "functions", None), dict)  # its tools keep their names
+        # the kinds agno takes as a tool (a dict: a provider's built-in tool, passed through); 5 was
+        # registered, and every spec naming it failed to build
+        agno_takes = callable(function) or is_toolkit or isinstance(function, dict)
+        if not (agno_takes or _is_agno_function(function)):
+            named = f"tool {name!r}" if isinstance(name, str) and name else "a tool"
+            raise ConfigurationError(
+                f"{named} must be a function, an agno tool (@tool) or Toolkit, or a dict (a provider's "
+                f"built-in tool, with name=…), got {shown(function)}"
+            )
+        tool_name = str(name or getattr(function, "name", None) or getattr(function, "__name__", ""))
         if tool_name and not is_toolkit and not TOOL_NAME.fullmatch(tool_name):
             raise ConfigurationError(
                 f"tool name {tool_name!r} is not one a model can call: use 1 to 64 letters, digits, "
