@@ -88,9 +88,11 @@ def test_delta_interval_may_be_zero_and_the_optional_ones_none() -> None:
         ),
         (
             {"stream": ""},
-            r"^stream must be a non-empty stream name \(or None: the transport's request stream\)",
+            r"^stream must be a non-empty stream name .*\(or None: the transport's request stream\)",
         ),
         ({"stream": 5}, r"^stream must be a non-empty stream name .*, got 5$"),
+        ({"stream": "  "}, r"^stream must be a non-empty stream name .*, got '  '$"),
+        ({"stream": "agent:requests\n"}, r"^stream must be a non-empty stream name .*control"),
     ],
 )
 def test_a_worker_refuses_settings_that_are_no_settings_and_an_empty_stream(
@@ -111,3 +113,22 @@ def test_a_worker_refuses_settings_that_are_no_settings_and_an_empty_stream(
             FunctionExecutor(lambda request: "hi"),
             **options,  # type: ignore[arg-type]
         )
+
+
+@pytest.mark.parametrize("name", ["group", "consumer"])
+@pytest.mark.parametrize("value", ["", " ", "\t", "workers\n", "a\x00b", None, 5])
+def test_a_blank_group_or_consumer_name_or_one_with_control_characters_is_refused(
+    name: str, value: object
+) -> None:
+    """The transports' check (check_name), at construction: " " was taken, and refused only when
+    the worker subscribed."""
+    with pytest.raises(
+        ConfigurationError, match=rf"^{name} must be a non-empty name without control characters, got "
+    ) as caught:
+        WorkerSettings(**{name: value})  # type: ignore[arg-type]
+    assert str(caught.value).endswith(f"got {value!r}")
+
+
+def test_group_and_consumer_names_with_spaces_inside_are_kept() -> None:
+    settings = WorkerSettings(group=" my group", consumer="host 1")
+    assert (settings.group, settings.consumer) == (" my group", "host 1")

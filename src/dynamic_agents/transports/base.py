@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequen
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from types import TracebackType
-from typing import Any, Final, Generic, Protocol, Self, TypeVar
+from typing import Any, Final, Generic, Protocol, Self, TypeGuard, TypeVar
 
 from dynamic_agents._logging import get_logger
 from dynamic_agents._validation import check_count, check_seconds, shown
@@ -150,20 +150,25 @@ def check_name(what: str, name: object) -> str:
     """A stream's, group's or consumer's ``name``: a non-empty str, not only spaces, without
     control characters; else a :class:`ConfigurationError` (Redis would make a group named ``""``
     or ``"5"``, or refuse ``None`` with an error of its client's)."""
-    if isinstance(name, str) and name.strip() and name.isprintable():
+    if _is_name(name):
         return name
     raise ConfigurationError(f"{what} must be a non-empty name without control characters, got {shown(name)}")
 
 
+def _is_name(name: object) -> TypeGuard[str]:
+    return isinstance(name, str) and bool(name.strip()) and name.isprintable()
+
+
 def check_stream_option(stream: object, default: str) -> str | None:
     """A ``stream=`` option naming another stream than the transport's ``default`` one (``None``):
-    an empty name, or anything but a str, is a :class:`ConfigurationError` (``""`` once meant the
-    default stream, so whoever aimed at another one would have acted on that one)."""
-    if stream is None or (isinstance(stream, str) and stream):
+    an empty name, one of spaces or with control characters (as :func:`check_name`), or anything
+    but a str, is a :class:`ConfigurationError` (``""`` once meant the default stream, so whoever
+    aimed at another one would have acted on that one)."""
+    if stream is None or _is_name(stream):
         return stream
     raise ConfigurationError(
-        f"stream must be a non-empty stream name (or None: the transport's {default} stream), "
-        f"got {shown(stream)}"
+        f"stream must be a non-empty stream name without control characters (or None: the "
+        f"transport's {default} stream), got {shown(stream)}"
     )
 
 

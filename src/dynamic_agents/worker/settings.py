@@ -12,6 +12,7 @@ from enum import StrEnum
 from dynamic_agents._validation import check_choice, check_count, check_seconds, shown
 from dynamic_agents.events import TargetType
 from dynamic_agents.exceptions import ConfigurationError
+from dynamic_agents.transports.base import check_name
 
 __all__ = ["SessionPolicy", "WorkerSettings"]
 
@@ -137,10 +138,8 @@ class WorkerSettings:
         for name in ("claim_on_read", "events"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigurationError(f"{name} must be True or False, got {shown(getattr(self, name))}")
-        for name in ("group", "consumer"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not value:
-                raise ConfigurationError(f"{name} must be a non-empty string, got {shown(value)}")
+        for name in ("group", "consumer"):  # as the transports check them: here, not at subscribe
+            check_name(name, getattr(self, name))
         if not isinstance(self.busy_message, str):
             raise ConfigurationError(f"busy_message must be a string, got {shown(self.busy_message)}")
         # frozen: the policies given as text (YAML, environment) are stored as SessionPolicy
