@@ -604,6 +604,41 @@ async def test_a_misspelt_key_or_a_boolean_timeout_is_422_not_ignored(
     assert stack.models.models["gpt"].calls == []
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("session_id", "   "),
+        ("session_id", "\t"),
+        ("session_id", "s1\n"),
+        ("session_id", "s\x001"),
+        ("session_id", "s\x7f"),
+        ("stream", "yes"),
+        ("stream", "true"),
+        ("stream", 1),
+        ("stream", 0),
+        ("stream", "false"),
+    ],
+)
+async def test_a_blank_session_id_or_a_stream_that_is_no_boolean_is_422_naming_the_field(
+    stack: Stack, field: str, value: object
+) -> None:
+    # "   " (or one with a newline) was a session of its own; "stream": "yes" streamed, "false"
+    # answered whole: lax pydantic reads such text, and 1 or 0, as a boolean
+    await stack.client.post(f"{V1}/agents", json=AGENT)
+    response = await stack.client.post(f"{V1}/agents/bot/execute", json={**EXECUTE, field: value})
+    assert response.status_code == 422
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["body", field]
+    assert stack.models.models["gpt"].calls == []
+
+
+async def test_a_session_id_with_spaces_inside_or_around_it_is_kept(stack: Stack) -> None:
+    await stack.client.post(f"{V1}/agents", json=AGENT)
+    body = {**EXECUTE, "session_id": " support desk 1 ", "stream": False}
+    response = await stack.client.post(f"{V1}/agents/bot/execute", json=body)
+    assert response.status_code == 200, response.text
+
+
 async def test_an_overlong_idempotency_key_is_422(stack: Stack) -> None:
     await stack.client.post(f"{V1}/agents", json=AGENT)
     response = await stack.client.post(

@@ -4,11 +4,12 @@ and the limit on a request body's size."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue
 
 from dynamic_agents.execution import ExecutionResult
+from dynamic_agents.transports.base import check_name
 
 try:
     from fastapi import HTTPException
@@ -23,15 +24,23 @@ DEFAULT_MAX_BODY_SIZE: Final = 1024 * 1024
 """The largest request body the API reads by default, in bytes (1 MiB)."""
 
 
+def _session_id(value: str) -> str:
+    # "   " would be a session of its own, and a control character goes into the lease's key and
+    # the logs: refused as the transports refuse such a stream or group name
+    return check_name("session_id", value)
+
+
 class ExecuteBody(BaseModel):
     # A misspelt key is refused, not ignored: "strem" would answer whole, without a word.
     model_config = ConfigDict(extra="forbid")
 
     input: str
-    session_id: str = Field(min_length=1, max_length=512)
+    session_id: Annotated[str, AfterValidator(_session_id)] = Field(min_length=1, max_length=512)
     user_id: str | None = None
     session_state: dict[str, JsonValue] = Field(default_factory=dict)
-    stream: bool = False
+    # strict: JSON's true or false only (lax, the texts "yes", "on", "1" and the numbers 1 and 0 were
+    # booleans too: a client's bug streamed, or not, without a word)
+    stream: bool = Field(default=False, strict=True)
     # strict: true is no number of seconds (lax, it was one); an int is still one
     timeout: float | None = Field(default=None, gt=0, le=3600, strict=True)
 
