@@ -639,6 +639,21 @@ async def test_a_session_id_with_spaces_inside_or_around_it_is_kept(stack: Stack
     assert response.status_code == 200, response.text
 
 
+@pytest.mark.parametrize("path", ["/agents/bot/execute", "/routing/rules"])
+async def test_a_422_masks_a_key_given_as_a_field_name(stack: Stack, path: str) -> None:
+    # a key pasted where a field's name goes (extra="forbid"): the 422's loc echoed it as it was
+    await stack.client.post(f"{V1}/agents", json=AGENT)
+    key = f"sk-proj-{uuid.uuid4().hex}"
+    body = {**({"rules": []} if path == "/routing/rules" else EXECUTE), key: "gpt"}
+    method = "PUT" if path == "/routing/rules" else "POST"
+    response = await stack.client.request(method, f"{V1}{path}", json=body)
+    assert response.status_code == 422
+    assert key not in response.text
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["body", MASK]
+    assert error["type"] == "extra_forbidden"
+
+
 async def test_an_overlong_idempotency_key_is_422(stack: Stack) -> None:
     await stack.client.post(f"{V1}/agents", json=AGENT)
     response = await stack.client.post(

@@ -77,9 +77,14 @@ def _public_error(error: Mapping[str, Any]) -> dict[str, Any]:
     ``ctx`` values that are plain (the bounds: ``{"le": 3600.0}``), and the ``input`` as
     :func:`~dynamic_agents.secrets.references.shown_value` shows it (as given when it is plain;
     masked under a credential's name or when shaped like a key, cut when long, ``'nan'`` for a
-    number JSON has not; left out when it is a list or an object)."""
+    number JSON has not; left out when it is a list or an object). The ``loc``'s names are shown
+    the same way: an unknown key is one the caller wrote (a key pasted as a field's name)."""
     location = list(error.get("loc", ()))
-    public: dict[str, Any] = {"type": error["type"], "loc": location, "msg": error["msg"]}
+    public: dict[str, Any] = {
+        "type": error["type"],
+        "loc": [_public_name(part) for part in location],
+        "msg": error["msg"],
+    }
     if error["type"] != "missing":
         value = error.get("input")
         shown = shown_value(value, name=location[-1] if location else None)
@@ -99,3 +104,12 @@ def _public_error(error: Mapping[str, Any]) -> dict[str, Any]:
     if context:
         public["ctx"] = context
     return public
+
+
+def _public_name(part: object) -> object:
+    """A part of a 422's ``loc``: a name as given when :func:`shown_value` shows it whole (``strem``),
+    else as it shows it (masked, or cut); an index as it is."""
+    if not isinstance(part, str):
+        return part
+    shown = shown_value(part)
+    return part if shown == repr(part) else shown
