@@ -191,10 +191,14 @@ class RouterConfig(BaseModel):
     default_fallbacks: list[str] = Field(default_factory=list)
     context_window_fallbacks: _FallbackList = Field(default_factory=list)
     routing_strategy: str = "simple-shuffle"
-    num_retries: Annotated[int, NotBoolean] = Field(default=2, ge=0)
-    timeout: Annotated[float | None, NotBoolean] = Field(default=None, gt=0, allow_inf_nan=False)
-    cooldown_time: Annotated[float | None, NotBoolean] = Field(default=None, ge=0, allow_inf_nan=False)
-    allowed_fails: Annotated[int | None, NotBoolean] = Field(default=None, ge=0)
+    # strict: a number written as text ("30") is refused, as WorkerSettings refuses it (lax, it was
+    # read as a number: a config's typo or quoting was never said); an int is still a float
+    num_retries: Annotated[int, NotBoolean] = Field(default=2, ge=0, strict=True)
+    timeout: Annotated[float | None, NotBoolean] = Field(default=None, gt=0, allow_inf_nan=False, strict=True)
+    cooldown_time: Annotated[float | None, NotBoolean] = Field(
+        default=None, ge=0, allow_inf_nan=False, strict=True
+    )
+    allowed_fails: Annotated[int | None, NotBoolean] = Field(default=None, ge=0, strict=True)
     enable_tag_filtering: bool = False
     enable_pre_call_checks: bool = False
     redis_url: str | None = None
