@@ -10,7 +10,7 @@ from enum import StrEnum
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from dynamic_agents._validation import check_choice, check_count, check_seconds, invalid_fields
+from dynamic_agents._validation import MAX_SECONDS, check_choice, check_count, check_seconds, invalid_fields
 from dynamic_agents.exceptions import ConfigurationError
 
 
@@ -44,6 +44,29 @@ def test_check_seconds_bounds() -> None:
     refusal = r"^wait must be a number of seconds \(math.inf: no limit\) > 0, got -inf$"
     with pytest.raises(ConfigurationError, match=refusal):
         check_seconds("wait", -math.inf, forever=True)
+
+
+def test_check_seconds_refuses_a_duration_over_the_maximum_naming_it() -> None:
+    # 1e30 was taken, and failed on Redis (PX, XAUTOCLAIM) as an outage-like TransportError
+    assert MAX_SECONDS == 2**31
+    assert check_seconds("lease_ttl", MAX_SECONDS) == MAX_SECONDS
+    refusal = r"^lease_ttl must be at most 2147483648 seconds \(about 68 years\), got 1e\+30$"
+    with pytest.raises(ConfigurationError, match=refusal):
+        check_seconds("lease_ttl", 1e30)
+    with pytest.raises(
+        ConfigurationError, match=r"^ttl must be at most 2147483648 seconds .*, got 2147483649$"
+    ):
+        check_seconds("ttl", MAX_SECONDS + 1, optional=True)
+
+
+def test_check_seconds_takes_math_inf_for_no_limit_but_no_huge_finite_duration() -> None:
+    assert check_seconds("timeout", math.inf, forever=True, optional=True) == math.inf
+    assert check_seconds("timeout", None, forever=True, optional=True) is None
+    refusal = (
+        r"^timeout must be at most 2147483648 seconds \(about 68 years; math.inf: no limit\), got 1e\+30$"
+    )
+    with pytest.raises(ConfigurationError, match=refusal):
+        check_seconds("timeout", 1e30, forever=True)
 
 
 def test_check_count_accepts_exactly_its_minimum() -> None:

@@ -2,7 +2,8 @@
 :class:`~dynamic_agents.exceptions.ConfigurationError` naming the setting, the value and what is
 valid. Types are checked first (``"8"`` or ``None`` would fail a comparison with a bare
 ``TypeError``; a bool is no number here), and NaN is refused (it compares false with everything, so
-it would pass a ``value <= 0`` check and make a wait that never ends). The value is quoted as
+it would pass a ``value <= 0`` check and make a wait that never ends), and so is a duration over
+:data:`MAX_SECONDS` (Redis refuses it in milliseconds). The value is quoted as
 :func:`shown` quotes it: a key pasted into the wrong setting is masked, a long text cut."""
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from pydantic import ValidationError
 
 __all__ = [
+    "MAX_SECONDS",
     "NotBoolean",
     "check_choice",
     "check_count",
@@ -30,6 +32,14 @@ __all__ = [
 ]
 
 E = TypeVar("E", bound=StrEnum)
+
+MAX_SECONDS: Final = 2**31
+"""The longest finite duration a setting takes, in seconds (about 68 years; ``math.inf`` is no
+limit where a setting allows it). Leases, records, stream expiries, XAUTOCLAIM's min-idle and
+XREADGROUP's block go to Redis in milliseconds, and Redis refuses one past its 64-bit range (a PX
+beyond 2**63 ms minus now): 1e30 failed there, on every call, as a TransportError that looked like
+an outage. 2**31 s is 2.1e12 ms, far inside that range (and a sum of two of them too); no lease,
+timeout or retention is meant to be longer."""
 
 
 def shown(value: object) -> str:
@@ -57,9 +67,9 @@ def check_seconds(
 def check_seconds(
     name: str, value: object, *, zero: bool = False, forever: bool = False, optional: bool = False
 ) -> float | None:
-    """``value`` as a float if it is a number of seconds > 0 (>= 0 with ``zero``), finite unless
-    ``forever`` (then ``math.inf`` is accepted: a setting where "no limit" has a meaning); ``None``
-    passes with ``optional``."""
+    """``value`` as a float if it is a number of seconds > 0 (>= 0 with ``zero``) and at most
+    :data:`MAX_SECONDS`, finite unless ``forever`` (then ``math.inf`` is accepted: a setting where
+    "no limit" has a meaning); ``None`` passes with ``optional``."""
     if value is None and optional:
         return None
     if (
@@ -74,6 +84,11 @@ def check_seconds(
         bound = ">= 0" if zero else "> 0"
         alternative = " (or None)" if optional else ""
         raise ConfigurationError(f"{name} must be {kind} {bound}{alternative}, got {shown(value)}")
+    if MAX_SECONDS < value < math.inf:  # math.inf passed above only where it means no limit
+        no_limit = "; math.inf: no limit" if forever else ""
+        raise ConfigurationError(
+            f"{name} must be at most {MAX_SECONDS} seconds (about 68 years{no_limit}), got {shown(value)}"
+        )
     return float(value)
 
 

@@ -13,9 +13,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
-from dynamic_agents.events import AgentRequestEvent, ResponseStatus, StreamNames
+from dynamic_agents._validation import MAX_SECONDS
+from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, ResponseStatus, StreamNames
 from dynamic_agents.exceptions import ConfigurationError, TransportError
-from dynamic_agents.transports import ClaimStatus, CompletedRecord, RedisStreamsTransport, Subscription
+from dynamic_agents.transports import ClaimStatus, CompletedRecord, RedisStreamsTransport, Reply, Subscription
 from dynamic_agents.transports.redis import _record_head
 
 pytestmark = pytest.mark.redis
@@ -356,4 +357,34 @@ async def test_dead_letters_and_moves_leave_the_documented_call_markers(
         assert by_stream[names.requests][0] == new_id.encode()
         assert all(0 < ttl <= 3000 for _, ttl in found.values())
     finally:
+        await transport.aclose()
+
+
+async def test_the_longest_duration_the_settings_take_is_one_redis_takes(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """MAX_SECONDS (2**31 s) in every place a duration reaches Redis in milliseconds: lease and
+    record PX, PEXPIRE of a stream, XAUTOCLAIM's min-idle, XREADGROUP's BLOCK (1e30 failed there
+    as a TransportError, like an outage)."""
+    stream = f"{redis_prefix}:longest"
+    transport = RedisStreamsTransport.from_url(redis_url, names=StreamNames(redis_prefix))
+    coordinator = transport.coordinator()
+    try:
+        await transport.ensure_group(stream, "g")
+        await transport.publish(stream, event(), expire=MAX_SECONDS)
+        longest = subscription(stream, block=MAX_SECONDS, claim_min_idle=MAX_SECONDS, claim_ttl=MAX_SECONDS)
+        (delivery,) = await transport.read(longest, 1)
+        assert await transport.client.pttl(stream) > 0
+        lease = await coordinator.acquire("s-longest", MAX_SECONDS)
+        assert lease is not None
+        assert await coordinator.renew(lease, MAX_SECONDS)
+        await coordinator.request_cancel("r-longest", MAX_SECONDS)
+        reply = Reply(
+            AgentResponseEvent(request_id=delivery.event.id), f"{stream}:replies", expire=MAX_SECONDS
+        )
+        await transport.complete(delivery, reply, record_ttl=MAX_SECONDS, lease=lease)
+        assert await transport.client.pttl(f"{stream}:replies") > 0
+        assert await transport.pending(stream, "g") == []
+    finally:
+        await coordinator.aclose()
         await transport.aclose()

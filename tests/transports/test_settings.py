@@ -4,6 +4,7 @@ one is a ConfigurationError naming the setting and the value, never a hang or a 
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 
@@ -24,12 +25,16 @@ from dynamic_agents.transports import Reply, Subscription
         ("claim_interval", math.nan),
         ("claim_ttl", math.nan),
         ("claim_ttl", math.inf),
+        ("claim_ttl", 1e30),
+        ("claim_min_idle", 1e30),
+        ("claim_interval", 1e30),
+        ("block", 1e30),
         ("batch_size", True),
         ("batch_size", 0),
     ],
 )
 def test_a_subscription_refuses_a_setting_that_is_not_a_valid_number(setting: str, value: object) -> None:
-    with pytest.raises(ConfigurationError, match=rf"^{setting} must be .*, got {value!r}$"):
+    with pytest.raises(ConfigurationError, match=rf"^{setting} must be .*, got {re.escape(repr(value))}$"):
         Subscription("s", "g", "c", AgentRequestEvent, **{setting: value})  # type: ignore[arg-type]
 
 
@@ -38,9 +43,11 @@ def test_a_subscription_keeps_its_valid_settings() -> None:
     assert (sub.block, sub.claim_min_idle, sub.claim_interval, sub.reclaim_every) == (0, None, 0, 0)
 
 
-@pytest.mark.parametrize(("setting", "value"), [("maxlen", -1), ("expire", 0), ("expire", math.nan)])
+@pytest.mark.parametrize(
+    ("setting", "value"), [("maxlen", -1), ("expire", 0), ("expire", math.nan), ("expire", 1e30)]
+)
 def test_a_reply_refuses_a_bad_maxlen_or_expire(setting: str, value: object) -> None:
-    with pytest.raises(ConfigurationError, match=rf"^{setting} must be .*, got {value!r}$"):
+    with pytest.raises(ConfigurationError, match=rf"^{setting} must be .*, got {re.escape(repr(value))}$"):
         Reply(AgentResponseEvent(request_id="r"), "replies", **{setting: value})  # type: ignore[arg-type]
 
 

@@ -132,3 +132,23 @@ def test_a_blank_group_or_consumer_name_or_one_with_control_characters_is_refuse
 def test_group_and_consumer_names_with_spaces_inside_are_kept() -> None:
     settings = WorkerSettings(group=" my group", consumer="host 1")
     assert (settings.group, settings.consumer) == (" my group", "host 1")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "lease_ttl",
+        "claim_min_idle",
+        "request_timeout",
+        "record_ttl",
+        "reply_expire",
+        "block",
+        "abandon_after",
+    ],
+)
+def test_a_duration_over_the_maximum_is_refused_naming_it(name: str) -> None:
+    # 1e30 was taken, and then failed on Redis (PX, XAUTOCLAIM) as an outage-like TransportError
+    with pytest.raises(
+        ConfigurationError, match=rf"^{name} must be at most 2147483648 seconds .*, got 1e\+30$"
+    ):
+        WorkerSettings(**{name: 1e30})  # type: ignore[arg-type]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import math
 import os
 import re
 import secrets
@@ -24,7 +23,7 @@ from types import TracebackType
 from typing import Any, Final, Generic, Protocol, Self, TypeGuard, TypeVar
 
 from dynamic_agents._logging import get_logger
-from dynamic_agents._validation import check_count, check_seconds, shown
+from dynamic_agents._validation import MAX_SECONDS, check_count, check_seconds, shown
 from dynamic_agents.events import AgentResponseEvent, DecodedMessage, EventCodec, StreamNames, WireModel
 from dynamic_agents.events.envelope import DATA_FIELD
 from dynamic_agents.exceptions import ConfigurationError, DecodeError, EventError, TransportError
@@ -203,7 +202,7 @@ def check_ttl(ttl: object) -> float:
 def check_expire(expire: object) -> float | None:
     """An ``expire`` (seconds an idle stream lives) as a float, or ``None``; else
     :class:`ConfigurationError`."""
-    if expire is None or (type(expire) is float and 0.0 < expire < math.inf):  # at once, as maxlen
+    if expire is None or (type(expire) is float and 0.0 < expire <= MAX_SECONDS):  # at once, as maxlen
         return expire
     return check_seconds("expire", expire, optional=True)
 
