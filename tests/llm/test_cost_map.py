@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import gc
 import json
 import logging
 import uuid
@@ -21,6 +22,7 @@ from litellm.utils import _invalidate_model_cost_lowercase_map, _registered_pric
 
 from dynamic_agents.llm import LLMRouter, RouterConfig, _litellm, build_router
 from dynamic_agents.secrets import SecretKey, SecretsManager, StaticSource
+from tests.support.waiting import wait_until
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 INPUT_PRICE, OUTPUT_PRICE = 0.5, 1.0  # custom pricing: only the deployment's entries know it
@@ -389,3 +391,87 @@ async def test_a_call_in_flight_when_the_users_key_is_removed_takes_its_entry_at
         assert old_entry not in litellm.model_cost  # ...and then it goes, with nothing to keep it
     finally:
         await router.aclose()
+
+
+@pytest.mark.parametrize("removed_by", ["key change", "aclose"])
+async def test_a_stream_dropped_unread_ends_its_call_and_its_entries_go(removed_by: str) -> None:
+    """An async generator never iterated runs no ``finally``: a stream the caller got and dropped
+    unread kept its call counted in flight for ever, and its entries in litellm's map."""
+    source = alice_source()
+    secrets = SecretsManager(source)
+    deployment_id = unique_id()
+    router = await build_router(config(deployment_id), secrets)
+    try:
+        _, entry = await alice_call(router)
+        stream = await router.acompletion(model="gpt", messages=MESSAGES, user_id="alice", stream=True)
+        per_call = await router.acompletion(
+            model="gpt", messages=MESSAGES, api_key="canary-cost-per-call-06", stream=True
+        )
+        assert router._calls_in_flight
+        del stream, per_call
+        gc.collect()
+        await asyncio.sleep(0)  # one turn of the loop: the finalizers hand the calls' ends to it
+        assert not router._calls_in_flight
+        if removed_by == "key change":
+            source.set(SecretKey("openai", user_id="alice"), {"api_key": NEW_KEY})
+            await secrets.refresh(user_id="alice")
+            assert entry not in litellm.model_cost
+    finally:
+        await router.aclose()
+    assert derived_from(deployment_id) == set()
+
+
+async def test_a_stream_dropped_unread_after_aclose_takes_its_entries_then() -> None:
+    deployment_id = unique_id()
+    router = await build_router(config(deployment_id), SecretsManager(alice_source()))
+    stream = await router.acompletion(model="gpt", messages=MESSAGES, user_id="alice", stream=True)
+    await router.aclose()
+    assert derived_from(deployment_id)  # the stream may still be read: its entry stays
+    del stream
+    gc.collect()
+    await asyncio.sleep(0)  # the finalizer hands the call's end to the loop
+    assert derived_from(deployment_id) == set()
+
+
+async def test_a_stream_read_to_its_end_ends_its_call_once() -> None:
+    """Its finalizer does nothing more once the stream ended: counted twice out of flight, the
+    entry of another call in flight with the same key would go under it."""
+    router = await build_router(config(unique_id()), SecretsManager(alice_source()))
+    try:
+        held = await router.acompletion(model="gpt", messages=MESSAGES, user_id="alice", stream=True)
+        read = await router.acompletion(model="gpt", messages=MESSAGES, user_id="alice", stream=True)
+        in_flight = dict(router._calls_in_flight)
+        assert set(in_flight.values()) == {2}
+        assert [chunk async for chunk in read]
+        del read
+        gc.collect()
+        await asyncio.sleep(0)
+        assert router._calls_in_flight == dict.fromkeys(in_flight, 1)  # the held stream's
+        assert [chunk async for chunk in held]
+        assert not router._calls_in_flight
+    finally:
+        await router.aclose()
+
+
+async def test_a_traced_stream_dropped_unread_ends_its_call() -> None:
+    """With tracing the caller holds the span's wrapper, which closes the stream it wraps when
+    dropped (a task on the loop): the call ends once that let the stream go."""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from dynamic_agents.observability import Tracing
+
+    provider = TracerProvider()
+    deployment_id = unique_id()
+    router = await build_router(
+        config(deployment_id), SecretsManager(alice_source()), tracing=Tracing(provider)
+    )
+    try:
+        stream = await router.acompletion(model="gpt", messages=MESSAGES, user_id="alice", stream=True)
+        assert router._calls_in_flight
+        del stream
+        gc.collect()
+        await wait_until(lambda: not router._calls_in_flight, what="the dropped stream's call to end")
+    finally:
+        await router.aclose()
+        provider.shutdown()
+    assert derived_from(deployment_id) == set()

@@ -26,6 +26,7 @@ included) and builds the ``litellm.Router`` once. Afterwards:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import weakref
 from collections import Counter
@@ -410,7 +411,7 @@ class LLMRouter:
             )
             ending.append(partial(self._after_call, model, user_id, user_params))
             if failure is None and streamed:
-                return _translated_stream(response, model, on_end=partial(self._end_call, ending))
+                return _stream_ending_with_call(response, model, ending)
             self._end_call(ending)
             if failure is None:
                 return response
@@ -917,10 +918,50 @@ def _bookkeeping_failed(what: str, error: Exception) -> None:
     logger.warning("%s failed: %s: %s", what, type(error).__name__, redact_text(str(error)))
 
 
+class _CallEnd:
+    """A streamed call's end (:meth:`LLMRouter._end_call`), run once: when its stream is read,
+    closed or dropped part read (the stream's ``finally``), or when the stream is garbage-collected
+    unstarted (an async generator never iterated runs no ``finally``; its call would stay counted
+    in flight, and its cost-map entries in litellm's map, for ever). The finalizer runs in whatever
+    thread collects the stream, possibly in the middle of other bookkeeping: it only hands the end
+    to the stream's event loop (thread-safe), and does nothing once that loop is closed."""
+
+    def __init__(self, ending: list[Callable[[], object]]) -> None:
+        self._ending: list[Callable[[], object]] | None = ending
+        self._dropped: weakref.finalize[..., Any] | None = None
+
+    def follow(self, stream: object) -> None:
+        """End the call when ``stream`` is garbage-collected, if nothing did before."""
+        self._dropped = weakref.finalize(stream, _end_on_loop, asyncio.get_running_loop(), self)
+        self._dropped.atexit = False  # at exit the loop is gone: nothing to end
+
+    def __call__(self) -> None:
+        if self._dropped is not None:
+            self._dropped.detach()
+        ending, self._ending = self._ending, None
+        if ending is not None:
+            LLMRouter._end_call(ending)
+
+
+def _end_on_loop(loop: asyncio.AbstractEventLoop, end: _CallEnd) -> None:
+    with contextlib.suppress(RuntimeError):  # the loop closed: nothing runs there any more
+        loop.call_soon_threadsafe(end)
+
+
+def _stream_ending_with_call(
+    stream: Any, model: str, ending: list[Callable[[], object]]
+) -> AsyncIterator[Any]:
+    """:func:`_translated_stream`, the call's ``ending`` run once it is read, closed or dropped,
+    started or not (:class:`_CallEnd`)."""
+    end = _CallEnd(ending)
+    translated = _translated_stream(stream, model, on_end=end)
+    end.follow(translated)
+    return translated
+
+
 async def _translated_stream(stream: Any, model: str, *, on_end: Callable[[], None]) -> AsyncIterator[Any]:
     """The stream, its errors translated; ``on_end`` once it is read, closed or dropped part read
-    (a stream never iterated at all runs no ``finally``: its call's cost-map entries then stay
-    counted in flight, and in litellm's map, until the process ends)."""
+    (only: see :class:`_CallEnd` for one never iterated)."""
     failure: LLMError | None = None
     try:
         async for chunk in stream:
