@@ -13,6 +13,7 @@ import copy
 import gc
 import json
 import logging
+import threading
 import uuid
 from typing import Any
 
@@ -475,3 +476,38 @@ async def test_a_traced_stream_dropped_unread_ends_its_call() -> None:
         await router.aclose()
         provider.shutdown()
     assert derived_from(deployment_id) == set()
+
+
+async def test_a_sync_call_with_a_key_of_its_own_keeps_its_entry_while_in_flight() -> None:
+    """The synchronous path (agno's ``run``, here in a thread of its own) counts its call in flight
+    like the async one: ``aclose()`` while it runs leaves its entry, which goes at its end."""
+    deployment_id = unique_id()
+    router = await build_router(config(deployment_id), SecretsManager(alice_source()))
+    sent, answer = threading.Event(), threading.Event()
+    litellm_call = router.router.completion
+
+    def answered_then_held(**kwargs: Any) -> Any:
+        response = litellm_call(**kwargs)  # its entry registered, the answer priced
+        sent.set()
+        answer.wait(10)
+        return response
+
+    router.router.completion = answered_then_held  # type: ignore[method-assign]
+    try:
+        call = asyncio.create_task(
+            asyncio.to_thread(
+                router.completion, model="gpt", messages=MESSAGES, api_key="canary-cost-per-call-07"
+            )
+        )
+        await asyncio.to_thread(sent.wait, 10)
+        (entry,) = derived_from(deployment_id)
+        assert set(router._calls_in_flight) == {entry}
+        await router.aclose()
+        assert entry in litellm.model_cost  # the call in flight reads its price at its end
+    finally:
+        answer.set()
+        await router.aclose()
+    response = await call
+    assert response._hidden_params["model_id"] == entry
+    assert not router._calls_in_flight
+    assert derived_from(deployment_id) == set()  # ...and then it goes

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import threading
 import weakref
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
@@ -313,6 +314,8 @@ class LLMRouter:
         self._calls_in_flight: Counter[str] = Counter()
         """Cost-map entry ids of the calls in flight carrying a credential: their cost is read at
         their end."""
+        self._calls_in_flight_lock = threading.Lock()
+        """Held while ``_calls_in_flight`` changes: the synchronous path may run in another thread."""
         self._groups: dict[str, tuple[str, ...]] = {}
         for deployment in deployments:
             self._groups[deployment.config.model_name] = (
@@ -455,8 +458,7 @@ class LLMRouter:
                 )
                 return response, None
             call = {**user_params, **kwargs}
-            entries = self._call_started(model, call)
-            ending.append(partial(self._call_end, model, user_id, user_params, call, entries))
+            ending.append(self._begin_call(model, user_id, user_params, call))
             response = await self.router.acompletion(
                 model=model, messages=messages, metadata=copy.deepcopy(metadata), **call
             )
@@ -488,7 +490,7 @@ class LLMRouter:
         attempted.add(model)
         failure: Exception
         call = {**user_params, **kwargs, "disable_fallbacks": True}
-        end = [partial(self._call_end, model, user_id, user_params, call, self._call_started(model, call))]
+        end = [self._begin_call(model, user_id, user_params, call)]
         try:
             response = await self.router.acompletion(
                 model=model,
@@ -557,9 +559,17 @@ class LLMRouter:
     def completion(self, *, model: str, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
         """The synchronous path (agno's ``run``). No per-user keys, no refresh-and-retry, and
         litellm ignores tags here: prefer :meth:`acompletion`. After :meth:`aclose` raises
-        :class:`LLMUnavailableError`."""
+        :class:`LLMUnavailableError`.
+
+        The call is in flight for the bookkeeping as on the async path, until it returns: a stream
+        until it is handed over (a generator dropped part read is closed inside the garbage
+        collector, in any thread and possibly in the middle of other bookkeeping)."""
         self._check_open(model)
         kwargs["metadata"] = copy.deepcopy(kwargs.get("metadata") or {})
+        ending: list[Callable[[], object]] = [
+            self._begin_call(model, None, {}, kwargs),
+            partial(self._after_call, model, None, {}),
+        ]
         failure: LLMError
         try:
             response = self.router.completion(model=model, messages=messages, **kwargs)
@@ -568,6 +578,8 @@ class LLMRouter:
         else:
             # A stream fails while it is read: its errors are translated (and redacted) there.
             return _translated_sync_stream(response, model) if kwargs.get("stream") else response
+        finally:
+            self._end_call(ending)
         raise failure
 
     def _check_open(self, model: str) -> None:
@@ -678,6 +690,13 @@ class LLMRouter:
         else:
             recorded.entries |= entries
 
+    def _begin_call(
+        self, model: str, user_id: str | None, user_params: Mapping[str, str], call: Mapping[str, Any]
+    ) -> Callable[[], None]:
+        """Count a call to litellm in flight (:meth:`_call_started`); what its end does
+        (:meth:`_call_end`), for :meth:`_end_call`."""
+        return partial(self._call_end, model, user_id, user_params, call, self._call_started(model, call))
+
     def _call_started(self, model: str, call: Mapping[str, Any]) -> frozenset[str]:
         """The cost-map entries litellm adds for a call carrying a credential of its own (none
         for the others), counted in flight until :meth:`_call_ended`: they are not removed while
@@ -687,7 +706,8 @@ class LLMRouter:
         except Exception as error:
             _bookkeeping_failed("working out a call's cost-map entries", error)
             return frozenset()
-        self._calls_in_flight.update(entries)
+        with self._calls_in_flight_lock:
+            self._calls_in_flight.update(entries)
         return entries
 
     @staticmethod
@@ -704,10 +724,11 @@ class LLMRouter:
     def _call_ended(self, model: str, call: Mapping[str, Any], entries: frozenset[str]) -> frozenset[str]:
         """The call's entries (:meth:`_call_started`, and those of a retry after a rotation
         rewrote the deployment's params), no longer in flight."""
-        self._calls_in_flight.subtract(entries)
-        for entry in entries:
-            if self._calls_in_flight[entry] <= 0:
-                del self._calls_in_flight[entry]
+        with self._calls_in_flight_lock:
+            self._calls_in_flight.subtract(entries)
+            for entry in entries:
+                if self._calls_in_flight[entry] <= 0:
+                    del self._calls_in_flight[entry]
         if not entries:
             return entries
         return entries | _litellm.cost_entry_ids(self.router, model, self._groups.get(model, ()), call)
