@@ -15,10 +15,12 @@ import json
 import logging
 import threading
 import uuid
+from collections import Counter
 from typing import Any
 
 import litellm
 import pytest
+from cachetools import Cache
 from litellm.utils import _invalidate_model_cost_lowercase_map, _registered_pricing_fields
 
 from dynamic_agents.llm import LLMRouter, RouterConfig, _litellm, build_router
@@ -511,3 +513,40 @@ async def test_a_sync_call_with_a_key_of_its_own_keeps_its_entry_while_in_flight
     assert response._hidden_params["model_id"] == entry
     assert not router._calls_in_flight
     assert derived_from(deployment_id) == set()  # ...and then it goes
+
+
+async def test_a_user_pushed_out_keeps_an_entry_another_router_uses_without_walking_its_users(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each router counts the entries its users' keys use: whether one pushed out is still in use
+    is a lookup per entry and open router, not a walk through every open router's 1,024 users'
+    records (about 134 µs a router, on the end of the call that pushed her out)."""
+    monkeypatch.setattr("dynamic_agents.llm.router._USERS_KEYS_KEPT", 2)
+    users = {f"user-{n}": {"openai": {"api_key": f"canary-cost-user-{n:02d}"}} for n in range(3)}
+    secrets = SecretsManager(StaticSource({"openai": {"api_key": "canary-cost-system-01"}}, users=users))
+    deployment_id = unique_id()
+    first = await build_router(config(deployment_id), secrets)
+    second = await build_router(config(deployment_id), secrets)
+    walked: list[object] = []
+    users_keys = type(first._users_keys)
+    real_iter = users_keys.__iter__
+    monkeypatch.setattr(users_keys, "__iter__", lambda cache: walked.append(cache) or real_iter(cache))
+    try:
+        response = await first.acompletion(model="gpt", messages=MESSAGES, user_id="user-0")
+        shared = response._hidden_params["model_id"]
+        await second.acompletion(model="gpt", messages=MESSAGES, user_id="user-0")
+        for user_id in ("user-1", "user-2"):  # user-0 pushed out of the first router's two
+            await first.acompletion(model="gpt", messages=MESSAGES, user_id=user_id)
+        assert ("openai", "api_key", "user-0") not in first._users_keys
+        assert walked == []
+        assert shared in litellm.model_cost  # the second router remembers her key
+        for router in (first, second):  # the counts agree with the records
+            records = [Cache.__getitem__(router._users_keys, slot) for slot in list(router._users_keys)]
+            assert router._users_keys.in_use == Counter(e for record in records for e in record.entries)
+        assert first._users_keys.in_use
+        await second.aclose()
+        assert shared not in litellm.model_cost  # nobody does now
+    finally:
+        await first.aclose()
+        await second.aclose()
+    assert derived_from(deployment_id) == set()

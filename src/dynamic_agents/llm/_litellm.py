@@ -27,7 +27,7 @@ import re
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 try:
@@ -222,11 +222,11 @@ _PROVIDER_MODEL_SETS = (
 
 
 def forget_cost_entries(
-    ids: Iterable[str], *, derived_from: Collection[str] = (), keep: Collection[str] = ()
+    ids: Iterable[str], *, derived_from: Collection[str] = (), in_use: Callable[[str], bool] = lambda _: False
 ) -> int:
     """Take these deployment ids' entries out of ``litellm.model_cost``, with those of the per-call
     credentials sent through the deployments in ``derived_from`` (their ``original_model_id``, see
-    :func:`cost_entry_ids`), but none in ``keep``; how many were there. An id litellm no longer
+    :func:`cost_entry_ids`), but none ``in_use``; how many were there. An id litellm no longer
     has (a cost map reloaded since) is skipped.
 
     ``Router._register_deployment_in_model_cost`` (litellm/router.py ~10534) registers an entry
@@ -248,10 +248,9 @@ def forget_cost_entries(
             for name, entry in list(cost.items())
             if isinstance(entry, dict) and entry.get("original_model_id") in origins
         )
-    wanted.difference_update(keep)
     fields = _registered_pricing_fields()
     removed = 0
-    for name in wanted:
+    for name in [name for name in wanted if not in_use(name)]:
         if cost.pop(name, None) is not None:
             removed += 1
         fields.pop(name, None)

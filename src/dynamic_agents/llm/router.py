@@ -100,16 +100,50 @@ class _UserKey:
 class _UsersKeys(LRUCache[_Slot, _UserKey]):
     """The users' keys a router's calls carried, by slot, the ``_USERS_KEYS_KEPT`` used last. One
     pushed out has its entries handed to ``forget``: else every user past those would leave hers in
-    litellm's map until the router closes. Her next call registers them again."""
+    litellm's map until the router closes. Her next call registers them again.
+
+    ``in_use`` counts, per cost-map entry, the records here holding it, kept in step with every
+    change: a record stored, replaced, removed (pushed out too), cleared, or given entries (only
+    through :meth:`add_entries`). Whether an entry is still in use is then one lookup per router,
+    not a walk through its users' records."""
 
     def __init__(self, maxsize: int, forget: Callable[[frozenset[str]], None]) -> None:
         super().__init__(maxsize)
         self._forget = forget
+        self.in_use: Counter[str] = Counter()
+
+    def __setitem__(self, slot: _Slot, user_key: _UserKey) -> None:
+        before = Cache.__getitem__(self, slot) if slot in self else None
+        super().__setitem__(slot, user_key)
+        self.in_use.update(user_key.entries)
+        if before is not None:
+            self._release(before.entries)
+
+    def __delitem__(self, slot: _Slot) -> None:
+        user_key = Cache.__getitem__(self, slot)
+        super().__delitem__(slot)
+        self._release(user_key.entries)
+
+    def clear(self) -> None:
+        super().clear()
+        self.in_use.clear()
 
     def popitem(self) -> tuple[_Slot, _UserKey]:
-        slot, user_key = super().popitem()
+        slot, user_key = super().popitem()  # through __delitem__: its entries no longer counted
         self._forget(user_key.entries)
         return slot, user_key
+
+    def add_entries(self, user_key: _UserKey, entries: frozenset[str]) -> None:
+        """Add ``entries`` to a record held here."""
+        added = entries - user_key.entries
+        user_key.entries |= added
+        self.in_use.update(added)
+
+    def _release(self, entries: frozenset[str]) -> None:
+        self.in_use.subtract(entries)
+        for entry in entries:
+            if self.in_use[entry] <= 0:
+                del self.in_use[entry]
 
 
 def _unordered_values(cache: _UsersKeys) -> Iterator[_UserKey]:
@@ -688,7 +722,7 @@ class LLMRouter:
         elif recorded is None:  # removed, revoked or pushed out while the call went on
             self._forget_cost_entries(entries)  # (none another call or router still uses)
         else:
-            recorded.entries |= entries
+            self._users_keys.add_entries(recorded, entries)
 
     def _begin_call(
         self, model: str, user_id: str | None, user_params: Mapping[str, str], call: Mapping[str, Any]
@@ -874,14 +908,22 @@ class LLMRouter:
         ids, origins = set(ids), set(derived_from)
         if not ids and not origins:
             return
-        keep = set(self._calls_in_flight) | self._foreign_cost_entries
-        for router in LLMRouter._open:
-            keep.update(router._deployments, router._calls_in_flight, router._foreign_cost_entries)
-            for user_key in _unordered_values(router._users_keys):
-                keep.update(user_key.entries)
-        removed = _litellm.forget_cost_entries(ids, derived_from=origins, keep=keep)
+        removed = _litellm.forget_cost_entries(ids, derived_from=origins, in_use=self._cost_entry_in_use)
         if removed:
             logger.debug("removed %d litellm cost-map entr(ies) no longer in use", removed)
+
+    def _cost_entry_in_use(self, entry: str) -> bool:
+        """Whether a cost-map entry is in use: one it did not add (:attr:`_foreign_cost_entries`),
+        one of its calls in flight, or an open router's deployment, call in flight or user's key
+        (:attr:`_UsersKeys.in_use`)."""
+        if entry in self._foreign_cost_entries or entry in self._calls_in_flight:
+            return True
+        return any(
+            entry in router._deployments
+            or entry in router._calls_in_flight
+            or entry in router._users_keys.in_use
+            for router in LLMRouter._open
+        )
 
     def _forget_own_cost_entries(self) -> None:
         """Its deployments' entries and those of every per-call credential sent through them."""
