@@ -21,8 +21,9 @@ from typing import Any
 import litellm
 import pytest
 from cachetools import Cache
-from litellm.utils import _invalidate_model_cost_lowercase_map, _registered_pricing_fields
+from litellm.utils import _registered_pricing_fields
 
+from dynamic_agents.exceptions import ConfigurationError
 from dynamic_agents.llm import LLMRouter, RouterConfig, _litellm, build_router
 from dynamic_agents.secrets import SecretKey, SecretsManager, StaticSource
 from tests.support.waiting import wait_until
@@ -216,20 +217,31 @@ async def test_entries_litellm_already_removed_break_nothing() -> None:
 
 
 async def test_an_id_litellms_cost_map_had_before_the_router_stays() -> None:
-    catalog = "gpt-4o-mini"  # a catalog model's name, given as the deployment's id
-    fields = _registered_pricing_fields()
-    saved = copy.deepcopy(litellm.model_cost[catalog]), copy.deepcopy(fields.get(catalog))
+    foreign = unique_id()  # registered by someone else: another litellm Router, register_model()
+    litellm.register_model(
+        {foreign: {"litellm_provider": "openai", "mode": "chat"}}, persist_across_reloads=False
+    )
     try:
-        router = await build_router(config(catalog), SecretsManager(alice_source()))
+        router = await build_router(config(foreign), SecretsManager(alice_source()))
         await router.aclose()
-        assert catalog in litellm.model_cost
-    finally:  # litellm wrote the deployment's prices into the catalog's entry: undone for the others
-        litellm.model_cost[catalog] = saved[0]
-        if saved[1] is None:
-            fields.pop(catalog, None)
-        else:
-            fields[catalog] = saved[1]
-        _invalidate_model_cost_lowercase_map()
+        assert foreign in litellm.model_cost
+    finally:
+        _litellm.forget_cost_entries([foreign])
+
+
+@pytest.mark.parametrize("catalog_id", ["gpt-4o", "GPT-4o", "openai/gpt-4o", "azure/gpt-4o"])
+async def test_a_catalog_models_name_as_the_deployments_id_is_refused(catalog_id: str) -> None:
+    """litellm registers a deployment's model info and prices under its id by merging them into
+    the catalog entry that id resolves to: every call in the process pricing that model would be
+    priced at this deployment's prices (and this deployment as that model)."""
+    catalog = {name: copy.deepcopy(entry) for name, entry in litellm.model_cost.items() if "gpt-4o" in name}
+    with pytest.raises(ConfigurationError) as caught:
+        await build_router(config(catalog_id), SecretsManager(alice_source()))
+    message = str(caught.value)
+    assert message.startswith(f"model_list[0] (deployment {catalog_id!r} of model 'gpt'), model_info.id: ")
+    assert "litellm's catalog" in message
+    assert "an id of its own" in message
+    assert {name: entry for name, entry in litellm.model_cost.items() if "gpt-4o" in name} == catalog
 
 
 async def test_no_key_reaches_the_cost_map_or_the_logs(caplog: pytest.LogCaptureFixture) -> None:

@@ -12,7 +12,9 @@ litellm is pinned to 1.106.x (``pyproject.toml``) because of the internals used 
   entries;
 * taking a deployment's entries out of litellm's process-wide cost map (``litellm.model_cost``),
   its own and those of the per-call credentials sent through it: litellm has no call for it, and
-  the ids of the latter are litellm's hash of the call's params (``cost_entry_ids``).
+  the ids of the latter are litellm's hash of the call's params (``cost_entry_ids``);
+* telling a catalog model's name given as a deployment's id (``catalog_entry``): the catalog as
+  litellm loaded it, apart from what was registered since.
 
 Importing this module imports litellm (about 1.5 s). ``LITELLM_LOCAL_MODEL_COST_MAP`` is set to
 ``True`` first unless the host set it: otherwise litellm fetches its cost map over the network at
@@ -21,13 +23,16 @@ import time.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
 import os
 import re
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from collections.abc import Callable, Collection, Iterable, Mapping
+from importlib.resources import files
 from typing import Any
 
 try:
@@ -55,6 +60,7 @@ protect_loggers(*LITELLM_LOGGERS)  # litellm logs provider errors, which may ech
 __all__ = [
     "LITELLM_LOGGERS",
     "Router",
+    "catalog_entry",
     "clear_cooldown",
     "cooled_down",
     "cost_entry_ids",
@@ -261,6 +267,43 @@ def forget_cost_entries(
     if removed:
         _invalidate_model_cost_lowercase_map()
     return removed
+
+
+def catalog_entry(deployment_id: str, custom_llm_provider: str | None = None) -> str | None:
+    """The entry of litellm's catalog that a deployment with this id would be registered into, if
+    any: ``litellm.register_model`` (``Router._register_deployment_in_model_cost``, litellm/utils.py
+    ~3535) merges a deployment's model info and prices into the built-in entry its id resolves to
+    (``get_model_info``: ``GPT-4o`` and ``openai/gpt-4o`` resolve to ``gpt-4o``), or into the entry
+    under that very name, instead of an entry of its own."""
+    catalog = _catalog()
+    if deployment_id in catalog:
+        return deployment_id
+    quiet = litellm.suppress_debug_info
+    litellm.suppress_debug_info = True  # as a Router sets it: else litellm prints for a name it lacks
+    try:
+        info = litellm.get_model_info(model=deployment_id, custom_llm_provider=custom_llm_provider)
+    except Exception:  # not a model litellm knows
+        return None
+    finally:
+        litellm.suppress_debug_info = quiet
+    key = info.get("key")
+    return key if isinstance(key, str) and key in catalog else None
+
+
+def _catalog() -> Collection[str]:
+    """The names in litellm's catalog as loaded, not the entries registered since
+    (``GetModelCostMap.loaded_model_cost_map()``), else the catalog bundled with litellm."""
+    from litellm.litellm_core_utils import get_model_cost_map
+
+    loaded = getattr(getattr(get_model_cost_map, "GetModelCostMap", None), "loaded_model_cost_map", None)
+    catalog: Collection[str] = loaded() if loaded is not None else ()
+    return catalog or _bundled_catalog()
+
+
+@functools.cache
+def _bundled_catalog() -> frozenset[str]:
+    text = files("litellm").joinpath("model_prices_and_context_window_backup.json").read_bytes()
+    return frozenset(json.loads(text))
 
 
 def fallback_groups(router: Router, model_group: str, error: BaseException) -> list[str]:

@@ -184,7 +184,10 @@ async def build_router(
 ) -> LLMRouter:
     """Resolve the config's secret references and build the one ``litellm.Router``. With
     ``tracing``, every call is a ``chat {model}`` span (usage and cost as attributes). A config
-    the Router refuses is a :class:`~dynamic_agents.exceptions.ConfigurationError` (no values)."""
+    the Router refuses is a :class:`~dynamic_agents.exceptions.ConfigurationError` (no values), and
+    so is a ``model_info.id`` naming a model of litellm's catalog."""
+    for position, item in enumerate(config.model_list):
+        _check_not_a_catalog_model(item, position)
     deployments = [
         _Deployment(item, await _resolve(item, position, secrets), _providers(item, secrets), position)
         for position, item in enumerate(config.model_list)
@@ -218,8 +221,8 @@ async def build_router(
         redis_url: str = reveal_all(await secrets.resolve_all(config.redis_url, where="redis_url"))
         masked_url(redis_url)  # registers its password with the redactor
         settings["redis_url"] = redis_url
-    # An id litellm's cost map has before this Router registers it (a catalog model's name given
-    # as model_info.id, another router's deployment) is not this router's to remove.
+    # An id litellm's cost map has before this Router registers it (another router's deployment,
+    # a register_model() call) is not this router's to remove.
     cost_entries_before = frozenset(d.id for d in deployments if d.id in _litellm.litellm.model_cost)
     refused: ConfigurationError
     try:
@@ -240,6 +243,22 @@ async def build_router(
             cost_entries_before=cost_entries_before,
         )
     raise refused  # outside the except block: the original is not chained
+
+
+def _check_not_a_catalog_model(deployment: DeploymentConfig, position: int) -> None:
+    """litellm merges a deployment's model info and prices into the catalog entry its id names
+    (:func:`_litellm.catalog_entry`): every call of the process pricing that model would read
+    this deployment's prices, and this deployment would be priced as that model."""
+    provider = deployment.litellm_params.get("custom_llm_provider")
+    entry = _litellm.catalog_entry(deployment.deployment_id, provider if isinstance(provider, str) else None)
+    if entry is not None:
+        raise ConfigurationError(
+            f"model_list[{position}] ({deployment.describe()}), model_info.id: "
+            f"{deployment.deployment_id!r} names the model {entry!r} of litellm's catalog, and litellm "
+            "would write this deployment's model info and prices into that catalog entry, which "
+            "prices every call of that model in the process; give the deployment an id of its own "
+            f"(such as '{deployment.model_name}-main'), or none to have one derived"
+        )
 
 
 def _refusal(error: Exception) -> str:
