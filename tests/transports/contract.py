@@ -184,34 +184,64 @@ class TransportContract:
         (pending,) = await transport.pending(backend.stream(), "workers")
         assert (pending.consumer, pending.delivery_count) == ("busy", 1)
 
-    async def test_keep_fresh_takes_back_the_count_of_this_consumers_own_reclaim(
+    async def test_uncount_takes_back_a_delivery_of_this_consumers_own_reclaim(
         self, backend: Backend
     ) -> None:
-        """Its entries went idle while it could not keep them fresh, so its own reclaim scan took
-        one back that its handler still ran: a delivery that handled nothing, counted all the same
-        (a taker could then find it past max_deliveries). Kept fresh, the handler's delivery gives
-        its count back; a later delivery's own count is not lowered by that."""
+        """Its own reclaim scan took back an entry it was still handling (kept fresh too late): a
+        delivery that handled nothing, counted all the same (a taker could then find the entry
+        past max_deliveries sooner). Taken back once, its idle time reset."""
         transport = await backend.transport()
-        await published(backend, transport, request("a"), request("b"))
-        running, other = await transport.read(backend.subscription("busy"), 2)
+        await published(backend, transport, request())
+        (running,) = await transport.read(backend.subscription("busy"), 1)
         await backend.advance(backend.min_idle * 1.5)
-        reclaimed = await transport.read(backend.subscription("busy"), 2)
-        assert [d.delivery_count for d in reclaimed] == [2, 2]
-        assert await transport.keep_fresh([running]) == []
+        (again,) = await transport.read(backend.subscription("busy"), 1)
+        assert (again.entry_id, again.delivery_count) == (running.entry_id, 2)
+        assert await transport.uncount(again)
         counts = [
             (p.consumer, p.delivery_count) for p in await transport.pending(backend.stream(), "workers")
         ]
-        assert counts == [("busy", 1), ("busy", 2)]
-        assert await transport.keep_fresh(reclaimed) == []  # never raised: at most the handler's count
+        assert counts == [("busy", 1)]
+        assert not await transport.uncount(again)  # its count is no longer 2: once only
+        assert await transport.read(backend.subscription("thief"), 1) == []  # fresh again
+
+    async def test_uncount_leaves_what_other_consumers_counted(self, backend: Backend) -> None:
+        """A delivery to another consumer (which may have run it) in between stays counted: only
+        this consumer's last delivery goes, and only while it holds the entry with that count."""
+        transport = await backend.transport()
+        await published(backend, transport, request())
+        await transport.read(backend.subscription("c1"), 1)
+        await backend.advance(backend.min_idle * 1.5)
+        (taken,) = await transport.read(backend.subscription("c2"), 1)
+        await backend.advance(backend.min_idle * 1.5)
+        (back,) = await transport.read(backend.subscription("c1"), 1)
+        assert (taken.delivery_count, back.delivery_count) == (2, 3)
+        assert not await transport.uncount(taken)  # c2 no longer holds it
+        assert await transport.uncount(back)
         counts = [
             (p.consumer, p.delivery_count) for p in await transport.pending(backend.stream(), "workers")
         ]
-        assert counts == [("busy", 1), ("busy", 2)]
-        assert await transport.release(other)  # release gives it back with the handler's count too
+        assert counts == [("c1", 2)]
+        await backend.advance(backend.min_idle * 1.5)
+        (again,) = await transport.read(backend.subscription("c2"), 1)
+        assert again.delivery_count == 3
+        assert not await transport.uncount(back)  # c1 no longer holds it
         counts = [
             (p.consumer, p.delivery_count) for p in await transport.pending(backend.stream(), "workers")
         ]
-        assert counts == [("busy", 1), ("busy", 1)]
+        assert counts == [("c2", 3)]
+
+    async def test_uncount_of_a_first_or_settled_delivery_does_nothing(self, backend: Backend) -> None:
+        transport = await backend.transport()
+        await published(backend, transport, request())
+        (first,) = await transport.read(backend.subscription(), 1)
+        assert not await transport.uncount(first)
+        counts = [p.delivery_count for p in await transport.pending(backend.stream(), "workers")]
+        assert counts == [1]
+        await backend.advance(backend.min_idle * 1.5)
+        (again,) = await transport.read(backend.subscription(), 1)
+        await transport.ack(again)
+        assert not await transport.uncount(again)
+        assert await transport.pending(backend.stream(), "workers") == []
 
     async def test_keep_fresh_reports_deliveries_lost_to_another_consumer(self, backend: Backend) -> None:
         transport = await backend.transport()

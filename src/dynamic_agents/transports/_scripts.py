@@ -56,26 +56,16 @@ return id
 """
 )
 
-# KEYS[1] stream; ARGV: group, consumer, idle ms to set, then entry id and its delivery's count…
+# KEYS[1] stream; ARGV: group, consumer, idle ms to set, entry ids…
 # Resets (or sets) the idle time of the entries this consumer still holds, without counting a new
 # delivery; returns the ids it still holds: those XCLAIM gives back (it drops an entry deleted from
-# the stream while pending from the pending list, and leaves it out). An entry counted more often
-# than its delivery says (this consumer's own reclaim scan took it back while it was being handled:
-# a delivery that handled nothing) gets its delivery's count back (RETRYCOUNT), one XCLAIM each.
-# One XCLAIM per 1,000 other ids (unpack() has a stack limit).
+# the stream while pending from the pending list, and leaves it out).
+# One XCLAIM per 1,000 ids (unpack() has a stack limit).
 HOLD: Final = """#!lua
 local held, kept = {}, {}
-for i = 4, #ARGV, 2 do
+for i = 4, #ARGV do
   local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
-  if #p > 0 and p[1][2] == ARGV[2] then
-    if p[1][4] > tonumber(ARGV[i + 1]) then
-      local got = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'IDLE', ARGV[3],
-        'RETRYCOUNT', ARGV[i + 1], 'JUSTID')
-      for _, id in ipairs(got) do kept[#kept + 1] = id end
-    else
-      held[#held + 1] = ARGV[i]
-    end
-  end
+  if #p > 0 and p[1][2] == ARGV[2] then held[#held + 1] = ARGV[i] end
 end
 for first = 1, #held, 1000 do
   local args = {KEYS[1], ARGV[1], ARGV[2], 0}
@@ -86,6 +76,17 @@ for first = 1, #held, 1000 do
   for _, id in ipairs(redis.call('XCLAIM', unpack(args))) do kept[#kept + 1] = id end
 end
 return kept
+"""
+
+# KEYS[1] stream; ARGV: group, consumer, entry id, the delivery's count (at least 2).
+# Takes back one delivery of an entry this consumer holds, if its count is still that: XCLAIM with
+# RETRYCOUNT one less (its idle time reset). Returns 1 if so, else 0.
+UNCOUNT: Final = """#!lua
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if #p == 0 or p[1][2] ~= ARGV[2] or p[1][4] ~= tonumber(ARGV[4]) then return 0 end
+local kept = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3],
+  'RETRYCOUNT', tonumber(ARGV[4]) - 1, 'JUSTID')
+return #kept
 """
 
 # KEYS[1] stream; ARGV: group, consumer, min idle ms, start id, count

@@ -610,11 +610,17 @@ class Transport(_AsyncResource):
     @abstractmethod
     async def keep_fresh(self, deliveries: Sequence[Delivery[Any]]) -> list[Delivery[Any]]:
         """Reset the idle time of deliveries this consumer still holds, so they are not reclaimed,
-        without counting a new delivery. Returns the deliveries it no longer holds (lost).
+        without counting a new delivery. Returns the deliveries it no longer holds (lost)."""
 
-        An entry counted more often than its delivery says gets the delivery's count back: this
-        consumer's own reclaim scan took it back while it was still being handled (kept fresh too
-        late), a delivery that handled nothing. :meth:`release` does the same."""
+    async def uncount(self, delivery: Delivery[Any]) -> bool:
+        """Take back the count of ``delivery``, a delivery to this consumer that handled nothing:
+        its own reclaim scan took back an entry it was still handling (it could not keep the entry
+        fresh in time). Only while this consumer holds the entry and nothing claimed it since (its
+        count is still ``delivery.delivery_count``): the count goes back by one and the idle time to
+        0; true if so. Otherwise a later taker would find the entry delivered once more than it
+        was, and past ``max_deliveries`` sooner. This default, for other transports, changes
+        nothing and returns false."""
+        return False
 
     @abstractmethod
     async def dead_letter(

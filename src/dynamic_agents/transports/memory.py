@@ -415,7 +415,6 @@ class InMemoryTransport(Transport):
             return False
         # Backdate the delivery so a reclaim scan takes it once ``delay`` has passed.
         pending.delivered_at = self.clock.time() - idle
-        pending.count = min(pending.count, delivery.delivery_count)
         self._reclaimed_at.pop((delivery.stream, delivery.group, delivery.consumer), None)
         return True
 
@@ -427,10 +426,20 @@ class InMemoryTransport(Transport):
             pending = self._held_on_stream(delivery)
             if pending is None:
                 lost.append(delivery)
-            else:  # as HOLD: a count this consumer's own reclaim scan raised goes back
+            else:
                 pending.delivered_at = now
-                pending.count = min(pending.count, delivery.delivery_count)
         return lost
+
+    async def uncount(self, delivery: Delivery[Any]) -> bool:
+        self._check_open()
+        if delivery.settled or delivery.delivery_count < 2:
+            return False
+        pending = self._held_on_stream(delivery)
+        if pending is None or pending.count != delivery.delivery_count:
+            return False
+        pending.count -= 1
+        pending.delivered_at = self.clock.time()
+        return True
 
     async def dead_letter(
         self,

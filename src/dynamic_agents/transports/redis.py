@@ -336,6 +336,7 @@ class RedisStreamsTransport(Transport):
         self._retry = _RetryPolicy(self._backoff, retry_deadline, operation_timeout)
         self._owns_client = owns_client
         self._hold = client.register_script(_scripts.HOLD)
+        self._uncount = client.register_script(_scripts.UNCOUNT)
         self._publish_many = client.register_script(_scripts.PUBLISH_MANY)
         self._publish_expiring = client.register_script(_scripts.PUBLISH_EXPIRING)
         self._reclaim_script = client.register_script(_scripts.RECLAIM)
@@ -644,17 +645,13 @@ class RedisStreamsTransport(Transport):
         return acked
 
     async def _set_idle(self, deliveries: Sequence[Delivery[Any]], idle: float) -> set[str]:
-        """Set the idle time of the given deliveries this consumer holds (and a delivery count
-        higher than theirs back to theirs: see ``HOLD``); returns the held ids."""
-        by_group: dict[tuple[str, str, str], list[Arg]] = defaultdict(list)
+        """Set the idle time of the given deliveries this consumer holds; returns the held ids."""
+        by_group: dict[tuple[str, str, str], list[str]] = defaultdict(list)
         for delivery in deliveries:
-            by_group[delivery.stream, delivery.group, delivery.consumer] += (
-                delivery.entry_id,
-                delivery.delivery_count,
-            )
+            by_group[delivery.stream, delivery.group, delivery.consumer].append(delivery.entry_id)
         held: set[str] = set()
-        for (stream, group, consumer), pairs in by_group.items():
-            hold = partial(self._hold, keys=[stream], args=[group, consumer, int(idle * 1000), *pairs])
+        for (stream, group, consumer), ids in by_group.items():
+            hold = partial(self._hold, keys=[stream], args=[group, consumer, int(idle * 1000), *ids])
             try:
                 result = await self._call(f"hold entries of {stream!r}", hold)
             except TransportError as error:
@@ -676,6 +673,13 @@ class RedisStreamsTransport(Transport):
             return []
         held = await self._set_idle(deliveries, 0.0)
         return [delivery for delivery in deliveries if delivery.entry_id not in held]
+
+    async def uncount(self, delivery: Delivery[Any]) -> bool:
+        if delivery.settled or delivery.delivery_count < 2:
+            return False
+        args: list[Arg] = [delivery.group, delivery.consumer, delivery.entry_id, delivery.delivery_count]
+        uncount = partial(self._uncount, keys=[delivery.stream], args=args)
+        return bool(_int(await self._call(f"uncount {delivery.entry_id}", uncount)))
 
     async def dead_letter(
         self,

@@ -421,6 +421,7 @@ class AgentWorker:
             return False
         loop = asyncio.get_running_loop()
         read_at = loop.time()
+        handled_here: list[Delivery[AgentRequestEvent]] = []
         for delivery in deliveries:
             self.stats.received += 1
             if delivery.settled:
@@ -435,6 +436,7 @@ class AgentWorker:
                     "kept fresh for claim_min_idle); its handler goes on with it",
                     delivery.entry_id,
                 )
+                handled_here.append(delivery)
                 continue
             self._held[delivery.entry_id] = delivery
             # Queue behind the session's previous request now, in arrival order (before any await).
@@ -447,6 +449,10 @@ class AgentWorker:
             task = loop.create_task(self._handle(delivery, previous, turn, read_at))
             self._tasks[delivery.entry_id] = task
             self._turns[delivery.entry_id] = turn
+        for delivery in handled_here:  # a delivery that handled nothing: not counted (else a taker
+            # could find the entry past max_deliveries sooner); left counted if this fails
+            with contextlib.suppress(DynamicAgentsError):
+                await self.transport.uncount(delivery)
         return bool(deliveries)
 
     async def _keep_fresh_loop(self) -> None:
