@@ -123,9 +123,10 @@ class DeadLetter:
     :meth:`DeadLetters.purge` take); ``origin_stream`` and ``origin_entry_id`` say where the request
     was, ``group`` and ``consumer`` who held it, ``delivery_count`` how often it had been delivered.
     ``fields`` are the original entry's fields (without ``dead_letter.*``); ``request`` is the request
-    decoded from them, or ``None`` with ``decode_error`` saying why. ``response_id`` names the error
-    reply whose completed-request record the dead-lettering wrote (``None`` if it wrote none): what
-    :meth:`DeadLetters.requeue` deletes. Fields missing from an entry
+    decoded from them, or ``None`` with ``decode_error`` saying why. ``request_id`` and
+    ``response_id`` name the completed-request record the dead-lettering wrote — the request's and
+    its error reply's ids, there even when ``request`` does not decode here (``None`` if it wrote
+    none): what :meth:`DeadLetters.requeue` deletes. Fields missing from an entry
     someone wrote by hand read as empty strings and ``0``; ``dead_at`` then falls back to the time
     in the entry id.
     """
@@ -141,6 +142,7 @@ class DeadLetter:
     request: AgentRequestEvent | None
     decode_error: str | None
     fields: Mapping[bytes, bytes] = field(repr=False, compare=False)
+    request_id: str | None = None
     response_id: str | None = None
 
     @property
@@ -276,9 +278,9 @@ class DeadLetters:
             )
         if not letter.fields:
             raise RequeueError(letter.id, self.stream, "it has no original fields to put back")
-        if letter.request is not None and letter.response_id is not None:
+        if letter.request_id is not None and letter.response_id is not None:
             # Before the move, or a worker could read the requeued request and find it answered.
-            await self._coordinator.delete_record(letter.request.id, response_id=letter.response_id)
+            await self._coordinator.delete_record(letter.request_id, response_id=letter.response_id)
         new_id = await self.transport.move(self.stream, letter.id, letter.origin_stream, letter.fields)
         if new_id is None:
             logger.info("dead letter %s was requeued or purged by someone else meanwhile", letter.id)
@@ -391,6 +393,7 @@ class DeadLetters:
             request=request,
             decode_error=decode_error,
             fields=original,
+            request_id=meta.get("request_id") or None,
             response_id=meta.get("response_id") or None,
         )
 

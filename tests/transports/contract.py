@@ -597,6 +597,7 @@ class TransportContract:
         assert (record.reply_stream, record.reply_entry_id) == (reply_stream, reply.entry_id)
         (dead,) = await transport.read_stream(backend.names.dead_letters, AgentRequestEvent)
         assert dead.fields[b"dead_letter.response_id"] == error.id.encode()
+        assert dead.fields[b"dead_letter.request_id"] == event.id.encode()
         await transport.publish(backend.stream(), event)  # the platform retries it, twice
         await transport.publish(backend.stream(), event)
         retry, late_run = await transport.read(backend.subscription(), 2)
@@ -630,6 +631,7 @@ class TransportContract:
         assert await coordinator.get_record(event.id) is None
         (dead,) = await transport.read_stream(backend.names.dead_letters, AgentRequestEvent)
         assert b"dead_letter.response_id" not in dead.fields
+        assert b"dead_letter.request_id" not in dead.fields
 
     async def test_an_undecodable_entry_dead_lettered_with_a_record_ttl_has_no_record(
         self, backend: Backend
@@ -645,6 +647,7 @@ class TransportContract:
         assert await transport.coordinator().get_record("unknown") is None
         (dead,) = await transport.read_stream(backend.names.dead_letters, AgentRequestEvent)
         assert b"dead_letter.response_id" not in dead.fields
+        assert b"dead_letter.request_id" not in dead.fields
 
     @pytest.mark.parametrize("ttl", [0, -1.0, float("nan"), float("inf")])
     async def test_dead_letter_refuses_a_bad_record_ttl_and_changes_nothing(

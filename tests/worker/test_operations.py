@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from dynamic_agents.events import AgentRequestEvent, ResponseStatus
+from dynamic_agents.events import AgentRequestEvent, EventCodec, ResponseStatus, StreamNames
 from dynamic_agents.exceptions import ConfigurationError, DeliveryError, RequeueError, TransportError
 from dynamic_agents.operations import (
     MAX_DELIVERIES,
@@ -17,7 +17,7 @@ from dynamic_agents.operations import (
     DeadLetterSummary,
     reason_kind,
 )
-from dynamic_agents.transports import Subscription, Transport
+from dynamic_agents.transports import InMemoryServer, InMemoryTransport, Subscription, Transport
 from tests.worker.conftest import Backend, replies, request_event, worker
 
 GROUP = "dynamic-agents"
@@ -227,6 +227,35 @@ async def test_purging_a_dead_letter_leaves_the_request_answered(backend: Backen
     w = worker(transport)
     await w.run_until_idle()
     assert (w.stats.duplicates, w.stats.completed) == (1, 0)
+
+
+async def test_requeue_deletes_the_record_of_a_request_it_cannot_decode() -> None:
+    """The worker decoded the request, the operator's DeadLetters does not (a stricter codec: a
+    rolling upgrade): the letter still names the record, which goes, so the requeued request runs
+    instead of being acked as answered."""
+    server = InMemoryServer()
+    names = StreamNames("ops")
+    transport = InMemoryTransport(server, names=names)
+
+    async def make() -> Transport:
+        return transport
+
+    async def delete(key: str) -> None:
+        server.delete(key)
+
+    request, _, _ = await dead_past_max_deliveries(Backend(names, make, delete), transport)
+    strict = InMemoryTransport(server, names=names, codec=EventCodec(max_content_length=3))
+    dead = DeadLetters(strict)
+    (letter,) = await dead.list()
+    assert letter.request is None
+    assert letter.decode_error is not None
+    assert letter.request_id == request.id
+    assert letter.response_id is not None
+    await dead.requeue(letter.id)
+    assert await transport.coordinator().get_record(request.id) is None
+    w = worker(transport)
+    await w.run_until_idle()
+    assert (w.stats.completed, w.stats.duplicates) == (1, 0)
 
 
 async def test_requeue_keeps_a_record_a_later_answer_wrote(backend: Backend) -> None:

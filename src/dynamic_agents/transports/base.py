@@ -638,8 +638,8 @@ class Transport(_AsyncResource):
         With ``record_ttl`` (it needs a ``reply``), a decoded request's completed-request record is
         written in the same step, naming the reply and kept ``record_ttl`` seconds: a later delivery
         of the request (a platform's retry of it, a run that lost its entry) is then acked as
-        answered instead of running and being answered again. The dead letter names the reply in
-        ``dead_letter.response_id``, and requeueing it deletes that record
+        answered instead of running and being answered again. The dead letter names the record in
+        ``dead_letter.request_id`` and ``dead_letter.response_id``, and requeueing it deletes that record
         (:meth:`Coordinator.delete_record`), so the requeued request runs.
         """
 
@@ -921,8 +921,9 @@ def unpack_fields(packed: bytes) -> dict[bytes, bytes]:
 def dead_letter_fields(
     delivery: Delivery[Any], reason: str, now: float, *, response_id: str | None = None
 ) -> Mapping[bytes, bytes]:
-    """The original fields plus ``dead_letter.*`` fields saying where, when, who and why (and
-    ``response_id``, the reply whose completed-request record the dead-lettering wrote).
+    """The original fields plus ``dead_letter.*`` fields saying where, when, who and why (and, with
+    ``response_id``, ``request_id`` and ``response_id``: the completed-request record the
+    dead-lettering wrote, named whether or not a reader can decode the entry).
 
     An entry with too many fields (:data:`DEAD_LETTER_MAX_FIELDS`) has them packed into one,
     :data:`DEAD_LETTER_PACKED_FIELD` (:func:`unpack_fields` reads it back), so it can still be
@@ -939,7 +940,8 @@ def dead_letter_fields(
         "delivery_count": str(delivery.delivery_count),
         "dead_at": repr(now),
     }
-    if response_id is not None:
+    if response_id is not None and delivery.message is not None:
+        extra["request_id"] = delivery.message.event.id
         extra["response_id"] = response_id
     fields = dict(delivery.fields)
     if len(fields) + len(extra) > DEAD_LETTER_MAX_FIELDS or any(
