@@ -1009,7 +1009,11 @@ class _CallEnd:
     unstarted (an async generator never iterated runs no ``finally``; its call would stay counted
     in flight, and its cost-map entries in litellm's map, for ever). The finalizer runs in whatever
     thread collects the stream, possibly in the middle of other bookkeeping: it only hands the end
-    to the stream's event loop (thread-safe), and does nothing once that loop is closed."""
+    to the stream's event loop (thread-safe), and does nothing once that loop is closed. For a
+    stream dropped part read it runs too, before the stream's ``finally`` (CPython clears weak
+    references before an async generator's finalizer brings it back to close it): the call then
+    ends while litellm's stream is being closed, which prices nothing; whichever runs second does
+    nothing."""
 
     def __init__(self, ending: list[Callable[[], object]]) -> None:
         self._ending: list[Callable[[], object]] | None = ending
