@@ -59,6 +59,15 @@ def test_check_seconds_refuses_a_duration_over_the_maximum_naming_it() -> None:
         check_seconds("ttl", MAX_SECONDS + 1, optional=True)
 
 
+@pytest.mark.parametrize("forever", [False, True])
+def test_check_seconds_refuses_an_int_past_a_floats_range_as_over_the_maximum(forever: bool) -> None:
+    # math.isnan(10**400) raised a bare OverflowError
+    with pytest.raises(ConfigurationError, match=r"^timeout must be at most 2147483648 seconds"):
+        check_seconds("timeout", 10**400, forever=forever)
+    with pytest.raises(ConfigurationError, match=r"^timeout must be a .*> 0, got -1000"):
+        check_seconds("timeout", -(10**400), forever=forever)
+
+
 def test_check_seconds_takes_math_inf_for_no_limit_but_no_huge_finite_duration() -> None:
     assert check_seconds("timeout", math.inf, forever=True, optional=True) == math.inf
     assert check_seconds("timeout", None, forever=True, optional=True) is None

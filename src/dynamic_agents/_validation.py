@@ -75,8 +75,11 @@ def check_seconds(
     if (
         isinstance(value, bool)
         or not isinstance(value, int | float)
-        or math.isnan(value)
-        or (math.isinf(value) and not (forever and value > 0))
+        # an int is finite (math.isnan of one past a float's range raises OverflowError)
+        or (
+            isinstance(value, float)
+            and (math.isnan(value) or (math.isinf(value) and not (forever and value > 0)))
+        )
         or value < 0
         or (value == 0 and not zero)
     ):
