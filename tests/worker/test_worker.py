@@ -140,6 +140,23 @@ async def test_a_long_run_is_kept_and_answered_once(backend: Backend) -> None:
     assert idle.stats.received == 0
 
 
+class HeldUp:
+    """A run that waits for ``gate`` (``started`` once it runs), then answers "answered"."""
+
+    def __init__(self) -> None:
+        self.gate, self.started = asyncio.Event(), asyncio.Event()
+        self.executor = FunctionExecutor(self._run)
+
+    async def _run(self, target: Target, request: AgentRequestEvent) -> str:
+        self.started.set()
+        await self.gate.wait()
+        return "answered"
+
+
+async def cannot_keep_fresh(deliveries: Any) -> list[Any]:
+    raise TransportError("keeping entries fresh failed: Redis unreachable")
+
+
 async def test_an_entry_this_worker_still_handles_is_not_handled_twice_when_it_reclaims_it(
     backend: Backend,
 ) -> None:
@@ -148,29 +165,21 @@ async def test_an_entry_this_worker_still_handles_is_not_handled_twice_when_it_r
     a second handler for it ran beside the first, and past max_deliveries dead-lettered it with
     an error reply while the first went on to answer it too (found by a soak under faults)."""
     transport = await backend.transport()
-    gate, started = asyncio.Event(), asyncio.Event()
+    run = HeldUp()
     received: list[int] = []
-
-    async def held_up(target: Target, request: AgentRequestEvent) -> str:
-        started.set()
-        await gate.wait()
-        return "answered"
 
     class Received(BaseHooks):
         async def on_received(self, delivery: Any) -> None:
             received.append(delivery.delivery_count)
 
-    async def cannot_keep_fresh(deliveries: Any) -> list[Any]:
-        raise TransportError("keeping entries fresh failed: Redis unreachable")
-
-    w = worker(transport, FunctionExecutor(held_up), max_deliveries=1)
+    w = worker(transport, run.executor, max_deliveries=1)
     w.hooks.append(Received())
     transport.keep_fresh = cannot_keep_fresh  # type: ignore[method-assign]
     await transport.publish(backend.names.requests, request_event(backend.names, "x"))
     async with w:
-        await asyncio.wait_for(started.wait(), 5)
+        await asyncio.wait_for(run.started.wait(), 5)
         await wait_for(lambda: _async(w.stats.received >= 2))  # its own reclaim scan took it back
-        gate.set()
+        run.gate.set()
         await wait_for(lambda: _async(w.in_flight == 0))
     (reply,) = await replies(transport, backend.names)
     assert (reply.status, reply.content) == (ResponseStatus.COMPLETED, "answered")
@@ -217,28 +226,20 @@ async def test_a_request_past_max_deliveries_is_not_dead_lettered_while_its_sess
     session's lease had the entry taken over past max_deliveries: the taker dead-lettered it with
     an error reply, and the run, its lease still held, answered it too (found by a soak)."""
     transport, other = await backend.transport(), await backend.transport()
-    gate, started = asyncio.Event(), asyncio.Event()
-
-    async def held_up(target: Target, request: AgentRequestEvent) -> str:
-        started.set()
-        await gate.wait()
-        return "answered"
-
-    async def cannot_keep_fresh(deliveries: Any) -> list[Any]:
-        raise TransportError("keeping entries fresh failed: Redis unreachable")
+    run = HeldUp()
 
     # concurrency 1: busy with the run, it reads nothing, so its own reclaim scan cannot take the
     # entry back first (which keeps it fresh in its place) and the taker is sure to get it
-    running = worker(transport, FunctionExecutor(held_up), consumer="running", lease_ttl=5, concurrency=1)
+    running = worker(transport, run.executor, consumer="running", lease_ttl=5, concurrency=1)
     transport.keep_fresh = cannot_keep_fresh  # type: ignore[method-assign]
     taker = worker(other, consumer="taker", max_deliveries=1, lease_ttl=5)
     await transport.publish(backend.names.requests, request_event(backend.names, "x"))
     async with running:
-        await asyncio.wait_for(started.wait(), 5)
+        await asyncio.wait_for(run.started.wait(), 5)
         async with taker:
             await wait_for(lambda: _async(taker.stats.received >= 1))  # taken over: delivered twice
             await wait_for(lambda: _async(taker.in_flight == 0))
-            gate.set()
+            run.gate.set()
             await wait_for(lambda: _async(running.in_flight == 0))
     await taker.run_until_idle()
     (reply,) = await replies(transport, backend.names)
@@ -289,28 +290,20 @@ async def test_an_entry_its_own_reclaim_takes_back_is_not_counted_as_delivered_a
     (after this worker died) could find it past max_deliveries and set it aside instead of running
     it. The worker takes each such delivery back."""
     transport = await backend.transport()
-    gate, started = asyncio.Event(), asyncio.Event()
-
-    async def held_up(target: Target, request: AgentRequestEvent) -> str:
-        started.set()
-        await gate.wait()
-        return "answered"
-
-    async def cannot_keep_fresh(deliveries: Any) -> list[Any]:
-        raise TransportError("keeping entries fresh failed: Redis unreachable")
+    run = HeldUp()
 
     async def counted_once() -> bool:
         (pending,) = await transport.pending(backend.names.requests, "dynamic-agents")
         return (pending.consumer, pending.delivery_count) == (w.settings.consumer, 1)
 
-    w = worker(transport, FunctionExecutor(held_up))
+    w = worker(transport, run.executor)
     transport.keep_fresh = cannot_keep_fresh  # type: ignore[method-assign]
     await transport.publish(backend.names.requests, request_event(backend.names, "x"))
     async with w:
-        await asyncio.wait_for(started.wait(), 5)
+        await asyncio.wait_for(run.started.wait(), 5)
         await wait_for(lambda: _async(w.stats.received >= 3))  # taken back by its own scan twice
         await wait_for(counted_once)  # once each has been taken back (it stayed at 3)
-        gate.set()
+        run.gate.set()
         await wait_for(lambda: _async(w.in_flight == 0))
     (reply,) = await replies(transport, backend.names)
     assert (reply.status, reply.content) == (ResponseStatus.COMPLETED, "answered")
