@@ -76,6 +76,7 @@ from dynamic_agents.transports.base import (
     DEAD_LETTER_FIELD_PREFIX,
     DEAD_LETTER_PACKED_FIELD,
     check_stream_option,
+    check_transport,
     parse_entry_id,
     unpack_fields,
 )
@@ -168,7 +169,8 @@ class DeadLetterSummary:
 class DeadLetters:
     """List, summarise, requeue and purge the entries of the dead-letter stream.
 
-    ``stream`` defaults to ``transport.names.dead_letters`` (an empty name is a
+    ``stream`` defaults to ``transport.names.dead_letters`` (an empty name, or a ``transport`` that
+    is no :class:`~dynamic_agents.transports.Transport`, is a
     :class:`~dynamic_agents.exceptions.ConfigurationError`). Unknown (or malformed) entry ids raise
     :class:`~dynamic_agents.exceptions.DeliveryError` (a ``LookupError``), as does requeueing a dead
     letter someone else requeued or purged meanwhile; requeueing one that records no origin stream
@@ -177,8 +179,8 @@ class DeadLetters:
     """
 
     def __init__(self, transport: Transport, *, stream: str | None = None) -> None:
+        self.transport = check_transport(transport)  # else a bare AttributeError on .names
         stream = check_stream_option(stream, "dead-letter")
-        self.transport = transport
         self.stream = stream if stream is not None else transport.names.dead_letters
         self._coordinator = transport.coordinator()  # shares the transport's client: nothing to close
         self._lock = asyncio.Lock()

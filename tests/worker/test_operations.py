@@ -565,6 +565,27 @@ async def test_a_dead_letter_stream_that_is_no_name_is_refused(backend: Backend,
     assert message.endswith(f"got {stream!r}"), message
 
 
+@pytest.mark.parametrize(
+    ("transport", "shown"),
+    [
+        (None, "None"),
+        ("redis://127.0.0.1:6379/0", "'redis://127.0.0.1:6379/0'"),
+        (StreamNames("ops"), "a StreamNames"),
+        ("sk-CANARY123456789abcdef", "**********"),  # a key pasted in its place is masked
+    ],
+)
+def test_dead_letters_of_something_that_is_no_transport_is_a_configuration_error(
+    transport: object, shown: str
+) -> None:
+    # it failed with a bare AttributeError ('NoneType' object has no attribute 'names'), as
+    # AgentClient did
+    with pytest.raises(ConfigurationError) as refused:
+        DeadLetters(transport)  # type: ignore[arg-type]
+    assert str(refused.value) == (
+        f"transport must be a Transport (RedisStreamsTransport.from_url(…), InMemoryTransport()), got {shown}"
+    )
+
+
 async def test_no_stream_means_the_transports_dead_letter_stream(backend: Backend) -> None:
     transport = await backend.transport()
     assert DeadLetters(transport).stream == DeadLetters(transport, stream=None).stream

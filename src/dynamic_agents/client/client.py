@@ -28,6 +28,7 @@ from dynamic_agents.exceptions import (
 )
 from dynamic_agents.routing import RoutingConfig
 from dynamic_agents.transports import CompletedRecord, Delivery, Subscription, Transport
+from dynamic_agents.transports.base import check_transport
 
 if TYPE_CHECKING:
     from dynamic_agents.observability import Tracing
@@ -66,12 +67,7 @@ class AgentClient:
         block: float = 1.0,
         tracing: Tracing | None = None,
     ) -> None:
-        if not isinstance(transport, Transport):  # else a bare AttributeError on .names
-            raise ConfigurationError(
-                "transport must be a Transport (RedisStreamsTransport.from_url(…), InMemoryTransport()), "
-                f"got {shown(transport)}"
-            )
-        self.transport = transport
+        self.transport = check_transport(transport)  # else a bare AttributeError on .names
         self.names: StreamNames = transport.names
         self._coordinator = transport.coordinator()  # records (request) and cancellations
         self.routing = routing

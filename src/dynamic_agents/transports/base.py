@@ -805,6 +805,18 @@ class Coordinator(_AsyncResource):
         """Release what the coordinator owns (nothing, when it shares a transport's client)."""
 
 
+def check_transport(transport: object) -> Transport:
+    """A ``transport`` argument (of a client, the dead-letter operations): a :class:`Transport`,
+    else a :class:`ConfigurationError` naming it (``None`` or a URL failed with a bare
+    AttributeError on ``.names``)."""
+    if isinstance(transport, Transport):
+        return transport
+    raise ConfigurationError(
+        "transport must be a Transport (RedisStreamsTransport.from_url(…), InMemoryTransport()), "
+        f"got {shown(transport)}"
+    )
+
+
 def delivered(
     entry: Entry[E], subscription: Subscription[E], count: int, claim: Claim | None = None
 ) -> Delivery[E]:
