@@ -115,6 +115,63 @@ def test_a_worker_refuses_settings_that_are_no_settings_and_an_empty_stream(
         )
 
 
+@pytest.mark.parametrize("value", [None, "redis://127.0.0.1:6379/0", "sk-CANARY123456789abcdef"])
+@pytest.mark.parametrize(
+    ("argument", "valid"),
+    [
+        ("transport", "a Transport"),
+        ("coordinator", "a Coordinator"),
+        ("router", "an EventRouter"),
+        ("executor", "an Executor"),
+    ],
+)
+def test_a_worker_refuses_a_transport_coordinator_router_or_executor_of_the_wrong_type(
+    argument: str, valid: str, value: object
+) -> None:
+    """Each failed with a bare AttributeError: the transport at construction, the others at the
+    first request (logged, and the request left pending for ever) or as an error reply."""
+    from dynamic_agents.execution import FunctionExecutor
+    from dynamic_agents.transports import InMemoryTransport
+    from dynamic_agents.worker import AgentWorker
+    from tests.worker.conftest import echo_router
+
+    transport = InMemoryTransport()
+    arguments: dict[str, object] = {
+        "transport": transport,
+        "coordinator": transport.coordinator(),
+        "router": echo_router(),
+        "executor": FunctionExecutor(lambda request: "hi"),
+        argument: value,
+    }
+    with pytest.raises(ConfigurationError, match=rf"^{argument} must be {valid} \(.*\), got ") as refused:
+        AgentWorker(**arguments)  # type: ignore[arg-type]
+    message = str(refused.value)
+    assert "CANARY" not in message
+    assert message.endswith("got **********" if value and "CANARY" in value else f"got {value!r}")
+
+
+async def test_a_worker_takes_a_router_of_its_own_that_is_no_event_router() -> None:
+    """The router check asks for route() only: a host's own router keeps working."""
+    from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, Target, TargetType
+    from dynamic_agents.execution import FunctionExecutor
+    from dynamic_agents.routing import RouteDecision
+    from dynamic_agents.transports import InMemoryTransport
+    from dynamic_agents.worker import AgentWorker
+    from tests.worker.conftest import request_event
+
+    class ToEcho:
+        def route(self, event: AgentRequestEvent) -> RouteDecision:
+            return RouteDecision(Target(type=TargetType.AGENT, id="echo"), rule=None, reason="mine")
+
+    transport = InMemoryTransport()
+    executor = FunctionExecutor(lambda target, request: f"{target.id}: {request.content}")
+    worker = AgentWorker(transport, transport.coordinator(), ToEcho(), executor)  # type: ignore[arg-type]
+    await transport.publish(transport.names.requests, request_event(transport.names, "hi"))
+    await worker.run_until_idle()
+    (reply,) = await transport.read_stream(transport.names.responses("discord", "c1"), AgentResponseEvent)
+    assert reply.event.content == "echo: hi"
+
+
 @pytest.mark.parametrize("name", ["group", "consumer"])
 @pytest.mark.parametrize("value", ["", " ", "\t", "workers\n", "a\x00b", None, 5])
 def test_a_blank_group_or_consumer_name_or_one_with_control_characters_is_refused(

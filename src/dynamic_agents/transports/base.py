@@ -806,14 +806,25 @@ class Coordinator(_AsyncResource):
 
 
 def check_transport(transport: object) -> Transport:
-    """A ``transport`` argument (of a client, the dead-letter operations): a :class:`Transport`,
-    else a :class:`ConfigurationError` naming it (``None`` or a URL failed with a bare
-    AttributeError on ``.names``)."""
+    """A ``transport`` argument (of a client, a worker, the dead-letter operations): a
+    :class:`Transport`, else a :class:`ConfigurationError` naming it (``None`` or a URL failed
+    with a bare AttributeError on ``.names``)."""
     if isinstance(transport, Transport):
         return transport
     raise ConfigurationError(
         "transport must be a Transport (RedisStreamsTransport.from_url(…), InMemoryTransport()), "
         f"got {shown(transport)}"
+    )
+
+
+def check_coordinator(coordinator: object) -> Coordinator:
+    """A ``coordinator`` argument (of a worker): a :class:`Coordinator`, else a
+    :class:`ConfigurationError` naming it (``None`` failed with a bare AttributeError at the first
+    request, logged, and the request stayed pending)."""
+    if isinstance(coordinator, Coordinator):
+        return coordinator
+    raise ConfigurationError(
+        f"coordinator must be a Coordinator (transport.coordinator()), got {shown(coordinator)}"
     )
 
 

@@ -35,7 +35,7 @@ from pydantic import ValidationError
 
 from dynamic_agents._logging import bind_ids, get_logger, log_context
 from dynamic_agents._redaction import redact_text
-from dynamic_agents._validation import invalid_fields
+from dynamic_agents._validation import invalid_fields, shown
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, ResponseStatus, Target
 from dynamic_agents.exceptions import (
     ConfigurationError,
@@ -59,7 +59,7 @@ from dynamic_agents.transports import (
     Subscription,
     Transport,
 )
-from dynamic_agents.transports.base import check_stream_option
+from dynamic_agents.transports.base import check_coordinator, check_stream_option, check_transport
 from dynamic_agents.worker.hooks import RunContext, WorkerHooks
 from dynamic_agents.worker.lifecycle import EventSink, LifecyclePublisher
 from dynamic_agents.worker.settings import SessionPolicy, WorkerSettings
@@ -118,8 +118,21 @@ class AgentWorker:
                 f"got a {type(settings).__name__}"
             )
         stream = check_stream_option(stream, "request")
-        self.transport = transport
-        self.coordinator = coordinator
+        # Each of the wrong type failed with a bare AttributeError: the transport here, the others
+        # at the first request (logged, the request left pending) or as an error reply. A router
+        # is whatever has route(): a host's own router need not be an EventRouter.
+        self.transport = check_transport(transport)
+        self.coordinator = check_coordinator(coordinator)
+        if not callable(getattr(router, "route", None)):
+            raise ConfigurationError(
+                "router must be an EventRouter (RoutingConfig.router(), EventRouter(default=…)), "
+                f"got {shown(router)}"
+            )
+        if not isinstance(executor, Executor):
+            raise ConfigurationError(
+                "executor must be an Executor (FunctionExecutor(function), AgnoExecutor(runtime)), "
+                f"got {shown(executor)}"
+            )
         self.router = router
         self.executor = executor
         self.settings = settings or WorkerSettings()
