@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import jsonschema
@@ -208,6 +209,87 @@ def test_a_boolean_for_a_number_is_refused_naming_its_path(
     with pytest.raises(SpecValidationError, match=r"must be a number, not a boolean") as refused:
         model.from_dict(data)
     assert refused.value.path == path
+
+
+@pytest.mark.parametrize(
+    ("model", "data", "path", "kind"),
+    [
+        (
+            AgentSpec,
+            {"id": "a", "model": {"name": "gpt", "temperature": "0.5"}},
+            "model.temperature",
+            "number",
+        ),
+        (
+            AgentSpec,
+            {"id": "a", "model": {"name": "gpt", "max_tokens": "800"}},
+            "model.max_tokens",
+            "integer",
+        ),
+        (AgentSpec, {"id": "a", "model": "gpt", "version": "2"}, "version", "integer"),
+        (AgentSpec, {"id": "a", "model": "gpt", "num_history_runs": "3"}, "num_history_runs", "integer"),
+        (
+            AgentSpec,
+            {"id": "a", "model": "gpt", "num_history_messages": "3"},
+            "num_history_messages",
+            "integer",
+        ),
+        (
+            TeamSpec,
+            {"id": "t", "model": "gpt", "members": ["a"], "num_team_history_runs": "3"},
+            "num_team_history_runs",
+            "integer",
+        ),
+        (
+            TeamSpec,
+            {"id": "t", "model": "gpt", "members": ["a"], "num_history_runs": "3"},
+            "num_history_runs",
+            "integer",
+        ),
+        (
+            WorkflowSpec,
+            {
+                "id": "w",
+                "steps": [
+                    {"type": "loop", "steps": [{"type": "agent", "agent": "a"}], "max_iterations": "5"}
+                ],
+            },
+            "steps[0].max_iterations",
+            "integer",
+        ),
+    ],
+)
+def test_a_number_written_as_text_is_refused_naming_its_path(
+    model: type[SpecBase], data: dict[str, Any], path: str, kind: str
+) -> None:
+    # as RouterConfig and WorkerSettings refuse them: "0.5" was read as 0.5 (the JSON schema an
+    # editor checks a spec file with refused it already)
+    with pytest.raises(
+        SpecValidationError, match=rf"at {re.escape(path)}: Input should be a valid {kind} \(got "
+    ) as refused:
+        model.from_dict(data)
+    assert refused.value.path == path
+
+
+def test_plain_yaml_numbers_are_taken_an_int_for_a_float_too() -> None:
+    agent = AgentSpec.from_yaml(
+        "id: a\nversion: 2\nmodel: {name: gpt, temperature: 1, max_tokens: 800}\nnum_history_runs: 3\n"
+    )
+    assert (agent.version, agent.model.temperature, agent.model.max_tokens, agent.num_history_runs) == (
+        2,
+        1.0,
+        800,
+        3,
+    )
+    assert AgentSpec.from_yaml("id: a\nmodel: {name: gpt, temperature: 0.5}\n").model.temperature == 0.5
+    team = TeamSpec.from_yaml(
+        "id: t\nmodel: gpt\nmembers: [a]\nnum_team_history_runs: 0\nnum_history_runs: 2\n"
+    )
+    assert (team.num_team_history_runs, team.num_history_runs) == (0, 2)
+    workflow = WorkflowSpec.from_yaml(
+        "id: w\nsteps: [{type: loop, steps: [{type: agent, agent: a}], max_iterations: 5}]\n"
+    )
+    assert workflow.steps[0].max_iterations == 5  # type: ignore[union-attr]
 
 
 def test_an_invalid_id_shaped_like_a_key_is_masked_in_the_spec_s_name_too() -> None:

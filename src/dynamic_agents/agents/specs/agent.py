@@ -22,8 +22,10 @@ class ModelSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(min_length=1, description="A model group of the LLM router (model_list.model_name)")
-    temperature: Annotated[float | None, NotBoolean] = Field(default=None, ge=0, le=2)
-    max_tokens: Annotated[int | None, NotBoolean] = Field(default=None, gt=0)
+    # strict, each number of a spec: text ("0.5") is refused, as RouterConfig refuses it (lax, it was
+    # read as a number; the JSON schema an editor checks a spec with refused it); an int is a float
+    temperature: Annotated[float | None, NotBoolean] = Field(default=None, ge=0, le=2, strict=True)
+    max_tokens: Annotated[int | None, NotBoolean] = Field(default=None, gt=0, strict=True)
     tags: tuple[str, ...] = Field(default=(), description="Sent as request metadata for tag routing")
 
     @classmethod
@@ -95,8 +97,8 @@ class AgentSpec(SpecBase):
     output_schema: str | None = Field(default=None, description="A schema registered in the ToolRegistry")
 
     add_history_to_context: bool = False
-    num_history_runs: Annotated[int | None, NotBoolean] = Field(default=None, ge=0)
-    num_history_messages: Annotated[int | None, NotBoolean] = Field(default=None, ge=0)
+    num_history_runs: Annotated[int | None, NotBoolean] = Field(default=None, ge=0, strict=True)
+    num_history_messages: Annotated[int | None, NotBoolean] = Field(default=None, ge=0, strict=True)
     enable_session_summaries: bool = False
     add_session_summary_to_context: bool | None = None
     enable_agentic_memory: bool = False

@@ -50,7 +50,7 @@ class SpecBase(BaseModel):
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
     name: str | None = None
     description: str | None = None
-    version: Annotated[int, NotBoolean] = Field(default=1, ge=1)
+    version: Annotated[int, NotBoolean] = Field(default=1, ge=1, strict=True)
     status: SpecStatus = SpecStatus.ACTIVE
     tags: tuple[str, ...] = ()
     metadata: dict[str, JsonValue] = Field(default_factory=dict)

@@ -33,9 +33,9 @@ class TeamSpec(SpecBase):
     markdown: bool = False
 
     add_history_to_context: bool = False
-    num_history_runs: Annotated[int | None, NotBoolean] = Field(default=None, ge=0)
+    num_history_runs: Annotated[int | None, NotBoolean] = Field(default=None, ge=0, strict=True)
     add_team_history_to_members: bool = False
-    num_team_history_runs: Annotated[int, NotBoolean] = Field(default=3, ge=0)
+    num_team_history_runs: Annotated[int, NotBoolean] = Field(default=3, ge=0, strict=True)
     share_member_interactions: bool = False
     determine_input_for_members: bool = True
 

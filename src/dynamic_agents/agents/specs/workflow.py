@@ -57,7 +57,7 @@ class ConditionStep(_Step):
 class LoopStep(_Step):
     type: Literal["loop"] = "loop"
     steps: tuple[StepSpec, ...] = Field(min_length=1)
-    max_iterations: Annotated[int, NotBoolean] = Field(default=3, ge=1, le=100)
+    max_iterations: Annotated[int, NotBoolean] = Field(default=3, ge=1, le=100, strict=True)
     end_condition: str | None = Field(default=None, description="A registered function (outputs) -> bool")
 
 
