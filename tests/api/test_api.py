@@ -654,6 +654,29 @@ async def test_a_422_masks_a_key_given_as_a_field_name(stack: Stack, path: str) 
     assert error["type"] == "extra_forbidden"
 
 
+@pytest.mark.parametrize("user_id", ["", "   ", "\t", "u1\n", "u\x001", "u\x7f", 5, "u" * 513])
+async def test_a_blank_user_id_or_one_with_control_characters_is_422_naming_it(
+    stack: Stack, user_id: object
+) -> None:
+    # as session_id: "   " was a user of its own (agno keys a user's memories by it), and a control
+    # character went into the logs
+    await stack.client.post(f"{V1}/agents", json=AGENT)
+    response = await stack.client.post(f"{V1}/agents/bot/execute", json={**EXECUTE, "user_id": user_id})
+    assert response.status_code == 422
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["body", "user_id"]
+    assert stack.models.models["gpt"].calls == []
+
+
+@pytest.mark.parametrize("user_id", [None, " user 7 "])
+async def test_no_user_id_or_one_with_spaces_inside_or_around_it_is_taken(
+    stack: Stack, user_id: str | None
+) -> None:
+    await stack.client.post(f"{V1}/agents", json=AGENT)
+    response = await stack.client.post(f"{V1}/agents/bot/execute", json={**EXECUTE, "user_id": user_id})
+    assert response.status_code == 200, response.text
+
+
 async def test_an_overlong_idempotency_key_is_422(stack: Stack) -> None:
     await stack.client.post(f"{V1}/agents", json=AGENT)
     response = await stack.client.post(

@@ -30,13 +30,19 @@ def _session_id(value: str) -> str:
     return check_name("session_id", value)
 
 
+def _user_id(value: str) -> str:
+    # as a session id: "   " would be a user of its own (agno keys a user's memories by it), and a
+    # control character goes into the logs
+    return check_name("user_id", value)
+
+
 class ExecuteBody(BaseModel):
     # A misspelt key is refused, not ignored: "strem" would answer whole, without a word.
     model_config = ConfigDict(extra="forbid")
 
     input: str
     session_id: Annotated[str, AfterValidator(_session_id)] = Field(min_length=1, max_length=512)
-    user_id: str | None = None
+    user_id: Annotated[str, Field(max_length=512), AfterValidator(_user_id)] | None = None
     session_state: dict[str, JsonValue] = Field(default_factory=dict)
     # strict: JSON's true or false only (lax, the texts "yes", "on", "1" and the numbers 1 and 0 were
     # booleans too: a client's bug streamed, or not, without a word)
