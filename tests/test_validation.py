@@ -10,7 +10,14 @@ from enum import StrEnum
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from dynamic_agents._validation import MAX_SECONDS, check_choice, check_count, check_seconds, invalid_fields
+from dynamic_agents._validation import (
+    MAX_SECONDS,
+    check_choice,
+    check_count,
+    check_seconds,
+    invalid_fields,
+    shown,
+)
 from dynamic_agents.exceptions import ConfigurationError
 
 
@@ -206,3 +213,28 @@ def test_check_choice_suggests_nothing_far_off() -> None:
     with pytest.raises(ConfigurationError) as refused:
         check_choice("colour", "green", Colour)
     assert "did you mean" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (10**5000, "an int of 5001 digits"),
+        (-(10**5000), "a negative int of 5001 digits"),
+        (10**60, "an int of 61 digits"),  # the first past the 60 characters a value is cut to
+        (10**60 - 1, "9" * 60),
+        (-(10**60) + 1, "-" + "9" * 60),
+        (2**3_000_000, "an int of about 903090 digits"),  # not counted exactly past a million bits
+    ],
+    ids=["5001 digits", "negative", "61 digits", "60 digits", "60 digits negative", "huge"],  # str() fails
+)
+def test_shown_gives_a_long_int_by_its_number_of_digits_and_never_raises(value: int, expected: str) -> None:
+    # str() of an int past 4,300 digits is a ValueError (sys.get_int_max_str_digits()): an error
+    # quoting the value raised that in its place
+    assert shown(value) == expected
+
+
+def test_a_refusal_of_a_huge_int_names_the_setting() -> None:
+    with pytest.raises(
+        ConfigurationError, match=r"^limit must be a whole number > 0, got a negative int of 5001 digits$"
+    ):
+        check_count("limit", -(10**5000))

@@ -26,6 +26,12 @@ def test_a_value_is_shown_whole_up_to_60_characters_then_cut_keeping_its_closing
     assert shown_value(longer) == repr(longer)[:56] + "...'"
 
 
+def test_an_int_past_str_s_digit_limit_is_shown_by_its_number_of_digits() -> None:
+    # str() refuses an int past 4,300 digits: a spec's or a setting's error raised a ValueError
+    assert shown_value(10**5000, name="max_tokens") == "an int of 5001 digits"
+    assert shown_value(12345) == "12345"
+
+
 def test_parsed_references_are_immutable() -> None:
     """They are cached and shared by every caller: none may change one for the others."""
     secret = parse_reference("secret:openai:api_key")

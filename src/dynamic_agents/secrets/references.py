@@ -11,6 +11,7 @@ anything else                      a plain value, used as written
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -98,6 +99,13 @@ _VARIABLE_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 _SHOWN_VALUE_LIMIT: Final = 60
 
+_LONG_INT: Final = 10**_SHOWN_VALUE_LIMIT
+"""The smallest int shown by its number of digits, not written out (one of 61 digits)."""
+
+_EXACT_DIGITS_BITS: Final = 1_000_000
+"""The longest int whose digits are counted exactly (about 300,000 digits: a power of ten that
+long takes milliseconds, one of millions of digits a second)."""
+
 
 def shown_value(value: object, *, name: object = None) -> str | None:
     """A value found in a setting or a spec field, as an error may quote it, or ``None`` when it
@@ -105,7 +113,8 @@ def shown_value(value: object, *, name: object = None) -> str | None:
     written (:func:`shown_reference`); :data:`MASK` for a string under a credential's ``name``
     (``api_key``, ``token``) or with a word shaped like a key; other strings cut to 60 characters,
     masked as :func:`redact_text` masks text (registered secrets, a URL's credentials); numbers,
-    booleans and ``None`` as they are."""
+    booleans and ``None`` as they are, but an int of more than 60 digits by their number (``an int
+    of 5001 digits``: ``str()`` refuses one past 4,300). Never raises."""
     if isinstance(value, str):
         reference = shown_reference(value)
         if reference is not None:
@@ -116,9 +125,27 @@ def shown_value(value: object, *, name: object = None) -> str | None:
         if len(text) > _SHOWN_VALUE_LIMIT:
             text = f"{text[: _SHOWN_VALUE_LIMIT - 4]}...{text[-1]}"
         return redact_text(text)  # registered secrets, a URL's password and credential query values
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= _LONG_INT:
+        return _long_int(value)
     if value is None or isinstance(value, bool | int | float):
         return repr(value)
     return None
+
+
+def _long_int(value: int) -> str:
+    """``an int of 5001 digits``: a long int without ``str()``, which refuses one past 4,300 digits
+    (``sys.get_int_max_str_digits()``) with a ValueError, and takes quadratic time."""
+    magnitude = abs(value)
+    bits = magnitude.bit_length()
+    digits = int(bits * math.log10(2))  # the count or one less; the loops make it exact
+    about = "about " if bits > _EXACT_DIGITS_BITS else ""
+    if not about:
+        while magnitude >= 10**digits:
+            digits += 1
+        while magnitude < 10 ** (digits - 1):
+            digits -= 1
+    sign = "a negative" if value < 0 else "an"
+    return f"{sign} int of {about}{digits} digits"
 
 
 def error_with_value(detail: Mapping[str, Any], *, name: object = None) -> str:
