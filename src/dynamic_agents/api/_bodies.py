@@ -4,12 +4,14 @@ and the limit on a request body's size."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Annotated, Any, Final
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue
 
+from dynamic_agents._validation import shown
+from dynamic_agents.exceptions import ConfigurationError
 from dynamic_agents.execution import ExecutionResult
-from dynamic_agents.transports.base import check_name
 
 try:
     from fastapi import HTTPException
@@ -24,16 +26,26 @@ DEFAULT_MAX_BODY_SIZE: Final = 1024 * 1024
 """The largest request body the API reads by default, in bytes (1 MiB)."""
 
 
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+"""Control characters (Unicode's ``Cc``): C0, DEL and C1."""
+
+
+def _an_id(what: str, value: str) -> str:
+    """A session's or user's id: not only spaces (``"   "`` would be a session, or a user, of its
+    own: agno keys a user's memories by it), without control characters (they would go into the
+    lease's key and the logs). Anything else is taken, as the events take it over the streams: a
+    no-break space, an emoji's zero-width joiner."""
+    if value.strip() and _CONTROL.search(value) is None:
+        return value
+    raise ConfigurationError(f"{what} must be a non-empty id without control characters, got {shown(value)}")
+
+
 def _session_id(value: str) -> str:
-    # "   " would be a session of its own, and a control character goes into the lease's key and
-    # the logs: refused as the transports refuse such a stream or group name
-    return check_name("session_id", value)
+    return _an_id("session_id", value)
 
 
 def _user_id(value: str) -> str:
-    # as a session id: "   " would be a user of its own (agno keys a user's memories by it), and a
-    # control character goes into the logs
-    return check_name("user_id", value)
+    return _an_id("user_id", value)
 
 
 class ExecuteBody(BaseModel):
