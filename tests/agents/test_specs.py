@@ -292,6 +292,73 @@ def test_plain_yaml_numbers_are_taken_an_int_for_a_float_too() -> None:
     assert workflow.steps[0].max_iterations == 5  # type: ignore[union-attr]
 
 
+_MINIMAL: dict[type[SpecBase], dict[str, Any]] = {
+    AgentSpec: {"id": "a", "model": "gpt"},
+    TeamSpec: {"id": "t", "model": "gpt", "members": ["a"]},
+    WorkflowSpec: {"id": "w", "steps": [{"type": "agent", "agent": "a"}]},
+}
+_BOOLEAN_FIELDS = [
+    (model, name)
+    for model in _MINIMAL
+    for name, field in model.model_fields.items()
+    if field.annotation in (bool, bool | None)
+]
+
+
+def test_the_boolean_fields_are_the_ones_agno_switches_on() -> None:
+    # the list the next test runs over: found from the models, so a new switch is checked too
+    assert {name for _, name in _BOOLEAN_FIELDS} == {
+        "markdown",
+        "add_history_to_context",
+        "enable_session_summaries",
+        "add_session_summary_to_context",
+        "enable_agentic_memory",
+        "update_memory_on_run",
+        "add_memories_to_context",
+        "add_team_history_to_members",
+        "share_member_interactions",
+        "determine_input_for_members",
+    }
+
+
+@pytest.mark.parametrize("value", ["yes", "true", "off", 1, 0])
+@pytest.mark.parametrize(("model", "name"), _BOOLEAN_FIELDS, ids=lambda x: getattr(x, "__name__", x))
+def test_a_text_or_number_for_a_boolean_is_refused_naming_its_path(
+    model: type[SpecBase], name: str, value: object
+) -> None:
+    # as the execute body's stream: "yes", "off", 1 and 0 were read as booleans (the JSON schema an
+    # editor checks a spec with refused them already)
+    with pytest.raises(
+        SpecValidationError,
+        match=rf"at {name}: Input should be a valid boolean \(got {re.escape(repr(value))}\)",
+    ) as refused:
+        model.from_dict({**_MINIMAL[model], name: value})
+    assert refused.value.path == name
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**_MINIMAL[model], name: value}, model.json_schema())
+
+
+def test_yaml_and_json_booleans_are_taken() -> None:
+    # PyYAML reads YAML 1.1's yes / no / on / off as booleans before the spec sees them
+    agent = AgentSpec.from_yaml(
+        "id: a\nmodel: gpt\nmarkdown: yes\nadd_history_to_context: true\n"
+        "enable_session_summaries: on\nadd_memories_to_context: no\nadd_session_summary_to_context: null\n"
+    )
+    assert (
+        agent.markdown,
+        agent.add_history_to_context,
+        agent.enable_session_summaries,
+        agent.add_memories_to_context,
+        agent.add_session_summary_to_context,
+    ) == (True, True, True, False, None)
+    team = TeamSpec.from_yaml(
+        "id: t\nmodel: gpt\nmembers: [a]\nmarkdown: true\ndetermine_input_for_members: off\n"
+    )
+    assert (team.markdown, team.determine_input_for_members) == (True, False)
+    assert AgentSpec.from_json('{"id": "a", "model": "gpt", "markdown": true}').markdown is True
+    assert AgentSpec.from_dict(agent.to_document()) == agent  # a stored spec reads back
+
+
 def test_an_invalid_id_shaped_like_a_key_is_masked_in_the_spec_s_name_too() -> None:
     # the value was masked, but the error named the spec by it: "agent 'sk-…!' at id: …"
     with pytest.raises(SpecValidationError) as refused:

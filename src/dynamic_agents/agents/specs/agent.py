@@ -92,18 +92,20 @@ class AgentSpec(SpecBase):
     model: ModelSettings
     instructions: str | tuple[str, ...] | None = None
     expected_output: str | None = None
-    markdown: bool = False
+    # strict, each boolean of a spec: JSON's true / false, YAML's true / yes / on … (PyYAML reads them
+    # as booleans) only; the text "yes" or "off" and the numbers 1 and 0 were booleans too (lax)
+    markdown: bool = Field(default=False, strict=True)
     tools: tuple[ToolRef, ...] = ()
     output_schema: str | None = Field(default=None, description="A schema registered in the ToolRegistry")
 
-    add_history_to_context: bool = False
+    add_history_to_context: bool = Field(default=False, strict=True)
     num_history_runs: Annotated[int | None, NotBoolean] = Field(default=None, ge=0, strict=True)
     num_history_messages: Annotated[int | None, NotBoolean] = Field(default=None, ge=0, strict=True)
-    enable_session_summaries: bool = False
-    add_session_summary_to_context: bool | None = None
-    enable_agentic_memory: bool = False
-    update_memory_on_run: bool = False
-    add_memories_to_context: bool | None = None
+    enable_session_summaries: bool = Field(default=False, strict=True)
+    add_session_summary_to_context: bool | None = Field(default=None, strict=True)
+    enable_agentic_memory: bool = Field(default=False, strict=True)
+    update_memory_on_run: bool = Field(default=False, strict=True)
+    add_memories_to_context: bool | None = Field(default=None, strict=True)
 
     @field_validator("model", mode="before", json_schema_input_type=str | ModelSettings)
     @classmethod

@@ -30,14 +30,15 @@ class TeamSpec(SpecBase):
     model: ModelSettings
     instructions: str | tuple[str, ...] | None = None
     expected_output: str | None = None
-    markdown: bool = False
+    # strict, each boolean, as AgentSpec's: "yes", 1 and 0 are no booleans
+    markdown: bool = Field(default=False, strict=True)
 
-    add_history_to_context: bool = False
+    add_history_to_context: bool = Field(default=False, strict=True)
     num_history_runs: Annotated[int | None, NotBoolean] = Field(default=None, ge=0, strict=True)
-    add_team_history_to_members: bool = False
+    add_team_history_to_members: bool = Field(default=False, strict=True)
     num_team_history_runs: Annotated[int, NotBoolean] = Field(default=3, ge=0, strict=True)
-    share_member_interactions: bool = False
-    determine_input_for_members: bool = True
+    share_member_interactions: bool = Field(default=False, strict=True)
+    determine_input_for_members: bool = Field(default=True, strict=True)
 
     @field_validator("model", mode="before", json_schema_input_type=str | ModelSettings)
     @classmethod
