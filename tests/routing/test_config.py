@@ -481,6 +481,70 @@ def test_a_pydantic_error_shows_the_value_found(yaml_text: str, path: str, shown
     assert "sk-proj" not in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("yaml_text", "line", "path", "refused"),
+    [
+        (
+            "discord:\n  session:\n    ttl: '3600'\n",
+            3,
+            "discord.session.ttl",
+            "Input should be a valid number (got '3600')",
+        ),
+        ("discord:\n  session:\n    ttl: yes\n", 3, "discord.session.ttl", "valid number (got True)"),
+        (
+            "discord:\n  routing:\n    rules:\n"
+            "      - {name: a, channel_ids: ['1'], agent_id: x, priority: '10'}\n",
+            4,
+            "discord.routing.rules[0].priority",
+            "Input should be a valid integer (got '10')",
+        ),
+        (
+            "discord:\n  routing:\n    rules:\n"
+            "      - {name: a, channel_ids: ['1'], agent_id: x, priority: 10.0}\n",
+            4,
+            "discord.routing.rules[0].priority",
+            "Input should be a valid integer (got 10.0)",
+        ),
+    ],
+)
+def test_a_number_written_as_text_is_refused_naming_its_path(
+    yaml_text: str, line: int, path: str, refused: str
+) -> None:
+    """As RouterConfig and the specs refuse it: ``ttl: "3600"`` and ``priority: "10"`` were read as
+    numbers (``ttl: yes`` as one second)."""
+    with pytest.raises(RoutingConfigError) as caught:
+        RoutingConfig.from_yaml(yaml_text, source="interfaces.yaml")
+    assert (caught.value.line, caught.value.path) == (line, path)
+    assert refused in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("settings", "path"),
+    [
+        ({"session": {"ttl": "30"}}, "discord.session.ttl"),
+        (
+            {"routing": {"rules": [{"name": "a", "source_ids": ["1"], "agent_id": "x", "priority": "5"}]}},
+            "discord.routing.rules[0].priority",
+        ),
+    ],
+)
+def test_a_number_as_text_in_a_dict_is_refused_too(settings: dict[str, Any], path: str) -> None:
+    with pytest.raises(RoutingConfigError) as caught:
+        RoutingConfig.from_dict({"discord": settings})
+    assert caught.value.path == path
+
+
+def test_plain_numbers_are_taken_an_int_for_a_float_too() -> None:
+    config = RoutingConfig.from_yaml(
+        "discord:\n  session: {ttl: 30}\n  routing:\n    rules:\n"
+        "      - {name: a, channel_ids: ['1'], agent_id: x, priority: -3}\n"
+        "slack:\n  session: {ttl: 0.5}\n"
+    )
+    discord = config.interfaces["discord"]
+    assert (discord.session.ttl, discord.routing.rules[0].priority) == (30, -3)
+    assert config.interfaces["slack"].session.ttl == 0.5
+
+
 def test_a_value_already_in_the_message_is_not_shown_twice() -> None:
     with pytest.raises(RoutingConfigError) as caught:
         RoutingConfig.from_dict(

@@ -68,7 +68,9 @@ class SessionSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     prefix: str | None = None
-    ttl: float | None = Field(default=None, gt=0)
+    # strict, as RouterConfig's numbers: text ("3600") and a boolean (YAML's yes) are refused (lax,
+    # they were read as numbers, yes as one second); an int is still a float
+    ttl: float | None = Field(default=None, gt=0, strict=True)
 
     @field_validator("prefix")
     @classmethod

@@ -50,7 +50,8 @@ class RoutingRule(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
     name: str = Field(min_length=1)
-    priority: int = 0
+    # strict: text ("10", a JSON body's too) and a float are refused (lax, they were read as an int)
+    priority: int = Field(default=0, strict=True)
     source: str | None = None
     source_ids: frozenset[str] | None = Field(default=None, alias="channel_ids")
     source_id_pattern: str | None = None
