@@ -136,6 +136,16 @@ def test_the_idempotency_key_count_must_be_a_positive_whole_number(keys: Any) ->
     assert repr(keys) in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    "transport", ["redis://:a-password-0123@127.0.0.1:6379/0", InMemoryTransport().coordinator(), 42]
+)
+def test_a_transport_that_is_no_transport_is_a_configuration_error(transport: Any) -> None:
+    # it was taken, and the first cancel or dead-letter route failed with a bare AttributeError (500)
+    with pytest.raises(ConfigurationError, match=r"^transport must be a Transport .*, got ") as caught:
+        create_api_router(runtime=make_runtime(), auth=NO_AUTH, transport=transport)
+    assert "a-password-0123" not in str(caught.value)
+
+
 def test_auth_cannot_be_left_out() -> None:
     with pytest.raises(TypeError, match="auth"):
         create_api_router(runtime=make_runtime())  # type: ignore[call-arg]

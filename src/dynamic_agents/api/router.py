@@ -29,6 +29,7 @@ from dynamic_agents.api._spec_routes import add_spec_routes
 from dynamic_agents.exceptions import ConfigurationError
 from dynamic_agents.routing import EventRouter
 from dynamic_agents.transports import Transport
+from dynamic_agents.transports.base import check_transport
 
 try:
     from fastapi import APIRouter, Depends, Header, HTTPException, Request
@@ -81,6 +82,9 @@ def create_api_router(
     idempotency_ttl = check_seconds("idempotency_ttl", idempotency_ttl, forever=True)
     idempotency_max_keys = check_count("idempotency_max_keys", idempotency_max_keys)
     max_body_size = check_count("max_body_size", max_body_size, optional=True)
+    # one of the wrong type was taken, and the first route using it failed with a bare
+    # AttributeError (a 500): refused here as AgentClient, AgentWorker and DeadLetters refuse it
+    transport = check_transport(transport) if transport is not None else None
 
     async def check(authorization: str | None) -> str:
         """The caller: a digest of its bearer token (``""`` without authentication)."""
