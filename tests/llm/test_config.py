@@ -355,6 +355,21 @@ def test_a_number_written_as_text_is_refused_naming_the_setting(setting: str, va
         RouterConfig.from_dict({"model_list": [deployment()], setting: value})
 
 
+@pytest.mark.parametrize("setting", ["enable_tag_filtering", "enable_pre_call_checks"])
+@pytest.mark.parametrize("value", ["yes", "true", 1, 0])
+def test_a_switch_given_as_text_or_a_number_is_refused_naming_it(setting: str, value: object) -> None:
+    with pytest.raises(ConfigurationError, match=rf"{setting}: Input should be a valid boolean"):
+        RouterConfig.from_dict({"model_list": [deployment()], setting: value})
+
+
+def test_yaml_booleans_are_taken_for_a_switch() -> None:
+    config = RouterConfig.from_yaml(
+        "model_list: [{model_name: gpt, litellm_params: {model: openai/gpt-4o-mini}}]\n"
+        "enable_tag_filtering: yes\nenable_pre_call_checks: false\n"
+    )
+    assert (config.enable_tag_filtering, config.enable_pre_call_checks) == (True, False)
+
+
 def test_numeric_settings_take_numbers_an_int_for_seconds_too() -> None:
     config = RouterConfig.from_dict(
         {

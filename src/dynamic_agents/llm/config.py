@@ -199,8 +199,9 @@ class RouterConfig(BaseModel):
         default=None, ge=0, allow_inf_nan=False, strict=True
     )
     allowed_fails: Annotated[int | None, NotBoolean] = Field(default=None, ge=0, strict=True)
-    enable_tag_filtering: bool = False
-    enable_pre_call_checks: bool = False
+    # strict: JSON's and YAML's booleans only ("yes" in quotes, 1 and 0 were read as booleans)
+    enable_tag_filtering: bool = Field(default=False, strict=True)
+    enable_pre_call_checks: bool = Field(default=False, strict=True)
     redis_url: str | None = None
     router_settings: dict[str, Any] = Field(default_factory=dict)
 
