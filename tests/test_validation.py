@@ -66,6 +66,29 @@ def test_check_seconds_refuses_a_duration_over_the_maximum_naming_it() -> None:
         check_seconds("ttl", MAX_SECONDS + 1, optional=True)
 
 
+@pytest.mark.parametrize("options", [{}, {"zero": True}, {"forever": True}, {"optional": True}])
+def test_check_seconds_floats_at_the_edges_whatever_the_options(options: dict[str, bool]) -> None:
+    # the float fast path takes 0 < x <= MAX_SECONDS and leaves every other float to the full checks
+    for taken in (5e-324, 0.25, float(MAX_SECONDS)):
+        assert check_seconds("ttl", taken, **options) == taken
+    over = math.nextafter(float(MAX_SECONDS), math.inf)
+    with pytest.raises(ConfigurationError, match=r"^ttl must be at most 2147483648 seconds"):
+        check_seconds("ttl", over, **options)
+    for refused in (math.nan, -0.25, -math.inf):
+        with pytest.raises(ConfigurationError, match=r"^ttl must be a .*, got "):
+            check_seconds("ttl", refused, **options)
+    if options.get("zero"):
+        assert check_seconds("ttl", 0.0, **options) == 0.0
+    else:
+        with pytest.raises(ConfigurationError, match=r"> 0.*, got 0\.0$"):
+            check_seconds("ttl", 0.0, **options)
+    if options.get("forever"):
+        assert check_seconds("ttl", math.inf, **options) == math.inf
+    else:
+        with pytest.raises(ConfigurationError, match=r"^ttl must be a finite number of seconds"):
+            check_seconds("ttl", math.inf, **options)
+
+
 @pytest.mark.parametrize("forever", [False, True])
 def test_check_seconds_refuses_an_int_past_a_floats_range_as_over_the_maximum(forever: bool) -> None:
     # math.isnan(10**400) raised a bare OverflowError

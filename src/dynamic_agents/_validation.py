@@ -70,6 +70,8 @@ def check_seconds(
     """``value`` as a float if it is a number of seconds > 0 (>= 0 with ``zero``) and at most
     :data:`MAX_SECONDS`, finite unless ``forever`` (then ``math.inf`` is accepted: a setting where
     "no limit" has a meaning); ``None`` passes with ``optional``."""
+    if type(value) is float and 0.0 < value <= MAX_SECONDS:  # the common case, on hot paths
+        return value
     if value is None and optional:
         return None
     if (
