@@ -462,6 +462,9 @@ def test_from_files_given_one_path_says_to_pass_a_list(tmp_path: Path, kind: typ
             "Input should be a valid string (got 123)",
         ),
         ("discord:\n  session:\n    ttl: soon\n", "discord.session.ttl", "(got 'soon')"),
+        # the settings' durations are finite and at most MAX_SECONDS (2**31) everywhere
+        ("discord:\n  session:\n    ttl: .inf\n", "discord.session.ttl", "finite number (got inf)"),
+        ("discord:\n  session:\n    ttl: 1.0e+30\n", "discord.session.ttl", "2147483648 (got 1e+30)"),
         (  # a key pasted where a value belongs is masked, as in the spec errors
             "discord:\n  routing:\n    rules:\n"
             "      - {name: a, channel_ids: ['1'],\n"

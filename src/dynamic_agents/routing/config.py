@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Final, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dynamic_agents._redaction import names_a_credential
+from dynamic_agents._validation import MAX_SECONDS
 from dynamic_agents.events import Target, TargetType
 from dynamic_agents.events._types import source_name
 from dynamic_agents.exceptions import RoutingConfigError
@@ -69,8 +70,9 @@ class SessionSettings(BaseModel):
 
     prefix: str | None = None
     # strict, as RouterConfig's numbers: text ("3600") and a boolean (YAML's yes) are refused (lax,
-    # they were read as numbers, yes as one second); an int is still a float
-    ttl: float | None = Field(default=None, gt=0, strict=True)
+    # they were read as numbers, yes as one second); an int is still a float. Finite and at most
+    # MAX_SECONDS, as every duration the library takes.
+    ttl: float | None = Field(default=None, gt=0, le=MAX_SECONDS, allow_inf_nan=False, strict=True)
 
     @field_validator("prefix")
     @classmethod
