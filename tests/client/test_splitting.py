@@ -289,6 +289,16 @@ def test_no_cut_leaves_an_empty_code_block() -> None:
     assert split_message(text, limit=30) == ["```\nsome code that is long\n```", "\nafter"]
 
 
+@pytest.mark.parametrize("mark", ["\u0301", "\u20dd", "\ufe0f"])  # acute, enclosing circle, VS16
+def test_a_cut_at_a_space_keeps_a_combining_mark_on_it(mark: str) -> None:
+    # The space is the mark's base: "dddd " then "\u0301eeee" started a chunk with a lone accent.
+    text = f"aaaa bbbb cccc dddd {mark}eeee ffff gggg"
+    for limit in range(MIN_LIMIT, len(text)):
+        chunks = split_message(text, limit=limit)
+        assert "".join(chunks) == text
+        assert not any(chunk.startswith(mark) for chunk in chunks), (limit, chunks)
+
+
 def test_hard_cuts_keep_combined_characters_together() -> None:
     accented = "e\u0301" * 20  # e + combining acute accent
     assert all(chunk[0] != "\u0301" for chunk in split_message(accented, limit=17))

@@ -421,6 +421,7 @@ class _Window:
                 and before.isspace()
                 and before not in _NO_BREAK_SPACES
                 and not text[p].isspace()
+                and not self.s.splits_character(p)  # a space can carry a mark (" \u0301")
             ) or p in self.s.closing_fence_ends:
                 yield p
         for p in positions:
