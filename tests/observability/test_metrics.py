@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -395,3 +397,44 @@ async def test_an_entry_taken_over_before_its_dead_letter_counts_as_interrupted(
     assert outcomes_or_empty(metric_reader) == {"interrupted": 1}
     assert "dynamic_agents.worker.dead_letters" not in metrics(metric_reader)
     assert_in_flight_is_zero(metric_reader)
+
+
+async def test_two_metrics_hooks_on_one_recorder_both_report_their_pending_entries(
+    transport: InMemoryTransport, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
+) -> None:
+    """Two workers in one process, each with its own MetricsHooks on one recorder: the second's
+    start failed (the gauge was "observed already"), so its worker was never sampled."""
+    recorder = OpenTelemetryMetrics(meter_provider)
+    async with started_apart(transport, [MetricsHooks(recorder), MetricsHooks(recorder)]):
+        assert pending_gauge(metric_reader) == {"first": 1, "second": 1}
+
+
+async def test_two_recorders_on_one_meter_provider_both_report_their_pending_entries(
+    transport: InMemoryTransport, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
+) -> None:
+    """The same with a recorder each: the SDK keeps the first instrument of a name, and dropped
+    the second's callback without a word."""
+    hooks = [MetricsHooks(OpenTelemetryMetrics(meter_provider)) for _ in range(2)]
+    async with started_apart(transport, hooks):
+        assert pending_gauge(metric_reader) == {"first": 1, "second": 1}
+
+
+@contextlib.asynccontextmanager
+async def started_apart(transport: InMemoryTransport, hooks: list[MetricsHooks]) -> AsyncIterator[None]:
+    """Start (as a worker does) a worker of group ``first`` with the first hooks and one of
+    ``second`` with the second, each group holding one pending entry, and sample both."""
+    await transport.publish(transport.names.requests, request_event(transport.names))
+    started: list[tuple[MetricsHooks, AgentWorker]] = []
+    try:
+        for group, its_hooks in zip(("first", "second"), hooks, strict=True):
+            worker = run_with(transport, its_hooks, group=group)
+            await transport.ensure_group(transport.names.requests, group)
+            held = Subscription(transport.names.requests, group, "crashed", AgentRequestEvent, block=0)
+            assert len(await transport.read(held, 1)) == 1
+            await its_hooks.on_start(worker)
+            started.append((its_hooks, worker))
+            await its_hooks.sample(worker)
+        yield
+    finally:
+        for its_hooks, worker in started:
+            await its_hooks.on_stop(worker)

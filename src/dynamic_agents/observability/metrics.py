@@ -9,6 +9,7 @@ the protocol.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -197,7 +198,9 @@ class MetricsRecorder(Protocol):
         """Record a histogram value."""
 
     def observe(self, name: str, read: Callable[[], Iterable[Observation]]) -> None:
-        """Register ``read`` as the callback of an observable instrument (called at collection)."""
+        """Register ``read`` as a callback of an observable instrument (called at collection). A
+        name may be observed more than once (two ``MetricsHooks`` on one recorder, say): each
+        ``read``'s observations are reported."""
 
 
 def observe_secrets(recorder: MetricsRecorder, manager: SecretsManager) -> None:
@@ -227,7 +230,8 @@ class OpenTelemetryMetrics:
         self._meter = metrics.get_meter("dynamic_agents", __version__, meter_provider=meter_provider)
         self._counters: dict[str, Counter | UpDownCounter] = {}
         self._histograms: dict[str, Histogram] = {}
-        self._observed: set[str] = set()
+        # The callbacks of the provider's observable instruments, shared by all its recorders
+        self._observed = _OBSERVED.setdefault(meter_provider or metrics.get_meter_provider(), {})
 
     def __repr__(self) -> str:
         return f"OpenTelemetryMetrics({len(self._counters) + len(self._histograms)} instruments)"
@@ -258,13 +262,20 @@ class OpenTelemetryMetrics:
 
     def observe(self, name: str, read: Callable[[], Iterable[Observation]]) -> None:
         spec = _spec(name, InstrumentKind.OBSERVABLE_COUNTER, InstrumentKind.OBSERVABLE_GAUGE)
-        if name in self._observed:
-            raise ConfigurationError(f"metric {name!r} is observed already (one callback per recorder)")
+        reads = self._observed.get(name)
+        if reads is not None:
+            # Another instrument of the name would be the SDK's first one again, which keeps only
+            # its own callbacks: this read joins that one's
+            reads.append(read)
+            return
+        reads = self._observed[name] = [read]
         from opentelemetry.metrics import CallbackOptions
         from opentelemetry.metrics import Observation as OTelObservation
 
         def callback(options: CallbackOptions) -> list[OTelObservation]:
-            return [OTelObservation(value, attributes) for value, attributes in read()]
+            return [
+                OTelObservation(value, attributes) for each in list(reads) for value, attributes in each()
+            ]
 
         create = (
             self._meter.create_observable_counter
@@ -272,7 +283,12 @@ class OpenTelemetryMetrics:
             else self._meter.create_observable_gauge
         )
         create(name, [callback], unit=spec.unit, description=spec.description)
-        self._observed.add(name)
+
+
+Reads = list[Callable[[], Iterable[Observation]]]
+_OBSERVED: weakref.WeakKeyDictionary[MeterProvider, dict[str, Reads]] = weakref.WeakKeyDictionary()
+"""By meter provider: each observed instrument's reads (the meter, and so its instruments, is
+the provider's one ``dynamic_agents`` meter, whichever recorder asks)."""
 
 
 def _spec(name: str, *kinds: InstrumentKind) -> MetricSpec:
