@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -438,3 +439,44 @@ async def started_apart(transport: InMemoryTransport, hooks: list[MetricsHooks])
     finally:
         for its_hooks, worker in started:
             await its_hooks.on_stop(worker)
+
+
+class RefusingUndecodable:
+    """A recorder (of another metrics library, say) that refuses one metric."""
+
+    def __init__(self, recorder: OpenTelemetryMetrics) -> None:
+        self.recorder = recorder
+        self.refused = 0
+
+    def add(self, name: str, value: float, attributes: Any) -> None:
+        if name == "dynamic_agents.worker.undecodable":
+            self.refused += 1
+            raise ValueError("the recorder refused it")
+        self.recorder.add(name, value, attributes)
+
+    def record(self, name: str, value: float, attributes: Any) -> None:
+        self.recorder.record(name, value, attributes)
+
+    def observe(self, name: str, read: Any) -> None:
+        self.recorder.observe(name, read)
+
+
+async def test_a_recorder_failing_in_the_sampler_is_logged_and_sampling_goes_on(
+    transport: InMemoryTransport,
+    meter_provider: MeterProvider,
+    metric_reader: InMemoryMetricReader,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The sampler ended at the first failure of the recorder, unlogged; the worker's stop then
+    failed in on_stop before dropping its group, so the gauge reported that group for good."""
+    recorder = RefusingUndecodable(OpenTelemetryMetrics(meter_provider))
+    hooks = MetricsHooks(recorder, sample_every=0.01)
+    await transport.ensure_group(transport.names.requests, "dynamic-agents")
+    await transport.publish_fields(transport.names.requests, {"__data__": b"not json"})
+    worker = run_with(transport, hooks)
+    with caplog.at_level(logging.WARNING, logger="dynamic_agents"):
+        async with worker:
+            await wait_until(lambda: recorder.refused >= 2, what="a sample after a failed one")
+            await wait_until(lambda: pending_gauge(metric_reader) == {"dynamic-agents": 0}, what="a sample")
+    assert pending_gauge(metric_reader) == {}
+    assert "the recorder refused it" in caplog.text

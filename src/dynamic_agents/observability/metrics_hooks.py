@@ -101,13 +101,15 @@ class MetricsHooks(BaseHooks):
             sampler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sampler
-        self._count_undecodable(worker)
-        self._undecodable.pop(id(worker), None)
-        # Its last count would be reported for good, however stale: the gauge drops the group
-        # once no worker of this hook samples it (another of the same group may still run).
-        key = self._running.pop(id(worker), None)
-        if key is not None and key not in self._running.values():
-            self._pending.pop(key, None)
+        try:
+            self._count_undecodable(worker)  # a recorder's failure is the worker's to log
+        finally:
+            self._undecodable.pop(id(worker), None)
+            # Its last count would be reported for good, however stale: the gauge drops the group
+            # once no worker of this hook samples it (another of the same group may still run).
+            key = self._running.pop(id(worker), None)
+            if key is not None and key not in self._running.values():
+                self._pending.pop(key, None)
 
     async def sample(self, worker: AgentWorker) -> int:
         """Read the worker's pending count now (what the gauge reports until the next sample).
@@ -134,12 +136,19 @@ class MetricsHooks(BaseHooks):
             self._undecodable[id(worker)] = worker.stats.undecodable
 
     async def _sample_loop(self, worker: AgentWorker) -> None:
+        # Each failure logged, and the next sample taken: the loop ending would leave both
+        # metrics unsampled for the rest of the run, unsaid (and fail on_stop, which awaits it)
         while True:
-            self._count_undecodable(worker)
+            try:
+                self._count_undecodable(worker)
+            except Exception:  # the recorder's (another library's) own failure
+                logger.exception("counting the undecodable entries of %r failed", worker.stream)
             try:
                 await self.sample(worker)
             except DynamicAgentsError as error:
                 logger.warning("sampling the pending entries of %r failed: %s", worker.stream, error)
+            except Exception:
+                logger.exception("sampling the pending entries of %r failed", worker.stream)
             await asyncio.sleep(self.sample_every)
 
     def _read_pending(self) -> list[Observation]:
