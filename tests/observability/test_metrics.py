@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, Metric
+from opentelemetry.sdk.trace import TracerProvider
 
 from dynamic_agents.events import AgentRequestEvent, ResponseStatus, StreamNames, Target
 from dynamic_agents.exceptions import ConfigurationError
@@ -480,3 +481,34 @@ async def test_a_recorder_failing_in_the_sampler_is_logged_and_sampling_goes_on(
             await wait_until(lambda: pending_gauge(metric_reader) == {"dynamic-agents": 0}, what="a sample")
     assert pending_gauge(metric_reader) == {}
     assert "the recorder refused it" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("arguments", "named"),
+    [
+        ({"recorder": "the meter provider"}, "recorder must be a MetricsRecorder .* got a MeterProvider"),
+        ({"recorder": None}, "recorder must be a MetricsRecorder .* got None"),
+        ({"sample_every": "15"}, "sample_every must be a finite number of seconds > 0, got '15'"),
+        ({"sample_every": float("nan")}, "sample_every .* got nan"),
+        ({"pending_limit": 2.5}, "pending_limit must be a whole number > 0, got 2.5"),
+        ({"max_targets": True}, "max_targets must be a whole number > 0, got True"),
+    ],
+)
+def test_metrics_hooks_refuse_bad_arguments_naming_them(
+    meter_provider: MeterProvider, arguments: dict[str, Any], named: str
+) -> None:
+    """Each was taken: a recorder of the wrong type failed at every hook call (logged, no metric
+    recorded), the others with a bare TypeError, or not at all (NaN, 2.5, True)."""
+    arguments = {"recorder": OpenTelemetryMetrics(meter_provider), **arguments}
+    recorder = arguments.pop("recorder")
+    if recorder == "the meter provider":  # passed for the recorder made of it
+        recorder = meter_provider
+    with pytest.raises(ConfigurationError, match=named):
+        MetricsHooks(recorder, **arguments)
+
+
+def test_open_telemetry_metrics_refuses_what_is_no_meter_provider(tracer_provider: TracerProvider) -> None:
+    """Each failed with a bare AttributeError (get_meter)."""
+    for provider in ("http://collector:4317", tracer_provider):
+        with pytest.raises(ConfigurationError, match="meter_provider must be a MeterProvider"):
+            OpenTelemetryMetrics(provider)  # type: ignore[arg-type]

@@ -15,16 +15,17 @@ from typing import Any
 import pytest
 from faststream.redis import RedisBroker, StreamSub
 from faststream.redis.opentelemetry import RedisTelemetryMiddleware
+from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
 from dynamic_agents.client import AgentClient
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, StreamNames, Target
-from dynamic_agents.exceptions import LLMError
+from dynamic_agents.exceptions import ConfigurationError, LLMError
 from dynamic_agents.execution import ExecutionResult, FunctionExecutor
 from dynamic_agents.llm import RouterConfig, build_router
-from dynamic_agents.observability import Tracing
+from dynamic_agents.observability import Tracing, TracingHooks
 from dynamic_agents.routing import EventRouter
 from dynamic_agents.secrets import SecretsManager, StaticSource
 from dynamic_agents.transports import InMemoryTransport, RedisStreamsTransport, Transport
@@ -616,3 +617,29 @@ async def test_span_names_stay_the_same_whatever_target_and_reply_stream_request
     assert replies == sorted(
         [transport.names.responses("discord", c) for c in ("channel-0", "channel-1", "channel-2", "c1")]
     )
+
+
+@pytest.mark.parametrize(
+    ("arguments", "named"),
+    [
+        ({"tracer_provider": "http://collector:4317"}, "tracer_provider must be a TracerProvider"),
+        ({"tracer_provider": "the meter provider"}, "tracer_provider .* got a MeterProvider"),
+        ({"propagator": "tracecontext"}, "propagator must be a TextMapPropagator .* got 'tracecontext'"),
+    ],
+)
+def test_tracing_refuses_bad_arguments_naming_them(
+    meter_provider: MeterProvider, arguments: dict[str, Any], named: str
+) -> None:
+    """A provider of the wrong type failed with a bare AttributeError (get_tracer); a propagator
+    at the first publish (out of AgentClient.publish) or request (logged, no span)."""
+    if arguments.get("tracer_provider") == "the meter provider":
+        arguments = {"tracer_provider": meter_provider}
+    with pytest.raises(ConfigurationError, match=named):
+        Tracing(**arguments)
+
+
+def test_tracing_hooks_refuse_what_is_no_tracing(tracer_provider: TracerProvider) -> None:
+    """Each was taken, and every hook call failed (logged, no span)."""
+    for tracing in (None, tracer_provider):
+        with pytest.raises(ConfigurationError, match=r"tracing must be a Tracing \(.*\), got"):
+            TracingHooks(tracing)  # type: ignore[arg-type]

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Final, Protocol
 
+from dynamic_agents._validation import shown
 from dynamic_agents._version import __version__
 from dynamic_agents.exceptions import ConfigurationError, MissingDependencyError
 from dynamic_agents.secrets import SecretsManager
@@ -227,6 +228,11 @@ class OpenTelemetryMetrics:
             from opentelemetry import metrics
         except ImportError as error:
             raise MissingDependencyError("OpenTelemetryMetrics", "otel") from error
+        if meter_provider is not None and not callable(getattr(meter_provider, "get_meter", None)):
+            raise ConfigurationError(  # it failed with a bare AttributeError (get_meter)
+                "meter_provider must be a MeterProvider (opentelemetry.sdk.metrics.MeterProvider(…)) "
+                f"or None (the global one), got {shown(meter_provider)}"
+            )
         self._meter = metrics.get_meter("dynamic_agents", __version__, meter_provider=meter_provider)
         self._counters: dict[str, Counter | UpDownCounter] = {}
         self._histograms: dict[str, Histogram] = {}

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from dynamic_agents._logging import get_logger
+from dynamic_agents._validation import check_count, check_seconds, shown
 from dynamic_agents.events import AgentRequestEvent, Target
 from dynamic_agents.exceptions import ConfigurationError, DynamicAgentsError
 from dynamic_agents.execution import ExecutionResult
@@ -64,15 +65,16 @@ class MetricsHooks(BaseHooks):
         pending_limit: int = 10_000,
         max_targets: int = 100,
     ) -> None:
-        if sample_every <= 0 or pending_limit <= 0 or max_targets <= 0:
+        # A recorder of the wrong type failed at every hook call (logged, nothing recorded)
+        if not all(callable(getattr(recorder, method, None)) for method in ("add", "record", "observe")):
             raise ConfigurationError(
-                "sample_every, pending_limit and max_targets must be > 0, got "
-                f"{sample_every!r}, {pending_limit!r} and {max_targets!r}"
+                "recorder must be a MetricsRecorder (OpenTelemetryMetrics(meter_provider), or an "
+                f"object with add, record and observe), got {shown(recorder)}"
             )
         self.recorder = recorder
-        self.sample_every = sample_every
-        self.pending_limit = pending_limit
-        self.max_targets = max_targets
+        self.sample_every = check_seconds("sample_every", sample_every)
+        self.pending_limit = check_count("pending_limit", pending_limit)
+        self.max_targets = check_count("max_targets", max_targets)
         self._targets: set[str] = set()
         self._handling: dict[DeliveryKey, _Handling] = {}  # by delivery
         self._pending: dict[tuple[str, str], int] = {}  # by stream and group

@@ -35,8 +35,10 @@ from typing import TYPE_CHECKING, Any, Final
 
 from dynamic_agents._logging import get_logger
 from dynamic_agents._redaction import redact_text
+from dynamic_agents._validation import shown
 from dynamic_agents._version import __version__
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent
+from dynamic_agents.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
@@ -80,6 +82,20 @@ class Tracing:
     def __init__(
         self, tracer_provider: TracerProvider | None = None, *, propagator: TextMapPropagator | None = None
     ) -> None:
+        # Each failed late: the provider with a bare AttributeError (get_tracer), the propagator
+        # at the first publish (out of AgentClient.publish) or request (logged, no span)
+        if tracer_provider is not None and not callable(getattr(tracer_provider, "get_tracer", None)):
+            raise ConfigurationError(
+                "tracer_provider must be a TracerProvider (opentelemetry.sdk.trace.TracerProvider(…)) "
+                f"or None (the global one), got {shown(tracer_provider)}"
+            )
+        if propagator is not None and not all(
+            callable(getattr(propagator, method, None)) for method in ("extract", "inject")
+        ):
+            raise ConfigurationError(
+                "propagator must be a TextMapPropagator (TraceContextTextMapPropagator()) or None "
+                f"(W3C trace context), got {shown(propagator)}"
+            )
         self._tracer: Tracer | None = None
         self._propagator: TextMapPropagator | None = None
         try:
