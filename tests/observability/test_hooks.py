@@ -12,6 +12,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, StreamNames, Target
+from dynamic_agents.exceptions import ConfigurationError
 from dynamic_agents.execution import ExecutionResult, FunctionExecutor
 from dynamic_agents.observability import MetricsHooks, OpenTelemetryMetrics, Tracing
 from dynamic_agents.routing import EventRouter
@@ -208,3 +209,21 @@ async def test_shared_hooks_keep_apart_two_deliveries_of_one_entry_to_two_groups
     ]
     assert sum(outcomes(metric_reader).values()) == 2
     assert [p.value for p in points(metric_reader, "dynamic_agents.worker.in_flight").values()] == [0]
+
+
+def test_a_worker_refuses_hooks_that_have_no_hook_method(
+    tracer_provider: TracerProvider, meter_provider: MeterProvider
+) -> None:
+    """``hooks=[tracing]`` (``.hooks()`` forgotten) or a recorder in place of its MetricsHooks
+    was taken, and the worker, finding none of the hook methods on it, recorded nothing, unsaid.
+    A single hooks object (no list) failed with a bare TypeError."""
+    transport = InMemoryTransport(names=StreamNames("test"))
+    tracing, recorder = Tracing(tracer_provider), OpenTelemetryMetrics(meter_provider)
+    for hooks, named in (
+        ([tracing], r"hooks\[0\] must be worker hooks .*, got a Tracing"),
+        ([tracing.hooks(), recorder], r"hooks\[1\] must be worker hooks .*, got a OpenTelemetryMetrics"),
+        ([MetricsHooks], r"hooks\[0\] must be worker hooks .*, got the class MetricsHooks"),
+        (tracing.hooks(), r"hooks must be a list of worker hooks .*, got a TracingHooks"),
+    ):
+        with pytest.raises(ConfigurationError, match=named):
+            hooked_worker(transport, hooks)  # type: ignore[arg-type]

@@ -24,10 +24,13 @@ nothing and awaits nothing for them):
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from dynamic_agents._validation import shown
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, Target
+from dynamic_agents.exceptions import ConfigurationError
 from dynamic_agents.execution import ExecutionResult
 from dynamic_agents.transports import Completion, Delivery
 
@@ -134,3 +137,27 @@ class BaseHooks:
 
     async def after_handle(self, delivery: Delivery[AgentRequestEvent], error: BaseException | None) -> None:
         return None
+
+
+_HOOK_METHODS = tuple(name for name in vars(BaseHooks) if not name.startswith("_"))
+
+
+def check_hooks(hooks: Iterable[WorkerHooks]) -> list[WorkerHooks]:
+    """A worker's ``hooks`` argument as a list, each with at least one hook method (an instance,
+    not a class), else a :class:`ConfigurationError` naming it. The worker skips the methods a
+    hook lacks, so one with none of them (``tracing`` for ``tracing.hooks()``, a recorder for its
+    ``MetricsHooks``) was taken and did nothing, unsaid."""
+    try:
+        checked = list(hooks)
+    except TypeError:  # one hooks object, not in a list
+        raise ConfigurationError(
+            f"hooks must be a list of worker hooks ([tracing.hooks(), …]), got {shown(hooks)}"
+        ) from None
+    for index, hook in enumerate(checked):
+        if isinstance(hook, type) or not any(callable(getattr(hook, name, None)) for name in _HOOK_METHODS):
+            got = f"the class {hook.__name__}" if isinstance(hook, type) else shown(hook)
+            raise ConfigurationError(
+                f"hooks[{index}] must be worker hooks (tracing.hooks(), MetricsHooks(recorder), an "
+                f"instance of a BaseHooks subclass), got {got}"
+            )
+    return checked

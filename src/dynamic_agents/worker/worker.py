@@ -60,7 +60,7 @@ from dynamic_agents.transports import (
     Transport,
 )
 from dynamic_agents.transports.base import check_coordinator, check_stream_option, check_transport
-from dynamic_agents.worker.hooks import RunContext, WorkerHooks
+from dynamic_agents.worker.hooks import RunContext, WorkerHooks, check_hooks
 from dynamic_agents.worker.lifecycle import EventSink, LifecyclePublisher
 from dynamic_agents.worker.settings import SessionPolicy, WorkerSettings
 
@@ -136,7 +136,7 @@ class AgentWorker:
         self.router = router
         self.executor = executor
         self.settings = settings or WorkerSettings()
-        self.hooks = list(hooks)
+        self.hooks = check_hooks(hooks)
         self.stream = stream or transport.names.requests
         self.stats = WorkerStats()
         if self.settings.claim_min_idle < self.settings.lease_ttl:
