@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import pytest
@@ -227,3 +228,47 @@ def test_a_worker_refuses_hooks_that_have_no_hook_method(
     ):
         with pytest.raises(ConfigurationError, match=named):
             hooked_worker(transport, hooks)  # type: ignore[arg-type]
+
+
+class AwaitsACancelledFuture(BaseHooks):
+    """A hook awaiting something its owner cancelled (an exporter's flush, say): a CancelledError
+    that is the hook's failure, not a cancellation of the worker's handler."""
+
+    def __init__(self, *points: str) -> None:
+        self.points = set(points)
+
+    async def _fail_at(self, point: str) -> None:
+        if point in self.points:
+            future = asyncio.get_running_loop().create_future()
+            future.cancel()
+            await future
+
+    async def on_received(self, delivery: Delivery[AgentRequestEvent]) -> None:
+        await self._fail_at("on_received")
+
+    async def after_handle(self, delivery: Delivery[AgentRequestEvent], error: BaseException | None) -> None:
+        await self._fail_at("after_handle")
+
+
+@pytest.mark.parametrize("point", ["on_received", "after_handle"])
+async def test_a_hook_raising_a_cancellation_of_its_own_is_a_failing_hook(
+    meter_provider: MeterProvider,
+    metric_reader: InMemoryMetricReader,
+    caplog: pytest.LogCaptureFixture,
+    point: str,
+) -> None:
+    """It was taken for the handler's cancellation: at ``on_received`` the request was handed
+    back, again on each delivery, until dead-lettered; at ``after_handle`` the hooks after it
+    were skipped (the in-flight count never went down)."""
+    transport = InMemoryTransport(names=StreamNames("test"))
+    await transport.publish(transport.names.requests, request_event(transport.names))
+    hooks = [AwaitsACancelledFuture(point), MetricsHooks(OpenTelemetryMetrics(meter_provider))]
+    worker = hooked_worker(transport, hooks, max_deliveries=2)
+    with caplog.at_level(logging.ERROR, logger="dynamic_agents"):
+        async with asyncio.timeout(10):
+            await worker.run_until_idle()
+    (reply,) = await transport.read_stream(transport.names.responses("discord", "c1"), AgentResponseEvent)
+    assert reply.event.status == "completed"
+    assert outcomes(metric_reader) == {"completed": 1}
+    assert [p.value for p in points(metric_reader, "dynamic_agents.worker.in_flight").values()] == [0]
+    assert f"hook AwaitsACancelledFuture.{point} failed" in caplog.text

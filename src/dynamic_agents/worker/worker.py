@@ -1219,6 +1219,13 @@ class AgentWorker:
                 await method(*args)
             except Exception:
                 logger.exception("hook %s.%s failed", type(hook).__name__, name)
+            except asyncio.CancelledError:
+                handler = asyncio.current_task()
+                if handler is None or handler.cancelling():
+                    raise  # this task's cancellation (a stop, a lost entry), which goes on
+                # the hook's own (it awaited something its owner cancelled): a failing hook, which
+                # must not pass for a cancellation (the request handed back on each delivery)
+                logger.exception("hook %s.%s failed", type(hook).__name__, name)
 
 
 async def _after_handlers_send() -> None:
