@@ -13,11 +13,11 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, Metric
 from opentelemetry.sdk.trace import TracerProvider
 
-from dynamic_agents.events import AgentRequestEvent, ResponseStatus, StreamNames, Target
+from dynamic_agents.events import AgentRequestEvent, ResponseStatus, StreamNames, Target, TargetType
 from dynamic_agents.exceptions import ConfigurationError
 from dynamic_agents.execution import ExecutionResult, FunctionExecutor, TokenUsage
 from dynamic_agents.observability import METRICS, MetricsHooks, OpenTelemetryMetrics, observe_secrets
-from dynamic_agents.routing import EventRouter
+from dynamic_agents.routing import EventRouter, RouteDecision
 from dynamic_agents.secrets import SecretsManager, StaticSource
 from dynamic_agents.transports import InMemoryTransport, Subscription
 from dynamic_agents.worker import AgentWorker
@@ -512,3 +512,24 @@ def test_open_telemetry_metrics_refuses_what_is_no_meter_provider(tracer_provide
     for provider in ("http://collector:4317", tracer_provider):
         with pytest.raises(ConfigurationError, match="meter_provider must be a MeterProvider"):
             OpenTelemetryMetrics(provider)  # type: ignore[arg-type]
+
+
+class HostRouter:
+    """A host's own router: the worker needs only ``route()`` (no ``targets()``)."""
+
+    def route(self, event: AgentRequestEvent) -> RouteDecision:
+        return RouteDecision(Target(type=TargetType.AGENT, id="echo"), None, "the host's choice")
+
+
+async def test_metrics_hooks_start_with_a_router_that_has_only_route(
+    transport: InMemoryTransport, hooks: MetricsHooks, metric_reader: InMemoryMetricReader
+) -> None:
+    """The worker takes a router with route() alone; MetricsHooks' start asked it for targets()
+    and failed (logged) before it registered the gauge and counted anything undecodable."""
+    await transport.ensure_group(transport.names.requests, "dynamic-agents")
+    await transport.publish_fields(transport.names.requests, {"__data__": b"not json"})
+    await transport.publish(transport.names.requests, request_event(transport.names))
+    await run_with(transport, hooks, router=HostRouter()).run_until_idle()
+    assert outcomes(metric_reader) == {"completed": 1}
+    stream = (("messaging.destination.name", transport.names.requests),)
+    assert points(metric_reader, "dynamic_agents.worker.undecodable")[stream].value == 1

@@ -53,8 +53,9 @@ class MetricsHooks(BaseHooks):
     when it stops.
 
     A request may name its target (``agent_id``, …), so the ``target`` label is bounded: the
-    targets of the workers' routers (rules and defaults) always have theirs, and other targets get
-    one until ``max_targets`` labels are in use; later ones are counted as ``"other"``.
+    targets of the workers' routers (rules and defaults, from ``router.targets()`` where it has
+    one) always have theirs, and other targets get one until ``max_targets`` labels are in use;
+    later ones are counted as ``"other"``.
     """
 
     def __init__(
@@ -89,7 +90,9 @@ class MetricsHooks(BaseHooks):
     # -- pending entries, sampled -----------------------------------------------------------------
 
     async def on_start(self, worker: AgentWorker) -> None:
-        self._targets.update(target_name(target) for target in worker.router.targets())
+        targets = getattr(worker.router, "targets", None)  # a host's own router may have route() alone
+        if callable(targets):
+            self._targets.update(target_name(target) for target in targets())
         if not self._observing:
             self._observing = True
             self.recorder.observe("dynamic_agents.worker.queue.pending", self._read_pending)
