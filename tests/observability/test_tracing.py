@@ -643,3 +643,19 @@ def test_tracing_hooks_refuse_what_is_no_tracing(tracer_provider: TracerProvider
     for tracing in (None, tracer_provider):
         with pytest.raises(ConfigurationError, match=r"tracing must be a Tracing \(.*\), got"):
             TracingHooks(tracing)  # type: ignore[arg-type]
+
+
+async def test_the_client_and_the_llm_router_refuse_what_is_no_tracing(
+    tracer_provider: TracerProvider,
+) -> None:
+    """``tracing=`` given the provider (for ``Tracing(provider)``) was taken: every publish then
+    failed with a bare AttributeError (no request sent), and every LLM call."""
+    transport = InMemoryTransport(names=StreamNames("test"))
+    named = r"tracing must be a Tracing \(Tracing\(tracer_provider\)\) or None, got a TracerProvider"
+    with pytest.raises(ConfigurationError, match=named):
+        AgentClient(transport, tracing=tracer_provider)  # type: ignore[arg-type]
+    deployment = {"model": "openai/gpt-4o-mini", "api_key": "secret:openai:api_key", "mock_response": "a"}
+    config = RouterConfig.from_dict({"model_list": [{"model_name": "g", "litellm_params": deployment}]})
+    secrets = SecretsManager(StaticSource({"openai": {"api_key": API_KEY}}))
+    with pytest.raises(ConfigurationError, match=named):
+        await build_router(config, secrets, tracing=tracer_provider)  # type: ignore[arg-type]

@@ -26,6 +26,7 @@ from dynamic_agents.exceptions import (
     FieldError,
     TransportError,
 )
+from dynamic_agents.observability.tracing import check_tracing
 from dynamic_agents.routing import RoutingConfig
 from dynamic_agents.transports import CompletedRecord, Delivery, Subscription, Transport
 from dynamic_agents.transports.base import check_transport
@@ -73,7 +74,7 @@ class AgentClient:
         self.routing = routing
         self._event_router = routing.router() if routing is not None else None
         self.block = check_seconds("block", block)
-        self.tracing = tracing
+        self.tracing = check_tracing(tracing)
         self._readers: dict[str, _Reader] = {}
         self._lock = asyncio.Lock()
 

@@ -55,6 +55,7 @@ from dynamic_agents.exceptions import (
 )
 from dynamic_agents.llm import _litellm
 from dynamic_agents.llm.config import DeploymentConfig, RouterConfig, literal_credentials
+from dynamic_agents.observability.tracing import check_tracing
 from dynamic_agents.secrets import (
     EnvReference,
     SecretChange,
@@ -186,6 +187,7 @@ async def build_router(
     ``tracing``, every call is a ``chat {model}`` span (usage and cost as attributes). A config
     the Router refuses is a :class:`~dynamic_agents.exceptions.ConfigurationError` (no values), and
     so is a ``model_info.id`` naming a model of litellm's catalog."""
+    tracing = check_tracing(tracing)
     for position, item in enumerate(config.model_list):
         _check_not_a_catalog_model(item, position)
     deployments = [

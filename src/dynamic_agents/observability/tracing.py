@@ -199,6 +199,17 @@ class Tracing:
             yield call
 
 
+def check_tracing(tracing: object) -> Tracing | None:
+    """A ``tracing`` argument (of a client, an LLM router): a :class:`Tracing` or ``None``, else a
+    :class:`ConfigurationError` naming it (the provider given for ``Tracing(provider)`` was
+    taken, and every publish or LLM call failed with a bare AttributeError)."""
+    if tracing is None or isinstance(tracing, Tracing):
+        return tracing
+    raise ConfigurationError(
+        f"tracing must be a Tracing (Tracing(tracer_provider)) or None, got {shown(tracing)}"
+    )
+
+
 class LLMCall:
     """One traced LLM call: :meth:`done` records the response's usage, cost and model."""
 
