@@ -16,6 +16,7 @@ import pytest
 from faststream.redis import RedisBroker, StreamSub
 from faststream.redis.opentelemetry import RedisTelemetryMiddleware
 from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
@@ -25,12 +26,13 @@ from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, StreamN
 from dynamic_agents.exceptions import ConfigurationError, LLMError
 from dynamic_agents.execution import ExecutionResult, FunctionExecutor
 from dynamic_agents.llm import RouterConfig, build_router
-from dynamic_agents.observability import Tracing, TracingHooks
+from dynamic_agents.observability import MetricsHooks, OpenTelemetryMetrics, Tracing, TracingHooks
 from dynamic_agents.routing import EventRouter
 from dynamic_agents.secrets import SecretsManager, StaticSource
 from dynamic_agents.transports import InMemoryTransport, RedisStreamsTransport, Transport
 from dynamic_agents.worker import SessionPolicy
 from tests.observability.conftest import attribute_text, by_name, hooked_worker, taken_before_dead_lettering
+from tests.observability.test_metrics import outcomes
 from tests.support.waiting import wait_until
 from tests.worker.conftest import FAST, request_event
 
@@ -659,3 +661,48 @@ async def test_the_client_and_the_llm_router_refuse_what_is_no_tracing(
     secrets = SecretsManager(StaticSource({"openai": {"api_key": API_KEY}}))
     with pytest.raises(ConfigurationError, match=named):
         await build_router(config, secrets, tracing=tracer_provider)  # type: ignore[arg-type]
+
+
+async def test_an_entry_answered_before_its_handler_is_stopped_keeps_its_outcome(
+    tracer_provider: TracerProvider,
+    exporter: InMemorySpanExporter,
+    meter_provider: MeterProvider,
+    metric_reader: InMemoryMetricReader,
+) -> None:
+    """A request cancelled while queued behind its session's run is answered ``cancelled`` at
+    once, and its handler waits on for the run ahead (to keep the order). A stop then cancels
+    that handler: its span said ``interrupted`` (nothing published, runs again elsewhere), an
+    error, while the answer was written and the entry acked; the metrics counted ``cancelled``."""
+    transport = InMemoryTransport(names=StreamNames("test"))
+    started = asyncio.Event()
+
+    async def stuck(target: Target, request: AgentRequestEvent) -> str:
+        started.set()
+        await asyncio.Event().wait()
+        return "never"
+
+    first = request_event(transport.names, "first")
+    queued = request_event(transport.names, "queued")
+    for request in (first, queued):
+        await transport.publish(transport.names.requests, request)
+    hooks = [Tracing(tracer_provider).hooks(), MetricsHooks(OpenTelemetryMetrics(meter_provider))]
+    worker = hooked_worker(transport, hooks, FunctionExecutor(stuck), cancel_poll=0.01)
+    replies = transport.names.responses("discord", "c1")
+    async with worker:
+        await started.wait()
+        await transport.coordinator().request_cancel(queued.id)
+        await wait_until(lambda: _replies(transport, replies), what="the queued request's answer")
+        await worker.stop(grace=0)
+
+    (span,) = [
+        s
+        for s in exporter.get_finished_spans()
+        if s.name.endswith(" process") and (s.attributes or {})["dynamic_agents.request_id"] == queued.id
+    ]
+    assert (span.attributes or {})["dynamic_agents.outcome"] == "cancelled"
+    assert span.status.status_code != StatusCode.ERROR
+    assert outcomes(metric_reader) == {"cancelled": 1, "interrupted": 1}
+
+
+async def _replies(transport: Transport, stream: str) -> bool:
+    return bool(await transport.read_stream(stream, AgentResponseEvent))

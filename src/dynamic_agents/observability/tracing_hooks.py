@@ -227,11 +227,15 @@ class TracingHooks(BaseHooks):
             error_status(found.respond, "interrupted")
             found.respond.end()
         context.detach(found.token)
-        if error is not None:
-            found.span.set_attribute(OUTCOME, Outcome.of_error(error).value)
-            fail_span(found.span, error)
-        elif not found.ended:  # handed back unanswered: taken over by another consumer, say
-            found.span.set_attribute(OUTCOME, Outcome.INTERRUPTED.value)
+        # Answered (or set aside) before the handler ended: that outcome stands, as in the
+        # metrics, whatever ended the handler after it (a stop while a request cancelled in the
+        # queue waits for the run ahead of it, to keep the order)
+        if not found.ended:
+            if error is not None:
+                found.span.set_attribute(OUTCOME, Outcome.of_error(error).value)
+                fail_span(found.span, error)
+            else:  # handed back unanswered: taken over by another consumer, say
+                found.span.set_attribute(OUTCOME, Outcome.INTERRUPTED.value)
         found.span.end()
 
 
