@@ -533,3 +533,26 @@ async def test_metrics_hooks_start_with_a_router_that_has_only_route(
     assert outcomes(metric_reader) == {"completed": 1}
     stream = (("messaging.destination.name", transport.names.requests),)
     assert points(metric_reader, "dynamic_agents.worker.undecodable")[stream].value == 1
+
+
+class WithoutObservables(RefusingUndecodable):
+    """A recorder for a library without callback instruments: observe() is not supported."""
+
+    def add(self, name: str, value: float, attributes: Any) -> None:
+        self.recorder.add(name, value, attributes)
+
+    def observe(self, name: str, read: Any) -> None:
+        raise NotImplementedError("WithoutObservables has no observable instruments")
+
+
+async def test_a_recorder_that_cannot_observe_still_gets_the_other_worker_metrics(
+    transport: InMemoryTransport, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
+) -> None:
+    """Its failure at observe() (logged) ended MetricsHooks' start before the worker's own
+    setup: the undecodable counter, which needs no observable, was never counted."""
+    hooks = MetricsHooks(WithoutObservables(OpenTelemetryMetrics(meter_provider)))
+    await transport.ensure_group(transport.names.requests, "dynamic-agents")
+    await transport.publish_fields(transport.names.requests, {"__data__": b"not json"})
+    await run_with(transport, hooks).run_until_idle()
+    stream = (("messaging.destination.name", transport.names.requests),)
+    assert points(metric_reader, "dynamic_agents.worker.undecodable")[stream].value == 1

@@ -93,12 +93,12 @@ class MetricsHooks(BaseHooks):
         targets = getattr(worker.router, "targets", None)  # a host's own router may have route() alone
         if callable(targets):
             self._targets.update(target_name(target) for target in targets())
-        if not self._observing:
-            self._observing = True
-            self.recorder.observe("dynamic_agents.worker.queue.pending", self._read_pending)
         self._running[id(worker)] = (worker.stream, worker.settings.group)
         self._undecodable[id(worker)] = worker.stats.undecodable  # an earlier run's were counted then
         self._samplers[id(worker)] = asyncio.get_running_loop().create_task(self._sample_loop(worker))
+        if not self._observing:  # last: a recorder that cannot observe (logged) still gets the rest
+            self._observing = True
+            self.recorder.observe("dynamic_agents.worker.queue.pending", self._read_pending)
 
     async def on_stop(self, worker: AgentWorker) -> None:
         sampler = self._samplers.pop(id(worker), None)
