@@ -20,7 +20,7 @@ from dynamic_agents.observability import METRICS, MetricsHooks, OpenTelemetryMet
 from dynamic_agents.routing import EventRouter, RouteDecision
 from dynamic_agents.secrets import SecretsManager, StaticSource
 from dynamic_agents.transports import InMemoryTransport, Subscription
-from dynamic_agents.worker import AgentWorker
+from dynamic_agents.worker import AgentWorker, BaseHooks
 from tests.observability.conftest import hooked_worker, taken_before_dead_lettering
 from tests.support.waiting import wait_until
 from tests.worker.conftest import FAST, request_event
@@ -556,3 +556,26 @@ async def test_a_recorder_that_cannot_observe_still_gets_the_other_worker_metric
     await run_with(transport, hooks).run_until_idle()
     stream = (("messaging.destination.name", transport.names.requests),)
     assert points(metric_reader, "dynamic_agents.worker.undecodable")[stream].value == 1
+
+
+async def test_a_worker_cancelled_while_its_hooks_start_stops_those_that_started(
+    transport: InMemoryTransport, hooks: MetricsHooks, metric_reader: InMemoryMetricReader
+) -> None:
+    """Cancelled in a later hook's on_start (one that connects somewhere, say), the worker never
+    called on_stop: MetricsHooks' sampler went on sampling the stopped worker for good, and the
+    gauge reported its group for good."""
+    starting, forever = asyncio.Event(), asyncio.Event()
+
+    class Connecting(BaseHooks):
+        async def on_start(self, worker: AgentWorker) -> None:
+            starting.set()
+            await forever.wait()
+
+    worker = hooked_worker(transport, [hooks, Connecting()])
+    running = asyncio.ensure_future(worker.run())
+    await starting.wait()
+    await wait_until(lambda: pending_gauge(metric_reader) == {"dynamic-agents": 0}, what="a sample")
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    assert pending_gauge(metric_reader) == {}

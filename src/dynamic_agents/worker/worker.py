@@ -218,7 +218,13 @@ class AgentWorker:
     async def _consume(self, until_idle: bool) -> None:
         await self.transport.ensure_group(self.stream, self.settings.group)
         if self.hooks:
-            await self._call_hooks("on_start", self)
+            try:
+                await self._call_hooks("on_start", self)
+            except asyncio.CancelledError:
+                # cancelled in a hook's on_start: those started before it (a sampler running, say)
+                # stop, as they would at the loop's end
+                await self._call_hooks("on_stop", self)
+                raise
         loop = asyncio.get_running_loop()
         helpers = [
             loop.create_task(self._keep_fresh_loop()),
