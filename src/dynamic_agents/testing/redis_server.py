@@ -12,6 +12,14 @@ keeps nothing on disk (for benchmarks). Only the process started here is ever st
         server.pause()    # SIGSTOP: connections stay open, nothing answers (a hung server)
         server.resume()   # SIGCONT
 
+``RedisServer(replica_of=master)`` replicates a started ``master``, and
+``RedisServer.sentinel(master)`` is a Redis Sentinel monitoring it (as ``mymaster``, quorum 1),
+with timers short enough for a failover test to take a second or two::
+
+    with RedisServer(durable=False) as master, RedisServer(replica_of=master, durable=False) as replica:
+        with RedisServer.sentinel(master) as sentinel:
+            client = Sentinel([("127.0.0.1", sentinel.port)]).master_for("mymaster")
+
 Needs the ``redis-server`` binary on ``PATH``.
 """
 
@@ -23,8 +31,10 @@ import socket
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Final
 
 from dynamic_agents.exceptions import MissingDependencyError, TransportError
 
@@ -32,6 +42,10 @@ __all__ = ["RedisServer", "free_port"]
 
 _START_DEADLINE = 10.0
 _PORT_ATTEMPTS = 5
+_SENTINEL_PERIODS_MS: Final = {"info-period": 100, "ping-period": 100, "publish-period": 100}
+"""Sentinel's timers for tests (``SENTINEL DEBUG``; Redis 7.0+). The publish period sets how long
+a demoted master's role change waits (4 periods; 8 s by default) and the info period how often
+replicas are looked at (10 s by default, when no failover is in progress)."""
 
 
 class _PortTakenError(TransportError):
@@ -45,11 +59,28 @@ def free_port() -> int:
         return port
 
 
+@dataclass(frozen=True, slots=True)
+class _Monitoring:
+    """What a Sentinel monitors: the master it is started with, under its service name."""
+
+    master: RedisServer
+    service: str
+    down_after: float
+    failover_timeout: float
+
+    def config(self) -> str:
+        return (
+            f"sentinel monitor {self.service} 127.0.0.1 {self.master.port} 1\n"
+            f"sentinel down-after-milliseconds {self.service} {round(self.down_after * 1000)}\n"
+            f"sentinel failover-timeout {self.service} {round(self.failover_timeout * 1000)}\n"
+        )
+
+
 class RedisServer:
     """``with RedisServer() as server: server.url``; ``kill()``, ``start()``, ``restart()``,
-    ``pause()`` and ``resume()``."""
+    ``pause()`` and ``resume()``. ``replica_of``: a started server this one replicates."""
 
-    def __init__(self, *, durable: bool = True) -> None:
+    def __init__(self, *, durable: bool = True, replica_of: RedisServer | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise MissingDependencyError("redis-server", install="apt-get install redis-server")
@@ -57,9 +88,28 @@ class RedisServer:
         self.port = free_port()
         self.directory = Path(tempfile.mkdtemp(prefix="dynamic-agents-redis-"))
         self.durable = durable
+        self.replica_of = replica_of
         self.process: subprocess.Popen[bytes] | None = None
+        self._monitoring: _Monitoring | None = None
         self._started = False
         self._log_offset = 0
+
+    @classmethod
+    def sentinel(
+        cls,
+        master: RedisServer,
+        *,
+        service: str = "mymaster",
+        down_after: float = 1.0,
+        failover_timeout: float = 2.0,
+    ) -> RedisServer:
+        """A Redis Sentinel (``redis-server --sentinel``) monitoring ``master`` (started first) as
+        ``service``, with a quorum of 1: ``SENTINEL FAILOVER <service>`` on it promotes a replica.
+        ``down_after`` and ``failover_timeout`` (seconds) are the service's settings of those names;
+        its own timers are shortened (``SENTINEL DEBUG``) so a failover takes a second or two."""
+        server = cls(durable=False)
+        server._monitoring = _Monitoring(master, service, down_after, failover_timeout)
+        return server
 
     @property
     def url(self) -> str:
@@ -85,33 +135,44 @@ class RedisServer:
         self.directory.mkdir(mode=0o700, exist_ok=True)  # stop() removed it: start afresh
         log = self.directory / "redis.log"  # appended to by each launch: read only this one's
         self._log_offset = log.stat().st_size if log.exists() else 0
+        common = ["--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory)]
         self.process = subprocess.Popen(  # noqa: S603 - a fixed argv, the binary found on PATH
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(self.directory),
-                *(
-                    ("--appendonly", "yes", "--appendfsync", "always")
-                    if self.durable
-                    else ("--appendonly", "no")
-                ),
-                "--save",
-                "",
-                "--logfile",
-                str(log),
-            ],
+            [self.binary, *self._role_arguments(), *common, "--logfile", str(log)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         try:
             self._wait_ready()
+            if self._monitoring is not None:
+                periods = (str(part) for pair in _SENTINEL_PERIODS_MS.items() for part in pair)
+                self._command("SENTINEL", "DEBUG", *periods)
         except BaseException:
             self.kill()  # not ready in time (or interrupted): never leave a server behind
             raise
+
+    def _role_arguments(self) -> list[str]:
+        if self._monitoring is not None:  # Sentinel rewrites its file: kept for a restart
+            config = self.directory / "sentinel.conf"
+            if not config.exists():
+                config.write_text(self._monitoring.config())
+            return [str(config), "--sentinel"]
+        persistence = (
+            ["--appendonly", "yes", "--appendfsync", "always"] if self.durable else ["--appendonly", "no"]
+        )
+        # a replica's first sync starts at once (diskless, it waits 5 s for more replicas by default)
+        arguments = [*persistence, "--save", "", "--repl-diskless-sync-delay", "0"]
+        if self.replica_of is not None:
+            arguments += ["--replicaof", "127.0.0.1", str(self.replica_of.port)]
+        return arguments
+
+    def _command(self, *args: str) -> None:
+        """Send one command on a connection of its own; an error reply is a TransportError."""
+        packed = b"".join(b"$%d\r\n%s\r\n" % (len(arg.encode()), arg.encode()) for arg in args)
+        with socket.create_connection(("127.0.0.1", self.port), _START_DEADLINE) as sock:
+            sock.sendall(b"*%d\r\n%s" % (len(args), packed))
+            reply = sock.recv(4096)
+        if not reply.startswith(b"+"):
+            raise TransportError(f"{' '.join(args[:2])} on port {self.port} failed: {reply!r}")
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + _START_DEADLINE

@@ -1,0 +1,300 @@
+"""The Redis backend behind Redis Sentinel, through a real failover (private redis-servers).
+
+A master, one replica and one Sentinel (quorum 1) on free loopback ports; the transport is given
+``Sentinel([...]).master_for("mymaster")``, as a team running Redis HA would. ``SENTINEL FAILOVER``
+promotes the replica; :meth:`Ha.fail_over` waits until Sentinel names the new master *and* the
+old one reports itself a replica: Sentinel demotes it with ``REPLICAOF`` and closes its clients'
+connections, which is what sends them back to Sentinel for the new address. Replication is
+asynchronous, so what must survive the failover is replicated first (``WAIT``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+from redis.asyncio import Redis
+from redis.asyncio.sentinel import Sentinel
+
+from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, StreamNames, Target
+from dynamic_agents.execution import FunctionExecutor
+from dynamic_agents.testing import RedisServer
+from dynamic_agents.transports import Delivery, RedisStreamsTransport, Reply, Subscription
+from tests.support import services
+from tests.support.waiting import wait_until
+from tests.worker.conftest import request_event, worker
+
+pytestmark = pytest.mark.redis_server
+
+SERVICE = "mymaster"
+GROUP = "workers"
+WITHIN = 10.0  # bound on each wait for Sentinel or the worker (a failover takes a second or two)
+
+
+@dataclass
+class Ha:
+    """The servers, and a client of the master Sentinel names (``master_for``)."""
+
+    master: RedisServer
+    replica: RedisServer
+    sentinel: RedisServer
+    sentinels: Sentinel
+    client: Redis
+
+    def direct(self, server: RedisServer) -> Redis:
+        """A client of one server by its address (to look at where writes went)."""
+        return Redis(port=server.port, single_connection_client=True)
+
+    async def master_port(self) -> int:
+        _, port = await self.sentinels.discover_master(SERVICE)
+        return int(port)
+
+    async def replicated(self) -> None:
+        """Everything written to the master so far is on the replica too: ``WAIT`` counts the
+        writes of its own connection, and replication is one stream, in order."""
+        master = self.direct(self.master)
+        try:
+            await master.set("replicated", "1")
+            assert await master.execute_command("WAIT", 1, 1000) == 1
+        finally:
+            await master.aclose()
+
+    async def role(self, server: RedisServer) -> bytes:
+        direct = self.direct(server)
+        try:
+            role: list[bytes] = await direct.execute_command("ROLE")
+        finally:
+            await direct.aclose()
+        return role[0]
+
+    async def sentinel_command(self, *args: str | int) -> object:
+        sentinel = self.direct(self.sentinel)
+        try:
+            return await sentinel.execute_command("SENTINEL", *args)
+        finally:
+            await sentinel.aclose()
+
+    async def fail_over(self, *, demote: bool = True) -> None:
+        """Replicate, then ``SENTINEL FAILOVER``; returns once Sentinel names the replica and the
+        old master is a replica (demoted, its clients disconnected). ``master`` and ``replica``
+        swap. ``demote=False`` returns as soon as Sentinel names the new master, the old one still
+        a master, as it stays for 8 to 10 s by default (here: until :meth:`demote`)."""
+        await self.replicated()
+        old, new = self.master, self.replica
+        if not demote:  # the old master waits 4 publish periods before Sentinel demotes it
+            await self.sentinel_command("DEBUG", "publish-period", 60_000)
+        assert await self.sentinel_command("FAILOVER", SERVICE)
+        self.master, self.replica = new, old
+
+        async def named() -> bool:
+            return await self.master_port() == new.port
+
+        await wait_until(named, WITHIN, f"Sentinel to name port {new.port} the master")
+        if demote:
+            await self.demote()
+        else:
+            assert await self.role(old) == b"master"
+
+    async def demote(self) -> None:
+        """Let Sentinel demote the old master (``replica`` now), and wait until it has."""
+        await self.sentinel_command("DEBUG", "publish-period", 100)
+
+        async def demoted() -> bool:
+            return await self.role(self.replica) == b"slave"
+
+        await wait_until(demoted, WITHIN, f"Sentinel to demote port {self.replica.port}")
+
+
+@pytest.fixture
+async def ha() -> AsyncIterator[Ha]:
+    if shutil.which("redis-server") is None:
+        services.unavailable("redis-server", "PATH", "install it (apt-get install redis-server)")
+    with (
+        RedisServer(durable=False) as master,
+        RedisServer(durable=False, replica_of=master) as replica,
+        RedisServer.sentinel(master, service=SERVICE) as sentinel,
+    ):
+        sentinels = Sentinel([("127.0.0.1", sentinel.port)])
+        client = sentinels.master_for(SERVICE)
+        setup = Ha(master, replica, sentinel, sentinels, client)
+
+        async def replica_in_sync() -> bool:  # what SENTINEL FAILOVER needs to pick it
+            replicas = await sentinels.sentinels[0].sentinel_slaves(SERVICE)
+            return any(r["port"] == replica.port and r["master-link-status"] == "ok" for r in replicas)
+
+        try:
+            await wait_until(replica_in_sync, WITHIN, "Sentinel to see the replica in sync")
+            yield setup
+        finally:
+            await client.aclose()
+            await sentinels.aclose()
+
+
+def request(n: int, names: StreamNames | None = None) -> AgentRequestEvent:
+    return request_event(names or StreamNames(), f"message {n}", session=f"s{n}")
+
+
+def subscription(block: float = 0.05) -> Subscription[AgentRequestEvent]:
+    return Subscription(
+        stream=StreamNames().requests,
+        group=GROUP,
+        consumer="c1",
+        model=AgentRequestEvent,
+        block=block,
+        claim_min_idle=30.0,
+    )
+
+
+def answer(delivery: Delivery[AgentRequestEvent]) -> Reply:
+    event = delivery.event
+    response = AgentResponseEvent(request_id=event.id, session_id=event.session_id, content="answer")
+    return Reply(response, event.reply_stream)
+
+
+async def read_all(transport: RedisStreamsTransport, count: int) -> list[Delivery[AgentRequestEvent]]:
+    deliveries: list[Delivery[AgentRequestEvent]] = []
+
+    async def got_all() -> bool:
+        deliveries.extend(await transport.read(subscription(), count - len(deliveries)))
+        return len(deliveries) >= count
+
+    await wait_until(got_all, WITHIN, f"{count} deliveries")
+    return deliveries
+
+
+@pytest.fixture
+def names() -> StreamNames:
+    return StreamNames()  # private servers: the default names
+
+
+async def test_the_transport_and_coordinator_work_through_a_sentinel_client(
+    ha: Ha, names: StreamNames
+) -> None:
+    transport = RedisStreamsTransport(ha.client)
+    coordinator = transport.coordinator()
+    master = ha.direct(ha.master)
+    try:
+        await transport.ensure_group(names.requests, GROUP)
+        events = [request(n) for n in range(2)]
+        for event in events:
+            await transport.publish(names.requests, event)
+        first, second = await read_all(transport, 2)
+        assert [first.event, second.event] == events
+
+        lease = await coordinator.acquire("s0", ttl=30)
+        assert lease is not None
+        assert await coordinator.holder("s0") == ""
+        assert await coordinator.renew(lease)
+        completion = await transport.complete(first, answer(first), record_ttl=60, lease=lease)
+        assert completion.created
+        assert await transport.ack(second) == 1
+        claim = await coordinator.claim("s1", [second.event.id], ttl=30)
+        assert claim.lease is not None
+        assert await coordinator.release(claim.lease)
+
+        assert await transport.pending(names.requests, GROUP) == []
+        assert await coordinator.get_record(events[0].id) == completion.record
+        # the writes are on the master Sentinel names, by its own address
+        assert await master.xlen(names.requests) == 2
+        assert await master.xlen(events[0].reply_stream or "") == 1
+    finally:
+        await master.aclose()
+        await coordinator.aclose()
+        await transport.aclose()
+
+
+async def test_the_same_transport_and_coordinator_carry_on_after_a_failover(
+    ha: Ha, names: StreamNames
+) -> None:
+    transport = RedisStreamsTransport(ha.client)
+    coordinator = transport.coordinator()
+    try:
+        await transport.ensure_group(names.requests, GROUP)
+        before = [request(n) for n in range(2)]
+        for event in before:
+            await transport.publish(names.requests, event)
+        held = await read_all(transport, 2)
+        lease = await coordinator.acquire("s0", ttl=30)
+        assert lease is not None
+
+        reader = asyncio.create_task(transport.read(subscription(block=WITHIN), 1))  # blocked across it
+        await ha.fail_over()
+
+        after = request(2)
+        await transport.publish(names.requests, after)
+        (delivery,) = await asyncio.wait_for(reader, WITHIN)
+        assert delivery.event == after
+        assert await coordinator.renew(lease)
+        completion = await transport.complete(held[0], answer(held[0]), record_ttl=60, lease=lease)
+        assert completion.created
+        assert await transport.ack(held[1], delivery) == 2
+        assert await transport.pending(names.requests, GROUP) == []
+
+        new_master = ha.direct(ha.master)
+        try:  # written on the promoted replica
+            assert await new_master.xlen(names.requests) == 3
+            assert await new_master.get(names.completed_record(before[0].id)) is not None
+            assert await new_master.get(names.session_lease("s0")) is None  # released by complete
+        finally:
+            await new_master.aclose()
+    finally:
+        await coordinator.aclose()
+        await transport.aclose()
+
+
+async def test_a_worker_answers_every_request_once_across_a_failover(ha: Ha, names: StreamNames) -> None:
+    publisher = RedisStreamsTransport(ha.client)
+    consumer_side = RedisStreamsTransport(ha.client)
+    gate = asyncio.Event()
+    runs: list[str] = []
+
+    async def held_until_the_gate_opens(target: Target, request: AgentRequestEvent) -> str:
+        runs.append(request.id)
+        await gate.wait()
+        return f"echo: {request.content}"
+
+    in_flight = 3
+    w = worker(
+        consumer_side,
+        FunctionExecutor(held_until_the_gate_opens),
+        concurrency=in_flight + 1,  # a free slot: the worker reads (blocks) across the failover
+        lease_ttl=10.0,  # outlives the failover: renewals sent to the old master in between are lost
+        claim_min_idle=10.0,
+    )
+    group = w.settings.group
+    before = [request(n, names) for n in range(in_flight)]
+    after = [request(n, names) for n in range(5, 10)]
+    ids = [event.id for event in before + after]
+    reply_stream = before[0].reply_stream or ""
+
+    async def answered() -> list[AgentResponseEvent]:
+        entries = await publisher.read_stream(reply_stream, AgentResponseEvent, count=1000)
+        return [entry.event for entry in entries]
+
+    async def all_answered() -> bool:
+        done = {reply.request_id for reply in await answered()} >= set(ids)
+        return done and not await publisher.pending(names.requests, group)
+
+    try:
+        async with w:
+            for event in before:
+                await publisher.publish(names.requests, event)
+            await wait_until(lambda: len(runs) == in_flight, WITHIN, "runs in flight")
+            await ha.fail_over()  # with runs in flight, their leases and pending entries replicated
+            for event in after:
+                await publisher.publish(names.requests, event)
+            gate.set()
+            await wait_until(all_answered, WITHIN, "every request answered after the failover")
+
+        counts = Counter(reply.request_id for reply in await answered())
+        assert counts == Counter(ids)  # each answered once, none lost
+        assert Counter(runs) == Counter(ids)  # and run once: the failover lost nothing done before it
+        assert await publisher.pending(names.requests, group) == []
+    finally:
+        await w.stop(grace=0)
+        await publisher.aclose()
+        await consumer_side.aclose()
