@@ -165,7 +165,7 @@ async def test_scripts_flushed_from_the_server_are_loaded_again(transport: Redis
     writes = await writes_during(transport, complete_all())
 
     assert [c.created for c in completions] == [True] * 8
-    assert writes == 3  # the pipeline, one SCRIPT LOAD, the pipeline again
+    assert writes == 2  # the pipeline, then one SCRIPT LOAD and the calls again in one write
     await transport.client.script_flush()
     assert (await complete(alone)).created  # sent without a pipeline: same recovery
     replies = await transport.read_stream(reply_stream, AgentResponseEvent, count=100)

@@ -298,3 +298,23 @@ async def test_a_worker_answers_every_request_once_across_a_failover(ha: Ha, nam
         await w.stop(grace=0)
         await publisher.aclose()
         await consumer_side.aclose()
+
+
+async def test_a_script_is_loaded_again_on_the_server_that_runs_it(ha: Ha, names: StreamNames) -> None:
+    """A server that never ran a script (a new master: Redis does not replicate its script cache)
+    answers ``NOSCRIPT``, and the transport loads the script and calls it again. It must load it
+    where the call goes: its own connection may reach another server than the client's pool does,
+    as after a failover, before Sentinel demotes the old master."""
+    transport = RedisStreamsTransport(ha.client)
+    other = RedisStreamsTransport(ha.client)  # sharing the client's pool
+    try:
+        await transport.ensure_group(names.requests, GROUP)
+        await transport.publish(names.requests, request(0))  # its own connection, to the old master
+        (held,) = await read_all(transport, 1)
+        await ha.fail_over(demote=False)  # that connection stays open: the old master is one still
+        await other.publish(names.requests, request(1))  # a new connection: the pool moves to the new
+        completion = await transport.complete(held, answer(held), record_ttl=60)  # on the old master
+        assert completion.created
+    finally:
+        await other.aclose()
+        await transport.aclose()

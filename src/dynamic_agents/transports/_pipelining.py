@@ -16,8 +16,9 @@ Commands queued in one iteration run in the order they were queued. Separate bat
 order on one connection, but one queued while the connection is being (re)made may be overtaken,
 so a caller that needs order awaits one batch before queuing the next.
 
-Scripts are sent with ``EVALSHA``; after a reply of ``NOSCRIPT`` (a restarted or flushed server)
-each script is loaded once and the calls that got it are sent again.
+Scripts are sent with ``EVALSHA``; after a reply of ``NOSCRIPT`` (a restarted or flushed server,
+a new master: the script cache is not replicated) each script's ``SCRIPT LOAD`` and the calls that
+got it are sent again in one write, on one connection: the server that runs them has them.
 
 **The connection.** The pipeline keeps one connection of its own, made and set up (credentials,
 database, protocol, client name, TLS) by the client's connection pool, then taken over: its
@@ -308,17 +309,17 @@ class AutoPipeline:
         self._spawn(self._load_and_send(calls))
 
     async def _load_and_send(self, calls: list[_Call]) -> None:
-        """After ``NOSCRIPT`` (a restarted or flushed server): load each script once, send again."""
-        try:
-            for script in {id(call.script): call.script for call in calls if call.script}.values():
-                script.sha = await self._client.script_load(script.script)
-        except Exception as error:
-            for call in calls:
-                call.settle(error)
-            return
+        """After ``NOSCRIPT`` (a restarted or flushed server, a new master): send each script's
+        ``SCRIPT LOAD`` and the calls again, in one write, so the server that runs them has them
+        (the client's pool may reach another one: the old master, until Sentinel demotes it). A
+        load that fails leaves the calls behind it their own ``NOSCRIPT``."""
+        scripts = {id(call.script): call.script for call in calls if call.script}.values()
+        loads = [_Call(partial(_script_load, script), [self._future()]) for script in scripts]
+        for load in loads:
+            load.futures[0].add_done_callback(_retrieved)  # nobody awaits it
         for call in calls:
             call.script = None  # a second NOSCRIPT is an error, not another reload
-        await self._connect_and_send(calls)
+        await self._connect_and_send([*loads, *calls])
 
 
 class _Wire(asyncio.Protocol):
@@ -442,6 +443,17 @@ def _call_of(queued: _Call | _Batch[Any]) -> _Call | None:
 
 def _evalsha(script: AsyncScript, keys: Sequence[Arg], args: Sequence[Arg]) -> tuple[tuple[Arg, ...]]:
     return (("EVALSHA", script.sha, len(keys), *keys, *args),)
+
+
+def _script_load(script: AsyncScript) -> tuple[tuple[Arg, ...]]:
+    source = script.script
+    return (("SCRIPT", "LOAD", source if isinstance(source, bytes | str) else bytes(source)),)
+
+
+def _retrieved(future: ReplyFuture) -> None:
+    """Mark the outcome of a future nobody awaits as seen (asyncio logs an exception never seen)."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _parts(reply: object) -> list[object]:
