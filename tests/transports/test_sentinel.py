@@ -15,6 +15,7 @@ import shutil
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -107,6 +108,15 @@ class Ha:
             return await self.role(self.replica) == b"slave"
 
         await wait_until(demoted, WITHIN, f"Sentinel to demote port {self.replica.port}")
+
+    async def config_set(self, name: str, value: str | int) -> None:
+        """A setting on both data servers (what a master needs, a promoted replica needs too)."""
+        for server in (self.master, self.replica):
+            direct = self.direct(server)
+            try:
+                await direct.config_set(name, value)
+            finally:
+                await direct.aclose()
 
 
 @pytest.fixture
@@ -317,4 +327,83 @@ async def test_a_script_is_loaded_again_on_the_server_that_runs_it(ha: Ha, names
         assert completion.created
     finally:
         await other.aclose()
+        await transport.aclose()
+
+
+async def test_a_master_demoted_without_closing_connections_sends_the_transport_to_the_new_one(
+    ha: Ha, names: StreamNames
+) -> None:
+    """Sentinel closes the demoted master's connections; ``REPLICAOF`` alone (an operator, or the
+    ``FAILOVER`` command) does not, and a write on one gets ``READONLY``. redis-py's Sentinel
+    connections then reconnect, asking Sentinel again; so must the transport's own."""
+    transport = RedisStreamsTransport(ha.client)
+    coordinator = transport.coordinator()
+    try:
+        await transport.ensure_group(names.requests, GROUP)
+        await transport.publish(names.requests, request(0))
+        (held,) = await read_all(transport, 1)  # connections made: its own, and a reader's
+        lease = await coordinator.acquire("s0", ttl=30)
+        assert lease is not None
+        await ha.fail_over(demote=False)
+        old = ha.direct(ha.replica)
+        try:
+            await old.execute_command("REPLICAOF", "127.0.0.1", ha.master.port)
+        finally:
+            await old.aclose()
+
+        after = request(1)
+        await transport.publish(names.requests, after)
+        (delivery,) = await read_all(transport, 1)
+        assert delivery.event == after
+        completion = await transport.complete(held, answer(held), record_ttl=60, lease=lease)
+        assert completion.created
+        assert await transport.ack(delivery) == 1
+        assert await transport.pending(names.requests, GROUP) == []
+        assert transport.stats.reconnects > 0
+    finally:
+        await coordinator.aclose()
+        await transport.aclose()
+
+
+async def test_writes_a_deposed_master_refuses_wait_for_the_new_one(ha: Ha, names: StreamNames) -> None:
+    """With ``min-replicas-to-write 1`` a master left without its replica refuses writes
+    (``NOREPLICAS``) rather than accept what its demotion will erase; the transport waits them out
+    (within ``retry_deadline``) and they land on the new master once it has a replica again."""
+    await ha.config_set("min-replicas-to-write", 1)
+    transport = RedisStreamsTransport(ha.client, retry_cap=0.5)
+    coordinator = transport.coordinator()
+    waiting: list[asyncio.Task[Any]] = []
+    try:
+        await transport.ensure_group(names.requests, GROUP)
+        await transport.publish(names.requests, request(0))
+        (held,) = await read_all(transport, 1)
+        lease = await coordinator.acquire("s0", ttl=30)
+        assert lease is not None
+        await ha.fail_over(demote=False)  # the old master answers, refusing writes; so does the new
+
+        after = request(1)
+        reading = asyncio.create_task(read_all(transport, 1))
+        publishing = asyncio.create_task(transport.publish(names.requests, after))
+        completing = asyncio.create_task(transport.complete(held, answer(held), record_ttl=60, lease=lease))
+        waiting += [reading, publishing, completing]
+        await wait_until(lambda: transport.stats.reconnects >= 3, WITHIN, "writes refused and retried")
+        assert [task for task in waiting if task.done()] == []
+        await ha.demote()  # the new master has a replica: writes go through
+
+        entry_id = await asyncio.wait_for(publishing, WITHIN)
+        assert (await asyncio.wait_for(completing, WITHIN)).created
+        (delivery,) = await asyncio.wait_for(reading, WITHIN)
+        assert (delivery.event, delivery.entry_id) == (after, entry_id)
+        assert await transport.ack(delivery) == 1
+        assert await transport.pending(names.requests, GROUP) == []
+        new_master = ha.direct(ha.master)
+        try:
+            assert await new_master.xlen(names.requests) == 2  # nothing lost, nothing twice
+        finally:
+            await new_master.aclose()
+    finally:
+        for task in waiting:
+            task.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
+        await coordinator.aclose()
         await transport.aclose()

@@ -47,9 +47,9 @@ from redis._parsers import BaseParser
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.commands.core import AsyncScript
-from redis.exceptions import ConnectionError, NoScriptError
+from redis.exceptions import ConnectionError, NoScriptError, ReadOnlyError, ResponseError
 
-__all__ = ["Arg", "AutoPipeline", "BatchCommands", "BatchScript", "PipelineClosedError"]
+__all__ = ["Arg", "AutoPipeline", "BatchCommands", "BatchScript", "PipelineClosedError", "refuses_writes"]
 
 Arg = bytes | str | int
 ReplyFuture = asyncio.Future[object]
@@ -61,6 +61,18 @@ _INCOMPLETE: Final = object()
 
 class PipelineClosedError(Exception):
     """A command queued after :meth:`AutoPipeline.close` (not a connection problem: no retry)."""
+
+
+def refuses_writes(reply: object) -> bool:
+    """Whether ``reply`` is a write refused by a server that is no master (``READONLY``: a
+    replica, such as a master demoted without its connections closed, by ``REPLICAOF`` or the
+    ``FAILOVER`` command) or a master short of the replicas ``min-replicas-to-write`` asks for
+    (``NOREPLICAS``: one cut off from them, as an old master is once its replica is promoted). The
+    command did not run; sent again on a new connection (which a Sentinel client's pool makes to
+    the master Sentinel names now) it may find a master that takes it."""
+    if isinstance(reply, ReadOnlyError):
+        return True
+    return isinstance(reply, ResponseError) and str(reply).startswith("NOREPLICAS ")
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,10 +382,13 @@ class _Wire(asyncio.Protocol):
         parser, waiting = self._parser, self._waiting
         parser.feed(data)
         unknown = []
+        refused: object = None
         try:
             while (reply := parser.gets()) is not _INCOMPLETE:
                 if isinstance(reply, hiredis.PushNotification):
                     continue  # out of band (RESP3): not a reply to a call
+                if refused is None and refuses_writes(reply):
+                    refused = reply
                 call = waiting[0]
                 if call.parts is not None:  # several commands: settled once all have replied
                     call.parts.append(reply)
@@ -388,6 +403,9 @@ class _Wire(asyncio.Protocol):
         except Exception as error:  # unreadable, or a reply nobody asked for: the stream is lost
             self._transport.abort()
             self._fail(ConnectionError(f"unreadable reply from Redis: {error!r}"))
+        if refused is not None and not self._lost:  # no master to write to here: the next call
+            self._transport.abort()  # makes a new connection (asking Sentinel, with its pool)
+            self._fail(ConnectionError(f"Redis refused a write on this connection: {refused}"))
         if unknown:
             self._noscript(unknown)
 

@@ -92,6 +92,7 @@ try:
         BatchCommands,
         BatchScript,
         PipelineClosedError,
+        refuses_writes,
     )
 except ImportError as error:  # pragma: no cover - exercised without the extra installed
     raise MissingDependencyError("RedisStreamsTransport", "redis") from error
@@ -190,7 +191,16 @@ def _own_client(url: str) -> Redis:
 def _unreachable(error: BaseException, timeout: float) -> str:
     if isinstance(error, TimeoutError) and not str(error):  # our own bound on the attempt
         return f"Redis did not answer within {timeout:g}s"
+    if refuses_writes(error):
+        code = "READONLY " if isinstance(error, redis_errors.ReadOnlyError) else ""  # (parsed off)
+        return f"Redis refuses writes ({code}{error})"
     return f"Redis unreachable ({error})"
+
+
+def _worth_a_retry(error: Exception) -> bool:
+    """A lost connection or a timeout (asyncio's TimeoutError is an OSError), or a write refused
+    where there is no master (any more) to take it (a failover): not any other Redis error."""
+    return not isinstance(error, redis_errors.ResponseError) or refuses_writes(error)
 
 
 def _check_client(client: object) -> None:
@@ -227,8 +237,9 @@ async def _retrying(
     failed: Exception | None = None,
 ) -> T:
     """Run ``operation``, each attempt bounded by ``policy.timeout`` (plus ``blocks`` seconds for a
-    blocking command), retrying connection errors and timeouts with backoff until
-    ``policy.deadline`` runs out; then (and for Redis errors) raise :class:`TransportError`.
+    blocking command), retrying connection errors, timeouts and writes refused by a server that is
+    no master or lacks replicas (``READONLY``, ``NOREPLICAS``: a failover) with backoff until
+    ``policy.deadline`` runs out; then (and for other Redis errors) raise :class:`TransportError`.
 
     ``failed``: the error of a first attempt the caller made itself through the ``AutoPipeline``
     (every claim and completion is awaited by its caller first, and handed here only if that
@@ -252,23 +263,24 @@ async def _retrying(
             raise
         except PipelineClosedError as error:
             raise TransportError(f"{what} failed: the transport is closed") from error
-        except _CONNECTION_ERRORS as error:  # (asyncio's TimeoutError is an OSError)
-            failing_since = failing_since or time.monotonic()
-            failures += 1
-            delay = policy.backoff.compute(failures)
-            reason = _unreachable(error, policy.timeout + blocks)
-            if loop.time() + delay > deadline:
-                raise TransportError(f"{what} failed: {reason}") from error
-            if stats is not None:
-                stats.reconnects += 1
-            _failed_attempt(what, reason, delay, failures)
-            await asyncio.sleep(delay)
-        except redis_errors.ResponseError as error:
-            raise TransportError(f"{what} failed: {error}") from error
+        except (*_CONNECTION_ERRORS, redis_errors.ResponseError) as error:
+            if not _worth_a_retry(error):
+                raise TransportError(f"{what} failed: {error}") from error
+            failure: Exception = error
         else:
             if failures:
                 _answered_again(what, failures, failing_since)
             return result
+        failing_since = failing_since or time.monotonic()
+        failures += 1
+        delay = policy.backoff.compute(failures)
+        reason = _unreachable(failure, policy.timeout + blocks)
+        if loop.time() + delay > deadline:
+            raise TransportError(f"{what} failed: {reason}") from failure
+        if stats is not None:
+            stats.reconnects += 1
+        _failed_attempt(what, reason, delay, failures)
+        await asyncio.sleep(delay)
 
 
 def _failed_attempt(what: str, reason: str, delay: float, failures: int) -> None:
@@ -517,29 +529,33 @@ class RedisStreamsTransport(Transport):
             except TransportError:  # our own (a reply of an unexpected shape…): not worth a retry
                 raise
             except _CONNECTION_ERRORS as error:  # (asyncio's TimeoutError is an OSError)
-                failing_since = failing_since or time.monotonic()
-                failures += 1
-                delay = self._backoff.compute(failures)
-                self.stats.reconnects += 1
-                reason = _unreachable(error, bound)
-                _failed_attempt(f"reading {subscription.stream!r}", reason, delay, failures)
-                await asyncio.sleep(delay)
-                continue
+                failure: Exception = error
             except redis_errors.ResponseError as error:
-                if not _is_nogroup(error):
+                if refuses_writes(error):  # no master (any more) there: as a lost connection
+                    failure = error
+                elif not _is_nogroup(error):
                     raise TransportError(f"reading {subscription.stream!r} failed: {error}") from error
-                logger.warning(
-                    "group %r missing on %r (flushed or restarted?): recreating at 0",
-                    subscription.group,
-                    subscription.stream,
-                )
-                await self.ensure_group(subscription.stream, subscription.group)
-                self.stats.groups_recreated += 1
-                continue
-            if failures:
-                _answered_again(f"reading {subscription.stream!r}", failures, failing_since)
-            self.stats.delivered += len(deliveries)
-            return await settle_undecodable(self, subscription, deliveries)
+                else:
+                    logger.warning(
+                        "group %r missing on %r (flushed or restarted?): recreating at 0",
+                        subscription.group,
+                        subscription.stream,
+                    )
+                    await self.ensure_group(subscription.stream, subscription.group)
+                    self.stats.groups_recreated += 1
+                    continue
+            else:
+                if failures:
+                    _answered_again(f"reading {subscription.stream!r}", failures, failing_since)
+                self.stats.delivered += len(deliveries)
+                return await settle_undecodable(self, subscription, deliveries)
+            failing_since = failing_since or time.monotonic()
+            failures += 1
+            delay = self._backoff.compute(failures)
+            self.stats.reconnects += 1
+            reason = _unreachable(failure, bound)
+            _failed_attempt(f"reading {subscription.stream!r}", reason, delay, failures)
+            await asyncio.sleep(delay)
 
     async def _read_once(
         self, sub: Subscription[E], count: int, skip_sessions: Collection[str]
