@@ -21,6 +21,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.asyncio.sentinel import Sentinel
 
+from dynamic_agents.client import AgentClient
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, StreamNames, Target
 from dynamic_agents.execution import FunctionExecutor
 from dynamic_agents.testing import RedisServer
@@ -289,23 +290,31 @@ async def test_a_worker_answers_every_request_once_across_a_failover(ha: Ha, nam
         done = {reply.request_id for reply in await answered()} >= set(ids)
         return done and not await publisher.pending(names.requests, group)
 
+    client = AgentClient(publisher, block=0.05)
+    waiting: list[asyncio.Task[AgentResponseEvent]] = []
     try:
         async with w:
-            for event in before:
-                await publisher.publish(names.requests, event)
+            # an interface waits for these replies across the failover (its reads reconnect too)
+            waiting += [asyncio.create_task(client.request(event, timeout=3 * WITHIN)) for event in before]
             await wait_until(lambda: len(runs) == in_flight, WITHIN, "runs in flight")
             await ha.fail_over()  # with runs in flight, their leases and pending entries replicated
             for event in after:
                 await publisher.publish(names.requests, event)
             gate.set()
             await wait_until(all_answered, WITHIN, "every request answered after the failover")
+            replies = await asyncio.wait_for(asyncio.gather(*waiting), WITHIN)
 
+        assert [reply.request_id for reply in replies] == [event.id for event in before]
         counts = Counter(reply.request_id for reply in await answered())
         assert counts == Counter(ids)  # each answered once, none lost
         assert Counter(runs) == Counter(ids)  # and run once: the failover lost nothing done before it
         assert await publisher.pending(names.requests, group) == []
     finally:
+        for task in waiting:
+            task.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
         await w.stop(grace=0)
+        await client.aclose()
         await publisher.aclose()
         await consumer_side.aclose()
 
