@@ -23,8 +23,9 @@ from redis.asyncio.sentinel import Sentinel
 
 from dynamic_agents.client import AgentClient
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, StreamNames, Target
+from dynamic_agents.exceptions import ConfigurationError
 from dynamic_agents.execution import FunctionExecutor
-from dynamic_agents.testing import RedisServer
+from dynamic_agents.testing import RedisServer, free_port
 from dynamic_agents.transports import Delivery, RedisStreamsTransport, Reply, Subscription
 from tests.support import services
 from tests.support.waiting import wait_until
@@ -416,3 +417,43 @@ async def test_writes_a_deposed_master_refuses_wait_for_the_new_one(ha: Ha, name
         await asyncio.gather(*waiting, return_exceptions=True)
         await coordinator.aclose()
         await transport.aclose()
+
+
+async def test_after_the_master_crashes_the_transport_carries_on_with_the_promoted_replica(
+    ha: Ha, names: StreamNames
+) -> None:
+    """No ``SENTINEL FAILOVER`` this time: the master dies, Sentinel sees it down for
+    ``down-after-milliseconds`` and promotes the replica. Meanwhile Sentinel names no master
+    (``MasterNotFoundError``, a connection error to redis-py): the calls wait it out."""
+    transport = RedisStreamsTransport(ha.client, retry_cap=0.5)
+    try:
+        await transport.ensure_group(names.requests, GROUP)
+        await transport.publish(names.requests, request(0))
+        (held,) = await read_all(transport, 1)
+        await ha.replicated()
+        old, new = ha.master, ha.replica
+        await asyncio.to_thread(old.kill)
+
+        after = request(1)
+        entry_id = await asyncio.wait_for(transport.publish(names.requests, after), WITHIN)  # promoted
+        assert await ha.master_port() == new.port
+        (delivery,) = await read_all(transport, 1)
+        assert (delivery.event, delivery.entry_id) == (after, entry_id)
+        assert (await transport.complete(held, answer(held), record_ttl=60)).created
+        assert await transport.ack(delivery) == 1
+        assert await transport.pending(names.requests, GROUP) == []
+        assert transport.stats.reconnects > 0
+    finally:
+        await transport.aclose()
+
+
+async def test_a_sentinel_client_that_decodes_responses_is_refused() -> None:
+    """The check reads the client's connection settings, which a Sentinel pool has too."""
+    sentinels = Sentinel([("127.0.0.1", free_port())])  # never connected to
+    client = sentinels.master_for(SERVICE, decode_responses=True)
+    try:
+        with pytest.raises(ConfigurationError, match="decode_responses=False"):
+            RedisStreamsTransport(client)
+    finally:
+        await client.aclose()
+        await sentinels.aclose()
