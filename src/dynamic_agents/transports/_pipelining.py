@@ -26,10 +26,13 @@ commands are packed here and written as they are flushed, and its replies parsed
 (hiredis) and handed, in order, to the futures awaiting them, with no task, pool checkout or
 timeout context per batch; redis-py's command layer cost more than the commands themselves on
 this path. What that skips is redis-py's response callbacks (replies come back raw, as the server
-sent them) and any instrumentation that wraps ``execute_command``. A call unanswered within the
-timeout fails its connection, and every call on it, with ``TimeoutError``; a lost connection
-fails them with ``ConnectionError``; either way the next call makes a new connection. Blocking
-commands must not go through it: everything queued behind one would wait for it.
+sent them) and any instrumentation that wraps ``execute_command``, such as a Sentinel
+connection's turning ``READONLY`` into a reconnect. A call unanswered within the timeout fails its
+connection, and every call on it, with ``TimeoutError``; a lost connection fails them with
+``ConnectionError``, and so does a write refused there for want of a master (:func:`refuses_writes`:
+the call that got it gets the refusal); either way the next call makes a new connection (the
+pool's: through Sentinel, to the master it names then). Blocking commands must not go through it:
+everything queued behind one would wait for it.
 """
 
 from __future__ import annotations

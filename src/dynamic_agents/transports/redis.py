@@ -11,9 +11,10 @@ several times the commands it runs). Those calls share one connection of the tra
 and each blocking read in flight has one (``XREADGROUP`` / ``XREAD``), idle ones reused. A read
 with ``Subscription.claim_ttl`` sends the ``CLAIM_READ`` script right behind its ``XREADGROUP``,
 on its connection: a small batch's claims cost no round trip of their own. Every
-attempt is bounded by ``operation_timeout``; a lost connection or a timeout is retried with capped
-exponential backoff and jitter; a group lost to ``FLUSHALL`` or a restart without persistence
-(``NOGROUP``) is recreated at ``0``.
+attempt is bounded by ``operation_timeout``; a lost connection, a timeout or a write refused for
+want of a master (``READONLY``, ``NOREPLICAS``: a failover; on a new connection) is retried with
+capped exponential backoff and jitter; a group lost to ``FLUSHALL`` or a restart without
+persistence (``NOGROUP``) is recreated at ``0``.
 """
 
 from __future__ import annotations
