@@ -390,7 +390,7 @@ class _Wire(asyncio.Protocol):
             while (reply := parser.gets()) is not _INCOMPLETE:
                 if isinstance(reply, hiredis.PushNotification):
                     continue  # out of band (RESP3): not a reply to a call
-                if refused is None and refuses_writes(reply):
+                if refused is None and isinstance(reply, ResponseError) and refuses_writes(reply):
                     refused = reply
                 call = waiting[0]
                 if call.parts is not None:  # several commands: settled once all have replied
