@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 
 import pytest
 from hypothesis import given
@@ -161,6 +162,24 @@ async def test_no_limit_and_a_whole_number_are_valid_timeouts() -> None:
     for timeout in (None, math.inf, 5):
         result = await FunctionExecutor(answer).execute(TARGET, REQUEST, timeout=timeout)
         assert (result.status, result.content) == (ResponseStatus.COMPLETED, "hi"), timeout
+
+
+async def test_the_timeout_bounds_an_async_function_only_a_plain_one_runs_to_its_end() -> None:
+    """docs/worker.md: a plain function cannot be interrupted, so its answer stands however long it
+    took; the same work awaited in an async function is cut short."""
+
+    def plain(target: Target, request: AgentRequestEvent) -> str:
+        time.sleep(0.05)  # the work itself, not a wait for a condition: it outlasts the timeout
+        return "done"
+
+    async def awaiting(target: Target, request: AgentRequestEvent) -> str:
+        await asyncio.Event().wait()
+        return "never"
+
+    finished = await FunctionExecutor(plain).execute(TARGET, REQUEST, timeout=0.01)
+    assert (finished.status, finished.content) == (ResponseStatus.COMPLETED, "done")
+    cut = await FunctionExecutor(awaiting).execute(TARGET, REQUEST, timeout=0.01)
+    assert cut.status == ResponseStatus.TIMEOUT
 
 
 async def test_on_delta_gets_a_returned_string_once_and_never_a_returned_result() -> None:
