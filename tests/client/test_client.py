@@ -228,6 +228,23 @@ def test_build_request_without_a_channel_is_a_configuration_error(event: dict[st
         client.build_request("webhook", {"content": "hi", **event})
 
 
+@pytest.mark.parametrize(
+    ("source", "event", "message"),
+    [
+        (None, {"channel_id": "1"}, r"^source must be a str \(a platform slug\), got None"),
+        (b"discord", {"channel_id": "1"}, r"^source must be a str \(a platform slug\), got a bytes"),
+        ("discord", [("channel_id", "1")], r"^event must be a mapping of its fields, got list"),
+    ],
+)
+def test_build_request_of_a_source_that_is_no_str_or_an_event_that_is_no_mapping_is_refused(
+    source: object, event: object, message: str
+) -> None:
+    """docs/client.md: a ConfigurationError naming the argument, not a bare AttributeError."""
+    client = AgentClient(InMemoryTransport(names=StreamNames("client")))
+    with pytest.raises(ConfigurationError, match=message):
+        client.build_request(source, event)  # type: ignore[arg-type]
+
+
 def test_build_request_with_an_empty_event_id_is_a_typed_error_naming_it() -> None:
     """An empty id is not a missing one: refused, not replaced by a random id (which would leave a
     platform's retry undeduplicated)."""
@@ -480,6 +497,16 @@ async def test_cancel_with_a_request_id_not_a_str_is_a_configuration_error(reque
         assert repr(request_id) in str(caught.value)
         assert await transport.coordinator().cancelled([str(request_id)]) == set()
     await transport.aclose()
+
+
+@pytest.mark.parametrize("request_id", ["", "evt\n1", "evt\x001"])
+async def test_cancel_of_an_empty_id_or_one_with_control_characters_is_a_configuration_error(
+    request_id: str,
+) -> None:
+    """docs/client.md: no request has such an id (it could not be part of a key name)."""
+    async with AgentClient(InMemoryTransport(names=StreamNames("client"))) as client:
+        with pytest.raises(ConfigurationError, match=r"^request_id .* cannot be part of a stream name"):
+            await client.cancel(request_id)
 
 
 @pytest.mark.parametrize(

@@ -229,6 +229,8 @@ def test_bad_settings_are_configuration_errors(limit: object, platform: str | No
 
 def test_an_explicit_limit_wins_over_the_platform() -> None:
     assert split_message("a b c d e f g h i j", limit=16, platform="telegram") == ["a b c d e f g h ", "i j"]
+    # with a limit the platform is not looked up: one not listed may be given its own
+    assert split_message("text", limit=16, platform="matrix") == ["text"]
 
 
 def test_empty_and_blank_text() -> None:
