@@ -141,6 +141,7 @@ def add_operation_routes(  # noqa: PLR0915 - one route per statement group; kept
                 "origin_entry_id": letter.origin_entry_id,
                 "delivery_count": letter.delivery_count,
                 "dead_at": letter.dead_at.isoformat(),
+                "request_id": letter.request_id,
                 "response_id": letter.response_id,
                 "request": letter.request.model_dump(mode="json") if letter.request is not None else None,
                 "decode_error": redact_text(letter.decode_error) if letter.decode_error else None,
