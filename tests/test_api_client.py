@@ -127,7 +127,9 @@ async def test_execute_sends_every_option_and_extends_only_the_read_timeout() ->
             idempotency_key="order-42",
         )
         await client.execute("agents", "bot", "hi", session_id="s2", timeout=60)  # within 120 s
-    plain, full, short = api.requests
+        # shorter than the client's, but not by the 30 s margin: extended too (docs/api.md)
+        await client.execute("agents", "bot", "hi", session_id="s3", timeout=100)
+    plain, full, short, near = api.requests
     assert body(full) == {
         "input": "hi",
         "session_id": "s1",
@@ -138,7 +140,8 @@ async def test_execute_sends_every_option_and_extends_only_the_read_timeout() ->
     assert full.url.raw_path == b"/api/v1/teams/crew/execute"
     assert full.headers["idempotency-key"] == "order-42"
     assert body(short)["timeout"] == 60
-    assert [t["read"] for t in api.timeouts] == [120.0, 630.0, 120.0]  # the run's and 30 s more
+    assert [t["read"] for t in api.timeouts] == [120.0, 630.0, 120.0, 130.0]  # the run's and 30 s more
+    assert body(near)["timeout"] == 100
     assert {(t["connect"], t["write"], t["pool"]) for t in api.timeouts} == {(120.0, 120.0, 120.0)}
     assert "session_state" not in body(plain)
 

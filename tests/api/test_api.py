@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import re
 import uuid
 from typing import Any
@@ -1088,6 +1089,18 @@ async def test_idempotent_results_expire(make_stack: StackFactory) -> None:
     assert (await stack.client.post(f"{V1}/agents/bot/execute", json=EXECUTE, headers=key)).json()[
         "content"
     ] == "two"
+
+
+async def test_an_idempotency_ttl_of_math_inf_keeps_results_without_a_limit(make_stack: StackFactory) -> None:
+    """docs/api.md: ``math.inf`` is no limit (only the key count bounds what is kept), not refused."""
+    stack = await make_stack({"gpt": ["one", "two"]}, idempotency_ttl=math.inf)
+    await stack.client.post(f"{V1}/agents", json=AGENT)
+    key = {"Idempotency-Key": "k"}
+    answers = [
+        (await stack.client.post(f"{V1}/agents/bot/execute", json=EXECUTE, headers=key)).json()["content"]
+        for _ in range(2)
+    ]
+    assert answers == ["one", "one"]
 
 
 async def test_execute_through_the_llm_router() -> None:
