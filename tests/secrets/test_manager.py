@@ -336,6 +336,32 @@ async def test_environment_fallback_when_identity_is_down(monkeypatch: pytest.Mo
         await without_fallback.resolve("os.environ/OPENAI_API_KEY")
 
 
+async def test_a_chain_does_not_ask_around_a_refusal_and_needs_a_source(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """docs/secrets.md: a 403 (access revoked) ends the chain, the environment is not asked in its
+    place; a chain of no source is a ConfigurationError."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-env-00002")
+    identity = CountingSource(StaticSource())
+    identity.failure = IdentityForbiddenError("GET /api/v1/secrets answered 403", status=403)
+    with pytest.raises(IdentityForbiddenError):
+        await ChainSource(identity, EnvironmentSource()).fetch(SecretKey("openai"))
+    with pytest.raises(ConfigurationError, match=r"^ChainSource needs at least one source$"):
+        ChainSource()
+
+
+async def test_an_identity_source_closes_its_client_unless_told_it_does_not_own_it() -> None:
+    service = InMemoryIdentityService(tokens={"service-token": None})
+    owned = IdentityClient(URL, token="service-token", transport=service.mock_transport())
+    shared = IdentityClient(URL, token="service-token", transport=service.mock_transport())
+    await IdentitySource(owned).aclose()
+    await IdentitySource(shared, owns_client=False).aclose()
+    with pytest.raises(IdentityUnavailableError, match="the Identity client was closed"):
+        await owned.list_providers()
+    assert await shared.list_providers() is not None  # still open: its owner closes it
+    await shared.aclose()
+
+
 async def test_resolve_all_walks_nested_config(manager: SecretsManager) -> None:
     config = {
         "model": "gpt-4o",
@@ -410,6 +436,22 @@ async def test_keys_in_use_are_refreshed_ahead_of_expiry(source: CountingSource,
     fetches = len(source.fetches)
     await manager.get("openai", "api_key")
     assert len(source.fetches) == fetches  # refreshed: still fresh, a hit
+
+
+async def test_refresh_ahead_is_at_most_half_the_ttl(source: CountingSource, clock: Clock) -> None:
+    """docs/secrets.md: a ``refresh_ahead`` longer than half of ``ttl`` is half of it (else a key
+    would be refreshed as soon as it is used), and ``refresh_interval`` defaults to half of that,
+    at least 0.5 s."""
+    manager = SecretsManager(source, ttl=10, refresh_ahead=30, clock=clock)
+    assert (manager.refresh_ahead, manager.refresh_interval) == (5.0, 2.5)
+    await manager.get("openai", "api_key")
+    clock.now += 1
+    await manager.get("openai", "api_key")  # used since fetched
+    clock.now += 3  # 6 s before expiry: not yet due
+    assert await manager.refresh_due() == 0
+    clock.now += 1  # 5 s before expiry
+    assert await manager.refresh_due() == 1
+    assert SecretsManager(source, refresh_ahead=0.4).refresh_interval == 0.5
 
 
 async def test_the_background_refresher_lives_with_the_manager(source: CountingSource, clock: Clock) -> None:
