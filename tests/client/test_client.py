@@ -779,3 +779,12 @@ def test_a_client_of_something_that_is_no_transport_is_a_configuration_error(tra
     # it failed with a bare AttributeError ('NoneType' object has no attribute 'names')
     with pytest.raises(ConfigurationError, match=r"^transport must be a Transport .*, got "):
         AgentClient(transport)
+
+
+@pytest.mark.parametrize("routing", ["discord.yaml", {"interfaces": {}}, EventRouter()])
+def test_a_client_of_routing_that_is_no_routing_config_is_a_configuration_error(routing: Any) -> None:
+    """A path or a mapping given in place of the RoutingConfig failed with a bare AttributeError
+    ('str' object has no attribute 'router'): refused naming ``routing``, the value and the way."""
+    with pytest.raises(ConfigurationError, match=r"^routing must be a RoutingConfig \(") as refused:
+        AgentClient(InMemoryTransport(), routing=routing)
+    assert "RoutingConfig.from_file" in str(refused.value)

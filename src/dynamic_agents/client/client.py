@@ -71,6 +71,11 @@ class AgentClient:
         self.transport = check_transport(transport)  # else a bare AttributeError on .names
         self.names: StreamNames = transport.names
         self._coordinator = transport.coordinator()  # records (request) and cancellations
+        if routing is not None and not isinstance(routing, RoutingConfig):  # else a bare AttributeError
+            raise ConfigurationError(
+                "routing must be a RoutingConfig (RoutingConfig.from_file(path), "
+                f"RoutingConfig.from_dict(mapping)), got {shown(routing)}"
+            )
         self.routing = routing
         self._event_router = routing.router() if routing is not None else None
         self.block = check_seconds("block", block)
