@@ -423,6 +423,30 @@ async def test_concurrent_runs_in_different_sessions_keep_their_state(tmp_path: 
         assert stored.session_data["session_state"]["who"] == who
 
 
+@pytest.mark.parametrize(("given", "stored"), [("", None), ("   ", None), ("u1", "u1")])
+async def test_a_blank_user_id_runs_as_no_user(tmp_path: Path, given: str, stored: str | None) -> None:
+    # AgentClient.build_request gives "" to an event without a user: agno stored it as a user of
+    # that id (memories of every such request under one user ""), and the LLM router looked up
+    # per-user keys for user "" on every call
+    db = session_db(f"sqlite:///{tmp_path / 'sessions.db'}")
+    rt = runtime({"gpt": ["ok"]}, db=db)
+    models_for: list[str | None] = []  # the user whose model (and so LLM keys) the run gets
+    scripted = rt.models.model
+    rt.models.model = lambda settings, *, user_id: (
+        models_for.append(user_id)
+        or scripted(  # type: ignore[method-assign]
+            settings, user_id=user_id
+        )
+    )
+    await rt.agents.create(AgentSpec.from_dict({"id": "bot", "model": "gpt"}))
+    request = AgentRequestEvent(source="discord", source_id="c", user_id=given, content="hi")
+    result = await AgnoExecutor(rt).execute(Target(type=TargetType.AGENT, id="bot"), request)
+    assert result.status == ResponseStatus.COMPLETED
+    session = await db.get_session(session_id=f"agent:bot:{request.session_id}", session_type="agent")
+    assert session.user_id == stored
+    assert models_for == [stored]
+
+
 async def test_attachments_and_request_fields_reach_the_run() -> None:
     rt = runtime({"gpt": ["I see a cat."]})
     await rt.agents.create(AgentSpec.from_dict({"id": "eyes", "model": "gpt"}))

@@ -210,11 +210,17 @@ class AgentRuntime:
     ) -> ExecutionResult:
         """Run the target once. Failures of the run are results (status ``error`` / ``timeout``);
         an unknown or disabled target raises. ``timeout``: seconds > 0 (``math.inf`` or ``None``:
-        no limit), else a :class:`ConfigurationError` before anything runs."""
+        no limit), else a :class:`ConfigurationError` before anything runs. A blank ``user_id``
+        runs as no user (``None``)."""
         kind = SpecKind.of(kind)  # "workflow" as a str would not be run as a workflow
         # Checked first: asyncio.timeout("5") raised only once the run was started, which then
         # went on in the background; NaN and negatives "timed out" at once.
         timeout = check_seconds("timeout", timeout, forever=True, optional=True)
+        if user_id is not None and not user_id.strip():
+            # No user (AgentClient.build_request gives "" to an event without one): as a user id,
+            # agno kept every such run's memories under one user, and the LLM router looked up
+            # that "user's" own keys on every call
+            user_id = None
         target = await self.build(kind, spec_id, user_id=user_id)
         run_kwargs: dict[str, Any] = {
             "session_id": agno_session_id(kind, spec_id, session_id),
