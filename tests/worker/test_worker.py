@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 
 from dynamic_agents.events import AgentRequestEvent, LifecycleEvent, ResponseStatus, Target
-from dynamic_agents.exceptions import DynamicAgentsError, RunLostError, TransportError
+from dynamic_agents.exceptions import ConfigurationError, DynamicAgentsError, RunLostError, TransportError
 from dynamic_agents.execution import ExecutionResult, FunctionExecutor
 from dynamic_agents.routing import EventRouter
 from dynamic_agents.transports import Completion, Subscription, Transport
@@ -902,6 +903,29 @@ async def test_stop_does_not_swallow_the_cancellation_of_its_caller(backend: Bac
     assert [r.content for r in await replies(transport, backend.names)] == ["echo: after"]
 
 
+@pytest.mark.parametrize("grace", ["5", -1, math.nan, True])
+async def test_stop_refuses_a_grace_that_is_no_duration_and_stops_nothing(
+    backend: Backend, grace: Any
+) -> None:
+    """stop(grace="5") failed with a bare TypeError after it had begun stopping; -1 and NaN were
+    taken (no grace at all)."""
+    transport = await backend.transport()
+    w = worker(transport, block=0.1)
+    await w.__aenter__()
+    with pytest.raises(
+        ConfigurationError, match=r"^grace must be a number of seconds .*>= 0 \(or None\), got "
+    ):
+        await w.stop(grace=grace)
+    await transport.publish(backend.names.requests, request_event(backend.names, "still here"))
+
+    async def answered() -> bool:  # nothing was stopped: it goes on answering
+        return [r.content for r in await replies(transport, backend.names)] == ["echo: still here"]
+
+    await wait_for(answered)
+    await w.stop(grace=math.inf)  # as None: as long as the runs take
+    assert w.in_flight == 0
+
+
 async def test_a_reply_too_large_to_send_is_answered_with_an_error_once(backend: Backend) -> None:
     """A result the codec refuses (content over its limit) fails the same way on every delivery:
     an error reply at once, not a run per delivery and a dead letter."""
@@ -1090,7 +1114,6 @@ async def test_a_takeover_sooner_than_the_lease_is_warned_of(
 
 
 def test_record_ttl_must_outlive_redeliveries() -> None:
-    from dynamic_agents.exceptions import ConfigurationError
 
     with pytest.raises(ConfigurationError, match="record_ttl"):
         WorkerSettings(max_deliveries=5, claim_min_idle=60, request_timeout=120, record_ttl=100)
@@ -1137,7 +1160,6 @@ def test_record_ttl_must_outlive_redeliveries() -> None:
     ],
 )
 def test_bad_worker_settings_are_refused_naming_the_field_and_value(name: str, value: object) -> None:
-    from dynamic_agents.exceptions import ConfigurationError
 
     with pytest.raises(ConfigurationError, match=rf"{name} must .*{re.escape(repr(value))}"):
         WorkerSettings(**{name: value})  # type: ignore[arg-type]
@@ -1153,7 +1175,6 @@ def test_whole_number_settings_take_a_float_that_is_one() -> None:
 
 
 def test_an_unknown_policy_for_a_target_is_refused_with_what_is_valid() -> None:
-    from dynamic_agents.exceptions import ConfigurationError
 
     with pytest.raises(ConfigurationError, match=r"policies\['agent:echo'\] .*'interrupt'.*got 'interupt'"):
         WorkerSettings(policies={"agent:echo": "interupt"})  # type: ignore[dict-item]
@@ -1163,7 +1184,6 @@ def test_an_unknown_policy_for_a_target_is_refused_with_what_is_valid() -> None:
 def test_a_policy_for_a_target_that_can_never_match_is_refused(key: object) -> None:
     """Targets are looked up as ``"agent:support"``: a key of another shape would be silently
     ignored forever."""
-    from dynamic_agents.exceptions import ConfigurationError
 
     with pytest.raises(ConfigurationError, match=rf"policies key {re.escape(repr(key))} .*'agent:<id>'"):
         WorkerSettings(policies={key: "reject"})  # type: ignore[dict-item]

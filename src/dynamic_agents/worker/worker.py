@@ -35,7 +35,7 @@ from pydantic import ValidationError
 
 from dynamic_agents._logging import bind_ids, get_logger, log_context
 from dynamic_agents._redaction import redact_text
-from dynamic_agents._validation import invalid_fields, shown
+from dynamic_agents._validation import check_seconds, invalid_fields, shown
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, ResponseStatus, Target
 from dynamic_agents.exceptions import (
     ConfigurationError,
@@ -288,7 +288,13 @@ class AgentWorker:
         holding up the stop.
 
         Cancelling the task that awaits ``stop()`` cancels it (the worker goes on stopping in the
-        background, without the grace: its runs end on their own)."""
+        background, without the grace: its runs end on their own).
+
+        ``grace``: seconds >= 0, ``math.inf`` as ``None``; else a :class:`ConfigurationError`,
+        before anything stops."""
+        grace = check_seconds("grace", grace, zero=True, forever=True, optional=True)
+        if grace == math.inf:
+            grace = None
         self._stopping = True
         runner, self._runner = self._runner, None
         running, handed_back = runner is not None or not self._reading_done.is_set(), self.stats.handed_back
