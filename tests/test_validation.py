@@ -263,3 +263,15 @@ def test_a_refusal_of_a_huge_int_names_the_setting() -> None:
         ConfigurationError, match=r"^limit must be a whole number > 0, got a negative int of 5001 digits$"
     ):
         check_count("limit", -(10**5000))
+
+
+def test_shown_names_what_it_does_not_show_by_its_type_with_its_article() -> None:
+    class EventRouter:
+        pass
+
+    assert (shown({"k": 1}), shown([1]), shown(EventRouter()), shown(object())) == (
+        "a dict",
+        "a list",
+        "an EventRouter",
+        "an object",
+    )

@@ -49,7 +49,13 @@ def shown(value: object) -> str:
     # on the error path only: the secrets package imports this module
     from dynamic_agents.secrets.references import shown_value
 
-    return shown_value(value) or f"a {type(value).__name__}"
+    return shown_value(value) or a_type(value)
+
+
+def a_type(value: object) -> str:
+    """``a dict``, ``an EventRouter``: the value by its type, as errors name what they got."""
+    name = type(value).__name__
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
 
 
 @overload

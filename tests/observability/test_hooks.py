@@ -222,7 +222,7 @@ def test_a_worker_refuses_hooks_that_have_no_hook_method(
     tracing, recorder = Tracing(tracer_provider), OpenTelemetryMetrics(meter_provider)
     for hooks, named in (
         ([tracing], r"hooks\[0\] must be worker hooks .*, got a Tracing"),
-        ([tracing.hooks(), recorder], r"hooks\[1\] must be worker hooks .*, got a OpenTelemetryMetrics"),
+        ([tracing.hooks(), recorder], r"hooks\[1\] must be worker hooks .*, got an OpenTelemetryMetrics"),
         ([MetricsHooks], r"hooks\[0\] must be worker hooks .*, got the class MetricsHooks"),
         (tracing.hooks(), r"hooks must be a list of worker hooks .*, got a TracingHooks"),
     ):

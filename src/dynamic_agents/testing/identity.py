@@ -29,7 +29,7 @@ from urllib.parse import parse_qsl
 
 import httpx
 
-from dynamic_agents._validation import check_seconds
+from dynamic_agents._validation import a_type, check_seconds
 from dynamic_agents.exceptions import (
     ConfigurationError,
     IdentityConflictError,
@@ -562,7 +562,7 @@ def _status(raw: object) -> str:
 def _shown(raw: object, field: str) -> str:
     """``raw`` for an error detail, as the library's own errors show a value (``shown_value``: a
     key-shaped string masked, a long one cut); a list or an object only by its type."""
-    return shown_value(raw, name=field) or f"a {type(raw).__name__}"
+    return shown_value(raw, name=field) or a_type(raw)
 
 
 def _int_param(query: Mapping[str, str], name: str, default: int, high: int | None) -> int:
