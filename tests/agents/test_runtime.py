@@ -491,8 +491,10 @@ async def test_unknown_and_disabled_targets_raise() -> None:
         await rt.agents.execute("ghost", "hi", session_id="s")
     created = await rt.agents.create(AgentSpec.from_dict({"id": "off", "model": "gpt"}))
     await rt.agents.update(created.model_copy(update={"status": SpecStatus.DISABLED}), expected_version=1)
-    with pytest.raises(SpecValidationError, match="disabled"):
+    with pytest.raises(SpecValidationError) as caught:
         await rt.agents.execute("off", "hi", session_id="s")
+    # the spec named once (it read "agent 'off' at status: agent 'off' is disabled")
+    assert str(caught.value) == "agent 'off' at status: it is disabled (status 'active' runs it)"
 
 
 async def test_serves_tells_which_routing_targets_the_runtime_can_run() -> None:

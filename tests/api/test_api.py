@@ -530,6 +530,7 @@ async def test_executing_a_disabled_spec_is_422(stack: Stack) -> None:
     response = await stack.client.post(f"{V1}/agents/bot/execute", json=EXECUTE)
     assert response.status_code == 422
     assert response.json()["detail"]["path"] == "status"
+    assert response.json()["detail"]["detail"].count("'bot'") == 1  # the spec named once
     assert stack.models.models["gpt"].calls == []
 
 

@@ -30,7 +30,7 @@ from dynamic_agents.agents.build import Builder, ModelProvider, media_from_attac
 from dynamic_agents.agents.registry import ToolRegistry
 from dynamic_agents.agents.specs import AgentSpec, SpecBase, SpecKind, SpecStatus, TeamSpec, WorkflowSpec
 from dynamic_agents.agents.stores import SpecStore
-from dynamic_agents.agents.validate import check_spec
+from dynamic_agents.agents.validate import check_spec, disabled
 from dynamic_agents.events import AgentRequestEvent, Attachment, ResponseStatus, Target, TargetType
 from dynamic_agents.exceptions import SpecNotFoundError, SpecValidationError
 from dynamic_agents.execution import DeltaCallback, ExecutionResult, TokenUsage
@@ -161,7 +161,7 @@ class AgentRuntime:
         """A fresh agno object for the spec (members and steps built fresh too)."""
         spec = await self.current(kind, spec_id)  # which reads kind as SpecKind.of does
         if not spec.active:
-            raise SpecValidationError(f"{spec.ref} is disabled", spec=spec.ref, path="status")
+            raise disabled(spec)
 
         async def resolve(member_kind: SpecKind, member_id: str) -> Any:
             return await self.build(member_kind, member_id, user_id=user_id)

@@ -29,7 +29,7 @@ from dynamic_agents.agents.specs import (
 )
 from dynamic_agents.exceptions import SpecValidationError
 
-__all__ = ["check_offered_once", "check_spec", "tool_names_offered"]
+__all__ = ["check_offered_once", "check_spec", "disabled", "tool_names_offered"]
 
 Lookup = Callable[[SpecKind, str], Awaitable[SpecBase | None]]
 
@@ -142,6 +142,11 @@ def _check_factory_parameters(tool: RegisteredTool, parameters: Mapping[str, Any
             f"tool {tool.name!r} cannot be built with these parameters: {error}; it takes: {takes}",
             path=path,
         ) from None
+
+
+def disabled(spec: SpecBase) -> SpecValidationError:
+    """The error of running a disabled spec: ``agent 'a' at status: it is disabled (…)``."""
+    return SpecValidationError("it is disabled (status 'active' runs it)", spec=spec.ref, path="status")
 
 
 async def _check_target(kind: SpecKind, target_id: str, lookup: Lookup, path: str) -> SpecBase:

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Final
 from dynamic_agents.agents.managers import SpecManager
 from dynamic_agents.agents.runtime import AgentRuntime
 from dynamic_agents.agents.specs import SPEC_MODELS, SpecBase, SpecKind, SpecStatus
+from dynamic_agents.agents.validate import disabled
 from dynamic_agents.api._bodies import ExecuteBody, result_json
 from dynamic_agents.api._idempotency import Idempotency
 from dynamic_agents.api._streaming import RunStream, end_streamed, replayed, streamed_run
@@ -143,9 +144,7 @@ def add_spec_routes(  # noqa: PLR0915 - one route per statement group; kept toge
             except (SpecNotFoundError, SpecValidationError) as error:
                 raise _spec_error(error) from None
             if not spec.active:
-                raise _spec_error(
-                    SpecValidationError(f"{spec.ref} is disabled", spec=spec.ref, path="status")
-                )
+                raise _spec_error(disabled(spec))
             options: dict[str, Any] = {
                 "session_id": body.session_id,
                 "user_id": body.user_id,
