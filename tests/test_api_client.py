@@ -14,7 +14,7 @@ import pytest
 
 from dynamic_agents.api import AgentsHTTPClient
 from dynamic_agents.api import client as client_module
-from dynamic_agents.exceptions import ApiError, DynamicAgentsError
+from dynamic_agents.exceptions import ApiError, ConfigurationError, DynamicAgentsError
 
 TOKEN = "canary-token-4f1e"
 SPEC = {"id": "bot", "model": "gpt", "instructions": "be brief"}
@@ -244,6 +244,38 @@ async def test_the_token_stays_out_of_the_repr() -> None:
     async with AgentsHTTPClient("http://api.test/base/", token=TOKEN) as client:
         assert repr(client) == "AgentsHTTPClient('http://api.test/base/')"
         assert TOKEN not in repr(client)
+
+
+async def test_a_password_in_the_base_url_stays_out_of_the_repr() -> None:
+    async with AgentsHTTPClient("https://svc:url-canary-91c2@api.test/v1?api_key=q-canary-5d0e") as client:
+        shown = repr(client)
+    assert "url-canary-91c2" not in shown
+    assert "q-canary-5d0e" not in shown
+    assert shown.startswith("AgentsHTTPClient('https://svc:**********@api.test/v1")
+
+
+@pytest.mark.parametrize(
+    ("options", "refusal"),
+    [
+        ({"base_url": None}, r"^base_url must be an http\(s\) URL .*, got None$"),
+        ({"base_url": "api.test"}, r"^base_url must be an http\(s\) URL .*, got 'api.test'$"),
+        ({"base_url": "ftp://api.test"}, r"^base_url must be an http\(s\) URL"),
+        ({"base_url": "http://api.test:port"}, r"^base_url must be an http\(s\) URL"),
+        ({"base_url": "http://api.test/\n"}, r"^base_url must be an http\(s\) URL"),
+        ({"token": 12345}, r"^token must be a str \(the API's bearer token\) or None, got 12345$"),
+        ({"token": "   "}, r"^token must be a str .*, got '   '"),
+        ({"token": f"{TOKEN}\n"}, r"^token must be a str .*, got \*{10}$"),
+        ({"timeout": "5"}, r"^timeout must be a finite number of seconds > 0 \(or None\), got "),
+        ({"timeout": 0}, r"^timeout must be a finite number of seconds > 0 \(or None\), got "),
+    ],
+)
+def test_bad_options_are_refused_naming_them(options: dict[str, Any], refusal: str) -> None:
+    # each failed late (None with a bare AttributeError, a port or a newline at the first call) or
+    # was taken (a token of spaces sent as "Bearer    ", a newline refused by httpx per request)
+    arguments: dict[str, Any] = {"base_url": "http://api.test", **options}
+    with pytest.raises(ConfigurationError, match=refusal) as refused:
+        AgentsHTTPClient(arguments.pop("base_url"), **arguments)
+    assert TOKEN not in str(refused.value)
 
 
 async def test_leaving_the_block_closes_the_http_client() -> None:

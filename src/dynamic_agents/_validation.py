@@ -25,6 +25,7 @@ __all__ = [
     "NotBoolean",
     "check_choice",
     "check_count",
+    "check_http_url",
     "check_seconds",
     "invalid_fields",
     "not_boolean",
@@ -56,6 +57,34 @@ def a_type(value: object) -> str:
     """``a dict``, ``an EventRouter``: the value by its type, as errors name what they got."""
     name = type(value).__name__
     return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
+
+
+HTTP_URL: Final = (
+    "an http(s) URL with a host (and a numeric port, if any), without spaces or control characters"
+)
+
+
+def check_http_url(name: str, url: object) -> str:
+    """``url`` if it is :data:`HTTP_URL`, else a :class:`ConfigurationError` naming ``name`` and
+    the URL with its credentials masked (each failed later: ``None`` with a bare AttributeError, a
+    port that is no number or a newline pasted with the URL at the first request)."""
+    from urllib.parse import urlsplit
+
+    from dynamic_agents._redaction import masked_url
+
+    refusal = f"{name} must be {HTTP_URL}, got "
+    if not isinstance(url, str):
+        raise ConfigurationError(refusal + shown(url))
+    try:
+        parts = urlsplit(url)
+        hostname = parts.hostname
+        parts.port  # noqa: B018 - raises for a port that is not a number
+    except ValueError:
+        parts, hostname = None, None
+    blank = any(character.isspace() or not character.isprintable() for character in url)
+    if parts is None or parts.scheme not in {"http", "https"} or not hostname or blank:
+        raise ConfigurationError(refusal + repr(masked_url(url, register=False)))
+    return url
 
 
 @overload

@@ -9,7 +9,9 @@ from urllib.parse import quote
 
 import httpx
 
-from dynamic_agents.exceptions import ApiError
+from dynamic_agents._redaction import MASK, masked_url
+from dynamic_agents._validation import check_http_url, check_seconds, shown
+from dynamic_agents.exceptions import ApiError, ConfigurationError
 
 __all__ = ["AgentsHTTPClient", "ApiError"]  # ApiError lives in dynamic_agents.exceptions
 
@@ -24,15 +26,18 @@ class AgentsHTTPClient:
         *,
         token: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
-        timeout: float = 120.0,
+        timeout: float | None = 120.0,
     ) -> None:
+        check_http_url("base_url", base_url)
+        _check_token(token)
+        timeout = check_seconds("timeout", timeout, optional=True)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/"), headers=headers, transport=transport, timeout=timeout
         )
 
     def __repr__(self) -> str:
-        return f"AgentsHTTPClient({str(self._http.base_url)!r})"
+        return f"AgentsHTTPClient({masked_url(str(self._http.base_url))!r})"
 
     async def _json(self, response: httpx.Response) -> Any:
         if response.status_code >= 400:
@@ -160,3 +165,17 @@ def _path(*segments: str) -> str:
     """An API path from its segments, each escaped whole: ``?``, ``#``, ``/`` or ``%`` in an id stay
     part of that id."""
     return "/api/v1/" + "/".join(quote(segment, safe="") for segment in segments)
+
+
+def _check_token(token: object) -> None:
+    """A token of spaces was sent as ``Bearer    ``; one with a newline (pasted from a file) was
+    refused by httpx on every request; one of another type was sent as its ``str()``."""
+    if token is None or (isinstance(token, str) and token.strip() and token.isprintable()):
+        return
+    if not isinstance(token, str):
+        got = shown(token)
+    elif not token.strip():  # a blank one is no secret
+        got = repr(token)
+    else:  # one with a control character may be a real token
+        got = MASK
+    raise ConfigurationError(f"token must be a str (the API's bearer token) or None, got {got}")
