@@ -662,3 +662,20 @@ async def test_iter_secrets_follows_total_not_the_reported_page_size(reported: i
         found = [item.id async for item in client.iter_secrets(provider="openai", page_size=100)]
     assert found == ids
     assert asked == ["1", "2", "3"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://identity.example.com/?token=CANARY-query-token-0001",
+        "https://identity.example.com?tenant=a",
+        "https://identity.example.com/?",
+    ],
+)
+def test_an_identity_url_with_a_query_is_refused(url: str) -> None:
+    # httpx puts each request's path after the base URL's query: the paths of the API went into the
+    # query string (GET /?token=…/api/v1/secrets/…/values, logged so by httpx at INFO with the
+    # token), or were lost (the list went to GET /?provider=…): a 404 there read as "no secret"
+    with pytest.raises(ConfigurationError, match=r"^Identity URL .* has a query string") as caught:
+        IdentityClient(url, token="service-token")
+    assert "CANARY-query-token-0001" not in str(caught.value)

@@ -444,6 +444,13 @@ def _check_url(base_url: object, allow_insecure_http: bool) -> None:
     blank = any(character.isspace() or not character.isprintable() for character in base_url)
     if parts is None or parts.scheme not in {"http", "https"} or not hostname or blank:
         raise ConfigurationError(f"Identity URL {shown_url!r} must be {valid}")
+    if "?" in base_url.partition("#")[0]:
+        # httpx appends each request's path to the base URL's query (GET /?x=1/api/v1/secrets/…),
+        # or replaces the query with the request's own parameters, path and all
+        raise ConfigurationError(
+            f"Identity URL {shown_url!r} has a query string: the API's paths would go into it; give "
+            "the service's URL alone (https://identity.example.com, or a path prefix)"
+        )
     if parts.scheme == "http" and not allow_insecure_http and not _is_loopback(hostname):
         raise ConfigurationError(
             f"Identity URL {shown_url!r} uses plain http to a non-loopback host: tokens and secrets "
