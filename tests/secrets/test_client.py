@@ -679,3 +679,41 @@ def test_an_identity_url_with_a_query_is_refused(url: str) -> None:
     with pytest.raises(ConfigurationError, match=r"^Identity URL .* has a query string") as caught:
         IdentityClient(url, token="service-token")
     assert "CANARY-query-token-0001" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["tok-CANARY-0123456789\n", " tok-CANARY-0123456789", "tok-CANARY 0123456789", "tök-CANARY-0123456789"],
+)
+def test_a_token_that_cannot_be_sent_in_a_header_is_refused_when_the_client_is_made(token: str) -> None:
+    # a token read from a file keeps its line break: h11 refused the header with an error quoting
+    # it ("Illegal header value b'Bearer tok-…\\n'"), chained to the IdentityUnavailableError, so
+    # every traceback of the failure printed the token (escaped: the redactor missed it too)
+    with pytest.raises(ConfigurationError, match=r"^token holds a space, a line break") as caught:
+        IdentityClient("https://identity.example.com", token=token)
+    assert "CANARY" not in "".join(traceback.format_exception(caught.value))
+
+
+async def test_a_token_provider_returning_a_token_that_cannot_be_sent_is_refused_unsent() -> None:
+    canary = "tok-CANARY-0123456789"
+    received: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        received.append(await reader.read(1000))
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with IdentityClient(
+            f"http://127.0.0.1:{port}", token=lambda: f"{canary}\n", retries=0
+        ) as client:
+            with pytest.raises(
+                ConfigurationError, match=r"token provider returned a token that holds"
+            ) as caught:
+                await client.list_secrets()
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert canary not in "".join(traceback.format_exception(caught.value))
+    assert received == []

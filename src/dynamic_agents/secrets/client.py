@@ -154,9 +154,12 @@ class IdentityClient:
             raise ConfigurationError(
                 f"token must be a str, a SecretValue or a callable returning one, not {type(token).__name__}"
             )
-        if not callable(token) and not (token.reveal() if isinstance(token, SecretValue) else token).strip():
-            # sent as "Bearer ", every request would come back 401
-            raise ConfigurationError("token is empty: give the Identity service's bearer token")
+        if not callable(token):
+            plain = token.reveal() if isinstance(token, SecretValue) else token
+            if not plain.strip():  # sent as "Bearer ", every request would come back 401
+                raise ConfigurationError("token is empty: give the Identity service's bearer token")
+            if _unsendable(plain):
+                raise ConfigurationError(f"token holds {_UNSENDABLE}")
         timeout = check_seconds("timeout", timeout)
         retries = check_count("retries", retries, minimum=0)
         backoff_base = check_seconds("backoff_base", backoff_base, zero=True)  # 0: no backoff
@@ -353,6 +356,10 @@ class IdentityClient:
                         f"the Identity token provider returned {type(token).__name__}; it must return "
                         "the bearer token as a str or a SecretValue"
                     )
+                if _unsendable(token.reveal() if isinstance(token, SecretValue) else token):
+                    raise ConfigurationError(
+                        f"the Identity token provider returned a token that holds {_UNSENDABLE}"
+                    )
                 self._token = token if isinstance(token, SecretValue) else SecretValue(token)
             return self._token
 
@@ -456,6 +463,20 @@ def _check_url(base_url: object, allow_insecure_http: bool) -> None:
             f"Identity URL {shown_url!r} uses plain http to a non-loopback host: tokens and secrets "
             "would cross the network unencrypted; use https, or pass allow_insecure_http=True"
         )
+
+
+_UNSENDABLE: Final = (
+    "a space, a line break or a character that is not printable ASCII (a line break read with it "
+    "from a file?): a bearer token cannot go in a header with it; strip it"
+)
+
+
+def _unsendable(token: str) -> bool:
+    """Whether ``token`` cannot be sent in an ``Authorization`` header. h11 refuses such a header
+    with an error that quotes it (``Illegal header value b'Bearer …\\n'``), escaped, so the redactor
+    does not find the token there, and the error is the cause of the request's error: every
+    traceback of the failure would print the token."""
+    return not (token.isascii() and token.isprintable()) or " " in token
 
 
 def _is_loopback(host: str) -> bool:
