@@ -976,3 +976,41 @@ def test_a_source_that_is_no_secret_source_is_refused_when_the_manager_is_made(s
     with pytest.raises(ConfigurationError, match=r"^source must be a SecretSource \(") as refused:
         SecretsManager(source)
     assert "CANARY" not in str(refused.value)
+
+
+async def test_a_key_whose_refresh_fails_unexpectedly_does_not_stop_the_others(
+    clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Buggy(SecretSource):
+        def __init__(self) -> None:
+            self.fetches: list[str] = []
+            self.broken = False
+
+        async def fetch(self, key: SecretKey) -> Mapping[str, SecretValue] | None:
+            self.fetches.append(key.provider)
+            if self.broken and key.provider == "anthropic":
+                raise RuntimeError("a bug in the source")
+            return {"api_key": SecretValue(f"sk-{key.provider}-{len(self.fetches):016d}")}
+
+    source = Buggy()
+    manager = SecretsManager(source, ttl=100, refresh_ahead=20, error_retry=5, clock=clock)
+    for provider in ("anthropic", "openai"):
+        await manager.get(provider, "api_key")
+    clock.now += 1
+    for provider in ("anthropic", "openai"):
+        await manager.get(provider, "api_key")  # both in use: refreshed ahead of expiry
+    clock.now += 85
+    source.broken = True
+    # anthropic's failure ended the pass, every pass: openai was never refreshed ahead of expiry,
+    # and anthropic was asked again at every pass (every refresh_interval), an ERROR each time
+    with caplog.at_level(logging.ERROR, "dynamic_agents"):
+        assert await manager.refresh_due() == 2
+    assert source.fetches[2:] == ["anthropic", "openai"]
+    assert "RuntimeError: a bug in the source" in caplog.text
+    clock.now += 1
+    assert await manager.refresh_due() == 0  # anthropic waits error_retry, like after an outage
+    assert source.fetches[2:] == ["anthropic", "openai"]
+    clock.now += 4
+    source.broken = False
+    assert await manager.refresh_due() == 1
+    assert source.fetches[2:] == ["anthropic", "openai", "anthropic"]

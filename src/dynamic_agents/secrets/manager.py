@@ -417,6 +417,11 @@ class SecretsManager:
                 await self._load(key, entry, force=True)
             except SecretsError as error:
                 logger.warning("refreshing %s failed: %s", SecretKey(*key), type(error).__name__)
+            except Exception:
+                # A bug in a source: the keys after this one are still refreshed, and it is not
+                # asked again (nor logged) at every pass, as after an outage.
+                entry.retry_at = self._clock() + self.error_retry
+                logger.exception("refreshing %s failed", SecretKey(*key))
         self.stats.refreshes += len(due)
         return len(due)
 
