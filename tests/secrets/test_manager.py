@@ -1014,3 +1014,42 @@ async def test_a_key_whose_refresh_fails_unexpectedly_does_not_stop_the_others(
     source.broken = False
     assert await manager.refresh_due() == 1
     assert source.fetches[2:] == ["anthropic", "openai", "anthropic"]
+
+
+async def test_refresh_fetches_again_rather_than_join_a_fetch_begun_before_a_rotation(clock: Clock) -> None:
+    class ReadsThenWaits(SecretSource):
+        """Reads its answer at once; the first fetch after ``hold`` then waits on the gate."""
+
+        def __init__(self, static: StaticSource) -> None:
+            self.static = static
+            self.gate = asyncio.Event()
+            self.fetches = 0
+            self.hold: int | None = None
+
+        async def fetch(self, key: SecretKey) -> Mapping[str, SecretValue] | None:
+            self.fetches += 1
+            answer = await self.static.fetch(key)
+            if self.fetches == self.hold:
+                await self.gate.wait()
+            return answer
+
+    static = StaticSource({"openai": {"api_key": "sk-old-value-0001"}})
+    source = ReadsThenWaits(static)
+    manager = SecretsManager(source, ttl=100, refresh_ahead=20, clock=clock)
+    await manager.get("openai", "api_key")
+    clock.now += 1
+    await manager.get("openai", "api_key")  # in use: refreshed ahead of expiry
+    clock.now += 85
+    source.hold = 2
+    ahead = asyncio.create_task(manager.refresh_due())  # reads the old value, answers later
+    await wait_until(lambda: source.fetches == 2, what="the refresh ahead to fetch")
+    static.set(SecretKey("openai"), {"api_key": "sk-new-value-0002"})  # rotated: told, the host
+    refreshing = asyncio.create_task(manager.refresh("openai"))  # refreshes (a 401 made it, say)
+    # it joined the fetch begun before the rotation: the old value, "nothing changed", cached
+    await wait_until(lambda: source.fetches == 3, within=2, what="refresh() to fetch again")
+    assert await refreshing == 1
+    source.gate.set()
+    assert await ahead == 1
+    value = await manager.get("openai", "api_key")  # the older fetch wrote nothing over it
+    assert value is not None
+    assert value.reveal() == "sk-new-value-0002"

@@ -391,6 +391,12 @@ class SecretsManager:
         changed = 0
         for key in keys:
             before = self._cache.get(key)
+            begun = self._inflight.pop(key, None)
+            if begun is not None:
+                # Begun before this refresh, it may have read what a rotation has since replaced
+                # (the 401 that made the caller refresh): it answers its own callers, and a new
+                # fetch, not it, is cached.
+                self._orphaned.add(begun)
             try:
                 after = await self._load(key, before, force=True)
             except SecretsError as error:
