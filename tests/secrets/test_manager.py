@@ -1053,3 +1053,26 @@ async def test_refresh_fetches_again_rather_than_join_a_fetch_begun_before_a_rot
     value = await manager.get("openai", "api_key")  # the older fetch wrote nothing over it
     assert value is not None
     assert value.reveal() == "sk-new-value-0002"
+
+
+@pytest.mark.parametrize(
+    "client", [None, "https://svc:CANARY-pass-000001@identity.example.com", StaticSource()]
+)
+async def test_an_identity_source_over_no_identity_client_is_refused_when_made(client: Any) -> None:
+    # it was taken, and every lookup failed with a bare AttributeError ("no attribute 'iter_secrets'")
+    with pytest.raises(ConfigurationError, match=r"^IdentitySource needs an IdentityClient") as refused:
+        IdentitySource(client)
+    assert "CANARY" not in str(refused.value)
+
+
+async def test_a_chain_of_something_that_is_no_source_is_refused_when_made() -> None:
+    # it was taken, and every lookup failed with a bare AttributeError ("no attribute 'fetch'")
+    client = IdentityClient(URL, token="service-token")
+    with pytest.raises(
+        ConfigurationError, match=r"^ChainSource's source 1 must be a SecretSource.* IdentityClient"
+    ):
+        ChainSource(EnvironmentSource(), client)  # type: ignore[arg-type]
+    await client.aclose()
+    with pytest.raises(ConfigurationError, match=r"^ChainSource's source 0 .*, got \*{10}$") as refused:
+        ChainSource("sk-CANARY123456789abcdef")  # type: ignore[arg-type]
+    assert "CANARY" not in str(refused.value)

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Self
 
 from dynamic_agents._logging import get_logger
-from dynamic_agents._validation import check_count
+from dynamic_agents._validation import check_count, shown
 from dynamic_agents.exceptions import (
     ConfigurationError,
     IdentityError,
@@ -89,6 +89,11 @@ class IdentitySource(SecretSource):
     """
 
     def __init__(self, client: IdentityClient, *, page_size: int = 100, owns_client: bool = True) -> None:
+        if not isinstance(client, IdentityClient):  # else every lookup: no attribute 'iter_secrets'
+            raise ConfigurationError(
+                "IdentitySource needs an IdentityClient: IdentitySource(IdentityClient(url, token=…)), "
+                f"got {shown(client)}"
+            )
         self.client = client
         self.page_size = check_count("page_size", page_size, minimum=1)
         self._owns_client = owns_client
@@ -215,6 +220,13 @@ class ChainSource(SecretSource):
     def __init__(self, *sources: SecretSource) -> None:
         if not sources:
             raise ConfigurationError("ChainSource needs at least one source")
+        given: tuple[object, ...] = sources  # as given, whatever the annotation says
+        for index, source in enumerate(given):
+            if not isinstance(source, SecretSource):  # else every lookup: no attribute 'fetch'
+                wrap = " (wrap it: IdentitySource(client))" if isinstance(source, IdentityClient) else ""
+                raise ConfigurationError(
+                    f"ChainSource's source {index} must be a SecretSource{wrap}, got {shown(source)}"
+                )
         self.sources = sources
 
     def __repr__(self) -> str:
