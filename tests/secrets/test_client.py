@@ -717,3 +717,12 @@ async def test_a_token_provider_returning_a_token_that_cannot_be_sent_is_refused
         await server.wait_closed()
     assert canary not in "".join(traceback.format_exception(caught.value))
     assert received == []
+
+
+@pytest.mark.parametrize(
+    "transport", [httpx.HTTPTransport(), "http://127.0.0.1:8000", InMemoryIdentityService()]
+)
+def test_a_transport_that_is_no_async_transport_is_refused_when_the_client_is_made(transport: object) -> None:
+    # taken, every request failed with a bare AttributeError ("no attribute 'handle_async_request'")
+    with pytest.raises(ConfigurationError, match=r"^transport must be an httpx\.AsyncBaseTransport"):
+        IdentityClient(URL, token="service-token", transport=transport)  # type: ignore[arg-type]

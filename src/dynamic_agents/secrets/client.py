@@ -160,6 +160,12 @@ class IdentityClient:
                 raise ConfigurationError("token is empty: give the Identity service's bearer token")
             if _unsendable(plain):
                 raise ConfigurationError(f"token holds {_UNSENDABLE}")
+        if transport is not None and not isinstance(transport, httpx.AsyncBaseTransport):
+            # else every request fails with a bare AttributeError (no 'handle_async_request')
+            raise ConfigurationError(
+                "transport must be an httpx.AsyncBaseTransport (httpx.AsyncHTTPTransport, "
+                f"httpx.MockTransport, httpx.ASGITransport(app)) or None, got {shown(transport)}"
+            )
         timeout = check_seconds("timeout", timeout)
         retries = check_count("retries", retries, minimum=0)
         backoff_base = check_seconds("backoff_base", backoff_base, zero=True)  # 0: no backoff
