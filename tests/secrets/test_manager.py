@@ -1076,3 +1076,12 @@ async def test_a_chain_of_something_that_is_no_source_is_refused_when_made() -> 
     with pytest.raises(ConfigurationError, match=r"^ChainSource's source 0 .*, got \*{10}$") as refused:
         ChainSource("sk-CANARY123456789abcdef")  # type: ignore[arg-type]
     assert "CANARY" not in str(refused.value)
+
+
+async def test_warm_up_refuses_one_provider_given_as_a_str(
+    manager: SecretsManager, source: CountingSource
+) -> None:
+    # a str is iterable: warm_up("openai") fetched providers "o", "p", "e", "n", "a" and "i"
+    with pytest.raises(ConfigurationError, match=r"^warm_up\(\) takes provider names, .*\['openai'\]"):
+        await manager.warm_up("openai")
+    assert source.fetches == []

@@ -371,6 +371,11 @@ class SecretsManager:
         ``negative_ttl`` for "no such secret") is left as it is; use :meth:`refresh` to fetch again
         regardless. Missing secrets are fine; sources that cannot answer raise.
         """
+        if isinstance(providers, str):  # else read letter by letter: providers "o", "p", "e"…
+            raise ConfigurationError(
+                "warm_up() takes provider names, a list of them: "
+                f"warm_up([{shown_part(providers)!r}]), not one str"
+            )
         keys = [(provider, user_id, None) for provider in providers]
         await asyncio.gather(*(self._load(key, self._cache.get(key)) for key in keys))
 
