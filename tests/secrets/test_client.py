@@ -348,6 +348,7 @@ async def test_update_needs_something_to_change(client: IdentityClient) -> None:
         (403, IdentityForbiddenError),
         (404, IdentityNotFoundError),
         (409, IdentityConflictError),
+        (410, IdentityNotFoundError),  # gone: deleted, as a 404 says (it was a bad request)
         (422, IdentityRequestError),
         (429, IdentityRateLimitedError),
         (500, IdentityUnavailableError),

@@ -1085,3 +1085,16 @@ async def test_warm_up_refuses_one_provider_given_as_a_str(
     with pytest.raises(ConfigurationError, match=r"^warm_up\(\) takes provider names, .*\['openai'\]"):
         await manager.warm_up("openai")
     assert source.fetches == []
+
+
+async def test_a_secret_the_service_says_is_gone_is_not_served_stale(clock: Clock) -> None:
+    # a 410 was a request error, an outage to the manager: the deleted secret served for stale_grace
+    service = InMemoryIdentityService(tokens={"service-token": None})
+    service.add_secret("main", "openai", {"api_key": "sk-deleted-soon-0001"})
+    client = IdentityClient(URL, token="service-token", transport=service.mock_transport())
+    async with SecretsManager(IdentitySource(client), ttl=300, stale_grace=600, clock=clock) as manager:
+        assert await manager.get("openai", "api_key") is not None
+        clock.now += 301
+        service.fail_next(410, path="/api/v1/secrets/{id}/values", times=None)
+        assert await manager.get("openai", "api_key") is None
+        assert manager.stats.stale_served == 0

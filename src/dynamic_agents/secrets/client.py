@@ -67,6 +67,7 @@ _ERRORS: Final[Mapping[int, type[IdentityError]]] = {
     403: IdentityForbiddenError,
     404: IdentityNotFoundError,
     409: IdentityConflictError,
+    410: IdentityNotFoundError,  # gone: deleted (not in the contract, which says 404; never an outage)
     422: IdentityRequestError,
 }
 
