@@ -21,8 +21,9 @@ from dynamic_agents.exceptions import (
     IdentityRateLimitedError,
     IdentityRequestError,
     IdentityUnavailableError,
+    SecretsUnavailableError,
 )
-from dynamic_agents.secrets import IdentityClient, IdentitySource, SecretValue
+from dynamic_agents.secrets import IdentityClient, IdentitySource, SecretsManager, SecretValue
 from dynamic_agents.testing import InMemoryIdentityService
 
 URL = "http://identity.test.localhost"
@@ -727,3 +728,37 @@ def test_a_transport_that_is_no_async_transport_is_refused_when_the_client_is_ma
     # taken, every request failed with a bare AttributeError ("no attribute 'handle_async_request'")
     with pytest.raises(ConfigurationError, match=r"^transport must be an httpx\.AsyncBaseTransport"):
         IdentityClient(URL, token="service-token", transport=transport)  # type: ignore[arg-type]
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    """The exceptions a traceback shows (and an error reporter walks): causes and unsuppressed
+    contexts."""
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None:
+        chain.append(current)
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+    return chain
+
+
+@pytest.mark.parametrize("failure", ["network", "undecodable"])
+async def test_an_httpx_error_carrying_the_token_is_not_chained(failure: str) -> None:
+    # its .request held the Authorization header in clear, and its traceback the frames whose
+    # locals did (an error reporter capturing local variables sends them)
+    token = "tok-CANARY-chained-0123456789"
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if failure == "network":
+            raise httpx.ConnectError("All connection attempts failed", request=request)
+        return httpx.Response(200, headers={"Content-Encoding": "gzip"}, content=b"not gzip at all")
+
+    client = IdentityClient(URL, token=token, transport=httpx.MockTransport(answer), retries=0)
+    manager = SecretsManager(IdentitySource(client))
+    with pytest.raises(SecretsUnavailableError) as caught:
+        await manager.get("openai", "api_key")
+    await manager.aclose()
+    chain = _chain(caught.value)
+    assert [type(error) for error in chain][1:] in ([IdentityUnavailableError], [IdentityError])
+    assert not any(isinstance(error, httpx.HTTPError) for error in chain)
+    said = "All connection attempts failed" if failure == "network" else "DecodingError"
+    assert said in str(chain[1])  # what went wrong is still said

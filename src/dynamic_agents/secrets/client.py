@@ -24,7 +24,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, JsonValue, ValidationError
 
 from dynamic_agents._logging import get_logger
-from dynamic_agents._redaction import REDACTOR, masked_url
+from dynamic_agents._redaction import REDACTOR, masked_url, redact_text
 from dynamic_agents._validation import check_count, check_seconds, shown
 from dynamic_agents.events._types import UtcDatetime
 from dynamic_agents.exceptions import (
@@ -396,8 +396,9 @@ class IdentityClient:
                 )
             except httpx.DecodingError as error:  # not a TransportError, but must not escape untyped
                 raise IdentityError(
-                    f"{method} {path}: unexpected response (the body cannot be decoded: DecodingError)"
-                ) from error
+                    f"{method} {path}: unexpected response (the body cannot be decoded: "
+                    f"DecodingError{_said(error)})"
+                ) from None  # not chained: see below
             except httpx.TransportError as error:
                 # A POST that may have reached the service is not repeated (no double create); one
                 # that never got a connection (refused, connect or pool timeout) was never sent.
@@ -406,9 +407,11 @@ class IdentityClient:
                     await self._wait(method, path, attempt, type(error).__name__)
                     attempt += 1
                     continue
+                # Not chained: an httpx error holds the request, its Authorization header in clear,
+                # and its traceback the frames whose locals hold it (for an error reporter to send).
                 raise IdentityUnavailableError(
-                    f"{method} {path}: Identity unreachable ({type(error).__name__})"
-                ) from error
+                    f"{method} {path}: Identity unreachable ({type(error).__name__}{_said(error)})"
+                ) from None
             status = response.status_code
             if status < 300:  # a 3xx is no answer: redirects are not followed (see _error_for)
                 return response
@@ -515,6 +518,15 @@ def _retry_after(response: httpx.Response) -> float | None:
     except ValueError:
         return None  # an HTTP date: fall back to our own backoff
     return max(0.0, seconds) if seconds is not None and math.isfinite(seconds) else None
+
+
+def _said(error: httpx.HTTPError) -> str:
+    """What an httpx error says (``: All connection attempts failed``), redacted (a proxy URL's
+    password, say) and shortened, or nothing: its text stands in for the error, not chained."""
+    text = redact_text(str(error))
+    if len(text) > _DETAIL_LIMIT:
+        text = f"{text[: _DETAIL_LIMIT - 3]}..."
+    return f": {text}" if text else ""
 
 
 def _error_for(
