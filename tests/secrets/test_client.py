@@ -762,3 +762,51 @@ async def test_an_httpx_error_carrying_the_token_is_not_chained(failure: str) ->
     assert not any(isinstance(error, httpx.HTTPError) for error in chain)
     said = "All connection attempts failed" if failure == "network" else "DecodingError"
     assert said in str(chain[1])  # what went wrong is still said
+
+
+@pytest.mark.parametrize("lost", ["timeout", "502"])
+async def test_a_delete_retried_after_its_answer_was_lost_is_done_not_not_found(
+    service: InMemoryIdentityService, sleeps: Sleeps, lost: str
+) -> None:
+    # the first DELETE deleted the secret but its answer was lost; the retry got 404, raised as
+    # IdentityNotFoundError: the caller was told the secret did not exist, after its own delete
+    secret_id = service.add_secret("main", "openai", {"api_key": "sk-to-delete-0001"})
+    answers = 0
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        nonlocal answers
+        answers += 1
+        response = await service.handle(request)
+        if answers == 1:
+            if lost == "timeout":
+                raise httpx.ReadTimeout("timed out", request=request)
+            return httpx.Response(502, json={"detail": "bad gateway"})
+        return response
+
+    async with IdentityClient(
+        URL, token="service-token", transport=httpx.MockTransport(answer), sleep=sleeps
+    ) as client:
+        await client.delete_secret(secret_id)
+        assert answers == 2
+        with pytest.raises(IdentityNotFoundError):  # a delete that was never done is still refused
+            await client.delete_secret(secret_id)
+
+
+async def test_a_delete_whose_first_attempt_never_left_still_says_not_found(
+    service: InMemoryIdentityService, sleeps: Sleeps
+) -> None:
+    attempts = 0
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            raise httpx.ConnectError("connection refused", request=request)
+        return await service.handle(request)
+
+    async with IdentityClient(
+        URL, token="service-token", transport=httpx.MockTransport(answer), sleep=sleeps
+    ) as client:
+        with pytest.raises(IdentityNotFoundError):
+            await client.delete_secret("no-such-secret")
+    assert attempts == 2

@@ -382,6 +382,7 @@ class IdentityClient:
         json: Mapping[str, Any] | None = None,
     ) -> httpx.Response:
         attempt, refreshed = 0, False
+        maybe_done = False  # an attempt may have reached the service, its answer lost
         while True:
             if self._http.is_closed:  # httpx would raise a bare RuntimeError
                 raise IdentityUnavailableError(f"{method} {path}: the Identity client was closed")
@@ -406,6 +407,7 @@ class IdentityClient:
                 if retryable and attempt < self._retries:
                     await self._wait(method, path, attempt, type(error).__name__)
                     attempt += 1
+                    maybe_done = maybe_done or not isinstance(error, _NOT_SENT)
                     continue
                 # Not chained: an httpx error holds the request, its Authorization header in clear,
                 # and its traceback the frames whose locals hold it (for an error reporter to send).
@@ -414,6 +416,10 @@ class IdentityClient:
                 ) from None
             status = response.status_code
             if status < 300:  # a 3xx is no answer: redirects are not followed (see _error_for)
+                return response
+            if method == "DELETE" and status in {404, 410} and maybe_done:
+                # the retry of a delete that an earlier attempt did: done, not "no such secret"
+                logger.debug("%s %s answered %d after a lost answer: taken as done", method, path, status)
                 return response
             if status == 401 and not refreshed and callable(self._token_provider):
                 refreshed = True
@@ -433,6 +439,7 @@ class IdentityClient:
             if retryable and attempt < self._retries:
                 await self._wait(method, path, attempt, f"HTTP {status}", retry_after)
                 attempt += 1
+                maybe_done = maybe_done or status >= 500
                 continue
             raise _error_for(method, path, response, retry_after)
 
