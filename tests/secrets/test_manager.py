@@ -1098,3 +1098,23 @@ async def test_a_secret_the_service_says_is_gone_is_not_served_stale(clock: Cloc
         service.fail_next(410, path="/api/v1/secrets/{id}/values", times=None)
         assert await manager.get("openai", "api_key") is None
         assert manager.stats.stale_served == 0
+
+
+async def test_a_mapped_environment_reference_that_is_missing_names_the_reference(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the variable set, the secret sources without it: the error spoke of "field 'api_key' for
+    # anthropic (system)" only, never of the reference, nor why the environment was not read
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-CANARY-0123456789abcdef")
+    manager = SecretsManager(StaticSource({}))
+    with pytest.raises(
+        SecretNotFoundError,
+        match=r"^os\.environ/ANTHROPIC_API_KEY stands for anthropic / api_key in the secret sources "
+        r"\(env_mapping\), not the environment: no secret field 'api_key' for anthropic \(system\)",
+    ) as caught:
+        await manager.resolve("os.environ/ANTHROPIC_API_KEY")
+    assert "CANARY" not in str(caught.value)
+    with pytest.raises(
+        SecretNotFoundError, match=r"^settings\.key: os\.environ/ANTHROPIC_API_KEY stands for"
+    ):
+        await manager.resolve_all({"key": "os.environ/ANTHROPIC_API_KEY"}, where="settings")

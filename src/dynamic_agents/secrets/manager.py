@@ -288,7 +288,15 @@ class SecretsManager:
     async def _resolve_env(self, reference: EnvReference, user_id: str | None) -> SecretValue:
         mapped = self.env_mapping.get(reference.variable)
         if mapped is not None:
-            return await self.require(*mapped, user_id)
+            try:
+                return await self.require(*mapped, user_id)
+            except SecretNotFoundError as error:
+                # the variable may well be set: say why it was not read, and which reference failed
+                provider, field = map(shown_part, mapped)
+                raise SecretNotFoundError(
+                    f"{reference} stands for {provider} / {field} in the secret sources (env_mapping), "
+                    f"not the environment: {error}"
+                ) from None
         value = os.environ.get(reference.variable)
         if not value:
             raise SecretNotFoundError(
