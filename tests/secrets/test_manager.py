@@ -1118,3 +1118,25 @@ async def test_a_mapped_environment_reference_that_is_missing_names_the_referenc
         SecretNotFoundError, match=r"^settings\.key: os\.environ/ANTHROPIC_API_KEY stands for"
     ):
         await manager.resolve_all({"key": "os.environ/ANTHROPIC_API_KEY"}, where="settings")
+
+
+async def test_a_failed_refresh_ahead_of_expiry_leaves_the_value_fresh_as_long_as_it_was(
+    source: CountingSource, clock: Clock
+) -> None:
+    # it cut the freshness to error_retry: 5 s after the failed refresh, 15 s before the value
+    # expired, every get() fetched in the caller's path (waiting out an Identity that hangs),
+    # which the refresh ahead is there to spare; and it counted as a value served stale
+    manager = SecretsManager(source, ttl=100, stale_grace=600, refresh_ahead=20, error_retry=5, clock=clock)
+    await manager.get("openai", "api_key")
+    clock.now += 1
+    await manager.get("openai", "api_key")  # in use
+    clock.now += 84  # 15 s before expiry
+    source.failure = IdentityUnavailableError("down")
+    assert await manager.refresh_due() == 1
+    assert len(source.fetches) == 2
+    clock.now += 6  # past error_retry, 9 s before expiry
+    assert await manager.get("openai", "api_key") is not None
+    assert len(source.fetches) == 2  # still fresh: a hit
+    assert manager.stats.stale_served == 0
+    assert await manager.refresh_due() == 1  # the refresh ahead tries again, past error_retry
+    assert len(source.fetches) == 3

@@ -516,11 +516,14 @@ class SecretsManager:
         now = self._clock()
         # Only values are served stale: "no such secret" is believed for negative_ttl, no longer.
         if entry is not None and entry.values is not None and now < entry.stale_until:
-            self.stats.stale_served += 1
             # A server that said when to come back (Retry-After) is not asked again before then.
             retry_after = error.retry_after if isinstance(error, IdentityRateLimitedError) else None
             wait = max(self.error_retry, retry_after or 0.0)
-            entry.fresh_until = min(entry.stale_until, now + wait)
+            if now >= entry.fresh_until:
+                self.stats.stale_served += 1
+            # A refresh ahead of expiry that failed leaves the value fresh as long as it was: gets
+            # fetching in their callers' path before then is what the refresh ahead spares them.
+            entry.fresh_until = max(entry.fresh_until, min(entry.stale_until, now + wait))
             entry.retry_at = now + wait
             logger.warning(
                 "secret %s could not be fetched (%s); serving the cached value, %.0fs of grace left",
