@@ -810,3 +810,10 @@ async def test_a_delete_whose_first_attempt_never_left_still_says_not_found(
         with pytest.raises(IdentityNotFoundError):
             await client.delete_secret("no-such-secret")
     assert attempts == 2
+
+
+@pytest.mark.parametrize("flag", ["false", "no", 0, None])
+def test_allow_insecure_http_that_is_no_boolean_is_refused(flag: object) -> None:
+    # "false" (from the environment, a YAML string) was true: plain http to any host allowed
+    with pytest.raises(ConfigurationError, match=r"^allow_insecure_http must be True or False, got "):
+        IdentityClient("http://identity.internal", token="t-000001", allow_insecure_http=flag)  # type: ignore[arg-type]

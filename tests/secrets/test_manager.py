@@ -1140,3 +1140,13 @@ async def test_a_failed_refresh_ahead_of_expiry_leaves_the_value_fresh_as_long_a
     assert manager.stats.stale_served == 0
     assert await manager.refresh_due() == 1  # the refresh ahead tries again, past error_retry
     assert len(source.fetches) == 3
+
+
+@pytest.mark.parametrize("flag", ["false", "no", 0, None])
+def test_manager_flags_that_are_no_boolean_are_refused(flag: object) -> None:
+    # "false" was true: a user without a secret of their own got the system's; the environment
+    # answered for Identity
+    with pytest.raises(ConfigurationError, match=r"^user_fallback_to_system must be True or False, got "):
+        SecretsManager(StaticSource({}), user_fallback_to_system=flag)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match=r"^env_fallback must be True or False, got "):
+        SecretsManager.from_identity(URL, "service-token", env_fallback=flag)  # type: ignore[arg-type]

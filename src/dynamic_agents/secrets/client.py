@@ -150,6 +150,10 @@ class IdentityClient:
         allow_insecure_http: bool = False,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
+        if not isinstance(allow_insecure_http, bool):  # "false" is true: plain http to any host
+            raise ConfigurationError(
+                f"allow_insecure_http must be True or False, got {shown(allow_insecure_http)}"
+            )
         _check_url(base_url, allow_insecure_http)
         if not isinstance(token, str | SecretValue) and not callable(token):
             raise ConfigurationError(

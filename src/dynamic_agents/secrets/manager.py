@@ -23,7 +23,7 @@ from cachetools import TTLCache
 
 from dynamic_agents._logging import get_logger
 from dynamic_agents._redaction import REDACTOR
-from dynamic_agents._validation import check_count, check_seconds
+from dynamic_agents._validation import check_count, check_seconds, shown
 from dynamic_agents.exceptions import (
     ConfigurationError,
     IdentityError,
@@ -146,6 +146,7 @@ class SecretsManager:
         error_retry = check_seconds("error_retry", error_retry, zero=True)
         refresh_interval = check_seconds("refresh_interval", refresh_interval, optional=True)
         max_size = check_count("max_size", max_size, minimum=1)
+        _check_flag("user_fallback_to_system", user_fallback_to_system)  # "false" is true
         self.source = source
         self.ttl = ttl
         self.negative_ttl = negative_ttl
@@ -190,6 +191,7 @@ class SecretsManager:
 
         With ``env_fallback=True`` the environment answers when Identity cannot.
         """
+        _check_flag("env_fallback", env_fallback)
         # The manager's settings are checked first, by building it: the client opens an HTTP
         # client, which a bad setting raised afterwards would leave open with nobody to close it.
         manager = cls(StaticSource({}), **settings)
@@ -544,6 +546,11 @@ class SecretsManager:
                     await result
             except Exception:
                 logger.exception("a secret change listener failed for %s", change.key)
+
+
+def _check_flag(name: str, value: object) -> None:
+    if not isinstance(value, bool):  # "false" (the environment, YAML text) would be true
+        raise ConfigurationError(f"{name} must be True or False, got {shown(value)}")
 
 
 def _closed_error(key: _CacheKey) -> SecretsUnavailableError:
