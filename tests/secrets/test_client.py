@@ -817,3 +817,18 @@ def test_allow_insecure_http_that_is_no_boolean_is_refused(flag: object) -> None
     # "false" (from the environment, a YAML string) was true: plain http to any host allowed
     with pytest.raises(ConfigurationError, match=r"^allow_insecure_http must be True or False, got "):
         IdentityClient("http://identity.internal", token="t-000001", allow_insecure_http=flag)  # type: ignore[arg-type]
+
+
+async def test_a_token_provider_that_hangs_is_an_outage_after_the_timeout(
+    service: InMemoryIdentityService,
+) -> None:
+    # the timeout bounded httpx's attempt, not the token: a token issuer that never answered hung
+    # every request (and a SecretsManager's reads, its cached value never served) for good
+    async def hangs() -> str:
+        await asyncio.Event().wait()
+        return "never"
+
+    async with IdentityClient(URL, token=hangs, transport=service.mock_transport(), timeout=0.01) as client:
+        with pytest.raises(IdentityUnavailableError, match=r"token provider failed \(TimeoutError\)"):
+            await asyncio.wait_for(client.list_secrets(), 10)
+    assert service.count() == 0

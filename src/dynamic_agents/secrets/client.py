@@ -181,6 +181,7 @@ class IdentityClient:
         self._token_provider = token
         self._token: SecretValue | None = None
         self._token_lock = asyncio.Lock()
+        self._timeout = timeout
         self._retries = retries
         self._backoff_base = backoff_base
         self._backoff_cap = backoff_cap
@@ -354,7 +355,8 @@ class IdentityClient:
                 try:
                     token = provider() if callable(provider) else provider
                     if inspect.isawaitable(token):
-                        token = await token
+                        # bounded like an attempt: an issuer that never answers would hang every request
+                        token = await asyncio.wait_for(token, self._timeout)
                 except IdentityError:
                     raise
                 except Exception as error:  # a typed error: the manager serves what it has cached
