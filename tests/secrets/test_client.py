@@ -393,10 +393,12 @@ def test_a_password_in_the_identity_url_is_masked() -> None:
     assert password not in str(caught.value)
     assert "svc:**********@identity.example.com" in str(caught.value)
     url = f"https://svc:{password}@identity.example.com"
-    client = IdentityClient(url, token="tok-123456")
-    assert password not in repr(client)
-    assert password not in client.base_url
-    assert password not in repr(SecretsManager.from_identity(url, "tok-123456"))
+    with pytest.raises(ConfigurationError) as caught:  # refused: see below
+        IdentityClient(url, token="tok-123456")
+    assert password not in str(caught.value)
+    with pytest.raises(ConfigurationError) as caught:
+        SecretsManager.from_identity(url, "tok-123456")
+    assert password not in str(caught.value)
     with pytest.raises(ConfigurationError) as caught:
         IdentityClient(f"https://svc:{password}@identity.example.com:port", token="tok-123456")
     assert password not in str(caught.value)
@@ -832,3 +834,13 @@ async def test_a_token_provider_that_hangs_is_an_outage_after_the_timeout(
         with pytest.raises(IdentityUnavailableError, match=r"token provider failed \(TimeoutError\)"):
             await asyncio.wait_for(client.list_secrets(), 10)
     assert service.count() == 0
+
+
+@pytest.mark.parametrize("userinfo", ["svc:CANARY-url-pass-123@", "svc@", ":CANARY-url-pass-123@"])
+async def test_credentials_in_the_identity_url_are_refused(userinfo: str) -> None:
+    # httpx sends them as Basic auth, in place of the bearer token: every request was a 401
+    with pytest.raises(
+        ConfigurationError, match=r"^Identity URL .* holds credentials: httpx would send them"
+    ) as caught:
+        IdentityClient(f"https://{userinfo}identity.example.com", token="tok-123456")
+    assert "CANARY-url-pass-123" not in str(caught.value)

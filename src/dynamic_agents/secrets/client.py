@@ -474,6 +474,11 @@ def _check_url(base_url: object, allow_insecure_http: bool) -> None:
     blank = any(character.isspace() or not character.isprintable() for character in base_url)
     if parts is None or parts.scheme not in {"http", "https"} or not hostname or blank:
         raise ConfigurationError(f"Identity URL {shown_url!r} must be {valid}")
+    if "@" in parts.netloc:
+        raise ConfigurationError(
+            f"Identity URL {shown_url!r} holds credentials: httpx would send them as Basic auth in "
+            "place of the bearer token (every request refused); give the token as token=…"
+        )
     if "?" in base_url.partition("#")[0]:
         # httpx appends each request's path to the base URL's query (GET /?x=1/api/v1/secrets/…),
         # or replaces the query with the request's own parameters, path and all
