@@ -844,3 +844,25 @@ async def test_credentials_in_the_identity_url_are_refused(userinfo: str) -> Non
     ) as caught:
         IdentityClient(f"https://{userinfo}identity.example.com", token="tok-123456")
     assert "CANARY-url-pass-123" not in str(caught.value)
+
+
+async def test_a_client_closed_while_its_token_was_asked_for_raises_a_typed_error(
+    service: InMemoryIdentityService,
+) -> None:
+    # closed between the check and the request: httpx's bare RuntimeError ("the client has been
+    # closed") escaped, which a SecretsManager does not take for an outage
+    asked, release = asyncio.Event(), asyncio.Event()
+
+    async def token() -> str:
+        asked.set()
+        await release.wait()
+        return "service-token"
+
+    client = IdentityClient(URL, token=token, transport=service.mock_transport())
+    listing = asyncio.create_task(client.list_providers())
+    await asked.wait()
+    await client.aclose()
+    release.set()
+    with pytest.raises(IdentityUnavailableError, match="the Identity client was closed"):
+        await listing
+    assert service.count() == 0

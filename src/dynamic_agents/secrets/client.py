@@ -393,6 +393,8 @@ class IdentityClient:
             if self._http.is_closed:  # httpx would raise a bare RuntimeError
                 raise IdentityUnavailableError(f"{method} {path}: the Identity client was closed")
             token = await self._current_token(f"{method} {path}")
+            if self._http.is_closed:  # closed while the token was asked for
+                raise IdentityUnavailableError(f"{method} {path}: the Identity client was closed")
             try:
                 response = await self._http.request(
                     method,
