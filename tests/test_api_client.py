@@ -246,12 +246,20 @@ async def test_the_token_stays_out_of_the_repr() -> None:
         assert TOKEN not in repr(client)
 
 
-async def test_a_password_in_the_base_url_stays_out_of_the_repr() -> None:
-    async with AgentsHTTPClient("https://svc:url-canary-91c2@api.test/v1?api_key=q-canary-5d0e") as client:
-        shown = repr(client)
-    assert "url-canary-91c2" not in shown
-    assert "q-canary-5d0e" not in shown
-    assert shown.startswith("AgentsHTTPClient('https://svc:**********@api.test/v1")
+@pytest.mark.parametrize(
+    ("url", "refusal"),
+    [  # httpx sent them as Basic auth in place of the token, or put the API's paths in the query
+        (
+            "https://svc:url-canary-91c2@api.test",
+            r"^base_url 'https://svc:\*{10}@api.test' holds credentials",
+        ),
+        ("https://api.test/v1?api_key=q-canary-5d0e", r"^base_url '.*api_key=\*{10}' has a query string"),
+    ],
+)
+def test_a_base_url_with_credentials_or_a_query_is_refused_masked(url: str, refusal: str) -> None:
+    with pytest.raises(ConfigurationError, match=refusal) as refused:
+        AgentsHTTPClient(url, token=TOKEN)
+    assert "canary" not in str(refused.value)
 
 
 @pytest.mark.parametrize(

@@ -23,9 +23,9 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_SECONDS",
     "NotBoolean",
+    "check_base_url",
     "check_choice",
     "check_count",
-    "check_http_url",
     "check_seconds",
     "invalid_fields",
     "not_boolean",
@@ -64,17 +64,20 @@ HTTP_URL: Final = (
 )
 
 
-def check_http_url(name: str, url: object) -> str:
-    """``url`` if it is :data:`HTTP_URL`, else a :class:`ConfigurationError` naming ``name`` and
-    the URL with its credentials masked (each failed later: ``None`` with a bare AttributeError, a
-    port that is no number or a newline pasted with the URL at the first request)."""
+def check_base_url(name: str, url: object) -> str:
+    """``url`` if it can be an httpx client's ``base_url`` (:data:`HTTP_URL`, without credentials
+    or a query string), else a :class:`ConfigurationError` naming ``name`` and the URL with its
+    credentials masked. Each failed later: ``None`` with a bare AttributeError, a port that is no
+    number or a newline pasted with the URL at the first request; httpx sends a URL's credentials
+    as Basic auth in place of the bearer token, and appends each request's path to its query (or
+    drops the path)."""
     from urllib.parse import urlsplit
 
     from dynamic_agents._redaction import masked_url
 
-    refusal = f"{name} must be {HTTP_URL}, got "
     if not isinstance(url, str):
-        raise ConfigurationError(refusal + shown(url))
+        raise ConfigurationError(f"{name} must be {HTTP_URL}, got {shown(url)}")
+    shown_url = repr(masked_url(url, register=False))
     try:
         parts = urlsplit(url)
         hostname = parts.hostname
@@ -83,7 +86,17 @@ def check_http_url(name: str, url: object) -> str:
         parts, hostname = None, None
     blank = any(character.isspace() or not character.isprintable() for character in url)
     if parts is None or parts.scheme not in {"http", "https"} or not hostname or blank:
-        raise ConfigurationError(refusal + repr(masked_url(url, register=False)))
+        raise ConfigurationError(f"{name} must be {HTTP_URL}, got {shown_url}")
+    if "@" in parts.netloc:
+        raise ConfigurationError(
+            f"{name} {shown_url} holds credentials: httpx would send them as Basic auth in place "
+            "of the bearer token (every request refused); give the token as token=…"
+        )
+    if "?" in url.partition("#")[0]:
+        raise ConfigurationError(
+            f"{name} {shown_url} has a query string: the API's paths would go into it; give the "
+            "service's URL alone (https://service.example.com, or with a path prefix)"
+        )
     return url
 
 

@@ -10,7 +10,7 @@ from urllib.parse import quote
 import httpx
 
 from dynamic_agents._redaction import MASK, masked_url
-from dynamic_agents._validation import check_http_url, check_seconds, shown
+from dynamic_agents._validation import check_base_url, check_seconds, shown
 from dynamic_agents.exceptions import ApiError, ConfigurationError
 
 __all__ = ["AgentsHTTPClient", "ApiError"]  # ApiError lives in dynamic_agents.exceptions
@@ -28,7 +28,7 @@ class AgentsHTTPClient:
         transport: httpx.AsyncBaseTransport | None = None,
         timeout: float | None = 120.0,
     ) -> None:
-        check_http_url("base_url", base_url)
+        check_base_url("base_url", base_url)
         _check_token(token)
         timeout = check_seconds("timeout", timeout, optional=True)
         headers = {"Authorization": f"Bearer {token}"} if token else {}

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, JsonValue, ValidationError
 
 from dynamic_agents._logging import get_logger
 from dynamic_agents._redaction import REDACTOR, masked_url, redact_text
-from dynamic_agents._validation import check_count, check_seconds, shown
+from dynamic_agents._validation import check_base_url, check_count, check_seconds, shown
 from dynamic_agents.events._types import UtcDatetime
 from dynamic_agents.exceptions import (
     ConfigurationError,
@@ -462,36 +462,12 @@ class IdentityClient:
 
 
 def _check_url(base_url: object, allow_insecure_http: bool) -> None:
-    valid = "an http(s) URL with a host (and a numeric port, if any), without spaces or control characters"
-    if not isinstance(base_url, str):  # urllib would fail with a bare TypeError or AttributeError
-        raise ConfigurationError(f"Identity URL {shown(base_url)} must be {valid}")
-    shown_url = masked_url(base_url)
-    try:
-        parts = urlsplit(base_url)
-        hostname = parts.hostname
-        parts.port  # noqa: B018 - raises for a port that is not a number
-    except ValueError:
-        parts, hostname = None, None
-    # a space or a control character (a newline pasted with it) makes every request fail later
-    blank = any(character.isspace() or not character.isprintable() for character in base_url)
-    if parts is None or parts.scheme not in {"http", "https"} or not hostname or blank:
-        raise ConfigurationError(f"Identity URL {shown_url!r} must be {valid}")
-    if "@" in parts.netloc:
+    url = check_base_url("Identity URL", base_url)
+    parts = urlsplit(url)
+    if parts.scheme == "http" and not allow_insecure_http and not _is_loopback(parts.hostname or ""):
         raise ConfigurationError(
-            f"Identity URL {shown_url!r} holds credentials: httpx would send them as Basic auth in "
-            "place of the bearer token (every request refused); give the token as token=…"
-        )
-    if "?" in base_url.partition("#")[0]:
-        # httpx appends each request's path to the base URL's query (GET /?x=1/api/v1/secrets/…),
-        # or replaces the query with the request's own parameters, path and all
-        raise ConfigurationError(
-            f"Identity URL {shown_url!r} has a query string: the API's paths would go into it; give "
-            "the service's URL alone (https://identity.example.com, or a path prefix)"
-        )
-    if parts.scheme == "http" and not allow_insecure_http and not _is_loopback(hostname):
-        raise ConfigurationError(
-            f"Identity URL {shown_url!r} uses plain http to a non-loopback host: tokens and secrets "
-            "would cross the network unencrypted; use https, or pass allow_insecure_http=True"
+            f"Identity URL {masked_url(url)!r} uses plain http to a non-loopback host: tokens "
+            "and secrets would cross the network unencrypted; use https, or pass allow_insecure_http=True"
         )
 
 
