@@ -243,19 +243,25 @@ async def test_a_reply_sent_again_as_an_error_ends_the_publish_span_of_the_first
     assert parent_of(first) == parent_of(second) == process.context.span_id
 
 
-async def test_an_interrupted_run_ends_its_execute_span_once(
-    tracer_provider: TracerProvider, exporter: InMemorySpanExporter, caplog: pytest.LogCaptureFixture
-) -> None:
-    transport = InMemoryTransport(names=StreamNames("test"))
-    started = asyncio.Event()
+def stuck_until_cancelled(started: asyncio.Event) -> FunctionExecutor:
+    """An executor whose runs set ``started`` and then wait until they are cancelled."""
 
     async def stuck(target: Target, request: AgentRequestEvent) -> str:
         started.set()
         await asyncio.Event().wait()
         return "never"
 
+    return FunctionExecutor(stuck)
+
+
+async def test_an_interrupted_run_ends_its_execute_span_once(
+    tracer_provider: TracerProvider, exporter: InMemorySpanExporter, caplog: pytest.LogCaptureFixture
+) -> None:
+    transport = InMemoryTransport(names=StreamNames("test"))
+    started = asyncio.Event()
+
     await transport.publish(transport.names.requests, request_event(transport.names))
-    w = hooked_worker(transport, [Tracing(tracer_provider).hooks()], FunctionExecutor(stuck))
+    w = hooked_worker(transport, [Tracing(tracer_provider).hooks()], stuck_until_cancelled(started))
     with caplog.at_level(logging.WARNING, logger="opentelemetry"):
         async with w:
             await started.wait()
@@ -676,17 +682,12 @@ async def test_an_entry_answered_before_its_handler_is_stopped_keeps_its_outcome
     transport = InMemoryTransport(names=StreamNames("test"))
     started = asyncio.Event()
 
-    async def stuck(target: Target, request: AgentRequestEvent) -> str:
-        started.set()
-        await asyncio.Event().wait()
-        return "never"
-
     first = request_event(transport.names, "first")
     queued = request_event(transport.names, "queued")
     for request in (first, queued):
         await transport.publish(transport.names.requests, request)
     hooks = [Tracing(tracer_provider).hooks(), MetricsHooks(OpenTelemetryMetrics(meter_provider))]
-    worker = hooked_worker(transport, hooks, FunctionExecutor(stuck), cancel_poll=0.01)
+    worker = hooked_worker(transport, hooks, stuck_until_cancelled(started), cancel_poll=0.01)
     replies = transport.names.responses("discord", "c1")
     async with worker:
         await started.wait()
