@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import traceback
 from collections.abc import AsyncIterator
 from datetime import UTC
+from typing import Any
 
 import httpx
 import pytest
@@ -867,3 +869,33 @@ async def test_a_client_closed_while_its_token_was_asked_for_raises_a_typed_erro
     with pytest.raises(IdentityUnavailableError, match="the Identity client was closed"):
         await listing
     assert service.count() == 0
+
+
+async def test_timeout_bounds_a_whole_attempt_against_a_server_that_trickles_its_answer() -> None:
+    # httpx's timeout bounds each read, not the answer: a server sending a byte now and then held
+    # the request (and the manager's reads with it) for as long as it went on, here for ever
+    handlers: list[asyncio.Task[Any]] = []
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handlers.append(asyncio.current_task())  # type: ignore[arg-type]
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n\r\n")
+        with contextlib.suppress(ConnectionError):
+            while True:
+                writer.write(b" ")
+                await writer.drain()
+                await asyncio.sleep(0.02)
+
+    server = await asyncio.start_server(trickle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with IdentityClient(
+            f"http://127.0.0.1:{port}", token="t-000001", timeout=0.5, retries=1
+        ) as client:
+            with pytest.raises(IdentityUnavailableError, match=r"Identity unreachable \(ReadTimeout: "):
+                await asyncio.wait_for(client.get_values("s1"), 30)  # a guard: it ran for ever
+    finally:
+        server.close()
+        for handler in handlers:
+            handler.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)

@@ -396,13 +396,7 @@ class IdentityClient:
             if self._http.is_closed:  # closed while the token was asked for
                 raise IdentityUnavailableError(f"{method} {path}: the Identity client was closed")
             try:
-                response = await self._http.request(
-                    method,
-                    path,
-                    params=params,
-                    json=json,
-                    headers={"Authorization": f"Bearer {token.reveal()}"},
-                )
+                response = await self._attempt(method, path, params, json, token)
             except httpx.DecodingError as error:  # not a TransportError, but must not escape untyped
                 raise IdentityError(
                     f"{method} {path}: unexpected response (the body cannot be decoded: "
@@ -450,6 +444,32 @@ class IdentityClient:
                 maybe_done = maybe_done or status >= 500
                 continue
             raise _error_for(method, path, response, retry_after)
+
+    async def _attempt(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, str | int] | None,
+        json: Mapping[str, Any] | None,
+        token: SecretValue,
+    ) -> httpx.Response:
+        """One request, bounded by ``timeout`` as a whole: httpx bounds each read, so a server
+        sending a byte now and then held it for as long as it went on."""
+        deadline: asyncio.Timeout | None = None
+        try:
+            async with asyncio.timeout(self._timeout) as deadline:
+                return await self._http.request(
+                    method,
+                    path,
+                    params=params,
+                    json=json,
+                    headers={"Authorization": f"Bearer {token.reveal()}"},
+                )
+        except TimeoutError:
+            if deadline is None or not deadline.expired():
+                raise
+            # as httpx's own: retried where a read timeout is, never a sent POST
+            raise httpx.ReadTimeout(f"no whole answer within {self._timeout:g}s") from None
 
     async def _wait(
         self, method: str, path: str, attempt: int, why: str, retry_after: float | None = None
