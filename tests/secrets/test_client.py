@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import traceback
 from collections.abc import AsyncIterator
@@ -880,11 +879,15 @@ async def test_timeout_bounds_a_whole_attempt_against_a_server_that_trickles_its
         handlers.append(asyncio.current_task())  # type: ignore[arg-type]
         await reader.readuntil(b"\r\n\r\n")
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n\r\n")
-        with contextlib.suppress(ConnectionError):
+        try:
             while True:
                 writer.write(b" ")
                 await writer.drain()
                 await asyncio.sleep(0.02)
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
 
     server = await asyncio.start_server(trickle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
