@@ -15,6 +15,7 @@ import pytest
 from dynamic_agents.exceptions import (
     ConfigurationError,
     IdentityForbiddenError,
+    IdentityRateLimitedError,
     IdentityUnavailableError,
     SecretNotFoundError,
     SecretReferenceError,
@@ -1150,3 +1151,63 @@ def test_manager_flags_that_are_no_boolean_are_refused(flag: object) -> None:
         SecretsManager(StaticSource({}), user_fallback_to_system=flag)  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match=r"^env_fallback must be True or False, got "):
         SecretsManager.from_identity(URL, "service-token", env_fallback=flag)  # type: ignore[arg-type]
+
+
+async def test_a_retry_after_with_nothing_cached_is_honoured_for_that_secret(
+    source: CountingSource, clock: Clock
+) -> None:
+    # With nothing cached, every get() asked the rate-limited service again at once, whatever
+    # its Retry-After said (with a value cached, the manager already waits it out)
+    manager = SecretsManager(source, clock=clock)
+    source.failure = IdentityRateLimitedError("429", status=429, retry_after=120)
+    with pytest.raises(SecretsUnavailableError, match=r"cannot be fetched and nothing usable is cached"):
+        await manager.get("openai", "api_key")
+    clock.now += 60
+    with pytest.raises(SecretsUnavailableError, match=r"asked not to be asked again for 60s .*429"):
+        await manager.get("openai", "api_key")
+    assert len(source.fetches) == 1  # not asked before the time it gave
+    with pytest.raises(SecretsUnavailableError, match=r"nothing usable is cached: 429$"):
+        await manager.get("openai", "api_key", "alice")  # another secret: asked
+    assert len(source.fetches) == 2
+    source.failure = None
+    clock.now += 61
+    value = await manager.get("openai", "api_key")
+    assert value is not None
+    assert value.reveal() == "sk-system-000001"
+    assert len(source.fetches) == 3
+    await manager.aclose()
+
+
+async def test_invalidate_lets_a_get_ask_at_once_whatever_retry_after_said(
+    source: CountingSource, clock: Clock
+) -> None:
+    manager = SecretsManager(source, clock=clock)
+    source.failure = IdentityRateLimitedError("429", status=429, retry_after=120)
+    with pytest.raises(SecretsUnavailableError):
+        await manager.get("openai", "api_key")
+    source.failure = None
+    manager.invalidate("anthropic")  # another provider's: still held
+    with pytest.raises(SecretsUnavailableError, match=r"asked not to be asked again"):
+        await manager.get("openai", "api_key")
+    manager.invalidate("openai")  # an operator's: not held back
+    assert await manager.get("openai", "api_key") is not None
+    assert len(source.fetches) == 2
+    await manager.aclose()
+
+
+async def test_retry_afters_are_kept_for_as_many_secrets_as_the_cache_holds(
+    source: CountingSource, clock: Clock
+) -> None:
+    manager = SecretsManager(source, clock=clock, max_size=2)
+    source.failure = IdentityRateLimitedError("429", status=429, retry_after=120)
+    for user in ("u1", "u2", "u3"):
+        with pytest.raises(SecretsUnavailableError):
+            await manager.get("openai", "api_key", user)
+    assert len(source.fetches) == 3
+    with pytest.raises(SecretsUnavailableError, match=r"asked not to be asked again"):
+        await manager.get("openai", "api_key", "u3")  # held
+    assert len(source.fetches) == 3
+    with pytest.raises(SecretsUnavailableError, match=r"nothing usable is cached: 429$"):
+        await manager.get("openai", "api_key", "u1")  # the oldest, let go for u3: asked
+    assert len(source.fetches) == 4
+    await manager.aclose()

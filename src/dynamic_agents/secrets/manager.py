@@ -165,6 +165,9 @@ class SecretsManager:
         )
         self._inflight: dict[_CacheKey, asyncio.Task[_Entry]] = {}
         self._orphaned: set[asyncio.Task[_Entry]] = set()  # fetches started before an invalidate()
+        # With nothing cached to serve: until when a rate-limited source asked not to be asked
+        # again for the key (its Retry-After), and what it said
+        self._held: dict[_CacheKey, tuple[float, Exception]] = {}
         self._listeners: list[ChangeListener] = []
         self._refresher: asyncio.Task[None] | None = None
         self._closed = False
@@ -366,6 +369,8 @@ class SecretsManager:
         doomed = [key for key in list(self._cache.keys()) if matches(key)]
         for key in doomed:
             self._cache.pop(key, None)
+        for key in [key for key in self._held if matches(key)]:
+            del self._held[key]  # a Retry-After it was told: asked again now
         return len(doomed)
 
     def on_change(self, listener: ChangeListener) -> Callable[[], None]:
@@ -463,6 +468,14 @@ class SecretsManager:
         if self._closed:
             raise _closed_error(key)
         task = self._inflight.get(key)
+        if task is None and not force and (held := self._held.get(key)) is not None:
+            until, error = held
+            if self._clock() < until:
+                raise SecretsUnavailableError(
+                    f"secret {SecretKey(*key)} cannot be fetched and nothing usable is cached: the "
+                    f"source asked not to be asked again for {until - self._clock():.0f}s ({error})"
+                )
+            del self._held[key]
         if task is None:
             self.stats.misses += 1
             task = asyncio.get_running_loop().create_task(self._fetch(key, previous))
@@ -503,6 +516,7 @@ class SecretsManager:
             # An invalidated fetch may serve what it was given, never touch a newer entry.
             cached = None if self._orphan() else self._cache.get(key)
             return self._stale_or_raise(key, cached or previous, error)
+        self._held.pop(key, None)
         now = self._clock()
         ttl = self.ttl if values is not None else self.negative_ttl
         entry = _Entry(values, now, now + ttl, now + ttl + self.stale_grace, now)
@@ -534,9 +548,22 @@ class SecretsManager:
                 entry.stale_until - now,
             )
             return entry
+        if isinstance(error, IdentityRateLimitedError) and error.retry_after and not self._orphan():
+            self._hold(key, now + error.retry_after, error)
         raise SecretsUnavailableError(
             f"secret {SecretKey(*key)} cannot be fetched and nothing usable is cached: {error}"
         ) from error
+
+    def _hold(self, key: _CacheKey, until: float, error: Exception) -> None:
+        """No fetch of ``key`` before ``until`` (a get raises at once); as many keys as the cache
+        holds at most, those whose time is up dropped first, then the oldest."""
+        if key not in self._held and len(self._held) >= self._cache.maxsize:
+            now = self._clock()
+            for expired in [k for k, (when, _) in self._held.items() if when <= now]:
+                del self._held[expired]
+            while len(self._held) >= self._cache.maxsize:
+                del self._held[next(iter(self._held))]
+        self._held[key] = (until, error)
 
     async def _notify(self, change: SecretChange) -> None:
         for listener in list(self._listeners):
