@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import math
 import random
@@ -1210,4 +1211,73 @@ async def test_retry_afters_are_kept_for_as_many_secrets_as_the_cache_holds(
     with pytest.raises(SecretsUnavailableError, match=r"nothing usable is cached: 429$"):
         await manager.get("openai", "api_key", "u1")  # the oldest, let go for u3: asked
     assert len(source.fetches) == 4
+    await manager.aclose()
+
+
+async def test_an_expired_value_is_served_while_a_slow_fetch_goes_on(
+    source: CountingSource, clock: Clock
+) -> None:
+    # A get past ttl waited for the whole fetch, against a hung Identity about 40 s (timeout x
+    # attempts and backoff), though a value within stale_grace was there to serve
+    manager = SecretsManager(source, clock=clock, ttl=100, stale_grace=600, stale_wait=0)
+    first = await manager.get("openai", "api_key")
+    clock.now += 150  # expired, within the grace
+    source.static.set(SecretKey("openai"), {"api_key": "sk-rotated-00001"})
+    source.gate = asyncio.Event()  # the source hangs
+    served = await manager.get("openai", "api_key")
+    assert served == first  # at once, the cached value
+    assert manager.stats.stale_served == 1
+    assert len(source.fetches) == 2  # the fetch goes on meanwhile, one for every caller
+    await manager.get("openai", "api_key")
+    assert len(source.fetches) == 2
+    source.gate.set()
+
+    async def rotated() -> bool:  # its value cached when it came
+        value = await manager.get("openai", "api_key")
+        return value is not None and value.reveal() == "sk-rotated-00001"
+
+    await wait_until(rotated)
+    assert len(source.fetches) == 2
+    await manager.aclose()
+
+
+async def test_stale_wait_inf_waits_for_the_fetch(source: CountingSource, clock: Clock) -> None:
+    manager = SecretsManager(source, clock=clock, ttl=100, stale_grace=600, stale_wait=math.inf)
+    await manager.get("openai", "api_key")
+    clock.now += 150
+    source.static.set(SecretKey("openai"), {"api_key": "sk-rotated-00001"})
+    source.gate = asyncio.Event()
+    getting = asyncio.create_task(manager.get("openai", "api_key"))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not getting.done()  # waiting for the fetch
+    source.gate.set()
+    value = await getting
+    assert value is not None
+    assert value.reveal() == "sk-rotated-00001"
+    assert manager.stats.stale_served == 0
+    await manager.aclose()
+
+
+async def test_a_fetch_that_fails_after_its_callers_were_served_stale_is_not_left_unretrieved(
+    source: CountingSource, clock: Clock
+) -> None:
+    unhandled: list[str] = []
+    asyncio.get_running_loop().set_exception_handler(
+        lambda loop, context: unhandled.append(context["message"])
+    )
+    manager = SecretsManager(source, clock=clock, ttl=100, stale_grace=600, stale_wait=0)
+    await manager.get("openai", "api_key")
+    clock.now += 150
+    source.gate = asyncio.Event()
+    source.failure = IdentityForbiddenError("revoked", status=403)
+    assert await manager.get("openai", "api_key") is not None  # served stale meanwhile
+    source.gate.set()  # the fetch fails, nobody waiting for it
+    for _ in range(20):
+        await asyncio.sleep(0)
+    source.failure, source.gate = IdentityUnavailableError("down"), None  # let the first go
+    gc.collect()
+    assert unhandled == []  # not "Task exception was never retrieved"
+    with pytest.raises(SecretsUnavailableError):  # a 403 is an answer: the value was dropped
+        await manager.get("openai", "api_key")
     await manager.aclose()

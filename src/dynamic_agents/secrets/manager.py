@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import inspect
+import math
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -125,6 +126,7 @@ class SecretsManager:
         stale_grace: float = 600.0,
         refresh_ahead: float = 30.0,
         error_retry: float = 5.0,
+        stale_wait: float = 1.0,
         refresh_interval: float | None = None,
         max_size: int = 1024,
         user_fallback_to_system: bool = False,
@@ -144,12 +146,14 @@ class SecretsManager:
         stale_grace = check_seconds("stale_grace", stale_grace, zero=True, forever=True)
         refresh_ahead = check_seconds("refresh_ahead", refresh_ahead, zero=True)
         error_retry = check_seconds("error_retry", error_retry, zero=True)
+        stale_wait = check_seconds("stale_wait", stale_wait, zero=True, forever=True)
         refresh_interval = check_seconds("refresh_interval", refresh_interval, optional=True)
         max_size = check_count("max_size", max_size, minimum=1)
         _check_flag("user_fallback_to_system", user_fallback_to_system)  # "false" is true
         self.source = source
         self.ttl = ttl
         self.negative_ttl = negative_ttl
+        self.stale_wait = stale_wait
         self.stale_grace = stale_grace
         self.refresh_ahead = min(refresh_ahead, ttl / 2)
         self.error_retry = error_retry
@@ -257,7 +261,7 @@ class SecretsManager:
             self.stats.hits += 1
             entry.last_used = now
         else:
-            entry = await self._load(key, entry)
+            entry = await self._load_or_stale(key, entry, now)
             if entry.fetched_at < now:  # served from before this read (stale while the sources
                 entry.last_used = now  # fail): a use, so it is refreshed ahead of expiry too
         value = entry.values.get(field) if entry.values is not None else None
@@ -476,11 +480,38 @@ class SecretsManager:
                     f"source asked not to be asked again for {until - self._clock():.0f}s ({error})"
                 )
             del self._held[key]
-        if task is None:
-            self.stats.misses += 1
-            task = asyncio.get_running_loop().create_task(self._fetch(key, previous))
-            self._inflight[key] = task
-            task.add_done_callback(lambda done: self._forget_fetch(key, done))
+        return await self._outcome(key, task or self._start_fetch(key, previous))
+
+    def _start_fetch(self, key: _CacheKey, previous: _Entry | None) -> asyncio.Task[_Entry]:
+        """The fetch of ``key`` every caller shares until it ends."""
+        self.stats.misses += 1
+        task = asyncio.get_running_loop().create_task(self._fetch(key, previous))
+        self._inflight[key] = task
+        task.add_done_callback(lambda done: self._forget_fetch(key, done))
+        return task
+
+    async def _load_or_stale(self, key: _CacheKey, entry: _Entry | None, now: float) -> _Entry:
+        """:meth:`_load`, but a value past ``ttl`` still within ``stale_grace`` is served if the fetch
+        takes longer than ``stale_wait`` (it goes on, and what it gets is cached)."""
+        if entry is None or entry.values is None or now >= entry.stale_until or self.stale_wait == math.inf:
+            return await self._load(key, entry)
+        if self._closed:
+            raise _closed_error(key)
+        task = self._inflight.get(key) or self._start_fetch(key, entry)
+        done, _ = await asyncio.wait({task}, timeout=self.stale_wait)
+        if done:
+            return await self._outcome(key, task)
+        self.stats.stale_served += 1
+        logger.warning(
+            "secret %s: the fetch takes longer than stale_wait (%gs); serving the cached value, "
+            "%.0fs of grace left",
+            SecretKey(*key),
+            self.stale_wait,
+            entry.stale_until - now,
+        )
+        return entry
+
+    async def _outcome(self, key: _CacheKey, task: asyncio.Task[_Entry]) -> _Entry:
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -492,6 +523,8 @@ class SecretsManager:
             raise
 
     def _forget_fetch(self, key: _CacheKey, task: asyncio.Task[_Entry]) -> None:
+        if not task.cancelled():
+            task.exception()  # seen: its callers may all have been served stale meanwhile
         self._orphaned.discard(task)
         if self._inflight.get(key) is task:  # not a newer fetch started after an invalidate()
             del self._inflight[key]
