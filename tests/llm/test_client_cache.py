@@ -637,3 +637,65 @@ async def test_dropping_clients_keeps_the_order_in_which_users_keys_were_last_us
         assert cached_clients("canary-alice-old-01") == []  # still remembered: dropped
     finally:
         await router.aclose()
+
+
+def endpoint_config() -> RouterConfig:
+    params = {
+        "model": "openai/gpt-4o-mini",
+        "api_key": "secret:openai:api_key",
+        "api_base": "secret:openai:endpoint",
+    }
+    return RouterConfig.from_dict(
+        {"model_list": [{"model_name": "gpt", "litellm_params": params, "model_info": {"id": "gpt-main"}}]}
+    )
+
+
+def endpoint_clients(api_base: str) -> list[Any]:
+    """litellm's cached SDK clients built for this endpoint (whatever the key)."""
+    cache = litellm.in_memory_llm_clients_cache
+    return [client for name, client in cache.cache_dict.items() if f",api_base={api_base}," in name]
+
+
+OLD_ENDPOINT, NEW_ENDPOINT = "http://old-endpoint.localhost/v1", "http://new-endpoint.localhost/v1"
+
+
+async def test_an_endpoint_rotated_alone_drops_the_old_endpoints_clients(fake: FakeOpenAI) -> None:
+    """A secret reference resolving to a new ``api_base``, the key unchanged: litellm names its
+    clients by the key *and* the endpoint, so the old endpoint's client stays (an hour) unless
+    dropped like a rotated key's; so do those a user's key built through the old endpoint."""
+    source = StaticSource(
+        {"openai": {"api_key": version(0), "endpoint": OLD_ENDPOINT}},
+        users={"alice": {"openai": {"api_key": "canary-alice-old-01"}}},
+    )
+    router = await build_router(endpoint_config(), SecretsManager(source))
+    try:
+        await router.acompletion(model="gpt", messages=MESSAGES)
+        await router.acompletion(model="gpt", messages=MESSAGES, user_id="alice")
+        old_clients = endpoint_clients(OLD_ENDPOINT)
+        assert len(old_clients) == 2
+        source.set(SecretKey("openai"), {"api_key": version(0), "endpoint": NEW_ENDPOINT})
+        assert await router.refresh() == 1
+        assert endpoint_clients(OLD_ENDPOINT) == []
+        await router.acompletion(model="gpt", messages=MESSAGES)  # the next lookup closes them
+        assert fake.requests[-1].url.startswith(NEW_ENDPOINT)
+        assert all([await closed(client) for client in old_clients])
+        assert len(cached_clients(version(0))) == 1  # the new endpoint's
+    finally:
+        await router.aclose()
+
+
+async def test_an_endpoint_another_open_router_still_uses_keeps_its_clients(fake: FakeOpenAI) -> None:
+    old = StaticSource({"openai": {"api_key": version(0), "endpoint": OLD_ENDPOINT}})
+    rotating = StaticSource({"openai": {"api_key": version(0), "endpoint": OLD_ENDPOINT}})
+    staying = await build_router(endpoint_config(), SecretsManager(old))
+    router = await build_router(endpoint_config(), SecretsManager(rotating))
+    try:
+        await router.acompletion(model="gpt", messages=MESSAGES)
+        (client,) = endpoint_clients(OLD_ENDPOINT)
+        rotating.set(SecretKey("openai"), {"api_key": version(0), "endpoint": NEW_ENDPOINT})
+        assert await router.refresh() == 1
+        assert endpoint_clients(OLD_ENDPOINT) == [client]  # the other router still sends it there
+    finally:
+        await router.aclose()
+        await staying.aclose()
+    assert endpoint_clients(OLD_ENDPOINT) == []

@@ -142,9 +142,10 @@ _DIGEST_IN_NAME = re.compile(r"=([0-9a-f]{64})(?![0-9a-f])")
 """A credential's digest in a client cache entry's name (see :func:`drop_clients`)."""
 
 
-def drop_clients(digests: Iterable[str]) -> int:
+def drop_clients(digests: Iterable[str], *, built_with: tuple[str, str] | None = None) -> int:
     """Take the SDK clients litellm cached for these credentials (by :func:`key_digest`) out of its
-    client cache; how many.
+    client cache; how many. With ``built_with`` (a client setting and its value, such as
+    ``("api_base", url)``), only those built with that value.
 
     litellm (``BaseOpenAILLM.set_cached_openai_client``: OpenAI, Azure and the providers that go
     through the OpenAI SDK) caches one SDK client per key and client settings in its process-wide
@@ -154,7 +155,9 @@ def drop_clients(digests: Iterable[str]) -> int:
     (200 entries) drops the one that expires first. Its entries' names hold the credentials' digests
     (``get_openai_client_cache_key``): ``hashed_api_key=<sha256 of the key>,`` first, and for Azure
     ``azure_ad_token=<sha256>,`` and ``client_secret=<sha256>|`` / ``azure_password=<sha256>|``
-    (``BaseAzureLLM.get_azure_openai_client``): an entry is matched by ``=<digest>`` anywhere.
+    (``BaseAzureLLM.get_azure_openai_client``): an entry is matched by ``=<digest>`` anywhere. The
+    name also lists the client's settings as ``,name=value,`` (``api_base``, ``organization``, for
+    Azure ``api_version``…, in plain text): ``built_with`` is matched that way.
 
     ``delete_cache`` hands a client litellm built to the cache's ``EvictedClientCloser``, which
     closes it once no connection of it is in use and ``EVICTED_LLM_CLIENT_CLOSE_GRACE_SECONDS``
@@ -164,11 +167,12 @@ def drop_clients(digests: Iterable[str]) -> int:
     wanted = set(digests)
     if not wanted:
         return 0
+    setting = "" if built_with is None else f",{built_with[0]}={built_with[1]},"
     cache = litellm.in_memory_llm_clients_cache
     names = [
         name
         for name in list(cache.cache_dict)
-        if isinstance(name, str) and not wanted.isdisjoint(_DIGEST_IN_NAME.findall(name))
+        if isinstance(name, str) and setting in name and not wanted.isdisjoint(_DIGEST_IN_NAME.findall(name))
     ]
     for name in names:
         cache.delete_cache(name)

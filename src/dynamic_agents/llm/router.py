@@ -5,9 +5,10 @@ included) and builds the ``litellm.Router`` once. Afterwards:
 
 * a rotated secret (``SecretsManager.on_change``, or ``refresh()``) swaps the key of the deployments
   that use it with ``upsert_deployment`` — same deployment ids, same Router object — takes them
-  out of cooldown, and drops litellm's cached SDK clients of the old key or token (a user's own
-  key that changed has its old one's dropped too; closing the router drops those of its
-  credentials and of the users' keys its calls carried), unless an open router still sends it;
+  out of cooldown, and drops litellm's cached SDK clients of the old key or token, or of the old
+  endpoint when it moved alone (a user's own key that changed has its old one's dropped too;
+  closing the router drops those of its credentials and of the users' keys its calls carried),
+  unless an open router still sends it;
 * the entries litellm adds to its process-wide cost map (``litellm.model_cost``) — one per
   deployment, and one per deployment and user's key a call carried — leave it with the key that
   changed and with the router's ``aclose()``, unless an open router still uses them;
@@ -78,6 +79,10 @@ _USERS_KEYS_KEPT = 1024
 """How many users' keys (one per user and provider) a router remembers its calls carrying, to drop
 litellm's cached clients of one that changed: five times litellm's client cache (200 entries), so a
 key forgotten here has almost surely left that cache already (it drops the oldest client first)."""
+
+_CLIENT_SETTINGS = ("api_base", "api_version", "organization")
+"""Params besides the credentials that litellm names its cached SDK clients by (a secret reference
+may resolve them: an endpoint that moves, say): one that changes leaves the old value's clients."""
 
 _CHANGED = ""
 """Recorded for a user's key the calls carried that changed, until the next lookup of the new one."""
@@ -899,29 +904,46 @@ class LLMRouter:
             {**deployment.config.model_info, "id": deployment.id},
         )
         await _litellm.clear_cooldown(self.router, deployment.id)
-        rotated_away = _credentials(deployment.params) - _credentials(params)
-        deployment.params = params
+        before, deployment.params = deployment.params, params
         logger.info("rotated the credentials of %s", deployment.config.describe())
-        self._drop_clients(rotated_away)
+        self._drop_clients(_credentials(before) - _credentials(params))
+        # A setting that moved (api_base…) with a credential kept: that credential's clients of the
+        # old value, and those its users' keys built through it, are named by a value no call sends.
+        kept = (_credentials(before) & _credentials(params)) | self._users_digests()
+        for name in _CLIENT_SETTINGS:
+            value = before.get(name)
+            if isinstance(value, str) and value != params.get(name):
+                self._drop_clients(kept, built_with=(name, value))
         return True
 
-    def _drop_clients(self, digests: Iterable[str]) -> None:
+    def _drop_clients(self, digests: Iterable[str], *, built_with: tuple[str, str] | None = None) -> None:
         """Drop litellm's cached SDK clients of these credentials (by :func:`_litellm.key_digest`:
         a key, an Azure AD token…) unless an open router still sends one, in a deployment's params
         or as a user's key (:func:`_litellm.drop_clients`): else each key rotated away keeps a
         client — with the key and its pooled connections — for an hour, up to the 200 entries of
-        litellm's cache."""
+        litellm's cache. With ``built_with`` (a setting of :data:`_CLIENT_SETTINGS` and its value),
+        only their clients built with that value, unless an open router's deployment with that
+        value still sends the credential (or has users whose key it is)."""
         stale = set(digests)
         if not stale:
             return
         for router in LLMRouter._open:
-            for deployment in router._deployments.values():
+            deployments = [
+                deployment
+                for deployment in router._deployments.values()
+                if built_with is None or deployment.params.get(built_with[0]) == built_with[1]
+            ]
+            for deployment in deployments:
                 stale -= _credentials(deployment.params)
-            for user_key in _unordered_values(router._users_keys):
-                stale.discard(user_key.digest)
+            if deployments:  # a user's key goes through its router's deployments
+                stale -= router._users_digests()
         if stale:
-            dropped = _litellm.drop_clients(stale)
-            logger.debug("dropped %d cached LLM client(s) of keys no longer in use", dropped)
+            dropped = _litellm.drop_clients(stale, built_with=built_with)
+            logger.debug("dropped %d cached LLM client(s) no longer in use", dropped)
+
+    def _users_digests(self) -> set[str]:
+        """The digests of the users' keys its calls carry (:attr:`_users_keys`)."""
+        return {user_key.digest for user_key in _unordered_values(self._users_keys)} - {_CHANGED}
 
     def _forget_cost_entries(self, ids: Iterable[str], *, derived_from: Iterable[str] = ()) -> None:
         """Take these entries out of litellm's cost map (and those of the per-call credentials sent
@@ -979,8 +1001,7 @@ class LLMRouter:
         for task in list(self._follow_ups):
             task.cancel()
         await asyncio.gather(*self._follow_ups, return_exceptions=True)
-        users = {user_key.digest for user_key in _unordered_values(self._users_keys)} - {_CHANGED}
-        self._drop_clients(self._credentials() | users)  # fallback groups' too
+        self._drop_clients(self._credentials() | self._users_digests())  # fallback groups' too
         self._users_keys.clear()
         _litellm.discard(self.router)  # out of litellm's replay of live Routers' entries too
         self._forget_own_cost_entries()
