@@ -33,15 +33,18 @@ INPUT_PRICE, OUTPUT_PRICE = 0.5, 1.0  # custom pricing: only the deployment's en
 OLD_KEY, NEW_KEY = "canary-cost-alice-old-01", "canary-cost-alice-new-02"
 
 
-def config(deployment_id: str) -> RouterConfig:
+def config(deployment_id: str, prices_in: str = "litellm_params") -> RouterConfig:
+    """Custom prices in the params, or in the model info (where only the deployment's cost-map
+    entry carries them to the call's pricing)."""
     params: dict[str, Any] = {
         "model": "openai/gpt-4o-mini",
         "api_key": "secret:openai:api_key",
         "mock_response": "hi!",
-        "input_cost_per_token": INPUT_PRICE,
-        "output_cost_per_token": OUTPUT_PRICE,
     }
-    deployment = {"model_name": "gpt", "litellm_params": params, "model_info": {"id": deployment_id}}
+    model_info: dict[str, Any] = {"id": deployment_id}
+    prices = {"input_cost_per_token": INPUT_PRICE, "output_cost_per_token": OUTPUT_PRICE}
+    (params if prices_in == "litellm_params" else model_info).update(prices)
+    deployment = {"model_name": "gpt", "litellm_params": params, "model_info": model_info}
     return RouterConfig.from_dict({"model_list": [deployment], "num_retries": 0})
 
 
@@ -515,7 +518,7 @@ async def test_a_sync_call_with_a_key_of_its_own_keeps_its_entry_while_in_flight
         )
         await asyncio.to_thread(sent.wait, 10)
         (entry,) = derived_from(deployment_id)
-        assert set(router._calls_in_flight) == {entry}
+        assert set(router._calls_in_flight) == {entry, deployment_id}
         await router.aclose()
         assert entry in litellm.model_cost  # the call in flight reads its price at its end
     finally:
@@ -562,3 +565,45 @@ async def test_a_user_pushed_out_keeps_an_entry_another_router_uses_without_walk
         await first.aclose()
         await second.aclose()
     assert derived_from(deployment_id) == set()
+
+
+@pytest.mark.parametrize("caller", ["system key", "user without a key of her own", "sync"])
+async def test_a_call_with_the_deployments_own_key_keeps_its_entry_through_aclose(caller: str) -> None:
+    """A call sending the deployment's own key is priced by the deployment's entry at its end
+    (prices in the model info): ``aclose()`` while it is on the wire must leave that entry (it
+    took it, and the call was priced at the catalog's price), which goes once the call ends."""
+    deployment_id = unique_id()
+    source = StaticSource({"openai": {"api_key": "canary-cost-system-01"}}, users={"bob": {}})
+    router = await build_router(config(deployment_id, prices_in="model_info"), SecretsManager(source))
+    sent, answer = threading.Event(), threading.Event()
+    if caller == "sync":
+        litellm_call = router.router.completion
+
+        def held_on_the_wire(**kwargs: Any) -> Any:
+            sent.set()
+            answer.wait(10)
+            return litellm_call(**kwargs)
+
+        router.router.completion = held_on_the_wire  # type: ignore[method-assign]
+        call = asyncio.create_task(asyncio.to_thread(router.completion, model="gpt", messages=MESSAGES))
+    else:
+        async_call = router.router.acompletion
+
+        async def held(**kwargs: Any) -> Any:
+            sent.set()
+            await asyncio.to_thread(answer.wait, 10)
+            return await async_call(**kwargs)
+
+        router.router.acompletion = held  # type: ignore[method-assign]
+        user = {"user_id": "bob"} if caller.startswith("user") else {}
+        call = asyncio.create_task(router.acompletion(model="gpt", messages=MESSAGES, **user))
+    try:
+        await asyncio.to_thread(sent.wait, 10)
+        await router.aclose()
+        assert deployment_id in litellm.model_cost  # the call in flight reads its price at its end
+    finally:
+        answer.set()
+        await router.aclose()
+    response = await call
+    assert priced(response)
+    assert deployment_id not in litellm.model_cost  # ...and then it goes

@@ -375,8 +375,12 @@ class LLMRouter:
         self._user_keys = self._user_key_references(config, secrets)
         self._users_keys = _UsersKeys(_USERS_KEYS_KEPT, self._forget_cost_entries)
         self._calls_in_flight: Counter[str] = Counter()
-        """Cost-map entry ids of the calls in flight carrying a credential: their cost is read at
-        their end."""
+        """Cost-map entry ids of the calls in flight: their cost is read at their end, by their
+        deployment's entry (every call's: :attr:`_deployment_entries`) or, for a call carrying a
+        credential of its own, by the entry litellm adds for it."""
+        self._deployment_entries = frozenset(self._deployments)
+        """Its deployments' entries, counted in flight for every call: a call may be priced by any
+        (litellm's fallbacks pick the group by the error)."""
         self._calls_in_flight_lock = threading.Lock()
         """Held while ``_calls_in_flight`` changes: the synchronous path may run in another thread."""
         self._groups: dict[str, tuple[str, ...]] = {}
@@ -762,15 +766,16 @@ class LLMRouter:
 
     def _call_started(self, model: str, call: Mapping[str, Any]) -> frozenset[str]:
         """The cost-map entries litellm adds for a call carrying a credential of its own (none
-        for the others), counted in flight until :meth:`_call_ended`: they are not removed while
-        the call may still read its price. Bookkeeping: a failure is logged, not the call's."""
+        for the others), counted in flight until :meth:`_call_ended` with the deployments'
+        entries: none is removed while the call may still read its price (:meth:`aclose` while it
+        runs). Bookkeeping: a failure is logged, not the call's."""
         try:
             entries = _litellm.cost_entry_ids(self.router, model, self._groups.get(model, ()), call)
         except Exception as error:
             _bookkeeping_failed("working out a call's cost-map entries", error)
-            return frozenset()
+            entries = frozenset()
         with self._calls_in_flight_lock:
-            self._calls_in_flight.update(entries)
+            self._calls_in_flight.update(entries | self._deployment_entries)
         return entries
 
     @staticmethod
@@ -788,8 +793,9 @@ class LLMRouter:
         """The call's entries (:meth:`_call_started`, and those of a retry after a rotation
         rewrote the deployment's params), no longer in flight."""
         with self._calls_in_flight_lock:
-            self._calls_in_flight.subtract(entries)
-            for entry in entries:
+            counted = entries | self._deployment_entries
+            self._calls_in_flight.subtract(counted)
+            for entry in counted:
                 if self._calls_in_flight[entry] <= 0:
                     del self._calls_in_flight[entry]
         if not entries:
