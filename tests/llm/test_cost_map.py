@@ -607,3 +607,31 @@ async def test_a_call_with_the_deployments_own_key_keeps_its_entry_through_aclos
     response = await call
     assert priced(response)
     assert deployment_id not in litellm.model_cost  # ...and then it goes
+
+
+@pytest.mark.parametrize("then", ["the next call", "aclose"])
+async def test_a_stream_dropped_unread_after_its_event_loop_closed_ends_its_call(then: str) -> None:
+    """Its finalizer cannot hand the call's end to a closed loop, and cannot run it where it runs
+    (inside the garbage collector): the end waits for the next call, refresh or ``aclose()`` of a
+    router, instead of staying in flight, and its entries in litellm's map, for ever."""
+    deployment_id = unique_id()
+    router = await build_router(config(deployment_id), SecretsManager(alice_source()))
+
+    async def stream_unread() -> Any:  # in a loop of its own, closed when asyncio.run returns
+        return await router.acompletion(model="gpt", messages=MESSAGES, user_id="alice", stream=True)
+
+    try:
+        stream = await asyncio.to_thread(asyncio.run, stream_unread())
+        (entry,) = derived_from(deployment_id)
+        del stream
+        gc.collect()
+        await asyncio.sleep(0)
+        if then == "the next call":
+            await router.acompletion(model="gpt", messages=MESSAGES)
+            assert not router._calls_in_flight
+            await router.acompletion(model="gpt", messages=MESSAGES, user_id="alice")
+            assert not router._calls_in_flight
+    finally:
+        await router.aclose()
+    assert entry not in litellm.model_cost
+    assert deployment_id not in litellm.model_cost

@@ -31,7 +31,7 @@ import contextlib
 import copy
 import threading
 import weakref
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -436,6 +436,7 @@ class LLMRouter:
         """``litellm.Router.acompletion`` through this router: per-user key, tags, one refresh and
         retry on 401, redacted errors. With ``stream=True`` returns an async iterator of chunks.
         After :meth:`aclose` raises :class:`LLMUnavailableError`."""
+        _CallEnd.run_left()
         self._check_open(model)
         if self.tracing is None:
             return await self._acompletion(model, messages, user_id, tags, kwargs)
@@ -812,6 +813,7 @@ class LLMRouter:
         keys, never other providers'). A secret that cannot be fetched is logged and its deployment
         left as it is; the others are still refreshed. After :meth:`aclose` raises
         :class:`LLMUnavailableError`."""
+        _CallEnd.run_left()
         if self._closed:  # its litellm Router is discarded: nothing to swap keys into
             raise LLMUnavailableError("refresh(): the LLM router was closed: build a new one")
         before = {deployment.id: deployment.params for deployment in self._deployments.values()}
@@ -998,6 +1000,7 @@ class LLMRouter:
         those of the per-call keys sent through them (unless another open router uses them); from
         then on every call raises
         :class:`LLMUnavailableError` ("the LLM router was closed")."""
+        _CallEnd.run_left()  # streams dropped where their end could not run: theirs first
         if self._closed:
             return
         self._closed = True
@@ -1037,33 +1040,54 @@ class _CallEnd:
     closed or dropped part read (the stream's ``finally``), or when the stream is garbage-collected
     unstarted (an async generator never iterated runs no ``finally``; its call would stay counted
     in flight, and its cost-map entries in litellm's map, for ever). The finalizer runs in whatever
-    thread collects the stream, possibly in the middle of other bookkeeping: it only hands the end
-    to the stream's event loop (thread-safe), and does nothing once that loop is closed. For a
-    stream dropped part read it runs too, before the stream's ``finally`` (CPython clears weak
+    thread collects the stream, possibly in the middle of other bookkeeping, where the end cannot
+    run: it hands the end to the stream's event loop (thread-safe) and leaves it in :attr:`left`
+    too, which the next call, ``refresh()`` or ``aclose()`` of any router runs (:meth:`run_left`):
+    the loop may be closed (``asyncio.run`` returned), or close before it runs it. For a stream
+    dropped part read it runs too, before the stream's ``finally`` (CPython clears weak
     references before an async generator's finalizer brings it back to close it): the call then
     ends while litellm's stream is being closed, which prices nothing; whichever runs second does
     nothing."""
 
+    left: ClassVar[deque[_CallEnd]] = deque()
+    """Ends handed over by finalizers (``deque.append`` is atomic: safe inside the collector)."""
+
     def __init__(self, ending: list[Callable[[], object]]) -> None:
-        self._ending: list[Callable[[], object]] | None = ending
+        self._once = [ending]
+        """``list.pop`` is atomic: the end runs once, whichever thread runs it first."""
         self._dropped: weakref.finalize[..., Any] | None = None
 
-    def follow(self, stream: object) -> None:
-        """End the call when ``stream`` is garbage-collected, if nothing did before."""
-        self._dropped = weakref.finalize(stream, _end_on_loop, asyncio.get_running_loop(), self)
+    def follow(self, stream: object, loop: asyncio.AbstractEventLoop | None) -> None:
+        """End the call when ``stream`` is garbage-collected, if nothing did before: on ``loop``
+        if it still runs, else at the next call of a router (:attr:`left`)."""
+        self._dropped = weakref.finalize(stream, _CallEnd._hand_over, loop, self)
         self._dropped.atexit = False  # at exit the loop is gone: nothing to end
 
     def __call__(self) -> None:
         if self._dropped is not None:
             self._dropped.detach()
-        ending, self._ending = self._ending, None
-        if ending is not None:
-            LLMRouter._end_call(ending)
+        try:
+            ending = self._once.pop()
+        except IndexError:  # ended already
+            return
+        LLMRouter._end_call(ending)
 
+    @staticmethod
+    def _hand_over(loop: asyncio.AbstractEventLoop | None, end: _CallEnd) -> None:
+        _CallEnd.left.append(end)
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop closed: nothing runs there any more
+                loop.call_soon_threadsafe(end)
 
-def _end_on_loop(loop: asyncio.AbstractEventLoop, end: _CallEnd) -> None:
-    with contextlib.suppress(RuntimeError):  # the loop closed: nothing runs there any more
-        loop.call_soon_threadsafe(end)
+    @staticmethod
+    def run_left() -> None:
+        """Run the ends finalizers left (:attr:`left`), from a call, ``refresh()`` or ``aclose()``."""
+        while True:
+            try:
+                end = _CallEnd.left.popleft()
+            except IndexError:
+                return
+            end()
 
 
 def _stream_ending_with_call(
@@ -1073,7 +1097,7 @@ def _stream_ending_with_call(
     started or not (:class:`_CallEnd`)."""
     end = _CallEnd(ending)
     translated = _translated_stream(stream, model, on_end=end)
-    end.follow(translated)
+    end.follow(translated, asyncio.get_running_loop())
     return translated
 
 
