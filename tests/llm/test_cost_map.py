@@ -635,3 +635,59 @@ async def test_a_stream_dropped_unread_after_its_event_loop_closed_ends_its_call
         await router.aclose()
     assert entry not in litellm.model_cost
     assert deployment_id not in litellm.model_cost
+
+
+async def test_a_sync_stream_keeps_its_entries_until_it_is_read_and_is_priced() -> None:
+    """litellm prices a stream at its end: ``aclose()`` after the synchronous ``completion()``
+    handed its stream over, before it was read, must leave the entries it is priced by (the
+    deployment's, with its ``model_info`` prices, and its key's), which go once it is read."""
+    deployment_id = unique_id()
+    router = await build_router(config(deployment_id, prices_in="model_info"), SecretsManager(alice_source()))
+    costs: list[Any] = []
+
+    class CostSeen(litellm.integrations.custom_logger.CustomLogger):  # type: ignore[misc]
+        def log_success_event(self, kwargs: Any, *_: Any, **__: Any) -> None:
+            costs.append(kwargs.get("response_cost"))
+
+    seen = CostSeen()
+    litellm.success_callback.append(seen)  # the synchronous path's success logging reads this list
+    try:
+        stream = await asyncio.to_thread(
+            router.completion, model="gpt", messages=MESSAGES, api_key="canary-cost-per-call-08", stream=True
+        )
+        (entry,) = derived_from(deployment_id)
+        await router.aclose()
+        assert {entry, deployment_id} <= set(litellm.model_cost)  # the stream is not read yet
+        chunks = await asyncio.to_thread(list, stream)
+        assert chunks
+        await wait_until(lambda: bool(costs), what="litellm to log the stream's success")
+        assert costs[-1] > 0.01  # the deployment's prices (0.5 per token), not the catalog's
+        assert not {entry, deployment_id} & set(litellm.model_cost)  # read: they go
+    finally:
+        litellm.success_callback.remove(seen)
+        await router.aclose()
+
+
+@pytest.mark.parametrize("dropped", ["unread", "read in part", "closed"])
+async def test_a_sync_stream_not_read_to_its_end_ends_its_call_at_the_next_call(dropped: str) -> None:
+    """A synchronous generator closed early may be closed by the garbage collector, where the
+    call's end cannot run: it is left to the next call, ``refresh()`` or ``aclose()``."""
+    deployment_id = unique_id()
+    router = await build_router(config(deployment_id), SecretsManager(alice_source()))
+    try:
+        # Called here, not through asyncio.to_thread, whose future keeps the result a while.
+        stream = router.completion(
+            model="gpt", messages=MESSAGES, api_key="canary-cost-per-call-09", stream=True
+        )
+        if dropped == "read in part":
+            assert next(stream)
+        elif dropped == "closed":
+            stream.close()
+        del stream
+        gc.collect()
+        assert router._calls_in_flight
+        await router.acompletion(model="gpt", messages=MESSAGES)
+        assert not router._calls_in_flight
+    finally:
+        await router.aclose()
+    assert derived_from(deployment_id) == set()

@@ -630,8 +630,10 @@ class LLMRouter:
         :class:`LLMUnavailableError`.
 
         The call is in flight for the bookkeeping as on the async path, until it returns: a stream
-        until it is handed over (a generator dropped part read is closed inside the garbage
-        collector, in any thread and possibly in the middle of other bookkeeping)."""
+        until it is read to its end or fails (litellm prices it then), or, closed early or dropped,
+        until the next call, ``refresh()`` or ``aclose()`` of a router (:meth:`_CallEnd.hand_over`:
+        a generator dropped part read is closed inside the garbage collector, in any thread and
+        possibly in the middle of other bookkeeping)."""
         self._check_open(model)
         kwargs["metadata"] = copy.deepcopy(kwargs.get("metadata") or {})
         ending: list[Callable[[], object]] = [
@@ -639,15 +641,21 @@ class LLMRouter:
             partial(self._after_call, model, None, {}),
         ]
         failure: LLMError
+        handed_over = False
         try:
             response = self.router.completion(model=model, messages=messages, **kwargs)
         except Exception as error:
             failure = _translate(error, model)
         else:
-            # A stream fails while it is read: its errors are translated (and redacted) there.
-            return _translated_sync_stream(response, model) if kwargs.get("stream") else response
+            if not kwargs.get("stream"):
+                return response
+            # litellm prices a stream at its end: the call is in flight until then. A stream fails
+            # while it is read: its errors are translated (and redacted) there.
+            handed_over = True
+            return _sync_stream_ending_with_call(response, model, ending)
         finally:
-            self._end_call(ending)
+            if not handed_over:
+                self._end_call(ending)
         raise failure
 
     def _check_open(self, model: str) -> None:
@@ -1072,6 +1080,14 @@ class _CallEnd:
             return
         LLMRouter._end_call(ending)
 
+    def hand_over(self) -> None:
+        """Leave the end to the next call of a router (:attr:`left`): where it is, it may not run
+        (a synchronous stream closed early, maybe by the garbage collector)."""
+        if self._dropped is not None:
+            self._dropped.detach()
+        if self._once:
+            _CallEnd.left.append(self)
+
     @staticmethod
     def _hand_over(loop: asyncio.AbstractEventLoop | None, end: _CallEnd) -> None:
         _CallEnd.left.append(end)
@@ -1123,16 +1139,40 @@ async def _translated_stream(stream: Any, model: str, *, on_end: Callable[[], No
         raise failure
 
 
-def _translated_sync_stream(stream: Any, model: str) -> Iterator[Any]:
+def _sync_stream_ending_with_call(
+    stream: Any, model: str, ending: list[Callable[[], object]]
+) -> Iterator[Any]:
+    """:func:`_translated_sync_stream`, the call's ``ending`` run once it is read, or left to the
+    next call of a router (:meth:`_CallEnd.hand_over`) once it is closed early or dropped, read in
+    part or not at all."""
+    end = _CallEnd(ending)
+    translated = _translated_sync_stream(stream, model, end)
+    end.follow(translated, None)
+    return translated
+
+
+def _translated_sync_stream(stream: Any, model: str, end: _CallEnd) -> Iterator[Any]:
+    """The stream, its errors translated; ``end`` run where it is read to its end or fails (in
+    the reader's ``next()``), else handed over: a generator dropped part read is closed inside the
+    garbage collector, in any thread and possibly in the middle of other bookkeeping."""
     failure: LLMError | None = None
+    read = False
     try:
         yield from stream
+        read = True
     except Exception as error:
         failure = _translate(error, model)
+        read = True
     finally:
-        close = getattr(stream, "close", None)  # a consumer that stops early: release the response
-        if close is not None:
-            close()
+        try:
+            close = getattr(stream, "close", None)  # a consumer that stops early: release the response
+            if close is not None:
+                close()
+        finally:
+            if read:
+                end()
+            else:
+                end.hand_over()
     if failure is not None:
         raise failure
 
