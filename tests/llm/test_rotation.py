@@ -186,6 +186,35 @@ async def test_provider_errors_that_echo_the_key_are_redacted(router: LLMRouter,
     assert error.status == 400
 
 
+@pytest.mark.parametrize("path", ["async", "sync"])
+async def test_a_key_passed_per_call_echoed_by_the_provider_is_redacted(
+    router: LLMRouter,
+    fake: FakeOpenAI,
+    path: str,
+    capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``acompletion(api_key=…)`` / ``completion(api_key=…)``: the caller's key is a secret too;
+    a provider error quoting it (the sent header, here) must not carry it into the ``LLMError``
+    or any log."""
+    caplog.set_level(logging.DEBUG)
+    per_call = "canary-per-call-echoed-0001"  # not sk-shaped: litellm masks those itself
+    fake._handler = lambda request: HTTPErrorStep(400, f"bad request for {request.authorization}")
+
+    async def call() -> Any:
+        if path == "async":
+            return await router.acompletion(model="gpt", messages=MESSAGES, api_key=per_call)
+        return router.completion(model="gpt", messages=MESSAGES, api_key=per_call)
+
+    with pytest.raises(LLMRequestError) as caught:
+        await call()
+    assert fake.requests[-1].authorization == f"Bearer {per_call}"
+    assert "bad request for Bearer" in str(caught.value)  # the provider's error itself is reported
+    captured = capfd.readouterr()
+    for text in (str(caught.value), repr(caught.value), caplog.text, captured.out, captured.err):
+        assert per_call not in text
+
+
 def test_repr_shows_no_key(router: LLMRouter) -> None:
     assert V1 not in repr(router)
     assert repr(router) == "LLMRouter(1 deployments: gpt)"

@@ -302,6 +302,14 @@ def _register_literal_secrets(data: Any) -> None:
             masked_url(url)  # registers its password
 
 
+def _register_call_secrets(kwargs: Mapping[str, Any]) -> None:
+    """Register the credentials a caller passes per call (``api_key=…``, a credential header in
+    ``extra_headers``, an ``api_base`` with a password) with the redactor, as the config's and the
+    users' keys are: a provider error may echo them. ``metadata`` is the caller's own data, left
+    alone (a value under a credential-like name there would be masked everywhere)."""
+    _register_literal_secrets({name: value for name, value in kwargs.items() if name != "metadata"})
+
+
 def _strings(data: Any) -> Iterator[str]:
     if isinstance(data, str):
         yield data
@@ -438,6 +446,7 @@ class LLMRouter:
         After :meth:`aclose` raises :class:`LLMUnavailableError`."""
         _CallEnd.run_left()
         self._check_open(model)
+        _register_call_secrets(kwargs)
         if self.tracing is None:
             return await self._acompletion(model, messages, user_id, tags, kwargs)
         with self.tracing.llm_call(model) as call:
@@ -635,6 +644,7 @@ class LLMRouter:
         a generator dropped part read is closed inside the garbage collector, in any thread and
         possibly in the middle of other bookkeeping)."""
         self._check_open(model)
+        _register_call_secrets(kwargs)
         kwargs["metadata"] = copy.deepcopy(kwargs.get("metadata") or {})
         ending: list[Callable[[], object]] = [
             self._begin_call(model, None, {}, kwargs),
