@@ -301,3 +301,19 @@ async def test_a_closed_router_refuses_calls(make_router: MakeRouter) -> None:
         router.completion(model="gpt", messages=MESSAGES)
     with pytest.raises(LLMUnavailableError, match="the LLM router was closed"):
         await router.refresh()  # it would swap keys into the discarded litellm Router
+
+
+@pytest.mark.parametrize("tags", ["paid", ["paid", 1], b"paid"])
+async def test_tags_that_are_no_list_of_strings_are_refused(make_router: MakeRouter, tags: Any) -> None:
+    """A string is a sequence of strings: ``tags="paid"`` was sent as the tags p, a, i, d (and
+    routed, or refused by litellm, by those)."""
+    from dynamic_agents.llm import agno_model
+
+    router = await make_router(
+        {"model_list": [mock("gpt", "paid", tags=["paid"]), mock("gpt", "default", tags=["default"])]}
+    )
+    with pytest.raises(ConfigurationError, match=r"tags: .*list of strings") as caught:
+        await router.acompletion(model="gpt", messages=MESSAGES, tags=tags)
+    assert str(caught.value).startswith("acompletion(model='gpt'), tags: ")
+    with pytest.raises(ConfigurationError, match=r"^agno_model\(model='gpt'\), tags: .*list of strings"):
+        agno_model(router, "gpt", tags=tags)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from dynamic_agents.llm.router import LLMRouter
+from dynamic_agents.llm.router import LLMRouter, _checked_tags
 
 try:
     from agno.models.litellm import LiteLLM
@@ -37,7 +37,7 @@ class RouterClient:
     ) -> None:
         self.router = router
         self.user_id = user_id
-        self.tags = list(tags) if tags is not None else None
+        self.tags = _checked_tags(tags, "RouterClient()")
 
     def __repr__(self) -> str:
         return f"RouterClient({self.router!r}, user_id={self.user_id!r}, tags={self.tags!r})"
@@ -69,6 +69,7 @@ def agno_model(
         raise ConfigurationError(
             f"model {model!r} is not a model group of this router; known: {sorted(router.config.model_names)}"
         )
+    tags = _checked_tags(tags, f"agno_model(model={model!r})")
     options: dict[str, Any] = {}
     if temperature is not None:
         options["temperature"] = temperature

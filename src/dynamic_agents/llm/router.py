@@ -42,7 +42,7 @@ from pydantic import ValidationError
 
 from dynamic_agents._logging import get_logger
 from dynamic_agents._redaction import REDACTOR, masked_url, redact_text
-from dynamic_agents._validation import invalid_fields
+from dynamic_agents._validation import invalid_fields, shown
 from dynamic_agents.exceptions import (
     ConfigurationError,
     LLMAuthenticationError,
@@ -302,6 +302,24 @@ def _register_literal_secrets(data: Any) -> None:
             masked_url(url)  # registers its password
 
 
+def _checked_tags(tags: object, where: str) -> list[str] | None:
+    """``tags`` as a list, if it is a list (or tuple…) of strings: a string is a sequence of
+    strings too, and ``"paid"`` would be sent as the tags ``p``, ``a``, ``i``, ``d``."""
+    if tags is None:
+        return None
+    if isinstance(tags, Sequence) and not isinstance(tags, str | bytes):
+        bad = [tag for tag in tags if not isinstance(tag, str)]
+        if not bad:
+            return list(tags)
+        found = f"{shown(bad[0])} among them"
+    else:
+        found = shown(tags)
+    raise ConfigurationError(
+        f"{where}, tags: a list of strings is expected, such as ['paid'] (got {found}); "
+        "a string would be taken as one tag per character"
+    )
+
+
 def _register_call_secrets(kwargs: Mapping[str, Any]) -> None:
     """Register the credentials a caller passes per call (``api_key=…``, a credential header in
     ``extra_headers``, an ``api_base`` with a password) with the redactor, as the config's and the
@@ -447,6 +465,7 @@ class LLMRouter:
         _CallEnd.run_left()
         self._check_open(model)
         _register_call_secrets(kwargs)
+        tags = _checked_tags(tags, f"acompletion(model={model!r})")
         if self.tracing is None:
             return await self._acompletion(model, messages, user_id, tags, kwargs)
         with self.tracing.llm_call(model) as call:
