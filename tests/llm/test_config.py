@@ -386,3 +386,24 @@ def test_numeric_settings_take_numbers_an_int_for_seconds_too() -> None:
         0.5,
         0,
     )
+
+
+async def test_a_redis_password_in_router_settings_is_masked_and_registered() -> None:
+    """litellm's Router takes ``redis_host`` / ``redis_port`` / ``redis_password`` (its documented
+    alternative to a ``redis_url``), passed through ``router_settings``: the password is a literal
+    credential like a deployment's key, masked in the config's ``repr`` and in errors and logs."""
+    from dynamic_agents._redaction import REDACTOR
+    from dynamic_agents.llm import build_router
+    from dynamic_agents.secrets import SecretsManager, StaticSource
+
+    password = f"canary-redis-password-{uuid.uuid4().hex[:8]}"
+    config = RouterConfig.from_dict(
+        {"model_list": [deployment()], "router_settings": {"redis_password": password}}
+    )
+    assert password not in repr(config)
+    assert "'redis_password': '**********'" in repr(config)
+    router = await build_router(config, SecretsManager(StaticSource({})))
+    try:
+        assert password not in REDACTOR.redact(f"redis refused the password {password}")
+    finally:
+        await router.aclose()

@@ -60,6 +60,7 @@ SECRET_PARAMS: Final = frozenset(
         "azure_password",
         "client_secret",
         "password",
+        "redis_password",
         "s3_access_key_id",
         "s3_secret_access_key",
         "token",
@@ -67,7 +68,9 @@ SECRET_PARAMS: Final = frozenset(
         "vertex_credentials",
     }
 )
-"""``litellm_params`` that hold credentials: never part of a derived deployment id."""
+"""``litellm_params`` that hold credentials: never part of a derived deployment id. Also masked
+and registered with the redactor in ``router_settings`` (``redis_password``: a ``litellm.Router``
+keyword)."""
 
 HEADER_PARAMS: Final = frozenset({"extra_headers", "headers"})
 """``litellm_params`` holding HTTP headers, some of which carry credentials (``Authorization``)."""

@@ -200,6 +200,7 @@ async def build_router(
         for position, item in enumerate(config.model_list)
     ]
     settings: dict[str, Any] = copy.deepcopy(config.router_settings)
+    _register_literal_secrets(settings)  # redis_password…: errors and logs mask it too
     settings.update(
         model_list=[
             {
