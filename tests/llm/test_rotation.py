@@ -450,3 +450,38 @@ async def test_literal_credentials_in_extra_headers_are_redacted_from_errors_and
     ):
         assert api_key_header not in text
         assert bearer not in text
+
+
+UNREACHABLE_REDIS = "redis://127.0.0.1:1"  # refused at once: the shared cooldown store is down
+
+
+async def test_a_rotation_while_the_cooldown_store_is_down_still_swaps_the_key(
+    identity: InMemoryIdentityService,
+    secrets: SecretsManager,
+    fake: FakeOpenAI,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Taking the deployment out of cooldown is a Redis call when the config shares cooldowns
+    there: Redis down made it raise after the key was written into litellm's Router, so the router
+    kept the old params (the old key's clients never dropped), ``refresh()`` raised a bare
+    ``redis`` error, and a 401's refresh-and-retry raised it from ``acompletion``."""
+    data = gpt_config(fake, model_info={"id": "gpt-main"}).model_dump()
+    router = await build_router(RouterConfig.from_dict({**data, "redis_url": UNREACHABLE_REDIS}), secrets)
+    try:
+        await router.acompletion(model="gpt", messages=MESSAGES)
+        rotate(identity, V2)
+
+        def only_v2(request: FakeOpenAIRequest) -> str | HTTPErrorStep:
+            ok = request.authorization == f"Bearer {V2}"
+            return "with v2" if ok else HTTPErrorStep(401, "Incorrect API key provided")
+
+        fake._handler = only_v2
+        with caplog.at_level(logging.WARNING, logger="dynamic_agents"):
+            response = await router.acompletion(model="gpt", messages=MESSAGES)  # 401, refresh, retry
+        assert response.choices[0].message.content == "with v2"
+        assert router._deployments["gpt-main"].params["api_key"] == V2
+        assert "taking deployment 'gpt-main' out of cooldown failed: ConnectionError" in caplog.text
+        rotate(identity, "sk-rotation-v3-000003")
+        assert await router.refresh() == 1
+    finally:
+        await router.aclose()

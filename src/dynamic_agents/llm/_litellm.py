@@ -93,10 +93,10 @@ def upsert(router: Router, model_name: str, params: Mapping[str, Any], model_inf
 
 
 async def clear_cooldown(router: Router, deployment_id: str) -> None:
-    """Take one deployment out of cooldown (memory and Redis)."""
+    """Take one deployment out of cooldown (memory, then Redis: memory even when Redis fails)."""
     key = CooldownCache.get_cooldown_cache_key(deployment_id)
-    await router.cooldown_cache.cooldown_store.async_delete_cache(key)
     router.cooldown_cache.in_memory_cache.delete_cache(key)
+    await router.cooldown_cache.cooldown_store.async_delete_cache(key)
 
 
 async def cooled_down(router: Router) -> list[str]:

@@ -640,7 +640,7 @@ class LLMRouter:
             logger.warning("model %r: refreshing its secrets failed: %s", model, type(error).__name__)
         rotated = [d.id for d in self._deployments.values() if d.params is not sent_with[d.id]]
         for deployment_id in rotated:
-            await _litellm.clear_cooldown(self.router, deployment_id)
+            await self._clear_cooldown(deployment_id)
         return bool(rotated)
 
     async def _refresh_user_after_401(self, model: str, user_id: str) -> bool:
@@ -949,7 +949,6 @@ class LLMRouter:
             params,
             {**deployment.config.model_info, "id": deployment.id},
         )
-        await _litellm.clear_cooldown(self.router, deployment.id)
         before, deployment.params = deployment.params, params
         logger.info("rotated the credentials of %s", deployment.config.describe())
         self._drop_clients(_credentials(before) - _credentials(params))
@@ -960,7 +959,16 @@ class LLMRouter:
             value = before.get(name)
             if isinstance(value, str) and value != params.get(name):
                 self._drop_clients(kept, built_with=(name, value))
+        await self._clear_cooldown(deployment.id)
         return True
+
+    async def _clear_cooldown(self, deployment_id: str) -> None:
+        """Take a deployment out of cooldown. A failure — the shared cooldown store (Redis) down —
+        is logged, not raised: the key is swapped all the same, and the cooldown ends by itself."""
+        try:
+            await _litellm.clear_cooldown(self.router, deployment_id)
+        except Exception as error:
+            _bookkeeping_failed(f"taking deployment {deployment_id!r} out of cooldown", error)
 
     def _drop_clients(self, digests: Iterable[str], *, built_with: tuple[str, str] | None = None) -> None:
         """Drop litellm's cached SDK clients of these credentials (by :func:`_litellm.key_digest`:
