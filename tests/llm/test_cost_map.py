@@ -668,10 +668,14 @@ async def test_a_sync_stream_keeps_its_entries_until_it_is_read_and_is_priced() 
         await router.aclose()
 
 
+@pytest.mark.parametrize("next_call", ["acompletion", "completion"])
 @pytest.mark.parametrize("dropped", ["unread", "read in part", "closed"])
-async def test_a_sync_stream_not_read_to_its_end_ends_its_call_at_the_next_call(dropped: str) -> None:
+async def test_a_sync_stream_not_read_to_its_end_ends_its_call_at_the_next_call(
+    dropped: str, next_call: str
+) -> None:
     """A synchronous generator closed early may be closed by the garbage collector, where the
-    call's end cannot run: it is left to the next call, ``refresh()`` or ``aclose()``."""
+    call's end cannot run: it is left to the next call, ``refresh()`` or ``aclose()`` — a
+    synchronous one too (a host making none async would pile them up)."""
     deployment_id = unique_id()
     router = await build_router(config(deployment_id), SecretsManager(alice_source()))
     try:
@@ -686,7 +690,10 @@ async def test_a_sync_stream_not_read_to_its_end_ends_its_call_at_the_next_call(
         del stream
         gc.collect()
         assert router._calls_in_flight
-        await router.acompletion(model="gpt", messages=MESSAGES)
+        if next_call == "acompletion":
+            await router.acompletion(model="gpt", messages=MESSAGES)
+        else:
+            router.completion(model="gpt", messages=MESSAGES)
         assert not router._calls_in_flight
     finally:
         await router.aclose()

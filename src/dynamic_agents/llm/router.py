@@ -660,9 +660,10 @@ class LLMRouter:
 
         The call is in flight for the bookkeeping as on the async path, until it returns: a stream
         until it is read to its end or fails (litellm prices it then), or, closed early or dropped,
-        until the next call, ``refresh()`` or ``aclose()`` of a router (:meth:`_CallEnd.hand_over`:
-        a generator dropped part read is closed inside the garbage collector, in any thread and
-        possibly in the middle of other bookkeeping)."""
+        until the next call (this one too), ``refresh()`` or ``aclose()`` of a router
+        (:meth:`_CallEnd.hand_over`: a generator dropped part read is closed inside the garbage
+        collector, in any thread and possibly in the middle of other bookkeeping)."""
+        _CallEnd.run_left(sync_only=True)
         self._check_open(model)
         _register_call_secrets(kwargs)
         kwargs["metadata"] = copy.deepcopy(kwargs.get("metadata") or {})
@@ -1096,12 +1097,18 @@ class _CallEnd:
     nothing."""
 
     left: ClassVar[deque[_CallEnd]] = deque()
-    """Ends handed over by finalizers (``deque.append`` is atomic: safe inside the collector)."""
+    """Ends of async calls handed over (``deque.append`` is atomic: safe inside the collector), run
+    from an event loop: they update the users' keys a router records, which its loop owns."""
+    left_sync: ClassVar[deque[_CallEnd]] = deque()
+    """Ends of the synchronous ``completion()``'s streams handed over: what they do runs in any
+    thread, as ``completion()``'s own end does, so ``completion()`` runs them too (a host that
+    makes no async call would otherwise pile them up)."""
 
-    def __init__(self, ending: list[Callable[[], object]]) -> None:
+    def __init__(self, ending: list[Callable[[], object]], *, sync: bool = False) -> None:
         self._once = [ending]
         """``list.pop`` is atomic: the end runs once, whichever thread runs it first."""
         self._dropped: weakref.finalize[..., Any] | None = None
+        self._queue = _CallEnd.left_sync if sync else _CallEnd.left
 
     def follow(self, stream: object, loop: asyncio.AbstractEventLoop | None) -> None:
         """End the call when ``stream`` is garbage-collected, if nothing did before: on ``loop``
@@ -1124,24 +1131,26 @@ class _CallEnd:
         if self._dropped is not None:
             self._dropped.detach()
         if self._once:
-            _CallEnd.left.append(self)
+            self._queue.append(self)
 
     @staticmethod
     def _hand_over(loop: asyncio.AbstractEventLoop | None, end: _CallEnd) -> None:
-        _CallEnd.left.append(end)
+        end._queue.append(end)
         if loop is not None:
             with contextlib.suppress(RuntimeError):  # the loop closed: nothing runs there any more
                 loop.call_soon_threadsafe(end)
 
     @staticmethod
-    def run_left() -> None:
-        """Run the ends finalizers left (:attr:`left`), from a call, ``refresh()`` or ``aclose()``."""
-        while True:
-            try:
-                end = _CallEnd.left.popleft()
-            except IndexError:
-                return
-            end()
+    def run_left(*, sync_only: bool = False) -> None:
+        """Run the ends left (:attr:`left_sync`, and :attr:`left` unless ``sync_only``), from a
+        call, ``refresh()`` or ``aclose()``."""
+        for queue in (_CallEnd.left_sync,) if sync_only else (_CallEnd.left_sync, _CallEnd.left):
+            while True:
+                try:
+                    end = queue.popleft()
+                except IndexError:
+                    break
+                end()
 
 
 def _stream_ending_with_call(
@@ -1183,7 +1192,7 @@ def _sync_stream_ending_with_call(
     """:func:`_translated_sync_stream`, the call's ``ending`` run once it is read, or left to the
     next call of a router (:meth:`_CallEnd.hand_over`) once it is closed early or dropped, read in
     part or not at all."""
-    end = _CallEnd(ending)
+    end = _CallEnd(ending, sync=True)
     translated = _translated_sync_stream(stream, model, end)
     end.follow(translated, None)
     return translated
