@@ -698,3 +698,34 @@ async def test_a_sync_stream_not_read_to_its_end_ends_its_call_at_the_next_call(
     finally:
         await router.aclose()
     assert derived_from(deployment_id) == set()
+
+
+async def test_a_call_in_flight_on_a_closed_router_keeps_its_entry_when_a_sibling_closes() -> None:
+    """Routers built from one config share their deployments' entries: the last one closed
+    removes them, but not while a call of a router closed before it is still on the wire (it
+    counted only the open routers' calls)."""
+    deployment_id = unique_id()
+    secrets = SecretsManager(alice_source())
+    first = await build_router(config(deployment_id, prices_in="model_info"), secrets)
+    second = await build_router(config(deployment_id, prices_in="model_info"), secrets)
+    sent, answer = asyncio.Event(), asyncio.Event()
+    litellm_call = first.router.acompletion
+
+    async def held_on_the_wire(**kwargs: Any) -> Any:
+        sent.set()
+        await answer.wait()
+        return await litellm_call(**kwargs)
+
+    first.router.acompletion = held_on_the_wire  # type: ignore[method-assign]
+    call = asyncio.create_task(first.acompletion(model="gpt", messages=MESSAGES))
+    try:
+        await sent.wait()
+        await first.aclose()
+        await second.aclose()
+        assert deployment_id in litellm.model_cost  # the first router's call reads its price at its end
+    finally:
+        answer.set()
+        await first.aclose()
+        await second.aclose()
+    assert priced(await call)
+    assert deployment_id not in litellm.model_cost  # ...and then it goes

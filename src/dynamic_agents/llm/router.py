@@ -382,6 +382,9 @@ class LLMRouter:
 
     _open: ClassVar[weakref.WeakSet[LLMRouter]] = weakref.WeakSet()
     """The routers not closed yet: a key one of them sends keeps its cached clients."""
+    _built: ClassVar[weakref.WeakSet[LLMRouter]] = weakref.WeakSet()
+    """Every router not yet garbage-collected, closed ones too: a call of a closed router may
+    still be in flight (and keeps the cost-map entries it counts, :attr:`_calls_in_flight`)."""
 
     def __init__(
         self,
@@ -428,6 +431,7 @@ class LLMRouter:
         self._closed = False
         self._follow_ups: set[asyncio.Task[None]] = set()
         LLMRouter._open.add(self)
+        LLMRouter._built.add(self)
 
     def __repr__(self) -> str:
         groups = ", ".join(sorted(self.config.model_names))
@@ -1015,15 +1019,14 @@ class LLMRouter:
 
     def _cost_entry_in_use(self, entry: str) -> bool:
         """Whether a cost-map entry is in use: one it did not add (:attr:`_foreign_cost_entries`),
-        one of its calls in flight, or an open router's deployment, call in flight or user's key
-        (:attr:`_UsersKeys.in_use`)."""
+        one of a router's calls in flight (a closed router's too), or an open router's deployment
+        or user's key (:attr:`_UsersKeys.in_use`)."""
         if entry in self._foreign_cost_entries or entry in self._calls_in_flight:
             return True
+        if any(entry in router._calls_in_flight for router in list(LLMRouter._built)):
+            return True
         return any(
-            entry in router._deployments
-            or entry in router._calls_in_flight
-            or entry in router._users_keys.in_use
-            for router in LLMRouter._open
+            entry in router._deployments or entry in router._users_keys.in_use for router in LLMRouter._open
         )
 
     def _forget_own_cost_entries(self) -> None:
