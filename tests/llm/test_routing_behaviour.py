@@ -317,3 +317,19 @@ async def test_tags_that_are_no_list_of_strings_are_refused(make_router: MakeRou
     assert str(caught.value).startswith("acompletion(model='gpt'), tags: ")
     with pytest.raises(ConfigurationError, match=r"^agno_model\(model='gpt'\), tags: .*list of strings"):
         agno_model(router, "gpt", tags=tags)
+
+
+@pytest.mark.parametrize("metadata", ["team-a", ["team-a"], 5])
+async def test_metadata_that_is_no_mapping_is_refused(make_router: MakeRouter, metadata: Any) -> None:
+    """It failed inside litellm, as an ``LLMUnavailableError`` (which a caller retries), and with
+    tags as a bare ``TypeError``."""
+    router = await make_router({"model_list": [mock("gpt", "A")]})
+    expected = r"^acompletion\(model='gpt'\), metadata: a mapping is expected"
+    with pytest.raises(ConfigurationError, match=expected):
+        await router.acompletion(model="gpt", messages=MESSAGES, metadata=metadata)
+    with pytest.raises(ConfigurationError, match=expected):
+        await router.acompletion(model="gpt", messages=MESSAGES, metadata=metadata, tags=["paid"])
+    with pytest.raises(ConfigurationError, match=r"^completion\(model='gpt'\), metadata: a mapping"):
+        router.completion(model="gpt", messages=MESSAGES, metadata=metadata)
+    response = await router.acompletion(model="gpt", messages=MESSAGES, metadata={"team": "a"})
+    assert served_by(response) == "A"

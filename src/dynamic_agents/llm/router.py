@@ -321,6 +321,17 @@ def _checked_tags(tags: object, where: str) -> list[str] | None:
     )
 
 
+def _checked_metadata(metadata: object, where: str) -> dict[str, Any]:
+    """A copy of a call's ``metadata`` (litellm writes into it), if it is a mapping or ``None``:
+    anything else failed inside litellm, reported as the provider being unavailable, or, with
+    ``tags``, as a bare ``TypeError``."""
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping):
+        raise ConfigurationError(f"{where}, metadata: a mapping is expected (got {shown(metadata)})")
+    return copy.deepcopy(dict(metadata))
+
+
 def _register_call_secrets(kwargs: Mapping[str, Any]) -> None:
     """Register the credentials a caller passes per call (``api_key=…``, a credential header in
     ``extra_headers``, an ``api_base`` with a password) with the redactor, as the config's and the
@@ -485,7 +496,7 @@ class LLMRouter:
         tags: Sequence[str] | None,
         kwargs: dict[str, Any],
     ) -> Any:
-        metadata = copy.deepcopy(kwargs.pop("metadata", None) or {})  # litellm mutates it
+        metadata = _checked_metadata(kwargs.pop("metadata", None), f"acompletion(model={model!r})")
         if tags is not None:
             metadata["tags"] = list(tags)
         user_params = await self._user_key(model, user_id) if user_id is not None else {}
@@ -670,7 +681,7 @@ class LLMRouter:
         _CallEnd.run_left(sync_only=True)
         self._check_open(model)
         _register_call_secrets(kwargs)
-        kwargs["metadata"] = copy.deepcopy(kwargs.get("metadata") or {})
+        kwargs["metadata"] = _checked_metadata(kwargs.get("metadata"), f"completion(model={model!r})")
         ending: list[Callable[[], object]] = [
             self._begin_call(model, None, {}, kwargs),
             partial(self._after_call, model, None, {}),
