@@ -729,3 +729,32 @@ async def test_a_call_in_flight_on_a_closed_router_keeps_its_entry_when_a_siblin
         await second.aclose()
     assert priced(await call)
     assert deployment_id not in litellm.model_cost  # ...and then it goes
+
+
+async def test_a_rotation_that_ends_after_aclose_writes_nothing_back_into_litellms_map() -> None:
+    """``refresh()`` resolving a rotated key while ``aclose()`` runs: writing it into the discarded
+    litellm Router afterwards registered the deployment's cost-map entry again, after ``aclose()``
+    had removed it, for the life of the process."""
+    deployment_id = unique_id()
+    fetching, release = asyncio.Event(), asyncio.Event()
+
+    class HeldSource(StaticSource):
+        held = False
+
+        async def fetch(self, key: SecretKey) -> Any:
+            if self.held:
+                fetching.set()
+                await release.wait()
+            return await super().fetch(key)
+
+    source = HeldSource({"openai": {"api_key": "canary-cost-system-01"}})
+    router = await build_router(config(deployment_id), SecretsManager(source))
+    source.set(SecretKey("openai"), {"api_key": "canary-cost-system-02"})
+    source.held = True
+    refresh = asyncio.create_task(router.refresh())
+    await fetching.wait()
+    await router.aclose()
+    assert deployment_id not in litellm.model_cost
+    release.set()
+    assert await refresh == 0  # nothing swapped into a closed router
+    assert deployment_id not in litellm.model_cost

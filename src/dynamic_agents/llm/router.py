@@ -957,7 +957,9 @@ class LLMRouter:
 
     async def _write(self, deployment: _Deployment) -> bool:
         params = await _resolve(deployment.config, deployment.position, self.secrets)
-        if params == deployment.params:
+        if params == deployment.params or self._closed:
+            # Closed meanwhile: its litellm Router is discarded, and an upsert there would register
+            # the deployment's cost-map entry again, after aclose() removed it.
             return False
         _litellm.upsert(
             self.router,
