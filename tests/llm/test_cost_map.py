@@ -758,3 +758,32 @@ async def test_a_rotation_that_ends_after_aclose_writes_nothing_back_into_litell
     release.set()
     assert await refresh == 0  # nothing swapped into a closed router
     assert deployment_id not in litellm.model_cost
+
+
+async def test_a_router_built_while_a_closed_ones_call_is_in_flight_removes_the_entries_it_shares() -> None:
+    """A router built from the same config while a call of a closed one is still in flight (a
+    config reload: the old router closed, then the new one built) finds the deployments' entries in
+    litellm's map: they are the closed router's, not another owner's, and go with the last router."""
+    deployment_id = unique_id()
+    secrets = SecretsManager(alice_source())
+    old = await build_router(config(deployment_id, prices_in="model_info"), secrets)
+    sent, answer = asyncio.Event(), asyncio.Event()
+    litellm_call = old.router.acompletion
+
+    async def held_on_the_wire(**kwargs: Any) -> Any:
+        sent.set()
+        await answer.wait()
+        return await litellm_call(**kwargs)
+
+    old.router.acompletion = held_on_the_wire  # type: ignore[method-assign]
+    call = asyncio.create_task(old.acompletion(model="gpt", messages=MESSAGES))
+    await sent.wait()
+    await old.aclose()
+    new = await build_router(config(deployment_id, prices_in="model_info"), secrets)
+    try:
+        answer.set()
+        assert priced(await call)
+        assert deployment_id in litellm.model_cost  # the new router's deployment
+    finally:
+        await new.aclose()
+    assert deployment_id not in litellm.model_cost

@@ -433,11 +433,10 @@ class LLMRouter:
         self._foreign_cost_entries: frozenset[str] = frozenset(
             entry
             for entry in cost_entries_before
-            if not any(
-                entry in r._deployments and entry not in r._foreign_cost_entries for r in LLMRouter._open
-            )
+            if not any(r._owns_cost_entry(entry) for r in list(LLMRouter._built))
         )
-        """Its deployment ids whose cost-map entries it did not add (nor an open router): left there."""
+        """Its deployment ids whose cost-map entries it did not add (nor an open router, nor a
+        closed one whose call still uses it): left there."""
         self._unsubscribe = secrets.on_change(self._on_secret_change) if follow_changes else None
         self._closed = False
         self._follow_ups: set[asyncio.Task[None]] = set()
@@ -1029,6 +1028,15 @@ class LLMRouter:
         removed = _litellm.forget_cost_entries(ids, derived_from=origins, in_use=self._cost_entry_in_use)
         if removed:
             logger.debug("removed %d litellm cost-map entr(ies) no longer in use", removed)
+
+    def _owns_cost_entry(self, entry: str) -> bool:
+        """Whether a deployment's cost-map entry is this router's (it added it), and it still
+        holds it: open, or closed with a call in flight that uses it (:meth:`aclose` left it)."""
+        return (
+            entry in self._deployments
+            and entry not in self._foreign_cost_entries
+            and (not self._closed or entry in self._calls_in_flight)
+        )
 
     def _cost_entry_in_use(self, entry: str) -> bool:
         """Whether a cost-map entry is in use: one it did not add (:attr:`_foreign_cost_entries`),
