@@ -787,3 +787,21 @@ async def test_a_router_built_while_a_closed_ones_call_is_in_flight_removes_the_
     finally:
         await new.aclose()
     assert deployment_id not in litellm.model_cost
+
+
+async def test_aclose_cancelled_while_it_waits_for_an_update_still_cleans_up() -> None:
+    """``aclose()`` waits for the background updates it cancels; cancelled there (a shutdown's
+    timeout), it marked the router closed and skipped the rest: a second ``aclose()`` returned at
+    once, and the litellm Router stayed hooked into litellm, its entries in the cost map."""
+    deployment_id = unique_id()
+    router = await build_router(config(deployment_id), SecretsManager(alice_source()))
+    update = asyncio.create_task(asyncio.Event().wait())  # an update in the background
+    router._follow_ups.add(update)
+    closing = asyncio.create_task(router.aclose())
+    await asyncio.sleep(0)  # aclose() is waiting for the update it cancelled
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    await router.aclose()
+    assert update.cancelled()
+    assert deployment_id not in litellm.model_cost

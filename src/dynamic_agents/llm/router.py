@@ -1080,11 +1080,13 @@ class LLMRouter:
             self._unsubscribe()
         for task in list(self._follow_ups):
             task.cancel()
-        await asyncio.gather(*self._follow_ups, return_exceptions=True)
-        self._drop_clients(self._credentials() | self._users_digests())  # fallback groups' too
-        self._users_keys.clear()
-        _litellm.discard(self.router)  # out of litellm's replay of live Routers' entries too
-        self._forget_own_cost_entries()
+        try:
+            await asyncio.gather(*self._follow_ups, return_exceptions=True)
+        finally:  # cancelled while waiting (a shutdown's timeout): the next aclose() returns at once
+            self._drop_clients(self._credentials() | self._users_digests())  # fallback groups' too
+            self._users_keys.clear()
+            _litellm.discard(self.router)  # out of litellm's replay of live Routers' entries too
+            self._forget_own_cost_entries()
 
     async def __aenter__(self) -> LLMRouter:
         return self
