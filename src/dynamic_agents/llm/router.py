@@ -27,7 +27,6 @@ included) and builds the ``litellm.Router`` once. Afterwards:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import threading
 import weakref
@@ -1114,9 +1113,10 @@ class _CallEnd:
     unstarted (an async generator never iterated runs no ``finally``; its call would stay counted
     in flight, and its cost-map entries in litellm's map, for ever). The finalizer runs in whatever
     thread collects the stream, possibly in the middle of other bookkeeping, where the end cannot
-    run: it hands the end to the stream's event loop (thread-safe) and leaves it in :attr:`left`
-    too, which the next call, ``refresh()`` or ``aclose()`` of any router runs (:meth:`run_left`):
-    the loop may be closed (``asyncio.run`` returned), or close before it runs it. For a stream
+    run: it hands the end to the stream's event loop (thread-safe), or, that loop closed
+    (``asyncio.run`` returned), leaves it in :attr:`left`, which the next call, ``refresh()`` or
+    ``aclose()`` of any router runs (:meth:`run_left`). (A loop that closes between the two, the
+    end handed over but not yet run, drops it: the call stays in flight.) For a stream
     dropped part read it runs too, before the stream's ``finally`` (CPython clears weak
     references before an async generator's finalizer brings it back to close it): the call then
     ends while litellm's stream is being closed, which prices nothing; whichever runs second does
@@ -1161,10 +1161,14 @@ class _CallEnd:
 
     @staticmethod
     def _hand_over(loop: asyncio.AbstractEventLoop | None, end: _CallEnd) -> None:
-        end._queue.append(end)
         if loop is not None:
-            with contextlib.suppress(RuntimeError):  # the loop closed: nothing runs there any more
+            try:  # on the loop of the stream's call, which owns the router's records
                 loop.call_soon_threadsafe(end)
+            except RuntimeError:  # the loop closed: nothing runs there any more
+                pass
+            else:
+                return
+        end._queue.append(end)
 
     @staticmethod
     def run_left(*, sync_only: bool = False) -> None:
