@@ -121,6 +121,12 @@ class Ha:
                 await direct.aclose()
 
 
+async def close_sentinel(sentinels: Sentinel) -> None:
+    """Close a Sentinel's connections (``Sentinel.aclose()`` is redis-py 6's; the floor is 5.3)."""
+    for connection in sentinels.sentinels:
+        await connection.aclose()
+
+
 @pytest.fixture
 async def ha() -> AsyncIterator[Ha]:
     if shutil.which("redis-server") is None:
@@ -143,7 +149,7 @@ async def ha() -> AsyncIterator[Ha]:
             yield setup
         finally:
             await client.aclose()
-            await sentinels.aclose()
+            await close_sentinel(sentinels)
 
 
 def request(n: int, names: StreamNames | None = None) -> AgentRequestEvent:
@@ -456,4 +462,4 @@ async def test_a_sentinel_client_that_decodes_responses_is_refused() -> None:
             RedisStreamsTransport(client)
     finally:
         await client.aclose()
-        await sentinels.aclose()
+        await close_sentinel(sentinels)
