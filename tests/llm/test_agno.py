@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import uuid
@@ -13,6 +14,7 @@ from agno.agent import Agent
 from agno.run.base import RunStatus
 from agno.team import Team
 
+from dynamic_agents.exceptions import ConfigurationError
 from dynamic_agents.llm import LLMRouter, RouterConfig, agno_model, build_router
 from dynamic_agents.secrets import SecretsManager, StaticSource
 from dynamic_agents.testing import FakeOpenAI, HTTPErrorStep, ToolCall
@@ -233,3 +235,38 @@ def test_agno_and_litellm_loggers_mask_secret_values(caplog: pytest.LogCaptureFi
         finally:
             logger.removeHandler(handler)
         assert [r.getMessage() for r in records] == ["failed with **********"], name
+
+
+async def test_a_users_agent_on_the_synchronous_path_is_refused_not_sent_with_the_system_key(
+    router: LLMRouter, fake: FakeOpenAI
+) -> None:
+    # agno's Agent.run calls completion(), which cannot read a user's key: alice's run went out on
+    # the system's key, billed to it, whatever her own
+    client = agno_model(router, "gpt", user_id="alice").client
+    with pytest.raises(ConfigurationError, match=r"users' own keys.*acompletion \(agno: arun\)"):
+        client.completion(model="gpt", messages=[{"role": "user", "content": "hi"}])
+    assert fake.requests == []
+
+
+def test_a_user_on_the_synchronous_path_of_a_group_without_users_keys_is_sent() -> None:
+    config = RouterConfig.from_dict(
+        {
+            "model_list": [
+                {
+                    "model_name": "m",
+                    "litellm_params": {"model": "openai/m", "api_key": "k-000000", "mock_response": "ok"},
+                }
+            ]
+        }
+    )
+
+    async def build() -> LLMRouter:
+        return await build_router(config, SecretsManager(StaticSource({})))
+
+    router = asyncio.run(build())
+    try:
+        client = agno_model(router, "m", user_id="alice").client
+        response = client.completion(model="m", messages=[{"role": "user", "content": "hi"}])
+        assert response.choices[0].message.content == "ok"
+    finally:
+        asyncio.run(router.aclose())

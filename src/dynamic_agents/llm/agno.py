@@ -49,7 +49,7 @@ class RouterClient:
         return await self.router.acompletion(user_id=self.user_id, tags=self.tags, **kwargs)
 
     def completion(self, **kwargs: Any) -> Any:
-        return self.router.completion(**kwargs)
+        return self.router.completion(user_id=self.user_id, **kwargs)
 
 
 def agno_model(

@@ -666,10 +666,14 @@ class LLMRouter:
             changed += await self.secrets.refresh(provider, user_id=user_id)
         return changed > 0
 
-    def completion(self, *, model: str, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
+    def completion(
+        self, *, model: str, messages: list[dict[str, Any]], user_id: str | None = None, **kwargs: Any
+    ) -> Any:
         """The synchronous path (agno's ``run``). No per-user keys, no refresh-and-retry, and
         litellm ignores tags here: prefer :meth:`acompletion`. After :meth:`aclose` raises
-        :class:`LLMUnavailableError`.
+        :class:`LLMUnavailableError`. A ``user_id`` for a group that sends users' own keys is a
+        :class:`ConfigurationError`: the user's key cannot be read here, and the call would go out
+        on the system's.
 
         The call is in flight for the bookkeeping as on the async path, until it returns: a stream
         until it is read to its end or fails (litellm prices it then), or, closed early or dropped,
@@ -678,6 +682,12 @@ class LLMRouter:
         collector, in any thread and possibly in the middle of other bookkeeping)."""
         _CallEnd.run_left(sync_only=True)
         self._check_open(model)
+        if user_id is not None and self._user_keys.get(model) is not None:
+            raise ConfigurationError(
+                f"completion(model={model!r}) for a user: this group sends users' own keys, which "
+                "the synchronous path cannot read (it would send the system's); use acompletion "
+                "(agno: arun)"
+            )
         _register_call_secrets(kwargs)
         kwargs["metadata"] = _checked_metadata(kwargs.get("metadata"), f"completion(model={model!r})")
         ending: list[Callable[[], object]] = [
