@@ -9,7 +9,12 @@ from typing import Any
 import pytest
 
 from dynamic_agents._redaction import REDACTOR
-from dynamic_agents.exceptions import IdentityForbiddenError, LLMAuthenticationError, LLMRequestError
+from dynamic_agents.exceptions import (
+    IdentityForbiddenError,
+    LLMAuthenticationError,
+    LLMRequestError,
+    SecretsUnavailableError,
+)
 from dynamic_agents.llm import LLMRouter, RouterConfig, build_router
 from dynamic_agents.secrets import (
     IdentityClient,
@@ -485,3 +490,22 @@ async def test_a_rotation_while_the_cooldown_store_is_down_still_swaps_the_key(
         assert await router.refresh() == 1
     finally:
         await router.aclose()
+
+
+async def test_a_users_401_after_the_secrets_manager_closed_is_still_an_llm_error(fake: FakeOpenAI) -> None:
+    # the manager closed while the call ran (a shutdown closing it first): its refresh() raises,
+    # which came out of acompletion as the manager's SecretsUnavailableError
+    secrets = SecretsManager(
+        StaticSource(
+            {"openai": {"api_key": "sk-system-key-00001"}}, users={"alice": {"openai": {"api_key": ALICE}}}
+        )
+    )
+
+    async def closed_meanwhile(*args: Any, **kwargs: Any) -> int:  # as refresh() after aclose()
+        raise SecretsUnavailableError("cannot refresh: the secrets manager was closed")
+
+    async with await build_router(gpt_config(fake), secrets) as router:
+        fake._handler = lambda request: HTTPErrorStep(401, "bad key")
+        secrets.refresh = closed_meanwhile  # type: ignore[method-assign]
+        with pytest.raises(LLMAuthenticationError):
+            await router.acompletion(model="gpt", messages=MESSAGES, user_id="alice")

@@ -693,6 +693,8 @@ async def test_a_closed_manager_raises_a_typed_error(manager: SecretsManager) ->
         lambda: manager.get("anthropic", "api_key"),  # not cached
         lambda: manager.resolve("secret:openai:api_key"),
         lambda: manager.warm_up(["groq"]),
+        manager.refresh,  # it logged a warning per key and returned 0
+        manager.refresh_due,
     )
     for attempt in attempts:
         with pytest.raises(SecretsUnavailableError, match="the secrets manager was closed"):

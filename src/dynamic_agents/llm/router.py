@@ -662,8 +662,11 @@ class LLMRouter:
         from the cache. A key that cannot be fetched now is logged by the manager, not raised."""
         logger.warning("model %r: a user's own key refused (401); refreshing that user's keys", model)
         changed = 0
-        for provider in sorted({provider for provider, _ in self._user_keys.values()}):
-            changed += await self.secrets.refresh(provider, user_id=user_id)
+        try:
+            for provider in sorted({provider for provider, _ in self._user_keys.values()}):
+                changed += await self.secrets.refresh(provider, user_id=user_id)
+        except SecretsError as error:  # the manager closed first (a shutdown): the caller raises the 401
+            logger.warning("model %r: refreshing a user's keys failed: %s", model, type(error).__name__)
         return changed > 0
 
     def completion(

@@ -406,7 +406,9 @@ class SecretsManager:
 
         A secret that cannot be fetched is logged (without its value) and kept as cached — served
         stale within ``stale_grace``; dropped if access to it was revoked — and the others are still
-        refreshed."""
+        refreshed. After :meth:`aclose` raises :class:`SecretsUnavailableError`."""
+        if self._closed:  # each key's fetch failed, logged, and it returned 0 as if nothing changed
+            raise SecretsUnavailableError("cannot refresh: the secrets manager was closed")
         keys = [
             key
             for key in list(self._cache.keys())
@@ -432,7 +434,10 @@ class SecretsManager:
     async def refresh_due(self) -> int:
         """Refresh the keys used since they were fetched and about to expire; returns how many
         were refreshed (failures are kept stale and logged). A key whose last fetch failed waits
-        ``error_retry``, or the server's ``Retry-After``, like a ``get``."""
+        ``error_retry``, or the server's ``Retry-After``, like a ``get``. After :meth:`aclose`
+        raises :class:`SecretsUnavailableError`."""
+        if self._closed:
+            raise SecretsUnavailableError("cannot refresh: the secrets manager was closed")
         now = self._clock()
         due = [
             (key, entry)
