@@ -273,14 +273,28 @@ def test_a_recursive_yaml_alias_is_a_config_error_naming_the_line() -> None:
         assert "refers to itself" in str(caught.value)
 
 
-def test_an_alias_repeated_many_times_loads_without_walking_every_copy() -> None:
-    """Nine levels of nine aliases each name 9**9 (387 million) paths; the line index visits
-    each node once."""
+def test_an_alias_bomb_is_refused_at_load_naming_the_line() -> None:
+    """Nine levels of nine aliases each stand for 9**9 (387 million) values ("billion laughs"):
+    the loader shares them, but whatever walks the settings (``repr``, ``resolve_settings``, a
+    JSON dump) meets every copy and never ends. Refused before anything walks them."""
     lines = ["l0: &l0 [x, x, x, x, x, x, x, x, x]"]
     lines += [f"l{n}: &l{n} [{', '.join([f'*l{n - 1}'] * 9)}]" for n in range(1, 10)]
     text = "discord:\n" + "".join(f"  {line}\n" for line in lines)
-    config = RoutingConfig.from_yaml(text)
-    assert "l9" in config.interfaces["discord"].settings
+    with pytest.raises(RoutingConfigError) as caught:
+        RoutingConfig.from_yaml(text, source="bomb.yaml")
+    assert caught.value.source == "bomb.yaml"
+    assert "aliases" in str(caught.value)
+    assert caught.value.path.startswith("discord.l")
+
+
+def test_aliases_that_expand_moderately_load() -> None:
+    """A shared block (a merge key in every rule, a list reused) is what anchors are for."""
+    rules = "".join(
+        f"      - <<: *common\n        name: r{n}\n        channel_ids: *channels\n" for n in range(2000)
+    )
+    text = "discord:\n  ids: &channels ['1', '2', '3']\n  base: &common {agent_id: a}\n  routing:\n"
+    config = RoutingConfig.from_yaml(text + "    rules:\n" + rules)
+    assert len(config.interfaces["discord"].routing.rules) == 2000
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,11 @@ __all__ = ["YamlPath", "config_error", "format_path", "load_yaml"]
 
 YamlPath = tuple[str | int, ...]
 
+MAX_ALIASED_VALUES: Final = 1_000_000
+"""How many values aliases may add to a document: nine levels of nine aliases stand for 387
+million ("billion laughs"). The loader shares them, but ``repr``, ``resolve_settings`` or a JSON
+dump walk every copy."""
+
 
 def load_yaml(text: str, source: str) -> tuple[Any, dict[YamlPath, int]]:
     """The data, and the 1-based line of every mapping value and sequence item by path."""
@@ -38,10 +43,13 @@ def load_yaml(text: str, source: str) -> tuple[Any, dict[YamlPath, int]]:
     finally:
         loader.dispose()
     lines: dict[YamlPath, int] = {}
-    walked: set[int] = set()  # an alias is the anchored node itself: walk it once, not per alias
+    # an alias is the anchored node itself: walk it once, not per alias; keep how many values it
+    # stands for (itself and all inside it, every alias counted whole)
+    sizes: dict[int, int] = {}
     inside: set[int] = set()  # the nodes being walked: meeting one again is an alias to itself
 
-    def walk(current: yaml.Node, path: YamlPath) -> None:
+    def walk(current: yaml.Node, path: YamlPath) -> tuple[int, int]:
+        """How many values ``current`` stands for, and how many of them aliases add."""
         lines[path] = current.start_mark.line + 1
         if id(current) in inside:
             raise RoutingConfigError(
@@ -50,17 +58,32 @@ def load_yaml(text: str, source: str) -> tuple[Any, dict[YamlPath, int]]:
                 line=lines[path],
                 path=format_path(path),
             )
-        if id(current) in walked:
-            return
-        walked.add(id(current))
+        if id(current) in sizes:  # met again: an alias, all it stands for is a copy
+            return sizes[id(current)], sizes[id(current)]
         inside.add(id(current))
+        children: list[tuple[yaml.Node, YamlPath]] = []
+        size, added = 1, 0
         if isinstance(current, yaml.MappingNode):
-            for key_node, value_node in current.value:
-                walk(value_node, (*path, str(key_node.value)))
+            children = [(value, (*path, str(key.value))) for key, value in current.value]
+            size += len(children)  # the keys
         elif isinstance(current, yaml.SequenceNode):
-            for index, item in enumerate(current.value):
-                walk(item, (*path, index))
+            children = [(item, (*path, index)) for index, item in enumerate(current.value)]
+        for child, child_path in children:
+            child_size, child_added = walk(child, child_path)
+            size += child_size
+            added += child_added
+        if added > MAX_ALIASED_VALUES:
+            raise RoutingConfigError(
+                f"aliases make this value stand for {size:,} values, {added:,} of them copies "
+                f"(at most {MAX_ALIASED_VALUES:,}): whatever reads it would walk every copy "
+                "(an alias bomb); write the values out or reuse fewer",
+                source=source,
+                line=lines[path],
+                path=format_path(path),
+            )
         inside.discard(id(current))
+        sizes[id(current)] = size
+        return size, added
 
     walk(node, ())
     return data, lines
