@@ -494,3 +494,43 @@ def test_a_route_during_replace_rules_sees_the_old_rules_or_the_new_never_a_mix(
     assert set(seen) <= {"old", "new"}
     assert router.route(routed).target_id == "new"
     assert [r.name for r in router.rules] == ["new"]
+
+
+CANARY = "sk-live-routing-canary-7f3a9c2e1b5d4f60"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "named"),
+    [
+        ({"rules": "vip"}, "rules"),
+        ({"rules": None}, "rules"),
+        ({"rules": [{"name": "r", "source": "slack", "agent_id": "a"}]}, "rules[0]"),
+        ({"rules": [rule("ok", source="slack"), CANARY]}, "rules[1]"),
+        ({"source_defaults": [("slack", Target(type=AGENT, id="a"))]}, "source_defaults"),
+        ({"source_defaults": {"slack": "slack-assistant"}}, "source_defaults['slack']"),
+        ({"source_defaults": {"slack": CANARY}}, "source_defaults['slack']"),
+        ({"default": "default-assistant"}, "default"),
+        ({"default": {"type": "agent", "id": "x"}}, "default"),
+        ({"default": CANARY}, "default"),
+    ],
+)
+def test_arguments_of_the_wrong_type_are_refused_at_construction(
+    arguments: dict[str, Any], named: str
+) -> None:
+    """A string default or source default made decisions whose ``target`` was that string (the
+    worker then failed on ``decision.target_id``); rules of the wrong type failed with a bare
+    ``AttributeError``. Each is a ``ConfigurationError`` naming the argument and the value, a
+    key-shaped one masked."""
+    with pytest.raises(ConfigurationError) as caught:
+        EventRouter(**arguments)
+    message = str(caught.value)
+    assert message.startswith(named + " must be")
+    assert CANARY not in message
+
+
+@pytest.mark.parametrize("rules", ["vip", [{"name": "r", "source": "slack", "agent_id": "a"}]])
+def test_replace_rules_of_the_wrong_type_are_refused_keeping_the_old(rules: Any) -> None:
+    router = EventRouter([rule("old", source="slack")])
+    with pytest.raises(ConfigurationError, match=r"^rules"):
+        router.replace_rules(rules)
+    assert [r.name for r in router.rules] == ["old"]

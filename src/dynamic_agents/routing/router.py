@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from dynamic_agents._logging import get_logger
-from dynamic_agents._validation import check_count, check_seconds
+from dynamic_agents._validation import check_count, check_seconds, shown
 from dynamic_agents.events import AgentRequestEvent, Target, TargetType
 from dynamic_agents.events._types import source_name
-from dynamic_agents.exceptions import NoRouteError, RoutingConfigError
+from dynamic_agents.exceptions import ConfigurationError, NoRouteError, RoutingConfigError
 from dynamic_agents.routing.patterns import SafePattern
 from dynamic_agents.routing.rules import RoutingRule, metadata_matches
 
@@ -182,7 +182,7 @@ class _RuleIndex:
 
     @classmethod
     def build(cls, rules: Iterable[RoutingRule], pattern_timeout: float) -> _RuleIndex:
-        rules = tuple(rules)
+        rules = _checked_rules(rules)
         names = [rule.name for rule in rules]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
@@ -225,7 +225,11 @@ class EventRouter:
         max_content_chars = check_count("max_content_chars", max_content_chars)
         pattern_timeout = check_seconds("pattern_timeout", pattern_timeout)
         self._index = _RuleIndex.build(rules, pattern_timeout)
-        self.source_defaults = _by_source(source_defaults or {})
+        self.source_defaults = _by_source({} if source_defaults is None else source_defaults)
+        if default is not None and not isinstance(default, Target):
+            raise ConfigurationError(
+                f"default must be a Target or None, {_a_target_hint()}, got {shown(default)}"
+            )
         self.default = default
         self.max_content_chars = max_content_chars
         self._pattern_timeout = pattern_timeout
@@ -313,11 +317,38 @@ class EventRouter:
         )
 
 
+def _checked_rules(rules: Iterable[RoutingRule]) -> tuple[RoutingRule, ...]:
+    """``rules`` as a tuple, or a :class:`ConfigurationError` naming what is not a rule: a string
+    was read letter by letter and a mapping by its keys, each failing with a bare
+    ``AttributeError`` (a rule as a dict too)."""
+    hint = "(RoutingRule(...), or RoutingRule.model_validate(mapping) for a rule as data)"
+    if isinstance(rules, str | bytes | Mapping) or not isinstance(rules, Iterable):
+        raise ConfigurationError(f"rules must be an iterable of RoutingRule {hint}, got {shown(rules)}")
+    checked = tuple(rules)
+    for index, rule in enumerate(checked):
+        if not isinstance(rule, RoutingRule):
+            raise ConfigurationError(f"rules[{index}] must be a RoutingRule {hint}, got {shown(rule)}")
+    return checked
+
+
+def _a_target_hint() -> str:
+    return "such as Target(type=TargetType.AGENT, id='assistant')"
+
+
 def _by_source(defaults: Mapping[str, Target]) -> dict[str, Target]:
-    """Defaults keyed by the source as events read it (stripped, in lower case)."""
+    """Defaults keyed by the source as events read it (stripped, in lower case); a target that is
+    no :class:`Target` (an agent id as text) is refused here, not met by the first decision."""
+    if not isinstance(defaults, Mapping):
+        raise ConfigurationError(
+            f"source_defaults must be a mapping of sources to Targets, got {shown(defaults)}"
+        )
     keyed: dict[str, Target] = {}
     written: dict[str, str] = {}
     for source, target in defaults.items():
+        if not isinstance(target, Target):
+            raise ConfigurationError(
+                f"source_defaults[{source!r}] must be a Target, {_a_target_hint()}, got {shown(target)}"
+            )
         try:
             key = source_name(source, what="source_defaults key")
         except ValueError as error:
