@@ -9,6 +9,7 @@ from pydantic import ValidationError
 from dynamic_agents.events import AgentRequestEvent, Target, TargetType
 from dynamic_agents.exceptions import NoRouteError, RoutingConfigError, SecretNotFoundError
 from dynamic_agents.routing import (
+    EventRouter,
     InterfaceConfig,
     InterfaceRouting,
     RoutingConfig,
@@ -638,3 +639,43 @@ def test_a_boolean_among_guild_ids_is_refused(written: str, shown: str) -> None:
 def test_guild_ids_given_as_text_and_as_the_same_number_keep_both_forms() -> None:
     rule = RoutingRule(name="g", guild_ids=["1", 1, 2], agent_id="a")
     assert rule.metadata_match["guild_id"] == ("1", 1, 2, "2")
+
+
+KEY_CANARY = "sk-live-routing-canary-7f3a9c2e1b5d4f60"
+
+
+@pytest.mark.parametrize(
+    ("text", "path"),
+    [
+        (f'discord:\n  session:\n    prefix: "{KEY_CANARY}\\u0007"\n', "discord.session.prefix"),
+        (
+            f"discord:\n  routing:\n    rules:\n      - name: r\n        source: {KEY_CANARY}\n"
+            "        agent_id: a\n",
+            "discord.routing.rules[0].source",
+        ),
+        (
+            f'discord:\n  routing:\n    rules:\n      - name: r\n        source: "{KEY_CANARY} x"\n'
+            "        agent_id: a\n",
+            "discord.routing.rules[0].source",
+        ),
+    ],
+)
+def test_a_key_pasted_into_a_routing_field_is_masked_in_the_error(text: str, path: str) -> None:
+    """The value found is masked when shaped like a key, in the validator's own words too: the
+    prefix error quoted the key in full and then masked it in its "(got …)"."""
+    with pytest.raises(RoutingConfigError) as caught:
+        RoutingConfig.from_yaml(text, source="pasted.yaml")
+    assert caught.value.path == path
+    assert KEY_CANARY not in str(caught.value)
+    assert "canary" not in repr(caught.value)
+
+
+def test_a_key_pasted_as_a_source_defaults_key_is_masked_in_the_error() -> None:
+    with pytest.raises(RoutingConfigError) as caught:
+        EventRouter(
+            source_defaults={
+                f"{KEY_CANARY} ": Target(type=TargetType.AGENT, id="a"),
+                "!": Target(type=TargetType.AGENT, id="b"),
+            }
+        )
+    assert "canary" not in str(caught.value)

@@ -79,8 +79,10 @@ def source_name(value: str, *, what: str = "source") -> str:
     why no event could have it (``what`` names the value: ``interface 'x'`` reads better there)."""
     source = value.strip().lower()
     if not _SOURCE_RE.match(source):
-        raise ValueError(
-            f"{what} {value!r} is not a platform name, so no event can have it as its source: a "
+        from dynamic_agents._validation import shown  # on the error path only
+
+        raise ValueError(  # a key pasted in its place is masked
+            f"{what} {shown(value)} is not a platform name, so no event can have it as its source: a "
             "letter, then letters, digits, '_', '.' or '-' (at most 64), read in lower case"
         )
     return source

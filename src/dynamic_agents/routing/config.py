@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Final, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dynamic_agents._redaction import names_a_credential
-from dynamic_agents._validation import MAX_SECONDS
+from dynamic_agents._validation import MAX_SECONDS, shown
 from dynamic_agents.events import Target, TargetType
 from dynamic_agents.events._types import source_name
 from dynamic_agents.exceptions import RoutingConfigError
@@ -81,12 +81,12 @@ class SessionSettings(BaseModel):
         blank one is surely a mistake (left out, the source is used)."""
         if value is not None and not value.strip():
             raise ValueError(
-                f"session prefix {value!r} is blank: session ids are '{{prefix}}:{{channel}}' "
+                f"session prefix {shown(value)} is blank: session ids are '{{prefix}}:{{channel}}' "
                 "(give a name such as 'discord', or leave prefix out to use the source)"
             )
         if value is not None and any(unicodedata.category(char) == "Cc" for char in value):
             raise ValueError(
-                f"session prefix {value!r} has a control character: it becomes part of session "
+                f"session prefix {shown(value)} has a control character: it becomes part of session "
                 "ids and key names (use letters, digits and punctuation)"
             )
         return value
@@ -328,9 +328,10 @@ def _stray_rule_source(interface: str, settings: Any) -> tuple[int, str] | None:
 
 
 def _foreign_source(rule_source: str, interface: str) -> str:
+    # a platform name in shape can be a key pasted in the wrong place: shown() masks one
     return (
-        f"source {rule_source!r} is not the interface's {interface!r}: a rule under an interface "
-        f"applies to its source (leave 'source' out, or move the rule under '{rule_source}:')"
+        f"source {shown(rule_source)} is not the interface's {interface!r}: a rule under an interface "
+        "applies to its source (leave 'source' out, or move the rule under that source's interface)"
     )
 
 
