@@ -534,3 +534,37 @@ def test_replace_rules_of_the_wrong_type_are_refused_keeping_the_old(rules: Any)
     with pytest.raises(ConfigurationError, match=r"^rules"):
         router.replace_rules(rules)
     assert [r.name for r in router.rules] == ["old"]
+
+
+class _CountedName(str):
+    """A rule name counting how often it is compared with another."""
+
+    __slots__ = ()
+    comparisons = 0
+
+    def __eq__(self, other: object) -> bool:
+        _CountedName.comparisons += 1
+        return str.__eq__(self, other)
+
+    __hash__ = str.__hash__
+
+
+def test_duplicate_rule_names_are_found_without_comparing_every_pair() -> None:
+    """Every name was counted in the whole list (``names.count``): 10,000 rules took 1.6 s and
+    40,000 took 29 s, in ``EventRouter()`` and in ``replace_rules`` (``PUT /routing/rules``, on
+    the event loop). Hashing compares a name only with one of the same hash."""
+    rules = [
+        RoutingRule.model_construct(
+            name=_CountedName(f"rule-{n:04d}"),
+            source="discord",
+            source_ids=frozenset({str(n)}),
+            target=Target(type=AGENT, id="a"),
+        )
+        for n in range(400)
+    ]
+    _CountedName.comparisons = 0
+    router = EventRouter(rules)
+    assert _CountedName.comparisons < len(rules)
+    assert router.route(event(source_id="7")).rule == "rule-0007"
+    with pytest.raises(RoutingConfigError, match=r"repeated: rule-0001$"):
+        router.replace_rules([*rules, rules[1]])

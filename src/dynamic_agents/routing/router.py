@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import heapq
 import inspect
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Collection, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Final
@@ -183,8 +183,8 @@ class _RuleIndex:
     @classmethod
     def build(cls, rules: Iterable[RoutingRule], pattern_timeout: float) -> _RuleIndex:
         rules = _checked_rules(rules)
-        names = [rule.name for rule in rules]
-        duplicates = sorted({name for name in names if names.count(name) > 1})
+        # counted by hash: names.count(name) per rule compared every pair (29 s for 40,000 rules)
+        duplicates = sorted(name for name, uses in Counter(rule.name for rule in rules).items() if uses > 1)
         if duplicates:
             raise RoutingConfigError(f"rule names must be unique; repeated: {', '.join(duplicates)}")
         compiled = tuple(_CompiledRule(rule, n, pattern_timeout) for n, rule in enumerate(rules))
