@@ -568,3 +568,25 @@ def test_duplicate_rule_names_are_found_without_comparing_every_pair() -> None:
     assert router.route(event(source_id="7")).rule == "rule-0007"
     with pytest.raises(RoutingConfigError, match=r"repeated: rule-0001$"):
         router.replace_rules([*rules, rules[1]])
+
+
+def test_rules_sharing_a_metadata_value_are_indexed_without_comparing_every_pair(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A rule joined a metadata value's list after a look through the whole list (``not in``):
+    20,000 rules of one guild took 6.4 s to index (its number and its text, two lists)."""
+    from dynamic_agents.routing import router as router_module
+
+    comparisons = 0
+
+    def counted(self: object, other: object) -> bool:
+        nonlocal comparisons
+        comparisons += 1
+        return self is other
+
+    monkeypatch.setattr(router_module._CompiledRule, "__eq__", counted)
+    rules = [rule(f"guild rule {n}", guild_ids=["987"], content_pattern=f"^c{n}$") for n in range(300)]
+    router = EventRouter(rules)
+    assert comparisons < len(rules)
+    assert router.route(event(content="c42", metadata={"guild_id": 987})).rule == "guild rule 42"
+    assert router.route(event(content="c43", metadata={"guild_id": "987"})).rule == "guild rule 43"

@@ -143,7 +143,9 @@ class _Bucket:
             self.metadata_keys.add(key)
             for value in wanted if isinstance(wanted, tuple) else (wanted,):
                 rules = self.by_metadata[key, type(value) is bool, value]
-                if compiled not in rules:  # 1 and 1.0 are one entry: the rule once
+                # 1 and 1.0 are one entry: the rule once. Only its own values can have put it
+                # there, just now: look at the last, not through the list (quadratic in a guild's rules)
+                if not rules or rules[-1] is not compiled:
                     rules.append(compiled)
         else:
             self.scan.append(compiled)
