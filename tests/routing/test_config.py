@@ -679,3 +679,26 @@ def test_a_key_pasted_as_a_source_defaults_key_is_masked_in_the_error() -> None:
             }
         )
     assert "canary" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("2001-02-30", "day is out of range for month"),  # a date YAML reads, then cannot build
+        ("2001-13-01", "month must be in 1..12"),
+        ("9" * 5000, "4300 digits"),
+        ("!!int abc", "'abc'"),
+        ("!!float abc", "'abc'"),
+        (f"!!int {KEY_CANARY}", "**********"),
+    ],
+)
+def test_a_scalar_the_yaml_reader_cannot_build_is_a_config_error_naming_the_line(
+    value: str, says: str
+) -> None:
+    """Each escaped the loader as a bare ``ValueError`` naming no file, line or path."""
+    text = f"discord:\n  routing:\n    default_agent: a\n  started: {value}\n"
+    with pytest.raises(RoutingConfigError) as caught:
+        RoutingConfig.from_yaml(text, source="scalar.yaml")
+    assert (caught.value.source, caught.value.line) == ("scalar.yaml", 4)
+    assert says in str(caught.value)
+    assert "canary" not in str(caught.value)

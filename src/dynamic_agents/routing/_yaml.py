@@ -9,6 +9,7 @@ from typing import Any, Final
 import yaml
 from pydantic import ValidationError
 
+from dynamic_agents._validation import shown
 from dynamic_agents.exceptions import RoutingConfigError
 from dynamic_agents.secrets.references import error_with_value
 
@@ -25,7 +26,7 @@ dump walk every copy."""
 def load_yaml(text: str, source: str) -> tuple[Any, dict[YamlPath, int]]:
     """The data, and the 1-based line of every mapping value and sequence item by path."""
     try:
-        loader = yaml.SafeLoader(text)  # the reader refuses control characters here already
+        loader = _Loader(text)  # the reader refuses control characters here already
     except yaml.YAMLError as error:
         raise _yaml_error(error, source) from None
     try:
@@ -87,6 +88,22 @@ def load_yaml(text: str, source: str) -> tuple[Any, dict[YamlPath, int]]:
 
     walk(node, ())
     return data, lines
+
+
+class _Loader(yaml.SafeLoader):
+    """The safe loader, with a scalar it reads but cannot build (``2001-02-30``, an int of 5,000
+    digits, ``!!int abc``) a YAML error at the scalar's line: it raised a bare ``ValueError``."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, OverflowError) as error:
+            value = str(node.value) if isinstance(node, yaml.ScalarNode) else ""
+            detail = "" if value and value in str(error) else f": {error}"  # the value shown masked
+            kind = str(node.tag).rpartition(":")[2]
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read {shown(value)} as {kind}{detail}", node.start_mark
+            ) from None
 
 
 def _yaml_error(error: yaml.YAMLError, source: str) -> RoutingConfigError:
