@@ -702,3 +702,19 @@ def test_a_scalar_the_yaml_reader_cannot_build_is_a_config_error_naming_the_line
     assert (caught.value.source, caught.value.line) == ("scalar.yaml", 4)
     assert says in str(caught.value)
     assert "canary" not in str(caught.value)
+
+
+@pytest.mark.parametrize("many", [False, True])
+def test_a_file_that_is_not_utf8_is_a_config_error_naming_the_file_and_line(
+    tmp_path: Path, many: bool
+) -> None:
+    """A file saved as Latin-1 raised a bare ``UnicodeDecodeError`` naming no file: among
+    ``from_files(config/interfaces/*.yaml)`` there was no telling which."""
+    good = tmp_path / "slack.yaml"
+    good.write_text("slack:\n  routing: {default_agent: a}\n", encoding="utf-8")
+    latin = tmp_path / "discord.yaml"
+    latin.write_bytes("discord:\n  routing: {default_agent: b}\n  greeting: 'olá'\n".encode("latin-1"))
+    with pytest.raises(RoutingConfigError) as caught:
+        RoutingConfig.from_files([good, latin]) if many else RoutingConfig.from_file(latin)
+    assert (caught.value.source, caught.value.line) == (str(latin), 3)
+    assert "UTF-8" in str(caught.value)

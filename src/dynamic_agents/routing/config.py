@@ -186,8 +186,7 @@ class RoutingConfig(BaseModel):
 
     @classmethod
     def from_file(cls, path: str | Path) -> Self:
-        path = Path(path)
-        return cls.from_yaml(path.read_text(encoding="utf-8"), source=str(path))
+        return cls.from_yaml(_read(path), source=str(path))
 
     @classmethod
     def from_files(cls, paths: Iterable[str | Path]) -> Self:
@@ -203,7 +202,7 @@ class RoutingConfig(BaseModel):
         rule_names: dict[str, str] = {}
         for path in paths:
             source = str(path)
-            data, lines = load_yaml(Path(path).read_text(encoding="utf-8"), source)
+            data, lines = load_yaml(_read(path), source)
             config = cls._validate(data, source, lines)
             keys = _written_keys(lines)
             for name, interface in config.interfaces.items():
@@ -286,6 +285,20 @@ class RoutingConfig(BaseModel):
             default=self.default,
             **options,
         )
+
+
+def _read(path: str | Path) -> str:
+    """The text of a config file; one that is not UTF-8 is a :class:`RoutingConfigError` naming the
+    file and the line (a bare ``UnicodeDecodeError`` named neither)."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise RoutingConfigError(
+            f"not UTF-8 text ({error.reason} at byte {error.start}): save the file as UTF-8",
+            source=str(path),
+            line=data.count(b"\n", 0, error.start) + 1,
+        ) from None
 
 
 def _misplaced_key(interface: Any) -> tuple[str, str] | None:
