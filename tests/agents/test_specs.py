@@ -12,6 +12,7 @@ import yaml
 from dynamic_agents.agents import AgentSpec, TeamSpec, WorkflowSpec
 from dynamic_agents.agents.specs import SpecBase
 from dynamic_agents.exceptions import SpecValidationError
+from tests.support.yaml_documents import UNREADABLE_SCALARS, alias_bomb
 
 
 @pytest.mark.parametrize(
@@ -170,6 +171,13 @@ def test_yaml_that_does_not_parse_is_refused_by_line_without_quoting_it(text: st
     with pytest.raises(SpecValidationError, match=r"^not valid YAML at line \d+: ") as refused:
         AgentSpec.from_yaml(text)
     assert "CANARY" not in str(refused.value)
+
+
+@pytest.mark.parametrize("text", [alias_bomb("model"), *UNREADABLE_SCALARS, "id: a\nx: &a [*a]\n"])
+def test_yaml_the_reader_lets_through_is_refused_as_yaml(text: str) -> None:
+    # an alias bomb loaded, then validation walked every copy; a bad date was a bare ValueError
+    with pytest.raises(SpecValidationError, match=r"^not valid YAML at line \d+: "):
+        AgentSpec.from_yaml(text)
 
 
 @pytest.mark.parametrize(

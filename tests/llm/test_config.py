@@ -9,6 +9,7 @@ import pytest
 
 from dynamic_agents.exceptions import ConfigurationError
 from dynamic_agents.llm import ROUTING_STRATEGIES, RouterConfig
+from tests.support.yaml_documents import UNREADABLE_SCALARS, alias_bomb
 
 
 def deployment(name: str = "gpt", **params: Any) -> dict[str, Any]:
@@ -407,3 +408,9 @@ async def test_a_redis_password_in_router_settings_is_masked_and_registered() ->
         assert password not in REDACTOR.redact(f"redis refused the password {password}")
     finally:
         await router.aclose()
+
+
+@pytest.mark.parametrize("text", [alias_bomb("router_settings"), *UNREADABLE_SCALARS])
+def test_yaml_the_reader_lets_through_is_refused_as_yaml(text: str) -> None:
+    with pytest.raises(ConfigurationError, match=r"^router config is not valid YAML at line \d+: "):
+        RouterConfig.from_yaml(text)

@@ -17,6 +17,7 @@ from dynamic_agents.routing import (
     SessionSettings,
 )
 from dynamic_agents.secrets import SecretsManager, StaticSource
+from tests.support.yaml_documents import alias_bomb
 
 # The design document's config/interfaces/discord.yaml, as written there.
 SEED_DISCORD_YAML = """\
@@ -278,11 +279,8 @@ def test_an_alias_bomb_is_refused_at_load_naming_the_line() -> None:
     """Nine levels of nine aliases each stand for 9**9 (387 million) values ("billion laughs"):
     the loader shares them, but whatever walks the settings (``repr``, ``resolve_settings``, a
     JSON dump) meets every copy and never ends. Refused before anything walks them."""
-    lines = ["l0: &l0 [x, x, x, x, x, x, x, x, x]"]
-    lines += [f"l{n}: &l{n} [{', '.join([f'*l{n - 1}'] * 9)}]" for n in range(1, 10)]
-    text = "discord:\n" + "".join(f"  {line}\n" for line in lines)
     with pytest.raises(RoutingConfigError) as caught:
-        RoutingConfig.from_yaml(text, source="bomb.yaml")
+        RoutingConfig.from_yaml(alias_bomb("discord"), source="bomb.yaml")
     assert caught.value.source == "bomb.yaml"
     assert "aliases" in str(caught.value)
     assert caught.value.path.startswith("discord.l")

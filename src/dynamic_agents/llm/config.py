@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from dynamic_agents._redaction import masked_url, names_a_credential
 from dynamic_agents._validation import NotBoolean, shown
+from dynamic_agents._yaml import safe_load, yaml_problem
 from dynamic_agents.exceptions import ConfigurationError
 from dynamic_agents.secrets.references import error_with_value, masked_settings, shown_reference
 
@@ -290,14 +291,9 @@ class RouterConfig(BaseModel):
     @classmethod
     def from_yaml(cls, text: str) -> Self:
         try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as error:
-            # The line and the problem only: PyYAML's own message quotes the offending snippet,
-            # which may be a key written in the file.
-            mark = getattr(error, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark is not None else ""
-            problem = getattr(error, "problem", None) or type(error).__name__
-            raise ConfigurationError(f"router config is not valid YAML{where}: {problem}") from None
+            data = safe_load(text) or {}
+        except yaml.YAMLError as error:  # the line and the problem only (yaml_problem)
+            raise ConfigurationError(f"router config is {yaml_problem(error)}") from None
         return cls.from_dict(data)
 
     @classmethod

@@ -9,32 +9,36 @@ from typing import Any, Final
 import yaml
 from pydantic import ValidationError
 
-from dynamic_agents._validation import shown
+from dynamic_agents._yaml import AliasError, YamlLoader, YamlPath, walk_document
 from dynamic_agents.exceptions import RoutingConfigError
 from dynamic_agents.secrets.references import error_with_value
 
 __all__ = ["YamlPath", "config_error", "format_path", "load_yaml"]
 
-YamlPath = tuple[str | int, ...]
-
-MAX_ALIASED_VALUES: Final = 1_000_000
-"""How many values aliases may add to a document: nine levels of nine aliases stand for 387
-million ("billion laughs"). The loader shares them, but ``repr``, ``resolve_settings`` or a JSON
-dump walk every copy."""
-
 
 def load_yaml(text: str, source: str) -> tuple[Any, dict[YamlPath, int]]:
-    """The data, and the 1-based line of every mapping value and sequence item by path."""
+    """The data, and the 1-based line of every mapping value and sequence item by path. Read with
+    :mod:`dynamic_agents._yaml`'s loader, its refusals (an alias bomb…) a :class:`RoutingConfigError`."""
     try:
-        loader = _Loader(text)  # the reader refuses control characters here already
+        loader = YamlLoader(text)  # the reader refuses control characters here already
     except yaml.YAMLError as error:
         raise _yaml_error(error, source) from None
+    lines: dict[YamlPath, int] = {}
+
+    def record_line(current: yaml.Node, path: YamlPath) -> None:
+        lines[path] = current.start_mark.line + 1
+
     try:
         node = loader.get_single_node()
         if node is None:
             return {}, {}
         _refuse_repeated_keys(node, source)
+        walk_document(node, record_line)  # before anything walks what aliases stand for
         data = loader.construct_document(node)
+    except AliasError as error:
+        raise RoutingConfigError(
+            str(error.problem), source=source, line=lines[error.path], path=format_path(error.path)
+        ) from None
     except yaml.YAMLError as error:
         raise _yaml_error(error, source) from None
     except RecursionError:  # the composer recurses once per level of nesting
@@ -43,67 +47,7 @@ def load_yaml(text: str, source: str) -> tuple[Any, dict[YamlPath, int]]:
         ) from None
     finally:
         loader.dispose()
-    lines: dict[YamlPath, int] = {}
-    # an alias is the anchored node itself: walk it once, not per alias; keep how many values it
-    # stands for (itself and all inside it, every alias counted whole)
-    sizes: dict[int, int] = {}
-    inside: set[int] = set()  # the nodes being walked: meeting one again is an alias to itself
-
-    def walk(current: yaml.Node, path: YamlPath) -> tuple[int, int]:
-        """How many values ``current`` stands for, and how many of them aliases add."""
-        lines[path] = current.start_mark.line + 1
-        if id(current) in inside:
-            raise RoutingConfigError(
-                "an alias refers to itself: it stands for a value it is inside of",
-                source=source,
-                line=lines[path],
-                path=format_path(path),
-            )
-        if id(current) in sizes:  # met again: an alias, all it stands for is a copy
-            return sizes[id(current)], sizes[id(current)]
-        inside.add(id(current))
-        children: list[tuple[yaml.Node, YamlPath]] = []
-        size, added = 1, 0
-        if isinstance(current, yaml.MappingNode):
-            children = [(value, (*path, str(key.value))) for key, value in current.value]
-            size += len(children)  # the keys
-        elif isinstance(current, yaml.SequenceNode):
-            children = [(item, (*path, index)) for index, item in enumerate(current.value)]
-        for child, child_path in children:
-            child_size, child_added = walk(child, child_path)
-            size += child_size
-            added += child_added
-        if added > MAX_ALIASED_VALUES:
-            raise RoutingConfigError(
-                f"aliases make this value stand for {size:,} values, {added:,} of them copies "
-                f"(at most {MAX_ALIASED_VALUES:,}): whatever reads it would walk every copy "
-                "(an alias bomb); write the values out or reuse fewer",
-                source=source,
-                line=lines[path],
-                path=format_path(path),
-            )
-        inside.discard(id(current))
-        sizes[id(current)] = size
-        return size, added
-
-    walk(node, ())
     return data, lines
-
-
-class _Loader(yaml.SafeLoader):
-    """The safe loader, with a scalar it reads but cannot build (``2001-02-30``, an int of 5,000
-    digits, ``!!int abc``) a YAML error at the scalar's line: it raised a bare ``ValueError``."""
-
-    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
-        try:
-            return super().construct_object(node, deep=deep)
-        except (ValueError, OverflowError) as error:
-            value = str(node.value) if isinstance(node, yaml.ScalarNode) else ""
-            detail = "" if value and value in str(error) else f": {error}"  # the value shown masked
-            kind = str(node.tag).rpartition(":")[2]
-            raise yaml.constructor.ConstructorError(
-                None, None, f"cannot read {shown(value)} as {kind}{detail}", node.start_mark
-            ) from None
 
 
 def _yaml_error(error: yaml.YAMLError, source: str) -> RoutingConfigError:

@@ -15,6 +15,7 @@ from dynamic_agents.agents.stores import SpecStore, YamlDirectorySpecStore
 from dynamic_agents.agents.stores.base import SpecModels
 from dynamic_agents.exceptions import SpecValidationError
 from tests.agents.stores.contract import MODELS, Backend, PersistentSpecStoreContract, agent
+from tests.support.yaml_documents import UNREADABLE_SCALARS, alias_bomb
 
 
 @pytest.fixture
@@ -196,3 +197,13 @@ async def test_a_file_that_does_not_parse_is_refused_by_line_without_quoting_it(
     with pytest.raises(SpecValidationError, match=r"x\.yaml: not valid YAML at line \d+: ") as refused:
         await store.get(SpecKind.AGENT, "x")
     assert "CANARY" not in str(refused.value)
+
+
+async def test_a_file_the_reader_lets_through_is_refused_as_yaml(
+    store: YamlDirectorySpecStore, directory: Path
+) -> None:
+    (directory / "agent").mkdir(parents=True)
+    for text in (alias_bomb("metadata"), *UNREADABLE_SCALARS):
+        (directory / "agent" / "x.yaml").write_text("id: x\n" + text)
+        with pytest.raises(SpecValidationError, match=r"x\.yaml: not valid YAML at line \d+: "):
+            await store.get(SpecKind.AGENT, "x")

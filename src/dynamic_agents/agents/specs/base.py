@@ -12,10 +12,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from dynamic_agents._validation import NotBoolean, check_choice, shown
+from dynamic_agents._yaml import safe_load, yaml_problem
 from dynamic_agents.exceptions import SpecValidationError
 from dynamic_agents.secrets.references import error_with_value
 
-__all__ = ["SpecBase", "SpecKind", "SpecStatus", "spec_error", "yaml_problem"]
+__all__ = ["SpecBase", "SpecKind", "SpecStatus", "spec_error"]
 
 
 class SpecKind(StrEnum):
@@ -86,7 +87,7 @@ class SpecBase(BaseModel):
     @classmethod
     def from_yaml(cls, text: str) -> Self:
         try:
-            data = yaml.safe_load(text)
+            data = safe_load(text)  # an alias bomb, a bad date… a YAMLError too
         except yaml.YAMLError as error:
             raise SpecValidationError(yaml_problem(error)) from None
         if not isinstance(data, Mapping):
@@ -122,15 +123,6 @@ class SpecBase(BaseModel):
         kind = {"const": cls.kind.value, "default": cls.kind.value, "title": "Kind"}
         schema["properties"] = {"kind": kind, **schema.get("properties", {})}
         return schema
-
-
-def yaml_problem(error: yaml.YAMLError) -> str:
-    """``not valid YAML at line 3: <problem>``: the line and the problem only, as the router
-    config says it. PyYAML's own message quotes the line it stopped at, which may hold a key."""
-    mark = getattr(error, "problem_mark", None)
-    where = f" at line {mark.line + 1}" if mark is not None else ""
-    problem = getattr(error, "problem", None) or type(error).__name__
-    return f"not valid YAML{where}: {problem}"
 
 
 def spec_error(model: type[SpecBase], data: Mapping[str, Any], error: ValidationError) -> SpecValidationError:

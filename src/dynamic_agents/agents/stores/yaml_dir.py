@@ -27,7 +27,8 @@ import yaml
 
 from dynamic_agents._logging import get_logger
 from dynamic_agents._validation import check_count
-from dynamic_agents.agents.specs.base import SpecBase, SpecKind, SpecStatus, yaml_problem
+from dynamic_agents._yaml import safe_load, yaml_problem
+from dynamic_agents.agents.specs.base import SpecBase, SpecKind, SpecStatus
 from dynamic_agents.agents.stores.base import (
     SpecModels,
     SpecStore,
@@ -208,7 +209,7 @@ def _read(path: Path) -> Any:
     except UnicodeDecodeError as error:
         raise invalid(str(path), f"not UTF-8 text: {error}") from None
     try:
-        return yaml.safe_load(text)
+        return safe_load(text)
     except yaml.YAMLError as error:
         raise invalid(str(path), yaml_problem(error)) from None
 

@@ -1,0 +1,126 @@
+"""Reading YAML, for every YAML reader of the library (routing config, specs, spec stores, router
+config): PyYAML's safe loader, with what it lets through refused as a ``yaml.YAMLError`` at its
+line: a scalar it reads but cannot build (``2001-02-30``, an int of 5,000 digits, ``!!int abc``:
+a bare ``ValueError``), aliases that stand for more than :data:`MAX_ALIASED_VALUES` copies (an
+alias bomb: the loader shares them, but ``repr``, a validator or a JSON dump walk every copy), an
+alias inside what it stands for, and nesting deeper than the reader recurses."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Final
+
+import yaml
+
+from dynamic_agents._validation import shown
+
+__all__ = [
+    "MAX_ALIASED_VALUES",
+    "AliasError",
+    "YamlLoader",
+    "YamlPath",
+    "safe_load",
+    "walk_document",
+    "yaml_problem",
+]
+
+YamlPath = tuple[str | int, ...]
+
+MAX_ALIASED_VALUES: Final = 1_000_000
+"""How many values aliases may add to a document: nine levels of nine aliases stand for 387
+million ("billion laughs")."""
+
+
+class YamlLoader(yaml.SafeLoader):
+    """The safe loader, with a scalar it reads but cannot build a YAML error at the scalar's line
+    (the value masked, as :func:`~dynamic_agents._validation.shown` masks one)."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, OverflowError) as error:
+            value = str(node.value) if isinstance(node, yaml.ScalarNode) else ""
+            detail = "" if value and value in str(error) else f": {error}"  # the value shown masked
+            kind = str(node.tag).rpartition(":")[2]
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read {shown(value)} as {kind}{detail}", node.start_mark
+            ) from None
+
+
+class AliasError(yaml.constructor.ConstructorError):
+    """Aliases refused (:func:`walk_document`); ``path`` is where, in the document."""
+
+    def __init__(self, problem: str, node: yaml.Node, path: YamlPath) -> None:
+        super().__init__(None, None, problem, node.start_mark)
+        self.path = path
+
+
+def walk_document(node: yaml.Node, visit: Callable[[yaml.Node, YamlPath], None] | None = None) -> None:
+    """Walk a composed document, calling ``visit`` with every value's node and path (an alias's
+    too, at each path it stands at), each anchored node walked once; :class:`AliasError` for an
+    alias inside what it stands for, or aliases adding more than :data:`MAX_ALIASED_VALUES`."""
+    sizes: dict[int, int] = {}  # by anchored node: how many values it stands for, all inside it
+    inside: set[int] = set()  # the nodes being walked: meeting one again is an alias to itself
+
+    def walk(current: yaml.Node, path: YamlPath) -> tuple[int, int]:
+        """How many values ``current`` stands for, and how many of them aliases add."""
+        if visit is not None:
+            visit(current, path)
+        if id(current) in inside:
+            raise AliasError(
+                "an alias refers to itself: it stands for a value it is inside of", current, path
+            )
+        if id(current) in sizes:  # met again: an alias, all it stands for is a copy
+            return sizes[id(current)], sizes[id(current)]
+        inside.add(id(current))
+        children: list[tuple[yaml.Node, YamlPath]] = []
+        size, added = 1, 0
+        if isinstance(current, yaml.MappingNode):
+            children = [(value, (*path, str(key.value))) for key, value in current.value]
+            size += len(children)  # the keys
+        elif isinstance(current, yaml.SequenceNode):
+            children = [(item, (*path, index)) for index, item in enumerate(current.value)]
+        for child, child_path in children:
+            child_size, child_added = walk(child, child_path)
+            size += child_size
+            added += child_added
+        if added > MAX_ALIASED_VALUES:
+            raise AliasError(
+                f"aliases make this value stand for {size:,} values, {added:,} of them copies "
+                f"(at most {MAX_ALIASED_VALUES:,}): whatever reads it would walk every copy "
+                "(an alias bomb); write the values out or reuse fewer",
+                current,
+                path,
+            )
+        inside.discard(id(current))
+        sizes[id(current)] = size
+        return size, added
+
+    walk(node, ())
+
+
+def safe_load(text: str) -> Any:
+    """``yaml.safe_load``, with what this module refuses a ``yaml.YAMLError`` (``None`` for an
+    empty document)."""
+    loader = YamlLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        walk_document(node)
+        return loader.construct_document(node)
+    except RecursionError:  # the composer recurses once per level of nesting
+        raise yaml.MarkedYAMLError(
+            problem="nested too deeply for the YAML reader (lists or mappings inside each other)"
+        ) from None
+    finally:
+        loader.dispose()
+
+
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """``not valid YAML at line 3: <problem>``: the line and the problem only. PyYAML's own
+    message quotes the line it stopped at, which may hold a key."""
+    mark = getattr(error, "problem_mark", None)
+    where = f" at line {mark.line + 1}" if mark is not None else ""
+    problem = getattr(error, "problem", None) or type(error).__name__
+    return f"not valid YAML{where}: {problem}"
