@@ -286,6 +286,17 @@ def test_bad_options_are_refused_naming_them(options: dict[str, Any], refusal: s
     assert TOKEN not in str(refused.value)
 
 
+@pytest.mark.parametrize("token", [f"{TOKEN}-\u00e9", f"{TOKEN} {TOKEN}"])
+def test_a_token_that_cannot_go_in_a_header_is_refused_masked(token: str) -> None:
+    # Non-ASCII failed in httpx's header encoding with a bare UnicodeEncodeError holding
+    # "Bearer <token>" in clear in its args (its repr, an error reporter's capture); a space was
+    # sent as "Bearer a b", which no server takes (the Identity client refuses both already)
+    with pytest.raises(ConfigurationError, match=r"^token must be a str .*, got \*{10}$") as refused:
+        AgentsHTTPClient("http://api.test", token=token)
+    assert TOKEN not in repr(refused.value)
+    assert refused.value.__context__ is None
+
+
 async def test_leaving_the_block_closes_the_http_client() -> None:
     api = Recorder(lambda request: httpx.Response(200, json=SPEC))
     async with api.client() as client:

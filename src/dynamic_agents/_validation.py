@@ -30,6 +30,7 @@ __all__ = [
     "invalid_fields",
     "not_boolean",
     "shown",
+    "unsendable_token",
 ]
 
 E = TypeVar("E", bound=StrEnum)
@@ -98,6 +99,14 @@ def check_base_url(name: str, url: object) -> str:
             "service's URL alone (https://service.example.com, or with a path prefix)"
         )
     return url
+
+
+def unsendable_token(token: str) -> bool:
+    """Whether a bearer ``token`` cannot be sent in an ``Authorization`` header: a space, a line
+    break or a character that is not printable ASCII. httpx fails to encode a non-ASCII one with
+    an error holding the whole header in clear, and h11 refuses a line break with an error that
+    quotes it, escaped past the redactor: every traceback of the failure would show the token."""
+    return not (token.isascii() and token.isprintable()) or " " in token
 
 
 @overload

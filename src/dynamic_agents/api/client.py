@@ -10,7 +10,7 @@ from urllib.parse import quote
 import httpx
 
 from dynamic_agents._redaction import MASK, masked_url
-from dynamic_agents._validation import check_base_url, check_seconds, shown
+from dynamic_agents._validation import check_base_url, check_seconds, shown, unsendable_token
 from dynamic_agents.exceptions import ApiError, ConfigurationError
 
 __all__ = ["AgentsHTTPClient", "ApiError"]  # ApiError lives in dynamic_agents.exceptions
@@ -169,13 +169,14 @@ def _path(*segments: str) -> str:
 
 def _check_token(token: object) -> None:
     """A token of spaces was sent as ``Bearer    ``; one with a newline (pasted from a file) was
-    refused by httpx on every request; one of another type was sent as its ``str()``."""
-    if token is None or (isinstance(token, str) and token.strip() and token.isprintable()):
+    refused by httpx on every request, a non-ASCII one by httpx here with the header in clear in
+    the error (:func:`unsendable_token`); one of another type was sent as its ``str()``."""
+    if token is None or (isinstance(token, str) and token.strip() and not unsendable_token(token)):
         return
     if not isinstance(token, str):
         got = shown(token)
     elif not token.strip():  # a blank one is no secret
         got = repr(token)
-    else:  # one with a control character may be a real token
+    else:  # one with a control character, a space or non-ASCII may be a real token
         got = MASK
     raise ConfigurationError(f"token must be a str (the API's bearer token) or None, got {got}")

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, JsonValue, ValidationError
 
 from dynamic_agents._logging import get_logger
 from dynamic_agents._redaction import REDACTOR, masked_url, redact_text
-from dynamic_agents._validation import check_base_url, check_count, check_seconds, shown
+from dynamic_agents._validation import check_base_url, check_count, check_seconds, shown, unsendable_token
 from dynamic_agents.events._types import UtcDatetime
 from dynamic_agents.exceptions import (
     ConfigurationError,
@@ -163,7 +163,7 @@ class IdentityClient:
             plain = token.reveal() if isinstance(token, SecretValue) else token
             if not plain.strip():  # sent as "Bearer ", every request would come back 401
                 raise ConfigurationError("token is empty: give the Identity service's bearer token")
-            if _unsendable(plain):
+            if unsendable_token(plain):
                 raise ConfigurationError(f"token holds {_UNSENDABLE}")
         if transport is not None and not isinstance(transport, httpx.AsyncBaseTransport):
             # else every request fails with a bare AttributeError (no 'handle_async_request')
@@ -369,7 +369,7 @@ class IdentityClient:
                         f"the Identity token provider returned {type(token).__name__}; it must return "
                         "the bearer token as a str or a SecretValue"
                     )
-                if _unsendable(token.reveal() if isinstance(token, SecretValue) else token):
+                if unsendable_token(token.reveal() if isinstance(token, SecretValue) else token):
                     raise ConfigurationError(
                         f"the Identity token provider returned a token that holds {_UNSENDABLE}"
                     )
@@ -495,14 +495,6 @@ _UNSENDABLE: Final = (
     "a space, a line break or a character that is not printable ASCII (a line break read with it "
     "from a file?): a bearer token cannot go in a header with it; strip it"
 )
-
-
-def _unsendable(token: str) -> bool:
-    """Whether ``token`` cannot be sent in an ``Authorization`` header. h11 refuses such a header
-    with an error that quotes it (``Illegal header value b'Bearer …\\n'``), escaped, so the redactor
-    does not find the token there, and the error is the cause of the request's error: every
-    traceback of the failure would print the token."""
-    return not (token.isascii() and token.isprintable()) or " " in token
 
 
 def _is_loopback(host: str) -> bool:
