@@ -1181,6 +1181,28 @@ async def test_a_retry_after_with_nothing_cached_is_honoured_for_that_secret(
     await manager.aclose()
 
 
+async def test_a_fetch_that_succeeds_lets_go_of_the_retry_after_it_was_told(
+    source: CountingSource, clock: Clock
+) -> None:
+    # Once the source has answered (refresh() asks whatever Retry-After said), its old
+    # Retry-After must not hold back a later fetch: here the value expired, no grace to serve it
+    manager = SecretsManager(source, clock=clock, ttl=100, negative_ttl=30, stale_grace=0)
+    assert await manager.get("mistral", "api_key") is None  # no such secret yet: cached as such
+    clock.now += 31
+    source.failure = IdentityRateLimitedError("429", status=429, retry_after=120)
+    with pytest.raises(SecretsUnavailableError):
+        await manager.get("mistral", "api_key")  # held until 151
+    source.failure = None
+    source.static.set(SecretKey("mistral"), {"api_key": "sk-mistral-000001"})
+    assert await manager.refresh("mistral") == 1
+    clock.now += 101  # expired, still within the 120 s the 429 asked for
+    value = await manager.get("mistral", "api_key")
+    assert value is not None
+    assert value.reveal() == "sk-mistral-000001"
+    assert len(source.fetches) == 4
+    await manager.aclose()
+
+
 async def test_invalidate_lets_a_get_ask_at_once_whatever_retry_after_said(
     source: CountingSource, clock: Clock
 ) -> None:
