@@ -333,3 +333,14 @@ async def test_metadata_that_is_no_mapping_is_refused(make_router: MakeRouter, m
         router.completion(model="gpt", messages=MESSAGES, metadata=metadata)
     response = await router.acompletion(model="gpt", messages=MESSAGES, metadata={"team": "a"})
     assert served_by(response) == "A"
+
+
+async def test_the_callers_metadata_is_left_as_it_was(make_router: MakeRouter) -> None:
+    """The router adds the tags to a call's metadata, and litellm writes its own keys into it:
+    both go into a copy, not into the caller's mapping (which a host may reuse for every call)."""
+    router = await make_router({"model_list": [mock("gpt", "A", tags=["paid"])]})
+    metadata = {"team": "a", "nested": {"x": 1}}
+    await router.acompletion(model="gpt", messages=MESSAGES, metadata=metadata, tags=["paid"])
+    assert metadata == {"team": "a", "nested": {"x": 1}}
+    router.completion(model="gpt", messages=MESSAGES, metadata=metadata)
+    assert metadata == {"team": "a", "nested": {"x": 1}}
