@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import subprocess
+import sys
+import textwrap
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -579,3 +582,43 @@ async def test_a_worker_cancelled_while_its_hooks_start_stops_those_that_started
     with pytest.raises(asyncio.CancelledError):
         await running
     assert pending_gauge(metric_reader) == {}
+
+
+GLOBAL_PROVIDER_SCRIPT = textwrap.dedent(
+    """
+    from opentelemetry import metrics
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from dynamic_agents.observability import OpenTelemetryMetrics
+
+    before = OpenTelemetryMetrics()  # made before the host set up its telemetry
+    reader = InMemoryMetricReader()
+    metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+    after = OpenTelemetryMetrics()
+    before.observe("dynamic_agents.worker.queue.pending", lambda: [(1, {"group": "first"})])
+    after.observe("dynamic_agents.worker.queue.pending", lambda: [(1, {"group": "second"})])
+    data = reader.get_metrics_data()
+    print(sorted(
+        point.attributes["group"]
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        for point in metric.data.data_points
+    ))
+    """
+)
+
+
+def test_two_recorders_on_the_global_provider_both_report_whenever_it_was_set() -> None:
+    """Both recorders use the global provider, one made before it was set (a proxy then): they
+    were told apart by the provider object, each made its own instrument of the name, and the SDK
+    dropped the second's callback without a word. Run apart: the global provider is set once."""
+    completed = subprocess.run(
+        [sys.executable, "-c", GLOBAL_PROVIDER_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == "['first', 'second']"

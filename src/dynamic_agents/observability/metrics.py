@@ -236,8 +236,13 @@ class OpenTelemetryMetrics:
         self._meter = metrics.get_meter("dynamic_agents", __version__, meter_provider=meter_provider)
         self._counters: dict[str, Counter | UpDownCounter] = {}
         self._histograms: dict[str, Histogram] = {}
-        # The callbacks of the provider's observable instruments, shared by all its recorders
-        self._observed = _OBSERVED.setdefault(meter_provider or metrics.get_meter_provider(), {})
+        # The callbacks of the provider's observable instruments, shared by all its recorders. The
+        # global provider's are shared whatever object stands for it: a recorder made before the
+        # host set it holds a proxy, whose instruments land on the provider set later.
+        if meter_provider is None or meter_provider is metrics.get_meter_provider():
+            self._observed = _OBSERVED_GLOBALLY
+        else:
+            self._observed = _OBSERVED.setdefault(meter_provider, {})
 
     def __repr__(self) -> str:
         return f"OpenTelemetryMetrics({len(self._counters) + len(self._histograms)} instruments)"
@@ -295,6 +300,8 @@ Reads = list[Callable[[], Iterable[Observation]]]
 _OBSERVED: weakref.WeakKeyDictionary[MeterProvider, dict[str, Reads]] = weakref.WeakKeyDictionary()
 """By meter provider: each observed instrument's reads (the meter, and so its instruments, is
 the provider's one ``dynamic_agents`` meter, whichever recorder asks)."""
+_OBSERVED_GLOBALLY: dict[str, Reads] = {}
+"""The same for the global meter provider (``meter_provider=None``), set or not yet."""
 
 
 def _spec(name: str, *kinds: InstrumentKind) -> MetricSpec:
