@@ -1305,3 +1305,21 @@ async def test_a_fetch_that_fails_after_its_callers_were_served_stale_is_not_lef
     with pytest.raises(SecretsUnavailableError):  # a 403 is an answer: the value was dropped
         await manager.get("openai", "api_key")
     await manager.aclose()
+
+
+async def test_stale_wait_is_waited_once_for_a_fetch_not_by_every_get(
+    source: CountingSource, clock: Clock
+) -> None:
+    # each get during a hung fetch waited stale_wait again (1 s a get against a hung Identity)
+    manager = SecretsManager(source, clock=clock, ttl=100, stale_grace=600, stale_wait=300)
+    first = await manager.get("openai", "api_key")
+    clock.now += 150  # expired, within the grace
+    source.gate = asyncio.Event()  # the source hangs
+    waiting = asyncio.create_task(manager.get("openai", "api_key"))  # waits up to stale_wait
+    await wait_until(lambda: len(source.fetches) == 2, what="the fetch to start")
+    clock.now += 301  # the fetch has taken longer than stale_wait (still within the grace)
+    assert await manager.get("openai", "api_key") == first  # at once, served stale
+    assert not waiting.done()
+    source.gate.set()
+    assert await waiting is not None
+    await manager.aclose()

@@ -172,6 +172,7 @@ class SecretsManager:
         # With nothing cached to serve: until when a rate-limited source asked not to be asked
         # again for the key (its Retry-After), and what it said
         self._held: dict[_CacheKey, tuple[float, Exception]] = {}
+        self._fetch_began: dict[_CacheKey, float] = {}  # by key, the fetch in flight: when (clock)
         self._listeners: list[ChangeListener] = []
         self._refresher: asyncio.Task[None] | None = None
         self._closed = False
@@ -370,6 +371,7 @@ class SecretsManager:
 
         for key in [key for key in self._inflight if matches(key)]:
             self._orphaned.add(self._inflight.pop(key))
+            self._fetch_began.pop(key, None)
         doomed = [key for key in list(self._cache.keys()) if matches(key)]
         for key in doomed:
             self._cache.pop(key, None)
@@ -418,6 +420,7 @@ class SecretsManager:
         for key in keys:
             before = self._cache.get(key)
             begun = self._inflight.pop(key, None)
+            self._fetch_began.pop(key, None)
             if begun is not None:
                 # Begun before this refresh, it may have read what a rotation has since replaced
                 # (the 401 that made the caller refresh): it answers its own callers, and a new
@@ -492,6 +495,7 @@ class SecretsManager:
         self.stats.misses += 1
         task = asyncio.get_running_loop().create_task(self._fetch(key, previous))
         self._inflight[key] = task
+        self._fetch_began[key] = self._clock()
         task.add_done_callback(lambda done: self._forget_fetch(key, done))
         return task
 
@@ -503,7 +507,10 @@ class SecretsManager:
         if self._closed:
             raise _closed_error(key)
         task = self._inflight.get(key) or self._start_fetch(key, entry)
-        done, _ = await asyncio.wait({task}, timeout=self.stale_wait)
+        # stale_wait from the fetch's start: a get joining a fetch that has taken longer is served
+        # at once, not after waiting stale_wait again
+        waited = now - self._fetch_began.get(key, now)
+        done, _ = await asyncio.wait({task}, timeout=max(0.0, self.stale_wait - waited))
         if done:
             return await self._outcome(key, task)
         self.stats.stale_served += 1
@@ -533,6 +540,7 @@ class SecretsManager:
         self._orphaned.discard(task)
         if self._inflight.get(key) is task:  # not a newer fetch started after an invalidate()
             del self._inflight[key]
+            self._fetch_began.pop(key, None)
 
     def _orphan(self) -> bool:
         """Whether the running fetch was started before an ``invalidate()`` of its key (so what it
