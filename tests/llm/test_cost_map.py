@@ -170,21 +170,28 @@ async def test_a_users_key_removed_removes_her_entry() -> None:
         await router.aclose()
 
 
+def hold_on_the_wire(router: LLMRouter) -> tuple[asyncio.Event, asyncio.Event]:
+    """Hold the router's litellm calls after they are sent: ``sent`` is set when one is, and it
+    goes on (and is answered) once ``answer`` is set."""
+    sent, answer = asyncio.Event(), asyncio.Event()
+    litellm_call = router.router.acompletion
+
+    async def held_on_the_wire(**kwargs: Any) -> Any:
+        sent.set()
+        await answer.wait()
+        return await litellm_call(**kwargs)
+
+    router.router.acompletion = held_on_the_wire  # type: ignore[method-assign]
+    return sent, answer
+
+
 async def test_a_call_in_flight_keeps_its_entry_until_it_ends_and_is_priced() -> None:
     source = alice_source()
     secrets = SecretsManager(source)
     router = await build_router(config(unique_id()), secrets)
     try:
         _, old_entry = await alice_call(router)
-        sent, answer = asyncio.Event(), asyncio.Event()
-        litellm_call = router.router.acompletion
-
-        async def held_on_the_wire(**kwargs: Any) -> Any:
-            sent.set()
-            await answer.wait()
-            return await litellm_call(**kwargs)
-
-        router.router.acompletion = held_on_the_wire  # type: ignore[method-assign]
+        sent, answer = hold_on_the_wire(router)
         call = asyncio.create_task(router.acompletion(model="gpt", messages=MESSAGES, user_id="alice"))
         await sent.wait()  # the call carries the old key now
         source.set(SecretKey("openai", user_id="alice"), {"api_key": NEW_KEY})
@@ -708,15 +715,7 @@ async def test_a_call_in_flight_on_a_closed_router_keeps_its_entry_when_a_siblin
     secrets = SecretsManager(alice_source())
     first = await build_router(config(deployment_id, prices_in="model_info"), secrets)
     second = await build_router(config(deployment_id, prices_in="model_info"), secrets)
-    sent, answer = asyncio.Event(), asyncio.Event()
-    litellm_call = first.router.acompletion
-
-    async def held_on_the_wire(**kwargs: Any) -> Any:
-        sent.set()
-        await answer.wait()
-        return await litellm_call(**kwargs)
-
-    first.router.acompletion = held_on_the_wire  # type: ignore[method-assign]
+    sent, answer = hold_on_the_wire(first)
     call = asyncio.create_task(first.acompletion(model="gpt", messages=MESSAGES))
     try:
         await sent.wait()
@@ -767,15 +766,7 @@ async def test_a_router_built_while_a_closed_ones_call_is_in_flight_removes_the_
     deployment_id = unique_id()
     secrets = SecretsManager(alice_source())
     old = await build_router(config(deployment_id, prices_in="model_info"), secrets)
-    sent, answer = asyncio.Event(), asyncio.Event()
-    litellm_call = old.router.acompletion
-
-    async def held_on_the_wire(**kwargs: Any) -> Any:
-        sent.set()
-        await answer.wait()
-        return await litellm_call(**kwargs)
-
-    old.router.acompletion = held_on_the_wire  # type: ignore[method-assign]
+    sent, answer = hold_on_the_wire(old)
     call = asyncio.create_task(old.acompletion(model="gpt", messages=MESSAGES))
     await sent.wait()
     await old.aclose()

@@ -1238,23 +1238,32 @@ async def test_retry_afters_are_kept_for_as_many_secrets_as_the_cache_holds(
     await manager.aclose()
 
 
+async def expired_while_the_source_hangs(
+    source: CountingSource, clock: Clock, stale_wait: float
+) -> tuple[SecretsManager, SecretValue | None, asyncio.Event]:
+    """A manager whose openai key was fetched, is now past its ttl (within its grace), and whose
+    source holds every fetch until the event returned is set; the key as first fetched."""
+    manager = SecretsManager(source, clock=clock, ttl=100, stale_grace=600, stale_wait=stale_wait)
+    first = await manager.get("openai", "api_key")
+    clock.now += 150  # expired, within the grace
+    source.gate = asyncio.Event()  # the source hangs
+    return manager, first, source.gate
+
+
 async def test_an_expired_value_is_served_while_a_slow_fetch_goes_on(
     source: CountingSource, clock: Clock
 ) -> None:
     # A get past ttl waited for the whole fetch, against a hung Identity about 40 s (timeout x
     # attempts and backoff), though a value within stale_grace was there to serve
-    manager = SecretsManager(source, clock=clock, ttl=100, stale_grace=600, stale_wait=0)
-    first = await manager.get("openai", "api_key")
-    clock.now += 150  # expired, within the grace
+    manager, first, release = await expired_while_the_source_hangs(source, clock, stale_wait=0)
     source.static.set(SecretKey("openai"), {"api_key": "sk-rotated-00001"})
-    source.gate = asyncio.Event()  # the source hangs
     served = await manager.get("openai", "api_key")
     assert served == first  # at once, the cached value
     assert manager.stats.stale_served == 1
     assert len(source.fetches) == 2  # the fetch goes on meanwhile, one for every caller
     await manager.get("openai", "api_key")
     assert len(source.fetches) == 2
-    source.gate.set()
+    release.set()
 
     async def rotated() -> bool:  # its value cached when it came
         value = await manager.get("openai", "api_key")
@@ -1266,16 +1275,13 @@ async def test_an_expired_value_is_served_while_a_slow_fetch_goes_on(
 
 
 async def test_stale_wait_inf_waits_for_the_fetch(source: CountingSource, clock: Clock) -> None:
-    manager = SecretsManager(source, clock=clock, ttl=100, stale_grace=600, stale_wait=math.inf)
-    await manager.get("openai", "api_key")
-    clock.now += 150
+    manager, _, release = await expired_while_the_source_hangs(source, clock, stale_wait=math.inf)
     source.static.set(SecretKey("openai"), {"api_key": "sk-rotated-00001"})
-    source.gate = asyncio.Event()
     getting = asyncio.create_task(manager.get("openai", "api_key"))
     for _ in range(20):
         await asyncio.sleep(0)
     assert not getting.done()  # waiting for the fetch
-    source.gate.set()
+    release.set()
     value = await getting
     assert value is not None
     assert value.reveal() == "sk-rotated-00001"
@@ -1290,13 +1296,10 @@ async def test_a_fetch_that_fails_after_its_callers_were_served_stale_is_not_lef
     asyncio.get_running_loop().set_exception_handler(
         lambda loop, context: unhandled.append(context["message"])
     )
-    manager = SecretsManager(source, clock=clock, ttl=100, stale_grace=600, stale_wait=0)
-    await manager.get("openai", "api_key")
-    clock.now += 150
-    source.gate = asyncio.Event()
+    manager, _, release = await expired_while_the_source_hangs(source, clock, stale_wait=0)
     source.failure = IdentityForbiddenError("revoked", status=403)
     assert await manager.get("openai", "api_key") is not None  # served stale meanwhile
-    source.gate.set()  # the fetch fails, nobody waiting for it
+    release.set()  # the fetch fails, nobody waiting for it
     for _ in range(20):
         await asyncio.sleep(0)
     source.failure, source.gate = IdentityUnavailableError("down"), None  # let the first go
@@ -1311,15 +1314,12 @@ async def test_stale_wait_is_waited_once_for_a_fetch_not_by_every_get(
     source: CountingSource, clock: Clock
 ) -> None:
     # each get during a hung fetch waited stale_wait again (1 s a get against a hung Identity)
-    manager = SecretsManager(source, clock=clock, ttl=100, stale_grace=600, stale_wait=300)
-    first = await manager.get("openai", "api_key")
-    clock.now += 150  # expired, within the grace
-    source.gate = asyncio.Event()  # the source hangs
+    manager, first, release = await expired_while_the_source_hangs(source, clock, stale_wait=300)
     waiting = asyncio.create_task(manager.get("openai", "api_key"))  # waits up to stale_wait
     await wait_until(lambda: len(source.fetches) == 2, what="the fetch to start")
     clock.now += 301  # the fetch has taken longer than stale_wait (still within the grace)
     assert await manager.get("openai", "api_key") == first  # at once, served stale
     assert not waiting.done()
-    source.gate.set()
+    release.set()
     assert await waiting is not None
     await manager.aclose()
