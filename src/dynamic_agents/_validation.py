@@ -26,6 +26,7 @@ __all__ = [
     "check_base_url",
     "check_choice",
     "check_count",
+    "check_flag",
     "check_seconds",
     "invalid_fields",
     "not_boolean",
@@ -99,6 +100,14 @@ def check_base_url(name: str, url: object) -> str:
             "service's URL alone (https://service.example.com, or with a path prefix)"
         )
     return url
+
+
+def check_flag(name: str, value: object) -> bool:
+    """``value`` if it is ``True`` or ``False``, else a :class:`ConfigurationError` naming ``name``
+    (``"false"``, from the environment or YAML text, would be true)."""
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"{name} must be True or False, got {shown(value)}")
+    return value
 
 
 def unsendable_token(token: str) -> bool:

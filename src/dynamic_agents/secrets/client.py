@@ -25,7 +25,14 @@ from pydantic import BaseModel, ConfigDict, JsonValue, ValidationError
 
 from dynamic_agents._logging import get_logger
 from dynamic_agents._redaction import REDACTOR, masked_url, redact_text
-from dynamic_agents._validation import check_base_url, check_count, check_seconds, shown, unsendable_token
+from dynamic_agents._validation import (
+    check_base_url,
+    check_count,
+    check_flag,
+    check_seconds,
+    shown,
+    unsendable_token,
+)
 from dynamic_agents.events._types import UtcDatetime
 from dynamic_agents.exceptions import (
     ConfigurationError,
@@ -150,11 +157,8 @@ class IdentityClient:
         allow_insecure_http: bool = False,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        if not isinstance(allow_insecure_http, bool):  # "false" is true: plain http to any host
-            raise ConfigurationError(
-                f"allow_insecure_http must be True or False, got {shown(allow_insecure_http)}"
-            )
-        _check_url(base_url, allow_insecure_http)
+        # "false" would be true: plain http to any host
+        _check_url(base_url, check_flag("allow_insecure_http", allow_insecure_http))
         if not isinstance(token, str | SecretValue) and not callable(token):
             raise ConfigurationError(
                 f"token must be a str, a SecretValue or a callable returning one, not {type(token).__name__}"
@@ -455,9 +459,9 @@ class IdentityClient:
     ) -> httpx.Response:
         """One request, bounded by ``timeout`` as a whole: httpx bounds each read, so a server
         sending a byte now and then held it for as long as it went on."""
-        deadline: asyncio.Timeout | None = None
+        deadline = asyncio.timeout(self._timeout)
         try:
-            async with asyncio.timeout(self._timeout) as deadline:
+            async with deadline:
                 return await self._http.request(
                     method,
                     path,
@@ -466,7 +470,7 @@ class IdentityClient:
                     headers={"Authorization": f"Bearer {token.reveal()}"},
                 )
         except TimeoutError:
-            if deadline is None or not deadline.expired():
+            if not deadline.expired():  # not ours: a transport's own
                 raise
             # as httpx's own: retried where a read timeout is, never a sent POST
             raise httpx.ReadTimeout(f"no whole answer within {self._timeout:g}s") from None

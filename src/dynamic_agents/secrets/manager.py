@@ -24,7 +24,7 @@ from cachetools import TTLCache
 
 from dynamic_agents._logging import get_logger
 from dynamic_agents._redaction import REDACTOR
-from dynamic_agents._validation import check_count, check_seconds, shown
+from dynamic_agents._validation import check_count, check_flag, check_seconds
 from dynamic_agents.exceptions import (
     ConfigurationError,
     IdentityError,
@@ -149,7 +149,7 @@ class SecretsManager:
         stale_wait = check_seconds("stale_wait", stale_wait, zero=True, forever=True)
         refresh_interval = check_seconds("refresh_interval", refresh_interval, optional=True)
         max_size = check_count("max_size", max_size, minimum=1)
-        _check_flag("user_fallback_to_system", user_fallback_to_system)  # "false" is true
+        check_flag("user_fallback_to_system", user_fallback_to_system)
         self.source = source
         self.ttl = ttl
         self.negative_ttl = negative_ttl
@@ -172,7 +172,7 @@ class SecretsManager:
         # With nothing cached to serve: until when a rate-limited source asked not to be asked
         # again for the key (its Retry-After), and what it said
         self._held: dict[_CacheKey, tuple[float, Exception]] = {}
-        self._fetch_began: dict[_CacheKey, float] = {}  # by key, the fetch in flight: when (clock)
+        self._fetch_began: dict[asyncio.Task[_Entry], float] = {}  # by fetch in flight: when (clock)
         self._listeners: list[ChangeListener] = []
         self._refresher: asyncio.Task[None] | None = None
         self._closed = False
@@ -199,7 +199,7 @@ class SecretsManager:
 
         With ``env_fallback=True`` the environment answers when Identity cannot.
         """
-        _check_flag("env_fallback", env_fallback)
+        check_flag("env_fallback", env_fallback)
         # The manager's settings are checked first, by building it: the client opens an HTTP
         # client, which a bad setting raised afterwards would leave open with nobody to close it.
         manager = cls(StaticSource({}), **settings)
@@ -371,7 +371,6 @@ class SecretsManager:
 
         for key in [key for key in self._inflight if matches(key)]:
             self._orphaned.add(self._inflight.pop(key))
-            self._fetch_began.pop(key, None)
         doomed = [key for key in list(self._cache.keys()) if matches(key)]
         for key in doomed:
             self._cache.pop(key, None)
@@ -420,7 +419,6 @@ class SecretsManager:
         for key in keys:
             before = self._cache.get(key)
             begun = self._inflight.pop(key, None)
-            self._fetch_began.pop(key, None)
             if begun is not None:
                 # Begun before this refresh, it may have read what a rotation has since replaced
                 # (the 401 that made the caller refresh): it answers its own callers, and a new
@@ -495,7 +493,7 @@ class SecretsManager:
         self.stats.misses += 1
         task = asyncio.get_running_loop().create_task(self._fetch(key, previous))
         self._inflight[key] = task
-        self._fetch_began[key] = self._clock()
+        self._fetch_began[task] = self._clock()
         task.add_done_callback(lambda done: self._forget_fetch(key, done))
         return task
 
@@ -509,7 +507,7 @@ class SecretsManager:
         task = self._inflight.get(key) or self._start_fetch(key, entry)
         # stale_wait from the fetch's start: a get joining a fetch that has taken longer is served
         # at once, not after waiting stale_wait again
-        waited = now - self._fetch_began.get(key, now)
+        waited = now - self._fetch_began.get(task, now)
         done, _ = await asyncio.wait({task}, timeout=max(0.0, self.stale_wait - waited))
         if done:
             return await self._outcome(key, task)
@@ -538,9 +536,9 @@ class SecretsManager:
         if not task.cancelled():
             task.exception()  # seen: its callers may all have been served stale meanwhile
         self._orphaned.discard(task)
+        self._fetch_began.pop(task, None)
         if self._inflight.get(key) is task:  # not a newer fetch started after an invalidate()
             del self._inflight[key]
-            self._fetch_began.pop(key, None)
 
     def _orphan(self) -> bool:
         """Whether the running fetch was started before an ``invalidate()`` of its key (so what it
@@ -619,11 +617,6 @@ class SecretsManager:
                     await result
             except Exception:
                 logger.exception("a secret change listener failed for %s", change.key)
-
-
-def _check_flag(name: str, value: object) -> None:
-    if not isinstance(value, bool):  # "false" (the environment, YAML text) would be true
-        raise ConfigurationError(f"{name} must be True or False, got {shown(value)}")
 
 
 def _closed_error(key: _CacheKey) -> SecretsUnavailableError:

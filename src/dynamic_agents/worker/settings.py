@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from dynamic_agents._validation import check_choice, check_count, check_seconds, shown
+from dynamic_agents._validation import check_choice, check_count, check_flag, check_seconds, shown
 from dynamic_agents.events import TargetType
 from dynamic_agents.exceptions import ConfigurationError
 from dynamic_agents.transports.base import check_name
@@ -136,8 +136,7 @@ class WorkerSettings:
         for name in ("keep_fresh_every", "reply_expire"):
             check_seconds(name, getattr(self, name), optional=True)
         for name in ("claim_on_read", "events"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigurationError(f"{name} must be True or False, got {shown(getattr(self, name))}")
+            check_flag(name, getattr(self, name))
         for name in ("group", "consumer"):  # as the transports check them: here, not at subscribe
             check_name(name, getattr(self, name))
         if not isinstance(self.busy_message, str):
