@@ -176,7 +176,8 @@ class RoutingConfig(BaseModel):
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "<dict>") -> Self:
         """Interfaces as top-level keys; ``default_agent`` / ``default_team`` /
-        ``default_workflow`` (or ``default: {agent: …}``) at the top level set the global default."""
+        ``default_workflow`` (or ``default: {type: agent, id: …}``) at the top level set the
+        global default."""
         return cls._validate(data, source, {})
 
     @classmethod
