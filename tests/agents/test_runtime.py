@@ -244,6 +244,29 @@ async def test_a_run_past_its_timeout() -> None:
     assert result.status == ResponseStatus.TIMEOUT
     assert "timed out" in (result.error_message or "")
     assert completed_runs("agent:slow:late") == 0
+    # the result names the run agno stored as cancelled, as any other result names its run
+    late = db.get_session(session_id="agent:slow:late", session_type="agent")
+    assert late is not None
+    assert late.runs
+    assert result.run_id == late.runs[-1].run_id
+
+
+def test_a_run_that_pauses_for_human_input_is_an_error_that_says_so() -> None:
+    """Specs with tools that pause are refused at load, but a run can still pause (a tool's own
+    hook, a toolkit that asks at run time): its content is the question it asks, not an error."""
+    from agno.run.agent import RunOutput
+    from agno.run.base import RunStatus
+
+    from dynamic_agents.agents.runtime import _result
+
+    paused = RunOutput(run_id="r1", content="Shall I delete the account?", status=RunStatus.paused)
+    result = _result(paused, 0.0, "a")
+    assert result.status == ResponseStatus.ERROR
+    assert result.error_message is not None
+    assert "paused for human input" in result.error_message
+    assert "Shall I delete the account?" in result.error_message
+    assert result.content == ""
+    assert result.run_id == "r1"
 
 
 async def test_a_timeout_error_of_the_run_itself_is_not_the_request_timing_out(

@@ -258,6 +258,7 @@ class AgentRuntime:
                 ResponseStatus.TIMEOUT,
                 error_message=f"{kind.value} {spec_id!r} timed out after {timeout}s",
                 duration_ms=_ms_since(started),
+                run_id=run_id,
                 target_name=getattr(target, "name", spec_id),
             )
         except asyncio.CancelledError:
@@ -413,11 +414,13 @@ def _result(output: Any, started: float, name: str) -> ExecutionResult:
     if failed and status is ResponseStatus.COMPLETED:  # agno goes on after a failed step
         status = ResponseStatus.ERROR
         text = "; ".join(f"step {name!r} failed: {error}" for name, error in failed)
-    if status is ResponseStatus.ERROR:
+    if status_name.upper() == "PAUSED":  # what it asks is kept: it is all the user can be told
+        asked = f": {text}" if text else ""
+        error_message = f"the run paused for human input, which is not supported{asked}"
+        text = ""
+    elif status is ResponseStatus.ERROR:
         error_message = text or f"the run ended with status {status_name or 'unknown'}"
         text = ""
-    elif status_name.upper() == "PAUSED":
-        error_message = "the run paused for human input, which is not supported"
     metrics = getattr(output, "metrics", None)
     tokens = None
     if metrics is not None and getattr(metrics, "total_tokens", None) is not None:
