@@ -51,6 +51,25 @@ def test_errors_name_the_path_inside_the_document(
     assert f" at {path}: " in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("steps", "path"),
+    [
+        ([{"agent": "a"}], "steps[0]"),
+        ([{"type": "parallel", "steps": [{"team": "t"}]}], "steps[0].steps[0]"),
+    ],
+)
+def test_a_step_without_a_type_is_told_which_types_there_are(steps: list[Any], path: str) -> None:
+    with pytest.raises(SpecValidationError) as caught:
+        WorkflowSpec.from_dict({"id": "w", "steps": steps})
+    assert caught.value.path == path
+    message = str(caught.value)
+    assert "needs a type" in message
+    for step_type in ("agent", "team", "function", "parallel", "condition", "loop", "router"):
+        assert repr(step_type) in message
+    assert "discriminator" not in message  # pydantic's words, not the document's
+    assert "more)" not in message  # the list's "too short" is the step's failure, not another one
+
+
 @pytest.mark.parametrize("document", [["id", "a"], "id: a", None, 42])
 def test_a_document_that_is_not_a_mapping_is_a_validation_error(document: Any) -> None:
     with pytest.raises(SpecValidationError, match=r"^an agent spec must be a mapping, got "):

@@ -47,6 +47,8 @@ class SpecBase(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     kind: ClassVar[SpecKind]
+    step_types: ClassVar[tuple[str, ...]] = ()
+    """The ``type`` values of the spec's steps (a workflow's), for the error of a step without one."""
 
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
     name: str | None = None
@@ -132,8 +134,15 @@ def spec_error(model: type[SpecBase], data: Mapping[str, Any], error: Validation
     path = _document_path(first["loc"], data)
     spec_id = data.get("id")
     spec = f"{model.kind.value} {shown(spec_id)}" if isinstance(spec_id, str) else f"{model.kind.value} spec"
-    message = error_with_value(first, name=path.rsplit(".", 1)[-1])
-    others = len(error.errors()) - 1
+    if first["type"] == "union_tag_not_found" and model.step_types:
+        message = "a step needs a type: one of " + ", ".join(map(repr, model.step_types))
+    else:
+        message = error_with_value(first, name=path.rsplit(".", 1)[-1])
+    # a list whose item failed is also "too short" when it needs items: the same failure, not another
+    others = sum(
+        not (detail["type"] == "too_short" and first["loc"][: len(detail["loc"])] == detail["loc"])
+        for detail in error.errors(include_url=False)[1:]
+    )
     if others:
         message += f" (and {others} more)"
     return SpecValidationError(message, spec=spec, path=path)

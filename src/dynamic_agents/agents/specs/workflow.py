@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -78,5 +78,8 @@ for _model in (ParallelStep, ConditionStep, LoopStep, RouterStep):
 
 class WorkflowSpec(SpecBase):
     kind: ClassVar[SpecKind] = SpecKind.WORKFLOW
+    step_types: ClassVar[tuple[str, ...]] = tuple(
+        step.model_fields["type"].default for step in get_args(get_args(StepSpec)[0])
+    )
 
     steps: tuple[StepSpec, ...] = Field(min_length=1)
