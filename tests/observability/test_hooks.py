@@ -249,6 +249,9 @@ class AwaitsACancelledFuture(BaseHooks):
     async def after_handle(self, delivery: Delivery[AgentRequestEvent], error: BaseException | None) -> None:
         await self._fail_at("after_handle")
 
+    async def on_stop(self, worker: AgentWorker) -> None:
+        await self._fail_at("on_stop")
+
 
 @pytest.mark.parametrize("point", ["on_received", "after_handle"])
 async def test_a_hook_raising_a_cancellation_of_its_own_is_a_failing_hook(
@@ -272,3 +275,64 @@ async def test_a_hook_raising_a_cancellation_of_its_own_is_a_failing_hook(
     assert outcomes(metric_reader) == {"completed": 1}
     assert [p.value for p in points(metric_reader, "dynamic_agents.worker.in_flight").values()] == [0]
     assert f"hook AwaitsACancelledFuture.{point} failed" in caplog.text
+
+
+class StartsWhenLetGo(BaseHooks):
+    """A hook whose on_start waits until let go (one that connects somewhere, say)."""
+
+    def __init__(self) -> None:
+        self.starting, self.go, self.started = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def on_start(self, worker: AgentWorker) -> None:
+        self.starting.set()
+        await self.go.wait()
+        self.started.set()
+
+
+@pytest.mark.parametrize("cancelled", ["while its hooks start", "while it runs"])
+async def test_a_hook_raising_a_cancellation_of_its_own_at_on_stop_does_not_skip_the_others(
+    caplog: pytest.LogCaptureFixture, cancelled: str
+) -> None:
+    """The task running the worker cancelled, the worker calls on_stop on every hook: a hook's
+    own CancelledError there was taken for that cancellation (the task was being cancelled) and
+    the hooks after it were never stopped (a sampler left running for good). It is a failing
+    hook, logged; the task's cancellation still ends run() once every hook was stopped."""
+    transport = InMemoryTransport(names=StreamNames("test"))
+    starting, recorder = StartsWhenLetGo(), Recorder()
+    if cancelled == "while it runs":
+        starting.go.set()
+    worker = hooked_worker(transport, [AwaitsACancelledFuture("on_stop"), recorder, starting])
+    with caplog.at_level(logging.ERROR, logger="dynamic_agents"):
+        running = asyncio.ensure_future(worker.run())
+        await (starting.started if cancelled == "while it runs" else starting.starting).wait()
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+    assert recorder.calls == ["on_start", "on_stop"]
+    assert "hook AwaitsACancelledFuture.on_stop failed" in caplog.text
+
+
+async def test_a_hook_raising_a_cancellation_of_its_own_after_a_cancelled_run_does_not_skip_the_others(
+    meter_provider: MeterProvider, metric_reader: InMemoryMetricReader, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same at ``after_handle`` of a run the worker's stop cancelled: the hooks after it were
+    skipped, so MetricsHooks never counted the entry's outcome nor took it out of in_flight."""
+    transport = InMemoryTransport(names=StreamNames("test"))
+    await transport.publish(transport.names.requests, request_event(transport.names))
+    running = asyncio.Event()
+
+    async def forever(target: Target, request: AgentRequestEvent) -> str:
+        running.set()
+        await asyncio.Event().wait()
+        return "never"
+
+    hooks = [AwaitsACancelledFuture("after_handle"), MetricsHooks(OpenTelemetryMetrics(meter_provider))]
+    worker = hooked_worker(transport, hooks, FunctionExecutor(forever))
+    with caplog.at_level(logging.ERROR, logger="dynamic_agents"):
+        async with worker:
+            await running.wait()
+            await worker.stop(grace=0)
+    assert worker.stats.handed_back == 1
+    assert outcomes(metric_reader) == {"interrupted": 1}
+    assert [p.value for p in points(metric_reader, "dynamic_agents.worker.in_flight").values()] == [0]
+    assert "hook AwaitsACancelledFuture.after_handle failed" in caplog.text

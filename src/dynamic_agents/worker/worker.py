@@ -1223,17 +1223,21 @@ class AgentWorker:
             raise asyncio.CancelledError(f"cancelled during the {name} hooks")
 
     async def _call_hooks(self, name: str, *args: Any) -> None:
+        task = asyncio.current_task()
         for hook in self.hooks:
             method = getattr(hook, name, None)
             if method is None:
                 continue
+            # Cancellations of this task requested before the call: called while it is being
+            # cancelled already (on_stop, after_handle of a cancelled run), only a new one is its
+            # cancellation; one of these would skip the later hooks (a sampler left running).
+            cancelling = task.cancelling() if task is not None else 0
             try:
                 await method(*args)
             except Exception:
                 logger.exception("hook %s.%s failed", type(hook).__name__, name)
             except asyncio.CancelledError:
-                handler = asyncio.current_task()
-                if handler is None or handler.cancelling():
+                if task is None or task.cancelling() > cancelling:
                     raise  # this task's cancellation (a stop, a lost entry), which goes on
                 # the hook's own (it awaited something its owner cancelled): a failing hook, which
                 # must not pass for a cancellation (the request handed back on each delivery)
