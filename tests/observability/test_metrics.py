@@ -445,6 +445,37 @@ async def started_apart(transport: InMemoryTransport, hooks: list[MetricsHooks])
             await its_hooks.on_stop(worker)
 
 
+def test_one_failing_read_of_an_observable_metric_leaves_the_others_reported(
+    meter_provider: MeterProvider, metric_reader: InMemoryMetricReader, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The reads of recorders sharing a meter provider are one callback to the SDK: one read
+    failing lost the whole collection's observations of the metric, every other recorder's too.
+    Each failing read is logged once while it fails (not at every collection), and reported again
+    once it reads again."""
+    broken = True
+
+    def failing() -> list[tuple[float, dict[str, str]]]:
+        if broken:
+            raise RuntimeError("the read broke")
+        return [(2.0, {"messaging.consumer.group.name": "mended"})]
+
+    first, second = OpenTelemetryMetrics(meter_provider), OpenTelemetryMetrics(meter_provider)
+    first.observe("dynamic_agents.worker.queue.pending", failing)
+    second.observe(
+        "dynamic_agents.worker.queue.pending", lambda: [(1.0, {"messaging.consumer.group.name": "fine"})]
+    )
+    with caplog.at_level(logging.WARNING, logger="dynamic_agents"):
+        for _ in range(3):
+            assert pending_gauge(metric_reader) == {"fine": 1}
+    failures = [r for r in caplog.records if r.name.startswith("dynamic_agents")]
+    assert len(failures) == 1, caplog.text
+    assert "dynamic_agents.worker.queue.pending" in failures[0].getMessage()
+    assert failures[0].exc_info is not None
+    assert "the read broke" in str(failures[0].exc_info[1])
+    broken = False
+    assert pending_gauge(metric_reader) == {"fine": 1, "mended": 2}
+
+
 class RefusingUndecodable:
     """A recorder (of another metrics library, say) that refuses one metric."""
 

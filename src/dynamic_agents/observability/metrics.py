@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Final, Protocol
 
+from dynamic_agents._logging import get_logger
 from dynamic_agents._validation import shown
 from dynamic_agents._version import __version__
 from dynamic_agents.exceptions import ConfigurationError, MissingDependencyError
@@ -31,6 +32,8 @@ __all__ = [
     "OpenTelemetryMetrics",
     "observe_secrets",
 ]
+
+logger = get_logger("observability")
 
 Attributes = Mapping[str, str]
 Observation = tuple[float, Attributes]
@@ -221,7 +224,9 @@ def _reader(read: Callable[[], int]) -> Callable[[], list[Observation]]:
 
 class OpenTelemetryMetrics:
     """A :class:`MetricsRecorder` on an OpenTelemetry meter (``meter_provider``, else the global
-    one). Instruments are created from :data:`METRICS` on first use."""
+    one). Instruments are created from :data:`METRICS` on first use. The reads an observable
+    metric's recorders were given are called at each collection; one that raises is logged (once
+    until it reads again) and the others' observations are still reported."""
 
     def __init__(self, meter_provider: MeterProvider | None = None) -> None:
         try:
@@ -277,16 +282,30 @@ class OpenTelemetryMetrics:
         if reads is not None:
             # Another instrument of the name would be the SDK's first one again, which keeps only
             # its own callbacks: this read joins that one's
-            reads.append(read)
+            reads.append(_Read(read))
             return
-        reads = self._observed[name] = [read]
+        reads = self._observed[name] = [_Read(read)]
         from opentelemetry.metrics import CallbackOptions
         from opentelemetry.metrics import Observation as OTelObservation
 
         def callback(options: CallbackOptions) -> list[OTelObservation]:
-            return [
-                OTelObservation(value, attributes) for each in list(reads) for value, attributes in each()
-            ]
+            # The SDK drops everything a callback returns if it raises: each read's failure is
+            # its own, so one broken read does not take the other recorders' observations along
+            observations: list[OTelObservation] = []
+            for each in reads.copy():  # observe() may add to it meanwhile, in the loop's thread
+                try:
+                    observations += [OTelObservation(value, attributes) for value, attributes in each.read()]
+                except Exception:
+                    if not each.failing:  # every collection (each 60 s, say) until it mends
+                        each.failing = True
+                        logger.exception(
+                            "reading %s failed (%r); logged again only after it has read again",
+                            name,
+                            each.read,
+                        )
+                else:
+                    each.failing = False
+            return observations
 
         create = (
             self._meter.create_observable_counter
@@ -296,7 +315,15 @@ class OpenTelemetryMetrics:
         create(name, [callback], unit=spec.unit, description=spec.description)
 
 
-Reads = list[Callable[[], Iterable[Observation]]]
+@dataclass(eq=False, slots=True)
+class _Read:
+    """One read of an observable instrument, and whether its last call failed (logged once)."""
+
+    read: Callable[[], Iterable[Observation]]
+    failing: bool = False
+
+
+Reads = list[_Read]
 _OBSERVED: weakref.WeakKeyDictionary[MeterProvider, dict[str, Reads]] = weakref.WeakKeyDictionary()
 """By meter provider: each observed instrument's reads (the meter, and so its instruments, is
 the provider's one ``dynamic_agents`` meter, whichever recorder asks)."""
