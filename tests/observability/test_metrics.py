@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import subprocess
 import sys
 import textwrap
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -474,6 +476,53 @@ def test_one_failing_read_of_an_observable_metric_leaves_the_others_reported(
     assert "the read broke" in str(failures[0].exc_info[1])
     broken = False
     assert pending_gauge(metric_reader) == {"fine": 1, "mended": 2}
+
+
+async def test_metrics_hooks_dropped_are_collected_though_their_meter_provider_lives(
+    transport: InMemoryTransport, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
+) -> None:
+    """The provider's combined callback held each MetricsHooks' read, and with it the hooks, for
+    as long as the provider lived (the global one: the process): each worker a process built and
+    dropped (tests, reloads) left its hooks behind."""
+    recorder = OpenTelemetryMetrics(meter_provider)
+    kept = MetricsHooks(recorder)
+    dropped = MetricsHooks(recorder)
+    async with started_apart(transport, [kept, dropped]):
+        assert pending_gauge(metric_reader) == {"first": 1, "second": 1}
+    await run_with(transport, dropped).run_until_idle()  # through a whole worker's run too
+    gone = weakref.ref(dropped)
+    del dropped
+    # (the traceback of its cancelled sampler, which holds them, is let go a loop turn later)
+    await wait_until(lambda: gc.collect() >= 0 and gone() is None, what="the dropped hooks collected")
+    assert pending_gauge(metric_reader) == {}  # still collects, the kept hooks' read included
+
+
+class Reporting:
+    def __init__(self, group: str) -> None:
+        self.group = group
+
+    def read(self) -> list[tuple[float, dict[str, str]]]:
+        return [(1.0, {"messaging.consumer.group.name": self.group})]
+
+
+def test_a_read_that_is_a_bound_method_stops_being_observed_once_its_object_is_dropped(
+    meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
+) -> None:
+    """Such a read (MetricsHooks' own) is held weakly: once its object is gone its observations
+    stop, while the other reads (a plain function, another object's method) go on."""
+    recorder = OpenTelemetryMetrics(meter_provider)
+    kept, dropped = Reporting("kept"), Reporting("dropped")
+    recorder.observe("dynamic_agents.worker.queue.pending", kept.read)
+    recorder.observe("dynamic_agents.worker.queue.pending", dropped.read)
+    recorder.observe(
+        "dynamic_agents.worker.queue.pending", lambda: [(1.0, {"messaging.consumer.group.name": "plain"})]
+    )
+    assert pending_gauge(metric_reader) == {"kept": 1, "dropped": 1, "plain": 1}
+    gone = weakref.ref(dropped)
+    del dropped
+    gc.collect()
+    assert gone() is None
+    assert pending_gauge(metric_reader) == {"kept": 1, "plain": 1}
 
 
 class RefusingUndecodable:

@@ -9,6 +9,8 @@ the protocol.
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -204,7 +206,8 @@ class MetricsRecorder(Protocol):
     def observe(self, name: str, read: Callable[[], Iterable[Observation]]) -> None:
         """Register ``read`` as a callback of an observable instrument (called at collection). A
         name may be observed more than once (two ``MetricsHooks`` on one recorder, say): each
-        ``read``'s observations are reported."""
+        ``read``'s observations are reported. ``MetricsHooks`` passes a bound method of its own:
+        held weakly, the hooks can be collected once dropped."""
 
 
 def observe_secrets(recorder: MetricsRecorder, manager: SecretsManager) -> None:
@@ -226,7 +229,9 @@ class OpenTelemetryMetrics:
     """A :class:`MetricsRecorder` on an OpenTelemetry meter (``meter_provider``, else the global
     one). Instruments are created from :data:`METRICS` on first use. The reads an observable
     metric's recorders were given are called at each collection; one that raises is logged (once
-    until it reads again) and the others' observations are still reported."""
+    until it reads again) and the others' observations are still reported. A read that is a bound
+    method (``MetricsHooks``' own) is held weakly: once its object is dropped it is read no more
+    (the provider, and so its callbacks, may live as long as the process)."""
 
     def __init__(self, meter_provider: MeterProvider | None = None) -> None:
         try:
@@ -293,15 +298,18 @@ class OpenTelemetryMetrics:
             # its own, so one broken read does not take the other recorders' observations along
             observations: list[OTelObservation] = []
             for each in reads.copy():  # observe() may add to it meanwhile, in the loop's thread
+                read = each.read()
+                if read is None:  # its object is gone
+                    with contextlib.suppress(ValueError):  # (another collection's, at once)
+                        reads.remove(each)
+                    continue
                 try:
-                    observations += [OTelObservation(value, attributes) for value, attributes in each.read()]
+                    observations += [OTelObservation(value, attributes) for value, attributes in read()]
                 except Exception:
                     if not each.failing:  # every collection (each 60 s, say) until it mends
                         each.failing = True
                         logger.exception(
-                            "reading %s failed (%r); logged again only after it has read again",
-                            name,
-                            each.read,
+                            "reading %s failed (%r); logged again only after it has read again", name, read
                         )
                 else:
                     each.failing = False
@@ -315,12 +323,24 @@ class OpenTelemetryMetrics:
         create(name, [callback], unit=spec.unit, description=spec.description)
 
 
-@dataclass(eq=False, slots=True)
 class _Read:
-    """One read of an observable instrument, and whether its last call failed (logged once)."""
+    """One read of an observable instrument, and whether its last call failed (logged once).
 
-    read: Callable[[], Iterable[Observation]]
-    failing: bool = False
+    A bound method (``MetricsHooks``' own) is held weakly: the provider's callback lives as long
+    as the provider (the global one: the process) and would keep its object alive for good, a
+    process building and dropping workers (tests, reloads) keeping every one's hooks.
+    """
+
+    __slots__ = ("failing", "read")
+
+    def __init__(self, read: Callable[[], Iterable[Observation]]) -> None:
+        self.failing = False
+        self.read: Callable[[], Callable[[], Iterable[Observation]] | None]
+        if inspect.ismethod(read):
+            with contextlib.suppress(TypeError):  # an object that takes no weak reference: held
+                self.read = weakref.WeakMethod(read)
+                return
+        self.read = lambda: read
 
 
 Reads = list[_Read]
