@@ -702,3 +702,36 @@ def test_two_recorders_on_the_global_provider_both_report_whenever_it_was_set() 
     )
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.strip() == "['first', 'second']"
+
+
+async def test_a_dropped_secrets_managers_statistics_are_no_longer_read(
+    meter_provider: MeterProvider, metric_reader: InMemoryMetricReader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """observe_secrets' reads held the manager's statistics for as long as the provider lived (the
+    global one: the process): a dropped manager's counters went on being read and reported."""
+    recorder = OpenTelemetryMetrics(meter_provider)
+    kept = SecretsManager(StaticSource({"openai": {"api_key": "sk-canary-metrics-0002"}}))
+    dropped = SecretsManager(StaticSource({"openai": {"api_key": "sk-canary-metrics-0003"}}))
+    observe_secrets(recorder, kept)
+    observe_secrets(recorder, dropped)
+    read: list[Any] = []
+    stats_type = type(dropped.stats)
+    original = stats_type.__dict__["hits"]
+
+    class Counted:  # the descriptor of SecretsStats.hits, counting who reads it
+        def __get__(self, stats: Any, owner: Any = None) -> Any:
+            if stats is not None:
+                read.append(stats)
+            return original.__get__(stats, owner)
+
+        def __set__(self, stats: Any, value: Any) -> None:
+            original.__set__(stats, value)
+
+    gone = weakref.ref(dropped)
+    del dropped
+    gc.collect()
+    assert gone() is None
+    monkeypatch.setattr(stats_type, "hits", Counted())
+    metric_reader.get_metrics_data()
+    monkeypatch.undo()
+    assert [id(stats) for stats in read] == [id(kept.stats)]  # the kept manager's, not the dropped one's

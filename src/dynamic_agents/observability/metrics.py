@@ -21,7 +21,7 @@ from dynamic_agents._logging import get_logger
 from dynamic_agents._validation import shown
 from dynamic_agents._version import __version__
 from dynamic_agents.exceptions import ConfigurationError, MissingDependencyError
-from dynamic_agents.secrets import SecretsManager
+from dynamic_agents.secrets import SecretsManager, SecretsStats
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import Counter, Histogram, MeterProvider, UpDownCounter
@@ -211,18 +211,34 @@ class MetricsRecorder(Protocol):
 
 
 def observe_secrets(recorder: MetricsRecorder, manager: SecretsManager) -> None:
-    """Report ``manager``'s cache statistics as the ``dynamic_agents.secrets.cache.*`` counters."""
-    stats = manager.stats
-    for name, read in (
-        ("dynamic_agents.secrets.cache.hits", lambda: stats.hits),
-        ("dynamic_agents.secrets.cache.misses", lambda: stats.misses),
-        ("dynamic_agents.secrets.cache.stale_served", lambda: stats.stale_served),
-    ):
-        recorder.observe(name, _reader(read))
+    """Report ``manager``'s cache statistics as the ``dynamic_agents.secrets.cache.*`` counters,
+    for as long as the manager lives (its reads are bound methods, held weakly)."""
+    reads = _SecretsReads(manager.stats)
+    _SECRETS_READS.setdefault(manager, []).append(reads)  # alive with the manager, not beyond
+    recorder.observe("dynamic_agents.secrets.cache.hits", reads.hits)
+    recorder.observe("dynamic_agents.secrets.cache.misses", reads.misses)
+    recorder.observe("dynamic_agents.secrets.cache.stale_served", reads.stale_served)
 
 
-def _reader(read: Callable[[], int]) -> Callable[[], list[Observation]]:
-    return lambda: [(float(read()), {})]
+class _SecretsReads:
+    """A secrets manager's statistics as observations (its ``stats``, not the manager itself)."""
+
+    __slots__ = ("__weakref__", "stats")
+
+    def __init__(self, stats: SecretsStats) -> None:
+        self.stats = stats
+
+    def hits(self) -> list[Observation]:
+        return [(float(self.stats.hits), {})]
+
+    def misses(self) -> list[Observation]:
+        return [(float(self.stats.misses), {})]
+
+    def stale_served(self) -> list[Observation]:
+        return [(float(self.stats.stale_served), {})]
+
+
+_SECRETS_READS: weakref.WeakKeyDictionary[SecretsManager, list[_SecretsReads]] = weakref.WeakKeyDictionary()
 
 
 class OpenTelemetryMetrics:
