@@ -537,6 +537,73 @@ async def test_a_sync_call_with_a_key_of_its_own_keeps_its_entry_while_in_flight
     assert derived_from(deployment_id) == set()  # ...and then it goes
 
 
+@pytest.mark.parametrize("meanwhile", ["a router built", "a router closed"])
+@pytest.mark.parametrize("walk", ["clients", "cost map"])
+async def test_a_sync_calls_end_in_its_thread_walks_the_routers_while_the_loop_changes_them(
+    walk: str, meanwhile: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The end of a synchronous call (agno's ``run``, in a thread of its own) whose router closed
+    while it was on the wire goes through the open routers, in that thread, to drop its clients
+    and its cost-map entries: the event loop building or closing a router meanwhile made that
+    walk fail (``Set changed size during iteration``), logged, with the entries left behind."""
+    deployment_id, other_id = unique_id(), unique_id()
+    secrets = SecretsManager(alice_source())
+    router = await build_router(config(deployment_id, prices_in="model_info"), secrets)
+    other = await build_router(config(other_id), secrets)
+    walking, changed = threading.Event(), threading.Event()
+
+    def paused_once() -> None:  # the walk in the call's thread (not the loop's) stops at the other router
+        if threading.current_thread() is not threading.main_thread() and not walking.is_set():
+            walking.set()
+            changed.wait(10)
+
+    if walk == "clients":
+        users_digests = other._users_digests
+
+        def paused_users_digests() -> set[str]:
+            paused_once()
+            return users_digests()
+
+        other._users_digests = paused_users_digests  # type: ignore[method-assign]
+    else:
+
+        class PausedDeployments(dict[str, Any]):
+            def __contains__(self, entry: object) -> bool:
+                paused_once()
+                return super().__contains__(entry)
+
+        other._deployments = PausedDeployments(other._deployments)
+    sent, answer = threading.Event(), threading.Event()
+    litellm_call = router.router.completion
+
+    def held_on_the_wire(**kwargs: Any) -> Any:
+        sent.set()
+        answer.wait(10)
+        return litellm_call(**kwargs)
+
+    router.router.completion = held_on_the_wire  # type: ignore[method-assign]
+    call = asyncio.create_task(asyncio.to_thread(router.completion, model="gpt", messages=MESSAGES))
+    built: list[LLMRouter] = []
+    try:
+        await asyncio.to_thread(sent.wait, 10)
+        await router.aclose()  # the call's end drops the clients and entries it leaves
+        answer.set()
+        assert await asyncio.to_thread(walking.wait, 10)
+        if meanwhile == "a router built":
+            built.append(await build_router(config(unique_id()), secrets))
+        else:
+            await other.aclose()
+        changed.set()
+        assert priced(await call)
+    finally:
+        answer.set()
+        changed.set()
+        for each in (router, other, *built):
+            await each.aclose()
+    assert "failed" not in caplog.text
+    assert deployment_id not in litellm.model_cost
+
+
 async def test_a_user_pushed_out_keeps_an_entry_another_router_uses_without_walking_its_users(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -383,6 +383,37 @@ def _api_key_reference(deployment: DeploymentConfig, secrets: SecretsManager) ->
     return None
 
 
+class _Routers:
+    """Routers held weakly, gone through by any thread while others add or discard some: the end
+    of a synchronous call (``completion()``, in its caller's thread: agno's ``run``, a stream read
+    in a thread) goes through the open routers while the event loop builds or closes one. A
+    ``WeakSet`` changed while another thread iterates it raises ``RuntimeError: Set changed size
+    during iteration`` (``list(weak_set)`` iterates too): here a change replaces the tuple of
+    members, under a lock, and a walk goes through the tuple it started with."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._members: tuple[weakref.ref[LLMRouter], ...] = ()
+
+    def add(self, router: LLMRouter) -> None:
+        with self._lock:
+            self._members = (*self._others(router), weakref.ref(router))
+
+    def discard(self, router: LLMRouter) -> None:
+        with self._lock:
+            self._members = self._others(router)
+
+    def _others(self, router: LLMRouter) -> tuple[weakref.ref[LLMRouter], ...]:
+        """The members but ``router``, those garbage-collected left out."""
+        return tuple(ref for ref in self._members if (member := ref()) is not None and member is not router)
+
+    def __iter__(self) -> Iterator[LLMRouter]:
+        for ref in self._members:  # never changed: replaced
+            router = ref()
+            if router is not None:
+                yield router
+
+
 class LLMRouter:
     """The process's LiteLLM Router and the secrets behind it. Build it with :func:`build_router`.
 
@@ -390,9 +421,9 @@ class LLMRouter:
     can use it as its client) and adds ``user_id`` and ``tags``.
     """
 
-    _open: ClassVar[weakref.WeakSet[LLMRouter]] = weakref.WeakSet()
+    _open: ClassVar[_Routers] = _Routers()
     """The routers not closed yet: a key one of them sends keeps its cached clients."""
-    _built: ClassVar[weakref.WeakSet[LLMRouter]] = weakref.WeakSet()
+    _built: ClassVar[_Routers] = _Routers()
     """Every router not yet garbage-collected, closed ones too: a call of a closed router may
     still be in flight (and keeps the cost-map entries it counts, :attr:`_calls_in_flight`)."""
 
@@ -432,7 +463,7 @@ class LLMRouter:
         self._foreign_cost_entries: frozenset[str] = frozenset(
             entry
             for entry in cost_entries_before
-            if not any(r._owns_cost_entry(entry) for r in list(LLMRouter._built))
+            if not any(r._owns_cost_entry(entry) for r in LLMRouter._built)
         )
         """Its deployment ids whose cost-map entries it did not add (nor an open router, nor a
         closed one whose call still uses it): left there."""
@@ -1056,7 +1087,7 @@ class LLMRouter:
         or user's key (:attr:`_UsersKeys.in_use`)."""
         if entry in self._foreign_cost_entries or entry in self._calls_in_flight:
             return True
-        if any(entry in router._calls_in_flight for router in list(LLMRouter._built)):
+        if any(entry in router._calls_in_flight for router in LLMRouter._built):
             return True
         return any(
             entry in router._deployments or entry in router._users_keys.in_use for router in LLMRouter._open
