@@ -3,6 +3,7 @@ which field, keeps its type and its cause, and shows no value."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -133,3 +134,56 @@ async def test_a_refused_secret_keeps_its_class_and_status() -> None:
         "GET /secrets: forbidden for this token"
     )
     assert_no_value(caught.value)
+
+
+async def test_an_unresolvable_reference_in_router_settings_names_the_field() -> None:
+    secrets = SecretsManager(StaticSource({"anthropic": {"api_key": "sk-ant-fine-000001"}}))
+    settings = {"router_settings": {"redis_password": "secret:redis:password"}}
+    with pytest.raises(SecretNotFoundError) as caught:
+        await build_router(config({"api_key": "secret:anthropic:api_key"}, **settings), secrets)
+    assert str(caught.value).startswith("router_settings.redis_password: ")
+    assert_no_value(caught.value)
+
+
+@pytest.mark.redis_server
+@pytest.mark.parametrize("reference", ["secret:redis:password", "os.environ/DA_TEST_REDIS_PASSWORD"])
+async def test_a_redis_password_referenced_in_router_settings_reaches_litellm_masked(
+    reference: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """litellm's Router takes ``redis_host`` / ``redis_port`` / ``redis_password`` for its shared
+    cooldown and usage state, through ``router_settings``: a reference there is resolved as a
+    deployment's are (it was sent as the password, ``secret:…`` literally; ``os.environ/…`` read
+    by litellm itself, from the environment only and never masked)."""
+    import redis
+
+    from dynamic_agents._redaction import REDACTOR
+    from dynamic_agents.testing import RedisServer
+
+    password = f"canary-redis-password-{uuid.uuid4().hex}"
+    monkeypatch.setenv("DA_TEST_REDIS_PASSWORD", password)
+    system: dict[str, dict[str, Any]] = {"anthropic": {"api_key": "sk-ant-fine-000001"}}
+    if reference.startswith("secret:"):  # (a source's values are registered with the redactor)
+        system["redis"] = {"password": password}
+    secrets = SecretsManager(StaticSource(system))
+    with RedisServer(durable=False) as server:
+        admin = redis.Redis(port=server.port)
+        try:
+            admin.config_set("requirepass", password)
+        finally:
+            admin.close()
+        router_settings = {"redis_host": "127.0.0.1", "redis_port": server.port, "redis_password": reference}
+        router_config = config({"api_key": "secret:anthropic:api_key"}, router_settings=router_settings)
+        router = await build_router(router_config, secrets)
+        try:
+            redis_cache = router.router.cache.redis_cache
+            assert redis_cache is not None
+            assert redis_cache.redis_client.ping()  # litellm's own client got in with the password
+            texts = [repr(router), repr(router_config), REDACTOR.redact(f"AUTH {password} refused")]
+        finally:
+            await router.aclose()
+    captured = capfd.readouterr()
+    for text in (*texts, caplog.text, captured.out, captured.err):
+        assert password not in text

@@ -185,7 +185,8 @@ class RouterConfig(BaseModel):
     """LiteLLM Router settings (see ``docs/llm.md``).
 
     ``redis_url`` (may be a secret reference) shares usage and cooldown state between workers.
-    ``router_settings`` passes any other ``litellm.Router`` keyword through, as given.
+    ``router_settings`` passes any other ``litellm.Router`` keyword through, its secret references
+    (``redis_password: secret:redis:password``) resolved when the router is built.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())

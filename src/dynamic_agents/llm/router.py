@@ -1,7 +1,8 @@
 """``LLMRouter``: one long-lived LiteLLM Router with secrets resolved, rotated live, per-user keys.
 
 ``build_router(config, secrets)`` resolves every secret reference in every deployment (nested ones
-included) and builds the ``litellm.Router`` once. Afterwards:
+included), in ``redis_url`` and in ``router_settings``, and builds the ``litellm.Router`` once.
+Afterwards:
 
 * a rotated secret (``SecretsManager.on_change``, or ``refresh()``) swaps the key of the deployments
   that use it with ``upsert_deployment`` — same deployment ids, same Router object — takes them
@@ -187,8 +188,10 @@ async def build_router(
     follow_changes: bool = True,
     tracing: Tracing | None = None,
 ) -> LLMRouter:
-    """Resolve the config's secret references and build the one ``litellm.Router``. With
-    ``tracing``, every call is a ``chat {model}`` span (usage and cost as attributes). A config
+    """Resolve the config's secret references (the deployments', ``redis_url``'s and
+    ``router_settings``'; only the deployments' follow rotations) and build the one
+    ``litellm.Router``. With ``tracing``, every call is a ``chat {model}`` span (usage and cost as
+    attributes). A config
     the Router refuses is a :class:`~dynamic_agents.exceptions.ConfigurationError` (no values), and
     so is a ``model_info.id`` naming a model of litellm's catalog."""
     tracing = check_tracing(tracing)
@@ -198,7 +201,12 @@ async def build_router(
         _Deployment(item, await _resolve(item, position, secrets), _providers(item, secrets), position)
         for position, item in enumerate(config.model_list)
     ]
-    settings: dict[str, Any] = copy.deepcopy(config.router_settings)
+    # References here (redis_password: secret:redis:password) are resolved once, as redis_url is:
+    # litellm builds its Redis clients with them at construction, and reads os.environ/ ones itself
+    # (only from the environment, unmasked) and secret: ones not at all.
+    settings: dict[str, Any] = reveal_all(
+        await secrets.resolve_all(copy.deepcopy(config.router_settings), where="router_settings")
+    )
     _register_literal_secrets(settings)  # redis_password…: errors and logs mask it too
     settings.update(
         model_list=[
