@@ -92,6 +92,41 @@ def test_derived_ids_ignore_keys_and_list_position() -> None:
     assert RouterConfig.from_dict({"model_list": [given]}).model_list[0].deployment_id == "my-id"
 
 
+@pytest.mark.parametrize(
+    ("given", "shown"),
+    [("", "''"), ("   ", "'   '"), (True, "True"), (1.5, "1.5"), (["gpt-main"], "a list"), ({}, "a dict")],
+)
+def test_a_model_info_id_that_is_no_id_is_refused_naming_the_deployment(given: Any, shown: str) -> None:
+    """It fell back to a derived id when empty (a rotation or cooldown then keyed on an id the
+    config never gave), or became its ``str()`` (``'True'``, ``"['gpt-main']"``)."""
+    backup = deployment("backup")
+    backup["model_info"] = {"id": given}
+    with pytest.raises(ConfigurationError) as caught:
+        RouterConfig.from_dict({"model_list": [deployment(), backup]})
+    message = str(caught.value)
+    assert message.startswith("invalid router config: model_list.1.model_info (model 'backup'): ")
+    assert f"model_info.id must be a non-empty string, such as 'backup-main', got {shown} " in message
+
+
+@pytest.mark.parametrize(("given", "expected"), [("gpt-main", "gpt-main"), (7, "7"), (0, "0")])
+def test_a_model_info_id_is_a_string_or_an_integer_taken_as_its_text(given: Any, expected: str) -> None:
+    """litellm's ``ModelInfo`` takes an integer id as its text (an id written unquoted in YAML):
+    ``0`` too, like ``1`` beside it, where it fell back to a derived id."""
+    first = deployment()
+    first["model_info"] = {"id": given}
+    second = deployment("backup")
+    second["model_info"] = {"id": 1}
+    config = RouterConfig.from_dict({"model_list": [first, second]})
+    assert [d.deployment_id for d in config.model_list] == [expected, "1"]
+
+
+def test_a_model_info_id_of_none_is_derived() -> None:
+    """As litellm's ``ModelInfo(id=None)`` makes one (``id:`` left empty in YAML)."""
+    given = deployment()
+    given["model_info"] = {"id": None}
+    assert RouterConfig.from_dict({"model_list": [given]}).model_list[0].deployment_id.startswith("gpt-")
+
+
 def test_identical_deployments_need_explicit_ids() -> None:
     with pytest.raises(ConfigurationError, match="same deployment id"):
         RouterConfig.from_dict({"model_list": [deployment(), deployment()]})

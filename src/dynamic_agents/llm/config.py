@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Annotated, Any, Final, Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from dynamic_agents._redaction import masked_url, names_a_credential
 from dynamic_agents._validation import NotBoolean, shown
@@ -164,12 +172,29 @@ class DeploymentConfig(BaseModel):
                 raise ValueError(f"litellm_params.{name} must be a positive integer, got {shown(value)}")
         return copy.deepcopy(params)
 
+    @field_validator("model_info")
+    @classmethod
+    def _id_is_text(cls, info: dict[str, Any], validation: ValidationInfo) -> dict[str, Any]:
+        """A given id is a non-empty string, or an integer (an id unquoted in YAML) taken as its
+        text, as litellm's ``ModelInfo`` takes it; ``None`` is none given, as there. An empty one
+        fell back to a derived id, and a boolean or a list became its ``str()``."""
+        given = info.get("id")
+        if given is None or (isinstance(given, int) and not isinstance(given, bool)):
+            return info
+        if not isinstance(given, str) or not given.strip():
+            name = validation.data.get("model_name") or "gpt"
+            raise ValueError(
+                f"model_info.id must be a non-empty string, such as '{name}-main', got {shown(given)} "
+                "(an integer is taken as its text; leave the id out, or null, to have one derived)"
+            )
+        return info
+
     @property
     def deployment_id(self) -> str:
-        """``model_info.id`` if given, else a hash of the model name and non-secret params (literal
-        credentials elsewhere, in headers or a URL, masked)."""
+        """``model_info.id`` if given (an integer as its text), else a hash of the model name and
+        non-secret params (literal credentials elsewhere, in headers or a URL, masked)."""
         given = self.model_info.get("id")
-        if given:
+        if given is not None:
             return str(given)
         public = _masked({k: v for k, v in self.litellm_params.items() if k not in SECRET_PARAMS})
         digest = hashlib.sha256(

@@ -265,7 +265,7 @@ def _check_not_a_catalog_model(deployment: DeploymentConfig, position: int) -> N
     (:func:`_litellm.catalog_entry`): every call of the process pricing that model would read
     this deployment's prices, and this deployment would be priced as that model. An id derived
     from the params (none given) is not looked up: it is the group's name and a hash."""
-    if not deployment.model_info.get("id"):
+    if deployment.model_info.get("id") is None:
         return
     provider = deployment.litellm_params.get("custom_llm_provider")
     entry = _litellm.catalog_entry(deployment.deployment_id, provider if isinstance(provider, str) else None)
