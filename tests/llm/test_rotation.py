@@ -100,6 +100,31 @@ async def test_a_rotated_key_is_used_by_the_next_call(
     assert not any("os.environ" in (key or "") for key in keys(fake))
 
 
+@pytest.mark.parametrize("api_key", ["secret:openai:api_key", "os.environ/OPENAI_API_KEY"])
+async def test_a_key_rotated_in_identity_reaches_the_router_through_the_refresh_ahead(
+    identity: InMemoryIdentityService, fake: FakeOpenAI, api_key: str
+) -> None:
+    """The router reads its keys once, at build: nothing read them again, so the manager never
+    counted them in use, never refreshed them ahead of expiry, and the router sent the old key
+    until something called refresh() or the provider refused it."""
+    now = [0.0]
+    client = IdentityClient(
+        "http://127.0.0.1:8000", token="service-token", transport=identity.mock_transport(), sleep=no_sleep
+    )
+    secrets = SecretsManager(IdentitySource(client), ttl=300, refresh_ahead=30, clock=lambda: now[0])
+    router = await build_router(gpt_config(fake, api_key), secrets)
+    await router.acompletion(model="gpt", messages=MESSAGES)
+    rotate(identity, V2)
+    now[0] = 280.0  # within refresh_ahead of expiry
+    assert await secrets.refresh_due() == 1
+    await router.acompletion(model="gpt", messages=MESSAGES)
+    assert keys(fake) == [f"Bearer {V1}", f"Bearer {V2}"]
+    await router.aclose()  # and the key is no longer kept fresh for it
+    rotate(identity, V1)
+    now[0] = 560.0
+    assert await secrets.refresh_due() == 0
+
+
 async def test_refresh_swaps_keys_on_demand(
     router: LLMRouter, identity: InMemoryIdentityService, fake: FakeOpenAI
 ) -> None:

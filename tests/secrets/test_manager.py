@@ -440,6 +440,71 @@ async def test_keys_in_use_are_refreshed_ahead_of_expiry(source: CountingSource,
     assert len(source.fetches) == fetches  # refreshed: still fresh, a hit
 
 
+async def test_keys_kept_fresh_are_refreshed_ahead_of_expiry_unread(
+    source: CountingSource, clock: Clock
+) -> None:
+    """A holder of a resolved value (the LLM router's deployments) reads it once and never again:
+    keep_fresh() counts it in use, so a rotation reaches the holder through on_change."""
+    manager = SecretsManager(source, ttl=100, refresh_ahead=20, clock=clock)
+    changes: list[SecretChange] = []
+    manager.on_change(changes.append)
+    await manager.get("openai", "api_key")
+    await manager.get("openai", "api_key", name="team-a")
+    release = manager.keep_fresh("openai")
+    manager.keep_fresh("openai")  # a second holder
+    source.static.set(SecretKey("openai"), {"api_key": "sk-rotated-000009", "org_id": "org-000001"})
+    clock.now += 85  # 15 s before expiry, and not read since it was fetched
+    assert await manager.refresh_due() == 1  # the kept one, not team-a
+    assert [(change.key.provider, change.key.name, change.fields) for change in changes] == [
+        ("openai", None, frozenset({"api_key"}))
+    ]
+    release()
+    release()  # once per holder: the other one still keeps it
+    clock.now += 85
+    assert await manager.refresh_due() == 1
+
+
+async def test_a_key_no_holder_keeps_is_left_to_expire(source: CountingSource, clock: Clock) -> None:
+    manager = SecretsManager(source, ttl=100, refresh_ahead=20, clock=clock)
+    await manager.get("openai", "api_key")
+    manager.keep_fresh("openai")()
+    clock.now += 85
+    assert await manager.refresh_due() == 0
+
+
+async def test_a_kept_key_lost_to_a_long_outage_is_fetched_again_and_its_change_told(
+    source: CountingSource, clock: Clock
+) -> None:
+    """Past its stale grace the cache forgets a key; kept fresh, it is fetched again once the
+    source answers, and a holder still told of a rotation meanwhile (compared with what it had)."""
+    manager = SecretsManager(source, ttl=100, refresh_ahead=20, stale_grace=60, clock=clock)
+    changes: list[SecretChange] = []
+    manager.on_change(changes.append)
+    await manager.get("openai", "api_key")
+    manager.keep_fresh("openai")
+    source.failure = IdentityUnavailableError("identity is down")
+    for _ in range(4):  # ahead of expiry, stale, then past the grace: forgotten
+        clock.now += 45
+        await manager.refresh_due()
+    source.failure = None
+    source.static.set(SecretKey("openai"), {"api_key": "sk-rotated-000010", "org_id": "org-000001"})
+    clock.now += 45
+    assert await manager.refresh_due() == 1
+    assert [change.fields for change in changes] == [frozenset({"api_key"})]
+    fetches = len(source.fetches)
+    value = await manager.get("openai", "api_key")
+    assert value is not None
+    assert value.reveal() == "sk-rotated-000010"
+    assert len(source.fetches) == fetches  # cached again
+
+
+def test_keep_fresh_takes_a_provider_name(manager: SecretsManager) -> None:
+    with pytest.raises(ConfigurationError, match="provider"):
+        manager.keep_fresh("")  # nothing could be fetched under it
+    with pytest.raises(ConfigurationError, match="name"):
+        manager.keep_fresh("openai", name=5)  # type: ignore[arg-type]
+
+
 async def test_refresh_ahead_is_at_most_half_the_ttl(source: CountingSource, clock: Clock) -> None:
     """docs/secrets.md: a ``refresh_ahead`` longer than half of ``ttl`` is half of it (else a key
     would be refreshed as soon as it is used), and ``refresh_interval`` defaults to half of that,

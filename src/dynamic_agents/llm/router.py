@@ -369,15 +369,21 @@ def _references(data: Any) -> list[SecretReference | EnvReference]:
     return []
 
 
-def _providers(deployment: DeploymentConfig, secrets: SecretsManager) -> frozenset[str]:
-    """The secret providers a deployment's params refer to (rotation follows these)."""
-    providers = set()
+def _secret_keys(deployment: DeploymentConfig, secrets: SecretsManager) -> frozenset[tuple[str, str | None]]:
+    """(provider, name) of the system secrets the deployment's params refer to, in ``secret:``
+    references or in ``os.environ/`` ones the manager maps to a secret."""
+    keys: set[tuple[str, str | None]] = set()
     for reference in _references(deployment.litellm_params):
         if isinstance(reference, SecretReference):
-            providers.add(reference.provider)
+            keys.add((reference.provider, reference.name))
         elif (mapped := secrets.env_mapping.get(reference.variable)) is not None:
-            providers.add(mapped[0])
-    return frozenset(providers)
+            keys.add((mapped[0], None))
+    return frozenset(keys)
+
+
+def _providers(deployment: DeploymentConfig, secrets: SecretsManager) -> frozenset[str]:
+    """The secret providers a deployment's params refer to (rotation follows these)."""
+    return frozenset(provider for provider, _ in _secret_keys(deployment, secrets))
 
 
 def _api_key_reference(deployment: DeploymentConfig, secrets: SecretsManager) -> tuple[str, str] | None:
@@ -476,6 +482,16 @@ class LLMRouter:
         """Its deployment ids whose cost-map entries it did not add (nor an open router, nor a
         closed one whose call still uses it): left there."""
         self._unsubscribe = secrets.on_change(self._on_secret_change) if follow_changes else None
+        # Its keys are read once, at build: kept fresh, a rotation reaches it (_on_secret_change)
+        # with no call of its own reading the manager
+        self._releases = (
+            [
+                secrets.keep_fresh(provider, name=name)
+                for provider, name in set().union(*(_secret_keys(d, secrets) for d in config.model_list))
+            ]
+            if follow_changes
+            else []
+        )
         self._closed = False
         self._follow_ups: set[asyncio.Task[None]] = set()
         LLMRouter._open.add(self)
@@ -1129,6 +1145,8 @@ class LLMRouter:
         LLMRouter._open.discard(self)
         if self._unsubscribe is not None:
             self._unsubscribe()
+        for release in self._releases:
+            release()
         for task in list(self._follow_ups):
             task.cancel()
         try:

@@ -24,7 +24,7 @@ from cachetools import TTLCache
 
 from dynamic_agents._logging import get_logger
 from dynamic_agents._redaction import REDACTOR
-from dynamic_agents._validation import check_count, check_flag, check_seconds
+from dynamic_agents._validation import check_count, check_flag, check_seconds, shown
 from dynamic_agents.exceptions import (
     ConfigurationError,
     IdentityError,
@@ -84,6 +84,15 @@ class SecretsStats:
     stale_served: int = 0
     refreshes: int = 0
     errors: int = 0
+
+
+@dataclass(slots=True)
+class _Kept:
+    """A key :meth:`SecretsManager.keep_fresh` keeps: how many holders, and its entry last seen
+    (the cache forgets it past its stale grace; a rotation is still told against this)."""
+
+    holders: int
+    last: _Entry | None
 
 
 @dataclass(slots=True)
@@ -174,6 +183,7 @@ class SecretsManager:
         self._held: dict[_CacheKey, tuple[float, Exception]] = {}
         self._fetch_began: dict[asyncio.Task[_Entry], float] = {}  # by fetch in flight: when (clock)
         self._listeners: list[ChangeListener] = []
+        self._kept: dict[_CacheKey, _Kept] = {}  # keys holders of their values keep fresh
         self._refresher: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -384,6 +394,35 @@ class SecretsManager:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener) if listener in self._listeners else None
 
+    def keep_fresh(self, provider: str, *, name: str | None = None) -> Callable[[], None]:
+        """Keep the system's secret of ``provider`` (``name``: a named one) fresh though nothing
+        reads it, until the function returned is called: counted in use, it is refreshed ahead of
+        expiry like a key in use (:meth:`refresh_due`, which :meth:`start` runs), and fetched again
+        once the sources answer after an outage that outlasted its stale grace. A holder of its
+        resolved value (the LLM router's deployments, which read their keys once) thus learns of a
+        rotation through :meth:`on_change`. Each call is one holder; the function releases it (a
+        second call does nothing)."""
+        if not isinstance(provider, str) or not provider.strip():
+            raise ConfigurationError(f"keep_fresh() takes a provider name, got {shown(provider)}")
+        if name is not None and (not isinstance(name, str) or not name.strip()):
+            raise ConfigurationError(f"keep_fresh()'s name is a secret's name or None, got {shown(name)}")
+        key: _CacheKey = (provider, None, name)
+        kept = self._kept.get(key)
+        if kept is None:
+            kept = self._kept[key] = _Kept(0, self._cache.get(key))
+        kept.holders += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                kept.holders -= 1
+                if not kept.holders:
+                    del self._kept[key]
+
+        return release
+
     async def warm_up(self, providers: Iterable[str], *, user_id: str | None = None) -> None:
         """Load the providers' secrets now (at start-up), so the first requests hit the cache.
 
@@ -440,24 +479,34 @@ class SecretsManager:
         if self._closed:
             raise SecretsUnavailableError("cannot refresh: the secrets manager was closed")
         now = self._clock()
-        due = [
-            (key, entry)
+        due: dict[_CacheKey, _Entry | None] = {
+            key: entry
             for key, entry in list(self._cache.items())
             if entry.values is not None
             and entry.last_used > entry.fetched_at
             and entry.fresh_until - self.refresh_ahead <= now < entry.stale_until
             and now >= entry.retry_at
-        ]
-        for key, entry in due:
+        }
+        for key, kept in list(self._kept.items()):
+            # Kept: due ahead of expiry unread, and past the grace too (forgotten by the cache
+            # then: fetched again, compared with what was last seen)
+            entry = self._cache.get(key) or kept.last
+            if entry is None or (entry.fresh_until - self.refresh_ahead <= now and now >= entry.retry_at):
+                due[key] = entry
+        for key, entry in due.items():
             try:
-                await self._load(key, entry, force=True)
+                after = await self._load(key, entry, force=True)
             except SecretsError as error:
                 logger.warning("refreshing %s failed: %s", SecretKey(*key), type(error).__name__)
             except Exception:
                 # A bug in a source: the keys after this one are still refreshed, and it is not
                 # asked again (nor logged) at every pass, as after an outage.
-                entry.retry_at = self._clock() + self.error_retry
+                if entry is not None:
+                    entry.retry_at = self._clock() + self.error_retry
                 logger.exception("refreshing %s failed", SecretKey(*key))
+            else:
+                if (held := self._kept.get(key)) is not None:
+                    held.last = after
         self.stats.refreshes += len(due)
         return len(due)
 
