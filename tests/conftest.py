@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import pytest
 from hypothesis import HealthCheck, settings
 
+from dynamic_agents import _yaml
 from dynamic_agents.events import StreamNames
 from dynamic_agents.testing import RedisServer
 from tests.support import services
@@ -38,6 +39,17 @@ settings.register_profile(
     "dev", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+
+@pytest.fixture(params=_yaml.LOADERS, ids=lambda loader: loader.__name__)
+def yaml_loader(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Callable[[str], _yaml.YamlLoader]:
+    """Every YAML reader of the library on one loader: a test using this runs on each loader
+    PyYAML has here (libyaml's and the pure one), so that a difference between them fails it."""
+    loader: Callable[[str], _yaml.YamlLoader] = request.param
+    monkeypatch.setattr(_yaml, "_loader", loader)
+    return loader
 
 
 @pytest.fixture(scope="session")

@@ -177,6 +177,7 @@ def test_missing_fields_and_containers_show_no_value(document: dict[str, Any]) -
     assert CANARY_KEY not in str(caught.value)
 
 
+@pytest.mark.usefixtures("yaml_loader")
 @pytest.mark.parametrize(
     "text",
     [
@@ -192,6 +193,7 @@ def test_yaml_that_does_not_parse_is_refused_by_line_without_quoting_it(text: st
     assert "CANARY" not in str(refused.value)
 
 
+@pytest.mark.usefixtures("yaml_loader")
 @pytest.mark.parametrize("text", [alias_bomb("model"), *UNREADABLE_SCALARS, "id: a\nx: &a [*a]\n"])
 def test_yaml_the_reader_lets_through_is_refused_as_yaml(text: str) -> None:
     # an alias bomb loaded, then validation walked every copy; a bad date was a bare ValueError

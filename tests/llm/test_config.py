@@ -139,6 +139,7 @@ def test_inputs_are_copied() -> None:
     assert config.model_list[0].litellm_params["tags"] == ["paid"]
 
 
+@pytest.mark.usefixtures("yaml_loader")
 def test_yaml() -> None:
     config = RouterConfig.from_yaml(
         """
@@ -156,6 +157,7 @@ routing_strategy: usage-based-routing-v2
         RouterConfig.from_yaml("- a\n- b\n")
 
 
+@pytest.mark.usefixtures("yaml_loader")
 def test_malformed_yaml_is_a_configuration_error_naming_the_line_not_the_key() -> None:
     text = (
         "model_list:\n"
@@ -445,6 +447,7 @@ async def test_a_redis_password_in_router_settings_is_masked_and_registered() ->
         await router.aclose()
 
 
+@pytest.mark.usefixtures("yaml_loader")
 @pytest.mark.parametrize("text", [alias_bomb("router_settings"), *UNREADABLE_SCALARS])
 def test_yaml_the_reader_lets_through_is_refused_as_yaml(text: str) -> None:
     with pytest.raises(ConfigurationError, match=r"^router config is not valid YAML at line \d+: "):

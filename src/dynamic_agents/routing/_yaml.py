@@ -9,7 +9,7 @@ from typing import Any, Final
 import yaml
 from pydantic import ValidationError
 
-from dynamic_agents._yaml import AliasError, YamlLoader, YamlPath, walk_document
+from dynamic_agents._yaml import AliasError, YamlPath, new_loader, walk_document
 from dynamic_agents.exceptions import RoutingConfigError
 from dynamic_agents.secrets.references import error_with_value
 
@@ -20,7 +20,7 @@ def load_yaml(text: str, source: str) -> tuple[Any, dict[YamlPath, int]]:
     """The data, and the 1-based line of every mapping value and sequence item by path. Read with
     :mod:`dynamic_agents._yaml`'s loader, its refusals (an alias bomb…) a :class:`RoutingConfigError`."""
     try:
-        loader = YamlLoader(text)  # the reader refuses control characters here already
+        loader = new_loader(text)  # control characters are refused here already
     except yaml.YAMLError as error:
         raise _yaml_error(error, source) from None
     lines: dict[YamlPath, int] = {}

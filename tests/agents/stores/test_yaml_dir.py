@@ -189,6 +189,7 @@ async def test_a_file_whose_name_is_no_spec_id_is_skipped_with_a_warning(
     assert stray.exists()
 
 
+@pytest.mark.usefixtures("yaml_loader")
 async def test_a_file_that_does_not_parse_is_refused_by_line_without_quoting_it(
     store: YamlDirectorySpecStore, directory: Path
 ) -> None:
@@ -199,6 +200,7 @@ async def test_a_file_that_does_not_parse_is_refused_by_line_without_quoting_it(
     assert "CANARY" not in str(refused.value)
 
 
+@pytest.mark.usefixtures("yaml_loader")
 async def test_a_file_the_reader_lets_through_is_refused_as_yaml(
     store: YamlDirectorySpecStore, directory: Path
 ) -> None:

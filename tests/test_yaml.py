@@ -1,0 +1,134 @@
+"""The one YAML loader: libyaml's where PyYAML has it, read and refused like the pure one."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from dynamic_agents._yaml import (
+    LOADERS,
+    PureLoader,
+    _limits_nesting,
+    new_loader,
+    safe_load,
+    yaml_problem,
+)
+
+# Everything the safe loader builds: anchors, a merge key, every scalar type, block and flow.
+DOCUMENT = """\
+base: &base {agent_id: a, priority: 5, ratio: 0.5, on: yes, off: no, none: ~}
+rules:
+  - <<: *base
+    name: first
+    channel_ids: ["123", 456, 0x1f, 1_000]
+  - {<<: *base, name: second, priority: 7}
+when: 2001-02-03
+at: 2001-02-03T04:05:06.5Z
+text: |
+  two
+  lines
+folded: >
+  one
+  line
+binary: !!binary aGVsbG8=
+set: !!set {a, b}
+pairs: !!omap [{a: 1}, {b: 2}]
+infinity: .inf
+unicode: "caf\\u00e9 \\U0001F600 ☃"
+"""
+
+
+def test_libyaml_is_the_loader_where_pyyaml_has_it() -> None:
+    """PyYAML's Python reader took ~5 s for a 700 KB routing file; libyaml's, a fraction."""
+    assert yaml.__with_libyaml__, "this PyYAML has no libyaml: every reader runs the pure loader"
+    assert isinstance(new_loader("a: 1\n"), yaml.CSafeLoader)
+    assert LOADERS[-1] is PureLoader  # the tests run on each
+
+
+class _UnlimitedLoader:
+    """A libyaml without its nesting limit: it composes any depth (recursing in C)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def get_single_node(self) -> yaml.Node | None:
+        return None
+
+    def construct_document(self, node: yaml.Node) -> None:
+        return None
+
+    def dispose(self) -> None:
+        pass
+
+
+def test_a_libyaml_without_its_nesting_limit_is_not_used() -> None:
+    assert _limits_nesting(LOADERS[0])
+    assert not _limits_nesting(_UnlimitedLoader)
+
+
+@pytest.mark.usefixtures("yaml_loader")
+def test_each_loader_builds_the_same_document() -> None:
+    expected = yaml.safe_load(DOCUMENT)  # PyYAML's own, in Python
+    assert safe_load(DOCUMENT) == expected
+    assert expected["rules"][0]["channel_ids"] == ["123", 456, 31, 1000]
+    assert safe_load("") is None
+    assert safe_load("# only a comment\n") is None
+
+
+@pytest.mark.usefixtures("yaml_loader")
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ("a: 1\nb: [unclosed\n", 3),
+        ("a:\n  b: 1\n c: 2\n", 3),
+        ("a:\n\tb: 1\n", 2),
+        ('a: "\\q"\n', 1),
+        ("a: 1\n---\nb: 2\n", 2),
+        ("a: *undefined\n", 1),
+        ("a: !unknown x\n", 1),
+        ("a: !!python/object:os.system x\n", 1),
+        ("a: 1\nwhen: 2001-02-30\n", 2),
+        ("a: 1\nx: &x [*x]\n", 2),
+    ],
+)
+def test_each_loader_refuses_the_same_documents_at_the_same_line(text: str, line: int) -> None:
+    with pytest.raises(yaml.YAMLError) as caught:
+        safe_load(text)
+    assert yaml_problem(caught.value).startswith(f"not valid YAML at line {line}: ")
+
+
+@pytest.mark.usefixtures("yaml_loader")
+@pytest.mark.parametrize(
+    ("text", "character", "position"),
+    [
+        ("discord: {}\n\x00\n", 0x0, 12),
+        ("a: 'é'\nb: '\x07'\n", 0x7, 11),  # libyaml counted the position in bytes: 12
+        ("a: '\ud800'\n", 0xD800, 4),  # libyaml: a bare UnicodeEncodeError, encoding it to UTF-8
+        ("a: '\uffff'\n", 0xFFFF, 4),
+    ],
+)
+def test_a_character_yaml_does_not_allow_is_the_same_error_on_each_loader(
+    text: str, character: int, position: int
+) -> None:
+    with pytest.raises(yaml.reader.ReaderError) as caught:
+        safe_load(text)
+    assert str(caught.value) == (
+        f"unacceptable character #x{character:04x}: special characters are not allowed\n"
+        f'  in "<unicode string>", position {position}'
+    )
+
+
+@pytest.mark.usefixtures("yaml_loader")
+@pytest.mark.parametrize(
+    "text",
+    [
+        "x: " + "[" * 1100 + "]" * 1100 + "\n",  # past libyaml's 1,000 levels: seconds, pure
+        "- " * 1100 + "x\n",
+        "".join(" " * n + f"k{n}:\n" for n in range(1100)) + " " * 1100 + "v\n",
+    ],
+)
+def test_nesting_deeper_than_the_reader_takes_is_a_yaml_error(text: str) -> None:
+    """The pure composer recurses in Python (a ``RecursionError``); libyaml's refuses 1,000
+    levels itself (its composer recurses in C, where nothing would stop it)."""
+    with pytest.raises(yaml.YAMLError, match=r"nested too deeply|exceeded maximum nesting depth"):
+        safe_load(text)
