@@ -642,7 +642,48 @@ def test_a_boolean_among_guild_ids_is_refused(written: str, shown: str) -> None:
     with pytest.raises(RoutingConfigError) as caught:
         RoutingConfig.from_yaml(yaml_text, source="guilds.yaml")
     assert (caught.value.line, caught.value.path) == (4, "discord.routing.rules[0]")
-    assert f"guild_ids holds the boolean {shown}: a guild id is text or an integer" in str(caught.value)
+    assert f"rule 'g': guild_ids holds the boolean {shown}: a guild id is an integer" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("written", "shown"),
+    [
+        ("1.5", "1.5"),  # a float: it matched only an event's 1.5, never a guild
+        ("[987654321, 1.5]", "1.5"),
+        ("9.87654321e+8", "987654321.0"),  # equal to the id, yet no id
+        ("[.inf]", "inf"),
+        ("null", "None"),  # matched every event without a guild_id
+        ("[~]", "None"),
+        ("[general]", "'general'"),  # a channel's name, not a guild's id
+        ("'98765 4321'", "'98765 4321'"),
+        ("[-5]", "-5"),
+        ("[2001-02-03]", "a date"),
+        ("{id: 1}", "a dict"),
+        ("[[1]]", "a list"),
+    ],
+)
+def test_a_guild_id_that_is_no_integer_is_refused_naming_the_rule_and_the_value(
+    written: str, shown: str
+) -> None:
+    """Guild ids are snowflakes, an integer or its digits as text: ``guild_ids: 1.5`` (or
+    ``null``, or a name) was taken as the id wanted and the rule never matched a guild."""
+    yaml_text = (
+        "discord:\n  routing:\n    rules:\n"
+        f"      - name: guild rule\n        guild_ids: {written}\n        agent_id: a\n"
+    )
+    with pytest.raises(RoutingConfigError) as caught:
+        RoutingConfig.from_yaml(yaml_text, source="guilds.yaml")
+    assert (caught.value.source, caught.value.line, caught.value.path) == (
+        "guilds.yaml",
+        4,
+        "discord.routing.rules[0]",
+    )
+    assert (
+        f"rule 'guild rule': guild_ids holds {shown}: a guild id is an integer or its digits as text"
+        in str(caught.value)
+    )
+    with pytest.raises(ValidationError, match=r"rule 'r': guild_ids holds 1\.5: a guild id is"):
+        RoutingRule(name="r", guild_ids=1.5, agent_id="a")
 
 
 def test_guild_ids_given_as_text_and_as_the_same_number_keep_both_forms() -> None:

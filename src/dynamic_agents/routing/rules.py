@@ -7,6 +7,7 @@ from typing import Annotated, Any, Self
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from dynamic_agents._validation import shown
 from dynamic_agents.events import AgentRequestEvent, Target, TargetType
 from dynamic_agents.events._types import source_name
 from dynamic_agents.routing.patterns import SafePattern, UnsafePatternError
@@ -87,7 +88,7 @@ class RoutingRule(BaseModel):
             metadata = dict(data.get("metadata_match") or {})
             if "guild_id" in metadata:
                 raise ValueError("give guild_ids or metadata_match.guild_id, not both")
-            metadata["guild_id"] = _either_type(data.pop("guild_ids"))
+            metadata["guild_id"] = _guild_ids(data.pop("guild_ids"), data.get("name"))
             data["metadata_match"] = metadata
         return data
 
@@ -182,30 +183,37 @@ class _FrozenDict(dict[str, Any]):
         return type(self), (dict(self),)
 
 
-def _either_type(ids: Any) -> Any:
+def _guild_ids(ids: Any, rule: object) -> list[int | str]:
     """Guild ids as text and as numbers: platforms send either (``"987654321"`` or ``987654321``),
     and YAML reads an unquoted id as a number; one written either way matches both.
 
-    A boolean is refused: no guild id is one (YAML reads an unquoted ``yes`` or ``on`` as
-    ``True``), and as ``True == 1`` it would also hide the id ``1`` from the list."""
-    if isinstance(ids, str | int):
-        ids = [ids]
-    if not isinstance(ids, list | tuple | set | frozenset):
-        return ids  # not ids: the field's own validation names it
-    both: list[Any] = []
-    for item in ids:
-        if isinstance(item, bool):
-            raise ValueError(  # noqa: TRY004 (pydantic reports ValueError only)
-                f"guild_ids holds the boolean {item!r}: a guild id is text or an integer (quote "
-                "a value YAML reads as a boolean, such as yes or on)"
-            )
-        forms = [item]
-        if isinstance(item, int) and not isinstance(item, bool):
-            forms.append(str(item))
+    A guild id is a snowflake: an integer (not negative) or its digits as text. Anything else is
+    refused naming ``rule``: a boolean (YAML reads an unquoted ``yes`` or ``on`` as ``True``, and
+    as ``True == 1`` it would also hide the id ``1`` from the list), a float (``1.5``, or
+    ``9.87654321e+8``: equal to an id, yet none), ``None`` (it matched every event without a
+    guild), a name; each was taken as the value wanted, and the rule never matched a guild."""
+    items = list(ids) if isinstance(ids, list | tuple | set | frozenset) else [ids]
+    both: list[int | str] = []
+    for item in items:
+        forms: list[int | str]
+        if isinstance(item, int) and not isinstance(item, bool) and item >= 0:
+            forms = [item, str(item)]
         elif isinstance(item, str) and item.isascii() and item.isdigit():
-            forms.append(int(item))
+            forms = [item, int(item)]
+        else:
+            raise ValueError(_not_a_guild_id(item, rule))
         both += [form for form in forms if form not in both]
     return both
+
+
+def _not_a_guild_id(value: object, rule: object) -> str:
+    boolean = isinstance(value, bool)
+    return (
+        f"{f'rule {rule!r}: ' if isinstance(rule, str) else ''}guild_ids holds "
+        f"{f'the boolean {value!r}' if boolean else shown(value)}: a guild id is an integer or its "
+        "digits as text (987654321 or '987654321')"
+        + (" (YAML reads an unquoted yes, no, on or off as a boolean)" if boolean else "")
+    )
 
 
 def _with_text_forms(
