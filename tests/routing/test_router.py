@@ -528,6 +528,27 @@ def test_arguments_of_the_wrong_type_are_refused_at_construction(
     assert CANARY not in message
 
 
+@pytest.mark.parametrize(
+    ("value", "hint"),
+    [
+        ("helper", "Target(type=TargetType.AGENT, id='helper') for an agent of that id"),
+        ({"type": "team", "id": "t"}, "Target.model_validate(mapping) for a target as data"),
+        (3, "such as Target(type=TargetType.AGENT, id='assistant')"),
+        (CANARY, "such as Target(type=TargetType.AGENT, id='assistant')"),  # not even masked
+    ],
+)
+def test_a_default_that_is_no_target_is_told_how_to_write_what_was_given(value: object, hint: str) -> None:
+    """Each said "such as Target(type=TargetType.AGENT, id='assistant')", whatever was given."""
+    for arguments, named in [
+        ({"default": value}, "default must be a Target or None"),
+        ({"source_defaults": {"slack": value}}, "source_defaults['slack'] must be a Target"),
+    ]:
+        with pytest.raises(ConfigurationError) as caught:
+            EventRouter(**arguments)
+        assert str(caught.value).startswith(f"{named}, {hint}, got ")
+        assert CANARY not in str(caught.value)
+
+
 @pytest.mark.parametrize("rules", ["vip", [{"name": "r", "source": "slack", "agent_id": "a"}]])
 def test_replace_rules_of_the_wrong_type_are_refused_keeping_the_old(rules: Any) -> None:
     router = EventRouter([rule("old", source="slack")])

@@ -230,7 +230,7 @@ class EventRouter:
         self.source_defaults = _by_source({} if source_defaults is None else source_defaults)
         if default is not None and not isinstance(default, Target):
             raise ConfigurationError(
-                f"default must be a Target or None, {_a_target_hint()}, got {shown(default)}"
+                f"default must be a Target or None, {_a_target_for(default)}, got {shown(default)}"
             )
         self.default = default
         self.max_content_chars = max_content_chars
@@ -333,7 +333,13 @@ def _checked_rules(rules: Iterable[RoutingRule]) -> tuple[RoutingRule, ...]:
     return checked
 
 
-def _a_target_hint() -> str:
+def _a_target_for(value: object) -> str:
+    """How to write ``value`` as a :class:`Target`: an agent id as text as that agent (unless
+    :func:`shown` would mask it), a mapping through ``model_validate``, else an example."""
+    if isinstance(value, str) and shown(value) == repr(value):
+        return f"Target(type=TargetType.AGENT, id={value!r}) for an agent of that id"
+    if isinstance(value, Mapping):
+        return "Target.model_validate(mapping) for a target as data"
     return "such as Target(type=TargetType.AGENT, id='assistant')"
 
 
@@ -349,7 +355,7 @@ def _by_source(defaults: Mapping[str, Target]) -> dict[str, Target]:
     for source, target in defaults.items():
         if not isinstance(target, Target):
             raise ConfigurationError(
-                f"source_defaults[{source!r}] must be a Target, {_a_target_hint()}, got {shown(target)}"
+                f"source_defaults[{source!r}] must be a Target, {_a_target_for(target)}, got {shown(target)}"
             )
         try:
             key = source_name(source, what="source_defaults key")
