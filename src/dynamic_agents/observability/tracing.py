@@ -31,7 +31,7 @@ import contextlib
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Literal, overload
 
 from dynamic_agents._logging import get_logger
 from dynamic_agents._redaction import redact_text
@@ -199,14 +199,24 @@ class Tracing:
             yield call
 
 
-def check_tracing(tracing: object) -> Tracing | None:
-    """A ``tracing`` argument (of a client, an LLM router): a :class:`Tracing` or ``None``, else a
-    :class:`ConfigurationError` naming it (the provider given for ``Tracing(provider)`` was
-    taken, and every publish or LLM call failed with a bare AttributeError)."""
-    if tracing is None or isinstance(tracing, Tracing):
+@overload
+def check_tracing(tracing: object) -> Tracing | None: ...
+
+
+@overload
+def check_tracing(tracing: object, *, optional: Literal[False]) -> Tracing: ...
+
+
+def check_tracing(tracing: object, *, optional: bool = True) -> Tracing | None:
+    """A ``tracing`` argument (of a client, an LLM router, the worker's hooks): a
+    :class:`Tracing`, or ``None`` where ``optional``; else a :class:`ConfigurationError` naming
+    it (the provider given for ``Tracing(provider)`` was taken, and every publish, LLM call or
+    hook call failed with a bare AttributeError)."""
+    if isinstance(tracing, Tracing) or (tracing is None and optional):
         return tracing
     raise ConfigurationError(
-        f"tracing must be a Tracing (Tracing(tracer_provider)) or None, got {shown(tracing)}"
+        f"tracing must be a Tracing (Tracing(tracer_provider)){' or None' if optional else ''}, "
+        f"got {shown(tracing)}"
     )
 
 

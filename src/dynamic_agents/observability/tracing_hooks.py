@@ -8,9 +8,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from dynamic_agents._validation import shown
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, Target, TargetType
-from dynamic_agents.exceptions import ConfigurationError
 from dynamic_agents.execution import ExecutionResult
 from dynamic_agents.observability.outcomes import DeliveryKey, Outcome, delivery_key, target_name
 from dynamic_agents.observability.tracing import (
@@ -28,6 +26,7 @@ from dynamic_agents.observability.tracing import (
     STATUS,
     TARGET,
     Tracing,
+    check_tracing,
     error_status,
     event_attributes,
     fail_span,
@@ -66,12 +65,7 @@ class TracingHooks(BaseHooks):
     run's span while it runs, so spans the executor makes (LLM calls) nest under them."""
 
     def __init__(self, tracing: Tracing) -> None:
-        if not isinstance(tracing, Tracing):  # it was taken, and every hook call failed (logged)
-            raise ConfigurationError(
-                "tracing must be a Tracing (Tracing(tracer_provider), whose hooks() makes these), "
-                f"got {shown(tracing)}"
-            )
-        self.tracing = tracing
+        self.tracing = check_tracing(tracing, optional=False)  # Tracing.hooks() makes these
         self._traces: dict[DeliveryKey, _Trace] = {}  # by delivery
 
     def __repr__(self) -> str:
