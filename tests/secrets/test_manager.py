@@ -1388,3 +1388,55 @@ async def test_stale_wait_is_waited_once_for_a_fetch_not_by_every_get(
     release.set()
     assert await waiting is not None
     await manager.aclose()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "problem"),
+    [
+        (
+            {"system": "sk-CANARY123456789abcdef"},
+            r"^StaticSource's system must be a mapping of .*, got \*{10}$",
+        ),
+        (
+            {"system": [("openai", {"api_key": "k"})]},
+            r"^StaticSource's system must be a mapping .*, got a list$",
+        ),
+        (
+            {"system": {"openai": "sk-CANARY123456789abcdef"}},
+            r"^StaticSource's system\['openai'\] must .*, got \*{10}$",
+        ),
+        (
+            {"system": {"openai": {"api_key": 123}}},
+            r"^StaticSource's system\['openai'\]\['api_key'\] must be a str or a SecretValue, got 123$",
+        ),
+        (
+            {"users": {"alice": "openai"}},
+            r"^StaticSource's users\['alice'\] must be a mapping of .*, got 'openai'$",
+        ),
+        (
+            {"users": {"alice": {"openai": None}}},
+            r"^StaticSource's users\['alice'\]\['openai'\] must .*, got None$",
+        ),
+        (
+            {"named": {"openai": {"api_key": "k"}}},
+            r"^StaticSource's named key 'openai' must be a \(provider, name\) pair",
+        ),
+        ({"named": ["openai"]}, r"^StaticSource's named must be a mapping of .*, got a list$"),
+    ],
+)
+def test_a_static_source_given_no_mappings_is_refused_naming_the_argument(
+    arguments: dict[str, Any], problem: str
+) -> None:
+    # it raised a bare AttributeError ("'str' object has no attribute 'items'"), or a TypeError
+    with pytest.raises(ConfigurationError, match=problem) as refused:
+        StaticSource(**arguments)
+    assert "CANARY" not in str(refused.value)
+
+
+async def test_a_static_source_takes_secret_values_too() -> None:
+    source = StaticSource({"openai": {"api_key": SecretValue("sk-given-masked-0001")}})
+    with pytest.raises(ConfigurationError, match=r"^StaticSource.set\(\)'s key must be a SecretKey"):
+        source.set("openai", {"api_key": "sk-x"})  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match=r"^StaticSource.set\(\)'s values must be a mapping"):
+        source.set(SecretKey("openai"), "sk-x")  # type: ignore[arg-type]
+    assert await source.fetch(SecretKey("openai")) == {"api_key": SecretValue("sk-given-masked-0001")}

@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Self
+from typing import Any, Final, Self
 
 from dynamic_agents._logging import get_logger
 from dynamic_agents._validation import check_count, shown
@@ -181,26 +181,54 @@ class StaticSource(SecretSource):
 
     def __init__(
         self,
-        system: Mapping[str, Mapping[str, str]] | None = None,
+        system: Mapping[str, Mapping[str, str | SecretValue]] | None = None,
         *,
-        users: Mapping[str, Mapping[str, Mapping[str, str]]] | None = None,
-        named: Mapping[tuple[str, str], Mapping[str, str]] | None = None,
+        users: Mapping[str, Mapping[str, Mapping[str, str | SecretValue]]] | None = None,
+        named: Mapping[tuple[str, str], Mapping[str, str | SecretValue]] | None = None,
     ) -> None:
+        # Each checked as it is read: a str or a list in place of a mapping failed with a bare
+        # AttributeError ("no attribute 'items'"), a value that is no str with a TypeError.
         self._secrets: dict[SecretKey, dict[str, SecretValue]] = {}
-        for provider, values in (system or {}).items():
-            self.set(SecretKey(provider), values)
-        for user_id, providers in (users or {}).items():
-            for provider, values in providers.items():
-                self.set(SecretKey(provider, user_id), values)
-        for (provider, name), values in (named or {}).items():
-            self.set(SecretKey(provider, name=name), values)
+        for provider, values in _mapping("system", system, _PROVIDERS, optional=True).items():
+            self._set(SecretKey(_name("system", provider)), values, f"system[{provider!r}]")
+        for user_id, providers in _mapping(
+            "users", users, f"user ids to {_PROVIDERS}", optional=True
+        ).items():
+            where = f"users[{_name('users', user_id)!r}]"
+            for provider, values in _mapping(where, providers, _PROVIDERS).items():
+                self._set(SecretKey(_name(where, provider), user_id), values, f"{where}[{provider!r}]")
+        for pair, values in _mapping(
+            "named", named, f"(provider, name) pairs to {_FIELDS}", optional=True
+        ).items():
+            if not (isinstance(pair, tuple) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
+                raise ConfigurationError(
+                    f"StaticSource's named key {shown(pair)} must be a (provider, name) pair of str: "
+                    "named={('openai', 'team-a'): {'api_key': '…'}}"
+                )
+            provider, name = pair
+            self._set(SecretKey(provider, name=name), values, f"named[{pair!r}]")
 
     def __repr__(self) -> str:
         return f"StaticSource({len(self._secrets)} secrets)"
 
-    def set(self, key: SecretKey, values: Mapping[str, str]) -> None:
+    def set(self, key: SecretKey, values: Mapping[str, str | SecretValue]) -> None:
         """Add or replace (rotate) a secret."""
-        self._secrets[key] = {field: SecretValue(value) for field, value in values.items()}
+        if not isinstance(key, SecretKey):
+            raise ConfigurationError(
+                f"StaticSource.set()'s key must be a SecretKey (SecretKey('openai')), got {shown(key)}"
+            )
+        self._set(key, values, "values", owner="StaticSource.set()")
+
+    def _set(self, key: SecretKey, values: object, where: str, *, owner: str = "StaticSource") -> None:
+        checked: dict[str, SecretValue] = {}
+        for field, value in _mapping(where, values, _FIELDS, owner=owner).items():
+            if not isinstance(field, str) or not isinstance(value, str | SecretValue):
+                what = f"{where}[{field!r}]" if isinstance(field, str) else f"{where}'s field {shown(field)}"
+                raise ConfigurationError(
+                    f"{owner}'s {what} must be a str or a SecretValue, got {shown(value)}"
+                )
+            checked[field] = value if isinstance(value, SecretValue) else SecretValue(value)
+        self._secrets[key] = checked
 
     def remove(self, key: SecretKey) -> None:
         self._secrets.pop(key, None)
@@ -208,6 +236,28 @@ class StaticSource(SecretSource):
     async def fetch(self, key: SecretKey) -> Mapping[str, SecretValue] | None:
         values = self._secrets.get(key)
         return dict(values) if values is not None else None
+
+
+_FIELDS: Final = "field names to values ({'api_key': 'sk-…'})"
+_PROVIDERS: Final = "provider names to {field: value} ({'openai': {'api_key': 'sk-…'}})"
+
+
+def _mapping(
+    where: str, value: object, of: str, *, owner: str = "StaticSource", optional: bool = False
+) -> Mapping[Any, object]:
+    """``value`` if it is a mapping (``None``, with ``optional``: an empty one), else a
+    :class:`ConfigurationError` naming the argument, what it got and what it takes."""
+    if value is None and optional:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(f"{owner}'s {where} must be a mapping of {of}, got {shown(value)}")
+    return value
+
+
+def _name(where: str, name: object) -> str:
+    if not isinstance(name, str):
+        raise ConfigurationError(f"StaticSource's {where} has a key {shown(name)}: it must be a str")
+    return name
 
 
 class ChainSource(SecretSource):
