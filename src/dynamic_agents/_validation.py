@@ -24,6 +24,7 @@ __all__ = [
     "MAX_SECONDS",
     "NotBoolean",
     "check_base_url",
+    "check_callable",
     "check_choice",
     "check_count",
     "check_flag",
@@ -108,6 +109,14 @@ def check_flag(name: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise ConfigurationError(f"{name} must be True or False, got {shown(value)}")
     return value
+
+
+def check_callable(name: str, value: object, what: str) -> None:
+    """A :class:`ConfigurationError` naming ``name`` unless ``value`` is callable (``what`` says
+    what it must be): taken as given, a number or a name in a str failed only at its first call,
+    with a bare TypeError ("'float' object is not callable"), maybe long after, in an outage."""
+    if not callable(value):
+        raise ConfigurationError(f"{name} must be {what}, got {shown(value)}")
 
 
 def unsendable_token(token: str) -> bool:

@@ -902,3 +902,13 @@ async def test_timeout_bounds_a_whole_attempt_against_a_server_that_trickles_its
         for handler in handlers:
             handler.cancel()
         await asyncio.gather(*handlers, return_exceptions=True)
+
+
+@pytest.mark.parametrize("sleep", [1.0, "asyncio.sleep"])
+def test_a_sleep_that_is_not_callable_is_refused_when_the_client_is_made(sleep: object) -> None:
+    # it was taken, and the first retry (during an outage, when a cached value should be served)
+    # failed with a bare TypeError ("'float' object is not callable")
+    with pytest.raises(
+        ConfigurationError, match=r"^sleep must be a callable .*, got (1\.0|'asyncio\.sleep')$"
+    ):
+        IdentityClient(URL, token="t-000001", sleep=sleep)  # type: ignore[arg-type]

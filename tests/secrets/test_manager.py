@@ -1440,3 +1440,47 @@ async def test_a_static_source_takes_secret_values_too() -> None:
     with pytest.raises(ConfigurationError, match=r"^StaticSource.set\(\)'s values must be a mapping"):
         source.set(SecretKey("openai"), "sk-x")  # type: ignore[arg-type]
     assert await source.fetch(SecretKey("openai")) == {"api_key": SecretValue("sk-given-masked-0001")}
+
+
+@pytest.mark.parametrize("clock", [1000.0, "time.monotonic", None])
+def test_a_clock_that_is_not_callable_is_refused_when_the_manager_is_made(clock: object) -> None:
+    # it was taken, and the first get (even the manager's repr) failed with a bare TypeError
+    with pytest.raises(ConfigurationError, match=r"^clock must be a callable returning seconds .*, got "):
+        SecretsManager(StaticSource({}), clock=clock)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("flag", ["false", 0, None])
+async def test_owns_client_that_is_no_boolean_is_refused(flag: object) -> None:
+    # "false" was true: the source closed a client its caller still used
+    client = IdentityClient(URL, token="service-token")
+    with pytest.raises(ConfigurationError, match=r"^owns_client must be True or False, got "):
+        IdentitySource(client, owns_client=flag)  # type: ignore[arg-type]
+    await client.aclose()
+
+
+@pytest.mark.parametrize("environ", ["OPENAI_API_KEY=sk-x", [("OPENAI_API_KEY", "sk-x")]])
+def test_an_environment_source_over_no_mapping_is_refused_when_made(environ: object) -> None:
+    # it was taken, and every lookup failed with a bare AttributeError ("no attribute 'items'")
+    with pytest.raises(ConfigurationError, match=r"^EnvironmentSource's environ must be a mapping .*, got "):
+        EnvironmentSource(environ=environ)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("options", "problem"),
+    [
+        (
+            "timeout=5",
+            r"^client_options must be a mapping of IdentityClient's keyword arguments .*, got 'timeout=5'$",
+        ),
+        ({"token": "other-token"}, r"^client_options cannot hold 'token': .*from_identity\(\)"),
+        (
+            {"timout": 5},
+            r"^client_options has 'timout', which IdentityClient does not take: it takes .*'timeout'",
+        ),
+    ],
+)
+def test_client_options_that_identity_client_cannot_take_are_refused(options: object, problem: str) -> None:
+    # a bare TypeError ("argument after ** must be a mapping", "got multiple values for keyword
+    # argument 'token'", "got an unexpected keyword argument 'timout'")
+    with pytest.raises(ConfigurationError, match=problem):
+        SecretsManager.from_identity(URL, "service-token", client_options=options)  # type: ignore[arg-type]

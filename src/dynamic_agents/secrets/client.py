@@ -27,6 +27,7 @@ from dynamic_agents._logging import get_logger
 from dynamic_agents._redaction import REDACTOR, masked_url, redact_text
 from dynamic_agents._validation import (
     check_base_url,
+    check_callable,
     check_count,
     check_flag,
     check_seconds,
@@ -180,6 +181,7 @@ class IdentityClient:
         backoff_base = check_seconds("backoff_base", backoff_base, zero=True)  # 0: no backoff
         backoff_cap = check_seconds("backoff_cap", backoff_cap, zero=True)
         max_retry_after = check_seconds("max_retry_after", max_retry_after, zero=True)
+        check_callable("sleep", sleep, "a callable taking seconds and returning an awaitable (asyncio.sleep)")
         self.base_url = masked_url(base_url.rstrip("/"))
         """The service's URL, a password in it masked (the client itself uses the real one)."""
         self._token_provider = token

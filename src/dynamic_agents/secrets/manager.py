@@ -24,7 +24,7 @@ from cachetools import TTLCache
 
 from dynamic_agents._logging import get_logger
 from dynamic_agents._redaction import REDACTOR
-from dynamic_agents._validation import check_count, check_flag, check_seconds, shown
+from dynamic_agents._validation import check_callable, check_count, check_flag, check_seconds, shown
 from dynamic_agents.exceptions import (
     ConfigurationError,
     IdentityError,
@@ -159,6 +159,7 @@ class SecretsManager:
         refresh_interval = check_seconds("refresh_interval", refresh_interval, optional=True)
         max_size = check_count("max_size", max_size, minimum=1)
         check_flag("user_fallback_to_system", user_fallback_to_system)
+        check_callable("clock", clock, "a callable returning seconds (time.monotonic)")
         self.source = source
         self.ttl = ttl
         self.negative_ttl = negative_ttl
@@ -210,10 +211,11 @@ class SecretsManager:
         With ``env_fallback=True`` the environment answers when Identity cannot.
         """
         check_flag("env_fallback", env_fallback)
+        options = _client_options(client_options)
         # The manager's settings are checked first, by building it: the client opens an HTTP
         # client, which a bad setting raised afterwards would leave open with nobody to close it.
         manager = cls(StaticSource({}), **settings)
-        source: SecretSource = IdentitySource(IdentityClient(url, token=token, **(client_options or {})))
+        source: SecretSource = IdentitySource(IdentityClient(url, token=token, **options))
         if env_fallback:
             source = ChainSource(source, EnvironmentSource(manager.env_mapping))
         manager.source = source
@@ -666,6 +668,35 @@ class SecretsManager:
                     await result
             except Exception:
                 logger.exception("a secret change listener failed for %s", change.key)
+
+
+def _client_options(options: object) -> Mapping[str, Any]:
+    """``from_identity``'s ``client_options`` if :class:`IdentityClient` takes each of them, else a
+    :class:`ConfigurationError` naming the option (each was a bare TypeError)."""
+    if options is None:
+        return {}
+    taken = [
+        name
+        for name, parameter in inspect.signature(IdentityClient).parameters.items()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY and name != "token"
+    ]
+    if not isinstance(options, Mapping):
+        raise ConfigurationError(
+            f"client_options must be a mapping of IdentityClient's keyword arguments ({', '.join(taken)}), "
+            f"got {shown(options)}"
+        )
+    for name in options:
+        if name in {"base_url", "token"}:
+            raise ConfigurationError(
+                f"client_options cannot hold {name!r}: give it as from_identity()'s "
+                f"{'url' if name == 'base_url' else 'token'}"
+            )
+        if name not in taken:
+            raise ConfigurationError(
+                f"client_options has {shown(name)}, which IdentityClient does not take: it takes "
+                f"{', '.join(map(repr, taken))}"
+            )
+    return options
 
 
 def _closed_error(key: _CacheKey) -> SecretsUnavailableError:

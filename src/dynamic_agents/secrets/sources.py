@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, Final, Self
 
 from dynamic_agents._logging import get_logger
-from dynamic_agents._validation import check_count, shown
+from dynamic_agents._validation import check_count, check_flag, shown
 from dynamic_agents.exceptions import (
     ConfigurationError,
     IdentityError,
@@ -96,7 +96,7 @@ class IdentitySource(SecretSource):
             )
         self.client = client
         self.page_size = check_count("page_size", page_size, minimum=1)
-        self._owns_client = owns_client
+        self._owns_client = check_flag("owns_client", owns_client)  # "false" would be true
 
     def __repr__(self) -> str:
         return f"IdentitySource({self.client!r})"
@@ -151,6 +151,11 @@ class EnvironmentSource(SecretSource):
         environ: Mapping[str, str] | None = None,
     ) -> None:
         self.mapping = check_env_mapping(mapping)
+        if environ is not None and not isinstance(environ, Mapping):  # else each lookup: no 'items'
+            raise ConfigurationError(
+                "EnvironmentSource's environ must be a mapping of variable names to values "
+                f"(os.environ, a dict) or None (os.environ), got {shown(environ)}"
+            )
         self._environ = environ
 
     def __repr__(self) -> str:
