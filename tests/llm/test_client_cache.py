@@ -699,3 +699,24 @@ async def test_an_endpoint_another_open_router_still_uses_keeps_its_clients(fake
         await router.aclose()
         await staying.aclose()
     assert endpoint_clients(OLD_ENDPOINT) == []
+
+
+async def test_a_users_key_revoked_in_a_refresh_drops_her_client_before_any_call(fake: FakeOpenAI) -> None:
+    # the manager dropped the refused key without a change notice: her client, key included,
+    # stayed in litellm's cache until her next call
+    source = alice_source()
+    secrets = SecretsManager(source)
+    router = await build_router(key_config(fake), secrets)
+    try:
+        await router.acompletion(model="gpt", messages=MESSAGES, user_id="alice")
+        (client,) = cached_clients("canary-alice-old-01")
+
+        async def revoked(key: SecretKey) -> None:
+            raise IdentityForbiddenError("GET /api/v1/secrets answered 403", status=403)
+
+        source.fetch = revoked  # type: ignore[method-assign]
+        assert await secrets.refresh(user_id="alice") == 1  # refused: the value is gone, a notice
+        assert cached_clients("canary-alice-old-01") == []
+        assert await closed(client)
+    finally:
+        await router.aclose()

@@ -662,7 +662,8 @@ async def test_refresh_carries_on_past_a_key_that_fails(source: CountingSource) 
             return {"api_key": SecretValue("sk-system-rotated-02")}
 
     manager.source = RefusesAlice()
-    assert await manager.refresh() == 1  # alice's 403 is logged; the system's key still refreshed
+    # alice's 403 is logged (her value dropped: a change); the system's key still refreshed
+    assert await manager.refresh() == 2
     value = await manager.get("openai", "api_key")
     assert value is not None
     assert value.reveal() == "sk-system-rotated-02"
@@ -1484,3 +1485,52 @@ def test_client_options_that_identity_client_cannot_take_are_refused(options: ob
     # argument 'token'", "got an unexpected keyword argument 'timout'")
     with pytest.raises(ConfigurationError, match=problem):
         SecretsManager.from_identity(URL, "service-token", client_options=options)  # type: ignore[arg-type]
+
+
+async def test_a_refusal_of_a_cached_secret_tells_the_listeners_it_is_gone(
+    manager: SecretsManager, source: CountingSource, clock: Clock
+) -> None:
+    # the value was dropped without a notice: the LLM router, which swaps keys on notices, kept
+    # sending a key the service no longer lets us read
+    heard: list[SecretChange] = []
+    manager.on_change(heard.append)
+    await manager.get("openai", "api_key", "alice")
+    await manager.get("openai", "api_key")
+    source.failure = IdentityForbiddenError("GET /api/v1/secrets answered 403", status=403)
+    assert await manager.refresh("openai", user_id="alice") == 1  # what it serves changed
+    assert heard == [SecretChange(SecretKey("openai", "alice"), frozenset({"api_key"}))]
+    with pytest.raises(IdentityForbiddenError):  # nothing cached any more: refused, not told again
+        await manager.get("openai", "api_key", "alice")
+    assert len(heard) == 1
+    clock.now += 301  # the system's secret, read past its ttl (by a get, not a refresh)
+    with pytest.raises(IdentityForbiddenError):
+        await manager.get("openai", "api_key")
+    assert heard[1:] == [SecretChange(SecretKey("openai"), frozenset({"api_key", "org_id"}))]
+    source.failure = None  # allowed again: told so, as when a deleted secret is created again
+    assert await manager.get("openai", "api_key") is not None
+    assert heard[2:] == [SecretChange(SecretKey("openai"), frozenset({"api_key", "org_id"}))]
+
+
+async def test_a_listener_told_of_a_refusal_that_reads_the_key_is_refused_too(
+    manager: SecretsManager, source: CountingSource, clock: Clock
+) -> None:
+    # the LLM router re-resolves its deployment on a notice: the read joined the refused fetch,
+    # which was waiting for the listener, and neither ever ended (the get that started it was
+    # served the refused value stale, after stale_wait)
+    refused: list[BaseException] = []
+
+    async def reread(change: SecretChange) -> None:
+        try:
+            await manager.get(change.key.provider, "api_key", change.key.user_id)
+        except IdentityForbiddenError as error:
+            refused.append(error)
+
+    await manager.get("openai", "api_key")
+    manager.on_change(reread)
+    source.failure = IdentityForbiddenError("GET /api/v1/secrets answered 403", status=403)
+    clock.now += 301
+    with pytest.raises(IdentityForbiddenError):
+        await asyncio.wait_for(manager.get("openai", "api_key"), timeout=10)
+    assert len(refused) == 1
+    assert len(source.fetches) == 3  # the first, the refused one, and the listener's own
+    assert manager._inflight == {}

@@ -67,7 +67,8 @@ class _Every(Enum):
 
 @dataclass(frozen=True, slots=True)
 class SecretChange:
-    """A cached secret's values changed (rotation, new or removed fields, deletion).
+    """A cached secret's values changed (rotation, new or removed fields, deletion, or access
+    revoked: a ``403`` drops the value, a change of every field it had).
 
     ``fields`` names what changed; values are never part of a change notice.
     """
@@ -469,6 +470,8 @@ class SecretsManager:
                 after = await self._load(key, before, force=True)
             except SecretsError as error:
                 logger.warning("refreshing %s failed: %s", SecretKey(*key), type(error).__name__)
+                if isinstance(error, IdentityForbiddenError) and before is not None and before.values:
+                    changed += 1  # a refusal dropped the value, and the listeners were told
                 continue
             changed += before is None or before.values != after.values
         return changed
@@ -604,7 +607,20 @@ class SecretsManager:
             values = await self.source.fetch(secret_key)
         except IdentityForbiddenError:
             if not self._orphan():
-                self._cache.pop(key, None)  # access was revoked: serve nothing from before
+                # Access was revoked: serve nothing from before, and tell the listeners (the LLM
+                # router) that the value they hold is gone, as after a deletion. What is left is a
+                # "no such secret" already expired: the next read asks again (a 403 again, not a
+                # None), and one the service allows again is heard of as a change.
+                old = self._cache.get(key) or previous
+                now = self._clock()
+                self._cache[key] = _Entry(None, now, now, now, now)
+                if self._inflight.get(key) is asyncio.current_task():
+                    # A listener reading the key (the router resolving its deployment again) asks
+                    # the service again, and is refused: it must not wait for this fetch, which
+                    # waits for the listener. Those already waiting for it are refused with it.
+                    del self._inflight[key]
+                if old is not None and old.values:
+                    await self._notify(SecretChange(secret_key, _changed_fields(old.values, None)))
             raise
         except (IdentityError, SecretsError) as error:
             self.stats.errors += 1
