@@ -1534,3 +1534,69 @@ async def test_a_listener_told_of_a_refusal_that_reads_the_key_is_refused_too(
     assert len(refused) == 1
     assert len(source.fetches) == 3  # the first, the refused one, and the listener's own
     assert manager._inflight == {}
+
+
+def two_keys_due(source: CountingSource, clock: Clock) -> SecretsManager:
+    """A manager whose openai and groq system secrets are in use, rotated in the source, and due
+    for the refresh ahead of expiry."""
+    source.static.set(SecretKey("groq"), {"api_key": "gsk-groq-v1-00000001"})
+    return SecretsManager(source, ttl=100, refresh_ahead=20, clock=clock)
+
+
+async def use_then_rotate(manager: SecretsManager, source: CountingSource, clock: Clock) -> None:
+    for provider in ("openai", "groq"):
+        await manager.get(provider, "api_key")
+    clock.now += 10
+    for provider in ("openai", "groq"):
+        await manager.get(provider, "api_key")  # used since fetched
+    source.static.set(SecretKey("openai"), {"api_key": "sk-openai-v2-000002"})
+    source.static.set(SecretKey("groq"), {"api_key": "gsk-groq-v2-00000002"})
+    clock.now += 75  # 15 s before expiry: both due
+    source.fetches.clear()
+
+
+async def test_a_listener_may_run_the_refresh_ahead_itself(source: CountingSource, clock: Clock) -> None:
+    # it worked, but the outer pass fetched again what the listener's pass had just refreshed
+    manager = two_keys_due(source, clock)
+    passes: list[int] = []
+
+    async def refresh_the_rest(change: SecretChange) -> None:
+        passes.append(await manager.refresh_due())
+
+    manager.on_change(refresh_the_rest)
+    await use_then_rotate(manager, source, clock)
+    outer = await asyncio.wait_for(manager.refresh_due(), timeout=10)
+    assert [key.provider for key in source.fetches] == ["openai", "groq"]  # each once
+    assert outer + sum(passes) == 2 == manager.stats.refreshes
+    for provider, version in (("openai", "sk-openai-v2-000002"), ("groq", "gsk-groq-v2-00000002")):
+        value = await manager.get(provider, "api_key")
+        assert value is not None
+        assert value.reveal() == version
+
+
+async def test_a_listener_may_close_the_manager(source: CountingSource, clock: Clock) -> None:
+    # aclose() cancelled and waited for the fetch it was called from: that fetch, and the
+    # refresh waiting for it, never ended, and the source was never closed
+    closed: list[bool] = []
+
+    class Closing(CountingSource):
+        async def aclose(self) -> None:
+            closed.append(True)
+
+    source = Closing(source.static)
+    manager = two_keys_due(source, clock)
+
+    async def close_on_change(change: SecretChange) -> None:
+        await manager.aclose()
+
+    manager.on_change(close_on_change)
+    async with manager:
+        await use_then_rotate(manager, source, clock)
+        assert await asyncio.wait_for(manager.refresh_due(), timeout=10) == 1  # then it stopped
+        assert closed == [True]
+        assert [key.provider for key in source.fetches] == ["openai"]
+        assert manager._inflight == {}
+        assert manager._refresher is None
+        with pytest.raises(SecretsUnavailableError, match="the secrets manager was closed"):
+            await manager.get("groq", "api_key")
+    assert closed == [True, True]  # async with closes it again: harmless

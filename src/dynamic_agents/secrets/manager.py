@@ -247,11 +247,16 @@ class SecretsManager:
         """Stop refreshing, end the fetches under way and close the source; from then on every
         read raises :class:`SecretsUnavailableError`."""
         self._closed = True
+        # Called from a change listener, it runs inside a fetch (where listeners are called):
+        # that one is left to end, after this, as it would — cancelled and waited for, it waited
+        # for itself, and so did whatever was waiting for it.
+        current = asyncio.current_task()
         if self._refresher is not None:
-            self._refresher.cancel()
-            await asyncio.gather(self._refresher, return_exceptions=True)
+            if self._refresher is not current:
+                self._refresher.cancel()
+                await asyncio.gather(self._refresher, return_exceptions=True)
             self._refresher = None
-        tasks = [*self._inflight.values(), *self._orphaned]
+        tasks = [task for task in (*self._inflight.values(), *self._orphaned) if task is not current]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -459,6 +464,8 @@ class SecretsManager:
         ]
         changed = 0
         for key in keys:
+            if self._closed_meanwhile():  # by a change listener, while an earlier key was refreshed
+                break
             before = self._cache.get(key)
             begun = self._inflight.pop(key, None)
             if begun is not None:
@@ -477,30 +484,30 @@ class SecretsManager:
         return changed
 
     async def refresh_due(self) -> int:
-        """Refresh the keys used since they were fetched and about to expire; returns how many
-        were refreshed (failures are kept stale and logged). A key whose last fetch failed waits
+        """Refresh the keys used since they were fetched (or kept fresh: :meth:`keep_fresh`) and
+        about to expire; returns how many were refreshed (failures are kept stale and logged). A key whose last fetch failed waits
         ``error_retry``, or the server's ``Retry-After``, like a ``get``. After :meth:`aclose`
         raises :class:`SecretsUnavailableError`."""
         if self._closed:
             raise SecretsUnavailableError("cannot refresh: the secrets manager was closed")
         now = self._clock()
-        due: dict[_CacheKey, _Entry | None] = {
-            key: entry
-            for key, entry in list(self._cache.items())
-            if entry.values is not None
-            and entry.last_used > entry.fetched_at
-            and entry.fresh_until - self.refresh_ahead <= now < entry.stale_until
-            and now >= entry.retry_at
-        }
-        for key, kept in list(self._kept.items()):
-            # Kept: due ahead of expiry unread, and past the grace too (forgotten by the cache
-            # then: fetched again, compared with what was last seen)
-            entry = self._cache.get(key) or kept.last
-            if entry is None or (entry.fresh_until - self.refresh_ahead <= now and now >= entry.retry_at):
-                due[key] = entry
-        for key, entry in due.items():
+        keys = [key for key, entry in list(self._cache.items()) if self._due(key, entry, now)]
+        # and the kept ones the cache forgot (an outage past their stale grace): fetched again
+        keys += [key for key in list(self._kept) if self._cache.get(key) is None]
+        refreshed = 0
+        for key in keys:
+            # A change listener may have run a pass of its own (or closed the manager) while an
+            # earlier key was refreshed: what it did is not done again.
+            if self._closed_meanwhile():
+                break
+            entry = self._cache.get(key)
+            if not self._due(key, entry, self._clock()):
+                continue
+            refreshed += 1
+            kept = self._kept.get(key)
             try:
-                after = await self._load(key, entry, force=True)
+                # a kept key the cache forgot: compared with the value last seen (a change told)
+                after = await self._load(key, entry or (kept.last if kept else None), force=True)
             except SecretsError as error:
                 logger.warning("refreshing %s failed: %s", SecretKey(*key), type(error).__name__)
             except Exception:
@@ -512,8 +519,28 @@ class SecretsManager:
             else:
                 if (held := self._kept.get(key)) is not None:
                     held.last = after
-        self.stats.refreshes += len(due)
-        return len(due)
+        self.stats.refreshes += refreshed
+        return refreshed
+
+    def _closed_meanwhile(self) -> bool:
+        """Whether :meth:`aclose` was called (a method: mypy takes ``self._closed`` for still
+        false after the check at a method's start, whatever ran since)."""
+        return self._closed
+
+    def _due(self, key: _CacheKey, entry: _Entry | None, now: float) -> bool:
+        """Whether ``key`` is due for the refresh ahead of expiry: a value used since it was
+        fetched (or kept fresh: :meth:`keep_fresh`), within ``refresh_ahead`` of expiry (or past
+        it, within ``stale_grace``), and not waiting for ``error_retry`` or a ``Retry-After``
+        after a failed fetch; a kept key the cache forgot, always."""
+        if key in self._kept:
+            return entry is None or (entry.fresh_until - self.refresh_ahead <= now and now >= entry.retry_at)
+        return (
+            entry is not None
+            and entry.values is not None
+            and entry.last_used > entry.fetched_at
+            and entry.fresh_until - self.refresh_ahead <= now < entry.stale_until
+            and now >= entry.retry_at
+        )
 
     async def _refresh_loop(self, interval: float) -> None:
         while True:
