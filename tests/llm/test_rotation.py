@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import pytest
+import redis.exceptions
 
 from dynamic_agents._redaction import REDACTOR
 from dynamic_agents.exceptions import (
@@ -496,8 +498,16 @@ async def test_a_rotation_while_the_cooldown_store_is_down_still_swaps_the_key(
     kept the old params (the old key's clients never dropped), ``refresh()`` raised a bare
     ``redis`` error, and a 401's refresh-and-retry raised it from ``acompletion``."""
     data = gpt_config(fake, model_info={"id": "gpt-main"}).model_dump()
+    running = asyncio.all_tasks()
     router = await build_router(RouterConfig.from_dict({**data, "redis_url": UNREACHABLE_REDIS}), secrets)
     try:
+        # litellm pings the store from a task nobody awaits. Its ConnectionError, never retrieved, was
+        # logged with its traceback by the task's finaliser whenever the GC got to it: once, while
+        # pytest parsed this file to report a failure of the test, and formatting that traceback parsed
+        # source too, which Python 3.11.7's ast module does not survive (SystemError, "AST constructor
+        # recursion depth mismatch"): an INTERNALERROR in place of the failure. Awaited here instead.
+        pings = await asyncio.gather(*(asyncio.all_tasks() - running), return_exceptions=True)
+        assert redis.exceptions.ConnectionError in {type(ping) for ping in pings}
         await router.acompletion(model="gpt", messages=MESSAGES)
         rotate(identity, V2)
 
