@@ -4,6 +4,7 @@ a refusal names the setting, the value and what is valid."""
 from __future__ import annotations
 
 import math
+import uuid
 from collections.abc import Callable
 from enum import StrEnum
 
@@ -17,6 +18,7 @@ from dynamic_agents._validation import (
     check_seconds,
     invalid_fields,
     shown,
+    with_article,
 )
 from dynamic_agents.exceptions import ConfigurationError
 
@@ -275,3 +277,53 @@ def test_shown_names_what_it_does_not_show_by_its_type_with_its_article() -> Non
         "an EventRouter",
         "an object",
     )
+
+
+@pytest.mark.parametrize(
+    ("noun", "expected"),
+    [
+        # by the first letter's sound: a consonant, a vowel
+        ("dict", "a dict"),
+        ("str", "a str"),
+        ("EventRouter", "an EventRouter"),
+        ("int", "an int"),
+        ("object", "an object"),
+        ("agent", "an agent"),
+        ("workflow", "a workflow"),
+        ("InMemoryTransport", "an InMemoryTransport"),
+        ("UnsafePatternError", "an UnsafePatternError"),
+        # a vowel said as "you" or "wun"
+        ("User", "a User"),
+        ("UserDict", "a UserDict"),
+        ("Usage", "a Usage"),
+        ("UnicodeDecodeError", "a UnicodeDecodeError"),
+        ("UnionType", "a UnionType"),
+        ("Url", "a Url"),
+        ("Euro", "a Euro"),
+        ("OneOf", "a OneOf"),
+        # a silent h
+        ("Hour", "an Hour"),
+        ("Handler", "a Handler"),
+        # an initialism, said letter by letter
+        ("UUID", "a UUID"),
+        ("URL", "a URL"),
+        ("HTTPError", "an HTTPError"),
+        ("LLMRouter", "an LLMRouter"),
+        ("SSLError", "an SSLError"),
+        ("OSError", "an OSError"),
+        ("JSONDecodeError", "a JSONDecodeError"),
+        ("X", "an X"),
+        # a private class by its name
+        ("_GeneratorContextManager", "a _GeneratorContextManager"),
+        ("_Entry", "an _Entry"),
+    ],
+)
+def test_with_article_chooses_it_by_the_sound_of_the_name(noun: str, expected: str) -> None:
+    assert with_article(noun) == expected
+
+
+def test_shown_names_a_type_whose_name_starts_with_a_you_sound_with_a() -> None:
+    class User:
+        pass
+
+    assert (shown(User()), shown(uuid.uuid4())) == ("a User", "a UUID")

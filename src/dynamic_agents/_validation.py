@@ -33,6 +33,7 @@ __all__ = [
     "not_boolean",
     "shown",
     "unsendable_token",
+    "with_article",
 ]
 
 E = TypeVar("E", bound=StrEnum)
@@ -57,9 +58,34 @@ def shown(value: object) -> str:
 
 
 def a_type(value: object) -> str:
-    """``a dict``, ``an EventRouter``: the value by its type, as errors name what they got."""
-    name = type(value).__name__
-    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
+    """``a dict``, ``an EventRouter``, ``a UUID``: the value by its type, as errors name what they
+    got."""
+    return with_article(type(value).__name__)
+
+
+_SAID_WITH_A_CONSONANT: Final = ("eu", "one", "uni", "uri", "url", "us", "uti")
+"""Starts of words spelt with a vowel but said with "you" or "wun": a User, a Unicode…, a OneOf."""
+_SAID_WITH_A_VOWEL: Final = ("heir", "honest", "honor", "honour", "hour")
+"""Starts of words whose h is silent: an Hour."""
+_LETTERS_SAID_WITH_A_VOWEL: Final = "AEFHILMNORSX"
+"""The letters whose names start with a vowel sound ("aitch", "el", "ess"): an HTTPError, an
+LLMRouter, but a UUID, a JSONDecodeError."""
+
+
+def with_article(noun: str) -> str:
+    """``noun`` after "a" or "an", chosen by how it is said: ``an int``, ``a User``, ``an
+    HTTPError``, ``a UUID``. A name starting with two capitals is an initialism, said letter by
+    letter; otherwise a vowel takes "an", but for the starts in :data:`_SAID_WITH_A_CONSONANT`, and
+    a consonant "a", but for a silent h."""
+    word = noun.lstrip("_")
+    if word[:2].isupper():
+        vowel = word[0] in _LETTERS_SAID_WITH_A_VOWEL
+    else:
+        lowered = word.lower()
+        vowel = lowered.startswith(("a", "e", "i", "o", "u"))
+        if lowered.startswith(_SAID_WITH_A_CONSONANT if vowel else _SAID_WITH_A_VOWEL):
+            vowel = not vowel
+    return f"{'an' if vowel else 'a'} {noun}"
 
 
 HTTP_URL: Final = (

@@ -11,7 +11,7 @@ from typing import Annotated, Any, ClassVar, Self
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
-from dynamic_agents._validation import NotBoolean, check_choice, shown
+from dynamic_agents._validation import NotBoolean, check_choice, shown, with_article
 from dynamic_agents._yaml import safe_load, yaml_problem
 from dynamic_agents.exceptions import SpecValidationError
 from dynamic_agents.secrets.references import error_with_value
@@ -83,8 +83,7 @@ class SpecBase(BaseModel):
 
     @classmethod
     def _a_spec(cls) -> str:
-        article = "an" if cls.kind.value[0] in "aeiou" else "a"
-        return f"{article} {cls.kind.value} spec"
+        return f"{with_article(cls.kind.value)} spec"
 
     @classmethod
     def from_yaml(cls, text: str) -> Self:
