@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_SECONDS",
     "NotBoolean",
+    "a_type",
     "check_base_url",
     "check_callable",
     "check_choice",

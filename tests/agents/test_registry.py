@@ -107,6 +107,11 @@ def test_a_toolkit_factory_that_cannot_be_called_is_refused_at_registration(fact
     assert tools.names("tool") == []
 
 
+def test_a_toolkit_factory_refusal_names_its_type_with_its_article() -> None:
+    with pytest.raises(ConfigurationError, match=r"got an int: register a built Toolkit"):
+        ToolRegistry().toolkit("search", 1)
+
+
 def test_an_agno_toolkit_instance_keeps_any_registry_name() -> None:
     tools = ToolRegistry()
     tools.add_tool(Toolkit(name="My Tools", tools=[search_in("web")]))

@@ -1048,6 +1048,11 @@ def test_a_source_that_is_no_secret_source_is_refused_when_the_manager_is_made(s
     assert "CANARY" not in str(refused.value)
 
 
+def test_a_refused_source_is_named_by_its_type_with_its_article() -> None:
+    with pytest.raises(ConfigurationError, match=r"^source must be a SecretSource .*, got an object$"):
+        SecretsManager(object())  # type: ignore[arg-type]
+
+
 async def test_a_key_whose_refresh_fails_unexpectedly_does_not_stop_the_others(
     clock: Clock, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -86,6 +86,7 @@ def test_delta_interval_may_be_zero_and_the_optional_ones_none() -> None:
             {"settings": {"concurrency": 4}},
             r"^settings must be a WorkerSettings \(WorkerSettings\(\*\*mapping\)",
         ),
+        ({"settings": 4}, r"^settings must be a WorkerSettings .*, got an int$"),
         (
             {"stream": ""},
             r"^stream must be a non-empty stream name .*\(or None: the transport's request stream\)",

@@ -15,7 +15,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel
 
-from dynamic_agents._validation import check_choice, shown
+from dynamic_agents._validation import a_type, check_choice, shown
 from dynamic_agents.exceptions import ConfigurationError, SpecValidationError
 
 __all__ = ["RegisteredTool", "ToolRegistry"]
@@ -150,7 +150,7 @@ class ToolRegistry:
         if not callable(factory):  # else every spec naming it fails to build, blaming its parameters
             raise ConfigurationError(
                 f"toolkit {name!r} must be a callable building the toolkit from a spec's parameters "
-                f"(a class or function), got a {type(factory).__name__}: register a built Toolkit "
+                f"(a class or function), got {a_type(factory)}: register a built Toolkit "
                 "with add_tool()"
             )
         self._add_tool(

@@ -24,7 +24,7 @@ from cachetools import TTLCache
 
 from dynamic_agents._logging import get_logger
 from dynamic_agents._redaction import REDACTOR
-from dynamic_agents._validation import check_callable, check_count, check_flag, check_seconds, shown
+from dynamic_agents._validation import a_type, check_callable, check_count, check_flag, check_seconds, shown
 from dynamic_agents.exceptions import (
     ConfigurationError,
     IdentityError,
@@ -149,7 +149,7 @@ class SecretsManager:
         if not isinstance(source, SecretSource):  # else the first lookup fails: no fetch()
             raise ConfigurationError(
                 "source must be a SecretSource (EnvironmentSource, IdentitySource, StaticSource, "
-                f"ChainSource or a subclass of your own), got a {type(source).__name__}"
+                f"ChainSource or a subclass of your own), got {a_type(source)}"
             )
         ttl = check_seconds("ttl", ttl, forever=True)
         negative_ttl = check_seconds("negative_ttl", negative_ttl, zero=True, forever=True)
@@ -485,9 +485,9 @@ class SecretsManager:
 
     async def refresh_due(self) -> int:
         """Refresh the keys used since they were fetched (or kept fresh: :meth:`keep_fresh`) and
-        about to expire; returns how many were refreshed (failures are kept stale and logged). A key whose last fetch failed waits
-        ``error_retry``, or the server's ``Retry-After``, like a ``get``. After :meth:`aclose`
-        raises :class:`SecretsUnavailableError`."""
+        about to expire; returns how many were refreshed (failures are kept stale and logged). A
+        key whose last fetch failed waits ``error_retry``, or the server's ``Retry-After``, like a
+        ``get``. After :meth:`aclose` raises :class:`SecretsUnavailableError`."""
         if self._closed:
             raise SecretsUnavailableError("cannot refresh: the secrets manager was closed")
         now = self._clock()

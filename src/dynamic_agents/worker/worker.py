@@ -35,7 +35,7 @@ from pydantic import ValidationError
 
 from dynamic_agents._logging import bind_ids, get_logger, log_context
 from dynamic_agents._redaction import redact_text
-from dynamic_agents._validation import check_seconds, invalid_fields, shown
+from dynamic_agents._validation import a_type, check_seconds, invalid_fields, shown
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, ResponseStatus, Target
 from dynamic_agents.exceptions import (
     ConfigurationError,
@@ -115,7 +115,7 @@ class AgentWorker:
         if settings is not None and not isinstance(settings, WorkerSettings):
             raise ConfigurationError(
                 "settings must be a WorkerSettings (WorkerSettings(**mapping) from a mapping), "
-                f"got a {type(settings).__name__}"
+                f"got {a_type(settings)}"
             )
         stream = check_stream_option(stream, "request")
         # Each of the wrong type failed with a bare AttributeError: the transport here, the others
