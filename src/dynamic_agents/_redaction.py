@@ -82,12 +82,17 @@ CREDENTIAL_NAME_WORDS: Final = (
 )
 """A setting or header whose name contains one of these (``Authorization``, ``api-key``,
 ``X-Auth-Token``, ``bot_token``, ``Cookie``) holds a credential; others (``anthropic-version``,
-``X-Team``) are shown as they are."""
+``X-Team``) are shown as they are, and so are counts of tokens (:data:`_TOKEN_COUNT`)."""
+
+_TOKEN_COUNT: Final = re.compile(r"tokens(?![a-z])", re.IGNORECASE)
+"""The plural ``tokens`` counts them (``max_tokens``, ``max_completion_tokens``,
+``tokens_per_minute``): a value under such a name is shown, as the mistake it is refused for. A
+credential is one token (``token``, ``access_token``, ``bot_token``)."""
 
 
 def names_a_credential(name: object) -> bool:
     """Whether a setting or header of this name holds a credential (:data:`CREDENTIAL_NAME_WORDS`)."""
-    lowered = str(name).lower()
+    lowered = _TOKEN_COUNT.sub("", str(name)).lower()
     return any(word in lowered for word in CREDENTIAL_NAME_WORDS)
 
 

@@ -240,6 +240,12 @@ def test_a_boolean_for_a_number_is_refused_naming_its_path(
     assert refused.value.path == path
 
 
+def test_a_max_tokens_that_is_no_number_is_refused_showing_it() -> None:
+    # shown masked, as if max_tokens held a credential
+    with pytest.raises(SpecValidationError, match=r"at model\.max_tokens: .* \(got 'lots'\)$"):
+        AgentSpec.from_dict({"id": "a", "model": {"name": "gpt", "max_tokens": "lots"}})
+
+
 @pytest.mark.parametrize(
     ("model", "data", "path", "kind"),
     [

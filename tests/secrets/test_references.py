@@ -32,6 +32,56 @@ def test_an_int_past_str_s_digit_limit_is_shown_by_its_number_of_digits() -> Non
     assert shown_value(12345) == "12345"
 
 
+CANARY = "plain-canary-words"  # not shaped like a key: only its name can mask it
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "token",
+        "access_token",
+        "api_token",
+        "refresh_token",
+        "bearer_token",
+        "auth_token",
+        "bot_token",
+        "aws_session_token",
+        "azure_ad_token",
+        "X-Auth-Token",
+        "accessToken",
+        "TOKEN",
+        "api_key",
+        "client_secret",
+        "password",
+        "Authorization",
+        "credentials",
+        "max_tokens_key",
+    ],
+)
+def test_a_value_under_a_credentials_name_is_masked(name: str) -> None:
+    assert shown_value(CANARY, name=name) == MASK
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "max_tokens",
+        "max_completion_tokens",
+        "max_output_tokens",
+        "max_input_tokens",
+        "total_tokens",
+        "tokens_per_minute",
+        "maxTokens",
+        "MAX_TOKENS",
+        "tpm",
+        "temperature",
+    ],
+)
+def test_a_value_under_a_count_of_tokens_is_shown(name: str) -> None:
+    # "max_tokens: lots" was shown masked, hiding the mistake it was refused for
+    assert (shown_value("-5", name=name), shown_value(CANARY, name=name)) == ("'-5'", repr(CANARY))
+
+
 def test_parsed_references_are_immutable() -> None:
     """They are cached and shared by every caller: none may change one for the others."""
     secret = parse_reference("secret:openai:api_key")
