@@ -282,6 +282,12 @@ class DeadLetters:
             raise RequeueError(letter.id, self.stream, "it has no original fields to put back")
         if letter.request_id is not None and letter.response_id is not None:
             # Before the move, or a worker could read the requeued request and find it answered.
+            # Two steps, safe to cut between (a crash, Redis lost): the letter stays, still naming
+            # the record, and a requeue tried again deletes nothing more (only that answer's record)
+            # and moves it once (the move is conditional and idempotent). The original delivery
+            # was acked as it was dead-lettered; a later delivery answered meanwhile (a platform's
+            # retry, a run that outlived its entry) runs as the requeue would have, and its record
+            # makes the requeued copy an answered duplicate: nothing lost, nothing run twice.
             await self._coordinator.delete_record(letter.request_id, response_id=letter.response_id)
         new_id = await self.transport.move(self.stream, letter.id, letter.origin_stream, letter.fields)
         if new_id is None:

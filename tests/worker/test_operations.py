@@ -284,6 +284,43 @@ async def test_requeue_keeps_a_record_a_later_answer_wrote(backend: Backend) -> 
     assert len(await replies(transport, backend.names)) == 2
 
 
+@pytest.mark.parametrize("platform_retry", [False, True], ids=["alone", "with-a-platform-retry"])
+async def test_a_requeue_cut_off_between_its_two_steps_is_retried_with_nothing_lost_or_run_twice(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch, platform_retry: bool
+) -> None:
+    """Redis lost after the record's deletion, before the move: the letter stays, still naming the
+    record, and the requeue tried again puts it back once. A platform retry answered in between
+    (what the requeue was for) wrote a record of its own, which the retried requeue keeps: the
+    requeued request is acked as answered, not run a second time."""
+    transport = await backend.transport()
+    request, _, _ = await dead_past_max_deliveries(backend, transport)
+    dead = DeadLetters(transport)
+    (letter,) = await dead.list()
+
+    async def lost(*args: Any, **kwargs: Any) -> str | None:
+        raise TransportError("move: Redis went away")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(transport, "move", lost)
+        with pytest.raises(TransportError):
+            await dead.requeue(letter.id)
+    assert await transport.coordinator().get_record(request.id) is None
+    assert await dead.list() == [letter]
+    w = worker(transport)
+    if platform_retry:
+        await transport.publish(backend.names.requests, request)
+        await w.run_until_idle()
+    await dead.requeue(letter.id)
+    await w.run_until_idle()
+    assert await dead.list() == []
+    assert (w.stats.completed, w.stats.duplicates) == (1, int(platform_retry))
+    assert [reply.status for reply in await replies(transport, backend.names)] == [
+        ResponseStatus.ERROR,
+        ResponseStatus.COMPLETED,
+    ]
+    assert await transport.pending(backend.names.requests, GROUP) == []
+
+
 async def test_requeueing_a_dead_letter_of_an_older_version_deletes_no_record(backend: Backend) -> None:
     """A dead letter without ``dead_letter.response_id`` (an undecodable one, one written by hand or
     before records were written) deletes nothing: a record there is an answer."""
