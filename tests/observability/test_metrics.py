@@ -384,6 +384,10 @@ def test_unknown_or_mistyped_metric_names_are_configuration_errors(meter_provide
         recorder.add("nope", 1, {})
     with pytest.raises(ConfigurationError, match="is a histogram"):
         recorder.add("dynamic_agents.worker.duration", 1, {})
+    with pytest.raises(ConfigurationError, match=r"is an observable_gauge, not a histogram$"):
+        recorder.record("dynamic_agents.worker.queue.pending", 1, {})
+    with pytest.raises(ConfigurationError, match=r"is a counter, not an observable_counter or obs"):
+        recorder.observe("dynamic_agents.worker.requests", list)
 
 
 def test_every_metric_is_documented() -> None:

@@ -18,7 +18,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Final, Protocol
 
 from dynamic_agents._logging import get_logger
-from dynamic_agents._validation import shown
+from dynamic_agents._validation import shown, with_article
 from dynamic_agents._version import __version__
 from dynamic_agents.exceptions import ConfigurationError, MissingDependencyError
 from dynamic_agents.secrets import SecretsManager, SecretsStats
@@ -372,5 +372,6 @@ def _spec(name: str, *kinds: InstrumentKind) -> MetricSpec:
     if spec is None:
         raise ConfigurationError(f"unknown metric {name!r}; known: {sorted(METRICS)}")
     if spec.kind not in kinds:
-        raise ConfigurationError(f"metric {name!r} is a {spec.kind.value}, not a {' or '.join(kinds)}")
+        kind, wanted = with_article(spec.kind.value), with_article(" or ".join(kinds))
+        raise ConfigurationError(f"metric {name!r} is {kind}, not {wanted}")
     return spec
