@@ -84,15 +84,19 @@ CREDENTIAL_NAME_WORDS: Final = (
 ``X-Auth-Token``, ``bot_token``, ``Cookie``) holds a credential; others (``anthropic-version``,
 ``X-Team``) are shown as they are, and so are counts of tokens (:data:`_TOKEN_COUNT`)."""
 
-_TOKEN_COUNT: Final = re.compile(r"tokens(?![a-z])", re.IGNORECASE)
-"""The plural ``tokens`` counts them (``max_tokens``, ``max_completion_tokens``,
-``tokens_per_minute``): a value under such a name is shown, as the mistake it is refused for. A
-credential is one token (``token``, ``access_token``, ``bot_token``)."""
+_TOKEN_COUNT: Final = re.compile(
+    r"(?:max|min|num|total|input|output|prompt|completion|budget|reasoning|cached)[_-]?tokens"
+    r"(?![a-z])|tokens[_-]?per(?![a-z])"
+)
+"""A count of tokens (``max_tokens``, ``max_completion_tokens``, ``budget_tokens``,
+``tokens_per_minute``), matched in the lower-cased name: a value under such a name is shown, as
+the mistake it is refused for. A credential is a token (``token``, ``access_token``, ``bot_token``),
+and ``tokens`` alone a list of them."""
 
 
 def names_a_credential(name: object) -> bool:
     """Whether a setting or header of this name holds a credential (:data:`CREDENTIAL_NAME_WORDS`)."""
-    lowered = _TOKEN_COUNT.sub("", str(name)).lower()
+    lowered = _TOKEN_COUNT.sub("", str(name).lower())
     return any(word in lowered for word in CREDENTIAL_NAME_WORDS)
 
 

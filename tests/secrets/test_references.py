@@ -56,6 +56,9 @@ CANARY = "plain-canary-words"  # not shaped like a key: only its name can mask i
         "Authorization",
         "credentials",
         "max_tokens_key",
+        "tokens",  # a list of them
+        "api_tokens",
+        "bot_tokens",
     ],
 )
 def test_a_value_under_a_credentials_name_is_masked(name: str) -> None:
@@ -71,6 +74,7 @@ def test_a_value_under_a_credentials_name_is_masked(name: str) -> None:
         "max_input_tokens",
         "total_tokens",
         "tokens_per_minute",
+        "budget_tokens",
         "maxTokens",
         "MAX_TOKENS",
         "tpm",
