@@ -16,6 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from pydantic import JsonValue
 
+from dynamic_agents._frozen import slot_init
 from dynamic_agents._redaction import redact_text
 from dynamic_agents._validation import check_choice, check_seconds
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, ResponseStatus, Target
@@ -33,6 +34,7 @@ class TokenUsage:
     total_tokens: int = 0
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class ExecutionResult:
     """How a run ended and what it produced.

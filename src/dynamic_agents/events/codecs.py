@@ -14,6 +14,7 @@ from typing import Any, Final, Generic, TypeVar
 from pydantic import ValidationError
 from pydantic_core import PydanticSerializationError, to_json
 
+from dynamic_agents._frozen import slot_init
 from dynamic_agents._validation import check_count
 from dynamic_agents.events._errors import VALUE_PREVIEW, event_error, preview
 from dynamic_agents.events.envelope import (
@@ -56,6 +57,7 @@ def _register_validator(model: type[WireModel], validate_json: Callable[[bytes |
     _JSON_VALIDATORS[model] = validate_json
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class DecodedMessage(Generic[E]):
     """An event read off the wire, with the envelope headers that came with it."""

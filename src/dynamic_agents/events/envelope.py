@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
+from dynamic_agents._frozen import slot_init
 from dynamic_agents.exceptions import EnvelopeError
 
 __all__ = [
@@ -45,6 +46,7 @@ _U16: Final = struct.Struct(">H")
 _U16_MAX: Final = 0xFFFF
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Envelope:
     """A message body with its headers, as FastStream carries them."""

@@ -22,6 +22,7 @@ from enum import StrEnum
 from types import TracebackType
 from typing import Any, Final, Generic, Protocol, Self, TypeGuard, TypeVar
 
+from dynamic_agents._frozen import slot_init
 from dynamic_agents._logging import get_logger
 from dynamic_agents._validation import MAX_SECONDS, check_count, check_seconds, shown
 from dynamic_agents.events import AgentResponseEvent, DecodedMessage, EventCodec, StreamNames, WireModel
@@ -218,6 +219,7 @@ class SystemClock:
         return time.time()
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Entry(Generic[E]):
     """One stream entry: its id, its raw fields, and the decoded message or why it did not decode."""
@@ -285,6 +287,7 @@ class Subscription(Generic[E]):
         return (self.claim_min_idle or 0.0) / 2
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Delivery(Entry[E]):
     """An entry delivered to one consumer of a group; it stays pending until acked or dead-lettered.
@@ -327,6 +330,7 @@ class PendingEntry:
     delivery_count: int
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Reply:
     """A response to write with :meth:`Transport.complete` or :meth:`Transport.dead_letter`.
@@ -353,6 +357,7 @@ class Reply:
         return codec.encode_envelope(self.event, headers=self.headers, correlation_id=self.correlation_id)
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class CompletedRecord:
     """Proof that a request was answered: what answered it and where the reply entry is."""
@@ -387,6 +392,7 @@ class CompletedRecord:
         )
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Completion:
     """What :meth:`Transport.complete` did: ``created`` is false when the request was already
@@ -396,6 +402,7 @@ class Completion:
     created: bool
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Lease:
     """A session lease held by ``token``'s owner until renewed, released or expired. The token
@@ -423,6 +430,7 @@ class ClaimStatus(StrEnum):
     """Some of the requests have a cancellation request: nothing was taken."""
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Claim:
     """The outcome of :meth:`Coordinator.claim`: ``lease`` when ``LEASED``; ``request_ids`` the

@@ -31,6 +31,7 @@ from functools import partial
 from json.encoder import encode_basestring_ascii as _json_string
 from typing import Any, Final, TypeVar
 
+from dynamic_agents._frozen import slot_init
 from dynamic_agents._logging import get_logger
 from dynamic_agents._validation import check_count, check_seconds, shown
 from dynamic_agents.events import EventCodec, StreamNames, WireModel
@@ -988,6 +989,7 @@ def _record(stored: object) -> CompletedRecord:
     return read_record(_bytes(stored))
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class _Completion:
     """One call of the ``COMPLETE`` batch script (see ``_scripts.COMPLETE``): its 4 keys and 10
@@ -1017,6 +1019,7 @@ def _record_head(
     )
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class _Claim:
     """One claim: ``SET NX`` of the lease, then the lease's value and the requests' record and
@@ -1077,6 +1080,7 @@ def _claim_outcome(lease: Lease, request_ids: Sequence[str], leased: bool, flags
     return Claim(ClaimStatus.LEASED, lease) if leased else Claim(ClaimStatus.BUSY)
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class _ReadClaim:
     """One lease claim of the ``CLAIM_READ`` script, as Redis saw the entry: raw bytes."""
