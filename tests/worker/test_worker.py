@@ -18,7 +18,7 @@ from dynamic_agents.events import AgentRequestEvent, LifecycleEvent, ResponseSta
 from dynamic_agents.exceptions import ConfigurationError, DynamicAgentsError, RunLostError, TransportError
 from dynamic_agents.execution import ExecutionResult, FunctionExecutor
 from dynamic_agents.routing import EventRouter
-from dynamic_agents.transports import Completion, Subscription, Transport
+from dynamic_agents.transports import Completion, Reply, Subscription, Transport
 from dynamic_agents.worker import BaseHooks, RunContext, WorkerSettings
 from dynamic_agents.worker import RunLostError as WorkerRunLostError
 from tests.worker.conftest import FAST, Backend, Handled, replies, request_event, wait_for, worker
@@ -1253,3 +1253,25 @@ async def test_the_claims_of_a_read_are_sent_before_the_next_read(redis_url: str
         await transport.aclose()
     assert w.stats.completed == 5
     assert sent[:3] == ["read", "claims", "read"]  # the five claims in one write, then a read
+
+
+async def test_the_reply_carries_the_settings_maxlen_and_expire(backend: Backend) -> None:
+    """The worker builds the reply of a request with a reply stream from its settings (and
+    positionally: a field out of order would show here)."""
+    transport = await backend.transport()
+    written: list[Reply] = []
+    complete = transport.complete
+
+    async def recording(delivery: Any, reply: Reply, **kwargs: Any) -> Completion:
+        written.append(reply)
+        return await complete(delivery, reply, **kwargs)
+
+    transport.complete = recording  # type: ignore[method-assign]
+    request = request_event(backend.names, "hello")
+    await transport.publish(backend.names.requests, request)
+    w = worker(transport, reply_maxlen=123, reply_expire=456.0)
+    await w.run_until_idle()
+    (reply,) = written
+    assert (reply.event.request_id, reply.stream) == (request.id, request.reply_stream)
+    assert (reply.maxlen, reply.expire) == (123, 456.0)
+    assert (dict(reply.headers), reply.channel, reply.correlation_id) == ({}, None, None)

@@ -132,7 +132,7 @@ def decode_envelope(data: bytes) -> Envelope:
             except (struct.error, UnicodeDecodeError, ValueError):
                 pass
             else:
-                return Envelope(body=data[data_start:], headers=headers)
+                return Envelope(data[data_start:], headers)  # positional: no keyword dict per call
     return _decode_envelope_checked(data)
 
 

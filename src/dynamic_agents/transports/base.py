@@ -840,15 +840,18 @@ def delivered(
     entry: Entry[E], subscription: Subscription[E], count: int, claim: Claim | None = None
 ) -> Delivery[E]:
     """The delivery of ``entry`` to ``subscription``'s consumer, delivered ``count`` times."""
+    # Positional, in the order of Delivery's fields: a call with keywords builds a dict of them,
+    # and this runs for every entry read.
     return Delivery(
-        stream=entry.stream,
-        entry_id=entry.entry_id,
-        fields=entry.fields,
-        message=entry.message,
-        error=entry.error,
-        subscription=subscription,
-        delivery_count=count,
-        claim=claim,
+        entry.stream,
+        entry.entry_id,
+        entry.fields,
+        entry.message,
+        entry.error,
+        subscription,
+        count,  # delivery_count
+        False,  # settled
+        claim,
     )
 
 
@@ -879,7 +882,7 @@ def decode_entry(
     naming its type, so one bad entry is dead-lettered instead of failing the read of its batch.
     """
     try:
-        return Entry(stream, entry_id, fields, message=codec.decode_entry(fields, model))
+        return Entry(stream, entry_id, fields, codec.decode_entry(fields, model))  # the message
     except EventError as error:
         return Entry(stream, entry_id, fields, error=error)
     except Exception as error:

@@ -795,7 +795,7 @@ class RedisStreamsTransport(Transport):
         self.stats.acked += 1
         reply_id = _bytes(detail).decode() or None
         record = CompletedRecord(event.request_id, event.id, status, reply.stream, reply_id, completed_at)
-        return Completion(record, created=True)
+        return Completion(record, True)  # created (positional: no keyword dict per request)
 
     # -- inspecting -------------------------------------------------------------------------------
 

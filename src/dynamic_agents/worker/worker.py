@@ -1122,6 +1122,8 @@ class AgentWorker:
         stream) gets it by Redis ``PUBLISH`` with its own correlation id."""
         event, message = delivery.event, delivery.message
         rpc_channel = message.reply_to if message is not None and event.reply_stream is None else None
+        if rpc_channel is None:  # the usual case, positional: a call with keywords builds a dict
+            return Reply(response, event.reply_stream, self.settings.reply_maxlen, self.settings.reply_expire)
         return Reply(
             response,
             event.reply_stream,
