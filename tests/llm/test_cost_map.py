@@ -185,6 +185,20 @@ def hold_on_the_wire(router: LLMRouter) -> tuple[asyncio.Event, asyncio.Event]:
     return sent, answer
 
 
+def hold_sync_on_the_wire(router: LLMRouter) -> tuple[threading.Event, threading.Event]:
+    """:func:`hold_on_the_wire` for the router's synchronous litellm calls (run in a thread)."""
+    sent, answer = threading.Event(), threading.Event()
+    litellm_call = router.router.completion
+
+    def held_on_the_wire(**kwargs: Any) -> Any:
+        sent.set()
+        answer.wait(10)
+        return litellm_call(**kwargs)
+
+    router.router.completion = held_on_the_wire  # type: ignore[method-assign]
+    return sent, answer
+
+
 async def test_a_call_in_flight_keeps_its_entry_until_it_ends_and_is_priced() -> None:
     source = alice_source()
     secrets = SecretsManager(source)
@@ -573,15 +587,7 @@ async def test_a_sync_calls_end_in_its_thread_walks_the_routers_while_the_loop_c
                 return super().__contains__(entry)
 
         other._deployments = PausedDeployments(other._deployments)
-    sent, answer = threading.Event(), threading.Event()
-    litellm_call = router.router.completion
-
-    def held_on_the_wire(**kwargs: Any) -> Any:
-        sent.set()
-        answer.wait(10)
-        return litellm_call(**kwargs)
-
-    router.router.completion = held_on_the_wire  # type: ignore[method-assign]
+    sent, answer = hold_sync_on_the_wire(router)
     call = asyncio.create_task(asyncio.to_thread(router.completion, model="gpt", messages=MESSAGES))
     built: list[LLMRouter] = []
     try:
@@ -649,18 +655,11 @@ async def test_a_call_with_the_deployments_own_key_keeps_its_entry_through_aclos
     deployment_id = unique_id()
     source = StaticSource({"openai": {"api_key": "canary-cost-system-01"}}, users={"bob": {}})
     router = await build_router(config(deployment_id, prices_in="model_info"), SecretsManager(source))
-    sent, answer = threading.Event(), threading.Event()
     if caller == "sync":
-        litellm_call = router.router.completion
-
-        def held_on_the_wire(**kwargs: Any) -> Any:
-            sent.set()
-            answer.wait(10)
-            return litellm_call(**kwargs)
-
-        router.router.completion = held_on_the_wire  # type: ignore[method-assign]
+        sent, answer = hold_sync_on_the_wire(router)
         call = asyncio.create_task(asyncio.to_thread(router.completion, model="gpt", messages=MESSAGES))
     else:
+        sent, answer = threading.Event(), threading.Event()
         async_call = router.router.acompletion
 
         async def held(**kwargs: Any) -> Any:
