@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import copy
 import gc
+import hashlib
 import json
 import logging
 import threading
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import litellm
@@ -26,6 +28,7 @@ from litellm.utils import _registered_pricing_fields
 from dynamic_agents.exceptions import ConfigurationError
 from dynamic_agents.llm import LLMRouter, RouterConfig, _litellm, build_router
 from dynamic_agents.secrets import SecretKey, SecretsManager, StaticSource
+from dynamic_agents.testing import FakeOpenAI
 from tests.support.waiting import wait_until
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -72,6 +75,13 @@ def priced(response: Any) -> bool:
     usage = response.usage
     expected = usage.prompt_tokens * INPUT_PRICE + usage.completion_tokens * OUTPUT_PRICE
     return bool(expected > 0 and response._hidden_params["response_cost"] == pytest.approx(expected))
+
+
+def cached_clients(key: str) -> list[Any]:
+    """litellm's cached SDK clients built for ``key``."""
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    cache = litellm.in_memory_llm_clients_cache
+    return [client for name, client in cache.cache_dict.items() if f"hashed_api_key={digest}," in name]
 
 
 async def alice_call(router: LLMRouter) -> tuple[Any, str]:
@@ -608,6 +618,75 @@ async def test_a_sync_calls_end_in_its_thread_walks_the_routers_while_the_loop_c
             await each.aclose()
     assert "failed" not in caplog.text
     assert deployment_id not in litellm.model_cost
+
+
+async def test_a_sync_calls_end_skips_a_users_key_the_loop_removes_while_it_reads_them(
+    fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The end of a synchronous call whose router closed while it was on the wire reads the users'
+    keys of the other open routers, in its thread, to keep their clients: a key the event loop
+    removed between the copy of a router's slots and the read of its record (a user pushed out by
+    another's call) raised ``KeyError``, logged, and the call's clients and cost-map entry stayed."""
+    monkeypatch.setattr("dynamic_agents.llm.router._USERS_KEYS_KEPT", 1)  # bob's key pushes alice's out
+    system_key = "canary-race-system-01"
+    deployment_id = unique_id()
+    params = {"model": "openai/gpt-4o-mini", "api_key": "secret:openai:api_key", "api_base": fake.api_base}
+    prices = {"input_cost_per_token": INPUT_PRICE, "output_cost_per_token": OUTPUT_PRICE}
+
+    def config_through_fake(router_id: str) -> RouterConfig:
+        model_info = {"id": router_id, **prices}
+        deployment = {"model_name": "gpt", "litellm_params": params, "model_info": model_info}
+        return RouterConfig.from_dict({"model_list": [deployment], "num_retries": 0})
+
+    router = await build_router(
+        config_through_fake(deployment_id), SecretsManager(StaticSource({"openai": {"api_key": system_key}}))
+    )
+    users = {name: {"openai": {"api_key": f"canary-race-{name}-01"}} for name in ("alice", "bob")}
+    other_source = StaticSource({"openai": {"api_key": "canary-race-other-01"}}, users=users)
+    other = await build_router(config_through_fake(unique_id()), SecretsManager(other_source))
+    await other.acompletion(model="gpt", messages=MESSAGES, user_id="alice")
+    reading, removed = threading.Event(), threading.Event()
+    users_keys = type(other._users_keys)
+    slots = users_keys.__iter__
+
+    def slots_then_paused(cache: Any) -> Iterator[Any]:  # the slots copied, in the call's thread
+        yield from slots(cache)
+        in_the_calls_thread = threading.current_thread() is not threading.main_thread()
+        if cache is other._users_keys and in_the_calls_thread and not reading.is_set():
+            reading.set()
+            removed.wait(10)
+
+    monkeypatch.setattr(users_keys, "__iter__", slots_then_paused)
+    sent, answer = threading.Event(), threading.Event()
+    litellm_call = router.router.completion
+
+    def held_on_the_wire(**kwargs: Any) -> Any:
+        sent.set()
+        answer.wait(10)
+        return litellm_call(**kwargs)
+
+    router.router.completion = held_on_the_wire  # type: ignore[method-assign]
+    call = asyncio.create_task(asyncio.to_thread(router.completion, model="gpt", messages=MESSAGES))
+    try:
+        await asyncio.to_thread(sent.wait, 10)
+        await router.aclose()  # the call's end drops the client it builds and its entry
+        answer.set()
+        assert await asyncio.to_thread(reading.wait, 10)
+        await other.acompletion(model="gpt", messages=MESSAGES, user_id="bob")
+        assert ("openai", "api_key", "alice") not in other._users_keys
+        removed.set()
+        assert priced(await call)
+    finally:
+        answer.set()
+        removed.set()
+        await router.aclose()
+    try:
+        assert "failed" not in caplog.text
+        assert cached_clients(system_key) == []
+        assert deployment_id not in litellm.model_cost
+        assert cached_clients("canary-race-bob-01")  # the other router's user's, kept
+    finally:
+        await other.aclose()
 
 
 async def test_a_user_pushed_out_keeps_an_entry_another_router_uses_without_walking_its_users(

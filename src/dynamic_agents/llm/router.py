@@ -154,9 +154,15 @@ class _UsersKeys(LRUCache[_Slot, _UserKey]):
 
 def _unordered_values(cache: _UsersKeys) -> Iterator[_UserKey]:
     """An LRU cache's values, their order of use untouched: read through the cache (``values()``)
-    each would become the most recently used, in the order they were first stored."""
+    each would become the most recently used, in the order they were first stored. A synchronous
+    call's end reads another router's from its own thread while the event loop changes them: a
+    slot removed between the copy of the slots (atomic) and the read of its record is skipped
+    (its key is no longer carried)."""
     for slot in list(cache):
-        yield Cache.__getitem__(cache, slot)
+        try:
+            yield Cache.__getitem__(cache, slot)
+        except KeyError:
+            continue
 
 
 @dataclass(slots=True)
