@@ -925,6 +925,57 @@ async def test_a_router_built_while_a_closed_ones_call_is_in_flight_removes_the_
     assert deployment_id not in litellm.model_cost
 
 
+async def test_a_router_built_while_a_closed_ones_sync_call_ends_in_its_thread_removes_their_entry(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The same config reload, the closed router's call synchronous (ending in its own thread): a
+    router built on the event loop once that call was counted out of flight but before its end
+    removed the entries found the deployment's entry in litellm's map, owned by nobody, and kept
+    it as another owner's; the closed router's end kept it too (the new router uses it), and it
+    stayed in litellm's map for the life of the process."""
+    deployment_id = unique_id()
+    secrets = SecretsManager(alice_source())
+    old = await build_router(config(deployment_id, prices_in="model_info"), secrets)
+    out_of_flight, built = threading.Event(), threading.Event()
+    after_call = old._after_call
+
+    def paused_after_call(*args: Any) -> None:  # the call's next step, in its thread
+        out_of_flight.set()
+        built.wait(10)
+        after_call(*args)
+
+    old._after_call = paused_after_call  # type: ignore[method-assign]
+    sent, answer = threading.Event(), threading.Event()
+    litellm_call = old.router.completion
+
+    def held_on_the_wire(**kwargs: Any) -> Any:
+        sent.set()
+        answer.wait(10)
+        return litellm_call(**kwargs)
+
+    old.router.completion = held_on_the_wire  # type: ignore[method-assign]
+    call = asyncio.create_task(asyncio.to_thread(old.completion, model="gpt", messages=MESSAGES))
+    new: LLMRouter | None = None
+    try:
+        await asyncio.to_thread(sent.wait, 10)
+        await old.aclose()
+        answer.set()
+        assert await asyncio.to_thread(out_of_flight.wait, 10)
+        assert not old._calls_in_flight
+        new = await build_router(config(deployment_id, prices_in="model_info"), secrets)
+        built.set()
+        assert priced(await call)
+        assert deployment_id in litellm.model_cost  # the new router's deployment
+    finally:
+        answer.set()
+        built.set()
+        await old.aclose()
+        if new is not None:
+            await new.aclose()
+    assert "failed" not in caplog.text
+    assert deployment_id not in litellm.model_cost
+
+
 async def test_aclose_cancelled_while_it_waits_for_an_update_still_cleans_up() -> None:
     """``aclose()`` waits for the background updates it cancels; cancelled there (a shutdown's
     timeout), it marked the router closed and skipped the rest: a second ``aclose()`` returned at

@@ -918,13 +918,22 @@ class LLMRouter:
 
     def _call_ended(self, model: str, call: Mapping[str, Any], entries: frozenset[str]) -> frozenset[str]:
         """The call's entries (:meth:`_call_started`, and those of a retry after a rotation
-        rewrote the deployment's params), no longer in flight."""
+        rewrote the deployment's params), no longer in flight. A closed router's entries no other
+        call uses leave litellm's map in the same step, under the lock :meth:`_owns_cost_entry`
+        reads under: a synchronous call ends in its caller's thread, and a router built from the
+        same config on the event loop in between found them there owned by nobody, kept them as
+        another owner's, and this router's end kept them too (the new router uses them)."""
         with self._calls_in_flight_lock:
             counted = entries | self._deployment_entries
             self._calls_in_flight.subtract(counted)
             for entry in counted:
                 if self._calls_in_flight[entry] <= 0:
                     del self._calls_in_flight[entry]
+            if self._closed:
+                try:
+                    self._forget_own_cost_entries()
+                except Exception as error:
+                    _bookkeeping_failed("removing a closed router's cost-map entries", error)
         if not entries:
             return entries
         return entries | _litellm.cost_entry_ids(self.router, model, self._groups.get(model, ()), call)
@@ -1105,11 +1114,10 @@ class LLMRouter:
     def _owns_cost_entry(self, entry: str) -> bool:
         """Whether a deployment's cost-map entry is this router's (it added it), and it still
         holds it: open, or closed with a call in flight that uses it (:meth:`aclose` left it)."""
-        return (
-            entry in self._deployments
-            and entry not in self._foreign_cost_entries
-            and (not self._closed or entry in self._calls_in_flight)
-        )
+        if entry not in self._deployments or entry in self._foreign_cost_entries:
+            return False
+        with self._calls_in_flight_lock:  # a call that ends removes the entries it leaves at once
+            return not self._closed or entry in self._calls_in_flight
 
     def _cost_entry_in_use(self, entry: str) -> bool:
         """Whether a cost-map entry is in use: one it did not add (:attr:`_foreign_cost_entries`),
