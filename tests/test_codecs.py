@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import re
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import pytest
+from pydantic import ModelWrapValidatorHandler, model_validator
 
 from dynamic_agents.events import (
     AgentRequestEvent,
@@ -18,6 +20,7 @@ from dynamic_agents.events import (
     RunFailed,
     Target,
     TargetType,
+    WireModel,
 )
 from dynamic_agents.events.envelope import MAGIC, encode_envelope, read_entry_data
 from dynamic_agents.exceptions import (
@@ -383,3 +386,33 @@ def test_a_response_is_not_read_as_a_request() -> None:
     response = AgentResponseEvent(request_id="r1", content="done")
     with pytest.raises(EventValidationError):
         CODEC.decode_json(CODEC.encode_json(response), AgentRequestEvent)
+
+
+class Note(WireModel):
+    text: str
+
+
+class ArchivedNote(WireModel):
+    """A model whose validator hands back another model (an old shape upgraded to a new one)."""
+
+    text: str
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _upgraded(cls, data: Any, handler: ModelWrapValidatorHandler[ArchivedNote]) -> Any:
+        return Note(text=handler(data).text)
+
+
+@pytest.mark.parametrize(
+    "decode",
+    [
+        lambda: CODEC.decode_json(b'{"text": "old"}', ArchivedNote),
+        lambda: CODEC.decode_entry({b"text": b"old"}, ArchivedNote),
+    ],
+    ids=["json", "flat entry"],
+)
+def test_an_event_of_another_class_is_named_with_the_right_article(decode: Callable[[], object]) -> None:
+    """The check that the validator gave the model asked for wrote "expected a ArchivedNote"."""
+    with pytest.raises(EventValidationError) as caught:
+        decode()
+    assert str(caught.value) == "invalid ArchivedNote: type: expected an ArchivedNote (got Note)"

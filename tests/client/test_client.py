@@ -228,6 +228,15 @@ def test_build_request_without_a_channel_is_a_configuration_error(event: dict[st
         client.build_request("webhook", {"content": "hi", **event})
 
 
+@pytest.mark.parametrize(("source", "start"), [("api", "an api event"), ("Email", "an email event")])
+def test_a_source_said_with_a_vowel_is_an_x_event(source: str, start: str) -> None:
+    """It read "a api event needs channel_id"."""
+    client = AgentClient(InMemoryTransport(names=StreamNames("client")))
+    with pytest.raises(ConfigurationError) as caught:
+        client.build_request(source, {"content": "hi"})
+    assert str(caught.value) == f"{start} needs channel_id (or conversation_id / chat_id)"
+
+
 @pytest.mark.parametrize(
     ("source", "event", "message"),
     [

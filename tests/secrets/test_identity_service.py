@@ -240,6 +240,10 @@ async def test_names_are_unique_per_provider_and_owner(client: httpx.AsyncClient
     assert (await client.post("/api/v1/secrets", json=body)).status_code == 201
     duplicate = await client.post("/api/v1/secrets", json=body)
     assert duplicate.status_code == 409
+    # it read "the service already has a 'openai' secret named 'main'"
+    assert duplicate.json() == {
+        "detail": "the service already has a secret named 'main' for provider 'openai'"
+    }
     assert SECRET not in duplicate.text
     other_provider = {**body, "provider": "groq"}
     other_owner = {**body, "user_id": "alice"}

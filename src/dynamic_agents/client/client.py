@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Final
 from pydantic import ValidationError
 
 from dynamic_agents._logging import get_logger
-from dynamic_agents._validation import check_seconds, shown
+from dynamic_agents._validation import check_seconds, shown, with_article
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, StreamNames
 from dynamic_agents.events._errors import event_error, preview
 from dynamic_agents.exceptions import (
@@ -116,7 +116,9 @@ class AgentClient:
         channels = ("channel_id", "conversation_id", "chat_id")
         key = next((key for key in channels if event.get(key) not in (None, "")), None)
         if key is None:
-            raise ConfigurationError(f"a {source} event needs channel_id (or conversation_id / chat_id)")
+            raise ConfigurationError(
+                f"{with_article(source)} event needs channel_id (or conversation_id / chat_id)"
+            )
         channel = event[key]
         for name, value in ((key, channel), ("id", event.get("id")), ("user_id", event.get("user_id"))):
             # str() below would make a session and a stream of "{'id': 1}" or "True"

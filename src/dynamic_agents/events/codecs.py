@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from pydantic_core import PydanticSerializationError, to_json
 
 from dynamic_agents._frozen import slot_init
-from dynamic_agents._validation import check_count
+from dynamic_agents._validation import check_count, with_article
 from dynamic_agents.events._errors import VALUE_PREVIEW, event_error, preview
 from dynamic_agents.events.envelope import (
     DATA_FIELD,
@@ -209,7 +209,7 @@ class EventCodec:
         if not isinstance(event, model):
             raise EventValidationError(
                 model.__name__,
-                (FieldError("type", f"expected a {model.__name__}", type(event).__name__),),
+                (FieldError("type", f"expected {with_article(model.__name__)}", type(event).__name__),),
             )
         self._check_content(event)
         return event

@@ -465,7 +465,7 @@ class InMemoryIdentityService:
     def _check_unique(self, name: str, provider: str, user_id: str | None) -> None:
         if any((s.name, s.provider, s.user_id) == (name, provider, user_id) for s in self._secrets.values()):
             owner = "the service" if user_id is None else f"user {user_id!r}"
-            raise _HTTPError(409, f"{owner} already has a {provider!r} secret named {name!r}")
+            raise _HTTPError(409, f"{owner} already has a secret named {name!r} for provider {provider!r}")
 
     def _secret(self, secret_id: str) -> _Secret:
         if (secret := self._secrets.get(secret_id)) is None:
