@@ -694,6 +694,33 @@ async def test_history_on_postgresql(postgres_url: str) -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("kind", "content_type", "handed_as"),
+    [
+        ("audio", "image/png", "audio"),  # it was an image: the content type was read first
+        ("video", "audio/mpeg", "videos"),
+        ("image", "video/mp4", "images"),
+        ("image", None, "images"),
+        ("file", "image/png", "images"),  # the default kind says nothing: the content type does
+        ("sticker", "image/webp", "images"),  # so does a platform's own kind
+        ("voice", "audio/ogg", "audio"),
+        ("file", "application/pdf", "files"),
+        ("sticker", None, "files"),
+    ],
+)
+def test_an_attachment_is_handed_over_by_kind_then_content_type(
+    kind: str, content_type: str | None, handed_as: str
+) -> None:
+    """As docs/events.md says: by ``kind`` (image, audio, video), or else by the content type."""
+    from dynamic_agents.agents.build import media_from_attachments
+
+    attachment = Attachment(kind=kind, url="https://cdn.example/a", content_type=content_type)
+    media = media_from_attachments([attachment])
+    assert {name: len(items) for name, items in media.run_kwargs().items()} == {handed_as: 1}
+    (item,) = media.run_kwargs()[handed_as]
+    assert (item.url, item.mime_type) == ("https://cdn.example/a", content_type)
+
+
 async def test_attachments_reach_the_provider_request() -> None:
     from dynamic_agents.agents import RouterModels
     from dynamic_agents.llm import RouterConfig, build_router

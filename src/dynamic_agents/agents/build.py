@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 try:
     from agno.agent import Agent
@@ -96,8 +96,13 @@ class Media:
         return {name: items for name, items in kwargs.items() if items}
 
 
+_MEDIA_KINDS: Final = ("image", "audio", "video")
+
+
 def media_from_attachments(attachments: Sequence[Attachment]) -> Media:
-    """Images, audio, video and files by URL or inline bytes (``data_base64``)."""
+    """Images, audio, video and files by URL or inline bytes (``data_base64``): by ``kind`` when it
+    is ``image``, ``audio`` or ``video``, else by an ``image/``, ``audio/`` or ``video/``
+    ``content_type``, else a file."""
     media = Media()
     for index, attachment in enumerate(attachments):
         kind = attachment.kind
@@ -109,11 +114,15 @@ def media_from_attachments(attachments: Sequence[Attachment]) -> Media:
             source["content"] = _decode_base64(attachment.data_base64, f"attachments[{index}].data_base64")
         else:
             continue  # nothing to send
-        if kind == "image" or mime.startswith("image/"):
+        # "file" (the default) or a platform's own kind says nothing of the media, so the content
+        # type does; a media kind wins over a content type that disagrees with it.
+        if kind not in _MEDIA_KINDS:
+            kind = next((family for family in _MEDIA_KINDS if mime.startswith(f"{family}/")), "file")
+        if kind == "image":
             media.images.append(Image(mime_type=mime or None, **source))
-        elif kind == "audio" or mime.startswith("audio/"):
+        elif kind == "audio":
             media.audio.append(Audio(mime_type=mime or None, **source))
-        elif kind == "video" or mime.startswith("video/"):
+        elif kind == "video":
             media.videos.append(Video(mime_type=mime or None, **source))
         else:
             media.files.append(File(mime_type=mime or None, filename=attachment.filename, **source))
