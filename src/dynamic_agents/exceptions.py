@@ -124,16 +124,18 @@ class ConfigurationError(DynamicAgentsError, ValueError):
 
 class RoutingConfigError(ConfigurationError):
     """A routing configuration is invalid. ``source`` (a file name or ``<dict>``), ``line`` (1-based,
-    when known) and ``path`` (``discord.routing.rules[2].content_pattern``) say where."""
+    when known) and ``path`` (``discord.routing.rules[2].content_pattern``) say where. An
+    :class:`~dynamic_agents.routing.EventRouter`'s own checks (its rules, ``source_defaults``,
+    ``check_targets``) read no file or mapping: ``source`` is empty and the message has no prefix."""
 
-    def __init__(
-        self, message: str, *, source: str = "<dict>", line: int | None = None, path: str = ""
-    ) -> None:
+    def __init__(self, message: str, *, source: str = "", line: int | None = None, path: str = "") -> None:
         self.source = source
         self.line = line
         self.path = path
-        where = source + (f":{line}" if line is not None else "") + (f" at {path}" if path else "")
-        super().__init__(f"{where}: {message}")
+        where = source + (f":{line}" if source and line is not None else "")
+        if path:
+            where = f"{where} at {path}" if where else path
+        super().__init__(f"{where}: {message}" if where else message)
 
 
 class LLMError(DynamicAgentsError):

@@ -134,8 +134,11 @@ def test_rules_of_other_sources_are_never_candidates() -> None:
 
 
 def test_duplicate_rule_names_are_refused() -> None:
-    with pytest.raises(RoutingConfigError, match="repeated: twice"):
+    with pytest.raises(RoutingConfigError) as caught:
         EventRouter([rule("twice", source="a"), rule("twice", source="b")])
+    # no "<dict>: " before it: no mapping or file was read
+    assert str(caught.value) == "rule names must be unique; repeated: twice"
+    assert (caught.value.source, caught.value.line, caught.value.path) == ("", None, "")
 
 
 def test_a_rule_needs_a_condition_and_one_target() -> None:
@@ -210,8 +213,11 @@ async def test_check_targets_names_the_unknown_ones() -> None:
     async def exists(target: Target) -> bool:
         return target.id == "known"
 
-    with pytest.raises(RoutingConfigError, match="agent 'ghost', team 'phantom-team'"):
+    with pytest.raises(RoutingConfigError) as caught:
         await router.check_targets(exists)
+    # it read "<dict>: unknown routing targets: …", though no mapping or file was read
+    assert str(caught.value) == "unknown routing targets: agent 'ghost', team 'phantom-team'"
+    assert caught.value.source == ""
     await router.check_targets(lambda target: True)
 
 
@@ -219,7 +225,7 @@ async def test_check_targets_names_the_unknown_ones() -> None:
 def test_a_source_default_no_event_can_have_is_refused(source: str) -> None:
     """Rules and interfaces refused a source no event can have; a default keyed by one was kept,
     and never applied."""
-    with pytest.raises(RoutingConfigError, match=r"source_defaults key .* is not a platform name"):
+    with pytest.raises(RoutingConfigError, match=r"^source_defaults key .* is not a platform name"):
         EventRouter(source_defaults={source: Target(type=AGENT, id="helper")})
 
 
@@ -229,7 +235,7 @@ def test_source_defaults_are_keyed_by_the_source_as_events_read_it() -> None:
     router = EventRouter(source_defaults={" Slack ": Target(type=AGENT, id="slack-assistant")})
     assert router.route(event(source="slack")).target_id == "slack-assistant"
     assert router.source_defaults == {"slack": Target(type=AGENT, id="slack-assistant")}
-    with pytest.raises(RoutingConfigError, match="'Slack' and 'slack' are one source"):
+    with pytest.raises(RoutingConfigError, match=r"^source_defaults gives 'Slack' and 'slack': "):
         EventRouter(
             source_defaults={"Slack": Target(type=AGENT, id="a"), "slack": Target(type=AGENT, id="b")}
         )
