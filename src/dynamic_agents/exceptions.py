@@ -42,6 +42,8 @@ Each class also subclasses the matching built-in, so callers can catch either::
             ├── IdentityAuthError (PermissionError)      401: the token is bad or expired
             ├── IdentityForbiddenError (PermissionError) 403: not allowed (another user's secret)
             ├── IdentityNotFoundError (LookupError)      404: no such secret or provider
+            ├── IdentityURLError (ConfigurationError)    404 from the API's paths and from
+            │                                            ``/api/v1/providers``: a wrong ``base_url``
             ├── IdentityConflictError (ValueError)       409: the name is taken for that provider and owner
             └── IdentityUnavailableError (ConnectionError)  5xx, timeouts and network errors after retries
                 └── IdentityRateLimitedError             429 after the retries ran out, or with a
@@ -76,6 +78,7 @@ __all__ = [
     "IdentityNotFoundError",
     "IdentityRateLimitedError",
     "IdentityRequestError",
+    "IdentityURLError",
     "IdentityUnavailableError",
     "LLMAuthenticationError",
     "LLMError",
@@ -353,6 +356,12 @@ class IdentityForbiddenError(IdentityError, PermissionError):
 
 class IdentityNotFoundError(IdentityError, LookupError):
     """404: no such secret or provider."""
+
+
+class IdentityURLError(IdentityError, ConfigurationError):
+    """The Identity API is not where ``base_url`` points: a request answered ``404`` and so did
+    ``GET /api/v1/providers``, which the service always serves. Not "no such secret": a wrong
+    ``base_url`` (a path prefix too many or too few) made every secret read as missing."""
 
 
 class IdentityConflictError(IdentityError, ValueError):

@@ -22,9 +22,10 @@ from dynamic_agents.exceptions import (
     IdentityRateLimitedError,
     IdentityRequestError,
     IdentityUnavailableError,
+    IdentityURLError,
     SecretsUnavailableError,
 )
-from dynamic_agents.secrets import IdentityClient, IdentitySource, SecretsManager, SecretValue
+from dynamic_agents.secrets import IdentityClient, IdentitySource, SecretKey, SecretsManager, SecretValue
 from dynamic_agents.testing import InMemoryIdentityService
 
 URL = "http://identity.test.localhost"
@@ -362,7 +363,7 @@ async def test_update_needs_something_to_change(client: IdentityClient) -> None:
 async def test_every_status_maps_to_its_error(
     client: IdentityClient, service: InMemoryIdentityService, status: int, error: type[IdentityError]
 ) -> None:
-    service.fail_next(status, times=None)
+    service.fail_next(status, times=None, path="/api/v1/secrets/{id}")  # not the probe of a 404's
     with pytest.raises(error) as caught:
         await client.get_secret("any")
     assert caught.value.status == status
@@ -813,7 +814,7 @@ async def test_a_delete_whose_first_attempt_never_left_still_says_not_found(
     ) as client:
         with pytest.raises(IdentityNotFoundError):
             await client.delete_secret("no-such-secret")
-    assert attempts == 2
+    assert attempts == 3  # two DELETEs, then the GET /api/v1/providers that says the 404 is one
 
 
 @pytest.mark.parametrize("flag", ["false", "no", 0, None])
@@ -912,3 +913,102 @@ def test_a_sleep_that_is_not_callable_is_refused_when_the_client_is_made(sleep: 
         ConfigurationError, match=r"^sleep must be a callable .*, got (1\.0|'asyncio\.sleep')$"
     ):
         IdentityClient(URL, token="t-000001", sleep=sleep)  # type: ignore[arg-type]
+
+
+# -- a wrong base_url is no "no such secret" ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("base", "hint"), [("/identity", ""), ("/api/v1", " (drop the /api/v1: the client adds it)")]
+)
+async def test_a_wrong_base_url_is_an_error_naming_the_path_not_a_missing_secret(
+    service: InMemoryIdentityService, caplog: pytest.LogCaptureFixture, base: str, hint: str
+) -> None:
+    # every path under a wrong prefix answers 404: the list's 404 ("unknown provider") made every
+    # secret read as missing, get() returned None and nothing was logged
+    canary = "tok-CANARY-url-0123456789"
+    service.add_token(canary, None)
+    service.add_secret("main", "openai", {"api_key": "sk-present-0000001"})
+    client = IdentityClient(f"{URL}{base}", token=canary, transport=service.mock_transport())
+    async with SecretsManager(IdentitySource(client)) as manager:
+        with pytest.raises(IdentityURLError) as caught:
+            await IdentitySource(client, owns_client=False).fetch(SecretKey("openai"))
+        with pytest.raises(SecretsUnavailableError, match="base_url") as unavailable:
+            await manager.get("openai", "api_key")
+    message = str(caught.value)
+    assert message.startswith(
+        f"GET {base}{SECRETS} answered 404, and so did GET {base}/api/v1/providers: "
+        f"the Identity API is not at base_url '{URL}{base}'{hint}"
+    )
+    assert "check base_url" in message
+    assert isinstance(caught.value, ConfigurationError)
+    assert caught.value.status == 404
+    assert [r.levelname for r in caplog.records if "base_url" in r.getMessage()] == ["ERROR"]  # once
+    for text in (
+        message,
+        "".join(traceback.format_exception(unavailable.value)),
+        caplog.text,
+    ):
+        assert canary not in text
+
+
+async def test_list_providers_answering_404_is_a_wrong_base_url(service: InMemoryIdentityService) -> None:
+    async with IdentityClient(
+        f"{URL}/identity", token="service-token", transport=service.mock_transport()
+    ) as client:
+        with pytest.raises(IdentityURLError, match=r"^GET /identity/api/v1/providers answered 404: "):
+            await client.list_providers()
+    assert service.count("GET") == 1
+
+
+@pytest.mark.parametrize("probe", [None, 403])
+async def test_an_unknown_provider_at_the_right_url_is_still_no_such_secret_asked_once_per_client(
+    service: InMemoryIdentityService, probe: int | None
+) -> None:
+    service.fail_next(404, times=None, path=SECRETS, method="GET")  # a service that 404s the provider
+    if probe is not None:  # a token that may not list providers: the path is served all the same
+        service.fail_next(probe, times=None, path="/api/v1/providers")
+    async with IdentityClient(URL, token="service-token", transport=service.mock_transport()) as client:
+        source = IdentitySource(client)
+        assert await source.fetch(SecretKey("nope")) is None
+        assert await source.fetch(SecretKey("nope")) is None
+        assert await source.fetch(SecretKey("other")) is None
+        assert service.count("GET", SECRETS) == 3
+        assert service.count("GET", "/api/v1/providers") == 1  # once per client, not per lookup
+    async with IdentityClient(URL, token="service-token", transport=service.mock_transport()) as other:
+        assert await IdentitySource(other).fetch(SecretKey("nope")) is None
+    assert service.count("GET", "/api/v1/providers") == 2  # and again for a new client
+
+
+async def test_a_client_that_had_an_answer_does_not_probe_on_a_404(service: InMemoryIdentityService) -> None:
+    async with IdentityClient(URL, token="service-token", transport=service.mock_transport()) as client:
+        await client.list_secrets()
+        with pytest.raises(IdentityNotFoundError):
+            await client.get_secret("gone")
+    assert service.count("GET", "/api/v1/providers") == 0
+
+
+async def test_a_probe_that_fails_is_an_outage_and_is_asked_again(
+    service: InMemoryIdentityService, sleeps: Sleeps
+) -> None:
+    # whether the secret exists is not known: a "no such secret" would drop what a manager serves
+    service.fail_next(404, times=None, path=SECRETS, method="GET")
+    service.fail_next(503, times=4, path="/api/v1/providers")  # the first attempt and 3 retries
+    async with IdentityClient(
+        URL, token="service-token", transport=service.mock_transport(), sleep=sleeps
+    ) as client:
+        source = IdentitySource(client)
+        with pytest.raises(IdentityUnavailableError, match=r"^GET /api/v1/providers answered 503"):
+            await source.fetch(SecretKey("nope"))
+        assert await source.fetch(SecretKey("nope")) is None  # asked again: it answers now
+        assert await source.fetch(SecretKey("nope")) is None
+    assert service.count("GET", "/api/v1/providers") == 5
+
+
+async def test_concurrent_404s_probe_once(service: InMemoryIdentityService) -> None:
+    service.fail_next(404, times=None, path=SECRETS, method="GET")
+    async with IdentityClient(URL, token="service-token", transport=service.mock_transport()) as client:
+        source = IdentitySource(client)
+        found = await asyncio.gather(*(source.fetch(SecretKey(f"p{n}")) for n in range(10)))
+    assert found == [None] * 10
+    assert service.count("GET", "/api/v1/providers") == 1

@@ -45,6 +45,7 @@ from dynamic_agents.exceptions import (
     IdentityRateLimitedError,
     IdentityRequestError,
     IdentityUnavailableError,
+    IdentityURLError,
 )
 from dynamic_agents.secrets.values import SecretValue
 
@@ -66,6 +67,7 @@ TokenProvider: TypeAlias = str | SecretValue | Callable[[], str | SecretValue | 
 
 DEFAULT_URL: Final = "http://localhost:8000"
 API: Final = "/api/v1"
+PROVIDERS: Final = f"{API}/providers"  # always served: the contract gives it no 404
 _IDEMPOTENT: Final = frozenset({"GET", "PATCH", "DELETE", "PUT", "HEAD"})
 _NOT_SENT: Final = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 _DETAIL_LIMIT: Final = 200
@@ -193,6 +195,12 @@ class IdentityClient:
         self._backoff_cap = backoff_cap
         self._max_retry_after = max_retry_after
         self._sleep = sleep
+        # Whether the API was found at base_url (an answer of 2xx, or a probe of PROVIDERS): a 404
+        # is then "no such secret or provider", not a wrong base_url. Only a found API is
+        # remembered: an all-404 answer (a proxy being reconfigured) may pass.
+        self._api_found = False
+        self._api_probe = asyncio.Lock()
+        self._url_error_logged = False
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/"), transport=transport, timeout=timeout, follow_redirects=False
         )
@@ -330,7 +338,7 @@ class IdentityClient:
         await self._request("DELETE", _secret_path(secret_id))
 
     async def list_providers(self) -> list[ProviderInfo]:
-        response = await self._request("GET", f"{API}/providers")
+        response = await self._request("GET", PROVIDERS)
         data = _json(response)
         items = data.get("items") if isinstance(data, dict) else data
         if not isinstance(items, list):
@@ -424,6 +432,7 @@ class IdentityClient:
                 ) from None
             status = response.status_code
             if status < 300:  # a 3xx is no answer: redirects are not followed (see _error_for)
+                self._api_found = True
                 return response
             if method == "DELETE" and status in {404, 410} and maybe_done:
                 # the retry of a delete that an earlier attempt did: done, not "no such secret"
@@ -449,7 +458,48 @@ class IdentityClient:
                 attempt += 1
                 maybe_done = maybe_done or status >= 500
                 continue
+            if status == 404 and not self._api_found:
+                await self._find_api(method, response)
             raise _error_for(method, path, response, retry_after)
+
+    async def _find_api(self, method: str, response: httpx.Response) -> None:
+        """Return if the API is at ``base_url`` (the 404 of ``response`` is then "no such secret
+        or provider"), else raise :class:`IdentityURLError`: asked once per client, by a ``GET``
+        of :data:`PROVIDERS`, which the contract gives no 404. A probe that fails otherwise (5xx,
+        a timeout, 429) raises its own error and is asked again next time: whether the secret
+        exists is not known, and "no such secret" would drop a value a manager can serve stale."""
+        asked = response.request.url.path
+        probed = f"{self._http.base_url.path.rstrip('/')}{PROVIDERS}"
+        if method == "GET" and asked == probed:  # the probe itself, or list_providers()
+            raise self._url_error(f"GET {asked} answered 404")
+        async with self._api_probe:  # concurrent 404s probe once
+            if self._api_found:
+                return
+            try:
+                await self._request("GET", PROVIDERS)
+            except IdentityURLError:
+                found = False
+            except (IdentityForbiddenError, IdentityRequestError):
+                found = True  # served, though refused (a token that may not list providers)
+            else:
+                found = True
+            self._api_found = found
+        if not found:
+            raise self._url_error(f"{method} {asked} answered 404, and so did GET {probed}")
+        logger.debug("%s %s answered 404 from the Identity API: no such secret or provider", method, asked)
+
+    def _url_error(self, what: str) -> IdentityURLError:
+        prefix = self._http.base_url.path.rstrip("/")
+        hint = " (drop the /api/v1: the client adds it)" if prefix.endswith(API) else ""
+        error = IdentityURLError(
+            f"{what}: the Identity API is not at base_url {self.base_url!r}{hint} (the service "
+            f"always answers GET {PROVIDERS}); check base_url: the service's root URL, without /api/v1",
+            status=404,
+        )
+        if not self._url_error_logged:  # once: a ChainSource falling back to the environment hides it
+            self._url_error_logged = True
+            logger.error("%s", error)
+        return error
 
     async def _attempt(
         self,

@@ -113,7 +113,7 @@ class IdentitySource(SecretSource):
                 and item.user_id == key.user_id
                 and (key.name is None or item.name == key.name)
             ]
-        except IdentityNotFoundError:  # an unknown provider: the service says there is no such secret
+        except IdentityNotFoundError:  # an unknown provider (the client checked the API is at base_url)
             return None
         if not candidates:
             return None
