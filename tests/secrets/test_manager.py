@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 import logging
 import math
 import random
@@ -1605,3 +1606,117 @@ async def test_a_listener_may_close_the_manager(source: CountingSource, clock: C
         with pytest.raises(SecretsUnavailableError, match="the secrets manager was closed"):
             await manager.get("groq", "api_key")
     assert closed == [True, True]  # async with closes it again: harmless
+
+
+# -- a kept key that keeps failing is asked less and less often, and said once ---------------------
+
+
+async def _passes(manager: SecretsManager, source: CountingSource, clock: Clock, until: float) -> list[float]:
+    """Run a refresh pass every second until ``until``; the times the source was asked."""
+    asked: list[float] = []
+    while clock.now < until:
+        clock.now += 1
+        before = len(source.fetches)
+        await manager.refresh_due()
+        asked += [clock.now] * (len(source.fetches) - before)
+    return asked
+
+
+def _gaps(times: list[float]) -> list[float]:
+    return [after - before for before, after in itertools.pairwise(times)]
+
+
+def _kept_records(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
+    return [
+        (record.levelname, record.getMessage())
+        for record in caplog.records
+        if record.getMessage().startswith("keeping openai (system) fresh")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("failure", "kind", "told"),
+    [
+        # the value dropped (every field it had), then back
+        (
+            IdentityForbiddenError("GET /api/v1/secrets answered 403", status=403),
+            "IdentityForbiddenError",
+            [{"api_key", "org_id"}, {"api_key"}],
+        ),
+        # past the stale grace: back, rotated meanwhile (compared with the value last seen)
+        (IdentityUnavailableError("identity is down"), "SecretsUnavailableError", [{"api_key", "org_id"}]),
+    ],
+)
+async def test_a_kept_key_that_keeps_failing_backs_off_and_warns_once(
+    source: CountingSource,
+    clock: Clock,
+    caplog: pytest.LogCaptureFixture,
+    failure: Exception,
+    kind: str,
+    told: list[set[str]],
+) -> None:
+    # a 403 leaves a "no such secret" already expired, and a key past its stale grace is one the
+    # cache forgot: both were due at every pass (every refresh_interval), with a WARNING each
+    manager = SecretsManager(source, ttl=100, refresh_ahead=20, stale_grace=0, error_retry=5, clock=clock)
+    changes: list[SecretChange] = []
+    manager.on_change(changes.append)
+    await manager.get("openai", "api_key")
+    manager.keep_fresh("openai")
+    clock.now += 100  # expired: the first pass asks
+    source.failure = failure
+    with caplog.at_level(logging.DEBUG, logger="dynamic_agents"):
+        asked = await _passes(manager, source, clock, until=clock.now + 600)
+        assert _gaps(asked) == [5, 10, 20, 40, 80, 100, 100, 100, 100]  # error_retry doubled, to ttl
+        records = _kept_records(caplog)
+        assert [level for level, _ in records] == ["WARNING"] + ["DEBUG"] * 9
+        assert records[0][1].startswith(f"keeping openai (system) fresh failed: {kind}; asked again in 5s")
+        caplog.clear()
+        source.failure = None
+        source.static.set(SecretKey("openai"), {"api_key": "sk-back-again-0001"})
+        asked = await _passes(manager, source, clock, until=clock.now + 100)
+    assert asked
+    assert _kept_records(caplog)[0] == (
+        "INFO",
+        "keeping openai (system) fresh: fetched again after 10 failed refreshes",
+    )
+    value = await manager.get("openai", "api_key")
+    assert value is not None
+    assert value.reveal() == "sk-back-again-0001"
+    assert [set(change.fields) for change in changes] == told
+
+
+async def test_a_kept_key_whose_secret_was_deleted_is_asked_less_and_less_often(
+    source: CountingSource, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    manager = SecretsManager(source, ttl=100, negative_ttl=30, refresh_ahead=20, error_retry=5, clock=clock)
+    await manager.get("openai", "api_key")
+    manager.keep_fresh("openai")
+    source.static.remove(SecretKey("openai"))
+    clock.now += 80  # due ahead of expiry
+    with caplog.at_level(logging.DEBUG, logger="dynamic_agents"):
+        asked = await _passes(manager, source, clock, until=clock.now + 400)
+    # "no such secret" is believed negative_ttl (due refresh_ahead before: 10 s), then backs off
+    assert _gaps(asked) == [10, 10, 20, 40, 80, 100, 100]
+    records = _kept_records(caplog)
+    assert [level for level, _ in records] == ["WARNING"] + ["DEBUG"] * 7
+    assert records[0][1].startswith("keeping openai (system) fresh failed: no such secret;")
+
+
+async def test_a_kept_key_failing_differently_is_warned_of_again(
+    source: CountingSource, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    manager = SecretsManager(source, ttl=100, refresh_ahead=20, stale_grace=0, error_retry=5, clock=clock)
+    await manager.get("openai", "api_key")
+    manager.keep_fresh("openai")
+    clock.now += 100
+    source.failure = IdentityUnavailableError("identity is down")
+    with caplog.at_level(logging.DEBUG, logger="dynamic_agents"):
+        await _passes(manager, source, clock, until=clock.now + 20)
+        source.failure = IdentityForbiddenError("GET /api/v1/secrets answered 403", status=403)
+        await _passes(manager, source, clock, until=clock.now + 20)
+    assert [(level, message.split(";")[0]) for level, message in _kept_records(caplog)] == [
+        ("WARNING", "keeping openai (system) fresh failed: SecretsUnavailableError"),
+        ("DEBUG", "keeping openai (system) fresh failed again (2 times): SecretsUnavailableError"),
+        ("DEBUG", "keeping openai (system) fresh failed again (3 times): SecretsUnavailableError"),
+        ("WARNING", "keeping openai (system) fresh failed: IdentityForbiddenError"),
+    ]

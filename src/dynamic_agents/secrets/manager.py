@@ -94,6 +94,11 @@ class _Kept:
 
     holders: int
     last: _Entry | None
+    failures: int = 0
+    """Refreshes failed in a row (an error, or "no such secret"): each waits twice as long as the
+    one before, from ``error_retry`` up to ``ttl``; the first is a WARNING, the same again DEBUG."""
+    failing: str | None = None  # what the last one failed with
+    retry_at: float = float("-inf")  # no refresh before
 
 
 @dataclass(slots=True)
@@ -487,7 +492,9 @@ class SecretsManager:
         """Refresh the keys used since they were fetched (or kept fresh: :meth:`keep_fresh`) and
         about to expire; returns how many were refreshed (failures are kept stale and logged). A
         key whose last fetch failed waits ``error_retry``, or the server's ``Retry-After``, like a
-        ``get``. After :meth:`aclose` raises :class:`SecretsUnavailableError`."""
+        ``get``; a kept one failing in a row (refused, deleted, or past its stale grace) waits
+        twice as long each time, up to ``ttl``. After :meth:`aclose` raises
+        :class:`SecretsUnavailableError`."""
         if self._closed:
             raise SecretsUnavailableError("cannot refresh: the secrets manager was closed")
         now = self._clock()
@@ -508,19 +515,63 @@ class SecretsManager:
             try:
                 # a kept key the cache forgot: compared with the value last seen (a change told)
                 after = await self._load(key, entry or (kept.last if kept else None), force=True)
-            except SecretsError as error:
-                logger.warning("refreshing %s failed: %s", SecretKey(*key), type(error).__name__)
-            except Exception:
-                # A bug in a source: the keys after this one are still refreshed, and it is not
-                # asked again (nor logged) at every pass, as after an outage.
-                if entry is not None:
-                    entry.retry_at = self._clock() + self.error_retry
-                logger.exception("refreshing %s failed", SecretKey(*key))
+            except Exception as error:
+                self._refresh_failed(key, entry, kept, error)
             else:
                 if (held := self._kept.get(key)) is not None:
                     held.last = after
+                    if after.values is None:  # deleted, or a 403 before: asked less and less often
+                        self._kept_failed(key, held, "no such secret")
         self.stats.refreshes += refreshed
         return refreshed
+
+    def _refresh_failed(
+        self, key: _CacheKey, entry: _Entry | None, kept: _Kept | None, error: Exception
+    ) -> None:
+        bug = not isinstance(error, SecretsError)
+        if bug and entry is not None:
+            # A bug in a source: the keys after this one are still refreshed, and it is not asked
+            # again (nor logged) at every pass, as after an outage.
+            entry.retry_at = self._clock() + self.error_retry
+        if kept is not None:
+            failure = f"{type(error).__name__} (a bug?)" if bug else type(error).__name__
+            self._kept_failed(key, kept, failure, exc_info=error if bug else None)
+        elif bug:
+            logger.error("refreshing %s failed", SecretKey(*key), exc_info=error)
+        else:
+            logger.warning("refreshing %s failed: %s", SecretKey(*key), type(error).__name__)
+
+    def _kept_failed(
+        self, key: _CacheKey, kept: _Kept, failure: str, *, exc_info: Exception | None = None
+    ) -> None:
+        """A kept key's refresh failed: not asked again before ``error_retry`` doubled at each
+        failure in a row, up to ``ttl`` (or a ``Retry-After``, if longer): a revoked, deleted or
+        unreachable key was asked, and warned of, at every pass. Said at WARNING when it starts
+        failing, or fails otherwise; the same failure again is DEBUG, until it is fetched again."""
+        now = self._clock()
+        kept.failures += 1
+        until = now + min(self.error_retry * 2 ** min(kept.failures - 1, 64), self.ttl)
+        if (held := self._held.get(key)) is not None:
+            until = max(until, held[0])
+        kept.retry_at = until
+        if failure != kept.failing:
+            kept.failing = failure
+            logger.warning(
+                "keeping %s fresh failed: %s; asked again in %.0fs, then less and less often while it fails",
+                SecretKey(*key),
+                failure,
+                until - now,
+                exc_info=exc_info,
+            )
+        else:
+            logger.debug(
+                "keeping %s fresh failed again (%d times): %s; asked again in %.0fs",
+                SecretKey(*key),
+                kept.failures,
+                failure,
+                until - now,
+                exc_info=exc_info,
+            )
 
     def _closed_meanwhile(self) -> bool:
         """Whether :meth:`aclose` was called (a method: mypy takes ``self._closed`` for still
@@ -532,7 +583,9 @@ class SecretsManager:
         fetched (or kept fresh: :meth:`keep_fresh`), within ``refresh_ahead`` of expiry (or past
         it, within ``stale_grace``), and not waiting for ``error_retry`` or a ``Retry-After``
         after a failed fetch; a kept key the cache forgot, always."""
-        if key in self._kept:
+        if (kept := self._kept.get(key)) is not None:
+            if now < kept.retry_at:  # failing: see _kept_failed
+                return False
             return entry is None or (entry.fresh_until - self.refresh_ahead <= now and now >= entry.retry_at)
         return (
             entry is not None
@@ -641,6 +694,10 @@ class SecretsManager:
                 old = self._cache.get(key) or previous
                 now = self._clock()
                 self._cache[key] = _Entry(None, now, now, now, now)
+                if (kept := self._kept.get(key)) is not None:
+                    # as last seen: asked again after the cache forgot it (a kept key failing is
+                    # asked less and less often), a 403 is no drop to tell of again
+                    kept.last = self._cache[key]
                 if self._inflight.get(key) is asyncio.current_task():
                     # A listener reading the key (the router resolving its deployment again) asks
                     # the service again, and is refused: it must not wait for this fetch, which
@@ -655,6 +712,11 @@ class SecretsManager:
             cached = None if self._orphan() else self._cache.get(key)
             return self._stale_or_raise(key, cached or previous, error)
         self._held.pop(key, None)
+        if values is not None and (kept := self._kept.get(key)) is not None and kept.failures:
+            logger.info(
+                "keeping %s fresh: fetched again after %d failed refreshes", secret_key, kept.failures
+            )
+            kept.failures, kept.failing, kept.retry_at = 0, None, float("-inf")
         now = self._clock()
         ttl = self.ttl if values is not None else self.negative_ttl
         entry = _Entry(values, now, now + ttl, now + ttl + self.stale_grace, now)
