@@ -976,7 +976,7 @@ async def test_a_failing_token_provider_serves_the_cached_value(clock: Clock) ->
 
 @pytest.mark.parametrize(
     ("settings", "error"),
-    [({"ttl": -1}, ConfigurationError), ({"no_such_setting": 1}, TypeError)],
+    [({"ttl": -1}, ConfigurationError), ({"no_such_setting": 1}, ConfigurationError)],
 )
 def test_from_identity_with_bad_settings_leaves_no_http_client_open(
     monkeypatch: pytest.MonkeyPatch, settings: dict[str, object], error: type[Exception]
@@ -1491,6 +1491,41 @@ def test_client_options_that_identity_client_cannot_take_are_refused(options: ob
     # argument 'token'", "got an unexpected keyword argument 'timout'")
     with pytest.raises(ConfigurationError, match=problem):
         SecretsManager.from_identity(URL, "service-token", client_options=options)  # type: ignore[arg-type]
+
+
+_TAKES = r"it takes 'ttl', 'negative_ttl', .*'clock'$"
+
+
+@pytest.mark.parametrize(
+    ("settings", "problem"),
+    [
+        (
+            {"tll": 60},
+            r"^from_identity\(\) has the setting 'tll', .* not take \(did you mean 'ttl'\?\): " + _TAKES,
+        ),
+        (
+            {"timeout": 5},
+            r"^from_identity\(\) .*'timeout', .*: an IdentityClient option goes in client_options=",
+        ),
+        (
+            {"source": StaticSource({})},
+            r"^from_identity\(\) has the setting 'source', which SecretsManager does not",
+        ),
+    ],
+)
+def test_settings_that_the_manager_cannot_take_are_refused_naming_them(
+    settings: dict[str, Any], problem: str
+) -> None:
+    # a bare TypeError: "SecretsManager.__init__() got an unexpected keyword argument 'tll'"
+    with pytest.raises(ConfigurationError, match=problem):
+        SecretsManager.from_identity(URL, "service-token", **settings)
+
+
+def test_from_env_refuses_a_setting_the_manager_cannot_take_naming_it() -> None:
+    with pytest.raises(
+        ConfigurationError, match=r"^from_env\(\) has the setting 'stale_grase', .*'stale_grace'"
+    ):
+        SecretsManager.from_env(stale_grase=60)
 
 
 async def test_a_refusal_of_a_cached_secret_tells_the_listeners_it_is_gone(

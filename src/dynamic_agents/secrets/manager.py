@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import difflib
 import inspect
 import math
 import os
@@ -200,6 +201,7 @@ class SecretsManager:
     def from_env(cls, *, env_mapping: Mapping[str, tuple[str, str]] | None = None, **settings: Any) -> Self:
         """Secrets from environment variables only: the embedded default."""
         mapping = check_env_mapping(env_mapping or {})
+        _check_settings("from_env", settings)
         return cls(EnvironmentSource({**ENV_SECRETS, **mapping}), env_mapping=mapping, **settings)
 
     @classmethod
@@ -218,6 +220,7 @@ class SecretsManager:
         """
         check_flag("env_fallback", env_fallback)
         options = _client_options(client_options)
+        _check_settings("from_identity", settings)
         # The manager's settings are checked first, by building it: the client opens an HTTP
         # client, which a bad setting raised afterwards would leave open with nobody to close it.
         manager = cls(StaticSource({}), **settings)
@@ -775,16 +778,38 @@ class SecretsManager:
                 logger.exception("a secret change listener failed for %s", change.key)
 
 
+def _check_settings(where: str, settings: Mapping[str, object]) -> None:
+    """A :class:`ConfigurationError` naming the first of ``settings`` that
+    :class:`SecretsManager` does not take, and those it takes (each was a bare TypeError)."""
+    taken = _keyword_only(SecretsManager)
+    for name in settings:
+        if name in taken:
+            continue
+        if where == "from_identity" and name in _keyword_only(IdentityClient):
+            hint = f": an IdentityClient option goes in client_options={{{shown(name)}: …}}"
+        else:
+            close = difflib.get_close_matches(name, taken, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigurationError(
+            f"{where}() has the setting {shown(name)}, which SecretsManager does not take{hint}: "
+            f"it takes {', '.join(map(repr, taken))}"
+        )
+
+
+def _keyword_only(cls: type) -> list[str]:
+    return [
+        name
+        for name, parameter in inspect.signature(cls).parameters.items()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+    ]
+
+
 def _client_options(options: object) -> Mapping[str, Any]:
     """``from_identity``'s ``client_options`` if :class:`IdentityClient` takes each of them, else a
     :class:`ConfigurationError` naming the option (each was a bare TypeError)."""
     if options is None:
         return {}
-    taken = [
-        name
-        for name, parameter in inspect.signature(IdentityClient).parameters.items()
-        if parameter.kind is inspect.Parameter.KEYWORD_ONLY and name != "token"
-    ]
+    taken = [name for name in _keyword_only(IdentityClient) if name != "token"]
     if not isinstance(options, Mapping):
         raise ConfigurationError(
             f"client_options must be a mapping of IdentityClient's keyword arguments ({', '.join(taken)}), "
