@@ -4,6 +4,7 @@ reply; lease renewals survive a failing call."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -218,3 +219,44 @@ async def test_a_failing_renewal_does_not_stop_the_lease_loop(caplog: pytest.Log
     assert "renewing the lease of request" in caplog.text
     assert [r.content for r in await replies(transport, names)] == ["still mine"]
     assert w.stats.lost == 0
+
+
+class SlowToCancelEvents(InMemoryTransport):
+    """A write to the events stream never ends on its own; cancelled, it ends only once
+    ``let_go`` is set, whatever else cancels it meanwhile (a connection being torn down, say)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cancel_received = asyncio.Event()
+        self.let_go = asyncio.Event()
+
+    async def publish_envelopes(self, stream: str, envelopes: list[bytes], **options: Any) -> list[str]:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancel_received.set()
+            while not self.let_go.is_set():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self.let_go.wait()
+            raise
+        raise AssertionError("unreachable")
+
+
+async def test_a_flush_cancelled_while_its_timed_out_write_ends_is_cancelled() -> None:
+    """flush(timeout) cancels the write it gave up on and waits for it to end; the caller's own
+    cancellation meanwhile (a shutdown's) ends the flush at once, and is not taken for the
+    write's."""
+    transport = SlowToCancelEvents()
+    sink = EventSink(transport, maxlen=100)
+    sink.emit(started(1))
+    flushing = asyncio.create_task(sink.flush(timeout=0.01))
+    await transport.cancel_received.wait()  # timed out: the write is ending
+    flushing.cancel()
+    try:
+        async with asyncio.timeout(10):  # a hang guard: before, it waited for the write to end
+            await asyncio.wait({flushing})  # the write still going (let_go not set)
+        assert flushing.cancelled()  # before, it returned as if not cancelled
+        assert sink.dropped == 1  # counted though the caller was cancelled
+    finally:
+        transport.let_go.set()
+        await asyncio.wait({flushing})

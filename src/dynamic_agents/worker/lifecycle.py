@@ -7,11 +7,11 @@ so they never hold up a request's reply; they are best effort (a failure is logg
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 
 from dynamic_agents._logging import get_logger
 from dynamic_agents._redaction import redact_text
+from dynamic_agents._tasks import cancel_and_wait
 from dynamic_agents.events import (
     ContentDelta,
     LifecycleEvent,
@@ -96,12 +96,10 @@ class EventSink:
             task, self._task = self._task, None
             unwritten = len(self._queue) + self._writing
             self._queue = []
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
             self.dropped += unwritten
             logger.warning("lifecycle events not published within %.1f s: %d dropped", timeout, unwritten)
+            if task is not None:
+                await cancel_and_wait(task)
 
 
 class LifecyclePublisher:
