@@ -353,6 +353,49 @@ async def test_a_sample_still_reading_when_the_worker_stops_is_not_kept(
     assert pending_gauge(metric_reader) == {}
 
 
+async def test_on_stop_cancelled_while_its_sampler_ends_is_cancelled(
+    transport: InMemoryTransport, hooks: MetricsHooks, metric_reader: InMemoryMetricReader
+) -> None:
+    """on_stop cancels the sampler and waits for it to end; the caller's own cancellation
+    meanwhile (a shutdown's) ends on_stop at once, and is not taken for the sampler's."""
+    worker = run_with(transport, hooks)
+    await transport.ensure_group(transport.names.requests, worker.settings.group)
+    await transport.publish(transport.names.requests, request_event(transport.names))
+    crashed = Subscription(
+        transport.names.requests, worker.settings.group, "crashed", AgentRequestEvent, block=0
+    )
+    assert len(await transport.read(crashed, 1)) == 1  # one entry pending
+    reading, cancelled, let_go = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def slow_to_cancel_pending(*args: Any, **kwargs: Any) -> Any:
+        reading.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            while not let_go.is_set():  # ends only once let go, however often cancelled
+                with contextlib.suppress(asyncio.CancelledError):
+                    await let_go.wait()
+            raise
+
+    transport.pending = slow_to_cancel_pending  # type: ignore[method-assign]
+    await hooks.on_start(worker)
+    await reading.wait()  # the sampler is reading
+    stopping = asyncio.create_task(hooks.on_stop(worker))
+    await cancelled.wait()  # the sampler is ending
+    stopping.cancel()
+    try:
+        async with asyncio.timeout(10):  # a hang guard: before, it waited for the sampler to end
+            await asyncio.wait({stopping})  # the sampler still going (let_go not set)
+        assert stopping.cancelled()  # before, on_stop returned as if not cancelled
+    finally:
+        let_go.set()
+        await asyncio.wait({stopping})
+    del transport.pending  # the real one again
+    assert await hooks.sample(worker) == 1
+    assert pending_gauge(metric_reader) == {}  # the worker counts as stopped all the same
+
+
 async def test_secrets_cache_statistics_are_observable_counters(
     meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
 ) -> None:

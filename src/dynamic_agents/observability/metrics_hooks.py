@@ -4,12 +4,12 @@ through the worker's hooks (names in :data:`~dynamic_agents.observability.metric
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from dynamic_agents._logging import get_logger
+from dynamic_agents._tasks import cancel_and_wait
 from dynamic_agents._validation import check_count, check_seconds, shown
 from dynamic_agents.events import AgentRequestEvent, Target
 from dynamic_agents.exceptions import ConfigurationError, DynamicAgentsError
@@ -102,19 +102,19 @@ class MetricsHooks(BaseHooks):
 
     async def on_stop(self, worker: AgentWorker) -> None:
         sampler = self._samplers.pop(id(worker), None)
-        if sampler is not None:
-            sampler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sampler
         try:
-            self._count_undecodable(worker)  # a recorder's failure is the worker's to log
+            if sampler is not None:
+                await cancel_and_wait(sampler)  # cancelled meanwhile: the worker still goes below
         finally:
-            self._undecodable.pop(id(worker), None)
-            # Its last count would be reported for good, however stale: the gauge drops the group
-            # once no worker of this hook samples it (another of the same group may still run).
-            key = self._running.pop(id(worker), None)
-            if key is not None and key not in self._running.values():
-                self._pending.pop(key, None)
+            try:
+                self._count_undecodable(worker)  # a recorder's failure is the worker's to log
+            finally:
+                self._undecodable.pop(id(worker), None)
+                # Its last count would be reported for good, however stale: the gauge drops the
+                # group once no worker of this hook samples it (another of the group may still run).
+                key = self._running.pop(id(worker), None)
+                if key is not None and key not in self._running.values():
+                    self._pending.pop(key, None)
 
     async def sample(self, worker: AgentWorker) -> int:
         """Read the worker's pending count now (what the gauge reports until the next sample).
