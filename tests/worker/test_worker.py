@@ -903,6 +903,61 @@ async def test_stop_does_not_swallow_the_cancellation_of_its_caller(backend: Bac
     assert [r.content for r in await replies(transport, backend.names)] == ["echo: after"]
 
 
+async def test_run_cancelled_while_its_helper_loops_end_is_cancelled(backend: Backend) -> None:
+    """At its end run() cancels its helper loops (keeping entries fresh, leases renewed,
+    cancellations watched) and waits for them: a cancellation of its task meanwhile (a shutdown's
+    timeout) ends run() at once, not taken for the helper's, and the hooks still get on_stop."""
+    transport = await backend.transport()
+    coordinator = transport.coordinator()
+    running_the_request, watching, helper_cancelled, let_go, finish = (asyncio.Event() for _ in range(5))
+    read_cancellations = coordinator.cancelled
+
+    async def slow_to_cancel_watch(request_ids: Any) -> set[str]:
+        if not running_the_request.is_set():  # the claim's own check (in memory), before the run
+            return await read_cancellations(request_ids)
+        watching.set()  # the cancellation watch, during the run
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            helper_cancelled.set()
+            while not let_go.is_set():  # ends only once let go, however often cancelled
+                with contextlib.suppress(asyncio.CancelledError):
+                    await let_go.wait()
+            raise
+        raise AssertionError("unreachable")
+
+    coordinator.cancelled = slow_to_cancel_watch  # type: ignore[method-assign]
+
+    async def held(target: Target, request: AgentRequestEvent) -> str:
+        running_the_request.set()
+        await finish.wait()
+        return "done"
+
+    stopped: list[str] = []
+
+    class Stopped(BaseHooks):
+        async def on_stop(self, worker: Any) -> None:
+            stopped.append("on_stop")
+
+    w = worker(transport, FunctionExecutor(held), coordinator=coordinator, cancel_poll=0.01)
+    w.hooks.append(Stopped())
+    await transport.publish(backend.names.requests, request_event(backend.names, "x"))
+    running = asyncio.create_task(w.run(until_idle=True))
+    try:
+        await asyncio.wait_for(watching.wait(), 10)  # the cancellation watch is in its call
+        finish.set()  # the run ends, nothing is left: run() ends its helpers
+        await asyncio.wait_for(helper_cancelled.wait(), 10)
+        running.cancel()
+        async with asyncio.timeout(10):  # a hang guard: before, it waited for the helper to end
+            await asyncio.wait({running})  # the helper still going (let_go not set)
+        assert running.cancelled()  # before, run() returned as if not cancelled
+        assert stopped == ["on_stop"]
+    finally:
+        let_go.set()
+        await asyncio.wait({running})
+    assert [r.content for r in await replies(transport, backend.names)] == ["done"]
+
+
 @pytest.mark.parametrize("grace", ["5", -1, math.nan, True])
 async def test_stop_refuses_a_grace_that_is_no_duration_and_stops_nothing(
     backend: Backend, grace: Any

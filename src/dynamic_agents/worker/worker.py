@@ -35,6 +35,7 @@ from pydantic import ValidationError
 
 from dynamic_agents._logging import bind_ids, get_logger, log_context
 from dynamic_agents._redaction import redact_text
+from dynamic_agents._tasks import cancel_and_wait
 from dynamic_agents._validation import a_type, check_seconds, invalid_fields, shown
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, ResponseStatus, Target
 from dynamic_agents.exceptions import (
@@ -254,12 +255,11 @@ class AgentWorker:
             raise
         finally:
             self._reading_done.set()
-            for helper in helpers:
-                helper.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await helper
-            if self.hooks:
-                await self._call_hooks("on_stop", self)
+            try:
+                await cancel_and_wait(*helpers)
+            finally:  # cancelled while they end (a shutdown's timeout): the hooks still stop
+                if self.hooks:
+                    await self._call_hooks("on_stop", self)
 
     async def run_until_idle(self, timeout: float = 30.0) -> None:
         """Process until the stream has nothing new, nothing is pending and nothing runs."""
