@@ -473,6 +473,31 @@ async def test_two_recorders_on_one_meter_provider_both_report_their_pending_ent
         assert pending_gauge(metric_reader) == {"first": 1, "second": 1}
 
 
+def test_an_observable_whose_instrument_could_not_be_created_is_created_by_the_next_observe(
+    meter_provider: MeterProvider, metric_reader: InMemoryMetricReader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SDK refusing to create the instrument (raising) left its reads list in place: every
+    later observe() of the name joined that list, which no callback read, and reported nothing."""
+    from dynamic_agents import __version__
+
+    recorder = OpenTelemetryMetrics(meter_provider)
+    meter = meter_provider.get_meter("dynamic_agents", __version__)  # the recorder's own (cached)
+    create = meter.create_observable_gauge
+
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("the SDK refused the instrument")
+
+    monkeypatch.setattr(meter, "create_observable_gauge", refused)
+    with pytest.raises(RuntimeError, match="refused"):
+        recorder.observe("dynamic_agents.worker.queue.pending", lambda: [(1.0, {"group": "first"})])
+    monkeypatch.setattr(meter, "create_observable_gauge", create)
+    recorder.observe("dynamic_agents.worker.queue.pending", lambda: [(2.0, {"group": "second"})])
+    assert [
+        (dict(attributes), point.value)
+        for attributes, point in points(metric_reader, "dynamic_agents.worker.queue.pending").items()
+    ] == [({"group": "second"}, 2.0)]
+
+
 @contextlib.asynccontextmanager
 async def started_apart(transport: InMemoryTransport, hooks: list[MetricsHooks]) -> AsyncIterator[None]:
     """Start (as a worker does) a worker of group ``first`` with the first hooks and one of

@@ -305,7 +305,7 @@ class OpenTelemetryMetrics:
             # its own callbacks: this read joins that one's
             reads.append(_Read(read))
             return
-        reads = self._observed[name] = [_Read(read)]
+        reads = [_Read(read)]  # kept (for later observes to join) once its instrument exists
         from opentelemetry.metrics import CallbackOptions
         from opentelemetry.metrics import Observation as OTelObservation
 
@@ -337,6 +337,7 @@ class OpenTelemetryMetrics:
             else self._meter.create_observable_gauge
         )
         create(name, [callback], unit=spec.unit, description=spec.description)
+        self._observed[name] = reads
 
 
 class _Read:
