@@ -1,13 +1,16 @@
 """``decode_entry`` and ``delivered``: every field of the entry reaches the delivery, in its place
-(both build their dataclass positionally, on every entry read)."""
+(both build their dataclass positionally, on every entry read); entries and deliveries made by
+hand without what a read gives them say so."""
 
 from __future__ import annotations
 
 import dataclasses
 
+import pytest
+
 from dynamic_agents.events import AgentRequestEvent, EventCodec
-from dynamic_agents.exceptions import EventError
-from dynamic_agents.transports import Claim, ClaimStatus, Lease, Subscription
+from dynamic_agents.exceptions import DeliveryError, EventError
+from dynamic_agents.transports import Claim, ClaimStatus, Delivery, Entry, Lease, Subscription
 from dynamic_agents.transports.base import decode_entry, delivered
 
 CODEC = EventCodec()
@@ -45,3 +48,19 @@ def test_a_delivery_is_its_entry_with_the_subscription_count_and_claim() -> None
         claim,
     )
     assert delivered(entry, SUB, 1).claim is None
+
+
+def test_an_entry_made_without_message_or_error_says_so_when_its_event_is_read() -> None:
+    """Both default to None (a custom transport's entry, a test's): the check was an assert, gone
+    under ``python -O``, which then raised ``None`` (a bare TypeError)."""
+    entry = Entry("agent:requests", "1-0", {})
+    with pytest.raises(EventError, match=r"entry '1-0' of 'agent:requests' holds neither a decoded"):
+        _ = entry.event
+
+
+def test_a_delivery_made_without_a_subscription_says_so_when_its_group_is_read() -> None:
+    """``subscription`` defaults to None: the check was an assert, gone under ``python -O``, which
+    then failed with an AttributeError on None."""
+    delivery: Delivery[AgentRequestEvent] = Delivery("agent:requests", "1-0", {})
+    with pytest.raises(DeliveryError, match=r"delivery '1-0' of 'agent:requests' has no subscription"):
+        _ = delivery.group

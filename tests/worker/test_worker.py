@@ -18,7 +18,7 @@ from dynamic_agents.events import AgentRequestEvent, LifecycleEvent, ResponseSta
 from dynamic_agents.exceptions import ConfigurationError, DynamicAgentsError, RunLostError, TransportError
 from dynamic_agents.execution import ExecutionResult, FunctionExecutor
 from dynamic_agents.routing import EventRouter
-from dynamic_agents.transports import Completion, Reply, Subscription, Transport
+from dynamic_agents.transports import Claim, ClaimStatus, Completion, Reply, Subscription, Transport
 from dynamic_agents.worker import BaseHooks, RunContext, WorkerSettings
 from dynamic_agents.worker import RunLostError as WorkerRunLostError
 from tests.worker.conftest import FAST, Backend, Handled, replies, request_event, wait_for, worker
@@ -956,6 +956,41 @@ async def test_run_cancelled_while_its_helper_loops_end_is_cancelled(backend: Ba
         let_go.set()
         await asyncio.wait({running})
     assert [r.content for r in await replies(transport, backend.names)] == ["done"]
+
+
+async def test_a_coordinator_leasing_without_a_lease_fails_the_handling_saying_so(backend: Backend) -> None:
+    """A coordinator of the host's own that answers ``Claim(LEASED)`` without its lease: the check
+    was an assert, gone under ``python -O``, and the run went on with no lease."""
+    transport = await backend.transport()
+    coordinator = transport.coordinator()
+
+    async def leased_without_a_lease(session_id: str, request_ids: Any, ttl: float) -> Claim:
+        return Claim(ClaimStatus.LEASED)
+
+    coordinator.claim = leased_without_a_lease  # type: ignore[method-assign]
+    ran: list[str] = []
+
+    def run(target: Target, request: AgentRequestEvent) -> str:
+        ran.append(request.content)
+        return "ran"
+
+    handled = Handled()
+    w = worker(transport, FunctionExecutor(run), coordinator=coordinator)
+    w.hooks.append(handled)
+    await transport.publish(backend.names.requests, request_event(backend.names, "x"))
+    async with w:
+        await wait_for(lambda: _already(bool(handled.errors)))
+    error = handled.errors[0]
+    assert isinstance(error, TransportError)
+    assert str(error).endswith(
+        "claim() returned Claim(status=LEASED) without a lease: a LEASED claim carries its Lease"
+    )
+    assert ran == []
+
+
+async def _already(value: bool) -> bool:
+    """A condition already known, for :func:`wait_for`."""
+    return value
 
 
 @pytest.mark.parametrize("grace", ["5", -1, math.nan, True])

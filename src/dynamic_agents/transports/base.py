@@ -27,7 +27,13 @@ from dynamic_agents._logging import get_logger
 from dynamic_agents._validation import MAX_SECONDS, check_count, check_seconds, shown
 from dynamic_agents.events import AgentResponseEvent, DecodedMessage, EventCodec, StreamNames, WireModel
 from dynamic_agents.events.envelope import DATA_FIELD
-from dynamic_agents.exceptions import ConfigurationError, DecodeError, EventError, TransportError
+from dynamic_agents.exceptions import (
+    ConfigurationError,
+    DecodeError,
+    DeliveryError,
+    EventError,
+    TransportError,
+)
 from dynamic_agents.transports._scripts import UNPACK_MAX
 
 __all__ = [
@@ -234,7 +240,11 @@ class Entry(Generic[E]):
     def event(self) -> E:
         """The decoded event; raises the decode error for an entry that did not decode."""
         if self.message is None:
-            assert self.error is not None
+            if self.error is None:  # made by hand (both default to None); no assert: gone under -O
+                raise EventError(
+                    f"entry {self.entry_id!r} of {self.stream!r} holds neither a decoded message nor "
+                    "the error it did not decode with (Transport.read and decode_entry give one)"
+                )
             raise self.error
         return self.message.event
 
@@ -308,7 +318,11 @@ class Delivery(Entry[E]):
 
     @property
     def sub(self) -> Subscription[E]:
-        assert self.subscription is not None, "a Delivery always comes from a Subscription"
+        if self.subscription is None:  # made by hand (it defaults to None); no assert: gone under -O
+            raise DeliveryError(
+                f"delivery {self.entry_id!r} of {self.stream!r} has no subscription: a Delivery "
+                "read by Transport.read has its Subscription (give one when making it by hand)"
+            )
         return self.subscription
 
     @property

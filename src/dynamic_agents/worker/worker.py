@@ -782,7 +782,11 @@ class AgentWorker:
         waited = False
         while True:
             if claim.status is ClaimStatus.LEASED:
-                assert claim.lease is not None
+                if claim.lease is None:  # a host's own coordinator: no assert, gone under -O
+                    raise TransportError(
+                        f"{type(self.coordinator).__name__}.claim() returned Claim(status=LEASED) "
+                        "without a lease: a LEASED claim carries its Lease"
+                    )
                 return batch, claim.lease
             if claim.status in (ClaimStatus.ANSWERED, ClaimStatus.CANCELLED):
                 batch = await self._leave_out(batch, target, claim)
