@@ -410,6 +410,27 @@ def test_a_metadata_integer_matches_the_id_sent_as_text_too(wanted: Any, sent: A
         assert router.explain(missed).decision == router.route(missed)
 
 
+def test_a_long_list_of_ids_gains_its_text_forms_in_linear_time() -> None:
+    """Each integer's text was looked up in the whole list (``in`` on a tuple): 20,000 guild ids
+    took 14 s to read. Counted, not timed: comparisons of an id with another value."""
+    from dynamic_agents.routing.rules import _with_text_forms
+
+    compared = 0
+
+    class CountedId(int):
+        def __eq__(self, other: object) -> bool:
+            nonlocal compared
+            compared += 1
+            return int.__eq__(self, other) is True
+
+        __hash__ = int.__hash__
+
+    ids = tuple(CountedId(n) for n in range(2_000))
+    forms = _with_text_forms((*ids, "7"))
+    assert forms == (*ids, "7", *(str(n) for n in range(2_000) if n != 7))
+    assert compared <= 4 * len(ids)
+
+
 @pytest.mark.parametrize(("wanted", "sent"), [(1, True), (1, "True"), ([0], False), ("1", 1), (1.5, "1.5")])
 def test_only_an_integer_gains_its_text_form(wanted: Any, sent: Any) -> None:
     """A boolean still matches only a boolean; text and non-integral numbers match as written."""

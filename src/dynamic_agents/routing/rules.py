@@ -193,7 +193,7 @@ def _guild_ids(ids: Any, rule: object) -> list[int | str]:
     ``9.87654321e+8``: equal to an id, yet none), ``None`` (it matched every event without a
     guild), a name; each was taken as the value wanted, and the rule never matched a guild."""
     items = list(ids) if isinstance(ids, list | tuple | set | frozenset) else [ids]
-    both: list[int | str] = []
+    both: dict[int | str, None] = {}  # in order, once each (a list's `in` made long lists quadratic)
     for item in items:
         forms: list[int | str]
         if isinstance(item, int) and not isinstance(item, bool) and item >= 0:
@@ -202,8 +202,8 @@ def _guild_ids(ids: Any, rule: object) -> list[int | str]:
             forms = [item, int(item)]
         else:
             raise ValueError(_not_a_guild_id(item, rule))
-        both += [form for form in forms if form not in both]
-    return both
+        both.update(dict.fromkeys(forms))
+    return list(both)
 
 
 def _not_a_guild_id(value: object, rule: object) -> str:
@@ -223,14 +223,14 @@ def _with_text_forms(
     either way (``987654321`` or ``"987654321"``) and YAML reads one written unquoted as a number,
     as ``guild_ids`` does. Text stays text: a quoted value was written as one."""
     values = wanted if isinstance(wanted, tuple) else (wanted,)
+    given = {value for value in values if isinstance(value, str)}  # a set: a long list stays linear
     texts = [
         str(value)
         for value in values
-        if isinstance(value, int) and not isinstance(value, bool) and str(value) not in values
+        if isinstance(value, int) and not isinstance(value, bool) and str(value) not in given
     ]
     if not texts:
         return wanted
-    # str == only str: the membership test above cannot mistake a number or a boolean for text
     return (*values, *dict.fromkeys(texts))
 
 
