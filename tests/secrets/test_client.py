@@ -25,7 +25,15 @@ from dynamic_agents.exceptions import (
     IdentityURLError,
     SecretsUnavailableError,
 )
-from dynamic_agents.secrets import IdentityClient, IdentitySource, SecretKey, SecretsManager, SecretValue
+from dynamic_agents.secrets import (
+    ChainSource,
+    EnvironmentSource,
+    IdentityClient,
+    IdentitySource,
+    SecretKey,
+    SecretsManager,
+    SecretValue,
+)
 from dynamic_agents.testing import InMemoryIdentityService
 
 URL = "http://identity.test.localhost"
@@ -978,6 +986,26 @@ async def test_an_unknown_provider_at_the_right_url_is_still_no_such_secret_aske
     async with IdentityClient(URL, token="service-token", transport=service.mock_transport()) as other:
         assert await IdentitySource(other).fetch(SecretKey("nope")) is None
     assert service.count("GET", "/api/v1/providers") == 2  # and again for a new client
+
+
+async def test_the_in_memory_services_404_for_an_unknown_provider_is_no_such_secret(
+    service: InMemoryIdentityService,
+) -> None:
+    # the fake answers the contract's 404 (it answered 200 and no items): the source still reads
+    # it as "no such secret", after one probe, and a chain goes on to the environment
+    async with IdentityClient(URL, token="service-token", transport=service.mock_transport()) as client:
+        with pytest.raises(
+            IdentityNotFoundError, match=r"^GET /api/v1/secrets answered 404: unknown provider"
+        ):
+            await client.list_secrets(provider="mistral")
+        environment = EnvironmentSource(environ={"MISTRAL_API_KEY": "mk-env-0000001"})
+        chain = ChainSource(IdentitySource(client, owns_client=False), environment)
+        values = await chain.fetch(SecretKey("mistral"))
+        assert values is not None
+        assert values["api_key"].reveal() == "mk-env-0000001"
+        assert await IdentitySource(client, owns_client=False).fetch(SecretKey("other")) is None
+    assert service.count("GET", SECRETS) == 3
+    assert service.count("GET", "/api/v1/providers") == 1
 
 
 async def test_a_client_that_had_an_answer_does_not_probe_on_a_404(service: InMemoryIdentityService) -> None:

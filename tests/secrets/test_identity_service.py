@@ -25,6 +25,7 @@ SECRET = "sk-SECRET-value"
 SERVICE = {"Authorization": "Bearer service-token"}
 ALICE = {"Authorization": "Bearer alice-token"}
 BOB = {"Authorization": "Bearer bob-token"}
+KNOWN = "anthropic, azure_openai, discord, google, groq, openai, slack"
 METADATA_KEYS = {
     "id",
     "name",
@@ -233,6 +234,24 @@ async def test_an_empty_user_id_is_refused_on_list(
         422,
         {"detail": "user_id must be a non-empty string or left out, got ''"},
     )
+
+
+@pytest.mark.parametrize("headers", [SERVICE, ALICE])
+@pytest.mark.parametrize("bare_list", [False, True])
+async def test_listing_an_unknown_provider_is_a_404(
+    client: httpx.AsyncClient, service: InMemoryIdentityService, headers: dict[str, str], bare_list: bool
+) -> None:
+    """The contract: ``404`` for an unknown provider. The list answered ``200`` and no items, so a
+    client's handling of that 404 (``IdentitySource``: no such secret) went untested against it."""
+    seed(service)
+    service.bare_list = bare_list
+    response = await client.get("/api/v1/secrets", params={"provider": "nope"}, headers=headers)
+    assert (response.status_code, response.json()) == (
+        404,
+        {"detail": f"unknown provider 'nope'; known: {KNOWN}"},
+    )
+    known = await client.get("/api/v1/secrets", params={"provider": "groq"}, headers=headers)
+    assert known.status_code == 200  # a known provider with no secret: an empty list, as before
 
 
 async def test_names_are_unique_per_provider_and_owner(client: httpx.AsyncClient) -> None:

@@ -366,6 +366,8 @@ class InMemoryIdentityService:
             if user_id not in (None, call.caller):
                 raise _HTTPError(403, "a user token may only list its own secrets")
             user_id = call.caller
+        if provider is not None:
+            self._fields_of(provider)  # the contract's 404: an unknown provider is no empty list
         found = [
             self._metadata(secret)
             for secret in sorted(self._secrets.values(), key=lambda s: (s.created_at, s.id))
@@ -406,8 +408,7 @@ class InMemoryIdentityService:
 
     def _schema(self, call: _Call) -> tuple[int, object]:
         name = call.params["name"]
-        if (fields := self._providers.get(name)) is None:
-            raise _HTTPError(404, f"unknown provider {name!r}")
+        fields = self._fields_of(name)
         return 200, {
             "title": _display_name(name),
             "type": "object",
@@ -461,6 +462,14 @@ class InMemoryIdentityService:
         missing = [name for name in known if name in _REQUIRED_FIELDS and name not in values]
         if missing and not partial:
             raise _HTTPError(422, f"provider {provider!r} requires the fields {missing}")
+
+    def _fields_of(self, provider: str) -> tuple[str, ...]:
+        """A provider's fields, or the contract's ``404`` for an unknown provider."""
+        if (fields := self._providers.get(provider)) is None:
+            raise _HTTPError(
+                404, f"unknown provider {provider!r}; known: {', '.join(sorted(self._providers))}"
+            )
+        return fields
 
     def _check_unique(self, name: str, provider: str, user_id: str | None) -> None:
         if any((s.name, s.provider, s.user_id) == (name, provider, user_id) for s in self._secrets.values()):
