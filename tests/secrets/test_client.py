@@ -127,7 +127,7 @@ async def test_providers_and_schema(client: IdentityClient) -> None:
 @pytest.mark.parametrize(
     ("call", "error"),
     [
-        ("create_unknown_provider", IdentityRequestError),
+        ("create_unknown_provider", IdentityNotFoundError),  # the contract's 404
         ("create_missing_required_field", IdentityRequestError),
         ("create_duplicate", IdentityConflictError),
         ("get_unknown", IdentityNotFoundError),

@@ -136,7 +136,8 @@ async def test_custom_providers_replace_the_defaults() -> None:
             ).encode(),
             422,
         ),
-        (json.dumps({"name": "x", "provider": "nope", "values": {"api_key": SECRET}}).encode(), 422),
+        # the contract's 404 for an unknown provider
+        (json.dumps({"name": "x", "provider": "nope", "values": {"api_key": SECRET}}).encode(), 404),
         (json.dumps({"name": "x", "provider": "openai", "values": {"org_id": SECRET}}).encode(), 422),
         (
             json.dumps(
@@ -252,6 +253,24 @@ async def test_listing_an_unknown_provider_is_a_404(
     )
     known = await client.get("/api/v1/secrets", params={"provider": "groq"}, headers=headers)
     assert known.status_code == 200  # a known provider with no secret: an empty list, as before
+
+
+@pytest.mark.parametrize("headers", [SERVICE, ALICE])
+async def test_creating_a_secret_of_an_unknown_provider_is_a_404(
+    client: httpx.AsyncClient, service: InMemoryIdentityService, headers: dict[str, str]
+) -> None:
+    """The contract's ``404`` for an unknown provider, which a create was answered ``422``; a
+    malformed ``provider`` is still a bad request."""
+    body = {"name": "x", "provider": "nope", "values": {"api_key": SECRET}}
+    response = await client.post("/api/v1/secrets", json=body, headers=headers)
+    assert (response.status_code, response.json()) == (
+        404,
+        {"detail": f"unknown provider 'nope'; known: {KNOWN}"},
+    )
+    malformed = await client.post("/api/v1/secrets", json={**body, "provider": 5}, headers=headers)
+    assert malformed.status_code == 422
+    with pytest.raises(IdentityNotFoundError):
+        service.find_secret("x", "nope")
 
 
 async def test_names_are_unique_per_provider_and_owner(client: httpx.AsyncClient) -> None:
@@ -533,8 +552,9 @@ def test_seeding_refuses_what_the_service_would(service: InMemoryIdentityService
     secret_id = service.add_secret("main", "openai", {"api_key": SECRET})
     with pytest.raises(IdentityConflictError):
         service.add_secret("main", "openai", {"api_key": "other"})
-    with pytest.raises(IdentityRequestError, match="unknown provider"):
+    with pytest.raises(IdentityNotFoundError, match="unknown provider") as unknown:
         service.add_secret("x", "nope", {"api_key": "k"})
+    assert unknown.value.status == 404
     with pytest.raises(IdentityRequestError, match="requires"):
         service.add_secret("x", "discord", {"application_id": "a"})
     with pytest.raises(IdentityRequestError, match="status"):

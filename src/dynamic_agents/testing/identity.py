@@ -169,8 +169,9 @@ class InMemoryIdentityService:
         status: str = "active",
         description: str | None = None,
     ) -> str:
-        """Store a secret as ``POST /api/v1/secrets`` would (refusing, as an IdentityRequestError,
-        what it would refuse: a ``name`` that is not a non-empty string, say); return its id."""
+        """Store a secret as ``POST /api/v1/secrets`` would (refusing what it would refuse, with the
+        error a client gets: an IdentityRequestError for a ``name`` that is not a non-empty string,
+        an IdentityNotFoundError for an unknown provider); return its id."""
         with _as_client_errors():
             # the body checks a POST gets: add_secret(name=123) stored what the service refuses
             fields = {"name": name, "provider": provider, "description": description}
@@ -451,10 +452,7 @@ class InMemoryIdentityService:
         return secret
 
     def _check_fields(self, provider: str, values: Mapping[str, str], *, partial: bool) -> None:
-        if (known := self._providers.get(provider)) is None:
-            raise _HTTPError(
-                422, f"unknown provider {provider!r}; known: {', '.join(sorted(self._providers))}"
-            )
+        known = self._fields_of(provider)
         if unknown := sorted(set(values) - set(known)):
             raise _HTTPError(
                 422, f"unknown fields {unknown} for {provider!r}, whose fields are {list(known)}"
