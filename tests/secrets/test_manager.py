@@ -53,6 +53,9 @@ class Clock:
 class CountingSource(SecretSource):
     """Wraps a StaticSource; counts fetches, can fail, can hold answers until released."""
 
+    def __repr__(self) -> str:
+        return "<CountingSource>"
+
     def __init__(self, static: StaticSource) -> None:
         self.static = static
         self.fetches: list[SecretKey] = []
@@ -337,6 +340,77 @@ async def test_environment_fallback_when_identity_is_down(monkeypatch: pytest.Mo
     without_fallback = SecretsManager(identity)
     with pytest.raises(SecretsUnavailableError):
         await without_fallback.resolve("os.environ/OPENAI_API_KEY")
+
+
+def _chain_records(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
+    return [
+        (record.levelname, record.getMessage())
+        for record in caplog.records
+        if record.getMessage().startswith("secret source ")
+    ]
+
+
+async def test_a_chain_tells_once_of_a_source_failing_while_a_later_one_answers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Identity down, the environment answering: the operator heard nothing of the outage
+    canary = "sk-CANARY-chain-fallback-0001"
+    service = InMemoryIdentityService(tokens={"service-token": None})
+    service.add_secret("main", "openai", {"api_key": "sk-identity-000001"})
+    client = IdentityClient(URL, token="service-token", transport=service.mock_transport(), retries=0)
+    chain = ChainSource(IdentitySource(client), StaticSource({"openai": {"api_key": canary}}))
+    service.down = True
+    with caplog.at_level(logging.DEBUG, logger="dynamic_agents"):
+        for _ in range(3):
+            values = await chain.fetch(SecretKey("openai"))
+            assert values is not None
+            assert values["api_key"].reveal() == canary
+        service.down = False
+        for _ in range(2):
+            values = await chain.fetch(SecretKey("openai"))
+            assert values is not None
+            assert values["api_key"].reveal() == "sk-identity-000001"
+    source = f"IdentitySource(IdentityClient('{URL}'))"
+    failure = "IdentityUnavailableError: GET /api/v1/secrets answered 503: service unavailable"
+    assert _chain_records(caplog) == [
+        (
+            "WARNING",
+            f"secret source {source} failed for openai (system) ({failure}); the sources after it "
+            "are asked while it fails",
+        ),
+        ("DEBUG", f"secret source {source} failed again for openai (system) ({failure})"),
+        ("DEBUG", f"secret source {source} failed again for openai (system) ({failure})"),
+        ("INFO", f"secret source {source} answers again (asked for openai (system))"),
+    ]
+    assert canary not in caplog.text
+    await client.aclose()
+
+
+async def test_a_chain_warns_again_of_a_source_failing_otherwise_and_masks_what_it_says(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    canary = "sk-CANARY-in-an-error-000001"
+    failing = CountingSource(StaticSource())
+    chain = ChainSource(failing, StaticSource({"openai": {"api_key": "sk-fallback-000001"}}))
+    with caplog.at_level(logging.DEBUG, logger="dynamic_agents"):
+        failing.failure = IdentityUnavailableError("identity is down")
+        await chain.fetch(SecretKey("openai"))
+        failing.failure = IdentityRateLimitedError(f"rate limited, the key {canary} said", status=429)
+        await chain.fetch(SecretKey("openai"))
+        with pytest.raises(SecretsUnavailableError):  # every key: it is the source that fails
+            await chain.fetch(SecretKey("openai", "alice"))
+        last = ChainSource(StaticSource(), failing)
+        with pytest.raises(SecretsUnavailableError):  # no source after it: none is said to answer
+            await last.fetch(SecretKey("openai"))
+    assert [(level, message.split(" (")[0]) for level, message in _chain_records(caplog)] == [
+        ("WARNING", "secret source <CountingSource> failed for openai"),
+        ("WARNING", "secret source <CountingSource> failed for openai"),
+        ("DEBUG", "secret source <CountingSource> failed again for openai"),
+        ("WARNING", "secret source <CountingSource> failed for openai"),
+    ]
+    assert _chain_records(caplog)[-1][1].endswith("said)")
+    assert "IdentityRateLimitedError: rate limited, the key ********** said" in caplog.text
+    assert canary not in caplog.text
 
 
 async def test_a_chain_does_not_ask_around_a_refusal_and_needs_a_source(

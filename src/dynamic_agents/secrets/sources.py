@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, Final, Self
 
 from dynamic_agents._logging import get_logger
+from dynamic_agents._redaction import redact_text
 from dynamic_agents._validation import check_count, check_flag, shown
 from dynamic_agents.exceptions import (
     ConfigurationError,
@@ -269,7 +270,10 @@ class ChainSource(SecretSource):
     """Asks each source in order and returns the first answer with values.
 
     ``None`` comes back only when every source answered "no such secret"; if any could not answer
-    and none had the secret, :class:`SecretsUnavailableError` is raised.
+    and none had the secret, :class:`SecretsUnavailableError` is raised. A source that cannot
+    answer is logged (with its error, masked) at WARNING when it starts failing, or fails
+    otherwise, at DEBUG when it fails the same way again, and at INFO when it answers again: a
+    later source answering in its place (the environment for Identity) hides the outage otherwise.
     """
 
     def __init__(self, *sources: SecretSource) -> None:
@@ -283,25 +287,47 @@ class ChainSource(SecretSource):
                     f"ChainSource's source {index} must be a SecretSource{wrap}, got {shown(source)}"
                 )
         self.sources = sources
+        # By source: the kind of error it last failed with, None while it answers
+        self._failing: list[str | None] = [None] * len(sources)
 
     def __repr__(self) -> str:
         return f"ChainSource({', '.join(map(repr, self.sources))})"
 
     async def fetch(self, key: SecretKey) -> Mapping[str, SecretValue] | None:
         failures: list[str] = []
-        for source in self.sources:
+        for index, source in enumerate(self.sources):
             try:
                 values = await source.fetch(key)
             except IdentityForbiddenError:
-                raise  # a refusal is an answer, not an outage: no fallback around it
+                self._answered(index, key)  # a refusal is an answer, not an outage:
+                raise  # no fallback around it
             except (IdentityError, SecretsError) as error:
                 failures.append(f"{source!r}: {error}")
+                self._failed(index, key, error)
                 continue
+            self._answered(index, key)
             if values is not None:
                 return values
         if failures:
             raise SecretsUnavailableError(f"no source could answer for {key}: {'; '.join(failures)}")
         return None
+
+    def _failed(self, index: int, key: SecretKey, error: Exception) -> None:
+        kind, source = type(error).__name__, self.sources[index]
+        said = redact_text(f"{kind}: {error}")  # an error's text may quote what it was sent
+        if self._failing[index] != kind:
+            self._failing[index] = kind
+            after = (
+                "; the sources after it are asked while it fails" if source is not self.sources[-1] else ""
+            )
+            logger.warning("secret source %r failed for %s (%s)%s", source, key, said, after)
+        else:
+            logger.debug("secret source %r failed again for %s (%s)", source, key, said)
+
+    def _answered(self, index: int, key: SecretKey) -> None:
+        if self._failing[index] is not None:
+            self._failing[index] = None
+            logger.info("secret source %r answers again (asked for %s)", self.sources[index], key)
 
     async def aclose(self) -> None:
         for source in self.sources:
