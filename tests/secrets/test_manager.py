@@ -350,6 +350,59 @@ def _chain_records(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
     ]
 
 
+def _stale_records(caplog: pytest.LogCaptureFixture, key: str = "openai (system)") -> list[tuple[str, str]]:
+    return [
+        (record.levelname, record.getMessage())
+        for record in caplog.records
+        if record.getMessage().startswith(f"secret {key} ")
+    ]
+
+
+async def test_serving_stale_is_warned_of_once_per_key_until_fetched_again(
+    manager: SecretsManager, source: CountingSource, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # a WARNING at every retry (every error_retry: ~120 per key over a 600 s grace)
+    await manager.get("openai", "api_key")
+    await manager.get("openai", "api_key", "alice")
+    source.failure = IdentityUnavailableError("GET /api/v1/secrets answered 503", status=503)
+    clock.now += 300  # expired: 60 s of grace
+    with caplog.at_level(logging.DEBUG, logger="dynamic_agents"):
+        for _ in range(4):
+            assert await manager.get("openai", "api_key") is not None
+            clock.now += 5  # error_retry: asked again
+        source.failure = IdentityRateLimitedError("GET /api/v1/secrets answered 429", status=429)
+        for _ in range(2):
+            assert await manager.get("openai", "api_key") is not None
+            clock.now += 5
+        assert await manager.get("openai", "api_key", "alice") is not None  # a key of its own
+        source.failure = None
+        source.static.set(SecretKey("openai"), {"api_key": "sk-rotated-000001"})
+        value = await manager.get("openai", "api_key")
+        assert value is not None
+        assert value.reveal() == "sk-rotated-000001"
+        clock.now += 300
+        source.failure = IdentityUnavailableError("down again", status=503)
+        assert await manager.get("openai", "api_key") is not None  # a new outage: told again
+    assert len(source.fetches) == 2 + 4 + 2 + 1 + 1 + 1
+    assert [(level, message.split(";")[0]) for level, message in _stale_records(caplog)] == [
+        ("WARNING", "secret openai (system) could not be fetched (IdentityUnavailableError)"),
+        ("DEBUG", "secret openai (system) could not be fetched again (IdentityUnavailableError)"),
+        ("DEBUG", "secret openai (system) could not be fetched again (IdentityUnavailableError)"),
+        ("DEBUG", "secret openai (system) could not be fetched again (IdentityUnavailableError)"),
+        ("WARNING", "secret openai (system) could not be fetched (IdentityRateLimitedError)"),
+        ("DEBUG", "secret openai (system) could not be fetched again (IdentityRateLimitedError)"),
+        ("INFO", "secret openai (system) fetched again after IdentityRateLimitedError"),
+        ("WARNING", "secret openai (system) could not be fetched (IdentityUnavailableError)"),
+    ]
+    assert _stale_records(caplog)[0][1] == (
+        "secret openai (system) could not be fetched (IdentityUnavailableError); serving the "
+        "cached value, 60s of grace left; asked again in 5s (failing so again: at DEBUG)"
+    )
+    assert [level for level, _ in _stale_records(caplog, "openai (user 'alice')")] == ["WARNING"]
+    assert "sk-system-000001" not in caplog.text
+    assert "sk-rotated-000001" not in caplog.text
+
+
 async def test_a_chain_tells_once_of_a_source_failing_while_a_later_one_answers(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -112,6 +112,9 @@ class _Entry:
     retry_at: float = float("-inf")
     """After a failed fetch: when the source may be asked again (``error_retry``, or a server's
     ``Retry-After``); the refresh ahead of expiry waits for it too."""
+    failing: str | None = None
+    """What the fetches of the key fail with while this value is served in their place: the first
+    failure is a WARNING, the same again DEBUG, a fetch that succeeds again INFO."""
 
 
 class SecretsManager:
@@ -727,6 +730,8 @@ class SecretsManager:
             return entry
         old = self._cache.get(key) or previous
         self._cache[key] = entry
+        if old is not None and old.failing is not None:
+            logger.info("secret %s fetched again after %s", secret_key, old.failing)
         if old is not None and old.values != values:
             await self._notify(SecretChange(secret_key, _changed_fields(old.values, values)))
         return entry
@@ -744,12 +749,25 @@ class SecretsManager:
             # fetching in their callers' path before then is what the refresh ahead spares them.
             entry.fresh_until = max(entry.fresh_until, min(entry.stale_until, now + wait))
             entry.retry_at = now + wait
-            logger.warning(
-                "secret %s could not be fetched (%s); serving the cached value, %.0fs of grace left",
-                SecretKey(*key),
-                type(error).__name__,
-                entry.stale_until - now,
-            )
+            kind = type(error).__name__
+            if kind != entry.failing:
+                entry.failing = kind
+                logger.warning(
+                    "secret %s could not be fetched (%s); serving the cached value, %.0fs of grace "
+                    "left; asked again in %gs (failing so again: at DEBUG)",
+                    SecretKey(*key),
+                    kind,
+                    entry.stale_until - now,
+                    wait,
+                )
+            else:
+                logger.debug(
+                    "secret %s could not be fetched again (%s); serving the cached value, %.0fs of "
+                    "grace left",
+                    SecretKey(*key),
+                    kind,
+                    entry.stale_until - now,
+                )
             return entry
         if isinstance(error, IdentityRateLimitedError) and error.retry_after and not self._orphan():
             self._hold(key, now + error.retry_after, error)
