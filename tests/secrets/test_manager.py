@@ -354,7 +354,7 @@ def _stale_records(caplog: pytest.LogCaptureFixture, key: str = "openai (system)
     return [
         (record.levelname, record.getMessage())
         for record in caplog.records
-        if record.getMessage().startswith(f"secret {key} ")
+        if record.getMessage().startswith((f"secret {key} ", f"secret {key}:"))
     ]
 
 
@@ -1470,6 +1470,32 @@ async def test_an_expired_value_is_served_while_a_slow_fetch_goes_on(
 
     await wait_until(rotated)
     assert len(source.fetches) == 2
+    await manager.aclose()
+
+
+async def test_gets_served_while_a_slow_fetch_goes_on_are_warned_of_once(
+    source: CountingSource, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # every get served during a hung fetch (about 40 s against a hung Identity) was a WARNING
+    manager, _, release = await expired_while_the_source_hangs(source, clock, stale_wait=0)
+    source.static.set(SecretKey("openai"), {"api_key": "sk-rotated-00001"})
+    with caplog.at_level(logging.DEBUG, logger="dynamic_agents"):
+        for _ in range(3):
+            assert await manager.get("openai", "api_key") is not None
+        assert manager.stats.stale_served == 3
+        release.set()
+
+        async def rotated() -> bool:
+            value = await manager.get("openai", "api_key")
+            return value is not None and value.reveal() == "sk-rotated-00001"
+
+        await wait_until(rotated)
+    assert [(level, message.split(";")[0]) for level, message in _stale_records(caplog)] == [
+        ("WARNING", "secret openai (system): the fetch takes longer than stale_wait (0s)"),
+        ("DEBUG", "secret openai (system): the fetch takes longer than stale_wait (0s)"),
+        ("DEBUG", "secret openai (system): the fetch takes longer than stale_wait (0s)"),
+        ("INFO", "secret openai (system) fetched again after a fetch slower than stale_wait"),
+    ]
     await manager.aclose()
 
 

@@ -59,6 +59,7 @@ __all__ = ["SecretChange", "SecretsManager", "SecretsStats", "reveal_all"]
 logger = get_logger("secrets")
 
 _CacheKey: TypeAlias = tuple[str, str | None, str | None]  # provider, user_id, name
+_SLOW = "a fetch slower than stale_wait"  # what an entry is served for (_Entry.failing)
 ChangeListener: TypeAlias = Callable[["SecretChange"], Awaitable[None] | None]
 
 
@@ -113,8 +114,8 @@ class _Entry:
     """After a failed fetch: when the source may be asked again (``error_retry``, or a server's
     ``Retry-After``); the refresh ahead of expiry waits for it too."""
     failing: str | None = None
-    """What the fetches of the key fail with while this value is served in their place: the first
-    failure is a WARNING, the same again DEBUG, a fetch that succeeds again INFO."""
+    """What the fetches of the key fail with (or ``_SLOW``) while this value is served in their
+    place: the first failure is a WARNING, the same again DEBUG, a fetch that succeeds again INFO."""
 
 
 class SecretsManager:
@@ -652,7 +653,10 @@ class SecretsManager:
         if done:
             return await self._outcome(key, task)
         self.stats.stale_served += 1
-        logger.warning(
+        # every get served while a fetch hangs (about 40 s against a hung Identity) was a WARNING
+        log = logger.debug if entry.failing == _SLOW else logger.warning
+        entry.failing = _SLOW
+        log(
             "secret %s: the fetch takes longer than stale_wait (%gs); serving the cached value, "
             "%.0fs of grace left",
             SecretKey(*key),
