@@ -695,21 +695,35 @@ async def test_history_on_postgresql(postgres_url: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("kind", "content_type", "handed_as"),
+    ("kind", "content_type", "handed_as", "mime_type"),
     [
-        ("audio", "image/png", "audio"),  # it was an image: the content type was read first
-        ("video", "audio/mpeg", "videos"),
-        ("image", "video/mp4", "images"),
-        ("image", None, "images"),
-        ("file", "image/png", "images"),  # the default kind says nothing: the content type does
-        ("sticker", "image/webp", "images"),  # so does a platform's own kind
-        ("voice", "audio/ogg", "audio"),
-        ("file", "application/pdf", "files"),
-        ("sticker", None, "files"),
+        # a media kind wins over a content type of another family, which is then not sent: a
+        # provider may refuse audio said to be image/png (it was sent as the mime type)
+        ("audio", "image/png", "audio", None),
+        ("video", "audio/mpeg", "videos", None),
+        ("image", "video/mp4", "images", None),
+        ("image", "application/pdf", "images", None),
+        ("image", None, "images", None),
+        ("image", "image", "images", None),  # no type/subtype: no MIME type
+        ("sticker", "audio", "files", None),
+        ("image", "image/png", "images", "image/png"),  # of the kind's family: sent
+        ("file", "image/png", "images", "image/png"),  # the default kind says nothing: the content type does
+        ("sticker", "image/webp", "images", "image/webp"),  # so does a platform's own kind
+        ("voice", "audio/ogg", "audio", "audio/ogg"),
+        ("file", "application/pdf", "files", "application/pdf"),
+        ("sticker", None, "files", None),
+        # kinds in any case; content types case-insensitive (RFC 2045), sent in lower case without
+        # parameters
+        ("Image", None, "images", None),
+        ("VIDEO", "video/MP4", "videos", "video/mp4"),
+        ("Audio", "IMAGE/PNG", "audio", None),
+        ("file", "IMAGE/PNG", "images", "image/png"),
+        ("File", "Audio/Ogg; codecs=opus", "audio", "audio/ogg"),
+        ("file", "Application/PDF", "files", "application/pdf"),
     ],
 )
 def test_an_attachment_is_handed_over_by_kind_then_content_type(
-    kind: str, content_type: str | None, handed_as: str
+    kind: str, content_type: str | None, handed_as: str, mime_type: str | None
 ) -> None:
     """As docs/events.md says: by ``kind`` (image, audio, video), or else by the content type."""
     from dynamic_agents.agents.build import media_from_attachments
@@ -718,7 +732,8 @@ def test_an_attachment_is_handed_over_by_kind_then_content_type(
     media = media_from_attachments([attachment])
     assert {name: len(items) for name, items in media.run_kwargs().items()} == {handed_as: 1}
     (item,) = media.run_kwargs()[handed_as]
-    assert (item.url, item.mime_type) == ("https://cdn.example/a", content_type)
+    assert (item.url, item.mime_type) == ("https://cdn.example/a", mime_type)
+    assert attachment.kind == kind  # the event is left as it came
 
 
 async def test_attachments_reach_the_provider_request() -> None:

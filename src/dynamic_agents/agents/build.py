@@ -101,12 +101,14 @@ _MEDIA_KINDS: Final = ("image", "audio", "video")
 
 def media_from_attachments(attachments: Sequence[Attachment]) -> Media:
     """Images, audio, video and files by URL or inline bytes (``data_base64``): by ``kind`` when it
-    is ``image``, ``audio`` or ``video``, else by an ``image/``, ``audio/`` or ``video/``
-    ``content_type``, else a file."""
+    is ``image``, ``audio`` or ``video`` (in any case), else by an ``image/``, ``audio/`` or
+    ``video/`` ``content_type`` (in any case, as MIME types are), else a file. The content type
+    goes along as the mime type, in lower case and without parameters, unless it is of another
+    family than a media kind that won over it."""
     media = Media()
     for index, attachment in enumerate(attachments):
-        kind = attachment.kind
-        mime = attachment.content_type or ""
+        kind = attachment.kind.strip().lower()  # a free string: "Image" is an image
+        mime = _mime_essence(attachment.content_type)
         source: dict[str, Any] = {}
         if attachment.url:
             source["url"] = attachment.url
@@ -114,10 +116,18 @@ def media_from_attachments(attachments: Sequence[Attachment]) -> Media:
             source["content"] = _decode_base64(attachment.data_base64, f"attachments[{index}].data_base64")
         else:
             continue  # nothing to send
-        # "file" (the default) or a platform's own kind says nothing of the media, so the content
-        # type does; a media kind wins over a content type that disagrees with it.
-        if kind not in _MEDIA_KINDS:
-            kind = next((family for family in _MEDIA_KINDS if mime.startswith(f"{family}/")), "file")
+        family, slash, _ = mime.partition("/")
+        if not slash:
+            family = mime = ""  # no MIME type: nothing to go by, nothing to send
+        if kind in _MEDIA_KINDS:
+            # a media kind wins over a content type that disagrees with it, which is then not
+            # sent: a provider may refuse audio said to be image/png
+            if family != kind:
+                mime = ""
+        else:
+            # "file" (the default) or a platform's own kind says nothing of the media, so the
+            # content type does
+            kind = family if family in _MEDIA_KINDS else "file"
         if kind == "image":
             media.images.append(Image(mime_type=mime or None, **source))
         elif kind == "audio":
@@ -127,6 +137,12 @@ def media_from_attachments(attachments: Sequence[Attachment]) -> Media:
         else:
             media.files.append(File(mime_type=mime or None, filename=attachment.filename, **source))
     return media
+
+
+def _mime_essence(content_type: str | None) -> str:
+    """``type/subtype`` in lower case (MIME types are case-insensitive, RFC 2045), without
+    parameters (``; charset=utf-8``); ``""`` for none."""
+    return (content_type or "").partition(";")[0].strip().lower()
 
 
 def _decode_base64(data: str, location: str) -> bytes:
