@@ -97,6 +97,7 @@ class Media:
 
 
 _MEDIA_KINDS: Final = ("image", "audio", "video")
+_FILE_MIME_TYPES: Final = frozenset(File.valid_mime_types())
 
 
 def media_from_attachments(attachments: Sequence[Attachment]) -> Media:
@@ -104,7 +105,7 @@ def media_from_attachments(attachments: Sequence[Attachment]) -> Media:
     is ``image``, ``audio`` or ``video`` (in any case), else by an ``image/``, ``audio/`` or
     ``video/`` ``content_type`` (in any case, as MIME types are), else a file. The content type
     goes along as the mime type, in lower case and without parameters, unless it is of another
-    family than a media kind that won over it."""
+    family than a media kind that won over it, or a file's type agno does not take."""
     media = Media()
     for index, attachment in enumerate(attachments):
         kind = attachment.kind.strip().lower()  # a free string: "Image" is an image
@@ -135,6 +136,9 @@ def media_from_attachments(attachments: Sequence[Attachment]) -> Media:
         elif kind == "video":
             media.videos.append(Video(mime_type=mime or None, **source))
         else:
+            # agno's File takes only the types it lists and raises for any other (the run
+            # failed on application/octet-stream): it goes without one, agno guessing by name
+            mime = mime if mime in _FILE_MIME_TYPES else ""
             media.files.append(File(mime_type=mime or None, filename=attachment.filename, **source))
     return media
 
