@@ -13,6 +13,7 @@ from dynamic_agents._yaml import (
     safe_load,
     yaml_problem,
 )
+from tests.support.yaml_documents import FORBIDDEN_CHARACTERS
 
 # Everything the safe loader builds: anchors, a merge key, every scalar type, block and flow.
 DOCUMENT = """\
@@ -98,23 +99,20 @@ def test_each_loader_refuses_the_same_documents_at_the_same_line(text: str, line
 
 
 @pytest.mark.usefixtures("yaml_loader")
-@pytest.mark.parametrize(
-    ("text", "character", "position"),
-    [
-        ("discord: {}\n\x00\n", 0x0, 12),
-        ("a: 'é'\nb: '\x07'\n", 0x7, 11),  # libyaml counted the position in bytes: 12
-        ("a: '\ud800'\n", 0xD800, 4),  # libyaml: a bare UnicodeEncodeError, encoding it to UTF-8
-        ("a: '\uffff'\n", 0xFFFF, 4),
-    ],
-)
-def test_a_character_yaml_does_not_allow_is_the_same_error_on_each_loader(
-    text: str, character: int, position: int
+@pytest.mark.parametrize(("text", "problem", "position"), FORBIDDEN_CHARACTERS)
+def test_a_character_yaml_does_not_allow_is_named_with_its_line_and_column_on_each_loader(
+    text: str, problem: str, position: int
 ) -> None:
-    with pytest.raises(yaml.reader.ReaderError) as caught:
+    """PyYAML's ``ReaderError`` has no ``problem`` nor mark: the readers said only "not valid
+    YAML: ReaderError". The character (escaped), its line and column, on each loader alike
+    (libyaml counted the position in bytes, and a lone surrogate failed its UTF-8 encoding)."""
+    with pytest.raises(yaml.YAMLError) as caught:
         safe_load(text)
-    assert str(caught.value) == (
-        f"unacceptable character #x{character:04x}: special characters are not allowed\n"
-        f'  in "<unicode string>", position {position}'
+    assert yaml_problem(caught.value) == f"not valid YAML {problem}"
+    mark = caught.value.problem_mark  # type: ignore[attr-defined]
+    assert mark.index == position  # in characters
+    assert str(caught.value).endswith(
+        f'in "<unicode string>", line {mark.line + 1}, column {mark.column + 1}'
     )
 
 

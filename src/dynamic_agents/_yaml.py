@@ -4,10 +4,12 @@ through refused as a ``yaml.YAMLError`` at its line: a scalar it reads but canno
 (``2001-02-30``, an int of 5,000 digits, ``!!int abc``: a bare ``ValueError``), aliases that stand
 for more than :data:`MAX_ALIASED_VALUES` copies (an alias bomb: the loader shares them, but
 ``repr``, a validator or a JSON dump walk every copy), an alias inside what it stands for, and
-nesting deeper than the reader recurses."""
+nesting deeper than the reader recurses; and a character YAML does not allow named, escaped, at
+its line and column (:class:`CharacterError`), where PyYAML's reader gives only an offset."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any, Final, Protocol
 
@@ -19,6 +21,7 @@ __all__ = [
     "LOADERS",
     "MAX_ALIASED_VALUES",
     "AliasError",
+    "CharacterError",
     "PureLoader",
     "YamlLoader",
     "YamlPath",
@@ -64,18 +67,38 @@ class _ScalarsAsYamlErrors(yaml.constructor.SafeConstructor):
 class PureLoader(_ScalarsAsYamlErrors, yaml.SafeLoader):
     """PyYAML's safe loader in Python: where PyYAML was built without libyaml."""
 
+    def __init__(self, stream: str) -> None:
+        _refuse_unprintable(stream)  # before the reader's own check, which says less
+        super().__init__(stream)
+
 
 _READER_NAME: Final = "<unicode string>"  # what PyYAML's reader calls a text it is given
+_LINE_BREAK: Final = re.compile("\r\n|[\r\n\x85\u2028\u2029]")  # as PyYAML's reader counts lines
+
+
+class CharacterError(yaml.MarkedYAMLError):
+    """A character YAML does not allow (a control character, a lone surrogate, U+FFFE, U+FFFF):
+    the character escaped, at its line and column (counted in characters)."""
 
 
 def _refuse_unprintable(text: str) -> None:
-    """The characters YAML does not allow, refused as PyYAML's reader refuses them (its error, its
-    position). libyaml refuses the same, but counts the position in bytes, and a lone surrogate
-    (text that was never UTF-8) failed its encoding to UTF-8 as a bare ``UnicodeEncodeError``."""
+    """The characters YAML does not allow, refused as a :class:`CharacterError` naming the
+    character and where it is. PyYAML's reader refuses them with a ``ReaderError``, which has no
+    ``problem`` nor line (only an offset); libyaml refuses the same, but counts the offset in
+    bytes, and a lone surrogate (text that was never UTF-8) failed its encoding to UTF-8 as a bare
+    ``UnicodeEncodeError``."""
     match = yaml.reader.Reader.NON_PRINTABLE.search(text)
     if match is not None:
-        raise yaml.reader.ReaderError(
-            _READER_NAME, match.start(), ord(match.group()), "unicode", "special characters are not allowed"
+        index = match.start()
+        line, line_start = 0, 0
+        for line_break in _LINE_BREAK.finditer(text, 0, index):
+            line, line_start = line + 1, line_break.end()
+        column = index - line_start
+        raise CharacterError(
+            problem=f"character {match.group()!a} at column {column + 1} is not allowed in YAML",
+            problem_mark=yaml.Mark(
+                _READER_NAME, index, line, column, None, 0
+            ),  # no snippet: it may hold a key
         )
 
 
@@ -119,8 +142,8 @@ _loader: Callable[[str], YamlLoader] = LOADERS[0]  # the tests switch it to run 
 
 
 def new_loader(text: str) -> YamlLoader:
-    """A loader for ``text``: the first of :data:`LOADERS`. A ``yaml.YAMLError`` for a character
-    YAML does not allow (as PyYAML's own reader)."""
+    """A loader for ``text``: the first of :data:`LOADERS`. A :class:`CharacterError` for a
+    character YAML does not allow."""
     return _loader(text)
 
 

@@ -12,7 +12,7 @@ import yaml
 from dynamic_agents.agents import AgentSpec, TeamSpec, WorkflowSpec
 from dynamic_agents.agents.specs import SpecBase
 from dynamic_agents.exceptions import SpecValidationError
-from tests.support.yaml_documents import UNREADABLE_SCALARS, alias_bomb
+from tests.support.yaml_documents import FORBIDDEN_CHARACTERS, UNREADABLE_SCALARS, alias_bomb
 
 
 @pytest.mark.parametrize(
@@ -199,6 +199,15 @@ def test_yaml_the_reader_lets_through_is_refused_as_yaml(text: str) -> None:
     # an alias bomb loaded, then validation walked every copy; a bad date was a bare ValueError
     with pytest.raises(SpecValidationError, match=r"^not valid YAML at line \d+: "):
         AgentSpec.from_yaml(text)
+
+
+@pytest.mark.usefixtures("yaml_loader")
+@pytest.mark.parametrize(("text", "problem"), [(text, problem) for text, problem, _ in FORBIDDEN_CHARACTERS])
+def test_a_character_yaml_does_not_allow_is_named_with_its_line_and_column(text: str, problem: str) -> None:
+    """It said only "not valid YAML: ReaderError"."""
+    with pytest.raises(SpecValidationError) as refused:
+        AgentSpec.from_yaml(text)
+    assert str(refused.value) == f"not valid YAML {problem}"
 
 
 @pytest.mark.parametrize(

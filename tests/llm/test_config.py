@@ -9,7 +9,7 @@ import pytest
 
 from dynamic_agents.exceptions import ConfigurationError
 from dynamic_agents.llm import ROUTING_STRATEGIES, RouterConfig
-from tests.support.yaml_documents import UNREADABLE_SCALARS, alias_bomb
+from tests.support.yaml_documents import FORBIDDEN_CHARACTERS, UNREADABLE_SCALARS, alias_bomb
 
 
 def deployment(name: str = "gpt", **params: Any) -> dict[str, Any]:
@@ -452,3 +452,12 @@ async def test_a_redis_password_in_router_settings_is_masked_and_registered() ->
 def test_yaml_the_reader_lets_through_is_refused_as_yaml(text: str) -> None:
     with pytest.raises(ConfigurationError, match=r"^router config is not valid YAML at line \d+: "):
         RouterConfig.from_yaml(text)
+
+
+@pytest.mark.usefixtures("yaml_loader")
+@pytest.mark.parametrize(("text", "problem"), [(text, problem) for text, problem, _ in FORBIDDEN_CHARACTERS])
+def test_a_character_yaml_does_not_allow_is_named_with_its_line_and_column(text: str, problem: str) -> None:
+    """It said only "router config is not valid YAML: ReaderError"."""
+    with pytest.raises(ConfigurationError) as caught:
+        RouterConfig.from_yaml(text)
+    assert str(caught.value) == f"router config is not valid YAML {problem}"

@@ -17,7 +17,7 @@ from dynamic_agents.routing import (
     SessionSettings,
 )
 from dynamic_agents.secrets import SecretsManager, StaticSource
-from tests.support.yaml_documents import alias_bomb
+from tests.support.yaml_documents import FORBIDDEN_CHARACTERS, alias_bomb
 
 # The design document's config/interfaces/discord.yaml, as written there.
 SEED_DISCORD_YAML = """\
@@ -394,6 +394,17 @@ def test_yaml_the_reader_cannot_take_is_a_config_error(text: str, message: str) 
     with pytest.raises(RoutingConfigError, match=message) as caught:
         RoutingConfig.from_yaml(text, source="odd.yaml")
     assert caught.value.source == "odd.yaml"
+
+
+@pytest.mark.usefixtures("yaml_loader")
+@pytest.mark.parametrize(("text", "problem"), [(text, problem) for text, problem, _ in FORBIDDEN_CHARACTERS])
+def test_a_character_yaml_does_not_allow_is_named_with_its_line_and_column(text: str, problem: str) -> None:
+    """As every YAML reader of the library names it: it gave PyYAML's offset, no line."""
+    with pytest.raises(RoutingConfigError) as caught:
+        RoutingConfig.from_yaml(text, source="odd.yaml")
+    line, _, said = problem.removeprefix("at line ").partition(": ")
+    assert caught.value.line == int(line)
+    assert str(caught.value) == f"odd.yaml:{line}: not valid YAML: {said}"
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from dynamic_agents.agents.stores import SpecStore, YamlDirectorySpecStore
 from dynamic_agents.agents.stores.base import SpecModels
 from dynamic_agents.exceptions import SpecValidationError
 from tests.agents.stores.contract import MODELS, Backend, PersistentSpecStoreContract, agent
-from tests.support.yaml_documents import UNREADABLE_SCALARS, alias_bomb
+from tests.support.yaml_documents import FORBIDDEN_CHARACTERS, UNREADABLE_SCALARS, alias_bomb
 
 
 @pytest.fixture
@@ -209,3 +209,21 @@ async def test_a_file_the_reader_lets_through_is_refused_as_yaml(
         (directory / "agent" / "x.yaml").write_text("id: x\n" + text)
         with pytest.raises(SpecValidationError, match=r"x\.yaml: not valid YAML at line \d+: "):
             await store.get(SpecKind.AGENT, "x")
+
+
+@pytest.mark.usefixtures("yaml_loader")
+async def test_a_file_with_a_character_yaml_does_not_allow_is_refused_naming_it(
+    store: YamlDirectorySpecStore, directory: Path
+) -> None:
+    """It said only "not valid YAML: ReaderError"."""
+    (directory / "agent").mkdir(parents=True)
+    path = directory / "agent" / "x.yaml"
+    for text, problem, _ in FORBIDDEN_CHARACTERS:
+        path.write_text(text, encoding="utf-8", errors="surrogatepass")
+        if "\ud800" in text:  # no UTF-8 file holds a lone surrogate: it is not UTF-8 text
+            with pytest.raises(SpecValidationError, match=r"x\.yaml: not UTF-8 text"):
+                await store.get(SpecKind.AGENT, "x")
+            continue
+        with pytest.raises(SpecValidationError) as refused:
+            await store.get(SpecKind.AGENT, "x")
+        assert str(refused.value).endswith(f"x.yaml: not valid YAML {problem}")
