@@ -268,6 +268,78 @@ def test_guild_ids_match_an_id_sent_as_text_or_as_a_number(written: str, sent: o
         router.route(other)
 
 
+@pytest.mark.parametrize(
+    ("condition", "channel", "user"),
+    [
+        ("channel_ids: [123456789]", "123456789", "u"),  # a snowflake written unquoted
+        ("channel_ids: [123456789, C024BE91L]", "C024BE91L", "u"),
+        ("channel_ids: ['123456789']", "123456789", "u"),
+        ("user_ids: [42, '43']", "c", "42"),
+        ("user_ids: [42, '43']", "c", "43"),
+        ("user_id: 42", "c", "42"),
+        ("user_id: 0", "c", "0"),
+        ("user_id: U024BE7LH", "c", "U024BE7LH"),
+        ("channel_ids: 123456789", "123456789", "u"),  # one id alone, as guild_ids takes one
+        ("user_ids: U024BE7LH", "c", "U024BE7LH"),
+    ],
+)
+def test_channel_and_user_ids_written_unquoted_match_the_id_an_event_sends(
+    condition: str, channel: str, user: str
+) -> None:
+    """Discord and Slack ids are naturally written unquoted in YAML, which reads them as numbers:
+    ``channel_ids: [123]`` was refused (``Input should be a valid string``) while ``guild_ids:
+    [123]`` was taken. An event's ``source_id`` and ``user_id`` are text: the rule keeps the text."""
+    yaml_text = f"discord:\n  routing:\n    rules:\n      - {{name: r, {condition}, agent_id: ids}}\n"
+    router = RoutingConfig.from_yaml(yaml_text).router()
+    sent = AgentRequestEvent(source="discord", source_id=channel, user_id=user, content="x")
+    assert router.route(sent).target_id == "ids"
+    assert router.explain(sent).decision == router.route(sent)
+    missed = sent.model_copy(update={"source_id": "12345678", "user_id": "4"})
+    with pytest.raises(NoRouteError):
+        router.route(missed)
+
+
+@pytest.mark.parametrize(
+    ("key", "noun"), [("channel_ids", "channel"), ("user_ids", "user"), ("user_id", "user")]
+)
+@pytest.mark.parametrize(
+    ("written", "shown"),
+    [
+        ("1.5", "1.5"),
+        ("9.87654321e+8", "987654321.0"),  # equal to an id, yet none
+        ("yes", "the boolean True"),
+        ("null", "None"),
+        ("-5", "-5"),
+        ("2001-02-03", "a date"),
+        ("{id: 1}", "a dict"),
+    ],
+)
+def test_a_channel_or_user_id_that_is_neither_text_nor_an_integer_is_refused_naming_the_rule(
+    key: str, noun: str, written: str, shown: str
+) -> None:
+    """As ``guild_ids`` refuses one, in the same words."""
+    value = written if key == "user_id" else f"[u1, {written}]"
+    yaml_text = (
+        f"discord:\n  routing:\n    rules:\n      - name: r\n        {key}: {value}\n        agent_id: a\n"
+    )
+    with pytest.raises(RoutingConfigError) as caught:
+        RoutingConfig.from_yaml(yaml_text, source="ids.yaml")
+    assert (caught.value.line, caught.value.path) == (4, "discord.routing.rules[0]")
+    assert f"rule 'r': {key} holds {shown}: a {noun} id is text or an integer (not negative)" in str(
+        caught.value
+    )
+    assert ("YAML reads an unquoted yes" in str(caught.value)) == (written == "yes")
+
+
+def test_ids_given_in_code_as_integers_are_kept_as_their_text() -> None:
+    rule = RoutingRule.model_validate({"name": "r", "source_ids": [1, "1", 2], "user_id": 7, "agent_id": "a"})
+    assert (rule.source_ids, rule.user_ids) == (frozenset({"1", "2"}), frozenset({"7"}))
+    with pytest.raises(
+        ValidationError, match=r"rule .r.: channel_ids holds the boolean True: a channel id is"
+    ):
+        RoutingRule.model_validate({"name": "r", "channel_ids": [True], "agent_id": "a"})
+
+
 @pytest.mark.usefixtures("yaml_loader")
 def test_a_recursive_yaml_alias_is_a_config_error_naming_the_line() -> None:
     """``&a [*a]`` is valid YAML for a structure that contains itself: a typed error, not a
@@ -491,9 +563,10 @@ def test_from_files_given_one_path_says_to_pass_a_list(tmp_path: Path, kind: typ
     ("yaml_text", "path", "shown"),
     [
         (
-            "discord:\n  routing:\n    rules:\n      - {name: a, channel_ids: [123], agent_id: x}\n",
-            "discord.routing.rules[0].channel_ids[0]",
-            "Input should be a valid string (got 123)",
+            "discord:\n  routing:\n    rules:\n"
+            "      - {name: a, channel_ids: [c], agent_id: x, priority: 1.5}\n",
+            "discord.routing.rules[0].priority",
+            "Input should be a valid integer (got 1.5)",
         ),
         ("discord:\n  session:\n    ttl: soon\n", "discord.session.ttl", "(got 'soon')"),
         # the settings' durations are finite and at most MAX_SECONDS (2**31) everywhere
@@ -509,8 +582,8 @@ def test_from_files_given_one_path_says_to_pass_a_list(tmp_path: Path, kind: typ
     ],
 )
 def test_a_pydantic_error_shows_the_value_found(yaml_text: str, path: str, shown: str) -> None:
-    """Path and line say where; the value says what was wrong there (``channel_ids: [123]``
-    unquoted is a number, not the text an id must be)."""
+    """Path and line say where; the value says what was wrong there (``priority: 1.5`` is no
+    integer)."""
     with pytest.raises(RoutingConfigError) as caught:
         RoutingConfig.from_yaml(yaml_text, source="interfaces.yaml")
     assert caught.value.path == path

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Self, TypeGuard
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
@@ -36,9 +36,10 @@ class RoutingRule(BaseModel):
 
     ======================  =================================================================
     ``source``              the event's platform (``discord``)
-    ``source_ids``          the channel / conversation id is one of these (YAML: ``channel_ids``)
+    ``source_ids``          the channel / conversation id is one of these (YAML: ``channel_ids``;
+                            an integer is taken as its text)
     ``source_id_pattern``   a regular expression searched in the channel id
-    ``user_ids``            the user is one of these (``user_id`` for one)
+    ``user_ids``            the user is one of these (``user_id`` for one; an integer as its text)
     ``content_pattern``     a regular expression searched in the content (bounded, with a timeout)
     ``metadata_match``      each key's value equals the one given, or is one of a list (an
                             integer also as text; YAML: ``guild_ids`` is
@@ -65,7 +66,7 @@ class RoutingRule(BaseModel):
     @classmethod
     def _read_shorthands(cls, data: Any) -> Any:
         """Accept the seed's forms: ``agent_id`` / ``team_id`` / ``workflow_id``, ``target_type`` +
-        ``target_id``, ``user_id``, ``guild_ids``."""
+        ``target_id``, ``user_id``, ``guild_ids``; channel and user ids as text."""
         if not isinstance(data, Mapping):
             return data
         data = dict(data)
@@ -79,11 +80,13 @@ class RoutingRule(BaseModel):
                 data["target"] = {"type": targets[0], "id": data.pop(f"{targets[0].value}_id")}
             elif "target_type" in data or "target_id" in data:
                 data["target"] = {"type": data.pop("target_type", None), "id": data.pop("target_id", None)}
+        for key in ("channel_ids", "source_ids", "user_ids"):
+            if key in data:
+                data[key] = _id_texts(data[key], key, data.get("name"))
         if "user_id" in data:
             if "user_ids" in data:
                 raise ValueError("give user_id (one user) or user_ids (a list), not both")
-            user = data.pop("user_id")
-            data["user_ids"] = [user] if user is not None else None
+            data["user_ids"] = [_id_text(data.pop("user_id"), "user_id", data.get("name"))]
         if "guild_ids" in data:
             metadata = dict(data.get("metadata_match") or {})
             if "guild_id" in metadata:
@@ -196,22 +199,50 @@ def _guild_ids(ids: Any, rule: object) -> list[int | str]:
     both: dict[int | str, None] = {}  # in order, once each (a list's `in` made long lists quadratic)
     for item in items:
         forms: list[int | str]
-        if isinstance(item, int) and not isinstance(item, bool) and item >= 0:
+        if _an_id_number(item):
             forms = [item, str(item)]
         elif isinstance(item, str) and item.isascii() and item.isdigit():
             forms = [item, int(item)]
         else:
-            raise ValueError(_not_a_guild_id(item, rule))
+            valid = "a guild id is an integer or its digits as text (987654321 or '987654321')"
+            raise ValueError(_not_an_id(item, "guild_ids", rule, valid))
         both.update(dict.fromkeys(forms))
     return list(both)
 
 
-def _not_a_guild_id(value: object, rule: object) -> str:
+def _id_texts(ids: Any, key: str, rule: object) -> Any:
+    """Channel or user ids as text, the form an event's ``source_id`` and ``user_id`` have: an
+    integer (YAML reads an id written unquoted as one, ``123456789``) becomes its text, as
+    ``guild_ids`` takes one; one id alone too, as ``guild_ids`` does. ``None`` leaves it out."""
+    if ids is None:
+        return None
+    items = list(ids) if isinstance(ids, list | tuple | set | frozenset) else [ids]
+    return [_id_text(item, key, rule) for item in items]
+
+
+def _id_text(value: object, key: str, rule: object) -> str:
+    """A channel or user id: text as it is, an integer (not negative) as its text; anything else
+    (a float, a boolean, ``None``, a date…) refused naming ``rule`` and ``key``."""
+    if isinstance(value, str):
+        return value
+    if _an_id_number(value):
+        return str(value)
+    noun = "channel" if key in {"channel_ids", "source_ids"} else "user"
+    example = "'C024BE91L'" if noun == "channel" else "'U024BE7LH'"
+    valid = f"a {noun} id is text or an integer (not negative): {example}, 123456789 or '123456789'"
+    raise ValueError(_not_an_id(value, key, rule, valid))
+
+
+def _an_id_number(value: object) -> TypeGuard[int]:
+    """An integer an id can be (a snowflake): not a boolean (``True == 1``), not negative."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _not_an_id(value: object, key: str, rule: object, valid: str) -> str:
     boolean = isinstance(value, bool)
     return (
-        f"{f'rule {rule!r}: ' if isinstance(rule, str) else ''}guild_ids holds "
-        f"{f'the boolean {value!r}' if boolean else shown(value)}: a guild id is an integer or its "
-        "digits as text (987654321 or '987654321')"
+        f"{f'rule {rule!r}: ' if isinstance(rule, str) else ''}{key} holds "
+        f"{f'the boolean {value!r}' if boolean else shown(value)}: {valid}"
         + (" (YAML reads an unquoted yes, no, on or off as a boolean)" if boolean else "")
     )
 
