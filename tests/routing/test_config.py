@@ -331,6 +331,44 @@ def test_a_channel_or_user_id_that_is_neither_text_nor_an_integer_is_refused_nam
     assert ("YAML reads an unquoted yes" in str(caught.value)) == (written == "yes")
 
 
+@pytest.mark.usefixtures("yaml_loader")
+@pytest.mark.parametrize(
+    ("written", "number"),
+    [("0123456", 42798), ("0x1f", 31), ("1_000", 1000), ("1:30", 90), ("0b101", 5)],
+)
+@pytest.mark.parametrize("key", ["channel_ids", "user_ids", "guild_ids"])
+def test_an_integer_not_written_in_decimal_is_refused_naming_the_number_yaml_reads(
+    key: str, written: str, number: int
+) -> None:
+    """YAML 1.1 reads an unquoted ``0123456`` as octal, ``1:30`` as 90 (base 60): an id so written
+    became another id (``'42798'``), and the rule never matched the channel meant."""
+    yaml_text = (
+        "discord:\n  routing:\n    rules:\n      - name: r\n"
+        f"        {key}: [1, {written}]\n        agent_id: a\n"
+    )
+    with pytest.raises(RoutingConfigError) as caught:
+        RoutingConfig.from_yaml(yaml_text, source="ids.yaml")
+    assert (caught.value.line, caught.value.path) == (5, f"discord.routing.rules[0].{key}[1]")
+    assert f"{written} is read by YAML as the number {number}" in str(caught.value)
+    assert f"'{written}'" in str(caught.value)  # quote it
+    if key != "guild_ids" or written.isdigit():  # a guild id is digits
+        quoted = yaml_text.replace(written, f"'{written}'")
+        assert RoutingConfig.from_yaml(quoted).interfaces["discord"].routing.rules
+
+
+@pytest.mark.usefixtures("yaml_loader")
+def test_integers_written_in_decimal_are_read() -> None:
+    text = (
+        "discord:\n  routing:\n    rules:\n"
+        "      - {name: r, channel_ids: [0, 10, +7], priority: -5, agent_id: a}\n"
+    )
+    (rule,) = RoutingConfig.from_yaml(text).interfaces["discord"].routing.rules
+    assert (rule.source_ids, rule.priority) == (frozenset({"0", "10", "7"}), -5)
+    # an interface's own settings may mean an octal number
+    settings = RoutingConfig.from_yaml("discord:\n  mode: 0644\n").interfaces["discord"].settings
+    assert settings == {"mode": 0o644}
+
+
 def test_ids_given_in_code_as_integers_are_kept_as_their_text() -> None:
     rule = RoutingRule.model_validate({"name": "r", "source_ids": [1, "1", 2], "user_id": 7, "agent_id": "a"})
     assert (rule.source_ids, rule.user_ids) == (frozenset({"1", "2"}), frozenset({"7"}))

@@ -3,13 +3,14 @@ naming the file, the line and the path (``discord.routing.rules[1].content_patte
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any, Final
 
 import yaml
 from pydantic import ValidationError
 
-from dynamic_agents._yaml import AliasError, YamlPath, new_loader, walk_document
+from dynamic_agents._yaml import AliasError, YamlPath, new_loader, safe_load, walk_document
 from dynamic_agents.exceptions import RoutingConfigError
 from dynamic_agents.secrets.references import error_with_value
 
@@ -27,6 +28,7 @@ def load_yaml(text: str, source: str) -> tuple[Any, dict[YamlPath, int]]:
 
     def record_line(current: yaml.Node, path: YamlPath) -> None:
         lines[path] = current.start_mark.line + 1
+        _refuse_an_integer_not_in_decimal(current, source, path)
 
     try:
         node = loader.get_single_node()
@@ -90,6 +92,31 @@ def _refuse_repeated_keys(node: yaml.Node, source: str) -> None:
 
 
 _MERGE_TAG: Final = "tag:yaml.org,2002:merge"
+_INT_TAG: Final = "tag:yaml.org,2002:int"
+_DECIMAL: Final = re.compile(r"[-+]?(?:0|[1-9][0-9]*)")
+
+
+def _refuse_an_integer_not_in_decimal(node: yaml.Node, source: str, path: YamlPath) -> None:
+    """An unquoted integer in another form than decimal: YAML 1.1 reads ``0123456`` as octal
+    (42798), ``1:30`` as base 60 (90), ``0x1f``, ``0b101`` and ``1_000`` too. A channel, user or
+    guild id so written became another id, and its rule never matched the one meant. Only in
+    rules: an interface's own settings may mean an octal number (``mode: 0644``)."""
+    if not (isinstance(node, yaml.ScalarNode) and node.tag == _INT_TAG) or _DECIMAL.fullmatch(node.value):
+        return
+    if not any(path[i : i + 2] == ("routing", "rules") for i in range(len(path) - 2)):
+        return
+    try:
+        number = safe_load(node.value)  # an int only when written as one, not tagged !!int
+    except yaml.YAMLError:  # the constructor refuses it, masked
+        return
+    if isinstance(number, int) and not isinstance(number, bool):
+        raise RoutingConfigError(
+            f"{node.value} is read by YAML as the number {number} (a leading 0 is octal, ':' counts "
+            f"in base 60): quote it ('{node.value}') for text, or write the number in decimal",
+            source=source,
+            line=node.start_mark.line + 1,
+            path=format_path(path),
+        )
 
 
 def config_error(error: ValidationError, source: str, lines: Mapping[YamlPath, int]) -> RoutingConfigError:
