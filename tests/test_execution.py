@@ -9,6 +9,7 @@ import time
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from dynamic_agents._redaction import MASK, redact_text
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, ResponseStatus, Target, TargetType
@@ -60,6 +61,8 @@ def test_every_field_of_a_result_reaches_the_response(result: ExecutionResult, t
     assert response.tokens_used == (result.tokens.total_tokens if result.tokens is not None else None)
     assert (response.images, response.files) == (list(result.images), list(result.files))
     assert response.metadata == expected_metadata
+    assert list(response.metadata) == list(expected_metadata)  # in this order on the wire
+    assert ("metadata" in response.model_fields_set) == bool(expected_metadata)
     # (masked as redact_text masks it: tested on its own below)
     assert response.error_message == (redact_text(result.error_message) if result.error_message else None)
     assert CANARY not in (response.error_message or "")
@@ -218,3 +221,19 @@ def test_a_status_given_as_its_text_becomes_the_member() -> None:
     assert type(result.status) is ResponseStatus
     assert result.status is ResponseStatus.TIMEOUT
     assert result.to_response(REQUEST).status is ResponseStatus.TIMEOUT
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        ExecutionResult(ResponseStatus.COMPLETED, metadata={"x": object()}),  # type: ignore[dict-item]
+        ExecutionResult(ResponseStatus.COMPLETED, run_id=object()),  # type: ignore[arg-type]
+    ],
+)
+def test_an_executors_metadata_is_validated_with_the_target_type_added(result: ExecutionResult) -> None:
+    """Only the target's type, our own text, joins the metadata unvalidated: what an executor put
+    there (a value, a run id) is still refused if it is not JSON."""
+    with pytest.raises(ValidationError, match="metadata"):
+        result.to_response(REQUEST, TARGET)
+    plain = ExecutionResult(ResponseStatus.COMPLETED)
+    assert plain.to_response(REQUEST, TARGET).metadata == {"target_type": "agent"}

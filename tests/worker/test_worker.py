@@ -19,9 +19,18 @@ from dynamic_agents.exceptions import ConfigurationError, DynamicAgentsError, Ru
 from dynamic_agents.execution import ExecutionResult, FunctionExecutor
 from dynamic_agents.routing import EventRouter
 from dynamic_agents.transports import Claim, ClaimStatus, Completion, Reply, Subscription, Transport
-from dynamic_agents.worker import BaseHooks, RunContext, WorkerSettings
+from dynamic_agents.worker import AgentWorker, BaseHooks, RunContext, WorkerSettings
 from dynamic_agents.worker import RunLostError as WorkerRunLostError
-from tests.worker.conftest import FAST, Backend, Handled, replies, request_event, wait_for, worker
+from tests.worker.conftest import (
+    FAST,
+    Backend,
+    Handled,
+    echo_router,
+    replies,
+    request_event,
+    wait_for,
+    worker,
+)
 
 
 async def test_a_request_is_answered_once(backend: Backend) -> None:
@@ -1034,6 +1043,46 @@ async def test_a_reply_too_large_to_send_is_answered_with_an_error_once(backend:
     assert reply.status == ResponseStatus.ERROR
     assert "could not be sent" in (reply.error_message or "")
     assert "content" in (reply.error_message or "")
+    assert len(calls) == 1
+    assert (w.stats.failed, w.stats.dead_lettered) == (1, 0)
+    assert not await transport.pending(backend.names.requests, "dynamic-agents")
+
+
+class _HeaderHook(BaseHooks):
+    async def before_respond(self, delivery: Any, response: Any, headers: dict[str, str]) -> None:
+        headers["x-seen-by"] = "hook"
+
+
+@pytest.mark.parametrize("hooks", [[], [_HeaderHook()]], ids=["no hooks", "with hooks"])
+async def test_a_result_whose_reply_cannot_be_built_is_answered_with_an_error_once(
+    backend: Backend, hooks: list[BaseHooks]
+) -> None:
+    """The reply is built (and refused) before the transport is called, with hooks and without:
+    metadata that is not JSON is an error reply naming the field, at once, and the entry acked."""
+    transport = await backend.transport()
+    calls: list[str] = []
+
+    def unwritable(target: Target, request: AgentRequestEvent) -> ExecutionResult:
+        calls.append(request.id)
+        unjson: Any = object()
+        return ExecutionResult(ResponseStatus.COMPLETED, content="done", metadata={"when": unjson})
+
+    await transport.publish(backend.names.requests, request_event(backend.names, "do it"))
+    settings = WorkerSettings(**{**FAST, "max_deliveries": 3})
+    w = AgentWorker(
+        transport,
+        transport.coordinator(),
+        echo_router(),
+        FunctionExecutor(unwritable),
+        settings=settings,
+        hooks=hooks,
+    )
+    async with w:
+        await wait_for(lambda: _has_replies(transport, backend, 1))
+    (reply,) = await replies(transport, backend.names)
+    assert reply.status == ResponseStatus.ERROR
+    assert "could not be sent" in (reply.error_message or "")
+    assert "metadata" in (reply.error_message or "")
     assert len(calls) == 1
     assert (w.stats.failed, w.stats.dead_lettered) == (1, 0)
     assert not await transport.pending(backend.names.requests, "dynamic-agents")
