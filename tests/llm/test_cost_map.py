@@ -657,15 +657,7 @@ async def test_a_sync_calls_end_skips_a_users_key_the_loop_removes_while_it_read
             removed.wait(10)
 
     monkeypatch.setattr(users_keys, "__iter__", slots_then_paused)
-    sent, answer = threading.Event(), threading.Event()
-    litellm_call = router.router.completion
-
-    def held_on_the_wire(**kwargs: Any) -> Any:
-        sent.set()
-        answer.wait(10)
-        return litellm_call(**kwargs)
-
-    router.router.completion = held_on_the_wire  # type: ignore[method-assign]
+    sent, answer = hold_sync_on_the_wire(router)
     call = asyncio.create_task(asyncio.to_thread(router.completion, model="gpt", messages=MESSAGES))
     try:
         await asyncio.to_thread(sent.wait, 10)
@@ -945,15 +937,7 @@ async def test_a_router_built_while_a_closed_ones_sync_call_ends_in_its_thread_r
         after_call(*args)
 
     old._after_call = paused_after_call  # type: ignore[method-assign]
-    sent, answer = threading.Event(), threading.Event()
-    litellm_call = old.router.completion
-
-    def held_on_the_wire(**kwargs: Any) -> Any:
-        sent.set()
-        answer.wait(10)
-        return litellm_call(**kwargs)
-
-    old.router.completion = held_on_the_wire  # type: ignore[method-assign]
+    sent, answer = hold_sync_on_the_wire(old)
     call = asyncio.create_task(asyncio.to_thread(old.completion, model="gpt", messages=MESSAGES))
     new: LLMRouter | None = None
     try:
