@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 from redis.asyncio.sentinel import Sentinel
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from dynamic_agents.client import AgentClient
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, StreamNames, Target
@@ -107,7 +108,10 @@ class Ha:
         await self.sentinel_command("DEBUG", "publish-period", 100)
 
         async def demoted() -> bool:
-            return await self.role(self.replica) == b"slave"
+            try:
+                return await self.role(self.replica) == b"slave"
+            except RedisConnectionError:  # the demotion drops the server's clients: ours too
+                return False
 
         await wait_until(demoted, WITHIN, f"Sentinel to demote port {self.replica.port}")
 
