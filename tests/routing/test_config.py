@@ -309,7 +309,6 @@ def test_channel_and_user_ids_written_unquoted_match_the_id_an_event_sends(
         ("9.87654321e+8", "987654321.0"),  # equal to an id, yet none
         ("yes", "the boolean True"),
         ("null", "None"),
-        ("-5", "-5"),
         ("2001-02-03", "a date"),
         ("{id: 1}", "a dict"),
     ],
@@ -325,9 +324,7 @@ def test_a_channel_or_user_id_that_is_neither_text_nor_an_integer_is_refused_nam
     with pytest.raises(RoutingConfigError) as caught:
         RoutingConfig.from_yaml(yaml_text, source="ids.yaml")
     assert (caught.value.line, caught.value.path) == (4, "discord.routing.rules[0]")
-    assert f"rule 'r': {key} holds {shown}: a {noun} id is text or an integer (not negative)" in str(
-        caught.value
-    )
+    assert f"rule 'r': {key} holds {shown}: a {noun} id is text or an integer:" in str(caught.value)
     assert ("YAML reads an unquoted yes" in str(caught.value)) == (written == "yes")
 
 
@@ -367,6 +364,38 @@ def test_integers_written_in_decimal_are_read() -> None:
     # an interface's own settings may mean an octal number
     settings = RoutingConfig.from_yaml("discord:\n  mode: 0644\n").interfaces["discord"].settings
     assert settings == {"mode": 0o644}
+
+
+@pytest.mark.usefixtures("yaml_loader")
+def test_a_negative_channel_or_user_id_written_unquoted_is_kept_as_its_text_and_matches() -> None:
+    """Telegram's group chats have negative ids (``-1001234567890``): written unquoted, YAML reads
+    one as a number; it was refused, though its text is the id the event carries."""
+    text = (
+        "telegram:\n  routing:\n    rules:\n"
+        "      - {name: group, channel_ids: [-1001234567890], user_id: -42, agent_id: a}\n"
+    )
+    (rule,) = RoutingConfig.from_yaml(text).interfaces["telegram"].routing.rules
+    assert (rule.source_ids, rule.user_ids) == (frozenset({"-1001234567890"}), frozenset({"-42"}))
+    router = EventRouter(rules=[rule])
+    event = AgentRequestEvent(source="telegram", source_id="-1001234567890", user_id="-42", content="hi")
+    assert router.route(event).target == Target(type=TargetType.AGENT, id="a")
+    with pytest.raises(ValidationError, match=r"guild_ids holds -5: a guild id is an integer or its"):
+        RoutingRule.model_validate({"name": "r", "guild_ids": [-5], "agent_id": "a"})  # a snowflake
+
+
+@pytest.mark.parametrize(
+    ("written", "shown"), [("", "''"), ("a\nb", "'a\\nb'"), ("general " * 33, "'general general")]
+)
+def test_a_channel_id_no_event_can_have_is_refused_naming_the_rule(written: str, shown: str) -> None:
+    """An event's ``source_id`` is 1 to 256 characters without control characters: a rule's empty
+    channel id (``channel_ids: ['']``) was accepted and matched nothing, silently."""
+    with pytest.raises(ValidationError) as caught:
+        RoutingRule.model_validate({"name": "r", "channel_ids": ["C1", written], "agent_id": "a"})
+    assert f"rule 'r': channel_ids holds {shown}" in str(caught.value)
+    assert "which no event's channel id can be (1 to 256 characters" in str(caught.value)
+    # a user id has no such bounds on the wire: an event's user_id may be empty
+    rule = RoutingRule.model_validate({"name": "r", "user_ids": [""], "agent_id": "a"})
+    assert rule.user_ids == frozenset({""})
 
 
 def test_ids_given_in_code_as_integers_are_kept_as_their_text() -> None:

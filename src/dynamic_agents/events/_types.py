@@ -91,5 +91,9 @@ def source_name(value: str, *, what: str = "source") -> str:
 SourceName = Annotated[str, BeforeValidator(_normalise_source), StringConstraints(pattern=SOURCE_PATTERN)]
 """A platform slug, lower-cased: ``discord``, ``slack``, ``whatsapp``, or any new one."""
 
-ChannelId = Annotated[str, StringConstraints(pattern=r"^[^\x00-\x1f\x7f]{1,256}$")]
+CHANNEL_ID_PATTERN: Final = r"[^\x00-\x1f\x7f]{1,256}"
+"""What a channel id may be: 1-256 characters, no control characters (routing refuses a rule's id
+that is none, as no event can have it)."""
+
+ChannelId = Annotated[str, StringConstraints(pattern=f"^{CHANNEL_ID_PATTERN}$")]
 """A platform's channel / conversation id: 1-256 characters, no control characters."""

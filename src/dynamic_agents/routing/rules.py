@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
-from typing import Annotated, Any, Self, TypeGuard
+from typing import Annotated, Any, Final, Self, TypeGuard
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from dynamic_agents._validation import shown
 from dynamic_agents.events import AgentRequestEvent, Target, TargetType
-from dynamic_agents.events._types import source_name
+from dynamic_agents.events._types import CHANNEL_ID_PATTERN, source_name
 from dynamic_agents.routing.patterns import SafePattern, UnsafePatternError
 
 __all__ = ["ConfigTarget", "MetadataValue", "RoutingRule"]
@@ -26,6 +27,8 @@ def _only_type_and_id(value: Any) -> Any:
             raise ValueError(f"a target has only 'type' and 'id'; unknown: {', '.join(map(repr, unknown))}")
     return value
 
+
+_CHANNEL_ID: Final = re.compile(CHANNEL_ID_PATTERN)
 
 ConfigTarget = Annotated[Target, BeforeValidator(_only_type_and_id)]
 """A :class:`Target` read from configuration: unknown keys are refused, not ignored."""
@@ -221,15 +224,23 @@ def _id_texts(ids: Any, key: str, rule: object) -> Any:
 
 
 def _id_text(value: object, key: str, rule: object) -> str:
-    """A channel or user id: text as it is, an integer (not negative) as its text; anything else
-    (a float, a boolean, ``None``, a date…) refused naming ``rule`` and ``key``."""
-    if isinstance(value, str):
-        return value
-    if _an_id_number(value):
+    """A channel or user id: text as it is, an integer as its text (negative too: Telegram's group
+    chats are ``-1001234567890``); anything else (a float, a boolean, ``None``, a date…) refused
+    naming ``rule`` and ``key``, as is a channel id no event can have (empty, say)."""
+    channel = key in {"channel_ids", "source_ids"}
+    if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
-    noun = "channel" if key in {"channel_ids", "source_ids"} else "user"
-    example = "'C024BE91L'" if noun == "channel" else "'U024BE7LH'"
-    valid = f"a {noun} id is text or an integer (not negative): {example}, 123456789 or '123456789'"
+    if isinstance(value, str):
+        if channel and not _CHANNEL_ID.fullmatch(value):
+            raise ValueError(
+                f"{f'rule {rule!r}: ' if isinstance(rule, str) else ''}{key} holds {shown(value)}, "
+                "which no event's channel id can be (1 to 256 characters, no control characters): "
+                "no event would match it"
+            )
+        return value
+    noun = "channel" if channel else "user"
+    example = "'C024BE91L'" if channel else "'U024BE7LH'"
+    valid = f"a {noun} id is text or an integer: {example}, 123456789 or '123456789'"
     raise ValueError(_not_an_id(value, key, rule, valid))
 
 
