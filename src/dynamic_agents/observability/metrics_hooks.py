@@ -95,7 +95,9 @@ class MetricsHooks(BaseHooks):
             self._targets.update(target_name(target) for target in targets())
         self._running[id(worker)] = (worker.stream, worker.settings.group)
         self._undecodable[id(worker)] = worker.stats.undecodable  # an earlier run's were counted then
-        self._samplers[id(worker)] = asyncio.get_running_loop().create_task(self._sample_loop(worker))
+        self._samplers[id(worker)] = asyncio.get_running_loop().create_task(
+            self._sample_loop(worker), name="sampling worker metrics"
+        )
         if not self._observing:  # last: a recorder that cannot observe (logged) still gets the rest
             self._observing = True
             self.recorder.observe("dynamic_agents.worker.queue.pending", self._read_pending)

@@ -228,9 +228,9 @@ class AgentWorker:
                 raise
         loop = asyncio.get_running_loop()
         helpers = [
-            loop.create_task(self._keep_fresh_loop()),
-            loop.create_task(self._keep_leases_loop()),
-            loop.create_task(self._cancel_watch_loop()),
+            loop.create_task(self._keep_fresh_loop(), name="keeping entries fresh"),
+            loop.create_task(self._keep_leases_loop(), name="renewing leases"),
+            loop.create_task(self._cancel_watch_loop(), name="watching cancellations"),
         ]
         try:
             while not self._stopping:
