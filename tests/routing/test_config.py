@@ -354,6 +354,31 @@ def test_an_integer_not_written_in_decimal_is_refused_naming_the_number_yaml_rea
 
 
 @pytest.mark.usefixtures("yaml_loader")
+@pytest.mark.parametrize(
+    "key", ["channel_ids", "source_ids", "user_ids", "source", "source_id_pattern", "content_pattern"]
+)
+@pytest.mark.parametrize("written", ["", " null", " ~"])
+def test_a_condition_written_without_a_value_is_refused_naming_its_line(key: str, written: str) -> None:
+    """``channel_ids:`` with nothing after it (a list not filled in) is YAML's null, and a null
+    condition was taken as one left out: the rule matched every channel of its source."""
+    yaml_text = (
+        "discord:\n  routing:\n    rules:\n      - name: support\n        source: discord\n"
+        f"        {key}:{written}\n        agent_id: support\n"
+    )
+    if key == "source":  # given once only
+        yaml_text = yaml_text.replace("        source: discord\n", "        user_id: u1\n")
+    with pytest.raises(RoutingConfigError) as caught:
+        RoutingConfig.from_yaml(yaml_text, source="rules.yaml")
+    assert (caught.value.line, caught.value.path) == (6, f"discord.routing.rules[0].{key}")
+    assert f"{key} has no value" in str(caught.value)
+    assert "leave the key out" in str(caught.value)
+    # elsewhere an empty value is the setting's own business
+    assert RoutingConfig.from_yaml(f"discord:\n  {key}:{written}\n").interfaces["discord"].settings == {
+        key: None
+    }
+
+
+@pytest.mark.usefixtures("yaml_loader")
 def test_integers_written_in_decimal_are_read() -> None:
     text = (
         "discord:\n  routing:\n    rules:\n"

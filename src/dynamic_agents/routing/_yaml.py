@@ -29,6 +29,7 @@ def load_yaml(text: str, source: str) -> tuple[Any, dict[YamlPath, int]]:
     def record_line(current: yaml.Node, path: YamlPath) -> None:
         lines[path] = current.start_mark.line + 1
         _refuse_an_integer_not_in_decimal(current, source, path)
+        _refuse_a_condition_without_a_value(current, source, path)
 
     try:
         node = loader.get_single_node()
@@ -117,6 +118,29 @@ def _refuse_an_integer_not_in_decimal(node: yaml.Node, source: str, path: YamlPa
             line=node.start_mark.line + 1,
             path=format_path(path),
         )
+
+
+_NULL_TAG: Final = "tag:yaml.org,2002:null"
+_CONDITIONS: Final = frozenset(
+    {"channel_ids", "source_ids", "user_ids", "source", "source_id_pattern", "content_pattern"}
+)
+"""A rule's conditions where a null meant "left out" (``user_id`` and ``guild_ids`` refuse one)."""
+
+
+def _refuse_a_condition_without_a_value(node: yaml.Node, source: str, path: YamlPath) -> None:
+    """``channel_ids:`` with nothing after it (a list not filled in) is YAML's null, which a rule
+    takes as the condition left out: it matched every channel of its source, silently."""
+    if not (isinstance(node, yaml.ScalarNode) and node.tag == _NULL_TAG):
+        return
+    if len(path) < 4 or path[-4:-2] != ("routing", "rules") or path[-1] not in _CONDITIONS:
+        return
+    written = f"YAML reads {node.value!r} as" if node.value else "nothing after it, which YAML reads as"
+    raise RoutingConfigError(
+        f"{path[-1]} has no value ({written} null): give it one, or leave the key out to match any",
+        source=source,
+        line=node.start_mark.line + 1,
+        path=format_path(path),
+    )
 
 
 def config_error(error: ValidationError, source: str, lines: Mapping[YamlPath, int]) -> RoutingConfigError:
