@@ -7,8 +7,10 @@ on ``sys.path``); ``run_all.py`` skips it because its name starts with ``_``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,21 @@ def cpu_model() -> str:
     except OSError:
         pass
     return "unknown"
+
+
+def git_commit() -> str | None:
+    """The repository's ``HEAD`` commit (full hash), ``None`` outside a git checkout."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=10,
+        )
+        return done.stdout.strip() or None
+    return None
 
 
 def machine(**extra: Any) -> dict[str, Any]:

@@ -83,13 +83,7 @@ def discover() -> tuple[list[Script], list[str]]:
 
 
 def machine() -> dict[str, Any]:
-    commit = None
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        done = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False, timeout=10
-        )
-        commit = done.stdout.strip() or None
-    return _common.machine(executable=sys.executable, commit=commit)
+    return _common.machine(executable=sys.executable, commit=_common.git_commit())
 
 
 def stop_group(process: subprocess.Popen[str]) -> None:
