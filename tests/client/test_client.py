@@ -797,3 +797,34 @@ def test_a_client_of_routing_that_is_no_routing_config_is_a_configuration_error(
     with pytest.raises(ConfigurationError, match=r"^routing must be a RoutingConfig \(") as refused:
         AgentClient(InMemoryTransport(), routing=routing)
     assert "RoutingConfig.from_file" in str(refused.value)
+
+
+async def test_a_request_still_starting_its_reader_when_aclose_comes_is_ended_and_not_published(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """aclose() while request() is still taking its reply stream's position (the reader's start,
+    one round trip): the call was not registered yet, so aclose() did not end it; it went on to
+    publish after the close and waited for the reply to its timeout (forever with ``math.inf``)."""
+    transport = InMemoryTransport(names=StreamNames("client"))
+    names = transport.names
+    client = AgentClient(transport, block=0.05)
+    starting, release = asyncio.Event(), asyncio.Event()
+    last_entry_id = transport.last_entry_id
+
+    async def slow_last_entry_id(stream: str) -> str:
+        starting.set()
+        await release.wait()
+        return await last_entry_id(stream)
+
+    monkeypatch.setattr(transport, "last_entry_id", slow_last_entry_id)
+    asking = asyncio.create_task(client.request(_platform_request(names, "evt-starting"), timeout=math.inf))
+    await asyncio.wait_for(starting.wait(), 5)
+    await client.aclose()
+    release.set()
+    with pytest.raises(TransportError, match="closed"):
+        await asyncio.wait_for(asking, 5)
+    assert await transport.read_stream(names.requests, AgentRequestEvent) == []
+    async with asyncio.timeout(5):  # the reader it started stops: nobody waits on it
+        while client._readers:  # noqa: ASYNC110 (the reader stops on its own)
+            await asyncio.sleep(0.01)
+    await transport.aclose()

@@ -82,6 +82,7 @@ class AgentClient:
         self.tracing = check_tracing(tracing)
         self._readers: dict[str, _Reader] = {}
         self._lock = asyncio.Lock()
+        self._closes = 0  # aclose() calls so far: a call that started before one is ended by it
 
     def __repr__(self) -> str:
         return f"AgentClient({self.transport!r}, readers={len(self._readers)})"
@@ -195,7 +196,11 @@ class AgentClient:
     async def _request(
         self, request: AgentRequestEvent, reply_stream: str, headers: Mapping[str, str] | None
     ) -> AgentResponseEvent:
+        closes = self._closes
         reader = await self._reader(reply_stream)
+        if self._closes != closes:  # aclose() came while the reader started: this call is not
+            # among the waits it ended, so it ends here, before it publishes (the reader stops alone)
+            raise TransportError("the client was closed before the reply came")
         future: asyncio.Future[AgentResponseEvent] = asyncio.get_running_loop().create_future()
         # several calls may wait for one request id (a platform retry of one event): each gets the
         # reply, and each removes only its own future
@@ -373,6 +378,7 @@ class AgentClient:
     async def aclose(self) -> None:
         """Stop the reply readers; calls still waiting in :meth:`request` end with a
         :class:`TransportError`."""
+        self._closes += 1
         readers = list(self._readers.values())
         tasks = [reader.task for reader in readers if reader.task is not None]
         self._readers.clear()
