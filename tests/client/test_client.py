@@ -828,3 +828,24 @@ async def test_a_request_still_starting_its_reader_when_aclose_comes_is_ended_an
         while client._readers:  # noqa: ASYNC110 (the reader stops on its own)
             await asyncio.sleep(0.01)
     await transport.aclose()
+
+
+async def test_responses_skips_an_entry_that_is_no_reply(caplog: pytest.LogCaptureFixture) -> None:
+    """An entry of a reply stream that does not decode (another producer's, a newer worker's) is
+    dead-lettered by the read; responses() still yielded it, and the gateway's
+    ``delivery.event.content`` raised the decode error out of its loop. It yields replies only."""
+    transport = InMemoryTransport(names=StreamNames("client"))
+    stream = transport.names.responses("discord", "555")
+    await transport.publish_fields(stream, {"__data__": b"not json"})
+    await transport.publish(stream, AgentResponseEvent(request_id="r1", content="answer"))
+    async with AgentClient(transport, block=0.05) as client:
+        replies = client.responses([stream], group="gateway", consumer="g1")
+        delivery = await asyncio.wait_for(anext(replies), 10)
+        assert delivery.event.content == "answer"
+        await client.ack(delivery)
+        await replies.aclose()
+    assert await transport.pending(stream, "gateway") == []
+    dead = await transport.read_stream(transport.names.dead_letters, AgentResponseEvent)
+    assert len(dead) == 1  # set aside, with the read's warning
+    assert "does not decode, dead-lettering it" in caplog.text
+    await transport.aclose()

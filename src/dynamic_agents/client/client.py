@@ -296,7 +296,8 @@ class AgentClient:
         One stream is read with a blocking read (a reply comes as soon as it is written); several
         are polled in turn, pausing ``block`` seconds (the client's, by default) when none had
         anything, so a reply may wait up to that long. Closed in the middle of a read's batch, it
-        hands the replies it has not yielded back to the group at once.
+        hands the replies it has not yielded back to the group at once. An entry that does not
+        decode as a reply is dead-lettered by the read (with a warning) and not yielded.
         ``reply_streams`` that is a str, or empty, is a :class:`ConfigurationError`."""
         if isinstance(reply_streams, str):  # a str is a sequence too: one stream per character
             raise ConfigurationError(
@@ -329,6 +330,8 @@ class AgentClient:
             for subscription in subscriptions:
                 batch = await self.transport.read(subscription, subscription.batch_size)
                 found = found or bool(batch)
+                # An entry that did not decode is no reply: the read dead-lettered it (and said so).
+                batch = [delivery for delivery in batch if not delivery.settled]
                 for index, delivery in enumerate(batch):
                     try:
                         yield delivery
