@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import collections.abc
 import gc
 import logging
 import math
+import typing
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -30,7 +32,13 @@ from dynamic_agents.exceptions import (
 )
 from dynamic_agents.execution import FunctionExecutor
 from dynamic_agents.routing import EventRouter, RoutingConfig
-from dynamic_agents.transports import CompletedRecord, InMemoryTransport, RedisStreamsTransport, Subscription
+from dynamic_agents.transports import (
+    CompletedRecord,
+    Delivery,
+    InMemoryTransport,
+    RedisStreamsTransport,
+    Subscription,
+)
 from dynamic_agents.worker import AgentWorker, WorkerSettings
 
 
@@ -849,3 +857,10 @@ async def test_responses_skips_an_entry_that_is_no_reply(caplog: pytest.LogCaptu
     assert len(dead) == 1  # set aside, with the read's warning
     assert "does not decode, dead-lettering it" in caplog.text
     await transport.aclose()
+
+
+def test_responses_is_typed_as_the_async_generator_whose_aclose_the_docs_call() -> None:
+    """docs/client.md and the Discord example close the replies with ``aclose()``; typed as an
+    ``AsyncIterator``, which has none, a gateway doing so failed ``mypy --strict``."""
+    returns = typing.get_type_hints(AgentClient.responses)["return"]
+    assert returns == collections.abc.AsyncGenerator[Delivery[AgentResponseEvent], None]

@@ -9,7 +9,7 @@ once nobody waits on its stream.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -289,7 +289,7 @@ class AgentClient:
         consumer: str,
         block: float | None = None,
         claim_min_idle: float = 60.0,
-    ) -> AsyncIterator[Delivery[AgentResponseEvent]]:
+    ) -> AsyncGenerator[Delivery[AgentResponseEvent], None]:
         """Replies from many channels' streams through a consumer group: ``ack()`` each once the
         platform has it. One left unacked that long (``claim_min_idle`` seconds: its consumer
         crashed, or the platform refused it) is delivered again, to this consumer or another.
