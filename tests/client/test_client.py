@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from redis.asyncio import Redis
 
 from dynamic_agents.client import AgentClient
 from dynamic_agents.client import client as client_module
@@ -32,6 +33,7 @@ from dynamic_agents.exceptions import (
 )
 from dynamic_agents.execution import FunctionExecutor
 from dynamic_agents.routing import EventRouter, RoutingConfig
+from dynamic_agents.testing import RedisServer
 from dynamic_agents.transports import (
     CompletedRecord,
     Delivery,
@@ -40,6 +42,7 @@ from dynamic_agents.transports import (
     Subscription,
 )
 from dynamic_agents.worker import AgentWorker, WorkerSettings
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture
@@ -864,3 +867,36 @@ def test_responses_is_typed_as_the_async_generator_whose_aclose_the_docs_call() 
     ``AsyncIterator``, which has none, a gateway doing so failed ``mypy --strict``."""
     returns = typing.get_type_hints(AgentClient.responses)["return"]
     assert returns == collections.abc.AsyncGenerator[Delivery[AgentResponseEvent], None]
+
+
+@pytest.mark.redis_server
+async def test_responses_carries_on_when_its_stream_expires_during_a_blocking_read(
+    redis_server: RedisServer,
+) -> None:
+    """A channel quiet for ``reply_expire``: its reply stream expires, and the gateway's group
+    with it, while responses() waits on it in a blocking read. Redis ends that read with
+    "UNBLOCKED the stream key no longer exists", which came out of responses() as a TransportError
+    and ended the gateway's loop; the group is recreated, as for a read that finds it gone."""
+    transport = RedisStreamsTransport.from_url(redis_server.url)
+    admin = Redis.from_url(redis_server.url)
+    stream = transport.names.responses("discord", "555")
+    await transport.publish(stream, AgentResponseEvent(request_id="r0", content="first"))
+    async with AgentClient(transport, block=30) as client:
+        replies = client.responses([stream], group="gateway", consumer="g1")
+        await client.ack(await asyncio.wait_for(anext(replies), 10))
+        waiting = asyncio.create_task(anext(replies))
+
+        async def blocked() -> bool:
+            connections = await admin.client_list()
+            return any(c["cmd"] == "xreadgroup" and "b" in c["flags"] for c in connections)
+
+        await wait_until(blocked, what="responses() in its blocking read")
+        await admin.pexpire(stream, 1)  # the reply stream's EXPIRE comes due
+        await wait_until(lambda: waiting.done() or transport.stats.groups_recreated > 0, what="the expiry")
+        await transport.publish(stream, AgentResponseEvent(request_id="r1", content="second"))
+        later = await asyncio.wait_for(waiting, 10)
+        assert later.event.request_id == "r1"
+        await client.ack(later)
+        await replies.aclose()
+    await transport.aclose()
+    await admin.aclose()

@@ -14,7 +14,7 @@ on its connection: a small batch's claims cost no round trip of their own. Every
 attempt is bounded by ``operation_timeout``; a lost connection, a timeout or a write refused for
 want of a master (``READONLY``, ``NOREPLICAS``: a failover; on a new connection) is retried with
 capped exponential backoff and jitter; a group lost to ``FLUSHALL`` or a restart without
-persistence (``NOGROUP``) is recreated at ``0``.
+persistence (``NOGROUP``), or with its stream while a read blocks on it, is recreated at ``0``.
 """
 
 from __future__ import annotations
@@ -118,7 +118,11 @@ def _text(value: bytes | str) -> str:
 
 
 def _is_nogroup(error: redis_errors.ResponseError) -> bool:
-    return "NOGROUP" in str(error)
+    """Whether the group is gone: ``NOGROUP``, or a blocking ``XREADGROUP`` ended because its stream
+    was deleted meanwhile (an ``EXPIRE``, ``FLUSHALL``: "UNBLOCKED the stream key no longer
+    exists")."""
+    message = str(error)
+    return "NOGROUP" in message or message.startswith("UNBLOCKED the stream key no longer exists")
 
 
 # redis-py types replies loosely; these check the shapes the transport relies on.
