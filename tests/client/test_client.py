@@ -38,6 +38,7 @@ from dynamic_agents.transports import (
     CompletedRecord,
     Delivery,
     InMemoryTransport,
+    ManualClock,
     RedisStreamsTransport,
     Subscription,
 )
@@ -900,3 +901,78 @@ async def test_responses_carries_on_when_its_stream_expires_during_a_blocking_re
         await replies.aclose()
     await transport.aclose()
     await admin.aclose()
+
+
+async def test_replies_waiting_their_turn_in_a_batch_are_not_reclaimed_by_another_gateway() -> None:
+    """responses() reads up to 16 replies at once and yields them one at a time, and their idle
+    time ran from the read: a gateway slow to deliver (a platform's rate limits) left the later
+    ones idle past claim_min_idle before it reached them, so another gateway of the group reclaimed
+    them and both sent them, twice to the user. The rest of a batch is kept fresh meanwhile."""
+    clock = ManualClock()
+    transport = InMemoryTransport(names=StreamNames("client"), clock=clock)
+    stream = transport.names.responses("discord", "555")
+    for n in range(3):
+        await transport.publish(stream, AgentResponseEvent(request_id=f"r{n}", content=f"answer {n}"))
+    other = Subscription(stream, "gateway", "other", AgentResponseEvent, block=0, claim_min_idle=60)
+    async with AgentClient(transport, block=0.05) as client:
+        slow = client.responses([stream], group="gateway", consumer="slow", claim_min_idle=60)
+        delivered = []
+        for _ in range(3):
+            delivery = await asyncio.wait_for(anext(slow), 10)
+            assert await transport.read(other, 16) == []  # nothing of the batch is idle
+            clock.advance(61)  # sending it to the platform took that long
+            delivered.append(delivery.event.request_id)
+            await client.ack(delivery)
+        await slow.aclose()
+    assert delivered == ["r0", "r1", "r2"]
+    assert await transport.pending(stream, "gateway") == []
+    await transport.aclose()
+
+
+async def test_a_reply_another_gateway_took_while_it_waited_in_a_batch_is_not_yielded_again() -> None:
+    """Kept fresh too late (the gateway was slower still): what another gateway took meanwhile is
+    that gateway's to send, not yielded here as well."""
+    transport = InMemoryTransport(names=StreamNames("client"), clock=(clock := ManualClock()))
+    stream = transport.names.responses("discord", "555")
+    for n in range(3):
+        await transport.publish(stream, AgentResponseEvent(request_id=f"r{n}", content=f"answer {n}"))
+    other = Subscription(stream, "gateway", "other", AgentResponseEvent, block=0, claim_min_idle=60)
+    async with AgentClient(transport, block=0.05) as client:
+        slow = client.responses([stream], group="gateway", consumer="slow", claim_min_idle=60)
+        await client.ack(await asyncio.wait_for(anext(slow), 10))
+        clock.advance(61)  # too slow: the loop of another gateway ran meanwhile and took the rest
+        taken = await transport.read(other, 16)
+        assert [delivery.event.request_id for delivery in taken] == ["r1", "r2"]
+        await client.ack(*taken)
+        await transport.publish(stream, AgentResponseEvent(request_id="r3", content="answer 3"))
+        later = await asyncio.wait_for(anext(slow), 10)
+        assert later.event.request_id == "r3"  # not r1 and r2 again: they are the other's now
+        await client.ack(later)
+        await slow.aclose()
+    await transport.aclose()
+
+
+async def test_replies_of_a_batch_that_cannot_be_kept_fresh_are_yielded_all_the_same(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The broker away while the rest of a batch is kept fresh: the replies in hand are yielded
+    anyway (with a warning), as before, rather than failing the gateway's loop."""
+    transport = InMemoryTransport(names=StreamNames("client"))
+    stream = transport.names.responses("discord", "555")
+    for n in range(2):
+        await transport.publish(stream, AgentResponseEvent(request_id=f"r{n}", content=f"answer {n}"))
+
+    async def away(deliveries: Any) -> Any:
+        raise TransportError("connection refused")
+
+    async with AgentClient(transport, block=0.05) as client:
+        replies = client.responses([stream], group="gateway", consumer="g1")
+        first = await asyncio.wait_for(anext(replies), 10)
+        monkeypatch.setattr(transport, "keep_fresh", away)
+        with caplog.at_level(logging.WARNING, logger="dynamic_agents.client"):
+            second = await asyncio.wait_for(anext(replies), 10)
+        assert [first.event.request_id, second.event.request_id] == ["r0", "r1"]
+        assert "could not keep 1 reply entries of" in caplog.text
+        await client.ack(first, second)
+        await replies.aclose()
+    await transport.aclose()

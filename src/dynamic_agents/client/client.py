@@ -292,7 +292,8 @@ class AgentClient:
     ) -> AsyncGenerator[Delivery[AgentResponseEvent], None]:
         """Replies from many channels' streams through a consumer group: ``ack()`` each once the
         platform has it. One left unacked that long (``claim_min_idle`` seconds: its consumer
-        crashed, or the platform refused it) is delivered again, to this consumer or another.
+        crashed, or the platform refused it) is delivered again, to this consumer or another;
+        the replies of one read still waiting their turn are kept fresh each time one is yielded.
         One stream is read with a blocking read (a reply comes as soon as it is written); several
         are polled in turn, pausing ``block`` seconds (the client's, by default) when none had
         anything, so a reply may wait up to that long. Closed in the middle of a read's batch, it
@@ -332,14 +333,39 @@ class AgentClient:
                 found = found or bool(batch)
                 # An entry that did not decode is no reply: the read dead-lettered it (and said so).
                 batch = [delivery for delivery in batch if not delivery.settled]
-                for index, delivery in enumerate(batch):
+                while batch:
+                    delivery, batch = batch[0], batch[1:]
                     try:
                         yield delivery
                     except GeneratorExit:  # closed mid-batch: the rest go back to the group now,
-                        await self._hand_back(batch[index + 1 :])  # not after claim_min_idle
+                        await self._hand_back(batch)  # not after claim_min_idle
                         raise
+                    if batch:  # the caller took its time with that one (a platform's rate limits)
+                        batch = await self._kept(batch)
             if not found and not single:
                 await asyncio.sleep(wait)
+
+    async def _kept(
+        self, deliveries: Sequence[Delivery[AgentResponseEvent]]
+    ) -> list[Delivery[AgentResponseEvent]]:
+        """The replies of a batch still to be yielded, their idle time reset: it ran from the read,
+        and past ``claim_min_idle`` another consumer would take them and send them too. Those one
+        took meanwhile are left out: that consumer sends them. Like :meth:`_hand_back`, for
+        :data:`HAND_BACK_WITHIN` seconds at most: failing that, they are yielded as they are."""
+        try:
+            async with asyncio.timeout(HAND_BACK_WITHIN):
+                lost = await self.transport.keep_fresh(deliveries)
+        except (TransportError, TimeoutError) as error:
+            logger.warning(
+                "could not keep %d reply entries of %s fresh (%s); another consumer may take them "
+                "after claim_min_idle",
+                len(deliveries),
+                deliveries[0].stream,
+                str(error) or f"no answer within {HAND_BACK_WITHIN} s",
+            )
+            return list(deliveries)
+        taken = {delivery.entry_id for delivery in lost}
+        return [delivery for delivery in deliveries if delivery.entry_id not in taken]
 
     async def _hand_back(self, deliveries: Sequence[Delivery[AgentResponseEvent]]) -> None:
         """Give replies read but not yielded back to the group, all at once (one round trip on
