@@ -976,3 +976,37 @@ async def test_replies_of_a_batch_that_cannot_be_kept_fresh_are_yielded_all_the_
         await client.ack(first, second)
         await replies.aclose()
     await transport.aclose()
+
+
+async def test_replies_of_a_batch_are_handed_back_when_the_wait_for_the_next_is_cancelled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``anext()`` cancelled (under a timeout, say) while the rest of its batch is kept fresh: the
+    generator ends there, and the rest goes back to the group at once, as on ``aclose()``, not
+    stranded on this consumer until claim_min_idle."""
+    transport = InMemoryTransport(names=StreamNames("client"))
+    stream = transport.names.responses("discord", "555")
+    for n in range(3):
+        await transport.publish(stream, AgentResponseEvent(request_id=f"r{n}", content=f"answer {n}"))
+    keeping = asyncio.Event()
+
+    async def hung(deliveries: Any) -> Any:
+        keeping.set()
+        await asyncio.Event().wait()
+
+    async with AgentClient(transport, block=0.05) as client:
+        replies = client.responses([stream], group="gateway", consumer="g1")
+        await client.ack(await asyncio.wait_for(anext(replies), 10))
+        monkeypatch.setattr(transport, "keep_fresh", hung)
+        waiting = asyncio.create_task(anext(replies))
+        await asyncio.wait_for(keeping.wait(), 10)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        monkeypatch.undo()  # the broker answers again
+        other = client.responses([stream], group="gateway", consumer="g2")
+        later = [await asyncio.wait_for(anext(other), 10) for _ in range(2)]
+        assert [delivery.event.request_id for delivery in later] == ["r1", "r2"]
+        await client.ack(*later)
+        await other.aclose()
+    await transport.aclose()

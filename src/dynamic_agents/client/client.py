@@ -341,7 +341,11 @@ class AgentClient:
                         await self._hand_back(batch)  # not after claim_min_idle
                         raise
                     if batch:  # the caller took its time with that one (a platform's rate limits)
-                        batch = await self._kept(batch)
+                        try:
+                            batch = await self._kept(batch)
+                        except asyncio.CancelledError:  # (anext() under a timeout) the generator
+                            await self._hand_back(batch)  # ends: as when it is closed
+                            raise
             if not found and not single:
                 await asyncio.sleep(wait)
 
