@@ -257,6 +257,22 @@ def test_a_block_is_closed_and_reopened_with_its_language() -> None:
     ]
 
 
+@pytest.mark.parametrize("platform", ["slack", "WhatsApp"])
+def test_on_platforms_that_show_a_language_as_code_a_block_is_reopened_bare(platform: str) -> None:
+    """Slack and WhatsApp render "```python" as a block whose first line of code is "python": each
+    message after the first showed a line of "python" the reply never had there. Discord and
+    Telegram read the language, so it is kept there."""
+    text = "```python\n" + "print('hello world')\n" * 400 + "```\nafter"
+    parts = split_message_parts(text, platform=platform)
+    check_chunks(text, PLATFORM_LIMITS[platform.lower()], parts)
+    assert len(parts) > 1
+    assert parts[0].text.startswith("```python\n")  # the reply's own opening fence, as it was
+    assert {chunk.added_prefix for chunk in parts[1:]} == {"```\n"}
+    assert split_message(text, platform=platform, limit=100)[1].startswith("```\nprint")
+    for reading in ("discord", "telegram"):
+        assert split_message(text, platform=reading)[1].startswith("```python\nprint")
+
+
 def test_an_unclosed_block_at_the_end_is_closed() -> None:
     assert split_message("```sh\nrm -rf build", limit=100) == ["```sh\nrm -rf build\n```"]
     assert split_message("text\n```", limit=100) == ["text\n```\n```"]

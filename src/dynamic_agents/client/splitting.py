@@ -33,7 +33,8 @@ Code fences
     render them. A chunk that ends inside a block gets a closing fence added at its end ("```",
     after a newline), and the next chunk gets the block reopened at its start ("```python" and a
     newline: the first word of the opening fence's info string, or a bare "```" when that word holds
-    a backtick or the two markers would take more than half the limit). A text that ends inside an
+    a backtick, the two markers would take more than half the limit, or ``platform`` is Slack or
+    WhatsApp, which show a language as the block's first line of code). A text that ends inside an
     unclosed block has it closed as well (a reply cut off by a token limit often does), so every
     chunk has an even number of fence lines and renders on its own. The limit includes the added
     markers. Cuts that would leave an empty code block (just after an opening fence or just before a
@@ -93,6 +94,10 @@ Discord: 2,000 for bots. Telegram: 4,096 (``sendMessage`` text, after entity par
 is larger (it truncates text over 40,000 characters), so a host that wants longer Slack messages can
 pass ``limit=`` explicitly.
 """
+
+_SHOWS_LANGUAGE_AS_CODE: Final = frozenset({"slack", "whatsapp"})
+"""Platforms whose code blocks take no language: "```python" shows "python" as the first line of
+code, so a block is reopened there with a bare fence."""
 
 DEFAULT_LIMIT: Final = min(PLATFORM_LIMITS.values())
 """Used when neither ``limit`` nor ``platform`` is given: 2,000 (Discord's), safe on every platform above."""
@@ -172,7 +177,8 @@ def split_message_parts(
     size = _resolve_limit(limit, platform)
     if not text:
         return []
-    return _Splitter(text, size).split()
+    languages = not (isinstance(platform, str) and platform.lower() in _SHOWS_LANGUAGE_AS_CODE)
+    return _Splitter(text, size, languages=languages).split()
 
 
 def join_chunks(chunks: Iterable[MessageChunk]) -> str:
@@ -205,9 +211,10 @@ class _Splitter:
     before ``text[p]``. "Original" state is the input's own fence state; "local" is what a chunk's
     own text renders as (it includes the added opening marker)."""
 
-    def __init__(self, text: str, limit: int) -> None:
+    def __init__(self, text: str, limit: int, *, languages: bool = True) -> None:
         self.text = text
         self.limit = limit
+        self.languages = languages  # whether a reopening fence may carry the block's language
         self.n = n = len(text)
         # nonspace[i]: the first index >= i of a non-whitespace character (n when there is none).
         nonspace = [n] * (n + 1)
@@ -342,7 +349,8 @@ class _Splitter:
 
     def _reopen(self, language: str) -> str:
         marker = f"{_FENCE}{language}\n"
-        if "`" in language or not language.isprintable() or len(marker) + _CLOSE_LENGTH > self.limit // 2:
+        too_long = len(marker) + _CLOSE_LENGTH > self.limit // 2
+        if not self.languages or "`" in language or not language.isprintable() or too_long:
             return _FENCE + "\n"
         return marker
 
