@@ -1010,3 +1010,22 @@ async def test_replies_of_a_batch_are_handed_back_when_the_wait_for_the_next_is_
         await client.ack(*later)
         await other.aclose()
     await transport.aclose()
+
+
+async def test_a_reply_trimmed_from_its_stream_while_it_waited_in_a_batch_is_yielded_all_the_same() -> None:
+    """No longer held is not always taken by another gateway: an entry trimmed from the stream (a
+    gateway far behind, ``reply_maxlen``), or gone with the stream, is held by nobody, and the reply
+    read before is only in hand here: it is yielded, not dropped."""
+    transport = InMemoryTransport(names=StreamNames("client"))
+    stream = transport.names.responses("discord", "555")
+    for n in range(3):
+        await transport.publish(stream, AgentResponseEvent(request_id=f"r{n}", content=f"answer {n}"))
+    async with AgentClient(transport, block=0.05) as client:
+        replies = client.responses([stream], group="gateway", consumer="g1")
+        first = await asyncio.wait_for(anext(replies), 10)
+        entries = await transport.read_stream(stream, AgentResponseEvent)
+        assert await transport.delete(stream, *(entry.entry_id for entry in entries)) == 3
+        later = [await asyncio.wait_for(anext(replies), 10) for _ in range(2)]
+        assert [delivery.event.request_id for delivery in [first, *later]] == ["r0", "r1", "r2"]
+        await replies.aclose()
+    await transport.aclose()

@@ -354,11 +354,19 @@ class AgentClient:
     ) -> list[Delivery[AgentResponseEvent]]:
         """The replies of a batch still to be yielded, their idle time reset: it ran from the read,
         and past ``claim_min_idle`` another consumer would take them and send them too. Those one
-        took meanwhile are left out: that consumer sends them. Like :meth:`_hand_back`, for
-        :data:`HAND_BACK_WITHIN` seconds at most: failing that, they are yielded as they are."""
+        took meanwhile are left out: that consumer sends them. One no longer held because it left
+        the stream (trimmed, or gone with it) is held by nobody: it is kept, only here to be sent.
+        Like :meth:`_hand_back`, for :data:`HAND_BACK_WITHIN` seconds at most: failing that, they
+        are yielded as they are."""
         try:
             async with asyncio.timeout(HAND_BACK_WITHIN):
                 lost = await self.transport.keep_fresh(deliveries)
+                taken = {
+                    delivery.entry_id
+                    for delivery in lost
+                    if await self.transport.read_entry(delivery.stream, delivery.entry_id, AgentResponseEvent)
+                    is not None
+                }
         except (TransportError, TimeoutError) as error:
             logger.warning(
                 "could not keep %d reply entries of %s fresh (%s); another consumer may take them "
@@ -368,7 +376,6 @@ class AgentClient:
                 str(error) or f"no answer within {HAND_BACK_WITHIN} s",
             )
             return list(deliveries)
-        taken = {delivery.entry_id for delivery in lost}
         return [delivery for delivery in deliveries if delivery.entry_id not in taken]
 
     async def _hand_back(self, deliveries: Sequence[Delivery[AgentResponseEvent]]) -> None:
