@@ -1029,3 +1029,23 @@ async def test_a_reply_trimmed_from_its_stream_while_it_waited_in_a_batch_is_yie
         assert [delivery.event.request_id for delivery in [first, *later]] == ["r0", "r1", "r2"]
         await replies.aclose()
     await transport.aclose()
+
+
+async def test_a_reply_that_does_not_decode_is_reported_not_dropped_in_silence(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """request()'s reader skipped an entry of the reply stream that did not decode without a word:
+    a worker whose reply this client cannot read left the caller with a bare TimeoutError."""
+    transport = InMemoryTransport(names=StreamNames("client"))
+    names = transport.names
+    async with AgentClient(transport, block=0.05) as client:
+        asking = asyncio.create_task(client.request(_platform_request(names, "evt-garbled"), timeout=30))
+        await wait_published(transport, names.requests, 1)
+        with caplog.at_level(logging.WARNING, logger="dynamic_agents.client"):
+            garbled = await transport.publish_fields(names.responses("slack", "c1"), {"__data__": b"{"})
+            await wait_until(lambda: garbled in caplog.text, what="the warning")
+        assert "does not decode" in caplog.text
+        asking.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asking
+    await transport.aclose()

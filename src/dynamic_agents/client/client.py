@@ -273,7 +273,14 @@ class AgentClient:
                 continue
             for entry in entries:
                 reader.position = entry.entry_id
-                if entry.message is None:
+                if entry.message is None:  # whose reply it is cannot be told: say so, or its caller
+                    # only ever sees a TimeoutError
+                    logger.warning(
+                        "entry %s of %r does not decode as a reply, skipped: %s",
+                        entry.entry_id,
+                        reader.stream,
+                        entry.error,
+                    )
                     continue
                 for future in reader.waiting.get(entry.message.event.request_id, ()):
                     if not future.done():
