@@ -420,6 +420,9 @@ class AgentClient:
         await self._coordinator.request_cancel(request_id)
 
     async def ack(self, *deliveries: Delivery[AgentResponseEvent]) -> int:
+        """Acknowledge replies from :meth:`responses` once the platform has them (one round trip
+        per call); returns how many were still pending. One left unacked is delivered again after
+        ``claim_min_idle``, to this consumer or another of its group."""
         return await self.transport.ack(*deliveries)
 
     async def aclose(self) -> None:
