@@ -14,6 +14,7 @@ from dynamic_agents._redaction import REDACTOR
 from dynamic_agents.exceptions import (
     IdentityForbiddenError,
     LLMAuthenticationError,
+    LLMError,
     LLMRequestError,
     SecretsUnavailableError,
 )
@@ -136,28 +137,31 @@ async def test_refresh_swaps_keys_on_demand(
     assert keys(fake) == [f"Bearer {V2}"]
 
 
-async def test_a_refresh_that_cannot_resolve_a_key_logs_which_deployment_and_field(
+async def test_a_refresh_that_finds_a_key_deleted_withdraws_its_deployment_naming_it_and_the_field(
     router: LLMRouter, identity: InMemoryIdentityService, fake: FakeOpenAI, caplog: pytest.LogCaptureFixture
 ) -> None:
     secret_id = identity.find_secret(SHARED, "openai")
     identity.remove_secret(secret_id)
     with caplog.at_level(logging.INFO, logger="dynamic_agents"):
-        assert await router.refresh() == 0
+        assert await router.refresh() == 1
         assert await router.refresh() == 0  # failing the same way: not logged again
-    (record,) = [r for r in caplog.records if "refreshing the credentials" in r.getMessage()]
+    (record,) = [r for r in caplog.records if "withdrew" in r.getMessage()]
     message = record.getMessage()
     assert record.levelno == logging.WARNING
     assert "SecretNotFoundError" in message
     assert "model_list[0] (deployment 'gpt-main' of model 'gpt'), litellm_params.api_key" in message
     assert V1 not in caplog.text
-    await router.acompletion(model="gpt", messages=MESSAGES)  # left as it was: the old key
-    assert keys(fake) == [f"Bearer {V1}"]
+    with pytest.raises(LLMError):
+        await router.acompletion(model="gpt", messages=MESSAGES)  # withdrawn: the old key is not sent
+    assert keys(fake) == []
 
     identity.add_secret(SHARED, "openai", {"api_key": V2})
     with caplog.at_level(logging.INFO, logger="dynamic_agents"):
         assert await router.refresh() == 1
-    assert "the credentials of deployment 'gpt-main' of model 'gpt' resolve again" in caplog.text
+    assert "put deployment 'gpt-main' of model 'gpt' back into the router" in caplog.text
     assert V2 not in caplog.text
+    await router.acompletion(model="gpt", messages=MESSAGES)
+    assert keys(fake) == [f"Bearer {V2}"]
 
 
 async def test_users_with_their_own_key_use_it_per_call(router: LLMRouter, fake: FakeOpenAI) -> None:

@@ -73,6 +73,7 @@ __all__ = [
     "new_router",
     "status_of",
     "upsert",
+    "withdraw",
 ]
 
 
@@ -90,6 +91,15 @@ def upsert(router: Router, model_name: str, params: Mapping[str, Any], model_inf
             model_info=ModelInfo(**model_info),
         )
     )
+
+
+def withdraw(router: Router, deployment_id: str) -> bool:
+    """Take a deployment out of the Router (``Router.delete_deployment``: out of its model list
+    and of its indexes by id and by group, and of its strategies' registrations; a group left with
+    none leaves ``model_names``); whether it was there. Its entry in litellm's cost map stays (a
+    call in flight may still be priced by it): the caller removes it with its others. :func:`upsert`
+    puts it back, registered as at build."""
+    return router.delete_deployment(id=deployment_id) is not None
 
 
 async def clear_cooldown(router: Router, deployment_id: str) -> None:

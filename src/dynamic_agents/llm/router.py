@@ -10,6 +10,10 @@ Afterwards:
   endpoint when it moved alone (a user's own key that changed has its old one's dropped too;
   closing the router drops those of its credentials and of the users' keys its calls carried),
   unless an open router still sends it;
+* a deployment whose secret is gone — deleted, disabled, or its access revoked (403) — is
+  withdrawn from the Router (its group's other deployments and fallbacks take its calls) and
+  its key's cached clients dropped, until the secret resolves again; a secrets service that cannot
+  answer leaves it with its key;
 * the entries litellm adds to its process-wide cost map (``litellm.model_cost``) — one per
   deployment, and one per deployment and user's key a call carried — leave it with the key that
   changed and with the router's ``aclose()``, unless an open router still uses them;
@@ -45,6 +49,7 @@ from dynamic_agents._redaction import REDACTOR, masked_url, redact_text
 from dynamic_agents._validation import invalid_fields, shown
 from dynamic_agents.exceptions import (
     ConfigurationError,
+    IdentityForbiddenError,
     LLMAuthenticationError,
     LLMError,
     LLMRateLimitError,
@@ -52,6 +57,7 @@ from dynamic_agents.exceptions import (
     LLMTimeoutError,
     LLMUnavailableError,
     MissingDependencyError,
+    SecretNotFoundError,
     SecretsError,
 )
 from dynamic_agents.llm import _litellm
@@ -87,6 +93,11 @@ may resolve them: an endpoint that moves, say): one that changes leaves the old 
 _CHANGED = ""
 """Recorded for a user's key the calls carried that changed, until the next lookup of the new one."""
 
+
+_GONE = (SecretNotFoundError, IdentityForbiddenError)
+"""What the secrets layer raises for a credential that is gone — deleted, disabled ("Disabled
+secrets are never used"), or its access revoked (403) — as opposed to one it could not fetch
+(an outage: the old value is kept). A deployment whose credential is gone is withdrawn."""
 
 _Slot = tuple[str, str, str]
 """(provider, field, user id): a user's key for a provider."""
@@ -180,6 +191,8 @@ class _Deployment:
     """An update was asked for since the holder of ``lock`` last started resolving."""
     failing: str | None = None
     """The error of its last update, if it failed (logged once)."""
+    withdrawn: bool = False
+    """Taken out of the litellm Router: its credentials were answered gone (:data:`_GONE`)."""
     id: str = field(init=False)
     """``config.deployment_id``, worked out once: every call reads it, and it hashes the params."""
 
@@ -521,7 +534,14 @@ class LLMRouter:
 
     @property
     def deployment_ids(self) -> list[str]:
+        """Ids of its deployments, as configured (the withdrawn ones too)."""
         return list(self._deployments)
+
+    @property
+    def withdrawn_deployment_ids(self) -> list[str]:
+        """Ids of the deployments withdrawn from the litellm Router: their credentials were removed,
+        disabled or revoked in the secrets service. Each is put back when they resolve again."""
+        return [deployment.id for deployment in self._deployments.values() if deployment.withdrawn]
 
     # -- calls ------------------------------------------------------------------------------------
 
@@ -942,22 +962,24 @@ class LLMRouter:
 
     async def refresh(self) -> int:
         """Fetch the deployments' secrets again and swap every changed credential now; returns how
-        many deployments changed.
+        many deployments changed (withdrawn or put back included).
 
         Only the system's secrets of the providers the deployments use are fetched (never users'
-        keys, never other providers'). A secret that cannot be fetched is logged and its deployment
-        left as it is; the others are still refreshed. After :meth:`aclose` raises
+        keys, never other providers'). A secret that is gone (removed, disabled or revoked) has its
+        deployment withdrawn (:meth:`_withdraw`); one that cannot be fetched is logged and its
+        deployment left as it is; the others are still refreshed. After :meth:`aclose` raises
         :class:`LLMUnavailableError`."""
         _CallEnd.run_left()
         if self._closed:  # its litellm Router is discarded: nothing to swap keys into
             raise LLMUnavailableError("refresh(): the LLM router was closed: build a new one")
-        before = {deployment.id: deployment.params for deployment in self._deployments.values()}
+        before = {d.id: (d.params, d.withdrawn) for d in self._deployments.values()}
         providers = sorted(set().union(*(d.providers for d in self._deployments.values())))
         for provider in providers:  # change notices update what changed...
             await self.secrets.refresh(provider, user_id=None)
         for deployment in list(self._deployments.values()):
             await self._update_or_log(deployment)  # ...and this catches sources that send none
-        return sum(d.params != before[d.id] for d in self._deployments.values())
+        # withdrawn or put back counts, its key changed or not
+        return sum((d.params, d.withdrawn) != before[d.id] for d in self._deployments.values())
 
     async def _on_secret_change(self, change: SecretChange) -> None:
         if self._closed:
@@ -990,16 +1012,18 @@ class LLMRouter:
         self._drop_clients(digest for digest in old if digest != _CHANGED)
 
     async def _update_or_log(self, deployment: _Deployment, *, wait: bool = True) -> None:
-        """:meth:`_update`; a secret that cannot be resolved leaves the deployment as it is and is
-        logged (its error names the deployment and the field, never a value) once, not again on
-        every refresh or change notice while it fails the same way; its recovery is logged too."""
+        """:meth:`_update`; a secret that is gone has withdrawn the deployment (logged there), one
+        that cannot be resolved leaves the deployment as it is (withdrawn or not) and is logged (its
+        error names the deployment and the field, never a value) once, not again on every refresh
+        or change notice while it fails the same way; its recovery is logged too."""
         try:
             await self._update(deployment, wait=wait)
         except SecretsError as error:
             failure = f"{type(error).__name__}: {error}"
             if failure != deployment.failing:
                 deployment.failing = failure
-                logger.warning("refreshing the credentials failed, left as they were: %s", failure)
+                left = "left withdrawn" if deployment.withdrawn else "left as they were"
+                logger.warning("refreshing the credentials failed, %s: %s", left, failure)
         else:
             if deployment.failing is not None:
                 deployment.failing = None
@@ -1037,8 +1061,16 @@ class LLMRouter:
             deployment.waiting -= 1
 
     async def _write(self, deployment: _Deployment) -> bool:
-        params = await _resolve(deployment.config, deployment.position, self.secrets)
-        if params == deployment.params or self._closed:
+        """Resolve the deployment's params and write them into the Router if they changed, or if
+        it was withdrawn (put back); whether it did. A credential that is gone withdraws it
+        (:meth:`_withdraw`) before the error is raised."""
+        try:
+            params = await _resolve(deployment.config, deployment.position, self.secrets)
+        except _GONE as error:
+            if not self._closed:
+                self._withdraw(deployment, f"{type(error).__name__}: {error}")
+            raise
+        if (params == deployment.params and not deployment.withdrawn) or self._closed:
             # Closed meanwhile: its litellm Router is discarded, and an upsert there would register
             # the deployment's cost-map entry again, after aclose() removed it.
             return False
@@ -1049,7 +1081,13 @@ class LLMRouter:
             {**deployment.config.model_info, "id": deployment.id},
         )
         before, deployment.params = deployment.params, params
-        logger.info("rotated the credentials of %s", deployment.config.describe())
+        if deployment.withdrawn:
+            deployment.withdrawn, deployment.failing = False, None
+            logger.info(
+                "put %s back into the router: its credentials resolve again", deployment.config.describe()
+            )
+        else:
+            logger.info("rotated the credentials of %s", deployment.config.describe())
         self._drop_clients(_credentials(before) - _credentials(params))
         # A setting that moved (api_base…) with a credential kept: that credential's clients of the
         # old value, and those its users' keys built through it, are named by a value no call sends.
@@ -1061,6 +1099,27 @@ class LLMRouter:
         await self._clear_cooldown(deployment.id)
         return True
 
+    def _withdraw(self, deployment: _Deployment, failure: str) -> None:
+        """Take a deployment whose credentials are gone out of the litellm Router, so that calls
+        and litellm's fallbacks go to the group's other deployments, and drop its credentials'
+        cached clients (unless an open router still sends them): logged once, naming the
+        deployment and the error (never a value). Its params stay, to compare the next value
+        with; its cost-map entry stays until :meth:`aclose` (a call in flight, which finishes as
+        it is, may still be priced by it). The manager keeps its secrets fresh: a change notice or
+        :meth:`refresh` puts it back once they resolve again (:meth:`_write`)."""
+        if deployment.withdrawn:
+            return
+        _litellm.withdraw(self.router, deployment.id)
+        deployment.withdrawn, deployment.failing = True, failure
+        logger.warning(
+            "withdrew %s from the router: its credentials were removed, disabled or revoked in the "
+            "secrets service; calls go to its group's other deployments, and it is put back once "
+            "they resolve again: %s",
+            deployment.config.describe(),
+            failure,
+        )
+        self._drop_clients(_credentials(deployment.params))
+
     async def _clear_cooldown(self, deployment_id: str) -> None:
         """Take a deployment out of cooldown. A failure — the shared cooldown store (Redis) down —
         is logged, not raised: the key is swapped all the same, and the cooldown ends by itself."""
@@ -1071,7 +1130,8 @@ class LLMRouter:
 
     def _drop_clients(self, digests: Iterable[str], *, built_with: tuple[str, str] | None = None) -> None:
         """Drop litellm's cached SDK clients of these credentials (by :func:`_litellm.key_digest`:
-        a key, an Azure AD token…) unless an open router still sends one, in a deployment's params
+        a key, an Azure AD token…) unless an open router still sends one, in a (not withdrawn)
+        deployment's params
         or as a user's key (:func:`_litellm.drop_clients`): else each key rotated away keeps a
         client — with the key and its pooled connections — for an hour, up to the 200 entries of
         litellm's cache. With ``built_with`` (a setting of :data:`_CLIENT_SETTINGS` and its value),
@@ -1084,7 +1144,8 @@ class LLMRouter:
             deployments = [
                 deployment
                 for deployment in router._deployments.values()
-                if built_with is None or deployment.params.get(built_with[0]) == built_with[1]
+                if not deployment.withdrawn
+                and (built_with is None or deployment.params.get(built_with[0]) == built_with[1])
             ]
             for deployment in deployments:
                 stale -= _credentials(deployment.params)
