@@ -156,8 +156,9 @@ class LLMRequestError(LLMError, ValueError):
 
 
 class LLMAuthenticationError(LLMError, PermissionError):
-    """The key was refused (401 / 403). A 401 first refreshes the keys once and, if one changed,
-    retries once; a 403 (no permission for that model or resource) is raised as it comes."""
+    """The key was refused (401 / 403). A 401 first refreshes the keys once and, if one changed (or
+    a deployment was withdrawn, its key revoked), retries once; a 403 (no permission for that
+    model or resource) is raised as it comes."""
 
 
 class LLMTimeoutError(LLMError, TimeoutError):

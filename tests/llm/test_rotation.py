@@ -14,8 +14,8 @@ from dynamic_agents._redaction import REDACTOR
 from dynamic_agents.exceptions import (
     IdentityForbiddenError,
     LLMAuthenticationError,
-    LLMError,
     LLMRequestError,
+    LLMUnavailableError,
     SecretsUnavailableError,
 )
 from dynamic_agents.llm import LLMRouter, RouterConfig, build_router
@@ -151,7 +151,7 @@ async def test_a_refresh_that_finds_a_key_deleted_withdraws_its_deployment_namin
     assert "SecretNotFoundError" in message
     assert "model_list[0] (deployment 'gpt-main' of model 'gpt'), litellm_params.api_key" in message
     assert V1 not in caplog.text
-    with pytest.raises(LLMError):
+    with pytest.raises(LLMUnavailableError, match="removed, disabled or revoked"):
         await router.acompletion(model="gpt", messages=MESSAGES)  # withdrawn: the old key is not sent
     assert keys(fake) == []
 
@@ -312,6 +312,9 @@ async def test_a_401_refresh_fetches_only_the_routers_keys_and_survives_a_revoke
 
 
 async def test_a_401_with_the_routers_key_revoked_is_still_an_llm_error(fake: FakeOpenAI) -> None:
+    """The refresh after the 401 is refused (403): the deployment is withdrawn, and the one retry
+    finds its group with no deployment left, which the error says (not a SecretsError)."""
+
     class Refusing(SecretSource):
         refuse = False
 
@@ -325,8 +328,9 @@ async def test_a_401_with_the_routers_key_revoked_is_still_an_llm_error(fake: Fa
     async with await build_router(config, SecretsManager(source)) as router:
         source.refuse = True
         fake._handler = lambda request: HTTPErrorStep(401, "bad key")
-        with pytest.raises(LLMAuthenticationError):
+        with pytest.raises(LLMUnavailableError, match="removed, disabled or revoked"):
             await router.acompletion(model="gpt", messages=MESSAGES)
+        assert len(fake.requests) == 1  # the revoked key was not sent again
 
 
 async def test_a_users_key_never_reaches_a_fallback_group_of_another_provider(fake: FakeOpenAI) -> None:

@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 
+from dynamic_agents.exceptions import LLMUnavailableError
 from dynamic_agents.llm import LLMRouter, RouterConfig, _litellm, build_router
 from dynamic_agents.secrets import IdentityClient, IdentitySource, SecretsManager
 from dynamic_agents.testing import InMemoryIdentityService
-from dynamic_agents.testing.openai import FakeOpenAI
+from dynamic_agents.testing.openai import FakeOpenAI, HTTPErrorStep
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 PRIMARY = "sk-primary-CANARY-000001"
@@ -219,6 +220,29 @@ async def test_refresh_counts_a_deployment_put_back_with_its_old_key(
         assert keys(fake) == [f"Bearer {PRIMARY}"]
 
 
+async def test_a_group_whose_deployments_are_all_withdrawn_raises_a_clear_error(
+    secrets: SecretsManager, identity: InMemoryIdentityService, client: IdentityClient, fake: FakeOpenAI
+) -> None:
+    async with await build_router(one_deployment(fake), secrets) as router:
+        await delete(identity, client, "primary")
+        await router.refresh()
+        fake.requests.clear()
+        with pytest.raises(LLMUnavailableError) as raised:
+            await router.acompletion(model="gpt", messages=MESSAGES)
+        message = str(raised.value)
+        assert "model 'gpt'" in message
+        assert "deployment 'gpt-primary' of model 'gpt'" in message
+        assert "removed, disabled or revoked in the secrets service" in message
+        assert PRIMARY not in message
+        assert raised.value.model == "gpt"
+        with pytest.raises(LLMUnavailableError, match="removed, disabled or revoked"):
+            router.completion(model="gpt", messages=MESSAGES)
+        assert fake.requests == []
+        # the other group is untouched
+        response = await router.acompletion(model="other", messages=MESSAGES)
+        assert response._hidden_params["model_id"] == "other-main"
+
+
 async def test_a_withdrawn_group_falls_back_to_its_fallback_groups(
     secrets: SecretsManager, identity: InMemoryIdentityService, client: IdentityClient, fake: FakeOpenAI
 ) -> None:
@@ -262,3 +286,39 @@ async def test_aclose_after_a_withdrawal_removes_every_cost_map_entry_once(
     await client.update_secret(identity.find_secret("primary", "openai"), status="active")
     await secrets.refresh()  # a change notice after aclose puts nothing back
     assert not {"gpt-primary", "gpt-backup"} & _litellm.litellm.model_cost.keys()
+
+
+async def test_a_withdrawn_groups_failing_fallbacks_are_named_in_its_error(
+    secrets: SecretsManager, identity: InMemoryIdentityService, client: IdentityClient, fake: FakeOpenAI
+) -> None:
+    async with await build_router(one_deployment(fake, fallbacks=[{"gpt": ["other"]}]), secrets) as router:
+        await disable(identity, client, "primary")
+        await router.refresh()
+        fake._handler = lambda request: HTTPErrorStep(503, "overloaded")
+        with pytest.raises(LLMUnavailableError) as raised:
+            await router.acompletion(model="gpt", messages=MESSAGES)
+        message = str(raised.value)
+        assert "removed, disabled or revoked in the secrets service" in message
+        assert "its fallbacks ['other'] failed too" in message
+        assert raised.value.status is None  # not litellm's 400 ("no healthy deployments")
+        assert keys(fake) == [f"Bearer {OTHER}"]
+
+
+async def test_a_401_from_a_revoked_key_is_retried_on_the_groups_other_deployment(
+    router: LLMRouter, identity: InMemoryIdentityService, fake: FakeOpenAI
+) -> None:
+    """The provider refuses the primary key and Identity revokes it (nobody told the manager): the
+    refresh after the 401 withdraws it, and the one retry goes to the backup."""
+    fake._handler = lambda request: (
+        HTTPErrorStep(401, "revoked") if request.authorization == f"Bearer {PRIMARY}" else "ok"
+    )
+    secret_id = identity.find_secret("primary", "openai")
+    identity.fail_next(403, times=None, method="GET", path=f"/api/v1/secrets/{secret_id}/values")
+    for _ in range(64):  # simple-shuffle: until a call picks the primary (each does with p = 1/2)
+        response = await router.acompletion(model="gpt", messages=MESSAGES)
+        assert response.choices[0].message.content == "ok"
+        if router.withdrawn_deployment_ids:
+            break
+    assert router.withdrawn_deployment_ids == ["gpt-primary"]
+    assert keys(fake).count(f"Bearer {PRIMARY}") == 1
+    assert keys(fake)[-1] == f"Bearer {BACKUP}"

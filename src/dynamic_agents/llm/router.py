@@ -11,7 +11,8 @@ Afterwards:
   closing the router drops those of its credentials and of the users' keys its calls carried),
   unless an open router still sends it;
 * a deployment whose secret is gone — deleted, disabled, or its access revoked (403) — is
-  withdrawn from the Router (its group's other deployments and fallbacks take its calls) and
+  withdrawn from the Router (its group's other deployments and fallbacks take its calls; a group
+  left with none raises :class:`~dynamic_agents.exceptions.LLMUnavailableError` saying why) and
   its key's cached clients dropped, until the secret resolves again; a secrets service that cannot
   answer leaves it with its key;
 * the entries litellm adds to its process-wide cost map (``litellm.model_cost``) — one per
@@ -589,7 +590,7 @@ class LLMRouter:
             )
         streamed = bool(kwargs.get("stream"))
         for attempt in range(2):
-            sent_with = {deployment.id: deployment.params for deployment in self._deployments.values()}
+            sent_with = {d.id: (d.params, d.withdrawn) for d in self._deployments.values()}
             # What the call's end does (its cost-map entries out of flight, clients of keys no
             # longer in use dropped): at once, or, for a stream, once it is read (litellm prices
             # a stream at its end, by the entries).
@@ -617,8 +618,8 @@ class LLMRouter:
                         user_params = await self._user_key(model, user_id)
                         continue  # the user's rotated key: retry once with it
                 elif await self._refresh_after_401(model, sent_with):
-                    continue  # a rotated key: retry once with it
-            raise failure
+                    continue  # a rotated key (or a deployment withdrawn): retry once
+            raise self._withdrawn_group_failure(model, failure, kwargs)
         raise AssertionError("unreachable")
 
     async def _attempt(
@@ -719,10 +720,14 @@ class LLMRouter:
                 failure = error
         raise failure
 
-    async def _refresh_after_401(self, model: str, sent_with: Mapping[str, Any]) -> bool:
+    async def _refresh_after_401(
+        self, model: str, sent_with: Mapping[str, tuple[dict[str, Any], bool]]
+    ) -> bool:
         """Refresh the router's secrets after a 401; whether a credential changed since the call
-        was sent with ``sent_with`` (the params then, by deployment id). A secret that cannot be
-        fetched now is logged, not raised: the caller raises the 401.
+        was sent with ``sent_with`` (the params then, and whether withdrawn, by deployment id): a
+        deployment withdrawn or put back counts (the retry goes to the group's others, or raises
+        that they are all withdrawn). A secret that cannot be fetched now is logged, not raised:
+        the caller raises the 401.
 
         A change notice (or another call's refresh) may have swapped the key while the call was in
         flight: this refresh then finds nothing new, and the old key's 401 has put the deployment
@@ -732,10 +737,11 @@ class LLMRouter:
             await self.refresh()
         except SecretsError as error:
             logger.warning("model %r: refreshing its secrets failed: %s", model, type(error).__name__)
-        rotated = [d.id for d in self._deployments.values() if d.params is not sent_with[d.id]]
+        rotated = [d.id for d in self._deployments.values() if d.params is not sent_with[d.id][0]]
         for deployment_id in rotated:
             await self._clear_cooldown(deployment_id)
-        return bool(rotated)
+        withdrawn = [d.id for d in self._deployments.values() if d.withdrawn != sent_with[d.id][1]]
+        return bool(rotated or withdrawn)
 
     async def _refresh_user_after_401(self, model: str, user_id: str) -> bool:
         """Fetch a user's own keys again after one was refused; whether one changed. Nothing tells
@@ -794,7 +800,34 @@ class LLMRouter:
         finally:
             if not handed_over:
                 self._end_call(ending)
-        raise failure
+        raise self._withdrawn_group_failure(model, failure, kwargs)
+
+    def _withdrawn_group_failure(self, model: str, failure: LLMError, kwargs: Mapping[str, Any]) -> LLMError:
+        """``failure``, or, for a group whose deployments are all withdrawn (:meth:`_withdraw`),
+        an :class:`LLMUnavailableError` saying so: litellm's own says "no healthy deployments",
+        a 400, which reads as a bad request. litellm tries the group's fallbacks first: when it
+        has some, their failure is named too."""
+        group = self._groups.get(model, ())
+        if not group or not all(self._deployments[deployment_id].withdrawn for deployment_id in group):
+            return failure
+        described = ", ".join(self._deployments[deployment_id].config.describe() for deployment_id in group)
+        message = (
+            f"model {model!r} cannot be called: its deployments ({described}) were withdrawn, their "
+            "credentials removed, disabled or revoked in the secrets service; each is put back once "
+            "its credentials resolve again"
+        )
+        try:
+            fallbacks = (
+                []
+                if kwargs.get("disable_fallbacks")
+                else _litellm.fallback_groups(self.router, model, failure)
+            )
+        except Exception as error:
+            _bookkeeping_failed("reading the group's fallbacks", error)
+            fallbacks = []
+        if fallbacks:
+            message = f"{message}; its fallbacks {fallbacks} failed too: {failure}"
+        return LLMUnavailableError(message, model=model)  # litellm's status (400) is not the cause
 
     def _check_open(self, model: str) -> None:
         """A closed router's litellm Router is discarded (unhooked from litellm's callbacks): it
