@@ -322,3 +322,26 @@ async def test_a_401_from_a_revoked_key_is_retried_on_the_groups_other_deploymen
     assert router.withdrawn_deployment_ids == ["gpt-primary"]
     assert keys(fake).count(f"Bearer {PRIMARY}") == 1
     assert keys(fake)[-1] == f"Bearer {BACKUP}"
+
+
+async def test_a_withdrawal_litellm_does_not_carry_out_is_logged_and_tried_again(
+    secrets: SecretsManager,
+    identity: InMemoryIdentityService,
+    client: IdentityClient,
+    fake: FakeOpenAI,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``Router.delete_deployment`` swallows its own failures (it returns None): a deployment it
+    left in place still sends the key, and must not be reported withdrawn."""
+    async with await build_router(one_deployment(fake), secrets) as router:
+        monkeypatch.setattr(router.router, "delete_deployment", lambda id: None)
+        await disable(identity, client, "primary")
+        with caplog.at_level(logging.INFO, logger="dynamic_agents"):
+            await router.refresh()
+        assert router.withdrawn_deployment_ids == []
+        assert "withdrawing deployment 'gpt-primary' of model 'gpt' failed" in caplog.text
+        assert PRIMARY not in caplog.text
+        monkeypatch.undo()
+        await router.refresh()  # asked again: withdrawn now
+        assert router.withdrawn_deployment_ids == ["gpt-primary"]

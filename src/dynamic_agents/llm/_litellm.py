@@ -93,13 +93,16 @@ def upsert(router: Router, model_name: str, params: Mapping[str, Any], model_inf
     )
 
 
-def withdraw(router: Router, deployment_id: str) -> bool:
+def withdraw(router: Router, deployment_id: str) -> None:
     """Take a deployment out of the Router (``Router.delete_deployment``: out of its model list
     and of its indexes by id and by group, and of its strategies' registrations; a group left with
-    none leaves ``model_names``); whether it was there. Its entry in litellm's cost map stays (a
-    call in flight may still be priced by it): the caller removes it with its others. :func:`upsert`
-    puts it back, registered as at build."""
-    return router.delete_deployment(id=deployment_id) is not None
+    none leaves ``model_names``). ``delete_deployment`` swallows its own failures (it returns
+    ``None``): one that left the deployment in place raises a ``RuntimeError`` here. Its entry in
+    litellm's cost map stays (a call in flight may still be priced by it): the caller removes it
+    with its others. :func:`upsert` puts it back, registered as at build."""
+    router.delete_deployment(id=deployment_id)
+    if router.has_model_id(deployment_id):
+        raise RuntimeError(f"litellm's Router.delete_deployment left deployment {deployment_id!r} in place")
 
 
 async def clear_cooldown(router: Router, deployment_id: str) -> None:

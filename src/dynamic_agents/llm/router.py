@@ -1139,10 +1139,15 @@ class LLMRouter:
         deployment and the error (never a value). Its params stay, to compare the next value
         with; its cost-map entry stays until :meth:`aclose` (a call in flight, which finishes as
         it is, may still be priced by it). The manager keeps its secrets fresh: a change notice or
-        :meth:`refresh` puts it back once they resolve again (:meth:`_write`)."""
+        :meth:`refresh` puts it back once they resolve again (:meth:`_write`). litellm failing to
+        take it out is logged, and it is tried again at the next update."""
         if deployment.withdrawn:
             return
-        _litellm.withdraw(self.router, deployment.id)
+        try:
+            _litellm.withdraw(self.router, deployment.id)
+        except Exception as error:
+            _bookkeeping_failed(f"withdrawing {deployment.config.describe()}", error)
+            return
         deployment.withdrawn, deployment.failing = True, failure
         logger.warning(
             "withdrew %s from the router: its credentials were removed, disabled or revoked in the "
