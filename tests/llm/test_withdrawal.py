@@ -345,3 +345,23 @@ async def test_a_withdrawal_litellm_does_not_carry_out_is_logged_and_tried_again
         monkeypatch.undo()
         await router.refresh()  # asked again: withdrawn now
         assert router.withdrawn_deployment_ids == ["gpt-primary"]
+
+
+async def test_a_stream_under_way_when_its_key_is_withdrawn_is_read_to_its_end(
+    secrets: SecretsManager, identity: InMemoryIdentityService, client: IdentityClient, fake: FakeOpenAI
+) -> None:
+    """A call under way finishes as it is, priced by the withdrawn deployment's cost-map entry,
+    which stays until ``aclose()``; the next call is refused without sending the key."""
+    fake._handler = lambda request: "streamed while withdrawn"
+    router = await build_router(one_deployment(fake), secrets)
+    stream = await router.acompletion(model="gpt", messages=MESSAGES, stream=True)
+    await disable(identity, client, "primary")
+    assert await router.refresh() == 1
+    assert "gpt-primary" in _litellm.litellm.model_cost
+    text = "".join([chunk.choices[0].delta.content or "" async for chunk in stream])
+    assert text == "streamed while withdrawn"
+    with pytest.raises(LLMUnavailableError):
+        await router.acompletion(model="gpt", messages=MESSAGES)
+    assert keys(fake) == [f"Bearer {PRIMARY}"]
+    await router.aclose()
+    assert "gpt-primary" not in _litellm.litellm.model_cost
