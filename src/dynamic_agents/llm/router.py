@@ -1168,13 +1168,13 @@ class LLMRouter:
 
     def _drop_clients(self, digests: Iterable[str], *, built_with: tuple[str, str] | None = None) -> None:
         """Drop litellm's cached SDK clients of these credentials (by :func:`_litellm.key_digest`:
-        a key, an Azure AD token…) unless an open router still sends one, in a (not withdrawn)
-        deployment's params
-        or as a user's key (:func:`_litellm.drop_clients`): else each key rotated away keeps a
-        client — with the key and its pooled connections — for an hour, up to the 200 entries of
-        litellm's cache. With ``built_with`` (a setting of :data:`_CLIENT_SETTINGS` and its value),
-        only their clients built with that value, unless an open router's deployment with that
-        value still sends the credential (or has users whose key it is)."""
+        a key, an Azure AD token…) unless an open router still sends one, in a deployment's params
+        (not a withdrawn one's) or as a user's key (:func:`_litellm.drop_clients`): else each key
+        rotated away keeps a client — with the key and its pooled connections — for an hour, up
+        to the 200 entries of litellm's cache. With ``built_with`` (a setting of
+        :data:`_CLIENT_SETTINGS` and its value), only their clients built with that value, unless
+        an open router's deployment with that value still sends the credential (or has users
+        whose key it is)."""
         stale = set(digests)
         if not stale:
             return
