@@ -1221,6 +1221,27 @@ async def test_a_dead_letter_that_did_not_decode_shows_a_preview_of_its_fields(s
     assert decoded["fields"] is None
 
 
+@pytest.mark.parametrize(
+    "reason",
+    [
+        f"login refused with {CANARY}",  # no ':': the whole reason is its kind
+        f"refused {CANARY}: by the provider",  # the kind is what comes before the ':'
+        "registered secret-value-of-the-canary refused",
+    ],
+)
+async def test_a_dead_letters_kind_is_masked_as_its_reason_is(stack: Stack, reason: str) -> None:
+    """The kind is the reason, or its start: a key the reason quotes is in it too, and was listed
+    unmasked beside the masked reason."""
+    SecretValue("secret-value-of-the-canary")  # registered, as every secret value is
+    await dead_letter(stack.transport, reason)
+    response = await stack.client.get(f"{V1}/dead-letters")
+    assert "CANARY" not in response.text
+    assert "secret-value-of-the-canary" not in response.text
+    (letter,) = response.json()
+    assert MASK in letter["reason"]
+    assert MASK in letter["kind"]
+
+
 @pytest.mark.parametrize("entry_id", ["1-0", "0-0", "nope", "1-2-3", f"{2**64}-0"])
 async def test_unknown_dead_letters_are_404(stack: Stack, entry_id: str) -> None:
     await dead_letter(stack.transport)

@@ -135,8 +135,8 @@ def add_operation_routes(  # noqa: PLR0915 - one route per statement group; kept
         return [
             {
                 "id": letter.id,
-                "reason": redact_text(letter.reason),  # both may quote the entry's values
-                "kind": letter.kind,
+                "reason": redact_text(letter.reason),  # these may quote the entry's values
+                "kind": redact_text(letter.kind),  # the reason, or its start
                 "origin_stream": letter.origin_stream,
                 "origin_entry_id": letter.origin_entry_id,
                 "delivery_count": letter.delivery_count,
