@@ -1131,6 +1131,19 @@ async def test_cancelling_an_impossible_request_id_is_422(stack: Stack, request_
     assert response.status_code == 422
 
 
+@pytest.mark.parametrize("request_id", [f"{CANARY}%0A", f"%09{CANARY}"])
+async def test_an_impossible_request_id_is_refused_with_it_masked(stack: Stack, request_id: str) -> None:
+    # a key pasted by mistake (with a stray newline) was quoted back whole in the 422
+    response = await stack.client.post(f"{V1}/requests/{request_id}/cancel")
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert "CANARY" not in detail
+    assert detail.startswith(f"request_id {MASK} cannot be part of a stream name"), detail
+    with pytest.raises(ConfigurationError) as refused:
+        await stack.transport.coordinator().request_cancel(f"{CANARY}\n")
+    assert "CANARY" not in str(refused.value)
+
+
 async def test_cancel_flags_the_request(stack: Stack) -> None:
     response = await stack.client.post(f"{V1}/requests/req-1/cancel")
     assert response.status_code == 202

@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
+from dynamic_agents._validation import shown
 from dynamic_agents.exceptions import ConfigurationError
 
 __all__ = ["DEFAULT_PREFIX", "StreamNames"]
@@ -33,8 +34,8 @@ def _checked_part(name: str, value: str) -> str:
     if value and value.isprintable():  # the common case, cheaper than the regex (same verdict)
         return value
     if not _PART_RE.fullmatch(value):
-        raise ConfigurationError(
-            f"{name} {value!r} cannot be part of a stream name: it must be non-empty "
+        raise ConfigurationError(  # the value masked: a key pasted in the wrong place, say
+            f"{name} {shown(value)} cannot be part of a stream name: it must be non-empty "
             "and without control characters"
         )
     return value
