@@ -408,6 +408,11 @@ class DeadLetters:
 
 def _check_kind(reason: str | None) -> None:
     """A ``reason=`` filter must be a kind: a whole reason would match nothing, and say 0."""
+    if reason is not None and not isinstance(reason, str):
+        raise ConfigurationError(
+            f"reason={shown(reason)} is not a reason kind: give one as a str, as reason_kind() "
+            f"names it, e.g. {UNDECODABLE!r} or {MAX_DELIVERIES!r}"
+        )
     if reason is not None and reason_kind(reason) != reason:
         raise ConfigurationError(
             f"reason={reason!r} is not a reason kind: give the kind, as reason_kind() names it "

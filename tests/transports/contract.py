@@ -1387,6 +1387,14 @@ class TransportOperationsContract:
             await transport.delete(stream, kept, "abc")
         with pytest.raises(ConfigurationError, match=r"^'\$' is not a stream entry id"):
             await transport.move(stream, "$", backend.stream("elsewhere"), {b"a": b"b"})
+        # not a str (the bytes redis-py gives, None): the same error, not a bare TypeError
+        for not_a_str in (kept.encode(), None):
+            with pytest.raises(ConfigurationError, match="is not a stream entry id"):
+                await transport.delete(stream, not_a_str)  # type: ignore[arg-type]
+            with pytest.raises(ConfigurationError, match="is not a stream entry id"):
+                await transport.read_stream(stream, AgentRequestEvent, after=not_a_str)  # type: ignore[arg-type]
+            with pytest.raises(ConfigurationError, match="is not a stream entry id"):
+                await transport.read_entry(stream, not_a_str, AgentRequestEvent)  # type: ignore[arg-type]
         assert [e.entry_id for e in await transport.read_stream(stream, AgentRequestEvent)] == [kept]
         assert await transport.ensure_group(stream, "g", start_id="$")
 

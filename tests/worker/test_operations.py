@@ -526,6 +526,36 @@ async def test_a_value_that_is_no_entry_id_is_refused_with_it_masked(backend: Ba
         assert "CANARY" not in str(caught.value)
 
 
+@pytest.mark.parametrize("value", [5, 1.5, b"1700000000000-0", ["1700000000000-0"]])
+async def test_an_id_cursor_or_kind_that_is_no_str_is_refused_as_a_malformed_one(
+    backend: Backend, value: Any
+) -> None:
+    # each was a bare TypeError ("expected string or bytes-like object", "cannot use a string
+    # pattern on a bytes-like object": an id as raw redis-py gives it) or AttributeError (.strip)
+    transport = await backend.transport()
+    await dead_undecodable(backend, transport, b"junk")
+    dead = DeadLetters(transport)
+    with pytest.raises(ConfigurationError, match=r"^after=.* is not a stream entry id \(like '17"):
+        await dead.list(after=value)
+    for operation in (dead.get, dead.requeue, dead.purge):
+        with pytest.raises(DeliveryError, match=r"^no dead letter .*: not a stream entry id \(like '17"):
+            await operation(value)
+    for bulk in (dead.requeue_all, dead.purge_all):
+        with pytest.raises(ConfigurationError, match=r"^reason=.* is not a reason kind"):
+            await bulk(reason=value)
+    assert len(await dead.list()) == 1
+
+
+async def test_no_cursor_or_id_at_all_is_refused_as_a_malformed_one(backend: Backend) -> None:
+    """``after=None`` (a first page written as "no last id yet") and a ``None`` id."""
+    dead = DeadLetters(await backend.transport())
+    with pytest.raises(ConfigurationError, match=r"^after=None is not a stream entry id"):
+        await dead.list(after=None)  # type: ignore[arg-type]
+    for operation in (dead.get, dead.requeue):
+        with pytest.raises(DeliveryError, match=r"^no dead letter None: not a stream entry id"):
+            await operation(None)  # type: ignore[arg-type]
+
+
 async def test_an_entry_without_dead_letter_fields_is_listed_but_not_requeued(backend: Backend) -> None:
     transport = await backend.transport()
     request = request_event(backend.names, "by hand")

@@ -65,8 +65,8 @@ _READ_POSITION_RE: Final = re.compile(r"([0-9]+)(?:-([0-9]+))?")
 
 def parse_entry_id(entry_id: str) -> tuple[int, int] | None:
     """``(milliseconds, sequence)`` of a full stream entry id (``"1700000000000-0"``), or ``None``
-    if it is not one."""
-    match = _ENTRY_ID_RE.fullmatch(entry_id)
+    if it is not one (nor a str: ``None``, the bytes redis-py gives)."""
+    match = _ENTRY_ID_RE.fullmatch(entry_id) if isinstance(entry_id, str) else None
     if match is None:
         return None
     millis, sequence = int(match[1]), int(match[2])
@@ -81,7 +81,7 @@ def parse_read_position(after: str) -> tuple[int, int] | None:
     read starts). :class:`ConfigurationError` for anything else, on every transport alike."""
     if after == "$":
         return None
-    match = _READ_POSITION_RE.fullmatch(after)
+    match = _READ_POSITION_RE.fullmatch(after) if isinstance(after, str) else None
     millis, sequence = (int(match[1]), int(match[2] or 0)) if match is not None else (-1, -1)
     if not (0 <= millis <= _MAX_ID_PART and 0 <= sequence <= _MAX_ID_PART):
         raise ConfigurationError(
