@@ -1144,6 +1144,17 @@ async def test_an_impossible_request_id_is_refused_with_it_masked(stack: Stack, 
     assert "CANARY" not in str(refused.value)
 
 
+@pytest.mark.parametrize("request_id", ["req-1%20", "%20", "r%C3%A9q-1", "e" * 257])
+async def test_cancelling_an_id_no_request_can_have_is_422_not_requested(
+    stack: Stack, request_id: str
+) -> None:
+    # an id copied with a trailing space was answered 202 "cancellation requested", and the run
+    # it meant went on: no request has such an id
+    response = await stack.client.post(f"{V1}/requests/{request_id}/cancel")
+    assert response.status_code == 422
+    assert "no request's id" in response.json()["detail"]
+
+
 async def test_cancel_flags_the_request(stack: Stack) -> None:
     response = await stack.client.post(f"{V1}/requests/req-1/cancel")
     assert response.status_code == 202

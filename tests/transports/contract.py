@@ -1576,6 +1576,23 @@ class CoordinatorSignalsContract:
             await coordinator.request_cancel("r", ttl=0)
         assert await coordinator.cancelled(["r"]) == set()
 
+    @pytest.mark.parametrize("request_id", ["evt-1 ", " ", "évt-1", "e" * 257])
+    async def test_a_cancellation_of_an_id_no_request_can_have_is_refused(
+        self, backend: Backend, request_id: str
+    ) -> None:
+        """A space (one copied with the id), a letter outside ASCII, more than 256 characters: no
+        request has such an id, so the flag would never stop anything, yet the cancellation
+        looked requested."""
+        coordinator = (await backend.transport()).coordinator()
+        with pytest.raises(ConfigurationError) as refused:
+            await coordinator.request_cancel(request_id)
+        assert str(refused.value).startswith("request_id "), refused.value
+        assert "no request's id" in str(refused.value)
+        assert "1 to 256 printable ASCII characters" in str(refused.value)
+        assert await coordinator.cancelled([request_id]) == set()
+        await coordinator.request_cancel("e" * 256)  # the longest id there is
+        assert await coordinator.cancelled(["e" * 256]) == {"e" * 256}
+
     # -- claim: record, cancellation and lease in one step ----------------------------------------
 
     async def test_claim_takes_the_lease_for_the_last_request(self, backend: Backend) -> None:

@@ -65,7 +65,10 @@ def _normalise_source(value: object) -> object:
 UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
 """A timezone-aware UTC timestamp; a naive one is read as UTC, an aware one converted."""
 
-EventId = Annotated[str, StringConstraints(pattern=r"^[\x21-\x7e]{1,256}$")]
+EVENT_ID_PATTERN: Final = r"^[\x21-\x7e]{1,256}$"
+"""What an event's id (a request's, a response's) is: see :data:`EventId`."""
+
+EventId = Annotated[str, StringConstraints(pattern=EVENT_ID_PATTERN)]
 """Printable ASCII without spaces, 1-256 characters: ids travel in envelope headers and key names."""
 
 SOURCE_PATTERN: Final = r"^[a-z][a-z0-9_.-]{0,63}$"

@@ -26,6 +26,7 @@ from dynamic_agents._frozen import slot_init
 from dynamic_agents._logging import get_logger
 from dynamic_agents._validation import MAX_SECONDS, check_count, check_seconds, shown
 from dynamic_agents.events import AgentResponseEvent, DecodedMessage, EventCodec, StreamNames, WireModel
+from dynamic_agents.events._types import EVENT_ID_PATTERN
 from dynamic_agents.events.envelope import DATA_FIELD
 from dynamic_agents.exceptions import (
     ConfigurationError,
@@ -61,6 +62,7 @@ logger = get_logger("transports")
 _MAX_ID_PART: Final = 2**64 - 1
 _ENTRY_ID_RE: Final = re.compile(r"([0-9]+)-([0-9]+)")
 _READ_POSITION_RE: Final = re.compile(r"([0-9]+)(?:-([0-9]+))?")
+_REQUEST_ID_RE: Final = re.compile(EVENT_ID_PATTERN)
 
 
 def parse_entry_id(entry_id: str) -> tuple[int, int] | None:
@@ -772,7 +774,9 @@ class Coordinator(_AsyncResource):
 
     @abstractmethod
     async def request_cancel(self, request_id: str, ttl: float = 3600.0) -> None:
-        """Ask whichever worker runs (or will run) ``request_id`` to cancel it."""
+        """Ask whichever worker runs (or will run) ``request_id`` to cancel it; an id no request
+        can have (not 1 to 256 printable ASCII characters without spaces) is a
+        :class:`ConfigurationError`, not a flag that would never stop anything."""
 
     @abstractmethod
     async def cancelled(self, request_ids: Sequence[str]) -> set[str]:
@@ -825,6 +829,16 @@ class Coordinator(_AsyncResource):
 
     async def aclose(self) -> None:
         """Release what the coordinator owns (nothing, when it shares a transport's client)."""
+
+
+def check_cancellable(request_id: str) -> None:
+    """A cancellation's ``request_id`` must be an id a request can have: a flag under another (one
+    copied with a trailing space, say) would never stop anything, yet look requested."""
+    if not _REQUEST_ID_RE.fullmatch(request_id):
+        raise ConfigurationError(
+            f"request_id {shown(request_id)} is no request's id: a request's id is 1 to 256 "
+            "printable ASCII characters, without spaces"
+        )
 
 
 def check_transport(transport: object) -> Transport:

@@ -35,6 +35,7 @@ from dynamic_agents.transports.base import (
     SystemClock,
     Transport,
     TransportStats,
+    check_cancellable,
     check_expire,
     check_maxlen,
     check_name,
@@ -657,6 +658,7 @@ class InMemoryCoordinator(Coordinator):
     async def request_cancel(self, request_id: str, ttl: float = 3600.0) -> None:
         check_ttl(ttl)  # before the write: a refused ttl must leave no flag behind
         key = self.names.cancel_flag(request_id)
+        check_cancellable(request_id)
         self.server._keys[key] = "1"
         self.server.expire(key, ttl)
 

@@ -59,6 +59,7 @@ from dynamic_agents.transports.base import (
     SystemClock,
     Transport,
     TransportStats,
+    check_cancellable,
     check_expire,
     check_maxlen,
     check_name,
@@ -1193,6 +1194,7 @@ class RedisCoordinator(Coordinator):
 
     async def request_cancel(self, request_id: str, ttl: float = 3600.0) -> None:
         key, ttl_ms = self.names.cancel_flag(request_id), _ms(check_ttl(ttl))
+        check_cancellable(request_id)
         await self._do("request a cancellation", lambda: self.client.set(key, b"1", px=ttl_ms))
 
     async def cancelled(self, request_ids: Sequence[str]) -> set[str]:
