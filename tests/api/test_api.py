@@ -695,6 +695,80 @@ async def test_no_user_id_or_one_with_spaces_inside_or_around_it_is_taken(
     assert response.status_code == 200, response.text
 
 
+LONE = "\\ud800"  # as JSON escapes it: a lone surrogate, half of a pair, no character
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "location"),
+    [
+        (
+            "POST",
+            "/agents",
+            f'{{"id": "x", "model": "gpt", "instructions": "hi {LONE}"}}',
+            ["body", "instructions"],
+        ),
+        (
+            "PUT",
+            "/agents/bot?expected_version=1",
+            '{"model": "gpt", "tags": ["a", "\\udc00"]}',
+            ["body", "tags", 1],
+        ),
+        ("POST", "/agents/bot/execute", f'{{"input": "hi", "session_id": "{LONE}"}}', ["body", "session_id"]),
+        (
+            "POST",
+            "/agents/bot/execute",
+            f'{{"input": "hi", "session_id": "s1", "session_state": {{"k{LONE}": [1, "x"]}}}}',
+            ["body", "session_state", "k\\ud800"],
+        ),
+        ("POST", "/agents/bot/execute", b'{"input": "\xed\xa0\x80", "session_id": "s1"}', ["body", "input"]),
+        (
+            "PUT",
+            "/routing/rules",
+            f'{{"rules": [{{"name": "{LONE}", "source": "discord", "agent_id": "bot"}}]}}',
+            ["body", "rules", 0, "name"],
+        ),
+        (
+            "POST",
+            "/routing/explain",
+            json.dumps({**EVENT, "content": "?"}).replace('"?"', f'"{LONE}"'),
+            ["body", "content"],
+        ),
+    ],
+)
+async def test_a_lone_surrogate_in_a_body_is_422_naming_where_and_changes_nothing(
+    stack: Stack, method: str, path: str, body: str | bytes, location: list[object]
+) -> None:
+    # JSON may escape half of a surrogate pair alone ("\ud800", or send its bytes as CESU-8), and
+    # Python's reader takes it; no UTF-8 text holds it: a spec holding one was stored, then its
+    # 201 and every list of its kind after it failed to be written (500s); a 422 quoting it, too
+    await stack.client.post(f"{V1}/agents", json=AGENT)
+    rules = (await stack.client.get(f"{V1}/routing/rules")).json()
+    response = await stack.client.request(
+        method, f"{V1}{path}", content=body, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422, response.text
+    (error,) = response.json()["detail"]
+    assert (error["type"], error["loc"]) == ("string_unicode", location)
+    assert "surrogate" in error["msg"]
+    assert "input" not in error
+    assert (await stack.client.get(f"{V1}/agents/x")).status_code == 404
+    listed = await stack.client.get(f"{V1}/agents")
+    assert [agent["version"] for agent in listed.json()] == [1]
+    assert (await stack.client.get(f"{V1}/routing/rules")).json() == rules
+    assert stack.models.models["gpt"].calls == []
+
+
+async def test_a_character_escaped_as_its_surrogate_pair_is_taken(stack: Stack) -> None:
+    await stack.client.post(f"{V1}/agents", json=AGENT)
+    body = '{"input": "\\ud83d\\ude00", "session_id": "\\ud83d\\udcbb \\\\ud800"}'
+    response = await stack.client.post(
+        f"{V1}/agents/bot/execute", content=body, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 200, response.text
+    (call,) = stack.models.models["gpt"].calls
+    assert call.messages[-1]["content"] == "\U0001f600"
+
+
 async def test_an_overlong_idempotency_key_is_422(stack: Stack) -> None:
     await stack.client.post(f"{V1}/agents", json=AGENT)
     response = await stack.client.post(

@@ -1,5 +1,5 @@
 """What the API reads and answers: the execute and routing-rules bodies, a run's result as JSON,
-and the limit on a request body's size."""
+the limit on a request body's size, and the text a JSON body may hold."""
 
 from __future__ import annotations
 
@@ -28,6 +28,11 @@ DEFAULT_MAX_BODY_SIZE: Final = 1024 * 1024
 
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 """Control characters (Unicode's ``Cc``): C0, DEL and C1."""
+
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
+_MAY_HOLD_A_SURROGATE: Final = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]|\x00")
+"""A JSON body without any of these holds no surrogate: one escaped (``\\ud800``), its UTF-8-like
+bytes (CESU-8, which Python's reader takes), or a body in UTF-16 or UTF-32 (a NUL byte)."""
 
 
 def _an_id(what: str, value: str) -> str:
@@ -73,6 +78,40 @@ def result_json(result: ExecutionResult) -> dict[str, Any]:
     data = dataclasses.asdict(result)
     data["status"] = result.status.value
     return data
+
+
+_Location = tuple[str | int, "_Location"] | None
+"""A place in a JSON value, innermost part first: ``("name", (0, ("rules", None)))``."""
+
+
+def lone_surrogate(body: bytes, value: Any) -> tuple[list[str | int], str] | None:
+    """Where the first string or key holding a surrogate is in ``value`` (``body`` as read), and
+    that surrogate: JSON may escape half of a pair alone and Python's reader takes it, but it is no
+    character, and no UTF-8 text (a store, a reply, a model's request) can hold it. ``None`` when
+    there is none. Walked without recursion: a body may nest as deep as the reader allows."""
+    if _MAY_HOLD_A_SURROGATE.search(body) is None:
+        return None
+    pending: list[tuple[_Location, Any]] = [(None, value)]
+    while pending:
+        where, item = pending.pop()
+        if isinstance(item, str) and (found := _SURROGATE.search(item)):
+            return _parts(where), found.group()
+        if isinstance(item, dict):
+            for key in item:
+                if found := _SURROGATE.search(key):
+                    return _parts((key, where)), found.group()
+            pending.extend(((key, where), each) for key, each in reversed(item.items()))
+        elif isinstance(item, list):
+            pending.extend(((index, where), each) for index, each in reversed(list(enumerate(item))))
+    return None
+
+
+def _parts(where: _Location) -> list[str | int]:
+    parts: list[str | int] = []
+    while where is not None:
+        part, where = where
+        parts.append(part)
+    return parts[::-1]
 
 
 def too_large(limit: int, declared: str | None = None) -> str:

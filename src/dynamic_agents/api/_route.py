@@ -1,6 +1,6 @@
 """The route class of every API route: the caller checked and the body's size limited before the
-body is read, the transport failing answered as a 503, and a request that does not validate as
-a 422 that shows its values as errors do."""
+body is read, a JSON body holding what is no text refused, the transport failing answered as a
+503, and a request that does not validate as a 422 that shows its values as errors do."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from typing import Any, Final
 
 from dynamic_agents._logging import get_logger
 from dynamic_agents._redaction import REDACTOR
-from dynamic_agents.api._bodies import limited_receive, too_large
+from dynamic_agents.api._bodies import limited_receive, lone_surrogate, too_large
 from dynamic_agents.exceptions import TransportError
 from dynamic_agents.secrets.references import shown_value
 
 try:
-    from fastapi import Request, Response
+    from fastapi import HTTPException, Request, Response
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from fastapi.routing import APIRoute
@@ -50,12 +50,14 @@ class ApiRoute(APIRoute):
         async def answer(request: Request) -> Response:
             if self.authorise is not None:
                 setattr(request.state, CALLER, await self.authorise(request.headers.get("authorization")))
+            receive = request.receive
             if (limit := self.largest_body) is not None:
                 declared = request.headers.get("content-length", "")
                 if declared.isascii() and declared.isdigit() and int(declared) > limit:  # not "²"
                     return JSONResponse({"detail": too_large(limit, declared)}, status_code=413)
                 # A body sent without a length (chunked) is counted as it arrives.
-                request = Request(request.scope, limited_receive(request.receive, limit))
+                receive = limited_receive(receive, limit)
+            request = _TextOnlyRequest(request.scope, receive)
             try:
                 return await handler(request)
             except RequestValidationError as error:
@@ -70,6 +72,34 @@ class ApiRoute(APIRoute):
                 return JSONResponse({"detail": detail}, status_code=503)
 
         return answer
+
+
+class _TextOnlyRequest(Request):
+    """A request whose JSON body holds text only: a lone surrogate (``"\\ud800"``, which Python's
+    reader takes) is a 422 naming where it is, not a spec stored that no response can then write
+    (a 500 for its kind's list) nor a 422 failing to quote it back."""
+
+    async def json(self) -> Any:
+        value = await super().json()
+        found = lone_surrogate(await self.body(), value)
+        if found is None:
+            return value
+        location, surrogate = found
+        names = [
+            _public_name(p.encode("utf-8", "backslashreplace").decode() if isinstance(p, str) else p)
+            for p in location
+        ]
+        raise HTTPException(
+            422,
+            [
+                {
+                    "type": "string_unicode",
+                    "loc": ["body", *names],
+                    "msg": f"Input should be Unicode text: {ascii(surrogate)[1:-1]} is a lone surrogate, "
+                    "half of a pair and no character; send the character itself, or both halves of its pair",
+                }
+            ],
+        )
 
 
 def _public_error(error: Mapping[str, Any]) -> dict[str, Any]:
