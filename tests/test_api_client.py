@@ -240,6 +240,38 @@ async def test_the_client_raises_api_error_for_any_error_body(body: bytes, detai
     assert (streamed.value.status, streamed.value.detail) == (502, detail)
 
 
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+async def test_a_redirect_is_an_api_error_naming_where_it_points_not_an_empty_answer(status: int) -> None:
+    """An ``http://`` base URL whose server sends every request to ``https://``: httpx does not
+    follow redirects (the token stays with the host it was given for), and the client took the
+    redirect for the answer: ``create``, ``get`` and ``execute`` returned ``None``, ``cancel``
+    cancelled nothing and ``stream`` yielded no event, all without a word."""
+
+    def redirect(request: httpx.Request) -> httpx.Response:
+        target = str(request.url.copy_with(scheme="https", query=b"sig=canary-sig-4f1e"))
+        return httpx.Response(status, headers={"Location": target})
+
+    api = Recorder(redirect)
+    calls = {
+        "create": lambda client: client.create("agents", SPEC),
+        "get": lambda client: client.get("agents", "bot"),
+        "execute": lambda client: client.execute("agents", "bot", "hi", session_id="s1"),
+        "cancel": lambda client: client.cancel("r1"),
+    }
+    async with api.client(token=TOKEN) as client:
+        for name, call in calls.items():
+            with pytest.raises(ApiError) as redirected:
+                await call(client)
+            assert redirected.value.status == status, name
+        with pytest.raises(ApiError) as streamed:
+            _ = [event async for event in client.stream("agents", "bot", "hi", session_id="s1")]
+    reason = httpx.codes.get_reason_phrase(status)
+    assert redirected.value.detail == f"{reason} to https://api.test/api/v1/requests/r1/cancel?sig=**********"
+    assert streamed.value.detail == f"{reason} to https://api.test/api/v1/agents/bot/execute?sig=**********"
+    assert "canary-sig" not in str(streamed.value)
+    assert len(api.requests) == 5  # none followed
+
+
 async def test_the_token_stays_out_of_the_repr() -> None:
     async with AgentsHTTPClient("http://api.test/base/", token=TOKEN) as client:
         assert repr(client) == "AgentsHTTPClient('http://api.test/base/')"

@@ -40,12 +40,16 @@ class AgentsHTTPClient:
         return f"AgentsHTTPClient({masked_url(str(self._http.base_url))!r})"
 
     async def _json(self, response: httpx.Response) -> Any:
-        if response.status_code >= 400:
+        # A redirect is no answer either: httpx does not follow it (nor send the token after it),
+        # and its empty body was taken for the API's (None; a stream without an event)
+        if not response.is_success:
             detail: Any
             try:
                 body = response.json()
             except ValueError:
                 detail = response.reason_phrase
+                if response.is_redirect:  # where the base URL should point (an https:// one)
+                    detail += f" to {masked_url(response.headers['location'], register=False)}"
             else:  # the API's {"detail": …}, or whatever JSON a gateway in front of it sent
                 detail = body["detail"] if isinstance(body, dict) and "detail" in body else body
             raise ApiError(response.status_code, detail)
@@ -97,7 +101,7 @@ class AgentsHTTPClient:
             headers=_idempotency(idempotency_key),
             timeout=self._call_timeout(timeout),
         ) as response:
-            if response.status_code >= 400:
+            if not response.is_success:
                 await response.aread()
                 await self._json(response)
             event = ""
