@@ -272,6 +272,45 @@ async def test_a_redirect_is_an_api_error_naming_where_it_points_not_an_empty_an
     assert len(api.requests) == 5  # none followed
 
 
+@pytest.mark.parametrize(
+    ("content_type", "wire", "detail"),
+    [
+        (
+            "text/html",
+            b"<html>the web app's own page</html>",
+            "the answer ended without a result event (text/html, not an event stream)",
+        ),
+        (
+            "text/event-stream",
+            b'event: delta\ndata: {"content": "hel"}\n\n',
+            "the answer ended without a result event",
+        ),
+    ],
+)
+async def test_a_stream_that_ends_without_a_result_is_an_api_error(
+    content_type: str, wire: bytes, detail: str
+) -> None:
+    """A base URL that reaches a web app serving its page on every path (a 200), or a stream cut
+    short: ``stream`` ended as if the run had, with no result and no error to say otherwise."""
+    answer = httpx.Response(200, headers={"content-type": content_type}, content=wire)
+    api = Recorder(lambda request: answer)
+    async with api.client() as client:
+        events = client.stream("agents", "bot", "hi", session_id="s1")
+        if content_type == "text/event-stream":  # the deltas that came are still given
+            assert await anext(events) == ("delta", {"content": "hel"})
+        with pytest.raises(ApiError) as unfinished:
+            await anext(events)
+    assert (unfinished.value.status, unfinished.value.detail) == (200, detail)
+
+
+async def test_a_stream_ending_with_an_error_event_raises_nothing() -> None:
+    wire = b'event: error\ndata: {"detail": "the run failed (RuntimeError)", "status": 500}\n\n'
+    answer = httpx.Response(200, headers={"content-type": "text/event-stream; charset=utf-8"}, content=wire)
+    async with Recorder(lambda request: answer).client() as client:
+        events = [event async for event in client.stream("agents", "bot", "hi", session_id="s1")]
+    assert events == [("error", {"detail": "the run failed (RuntimeError)", "status": 500})]
+
+
 async def test_the_token_stays_out_of_the_repr() -> None:
     async with AgentsHTTPClient("http://api.test/base/", token=TOKEN) as client:
         assert repr(client) == "AgentsHTTPClient('http://api.test/base/')"

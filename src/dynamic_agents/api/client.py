@@ -92,7 +92,8 @@ class AgentsHTTPClient:
         idempotency_key: str | None = None,
     ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """``("delta", {"content": …})`` events, then ``("result", {...})``, or ``("error", {...})``
-        for a run that could not give a result (see the API's docs); options as :meth:`execute`."""
+        for a run that could not give a result (see the API's docs); options as :meth:`execute`.
+        An answer that ends without either (cut short, or no event stream) is an ``ApiError``."""
         body = {**_execute_body(text, session_id, user_id, session_state, timeout), "stream": True}
         async with self._http.stream(
             "POST",
@@ -104,12 +105,17 @@ class AgentsHTTPClient:
             if not response.is_success:
                 await response.aread()
                 await self._json(response)
-            event = ""
+            event, ended = "", False
             async for line in response.aiter_lines():
                 if line.startswith("event: "):
                     event = line.removeprefix("event: ")
                 elif line.startswith("data: "):
+                    ended = event in _LAST_EVENTS
                     yield event, json.loads(line.removeprefix("data: "))
+            if not ended:  # a stream cut short, or a 200 that is no stream (a web app's page)
+                kind = response.headers.get("content-type", "no content type")
+                shape = "" if kind.startswith("text/event-stream") else f" ({kind}, not an event stream)"
+                raise ApiError(response.status_code, f"the answer ended without a result event{shape}")
 
     def _call_timeout(self, run_timeout: float | None) -> httpx.Timeout:
         """The client's timeout, its read extended to the run's and a margin when that is longer
@@ -141,6 +147,9 @@ class AgentsHTTPClient:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
+
+_LAST_EVENTS = frozenset({"result", "error"})
+"""The events a stream ends with: one, after its deltas."""
 
 _RUN_MARGIN = 30.0
 """Seconds a call waits past its run's timeout: the API's own work before and after the run."""
