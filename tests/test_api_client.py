@@ -303,6 +303,22 @@ async def test_a_stream_that_ends_without_a_result_is_an_api_error(
     assert (unfinished.value.status, unfinished.value.detail) == (200, detail)
 
 
+async def test_a_success_that_is_no_json_is_an_api_error() -> None:
+    """A base URL that reaches a web app serving its page on every path: the calls raised a bare
+    ``JSONDecodeError`` (``Expecting value: line 1 column 1``), which an ``except ApiError`` misses."""
+    page = httpx.Response(200, headers={"content-type": "text/html"}, content=b"<html>the app</html>")
+    api = Recorder(lambda request: page)
+    async with api.client() as client:
+        with pytest.raises(ApiError) as created:
+            await client.create("agents", SPEC)
+        with pytest.raises(ApiError) as found:
+            await client.get("agents", "bot")
+        with pytest.raises(ApiError) as ran:
+            await client.execute("agents", "bot", "hi", session_id="s1")
+    for failed in (created, found, ran):
+        assert (failed.value.status, failed.value.detail) == (200, "the answer is no JSON (text/html)")
+
+
 async def test_a_stream_ending_with_an_error_event_raises_nothing() -> None:
     wire = b'event: error\ndata: {"detail": "the run failed (RuntimeError)", "status": 500}\n\n'
     answer = httpx.Response(200, headers={"content-type": "text/event-stream; charset=utf-8"}, content=wire)

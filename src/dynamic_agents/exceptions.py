@@ -181,7 +181,8 @@ class ApiError(DynamicAgentsError):
     """The REST API answered an error status, or a redirect (not followed): ``status`` is the HTTP
     status, ``detail`` the body's ``detail`` (a string, or the JSON the route sent; the whole JSON
     body when it has no ``detail``, as a gateway's may not), or the reason phrase when the body is
-    not JSON (a redirect's followed by where it points). Raised by
+    not JSON (a redirect's followed by where it points); or a success that is not the API's answer
+    (no JSON, a stream without its result), ``detail`` saying so. Raised by
     :class:`~dynamic_agents.api.AgentsHTTPClient`, for any status, so it has no matching built-in."""
 
     def __init__(self, status: int, detail: Any) -> None:

@@ -53,7 +53,13 @@ class AgentsHTTPClient:
             else:  # the API's {"detail": …}, or whatever JSON a gateway in front of it sent
                 detail = body["detail"] if isinstance(body, dict) and "detail" in body else body
             raise ApiError(response.status_code, detail)
-        return response.json() if response.content else None
+        if not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError as error:  # not the API's answer: a web app's page at the base URL
+            kind = response.headers.get("content-type", "no content type")
+            raise ApiError(response.status_code, f"the answer is no JSON ({kind})") from error
 
     async def execute(
         self,
