@@ -525,6 +525,25 @@ async def test_a_failing_model_is_an_error_result_not_an_http_error(make_stack: 
     assert "the provider fell over" in response.json()["error_message"]
 
 
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_model_error_quoting_a_key_is_answered_masked(make_stack: StackFactory, stream: bool) -> None:
+    """A provider's refusal may echo the key it was given; the reply a worker sends masks it in
+    ``error_message`` (``ExecutionResult.to_response``), the API answered it whole, in the JSON and
+    in the stream's ``result`` event."""
+    shaped = f"sk-proj-{uuid.uuid4().hex}{uuid.uuid4().hex}"  # a key by its shape alone
+    registered = f"canary-{uuid.uuid4().hex}"  # a secret the process holds
+    SecretValue(registered)
+    refusal = f"Incorrect API key provided: {shaped} (signed in as {registered})"
+    stack = await make_stack({"gpt": [RuntimeError(refusal)]})
+    await stack.client.post(f"{V1}/agents", json=AGENT)
+    response = await stack.client.post(f"{V1}/agents/bot/execute", json={**EXECUTE, "stream": stream})
+    result = sse_events(response.text)[-1][1] if stream else response.json()
+    assert result["status"] == "error"
+    assert result["error_message"] == f"Incorrect API key provided: {MASK} (signed in as {MASK})"
+    assert shaped not in response.text
+    assert registered not in response.text
+
+
 async def test_executing_a_disabled_spec_is_422(stack: Stack) -> None:
     await stack.client.post(f"{V1}/agents", json={**AGENT, "status": "disabled"})
     response = await stack.client.post(f"{V1}/agents/bot/execute", json=EXECUTE)

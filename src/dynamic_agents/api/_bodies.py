@@ -9,6 +9,7 @@ from typing import Annotated, Any, Final
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue
 
+from dynamic_agents._redaction import redact_text
 from dynamic_agents._validation import shown
 from dynamic_agents.exceptions import ConfigurationError
 from dynamic_agents.execution import ExecutionResult
@@ -75,8 +76,12 @@ class RulesBody(BaseModel):
 
 
 def result_json(result: ExecutionResult) -> dict[str, Any]:
+    """A run's result as the API answers it: ``error_message`` masked as a worker's reply masks it
+    (:meth:`ExecutionResult.to_response`: a provider's refusal may echo the key it was given)."""
     data = dataclasses.asdict(result)
     data["status"] = result.status.value
+    if result.error_message:
+        data["error_message"] = redact_text(result.error_message)
     return data
 
 
