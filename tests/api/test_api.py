@@ -26,6 +26,7 @@ from dynamic_agents.agents import (
 )
 from dynamic_agents.api import NO_AUTH, AgentsHTTPClient, create_api_router
 from dynamic_agents.api import client as client_module
+from dynamic_agents.api._route import MAX_SHOWN_ERRORS
 from dynamic_agents.events import AgentRequestEvent
 from dynamic_agents.exceptions import (
     ApiError,
@@ -674,6 +675,31 @@ async def test_a_session_id_with_spaces_inside_or_around_it_is_kept(stack: Stack
     body = {**EXECUTE, "session_id": session_id, "stream": False}
     response = await stack.client.post(f"{V1}/agents/bot/execute", json=body)
     assert response.status_code == 200, response.text
+
+
+async def test_a_422_shows_its_first_errors_and_counts_the_others(stack: Stack) -> None:
+    # A body of a megabyte with 90,000 unknown keys was answered with every error, each shown as
+    # errors show values: 9 MB, and the event loop held for seconds (every request waiting on it)
+    await stack.client.post(f"{V1}/agents", json=AGENT)
+    body = {**EXECUTE, **{f"k{index}": index for index in range(1000)}}
+    response = await stack.client.post(f"{V1}/agents/bot/execute", json=body)
+    assert response.status_code == 422
+    *shown, rest = response.json()["detail"]
+    assert len(shown) == MAX_SHOWN_ERRORS
+    assert [error["loc"] for error in shown] == [["body", f"k{index}"] for index in range(MAX_SHOWN_ERRORS)]
+    assert rest == {
+        "type": "too_many_errors",
+        "loc": [],
+        "msg": f"{1000 - MAX_SHOWN_ERRORS} more errors not shown (the first {MAX_SHOWN_ERRORS} are)",
+    }
+    assert stack.models.models["gpt"].calls == []
+
+
+async def test_a_422_with_as_many_errors_as_it_shows_shows_them_all(stack: Stack) -> None:
+    await stack.client.post(f"{V1}/agents", json=AGENT)
+    body = {**EXECUTE, **{f"k{index}": index for index in range(MAX_SHOWN_ERRORS)}}
+    response = await stack.client.post(f"{V1}/agents/bot/execute", json=body)
+    assert [error["type"] for error in response.json()["detail"]] == ["extra_forbidden"] * MAX_SHOWN_ERRORS
 
 
 @pytest.mark.parametrize("path", ["/agents/bot/execute", "/routing/rules"])

@@ -28,6 +28,9 @@ except ImportError as error:  # pragma: no cover - exercised without the extra i
 logger = get_logger("api")
 
 
+MAX_SHOWN_ERRORS: Final = 50
+"""How many errors a 422 shows; the others are counted in one more entry, ``too_many_errors``."""
+
 CALLER: Final = "dynamic_agents_caller"
 """Where a route keeps its caller (see :func:`create_api_router`) in ``request.state``."""
 
@@ -64,7 +67,12 @@ class ApiRoute(APIRoute):
                 # FastAPI's own 422 quotes each bad value back, a key pasted in the wrong place
                 # with it, and fails to write a NaN or an infinity there (a 500): the same
                 # answer, with the values as errors show them
-                errors = [_public_error(each) for each in error.errors()]
+                # Its first errors only: a body of a megabyte may hold 90,000 (unknown keys), each
+                # costly to show (9 MB answered, the event loop held for seconds)
+                found = error.errors()
+                errors = [_public_error(each) for each in found[:MAX_SHOWN_ERRORS]]
+                if len(found) > MAX_SHOWN_ERRORS:
+                    errors.append(_more_errors(len(found) - MAX_SHOWN_ERRORS))
                 return JSONResponse({"detail": errors}, status_code=422)
             except TransportError as error:  # a DeliveryError (an unknown entry) is each route's own
                 logger.warning("%s %s: %s", request.method, request.url.path, error)
@@ -134,6 +142,14 @@ def _public_error(error: Mapping[str, Any]) -> dict[str, Any]:
     if context:
         public["ctx"] = context
     return public
+
+
+def _more_errors(count: int) -> dict[str, Any]:
+    return {
+        "type": "too_many_errors",
+        "loc": [],
+        "msg": f"{count} more errors not shown (the first {MAX_SHOWN_ERRORS} are)",
+    }
 
 
 def _public_name(part: object) -> object:
