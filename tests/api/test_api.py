@@ -9,6 +9,7 @@ import logging
 import math
 import re
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,6 +24,7 @@ from dynamic_agents.agents import (
     SpecBase,
     SpecKind,
     ToolRegistry,
+    YamlDirectorySpecStore,
 )
 from dynamic_agents.api import NO_AUTH, AgentsHTTPClient, create_api_router
 from dynamic_agents.api import client as client_module
@@ -474,6 +476,33 @@ async def test_unknown_specs_are_404(stack: Stack) -> None:
     assert (await client.post(f"{V1}/agents/ghost/execute", json=EXECUTE)).status_code == 404
     streamed = await client.post(f"{V1}/agents/ghost/execute", json={**EXECUTE, "stream": True})
     assert (streamed.status_code, streamed.headers["content-type"]) == (404, "application/json")
+
+
+async def test_a_stored_spec_that_no_longer_validates_is_422_naming_it_where_it_is_read(
+    tmp_path: Path,
+) -> None:
+    """A spec file edited by hand, or a row an older version stored under looser rules: reading it
+    (the list of its kind, or itself) was a 500 saying nothing, as executing it is not; it is the
+    422 execute answers, naming the spec and the field, and it can still be replaced or deleted."""
+    (tmp_path / "agent").mkdir()
+    (tmp_path / "agent" / "good.yaml").write_text("id: good\nmodel: gpt\n")
+    (tmp_path / "agent" / "bad.yaml").write_text("id: bad\nmodel: gpt\nmarkdown: 'yes'\n")
+    runtime = AgentRuntime(YamlDirectorySpecStore(tmp_path), ToolRegistry(), ScriptedModels({"gpt": []}))
+    async with client_for(make_app(runtime), AUTH) as client:
+        for path in ("/agents", "/agents/bad", "/agents?tag=support", "/agents/bad/execute"):
+            if path.endswith("/execute"):
+                response = await client.post(f"{V1}{path}", json=EXECUTE)
+            else:
+                response = await client.get(f"{V1}{path}")
+            assert response.status_code == 422, path
+            detail = response.json()["detail"]
+            assert detail["path"] == "markdown"
+            assert "agent 'bad' at markdown: Input should be a valid boolean" in detail["detail"]
+        assert (await client.get(f"{V1}/agents/good")).status_code == 200
+        repaired = await client.put(f"{V1}/agents/bad?expected_version=1", json={"model": "gpt"})
+        assert repaired.status_code == 200
+        listed = await client.get(f"{V1}/agents")
+        assert [spec["id"] for spec in listed.json()] == ["bad", "good"]
 
 
 @pytest.mark.parametrize(

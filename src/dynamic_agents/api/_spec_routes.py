@@ -71,7 +71,11 @@ def add_spec_routes(  # noqa: PLR0915 - one route per statement group; kept toge
     async def list_specs(
         kind_name: str, tag: str | None = None, status: SpecStatus | None = None
     ) -> list[dict[str, Any]]:
-        specs = await manager(kind_name).list(tag=tag, status=status)
+        managed = manager(kind_name)
+        try:
+            specs = await managed.list(tag=tag, status=status)
+        except SpecValidationError as error:  # one stored no longer validates: named, as execute does
+            raise _spec_error(error) from None
         return [spec.to_document() for spec in specs]
 
     @api.post("/{kind_name}", status_code=201, tags=["specs"])
@@ -88,7 +92,7 @@ def add_spec_routes(  # noqa: PLR0915 - one route per statement group; kept toge
         try:
             found: SpecBase = await manager(kind_name).get(spec_id)
             return found.to_document()
-        except SpecNotFoundError as error:
+        except (SpecNotFoundError, SpecValidationError) as error:  # stored, but no longer valid: a 422
             raise _spec_error(error) from None
 
     @api.put("/{kind_name}/{spec_id}", tags=["specs"])
