@@ -505,6 +505,21 @@ async def test_a_stored_spec_that_no_longer_validates_is_422_naming_it_where_it_
         assert [spec["id"] for spec in listed.json()] == ["bad", "good"]
 
 
+@pytest.mark.parametrize("query", ["", "?expected_version=1"])
+async def test_deleting_a_stored_spec_whose_version_cannot_be_read_is_422_naming_it(
+    tmp_path: Path, query: str
+) -> None:
+    # the store reads the version a delete checks; one it cannot read was a 500 saying nothing
+    (tmp_path / "agent").mkdir()
+    (tmp_path / "agent" / "bad.yaml").write_text("id: bad\nmodel: gpt\nversion: x\n")
+    runtime = AgentRuntime(YamlDirectorySpecStore(tmp_path), ToolRegistry(), ScriptedModels({"gpt": []}))
+    async with client_for(make_app(runtime), AUTH) as client:
+        response = await client.delete(f"{V1}/agents/bad{query}")
+    assert response.status_code == 422
+    assert response.json()["detail"]["path"] == "version"
+    assert "bad.yaml: no valid version (got 'x')" in response.json()["detail"]["detail"]
+
+
 @pytest.mark.parametrize(
     ("method", "path", "body"),
     [

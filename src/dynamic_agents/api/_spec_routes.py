@@ -113,7 +113,7 @@ def add_spec_routes(  # noqa: PLR0915 - one route per statement group; kept toge
     ) -> Response:
         try:
             deleted = await manager(kind_name).delete(spec_id, expected_version=expected_version)
-        except SpecConflictError as error:
+        except (SpecConflictError, SpecValidationError) as error:  # a stored version it cannot read
             raise _spec_error(error) from None
         if not deleted:
             raise HTTPException(404, f"no {kind_name[:-1]} {spec_id!r}")
