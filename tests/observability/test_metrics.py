@@ -453,6 +453,43 @@ async def test_an_entry_taken_over_before_its_dead_letter_counts_as_interrupted(
     assert_in_flight_is_zero(metric_reader)
 
 
+class Refusing:
+    """A recorder (of another metrics library, say) whose ``add`` of one metric fails, as one
+    sending to an unreachable collector does."""
+
+    def __init__(self, recorder: OpenTelemetryMetrics, refused: str) -> None:
+        self.recorder = recorder
+        self.refused = refused
+
+    def add(self, name: str, value: float, attributes: Any) -> None:
+        if name == self.refused:
+            raise ConnectionError(f"{name} could not be sent")
+        self.recorder.add(name, value, attributes)
+
+    def record(self, name: str, value: float, attributes: Any) -> None:
+        self.recorder.record(name, value, attributes)
+
+    def observe(self, name: str, read: Any) -> None:
+        self.recorder.observe(name, read)
+
+
+@pytest.mark.parametrize("refused", ["dynamic_agents.worker.outcomes", "dynamic_agents.worker.requests"])
+async def test_a_recorder_failing_leaves_no_entry_in_flight(
+    meter_provider: MeterProvider, metric_reader: InMemoryMetricReader, refused: str
+) -> None:
+    """An outcome counted as the handling ends (``interrupted``, ``failed``: the broker away, its
+    metrics' collector too, say) whose ``add`` failed kept the entry in the hooks for good, and in
+    ``in_flight``; a failed ``requests`` count left ``in_flight`` at -1 once the entry ended."""
+    hooks = MetricsHooks(Refusing(OpenTelemetryMetrics(meter_provider), refused))
+    transport = await taken_before_dead_lettering()  # interrupted: counted as the handling ends
+    await run_with(transport, hooks, max_deliveries=1, **FAST).run_until_idle()
+    if refused == "dynamic_agents.worker.requests":  # on_received failed before adding it
+        assert "dynamic_agents.worker.in_flight" not in metrics(metric_reader)
+    else:
+        assert_in_flight_is_zero(metric_reader)
+    assert repr(hooks).endswith("in_flight=0)")
+
+
 async def test_two_metrics_hooks_on_one_recorder_both_report_their_pending_entries(
     transport: InMemoryTransport, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
 ) -> None:

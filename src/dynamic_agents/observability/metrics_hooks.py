@@ -41,6 +41,7 @@ class _Handling:
     routed: bool = True
     counted: bool = False
     execution_started: float | None = None
+    in_flight: bool = False  # added to in_flight (a recorder may fail before it is)
 
 
 class MetricsHooks(BaseHooks):
@@ -171,9 +172,10 @@ class MetricsHooks(BaseHooks):
 
     async def on_received(self, delivery: Delivery[AgentRequestEvent]) -> None:
         stream = {_STREAM: delivery.stream}
-        self._handling[delivery_key(delivery)] = _Handling(delivery.stream, time.monotonic())
+        self._handling[delivery_key(delivery)] = handling = _Handling(delivery.stream, time.monotonic())
         self.recorder.add("dynamic_agents.worker.requests", 1, stream)
         self.recorder.add("dynamic_agents.worker.in_flight", 1, stream)
+        handling.in_flight = True
         if delivery.delivery_count > 1:
             self.recorder.add("dynamic_agents.worker.redeliveries", 1, stream)
         elif (lag := _queue_lag(delivery.entry_id)) is not None:
@@ -229,10 +231,12 @@ class MetricsHooks(BaseHooks):
     async def after_handle(self, delivery: Delivery[AgentRequestEvent], error: BaseException | None) -> None:
         # Ended without an answer of this worker's and without an error: handed back, the entry
         # taken over by another consumer (before its dead letter, say) or its merged turn lost.
-        self._count(delivery, Outcome.INTERRUPTED if error is None else Outcome.of_error(error))
-        handling = self._handling.pop(delivery_key(delivery), None)
-        if handling is not None:
-            self.recorder.add("dynamic_agents.worker.in_flight", -1, {_STREAM: handling.stream})
+        try:
+            self._count(delivery, Outcome.INTERRUPTED if error is None else Outcome.of_error(error))
+        finally:  # a recorder's failure (logged by the worker) must not keep the entry for good
+            handling = self._handling.pop(delivery_key(delivery), None)
+            if handling is not None and handling.in_flight:
+                self.recorder.add("dynamic_agents.worker.in_flight", -1, {_STREAM: handling.stream})
 
     def _label(self, target: Target | None) -> str:
         """The target's ``target`` label: its name, or ``"other"`` once ``max_targets`` are used."""
