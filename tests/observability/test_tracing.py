@@ -15,11 +15,16 @@ from typing import Any
 import pytest
 from faststream.redis import RedisBroker, StreamSub
 from faststream.redis.opentelemetry import RedisTelemetryMiddleware
+from opentelemetry import baggage
+from opentelemetry import context as otel_context
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
+from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from dynamic_agents.client import AgentClient
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, StreamNames, Target
@@ -190,6 +195,39 @@ async def test_the_request_metadata_carries_the_context_when_the_headers_do_not(
     process = by_name(exporter.get_finished_spans())[f"{transport.names.requests} process"]
     assert f"{process.context.trace_id:032x}" == trace_id
     assert parent_of(process) == int(span_id, 16)
+
+
+async def test_the_context_a_propagator_of_several_headers_writes_reaches_the_run(
+    tracer_provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    """``Tracing(propagator=…)`` with OpenTelemetry's default composite (trace context and
+    baggage): the client wrote the ``baggage`` header, the worker read only ``traceparent`` and
+    ``tracestate`` from the request, and left what it read out of the run's context."""
+    propagator = CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
+    tracing = Tracing(tracer_provider, propagator=propagator)
+    transport = InMemoryTransport(names=StreamNames("test"))
+    seen: list[object] = []
+
+    def read_baggage(target: Target, request: AgentRequestEvent) -> str:
+        seen.append(baggage.get_baggage("tenant"))
+        return "ok"
+
+    token = otel_context.attach(baggage.set_baggage("tenant", "acme"))
+    try:
+        await AgentClient(transport, tracing=tracing).publish(request_event(transport.names))
+    finally:
+        otel_context.detach(token)
+    await hooked_worker(transport, [tracing.hooks()], FunctionExecutor(read_baggage)).run_until_idle()
+
+    assert seen == ["acme"]
+    headers = await reply_headers(transport, transport.names.responses("discord", "c1"))
+    assert headers["baggage"] == "tenant=acme"  # the reply carries it on
+    spans = by_name(exporter.get_finished_spans())
+    publish, process = (
+        spans[f"{transport.names.requests} publish"],
+        spans[f"{transport.names.requests} process"],
+    )
+    assert parent_of(process) == publish.context.span_id
 
 
 async def test_no_route_and_failed_runs_are_error_spans(

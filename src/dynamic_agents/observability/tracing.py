@@ -98,6 +98,7 @@ class Tracing:
             )
         self._tracer: Tracer | None = None
         self._propagator: TextMapPropagator | None = None
+        self._fields: tuple[str, ...] = TRACE_HEADERS
         try:
             from opentelemetry import trace
             from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -105,6 +106,10 @@ class Tracing:
             return
         self._tracer = trace.get_tracer(INSTRUMENTATION_NAME, __version__, tracer_provider=tracer_provider)
         self._propagator = propagator or TraceContextTextMapPropagator()
+        # The headers it reads: B3's, or W3C baggage beside the trace context (a composite)
+        fields = getattr(self._propagator, "fields", None)
+        if isinstance(fields, set | frozenset | list | tuple) and fields:
+            self._fields = tuple(fields)
 
     def __repr__(self) -> str:
         return f"Tracing(enabled={self.enabled})"
@@ -125,13 +130,19 @@ class Tracing:
     def extract(
         self, headers: Mapping[str, str], metadata: Mapping[str, Any] | None = None
     ) -> Context | None:
-        """The context a message carries: its ``traceparent`` header, else its ``metadata``'s."""
+        """The context a message carries in the propagator's headers (``traceparent``,
+        ``tracestate``; ``baggage``, B3's… with another propagator); without a span context in
+        them, its ``metadata``'s ``traceparent`` / ``tracestate`` on top (nothing else of the
+        request's content); ``None`` when it carries none of these."""
         if self._propagator is None:
             return None
-        carrier = {key: headers[key] for key in TRACE_HEADERS if key in headers}
-        if "traceparent" not in carrier and metadata is not None:
-            carrier = {key: metadata[key] for key in TRACE_HEADERS if isinstance(metadata.get(key), str)}
-        return self._propagator.extract(carrier) if carrier else None
+        carrier = {key: headers[key] for key in self._fields if key in headers}
+        context = self._propagator.extract(carrier) if carrier else None
+        if metadata is not None and (context is None or not _has_span(context)):
+            carrier = {key: value for key in TRACE_HEADERS if isinstance(value := metadata.get(key), str)}
+            if carrier:
+                context = self._propagator.extract(carrier, context=context)
+        return context
 
     def inject(self, headers: MutableMapping[str, str], span: Span | None = None) -> None:
         """Write ``span``'s context (else the current one) into ``headers``."""
@@ -359,6 +370,12 @@ def _active(span: Span, *, ends: Callable[[], bool]) -> Iterator[None]:
             raise
     if ends():
         span.end()
+
+
+def _has_span(context: Context) -> bool:
+    from opentelemetry import trace
+
+    return trace.get_current_span(context).get_span_context().is_valid
 
 
 def _client_kind() -> SpanKind:

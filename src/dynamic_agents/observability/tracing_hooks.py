@@ -81,10 +81,11 @@ class TracingHooks(BaseHooks):
 
         event = delivery.event
         headers = delivery.message.headers if delivery.message is not None else {}
+        parent = self.tracing.extract(headers, event.metadata)
         span = self.tracing.start_span(
             f"{delivery.stream} process",
             trace.SpanKind.CONSUMER,
-            parent=self.tracing.extract(headers, event.metadata),
+            parent=parent,
             attributes={
                 **event_attributes(event),
                 DESTINATION: delivery.stream,
@@ -95,7 +96,9 @@ class TracingHooks(BaseHooks):
             },
         )
         assert span is not None
-        self._traces[delivery_key(delivery)] = _Trace(span, context.attach(trace.set_span_in_context(span)))
+        # In the context the message carried: its baggage, say, is the run's too (and the reply's)
+        token = context.attach(trace.set_span_in_context(span, parent))
+        self._traces[delivery_key(delivery)] = _Trace(span, token)
 
     async def on_duplicate(self, delivery: Delivery[AgentRequestEvent]) -> None:
         if (found := self._traces.get(delivery_key(delivery))) is not None:
