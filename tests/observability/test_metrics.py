@@ -421,6 +421,24 @@ async def test_secrets_cache_statistics_are_observable_counters(
     assert "sk-canary-metrics-0001" not in (data.to_json() if data is not None else "")
 
 
+async def test_a_secrets_manager_observed_again_is_counted_once(
+    meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
+) -> None:
+    """Two workers of one process sharing a manager, each set up with ``observe_secrets``: each
+    observation added its own read, and every count was reported once per read (here three
+    times)."""
+    manager = SecretsManager(StaticSource({"openai": {"api_key": "sk-canary-metrics-0004"}}))
+    recorder = OpenTelemetryMetrics(meter_provider)
+    observe_secrets(recorder, manager)
+    observe_secrets(recorder, manager)
+    observe_secrets(OpenTelemetryMetrics(meter_provider), manager)  # another recorder, same instrument
+    await manager.get("openai", "api_key")  # a miss
+    await manager.get("openai", "api_key")  # a hit
+    (hits,) = points(metric_reader, "dynamic_agents.secrets.cache.hits").values()
+    (misses,) = points(metric_reader, "dynamic_agents.secrets.cache.misses").values()
+    assert (hits.value, misses.value) == (1, 1)
+
+
 def test_unknown_or_mistyped_metric_names_are_configuration_errors(meter_provider: MeterProvider) -> None:
     recorder = OpenTelemetryMetrics(meter_provider)
     with pytest.raises(ConfigurationError, match="unknown metric 'nope'"):

@@ -206,15 +206,18 @@ class MetricsRecorder(Protocol):
     def observe(self, name: str, read: Callable[[], Iterable[Observation]]) -> None:
         """Register ``read`` as a callback of an observable instrument (called at collection). A
         name may be observed more than once (two ``MetricsHooks`` on one recorder, say): each
-        ``read``'s observations are reported. ``MetricsHooks`` passes a bound method of its own:
-        held weakly, the hooks can be collected once dropped."""
+        ``read``'s observations are reported, once for a ``read`` observed again (an equal bound
+        method). ``MetricsHooks`` passes a bound method of its own: held weakly, the hooks can be
+        collected once dropped."""
 
 
 def observe_secrets(recorder: MetricsRecorder, manager: SecretsManager) -> None:
     """Report ``manager``'s cache statistics as the ``dynamic_agents.secrets.cache.*`` counters,
-    for as long as the manager lives (its reads are bound methods, held weakly)."""
-    reads = _SecretsReads(manager.stats)
-    _SECRETS_READS.setdefault(manager, []).append(reads)  # alive with the manager, not beyond
+    for as long as the manager lives (its reads are bound methods, held weakly). A manager
+    observed again (shared by two workers, each set up so) is counted once."""
+    reads = _SECRETS_READS.get(manager)
+    if reads is None:  # one per manager: observed again, its reads are the same methods
+        reads = _SECRETS_READS[manager] = _SecretsReads(manager.stats)  # alive with the manager
     recorder.observe("dynamic_agents.secrets.cache.hits", reads.hits)
     recorder.observe("dynamic_agents.secrets.cache.misses", reads.misses)
     recorder.observe("dynamic_agents.secrets.cache.stale_served", reads.stale_served)
@@ -238,7 +241,7 @@ class _SecretsReads:
         return [(float(self.stats.stale_served), {})]
 
 
-_SECRETS_READS: weakref.WeakKeyDictionary[SecretsManager, list[_SecretsReads]] = weakref.WeakKeyDictionary()
+_SECRETS_READS: weakref.WeakKeyDictionary[SecretsManager, _SecretsReads] = weakref.WeakKeyDictionary()
 
 
 class OpenTelemetryMetrics:
@@ -302,8 +305,10 @@ class OpenTelemetryMetrics:
         reads = self._observed.get(name)
         if reads is not None:
             # Another instrument of the name would be the SDK's first one again, which keeps only
-            # its own callbacks: this read joins that one's
-            reads.append(_Read(read))
+            # its own callbacks: this read joins that one's, unless it is one of them already (the
+            # SDK adds up a collection's observations of one attribute set: it would count twice)
+            if not any(each.read() == read for each in reads):
+                reads.append(_Read(read))
             return
         reads = [_Read(read)]  # kept (for later observes to join) once its instrument exists
         from opentelemetry.metrics import CallbackOptions
