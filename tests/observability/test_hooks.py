@@ -336,3 +336,66 @@ async def test_a_hook_raising_a_cancellation_of_its_own_after_a_cancelled_run_do
     assert outcomes(metric_reader) == {"interrupted": 1}
     assert [p.value for p in points(metric_reader, "dynamic_agents.worker.in_flight").values()] == [0]
     assert "hook AwaitsACancelledFuture.after_handle failed" in caplog.text
+
+
+class SlowToEnd(BaseHooks):
+    """A hook whose ``after_handle`` (or ``on_stop``) awaits something slow (a flush, say)."""
+
+    def __init__(self, point: str) -> None:
+        self.point = point
+        self.ending = asyncio.Event()
+        self.task: asyncio.Task[Any] | None = None
+
+    async def _slowly(self, point: str) -> None:
+        if point == self.point:
+            self.task = asyncio.current_task()
+            self.ending.set()
+            await asyncio.Event().wait()
+
+    async def after_handle(self, delivery: Delivery[AgentRequestEvent], error: BaseException | None) -> None:
+        await self._slowly("after_handle")
+
+    async def on_stop(self, worker: AgentWorker) -> None:
+        await self._slowly("on_stop")
+
+
+async def test_a_handler_cancelled_in_a_slow_after_handle_hook_still_ends_the_hooks_after_it(
+    tracer_provider: TracerProvider,
+    exporter: InMemorySpanExporter,
+    meter_provider: MeterProvider,
+    metric_reader: InMemoryMetricReader,
+) -> None:
+    """A handler cancelled while a hook before them awaits in ``after_handle`` (``asyncio.run``
+    ending cancels it so, the worker stopped): the hooks after it were skipped, so the
+    ``process`` span of a request answered was never ended (never exported) and the entry stayed
+    in ``in_flight``. The handler still ends cancelled."""
+    transport = InMemoryTransport(names=StreamNames("test"))
+    await transport.publish(transport.names.requests, request_event(transport.names))
+    slow = SlowToEnd("after_handle")
+    hooks = [slow, Tracing(tracer_provider).hooks(), MetricsHooks(OpenTelemetryMetrics(meter_provider))]
+    async with hooked_worker(transport, hooks):
+        await slow.ending.wait()
+    assert slow.task is not None
+    slow.task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await slow.task
+    process = [span for span in exporter.get_finished_spans() if span.name.endswith(" process")]
+    assert [(span.attributes or {})["dynamic_agents.outcome"] for span in process] == ["completed"]
+    assert outcomes(metric_reader) == {"completed": 1}
+    assert [p.value for p in points(metric_reader, "dynamic_agents.worker.in_flight").values()] == [0]
+
+
+async def test_a_worker_cancelled_again_in_a_slow_on_stop_hook_still_stops_the_hooks_after_it() -> None:
+    """The task running the worker cancelled, and cancelled again (a shutdown's timeout) while a
+    hook awaits in ``on_stop``: the hooks after it were never stopped (a sampler left running)."""
+    transport = InMemoryTransport(names=StreamNames("test"))
+    slow, recorder = SlowToEnd("on_stop"), Recorder()
+    worker = hooked_worker(transport, [slow, recorder])
+    running = asyncio.ensure_future(worker.run())
+    await wait_until(lambda: recorder.calls == ["on_start"], what="the start")
+    running.cancel()
+    await slow.ending.wait()
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    assert recorder.calls == ["on_start", "on_stop"]

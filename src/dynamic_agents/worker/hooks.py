@@ -21,6 +21,10 @@ nothing and awaits nothing for them):
   ``None``: a cancellation (the worker stopping, or the entry taken over by another consumer),
   :class:`~dynamic_agents.exceptions.RunLostError` for a lost session lease (nothing was published),
   or a failure.
+
+``on_stop`` and ``after_handle`` end what a hook keeps (a sampler, a span, an entry in flight): the
+worker cancelled while one hook's call awaits still calls the hooks after it, and the cancellation
+goes on after them.
 """
 
 from __future__ import annotations

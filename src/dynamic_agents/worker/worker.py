@@ -224,7 +224,7 @@ class AgentWorker:
             except asyncio.CancelledError:
                 # cancelled in a hook's on_start: those started before it (a sampler running, say)
                 # stop, as they would at the loop's end
-                await self._call_hooks("on_stop", self)
+                await self._call_hooks("on_stop", self, every=True)
                 raise
         loop = asyncio.get_running_loop()
         helpers = [
@@ -259,7 +259,7 @@ class AgentWorker:
                 await cancel_and_wait(*helpers)
             finally:  # cancelled while they end (a shutdown's timeout): the hooks still stop
                 if self.hooks:
-                    await self._call_hooks("on_stop", self)
+                    await self._call_hooks("on_stop", self, every=True)
 
     async def run_until_idle(self, timeout: float = 30.0) -> None:
         """Process until the stream has nothing new, nothing is pending and nothing runs."""
@@ -549,7 +549,7 @@ class AgentWorker:
                 self._lost.discard(delivery.entry_id)
             self._slot_freed.set()
             if self.hooks:
-                await self._call_hooks("after_handle", delivery, failure)
+                await self._call_hooks("after_handle", delivery, failure, every=True)
 
     def _pass_turn(
         self, session_id: str, turn: asyncio.Future[None], previous: asyncio.Future[None] | None
@@ -1228,8 +1228,13 @@ class AgentWorker:
         if handler is not None and handler.cancelling():
             raise asyncio.CancelledError(f"cancelled during the {name} hooks")
 
-    async def _call_hooks(self, name: str, *args: Any) -> None:
+    async def _call_hooks(self, name: str, *args: Any, every: bool = False) -> None:
+        """Call hook method ``name`` of each hook; a failing one is logged. ``every`` (the calls
+        that end a hook's state: ``on_stop``, ``after_handle``): this task cancelled during one
+        hook's call still calls the hooks after it, and the cancellation goes on after the last
+        (else a span would stay open, an entry in flight, a sampler running, for good)."""
         task = asyncio.current_task()
+        cancelled: asyncio.CancelledError | None = None
         for hook in self.hooks:
             method = getattr(hook, name, None)
             if method is None:
@@ -1242,12 +1247,17 @@ class AgentWorker:
                 await method(*args)
             except Exception:
                 logger.exception("hook %s.%s failed", type(hook).__name__, name)
-            except asyncio.CancelledError:
+            except asyncio.CancelledError as error:
                 if task is None or task.cancelling() > cancelling:
-                    raise  # this task's cancellation (a stop, a lost entry), which goes on
+                    if not every:
+                        raise  # this task's cancellation (a stop, a lost entry), which goes on
+                    cancelled = error  # delivered once: the later hooks' awaits go on
+                    continue
                 # the hook's own (it awaited something its owner cancelled): a failing hook, which
                 # must not pass for a cancellation (the request handed back on each delivery)
                 logger.exception("hook %s.%s failed", type(hook).__name__, name)
+        if cancelled is not None:
+            raise cancelled
 
 
 async def _after_handlers_send() -> None:
