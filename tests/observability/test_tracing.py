@@ -385,6 +385,27 @@ def test_without_opentelemetry_tracing_does_nothing_and_metrics_say_what_to_inst
     assert "pip install 'dynamic-agents[otel]'" in report["metrics_error"]
 
 
+class RefusingInject(TraceContextTextMapPropagator):
+    """A propagator whose ``inject`` fails (a custom one, refusing a header)."""
+
+    def inject(self, carrier: Any, context: Any = None, setter: Any = None) -> None:
+        raise ValueError("this propagator refuses the header")
+
+
+async def test_a_publish_whose_propagator_fails_ends_its_span_as_failed(
+    tracer_provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    """The ``publish`` span was started, then the propagator's failure left it open for ever
+    (never exported)."""
+    tracing = Tracing(tracer_provider, propagator=RefusingInject())
+    transport = InMemoryTransport(names=StreamNames("test"))
+    with pytest.raises(ValueError, match="refuses the header"):
+        await AgentClient(transport, tracing=tracing).publish(request_event(transport.names))
+    (publish,) = exporter.get_finished_spans()
+    assert publish.name == f"{transport.names.requests} publish"
+    assert publish.status.status_code == StatusCode.ERROR
+
+
 async def test_a_streamed_llm_call_is_one_span_that_ends_with_the_stream(
     tracer_provider: TracerProvider, exporter: InMemorySpanExporter
 ) -> None:

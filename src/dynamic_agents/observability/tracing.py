@@ -190,8 +190,8 @@ class Tracing:
         )
         assert span is not None
         headers: dict[str, str] = {}
-        self.inject(headers, span)
-        with _active(span, ends=lambda: True):
+        with _active(span, ends=lambda: True):  # the propagator's failure too ends it
+            self.inject(headers, span)
             yield headers
 
     @contextmanager
