@@ -451,8 +451,15 @@ async def test_an_entry_taken_over_before_its_dead_letter_is_an_interrupted_proc
     transport = await taken_before_dead_lettering()  # a worker that died holding the entry
     worker = hooked_worker(transport, [Tracing(tracer_provider).hooks()], max_deliveries=1, **FAST)
     await worker.run_until_idle()  # reclaims it
-    process = by_name(exporter.get_finished_spans())[f"{transport.names.requests} process"]
+    spans = by_name(exporter.get_finished_spans())
+    process = spans[f"{transport.names.requests} process"]
     assert (process.attributes or {})["dynamic_agents.outcome"] == "interrupted"
+    # its error reply was not written (the other consumer had the entry): not a publish
+    reply = spans["reply publish"].status
+    assert (reply.status_code, reply.description) == (
+        StatusCode.ERROR,
+        "not sent: the entry was taken over or answered before",
+    )
 
 
 async def test_a_merged_turn_stopped_while_it_runs_detaches_its_context_where_it_was_attached(

@@ -204,6 +204,8 @@ class TracingHooks(BaseHooks):
         if found is None:
             return
         if found.respond is not None:
+            if not written:  # its error reply was not written either
+                error_status(found.respond, "not sent: the entry was taken over or answered before")
             found.respond.end()
             found.respond = None
         if written:
