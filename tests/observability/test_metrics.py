@@ -282,6 +282,34 @@ async def test_pending_is_sampled_into_a_gauge(
     assert gauge[1].value == 2
 
 
+async def test_a_pending_count_being_read_is_never_changed_in_place(
+    transport: InMemoryTransport, hooks: MetricsHooks
+) -> None:
+    """The meter's reader reads the counts on its own thread (the SDK's periodic export) while
+    samples and stops change them on the event loop: a dict changed in place under its iteration
+    raised (the collection lost, logged). Each change makes a new one; the one in hand stays."""
+    worker = run_with(transport, hooks)
+    await transport.ensure_group(transport.names.requests, worker.settings.group)
+    await hooks.on_start(worker)
+    try:
+        await hooks.sample(worker)
+        in_hand = hooks._pending
+        seen = dict(in_hand)
+        await transport.publish(transport.names.requests, request_event(transport.names))
+        crashed = Subscription(
+            transport.names.requests, worker.settings.group, "crashed", AgentRequestEvent, block=0
+        )
+        await transport.read(crashed, 1)
+        assert await hooks.sample(worker) == 1
+        assert in_hand == seen  # the reader's dict, untouched
+        assert [count for count, _ in hooks._read_pending()] == [1.0]
+        in_hand = hooks._pending
+    finally:
+        await hooks.on_stop(worker)
+    assert in_hand == {(transport.names.requests, worker.settings.group): 1}
+    assert hooks._read_pending() == []
+
+
 def pending_gauge(reader: InMemoryMetricReader) -> dict[str, float]:
     """The pending gauge's values by group (empty when nothing is reported)."""
     metric = metrics(reader).get("dynamic_agents.worker.queue.pending")

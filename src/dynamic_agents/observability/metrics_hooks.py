@@ -79,7 +79,9 @@ class MetricsHooks(BaseHooks):
         self.max_targets = check_count("max_targets", max_targets)
         self._targets: set[str] = set()
         self._handling: dict[DeliveryKey, _Handling] = {}  # by delivery
-        self._pending: dict[tuple[str, str], int] = {}  # by stream and group
+        # By stream and group. Replaced, never changed in place: the meter's reader iterates it
+        # on its own thread (a dict changed under an iteration raises).
+        self._pending: dict[tuple[str, str], int] = {}
         self._samplers: dict[int, asyncio.Task[None]] = {}
         self._running: dict[int, tuple[str, str]] = {}  # each started worker's stream and group
         self._undecodable: dict[int, int] = {}  # each started worker's stats.undecodable, counted
@@ -117,7 +119,7 @@ class MetricsHooks(BaseHooks):
                 # group once no worker of this hook samples it (another of the group may still run).
                 key = self._running.pop(id(worker), None)
                 if key is not None and key not in self._running.values():
-                    self._pending.pop(key, None)
+                    self._pending = {kept: n for kept, n in self._pending.items() if kept != key}
 
     async def sample(self, worker: AgentWorker) -> int:
         """Read the worker's pending count now (what the gauge reports until the next sample).
@@ -128,7 +130,7 @@ class MetricsHooks(BaseHooks):
         key = (worker.stream, worker.settings.group)
         pending = await worker.transport.pending(*key, count=self.pending_limit)
         if key in self._running.values():  # checked after the read: it may have stopped meanwhile
-            self._pending[key] = len(pending)
+            self._pending = {**self._pending, key: len(pending)}
         return len(pending)
 
     def _count_undecodable(self, worker: AgentWorker) -> None:
