@@ -75,7 +75,9 @@ REPLY_SPAN: Final = "reply publish"
 class Tracing:
     """Where spans go (``tracer_provider``, else the global one) and how context travels.
 
-    ``propagator`` defaults to the W3C trace-context propagator (what FastStream uses). With
+    ``propagator`` defaults to the W3C trace-context propagator, the one FastStream's middleware
+    uses for the trace (it carries W3C ``baggage`` beside it: pass OpenTelemetry's default
+    composite, ``propagate.get_global_textmap()``, to read and write that too). With
     ``opentelemetry-api`` absent, every method is a no-op and :meth:`publish` adds no headers.
     """
 
