@@ -230,6 +230,24 @@ def test_a_worker_refuses_hooks_that_have_no_hook_method(
             hooked_worker(transport, hooks)  # type: ignore[arg-type]
 
 
+def test_a_worker_refuses_one_hook_given_twice(
+    tracer_provider: TracerProvider, meter_provider: MeterProvider
+) -> None:
+    """The same hooks object twice (a shared list extended twice, say) was called twice at each
+    point: every request counted twice, and a second span started over the first, which stayed
+    open for good. Two hooks of one kind, each its own object, stay allowed."""
+    transport = InMemoryTransport(names=StreamNames("test"))
+    tracing, metrics = Tracing(tracer_provider).hooks(), MetricsHooks(OpenTelemetryMetrics(meter_provider))
+    for hooks, named in (
+        ([metrics, tracing, metrics], r"hooks\[2\] is hooks\[0\] again \(a MetricsHooks\)"),
+        ([tracing, tracing], r"hooks\[1\] is hooks\[0\] again \(a TracingHooks\)"),
+    ):
+        with pytest.raises(ConfigurationError, match=named):
+            hooked_worker(transport, hooks)
+    both = [MetricsHooks(OpenTelemetryMetrics(meter_provider)), metrics]
+    assert hooked_worker(transport, both).hooks == both
+
+
 class AwaitsACancelledFuture(BaseHooks):
     """A hook awaiting something its owner cancelled (an exporter's flush, say): a CancelledError
     that is the hook's failure, not a cancellation of the worker's handler."""

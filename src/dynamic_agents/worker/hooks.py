@@ -33,7 +33,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from dynamic_agents._validation import shown
+from dynamic_agents._validation import a_type, shown
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, Target
 from dynamic_agents.exceptions import ConfigurationError
 from dynamic_agents.execution import ExecutionResult
@@ -151,7 +151,8 @@ def check_hooks(hooks: Iterable[WorkerHooks]) -> list[WorkerHooks]:
     """A worker's ``hooks`` argument as a list, each with at least one hook method (an instance,
     not a class), else a :class:`ConfigurationError` naming it. The worker skips the methods a
     hook lacks, so one with none of them (``tracing`` for ``tracing.hooks()``, a recorder for its
-    ``MetricsHooks``) was taken and did nothing, unsaid."""
+    ``MetricsHooks``) was taken and did nothing, unsaid. One hooks object given twice is refused
+    too: it would be called twice at each point."""
     try:
         checked = list(hooks)
     except TypeError:  # one hooks object, not in a list
@@ -164,5 +165,11 @@ def check_hooks(hooks: Iterable[WorkerHooks]) -> list[WorkerHooks]:
             raise ConfigurationError(
                 f"hooks[{index}] must be worker hooks (tracing.hooks(), MetricsHooks(recorder), an "
                 f"instance of a BaseHooks subclass), got {got}"
+            )
+        # called twice at each point: every request counted twice, a span started over another
+        first = next(earlier for earlier, other in enumerate(checked) if other is hook)
+        if first != index:
+            raise ConfigurationError(
+                f"hooks[{index}] is hooks[{first}] again ({a_type(hook)}): give each hooks object once"
             )
     return checked
