@@ -465,6 +465,25 @@ async def test_malformed_spec_requests_are_422(stack: Stack, method: str, path: 
     assert isinstance(response.json()["detail"], list)  # FastAPI's request validation
 
 
+async def test_an_unknown_spec_or_kind_shaped_like_a_key_is_not_echoed_back(stack: Stack) -> None:
+    """A key pasted in place of an id (a path is easy to get wrong) came back whole in the 404."""
+    canary = "sk-proj-Zq8fJ3kLmN0pQrStUvWxYz1234567890abcd"
+    client = stack.client
+    answers = [
+        await client.get(f"{V1}/agents/{canary}"),
+        await client.put(f"{V1}/agents/{canary}?expected_version=1", json={**AGENT, "id": canary}),
+        await client.delete(f"{V1}/agents/{canary}"),
+        await client.delete(f"{V1}/agents/{canary}?expected_version=1"),
+        await client.post(f"{V1}/agents/{canary}/execute", json=EXECUTE),
+        await client.get(f"{V1}/{canary}"),
+        await client.get(f"{V1}/{canary}/ghost"),
+    ]
+    assert [answer.status_code for answer in answers] == [404] * len(answers)
+    for answer in answers:
+        assert canary not in answer.text
+        assert "*****" in answer.text
+
+
 async def test_unknown_specs_are_404(stack: Stack) -> None:
     client = stack.client
     got = await client.get(f"{V1}/agents/ghost")

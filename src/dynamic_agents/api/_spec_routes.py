@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Annotated, Any, Final
 
+from dynamic_agents._redaction import redact_text
 from dynamic_agents.agents.managers import SpecManager
 from dynamic_agents.agents.runtime import AgentRuntime
 from dynamic_agents.agents.specs import SPEC_MODELS, SpecBase, SpecKind, SpecStatus
@@ -30,12 +31,15 @@ _KINDS: Final = {"agents": SpecKind.AGENT, "teams": SpecKind.TEAM, "workflows": 
 
 
 def _spec_error(error: Exception) -> HTTPException:
+    """The HTTP error for a store's or manager's error; its message masked (it quotes the id a
+    caller gave, a key pasted in place of one too)."""
+    message = redact_text(str(error))
     if isinstance(error, SpecNotFoundError):
-        return HTTPException(404, str(error))
+        return HTTPException(404, message)
     if isinstance(error, SpecConflictError):
-        return HTTPException(409, {"detail": str(error), "current_version": error.current})
+        return HTTPException(409, {"detail": message, "current_version": error.current})
     if isinstance(error, SpecValidationError):
-        return HTTPException(422, {"detail": str(error), "path": error.path})
+        return HTTPException(422, {"detail": message, "path": error.path})
     raise error
 
 
@@ -51,7 +55,8 @@ def add_spec_routes(  # noqa: PLR0915 - one route per statement group; kept toge
     def manager(kind_name: str) -> SpecManager[Any]:
         kind = _KINDS.get(kind_name)
         if kind is None:
-            raise HTTPException(404, f"unknown kind {kind_name!r}; use agents, teams or workflows")
+            unknown = redact_text(f"unknown kind {kind_name!r}")
+            raise HTTPException(404, f"{unknown}; use agents, teams or workflows")
         managers: dict[SpecKind, SpecManager[Any]] = {
             SpecKind.AGENT: runtime.agents,
             SpecKind.TEAM: runtime.teams,
@@ -116,7 +121,7 @@ def add_spec_routes(  # noqa: PLR0915 - one route per statement group; kept toge
         except (SpecConflictError, SpecValidationError) as error:  # a stored version it cannot read
             raise _spec_error(error) from None
         if not deleted:
-            raise HTTPException(404, f"no {kind_name[:-1]} {spec_id!r}")
+            raise HTTPException(404, redact_text(f"no {kind_name[:-1]} {spec_id!r}"))
         return Response(status_code=204)
 
     # -- execute ------------------------------------------------------------------------------------
