@@ -576,6 +576,39 @@ async def test_bad_references_name_their_path(spec: dict[str, Any], path: str, m
     assert str(caught.value).startswith("agent 'a' at ")
 
 
+PASTED_KEY = "sk-proj-CANARYabcdefghijklmnop0123456789"
+
+
+@pytest.mark.parametrize(
+    ("kind", "spec", "path"),
+    [
+        (SpecKind.AGENT, {"id": "a", "model": PASTED_KEY}, "model.name"),
+        (SpecKind.TEAM, {"id": "a", "model": PASTED_KEY, "members": ["solo"]}, "model.name"),
+        (SpecKind.TEAM, {"id": "a", "model": "gpt", "members": [PASTED_KEY]}, "members[0]"),
+        (
+            SpecKind.TEAM,
+            {"id": "a", "model": "gpt", "members": [{"kind": "team", "id": PASTED_KEY}]},
+            "members[0]",
+        ),
+        (SpecKind.WORKFLOW, {"id": "a", "steps": [{"type": "agent", "agent": PASTED_KEY}]}, "steps[0].agent"),
+        (SpecKind.WORKFLOW, {"id": "a", "steps": [{"type": "team", "team": PASTED_KEY}]}, "steps[0].team"),
+    ],
+)
+async def test_a_key_pasted_as_a_reference_is_masked_in_the_error(
+    kind: SpecKind, spec: dict[str, Any], path: str
+) -> None:
+    """An unknown model, member or step target was quoted as written, a key pasted there included
+    (an unknown tool, schema or function was already masked)."""
+    rt = runtime({"gpt": []})
+    await rt.agents.create(AgentSpec.from_dict({"id": "solo", "model": "gpt"}))
+    model = {SpecKind.AGENT: AgentSpec, SpecKind.TEAM: TeamSpec, SpecKind.WORKFLOW: WorkflowSpec}[kind]
+    with pytest.raises(SpecValidationError) as caught:
+        await rt.validate(model.from_dict(spec))
+    assert caught.value.path == path
+    assert "CANARY" not in str(caught.value)
+    assert re.search(r"unknown (model|agent|team) \*{10}", str(caught.value)), str(caught.value)
+
+
 async def test_member_cycles_and_missing_members_are_refused() -> None:
     rt = runtime({"gpt": []})
     await rt.agents.create(AgentSpec.from_dict({"id": "solo", "model": "gpt"}))

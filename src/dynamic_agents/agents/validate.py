@@ -12,6 +12,7 @@ import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from dynamic_agents._validation import shown
 from dynamic_agents.agents.registry import RegisteredTool, ToolRegistry
 from dynamic_agents.agents.specs import (
     AgentSpec,
@@ -61,7 +62,8 @@ async def check_spec(
 def _check_model(name: str, model_names: frozenset[str] | None) -> None:
     if model_names is not None and name not in model_names:
         raise SpecValidationError(
-            f"unknown model {name!r}; the router has: {', '.join(sorted(model_names))}", path="model.name"
+            f"unknown model {shown(name)}; the router has: {', '.join(sorted(model_names))}",
+            path="model.name",
         )
 
 
@@ -152,7 +154,8 @@ def disabled(spec: SpecBase) -> SpecValidationError:
 async def _check_target(kind: SpecKind, target_id: str, lookup: Lookup, path: str) -> SpecBase:
     target = await lookup(kind, target_id)
     if target is None:
-        raise SpecValidationError(f"unknown {kind.value} {target_id!r}", path=path)
+        # shown as the registry shows an unknown tool: masked when it is a key pasted in the wrong place
+        raise SpecValidationError(f"unknown {kind.value} {shown(target_id)}", path=path)
     if not target.active:
         raise SpecValidationError(f"{kind.value} {target_id!r} is disabled", path=path)
     return target
