@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import AsyncIterator
 from urllib.parse import parse_qs, urlsplit
 
@@ -57,3 +58,20 @@ async def test_the_table_lands_in_the_search_path_schema(postgres_url: str) -> N
             (TABLE_NAME, schema),
         )
         assert [row[0] for row in await cursor.fetchall()] == [schema]
+
+
+async def test_connections_the_server_closed_are_replaced_without_failing_a_call(postgres_url: str) -> None:
+    """A server restart, a failover or an idle timeout closes the pooled connections: each one's
+    next call failed with SQLAlchemy's OperationalError ("terminating connection due to
+    administrator command") before the pool replaced it."""
+    name = f"specs-{uuid.uuid4().hex[:12]}"
+    async with SqlSpecStore.from_url(f"{postgres_url}&application_name={name}", MODELS) as store:
+        await store.create(agent())
+        async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as admin:
+            cursor = await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+                (name,),
+            )
+            assert [row[0] for row in await cursor.fetchall()] == [True]  # the pooled connection
+        assert await store.get(SpecKind.AGENT, "helper") == agent()
+        assert (await store.update(agent(llm="v2"), expected_version=1)).version == 2

@@ -100,8 +100,14 @@ class SqlSpecStore(SpecStore):
     def from_url(
         cls, url: str | URL, models: SpecModels | None = None, **engine_options: Any
     ) -> SqlSpecStore:
-        """A store owning a new engine for ``url``; ``engine_options`` go to ``create_async_engine``."""
+        """A store owning a new engine for ``url``; ``engine_options`` go to ``create_async_engine``.
+
+        A server's pooled connections are checked before each use (``pool_pre_ping``, unless
+        given): one the server closed (a restart, a failover, an idle timeout) is replaced, where
+        the call that drew it failed."""
         parsed = async_url(url)
+        if parsed.get_backend_name() != "sqlite":  # a file's connections are not closed under it
+            engine_options.setdefault("pool_pre_ping", True)
         try:
             engine = create_async_engine(parsed, **engine_options)
         except ImportError as error:
