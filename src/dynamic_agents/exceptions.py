@@ -25,7 +25,9 @@ Each class also subclasses the matching built-in, so callers can catch either::
     ├── SpecError                              agent / team / workflow specs
     │   ├── SpecValidationError (ValueError)   a spec is invalid; ``path`` says where inside it
     │   ├── SpecNotFoundError (LookupError)    no spec of that kind and id
-    │   └── SpecConflictError (ValueError)     created twice, or updated from a stale version
+    │   ├── SpecConflictError (ValueError)     created twice, or updated from a stale version
+    │   └── SpecStoreUnavailableError (ConnectionError)  the store's database could not be reached,
+    │                                          or the connection was lost during a call
     ├── TransportError (ConnectionError)       the message broker failed or refused an operation
     │   ├── DeliveryError (LookupError)        a delivery, group or stream the broker does not know
     │   ├── RequeueError (ValueError)          a dead letter that exists cannot be requeued: it records
@@ -99,6 +101,7 @@ __all__ = [
     "SpecConflictError",
     "SpecError",
     "SpecNotFoundError",
+    "SpecStoreUnavailableError",
     "SpecValidationError",
     "TransportError",
     "UnsupportedSchemaVersionError",
@@ -412,3 +415,9 @@ class SpecConflictError(SpecError, ValueError):
     def __init__(self, message: str, *, current: int | None = None) -> None:
         self.current = current
         super().__init__(message)
+
+
+class SpecStoreUnavailableError(SpecError, ConnectionError):
+    """A spec store's database could not be reached, or the connection was lost during a call
+    (the call may or may not have been carried out: read the spec again before retrying a write).
+    The message names the store and the database's reason, never the SQL or its parameters."""

@@ -24,6 +24,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+from dynamic_agents._redaction import redact_text
 from dynamic_agents._validation import check_count
 from dynamic_agents.agents.specs.base import SpecBase, SpecKind, SpecStatus
 from dynamic_agents.agents.stores.base import SpecModels, SpecStore, invalid, matches, order_key, stored_copy
@@ -32,6 +33,7 @@ from dynamic_agents.exceptions import (
     MissingDependencyError,
     SpecConflictError,
     SpecNotFoundError,
+    SpecStoreUnavailableError,
 )
 
 try:
@@ -238,14 +240,22 @@ class SqlSpecStore(SpecStore):
 
     @asynccontextmanager
     async def _connect(self, *, write: bool = False) -> AsyncIterator[AsyncConnection]:
-        """A connection once the table exists; in a transaction committed on exit if ``write``."""
-        await self._ensure_table()
-        if write:
-            async with self.engine.begin() as conn:
-                yield conn
-        else:
-            async with self.engine.connect() as conn:
-                yield conn
+        """A connection once the table exists; in a transaction committed on exit if ``write``.
+        The database unreachable, or the connection lost, is a :class:`SpecStoreUnavailableError`
+        (SQLAlchemy's message repeats the SQL and its parameters: the spec's whole document)."""
+        try:
+            await self._ensure_table()
+            if write:
+                async with self.engine.begin() as conn:
+                    yield conn
+            else:
+                async with self.engine.connect() as conn:
+                    yield conn
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as error:
+            reason = str(error.orig).strip().splitlines()[0] if error.orig is not None else "no reason given"
+            where = self.engine.url.render_as_string(hide_password=True)
+            message = redact_text(f"SqlSpecStore ({where}) is unavailable: {reason}")  # ?password=…
+            raise SpecStoreUnavailableError(message) from error
 
     def _load(self, kind: str, spec_id: str, text: str) -> SpecBase:
         """The spec in a row; ``kind`` as the row has it (any writer may have put any text there)."""
