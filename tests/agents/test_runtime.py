@@ -224,6 +224,30 @@ async def test_an_error_reported_by_agno_is_never_a_success() -> None:
     assert result.content == ""
 
 
+async def test_an_error_the_run_reports_is_redacted_in_the_result() -> None:
+    """The on_delta failure was redacted, the run's own error not: a workflow function or a model
+    whose exception quoted a key (an HTTP error repeating a URL's ?api_key=…) handed it to the
+    REST API's answer as written."""
+    rt = runtime({"gpt": [RuntimeError(f"provider down: {PASTED_KEY}")]})
+
+    def fetch(step_input: Any) -> str:
+        raise ValueError(f"401 for url 'https://api.example.com/search?api_key={PASTED_KEY}'")
+
+    rt.registry.function("fetch", fetch)
+    await rt.agents.create(AgentSpec.from_dict({"id": "a", "model": "gpt"}))
+    await rt.workflows.create(
+        WorkflowSpec.from_dict({"id": "w", "steps": [{"type": "function", "function": "fetch"}]})
+    )
+    for result in (
+        await rt.agents.execute("a", "hi", session_id="e"),
+        await rt.workflows.execute("w", "hi", session_id="e"),
+    ):
+        assert result.status == ResponseStatus.ERROR
+        assert result.error_message is not None
+        assert "**********" in result.error_message
+        assert "CANARY" not in result.error_message
+
+
 async def test_a_run_past_its_timeout() -> None:
     # agno's in-memory db: a run cancelled inside an aiosqlite call can leave that connection to be
     # collected after the test's event loop is gone, which pytest reports as an unraisable error.

@@ -421,6 +421,8 @@ def _result(output: Any, started: float, name: str) -> ExecutionResult:
     elif status is ResponseStatus.ERROR:
         error_message = text or f"the run ended with status {status_name or 'unknown'}"
         text = ""
+    if error_message is not None:  # a model's, a tool's or a step's exception may quote a key
+        error_message = redact_text(error_message)
     metrics = getattr(output, "metrics", None)
     tokens = None
     if metrics is not None and getattr(metrics, "total_tokens", None) is not None:
