@@ -147,6 +147,29 @@ async def test_a_team(mode: str) -> None:
     assert result.content == ("Researcher: blue." if mode == "route" else "Leader: the sky is blue.")
 
 
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("with_db", [False, True])
+async def test_a_route_team_whose_member_fails_is_an_error(
+    tmp_path: Path, stream: bool, with_db: bool
+) -> None:
+    """In route mode the member's reply is the team's: a member whose run failed made a
+    `completed` result whose content was the member's error text, answered as a reply."""
+    leader = [ToolCall("delegate_task_to_member", {"member_id": "researcher", "task": "facts please"})]
+    db = session_db(f"sqlite:///{tmp_path}/sessions.db") if with_db else None
+    rt = runtime({"leader": leader, "member": [RuntimeError("member provider down")]}, db=db)
+    await rt.agents.create(AgentSpec.from_dict({"id": "researcher", "model": "member"}))
+    await rt.teams.create(
+        TeamSpec.from_dict({"id": "crew", "members": ["researcher"], "mode": "route", "model": "leader"})
+    )
+    deltas = Deltas()
+    result = await rt.teams.execute(
+        "crew", "What colour is the sky?", session_id="s", on_delta=deltas if stream else None
+    )
+    assert result.status == ResponseStatus.ERROR, result
+    assert result.content == ""
+    assert result.error_message == "member 'researcher' failed: member provider down"
+
+
 async def test_a_workflow_with_parallel_condition_and_loop() -> None:
     rt = runtime({"gpt": ["draft", "left", "right", "loop 1", "loop 2"]})
     await rt.agents.create(AgentSpec.from_dict({"id": "writer", "model": "gpt"}))

@@ -239,10 +239,11 @@ class AgentRuntime:
                 run_kwargs["dependencies"] = {"interrupted_turn": interrupted}
                 run_kwargs["add_dependencies_to_context"] = True
         started = time.monotonic()
+        member_errors: list[tuple[str, str]] = []  # (member, error) of the members' failed runs
 
         async def run() -> Any:
             if on_delta is not None and kind is not SpecKind.WORKFLOW:
-                return await _run_streaming(target, input, run_kwargs, on_delta)
+                return await _run_streaming(target, input, run_kwargs, on_delta, member_errors)
             return await target.arun(input, **run_kwargs)
 
         inner = asyncio.get_running_loop().create_task(run())
@@ -273,7 +274,13 @@ class AgentRuntime:
                 run_id=run_id,
                 target_name=getattr(target, "name", spec_id),
             )
-        return _result(output, started, getattr(target, "name", spec_id))
+        if getattr(target, "respond_directly", False) is True:
+            # a route team: the member's reply is the team's, a failed member's error text too
+            # (agno reports the team's run completed); streamed, the failures were seen as events
+            member_errors.extend(_failed_members(output))
+        else:
+            member_errors.clear()  # a coordinating leader was told, and answered itself
+        return _result(output, started, getattr(target, "name", spec_id), member_errors)
 
     async def _interrupted_turn(self, kind: SpecKind, session_id: str) -> dict[str, str] | None:
         """The session's last run, when it was cancelled (an interrupt): its message and partial
@@ -319,14 +326,25 @@ class _DeltaCallbackError(Exception):
     """``on_delta`` raised (the exception is the ``__cause__``)."""
 
 
-async def _run_streaming(target: Any, input: str, run_kwargs: dict[str, Any], on_delta: DeltaCallback) -> Any:
+async def _run_streaming(
+    target: Any,
+    input: str,
+    run_kwargs: dict[str, Any],
+    on_delta: DeltaCallback,
+    member_errors: list[tuple[str, str]],
+) -> Any:
+    """The run's output, streaming its content to ``on_delta``; the errors of members' runs are
+    added to ``member_errors`` (a stored team run does not keep its members' responses)."""
     final = None
     stream = target.arun(input, stream=True, stream_events=True, **run_kwargs)
     try:
         async for event in stream:
-            if getattr(event, "run_id", None) != run_kwargs["run_id"]:
-                continue  # a team member's own run: its work, not the team's reply
             name = getattr(event, "event", "")
+            if getattr(event, "run_id", None) != run_kwargs["run_id"]:
+                # a team member's own run: its work, not the team's reply; its failure is noted
+                if name in {"RunError", "TeamRunError"}:
+                    member_errors.append((_member_name(event), str(getattr(event, "content", None) or "")))
+                continue
             if name in {"RunContent", "TeamRunContent"} and isinstance(getattr(event, "content", None), str):
                 if event.content:
                     try:
@@ -379,6 +397,19 @@ def _failed_steps(results: Any) -> Any:
         yield from _failed_steps(getattr(result, "steps", None) or ())
 
 
+def _member_name(run: Any) -> str:
+    return str(getattr(run, "agent_id", None) or getattr(run, "team_id", None) or "?")
+
+
+def _failed_members(output: Any) -> list[tuple[str, str]]:
+    """(member, error) of each member run of a team's output that ended in an error."""
+    return [
+        (_member_name(member), str(getattr(member, "content", None) or ""))
+        for member in getattr(output, "member_responses", None) or ()
+        if str(getattr(getattr(member, "status", None), "value", None)).upper() == "ERROR"
+    ]
+
+
 def _ms_since(started: float) -> int:
     return round((time.monotonic() - started) * 1000)
 
@@ -392,7 +423,11 @@ _FINAL_EVENT_STATUS: Final = {  # a streamed run without a db ends with its fina
 }
 
 
-def _result(output: Any, started: float, name: str) -> ExecutionResult:
+def _result(
+    output: Any, started: float, name: str, member_errors: Sequence[tuple[str, str]] = ()
+) -> ExecutionResult:
+    """The result of a run's ``output``; ``member_errors``, (member, error) of the failed member
+    runs whose replies are the team's (a route team's), make it an ``error``."""
     status_name = str(getattr(getattr(output, "status", None), "value", getattr(output, "status", "")) or "")
     if not status_name:
         status_name = _FINAL_EVENT_STATUS.get(str(getattr(output, "event", "")), "")
@@ -414,6 +449,11 @@ def _result(output: Any, started: float, name: str) -> ExecutionResult:
     if failed and status is ResponseStatus.COMPLETED:  # agno goes on after a failed step
         status = ResponseStatus.ERROR
         text = "; ".join(f"step {name!r} failed: {error}" for name, error in failed)
+    if member_errors and status is ResponseStatus.COMPLETED:
+        status = ResponseStatus.ERROR
+        text = "; ".join(
+            f"member {member!r} failed: {error}" for member, error in dict.fromkeys(member_errors)
+        )
     if status_name.upper() == "PAUSED":  # what it asks is kept: it is all the user can be told
         asked = f": {text}" if text else ""
         error_message = f"the run paused for human input, which is not supported{asked}"
