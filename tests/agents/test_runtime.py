@@ -170,6 +170,38 @@ async def test_a_route_team_whose_member_fails_is_an_error(
     assert result.error_message == "member 'researcher' failed: member provider down"
 
 
+async def test_a_route_team_whose_member_fails_fails_the_team_around_it_and_the_workflow_step() -> None:
+    """A route team inside another route team, or as a workflow's step, was a completed run with
+    the member's error text as its reply: the enclosing team and the workflow answered it."""
+    to_crew = ToolCall("delegate_task_to_member", {"member_id": "crew", "task": "facts please"})
+    to_researcher = ToolCall("delegate_task_to_member", {"member_id": "researcher", "task": "facts please"})
+    rt = runtime(
+        {
+            "outer": [to_crew],
+            "leader": [to_researcher] * 2,
+            "member": [RuntimeError("member provider down")] * 2,
+        }
+    )
+    await rt.agents.create(AgentSpec.from_dict({"id": "researcher", "model": "member"}))
+    await rt.teams.create(
+        TeamSpec.from_dict({"id": "crew", "members": ["researcher"], "mode": "route", "model": "leader"})
+    )
+    await rt.teams.create(
+        TeamSpec.from_dict(
+            {"id": "outer", "members": [{"kind": "team", "id": "crew"}], "mode": "route", "model": "outer"}
+        )
+    )
+    await rt.workflows.create(
+        WorkflowSpec.from_dict({"id": "flow", "steps": [{"type": "team", "team": "crew"}]})
+    )
+    nested = await rt.teams.execute("outer", "What colour is the sky?", session_id="s")
+    assert nested.status == ResponseStatus.ERROR, nested
+    assert nested.error_message == "member 'crew' failed: member 'researcher' failed: member provider down"
+    flow = await rt.workflows.execute("flow", "What colour is the sky?", session_id="s")
+    assert flow.status == ResponseStatus.ERROR, flow
+    assert flow.error_message == "step 'crew' failed: member 'researcher' failed: member provider down"
+
+
 async def test_a_workflow_with_parallel_condition_and_loop() -> None:
     rt = runtime({"gpt": ["draft", "left", "right", "loop 1", "loop 2"]})
     await rt.agents.create(AgentSpec.from_dict({"id": "writer", "model": "gpt"}))

@@ -14,6 +14,7 @@ from typing import Any, Final, Protocol
 
 try:
     from agno.agent import Agent
+    from agno.exceptions import OutputCheckError
     from agno.media import Audio, File, Image, Video
     from agno.team import Team
     from agno.tools import Toolkit
@@ -45,7 +46,7 @@ from dynamic_agents.agents.validate import check_offered_once, tool_names_offere
 from dynamic_agents.events import Attachment
 from dynamic_agents.exceptions import EventValidationError, FieldError, SpecValidationError
 
-__all__ = ["Builder", "Media", "ModelProvider", "RouterModels", "media_from_attachments"]
+__all__ = ["Builder", "Media", "ModelProvider", "RouterModels", "media_from_attachments", "member_name"]
 
 
 class ModelProvider(Protocol):
@@ -249,6 +250,8 @@ class Builder:
         options: dict[str, Any] = {}
         if spec.num_history_runs is not None:
             options["num_history_runs"] = spec.num_history_runs
+        if spec.mode == "route":
+            options["post_hooks"] = [_fail_with_a_failed_member]
         return Team(
             **self._common(spec, user_id),
             members=members,
@@ -321,3 +324,30 @@ class Builder:
                 choices=await self._steps(step.choices, resolve, f"{path}.choices"),
             )
         raise SpecValidationError(f"unknown step type {type(step).__name__}", path=path)
+
+
+def _failed_members(output: Any) -> list[tuple[str, str]]:
+    """(member id, error) of each member run of a team's ``output`` that ended in an error."""
+    return [
+        (member_name(member), str(getattr(member, "content", None) or ""))
+        for member in getattr(output, "member_responses", None) or ()
+        if str(getattr(getattr(member, "status", None), "value", None)).upper() == "ERROR"
+    ]
+
+
+def member_name(run: Any) -> str:
+    """The agent or team id of a member's run output (or event)."""
+    return str(getattr(run, "agent_id", None) or getattr(run, "team_id", None) or "?")
+
+
+def _fail_with_a_failed_member(run_output: Any) -> None:
+    """A route team's post-hook: the member's reply is the team's, so a member whose run failed
+    fails the team's run, which agno reports completed with the error text as its reply (and a
+    workflow step or an enclosing team took it as an answer). agno makes the run an error for an
+    ``OutputCheckError``. A streamed run has no member responses here: the runtime sees the
+    members' error events instead."""
+    failed = _failed_members(run_output)
+    if failed:
+        message = "; ".join(f"member {member!r} failed: {error}" for member, error in dict.fromkeys(failed))
+        run_output.content = message
+        raise OutputCheckError(message)

@@ -26,7 +26,7 @@ from pydantic import BaseModel, JsonValue
 from dynamic_agents._logging import get_logger
 from dynamic_agents._redaction import redact_text
 from dynamic_agents._validation import check_seconds
-from dynamic_agents.agents.build import Builder, ModelProvider, media_from_attachments
+from dynamic_agents.agents.build import Builder, ModelProvider, media_from_attachments, member_name
 from dynamic_agents.agents.registry import ToolRegistry
 from dynamic_agents.agents.specs import AgentSpec, SpecBase, SpecKind, SpecStatus, TeamSpec, WorkflowSpec
 from dynamic_agents.agents.stores import SpecStore
@@ -274,12 +274,11 @@ class AgentRuntime:
                 run_id=run_id,
                 target_name=getattr(target, "name", spec_id),
             )
-        if getattr(target, "respond_directly", False) is True:
-            # a route team: the member's reply is the team's, a failed member's error text too
-            # (agno reports the team's run completed); streamed, the failures were seen as events
-            member_errors.extend(_failed_members(output))
-        else:
-            member_errors.clear()  # a coordinating leader was told, and answered itself
+        if getattr(target, "respond_directly", False) is not True:
+            # a coordinating leader was told of its members' failures, and answered itself; a
+            # route team's reply is its member's (not streamed, the builder's post-hook failed
+            # the team's run for them: streamed, agno gives the hook no member responses)
+            member_errors.clear()
         return _result(output, started, getattr(target, "name", spec_id), member_errors)
 
     async def _interrupted_turn(self, kind: SpecKind, session_id: str) -> dict[str, str] | None:
@@ -343,7 +342,7 @@ async def _run_streaming(
             if getattr(event, "run_id", None) != run_kwargs["run_id"]:
                 # a team member's own run: its work, not the team's reply; its failure is noted
                 if name in {"RunError", "TeamRunError"}:
-                    member_errors.append((_member_name(event), str(getattr(event, "content", None) or "")))
+                    member_errors.append((member_name(event), str(getattr(event, "content", None) or "")))
                 continue
             if name in {"RunContent", "TeamRunContent"} and isinstance(getattr(event, "content", None), str):
                 if event.content:
@@ -395,19 +394,6 @@ def _failed_steps(results: Any) -> Any:
         if getattr(result, "success", True) is False:
             yield getattr(result, "step_name", None) or "?", getattr(result, "error", None) or "failed"
         yield from _failed_steps(getattr(result, "steps", None) or ())
-
-
-def _member_name(run: Any) -> str:
-    return str(getattr(run, "agent_id", None) or getattr(run, "team_id", None) or "?")
-
-
-def _failed_members(output: Any) -> list[tuple[str, str]]:
-    """(member, error) of each member run of a team's output that ended in an error."""
-    return [
-        (_member_name(member), str(getattr(member, "content", None) or ""))
-        for member in getattr(output, "member_responses", None) or ()
-        if str(getattr(getattr(member, "status", None), "value", None)).upper() == "ERROR"
-    ]
 
 
 def _ms_since(started: float) -> int:
