@@ -78,6 +78,10 @@ def test_a_reference_is_kept_as_written() -> None:
         ({"api_key": CANARY}, "parameters.api_key"),
         ({"headers": {"Authorization": f"Bearer {CANARY}"}}, "parameters.headers.Authorization"),
         ({"tokens": ["fine", CANARY]}, "parameters.tokens[1]"),
+        # a URL's password or credential query value, under any name: they were stored as written
+        ({"dsn": f"postgresql://search:{CANARY}@db.internal/search"}, "parameters.dsn"),
+        ({"endpoint": f"https://api.example.com/v1?key={CANARY}"}, "parameters.endpoint"),
+        ({"mirrors": ["https://a.example", f"https://u:{CANARY}@b.example"]}, "parameters.mirrors[1]"),
     ],
 )
 def test_a_key_written_out_is_refused_without_showing_it(parameters: dict[str, Any], path: str) -> None:
@@ -97,6 +101,8 @@ def test_a_key_written_out_is_refused_without_showing_it(parameters: dict[str, A
         {"sort_key": "created_at desc"},  # a credential-ish name, but words
         {"index": "a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6"},  # key-shaped, under a name that is no credential
         {"api_key_header": "X-Api-Key"},
+        {"endpoint": "https://api.example.com/v1?api-version=2024-06-01"},  # a URL without a credential
+        {"dsn": "postgresql://search@db.internal/search"},
     ],
 )
 def test_values_that_are_not_keys_are_accepted(parameters: dict[str, Any]) -> None:

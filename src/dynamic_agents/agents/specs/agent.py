@@ -7,7 +7,7 @@ from typing import Annotated, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationInfo, field_validator
 
-from dynamic_agents._redaction import looks_like_a_key, names_a_credential
+from dynamic_agents._redaction import looks_like_a_key, masked_url, names_a_credential
 from dynamic_agents._validation import NotBoolean
 from dynamic_agents.agents.specs.base import SpecBase, SpecKind
 from dynamic_agents.exceptions import SecretReferenceError
@@ -41,7 +41,8 @@ class ToolRef(BaseModel):
     manager) each time it builds the tool, and the spec — in a store, on disk, in an API response —
     holds only the reference. A malformed reference is refused, and so is a value shaped like a
     key (a word of it: ``Bearer sk-…``) under a name that says it is a credential
-    (``api_key: tvly-…``).
+    (``api_key: tvly-…``), and a URL with a password or a credential query value under any name
+    (``dsn: postgresql://u:pw@h/db``).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -58,7 +59,10 @@ class ToolRef(BaseModel):
             except SecretReferenceError as error:
                 raise ValueError(f"{path}: {error}") from None
             name = path.rsplit(".", 1)[-1].split("[", 1)[0]
-            if reference is None and names_a_credential(name) and any(map(looks_like_a_key, text.split())):
+            if reference is None and (
+                (names_a_credential(name) and any(map(looks_like_a_key, text.split())))
+                or any(_url_with_a_credential(word) for word in text.split())
+            ):
                 raise ValueError(
                     f"{path} holds what looks like a credential written out (not shown): store it as "
                     "a secret and write its reference instead, 'secret:<provider>:<field>' or "
@@ -70,6 +74,12 @@ class ToolRef(BaseModel):
     def has_references(self) -> bool:
         """Whether a parameter is a secret reference (the builder needs a secrets manager)."""
         return any(parse_reference(text) is not None for _, text in _strings(self.parameters, "parameters"))
+
+
+def _url_with_a_credential(word: str) -> bool:
+    """Whether ``word`` is a URL with a password or a credential query value
+    (``postgresql://u:pw@h/db``, ``https://h/v1?key=…``), whatever the parameter's name."""
+    return "://" in word and masked_url(word, register=False) != word
 
 
 def _strings(value: JsonValue, path: str) -> Iterator[tuple[str, str]]:
