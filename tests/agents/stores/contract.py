@@ -151,6 +151,31 @@ class SpecStoreContract:
                 await call()
         assert await store.version(SpecKind.AGENT, "helper") == 1
 
+    @pytest.mark.parametrize(
+        ("fields", "path"),
+        [
+            ({"llm": "x\ud800y"}, "llm"),
+            ({"metadata": {"notes": ["fine", "\udfff"]}}, "metadata.notes[1]"),
+            ({"tags": ["ok", "\ud800"]}, "tags[1]"),
+        ],
+    )
+    async def test_a_lone_surrogate_is_refused_naming_where_and_nothing_is_stored(
+        self, store: SpecStore, fields: dict[str, object], path: str
+    ) -> None:
+        """A lone surrogate (JSON's "\\ud800") is no Unicode text: the YAML store wrote a file
+        no read could parse, and every list() failed on it from then on."""
+        for write in (
+            lambda: store.create(agent(**fields)),
+            lambda: store.update(agent(**fields), expected_version=1),
+        ):
+            with pytest.raises(SpecValidationError, match="lone surrogate") as caught:
+                await write()
+            assert caught.value.path == path
+            assert caught.value.spec == "agent 'helper'"
+            if await store.version(SpecKind.AGENT, "helper") is None:
+                await store.create(agent())
+        assert await store.list() == [agent()]
+
     async def test_unknown_specs_are_none_and_require_names_them(self, store: SpecStore) -> None:
         assert await store.get(SpecKind.AGENT, "nope") is None
         assert await store.version(SpecKind.AGENT, "nope") is None

@@ -10,8 +10,9 @@ version cannot both win. The in-memory, YAML-directory and SQL backends share on
 from __future__ import annotations
 
 import builtins
+import re
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import Any, Self, TypeAlias
 
@@ -141,8 +142,35 @@ def invalid(where: str, message: str, spec: str = "", path: str = "") -> SpecVal
 
 
 def stored_copy(spec: SpecBase, version: int) -> SpecBase:
-    """``spec`` as stored at ``version``."""
+    """``spec`` as stored at ``version``; a :class:`SpecValidationError` naming where if a text
+    of it holds a lone surrogate (JSON's ``"\\ud800"``): no Unicode text, it cannot be written as
+    UTF-8, and the YAML store wrote a file that no read could parse."""
+    for path, text in _texts(spec.to_document(), ""):
+        surrogate = _SURROGATE.search(text)
+        if surrogate is not None:
+            raise SpecValidationError(
+                f"the text holds a lone surrogate ({surrogate.group()!a}), which is no Unicode "
+                "character: the text is not valid UTF-8",
+                spec=spec.ref,
+                path=path,
+            )
     return spec.model_copy(update={"version": version})
+
+
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def _texts(value: Any, path: str) -> Iterator[tuple[str, str]]:
+    """Every string value of a document with its path (``metadata.notes[1]``). Keys are not
+    searched: the document's JSON form has U+FFFD for a surrogate in a key."""
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _texts(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            yield from _texts(item, f"{path}[{index}]")
 
 
 def matches(spec: SpecBase, tag: str | None, status: SpecStatus | None) -> bool:
