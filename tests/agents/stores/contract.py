@@ -99,6 +99,16 @@ class SpecStoreContract:
         assert got == stored
         assert got is not stored
 
+    async def test_any_unicode_text_reads_back_as_written(self, store: SpecStore) -> None:
+        """The YAML store read NEL (U+0085, the "…" of Windows-1252 text read as Latin-1) back as a
+        line break: a spec stored with one came back changed."""
+        text = "a\x85b \u2028 \u2029 \ufeff \x00 \x07 \x1b \t\r\n é 😀 \ufffe \uffff 'q' \"dq\" #x: y"
+        nel = "wait\x85"  # alone and last: with the others, or before others, it is written escaped
+        spec = agent(llm=nel, tags=[nel, text], metadata={nel: [text, {"k": nel}]}, name=text)
+        await store.create(spec)
+        assert await store.get(SpecKind.AGENT, "helper") == spec
+        assert await store.list() == [spec]
+
     async def test_every_read_is_a_fresh_copy(self, store: SpecStore) -> None:
         await store.create(agent(metadata={"k": "v"}))
         first = await store.require(SpecKind.AGENT, "helper")

@@ -229,6 +229,10 @@ def _write(path: Path, document: dict[str, Any]) -> None:
     """Replace ``path`` atomically: write a temporary file beside it, sync it, rename it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     text = yaml.safe_dump(document, sort_keys=False, allow_unicode=True)
+    if safe_load(text) != document:
+        # PyYAML writes some characters as they are where its reader takes them for something
+        # else (a NEL ending a text, U+0085, read back as a space): escaped, they read back as written
+        text = yaml.safe_dump(document, sort_keys=False, allow_unicode=False)
     handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed before the rename below
         "w", encoding="utf-8", dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp", delete=False
     )
