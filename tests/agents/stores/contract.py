@@ -186,6 +186,20 @@ class SpecStoreContract:
                 await store.create(agent())
         assert await store.list() == [agent()]
 
+    async def test_a_status_given_as_its_text_filters_and_an_unknown_one_is_refused(
+        self, store: SpecStore
+    ) -> None:
+        """An unknown status ("Active", "bogus") listed nothing on the in-memory and YAML stores
+        and raised a bare ValueError on SQL."""
+        await store.create(agent())
+        assert await store.list(status="active") == [agent()]  # type: ignore[arg-type]
+        assert await store.list(status="disabled") == []  # type: ignore[arg-type]
+        for status in ("Active", "bogus"):
+            with pytest.raises(
+                ConfigurationError, match=rf"^status must be one of 'active', 'disabled', got '{status}'"
+            ):
+                await store.list(status=status)  # type: ignore[arg-type]
+
     async def test_unknown_specs_are_none_and_require_names_them(self, store: SpecStore) -> None:
         assert await store.get(SpecKind.AGENT, "nope") is None
         assert await store.version(SpecKind.AGENT, "nope") is None

@@ -35,6 +35,12 @@ class SpecStatus(StrEnum):
     ACTIVE = "active"
     DISABLED = "disabled"
 
+    @classmethod
+    def of(cls, value: object) -> SpecStatus:
+        """``value`` as a status (``"active"`` is :attr:`ACTIVE`), else a
+        :class:`ConfigurationError` naming it and the valid statuses."""
+        return check_choice("status", value, cls)
+
 
 class SpecBase(BaseModel):
     """Fields common to agent, team and workflow specs.

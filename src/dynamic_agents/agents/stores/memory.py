@@ -34,6 +34,7 @@ class InMemorySpecStore(SpecStore):
         self, kind: SpecKind | None = None, *, tag: str | None = None, status: SpecStatus | None = None
     ) -> builtins.list[SpecBase]:
         kind = None if kind is None else SpecKind.of(kind)
+        status = None if status is None else SpecStatus.of(status)
         specs = [
             self._load(key_kind, spec_id, text)
             for (key_kind, spec_id), text in self._documents.items()

@@ -160,7 +160,8 @@ class SqlSpecStore(SpecStore):
         if kind is not None:
             query = query.where(specs_table.c.kind == SpecKind.of(kind).value)
         if status is not None:
-            query = query.where(specs_table.c.status == SpecStatus(status).value)
+            status = SpecStatus.of(status)
+            query = query.where(specs_table.c.status == status.value)
         if tag is not None:  # narrows only: the exact test is `matches` below
             query = query.where(specs_table.c.tags.contains(json.dumps(tag), autoescape=True))
         async with self._connect() as conn:

@@ -104,6 +104,7 @@ class YamlDirectorySpecStore(SpecStore):
         self, kind: SpecKind | None = None, *, tag: str | None = None, status: SpecStatus | None = None
     ) -> builtins.list[SpecBase]:
         kinds = list(SpecKind) if kind is None else [SpecKind.of(kind)]
+        status = None if status is None else SpecStatus.of(status)
         found = await asyncio.to_thread(self._scan, kinds)
         specs = [self.rebuild(k, spec_id, document, where=str(path)) for k, spec_id, path, document in found]
         return sorted((spec for spec in specs if matches(spec, tag, status)), key=order_key)
