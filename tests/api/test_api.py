@@ -23,6 +23,7 @@ from dynamic_agents.agents import (
     RouterModels,
     SpecBase,
     SpecKind,
+    SqlSpecStore,
     ToolRegistry,
     YamlDirectorySpecStore,
 )
@@ -1762,6 +1763,25 @@ async def test_a_transport_that_fails_is_a_503_not_a_500(stack: Stack, method: s
     response = await stack.client.request(method, path)
     assert response.status_code == 503
     assert response.json()["detail"].startswith("the message transport is unavailable: ")
+
+
+async def test_a_spec_store_that_cannot_be_reached_is_a_503_not_a_500() -> None:
+    """The database away (a restart, a failover): a 503 a caller may retry, the store named with
+    its password masked; it was a bare 500."""
+    url = "postgresql://postgres:pw-CANARY@127.0.0.1:1/test"
+    async with SqlSpecStore.from_url(url) as store:
+        runtime = AgentRuntime(store, ToolRegistry(), ScriptedModels({"gpt": []}))
+        async with client_for(make_app(runtime), AUTH) as client:
+            answers = [
+                await client.get(f"{V1}/agents"),
+                await client.get(f"{V1}/agents/bot"),
+                await client.post(f"{V1}/agents", json=AGENT),
+                await client.post(f"{V1}/agents/bot/execute", json=EXECUTE),
+            ]
+    for answer in answers:
+        assert answer.status_code == 503
+        assert answer.json()["detail"].startswith("the spec store is unavailable: SqlSpecStore (")
+        assert "CANARY" not in answer.text
 
 
 # -- routes whose dependency was not given ----------------------------------------------------------

@@ -1,6 +1,7 @@
 """The route class of every API route: the caller checked and the body's size limited before the
-body is read, a JSON body holding what is no text refused, the transport failing answered as a
-503, and a request that does not validate as a 422 that shows its values as errors do."""
+body is read, a JSON body holding what is no text refused, the transport or the spec store
+failing answered as a 503, and a request that does not validate as a 422 that shows its values
+as errors do."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any, Final
 from dynamic_agents._logging import get_logger
 from dynamic_agents._redaction import REDACTOR
 from dynamic_agents.api._bodies import limited_receive, lone_surrogate, too_large
-from dynamic_agents.exceptions import TransportError
+from dynamic_agents.exceptions import SpecStoreUnavailableError, TransportError
 from dynamic_agents.secrets.references import shown_value
 
 try:
@@ -77,6 +78,10 @@ class ApiRoute(APIRoute):
             except TransportError as error:  # a DeliveryError (an unknown entry) is each route's own
                 logger.warning("%s %s: %s", request.method, request.url.path, error)
                 detail = f"the message transport is unavailable: {REDACTOR.redact(str(error))}"
+                return JSONResponse({"detail": detail}, status_code=503)
+            except SpecStoreUnavailableError as error:  # the database away: worth a retry, as above
+                logger.warning("%s %s: %s", request.method, request.url.path, error)
+                detail = f"the spec store is unavailable: {REDACTOR.redact(str(error))}"
                 return JSONResponse({"detail": detail}, status_code=503)
 
         return answer
