@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections.abc
 import gc
+import json
 import logging
 import math
 import typing
@@ -330,6 +331,55 @@ async def test_a_faststream_rpc_request_gets_its_reply(
         response = await broker.request(request.model_dump(mode="json"), stream=names.requests, timeout=10)
     body = AgentResponseEvent.model_validate_json(response.body)
     assert (body.request_id, body.content) == (request.id, "re: ping over rpc")
+
+
+@pytest.mark.redis
+@pytest.mark.faststream
+@pytest.mark.parametrize("correlation_id", ["é-1", "c" * 70_000], ids=["not ASCII", "over 65535 bytes"])
+async def test_a_faststream_rpc_request_whose_correlation_id_no_header_can_carry_gets_its_reply(
+    redis_url: str, names: StreamNames, running_worker: AgentWorker, correlation_id: str
+) -> None:
+    """FastStream sends a non-ASCII correlation id (a legacy JSON envelope, any length), and the
+    worker reads the request; no envelope header can carry it back (FastStream's reader cannot read
+    a non-ASCII header, nor its writer write one over 65535 bytes). The reply carries its own id
+    instead: the caller waits on its channel, not on the id. It was a reply the worker could not
+    write: the request stayed pending, to be run again, and the caller timed out."""
+    from faststream.redis import RedisBroker, RedisChannelMessage
+
+    request = AgentRequestEvent(source="rest", source_id="rpc", user_id="u", content="ping over rpc")
+    if not correlation_id.isascii():
+        async with RedisBroker(redis_url) as broker:
+            sent = request.model_dump(mode="json")
+            response = await broker.request(
+                sent, stream=names.requests, timeout=10, correlation_id=correlation_id
+            )
+    else:  # too long for FastStream's writer: a legacy JSON envelope carries it
+        channel = f"{names.prefix}:rpc-reply"
+        replied: asyncio.Future[RedisChannelMessage] = asyncio.get_running_loop().create_future()
+        broker = RedisBroker(redis_url)
+
+        @broker.subscriber(channel)
+        async def caller(message: RedisChannelMessage) -> None:
+            replied.set_result(message)
+
+        headers = {"correlation_id": correlation_id, "reply_to": channel}
+        legacy = json.dumps({"data": request.model_dump_json(), "headers": headers})
+        async with broker:
+            await broker.start()
+            redis = Redis.from_url(redis_url)
+            try:
+                await redis.xadd(names.requests, {"__data__": legacy})
+            finally:
+                await redis.aclose()
+            response = await asyncio.wait_for(replied, 10)
+    body = AgentResponseEvent.model_validate_json(response.body)
+    assert (body.request_id, body.content) == (request.id, "re: ping over rpc")
+    assert response.correlation_id == body.id
+
+    async def settled() -> bool:  # acked, not left pending to be run again
+        return await running_worker.transport.pending(names.requests, running_worker.settings.group) == []
+
+    await wait_until(settled, 10, "the request acked")
 
 
 def _platform_request(names: StreamNames, request_id: str) -> AgentRequestEvent:

@@ -33,6 +33,7 @@ __all__ = [
     "Envelope",
     "decode_envelope",
     "encode_envelope",
+    "fits_in_header",
     "read_entry_data",
 ]
 
@@ -53,6 +54,12 @@ class Envelope:
 
     body: bytes
     headers: Mapping[str, str] = field(default_factory=dict)
+
+
+def fits_in_header(text: str) -> bool:
+    """Whether :func:`encode_envelope` can write ``text`` as a header name or value: ASCII (what a
+    FastStream peer reads back), at most 65535 bytes (a u16 length)."""
+    return text.isascii() and len(text) <= _U16_MAX
 
 
 def _ascii(kind: str, text: str) -> bytes:

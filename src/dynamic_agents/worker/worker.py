@@ -38,6 +38,7 @@ from dynamic_agents._redaction import redact_text
 from dynamic_agents._tasks import cancel_and_wait
 from dynamic_agents._validation import a_type, check_seconds, invalid_fields, shown
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, ResponseStatus, Target
+from dynamic_agents.events.envelope import fits_in_header
 from dynamic_agents.exceptions import (
     ConfigurationError,
     DynamicAgentsError,
@@ -1128,13 +1129,25 @@ class AgentWorker:
         rpc_channel = message.reply_to if message is not None and event.reply_stream is None else None
         if rpc_channel is None:  # the usual case, positional: a call with keywords builds a dict
             return Reply(response, event.reply_stream, self.settings.reply_maxlen, self.settings.reply_expire)
+        correlation_id = message.correlation_id if message is not None else None
+        if correlation_id is not None and not fits_in_header(correlation_id):
+            # FastStream sends one (its reader could not read it back): the caller waits on its
+            # channel, not on the id, so it gets a reply that carries the response's own id
+            logger.warning(
+                "request %s: its correlation_id %s is not ASCII or over 65535 bytes, which no "
+                "envelope header can carry; the reply to %r carries the response id instead",
+                event.id,
+                shown(correlation_id),
+                rpc_channel,
+            )
+            correlation_id = None
         return Reply(
             response,
             event.reply_stream,
             maxlen=self.settings.reply_maxlen,
             expire=self.settings.reply_expire,
             channel=rpc_channel,
-            correlation_id=message.correlation_id if rpc_channel and message is not None else None,
+            correlation_id=correlation_id,
         )
 
     async def _answer(
