@@ -31,6 +31,7 @@ from dynamic_agents.exceptions import (
     EventValidationError,
     NoRouteError,
     TransportError,
+    UnsupportedSchemaVersionError,
 )
 from dynamic_agents.execution import FunctionExecutor
 from dynamic_agents.routing import EventRouter, RoutingConfig
@@ -380,6 +381,34 @@ async def test_a_faststream_rpc_request_whose_correlation_id_no_header_can_carry
         return await running_worker.transport.pending(names.requests, running_worker.settings.group) == []
 
     await wait_until(settled, 10, "the request acked")
+
+
+@pytest.mark.redis
+@pytest.mark.faststream
+async def test_a_reply_of_a_newer_major_schema_fails_the_request_waiting_for_it(
+    redis_url: str, names: StreamNames
+) -> None:
+    """A FastStream worker of a newer major version answers: ``request()`` raises the
+    ``UnsupportedSchemaVersionError`` saying so, instead of a ``TimeoutError`` once its whole
+    timeout has run out (the reply was skipped with a warning, and the caller never saw why)."""
+    from faststream.redis import RedisBroker, StreamSub
+
+    transport = RedisStreamsTransport.from_url(redis_url, names=names)
+    request = _platform_request(names, "evt-major")
+    broker = RedisBroker(redis_url)
+
+    @broker.subscriber(stream=StreamSub(names.requests, group="newer-workers", consumer="w", last_id="0"))
+    @broker.publisher(stream=names.responses("slack", "c1"))
+    async def newer_worker(body: dict[str, Any]) -> dict[str, Any]:
+        return {"schema_version": "2.0", "request_id": body["id"], "content": "from the future"}
+
+    try:
+        async with AgentClient(transport, block=0.05) as client, broker:
+            await broker.start()
+            with pytest.raises(UnsupportedSchemaVersionError, match=r"^schema_version '2\.0' is not"):
+                await client.request(request, timeout=10)
+    finally:
+        await transport.aclose()
 
 
 def _platform_request(names: StreamNames, request_id: str) -> AgentRequestEvent:

@@ -9,6 +9,7 @@ once nobody waits on its stream.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -19,6 +20,7 @@ from dynamic_agents._logging import get_logger
 from dynamic_agents._validation import check_seconds, shown, with_article
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, StreamNames
 from dynamic_agents.events._errors import event_error, preview
+from dynamic_agents.events.envelope import DATA_FIELD, read_entry_data
 from dynamic_agents.exceptions import (
     ConfigurationError,
     DeliveryError,
@@ -184,7 +186,8 @@ class AgentClient:
         A request already answered (a platform's retry of an event, whose id is the request id) is
         not published again: its reply is read back from where the completed-request record says it
         is (:class:`DeliveryError` if it is no longer there). :meth:`aclose` ends the wait with a
-        :class:`TransportError`.
+        :class:`TransportError`. A reply to it that does not decode (a newer major
+        ``schema_version``, say) raises its :class:`~dynamic_agents.exceptions.EventError`.
         """
         timeout = check_seconds("timeout", timeout, forever=True)
         if request.reply_stream is None:
@@ -273,14 +276,20 @@ class AgentClient:
                 continue
             for entry in entries:
                 reader.position = entry.entry_id
-                if entry.message is None:  # whose reply it is cannot be told: say so, or its caller
-                    # only ever sees a TimeoutError
+                if entry.message is None:
+                    # a reply this release cannot read (a newer major version, say): whoever waits
+                    # for the request it names gets the error, not a TimeoutError at the end
+                    request_id = _named_request_id(entry.fields, self.transport.codec.max_size)
                     logger.warning(
-                        "entry %s of %r does not decode as a reply, skipped: %s",
+                        "entry %s of %r does not decode as a reply%s, skipped: %s",
                         entry.entry_id,
                         reader.stream,
+                        "" if request_id is None else f" (to request {request_id!r})",
                         entry.error,
                     )
+                    for future in reader.waiting.get(request_id or "", ()):
+                        if not future.done() and entry.error is not None:
+                            future.set_exception(entry.error)
                     continue
                 for future in reader.waiting.get(entry.message.event.request_id, ()):
                     if not future.done():
@@ -448,3 +457,17 @@ class AgentClient:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+
+def _named_request_id(fields: Mapping[bytes, bytes], max_size: int) -> str | None:
+    """The ``request_id`` string of a reply entry that did not decode, if its body (within
+    ``max_size`` bytes, in any envelope the codec reads) is a JSON object naming one."""
+    data = fields.get(DATA_FIELD.encode())
+    if data is None or len(data) > max_size:
+        return None
+    try:
+        body = json.loads(read_entry_data(data).body)
+    except (ValueError, RecursionError):  # not JSON (EnvelopeError is a ValueError too)
+        return None
+    request_id = body.get("request_id") if isinstance(body, dict) else None
+    return request_id if isinstance(request_id, str) else None
