@@ -9,17 +9,19 @@ a legacy JSON envelope through FastStream.
 """
 
 import asyncio
-from typing import Any, cast
+from datetime import datetime, timedelta
+from typing import Any, Literal, cast
 
 import pytest
 from faststream._internal.parser import DefaultCodec
 from faststream.redis import RedisBroker, RedisStreamMessage, StreamSub
 from faststream.redis.parser import BinaryMessageFormatV1
+from pydantic import BaseModel
 from redis.asyncio import Redis
 
 from dynamic_agents.events.codecs import EventCodec
 from dynamic_agents.events.envelope import DATA_FIELD, encode_envelope
-from dynamic_agents.events.models import AgentRequestEvent
+from dynamic_agents.events.models import AgentRequestEvent, AgentResponseEvent
 
 pytestmark = [pytest.mark.redis, pytest.mark.faststream]
 
@@ -199,3 +201,109 @@ async def test_an_envelope_with_non_ascii_headers_from_faststream_is_read(value:
     }
     entry = EventCodec().decode_entry({DATA_FIELD.encode(): envelope}, AgentRequestEvent)
     assert entry.headers == decoded.headers
+
+
+class TheirRequest(BaseModel):
+    """A FastStream front end's own model of a request (not ours): what it publishes."""
+
+    id: str
+    source: str
+    source_id: str
+    user_id: str
+    user_name: str | None
+    content: str
+    agent_id: str
+    session_id: str
+    timestamp: datetime
+    metadata: dict[str, Any]
+
+
+@pytest.mark.parametrize(
+    ("kind", "content_type"),
+    [("model", "application/json"), ("dict", "application/json"), ("str", "text/plain"), ("bytes", None)],
+)
+async def test_every_payload_faststream_publishes_decodes_to_the_same_event(
+    redis_url: str, redis_prefix: str, kind: str, content_type: str | None
+) -> None:
+    """A pydantic model, a dict, a str or bytes: FastStream encodes each its own way (and sets the
+    content type for all but bytes); the codec reads the same event from each, on a stream FastStream
+    trims (``maxlen``)."""
+    stream = f"{redis_prefix}:requests"
+    event = make_request()
+    theirs = TheirRequest.model_validate(event.model_dump())
+    payload: Any = {
+        "model": theirs,
+        "dict": theirs.model_dump(mode="json"),
+        "str": theirs.model_dump_json(),
+        "bytes": theirs.model_dump_json().encode(),
+    }[kind]
+
+    async with RedisBroker(redis_url) as broker:
+        await broker.publish(payload, stream=stream, maxlen=10, headers={"traceparent": TRACEPARENT})
+
+    client = Redis.from_url(redis_url)
+    try:
+        entries = await client.xrange(stream)
+    finally:
+        await client.aclose()
+
+    assert entries is not None
+    assert len(entries) == 1
+    decoded = EventCodec().decode_entry(cast("dict[bytes, bytes]", entries[0][1]), AgentRequestEvent)
+    assert decoded.event == event
+    assert decoded.traceparent == TRACEPARENT
+    assert decoded.headers.get("content-type") == content_type
+
+
+class TheirResponse(BaseModel):
+    """A FastStream front end's own model of a reply: our field names, enum values and timestamp
+    format, and none of the fields it does not use (ignored, as pydantic does by default)."""
+
+    request_id: str
+    timestamp: datetime
+    content: str
+    status: Literal["completed", "error", "timeout", "cancelled", "rejected"]
+    error_message: str | None
+    execution_time_ms: int | None
+
+
+async def test_a_faststream_subscriber_reads_a_reply_into_its_own_model(
+    redis_url: str, redis_prefix: str
+) -> None:
+    stream = f"{redis_prefix}:responses"
+    reply = AgentResponseEvent.model_validate(
+        {
+            "schema_version": "1.3",  # a newer minor, with a field this release does not know
+            "request_id": "req-1",
+            "content": "héllo 🌦",
+            "status": "timeout",
+            "error_message": "took too long",
+            "execution_time_ms": 1500,
+            "priority": "high",
+        }
+    )
+    received: asyncio.Future[TheirResponse] = asyncio.get_running_loop().create_future()
+    broker = RedisBroker(redis_url)
+
+    @broker.subscriber(stream=StreamSub(stream, group="interface", consumer="c1", last_id="0"))
+    async def handle(body: TheirResponse) -> None:
+        received.set_result(body)
+
+    client = Redis.from_url(redis_url)
+    try:
+        await client.xadd(stream, EventCodec().encode_entry(reply))  # type: ignore[arg-type]
+        async with broker:
+            await broker.start()
+            body = await asyncio.wait_for(received, DEADLINE)
+    finally:
+        await client.aclose()
+
+    assert body == TheirResponse(
+        request_id="req-1",
+        timestamp=reply.timestamp,
+        content="héllo 🌦",
+        status="timeout",
+        error_message="took too long",
+        execution_time_ms=1500,
+    )
+    assert body.timestamp.utcoffset() == timedelta(0)
