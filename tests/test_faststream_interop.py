@@ -21,7 +21,9 @@ from redis.asyncio import Redis
 
 from dynamic_agents.events.codecs import EventCodec
 from dynamic_agents.events.envelope import DATA_FIELD, encode_envelope
+from dynamic_agents.events.lifecycle import LifecycleEvent
 from dynamic_agents.events.models import AgentRequestEvent, AgentResponseEvent
+from dynamic_agents.exceptions import UnsupportedSchemaVersionError
 
 pytestmark = [pytest.mark.redis, pytest.mark.faststream]
 
@@ -307,3 +309,35 @@ async def test_a_faststream_subscriber_reads_a_reply_into_its_own_model(
         execution_time_ms=1500,
     )
     assert body.timestamp.utcoffset() == timedelta(0)
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"type": "run.tool_called", "tool": "search"},  # a type only a newer major has
+        {"kind": "run.started"},  # no "type" at all: a newer major renamed it
+        {"type": "run.started"},
+    ],
+    ids=["new type", "no type", "known type"],
+)
+async def test_a_lifecycle_event_of_a_newer_major_is_refused_as_one(
+    redis_url: str, redis_prefix: str, event: dict[str, Any]
+) -> None:
+    """A newer major may add lifecycle types (enumerations change only with a major version): such
+    an event is an ``UnsupportedSchemaVersionError``, as a request or a reply of that version is,
+    not an unknown ``type`` (the union's tag was checked before the version)."""
+    stream = f"{redis_prefix}:events"
+    body = {"schema_version": "2.0", "request_id": "req-1", "session_id": "discord:1", **event}
+    async with RedisBroker(redis_url) as broker:
+        await broker.publish(body, stream=stream)
+
+    client = Redis.from_url(redis_url)
+    try:
+        entries = await client.xrange(stream)
+    finally:
+        await client.aclose()
+
+    assert entries is not None
+    fields = cast("dict[bytes, bytes]", entries[0][1])
+    with pytest.raises(UnsupportedSchemaVersionError, match=r"^schema_version '2\.0' is not supported"):
+        EventCodec().decode_entry(fields, LifecycleEvent)

@@ -7,14 +7,16 @@ failed before a target was chosen). ``type`` tells them apart; decode any of the
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
-from pydantic import Field, JsonValue, TypeAdapter
+from pydantic import Field, JsonValue, TypeAdapter, ValidationError
+from pydantic_core import ErrorDetails
 
 from dynamic_agents.events._types import EventId, UtcDatetime, utc_now
 from dynamic_agents.events.codecs import _register_validator
 from dynamic_agents.events.models import ResponseStatus, WireModel
 from dynamic_agents.events.targets import Target, TargetType
+from dynamic_agents.exceptions import UnsupportedSchemaVersionError
 
 __all__ = [
     "ContentDelta",
@@ -80,4 +82,32 @@ AnyLifecycleEvent = Annotated[
     Field(discriminator="type"),
 ]
 LIFECYCLE_ADAPTER: TypeAdapter[AnyLifecycleEvent] = TypeAdapter(AnyLifecycleEvent)
-_register_validator(LifecycleEvent, LIFECYCLE_ADAPTER.validate_json)
+
+
+_UNION_TAG_ERRORS: Final = frozenset({"union_tag_invalid", "union_tag_not_found"})
+
+
+def validate_lifecycle_json(data: bytes | str) -> AnyLifecycleEvent:
+    """The lifecycle event ``data`` holds, of the class its ``type`` names.
+
+    The union picks the class by ``type`` before any field is checked: an event of a newer major
+    version, whose ``type`` this release does not know (enumerations change only with a major
+    version), is refused for its ``schema_version`` rather than for its ``type``."""
+    try:
+        return LIFECYCLE_ADAPTER.validate_json(data)
+    except ValidationError as error:
+        if _UNION_TAG_ERRORS.isdisjoint(detail["type"] for detail in error.errors()):
+            raise
+        try:
+            WireModel.model_validate_json(data)  # the fields every event has: schema_version, id
+        except ValidationError as version_error:
+            if any(_newer_major(detail) for detail in version_error.errors()):
+                raise version_error from None
+        raise
+
+
+def _newer_major(detail: ErrorDetails) -> bool:
+    return isinstance(detail.get("ctx", {}).get("error"), UnsupportedSchemaVersionError)
+
+
+_register_validator(LifecycleEvent, validate_lifecycle_json)
