@@ -343,6 +343,30 @@ def test_a_legacy_envelope_with_a_lone_surrogate_is_refused(envelope: bytes, whe
         CODEC.decode_entry({b"__data__": envelope}, AgentRequestEvent)
 
 
+@pytest.mark.parametrize(
+    ("envelope", "message"),
+    [
+        ({"data": valid_body()}, "'data' must be a string (the event's JSON text), got an object"),
+        ({"data": "{}", "headers": [["correlation_id", "c"]]}, "'headers' must be an object, got an array"),
+        ({"data": "{}", "headers": None}, "'headers' must be an object, got null"),
+        ({"data": 17, "headers": {}}, "'data' must be a string (the event's JSON text), got a number"),
+    ],
+)
+def test_a_legacy_envelope_of_wrong_types_is_refused_as_one(envelope: dict[str, Any], message: str) -> None:
+    """Read as a bare body (as FastStream's reader reads it, or fails to), it was refused for the
+    event fields it lacks (``source: Field required; …``), hiding what is wrong with it."""
+    data = json.dumps(envelope).encode()
+    with pytest.raises(EnvelopeError, match=re.escape(f"legacy JSON envelope: {message}")):
+        CODEC.decode_entry({b"__data__": data}, AgentRequestEvent)
+
+
+def test_a_legacy_envelope_around_a_body_of_the_same_shape_is_an_invalid_event() -> None:
+    """The body inside a well-formed envelope is the event's, not a second envelope."""
+    data = json.dumps({"data": json.dumps({"data": "x"})}).encode()
+    with pytest.raises(EventValidationError, match=r"^invalid AgentRequestEvent: source: Field required"):
+        CODEC.decode_entry({b"__data__": data}, AgentRequestEvent)
+
+
 def test_body_with_a_data_field_is_not_mistaken_for_a_legacy_envelope() -> None:
     body = json.dumps(valid_body(data="not an envelope")).encode()
     assert read_entry_data(body).body == body

@@ -7,6 +7,7 @@ pydantic, ``json`` and ``struct`` errors never escape. Size limits are checked b
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Generic, TypeVar
@@ -191,7 +192,14 @@ class EventCodec:
         data = _field(fields, DATA_FIELD)
         if data is not None:
             self._check_size("stream entry", len(data))
-            return self._decode_body(read_entry_data(data), model)
+            envelope = read_entry_data(data)
+            try:
+                return self._decode_body(envelope, model)
+            except EventValidationError:
+                problem = _misshapen_legacy_envelope(envelope) if not envelope.headers else None
+                if problem is not None:  # no event, but an envelope with a wrong type in it
+                    raise EnvelopeError(f"legacy JSON envelope: {problem}") from None
+                raise
         self._check_size("stream entry", sum(_byte_length(k) + _byte_length(v) for k, v in fields.items()))
         flat = {_text(key): _text(value) for key, value in fields.items()}
         try:
@@ -222,6 +230,32 @@ class EventCodec:
     def _check_size(self, what: str, size: int) -> None:
         if size > self.max_size:
             raise EventTooLargeError(what, size, self.max_size)  # bytes, max_size (all but content)
+
+
+_JSON_TYPES: Final = {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}
+
+
+def _misshapen_legacy_envelope(envelope: Envelope) -> str | None:
+    """What is wrong with a body read as a bare one that is a legacy JSON envelope in all but its
+    types (an object of ``data`` and maybe ``headers``; no event has only those), or ``None``."""
+    if b'"data"' not in envelope.body:  # cheap: most bodies that fail are no such object
+        return None
+    try:
+        parsed = json.loads(envelope.body)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(parsed, dict) or "data" not in parsed or not set(parsed) <= {"data", "headers"}:
+        return None
+    if not isinstance(parsed["data"], str):
+        return f"'data' must be a string (the event's JSON text), got {_json_type(parsed['data'])}"
+    headers = parsed.get("headers", {})
+    return None if isinstance(headers, dict) else f"'headers' must be an object, got {_json_type(headers)}"
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    return _JSON_TYPES.get(type(value), "a number")
 
 
 def _field(fields: Mapping[bytes, bytes] | Mapping[str, str], name: str) -> bytes | None:
