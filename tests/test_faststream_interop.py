@@ -51,6 +51,15 @@ class EventJsonCodec(DefaultCodec):
         return EventCodec().encode_json(msg), "application/json"
 
 
+async def stream_entries(redis_url: str, stream: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    """The entries of ``stream``, read with a client of their own."""
+    client = Redis.from_url(redis_url)
+    try:
+        return cast("list[tuple[bytes, dict[bytes, bytes]]]", await client.xrange(stream))
+    finally:
+        await client.aclose()
+
+
 async def test_faststream_publish_is_decoded_by_codec(redis_url: str, redis_prefix: str) -> None:
     stream = f"{redis_prefix}:requests"
     event = make_request()
@@ -63,15 +72,11 @@ async def test_faststream_publish_is_decoded_by_codec(redis_url: str, redis_pref
             correlation_id="corr-1",
         )
 
-    client = Redis.from_url(redis_url)
-    try:
-        entries = await client.xrange(stream)
-    finally:
-        await client.aclose()
+    entries = await stream_entries(redis_url, stream)
 
     assert entries is not None
     assert len(entries) == 1
-    fields = cast("dict[bytes, bytes]", entries[0][1])
+    fields = entries[0][1]
     assert list(fields) == [DATA_FIELD.encode()]
     decoded = EventCodec().decode_entry(fields, AgentRequestEvent)
     assert decoded.event == event
@@ -243,15 +248,11 @@ async def test_every_payload_faststream_publishes_decodes_to_the_same_event(
     async with RedisBroker(redis_url) as broker:
         await broker.publish(payload, stream=stream, maxlen=10, headers={"traceparent": TRACEPARENT})
 
-    client = Redis.from_url(redis_url)
-    try:
-        entries = await client.xrange(stream)
-    finally:
-        await client.aclose()
+    entries = await stream_entries(redis_url, stream)
 
     assert entries is not None
     assert len(entries) == 1
-    decoded = EventCodec().decode_entry(cast("dict[bytes, bytes]", entries[0][1]), AgentRequestEvent)
+    decoded = EventCodec().decode_entry(entries[0][1], AgentRequestEvent)
     assert decoded.event == event
     assert decoded.traceparent == TRACEPARENT
     assert decoded.headers.get("content-type") == content_type
@@ -331,13 +332,9 @@ async def test_a_lifecycle_event_of_a_newer_major_is_refused_as_one(
     async with RedisBroker(redis_url) as broker:
         await broker.publish(body, stream=stream)
 
-    client = Redis.from_url(redis_url)
-    try:
-        entries = await client.xrange(stream)
-    finally:
-        await client.aclose()
+    entries = await stream_entries(redis_url, stream)
 
     assert entries is not None
-    fields = cast("dict[bytes, bytes]", entries[0][1])
+    fields = entries[0][1]
     with pytest.raises(UnsupportedSchemaVersionError, match=r"^schema_version '2\.0' is not supported"):
         EventCodec().decode_entry(fields, LifecycleEvent)

@@ -43,6 +43,7 @@ from dynamic_agents.transports import (
     ManualClock,
     RedisStreamsTransport,
     Subscription,
+    Transport,
 )
 from dynamic_agents.worker import AgentWorker, WorkerSettings
 from tests.support.waiting import wait_until
@@ -74,6 +75,14 @@ async def running_worker(redis_url: str, names: StreamNames) -> AsyncIterator[Ag
 
 
 @pytest.mark.redis
+async def three_replies(transport: Transport) -> str:
+    """A channel's reply stream holding the replies to ``r0``, ``r1``, ``r2``; its name."""
+    stream = transport.names.responses("discord", "555")
+    for n in range(3):
+        await transport.publish(stream, AgentResponseEvent(request_id=f"r{n}", content=f"answer {n}"))
+    return stream
+
+
 async def test_a_thousand_concurrent_requests_over_sixteen_reply_streams(
     redis_url: str, names: StreamNames, running_worker: AgentWorker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -745,9 +754,7 @@ async def test_responses_closed_mid_batch_hands_back_the_replies_it_never_yielde
     first (a gateway shutting down), the others stayed pending on its consumer, never seen by
     anyone, until ``claim_min_idle`` (60 s) passed. They are now handed back at once."""
     transport = InMemoryTransport(names=StreamNames("client"))
-    stream = transport.names.responses("discord", "555")
-    for n in range(3):
-        await transport.publish(stream, AgentResponseEvent(request_id=f"r{n}", content=f"answer {n}"))
+    stream = await three_replies(transport)
     async with AgentClient(transport, block=0.05) as client:
         replies = client.responses([stream], group="gateway", consumer="g1")
         first = await asyncio.wait_for(anext(replies), 10)
@@ -769,9 +776,7 @@ async def test_closing_responses_while_the_broker_does_not_answer_is_bounded(
     shutdown) for the transport's retry deadline (30 s on Redis) when the broker is away: it gives
     up after HAND_BACK_WITHIN, says so, and the replies come back after claim_min_idle instead."""
     transport = InMemoryTransport(names=StreamNames("client"))
-    stream = transport.names.responses("discord", "555")
-    for n in range(3):
-        await transport.publish(stream, AgentResponseEvent(request_id=f"r{n}", content=f"answer {n}"))
+    stream = await three_replies(transport)
     released: list[str] = []
 
     async def hung(delivery: Any, **kwargs: Any) -> bool:
@@ -989,9 +994,7 @@ async def test_replies_waiting_their_turn_in_a_batch_are_not_reclaimed_by_anothe
     them and both sent them, twice to the user. The rest of a batch is kept fresh meanwhile."""
     clock = ManualClock()
     transport = InMemoryTransport(names=StreamNames("client"), clock=clock)
-    stream = transport.names.responses("discord", "555")
-    for n in range(3):
-        await transport.publish(stream, AgentResponseEvent(request_id=f"r{n}", content=f"answer {n}"))
+    stream = await three_replies(transport)
     other = Subscription(stream, "gateway", "other", AgentResponseEvent, block=0, claim_min_idle=60)
     async with AgentClient(transport, block=0.05) as client:
         slow = client.responses([stream], group="gateway", consumer="slow", claim_min_idle=60)
@@ -1012,9 +1015,7 @@ async def test_a_reply_another_gateway_took_while_it_waited_in_a_batch_is_not_yi
     """Kept fresh too late (the gateway was slower still): what another gateway took meanwhile is
     that gateway's to send, not yielded here as well."""
     transport = InMemoryTransport(names=StreamNames("client"), clock=(clock := ManualClock()))
-    stream = transport.names.responses("discord", "555")
-    for n in range(3):
-        await transport.publish(stream, AgentResponseEvent(request_id=f"r{n}", content=f"answer {n}"))
+    stream = await three_replies(transport)
     other = Subscription(stream, "gateway", "other", AgentResponseEvent, block=0, claim_min_idle=60)
     async with AgentClient(transport, block=0.05) as client:
         slow = client.responses([stream], group="gateway", consumer="slow", claim_min_idle=60)
@@ -1064,9 +1065,7 @@ async def test_replies_of_a_batch_are_handed_back_when_the_wait_for_the_next_is_
     generator ends there, and the rest goes back to the group at once, as on ``aclose()``, not
     stranded on this consumer until claim_min_idle."""
     transport = InMemoryTransport(names=StreamNames("client"))
-    stream = transport.names.responses("discord", "555")
-    for n in range(3):
-        await transport.publish(stream, AgentResponseEvent(request_id=f"r{n}", content=f"answer {n}"))
+    stream = await three_replies(transport)
     keeping = asyncio.Event()
 
     async def hung(deliveries: Any) -> Any:
@@ -1096,9 +1095,7 @@ async def test_a_reply_trimmed_from_its_stream_while_it_waited_in_a_batch_is_yie
     gateway far behind, ``reply_maxlen``), or gone with the stream, is held by nobody, and the reply
     read before is only in hand here: it is yielded, not dropped."""
     transport = InMemoryTransport(names=StreamNames("client"))
-    stream = transport.names.responses("discord", "555")
-    for n in range(3):
-        await transport.publish(stream, AgentResponseEvent(request_id=f"r{n}", content=f"answer {n}"))
+    stream = await three_replies(transport)
     async with AgentClient(transport, block=0.05) as client:
         replies = client.responses([stream], group="gateway", consumer="g1")
         first = await asyncio.wait_for(anext(replies), 10)
