@@ -717,3 +717,79 @@ async def test_the_answers_of_a_merged_turn_are_logged_with_their_own_request_id
     assert len(answered) == 3
     for record in answered:
         assert record.getMessage().split()[1].rstrip(":") == record.request_id  # type: ignore[attr-defined]
+
+
+class RoutedThen(BaseHooks):
+    """Calls ``then`` once a request with ``content`` has been routed (its policy comes next)."""
+
+    def __init__(self, content: str, then: asyncio.Event) -> None:
+        self.content, self.then, self.seen = content, then, 0
+
+    async def on_routed(self, delivery: Any, target: Any) -> None:
+        if delivery.event.content == self.content:
+            self.seen += 1
+            if self.seen == 2:  # the copy: the original was routed first
+                self.then.set()
+
+
+@pytest.mark.parametrize("policy", [SessionPolicy.REJECT, SessionPolicy.INTERRUPT])
+async def test_a_platform_retry_of_a_request_running_here_is_acked_once_it_is_answered(
+    backend: Backend, policy: SessionPolicy
+) -> None:
+    """A webhook retried while its request runs (the same id, as ``build_request`` makes it): the
+    copy was rejected (its busy reply and record taking the place of the answer) or interrupted
+    its own original (both answered ``cancelled``). It waits instead, and is acked as answered."""
+    transport = await backend.transport()
+    held = HeldFirst()
+    w = worker(transport, FunctionExecutor(held.run), session_policy=policy)
+    w.hooks.append(RoutedThen("first", held.gate))  # the original may end once its copy is routed
+    first = request_event(backend.names, "first")
+    async with w:
+        await transport.publish(backend.names.requests, first)
+        await asyncio.wait_for(held.first_started.wait(), 5)
+        await transport.publish(backend.names.requests, first)  # the platform's retry
+        await wait_for(lambda: _async(w.stats.received == 2 and w.in_flight == 0))
+    (answer,) = await replies(transport, backend.names)
+    assert (answer.request_id, answer.status, answer.content) == (
+        first.id,
+        ResponseStatus.COMPLETED,
+        "answer to first",
+    )
+    assert held.ran == ["first"]
+    assert w.stats.duplicates == 1
+
+
+@pytest.mark.parametrize("policy", [SessionPolicy.REJECT, SessionPolicy.INTERRUPT])
+async def test_a_platform_retry_of_a_request_running_on_another_worker_is_acked_once_it_is_answered(
+    backend: Backend, policy: SessionPolicy
+) -> None:
+    """As above, the copy read by a second worker while the first runs the request under the
+    session's lease: it waits for the lease (not rejected, no cancellation requested), then finds
+    the request answered."""
+    transport, other = await backend.transport(), await backend.transport()
+    held = HeldFirst()
+    first = request_event(backend.names, "first")
+    running = worker(
+        transport, FunctionExecutor(held.run), consumer="running", concurrency=1, session_policy=policy
+    )
+    async with running:  # busy with 'first', it reads nothing more
+        await transport.publish(backend.names.requests, first)
+        await asyncio.wait_for(held.first_started.wait(), 5)
+        await transport.publish(backend.names.requests, first)  # the platform's retry
+        async with worker(other, FunctionExecutor(held.run), consumer="copy", session_policy=policy) as copy:
+            await wait_for(
+                lambda: _async(
+                    copy.stats.lease_waits == 1 or copy.stats.failed == 1 or running.stats.failed == 1
+                )
+            )
+            held.gate.set()
+            await wait_for(lambda: _async(copy.stats.received == 1 and copy.in_flight == 0))
+            await wait_for(lambda: _async(running.in_flight == 0))
+    (answer,) = await replies(transport, backend.names)
+    assert (answer.request_id, answer.status, answer.content) == (
+        first.id,
+        ResponseStatus.COMPLETED,
+        "answer to first",
+    )
+    assert held.ran == ["first"]
+    assert copy.stats.duplicates == 1

@@ -627,10 +627,14 @@ class AgentWorker:
                 await self._answer(delivery, event, None, _error(unrouted))
                 return None
             policy = self._policy(event, target)
+            if policy in (SessionPolicy.REJECT, SessionPolicy.INTERRUPT) and self._copy_held_here(delivery):
+                # a platform's retry of a request handled here: it waits its turn, to find its
+                # original answered, neither rejected in its place nor interrupting it
+                policy = SessionPolicy.ENQUEUE
             busy_here = previous is not None and not previous.done()
             ours = read_claim is not None and read_claim.lease is not None  # no one else runs the session
             if policy is SessionPolicy.REJECT and (
-                busy_here or (not ours and await self.coordinator.holder(event.session_id) is not None)
+                busy_here or (not ours and await self._held_by_another(event))
             ):
                 await self._answer(
                     delivery,
@@ -641,7 +645,7 @@ class AgentWorker:
                 return None
             if policy is SessionPolicy.INTERRUPT and not ours:
                 self._supersede_queued(event.session_id, delivery.entry_id)
-                await self._interrupt(event.session_id)
+                await self._interrupt(event)
             if busy_here and read_claim is not None:  # the requests queued before it take the lease first
                 await self._give_back(read_claim)
                 read_claim = None
@@ -852,15 +856,30 @@ class AgentWorker:
             ", ".join(_POLICIES),
         )
 
-    async def _interrupt(self, session_id: str) -> None:
-        """Cancel the session's running run: here directly, elsewhere through the coordinator."""
-        running = self._running.get(session_id)
+    async def _interrupt(self, event: AgentRequestEvent) -> None:
+        """Cancel the session's running run: here directly, elsewhere through the coordinator
+        (unless that run is ``event``'s own: it is a platform's retry of it)."""
+        running = self._running.get(event.session_id)
         if running is not None:
             self._cancel_run(running)
             return
-        holder = await self.coordinator.holder(session_id)
-        if holder:
+        holder = await self.coordinator.holder(event.session_id)
+        if holder and holder != event.id:
             await self.coordinator.request_cancel(holder)
+
+    def _copy_held_here(self, delivery: Delivery[AgentRequestEvent]) -> bool:
+        """Whether another entry of the same request (a platform's retry: the same id) is handled
+        here, running or queued."""
+        request_id = delivery.event.id
+        return any(
+            held.event.id == request_id and held.entry_id != delivery.entry_id for held in self._held.values()
+        )
+
+    async def _held_by_another(self, event: AgentRequestEvent) -> bool:
+        """Whether the session's lease is held by a run of another request than ``event`` (a run of
+        ``event`` itself elsewhere makes it a platform's retry, which waits to find it answered)."""
+        holder = await self.coordinator.holder(event.session_id)
+        return holder is not None and holder != event.id
 
     def _leave_queue(self, session_id: str, entry_id: str) -> None:
         queue = self._waiting.get(session_id)
