@@ -793,3 +793,23 @@ async def test_a_platform_retry_of_a_request_running_on_another_worker_is_acked_
     )
     assert held.ran == ["first"]
     assert copy.stats.duplicates == 1
+
+
+async def test_a_merged_turn_takes_a_platform_retry_of_one_of_its_requests_once(backend: Backend) -> None:
+    """'a', 'b' and a copy of 'a' (the platform's retry, the same id) queue behind 'first'. The
+    copy was merged too: the turn ran 'a' twice, and the copy, last, had its reply (the turn's
+    answer) refused as a second answer to 'a' — the content answered nobody. It is left out of the
+    turn, and acked as answered."""
+    transport = await backend.transport()
+    held = HeldFirst()
+    w = worker(transport, FunctionExecutor(held.run), session_policy=SessionPolicy.MERGE)
+    a, b = request_event(backend.names, "a"), request_event(backend.names, "b")
+    async with w:
+        await held.queue_behind_first(transport, w, a, b, a)
+        held.gate.set()
+        await wait_for(lambda: _async(w.in_flight == 0))
+    assert held.ran == ["first", "a\n\nb"]
+    _, answer_a, answer_b = await replies(transport, backend.names)
+    assert (answer_a.request_id, answer_a.content, answer_a.metadata["merged_into"]) == (a.id, "", b.id)
+    assert (answer_b.request_id, answer_b.content) == (b.id, "answer to a\n\nb")
+    assert w.stats.duplicates == 1

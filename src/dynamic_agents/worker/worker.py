@@ -660,7 +660,7 @@ class AgentWorker:
             self._leave_queue(event.session_id, delivery.entry_id)
             batch = [delivery]
             if policy is SessionPolicy.MERGE:
-                batch += self._absorb(event.session_id)
+                batch += self._absorb(delivery)
             claim = await self._session_claim(event, batch, read_claim, read_at)
             read_claim = None
             return batch, target, claim
@@ -888,13 +888,19 @@ class AgentWorker:
             if not queue:
                 del self._waiting[session_id]
 
-    def _absorb(self, session_id: str) -> list[Delivery[AgentRequestEvent]]:
-        """The session's requests queued here behind this one, taken into one merged turn."""
-        absorbed = [  # not those cancelled while queued: their handlers answer them
-            self._held[entry_id]
-            for entry_id in self._waiting.pop(session_id, [])
-            if entry_id in self._held and entry_id not in self._withdrawn
-        ]
+    def _absorb(self, taker: Delivery[AgentRequestEvent]) -> list[Delivery[AgentRequestEvent]]:
+        """The session's requests queued here behind ``taker``, taken into one merged turn. Not
+        those cancelled while queued (their handlers answer them), nor a copy of a request the turn
+        has (a platform's retry, the same id): its handler finds it answered when its turn comes;
+        merged, the turn would run it twice and answer it twice, the second answer refused."""
+        request_ids = {taker.event.id}
+        absorbed = []
+        for entry_id in self._waiting.pop(taker.event.session_id, []):
+            delivery = self._held.get(entry_id)
+            if delivery is None or entry_id in self._withdrawn or delivery.event.id in request_ids:
+                continue
+            request_ids.add(delivery.event.id)
+            absorbed.append(delivery)
         self._absorbed.update(d.entry_id for d in absorbed)
         return absorbed
 
