@@ -813,3 +813,42 @@ async def test_a_merged_turn_takes_a_platform_retry_of_one_of_its_requests_once(
     assert (answer_a.request_id, answer_a.content, answer_a.metadata["merged_into"]) == (a.id, "", b.id)
     assert (answer_b.request_id, answer_b.content) == (b.id, "answer to a\n\nb")
     assert w.stats.duplicates == 1
+
+
+async def test_redelivered_requests_merged_into_a_turn_are_not_counted_duplicates(backend: Backend) -> None:
+    """A worker stopped without grace hands back a run and the two requests queued behind it;
+    another worker reads all three again and merges them into one turn. The merged requests'
+    handlers, checking for an earlier answer (a redelivery's first step), found the turn's and
+    acked them as duplicates: counted in ``duplicates`` (and ``on_duplicate`` called) beside
+    ``completed``, though each was answered once, by that turn."""
+    transport, other = await backend.transport(), await backend.transport()
+    held = HeldFirst()
+    stopped = worker(
+        transport, FunctionExecutor(held.run), consumer="stopped", session_policy=SessionPolicy.MERGE
+    )
+    runner = asyncio.create_task(stopped.run())
+    await held.queue_behind_first(
+        transport, stopped, request_event(backend.names, "a"), request_event(backend.names, "b")
+    )
+    runner.cancel()  # a stop without grace: all three handed back
+    with pytest.raises(asyncio.CancelledError):
+        await runner
+    held.gate.set()
+    duplicates = Duplicates()
+    taker = worker(other, FunctionExecutor(held.run), consumer="taker", session_policy=SessionPolicy.MERGE)
+    taker.hooks.append(duplicates)
+    await taker.run_until_idle()
+    assert [r.content for r in await replies(transport, backend.names)] == [
+        "",
+        "",
+        "answer to first\n\na\n\nb",
+    ]
+    assert (taker.stats.completed, taker.stats.duplicates, duplicates.seen) == (3, 0, [])
+
+
+class Duplicates(BaseHooks):
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    async def on_duplicate(self, delivery: Any) -> None:
+        self.seen.append(delivery.event.content)

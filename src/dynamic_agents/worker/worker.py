@@ -746,7 +746,8 @@ class AgentWorker:
         its ack (then acked), or delivered too often (then dead-lettered). A first delivery is
         checked by the claim, without a round trip of its own (``max_deliveries`` is at least 1)."""
         if await self.coordinator.get_record(event.id) is not None:
-            await self._ack_duplicate(delivery)
+            if delivery.entry_id not in self._absorbed:  # else a merged turn here answers or acks it
+                await self._ack_duplicate(delivery)
             return True
         if delivery.delivery_count > self.settings.max_deliveries:
             if self._may_hand_back(delivery) and await self.coordinator.holder(event.session_id) is not None:
