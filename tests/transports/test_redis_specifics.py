@@ -388,3 +388,36 @@ async def test_the_longest_duration_the_settings_take_is_one_redis_takes(
     finally:
         await coordinator.aclose()
         await transport.aclose()
+
+
+async def test_a_completion_whose_reply_was_lost_reports_the_answer_its_first_attempt_wrote(
+    redis_transport: RedisStreamsTransport, redis_prefix: str
+) -> None:
+    """The retry finds the request's record, written by this call's own first attempt (a
+    connection lost, or a timeout, once Redis had run the script): it is this call's answer,
+    created, not an earlier one (a worker counted its own answer a duplicate, and published no
+    run.completed for it); and the reply is written once."""
+    stream, reply_stream = f"{redis_prefix}:requests", f"{redis_prefix}:replies"
+    await redis_transport.ensure_group(stream, "g")
+    await redis_transport.publish(stream, event())
+    (delivery,) = await redis_transport.read(subscription(stream), 1)
+    lease = await redis_transport.coordinator().acquire("s", ttl=60)
+    assert lease is not None
+    response = AgentResponseEvent(request_id=delivery.event.id, content="done")
+    attempts = reply_lost_once(redis_transport._pipeline, "batched")  # type: ignore[arg-type]
+
+    completion = await redis_transport.complete(
+        delivery, Reply(response, reply_stream), record_ttl=60, lease=lease
+    )
+
+    assert attempts == [2]
+    (written,) = await redis_transport.read_stream(reply_stream, AgentResponseEvent)
+    assert completion.created
+    record = completion.record
+    assert (record.response_id, record.reply_entry_id) == (response.id, written.entry_id)
+    assert redis_transport.stats.acked == 1
+    assert await redis_transport.pending(stream, "g") == []
+    later = AgentResponseEvent(request_id=delivery.event.id, content="again")  # another answer: a duplicate
+    again = await redis_transport.complete(delivery, Reply(later, reply_stream), record_ttl=60)
+    assert not again.created
+    assert again.record.response_id == response.id

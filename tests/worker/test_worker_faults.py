@@ -36,17 +36,20 @@ import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import pytest
 from redis.asyncio import Redis
 
-from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, EventCodec, StreamNames
+from dynamic_agents.client import AgentClient
+from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, EventCodec, RunCompleted, StreamNames
 from dynamic_agents.events.envelope import encode_envelope
 from dynamic_agents.exceptions import EventError
+from dynamic_agents.execution import ExecutionResult, FunctionExecutor
 from dynamic_agents.testing import RedisServer
-from dynamic_agents.transports import RedisStreamsTransport
-from tests.worker.conftest import request_event, worker
+from dynamic_agents.transports import Completion, Delivery, RedisStreamsTransport
+from dynamic_agents.worker import AgentWorker, BaseHooks, WorkerSettings
+from tests.worker.conftest import FAST, echo, echo_router, request_event, worker
 from tests.worker.worker_process import CRASH_STATUS, tagged_echo
 
 SCRIPT = Path(__file__).with_name("worker_process.py")
@@ -502,3 +505,70 @@ async def test_fuzzed_entries_are_dead_lettered_once_and_valid_requests_answered
     finally:
         await transport.aclose()
         await admin.aclose()
+
+
+# -- 5. the reply to a completion is lost once Redis has run it -----------------------------------
+
+
+class Answers(BaseHooks):
+    def __init__(self) -> None:
+        self.created: list[bool] = []
+
+    async def after_respond(
+        self, delivery: Delivery[AgentRequestEvent], result: ExecutionResult, completion: Completion
+    ) -> None:
+        self.created.append(completion.created)
+
+
+@pytest.mark.redis
+async def test_an_answer_whose_write_was_retried_after_its_reply_was_lost_counts_as_answered(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """A connection lost (a ``CLIENT KILL``, a timeout) after Redis ran the completion script: the
+    retry finds the record its first attempt wrote. The user gets one reply, and the worker counts
+    an answer, its hooks see it created and the events stream ends the run with run.completed
+    (it counted a duplicate, and published no end for the run)."""
+    names = StreamNames(redis_prefix)
+    transport = RedisStreamsTransport.from_url(redis_url, names=names)
+    pipeline = transport._pipeline
+    real_batched = pipeline.batched
+    lost: list[object] = []
+
+    def reply_lost_once(kind: Any, item: Any) -> Awaitable[object]:
+        reply = real_batched(kind, item)
+        if kind is not transport._completes or lost:
+            return reply
+        lost.append(item)
+
+        async def lost_after_it_ran() -> object:
+            await reply
+            raise ConnectionError("connection lost before the reply was read")
+
+        return lost_after_it_ran()
+
+    pipeline.batched = reply_lost_once  # type: ignore[assignment,method-assign]
+    answers = Answers()
+    settings: dict[str, Any] = {**FAST, "events": True}
+    w = AgentWorker(
+        transport,
+        transport.coordinator(),
+        echo_router(),
+        FunctionExecutor(echo),
+        settings=WorkerSettings(**settings),
+        hooks=[answers],
+    )
+    request = request_event(names, "once")
+    try:
+        async with w, AgentClient(transport, block=0.05) as client:
+            reply = await client.request(request, timeout=30)
+            await w.events.flush()
+        assert reply.content == "echo: once"
+        assert len(lost) == 1
+        assert_exactly_once(await replies(transport, names), [request.id])
+        await assert_nothing_pending(transport, names)
+        assert (w.stats.completed, w.stats.duplicates) == (1, 0)
+        assert answers.created == [True]
+        events = await transport.read_stream(names.events, RunCompleted)
+        assert [e.event.request_id for e in events if e.message is not None] == [request.id]
+    finally:
+        await transport.aclose()

@@ -784,9 +784,11 @@ class RedisStreamsTransport(Transport):
                 "" if reply.stream is None else "1",
             ),
         )
+        retried = False
         try:
             outcome = await self._pipeline.batched(self._completes, call)
         except Exception as error:
+            retried = True
             submit = partial(self._pipeline.batched, self._completes, call)
             outcome = await self._call(f"complete {event.request_id}", submit, failed=error)
         created, detail = _list(outcome)
@@ -796,7 +798,13 @@ class RedisStreamsTransport(Transport):
             assert lease is not None
             raise LeaseLostError(lease.session_id)
         if not _int(created):
-            return Completion(_record(detail), created=False)
+            existing = _record(detail)
+            if not (retried and existing.response_id == event.id):
+                return Completion(existing, created=False)
+            # Written by this call's first attempt, whose reply was lost (a connection lost, a
+            # timeout once Redis had run it): this call's answer (response ids are unique).
+            self.stats.acked += 1
+            return Completion(existing, True)
         self.stats.acked += 1
         reply_id = _bytes(detail).decode() or None
         record = CompletedRecord(event.request_id, event.id, status, reply.stream, reply_id, completed_at)
