@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from dynamic_agents.events import AgentRequestEvent
 from dynamic_agents.exceptions import TransportError
 from dynamic_agents.testing import RedisServer
-from dynamic_agents.transports import Delivery, RedisStreamsTransport, Subscription
+from dynamic_agents.transports import CompletedRecord, Delivery, RedisStreamsTransport, Subscription
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.redis_server
@@ -377,3 +377,39 @@ async def _reply_holding_proxy(port: int) -> AsyncIterator[tuple[str, asyncio.Ev
             task.cancel()
         await asyncio.gather(*pipes, return_exceptions=True)
         await server.wait_closed()
+
+
+async def test_what_frees_memory_or_keeps_runs_alive_works_when_redis_is_out_of_memory(
+    redis_server: RedisServer,
+) -> None:
+    """``maxmemory`` reached with ``noeviction``: Redis refuses the commands that grow its data
+    (``OOM command not allowed``), and takes ``XTRIM``, ``DEL``, ``PEXPIRE`` and ``XCLAIM``. The
+    scripts made of those were refused whole all the same (a script without ``allow-oom`` is
+    refused up front): ``trim_acknowledged``, the remedy docs/guides/scaling.md gives for memory,
+    failed just when memory was full, and a worker could neither renew its leases nor keep its
+    entries fresh, so its runs were cancelled and run again once the memory was freed."""
+    transport = RedisStreamsTransport.from_url(redis_server.url, retry_deadline=1)
+    coordinator = transport.coordinator()
+    admin = Redis.from_url(redis_server.url)
+    try:
+        await transport.ensure_group(STREAM, "workers")
+        for n in range(3):
+            await transport.publish(STREAM, event(n))
+        done, held = await transport.read(subscription(), 2)
+        await transport.ack(done)
+        lease = await coordinator.acquire("s", ttl=60)
+        assert lease is not None
+        await coordinator.set_record(CompletedRecord("r", "a", "completed", None, None, 0.0), ttl=60)
+        await admin.config_set("maxmemory", "1")
+        with pytest.raises(TransportError, match="maxmemory"):  # what would grow it is refused
+            await transport.publish(STREAM, event(3))
+
+        assert await transport.keep_fresh([held]) == []
+        assert await coordinator.renew(lease)
+        assert await transport.trim_acknowledged(STREAM) == 1
+        assert await coordinator.release(lease)
+        assert await coordinator.delete_record("r", response_id="a")
+    finally:
+        await admin.config_set("maxmemory", "0")
+        await admin.aclose()
+        await transport.aclose()

@@ -572,3 +572,65 @@ async def test_an_answer_whose_write_was_retried_after_its_reply_was_lost_counts
         assert [e.event.request_id for e in events if e.message is not None] == [request.id]
     finally:
         await transport.aclose()
+
+
+# -- 6. Redis runs out of memory during a run -----------------------------------------------------
+
+
+@pytest.mark.redis_server
+async def test_a_run_outlasting_its_lease_while_redis_is_out_of_memory_is_answered_once(
+    redis_server: RedisServer,
+) -> None:
+    """``maxmemory`` reached (``noeviction``) while a request runs, for longer than its lease's
+    ttl: Redis takes a lease's renewal (``PEXPIRE``) and an entry's keeping fresh (``XCLAIM``)
+    then, but their scripts were refused whole, so the run's lease expired, the run was cancelled
+    and it ran again once the memory was freed. It runs once, and is answered once."""
+    names = StreamNames()
+    transport = RedisStreamsTransport.from_url(redis_server.url, retry_deadline=1)
+    coordinator = transport.coordinator()
+    admin = Redis.from_url(redis_server.url)
+    renewals: list[bool] = []
+    real_renew = coordinator.renew
+
+    async def renew(lease: Any, ttl: float | None = None) -> bool:
+        renewals.append(True)
+        return await real_renew(lease, ttl)
+
+    coordinator.renew = renew  # type: ignore[method-assign]
+    runs: list[str] = []
+    finish = asyncio.Event()
+
+    async def answer(target: Any, request: AgentRequestEvent) -> str:
+        runs.append(request.id)
+        await finish.wait()
+        return "done"
+
+    settings: dict[str, Any] = {**FAST, "record_ttl": 60}
+    w = AgentWorker(
+        transport, coordinator, echo_router(), FunctionExecutor(answer), settings=WorkerSettings(**settings)
+    )
+    request = request_event(names, "through the shortage")
+    try:
+        async with w, AgentClient(transport, block=0.05) as client:
+            asking = asyncio.create_task(client.request(request, timeout=30))
+            await eventually(lambda: asyncio.sleep(0, bool(runs)), 10, "the run to start")
+            await admin.config_set("maxmemory", "1")
+            renewed_before = len(renewals)
+            # renewals every third of lease_ttl: four of them span more than the lease's ttl
+            await eventually(
+                lambda: asyncio.sleep(0, len(renewals) >= renewed_before + 4 or w.stats.lost > 0),
+                10,
+                "the lease to outlive its ttl, or be lost",
+            )
+            await admin.config_set("maxmemory", "0")
+            finish.set()
+            reply = await asking
+        assert reply.content == "done"
+        assert runs == [request.id]
+        assert w.stats.lost == 0
+        assert_exactly_once(await replies(transport, names), [request.id])
+        await assert_nothing_pending(transport, names)
+    finally:
+        await admin.config_set("maxmemory", "0")
+        await admin.aclose()
+        await transport.aclose()

@@ -3,8 +3,11 @@
 Each script runs every check that can fail (ownership, existing record, key types) before its first
 write, so an error leaves nothing half-written; Redis runs a script without interleaving other
 commands, so no reader sees a partial result. ``#!lua`` (no flags) makes Redis refuse the whole
-script up front when it is out of memory, instead of failing between writes. All keys of a script
-share one Cluster slot when the stream prefix is a hash tag.
+script up front when it is out of memory, instead of failing between writes. Scripts that add
+nothing (they delete, or touch what exists: an expiry, an idle time) say ``flags=allow-oom``, as
+their commands alone would be taken then: trimming frees memory, and keeping leases and entries
+lets the runs in flight outlast the shortage. All keys of a script share one Cluster slot when
+the stream prefix is a hash tag.
 """
 
 from typing import Final
@@ -61,7 +64,7 @@ return id
 # delivery; returns the ids it still holds: those XCLAIM gives back (it drops an entry deleted from
 # the stream while pending from the pending list, and leaves it out).
 # One XCLAIM per 1,000 ids (unpack() has a stack limit).
-HOLD: Final = """#!lua
+HOLD: Final = """#!lua flags=allow-oom
 local held, kept = {}, {}
 for i = 4, #ARGV do
   local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
@@ -365,7 +368,7 @@ return {1, dead_id}
 
 # KEYS[1] a completed-request record key; ARGV[1] a response id. Deletes the record if it names that
 # response (a record that is not a JSON object names none); returns 1 if deleted, else 0.
-DELETE_RECORD: Final = """#!lua
+DELETE_RECORD: Final = """#!lua flags=allow-oom
 local stored = redis.call('GET', KEYS[1])
 if not stored then return 0 end
 local ok, record = pcall(cjson.decode, stored)
@@ -413,7 +416,7 @@ return string.format('%d-%d', ms, seq + 1)
 """
 
 # KEYS[1] stream. XTRIM MINID below every group's oldest pending or undelivered entry.
-TRIM_ACKNOWLEDGED: Final = """#!lua
+TRIM_ACKNOWLEDGED: Final = """#!lua flags=allow-oom
 local groups = redis.call('XINFO', 'GROUPS', KEYS[1])
 if #groups == 0 then return 0 end
 local function parse(id)
@@ -440,7 +443,7 @@ return redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d-%d', min_ms, min_
 """
 
 # KEYS[1] lease key; ARGV: token, ttl ms. Renew only for the owner.
-RENEW_LEASE: Final = """#!lua
+RENEW_LEASE: Final = """#!lua flags=allow-oom
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
@@ -448,7 +451,7 @@ return 0
 """
 
 # KEYS[1] lease key; ARGV: token. Release only for the owner.
-RELEASE_LEASE: Final = """#!lua
+RELEASE_LEASE: Final = """#!lua flags=allow-oom
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
