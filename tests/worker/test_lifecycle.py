@@ -121,10 +121,12 @@ async def test_failures_are_logged_not_raised(caplog: pytest.LogCaptureFixture) 
     with caplog.at_level(logging.WARNING, logger="dynamic_agents.worker"):
         await sink.flush()
     assert "could not publish 1 lifecycle events: events stream unavailable" in caplog.text
+    assert sink.dropped == 1  # lost: counted, as those dropped on the way are
     transport.failing = False
     sink.emit(started(2))
     await sink.flush()
     assert [e.event.request_id for e in await transport.read_stream(names.events, LifecycleEvent)] == ["r2"]
+    assert sink.dropped == 1
 
 
 async def test_an_event_that_cannot_be_encoded_is_dropped_alone(caplog: pytest.LogCaptureFixture) -> None:

@@ -40,7 +40,8 @@ class EventSink:
     Whatever was emitted while the previous batch was being written goes out as the next batch, with
     :meth:`Transport.publish_envelopes` (on Redis: one script call); a batch is written before the
     next starts, so order holds. At most ``max_pending`` events wait (Redis away for long): beyond
-    that new events are dropped and counted in :attr:`dropped`. :meth:`flush` waits until
+    that new events are dropped and counted in :attr:`dropped`, as is a batch the transport could
+    not write (Redis away past its retry deadline, or out of memory). :meth:`flush` waits until
     everything emitted is written.
     """
 
@@ -78,8 +79,10 @@ class EventSink:
             try:
                 await self.transport.publish_envelopes(self.transport.names.events, batch, maxlen=self.maxlen)
             except DynamicAgentsError as error:
+                self.dropped += len(batch)
                 logger.warning("could not publish %d lifecycle events: %s", len(batch), error)
             except Exception:
+                self.dropped += len(batch)
                 logger.exception("publishing %d lifecycle events failed", len(batch))
             finally:
                 self._writing = 0
