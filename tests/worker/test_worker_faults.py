@@ -634,3 +634,53 @@ async def test_a_run_outlasting_its_lease_while_redis_is_out_of_memory_is_answer
         await admin.config_set("maxmemory", "0")
         await admin.aclose()
         await transport.aclose()
+
+
+# -- 7. the worker is stopped while Redis is away -------------------------------------------------
+
+
+@pytest.mark.redis_server
+@pytest.mark.parametrize("started_by", ["async with", "run()"])
+async def test_a_worker_stopped_while_redis_is_away_stops(redis_server: RedisServer, started_by: str) -> None:
+    """A SIGTERM during an outage: the read in progress keeps retrying until cancelled, and stop()
+    waited for the read loop to notice the stop: for ever (``async with``), or it returned while
+    ``run()`` went on (the host's task never ended). docs/guides/worker.md bounds a stop: up to
+    ``block`` for the read in progress, then the grace. The request it held stays pending, and
+    the next worker answers it once Redis is back."""
+    names = StreamNames()
+    transport = RedisStreamsTransport.from_url(redis_server.url, retry_deadline=1, retry_cap=0.2)
+    started = asyncio.Event()
+
+    async def never_done(target: Any, request: AgentRequestEvent) -> str:
+        started.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    w = worker(transport, FunctionExecutor(never_done), consumer="stopped", block=0.2)
+    held = request_event(names, "held")
+    running: asyncio.Task[None] | None = None
+    try:
+        await transport.ensure_group(names.requests, GROUP)
+        await transport.publish(names.requests, held)
+        if started_by == "async with":
+            await w.__aenter__()
+        else:
+            running = asyncio.create_task(w.run())
+        await asyncio.wait_for(started.wait(), 10)
+        await asyncio.to_thread(redis_server.kill)
+        await eventually(lambda: asyncio.sleep(0, transport.stats.reconnects > 0), 30, "the outage noticed")
+        async with asyncio.timeout(60):  # a hang guard: before, stop() or run() never returned
+            await w.stop(grace=0)
+            if running is not None:
+                await running
+    finally:
+        await asyncio.to_thread(redis_server.start)
+        await transport.aclose()
+    publisher = RedisStreamsTransport.from_url(redis_server.url)
+    try:
+        successor = worker(publisher, consumer="successor")
+        await successor.run_until_idle()
+        assert_exactly_once(await replies(publisher, names), [held.id])
+        await assert_nothing_pending(publisher, names)
+    finally:
+        await publisher.aclose()

@@ -183,6 +183,7 @@ class AgentWorker:
         self._runner: asyncio.Task[None] | None = None
         self._reading_done = asyncio.Event()  # no read loop running: nothing new starts
         self._reading_done.set()
+        self._read_in_progress: asyncio.Future[list[Delivery[AgentRequestEvent]]] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -300,12 +301,9 @@ class AgentWorker:
         runner, self._runner = self._runner, None
         running, handed_back = runner is not None or not self._reading_done.is_set(), self.stats.handed_back
         try:
-            if runner is not None:  # started by __aenter__: its read loop ends at its next turn
-                await self._reading_done.wait()
-            else:  # run() in the host's own task: let its read loop notice, so nothing starts after this
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.settings.block + 5):
-                        await self._reading_done.wait()
+            # started by __aenter__ (or run() in the host's own task): its read loop ends at its
+            # next turn, so nothing starts after this
+            await self._stop_reading(runner is not None)
             await self._drain(grace)
             if runner is not None:
                 await asyncio.wait({runner})  # its last steps, without swallowing our own cancellation
@@ -324,6 +322,21 @@ class AgentWorker:
                 self.stats.handed_back - handed_back,
             )
         await self.events.flush(timeout=None if grace is None else max(grace, 1.0))
+
+    async def _stop_reading(self, started_here: bool) -> None:
+        """Let the read loop notice the stop: a read in progress ends within ``block`` (and the
+        time its answer takes), unless Redis is away, when it retries until cancelled: then it is
+        cancelled. The loop of a worker started here is waited for; one in the host's own task
+        (``run()``), only as long again."""
+        for attempt in range(2):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.block + 5):
+                    await self._reading_done.wait()
+                return
+            if attempt == 0 and self._read_in_progress is not None:
+                self._read_in_progress.cancel()
+        if started_here:
+            await self._reading_done.wait()
 
     async def _drain(self, grace: float | None) -> None:
         if not self._tasks:
@@ -438,13 +451,26 @@ class AgentWorker:
                 async with asyncio.timeout(self.settings.block):
                     await self._slot_freed.wait()
             return True
+        # sessions with requests in flight here are not claimed on read: those claim in turn. A
+        # future of its own, which stop() cancels if the read does not end (Redis away: it retries
+        # until cancelled).
+        read = asyncio.ensure_future(
+            self.transport.read(self.subscription, free, skip_sessions=self._session_tails)
+        )
+        self._read_in_progress = read
         try:
-            # sessions with requests in flight here are not claimed on read: those claim in turn
-            deliveries = await self.transport.read(self.subscription, free, skip_sessions=self._session_tails)
+            deliveries = await read
         except TransportError as error:
             logger.warning("reading %r failed: %s", self.stream, error)
             await asyncio.sleep(self.settings.block)
             return False
+        except asyncio.CancelledError:
+            this = asyncio.current_task()
+            if not self._stopping or not read.cancelled() or this is None or this.cancelling():
+                raise  # this task's own cancellation
+            return False  # the read stop() cancelled: nothing was read
+        finally:
+            self._read_in_progress = None
         loop = asyncio.get_running_loop()
         read_at = loop.time()
         handled_here: list[Delivery[AgentRequestEvent]] = []
