@@ -183,7 +183,7 @@ class AgentWorker:
         self._runner: asyncio.Task[None] | None = None
         self._reading_done = asyncio.Event()  # no read loop running: nothing new starts
         self._reading_done.set()
-        self._read_in_progress: asyncio.Future[list[Delivery[AgentRequestEvent]]] | None = None
+        self._read_timeout: asyncio.Timeout | None = None  # the read in progress's, for stop() to end it
 
     def __repr__(self) -> str:
         return (
@@ -333,8 +333,8 @@ class AgentWorker:
                 async with asyncio.timeout(self.settings.block + 5):
                     await self._reading_done.wait()
                 return
-            if attempt == 0 and self._read_in_progress is not None:
-                self._read_in_progress.cancel()
+            if attempt == 0 and self._read_timeout is not None:
+                self._read_timeout.reschedule(asyncio.get_running_loop().time())
         if started_here:
             await self._reading_done.wait()
 
@@ -451,26 +451,24 @@ class AgentWorker:
                 async with asyncio.timeout(self.settings.block):
                     await self._slot_freed.wait()
             return True
-        # sessions with requests in flight here are not claimed on read: those claim in turn. A
-        # future of its own, which stop() cancels if the read does not end (Redis away: it retries
-        # until cancelled).
-        read = asyncio.ensure_future(
-            self.transport.read(self.subscription, free, skip_sessions=self._session_tails)
-        )
-        self._read_in_progress = read
         try:
-            deliveries = await read
+            # Under a timeout of its own, which stop() ends if the read does not (Redis away: it
+            # retries until cancelled). Sessions with requests in flight here are not claimed on
+            # read: those claim in turn.
+            async with asyncio.timeout(None) as self._read_timeout:
+                deliveries = await self.transport.read(
+                    self.subscription, free, skip_sessions=self._session_tails
+                )
         except TransportError as error:
             logger.warning("reading %r failed: %s", self.stream, error)
             await asyncio.sleep(self.settings.block)
             return False
-        except asyncio.CancelledError:
-            this = asyncio.current_task()
-            if not self._stopping or not read.cancelled() or this is None or this.cancelling():
-                raise  # this task's own cancellation
-            return False  # the read stop() cancelled: nothing was read
+        except TimeoutError:
+            if not self._stopping:
+                raise
+            return False  # the read stop() ended: nothing was read
         finally:
-            self._read_in_progress = None
+            self._read_timeout = None
         loop = asyncio.get_running_loop()
         read_at = loop.time()
         handled_here: list[Delivery[AgentRequestEvent]] = []
