@@ -1414,3 +1414,34 @@ async def test_the_reply_carries_the_settings_maxlen_and_expire(backend: Backend
     assert (reply.event.request_id, reply.stream) == (request.id, request.reply_stream)
     assert (reply.maxlen, reply.expire) == (123, 456.0)
     assert (dict(reply.headers), reply.channel, reply.correlation_id) == ({}, None, None)
+
+
+@pytest.mark.parametrize("prefixed", [True, False])
+async def test_a_failed_read_is_logged_naming_the_stream_once(
+    backend: Backend, caplog: pytest.LogCaptureFixture, prefixed: bool
+) -> None:
+    """Redis's own read errors (out of memory, say) already say "reading '<stream>' failed", and
+    the worker said it again before them; an error that does not name the read is still named."""
+    transport = await backend.transport()
+    stream = backend.names.requests
+    read = transport.read
+    failures = [f"reading {stream!r} failed: OOM command not allowed" if prefixed else "the broker said no"]
+
+    async def failing_once(subscription: Subscription[Any], count: int, **options: Any) -> Any:
+        if failures:
+            raise TransportError(failures.pop())
+        return await read(subscription, count, **options)
+
+    transport.read = failing_once  # type: ignore[method-assign]
+    await transport.publish(stream, request_event(backend.names, "hello"))
+    with caplog.at_level(logging.WARNING, logger="dynamic_agents.worker"):
+        async with worker(transport):
+
+            async def answered() -> bool:
+                return bool(await replies(transport, backend.names))
+
+            await wait_for(answered)
+    (record,) = [r for r in caplog.records if "failed" in r.getMessage()]
+    message = record.getMessage()
+    assert message.count(f"reading {stream!r} failed") == 1
+    assert message.endswith("OOM command not allowed" if prefixed else "the broker said no")

@@ -460,7 +460,10 @@ class AgentWorker:
                     self.subscription, free, skip_sessions=self._session_tails
                 )
         except TransportError as error:
-            logger.warning("reading %r failed: %s", self.stream, error)
+            said = str(error)  # the Redis transport's own errors name the read already
+            if not said.startswith(f"reading {self.stream!r}"):
+                said = f"reading {self.stream!r} failed: {said}"
+            logger.warning("%s", said)
             await asyncio.sleep(self.settings.block)
             return False
         except TimeoutError:
