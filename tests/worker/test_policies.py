@@ -749,6 +749,14 @@ async def test_a_platform_retry_of_a_request_running_here_is_acked_once_it_is_an
         await asyncio.wait_for(held.first_started.wait(), 5)
         await transport.publish(backend.names.requests, first)  # the platform's retry
         await wait_for(lambda: _async(w.stats.received == 2 and w.in_flight == 0))
+    await answered_once(transport, backend, first, held)
+    assert w.stats.duplicates == 1
+
+
+async def answered_once(
+    transport: Transport, backend: Backend, first: AgentRequestEvent, held: HeldFirst
+) -> None:
+    """``first`` ran once and has one reply, its answer (its platform's retry none of its own)."""
     (answer,) = await replies(transport, backend.names)
     assert (answer.request_id, answer.status, answer.content) == (
         first.id,
@@ -756,7 +764,6 @@ async def test_a_platform_retry_of_a_request_running_here_is_acked_once_it_is_an
         "answer to first",
     )
     assert held.ran == ["first"]
-    assert w.stats.duplicates == 1
 
 
 @pytest.mark.parametrize("policy", [SessionPolicy.REJECT, SessionPolicy.INTERRUPT])
@@ -785,13 +792,7 @@ async def test_a_platform_retry_of_a_request_running_on_another_worker_is_acked_
             held.gate.set()
             await wait_for(lambda: _async(copy.stats.received == 1 and copy.in_flight == 0))
             await wait_for(lambda: _async(running.in_flight == 0))
-    (answer,) = await replies(transport, backend.names)
-    assert (answer.request_id, answer.status, answer.content) == (
-        first.id,
-        ResponseStatus.COMPLETED,
-        "answer to first",
-    )
-    assert held.ran == ["first"]
+    await answered_once(transport, backend, first, held)
     assert copy.stats.duplicates == 1
 
 
