@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from enum import StrEnum
 from typing import TYPE_CHECKING, Final, Literal, TypeVar, overload
 
@@ -46,6 +47,11 @@ XREADGROUP's block go to Redis in milliseconds, and Redis refuses one past its 6
 beyond 2**63 ms minus now): 1e30 failed there, on every call, as a TransportError that looked like
 an outage. 2**31 s is 2.1e12 ms, far inside that range (and a sum of two of them too); no lease,
 timeout or retention is meant to be longer."""
+
+
+LONE_SURROGATE: Final = re.compile("[\ud800-\udfff]")
+"""Half of a UTF-16 pair alone (JSON's ``"\\ud800"``, which Python's reader takes): no Unicode
+character, and no UTF-8 text (a store's, a reply's) can hold it."""
 
 
 def shown(value: object) -> str:

@@ -1436,11 +1436,7 @@ async def test_a_failed_read_is_logged_naming_the_stream_once(
     await transport.publish(stream, request_event(backend.names, "hello"))
     with caplog.at_level(logging.WARNING, logger="dynamic_agents.worker"):
         async with worker(transport):
-
-            async def answered() -> bool:
-                return bool(await replies(transport, backend.names))
-
-            await wait_for(answered)
+            await wait_for(lambda: _has_replies(transport, backend, 1))
     (record,) = [r for r in caplog.records if "failed" in r.getMessage()]
     message = record.getMessage()
     assert message.count(f"reading {stream!r} failed") == 1

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Final
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue
 
 from dynamic_agents._redaction import redact_text
-from dynamic_agents._validation import shown
+from dynamic_agents._validation import LONE_SURROGATE, shown
 from dynamic_agents.exceptions import ConfigurationError
 from dynamic_agents.execution import ExecutionResult
 
@@ -30,7 +30,6 @@ DEFAULT_MAX_BODY_SIZE: Final = 1024 * 1024
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 """Control characters (Unicode's ``Cc``): C0, DEL and C1."""
 
-_SURROGATE: Final = re.compile("[\ud800-\udfff]")
 _MAY_HOLD_A_SURROGATE: Final = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]|\x00")
 """A JSON body without any of these holds no surrogate: one escaped (``\\ud800``), its UTF-8-like
 bytes (CESU-8, which Python's reader takes), or a body in UTF-16 or UTF-32 (a NUL byte)."""
@@ -99,11 +98,11 @@ def lone_surrogate(body: bytes, value: Any) -> tuple[list[str | int], str] | Non
     pending: list[tuple[_Location, Any]] = [(None, value)]
     while pending:
         where, item = pending.pop()
-        if isinstance(item, str) and (found := _SURROGATE.search(item)):
+        if isinstance(item, str) and (found := LONE_SURROGATE.search(item)):
             return _parts(where), found.group()
         if isinstance(item, dict):
             for key in item:
-                if found := _SURROGATE.search(key):
+                if found := LONE_SURROGATE.search(key):
                     return _parts((key, where)), found.group()
             pending.extend(((key, where), each) for key, each in reversed(item.items()))
         elif isinstance(item, list):

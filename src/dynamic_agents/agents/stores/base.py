@@ -10,12 +10,12 @@ version cannot both win. The in-memory, YAML-directory and SQL backends share on
 from __future__ import annotations
 
 import builtins
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import Any, Self, TypeAlias
 
+from dynamic_agents._validation import LONE_SURROGATE
 from dynamic_agents.agents.specs.base import SpecBase, SpecKind, SpecStatus
 from dynamic_agents.exceptions import ConfigurationError, SpecNotFoundError, SpecValidationError
 
@@ -146,7 +146,7 @@ def stored_copy(spec: SpecBase, version: int) -> SpecBase:
     of it holds a lone surrogate (JSON's ``"\\ud800"``): no Unicode text, it cannot be written as
     UTF-8, and the YAML store wrote a file that no read could parse."""
     for path, text in _texts(spec.to_document(), ""):
-        surrogate = _SURROGATE.search(text)
+        surrogate = LONE_SURROGATE.search(text)
         if surrogate is not None:
             raise SpecValidationError(
                 f"the text holds a lone surrogate ({surrogate.group()!a}), which is no Unicode "
@@ -155,9 +155,6 @@ def stored_copy(spec: SpecBase, version: int) -> SpecBase:
                 path=path,
             )
     return spec.model_copy(update={"version": version})
-
-
-_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 def _texts(value: Any, path: str) -> Iterator[tuple[str, str]]:
