@@ -1,9 +1,10 @@
-"""Instructions per request of the minimal worker, counted by valgrind, not timed.
+"""Instructions per request of the worker, counted by valgrind, not timed.
 
 Run from the repository root (needs ``valgrind`` and ``redis-server`` on ``PATH``)::
 
     python benchmarks/instructions.py                  # 3 runs of 200 and 1,200 requests
     python benchmarks/instructions.py --quick          # 1 run
+    python benchmarks/instructions.py --variant events # the worker with lifecycle events
     python benchmarks/instructions.py --runs 5 --json /tmp/instructions.json
 
 Seconds move with the machine (the VMs this project is measured on changed speed by a third within
@@ -15,7 +16,8 @@ For each of ``small`` and ``large`` requests: a Redis server of its own (a free 
 stream prefilled by this process with requests made by ``round_trip.make_requests`` (1,024
 sessions, 16 reply streams; the encoding and the ``XADD`` are not counted), then a child process
 under ``valgrind --tool=cachegrind --cache-sim=no`` runs the minimal worker of ``round_trip.py``
-(no lifecycle events, a no-op ``FunctionExecutor``, concurrency and batch 64) until the stream has
+(no lifecycle events, a no-op ``FunctionExecutor``, concurrency and batch 64; with ``--variant
+events``, the same with lifecycle events on ``agent:events``) until the stream has
 nothing left (``AgentWorker.run(until_idle=True)``) and checks that every request was answered.
 Instructions per request = (count at ``large`` - count at ``small``) / (``large`` - ``small``): the
 interpreter's start, the imports and the worker's start cancel out. The children run with
@@ -56,6 +58,7 @@ from dynamic_agents.testing import RedisServer
 
 SCRIPT: Final = str(Path(__file__).resolve())
 SEED: Final = 20261128
+VARIANTS: Final = {"minimal": "minimal worker", "events": "worker with lifecycle events"}
 _I_REFS: Final = re.compile(r"I\s+refs:\s+([\d,]+)")
 
 
@@ -73,9 +76,9 @@ async def prefill(url: str, n: int) -> None:
         await client.aclose()
 
 
-async def child(url: str, n: int) -> None:
-    """The measured process: the minimal worker over the prefilled stream until it is idle."""
-    served = round_trip.AgentWorkerServed(url, events=False)
+async def child(url: str, n: int, *, events: bool) -> None:
+    """The measured process: the worker over the prefilled stream until it is idle."""
+    served = round_trip.AgentWorkerServed(url, events=events)
     try:
         await served.worker.run(until_idle=True)
         answered = served.worker.stats.completed
@@ -85,7 +88,7 @@ async def child(url: str, n: int) -> None:
         raise SystemExit(f"answered {answered} of {n} requests")
 
 
-def count(n: int) -> int:
+def count(n: int, variant: str) -> int:
     """Instructions of one child answering ``n`` prefilled requests, on a Redis of its own."""
     with RedisServer(durable=False) as server:
         asyncio.run(prefill(server.url, n))
@@ -101,6 +104,8 @@ def count(n: int) -> int:
             str(n),
             "--url",
             server.url,
+            "--variant",
+            variant,
         ]
         done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     found = _I_REFS.search(done.stderr)
@@ -110,11 +115,11 @@ def count(n: int) -> int:
     return int(found.group(1).replace(",", ""))
 
 
-def measure(runs: int, small: int, large: int) -> list[dict[str, float]]:
+def measure(runs: int, small: int, large: int, variant: str) -> list[dict[str, float]]:
     results = []
     for run in range(1, runs + 1):
         started = time.monotonic()
-        at_small, at_large = count(small), count(large)
+        at_small, at_large = count(small, variant), count(large, variant)
         per_request = (at_large - at_small) / (large - small)
         print(
             f"  run {run}/{runs}: {at_small:,} instructions at {small}, {at_large:,} at {large}: "
@@ -132,11 +137,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--large", type=int, default=1200, help="requests in the larger run")
     parser.add_argument("--quick", action="store_true", help="one run")
     parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument(
+        "--variant",
+        choices=VARIANTS,
+        default="minimal",
+        help="minimal (default) or events: the worker with lifecycle events on agent:events",
+    )
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child is not None:
-        asyncio.run(child(args.url, args.child))
+        asyncio.run(child(args.url, args.child, events=args.variant == "events"))
         return
     if not 0 < args.small < args.large:
         parser.error(f"need 0 < --small < --large, got {args.small} and {args.large}")
@@ -145,16 +156,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         "machine": _common.machine(library=library_version, commit=_common.git_commit()),
         "small": args.small,
         "large": args.large,
+        "variant": args.variant,
     }
     if shutil.which("valgrind") is None:
         print("valgrind not found: instructions not counted (apt-get install valgrind)")
         report["skipped"] = "valgrind not found"
     else:
         print(
-            f"minimal worker, instructions per request: {runs} run(s) of {args.small} and "
+            f"{VARIANTS[args.variant]}, instructions per request: {runs} run(s) of {args.small} and "
             f"{args.large} requests under cachegrind"
         )
-        report["runs"] = measure(runs, args.small, args.large)
+        report["runs"] = measure(runs, args.small, args.large, args.variant)
         per_request = [run["per_request"] for run in report["runs"]]
         report["median_per_request"] = statistics.median(per_request)
         print(
