@@ -16,11 +16,12 @@ from dynamic_agents.events import (
     ContentDelta,
     EventCodec,
     LifecycleEvent,
+    ResponseStatus,
     RunStarted,
     StreamNames,
     Target,
 )
-from dynamic_agents.execution import FunctionExecutor
+from dynamic_agents.execution import ExecutionResult, FunctionExecutor
 from dynamic_agents.transports import InMemoryCoordinator, InMemoryServer, InMemoryTransport, Lease
 from dynamic_agents.worker.lifecycle import EventSink, LifecyclePublisher
 from tests.worker.conftest import Backend, replies, request_event, wait_for, worker
@@ -142,6 +143,55 @@ async def test_an_event_that_cannot_be_encoded_is_dropped_alone(caplog: pytest.L
     assert sink.dropped == 1
     events = await transport.read_stream(transport.names.events, LifecycleEvent)
     assert [e.event.request_id for e in events] == ["r0", "r2"]
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        ("x" * 11, "content is 11 characters long, over the limit of 10"),
+        (
+            "pair \ud800",
+            "content: cannot be written as JSON",
+        ),  # no UTF-8 for it: declined by LifecycleJson, refused by the codec
+    ],
+)
+async def test_a_delta_that_cannot_be_encoded_is_dropped_alone(
+    caplog: pytest.LogCaptureFixture, content: str, why: str
+) -> None:
+    """The publisher's JSON writer declines what the model path refuses, which names it; the
+    request's other events go out."""
+    transport = InMemoryTransport(codec=EventCodec(max_content_length=10))
+    sink = EventSink(transport, maxlen=100)
+    publisher = LifecyclePublisher(sink, request_id="r1", session_id="s", target=None, delta_interval=0)
+    with caplog.at_level(logging.WARNING, logger="dynamic_agents.worker"):
+        await publisher.accepted()
+        await publisher.delta(content)
+        await publisher.delta("fine")
+        await publisher.finished(ExecutionResult(ResponseStatus.COMPLETED, content="ok"))
+    await sink.flush()
+    (dropped,) = [r.getMessage() for r in caplog.records if "dropping" in r.getMessage()]
+    assert dropped.startswith("dropping a ContentDelta of request r1: ")
+    assert why in dropped
+    assert sink.dropped == 1
+    events = [e.event for e in await transport.read_stream(transport.names.events, LifecycleEvent)]
+    assert [e.type for e in events] == ["request.accepted", "run.content_delta", "run.completed"]  # type: ignore[attr-defined]
+    assert [(e.sequence, e.content) for e in events if isinstance(e, ContentDelta)] == [(1, "fine")]
+
+
+async def test_an_event_written_as_json_over_max_size_is_dropped_alone(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    transport = InMemoryTransport(codec=EventCodec(max_size=400))
+    sink = EventSink(transport, maxlen=100)
+    publisher = LifecyclePublisher(sink, request_id="r1", session_id="s" * 300, target=None, delta_interval=0)
+    with caplog.at_level(logging.WARNING, logger="dynamic_agents.worker"):
+        await publisher.accepted()
+    assert sink.dropped == 1
+    assert "dropping a RequestAccepted of request r1: encoded event is " in caplog.text
+    sink.emit(started(2))
+    await sink.flush()
+    events = await transport.read_stream(transport.names.events, LifecycleEvent)
+    assert [e.event.request_id for e in events] == ["r2"]
 
 
 async def test_emitted_events_wait_encoded() -> None:

@@ -145,20 +145,28 @@ class EventCodec:
         """
         correlation = correlation_id or event.id
         if not reply_to and not headers:  # the common case: only the headers every event carries
-            envelope = encode_with_correlation_id(self.encode_json(event), correlation, JSON_CONTENT_TYPE)
-        else:
-            all_headers = {"correlation_id": correlation, "content-type": JSON_CONTENT_TYPE}
-            if reply_to:
-                all_headers["reply_to"] = reply_to
-            if headers:
-                reserved = _RESERVED_HEADERS.intersection(headers)
-                if reserved:
-                    raise EnvelopeError(
-                        f"header {sorted(reserved)[0]!r} is set by the codec; pass reply_to= for "
-                        "reply_to, and the event id is the correlation id"
-                    )
-                all_headers.update(headers)
-            envelope = encode_envelope(self.encode_json(event), all_headers)
+            return self.encode_json_envelope(self.encode_json(event), correlation)
+        all_headers = {"correlation_id": correlation, "content-type": JSON_CONTENT_TYPE}
+        if reply_to:
+            all_headers["reply_to"] = reply_to
+        if headers:
+            reserved = _RESERVED_HEADERS.intersection(headers)
+            if reserved:
+                raise EnvelopeError(
+                    f"header {sorted(reserved)[0]!r} is set by the codec; pass reply_to= for "
+                    "reply_to, and the event id is the correlation id"
+                )
+            all_headers.update(headers)
+        envelope = encode_envelope(self.encode_json(event), all_headers)
+        self._check_size("encoded envelope", len(envelope))
+        return envelope
+
+    def encode_json_envelope(self, body: bytes, correlation_id: str) -> bytes:
+        """An event already written as JSON in :meth:`encode_envelope`'s envelope with no
+        ``reply_to`` or extra headers; ``correlation_id`` is the event's id. The size limits apply;
+        the writer of ``body`` has kept ``content`` within ``max_content_length``."""
+        self._check_size("encoded event", len(body))
+        envelope = encode_with_correlation_id(body, correlation_id, JSON_CONTENT_TYPE)
         self._check_size("encoded envelope", len(envelope))
         return envelope
 

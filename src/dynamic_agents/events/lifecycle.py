@@ -7,12 +7,15 @@ failed before a target was chosen). ``type`` tells them apart; decode any of the
 
 from __future__ import annotations
 
+import re
+from datetime import UTC, datetime
+from json.encoder import encode_basestring
 from typing import Annotated, Final, Literal
 
 from pydantic import Field, JsonValue, TypeAdapter, ValidationError
-from pydantic_core import ErrorDetails
+from pydantic_core import ErrorDetails, PydanticSerializationError
 
-from dynamic_agents.events._types import EventId, UtcDatetime, utc_now
+from dynamic_agents.events._types import EVENT_ID_PATTERN, SCHEMA_VERSION, EventId, UtcDatetime, utc_now
 from dynamic_agents.events.codecs import _register_validator
 from dynamic_agents.events.models import ResponseStatus, WireModel
 from dynamic_agents.events.targets import Target, TargetType
@@ -21,6 +24,7 @@ from dynamic_agents.exceptions import UnsupportedSchemaVersionError
 __all__ = [
     "ContentDelta",
     "LifecycleEvent",
+    "LifecycleJson",
     "RequestAccepted",
     "RunCompleted",
     "RunFailed",
@@ -82,6 +86,122 @@ AnyLifecycleEvent = Annotated[
     Field(discriminator="type"),
 ]
 LIFECYCLE_ADAPTER: TypeAdapter[AnyLifecycleEvent] = TypeAdapter(AnyLifecycleEvent)
+
+
+_EVENT_ID: Final = re.compile(EVENT_ID_PATTERN)
+_HEAD: Final = f'{{"schema_version":"{SCHEMA_VERSION}","id":"'.encode()
+
+
+class LifecycleJson:
+    """One request's lifecycle events written as JSON without building their models: the bytes
+    ``event.model_dump_json()`` writes for the same fields (a property test holds them equal), for
+    a fraction of the work. A worker with events on writes four for every request it answers.
+
+    The fields the request's events share are written once. Each method returns the event's JSON,
+    or ``None`` for what it does not write (text UTF-8 cannot carry, a lone surrogate; a number the
+    model would refuse, a timestamp not in UTC): the caller builds that event's model, whose
+    validation or codec raises the typed error. ``event_id`` must be a valid id, as
+    :func:`~dynamic_agents.events.models.new_event_id` makes them; ``timestamp`` one from
+    :func:`utc_now`."""
+
+    __slots__ = ("_common",)
+
+    def __init__(self, request_id: str, session_id: str, target: Target | None) -> None:
+        self._common = _common_json(request_id, session_id, target)
+
+    def accepted(self, *, event_id: str, timestamp: datetime) -> bytes | None:
+        """A :class:`RequestAccepted`."""
+        return self._event(event_id, timestamp, b'request.accepted"}')
+
+    def started(self, delivery_count: int, *, event_id: str, timestamp: datetime) -> bytes | None:
+        """A :class:`RunStarted`."""
+        if type(delivery_count) is not int or delivery_count < 1:
+            return None
+        return self._event(event_id, timestamp, b'run.started","delivery_count":%d}' % delivery_count)
+
+    def delta(self, sequence: int, content: str, *, event_id: str, timestamp: datetime) -> bytes | None:
+        """A :class:`ContentDelta`."""
+        if type(sequence) is not int or sequence < 0:
+            return None
+        try:
+            text = _json_string(content)
+        except UnicodeEncodeError:
+            return None
+        return self._event(
+            event_id, timestamp, b'run.content_delta","sequence":%d,"content":%s}' % (sequence, text)
+        )
+
+    def completed(
+        self, execution_time_ms: int | None, tokens_used: int | None, *, event_id: str, timestamp: datetime
+    ) -> bytes | None:
+        """A :class:`RunCompleted`."""
+        time_json, tokens_json = _count_json(execution_time_ms), _count_json(tokens_used)
+        if time_json is None or tokens_json is None:
+            return None
+        return self._event(
+            event_id,
+            timestamp,
+            b'run.completed","execution_time_ms":%s,"tokens_used":%s}' % (time_json, tokens_json),
+        )
+
+    def failed(
+        self, status: ResponseStatus, error_message: str | None, *, event_id: str, timestamp: datetime
+    ) -> bytes | None:
+        """A :class:`RunFailed`."""
+        if type(status) is not ResponseStatus:
+            return None
+        try:
+            message = b"null" if error_message is None else _json_string(error_message)
+        except UnicodeEncodeError:
+            return None
+        return self._event(
+            event_id,
+            timestamp,
+            b'run.failed","status":"%s","error_message":%s}' % (status.value.encode(), message),
+        )
+
+    def _event(self, event_id: str, timestamp: datetime, tail: bytes) -> bytes | None:
+        if self._common is None or timestamp.tzinfo is not UTC:
+            return None
+        # isoformat() of a UTC time ends "+00:00" where pydantic writes "Z"
+        stamp = timestamp.isoformat()[:-6].encode()
+        return b"".join((_HEAD, event_id.encode(), b'","timestamp":"', stamp, b"Z", self._common, tail))
+
+
+def _common_json(request_id: str, session_id: str, target: Target | None) -> bytes | None:
+    """The fields after ``timestamp``, up to the value of ``type``; ``None`` for what the model
+    would refuse or cannot write."""
+    if not _EVENT_ID.fullmatch(request_id):
+        return None
+    try:
+        session = _json_string(session_id)
+        target_json = b"null" if target is None else target.__pydantic_serializer__.to_json(target)
+    except (UnicodeEncodeError, PydanticSerializationError):
+        return None
+    return b"".join(
+        (
+            b'","request_id":',
+            _json_string(request_id),  # its pattern allows '"' and '\\', escaped
+            b',"session_id":',
+            session,
+            b',"target":',
+            target_json,
+            b',"metadata":{},"type":"',
+        )
+    )
+
+
+def _json_string(text: str) -> bytes:
+    """``text`` as a JSON string, as pydantic writes it (UTF-8, only what JSON needs escaped)."""
+    return encode_basestring(text).encode()
+
+
+def _count_json(value: int | None) -> bytes | None:
+    if value is None:
+        return b"null"
+    if type(value) is not int or value < 0:
+        return None
+    return b"%d" % value
 
 
 _UNION_TAG_ERRORS: Final = frozenset({"union_tag_invalid", "union_tag_not_found"})

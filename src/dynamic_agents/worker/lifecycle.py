@@ -22,6 +22,9 @@ from dynamic_agents.events import (
     RunStarted,
     Target,
 )
+from dynamic_agents.events._types import utc_now
+from dynamic_agents.events.lifecycle import LifecycleJson
+from dynamic_agents.events.models import new_event_id
 from dynamic_agents.exceptions import DynamicAgentsError
 from dynamic_agents.execution import ExecutionResult
 from dynamic_agents.transports import Transport
@@ -55,19 +58,41 @@ class EventSink:
         self._task: asyncio.Task[None] | None = None
 
     def emit(self, event: LifecycleEvent) -> None:
-        if len(self._queue) >= self.max_pending:
-            if not self.dropped:
-                logger.warning(
-                    "%d lifecycle events wait to be published; dropping new ones", len(self._queue)
-                )
-            self.dropped += 1
+        if self._full():
             return
         try:
             envelope = self.transport.codec.encode_envelope(event)
         except DynamicAgentsError as error:
-            logger.warning("dropping a %s of request %s: %s", type(event).__name__, event.request_id, error)
-            self.dropped += 1
+            self._drop(type(event).__name__, event.request_id, error)
             return
+        self._enqueue(envelope)
+
+    def emit_json(self, body: bytes, *, event_id: str, kind: type[LifecycleEvent], request_id: str) -> None:
+        """:meth:`emit` of an event already written as JSON (by
+        :class:`~dynamic_agents.events.lifecycle.LifecycleJson`): a ``kind`` of request
+        ``request_id`` whose id is ``event_id``."""
+        if self._full():
+            return
+        try:
+            envelope = self.transport.codec.encode_json_envelope(body, event_id)
+        except DynamicAgentsError as error:
+            self._drop(kind.__name__, request_id, error)
+            return
+        self._enqueue(envelope)
+
+    def _full(self) -> bool:
+        if len(self._queue) < self.max_pending:
+            return False
+        if not self.dropped:
+            logger.warning("%d lifecycle events wait to be published; dropping new ones", len(self._queue))
+        self.dropped += 1
+        return True
+
+    def _drop(self, kind: str, request_id: str, error: DynamicAgentsError) -> None:
+        logger.warning("dropping a %s of request %s: %s", kind, request_id, error)
+        self.dropped += 1
+
+    def _enqueue(self, envelope: bytes) -> None:
         self._queue.append(envelope)
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._publish_all(), name="lifecycle events")
@@ -107,7 +132,10 @@ class EventSink:
 
 class LifecyclePublisher:
     """Emits one request's lifecycle events to the worker's :class:`EventSink` (the worker makes
-    one only when ``settings.events`` is on: events are built only when someone listens)."""
+    one only when ``settings.events`` is on: events are built only when someone listens).
+
+    Events are written as JSON by :class:`LifecycleJson`; one it declines (a lone surrogate in the
+    output, say) is built as its model, whose validation or encoding refuses it as before."""
 
     def __init__(
         self,
@@ -123,19 +151,20 @@ class LifecyclePublisher:
         self.session_id = session_id
         self.target = target
         self.delta_interval = delta_interval
+        self._json = LifecycleJson(request_id, session_id, target)
         self._buffer: list[str] = []
         self._sequence = 0
         self._last_flush = 0.0
         self._timer: asyncio.TimerHandle | None = None  # publishes the buffer when its interval ends
 
-    def _common(self) -> dict[str, object]:
-        return {"request_id": self.request_id, "session_id": self.session_id, "target": self.target}
-
     async def accepted(self) -> None:
-        self.sink.emit(RequestAccepted.model_validate(self._common()))
+        event_id = new_event_id()
+        self._emit(RequestAccepted, event_id, self._json.accepted(event_id=event_id, timestamp=utc_now()), {})
 
     async def started(self, delivery_count: int) -> None:
-        self.sink.emit(RunStarted.model_validate({**self._common(), "delivery_count": delivery_count}))
+        event_id = new_event_id()
+        body = self._json.started(delivery_count, event_id=event_id, timestamp=utc_now())
+        self._emit(RunStarted, event_id, body, {"delivery_count": delivery_count})
 
     async def delta(self, content: str) -> None:
         """Buffer a slice of output; publish at most every ``delta_interval`` seconds, and what was
@@ -163,25 +192,32 @@ class LifecyclePublisher:
             return
         content, self._buffer = "".join(self._buffer), []
         self._last_flush = time.monotonic()
-        event = ContentDelta.model_validate(
-            {**self._common(), "sequence": self._sequence, "content": content}
-        )
+        sequence, event_id = self._sequence, new_event_id()
         self._sequence += 1
-        self.sink.emit(event)
+        body = None  # content over the codec's limit: the model's encoding refuses it, named
+        if len(content) <= self.sink.transport.codec.max_content_length:
+            body = self._json.delta(sequence, content, event_id=event_id, timestamp=utc_now())
+        self._emit(ContentDelta, event_id, body, {"sequence": sequence, "content": content})
 
     async def finished(self, result: ExecutionResult) -> None:
         await self.flush()
+        event_id, now = new_event_id(), utc_now()
         if result.status == ResponseStatus.COMPLETED:
             tokens = result.tokens.total_tokens if result.tokens is not None else None
-            event: LifecycleEvent = RunCompleted.model_validate(
-                {**self._common(), "execution_time_ms": result.duration_ms, "tokens_used": tokens}
+            body = self._json.completed(result.duration_ms, tokens, event_id=event_id, timestamp=now)
+            self._emit(
+                RunCompleted, event_id, body, {"execution_time_ms": result.duration_ms, "tokens_used": tokens}
             )
         else:
-            event = RunFailed.model_validate(
-                {
-                    **self._common(),
-                    "status": result.status,
-                    "error_message": redact_text(result.error_message) if result.error_message else None,
-                }
-            )
-        self.sink.emit(event)
+            message = redact_text(result.error_message) if result.error_message else None
+            body = self._json.failed(result.status, message, event_id=event_id, timestamp=now)
+            self._emit(RunFailed, event_id, body, {"status": result.status, "error_message": message})
+
+    def _emit(
+        self, kind: type[LifecycleEvent], event_id: str, body: bytes | None, fields: dict[str, object]
+    ) -> None:
+        if body is not None:
+            self.sink.emit_json(body, event_id=event_id, kind=kind, request_id=self.request_id)
+            return
+        common = {"request_id": self.request_id, "session_id": self.session_id, "target": self.target}
+        self.sink.emit(kind.model_validate({**common, "id": event_id, **fields}))
