@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import traceback
 from collections.abc import AsyncIterator
@@ -205,6 +206,56 @@ async def test_refresh_happens_only_once(service: InMemoryIdentityService) -> No
             await client.list_providers()
     assert calls == 2
     assert service.count() == 2
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("refreshable", [False, True])
+async def test_a_refused_service_token_is_an_error_logged_once_while_stale_values_are_served(
+    service: InMemoryIdentityService, caplog: pytest.LogCaptureFixture, refreshable: bool
+) -> None:
+    # a 401 was served stale under the WARNING of any outage ("could not be fetched
+    # (IdentityAuthError)"), once per key: nothing told the operator the token itself was refused
+    caplog.set_level(logging.DEBUG, logger="dynamic_agents")
+    canary = "tok-CANARY-401-0123456789"
+    service.add_token(canary, None)
+    service.add_secret("main", "openai", {"api_key": "sk-openai-401-000001"})
+    service.add_secret("main", "anthropic", {"api_key": "sk-anthropic-401-0001"})
+    clock = Clock()
+    token: Any = (lambda: canary) if refreshable else canary
+    client = IdentityClient(URL, token=token, transport=service.mock_transport())
+    manager = SecretsManager(IdentitySource(client), ttl=300, stale_grace=600, error_retry=5, clock=clock)
+    cached = {provider: await manager.get(provider, "api_key") for provider in ("openai", "anthropic")}
+    service.revoke_token(canary)
+    clock.now += 301
+    for _ in range(2):  # stale-if-error still holds: the values are served
+        for provider in ("openai", "anthropic"):
+            assert await manager.get(provider, "api_key") == cached[provider]
+        clock.now += 6
+    with pytest.raises(SecretsUnavailableError) as unavailable:
+        await manager.get("google", "api_key")
+    assert isinstance(unavailable.value.__cause__, IdentityAuthError)
+    refused = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(refused) == 1, [r.getMessage() for r in refused]  # once, not per key or request
+    message = refused[0].getMessage()
+    assert message.startswith(f"GET {SECRETS} answered 401")
+    assert "the Identity service refuses the client's token" in message
+    assert ("a fresh one from the token provider too" in message) is refreshable
+    service.add_token(canary, None)  # fixed: said, and a later refusal is an error again
+    assert await manager.get("google", "api_key") is None
+    assert "the Identity service accepts the client's token again" in caplog.text
+    service.revoke_token(canary)
+    clock.now += 301
+    await manager.get("openai", "api_key")
+    assert len([r for r in caplog.records if r.levelname == "ERROR"]) == 2
+    assert canary not in caplog.text
+    await manager.aclose()
 
 
 async def test_5xx_is_retried_with_backoff(

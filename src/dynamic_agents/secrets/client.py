@@ -2,7 +2,8 @@
 
 Retries 429 (honouring ``Retry-After``), 5xx and network errors with capped exponential backoff and
 jitter; a ``Retry-After`` over ``max_retry_after`` is raised at once as
-:class:`IdentityRateLimitedError` (with ``retry_after``); refreshes the token once on 401. Errors
+:class:`IdentityRateLimitedError` (with ``retry_after``); refreshes the token once on 401 (a 401
+that outlasts it is logged once as an ERROR until the token is accepted again). Errors
 are typed (see :mod:`dynamic_agents.exceptions`) and their messages carry the method, path and
 status, never a secret value or a raw response body.
 """
@@ -201,6 +202,10 @@ class IdentityClient:
         self._api_found = False
         self._api_probe = asyncio.Lock()
         self._url_error_logged = False
+        # Whether a 401 survived the token refresh and was logged as an ERROR: once until a request
+        # is answered again, as a wrong base_url is (a stale value served, or a ChainSource
+        # falling back to the environment, hides a refused token otherwise)
+        self._token_refused = False
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/"), transport=transport, timeout=timeout, follow_redirects=False
         )
@@ -432,7 +437,7 @@ class IdentityClient:
                 ) from None
             status = response.status_code
             if status < 300:  # a 3xx is no answer: redirects are not followed (see _error_for)
-                self._api_found = True
+                self._answered(method, path, status)
                 return response
             if method == "DELETE" and status in {404, 410} and maybe_done:
                 # the retry of a delete that an earlier attempt did: done, not "no such secret"
@@ -460,7 +465,33 @@ class IdentityClient:
                 continue
             if status == 404 and not self._api_found:
                 await self._find_api(method, response)
+            self._log_refusal(method, path, status, refreshed)
             raise _error_for(method, path, response, retry_after)
+
+    def _answered(self, method: str, path: str, status: int) -> None:
+        self._api_found = True
+        if self._token_refused:
+            self._token_refused = False
+            logger.info(
+                "%s %s answered %d: the Identity service accepts the client's token again",
+                method,
+                path,
+                status,
+            )
+
+    def _log_refusal(self, method: str, path: str, status: int, refreshed: bool) -> None:
+        """Log a 401 that no token refresh got past: an ERROR the first time (the token is wrong,
+        expired or revoked: no outage that passes by itself), then DEBUG until it is accepted again."""
+        if status != 401:
+            return
+        fresh = " with a fresh one from the token provider too" if refreshed else ""
+        message = (
+            "%s %s answered 401%s: the Identity service refuses the client's token (wrong, expired "
+            "or revoked); no secret can be fetched until it is replaced"
+        )
+        log = logger.debug if self._token_refused else logger.error
+        self._token_refused = True
+        log(message, method, path, fresh)
 
     async def _find_api(self, method: str, response: httpx.Response) -> None:
         """Return if the API is at ``base_url`` (the 404 of ``response`` is then "no such secret
