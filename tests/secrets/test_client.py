@@ -828,6 +828,25 @@ async def test_an_httpx_error_carrying_the_token_is_not_chained(failure: str) ->
     assert said in str(chain[1])  # what went wrong is still said
 
 
+async def test_secret_values_that_are_not_valid_text_are_an_identity_error_naming_the_field() -> None:
+    # "\ud800" in JSON decodes to a lone surrogate: SecretValue's registration raised a bare
+    # UnicodeEncodeError out of the client, its .object the secret
+    body = (
+        b'{"id": "s1", "name": "main", "provider": "openai", "values": {"api_key": "sk-CANARY-\\ud800-0123"}}'
+    )
+    client = IdentityClient(
+        URL, token="t-000001", transport=httpx.MockTransport(lambda _: httpx.Response(200, content=body))
+    )
+    with pytest.raises(IdentityError) as caught:
+        await client.get_values("s1")
+    await client.aclose()
+    assert str(caught.value) == (
+        "GET /api/v1/secrets/s1/values: unexpected response (values['api_key'] is not valid text: "
+        "a lone surrogate at position 10)"
+    )
+    assert caught.value.__context__ is None
+
+
 @pytest.mark.parametrize("lost", ["timeout", "502"])
 async def test_a_delete_retried_after_its_answer_was_lost_is_done_not_not_found(
     service: InMemoryIdentityService, sleeps: Sleeps, lost: str

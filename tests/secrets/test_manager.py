@@ -107,6 +107,38 @@ async def test_a_secret_value_cannot_be_pickled() -> None:
         pickle.dumps(SecretValue("sk-never-on-disk"))
 
 
+def test_a_secret_value_that_is_not_valid_text_is_a_configuration_error_without_the_value() -> None:
+    # a lone surrogate (bytes that were not UTF-8, decoded with surrogateescape) made the redactor's
+    # percent-encoding raise a UnicodeEncodeError whose .object was the secret
+    canary = "sk-CANARY-\udcff-0123456789"
+    with pytest.raises(ConfigurationError) as caught:
+        SecretValue(canary)
+    assert str(caught.value) == (
+        "a SecretValue holds text, and this one has a lone surrogate at position 10 (bytes that "
+        "are not UTF-8?): it cannot be sent anywhere"
+    )
+    assert caught.value.__context__ is None
+    assert canary not in repr(caught.value.args)
+
+
+@pytest.mark.parametrize("mapped", [True, False])
+async def test_an_environment_variable_that_is_not_utf8_is_an_error_naming_it(
+    monkeypatch: pytest.MonkeyPatch, mapped: bool
+) -> None:
+    canary = b"sk-CANARY-\xff-0123456789".decode("utf-8", "surrogateescape")  # as os.environ reads it
+    variable = "OPENAI_API_KEY" if mapped else "CANARY_NOT_UTF8"
+    monkeypatch.setenv(variable, canary)
+    manager = SecretsManager(EnvironmentSource())
+    with pytest.raises(ConfigurationError) as caught:
+        await manager.resolve(f"os.environ/{variable}")
+    assert str(caught.value) == (
+        f"environment variable {variable!r} holds bytes that are not UTF-8 (at position 10): set "
+        "it to the secret as UTF-8 text"
+    )
+    assert caught.value.__context__ is None
+    await manager.aclose()
+
+
 async def test_hits_do_not_fetch_until_the_ttl_runs_out(
     manager: SecretsManager, source: CountingSource, clock: Clock
 ) -> None:

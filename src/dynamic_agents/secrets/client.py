@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, JsonValue, ValidationError
 from dynamic_agents._logging import get_logger
 from dynamic_agents._redaction import REDACTOR, masked_url, redact_text
 from dynamic_agents._validation import (
+    LONE_SURROGATE,
     check_base_url,
     check_callable,
     check_count,
@@ -310,6 +311,12 @@ class IdentityClient:
             raise _bad_response(response, "expected an object with 'values'")
         if not all(isinstance(v, str) for v in values.values()):
             raise _bad_response(response, "secret values must be strings")
+        for field, value in values.items():
+            if (surrogate := LONE_SURROGATE.search(value)) is not None:  # "\ud800" in the JSON
+                raise _bad_response(
+                    response,
+                    f"values[{field!r}] is not valid text: a lone surrogate at position {surrogate.start()}",
+                )
         return SecretValues(
             id=str(data.get("id", secret_id)),
             name=str(data.get("name", "")),

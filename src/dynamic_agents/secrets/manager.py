@@ -51,6 +51,7 @@ from dynamic_agents.secrets.sources import (
     SecretKey,
     SecretSource,
     StaticSource,
+    env_secret,
 )
 from dynamic_agents.secrets.values import SecretValue
 
@@ -343,7 +344,7 @@ class SecretsManager:
                 f"environment variable {shown_part(reference.variable)!r} is not set, and no secret "
                 "is mapped to it (add it to env_mapping to read it from the secret sources)"
             )
-        return SecretValue(value)
+        return env_secret(reference.variable, value)
 
     async def resolve_all(self, data: Any, *, user_id: str | None = None, where: str | None = None) -> Any:
         """A copy of nested dicts / lists / tuples with every reference string resolved.

@@ -16,7 +16,7 @@ from typing import Any, Final, Self
 
 from dynamic_agents._logging import get_logger
 from dynamic_agents._redaction import redact_text
-from dynamic_agents._validation import check_count, check_flag, shown
+from dynamic_agents._validation import LONE_SURROGATE, check_count, check_flag, shown
 from dynamic_agents.exceptions import (
     ConfigurationError,
     IdentityError,
@@ -167,15 +167,28 @@ class EnvironmentSource(SecretSource):
             return None
         environ = os.environ if self._environ is None else self._environ
         prefix = f"{key.provider.upper()}_"
-        values = {
-            variable[len(prefix) :].lower(): value
+        variables = {
+            variable[len(prefix) :].lower(): variable
             for variable, value in environ.items()
             if variable.startswith(prefix) and value
         }
         for variable, (provider, field) in self.mapping.items():
             if provider == key.provider and environ.get(variable):
-                values[field] = environ[variable]
-        return {field: SecretValue(value) for field, value in values.items()} or None
+                variables[field] = variable
+        return {
+            field: env_secret(variable, environ[variable]) for field, variable in variables.items()
+        } or None
+
+
+def env_secret(variable: str, value: str) -> SecretValue:
+    """The value of an environment variable as a secret, or a :class:`ConfigurationError` naming
+    the variable when it is not text (bytes that are not UTF-8, read with surrogateescape)."""
+    if (surrogate := LONE_SURROGATE.search(value)) is not None:
+        raise ConfigurationError(
+            f"environment variable {shown_part(variable)!r} holds bytes that are not UTF-8 (at "
+            f"position {surrogate.start()}): set it to the secret as UTF-8 text"
+        )
+    return SecretValue(value)
 
 
 class StaticSource(SecretSource):

@@ -12,6 +12,8 @@ import hmac
 from typing import NoReturn
 
 from dynamic_agents._redaction import MASK, REDACTOR, RedactingFilter, Redactor, protect_loggers
+from dynamic_agents._validation import LONE_SURROGATE
+from dynamic_agents.exceptions import ConfigurationError
 
 __all__ = ["MASK", "REDACTOR", "RedactingFilter", "Redactor", "SecretValue", "protect_loggers"]
 
@@ -24,6 +26,12 @@ class SecretValue:
     def __init__(self, value: str) -> None:
         if not isinstance(value, str):
             raise TypeError(f"a SecretValue holds a str, not {type(value).__name__}")
+        if (surrogate := LONE_SURROGATE.search(value)) is not None:
+            # no header, JSON body or redactor pattern can encode it: say where, never what
+            raise ConfigurationError(
+                f"a SecretValue holds text, and this one has a lone surrogate at position "
+                f"{surrogate.start()} (bytes that are not UTF-8?): it cannot be sent anywhere"
+            )
         self._value = value
         REDACTOR.register(value)
 
