@@ -179,3 +179,15 @@ def test_a_key_given_as_bytes_in_place_of_a_reference_is_not_quoted() -> None:
         parse_reference(key)  # type: ignore[arg-type]
     assert key.decode() not in str(refused.value)
     assert str(refused.value).endswith("got a bytes")
+
+
+@pytest.mark.parametrize("name", ["sk-proj-\udcffabcdefghijklmnopqrstuv", "team-\udcff"])
+def test_a_name_that_is_not_valid_text_is_a_malformed_reference(name: str) -> None:
+    # a key-shaped one, registered with the redactor, raised its UnicodeEncodeError (the name in
+    # its .object); another was a name no request can carry
+    with pytest.raises(SecretReferenceError) as refused:
+        parse_reference(f"secret:openai/{name}:api_key")
+    assert str(refused.value).startswith(
+        f"malformed secret reference 'secret:…' ({len(name) + 15} more characters, not shown): "
+    )
+    assert refused.value.__context__ is None

@@ -91,7 +91,8 @@ def check_env_mapping(mapping: object) -> dict[str, tuple[str, str]]:
 SECRET_PREFIX: Final = "secret:"  # noqa: S105 - a prefix, not a password
 ENV_PREFIX: Final = "os.environ/"
 _SECRET_RE: Final = re.compile(
-    r"^secret:(?P<provider>[a-z0-9][a-z0-9_.-]*)(?:/(?P<name>[^:/]+))?:(?P<field>[A-Za-z0-9_.-]+)$"
+    # a name is any text but ':' and '/'; a lone surrogate is no text (bytes that were not UTF-8)
+    r"^secret:(?P<provider>[a-z0-9][a-z0-9_.-]*)(?:/(?P<name>[^:/\ud800-\udfff]+))?:(?P<field>[A-Za-z0-9_.-]+)$"
 )
 _ENV_RE: Final = re.compile(r"^os\.environ/(?P<variable>[A-Za-z_][A-Za-z0-9_]*)$")
 _VARIABLE_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
