@@ -335,6 +335,41 @@ async def test_responses_that_break_the_contract_are_typed() -> None:
             await client.list_secrets()
 
 
+_DEEP = b"[" * 100_000 + b"]" * 100_000  # JSON, nested deeper than json.loads recurses
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "error", "message"),
+    [
+        (
+            200,
+            _DEEP,
+            IdentityError,
+            "GET /api/v1/secrets: unexpected response (the body's JSON is nested too deeply)",
+        ),
+        (400, b'{"detail": ' + _DEEP + b"}", IdentityRequestError, "GET /api/v1/secrets answered 400"),
+        (
+            400,
+            b'{"detail": ' + b"[" * 900 + b"]" * 900 + b"}",
+            IdentityRequestError,
+            "GET /api/v1/secrets answered 400",
+        ),
+    ],
+)
+async def test_json_nested_too_deeply_is_a_typed_error_not_a_recursion_error(
+    status: int, body: bytes, error: type[IdentityError], message: str
+) -> None:
+    # json.loads raises RecursionError (no ValueError) past the recursion limit: it escaped the client
+    # untyped, from a success's body and from an error's detail alike (and so did the detail's masking
+    # of one just short of that limit)
+    transport = httpx.MockTransport(lambda _: httpx.Response(status, content=body))
+    async with IdentityClient(URL, token="t-000001", transport=transport, retries=0) as client:
+        with pytest.raises(error) as caught:
+            await client.list_secrets()
+    assert str(caught.value) == message
+    assert type(caught.value) is error
+
+
 async def test_tolerated_variations(client: IdentityClient, service: InMemoryIdentityService) -> None:
     service.add_secret("a", "openai", {"api_key": "sk-tolerate-001"})
     service.bare_list = True

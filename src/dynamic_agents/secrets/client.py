@@ -654,17 +654,18 @@ def _error_for(
 
 
 def _detail(response: httpx.Response) -> str:
-    """The body's ``detail``, shortened and with every known secret value masked."""
+    """The body's ``detail``, shortened and with every known secret value masked (none for a body
+    that is not JSON, or nested too deeply to read, mask or format)."""
     try:
         data = response.json()
-    except ValueError:
+        detail = data.get("detail") if isinstance(data, dict) else None
+        if detail is None:
+            return ""
+        # Strings are masked before a structured detail is formatted: its repr escapes them
+        # (a backslash doubled), and an escaped secret would no longer match.
+        text = REDACTOR.redact(detail if isinstance(detail, str) else str(_redacted(detail)))
+    except (ValueError, RecursionError):  # json.loads, and each step after, recurse per level
         return ""
-    detail = data.get("detail") if isinstance(data, dict) else None
-    if detail is None:
-        return ""
-    # Strings are masked before a structured detail is formatted: its repr escapes them
-    # (a backslash doubled), and an escaped secret would no longer match.
-    text = REDACTOR.redact(detail if isinstance(detail, str) else str(_redacted(detail)))
     return text if len(text) <= _DETAIL_LIMIT else f"{text[: _DETAIL_LIMIT - 3]}..."
 
 
@@ -684,6 +685,8 @@ def _json(response: httpx.Response) -> object:
         data: object = response.json()
     except ValueError:
         raise _bad_response(response, "the body is not JSON") from None
+    except RecursionError:  # no ValueError: json.loads recurses per level
+        raise _bad_response(response, "the body's JSON is nested too deeply") from None
     return data
 
 
