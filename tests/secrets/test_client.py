@@ -335,6 +335,29 @@ async def test_responses_that_break_the_contract_are_typed() -> None:
             await client.list_secrets()
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "why"),
+    [
+        (SECRETS, {"items": ["main"], "total": 1}, "a SecretMetadata must be a JSON object, got a string"),
+        (SECRETS, [None], "a SecretMetadata must be a JSON object, got null"),
+        ("/api/v1/providers", {"items": [["openai"]]}, "a ProviderInfo must be a JSON object, got an array"),
+        (f"{SECRETS}/s1", 42, "a SecretMetadata must be a JSON object, got a number"),
+    ],
+)
+async def test_an_item_that_is_no_object_is_an_error_saying_so(path: str, body: object, why: str) -> None:
+    # its message named no field: "unexpected response (invalid SecretMetadata fields: )"
+    transport = httpx.MockTransport(lambda _: httpx.Response(200, json=body))
+    async with IdentityClient(URL, token="t-000001", transport=transport) as client:
+        call = {
+            SECRETS: client.list_secrets,
+            "/api/v1/providers": client.list_providers,
+            f"{SECRETS}/s1": lambda: client.get_secret("s1"),
+        }[path]
+        with pytest.raises(IdentityError) as caught:
+            await call()
+    assert str(caught.value) == f"GET {path}: unexpected response ({why})"
+
+
 _DEEP = b"[" * 100_000 + b"]" * 100_000  # JSON, nested deeper than json.loads recurses
 
 

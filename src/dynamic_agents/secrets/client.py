@@ -28,6 +28,7 @@ from dynamic_agents._logging import get_logger
 from dynamic_agents._redaction import REDACTOR, masked_url, redact_text
 from dynamic_agents._validation import (
     LONE_SURROGATE,
+    a_type,
     check_base_url,
     check_callable,
     check_count,
@@ -698,11 +699,23 @@ def _bad_response(response: httpx.Response, why: str) -> IdentityError:
 
 
 def _validate(model: type[M], data: object, response: httpx.Response) -> M:
+    if not isinstance(data, dict):  # else pydantic's one error has no field to name
+        raise _bad_response(response, f"a {model.__name__} must be a JSON object, got {_json_kind(data)}")
     try:
         return model.model_validate(data)
     except ValidationError as error:
         fields = ", ".join(".".join(map(str, e["loc"])) for e in error.errors(include_url=False))
         raise _bad_response(response, f"invalid {model.__name__} fields: {fields}") from None
+
+
+def _json_kind(data: object) -> str:
+    """What decoded JSON is, in JSON's words: ``a string``, ``null``, ``an array``."""
+    if data is None:
+        return "null"
+    if isinstance(data, bool):
+        return "a boolean"
+    kinds = {str: "a string", int: "a number", float: "a number", list: "an array", dict: "an object"}
+    return kinds.get(type(data), a_type(data))
 
 
 def _parse(model: type[M], response: httpx.Response) -> M:
