@@ -290,6 +290,60 @@ async def test_user_fallback_to_the_system_secret_when_configured(source: Counti
     assert alice.reveal() == "sk-alice-0000001"
 
 
+async def test_a_user_id_that_is_no_str_is_refused_not_answered_with_the_systems_key() -> None:
+    # an int id (a Discord user's) listed the user's secrets, whose "12345" never equalled 12345: no
+    # secret, so get() returned None, or with user_fallback_to_system the system's key: the wrong
+    # account paid for the user's calls
+    service = InMemoryIdentityService(tokens={"service-token": None})
+    service.add_secret("main", "openai", {"api_key": "sk-system-0000001"})
+    service.add_secret("mine", "openai", {"api_key": "sk-user-12345-001"}, user_id="12345")
+    client = IdentityClient(URL, token="service-token", transport=service.mock_transport())
+    manager = SecretsManager(IdentitySource(client), user_fallback_to_system=True)
+    with pytest.raises(ConfigurationError) as refused:
+        await manager.get("openai", "api_key", 12345)  # type: ignore[arg-type]
+    assert str(refused.value) == (
+        "SecretsManager.get()'s user_id must be a user's id (a non-empty str) or None (the system's), "
+        "got 12345 (an int)"
+    )
+    with pytest.raises(ConfigurationError, match=r"^SecretsManager.warm_up\(\)'s user_id must be "):
+        await manager.warm_up(["openai"], user_id=12345)  # type: ignore[arg-type]
+    assert service.count() == 0
+    user = await manager.get("openai", "api_key", "12345")
+    assert user is not None
+    assert user.reveal() == "sk-user-12345-001"
+    await manager.aclose()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (("openai", None), "field must be a field name (a non-empty str), got None"),
+        (("openai", ""), "field must be a field name (a non-empty str), got ''"),
+        ((None, "api_key"), "provider must be a provider name (a non-empty str), got None"),
+        (("", "api_key"), "provider must be a provider name (a non-empty str), got ''"),
+        (
+            ("openai", "api_key", ["alice"]),
+            "user_id must be a user's id (a non-empty str) or None (the system's), got a list",
+        ),
+        (
+            ("openai", "api_key", ""),
+            "user_id must be a user's id (a non-empty str) or None (the system's), got ''",
+        ),
+    ],
+)
+async def test_a_lookup_that_names_nothing_is_refused_not_answered_none(
+    manager: SecretsManager, source: CountingSource, arguments: tuple[Any, ...], message: str
+) -> None:
+    # each was None (no such secret), a fetch of every provider's secrets, or a bare error
+    await manager.get("openai", "api_key")  # cached: a field asked of it is checked too
+    with pytest.raises(ConfigurationError) as refused:
+        await manager.get(*arguments)
+    assert str(refused.value) == f"SecretsManager.get()'s {message}"
+    with pytest.raises(ConfigurationError, match=r"^SecretsManager.get\(\)'s name must be "):
+        await manager.get("openai", "api_key", name="")
+    assert len(source.fetches) == 1
+
+
 async def test_named_secrets(manager: SecretsManager) -> None:
     value = await manager.get("openai", "api_key", name="team-a")
     assert value is not None

@@ -288,15 +288,23 @@ class SecretsManager:
             entry: _Entry | None = self._cache[key]  # 3x faster than TTLCache.get on the hit path
         except KeyError:
             entry = None
+        except TypeError:  # unhashable: a list for a user id
+            _check_lookup("get", provider, field, user_id, name)
+            raise
         now = self._clock()
         if entry is not None and now < entry.fresh_until:
             self.stats.hits += 1
             entry.last_used = now
         else:
+            # Checked before a fetch (a key cached passed it), not on the hit path: a user id of
+            # 12345 matched no secret of the user "12345", and fell back to the system's.
+            _check_lookup("get", provider, field, user_id, name)
             entry = await self._load_or_stale(key, entry, now)
             if entry.fetched_at < now:  # served from before this read (stale while the sources
                 entry.last_used = now  # fail): a use, so it is refreshed ahead of expiry too
         value = entry.values.get(field) if entry.values is not None else None
+        if value is None:  # a field of None or "" named no field of a secret cached
+            _check_lookup("get", provider, field, user_id, name)
         if value is None and user_id is not None and self.user_fallback_to_system:
             return await self.get(provider, field, None, name=name)
         return value
@@ -456,7 +464,10 @@ class SecretsManager:
                 "warm_up() takes provider names, a list of them: "
                 f"warm_up([{shown_part(providers)!r}]), not one str"
             )
-        keys = [(provider, user_id, None) for provider in providers]
+        keys: list[_CacheKey] = []
+        for provider in providers:  # all checked before any is fetched
+            _check_lookup("warm_up", provider, "-", user_id, None)
+            keys.append((provider, user_id, None))
         await asyncio.gather(*(self._load(key, self._cache.get(key)) for key in keys))
 
     async def refresh(
@@ -850,6 +861,24 @@ def _client_options(options: object) -> Mapping[str, Any]:
                 f"{', '.join(map(repr, taken))}"
             )
     return options
+
+
+def _check_lookup(where: str, provider: object, field: object, user_id: object, name: object) -> None:
+    """A :class:`ConfigurationError` naming the first part of a lookup that names no secret: each
+    is a non-empty str, ``user_id`` and ``name`` may be ``None`` (the system's, the provider's)."""
+    parts = (
+        ("provider", provider, "a provider name (a non-empty str)"),
+        ("field", field, "a field name (a non-empty str)"),
+        ("user_id", user_id, "a user's id (a non-empty str) or None (the system's)"),
+        ("name", name, "a secret's name (a non-empty str) or None (the provider's)"),
+    )
+    for part, value, valid in parts:
+        if (isinstance(value, str) and value) or (value is None and part in {"user_id", "name"}):
+            continue
+        got = shown(value)
+        if not isinstance(value, str) and value is not None and got != a_type(value):
+            got += f" ({a_type(value)})"
+        raise ConfigurationError(f"SecretsManager.{where}()'s {part} must be {valid}, got {got}")
 
 
 def _closed_error(key: _CacheKey) -> SecretsUnavailableError:
