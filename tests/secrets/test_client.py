@@ -673,6 +673,27 @@ async def test_a_retry_after_over_the_cap_is_raised_at_once(
     assert sleeps.delays == []
 
 
+async def test_a_5xx_retry_after_over_the_cap_is_raised_at_once(
+    client: IdentityClient, service: InMemoryIdentityService, sleeps: Sleeps
+) -> None:
+    # a 503 for a maintenance window (Retry-After 3600) was retried after the cap, 60 s, three
+    # times: a get with nothing cached waited three minutes to be refused, as a 429 is no longer
+    service.fail_next(503, times=None, retry_after=3600)
+    with pytest.raises(IdentityUnavailableError) as caught:
+        await client.list_providers()
+    assert str(caught.value) == (
+        "GET /api/v1/providers answered 503 with Retry-After 3600s, over max_retry_after (60s): not retried"
+    )
+    assert type(caught.value) is IdentityUnavailableError
+    assert caught.value.status == 503
+    assert service.count() == 1
+    assert sleeps.delays == []
+    service.clear_faults()
+    service.fail_next(503, retry_after=30)  # within the cap: waited out, as before
+    assert await client.list_providers()
+    assert sleeps.delays == [30.0]
+
+
 async def test_a_retry_after_within_the_cap_is_still_waited_out(
     service: InMemoryIdentityService, sleeps: Sleeps
 ) -> None:

@@ -1,8 +1,8 @@
 """HTTP client for the A8N Identity service (every endpoint of its contract).
 
 Retries 429 (honouring ``Retry-After``), 5xx and network errors with capped exponential backoff and
-jitter; a ``Retry-After`` over ``max_retry_after`` is raised at once as
-:class:`IdentityRateLimitedError` (with ``retry_after``); refreshes the token once on 401 (a 401
+jitter; a ``Retry-After`` over ``max_retry_after`` is raised at once (a 429 as
+:class:`IdentityRateLimitedError`, with ``retry_after``); refreshes the token once on 401 (a 401
 that outlasts it is logged once as an ERROR until the token is accepted again). Errors
 are typed (see :mod:`dynamic_agents.exceptions`) and their messages carry the method, path and
 status, never a secret value or a raw response body.
@@ -456,16 +456,12 @@ class IdentityClient:
                 await self._current_token(f"{method} {path}", refused=token)
                 continue
             retry_after = _retry_after(response)
-            if status == 429 and retry_after is not None and retry_after > self._max_retry_after:
-                # Waiting only the cap would be refused again: the caller (the manager serving a
-                # cached value) is better told now.
-                raise IdentityRateLimitedError(
-                    f"{method} {path} answered 429 with Retry-After {retry_after:g}s, over "
-                    f"max_retry_after ({self._max_retry_after:g}s): not retried",
-                    status=status,
-                    retry_after=retry_after,
-                )
             retryable = status == 429 or (status >= 500 and method in _IDEMPOTENT)
+            if retryable and retry_after is not None and retry_after > self._max_retry_after:
+                # Waiting only the cap would be refused again (rate limited, or a 503 for a
+                # maintenance window): the caller (the manager serving a cached value) is better
+                # told now.
+                raise self._not_retried(method, path, status, retry_after)
             if retryable and attempt < self._retries:
                 await self._wait(method, path, attempt, f"HTTP {status}", retry_after)
                 attempt += 1
@@ -475,6 +471,15 @@ class IdentityClient:
                 await self._find_api(method, response)
             self._log_refusal(method, path, status, refreshed)
             raise _error_for(method, path, response, retry_after)
+
+    def _not_retried(self, method: str, path: str, status: int, retry_after: float) -> IdentityError:
+        message = (
+            f"{method} {path} answered {status} with Retry-After {retry_after:g}s, over "
+            f"max_retry_after ({self._max_retry_after:g}s): not retried"
+        )
+        if status == 429:
+            return IdentityRateLimitedError(message, status=status, retry_after=retry_after)
+        return IdentityUnavailableError(message, status=status)
 
     def _answered(self, method: str, path: str, status: int) -> None:
         self._api_found = True
