@@ -358,6 +358,43 @@ async def test_an_item_that_is_no_object_is_an_error_saying_so(path: str, body: 
     assert str(caught.value) == f"GET {path}: unexpected response ({why})"
 
 
+@pytest.mark.parametrize("bad", ["", ".", "..", 42, None])
+@pytest.mark.parametrize(
+    "call", ["get_secret", "get_values", "update_secret", "delete_secret", "provider_schema"]
+)
+async def test_an_id_or_name_that_is_no_path_segment_is_refused_before_any_request(
+    client: IdentityClient, service: InMemoryIdentityService, call: str, bad: object
+) -> None:
+    # "." and ".." are dot segments, which httpx resolves: delete_secret(".") sent DELETE
+    # /api/v1/secrets (the collection), get_values("..") GET /api/v1/values; "" the collection
+    # too; an int or None a bare TypeError from quote() ("quote_from_bytes() expected bytes")
+    calls = {
+        "get_secret": lambda: client.get_secret(bad),  # type: ignore[arg-type]
+        "get_values": lambda: client.get_values(bad),  # type: ignore[arg-type]
+        "update_secret": lambda: client.update_secret(bad, status="disabled"),  # type: ignore[arg-type]
+        "delete_secret": lambda: client.delete_secret(bad),  # type: ignore[arg-type]
+        "provider_schema": lambda: client.provider_schema(bad),  # type: ignore[arg-type]
+    }
+    what = "provider name" if call == "provider_schema" else "secret id"
+    with pytest.raises(ConfigurationError) as refused:
+        await calls[call]()
+    assert str(refused.value) == (
+        f"{call}() takes a {what}: a non-empty str other than '.' and '..', got {bad!r}"
+    )
+    assert service.count() == 0
+
+
+@pytest.mark.parametrize("bad", ["", ".", ".."])
+async def test_a_listed_secret_whose_id_is_no_path_segment_is_an_unexpected_response(bad: str) -> None:
+    # its values were then read from GET /api/v1/secrets/../values, that is GET /api/v1/values
+    item = {"id": bad, "name": "main", "provider": "openai", "user_id": None, "status": "active"}
+    transport = httpx.MockTransport(lambda _: httpx.Response(200, json={"items": [item], "total": 1}))
+    async with IdentityClient(URL, token="t-000001", transport=transport) as client:
+        with pytest.raises(IdentityError) as caught:
+            await IdentitySource(client, owns_client=False).fetch(SecretKey("openai"))
+    assert str(caught.value) == "GET /api/v1/secrets: unexpected response (invalid SecretMetadata fields: id)"
+
+
 _DEEP = b"[" * 100_000 + b"]" * 100_000  # JSON, nested deeper than json.loads recurses
 
 

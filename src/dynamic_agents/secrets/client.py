@@ -18,11 +18,11 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final, Self, TypeAlias, TypeVar
+from typing import Annotated, Any, Final, Self, TypeAlias, TypeVar
 from urllib.parse import quote, urlsplit
 
 import httpx
-from pydantic import BaseModel, ConfigDict, JsonValue, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, JsonValue, ValidationError
 
 from dynamic_agents._logging import get_logger
 from dynamic_agents._redaction import REDACTOR, masked_url, redact_text
@@ -85,13 +85,22 @@ _ERRORS: Final[Mapping[int, type[IdentityError]]] = {
 }
 
 
+def _path_segment(value: str) -> str:
+    if value in {"", ".", ".."}:  # never the secret's path: "." would be the collection's
+        raise ValueError("a secret id is a non-empty str other than '.' and '..'")
+    return value
+
+
+_SecretId: TypeAlias = Annotated[str, AfterValidator(_path_segment)]
+
+
 class SecretMetadata(BaseModel):
     """What the service says about a secret, never its values. Tolerant of older services: a
     missing ``status`` means active, missing ``fields`` means unknown, naive timestamps are UTC."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
-    id: str
+    id: _SecretId
     name: str
     provider: str
     user_id: str | None = None
@@ -302,10 +311,10 @@ class IdentityClient:
             page += 1
 
     async def get_secret(self, secret_id: str) -> SecretMetadata:
-        return _parse(SecretMetadata, await self._request("GET", _secret_path(secret_id)))
+        return _parse(SecretMetadata, await self._request("GET", _secret_path("get_secret", secret_id)))
 
     async def get_values(self, secret_id: str) -> SecretValues:
-        response = await self._request("GET", f"{_secret_path(secret_id)}/values")
+        response = await self._request("GET", f"{_secret_path('get_values', secret_id)}/values")
         data = _json(response)
         values = data.get("values") if isinstance(data, dict) else None
         if not isinstance(data, dict) or not isinstance(values, dict):
@@ -334,6 +343,7 @@ class IdentityClient:
         status: str | None = None,
         description: str | None = None,
     ) -> SecretMetadata:
+        path = _secret_path("update_secret", secret_id)
         body: dict[str, Any] = {}
         if name is not None:
             body["name"] = name
@@ -345,10 +355,10 @@ class IdentityClient:
             body["description"] = description
         if not body:
             raise ConfigurationError("update_secret needs at least one of name, values, status, description")
-        return _parse(SecretMetadata, await self._request("PATCH", _secret_path(secret_id), json=body))
+        return _parse(SecretMetadata, await self._request("PATCH", path, json=body))
 
     async def delete_secret(self, secret_id: str) -> None:
-        await self._request("DELETE", _secret_path(secret_id))
+        await self._request("DELETE", _secret_path("delete_secret", secret_id))
 
     async def list_providers(self) -> list[ProviderInfo]:
         response = await self._request("GET", PROVIDERS)
@@ -359,7 +369,8 @@ class IdentityClient:
         return [_validate(ProviderInfo, item, response) for item in items]
 
     async def provider_schema(self, name: str) -> dict[str, JsonValue]:
-        response = await self._request("GET", f"{API}/providers/{quote(name, safe='')}/schema")
+        segment = _segment("provider_schema", "provider name", name)
+        response = await self._request("GET", f"{API}/providers/{segment}/schema")
         data = _json(response)
         if not isinstance(data, dict):
             raise _bad_response(response, "expected a JSON Schema object")
@@ -606,8 +617,19 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _secret_path(secret_id: str) -> str:
-    return f"{API}/secrets/{quote(secret_id, safe='')}"
+def _secret_path(call: str, secret_id: str) -> str:
+    return f"{API}/secrets/{_segment(call, 'secret id', secret_id)}"
+
+
+def _segment(call: str, what: str, value: object) -> str:
+    """``value`` quoted as one path segment, or a :class:`ConfigurationError` naming it: ``.`` and
+    ``..`` are dot segments, which httpx resolves (``delete_secret(".")`` would delete
+    ``/api/v1/secrets``, the collection), and ``""`` names the collection too."""
+    if not isinstance(value, str) or value in {"", ".", ".."}:
+        raise ConfigurationError(
+            f"{call}() takes a {what}: a non-empty str other than '.' and '..', got {shown(value)}"
+        )
+    return quote(value, safe="")
 
 
 def _plain(values: Mapping[str, str | SecretValue]) -> dict[str, str]:
