@@ -326,6 +326,24 @@ async def test_error_messages_never_carry_values_or_raw_bodies() -> None:
     assert "bad value **********" in str(caught.value)
 
 
+async def test_a_status_of_null_is_taken_as_missing_that_is_active() -> None:
+    # the contract tolerates a missing status (active); a service writing missing fields as null
+    # failed every list ("invalid SecretMetadata fields: status"): no secret could be read
+    item = {"id": "s1", "name": "main", "provider": "openai", "status": None, "fields": None}
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/values"):
+            return httpx.Response(200, json={"id": "s1", "values": {"api_key": "sk-null-status-0001"}})
+        return httpx.Response(200, json={"items": [item], "total": 1, "page": 1, "page_size": 100})
+
+    async with IdentityClient(URL, token="t-000001", transport=httpx.MockTransport(answer)) as client:
+        (listed,) = (await client.list_secrets()).items
+        assert (listed.status, listed.active) == ("active", True)
+        values = await IdentitySource(client, owns_client=False).fetch(SecretKey("openai"))
+    assert values is not None
+    assert values["api_key"].reveal() == "sk-null-status-0001"
+
+
 async def test_responses_that_break_the_contract_are_typed() -> None:
     def garbage(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, content=b"<html>oops</html>")

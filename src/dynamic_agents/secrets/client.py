@@ -22,7 +22,7 @@ from typing import Annotated, Any, Final, Self, TypeAlias, TypeVar
 from urllib.parse import quote, urlsplit
 
 import httpx
-from pydantic import AfterValidator, BaseModel, ConfigDict, JsonValue, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, JsonValue, ValidationError
 
 from dynamic_agents._logging import get_logger
 from dynamic_agents._redaction import REDACTOR, masked_url, redact_text
@@ -92,11 +92,14 @@ def _path_segment(value: str) -> str:
 
 
 _SecretId: TypeAlias = Annotated[str, AfterValidator(_path_segment)]
+_Status: TypeAlias = Annotated[str, BeforeValidator(lambda status: "active" if status is None else status)]
+"""A missing ``status`` is ``active`` (the contract's "Tolerate"), and so is one written as null."""
 
 
 class SecretMetadata(BaseModel):
     """What the service says about a secret, never its values. Tolerant of older services: a
-    missing ``status`` means active, missing ``fields`` means unknown, naive timestamps are UTC."""
+    missing (or null) ``status`` means active, missing ``fields`` means unknown, naive timestamps
+    are UTC."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
@@ -104,7 +107,7 @@ class SecretMetadata(BaseModel):
     name: str
     provider: str
     user_id: str | None = None
-    status: str = "active"
+    status: _Status = "active"
     fields: tuple[str, ...] | None = None
     created_at: UtcDatetime | None = None
     updated_at: UtcDatetime | None = None
