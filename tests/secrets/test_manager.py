@@ -344,6 +344,29 @@ async def test_a_lookup_that_names_nothing_is_refused_not_answered_none(
     assert len(source.fetches) == 1
 
 
+@pytest.mark.parametrize("chained", [False, True])
+async def test_a_sources_error_quoting_a_secret_is_masked_in_the_errors_raised(chained: bool) -> None:
+    # a source's error text may quote what it was sent: ChainSource masked it in its log line, but
+    # its own SecretsUnavailableError, and the manager's around it, carried it in clear
+    canary = SecretValue("tok-CANARY-vault-0123456789")
+
+    class Vault(SecretSource):
+        async def fetch(self, key: SecretKey) -> Mapping[str, SecretValue] | None:
+            raise SecretsUnavailableError(f"vault refused the token {canary.reveal()}")
+
+    source: SecretSource = ChainSource(Vault(), EnvironmentSource(environ={})) if chained else Vault()
+    manager = SecretsManager(source)
+    with pytest.raises(SecretsUnavailableError) as caught:
+        await manager.get("openai", "api_key")
+    assert "vault refused the token **********" in str(caught.value)
+    assert canary.reveal() not in str(caught.value)
+    if chained:
+        with pytest.raises(SecretsUnavailableError) as direct:
+            await source.fetch(SecretKey("openai"))
+        assert str(direct.value).endswith(": vault refused the token **********")
+    await manager.aclose()
+
+
 async def test_named_secrets(manager: SecretsManager) -> None:
     value = await manager.get("openai", "api_key", name="team-a")
     assert value is not None

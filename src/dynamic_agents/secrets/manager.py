@@ -635,8 +635,10 @@ class SecretsManager:
             until, error = held
             if self._clock() < until:
                 raise SecretsUnavailableError(
-                    f"secret {SecretKey(*key)} cannot be fetched and nothing usable is cached: the "
-                    f"source asked not to be asked again for {until - self._clock():.0f}s ({error})"
+                    REDACTOR.redact(
+                        f"secret {SecretKey(*key)} cannot be fetched and nothing usable is cached: the "
+                        f"source asked not to be asked again for {until - self._clock():.0f}s ({error})"
+                    )
                 )
             del self._held[key]
         return await self._outcome(key, task or self._start_fetch(key, previous))
@@ -787,8 +789,10 @@ class SecretsManager:
             return entry
         if isinstance(error, IdentityRateLimitedError) and error.retry_after and not self._orphan():
             self._hold(key, now + error.retry_after, error)
-        raise SecretsUnavailableError(
-            f"secret {SecretKey(*key)} cannot be fetched and nothing usable is cached: {error}"
+        raise SecretsUnavailableError(  # a source's error text may quote what it was sent
+            REDACTOR.redact(
+                f"secret {SecretKey(*key)} cannot be fetched and nothing usable is cached: {error}"
+            )
         ) from error
 
     def _hold(self, key: _CacheKey, until: float, error: Exception) -> None:
