@@ -786,6 +786,22 @@ async def test_a_token_provider_returning_no_str_is_a_configuration_error(
     assert service.count() == 0
 
 
+@pytest.mark.parametrize("returned", ["", "   ", SecretValue("")])
+async def test_a_token_provider_returning_an_empty_token_is_a_configuration_error(
+    service: InMemoryIdentityService, returned: str | SecretValue
+) -> None:
+    # a token read from a file not written yet: sent as "Bearer ", twice (the 401's refresh asked
+    # the provider again), then an IdentityAuthError as if the service had refused a token; a fixed
+    # empty token is refused when the client is made
+    async with IdentityClient(token=lambda: returned, transport=service.mock_transport()) as client:
+        with pytest.raises(ConfigurationError) as caught:
+            await client.list_secrets()
+    assert str(caught.value) == (
+        "the Identity token provider returned an empty token: it must return the service's bearer token"
+    )
+    assert service.count() == 0
+
+
 @pytest.mark.parametrize("asynchronous", [False, True])
 async def test_a_failing_token_provider_is_a_typed_error(
     service: InMemoryIdentityService, asynchronous: bool

@@ -410,7 +410,13 @@ class IdentityClient:
                         f"the Identity token provider returned {type(token).__name__}; it must return "
                         "the bearer token as a str or a SecretValue"
                     )
-                if unsendable_token(token.reveal() if isinstance(token, SecretValue) else token):
+                plain = token.reveal() if isinstance(token, SecretValue) else token
+                if not plain.strip():  # sent as "Bearer ": a 401, as if the service refused a token
+                    raise ConfigurationError(
+                        "the Identity token provider returned an empty token: it must return the "
+                        "service's bearer token"
+                    )
+                if unsendable_token(plain):
                     raise ConfigurationError(
                         f"the Identity token provider returned a token that holds {_UNSENDABLE}"
                     )
