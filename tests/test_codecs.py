@@ -112,6 +112,30 @@ def test_unknown_major_schema_version() -> None:
     assert "1.x" in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("version", "named"),
+    [("2", "2"), (2, "2"), (2.0, "2.0"), ("2.0.0", "2.0.0"), ("0", "0"), (0, "0"), ("9999", "9999")],
+)
+def test_a_version_of_another_major_in_another_shape_is_refused_for_its_major(
+    version: object, named: str
+) -> None:
+    """A bare major (``"2"``, ``2``), a JSON number or three parts still say which major wrote the
+    event: that major is refused as one (a newer producer), not as a malformed value, for a request
+    as for a lifecycle event whose ``type`` this release does not know."""
+    lifecycle = {"schema_version": version, "type": "run.paused", "request_id": "r", "session_id": "s"}
+    for body, model in ((valid_body(schema_version=version), AgentRequestEvent), (lifecycle, LifecycleEvent)):
+        with pytest.raises(UnsupportedSchemaVersionError) as caught:
+            CODEC.decode_json(json.dumps(body).encode(), model)
+        assert caught.value.version == named
+
+
+@pytest.mark.parametrize("version", [True, "10000", 10_000, -2, "v2", "2.x", float("nan"), "\u0662"])
+def test_a_version_whose_major_cannot_be_read_is_malformed(version: object) -> None:
+    body = json.dumps(valid_body(schema_version=version)).encode()
+    with pytest.raises(EventValidationError, match="schema_version"):
+        CODEC.decode_json(body, AgentRequestEvent)
+
+
 @pytest.mark.parametrize("version", ["one", "1", "1.0.0", 1.0])
 def test_malformed_schema_version(version: object) -> None:
     body = json.dumps(valid_body(schema_version=version)).encode()

@@ -27,6 +27,8 @@ SCHEMA_MAJOR: Final = 1
 SCHEMA_MINOR: Final = 0
 SCHEMA_VERSION: Final = f"{SCHEMA_MAJOR}.{SCHEMA_MINOR}"
 _VERSION_RE: Final = re.compile(r"([0-9]{1,4})\.([0-9]{1,4})")  # fullmatch: "$" passes "1.0\n"
+_ANY_VERSION_RE: Final = re.compile(r"([0-9]{1,4})(?:\.[0-9]{1,4})*")  # "2", "2.0.0": the major readable
+_MAX_MAJOR: Final = 10_000
 
 #: Platforms the project knows by name. ``source`` is an open set: any lower-case slug is accepted,
 #: so a new platform (``matrix``, ``teams``…) needs no release of this library.
@@ -45,17 +47,35 @@ def _as_utc(value: datetime) -> datetime:
 
 
 def check_schema_version(value: object) -> str:
-    """Accept ``major.minor`` with this release's major; a newer minor is read as is."""
+    """Accept ``major.minor`` with this release's major; a newer minor is read as is.
+
+    Another major is refused as :class:`UnsupportedSchemaVersionError` also where the version has
+    another shape that still names its major (``"2"``, ``2``, ``2.0``, ``"2.0.0"``): the event is
+    a newer (or older) producer's, not a malformed one. A malformed version of this major is a
+    ``ValueError``, as is one whose major cannot be read."""
     if value == SCHEMA_VERSION:  # nearly every event: no parsing
         return SCHEMA_VERSION
+    major = _major(value)
+    if major is not None and major != SCHEMA_MAJOR:
+        raise UnsupportedSchemaVersionError(str(value), SCHEMA_MAJOR)
     if not isinstance(value, str):
         raise ValueError(f"schema_version must be a string like {SCHEMA_VERSION!r}")  # noqa: TRY004 (pydantic reports ValueError only)
-    match = _VERSION_RE.fullmatch(value)
-    if match is None:
+    if _VERSION_RE.fullmatch(value) is None:
         raise ValueError(f"schema_version must look like 'major.minor' (e.g. {SCHEMA_VERSION!r})")
-    if int(match.group(1)) != SCHEMA_MAJOR:
-        raise UnsupportedSchemaVersionError(value, SCHEMA_MAJOR)
     return value
+
+
+def _major(value: object) -> int | None:
+    """The major version ``value`` names: the first of its dot-separated ASCII numbers (up to
+    4 digits each), or a JSON number's whole part; ``None`` when it names none."""
+    if isinstance(value, str):
+        match = _ANY_VERSION_RE.fullmatch(value)
+        return None if match is None else int(match.group(1))
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if not 0 <= value < _MAX_MAJOR:  # also NaN (no comparison holds), and inf
+        return None
+    return int(value)
 
 
 def _normalise_source(value: object) -> object:
