@@ -338,3 +338,33 @@ async def test_a_lifecycle_event_of_a_newer_major_is_refused_as_one(
     fields = entries[0][1]
     with pytest.raises(UnsupportedSchemaVersionError, match=r"^schema_version '2\.0' is not supported"):
         EventCodec().decode_entry(fields, LifecycleEvent)
+
+
+async def test_a_json_body_with_a_utf8_byte_order_mark_is_read_as_faststream_reads_it(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """A publisher that writes UTF-8 with a byte order mark (RFC 8259 lets a parser ignore it):
+    FastStream's subscriber reads the body (``json.loads`` of bytes skips the mark), so the codec
+    must read the same event, not refuse it as "not valid JSON" and dead-letter it."""
+    stream = f"{redis_prefix}:requests"
+    event = make_request()
+    body = b"\xef\xbb\xbf" + EventCodec().encode_json(event)
+    received: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    broker = RedisBroker(redis_url)
+
+    @broker.subscriber(stream=StreamSub(stream, group="agents", consumer="c1", last_id="0"))
+    async def handle(message: RedisStreamMessage) -> None:
+        if not received.done():
+            received.set_result(await message.decode())
+
+    async with broker:
+        await broker.publish(body, stream=stream, headers={"content-type": "application/json"})
+        await broker.start()
+        theirs = await asyncio.wait_for(received, DEADLINE)
+
+    assert theirs == event.model_dump(mode="json")  # FastStream reads it
+    (entry,) = await stream_entries(redis_url, stream)
+    decoded = EventCodec().decode_entry(entry[1], AgentRequestEvent)
+    assert decoded.event == event
+    assert EventCodec().decode_json(body, AgentRequestEvent) == event

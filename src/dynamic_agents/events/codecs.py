@@ -43,6 +43,7 @@ DEFAULT_MAX_SIZE: Final = 1024 * 1024
 DEFAULT_MAX_CONTENT_LENGTH: Final = 256 * 1024
 JSON_CONTENT_TYPE: Final = "application/json"
 _RESERVED_HEADERS: Final = frozenset({"correlation_id", "content-type", "reply_to"})
+_UTF8_BOM: Final = b"\xef\xbb\xbf"
 
 
 _JSON_VALIDATORS: dict[type[WireModel], Callable[[bytes | str], Any]] = {
@@ -116,8 +117,13 @@ class EventCodec:
         return body
 
     def decode_json(self, data: bytes | str, model: type[E]) -> E:
-        """Parse and validate JSON into ``model``; raises an :class:`EventError` subclass."""
+        """Parse and validate JSON into ``model``; raises an :class:`EventError` subclass.
+
+        A UTF-8 byte order mark before bytes is skipped, as FastStream's reader (``json.loads``)
+        skips it and RFC 8259 allows."""
         self._check_size("event body", _byte_length(data))
+        if isinstance(data, bytes) and data.startswith(_UTF8_BOM):
+            data = data[3:]
         try:
             validate_json = _JSON_VALIDATORS.get(model)
             if validate_json is not None:
