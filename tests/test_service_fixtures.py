@@ -207,3 +207,20 @@ def test_missing_service_fails_when_services_are_required() -> None:
     result = _run_redis_test_without_redis(require=True)
     assert result.returncode == 1, result.stdout
     assert "DYNAMIC_AGENTS_REQUIRE_SERVICES is set" in result.stdout
+
+
+@pytest.mark.redis_server
+def test_a_redis_server_that_refuses_its_configuration_says_why() -> None:
+    """redis-server writes a configuration error to stderr before it opens its log file: the
+    error must quote it (it said ``redis-server exited with 1:`` and nothing more)."""
+    from dynamic_agents.exceptions import TransportError
+
+    with RedisServer(durable=False) as master:
+        sentinel = RedisServer.sentinel(master, service="two words")
+        with pytest.raises(TransportError, match="exited with 1") as caught, sentinel:
+            pass
+    assert "FATAL CONFIG FILE ERROR" in str(caught.value)
+    assert "sentinel monitor two words" in str(caught.value)
+    assert sentinel.process is not None
+    assert sentinel.process.poll() is not None
+    assert not sentinel.directory.exists()

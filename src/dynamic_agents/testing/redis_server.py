@@ -138,11 +138,14 @@ class RedisServer:
         log = self.directory / "redis.log"  # appended to by each launch: read only this one's
         self._log_offset = log.stat().st_size if log.exists() else 0
         common = ["--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory)]
-        self.process = subprocess.Popen(  # noqa: S603 - a fixed argv, the binary found on PATH
-            [self.binary, *self._role_arguments(), *common, "--logfile", str(log)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        # its output goes to the log too: a configuration error is written to stderr, before the
+        # log file is opened (both append, so neither overwrites the other)
+        with log.open("ab") as output:
+            self.process = subprocess.Popen(  # noqa: S603 - a fixed argv, the binary found on PATH
+                [self.binary, *self._role_arguments(), *common, "--logfile", str(log)],
+                stdout=output,
+                stderr=output,
+            )
         try:
             self._wait_ready()
             if self._monitoring is not None:
@@ -190,15 +193,18 @@ class RedisServer:
             except OSError:
                 pass
             time.sleep(0.02)
-        raise TransportError(f"redis-server on port {self.port} did not answer within {_START_DEADLINE}s")
+        raise TransportError(
+            f"redis-server on port {self.port} did not answer within {_START_DEADLINE}s: "
+            f"{self._log_since_launch[-2000:]}"
+        )
 
     @property
     def _log_since_launch(self) -> str:
         try:
             with (self.directory / "redis.log").open("rb") as log:
                 log.seek(self._log_offset)
-                return log.read().decode(errors="replace")
-        except FileNotFoundError:  # it exited before opening its log (bad arguments)
+                return log.read().decode(errors="replace") or "(nothing in its log)"
+        except FileNotFoundError:  # the directory was removed under it
             return "(no log)"
 
     def _answers_as_ours(self) -> bool:
