@@ -269,6 +269,26 @@ def test_non_ascii_header_is_refused_not_miswritten() -> None:
 
 
 @pytest.mark.parametrize(
+    "headers",
+    [
+        {"x-tenant": "canary-header-secret-0042\u00e9"},  # a registered secret
+        {"authorization": "Bearer tok\u00e9n-canary-0043"},  # a credential's header
+        {"x-note": "key sk-proj-canary0044abcdefghijklmnopqrstuvwxyz \u00e9"},  # a key-shaped word
+        {"canary-header-secret-0042\u00e9": "v"},  # a secret pasted as the name
+    ],
+)
+def test_a_non_ascii_header_that_may_be_a_secret_is_masked_in_the_error(headers: dict[str, str]) -> None:
+    """The error names the header, but a value that may be a secret is masked: an EnvelopeError
+    reaches logs and dead-letter reasons (the value was quoted as it was, 60 characters of it)."""
+    SecretValue("canary-header-secret-0042\u00e9")
+    event = AgentRequestEvent.model_validate(valid_body())
+    with pytest.raises(EnvelopeError, match="is not ASCII") as caught:
+        CODEC.encode_entry(event, headers=headers)
+    assert "canary" not in str(caught.value)
+    assert MASK in str(caught.value)
+
+
+@pytest.mark.parametrize(
     ("headers", "message"),
     [
         ({"x-count": 3}, "header 'x-count' must be a string, got int"),

@@ -62,13 +62,17 @@ def fits_in_header(text: str) -> bool:
     return text.isascii() and len(text) <= _U16_MAX
 
 
-def _ascii(kind: str, text: str) -> bytes:
+def _ascii(kind: str, text: str, *, header: str | None = None) -> bytes:
+    """``text`` (the header ``kind`` names; ``header``: whose value it is) as checked bytes."""
     try:
         encoded = text.encode("ascii")
     except UnicodeEncodeError:
+        # on the error path only (events import light); a header may carry a secret: masked
+        from dynamic_agents.secrets.references import shown_value
+
         raise EnvelopeError(
-            f"header {kind} {text[:60]!r} is not ASCII: FastStream peers cannot read non-ASCII "
-            "headers back; percent-encode it, or carry the value in the event body"
+            f"header {kind} {shown_value(text, name=header)} is not ASCII: FastStream peers cannot "
+            "read non-ASCII headers back; percent-encode it, or carry the value in the event body"
         ) from None
     if len(encoded) > _U16_MAX:
         raise EnvelopeError(f"header {kind} is {len(encoded)} bytes long, over the {_U16_MAX} limit")
@@ -126,7 +130,7 @@ def _header(key: object, value: object) -> tuple[bytes, bytes]:
         raise EnvelopeError(f"header names must be strings, got {type(key).__name__}")
     if not isinstance(value, str):
         raise EnvelopeError(f"header {key!r} must be a string, got {type(value).__name__}")
-    return _ascii("name", key), _ascii(f"{key!r} value", value)
+    return _ascii("name", key), _ascii(f"{key!r} value", value, header=key)
 
 
 def decode_envelope(data: bytes) -> Envelope:
