@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import litellm
 import pytest
@@ -111,3 +113,29 @@ async def test_a_body_that_is_not_a_json_object_gets_400_as_from_openai(content:
         assert fake.requests[0].body == {}
         chat = await client.post("/chat/completions", json={"model": "m", "messages": []})
     assert chat.json()["choices"][0]["message"]["content"] == "scripted reply"  # no step was used up
+
+
+def stream_chunks(response: httpx.Response) -> list[dict[str, object]]:
+    lines = [line.removeprefix("data: ") for line in response.text.splitlines() if line]
+    assert lines[-1] == "[DONE]"
+    return [json.loads(line) for line in lines[:-1]]
+
+
+@pytest.mark.parametrize("stream_options", [None, {}, {"include_usage": False}])
+async def test_a_stream_carries_no_usage_chunk_unless_asked_for(stream_options: object) -> None:
+    """OpenAI sends the usage chunk (no choices, ``usage`` set) only for ``stream_options:
+    {"include_usage": true}``: code reading usage from a stream that does not ask for it gets none
+    in production, so it must get none here (the fake always sent it)."""
+    fake = FakeOpenAI(["Hello", "Hello"])
+    body: dict[str, object] = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    if stream_options is not None:
+        body["stream_options"] = stream_options
+    async with httpx.AsyncClient(transport=fake.transport, base_url=fake.api_base) as client:
+        plain = stream_chunks(await client.post("/chat/completions", json=body))
+        asked = stream_chunks(
+            await client.post("/chat/completions", json={**body, "stream_options": {"include_usage": True}})
+        )
+    assert all(chunk.get("usage") is None and chunk["choices"] for chunk in plain)
+    assert "".join(chunk["choices"][0]["delta"].get("content") or "" for chunk in plain) == "Hello"  # type: ignore[index]
+    assert asked[-1]["choices"] == []
+    assert asked[-1]["usage"] == {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}

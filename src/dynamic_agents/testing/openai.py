@@ -10,7 +10,8 @@ call really carried::
     fake.requests[0].authorization  # 'Bearer sk-…'
 
 Without a script it answers ``"ok"`` to every chat completion; ``handler`` replaces the script with a
-function of the request. Streaming requests get server-sent events. Like the real API, it answers
+function of the request. Streaming requests get server-sent events (the usage chunk only with
+``stream_options: {"include_usage": true}``, as from OpenAI). Like the real API, it answers
 only ``POST /v1/chat/completions`` (on any host): other paths and methods (embeddings, an
 ``api_base`` without ``/v1``) get OpenAI's ``404 Invalid URL``, and a body that is not a JSON object
 its ``400``, recorded but using no script step. What ``handler`` returns is checked as script steps are.
@@ -180,8 +181,10 @@ class FakeOpenAI:
                 delta = {"role": "assistant", "content": piece}
                 chunks.append({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
             chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
-        usage = {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
-        chunks.append({**base, "choices": [], "usage": usage})
+        options = body.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage") is True:  # as OpenAI: else none
+            usage = {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
+            chunks.append({**base, "choices": [], "usage": usage})
         text_body = "".join(f"data: {json.dumps(chunk)}\n\n" for chunk in chunks) + "data: [DONE]\n\n"
         return httpx.Response(200, content=text_body.encode(), headers={"content-type": "text/event-stream"})
 
