@@ -53,7 +53,9 @@ async def test_endpoints_it_does_not_implement_get_404_not_a_chat_completion() -
         f"{fake.api_base}/chat/completions",
     ]
     async with httpx.AsyncClient(transport=fake.transport, base_url=fake.api_base) as client:
-        chat = await client.post("/chat/completions", json={"model": "m", "messages": []})
+        chat = await client.post(
+            "/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+        )
     assert chat.json()["choices"][0]["message"]["content"] == "scripted reply"  # no step was used up
 
 
@@ -84,8 +86,12 @@ async def test_an_error_step_can_carry_retry_after() -> None:
     """A 429 with ``Retry-After``, as OpenAI sends it, for tests of a caller's backoff."""
     fake = FakeOpenAI([HTTPErrorStep(429, "Rate limit reached", retry_after=2), HTTPErrorStep(500)])
     async with httpx.AsyncClient(transport=fake.transport, base_url=fake.api_base) as client:
-        limited = await client.post("/chat/completions", json={"model": "m", "messages": []})
-        failed = await client.post("/chat/completions", json={"model": "m", "messages": []})
+        limited = await client.post(
+            "/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+        )
+        failed = await client.post(
+            "/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+        )
     assert (limited.status_code, limited.headers["retry-after"]) == (429, "2")
     assert limited.json()["error"]["message"] == "Rate limit reached"
     assert "retry-after" not in failed.headers
@@ -100,7 +106,9 @@ async def test_a_handler_step_that_is_no_reply_is_refused_naming_it(step: object
     fake = FakeOpenAI(handler=lambda request: step)  # type: ignore[arg-type, return-value]
     async with httpx.AsyncClient(transport=fake.transport, base_url=fake.api_base) as client:
         with pytest.raises(ConfigurationError, match=r"FakeOpenAI handler returned .*: expected a str"):
-            await client.post("/chat/completions", json={"model": "m", "messages": []})
+            await client.post(
+                "/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+            )
 
 
 @pytest.mark.parametrize("content", [b"not json", b"[1, 2]", b"\xff"])
@@ -111,7 +119,9 @@ async def test_a_body_that_is_not_a_json_object_gets_400_as_from_openai(content:
         assert response.status_code == 400
         assert "could not parse the JSON body" in response.json()["error"]["message"]
         assert fake.requests[0].body == {}
-        chat = await client.post("/chat/completions", json={"model": "m", "messages": []})
+        chat = await client.post(
+            "/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+        )
     assert chat.json()["choices"][0]["message"]["content"] == "scripted reply"  # no step was used up
 
 
@@ -139,3 +149,66 @@ async def test_a_stream_carries_no_usage_chunk_unless_asked_for(stream_options: 
     assert "".join(chunk["choices"][0]["delta"].get("content") or "" for chunk in plain) == "Hello"  # type: ignore[index]
     assert asked[-1]["choices"] == []
     assert asked[-1]["usage"] == {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
+
+
+HI = {"role": "user", "content": "hi"}
+CALL = {"id": "call_a", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+OTHER_CALL = {**CALL, "id": "call_b"}
+ASKED = {"role": "assistant", "content": None, "tool_calls": [CALL, OTHER_CALL]}
+
+
+def answer(call_id: str) -> dict[str, str]:
+    return {"role": "tool", "tool_call_id": call_id, "content": "42"}
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"messages": [HI]}, "you must provide a model parameter"),
+        ({"model": "", "messages": [HI]}, "you must provide a model parameter"),
+        ({"model": "m"}, "Missing required parameter: 'messages'."),
+        ({"model": "m", "messages": []}, "Invalid 'messages': empty array."),
+        ({"model": "m", "messages": "hi"}, "Invalid type for 'messages'"),
+        ({"model": "m", "messages": [HI, ASKED, answer("call_a")]}, "did not have response messages: call_b"),
+        ({"model": "m", "messages": [HI, ASKED, HI]}, "did not have response messages: call_a, call_b"),
+        ({"model": "m", "messages": [HI, ASKED]}, "did not have response messages: call_a, call_b"),
+        ({"model": "m", "messages": [HI, answer("call_a")]}, "must be a response to a preceeding message"),
+        (
+            {"model": "m", "messages": [HI, ASKED, {**answer("call_a"), "tool_call_id": ["call_a"]}]},
+            "preceeding",
+        ),
+        (
+            {"model": "m", "messages": [HI, ASKED, answer("call_a"), answer("call_b"), HI, answer("call_a")]},
+            "must be a response to a preceeding message",
+        ),
+        (
+            {"model": "m", "messages": [HI, ASKED, answer("call_a"), answer("call_x"), answer("call_b")]},
+            "must be a response to a preceeding message",
+        ),
+    ],
+)
+async def test_a_request_openai_refuses_gets_its_400_and_uses_no_step(
+    body: dict[str, object], message: str
+) -> None:
+    """OpenAI refuses a chat completion without a model or messages, and a conversation whose tool
+    calls and tool results do not pair up (an agent loop that drops or invents a tool result): the
+    fake answered it, so such a bug passed its tests and failed in production."""
+    fake = FakeOpenAI(["scripted reply"])
+    async with httpx.AsyncClient(transport=fake.transport, base_url=fake.api_base) as client:
+        refused = await client.post("/chat/completions", json=body)
+        assert refused.status_code == 400
+        assert message in refused.json()["error"]["message"]
+        paired = [HI, ASKED, answer("call_b"), answer("call_a"), HI]  # in any order
+        chat = await client.post("/chat/completions", json={"model": "m", "messages": paired})
+    assert chat.json()["choices"][0]["message"]["content"] == "scripted reply"  # no step was used up
+
+
+async def test_litellm_raises_bad_request_for_a_tool_call_left_unanswered(fake: FakeOpenAI) -> None:
+    with pytest.raises(litellm.BadRequestError, match="call_b"):
+        await litellm.acompletion(
+            model="openai/gpt-4o-mini",
+            api_base=fake.api_base,
+            api_key=KEY,
+            messages=[HI, ASKED, answer("call_a")],
+            num_retries=0,
+        )

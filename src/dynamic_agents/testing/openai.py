@@ -14,7 +14,9 @@ function of the request. Streaming requests get server-sent events (the usage ch
 ``stream_options: {"include_usage": true}``, as from OpenAI). Like the real API, it answers
 only ``POST /v1/chat/completions`` (on any host): other paths and methods (embeddings, an
 ``api_base`` without ``/v1``) get OpenAI's ``404 Invalid URL``, and a body that is not a JSON object
-its ``400``, recorded but using no script step. What ``handler`` returns is checked as script steps are.
+its ``400``, as does a request OpenAI refuses (no ``model``, no or empty ``messages``, tool calls
+and tool results that do not pair up), recorded but using no script step. What ``handler``
+returns is checked as script steps are.
 """
 
 from __future__ import annotations
@@ -112,6 +114,9 @@ class FakeOpenAI:
         if body is None:  # as the real API answers a body it cannot read (no script step used)
             message = "We could not parse the JSON body of your request."
             return httpx.Response(400, json={"error": _error(message)})
+        refusal = _refusal(body)
+        if refusal is not None:  # what OpenAI refuses (no script step used)
+            return httpx.Response(400, json={"error": _error(refusal)})
         step = self._next(recorded)
         if isinstance(step, HTTPErrorStep):
             return httpx.Response(step.status, json={"error": _error(step.message)}, headers=step.headers())
@@ -225,6 +230,56 @@ def _json_object(content: bytes) -> dict[str, Any] | None:
     except ValueError:  # not JSON, or not UTF-8
         return None
     return body if isinstance(body, dict) else None
+
+
+def _refusal(body: Mapping[str, Any]) -> str | None:
+    """OpenAI's 400 message for a chat completion it refuses, or ``None``: no ``model``, no
+    ``messages`` (or not a non-empty array), or tool results that do not pair up with the tool
+    calls of the assistant message right before them (see :func:`_unpaired_tool_calls`)."""
+    model, messages = body.get("model"), body.get("messages")
+    if not isinstance(model, str) or not model:
+        return "you must provide a model parameter"
+    if messages is None:
+        return "Missing required parameter: 'messages'."
+    if not isinstance(messages, list):
+        return f"Invalid type for 'messages': expected an array, but got {type(messages).__name__} instead."
+    if not messages:
+        return "Invalid 'messages': empty array. Expected an array with minimum length 1."
+    return _unpaired_tool_calls(messages)
+
+
+def _unpaired_tool_calls(messages: Sequence[object]) -> str | None:
+    """Each tool call of an assistant message answered by a ``tool`` message right after it (in
+    any order), and no ``tool`` message answering anything else; else OpenAI's message."""
+    unanswered: list[str] = []  # the calls of the last assistant message not answered yet
+    expected: set[str] = set()
+    for message in messages:
+        entry: Mapping[str, Any] = message if isinstance(message, dict) else {}
+        role = entry.get("role")
+        if role == "tool":
+            call_id = entry.get("tool_call_id")
+            if not isinstance(call_id, str) or call_id not in expected:
+                return (
+                    "Invalid parameter: messages with role 'tool' must be a response to a preceeding "
+                    "message with 'tool_calls'."
+                )
+            if call_id in unanswered:  # a second answer to one call is left to the model
+                unanswered.remove(call_id)
+            continue
+        if unanswered:
+            return _unanswered(unanswered)
+        calls = entry.get("tool_calls") if role == "assistant" else None
+        listed = calls if isinstance(calls, list) else []
+        unanswered = [str(call.get("id")) for call in listed if isinstance(call, dict)]
+        expected = set(unanswered)
+    return _unanswered(unanswered) if unanswered else None
+
+
+def _unanswered(call_ids: Sequence[str]) -> str:
+    return (
+        "An assistant message with 'tool_calls' must be followed by tool messages responding to each "
+        f"'tool_call_id'. The following tool_call_ids did not have response messages: {', '.join(call_ids)}"
+    )
 
 
 def _error(message: str) -> dict[str, Any]:
