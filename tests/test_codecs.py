@@ -302,6 +302,28 @@ def test_bad_headers_are_refused_with_what_is_wrong(headers: dict[Any, Any], mes
         encode_envelope(b"{}", headers)
 
 
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({b"content": b"canary-flat-entry-0042 \xff"}, "'content'"),  # a registered secret
+        ({b"content": b"sk-proj-canary0043abcdefghijklmnopqrstuvwxyz\xff"}, "'content'"),  # key-shaped
+        ({b"sk-proj-canary0044abcdefghijklmnopqrstuvwxyz\xff": b"x"}, "name"),  # a key as the name
+    ],
+)
+def test_a_flat_entry_field_that_is_not_utf8_is_named_and_masked(
+    fields: dict[bytes, bytes], named: str
+) -> None:
+    """A flat stream entry (``XADD s content …``) with bytes that are not UTF-8: the error names
+    the field and masks a value that may be a secret (it quoted the raw bytes, unmasked, and not
+    which field they were), as it reaches logs and dead-letter reasons."""
+    SecretValue("canary-flat-entry-0042")
+    with pytest.raises(DecodeError, match="is not UTF-8") as caught:
+        CODEC.decode_entry({b"source": b"slack", **fields}, AgentRequestEvent)
+    assert "canary" not in str(caught.value)
+    assert MASK in str(caught.value)
+    assert named in str(caught.value)
+
+
 def test_codec_owned_headers_cannot_be_overridden() -> None:
     event = AgentRequestEvent.model_validate(valid_body())
     with pytest.raises(EnvelopeError, match="correlation_id"):

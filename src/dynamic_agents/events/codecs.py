@@ -17,7 +17,7 @@ from pydantic_core import PydanticSerializationError, to_json
 
 from dynamic_agents._frozen import slot_init
 from dynamic_agents._validation import check_count, with_article
-from dynamic_agents.events._errors import VALUE_PREVIEW, event_error, preview
+from dynamic_agents.events._errors import event_error, preview
 from dynamic_agents.events.envelope import (
     DATA_FIELD,
     Envelope,
@@ -215,7 +215,10 @@ class EventCodec:
                     raise EnvelopeError(f"legacy JSON envelope: {problem}") from None
                 raise
         self._check_size("stream entry", sum(_byte_length(k) + _byte_length(v) for k, v in fields.items()))
-        flat = {_text(key): _text(value) for key, value in fields.items()}
+        flat: dict[str, str] = {}
+        for key, value in fields.items():
+            name = _text(key)
+            flat[name] = _text(value, field=name)
         try:
             event = model.model_validate(flat)
         except ValidationError as error:
@@ -289,13 +292,17 @@ def _byte_length(data: bytes | str) -> int:
     return len(data.encode("utf-8", "surrogatepass"))
 
 
-def _text(value: bytes | str) -> str:
+def _text(value: bytes | str, *, field: str | None = None) -> str:
+    """A stream entry's field name, or the value of the one named ``field``, as text;
+    :class:`DecodeError` naming it, with the value masked (a sender's entry may hold anything),
+    when it is not UTF-8."""
     if isinstance(value, str):
         return value
     try:
         return value.decode("utf-8")
     except UnicodeDecodeError:
-        raise DecodeError(f"stream entry field {value[:VALUE_PREVIEW]!r} is not UTF-8") from None
+        what = "stream entry field name" if field is None else f"stream entry field {preview(field)} value"
+        raise DecodeError(f"{what} {preview(value)} is not UTF-8") from None
 
 
 def _unwritable(event: WireModel, error: PydanticSerializationError) -> EventValidationError:
