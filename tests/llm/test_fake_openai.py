@@ -212,3 +212,54 @@ async def test_litellm_raises_bad_request_for_a_tool_call_left_unanswered(fake: 
             messages=[HI, ASKED, answer("call_a")],
             num_retries=0,
         )
+
+
+async def test_a_streamed_tool_call_comes_in_pieces_as_from_openai() -> None:
+    """OpenAI streams a tool call as a first delta with its ``id``, ``type`` and name (arguments
+    ``""``), then deltas carrying only its ``index`` and a piece of the arguments: code that
+    parses each delta's arguments on its own, or expects the id on every delta, must fail here as
+    it fails in production (the fake sent each call whole in one delta)."""
+    calls = [ToolCall("get_weather", {"city": "Paris", "unit": "C"}), ToolCall("get_time", {"tz": "CET"})]
+    fake = FakeOpenAI([calls])
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    async with httpx.AsyncClient(transport=fake.transport, base_url=fake.api_base) as client:
+        chunks = stream_chunks(await client.post("/chat/completions", json=body))
+    deltas = [chunk["choices"][0]["delta"] for chunk in chunks]  # type: ignore[index]
+    pieces: dict[int, list[dict[str, object]]] = {}
+    for delta in deltas:
+        for call in delta.get("tool_calls", []):
+            pieces.setdefault(call["index"], []).append(call)
+    assert sorted(pieces) == [0, 1]
+    for index, call in enumerate(calls):
+        first, *rest = pieces[index]
+        assert isinstance(first["id"], str)
+        assert first["id"].startswith("call_")
+        assert first["type"] == "function"
+        assert first["function"] == {"name": call.name, "arguments": ""}
+        assert len(rest) >= 2
+        assert all(
+            set(piece) == {"index", "function"} and set(piece["function"]) == {"arguments"} for piece in rest
+        )  # type: ignore[arg-type]
+        arguments = "".join(piece["function"]["arguments"] for piece in rest)  # type: ignore[index]
+        assert json.loads(arguments) == call.arguments
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"  # type: ignore[index]
+
+
+async def test_litellm_assembles_a_streamed_tool_call() -> None:
+    fake = FakeOpenAI([ToolCall("get_weather", {"city": "Paris"}, id="call_w")])
+    with fake.installed():
+        stream = await litellm.acompletion(
+            model="openai/gpt-4o-mini",
+            api_base=fake.api_base,
+            api_key=KEY,
+            messages=[{"role": "user", "content": "hi"}],
+            stream=True,
+        )
+        chunks = [chunk async for chunk in stream]
+    reply = litellm.stream_chunk_builder(chunks)
+    (call,) = reply.choices[0].message.tool_calls
+    assert (call.id, call.function.name, json.loads(call.function.arguments)) == (
+        "call_w",
+        "get_weather",
+        {"city": "Paris"},
+    )

@@ -176,9 +176,15 @@ class FakeOpenAI:
         }
         chunks = []
         if calls:
-            for index, call in enumerate(self._tool_calls(calls)):
-                delta = {"role": "assistant", "tool_calls": [{"index": index, **call}]}
-                chunks.append({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
+            deltas = [
+                delta
+                for index, call in enumerate(self._tool_calls(calls))
+                for delta in _call_deltas(index, call)
+            ]
+            deltas[0] = {"role": "assistant", "content": None, **deltas[0]}
+            chunks += [
+                {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]} for delta in deltas
+            ]
             chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})
         else:
             content = text or ""
@@ -211,6 +217,18 @@ class FakeOpenAI:
         finally:
             litellm.aclient_session, litellm.client_session = saved
             litellm.in_memory_llm_clients_cache.flush_cache()
+
+
+def _call_deltas(index: int, call: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A tool call's stream deltas, as OpenAI sends them: its id, type and name (arguments ``""``)
+    first, then its arguments in pieces, each with only the call's ``index``."""
+    arguments: str = call["function"]["arguments"]
+    half = len(arguments) // 2
+    head = {**call, "function": {"name": call["function"]["name"], "arguments": ""}}
+    pieces = [
+        {"index": index, "function": {"arguments": part}} for part in (arguments[:half], arguments[half:])
+    ]
+    return [{"tool_calls": [{"index": index, **head}]}, *({"tool_calls": [piece]} for piece in pieces)]
 
 
 def _checked(index: int, step: object) -> Step:
