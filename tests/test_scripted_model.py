@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 
 import pytest
@@ -267,6 +268,17 @@ async def test_a_coordinating_team_delegates_to_a_member() -> None:
 def test_an_invalid_step_is_refused(script: list[Any], match: str) -> None:
     with pytest.raises(TypeError, match=match):
         ScriptedModel(script)
+
+
+@pytest.mark.parametrize(("chunk_size", "shown"), [(2.5, "2.5"), ("3", "'3'"), (True, "True")])
+def test_a_chunk_size_that_is_no_int_is_refused_up_front(chunk_size: object, shown: str) -> None:
+    """``2.5`` and ``"3"`` passed (or failed with a bare ``TypeError`` from ``<``) and broke the
+    first streamed reply with ``slice indices must be integers``; ``True`` streamed 1 character
+    at a time. Each is refused when the model is made, naming the option and the value."""
+    with pytest.raises(
+        ValueError, match=f"chunk_size must be a positive int or None, got {re.escape(shown)}$"
+    ):
+        ScriptedModel(["It is sunny."], chunk_size=chunk_size)  # type: ignore[arg-type]
 
 
 def test_invalid_options_are_refused() -> None:

@@ -141,7 +141,9 @@ class ScriptedModel(Model):  # type: ignore[misc]  # agno is not analysed by myp
         chunk_size: int | None = None,
         **options: Any,
     ) -> None:
-        if chunk_size is not None and chunk_size < 1:
+        if chunk_size is not None and (
+            isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+        ):
             raise ValueError(f"ScriptedModel chunk_size must be a positive int or None, got {chunk_size!r}")
         self._script = _Script(script)
         self.chunk_size = chunk_size
