@@ -68,3 +68,11 @@ async def test_a_delay_keeps_each_call_waiting_without_blocking_the_loop(fake: F
 def test_a_delay_that_is_no_number_of_seconds_is_refused(delay: object) -> None:
     with pytest.raises(ConfigurationError, match="delay must be a finite number of seconds > 0"):
         mock_router_config({"gpt": "Hello"}, delay=delay)  # type: ignore[arg-type]
+
+
+def test_a_model_list_among_the_settings_is_refused_not_put_in_place_of_the_replies() -> None:
+    """``model_list`` is made from ``replies``: one in ``**settings`` replaced every mocked
+    deployment without a word (the replies were dropped)."""
+    own = [{"model_name": "other", "litellm_params": {"model": "openai/x", "mock_response": "mine"}}]
+    with pytest.raises(ConfigurationError, match=r"model_list.*replies"):
+        mock_router_config({"gpt": "Hello!"}, model_list=own)

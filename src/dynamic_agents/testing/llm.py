@@ -33,6 +33,11 @@ def mock_router_config(
     """The config of :func:`mock_llm_router`: one deployment per reply, each answering ``delay``
     seconds late when given."""
     delay = check_seconds("delay", delay, optional=True)
+    if "model_list" in settings:  # else it took the place of every mocked deployment, silently
+        raise ConfigurationError(
+            "model_list is made from replies (one deployment per reply); pass the other RouterConfig "
+            "fields in **settings, or build a RouterConfig of your own for other deployments"
+        )
     model_list = []
     for model_name, answer in replies.items():
         for index, reply in enumerate(_replies(model_name, answer)):
