@@ -203,6 +203,32 @@ async def test_a_request_openai_refuses_gets_its_400_and_uses_no_step(
     assert chat.json()["choices"][0]["message"]["content"] == "scripted reply"  # no step was used up
 
 
+@pytest.mark.parametrize(
+    ("message", "refusal"),
+    [
+        ("hi", "Invalid type for 'messages[1]': expected an object, but got a string instead."),
+        ({"content": "hi"}, "Missing required parameter: 'messages[1].role'."),
+        (
+            {"role": "bot", "content": "hi"},
+            "Invalid value: 'bot'. Supported values are: 'system', 'assistant'",
+        ),
+        ({"role": "User", "content": "hi"}, "Invalid value: 'User'."),
+    ],
+)
+async def test_a_message_openai_cannot_read_gets_its_400(message: object, refusal: str) -> None:
+    """A message that is no object, or has no role or one OpenAI does not know (a typo, a
+    framework's own role name): OpenAI refuses the request, so must the fake."""
+    fake = FakeOpenAI(["scripted reply"])
+    async with httpx.AsyncClient(transport=fake.transport, base_url=fake.api_base) as client:
+        refused = await client.post("/chat/completions", json={"model": "m", "messages": [HI, message]})
+        assert refused.status_code == 400
+        assert refusal in refused.json()["error"]["message"]
+        roles = ["system", "developer", "user", "assistant"]
+        every_role = [{"role": role, "content": "hi"} for role in roles]
+        chat = await client.post("/chat/completions", json={"model": "m", "messages": every_role})
+    assert chat.json()["choices"][0]["message"]["content"] == "scripted reply"  # no step was used up
+
+
 async def test_litellm_raises_bad_request_for_a_tool_call_left_unanswered(fake: FakeOpenAI) -> None:
     with pytest.raises(litellm.BadRequestError, match="call_b"):
         await litellm.acompletion(

@@ -14,9 +14,9 @@ function of the request. Streaming requests get server-sent events (the usage ch
 ``stream_options: {"include_usage": true}``, as from OpenAI). Like the real API, it answers
 only ``POST /v1/chat/completions`` (on any host): other paths and methods (embeddings, an
 ``api_base`` without ``/v1``) get OpenAI's ``404 Invalid URL``, and a body that is not a JSON object
-its ``400``, as does a request OpenAI refuses (no ``model``, no or empty ``messages``, tool calls
-and tool results that do not pair up), recorded but using no script step. What ``handler``
-returns is checked as script steps are.
+its ``400``, as does a request OpenAI refuses (no ``model``, no or empty ``messages``, a message
+with no role or an unknown one, tool calls and tool results that do not pair up), recorded but
+using no script step. What ``handler`` returns is checked as script steps are.
 """
 
 from __future__ import annotations
@@ -263,7 +263,27 @@ def _refusal(body: Mapping[str, Any]) -> str | None:
         return f"Invalid type for 'messages': expected an array, but got {type(messages).__name__} instead."
     if not messages:
         return "Invalid 'messages': empty array. Expected an array with minimum length 1."
-    return _unpaired_tool_calls(messages)
+    return _unreadable_message(messages) or _unpaired_tool_calls(messages)
+
+
+_ROLES = ("system", "assistant", "user", "function", "tool", "developer")
+_JSON_KINDS = {str: "a string", int: "an integer", float: "a number", bool: "a boolean", list: "an array"}
+
+
+def _unreadable_message(messages: Sequence[object]) -> str | None:
+    """OpenAI's message for the first message that is no object, or has no role or an unknown one."""
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            kind = "null" if message is None else _JSON_KINDS.get(type(message), "a value")
+            return f"Invalid type for 'messages[{index}]': expected an object, but got {kind} instead."
+        if "role" not in message:
+            return f"Missing required parameter: 'messages[{index}].role'."
+        if message["role"] not in _ROLES:
+            supported = ", ".join(f"'{role}'" for role in _ROLES[:-1])
+            return (
+                f"Invalid value: {message['role']!r}. Supported values are: {supported}, and '{_ROLES[-1]}'."
+            )
+    return None
 
 
 def _unpaired_tool_calls(messages: Sequence[object]) -> str | None:
