@@ -5,6 +5,7 @@ errors of the checked reader."""
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 import pytest
 
@@ -36,8 +37,10 @@ def test_a_header_of_the_u16_maximum_is_written_one_byte_more_is_refused() -> No
         encode_envelope(b"body", {"x": longest + "v"})
     with pytest.raises(EnvelopeError, match=r"^header name is 65536 bytes long, over the 65535 limit$"):
         encode_envelope(b"body", {"k" * (U16_MAX + 1): "v"})
-    with pytest.raises(EnvelopeError, match=r"^header 'k+' value is 65536 bytes long, over the 65535 limit$"):
-        encode_envelope(b"body", {"k" * U16_MAX: longest + "v"})  # the name, at the maximum, is fine
+    with pytest.raises(
+        EnvelopeError, match=r"^header \S{1,60} value is 65536 bytes long, over the 65535 limit$"
+    ):
+        encode_envelope(b"body", {"k" * U16_MAX: longest + "v"})  # the name, at the maximum, is fine (cut)
 
 
 def test_the_u16_maximum_of_headers_is_written_one_more_is_refused() -> None:
@@ -150,3 +153,39 @@ def test_a_header_running_past_the_body_offset_is_refused(body: bytes) -> None:
         r"\(which end at byte 25\)$",
     ):
         decode_envelope(data)
+
+
+SECRET_NAME = "sk-proj-canary0045abcdefghijklmnopqrstuvwxyz"  # a key pasted as a header name
+
+
+def value_past_the_headers(name: str) -> bytes:
+    """An envelope whose one header's value says it is 1,000 bytes long, with 5 before the body."""
+    part = struct.pack(">HH", 1, len(name)) + name.encode() + struct.pack(">H", 1000) + b"value"
+    return MAGIC + struct.pack(">HII", 1, 18, 18 + len(part)) + part + b"{}"
+
+
+@pytest.mark.parametrize(
+    "refused",
+    [
+        pytest.param(lambda: encode_envelope(b"{}", {SECRET_NAME: 5}), id="a value that is no string"),
+        pytest.param(lambda: encode_envelope(b"{}", {SECRET_NAME: "v" * 70_000}), id="a value too long"),
+        pytest.param(lambda: encode_envelope(b"{}", {SECRET_NAME: "caf\u00e9"}), id="a non-ASCII value"),
+        pytest.param(
+            lambda: decode_envelope(value_past_the_headers(SECRET_NAME)), id="a value past the headers"
+        ),
+        pytest.param(
+            lambda: read_entry_data(b'{"data": "{}", "headers": {"%s": "\\ud800"}}' % SECRET_NAME.encode()),
+            id="a legacy value with a lone surrogate",
+        ),
+        pytest.param(lambda: encode_envelope(b"{}", {"k" * U16_MAX: 5}), id="a long name"),
+    ],
+)
+def test_a_header_name_in_an_error_is_masked_and_cut(refused: Callable[[], object]) -> None:
+    """An error about a header's value names the header, as errors show a value: masked where it
+    may be a secret (a key pasted as a name), cut to 60 characters (a name can be 65,535 bytes
+    long, and the error goes to logs and dead-letter reasons whole)."""
+    with pytest.raises(EnvelopeError) as caught:
+        refused()
+    message = str(caught.value)
+    assert "canary" not in message
+    assert len(message) < 300

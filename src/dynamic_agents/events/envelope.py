@@ -62,21 +62,34 @@ def fits_in_header(text: str) -> bool:
     return text.isascii() and len(text) <= _U16_MAX
 
 
+def _shown(text: str, *, header: str | None = None) -> str:
+    """A header's name, or the value of ``header``, as errors show a value: masked where it may be
+    a secret, cut to 60 characters (a name may be 65,535 bytes long)."""
+    from dynamic_agents.secrets.references import shown_value  # on the error path only
+
+    return shown_value(text, name=header) or repr(text[:60])
+
+
 def _ascii(kind: str, text: str, *, header: str | None = None) -> bytes:
-    """``text`` (the header ``kind`` names; ``header``: whose value it is) as checked bytes."""
+    """``text`` as checked bytes: ``kind`` says what it is (``name``, ``value``), ``header`` whose
+    value it is."""
     try:
         encoded = text.encode("ascii")
     except UnicodeEncodeError:
-        # on the error path only (events import light); a header may carry a secret: masked
-        from dynamic_agents.secrets.references import shown_value
-
         raise EnvelopeError(
-            f"header {kind} {shown_value(text, name=header)} is not ASCII: FastStream peers cannot "
-            "read non-ASCII headers back; percent-encode it, or carry the value in the event body"
+            f"header {_label(kind, header)} {_shown(text, header=header)} is not ASCII: FastStream "
+            "peers cannot read non-ASCII headers back; percent-encode it, or carry the value in the "
+            "event body"
         ) from None
     if len(encoded) > _U16_MAX:
-        raise EnvelopeError(f"header {kind} is {len(encoded)} bytes long, over the {_U16_MAX} limit")
+        raise EnvelopeError(
+            f"header {_label(kind, header)} is {len(encoded)} bytes long, over the {_U16_MAX} limit"
+        )
     return encoded
+
+
+def _label(kind: str, header: str | None) -> str:
+    return kind if header is None else f"{_shown(header)} {kind}"
 
 
 def encode_envelope(body: bytes, headers: Mapping[str, str]) -> bytes:
@@ -119,7 +132,11 @@ def encode_with_correlation_id(body: bytes, correlation_id: str, content_type: s
 @functools.lru_cache(maxsize=16)
 def _correlation_headers(content_type: str) -> tuple[bytes, bytes]:
     """The fixed parts around the correlation id: header count and name before, content type after."""
-    name, kind_name, kind = b"correlation_id", b"content-type", _ascii("'content-type' value", content_type)
+    name, kind_name, kind = (
+        b"correlation_id",
+        b"content-type",
+        _ascii("value", content_type, header="content-type"),
+    )
     head = _U16.pack(2) + _U16.pack(len(name)) + name
     return head, _U16.pack(len(kind_name)) + kind_name + _U16.pack(len(kind)) + kind
 
@@ -129,8 +146,8 @@ def _header(key: object, value: object) -> tuple[bytes, bytes]:
     if not isinstance(key, str):
         raise EnvelopeError(f"header names must be strings, got {type(key).__name__}")
     if not isinstance(value, str):
-        raise EnvelopeError(f"header {key!r} must be a string, got {type(value).__name__}")
-    return _ascii("name", key), _ascii(f"{key!r} value", value, header=key)
+        raise EnvelopeError(f"header {_shown(key)} must be a string, got {type(value).__name__}")
+    return _ascii("name", key), _ascii("value", value, header=key)
 
 
 def decode_envelope(data: bytes) -> Envelope:
@@ -217,22 +234,27 @@ def _decode_envelope_checked(data: bytes) -> Envelope:
     view = memoryview(data)[:data_start]
     offset = headers_start
 
-    def read_string(what: str) -> str:
+    def read_string(index: int, header: str | None = None) -> str:
+        """Header ``index``'s name, or (``header`` given) the value of the header of that name."""
         nonlocal offset
+
+        def what() -> str:  # on the error path only: a name is shown as errors show a value
+            return f"header {index} name" if header is None else f"header {_shown(header)} value"
+
         if offset + _U16.size > data_start:
-            raise EnvelopeError(f"envelope truncated: {what} length at byte {offset} runs past the headers")
+            raise EnvelopeError(f"envelope truncated: {what()} length at byte {offset} runs past the headers")
         (length,) = _U16.unpack_from(view, offset)
         offset += _U16.size
         end = offset + length
         if end > data_start:
             raise EnvelopeError(
-                f"envelope corrupt: {what} of {length} bytes at byte {offset} runs past the "
+                f"envelope corrupt: {what()} of {length} bytes at byte {offset} runs past the "
                 f"headers (which end at byte {data_start})"
             )
         try:
             text = bytes(view[offset:end]).decode("utf-8")
         except UnicodeDecodeError:
-            raise EnvelopeError(f"envelope corrupt: {what} at byte {offset} is not UTF-8") from None
+            raise EnvelopeError(f"envelope corrupt: {what()} at byte {offset} is not UTF-8") from None
         offset = end
         return text
 
@@ -243,8 +265,8 @@ def _decode_envelope_checked(data: bytes) -> Envelope:
     headers: dict[str, str] = {}
     try:
         for index in range(count):
-            key = read_string(f"header {index} name")
-            headers[key] = read_string(f"header {key!r} value")
+            key = read_string(index)
+            headers[key] = read_string(index, key)
     except EnvelopeError:
         # FastStream 0.7 writes non-ASCII header strings with their character count as length
         miscounted = _read_headers_by_characters(data, headers_start, data_start)
@@ -285,7 +307,7 @@ def read_entry_data(data: bytes) -> Envelope:
                     continue
                 text = value if isinstance(value, str) else json.dumps(value)
                 _legacy_utf8("a header name", str(key))
-                _legacy_utf8(f"header {key!r}", text)
+                _legacy_utf8("header", text, header=str(key))
                 headers[str(key)] = text
             return Envelope(body=_legacy_utf8("'data'", parsed["data"]), headers=headers)
     return Envelope(body=data)
@@ -307,13 +329,15 @@ def _may_be_a_json_envelope(data: bytes) -> bool:
     return b'"data"' in data or b"\\u" in data
 
 
-def _legacy_utf8(what: str, text: str) -> bytes:
+def _legacy_utf8(what: str, text: str, *, header: str | None = None) -> bytes:
     """``text`` of a legacy JSON envelope as UTF-8. JSON can escape a lone surrogate (``"\\ud800"``),
-    which no UTF-8 body or header holds: :class:`EnvelopeError` says where it is."""
+    which no UTF-8 body or header holds: :class:`EnvelopeError` says where it is (``what``, and
+    the name of the ``header`` whose value it is)."""
     try:
         return text.encode()
     except UnicodeEncodeError as error:
+        where = what if header is None else f"{what} {_shown(header)}"
         raise EnvelopeError(
-            f"legacy JSON envelope: {what} is not valid Unicode: a lone surrogate "
+            f"legacy JSON envelope: {where} is not valid Unicode: a lone surrogate "
             f"U+{ord(text[error.start]):04X} at index {error.start}"
         ) from None
