@@ -289,3 +289,15 @@ async def test_litellm_assembles_a_streamed_tool_call() -> None:
         "get_weather",
         {"city": "Paris"},
     )
+
+
+def test_installing_without_litellm_says_which_extra_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``installed()`` imports litellm (the extra ``agents``): without it, the library's typed
+    error saying what to install, not a bare ``ImportError``."""
+    import sys
+
+    from dynamic_agents.exceptions import MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "litellm", None)  # as if it were not installed
+    with pytest.raises(MissingDependencyError, match=r"dynamic-agents\[agents\]"), FakeOpenAI().installed():
+        pass

@@ -32,7 +32,7 @@ from typing import Any
 import httpx
 
 from dynamic_agents._validation import check_seconds
-from dynamic_agents.exceptions import ConfigurationError
+from dynamic_agents.exceptions import ConfigurationError, MissingDependencyError
 from dynamic_agents.testing.script import ToolCall
 
 __all__ = ["FakeOpenAI", "FakeOpenAIRequest", "HTTPErrorStep"]
@@ -206,7 +206,10 @@ class FakeOpenAI:
         litellm caches SDK clients per key for an hour; the cache is flushed on the way in and out,
         so no client built around another transport is reused.
         """
-        import litellm
+        try:
+            import litellm
+        except ImportError as error:
+            raise MissingDependencyError("FakeOpenAI.installed() (litellm)", "agents") from error
 
         saved = (litellm.aclient_session, litellm.client_session)
         litellm.in_memory_llm_clients_cache.flush_cache()
