@@ -224,3 +224,14 @@ def test_a_redis_server_that_refuses_its_configuration_says_why() -> None:
     assert sentinel.process is not None
     assert sentinel.process.poll() is not None
     assert not sentinel.directory.exists()
+
+
+@pytest.mark.redis_server
+def test_a_redis_server_never_started_leaves_no_directory() -> None:
+    """Made but never started (a fixture that failed before ``with``, a Sentinel a test did not
+    need): nothing calls ``stop()``, so nothing may have been created. Each made a temporary
+    directory that stayed behind."""
+    with RedisServer(durable=False) as master:
+        unused = [RedisServer(durable=False), RedisServer(replica_of=master), RedisServer.sentinel(master)]
+    assert [server.directory.exists() for server in unused] == [False, False, False]
+    assert len({server.directory for server in unused}) == 3  # each its own, as when started

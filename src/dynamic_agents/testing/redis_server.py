@@ -25,6 +25,7 @@ Needs the ``redis-server`` binary on ``PATH``.
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import signal
 import socket
@@ -88,7 +89,8 @@ class RedisServer:
             raise MissingDependencyError("redis-server", install="apt-get install redis-server")
         self.binary = binary
         self.port = free_port()
-        self.directory = Path(tempfile.mkdtemp(prefix="dynamic-agents-redis-"))
+        # made by the first start (a server never started leaves nothing: nothing would remove it)
+        self.directory = Path(tempfile.gettempdir()) / f"dynamic-agents-redis-{secrets.token_hex(8)}"
         self.durable = durable
         self.replica_of = replica_of
         self.process: subprocess.Popen[bytes] | None = None
@@ -134,7 +136,7 @@ class RedisServer:
                 return
 
     def _launch(self) -> None:
-        self.directory.mkdir(mode=0o700, exist_ok=True)  # stop() removed it: start afresh
+        self.directory.mkdir(mode=0o700, exist_ok=True)  # the first start, or after stop() removed it
         log = self.directory / "redis.log"  # appended to by each launch: read only this one's
         self._log_offset = log.stat().st_size if log.exists() else 0
         common = ["--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory)]
