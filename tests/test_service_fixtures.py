@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -235,3 +237,51 @@ def test_a_redis_server_never_started_leaves_no_directory() -> None:
         unused = [RedisServer(durable=False), RedisServer(replica_of=master), RedisServer.sentinel(master)]
     assert [server.directory.exists() for server in unused] == [False, False, False]
     assert len({server.directory for server in unused}) == 3  # each its own, as when started
+
+
+def _gone(pid: int) -> bool:
+    """Whether process ``pid`` has ended (reaped, or a zombie its parent has not waited for)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.redis_server
+def test_a_redis_server_left_running_is_stopped_when_the_test_process_exits() -> None:
+    """A test that starts a server and never stops it (an exception before ``stop()``, a fixture
+    without teardown) left redis-server running after pytest exited, holding a port, for ever."""
+    script = (
+        "from dynamic_agents.testing import RedisServer\n"
+        "server = RedisServer(durable=False)\n"
+        "server.start()\n"
+        "print(server.process.pid, server.directory, flush=True)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    pid, directory = done.stdout.split()
+    try:
+        assert _gone(int(pid))
+        assert not Path(directory).exists()
+    finally:
+        if not _gone(int(pid)):
+            os.kill(int(pid), signal.SIGKILL)  # the server this test started, by its pid
+
+
+@pytest.mark.redis_server
+def test_a_redis_server_dropped_without_stop_is_stopped() -> None:
+    server = RedisServer(durable=False)
+    server.start()
+    assert server.process is not None
+    process, directory = server.process, server.directory
+    del server
+    gc.collect()
+    try:
+        process.wait(timeout=10)
+        assert not directory.exists()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

@@ -2,7 +2,8 @@
 
 By default it persists with ``--appendonly yes --appendfsync always`` in its own temporary
 directory, so a kill and restart keeps every acknowledged write; ``RedisServer(durable=False)``
-keeps nothing on disk (for benchmarks). Only the process started here is ever stopped::
+keeps nothing on disk (for benchmarks). Only the process started here is ever stopped; one left
+running (no ``stop()``) is killed when its ``RedisServer`` is dropped or the interpreter exits::
 
     with RedisServer() as server:
         transport = RedisStreamsTransport.from_url(server.url)
@@ -32,6 +33,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -49,6 +51,13 @@ a demoted master's role change waits (4 periods; 8 s by default) and the info pe
 replicas are looked at (10 s by default, when no failover is in progress). Not the ping period:
 after a crash Sentinel promotes only a replica it heard from within 5 ping periods, and it asks
 them once a second then."""
+
+
+def _reap(process: subprocess.Popen[bytes], directory: Path) -> None:
+    if process.poll() is None:
+        process.kill()  # SIGKILL acts on a paused server too
+        process.wait(timeout=10)
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 class _PortTakenError(TransportError):
@@ -148,6 +157,9 @@ class RedisServer:
                 stdout=output,
                 stderr=output,
             )
+        # stopped, and its directory removed, when this object is dropped or the interpreter
+        # exits without stop(): a test that failed before it left the server running for ever
+        weakref.finalize(self, _reap, self.process, self.directory)
         try:
             self._wait_ready()
             if self._monitoring is not None:
