@@ -22,7 +22,6 @@ from dynamic_agents.events import (
     RunStarted,
     Target,
 )
-from dynamic_agents.events._types import utc_now
 from dynamic_agents.events.lifecycle import LifecycleJson
 from dynamic_agents.events.models import new_event_id
 from dynamic_agents.exceptions import DynamicAgentsError
@@ -159,11 +158,11 @@ class LifecyclePublisher:
 
     async def accepted(self) -> None:
         event_id = new_event_id()
-        self._emit(RequestAccepted, event_id, self._json.accepted(event_id=event_id, timestamp=utc_now()), {})
+        self._emit(RequestAccepted, event_id, self._json.accepted(event_id=event_id, at=time.time_ns()), {})
 
     async def started(self, delivery_count: int) -> None:
         event_id = new_event_id()
-        body = self._json.started(delivery_count, event_id=event_id, timestamp=utc_now())
+        body = self._json.started(delivery_count, event_id=event_id, at=time.time_ns())
         self._emit(RunStarted, event_id, body, {"delivery_count": delivery_count})
 
     async def delta(self, content: str) -> None:
@@ -196,21 +195,21 @@ class LifecyclePublisher:
         self._sequence += 1
         body = None  # content over the codec's limit: the model's encoding refuses it, named
         if len(content) <= self.sink.transport.codec.max_content_length:
-            body = self._json.delta(sequence, content, event_id=event_id, timestamp=utc_now())
+            body = self._json.delta(sequence, content, event_id=event_id, at=time.time_ns())
         self._emit(ContentDelta, event_id, body, {"sequence": sequence, "content": content})
 
     async def finished(self, result: ExecutionResult) -> None:
         await self.flush()
-        event_id, now = new_event_id(), utc_now()
+        event_id, now = new_event_id(), time.time_ns()
         if result.status == ResponseStatus.COMPLETED:
             tokens = result.tokens.total_tokens if result.tokens is not None else None
-            body = self._json.completed(result.duration_ms, tokens, event_id=event_id, timestamp=now)
+            body = self._json.completed(result.duration_ms, tokens, event_id=event_id, at=now)
             self._emit(
                 RunCompleted, event_id, body, {"execution_time_ms": result.duration_ms, "tokens_used": tokens}
             )
         else:
             message = redact_text(result.error_message) if result.error_message else None
-            body = self._json.failed(result.status, message, event_id=event_id, timestamp=now)
+            body = self._json.failed(result.status, message, event_id=event_id, at=now)
             self._emit(RunFailed, event_id, body, {"status": result.status, "error_message": message})
 
     def _emit(
