@@ -1125,3 +1125,56 @@ async def test_a_reply_that_does_not_decode_is_reported_not_dropped_in_silence(
         with pytest.raises(asyncio.CancelledError):
             await asking
     await transport.aclose()
+
+
+@pytest.mark.redis_server
+async def test_responses_goes_on_when_redis_is_out_of_memory(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``maxmemory`` reached (``noeviction``): Redis refuses the read's reclaim of idle replies
+    (``OOM command not allowed``), which came out of responses() as a TransportError and ended the
+    gateway's loop for good. A shortage passes (an operator trims, a worker acks): the read is
+    tried again after ``block``, with a warning that is not repeated for every attempt."""
+    transport = RedisStreamsTransport.from_url(redis_server.url, retry_deadline=1)
+    admin = Redis.from_url(redis_server.url)
+    stream = transport.names.responses("discord", "555")
+    await transport.publish(stream, AgentResponseEvent(request_id="r0", content="before"))
+    read, refused = transport.read, 0
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal refused
+        try:
+            return await read(*args, **kwargs)
+        except TransportError:
+            refused += 1
+            raise
+
+    monkeypatch.setattr(transport, "read", counted)
+    try:
+        async with AgentClient(transport, block=0.01) as client:
+            # idle replies reclaimed in every read (every claim_min_idle / 2)
+            replies = client.responses([stream], group="gateway", consumer="g1", claim_min_idle=0.02)
+            await client.ack(await asyncio.wait_for(anext(replies), 10))
+            await admin.config_set("maxmemory", "1")
+            with caplog.at_level(logging.WARNING, logger="dynamic_agents.client"):
+                waiting = asyncio.create_task(anext(replies))
+
+                def refused_often() -> bool:
+                    if waiting.done():  # the loop ended
+                        raise AssertionError(waiting.exception())
+                    return refused >= 20
+
+                await wait_until(refused_often, what="the read refused many times")
+            await admin.config_set("maxmemory", "0")
+            await transport.publish(stream, AgentResponseEvent(request_id="r1", content="after"))
+            delivery = await asyncio.wait_for(waiting, 10)
+            assert delivery.event.content == "after"
+            await client.ack(delivery)
+            await replies.aclose()
+        warnings = [r for r in caplog.records if "maxmemory" in r.getMessage()]
+        assert 1 <= len(warnings) <= 6, warnings  # the 1st, 2nd, 4th, 8th… refusal in a row
+        assert all(r.levelno == logging.WARNING for r in warnings)
+    finally:
+        await admin.config_set("maxmemory", "0")
+        await admin.aclose()
+        await transport.aclose()

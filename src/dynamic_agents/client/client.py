@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -314,8 +315,11 @@ class AgentClient:
         are polled in turn, pausing ``block`` seconds (the client's, by default) when none had
         anything, so a reply may wait up to that long. Closed in the middle of a read's batch, it
         hands the replies it has not yielded back to the group at once. An entry that does not
-        decode as a reply is dead-lettered by the read (with a warning) and not yielded.
-        ``reply_streams`` that is a str, or empty, is a :class:`ConfigurationError`."""
+        decode as a reply is dead-lettered by the read (with a warning) and not yielded. A read
+        the broker refuses (Redis out of memory, say: a :class:`TransportError`) does not end the
+        iteration: it is tried again after ``block`` seconds, with a warning for the 1st, 2nd,
+        4th, 8th… failure in a row. ``reply_streams`` that is a str, or empty, is a
+        :class:`ConfigurationError`."""
         if isinstance(reply_streams, str):  # a str is a sequence too: one stream per character
             raise ConfigurationError(
                 f"reply_streams must be a list of stream names, got the str {reply_streams!r}"
@@ -342,10 +346,22 @@ class AgentClient:
         ]
         for subscription in subscriptions:
             await self.transport.ensure_group(subscription.stream, group)
+        failures: dict[str, int] = {}  # reads refused in a row, by stream
         while True:
-            found = False
+            found = refused = False
             for subscription in subscriptions:
-                batch = await self.transport.read(subscription, subscription.batch_size)
+                try:
+                    batch = await self.transport.read(subscription, subscription.batch_size)
+                except TransportError as error:  # refused (Redis out of memory, say): it passes,
+                    refused = True  # and ending here would end the gateway's loop for good
+                    _read_refused(subscription.stream, error, failures, wait)
+                    continue
+                if subscription.stream in failures:
+                    logger.info(
+                        "reading replies from %r works again after %d failed reads",
+                        subscription.stream,
+                        failures.pop(subscription.stream),
+                    )
                 found = found or bool(batch)
                 # An entry that did not decode is no reply: the read dead-lettered it (and said so).
                 batch = [delivery for delivery in batch if not delivery.settled]
@@ -362,7 +378,7 @@ class AgentClient:
                         except asyncio.CancelledError:  # (anext() under a timeout) the generator
                             await self._hand_back(batch)  # ends: as when it is closed
                             raise
-            if not found and not single:
+            if not found and (refused or not single):
                 await asyncio.sleep(wait)
 
     async def _kept(
@@ -457,6 +473,17 @@ class AgentClient:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+
+def _read_refused(stream: str, error: TransportError, failures: dict[str, int], wait: float) -> None:
+    """Count a read of ``stream`` that failed, and warn of the 1st, 2nd, 4th, 8th… failure in a row
+    (the others at debug level): a shortage that lasts does not log a line per read."""
+    failures[stream] = count = failures.get(stream, 0) + 1
+    said = str(error)  # the Redis transport's own errors name the read already
+    if not said.startswith(f"reading {stream!r}"):
+        said = f"reading {stream!r} failed: {said}"
+    level = logging.WARNING if count & (count - 1) == 0 else logging.DEBUG
+    logger.log(level, "%s; reading again in %g s (failure %d in a row)", said, wait, count)
 
 
 def _named_request_id(fields: Mapping[bytes, bytes], max_size: int) -> str | None:
