@@ -42,6 +42,7 @@ from dynamic_agents.transports import (
     InMemoryTransport,
     ManualClock,
     RedisStreamsTransport,
+    Reply,
     Subscription,
     Transport,
 )
@@ -1178,3 +1179,37 @@ async def test_responses_goes_on_when_redis_is_out_of_memory(
         await admin.config_set("maxmemory", "0")
         await admin.aclose()
         await transport.aclose()
+
+
+@pytest.mark.redis
+async def test_a_reply_trimmed_before_the_reader_read_it_fails_the_request_at_once(
+    redis_url: str, names: StreamNames, redis_client: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker answered, but its reply left the reply stream (``reply_maxlen``) before the
+    client's reader got to it (a reader far behind, a busy channel): request() waited out its
+    whole timeout, though the completed-request record said the request was answered. It fails
+    at once with a DeliveryError saying so."""
+    transport = RedisStreamsTransport.from_url(redis_url, names=names)
+    request = _platform_request(names, "evt-trimmed")
+    stream = request.reply_stream or ""
+    read_stream, behind = transport.read_stream, asyncio.Event()
+
+    async def far_behind(*args: Any, **kwargs: Any) -> Any:
+        await behind.wait()  # the reader gets no turn until the reply is gone
+        return await read_stream(*args, **kwargs)
+
+    await transport.publish(stream, AgentResponseEvent(request_id="evt-earlier", content="earlier"))
+    monkeypatch.setattr(transport, "read_stream", far_behind)
+    async with AgentClient(transport, block=0.05) as client:
+        asking = asyncio.create_task(client.request(request, timeout=math.inf))
+        await transport.ensure_group(names.requests, "workers")
+        worker = Subscription(names.requests, "workers", "w1", AgentRequestEvent, block=10)
+        (delivery,) = await transport.read(worker, 1)
+        reply = Reply(AgentResponseEvent(request_id=request.id, content="lost"), stream, maxlen=1)
+        await transport.complete(delivery, reply, record_ttl=60)
+        await transport.publish(stream, AgentResponseEvent(request_id="evt-other", content="later"))
+        await redis_client.xtrim(stream, maxlen=1, approximate=False)  # the reply is gone
+        behind.set()
+        with pytest.raises(DeliveryError, match=r"evt-trimmed.* no longer on"):
+            await asyncio.wait_for(asking, 10)
+    await transport.aclose()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -32,7 +33,7 @@ from dynamic_agents.exceptions import (
 from dynamic_agents.observability.tracing import check_tracing
 from dynamic_agents.routing import RoutingConfig
 from dynamic_agents.transports import CompletedRecord, Delivery, Subscription, Transport
-from dynamic_agents.transports.base import check_transport
+from dynamic_agents.transports.base import check_transport, parse_entry_id
 
 if TYPE_CHECKING:
     from dynamic_agents.observability import Tracing
@@ -40,6 +41,9 @@ if TYPE_CHECKING:
 __all__ = ["AgentClient"]
 
 logger = get_logger("client")
+
+_READ_COUNT: Final = 500
+"""The most replies one read of :meth:`AgentClient.request`'s reader takes."""
 
 HAND_BACK_WITHIN: Final = 5.0
 """Seconds a closing :meth:`AgentClient.responses` tries to hand back the replies it had not yielded."""
@@ -53,6 +57,8 @@ class _Reader:
     position: str
     waiting: dict[str, list[asyncio.Future[AgentResponseEvent]]]  # request id -> its waiters
     task: asyncio.Task[None] | None = None
+    unchecked: str | None = None  # where the reads not yet checked for a trim started
+    checked_at: float = -math.inf  # loop time of the last check for a trim
 
 
 class AgentClient:
@@ -186,9 +192,13 @@ class AgentClient:
 
         A request already answered (a platform's retry of an event, whose id is the request id) is
         not published again: its reply is read back from where the completed-request record says it
-        is (:class:`DeliveryError` if it is no longer there). :meth:`aclose` ends the wait with a
-        :class:`TransportError`. A reply to it that does not decode (a newer major
-        ``schema_version``, say) raises its :class:`~dynamic_agents.exceptions.EventError`.
+        is (:class:`DeliveryError` if it is no longer there). So is one whose reply left the reply
+        stream (trimmed by the worker's ``reply_maxlen``) before the client's reader got to it: a
+        :class:`DeliveryError` once the reader finds the stream trimmed past where it read (it
+        looks at most once per ``block`` seconds), not a ``TimeoutError`` at the end.
+        :meth:`aclose` ends the wait with a :class:`TransportError`. A reply to it that does not
+        decode (a newer major ``schema_version``, say) raises its
+        :class:`~dynamic_agents.exceptions.EventError`.
         """
         timeout = check_seconds("timeout", timeout, forever=True)
         if request.reply_stream is None:
@@ -266,9 +276,10 @@ class AgentClient:
                 if self._readers.get(reader.stream) is reader:
                     del self._readers[reader.stream]
                 return
+            read_after = reader.position
             try:
                 entries = await self.transport.read_stream(
-                    reader.stream, AgentResponseEvent, after=reader.position, count=500, block=self.block
+                    reader.stream, AgentResponseEvent, after=read_after, count=_READ_COUNT, block=self.block
                 )
             except Exception as error:  # a host's own Transport may raise anything: a reader that
                 # died would stay registered, and every wait on its stream would run to its timeout
@@ -295,6 +306,56 @@ class AgentClient:
                 for future in reader.waiting.get(entry.message.event.request_id, ()):
                     if not future.done():
                         future.set_result(entry.message.event)
+            if read_after == "0-0" and 0 < len(entries) < _READ_COUNT:
+                # The stream was empty when the reader started, and it holds fewer entries than a
+                # read takes: trimmed, it would hold reply_maxlen at least (on Redis, under 500
+                # only if reply_maxlen is), so its first entry is where the reads began.
+                read_after = entries[0].entry_id
+            await self._check_for_trims(reader, read_after, read_any=bool(entries))
+
+    async def _check_for_trims(self, reader: _Reader, read_after: str, *, read_any: bool) -> None:
+        """After a read (from ``read_after``), :meth:`_find_trimmed_replies` if calls still wait:
+        at most once per ``block`` seconds (a round trip between two reads), so a lost reply is
+        found within about that long, not at the end of its call's timeout."""
+        if read_any and reader.unchecked is None:
+            reader.unchecked = read_after
+        now = asyncio.get_running_loop().time()
+        if reader.unchecked is None or not reader.waiting or now - reader.checked_at < self.block:
+            return
+        since, reader.unchecked, reader.checked_at = reader.unchecked, None, now
+        try:
+            await self._find_trimmed_replies(reader, since)
+        except Exception as error:  # as a failed read: checked again after the next one
+            reader.unchecked = since
+            logger.warning("looking for replies trimmed from %r failed: %s", reader.stream, error)
+
+    async def _find_trimmed_replies(self, reader: _Reader, since: str) -> None:
+        """Answer the waits whose reply left the stream before the reader read it (trimmed by the
+        worker's ``reply_maxlen`` while the reader was behind): each waited out its timeout, though
+        its completed-request record said it was answered. Only when the stream's oldest entry is
+        past ``since``, where the reads since the last check started (it was trimmed, or deleted,
+        since): the records of the requests still waited for are then read, and each answered one
+        gets its reply from where the record points, or the :class:`DeliveryError` saying it is
+        gone."""
+        oldest = await self.transport.read_stream(reader.stream, AgentResponseEvent, count=1)
+        start = parse_entry_id(since) or (0, 0)
+        if oldest and (parse_entry_id(oldest[0].entry_id) or (0, 0)) <= start:
+            return
+        for request_id in list(reader.waiting):  # one at a time: a connection each, at once, else
+            record = await self._coordinator.get_record(request_id)
+            if record is None:
+                continue
+            try:
+                outcome: AgentResponseEvent | DeliveryError = await self._earlier_reply(record)
+            except DeliveryError as error:
+                outcome = error
+            for future in reader.waiting.get(request_id, ()):
+                if future.done():
+                    continue
+                if isinstance(outcome, DeliveryError):
+                    future.set_exception(outcome)
+                else:
+                    future.set_result(outcome)
 
     # -- consuming replies (the interface process that delivers them) -------------------------------
 
