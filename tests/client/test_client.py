@@ -1213,3 +1213,40 @@ async def test_a_reply_trimmed_before_the_reader_read_it_fails_the_request_at_on
         with pytest.raises(DeliveryError, match=r"evt-trimmed.* no longer on"):
             await asyncio.wait_for(asking, 10)
     await transport.aclose()
+
+
+async def test_a_closed_client_refuses_to_be_used_and_its_iterations_end() -> None:
+    """After aclose(), request() started a fresh reply reader as if nothing had happened (and a
+    call made after the close published and waited, where one made during it was refused). A
+    closed client is closed: each call raises a TransportError saying so, publishing nothing; a
+    responses() iteration still running ends at its next step, handing back the replies it had
+    not yielded; ack() still settles those it had."""
+    transport = InMemoryTransport(names=StreamNames("client"))
+    names = transport.names
+    stream = await three_replies(transport)
+    client = AgentClient(transport, block=0.05)
+    running = client.responses([stream], group="gateway", consumer="g1")
+    first = await asyncio.wait_for(anext(running), 10)
+    await client.aclose()
+    request = _platform_request(names, "evt-after-close")
+    calls: list[collections.abc.Awaitable[object]] = [
+        client.request(request, timeout=5),
+        client.publish(request),
+        client.cancel(request.id),
+        anext(client.responses([stream], group="gateway", consumer="g2")),
+    ]
+    for call in calls:
+        with pytest.raises(TransportError, match=r"the client is closed"):
+            await asyncio.wait_for(call, 5)
+    assert await transport.read_stream(names.requests, AgentRequestEvent) == []
+    assert client._readers == {}
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(anext(running), 5)
+    assert await client.ack(first) == 1
+    async with AgentClient(transport, block=0.05) as other:
+        replies = other.responses([stream], group="gateway", consumer="g2")
+        later = [await asyncio.wait_for(anext(replies), 10) for _ in range(2)]
+        assert [delivery.event.request_id for delivery in later] == ["r1", "r2"]
+        await other.ack(*later)
+        await replies.aclose()
+    await transport.aclose()

@@ -91,7 +91,7 @@ class AgentClient:
         self.tracing = check_tracing(tracing)
         self._readers: dict[str, _Reader] = {}
         self._lock = asyncio.Lock()
-        self._closes = 0  # aclose() calls so far: a call that started before one is ended by it
+        self._closed = False
 
     def __repr__(self) -> str:
         return f"AgentClient({self.transport!r}, readers={len(self._readers)})"
@@ -177,6 +177,7 @@ class AgentClient:
     async def publish(self, request: AgentRequestEvent, *, headers: Mapping[str, str] | None = None) -> str:
         """Put a request on ``agent:requests``; returns its entry id. ``headers`` given here win over
         the trace context ``tracing`` adds."""
+        self._check_open("publish")
         if self.tracing is None:
             return await self.transport.publish(self.names.requests, request, headers=headers)
         with self.tracing.publish(self.names.requests, request) as trace_headers:
@@ -200,6 +201,7 @@ class AgentClient:
         decode (a newer major ``schema_version``, say) raises its
         :class:`~dynamic_agents.exceptions.EventError`.
         """
+        self._check_open("request")
         timeout = check_seconds("timeout", timeout, forever=True)
         if request.reply_stream is None:
             raise ConfigurationError("request() needs the request's reply_stream")
@@ -210,9 +212,8 @@ class AgentClient:
     async def _request(
         self, request: AgentRequestEvent, reply_stream: str, headers: Mapping[str, str] | None
     ) -> AgentResponseEvent:
-        closes = self._closes
         reader = await self._reader(reply_stream)
-        if self._closes != closes:  # aclose() came while the reader started: this call is not
+        if self._closed:  # aclose() came while the reader started: this call is not
             # among the waits it ended, so it ends here, before it publishes (the reader stops alone)
             raise TransportError("the client was closed before the reply came")
         future: asyncio.Future[AgentResponseEvent] = asyncio.get_running_loop().create_future()
@@ -381,14 +382,8 @@ class AgentClient:
         iteration: it is tried again after ``block`` seconds, with a warning for the 1st, 2nd,
         4th, 8th… failure in a row. ``reply_streams`` that is a str, or empty, is a
         :class:`ConfigurationError`."""
-        if isinstance(reply_streams, str):  # a str is a sequence too: one stream per character
-            raise ConfigurationError(
-                f"reply_streams must be a list of stream names, got the str {reply_streams!r}"
-            )
-        if not reply_streams:  # no stream to read: the loop below would idle forever, yielding nothing
-            raise ConfigurationError(
-                f"reply_streams is empty: give at least one stream name, got {reply_streams!r}"
-            )
+        _check_reply_streams(reply_streams)
+        self._check_open("responses")
         wait = self.block if block is None else check_seconds("block", block)
         claim_min_idle = check_seconds("claim_min_idle", claim_min_idle)
         # One stream: wait in a blocking read, woken by the reply. Several: a read waits on one
@@ -411,22 +406,17 @@ class AgentClient:
         while True:
             found = refused = False
             for subscription in subscriptions:
-                try:
-                    batch = await self.transport.read(subscription, subscription.batch_size)
-                except TransportError as error:  # refused (Redis out of memory, say): it passes,
-                    refused = True  # and ending here would end the gateway's loop for good
-                    _read_refused(subscription.stream, error, failures, wait)
+                batch = await self._read_batch(subscription, failures, wait)
+                if batch is None:
+                    refused = True
                     continue
-                if subscription.stream in failures:
-                    logger.info(
-                        "reading replies from %r works again after %d failed reads",
-                        subscription.stream,
-                        failures.pop(subscription.stream),
-                    )
                 found = found or bool(batch)
                 # An entry that did not decode is no reply: the read dead-lettered it (and said so).
                 batch = [delivery for delivery in batch if not delivery.settled]
                 while batch:
+                    if self.closed:  # aclose() while the gateway sent the last one: the rest goes
+                        await self._hand_back(batch)  # back to the group, none is yielded after it
+                        return
                     delivery, batch = batch[0], batch[1:]
                     try:
                         yield delivery
@@ -439,8 +429,33 @@ class AgentClient:
                         except asyncio.CancelledError:  # (anext() under a timeout) the generator
                             await self._hand_back(batch)  # ends: as when it is closed
                             raise
+            if self.closed:  # aclose(): the iteration ends
+                return
             if not found and (refused or not single):
                 await asyncio.sleep(wait)
+
+    async def _read_batch(
+        self, subscription: Subscription[AgentResponseEvent], failures: dict[str, int], wait: float
+    ) -> list[Delivery[AgentResponseEvent]] | None:
+        """A read of :meth:`responses`, or ``None`` when the broker refused it (Redis out of memory,
+        say): that passes, and raising would end the gateway's loop for good. ``failures`` counts
+        the refusals in a row, by stream: a warning for the 1st, 2nd, 4th, 8th…, the others at debug
+        level, so a shortage that lasts does not log a line per read."""
+        stream = subscription.stream
+        try:
+            batch = await self.transport.read(subscription, subscription.batch_size)
+        except TransportError as error:
+            failures[stream] = count = failures.get(stream, 0) + 1
+            said = str(error)  # the Redis transport's own errors name the read already
+            if not said.startswith(f"reading {stream!r}"):
+                said = f"reading {stream!r} failed: {said}"
+            level = logging.WARNING if count & (count - 1) == 0 else logging.DEBUG
+            logger.log(level, "%s; reading again in %g s (failure %d in a row)", said, wait, count)
+            return None
+        if stream in failures:
+            count = failures.pop(stream)
+            logger.info("reading replies from %r works again after %d failed reads", stream, count)
+        return batch
 
     async def _kept(
         self, deliveries: Sequence[Delivery[AgentResponseEvent]]
@@ -503,6 +518,7 @@ class AgentClient:
                 f"request_id must be a str (the request's id, e.g. request.id), got {request_id!r} "
                 f"({type(request_id).__name__})"
             )
+        self._check_open("cancel")
         await self._coordinator.request_cancel(request_id)
 
     async def ack(self, *deliveries: Delivery[AgentResponseEvent]) -> int:
@@ -511,10 +527,22 @@ class AgentClient:
         ``claim_min_idle``, to this consumer or another of its group."""
         return await self.transport.ack(*deliveries)
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`aclose` was called."""
+        return self._closed
+
+    def _check_open(self, what: str) -> None:
+        if self._closed:
+            raise TransportError(f"{what} failed: the client is closed")
+
     async def aclose(self) -> None:
-        """Stop the reply readers; calls still waiting in :meth:`request` end with a
-        :class:`TransportError`."""
-        self._closes += 1
+        """Close the client: stop the reply readers; calls still waiting in :meth:`request` end
+        with a :class:`TransportError`, and so do later calls of :meth:`request`,
+        :meth:`publish`, :meth:`cancel` and :meth:`responses`. A :meth:`responses` iteration
+        still running ends at its next step, handing back the replies it read and did not yield;
+        :meth:`ack` still settles the ones it yielded. The transport is left open."""
+        self._closed = True
         readers = list(self._readers.values())
         tasks = [reader.task for reader in readers if reader.task is not None]
         self._readers.clear()
@@ -536,15 +564,18 @@ class AgentClient:
         await self.aclose()
 
 
-def _read_refused(stream: str, error: TransportError, failures: dict[str, int], wait: float) -> None:
-    """Count a read of ``stream`` that failed, and warn of the 1st, 2nd, 4th, 8th… failure in a row
-    (the others at debug level): a shortage that lasts does not log a line per read."""
-    failures[stream] = count = failures.get(stream, 0) + 1
-    said = str(error)  # the Redis transport's own errors name the read already
-    if not said.startswith(f"reading {stream!r}"):
-        said = f"reading {stream!r} failed: {said}"
-    level = logging.WARNING if count & (count - 1) == 0 else logging.DEBUG
-    logger.log(level, "%s; reading again in %g s (failure %d in a row)", said, wait, count)
+def _check_reply_streams(reply_streams: Sequence[str]) -> None:
+    """:meth:`AgentClient.responses`'s ``reply_streams``: a sequence of stream names, not a str
+    (a str is a sequence too: one stream per character) and not empty (the loop would idle
+    forever, yielding nothing); else a :class:`ConfigurationError`."""
+    if isinstance(reply_streams, str):
+        raise ConfigurationError(
+            f"reply_streams must be a list of stream names, got the str {reply_streams!r}"
+        )
+    if not reply_streams:
+        raise ConfigurationError(
+            f"reply_streams is empty: give at least one stream name, got {reply_streams!r}"
+        )
 
 
 def _named_request_id(fields: Mapping[bytes, bytes], max_size: int) -> str | None:
