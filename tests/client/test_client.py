@@ -1059,12 +1059,12 @@ async def test_replies_of_a_batch_that_cannot_be_kept_fresh_are_yielded_all_the_
     await transport.aclose()
 
 
-async def test_replies_of_a_batch_are_handed_back_when_the_wait_for_the_next_is_cancelled(
+async def test_replies_of_a_batch_are_handed_back_when_closed_while_kept_fresh(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """``anext()`` cancelled (under a timeout, say) while the rest of its batch is kept fresh: the
-    generator ends there, and the rest goes back to the group at once, as on ``aclose()``, not
-    stranded on this consumer until claim_min_idle."""
+    """The iteration closed while the rest of its batch is kept fresh (after a wait for the next
+    reply was cancelled, a gateway shutting down): that step is cancelled and the rest goes back to
+    the group at once, not stranded on this consumer until claim_min_idle."""
     transport = InMemoryTransport(names=StreamNames("client"))
     stream = await three_replies(transport)
     keeping = asyncio.Event()
@@ -1082,6 +1082,7 @@ async def test_replies_of_a_batch_are_handed_back_when_the_wait_for_the_next_is_
         waiting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiting
+        await asyncio.wait_for(replies.aclose(), 10)
         monkeypatch.undo()  # the broker answers again
         other = client.responses([stream], group="gateway", consumer="g2")
         later = [await asyncio.wait_for(anext(other), 10) for _ in range(2)]
@@ -1249,4 +1250,56 @@ async def test_a_closed_client_refuses_to_be_used_and_its_iterations_end() -> No
         assert [delivery.event.request_id for delivery in later] == ["r1", "r2"]
         await other.ack(*later)
         await replies.aclose()
+    await transport.aclose()
+
+
+@pytest.mark.redis
+async def test_responses_survives_a_timeout_of_anext_and_loses_no_reply_it_was_reading(
+    redis_url: str, names: StreamNames, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gateway that waits for the next reply with a timeout, to do other work in between
+    (``asyncio.wait_for(anext(replies), 5)``): the timeout cancelled the read inside the
+    generator, which ended it, so the gateway's next ``anext()`` raised StopAsyncIteration (an
+    ``async for`` just stopped), and replies that read had taken stayed pending on its consumer
+    until ``claim_min_idle``. The read goes on; the next ``anext()`` gets what it read."""
+    transport = RedisStreamsTransport.from_url(redis_url, names=names)
+    stream = names.responses("discord", "555")
+    read, answer = transport.read, asyncio.Event()
+
+    async def slow(*args: Any, **kwargs: Any) -> Any:
+        batch = await read(*args, **kwargs)
+        if batch:
+            await answer.wait()  # its reply is in hand when the caller's wait runs out
+        return batch
+
+    monkeypatch.setattr(transport, "read", slow)
+    async with AgentClient(transport, block=1) as client:
+        replies = client.responses([stream], group="gateway", consumer="g1")
+        with pytest.raises(TimeoutError):  # nothing came: the blocking read is cancelled
+            await asyncio.wait_for(anext(replies), 0.05)
+        await transport.publish(stream, AgentResponseEvent(request_id="r0", content="answer 0"))
+        with pytest.raises(TimeoutError):  # the read has the reply, the caller gives up first
+            await asyncio.wait_for(anext(replies), 0.05)
+        answer.set()
+        first = await asyncio.wait_for(anext(replies), 10)
+        assert first.event.request_id == "r0"
+        await client.ack(first)
+        await transport.publish(stream, AgentResponseEvent(request_id="r1", content="answer 1"))
+        second = await asyncio.wait_for(anext(replies), 10)
+        assert second.event.request_id == "r1"
+        await client.ack(second)
+        answer.clear()
+        await transport.publish(stream, AgentResponseEvent(request_id="r2", content="answer 2"))
+        with pytest.raises(TimeoutError):  # read, not taken: closing hands it back to the group
+            await asyncio.wait_for(anext(replies), 0.05)
+        answer.set()
+        step = replies._step  # type: ignore[attr-defined]  # the read going on without a caller
+        await wait_until(step.done, what="the read to end")
+        await replies.aclose()
+        other = client.responses([stream], group="gateway", consumer="g2", claim_min_idle=60)
+        third = await asyncio.wait_for(anext(other), 10)
+        assert third.event.request_id == "r2"
+        await client.ack(third)
+        await other.aclose()
+    assert await transport.pending(stream, "gateway") == []
     await transport.aclose()

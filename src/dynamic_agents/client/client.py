@@ -12,8 +12,9 @@ import asyncio
 import json
 import logging
 import math
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
 from pydantic import ValidationError
@@ -360,7 +361,7 @@ class AgentClient:
 
     # -- consuming replies (the interface process that delivers them) -------------------------------
 
-    async def responses(
+    def responses(
         self,
         reply_streams: Sequence[str],
         *,
@@ -376,12 +377,28 @@ class AgentClient:
         One stream is read with a blocking read (a reply comes as soon as it is written); several
         are polled in turn, pausing ``block`` seconds (the client's, by default) when none had
         anything, so a reply may wait up to that long. Closed in the middle of a read's batch, it
-        hands the replies it has not yielded back to the group at once. An entry that does not
+        hands the replies it has not yielded back to the group at once. A wait for the next reply
+        that is cancelled (``anext()`` under a timeout) leaves the iteration usable: its read goes
+        on, and the next ``anext()`` gets what it read. An entry that does not
         decode as a reply is dead-lettered by the read (with a warning) and not yielded. A read
         the broker refuses (Redis out of memory, say: a :class:`TransportError`) does not end the
         iteration: it is tried again after ``block`` seconds, with a warning for the 1st, 2nd,
         4th, 8th… failure in a row. ``reply_streams`` that is a str, or empty, is a
         :class:`ConfigurationError`."""
+        generator = self._responses(
+            reply_streams, group=group, consumer=consumer, block=block, claim_min_idle=claim_min_idle
+        )
+        return _Replies(generator, self._hand_back)
+
+    async def _responses(
+        self,
+        reply_streams: Sequence[str],
+        *,
+        group: str,
+        consumer: str,
+        block: float | None,
+        claim_min_idle: float,
+    ) -> AsyncGenerator[Delivery[AgentResponseEvent], None]:
         _check_reply_streams(reply_streams)
         self._check_open("responses")
         wait = self.block if block is None else check_seconds("block", block)
@@ -426,8 +443,8 @@ class AgentClient:
                     if batch:  # the caller took its time with that one (a platform's rate limits)
                         try:
                             batch = await self._kept(batch)
-                        except asyncio.CancelledError:  # (anext() under a timeout) the generator
-                            await self._hand_back(batch)  # ends: as when it is closed
+                        except asyncio.CancelledError:  # (the iterator's aclose() cancels its
+                            await self._hand_back(batch)  # step) the generator ends: as when closed
                             raise
             if self.closed:  # aclose(): the iteration ends
                 return
@@ -562,6 +579,69 @@ class AgentClient:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+
+class _Replies(AsyncGenerator[Delivery[AgentResponseEvent], None]):
+    """What :meth:`AgentClient.responses` returns: its generator, each step (``anext()``) run in a
+    task of its own that the caller's wait only shields. A cancelled wait (``anext()`` under a
+    timeout, a gateway doing other work in between) cancelled the read inside the generator, which
+    ended it (the next ``anext()`` raised StopAsyncIteration) and stranded what the read took until
+    ``claim_min_idle``; now the step goes on, and the next ``anext()`` gets what it read."""
+
+    __slots__ = ("_generator", "_hand_back", "_step", "_waiting")
+
+    def __init__(
+        self,
+        generator: AsyncGenerator[Delivery[AgentResponseEvent], None],
+        hand_back: Callable[[Sequence[Delivery[AgentResponseEvent]]], Awaitable[None]],
+    ) -> None:
+        self._generator = generator
+        self._hand_back = hand_back
+        self._step: asyncio.Future[Delivery[AgentResponseEvent]] | None = None
+        self._waiting = False
+
+    async def __anext__(self) -> Delivery[AgentResponseEvent]:
+        return await self.asend(None)
+
+    async def asend(self, value: None) -> Delivery[AgentResponseEvent]:
+        if self._waiting:  # as a generator's: two callers would both get the same reply
+            raise RuntimeError("anext(): the replies are already being waited for")
+        step = self._step
+        if step is None:
+            step = self._step = asyncio.ensure_future(self._generator.asend(value))
+        self._waiting = True
+        try:
+            return await asyncio.shield(step)
+        finally:
+            self._waiting = False
+            if step.done():  # else cancelled: the next call waits for the same step
+                self._step = None
+
+    async def athrow(
+        self,
+        typ: type[BaseException] | BaseException,
+        val: object = None,
+        tb: TracebackType | None = None,
+    ) -> Delivery[AgentResponseEvent]:
+        await self._drop_step()
+        if isinstance(typ, BaseException):
+            return await self._generator.athrow(typ)
+        return await self._generator.athrow(typ, val, tb)
+
+    async def aclose(self) -> None:
+        """End the iteration: a step still running is cancelled (a reply it got, nobody took, is
+        handed back to the group), and the generator closed (it hands back the rest of its batch)."""
+        await self._drop_step()
+        await self._generator.aclose()
+
+    async def _drop_step(self) -> None:
+        step, self._step = self._step, None
+        if step is None:
+            return
+        step.cancel()
+        await asyncio.wait([step])
+        if not step.cancelled() and step.exception() is None:
+            await self._hand_back([step.result()])
 
 
 def _check_reply_streams(reply_streams: Sequence[str]) -> None:
