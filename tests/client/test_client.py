@@ -20,6 +20,7 @@ from dynamic_agents.client import client as client_module
 from dynamic_agents.events import (
     AgentRequestEvent,
     AgentResponseEvent,
+    EventCodec,
     ResponseStatus,
     StreamNames,
     Target,
@@ -28,6 +29,7 @@ from dynamic_agents.events import (
 from dynamic_agents.exceptions import (
     ConfigurationError,
     DeliveryError,
+    EventTooLargeError,
     EventValidationError,
     NoRouteError,
     TransportError,
@@ -1303,3 +1305,27 @@ async def test_responses_survives_a_timeout_of_anext_and_loses_no_reply_it_was_r
         await other.aclose()
     assert await transport.pending(stream, "gateway") == []
     await transport.aclose()
+
+
+@pytest.mark.redis
+async def test_a_reply_too_large_for_the_clients_codec_fails_its_request_not_times_out(
+    redis_url: str, names: StreamNames
+) -> None:
+    """A worker whose codec allows larger events than the client's (``max_size``) answers with a
+    reply the client cannot read: the reader could not say whose it was (it does not parse a body
+    over ``max_size``), so it skipped it with a warning and the call waited out its timeout. The
+    completed-request record names the entry: the call raises the EventTooLargeError."""
+    client_transport = RedisStreamsTransport.from_url(redis_url, names=names, codec=EventCodec(max_size=4096))
+    worker_transport = RedisStreamsTransport.from_url(redis_url, names=names)
+    request = _platform_request(names, "evt-huge")
+    async with AgentClient(client_transport, block=0.05) as client:
+        asking = asyncio.create_task(client.request(request, timeout=math.inf))
+        await worker_transport.ensure_group(names.requests, "workers")
+        worker = Subscription(names.requests, "workers", "w1", AgentRequestEvent, block=10)
+        (delivery,) = await worker_transport.read(worker, 1)
+        huge = AgentResponseEvent(request_id=request.id, content="x" * 10_000)
+        await worker_transport.complete(delivery, Reply(huge, request.reply_stream), record_ttl=60)
+        with pytest.raises(EventTooLargeError, match="4096"):
+            await asyncio.wait_for(asking, 10)
+    await client_transport.aclose()
+    await worker_transport.aclose()

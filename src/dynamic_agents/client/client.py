@@ -27,13 +27,14 @@ from dynamic_agents.events.envelope import DATA_FIELD, read_entry_data
 from dynamic_agents.exceptions import (
     ConfigurationError,
     DeliveryError,
+    EventError,
     EventValidationError,
     FieldError,
     TransportError,
 )
 from dynamic_agents.observability.tracing import check_tracing
 from dynamic_agents.routing import RoutingConfig
-from dynamic_agents.transports import CompletedRecord, Delivery, Subscription, Transport
+from dynamic_agents.transports import CompletedRecord, Delivery, Entry, Subscription, Transport
 from dynamic_agents.transports.base import check_transport, parse_entry_id
 
 if TYPE_CHECKING:
@@ -288,32 +289,62 @@ class AgentClient:
                 logger.warning("reading replies from %r failed: %s", reader.stream, error)
                 await asyncio.sleep(self.block)
                 continue
+            unnamed: dict[str, EventError] = {}  # undecodable entries naming no request, by id
             for entry in entries:
                 reader.position = entry.entry_id
                 if entry.message is None:
-                    # a reply this release cannot read (a newer major version, say): whoever waits
-                    # for the request it names gets the error, not a TimeoutError at the end
-                    request_id = _named_request_id(entry.fields, self.transport.codec.max_size)
-                    logger.warning(
-                        "entry %s of %r does not decode as a reply%s, skipped: %s",
-                        entry.entry_id,
-                        reader.stream,
-                        "" if request_id is None else f" (to request {request_id!r})",
-                        entry.error,
-                    )
-                    for future in reader.waiting.get(request_id or "", ()):
-                        if not future.done() and entry.error is not None:
-                            future.set_exception(entry.error)
+                    self._skip_undecodable(reader, entry, unnamed)
                     continue
                 for future in reader.waiting.get(entry.message.event.request_id, ()):
                     if not future.done():
                         future.set_result(entry.message.event)
+            if unnamed and reader.waiting:
+                await self._fail_by_records(reader, unnamed)
             if read_after == "0-0" and 0 < len(entries) < _READ_COUNT:
                 # The stream was empty when the reader started, and it holds fewer entries than a
                 # read takes: trimmed, it would hold reply_maxlen at least (on Redis, under 500
                 # only if reply_maxlen is), so its first entry is where the reads began.
                 read_after = entries[0].entry_id
             await self._check_for_trims(reader, read_after, read_any=bool(entries))
+
+    def _skip_undecodable(
+        self, reader: _Reader, entry: Entry[AgentResponseEvent], unnamed: dict[str, EventError]
+    ) -> None:
+        """A reply this release cannot read (a newer major version, say): whoever waits for the
+        request it names gets the error, not a TimeoutError at the end. One whose body names none
+        that can be read (over the codec's ``max_size``) goes to ``unnamed``."""
+        request_id = _named_request_id(entry.fields, self.transport.codec.max_size)
+        logger.warning(
+            "entry %s of %r does not decode as a reply%s, skipped: %s",
+            entry.entry_id,
+            reader.stream,
+            "" if request_id is None else f" (to request {request_id!r})",
+            entry.error,
+        )
+        if entry.error is None:
+            return
+        if request_id is None:
+            unnamed[entry.entry_id] = entry.error
+        for future in reader.waiting.get(request_id or "", ()):
+            if not future.done():
+                future.set_exception(entry.error)
+
+    async def _fail_by_records(self, reader: _Reader, unnamed: Mapping[str, EventError]) -> None:
+        """Fail the waits whose completed-request record names one of the ``unnamed`` entries
+        (a reply too large for this client's codec, from a worker whose ``max_size`` is larger)
+        with its error: they waited out their timeout. One record read per request waited for,
+        only when such an entry comes."""
+        try:
+            for request_id in list(reader.waiting):  # one at a time: not a connection each at once
+                record = await self._coordinator.get_record(request_id)
+                if record is None or record.reply_stream != reader.stream:
+                    continue
+                failure = unnamed.get(record.reply_entry_id or "")
+                for future in reader.waiting.get(request_id, ()):
+                    if failure is not None and not future.done():
+                        future.set_exception(failure)
+        except Exception as error:  # as a failed read: those waits run to their timeout
+            logger.warning("reading the records of requests waiting on %r failed: %s", reader.stream, error)
 
     async def _check_for_trims(self, reader: _Reader, read_after: str, *, read_any: bool) -> None:
         """After a read (from ``read_after``), :meth:`_find_trimmed_replies` if calls still wait:
@@ -343,7 +374,7 @@ class AgentClient:
         start = parse_entry_id(since) or (0, 0)
         if oldest and (parse_entry_id(oldest[0].entry_id) or (0, 0)) <= start:
             return
-        for request_id in list(reader.waiting):  # one at a time: a connection each, at once, else
+        for request_id in list(reader.waiting):  # one at a time: not a connection each at once
             record = await self._coordinator.get_record(request_id)
             if record is None:
                 continue
