@@ -1329,3 +1329,24 @@ async def test_a_reply_too_large_for_the_clients_codec_fails_its_request_not_tim
             await asyncio.wait_for(asking, 10)
     await client_transport.aclose()
     await worker_transport.aclose()
+
+
+@pytest.mark.redis
+async def test_a_retry_whose_earlier_reply_does_not_decode_raises_why_not_that_it_is_gone(
+    redis_url: str, names: StreamNames
+) -> None:
+    """A platform's retry of a request answered by a newer worker (a reply of a newer major
+    ``schema_version``): request() read the reply back from where the record points and, unable
+    to decode it, said it was "no longer on" the stream, which it was. It raises the decode error,
+    as the first call did."""
+    transport = RedisStreamsTransport.from_url(redis_url, names=names)
+    stream = names.responses("slack", "c1")
+    body = {"schema_version": "2.0", "request_id": "evt-newer", "content": "from the future"}
+    entry_id = await transport.publish_fields(stream, {"__data__": json.dumps(body).encode()})
+    record = CompletedRecord("evt-newer", "resp-2", "completed", stream, entry_id, 1_700_000_000.0)
+    assert await transport.coordinator().set_record(record, ttl=60)
+    async with AgentClient(transport, block=0.05) as client:
+        with pytest.raises(UnsupportedSchemaVersionError, match=r"^schema_version '2\.0' is not"):
+            await client.request(_platform_request(names, "evt-newer"), timeout=10)
+    assert await transport.read_stream(names.requests, AgentRequestEvent) == []
+    await transport.aclose()

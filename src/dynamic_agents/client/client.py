@@ -195,10 +195,11 @@ class AgentClient:
 
         A request already answered (a platform's retry of an event, whose id is the request id) is
         not published again: its reply is read back from where the completed-request record says it
-        is (:class:`DeliveryError` if it is no longer there). So is one whose reply left the reply
-        stream (trimmed by the worker's ``reply_maxlen``) before the client's reader got to it: a
-        :class:`DeliveryError` once the reader finds the stream trimmed past where it read (it
-        looks at most once per ``block`` seconds), not a ``TimeoutError`` at the end.
+        is (:class:`DeliveryError` if it is no longer there, its decode error if it does not
+        decode). So is one whose reply left the reply stream (trimmed by the worker's
+        ``reply_maxlen``) before the client's reader got to it: a :class:`DeliveryError` once the
+        reader finds the stream trimmed past where it read (it looks at most once per ``block``
+        seconds), not a ``TimeoutError`` at the end.
         :meth:`aclose` ends the wait with a :class:`TransportError`. A reply to it that does not
         decode (a newer major ``schema_version``, say) raises its
         :class:`~dynamic_agents.exceptions.EventError`.
@@ -250,11 +251,11 @@ class AgentClient:
         entry = await self.transport.read_entry(
             record.reply_stream, record.reply_entry_id, AgentResponseEvent
         )
-        if entry is None or entry.message is None:
+        if entry is None:
             raise DeliveryError(
                 f"{where}; its reply {record.reply_entry_id} is no longer on {record.reply_stream!r}"
             )
-        return entry.message.event
+        return entry.event  # or the error it does not decode with (a newer major version, say)
 
     async def _reader(self, stream: str) -> _Reader:
         reader = self._readers.get(stream)
@@ -379,13 +380,13 @@ class AgentClient:
             if record is None:
                 continue
             try:
-                outcome: AgentResponseEvent | DeliveryError = await self._earlier_reply(record)
-            except DeliveryError as error:
+                outcome: AgentResponseEvent | DeliveryError | EventError = await self._earlier_reply(record)
+            except (DeliveryError, EventError) as error:  # gone, or it does not decode
                 outcome = error
             for future in reader.waiting.get(request_id, ()):
                 if future.done():
                     continue
-                if isinstance(outcome, DeliveryError):
+                if isinstance(outcome, Exception):
                     future.set_exception(outcome)
                 else:
                     future.set_result(outcome)
