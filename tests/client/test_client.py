@@ -1350,3 +1350,20 @@ async def test_a_retry_whose_earlier_reply_does_not_decode_raises_why_not_that_i
             await client.request(_platform_request(names, "evt-newer"), timeout=10)
     assert await transport.read_stream(names.requests, AgentRequestEvent) == []
     await transport.aclose()
+
+
+async def test_responses_closed_while_another_task_waits_ends_that_wait_as_the_iteration_ends() -> None:
+    """aclose() of the replies while another task waits for the next one (a gateway's shutdown
+    path): that wait ends with StopAsyncIteration, as the end of the iteration, not with a
+    CancelledError its task never asked for."""
+    transport = InMemoryTransport(names=StreamNames("client"))
+    stream = transport.names.responses("discord", "555")
+    async with AgentClient(transport, block=0.05) as client:
+        replies = client.responses([stream], group="gateway", consumer="g1")
+        waiting = asyncio.create_task(anext(replies))
+        await wait_until(lambda: replies._step is not None, what="the read")  # type: ignore[attr-defined]
+        await asyncio.wait_for(replies.aclose(), 10)
+        with pytest.raises(StopAsyncIteration):
+            await asyncio.wait_for(waiting, 10)
+        assert not waiting.cancelled()
+    await transport.aclose()

@@ -644,6 +644,11 @@ class _Replies(AsyncGenerator[Delivery[AgentResponseEvent], None]):
         self._waiting = True
         try:
             return await asyncio.shield(step)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if step.cancelled() and (task is None or not task.cancelling()):
+                raise StopAsyncIteration from None  # aclose() from another task: the end
+            raise
         finally:
             self._waiting = False
             if step.done():  # else cancelled: the next call waits for the same step
