@@ -1198,6 +1198,33 @@ class TransportContract:
         assert await transport.trim_acknowledged(backend.stream("lonely")) == 0
         assert await transport.trim_acknowledged(backend.stream("absent")) == 0
 
+    # -- closing --------------------------------------------------------------------------------
+
+    async def test_reads_waiting_when_the_transport_closes_fail_at_once(self, backend: Backend) -> None:
+        """A blocking ``read`` or ``read_stream`` in flight when ``aclose()`` is called raises
+        TransportError at once, as on Redis (whose read connections close under them): in memory
+        they waited out their ``block`` and returned nothing, so a stop waited for them. Another
+        transport's reads on the same storage wait on undisturbed."""
+        transport, other = await backend.transport(), await backend.transport()
+        await transport.ensure_group(backend.stream(), "workers")
+        reading = asyncio.create_task(transport.read(backend.subscription(block=3600.0), 1))
+        tailing = asyncio.create_task(
+            transport.read_stream(backend.stream(), AgentRequestEvent, after="$", block=3600.0)
+        )
+        theirs = asyncio.create_task(other.read(backend.subscription("c2", block=3600.0), 1))
+        for _ in range(5):  # every read is waiting
+            await asyncio.sleep(0)
+        await transport.aclose()
+        async with asyncio.timeout(10.0):  # bounds a hang: the reads would wait for an hour
+            for task in (reading, tailing):
+                with pytest.raises(TransportError, match="closed"):
+                    await task
+            assert not theirs.done()
+            event = request("after the close")
+            await other.publish(backend.stream(), event)
+            (delivery,) = await theirs
+        assert delivery.event == event
+
 
 class CoordinatorContract:
     async def coordinator(self, backend: Backend) -> Coordinator:

@@ -178,7 +178,7 @@ class InMemoryServer:
                 waiter.set_result(None)
 
     async def wait_for_change(self, seconds: float) -> None:
-        """Wait until a stream gets an entry, or ``seconds`` (real time) pass."""
+        """Wait until a stream gets an entry or a transport closes, or ``seconds`` (real time) pass."""
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.add(waiter)
         try:
@@ -301,6 +301,7 @@ class InMemoryTransport(Transport):
                     await asyncio.sleep(0)
                 return await self._settle_undecodable(subscription, deliveries)
             await self.server.wait_for_change(remaining)
+            self._check_open()  # closed while it waited (aclose wakes it)
 
     def _read_now(self, sub: Subscription[E], count: int) -> list[Delivery[E]]:
         try:
@@ -566,6 +567,7 @@ class InMemoryTransport(Transport):
             if found or block is None or remaining <= 0:
                 return [decode_entry(self.codec, stream, format_id(i), f, model) for i, f in found[:count]]
             await self.server.wait_for_change(remaining)
+            self._check_open()  # closed while it waited (aclose wakes it)
 
     async def delete(self, stream: str, *entry_ids: str) -> int:
         self._check_open()
@@ -627,7 +629,10 @@ class InMemoryTransport(Transport):
         return InMemoryCoordinator(self.server, names=self.names)
 
     async def aclose(self) -> None:
+        """Fail this transport's reads in flight (TransportError, as on Redis): they are woken, as
+        every waiting read of the server is; another transport's reads just wait on."""
         self._closed = True
+        self.server._notify()
 
     def _check_open(self) -> None:
         if self._closed:
