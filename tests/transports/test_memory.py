@@ -1,17 +1,19 @@
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
 
-from dynamic_agents.events import StreamNames
-from dynamic_agents.transports import InMemoryServer, InMemoryTransport, ManualClock, Transport
+from dynamic_agents.events import AgentRequestEvent, StreamNames
+from dynamic_agents.transports import InMemoryServer, InMemoryTransport, ManualClock, Subscription, Transport
 from tests.transports.contract import (
     Backend,
     CoordinatorContract,
     CoordinatorSignalsContract,
     TransportContract,
     TransportOperationsContract,
+    request,
 )
 
 
@@ -52,3 +54,30 @@ class TestInMemoryTransport(TransportContract, TransportOperationsContract):
 
 class TestInMemoryCoordinator(CoordinatorContract, CoordinatorSignalsContract):
     pass
+
+
+class TestInMemoryWaits:
+    """The in-memory transport's own waits (a blocking ``read`` or ``read_stream``)."""
+
+    @pytest.mark.parametrize("call", ["read", "read_stream"])
+    async def test_a_read_cancelled_as_an_entry_arrives_is_cancelled(self, call: str) -> None:
+        """A waiting read cancelled in the same event-loop iteration as an entry woke it was not
+        cancelled on Python 3.11 (``asyncio.wait_for`` returned the wake-up and dropped the
+        cancellation): the read went on and returned the entry, and whoever cancelled it (a
+        worker stopping) waited for a task that kept running."""
+        server = InMemoryServer(ManualClock())
+        transport = InMemoryTransport(server, names=StreamNames("test"))
+        stream = "test:requests"
+        await transport.ensure_group(stream, "workers")
+        subscription = Subscription(stream, "workers", "c1", AgentRequestEvent, block=3600.0)
+        reading = asyncio.create_task(
+            transport.read(subscription, 1)
+            if call == "read"
+            else transport.read_stream(stream, AgentRequestEvent, after="$", block=3600.0)
+        )
+        for _ in range(5):  # it waits
+            await asyncio.sleep(0)
+        await transport.publish(stream, request("at the same moment"))  # wakes it (no await inside)
+        reading.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reading
