@@ -12,7 +12,7 @@ import asyncio
 import math
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
@@ -306,6 +306,47 @@ class TransportContract:
             reply_entry.entry_id,
         )
         assert await transport.pending(backend.stream(), "workers") == []
+
+    async def test_a_delivery_whose_entry_id_is_no_entry_id_is_refused_before_anything_is_written(
+        self, backend: Backend
+    ) -> None:
+        """A delivery made by hand with an ``entry_id`` that is no stream entry id: on Redis its
+        completion failed the whole script call of the completions batched with it, after writing
+        every reply and record and before any ack (a TransportError for each); in memory its reply
+        and record were written, then a ConfigurationError. Every call taking a delivery refuses it
+        now, naming it, before writing anything; the other completions go through."""
+        transport = await backend.transport()
+        events = [request("hand-made"), request("read")]
+        await published(backend, transport, *events)
+        real, other = await transport.read(backend.subscription(), 2)
+        bad = replace(real, entry_id="not-an-id", delivery_count=2)
+        reply_stream = backend.names.responses("discord", "42")
+        refused = re.escape("entry_id 'not-an-id' of the delivery is not a stream entry id")
+        completions = await asyncio.gather(
+            transport.complete(bad, Reply(response_to(events[0]), reply_stream), record_ttl=60),
+            transport.complete(other, Reply(response_to(events[1]), reply_stream), record_ttl=60),
+            return_exceptions=True,
+        )
+        assert isinstance(completions[0], ConfigurationError)
+        assert re.search(refused, str(completions[0]))
+        assert not isinstance(completions[1], BaseException)
+        assert completions[1].created
+        (written,) = await transport.read_stream(reply_stream, AgentResponseEvent)
+        assert written.event.request_id == events[1].id
+        assert await transport.coordinator().get_record(events[0].id) is None
+        reply = Reply(response_to(events[0]), reply_stream)
+        for call in (
+            transport.dead_letter(bad, "poison", reply, record_ttl=60),
+            transport.ack(bad),
+            transport.keep_fresh([bad]),
+            transport.release(bad),
+            transport.uncount(bad),
+        ):
+            with pytest.raises(ConfigurationError, match=refused):
+                await call
+        assert await transport.read_stream(backend.names.dead_letters, AgentRequestEvent) == []
+        assert len(await transport.read_stream(reply_stream, AgentResponseEvent)) == 1
+        assert [p.entry_id for p in await transport.pending(backend.stream(), "workers")] == [real.entry_id]
 
     async def test_complete_of_an_answered_request_only_acks(self, backend: Backend) -> None:
         transport = await backend.transport()

@@ -883,6 +883,21 @@ def delivered(
     )
 
 
+def delivery_position(delivery: Delivery[Any]) -> tuple[int, int]:
+    """``(milliseconds, sequence)`` of a delivery's entry id (as :func:`parse_entry_position`
+    reads it). A delivery made by hand whose ``entry_id`` is none is a :class:`ConfigurationError`
+    naming it, which every call taking a delivery raises before it writes anything, on every
+    transport: on Redis such a completion failed every completion batched with it, once their
+    replies and records were written and before their acks."""
+    try:
+        return parse_entry_position(delivery.entry_id)
+    except ConfigurationError:
+        raise ConfigurationError(
+            f"entry_id {shown(delivery.entry_id)} of the delivery is not a stream entry id (like "
+            "'1700000000000-0'): a delivery read by Transport.read has its entry's"
+        ) from None
+
+
 def released_idle(delivery: Delivery[Any], delay: float) -> float:
     """The idle time to give a released delivery so reclaim takes it after ``delay`` seconds."""
     min_idle = delivery.sub.claim_min_idle

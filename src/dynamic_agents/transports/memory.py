@@ -45,6 +45,7 @@ from dynamic_agents.transports.base import (
     dead_letter_record_ttl,
     decode_entry,
     delivered,
+    delivery_position,
     encoded_fields,
     lease_token,
     parse_entry_position,
@@ -376,6 +377,8 @@ class InMemoryTransport(Transport):
 
     async def ack(self, *deliveries: Delivery[Any]) -> int:
         self._check_open()
+        for delivery in deliveries:  # all, before any is acked
+            delivery_position(delivery)
         acked = 0
         for delivery in deliveries:
             if delivery.settled:
@@ -389,14 +392,14 @@ class InMemoryTransport(Transport):
             group = self.server.group(delivery.stream, delivery.group)
         except _NoGroupError:
             return 0
-        return 1 if group.pending.pop(parse_entry_position(delivery.entry_id), None) is not None else 0
+        return 1 if group.pending.pop(delivery_position(delivery), None) is not None else 0
 
     def _held(self, delivery: Delivery[Any]) -> _Pending | None:
         try:
             group = self.server.group(delivery.stream, delivery.group)
         except _NoGroupError:
             return None
-        pending = group.pending.get(parse_entry_position(delivery.entry_id))
+        pending = group.pending.get(delivery_position(delivery))
         return pending if pending is not None and pending.consumer == delivery.consumer else None
 
     def _held_on_stream(self, delivery: Delivery[Any]) -> _Pending | None:
@@ -405,7 +408,7 @@ class InMemoryTransport(Transport):
         pending = self._held(delivery)
         if pending is None:
             return None
-        stream, entry_id = self.server._stream(delivery.stream), parse_entry_position(delivery.entry_id)
+        stream, entry_id = self.server._stream(delivery.stream), delivery_position(delivery)
         if stream is None or entry_id not in stream.entries:
             del self.server.group(delivery.stream, delivery.group).pending[entry_id]
             return None
@@ -424,6 +427,8 @@ class InMemoryTransport(Transport):
 
     async def keep_fresh(self, deliveries: Sequence[Delivery[Any]]) -> list[Delivery[Any]]:
         self._check_open()
+        for delivery in deliveries:  # all, before any is kept fresh
+            delivery_position(delivery)
         lost: list[Delivery[Any]] = []
         now = self.clock.time()
         for delivery in deliveries:
@@ -436,6 +441,7 @@ class InMemoryTransport(Transport):
 
     async def uncount(self, delivery: Delivery[Any]) -> bool:
         self._check_open()
+        delivery_position(delivery)
         if delivery.settled or delivery.delivery_count < 2:
             return False
         pending = self._held_on_stream(delivery)
@@ -455,6 +461,7 @@ class InMemoryTransport(Transport):
     ) -> bool:
         self._check_open()
         record_ttl = dead_letter_record_ttl(record_ttl, reply)
+        delivery_position(delivery)
         if delivery.settled or self._held(delivery) is None:
             return False
         record_key = record_key_of(self.names, delivery)
@@ -482,6 +489,7 @@ class InMemoryTransport(Transport):
     ) -> Completion:
         self._check_open()
         check_seconds("record_ttl", record_ttl)
+        delivery_position(delivery)  # the ack, its only use, is the last write
         record_key = self.names.completed_record(reply.event.request_id)
         lease_key = self.names.session_lease(lease.session_id) if lease is not None else None
         # Every key type first, as the COMPLETE script: a refused complete changes nothing (the

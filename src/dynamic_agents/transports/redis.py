@@ -69,6 +69,7 @@ from dynamic_agents.transports.base import (
     dead_letter_record_ttl,
     decode_entry,
     delivered,
+    delivery_position,
     encoded_fields,
     lease_token,
     parse_entry_position,
@@ -651,6 +652,7 @@ class RedisStreamsTransport(Transport):
     async def ack(self, *deliveries: Delivery[Any]) -> int:
         groups: dict[tuple[str, str], list[str]] = defaultdict(list)
         for delivery in deliveries:
+            delivery_position(delivery)  # refused here as in memory, not by the server
             if not delivery.settled:
                 groups[delivery.stream, delivery.group].append(delivery.entry_id)
         if not groups:
@@ -671,6 +673,7 @@ class RedisStreamsTransport(Transport):
         """Set the idle time of the given deliveries this consumer holds; returns the held ids."""
         by_group: dict[tuple[str, str, str], list[str]] = defaultdict(list)
         for delivery in deliveries:
+            delivery_position(delivery)  # all, before any is held
             by_group[delivery.stream, delivery.group, delivery.consumer].append(delivery.entry_id)
         held: set[str] = set()
         for (stream, group, consumer), ids in by_group.items():
@@ -698,6 +701,7 @@ class RedisStreamsTransport(Transport):
         return [delivery for delivery in deliveries if delivery.entry_id not in held]
 
     async def uncount(self, delivery: Delivery[Any]) -> bool:
+        delivery_position(delivery)
         if delivery.settled or delivery.delivery_count < 2:
             return False
         args: list[Arg] = [delivery.group, delivery.consumer, delivery.entry_id, delivery.delivery_count]
@@ -713,6 +717,7 @@ class RedisStreamsTransport(Transport):
         record_ttl: float | None = None,
     ) -> bool:
         record_ttl = dead_letter_record_ttl(record_ttl, reply)
+        delivery_position(delivery)
         if delivery.settled:
             return False
         record_key = record_key_of(self.names, delivery)
@@ -764,6 +769,7 @@ class RedisStreamsTransport(Transport):
         self, delivery: Delivery[Any], reply: Reply, *, record_ttl: float, lease: Lease | None = None
     ) -> Completion:
         check_seconds("record_ttl", record_ttl)
+        delivery_position(delivery)  # else the script fails at its ack: its whole batch, after its writes
         event, completed_at = reply.event, self.clock.time()
         record_key = self.names.completed_record(event.request_id)
         lease_key = self.names.session_lease(lease.session_id) if lease is not None else record_key
