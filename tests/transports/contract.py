@@ -18,7 +18,13 @@ from typing import Any
 import pytest
 
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, ResponseStatus, StreamNames
-from dynamic_agents.exceptions import ConfigurationError, LeaseLostError, TransportError
+from dynamic_agents.exceptions import (
+    ConfigurationError,
+    EnvelopeError,
+    EventTooLargeError,
+    LeaseLostError,
+    TransportError,
+)
 from dynamic_agents.transports import (
     ClaimStatus,
     CompletedRecord,
@@ -390,6 +396,37 @@ class TransportContract:
         assert completion.record.reply_stream is None
         assert completion.record.reply_entry_id is None
         assert await transport.coordinator().get_record(event.id) == completion.record
+
+    @pytest.mark.parametrize("reply_stream", ["replies", None])
+    @pytest.mark.parametrize("problem", ["too large", "a reserved header"])
+    async def test_a_reply_that_cannot_be_encoded_is_refused_wherever_it_goes(
+        self, backend: Backend, reply_stream: str | None, problem: str
+    ) -> None:
+        """A reply the codec refuses (content over ``max_content_length``, a header the codec
+        sets) is an error of ``complete`` and ``dead_letter`` that writes nothing, with or without
+        a reply stream. Redis's ``complete`` encoded it only for a reply stream or channel: without
+        one it wrote the record, ``completed``, where memory refused it (and the worker answered with
+        an error, its record ``failed``)."""
+        transport = await backend.transport()
+        event = request()
+        await published(backend, transport, event)
+        (delivery,) = await transport.read(backend.subscription(), 1)
+        stream = backend.stream(reply_stream) if reply_stream is not None else None
+        if problem == "too large":
+            response = response_to(event, "x" * (transport.codec.max_content_length + 1))
+            reply, refused = Reply(response, stream), EventTooLargeError
+        else:
+            reply, refused = Reply(response_to(event), stream, headers={"reply_to": "x"}), EnvelopeError
+        with pytest.raises(refused):
+            await transport.complete(delivery, reply, record_ttl=60)
+        with pytest.raises(refused):
+            await transport.dead_letter(delivery, "poison", reply, record_ttl=60)
+        assert await transport.coordinator().get_record(event.id) is None
+        (held,) = await transport.pending(backend.stream(), "workers")
+        assert held.entry_id == delivery.entry_id
+        assert await transport.read_stream(backend.names.dead_letters, AgentRequestEvent) == []
+        if stream is not None:
+            assert await transport.read_stream(stream, AgentResponseEvent) == []
 
     async def test_complete_is_all_or_nothing_when_the_reply_cannot_be_written(
         self, backend: Backend

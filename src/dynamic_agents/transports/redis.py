@@ -774,7 +774,7 @@ class RedisStreamsTransport(Transport):
         record_key = self.names.completed_record(event.request_id)
         lease_key = self.names.session_lease(lease.session_id) if lease is not None else record_key
         status = str(event.status)
-        envelope = reply.envelope(self.codec) if reply.stream is not None or reply.channel else b""
+        envelope = reply.envelope(self.codec)  # refused (too large…) wherever it goes, as in memory
         call = _Completion(
             (delivery.stream, record_key, lease_key, reply.stream or record_key),
             (
@@ -786,7 +786,7 @@ class RedisStreamsTransport(Transport):
                 lease.token if lease is not None else "",
                 reply.channel or "",
                 _record_head(event.request_id, event.id, status, reply.stream, completed_at),
-                envelope,
+                envelope if reply.stream is not None or reply.channel else b"",  # sent where used
                 "" if reply.stream is None else "1",
             ),
         )
