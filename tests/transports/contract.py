@@ -1653,6 +1653,28 @@ class TransportOperationsContract:
         # the same entries publish_many writes: {"__data__": envelope}
         assert all(set(e.fields) == {b"__data__"} for e in entries)
 
+    @pytest.mark.parametrize(
+        ("envelopes", "message"),
+        [
+            ([5], "envelopes[0] must be bytes (an encoded event) or str, got int"),
+            ([b"ok", None], "envelopes[1] must be bytes (an encoded event) or str, got NoneType"),
+            ([memoryview(b"x")], "envelopes[0] must be bytes (an encoded event) or str, got memoryview"),
+            (b"one envelope", "envelopes must be a list of encoded events, got bytes"),
+            ("one envelope", "envelopes must be a list of encoded events, got str"),
+        ],
+    )
+    async def test_envelopes_that_are_no_encoded_events_are_refused_and_nothing_is_written(
+        self, backend: Backend, envelopes: Any, message: str
+    ) -> None:
+        """Redis wrote an int or a memoryview as its text, each byte of one envelope given alone as
+        an entry of its own, and failed on None with a bare TypeError; memory wrote the envelopes
+        before a bad one, then refused it. Both refuse them now, before writing anything."""
+        transport = await backend.transport()
+        stream = backend.stream("encoded")
+        with pytest.raises(ConfigurationError, match=re.escape(message)):
+            await transport.publish_envelopes(stream, envelopes)
+        assert await transport.read_stream(stream, AgentRequestEvent) == []
+
 
 class CoordinatorSignalsContract:
     async def test_a_lease_says_who_holds_it(self, backend: Backend) -> None:

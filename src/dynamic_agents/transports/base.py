@@ -142,6 +142,23 @@ def encoded_fields(fields: object) -> dict[bytes, bytes]:
     return encoded
 
 
+def check_envelopes(envelopes: object) -> None:
+    """``publish_envelopes``' envelopes: a sequence (not one ``bytes`` or ``str`` envelope) of
+    ``bytes`` or ``str`` (as :func:`encoded_fields` takes a value); else a
+    :class:`ConfigurationError` naming the first bad one, before anything is written (Redis wrote
+    an int as its text, each byte of a lone envelope as an entry, and failed on ``None`` with a
+    bare TypeError)."""
+    if isinstance(envelopes, str | bytes | bytearray | memoryview) or not isinstance(envelopes, Sequence):
+        raise ConfigurationError(
+            f"envelopes must be a list of encoded events, got {type(envelopes).__name__}"
+        )
+    for index, envelope in enumerate(envelopes):
+        if not isinstance(envelope, bytes | str):
+            raise ConfigurationError(
+                f"envelopes[{index}] must be bytes (an encoded event) or str, got {type(envelope).__name__}"
+            )
+
+
 FULL_CAPACITY_WAIT: Final = 0.01
 """The shortest wait of :meth:`Transport.consume` between checks of a full capacity (seconds)."""
 
@@ -568,6 +585,7 @@ class Transport(_AsyncResource):
         """:meth:`publish_many` of events already encoded (``codec.encode_envelope``): one entry
         ``{"__data__": envelope}`` each, in order."""
         maxlen = check_maxlen(maxlen)  # refused even with nothing to publish, as on Redis
+        check_envelopes(envelopes)  # all, before any is written
         return [
             await self.publish_fields(stream, {DATA_FIELD: envelope}, maxlen=maxlen) for envelope in envelopes
         ]

@@ -60,6 +60,7 @@ from dynamic_agents.transports.base import (
     Transport,
     TransportStats,
     check_cancellable,
+    check_envelopes,
     check_expire,
     check_maxlen,
     check_name,
@@ -486,6 +487,7 @@ class RedisStreamsTransport(Transport):
         self, stream: str, envelopes: Sequence[bytes], *, maxlen: int | None = None
     ) -> list[str]:
         maxlen = check_maxlen(maxlen)
+        check_envelopes(envelopes)  # refused here as in memory (the script wrote an int as text)
         if not envelopes:
             return []
         args: list[Arg] = [_optional(maxlen), DATA_FIELD, *envelopes]
