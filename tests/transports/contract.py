@@ -773,6 +773,26 @@ class TransportContract:
         assert await transport.read_stream(backend.names.dead_letters, AgentRequestEvent) == []
         assert await transport.keep_fresh([delivery]) == [delivery]
 
+    async def test_a_delivery_of_a_lost_group_is_no_longer_held_by_any_call(self, backend: Backend) -> None:
+        """After the server lost the data, every call on a delivery says it is no longer held, as
+        in memory: Redis's ``uncount`` failed with a TransportError (NOGROUP) where ``keep_fresh``,
+        ``release`` and ``dead_letter`` report the entry lost."""
+        transport = await backend.transport()
+        await published(backend, transport, request())
+        await transport.read(backend.subscription("busy"), 1)
+        await backend.advance(backend.min_idle * 1.5)
+        (again,) = await transport.read(backend.subscription("busy"), 1)  # its own reclaim: counted twice
+        assert again.delivery_count == 2
+        await backend.forget_everything()
+        assert not await transport.uncount(again)
+        assert not await transport.release(again)
+        assert await transport.keep_fresh([again]) == [again]
+        assert not await transport.dead_letter(again, "too late")
+        assert await transport.ack(again) == 0
+        await backend.write_string(backend.stream("other"), "a string, not a stream")
+        with pytest.raises(TransportError, match="WRONGTYPE"):  # a real failure still is one
+            await transport.uncount(replace(again, stream=backend.stream("other")))
+
     async def test_dead_letter_of_an_answered_request_only_acks(self, backend: Backend) -> None:
         transport = await backend.transport()
         event = request()

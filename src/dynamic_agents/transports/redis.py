@@ -708,7 +708,12 @@ class RedisStreamsTransport(Transport):
             return False
         args: list[Arg] = [delivery.group, delivery.consumer, delivery.entry_id, delivery.delivery_count]
         uncount = partial(self._uncount, keys=[delivery.stream], args=args)
-        return bool(_int(await self._call(f"uncount {delivery.entry_id}", uncount)))
+        try:
+            return bool(_int(await self._call(f"uncount {delivery.entry_id}", uncount)))
+        except TransportError as error:
+            if "NOGROUP" not in str(error):
+                raise
+            return False  # the group is gone (flushed): the entry is no longer held, as _set_idle
 
     async def dead_letter(
         self,
