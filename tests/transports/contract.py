@@ -1714,6 +1714,7 @@ class CoordinatorSignalsContract:
         await coordinator.request_cancel("b", ttl=backend.min_idle)
         assert await coordinator.cancelled(["a", "b", "c"]) == {"b"}
         assert await coordinator.cancelled([]) == set()
+        assert await coordinator.cancelled({"a", "b"}) == {"b"}  # type: ignore[arg-type]  # any collection
         await backend.advance(backend.min_idle * 1.5)
         assert await coordinator.cancelled(["b"]) == set()
 
@@ -1807,6 +1808,25 @@ class CoordinatorSignalsContract:
             await coordinator.claim("s", [], ttl=60)
         with pytest.raises(ConfigurationError, match="ttl"):
             await coordinator.claim("s", ["a"], ttl=0)
+
+    @pytest.mark.parametrize(
+        ("request_ids", "shown"), [("req-1", "'req-1'"), (b"req-1", "a bytes"), (7, "7"), ([7], "7")]
+    )
+    async def test_request_ids_that_are_no_list_of_ids_are_refused(
+        self, backend: Backend, request_ids: Any, shown: str
+    ) -> None:
+        """One request id given in place of a list, ``claim("s", "req-1", ttl)``, was read as its
+        characters: the claim checked the records of "r", "e", … and took the lease with "1" as
+        its holder; ``cancelled("req-1")`` asked about each character. An int failed with a bare
+        TypeError, or was taken as an id. Both backends refuse them now, naming them."""
+        coordinator = (await backend.transport()).coordinator()
+        refused = "request_ids must be a list of request ids (str), got "
+        with pytest.raises(ConfigurationError, match=re.escape(refused)) as claiming:
+            await coordinator.claim("s", request_ids, ttl=60)
+        assert shown in str(claiming.value)
+        assert await coordinator.holder("s") is None
+        with pytest.raises(ConfigurationError, match=re.escape(refused)):
+            await coordinator.cancelled(request_ids)
 
     async def test_claim_refuses_a_bad_ttl_whatever_it_finds(self, backend: Backend) -> None:
         """In memory a claim of an answered or cancelled request returned before the ttl was

@@ -808,6 +808,7 @@ class Coordinator(_AsyncResource):
 
         The default makes three calls; backends override it with one round trip.
         """
+        check_request_ids(request_ids)
         if not request_ids:
             raise ConfigurationError("claim() needs at least one request id")
         check_ttl(ttl)  # whatever the claim finds, as on Redis
@@ -847,6 +848,20 @@ class Coordinator(_AsyncResource):
 
     async def aclose(self) -> None:
         """Release what the coordinator owns (nothing, when it shares a transport's client)."""
+
+
+def check_request_ids(request_ids: object, *, ordered: bool = True) -> None:
+    """``claim``'s ``request_ids``, a sequence of str (``cancelled``'s: any collection, ``ordered``
+    false), else a :class:`ConfigurationError` naming what it got (one id given alone, a str, was
+    read as its characters: a claim with the last one as the lease's holder)."""
+    kind = Sequence if ordered else Collection
+    if isinstance(request_ids, str | bytes) or not isinstance(request_ids, kind):
+        raise ConfigurationError(f"request_ids must be a list of request ids (str), got {shown(request_ids)}")
+    for index, request_id in enumerate(request_ids):
+        if not isinstance(request_id, str):
+            raise ConfigurationError(
+                f"request_ids must be a list of request ids (str), got {shown(request_id)} at {index}"
+            )
 
 
 def check_cancellable(request_id: str) -> None:

@@ -40,6 +40,7 @@ from dynamic_agents.transports.base import (
     check_maxlen,
     check_name,
     check_read_count,
+    check_request_ids,
     check_ttl,
     dead_letter_fields,
     dead_letter_record_ttl,
@@ -678,6 +679,7 @@ class InMemoryCoordinator(Coordinator):
         self.server.expire(key, ttl)
 
     async def cancelled(self, request_ids: Sequence[str]) -> set[str]:
+        check_request_ids(request_ids, ordered=False)
         return {rid for rid in request_ids if self.server._get(self.names.cancel_flag(rid)) is not None}
 
     async def renew(self, lease: Lease, ttl: float | None = None) -> bool:

@@ -65,6 +65,7 @@ from dynamic_agents.transports.base import (
     check_maxlen,
     check_name,
     check_read_count,
+    check_request_ids,
     check_ttl,
     dead_letter_fields,
     dead_letter_record_ttl,
@@ -1219,6 +1220,7 @@ class RedisCoordinator(Coordinator):
         await self._do("request a cancellation", lambda: self.client.set(key, b"1", px=ttl_ms))
 
     async def cancelled(self, request_ids: Sequence[str]) -> set[str]:
+        check_request_ids(request_ids, ordered=False)
         if not request_ids:
             return set()
         keys = [self.names.cancel_flag(rid) for rid in request_ids]
@@ -1226,6 +1228,7 @@ class RedisCoordinator(Coordinator):
         return {rid for rid, value in zip(request_ids, _list(values), strict=True) if value is not None}
 
     async def claim(self, session_id: str, request_ids: Sequence[str], ttl: float) -> Claim:
+        check_request_ids(request_ids)
         if not request_ids:
             raise ConfigurationError("claim() needs at least one request id")
         token = lease_token(request_ids[-1])
