@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
 import time
 from typing import Any
 
@@ -18,6 +19,7 @@ from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, Respons
 from dynamic_agents.exceptions import ConfigurationError, TransportError
 from dynamic_agents.transports import ClaimStatus, CompletedRecord, RedisStreamsTransport, Reply, Subscription
 from dynamic_agents.transports.redis import _record_head
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.redis
 
@@ -421,3 +423,26 @@ async def test_a_completion_whose_reply_was_lost_reports_the_answer_its_first_at
     again = await redis_transport.complete(delivery, Reply(later, reply_stream), record_ttl=60)
     assert not again.created
     assert again.record.response_id == response.id
+
+
+async def test_calls_retrying_when_the_transport_closes_fail_at_once() -> None:
+    """Redis away (nothing listens on the port): a call retrying when ``aclose()`` came went on
+    retrying until its ``retry_deadline`` (here an hour; 30 s by default), where a read fails at
+    once. Each fails at its next attempt now, with a TransportError saying the transport is closed."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"redis://127.0.0.1:{port}/0"
+    transport = RedisStreamsTransport.from_url(url, retry_deadline=3600.0, retry_cap=0.05)
+    calls = [
+        asyncio.create_task(transport.last_entry_id("s")),
+        asyncio.create_task(transport.ensure_group("s", "g")),
+        asyncio.create_task(transport.publish("s", event())),
+        asyncio.create_task(transport.read(subscription("s"), 1)),
+    ]
+    await wait_until(lambda: transport.stats.reconnects >= 2 * len(calls), what="every call retrying")
+    await transport.aclose()
+    async with asyncio.timeout(10.0):  # bounds a hang: they would retry for an hour
+        for call in calls:
+            with pytest.raises(TransportError, match="the transport is closed"):
+                await call

@@ -401,7 +401,15 @@ class RedisStreamsTransport(Transport):
         plain function returning the coroutine: no frame of its own in the await chain of every
         call.)"""
         self._check_open(what)
-        return _retrying(what, operation, self._retry, self.stats, failed=failed)
+        attempt = partial(self._attempt, what, operation)
+        return _retrying(what, attempt, self._retry, self.stats, failed=failed)
+
+    def _attempt(self, what: str, operation: Callable[[], Awaitable[T]]) -> Awaitable[T]:
+        """One attempt of ``operation``, unless the transport was closed meanwhile: a call retrying
+        (Redis away) when :meth:`aclose` comes fails at its next attempt, as a read does, instead of
+        retrying until ``retry_deadline``."""
+        self._check_open(what)
+        return operation()
 
     def _call_marker(self, stream: str) -> str:
         """A key naming one call of ``dead_letter`` or ``move``, set (for ``_marker_ms``) to the id
