@@ -1838,3 +1838,39 @@ class CoordinatorSignalsContract:
             with pytest.raises(ConfigurationError, match=r"^ttl must be .*, got -1$"):
                 await coordinator.claim("s-ttl", [request_id], ttl=-1)
         assert await coordinator.holder("s-ttl") is None
+
+    async def test_a_closed_coordinator_or_one_of_a_closed_transport_fails_every_call(
+        self, backend: Backend
+    ) -> None:
+        """After ``transport.aclose()``, or its own ``aclose()``, every call of a coordinator is a
+        TransportError saying it is closed. On Redis only ``acquire`` and ``claim`` were (they go
+        through the transport's closed pipeline) while the others went on, through a connection the
+        closed client made again; in memory every call went on."""
+        record = CompletedRecord("r", "a", "completed", None, None, 0.0)
+
+        def calls(coordinator: Coordinator, lease: Any) -> list[Callable[[], Awaitable[object]]]:
+            return [
+                lambda: coordinator.acquire("t", ttl=60),
+                lambda: coordinator.claim("t", ["r"], ttl=60),
+                lambda: coordinator.holder("s"),
+                lambda: coordinator.renew(lease),
+                lambda: coordinator.release(lease),
+                lambda: coordinator.request_cancel("r"),
+                lambda: coordinator.cancelled(["r"]),
+                lambda: coordinator.get_record("r"),
+                lambda: coordinator.set_record(record, ttl=60),
+                lambda: coordinator.delete_record("r"),
+            ]
+
+        closing = await backend.transport()
+        of_closed, closed = closing.coordinator(), (await backend.transport()).coordinator()
+        for coordinator, session_id in ((of_closed, "s1"), (closed, "s2")):
+            lease = await coordinator.acquire(session_id, ttl=60)
+            assert lease is not None
+            await closing.aclose() if coordinator is of_closed else await coordinator.aclose()
+            for call in calls(coordinator, lease):
+                with pytest.raises(TransportError, match="closed"):
+                    await call()
+        open_one = (await backend.transport()).coordinator()
+        assert await open_one.holder("s1") is not None  # nothing released by the closed ones
+        assert await open_one.holder("s2") is not None

@@ -204,6 +204,11 @@ class AutoPipeline:
         its own: the commands queued behind it wait as long."""
         return self._queue(lambda: (args,), blocks=blocks)
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
     def close(self) -> None:
         """Close for good, now: commands awaiting a reply fail with ``ConnectionError``, and any
         queued from now on with :class:`PipelineClosedError`."""

@@ -637,7 +637,9 @@ class InMemoryTransport(Transport):
         return len(doomed)
 
     def coordinator(self) -> InMemoryCoordinator:
-        return InMemoryCoordinator(self.server, names=self.names)
+        coordinator = InMemoryCoordinator(self.server, names=self.names)
+        coordinator._transport = self  # closed with it, as a Redis coordinator with its pipeline
+        return coordinator
 
     async def aclose(self) -> None:
         """Fail this transport's reads in flight (TransportError, as on Redis): they are woken, as
@@ -656,8 +658,23 @@ class InMemoryCoordinator(Coordinator):
     def __init__(self, server: InMemoryServer | None = None, *, names: StreamNames | None = None) -> None:
         self.server = server or InMemoryServer()
         self.names = stream_names(names)
+        self._transport: InMemoryTransport | None = None  # the transport it came from, if any
+        self._closed = False
+
+    def _check_open(self) -> None:
+        """A call of a closed coordinator, or of one whose transport was closed, is a
+        :class:`TransportError`, as on Redis."""
+        if self._closed:
+            raise TransportError("the coordinator is closed")
+        if self._transport is not None:
+            self._transport._check_open()
+
+    async def aclose(self) -> None:
+        """Its calls fail from then on, as they do once its transport is closed."""
+        self._closed = True
 
     async def acquire(self, session_id: str, ttl: float, *, holder: str = "") -> Lease | None:
+        self._check_open()
         check_ttl(ttl)
         key = self.names.session_lease(session_id)
         if self.server._get(key) is not None:
@@ -668,10 +685,12 @@ class InMemoryCoordinator(Coordinator):
         return lease
 
     async def holder(self, session_id: str) -> str | None:
+        self._check_open()
         token = self.server._get(self.names.session_lease(session_id))
         return token.partition("/")[2] if isinstance(token, str) else None
 
     async def request_cancel(self, request_id: str, ttl: float = 3600.0) -> None:
+        self._check_open()
         check_ttl(ttl)  # before the write: a refused ttl must leave no flag behind
         key = self.names.cancel_flag(request_id)
         check_cancellable(request_id)
@@ -679,10 +698,12 @@ class InMemoryCoordinator(Coordinator):
         self.server.expire(key, ttl)
 
     async def cancelled(self, request_ids: Sequence[str]) -> set[str]:
+        self._check_open()
         check_request_ids(request_ids, ordered=False)
         return {rid for rid in request_ids if self.server._get(self.names.cancel_flag(rid)) is not None}
 
     async def renew(self, lease: Lease, ttl: float | None = None) -> bool:
+        self._check_open()
         key = self.names.session_lease(lease.session_id)
         seconds = check_ttl(ttl if ttl is not None else lease.ttl)  # first, as on Redis
         if self.server._get(key) != lease.token:
@@ -691,6 +712,7 @@ class InMemoryCoordinator(Coordinator):
         return True
 
     async def release(self, lease: Lease) -> bool:
+        self._check_open()
         key = self.names.session_lease(lease.session_id)
         if self.server._get(key) != lease.token:
             return False
@@ -699,14 +721,17 @@ class InMemoryCoordinator(Coordinator):
 
     async def _answered(self, request_ids: Sequence[str]) -> set[str]:
         # As Redis reads them (MGET): any string at a record key is an answer, another type none.
+        self._check_open()
         records = (self.server._get(self.names.completed_record(rid)) for rid in request_ids)
         return {rid for rid, record in zip(request_ids, records, strict=True) if isinstance(record, str)}
 
     async def get_record(self, request_id: str) -> CompletedRecord | None:
+        self._check_open()
         stored = self.server._record(self.names.completed_record(request_id))
         return read_record(stored) if stored is not None else None
 
     async def set_record(self, record: CompletedRecord, ttl: float) -> bool:
+        self._check_open()
         check_ttl(ttl)
         key = self.names.completed_record(record.request_id)
         if self.server._get(key) is not None:  # SET NX: a key of any type is not overwritten
@@ -716,6 +741,7 @@ class InMemoryCoordinator(Coordinator):
         return True
 
     async def delete_record(self, request_id: str, *, response_id: str | None = None) -> bool:
+        self._check_open()
         key = self.names.completed_record(request_id)
         if response_id is None:  # DEL: a key of any type
             if self.server._get(key) is None:

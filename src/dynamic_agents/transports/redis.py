@@ -1193,12 +1193,14 @@ class RedisCoordinator(Coordinator):
         self._owns_pipeline = pipeline is None  # else the transport's, closed with it
         self._pipeline = pipeline or AutoPipeline(client, timeout=self._retry.timeout)
         self._giving_back: set[asyncio.Future[object]] = set()  # leases of cancelled claims and acquires
+        self._closed = False
 
     @classmethod
     def from_url(cls, url: str, *, names: StreamNames | None = None) -> RedisCoordinator:
         return cls(_own_client(url), names=names, owns_client=True)
 
     async def acquire(self, session_id: str, ttl: float, *, holder: str = "") -> Lease | None:
+        self._check_open("acquire a lease")
         token = lease_token(holder)
         key = self.names.session_lease(session_id)
         lease = Lease(session_id, token, ttl)
@@ -1239,6 +1241,7 @@ class RedisCoordinator(Coordinator):
         check_request_ids(request_ids)
         if not request_ids:
             raise ConfigurationError("claim() needs at least one request id")
+        self._check_open("claim a session")
         token = lease_token(request_ids[-1])
         lease_key = self.names.session_lease(session_id)
         checks = (
@@ -1326,11 +1329,27 @@ class RedisCoordinator(Coordinator):
         *,
         failed: Exception | None = None,
     ) -> Coroutine[Any, Any, T]:
-        return _retrying(what, operation, self._retry, None, failed=failed)
+        attempt = partial(self._attempt, what, operation)
+        return _retrying(what, attempt, self._retry, None, failed=failed)
+
+    def _attempt(self, what: str, operation: Callable[[], Awaitable[T]]) -> Awaitable[T]:
+        """One attempt of ``operation``, unless the coordinator or its transport was closed (also
+        between the retries of a call)."""
+        self._check_open(what)
+        return operation()
+
+    def _check_open(self, what: str) -> None:
+        """A call of a closed coordinator, or of one whose transport was closed, is a
+        :class:`TransportError`: not a call through a connection the closed client makes again."""
+        if self._closed:
+            raise TransportError(f"{what} failed: the coordinator is closed")
+        if self._pipeline.closed:
+            raise TransportError(f"{what} failed: the transport is closed")
 
     async def aclose(self) -> None:
         """Wait for the leases of cancelled claims and acquires to be given back, then release what the
-        coordinator owns."""
+        coordinator owns. Its calls fail from then on, as they do once its transport is closed."""
+        self._closed = True
         if self._giving_back:
             await asyncio.wait(list(self._giving_back))
         if self._owns_pipeline:
