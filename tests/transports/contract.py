@@ -1649,6 +1649,31 @@ class TransportOperationsContract:
                 )
         assert [e.entry_id for e in await transport.read_stream(stream, AgentRequestEvent)] == [kept]
 
+    @pytest.mark.parametrize(
+        ("events", "message"),
+        [
+            (request("alone"), "events must be a list of events, got an AgentRequestEvent"),
+            ([request("ok"), None], "events[1] must be an event (a WireModel), got None"),
+            (["text"], "events[0] must be an event (a WireModel), got 'text'"),
+        ],
+    )
+    async def test_events_that_are_no_list_of_events_are_refused_and_nothing_is_written(
+        self, backend: Backend, events: Any, message: str
+    ) -> None:
+        """One event given in place of a list was iterated as its fields, and failed with a bare
+        AttributeError (``'tuple' object has no attribute 'id'``), as did ``None`` in the list;
+        ``publish`` of ``None`` too. A ConfigurationError names them now, before anything is
+        written."""
+        transport = await backend.transport()
+        stream = backend.stream("many")
+        with pytest.raises(ConfigurationError, match=re.escape(message)):
+            await transport.publish_many(stream, events)
+        with pytest.raises(
+            ConfigurationError, match=re.escape("event must be an event (a WireModel), got None")
+        ):
+            await transport.publish(stream, None)  # type: ignore[arg-type]
+        assert await transport.read_stream(stream, AgentRequestEvent) == []
+
     async def test_publish_many_appends_in_order(self, backend: Backend) -> None:
         transport = await backend.transport()
         stream = backend.stream("many")

@@ -142,6 +142,17 @@ def encoded_fields(fields: object) -> dict[bytes, bytes]:
     return encoded
 
 
+def check_events(events: object) -> None:
+    """``publish_many``'s events: a sequence of events (:class:`WireModel`), else a
+    :class:`ConfigurationError` naming the first bad one, before anything is written (one event
+    given alone was iterated as its fields: a bare AttributeError)."""
+    if not isinstance(events, Sequence) or isinstance(events, str | bytes):
+        raise ConfigurationError(f"events must be a list of events, got {shown(events)}")
+    for index, event in enumerate(events):
+        if not isinstance(event, WireModel):
+            raise ConfigurationError(f"events[{index}] must be an event (a WireModel), got {shown(event)}")
+
+
 def check_envelopes(envelopes: object) -> None:
     """``publish_envelopes``' envelopes: a sequence (not one ``bytes`` or ``str`` envelope) of
     ``bytes`` or ``str`` (as :func:`encoded_fields` takes a value); else a
@@ -568,6 +579,8 @@ class Transport(_AsyncResource):
         ``maxlen`` trims approximately and ``expire`` (seconds) makes an idle stream expire: use them
         on reply and event streams only — trimming a request stream by count deletes unread entries.
         """
+        if not isinstance(event, WireModel):  # else a bare AttributeError of the codec's
+            raise ConfigurationError(f"event must be an event (a WireModel), got {shown(event)}")
         fields = self.codec.encode_entry(event, reply_to=reply_to, headers=headers)
         return await self.publish_fields(stream, fields, maxlen=maxlen, expire=expire)
 
@@ -576,6 +589,7 @@ class Transport(_AsyncResource):
     ) -> list[str]:
         """Append ``events`` to ``stream`` in order; returns their entry ids. On Redis one script
         call writes them all or none; elsewhere (this default) some may be written before an error."""
+        check_events(events)  # all, before any is encoded
         envelopes = [self.codec.encode_envelope(event) for event in events]
         return await self.publish_envelopes(stream, envelopes, maxlen=maxlen)
 
