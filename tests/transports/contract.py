@@ -1555,6 +1555,22 @@ class TransportOperationsContract:
         assert await transport.move(backend.stream("missing"), moving, destination, entry.fields) is None
         assert len(await transport.read_stream(destination, AgentRequestEvent)) == 1
 
+    async def test_a_move_by_an_id_without_its_sequence_moves_only_that_entry(self, backend: Backend) -> None:
+        """``"1700000000000"`` is ``"1700000000000-0"``, as ``delete`` and ``read_stream`` read it.
+        On Redis the move checked the entry with ``XRANGE ms ms`` (every entry of that millisecond)
+        and deleted ``ms-0``: with ``ms-0`` gone and ``ms-1`` there, it wrote a copy of the fields
+        and deleted nothing; in memory it found no entry and wrote nothing."""
+        transport = await backend.transport()
+        source, destination = backend.stream("held"), backend.stream("back")
+        first, second = await transport.publish_many(source, [request("0"), request("1")])
+        millis = first.partition("-")[0]
+        assert (first, second) == (f"{millis}-0", f"{millis}-1")  # one millisecond (one script on Redis)
+        assert await transport.delete(source, millis) == 1  # ms-0
+        (entry,) = await transport.read_stream(source, AgentRequestEvent)
+        assert await transport.move(source, millis, destination, entry.fields) is None
+        assert await transport.read_stream(destination, AgentRequestEvent) == []
+        assert [e.entry_id for e in await transport.read_stream(source, AgentRequestEvent)] == [second]
+
     async def test_concurrent_moves_of_one_entry_write_it_once(self, backend: Backend) -> None:
         transport, other = await backend.transport(), await backend.transport()
         source, destination = backend.stream("held"), backend.stream("back")

@@ -872,7 +872,8 @@ class RedisStreamsTransport(Transport):
         # A retry after a connection lost mid-call finds the entry moved by the first attempt,
         # and the call's marker with the id it wrote: never a second copy, nor a None for a move
         # that happened.
-        parse_entry_position(entry_id)
+        millis, sequence = parse_entry_position(entry_id)
+        entry_id = f"{millis}-{sequence}"  # in full: XRANGE reads "ms" as all of that millisecond
         values = encoded_fields(fields)
         what = f"move {entry_id} from {source!r} to {stream!r}"
         marker = self._call_marker(stream)
