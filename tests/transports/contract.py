@@ -1305,11 +1305,12 @@ class TransportContract:
         transport's reads on the same storage wait on undisturbed."""
         transport, other = await backend.transport(), await backend.transport()
         await transport.ensure_group(backend.stream(), "workers")
+        await other.ensure_group(backend.stream(), "others")  # (not served to a closed read first)
         reading = asyncio.create_task(transport.read(backend.subscription(block=3600.0), 1))
         tailing = asyncio.create_task(
             transport.read_stream(backend.stream(), AgentRequestEvent, after="$", block=3600.0)
         )
-        theirs = asyncio.create_task(other.read(backend.subscription("c2", block=3600.0), 1))
+        theirs = asyncio.create_task(other.read(backend.subscription("c2", group="others", block=3600.0), 1))
         for _ in range(5):  # every read is waiting
             await asyncio.sleep(0)
         await transport.aclose()
