@@ -379,13 +379,51 @@ def test_a_condition_written_without_a_value_is_refused_naming_its_line(key: str
 
 
 @pytest.mark.usefixtures("yaml_loader")
+@pytest.mark.parametrize(
+    ("key", "value", "path"),
+    [
+        ("user_ids", "[u1, +15551234567]", "user_ids[1]"),
+        ("user_id", "+15551234567", "user_id"),
+        ("channel_ids", "[+15551234567]", "channel_ids[0]"),
+        ("metadata_match", "{phone: +15551234567}", "metadata_match.phone"),
+    ],
+)
+def test_an_id_written_with_a_plus_sign_is_refused_not_read_without_it(
+    key: str, value: str, path: str
+) -> None:
+    """YAML reads an unquoted ``+15551234567`` (a phone number: Signal, SMS and Twilio's WhatsApp
+    ids) as the number 15551234567, which a rule took as the text ``'15551234567'``: the ``+``
+    was lost, and the rule never matched the sender written."""
+    yaml_text = (
+        "discord:\n  routing:\n    rules:\n      - name: phone\n"
+        f"        {key}: {value}\n        agent_id: a\n"
+    )
+    with pytest.raises(RoutingConfigError) as caught:
+        RoutingConfig.from_yaml(yaml_text, source="ids.yaml")
+    assert (caught.value.line, caught.value.path) == (5, f"discord.routing.rules[0].{path}")
+    assert "+15551234567 is read by YAML as the number 15551234567" in str(caught.value)
+    assert "'+15551234567'" in str(caught.value)  # quote it
+    quoted = yaml_text.replace("+15551234567", "'+15551234567'")
+    router = RoutingConfig.from_yaml(quoted).router()
+    fields: dict[str, Any] = {"user_id": "u1", "source_id": "555", "metadata": {}}
+    if key.startswith("user_id"):
+        fields["user_id"] = "+15551234567"
+    elif key == "channel_ids":
+        fields["source_id"] = "+15551234567"
+    else:
+        fields["metadata"] = {"phone": "+15551234567"}
+    assert router.route(discord(**fields)).rule == "phone"
+
+
+@pytest.mark.usefixtures("yaml_loader")
 def test_integers_written_in_decimal_are_read() -> None:
     text = (
         "discord:\n  routing:\n    rules:\n"
-        "      - {name: r, channel_ids: [0, 10, +7], priority: -5, agent_id: a}\n"
+        "      - {name: r, channel_ids: [0, 10, -7], priority: -5, agent_id: a}\n"
+        "      - {name: s, channel_ids: [1], priority: +5, agent_id: a}\n"
     )
-    (rule,) = RoutingConfig.from_yaml(text).interfaces["discord"].routing.rules
-    assert (rule.source_ids, rule.priority) == (frozenset({"0", "10", "7"}), -5)
+    rule, other = RoutingConfig.from_yaml(text).interfaces["discord"].routing.rules
+    assert (rule.source_ids, rule.priority, other.priority) == (frozenset({"0", "10", "-7"}), -5, 5)
     # an interface's own settings may mean an octal number
     settings = RoutingConfig.from_yaml("discord:\n  mode: 0644\n").interfaces["discord"].settings
     assert settings == {"mode": 0o644}

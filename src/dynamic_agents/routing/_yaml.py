@@ -100,9 +100,14 @@ _DECIMAL: Final = re.compile(r"[-+]?(?:0|[1-9][0-9]*)")
 def _refuse_an_integer_not_in_decimal(node: yaml.Node, source: str, path: YamlPath) -> None:
     """An unquoted integer in another form than decimal: YAML 1.1 reads ``0123456`` as octal
     (42798), ``1:30`` as base 60 (90), ``0x1f``, ``0b101`` and ``1_000`` too. A channel, user or
-    guild id so written became another id, and its rule never matched the one meant. Only in
-    rules: an interface's own settings may mean an octal number (``mode: 0644``)."""
-    if not (isinstance(node, yaml.ScalarNode) and node.tag == _INT_TAG) or _DECIMAL.fullmatch(node.value):
+    guild id so written became another id, and its rule never matched the one meant; so did one
+    written with a ``+`` (a phone number, ``+15551234567``), an id taken as the number's text
+    without it (a ``priority`` may have one). Only in rules: an interface's own settings may mean
+    an octal number (``mode: 0644``)."""
+    if not (isinstance(node, yaml.ScalarNode) and node.tag == _INT_TAG):
+        return
+    signed = node.value.startswith("+") and path[-1:] != ("priority",)
+    if _DECIMAL.fullmatch(node.value) and not signed:
         return
     if not any(path[i : i + 2] == ("routing", "rules") for i in range(len(path) - 2)):
         return
@@ -113,7 +118,8 @@ def _refuse_an_integer_not_in_decimal(node: yaml.Node, source: str, path: YamlPa
     if isinstance(number, int) and not isinstance(number, bool):
         raise RoutingConfigError(
             f"{node.value} is read by YAML as the number {number} (a leading 0 is octal, ':' counts "
-            f"in base 60): quote it ('{node.value}') for text, or write the number in decimal",
+            f"in base 60, an id is the number's text without a '+'): quote it ('{node.value}') for "
+            "text, or write the number in decimal",
             source=source,
             line=node.start_mark.line + 1,
             path=format_path(path),
