@@ -416,6 +416,34 @@ def test_an_id_written_with_a_plus_sign_is_refused_not_read_without_it(
 
 
 @pytest.mark.usefixtures("yaml_loader")
+@pytest.mark.parametrize(
+    ("written", "value"), [("no", False), ("NO", False), ("yes", True), ("on", True), ("Off", False)]
+)
+def test_a_metadata_value_yaml_reads_as_a_boolean_unless_true_or_false_is_refused(
+    written: str, value: bool
+) -> None:
+    """YAML 1.1 reads an unquoted ``no`` (Norway's country code, Norwegian's language code),
+    ``yes``, ``on`` or ``off`` as a boolean: ``metadata_match: {lang: no}`` wanted ``False`` and
+    never matched the ``"no"`` an event sends."""
+    yaml_text = (
+        "discord:\n  routing:\n    rules:\n      - name: norsk\n"
+        f"        metadata_match: {{lang: {written}}}\n        agent_id: a\n"
+    )
+    with pytest.raises(RoutingConfigError) as caught:
+        RoutingConfig.from_yaml(yaml_text, source="rules.yaml")
+    assert (caught.value.line, caught.value.path) == (5, "discord.routing.rules[0].metadata_match.lang")
+    assert f"{written} is read by YAML as the boolean {value}" in str(caught.value)
+    assert f"'{written}'" in str(caught.value)  # quote it
+    assert str(value).lower() in str(caught.value)  # or write true / false
+    quoted = RoutingConfig.from_yaml(yaml_text.replace(f"lang: {written}", f"lang: '{written}'"))
+    assert quoted.router().route(discord(metadata={"lang": written})).rule == "norsk"
+    # true and false are booleans, as JSON writes them
+    for boolean in ("true", "false", "True"):
+        router = RoutingConfig.from_yaml(yaml_text.replace(f"lang: {written}", f"lang: {boolean}")).router()
+        assert router.route(discord(metadata={"lang": boolean.lower() == "true"})).rule == "norsk"
+
+
+@pytest.mark.usefixtures("yaml_loader")
 def test_integers_written_in_decimal_are_read() -> None:
     text = (
         "discord:\n  routing:\n    rules:\n"

@@ -30,6 +30,7 @@ def load_yaml(text: str, source: str) -> tuple[Any, dict[YamlPath, int]]:
         lines[path] = current.start_mark.line + 1
         _refuse_an_integer_not_in_decimal(current, source, path)
         _refuse_a_condition_without_a_value(current, source, path)
+        _refuse_a_yaml_11_boolean(current, source, path)
 
     try:
         node = loader.get_single_node()
@@ -124,6 +125,32 @@ def _refuse_an_integer_not_in_decimal(node: yaml.Node, source: str, path: YamlPa
             line=node.start_mark.line + 1,
             path=format_path(path),
         )
+
+
+_BOOL_TAG: Final = "tag:yaml.org,2002:bool"
+_BOOLEAN: Final = frozenset({"true", "false"})
+"""How a boolean is written in JSON and YAML 1.2 (in any case); YAML 1.1 adds yes, no, on, off."""
+
+
+def _refuse_a_yaml_11_boolean(node: yaml.Node, source: str, path: YamlPath) -> None:
+    """A value of a rule's ``metadata_match`` written ``yes``, ``no``, ``on`` or ``off`` unquoted,
+    which YAML 1.1 reads as a boolean: ``{lang: no}`` (Norwegian) wanted ``False`` and never
+    matched the ``"no"`` an event sends. Elsewhere in a rule a boolean is refused anyway."""
+    if not (isinstance(node, yaml.ScalarNode) and node.tag == _BOOL_TAG) or node.value.lower() in _BOOLEAN:
+        return
+    if not any(
+        path[i : i + 2] == ("routing", "rules") and path[i + 3 : i + 4] == ("metadata_match",)
+        for i in range(len(path) - 4)
+    ):
+        return
+    value = node.value.lower() in {"yes", "on"}
+    raise RoutingConfigError(
+        f"{node.value} is read by YAML as the boolean {value} (YAML 1.1 reads yes, no, on and off "
+        f"as booleans): quote it ('{node.value}') for text, or write {str(value).lower()}",
+        source=source,
+        line=node.start_mark.line + 1,
+        path=format_path(path),
+    )
 
 
 _NULL_TAG: Final = "tag:yaml.org,2002:null"
