@@ -443,6 +443,17 @@ def test_a_metadata_value_yaml_reads_as_a_boolean_unless_true_or_false_is_refuse
         assert router.route(discord(metadata={"lang": boolean.lower() == "true"})).rule == "norsk"
 
 
+def test_a_metadata_value_of_nan_in_yaml_is_refused_naming_its_line() -> None:
+    yaml_text = (
+        "discord:\n  routing:\n    rules:\n      - name: scored\n"
+        "        metadata_match: {score: .nan}\n        agent_id: a\n"
+    )
+    with pytest.raises(RoutingConfigError) as caught:
+        RoutingConfig.from_yaml(yaml_text, source="rules.yaml")
+    assert (caught.value.line, caught.value.path) == (5, "discord.routing.rules[0].metadata_match")
+    assert "'score' holds nan" in str(caught.value)
+
+
 @pytest.mark.usefixtures("yaml_loader")
 def test_integers_written_in_decimal_are_read() -> None:
     text = (

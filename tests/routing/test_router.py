@@ -323,6 +323,27 @@ def test_a_boolean_priority_is_refused(priority: bool) -> None:
 
 
 @pytest.mark.parametrize(
+    ("wanted", "shown"),
+    [
+        (float("nan"), "nan"),
+        (float("inf"), "inf"),
+        ([1, float("-inf")], "-inf"),
+        ([float("nan"), "x"], "nan"),
+    ],
+)
+def test_a_metadata_value_that_is_no_finite_number_is_refused(wanted: Any, shown: str) -> None:
+    """NaN equals nothing, not even itself: ``{score: .nan}`` could never match. NaN and an
+    infinity have no JSON form: ``model_dump_json()`` wrote them as ``null``, which, read back,
+    matched every event without the key."""
+    with pytest.raises(ValidationError) as caught:
+        rule("score", metadata_match={"score": wanted})
+    error = caught.value.errors()[0]
+    assert error["loc"] == ("metadata_match",)
+    assert f"'score' holds {shown}" in error["msg"]
+    assert "no JSON number" in error["msg"]
+
+
+@pytest.mark.parametrize(
     ("wanted", "sent"),
     [(True, 1), (1, True), (False, 0), (0, False), ([1, "x"], True), ([True], 1.0), (1.0, True)],
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Final, Self, TypeGuard
@@ -132,6 +133,13 @@ class RoutingRule(BaseModel):
                     f"the accepted values of {key!r} are an empty list: no event can meet it "
                     "(leave the key out to accept any value)"
                 )
+            for one in wanted if isinstance(wanted, tuple) else (wanted,):
+                if isinstance(one, float) and not math.isfinite(one):
+                    # NaN equals nothing; the rule's JSON wrote either as null (a missing key)
+                    raise ValueError(
+                        f"{key!r} holds {one}, which is no JSON number an event can send "
+                        "(NaN equals no value, not even itself)"
+                    )
         return _FrozenDict({key: _with_text_forms(wanted) for key, wanted in value.items()})
 
     @field_validator("source_ids", "user_ids")
