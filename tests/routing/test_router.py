@@ -160,6 +160,38 @@ def test_nested_unbounded_quantifiers_are_refused(pattern: str) -> None:
         rule("bad", content_pattern=pattern)
 
 
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        r"(a+)(?1)+b",
+        r"(?P<x>a+)(?&x)+b",
+        r"(?P<x>a+)(?P>x)+b",
+        r"(a+)(?-1)+b",
+        r"((?1)|a)+",
+        r"(?R)",
+        r"x(?0)?",
+        r"(?+1)*(a+)",
+    ],
+)
+def test_a_pattern_calling_a_group_or_itself_is_refused(pattern: str) -> None:
+    """The ``regex`` engine calls a group (``(?1)``, ``(?&name)``) or the whole pattern
+    (``(?R)``) again: ``(a+)(?1)+`` nests ``a+`` in an unbounded repeat as ``(a+)+`` does, unseen
+    by the nesting check, and a call that consumes nothing first (``((?1)|a)+``, ``(?R)``)
+    recurses until the timeout on any content, its memory growing all the while (hundreds of MB
+    in a second; a ``MemoryError`` out of ``route`` with a longer ``pattern_timeout``)."""
+    with pytest.raises(UnsafePatternError, match="calls a group or the whole pattern"):
+        check_pattern(pattern)
+    with pytest.raises(ValueError, match="calls a group or the whole pattern"):
+        rule("recursive", content_pattern=pattern)
+
+
+@pytest.mark.parametrize(
+    "pattern", [r"[(?R)]x", r"\(?1\)", r"(?#(?R)x", r"(a)?(?(1)b|c)", r"(?P<x>a)b(?P=x)", r"(a)\1"]
+)
+def test_text_that_only_looks_like_a_call_is_accepted(pattern: str) -> None:
+    check_pattern(pattern)
+
+
 @pytest.mark.parametrize("pattern", [r"^/code", r"(ab|cd)+", r"a{1,5}", r"\d+-\d+", r"(a*)?b"])
 def test_ordinary_patterns_are_accepted(pattern: str) -> None:
     check_pattern(pattern)

@@ -4,7 +4,8 @@ Patterns are compiled once with the ``regex`` engine, which can be interrupted: 
 a timeout (channel ids too: on a REST or webhook interface they are any text up to 256 characters),
 and content is matched on a bounded prefix. Patterns with a nested unbounded quantifier — ``(a+)+``,
 ``(\\w*)*``, the classic catastrophic-backtracking shape — are refused at load, before any content
-reaches them.
+reaches them, as are calls to a group or to the whole pattern (``(?1)``, ``(?R)``), which hide
+that shape or recurse.
 """
 
 from __future__ import annotations
@@ -83,12 +84,19 @@ def _for_the_stdlib(match: re.Match[str]) -> str:
 
 
 def check_pattern(pattern: str) -> None:
-    """Raise :class:`UnsafePatternError` for a pattern that does not compile or nests unbounded
-    quantifiers (``(a+)+``)."""
+    """Raise :class:`UnsafePatternError` for a pattern that does not compile, nests unbounded
+    quantifiers (``(a+)+``) or calls a group or itself (``(?1)``, ``(?R)``)."""
     try:
         regex.compile(pattern)
     except regex.error as error:
         raise UnsafePatternError(f"pattern {shown(pattern)} does not compile: {error}") from None
+    call = _call(pattern)
+    if call is not None:
+        raise UnsafePatternError(
+            f"pattern {shown(pattern)} calls a group or the whole pattern ({call}), which can repeat "
+            "an unbounded quantifier without end or recurse without consuming anything: the check "
+            "cannot bound it; write the group out instead of calling it"
+        )
     try:
         parsed = sre_parse.parse(_REGEX_ONLY_ESCAPE.sub(_for_the_stdlib, pattern))
     except re.error:  # syntax only the regex engine knows (\m, (?V1), a flag mid-pattern…)
@@ -100,6 +108,31 @@ def check_pattern(pattern: str) -> None:
             f"pattern {shown(pattern)} nests an unbounded quantifier inside another (like '(a+)+'), which "
             "can take exponential time on crafted input; rewrite it without the nesting (e.g. 'a+')"
         )
+
+
+_CALL: Final = re.compile(r"\(\?(?:R|[-+]?\d+|&\w+|P>\w+)\)")
+"""A call to a group (``(?1)``, ``(?-1)``, ``(?&name)``, ``(?P>name)``) or to the whole
+pattern (``(?R)``, ``(?0)``): ``regex`` syntax the stdlib parser does not know."""
+
+
+def _call(pattern: str) -> str | None:
+    """The first call to a group or to the whole pattern, outside escapes, character classes and
+    comments."""
+    index, end = 0, len(pattern)
+    while index < end:
+        char = pattern[index]
+        if char == "\\":
+            index = _after_escape(pattern, index)
+        elif char == "[":
+            index = _after_class(pattern, index)
+        elif pattern.startswith("(?#", index):  # a comment, to the first ")"
+            close = pattern.find(")", index)
+            index = end if close < 0 else close + 1
+        elif (found := _CALL.match(pattern, index)) is not None:
+            return found[0]
+        else:
+            index += 1
+    return None
 
 
 def _nested_unbounded_in_text(pattern: str) -> bool:
