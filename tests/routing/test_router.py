@@ -420,6 +420,25 @@ def test_nesting_is_refused_in_patterns_only_the_regex_engine_parses(pattern: st
         check_pattern(pattern)
 
 
+@pytest.mark.filterwarnings("ignore:Possible nested set:FutureWarning")
+@pytest.mark.parametrize(
+    ("pattern", "problem"),
+    [
+        (r"[[]\m(a+)+b", "nests an unbounded quantifier"),
+        (r"[[]x(a+)(?1)+b", "calls a group"),
+        (r"[[](?R)", "calls a group"),
+    ],
+)
+def test_a_bracket_in_a_character_class_does_not_hide_the_rest_of_the_pattern(
+    pattern: str, problem: str
+) -> None:
+    """Outside ``(?V1)`` the ``regex`` engine reads a ``[`` inside a class as a character
+    (``[[]`` is one ``[``); the check read a nested set that never closed, and skipped the rest of
+    the pattern unchecked."""
+    with pytest.raises(UnsafePatternError, match=problem):
+        check_pattern(pattern)
+
+
 @pytest.mark.parametrize(
     "pattern",
     [r"\m\w+\M", r"(?V1)[[a-z]--[aeiou]]+", r"(?|(a)|(b))+x", r"foo(?i)bar", r"(?:x+){e<=1}", r"[(a+)+]\G"],

@@ -90,7 +90,10 @@ def check_pattern(pattern: str) -> None:
         regex.compile(pattern)
     except regex.error as error:
         raise UnsafePatternError(f"pattern {shown(pattern)} does not compile: {error}") from None
-    call = _call(pattern)
+    # (?V1) reads a "[" in a class as a nested set, version 0 (the default) as a character: the
+    # text is read both ways, so that neither reading can hide the rest of the pattern
+    readings = (False, True)
+    call = next((found for sets in readings if (found := _call(pattern, nested_sets=sets))), None)
     if call is not None:
         raise UnsafePatternError(
             f"pattern {shown(pattern)} calls a group or the whole pattern ({call}), which can repeat "
@@ -100,7 +103,7 @@ def check_pattern(pattern: str) -> None:
     try:
         parsed = sre_parse.parse(_REGEX_ONLY_ESCAPE.sub(_for_the_stdlib, pattern))
     except re.error:  # syntax only the regex engine knows (\m, (?V1), a flag mid-pattern…)
-        nested = _nested_unbounded_in_text(pattern)
+        nested = any(_nested_unbounded_in_text(pattern, nested_sets=sets) for sets in readings)
     else:
         nested = _nested_unbounded(parsed)
     if nested:
@@ -115,7 +118,7 @@ _CALL: Final = re.compile(r"\(\?(?:R|[-+]?\d+|&\w+|P>\w+)\)")
 pattern (``(?R)``, ``(?0)``): ``regex`` syntax the stdlib parser does not know."""
 
 
-def _call(pattern: str) -> str | None:
+def _call(pattern: str, *, nested_sets: bool) -> str | None:
     """The first call to a group or to the whole pattern, outside escapes, character classes and
     comments."""
     index, end = 0, len(pattern)
@@ -124,7 +127,7 @@ def _call(pattern: str) -> str | None:
         if char == "\\":
             index = _after_escape(pattern, index)
         elif char == "[":
-            index = _after_class(pattern, index)
+            index = _after_class(pattern, index, nested_sets=nested_sets)
         elif pattern.startswith("(?#", index):  # a comment, to the first ")"
             close = pattern.find(")", index)
             index = end if close < 0 else close + 1
@@ -135,7 +138,7 @@ def _call(pattern: str) -> str | None:
     return None
 
 
-def _nested_unbounded_in_text(pattern: str) -> bool:
+def _nested_unbounded_in_text(pattern: str, *, nested_sets: bool) -> bool:
     """:func:`_nested_unbounded` read from the text itself, for a pattern that compiles with the
     ``regex`` engine but that the stdlib parser refuses: groups, escapes, character classes (sets
     nested in them too) and quantifiers are told apart; anything else is one character."""
@@ -146,7 +149,7 @@ def _nested_unbounded_in_text(pattern: str) -> bool:
         if char == "\\":
             index = _after_escape(pattern, index)
         elif char == "[":
-            index = _after_class(pattern, index)
+            index = _after_class(pattern, index, nested_sets=nested_sets)
         elif char == "(":
             if pattern.startswith("(?#", index):  # a comment, to the first ")"
                 close = pattern.find(")", index)
@@ -194,8 +197,9 @@ def _after_escape(pattern: str, index: int) -> int:
     return index
 
 
-def _after_class(pattern: str, index: int) -> int:
-    """The index after the character class opening at ``index`` (nested sets, as ``(?V1)`` reads)."""
+def _after_class(pattern: str, index: int, *, nested_sets: bool) -> int:
+    """The index after the character class opening at ``index``: with ``nested_sets``, a ``[``
+    in it opens a set, as ``(?V1)`` reads it; without, it is a character, as version 0 reads it."""
     depth, index = 1, index + 1
     if pattern.startswith("^", index):
         index += 1
@@ -207,7 +211,7 @@ def _after_class(pattern: str, index: int) -> int:
             index = _after_escape(pattern, index)
             continue
         if char == "[" and not pattern.startswith("[:", index):
-            depth += 1
+            depth += 1 if nested_sets else 0
         elif char == "[":  # a POSIX class, [:alpha:]
             close = pattern.find(":]", index + 2)
             index = index + 1 if close < 0 else close + 2
