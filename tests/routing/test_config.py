@@ -455,6 +455,24 @@ def test_a_metadata_value_of_nan_in_yaml_is_refused_naming_its_line() -> None:
 
 
 @pytest.mark.usefixtures("yaml_loader")
+@pytest.mark.parametrize(("written", "number"), [("0600", 384), ("1:30", 90), ("1:00:00", 3600)])
+def test_a_session_ttl_not_written_in_decimal_is_refused_naming_the_number_yaml_reads(
+    written: str, number: int
+) -> None:
+    """``ttl: 0600`` was 384 seconds (octal), ``ttl: 1:30`` 90 (base 60), without a word."""
+    yaml_text = f"discord:\n  session:\n    prefix: d\n    ttl: {written}\n"
+    with pytest.raises(RoutingConfigError) as caught:
+        RoutingConfig.from_yaml(yaml_text, source="discord.yaml")
+    assert (caught.value.line, caught.value.path) == (4, "discord.session.ttl")
+    assert f"{written} is read by YAML as the number {number}" in str(caught.value)
+    assert str(caught.value).endswith("write the number in decimal")
+    # forms that say what they are stay numbers
+    for other, seconds in (("600", 600), ("3_600", 3600), ("0x10", 16), ("+60", 60)):
+        session = RoutingConfig.from_yaml(yaml_text.replace(written, other)).interfaces["discord"].session
+        assert session.ttl == seconds
+
+
+@pytest.mark.usefixtures("yaml_loader")
 def test_integers_written_in_decimal_are_read() -> None:
     text = (
         "discord:\n  routing:\n    rules:\n"

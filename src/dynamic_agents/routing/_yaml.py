@@ -96,6 +96,7 @@ def _refuse_repeated_keys(node: yaml.Node, source: str) -> None:
 _MERGE_TAG: Final = "tag:yaml.org,2002:merge"
 _INT_TAG: Final = "tag:yaml.org,2002:int"
 _DECIMAL: Final = re.compile(r"[-+]?(?:0|[1-9][0-9]*)")
+_OCTAL_OR_BASE_60: Final = re.compile(r"[-+]?(?:0[0-7_]+|.*:.*)")
 
 
 def _refuse_an_integer_not_in_decimal(node: yaml.Node, source: str, path: YamlPath) -> None:
@@ -103,14 +104,17 @@ def _refuse_an_integer_not_in_decimal(node: yaml.Node, source: str, path: YamlPa
     (42798), ``1:30`` as base 60 (90), ``0x1f``, ``0b101`` and ``1_000`` too. A channel, user or
     guild id so written became another id, and its rule never matched the one meant; so did one
     written with a ``+`` (a phone number, ``+15551234567``), an id taken as the number's text
-    without it (a ``priority`` may have one). Only in rules: an interface's own settings may mean
-    an octal number (``mode: 0644``)."""
+    without it (a ``priority`` may have one). In an interface's ``session`` (``ttl``, seconds),
+    octal and base 60 only: ``ttl: 0600`` was 384 seconds. Not in an interface's own settings,
+    which may mean an octal number (``mode: 0644``)."""
     if not (isinstance(node, yaml.ScalarNode) and node.tag == _INT_TAG):
         return
-    signed = node.value.startswith("+") and path[-1:] != ("priority",)
-    if _DECIMAL.fullmatch(node.value) and not signed:
-        return
-    if not any(path[i : i + 2] == ("routing", "rules") for i in range(len(path) - 2)):
+    in_rules = any(path[i : i + 2] == ("routing", "rules") for i in range(len(path) - 2))
+    if in_rules:
+        signed = node.value.startswith("+") and path[-1:] != ("priority",)
+        if _DECIMAL.fullmatch(node.value) and not signed:
+            return
+    elif path[1:2] != ("session",) or not _OCTAL_OR_BASE_60.fullmatch(node.value):
         return
     try:
         number = safe_load(node.value)  # an int only when written as one, not tagged !!int
@@ -119,8 +123,9 @@ def _refuse_an_integer_not_in_decimal(node: yaml.Node, source: str, path: YamlPa
     if isinstance(number, int) and not isinstance(number, bool):
         raise RoutingConfigError(
             f"{node.value} is read by YAML as the number {number} (a leading 0 is octal, ':' counts "
-            f"in base 60, an id is the number's text without a '+'): quote it ('{node.value}') for "
-            "text, or write the number in decimal",
+            f"in base 60, an id is the number's text without a '+'): "
+            + (f"quote it ('{node.value}') for text, or " if in_rules else "")
+            + "write the number in decimal",
             source=source,
             line=node.start_mark.line + 1,
             path=format_path(path),
