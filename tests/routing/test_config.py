@@ -473,6 +473,24 @@ def test_a_session_ttl_not_written_in_decimal_is_refused_naming_the_number_yaml_
 
 
 @pytest.mark.usefixtures("yaml_loader")
+def test_a_metadata_value_written_with_nothing_after_it_is_refused_naming_its_line() -> None:
+    """``guild_id:`` with nothing after it (a value not filled in) is YAML's null, which matches
+    an event without a ``guild_id``: the rule took every direct message, silently."""
+    yaml_text = (
+        "discord:\n  routing:\n    rules:\n      - name: guild\n        metadata_match:\n"
+        "          guild_id:\n        agent_id: a\n"
+    )
+    with pytest.raises(RoutingConfigError) as caught:
+        RoutingConfig.from_yaml(yaml_text, source="rules.yaml")
+    assert (caught.value.line, caught.value.path) == (6, "discord.routing.rules[0].metadata_match.guild_id")
+    assert "guild_id has no value" in str(caught.value)
+    assert "write null" in str(caught.value)
+    # null written out means it: an event without the key (or with null)
+    router = RoutingConfig.from_yaml(yaml_text.replace("guild_id:\n", "guild_id: null\n")).router()
+    assert router.route(discord()).rule == "guild"
+
+
+@pytest.mark.usefixtures("yaml_loader")
 def test_integers_written_in_decimal_are_read() -> None:
     text = (
         "discord:\n  routing:\n    rules:\n"

@@ -167,9 +167,21 @@ _CONDITIONS: Final = frozenset(
 
 def _refuse_a_condition_without_a_value(node: yaml.Node, source: str, path: YamlPath) -> None:
     """``channel_ids:`` with nothing after it (a list not filled in) is YAML's null, which a rule
-    takes as the condition left out: it matched every channel of its source, silently."""
+    takes as the condition left out: it matched every channel of its source, silently. So is a
+    ``metadata_match`` value with nothing after it (``guild_id:``), which matched every event
+    without the key; ``null`` written out means that."""
     if not (isinstance(node, yaml.ScalarNode) and node.tag == _NULL_TAG):
         return
+    if len(path) >= 6 and path[-5:-3] == ("routing", "rules") and path[-2] == "metadata_match":
+        if node.value:  # null or ~, written out
+            return
+        raise RoutingConfigError(
+            f"{path[-1]} has no value (nothing after it, which YAML reads as null: it matches every "
+            f"event without {path[-1]!r}): give it one, or write null to mean that",
+            source=source,
+            line=node.start_mark.line + 1,
+            path=format_path(path),
+        )
     if len(path) < 4 or path[-4:-2] != ("routing", "rules") or path[-1] not in _CONDITIONS:
         return
     written = f"YAML reads {node.value!r} as" if node.value else "nothing after it, which YAML reads as"
