@@ -1575,6 +1575,7 @@ async def test_routing_rules_read_replace_and_explain(stack: Stack) -> None:
         {"rules": [{"name": "two targets", "source": "discord", "agent_id": "a", "team_id": "t"}]},
         {"rules": [{"name": "unsafe", "content_pattern": "(a+)+$", "agent_id": "a"}]},
         {"rules": [{"name": "bad regex", "content_pattern": "(", "agent_id": "a"}]},
+        {"rules": [{"name": "deep", "content_pattern": "(" * 1000 + "a" + ")" * 1000, "agent_id": "a"}]},
         {
             "rules": [
                 {"name": "same", "source": "a", "agent_id": "a"},

@@ -490,6 +490,18 @@ def test_a_metadata_value_written_with_nothing_after_it_is_refused_naming_its_li
     assert router.route(discord()).rule == "guild"
 
 
+def test_a_pattern_nested_too_deeply_in_yaml_is_a_config_error_naming_its_line() -> None:
+    pattern = "(" * 1000 + "a" + ")" * 1000
+    yaml_text = (
+        "discord:\n  routing:\n    rules:\n      - name: deep\n"
+        f"        source_id_pattern: '{pattern}'\n        agent_id: a\n"
+    )
+    with pytest.raises(RoutingConfigError) as caught:
+        RoutingConfig.from_yaml(yaml_text, source="rules.yaml")
+    assert (caught.value.line, caught.value.path) == (5, "discord.routing.rules[0].source_id_pattern")
+    assert "nests groups too deeply" in str(caught.value)
+
+
 @pytest.mark.usefixtures("yaml_loader")
 def test_integers_written_in_decimal_are_read() -> None:
     text = (

@@ -192,6 +192,18 @@ def test_text_that_only_looks_like_a_call_is_accepted(pattern: str) -> None:
     check_pattern(pattern)
 
 
+@pytest.mark.parametrize("pattern", ["(" * 1000 + "a" + ")" * 1000, "(?:" * 1000 + "a" + ")" * 1000 + r"\m"])
+def test_a_pattern_nested_too_deeply_to_check_is_refused_not_a_recursion_error(pattern: str) -> None:
+    """The ``regex`` compiler and the stdlib parser recurse once per group: a pattern of 1,000
+    nested groups raised a bare ``RecursionError`` out of the rule (a 500 from ``PUT
+    /routing/rules``, a traceback from ``RoutingConfig.from_yaml``)."""
+    with pytest.raises(UnsafePatternError, match="nests groups too deeply"):
+        check_pattern(pattern)
+    with pytest.raises(ValidationError, match="nests groups too deeply") as caught:
+        rule("deep", content_pattern=pattern)
+    assert caught.value.errors()[0]["loc"] == ("content_pattern",)
+
+
 @pytest.mark.parametrize("pattern", [r"^/code", r"(ab|cd)+", r"a{1,5}", r"\d+-\d+", r"(a*)?b"])
 def test_ordinary_patterns_are_accepted(pattern: str) -> None:
     check_pattern(pattern)

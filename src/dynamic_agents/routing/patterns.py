@@ -85,7 +85,18 @@ def _for_the_stdlib(match: re.Match[str]) -> str:
 
 def check_pattern(pattern: str) -> None:
     """Raise :class:`UnsafePatternError` for a pattern that does not compile, nests unbounded
-    quantifiers (``(a+)+``) or calls a group or itself (``(?1)``, ``(?R)``)."""
+    quantifiers (``(a+)+``), calls a group or itself (``(?1)``, ``(?R)``), or nests groups too
+    deeply for the compiler and the checks, which recurse once per group."""
+    try:
+        _check(pattern)
+    except RecursionError:
+        raise UnsafePatternError(
+            f"pattern {shown(pattern)} nests groups too deeply to be compiled and checked (hundreds "
+            "of groups inside each other): write it with fewer levels"
+        ) from None
+
+
+def _check(pattern: str) -> None:
     try:
         regex.compile(pattern)
     except regex.error as error:
