@@ -204,6 +204,38 @@ def test_a_pattern_nested_too_deeply_to_check_is_refused_not_a_recursion_error(p
     assert caught.value.errors()[0]["loc"] == ("content_pattern",)
 
 
+@pytest.mark.filterwarnings("ignore:Possible nested set:FutureWarning")
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        "a{1000000}",
+        "(?:a{1000}){1000}",
+        "(?:ab{1000,}){1000}",
+        r"\m(?:a{1000}){1000}",
+        "(?:a{1000})(?#x){1000}",
+        "(?x)(?:a{1000}) {1000}",
+        "(?x)(?:a{1000}) # x\n{1000}",
+        "[[](?:a{1000}){1000}",
+    ],
+)
+def test_a_pattern_whose_counted_repeats_compile_to_millions_of_parts_is_refused(pattern: str) -> None:
+    """The ``regex`` engine writes a counted repeat out when it compiles it, nested counts
+    multiplying: ``(?:a{1000}){1000}`` took 270 MB and 2 s to compile, ``(?:a{3000}){3000}`` 2.3 GB
+    and 13 s, ``a{4294967294}`` all the memory there was, in the check itself, at load or in
+    ``PUT /routing/rules``."""
+    with pytest.raises(UnsafePatternError, match="repeats its parts"):
+        check_pattern(pattern)
+    with pytest.raises(ValidationError, match="repeats its parts"):
+        rule("long", content_pattern=pattern)
+
+
+@pytest.mark.parametrize(
+    "pattern", [r"\d{4}-\d{2}-\d{2}", "a{100000}", "a{1,1000000}", "(?:a{1,1000}){1000}", "(?:a+){1000}"]
+)
+def test_counted_repeats_that_compile_small_are_accepted(pattern: str) -> None:
+    check_pattern(pattern)
+
+
 @pytest.mark.parametrize("pattern", [r"^/code", r"(ab|cd)+", r"a{1,5}", r"\d+-\d+", r"(a*)?b"])
 def test_ordinary_patterns_are_accepted(pattern: str) -> None:
     check_pattern(pattern)

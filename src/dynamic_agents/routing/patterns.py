@@ -97,13 +97,24 @@ def check_pattern(pattern: str) -> None:
 
 
 def _check(pattern: str) -> None:
+    # (?V1) reads a "[" in a class as a nested set, version 0 (the default) as a character; (?x)
+    # skips spaces and # comments: the text is read each way, so that no reading hides a part
+    readings = (False, True)
+    spaced = readings if _SPACE_OR_HASH.search(pattern) else (False,)  # else read alike each way
+    classes = readings if "[" in pattern else (False,)
+    added = max(
+        _added_copies(pattern, nested_sets=sets, verbose=verbose) for sets in classes for verbose in spaced
+    )
+    if added > MAX_EXPANDED:  # before compiling it, which is what takes the memory
+        raise UnsafePatternError(
+            f"pattern {shown(pattern)} repeats its parts {added:,} more times when compiled (at most "
+            f"{MAX_EXPANDED:,}): the regex engine writes a counted repeat out ('a{{1000}}' as 1,000 "
+            "a's), nested counts multiplying; use smaller counts, or '+' and '*'"
+        )
     try:
         regex.compile(pattern)
     except regex.error as error:
         raise UnsafePatternError(f"pattern {shown(pattern)} does not compile: {error}") from None
-    # (?V1) reads a "[" in a class as a nested set, version 0 (the default) as a character: the
-    # text is read both ways, so that neither reading can hide the rest of the pattern
-    readings = (False, True)
     call = next((found for sets in readings if (found := _call(pattern, nested_sets=sets))), None)
     if call is not None:
         raise UnsafePatternError(
@@ -122,6 +133,83 @@ def _check(pattern: str) -> None:
             f"pattern {shown(pattern)} nests an unbounded quantifier inside another (like '(a+)+'), which "
             "can take exponential time on crafted input; rewrite it without the nesting (e.g. 'a+')"
         )
+
+
+MAX_EXPANDED: Final = 100_000
+"""How many copies of a pattern's parts its counted repeats may add: the ``regex`` engine writes
+``a{n}`` (and the ``n`` of ``a{n,}``) out ``n`` times when it compiles it, nested counts
+multiplying (``a{10000000}`` took 2.6 GB and 9 s, ``(?:a{3000}){3000}`` 2.3 GB and 13 s; this
+many, about 40 MB and 0.1 s to 1 s)."""
+
+
+_SPACE_OR_HASH: Final = re.compile(r"[\s#]")
+
+
+def _added_copies(pattern: str, *, nested_sets: bool, verbose: bool) -> int:
+    """How many parts (a character, escape, class or group each) the counted repeats of
+    ``pattern`` add to it when written out, about: each part counts the least count of the
+    quantifier after it, less the one written. ``verbose`` reads it as ``(?x)`` does."""
+    # per open group (the whole pattern first): the parts of what it holds so far, written out
+    # and as written
+    sizes: list[tuple[int, int]] = [(0, 0)]
+    index, end = 0, len(pattern)
+    while index < end:
+        char = pattern[index]
+        if _ignored(pattern, index, verbose=verbose):
+            index = _after_ignored(pattern, index, verbose=verbose)
+            continue
+        if char == "(":
+            sizes.append((0, 0))
+            index += 1
+            continue
+        part = (1, 1)
+        if char == "\\":
+            index = _after_escape(pattern, index)
+        elif char == "[":
+            index = _after_class(pattern, index, nested_sets=nested_sets)
+        elif char == ")" and len(sizes) > 1:
+            inner = sizes.pop()
+            part = (max(inner[0], 1), max(inner[1], 1))
+            index += 1
+        else:
+            index += 1
+        count, index = _least_count(pattern, _after_ignored(pattern, index, verbose=verbose))
+        written_out, written = sizes[-1]
+        sizes[-1] = (written_out + part[0] * count, written + part[1])
+    return sum(out for out, _ in sizes) - sum(written for _, written in sizes)
+
+
+def _ignored(pattern: str, index: int, *, verbose: bool) -> bool:
+    """Whether a comment starts at ``index`` (``(?#…)``; with ``verbose``, a space or ``#…``)."""
+    if pattern.startswith("(?#", index):
+        return True
+    return verbose and index < len(pattern) and (pattern[index].isspace() or pattern[index] == "#")
+
+
+def _after_ignored(pattern: str, index: int, *, verbose: bool) -> int:
+    """The index after the comments and (with ``verbose``) spaces at ``index``: a quantifier
+    after them applies to what is before them."""
+    while _ignored(pattern, index, verbose=verbose):
+        if pattern.startswith("(?#", index):
+            close = pattern.find(")", index)
+        elif pattern[index] == "#":
+            close = pattern.find("\n", index)
+        else:
+            close = index
+        index = len(pattern) if close < 0 else close + 1
+    return index
+
+
+def _least_count(pattern: str, index: int) -> tuple[int, int]:
+    """The least count of the quantifier at ``index`` (at least 1: what ``*`` or ``{0,n}``
+    repeats is written out once all the same) and the index after it; ``(1, index)`` without
+    one."""
+    found = _QUANTIFIER.match(pattern, index)
+    if found is None or (found[0][0] == "{" and not (found[1] or found[2] or found[3])):
+        return 1, index  # "{}" is text
+    kind = found[0][0]
+    least = 1 if kind == "+" else 0 if kind in "*?" else int(found[1] or 0)
+    return max(least, 1), found.end()
 
 
 _CALL: Final = re.compile(r"\(\?(?:R|[-+]?\d+|&\w+|P>\w+)\)")
