@@ -484,6 +484,20 @@ def test_a_bracket_in_a_character_class_does_not_hide_the_rest_of_the_pattern(
 
 
 @pytest.mark.parametrize(
+    "pattern", [r"\m(a+)(?#c)+b", "(?x)\\m(a+) +b", "(?x)\\m(a+)  # c\n  +b", r"\m(?x:(a+) +)b"]
+)
+def test_nesting_is_refused_across_a_comment_or_a_verbose_space(pattern: str) -> None:
+    """A quantifier after a comment, or after a space in ``(?x)`` mode, repeats what is before
+    them; in a pattern only the ``regex`` engine parses, the check took it for another part."""
+    with pytest.raises(UnsafePatternError, match="nests an unbounded quantifier"):
+        check_pattern(pattern)
+
+
+def test_a_space_outside_verbose_mode_is_a_character() -> None:
+    check_pattern(r"\m(\w+) +\M")  # words, spaces: no nesting
+
+
+@pytest.mark.parametrize(
     "pattern",
     [r"\m\w+\M", r"(?V1)[[a-z]--[aeiou]]+", r"(?|(a)|(b))+x", r"foo(?i)bar", r"(?:x+){e<=1}", r"[(a+)+]\G"],
 )

@@ -98,12 +98,15 @@ def check_pattern(pattern: str) -> None:
 
 def _check(pattern: str) -> None:
     # (?V1) reads a "[" in a class as a nested set, version 0 (the default) as a character; (?x)
-    # skips spaces and # comments: the text is read each way, so that no reading hides a part
+    # skips spaces and # comments: where either may apply, the text is read each way, so that
+    # no reading hides a part
     readings = (False, True)
-    spaced = readings if _SPACE_OR_HASH.search(pattern) else (False,)  # else read alike each way
+    verbose_readings = readings if _VERBOSE_FLAG.search(pattern) else (False,)
     classes = readings if "[" in pattern else (False,)
     added = max(
-        _added_copies(pattern, nested_sets=sets, verbose=verbose) for sets in classes for verbose in spaced
+        _added_copies(pattern, nested_sets=sets, verbose=verbose)
+        for sets in classes
+        for verbose in verbose_readings
     )
     if added > MAX_EXPANDED:  # before compiling it, which is what takes the memory
         raise UnsafePatternError(
@@ -125,7 +128,11 @@ def _check(pattern: str) -> None:
     try:
         parsed = sre_parse.parse(_REGEX_ONLY_ESCAPE.sub(_for_the_stdlib, pattern))
     except re.error:  # syntax only the regex engine knows (\m, (?V1), a flag mid-pattern…)
-        nested = any(_nested_unbounded_in_text(pattern, nested_sets=sets) for sets in readings)
+        nested = any(
+            _nested_unbounded_in_text(pattern, nested_sets=sets, verbose=verbose)
+            for sets in readings
+            for verbose in verbose_readings
+        )
     else:
         nested = _nested_unbounded(parsed)
     if nested:
@@ -142,7 +149,9 @@ multiplying (``a{10000000}`` took 2.6 GB and 9 s, ``(?:a{3000}){3000}`` 2.3 GB a
 many, about 40 MB and 0.1 s to 1 s)."""
 
 
-_SPACE_OR_HASH: Final = re.compile(r"[\s#]")
+_VERBOSE_FLAG: Final = re.compile(r"\(\?[a-zA-Z0-9-]*x")
+"""A flag group that may turn on ``(?x)`` (``(?x)``, ``(?ix:…)``): only then are spaces and ``#``
+comments read as nothing (without it a pattern is read only as it is)."""
 
 
 def _added_copies(pattern: str, *, nested_sets: bool, verbose: bool) -> int:
@@ -237,36 +246,36 @@ def _call(pattern: str, *, nested_sets: bool) -> str | None:
     return None
 
 
-def _nested_unbounded_in_text(pattern: str, *, nested_sets: bool) -> bool:
+def _nested_unbounded_in_text(pattern: str, *, nested_sets: bool, verbose: bool) -> bool:
     """:func:`_nested_unbounded` read from the text itself, for a pattern that compiles with the
     ``regex`` engine but that the stdlib parser refuses: groups, escapes, character classes (sets
-    nested in them too) and quantifiers are told apart; anything else is one character."""
+    nested in them too), comments (``verbose``: spaces and ``#`` comments too, as ``(?x)`` reads
+    them) and quantifiers are told apart; anything else is one character."""
     unbounded = [False]  # per open group (the whole pattern first): holds an unbounded quantifier
     index, end = 0, len(pattern)
     while index < end:
         char = pattern[index]
+        if _ignored(pattern, index, verbose=verbose):
+            index = _after_ignored(pattern, index, verbose=verbose)
+            continue
         if char == "\\":
             index = _after_escape(pattern, index)
         elif char == "[":
             index = _after_class(pattern, index, nested_sets=nested_sets)
         elif char == "(":
-            if pattern.startswith("(?#", index):  # a comment, to the first ")"
-                close = pattern.find(")", index)
-                index = end if close < 0 else close + 1
-                continue
             unbounded.append(False)
             index += 1
             continue
         elif char == ")" and len(unbounded) > 1:
             inner = unbounded.pop()
-            repeat, index = _quantifier(pattern, index + 1)
+            repeat, index = _quantifier(pattern, _after_ignored(pattern, index + 1, verbose=verbose))
             if repeat == "unbounded" and inner:
                 return True
             unbounded[-1] = unbounded[-1] or inner or repeat == "unbounded"
             continue
         else:
             index += 1
-        repeat, index = _quantifier(pattern, index)
+        repeat, index = _quantifier(pattern, _after_ignored(pattern, index, verbose=verbose))
         unbounded[-1] = unbounded[-1] or repeat == "unbounded"
     return False
 
