@@ -9,10 +9,11 @@ OpenAI server as its transport.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import hashlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from litellm.constants import (
     EVICTED_LLM_CLIENT_CLOSE_GRACE_SECONDS,
     EVICTED_LLM_CLIENT_CLOSE_MAX_PENDING,
 )
+from litellm.integrations.custom_logger import CustomLogger
 from litellm.llms.openai.common_utils import BaseOpenAILLM
 
 from dynamic_agents.exceptions import (
@@ -720,3 +722,118 @@ async def test_a_users_key_revoked_in_a_refresh_drops_her_client_before_any_call
         assert await closed(client)
     finally:
         await router.aclose()
+
+
+class BeforeTheRequest(CustomLogger):
+    """Runs ``step`` once, with the id of the deployment the Router picked, in litellm's pre-call
+    check: the deployment's params (key included) in hand, its SDK client not built yet. With
+    usage-based routing this check awaits the shared store (Redis): a rotation or a withdrawal
+    lands right there."""
+
+    def __init__(self, step: Callable[[str], Awaitable[object]]) -> None:
+        super().__init__()
+        self.steps = [step]
+
+    async def async_pre_call_check(self, deployment: dict[str, Any], parent_otel_span: Any) -> None:
+        if self.steps:
+            await self.steps.pop()(deployment["model_info"]["id"])
+
+
+@contextlib.contextmanager
+def before_the_request(step: Callable[[str], Awaitable[object]]) -> Iterator[BeforeTheRequest]:
+    hook = BeforeTheRequest(step)
+    litellm.callbacks.append(hook)
+    try:
+        yield hook
+    finally:
+        litellm.callbacks.remove(hook)
+
+
+async def test_a_key_rotated_while_a_call_builds_its_client_leaves_no_client_of_it(fake: FakeOpenAI) -> None:
+    """The rotation drops the old key's clients; a call that picked the deployment before it
+    built one again with that key, which nothing dropped: it stayed for litellm's hour, key and
+    connection pool included (the router's close did not drop it either)."""
+    source = StaticSource({"openai": {"api_key": version(0)}})
+    router = await build_router(key_config(fake), SecretsManager(source))
+
+    async def rotate(picked: str) -> None:
+        source.set(SecretKey("openai"), {"api_key": version(1)})
+        assert await router.refresh() == 1
+
+    try:
+        with before_the_request(rotate) as hook:
+            await router.acompletion(model="gpt", messages=MESSAGES)
+        assert not hook.steps
+        assert fake.requests[-1].authorization == f"Bearer {version(0)}"  # in flight: sent as it was
+        assert cached_clients(version(0)) == []
+        await router.acompletion(model="gpt", messages=MESSAGES)
+        assert fake.requests[-1].authorization == f"Bearer {version(1)}"
+        assert len(cached_clients(version(1))) == 1
+    finally:
+        await router.aclose()
+    assert not any(version(number) in keys_in_cache_names() for number in range(2))
+
+
+async def test_a_deployment_withdrawn_while_a_call_builds_its_client_leaves_no_client_of_its_key(
+    fake: FakeOpenAI,
+) -> None:
+    source = StaticSource({"openai": {"api_key": version(0)}, "backup": {"api_key": version(1)}})
+    config = RouterConfig.from_dict(
+        {"model_list": [deployment(fake), deployment(fake, "backup", "gpt-backup")], "num_retries": 0}
+    )
+    router = await build_router(config, SecretsManager(source))
+    sent = {"gpt-main": version(0), "gpt-backup": version(1)}
+    picked: list[str] = []
+
+    async def withdraw(deployment_id: str) -> None:
+        picked.append(deployment_id)
+        source.remove(SecretKey("openai" if deployment_id == "gpt-main" else "backup"))
+        assert await router.refresh() == 1
+        assert router.withdrawn_deployment_ids == [deployment_id]
+
+    try:
+        with before_the_request(withdraw):
+            await router.acompletion(model="gpt", messages=MESSAGES)
+        (gone,) = picked
+        assert fake.requests[-1].authorization == f"Bearer {sent[gone]}"  # in flight: sent as it was
+        assert cached_clients(sent[gone]) == []
+    finally:
+        await router.aclose()
+    assert not any(key in keys_in_cache_names() for key in sent.values())
+
+
+async def test_a_key_rotated_while_a_synchronous_call_builds_its_client_leaves_no_client_of_it(
+    fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same on the synchronous path (agno's ``run``), the call in its caller's thread and the
+    rotation on the event loop."""
+    monkeypatch.setattr(
+        BaseOpenAILLM,
+        "_get_sync_http_client",
+        staticmethod(lambda shared_session=None: httpx.Client(transport=fake.transport)),
+    )
+    source = StaticSource({"openai": {"api_key": version(0)}})
+    router = await build_router(key_config(fake), SecretsManager(source))
+    loop = asyncio.get_running_loop()
+    steps = [version(1)]
+
+    async def rotate() -> None:
+        source.set(SecretKey("openai"), {"api_key": steps.pop()})
+        assert await router.refresh() == 1
+
+    class RotateFromTheCallersThread(CustomLogger):
+        def pre_call_check(self, deployment: dict[str, Any]) -> None:
+            if steps:
+                asyncio.run_coroutine_threadsafe(rotate(), loop).result()
+
+    hook = RotateFromTheCallersThread()
+    litellm.callbacks.append(hook)
+    try:
+        await asyncio.to_thread(router.completion, model="gpt", messages=MESSAGES)
+        assert not steps
+        assert fake.requests[-1].authorization == f"Bearer {version(0)}"  # in flight: sent as it was
+        assert cached_clients(version(0)) == []
+    finally:
+        litellm.callbacks.remove(hook)
+        await router.aclose()
+    assert not any(version(number) in keys_in_cache_names() for number in range(2))

@@ -103,6 +103,9 @@ secrets are never used"), or its access revoked (403) — as opposed to one it c
 _Slot = tuple[str, str, str]
 """(provider, field, user id): a user's key for a provider."""
 
+_SentWith = Mapping[str, tuple[dict[str, Any], bool]]
+"""Each deployment's params and whether it was withdrawn, by id, as a call found them."""
+
 
 @dataclass(slots=True)
 class _UserKey:
@@ -590,7 +593,7 @@ class LLMRouter:
             )
         streamed = bool(kwargs.get("stream"))
         for attempt in range(2):
-            sent_with = {d.id: (d.params, d.withdrawn) for d in self._deployments.values()}
+            sent_with = self._sent_with()
             # What the call's end does (its cost-map entries out of flight, clients of keys no
             # longer in use dropped): at once, or, for a stream, once it is read (litellm prices
             # a stream at its end, by the entries).
@@ -603,8 +606,9 @@ class LLMRouter:
                 user_params=user_params,
                 kwargs=kwargs,
                 ending=ending,
+                sent_with=sent_with,
             )
-            ending.append(partial(self._after_call, model, user_id, user_params))
+            ending.append(partial(self._after_call, model, user_id, user_params, sent_with))
             if failure is None and streamed:
                 return _stream_ending_with_call(response, model, ending)
             self._end_call(ending)
@@ -632,10 +636,12 @@ class LLMRouter:
         user_params: dict[str, str],
         kwargs: dict[str, Any],
         ending: list[Callable[[], object]],
+        sent_with: _SentWith,
     ) -> tuple[Any, LLMError | None]:
-        """One attempt of a call: its response, or its failure translated (not raised: the
-        caller raises it outside any except block, unchained from litellm's, whose text may echo
-        a key); what the end of each call to litellm does is added to ``ending``."""
+        """One attempt of a call, started with the deployments as in ``sent_with``: its response,
+        or its failure translated (not raised: the caller raises it outside any except block,
+        unchained from litellm's, whose text may echo a key); what the end of each call to
+        litellm does is added to ``ending``."""
         try:
             if user_params and user_id is not None and not kwargs.get("disable_fallbacks"):
                 response = await self._user_call(
@@ -657,7 +663,7 @@ class LLMRouter:
         except Exception as error:  # every litellm error is translated
             return None, _translate(error, model)
         except BaseException:  # cancelled: the call ends here
-            self._end_call([*ending, partial(self._after_call, model, user_id, user_params)])
+            self._end_call([*ending, partial(self._after_call, model, user_id, user_params, sent_with)])
             raise
         return response, None
 
@@ -720,9 +726,7 @@ class LLMRouter:
                 failure = error
         raise failure
 
-    async def _refresh_after_401(
-        self, model: str, sent_with: Mapping[str, tuple[dict[str, Any], bool]]
-    ) -> bool:
+    async def _refresh_after_401(self, model: str, sent_with: _SentWith) -> bool:
         """Refresh the router's secrets after a 401; whether a credential changed since the call
         was sent with ``sent_with`` (the params then, and whether withdrawn, by deployment id): a
         deployment withdrawn or put back counts (the retry goes to the group's others, or raises
@@ -782,7 +786,7 @@ class LLMRouter:
         kwargs["metadata"] = _checked_metadata(kwargs.get("metadata"), f"completion(model={model!r})")
         ending: list[Callable[[], object]] = [
             self._begin_call(model, None, {}, kwargs),
-            partial(self._after_call, model, None, {}),
+            partial(self._after_call, model, None, {}, self._sent_with()),
         ]
         failure: LLMError
         handed_over = False
@@ -902,12 +906,28 @@ class LLMRouter:
         flight, and the user's key it carried checked (:meth:`_check_user_key_sent`)."""
         self._check_user_key_sent(model, user_id, user_params, self._call_ended(model, call, entries))
 
-    def _after_call(self, model: str, user_id: str | None, user_params: Mapping[str, str]) -> None:
+    def _sent_with(self) -> _SentWith:
+        """Each deployment's params and whether it is withdrawn, as a call starting now finds them."""
+        return {d.id: (d.params, d.withdrawn) for d in self._deployments.values()}
+
+    def _after_call(
+        self, model: str, user_id: str | None, user_params: Mapping[str, str], sent_with: _SentWith
+    ) -> None:
         """Drop the clients a call may have built again for keys no longer in use, and the
         cost-map entries it may have added again: litellm's retries resend the key a call was
         given, and go on through a Router discarded meanwhile (:meth:`aclose`), after the key's
-        clients and entries were dropped."""
+        clients and entries were dropped; and a call that picked a deployment before a rotation
+        or a withdrawal (``sent_with``: the deployments as the call started) builds its client
+        with the old params after they dropped the old clients."""
         self._check_user_key_sent(model, user_id, user_params, frozenset())
+        for deployment in self._deployments.values():
+            params, withdrawn = sent_with[deployment.id]
+            if withdrawn:  # not sent: withdrawn already
+                continue
+            if deployment.withdrawn:
+                self._drop_clients(_credentials(params))
+            elif deployment.params is not params:
+                self._drop_replaced_clients(params, deployment.params)
         if self._closed:
             self._drop_clients(self._credentials())
             self._forget_own_cost_entries()
@@ -1121,6 +1141,13 @@ class LLMRouter:
             )
         else:
             logger.info("rotated the credentials of %s", deployment.config.describe())
+        self._drop_replaced_clients(before, params)
+        await self._clear_cooldown(deployment.id)
+        return True
+
+    def _drop_replaced_clients(self, before: Mapping[str, Any], params: Mapping[str, Any]) -> None:
+        """Drop the cached clients of a deployment's params ``before`` that its ``params`` no
+        longer send (unless an open router still sends them: :meth:`_drop_clients`)."""
         self._drop_clients(_credentials(before) - _credentials(params))
         # A setting that moved (api_base…) with a credential kept: that credential's clients of the
         # old value, and those its users' keys built through it, are named by a value no call sends.
@@ -1129,8 +1156,6 @@ class LLMRouter:
             value = before.get(name)
             if isinstance(value, str) and value != params.get(name):
                 self._drop_clients(kept, built_with=(name, value))
-        await self._clear_cooldown(deployment.id)
-        return True
 
     def _withdraw(self, deployment: _Deployment, failure: str) -> None:
         """Take a deployment whose credentials are gone out of the litellm Router, so that calls
