@@ -11,7 +11,7 @@ import pytest
 
 from dynamic_agents.exceptions import LLMUnavailableError
 from dynamic_agents.llm import LLMRouter, RouterConfig, _litellm, build_router
-from dynamic_agents.secrets import IdentityClient, IdentitySource, SecretsManager
+from dynamic_agents.secrets import IdentityClient, IdentitySource, SecretKey, SecretsManager, StaticSource
 from dynamic_agents.testing import InMemoryIdentityService
 from dynamic_agents.testing.openai import FakeOpenAI, HTTPErrorStep
 
@@ -365,3 +365,67 @@ async def test_a_stream_under_way_when_its_key_is_withdrawn_is_read_to_its_end(
     assert keys(fake) == [f"Bearer {PRIMARY}"]
     await router.aclose()
     assert "gpt-primary" not in _litellm.litellm.model_cost
+
+
+ENV_KEY = "sk-from-the-environment-000005"
+
+
+def env_deployment(fake: FakeOpenAI, api_base: str) -> RouterConfig:
+    """Group ``gpt``: ``gpt-env``, its key in an environment variable no secret is mapped to."""
+    params = {"model": "openai/gpt-4o-mini", "api_key": "os.environ/DA_TEST_LLM_KEY", "api_base": api_base}
+    return RouterConfig.from_dict(
+        {
+            "model_list": [{"model_name": "gpt", "litellm_params": params, "model_info": {"id": "gpt-env"}}],
+            "num_retries": 0,
+        }
+    )
+
+
+async def test_an_environment_variable_unset_after_the_build_keeps_its_deployment(
+    secrets: SecretsManager,
+    fake: FakeOpenAI,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An unmapped ``os.environ/`` variable is the process's, read at build: a host that takes it
+    out of its environment once started (so no subprocess inherits it) has not revoked the key.
+    The next refresh withdrew the deployment, its group raising "credentials removed, disabled
+    or revoked in the secrets service"."""
+    monkeypatch.setenv("DA_TEST_LLM_KEY", ENV_KEY)
+    async with await build_router(env_deployment(fake, fake.api_base), secrets) as router:
+        monkeypatch.delenv("DA_TEST_LLM_KEY")
+        with caplog.at_level(logging.INFO, logger="dynamic_agents"):
+            assert await router.refresh() == 0
+        assert router.withdrawn_deployment_ids == []
+        assert caplog.records == []
+        await router.acompletion(model="gpt", messages=MESSAGES)
+        assert keys(fake) == [f"Bearer {ENV_KEY}"]
+
+
+async def test_a_rotation_of_a_deployment_whose_environment_variable_was_unset_lands(
+    fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = StaticSource({"endpoint": {"url": "http://old-endpoint.localhost/v1"}})
+    monkeypatch.setenv("DA_TEST_LLM_KEY", ENV_KEY)
+    config = env_deployment(fake, "secret:endpoint:url")
+    async with await build_router(config, SecretsManager(source)) as router:
+        monkeypatch.delenv("DA_TEST_LLM_KEY")
+        source.set(SecretKey("endpoint"), {"url": "http://new-endpoint.localhost/v1"})
+        assert await router.refresh() == 1
+        assert router.withdrawn_deployment_ids == []
+        await router.acompletion(model="gpt", messages=MESSAGES)
+        assert fake.requests[-1].url.startswith("http://new-endpoint.localhost/v1")
+        assert keys(fake) == [f"Bearer {ENV_KEY}"]
+
+
+async def test_an_environment_variable_set_anew_in_the_process_is_read_at_the_refresh(
+    secrets: SecretsManager, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DA_TEST_LLM_KEY", ENV_KEY)
+    async with await build_router(env_deployment(fake, fake.api_base), secrets) as router:
+        monkeypatch.setenv("DA_TEST_LLM_KEY", "sk-from-the-environment-000006")
+        assert await router.refresh() == 1
+        monkeypatch.delenv("DA_TEST_LLM_KEY")
+        assert await router.refresh() == 0  # the value read last is kept
+        await router.acompletion(model="gpt", messages=MESSAGES)
+        assert keys(fake) == ["Bearer sk-from-the-environment-000006"]

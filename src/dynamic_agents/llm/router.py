@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import os
 import threading
 import weakref
 from collections import Counter, deque
@@ -69,6 +70,7 @@ from dynamic_agents.secrets import (
     SecretChange,
     SecretReference,
     SecretsManager,
+    SecretValue,
     parse_reference,
     reveal_all,
 )
@@ -311,15 +313,52 @@ def _refusal(error: Exception) -> str:
     return text if len(text) <= _MESSAGE_LIMIT else f"{text[: _MESSAGE_LIMIT - 3]}..."
 
 
-async def _resolve(deployment: DeploymentConfig, position: int, secrets: SecretsManager) -> dict[str, Any]:
+async def _resolve(
+    deployment: DeploymentConfig,
+    position: int,
+    secrets: SecretsManager,
+    *,
+    resolved_before: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """The deployment's params with every reference resolved; credentials written in them as
     literals are registered with the redactor (resolved ones already are), so errors and logs mask
     them too. A reference that cannot be resolved raises its :class:`SecretsError` naming the
-    deployment and the field (``SecretsManager.resolve_all``'s ``where``)."""
+    deployment and the field (``SecretsManager.resolve_all``'s ``where``). With
+    ``resolved_before`` (the params as resolved last), an environment variable no secret is
+    mapped to that is unset now keeps the value read then (:func:`_environment_kept`)."""
     where = f"model_list[{position}] ({deployment.describe()}), litellm_params"
-    resolved: dict[str, Any] = reveal_all(await secrets.resolve_all(deployment.litellm_params, where=where))
+    params: Any = deployment.litellm_params
+    if resolved_before is not None:
+        params = _environment_kept(params, resolved_before, secrets)
+    resolved: dict[str, Any] = reveal_all(await secrets.resolve_all(params, where=where))
     _register_literal_secrets(resolved)
     return resolved
+
+
+def _environment_kept(written: Any, resolved: Any, secrets: SecretsManager) -> Any:
+    """``written`` (a deployment's params as configured) with each ``os.environ/`` reference no
+    secret is mapped to whose variable is unset now replaced by its value in ``resolved`` (at the
+    same place in the params as resolved before). Such a variable is the process's own setting,
+    read at build (as litellm reads them): a host that takes it out of its environment once
+    started (so that no subprocess inherits the key) has not revoked the key, and the deployment
+    is not withdrawn for it. One set anew is read as a rotation."""
+    if isinstance(written, str):
+        reference = parse_reference(written)
+        if (
+            isinstance(reference, EnvReference)
+            and reference.variable not in secrets.env_mapping
+            and not os.environ.get(reference.variable)
+            and isinstance(resolved, str)
+        ):
+            return SecretValue(resolved)
+        return written
+    if isinstance(written, Mapping) and isinstance(resolved, Mapping):
+        return {key: _environment_kept(value, resolved.get(key), secrets) for key, value in written.items()}
+    sequences = isinstance(written, list | tuple) and isinstance(resolved, list | tuple)
+    if sequences and len(written) == len(resolved):
+        items = [_environment_kept(item, resolved[index], secrets) for index, item in enumerate(written)]
+        return items if isinstance(written, list) else tuple(items)
+    return written
 
 
 def _register_literal_secrets(data: Any) -> None:
@@ -1118,7 +1157,9 @@ class LLMRouter:
         it was withdrawn (put back); whether it did. A credential that is gone withdraws it
         (:meth:`_withdraw`) before the error is raised."""
         try:
-            params = await _resolve(deployment.config, deployment.position, self.secrets)
+            params = await _resolve(
+                deployment.config, deployment.position, self.secrets, resolved_before=deployment.params
+            )
         except _GONE as error:
             if not self._closed:
                 self._withdraw(deployment, f"{type(error).__name__}: {error}")
