@@ -15,7 +15,7 @@ from dynamic_agents.exceptions import (
 )
 from dynamic_agents.llm import RouterConfig, build_router
 from dynamic_agents.llm.config import DeploymentConfig
-from dynamic_agents.secrets import SecretsManager, StaticSource
+from dynamic_agents.secrets import SecretKey, SecretsManager, StaticSource
 from tests.llm.conftest import MakeRouter
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -344,3 +344,52 @@ async def test_the_callers_metadata_is_left_as_it_was(make_router: MakeRouter) -
     assert metadata == {"team": "a", "nested": {"x": 1}}
     router.completion(model="gpt", messages=MESSAGES, metadata=metadata)
     assert metadata == {"team": "a", "nested": {"x": 1}}
+
+
+def keyed(reply: str, provider: str) -> dict[str, Any]:
+    """A deployment of group ``gpt`` answering ``reply``, its key from ``provider``'s secret."""
+    deployment = mock("gpt", reply, api_key=f"secret:{provider}:api_key")
+    deployment["model_info"]["type"] = "local"
+    return deployment
+
+
+def litellm_order(router: Any) -> list[str]:
+    return [deployment["model_info"]["id"] for deployment in router.router.model_list]
+
+
+async def test_a_rotation_or_a_put_back_keeps_the_deployments_order() -> None:
+    """litellm's ``upsert_deployment`` takes a deployment out and adds it at the end of its model
+    list, where some strategies break ties: ``lar1`` sends a call to the first deployment of its
+    type, ``least-busy`` to the first of the least busy. A key rotation of the first deployment
+    sent every call of ``lar1`` to the second."""
+    source = StaticSource({name: {"api_key": f"sk-{name}-0001"} for name in ("a", "b", "c")})
+    config = RouterConfig.from_dict(
+        {"model_list": [keyed("A", "a"), keyed("B", "b"), keyed("C", "c")], "routing_strategy": "lar1"}
+    )
+    router = await build_router(config, SecretsManager(source))
+    try:
+
+        async def served() -> set[str]:
+            return {served_by(await router.acompletion(model="gpt", messages=MESSAGES)) for _ in range(4)}
+
+        assert await served() == {"A"}
+        source.set(SecretKey("a"), {"api_key": "sk-a-0002"})
+        assert await router.refresh() == 1
+        assert await served() == {"A"}
+        assert litellm_order(router) == ["A", "B", "C"]
+
+        source.remove(SecretKey("b"))
+        assert await router.refresh() == 1
+        assert litellm_order(router) == ["A", "C"]
+        source.set(SecretKey("b"), {"api_key": "sk-b-0002"})
+        assert await router.refresh() == 1
+        assert litellm_order(router) == ["A", "B", "C"]  # put back in its place
+        lookup = router.router.model_id_to_deployment_index_map
+        assert {name: lookup[name] for name in "ABC"} == {"A": 0, "B": 1, "C": 2}
+        assert router.router.model_name_to_deployment_indices == {"gpt": [0, 1, 2]}
+        source.remove(SecretKey("a"))
+        assert await router.refresh() == 1
+        assert await served() == {"B"}
+        assert router.router.get_deployment(model_id="C") is not None
+    finally:
+        await router.aclose()

@@ -31,7 +31,7 @@ import re
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from importlib.resources import files
 from typing import Any
 
@@ -81,9 +81,22 @@ def new_router(**settings: Any) -> Router:
     return Router(**settings)
 
 
-def upsert(router: Router, model_name: str, params: Mapping[str, Any], model_info: Mapping[str, Any]) -> None:
+def upsert(
+    router: Router,
+    model_name: str,
+    params: Mapping[str, Any],
+    model_info: Mapping[str, Any],
+    *,
+    order: Sequence[str] = (),
+) -> None:
     """Replace a deployment's params in place, keeping its id (``model_info["id"]``, so cooldowns
-    and usage follow it) and the rest of its model info."""
+    and usage follow it) and the rest of its model info, or put a withdrawn one back; either way
+    in its place among the others, by ``order`` (the deployment ids as configured).
+
+    ``Router.upsert_deployment`` takes the deployment out of ``model_list`` and adds it at the end,
+    where strategies that break ties by position (``lar1``: the first deployment of the call's
+    type; ``least-busy``: the first of the least busy) would send its calls to the others: the
+    list is put back in ``order`` and litellm's indexes by position are built again."""
     router.upsert_deployment(
         Deployment(
             model_name=model_name,
@@ -91,6 +104,38 @@ def upsert(router: Router, model_name: str, params: Mapping[str, Any], model_inf
             model_info=ModelInfo(**model_info),
         )
     )
+    _keep_order(router, order)
+
+
+def _keep_order(router: Router, order: Sequence[str]) -> None:
+    """Sort the Router's ``model_list`` by ``order`` (ids not in it after, as they were) and build
+    its indexes by position again: ``model_id_to_deployment_index_map``, and the model name's and
+    team model's (``_build_model_name_index``); then drop the caches of what the groups hold."""
+    rank = {deployment_id: position for position, deployment_id in enumerate(order)}
+
+    def position(deployment: Mapping[str, Any]) -> int:
+        identifier = _id_of(deployment)
+        return rank.get(identifier, len(rank)) if identifier is not None else len(rank)
+
+    ordered = sorted(router.model_list, key=position)
+    if ordered == router.model_list:
+        return
+    router.model_list[:] = ordered
+    ids = router.model_id_to_deployment_index_map
+    ids.clear()
+    for index, deployment in enumerate(router.model_list):
+        identifier = _id_of(deployment)
+        if identifier is not None:
+            ids[identifier] = index
+    router._build_model_name_index(router.model_list)
+    router._invalidate_model_group_info_cache()
+    router._invalidate_access_groups_cache()
+
+
+def _id_of(deployment: Mapping[str, Any]) -> str | None:
+    """A ``model_list`` entry's ``model_info.id``."""
+    identifier = (deployment.get("model_info") or {}).get("id")
+    return identifier if isinstance(identifier, str) else None
 
 
 def withdraw(router: Router, deployment_id: str) -> None:

@@ -519,6 +519,8 @@ class LLMRouter:
         self.secrets = secrets
         self.router = router
         self._deployments = {d.id: d for d in deployments}
+        self._order = tuple(self._deployments)
+        """The deployment ids in the config's order: litellm's model list keeps it."""
         self._user_keys = self._user_key_references(config, secrets)
         self._users_keys = _UsersKeys(_USERS_KEYS_KEPT, self._forget_cost_entries)
         self._calls_in_flight: Counter[str] = Counter()
@@ -1173,6 +1175,7 @@ class LLMRouter:
             deployment.config.model_name,
             params,
             {**deployment.config.model_info, "id": deployment.id},
+            order=self._order,
         )
         before, deployment.params = deployment.params, params
         if deployment.withdrawn:
