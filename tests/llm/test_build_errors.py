@@ -3,6 +3,9 @@ which field, keeps its type and its cause, and shows no value."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import logging
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -19,6 +22,7 @@ from dynamic_agents.exceptions import (
 )
 from dynamic_agents.llm import RouterConfig, build_router
 from dynamic_agents.secrets import SecretKey, SecretsManager, SecretSource, SecretValue, StaticSource
+from dynamic_agents.testing.redis_server import free_port
 
 CANARY = "sk-CANARY-build-error-0001"
 
@@ -187,3 +191,33 @@ async def test_a_redis_password_referenced_in_router_settings_reaches_litellm_ma
     captured = capfd.readouterr()
     for text in (*texts, caplog.text, captured.out, captured.err):
         assert password not in text
+
+
+async def test_redis_down_at_build_leaves_no_task_unretrieved(caplog: pytest.LogCaptureFixture) -> None:
+    """litellm's Redis cache pings Redis from a task of its own that nobody awaits: with Redis down
+    at build, asyncio logged "Task exception was never retrieved" and its traceback, an ERROR, once
+    the task was garbage-collected. The router is built all the same (litellm's calls go on
+    without Redis); the failure is one WARNING line."""
+    loop = asyncio.get_running_loop()
+    unhandled: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, context: unhandled.append(context))
+    password = f"canary-redis-password-{uuid.uuid4().hex}"
+    secrets = SecretsManager(StaticSource({"anthropic": {"api_key": "sk-ant-fine-000001"}}))
+    before = asyncio.all_tasks()
+    try:
+        router_config = config(
+            {"api_key": "plain"}, redis_url=f"redis://:{password}@127.0.0.1:{free_port()}/0"
+        )
+        with caplog.at_level(logging.WARNING, logger="dynamic_agents"):
+            router = await build_router(router_config, secrets)
+            started = asyncio.all_tasks() - before
+            await router.aclose()
+            await asyncio.wait(started)  # the health ping failed, the rest ended with the router
+        del started
+        gc.collect()
+    finally:
+        loop.set_exception_handler(None)
+    assert [context.get("message") for context in unhandled] == []
+    (warning,) = [record for record in caplog.records if record.name.startswith("dynamic_agents")]
+    assert "ConnectionError" in warning.getMessage()
+    assert password not in caplog.text

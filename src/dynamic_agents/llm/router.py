@@ -265,6 +265,7 @@ async def build_router(
     # a register_model() call) is not this router's to remove.
     cost_entries_before = frozenset(d.id for d in deployments if d.id in _litellm.litellm.model_cost)
     refused: ConfigurationError
+    running = asyncio.all_tasks()
     try:
         router = _litellm.new_router(**{k: v for k, v in settings.items() if v is not None})
     except Exception as error:  # pydantic's and litellm's texts quote the resolved params, keys included
@@ -273,6 +274,8 @@ async def build_router(
             f"{_refusal(error)}"
         )
     else:
+        for task in asyncio.all_tasks() - running:
+            task.add_done_callback(_started_at_build_ended)
         return LLMRouter(
             config,
             secrets,
@@ -283,6 +286,23 @@ async def build_router(
             cost_entries_before=cost_entries_before,
         )
     raise refused  # outside the except block: the original is not chained
+
+
+def _started_at_build_ended(task: asyncio.Task[Any]) -> None:
+    """The end of a task litellm's Router started while it was built, which nobody awaits (its
+    Redis cache's health ping, which fails when Redis is down): a failure is one WARNING line,
+    masked, without the traceback. Left unretrieved, asyncio logged "Task exception was never
+    retrieved" with its traceback, an ERROR, whenever the task was garbage-collected."""
+    if task.cancelled() or (error := task.exception()) is None:
+        return
+    coroutine = task.get_coro()
+    name = getattr(coroutine, "__qualname__", None) or task.get_name()
+    logger.warning(
+        "a task litellm started while building the router (%s) failed: %s: %s",
+        name,
+        type(error).__name__,
+        redact_text(str(error)),
+    )
 
 
 def _check_not_a_catalog_model(deployment: DeploymentConfig, position: int) -> None:
