@@ -461,3 +461,26 @@ def test_a_character_yaml_does_not_allow_is_named_with_its_line_and_column(text:
     with pytest.raises(ConfigurationError) as caught:
         RouterConfig.from_yaml(text)
     assert str(caught.value) == f"router config is not valid YAML {problem}"
+
+
+@pytest.mark.parametrize("field", ["fallbacks", "context_window_fallbacks"])
+def test_a_group_given_fallbacks_twice_is_refused(field: str) -> None:
+    """litellm takes a group's fallbacks from its first entry (``get_fallback_model_group``): a
+    second entry for the group was accepted and never used, ``c`` never tried."""
+    models = [deployment("a"), deployment("b"), deployment("c")]
+    with pytest.raises(ConfigurationError) as caught:
+        RouterConfig.from_dict({"model_list": models, field: [{"a": ["b"]}, {"b": ["c"]}, {"a": ["c"]}]})
+    assert str(caught.value) == (
+        f"invalid router config: {field}[0] and {field}[2] both give the fallbacks of model group "
+        "'a': litellm uses the first only; list all of them in one entry"
+    )
+    RouterConfig.from_dict({"model_list": models, field: [{"a": ["b", "c"]}, {"b": ["c"]}]})
+
+
+def test_a_group_given_fallbacks_twice_is_shown_masked() -> None:
+    pasted = f"sk-{uuid.uuid4().hex}"
+    models = [deployment(pasted), deployment("b")]
+    with pytest.raises(ConfigurationError) as caught:
+        RouterConfig.from_dict({"model_list": models, "fallbacks": [{pasted: ["b"]}, {pasted: ["b"]}]})
+    assert pasted not in str(caught.value)
+    assert "fallbacks of model group **********" in str(caught.value)

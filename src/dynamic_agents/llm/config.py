@@ -285,8 +285,16 @@ class RouterConfig(BaseModel):
             ids[deployment.deployment_id] = position
         groups = {deployment.model_name for deployment in self.model_list}
         for field_name in ("fallbacks", "context_window_fallbacks"):
-            for entry in getattr(self, field_name):
+            given: dict[str, int] = {}
+            for index, entry in enumerate(getattr(self, field_name)):
                 for model, targets in entry.items():
+                    if model in given:  # litellm's get_fallback_model_group stops at the first
+                        raise ValueError(
+                            f"{field_name}[{given[model]}] and {field_name}[{index}] both give the fallbacks "
+                            f"of model group {shown(model)}: litellm uses the first only; list all of them "
+                            "in one entry"
+                        )
+                    given[model] = index
                     unknown = [name for name in (model, *targets) if name not in groups]
                     if unknown:
                         raise ValueError(
