@@ -23,6 +23,7 @@ from dynamic_agents.exceptions import (
 from dynamic_agents.llm import RouterConfig, build_router
 from dynamic_agents.secrets import SecretKey, SecretsManager, SecretSource, SecretValue, StaticSource
 from dynamic_agents.testing.redis_server import free_port
+from tests.support.waiting import wait_until
 
 CANARY = "sk-CANARY-build-error-0001"
 
@@ -221,3 +222,64 @@ async def test_redis_down_at_build_leaves_no_task_unretrieved(caplog: pytest.Log
     (warning,) = [record for record in caplog.records if record.name.startswith("dynamic_agents")]
     assert "ConnectionError" in warning.getMessage()
     assert password not in caplog.text
+
+
+def litellm_connections(admin: Any) -> list[dict[str, Any]]:
+    """The connections to a private Redis server but the test's own (named ``test-admin``)."""
+    return [client for client in admin.client_list() if client.get("name") != "test-admin"]
+
+
+@pytest.mark.redis_server
+async def test_closing_the_router_closes_litellms_redis_connections(redis_server: Any) -> None:
+    """litellm's Router builds a Redis cache for ``redis_url`` (cooldowns, usage): a sync client
+    of its own, and an async one in litellm's process-wide client cache. ``aclose()`` left both
+    connected: a host rebuilding its router (a config reload) added connections each time."""
+    import redis
+
+    admin = redis.Redis(port=redis_server.port)
+    admin.client_setname("test-admin")
+    secrets = SecretsManager(StaticSource({"anthropic": {"api_key": "sk-ant-fine-000001"}}))
+    settings = {
+        "redis_url": f"redis://127.0.0.1:{redis_server.port}/0",
+        "routing_strategy": "usage-based-routing-v2",
+    }
+    try:
+        for _ in range(3):
+            router = await build_router(config({"api_key": "plain"}, **settings), secrets)
+            await router.acompletion(model="gpt", messages=[{"role": "user", "content": "hi"}])
+            assert litellm_connections(admin) != []
+            await router.aclose()
+            await router.aclose()  # once is enough
+            await wait_until(lambda: litellm_connections(admin) == [], what="litellm's connections closed")
+    finally:
+        admin.close()
+
+
+@pytest.mark.redis_server
+async def test_closing_one_router_keeps_the_redis_client_another_open_router_shares(
+    redis_server: Any,
+) -> None:
+    """Two routers with the same ``redis_url`` share litellm's cached async Redis client: closing
+    one leaves the other's Redis state working (its calls in flight keep their connections)."""
+    import redis
+
+    admin = redis.Redis(port=redis_server.port)
+    admin.client_setname("test-admin")
+    secrets = SecretsManager(StaticSource({"anthropic": {"api_key": "sk-ant-fine-000001"}}))
+    settings = {
+        "redis_url": f"redis://127.0.0.1:{redis_server.port}/0",
+        "routing_strategy": "usage-based-routing-v2",
+    }
+    first = await build_router(config({"api_key": "plain"}, **settings), secrets)
+    second = await build_router(config({"api_key": "plain"}, **settings), secrets)
+    try:
+        await first.aclose()
+        store = second.router.cache.redis_cache
+        assert store is not None
+        await store.async_set_cache("probe", "still-here")
+        assert await store.async_get_cache("probe") == "still-here"
+        await second.acompletion(model="gpt", messages=[{"role": "user", "content": "hi"}])
+    finally:
+        await second.aclose()
+        await wait_until(lambda: litellm_connections(admin) == [], what="litellm's connections closed")
+        admin.close()

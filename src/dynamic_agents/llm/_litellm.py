@@ -62,6 +62,7 @@ __all__ = [
     "Router",
     "catalog_entry",
     "clear_cooldown",
+    "close_redis",
     "cooled_down",
     "cost_entry_ids",
     "discard",
@@ -148,6 +149,35 @@ def withdraw(router: Router, deployment_id: str) -> None:
     router.delete_deployment(id=deployment_id)
     if router.has_model_id(deployment_id):
         raise RuntimeError(f"litellm's Router.delete_deployment left deployment {deployment_id!r} in place")
+
+
+async def close_redis(router: Router, *, shared_with: Iterable[Router] = ()) -> None:
+    """Close the Redis connections litellm's Router opened for its shared state (``redis_url``, or
+    ``redis_host`` / ``redis_port`` in ``router_settings``): those of its ``RedisCache``'s sync
+    client, its own; and those of the async client it used, unless a Router in ``shared_with``
+    has a Redis cache with the same settings.
+
+    ``RedisCache`` builds a sync client of its own (``redis_client``, pinged at construction) and
+    takes its async client from litellm's process-wide ``in_memory_llm_clients_cache``, one per
+    connection settings (``_get_async_client_cache_key``), building it (and its pool,
+    ``async_redis_conn_pool``) for the first cache with those settings: every Router with the same
+    ``redis_url`` shares it. Nothing closes either: ``Router.discard`` leaves them connected.
+    Connections in use are left to their command (``inuse_connections=False``): a call still in
+    flight finishes; the pools connect again if used again."""
+    cache = getattr(getattr(router, "cache", None), "redis_cache", None)
+    if cache is None:
+        return
+    cache.redis_client.close()
+    key = cache._get_async_client_cache_key()
+    for other in shared_with:
+        other_cache = getattr(getattr(other, "cache", None), "redis_cache", None)
+        if other_cache is not None and other_cache._get_async_client_cache_key() == key:
+            return
+    client = getattr(cache, "redis_async_client", None)
+    pools = [cache.async_redis_conn_pool, getattr(client, "connection_pool", None)]
+    for position, pool in enumerate(pools):
+        if pool is not None and all(pool is not before for before in pools[:position]):
+            await pool.disconnect(inuse_connections=False)
 
 
 async def clear_cooldown(router: Router, deployment_id: str) -> None:

@@ -1358,6 +1358,16 @@ class LLMRouter:
             self._users_keys.clear()
             _litellm.discard(self.router)  # out of litellm's replay of live Routers' entries too
             self._forget_own_cost_entries()
+            await self._close_redis()
+
+    async def _close_redis(self) -> None:
+        """Close the Redis connections litellm opened for the Router's shared state (a
+        ``redis_url``), but the async client's while another open router shares it
+        (:func:`_litellm.close_redis`); a failure is logged, not raised."""
+        try:
+            await _litellm.close_redis(self.router, shared_with=[router.router for router in LLMRouter._open])
+        except Exception as error:
+            _bookkeeping_failed("closing litellm's Redis clients", error)
 
     async def __aenter__(self) -> LLMRouter:
         return self
