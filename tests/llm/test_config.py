@@ -484,3 +484,46 @@ def test_a_group_given_fallbacks_twice_is_shown_masked() -> None:
         RouterConfig.from_dict({"model_list": models, "fallbacks": [{pasted: ["b"]}, {pasted: ["b"]}]})
     assert pasted not in str(caught.value)
     assert "fallbacks of model group **********" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("max_parallel_requests", 0, "a positive integer"),
+        ("max_parallel_requests", -1, "a positive integer"),
+        ("max_parallel_requests", "4", "a positive integer"),
+        ("max_parallel_requests", True, "a positive integer"),
+        ("weight", "heavy", "a number, 0 or more"),
+        ("weight", -1, "a number, 0 or more"),
+        ("weight", float("nan"), "a number, 0 or more"),
+        ("weight", True, "a number, 0 or more"),
+        ("order", "first", "an integer"),
+        ("order", 1.5, "an integer"),
+        ("order", True, "an integer"),
+        ("weight", CANARY, "a number, 0 or more"),
+    ],
+)
+def test_bad_routing_params_are_refused_naming_the_field_and_the_value(
+    name: str, value: Any, expected: str
+) -> None:
+    """Accepted, they broke the group at its calls: a weight that is no number failed every call
+    as unavailable (litellm's ``TypeError``), a ``max_parallel_requests`` of 0 or less took its
+    deployment out of every call without a word, an order that is no integer failed litellm's
+    ``min`` over the group's orders."""
+    with pytest.raises(ConfigurationError) as caught:
+        RouterConfig.from_dict({"model_list": [deployment(**{name: value})]})
+    text = str(caught.value)
+    assert f"litellm_params.{name} must be {expected}, got " in text
+    assert "CANARY" not in text
+
+
+def test_good_routing_params_are_accepted() -> None:
+    config = RouterConfig.from_dict(
+        {
+            "model_list": [
+                deployment(weight=0, order=1, max_parallel_requests=4),
+                deployment(weight=2.5, order=2),
+            ]
+        }
+    )
+    assert [d.litellm_params.get("weight") for d in config.model_list] == [0, 2.5]

@@ -12,7 +12,8 @@ import copy
 import difflib
 import hashlib
 import json
-from collections.abc import Iterator, Mapping
+import math
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Final, Self
 
@@ -146,6 +147,23 @@ def _masked(data: Any) -> Any:
     return masked_settings(data, is_credential)
 
 
+_ROUTING_PARAMS: Final[dict[str, tuple[str, Callable[[Any], bool]]]] = {
+    "rpm": ("a positive integer", lambda value: isinstance(value, int) and value > 0),
+    "tpm": ("a positive integer", lambda value: isinstance(value, int) and value > 0),
+    # 0 or less takes the deployment out of every call (its semaphore never lets one through)
+    "max_parallel_requests": ("a positive integer", lambda value: isinstance(value, int) and value > 0),
+    # simple-shuffle's share: anything else fails every call of the group, or skews it
+    "weight": (
+        "a number, 0 or more",
+        lambda value: isinstance(value, int | float) and math.isfinite(value) and value >= 0,
+    ),
+    # the lowest order of a group is tried first: compared with the others' (min)
+    "order": ("an integer", lambda value: isinstance(value, int)),
+}
+"""``litellm_params`` the Router routes by: what each must be (said in the error), and the check
+(booleans, which YAML's ``yes`` gives and Python counts as integers, are refused before it)."""
+
+
 class DeploymentConfig(BaseModel):
     """One entry of ``model_list``: a model group name, litellm params and model info."""
 
@@ -166,10 +184,10 @@ class DeploymentConfig(BaseModel):
         model = params.get("model")
         if not isinstance(model, str) or not model:
             raise ValueError("litellm_params.model is required (e.g. 'openai/gpt-4o-mini')")
-        for name in ("rpm", "tpm"):
+        for name, (expected, valid) in _ROUTING_PARAMS.items():
             value = params.get(name)
-            if name in params and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-                raise ValueError(f"litellm_params.{name} must be a positive integer, got {shown(value)}")
+            if name in params and (isinstance(value, bool) or not valid(value)):
+                raise ValueError(f"litellm_params.{name} must be {expected}, got {shown(value)}")
         return copy.deepcopy(params)
 
     @field_validator("model_info")
