@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
+from litellm.litellm_core_utils.logging_worker import GLOBAL_LOGGING_WORKER
 
 from dynamic_agents.exceptions import (
     IdentityForbiddenError,
@@ -212,8 +213,8 @@ async def test_redis_down_at_build_leaves_no_task_unretrieved(caplog: pytest.Log
         with caplog.at_level(logging.WARNING, logger="dynamic_agents"):
             router = await build_router(router_config, secrets)
             started = asyncio.all_tasks() - before
+            await asyncio.wait(started)  # the health ping failed (litellm's calls go on without Redis)
             await router.aclose()
-            await asyncio.wait(started)  # the health ping failed, the rest ended with the router
         del started
         gc.collect()
     finally:
@@ -248,6 +249,7 @@ async def test_closing_the_router_closes_litellms_redis_connections(redis_server
             router = await build_router(config({"api_key": "plain"}, **settings), secrets)
             await router.acompletion(model="gpt", messages=[{"role": "user", "content": "hi"}])
             assert litellm_connections(admin) != []
+            await GLOBAL_LOGGING_WORKER.flush()  # the call's success callbacks (usage, in Redis) ran
             await router.aclose()
             await router.aclose()  # once is enough
             await wait_until(lambda: litellm_connections(admin) == [], what="litellm's connections closed")

@@ -23,6 +23,7 @@ import time.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import json
@@ -204,8 +205,15 @@ _CALLBACK_LISTS = (
 """litellm's global callback lists a Router's selectors can end up in."""
 
 
-def discard(router: Router) -> None:
-    """Unhook a Router from litellm's global callbacks, strategy selectors included."""
+def discard(router: Router) -> frozenset[asyncio.Task[Any]]:
+    """Unhook a Router from litellm's global callbacks, strategy selectors included; the tasks
+    litellm started doing so: a strategy retired with usage not yet written to Redis
+    (``BaseRoutingStrategy.retire``: ``usage-based-routing-v2``…) writes it from a task of its
+    own, which needs the Router's Redis connections until it is done."""
+    try:
+        running = asyncio.all_tasks()
+    except RuntimeError:  # no event loop: litellm starts none either
+        running = set()
     selectors = [getattr(router, attr, None) for attr in router._DEFAULT_SELECTOR_ATTR_BY_STRATEGY.values()]
     selectors += list(getattr(router, "_override_selectors", {}).values())
     for group in getattr(router, "_group_selectors", {}).values():
@@ -219,6 +227,10 @@ def discard(router: Router) -> None:
         if isinstance(callbacks, list):
             callbacks[:] = [callback for callback in callbacks if id(callback) not in ids]
     router.discard()
+    try:
+        return frozenset(asyncio.all_tasks() - running)
+    except RuntimeError:
+        return frozenset()
 
 
 def key_digest(credential: str) -> str:

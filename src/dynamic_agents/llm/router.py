@@ -97,6 +97,11 @@ _CHANGED = ""
 """Recorded for a user's key the calls carried that changed, until the next lookup of the new one."""
 
 
+_LAST_WRITES_WAIT = 5.0
+"""How long ``aclose()`` waits for litellm's last usage writes to Redis before it closes the
+Router's Redis connections (litellm's Redis connection-pool timeout): a Redis that does not
+answer does not hold a shutdown longer."""
+
 _GONE = (SecretNotFoundError, IdentityForbiddenError)
 """What the secrets layer raises for a credential that is gone — deleted, disabled ("Disabled
 secrets are never used"), or its access revoked (403) — as opposed to one it could not fetch
@@ -274,8 +279,9 @@ async def build_router(
             f"{_refusal(error)}"
         )
     else:
-        for task in asyncio.all_tasks() - running:
-            task.add_done_callback(_started_at_build_ended)
+        started = asyncio.all_tasks() - running
+        for task in started:
+            task.add_done_callback(_litellm_task_ended)
         return LLMRouter(
             config,
             secrets,
@@ -284,21 +290,23 @@ async def build_router(
             follow_changes=follow_changes,
             tracing=tracing,
             cost_entries_before=cost_entries_before,
+            started_at_build=started,
         )
     raise refused  # outside the except block: the original is not chained
 
 
-def _started_at_build_ended(task: asyncio.Task[Any]) -> None:
-    """The end of a task litellm's Router started while it was built, which nobody awaits (its
-    Redis cache's health ping, which fails when Redis is down): a failure is one WARNING line,
-    masked, without the traceback. Left unretrieved, asyncio logged "Task exception was never
-    retrieved" with its traceback, an ERROR, whenever the task was garbage-collected."""
+def _litellm_task_ended(task: asyncio.Task[Any]) -> None:
+    """The end of a task litellm's Router started while it was built or discarded, which nobody
+    awaits (its Redis cache's health ping, which fails when Redis is down; a strategy's last
+    usage writes): a failure is one WARNING line, masked, without the traceback. Left
+    unretrieved, asyncio logged "Task exception was never retrieved" with its traceback, an
+    ERROR, whenever the task was garbage-collected."""
     if task.cancelled() or (error := task.exception()) is None:
         return
     coroutine = task.get_coro()
     name = getattr(coroutine, "__qualname__", None) or task.get_name()
     logger.warning(
-        "a task litellm started while building the router (%s) failed: %s: %s",
+        "a task litellm started for the router (%s) failed: %s: %s",
         name,
         type(error).__name__,
         redact_text(str(error)),
@@ -533,6 +541,7 @@ class LLMRouter:
         follow_changes: bool = True,
         tracing: Tracing | None = None,
         cost_entries_before: frozenset[str] = frozenset(),
+        started_at_build: Iterable[asyncio.Task[Any]] = (),
     ) -> None:
         self.config = config
         self.tracing = tracing
@@ -578,6 +587,9 @@ class LLMRouter:
         )
         self._closed = False
         self._follow_ups: set[asyncio.Task[None]] = set()
+        self._started_at_build = tuple(started_at_build)
+        """Tasks litellm's Router started while it was built (its Redis health ping, a strategy's
+        Redis sync): those still running are stopped by :meth:`aclose`."""
         LLMRouter._open.add(self)
         LLMRouter._built.add(self)
 
@@ -1356,14 +1368,30 @@ class LLMRouter:
         finally:  # cancelled while waiting (a shutdown's timeout): the next aclose() returns at once
             self._drop_clients(self._credentials() | self._users_digests())  # fallback groups' too
             self._users_keys.clear()
-            _litellm.discard(self.router)  # out of litellm's replay of live Routers' entries too
+            # out of litellm's replay of live Routers' entries too; its last usage writes started
+            last_writes = _litellm.discard(self.router)
             self._forget_own_cost_entries()
-            await self._close_redis()
+            await self._close_redis(last_writes)
 
-    async def _close_redis(self) -> None:
+    async def _close_redis(self, last_writes: Iterable[asyncio.Task[Any]]) -> None:
         """Close the Redis connections litellm opened for the Router's shared state (a
         ``redis_url``), but the async client's while another open router shares it
-        (:func:`_litellm.close_redis`); a failure is logged, not raised."""
+        (:func:`_litellm.close_redis`); a failure is logged, not raised.
+
+        First the tasks litellm started at build that still run are cancelled (its health ping,
+        a strategy's periodic Redis sync), and those its retirement started (``last_writes``: the
+        usage not yet written to Redis) are waited for, up to :data:`_LAST_WRITES_WAIT`: a
+        connection in use is left to its command, and went back to the pool open after it."""
+        running = [task for task in self._started_at_build if not task.done()]
+        self._started_at_build = ()
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        writing = set(last_writes)
+        for task in writing:
+            task.add_done_callback(_litellm_task_ended)
+        if writing:
+            await asyncio.wait(writing, timeout=_LAST_WRITES_WAIT)
         try:
             await _litellm.close_redis(self.router, shared_with=[router.router for router in LLMRouter._open])
         except Exception as error:
