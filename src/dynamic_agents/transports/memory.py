@@ -36,6 +36,7 @@ from dynamic_agents.transports.base import (
     Transport,
     TransportStats,
     check_cancellable,
+    check_delivery,
     check_expire,
     check_maxlen,
     check_name,
@@ -379,7 +380,7 @@ class InMemoryTransport(Transport):
     async def ack(self, *deliveries: Delivery[Any]) -> int:
         self._check_open()
         for delivery in deliveries:  # all, before any is acked
-            delivery_position(delivery)
+            check_delivery(delivery)
         acked = 0
         for delivery in deliveries:
             if delivery.settled:
@@ -429,7 +430,7 @@ class InMemoryTransport(Transport):
     async def keep_fresh(self, deliveries: Sequence[Delivery[Any]]) -> list[Delivery[Any]]:
         self._check_open()
         for delivery in deliveries:  # all, before any is kept fresh
-            delivery_position(delivery)
+            check_delivery(delivery)
         lost: list[Delivery[Any]] = []
         now = self.clock.time()
         for delivery in deliveries:
@@ -442,7 +443,7 @@ class InMemoryTransport(Transport):
 
     async def uncount(self, delivery: Delivery[Any]) -> bool:
         self._check_open()
-        delivery_position(delivery)
+        check_delivery(delivery)
         if delivery.settled or delivery.delivery_count < 2:
             return False
         pending = self._held_on_stream(delivery)
@@ -462,7 +463,7 @@ class InMemoryTransport(Transport):
     ) -> bool:
         self._check_open()
         record_ttl = dead_letter_record_ttl(record_ttl, reply)
-        delivery_position(delivery)
+        check_delivery(delivery)
         if delivery.settled or self._held(delivery) is None:
             return False
         record_key = record_key_of(self.names, delivery)
@@ -490,7 +491,7 @@ class InMemoryTransport(Transport):
     ) -> Completion:
         self._check_open()
         check_seconds("record_ttl", record_ttl)
-        delivery_position(delivery)  # the ack, its only use, is the last write
+        check_delivery(delivery)  # the ack, its only use, is the last write
         record_key = self.names.completed_record(reply.event.request_id)
         lease_key = self.names.session_lease(lease.session_id) if lease is not None else None
         # Every key type first, as the COMPLETE script: a refused complete changes nothing (the

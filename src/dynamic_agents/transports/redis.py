@@ -60,6 +60,7 @@ from dynamic_agents.transports.base import (
     Transport,
     TransportStats,
     check_cancellable,
+    check_delivery,
     check_envelopes,
     check_expire,
     check_maxlen,
@@ -71,7 +72,6 @@ from dynamic_agents.transports.base import (
     dead_letter_record_ttl,
     decode_entry,
     delivered,
-    delivery_position,
     encoded_fields,
     lease_token,
     parse_entry_position,
@@ -245,6 +245,7 @@ async def _retrying(
     *,
     blocks: float = 0.0,
     failed: Exception | None = None,
+    still_open: Callable[[str], None] | None = None,
 ) -> T:
     """Run ``operation``, each attempt bounded by ``policy.timeout`` (plus ``blocks`` seconds for a
     blocking command), retrying connection errors, timeouts and writes refused by a server that is
@@ -254,7 +255,11 @@ async def _retrying(
     ``failed``: the error of a first attempt the caller made itself through the ``AutoPipeline``
     (every claim and completion is awaited by its caller first, and handed here only if that
     failed: most never fail, and go without a retry loop's frame in their path). Such an operation
-    is bounded by the pipeline already, so its attempts get no timeout of their own here."""
+    is bounded by the pipeline already, so its attempts get no timeout of their own here.
+
+    ``still_open(what)`` raises :class:`TransportError` once the caller was closed: called before
+    each retry (the caller checks before the first), so a call retrying while Redis is away fails
+    at its next attempt when :meth:`aclose` comes, instead of retrying until the deadline."""
     pipelined = failed is not None
     loop = asyncio.get_running_loop()
     deadline = loop.time() + policy.deadline
@@ -287,15 +292,20 @@ async def _retrying(
         reason = _unreachable(failure, policy.timeout + blocks)
         if loop.time() + delay > deadline:
             raise TransportError(f"{what} failed: {reason}") from failure
-        if stats is not None:
-            stats.reconnects += 1
-        _failed_attempt(what, reason, delay, failures)
+        _failed_attempt(what, reason, delay, failures, stats)
         await asyncio.sleep(delay)
+        if still_open is not None:
+            still_open(what)
 
 
-def _failed_attempt(what: str, reason: str, delay: float, failures: int) -> None:
+def _failed_attempt(
+    what: str, reason: str, delay: float, failures: int, stats: TransportStats | None
+) -> None:
     """A failed attempt of a call: a warning for its 1st, 2nd, 4th, 8th… attempt, the others at
-    debug level, so an outage says so at once without a line per call per retry for its length."""
+    debug level, so an outage says so at once without a line per call per retry for its length;
+    counted in ``stats.reconnects``."""
+    if stats is not None:
+        stats.reconnects += 1
     level = logging.WARNING if failures & (failures - 1) == 0 else logging.DEBUG
     logger.log(level, "%s: %s; retrying in %.2fs (attempt %d)", what, reason, delay, failures)
 
@@ -401,15 +411,7 @@ class RedisStreamsTransport(Transport):
         plain function returning the coroutine: no frame of its own in the await chain of every
         call.)"""
         self._check_open(what)
-        attempt = partial(self._attempt, what, operation)
-        return _retrying(what, attempt, self._retry, self.stats, failed=failed)
-
-    def _attempt(self, what: str, operation: Callable[[], Awaitable[T]]) -> Awaitable[T]:
-        """One attempt of ``operation``, unless the transport was closed meanwhile: a call retrying
-        (Redis away) when :meth:`aclose` comes fails at its next attempt, as a read does, instead of
-        retrying until ``retry_deadline``."""
-        self._check_open(what)
-        return operation()
+        return _retrying(what, operation, self._retry, self.stats, failed=failed, still_open=self._check_open)
 
     def _call_marker(self, stream: str) -> str:
         """A key naming one call of ``dead_letter`` or ``move``, set (for ``_marker_ms``) to the id
@@ -571,9 +573,8 @@ class RedisStreamsTransport(Transport):
             failing_since = failing_since or time.monotonic()
             failures += 1
             delay = self._backoff.compute(failures)
-            self.stats.reconnects += 1
             reason = _unreachable(failure, bound)
-            _failed_attempt(f"reading {subscription.stream!r}", reason, delay, failures)
+            _failed_attempt(f"reading {subscription.stream!r}", reason, delay, failures, self.stats)
             await asyncio.sleep(delay)
 
     async def _read_once(
@@ -663,7 +664,7 @@ class RedisStreamsTransport(Transport):
     async def ack(self, *deliveries: Delivery[Any]) -> int:
         groups: dict[tuple[str, str], list[str]] = defaultdict(list)
         for delivery in deliveries:
-            delivery_position(delivery)  # refused here as in memory, not by the server
+            check_delivery(delivery)  # refused here as in memory, not by the server
             if not delivery.settled:
                 groups[delivery.stream, delivery.group].append(delivery.entry_id)
         if not groups:
@@ -684,7 +685,7 @@ class RedisStreamsTransport(Transport):
         """Set the idle time of the given deliveries this consumer holds; returns the held ids."""
         by_group: dict[tuple[str, str, str], list[str]] = defaultdict(list)
         for delivery in deliveries:
-            delivery_position(delivery)  # all, before any is held
+            check_delivery(delivery)  # all, before any is held
             by_group[delivery.stream, delivery.group, delivery.consumer].append(delivery.entry_id)
         held: set[str] = set()
         for (stream, group, consumer), ids in by_group.items():
@@ -712,7 +713,7 @@ class RedisStreamsTransport(Transport):
         return [delivery for delivery in deliveries if delivery.entry_id not in held]
 
     async def uncount(self, delivery: Delivery[Any]) -> bool:
-        delivery_position(delivery)
+        check_delivery(delivery)
         if delivery.settled or delivery.delivery_count < 2:
             return False
         args: list[Arg] = [delivery.group, delivery.consumer, delivery.entry_id, delivery.delivery_count]
@@ -733,7 +734,7 @@ class RedisStreamsTransport(Transport):
         record_ttl: float | None = None,
     ) -> bool:
         record_ttl = dead_letter_record_ttl(record_ttl, reply)
-        delivery_position(delivery)
+        check_delivery(delivery)
         if delivery.settled:
             return False
         record_key = record_key_of(self.names, delivery)
@@ -785,7 +786,7 @@ class RedisStreamsTransport(Transport):
         self, delivery: Delivery[Any], reply: Reply, *, record_ttl: float, lease: Lease | None = None
     ) -> Completion:
         check_seconds("record_ttl", record_ttl)
-        delivery_position(delivery)  # else the script fails at its ack: its whole batch, after its writes
+        check_delivery(delivery)  # else the script fails at its ack: its whole batch, after its writes
         event, completed_at = reply.event, self.clock.time()
         record_key = self.names.completed_record(event.request_id)
         lease_key = self.names.session_lease(lease.session_id) if lease is not None else record_key
@@ -1330,14 +1331,8 @@ class RedisCoordinator(Coordinator):
         *,
         failed: Exception | None = None,
     ) -> Coroutine[Any, Any, T]:
-        attempt = partial(self._attempt, what, operation)
-        return _retrying(what, attempt, self._retry, None, failed=failed)
-
-    def _attempt(self, what: str, operation: Callable[[], Awaitable[T]]) -> Awaitable[T]:
-        """One attempt of ``operation``, unless the coordinator or its transport was closed (also
-        between the retries of a call)."""
-        self._check_open(what)
-        return operation()
+        self._check_open(what)  # and before each retry
+        return _retrying(what, operation, self._retry, None, failed=failed, still_open=self._check_open)
 
     def _check_open(self, what: str) -> None:
         """A call of a closed coordinator, or of one whose transport was closed, is a
