@@ -500,6 +500,25 @@ async def test_a_built_agent_never_shows_the_session_db_password() -> None:
     assert canary not in repr(db.to_dict())
 
 
+async def test_a_streamed_run_the_session_db_did_not_keep_answers_its_own_reply(tmp_path: Path) -> None:
+    """A streamed run's result is read back from the session db: when the db could not save it (a
+    sessions file the process cannot write), that read gave the session's previous turn, whose
+    reply was answered again as this one's."""
+    path = tmp_path / "sessions.db"
+    spec = AgentSpec.from_dict({"id": "bot", "model": "gpt"})
+    healthy = runtime({"gpt": ["the first answer"]}, db=session_db(f"sqlite:///{path}"))
+    await healthy.agents.create(spec)
+    assert (await healthy.agents.execute("bot", "first", session_id="conv")).ok
+    read_only = runtime(
+        {"gpt": ["the second answer"]}, db=session_db(f"sqlite:///file:{path}?mode=ro&uri=true")
+    )
+    await read_only.agents.create(spec)
+    deltas = Deltas()
+    result = await read_only.agents.execute("bot", "second", session_id="conv", on_delta=deltas)
+    assert result.status == ResponseStatus.COMPLETED
+    assert result.content == "the second answer" == "".join(deltas)
+
+
 async def test_two_targets_never_read_each_others_history(tmp_path: Path) -> None:
     db = session_db(f"sqlite:///{tmp_path / 'sessions.db'}")
     rt = runtime({"one": ["one's secret reply"], "two": ["two's reply"]}, db=db)

@@ -368,7 +368,8 @@ async def _run_streaming(
     if getattr(target, "db", None) is None:
         return final  # without a db there is no stored run to read back
     last = await target.aget_last_run_output(session_id=run_kwargs["session_id"])
-    return last if last is not None else final
+    # another run than this one: the session's previous turn, when the db failed to save this one
+    return last if getattr(last, "run_id", None) == run_kwargs["run_id"] else final
 
 
 async def _off_the_loop(function: Callable[..., Any], /, **kwargs: Any) -> Any:
