@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import re
+import socket
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -517,6 +519,54 @@ async def test_a_streamed_run_the_session_db_did_not_keep_answers_its_own_reply(
     result = await read_only.agents.execute("bot", "second", session_id="conv", on_delta=deltas)
     assert result.status == ResponseStatus.COMPLETED
     assert result.content == "the second answer" == "".join(deltas)
+
+
+@contextlib.contextmanager
+def closed_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that refuses connections (bound, never listening) while the block runs."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield held.getsockname()[1]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
+@pytest.mark.parametrize("broken", ["postgresql-unreachable", "sqlite-read-only"])
+async def test_a_turn_the_session_db_did_not_keep_is_answered_flagged_and_warned(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, broken: str, stream: bool
+) -> None:
+    """agno logs a session db's failures on its own loggers and goes on: the run answered without
+    its history and forgot the turn, and nothing the runtime returned or logged said so."""
+    canary = "canary-db-pw-0e7b1f"
+    spec = AgentSpec.from_dict({"id": "bot", "model": "gpt", "add_history_to_context": True})
+    deltas = Deltas() if stream else None
+    caplog.set_level(logging.WARNING, logger="dynamic_agents.agents")
+    with closed_port() as port:
+        if broken == "postgresql-unreachable":
+            url, shown = f"postgresql://user:{canary}@127.0.0.1:{port}/test", f"127.0.0.1:{port}/test"
+        else:  # a sessions file the process can read but not write
+            path = tmp_path / "sessions.db"
+            healthy = runtime({"gpt": ["kept"]}, db=session_db(f"sqlite:///{path}"))
+            await healthy.agents.create(spec)
+            kept = await healthy.agents.execute("bot", "first", session_id="conv", on_delta=deltas)
+            assert kept.ok
+            assert "session_saved" not in kept.metadata  # a db that works: no flag
+            assert not [r for r in caplog.records if r.name.startswith("dynamic_agents")]
+            url, shown = f"sqlite:///file:{path}?mode=ro&uri=true", str(path)
+        rt = runtime({"gpt": ["the answer"]}, db=session_db(url))
+        await rt.agents.create(spec)
+        result = await rt.agents.execute("bot", "second", session_id="conv", on_delta=deltas)
+    assert result.status == ResponseStatus.COMPLETED  # answered all the same
+    assert result.content == "the answer"
+    assert result.metadata["session_saved"] is False
+    request = AgentRequestEvent(source="api", source_id="conv", user_id="u", content="second")
+    assert result.to_response(request).metadata["session_saved"] is False
+    [warning] = [r for r in caplog.records if r.name == "dynamic_agents.agents"]
+    assert warning.levelno == logging.WARNING
+    message = warning.getMessage()
+    for named in ("agent 'bot'", "session 'conv'", shown):
+        assert named in message, message
+    assert canary not in message
+    assert canary not in repr(result)
 
 
 async def test_two_targets_never_read_each_others_history(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from pydantic import BaseModel, JsonValue
@@ -279,7 +279,39 @@ class AgentRuntime:
             # route team's reply is its member's (not streamed, the builder's post-hook failed
             # the team's run for them: streamed, agno gives the hook no member responses)
             member_errors.clear()
-        return _result(output, started, getattr(target, "name", spec_id), member_errors)
+        result = _result(output, started, getattr(target, "name", spec_id), member_errors)
+        if not await self._kept(run_id):
+            from dynamic_agents.agents.sessions import describe_db
+
+            logger.warning(
+                "%s, session %r: the turn is not in the session db (%s): later runs will not see "
+                "it, and this one may have answered without the conversation's history (agno "
+                "logs the db's error on its logger 'agno')",
+                f"{kind.value} {spec_id!r}",
+                session_id,
+                describe_db(self.db),
+            )
+            result = replace(result, metadata={**result.metadata, "session_saved": False})
+        return result
+
+    async def _kept(self, run_id: str) -> bool:
+        """Whether the session db holds the run ``run_id`` now that it is over. agno logs a failed
+        read or write of its session db and goes on (a PostgreSQL that is down, a SQLite file
+        that cannot be written): the run answers without the history and the turn is forgotten.
+        ``True`` without a db, and with one that cannot read a run back by its id (an agno
+        adapter without a runs table, whose ``get_run`` is its base class's)."""
+        get_run = getattr(self.db, "get_run", None)
+        if get_run is None:
+            return True
+        from agno.db.base import AsyncBaseDb, BaseDb
+
+        if getattr(type(self.db), "get_run", None) in (BaseDb.get_run, AsyncBaseDb.get_run):
+            return True
+        try:  # agno's dbs return None on a failed read; another db may raise
+            stored = await _off_the_loop(get_run, run_id=run_id, deserialize=False)
+        except Exception:
+            return False
+        return stored is not None
 
     async def _interrupted_turn(self, kind: SpecKind, session_id: str) -> dict[str, str] | None:
         """The session's last run, when it was cancelled (an interrupt): its message and partial

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from dynamic_agents._redaction import masked_url
 from dynamic_agents.exceptions import ConfigurationError, MissingDependencyError
 
 try:
@@ -21,7 +22,7 @@ try:
 except ImportError as error:  # pragma: no cover - exercised without the extra installed
     raise MissingDependencyError("session_db", "agents") from error
 
-__all__ = ["session_db"]
+__all__ = ["describe_db", "session_db"]
 
 
 def session_db(url: str, *, schema: str | None = None) -> Any:
@@ -77,3 +78,13 @@ def _sqlite(given: str, url: URL) -> Any:
         )
     # SQLAlchemy's default pool for a SQLite file: connections kept between runs, closed by close().
     return AsyncSqliteDb(db_engine=create_async_engine(url, json_serializer=json_serializer))
+
+
+def describe_db(db: Any) -> str:
+    """How messages name a session db: its class and, for a SQLAlchemy-backed one, its URL with
+    the password and credential query values masked
+    (``AsyncPostgresDb at postgresql+psycopg_async://user:**********@db:5432/agno``)."""
+    url = getattr(getattr(db, "db_engine", None), "url", None)
+    if not isinstance(url, URL):
+        return type(db).__name__
+    return f"{type(db).__name__} at {masked_url(url.render_as_string(hide_password=True), register=False)}"
