@@ -20,10 +20,12 @@ __all__ = [
     "REDACTOR",
     "RedactingFilter",
     "Redactor",
+    "has_a_key_prefix",
     "looks_like_a_key",
     "masked_url",
     "protect_loggers",
     "redact_text",
+    "text_holds_a_key",
 ]
 
 MASK: Final = "**********"
@@ -233,6 +235,41 @@ def looks_like_a_key(part: str) -> bool:
 
 _URL_IN_TEXT: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 _WORD: Final = re.compile(r"[^\s'\"`,;:=()<>\[\]{}]+")  # key=sk-…, "token: sk-…"
+
+
+def has_a_key_prefix(word: str) -> bool:
+    """Whether ``word`` starts the way a provider's key does (``sk-``, ``ghp_``, ``xoxb-``,
+    ``AIza``, …) and goes on for at least 16 characters, letters and digits among them: a key, not
+    a word that happens to start so (``sk-learn-compatible``, ``pk_customer_identifier``)."""
+    for prefix in _KEY_PREFIXES:
+        if word.startswith(prefix):
+            rest = word[len(prefix) :]
+            if (
+                len(rest) >= _KEY_PREFIX_REST
+                and any(c.isdigit() for c in rest)
+                and any(c.isalpha() for c in rest)
+            ):
+                return True
+    return False
+
+
+def text_holds_a_key(text: str) -> bool:
+    """Whether free text (an agent's instructions) holds a credential written out: a word with a
+    provider's key prefix (:func:`has_a_key_prefix`) or a URL with a password. Unlike
+    :func:`looks_like_a_key`, long runs of letters and digits alone (a commit hash, a document's
+    id in a link) and a URL's query values (a template's ``?token={token}``) do not count: in
+    prose they are rarely keys, and refusing the text for them would refuse ordinary prose."""
+    if any(has_a_key_prefix(word) for word in _WORD.findall(text)):
+        return True
+    return "://" in text and any(_has_a_password(url) for url in _URL_IN_TEXT.findall(text))
+
+
+def _has_a_password(url: str) -> bool:
+    """Whether ``url``'s userinfo holds a password (``postgresql://user:pw@host/db``); read by hand,
+    as a URL with a bad port (``urlsplit`` raises then) can hold one too."""
+    authority = url.partition("://")[2].partition("/")[0].partition("?")[0].partition("#")[0]
+    userinfo, at, _ = authority.rpartition("@")
+    return bool(at) and bool(userinfo.partition(":")[2])
 
 
 def redact_text(text: str) -> str:

@@ -409,3 +409,88 @@ def test_an_invalid_id_shaped_like_a_key_is_masked_in_the_spec_s_name_too() -> N
         AgentSpec.from_dict({"id": "sk-CANARY123456789abcdef!", "model": "gpt"})
     assert "CANARY" not in str(refused.value)
     assert str(refused.value).startswith("agent ********** at id: String should match pattern")
+
+
+# -- keys written out in a spec's text and metadata -------------------------------------------------
+
+KEY = "sk-proj-CANARY0spec0text0000000000000001"
+
+
+@pytest.mark.parametrize(
+    ("model", "document", "field", "where"),
+    [
+        (AgentSpec, {"instructions": f"Call the billing API with {KEY}."}, "instructions", "instructions"),
+        (AgentSpec, {"instructions": ["Be brief.", f"key: {KEY}"]}, "instructions", "instructions[1]"),
+        (
+            AgentSpec,
+            {"expected_output": "Rows from postgresql://report:CANARY0pw@db.internal/sales"},
+            "expected_output",
+            "expected_output",
+        ),
+        (TeamSpec, {"instructions": f"Search with token={KEY}"}, "instructions", "instructions"),
+        (WorkflowSpec, {"description": f"Posts to Slack as xoxb-{KEY[8:]}"}, "description", "description"),
+        (
+            AgentSpec,
+            {"metadata": {"api_key": "tvly-CANARY0search0key0000000000000001"}},
+            "metadata",
+            "metadata.api_key",
+        ),
+        (
+            AgentSpec,
+            {"metadata": {"owner": {"token": "0123456789abcdef0123456789abcdef"}}},
+            "metadata",
+            "metadata.owner.token",
+        ),
+        (TeamSpec, {"metadata": {"notes": f"billing uses {KEY}"}}, "metadata", "metadata.notes"),
+        (
+            WorkflowSpec,
+            {"metadata": {"links": ["https://a.example", "https://u:CANARY0pw@b.example"]}},
+            "metadata",
+            "metadata.links[1]",
+        ),
+        (
+            AgentSpec,
+            {"metadata": {"endpoint": "https://api.example.com/v1?key=CANARY0query0value"}},
+            "metadata",
+            "metadata.endpoint",
+        ),
+    ],
+)
+def test_a_key_written_in_a_specs_text_or_metadata_is_refused_without_showing_it(
+    model: type[SpecBase], document: dict[str, Any], field: str, where: str
+) -> None:
+    """A spec's text and metadata were stored as written: a key pasted into an agent's instructions
+    or its metadata went to the YAML files, the SQL store and the REST API's answers."""
+    base: dict[str, Any] = {"id": "s", "model": "gpt", "members": ["a"], "steps": [{"agent": "a"}]}
+    allowed = set(model.model_fields)
+    with pytest.raises(SpecValidationError) as caught:
+        model.from_dict({key: value for key, value in base.items() if key in allowed} | document)
+    assert caught.value.path == field
+    assert f"{where} holds what looks like a credential written out" in str(caught.value)
+    for secret in (KEY, KEY[8:], "CANARY0pw", "CANARY0query0value", "CANARY0search0key", "0123456789abcdef0"):
+        assert secret not in str(caught.value)
+        assert secret not in repr(caught.value)
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        # prose: words, ids and links that are no keys
+        {"instructions": "Prefer scikit-learn and sk-learn-compatible estimators."},
+        {"instructions": "The fix is commit 3f9a1c2b4d5e6f708192a3b4c5d6e7f8091a2b3c; cite it."},
+        {"instructions": "See https://docs.google.com/document/d/1aBcD3fGhIjKlMnOpQrStUvWxYz0123456789/edit"},
+        {"instructions": ["Reset links look like https://app.example.com/reset?token={token}."]},
+        {"instructions": "Join on the pk_customer_identifier column. Never show a key (sk-…)."},
+        {"expected_output": "A DSN such as postgresql://user@db.internal/sales, without a password."},
+        {"description": "Answers about API keys, tokens and passwords without ever asking for one."},
+        # metadata: references, and key-shaped values under names that are no credential's
+        {"metadata": {"api_key": "secret:tavily:api_key", "bot_token": "os.environ/SLACK_BOT_TOKEN"}},
+        {"metadata": {"index": "a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6", "sort_key": "created_at desc"}},
+        {"metadata": {"docs": "https://api.example.com/v1?api-version=2024-06-01", "api_key": ""}},
+    ],
+)
+def test_text_and_metadata_that_hold_no_key_are_kept(document: dict[str, Any]) -> None:
+    spec = AgentSpec.from_dict({"id": "a", "model": "gpt", **document})
+    for field, value in document.items():
+        written = getattr(spec, field)
+        assert (list(written) if isinstance(written, tuple) else written) == value

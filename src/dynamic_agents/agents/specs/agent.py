@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Annotated, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationInfo, field_validator
 
-from dynamic_agents._redaction import looks_like_a_key, masked_url, names_a_credential
 from dynamic_agents._validation import NotBoolean
-from dynamic_agents.agents.specs.base import SpecBase, SpecKind
+from dynamic_agents.agents.specs.base import SpecBase, SpecKind, credential_written_out, json_strings
 from dynamic_agents.exceptions import SecretReferenceError
 from dynamic_agents.secrets.references import parse_reference
 
@@ -53,16 +51,12 @@ class ToolRef(BaseModel):
     @field_validator("parameters")
     @classmethod
     def _references_not_keys(cls, value: dict[str, JsonValue]) -> dict[str, JsonValue]:
-        for path, text in _strings(value, "parameters"):
+        for path, text in json_strings(value, "parameters"):
             try:
                 reference = parse_reference(text)
             except SecretReferenceError as error:
                 raise ValueError(f"{path}: {error}") from None
-            name = path.rsplit(".", 1)[-1].split("[", 1)[0]
-            if reference is None and (
-                (names_a_credential(name) and any(map(looks_like_a_key, text.split())))
-                or any(_url_with_a_credential(word) for word in text.split())
-            ):
+            if reference is None and credential_written_out(path, text):
                 raise ValueError(
                     f"{path} holds what looks like a credential written out (not shown): store it as "
                     "a secret and write its reference instead, 'secret:<provider>:<field>' or "
@@ -73,25 +67,9 @@ class ToolRef(BaseModel):
     @property
     def has_references(self) -> bool:
         """Whether a parameter is a secret reference (the builder needs a secrets manager)."""
-        return any(parse_reference(text) is not None for _, text in _strings(self.parameters, "parameters"))
-
-
-def _url_with_a_credential(word: str) -> bool:
-    """Whether ``word`` is a URL with a password or a credential query value
-    (``postgresql://u:pw@h/db``, ``https://h/v1?key=…``), whatever the parameter's name."""
-    return "://" in word and masked_url(word, register=False) != word
-
-
-def _strings(value: JsonValue, path: str) -> Iterator[tuple[str, str]]:
-    """The strings in a JSON value, each with its path (``parameters.headers.Authorization``)."""
-    if isinstance(value, str):
-        yield path, value
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            yield from _strings(item, f"{path}.{key}")
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            yield from _strings(item, f"{path}[{index}]")
+        return any(
+            parse_reference(text) is not None for _, text in json_strings(self.parameters, "parameters")
+        )
 
 
 class AgentSpec(SpecBase):

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, ValidationInfo, field_validator
 
+from dynamic_agents._redaction import looks_like_a_key, masked_url, names_a_credential, text_holds_a_key
 from dynamic_agents._validation import NotBoolean, check_choice, shown, with_article
 from dynamic_agents._yaml import safe_load, yaml_problem
-from dynamic_agents.exceptions import SpecValidationError
-from dynamic_agents.secrets.references import error_with_value
+from dynamic_agents.exceptions import SecretReferenceError, SpecValidationError
+from dynamic_agents.secrets.references import error_with_value, parse_reference
 
 __all__ = ["SpecBase", "SpecKind", "SpecStatus", "spec_error"]
 
@@ -63,6 +64,34 @@ class SpecBase(BaseModel):
     status: SpecStatus = SpecStatus.ACTIVE
     tags: tuple[str, ...] = ()
     metadata: dict[str, JsonValue] = Field(default_factory=dict)
+
+    @field_validator("description", "instructions", "expected_output", check_fields=False)
+    @classmethod
+    def _no_key_in_text(cls, value: str | tuple[str, ...] | None, info: ValidationInfo) -> object:
+        texts = (value,) if isinstance(value, str) else value or ()
+        for index, text in enumerate(texts):
+            if text_holds_a_key(text):
+                where = info.field_name if isinstance(value, str) else f"{info.field_name}[{index}]"
+                raise ValueError(
+                    f"{where} holds what looks like a credential written out (not shown): a spec "
+                    "keeps no secrets (it is stored, listed and shown as written); give a tool its "
+                    "key as a secret reference in its parameters, 'secret:<provider>:<field>'"
+                )
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _no_key_in_metadata(cls, value: dict[str, JsonValue]) -> dict[str, JsonValue]:
+        for path, text in json_strings(value, "metadata"):
+            if _is_reference(text):
+                continue
+            if credential_written_out(path, text) or text_holds_a_key(text):
+                raise ValueError(
+                    f"{path} holds what looks like a credential written out (not shown): a spec "
+                    "keeps no secrets (it is stored, listed and shown as written); write where it "
+                    "is kept instead, 'secret:<provider>:<field>' or 'os.environ/<NAME>'"
+                )
+        return value
 
     @property
     def ref(self) -> str:
@@ -185,3 +214,35 @@ def _document_path(loc: tuple[int | str, ...], data: Any) -> str:
         current = current.get(part) if isinstance(current, Mapping) else None
         tag_skipped = False
     return path
+
+
+def json_strings(value: JsonValue, path: str) -> Iterator[tuple[str, str]]:
+    """The strings in a JSON value, each with its path (``parameters.headers.Authorization``)."""
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from json_strings(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from json_strings(item, f"{path}[{index}]")
+
+
+def credential_written_out(path: str, text: str) -> bool:
+    """Whether ``text``, found at ``path`` in a spec's JSON data (a tool's parameters, its
+    metadata), is a credential written out: a value shaped like a key (a word of it) under a key
+    named like a credential (``api_key: tvly-…``, ``Authorization: Bearer sk-…``), or a URL with
+    a password or a credential query value under any name (``dsn: postgresql://u:pw@h/db``)."""
+    name = path.rsplit(".", 1)[-1].split("[", 1)[0]
+    words = text.split()
+    return (names_a_credential(name) and any(map(looks_like_a_key, words))) or any(
+        "://" in word and masked_url(word, register=False) != word for word in words
+    )
+
+
+def _is_reference(text: str) -> bool:
+    """Whether ``text`` is a well-formed secret reference (one that does not parse is text)."""
+    try:
+        return parse_reference(text) is not None
+    except SecretReferenceError:
+        return False
