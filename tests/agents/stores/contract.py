@@ -186,6 +186,32 @@ class SpecStoreContract:
                 await store.create(agent())
         assert await store.list() == [agent()]
 
+    @pytest.mark.parametrize(
+        ("fields", "path"),
+        [
+            ({"metadata": {"api_key": "sk-proj-CANARY0store0key00000000001"}}, "metadata"),
+            ({"description": "posts as xoxb-CANARY0store0token000000001"}, "description"),
+        ],
+    )
+    async def test_a_spec_changed_without_validation_is_refused_and_nothing_is_stored(
+        self, store: SpecStore, fields: dict[str, object], path: str
+    ) -> None:
+        """A spec changed with pydantic's model_copy(update=…) skips its validators: the store
+        wrote it as it was (a key in its metadata to a file) and every read of it failed from then
+        on."""
+        changed = agent().model_copy(update=fields)
+        for write in (
+            lambda: store.create(changed),
+            lambda: store.update(changed, expected_version=1),
+        ):
+            with pytest.raises(SpecValidationError) as caught:
+                await write()
+            assert caught.value.path == path
+            assert "CANARY0" not in str(caught.value)
+            if await store.version(SpecKind.AGENT, "helper") is None:
+                await store.create(agent())
+        assert await store.list() == [agent()]
+
     async def test_a_status_given_as_its_text_filters_and_an_unknown_one_is_refused(
         self, store: SpecStore
     ) -> None:

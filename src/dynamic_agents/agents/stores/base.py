@@ -144,8 +144,12 @@ def invalid(where: str, message: str, spec: str = "", path: str = "") -> SpecVal
 def stored_copy(spec: SpecBase, version: int) -> SpecBase:
     """``spec`` as stored at ``version``; a :class:`SpecValidationError` naming where if a text
     of it holds a lone surrogate (JSON's ``"\\ud800"``): no Unicode text, it cannot be written as
-    UTF-8, and the YAML store wrote a file that no read could parse."""
-    for path, text in _texts(spec.to_document(), ""):
+    UTF-8, and the YAML store wrote a file that no read could parse. The document is validated
+    again, as a read validates it: a spec changed with ``model_copy(update=…)`` skipped its
+    validators (a key written out in its metadata, an id no spec can have), and was stored as it
+    was, then refused by every read."""
+    document = spec.to_document()
+    for path, text in _texts(document, ""):
         surrogate = LONE_SURROGATE.search(text)
         if surrogate is not None:
             raise SpecValidationError(
@@ -154,7 +158,7 @@ def stored_copy(spec: SpecBase, version: int) -> SpecBase:
                 spec=spec.ref,
                 path=path,
             )
-    return spec.model_copy(update={"version": version})
+    return type(spec).from_dict(document).model_copy(update={"version": version})
 
 
 def _texts(value: Any, path: str) -> Iterator[tuple[str, str]]:
