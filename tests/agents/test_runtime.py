@@ -482,6 +482,15 @@ def test_an_unsupported_session_db_url_is_refused_without_its_password() -> None
         session_db(f"user={canary} dbname=sessions")
 
 
+def test_a_schema_for_a_sqlite_session_db_is_refused(tmp_path: Path) -> None:
+    """SQLite has no schemas: the schema was dropped silently, so two runtimes told to keep their
+    sessions apart by schema shared one history in the file."""
+    with pytest.raises(ConfigurationError, match=r"schema 'tenant_a'.*PostgreSQL") as caught:
+        session_db(f"sqlite:///{tmp_path / 'sessions.db'}", schema="tenant_a")
+    assert "sqlite" in str(caught.value)
+    assert not (tmp_path / "sessions.db").exists()
+
+
 def test_postgres_session_db_urls_use_the_async_psycopg_driver() -> None:
     for scheme in ("postgresql", "postgres", "postgresql+asyncpg"):
         db = session_db(f"{scheme}://user:p%40ss@127.0.0.1:5432/test", schema="agno")

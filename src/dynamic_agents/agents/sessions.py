@@ -26,7 +26,8 @@ __all__ = ["describe_db", "session_db"]
 
 
 def session_db(url: str, *, schema: str | None = None) -> Any:
-    """An agno async db for sessions and memories at ``url``.
+    """An agno async db for sessions and memories at ``url``; ``schema``, PostgreSQL's schema for
+    agno's tables (a :class:`ConfigurationError` with a SQLite URL, which has none).
 
     An in-memory SQLite URL (``sqlite://``, ``sqlite:///:memory:``) is refused: that database lives
     in one connection, which concurrent runs would share; use a file, or agno's ``InMemoryDb`` in
@@ -40,6 +41,11 @@ def session_db(url: str, *, schema: str | None = None) -> Any:
         ) from None
     backend = parsed.get_backend_name()
     if backend == "sqlite":
+        if schema is not None:  # dropped, it left two "separate" runtimes sharing one history
+            raise ConfigurationError(
+                f"session db schema {schema!r} for a sqlite URL: schemas are PostgreSQL's, a "
+                "SQLite db has none; keep sessions apart with another file"
+            )
         return _sqlite(url, parsed.set(drivername="sqlite+aiosqlite"))
     if backend in ("postgresql", "postgres"):
         return _postgres(parsed.set(drivername="postgresql+psycopg_async"), schema)
