@@ -511,6 +511,28 @@ async def test_a_built_agent_never_shows_the_session_db_password() -> None:
     assert canary not in repr(db.to_dict())
 
 
+async def test_reading_the_turn_back_stops_at_the_requests_deadline(caplog: pytest.LogCaptureFixture) -> None:
+    """The turn is read back from the session db after the run, outside the run's deadline: a db
+    that stopped answering once the run was over held the answer back past the request's timeout,
+    for as long as the db took (minutes for a host that drops packets)."""
+    from agno.db.in_memory import InMemoryDb
+
+    class NoAnswerOnReadBack(InMemoryDb):  # type: ignore[misc]
+        async def get_run(self, run_id: str, deserialize: bool | None = True) -> Any:
+            await asyncio.Event().wait()  # a db that never answers
+
+    rt = runtime({"gpt": ["the answer"]}, db=NoAnswerOnReadBack())
+    await rt.agents.create(AgentSpec.from_dict({"id": "bot", "model": "gpt"}))
+    caplog.set_level(logging.WARNING, logger="dynamic_agents.agents")
+    async with asyncio.timeout(60):  # the test's own bound: without the fix, the call never returns
+        result = await rt.agents.execute("bot", "hi", session_id="conv", timeout=3)
+    assert result.status == ResponseStatus.COMPLETED
+    assert result.content == "the answer"
+    assert result.metadata["session_saved"] is False  # not known to be kept
+    [warning] = [r for r in caplog.records if r.name == "dynamic_agents.agents"]
+    assert "did not answer within the request's timeout" in warning.getMessage()
+
+
 async def test_a_streamed_run_the_session_db_did_not_keep_answers_its_own_reply(tmp_path: Path) -> None:
     """A streamed run's result is read back from the session db: when the db could not save it (a
     sessions file the process cannot write), that read gave the session's previous turn, whose

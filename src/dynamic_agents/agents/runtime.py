@@ -280,15 +280,22 @@ class AgentRuntime:
             # the team's run for them: streamed, agno gives the hook no member responses)
             member_errors.clear()
         result = _result(output, started, getattr(target, "name", spec_id), member_errors)
-        if not await self._kept(run_id):
+        try:  # within the request's deadline: the answer is ready, a db that hangs must not hold it
+            async with asyncio.timeout_at(deadline.when() if deadline is not None else None):
+                kept = await self._kept(run_id)
+            problem = "the turn is not in the session db"
+        except TimeoutError:
+            kept, problem = False, "the session db did not answer within the request's timeout"
+        if not kept:
             from dynamic_agents.agents.sessions import describe_db
 
             logger.warning(
-                "%s, session %r: the turn is not in the session db (%s): later runs will not see "
-                "it, and this one may have answered without the conversation's history (agno "
-                "logs the db's error on its logger 'agno')",
+                "%s, session %r: %s (%s): later runs may not see this turn, and it may have been "
+                "answered without the conversation's history (agno logs the db's errors on its "
+                "logger 'agno')",
                 f"{kind.value} {spec_id!r}",
                 session_id,
+                problem,
                 describe_db(self.db),
             )
             result = replace(result, metadata={**result.metadata, "session_saved": False})
