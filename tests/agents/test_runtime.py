@@ -533,6 +533,23 @@ async def test_reading_the_turn_back_stops_at_the_requests_deadline(caplog: pyte
     assert "did not answer within the request's timeout" in warning.getMessage()
 
 
+async def test_a_session_db_that_does_not_answer_before_the_run_times_out_the_request(tmp_path: Path) -> None:
+    """The session's last run is read (for an interrupted turn) before the run starts, outside its
+    deadline: with a session db that did not answer, a request with a timeout never returned."""
+    db = session_db(f"sqlite:///{tmp_path / 'sessions.db'}")
+
+    async def no_answer(**_: Any) -> None:
+        await asyncio.Event().wait()
+
+    db.get_session = no_answer  # every session read, the runtime's and agno's own
+    rt = runtime({"gpt": ["never sent"]}, db=db)
+    await rt.agents.create(AgentSpec.from_dict({"id": "bot", "model": "gpt"}))
+    async with asyncio.timeout(60):  # the test's own bound: without the fix, the call never returns
+        result = await rt.agents.execute("bot", "hi", session_id="conv", timeout=2)
+    assert result.status == ResponseStatus.TIMEOUT
+    assert result.error_message == "agent 'bot' timed out after 2.0s"
+
+
 async def test_a_streamed_run_the_session_db_did_not_keep_answers_its_own_reply(tmp_path: Path) -> None:
     """A streamed run's result is read back from the session db: when the db could not save it (a
     sessions file the process cannot write), that read gave the session's previous turn, whose

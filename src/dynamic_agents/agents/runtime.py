@@ -233,12 +233,21 @@ class AgentRuntime:
             run_kwargs["metadata"] = dict(metadata)
         run_id = str(uuid.uuid4())  # the id _stop_run asks agno to cancel: workflows need it too
         run_kwargs["run_id"] = run_id
-        if kind is not SpecKind.WORKFLOW:
-            interrupted = await self._interrupted_turn(kind, run_kwargs["session_id"])
-            if interrupted is not None:  # agno leaves cancelled runs out of the history: hand it over
-                run_kwargs["dependencies"] = {"interrupted_turn": interrupted}
-                run_kwargs["add_dependencies_to_context"] = True
         started = time.monotonic()
+        # One deadline for all the request waits on, the session db's read before the run included
+        # (outside it, a db that did not answer held a request with a timeout for ever)
+        ends = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        if kind is not SpecKind.WORKFLOW:
+            try:
+                async with asyncio.timeout_at(ends):
+                    await self._hand_over_interrupted_turn(kind, run_kwargs)
+            except TimeoutError:  # _interrupted_turn's own errors are None: this is the deadline
+                return ExecutionResult(
+                    ResponseStatus.TIMEOUT,
+                    error_message=f"{kind.value} {spec_id!r} timed out after {timeout}s",
+                    duration_ms=_ms_since(started),
+                    target_name=getattr(target, "name", spec_id),
+                )
         member_errors: list[tuple[str, str]] = []  # (member, error) of the members' failed runs
 
         async def run() -> Any:
@@ -249,7 +258,7 @@ class AgentRuntime:
         inner = asyncio.get_running_loop().create_task(run())
         deadline: asyncio.Timeout | None = None
         try:
-            async with asyncio.timeout(timeout) as deadline:
+            async with asyncio.timeout_at(ends) as deadline:
                 output = await asyncio.shield(inner)
         except TimeoutError:
             if deadline is None or not deadline.expired():
@@ -280,26 +289,40 @@ class AgentRuntime:
             # the team's run for them: streamed, agno gives the hook no member responses)
             member_errors.clear()
         result = _result(output, started, getattr(target, "name", spec_id), member_errors)
-        try:  # within the request's deadline: the answer is ready, a db that hangs must not hold it
-            async with asyncio.timeout_at(deadline.when() if deadline is not None else None):
+        return await self._flag_unkept(result, run_id, ends, f"{kind.value} {spec_id!r}", session_id)
+
+    async def _hand_over_interrupted_turn(self, kind: SpecKind, run_kwargs: dict[str, Any]) -> None:
+        interrupted = await self._interrupted_turn(kind, run_kwargs["session_id"])
+        if interrupted is not None:  # agno leaves cancelled runs out of the history: hand it over
+            run_kwargs["dependencies"] = {"interrupted_turn": interrupted}
+            run_kwargs["add_dependencies_to_context"] = True
+
+    async def _flag_unkept(
+        self, result: ExecutionResult, run_id: str, ends: float | None, target: str, session_id: str
+    ) -> ExecutionResult:
+        """``result``, with ``session_saved`` false in its metadata and a warning logged, if the
+        session db does not hold the run ``run_id``, read back by ``ends`` (the request's deadline:
+        the answer is ready, and a db that hangs must not hold it back)."""
+        try:
+            async with asyncio.timeout_at(ends):
                 kept = await self._kept(run_id)
             problem = "the turn is not in the session db"
         except TimeoutError:
             kept, problem = False, "the session db did not answer within the request's timeout"
-        if not kept:
-            from dynamic_agents.agents.sessions import describe_db
+        if kept:
+            return result
+        from dynamic_agents.agents.sessions import describe_db
 
-            logger.warning(
-                "%s, session %r: %s (%s): later runs may not see this turn, and it may have been "
-                "answered without the conversation's history (agno logs the db's errors on its "
-                "logger 'agno')",
-                f"{kind.value} {spec_id!r}",
-                session_id,
-                problem,
-                describe_db(self.db),
-            )
-            result = replace(result, metadata={**result.metadata, "session_saved": False})
-        return result
+        logger.warning(
+            "%s, session %r: %s (%s): later runs may not see this turn, and it may have been "
+            "answered without the conversation's history (agno logs the db's errors on its "
+            "logger 'agno')",
+            target,
+            session_id,
+            problem,
+            describe_db(self.db),
+        )
+        return replace(result, metadata={**result.metadata, "session_saved": False})
 
     async def _kept(self, run_id: str) -> bool:
         """Whether the session db holds the run ``run_id`` now that it is over. agno logs a failed
