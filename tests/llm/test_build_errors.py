@@ -230,11 +230,9 @@ def litellm_connections(admin: Any) -> list[dict[str, Any]]:
     return [client for client in admin.client_list() if client.get("name") != "test-admin"]
 
 
-@pytest.mark.redis_server
-async def test_closing_the_router_closes_litellms_redis_connections(redis_server: Any) -> None:
-    """litellm's Router builds a Redis cache for ``redis_url`` (cooldowns, usage): a sync client
-    of its own, and an async one in litellm's process-wide client cache. ``aclose()`` left both
-    connected: a host rebuilding its router (a config reload) added connections each time."""
+def redis_shared_state(redis_server: Any) -> tuple[Any, SecretsManager, dict[str, Any]]:
+    """An admin client of ``redis_server`` (named, so it is told from litellm's connections), the
+    secrets, and router settings that keep litellm's shared state (usage) in that server."""
     import redis
 
     admin = redis.Redis(port=redis_server.port)
@@ -244,6 +242,15 @@ async def test_closing_the_router_closes_litellms_redis_connections(redis_server
         "redis_url": f"redis://127.0.0.1:{redis_server.port}/0",
         "routing_strategy": "usage-based-routing-v2",
     }
+    return admin, secrets, settings
+
+
+@pytest.mark.redis_server
+async def test_closing_the_router_closes_litellms_redis_connections(redis_server: Any) -> None:
+    """litellm's Router builds a Redis cache for ``redis_url`` (cooldowns, usage): a sync client
+    of its own, and an async one in litellm's process-wide client cache. ``aclose()`` left both
+    connected: a host rebuilding its router (a config reload) added connections each time."""
+    admin, secrets, settings = redis_shared_state(redis_server)
     try:
         for _ in range(3):
             router = await build_router(config({"api_key": "plain"}, **settings), secrets)
@@ -263,15 +270,7 @@ async def test_closing_one_router_keeps_the_redis_client_another_open_router_sha
 ) -> None:
     """Two routers with the same ``redis_url`` share litellm's cached async Redis client: closing
     one leaves the other's Redis state working (its calls in flight keep their connections)."""
-    import redis
-
-    admin = redis.Redis(port=redis_server.port)
-    admin.client_setname("test-admin")
-    secrets = SecretsManager(StaticSource({"anthropic": {"api_key": "sk-ant-fine-000001"}}))
-    settings = {
-        "redis_url": f"redis://127.0.0.1:{redis_server.port}/0",
-        "routing_strategy": "usage-based-routing-v2",
-    }
+    admin, secrets, settings = redis_shared_state(redis_server)
     first = await build_router(config({"api_key": "plain"}, **settings), secrets)
     second = await build_router(config({"api_key": "plain"}, **settings), secrets)
     try:
