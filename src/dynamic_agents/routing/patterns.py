@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -161,31 +162,54 @@ def _added_copies(pattern: str, *, nested_sets: bool, verbose: bool) -> int:
     # per open group (the whole pattern first): the parts of what it holds so far, written out
     # and as written
     sizes: list[tuple[int, int]] = [(0, 0)]
-    index, end = 0, len(pattern)
+    for kind, quantifier in _parts(pattern, nested_sets=nested_sets, verbose=verbose):
+        if kind == "open":
+            sizes.append((0, 0))
+            continue
+        part = (1, 1)
+        if kind == "close":
+            inner = sizes.pop()
+            part = (max(inner[0], 1), max(inner[1], 1))
+        count = _least_count(quantifier)
+        written_out, written = sizes[-1]
+        sizes[-1] = (written_out + part[0] * count, written + part[1])
+    return sum(out for out, _ in sizes) - sum(written for _, written in sizes)
+
+
+def _parts(pattern: str, *, nested_sets: bool, verbose: bool) -> Iterator[tuple[str, re.Match[str] | None]]:
+    """``pattern`` read part by part, as the ``regex`` engine reads its structure: ``("open",
+    None)`` for a group's ``(``; then for each part, a group's ``)`` (``"close"``) or an escape, a
+    character class (sets nested in it with ``nested_sets``) or any other character (``"atom"``),
+    the quantifier after it (a :data:`_QUANTIFIER` match; ``None`` without one, ``{}`` being
+    text). Comments (``verbose``: spaces and ``#`` comments too, as ``(?x)`` reads them) are
+    skipped, also between a part and its quantifier."""
+    depth, index, end = 0, 0, len(pattern)
     while index < end:
-        char = pattern[index]
         if _ignored(pattern, index, verbose=verbose):
             index = _after_ignored(pattern, index, verbose=verbose)
             continue
+        char, kind = pattern[index], "atom"
         if char == "(":
-            sizes.append((0, 0))
+            depth += 1
             index += 1
+            yield "open", None
             continue
-        part = (1, 1)
         if char == "\\":
             index = _after_escape(pattern, index)
         elif char == "[":
             index = _after_class(pattern, index, nested_sets=nested_sets)
-        elif char == ")" and len(sizes) > 1:
-            inner = sizes.pop()
-            part = (max(inner[0], 1), max(inner[1], 1))
-            index += 1
         else:
+            if char == ")" and depth:
+                depth -= 1
+                kind = "close"
             index += 1
-        count, index = _least_count(pattern, _after_ignored(pattern, index, verbose=verbose))
-        written_out, written = sizes[-1]
-        sizes[-1] = (written_out + part[0] * count, written + part[1])
-    return sum(out for out, _ in sizes) - sum(written for _, written in sizes)
+        index = _after_ignored(pattern, index, verbose=verbose)
+        found = _QUANTIFIER.match(pattern, index)
+        if found is not None and found[0][0] == "{" and not (found[1] or found[2] or found[3]):
+            found = None  # "{}" is text
+        if found is not None:
+            index = found.end()
+        yield kind, found
 
 
 def _ignored(pattern: str, index: int, *, verbose: bool) -> bool:
@@ -209,16 +233,14 @@ def _after_ignored(pattern: str, index: int, *, verbose: bool) -> int:
     return index
 
 
-def _least_count(pattern: str, index: int) -> tuple[int, int]:
-    """The least count of the quantifier at ``index`` (at least 1: what ``*`` or ``{0,n}``
-    repeats is written out once all the same) and the index after it; ``(1, index)`` without
-    one."""
-    found = _QUANTIFIER.match(pattern, index)
-    if found is None or (found[0][0] == "{" and not (found[1] or found[2] or found[3])):
-        return 1, index  # "{}" is text
-    kind = found[0][0]
-    least = 1 if kind == "+" else 0 if kind in "*?" else int(found[1] or 0)
-    return max(least, 1), found.end()
+def _least_count(quantifier: re.Match[str] | None) -> int:
+    """The least count of ``quantifier`` (at least 1: what ``*`` or ``{0,n}`` repeats is written
+    out once all the same); 1 without one."""
+    if quantifier is None:
+        return 1
+    kind = quantifier[0][0]
+    least = 1 if kind == "+" else 0 if kind in "*?" else int(quantifier[1] or 0)
+    return max(least, 1)
 
 
 _CALL: Final = re.compile(r"\(\?(?:R|[-+]?\d+|&\w+|P>\w+)\)")
@@ -236,9 +258,8 @@ def _call(pattern: str, *, nested_sets: bool) -> str | None:
             index = _after_escape(pattern, index)
         elif char == "[":
             index = _after_class(pattern, index, nested_sets=nested_sets)
-        elif pattern.startswith("(?#", index):  # a comment, to the first ")"
-            close = pattern.find(")", index)
-            index = end if close < 0 else close + 1
+        elif _ignored(pattern, index, verbose=False):  # a comment, to the first ")"
+            index = _after_ignored(pattern, index, verbose=False)
         elif (found := _CALL.match(pattern, index)) is not None:
             return found[0]
         else:
@@ -247,52 +268,32 @@ def _call(pattern: str, *, nested_sets: bool) -> str | None:
 
 
 def _nested_unbounded_in_text(pattern: str, *, nested_sets: bool, verbose: bool) -> bool:
-    """:func:`_nested_unbounded` read from the text itself, for a pattern that compiles with the
-    ``regex`` engine but that the stdlib parser refuses: groups, escapes, character classes (sets
-    nested in them too), comments (``verbose``: spaces and ``#`` comments too, as ``(?x)`` reads
-    them) and quantifiers are told apart; anything else is one character."""
+    """:func:`_nested_unbounded` read from the text itself (:func:`_parts`), for a pattern that
+    compiles with the ``regex`` engine but that the stdlib parser refuses."""
     unbounded = [False]  # per open group (the whole pattern first): holds an unbounded quantifier
-    index, end = 0, len(pattern)
-    while index < end:
-        char = pattern[index]
-        if _ignored(pattern, index, verbose=verbose):
-            index = _after_ignored(pattern, index, verbose=verbose)
-            continue
-        if char == "\\":
-            index = _after_escape(pattern, index)
-        elif char == "[":
-            index = _after_class(pattern, index, nested_sets=nested_sets)
-        elif char == "(":
+    for kind, quantifier in _parts(pattern, nested_sets=nested_sets, verbose=verbose):
+        if kind == "open":
             unbounded.append(False)
-            index += 1
             continue
-        elif char == ")" and len(unbounded) > 1:
+        repeat = _is_unbounded(quantifier)
+        if kind == "close":
             inner = unbounded.pop()
-            repeat, index = _quantifier(pattern, _after_ignored(pattern, index + 1, verbose=verbose))
-            if repeat == "unbounded" and inner:
+            if repeat and inner:
                 return True
-            unbounded[-1] = unbounded[-1] or inner or repeat == "unbounded"
-            continue
-        else:
-            index += 1
-        repeat, index = _quantifier(pattern, _after_ignored(pattern, index, verbose=verbose))
-        unbounded[-1] = unbounded[-1] or repeat == "unbounded"
+            repeat = repeat or inner
+        unbounded[-1] = unbounded[-1] or repeat
     return False
 
 
 _QUANTIFIER: Final = re.compile(r"(?:[*+?]|\{(\d*)(,?)(\d*)\})[?+]?")
 
 
-def _quantifier(pattern: str, index: int) -> tuple[str | None, int]:
-    """The quantifier at ``index`` (``"unbounded"``, ``"bounded"`` or ``None``) and the index after it."""
-    found = _QUANTIFIER.match(pattern, index)
-    if found is None:
-        return None, index
-    kind = found[0][0]
-    unbounded = kind in "*+" or (kind == "{" and found[2] == "," and not found[3])
-    if kind == "{" and not (found[1] or found[3]) and not found[2]:
-        return None, index  # "{}" is text
-    return ("unbounded" if unbounded else "bounded"), found.end()
+def _is_unbounded(quantifier: re.Match[str] | None) -> bool:
+    """Whether ``quantifier`` repeats without bound (``*``, ``+``, ``{n,}``)."""
+    if quantifier is None:
+        return False
+    kind = quantifier[0][0]
+    return kind in "*+" or (kind == "{" and quantifier[2] == "," and not quantifier[3])
 
 
 def _after_escape(pattern: str, index: int) -> int:
