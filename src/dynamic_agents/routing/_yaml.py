@@ -121,15 +121,20 @@ def _refuse_an_integer_not_in_decimal(node: yaml.Node, source: str, path: YamlPa
     except yaml.YAMLError:  # the constructor refuses it, masked
         return
     if isinstance(number, int) and not isinstance(number, bool):
-        raise RoutingConfigError(
+        raise _node_error(
             f"{node.value} is read by YAML as the number {number} (a leading 0 is octal, ':' counts "
             f"in base 60, an id is the number's text without a '+'): "
             + (f"quote it ('{node.value}') for text, or " if in_rules else "")
             + "write the number in decimal",
-            source=source,
-            line=node.start_mark.line + 1,
-            path=format_path(path),
+            node,
+            source,
+            path,
         )
+
+
+def _node_error(message: str, node: yaml.Node, source: str, path: YamlPath) -> RoutingConfigError:
+    """A :class:`RoutingConfigError` naming the line of ``node`` and its ``path``."""
+    return RoutingConfigError(message, source=source, line=node.start_mark.line + 1, path=format_path(path))
 
 
 _BOOL_TAG: Final = "tag:yaml.org,2002:bool"
@@ -149,12 +154,12 @@ def _refuse_a_yaml_11_boolean(node: yaml.Node, source: str, path: YamlPath) -> N
     ):
         return
     value = node.value.lower() in {"yes", "on"}
-    raise RoutingConfigError(
+    raise _node_error(
         f"{node.value} is read by YAML as the boolean {value} (YAML 1.1 reads yes, no, on and off "
         f"as booleans): quote it ('{node.value}') for text, or write {str(value).lower()}",
-        source=source,
-        line=node.start_mark.line + 1,
-        path=format_path(path),
+        node,
+        source,
+        path,
     )
 
 
@@ -175,21 +180,21 @@ def _refuse_a_condition_without_a_value(node: yaml.Node, source: str, path: Yaml
     if len(path) >= 6 and path[-5:-3] == ("routing", "rules") and path[-2] == "metadata_match":
         if node.value:  # null or ~, written out
             return
-        raise RoutingConfigError(
+        raise _node_error(
             f"{path[-1]} has no value (nothing after it, which YAML reads as null: it matches every "
             f"event without {path[-1]!r}): give it one, or write null to mean that",
-            source=source,
-            line=node.start_mark.line + 1,
-            path=format_path(path),
+            node,
+            source,
+            path,
         )
     if len(path) < 4 or path[-4:-2] != ("routing", "rules") or path[-1] not in _CONDITIONS:
         return
     written = f"YAML reads {node.value!r} as" if node.value else "nothing after it, which YAML reads as"
-    raise RoutingConfigError(
+    raise _node_error(
         f"{path[-1]} has no value ({written} null): give it one, or leave the key out to match any",
-        source=source,
-        line=node.start_mark.line + 1,
-        path=format_path(path),
+        node,
+        source,
+        path,
     )
 
 
