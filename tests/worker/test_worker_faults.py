@@ -605,7 +605,11 @@ async def test_a_run_outlasting_its_lease_while_redis_is_out_of_memory_is_answer
         await finish.wait()
         return "done"
 
-    settings: dict[str, Any] = {**FAST, "record_ttl": 60}
+    # This server fsyncs every write (AOF, always): on a loaded machine one fsync has stalled it
+    # for longer than FAST's 0.4 s margin (lease_ttl 0.6, renewed every 0.2 s), losing the lease
+    # for a reason other than the shortage. Margins of seconds keep the test about the shortage.
+    slow = {"lease_ttl": 3.0, "claim_min_idle": 3.0, "keep_fresh_every": 0.5}
+    settings: dict[str, Any] = {**FAST, **slow, "record_ttl": 60}
     w = AgentWorker(
         transport, coordinator, echo_router(), FunctionExecutor(answer), settings=WorkerSettings(**settings)
     )
