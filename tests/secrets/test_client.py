@@ -1067,6 +1067,30 @@ async def test_a_token_provider_that_hangs_is_an_outage_after_the_timeout(
     assert service.count() == 0
 
 
+async def test_a_request_cancelled_as_its_token_arrives_stays_cancelled(
+    service: InMemoryIdentityService,
+) -> None:
+    # asyncio.wait_for on Python 3.11 returns the result of an awaitable that completes in the
+    # same loop iteration as the cancellation of its caller: the cancellation was dropped, and the
+    # request went on (a shutdown's cancel of a secrets lookup did not stop it)
+    issued: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    asked = asyncio.Event()
+
+    async def provider() -> str:
+        asked.set()
+        return await issued
+
+    async with IdentityClient(URL, token=provider, transport=service.mock_transport()) as client:
+        listing = asyncio.create_task(client.list_secrets())
+        await asked.wait()
+        await asyncio.sleep(0)  # the provider is awaiting the token now
+        issued.set_result("tok-000001")
+        listing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await listing
+    assert service.count() == 0
+
+
 @pytest.mark.parametrize("userinfo", ["svc:CANARY-url-pass-123@", "svc@", ":CANARY-url-pass-123@"])
 async def test_credentials_in_the_identity_url_are_refused(userinfo: str) -> None:
     # httpx sends them as Basic auth, in place of the bearer token: every request was a 401

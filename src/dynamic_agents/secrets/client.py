@@ -396,8 +396,11 @@ class IdentityClient:
                 try:
                     token = provider() if callable(provider) else provider
                     if inspect.isawaitable(token):
-                        # bounded like an attempt: an issuer that never answers would hang every request
-                        token = await asyncio.wait_for(token, self._timeout)
+                        # bounded like an attempt: an issuer that never answers would hang every
+                        # request. Not wait_for: on Python 3.11 it drops a cancellation that comes
+                        # with the token.
+                        async with asyncio.timeout(self._timeout):
+                            token = await token
                 except IdentityError:
                     raise
                 except Exception as error:  # a typed error: the manager serves what it has cached
