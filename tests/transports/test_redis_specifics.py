@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from dynamic_agents._validation import MAX_SECONDS
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, ResponseStatus, StreamNames
@@ -138,6 +139,36 @@ async def test_a_reply_of_an_unknown_shape_is_an_error_not_an_outage(
     finally:
         await transport.aclose()
     assert transport.stats.reconnects == 0
+
+
+async def test_read_stream_after_dollar_counts_from_the_call_even_when_it_is_retried(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """``after="$"`` is after the newest entry *when the call starts*: a read retried after its
+    connection was lost sent ``"$"`` again, so an entry that came between the two attempts was
+    never seen by a caller tailing the stream."""
+    transport = RedisStreamsTransport.from_url(redis_url, names=StreamNames(redis_prefix))
+    stream = f"{redis_prefix}:tail"
+    await transport.publish(stream, event("old"))
+    real_read, attempts = transport._xread, 0
+
+    async def lost_once(*args: Any) -> object:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:  # Redis is asked, another process publishes, the reply is lost
+            await transport.publish(stream, event("meanwhile"))
+            raise RedisConnectionError("Connection reset by peer")
+        return await real_read(*args)
+
+    transport._xread = lost_once  # type: ignore[method-assign]
+    try:
+        entries = await asyncio.wait_for(
+            transport.read_stream(stream, AgentRequestEvent, after="$", block=0.5), 10
+        )
+        assert attempts == 2
+        assert [entry.event.content for entry in entries] == ["meanwhile"]
+    finally:
+        await transport.aclose()
 
 
 async def test_a_claim_whose_reply_was_lost_holds_the_lease_it_took(

@@ -847,6 +847,8 @@ class RedisStreamsTransport(Transport):
         parse_read_position(after)  # refused here as in memory, not by the server
         check_count("count", count)
         block = check_seconds("block", block, zero=True, optional=True)
+        if after == "$":  # resolved once: a retry's "$" would be after what came in between
+            after = await self.last_entry_id(stream)
         response = await _retrying(
             f"read {stream!r}",
             lambda: self._xread(("XREAD", "COUNT", count), block or 0.0, stream, after),
