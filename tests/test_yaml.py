@@ -99,6 +99,33 @@ def test_each_loader_refuses_the_same_documents_at_the_same_line(text: str, line
 
 
 @pytest.mark.usefixtures("yaml_loader")
+@pytest.mark.parametrize(
+    ("text", "line", "key", "first"),
+    [
+        ("a: 1\nb: 2\na: 3\n", 3, "a", 1),
+        ("outer:\n  x: 1\n  y: 2\n  x: 1\n", 4, "x", 2),
+        ("list:\n  - {k: 1, k: 2}\n", 2, "k", 2),
+        ("base: &b {a: 1, a: 2}\nuse: *b\n", 1, "a", 1),
+    ],
+)
+def test_a_key_given_twice_is_refused_at_its_second_line(text: str, line: int, key: str, first: int) -> None:
+    """YAML readers keep the last of two equal keys: a router config or a spec that said
+    ``api_key`` twice used the second without a word (only routing files refused it)."""
+    with pytest.raises(yaml.YAMLError) as caught:
+        safe_load(text)
+    assert yaml_problem(caught.value) == (
+        f"not valid YAML at line {line}: key {key!r} is given twice (first at line {first}); "
+        "a YAML reader would keep only the last"
+    )
+
+
+@pytest.mark.usefixtures("yaml_loader")
+def test_a_merged_key_overridden_in_place_is_no_repeated_key() -> None:
+    assert safe_load("base: &b {a: 1, b: 2}\nuse: {<<: *b, a: 3}\n")["use"] == {"a": 3, "b": 2}
+    assert safe_load("a: {<<: [{x: 1}, {x: 2}], y: 0}\n")["a"] == {"x": 1, "y": 0}
+
+
+@pytest.mark.usefixtures("yaml_loader")
 @pytest.mark.parametrize(("text", "problem", "position"), FORBIDDEN_CHARACTERS)
 def test_a_character_yaml_does_not_allow_is_named_with_its_line_and_column_on_each_loader(
     text: str, problem: str, position: int

@@ -1,11 +1,12 @@
 """Reading YAML, for every YAML reader of the library (routing config, specs, spec stores, router
 config): PyYAML's safe loader, libyaml's where PyYAML has it (:data:`LOADERS`), with what it lets
 through refused as a ``yaml.YAMLError`` at its line: a scalar it reads but cannot build
-(``2001-02-30``, an int of 5,000 digits, ``!!int abc``: a bare ``ValueError``), aliases that stand
-for more than :data:`MAX_ALIASED_VALUES` copies (an alias bomb: the loader shares them, but
-``repr``, a validator or a JSON dump walk every copy), an alias inside what it stands for, and
-nesting deeper than the reader recurses; and a character YAML does not allow named, escaped, at
-its line and column (:class:`CharacterError`), where PyYAML's reader gives only an offset."""
+(``2001-02-30``, an int of 5,000 digits, ``!!int abc``: a bare ``ValueError``), aliases that
+stand for more than :data:`MAX_ALIASED_VALUES` copies (an alias bomb: the loader shares them, but
+``repr``, a validator or a JSON dump walk every copy), an alias inside what it stands for, a
+mapping key written twice (the reader keeps the last), and nesting deeper than the reader
+recurses; and a character YAML does not allow named, escaped, at its line and column
+(:class:`CharacterError`), where PyYAML's reader gives only an offset."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ __all__ = [
     "AliasError",
     "CharacterError",
     "PureLoader",
+    "RepeatedKeyError",
     "YamlLoader",
     "YamlPath",
     "new_loader",
@@ -155,10 +157,40 @@ class AliasError(yaml.constructor.ConstructorError):
         self.path = path
 
 
+class RepeatedKeyError(yaml.constructor.ConstructorError):
+    """A mapping key written twice (:func:`walk_document`), at the second; ``path`` is its path."""
+
+    def __init__(self, problem: str, key: yaml.Node, path: YamlPath) -> None:
+        super().__init__(None, None, problem, key.start_mark)
+        self.path = path
+
+
+_MERGE_TAG: Final = "tag:yaml.org,2002:merge"
+
+
+def _refuse_repeated_keys(mapping: yaml.MappingNode, path: YamlPath) -> None:
+    """A YAML reader keeps the last of two equal keys, so the first (an interface and its rules,
+    a deployment's key) would be lost without a word. Checked on the composed document, before
+    construction folds merge keys (``<<: *base``) in, where overriding a merged key is intended."""
+    first: dict[tuple[str, str], int] = {}
+    for key, _ in mapping.value:
+        if isinstance(key, yaml.ScalarNode) and key.tag != _MERGE_TAG:
+            written = (key.tag, key.value)
+            if written in first:
+                raise RepeatedKeyError(
+                    f"key {key.value!r} is given twice (first at line {first[written]}); "
+                    "a YAML reader would keep only the last",
+                    key,
+                    (*path, str(key.value)),
+                )
+            first[written] = key.start_mark.line + 1
+
+
 def walk_document(node: yaml.Node, visit: Callable[[yaml.Node, YamlPath], None] | None = None) -> None:
     """Walk a composed document, calling ``visit`` with every value's node and path (an alias's
     too, at each path it stands at), each anchored node walked once; :class:`AliasError` for an
-    alias inside what it stands for, or aliases adding more than :data:`MAX_ALIASED_VALUES`."""
+    alias inside what it stands for, or aliases adding more than :data:`MAX_ALIASED_VALUES`;
+    :class:`RepeatedKeyError` for a mapping key written twice."""
     sizes: dict[int, int] = {}  # by anchored node: how many values it stands for, all inside it
     inside: set[int] = set()  # the nodes being walked: meeting one again is an alias to itself
 
@@ -176,6 +208,7 @@ def walk_document(node: yaml.Node, visit: Callable[[yaml.Node, YamlPath], None] 
         children: list[tuple[yaml.Node, YamlPath]] = []
         size, added = 1, 0
         if isinstance(current, yaml.MappingNode):
+            _refuse_repeated_keys(current, path)
             children = [(value, (*path, str(key.value))) for key, value in current.value]
             size += len(children)  # the keys
         elif isinstance(current, yaml.SequenceNode):

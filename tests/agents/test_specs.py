@@ -201,6 +201,15 @@ def test_yaml_the_reader_lets_through_is_refused_as_yaml(text: str) -> None:
         AgentSpec.from_yaml(text)
 
 
+def test_a_key_given_twice_is_refused_not_overwritten() -> None:
+    # the second instructions replaced the first without a word
+    text = "id: a\nmodel: gpt\ninstructions: be brief\ninstructions: be thorough\n"
+    with pytest.raises(
+        SpecValidationError, match=r"^not valid YAML at line 4: key 'instructions' is given twice"
+    ):
+        AgentSpec.from_yaml(text)
+
+
 @pytest.mark.usefixtures("yaml_loader")
 @pytest.mark.parametrize(("text", "problem"), [(text, problem) for text, problem, _ in FORBIDDEN_CHARACTERS])
 def test_a_character_yaml_does_not_allow_is_named_with_its_line_and_column(text: str, problem: str) -> None:

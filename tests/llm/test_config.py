@@ -157,6 +157,22 @@ routing_strategy: usage-based-routing-v2
         RouterConfig.from_yaml("- a\n- b\n")
 
 
+def test_a_key_given_twice_is_refused_not_overwritten() -> None:
+    # the second api_key won without a word: the deployment billed another account's key
+    text = (
+        "model_list:\n"
+        "  - model_name: gpt\n"
+        "    litellm_params:\n"
+        "      model: openai/gpt-4o\n"
+        '      api_key: "secret:openai:api_key"\n'
+        '      api_key: "os.environ/OTHER_TEAMS_KEY"\n'
+    )
+    with pytest.raises(
+        ConfigurationError, match=r"^router config is not valid YAML at line 6: key 'api_key' is given twice"
+    ):
+        RouterConfig.from_yaml(text)
+
+
 @pytest.mark.usefixtures("yaml_loader")
 def test_malformed_yaml_is_a_configuration_error_naming_the_line_not_the_key() -> None:
     text = (

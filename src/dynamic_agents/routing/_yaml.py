@@ -10,7 +10,14 @@ from typing import Any, Final
 import yaml
 from pydantic import ValidationError
 
-from dynamic_agents._yaml import AliasError, YamlPath, new_loader, safe_load, walk_document
+from dynamic_agents._yaml import (
+    AliasError,
+    RepeatedKeyError,
+    YamlPath,
+    new_loader,
+    safe_load,
+    walk_document,
+)
 from dynamic_agents.exceptions import RoutingConfigError
 from dynamic_agents.secrets.references import error_with_value
 
@@ -36,12 +43,16 @@ def load_yaml(text: str, source: str) -> tuple[Any, dict[YamlPath, int]]:
         node = loader.get_single_node()
         if node is None:
             return {}, {}
-        _refuse_repeated_keys(node, source)
         walk_document(node, record_line)  # before anything walks what aliases stand for
         data = loader.construct_document(node)
     except AliasError as error:
         raise RoutingConfigError(
             str(error.problem), source=source, line=lines[error.path], path=format_path(error.path)
+        ) from None
+    except RepeatedKeyError as error:
+        line = error.problem_mark.line + 1 if error.problem_mark is not None else None
+        raise RoutingConfigError(
+            str(error.problem), source=source, line=line, path=format_path(error.path)
         ) from None
     except yaml.YAMLError as error:
         raise _yaml_error(error, source) from None
@@ -60,40 +71,6 @@ def _yaml_error(error: yaml.YAMLError, source: str) -> RoutingConfigError:
     return RoutingConfigError(f"not valid YAML: {getattr(error, 'problem', error)}", source=source, line=line)
 
 
-def _refuse_repeated_keys(node: yaml.Node, source: str) -> None:
-    """Refuse a mapping key written twice: a YAML reader keeps only the last, so the first (an
-    interface and all its rules, say) would be lost without a word. Runs before construction,
-    which folds merge keys (``<<: *base``) in, where overriding a merged key is intended."""
-    walked: set[int] = set()
-
-    def walk(current: yaml.Node, path: YamlPath) -> None:
-        if id(current) in walked:
-            return
-        walked.add(id(current))
-        if isinstance(current, yaml.MappingNode):
-            first: dict[tuple[str, str], int] = {}
-            for key_node, value_node in current.value:
-                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != _MERGE_TAG:
-                    key = (key_node.tag, key_node.value)
-                    line = key_node.start_mark.line + 1
-                    if key in first:
-                        raise RoutingConfigError(
-                            f"key {key_node.value!r} is given twice (first at line {first[key]}); "
-                            "a YAML reader would keep only the last",
-                            source=source,
-                            line=line,
-                            path=format_path((*path, key_node.value)),
-                        )
-                    first[key] = line
-                walk(value_node, (*path, str(key_node.value)))
-        elif isinstance(current, yaml.SequenceNode):
-            for index, item in enumerate(current.value):
-                walk(item, (*path, index))
-
-    walk(node, ())
-
-
-_MERGE_TAG: Final = "tag:yaml.org,2002:merge"
 _INT_TAG: Final = "tag:yaml.org,2002:int"
 _DECIMAL: Final = re.compile(r"[-+]?(?:0|[1-9][0-9]*)")
 _OCTAL_OR_BASE_60: Final = re.compile(r"[-+]?(?:0[0-7_]+|.*:.*)")
