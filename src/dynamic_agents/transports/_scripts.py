@@ -94,6 +94,9 @@ return #kept
 
 # KEYS[1] stream; ARGV: group, consumer, min idle ms, start id, count
 # XAUTOCLAIM plus each claimed entry's delivery count: {cursor, entries, deleted ids, counts}.
+# Not allow-oom, though Redis would take XAUTOCLAIM alone: each reclaim raises a delivery count
+# while nothing can run (a lease is a write), so a long shortage would dead-letter requests that
+# never ran once it passed; refused, reads wait the shortage out with the counts as they were.
 RECLAIM: Final = """#!lua
 local claimed = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], 'COUNT', ARGV[5])
 local counts = {}
