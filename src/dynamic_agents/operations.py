@@ -280,7 +280,7 @@ class DeadLetters:
             )
         if not letter.fields:
             raise RequeueError(letter.id, self.stream, "it has no original fields to put back")
-        if letter.request_id is not None and letter.response_id is not None:
+        if letter.request_id is not None and letter.response_id is not None and self._names_a_record(letter):
             # Before the move, or a worker could read the requeued request and find it answered.
             # Two steps, safe to cut between (a crash, Redis lost): the letter stays, still naming
             # the record, and a requeue tried again deletes nothing more (only that answer's record)
@@ -295,6 +295,16 @@ class DeadLetters:
         else:
             logger.info("requeued dead letter %s to %r as %s", letter.id, letter.origin_stream, new_id)
         return new_id
+
+    def _names_a_record(self, letter: DeadLetter) -> bool:
+        """Whether a record key can hold the letter's ``request_id``: one with a control character
+        (a letter written by hand) names no record, as none could be written: nothing to delete."""
+        try:
+            self.transport.names.completed_record(letter.request_id or "")
+        except ConfigurationError:
+            logger.warning("dead letter %s names a request id no record can have: none deleted", letter.id)
+            return False
+        return True
 
     # -- purging ----------------------------------------------------------------------------------
 

@@ -587,6 +587,34 @@ async def test_an_entry_without_dead_letter_fields_is_listed_but_not_requeued(ba
     assert await dead.list() == [letter]
 
 
+@pytest.mark.parametrize("request_id", ["bad\x00id", "line\nbreak", "\t"])
+async def test_a_request_id_no_record_can_have_deletes_nothing_and_the_letter_is_requeued(
+    backend: Backend, request_id: str
+) -> None:
+    """A letter written by hand (or by another tool) whose ``dead_letter.request_id`` no record key
+    can hold: requeue raised the key builder's ConfigurationError (a 500 from the REST API) and
+    requeue_all stopped at it. No record can have that id, so there is none to delete."""
+    transport = await backend.transport()
+    request = request_event(backend.names, "by hand")
+    metadata = {"stream": backend.names.requests, "reason": "manual", "request_id": request_id}
+    fields = {
+        **{name.encode(): value for name, value in transport.codec.encode_entry(request).items()},
+        **{f"dead_letter.{name}".encode(): value.encode() for name, value in metadata.items()},
+        b"dead_letter.response_id": b"r-1",
+    }
+    first = await transport.publish_fields(backend.names.dead_letters, fields)
+    await transport.publish_fields(backend.names.dead_letters, fields)
+    dead = DeadLetters(transport)
+    assert [letter.request_id for letter in await dead.list()] == [request_id, request_id]
+
+    new_id = await dead.requeue(first)
+    assert await dead.requeue_all() == 1
+    assert await dead.list() == []
+    requeued = await transport.read_stream(backend.names.requests, AgentRequestEvent)
+    assert requeued[0].entry_id == new_id
+    assert [entry.event for entry in requeued] == [request, request]
+
+
 async def test_a_dead_letter_without_original_fields_is_not_requeued(backend: Backend) -> None:
     transport = await backend.transport()
     entry_id = await transport.publish_fields(
