@@ -243,6 +243,15 @@ def test_empty_and_blank_text() -> None:
         split_message(None)  # type: ignore[arg-type]
 
 
+def test_join_chunks_refuses_the_texts_split_message_returns_with_a_type_error() -> None:
+    # an AttributeError ('str' object has no attribute 'original'): the texts carry the added
+    # fence markers and leave blank chunks out, so they cannot give the input back
+    refused = r"^join_chunks takes the MessageChunk objects of split_message_parts, got a"
+    for chunks in (split_message("word " * 20, limit=16), "text", [None]):
+        with pytest.raises(TypeError, match=refused):
+            join_chunks(chunks)  # type: ignore[arg-type]
+
+
 def test_a_block_is_closed_and_reopened_with_its_language() -> None:
     text = "```python\nfirst = 1\nsecond = 2\nthird = 3\n```\nafter"
     assert split_message_parts(text, limit=30) == [

@@ -71,7 +71,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final
 
-from dynamic_agents._validation import shown
+from dynamic_agents._validation import a_type, shown
 from dynamic_agents.exceptions import ConfigurationError
 
 __all__ = [
@@ -182,8 +182,21 @@ def split_message_parts(
 
 
 def join_chunks(chunks: Iterable[MessageChunk]) -> str:
-    """The text the chunks were split from: their texts without the fence markers the split added."""
-    return "".join(chunk.original for chunk in chunks)
+    """The text the chunks were split from: their texts without the fence markers the split added.
+
+    ``chunks`` are :class:`MessageChunk` objects (:func:`split_message_parts`); anything else, such
+    as the texts :func:`split_message` returns (markers added, blank chunks left out: they do not
+    join back), is a :class:`TypeError`.
+    """
+    originals = []
+    for chunk in chunks:
+        if not isinstance(chunk, MessageChunk):
+            raise TypeError(
+                "join_chunks takes the MessageChunk objects of split_message_parts, got "
+                f"{a_type(chunk)} (split_message's texts do not join back)"
+            )
+        originals.append(chunk.original)
+    return "".join(originals)
 
 
 def _resolve_limit(limit: int | None, platform: str | None) -> int:
