@@ -70,6 +70,7 @@ from dynamic_agents.exceptions import (
     DeliveryError,
     EventError,
     RequeueError,
+    TransportError,
 )
 from dynamic_agents.transports import Transport
 from dynamic_agents.transports.base import (
@@ -256,7 +257,9 @@ class DeadLetters:
     async def requeue_all(self, *, reason: str | None = None) -> int:
         """Requeue every dead letter there is now (or those of kind ``reason``, as
         :func:`reason_kind` names them); returns how many were requeued. A ``reason`` that is not a
-        kind (a whole reason, say) is a :class:`ConfigurationError`."""
+        kind (a whole reason, say) is a :class:`ConfigurationError`. A letter that cannot be
+        requeued as it is (no origin stream or fields, an origin key holding something other than a
+        stream) is left where it is with a warning; trouble reaching the transport is raised."""
         _check_kind(reason)
         requeued = 0
         async with self._lock:
@@ -266,7 +269,15 @@ class DeadLetters:
                 if not letter.origin_stream or not letter.fields:
                     logger.warning("dead letter %s has no origin stream or fields: not requeued", letter.id)
                     continue
-                if await self._requeue(letter) is not None:
+                try:
+                    new_id = await self._requeue(letter)
+                except TransportError as error:
+                    if "WRONGTYPE" not in str(error):  # Redis away…: the rest would fail alike
+                        raise
+                    # it would fail alike on every run, and stop every later requeue_all here
+                    logger.warning("dead letter %s not requeued: %s", letter.id, error)
+                    continue
+                if new_id is not None:
                     requeued += 1
         return requeued
 

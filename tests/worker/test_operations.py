@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,7 +18,13 @@ from dynamic_agents.operations import (
     DeadLetterSummary,
     reason_kind,
 )
-from dynamic_agents.transports import InMemoryServer, InMemoryTransport, Subscription, Transport
+from dynamic_agents.transports import (
+    CompletedRecord,
+    InMemoryServer,
+    InMemoryTransport,
+    Subscription,
+    Transport,
+)
 from tests.worker.conftest import Backend, replies, request_event, worker
 
 GROUP = "dynamic-agents"
@@ -613,6 +620,37 @@ async def test_a_request_id_no_record_can_have_deletes_nothing_and_the_letter_is
     requeued = await transport.read_stream(backend.names.requests, AgentRequestEvent)
     assert requeued[0].entry_id == new_id
     assert [entry.event for entry in requeued] == [request, request]
+
+
+async def test_requeue_all_goes_past_a_letter_whose_origin_is_no_stream(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A letter whose origin key holds something else (a record, say: a name mistyped by hand):
+    its move fails with WRONGTYPE on every try. requeue_all raised at it, the letters after it
+    never requeued, and as it stays first, every later requeue_all stopped there again."""
+    transport = await backend.transport()
+    coordinator = transport.coordinator()
+    taken = backend.names.completed_record("taken")
+    await coordinator.set_record(CompletedRecord("taken", "r-1", "completed", None, None, 0.0), ttl=60)
+    request = request_event(backend.names, "by hand")
+    encoded = {name.encode(): value for name, value in transport.codec.encode_entry(request).items()}
+    for origin in (taken, backend.names.requests):
+        await transport.publish_fields(
+            backend.names.dead_letters, {**encoded, b"dead_letter.stream": origin.encode()}
+        )
+    dead = DeadLetters(transport)
+    stuck = (await dead.list())[0]
+    with caplog.at_level(logging.WARNING, logger="dynamic_agents"):
+        assert await dead.requeue_all() == 1
+    assert [letter.id for letter in await dead.list()] == [stuck.id]
+    assert [
+        entry.event for entry in await transport.read_stream(backend.names.requests, AgentRequestEvent)
+    ] == [request]
+    (warning,) = [r for r in caplog.records if stuck.id in r.getMessage()]
+    assert "not requeued" in warning.getMessage()
+    assert "WRONGTYPE" in warning.getMessage()
+    with pytest.raises(TransportError, match="WRONGTYPE"):  # one by one, it is still an error
+        await dead.requeue(stuck.id)
 
 
 async def test_a_dead_letter_without_original_fields_is_not_requeued(backend: Backend) -> None:
