@@ -1744,6 +1744,26 @@ async def test_health_is_503_when_a_check_fails(make_stack: StackFactory) -> Non
     assert "the database is gone" not in response.text
 
 
+async def test_a_health_request_cancelled_as_a_check_ends_is_cancelled(make_stack: StackFactory) -> None:
+    """The request cancelled (its client gone, the server shutting down) in the step its check
+    ends: Python 3.11's ``asyncio.wait_for`` returned the check's result and dropped the
+    cancellation, and the request answered as if nothing had happened."""
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def slow() -> bool:
+        started.set()
+        await release.wait()
+        return True
+
+    stack = await make_stack(health_checks={"slow": slow})
+    request = asyncio.create_task(stack.client.get(f"{V1}/health"))
+    await started.wait()
+    release.set()  # the check ends...
+    request.cancel()  # ...as the request is cancelled
+    with pytest.raises(asyncio.CancelledError):
+        await request
+
+
 async def test_health_is_503_when_the_transport_is_down(stack: Stack) -> None:
     await stack.transport.aclose()
     response = await stack.client.get(f"{V1}/health")

@@ -256,7 +256,10 @@ def add_operation_routes(  # noqa: PLR0915 - one route per statement group; kept
         named.update(health_checks or {})
         for name, check in named.items():
             try:
-                checks[name] = bool(await asyncio.wait_for(check(), 5))
+                # Not wait_for: on Python 3.11 it returns a check's result that ends as the request
+                # is cancelled (a client gone, a shutdown), and the cancellation is lost.
+                async with asyncio.timeout(5):
+                    checks[name] = bool(await check())
             except Exception:  # a failing dependency is a health result, not an API error
                 checks[name] = False
         healthy = all(checks.values())
