@@ -141,6 +141,35 @@ def test_the_idempotency_key_count_must_be_a_positive_whole_number(keys: Any) ->
     assert repr(keys) in str(caught.value)
 
 
+async def _ping() -> bool:
+    return True
+
+
+@pytest.mark.parametrize(
+    ("checks", "refused"),
+    [
+        ([_ping], r"^health_checks must be a mapping of names to async checks, got a list$"),
+        ({1: _ping}, r"^health_checks must be a mapping of names to async checks, got a name 1$"),
+        ({"db": True}, r"^health_checks\['db'\] must be an async callable returning a bool, got True$"),
+    ],
+)
+def test_health_checks_that_are_no_named_checks_are_a_configuration_error(checks: Any, refused: str) -> None:
+    """They were taken, and every ``/health`` answered 503 (a check not callable counted as failing,
+    without a word) or 500 (a list of checks)."""
+    with pytest.raises(ConfigurationError, match=refused):
+        create_api_router(runtime=make_runtime(), auth=NO_AUTH, health_checks=checks)
+
+
+def test_a_health_check_given_as_its_coroutine_is_a_configuration_error() -> None:
+    """``{"db": ping()}`` for ``{"db": ping}``: the check failed at every request, never awaited."""
+    called = _ping()
+    try:
+        with pytest.raises(ConfigurationError, match=r"^health_checks\['db'\] must be an async callable"):
+            create_api_router(runtime=make_runtime(), auth=NO_AUTH, health_checks={"db": called})
+    finally:
+        called.close()
+
+
 @pytest.mark.parametrize(
     "transport", ["redis://:a-password-0123@127.0.0.1:6379/0", InMemoryTransport().coordinator(), 42]
 )

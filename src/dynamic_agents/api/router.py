@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from enum import Enum
 from typing import Annotated, Any, Final
 
-from dynamic_agents._validation import check_count, check_seconds
+from dynamic_agents._validation import a_type, check_callable, check_count, check_seconds, shown
 from dynamic_agents.agents.runtime import AgentRuntime
 from dynamic_agents.api._bodies import DEFAULT_MAX_BODY_SIZE
 from dynamic_agents.api._idempotency import DEFAULT_IDEMPOTENCY_MAX_KEYS, Idempotency
@@ -85,6 +85,7 @@ def create_api_router(
     # one of the wrong type was taken, and the first route using it failed with a bare
     # AttributeError (a 500): refused here as AgentClient, AgentWorker and DeadLetters refuse it
     transport = check_transport(transport) if transport is not None else None
+    _check_health_checks(health_checks)
 
     async def check(authorization: str | None) -> str:
         """The caller: a digest of its bearer token (``""`` without authentication)."""
@@ -125,3 +126,21 @@ def create_api_router(
     # before the /{kind_name}/... templates declared first, which would take them for unknown kinds.
     api.routes.sort(key=lambda route: "{kind_name}" in getattr(route, "path", ""))
     return api
+
+
+def _check_health_checks(checks: object) -> None:
+    """Named async checks, or ``None``: a check that is not callable (a coroutine, ``ping()`` for
+    ``ping``) failed at every request as a check that raised, unsaid, and a list failed every
+    ``/health`` with a 500."""
+    if checks is None:
+        return
+    if not isinstance(checks, Mapping):
+        raise ConfigurationError(
+            f"health_checks must be a mapping of names to async checks, got {a_type(checks)}"
+        )
+    for name, check in checks.items():
+        if not isinstance(name, str):
+            raise ConfigurationError(
+                f"health_checks must be a mapping of names to async checks, got a name {shown(name)}"
+            )
+        check_callable(f"health_checks[{name!r}]", check, "an async callable returning a bool")
