@@ -1793,6 +1793,25 @@ async def test_a_health_request_cancelled_as_a_check_ends_is_cancelled(make_stac
         await request
 
 
+async def test_a_health_check_that_raises_is_logged(
+    make_stack: StackFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The answer only says ``false`` (the error's text may say more than a caller should read):
+    the reason was nowhere, not even in the server's log."""
+
+    async def raising() -> bool:
+        raise ConnectionError(f"the database at 10.0.0.9 is gone ({CANARY})")
+
+    stack = await make_stack(health_checks={"queue": raising})
+    with caplog.at_level(logging.WARNING, logger="dynamic_agents.api"):
+        response = await stack.client.get(f"{V1}/health")
+    assert response.json()["checks"]["queue"] is False
+    (record,) = [record for record in caplog.records if "queue" in record.getMessage()]
+    assert record.levelno == logging.WARNING
+    assert "ConnectionError: the database at 10.0.0.9 is gone" in record.getMessage()
+    assert CANARY not in caplog.text  # a key it quotes is masked, as in every log line
+
+
 async def test_health_is_503_when_the_transport_is_down(stack: Stack) -> None:
     await stack.transport.aclose()
     response = await stack.client.get(f"{V1}/health")

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Final
 
 from pydantic import ValidationError
 
+from dynamic_agents._logging import get_logger
 from dynamic_agents._redaction import redact_text
 from dynamic_agents.agents.runtime import AgentRuntime
 from dynamic_agents.agents.specs import SpecKind, SpecStatus
@@ -41,9 +42,15 @@ class _RequestIdConvertor(StringConvertor):
     regex = "[\\s\\S]+"
 
 
+logger = get_logger("api")
+
+
 # Starlette's convertor registry is process-wide: the name is the library's own.
 register_url_convertor("dynamic_agents_request_id", _RequestIdConvertor())
 
+
+HEALTH_CHECK_SECONDS: Final = 5
+"""How long ``/health`` gives each check: one that takes longer counts as failing."""
 
 PREVIEW_CHARS: Final = 1000
 """How much of each field of a dead letter that did not decode the list shows."""
@@ -255,13 +262,23 @@ def add_operation_routes(  # noqa: PLR0915 - one route per statement group; kept
             named["transport"] = transport_ok
         named.update(health_checks or {})
         for name, check in named.items():
+            # Not wait_for: on Python 3.11 it returns a check's result that ends as the request is
+            # cancelled (a client gone, a shutdown), and the cancellation is lost.
+            deadline = asyncio.timeout(HEALTH_CHECK_SECONDS)
             try:
-                # Not wait_for: on Python 3.11 it returns a check's result that ends as the request
-                # is cancelled (a client gone, a shutdown), and the cancellation is lost.
-                async with asyncio.timeout(5):
+                async with deadline:
                     checks[name] = bool(await check())
-            except Exception:  # a failing dependency is a health result, not an API error
+            except Exception as error:  # a failing dependency is a health result, not an API error
                 checks[name] = False
+                # the answer says only false (the text may say more than a caller should read)
+                failure = f"{type(error).__name__}: {redact_text(str(error))}"
+                logger.warning(
+                    "health check %r %s",
+                    name,
+                    f"took longer than {HEALTH_CHECK_SECONDS} s"
+                    if deadline.expired()
+                    else f"failed: {failure}",
+                )
         healthy = all(checks.values())
         return JSONResponse(
             {"status": "ok" if healthy else "degraded", "checks": checks}, status_code=200 if healthy else 503
