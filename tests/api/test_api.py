@@ -1944,6 +1944,28 @@ async def test_a_spec_deleted_between_the_check_and_the_run_is_a_404_not_a_500(s
         assert (response.status_code, response.json()["detail"]) == (404, "no agent 'bot'")
 
 
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_spec_error_after_the_check_masks_a_key_shaped_id(stream: bool) -> None:
+    """The answer without a stream masks an id shaped like a key (one pasted in the wrong place);
+    the stream's ``error`` event quoted it whole."""
+
+    class Vanishing(InMemorySpecStore):
+        reads = 0
+
+        async def get(self, kind: SpecKind, spec_id: str) -> SpecBase | None:
+            self.reads += 1
+            return await super().get(kind, spec_id) if self.reads == 1 else None
+
+    store = Vanishing()
+    await store.create(AgentSpec.from_dict({**AGENT, "id": CANARY}))
+    runtime = AgentRuntime(store, ToolRegistry(), ScriptedModels({"gpt": ["never"]}), max_staleness=0)
+    async with client_for(make_app(runtime), AUTH) as client:
+        response = await client.post(f"{V1}/agents/{CANARY}/execute", json={**EXECUTE, "stream": stream})
+    await runtime.aclose()
+    assert "CANARY" not in response.text
+    assert f"no agent '{MASK}'" in response.text
+
+
 async def test_a_stream_whose_run_fails_ends_with_an_error_event(
     stack: Stack, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

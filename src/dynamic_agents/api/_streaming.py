@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from dynamic_agents._logging import get_logger
+from dynamic_agents._redaction import redact_text
 from dynamic_agents.agents.managers import SpecManager
 from dynamic_agents.api._bodies import result_json
 from dynamic_agents.api._idempotency import Idempotency, IdempotencyScope
@@ -96,7 +97,8 @@ class RunStream(StreamingResponse):
             self.run.cancel()
             raise
         except (SpecValidationError, SpecNotFoundError) as error:  # changed or deleted after the check
-            detail = {"detail": str(error), "path": getattr(error, "path", "")}
+            # masked as the answer without a stream masks it (an id shaped like a key, say)
+            detail = {"detail": redact_text(str(error)), "path": getattr(error, "path", "")}
             yield _sse("error", detail)
             return
         except Exception as error:  # what a 500 is without a stream: its type said, its text logged
