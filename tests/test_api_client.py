@@ -319,6 +319,46 @@ async def test_a_success_that_is_no_json_is_an_api_error() -> None:
         assert (failed.value.status, failed.value.detail) == (200, "the answer is no JSON (text/html)")
 
 
+DEEP = b"[" * 100_000 + b"]" * 100_000
+"""JSON nested deeper than ``json.loads`` can read: a ``RecursionError``, no ``ValueError``."""
+
+
+@pytest.mark.parametrize(
+    ("status", "wire", "detail"),
+    [
+        (200, DEEP, "the answer's JSON is nested too deeply"),
+        (502, DEEP, "Bad Gateway"),  # as an error body that is no JSON: its reason phrase
+    ],
+)
+async def test_an_answer_nested_too_deeply_is_an_api_error(status: int, wire: bytes, detail: str) -> None:
+    """It escaped as a bare ``RecursionError``, which an ``except ApiError`` misses."""
+    answer = httpx.Response(status, headers={"content-type": "application/json"}, content=wire)
+    async with Recorder(lambda request: answer).client() as client:
+        with pytest.raises(ApiError) as failed:
+            await client.get("agents", "bot")
+    assert (failed.value.status, failed.value.detail) == (status, detail)
+
+
+@pytest.mark.parametrize(
+    ("data", "detail"),
+    [
+        (b"<html>not json</html>", "an event's data is no JSON (event 'delta')"),
+        (DEEP, "an event's data is nested too deeply (event 'delta')"),
+    ],
+)
+async def test_a_stream_event_whose_data_is_no_json_is_an_api_error(data: bytes, detail: str) -> None:
+    """A proxy mangling the stream, or a server that is not the API: ``stream`` raised a bare
+    ``JSONDecodeError`` (or ``RecursionError``), which an ``except ApiError`` misses."""
+    wire = b'event: delta\ndata: {"content": "hel"}\n\nevent: delta\ndata: ' + data + b"\n\n"
+    answer = httpx.Response(200, headers={"content-type": "text/event-stream"}, content=wire)
+    async with Recorder(lambda request: answer).client() as client:
+        events = client.stream("agents", "bot", "hi", session_id="s1")
+        assert await anext(events) == ("delta", {"content": "hel"})
+        with pytest.raises(ApiError) as failed:
+            await anext(events)
+    assert (failed.value.status, failed.value.detail) == (200, detail)
+
+
 async def test_a_stream_ending_with_an_error_event_raises_nothing() -> None:
     wire = b'event: error\ndata: {"detail": "the run failed (RuntimeError)", "status": 500}\n\n'
     answer = httpx.Response(200, headers={"content-type": "text/event-stream; charset=utf-8"}, content=wire)

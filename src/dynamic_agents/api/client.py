@@ -46,7 +46,7 @@ class AgentsHTTPClient:
             detail: Any
             try:
                 body = response.json()
-            except ValueError:
+            except (ValueError, RecursionError):  # json.loads recurses per level of nesting
                 detail = response.reason_phrase
                 if response.is_redirect:  # where the base URL should point (an https:// one)
                     detail += f" to {masked_url(response.headers['location'], register=False)}"
@@ -60,6 +60,8 @@ class AgentsHTTPClient:
         except ValueError as error:  # not the API's answer: a web app's page at the base URL
             kind = response.headers.get("content-type", "no content type")
             raise ApiError(response.status_code, f"the answer is no JSON ({kind})") from error
+        except RecursionError:  # no ValueError: json.loads recurses per level of nesting
+            raise ApiError(response.status_code, "the answer's JSON is nested too deeply") from None
 
     async def execute(
         self,
@@ -117,7 +119,7 @@ class AgentsHTTPClient:
                     event = line.removeprefix("event: ")
                 elif line.startswith("data: "):
                     ended = event in _LAST_EVENTS
-                    yield event, json.loads(line.removeprefix("data: "))
+                    yield event, _event_data(response.status_code, event, line.removeprefix("data: "))
             if not ended:  # a stream cut short, or a 200 that is no stream (a web app's page)
                 kind = response.headers.get("content-type", "no content type")
                 shape = "" if kind.startswith("text/event-stream") else f" ({kind}, not an event stream)"
@@ -174,6 +176,17 @@ def _execute_body(
     if timeout is not None:
         body["timeout"] = timeout
     return body
+
+
+def _event_data(status: int, event: str, data: str) -> Any:
+    """An event's data, as JSON: else an ``ApiError`` (a proxy mangling the stream, a server that is
+    not the API), not a bare ``JSONDecodeError`` or ``RecursionError`` an ``except ApiError`` misses."""
+    try:
+        return json.loads(data)
+    except ValueError:
+        raise ApiError(status, f"an event's data is no JSON (event {shown(event)})") from None
+    except RecursionError:  # no ValueError: json.loads recurses per level of nesting
+        raise ApiError(status, f"an event's data is nested too deeply (event {shown(event)})") from None
 
 
 def _idempotency(key: str | None) -> dict[str, str]:
