@@ -359,6 +359,27 @@ async def test_a_stream_event_whose_data_is_no_json_is_an_api_error(data: bytes,
     assert (failed.value.status, failed.value.detail) == (200, detail)
 
 
+async def test_an_error_body_quoting_the_token_is_masked() -> None:
+    """A gateway's 401 that echoes what it was sent: the ``ApiError`` (its text logged by whoever
+    catches it) carried the client's bearer token in clear."""
+    token = "echoed-token-7c2d9e"
+    bodies = iter(
+        [
+            {"detail": f"token {token} is not valid"},
+            {"error": {"headers": {"authorization": [f"Bearer {token}"]}}},  # no detail: the whole body
+        ]
+    )
+    api = Recorder(lambda request: httpx.Response(401, json=next(bodies)))
+    async with api.client(token=token) as client:
+        with pytest.raises(ApiError) as detailed:
+            await client.get("agents", "bot")
+        with pytest.raises(ApiError) as whole:
+            _ = [event async for event in client.stream("agents", "bot", "hi", session_id="s1")]
+    assert detailed.value.detail == "token ********** is not valid"
+    assert whole.value.detail == {"error": {"headers": {"authorization": ["Bearer **********"]}}}
+    assert token not in str(detailed.value) + str(whole.value)
+
+
 async def test_a_stream_ending_with_an_error_event_raises_nothing() -> None:
     wire = b'event: error\ndata: {"detail": "the run failed (RuntimeError)", "status": 500}\n\n'
     answer = httpx.Response(200, headers={"content-type": "text/event-stream; charset=utf-8"}, content=wire)
