@@ -100,6 +100,8 @@ async def test_the_base_url_path_prefixes_every_call(base_url: str, path: str) -
         ("r%3F1", "/api/v1/requests/r%253F1/cancel"),
         ("r+1", "/api/v1/requests/r%2B1/cancel"),
         ("r 1", "/api/v1/requests/r%201/cancel"),
+        (".", "/api/v1/requests/%2E/cancel"),  # a dot segment, which httpx resolves when sent as is:
+        ("..", "/api/v1/requests/%2E%2E/cancel"),  # POST /api/v1/requests/cancel, /api/v1/cancel
     ],
 )
 async def test_an_id_is_escaped_whole_into_one_path_segment(request_id: str, path: str) -> None:

@@ -955,13 +955,14 @@ async def test_the_client_streams_and_executes(stack: Stack) -> None:
         assert refused.value.status == 401
 
 
-@pytest.mark.parametrize("request_id", ["r?1", "r#1", "team/r1", "50%off", "r%3F1", "r+1"])
+@pytest.mark.parametrize("request_id", ["r?1", "r#1", "team/r1", "50%off", "r%3F1", "r+1", ".", ".."])
 async def test_the_client_cancels_exactly_the_request_it_names(stack: Stack, request_id: str) -> None:
     """Request ids are any printable ASCII: ``?``, ``#``, ``/`` and ``%`` must reach the API as
     part of the id, not end the path (which would cancel ``r``, or no request at all)."""
     async with AgentsHTTPClient(BASE, token=TOKEN, transport=httpx.ASGITransport(app=stack.app)) as api:
         await api.cancel(request_id)
-    flagged = await stack.transport.coordinator().cancelled([request_id, "r", "team", "50", "r%3F1", "r?1"])
+    candidates = [request_id, "r", "team", "50", "r%3F1", "r?1", "cancel"]
+    flagged = await stack.transport.coordinator().cancelled(candidates)
     assert flagged == {request_id}
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Mapping
-from typing import Any, Self
+from typing import Any, Final, Self
 from urllib.parse import quote
 
 import httpx
@@ -213,8 +213,14 @@ def _idempotency(key: str | None) -> dict[str, str]:
 
 def _path(*segments: str) -> str:
     """An API path from its segments, each escaped whole: ``?``, ``#``, ``/`` or ``%`` in an id stay
-    part of that id."""
-    return "/api/v1/" + "/".join(quote(segment, safe="") for segment in segments)
+    part of that id, and so does an id of ``.`` or ``..`` (a dot segment, which httpx resolves:
+    ``cancel("..")`` posted to ``/api/v1/cancel``), its dots escaped."""
+    return "/api/v1/" + "/".join(
+        _DOT_SEGMENTS.get(segment) or quote(segment, safe="") for segment in segments
+    )
+
+
+_DOT_SEGMENTS: Final = {".": "%2E", "..": "%2E%2E"}
 
 
 def _check_token(token: object) -> None:
