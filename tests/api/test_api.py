@@ -1913,6 +1913,30 @@ async def test_fixed_paths_are_served_by_their_own_routes() -> None:
     assert statuses == [200, 200, 200, 200, 200, 204]
 
 
+@pytest.mark.postgres
+@pytest.mark.parametrize("method", ["PUT", "DELETE"])
+async def test_an_expected_version_past_the_sql_stores_integers_is_422_not_500(
+    postgres_url: str, method: str
+) -> None:
+    """``?expected_version=2147483648`` (or any bigger number) reached the database, whose version
+    column is a 32-bit integer: a bare ``DataError`` (integer out of range), a 500. An update's
+    2147483647 too: it would write version 2147483648."""
+    async with SqlSpecStore.from_url(postgres_url) as store:
+        runtime = AgentRuntime(store, ToolRegistry(), ScriptedModels({"gpt": []}))
+        async with client_for(make_app(runtime), AUTH) as client:
+            assert (await client.post(f"{V1}/agents", json=AGENT)).status_code == 201
+            answers = [
+                await client.request(method, f"{V1}/agents/bot?expected_version={version}", json=AGENT)
+                for version in ((2**31 - 1) if method == "PUT" else 2**31, 10**30)
+            ]
+            still = await client.get(f"{V1}/agents/bot")
+    for answer in answers:
+        assert answer.status_code == 422, answer.text
+        (error,) = answer.json()["detail"]
+        assert (error["loc"], error["type"]) == (["query", "expected_version"], "less_than_equal")
+    assert still.json()["version"] == 1
+
+
 async def test_streaming_a_disabled_spec_is_422(stack: Stack) -> None:
     await stack.client.post(f"{V1}/agents", json={**AGENT, "status": "disabled"})
     response = await stack.client.post(f"{V1}/agents/bot/execute", json={**EXECUTE, "stream": True})

@@ -29,6 +29,10 @@ except ImportError as error:  # pragma: no cover - exercised without the extra i
 
 _KINDS: Final = {"agents": SpecKind.AGENT, "teams": SpecKind.TEAM, "workflows": SpecKind.WORKFLOW}
 
+MAX_VERSION: Final = 2**31 - 1
+"""The highest version a spec store keeps (``SqlSpecStore``'s column is a 32-bit integer): a larger
+``expected_version`` reached the database and failed there, a 500; it is a 422 naming it."""
+
 
 def _spec_error(error: Exception) -> HTTPException:
     """The HTTP error for a store's or manager's error; its message masked (it quotes the id a
@@ -102,7 +106,11 @@ def add_spec_routes(  # noqa: PLR0915 - one route per statement group; kept toge
 
     @api.put("/{kind_name}/{spec_id}", tags=["specs"])
     async def update_spec(
-        kind_name: str, spec_id: str, body: dict[str, Any], expected_version: Annotated[int, Query(ge=1)]
+        kind_name: str,
+        spec_id: str,
+        body: dict[str, Any],
+        # the update writes expected_version + 1
+        expected_version: Annotated[int, Query(ge=1, le=MAX_VERSION - 1)],
     ) -> dict[str, Any]:
         managed = manager(kind_name)  # an unknown kind is a 404, before the body is parsed
         spec = parse_spec(kind_name, {**body, "id": spec_id})
@@ -114,7 +122,9 @@ def add_spec_routes(  # noqa: PLR0915 - one route per statement group; kept toge
 
     @api.delete("/{kind_name}/{spec_id}", status_code=204, tags=["specs"])
     async def delete_spec(
-        kind_name: str, spec_id: str, expected_version: Annotated[int | None, Query(ge=1)] = None
+        kind_name: str,
+        spec_id: str,
+        expected_version: Annotated[int | None, Query(ge=1, le=MAX_VERSION)] = None,
     ) -> Response:
         try:
             deleted = await manager(kind_name).delete(spec_id, expected_version=expected_version)
