@@ -382,6 +382,26 @@ async def test_an_error_body_quoting_the_token_is_masked() -> None:
     assert token not in str(detailed.value) + str(whole.value)
 
 
+@pytest.mark.parametrize(
+    ("answer", "kind"), [(b"[]", "a list"), (b'"ok"', "a str"), (b"null", "null"), (b"", "no body")]
+)
+async def test_a_success_that_is_no_json_object_is_an_api_error(answer: bytes, kind: str) -> None:
+    """Another JSON API at the base URL: ``create``, ``get`` and ``execute`` returned its list or
+    string as the spec or result they are typed to return (a ``dict``), and the caller's
+    ``result["content"]`` failed with a bare ``TypeError``."""
+    json_type = {"content-type": "application/json"}
+    api = Recorder(lambda request: httpx.Response(200, headers=json_type, content=answer))
+    async with api.client() as client:
+        with pytest.raises(ApiError) as created:
+            await client.create("agents", SPEC)
+        with pytest.raises(ApiError) as found:
+            await client.get("agents", "bot")
+        with pytest.raises(ApiError) as ran:
+            await client.execute("agents", "bot", "hi", session_id="s1")
+    for failed in (created, found, ran):
+        assert (failed.value.status, failed.value.detail) == (200, f"the answer is no JSON object ({kind})")
+
+
 async def test_a_stream_ending_with_an_error_event_raises_nothing() -> None:
     wire = b'event: error\ndata: {"detail": "the run failed (RuntimeError)", "status": 500}\n\n'
     answer = httpx.Response(200, headers={"content-type": "text/event-stream; charset=utf-8"}, content=wire)

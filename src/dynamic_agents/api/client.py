@@ -10,7 +10,7 @@ from urllib.parse import quote
 import httpx
 
 from dynamic_agents._redaction import MASK, REDACTOR, masked_url
-from dynamic_agents._validation import check_base_url, check_seconds, shown, unsendable_token
+from dynamic_agents._validation import a_type, check_base_url, check_seconds, shown, unsendable_token
 from dynamic_agents.exceptions import ApiError, ConfigurationError
 
 __all__ = ["AgentsHTTPClient", "ApiError"]  # ApiError lives in dynamic_agents.exceptions
@@ -69,6 +69,15 @@ class AgentsHTTPClient:
         except RecursionError:  # no ValueError: json.loads recurses per level of nesting
             raise ApiError(response.status_code, "the answer's JSON is nested too deeply") from None
 
+    async def _object(self, response: httpx.Response) -> dict[str, Any]:
+        """The answer of a call that returns a spec or a result: a JSON object, else an
+        ``ApiError`` (another JSON API at the base URL), not a list or a str typed as a dict."""
+        data = await self._json(response)
+        if isinstance(data, dict):
+            return data
+        got = "no body" if not response.content else "null" if data is None else a_type(data)
+        raise ApiError(response.status_code, f"the answer is no JSON object ({got})")
+
     async def execute(
         self,
         kind: str,
@@ -83,7 +92,7 @@ class AgentsHTTPClient:
     ) -> dict[str, Any]:
         """The run's ``ExecutionResult`` as JSON. ``timeout`` is the run's (the API allows up to
         3600 s); the call waits that long and a margin when it is longer than the client's own."""
-        result: dict[str, Any] = await self._json(
+        return await self._object(
             await self._http.post(
                 _path(kind, spec_id, "execute"),
                 json=_execute_body(text, session_id, user_id, session_state, timeout),
@@ -91,7 +100,6 @@ class AgentsHTTPClient:
                 timeout=self._call_timeout(timeout),
             )
         )
-        return result
 
     async def stream(
         self,
@@ -142,12 +150,10 @@ class AgentsHTTPClient:
         )
 
     async def create(self, kind: str, spec: dict[str, Any]) -> dict[str, Any]:
-        created: dict[str, Any] = await self._json(await self._http.post(_path(kind), json=spec))
-        return created
+        return await self._object(await self._http.post(_path(kind), json=spec))
 
     async def get(self, kind: str, spec_id: str) -> dict[str, Any]:
-        found: dict[str, Any] = await self._json(await self._http.get(_path(kind, spec_id)))
-        return found
+        return await self._object(await self._http.get(_path(kind, spec_id)))
 
     async def cancel(self, request_id: str) -> None:
         await self._json(await self._http.post(_path("requests", request_id, "cancel")))
