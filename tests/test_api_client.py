@@ -346,6 +346,7 @@ async def test_an_answer_nested_too_deeply_is_an_api_error(status: int, wire: by
     [
         (b"<html>not json</html>", "an event's data is no JSON (event 'delta')"),
         (DEEP, "an event's data is nested too deeply (event 'delta')"),
+        (b'["hel"]', "an event's data is no JSON object (event 'delta', a list)"),
     ],
 )
 async def test_a_stream_event_whose_data_is_no_json_is_an_api_error(data: bytes, detail: str) -> None:

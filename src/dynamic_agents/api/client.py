@@ -202,15 +202,20 @@ def _masked(data: Any) -> Any:
     return data
 
 
-def _event_data(status: int, event: str, data: str) -> Any:
-    """An event's data, as JSON: else an ``ApiError`` (a proxy mangling the stream, a server that is
-    not the API), not a bare ``JSONDecodeError`` or ``RecursionError`` an ``except ApiError`` misses."""
+def _event_data(status: int, event: str, data: str) -> dict[str, Any]:
+    """An event's data, a JSON object: else an ``ApiError`` (a proxy mangling the stream, a server
+    that is not the API), not a bare ``JSONDecodeError`` or ``RecursionError`` an ``except ApiError``
+    misses, nor a list typed as a dict."""
     try:
-        return json.loads(data)
+        value = json.loads(data)
     except ValueError:
         raise ApiError(status, f"an event's data is no JSON (event {shown(event)})") from None
     except RecursionError:  # no ValueError: json.loads recurses per level of nesting
         raise ApiError(status, f"an event's data is nested too deeply (event {shown(event)})") from None
+    if not isinstance(value, dict):
+        got = "null" if value is None else a_type(value)
+        raise ApiError(status, f"an event's data is no JSON object (event {shown(event)}, {got})")
+    return value
 
 
 def _idempotency(key: str | None) -> dict[str, str]:
