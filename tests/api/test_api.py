@@ -1479,6 +1479,28 @@ async def test_a_dead_letters_kind_is_masked_as_its_reason_is(stack: Stack, reas
     assert MASK in letter["kind"]
 
 
+async def test_a_dead_letters_request_is_listed_with_secret_values_masked(stack: Stack) -> None:
+    """A request that carried a secret the process knows (a user's key from Identity, put in its
+    session state for a tool) was listed whole, while the same request, had it not decoded, had
+    it masked in its ``fields``; requeueing it still sends it whole."""
+    secret = f"canary-dead-letter-{uuid.uuid4().hex}"
+    SecretValue(secret)  # registered with the process-wide redactor, as every secret value is
+    event = request_event(f"my key is {secret}").model_copy(
+        update={"session_state": {"github": {"token": secret}}, "metadata": {secret: [secret]}}
+    )
+    await stack.transport.publish(stack.transport.names.dead_letters, event)
+    listed = await stack.client.get(f"{V1}/dead-letters")
+    assert secret not in listed.text
+    (letter,) = listed.json()
+    assert letter["request"]["content"] == f"my key is {MASK}"
+    assert letter["request"]["session_state"] == {"github": {"token": MASK}}
+    assert letter["request"]["metadata"] == {MASK: [MASK]}
+    assert letter["request"]["id"] == str(event.id)  # the rest as it is
+    stored = await DeadLetters(stack.transport).get(letter["id"])
+    assert stored.request is not None
+    assert stored.request.session_state == {"github": {"token": secret}}
+
+
 @pytest.mark.parametrize("entry_id", ["1-0", "0-0", "nope", "1-2-3", f"{2**64}-0"])
 async def test_unknown_dead_letters_are_404(stack: Stack, entry_id: str) -> None:
     await dead_letter(stack.transport)
