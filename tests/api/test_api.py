@@ -180,6 +180,36 @@ def test_a_transport_that_is_no_transport_is_a_configuration_error(transport: An
     assert "a-password-0123" not in str(caught.value)
 
 
+@pytest.mark.parametrize("routing", ["routing.yaml", [{"name": "r", "source": "discord", "agent_id": "a"}]])
+def test_an_event_router_that_is_no_event_router_is_a_configuration_error(routing: Any) -> None:
+    # it was taken, and every routing route failed with a bare AttributeError (500)
+    with pytest.raises(ConfigurationError, match=r"^event_router must be an EventRouter .*, got "):
+        create_api_router(runtime=make_runtime(), auth=NO_AUTH, event_router=routing)
+
+
+def test_a_runtime_that_is_no_runtime_is_a_configuration_error() -> None:
+    # it was taken, and every route failed with a bare AttributeError (500; /health: degraded)
+    with pytest.raises(
+        ConfigurationError, match=r"^runtime must be an AgentRuntime .*, got an InMemorySpecStore"
+    ):
+        create_api_router(runtime=InMemorySpecStore(), auth=NO_AUTH)  # type: ignore[arg-type]
+
+
+def test_an_llm_router_that_is_no_llm_router_is_a_configuration_error() -> None:
+    """``llm_router=build_router(...)`` without its ``await``, or the router's config: both LLM
+    routes failed with a bare AttributeError (500), the coroutine never awaited."""
+    building = mock_llm_router({"gpt": "hello"})
+    config = RouterConfig.from_dict(
+        {"model_list": [{"model_name": "gpt", "litellm_params": {"model": "openai/m"}}]}
+    )
+    try:
+        for wrong, got in [(building, "a coroutine"), (config, "a RouterConfig")]:
+            with pytest.raises(ConfigurationError, match=rf"^llm_router must be an LLMRouter .*, got {got}$"):
+                create_api_router(runtime=make_runtime(), auth=NO_AUTH, llm_router=wrong)
+    finally:
+        building.close()
+
+
 def test_auth_cannot_be_left_out() -> None:
     with pytest.raises(TypeError, match="auth"):
         create_api_router(runtime=make_runtime())  # type: ignore[call-arg]

@@ -85,6 +85,23 @@ def create_api_router(
     # one of the wrong type was taken, and the first route using it failed with a bare
     # AttributeError (a 500): refused here as AgentClient, AgentWorker and DeadLetters refuse it
     transport = check_transport(transport) if transport is not None else None
+    # as a transport was: taken, and the first route using one of the wrong type failed with a bare
+    # AttributeError (a 500; an un-awaited build_router(...) never awaited at all)
+    if not isinstance(runtime, AgentRuntime):
+        raise ConfigurationError(
+            f"runtime must be an AgentRuntime (AgentRuntime(store, tools, models)), got {shown(runtime)}"
+        )
+    if event_router is not None and not isinstance(event_router, EventRouter):
+        raise ConfigurationError(
+            "event_router must be an EventRouter (RoutingConfig.from_file(…).router()), "
+            f"got {shown(event_router)}"
+        )
+    if llm_router is not None and not (
+        hasattr(llm_router, "config") and callable(getattr(llm_router, "refresh", None))
+    ):  # duck-typed, as the parameter is: importing the LLM stack to check would cost seconds
+        raise ConfigurationError(
+            f"llm_router must be an LLMRouter (await build_router(config, secrets)), got {shown(llm_router)}"
+        )
     _check_health_checks(health_checks)
 
     async def check(authorization: str | None) -> str:
