@@ -269,6 +269,21 @@ async def test_the_scheme_is_case_insensitive(make_stack: StackFactory) -> None:
     assert (await stack.client.get(f"{V1}/agents")).status_code == 200
 
 
+async def test_the_token_may_follow_more_than_one_space() -> None:
+    """``Bearer  <token>``: RFC 7235 puts one or more spaces after the scheme; the verifier was
+    given the token with the others in front, refused it, and the caller was told its token was."""
+    seen: list[str] = []
+
+    def verifier(token: str) -> bool:
+        seen.append(token)
+        return token == TOKEN
+
+    app = make_app(make_runtime(), auth=verifier)
+    async with client_for(app, {"Authorization": f"Bearer   {TOKEN}"}) as client:
+        assert (await client.get(f"{V1}/agents")).status_code == 200
+    assert seen == [TOKEN]
+
+
 async def test_an_async_verifier_is_awaited() -> None:
     seen: list[str] = []
 

@@ -109,6 +109,7 @@ def create_api_router(
         if auth is NO_AUTH:
             return ""
         scheme, _, token = (authorization or "").partition(" ")
+        token = token.lstrip(" ")  # one or more spaces after the scheme (RFC 7235)
         if scheme.lower() != "bearer" or not token:
             raise HTTPException(401, "a bearer token is required", headers={"WWW-Authenticate": "Bearer"})
         verdict = auth(token)
