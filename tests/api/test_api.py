@@ -28,6 +28,7 @@ from dynamic_agents.agents import (
     YamlDirectorySpecStore,
 )
 from dynamic_agents.api import NO_AUTH, AgentsHTTPClient, create_api_router
+from dynamic_agents.api import _operation_routes as operation_routes
 from dynamic_agents.api import client as client_module
 from dynamic_agents.api._route import MAX_SHOWN_ERRORS
 from dynamic_agents.events import AgentRequestEvent
@@ -1878,6 +1879,33 @@ async def test_a_health_check_that_raises_is_logged(
     assert record.levelno == logging.WARNING
     assert "ConnectionError: the database at 10.0.0.9 is gone" in record.getMessage()
     assert CANARY not in caplog.text  # a key it quotes is masked, as in every log line
+
+
+async def test_a_health_check_that_takes_too_long_fails_and_is_logged(
+    make_stack: StackFactory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A check that never answers is cut at its time (5 s; shortened here) and counted failing;
+    the others are still asked."""
+    monkeypatch.setattr(operation_routes, "HEALTH_CHECK_SECONDS", 0.01)
+    stopped = asyncio.Event()
+
+    async def hanging() -> bool:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            stopped.set()
+        return True
+
+    async def passing() -> bool:
+        return True
+
+    stack = await make_stack(health_checks={"hanging": hanging, "cache": passing})
+    with caplog.at_level(logging.WARNING, logger="dynamic_agents.api"):
+        response = await stack.client.get(f"{V1}/health")
+    assert response.status_code == 503
+    assert response.json()["checks"] == {"store": True, "transport": True, "hanging": False, "cache": True}
+    assert stopped.is_set()  # cancelled, not left running
+    assert "health check 'hanging' took longer than 0.01 s" in caplog.messages
 
 
 async def test_health_is_503_when_the_transport_is_down(stack: Stack) -> None:
