@@ -942,6 +942,64 @@ async def test_a_lone_surrogate_in_a_body_is_422_naming_where_and_changes_nothin
     assert stack.models.models["gpt"].calls == []
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "body", "location", "number"),
+    [
+        (
+            "POST",
+            "/agents",
+            '{"id": "x", "model": "gpt", "metadata": {"ratio": NaN}}',
+            ["body", "metadata", "ratio"],
+            "NaN",
+        ),
+        (
+            "PUT",
+            "/agents/bot?expected_version=1",
+            '{"model": "gpt", "metadata": {"limits": [1, -Infinity]}}',
+            ["body", "metadata", "limits", 1],
+            "-Infinity",
+        ),
+        (
+            "POST",
+            "/agents/bot/execute",
+            '{"input": "hi", "session_id": "s1", "session_state": {"budget": 1e400}}',
+            ["body", "session_state", "budget"],
+            "Infinity",
+        ),
+        (
+            "POST",
+            "/routing/explain",
+            json.dumps({**EVENT, "metadata": {"score": "?"}}).replace('"?"', "Infinity"),
+            ["body", "metadata", "score"],
+            "Infinity",
+        ),
+    ],
+)
+async def test_a_number_json_has_not_in_a_body_is_422_naming_where_and_changes_nothing(
+    stack: Stack, method: str, path: str, body: str, location: list[object], number: str
+) -> None:
+    """``NaN`` and ``Infinity`` are no JSON (a number too large for a float, ``1e400``, reads as
+    one), but Python's reader takes them: a spec's metadata holding one was stored, and answered
+    with ``null`` in its place; a session state's went to the run."""
+    await stack.client.post(f"{V1}/agents", json=AGENT)
+    response = await stack.client.request(
+        method, f"{V1}{path}", content=body, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422, response.text
+    (error,) = response.json()["detail"]
+    assert (error["type"], error["loc"]) == ("finite_number", location)
+    assert error["msg"] == f"Input should be a finite number: {number} is no JSON number"
+    assert (await stack.client.get(f"{V1}/agents/x")).status_code == 404
+    assert [agent["version"] for agent in (await stack.client.get(f"{V1}/agents")).json()] == [1]
+    assert stack.models.models["gpt"].calls == []
+
+
+async def test_nan_and_infinity_as_text_are_taken(stack: Stack) -> None:
+    await stack.client.post(f"{V1}/agents", json=AGENT)
+    body = {"input": "NaN, Infinity and 1e400", "session_id": "s1", "session_state": {"NaN": 1e300}}
+    assert (await stack.client.post(f"{V1}/agents/bot/execute", json=body)).status_code == 200
+
+
 async def test_a_character_escaped_as_its_surrogate_pair_is_taken(stack: Stack) -> None:
     await stack.client.post(f"{V1}/agents", json=AGENT)
     body = '{"input": "\\ud83d\\ude00", "session_id": "\\ud83d\\udcbb \\\\ud800"}'

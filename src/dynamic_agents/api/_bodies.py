@@ -4,6 +4,7 @@ the limit on a request body's size, and the text a JSON body may hold."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from typing import Annotated, Any, Final
 
@@ -104,6 +105,29 @@ def lone_surrogate(body: bytes, value: Any) -> tuple[list[str | int], str] | Non
             for key in item:
                 if found := LONE_SURROGATE.search(key):
                     return _parts((key, where)), found.group()
+            pending.extend(((key, where), each) for key, each in reversed(item.items()))
+        elif isinstance(item, list):
+            pending.extend(((index, where), each) for index, each in reversed(list(enumerate(item))))
+    return None
+
+
+_MAY_HOLD_A_NON_FINITE_NUMBER: Final = re.compile(rb"NaN|Infinity|[eE][+]?[0-9]{3}|[0-9]{309}")
+"""A JSON body without any of these holds no number a float cannot be: ``NaN``, ``Infinity`` (which
+Python's reader takes), an exponent of 3 digits or a run of 309 digits (``1e400``: infinite)."""
+
+
+def non_finite_number(body: bytes, value: Any) -> tuple[list[str | int], float] | None:
+    """Where the first number that is no finite float is in ``value`` (``body`` as read), and that
+    number: JSON has no ``NaN`` nor ``Infinity``, and a number too large for a float reads as one.
+    ``None`` when there is none. Walked without recursion, as :func:`lone_surrogate` walks."""
+    if _MAY_HOLD_A_NON_FINITE_NUMBER.search(body) is None:
+        return None
+    pending: list[tuple[_Location, Any]] = [(None, value)]
+    while pending:
+        where, item = pending.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return _parts(where), item
+        if isinstance(item, dict):
             pending.extend(((key, where), each) for key, each in reversed(item.items()))
         elif isinstance(item, list):
             pending.extend(((index, where), each) for index, each in reversed(list(enumerate(item))))

@@ -11,7 +11,7 @@ from typing import Any, Final
 
 from dynamic_agents._logging import get_logger
 from dynamic_agents._redaction import REDACTOR
-from dynamic_agents.api._bodies import limited_receive, lone_surrogate, too_large
+from dynamic_agents.api._bodies import limited_receive, lone_surrogate, non_finite_number, too_large
 from dynamic_agents.exceptions import SpecStoreUnavailableError, TransportError
 from dynamic_agents.secrets.references import shown_value
 
@@ -90,12 +90,15 @@ class ApiRoute(APIRoute):
 class _TextOnlyRequest(Request):
     """A request whose JSON body holds text only: a lone surrogate (``"\\ud800"``, which Python's
     reader takes) is a 422 naming where it is, not a spec stored that no response can then write
-    (a 500 for its kind's list) nor a 422 failing to quote it back."""
+    (a 500 for its kind's list) nor a 422 failing to quote it back. So is a number JSON has not
+    (``NaN``, ``Infinity``, ``1e400``), which a spec's answer showed as ``null``."""
 
     async def json(self) -> Any:
         value = await super().json()
-        found = lone_surrogate(await self.body(), value)
+        body = await self.body()
+        found = lone_surrogate(body, value)
         if found is None:
+            _refuse_non_finite(body, value)
             return value
         location, surrogate = found
         names = [
@@ -113,6 +116,24 @@ class _TextOnlyRequest(Request):
                 }
             ],
         )
+
+
+def _refuse_non_finite(body: bytes, value: Any) -> None:
+    found = non_finite_number(body, value)
+    if found is None:
+        return
+    location, number = found
+    shown = "NaN" if math.isnan(number) else "Infinity" if number > 0 else "-Infinity"
+    raise HTTPException(
+        422,
+        [
+            {
+                "type": "finite_number",
+                "loc": ["body", *(_public_name(part) for part in location)],
+                "msg": f"Input should be a finite number: {shown} is no JSON number",
+            }
+        ],
+    )
 
 
 def _public_error(error: Mapping[str, Any]) -> dict[str, Any]:
