@@ -12,7 +12,7 @@ import logging
 import re
 import threading
 from collections.abc import Mapping
-from typing import Final
+from typing import Any, Final
 from urllib.parse import quote, quote_plus, unquote, unquote_plus, urlsplit, urlunsplit
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "looks_like_a_key",
     "masked_url",
     "protect_loggers",
+    "redact_json",
     "redact_text",
     "text_holds_a_key",
 ]
@@ -283,6 +284,20 @@ def redact_text(text: str) -> str:
         text = _URL_IN_TEXT.sub(lambda match: masked_url(match.group(), register=False), text)
     text = REDACTOR.redact(text)
     return _WORD.sub(lambda match: MASK if looks_like_a_key(match.group()) else match.group(), text)
+
+
+def redact_json(data: Any) -> Any:
+    """Decoded JSON with every registered secret value masked in each string, keys too (a
+    request's session state may hold a user's key; an error body may echo a token). Only secrets
+    the process knows: other text is shown as it is. Recurses per level of nesting (a
+    ``RecursionError`` for JSON nested nearly as deep as ``json.loads`` reads)."""
+    if isinstance(data, str):
+        return REDACTOR.redact(data)
+    if isinstance(data, dict):
+        return {redact_json(key): redact_json(value) for key, value in data.items()}
+    if isinstance(data, list):
+        return [redact_json(item) for item in data]
+    return data
 
 
 class RedactingFilter(logging.Filter):

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Final
 from pydantic import ValidationError
 
 from dynamic_agents._logging import get_logger
-from dynamic_agents._redaction import REDACTOR, redact_text
+from dynamic_agents._redaction import redact_json, redact_text
 from dynamic_agents.agents.runtime import AgentRuntime
 from dynamic_agents.agents.specs import SpecKind, SpecStatus
 from dynamic_agents.api._bodies import RulesBody
@@ -91,19 +91,6 @@ def _masked(data: bytes, shown: int) -> str:
     return redact_text(data[: _read_of(shown)].decode("utf-8", errors="replace"))
 
 
-def _redacted(data: Any) -> Any:
-    """Decoded JSON with every registered secret value masked in each string, keys too: a request
-    may carry one (a user's key in its session state), as an entry that did not decode may
-    (:func:`_preview`). Only secrets the process knows: its text is the user's, shown as sent."""
-    if isinstance(data, str):
-        return REDACTOR.redact(data)
-    if isinstance(data, dict):
-        return {REDACTOR.redact(key): _redacted(value) for key, value in data.items()}
-    if isinstance(data, list):
-        return [_redacted(item) for item in data]
-    return data
-
-
 def _public_params(params: Mapping[str, Any]) -> Any:
     """litellm params as configured, for listing (see :func:`masked_settings`): references as
     written; a credential written into the config itself masked (``api_key: sk-…``, anything under
@@ -165,7 +152,7 @@ def add_operation_routes(  # noqa: PLR0915 - one route per statement group; kept
                 "response_id": letter.response_id,
                 "request": None
                 if letter.request is None
-                else _redacted(letter.request.model_dump(mode="json")),
+                else redact_json(letter.request.model_dump(mode="json")),
                 "decode_error": redact_text(letter.decode_error) if letter.decode_error else None,
                 "fields": _preview(letter.fields) if letter.request is None else None,
             }

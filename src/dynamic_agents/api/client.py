@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 import httpx
 
-from dynamic_agents._redaction import MASK, REDACTOR, masked_url
+from dynamic_agents._redaction import MASK, REDACTOR, masked_url, redact_json
 from dynamic_agents._validation import a_type, check_base_url, check_seconds, shown, unsendable_token
 from dynamic_agents.exceptions import ApiError, ConfigurationError
 
@@ -55,7 +55,7 @@ class AgentsHTTPClient:
             else:  # the API's {"detail": …}, or whatever JSON a gateway in front of it sent
                 detail = body["detail"] if isinstance(body, dict) and "detail" in body else body
                 try:  # a gateway's may echo what it was sent: the token
-                    detail = _masked(detail)
+                    detail = redact_json(detail)
                 except RecursionError:  # nested nearly as deep as json.loads reads
                     detail = response.reason_phrase
             raise ApiError(response.status_code, detail)
@@ -188,18 +188,6 @@ def _execute_body(
     if timeout is not None:
         body["timeout"] = timeout
     return body
-
-
-def _masked(data: Any) -> Any:
-    """Decoded JSON with every registered secret (the client's token among them) masked in each
-    string, keys too."""
-    if isinstance(data, str):
-        return REDACTOR.redact(data)
-    if isinstance(data, dict):
-        return {_masked(key): _masked(value) for key, value in data.items()}
-    if isinstance(data, list):
-        return [_masked(item) for item in data]
-    return data
 
 
 def _event_data(status: int, event: str, data: str) -> dict[str, Any]:
