@@ -14,7 +14,7 @@ import pytest
 
 from dynamic_agents.api import AgentsHTTPClient
 from dynamic_agents.api import client as client_module
-from dynamic_agents.exceptions import ApiError, ConfigurationError, DynamicAgentsError
+from dynamic_agents.exceptions import ApiError, ApiUnavailableError, ConfigurationError, DynamicAgentsError
 
 TOKEN = "canary-token-4f1e"
 SPEC = {"id": "bot", "model": "gpt", "instructions": "be brief"}
@@ -192,6 +192,59 @@ async def test_stream_raises_api_error_before_any_event() -> None:
         with pytest.raises(ApiError) as missing:
             _ = [event async for event in client.stream("agents", "ghost", "hi", session_id="s1")]
     assert (missing.value.status, missing.value.detail) == (404, "no agent 'ghost'")
+
+
+class _Cut(httpx.AsyncByteStream):
+    """An event stream the network cuts after its first event."""
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield b'event: delta\ndata: {"content": "hel"}\n\n'
+        raise httpx.RemoteProtocolError("peer closed connection without sending complete message body")
+
+
+@pytest.mark.parametrize(
+    ("error", "said"),
+    [
+        (httpx.ConnectError("[Errno 111] Connection refused"), "could not be reached (ConnectError"),
+        (httpx.ReadTimeout("timed out"), "did not answer in time (ReadTimeout"),
+    ],
+)
+async def test_the_network_failing_is_an_api_unavailable_error(
+    error: httpx.TransportError, said: str
+) -> None:
+    """httpx's own exceptions came through: an ``except DynamicAgentsError`` (or ``ConnectionError``
+    for a timeout) around a call missed an API that is down."""
+
+    def down(request: httpx.Request) -> httpx.Response:
+        raise error
+
+    async with Recorder(down).client(token=TOKEN) as client:
+        calls = [
+            client.execute("agents", "bot", "hi", session_id="s1"),
+            client.create("agents", {"id": "bot"}),
+            client.get("agents", "bot"),
+            client.cancel("r1"),
+            anext(aiter(client.stream("agents", "bot", "hi", session_id="s1"))),
+        ]
+        for call in calls:
+            with pytest.raises(ApiUnavailableError) as caught:
+                await call
+            assert isinstance(caught.value, ConnectionError)
+            assert isinstance(caught.value, DynamicAgentsError)
+            assert said in str(caught.value)
+            assert "http://api.test" in str(caught.value)
+            assert TOKEN not in str(caught.value)
+
+
+async def test_a_stream_the_network_cuts_is_an_api_unavailable_error() -> None:
+    api = Recorder(
+        lambda request: httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=_Cut())
+    )
+    async with api.client() as client:
+        events = aiter(client.stream("agents", "bot", "hi", session_id="s1"))
+        assert await anext(events) == ("delta", {"content": "hel"})
+        with pytest.raises(ApiUnavailableError, match=r"could not be reached \(RemoteProtocolError"):
+            await anext(events)
 
 
 async def test_an_error_status_is_an_api_error_with_the_detail() -> None:

@@ -22,6 +22,8 @@ Each class also subclasses the matching built-in, so callers can catch either::
     ├── NoRouteError (LookupError)             no rule, source default or global default for an event
     ├── ApiError                               the REST API answered an error status (``status``,
     │                                          ``detail``): raised by ``AgentsHTTPClient``
+    ├── ApiUnavailableError (ConnectionError)  ``AgentsHTTPClient`` could not reach the REST API, or
+    │                                          it did not answer in time
     ├── SpecError                              agent / team / workflow specs
     │   ├── SpecValidationError (ValueError)   a spec is invalid; ``path`` says where inside it
     │   ├── SpecNotFoundError (LookupError)    no spec of that kind and id
@@ -64,6 +66,7 @@ from typing import Any
 
 __all__ = [
     "ApiError",
+    "ApiUnavailableError",
     "ConfigurationError",
     "DecodeError",
     "DeliveryError",
@@ -192,6 +195,13 @@ class ApiError(DynamicAgentsError):
         self.status = status
         self.detail = detail
         super().__init__(f"the agents API answered {status}: {detail}")
+
+
+class ApiUnavailableError(DynamicAgentsError, ConnectionError):
+    """:class:`~dynamic_agents.api.AgentsHTTPClient` could not reach the REST API (connection
+    refused, DNS, TLS, a connection cut mid-answer) or it did not answer within the timeout: the
+    call may or may not have been carried out (an ``execute`` retried with the same
+    ``idempotency_key`` runs once)."""
 
 
 class MissingDependencyError(DynamicAgentsError, ImportError):

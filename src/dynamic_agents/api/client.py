@@ -9,9 +9,9 @@ from urllib.parse import quote
 
 import httpx
 
-from dynamic_agents._redaction import MASK, REDACTOR, masked_url, redact_json
+from dynamic_agents._redaction import MASK, REDACTOR, masked_url, redact_json, redact_text
 from dynamic_agents._validation import a_type, check_base_url, check_seconds, shown, unsendable_token
-from dynamic_agents.exceptions import ApiError, ConfigurationError
+from dynamic_agents.exceptions import ApiError, ApiUnavailableError, ConfigurationError
 
 __all__ = ["AgentsHTTPClient", "ApiError"]  # ApiError lives in dynamic_agents.exceptions
 
@@ -40,6 +40,22 @@ class AgentsHTTPClient:
 
     def __repr__(self) -> str:
         return f"AgentsHTTPClient({masked_url(str(self._http.base_url))!r})"
+
+    async def _send(self, method: str, path: str, **options: Any) -> httpx.Response:
+        try:
+            return await self._http.request(method, path, **options)
+        except httpx.TransportError as error:
+            raise self._unavailable(error) from error
+
+    def _unavailable(self, error: httpx.TransportError) -> ApiUnavailableError:
+        """httpx's network error or timeout as the library's (an ``except DynamicAgentsError``
+        missed it): where, what happened, and httpx's text (masked)."""
+        where = masked_url(str(self._http.base_url), register=False)
+        timed_out = isinstance(error, httpx.TimeoutException)
+        happened = "did not answer in time" if timed_out else "could not be reached"
+        return ApiUnavailableError(
+            f"the agents API at {where} {happened} ({type(error).__name__}: {redact_text(str(error))})"
+        )
 
     async def _json(self, response: httpx.Response) -> Any:
         # A redirect is no answer either: httpx does not follow it (nor send the token after it),
@@ -93,7 +109,8 @@ class AgentsHTTPClient:
         """The run's ``ExecutionResult`` as JSON. ``timeout`` is the run's (the API allows up to
         3600 s); the call waits that long and a margin when it is longer than the client's own."""
         return await self._object(
-            await self._http.post(
+            await self._send(
+                "POST",
                 _path(kind, spec_id, "execute"),
                 json=_execute_body(text, session_id, user_id, session_state, timeout),
                 headers=_idempotency(idempotency_key),
@@ -117,27 +134,30 @@ class AgentsHTTPClient:
         for a run that could not give a result (see the API's docs); options as :meth:`execute`.
         An answer that ends without either (cut short, or no event stream) is an ``ApiError``."""
         body = {**_execute_body(text, session_id, user_id, session_state, timeout), "stream": True}
-        async with self._http.stream(
-            "POST",
-            _path(kind, spec_id, "execute"),
-            json=body,
-            headers=_idempotency(idempotency_key),
-            timeout=self._call_timeout(timeout),
-        ) as response:
-            if not response.is_success:
-                await response.aread()
-                await self._json(response)
-            event, ended = "", False
-            async for line in response.aiter_lines():
-                if line.startswith("event: "):
-                    event = line.removeprefix("event: ")
-                elif line.startswith("data: "):
-                    ended = event in _LAST_EVENTS
-                    yield event, _event_data(response.status_code, event, line.removeprefix("data: "))
-            if not ended:  # a stream cut short, or a 200 that is no stream (a web app's page)
-                kind = response.headers.get("content-type", "no content type")
-                shape = "" if kind.startswith("text/event-stream") else f" ({kind}, not an event stream)"
-                raise ApiError(response.status_code, f"the answer ended without a result event{shape}")
+        try:
+            async with self._http.stream(
+                "POST",
+                _path(kind, spec_id, "execute"),
+                json=body,
+                headers=_idempotency(idempotency_key),
+                timeout=self._call_timeout(timeout),
+            ) as response:
+                if not response.is_success:
+                    await response.aread()
+                    await self._json(response)
+                event, ended = "", False
+                async for line in response.aiter_lines():
+                    if line.startswith("event: "):
+                        event = line.removeprefix("event: ")
+                    elif line.startswith("data: "):
+                        ended = event in _LAST_EVENTS
+                        yield event, _event_data(response.status_code, event, line.removeprefix("data: "))
+                if not ended:  # a stream cut short, or a 200 that is no stream (a web app's page)
+                    kind = response.headers.get("content-type", "no content type")
+                    shape = "" if kind.startswith("text/event-stream") else f" ({kind}, not an event stream)"
+                    raise ApiError(response.status_code, f"the answer ended without a result event{shape}")
+        except httpx.TransportError as error:  # connecting, or the stream cut mid-way
+            raise self._unavailable(error) from error
 
     def _call_timeout(self, run_timeout: float | None) -> httpx.Timeout:
         """The client's timeout, its read extended to the run's and a margin when that is longer
@@ -150,13 +170,13 @@ class AgentsHTTPClient:
         )
 
     async def create(self, kind: str, spec: dict[str, Any]) -> dict[str, Any]:
-        return await self._object(await self._http.post(_path(kind), json=spec))
+        return await self._object(await self._send("POST", _path(kind), json=spec))
 
     async def get(self, kind: str, spec_id: str) -> dict[str, Any]:
-        return await self._object(await self._http.get(_path(kind, spec_id)))
+        return await self._object(await self._send("GET", _path(kind, spec_id)))
 
     async def cancel(self, request_id: str) -> None:
-        await self._json(await self._http.post(_path("requests", request_id, "cancel")))
+        await self._json(await self._send("POST", _path("requests", request_id, "cancel")))
 
     async def aclose(self) -> None:
         await self._http.aclose()
