@@ -3,6 +3,7 @@ another, credentials in a URL written with another percent-encoding, an unparsea
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 
@@ -62,6 +63,28 @@ def test_a_password_is_registered_as_written_in_the_url_too() -> None:
     raw = f"canary%2f{uuid.uuid4().hex}"
     assert masked_url(f"redis://:{raw}@cache:6379/0") == f"redis://:{MASK}@cache:6379/0"
     assert REDACTOR.redact(f"connecting to :{raw}@cache") == f"connecting to :{MASK}@cache"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "canary\\back-slashed",  # a generated password with a backslash
+        "canary'single\"double",  # both quotes: repr escapes one
+        "canary-pässwörd",  # non-ASCII: JSON writes \\u escapes
+        "canary\ttabbed",
+    ],
+)
+def test_a_value_is_masked_where_repr_or_json_escapes_it(value: str) -> None:
+    """A log line quoting a value's ``repr`` (``%r``, a dict of settings, an exception's args) or
+    its JSON (a request body) writes its backslashes, quotes and non-ASCII letters escaped."""
+    redactor = Redactor()
+    redactor.register(value)
+    for shown in (repr(value), repr({"password": value}), repr(ValueError(value))):
+        assert value not in redactor.redact(shown)
+        assert MASK in redactor.redact(shown), shown
+    for shown in (json.dumps({"p": value}), json.dumps({"p": value}, ensure_ascii=False)):
+        assert redactor.redact(shown) == f'{{"p": "{MASK}"}}', shown
+    assert len(redactor) == 1
 
 
 def test_an_unparseable_url_has_its_userinfo_and_query_credentials_masked() -> None:

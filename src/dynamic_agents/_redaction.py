@@ -8,6 +8,7 @@ your own handlers to cover agno's, litellm's or your application's loggers.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
@@ -45,8 +46,10 @@ class Redactor:
     def register(self, value: str) -> None:
         if len(value) < MIN_REDACTED_LENGTH or value in self._values:
             return
-        # Where a URL or a form body quotes the value, it is percent-encoded: masked in those forms too.
-        forms = {value, quote(value), quote(value, safe=""), quote_plus(value)}
+        # Where a URL or a form body quotes the value, it is percent-encoded; a repr (``%r``, a dict
+        # or an exception shown) or JSON escapes its backslashes, quotes and others: masked so too.
+        forms = {value, quote(value), quote(value, safe=""), quote_plus(value), repr(value)[1:-1]}
+        forms |= {json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1]}
         with self._lock:
             values = self._values | {value}
             # Longest first, so a value containing another is masked whole.
