@@ -176,6 +176,29 @@ def test_the_filter_masks_a_secret_in_a_message_without_arguments() -> None:
     assert record.getMessage() == f"token {MASK} refused"
 
 
+def test_the_filter_masks_a_secret_in_a_text_given_as_extra() -> None:
+    """``extra=`` fields are the record's attributes, which a formatter may print (``%(url)s``) and
+    a JSON formatter writes every one of."""
+    redactor = Redactor()
+    redactor.register("canary-extra-1")
+    logger = logging.getLogger(f"canary.extra.{uuid.uuid4().hex}")
+    record = logger.makeRecord(
+        logger.name,
+        logging.WARNING,
+        __file__,
+        1,
+        "calling",
+        None,
+        None,
+        extra={"url": "https://h.test/?key=canary-extra-1", "attempt": 2},
+    )
+    assert RedactingFilter(redactor).filter(record)
+    assert record.url == f"https://h.test/?key={MASK}"  # type: ignore[attr-defined]
+    assert record.attempt == 2  # type: ignore[attr-defined]  # not text: left as it is
+    shown = logging.Formatter("%(message)s %(url)s").format(record)
+    assert shown == f"calling https://h.test/?key={MASK}"
+
+
 def test_arguments_that_do_not_fit_are_masked_one_by_one_whatever_their_shape() -> None:
     """The handler reports such a record with its arguments: a tuple stays a tuple of masked
     texts, a mapping a mapping, anything else one masked text."""

@@ -303,8 +303,13 @@ def redact_json(data: Any) -> Any:
     return data
 
 
+_RECORD_ATTRIBUTES: Final = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+"""A log record's own attributes: the others are ``extra=`` fields."""
+
+
 class RedactingFilter(logging.Filter):
-    """Masks registered secret values in a record's message, arguments and traceback text.
+    """Masks registered secret values in a record's message, arguments, traceback text and the
+    texts given as ``extra=`` fields.
 
     Attach it to handlers (``handler.addFilter(RedactingFilter())``) to cover every logger that
     reaches them, or to a logger for the records logged on it directly.
@@ -327,6 +332,9 @@ class RedactingFilter(logging.Filter):
             redacted = self.redactor.redact(message)
             if redacted != message or record.args:
                 record.msg, record.args = redacted, None
+        for name, value in record.__dict__.items():  # extra= fields, which formatters may print
+            if name not in _RECORD_ATTRIBUTES and isinstance(value, str):
+                record.__dict__[name] = self.redactor.redact(value)
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
