@@ -1,6 +1,8 @@
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -14,7 +16,7 @@ from dynamic_agents.events import AgentRequestEvent, StreamNames, Target, Target
 from dynamic_agents.execution import Executor, FunctionExecutor
 from dynamic_agents.routing import EventRouter
 from dynamic_agents.transports import InMemoryTransport, Subscription, Transport
-from dynamic_agents.worker import AgentWorker, WorkerHooks, WorkerSettings
+from dynamic_agents.worker import AgentWorker, BaseHooks, WorkerHooks, WorkerSettings
 from tests.worker.conftest import FAST, request_event
 
 
@@ -105,3 +107,43 @@ async def taken_before_dead_lettering() -> TakenBeforeDeadLettering:
     crashed = Subscription(transport.names.requests, "dynamic-agents", "crashed", AgentRequestEvent, block=0)
     assert len(await transport.read(crashed, 1)) == 1
     return transport
+
+
+class Stubborn:
+    """An executor whose run ignores its cancellation until :meth:`release`: the worker abandons
+    it (after ``abandon_after``) at a stop. ``started`` is set once it runs; the hook
+    :attr:`ended` is set once its handler's ``after_handle`` hooks ran (its late end)."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self._released = asyncio.Event()
+        self.ended = asyncio.Event()
+        self.executor = FunctionExecutor(self._run)
+        stubborn = self
+
+        class EndSeen(BaseHooks):
+            async def after_handle(self, delivery: Any, error: BaseException | None) -> None:
+                stubborn.ended.set()
+
+        self.end_seen = EndSeen()
+
+    async def _run(self, target: Target, request: AgentRequestEvent) -> str:
+        self.started.set()
+        while not self._released.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._released.wait()
+        return "late"
+
+    async def release(self) -> None:
+        """Let the abandoned run end, and wait for its handler's end."""
+        self._released.set()
+        await self.ended.wait()
+
+
+@pytest.fixture
+async def stubborn() -> AsyncIterator[Stubborn]:
+    """A :class:`Stubborn` run, let go of at the test's end whatever happened (else the event
+    loop's close would wait for it for good)."""
+    stubborn = Stubborn()
+    yield stubborn
+    stubborn._released.set()

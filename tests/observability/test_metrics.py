@@ -26,7 +26,7 @@ from dynamic_agents.routing import EventRouter, RouteDecision
 from dynamic_agents.secrets import SecretsManager, StaticSource
 from dynamic_agents.transports import InMemoryTransport, Subscription
 from dynamic_agents.worker import AgentWorker, BaseHooks
-from tests.observability.conftest import hooked_worker, taken_before_dead_lettering
+from tests.observability.conftest import Stubborn, hooked_worker, taken_before_dead_lettering
 from tests.support.waiting import wait_until
 from tests.worker.conftest import FAST, request_event
 
@@ -890,3 +890,24 @@ async def test_a_dropped_secrets_managers_statistics_are_no_longer_read(
     metric_reader.get_metrics_data()
     monkeypatch.undo()
     assert [id(stats) for stats in read] == [id(kept.stats)]  # the kept manager's, not the dropped one's
+
+
+async def test_a_run_abandoned_at_a_stop_is_no_longer_in_flight_once_the_worker_stopped(
+    transport: InMemoryTransport, hooks: MetricsHooks, metric_reader: InMemoryMetricReader, stubborn: Stubborn
+) -> None:
+    """A run still going ``abandon_after`` after its cancellation is let go of by the worker: its
+    entry stays pending for another worker. It stayed in ``in_flight`` (and in the hooks) for as
+    long as it went on: for good, for a run stuck in a thread."""
+    worker = hooked_worker(transport, [hooks, stubborn.end_seen], stubborn.executor, abandon_after=0.05)
+    await transport.publish(transport.names.requests, request_event(transport.names))
+    running = asyncio.create_task(worker.run())
+    await stubborn.started.wait()
+    await worker.stop(grace=0)
+    await running
+    assert worker.stats.lost == 1  # abandoned
+    assert_in_flight_is_zero(metric_reader)
+    assert outcomes(metric_reader) == {"interrupted": 1}
+    assert repr(hooks).endswith("in_flight=0)")
+    await stubborn.release()  # its late end counts nothing again
+    assert_in_flight_is_zero(metric_reader)
+    assert outcomes(metric_reader) == {"interrupted": 1}

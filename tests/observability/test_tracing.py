@@ -36,7 +36,13 @@ from dynamic_agents.routing import EventRouter
 from dynamic_agents.secrets import SecretsManager, StaticSource
 from dynamic_agents.transports import InMemoryTransport, RedisStreamsTransport, Transport
 from dynamic_agents.worker import SessionPolicy
-from tests.observability.conftest import attribute_text, by_name, hooked_worker, taken_before_dead_lettering
+from tests.observability.conftest import (
+    Stubborn,
+    attribute_text,
+    by_name,
+    hooked_worker,
+    taken_before_dead_lettering,
+)
 from tests.observability.test_metrics import outcomes
 from tests.support.waiting import wait_until
 from tests.worker.conftest import FAST, request_event
@@ -775,3 +781,32 @@ async def test_an_entry_answered_before_its_handler_is_stopped_keeps_its_outcome
 
 async def _replies(transport: Transport, stream: str) -> bool:
     return bool(await transport.read_stream(stream, AgentResponseEvent))
+
+
+async def test_a_run_abandoned_at_a_stop_has_its_spans_ended_once_the_worker_stopped(
+    tracer_provider: TracerProvider,
+    exporter: InMemorySpanExporter,
+    caplog: pytest.LogCaptureFixture,
+    stubborn: Stubborn,
+) -> None:
+    """A run still going ``abandon_after`` after its cancellation is let go of by the worker: its
+    ``process`` and run spans stayed open (and kept in the hooks) for as long as it went on."""
+    transport = InMemoryTransport(names=StreamNames("test"))
+    hooks = Tracing(tracer_provider).hooks()
+    worker = hooked_worker(transport, [hooks, stubborn.end_seen], stubborn.executor, abandon_after=0.05)
+    await transport.publish(transport.names.requests, request_event(transport.names))
+    running = asyncio.create_task(worker.run())
+    await stubborn.started.wait()
+    await worker.stop(grace=0)
+    await running
+    assert worker.stats.lost == 1  # abandoned
+    spans = by_name(exporter.get_finished_spans())
+    assert set(spans) == {"route", "invoke_agent", f"{transport.names.requests} process"}
+    assert spans["invoke_agent"].status.description == "interrupted"
+    process = spans[f"{transport.names.requests} process"]
+    assert (process.attributes or {})["dynamic_agents.outcome"] == "interrupted"
+    assert repr(hooks).endswith("in_flight=0)")
+    with caplog.at_level(logging.WARNING, logger="opentelemetry"):
+        await stubborn.release()  # its late end ends nothing again
+    assert len(exporter.get_finished_spans()) == 3
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("opentelemetry")] == []

@@ -120,6 +120,20 @@ class MetricsHooks(BaseHooks):
                 key = self._running.pop(id(worker), None)
                 if key is not None and key not in self._running.values():
                     self._pending = {kept: n for kept, n in self._pending.items() if kept != key}
+                self._end_abandoned(worker)
+
+    def _end_abandoned(self, worker: AgentWorker) -> None:
+        """The entries of a stopped worker still kept: runs it abandoned (still going after their
+        cancellation; their entries run again elsewhere), whose handlers' ``after_handle`` comes
+        late, if ever (a run stuck in a thread). Counted as interrupted, no longer in flight."""
+        consumer = (worker.stream, worker.settings.group, worker.settings.consumer)
+        abandoned = [self._handling.pop(key) for key in list(self._handling) if key[:3] == consumer]
+        for handling in abandoned:  # out of the hooks first: a recorder's failure leaves none kept
+            try:
+                self._count_handling(handling, Outcome.INTERRUPTED)
+            finally:
+                if handling.in_flight:
+                    self.recorder.add("dynamic_agents.worker.in_flight", -1, {_STREAM: handling.stream})
 
     async def sample(self, worker: AgentWorker) -> int:
         """Read the worker's pending count now (what the gauge reports until the next sample).
@@ -252,7 +266,9 @@ class MetricsHooks(BaseHooks):
 
     def _count(self, delivery: Delivery[AgentRequestEvent], outcome: Outcome) -> None:
         """Count an entry's outcome once (its duration with it)."""
-        handling = self._handling.get(delivery_key(delivery))
+        self._count_handling(self._handling.get(delivery_key(delivery)), outcome)
+
+    def _count_handling(self, handling: _Handling | None, outcome: Outcome) -> None:
         if handling is None or handling.counted:
             return
         handling.counted = True

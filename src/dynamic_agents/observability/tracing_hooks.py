@@ -40,6 +40,8 @@ if TYPE_CHECKING:
     from opentelemetry.context import Context
     from opentelemetry.trace import Span
 
+    from dynamic_agents.worker import AgentWorker
+
 __all__ = ["TracingHooks"]
 
 
@@ -70,6 +72,15 @@ class TracingHooks(BaseHooks):
 
     def __repr__(self) -> str:
         return f"TracingHooks({self.tracing!r}, in_flight={len(self._traces)})"
+
+    async def on_stop(self, worker: AgentWorker) -> None:
+        """End the spans of the runs the worker abandoned (still going after their cancellation;
+        their entries run again elsewhere), whose handlers' ``after_handle`` comes late, if ever
+        (a run stuck in a thread): interrupted."""
+        consumer = (worker.stream, worker.settings.group, worker.settings.consumer)
+        for key in [key for key in self._traces if key[:3] == consumer]:
+            # (its context tokens are its handler's task's, which ends with them, if ever)
+            self._end(self._traces.pop(key), asyncio.CancelledError("abandoned"), detach=False)
 
     def _of(self, context: RunContext) -> _Trace | None:
         return self._traces.get(delivery_key(context.delivery)) if context.delivery is not None else None
@@ -217,6 +228,12 @@ class TracingHooks(BaseHooks):
         found = self._traces.pop(delivery_key(delivery), None)
         if found is None:
             return
+        self._end(found, error, detach=True)
+
+    @staticmethod
+    def _end(found: _Trace, error: BaseException | None, *, detach: bool) -> None:
+        """End an entry's spans, once its handling ended with ``error`` (or ``None``); ``detach``:
+        in its handler's task, whose context is restored."""
         from opentelemetry import context
 
         if found.execute is not None:
@@ -225,7 +242,8 @@ class TracingHooks(BaseHooks):
         if found.respond is not None:
             error_status(found.respond, "interrupted")
             found.respond.end()
-        context.detach(found.token)
+        if detach:
+            context.detach(found.token)
         # Answered (or set aside) before the handler ended: that outcome stands, as in the
         # metrics, whatever ended the handler after it (a stop while a request cancelled in the
         # queue waits for the run ahead of it, to keep the order)
