@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import uuid
 
 import pytest
@@ -197,6 +198,49 @@ def test_the_filter_masks_a_secret_in_a_text_given_as_extra() -> None:
     assert record.attempt == 2  # type: ignore[attr-defined]  # not text: left as it is
     shown = logging.Formatter("%(message)s %(url)s").format(record)
     assert shown == f"calling https://h.test/?key={MASK}"
+
+
+class TracebackFromExcInfo(logging.Formatter):
+    """Formats the traceback from the exception itself, as JSON formatters and Sentry's do."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.exc_info:
+            return f"{record.getMessage()}\n{self.formatException(record.exc_info)}"
+        return f"{record.getMessage()}\n{record.exc_text}"
+
+
+def test_a_traceback_that_quotes_a_secret_is_left_only_as_masked_text() -> None:
+    redactor = Redactor()
+    redactor.register("canary-traceback-1")
+    try:
+        try:
+            raise ValueError("refused key canary-traceback-1")
+        except ValueError as error:
+            raise RuntimeError("the call failed") from error
+    except RuntimeError:
+        record = logging.getLogger("canary").makeRecord(
+            "canary", logging.ERROR, __file__, 1, "failed", None, sys.exc_info()
+        )
+    assert RedactingFilter(redactor).filter(record)
+    for formatter in (logging.Formatter(), TracebackFromExcInfo()):
+        shown = formatter.format(record)
+        assert "canary-traceback-1" not in shown
+        assert f"ValueError: refused key {MASK}" in shown
+        assert "RuntimeError: the call failed" in shown
+
+
+def test_a_traceback_without_a_secret_keeps_its_exception() -> None:
+    redactor = Redactor()
+    redactor.register("canary-traceback-2")
+    try:
+        raise ValueError("nothing secret")
+    except ValueError:
+        exc_info = sys.exc_info()
+    record = logging.getLogger("canary").makeRecord(
+        "canary", logging.ERROR, __file__, 1, "failed", None, exc_info
+    )
+    assert RedactingFilter(redactor).filter(record)
+    assert record.exc_info == exc_info  # for a handler that sends the exception itself (Sentry's)
 
 
 def test_arguments_that_do_not_fit_are_masked_one_by_one_whatever_their_shape() -> None:

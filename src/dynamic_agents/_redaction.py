@@ -309,7 +309,8 @@ _RECORD_ATTRIBUTES: Final = frozenset(vars(logging.makeLogRecord({}))) | {"messa
 
 class RedactingFilter(logging.Filter):
     """Masks registered secret values in a record's message, arguments, traceback text and the
-    texts given as ``extra=`` fields.
+    texts given as ``extra=`` fields. A record whose exception quotes a secret keeps only its
+    masked traceback text (``exc_text``), not the exception (``exc_info``).
 
     Attach it to handlers (``handler.addFilter(RedactingFilter())``) to cover every logger that
     reaches them, or to a logger for the records logged on it directly.
@@ -338,7 +339,10 @@ class RedactingFilter(logging.Filter):
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
-            record.exc_text = self.redactor.redact(record.exc_text)
+            redacted = self.redactor.redact(record.exc_text)
+            if redacted != record.exc_text:  # the exception quotes a secret: a formatter formatting
+                # it again (a JSON one does) would show it; formatters print exc_text without it
+                record.exc_text, record.exc_info = redacted, None
         if record.stack_info:
             record.stack_info = self.redactor.redact(record.stack_info)
         return True
