@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+from pathlib import Path
 
 import pytest
 
@@ -171,3 +173,12 @@ def test_a_url_whose_host_is_a_registered_secret_still_has_its_credentials_maske
     shown = redact_text(f"GET {endpoint}/v1/search?api_key=canary-query-0001 failed")
     assert "canary-query-0001" not in shown
     assert "canary-endpoint" not in shown
+
+
+def test_every_part_logger_is_documented() -> None:
+    root = Path(__file__).parents[1]
+    src = (root / "src" / "dynamic_agents").rglob("*.py")
+    parts = {part for path in src for part in re.findall(r'get_logger\("([a-z_.]+)"\)', path.read_text())}
+    assert parts  # the scan found the library's loggers
+    documented = (root / "docs" / "logging.md").read_text()
+    assert [part for part in sorted(parts) if f"`dynamic_agents.{part}`" not in documented] == []
