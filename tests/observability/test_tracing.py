@@ -810,3 +810,26 @@ async def test_a_run_abandoned_at_a_stop_has_its_spans_ended_once_the_worker_sto
         await stubborn.release()  # its late end ends nothing again
     assert len(exporter.get_finished_spans()) == 3
     assert [r.getMessage() for r in caplog.records if r.name.startswith("opentelemetry")] == []
+
+
+class AnsweredMeanwhile(InMemoryTransport):
+    """Another worker answers each request just before this one's answer is written: this one's
+    ``complete`` writes nothing (``created`` false)."""
+
+    async def complete(self, delivery: Any, reply: Any, **options: Any) -> Any:
+        await super().complete(delivery, reply, record_ttl=options["record_ttl"])  # the other's
+        return await super().complete(delivery, reply, **options)
+
+
+async def test_a_reply_not_written_because_answered_meanwhile_is_no_successful_publish(
+    tracer_provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    transport = AnsweredMeanwhile(names=StreamNames("test"))
+    await transport.publish(transport.names.requests, request_event(transport.names))
+    await hooked_worker(transport, [Tracing(tracer_provider).hooks()]).run_until_idle()
+    spans = by_name(exporter.get_finished_spans())
+    process = spans[f"{transport.names.requests} process"]
+    assert (process.attributes or {})["dynamic_agents.outcome"] == "duplicate"
+    reply = spans["reply publish"]
+    assert reply.status.status_code is StatusCode.ERROR
+    assert reply.status.description == "not sent: the request was answered before"

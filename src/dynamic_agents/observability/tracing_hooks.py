@@ -207,6 +207,8 @@ class TracingHooks(BaseHooks):
         found.span.set_attribute(OUTCOME, Outcome.of_answer(result, completion, routed=found.routed).value)
         found.ended = True
         if found.respond is not None:
+            if not completion.created:  # its reply was not written: another had answered it
+                error_status(found.respond, "not sent: the request was answered before")
             found.respond.end()
             found.respond = None
 
