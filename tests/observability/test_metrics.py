@@ -24,7 +24,7 @@ from dynamic_agents.execution import ExecutionResult, FunctionExecutor, TokenUsa
 from dynamic_agents.observability import METRICS, MetricsHooks, OpenTelemetryMetrics, observe_secrets
 from dynamic_agents.routing import EventRouter, RouteDecision
 from dynamic_agents.secrets import SecretsManager, StaticSource
-from dynamic_agents.transports import InMemoryTransport, Subscription
+from dynamic_agents.transports import InMemoryTransport, ManualClock, Subscription
 from dynamic_agents.worker import AgentWorker, BaseHooks
 from tests.observability.conftest import Stubborn, hooked_worker, taken_before_dead_lettering
 from tests.support.waiting import wait_until
@@ -911,3 +911,18 @@ async def test_a_run_abandoned_at_a_stop_is_no_longer_in_flight_once_the_worker_
     await stubborn.release()  # its late end counts nothing again
     assert_in_flight_is_zero(metric_reader)
     assert outcomes(metric_reader) == {"interrupted": 1}
+
+
+async def test_queue_lag_is_read_on_the_transports_clock(
+    hooks: MetricsHooks, metric_reader: InMemoryMetricReader
+) -> None:
+    """An entry's id holds the time of the transport's clock when it was added: a transport on a
+    ``ManualClock`` (2023, by default) had its lag measured against the system's clock, years."""
+    clock = ManualClock()
+    transport = InMemoryTransport(names=StreamNames("test"), clock=clock)
+    await transport.publish(transport.names.requests, request_event(transport.names))
+    clock.advance(2.5)  # waited in the stream
+    await run_with(transport, hooks).run_until_idle()
+    stream = (("messaging.destination.name", transport.names.requests),)
+    lag = points(metric_reader, "dynamic_agents.worker.queue.lag")[stream]
+    assert (lag.count, lag.sum) == (1, 2.5)

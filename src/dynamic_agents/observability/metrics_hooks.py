@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -16,7 +17,7 @@ from dynamic_agents.exceptions import ConfigurationError, DynamicAgentsError
 from dynamic_agents.execution import ExecutionResult
 from dynamic_agents.observability.metrics import MetricsRecorder, Observation
 from dynamic_agents.observability.outcomes import DeliveryKey, Outcome, delivery_key, target_name
-from dynamic_agents.transports import Completion, Delivery
+from dynamic_agents.transports import Completion, Delivery, InMemoryTransport
 from dynamic_agents.worker.hooks import BaseHooks, RunContext
 
 if TYPE_CHECKING:
@@ -85,6 +86,9 @@ class MetricsHooks(BaseHooks):
         self._samplers: dict[int, asyncio.Task[None]] = {}
         self._running: dict[int, tuple[str, str]] = {}  # each started worker's stream and group
         self._undecodable: dict[int, int] = {}  # each started worker's stats.undecodable, counted
+        # The clock of each started worker's in-memory transport (a ManualClock, say), whose time
+        # its entry ids hold, by the stream, group and consumer of its deliveries
+        self._clocks: dict[tuple[str, str, str], Callable[[], float]] = {}
         self._observing = False
 
     def __repr__(self) -> str:
@@ -97,6 +101,9 @@ class MetricsHooks(BaseHooks):
         if callable(targets):
             self._targets.update(target_name(target) for target in targets())
         self._running[id(worker)] = (worker.stream, worker.settings.group)
+        if isinstance(worker.transport, InMemoryTransport):  # Redis's ids are its server's time
+            key = (worker.stream, worker.settings.group, worker.settings.consumer)
+            self._clocks[key] = worker.transport.clock.time
         self._undecodable[id(worker)] = worker.stats.undecodable  # an earlier run's were counted then
         self._samplers[id(worker)] = asyncio.get_running_loop().create_task(
             self._sample_loop(worker), name="sampling worker metrics"
@@ -115,6 +122,7 @@ class MetricsHooks(BaseHooks):
                 self._count_undecodable(worker)  # a recorder's failure is the worker's to log
             finally:
                 self._undecodable.pop(id(worker), None)
+                self._clocks.pop((worker.stream, worker.settings.group, worker.settings.consumer), None)
                 # Its last count would be reported for good, however stale: the gauge drops the
                 # group once no worker of this hook samples it (another of the group may still run).
                 key = self._running.pop(id(worker), None)
@@ -194,8 +202,10 @@ class MetricsHooks(BaseHooks):
         handling.in_flight = True
         if delivery.delivery_count > 1:
             self.recorder.add("dynamic_agents.worker.redeliveries", 1, stream)
-        elif (lag := _queue_lag(delivery.entry_id)) is not None:
-            self.recorder.record("dynamic_agents.worker.queue.lag", lag, stream)
+        else:
+            clock = self._clocks.get((delivery.stream, delivery.group, delivery.consumer), time.time)
+            if (lag := _queue_lag(delivery.entry_id, clock())) is not None:
+                self.recorder.record("dynamic_agents.worker.queue.lag", lag, stream)
 
     async def on_duplicate(self, delivery: Delivery[AgentRequestEvent]) -> None:
         self._count(delivery, Outcome.DUPLICATE)
@@ -279,9 +289,10 @@ class MetricsHooks(BaseHooks):
         )
 
 
-def _queue_lag(entry_id: str) -> float | None:
-    """Seconds since the entry was added, from its id (``<milliseconds>-<sequence>``)."""
+def _queue_lag(entry_id: str, now: float) -> float | None:
+    """Seconds from the entry's addition, which its id tells (``<milliseconds>-<sequence>``), to
+    ``now`` (on the clock the id was made by)."""
     millis, _, _ = entry_id.partition("-")
     if not millis.isdigit():
         return None
-    return max(0.0, time.time() - int(millis) / 1000)
+    return max(0.0, now - int(millis) / 1000)
