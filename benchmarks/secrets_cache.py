@@ -29,6 +29,12 @@ Everything runs in this one process, on one event loop; no network.
    and the hits cost without any fetch). Every cold key must cost exactly one list request
    (``GET /api/v1/secrets``) and one values request (``GET /api/v1/secrets/{id}/values``), and every
    get must return the key's own value; otherwise the script exits with status 1.
+
+3. **Redaction.** A ``Redactor`` holding N registered values (random 40-character keys, as every
+   user's key would be), for N in 10, 1,000 and 10,000: the time to register them, and to redact
+   a 200-character log line and a 5 KB traceback that hold none of them, against the baseline of
+   the same run: searching the text for every form in turn (what ``redact`` did before it looked a
+   large set up by the text's windows). Both must give the same text (checked).
 """
 
 from __future__ import annotations
@@ -37,11 +43,14 @@ import argparse
 import asyncio
 import gc
 import json
+import secrets
 import statistics
 import sys
 import time
+import timeit
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
@@ -51,6 +60,7 @@ import httpx
 from cachetools import TTLCache
 
 from dynamic_agents import __version__ as library_version
+from dynamic_agents._redaction import MASK, Redactor
 from dynamic_agents.secrets import IdentityClient, IdentitySource, SecretsManager, SecretValue, StaticSource
 from dynamic_agents.testing import InMemoryIdentityService
 
@@ -286,6 +296,72 @@ async def measure_cold(keys: int, concurrency: int, delay: float) -> ColdSummary
     )
 
 
+# -- redaction ------------------------------------------------------------------------------------
+
+LOG_LINE: Final = ("worker handled request 8c1f in 12.3 ms for session s-42: completed, 3 events " * 3)[:200]
+TRACEBACK: Final = (
+    'Traceback (most recent call last):\n  File "/srv/app/worker.py", line 412, in handle\n'
+    "    result = await executor.run(target, request)\nTransportError: reading 'agent:requests' "
+    "failed: Connection reset by peer\n"
+) * 25
+
+
+@dataclass
+class RedactionSummary:
+    values: int
+    register_us_per_value: float
+    line_us: float
+    line_every_form_us: float
+    traceback_us: float
+    traceback_every_form_us: float
+
+
+def _every_form(forms: Sequence[str], text: str) -> str:
+    """The baseline: the text searched for each form, longest first."""
+    for form in forms:
+        if form in text:
+            text = text.replace(form, MASK)
+    return text
+
+
+def measure_redaction(sizes: Sequence[int]) -> list[RedactionSummary]:
+    summaries = []
+    for size in sizes:
+        values = [secrets.token_urlsafe(30) for _ in range(size)]
+        redactor = Redactor()
+        started = time.perf_counter()
+        for value in values:
+            redactor.register(value)
+        registering = time.perf_counter() - started
+        forms = sorted(redactor._forms, key=len, reverse=True)  # the forms it masks, longest first
+        timings = []
+        for text in (LOG_LINE, TRACEBACK):
+            if redactor.redact(text) != _every_form(forms, text):
+                raise BenchmarkError(f"redact and the every-form baseline differ on {text[:40]!r}")
+            number = 2000 if text is LOG_LINE else 100
+            for redact in (partial(redactor.redact, text), partial(_every_form, forms, text)):
+                best = min(timeit.repeat(redact, number=number, repeat=5))
+                timings.append(best / number * 1e6)
+        line, line_every, traceback, traceback_every = timings
+        summaries.append(
+            RedactionSummary(size, registering / size * 1e6, line, line_every, traceback, traceback_every)
+        )
+    return summaries
+
+
+def redaction_table(summaries: Sequence[RedactionSummary]) -> str:
+    header = (
+        f"{'values registered':<18} {'register µs/value':>17} {'200-char line µs':>17} {'every form':>11} "
+        f"{'5 KB text µs':>13} {'every form':>11}"
+    )
+    rows = [
+        f"{s.values:<18,} {s.register_us_per_value:>17.1f} {s.line_us:>17.1f} {s.line_every_form_us:>11.1f} "
+        f"{s.traceback_us:>13.1f} {s.traceback_every_form_us:>11.1f}"
+        for s in summaries
+    ]
+    return "\n".join([header, "-" * len(header), *rows])
+
+
 # -- reporting ------------------------------------------------------------------------------------
 
 
@@ -334,6 +410,8 @@ async def benchmark(gets: int, repetitions: int, keys: int, concurrency: int, de
         flush=True,
     )
     cold = await measure_cold(keys, concurrency, delay)
+    print("redaction: 10, 1,000 and 10,000 values registered (best of 5)", flush=True)
+    redaction = measure_redaction((10, 1_000, 10_000))
     manager_hit = next(s for s in hits if s.name == "get system")
     print()
     print(hit_table(hits))
@@ -348,6 +426,8 @@ async def benchmark(gets: int, repetitions: int, keys: int, concurrency: int, de
         f"{cold.values_requests} values requests (exactly 1 + 1 each: checked); manager stats "
         f"{cold.manager_stats}"
     )
+    print()
+    print(redaction_table(redaction))
     return {
         "benchmark": "secrets_cache",
         "gets": gets,
@@ -358,6 +438,7 @@ async def benchmark(gets: int, repetitions: int, keys: int, concurrency: int, de
         "target_per_s": TARGET_PER_S,
         "target_met": manager_hit.per_s >= TARGET_PER_S,
         "cold": asdict(cold),
+        "redaction": [asdict(summary) for summary in redaction],
     }
 
 

@@ -36,11 +36,20 @@ MIN_REDACTED_LENGTH: Final = 6
 
 
 class Redactor:
-    """The set of secret values to mask in text; thread-safe, grows with every value registered."""
+    """The set of secret values to mask in text; thread-safe, grows with every value registered.
+
+    Each value is masked in every form text may quote it in (as written, percent-encoded, escaped
+    as ``repr`` and JSON escape it), longest first, so a value containing another is masked whole.
+    A text is checked against each form while there are few; with thousands (every user's key
+    registered) its own windows of :data:`MIN_REDACTED_LENGTH` characters are looked up instead,
+    so a log line costs about the same with 10 or 100,000 values registered."""
 
     def __init__(self) -> None:
-        self._values: frozenset[str] = frozenset()
-        self._ordered: tuple[str, ...] = ()
+        self._values: set[str] = set()
+        # Appended under the lock, read without it: a list being appended to can be iterated, a
+        # dict given new keys can be read (not iterated), and neither is ever copied whole.
+        self._forms: list[str] = []
+        self._by_start: dict[str, list[str]] = {}  # the forms by their first MIN_REDACTED_LENGTH
         self._lock = threading.Lock()
 
     def register(self, value: str) -> None:
@@ -51,15 +60,33 @@ class Redactor:
         forms = {value, quote(value), quote(value, safe=""), quote_plus(value), repr(value)[1:-1]}
         forms |= {json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1]}
         with self._lock:
-            values = self._values | {value}
-            # Longest first, so a value containing another is masked whole.
-            self._ordered = tuple(sorted(set(self._ordered) | forms, key=len, reverse=True))
-            self._values = values
+            if value in self._values:
+                return
+            for form in forms:
+                starting = self._by_start.setdefault(form[:MIN_REDACTED_LENGTH], [])
+                if form not in starting:  # (another value's form may be the same text)
+                    starting.append(form)
+                    self._forms.append(form)
+            self._values.add(value)
 
     def redact(self, text: str) -> str:
-        for value in self._ordered:
-            if value in text:
-                text = text.replace(value, MASK)
+        forms = self._forms
+        if not forms:
+            return text
+        count, size = len(forms), len(text)
+        # Rough costs on a 2-CPU VM: ~40 ns a form and ~0.1 ns a character to search the text
+        # for each, against ~120 ns a character to look each of its windows up (a 200-character
+        # line with 10,000 forms: 0.56 ms one way, 17 µs the other).
+        if count * (40 + size // 10) <= 120 * size:
+            found = [form for form in forms if form in text]
+        else:
+            by_start = self._by_start
+            windows = {text[i : i + MIN_REDACTED_LENGTH] for i in range(size - MIN_REDACTED_LENGTH + 1)}
+            found = [form for window in windows for form in by_start.get(window, ()) if form in text]
+        if not found:
+            return text
+        for form in sorted(found, key=len, reverse=True):  # a value containing another: whole
+            text = text.replace(form, MASK)
         return text
 
     def __contains__(self, value: object) -> bool:
