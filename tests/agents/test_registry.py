@@ -243,3 +243,35 @@ def test_every_kind_of_tool_agno_takes_is_registered() -> None:
     tools.add_tool(Toolkit(name="kit", tools=[search_in("web")]))
     tools.add_tool({"type": "web_search_preview"}, name="web_search")  # a provider's built-in tool
     assert tools.names("tool") == ["_get_weather", "forecast", "kit", "web_search"]
+
+
+async def test_a_toolkit_factory_that_changes_its_parameters_changes_no_other_run() -> None:
+    # A toolkit keeping the headers it is given and adding to them (its own auth header, say)
+    # changed the cached spec's parameters: the next run's factory got them changed, and each
+    # run added to one shared dict.
+    seen: list[dict[str, Any]] = []
+
+    def api_kit(headers: dict[str, str], scopes: list[str]) -> Callable[[str], str]:
+        seen.append({"headers": dict(headers), "scopes": list(scopes)})
+        headers["X-Run"] = str(len(seen))  # a toolkit setting its own per-run header
+        scopes.append("extra")
+
+        def lookup(query: str) -> str:
+            """Look something up."""
+            return query
+
+        return lookup
+
+    tools = ToolRegistry()
+    tools.toolkit("api", api_kit)
+    parameters = {"headers": {"X-Team": "search"}, "scopes": ["read"]}
+    spec = AgentSpec.from_dict(
+        {"id": "a", "model": "gpt", "tools": [{"name": "api", "parameters": parameters}]}
+    )
+    async with AgentRuntime(InMemorySpecStore(), tools, ScriptedModels({"gpt": ["one", "two"]})) as runtime:
+        await runtime.agents.create(spec)
+        for _ in range(2):  # within max_staleness: both runs build from the cached spec
+            assert (await runtime.agents.execute("a", "hi", session_id="s")).ok
+        cached = await runtime.current(AgentSpec.kind, "a")
+    assert seen == [parameters, parameters]
+    assert cached.tools[0].parameters == parameters

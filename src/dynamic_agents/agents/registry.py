@@ -7,6 +7,7 @@ module or run a file.
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -66,7 +67,9 @@ class RegisteredTool:
 
     def build(self, parameters: Mapping[str, Any]) -> Any:
         if self.factory:
-            return self.target(**dict(parameters))
+            # a copy for each build: a factory keeping a dict or list it is given and changing it
+            # (adding its own header) changed the cached spec's parameters for every later run
+            return self.target(**copy.deepcopy(dict(parameters)))
         if parameters:
             raise SpecValidationError(
                 f"tool {self.name!r} takes no parameters (register a toolkit factory to configure it)"
