@@ -824,6 +824,35 @@ async def test_member_cycles_and_missing_members_are_refused() -> None:
     assert missing.value.path == "members[0]"
 
 
+class CountingStore(InMemorySpecStore):
+    """An in-memory store that counts its reads."""
+
+    reads = 0
+
+    async def get(self, kind: SpecKind, spec_id: str) -> Any:
+        self.reads += 1
+        return await super().get(kind, spec_id)
+
+
+async def test_the_cycle_check_reads_a_team_reached_twice_once() -> None:
+    # Each level's two teams both contain both teams of the level below: the check read every
+    # team once per path to it, 2**levels reads (a database query each) to create the top one.
+    store = CountingStore()
+    rt = runtime({"gpt": []}, store=store)
+    await rt.agents.create(AgentSpec.from_dict({"id": "solo", "model": "gpt"}))
+    below: list[dict[str, str]] = [{"kind": "agent", "id": "solo"}]
+    levels = 14
+    for level in range(levels):
+        for side in "ab":
+            await rt.teams.create(
+                TeamSpec.from_dict({"id": f"t{level}{side}", "model": "gpt", "members": below})
+            )
+        below = [{"kind": "team", "id": f"t{level}{side}"} for side in "ab"]
+    store.reads = 0
+    await rt.validate(TeamSpec.from_dict({"id": "top", "model": "gpt", "members": below}))
+    assert store.reads <= 2 + 2 * levels  # its members, then each team below at most once
+
+
 @pytest.mark.parametrize(
     ("model", "spec", "path"),
     [

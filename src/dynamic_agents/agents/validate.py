@@ -169,7 +169,10 @@ async def _check_team(spec: TeamSpec, lookup: Lookup, model_names: frozenset[str
 
 
 async def _check_no_cycle(spec: TeamSpec, lookup: Lookup) -> None:
-    """A team may not contain itself, directly or through member teams."""
+    """A team may not contain itself, directly or through member teams. Each team is read and
+    searched once: a team reached again by another path holds no cycle (one through it would
+    have been found the first time), else a team reached by many paths was read once per path."""
+    searched: set[str] = set()
 
     async def visit(team: TeamSpec, chain: tuple[str, ...], path: str) -> None:
         for index, member in enumerate(team.members):
@@ -179,9 +182,12 @@ async def _check_no_cycle(spec: TeamSpec, lookup: Lookup) -> None:
             if member.id in chain:
                 cycle = " -> ".join((*chain, member.id))
                 raise SpecValidationError(f"member cycle: {cycle}", path=member_path)
+            if member.id in searched:
+                continue
             nested = spec if member.id == spec.id else await lookup(SpecKind.TEAM, member.id)
             if isinstance(nested, TeamSpec):
                 await visit(nested, (*chain, member.id), f"{member_path}.")
+            searched.add(member.id)
 
     await visit(spec, (spec.id,), "")
 
