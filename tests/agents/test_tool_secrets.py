@@ -3,7 +3,10 @@ value, a key written out is refused, and no value reaches a spec, an error or a 
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import sys
+from asyncio.subprocess import PIPE, STDOUT
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -181,3 +184,45 @@ async def test_no_value_reaches_the_stored_file_the_spec_or_the_logs(
     assert "secret:tavily:api_key" in on_disk
     for text in (on_disk, repr(stored), str(stored), stored.model_dump_json(), caplog.text):
         assert CANARY not in text
+
+
+_AGNO_LOGS_A_FAILED_TOOL = f"""
+import asyncio
+from dynamic_agents.agents import AgentRuntime, AgentSpec, InMemorySpecStore, ToolRegistry
+from dynamic_agents.secrets import SecretsManager, StaticSource
+from dynamic_agents.testing import ScriptedModels, ToolCall
+
+def search_kit(api_key: str):
+    def web_search(query: str) -> str:
+        \"\"\"Search the web.\"\"\"
+        raise RuntimeError("401 Unauthorized for key " + api_key)
+    return web_search
+
+async def main() -> None:
+    registry = ToolRegistry()
+    registry.toolkit("search", search_kit)
+    models = ScriptedModels({{"gpt": [ToolCall("web_search", {{"query": "q"}}), "done"]}})
+    async with (
+        SecretsManager(StaticSource({{"tavily": {{"api_key": "{CANARY}"}}}})) as secrets,
+        AgentRuntime(InMemorySpecStore(), registry, models, secrets=secrets) as runtime,
+    ):
+        tools = [{{"name": "search", "parameters": {{"api_key": "secret:tavily:api_key"}}}}]
+        await runtime.agents.create(AgentSpec.from_dict({{"id": "a", "model": "gpt", "tools": tools}}))
+        assert (await runtime.agents.execute("a", "find", session_id="s")).ok
+
+asyncio.run(main())
+"""
+
+
+async def test_agnos_log_of_a_failed_tool_masks_the_secret_it_was_built_with() -> None:
+    # agno logs a tool's exception (message and traceback) on its own loggers, which do not
+    # propagate; they were masked only once dynamic_agents.llm.agno had been imported (a runtime
+    # on RouterModels), not on a runtime with other models. A process of its own: nothing else
+    # imported first.
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _AGNO_LOGS_A_FAILED_TOOL, stdout=PIPE, stderr=STDOUT
+    )
+    output, _ = await process.communicate()
+    assert process.returncode == 0, output.decode()
+    assert "Could not run function web_search" in output.decode()  # agno did log it
+    assert CANARY not in output.decode()

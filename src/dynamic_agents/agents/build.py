@@ -25,6 +25,7 @@ except ImportError as error:  # pragma: no cover - exercised without the extra i
 
     raise MissingDependencyError("agno agents (AgentRuntime, its builders and executor)", "agents") from error
 
+from dynamic_agents._redaction import protect_loggers
 from dynamic_agents.agents.registry import ToolRegistry
 from dynamic_agents.agents.specs import (
     AgentSpec,
@@ -47,6 +48,11 @@ from dynamic_agents.events import Attachment
 from dynamic_agents.exceptions import EventValidationError, FieldError, SpecValidationError
 
 __all__ = ["Builder", "Media", "ModelProvider", "RouterModels", "media_from_attachments", "member_name"]
+
+# agno logs a failed tool's message and traceback (which may quote the key its toolkit was built
+# with) on loggers that do not propagate: masked here, whatever models the runtime uses (the LLM
+# router's agno models protect them too, dynamic_agents.llm.agno.AGNO_LOGGERS)
+protect_loggers("agno", "agno-team", "agno-workflow")
 
 
 class ModelProvider(Protocol):
