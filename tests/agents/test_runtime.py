@@ -902,6 +902,29 @@ async def test_agno_tools_that_pause_the_run_are_refused(flag: str) -> None:
     assert caught.value.path == "tools[0].name"
 
 
+@pytest.mark.parametrize("name", ["delete_account", "remove_user"])
+async def test_a_function_marked_by_agnos_approval_decorator_is_refused(name: str) -> None:
+    # @approval on a plain function only marks it (@tool reads the mark): the registry missed it,
+    # the spec loaded, and registered under another name the builder made it an agno Function
+    # without the mark, which then ran with no approval asked
+    from agno.approval import approval
+
+    deleted: list[str] = []
+
+    @approval
+    def delete_account(user: str) -> str:
+        """Delete a user's account."""
+        deleted.append(user)
+        return "deleted"
+
+    rt = runtime({"gpt": [ToolCall(name, {"user": "bob"}), "done"]})
+    rt.registry.add_tool(delete_account, name=name)
+    with pytest.raises(SpecValidationError, match="requires human confirmation") as caught:
+        await rt.agents.create(AgentSpec.from_dict({"id": "a", "model": "gpt", "tools": [name]}))
+    assert caught.value.path == "tools[0].name"
+    assert deleted == []
+
+
 @pytest.mark.parametrize("load", [AgentSpec.from_yaml, AgentSpec.from_json])
 def test_spec_text_that_does_not_parse_is_a_validation_error(load: Any) -> None:
     with pytest.raises(SpecValidationError, match="not valid"):

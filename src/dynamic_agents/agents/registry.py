@@ -51,8 +51,16 @@ def _is_agno_function(target: object) -> bool:
     return isinstance(target, Function)
 
 
+APPROVAL_MARK = "_agno_approval_type"
+"""What agno's ``@approval`` sets on a plain function (``@tool`` reads it to pause the run)."""
+
+
 def _pauses(function: Any) -> bool:
-    return any(bool(getattr(function, flag, False)) for flag in PAUSING_FLAGS)
+    # @approval marks a plain function only: a function renamed for the model reaches agno as a
+    # Function made without the mark, which ran with no approval asked
+    return getattr(function, APPROVAL_MARK, None) is not None or any(
+        bool(getattr(function, flag, False)) for flag in PAUSING_FLAGS
+    )
 
 
 @dataclass(frozen=True, slots=True)
