@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from agno.tools import Toolkit, tool
 
-from dynamic_agents.agents import AgentRuntime, AgentSpec, InMemorySpecStore, ToolRegistry
+from dynamic_agents.agents import AgentRuntime, AgentSpec, InMemorySpecStore, ToolRegistry, session_db
 from dynamic_agents.agents.stores import YamlDirectorySpecStore
 from dynamic_agents.events import ResponseStatus
 from dynamic_agents.exceptions import SecretNotFoundError, SpecValidationError
-from dynamic_agents.secrets import SecretKey, SecretsManager, StaticSource
+from dynamic_agents.secrets import SecretKey, SecretsManager, SecretValue, StaticSource
 from dynamic_agents.testing import ScriptedModels, ToolCall
 
 CANARY = "tvly-CANARY0search0key0000000000000001"
@@ -226,3 +227,90 @@ async def test_agnos_log_of_a_failed_tool_masks_the_secret_it_was_built_with() -
     assert process.returncode == 0, output.decode()
     assert "Could not run function web_search" in output.decode()  # agno did log it
     assert CANARY not in output.decode()
+
+
+def _refused(api_key: str) -> str:
+    return f"401 Unauthorized for url 'https://api.search.example/v1?api_key={api_key}' ({api_key})"
+
+
+def _failing_tool(kind: str, api_key: str) -> Any:
+    """A tool named ``web_search`` of one kind agno takes, failing with a message quoting its key."""
+
+    def web_search(query: str) -> str:
+        """Search the web."""
+        raise RuntimeError(_refused(api_key))
+
+    async def web_search_async(query: str) -> str:
+        """Search the web."""
+        raise RuntimeError(_refused(api_key))
+
+    web_search_async.__name__ = "web_search"
+    if kind == "function":
+        return web_search
+    if kind == "async function":
+        return web_search_async
+    if kind == "agno tool":
+        return tool(web_search)
+    return Toolkit(name="search", tools=[web_search_async if "async" in kind else web_search])
+
+
+TOOL_KINDS = ["function", "async function", "agno tool", "toolkit", "async toolkit"]
+
+
+@pytest.mark.parametrize("factory", [True, False], ids=["factory", "registered"])
+@pytest.mark.parametrize("kind", TOOL_KINDS)
+async def test_a_failed_tools_error_reaches_the_model_and_the_session_db_without_its_secret(
+    tmp_path: Path, source: StaticSource, kind: str, factory: bool
+) -> None:
+    # agno hands a tool's exception text to the model as the tool's result and stores it with
+    # the run: a provider's refusal quoting the key went to the model provider and the session db
+    registry = ToolRegistry()  # each under the name the model calls: web_search
+    parameters: dict[str, Any] = {}
+    if factory:
+        registry.toolkit("web_search", lambda api_key: _failing_tool(kind, api_key))
+        parameters = {"api_key": "secret:tavily:api_key"}
+    else:
+        registry.add_tool(_failing_tool(kind, SecretValue(CANARY).reveal()), name="web_search")
+    scripted = ScriptedModels({"gpt": [ToolCall("web_search", {"query": "q"}), "done"]})
+    async with (
+        SecretsManager(source) as secrets,
+        AgentRuntime(
+            InMemorySpecStore(),
+            registry,
+            scripted,
+            secrets=secrets,
+            db=session_db(f"sqlite:///{tmp_path}/sessions.db"),
+        ) as rt,
+    ):
+        tools = [{"name": "web_search", "parameters": parameters}]
+        await rt.agents.create(AgentSpec.from_dict({"id": "searcher", "model": "gpt", "tools": tools}))
+        result = await rt.agents.execute("searcher", "find", session_id="s1")
+    assert result.status is ResponseStatus.COMPLETED  # the failure was the tool's result, not the run's
+    told = [
+        m["content"] for call in scripted.models["gpt"].calls for m in call.messages if m["role"] == "tool"
+    ]
+    assert len(told) == 1
+    assert told[0].startswith("401 Unauthorized for url 'https://api.search.example/v1?api_key=")
+    assert CANARY not in told[0]
+    assert CANARY.encode() not in (tmp_path / "sessions.db").read_bytes()
+
+
+async def test_a_tools_own_hooks_still_run_around_it() -> None:
+    called: list[str] = []
+
+    def audit(function_name: str, function_call: Any, arguments: dict[str, Any]) -> Any:
+        called.append(function_name)
+        return function_call(**arguments)
+
+    def lookup(query: str) -> str:
+        """Look something up."""
+        return f"found {query}"
+
+    registry = ToolRegistry()
+    registry.add_tool(tool(tool_hooks=[audit])(lookup))
+    scripted = ScriptedModels({"gpt": [ToolCall("lookup", {"query": "q"}), "done"]})
+    async with AgentRuntime(InMemorySpecStore(), registry, scripted) as rt:
+        await rt.agents.create(AgentSpec(id="a", model="gpt", tools=["lookup"]))
+        assert (await rt.agents.execute("a", "find", session_id="s1")).ok
+    assert called == ["lookup"]
+    assert scripted.models["gpt"].calls[1].messages[-1]["content"] == "found q"

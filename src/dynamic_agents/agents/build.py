@@ -8,13 +8,15 @@ object gets ``telemetry=False``, the session db, and a model from the :class:`Mo
 from __future__ import annotations
 
 import base64
+import copy
+import inspect
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 try:
     from agno.agent import Agent
-    from agno.exceptions import OutputCheckError
+    from agno.exceptions import AgentRunException, OutputCheckError, RunCancelledException
     from agno.media import Audio, File, Image, Video
     from agno.team import Team
     from agno.tools import Toolkit
@@ -25,8 +27,8 @@ except ImportError as error:  # pragma: no cover - exercised without the extra i
 
     raise MissingDependencyError("agno agents (AgentRuntime, its builders and executor)", "agents") from error
 
-from dynamic_agents._redaction import protect_loggers
-from dynamic_agents.agents.registry import ToolRegistry
+from dynamic_agents._redaction import protect_loggers, redact_text
+from dynamic_agents.agents.registry import APPROVAL_MARK, ToolRegistry
 from dynamic_agents.agents.specs import (
     AgentSpec,
     AgentStep,
@@ -230,7 +232,7 @@ class Builder:
             else:
                 names = [str(getattr(tool, "__name__", ref.name))]
             check_offered_once(offered, names, spec, index)
-            tools.append(tool)
+            tools.append(_masking_errors(tool))
         return tools
 
     def _tool(self, ref: ToolRef, parameters: Mapping[str, Any]) -> Any:
@@ -330,6 +332,69 @@ class Builder:
                 choices=await self._steps(step.choices, resolve, f"{path}.choices"),
             )
         raise SpecValidationError(f"unknown step type {type(step).__name__}", path=path)
+
+
+class _ToolError(Exception):
+    """A tool's exception, its text masked (the original is its ``__cause__``)."""
+
+
+def _masking_errors(tool: Any) -> Any:
+    """``tool`` with :func:`_mask_tool_error` around each of its functions, outermost (their own
+    hooks kept): agno hands a failed tool's exception text to the model as the tool's result and
+    stores it with the run, and a provider's refusal may quote the key the tool was built with.
+    A Toolkit is copied (its functions with the hook), never changed: one registered with
+    ``add_tool`` serves every run. Left as they are: a provider's built-in tool (a dict), a
+    Toolkit that connects first (its functions are made then), and a function marked by agno's
+    ``@approval`` (the registry refuses it; agno reads the mark on the function itself)."""
+    if isinstance(tool, Function):
+        masked = tool.model_copy()  # shallow, as agno's own per-run copies
+        masked.tool_hooks = [_mask_tool_error, *(tool.tool_hooks or ())]
+        return masked
+    if isinstance(tool, Toolkit):
+        if tool.requires_connect:
+            return tool
+        kit = copy.copy(tool)
+        kit.functions = {name: _masking_errors(f) for name, f in tool.functions.items()}
+        kit.async_functions = {name: _masking_errors(f) for name, f in tool.async_functions.items()}
+        return kit
+    if callable(tool) and hasattr(tool, "__name__") and getattr(tool, APPROVAL_MARK, None) is None:
+        return _masking_errors(Function.from_callable(tool))
+    return tool
+
+
+def _masked(error: Exception) -> Exception:
+    """``error``, or a :class:`_ToolError` with its text masked if it quotes a secret."""
+    text = str(error)
+    masked = redact_text(text)
+    return error if masked == text else _ToolError(masked)
+
+
+def _mask_tool_error(function_call: Callable[..., Any], arguments: dict[str, Any]) -> Any:
+    """An agno tool hook: the tool's exception goes on with its text masked (agno's own signals to
+    stop, retry or cancel the run go on as they are). Sync, so agno still runs a sync tool in a
+    thread; an async tool's call is awaited by agno, through :func:`_masked_awaited`."""
+    try:
+        result = function_call(**arguments)
+    except (AgentRunException, RunCancelledException):
+        raise
+    except Exception as error:
+        masked = _masked(error)
+        if masked is error:
+            raise
+        raise masked from error
+    return _masked_awaited(result) if inspect.isawaitable(result) else result
+
+
+async def _masked_awaited(result: Awaitable[Any]) -> Any:
+    try:
+        return await result
+    except (AgentRunException, RunCancelledException):
+        raise
+    except Exception as error:
+        masked = _masked(error)
+        if masked is error:
+            raise
+        raise masked from error
 
 
 def _failed_members(output: Any) -> list[tuple[str, str]]:
