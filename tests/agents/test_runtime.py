@@ -550,6 +550,32 @@ async def test_a_session_db_that_does_not_answer_before_the_run_times_out_the_re
     assert result.error_message == "agent 'bot' timed out after 2.0s"
 
 
+class SilentStore(InMemorySpecStore):
+    """An in-memory store whose reads stop answering once ``silent`` is set."""
+
+    silent = False
+
+    async def get(self, kind: SpecKind, spec_id: str) -> Any:
+        if self.silent:
+            await asyncio.Event().wait()
+        return await super().get(kind, spec_id)
+
+
+async def test_a_spec_store_that_does_not_answer_times_out_the_request() -> None:
+    """The spec is read again (past max_staleness) and the agent built before the run, outside its
+    deadline: with a store (or a secrets source) that did not answer, such a request never
+    returned."""
+    store = SilentStore()
+    rt = AgentRuntime(store, registry(), ScriptedModels({"gpt": ["never sent"]}), max_staleness=0)
+    _RUNTIMES.append(rt)
+    await rt.agents.create(AgentSpec.from_dict({"id": "bot", "model": "gpt"}))
+    store.silent = True
+    async with asyncio.timeout(60):  # the test's own bound: without the fix, the call never returns
+        result = await rt.agents.execute("bot", "hi", session_id="conv", timeout=2)
+    assert result.status == ResponseStatus.TIMEOUT
+    assert result.error_message == "agent 'bot' timed out after 2.0s"
+
+
 async def test_a_streamed_run_the_session_db_did_not_keep_answers_its_own_reply(tmp_path: Path) -> None:
     """A streamed run's result is read back from the session db: when the db could not save it (a
     sessions file the process cannot write), that read gave the session's previous turn, whose

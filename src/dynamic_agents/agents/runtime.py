@@ -221,7 +221,24 @@ class AgentRuntime:
             # agno kept every such run's memories under one user, and the LLM router looked up
             # that "user's" own keys on every call
             user_id = None
-        target = await self.build(kind, spec_id, user_id=user_id)
+        started = time.monotonic()
+        # One deadline for all the request waits on: the spec store's read and the secrets of the
+        # build, and the session db's read before the run (outside it, a store, a secrets source
+        # or a db that did not answer held a request with a timeout for ever)
+        ends = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        building: asyncio.Timeout | None = None
+        try:
+            async with asyncio.timeout_at(ends) as building:
+                target = await self.build(kind, spec_id, user_id=user_id)
+        except TimeoutError:
+            if building is None or not building.expired():
+                raise  # the store's or the secrets source's own
+            return ExecutionResult(
+                ResponseStatus.TIMEOUT,
+                error_message=f"{kind.value} {spec_id!r} timed out after {timeout}s",
+                duration_ms=_ms_since(started),
+                target_name=spec_id,
+            )
         run_kwargs: dict[str, Any] = {
             "session_id": agno_session_id(kind, spec_id, session_id),
             "user_id": user_id,
@@ -233,10 +250,6 @@ class AgentRuntime:
             run_kwargs["metadata"] = dict(metadata)
         run_id = str(uuid.uuid4())  # the id _stop_run asks agno to cancel: workflows need it too
         run_kwargs["run_id"] = run_id
-        started = time.monotonic()
-        # One deadline for all the request waits on, the session db's read before the run included
-        # (outside it, a db that did not answer held a request with a timeout for ever)
-        ends = None if timeout is None else asyncio.get_running_loop().time() + timeout
         if kind is not SpecKind.WORKFLOW:
             try:
                 async with asyncio.timeout_at(ends):
