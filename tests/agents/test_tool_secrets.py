@@ -290,7 +290,9 @@ async def test_a_failed_tools_error_reaches_the_model_and_the_session_db_without
         m["content"] for call in scripted.models["gpt"].calls for m in call.messages if m["role"] == "tool"
     ]
     assert len(told) == 1
-    assert told[0].startswith("401 Unauthorized for url 'https://api.search.example/v1?api_key=")
+    assert told[0].startswith(
+        "RuntimeError: 401 Unauthorized for url 'https://api.search.example/v1?api_key="
+    )
     assert CANARY not in told[0]
     assert CANARY.encode() not in (tmp_path / "sessions.db").read_bytes()
 
@@ -314,3 +316,32 @@ async def test_a_tools_own_hooks_still_run_around_it() -> None:
         assert (await rt.agents.execute("a", "find", session_id="s1")).ok
     assert called == ["lookup"]
     assert scripted.models["gpt"].calls[1].messages[-1]["content"] == "found q"
+
+
+async def test_a_tool_that_times_out_or_fails_without_words_tells_the_model_what_happened() -> None:
+    # agno gives the model str(exception) only: a tool whose own deadline passed told it "" (as
+    # if it had returned nothing), a missing key told it "'bob'"
+    async def fetch(url: str) -> str:
+        """Fetch a page."""
+        async with asyncio.timeout(0):  # the tool's own deadline, past at its first wait
+            await asyncio.Event().wait()
+        return "never"
+
+    def lookup(user: str) -> str:
+        """Look a user up."""
+        users: dict[str, str] = {}
+        return users[user]
+
+    registry = ToolRegistry()
+    registry.tool(fetch)
+    registry.tool(lookup)
+    calls = [ToolCall("fetch", {"url": "https://example.com"}), ToolCall("lookup", {"user": "bob"})]
+    scripted = ScriptedModels({"gpt": [calls, "done"]})
+    async with AgentRuntime(InMemorySpecStore(), registry, scripted) as rt:
+        await rt.agents.create(AgentSpec(id="a", model="gpt", tools=["fetch", "lookup"]))
+        result = await rt.agents.execute("a", "go", session_id="s1")
+    assert result.status is ResponseStatus.COMPLETED  # the tools' failures are their results
+    told = {
+        m["tool_name"]: m["content"] for m in scripted.models["gpt"].calls[1].messages if m["role"] == "tool"
+    }
+    assert told == {"fetch": "TimeoutError", "lookup": "KeyError: 'bob'"}

@@ -335,11 +335,11 @@ class Builder:
 
 
 class _ToolError(Exception):
-    """A tool's exception, its text masked (the original is its ``__cause__``)."""
+    """A tool's exception as the model is told it (the original is its ``__cause__``)."""
 
 
 def _masking_errors(tool: Any) -> Any:
-    """``tool`` with :func:`_mask_tool_error` around each of its functions, outermost (their own
+    """``tool`` with :func:`_tell_tool_error` around each of its functions, outermost (their own
     hooks kept): agno hands a failed tool's exception text to the model as the tool's result and
     stores it with the run, and a provider's refusal may quote the key the tool was built with.
     A Toolkit is copied (its functions with the hook), never changed: one registered with
@@ -348,7 +348,7 @@ def _masking_errors(tool: Any) -> Any:
     ``@approval`` (the registry refuses it; agno reads the mark on the function itself)."""
     if isinstance(tool, Function):
         masked = tool.model_copy()  # shallow, as agno's own per-run copies
-        masked.tool_hooks = [_mask_tool_error, *(tool.tool_hooks or ())]
+        masked.tool_hooks = [_tell_tool_error, *(tool.tool_hooks or ())]
         return masked
     if isinstance(tool, Toolkit):
         if tool.requires_connect:
@@ -362,39 +362,34 @@ def _masking_errors(tool: Any) -> Any:
     return tool
 
 
-def _masked(error: Exception) -> Exception:
-    """``error``, or a :class:`_ToolError` with its text masked if it quotes a secret."""
-    text = str(error)
-    masked = redact_text(text)
-    return error if masked == text else _ToolError(masked)
+def _told(error: Exception) -> _ToolError:
+    """What the model is told of a tool's exception (agno tells it ``str(error)``): its type, which
+    is all a ``TimeoutError`` says (the model was told ``""``, as if the tool had answered
+    nothing) and what a ``KeyError`` means, and its text with secrets masked."""
+    text = redact_text(str(error))
+    return _ToolError(f"{type(error).__name__}: {text}" if text else type(error).__name__)
 
 
-def _mask_tool_error(function_call: Callable[..., Any], arguments: dict[str, Any]) -> Any:
-    """An agno tool hook: the tool's exception goes on with its text masked (agno's own signals to
+def _tell_tool_error(function_call: Callable[..., Any], arguments: dict[str, Any]) -> Any:
+    """An agno tool hook: the tool's exception goes on as :func:`_told` (agno's own signals to
     stop, retry or cancel the run go on as they are). Sync, so agno still runs a sync tool in a
-    thread; an async tool's call is awaited by agno, through :func:`_masked_awaited`."""
+    thread; an async tool's call is awaited by agno, through :func:`_told_awaited`."""
     try:
         result = function_call(**arguments)
     except (AgentRunException, RunCancelledException):
         raise
     except Exception as error:
-        masked = _masked(error)
-        if masked is error:
-            raise
-        raise masked from error
-    return _masked_awaited(result) if inspect.isawaitable(result) else result
+        raise _told(error) from error
+    return _told_awaited(result) if inspect.isawaitable(result) else result
 
 
-async def _masked_awaited(result: Awaitable[Any]) -> Any:
+async def _told_awaited(result: Awaitable[Any]) -> Any:
     try:
         return await result
     except (AgentRunException, RunCancelledException):
         raise
     except Exception as error:
-        masked = _masked(error)
-        if masked is error:
-            raise
-        raise masked from error
+        raise _told(error) from error
 
 
 def _failed_members(output: Any) -> list[tuple[str, str]]:
