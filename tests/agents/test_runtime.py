@@ -867,7 +867,7 @@ async def test_the_cycle_check_reads_a_team_reached_twice_once() -> None:
     rt = runtime({"gpt": []}, store=store)
     await rt.agents.create(AgentSpec.from_dict({"id": "solo", "model": "gpt"}))
     below: list[dict[str, str]] = [{"kind": "agent", "id": "solo"}]
-    levels = 14
+    levels = 8  # and the top team: 9 levels of teams
     for level in range(levels):
         for side in "ab":
             await rt.teams.create(
@@ -877,6 +877,47 @@ async def test_the_cycle_check_reads_a_team_reached_twice_once() -> None:
     store.reads = 0
     await rt.validate(TeamSpec.from_dict({"id": "top", "model": "gpt", "members": below}))
     assert store.reads <= 2 + 2 * levels  # its members, then each team below at most once
+
+
+async def chain_of_teams(
+    rt: AgentRuntime, prefix: str, levels: int, bottom: dict[str, str]
+) -> dict[str, str]:
+    """``levels`` teams, each holding the one before (the first holding ``bottom``): the last, as
+    a member."""
+    member = bottom
+    for level in range(levels):
+        await rt.teams.create(
+            TeamSpec.from_dict({"id": f"{prefix}{level}", "model": "gpt", "members": [member]})
+        )
+        member = {"kind": "team", "id": f"{prefix}{level}"}
+    return member
+
+
+async def test_teams_nested_too_deep_are_refused_naming_the_path() -> None:
+    # 300 teams, each holding the one before, were accepted, and running the last raised a bare
+    # RecursionError out of execute
+    rt = runtime({"gpt": []})
+    await rt.agents.create(AgentSpec.from_dict({"id": "solo", "model": "gpt"}))
+    ten = await chain_of_teams(rt, "t", 10, {"kind": "agent", "id": "solo"})  # 10 levels: the most
+    with pytest.raises(SpecValidationError) as caught:
+        await rt.teams.create(TeamSpec.from_dict({"id": "top", "model": "gpt", "members": [ten]}))
+    assert (caught.value.spec, caught.value.path) == ("team 'top'", ".".join(["members[0]"] * 10))
+    chain = " -> ".join(["top", *(f"t{level}" for level in range(9, -1, -1))])
+    assert caught.value.detail == f"teams nested more than 10 deep: {chain}"
+
+
+async def test_a_team_reached_again_deeper_down_counts_at_its_deepest() -> None:
+    # the cycle check reads a team once: reached again by a longer path, its depth counts anew
+    rt = runtime({"gpt": []})
+    await rt.agents.create(AgentSpec.from_dict({"id": "solo", "model": "gpt"}))
+    five = await chain_of_teams(rt, "x", 5, {"kind": "agent", "id": "solo"})
+    long = await chain_of_teams(rt, "l", 5, five)  # 10 levels: the most
+    with pytest.raises(SpecValidationError) as caught:
+        await rt.teams.create(TeamSpec.from_dict({"id": "top", "model": "gpt", "members": [five, long]}))
+    assert caught.value.path == ".".join(["members[1]", *["members[0]"] * 5])
+    assert caught.value.detail == (
+        "teams nested more than 10 deep: top -> l4 -> l3 -> l2 -> l1 -> l0 -> x4, which holds 4 more levels"
+    )
 
 
 @pytest.mark.parametrize(

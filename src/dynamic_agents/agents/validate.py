@@ -2,8 +2,8 @@
 
 Each problem is a :class:`SpecValidationError` naming the spec and the path inside it: an unknown
 tool, schema or function (listing the registered ones), an unknown model, a member or step naming a
-spec that does not exist or is disabled, a team that contains itself, a tool that needs human
-confirmation.
+spec that does not exist or is disabled, a team that contains itself or holds teams too deep, a tool
+that needs human confirmation.
 """
 
 from __future__ import annotations
@@ -168,13 +168,25 @@ async def _check_team(spec: TeamSpec, lookup: Lookup, model_names: frozenset[str
     await _check_no_cycle(spec, lookup)
 
 
-async def _check_no_cycle(spec: TeamSpec, lookup: Lookup) -> None:
-    """A team may not contain itself, directly or through member teams. Each team is read and
-    searched once: a team reached again by another path holds no cycle (one through it would
-    have been found the first time), else a team reached by many paths was read once per path."""
-    searched: set[str] = set()
+MAX_TEAM_DEPTH = 10
+"""How many levels of teams a team may hold, itself the first: one built and run deeper (a
+member's member's …) recursed past Python's limit (a bare ``RecursionError`` out of ``execute``)."""
 
-    async def visit(team: TeamSpec, chain: tuple[str, ...], path: str) -> None:
+
+async def _check_no_cycle(spec: TeamSpec, lookup: Lookup) -> None:
+    """A team may not contain itself, directly or through member teams, nor hold teams more than
+    :data:`MAX_TEAM_DEPTH` levels deep. Each team is read and searched once: a team reached again
+    by another path holds no cycle (one through it would have been found the first time), and its
+    depth is known (else a team reached by many paths was read once per path)."""
+    levels: dict[str, int] = {}  # the levels of teams each searched team holds, itself included
+
+    def too_deep(chain: tuple[str, ...], member: str, below: int, path: str) -> SpecValidationError:
+        more = f", which holds {below - 1} more levels" if below > 1 else ""
+        nested = " -> ".join((*chain, member))
+        return SpecValidationError(f"teams nested more than {MAX_TEAM_DEPTH} deep: {nested}{more}", path=path)
+
+    async def visit(team: TeamSpec, chain: tuple[str, ...], path: str) -> int:
+        deepest = 0
         for index, member in enumerate(team.members):
             if member.kind is not SpecKind.TEAM:
                 continue
@@ -182,12 +194,21 @@ async def _check_no_cycle(spec: TeamSpec, lookup: Lookup) -> None:
             if member.id in chain:
                 cycle = " -> ".join((*chain, member.id))
                 raise SpecValidationError(f"member cycle: {cycle}", path=member_path)
-            if member.id in searched:
-                continue
-            nested = spec if member.id == spec.id else await lookup(SpecKind.TEAM, member.id)
-            if isinstance(nested, TeamSpec):
-                await visit(nested, (*chain, member.id), f"{member_path}.")
-            searched.add(member.id)
+            if len(chain) >= MAX_TEAM_DEPTH:  # refused before going deeper
+                raise too_deep(chain, member.id, 1, member_path)
+            below = levels.get(member.id)
+            if below is None:
+                nested = spec if member.id == spec.id else await lookup(SpecKind.TEAM, member.id)
+                below = (
+                    await visit(nested, (*chain, member.id), f"{member_path}.")
+                    if isinstance(nested, TeamSpec)
+                    else 1
+                )
+                levels[member.id] = below
+            elif len(chain) + below > MAX_TEAM_DEPTH:  # searched before, less deep than here
+                raise too_deep(chain, member.id, below, member_path)
+            deepest = max(deepest, below)
+        return deepest + 1
 
     await visit(spec, (spec.id,), "")
 
