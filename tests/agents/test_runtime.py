@@ -831,6 +831,22 @@ async def test_a_key_pasted_as_a_reference_is_masked_in_the_error(
     assert re.search(r"unknown (model|agent|team) \*{10}", str(caught.value)), str(caught.value)
 
 
+@pytest.mark.parametrize("mode", ["coordinate", "broadcast"])
+async def test_a_member_listed_twice_is_refused_naming_both(mode: str) -> None:
+    # accepted: a broadcast team ran the agent twice on every request (twice its cost and its
+    # tools' side effects), a coordinating leader was shown it twice
+    rt = runtime({"gpt": []})
+    await rt.agents.create(AgentSpec.from_dict({"id": "solo", "model": "gpt"}))
+    await rt.agents.create(AgentSpec.from_dict({"id": "other", "model": "gpt"}))
+    members = ["solo", "other", {"kind": "agent", "id": "solo"}]
+    with pytest.raises(SpecValidationError) as caught:
+        await rt.teams.create(
+            TeamSpec.from_dict({"id": "t", "model": "gpt", "mode": mode, "members": members})
+        )
+    assert (caught.value.spec, caught.value.path) == ("team 't'", "members[2]")
+    assert caught.value.detail == "agent 'solo' is members[0] already"
+
+
 async def test_member_cycles_and_missing_members_are_refused() -> None:
     rt = runtime({"gpt": []})
     await rt.agents.create(AgentSpec.from_dict({"id": "solo", "model": "gpt"}))

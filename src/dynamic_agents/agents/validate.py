@@ -163,7 +163,15 @@ async def _check_target(kind: SpecKind, target_id: str, lookup: Lookup, path: st
 
 async def _check_team(spec: TeamSpec, lookup: Lookup, model_names: frozenset[str] | None) -> None:
     _check_model(spec.model.name, model_names)
+    listed: dict[tuple[SpecKind, str], int] = {}
     for index, member in enumerate(spec.members):
+        # twice, a member ran twice in a broadcast (its cost and its tools' side effects)
+        first = listed.setdefault((member.kind, member.id), index)
+        if first != index:
+            raise SpecValidationError(
+                f"{member.kind.value} {shown(member.id)} is members[{first}] already",
+                path=f"members[{index}]",
+            )
         await _check_target(member.kind, member.id, lookup, f"members[{index}]")
     await _check_no_cycle(spec, lookup)
 
