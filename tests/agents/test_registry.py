@@ -275,3 +275,18 @@ async def test_a_toolkit_factory_that_changes_its_parameters_changes_no_other_ru
         cached = await runtime.current(AgentSpec.kind, "a")
     assert seen == [parameters, parameters]
     assert cached.tools[0].parameters == parameters
+
+
+async def test_an_agno_tool_a_factory_makes_keeps_its_name_when_the_registry_key_is_none_a_model_takes() -> (
+    None
+):
+    # a toolkit's registry key may be any text ("search.web"); the agno tool its factory made was
+    # renamed to it, a function name model APIs refuse (every request to the provider failed)
+    tools = ToolRegistry()
+    tools.toolkit("search.web", lambda: tool(search_in("web")))
+    tools.toolkit("news_search", lambda: tool(search_in("news")))  # a name a model takes: given
+    models = ScriptedModels({"gpt": ["done"]})
+    async with AgentRuntime(InMemorySpecStore(), tools, models) as runtime:
+        await runtime.agents.create(AgentSpec(id="a", model="gpt", tools=["search.web", "news_search"]))
+        assert (await runtime.agents.execute("a", "hi", session_id="s")).ok
+    assert sorted(models.models["gpt"].calls[0].tools) == ["news_search", "search"]

@@ -28,7 +28,7 @@ except ImportError as error:  # pragma: no cover - exercised without the extra i
     raise MissingDependencyError("agno agents (AgentRuntime, its builders and executor)", "agents") from error
 
 from dynamic_agents._redaction import protect_loggers, redact_text
-from dynamic_agents.agents.registry import APPROVAL_MARK, ToolRegistry
+from dynamic_agents.agents.registry import APPROVAL_MARK, TOOL_NAME, ToolRegistry
 from dynamic_agents.agents.specs import (
     AgentSpec,
     AgentStep,
@@ -242,7 +242,9 @@ class Builder:
         registered = self.registry.get_tool(ref.name)
         tool = registered.build(parameters)
         if isinstance(tool, Function):
-            if tool.name == registered.name:
+            if tool.name == registered.name or not TOOL_NAME.fullmatch(registered.name):
+                # a toolkit's registry key may be any text ("search.web"): a model API refuses
+                # such a function name, so a factory's agno tool keeps its own then
                 return tool
             renamed = tool.model_copy()  # agno's own override: shallow, the callables shared
             renamed.name = registered.name
