@@ -345,3 +345,23 @@ async def test_a_tool_that_times_out_or_fails_without_words_tells_the_model_what
         m["tool_name"]: m["content"] for m in scripted.models["gpt"].calls[1].messages if m["role"] == "tool"
     }
     assert told == {"fetch": "TimeoutError", "lookup": "KeyError: 'bob'"}
+
+
+async def test_a_tool_whose_await_was_cancelled_under_it_fails_alone() -> None:
+    # a future a library cancelled under the tool (the request was not cancelled): the
+    # CancelledError went through agno and out of execute, as if the caller had been cancelled;
+    # the worker then answered nothing
+    async def fetch(url: str) -> str:
+        """Fetch a page."""
+        pending = asyncio.get_running_loop().create_future()
+        pending.cancel()  # what a client closing its pool does to the calls waiting on it
+        return str(await pending)
+
+    registry = ToolRegistry()
+    registry.tool(fetch)
+    scripted = ScriptedModels({"gpt": [ToolCall("fetch", {"url": "https://example.com"}), "done"]})
+    async with AgentRuntime(InMemorySpecStore(), registry, scripted) as rt:
+        await rt.agents.create(AgentSpec(id="a", model="gpt", tools=["fetch"]))
+        result = await rt.agents.execute("a", "go", session_id="s1", timeout=30)
+    assert result.status is ResponseStatus.COMPLETED
+    assert scripted.models["gpt"].calls[1].messages[-1]["content"] == "CancelledError"

@@ -7,6 +7,7 @@ object gets ``telemetry=False``, the session db, and a model from the :class:`Mo
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 import inspect
@@ -364,7 +365,7 @@ def _masking_errors(tool: Any) -> Any:
     return tool
 
 
-def _told(error: Exception) -> _ToolError:
+def _told(error: BaseException) -> _ToolError:
     """What the model is told of a tool's exception (agno tells it ``str(error)``): its type, which
     is all a ``TimeoutError`` says (the model was told ``""``, as if the tool had answered
     nothing) and what a ``KeyError`` means, and its text with secrets masked."""
@@ -390,6 +391,13 @@ async def _told_awaited(result: Awaitable[Any]) -> Any:
         return await result
     except (AgentRunException, RunCancelledException):
         raise
+    except asyncio.CancelledError as error:
+        task = asyncio.current_task()
+        if task is None or task.cancelling():
+            raise  # the run is being stopped
+        # a future cancelled under the tool (a client closing its pool), not the run: it went
+        # through agno and out of execute as if the caller had been cancelled
+        raise _told(error) from error
     except Exception as error:
         raise _told(error) from error
 
