@@ -1489,6 +1489,42 @@ async def test_a_bad_run_timeout_is_a_configuration_error_before_anything_runs(t
     assert rt.models.models["gpt"].calls == []  # type: ignore[attr-defined]
 
 
+async def test_a_run_whose_tool_ignores_being_cancelled_does_not_hold_the_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """After ``cancel_grace`` the run is cancelled outright; a tool that catches the cancellation
+    and goes on held the request past its timeout until the run ended on its own (never, for this
+    one), and its session with it."""
+    release, ended = asyncio.Event(), asyncio.Event()
+
+    async def stubborn(query: str) -> str:
+        """A tool that retries whatever happens, cancellations too."""
+        while not release.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await release.wait()
+        ended.set()
+        return "finally"
+
+    rt = AgentRuntime(
+        InMemorySpecStore(),
+        registry(),
+        ScriptedModels({"gpt": [ToolCall("stubborn", {"query": "q"}), "done"]}),
+        cancel_grace=0.1,
+    )
+    _RUNTIMES.append(rt)
+    rt.registry.add_tool(stubborn)
+    await rt.agents.create(AgentSpec.from_dict({"id": "a", "model": "gpt", "tools": ["stubborn"]}))
+    try:
+        async with asyncio.timeout(60):  # the test's own bound: without the fix, it never returns
+            result = await rt.agents.execute("a", "hi", session_id="s", timeout=0.5)
+        assert not ended.is_set()  # answered while the tool still went on
+    finally:
+        release.set()  # the run ends: nothing left behind for the loop's teardown
+    assert result.status == ResponseStatus.TIMEOUT
+    assert "did not stop when cancelled" in caplog.text
+    await ended.wait()
+
+
 async def test_a_run_cancelled_again_while_it_is_being_stopped_is_cancelled_outright(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

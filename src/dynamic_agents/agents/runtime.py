@@ -376,7 +376,8 @@ class AgentRuntime:
     async def _stop_run(self, inner: asyncio.Task[Any], run_id: str) -> None:
         """Stop a run the way agno keeps what it did: ask agno to cancel it (it stops at its next
         checkpoint and stores the run, partial output included, as cancelled); cancel the task
-        outright only if it does not stop within ``cancel_grace`` (a slow tool, say)."""
+        outright only if it does not stop within ``cancel_grace`` (a slow tool, say), and leave it
+        to end in the background if it does not end within ``cancel_grace`` of that either."""
         from agno.run.cancel import acancel_run
 
         try:
@@ -391,7 +392,17 @@ class AgentRuntime:
             raise
         if not done:
             inner.cancel()
-            await asyncio.wait([inner])
+            done, _ = await asyncio.wait([inner], timeout=self.cancel_grace)
+            if not done:
+                # a tool that caught the cancellation and went on: waiting held the request past
+                # its timeout (and its session) until the run ended on its own, if ever
+                logger.warning(
+                    "run %s did not stop when cancelled (a tool catching CancelledError?): left to "
+                    "end in the background",
+                    run_id,
+                )
+                inner.add_done_callback(_retrieve)
+                return
         if inner.done() and not inner.cancelled():
             inner.exception()  # retrieved: a failure while stopping is not worth a warning
 
