@@ -9,6 +9,7 @@ import logging
 import math
 import re
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -1964,6 +1965,34 @@ async def test_a_health_check_that_takes_too_long_fails_and_is_logged(
     assert response.json()["checks"] == {"store": True, "transport": True, "hanging": False, "cache": True}
     assert stopped.is_set()  # cancelled, not left running
     assert "health check 'hanging' took longer than 0.01 s" in caplog.messages
+
+
+async def test_health_checks_run_at_once(make_stack: StackFactory) -> None:
+    """One after another, each given 5 s, a /health with a few slow dependencies took their sum:
+    past a load balancer's probe timeout. Here each check waits until every one has started,
+    which only checks run at once get to."""
+    started = [asyncio.Event() for _ in range(3)]
+
+    def waiting_for_all(mine: asyncio.Event) -> Callable[[], Awaitable[bool]]:
+        async def check() -> bool:
+            mine.set()
+            for each in started:
+                await each.wait()
+            return True
+
+        return check
+
+    stack = await make_stack(
+        health_checks={f"dep{i}": waiting_for_all(event) for i, event in enumerate(started)}
+    )
+    response = await asyncio.wait_for(stack.client.get(f"{V1}/health"), 30)
+    assert response.json()["checks"] == {
+        "store": True,
+        "transport": True,
+        "dep0": True,
+        "dep1": True,
+        "dep2": True,
+    }
 
 
 async def test_health_is_503_when_the_transport_is_down(stack: Stack) -> None:
