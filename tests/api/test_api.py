@@ -304,6 +304,35 @@ async def test_an_async_verifier_is_awaited() -> None:
     assert seen == ["async-token", "other"]  # once per request; not asked without a token
 
 
+@pytest.mark.parametrize("sync", [True, False])
+async def test_a_verifier_that_fails_is_a_503_logged_without_the_token(
+    sync: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An auth backend that is down (a JWKS endpoint, an introspection call): the verifier's
+    exception came out as a 500 and an ERROR traceback, whose text may quote the token it was
+    checking; the caller could not tell it from a bug, and a retry is worth it."""
+    token = "tok-CANARY-4d2e9a1b7c"
+
+    def failing(given: str) -> bool:
+        raise ConnectionError(f"introspection endpoint unreachable while checking {given}")
+
+    async def failing_async(given: str) -> bool:
+        return failing(given)
+
+    app = make_app(make_runtime(), auth=failing if sync else failing_async)
+    with caplog.at_level(logging.WARNING):
+        async with client_for(app, {"Authorization": f"Bearer {token}"}) as client:
+            response = await client.get(f"{V1}/agents")
+    assert response.status_code == 503
+    assert response.json() == {"detail": "the token could not be checked: authentication is unavailable"}
+    assert response.headers["retry-after"] == "1"
+    (record,) = [r for r in caplog.records if "verifier" in r.getMessage()]
+    assert record.levelno == logging.WARNING
+    assert "ConnectionError: introspection endpoint unreachable" in record.getMessage()
+    assert token not in caplog.text
+    assert token not in response.text
+
+
 async def test_no_auth_serves_without_a_header() -> None:
     app = make_app(make_runtime(), auth=NO_AUTH)
     async with client_for(app) as client:

@@ -19,6 +19,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from enum import Enum
 from typing import Annotated, Any, Final
 
+from dynamic_agents._logging import get_logger
+from dynamic_agents._redaction import MASK, redact_text
 from dynamic_agents._validation import a_type, check_callable, check_count, check_seconds, shown
 from dynamic_agents.agents.runtime import AgentRuntime
 from dynamic_agents.api._bodies import DEFAULT_MAX_BODY_SIZE
@@ -40,6 +42,8 @@ except ImportError as error:  # pragma: no cover - exercised without the extra i
 
 
 __all__ = ["NO_AUTH", "TokenVerifier", "create_api_router"]
+
+logger = get_logger("api")
 
 TokenVerifier = Callable[[str], bool | Awaitable[bool]]
 """Returns whether a bearer token may use the API."""
@@ -112,9 +116,18 @@ def create_api_router(
         token = token.lstrip(" ")  # one or more spaces after the scheme (RFC 7235)
         if scheme.lower() != "bearer" or not token:
             raise HTTPException(401, "a bearer token is required", headers={"WWW-Authenticate": "Bearer"})
-        verdict = auth(token)
-        if inspect.isawaitable(verdict):
-            verdict = await verdict
+        try:
+            verdict = auth(token)
+            if inspect.isawaitable(verdict):
+                verdict = await verdict
+        except Exception as error:  # its backend down (a JWKS or introspection endpoint): retry
+            text = redact_text(str(error).replace(token, MASK))  # (it may quote the token)
+            logger.warning("the auth verifier failed: %s: %s", type(error).__name__, text)
+            raise HTTPException(
+                503,
+                "the token could not be checked: authentication is unavailable",
+                headers={"Retry-After": "1"},
+            ) from None
         if not verdict:
             raise HTTPException(401, "the token was refused", headers={"WWW-Authenticate": "Bearer"})
         return hashlib.sha256(token.encode()).hexdigest()
