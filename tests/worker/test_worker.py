@@ -14,7 +14,13 @@ from typing import Any
 
 import pytest
 
-from dynamic_agents.events import AgentRequestEvent, LifecycleEvent, ResponseStatus, Target
+from dynamic_agents.events import (
+    AgentRequestEvent,
+    AgentResponseEvent,
+    LifecycleEvent,
+    ResponseStatus,
+    Target,
+)
 from dynamic_agents.exceptions import ConfigurationError, DynamicAgentsError, RunLostError, TransportError
 from dynamic_agents.execution import ExecutionResult, FunctionExecutor
 from dynamic_agents.routing import EventRouter
@@ -1086,6 +1092,63 @@ async def test_a_result_whose_reply_cannot_be_built_is_answered_with_an_error_on
     assert len(calls) == 1
     assert (w.stats.failed, w.stats.dead_lettered) == (1, 0)
     assert not await transport.pending(backend.names.requests, "dynamic-agents")
+
+
+class _BadHeaderHook(BaseHooks):
+    """Adds headers no envelope can carry: a value that is not ASCII, one that is no string, and a
+    header the codec sets itself."""
+
+    async def before_respond(self, delivery: Any, response: Any, headers: dict[str, Any]) -> None:
+        headers["x-user"] = "Zoë"
+        headers["x-count"] = 3
+        headers["reply_to"] = "elsewhere"
+
+
+@pytest.mark.parametrize("dead_letter", [False, True], ids=["reply", "dead letter"])
+async def test_headers_a_hook_adds_that_no_envelope_can_carry_are_dropped_and_the_reply_written(
+    backend: Backend, dead_letter: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A failing hook never fails the run: a header it adds that the envelope refuses failed every
+    write of the reply (and of the dead letter after ``max_deliveries``), so the request was never
+    answered. Those headers are left out, logged naming the hook; the others are kept."""
+    transport = await backend.transport()
+    request = request_event(backend.names, "hi")
+    await transport.publish(backend.names.requests, request)
+    if dead_letter:  # delivered past max_deliveries before this worker reads it
+        group, subscription = (
+            "dynamic-agents",
+            Subscription(
+                backend.names.requests, "dynamic-agents", "gone", AgentRequestEvent, claim_min_idle=0.01
+            ),
+        )
+        await transport.ensure_group(backend.names.requests, group)
+        (delivery,) = await transport.read(subscription, 1)
+        await transport.release(delivery)
+    w = AgentWorker(
+        transport,
+        transport.coordinator(),
+        echo_router(),
+        FunctionExecutor(lambda target, request: "done"),
+        settings=WorkerSettings(**{**FAST, "max_deliveries": 1}),
+        hooks=[_HeaderHook(), _BadHeaderHook()],
+    )
+    with caplog.at_level(logging.ERROR, logger="dynamic_agents"):
+        async with w:
+            await wait_for(lambda: _has_replies(transport, backend, 1))
+    (entry,) = await transport.read_stream(backend.names.responses("discord", "c1"), AgentResponseEvent)
+    assert entry.event.request_id == request.id
+    assert entry.event.status == (ResponseStatus.ERROR if dead_letter else ResponseStatus.COMPLETED)
+    assert entry.message is not None
+    headers = entry.message.headers
+    assert headers["x-seen-by"] == "hook"
+    assert "x-user" not in headers
+    assert "x-count" not in headers
+    assert headers.get("reply_to") is None
+    assert not await transport.pending(backend.names.requests, "dynamic-agents")
+    said = caplog.text
+    assert "before_respond hook" in said
+    for name in ("'x-user'", "'x-count'", "'reply_to'"):
+        assert name in said
 
 
 class _NotAResult:

@@ -38,6 +38,7 @@ from dynamic_agents._redaction import redact_text
 from dynamic_agents._tasks import cancel_and_wait
 from dynamic_agents._validation import a_type, check_seconds, invalid_fields, shown
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, ResponseStatus, Target
+from dynamic_agents.events.codecs import _RESERVED_HEADERS as RESERVED_HEADERS
 from dynamic_agents.events.envelope import fits_in_header
 from dynamic_agents.exceptions import (
     ConfigurationError,
@@ -1265,7 +1266,7 @@ class AgentWorker:
         """The reply with the envelope headers hooks add (trace context, for one)."""
         headers = dict(reply.headers)
         await self._call_hooks("before_respond", delivery, reply.event, headers)
-        return replace(reply, headers=headers)
+        return replace(reply, headers=_carried(headers, delivery.event.id))
 
     async def _dead_letter(self, delivery: Delivery[AgentRequestEvent], event: AgentRequestEvent) -> None:
         reason = f"delivered {delivery.delivery_count} times (max_deliveries={self.settings.max_deliveries})"
@@ -1332,6 +1333,37 @@ async def _after_handlers_send() -> None:
     command would otherwise put its CPU time on every one of those claims' paths."""
     await asyncio.sleep(0)
     await asyncio.sleep(0)
+
+
+def _carried(headers: dict[str, str], request_id: str) -> dict[str, str]:
+    """``headers``, as ``before_respond`` hooks left them, without those no envelope can carry: one
+    the codec refuses failed every write of the reply, and of its dead letter, so the request was
+    never answered. A failing hook never fails the run: those are left out, logged (by name only:
+    a value may be a credential)."""
+    for key, value in list(headers.items()):
+        why = _uncarried(key, value)
+        if why is None:
+            continue
+        logger.error(
+            "a before_respond hook set reply header %s, which no envelope can carry (%s): the reply "
+            "to %s is written without it",
+            shown(key),
+            why,
+            request_id,
+        )
+        del headers[key]
+    return headers
+
+
+def _uncarried(key: object, value: object) -> str | None:
+    """Why an envelope cannot carry header ``key`` with ``value``, or ``None`` if it can."""
+    if not isinstance(key, str) or not isinstance(value, str):
+        return f"a header's name and value are strings, got {a_type(key)} and {a_type(value)}"
+    if key in RESERVED_HEADERS:
+        return "the codec sets it"
+    if not fits_in_header(key) or not fits_in_header(value):
+        return "its name or value is not ASCII or is over 65535 bytes"
+    return None
 
 
 def _error(message: str) -> ExecutionResult:
