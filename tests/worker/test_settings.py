@@ -69,8 +69,13 @@ def test_record_ttl_may_equal_the_redelivery_window() -> None:
 
 def test_keep_fresh_every_must_be_shorter_than_claim_min_idle() -> None:
     assert WorkerSettings(claim_min_idle=10, keep_fresh_every=9.9).freshness_interval == 9.9
-    with pytest.raises(ConfigurationError, match=r"^keep_fresh_every must be shorter than claim_min_idle$"):
+    with pytest.raises(
+        ConfigurationError,
+        match=r"^keep_fresh_every=10s must be shorter than claim_min_idle=10s: ",
+    ):
         WorkerSettings(claim_min_idle=10, keep_fresh_every=10)
+    with pytest.raises(ConfigurationError, match=r"^keep_fresh_every=30s .* claim_min_idle=5s: "):
+        WorkerSettings(claim_min_idle=5, keep_fresh_every=30)
 
 
 def test_delta_interval_may_be_zero_and_the_optional_ones_none() -> None:

@@ -154,7 +154,11 @@ class WorkerSettings:
                 "still find its record"
             )
         if self.keep_fresh_every is not None and self.keep_fresh_every >= self.claim_min_idle:
-            raise ConfigurationError("keep_fresh_every must be shorter than claim_min_idle")
+            raise ConfigurationError(
+                f"keep_fresh_every={self.keep_fresh_every}s must be shorter than claim_min_idle="
+                f"{self.claim_min_idle}s: entries idle for claim_min_idle are taken over from live "
+                "workers too"
+            )
 
     @property
     def freshness_interval(self) -> float:
