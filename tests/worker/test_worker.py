@@ -892,6 +892,40 @@ async def test_async_with_left_at_once_stops_the_worker(backend: Backend) -> Non
     assert [r.content for r in await replies(transport, backend.names)] == ["echo: again"]
 
 
+async def test_stop_cancels_an_on_start_hook_that_does_not_end(backend: Backend) -> None:
+    """A hook's ``on_start`` that hangs (a metrics exporter waiting for its collector, say) held
+    ``stop()`` for ever: it is cancelled once the stop has waited ``block`` + 5 s for the read loop,
+    as a read that does not end is; every hook gets ``on_stop``, and the worker can run again."""
+    transport = await backend.transport()
+    started, cancelled, stopped = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    class Hangs(BaseHooks):
+        async def on_start(self, worker: Any) -> None:
+            started.set()
+            try:
+                await asyncio.Event().wait()
+            finally:
+                cancelled.set()
+
+        async def on_stop(self, worker: Any) -> None:
+            stopped.set()
+
+    w = worker(transport)
+    w.hooks.append(Hangs())
+    await w.__aenter__()
+    await asyncio.wait_for(started.wait(), 5)
+    stopping = asyncio.create_task(w.stop())
+    done, _ = await asyncio.wait({stopping}, timeout=30)  # a hang shows as not done, not as slow
+    assert done
+    await stopping
+    assert cancelled.is_set()
+    assert stopped.is_set()
+    w.hooks.pop()
+    await transport.publish(backend.names.requests, request_event(backend.names, "after"))
+    await w.run_until_idle()
+    assert [r.content for r in await replies(transport, backend.names)] == ["echo: after"]
+
+
 async def test_stop_does_not_swallow_the_cancellation_of_its_caller(backend: Backend) -> None:
     """A caller cancelled while stop() waits (a timeout around shutdown) is cancelled; a later
     stop() finishes the job."""

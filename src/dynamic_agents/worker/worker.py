@@ -185,6 +185,7 @@ class AgentWorker:
         self._reading_done = asyncio.Event()  # no read loop running: nothing new starts
         self._reading_done.set()
         self._read_timeout: asyncio.Timeout | None = None  # the read in progress's, for stop() to end it
+        self._starting = False  # run() creates the group and calls the on_start hooks: stop() may end it
 
     def __repr__(self) -> str:
         return (
@@ -220,15 +221,19 @@ class AgentWorker:
             self._stopping = False  # this run honoured the stop: the next one starts afresh
 
     async def _consume(self, until_idle: bool) -> None:
-        await self.transport.ensure_group(self.stream, self.settings.group)
-        if self.hooks:
-            try:
-                await self._call_hooks("on_start", self)
-            except asyncio.CancelledError:
-                # cancelled in a hook's on_start: those started before it (a sampler running, say)
-                # stop, as they would at the loop's end
-                await self._call_hooks("on_stop", self, every=True)
-                raise
+        self._starting = True
+        try:
+            await self.transport.ensure_group(self.stream, self.settings.group)
+            if self.hooks:
+                try:
+                    await self._call_hooks("on_start", self)
+                except asyncio.CancelledError:
+                    # cancelled in a hook's on_start: those started before it (a sampler running,
+                    # say) stop, as they would at the loop's end
+                    await self._call_hooks("on_stop", self, every=True)
+                    raise
+        finally:
+            self._starting = False
         loop = asyncio.get_running_loop()
         helpers = [
             loop.create_task(self._keep_fresh_loop(), name="keeping entries fresh"),
@@ -286,6 +291,9 @@ class AgentWorker:
 
         ``grace=None`` waits for the runs however long they take (none is cancelled).
 
+        The start of a worker started by ``async with`` still going ``block`` + 5 seconds into the
+        stop (an ``on_start`` hook that does not end) is cancelled: every hook gets ``on_stop``.
+
         Lifecycle events not yet written get ``grace`` more seconds (at least one; with ``None``, as
         long as they take): with Redis away they are then dropped (``events.dropped``) rather than
         holding up the stop.
@@ -304,7 +312,7 @@ class AgentWorker:
         try:
             # started by __aenter__ (or run() in the host's own task): its read loop ends at its
             # next turn, so nothing starts after this
-            await self._stop_reading(runner is not None)
+            await self._stop_reading(runner)
             await self._drain(grace)
             if runner is not None:
                 await asyncio.wait({runner})  # its last steps, without swallowing our own cancellation
@@ -324,11 +332,12 @@ class AgentWorker:
             )
         await self.events.flush(timeout=None if grace is None else max(grace, 1.0))
 
-    async def _stop_reading(self, started_here: bool) -> None:
+    async def _stop_reading(self, runner: asyncio.Task[None] | None) -> None:
         """Let the read loop notice the stop: a read in progress ends within ``block`` (and the
         time its answer takes), unless Redis is away, when it retries until cancelled: then it is
-        cancelled. The loop of a worker started here is waited for; one in the host's own task
-        (``run()``), only as long again."""
+        cancelled. So is the start of a worker started here (``runner``) still going then (an
+        ``on_start`` hook that does not end). The loop of a worker started here is waited for; one
+        in the host's own task (``run()``), only as long again."""
         for attempt in range(2):
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.block + 5):
@@ -336,7 +345,15 @@ class AgentWorker:
                 return
             if attempt == 0 and self._read_timeout is not None:
                 self._read_timeout.reschedule(asyncio.get_running_loop().time())
-        if started_here:
+            elif attempt == 0 and runner is not None and self._starting:
+                logger.warning(
+                    "worker %s was still starting (creating its group, calling the on_start hooks) "
+                    "%s s into stop(): its start is cancelled",
+                    self.settings.consumer,
+                    self.settings.block + 5,
+                )
+                runner.cancel()
+        if runner is not None:
             await self._reading_done.wait()
 
     async def _drain(self, grace: float | None) -> None:
