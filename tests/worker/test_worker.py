@@ -1261,6 +1261,53 @@ async def test_lifecycle_events_and_hooks(backend: Backend) -> None:
     assert [e.type for e in events] == ["request.accepted", "run.started", "run.completed"]  # type: ignore[attr-defined]
 
 
+async def test_the_lease_is_renewed_until_the_reply_is_written(backend: Backend) -> None:
+    """A slow ``after_execute`` hook (an exporter waiting for its collector, say) held the lease
+    unrenewed from the run's end to its reply: past ``lease_ttl`` the lease was gone, the reply
+    refused and the finished run thrown away, to run again elsewhere. It is renewed until the reply
+    is written: the hook outlives several renewals (more than the lease's ttl), and the run is
+    answered once."""
+    transport = await backend.transport()
+    coordinator = transport.coordinator()
+    real_renew = coordinator.renew
+    renewals = 0
+
+    async def renew(lease: Any, ttl: float | None = None) -> bool:
+        nonlocal renewals
+        renewals += 1
+        return await real_renew(lease, ttl)
+
+    coordinator.renew = renew  # type: ignore[method-assign]
+    runs: list[str] = []
+
+    async def answer(target: Target, request: AgentRequestEvent) -> str:
+        runs.append(request.id)
+        return "done"
+
+    class Slow(BaseHooks):
+        async def after_execute(self, context: RunContext, result: ExecutionResult) -> None:
+            renewed_before = renewals
+            # renewals every third of lease_ttl: four of them span more than the lease's ttl
+            await wait_for(
+                lambda: _lease_outlived(renewals >= renewed_before + 4, coordinator, "slow"), within=10
+            )
+
+    request = request_event(backend.names, "x", session="slow")
+    await transport.publish(backend.names.requests, request)
+    w = worker(transport, FunctionExecutor(answer), coordinator=coordinator)
+    w.hooks.append(Slow())
+    async with w:
+        await wait_for(lambda: _async(bool(w.stats.completed or w.stats.lost)))
+    assert [reply.content for reply in await replies(transport, backend.names)] == ["done"]
+    assert runs == [request.id]
+    assert w.stats.lost == 0
+
+
+async def _lease_outlived(renewed: bool, coordinator: Any, session: str) -> bool:
+    """Renewed past the lease's ttl, or the lease gone (expired, unrenewed)."""
+    return renewed or await coordinator.holder(session) is None
+
+
 async def test_a_run_that_publishes_nothing_reports_no_end_on_the_events_stream(backend: Backend) -> None:
     """Its lease lost when the reply was to be written: no ``run.completed`` for an answer that was
     never written (another worker runs the request again, with events of its own)."""

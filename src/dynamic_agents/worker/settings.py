@@ -70,7 +70,8 @@ class WorkerSettings:
       not count.
     * ``record_ttl``: how long a completed-request record outlives its answer (deduplication); it
       must outlive ``max_deliveries x claim_min_idle + request_timeout``, checked here.
-    * ``lease_ttl``: a session lease's lifetime, renewed every third of it while a run goes on.
+    * ``lease_ttl``: a session lease's lifetime, renewed every third of it while a run goes on
+      and until its reply is written.
     * ``claim_on_read``: let the transport claim each request's session in the round trip of the
       read that delivers it (the Redis transport does, for reads of a few requests; see
       ``Subscription.claim_ttl``): one round trip less on their path. Its leases are the

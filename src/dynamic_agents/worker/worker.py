@@ -90,7 +90,8 @@ class WorkerStats:
 
 @dataclass(slots=True)
 class _HeldLease:
-    """The lease a run in flight holds, renewed by the worker's lease loop."""
+    """The lease a run in flight holds, renewed by the worker's lease loop until its reply is
+    written."""
 
     lease: Lease
     renewed_at: float
@@ -1037,38 +1038,52 @@ class AgentWorker:
             await self._call_hooks_before_run("before_execute", context)
         if progress is not None:
             await progress.started(delivery.delivery_count)
+        # renewed until the reply is written (the hooks after the run and the merged requests'
+        # answers take their time too), not only while the run goes on
+        held = self._leases[event.id] = _HeldLease(lease, time.monotonic())
         try:
-            result = await self._execute_under(
-                lease, target, event, progress.delta if progress else None, merged=batch[:-1]
-            )
-        finally:
-            if progress is not None:  # also when cut short: nothing left waiting on a delta timer
-                await progress.flush()
-        self._check_not_lost(batch)
-        if self.hooks:
-            await self._call_hooks("after_execute", context, result)
-        if len(batch) > 1:  # the merged requests are answered first: only while the lease is ours
-            if not await self._still_ours(lease):
-                raise RunLostError(event.id, event.session_id)
-            for earlier in batch[:-1]:  # the turn's status and error, its content with the last
-                if earlier.entry_id in self._lost:  # taken over or deleted while it ran: not ours
-                    continue
-                merged = ExecutionResult(
-                    result.status,
-                    error_message=result.error_message,
-                    metadata={"merged_into": delivery.event.id},
+            try:
+                result = await self._execute_under(
+                    target, event, progress.delta if progress else None, merged=batch[:-1]
                 )
-                with log_context(request_id=earlier.event.id, session_id=earlier.event.session_id):
-                    await self._answer(earlier, earlier.event, target, merged)
-        try:  # written only while the lease is held, and released with the reply
-            completion = await self._answer(
-                delivery, delivery.event, target, result, lease=lease, progress=progress
-            )
-        except LeaseLostError:
-            self._lease_lost_during_run(lease)
-            raise RunLostError(event.id, event.session_id) from None
+            finally:
+                if progress is not None:  # also when cut short: nothing left waiting on a delta timer
+                    await progress.flush()
+            self._check_not_lost(batch)
+            if self.hooks:
+                await self._call_hooks("after_execute", context, result)
+            if len(batch) > 1:  # the merged requests are answered first: only while the lease is ours
+                await self._answer_merged(batch, target, result, lease)
+            try:  # written only while the lease is held, and released with the reply
+                completion = await self._answer(
+                    delivery, delivery.event, target, result, lease=lease, progress=progress
+                )
+            except LeaseLostError:
+                self._lease_lost_during_run(lease)
+                raise RunLostError(event.id, event.session_id) from None
+        finally:  # released with the reply (or lost): no longer renewed
+            if self._leases.get(event.id) is held:  # else abandoned: _abandon did this
+                del self._leases[event.id]
+                self._leases_lost.discard(event.id)
         if self.hooks:
             await self._call_hooks("after_complete", context, completion)
+
+    async def _answer_merged(
+        self, batch: list[Delivery[AgentRequestEvent]], target: Target, result: ExecutionResult, lease: Lease
+    ) -> None:
+        """Answer the requests merged into a turn (all but its last), with the turn's status and
+        error (its content goes with the last), while the lease is still the turn's."""
+        last = batch[-1].event
+        if not await self._still_ours(lease):
+            raise RunLostError(last.id, last.session_id)
+        for earlier in batch[:-1]:
+            if earlier.entry_id in self._lost:  # taken over or deleted while it ran: not ours
+                continue
+            merged = ExecutionResult(
+                result.status, error_message=result.error_message, metadata={"merged_into": last.id}
+            )
+            with log_context(request_id=earlier.event.id, session_id=earlier.event.session_id):
+                await self._answer(earlier, earlier.event, target, merged)
 
     def _check_not_lost(self, batch: list[Delivery[AgentRequestEvent]]) -> None:
         """After the run: its entry taken over or deleted while it ran, and the executor swallowed
@@ -1080,7 +1095,6 @@ class AgentWorker:
 
     async def _execute_under(
         self,
-        lease: Lease,
         target: Target,
         event: AgentRequestEvent,
         on_delta: Any,
@@ -1096,7 +1110,6 @@ class AgentWorker:
         for item in merged:
             self._merged_into[item.event.id] = event.id
         self._running[event.session_id] = event.id
-        self._leases[event.id] = _HeldLease(lease, time.monotonic())
         try:
             try:
                 # object: an executor outside the type checker's view may return anything
@@ -1130,8 +1143,6 @@ class AgentWorker:
     def _end_execution(self, event: AgentRequestEvent, merged: Sequence[Delivery[AgentRequestEvent]]) -> None:
         for item in merged:
             self._merged_into.pop(item.event.id, None)
-        self._leases.pop(event.id, None)
-        self._leases_lost.discard(event.id)
         del self._executions[event.id]
         self._cancelling.discard(event.id)
         if self._running.get(event.session_id) == event.id:
@@ -1184,12 +1195,13 @@ class AgentWorker:
             if renewed:
                 held.renewed_at = time.monotonic()
         if not renewed and self._leases.get(request_id) is held and request_id not in self._leases_lost:
+            handler = self._executions.get(request_id)
+            if handler is None:  # run already: its reply, refused without the lease, says so
+                return
             logger.warning("lease of session %s lost; cancelling its run", lease.session_id)
             self._leases_lost.add(request_id)
-            handler = self._executions.get(request_id)
             self._count_lost(handler)
-            if handler is not None:
-                handler.cancel()
+            handler.cancel()
 
     # -- answering ----------------------------------------------------------------------------------
 
