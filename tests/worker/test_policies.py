@@ -853,3 +853,59 @@ class Duplicates(BaseHooks):
 
     async def on_duplicate(self, delivery: Any) -> None:
         self.seen.append(delivery.event.content)
+
+
+@pytest.mark.parametrize("where", ["here", "on another worker"])
+async def test_a_platform_retry_of_an_answered_request_interrupts_nothing(
+    backend: Backend, where: str
+) -> None:
+    """A webhook retried after its request was answered (the same id), while the session's next
+    request runs: with ``interrupt`` the copy cancelled that run (answered ``cancelled``, its work
+    lost) though it ran nothing itself, only to be acked as answered. It interrupts nothing."""
+    transport = await backend.transport()
+    second_started, let_second_end, second_cancelled = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def run(target: Target, request: AgentRequestEvent) -> str:
+        if request.content == "second":
+            second_started.set()
+            try:
+                await let_second_end.wait()
+            except asyncio.CancelledError:
+                second_cancelled.set()
+                raise
+        return f"answer to {request.content}"
+
+    first, second = request_event(backend.names, "first"), request_event(backend.names, "second")
+    policy = {"session_policy": SessionPolicy.INTERRUPT}
+    concurrency = 2 if where == "here" else 1  # on another worker: the first reads no more
+    running = worker(transport, FunctionExecutor(run), consumer="running", concurrency=concurrency, **policy)
+    reader = running
+    if where == "on another worker":
+        other = await backend.transport()
+        reader = worker(other, FunctionExecutor(run), consumer="copy", cancel_poll=0.01, **policy)
+    async with running:
+        await transport.publish(backend.names.requests, first)
+        await wait_for(lambda: _async(running.stats.completed == 1))
+        await transport.publish(backend.names.requests, second)
+        await asyncio.wait_for(second_started.wait(), 5)
+        await transport.publish(backend.names.requests, first)  # the platform's retry, answered
+        if reader is running:  # the copy waits its turn behind 'second' (or interrupted it)
+            await wait_for(lambda: _async(first.id in running._awaiting_turn or second_cancelled.is_set()))
+            let_second_end.set()
+            await wait_for(lambda: _async(running.stats.duplicates == 1))
+        else:
+            async with reader:  # answered already: acked at once, or once the lease is free
+                await wait_for(lambda: _async(reader.stats.duplicates + reader.stats.lease_waits > 0))
+                assert not await transport.coordinator().cancelled([second.id])  # no cancellation asked
+                let_second_end.set()
+                await wait_for(lambda: _async(reader.stats.duplicates == 1))
+        await wait_for(
+            lambda: _async(running.in_flight == 0 and running.stats.completed + running.stats.failed == 2)
+        )
+    answers = {reply.request_id: reply for reply in await replies(transport, backend.names)}
+    assert len(await replies(transport, backend.names)) == 2
+    assert (answers[second.id].status, answers[second.id].content) == (
+        ResponseStatus.COMPLETED,
+        "answer to second",
+    )
+    assert answers[first.id].content == "answer to first"

@@ -690,8 +690,7 @@ class AgentWorker:
                 )
                 return None
             if policy is SessionPolicy.INTERRUPT and not ours:
-                self._supersede_queued(event.session_id, delivery.entry_id)
-                await self._interrupt(event)
+                await self._interrupt(delivery, read_claim)
             if busy_here and read_claim is not None:  # the requests queued before it take the lease first
                 await self._give_back(read_claim)
                 read_claim = None
@@ -903,16 +902,39 @@ class AgentWorker:
             ", ".join(_POLICIES),
         )
 
-    async def _interrupt(self, event: AgentRequestEvent) -> None:
-        """Cancel the session's running run: here directly, elsewhere through the coordinator
-        (unless that run is ``event``'s own: it is a platform's retry of it)."""
+    async def _interrupt(self, delivery: Delivery[AgentRequestEvent], read_claim: Claim | None) -> None:
+        """Supersede the session's requests queued here ahead of ``delivery`` and cancel its
+        running run: here directly, elsewhere through the coordinator (unless that run is the
+        request's own: it is a platform's retry of it). Not for a request answered or cancelled
+        before (a platform's retry of one answered already): it runs nothing, so it interrupts
+        nothing; looked up only when there is something to interrupt."""
+        event = delivery.event
+        if read_claim is not None and read_claim.status in (ClaimStatus.ANSWERED, ClaimStatus.CANCELLED):
+            return
+        holder = None
+        if event.session_id not in self._running:
+            holder = await self.coordinator.holder(event.session_id)
+            if holder == event.id:
+                holder = None
+        queue = self._waiting.get(event.session_id, [])
+        queued_ahead = delivery.entry_id in queue and queue[0] != delivery.entry_id
+        if event.session_id not in self._running and not holder and not queued_ahead:
+            return  # the session is free: nothing to interrupt
+        if read_claim is None and await self._answered_or_cancelled(event):
+            return
+        self._supersede_queued(event.session_id, delivery.entry_id)
         running = self._running.get(event.session_id)
         if running is not None:
             self._cancel_run(running)
-            return
-        holder = await self.coordinator.holder(event.session_id)
-        if holder and holder != event.id:
+        elif holder:
             await self.coordinator.request_cancel(holder)
+
+    async def _answered_or_cancelled(self, event: AgentRequestEvent) -> bool:
+        """Whether ``event`` was answered before, or has a cancellation request."""
+        record, cancelled = await asyncio.gather(
+            self.coordinator.get_record(event.id), self.coordinator.cancelled([event.id])
+        )
+        return record is not None or bool(cancelled)
 
     def _copy_held_here(self, delivery: Delivery[AgentRequestEvent]) -> bool:
         """Whether another entry of the same request (a platform's retry: the same id) is handled
