@@ -215,6 +215,26 @@ async def test_past_max_pending_new_events_are_dropped_and_counted() -> None:
     assert [e.event.request_id for e in events] == ["r0", "r1", "r2"]
 
 
+async def test_overflowing_is_logged_though_an_event_was_dropped_before(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The warning that new events are being dropped (too many waiting: Redis away for long) was
+    logged only while nothing had been dropped yet: after one event too large to send, a later
+    overflow dropped every new event unsaid. It is logged when each overflow begins."""
+    transport = InMemoryTransport(codec=EventCodec(max_content_length=10))
+    sink = EventSink(transport, maxlen=100, max_pending=2)
+    with caplog.at_level(logging.WARNING, logger="dynamic_agents.worker"):
+        sink.emit(ContentDelta(request_id="r0", session_id="s", sequence=0, content="x" * 11))
+        await sink.flush()
+        for _overflow in range(2):  # two outages, each a while after the other
+            for n in range(4):  # no await in between: nothing is written yet
+                sink.emit(started(n))
+            await sink.flush()
+    assert sink.dropped == 1 + 2 + 2
+    overflowing = [r for r in caplog.records if "wait to be published; dropping new ones" in r.getMessage()]
+    assert len(overflowing) == 2
+
+
 async def test_a_buffered_delta_is_published_when_its_interval_ends(backend: Backend) -> None:
     """Output coalesced within ``delta_interval`` goes out when the interval ends, not when the
     next slice happens to come: a model that pauses (for a tool call, say) would hide it that long."""

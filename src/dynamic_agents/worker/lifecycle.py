@@ -42,9 +42,9 @@ class EventSink:
     Whatever was emitted while the previous batch was being written goes out as the next batch, with
     :meth:`Transport.publish_envelopes` (on Redis: one script call); a batch is written before the
     next starts, so order holds. At most ``max_pending`` events wait (Redis away for long): beyond
-    that new events are dropped and counted in :attr:`dropped`, as is a batch the transport could
-    not write (Redis away past its retry deadline, or out of memory). :meth:`flush` waits until
-    everything emitted is written.
+    that new events are dropped and counted in :attr:`dropped` (logged once an overflow), as is a
+    batch the transport could not write (Redis away past its retry deadline, or out of memory).
+    :meth:`flush` waits until everything emitted is written.
     """
 
     def __init__(self, transport: Transport, *, maxlen: int, max_pending: int = 10_000) -> None:
@@ -54,6 +54,7 @@ class EventSink:
         self.dropped = 0
         self._queue: list[bytes] = []  # envelopes
         self._writing = 0  # events in the batch being written
+        self._overflowing = False  # new events dropped since the queue was last taken to be written
         self._task: asyncio.Task[None] | None = None
 
     def emit(self, event: LifecycleEvent) -> None:
@@ -82,7 +83,8 @@ class EventSink:
     def _full(self) -> bool:
         if len(self._queue) < self.max_pending:
             return False
-        if not self.dropped:
+        if not self._overflowing:  # once an overflow: not once per event, nor once for good
+            self._overflowing = True
             logger.warning("%d lifecycle events wait to be published; dropping new ones", len(self._queue))
         self.dropped += 1
         return True
@@ -99,7 +101,7 @@ class EventSink:
     async def _publish_all(self) -> None:
         while self._queue:
             batch, self._queue = self._queue, []
-            self._writing = len(batch)
+            self._writing, self._overflowing = len(batch), False
             try:
                 await self.transport.publish_envelopes(self.transport.names.events, batch, maxlen=self.maxlen)
             except DynamicAgentsError as error:
@@ -122,7 +124,7 @@ class EventSink:
         except TimeoutError:
             task, self._task = self._task, None
             unwritten = len(self._queue) + self._writing
-            self._queue = []
+            self._queue, self._overflowing = [], False
             self.dropped += unwritten
             logger.warning("lifecycle events not published within %.1f s: %d dropped", timeout, unwritten)
             if task is not None:
