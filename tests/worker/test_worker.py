@@ -892,6 +892,23 @@ async def test_async_with_left_at_once_stops_the_worker(backend: Backend) -> Non
     assert [r.content for r in await replies(transport, backend.names)] == ["echo: again"]
 
 
+async def test_a_worker_running_already_refuses_to_run_again(backend: Backend) -> None:
+    """``run_until_idle()`` inside ``async with worker:`` (a test's slip), or ``async with`` twice:
+    a second read loop on the same state, each with its own helpers and ``on_start``, whose end
+    said the other's reading was done (a stop's hand-backs no longer waited for it). Refused with
+    a ``RuntimeError``; once stopped, the worker runs again."""
+    transport = await backend.transport()
+    w = worker(transport)
+    async with w:
+        with pytest.raises(RuntimeError, match=r"^this worker is running already \(async with"):
+            await w.run_until_idle()
+        with pytest.raises(RuntimeError, match=r"^this worker is running already"):
+            await w.__aenter__()
+    await transport.publish(backend.names.requests, request_event(backend.names, "again"))
+    await w.run_until_idle()
+    assert [r.content for r in await replies(transport, backend.names)] == ["echo: again"]
+
+
 async def test_stop_cancels_an_on_start_hook_that_does_not_end(backend: Backend) -> None:
     """A hook's ``on_start`` that hangs (a metrics exporter waiting for its collector, say) held
     ``stop()`` for ever: it is cancelled once the stop has waited ``block`` + 5 s for the read loop,

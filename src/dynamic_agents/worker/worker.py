@@ -187,6 +187,7 @@ class AgentWorker:
         self._reading_done.set()
         self._read_timeout: asyncio.Timeout | None = None  # the read in progress's, for stop() to end it
         self._starting = False  # run() creates the group and calls the on_start hooks: stop() may end it
+        self._consuming = False  # run() is going (reading, or ending its runs)
 
     def __repr__(self) -> str:
         return (
@@ -200,6 +201,7 @@ class AgentWorker:
     # -- lifecycle ----------------------------------------------------------------------------------
 
     async def __aenter__(self) -> AgentWorker:
+        self._check_not_running()
         self._runner = asyncio.get_running_loop().create_task(
             self.run(), name=f"worker {self.settings.consumer}"
         )
@@ -213,13 +215,27 @@ class AgentWorker:
         requested before the loop got to start (``async with`` left at once) is honoured.
         Cancelling the task that awaits it is a stop without grace: the runs in flight are
         cancelled and hand their entries and leases back before it ends (one still going
-        ``settings.abandon_after`` later is abandoned, as by :meth:`stop`)."""
+        ``settings.abandon_after`` later is abandoned, as by :meth:`stop`). A worker runs once at a
+        time: ``run()`` (or ``async with``) while it runs, or still stops, is a ``RuntimeError``."""
+        if self._runner is not asyncio.current_task():  # (the run async with started is its own)
+            self._check_not_running()
+        self._consuming = True
         self._reading_done.clear()
         try:
             await self._consume(until_idle)
         finally:
             self._reading_done.set()
             self._stopping = False  # this run honoured the stop: the next one starts afresh
+            self._consuming = False
+
+    def _check_not_running(self) -> None:
+        """A second read loop would share this one's state: each with its helpers and on_start, the
+        end of either saying the other's reading is done."""
+        if self._consuming or (self._runner is not None and not self._runner.done()):
+            raise RuntimeError(
+                "this worker is running already (async with, or run() in another task): stop() it "
+                "before running it again"
+            )
 
     async def _consume(self, until_idle: bool) -> None:
         self._starting = True
