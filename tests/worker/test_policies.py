@@ -909,3 +909,33 @@ async def test_a_platform_retry_of_an_answered_request_interrupts_nothing(
         "answer to second",
     )
     assert answers[first.id].content == "answer to first"
+
+
+@pytest.mark.parametrize("where", ["here", "elsewhere"])
+async def test_reject_answers_a_request_cancelled_before_it_ran_as_cancelled(
+    backend: Backend, where: str
+) -> None:
+    """``AgentClient.cancel`` says the request is answered ``cancelled``; with ``reject`` and its
+    session busy (a run here, or a lease held elsewhere) it was answered ``rejected`` instead, its
+    record saying so."""
+    transport = await backend.transport()
+    coordinator = transport.coordinator()
+    timeline = Timeline()
+    w = worker(transport, timeline.executor(slow={"first"}), session_policy=SessionPolicy.REJECT)
+    second = request_event(backend.names, "second")
+    await coordinator.request_cancel(second.id)
+    async with w:
+        if where == "here":
+            await transport.publish(backend.names.requests, request_event(backend.names, "first"))
+            await asyncio.wait_for(timeline.first_started.wait(), 5)
+        else:
+            assert await coordinator.acquire("s1", 3600, holder="elsewhere") is not None
+        await transport.publish(backend.names.requests, second)
+        await wait_for(lambda: _has_replies(transport, backend, 1))
+        (answer,) = await replies(transport, backend.names)
+        assert (answer.request_id, answer.status) == (second.id, ResponseStatus.CANCELLED)
+        record = await coordinator.get_record(second.id)
+        assert record is not None
+        assert record.status == ResponseStatus.CANCELLED
+        await w.stop(grace=0)
+    assert "second" not in timeline.runs()

@@ -72,6 +72,7 @@ __all__ = ["AgentWorker", "RunLostError", "WorkerStats"]
 logger = get_logger("worker")
 
 _POLICIES: dict[str, SessionPolicy] = {policy.value: policy for policy in SessionPolicy}
+_FOUND_BEFORE = (ClaimStatus.ANSWERED, ClaimStatus.CANCELLED)  # claims that take no lease for a run
 _UNKNOWN_POLICIES_LOGGED = 32
 
 
@@ -698,12 +699,7 @@ class AgentWorker:
             if policy is SessionPolicy.REJECT and (
                 busy_here or (not ours and await self._held_by_another(event))
             ):
-                await self._answer(
-                    delivery,
-                    event,
-                    target,
-                    ExecutionResult(ResponseStatus.REJECTED, error_message=self.settings.busy_message),
-                )
+                await self._reject(delivery, target, read_claim)
                 return None
             if policy is SessionPolicy.INTERRUPT and not ours:
                 await self._interrupt(delivery, read_claim)
@@ -925,7 +921,7 @@ class AgentWorker:
         before (a platform's retry of one answered already): it runs nothing, so it interrupts
         nothing; looked up only when there is something to interrupt."""
         event = delivery.event
-        if read_claim is not None and read_claim.status in (ClaimStatus.ANSWERED, ClaimStatus.CANCELLED):
+        if read_claim is not None and read_claim.status in _FOUND_BEFORE:
             return
         holder = None
         if event.session_id not in self._running:
@@ -936,7 +932,7 @@ class AgentWorker:
         queued_ahead = delivery.entry_id in queue and queue[0] != delivery.entry_id
         if event.session_id not in self._running and not holder and not queued_ahead:
             return  # the session is free: nothing to interrupt
-        if read_claim is None and await self._answered_or_cancelled(event):
+        if await self._found_before(event, read_claim) is not None:
             return
         self._supersede_queued(event.session_id, delivery.entry_id)
         running = self._running.get(event.session_id)
@@ -945,12 +941,33 @@ class AgentWorker:
         elif holder:
             await self.coordinator.request_cancel(holder)
 
-    async def _answered_or_cancelled(self, event: AgentRequestEvent) -> bool:
-        """Whether ``event`` was answered before, or has a cancellation request."""
+    async def _found_before(self, event: AgentRequestEvent, read_claim: Claim | None) -> ClaimStatus | None:
+        """``ANSWERED`` if ``event`` was answered before, ``CANCELLED`` if it has a cancellation
+        request, as the read's claim found (else looked up now); ``None`` if neither."""
+        if read_claim is not None:
+            return read_claim.status if read_claim.status in _FOUND_BEFORE else None
         record, cancelled = await asyncio.gather(
             self.coordinator.get_record(event.id), self.coordinator.cancelled([event.id])
         )
-        return record is not None or bool(cancelled)
+        if record is not None:
+            return ClaimStatus.ANSWERED
+        return ClaimStatus.CANCELLED if cancelled else None
+
+    async def _reject(
+        self, delivery: Delivery[AgentRequestEvent], target: Target, read_claim: Claim | None
+    ) -> None:
+        """Answer ``rejected`` (busy): not a request answered before (acked, as a duplicate) nor
+        one cancelled (answered ``cancelled``, as ``AgentClient.cancel`` says)."""
+        found = await self._found_before(delivery.event, read_claim)
+        if found is ClaimStatus.ANSWERED:
+            await self._ack_duplicate(delivery)
+            return
+        result = (
+            _cancelled()
+            if found is ClaimStatus.CANCELLED
+            else ExecutionResult(ResponseStatus.REJECTED, error_message=self.settings.busy_message)
+        )
+        await self._answer(delivery, delivery.event, target, result)
 
     def _copy_held_here(self, delivery: Delivery[AgentRequestEvent]) -> bool:
         """Whether another entry of the same request (a platform's retry: the same id) is handled
