@@ -1278,12 +1278,15 @@ async def test_lifecycle_events_and_hooks(backend: Backend) -> None:
     assert [e.type for e in events] == ["request.accepted", "run.started", "run.completed"]  # type: ignore[attr-defined]
 
 
-async def test_the_lease_is_renewed_until_the_reply_is_written(backend: Backend) -> None:
-    """A slow ``after_execute`` hook (an exporter waiting for its collector, say) held the lease
-    unrenewed from the run's end to its reply: past ``lease_ttl`` the lease was gone, the reply
-    refused and the finished run thrown away, to run again elsewhere. It is renewed until the reply
-    is written: the hook outlives several renewals (more than the lease's ttl), and the run is
-    answered once."""
+@pytest.mark.parametrize("point", ["before_execute", "after_execute"])
+async def test_the_lease_is_renewed_from_the_claim_until_the_reply_is_written(
+    backend: Backend, point: str
+) -> None:
+    """A slow hook around the run (an exporter waiting for its collector, say) held the lease
+    unrenewed from its claim to the run's start, and from the run's end to its reply: past
+    ``lease_ttl`` the lease was gone, another worker free to run the session, and the run thrown
+    away (its reply refused), to run again. It is renewed all along: the hook outlives several
+    renewals (more than the lease's ttl), and the request runs and is answered once."""
     transport = await backend.transport()
     coordinator = transport.coordinator()
     real_renew = coordinator.renew
@@ -1301,18 +1304,19 @@ async def test_the_lease_is_renewed_until_the_reply_is_written(backend: Backend)
         runs.append(request.id)
         return "done"
 
-    class Slow(BaseHooks):
-        async def after_execute(self, context: RunContext, result: ExecutionResult) -> None:
-            renewed_before = renewals
-            # renewals every third of lease_ttl: four of them span more than the lease's ttl
-            await wait_for(
-                lambda: _lease_outlived(renewals >= renewed_before + 4, coordinator, "slow"), within=10
-            )
+    async def slow(*args: Any) -> None:
+        renewed_before = renewals
+        # renewals every third of lease_ttl: four of them span more than the lease's ttl
+        await wait_for(
+            lambda: _lease_outlived(renewals >= renewed_before + 4, coordinator, "slow"), within=10
+        )
 
+    hook = BaseHooks()
+    setattr(hook, point, slow)
     request = request_event(backend.names, "x", session="slow")
     await transport.publish(backend.names.requests, request)
     w = worker(transport, FunctionExecutor(answer), coordinator=coordinator)
-    w.hooks.append(Slow())
+    w.hooks.append(hook)
     async with w:
         await wait_for(lambda: _async(bool(w.stats.completed or w.stats.lost)))
     assert [reply.content for reply in await replies(transport, backend.names)] == ["done"]

@@ -1088,15 +1088,16 @@ class AgentWorker:
                 target=target,
                 delta_interval=self.settings.delta_interval,
             )
-            await progress.accepted()
-        if self.hooks:
-            await self._call_hooks_before_run("before_execute", context)
-        if progress is not None:
-            await progress.started(delivery.delivery_count)
-        # renewed until the reply is written (the hooks after the run and the merged requests'
-        # answers take their time too), not only while the run goes on
+        # renewed from here until the reply is written (the hooks before and after the run and the
+        # merged requests' answers take their time too), not only while the run goes on
         held = self._leases[event.id] = _HeldLease(lease, time.monotonic())
         try:
+            if progress is not None:
+                await progress.accepted()
+            if self.hooks:
+                await self._call_hooks_before_run("before_execute", context)
+            if progress is not None:
+                await progress.started(delivery.delivery_count)
             try:
                 result = await self._execute_under(
                     target, event, progress.delta if progress else None, merged=batch[:-1]
