@@ -943,6 +943,35 @@ async def test_stop_cancels_an_on_start_hook_that_does_not_end(backend: Backend)
     assert [r.content for r in await replies(transport, backend.names)] == ["echo: after"]
 
 
+async def test_stop_cancels_an_on_stop_hook_that_does_not_end(backend: Backend) -> None:
+    """A hook's ``on_stop`` that hangs (a last flush to a collector that is away) held ``stop()``
+    for ever, past the bound docs/guides/worker.md gives a stop: it is cancelled after
+    ``abandon_after``, and the hooks after it still get their ``on_stop``."""
+    transport = await backend.transport()
+    cancelled, later_stopped = asyncio.Event(), asyncio.Event()
+
+    class Hangs(BaseHooks):
+        async def on_stop(self, worker: Any) -> None:
+            try:
+                await asyncio.Event().wait()
+            finally:
+                cancelled.set()
+
+    class Later(BaseHooks):
+        async def on_stop(self, worker: Any) -> None:
+            later_stopped.set()
+
+    w = worker(transport, abandon_after=0.2)
+    w.hooks += [Hangs(), Later()]
+    await w.__aenter__()
+    stopping = asyncio.create_task(w.stop())
+    done, _ = await asyncio.wait({stopping}, timeout=30)  # a hang shows as not done, not as slow
+    assert done
+    await stopping
+    assert cancelled.is_set()
+    assert later_stopped.is_set()
+
+
 async def test_stop_does_not_swallow_the_cancellation_of_its_caller(backend: Backend) -> None:
     """A caller cancelled while stop() waits (a timeout around shutdown) is cancelled; a later
     stop() finishes the job."""

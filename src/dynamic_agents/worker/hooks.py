@@ -6,7 +6,8 @@ nothing and awaits nothing for them):
 * ``on_start(worker)`` / ``on_stop(worker)``: the consume loop starts / ends (after the runs a
   :meth:`~dynamic_agents.worker.AgentWorker.stop` drains); a run cancelled while the ``on_start``
   hooks are called calls ``on_stop`` on every hook (on those not started yet too), and ``stop()``
-  cancels the ``on_start`` hooks of a worker it started still going ``block`` + 5 s into it;
+  cancels the ``on_start`` hooks of a worker it started still going ``block`` + 5 s into it, and
+  its ``on_stop`` hooks still going ``abandon_after`` after its runs ended;
 * ``on_received(delivery)``: a request entry was read (undecodable ones never get here);
 * ``on_duplicate(delivery)``: it was answered before (a redelivery): acked, not run again;
 * ``on_routed(delivery, target)``: routed, ``target`` ``None`` when no rule matched;

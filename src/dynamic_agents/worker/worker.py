@@ -333,12 +333,12 @@ class AgentWorker:
             await self._stop_reading(runner)
             await self._drain(grace)
             if runner is not None:
-                await asyncio.wait({runner})  # its last steps, without swallowing our own cancellation
+                await self._end_runner(runner)
         except asyncio.CancelledError:
             if runner is not None and not runner.done():
                 self._runner = runner  # for a later stop() to finish
             raise
-        if runner is not None and not runner.cancelled():
+        if runner is not None and runner.done() and not runner.cancelled():
             runner.result()  # its failure (ensure_group, say) is the caller's to see
         if runner is None and self._reading_done.is_set():
             self._stopping = False  # no run() of its own to reset it, and none is reading
@@ -349,6 +349,28 @@ class AgentWorker:
                 self.stats.handed_back - handed_back,
             )
         await self.events.flush(timeout=None if grace is None else max(grace, 1.0))
+
+    async def _end_runner(self, runner: asyncio.Task[None]) -> None:
+        """Wait for the last steps of the worker started here (its helpers ending, the ``on_stop``
+        hooks), without swallowing our own cancellation: an ``on_stop`` hook still going
+        ``abandon_after`` seconds later is cancelled (the hooks after it still called), and one
+        that ignores that too is left to end on its own another ``abandon_after`` later."""
+        for attempt in range(2):
+            _, still_running = await asyncio.wait({runner}, timeout=self.settings.abandon_after)
+            if not still_running:
+                return
+            if attempt == 0:
+                logger.warning(
+                    "worker %s: its on_stop hooks still run %s s after its runs ended "
+                    "(abandon_after); cancelling them",
+                    self.settings.consumer,
+                    self.settings.abandon_after,
+                )
+                runner.cancel()
+        logger.error(
+            "worker %s: its on_stop hooks ignored their cancellation; stop() returns without them",
+            self.settings.consumer,
+        )
 
     async def _stop_reading(self, runner: asyncio.Task[None] | None) -> None:
         """Let the read loop notice the stop: a read in progress ends within ``block`` (and the
