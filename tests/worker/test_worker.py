@@ -892,6 +892,28 @@ async def test_async_with_left_at_once_stops_the_worker(backend: Backend) -> Non
     assert [r.content for r in await replies(transport, backend.names)] == ["echo: again"]
 
 
+async def test_a_read_asks_for_at_most_batch_size_entries(backend: Backend) -> None:
+    """docs/worker.md: ``batch_size`` is the entries asked for per read (at most the free slots);
+    the worker asked for all its free slots, ``batch_size`` unused."""
+    transport = await backend.transport()
+    asked: list[int] = []
+    real_read = transport.read
+
+    async def read(subscription: Any, count: int, **options: Any) -> Any:
+        asked.append(count)
+        return await real_read(subscription, count, **options)
+
+    transport.read = read  # type: ignore[method-assign]
+    for n in range(6):
+        request = request_event(backend.names, f"m{n}", session=f"s{n}")
+        await transport.publish(backend.names.requests, request)
+    w = worker(transport, concurrency=8, batch_size=2)
+    await w.run_until_idle()
+    assert len(await replies(transport, backend.names)) == 6
+    assert asked
+    assert max(asked) == 2
+
+
 async def test_a_worker_running_already_refuses_to_run_again(backend: Backend) -> None:
     """``run_until_idle()`` inside ``async with worker:`` (a test's slip), or ``async with`` twice:
     a second read loop on the same state, each with its own helpers and ``on_start``, whose end

@@ -509,6 +509,7 @@ class AgentWorker:
                 async with asyncio.timeout(self.settings.block):
                     await self._slot_freed.wait()
             return True
+        free = min(free, self.settings.batch_size)  # entries asked for per read
         try:
             # Under a timeout of its own, which stop() ends if the read does not (Redis away: it
             # retries until cancelled). Sessions with requests in flight here are not claimed on
