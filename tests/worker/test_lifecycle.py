@@ -293,6 +293,72 @@ async def test_a_failing_renewal_does_not_stop_the_lease_loop(caplog: pytest.Log
     assert w.stats.lost == 0
 
 
+class FlakyHelpers(InMemoryTransport):
+    """``keep_fresh`` raises an unexpected error once (a bug, not Redis trouble)."""
+
+    def __init__(self, server: InMemoryServer, *, names: StreamNames) -> None:
+        super().__init__(server, names=names)
+        self.keep_fresh_calls = 0
+
+    async def keep_fresh(self, deliveries: Any) -> Any:
+        self.keep_fresh_calls += 1
+        if self.keep_fresh_calls == 1:
+            raise RuntimeError("a bug in a transport")
+        return await super().keep_fresh(deliveries)
+
+
+class FlakyCancellations(InMemoryCoordinator):
+    """``cancelled`` raises an unexpected error once ``armed`` (a bug, not Redis trouble)."""
+
+    def __init__(self, server: InMemoryServer, *, names: StreamNames) -> None:
+        super().__init__(server, names=names)
+        self.armed = False
+        self.failures = 0
+
+    async def cancelled(self, request_ids: Any) -> set[str]:
+        if self.armed and not self.failures:
+            self.failures += 1
+            raise RuntimeError("a bug in a coordinator")
+        return await super().cancelled(request_ids)
+
+
+async def test_a_failing_check_does_not_stop_the_keep_fresh_or_cancellation_loops(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """As for the lease loop: one call of the keep-fresh loop, or of the cancellation watch,
+    raising an unexpected error ended that loop for the rest of the worker's life, unsaid until it
+    stopped (entries no longer kept fresh, taken over by others; cancellations no longer reaching
+    runs). It is logged, and the loop goes on."""
+    server, names = InMemoryServer(), StreamNames("test")
+    transport = FlakyHelpers(server, names=names)
+    coordinator = FlakyCancellations(server, names=names)
+    started, finish = asyncio.Event(), asyncio.Event()
+
+    async def long_run(target: Target, request: AgentRequestEvent) -> str:
+        started.set()
+        await finish.wait()
+        return "never"
+
+    request = request_event(names, "long")
+    await transport.publish(names.requests, request)
+    w = worker(transport, FunctionExecutor(long_run), coordinator=coordinator, cancel_poll=0.01)
+    with caplog.at_level(logging.ERROR, logger="dynamic_agents.worker"):
+        async with w:
+            await asyncio.wait_for(started.wait(), 5)
+            coordinator.armed = True  # the run goes on: only the cancellation watch asks now
+            await wait_for(lambda: _now(transport.keep_fresh_calls >= 3 and coordinator.failures == 1))
+            await coordinator.request_cancel(request.id)
+            await wait_for(lambda: _now(bool(w.stats.failed)))
+    (reply,) = await replies(transport, names)
+    assert reply.status == ResponseStatus.CANCELLED
+    assert "keeping 1 entries fresh failed" in caplog.text
+    assert "checking cancellations failed" in caplog.text
+
+
+async def _now(value: bool) -> bool:
+    return value
+
+
 class SlowToCancelEvents(InMemoryTransport):
     """A write to the events stream never ends on its own; cancelled, it ends only once
     ``let_go`` is set, whatever else cancels it meanwhile (a connection being torn down, say)."""

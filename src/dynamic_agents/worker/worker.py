@@ -578,6 +578,10 @@ class AgentWorker:
             except TransportError as error:
                 logger.warning("keeping %d entries fresh failed: %s", len(held), error)
                 continue
+            except Exception:  # a bug, not Redis trouble: logged, and the loop goes on (else no
+                # entry would be kept fresh for the rest of the worker's life, all taken over)
+                logger.exception("keeping %d entries fresh failed", len(held))
+                continue
             for delivery in lost:
                 if self._held.get(delivery.entry_id) is not delivery:
                     continue  # answered (acked) while the check ran: not lost
@@ -1048,6 +1052,9 @@ class AgentWorker:
                 )
             except DynamicAgentsError as error:
                 logger.warning("checking cancellations failed: %s", error)
+                continue
+            except Exception:  # a bug, not Redis trouble: logged, and the loop goes on
+                logger.exception("checking cancellations failed")
                 continue
             for request_id in cancelled:
                 logger.debug("request %s cancelled", request_id)
