@@ -42,7 +42,8 @@ E = TypeVar("E", bound=WireModel)
 DEFAULT_MAX_SIZE: Final = 1024 * 1024
 DEFAULT_MAX_CONTENT_LENGTH: Final = 256 * 1024
 JSON_CONTENT_TYPE: Final = "application/json"
-_RESERVED_HEADERS: Final = frozenset({"correlation_id", "content-type", "reply_to"})
+RESERVED_HEADERS: Final = frozenset({"correlation_id", "content-type", "reply_to"})
+"""Envelope headers the codec sets itself: ``encode`` refuses them in ``headers``."""
 _UTF8_BOM: Final = b"\xef\xbb\xbf"
 
 
@@ -156,7 +157,7 @@ class EventCodec:
         if reply_to:
             all_headers["reply_to"] = reply_to
         if headers:
-            reserved = _RESERVED_HEADERS.intersection(headers)
+            reserved = RESERVED_HEADERS.intersection(headers)
             if reserved:
                 raise EnvelopeError(
                     f"header {sorted(reserved)[0]!r} is set by the codec; pass reply_to= for "

@@ -38,7 +38,7 @@ from dynamic_agents._redaction import redact_text
 from dynamic_agents._tasks import cancel_and_wait
 from dynamic_agents._validation import a_type, check_seconds, invalid_fields, shown
 from dynamic_agents.events import AgentRequestEvent, AgentResponseEvent, ResponseStatus, Target
-from dynamic_agents.events.codecs import _RESERVED_HEADERS as RESERVED_HEADERS
+from dynamic_agents.events.codecs import RESERVED_HEADERS
 from dynamic_agents.events.envelope import fits_in_header
 from dynamic_agents.exceptions import (
     ConfigurationError,
