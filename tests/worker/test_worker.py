@@ -1253,6 +1253,51 @@ async def test_headers_a_hook_adds_that_no_envelope_can_carry_are_dropped_and_th
         assert name in said
 
 
+class _HugeHeadersHook(BaseHooks):
+    """Adds headers each an envelope can carry, together past the codec's 1 MiB."""
+
+    async def before_respond(self, delivery: Any, response: Any, headers: dict[str, Any]) -> None:
+        headers.update({f"x-blob-{n}": "b" * 60_000 for n in range(20)})
+
+
+@pytest.mark.parametrize("dead_letter", [False, True], ids=["reply", "dead letter"])
+async def test_hook_headers_too_large_together_still_let_the_request_be_answered(
+    backend: Backend, dead_letter: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The size version of the headers no envelope can carry: the reply was too large, so an
+    error reply was written instead, with the same headers, too large again: the request came
+    back at every claim and was never answered, nor dead-lettered. The error reply goes without
+    the hooks' headers."""
+    transport = await backend.transport()
+    request = request_event(backend.names, "hi")
+    await transport.publish(backend.names.requests, request)
+    if dead_letter:  # delivered past max_deliveries before this worker reads it
+        subscription = Subscription(
+            backend.names.requests, "dynamic-agents", "gone", AgentRequestEvent, claim_min_idle=0.01
+        )
+        await transport.ensure_group(backend.names.requests, "dynamic-agents")
+        (delivery,) = await transport.read(subscription, 1)
+        await transport.release(delivery)
+    w = AgentWorker(
+        transport,
+        transport.coordinator(),
+        echo_router(),
+        FunctionExecutor(lambda target, request: "done"),
+        settings=WorkerSettings(**{**FAST, "max_deliveries": 1}),
+        hooks=[_HugeHeadersHook()],
+    )
+    with caplog.at_level(logging.WARNING, logger="dynamic_agents"):
+        async with w:
+            await wait_for(lambda: _has_replies(transport, backend, 1))
+    (entry,) = await transport.read_stream(backend.names.responses("discord", "c1"), AgentResponseEvent)
+    assert entry.event.request_id == request.id
+    assert entry.event.status == ResponseStatus.ERROR
+    assert entry.message is not None
+    assert not [name for name in entry.message.headers if name.startswith("x-blob-")]
+    assert not await transport.pending(backend.names.requests, "dynamic-agents")
+    assert "without the before_respond hooks' headers" in caplog.text
+
+
 class _NotAResult:
     async def execute(self, target: Target, request: AgentRequestEvent, **options: Any) -> object:
         return {"content": "a dict, not an ExecutionResult"}

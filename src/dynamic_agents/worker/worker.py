@@ -1336,9 +1336,15 @@ class AgentWorker:
         except (EventTooLargeError, ValidationError) as error:  # before anything is written: nothing was
             # The same on every delivery: an error reply now (under the same lease), not a retry.
             problem = invalid_fields(error, "reply") if isinstance(error, ValidationError) else str(error)
-            logger.warning("the reply to %s cannot be sent (%s); answering with an error", event.id, problem)
+            bare = self.hooks and isinstance(error, EventTooLargeError)  # their headers may be why
+            logger.warning(
+                "the reply to %s cannot be sent (%s); answering with an error%s",
+                event.id,
+                problem,
+                ", without the before_respond hooks' headers" if bare else "",
+            )
             result = _error(f"the reply could not be sent: {problem}")
-            completion = await self._complete(delivery, event, target, result, lease)
+            completion = await self._complete(delivery, event, target, result, lease, hook_headers=not bare)
         if progress is not None and completion.created:
             await progress.finished(result)
         if not completion.created:
@@ -1359,10 +1365,13 @@ class AgentWorker:
         target: Target | None,
         result: ExecutionResult,
         lease: Lease | None,
+        *,
+        hook_headers: bool = True,
     ) -> Completion:
-        """Write ``result`` as the reply (with the headers hooks add) and ack the entry."""
+        """Write ``result`` as the reply (with the headers hooks add, unless not ``hook_headers``)
+        and ack the entry."""
         reply = self._reply(delivery, result.to_response(event, target))
-        if self.hooks:
+        if self.hooks and hook_headers:
             reply = await self._reply_with_hook_headers(delivery, reply)
         self._let_go(delivery)
         return await self.transport.complete(
@@ -1388,13 +1397,24 @@ class AgentWorker:
         response = _error("the request could not be processed; it was set aside for an operator").to_response(
             event
         )
-        reply = self._reply(delivery, response)
+        reply = bare = self._reply(delivery, response)
         if self.hooks:
             reply = await self._reply_with_hook_headers(delivery, reply)
         self._let_go(delivery)
-        written = await self.transport.dead_letter(
-            delivery, reason, reply, record_ttl=self.settings.record_ttl
-        )
+        try:
+            written = await self.transport.dead_letter(
+                delivery, reason, reply, record_ttl=self.settings.record_ttl
+            )
+        except EventTooLargeError as error:  # the hooks' headers: the reply itself is short
+            logger.warning(
+                "the error reply to dead-lettered %s cannot be sent (%s); sending it without the "
+                "before_respond hooks' headers",
+                event.id,
+                error,
+            )
+            written = await self.transport.dead_letter(
+                delivery, reason, bare, record_ttl=self.settings.record_ttl
+            )
         if written:
             self.stats.dead_lettered += 1
             logger.warning("request %s dead-lettered: %s", event.id, reason)
