@@ -2155,19 +2155,22 @@ async def test_streaming_a_disabled_spec_is_422(stack: Stack) -> None:
     assert response.json()["detail"]["path"] == "status"
 
 
+class _VanishingAfterFirstRead(InMemorySpecStore):
+    """A store whose specs another process deletes right after the first read (the check)."""
+
+    reads = 0
+
+    async def get(self, kind: SpecKind, spec_id: str) -> SpecBase | None:
+        self.reads += 1
+        return await super().get(kind, spec_id) if self.reads == 1 else None
+
+
 @pytest.mark.parametrize("stream", [False, True])
 async def test_a_spec_deleted_between_the_check_and_the_run_is_a_404_not_a_500(stream: bool) -> None:
     """Another process deletes the spec while this request is being answered: the check in execute
     finds it, the run does not."""
 
-    class Vanishing(InMemorySpecStore):
-        reads = 0
-
-        async def get(self, kind: SpecKind, spec_id: str) -> SpecBase | None:
-            self.reads += 1
-            return await super().get(kind, spec_id) if self.reads == 1 else None
-
-    store = Vanishing()
+    store = _VanishingAfterFirstRead()
     await store.create(AgentSpec.from_dict(AGENT))
     runtime = AgentRuntime(store, ToolRegistry(), ScriptedModels({"gpt": ["never"]}), max_staleness=0)
     async with client_for(make_app(runtime), AUTH) as client:
@@ -2185,14 +2188,7 @@ async def test_a_spec_error_after_the_check_masks_a_key_shaped_id(stream: bool) 
     """The answer without a stream masks an id shaped like a key (one pasted in the wrong place);
     the stream's ``error`` event quoted it whole."""
 
-    class Vanishing(InMemorySpecStore):
-        reads = 0
-
-        async def get(self, kind: SpecKind, spec_id: str) -> SpecBase | None:
-            self.reads += 1
-            return await super().get(kind, spec_id) if self.reads == 1 else None
-
-    store = Vanishing()
+    store = _VanishingAfterFirstRead()
     await store.create(AgentSpec.from_dict({**AGENT, "id": CANARY}))
     runtime = AgentRuntime(store, ToolRegistry(), ScriptedModels({"gpt": ["never"]}), max_staleness=0)
     async with client_for(make_app(runtime), AUTH) as client:
