@@ -25,7 +25,7 @@ import httpx
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, JsonValue, ValidationError
 
 from dynamic_agents._logging import get_logger
-from dynamic_agents._redaction import REDACTOR, masked_url, redact_text
+from dynamic_agents._redaction import REDACTOR, masked_url, redact_json, redact_text
 from dynamic_agents._validation import (
     LONE_SURROGATE,
     a_type,
@@ -703,21 +703,10 @@ def _detail(response: httpx.Response) -> str:
             return ""
         # Strings are masked before a structured detail is formatted: its repr escapes them
         # (a backslash doubled), and an escaped secret would no longer match.
-        text = REDACTOR.redact(detail if isinstance(detail, str) else str(_redacted(detail)))
+        text = REDACTOR.redact(detail if isinstance(detail, str) else str(redact_json(detail)))
     except (ValueError, RecursionError):  # json.loads, and each step after, recurse per level
         return ""
     return text if len(text) <= _DETAIL_LIMIT else f"{text[: _DETAIL_LIMIT - 3]}..."
-
-
-def _redacted(data: object) -> object:
-    """A copy of decoded JSON with every known secret value masked in every string (keys too)."""
-    if isinstance(data, str):
-        return REDACTOR.redact(data)
-    if isinstance(data, dict):
-        return {_redacted(key): _redacted(value) for key, value in data.items()}
-    if isinstance(data, list):
-        return [_redacted(item) for item in data]
-    return data
 
 
 def _json(response: httpx.Response) -> object:
