@@ -1336,15 +1336,22 @@ class AgentWorker:
         except (EventTooLargeError, ValidationError) as error:  # before anything is written: nothing was
             # The same on every delivery: an error reply now (under the same lease), not a retry.
             problem = invalid_fields(error, "reply") if isinstance(error, ValidationError) else str(error)
-            bare = self.hooks and isinstance(error, EventTooLargeError)  # their headers may be why
-            logger.warning(
-                "the reply to %s cannot be sent (%s); answering with an error%s",
-                event.id,
-                problem,
-                ", without the before_respond hooks' headers" if bare else "",
-            )
+            logger.warning("the reply to %s cannot be sent (%s); answering with an error", event.id, problem)
             result = _error(f"the reply could not be sent: {problem}")
-            completion = await self._complete(delivery, event, target, result, lease, hook_headers=not bare)
+            try:
+                completion = await self._complete(delivery, event, target, result, lease)
+            except EventTooLargeError as again:
+                if not self.hooks:
+                    raise
+                # the hooks' headers, then: refused again at every claim, the request was never
+                # answered
+                logger.warning(
+                    "the error reply to %s cannot be sent either (%s); sending it without the "
+                    "before_respond hooks' headers",
+                    event.id,
+                    again,
+                )
+                completion = await self._complete(delivery, event, target, result, lease, hook_headers=False)
         if progress is not None and completion.created:
             await progress.finished(result)
         if not completion.created:
