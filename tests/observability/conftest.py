@@ -134,6 +134,17 @@ class Stubborn:
                 await self._released.wait()
         return "late"
 
+    async def abandoned_by(self, transport: InMemoryTransport, hooks: WorkerHooks) -> AgentWorker:
+        """A worker with ``hooks`` that runs one request with this executor and, stopped, abandons
+        the run (``worker.stats.lost`` is 1): the worker, stopped."""
+        worker = hooked_worker(transport, [hooks, self.end_seen], self.executor, abandon_after=0.05)
+        await transport.publish(transport.names.requests, request_event(transport.names))
+        running = asyncio.create_task(worker.run())
+        await self.started.wait()
+        await worker.stop(grace=0)
+        await running
+        return worker
+
     async def release(self) -> None:
         """Let the abandoned run end, and wait for its handler's end."""
         self._released.set()

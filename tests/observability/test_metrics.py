@@ -898,12 +898,7 @@ async def test_a_run_abandoned_at_a_stop_is_no_longer_in_flight_once_the_worker_
     """A run still going ``abandon_after`` after its cancellation is let go of by the worker: its
     entry stays pending for another worker. It stayed in ``in_flight`` (and in the hooks) for as
     long as it went on: for good, for a run stuck in a thread."""
-    worker = hooked_worker(transport, [hooks, stubborn.end_seen], stubborn.executor, abandon_after=0.05)
-    await transport.publish(transport.names.requests, request_event(transport.names))
-    running = asyncio.create_task(worker.run())
-    await stubborn.started.wait()
-    await worker.stop(grace=0)
-    await running
+    worker = await stubborn.abandoned_by(transport, hooks)
     assert worker.stats.lost == 1  # abandoned
     assert_in_flight_is_zero(metric_reader)
     assert outcomes(metric_reader) == {"interrupted": 1}

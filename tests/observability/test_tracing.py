@@ -793,12 +793,7 @@ async def test_a_run_abandoned_at_a_stop_has_its_spans_ended_once_the_worker_sto
     ``process`` and run spans stayed open (and kept in the hooks) for as long as it went on."""
     transport = InMemoryTransport(names=StreamNames("test"))
     hooks = Tracing(tracer_provider).hooks()
-    worker = hooked_worker(transport, [hooks, stubborn.end_seen], stubborn.executor, abandon_after=0.05)
-    await transport.publish(transport.names.requests, request_event(transport.names))
-    running = asyncio.create_task(worker.run())
-    await stubborn.started.wait()
-    await worker.stop(grace=0)
-    await running
+    worker = await stubborn.abandoned_by(transport, hooks)
     assert worker.stats.lost == 1  # abandoned
     spans = by_name(exporter.get_finished_spans())
     assert set(spans) == {"route", "invoke_agent", f"{transport.names.requests} process"}
