@@ -358,20 +358,29 @@ async def test_a_stream_that_ends_without_a_result_is_an_api_error(
     assert (unfinished.value.status, unfinished.value.detail) == (200, detail)
 
 
+async def _errors_of_the_object_calls(api: Recorder) -> list[ApiError]:
+    """The ``ApiError`` each of ``create``, ``get`` and ``execute`` raises (each must raise one)."""
+    errors = []
+    async with api.client() as client:
+        calls = [
+            client.create("agents", SPEC),
+            client.get("agents", "bot"),
+            client.execute("agents", "bot", "hi", session_id="s1"),
+        ]
+        for call in calls:
+            with pytest.raises(ApiError) as failed:
+                await call
+            errors.append(failed.value)
+    return errors
+
+
 async def test_a_success_that_is_no_json_is_an_api_error() -> None:
     """A base URL that reaches a web app serving its page on every path: the calls raised a bare
     ``JSONDecodeError`` (``Expecting value: line 1 column 1``), which an ``except ApiError`` misses."""
     page = httpx.Response(200, headers={"content-type": "text/html"}, content=b"<html>the app</html>")
     api = Recorder(lambda request: page)
-    async with api.client() as client:
-        with pytest.raises(ApiError) as created:
-            await client.create("agents", SPEC)
-        with pytest.raises(ApiError) as found:
-            await client.get("agents", "bot")
-        with pytest.raises(ApiError) as ran:
-            await client.execute("agents", "bot", "hi", session_id="s1")
-    for failed in (created, found, ran):
-        assert (failed.value.status, failed.value.detail) == (200, "the answer is no JSON (text/html)")
+    for failed in await _errors_of_the_object_calls(api):
+        assert (failed.status, failed.detail) == (200, "the answer is no JSON (text/html)")
 
 
 DEEP = b"[" * 100_000 + b"]" * 100_000
@@ -445,15 +454,8 @@ async def test_a_success_that_is_no_json_object_is_an_api_error(answer: bytes, k
     ``result["content"]`` failed with a bare ``TypeError``."""
     json_type = {"content-type": "application/json"}
     api = Recorder(lambda request: httpx.Response(200, headers=json_type, content=answer))
-    async with api.client() as client:
-        with pytest.raises(ApiError) as created:
-            await client.create("agents", SPEC)
-        with pytest.raises(ApiError) as found:
-            await client.get("agents", "bot")
-        with pytest.raises(ApiError) as ran:
-            await client.execute("agents", "bot", "hi", session_id="s1")
-    for failed in (created, found, ran):
-        assert (failed.value.status, failed.value.detail) == (200, f"the answer is no JSON object ({kind})")
+    for failed in await _errors_of_the_object_calls(api):
+        assert (failed.status, failed.detail) == (200, f"the answer is no JSON object ({kind})")
 
 
 async def test_a_stream_ending_with_an_error_event_raises_nothing() -> None:
