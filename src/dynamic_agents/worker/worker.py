@@ -27,9 +27,10 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -70,6 +71,8 @@ from dynamic_agents.worker.settings import SessionPolicy, WorkerSettings
 __all__ = ["AgentWorker", "RunLostError", "WorkerStats"]
 
 logger = get_logger("worker")
+
+T = TypeVar("T")
 
 _POLICIES: dict[str, SessionPolicy] = {policy.value: policy for policy in SessionPolicy}
 _FOUND_BEFORE = (ClaimStatus.ANSWERED, ClaimStatus.CANCELLED)  # claims that take no lease for a run
@@ -878,7 +881,7 @@ class AgentWorker:
                         "without a lease: a LEASED claim carries its Lease"
                     )
                 return batch, claim.lease
-            if claim.status in (ClaimStatus.ANSWERED, ClaimStatus.CANCELLED):
+            if claim.status in _FOUND_BEFORE:
                 batch = await self._leave_out(batch, target, claim)
                 if not batch:
                     return None
@@ -1338,20 +1341,7 @@ class AgentWorker:
             problem = invalid_fields(error, "reply") if isinstance(error, ValidationError) else str(error)
             logger.warning("the reply to %s cannot be sent (%s); answering with an error", event.id, problem)
             result = _error(f"the reply could not be sent: {problem}")
-            try:
-                completion = await self._complete(delivery, event, target, result, lease)
-            except EventTooLargeError as again:
-                if not self.hooks:
-                    raise
-                # the hooks' headers, then: refused again at every claim, the request was never
-                # answered
-                logger.warning(
-                    "the error reply to %s cannot be sent either (%s); sending it without the "
-                    "before_respond hooks' headers",
-                    event.id,
-                    again,
-                )
-                completion = await self._complete(delivery, event, target, result, lease, hook_headers=False)
+            completion = await self._complete(delivery, event, target, result, lease, bare_if_too_large=True)
         if progress is not None and completion.created:
             await progress.finished(result)
         if not completion.created:
@@ -1373,17 +1363,44 @@ class AgentWorker:
         result: ExecutionResult,
         lease: Lease | None,
         *,
-        hook_headers: bool = True,
+        bare_if_too_large: bool = False,
     ) -> Completion:
-        """Write ``result`` as the reply (with the headers hooks add, unless not ``hook_headers``)
-        and ack the entry."""
+        """Write ``result`` as the reply (with the headers hooks add) and ack the entry; with
+        ``bare_if_too_large`` (an error reply), as :meth:`_written_bare_if_too_large` writes it."""
         reply = self._reply(delivery, result.to_response(event, target))
-        if self.hooks and hook_headers:
+        if bare_if_too_large:
+            ttl = self.settings.record_ttl
+            complete = partial(self.transport.complete, delivery, record_ttl=ttl, lease=lease)
+            return await self._written_bare_if_too_large(delivery, reply, complete)
+        if self.hooks:
             reply = await self._reply_with_hook_headers(delivery, reply)
         self._let_go(delivery)
         return await self.transport.complete(
             delivery, reply, record_ttl=self.settings.record_ttl, lease=lease
         )
+
+    async def _written_bare_if_too_large(
+        self, delivery: Delivery[AgentRequestEvent], reply: Reply, write: Callable[[Reply], Awaitable[T]]
+    ) -> T:
+        """``write`` an error reply with the headers hooks add; refused as too large, without them:
+        they are why (an error reply is short), and sent with them again at every claim, the
+        request would never be answered."""
+        bare = reply
+        if self.hooks:
+            reply = await self._reply_with_hook_headers(delivery, reply)
+        self._let_go(delivery)
+        try:
+            return await write(reply)
+        except EventTooLargeError as error:
+            if reply is bare:
+                raise
+            logger.warning(
+                "the error reply to %s cannot be sent (%s); sending it without the before_respond "
+                "hooks' headers",
+                delivery.event.id,
+                error,
+            )
+            return await write(bare)
 
     def _let_go(self, delivery: Delivery[AgentRequestEvent]) -> None:
         """Stop keeping an entry fresh just before the call that acks it: while that call runs, the
@@ -1404,24 +1421,10 @@ class AgentWorker:
         response = _error("the request could not be processed; it was set aside for an operator").to_response(
             event
         )
-        reply = bare = self._reply(delivery, response)
-        if self.hooks:
-            reply = await self._reply_with_hook_headers(delivery, reply)
-        self._let_go(delivery)
-        try:
-            written = await self.transport.dead_letter(
-                delivery, reason, reply, record_ttl=self.settings.record_ttl
-            )
-        except EventTooLargeError as error:  # the hooks' headers: the reply itself is short
-            logger.warning(
-                "the error reply to dead-lettered %s cannot be sent (%s); sending it without the "
-                "before_respond hooks' headers",
-                event.id,
-                error,
-            )
-            written = await self.transport.dead_letter(
-                delivery, reason, bare, record_ttl=self.settings.record_ttl
-            )
+        ttl = self.settings.record_ttl
+        dead_letter = partial(self.transport.dead_letter, delivery, reason, record_ttl=ttl)
+        reply = self._reply(delivery, response)
+        written = await self._written_bare_if_too_large(delivery, reply, dead_letter)
         if written:
             self.stats.dead_lettered += 1
             logger.warning("request %s dead-lettered: %s", event.id, reason)
