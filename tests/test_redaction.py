@@ -110,6 +110,7 @@ def test_a_password_is_registered_as_written_in_the_url_too() -> None:
     [
         "canary\\back-slashed",  # a generated password with a backslash
         "canary'single\"double",  # both quotes: repr escapes one
+        "canary'single-only",  # escaped as \' only where the text around it holds a " too
         "canary-pässwörd",  # non-ASCII: JSON writes \\u escapes
         "canary\ttabbed",
     ],
@@ -119,7 +120,8 @@ def test_a_value_is_masked_where_repr_or_json_escapes_it(value: str) -> None:
     its JSON (a request body) writes its backslashes, quotes and non-ASCII letters escaped."""
     redactor = Redactor()
     redactor.register(value)
-    for shown in (repr(value), repr({"password": value}), repr(ValueError(value))):
+    around = (value, f'{value} said "no"', f"{value}'s")
+    for shown in (*map(repr, around), repr({"password": value}), repr(ValueError(f'"{value}"'))):
         assert value not in redactor.redact(shown)
         assert MASK in redactor.redact(shown), shown
     for shown in (json.dumps({"p": value}), json.dumps({"p": value}, ensure_ascii=False)):

@@ -57,7 +57,9 @@ class Redactor:
             return
         # Where a URL or a form body quotes the value, it is percent-encoded; a repr (``%r``, a dict
         # or an exception shown) or JSON escapes its backslashes, quotes and others: masked so too.
+        # A repr escapes a ' only when the text around it holds a " too: both ways.
         forms = {value, quote(value), quote(value, safe=""), quote_plus(value), repr(value)[1:-1]}
+        forms.add(repr(value + '"')[1:-2])
         forms |= {json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1]}
         with self._lock:
             if value in self._values:
