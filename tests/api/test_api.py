@@ -996,6 +996,13 @@ async def test_a_lone_surrogate_in_a_body_is_422_naming_where_and_changes_nothin
             ["body", "session_state", "budget"],
             "Infinity",
         ),
+        (  # a long mantissa and a short exponent: 1e349
+            "POST",
+            "/agents/bot/execute",
+            '{"input": "hi", "session_id": "s1", "session_state": {"budget": 1' + "0" * 250 + "e99}}",
+            ["body", "session_state", "budget"],
+            "Infinity",
+        ),
         (
             "POST",
             "/routing/explain",

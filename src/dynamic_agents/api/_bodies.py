@@ -111,9 +111,10 @@ def lone_surrogate(body: bytes, value: Any) -> tuple[list[str | int], str] | Non
     return None
 
 
-_MAY_HOLD_A_NON_FINITE_NUMBER: Final = re.compile(rb"NaN|Infinity|[eE][+]?[0-9]{3}|[0-9]{309}")
+_MAY_HOLD_A_NON_FINITE_NUMBER: Final = re.compile(rb"NaN|Infinity|[0-9.][eE]\+?[0-9]|[0-9]{309}")
 """A JSON body without any of these holds no number a float cannot be: ``NaN``, ``Infinity`` (which
-Python's reader takes), an exponent of 3 digits or a run of 309 digits (``1e400``: infinite)."""
+Python's reader takes), a number with a positive exponent (``1e400``, and a long mantissa with a
+short one: ``1`` and 250 zeros ``e99``), or a run of 309 digits (infinite without an exponent)."""
 
 
 def non_finite_number(body: bytes, value: Any) -> tuple[list[str | int], float] | None:
