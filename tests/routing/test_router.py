@@ -225,6 +225,7 @@ def test_a_pattern_nested_too_deeply_to_check_is_refused_not_a_recursion_error(p
         "(?x)(?:a{1000}) {1000}",
         "(?x)(?:a{1000}) # x\n{1000}",
         "[[](?:a{1000}){1000}",
+        "a{" + "9" * 5000 + "}",  # a count past int()'s 4,300 digits: a bare ValueError
     ],
 )
 def test_a_pattern_whose_counted_repeats_compile_to_millions_of_parts_is_refused(pattern: str) -> None:
@@ -236,6 +237,12 @@ def test_a_pattern_whose_counted_repeats_compile_to_millions_of_parts_is_refused
         check_pattern(pattern)
     with pytest.raises(ValidationError, match="repeats its parts"):
         rule("long", content_pattern=pattern)
+
+
+def test_a_small_count_written_with_thousands_of_leading_zeros_is_refused_as_not_compiling() -> None:
+    """The regex engine's own int() of it raised a bare ValueError out of the check."""
+    with pytest.raises(UnsafePatternError, match="does not compile: Exceeds the limit"):
+        check_pattern("a{" + "0" * 5000 + "3}")
 
 
 @pytest.mark.parametrize(

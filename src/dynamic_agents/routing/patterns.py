@@ -117,7 +117,7 @@ def _check(pattern: str) -> None:
         )
     try:
         regex.compile(pattern)
-    except regex.error as error:
+    except (regex.error, ValueError) as error:  # a count of over 4,300 digits: int() refuses it
         raise UnsafePatternError(f"pattern {shown(pattern)} does not compile: {error}") from None
     call = next((found for sets in readings if (found := _call(pattern, nested_sets=sets))), None)
     if call is not None:
@@ -239,7 +239,8 @@ def _least_count(quantifier: re.Match[str] | None) -> int:
     if quantifier is None:
         return 1
     kind = quantifier[0][0]
-    least = 1 if kind == "+" else 0 if kind in "*?" else int(quantifier[1] or 0)
+    # int() refuses over 4,300 digits: 18 of them, without leading zeros, are past any limit
+    least = 1 if kind == "+" else 0 if kind in "*?" else int((quantifier[1] or "0").lstrip("0")[:18] or 0)
     return max(least, 1)
 
 
