@@ -349,21 +349,22 @@ async def test_a_sources_error_quoting_a_secret_is_masked_in_the_errors_raised(c
     # a source's error text may quote what it was sent: ChainSource masked it in its log line, but
     # its own SecretsUnavailableError, and the manager's around it, carried it in clear
     canary = SecretValue("tok-CANARY-vault-0123456789")
+    unregistered = "sk-proj-CANARYunregistered0123456789"  # shaped like a key: masked as logged
 
     class Vault(SecretSource):
         async def fetch(self, key: SecretKey) -> Mapping[str, SecretValue] | None:
-            raise SecretsUnavailableError(f"vault refused the token {canary.reveal()}")
+            raise SecretsUnavailableError(f"vault refused the token {canary.reveal()} ({unregistered})")
 
     source: SecretSource = ChainSource(Vault(), EnvironmentSource(environ={})) if chained else Vault()
     manager = SecretsManager(source)
     with pytest.raises(SecretsUnavailableError) as caught:
         await manager.get("openai", "api_key")
-    assert "vault refused the token **********" in str(caught.value)
+    assert "vault refused the token ********** (**********)" in str(caught.value)
     assert canary.reveal() not in str(caught.value)
     if chained:
         with pytest.raises(SecretsUnavailableError) as direct:
             await source.fetch(SecretKey("openai"))
-        assert str(direct.value).endswith(": vault refused the token **********")
+        assert str(direct.value).endswith(": vault refused the token ********** (**********)")
     await manager.aclose()
 
 

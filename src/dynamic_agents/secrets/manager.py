@@ -24,7 +24,7 @@ from typing import Any, Self, TypeAlias
 from cachetools import TTLCache
 
 from dynamic_agents._logging import get_logger
-from dynamic_agents._redaction import REDACTOR
+from dynamic_agents._redaction import REDACTOR, redact_text
 from dynamic_agents._validation import a_type, check_callable, check_count, check_flag, check_seconds, shown
 from dynamic_agents.exceptions import (
     ConfigurationError,
@@ -635,7 +635,7 @@ class SecretsManager:
             until, error = held
             if self._clock() < until:
                 raise SecretsUnavailableError(
-                    REDACTOR.redact(
+                    redact_text(
                         f"secret {SecretKey(*key)} cannot be fetched and nothing usable is cached: the "
                         f"source asked not to be asked again for {until - self._clock():.0f}s ({error})"
                     )
@@ -790,9 +790,7 @@ class SecretsManager:
         if isinstance(error, IdentityRateLimitedError) and error.retry_after and not self._orphan():
             self._hold(key, now + error.retry_after, error)
         raise SecretsUnavailableError(  # a source's error text may quote what it was sent
-            REDACTOR.redact(
-                f"secret {SecretKey(*key)} cannot be fetched and nothing usable is cached: {error}"
-            )
+            redact_text(f"secret {SecretKey(*key)} cannot be fetched and nothing usable is cached: {error}")
         ) from error
 
     def _hold(self, key: _CacheKey, until: float, error: Exception) -> None:

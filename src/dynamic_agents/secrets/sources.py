@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, Final, Self
 
 from dynamic_agents._logging import get_logger
-from dynamic_agents._redaction import REDACTOR, redact_text
+from dynamic_agents._redaction import redact_text
 from dynamic_agents._validation import LONE_SURROGATE, check_count, check_flag, shown
 from dynamic_agents.exceptions import (
     ConfigurationError,
@@ -324,7 +324,7 @@ class ChainSource(SecretSource):
         if failures:
             # masked as _failed masks them: an error's text may quote what it was sent
             raise SecretsUnavailableError(
-                REDACTOR.redact(f"no source could answer for {key}: {'; '.join(failures)}")
+                redact_text(f"no source could answer for {key}: {'; '.join(failures)}")
             )
         return None
 
