@@ -23,6 +23,7 @@ __all__ = [
     "MAX_ALIASED_VALUES",
     "AliasError",
     "CharacterError",
+    "DocumentError",
     "PureLoader",
     "RepeatedKeyError",
     "YamlLoader",
@@ -149,20 +150,21 @@ def new_loader(text: str) -> YamlLoader:
     return _loader(text)
 
 
-class AliasError(yaml.constructor.ConstructorError):
-    """Aliases refused (:func:`walk_document`); ``path`` is where, in the document."""
+class DocumentError(yaml.constructor.ConstructorError):
+    """A composed document refused (:func:`walk_document`) at ``node``; ``path`` is where, in it."""
 
     def __init__(self, problem: str, node: yaml.Node, path: YamlPath) -> None:
         super().__init__(None, None, problem, node.start_mark)
         self.path = path
+        self.line: int = node.start_mark.line + 1
 
 
-class RepeatedKeyError(yaml.constructor.ConstructorError):
-    """A mapping key written twice (:func:`walk_document`), at the second; ``path`` is its path."""
+class AliasError(DocumentError):
+    """Aliases refused: an alias inside what it stands for, or too many copies."""
 
-    def __init__(self, problem: str, key: yaml.Node, path: YamlPath) -> None:
-        super().__init__(None, None, problem, key.start_mark)
-        self.path = path
+
+class RepeatedKeyError(DocumentError):
+    """A mapping key written twice, at the second."""
 
 
 _MERGE_TAG: Final = "tag:yaml.org,2002:merge"

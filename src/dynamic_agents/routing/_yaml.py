@@ -11,8 +11,7 @@ import yaml
 from pydantic import ValidationError
 
 from dynamic_agents._yaml import (
-    AliasError,
-    RepeatedKeyError,
+    DocumentError,
     YamlPath,
     new_loader,
     safe_load,
@@ -45,14 +44,9 @@ def load_yaml(text: str, source: str) -> tuple[Any, dict[YamlPath, int]]:
             return {}, {}
         walk_document(node, record_line)  # before anything walks what aliases stand for
         data = loader.construct_document(node)
-    except AliasError as error:
+    except DocumentError as error:  # aliases, a key written twice
         raise RoutingConfigError(
-            str(error.problem), source=source, line=lines[error.path], path=format_path(error.path)
-        ) from None
-    except RepeatedKeyError as error:
-        line = error.problem_mark.line + 1 if error.problem_mark is not None else None
-        raise RoutingConfigError(
-            str(error.problem), source=source, line=line, path=format_path(error.path)
+            str(error.problem), source=source, line=error.line, path=format_path(error.path)
         ) from None
     except yaml.YAMLError as error:
         raise _yaml_error(error, source) from None
