@@ -21,7 +21,10 @@ from contextvars import ContextVar
 
 from dynamic_agents._redaction import RedactingFilter
 
-__all__ = ["bind_ids", "get_logger", "log_context"]
+__all__ = ["AGNO_LOGGERS", "bind_ids", "get_logger", "log_context"]
+
+AGNO_LOGGERS = ("agno", "agno-team", "agno-workflow")
+"""agno's loggers: they do not propagate, so a root handler's redacting filter misses them."""
 
 ROOT_LOGGER = "dynamic_agents"
 

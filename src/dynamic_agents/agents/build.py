@@ -28,6 +28,7 @@ except ImportError as error:  # pragma: no cover - exercised without the extra i
 
     raise MissingDependencyError("agno agents (AgentRuntime, its builders and executor)", "agents") from error
 
+from dynamic_agents._logging import AGNO_LOGGERS
 from dynamic_agents._redaction import protect_loggers, redact_text
 from dynamic_agents.agents.registry import APPROVAL_MARK, TOOL_NAME, ToolRegistry
 from dynamic_agents.agents.specs import (
@@ -54,8 +55,8 @@ __all__ = ["Builder", "Media", "ModelProvider", "RouterModels", "media_from_atta
 
 # agno logs a failed tool's message and traceback (which may quote the key its toolkit was built
 # with) on loggers that do not propagate: masked here, whatever models the runtime uses (the LLM
-# router's agno models protect them too, dynamic_agents.llm.agno.AGNO_LOGGERS)
-protect_loggers("agno", "agno-team", "agno-workflow")
+# router's agno models protect them too)
+protect_loggers(*AGNO_LOGGERS)
 
 
 class ModelProvider(Protocol):

@@ -20,9 +20,9 @@ except ImportError as error:  # pragma: no cover - exercised without the extra i
 
     raise MissingDependencyError("agno models", "agents") from error
 
+from dynamic_agents._logging import AGNO_LOGGERS
 from dynamic_agents._redaction import protect_loggers
 
-AGNO_LOGGERS = ("agno", "agno-team", "agno-workflow")
 protect_loggers(*AGNO_LOGGERS)  # "Error in Agent run: <provider error>" may echo a key; they do not propagate
 
 __all__ = ["AGNO_LOGGERS", "RouterClient", "agno_model"]
