@@ -319,6 +319,7 @@ async def test_a_user_id_that_is_no_str_is_refused_not_answered_with_the_systems
     [
         (("openai", None), "field must be a field name (a non-empty str), got None"),
         (("openai", ""), "field must be a field name (a non-empty str), got ''"),
+        (("openai", ["api_key"]), "field must be a field name (a non-empty str), got a list"),
         ((None, "api_key"), "provider must be a provider name (a non-empty str), got None"),
         (("", "api_key"), "provider must be a provider name (a non-empty str), got ''"),
         (

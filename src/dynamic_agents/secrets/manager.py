@@ -302,7 +302,11 @@ class SecretsManager:
             entry = await self._load_or_stale(key, entry, now)
             if entry.fetched_at < now:  # served from before this read (stale while the sources
                 entry.last_used = now  # fail): a use, so it is refreshed ahead of expiry too
-        value = entry.values.get(field) if entry.values is not None else None
+        try:
+            value = entry.values.get(field) if entry.values is not None else None
+        except TypeError:  # unhashable: a list for a field, on a cache hit
+            _check_lookup("get", provider, field, user_id, name)
+            raise
         if value is None:  # a field of None or "" named no field of a secret cached
             _check_lookup("get", provider, field, user_id, name)
         if value is None and user_id is not None and self.user_fallback_to_system:
